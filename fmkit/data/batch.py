@@ -1,0 +1,92 @@
+"""The sparse batch every reader yields and every model consumes.
+
+A :class:`SparseBatch` is a block of rows in CSR layout (``indptr``, ``indices``, ``values``) with
+one label per row and, for rows read from a file, the line each row came from, so that any later
+check can still say ``FILE:LINE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class SparseBatch:
+    """Rows in CSR layout. ``indices`` are 0-based feature ids, ``labels`` float32."""
+
+    indptr: np.ndarray  # int64, n_rows + 1
+    indices: np.ndarray  # int32, nnz
+    values: np.ndarray  # float32 (or float64), nnz
+    labels: np.ndarray  # float32, n_rows
+    lines: np.ndarray | None = None  # int64 line numbers in `source`, or None for arrays
+    source: str = "<array>"
+    first_row: int = 0  # for in-memory data (no lines): the row number of row 0
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def where(self, row: int) -> tuple[str, int | None]:
+        """``(source, line)`` naming a row in an error message."""
+        if self.lines is not None:
+            return self.source, int(self.lines[row])
+        return f"{self.source} row {self.first_row + row}", None
+
+    def slice(self, start: int, stop: int) -> SparseBatch:
+        """Rows ``start:stop`` as a batch sharing memory where possible."""
+        lo, hi = self.indptr[start], self.indptr[stop]
+        return SparseBatch(
+            indptr=self.indptr[start : stop + 1] - lo,
+            indices=self.indices[lo:hi],
+            values=self.values[lo:hi],
+            labels=self.labels[start:stop],
+            lines=None if self.lines is None else self.lines[start:stop],
+            source=self.source,
+            first_row=self.first_row + start,
+        )
+
+
+def concat(batches: list[SparseBatch]) -> SparseBatch:
+    """Join batches row-wise (their line numbers are kept; the first source names the result)."""
+    if len(batches) == 1:
+        return batches[0]
+    offsets = np.cumsum([0] + [b.indptr[-1] for b in batches[:-1]])
+    indptr = np.concatenate(
+        [batches[0].indptr[:1]] + [b.indptr[1:] + off for b, off in zip(batches, offsets)]
+    )
+    has_lines = all(b.lines is not None for b in batches)
+    return SparseBatch(
+        indptr=indptr,
+        indices=np.concatenate([b.indices for b in batches]),
+        values=np.concatenate([b.values for b in batches]),
+        labels=np.concatenate([b.labels for b in batches]),
+        lines=np.concatenate([b.lines for b in batches]) if has_lines else None,
+        source=batches[0].source,
+        first_row=batches[0].first_row,
+    )
+
+
+def rebatch(blocks: Iterable[SparseBatch], batch_size: int) -> Iterator[SparseBatch]:
+    """Regroup blocks so each yielded chunk holds a whole number of mini-batches.
+
+    Readers cut files at block boundaries that ignore ``mini_batch_size``; the trainer needs every
+    mini-batch but the last to hold exactly ``batch_size`` rows, so the rows left over at the end
+    of one block are carried into the next.
+    """
+    carry: SparseBatch | None = None
+    for block in blocks:
+        if block.n_rows == 0:
+            continue
+        if carry is not None:
+            block = concat([carry, block])
+            carry = None
+        whole = (block.n_rows // batch_size) * batch_size
+        if whole < block.n_rows:
+            carry = block.slice(whole, block.n_rows)
+        if whole:
+            yield block.slice(0, whole) if whole < block.n_rows else block
+    if carry is not None:
+        yield carry

@@ -1,0 +1,125 @@
+"""Dense CSV: the label in the first column, then one column per feature, no header.
+
+This is SageMaker's CSV training layout. Zeros are dropped so rows become sparse batches.
+Every row must have as many columns as the first row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+from fmkit.data.batch import SparseBatch
+from fmkit.data.numbers import BAD_NUMBER, NOT_FINITE, OK, parse_float
+from fmkit.errors import DataError
+
+WRONG_COLUMNS = 20
+
+_NL, _CR, _COMMA, _SPACE, _TAB = 10, 13, 44, 32, 9
+
+
+@njit(cache=True)
+def parse_csv(buf, first_line, n_columns, indptr, indices, values, labels, lines):
+    """Parse whole CSV lines into preallocated CSR arrays.
+
+    ``n_columns`` is the expected column count (-1: take it from the first row). Returns
+    ``(rows, nnz, code, token_start, token_end, line, n_columns, columns_seen)``.
+    """
+    n = buf.size
+    pos = 0
+    row = 0
+    nnz = 0
+    line = first_line
+    indptr[0] = 0
+    while pos < n:
+        end = pos
+        while end < n and buf[end] != _NL:
+            end += 1
+        stop = end
+        if stop > pos and buf[stop - 1] == _CR:
+            stop -= 1
+        blank = True
+        for q in range(pos, stop):
+            if buf[q] != _SPACE and buf[q] != _TAB:
+                blank = False
+                break
+        if not blank:
+            col = 0
+            p = pos
+            while True:
+                fe = p
+                while fe < stop and buf[fe] != _COMMA:
+                    fe += 1
+                a, b = p, fe
+                while a < b and (buf[a] == _SPACE or buf[a] == _TAB):
+                    a += 1
+                while b > a and (buf[b - 1] == _SPACE or buf[b - 1] == _TAB):
+                    b -= 1
+                value, code = parse_float(buf, a, b)
+                if code != OK:
+                    return row, nnz, code, a, b, line, n_columns, col
+                if col == 0:
+                    labels[row] = value
+                elif value != 0.0:
+                    indices[nnz] = col - 1
+                    values[nnz] = value
+                    nnz += 1
+                col += 1
+                if fe >= stop:
+                    break
+                p = fe + 1
+            if n_columns < 0:
+                n_columns = col
+            elif col != n_columns:
+                return row, nnz, WRONG_COLUMNS, pos, stop, line, n_columns, col
+            lines[row] = line
+            row += 1
+            indptr[row] = nnz
+        pos = end + 1
+        line += 1
+    return row, nnz, 0, 0, 0, line, n_columns, 0
+
+
+class CsvParser:
+    """Parses the blocks of one CSV stream, remembering its column count across blocks."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.n_columns = -1
+
+    def parse_block(self, buf: np.ndarray, first_line: int) -> SparseBatch:
+        max_rows = int(np.count_nonzero(buf == _NL)) + 1
+        max_nnz = int(np.count_nonzero(buf == _COMMA)) + max_rows
+        indptr = np.empty(max_rows + 1, dtype=np.int64)
+        indices = np.empty(max_nnz, dtype=np.int32)
+        values = np.empty(max_nnz, dtype=np.float32)
+        labels = np.empty(max_rows, dtype=np.float32)
+        lines = np.empty(max_rows, dtype=np.int64)
+        rows, nnz, code, t0, t1, line, n_columns, seen = parse_csv(
+            buf, first_line, self.n_columns, indptr, indices, values, labels, lines
+        )
+        self.n_columns = int(n_columns)
+        if code != 0:
+            token = bytes(buf[t0:t1]).decode("utf-8", "replace")
+            raise DataError(self.source, int(line), self._describe(int(code), token, int(seen)))
+        return SparseBatch(indptr[: rows + 1], indices[:nnz], values[:nnz], labels[:rows],
+                           lines[:rows], self.source)
+
+    def _describe(self, code: int, token: str, column: int) -> str:
+        if code == WRONG_COLUMNS:
+            return f"expected {self.n_columns} columns like the first row, got {column}"
+        where = "label (column 1)" if column == 0 else f"column {column + 1}"
+        if code == NOT_FINITE:
+            return f"{where}: value {token!r} is not finite (NaN or infinity)"
+        if code == BAD_NUMBER and not token:
+            return f"{where}: empty value"
+        return f"{where}: non-numeric value {token!r} (CSV files have no header)"
+
+
+def write_csv(path: str | Path, X, y) -> None:
+    """Write rows densely as ``label,f0,f1,...`` (for tests and ``convert``)."""
+    dense = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+    table = np.column_stack([np.asarray(y, dtype=np.float64), dense])
+    np.savetxt(path, table, delimiter=",", fmt="%.9g")

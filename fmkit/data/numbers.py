@@ -1,0 +1,128 @@
+"""Compiled parsing of numbers from raw bytes, shared by the text readers.
+
+The readers parse whole blocks of a file inside one compiled function, so the number parser is a
+numba function too. It follows Clinger's fast path: up to 19 significant digits go into an integer
+mantissa that is scaled once by an exact power of ten, which is correctly rounded for the numbers
+data files hold (<= 15 significant digits, |exponent| <= 22) and within an ulp beyond.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+OK = 0
+BAD_NUMBER = 1  # not a number at all
+NOT_FINITE = 2  # nan, inf, or a value that overflows float64
+BAD_INDEX = 3  # an index that is not a non-negative integer
+
+_POW10 = np.array([10.0**i for i in range(23)])
+
+
+@njit(cache=True, inline="always")
+def _lower(c):
+    return c | 0x20 if 65 <= c <= 90 else c
+
+
+@njit(cache=True)
+def _is_nonfinite_word(buf, start, end):
+    """True for nan / inf / infinity with an optional sign, in any case."""
+    p = start
+    if p < end and (buf[p] == 43 or buf[p] == 45):
+        p += 1
+    n = end - p
+    if n == 3:
+        a, b, c = _lower(buf[p]), _lower(buf[p + 1]), _lower(buf[p + 2])
+        return (a == 110 and b == 97 and c == 110) or (a == 105 and b == 110 and c == 102)
+    if n == 8:
+        word = (105, 110, 102, 105, 110, 105, 116, 121)  # "infinity"
+        for i in range(8):
+            if _lower(buf[p + i]) != word[i]:
+                return False
+        return True
+    return False
+
+
+@njit(cache=True)
+def parse_float(buf, start, end):
+    """Parse ``buf[start:end]`` as a decimal float. Returns ``(value, code)``."""
+    p = start
+    if p >= end:
+        return 0.0, BAD_NUMBER
+    negative = False
+    if buf[p] == 43 or buf[p] == 45:  # + -
+        negative = buf[p] == 45
+        p += 1
+    mantissa = 0
+    digits = 0
+    exp10 = 0
+    seen_digit = False
+    while p < end and 48 <= buf[p] <= 57:
+        seen_digit = True
+        if digits < 19:
+            mantissa = mantissa * 10 + (buf[p] - 48)
+            if mantissa != 0:
+                digits += 1
+        else:
+            exp10 += 1
+        p += 1
+    if p < end and buf[p] == 46:  # .
+        p += 1
+        while p < end and 48 <= buf[p] <= 57:
+            seen_digit = True
+            if digits < 19:
+                mantissa = mantissa * 10 + (buf[p] - 48)
+                if mantissa != 0:
+                    digits += 1
+                exp10 -= 1
+            p += 1
+    if not seen_digit:
+        if _is_nonfinite_word(buf, start, end):
+            return 0.0, NOT_FINITE
+        return 0.0, BAD_NUMBER
+    if p < end and (buf[p] == 101 or buf[p] == 69):  # e E
+        p += 1
+        exp_negative = False
+        if p < end and (buf[p] == 43 or buf[p] == 45):
+            exp_negative = buf[p] == 45
+            p += 1
+        if p >= end or not (48 <= buf[p] <= 57):
+            return 0.0, BAD_NUMBER
+        e = 0
+        while p < end and 48 <= buf[p] <= 57:
+            if e < 100000:
+                e = e * 10 + (buf[p] - 48)
+            p += 1
+        exp10 += -e if exp_negative else e
+    if p != end:
+        return 0.0, BAD_NUMBER
+    value = float(mantissa)
+    if mantissa == 0:
+        value = 0.0
+    elif 0 <= exp10 <= 22:
+        value = value * _POW10[exp10]
+    elif -22 <= exp10 < 0:
+        value = value / _POW10[-exp10]
+    elif exp10 > 0:
+        value = value * 10.0 ** exp10
+    else:
+        value = value / 10.0 ** (-exp10) if exp10 > -300 else value * 10.0 ** exp10
+    if value == np.inf:
+        return 0.0, NOT_FINITE
+    return -value if negative else value, OK
+
+
+@njit(cache=True)
+def parse_index(buf, start, end):
+    """Parse ``buf[start:end]`` as a non-negative integer below 2**31. Returns ``(value, code)``."""
+    if start >= end:
+        return 0, BAD_INDEX
+    value = 0
+    for p in range(start, end):
+        c = buf[p]
+        if not (48 <= c <= 57):
+            return 0, BAD_INDEX
+        value = value * 10 + (c - 48)
+        if value > 2147483647:
+            return 0, BAD_INDEX
+    return value, OK

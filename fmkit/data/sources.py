@@ -1,0 +1,243 @@
+"""Data sources: where batches come from (files or in-memory arrays), checked and 0-based.
+
+A source is re-iterable: each call of :meth:`blocks` streams the data again, which is how the
+trainer runs several epochs over a file without holding it in memory. Every block it yields has
+0-based feature ids below ``feature_dim``, no duplicate id within a row, and (when labels are
+checked) labels the predictor type accepts, so models never see malformed rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+from fmkit.data import csv, libsvm
+from fmkit.data.batch import SparseBatch
+from fmkit.data.blocks import BLOCK_BYTES, iter_line_blocks
+from fmkit.errors import DataError
+
+FORMATS = ("auto", "libsvm", "csv")
+IGNORED_FILES = {".amazon.manifest"}
+
+# What labels a source checks: a binary classifier's (0/1, or -1/+1 mapped to 0/1), a
+# regressor's (any finite number) or none at all (prediction ignores labels).
+LABEL_MODES = ("binary", "real", None)
+
+
+def channel_files(path: str | Path) -> list[Path]:
+    """The files of a channel: the file itself, or every regular file under a directory."""
+    path = Path(path)
+    if path.is_file() or path.is_fifo():
+        return [path]
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*")
+            if p.is_file() and p.name not in IGNORED_FILES and not p.name.startswith(".")
+        )
+        if not files:
+            raise DataError(str(path), None, "directory holds no data files")
+        return files
+    raise DataError(str(path), None, "no such file or directory")
+
+
+def detect_format(path: str | Path) -> str:
+    """Guess ``libsvm`` or ``csv`` from the first data line of the channel's first file."""
+    first = channel_files(path)[0]
+    with open(first, "rb") as f:
+        head = f.read(1 << 16)
+    for raw in head.split(b"\n"):
+        text = raw.split(b"#", 1)[0].strip()
+        if not text:
+            continue
+        if b"," in text and b":" not in text:
+            return "csv"
+        return "libsvm"
+    return "libsvm"
+
+
+@njit(cache=True)
+def _find_bad_index(indptr, indices, feature_dim, mark, stamp):
+    """First ``(row, position, problem)`` with an id out of range (1) or repeated in its row (2)."""
+    for r in range(indptr.size - 1):
+        row_stamp = stamp + r
+        for j in range(indptr[r], indptr[r + 1]):
+            i = indices[j]
+            if i < 0 or i >= feature_dim:
+                return r, j, 1
+            if mark[i] == row_stamp:
+                return r, j, 2
+            mark[i] = row_stamp
+    return -1, -1, 0
+
+
+@dataclass
+class BatchChecker:
+    """Checks and normalises the blocks of one source; keeps the state that spans blocks."""
+
+    feature_dim: int
+    index_base: int = 0
+    labels: str | None = None
+    _mark: np.ndarray | None = field(default=None, repr=False)
+    _rows_seen: int = 0
+
+    def __call__(self, batch: SparseBatch) -> SparseBatch:
+        if self.index_base:
+            batch.indices = batch.indices - np.int32(self.index_base)
+        self._check_indices(batch)
+        if self.labels == "binary":
+            batch.labels = self._binary_labels(batch)
+        elif self.labels == "real":
+            bad = np.flatnonzero(~np.isfinite(batch.labels))
+            if bad.size:
+                raise DataError(*batch.where(int(bad[0])), "label is not a finite number")
+        return batch
+
+    def _check_indices(self, batch: SparseBatch) -> None:
+        if self._mark is None:
+            self._mark = np.full(self.feature_dim, -1, dtype=np.int64)
+        row, pos, problem = _find_bad_index(
+            batch.indptr, batch.indices, self.feature_dim, self._mark, self._rows_seen
+        )
+        self._rows_seen += batch.n_rows
+        if problem:
+            written = int(batch.indices[pos]) + self.index_base
+            if problem == 2:
+                why = f"feature index {written} appears twice in the row"
+            elif written < self.index_base:
+                why = f"feature index {written} is below the index base {self.index_base}"
+            else:
+                why = (f"feature index {written} is out of range: feature_dim={self.feature_dim}"
+                       f" with {self.index_base}-based indices allows at most "
+                       f"{self.feature_dim - 1 + self.index_base}")
+            raise DataError(*batch.where(int(row)), why)
+
+    @staticmethod
+    def _binary_labels(batch: SparseBatch) -> np.ndarray:
+        labels = batch.labels
+        ok = (labels == 0) | (labels == 1) | (labels == -1)
+        if not ok.all():
+            row = int(np.flatnonzero(~ok)[0])
+            raise DataError(*batch.where(row),
+                            f"label {float(labels[row]):g} is not valid for a binary classifier"
+                            " (expected 0/1 or -1/+1)")
+        return np.where(labels == -1, np.float32(0), labels).astype(np.float32)
+
+
+@dataclass
+class FileSource:
+    """A channel on disk (one file or a directory of files) in libsvm or CSV format."""
+
+    path: str | Path
+    fmt: str
+    feature_dim: int
+    index_base: int = 0
+    labels: str | None = None
+    block_bytes: int = BLOCK_BYTES
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise DataError(str(self.path), None, f"unknown format {self.fmt!r}")
+        self.files = channel_files(self.path)
+        if self.fmt == "auto":
+            self.fmt = detect_format(self.path)
+        if self.fmt == "csv":
+            self.index_base = 0
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def raw_blocks(self) -> Iterator[SparseBatch]:
+        """Parsed blocks as written in the file: indices not shifted, nothing checked."""
+        for file in self.files:
+            parse = (
+                csv.CsvParser(str(file)).parse_block
+                if self.fmt == "csv"
+                else lambda buf, line, f=str(file): libsvm.parse_block(buf, line, f)
+            )
+            for buf, first_line in iter_line_blocks(file, self.block_bytes):
+                yield parse(buf, first_line)
+
+    def blocks(self) -> Iterator[SparseBatch]:
+        check = BatchChecker(self.feature_dim, self.index_base, self.labels)
+        for batch in self.raw_blocks():
+            yield check(batch)
+
+
+def detect_index_base(source: FileSource) -> int:
+    """0 if any feature index 0 occurs in the source's libsvm files, else 1 (as scikit-learn).
+
+    The choice is made once on the training data and stored with the model, so test and
+    prediction files are read the same way even if they happen not to use index 0.
+    """
+    if source.fmt == "csv":
+        return 0
+    for batch in source.raw_blocks():
+        if batch.indices.size and int(batch.indices.min()) == 0:
+            return 0
+    return 1
+
+
+@dataclass
+class ArraySource:
+    """In-memory rows (a scipy sparse matrix or a dense array) served in blocks."""
+
+    X: object
+    y: np.ndarray | None
+    feature_dim: int | None = None
+    labels: str | None = None
+    block_rows: int = 1 << 16
+
+    def __post_init__(self) -> None:
+        X = self.X
+        if hasattr(X, "tocsr"):
+            X = X.tocsr()
+        else:
+            import scipy.sparse as sp
+
+            X = np.asarray(X, dtype=np.float64)
+            if X.ndim != 2:
+                raise DataError("X", None, f"expected a 2-D array, got shape {X.shape}")
+            X = sp.csr_matrix(X)
+        X.sum_duplicates()
+        self._csr = X
+        if self.feature_dim is None:
+            self.feature_dim = X.shape[1]
+        n = X.shape[0]
+        y = np.zeros(n, dtype=np.float32) if self.y is None else np.asarray(self.y)
+        if y.shape != (n,):
+            raise DataError("y", None, f"expected {n} labels, got shape {y.shape}")
+        if not np.issubdtype(y.dtype, np.number):
+            raise DataError("y", None, f"labels must be numbers, got dtype {y.dtype}")
+        self._y = y.astype(np.float32)
+        if not np.isfinite(X.data).all():
+            row = int(np.searchsorted(X.indptr, np.flatnonzero(~np.isfinite(X.data))[0], "right"))
+            raise DataError(f"X row {row - 1}", None, "value is not finite (NaN or infinity)")
+
+    @property
+    def name(self) -> str:
+        return "<array>"
+
+    @property
+    def n_rows(self) -> int:
+        return self._csr.shape[0]
+
+    def blocks(self) -> Iterator[SparseBatch]:
+        X = self._csr
+        check = BatchChecker(self.feature_dim, 0, self.labels)
+        for start in range(0, X.shape[0], self.block_rows):
+            stop = min(start + self.block_rows, X.shape[0])
+            lo, hi = X.indptr[start], X.indptr[stop]
+            yield check(SparseBatch(
+                indptr=(X.indptr[start : stop + 1] - lo).astype(np.int64),
+                indices=X.indices[lo:hi].astype(np.int32),
+                values=X.data[lo:hi].astype(np.float32),
+                labels=self._y[start:stop],
+                lines=None,
+                source="X",
+                first_row=start,
+            ))

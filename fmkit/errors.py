@@ -1,0 +1,33 @@
+"""The exceptions fmkit raises for problems a user can fix.
+
+Every error a user can cause (a bad file, a bad hyperparameter, a damaged model directory)
+is an :class:`FMKitError`; the CLI prints its message and exits non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FMKitError(Exception):
+    """Base class of the errors caused by input rather than by a bug in fmkit."""
+
+
+class HyperparameterError(FMKitError, ValueError):
+    """A hyperparameter is unknown, missing, of the wrong type or out of range."""
+
+
+class DataError(FMKitError, ValueError):
+    """A data file or request has a malformed record.
+
+    The message reads ``FILE:LINE: problem`` so that editors and terminals can jump to it.
+    """
+
+    def __init__(self, source: str, line: int | None, problem: str):
+        self.source = source
+        self.line = line
+        self.problem = problem
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {problem}")
+
+
+class ArtifactError(FMKitError):
+    """A model directory is missing, incomplete, or written by an incompatible fmkit."""

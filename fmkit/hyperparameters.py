@@ -1,0 +1,205 @@
+"""The one table of FM hyperparameters: SageMaker's names, defaults and ranges, plus fmkit's own.
+
+Everything that accepts hyperparameters (the CLI, the Python estimators and the SageMaker entry
+point) calls :func:`validate`, so a value is parsed and checked the same way everywhere.
+Values may arrive as strings, as SageMaker passes them (``"10"``, ``"1e-05"``, ``"10.0"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fmkit.errors import HyperparameterError
+
+log = logging.getLogger(__name__)
+
+INIT_METHODS = ("normal", "uniform", "constant")
+PREDICTOR_TYPES = ("binary_classifier", "regressor")
+OPTIMIZERS = ("adam", "adagrad", "sgd")
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One row of the table.
+
+    ``check`` is one of ``"gt0"`` (> 0), ``"ge0"`` (>= 0), ``"finite"`` (any finite number) or
+    ``"choice"`` (one of ``choices``). ``suggested`` is the value the Python estimators use for a
+    parameter SageMaker requires but the estimator cannot infer (``num_factors``).
+    """
+
+    name: str
+    kind: type
+    default: Any
+    check: str
+    help: str
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    suggested: Any = None
+    sagemaker: bool = True
+
+    def describe_range(self) -> str:
+        noun = {int: "an integer", float: "a number", str: "a string"}[self.kind]
+        return {
+            "gt0": f"{noun} > 0",
+            "ge0": f"{noun} >= 0",
+            "finite": f"{noun} (finite)",
+            "choice": "one of " + ", ".join(self.choices),
+        }[self.check]
+
+
+def _group(group: str, lr: float, wd: float, sigma: float) -> list[Hyperparameter]:
+    """The eight parameters SageMaker defines identically for bias, linear and factors terms."""
+    what = {"bias": "the global bias w0", "linear": "the linear weights w",
+            "factors": "the factor matrix V"}[group]
+    method = f"{group}_init_method"
+    return [
+        Hyperparameter(f"{group}_init_method", str, "normal", "choice",
+                       f"How {what} is initialized.", choices=INIT_METHODS),
+        Hyperparameter(f"{group}_init_scale", float, None, "ge0",
+                       f"Half-width of the uniform init of {what} (needs {method}=uniform)."),
+        Hyperparameter(f"{group}_init_sigma", float, sigma, "ge0",
+                       f"Standard deviation of the normal init of {what}."),
+        Hyperparameter(f"{group}_init_value", float, None, "finite",
+                       f"Constant init value of {what} (needs {method}=constant)."),
+        Hyperparameter(f"{group}_lr", float, lr, "ge0", f"Learning rate of {what}."),
+        Hyperparameter(f"{group}_wd", float, wd, "ge0",
+                       f"L2 weight decay of {what}, applied to the rows a mini-batch touches."),
+    ]
+
+
+TABLE: tuple[Hyperparameter, ...] = tuple(
+    [
+        Hyperparameter("feature_dim", int, None, "gt0",
+                       "Number of features (columns) of the input space.", required=True),
+        Hyperparameter("num_factors", int, None, "gt0",
+                       "Dimension k of the factor vectors.", required=True, suggested=64),
+        Hyperparameter("predictor_type", str, None, "choice",
+                       "binary_classifier (log loss) or regressor (squared loss).",
+                       required=True, choices=PREDICTOR_TYPES),
+        Hyperparameter("epochs", int, 1, "gt0", "Passes over the training data."),
+        Hyperparameter("mini_batch_size", int, 1000, "gt0", "Rows per gradient step."),
+        *_group("bias", lr=0.1, wd=0.01, sigma=0.01),
+        *_group("linear", lr=0.001, wd=0.001, sigma=0.01),
+        *_group("factors", lr=0.0001, wd=0.00001, sigma=0.001),
+        Hyperparameter("clip_gradient", float, None, "finite",
+                       "Clip each gradient coordinate to [-c, c]; unset or <= 0: no clipping."),
+        Hyperparameter("eps", float, 1e-8, "gt0",
+                       "Epsilon of the adaptive optimizers, avoids division by 0."),
+        Hyperparameter("rescale_grad", float, 1.0, "gt0",
+                       "Multiplies the mini-batch gradient before the update."),
+        # fmkit's own additions: they never change what a job with only SageMaker's names does.
+        Hyperparameter("optimizer", str, "adam", "choice",
+                       "fmkit: update rule (lazy: only the rows a mini-batch touches).",
+                       choices=OPTIMIZERS, sagemaker=False),
+        Hyperparameter("seed", int, 0, "ge0",
+                       "fmkit: seed of the weight initialization.", sagemaker=False),
+    ]
+)
+
+BY_NAME: dict[str, Hyperparameter] = {h.name: h for h in TABLE}
+
+
+def _fail(h: Hyperparameter, value: Any, why: str = "") -> HyperparameterError:
+    detail = f" ({why})" if why else ""
+    return HyperparameterError(
+        f"hyperparameter {h.name}: invalid value {value!r}{detail}; expected {h.describe_range()}"
+    )
+
+
+def _convert(h: Hyperparameter, value: Any) -> Any:
+    """Turn a raw value (possibly a string) into the parameter's type, or raise."""
+    if h.kind is str:
+        if not isinstance(value, str):
+            raise _fail(h, value)
+        return value.strip()
+    if isinstance(value, bool):
+        raise _fail(h, value)
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip()) if h.kind is float else _parse_int(value)
+        except ValueError:
+            raise _fail(h, value, "not a number") from None
+    if not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise _fail(h, value)
+    if h.kind is int:
+        if float(number) != int(number):
+            raise _fail(h, value, "not an integer")
+        return int(number)
+    return float(number)
+
+
+def _parse_int(text: str) -> int:
+    """Accept ``"10"`` and an integral ``"10.0"`` (SageMaker may send either)."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)
+        if not math.isfinite(number) or number != int(number):
+            raise
+        return int(number)
+
+
+def _check_range(h: Hyperparameter, value: Any, raw: Any) -> None:
+    ok = {
+        "gt0": lambda v: v > 0,
+        "ge0": lambda v: v >= 0,
+        "finite": lambda v: True,
+        "choice": lambda v: v in h.choices,
+    }[h.check](value)
+    if not ok:
+        raise _fail(h, raw)
+
+
+def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
+    """Parse and check hyperparameters; return every table name with its effective value.
+
+    Keys starting with ``_`` (SageMaker's ``_tuning_objective_metric``) are logged and ignored.
+    Any other unknown key, a missing required key (when ``require``), a value of the wrong type
+    or out of range, and an init method without its scale/value raise
+    :class:`~fmkit.errors.HyperparameterError`.
+    """
+    unknown = sorted(k for k in raw if k not in BY_NAME and not str(k).startswith("_"))
+    if unknown:
+        raise HyperparameterError(
+            f"unknown hyperparameter(s) {', '.join(unknown)}; valid names are: "
+            + ", ".join(sorted(BY_NAME))
+        )
+    for key in raw:
+        if str(key).startswith("_"):
+            log.info("ignoring hyperparameter %s=%r", key, raw[key])
+    values: dict[str, Any] = {}
+    for h in TABLE:
+        value = raw.get(h.name)
+        if value is None:
+            if h.required and require:
+                raise HyperparameterError(
+                    f"hyperparameter {h.name} is required; expected {h.describe_range()}"
+                )
+            values[h.name] = h.default
+            continue
+        converted = _convert(h, value)
+        _check_range(h, converted, value)
+        values[h.name] = converted
+    for group in ("bias", "linear", "factors"):
+        method = values[f"{group}_init_method"]
+        needed = {"uniform": f"{group}_init_scale", "constant": f"{group}_init_value"}.get(method)
+        if needed and values[needed] is None:
+            raise HyperparameterError(
+                f"hyperparameter {group}_init_method={method} needs {needed} to be set"
+            )
+    return values
+
+
+def table_markdown() -> str:
+    """The table as Markdown, for the README and ``--help``."""
+    rows = ["| name | default | valid values | meaning |", "| --- | --- | --- | --- |"]
+    for h in TABLE:
+        default = "required" if h.required else ("unset" if h.default is None else h.default)
+        rows.append(f"| `{h.name}` | {default} | {h.describe_range()} | {h.help} |")
+    return "\n".join(rows)

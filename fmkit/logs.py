@@ -1,0 +1,56 @@
+"""Log set-up and SageMaker-style metric lines.
+
+Lines look like SageMaker's first-party algorithms' (``[MM/DD/YYYY HH:MM:SS INFO thread] ...``) and
+metric lines use their exact wording, so AWS-style ``MetricDefinitions`` regexes match, e.g.
+``#quality_metric: host=algo-1, test rmse <loss>=0.93``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+log = logging.getLogger("fmkit")
+
+# Metric lines must reach the log even with --quiet (which keeps warnings only), so they get a
+# level of their own between INFO and WARNING, printed as INFO like SageMaker's.
+METRIC = 25
+logging.addLevelName(METRIC, "INFO")
+
+DEFAULT_HOST = "algo-1"
+
+# metric name -> (wording in the log line, <loss> or <score>)
+_QUALITY = {
+    "rmse": ("rmse", "loss"),
+    "binary_classification_accuracy": ("binary_classification_accuracy", "score"),
+    "binary_classification_cross_entropy": ("binary_classification_cross_entropy", "loss"),
+    "binary_f_beta": ("binary_f_1.000", "score"),
+    "auc": ("auc", "score"),
+}
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Log fmkit's messages to stderr in SageMaker's format (warnings only when ``quiet``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "[%(asctime)s %(levelname)s %(thread)d] %(message)s", datefmt="%m/%d/%Y %H:%M:%S"
+    ))
+    log.handlers[:] = [handler]
+    log.setLevel(METRIC if quiet else logging.INFO)
+    log.propagate = False
+
+
+def metric_lines(channel: str, metrics: dict[str, float], host: str = DEFAULT_HOST) -> list[str]:
+    """``#test_score`` and ``#quality_metric`` lines for each metric of a channel."""
+    lines = []
+    for name, (wording, kind) in _QUALITY.items():
+        if name in metrics:
+            value = metrics[name]
+            lines.append(f"#{channel}_score ({host}) : ({name!r}, {value!r})")
+            lines.append(f"#quality_metric: host={host}, {channel} {wording} <{kind}>={value!r}")
+    return lines
+
+
+def log_metrics(channel: str, metrics: dict[str, float], host: str = DEFAULT_HOST) -> None:
+    for line in metric_lines(channel, metrics, host):
+        log.log(METRIC, "%s", line)

@@ -1,0 +1,116 @@
+"""A trained factorization machine: weights, hyperparameters and how its input is read.
+
+:class:`FMModel` is what training produces, what a model directory stores and what ``evaluate``,
+``predict`` (and the server) use. It scores batches with the compiled kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+
+from fmkit import artifact
+from fmkit.data.batch import SparseBatch
+from fmkit.errors import ArtifactError
+from fmkit.hyperparameters import validate
+from fmkit.kernels import fm as kernels
+from fmkit.metrics import compute_metrics, predicted_labels
+from fmkit.models.fm import FMParameters, sigmoid
+
+MODEL_TYPE = "fm"
+
+
+@dataclass
+class FMModel:
+    """Hyperparameters (validated), weights, and the index base of its libsvm input."""
+
+    hyperparameters: dict[str, Any]
+    params: FMParameters
+    index_base: int = 0
+
+    @property
+    def predictor_type(self) -> str:
+        return self.hyperparameters["predictor_type"]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.params.feature_dim
+
+    @property
+    def label_mode(self) -> str:
+        """How sources check labels for this model (see :mod:`fmkit.data.sources`)."""
+        return "binary" if self.predictor_type == "binary_classifier" else "real"
+
+    def logits(self, batch: SparseBatch) -> np.ndarray:
+        """y_hat of every row (float64)."""
+        out = np.empty(batch.n_rows, dtype=np.float64)
+        if batch.n_rows:
+            p = self.params
+            kernels.predict_logits(batch.indptr, batch.indices, batch.values, p.w0, p.w, p.V, out,
+                                   4 * numba.get_num_threads())
+        return out
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """SageMaker's ``score``: sigmoid(y_hat) for classifiers, y_hat for regressors."""
+        return sigmoid(logits) if self.predictor_type == "binary_classifier" else logits
+
+    def predictions(self, batch: SparseBatch) -> dict[str, np.ndarray]:
+        """``score`` (and ``predicted_label`` for classifiers) of every row."""
+        scores = self.scores(self.logits(batch))
+        out = {"score": scores}
+        if self.predictor_type == "binary_classifier":
+            out["predicted_label"] = predicted_labels(scores)
+        return out
+
+    def evaluate(self, blocks: Iterator[SparseBatch]) -> dict[str, float]:
+        """SageMaker's test metrics (plus AUC and ``rows``) over labelled blocks."""
+        labels, logits = [], []
+        for batch in blocks:
+            labels.append(batch.labels)
+            logits.append(self.logits(batch))
+        y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
+        z = np.concatenate(logits) if logits else np.zeros(0)
+        return compute_metrics(self.predictor_type, y, z)
+
+    # -- the model directory -------------------------------------------------------------
+    def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
+        meta = {
+            "model_type": MODEL_TYPE,
+            "predictor_type": self.predictor_type,
+            "feature_dim": self.feature_dim,
+            "num_factors": self.params.num_factors,
+            "index_base": self.index_base,
+            "hyperparameters": self.hyperparameters,
+        }
+        weights = {"w0": self.params.w0, "w": self.params.w, "V": self.params.V}
+        return artifact.save_directory(path, meta, weights, metrics or {})
+
+    @classmethod
+    def load(cls, path: str | Path) -> FMModel:
+        meta, weights, _ = artifact.load_directory(path)
+        if meta.get("model_type") != MODEL_TYPE:
+            raise ArtifactError(f"{path}: model_type {meta.get('model_type')!r} is not {MODEL_TYPE!r}")
+        try:
+            hp = validate(meta["hyperparameters"])
+            d, k = int(meta["feature_dim"]), int(meta["num_factors"])
+            index_base = int(meta.get("index_base", 0))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"{path}: model.json is incomplete or invalid: {e}") from None
+        if (hp["feature_dim"], hp["num_factors"]) != (d, k):
+            raise ArtifactError(f"{path}: model.json disagrees with its own hyperparameters")
+        params = FMParameters(
+            w0=artifact.check_shape(path, weights, "w0", (1,)),
+            w=artifact.check_shape(path, weights, "w", (d,)),
+            V=artifact.check_shape(path, weights, "V", (d, k)),
+        )
+        return cls(hp, params, index_base)
+
+
+def load_metrics(path: str | Path) -> dict[str, Any]:
+    """The metrics.json of a model directory."""
+    return artifact.load_directory(path)[2]

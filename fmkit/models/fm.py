@@ -1,0 +1,118 @@
+"""The factorization machine, written plainly: the reference every fast path is tested against.
+
+    y_hat(x) = w0 + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j
+             = w0 + X w + 1/2 sum_f [ (X V)_f^2 - (X^2)(V^2)_f ]        (O(k * nnz) per row)
+
+Losses follow SageMaker: the mean log loss of sigmoid(y_hat) for ``binary_classifier`` and the
+mean squared error for ``regressor``. These functions use scipy sparse algebra in float64; they
+are for tests and small data. Training and prediction run in :mod:`fmkit.kernels.fm`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from fmkit.data.batch import SparseBatch
+
+
+@dataclass
+class FMParameters:
+    """The learned weights: bias ``w0`` (shape (1,)), linear ``w`` (d,), factors ``V`` (d, k)."""
+
+    w0: np.ndarray
+    w: np.ndarray
+    V: np.ndarray
+
+    @property
+    def feature_dim(self) -> int:
+        return self.w.shape[0]
+
+    @property
+    def num_factors(self) -> int:
+        return self.V.shape[1]
+
+    def copy(self) -> FMParameters:
+        return FMParameters(self.w0.copy(), self.w.copy(), self.V.copy())
+
+
+def _init(shape: tuple[int, ...], hp: dict[str, Any], group: str, rng: np.random.Generator,
+          dtype) -> np.ndarray:
+    method = hp[f"{group}_init_method"]
+    if method == "normal":
+        out = rng.normal(0.0, hp[f"{group}_init_sigma"], size=shape)
+    elif method == "uniform":
+        scale = hp[f"{group}_init_scale"]
+        out = rng.uniform(-scale, scale, size=shape)
+    else:
+        out = np.full(shape, hp[f"{group}_init_value"])
+    return out.astype(dtype)
+
+
+def init_parameters(hp: dict[str, Any], dtype=np.float32) -> FMParameters:
+    """Initial weights as the ``*_init_*`` hyperparameters ask, seeded by ``seed``."""
+    rng = np.random.default_rng(hp["seed"])
+    d, k = hp["feature_dim"], hp["num_factors"]
+    return FMParameters(
+        w0=_init((1,), hp, "bias", rng, dtype),
+        w=_init((d,), hp, "linear", rng, dtype),
+        V=_init((d, k), hp, "factors", rng, dtype),
+    )
+
+
+def batch_to_csr(batch: SparseBatch, feature_dim: int) -> sp.csr_matrix:
+    """A batch as a float64 scipy CSR matrix."""
+    return sp.csr_matrix(
+        (batch.values.astype(np.float64), batch.indices, batch.indptr),
+        shape=(batch.n_rows, feature_dim),
+    )
+
+
+def reference_logits(params: FMParameters, X: sp.spmatrix) -> np.ndarray:
+    """y_hat for every row of ``X`` (float64)."""
+    X = sp.csr_matrix(X, dtype=np.float64)
+    V = params.V.astype(np.float64)
+    sums = X @ V
+    squares = X.multiply(X) @ (V * V)
+    pairwise = 0.5 * (sums * sums - squares).sum(axis=1)
+    return float(params.w0[0]) + X @ params.w.astype(np.float64) + np.asarray(pairwise).ravel()
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-z)), without overflow for large |z|."""
+    z = np.asarray(z, dtype=np.float64)
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
+
+
+def loss_and_slope(logits: np.ndarray, y: np.ndarray, predictor_type: str):
+    """Per-row loss and its derivative with respect to y_hat."""
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if predictor_type == "binary_classifier":
+        loss = np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))
+        return loss, sigmoid(logits) - y
+    diff = logits - y
+    return diff * diff, 2.0 * diff
+
+
+def reference_gradients(params: FMParameters, X: sp.spmatrix, y: np.ndarray,
+                        predictor_type: str) -> tuple[float, np.ndarray, np.ndarray]:
+    """Gradients of the mean loss over the rows of ``X``: (d/dw0, d/dw, d/dV), dense, float64."""
+    X = sp.csr_matrix(X, dtype=np.float64)
+    V = params.V.astype(np.float64)
+    _, slope = loss_and_slope(reference_logits(params, X), y, predictor_type)
+    slope = slope / X.shape[0]
+    sums = X @ V  # (n, k)
+    g0 = float(slope.sum())
+    gw = X.T @ slope
+    # d y_hat / d v_if = x_i * (sum_j v_jf x_j - v_if x_i)
+    gV = X.T @ (slope[:, None] * sums) - V * (X.multiply(X).T @ slope)[:, None]
+    return g0, np.asarray(gw).ravel(), np.asarray(gV)

@@ -1,0 +1,123 @@
+"""The trainer: epochs of mini-batches from a source through the compiled kernel.
+
+One trainer serves the CLI, the Python estimators and the SageMaker entry point. It streams the
+source once per epoch (memory is bounded by the model, its optimizer state and one block of data),
+logs the mean training loss per epoch, and shows a progress bar on a terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from fmkit.data.batch import SparseBatch, rebatch
+from fmkit.errors import DataError
+from fmkit.kernels import fm as kernels
+from fmkit.logs import DEFAULT_HOST, log
+from fmkit.models.fm import FMParameters, init_parameters
+from fmkit.train.optimizers import OPTIMIZER_IDS, OptimizerState, kernel_config
+
+
+class Source(Protocol):
+    name: str
+
+    def blocks(self): ...
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    rows: int
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class Workspace:
+    """Scratch arrays the kernel reuses: feature -> slot map and per-slot gradient buffers."""
+
+    slot: np.ndarray
+    touched: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    gw: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gV: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    sums: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @classmethod
+    def for_params(cls, params: FMParameters) -> Workspace:
+        ws = cls(slot=np.full(params.feature_dim, -1, dtype=np.int32))
+        ws.sums = np.zeros(params.num_factors)
+        ws.gV = np.zeros((0, params.num_factors))
+        return ws
+
+    def reserve(self, chunk: SparseBatch, batch_size: int, feature_dim: int) -> None:
+        """Grow the buffers to hold the distinct features of the chunk's largest mini-batch."""
+        bounds = np.r_[np.arange(0, chunk.n_rows, batch_size), chunk.n_rows]
+        need = min(feature_dim, int(np.diff(chunk.indptr[bounds]).max(initial=0)))
+        if need > self.touched.size:
+            need = min(feature_dim, max(need, 2 * self.touched.size))
+            self.touched = np.zeros(need, np.int32)
+            self.gw = np.zeros(need)
+            self.gV = np.zeros((need, self.sums.size))
+
+
+def loss_kind(predictor_type: str) -> int:
+    return kernels.LOGISTIC if predictor_type == "binary_classifier" else kernels.SQUARED
+
+
+def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None, *,
+          progress: bool | None = None, host: str = DEFAULT_HOST,
+          dtype=np.float32) -> tuple[FMParameters, list[EpochStats]]:
+    """Train an FM with validated hyperparameters ``hp`` on ``source``; return weights and history.
+
+    ``params`` continues from given weights (a fresh optimizer state is used). ``progress``:
+    True/False forces the bar on/off, None shows it only when stderr is a terminal.
+    """
+    params = params if params is not None else init_parameters(hp, dtype)
+    state = OptimizerState.zeros(hp["optimizer"], params)
+    ws = Workspace.for_params(params)
+    config = kernel_config(hp)
+    batch_size = hp["mini_batch_size"]
+    kind = loss_kind(hp["predictor_type"])
+    opt = OPTIMIZER_IDS[hp["optimizer"]]
+    show = sys.stderr.isatty() if progress is None else progress
+    history: list[EpochStats] = []
+    epochs = hp["epochs"]
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        rows, loss_sum = 0, 0.0
+        with tqdm(desc=f"epoch {epoch}/{epochs}", unit=" rows", unit_scale=True,
+                  disable=not show, file=sys.stderr, leave=False) as bar:
+            for chunk in rebatch(source.blocks(), batch_size):
+                ws.reserve(chunk, batch_size, params.feature_dim)
+                chunk_loss, state.step = kernels.train_chunk(
+                    chunk.indptr, chunk.indices, chunk.values, chunk.labels, batch_size, kind,
+                    opt, config, params.w0, params.w, params.V, state.m0, state.s0, state.mw,
+                    state.sw, state.mV, state.sV, ws.slot, ws.touched, ws.gw, ws.gV, ws.sums,
+                    state.step,
+                )
+                rows += chunk.n_rows
+                loss_sum += chunk_loss
+                bar.update(chunk.n_rows)
+                bar.set_postfix(loss=f"{loss_sum / max(rows, 1):.5f}", refresh=False)
+        if rows == 0:
+            raise DataError(source.name, None, "holds no data rows")
+        stats = EpochStats(epoch, loss_sum / rows, rows, time.perf_counter() - started)
+        history.append(stats)
+        log.info("epoch %d/%d: train loss %.6f over %d rows (%.0f rows/s)", epoch, epochs,
+                 stats.loss, rows, stats.rows_per_second)
+        log.info("#progress_metric: host=%s, completed %d %% of epochs", host,
+                 round(100 * epoch / epochs))
+        log.info("#throughput_metric: host=%s, train throughput=%.1f records/second", host,
+                 stats.rows_per_second)
+        if not np.isfinite(stats.loss):
+            log.warning("training loss is not finite: lower the learning rates or set clip_gradient")
+    return params, history
