@@ -32,6 +32,7 @@ class FMModel:
     hyperparameters: dict[str, Any]
     params: FMParameters
     index_base: int = 0
+    classes: tuple[int, int] = (0, 1)  # how the Python API reports labels (0/1 or -1/+1)
 
     @property
     def predictor_type(self) -> str:
@@ -85,6 +86,7 @@ class FMModel:
             "feature_dim": self.feature_dim,
             "num_factors": self.params.num_factors,
             "index_base": self.index_base,
+            "classes": list(self.classes),
             "hyperparameters": self.hyperparameters,
         }
         weights = {"w0": self.params.w0, "w": self.params.w, "V": self.params.V}
@@ -99,6 +101,7 @@ class FMModel:
             hp = validate(meta["hyperparameters"])
             d, k = int(meta["feature_dim"]), int(meta["num_factors"])
             index_base = int(meta.get("index_base", 0))
+            classes = tuple(int(c) for c in meta.get("classes", (0, 1)))
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{path}: model.json is incomplete or invalid: {e}") from None
         if (hp["feature_dim"], hp["num_factors"]) != (d, k):
@@ -108,7 +111,7 @@ class FMModel:
             w=artifact.check_shape(path, weights, "w", (d,)),
             V=artifact.check_shape(path, weights, "V", (d, k)),
         )
-        return cls(hp, params, index_base)
+        return cls(hp, params, index_base, classes)
 
 
 def load_metrics(path: str | Path) -> dict[str, Any]:

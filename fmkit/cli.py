@@ -1,0 +1,133 @@
+"""The ``fmkit`` command line: argument parsing only; every command calls :mod:`fmkit.jobs`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fmkit._version import __version__
+from fmkit.data.sources import FORMATS
+from fmkit.errors import FMKitError, HyperparameterError
+from fmkit.hyperparameters import TABLE
+from fmkit.logs import log, setup_logging
+
+TRAIN_EXAMPLE = """example:
+  fmkit train --train a9a --test a9a.t --model-dir model/ \\
+      feature_dim=123 num_factors=8 predictor_type=binary_classifier epochs=10
+
+hyperparameters (SageMaker's names; values may also come from --hyperparameters FILE.json):
+""" + "\n".join(
+    f"  {h.name:<22} {'required' if h.required else h.default!s:<10} {h.help}" for h in TABLE
+)
+
+
+def _add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help="input format (default: detected from the first line)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fmkit", description="Factorization machines for sparse data.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run 'fmkit COMMAND --help' for a command's options and an example",
+    )
+    parser.add_argument("--version", action="version", version=f"fmkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("train", help="train an FM on a libsvm or CSV channel",
+                       description="Train a factorization machine; score the test channel if "
+                       "given; write a model directory.", epilog=TRAIN_EXAMPLE,
+                       formatter_class=raw)
+    p.add_argument("--train", required=True, help="training file or directory of files")
+    p.add_argument("--test", help="test file or directory, scored with SageMaker's metrics")
+    p.add_argument("--model-dir", required=True, help="model directory to write")
+    _add_format(p)
+    p.add_argument("--index-base", choices=("auto", "0", "1"), default="auto",
+                   help="libsvm feature indices start at 0 or 1 (auto: 0 if index 0 occurs)")
+    p.add_argument("--hyperparameters", metavar="FILE.json",
+                   help="JSON object of hyperparameters (strings accepted, as SageMaker's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
+    p.add_argument("assignments", nargs="*", metavar="NAME=VALUE",
+                   help="hyperparameters, overriding --hyperparameters")
+
+    p = sub.add_parser("evaluate", help="print a model's metrics on a labelled file as JSON",
+                       epilog="example:\n  fmkit evaluate --model-dir model/ --data a9a.t",
+                       formatter_class=raw)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--data", required=True, help="labelled file or directory")
+    _add_format(p)
+
+    p = sub.add_parser("predict", help="write JSON Lines predictions, one per input row",
+                       epilog="example:\n  fmkit predict --model-dir model/ --data a9a.t "
+                       "--output predictions.jsonl", formatter_class=raw)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--data", required=True, help="file or directory (labels are ignored)")
+    p.add_argument("--output", help="output file (default: stdout)")
+    _add_format(p)
+
+    p = sub.add_parser("demo", help="train FM and a linear model on planted click data",
+                       description="Generate click data from a planted FM, train a linear model "
+                       "and an FM, and compare them with the oracle. Needs no files.",
+                       epilog="example:\n  fmkit demo", formatter_class=raw)
+    p.add_argument("--rows", type=int, default=1_000_000,
+                   help="rows to generate, 80%% for training (default 1000000)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
+    return parser
+
+
+def parse_assignments(assignments: list[str], file: str | None) -> dict[str, object]:
+    """Hyperparameters from ``--hyperparameters FILE.json`` overridden by ``NAME=VALUE``."""
+    values: dict[str, object] = {}
+    if file:
+        try:
+            loaded = json.loads(Path(file).read_text())
+        except (OSError, ValueError) as e:
+            raise HyperparameterError(f"{file}: cannot read hyperparameters: {e}") from None
+        if not isinstance(loaded, dict):
+            raise HyperparameterError(f"{file}: expected a JSON object of name: value")
+        values.update(loaded)
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise HyperparameterError(f"expected NAME=VALUE, got {item!r}")
+        values[name.strip()] = value
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(quiet=getattr(args, "quiet", False))
+    from fmkit import jobs
+
+    try:
+        if args.command == "train":
+            hp = parse_assignments(args.assignments, args.hyperparameters)
+            jobs.train_files(hp, args.train, args.model_dir, test_path=args.test,
+                             fmt=args.format, index_base=args.index_base,
+                             progress=False if args.quiet else None)
+        elif args.command == "evaluate":
+            print(jobs.metrics_json(jobs.evaluate_files(args.model_dir, args.data,
+                                                        fmt=args.format)))
+        elif args.command == "predict":
+            rows = jobs.predict_files(args.model_dir, args.data, args.output, fmt=args.format)
+            log.info("wrote %d predictions to %s", rows, args.output or "stdout")
+        elif args.command == "demo":
+            from fmkit.demo import run_demo
+
+            run_demo(rows=args.rows, seed=args.seed, progress=False if args.quiet else None)
+    except FMKitError as e:
+        print(f"fmkit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fmkit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
