@@ -26,8 +26,8 @@ OPTIMIZERS = ("adam", "adagrad", "sgd")
 class Hyperparameter:
     """One row of the table.
 
-    ``check`` is one of ``"gt0"`` (> 0), ``"ge0"`` (>= 0), ``"finite"`` (any finite number) or
-    ``"choice"`` (one of ``choices``). ``suggested`` is the value the Python estimators use for a
+    ``check`` is one of ``"gt0"`` (> 0), ``"ge0"`` (>= 0), ``"finite"`` (any finite number),
+    ``"choice01"`` (0 or 1) or ``"choice"`` (one of ``choices``). ``suggested`` is the value the Python estimators use for a
     parameter SageMaker requires but the estimator cannot infer (``num_factors``).
     """
 
@@ -47,6 +47,7 @@ class Hyperparameter:
             "gt0": f"{noun} > 0",
             "ge0": f"{noun} >= 0",
             "finite": f"{noun} (finite)",
+            "choice01": "0 or 1",
             "choice": "one of " + ", ".join(self.choices),
         }[self.check]
 
@@ -96,7 +97,12 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
                        "fmkit: update rule (lazy: only the rows a mini-batch touches).",
                        choices=OPTIMIZERS, sagemaker=False),
         Hyperparameter("seed", int, 0, "ge0",
-                       "fmkit: seed of the weight initialization.", sagemaker=False),
+                       "fmkit: seed of the weight initialization and shuffling.",
+                       sagemaker=False),
+        Hyperparameter("shuffle", int, 1, "choice01",
+                       "fmkit: 1 shuffles the rows of each streamed chunk (~4 MB of text, or "
+                       "all of an in-memory matrix) every epoch; 0 keeps file order.",
+                       sagemaker=False),
     ]
 )
 
@@ -150,6 +156,7 @@ def _check_range(h: Hyperparameter, value: Any, raw: Any) -> None:
         "gt0": lambda v: v > 0,
         "ge0": lambda v: v >= 0,
         "finite": lambda v: True,
+        "choice01": lambda v: v in (0, 1),
         "choice": lambda v: v in h.choices,
     }[h.check](value)
     if not ok:

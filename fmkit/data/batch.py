@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 
 @dataclass
@@ -47,6 +48,33 @@ class SparseBatch:
             source=self.source,
             first_row=self.first_row + start,
         )
+
+
+@njit(cache=True)
+def _gather_rows(indptr, indices, values, rows, out_indptr, out_indices, out_values):
+    nnz = 0
+    out_indptr[0] = 0
+    for n in range(rows.size):
+        r = rows[n]
+        for j in range(indptr[r], indptr[r + 1]):
+            out_indices[nnz] = indices[j]
+            out_values[nnz] = values[j]
+            nnz += 1
+        out_indptr[n + 1] = nnz
+
+
+def take(batch: SparseBatch, rows: np.ndarray) -> SparseBatch:
+    """The given rows of a batch, in the given order (used to shuffle rows within a chunk)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    lengths = np.diff(batch.indptr)[rows]
+    nnz = int(lengths.sum())
+    indptr = np.empty(rows.size + 1, dtype=np.int64)
+    indices = np.empty(nnz, dtype=batch.indices.dtype)
+    values = np.empty(nnz, dtype=batch.values.dtype)
+    _gather_rows(batch.indptr, batch.indices, batch.values, rows, indptr, indices, values)
+    return SparseBatch(indptr, indices, values, batch.labels[rows],
+                       None if batch.lines is None else batch.lines[rows], batch.source,
+                       batch.first_row)
 
 
 def concat(batches: list[SparseBatch]) -> SparseBatch:

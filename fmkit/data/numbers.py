@@ -3,7 +3,7 @@
 The readers parse whole blocks of a file inside one compiled function, so the number parser is a
 numba function too. It follows Clinger's fast path: up to 19 significant digits go into an integer
 mantissa that is scaled once by an exact power of ten, which is correctly rounded for the numbers
-data files hold (<= 15 significant digits, |exponent| <= 22) and within an ulp beyond.
+data files hold (<= 15 significant digits, |exponent| <= 22) and within two ulps beyond.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ BAD_NUMBER = 1  # not a number at all
 NOT_FINITE = 2  # nan, inf, or a value that overflows float64
 BAD_INDEX = 3  # an index that is not a non-negative integer
 
-_POW10 = np.array([10.0**i for i in range(23)])
+_POW10 = np.array([10.0**i for i in range(23)])  # exact
+# correctly rounded 10^e for e in [-350, 350] (index e + 350); 0 and inf beyond float64's range
+_POW10_ANY = np.array([float(f"1e{e}") for e in range(-350, 351)])
 
 
 @njit(cache=True, inline="always")
@@ -103,10 +105,14 @@ def parse_float(buf, start, end):
         value = value * _POW10[exp10]
     elif -22 <= exp10 < 0:
         value = value / _POW10[-exp10]
-    elif exp10 > 0:
-        value = value * 10.0 ** exp10
+    elif exp10 > 350:
+        value = np.inf
+    elif exp10 < -350:
+        value = 0.0
+    elif exp10 < -300:  # 10^exp10 alone would be subnormal or 0: scale in two steps
+        value = value * _POW10_ANY[exp10 + 22 + 350] / _POW10[22]
     else:
-        value = value / 10.0 ** (-exp10) if exp10 > -300 else value * 10.0 ** exp10
+        value = value * _POW10_ANY[exp10 + 350]
     if value == np.inf:
         return 0.0, NOT_FINITE
     return -value if negative else value, OK

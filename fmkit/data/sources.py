@@ -190,7 +190,7 @@ class ArraySource:
     y: np.ndarray | None
     feature_dim: int | None = None
     labels: str | None = None
-    block_rows: int = 1 << 16
+    block_rows: int = 1 << 20
 
     def __post_init__(self) -> None:
         X = self.X

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from fmkit.data.batch import SparseBatch, rebatch
+from fmkit.data.batch import SparseBatch, rebatch, take
 from fmkit.errors import DataError
 from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST, log
@@ -89,6 +89,7 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     kind = loss_kind(hp["predictor_type"])
     opt = OPTIMIZER_IDS[hp["optimizer"]]
     show = sys.stderr.isatty() if progress is None else progress
+    rng = np.random.default_rng(hp["seed"])
     history: list[EpochStats] = []
     epochs = hp["epochs"]
     for epoch in range(1, epochs + 1):
@@ -97,6 +98,8 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
         with tqdm(desc=f"epoch {epoch}/{epochs}", unit=" rows", unit_scale=True,
                   disable=not show, file=sys.stderr, leave=False) as bar:
             for chunk in rebatch(source.blocks(), batch_size):
+                if hp["shuffle"]:
+                    chunk = take(chunk, rng.permutation(chunk.n_rows))
                 ws.reserve(chunk, batch_size, params.feature_dim)
                 chunk_loss, state.step = kernels.train_chunk(
                     chunk.indptr, chunk.indices, chunk.values, chunk.labels, batch_size, kind,

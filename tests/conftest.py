@@ -1,0 +1,57 @@
+"""Shared fixtures: the real datasets in ../shared/data and helpers to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from fmkit.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FMKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data; fails the test loudly (never skips) when it is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.is_file():
+        pytest.fail(f"required dataset {path} is missing: tests need ../shared/data "
+                    "(or FMKIT_SHARED_DATA pointing at it)")
+    return path
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``fmkit ARGS`` in-process: returns (exit code, stdout, stderr)."""
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def fmkit_executable() -> str:
+    return str(Path(sys.executable).parent / "fmkit")
+
+
+def run_fmkit(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed ``fmkit`` console script in a subprocess."""
+    return subprocess.run([fmkit_executable(), *map(str, args)], capture_output=True, text=True,
+                          **kwargs)
+
+
+def movielens_onehot(name: str) -> tuple[sp.csr_matrix, np.ndarray]:
+    """MovieLens 100k ratings as one-hot user + item rows (943 users, then 1682 items)."""
+    ratings = np.loadtxt(shared_file("movielens_100k", name), dtype=np.int64)
+    n = len(ratings)
+    columns = np.column_stack([ratings[:, 0] - 1, 943 + ratings[:, 1] - 1]).ravel()
+    X = sp.csr_matrix((np.ones(2 * n), columns, np.arange(0, 2 * n + 1, 2)), shape=(n, 943 + 1682))
+    return X, ratings[:, 2].astype(np.float64)

@@ -1,0 +1,136 @@
+"""The FM function, its gradients and one optimizer step: reference and kernels vs independent
+computations (a brute-force double loop, finite differences, step-by-step numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from fmkit.hyperparameters import validate
+from fmkit.kernels import fm as kernels
+from fmkit.models.fm import FMParameters, reference_gradients, reference_logits
+from fmkit.train.optimizers import OPTIMIZER_IDS, OptimizerState, kernel_config, reference_step
+
+PREDICTORS = ("binary_classifier", "regressor")
+
+
+def brute_force_fm(params: FMParameters, X: np.ndarray) -> np.ndarray:
+    """y_hat by the definition: O(n^2 k) double loop over feature pairs."""
+    out = np.empty(X.shape[0])
+    d = X.shape[1]
+    for r in range(X.shape[0]):
+        x = X[r]
+        total = params.w0[0] + sum(params.w[i] * x[i] for i in range(d))
+        for i in range(d):
+            for j in range(i + 1, d):
+                total += float(np.dot(params.V[i], params.V[j])) * x[i] * x[j]
+        out[r] = total
+    return out
+
+
+def random_problem(seed: int, n: int = 40, d: int = 25, k: int = 5, density: float = 0.25):
+    rng = np.random.default_rng(seed)
+    X = sp.random(n, d, density=density, random_state=seed, format="csr", dtype=np.float64)
+    X.data = rng.normal(size=X.data.size)
+    params = FMParameters(w0=rng.normal(size=1), w=rng.normal(size=d),
+                          V=rng.normal(scale=0.5, size=(d, k)))
+    y = (rng.random(n) < 0.5).astype(np.float64)
+    return X, y, params
+
+
+def kernel_logits(params: FMParameters, X: sp.csr_matrix) -> np.ndarray:
+    out = np.empty(X.shape[0])
+    kernels.predict_logits(X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data,
+                           params.w0, params.w, params.V, out, 3)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fm_equals_brute_force_double_loop(seed):
+    X, _, params = random_problem(seed)
+    expected = brute_force_fm(params, X.toarray())
+    np.testing.assert_allclose(reference_logits(params, X), expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(kernel_logits(params, X), expected, rtol=0, atol=1e-9)
+
+
+def test_kernel_float32_weights_close_to_float64():
+    X, _, params = random_problem(11, n=200, d=60, k=8)
+    p32 = FMParameters(*(a.astype(np.float32) for a in (params.w0, params.w, params.V)))
+    X32 = X.astype(np.float32)
+    expected = brute_force_fm(p32, X32.toarray().astype(np.float64))
+    np.testing.assert_allclose(kernel_logits(p32, X32), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("predictor_type", PREDICTORS)
+def test_gradients_match_finite_differences(predictor_type):
+    X, y, params = random_problem(3, n=15, d=8, k=3, density=0.5)
+    if predictor_type == "regressor":
+        y = np.random.default_rng(0).normal(size=y.size)
+
+    def loss(p: FMParameters) -> float:
+        z = brute_force_fm(p, X.toarray())
+        if predictor_type == "regressor":
+            return float(np.mean((z - y) ** 2))
+        return float(np.mean(np.log1p(np.exp(-z)) + (1 - y) * z))
+
+    g0, gw, gV = reference_gradients(params, X, y, predictor_type)
+    h = 1e-6
+    for name, grad in (("w0", np.array([g0])), ("w", gw), ("V", gV)):
+        array = getattr(params, name)
+        numeric = np.zeros_like(array)
+        for idx in np.ndindex(array.shape):
+            plus, minus = params.copy(), params.copy()
+            getattr(plus, name)[idx] += h
+            getattr(minus, name)[idx] -= h
+            numeric[idx] = (loss(plus) - loss(minus)) / (2 * h)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def _kernel_train(params, state, X, y, hp, batch_size):
+    d, k = params.V.shape
+    slot = np.full(d, -1, np.int32)
+    loss, state.step = kernels.train_chunk(
+        X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, y, batch_size,
+        kernels.LOGISTIC if hp["predictor_type"] == "binary_classifier" else kernels.SQUARED,
+        OPTIMIZER_IDS[hp["optimizer"]], kernel_config(hp), params.w0, params.w, params.V,
+        state.m0, state.s0, state.mw, state.sw, state.mV, state.sV, slot,
+        np.zeros(d, np.int32), np.zeros(d), np.zeros((d, k)), np.zeros(k), state.step)
+    assert (slot == -1).all(), "the kernel must leave its slot map clean"
+    return loss
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad", "sgd"])
+@pytest.mark.parametrize("predictor_type", PREDICTORS)
+@pytest.mark.parametrize("clip", [None, 0.02])
+def test_kernel_steps_match_reference_optimizer(optimizer, predictor_type, clip):
+    """Three mini-batches through the kernel == three numpy reference steps, in float64."""
+    X, y, params = random_problem(5, n=30, d=20, k=4)
+    hp = validate(dict(feature_dim=20, num_factors=4, predictor_type=predictor_type,
+                       optimizer=optimizer, clip_gradient=clip, rescale_grad=0.7,
+                       bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, bias_wd=0.01,
+                       linear_wd=0.1, factors_wd=0.05))
+    reference, fast = params.copy(), params.copy()
+    ref_state = OptimizerState.zeros(optimizer, reference)
+    for start in range(0, 30, 10):
+        rows = X[start:start + 10]
+        grads = reference_gradients(reference, rows, y[start:start + 10], predictor_type)
+        reference_step(reference, ref_state, grads, np.unique(rows.indices), hp)
+    fast_state = OptimizerState.zeros(optimizer, fast)
+    _kernel_train(fast, fast_state, X, y, hp, batch_size=10)
+    assert fast_state.step == ref_state.step == 3
+    for name in ("w0", "w", "V"):
+        np.testing.assert_allclose(getattr(fast, name), getattr(reference, name), rtol=0,
+                                   atol=1e-12, err_msg=name)
+    # untouched features keep their weights: the updates are lazy
+    untouched = np.setdiff1d(np.arange(20), X.indices)
+    np.testing.assert_array_equal(fast.V[untouched], params.V[untouched])
+
+
+def test_kernel_loss_is_mean_loss_before_update():
+    X, y, params = random_problem(8, n=12)
+    hp = validate(dict(feature_dim=25, num_factors=5, predictor_type="binary_classifier"))
+    z = brute_force_fm(params, X.toarray())
+    expected = np.sum(np.log1p(np.exp(-z)) + (1 - y) * z)
+    loss = _kernel_train(params.copy(), OptimizerState.zeros("adam", params), X, y, hp, 12)
+    assert loss == pytest.approx(expected, rel=1e-12)

@@ -1,0 +1,113 @@
+"""Hyperparameters: SageMaker's names, defaults and ranges; strings accepted; bad values refused
+before any data is read, with the parameter, the value and the allowed range in the message."""
+
+from __future__ import annotations
+
+import pytest
+
+from fmkit.errors import HyperparameterError
+from fmkit.hyperparameters import validate
+
+REQUIRED = {"feature_dim": "1000", "num_factors": "64", "predictor_type": "binary_classifier"}
+
+# hyperparameters.json exactly as the SageMaker SDK 2.x writes it (spec §1.2)
+SDK_JSON = {"bias_init_sigma": "0.01", "clip_gradient": "5.0", "epochs": "10",
+            "factors_lr": "0.0001", "feature_dim": "1000", "mini_batch_size": "200",
+            "num_factors": "64", "predictor_type": "binary_classifier",
+            "_tuning_objective_metric": "test:binary_classification_accuracy"}
+
+
+def test_sdk_strings_parse_to_types():
+    hp = validate(SDK_JSON)
+    assert hp["epochs"] == 10 and isinstance(hp["epochs"], int)
+    assert hp["clip_gradient"] == 5.0 and hp["factors_lr"] == 1e-4
+    assert hp["feature_dim"] == 1000 and hp["mini_batch_size"] == 200
+    assert "_tuning_objective_metric" not in hp
+
+
+def test_sagemaker_defaults():
+    hp = validate(REQUIRED)
+    assert (hp["epochs"], hp["mini_batch_size"]) == (1, 1000)
+    assert (hp["bias_lr"], hp["bias_wd"], hp["bias_init_sigma"]) == (0.1, 0.01, 0.01)
+    assert (hp["linear_lr"], hp["linear_wd"], hp["linear_init_sigma"]) == (0.001, 0.001, 0.01)
+    assert (hp["factors_lr"], hp["factors_wd"], hp["factors_init_sigma"]) == (1e-4, 1e-5, 1e-3)
+    assert hp["bias_init_method"] == hp["linear_init_method"] == hp["factors_init_method"] == \
+        "normal"
+    assert hp["clip_gradient"] is None
+
+
+def test_integral_float_strings_and_scientific_notation():
+    hp = validate({**REQUIRED, "epochs": "10.0", "linear_lr": "1e-05", "num_factors": 8})
+    assert hp["epochs"] == 10 and hp["linear_lr"] == 1e-5 and hp["num_factors"] == 8
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("num_factors", "0", "an integer > 0"),
+    ("feature_dim", "-5", "an integer > 0"),
+    ("epochs", "2.5", "an integer > 0"),
+    ("mini_batch_size", "ten", "an integer > 0"),
+    ("bias_lr", "-1.0", "a number >= 0"),
+    ("factors_wd", "nan", "a number >= 0"),
+    ("predictor_type", "multiclass_classifier", "one of binary_classifier, regressor"),
+    ("bias_init_method", "xavier", "one of normal, uniform, constant"),
+    ("optimizer", "rmsprop", "one of adam, adagrad, sgd"),
+    ("eps", "0", "a number > 0"),
+])
+def test_out_of_range_names_parameter_value_and_range(name, value, fragment):
+    with pytest.raises(HyperparameterError) as e:
+        validate({**REQUIRED, name: value})
+    message = str(e.value)
+    assert f"hyperparameter {name}" in message and repr(value) in message and fragment in message
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(HyperparameterError, match=r"unknown hyperparameter\(s\) learning_rate; "
+                                                  r"valid names are: .*num_factors"):
+        validate({**REQUIRED, "learning_rate": "0.1"})
+
+
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_missing_required(missing):
+    raw = {k: v for k, v in REQUIRED.items() if k != missing}
+    with pytest.raises(HyperparameterError, match=f"hyperparameter {missing} is required"):
+        validate(raw)
+
+
+@pytest.mark.parametrize("method,needed", [("uniform", "init_scale"), ("constant", "init_value")])
+@pytest.mark.parametrize("group", ["bias", "linear", "factors"])
+def test_init_method_needs_its_parameter(group, method, needed):
+    with pytest.raises(HyperparameterError,
+                       match=f"{group}_init_method={method} needs {group}_{needed}"):
+        validate({**REQUIRED, f"{group}_init_method": method})
+    hp = validate({**REQUIRED, f"{group}_init_method": method, f"{group}_{needed}": "0.5"})
+    assert hp[f"{group}_{needed}"] == 0.5
+
+
+BAD_CLI_CASES = [
+    (["num_factors=0"], "hyperparameter num_factors: invalid value '0'"),
+    (["bogus=1"], "unknown hyperparameter(s) bogus"),
+    (["predictor_type=classifier"], "expected one of binary_classifier, regressor"),
+    (["factors_init_method=uniform"], "factors_init_method=uniform needs factors_init_scale"),
+    (["epochs"], "expected NAME=VALUE, got 'epochs'"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_CLI_CASES)
+def test_cli_refuses_bad_hyperparameters_before_reading_data(cli, tmp_path, extra, message):
+    base = {"feature_dim": "10", "num_factors": "4", "predictor_type": "binary_classifier"}
+    overridden = {e.split("=")[0] for e in extra}
+    args = [f"{k}={v}" for k, v in base.items() if k not in overridden] + extra
+    # the train file does not exist: the error must be about the hyperparameter, not the data
+    code, out, err = cli("train", "--train", tmp_path / "missing.libsvm", "--model-dir",
+                         tmp_path / "model", *args)
+    assert code != 0
+    assert message in err and "missing.libsvm" not in err
+    assert not (tmp_path / "model").exists()
+
+
+def test_cli_missing_required_from_json_file(cli, tmp_path):
+    hp_file = tmp_path / "hp.json"
+    hp_file.write_text('{"feature_dim": "10", "predictor_type": "regressor"}')
+    code, _, err = cli("train", "--train", tmp_path / "missing", "--model-dir", tmp_path / "m",
+                       "--hyperparameters", hp_file)
+    assert code != 0 and "hyperparameter num_factors is required" in err

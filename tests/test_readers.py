@@ -1,0 +1,188 @@
+"""Readers: libsvm and CSV parsed exactly as independent parsers do, streamed in blocks, and every
+bad record reported as FILE:LINE: problem (non-zero exit from the CLI)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.datasets import dump_svmlight_file, load_svmlight_file
+
+from fmkit.data import libsvm
+from fmkit.data.batch import concat, rebatch
+from fmkit.data.numbers import parse_float
+from fmkit.data.sources import FileSource, detect_format, detect_index_base
+from fmkit.errors import DataError
+
+from .conftest import run_fmkit, shared_file
+
+
+def read_all(source: FileSource) -> tuple[sp.csr_matrix, np.ndarray]:
+    batch = concat(list(source.blocks()))
+    X = sp.csr_matrix((batch.values, batch.indices, batch.indptr),
+                      shape=(batch.n_rows, source.feature_dim))
+    return X, batch.labels
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 22, 4096, 97])
+def test_a9a_equals_sklearn_reader(block_bytes):
+    path = shared_file("a9a_libsvm", "a9a")
+    source = FileSource(path, "auto", 123, index_base=1, labels="binary",
+                        block_bytes=block_bytes)
+    X, y = read_all(source)
+    X_ref, y_ref = load_svmlight_file(str(path), n_features=123, zero_based=False)
+    assert X.shape == X_ref.shape == (32561, 123)
+    assert (X != X_ref.astype(np.float32)).nnz == 0
+    np.testing.assert_array_equal(y, (y_ref == 1).astype(np.float32))
+
+
+def test_index_base_detection(tmp_path):
+    assert detect_index_base(FileSource(shared_file("a9a_libsvm", "a9a"), "auto", 123)) == 1
+    zero = tmp_path / "zero.libsvm"
+    zero.write_text("1 3:1\n0 0:2 5:1\n")
+    assert detect_index_base(FileSource(zero, "auto", 10)) == 0
+
+
+def test_float_parser_matches_python_float():
+    rng = np.random.default_rng(0)
+    texts = ["0", "-0.0", "+1.5", "1e-05", "3.", ".5", "-.25e+2", "123456789012345678901",
+             "1e308", "1.5e-300", "0.1", "0.30000000000000004", "7E+3",
+             "1.7976931348623157e308", "2.2250738585072014e-308"]
+    texts += [repr(float(v)) for v in rng.normal(scale=1e3, size=300)]
+    texts += [f"{v:.6g}" for v in rng.lognormal(sigma=20, size=300)]
+    for text in texts:
+        buf = np.frombuffer(text.encode(), np.uint8)
+        value, code = parse_float(buf, 0, buf.size)
+        assert code == 0, text
+        assert value == pytest.approx(float(text), rel=4.5e-16, abs=1e-320), text
+
+
+def test_comments_crlf_blank_lines_qid_and_missing_final_newline(tmp_path):
+    path = tmp_path / "odd.libsvm"
+    path.write_bytes(b"# header comment\r\n1 qid:3 1:0.5 4:2 # trailing\r\n\r\n   \n-1 2:1e-3\n0")
+    X, y = read_all(FileSource(path, "libsvm", 5, index_base=0, labels="binary"))
+    np.testing.assert_array_equal(y, [1, 0, 0])
+    np.testing.assert_allclose(X.toarray(), [[0, 0.5, 0, 0, 2], [0, 0, 1e-3, 0, 0], [0] * 5],
+                               rtol=1e-7)
+
+
+def test_csv_equals_numpy_loadtxt(tmp_path):
+    rng = np.random.default_rng(1)
+    table = np.round(rng.normal(size=(500, 7)), 4)
+    table[rng.random(table.shape) < 0.5] = 0.0
+    path = tmp_path / "dense.csv"
+    np.savetxt(path, table, delimiter=",", fmt="%.4f")
+    assert detect_format(path) == "csv"
+    X, y = read_all(FileSource(path, "auto", 6, labels="real", block_bytes=1000))
+    expected = np.loadtxt(path, delimiter=",")
+    np.testing.assert_allclose(y, expected[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(X.toarray(), expected[:, 1:], rtol=1e-6)
+
+
+def test_rebatch_makes_whole_mini_batches():
+    path = shared_file("a9a_libsvm", "a9a.t")
+    source = FileSource(path, "libsvm", 123, index_base=1, labels="binary", block_bytes=5000)
+    sizes = [c.n_rows for c in rebatch(source.blocks(), 64)]
+    assert sum(sizes) == 16281
+    assert all(s % 64 == 0 for s in sizes[:-1])
+
+
+# -- bad input: FILE:LINE: problem ---------------------------------------------------------
+GOOD = "1 1:0.5 3:1\n0 2:1\n"
+BAD_LIBSVM = [
+    ("1 1:0.5 3:1\n0 2:1 12:1\n", 2, "feature index 12 is out of range: feature_dim=10"),
+    ("1 1:0.5\n0 2:abc\n", 2, "non-numeric value in '2:abc'"),
+    ("1 1:0.5\n0 x:1\n", 2, "feature index in 'x:1' is not a non-negative integer"),
+    ("1 1:0.5\n0 2:nan\n", 2, "value '2:nan' is not finite"),
+    ("1 1:0.5\n0 2:-inf\n", 2, "value '2:-inf' is not finite"),
+    ("1 1:0.5\n0 2:1e999\n", 2, "value '2:1e999' is not finite"),
+    ("1 1:0.5\n0 2\n", 2, "expected INDEX:VALUE, got '2'"),
+    ("1 1:0.5\nyes 2:1\n", 2, "non-numeric value in 'yes'"),
+    ("1 1:0.5\n\n2 2:1\n", 3, "label 2 is not valid for a binary classifier"),
+    ("1 1:0.5\n0 2:1 2:3\n", 2, "feature index 2 appears twice in the row"),
+]
+
+
+@pytest.mark.parametrize("text,line,problem", BAD_LIBSVM)
+def test_bad_libsvm_records_name_file_and_line(cli, tmp_path, text, line, problem):
+    path = tmp_path / "bad.libsvm"
+    path.write_text(text)
+    code, _, err = cli("train", "--train", path, "--model-dir", tmp_path / "m",
+                       "--index-base", "0", "feature_dim=10", "num_factors=2",
+                       "predictor_type=binary_classifier")
+    assert code != 0
+    assert f"{path}:{line}: {problem}" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_bad_label_for_regressor(cli, tmp_path):
+    path = tmp_path / "bad.libsvm"
+    path.write_text("1.5 1:1\nNaN 2:1\n")
+    code, _, err = cli("train", "--train", path, "--model-dir", tmp_path / "m",
+                       "feature_dim=10", "num_factors=2", "predictor_type=regressor")
+    assert code != 0 and f"{path}:2: value 'NaN' is not finite" in err
+
+
+BAD_CSV = [
+    ("1,0.5,2\n0,1\n", 2, "expected 3 columns like the first row, got 2"),
+    ("1,0.5,2\n0,abc,1\n", 2, "column 2: non-numeric value 'abc'"),
+    ("1,0.5,2\n0,,1\n", 2, "column 2: empty value"),
+    ("1,0.5,2\n0,inf,1\n", 2, "column 2: value 'inf' is not finite"),
+    ("label,a,b\n1,0.5,2\n", 1, "label (column 1): non-numeric value 'label'"),
+    ("1,0.5,2\n3,1,1\n", 2, "label 3 is not valid for a binary classifier"),
+]
+
+
+@pytest.mark.parametrize("text,line,problem", BAD_CSV)
+def test_bad_csv_records_name_file_and_line(cli, tmp_path, text, line, problem):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    code, _, err = cli("train", "--train", path, "--model-dir", tmp_path / "m", "--format",
+                       "csv", "feature_dim=2", "num_factors=2", "predictor_type=binary_classifier")
+    assert code != 0 and f"{path}:{line}: {problem}" in err
+
+
+def test_csv_wider_than_feature_dim(cli, tmp_path):
+    path = tmp_path / "wide.csv"
+    path.write_text("1,0.5,2,3\n")
+    code, _, err = cli("train", "--train", path, "--model-dir", tmp_path / "m",
+                       "feature_dim=2", "num_factors=2", "predictor_type=regressor")
+    assert code != 0 and f"{path}:1: feature index 2 is out of range: feature_dim=2" in err
+
+
+def test_bad_test_channel_and_missing_file(cli, tmp_path):
+    good = tmp_path / "good.libsvm"
+    good.write_text(GOOD)
+    bad = tmp_path / "bad.libsvm"
+    bad.write_text("1 1:1\n1 1:1\n1 1:1 2:x\n")
+    args = ["--model-dir", tmp_path / "m", "feature_dim=10", "num_factors=2",
+            "predictor_type=binary_classifier"]
+    code, _, err = cli("train", "--train", good, "--test", bad, *args)
+    assert code != 0 and f"{bad}:3: non-numeric value in '2:x'" in err
+    code, _, err = cli("train", "--train", tmp_path / "nope", *args)
+    assert code != 0 and f"{tmp_path / 'nope'}: no such file or directory" in err
+
+
+def test_console_script_exit_code_on_bad_data(tmp_path):
+    path = tmp_path / "bad.libsvm"
+    path.write_text("1 1:0.5\n0 99:1\n")
+    result = run_fmkit("train", "--train", path, "--model-dir", tmp_path / "m", "--quiet",
+                       "feature_dim=10", "num_factors=2", "predictor_type=binary_classifier")
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(
+        f"{path}:2: feature index 99 is out of range: feature_dim=10 with 1-based indices "
+        "allows at most 10") or f"{path}:2: feature index 99 is out of range" in result.stderr
+
+
+def test_sklearn_written_file_round_trips(tmp_path):
+    rng = np.random.default_rng(2)
+    X = sp.random(300, 50, density=0.1, random_state=2, format="csr")
+    X.data = np.round(rng.normal(size=X.data.size), 5)
+    y = rng.normal(size=300).round(3)
+    path = tmp_path / "sk.libsvm"
+    dump_svmlight_file(X, y, str(path), zero_based=True)
+    Xr, yr = read_all(FileSource(path, "libsvm", 50, index_base=0, labels="real"))
+    np.testing.assert_allclose(Xr.toarray(), X.toarray(), rtol=1e-6)
+    np.testing.assert_allclose(yr, y, rtol=1e-6)
+    assert libsvm  # the module under test
