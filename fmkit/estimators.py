@@ -3,15 +3,17 @@
 Their parameters are the hyperparameter table's names (``feature_dim`` comes from ``X`` and
 ``predictor_type`` from the class) with the table's defaults; ``__init__`` only stores them and
 ``fit`` validates them, as scikit-learn's estimator rules ask. ``get_params``/``set_params`` make
-them work with ``sklearn.base.clone``, grid search and pipelines without depending on sklearn.
+them work with ``sklearn.base.clone``, grid search, cross-validation and pipelines.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 from fmkit.data.sources import ArraySource
 from fmkit.hyperparameters import TABLE, validate
@@ -27,7 +29,15 @@ PARAMETERS = {
 }
 
 
-class _FMEstimator:
+def _signature() -> inspect.Signature:
+    """``__init__``'s signature as scikit-learn introspects it: one keyword per table entry."""
+    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+                   for name, default in PARAMETERS.items()]
+    return inspect.Signature(parameters)
+
+
+class _FMEstimator(BaseEstimator):
     _predictor_type: str
 
     def __init__(self, **params: Any):
@@ -40,19 +50,7 @@ class _FMEstimator:
         for name, default in PARAMETERS.items():
             setattr(self, name, params.get(name, default))
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in PARAMETERS}
-
-    def set_params(self, **params: Any) -> _FMEstimator:
-        for name, value in params.items():
-            if name not in PARAMETERS:
-                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        changed = {k: v for k, v in self.get_params().items() if v != PARAMETERS[k]}
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+    __init__.__signature__ = _signature()
 
     # -- fitting and predicting -----------------------------------------------------------
     def _hyperparameters(self, feature_dim: int) -> dict[str, Any]:
@@ -89,7 +87,7 @@ class _FMEstimator:
         return model.save(path, {"train": history})
 
 
-class FMClassifier(_FMEstimator):
+class FMClassifier(ClassifierMixin, _FMEstimator):
     """Binary classifier: log loss, ``predict_proba`` = sigmoid(y_hat). Labels 0/1 or -1/+1."""
 
     _predictor_type = "binary_classifier"
@@ -112,12 +110,8 @@ class FMClassifier(_FMEstimator):
         positive = predicted_labels(self.predict_proba(X)[:, 1]).astype(bool)
         return np.where(positive, self.classes_[1], self.classes_[0])
 
-    def score(self, X, y) -> float:
-        """Accuracy, as scikit-learn classifiers score."""
-        return float(np.mean(self.predict(X) == np.asarray(y)))
 
-
-class FMRegressor(_FMEstimator):
+class FMRegressor(RegressorMixin, _FMEstimator):
     """Regressor: squared loss, ``predict`` = y_hat."""
 
     _predictor_type = "regressor"
@@ -127,13 +121,6 @@ class FMRegressor(_FMEstimator):
 
     def predict(self, X) -> np.ndarray:
         return self.decision_function(X)
-
-    def score(self, X, y) -> float:
-        """R^2, as scikit-learn regressors score."""
-        y = np.asarray(y, dtype=np.float64)
-        residual = np.sum((y - self.predict(X)) ** 2)
-        total = np.sum((y - y.mean()) ** 2)
-        return float(1.0 - residual / total) if total > 0 else 0.0
 
 
 def load(path: str | Path) -> FMClassifier | FMRegressor:

@@ -1,0 +1,145 @@
+"""Model directories: round trip, clear errors for damaged ones, no code run on load, and
+atomic replacement (kill -9 during training leaves no model or a complete previous one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.datasets import dump_svmlight_file
+
+from fmkit import FMClassifier, load
+from fmkit.errors import ArtifactError
+from fmkit.model import FMModel
+
+from .conftest import fmkit_executable
+
+
+@pytest.fixture
+def fitted(tmp_path):
+    rng = np.random.default_rng(0)
+    X = sp.random(200, 30, density=0.2, random_state=0, format="csr")
+    y = (rng.random(200) < 0.4).astype(int)
+    model = FMClassifier(num_factors=4, epochs=2, mini_batch_size=20).fit(X, y, progress=False)
+    path = model.save(tmp_path / "model")
+    return model, X, path
+
+
+def test_round_trip_predicts_identically(fitted):
+    model, X, path = fitted
+    loaded = load(path)
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    assert loaded.get_params() == model.get_params()
+    assert sorted(os.listdir(path)) == ["metrics.json", "model.json", "weights.npz"]
+
+
+def _edit_meta(path, **changes):
+    meta = json.loads((path / "model.json").read_text())
+    meta.update(changes)
+    (path / "model.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"format_version": 99}, "model format version 99 was written by fmkit"),
+    ({"format": "something"}, "not an fmkit model"),
+    ({"feature_dim": 31}, "disagrees with its own hyperparameters"),
+    ({"model_type": "deepfm"}, "model_type 'deepfm' is not 'fm'"),
+])
+def test_load_refuses_inconsistent_metadata(fitted, change, message):
+    _, _, path = fitted
+    _edit_meta(path, **change)
+    with pytest.raises(ArtifactError, match=message):
+        FMModel.load(path)
+
+
+def test_load_refuses_wrong_shapes_and_missing_files(fitted, tmp_path):
+    _, _, path = fitted
+    with np.load(path / "weights.npz") as npz:
+        arrays = dict(npz)
+    arrays["V"] = arrays["V"][:, :3]
+    np.savez(path / "weights.npz", **arrays)
+    with pytest.raises(ArtifactError, match=r"array 'V' has shape \(30, 3\), expected \(30, 4\)"):
+        FMModel.load(path)
+    (path / "weights.npz").write_bytes(b"not a zip")
+    with pytest.raises(ArtifactError, match="unreadable weights"):
+        FMModel.load(path)
+    with pytest.raises(ArtifactError, match="no such model directory"):
+        FMModel.load(tmp_path / "nothing")
+
+
+def test_loading_never_unpickles(fitted, tmp_path):
+    """An .npz whose array holds Python objects (a pickle) is refused, not executed."""
+    _, _, path = fitted
+    with np.load(path / "weights.npz") as npz:
+        arrays = dict(npz)
+    marker = tmp_path / "executed"
+    arrays["V"] = np.array([_Exploit(str(marker))], dtype=object)
+    np.savez(path / "weights.npz", **arrays)
+    with pytest.raises(ArtifactError):
+        FMModel.load(path)
+    assert not marker.exists()
+
+
+class _Exploit:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_cli_reports_bad_model_dir(cli, tmp_path):
+    data = tmp_path / "d.libsvm"
+    data.write_text("1 0:1\n")
+    code, _, err = cli("evaluate", "--model-dir", tmp_path / "none", "--data", data)
+    assert code != 0 and "no such model directory" in err
+
+
+def test_kill_9_during_training_leaves_previous_model_or_none(tmp_path):
+    """Kill ``fmkit train`` at many moments, including while it writes its (large) model."""
+    rng = np.random.default_rng(0)
+    n, d = 20000, 2_000_000
+    X = sp.csr_matrix((np.ones(n * 5), rng.integers(0, d, n * 5), np.arange(0, n * 5 + 1, 5)),
+                      shape=(n, d))
+    data = tmp_path / "train.libsvm"
+    dump_svmlight_file(X, rng.integers(0, 2, n), str(data), zero_based=True)
+    model_dir = tmp_path / "model"
+    base = ["train", "--train", str(data), "--model-dir", str(model_dir), "--quiet",
+            "--index-base", "0", f"feature_dim={d}", "num_factors=8",
+            "predictor_type=binary_classifier"]
+
+    # no model yet: a killed run leaves no model directory at all
+    proc = subprocess.Popen([fmkit_executable(), *base, "epochs=1"])
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not model_dir.exists()
+
+    started = time.perf_counter()
+    subprocess.run([fmkit_executable(), *base, "epochs=1"], check=True)
+    full_run = time.perf_counter() - started
+    first = FMModel.load(model_dir)
+    assert first.hyperparameters["epochs"] == 1
+
+    outcomes = set()
+    for attempt in range(8):
+        proc = subprocess.Popen([fmkit_executable(), *base, "epochs=2", f"seed={attempt + 1}"])
+        time.sleep(full_run * (0.5 + 0.15 * attempt))  # late kills fall into the model write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        model = FMModel.load(model_dir)  # always a complete model
+        seed = model.hyperparameters["seed"]
+        assert (model.hyperparameters["epochs"], seed) in {(1, 0), (2, attempt + 1)}, attempt
+        assert model.params.V.shape == (d, 8) and np.isfinite(model.params.V).all()
+        outcomes.add("new" if seed else "old")
+        if seed:  # a finished run replaced the model: go back to the first one for the next try
+            subprocess.run([fmkit_executable(), *base, "epochs=1"], check=True)
+    visible = [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert sorted(visible) == ["model", "train.libsvm"]
+    assert "old" in outcomes

@@ -1,0 +1,137 @@
+"""Train, evaluate and predict from the CLI on real data (a9a, MovieLens 100k)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.datasets import dump_svmlight_file
+from sklearn.metrics import accuracy_score, f1_score, log_loss, mean_squared_error, roc_auc_score
+
+from .conftest import movielens_onehot, shared_file
+
+# SageMaker's metric regexes (spec §5.3), applied to the training log
+METRIC_REGEXES = {
+    "test:binary_classification_accuracy":
+        r"#quality_metric: host=\S+, test binary_classification_accuracy <score>=(\S+)",
+    "test:binary_f_beta": r"#quality_metric: host=\S+, test binary_f_\S+ <score>=(\S+)",
+    "test:binary_classification_cross_entropy":
+        r"#quality_metric: host=\S+, test binary_classification_cross_entropy <loss>=(\S+)",
+    "test:rmse": r"#quality_metric: host=\S+, test rmse <loss>=(\S+)",
+}
+
+A9A_HP = ["feature_dim=123", "num_factors=8", "predictor_type=binary_classifier", "epochs=5",
+          "mini_batch_size=100", "bias_lr=0.01", "bias_wd=0", "linear_lr=0.003",
+          "factors_lr=0.003", "linear_wd=0.001", "factors_wd=0.001"]
+
+
+@pytest.fixture(scope="module")
+def a9a_model(tmp_path_factory):
+    from fmkit.cli import main
+    import contextlib
+    import io
+
+    model_dir = tmp_path_factory.mktemp("a9a") / "model"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", "--train", str(shared_file("a9a_libsvm", "a9a")), "--test",
+                     str(shared_file("a9a_libsvm", "a9a.t")), "--model-dir", str(model_dir),
+                     *A9A_HP])
+    assert code == 0, err.getvalue()
+    return model_dir, err.getvalue()
+
+
+def test_a9a_quality_from_independent_metrics(a9a_model, cli, tmp_path):
+    model_dir, _ = a9a_model
+    test_file = shared_file("a9a_libsvm", "a9a.t")
+    out = tmp_path / "pred.jsonl"
+    code, _, err = cli("predict", "--model-dir", model_dir, "--data", test_file, "--output", out)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    y = np.array([1 if line.split()[0] == "+1" else 0
+                  for line in test_file.read_text().splitlines()])
+    scores = np.array([r["score"] for r in rows])
+    labels = np.array([r["predicted_label"] for r in rows])
+    assert len(rows) == y.size == 16281
+    np.testing.assert_array_equal(labels, (scores >= 0.5).astype(float))
+    auc, acc = roc_auc_score(y, scores), accuracy_score(y, labels)
+    assert auc >= 0.90 and acc >= 0.84
+
+    code, stdout, _ = cli("evaluate", "--model-dir", model_dir, "--data", test_file)
+    assert code == 0
+    metrics = json.loads(stdout)
+    assert metrics["rows"] == 16281
+    assert metrics["auc"] == pytest.approx(auc, abs=1e-9)
+    assert metrics["binary_classification_accuracy"] == pytest.approx(acc)
+    assert metrics["binary_f_beta"] == pytest.approx(f1_score(y, labels))
+    assert metrics["binary_classification_cross_entropy"] == pytest.approx(
+        log_loss(y, scores), rel=1e-6)
+    print(f"a9a test AUC {auc:.4f}, accuracy {acc:.4f}")
+
+
+def test_a9a_training_log_and_metrics_file(a9a_model):
+    import re
+
+    model_dir, log = a9a_model
+    found = {}
+    for name, pattern in METRIC_REGEXES.items():
+        match = re.search(pattern, log)
+        if name != "test:rmse":
+            assert match, name
+            found[name] = float(match.group(1))
+    assert "epoch 5/5: train loss" in log
+    saved = json.loads((model_dir / "metrics.json").read_text())
+    assert len(saved["train"]) == 5 and saved["train"][-1]["rows"] == 32561
+    assert saved["test"]["binary_classification_accuracy"] == found[
+        "test:binary_classification_accuracy"]
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["feature_dim"] == 123 and meta["index_base"] == 1
+    assert meta["fmkit_version"] and meta["hyperparameters"]["epochs"] == 5
+
+
+def test_movielens_100k_regression_rmse(cli, tmp_path):
+    X, y = movielens_onehot("ua.base")
+    Xt, yt = movielens_onehot("ua.test")
+    train, test = tmp_path / "ua.base.libsvm", tmp_path / "ua.test.libsvm"
+    dump_svmlight_file(X, y, str(train), zero_based=True)
+    dump_svmlight_file(Xt, yt, str(test), zero_based=True)
+    code, _, err = cli("train", "--train", train, "--test", test, "--model-dir", tmp_path / "m",
+                       "feature_dim=2625", "num_factors=64", "predictor_type=regressor",
+                       "epochs=15", "mini_batch_size=100", "bias_lr=0.01", "bias_wd=0",
+                       "linear_lr=0.002", "factors_lr=0.002", "linear_wd=0.001",
+                       "factors_wd=0.002", "factors_init_sigma=0.01")
+    assert code == 0, err
+    import re
+
+    logged = float(re.search(METRIC_REGEXES["test:rmse"], err).group(1))
+    code, stdout, _ = cli("predict", "--model-dir", tmp_path / "m", "--data", test)
+    predictions = np.array([json.loads(line)["score"] for line in stdout.splitlines()])
+    assert all("predicted_label" not in line for line in stdout.splitlines()[:5])
+    rmse = float(np.sqrt(mean_squared_error(yt, predictions)))
+    print(f"MovieLens 100k ua.test RMSE: {rmse:.4f} (fmkit logged {logged:.4f})")
+    assert rmse == pytest.approx(logged, rel=1e-6)
+    assert rmse <= 0.93
+
+
+def test_csv_channel_and_directory_channel(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 5))
+    y = X @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.5 * X[:, 0] * X[:, 1] + 1.0
+    channel = tmp_path / "train"
+    channel.mkdir()
+    for part in range(3):
+        rows = slice(part * 1000, (part + 1) * 1000)
+        np.savetxt(channel / f"part-{part}.csv", np.column_stack([y[rows], X[rows]]),
+                   delimiter=",", fmt="%.8g")
+    (channel / ".amazon.manifest").write_text("ignored")
+    code, _, err = cli("train", "--train", channel, "--test", channel / "part-2.csv",
+                       "--model-dir", tmp_path / "m", "feature_dim=5", "num_factors=4",
+                       "predictor_type=regressor", "epochs=30", "mini_batch_size=50",
+                       "bias_lr=0.05", "linear_lr=0.05", "factors_lr=0.05", "bias_wd=0",
+                       "linear_wd=0", "factors_wd=0", "factors_init_sigma=0.1")
+    assert code == 0, err
+    assert "over 3000 rows" in err
+    code, stdout, _ = cli("evaluate", "--model-dir", tmp_path / "m", "--data",
+                          channel / "part-2.csv")
+    assert json.loads(stdout)["rmse"] < 0.1 * np.std(y)

@@ -1,0 +1,54 @@
+"""Memory is bounded by the model and one block of data, not by the file: training on a file ten
+times larger must not raise peak RSS by more than a few MB."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+PEAK_RSS_SCRIPT = """
+import resource, sys
+from fmkit.cli import main
+code = main(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+sys.exit(code)
+"""
+
+
+def write_rows(path, block: bytes, copies: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(copies):
+            f.write(block)
+
+
+def peak_rss_kib(data, model_dir) -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_SCRIPT, "train", "--train", str(data), "--model-dir",
+         str(model_dir), "--quiet", "--index-base", "0", "feature_dim=100000", "num_factors=8",
+         "predictor_type=binary_classifier"],
+        capture_output=True, text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def test_ten_times_the_rows_same_peak_memory(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = 40_000
+    ids = rng.integers(0, 100_000, size=(rows, 20))
+    labels = rng.integers(0, 2, rows)
+    block = "".join(
+        f"{label} " + " ".join(f"{i}:1" for i in np.unique(row)) + "\n"
+        for label, row in zip(labels, ids)
+    ).encode()
+    small, large = tmp_path / "small.libsvm", tmp_path / "large.libsvm"
+    write_rows(small, block, 3)  # several 4 MB read blocks already
+    write_rows(large, block, 30)
+    peak_rss_kib(small, tmp_path / "m0")  # warm-up: compiles (and caches) the kernels if needed
+    small_peak = peak_rss_kib(small, tmp_path / "m1")
+    large_peak = peak_rss_kib(large, tmp_path / "m2")
+    grown_mib = (large_peak - small_peak) / 1024
+    print(f"peak RSS: {small_peak / 1024:.1f} MiB ({3 * rows} rows, "
+          f"{small.stat().st_size >> 20} MiB), {large_peak / 1024:.1f} MiB ({30 * rows} rows, "
+          f"{large.stat().st_size >> 20} MiB), growth {grown_mib:.1f} MiB")
+    assert grown_mib < 4.0
