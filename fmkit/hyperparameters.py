@@ -27,8 +27,9 @@ class Hyperparameter:
     """One row of the table.
 
     ``check`` is one of ``"gt0"`` (> 0), ``"ge0"`` (>= 0), ``"finite"`` (any finite number),
-    ``"choice01"`` (0 or 1) or ``"choice"`` (one of ``choices``). ``suggested`` is the value the Python estimators use for a
-    parameter SageMaker requires but the estimator cannot infer (``num_factors``).
+    ``"choice01"`` (0 or 1) or ``"choice"`` (one of ``choices``). ``suggested`` is the value the
+    Python estimators use for a parameter SageMaker requires but the estimator cannot infer
+    (``num_factors``).
     """
 
     name: str

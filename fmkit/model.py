@@ -96,7 +96,8 @@ class FMModel:
     def load(cls, path: str | Path) -> FMModel:
         meta, weights, _ = artifact.load_directory(path)
         if meta.get("model_type") != MODEL_TYPE:
-            raise ArtifactError(f"{path}: model_type {meta.get('model_type')!r} is not {MODEL_TYPE!r}")
+            raise ArtifactError(
+                f"{path}: model_type {meta.get('model_type')!r} is not {MODEL_TYPE!r}")
         try:
             hp = validate(meta["hyperparameters"])
             d, k = int(meta["feature_dim"]), int(meta["num_factors"])

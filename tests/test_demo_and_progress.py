@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
+import struct
 import subprocess
+import termios
 
 from fmkit.demo import run_demo
 
@@ -36,6 +39,8 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
 
     def run_on_terminal(*extra: str) -> str:
         leader, follower = pty.openpty()
+        # a real terminal has a size; tqdm draws nothing in a 0-column one
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
         proc = subprocess.Popen([fmkit_executable(), *_train_args(tmp_path), *extra],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=follower)

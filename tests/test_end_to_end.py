@@ -28,9 +28,10 @@ A9A_HP = ["feature_dim=123", "num_factors=8", "predictor_type=binary_classifier"
 
 @pytest.fixture(scope="module")
 def a9a_model(tmp_path_factory):
-    from fmkit.cli import main
     import contextlib
     import io
+
+    from fmkit.cli import main
 
     model_dir = tmp_path_factory.mktemp("a9a") / "model"
     err = io.StringIO()

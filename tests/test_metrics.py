@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import (accuracy_score, f1_score, log_loss, mean_squared_error,
-                             roc_auc_score)
+from sklearn.metrics import accuracy_score, f1_score, log_loss, mean_squared_error, roc_auc_score
 
 from fmkit.metrics import compute_metrics
 from fmkit.models.fm import sigmoid

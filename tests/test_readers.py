@@ -12,7 +12,6 @@ from fmkit.data import libsvm
 from fmkit.data.batch import concat, rebatch
 from fmkit.data.numbers import parse_float
 from fmkit.data.sources import FileSource, detect_format, detect_index_base
-from fmkit.errors import DataError
 
 from .conftest import run_fmkit, shared_file
 

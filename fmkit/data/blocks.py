@@ -10,7 +10,8 @@ import numpy as np
 BLOCK_BYTES = 4 << 20
 
 
-def iter_line_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[np.ndarray, int]]:
+def iter_line_blocks(path: Path,
+                     block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[np.ndarray, int]]:
     """Yield ``(bytes as a uint8 array, number of the block's first line)`` for a text file.
 
     Each block ends at a newline (the file's last may lack one); a line longer than the buffer

@@ -23,7 +23,7 @@ _NL, _CR, _SPACE, _TAB, _HASH, _COLON = 10, 13, 32, 9, 35, 58
 
 @njit(cache=True, inline="always")
 def _is_space(c):
-    return c == _SPACE or c == _TAB
+    return c == _SPACE or c == _TAB  # noqa: SIM109 (compiled by numba)
 
 
 @njit(cache=True)
@@ -137,7 +137,6 @@ def write_libsvm(path: str | Path, X, y, *, index_base: int = 0) -> None:
     with open(path, "w") as f:
         for r in range(X.shape[0]):
             lo, hi = X.indptr[r], X.indptr[r + 1]
-            pairs = " ".join(
-                f"{int(i) + index_base}:{float(v):.9g}" for i, v in zip(X.indices[lo:hi], X.data[lo:hi])
-            )
+            pairs = " ".join(f"{int(i) + index_base}:{float(v):.9g}"
+                             for i, v in zip(X.indices[lo:hi], X.data[lo:hi]))
             f.write(f"{float(y[r]):.9g} {pairs}\n" if pairs else f"{float(y[r]):.9g}\n")

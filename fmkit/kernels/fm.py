@@ -75,22 +75,62 @@ def _gradient(g, param, rescale, clip, wd):
 
 
 @njit(cache=True, inline="always")
-def _update(p, m, s, j, mj, sj, g, lr, opt, config, bc1, bc2):
-    """One optimizer step of coordinate ``p[j]``; ``m``/``s`` are the optimizer's moments.
-
-    ``mj``/``sj`` index the moments (0 into a one-element dummy when the rule has none).
-    """
+def _step(p, m, s, g, lr, opt, config, bc1, bc2):
+    """One optimizer step of one coordinate: returns the new ``(param, m, s)``."""
     if opt == ADAM:
         b1 = config[BETA1]
         b2 = config[BETA2]
-        m[mj] = b1 * m[mj] + (1.0 - b1) * g
-        s[sj] = b2 * s[sj] + (1.0 - b2) * g * g
-        p[j] -= lr * (m[mj] / bc1) / (math.sqrt(s[sj] / bc2) + config[EPS])
+        m = b1 * m + (1.0 - b1) * g
+        s = b2 * s + (1.0 - b2) * g * g
+        p -= lr * (m / bc1) / (math.sqrt(s / bc2) + config[EPS])
     elif opt == ADAGRAD:
-        s[sj] += g * g
-        p[j] -= lr * g / (math.sqrt(s[sj]) + config[EPS])
+        s += g * g
+        p -= lr * g / (math.sqrt(s) + config[EPS])
     else:
-        p[j] -= lr * g
+        p -= lr * g
+    return p, m, s
+
+
+@njit(cache=True, inline="always")
+def _update_feature(i, g_linear, g_factors, t, w, V, mw, sw, mV, sV, opt, config, bc1, bc2):
+    """Update ``w[i]`` and ``V[i]`` from their raw gradients (``g_factors[t]`` for ``V[i]``).
+
+    The moments of a rule that keeps none live in one-row placeholders: row 0 is read and never
+    written back.
+    """
+    rescale = config[RESCALE]
+    clip = config[CLIP]
+    has_m = opt == ADAM
+    has_s = opt != SGD
+    mi = i if has_m else 0
+    si = i if has_s else 0
+    g = _gradient(g_linear, np.float64(w[i]), rescale, clip, config[LINEAR_WD])
+    p, m, s = _step(np.float64(w[i]), np.float64(mw[mi]), np.float64(sw[si]), g,
+                    config[LINEAR_LR], opt, config, bc1, bc2)
+    w[i] = p
+    if has_m:
+        mw[i] = m
+    if has_s:
+        sw[i] = s
+    for f in range(V.shape[1]):
+        g = _gradient(g_factors[t, f], np.float64(V[i, f]), rescale, clip, config[FACTORS_WD])
+        p, m, s = _step(np.float64(V[i, f]), np.float64(mV[mi, f]), np.float64(sV[si, f]), g,
+                        config[FACTORS_LR], opt, config, bc1, bc2)
+        V[i, f] = p
+        if has_m:
+            mV[i, f] = m
+        if has_s:
+            sV[i, f] = s
+
+
+@njit(cache=True, inline="always")
+def _update_bias(g0, w0, m0, s0, opt, config, bc1, bc2):
+    g = _gradient(g0, np.float64(w0[0]), config[RESCALE], config[CLIP], config[BIAS_WD])
+    p, m, s = _step(np.float64(w0[0]), np.float64(m0[0]), np.float64(s0[0]), g,
+                    config[BIAS_LR], opt, config, bc1, bc2)
+    w0[0] = p
+    m0[0] = m
+    s0[0] = s
 
 
 @njit(cache=True)
@@ -98,15 +138,16 @@ def train_chunk(indptr, indices, values, labels, batch_size, loss_kind, opt, con
                 w0, w, V, m0, s0, mw, sw, mV, sV, slot, touched, gw_buf, gV_buf, sums, step):
     """Train on the rows of one chunk in mini-batches of ``batch_size``; update in place.
 
+    Each mini-batch takes one optimizer step on the gradient of its mean loss (SageMaker's and
+    MXNet's semantics). ``batch_size == 1`` runs the fused online loop of :func:`_train_online`.
     ``slot`` (int32, feature_dim) must be all -1 on entry and is left so. Returns
     ``(sum of per-row losses before each update, optimizer step count)``.
     """
+    if batch_size == 1:
+        return _train_online(indptr, indices, values, labels, loss_kind, opt, config,
+                             w0, w, V, m0, s0, mw, sw, mV, sV, sums, gV_buf, step)
     n = indptr.size - 1
     k = V.shape[1]
-    rescale = config[RESCALE]
-    clip = config[CLIP]
-    has_m = opt == ADAM
-    has_s = opt != SGD
     total_loss = 0.0
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
@@ -139,22 +180,41 @@ def train_chunk(indptr, indices, values, labels, batch_size, loss_kind, opt, con
         step += 1
         bc1 = 1.0 - config[BETA1] ** step
         bc2 = 1.0 - config[BETA2] ** step
-        g = _gradient(g0, np.float64(w0[0]), rescale, clip, config[BIAS_WD])
-        _update(w0, m0, s0, 0, 0, 0, g, config[BIAS_LR], opt, config, bc1, bc2)
+        _update_bias(g0, w0, m0, s0, opt, config, bc1, bc2)
         for t in range(n_touched):
             i = touched[t]
             slot[i] = -1
-            mi = i if has_m else 0
-            si = i if has_s else 0
-            g = _gradient(gw_buf[t], np.float64(w[i]), rescale, clip, config[LINEAR_WD])
-            _update(w, mw, sw, i, mi, si, g, config[LINEAR_LR], opt, config, bc1, bc2)
-            Vi = V[i]
-            mVi = mV[mi]
-            sVi = sV[si]
+            _update_feature(i, gw_buf[t], gV_buf, t, w, V, mw, sw, mV, sV, opt, config, bc1,
+                            bc2)
+    return total_loss, step
+
+
+@njit(cache=True)
+def _train_online(indptr, indices, values, labels, loss_kind, opt, config,
+                  w0, w, V, m0, s0, mw, sw, mV, sV, sums, g_row, step):
+    """Mini-batches of one row, fused: each row's update follows its forward pass while its
+    weights are still in cache (the classic per-example SGD loop of libFM and xLearn).
+
+    A feature repeated within a row is not allowed (the sources reject it), so updating the
+    row's features one after the other equals updating them from one gradient.
+    """
+    k = V.shape[1]
+    total_loss = 0.0
+    for r in range(indptr.size - 1):
+        z = _row_forward(indptr, indices, values, r, w0, w, V, sums)
+        loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
+        total_loss += loss
+        step += 1
+        bc1 = 1.0 - config[BETA1] ** step
+        bc2 = 1.0 - config[BETA2] ** step
+        _update_bias(slope, w0, m0, s0, opt, config, bc1, bc2)
+        for j in range(indptr[r], indptr[r + 1]):
+            i = indices[j]
+            x = np.float64(values[j])
+            gx = slope * x
             for f in range(k):
-                g = _gradient(gV_buf[t, f], np.float64(Vi[f]), rescale, clip, config[FACTORS_WD])
-                _update(Vi, mVi, sVi, f, f if has_m else 0, f if has_s else 0, g,
-                        config[FACTORS_LR], opt, config, bc1, bc2)
+                g_row[0, f] = gx * (sums[f] - np.float64(V[i, f]) * x)
+            _update_feature(i, gx, g_row, 0, w, V, mw, sw, mV, sV, opt, config, bc1, bc2)
     return total_loss, step
 
 

@@ -61,7 +61,7 @@ class Workspace:
     def reserve(self, chunk: SparseBatch, batch_size: int, feature_dim: int) -> None:
         """Grow the buffers to hold the distinct features of the chunk's largest mini-batch."""
         bounds = np.r_[np.arange(0, chunk.n_rows, batch_size), chunk.n_rows]
-        need = min(feature_dim, int(np.diff(chunk.indptr[bounds]).max(initial=0)))
+        need = max(1, min(feature_dim, int(np.diff(chunk.indptr[bounds]).max(initial=0))))
         if need > self.touched.size:
             need = min(feature_dim, max(need, 2 * self.touched.size))
             self.touched = np.zeros(need, np.int32)
@@ -96,7 +96,7 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
         started = time.perf_counter()
         rows, loss_sum = 0, 0.0
         with tqdm(desc=f"epoch {epoch}/{epochs}", unit=" rows", unit_scale=True,
-                  disable=not show, file=sys.stderr, leave=False) as bar:
+                  disable=not show, file=sys.stderr) as bar:
             for chunk in rebatch(source.blocks(), batch_size):
                 if hp["shuffle"]:
                     chunk = take(chunk, rng.permutation(chunk.n_rows))
@@ -122,5 +122,6 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
         log.info("#throughput_metric: host=%s, train throughput=%.1f records/second", host,
                  stats.rows_per_second)
         if not np.isfinite(stats.loss):
-            log.warning("training loss is not finite: lower the learning rates or set clip_gradient")
+            log.warning("training loss is not finite: lower the learning rates or set "
+                        "clip_gradient")
     return params, history
