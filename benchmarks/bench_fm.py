@@ -50,11 +50,11 @@ result = dict(rows=history[0].rows, seconds=time.perf_counter() - t)
 """,
     "train_parsed": """
 from fmkit.data.sources import FileSource
-from fmkit.data.batch import concat
 from fmkit.hyperparameters import validate
 from fmkit.train.trainer import train
 hp = validate(dict(feature_dim=D, num_factors=K, predictor_type="binary_classifier", epochs=1,
-                   mini_batch_size=1000, linear_lr=0.001, factors_lr=0.001))
+                   mini_batch_size=BATCH, optimizer=OPTIMIZER, linear_lr=0.001,
+                   factors_lr=0.001))
 blocks = list(FileSource(PATH, "libsvm", D, index_base=0, labels="binary").blocks())
 class Parsed:
     name = "parsed"
@@ -108,6 +108,7 @@ import json, resource, sys, time
 from pathlib import Path
 import numpy as np
 PATH, D, K, CACHE = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+BATCH, OPTIMIZER = int(sys.argv[5]), sys.argv[6]
 """
 EPILOGUE = """
 result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -150,10 +151,11 @@ def make_data(rows: int, fields: int, features: int, seed: int = 0) -> Path:
     return path
 
 
-def run_task(name: str, path: Path, features: int, k: int) -> dict:
+def run_task(name: str, path: Path, features: int, k: int, batch: int = 1000,
+             optimizer: str = "adam") -> dict:
     code = PRELUDE + TASKS[name] + EPILOGUE
     out = subprocess.run([sys.executable, "-c", code, str(path), str(features), str(k),
-                          str(CACHE)], capture_output=True, text=True)
+                          str(CACHE), str(batch), optimizer], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{name} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -173,23 +175,29 @@ def main() -> None:
           f"prepared in {time.perf_counter() - started:.1f} s")
     model_mib = args.features * (args.k + 1) * 4 / 2**20
     print(f"model: {model_mib:.0f} MiB float32 weights; Adam state: {2 * model_mib:.0f} MiB")
+    # (label, task, mini_batch_size, optimizer)
     rows = [
-        ("fmkit parse libsvm (1 core)", "parse"),
-        ("fmkit train, 1 epoch, from file", "train_file"),
-        ("fmkit train, 1 epoch, parsed", "train_parsed"),
-        ("fmkit predict, parsed (2 threads)", "predict_parsed"),
-        ("fmkit predict file -> JSON Lines", "predict_cli"),
-        ("sklearn SGDClassifier, parsed", "sklearn_sgd_parsed"),
+        ("parse libsvm (1 core)", "parse", 0, ""),
+        ("train from file, adam, batch 1000", "train_file", 1000, "adam"),
+        ("train parsed, adam, batch 1000", "train_parsed", 1000, "adam"),
+        ("train parsed, adagrad, batch 1000", "train_parsed", 1000, "adagrad"),
+        ("train parsed, sgd, batch 1000", "train_parsed", 1000, "sgd"),
+        ("train parsed, adam, batch 1 (fused)", "train_parsed", 1, "adam"),
+        ("train parsed, sgd, batch 1 (fused)", "train_parsed", 1, "sgd"),
+        ("predict parsed (2 threads)", "predict_parsed", 0, ""),
+        ("predict file -> JSON Lines", "predict_cli", 0, ""),
+        ("peer: sklearn SGDClassifier (linear)", "sklearn_sgd_parsed", 0, ""),
     ]
-    results = {task: run_task(task, path, args.features, args.k) for _, task in rows}
-    reference = results["train_parsed"]["rows"] / results["train_parsed"]["seconds"]
-    print(f"\n{'task':<36}{'rows/s':>12}{'seconds':>9}{'peak RSS MiB':>14}"
-          f"{'vs fmkit train parsed':>23}")
-    for label, task in rows:
-        r = results[task]
+    results = [run_task(task, path, args.features, args.k, batch or 1000, opt or "adam")
+               for _, task, batch, opt in rows]
+    reference = results[2]["rows"] / results[2]["seconds"]
+    title = f"fmkit task (k={args.k}, 1 epoch)"
+    print(f"\n{title:<40}{'rows/s':>12}{'seconds':>9}"
+          f"{'peak RSS MiB':>14}{'vs train parsed adam 1000':>27}")
+    for (label, *_), r in zip(rows, results):
         rate = r["rows"] / r["seconds"]
-        print(f"{label:<36}{rate:>12,.0f}{r['seconds']:>9.2f}{r['peak_rss_mib']:>14.0f}"
-              f"{rate / reference:>22.2f}x")
+        print(f"{label:<40}{rate:>12,.0f}{r['seconds']:>9.2f}{r['peak_rss_mib']:>14.0f}"
+              f"{rate / reference:>26.2f}x")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=1_000_000,
                    help="rows to generate, 80%% for training (default 1000000)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
+    p.add_argument("--verbose", action="store_true", help="log each training epoch")
     return parser
 
 
@@ -101,7 +101,8 @@ def parse_assignments(assignments: list[str], file: str | None) -> dict[str, obj
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(quiet=getattr(args, "quiet", False))
+    quiet = getattr(args, "quiet", False) or (args.command == "demo" and not args.verbose)
+    setup_logging(quiet=quiet)
     from fmkit import jobs
 
     try:
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from fmkit.demo import run_demo
 
-            run_demo(rows=args.rows, seed=args.seed, progress=False if args.quiet else None)
+            run_demo(rows=args.rows, seed=args.seed, progress=None if args.verbose else False)
     except FMKitError as e:
         print(f"fmkit: error: {e}", file=sys.stderr)
         return 1
