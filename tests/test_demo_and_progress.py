@@ -17,6 +17,8 @@ from .conftest import fmkit_executable, run_fmkit, shared_file
 def test_demo_fm_near_oracle_and_above_linear(capsys):
     results = run_demo(progress=False)  # exactly what `fmkit demo` runs
     out = capsys.readouterr().out
+    with capsys.disabled():
+        print("\n" + out)
     assert "oracle (planted model)" in out and "FM (k=8)" in out
     fm_auc, fm_loss = results["FM"]
     linear_auc, linear_loss = results["linear"]

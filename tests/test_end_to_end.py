@@ -43,7 +43,7 @@ def a9a_model(tmp_path_factory):
     return model_dir, err.getvalue()
 
 
-def test_a9a_quality_from_independent_metrics(a9a_model, cli, tmp_path):
+def test_a9a_quality_from_independent_metrics(a9a_model, cli, tmp_path, capsys):
     model_dir, _ = a9a_model
     test_file = shared_file("a9a_libsvm", "a9a.t")
     out = tmp_path / "pred.jsonl"
@@ -68,7 +68,8 @@ def test_a9a_quality_from_independent_metrics(a9a_model, cli, tmp_path):
     assert metrics["binary_f_beta"] == pytest.approx(f1_score(y, labels))
     assert metrics["binary_classification_cross_entropy"] == pytest.approx(
         log_loss(y, scores), rel=1e-6)
-    print(f"a9a test AUC {auc:.4f}, accuracy {acc:.4f}")
+    with capsys.disabled():
+        print(f"\na9a test AUC {auc:.4f}, accuracy {acc:.4f}")
 
 
 def test_a9a_training_log_and_metrics_file(a9a_model):
@@ -91,7 +92,7 @@ def test_a9a_training_log_and_metrics_file(a9a_model):
     assert meta["fmkit_version"] and meta["hyperparameters"]["epochs"] == 5
 
 
-def test_movielens_100k_regression_rmse(cli, tmp_path):
+def test_movielens_100k_regression_rmse(cli, tmp_path, capsys):
     X, y = movielens_onehot("ua.base")
     Xt, yt = movielens_onehot("ua.test")
     train, test = tmp_path / "ua.base.libsvm", tmp_path / "ua.test.libsvm"
@@ -110,7 +111,8 @@ def test_movielens_100k_regression_rmse(cli, tmp_path):
     predictions = np.array([json.loads(line)["score"] for line in stdout.splitlines()])
     assert all("predicted_label" not in line for line in stdout.splitlines()[:5])
     rmse = float(np.sqrt(mean_squared_error(yt, predictions)))
-    print(f"MovieLens 100k ua.test RMSE: {rmse:.4f} (fmkit logged {logged:.4f})")
+    with capsys.disabled():
+        print(f"\nMovieLens 100k ua.test RMSE: {rmse:.4f} (fmkit logged {logged:.4f})")
     assert rmse == pytest.approx(logged, rel=1e-6)
     assert rmse <= 0.93
 

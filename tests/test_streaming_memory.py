@@ -32,7 +32,7 @@ def peak_rss_kib(data, model_dir) -> int:
     return int(result.stdout.strip().splitlines()[-1])
 
 
-def test_ten_times_the_rows_same_peak_memory(tmp_path):
+def test_ten_times_the_rows_same_peak_memory(tmp_path, capsys):
     rng = np.random.default_rng(0)
     rows = 40_000
     ids = rng.integers(0, 100_000, size=(rows, 20))
@@ -48,7 +48,8 @@ def test_ten_times_the_rows_same_peak_memory(tmp_path):
     small_peak = peak_rss_kib(small, tmp_path / "m1")
     large_peak = peak_rss_kib(large, tmp_path / "m2")
     grown_mib = (large_peak - small_peak) / 1024
-    print(f"peak RSS: {small_peak / 1024:.1f} MiB ({3 * rows} rows, "
-          f"{small.stat().st_size >> 20} MiB), {large_peak / 1024:.1f} MiB ({30 * rows} rows, "
-          f"{large.stat().st_size >> 20} MiB), growth {grown_mib:.1f} MiB")
+    with capsys.disabled():
+        print(f"\npeak RSS: {small_peak / 1024:.1f} MiB ({3 * rows} rows, "
+              f"{small.stat().st_size >> 20} MiB), {large_peak / 1024:.1f} MiB ({30 * rows} "
+              f"rows, {large.stat().st_size >> 20} MiB), growth {grown_mib:.1f} MiB")
     assert grown_mib < 4.0
