@@ -28,6 +28,18 @@ from fmkit.errors import ArtifactError
 FORMAT = "fmkit-model"
 FORMAT_VERSION = 1
 META_FILE, WEIGHTS_FILE, METRICS_FILE = "model.json", "weights.npz", "metrics.json"
+# Where the SageMaker entry point puts the model directory inside /opt/ml/model (SageMaker FM's
+# own artifact has this name); loading /opt/ml/model finds it there.
+SAGEMAKER_SUBDIR = "model_algo-1"
+
+
+def resolve(path: str | Path) -> Path:
+    """A model directory, or the directory holding one as ``model_algo-1`` (SageMaker layout)."""
+    path = Path(path)
+    nested = path / SAGEMAKER_SUBDIR
+    if not (path / META_FILE).exists() and (nested / META_FILE).exists():
+        return nested
+    return path
 
 
 def _fsync_dir(path: Path) -> None:
@@ -99,7 +111,7 @@ def save_directory(path: str | Path, meta: dict[str, Any], weights: dict[str, np
 
 def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict]:
     """Read ``(meta, weights, metrics)`` from a model directory, checking format and version."""
-    path = Path(path)
+    path = resolve(path)
     meta_path = path / META_FILE
     if not path.is_dir():
         raise ArtifactError(f"{path}: no such model directory")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from fmkit.data.sources import FORMATS
 from fmkit.errors import FMKitError, HyperparameterError
 from fmkit.hyperparameters import TABLE
 from fmkit.logs import log, setup_logging
+from fmkit.serve.codecs import CONTENT_TYPES
 
 TRAIN_EXAMPLE = """example:
   fmkit train --train a9a --test a9a.t --model-dir model/ \\
@@ -61,13 +63,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labelled file or directory")
     _add_format(p)
 
-    p = sub.add_parser("predict", help="write JSON Lines predictions, one per input row",
-                       epilog="example:\n  fmkit predict --model-dir model/ --data a9a.t "
-                       "--output predictions.jsonl", formatter_class=raw)
+    p = sub.add_parser("predict", help="batch prediction: SageMaker responses for a file",
+                       description="Score every row of a file (a training format, or a "
+                       "SageMaker request body: json, jsonlines, recordio) and write SageMaker "
+                       "responses: the same bytes /invocations answers.",
+                       epilog="examples:\n  fmkit predict --model-dir model/ --data a9a.t "
+                       "--output predictions.jsonl\n  fmkit predict --model-dir model/ --data "
+                       "requests.jsonl --format jsonlines --accept application/json",
+                       formatter_class=raw)
     p.add_argument("--model-dir", required=True)
     p.add_argument("--data", required=True, help="file or directory (labels are ignored)")
     p.add_argument("--output", help="output file (default: stdout)")
-    _add_format(p)
+    p.add_argument("--format", choices=(*FORMATS, "json", "jsonlines"), default="auto",
+                   help="input format (default: detected; json/jsonlines are request bodies)")
+    p.add_argument("--accept", default="application/jsonlines", choices=CONTENT_TYPES,
+                   help="response format (default application/jsonlines)")
+
+    p = sub.add_parser("serve", help="serve a model over HTTP (/ping, /invocations)",
+                       description="SageMaker-compatible inference server: POST /invocations "
+                       "with application/json, application/jsonlines or "
+                       "application/x-recordio-protobuf; GET /ping.",
+                       epilog="example:\n  fmkit serve --model-dir model/ --port 8080 "
+                       "--workers 2", formatter_class=raw)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, help="default: $SAGEMAKER_BIND_TO_PORT, else 8080")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--max-payload-mb", type=float, default=6.0,
+                   help="larger request bodies get 413 (default 6, as SageMaker)")
+
+    p = sub.add_parser("convert", help="convert data between libsvm, CSV and recordIO-protobuf",
+                       epilog="example:\n  fmkit convert --from libsvm --to recordio a9a "
+                       "a9a.rec --feature-dim 123", formatter_class=raw)
+    p.add_argument("--from", dest="source_format", choices=FORMATS, default="auto")
+    p.add_argument("--to", dest="target_format", choices=("recordio", "libsvm"),
+                   required=True)
+    p.add_argument("--feature-dim", type=int,
+                   help="features per row (recordIO shape); default: largest index + 1")
+    p.add_argument("--index-base", choices=("auto", "0", "1"), default="auto",
+                   help="libsvm input indices start at 0 or 1 (output libsvm is 0-based)")
+    p.add_argument("input")
+    p.add_argument("output")
+
+    p = sub.add_parser("sagemaker", help="SageMaker container entry points (train, serve)",
+                       description="Run as a SageMaker training or inference container: reads "
+                       "/opt/ml (or $FMKIT_OPT_ML).", formatter_class=raw,
+                       epilog="examples:\n  fmkit sagemaker train\n  fmkit sagemaker serve")
+    p.add_argument("mode", choices=("train", "serve"))
 
     p = sub.add_parser("demo", help="train FM and a linear model on planted click data",
                        description="Generate click data from a planted FM, train a linear model "
@@ -115,8 +157,25 @@ def main(argv: list[str] | None = None) -> int:
             print(jobs.metrics_json(jobs.evaluate_files(args.model_dir, args.data,
                                                         fmt=args.format)))
         elif args.command == "predict":
-            rows = jobs.predict_files(args.model_dir, args.data, args.output, fmt=args.format)
+            rows = jobs.predict_files(args.model_dir, args.data, args.output, fmt=args.format,
+                                      accept=args.accept)
             log.info("wrote %d predictions to %s", rows, args.output or "stdout")
+        elif args.command == "serve":
+            from fmkit.serve.app import serve
+
+            serve(args.model_dir, host=args.host, port=args.port, workers=args.workers,
+                  max_payload_mb=args.max_payload_mb)
+        elif args.command == "convert":
+            rows = jobs.convert_file(args.input, args.output, source_format=args.source_format,
+                                     target_format=args.target_format,
+                                     feature_dim=args.feature_dim, index_base=args.index_base)
+            log.info("converted %d rows to %s", rows, args.output)
+        elif args.command == "sagemaker":
+            from fmkit import sagemaker
+
+            if args.mode == "train":
+                return sagemaker.train()
+            sagemaker.serve()
         elif args.command == "demo":
             from fmkit.demo import run_demo
 
@@ -127,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fmkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `fmkit predict ... | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

@@ -11,16 +11,20 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from fmkit.data.sources import FileSource, detect_index_base
+from fmkit.data.batch import SparseBatch
+from fmkit.data.blocks import iter_line_blocks
+from fmkit.data.sources import FileSource, channel_files, detect_index_base
+from fmkit.errors import DataError
 from fmkit.hyperparameters import validate
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.model import FMModel
+from fmkit.serve import codecs
 from fmkit.train.trainer import train
 
 
@@ -34,6 +38,10 @@ def _index_base(source: FileSource, index_base: str | int) -> int:
     return int(index_base)
 
 
+def label_mode(hp: Mapping[str, Any]) -> str:
+    return "binary" if hp["predictor_type"] == "binary_classifier" else "real"
+
+
 def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
                 model_dir: str | Path, *, test_path: str | Path | None = None,
                 fmt: str = "auto", index_base: str | int = "auto", progress: bool | None = None,
@@ -43,19 +51,31 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     Returns the model and the metrics written to ``metrics.json``.
     """
     hp = validate(hyperparameters)
-    label_mode = "binary" if hp["predictor_type"] == "binary_classifier" else "real"
-    source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode)
+    source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp))
     source.index_base = _index_base(source, index_base)
-    test_source = None
+    channels = {}
     if test_path is not None:
-        test_source = FileSource(test_path, source.fmt, hp["feature_dim"], source.index_base,
-                                 labels=label_mode)
+        channels["test"] = FileSource(test_path, source.fmt, hp["feature_dim"],
+                                      source.index_base, labels=label_mode(hp))
+    return train_sources(hp, source, model_dir, channels, index_base=source.index_base,
+                         progress=progress, host=host)
+
+
+def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
+                  scored: Mapping[str, Any] | None = None, *, index_base: int = 0,
+                  progress: bool | None = None,
+                  host: str = DEFAULT_HOST) -> tuple[FMModel, dict[str, Any]]:
+    """Train on ``source``, score each channel of ``scored`` (``test``, ``validation``), save.
+
+    Each scored channel's metrics are logged as SageMaker metric lines and stored in
+    ``metrics.json`` under the channel's name, with the training history under ``train``.
+    """
     params, history = train(hp, source, progress=progress, host=host)
-    model = FMModel(hp, params, source.index_base)
+    model = FMModel(hp, params, index_base)
     metrics: dict[str, Any] = {"train": [vars(s) for s in history]}
-    if test_source is not None:
-        metrics["test"] = model.evaluate(test_source.blocks())
-        log_metrics("test", metrics["test"], host)
+    for channel, channel_source in (scored or {}).items():
+        metrics[channel] = model.evaluate(channel_source.blocks())
+        log_metrics(channel, metrics[channel], host)
     model.save(model_dir, metrics)
     log.info("model written to %s", model_dir)
     return model, metrics
@@ -72,43 +92,119 @@ def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
     return model.evaluate(_source_for(model, data_path, fmt, model.label_mode).blocks())
 
 
-def _json_lines(predictions: dict[str, np.ndarray]) -> str:
-    scores = predictions["score"].tolist()
-    if "predicted_label" in predictions:
-        labels = predictions["predicted_label"].tolist()
-        rows = [f'{{"score": {s!r}, "predicted_label": {p!r}}}' for s, p in zip(scores, labels)]
+REQUEST_FORMATS = ("json", "jsonlines")
+
+
+def _prediction_blocks(model: FMModel, data_path: str | Path, fmt: str) -> Iterator[SparseBatch]:
+    """Rows to predict: a training format (labels ignored) or a request body format."""
+    if fmt == "json":
+        for file in channel_files(data_path):
+            yield codecs.parse_json(Path(file).read_bytes(), model.feature_dim, str(file))
+    elif fmt == "jsonlines":
+        for file in channel_files(data_path):
+            for buf, first_line in iter_line_blocks(file):
+                yield codecs.parse_jsonlines(buf.tobytes(), model.feature_dim, str(file),
+                                             first_line)
     else:
-        rows = [f'{{"score": {s!r}}}' for s in scores]
-    return "\n".join(rows) + "\n" if rows else ""
+        yield from _source_for(model, data_path, fmt, labels=None).blocks()
 
 
 def predict_files(model_dir: str | Path, data_path: str | Path,
-                  output: str | Path | None = None, *, fmt: str = "auto") -> int:
-    """Write one JSON line of predictions per input row; returns the number of rows.
+                  output: str | Path | None = None, *, fmt: str = "auto",
+                  accept: str = codecs.JSONLINES) -> int:
+    """Write the predictions of every input row in a response format; returns the row count.
 
-    ``output`` is written under a temporary name and renamed when complete; None means stdout.
+    ``fmt`` is a training format or ``json``/``jsonlines`` (SageMaker request bodies);
+    ``accept`` is a SageMaker response type. ``output`` is written under a temporary name and
+    renamed when complete; None means stdout.
     """
     model = FMModel.load(model_dir)
-    source = _source_for(model, data_path, fmt, labels=None)
-    if output is None:
-        return _write_predictions(model, source, sys.stdout)
-    output = Path(output)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.partial-", dir=output.parent or ".")
+    writer = codecs.ResponseWriter(accept)
     try:
-        with os.fdopen(fd, "w") as f:
-            rows = _write_predictions(model, source, f)
+        if output is None:
+            return _write_predictions(model, _prediction_blocks(model, data_path, fmt), writer,
+                                      sys.stdout.buffer)
+        f, tmp, output = _atomic_output(output)
+        try:
+            with f:
+                rows = _write_predictions(model, _prediction_blocks(model, data_path, fmt),
+                                          writer, f)
+            os.replace(tmp, output)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return rows
+    except codecs.RequestError as e:
+        raise DataError(str(data_path), None, str(e)) from None
+
+
+def _write_predictions(model: FMModel, blocks: Iterator[SparseBatch],
+                       writer: codecs.ResponseWriter, out: BinaryIO) -> int:
+    rows = 0
+    out.write(writer.begin())
+    for batch in blocks:
+        out.write(writer.part(model.predictions(batch)))
+        rows += batch.n_rows
+    out.write(writer.end())
+    out.flush()
+    return rows
+
+
+CONVERT_TARGETS = ("recordio", "libsvm")
+
+
+def _atomic_output(output: str | Path):
+    """``(file object, commit)``: write to a temporary name, ``commit()`` renames it."""
+    output = Path(output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.partial-",
+                               dir=output.parent if str(output.parent) else ".")
+    return os.fdopen(fd, "wb"), tmp, output
+
+
+def convert_file(input_path: str | Path, output: str | Path, *, source_format: str = "auto",
+                 target_format: str = "recordio", feature_dim: int | None = None,
+                 index_base: str | int = "auto") -> int:
+    """Convert a channel between formats; returns the row count.
+
+    recordIO output is Float32 and byte-identical to the SageMaker SDK's writer (sparse
+    tensors with ``shape=[feature_dim]``); libsvm output has 0-based indices. Without
+    ``feature_dim`` it is the input's largest index + 1.
+    """
+    import scipy.sparse as sp
+
+    from fmkit.data import libsvm, recordio
+
+    if target_format not in CONVERT_TARGETS:
+        raise DataError(str(output), None, f"cannot write format {target_format!r}")
+    probe = FileSource(input_path, source_format, feature_dim or 2**31 - 1)
+    probe.index_base = _index_base(probe, index_base)
+    if feature_dim is None:
+        feature_dim = 0
+        for batch in probe.blocks():
+            widest = int(batch.indices.max()) + 1 if batch.indices.size else 0
+            if batch.widths is not None and batch.widths.size:
+                widest = max(widest, int(batch.widths.max()))
+            feature_dim = max(feature_dim, widest)
+    source = FileSource(input_path, probe.fmt, max(feature_dim, 1), probe.index_base)
+    f, tmp, output = _atomic_output(output)
+    rows = 0
+    try:
+        with f:
+            for batch in source.blocks():
+                X = sp.csr_matrix((batch.values, batch.indices, batch.indptr),
+                                  shape=(batch.n_rows, feature_dim))
+                if np.isnan(batch.labels).any():
+                    row = int(np.flatnonzero(np.isnan(batch.labels))[0])
+                    raise DataError(*batch.where(row), "the record has no label")
+                if target_format == "recordio":
+                    recordio.write_rows(f, X, batch.labels)
+                else:
+                    libsvm.write_libsvm_stream(f, X, batch.labels)
+                rows += batch.n_rows
         os.replace(tmp, output)
     except BaseException:
         os.unlink(tmp)
         raise
-    return rows
-
-
-def _write_predictions(model: FMModel, source: FileSource, out: IO[str]) -> int:
-    rows = 0
-    for batch in source.blocks():
-        out.write(_json_lines(model.predictions(batch)))
-        rows += batch.n_rows
     return rows
 
 

@@ -23,6 +23,7 @@ from fmkit.metrics import compute_metrics, predicted_labels
 from fmkit.models.fm import FMParameters, sigmoid
 
 MODEL_TYPE = "fm"
+PARALLEL_ROWS = 2048  # below this, scoring on one thread beats starting the pool
 
 
 @dataclass
@@ -50,10 +51,13 @@ class FMModel:
     def logits(self, batch: SparseBatch) -> np.ndarray:
         """y_hat of every row (float64)."""
         out = np.empty(batch.n_rows, dtype=np.float64)
-        if batch.n_rows:
-            p = self.params
+        p = self.params
+        if batch.n_rows >= PARALLEL_ROWS:
             kernels.predict_logits(batch.indptr, batch.indices, batch.values, p.w0, p.w, p.V, out,
                                    4 * numba.get_num_threads())
+        elif batch.n_rows:
+            kernels.predict_logits_serial(batch.indptr, batch.indices, batch.values, p.w0, p.w,
+                                          p.V, out)
         return out
 
     def scores(self, logits: np.ndarray) -> np.ndarray:

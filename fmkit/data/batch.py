@@ -25,6 +25,8 @@ class SparseBatch:
     lines: np.ndarray | None = None  # int64 line numbers in `source`, or None for arrays
     source: str = "<array>"
     first_row: int = 0  # for in-memory data (no lines): the row number of row 0
+    row_unit: str = "line"  # what ``lines`` count: file "line"s or recordIO "record"s
+    widths: np.ndarray | None = None  # recordIO: each row's declared feature count (-1: none)
 
     @property
     def n_rows(self) -> int:
@@ -32,6 +34,8 @@ class SparseBatch:
 
     def where(self, row: int) -> tuple[str, int | None]:
         """``(source, line)`` naming a row in an error message."""
+        if self.lines is not None and self.row_unit == "record":
+            return f"{self.source}: record {int(self.lines[row])}", None
         if self.lines is not None:
             return self.source, int(self.lines[row])
         return f"{self.source} row {self.first_row + row}", None
@@ -47,6 +51,8 @@ class SparseBatch:
             lines=None if self.lines is None else self.lines[start:stop],
             source=self.source,
             first_row=self.first_row + start,
+            row_unit=self.row_unit,
+            widths=None if self.widths is None else self.widths[start:stop],
         )
 
 
@@ -74,7 +80,8 @@ def take(batch: SparseBatch, rows: np.ndarray) -> SparseBatch:
     _gather_rows(batch.indptr, batch.indices, batch.values, rows, indptr, indices, values)
     return SparseBatch(indptr, indices, values, batch.labels[rows],
                        None if batch.lines is None else batch.lines[rows], batch.source,
-                       batch.first_row)
+                       batch.first_row, batch.row_unit,
+                       None if batch.widths is None else batch.widths[rows])
 
 
 def concat(batches: list[SparseBatch]) -> SparseBatch:
@@ -86,6 +93,7 @@ def concat(batches: list[SparseBatch]) -> SparseBatch:
         [batches[0].indptr[:1]] + [b.indptr[1:] + off for b, off in zip(batches, offsets)]
     )
     has_lines = all(b.lines is not None for b in batches)
+    has_widths = all(b.widths is not None for b in batches)
     return SparseBatch(
         indptr=indptr,
         indices=np.concatenate([b.indices for b in batches]),
@@ -94,6 +102,8 @@ def concat(batches: list[SparseBatch]) -> SparseBatch:
         lines=np.concatenate([b.lines for b in batches]) if has_lines else None,
         source=batches[0].source,
         first_row=batches[0].first_row,
+        row_unit=batches[0].row_unit,
+        widths=np.concatenate([b.widths for b in batches]) if has_widths else None,
     )
 
 

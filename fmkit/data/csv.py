@@ -6,12 +6,14 @@ Every row must have as many columns as the first row.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from numba import njit
 
 from fmkit.data.batch import SparseBatch
+from fmkit.data.blocks import BLOCK_BYTES, iter_line_blocks
 from fmkit.data.numbers import BAD_NUMBER, NOT_FINITE, OK, parse_float
 from fmkit.errors import DataError
 
@@ -116,6 +118,13 @@ class CsvParser:
         if code == BAD_NUMBER and not token:
             return f"{where}: empty value"
         return f"{where}: non-numeric value {token!r} (CSV files have no header)"
+
+
+def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[SparseBatch]:
+    """Stream a CSV file as parsed blocks."""
+    parser = CsvParser(str(path))
+    for buf, first_line in iter_line_blocks(path, block_bytes):
+        yield parser.parse_block(buf, first_line)
 
 
 def write_csv(path: str | Path, X, y) -> None:

@@ -7,12 +7,15 @@ Blank lines and ``#`` comments are skipped, ``qid:N`` tokens (svmlight ranking) 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from numba import njit
 
 from fmkit.data.batch import SparseBatch
+from fmkit.data.blocks import BLOCK_BYTES, iter_line_blocks
 from fmkit.data.numbers import BAD_INDEX, BAD_NUMBER, NOT_FINITE, OK, parse_float, parse_index
 from fmkit.errors import DataError
 
@@ -23,7 +26,7 @@ _NL, _CR, _SPACE, _TAB, _HASH, _COLON = 10, 13, 32, 9, 35, 58
 
 @njit(cache=True, inline="always")
 def _is_space(c):
-    return c == _SPACE or c == _TAB  # noqa: SIM109 (compiled by numba)
+    return c == _SPACE or c == _TAB
 
 
 @njit(cache=True)
@@ -131,12 +134,24 @@ def parse_block(buf: np.ndarray, first_line: int, source: str) -> SparseBatch:
                        lines[:rows], source)
 
 
-def write_libsvm(path: str | Path, X, y, *, index_base: int = 0) -> None:
+def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[SparseBatch]:
+    """Stream a libsvm file as parsed blocks."""
+    for buf, first_line in iter_line_blocks(path, block_bytes):
+        yield parse_block(buf, first_line, str(path))
+
+
+def write_libsvm_stream(stream: BinaryIO, X, y, *, index_base: int = 0) -> None:
     """Write a CSR matrix and labels as libsvm text (for tests, benchmarks and ``convert``)."""
     X = X.tocsr()
-    with open(path, "w") as f:
-        for r in range(X.shape[0]):
-            lo, hi = X.indptr[r], X.indptr[r + 1]
-            pairs = " ".join(f"{int(i) + index_base}:{float(v):.9g}"
-                             for i, v in zip(X.indices[lo:hi], X.data[lo:hi]))
-            f.write(f"{float(y[r]):.9g} {pairs}\n" if pairs else f"{float(y[r]):.9g}\n")
+    lines = []
+    for r in range(X.shape[0]):
+        lo, hi = X.indptr[r], X.indptr[r + 1]
+        pairs = "".join(f" {int(i) + index_base}:{float(v):.9g}"
+                        for i, v in zip(X.indices[lo:hi], X.data[lo:hi]))
+        lines.append(f"{float(y[r]):.9g}{pairs}\n")
+    stream.write("".join(lines).encode())
+
+
+def write_libsvm(path: str | Path, X, y, *, index_base: int = 0) -> None:
+    with open(path, "wb") as f:
+        write_libsvm_stream(f, X, y, index_base=index_base)

@@ -38,7 +38,7 @@ def _is_nonfinite_word(buf, start, end):
         return (a == 110 and b == 97 and c == 110) or (a == 105 and b == 110 and c == 102)
     if n == 8:
         word = (105, 110, 102, 105, 110, 105, 116, 121)  # "infinity"
-        for i in range(8):  # noqa: SIM110 (numba compiles loops, not generators)
+        for i in range(8):
             if _lower(buf[p + i]) != word[i]:
                 return False
         return True

@@ -15,12 +15,18 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from fmkit.data import csv, libsvm
+from fmkit.data import csv, libsvm, recordio
 from fmkit.data.batch import SparseBatch
-from fmkit.data.blocks import BLOCK_BYTES, iter_line_blocks
+from fmkit.data.blocks import BLOCK_BYTES
 from fmkit.errors import DataError
 
-FORMATS = ("auto", "libsvm", "csv")
+# format name -> function streaming a file's parsed blocks
+READERS = {
+    "libsvm": libsvm.read_file_blocks,
+    "csv": csv.read_file_blocks,
+    "recordio": recordio.read_file_blocks,
+}
+FORMATS = ("auto", *READERS)
 IGNORED_FILES = {".amazon.manifest"}
 
 # What labels a source checks: a binary classifier's (0/1, or -1/+1 mapped to 0/1), a
@@ -45,10 +51,14 @@ def channel_files(path: str | Path) -> list[Path]:
 
 
 def detect_format(path: str | Path) -> str:
-    """Guess ``libsvm`` or ``csv`` from the first data line of the channel's first file."""
+    """``recordio`` from its magic number, else ``libsvm`` or ``csv`` from the first data line."""
     first = channel_files(path)[0]
+    if first.is_fifo():
+        raise DataError(str(first), None, "cannot detect the format of a pipe: give --format")
     with open(first, "rb") as f:
         head = f.read(1 << 16)
+    if head.startswith(recordio.MAGIC_BYTES):
+        return "recordio"
     for raw in head.split(b"\n"):
         text = raw.split(b"#", 1)[0].strip()
         if not text:
@@ -88,6 +98,11 @@ class BatchChecker:
         if self.index_base:
             batch.indices = batch.indices - np.int32(self.index_base)
         self._check_indices(batch)
+        if batch.widths is not None:
+            self._check_widths(batch)
+        if self.labels and np.isnan(batch.labels).any():
+            row = int(np.flatnonzero(np.isnan(batch.labels))[0])
+            raise DataError(*batch.where(row), "the record has no label")
         if self.labels == "binary":
             batch.labels = self._binary_labels(batch)
         elif self.labels == "real":
@@ -114,6 +129,15 @@ class BatchChecker:
                        f" with {self.index_base}-based indices allows at most "
                        f"{self.feature_dim - 1 + self.index_base}")
             raise DataError(*batch.where(int(row)), why)
+
+    def _check_widths(self, batch: SparseBatch) -> None:
+        """recordIO rows declare their width: dense length or sparse shape = feature_dim."""
+        bad = np.flatnonzero((batch.widths >= 0) & (batch.widths != self.feature_dim))
+        if bad.size:
+            row = int(bad[0])
+            raise DataError(*batch.where(row), f"the features tensor has shape "
+                            f"[{int(batch.widths[row])}], expected [{self.feature_dim}] "
+                            "(feature_dim)")
 
     @staticmethod
     def _binary_labels(batch: SparseBatch) -> np.ndarray:
@@ -144,7 +168,7 @@ class FileSource:
         self.files = channel_files(self.path)
         if self.fmt == "auto":
             self.fmt = detect_format(self.path)
-        if self.fmt == "csv":
+        if self.fmt != "libsvm":
             self.index_base = 0
 
     @property
@@ -153,14 +177,9 @@ class FileSource:
 
     def raw_blocks(self) -> Iterator[SparseBatch]:
         """Parsed blocks as written in the file: indices not shifted, nothing checked."""
+        read = READERS[self.fmt]
         for file in self.files:
-            parse = (
-                csv.CsvParser(str(file)).parse_block
-                if self.fmt == "csv"
-                else lambda buf, line, f=str(file): libsvm.parse_block(buf, line, f)
-            )
-            for buf, first_line in iter_line_blocks(file, self.block_bytes):
-                yield parse(buf, first_line)
+            yield from read(file, self.block_bytes)
 
     def blocks(self) -> Iterator[SparseBatch]:
         check = BatchChecker(self.feature_dim, self.index_base, self.labels)
@@ -174,7 +193,7 @@ def detect_index_base(source: FileSource) -> int:
     The choice is made once on the training data and stored with the model, so test and
     prediction files are read the same way even if they happen not to use index 0.
     """
-    if source.fmt == "csv":
+    if source.fmt != "libsvm":
         return 0
     for batch in source.raw_blocks():
         if batch.indices.size and int(batch.indices.min()) == 0:

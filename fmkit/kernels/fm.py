@@ -228,3 +228,11 @@ def predict_logits(indptr, indices, values, w0, w, V, out, n_chunks):
         sums = np.empty(k, dtype=np.float64)
         for r in range(c * n // n_chunks, (c + 1) * n // n_chunks):
             out[r] = _row_forward(indptr, indices, values, r, w0, w, V, sums)
+
+
+@njit(cache=True)
+def predict_logits_serial(indptr, indices, values, w0, w, V, out):
+    """:func:`predict_logits` on the calling thread: no thread start-up for small requests."""
+    sums = np.empty(V.shape[1], dtype=np.float64)
+    for r in range(indptr.size - 1):
+        out[r] = _row_forward(indptr, indices, values, r, w0, w, V, sums)

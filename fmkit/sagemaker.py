@@ -1,0 +1,175 @@
+"""The SageMaker training-container contract: ``/opt/ml`` in, model and failure file out.
+
+``fmkit sagemaker train`` reads ``input/config/hyperparameters.json`` (string values, as the SDK
+writes them), ``inputdataconfig.json`` and ``resourceconfig.json``; channels ``train`` (required),
+``test`` and ``validation`` (optional, scored after training) from ``input/data/<channel>`` in
+File mode (every file of the directory) or Pipe mode (FIFOs ``<channel>_<epoch>``). It writes the
+model to ``model/model_algo-1``, SageMaker's metric lines to the log, and on failure the reason to
+``output/failure`` with a non-zero exit. ``$FMKIT_OPT_ML`` stands in for ``/opt/ml``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fmkit.artifact import SAGEMAKER_SUBDIR
+from fmkit.data.batch import SparseBatch
+from fmkit.data.sources import READERS, BatchChecker, FileSource
+from fmkit.errors import DataError, FMKitError
+from fmkit.hyperparameters import validate
+from fmkit.logs import DEFAULT_HOST, log
+
+OPT_ML_ENV = "FMKIT_OPT_ML"
+CHANNELS = ("train", "test", "validation")
+
+# ContentType of a channel -> fmkit format. SageMaker FM reads recordIO-protobuf (the default
+# when a channel states none); libsvm and CSV are fmkit's additions.
+CONTENT_TYPES = {
+    "": "recordio",
+    "application/x-recordio-protobuf": "recordio",
+    "application/x-recordio": "recordio",
+    "text/libsvm": "libsvm",
+    "text/x-libsvm": "libsvm",
+    "text/csv": "csv",
+}
+PIPE_WAIT_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class OptML:
+    """The paths of the ``/opt/ml`` tree."""
+
+    root: Path
+
+    @classmethod
+    def from_environment(cls) -> OptML:
+        return cls(Path(os.environ.get(OPT_ML_ENV, "/opt/ml")))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "input" / "config"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "input" / "data"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def failure(self) -> Path:
+        return self.root / "output" / "failure"
+
+    def read_json(self, name: str, default: Any) -> Any:
+        path = self.config / name
+        if not path.exists():
+            return default
+        try:
+            return json.loads(path.read_text())
+        except ValueError as e:
+            raise FMKitError(f"{path}: not valid JSON: {e}") from None
+
+
+@dataclass
+class PipeSource:
+    """A Pipe-mode channel: epoch ``e`` streams the FIFO ``<channel>_<e>``."""
+
+    directory: Path
+    channel: str
+    fmt: str
+    feature_dim: int
+    labels: str | None = None
+    epoch: int = 0
+
+    @property
+    def name(self) -> str:
+        return str(self.directory / f"{self.channel}_{self.epoch}")
+
+    def blocks(self) -> Iterator[SparseBatch]:
+        path = self.directory / f"{self.channel}_{self.epoch}"
+        self.epoch += 1
+        deadline = time.monotonic() + PIPE_WAIT_SECONDS
+        while not path.exists():  # SageMaker may create the next epoch's pipe late
+            if time.monotonic() > deadline:
+                raise DataError(str(path), None, "pipe did not appear")
+            time.sleep(0.05)
+        check = BatchChecker(self.feature_dim, 0, self.labels)
+        for batch in READERS[self.fmt](path):
+            yield check(batch)
+
+
+def channel_source(opt_ml: OptML, channel: str, config: dict[str, Any], hp: dict[str, Any],
+                   labels: str):
+    """The source of one channel, File or Pipe mode, in the format its ContentType names."""
+    content_type = (config.get("ContentType") or "").split(";")[0].strip().lower()
+    if content_type not in CONTENT_TYPES:
+        raise FMKitError(f"channel {channel}: ContentType {config.get('ContentType')!r} is not "
+                         f"supported; use application/x-recordio-protobuf (or text/libsvm, "
+                         f"text/csv)")
+    fmt = CONTENT_TYPES[content_type]
+    mode = config.get("TrainingInputMode", "File")
+    if mode == "Pipe":
+        return PipeSource(opt_ml.data, channel, fmt, hp["feature_dim"], labels)
+    return FileSource(opt_ml.data / channel, fmt, hp["feature_dim"], 0, labels)
+
+
+def _channels(opt_ml: OptML) -> dict[str, dict[str, Any]]:
+    """Channels from inputdataconfig.json, or the directories present when it is missing."""
+    config = opt_ml.read_json("inputdataconfig.json", None)
+    if config is None:
+        config = {c: {} for c in CHANNELS if (opt_ml.data / c).exists()}
+    unknown = sorted(set(config) - set(CHANNELS))
+    if unknown:
+        raise FMKitError(f"unknown channel(s) {', '.join(unknown)}; FM reads "
+                         f"{', '.join(CHANNELS)}")
+    if "train" not in config:
+        raise FMKitError("the train channel is required")
+    return config
+
+
+def train(opt_ml: OptML | None = None) -> int:
+    """Run a training job in the SageMaker container layout; returns the exit code."""
+    from fmkit import jobs
+
+    opt_ml = opt_ml or OptML.from_environment()
+    try:
+        hp = validate(opt_ml.read_json("hyperparameters.json", {}))
+        resources = opt_ml.read_json("resourceconfig.json", {})
+        hosts = resources.get("hosts", [])
+        if len(hosts) > 1:
+            raise FMKitError(f"resourceconfig.json lists {len(hosts)} hosts; distributed "
+                             "training is not available yet: use instance_count=1")
+        host = resources.get("current_host", DEFAULT_HOST)
+        channels = _channels(opt_ml)
+        labels = jobs.label_mode(hp)
+        source = channel_source(opt_ml, "train", channels["train"], hp, labels)
+        scored = {name: channel_source(opt_ml, name, channels[name], hp, labels)
+                  for name in ("test", "validation") if name in channels}
+        jobs.train_sources(hp, source, opt_ml.model / SAGEMAKER_SUBDIR, scored, host=host,
+                           progress=False)
+        return 0
+    except Exception as e:  # every failure must reach output/failure
+        reason = str(e) if isinstance(e, FMKitError) else f"{type(e).__name__}: {e}"
+        traceback.print_exc(file=sys.stderr)
+        log.error("training failed: %s", reason)
+        opt_ml.failure.parent.mkdir(parents=True, exist_ok=True)
+        opt_ml.failure.write_text(reason[:1024] + "\n")
+        return 255
+
+
+def serve(opt_ml: OptML | None = None, workers: int | None = None) -> None:
+    """Serve ``/opt/ml/model`` on ``$SAGEMAKER_BIND_TO_PORT`` (default 8080)."""
+    from fmkit.serve.app import serve as run_server
+
+    opt_ml = opt_ml or OptML.from_environment()
+    count = workers or int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", os.cpu_count() or 1))
+    run_server(str(opt_ml.model), workers=count)

@@ -1,0 +1,108 @@
+"""The inference server: SageMaker's ``GET /ping`` and ``POST /invocations`` on Starlette.
+
+Run by uvicorn (``fmkit serve``); each worker process loads the model once at start-up. A bad
+request is answered with a 4xx status and ``{"error": "..."}``, logged, and never takes the
+server down; an unexpected failure answers 500 without a traceback (the log has it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fmkit.errors import FMKitError
+from fmkit.model import FMModel
+from fmkit.serve import codecs
+
+log = logging.getLogger("fmkit.serve")
+
+MODEL_DIR_ENV = "FMKIT_MODEL_DIR"
+MAX_PAYLOAD_ENV = "FMKIT_MAX_PAYLOAD_MB"
+DEFAULT_MAX_PAYLOAD_MB = 6.0  # SageMaker's MaxPayloadInMB default
+
+
+class PayloadTooLarge(codecs.RequestError):
+    status = 413
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"payload of {int(declared)} bytes exceeds the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"payload exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(model: FMModel, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB) -> Starlette:
+    """The ASGI app serving ``model``."""
+    limit = int(max_payload_mb * 1024 * 1024)
+
+    async def ping(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def invocations(request: Request) -> Response:
+        try:
+            kind = codecs.request_type(request.headers.get("content-type"))
+            accept = codecs.response_type(request.headers.get("accept"))
+            body = await _read_body(request, limit)
+            batch = codecs.parse_request(body, kind, model.feature_dim)
+            payload = codecs.encode_response(model.predictions(batch), accept)
+            return Response(payload, media_type=accept)
+        except codecs.RequestError as e:
+            log.warning("%d for %s %s: %s", e.status, request.method, request.url.path, e)
+            return JSONResponse({"error": f"Unable to evaluate payload provided: {e}"},
+                                status_code=e.status)
+        except FMKitError as e:
+            log.warning("400 for %s: %s", request.url.path, e)
+            return JSONResponse({"error": f"Unable to evaluate payload provided: {e}"},
+                                status_code=400)
+        except Exception:
+            log.exception("500 for %s", request.url.path)
+            return JSONResponse({"error": "internal error"}, status_code=500)
+
+    async def execution_parameters(request: Request) -> Response:
+        return JSONResponse({"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD",
+                             "MaxPayloadInMB": int(max_payload_mb)})
+
+    return Starlette(routes=[
+        Route("/ping", ping, methods=["GET"]),
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/execution-parameters", execution_parameters, methods=["GET"]),
+    ])
+
+
+def app_from_environment() -> Starlette:
+    """The app for ``$FMKIT_MODEL_DIR`` (uvicorn's factory, one call per worker process)."""
+    model = FMModel.load(os.environ[MODEL_DIR_ENV])
+    return create_app(model, float(os.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB)))
+
+
+def default_port() -> int:
+    """SageMaker's ``SAGEMAKER_BIND_TO_PORT`` when set, else 8080."""
+    return int(os.environ.get("SAGEMAKER_BIND_TO_PORT") or 8080)
+
+
+def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, workers: int = 1,
+          max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB, **uvicorn_options: Any) -> None:
+    """Load the model (failing fast if it is broken), then serve it with uvicorn."""
+    import uvicorn
+
+    FMModel.load(model_dir)  # a clear error now rather than in every worker
+    os.environ[MODEL_DIR_ENV] = str(model_dir)
+    os.environ[MAX_PAYLOAD_ENV] = str(max_payload_mb)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run("fmkit.serve.app:app_from_environment", factory=True, host=host,
+                    port=port or default_port(), workers=workers, log_level="info",
+                    access_log=False, **uvicorn_options)

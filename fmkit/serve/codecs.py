@@ -1,0 +1,271 @@
+"""Request parsing and response encoding for every SageMaker inference content type.
+
+One place for the formats of ``sagemaker_fm.md`` §3, used by the HTTP server and by
+``fmkit predict`` alike, so batch and online prediction read and write the same bytes:
+
+* requests: ``application/json`` (``{"instances": [...]}`` with dense ``features`` lists,
+  ``{"data": {"features": {"values"|"keys"|"shape"}}}`` instances, a bare list of dense rows, or
+  ``{"instances": [[...], ...]}``), ``application/jsonlines`` (one instance per line) and
+  ``application/x-recordio-protobuf`` (Records, dense or sparse, Float32/Float64/Int32);
+* responses: ``application/json`` (``{"predictions": [...]}``), ``application/jsonlines``
+  and ``application/x-recordio-protobuf`` (``label["score"]``, ``label["predicted_label"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from fmkit.data import recordio
+from fmkit.data.batch import SparseBatch
+from fmkit.data.sources import BatchChecker
+from fmkit.errors import DataError, FMKitError
+
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+RECORDIO = "application/x-recordio-protobuf"
+CONTENT_TYPES = (JSON, JSONLINES, RECORDIO)
+_ALIASES = {"application/x-recordio": RECORDIO, "application/jsonl": JSONLINES,
+            "application/x-jsonlines": JSONLINES}
+
+
+class RequestError(FMKitError):
+    """A request the server answers with a 4xx status and a message."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+def media_type(header: str | None) -> str:
+    """The bare media type of a Content-Type or Accept item (parameters dropped, lowercased)."""
+    bare = (header or "").split(";", 1)[0].strip().lower()
+    return _ALIASES.get(bare, bare)
+
+
+def request_type(content_type: str | None) -> str:
+    """The request's content type, or 415 for one fmkit does not read (CSV included)."""
+    kind = media_type(content_type)
+    if kind not in CONTENT_TYPES:
+        shown = kind or "no Content-Type"
+        raise RequestError(f"unsupported Content-Type {shown!r}: send one of "
+                           f"{', '.join(CONTENT_TYPES)} (CSV is not supported for FM)", 415)
+    return kind
+
+
+def response_type(accept: str | None) -> str:
+    """The response type for an Accept header: missing or */* means JSON; else 406."""
+    if not accept or not accept.strip():
+        return JSON
+    items = []
+    for position, item in enumerate(accept.split(",")):
+        kind = media_type(item)
+        quality = 1.0
+        match = re.search(r";\s*q=([0-9.]+)", item)
+        if match:
+            quality = float(match.group(1))
+        items.append((-quality, position, kind))
+    for _, _, kind in sorted(items):
+        if kind in CONTENT_TYPES:
+            return kind
+        if kind in ("*/*", "application/*"):
+            return JSON
+    raise RequestError(f"cannot produce Accept {accept!r}: accept one of "
+                       f"{', '.join(CONTENT_TYPES)}", 406)
+
+
+# -- requests -----------------------------------------------------------------------------------
+def _load_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as first:
+        # the SageMaker docs' own sparse example ends its instance list with a comma
+        relaxed = re.sub(r",(\s*[\]}])", r"\1", text)
+        try:
+            return json.loads(relaxed)
+        except ValueError:
+            raise RequestError(f"malformed JSON: {first}") from None
+
+
+def _numbers(value: Any, what: str) -> np.ndarray:
+    if not isinstance(value, list):
+        raise RequestError(f"{what} must be a list of numbers")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise RequestError(f"{what} must hold only numbers")
+    array = np.asarray(value, dtype=np.float64)
+    if array.size and not np.isfinite(array).all():
+        raise RequestError(f"{what} holds a value that is not finite")
+    return array
+
+
+def _instance_features(instance: Any) -> Any:
+    """The features element of one instance in any of SageMaker's JSON shapes."""
+    if isinstance(instance, list):
+        return instance
+    if isinstance(instance, dict):
+        if "features" in instance:
+            return instance["features"]
+        data = instance.get("data")
+        if isinstance(data, dict) and "features" in data:
+            return data["features"]
+        if isinstance(data, dict) and len(data) == 1:
+            return next(iter(data.values()))
+    raise RequestError('expected {"features": [...]} or {"data": {"features": {...}}}')
+
+
+def _row(element: Any, feature_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, values)`` of one instance's features; raises RequestError if malformed."""
+    if isinstance(element, list):
+        values = _numbers(element, "features")
+        if values.size != feature_dim:
+            raise RequestError(f"dense features have {values.size} values, expected "
+                               f"{feature_dim} (feature_dim)")
+        nonzero = np.flatnonzero(values)
+        return nonzero, values[nonzero]
+    if not isinstance(element, dict) or "values" not in element:
+        raise RequestError('features must be a list or {"values": [...], "keys": [...], '
+                           '"shape": [...]}')
+    if "keys" not in element:
+        return _row(element["values"], feature_dim)
+    values = _numbers(element["values"], "values")
+    keys = _numbers(element["keys"], "keys")
+    if keys.size != values.size:
+        raise RequestError(f"{keys.size} keys but {values.size} values")
+    if keys.size and ((keys < 0).any() or (keys != np.floor(keys)).any()):
+        raise RequestError("keys must be non-negative integers")
+    if "shape" in element:
+        shape = _numbers(element["shape"], "shape")
+        if shape.tolist() != [feature_dim]:
+            raise RequestError(f"shape {element['shape']} does not match feature_dim "
+                               f"[{feature_dim}]")
+    keys = keys.astype(np.int64)
+    if keys.size and keys.max() >= feature_dim:
+        raise RequestError(f"key {int(keys.max())} is out of range: feature_dim={feature_dim}")
+    if np.unique(keys).size != keys.size:
+        raise RequestError("a key appears twice")
+    return keys, values
+
+
+def _batch(rows: list[tuple[np.ndarray, np.ndarray]], source: str) -> SparseBatch:
+    lengths = np.array([len(k) for k, _ in rows], dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    indices = np.concatenate([k for k, _ in rows]).astype(np.int32) if rows else np.zeros(0,
+                                                                                         np.int32)
+    values = np.concatenate([v for _, v in rows]).astype(np.float32) if rows else np.zeros(
+        0, np.float32)
+    return SparseBatch(indptr, indices, values, np.zeros(len(rows), np.float32), None, source)
+
+
+def _instances(instances: Iterable[Any], feature_dim: int, source: str,
+               unit: str) -> SparseBatch:
+    rows = []
+    for n, instance in enumerate(instances, start=1):
+        try:
+            rows.append(_row(_instance_features(instance), feature_dim))
+        except RequestError as e:
+            raise RequestError(f"{unit} {n}: {e}") from None
+    return _batch(rows, source)
+
+
+def parse_json(body: bytes | str, feature_dim: int, source: str = "request") -> SparseBatch:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    document = _load_json(text)
+    if isinstance(document, dict) and "instances" in document:
+        instances = document["instances"]
+    elif isinstance(document, list):
+        instances = document
+    else:
+        raise RequestError('expected {"instances": [...]} or a list of rows')
+    if not isinstance(instances, list):
+        raise RequestError('"instances" must be a list')
+    return _instances(instances, feature_dim, source, "instance")
+
+
+def parse_jsonlines(body: bytes | str, feature_dim: int, source: str = "request",
+                    first_line: int = 1) -> SparseBatch:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    instances = []
+    for n, line in enumerate(text.splitlines(), start=first_line):
+        if not line.strip():
+            continue
+        try:
+            instances.append(json.loads(line))
+        except ValueError as e:
+            raise RequestError(f"line {n}: malformed JSON: {e}") from None
+    return _instances(instances, feature_dim, source, "line")
+
+
+def parse_recordio(body: bytes, feature_dim: int, source: str = "request") -> SparseBatch:
+    try:
+        batch = recordio.read_bytes(body, source)
+        return BatchChecker(feature_dim)(batch)
+    except DataError as e:
+        raise RequestError(str(e)) from None
+
+
+def parse_request(body: bytes, content_type: str, feature_dim: int) -> SparseBatch:
+    """Rows of a request body of a supported content type; RequestError (400) if malformed."""
+    kind = request_type(content_type)
+    parse = {JSON: parse_json, JSONLINES: parse_jsonlines, RECORDIO: parse_recordio}[kind]
+    return parse(body, feature_dim)
+
+
+# -- responses ----------------------------------------------------------------------------------
+def _json_objects(predictions: dict[str, np.ndarray]) -> list[str]:
+    """One JSON object per row: ``{"score": s}`` plus ``"predicted_label"`` for classifiers."""
+    scores = [_finite(s) for s in predictions["score"].tolist()]
+    if "predicted_label" in predictions:
+        labels = predictions["predicted_label"].tolist()
+        return [f'{{"score": {s}, "predicted_label": {p!r}}}' for s, p in zip(scores, labels)]
+    return [f'{{"score": {s}}}' for s in scores]
+
+
+def _finite(value: float) -> str:
+    return repr(value) if math.isfinite(value) else "null"
+
+
+class ResponseWriter:
+    """Encodes predictions as one response type, possibly over several blocks of rows.
+
+    ``begin() + part(block) ... + end()`` is one complete document, so ``fmkit predict`` can
+    stream a file of any size while the server encodes one block.
+    """
+
+    def __init__(self, accept: str):
+        self.accept = media_type(accept) if accept else JSONLINES
+        if self.accept not in CONTENT_TYPES:
+            raise RequestError(f"cannot write {accept!r}", 406)
+        self._first = True
+
+    def begin(self) -> bytes:
+        return b'{"predictions": [' if self.accept == JSON else b""
+
+    def part(self, predictions: dict[str, np.ndarray]) -> bytes:
+        if self.accept == RECORDIO:
+            return recordio.encode_predictions(predictions) if len(predictions["score"]) else b""
+        objects = _json_objects(predictions)
+        if not objects:
+            return b""
+        if self.accept == JSONLINES:
+            return ("\n".join(objects) + "\n").encode()
+        text = ", ".join(objects)
+        if not self._first:
+            text = ", " + text
+        self._first = False
+        return text.encode()
+
+    def end(self) -> bytes:
+        return b"]}" if self.accept == JSON else b""
+
+
+def encode_response(predictions: dict[str, np.ndarray], accept: str) -> bytes:
+    writer = ResponseWriter(accept)
+    return writer.begin() + writer.part(predictions) + writer.end()
