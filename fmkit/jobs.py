@@ -29,6 +29,8 @@ from fmkit.train.trainer import train
 
 
 def _index_base(source: FileSource, index_base: str | int) -> int:
+    if source.fmt != "libsvm":
+        return 0
     if str(index_base) == "auto":
         base = detect_index_base(source)
         log.info("%s: %d-based feature indices (detected)", source.name, base)
@@ -176,12 +178,12 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
 
     if target_format not in CONVERT_TARGETS:
         raise DataError(str(output), None, f"cannot write format {target_format!r}")
-    probe = FileSource(input_path, source_format, feature_dim or 2**31 - 1)
+    probe = FileSource(input_path, source_format, feature_dim or 1)
     probe.index_base = _index_base(probe, index_base)
     if feature_dim is None:
         feature_dim = 0
-        for batch in probe.blocks():
-            widest = int(batch.indices.max()) + 1 if batch.indices.size else 0
+        for batch in probe.raw_blocks():
+            widest = int(batch.indices.max()) + 1 - probe.index_base if batch.indices.size else 0
             if batch.widths is not None and batch.widths.size:
                 widest = max(widest, int(batch.widths.max()))
             feature_dim = max(feature_dim, widest)

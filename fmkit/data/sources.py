@@ -97,9 +97,9 @@ class BatchChecker:
     def __call__(self, batch: SparseBatch) -> SparseBatch:
         if self.index_base:
             batch.indices = batch.indices - np.int32(self.index_base)
-        self._check_indices(batch)
         if batch.widths is not None:
             self._check_widths(batch)
+        self._check_indices(batch)
         if self.labels and np.isnan(batch.labels).any():
             row = int(np.flatnonzero(np.isnan(batch.labels))[0])
             raise DataError(*batch.where(row), "the record has no label")

@@ -28,20 +28,35 @@ MAX_PAYLOAD_ENV = "FMKIT_MAX_PAYLOAD_MB"
 DEFAULT_MAX_PAYLOAD_MB = 6.0  # SageMaker's MaxPayloadInMB default
 
 
+DRAIN_LIMIT = 64 * 1024 * 1024  # read and drop up to this much of an oversized body
+
+
 class PayloadTooLarge(codecs.RequestError):
     status = 413
 
+    def __init__(self, message: str, drained: bool):
+        super().__init__(message)
+        self.drained = drained  # False: the connection must close, unread bytes follow
+
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, or 413. An oversized body is read to its end (up to ``DRAIN_LIMIT``) so the
+    client, still sending, can read the answer and keep its connection."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"payload of {int(declared)} bytes exceeds the limit of {limit}")
+    too_big = declared is not None and declared.isdigit() and int(declared) > limit
+    if too_big and int(declared) > DRAIN_LIMIT:
+        raise PayloadTooLarge(f"payload of {declared} bytes exceeds the limit of {limit}", False)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"payload exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+            too_big = True
+            if size > DRAIN_LIMIT:
+                raise PayloadTooLarge(f"payload exceeds the limit of {limit} bytes", False)
+        elif not too_big:
+            chunks.append(chunk)
+    if too_big:
+        raise PayloadTooLarge(f"payload of {size} bytes exceeds the limit of {limit}", True)
     return b"".join(chunks)
 
 
@@ -54,16 +69,19 @@ def create_app(model: FMModel, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB) -
 
     async def invocations(request: Request) -> Response:
         try:
+            body = await _read_body(request, limit)  # first: an answer never leaves it unread
             kind = codecs.request_type(request.headers.get("content-type"))
             accept = codecs.response_type(request.headers.get("accept"))
-            body = await _read_body(request, limit)
             batch = codecs.parse_request(body, kind, model.feature_dim)
             payload = codecs.encode_response(model.predictions(batch), accept)
             return Response(payload, media_type=accept)
         except codecs.RequestError as e:
             log.warning("%d for %s %s: %s", e.status, request.method, request.url.path, e)
+            # unread body bytes must not be taken for the next request on the connection
+            undrained = isinstance(e, PayloadTooLarge) and not e.drained
+            headers = {"Connection": "close"} if undrained else None
             return JSONResponse({"error": f"Unable to evaluate payload provided: {e}"},
-                                status_code=e.status)
+                                status_code=e.status, headers=headers)
         except FMKitError as e:
             log.warning("400 for %s: %s", request.url.path, e)
             return JSONResponse({"error": f"Unable to evaluate payload provided: {e}"},
@@ -105,4 +123,4 @@ def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, wor
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run("fmkit.serve.app:app_from_environment", factory=True, host=host,
                     port=port or default_port(), workers=workers, log_level="info",
-                    access_log=False, **uvicorn_options)
+                    access_log=False, http="httptools", loop="uvloop", **uvicorn_options)

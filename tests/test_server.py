@@ -1,0 +1,302 @@
+"""The inference server over a real socket: every request and response type of SageMaker's FM,
+the official SDK predictor as the client, status codes, and resilience to bad requests."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+
+import httpx
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+from sagemaker.amazon.common import (  # noqa: E402
+    read_records,
+    write_numpy_to_dense_tensor,
+    write_spmatrix_to_sparse_tensor,
+)
+from sklearn.datasets import dump_svmlight_file, load_svmlight_file  # noqa: E402
+
+from fmkit import FMClassifier, FMRegressor  # noqa: E402
+from fmkit.jobs import predict_files  # noqa: E402
+from fmkit.model import FMModel  # noqa: E402
+from fmkit.models.fm import reference_logits, sigmoid  # noqa: E402
+
+from .conftest import fmkit_executable, shared_file  # noqa: E402
+
+JSON, JSONLINES, RECORDIO = ("application/json", "application/jsonlines",
+                             "application/x-recordio-protobuf")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_dir, *args: str, port: int | None = None, env=None):
+    port = port or free_port()
+    command = [fmkit_executable(), "serve", "--model-dir", str(model_dir), "--host",
+               "127.0.0.1", *args]
+    if "--port" not in args and not (env and "SAGEMAKER_BIND_TO_PORT" in env):
+        command += ["--port", str(port)]
+    log = tempfile.TemporaryFile()  # a pipe nobody reads would block the server once full
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log,
+                            env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(log.read().decode())
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def a9a():
+    X, y = load_svmlight_file(str(shared_file("a9a_libsvm", "a9a")), n_features=123)
+    Xt, _ = load_svmlight_file(str(shared_file("a9a_libsvm", "a9a.t")), n_features=123)
+    return X, y, Xt[:40].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, a9a):
+    X, y, _ = a9a
+    path = tmp_path_factory.mktemp("clf") / "model"
+    FMClassifier(num_factors=8, epochs=2, mini_batch_size=100, linear_lr=0.003,
+                 factors_lr=0.003).fit(X, y, progress=False).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(classifier):
+    proc, url = start_server(classifier, "--workers", "2", "--max-payload-mb", "0.5")
+    yield url
+    stop(proc)
+
+
+def expected_scores(model_dir, X) -> np.ndarray:
+    """sigmoid of the reference FM on the model's weights (not the serving code path)."""
+    model = FMModel.load(model_dir)
+    return sigmoid(reference_logits(model.params, X))
+
+
+def batch_predict(model_dir, X, tmp_path) -> np.ndarray:
+    data = tmp_path / "rows.libsvm"
+    dump_svmlight_file(X, np.zeros(X.shape[0]), str(data), zero_based=True)
+    out = tmp_path / "pred.jsonl"
+    predict_files(model_dir, data, out, fmt="libsvm")
+    return np.array([json.loads(line)["score"] for line in out.read_text().splitlines()])
+
+
+def sparse_instances(X):
+    return [{"data": {"features": {"keys": X[r].indices.tolist(), "shape": [X.shape[1]],
+                                   "values": X[r].data.tolist()}}} for r in range(X.shape[0])]
+
+
+def request_bodies(X):
+    """Every request form of sagemaker_fm.md §3, each holding the rows of X."""
+    dense = X.toarray().tolist()
+    sdk_dense, sdk_sparse = io.BytesIO(), io.BytesIO()
+    write_numpy_to_dense_tensor(sdk_dense, X.toarray().astype(np.float32))
+    write_spmatrix_to_sparse_tensor(sdk_sparse, X)
+    f64, i32 = io.BytesIO(), io.BytesIO()
+    write_numpy_to_dense_tensor(f64, X.toarray().astype(np.float64))
+    write_numpy_to_dense_tensor(i32, X.toarray().astype(np.int64))  # a9a is 0/1: exact
+    mixed = []
+    for r, row in enumerate(dense):
+        forms = [{"features": row}, {"data": {"features": {"values": row}}},
+                 sparse_instances(X[r])[0]]
+        mixed.append(json.dumps(forms[r % 3]))
+    sparse_text = json.dumps({"instances": sparse_instances(X)}, indent=1)
+    # the docs' example ends its instance list with a comma: `...},\n]}`
+    instances_text = sparse_text.rstrip()[:-1].rstrip()[:-1].rstrip()
+    trailing_comma = instances_text + ",\n]\n}"
+    return [
+        ("json dense features", JSON, json.dumps({"instances": [{"features": r} for r in dense]})),
+        ("json data.features.values", JSON,
+         json.dumps({"instances": [{"data": {"features": {"values": r}}} for r in dense]})),
+        ("json sparse", JSON, sparse_text),
+        ("json sparse, trailing comma", JSON, trailing_comma),
+        ("json bare list", JSON, json.dumps(dense)),
+        ("json instances of lists", JSON, json.dumps({"instances": dense})),
+        ("jsonlines mixed", JSONLINES, "\n".join(mixed)),
+        ("recordio dense float32", RECORDIO, sdk_dense.getvalue()),
+        ("recordio dense float64", RECORDIO, f64.getvalue()),
+        ("recordio dense int32", RECORDIO, i32.getvalue()),
+        ("recordio sparse", RECORDIO, sdk_sparse.getvalue()),
+    ]
+
+
+def decode_response(content: bytes, accept: str) -> tuple[np.ndarray, np.ndarray]:
+    if accept == JSON:
+        rows = json.loads(content)["predictions"]
+    elif accept == JSONLINES:
+        rows = [json.loads(line) for line in content.decode().splitlines()]
+    else:
+        rows = [{name: r.label[name].float32_tensor.values[0] for name in r.label}
+                for r in read_records(io.BytesIO(content))]
+    return (np.array([r["score"] for r in rows]), np.array([r["predicted_label"] for r in rows]))
+
+
+@pytest.mark.parametrize("accept", [JSON, JSONLINES, RECORDIO])
+def test_every_request_type_scores_like_batch_predict(server, classifier, a9a, accept,
+                                                      tmp_path):
+    _, _, X = a9a
+    batch = batch_predict(classifier, X, tmp_path)
+    reference = expected_scores(classifier, X)
+    np.testing.assert_allclose(batch, reference, rtol=1e-5)
+    with httpx.Client(base_url=server) as client:
+        for name, content_type, body in request_bodies(X):
+            response = client.post("/invocations", content=body,
+                                   headers={"Content-Type": content_type, "Accept": accept})
+            assert response.status_code == 200, (name, response.text)
+            assert response.headers["content-type"].startswith(accept)
+            scores, labels = decode_response(response.content, accept)
+            tolerance = 1e-7 if accept == RECORDIO else 1e-12  # recordIO carries float32
+            np.testing.assert_allclose(scores, batch, rtol=tolerance, atol=tolerance,
+                                       err_msg=name)
+            np.testing.assert_array_equal(labels, (scores >= 0.5).astype(float), err_msg=name)
+
+
+@pytest.mark.parametrize("fmt,content_type", [("json", JSON), ("jsonlines", JSONLINES),
+                                              ("recordio", RECORDIO)])
+def test_batch_prediction_reads_request_bodies_and_writes_responses(
+        server, classifier, a9a, tmp_path, fmt, content_type):
+    _, _, X = a9a
+    body = dict((t, b) for n, t, b in request_bodies(X) if "sparse" in n or t == JSONLINES)
+    data = tmp_path / f"requests.{fmt}"
+    payload = body[content_type]
+    data.write_bytes(payload if isinstance(payload, bytes) else payload.encode())
+    for accept in (JSON, JSONLINES, RECORDIO):
+        out = tmp_path / "out"
+        predict_files(classifier, data, out, fmt=fmt, accept=accept)
+        online = httpx.post(f"{server}/invocations", content=payload,
+                            headers={"Content-Type": content_type, "Accept": accept})
+        assert out.read_bytes() == online.content, (fmt, accept)
+
+
+def test_status_codes_and_resilience(server, a9a):
+    _, _, X = a9a
+    good = json.dumps({"instances": sparse_instances(X[:3])})
+    cases = [
+        ({"Content-Type": "text/csv"}, "1,2,3", 415, "unsupported Content-Type 'text/csv'"),
+        ({"Content-Type": JSON, "Accept": "text/html"}, good, 406, "cannot produce Accept"),
+        ({"Content-Type": JSON}, '{"instances": [', 400, "malformed JSON"),
+        ({"Content-Type": JSON}, json.dumps({"instances": [{"features": [1, 2]}]}), 400,
+         "instance 1: dense features have 2 values, expected 123"),
+        ({"Content-Type": JSON},
+         json.dumps({"instances": [{"data": {"features": {"keys": [5, 500], "shape": [123],
+                                                          "values": [1, 1]}}}]}), 400,
+         "instance 1: key 500 is out of range: feature_dim=123"),
+        ({"Content-Type": JSON},
+         json.dumps({"instances": [{"data": {"features": {"keys": [5], "shape": [999],
+                                                          "values": [1]}}}]}), 400,
+         "shape [999] does not match feature_dim [123]"),
+        ({"Content-Type": JSONLINES}, '{"features": [1]}\nnot json', 400, "line 1"),
+        ({"Content-Type": RECORDIO}, b"\x00" * 16, 400, "bad RecordIO magic number"),
+        ({"Content-Type": JSON}, "[" + "0," * 400_000 + "0]", 413, "exceeds the limit"),
+    ]
+    with httpx.Client(base_url=server) as client:
+        for headers, body, status, message in cases:
+            response = client.post("/invocations", content=body, headers=headers)
+            assert response.status_code == status, (headers, response.text)
+            assert message in response.json()["error"], response.text
+            assert "Traceback" not in response.text
+        for i in range(1000):
+            headers, body, status, _ = cases[i % len(cases)]
+            response = client.post("/invocations", content=body, headers=headers)
+            assert response.status_code == status, (i, headers)
+        assert client.get("/ping").status_code == 200
+        response = client.post("/invocations", content=good, headers={"Content-Type": JSON})
+        assert response.status_code == 200 and len(response.json()["predictions"]) == 3
+        no_accept = client.post("/invocations", content=good,
+                                headers={"Content-Type": "application/json; charset=utf-8",
+                                         "Accept": "*/*"})
+        assert no_accept.headers["content-type"].startswith(JSON)
+
+
+def test_regressor_responses_have_no_label_and_bind_to_port(tmp_path):
+    rng = np.random.default_rng(0)
+    X = sp.random(500, 20, density=0.3, random_state=0, format="csr")
+    model_dir = tmp_path / "reg"
+    FMRegressor(num_factors=4, epochs=2).fit(X, rng.normal(size=500), progress=False).save(
+        model_dir)
+    port = free_port()
+    proc, url = start_server(model_dir, env={"SAGEMAKER_BIND_TO_PORT": str(port)}, port=port)
+    try:
+        body = json.dumps({"instances": sparse_instances(X[:4].astype(np.float32))})
+        response = httpx.post(f"{url}/invocations", content=body,
+                              headers={"Content-Type": JSON, "Accept": JSONLINES})
+        rows = [json.loads(line) for line in response.text.splitlines()]
+        model = FMModel.load(model_dir)
+        expected = reference_logits(model.params, X[:4])
+        assert all(set(r) == {"score"} for r in rows)
+        np.testing.assert_allclose([r["score"] for r in rows], expected, rtol=1e-5)
+    finally:
+        stop(proc)
+
+
+class RuntimeShim:
+    """The part of boto3's sagemaker-runtime client the SDK predictor calls, POSTing to us."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def invoke_endpoint(self, Body, EndpointName, ContentType=None, Accept=None, **_):
+        body = Body.getvalue() if hasattr(Body, "getvalue") else Body
+        if isinstance(body, str):
+            body = body.encode()
+        response = httpx.post(f"{self.url}/invocations", content=body,
+                              headers={"Content-Type": ContentType, "Accept": Accept or "*/*"})
+        assert response.status_code == 200, response.text
+        return {"Body": io.BytesIO(response.content),
+                "ContentType": response.headers["content-type"]}
+
+
+def test_sagemaker_sdk_predictor_against_fmkit_serve(server, classifier, a9a):
+    import boto3
+    import sagemaker
+    from sagemaker.deserializers import JSONDeserializer
+    from sagemaker.serializers import JSONSerializer
+
+    _, _, X = a9a
+    session = sagemaker.Session(boto_session=boto3.Session(region_name="us-east-1"),
+                                sagemaker_runtime_client=RuntimeShim(server))
+    expected = expected_scores(classifier, X)
+    predictor = sagemaker.FactorizationMachinesPredictor("fmkit-local", sagemaker_session=session)
+    for dtype in (np.float32, np.float64):
+        records = predictor.predict(X.toarray().astype(dtype))
+        scores = np.array([r.label["score"].float32_tensor.values[0] for r in records])
+        labels = np.array([r.label["predicted_label"].float32_tensor.values[0] for r in records])
+        np.testing.assert_allclose(scores, expected, rtol=1e-5)
+        np.testing.assert_array_equal(labels, (scores >= 0.5).astype(float))
+    json_predictor = sagemaker.FactorizationMachinesPredictor(
+        "fmkit-local", sagemaker_session=session, serializer=JSONSerializer(),
+        deserializer=JSONDeserializer())
+    result = json_predictor.predict(X.toarray().tolist())
+    np.testing.assert_allclose([p["score"] for p in result["predictions"]], expected, rtol=1e-5)
+    sparse_result = json_predictor.predict({"instances": sparse_instances(X)})
+    np.testing.assert_allclose([p["score"] for p in sparse_result["predictions"]], expected,
+                               rtol=1e-5)
