@@ -47,7 +47,9 @@ def start_server(model_dir, *args: str, port: int | None = None, env=None):
                "127.0.0.1", *args]
     if "--port" not in args and not (env and "SAGEMAKER_BIND_TO_PORT" in env):
         command += ["--port", str(port)]
-    log = tempfile.TemporaryFile()  # a pipe nobody reads would block the server once full
+    # a file, not a pipe: a pipe nobody reads would block the server once full; it lives as
+    # long as the server process
+    log = tempfile.TemporaryFile()  # noqa: SIM115
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log,
                             env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"

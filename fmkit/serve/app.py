@@ -63,6 +63,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def create_app(model: FMModel, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB) -> Starlette:
     """The ASGI app serving ``model``."""
     limit = int(max_payload_mb * 1024 * 1024)
+    decode = codecs.RequestDecoder(model.feature_dim)
 
     async def ping(request: Request) -> Response:
         return Response(status_code=200)
@@ -72,7 +73,7 @@ def create_app(model: FMModel, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB) -
             body = await _read_body(request, limit)  # first: an answer never leaves it unread
             kind = codecs.request_type(request.headers.get("content-type"))
             accept = codecs.response_type(request.headers.get("accept"))
-            batch = codecs.parse_request(body, kind, model.feature_dim)
+            batch = decode(body, kind)
             payload = codecs.encode_response(model.predictions(batch), accept)
             return Response(payload, media_type=accept)
         except codecs.RequestError as e:

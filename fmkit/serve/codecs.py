@@ -203,19 +203,31 @@ def parse_jsonlines(body: bytes | str, feature_dim: int, source: str = "request"
     return _instances(instances, feature_dim, source, "line")
 
 
-def parse_recordio(body: bytes, feature_dim: int, source: str = "request") -> SparseBatch:
+def parse_recordio(body: bytes, feature_dim: int, source: str = "request",
+                   checker: BatchChecker | None = None) -> SparseBatch:
+    """Records of a body, checked against ``feature_dim`` (pass a ``checker`` to reuse its
+    feature_dim-sized scratch array across requests)."""
     try:
         batch = recordio.read_bytes(body, source)
-        return BatchChecker(feature_dim)(batch)
+        return (checker or BatchChecker(feature_dim))(batch)
     except DataError as e:
         raise RequestError(str(e)) from None
 
 
-def parse_request(body: bytes, content_type: str, feature_dim: int) -> SparseBatch:
-    """Rows of a request body of a supported content type; RequestError (400) if malformed."""
-    kind = request_type(content_type)
-    parse = {JSON: parse_json, JSONLINES: parse_jsonlines, RECORDIO: parse_recordio}[kind]
-    return parse(body, feature_dim)
+class RequestDecoder:
+    """Decodes request bodies for one model; keeps the recordIO checker between requests."""
+
+    def __init__(self, feature_dim: int):
+        self.feature_dim = feature_dim
+        self._checker = BatchChecker(feature_dim)
+
+    def __call__(self, body: bytes, content_type: str) -> SparseBatch:
+        """Rows of a body of a supported content type; RequestError (400) if malformed."""
+        kind = request_type(content_type)
+        if kind == RECORDIO:
+            return parse_recordio(body, self.feature_dim, checker=self._checker)
+        parse = parse_json if kind == JSON else parse_jsonlines
+        return parse(body, self.feature_dim)
 
 
 # -- responses ----------------------------------------------------------------------------------

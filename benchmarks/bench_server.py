@@ -1,0 +1,148 @@
+"""Load test of ``fmkit serve`` with wrk: requests/s and p50/p99 latency per request type.
+
+    python benchmarks/bench_server.py [--duration 10] [--connections 16]
+
+Serves an FM (10^6 features, k=8) with 2 worker processes and drives it with wrk (Debian's
+``wrk`` package; the script installs it with apt-get when missing) over loopback, for 1-row and
+100-row requests of 39 active features each, as JSON (sparse instances) and recordIO-protobuf.
+wrk runs on the same 2-core machine as the server, so the figures are a lower bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+FEATURES, K, FIELDS = 1_000_000, 8, 39
+
+LUA = """
+wrk.method = "POST"
+local f = io.open("{body}", "rb")
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "{content_type}"
+wrk.headers["Accept"] = "{accept}"
+"""
+
+
+def ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path:
+        return path
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    return shutil.which("wrk")
+
+
+def make_model() -> Path:
+    from fmkit.hyperparameters import validate
+    from fmkit.model import FMModel
+    from fmkit.models.fm import init_parameters
+
+    path = CACHE / "serve-model"
+    if not path.exists():
+        hp = validate(dict(feature_dim=FEATURES, num_factors=K,
+                           predictor_type="binary_classifier", factors_init_sigma=0.1))
+        FMModel(hp, init_parameters(hp)).save(path)
+    return path
+
+
+def make_bodies(rows: int, workdir: Path) -> dict[str, Path]:
+    import io
+    import json
+
+    from fmkit.data import recordio
+
+    rng = np.random.default_rng(rows)
+    ids = np.sort(rng.choice(FEATURES, size=(rows, FIELDS)), axis=1)
+    X = sp.csr_matrix((np.ones(rows * FIELDS, np.float32), ids.ravel(),
+                       np.arange(0, rows * FIELDS + 1, FIELDS)), shape=(rows, FEATURES))
+    X.sum_duplicates()
+    instances = [{"data": {"features": {"keys": X[r].indices.tolist(), "shape": [FEATURES],
+                                        "values": X[r].data.tolist()}}} for r in range(rows)]
+    json_path = workdir / f"body-{rows}.json"
+    json_path.write_text(json.dumps({"instances": instances}))
+    buf = io.BytesIO()
+    recordio.write_rows(buf, X)
+    rec_path = workdir / f"body-{rows}.rec"
+    rec_path.write_bytes(buf.getvalue())
+    return {"application/json": json_path, "application/x-recordio-protobuf": rec_path}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_wrk(output: str) -> tuple[float, str, str, int]:
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.MULTILINE).group(1)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE).group(1)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return rate, p50, p99, int(errors.group(1)) if errors else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per request type")
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+    CACHE.mkdir(exist_ok=True)
+    model = make_model()
+    port = free_port()
+    fmkit = str(Path(sys.executable).parent / "fmkit")
+    server = subprocess.Popen([fmkit, "serve", "--model-dir", str(model), "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            print(f"fmkit serve, 2 workers, model {FEATURES} features k={K}; wrk -t2 "
+                  f"-c{args.connections} -d{args.duration}s over loopback, {FIELDS} active "
+                  "features per row\n")
+            print(f"{'request':<34}{'requests/s':>12}{'rows/s':>12}{'p50':>10}{'p99':>10}"
+                  f"{'non-2xx':>9}")
+            for rows in (1, 100):
+                for content_type, body in make_bodies(rows, workdir).items():
+                    script = workdir / "post.lua"
+                    script.write_text(LUA.format(body=body, content_type=content_type,
+                                                 accept=content_type))
+                    # warm-up, then the measured run
+                    subprocess.run([wrk, "-t2", "-c4", "-d2s", "-s", str(script),
+                                    f"{url}/invocations"], capture_output=True, check=True)
+                    out = subprocess.run([wrk, "-t2", f"-c{args.connections}",
+                                          f"-d{args.duration}s", "--latency", "-s", str(script),
+                                          f"{url}/invocations"], capture_output=True, text=True,
+                                         check=True).stdout
+                    rate, p50, p99, errors = parse_wrk(out)
+                    label = f"{rows} row{'s' if rows > 1 else ''}, {content_type.split('/')[1]}"
+                    print(f"{label:<34}{rate:>12,.0f}{rate * rows:>12,.0f}{p50:>10}{p99:>10}"
+                          f"{errors:>9}")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The SageMaker training-container contract on a temporary /opt/ml tree ($FMKIT_OPT_ML):
+SDK-written hyperparameters and data, File and Pipe mode, metric lines, failure file."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+from sagemaker.amazon.common import write_spmatrix_to_sparse_tensor  # noqa: E402
+from sklearn.datasets import load_svmlight_file  # noqa: E402
+
+from fmkit.model import FMModel  # noqa: E402
+
+from .conftest import fmkit_executable, shared_file  # noqa: E402
+from .test_end_to_end import METRIC_REGEXES  # noqa: E402
+
+
+def sdk_hyperparameters(**kwargs) -> dict[str, str]:
+    """hyperparameters.json exactly as the SageMaker SDK 2.x builds it for a training job."""
+    import boto3
+    import sagemaker
+
+    session = sagemaker.Session(boto_session=boto3.Session(region_name="us-east-1"))
+    feature_dim = kwargs.pop("feature_dim")
+    mini_batch_size = kwargs.pop("mini_batch_size")
+    estimator = sagemaker.FactorizationMachines(
+        role="arn:aws:iam::123456789012:role/fmkit-test", instance_count=1,
+        instance_type="ml.m5.large", sagemaker_session=session,
+        data_location="s3://fmkit-test-bucket/records/", **kwargs)
+    estimator.feature_dim = feature_dim
+    estimator.mini_batch_size = mini_batch_size
+    hyperparameters = {k: str(v) for k, v in estimator.hyperparameters().items()}
+    assert all(isinstance(v, str) for v in hyperparameters.values())
+    return hyperparameters
+
+
+def sdk_records(X, y) -> bytes:
+    f = io.BytesIO()
+    write_spmatrix_to_sparse_tensor(f, sp.csr_matrix(X, dtype=np.float32),
+                                    np.asarray(y, dtype=np.float32))
+    return f.getvalue()
+
+
+def make_opt_ml(root, hyperparameters, channels: dict[str, dict]) -> None:
+    config = root / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    (config / "inputdataconfig.json").write_text(json.dumps(channels))
+    (config / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth1"}))
+    (root / "input" / "data").mkdir(parents=True)
+
+
+def run_container(root, *, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([fmkit_executable(), "sagemaker", "train"], capture_output=True,
+                          text=True, env={**os.environ, "FMKIT_OPT_ML": str(root)},
+                          timeout=timeout)
+
+
+FILE_CHANNEL = {"ContentType": "application/x-recordio-protobuf", "TrainingInputMode": "File",
+                "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+
+
+@pytest.fixture(scope="module")
+def a9a():
+    X, y = load_svmlight_file(str(shared_file("a9a_libsvm", "a9a")), n_features=123)
+    Xt, yt = load_svmlight_file(str(shared_file("a9a_libsvm", "a9a.t")), n_features=123)
+    return X, (y == 1).astype(np.float32), Xt, (yt == 1).astype(np.float32)
+
+
+def test_file_mode_classifier_job(tmp_path, a9a):
+    X, y, Xt, yt = a9a
+    hp = sdk_hyperparameters(num_factors=8, predictor_type="binary_classifier", epochs=3,
+                             bias_wd=0.0, linear_lr=0.003, factors_lr=0.003,
+                             feature_dim=123, mini_batch_size=100)
+    hp["_tuning_objective_metric"] = "test:binary_classification_accuracy"
+    make_opt_ml(tmp_path, hp, {"train": FILE_CHANNEL, "test": FILE_CHANNEL})
+    train, test = tmp_path / "input/data/train", tmp_path / "input/data/test"
+    train.mkdir()
+    test.mkdir()
+    for part in range(3):  # a multi-file train channel, as record_set() shards it
+        rows = slice(part * 11000, (part + 1) * 11000)
+        (train / f"matrix_{part}.pbr").write_bytes(sdk_records(X[rows], y[rows]))
+    (train / ".amazon.manifest").write_text("[]")
+    (test / "matrix_0.pbr").write_bytes(sdk_records(Xt, yt))
+    result = run_container(tmp_path)
+    assert result.returncode == 0, result.stderr
+    log = result.stdout + result.stderr
+    values = {}
+    for name, pattern in METRIC_REGEXES.items():
+        if name != "test:rmse":
+            values[name] = float(re.search(pattern, log).group(1))
+    assert values["test:binary_classification_accuracy"] >= 0.84
+    assert "over 32561 rows" in log  # all three files were read
+    model = FMModel.load(tmp_path / "model")
+    assert model.feature_dim == 123 and model.hyperparameters["epochs"] == 3
+    assert not (tmp_path / "output" / "failure").exists()
+
+
+def test_file_mode_regressor_job_logs_rmse(tmp_path):
+    rng = np.random.default_rng(0)
+    X = sp.random(3000, 50, density=0.1, random_state=0, format="csr")
+    y = X @ rng.normal(size=50) + 3.0
+    hp = sdk_hyperparameters(num_factors=4, predictor_type="regressor", epochs=5,
+                             feature_dim=50, mini_batch_size=50)
+    make_opt_ml(tmp_path, hp, {"train": {"TrainingInputMode": "File"},  # no ContentType
+                               "test": FILE_CHANNEL})
+    for channel in ("train", "test"):
+        (tmp_path / "input/data" / channel).mkdir()
+        (tmp_path / "input/data" / channel / "part.pbr").write_bytes(sdk_records(X, y))
+    result = run_container(tmp_path)
+    assert result.returncode == 0, result.stderr
+    rmse = float(re.search(METRIC_REGEXES["test:rmse"], result.stderr).group(1))
+    assert np.isfinite(rmse)
+
+
+def test_missing_required_hyperparameter_writes_failure(tmp_path):
+    make_opt_ml(tmp_path, {"num_factors": "8", "predictor_type": "binary_classifier"},
+                {"train": FILE_CHANNEL})
+    (tmp_path / "input/data/train").mkdir()
+    result = run_container(tmp_path)
+    assert result.returncode != 0
+    failure = (tmp_path / "output" / "failure").read_text()
+    assert "hyperparameter feature_dim is required" in failure
+    assert not (tmp_path / "model").exists()
+
+
+def test_unsupported_content_type_fails_clearly(tmp_path):
+    make_opt_ml(tmp_path, {"feature_dim": "4", "num_factors": "2",
+                           "predictor_type": "regressor"},
+                {"train": {**FILE_CHANNEL, "ContentType": "image/png"}})
+    (tmp_path / "input/data/train").mkdir()
+    result = run_container(tmp_path)
+    assert result.returncode != 0
+    assert "ContentType 'image/png' is not supported" in (tmp_path / "output/failure").read_text()
+
+
+def test_pipe_mode_reads_one_fifo_per_epoch(tmp_path, a9a):
+    X, y, Xt, yt = a9a
+    hp = sdk_hyperparameters(num_factors=4, predictor_type="binary_classifier", epochs=2,
+                             feature_dim=123, mini_batch_size=200)
+    pipe = {**FILE_CHANNEL, "TrainingInputMode": "Pipe"}
+    make_opt_ml(tmp_path, hp, {"train": pipe, "test": FILE_CHANNEL})
+    data = tmp_path / "input/data"
+    (data / "test").mkdir()
+    (data / "test" / "part.pbr").write_bytes(sdk_records(Xt[:2000], yt[:2000]))
+    payload = sdk_records(X[:5000], y[:5000])
+    written = []
+
+    def feed(epoch: int) -> None:
+        fifo = data / f"train_{epoch}"
+        os.mkfifo(fifo)
+        with open(fifo, "wb") as f:  # blocks until the trainer opens the pipe
+            for start in range(0, len(payload), 65536):  # in pieces, as a pipe delivers
+                f.write(payload[start:start + 65536])
+        written.append(epoch)
+
+    feeders = [threading.Thread(target=feed, args=(e,), daemon=True) for e in (0, 1)]
+    for t in feeders:
+        t.start()
+    result = run_container(tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert sorted(written) == [0, 1]
+    assert result.stderr.count("over 5000 rows") == 2  # one full epoch from each pipe
+    assert re.search(METRIC_REGEXES["test:binary_classification_accuracy"], result.stderr)
