@@ -94,9 +94,6 @@ def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
     return model.evaluate(_source_for(model, data_path, fmt, model.label_mode).blocks())
 
 
-REQUEST_FORMATS = ("json", "jsonlines")
-
-
 def _prediction_blocks(model: FMModel, data_path: str | Path, fmt: str) -> Iterator[SparseBatch]:
     """Rows to predict: a training format (labels ignored) or a request body format."""
     if fmt == "json":
@@ -201,7 +198,7 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
                 if target_format == "recordio":
                     recordio.write_rows(f, X, batch.labels)
                 else:
-                    libsvm.write_libsvm_stream(f, X, batch.labels)
+                    libsvm.write_libsvm(f, X, batch.labels)
                 rows += batch.n_rows
         os.replace(tmp, output)
     except BaseException:

@@ -118,7 +118,3 @@ class FMModel:
         )
         return cls(hp, params, index_base, classes)
 
-
-def load_metrics(path: str | Path) -> dict[str, Any]:
-    """The metrics.json of a model directory."""
-    return artifact.load_directory(path)[2]

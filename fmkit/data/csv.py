@@ -125,10 +125,3 @@ def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[Spa
     parser = CsvParser(str(path))
     for buf, first_line in iter_line_blocks(path, block_bytes):
         yield parser.parse_block(buf, first_line)
-
-
-def write_csv(path: str | Path, X, y) -> None:
-    """Write rows densely as ``label,f0,f1,...`` (for tests and ``convert``)."""
-    dense = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
-    table = np.column_stack([np.asarray(y, dtype=np.float64), dense])
-    np.savetxt(path, table, delimiter=",", fmt="%.9g")

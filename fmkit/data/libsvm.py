@@ -140,7 +140,7 @@ def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[Spa
         yield parse_block(buf, first_line, str(path))
 
 
-def write_libsvm_stream(stream: BinaryIO, X, y, *, index_base: int = 0) -> None:
+def write_libsvm(stream: BinaryIO, X, y, *, index_base: int = 0) -> None:
     """Write a CSR matrix and labels as libsvm text (for tests, benchmarks and ``convert``)."""
     X = X.tocsr()
     lines = []
@@ -150,8 +150,3 @@ def write_libsvm_stream(stream: BinaryIO, X, y, *, index_base: int = 0) -> None:
                         for i, v in zip(X.indices[lo:hi], X.data[lo:hi]))
         lines.append(f"{float(y[r]):.9g}{pairs}\n")
     stream.write("".join(lines).encode())
-
-
-def write_libsvm(path: str | Path, X, y, *, index_base: int = 0) -> None:
-    with open(path, "wb") as f:
-        write_libsvm_stream(f, X, y, index_base=index_base)

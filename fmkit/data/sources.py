@@ -29,10 +29,6 @@ READERS = {
 FORMATS = ("auto", *READERS)
 IGNORED_FILES = {".amazon.manifest"}
 
-# What labels a source checks: a binary classifier's (0/1, or -1/+1 mapped to 0/1), a
-# regressor's (any finite number) or none at all (prediction ignores labels).
-LABEL_MODES = ("binary", "real", None)
-
 
 def channel_files(path: str | Path) -> list[Path]:
     """The files of a channel: the file itself, or every regular file under a directory."""
@@ -86,7 +82,11 @@ def _find_bad_index(indptr, indices, feature_dim, mark, stamp):
 
 @dataclass
 class BatchChecker:
-    """Checks and normalises the blocks of one source; keeps the state that spans blocks."""
+    """Checks and normalises the blocks of one source; keeps the state that spans blocks.
+
+    ``labels`` says which labels to accept: ``"binary"`` (0/1, or -1/+1 mapped to 0/1),
+    ``"real"`` (any finite number) or None (not checked: prediction ignores them).
+    """
 
     feature_dim: int
     index_base: int = 0

@@ -98,9 +98,12 @@ def _load_json(text: str) -> Any:
 def _numbers(value: Any, what: str) -> np.ndarray:
     if not isinstance(value, list):
         raise RequestError(f"{what} must be a list of numbers")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        raise RequestError(f"{what} must hold only numbers")
-    array = np.asarray(value, dtype=np.float64)
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RequestError(f"{what} must hold only numbers") from None
+    if array.ndim != 1:
+        raise RequestError(f"{what} must be a flat list of numbers")
     if array.size and not np.isfinite(array).all():
         raise RequestError(f"{what} holds a value that is not finite")
     return array
