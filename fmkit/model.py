@@ -53,11 +53,11 @@ class FMModel:
         out = np.empty(batch.n_rows, dtype=np.float64)
         p = self.params
         if batch.n_rows >= PARALLEL_ROWS:
-            kernels.predict_logits(batch.indptr, batch.indices, batch.values, p.w0, p.w, p.V, out,
-                                   4 * numba.get_num_threads())
+            kernels.predict_logits(batch.indptr, batch.indices, batch.values, p.w0, p.table,
+                                   p.num_factors, out, 4 * numba.get_num_threads())
         elif batch.n_rows:
-            kernels.predict_logits_serial(batch.indptr, batch.indices, batch.values, p.w0, p.w,
-                                          p.V, out)
+            kernels.predict_logits_serial(batch.indptr, batch.indices, batch.values, p.w0,
+                                          p.table, p.num_factors, out)
         return out
 
     def scores(self, logits: np.ndarray) -> np.ndarray:

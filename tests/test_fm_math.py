@@ -11,6 +11,7 @@ from fmkit.hyperparameters import validate
 from fmkit.kernels import fm as kernels
 from fmkit.models.fm import FMParameters, reference_gradients, reference_logits
 from fmkit.train.optimizers import OPTIMIZER_IDS, OptimizerState, kernel_config, reference_step
+from fmkit.train.trainer import training_table
 
 PREDICTORS = ("binary_classifier", "regressor")
 
@@ -42,7 +43,7 @@ def random_problem(seed: int, n: int = 40, d: int = 25, k: int = 5, density: flo
 def kernel_logits(params: FMParameters, X: sp.csr_matrix) -> np.ndarray:
     out = np.empty(X.shape[0])
     kernels.predict_logits(X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data,
-                           params.w0, params.w, params.V, out, 3)
+                           params.w0, params.table, params.num_factors, out, 3)
     return out
 
 
@@ -87,17 +88,24 @@ def test_gradients_match_finite_differences(predictor_type):
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
-def _kernel_train(params, state, X, y, hp, batch_size):
+def _kernel_train(params, X, y, hp, batch_size, epochs=1):
+    """Train ``params`` in place with the compiled kernel; returns the summed loss and steps."""
     d, k = params.V.shape
+    opt = OPTIMIZER_IDS[hp["optimizer"]]
+    table = training_table(params, opt)
+    bias_state = np.zeros(2)
     slot = np.full(d, -1, np.int32)
-    loss, state.step = kernels.train_chunk(
-        X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, y, batch_size,
-        kernels.LOGISTIC if hp["predictor_type"] == "binary_classifier" else kernels.SQUARED,
-        OPTIMIZER_IDS[hp["optimizer"]], kernel_config(hp), params.w0, params.w, params.V,
-        state.m0, state.s0, state.mw, state.sw, state.mV, state.sV, slot,
-        np.zeros(d, np.int32), np.zeros(d), np.zeros((d, k)), np.zeros(k), state.step)
+    step, total = 0, 0.0
+    for _ in range(epochs):
+        loss, step = kernels.train_chunk(
+            X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, y, batch_size,
+            kernels.LOGISTIC if hp["predictor_type"] == "binary_classifier" else kernels.SQUARED,
+            opt, kernel_config(hp), params.w0, bias_state, table, k, slot,
+            np.zeros(d, np.int32), np.zeros(d), np.zeros((d, k)), np.zeros(k), step)
+        total += loss
     assert (slot == -1).all(), "the kernel must leave its slot map clean"
-    return loss
+    params.table[:] = table[:, : k + 1]
+    return total, step
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adagrad", "sgd"])
@@ -116,9 +124,8 @@ def test_kernel_steps_match_reference_optimizer(optimizer, predictor_type, clip)
         rows = X[start:start + 10]
         grads = reference_gradients(reference, rows, y[start:start + 10], predictor_type)
         reference_step(reference, ref_state, grads, np.unique(rows.indices), hp)
-    fast_state = OptimizerState.zeros(optimizer, fast)
-    _kernel_train(fast, fast_state, X, y, hp, batch_size=10)
-    assert fast_state.step == ref_state.step == 3
+    _, steps = _kernel_train(fast, X, y, hp, batch_size=10)
+    assert steps == ref_state.step == 3
     for name in ("w0", "w", "V"):
         np.testing.assert_allclose(getattr(fast, name), getattr(reference, name), rtol=0,
                                    atol=1e-12, err_msg=name)
@@ -132,5 +139,25 @@ def test_kernel_loss_is_mean_loss_before_update():
     hp = validate(dict(feature_dim=25, num_factors=5, predictor_type="binary_classifier"))
     z = brute_force_fm(params, X.toarray())
     expected = np.sum(np.log1p(np.exp(-z)) + (1 - y) * z)
-    loss = _kernel_train(params.copy(), OptimizerState.zeros("adam", params), X, y, hp, 12)
+    loss, _ = _kernel_train(params.copy(), X, y, hp, 12)
     assert loss == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad", "sgd"])
+def test_online_kernel_matches_reference_one_row_at_a_time(optimizer):
+    """mini_batch_size=1 runs the fused loop: it must equal one reference step per row."""
+    X, y, params = random_problem(6, n=25, d=20, k=4)
+    hp = validate(dict(feature_dim=20, num_factors=4, predictor_type="binary_classifier",
+                       optimizer=optimizer, mini_batch_size=1, clip_gradient=0.5,
+                       bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, linear_wd=0.01,
+                       factors_wd=0.02))
+    reference, fast = params.copy(), params.copy()
+    state = OptimizerState.zeros(optimizer, reference)
+    for r in range(25):
+        row = X[r]
+        grads = reference_gradients(reference, row, y[r:r + 1], "binary_classifier")
+        reference_step(reference, state, grads, row.indices, hp)
+    _kernel_train(fast, X, y, hp, batch_size=1)
+    for name in ("w0", "w", "V"):
+        np.testing.assert_allclose(getattr(fast, name), getattr(reference, name), rtol=0,
+                                   atol=1e-12, err_msg=name)

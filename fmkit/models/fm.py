@@ -10,7 +10,6 @@ are for tests and small data. Training and prediction run in :mod:`fmkit.kernels
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,24 +18,45 @@ import scipy.sparse as sp
 from fmkit.data.batch import SparseBatch
 
 
-@dataclass
 class FMParameters:
-    """The learned weights: bias ``w0`` (shape (1,)), linear ``w`` (d,), factors ``V`` (d, k)."""
+    """The learned weights: bias ``w0`` (shape (1,)), linear ``w`` (d,), factors ``V`` (d, k).
 
-    w0: np.ndarray
-    w: np.ndarray
-    V: np.ndarray
+    ``w`` and ``V`` are views of one table with a row per feature, ``[w_i, v_i1..v_ik]``: the
+    layout the kernels read, so one feature's weights share a cache line.
+    """
+
+    def __init__(self, w0: np.ndarray, w: np.ndarray, V: np.ndarray):
+        V = np.asarray(V)
+        table = np.empty((V.shape[0], V.shape[1] + 1), dtype=np.result_type(w, V))
+        table[:, 0] = w
+        table[:, 1:] = V
+        self.w0 = np.asarray(w0, dtype=table.dtype).reshape(1).copy()
+        self.table = table
+
+    @classmethod
+    def from_table(cls, w0: np.ndarray, table: np.ndarray) -> FMParameters:
+        params = cls.__new__(cls)
+        params.w0, params.table = w0, table
+        return params
+
+    @property
+    def w(self) -> np.ndarray:
+        return self.table[:, 0]
+
+    @property
+    def V(self) -> np.ndarray:
+        return self.table[:, 1:]
 
     @property
     def feature_dim(self) -> int:
-        return self.w.shape[0]
+        return self.table.shape[0]
 
     @property
     def num_factors(self) -> int:
-        return self.V.shape[1]
+        return self.table.shape[1] - 1
 
     def copy(self) -> FMParameters:
-        return FMParameters(self.w0.copy(), self.w.copy(), self.V.copy())
+        return FMParameters.from_table(self.w0.copy(), self.table.copy())
 
 
 def _init(shape: tuple[int, ...], hp: dict[str, Any], group: str, rng: np.random.Generator,
@@ -56,11 +76,11 @@ def init_parameters(hp: dict[str, Any], dtype=np.float32) -> FMParameters:
     """Initial weights as the ``*_init_*`` hyperparameters ask, seeded by ``seed``."""
     rng = np.random.default_rng(hp["seed"])
     d, k = hp["feature_dim"], hp["num_factors"]
-    return FMParameters(
-        w0=_init((1,), hp, "bias", rng, dtype),
-        w=_init((d,), hp, "linear", rng, dtype),
-        V=_init((d, k), hp, "factors", rng, dtype),
-    )
+    w0 = _init((1,), hp, "bias", rng, dtype)
+    table = np.empty((d, k + 1), dtype=dtype)
+    table[:, 0] = _init((d,), hp, "linear", rng, dtype)
+    table[:, 1:] = _init((d, k), hp, "factors", rng, dtype)
+    return FMParameters.from_table(w0, table)
 
 
 def batch_to_csr(batch: SparseBatch, feature_dim: int) -> sp.csr_matrix:

@@ -48,7 +48,9 @@ def kernel_config(hp: dict[str, Any]) -> np.ndarray:
 
 @dataclass
 class OptimizerState:
-    """Moments per parameter group (``m`` first, ``s`` second) and the step count.
+    """The reference's moments per parameter group (``m`` first, ``s`` second) and step count.
+
+    (The compiled trainer keeps the same moments beside the weights in its training table.)
 
     A rule that keeps no ``m`` (AdaGrad, SGD) or no ``s`` (SGD) gets one-element placeholders,
     so memory is only spent on state the rule uses.

@@ -20,7 +20,7 @@ from fmkit.errors import DataError
 from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST, log
 from fmkit.models.fm import FMParameters, init_parameters
-from fmkit.train.optimizers import OPTIMIZER_IDS, OptimizerState, kernel_config
+from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config
 
 
 class Source(Protocol):
@@ -82,12 +82,17 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     True/False forces the bar on/off, None shows it only when stderr is a terminal.
     """
     params = params if params is not None else init_parameters(hp, dtype)
-    state = OptimizerState.zeros(hp["optimizer"], params)
+    opt = OPTIMIZER_IDS[hp["optimizer"]]
+    k = params.num_factors
+    table = training_table(params, opt)
+    w0 = params.w0.copy()
+    bias_state = np.zeros(2)
+    step = 0
     ws = Workspace.for_params(params)
+    del params  # the training table holds the weights from here on
     config = kernel_config(hp)
     batch_size = hp["mini_batch_size"]
     kind = loss_kind(hp["predictor_type"])
-    opt = OPTIMIZER_IDS[hp["optimizer"]]
     show = sys.stderr.isatty() if progress is None else progress
     rng = np.random.default_rng(hp["seed"])
     history: list[EpochStats] = []
@@ -100,12 +105,11 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
             for chunk in rebatch(source.blocks(), batch_size):
                 if hp["shuffle"]:
                     chunk = take(chunk, rng.permutation(chunk.n_rows))
-                ws.reserve(chunk, batch_size, params.feature_dim)
-                chunk_loss, state.step = kernels.train_chunk(
+                ws.reserve(chunk, batch_size, table.shape[0])
+                chunk_loss, step = kernels.train_chunk(
                     chunk.indptr, chunk.indices, chunk.values, chunk.labels, batch_size, kind,
-                    opt, config, params.w0, params.w, params.V, state.m0, state.s0, state.mw,
-                    state.sw, state.mV, state.sV, ws.slot, ws.touched, ws.gw, ws.gV, ws.sums,
-                    state.step,
+                    opt, config, w0, bias_state, table, k, ws.slot, ws.touched, ws.gw, ws.gV,
+                    ws.sums, step,
                 )
                 rows += chunk.n_rows
                 loss_sum += chunk_loss
@@ -124,4 +128,12 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
         if not np.isfinite(stats.loss):
             log.warning("training loss is not finite: lower the learning rates or set "
                         "clip_gradient")
-    return params, history
+    return FMParameters.from_table(w0, np.ascontiguousarray(table[:, : k + 1])), history
+
+
+def training_table(params: FMParameters, optimizer_id: int) -> np.ndarray:
+    """The weight table widened with zeroed optimizer moments (see :mod:`fmkit.kernels.fm`)."""
+    width = kernels.table_width(params.num_factors, optimizer_id)
+    table = np.zeros((params.feature_dim, width), dtype=params.table.dtype)
+    table[:, : params.num_factors + 1] = params.table
+    return table
