@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=raw)
     p.add_argument("--train", required=True, help="training file or directory of files")
     p.add_argument("--test", help="test file or directory, scored with SageMaker's metrics")
+    p.add_argument("--validation", help="validation file or directory: scored every epoch for "
+                   "early stopping (early_stopping_patience)")
     p.add_argument("--model-dir", required=True, help="model directory to write")
     _add_format(p)
     p.add_argument("--index-base", choices=("auto", "0", "1"), default="auto",
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             hp = parse_assignments(args.assignments, args.hyperparameters)
             jobs.train_files(hp, args.train, args.model_dir, test_path=args.test,
+                             validation_path=args.validation,
                              fmt=args.format, index_base=args.index_base,
                              progress=False if args.quiet else None)
         elif args.command == "evaluate":

@@ -100,6 +100,10 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
         Hyperparameter("seed", int, 0, "ge0",
                        "fmkit: seed of the weight initialization and shuffling.",
                        sagemaker=False),
+        Hyperparameter("early_stopping_patience", int, 3, "ge0",
+                       "fmkit: with a validation channel, stop after this many epochs without "
+                       "a better validation loss and keep the best epoch's weights (0: never "
+                       "stop early).", sagemaker=False),
         Hyperparameter("shuffle", int, 1, "choice01",
                        "fmkit: 1 shuffles the rows of each streamed chunk (~4 MB of text, or "
                        "all of an in-memory matrix) every epoch; 0 keeps file order.",

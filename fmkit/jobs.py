@@ -46,19 +46,24 @@ def label_mode(hp: Mapping[str, Any]) -> str:
 
 def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
                 model_dir: str | Path, *, test_path: str | Path | None = None,
-                fmt: str = "auto", index_base: str | int = "auto", progress: bool | None = None,
+                validation_path: str | Path | None = None, fmt: str = "auto",
+                index_base: str | int = "auto", progress: bool | None = None,
                 host: str = DEFAULT_HOST) -> tuple[FMModel, dict[str, Any]]:
     """Train on a channel, score the optional test channel, write the model directory.
+
+    An optional validation channel is scored after every epoch for early stopping.
 
     Returns the model and the metrics written to ``metrics.json``.
     """
     hp = validate(hyperparameters)
     source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp))
     source.index_base = _index_base(source, index_base)
-    channels = {}
-    if test_path is not None:
-        channels["test"] = FileSource(test_path, source.fmt, hp["feature_dim"],
-                                      source.index_base, labels=label_mode(hp))
+    channels = {
+        name: FileSource(path, source.fmt, hp["feature_dim"], source.index_base,
+                         labels=label_mode(hp))
+        for name, path in (("test", test_path), ("validation", validation_path))
+        if path is not None
+    }
     return train_sources(hp, source, model_dir, channels, index_base=source.index_base,
                          progress=progress, host=host)
 
@@ -69,13 +74,16 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
                   host: str = DEFAULT_HOST) -> tuple[FMModel, dict[str, Any]]:
     """Train on ``source``, score each channel of ``scored`` (``test``, ``validation``), save.
 
+    A ``validation`` channel also drives early stopping (see :func:`fmkit.train.trainer.train`).
     Each scored channel's metrics are logged as SageMaker metric lines and stored in
     ``metrics.json`` under the channel's name, with the training history under ``train``.
     """
-    params, history = train(hp, source, progress=progress, host=host)
+    scored = scored or {}
+    params, history = train(hp, source, validation=scored.get("validation"), progress=progress,
+                            host=host)
     model = FMModel(hp, params, index_base)
     metrics: dict[str, Any] = {"train": [vars(s) for s in history]}
-    for channel, channel_source in (scored or {}).items():
+    for channel, channel_source in scored.items():
         metrics[channel] = model.evaluate(channel_source.blocks())
         log_metrics(channel, metrics[channel], host)
     model.save(model_dir, metrics)

@@ -1,10 +1,11 @@
 """The SageMaker training-container contract: ``/opt/ml`` in, model and failure file out.
 
 ``fmkit sagemaker train`` reads ``input/config/hyperparameters.json`` (string values, as the SDK
-writes them), ``inputdataconfig.json`` and ``resourceconfig.json``; channels ``train`` (required),
-``test`` and ``validation`` (optional, scored after training) from ``input/data/<channel>`` in
-File mode (every file of the directory) or Pipe mode (FIFOs ``<channel>_<epoch>``). It writes the
-model to ``model/model_algo-1``, SageMaker's metric lines to the log, and on failure the reason to
+writes them), ``inputdataconfig.json`` and ``resourceconfig.json``; channels ``train``
+(required), ``test`` (optional, scored after training) and ``validation`` (optional, scored
+every epoch for early stopping) from ``input/data/<channel>`` in File mode (every file of the
+directory) or Pipe mode (FIFOs ``<channel>_<epoch>``). It writes the model to
+``model/model_algo-1``, SageMaker's metric lines to the log, and on failure the reason to
 ``output/failure`` with a non-zero exit. ``$FMKIT_OPT_ML`` stands in for ``/opt/ml``.
 """
 

@@ -138,3 +138,32 @@ def test_csv_channel_and_directory_channel(cli, tmp_path):
     code, stdout, _ = cli("evaluate", "--model-dir", tmp_path / "m", "--data",
                           channel / "part-2.csv")
     assert json.loads(stdout)["rmse"] < 0.1 * np.std(y)
+
+
+def test_validation_channel_early_stopping_keeps_the_best_epoch(cli, tmp_path):
+    """A tiny noisy training set overfits; training stops and keeps the best epoch."""
+    from sklearn.datasets import dump_svmlight_file
+
+    from fmkit.data.synthetic import planted_ctr
+
+    data = planted_ctr(6000, [300, 200, 100], seed=5)
+    train, valid = data.split(1000)
+    train_file, valid_file = tmp_path / "train.libsvm", tmp_path / "valid.libsvm"
+    dump_svmlight_file(train.X, train.y, str(train_file), zero_based=True)
+    dump_svmlight_file(valid.X, valid.y, str(valid_file), zero_based=True)
+    code, _, err = cli("train", "--train", train_file, "--validation", valid_file,
+                       "--model-dir", tmp_path / "m", "--index-base", "0", "feature_dim=600",
+                       "num_factors=16", "predictor_type=binary_classifier", "epochs=60",
+                       "mini_batch_size=10", "bias_lr=0.05", "linear_lr=0.05",
+                       "factors_lr=0.05", "linear_wd=0", "factors_wd=0", "factors_init_sigma=0.1",
+                       "early_stopping_patience=2")
+    assert code == 0, err
+    history = json.loads((tmp_path / "m" / "metrics.json").read_text())["train"]
+    losses = [h["validation_loss"] for h in history]
+    best = int(np.argmin(losses))
+    assert len(history) < 60 and len(history) == best + 1 + 2  # stopped 2 epochs after the best
+    assert f"early stopping after epoch {len(history)}" in err
+    # the saved model is the best epoch's: its validation log loss, computed independently
+    code, out, _ = cli("predict", "--model-dir", tmp_path / "m", "--data", valid_file)
+    scores = np.array([json.loads(line)["score"] for line in out.splitlines()])
+    assert log_loss(valid.y, scores) == pytest.approx(losses[best], rel=1e-5)

@@ -19,6 +19,7 @@ from fmkit.data.batch import SparseBatch, rebatch, take
 from fmkit.errors import DataError
 from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST, log
+from fmkit.memory import release_large_blocks_to_os
 from fmkit.models.fm import FMParameters, init_parameters
 from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config
 
@@ -35,6 +36,7 @@ class EpochStats:
     loss: float
     rows: int
     seconds: float
+    validation_loss: float | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -74,13 +76,17 @@ def loss_kind(predictor_type: str) -> int:
 
 
 def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None, *,
-          progress: bool | None = None, host: str = DEFAULT_HOST,
-          dtype=np.float32) -> tuple[FMParameters, list[EpochStats]]:
+          validation: Source | None = None, progress: bool | None = None,
+          host: str = DEFAULT_HOST, dtype=np.float32) -> tuple[FMParameters, list[EpochStats]]:
     """Train an FM with validated hyperparameters ``hp`` on ``source``; return weights and history.
 
-    ``params`` continues from given weights (a fresh optimizer state is used). ``progress``:
-    True/False forces the bar on/off, None shows it only when stderr is a terminal.
+    ``params`` continues from given weights (a fresh optimizer state is used). With a
+    ``validation`` source, its loss is measured after every epoch, the best epoch's weights are
+    returned, and training stops after ``early_stopping_patience`` epochs without improvement.
+    ``progress``: True/False forces the bar on/off, None shows it only when stderr is a
+    terminal.
     """
+    release_large_blocks_to_os()
     params = params if params is not None else init_parameters(hp, dtype)
     opt = OPTIMIZER_IDS[hp["optimizer"]]
     k = params.num_factors
@@ -97,6 +103,7 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     rng = np.random.default_rng(hp["seed"])
     history: list[EpochStats] = []
     epochs = hp["epochs"]
+    best: tuple[float, int, FMParameters] | None = None
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         rows, loss_sum = 0, 0.0
@@ -128,7 +135,33 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
         if not np.isfinite(stats.loss):
             log.warning("training loss is not finite: lower the learning rates or set "
                         "clip_gradient")
+        if validation is not None:
+            current = FMParameters.from_table(w0, table[:, : k + 1])  # a view, not a copy
+            stats.validation_loss = validation_loss(hp, current, validation)
+            log.info("#quality_metric: host=%s, epoch=%d, validation %s <loss>=%r", host, epoch,
+                     VALIDATION_METRIC[hp["predictor_type"]], stats.validation_loss)
+            if best is None or stats.validation_loss < best[0]:
+                best = (stats.validation_loss, epoch, current.copy())
+            patience = hp["early_stopping_patience"]
+            if patience and epoch - best[1] >= patience:
+                log.info("early stopping after epoch %d: the best validation loss was at "
+                         "epoch %d", epoch, best[1])
+                break
+    if best is not None:
+        return best[2], history
     return FMParameters.from_table(w0, np.ascontiguousarray(table[:, : k + 1])), history
+
+
+VALIDATION_METRIC = {"binary_classifier": "binary_classification_cross_entropy",
+                     "regressor": "rmse"}
+
+
+def validation_loss(hp: dict[str, Any], params: FMParameters, validation: Source) -> float:
+    """The loss early stopping watches: log loss (classifier) or RMSE (regressor)."""
+    from fmkit.model import FMModel
+
+    metrics = FMModel(hp, params).evaluate(validation.blocks())
+    return float(metrics[VALIDATION_METRIC[hp["predictor_type"]]])
 
 
 def training_table(params: FMParameters, optimizer_id: int) -> np.ndarray:
