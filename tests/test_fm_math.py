@@ -161,3 +161,33 @@ def test_online_kernel_matches_reference_one_row_at_a_time(optimizer):
     for name in ("w0", "w", "V"):
         np.testing.assert_allclose(getattr(fast, name), getattr(reference, name), rtol=0,
                                    atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad", "sgd"])
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_parallel_minibatch_kernel_matches_serial(optimizer, parts):
+    """Mini-batches split across threads give the serial kernel's result (to rounding)."""
+    X, y, params = random_problem(9, n=64, d=30, k=5)
+    hp = validate(dict(feature_dim=30, num_factors=5, predictor_type="binary_classifier",
+                       optimizer=optimizer, mini_batch_size=16, clip_gradient=0.3,
+                       bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, linear_wd=0.01))
+    serial, parallel = params.copy(), params.copy()
+    loss_serial, steps = _kernel_train(serial, X, y, hp, batch_size=16, epochs=2)
+    opt = OPTIMIZER_IDS[optimizer]
+    table = training_table(parallel, opt)
+    slot = np.full(30, -1, np.int32)
+    bias_state = np.zeros(2)
+    step, loss_parallel = 0, 0.0
+    for _ in range(2):
+        loss, step = kernels.train_chunk_parallel(
+            X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, y, 16,
+            kernels.LOGISTIC, opt, kernel_config(hp), parallel.w0, bias_state, table, 5, slot,
+            np.zeros(30, np.int32), np.zeros((parts, 30)), np.zeros((parts, 30, 5)),
+            np.zeros((parts, 5)), step)
+        loss_parallel += loss
+    assert (slot == -1).all() and step == steps == 8
+    parallel.table[:] = table[:, :6]
+    assert loss_parallel == pytest.approx(loss_serial, rel=1e-12)
+    for name in ("w0", "w", "V"):
+        np.testing.assert_allclose(getattr(parallel, name), getattr(serial, name), rtol=0,
+                                   atol=1e-12, err_msg=name)

@@ -200,6 +200,77 @@ def train_chunk(indptr, indices, values, labels, batch_size, loss_kind, opt, con
     return total_loss, step
 
 
+@njit(cache=True, parallel=True)
+def train_chunk_parallel(indptr, indices, values, labels, batch_size, loss_kind, opt, config,
+                         w0, bias_state, T, k, slot, touched, gw_parts, gV_parts, sums_parts,
+                         step):
+    """:func:`train_chunk` for ``batch_size > 1`` with each mini-batch split across threads.
+
+    The rows of a mini-batch are cut into ``len(gw_parts)`` parts whose gradients accumulate in
+    separate buffers; the parts are summed in a fixed order and the touched features, all
+    distinct, are updated in parallel too. Same semantics as the serial kernel (one optimizer
+    step per mini-batch, no races), so results agree with it to rounding.
+    """
+    n = indptr.size - 1
+    n_parts = gw_parts.shape[0]
+    loss_parts = np.zeros(n_parts)
+    g0_parts = np.zeros(n_parts)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        n_touched = 0
+        for j in range(indptr[start], indptr[stop]):
+            i = indices[j]
+            if slot[i] < 0:
+                slot[i] = n_touched
+                touched[n_touched] = i
+                n_touched += 1
+        inv_rows = 1.0 / (stop - start)
+        rows = stop - start
+        for part in prange(n_parts):
+            gw = gw_parts[part]
+            gV = gV_parts[part]
+            sums = sums_parts[part]
+            for t in range(n_touched):
+                gw[t] = 0.0
+                for f in range(k):
+                    gV[t, f] = 0.0
+            g0 = 0.0
+            for r in range(start + part * rows // n_parts, start + (part + 1) * rows // n_parts):
+                z = _row_forward(indptr, indices, values, r, w0, T, k, sums)
+                loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
+                loss_parts[part] += loss
+                slope *= inv_rows
+                g0 += slope
+                for j in range(indptr[r], indptr[r + 1]):
+                    i = indices[j]
+                    x = np.float64(values[j])
+                    t = slot[i]
+                    gx = slope * x
+                    gw[t] += gx
+                    for f in range(k):
+                        gV[t, f] += gx * (sums[f] - np.float64(T[i, 1 + f]) * x)
+            g0_parts[part] = g0
+        step += 1
+        bc1 = 1.0 - config[BETA1] ** step
+        bc2 = 1.0 - config[BETA2] ** step
+        _update_bias(g0_parts.sum(), w0, bias_state, opt, config, bc1, bc2)
+        for part in prange(n_parts):
+            total = gV_parts[part]  # this part's slice of features gathers every part's sums
+            for t in range(part * n_touched // n_parts, (part + 1) * n_touched // n_parts):
+                g_linear = 0.0
+                for q in range(n_parts):
+                    g_linear += gw_parts[q, t]
+                for f in range(k):
+                    acc = 0.0
+                    for q in range(n_parts):
+                        acc += gV_parts[q, t, f]
+                    total[t, f] = acc
+                i = touched[t]
+                slot[i] = -1
+                _update_feature(i, g_linear, total, t, T, k, opt, config, bc1, bc2)
+    return loss_parts.sum(), step
+
+
 @njit(cache=True)
 def _train_online(indptr, indices, values, labels, loss_kind, opt, config,
                   w0, bias_state, T, k, sums, g_row, step):

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numba
 import numpy as np
 from tqdm import tqdm
 
@@ -45,20 +46,22 @@ class EpochStats:
 
 @dataclass
 class Workspace:
-    """Scratch arrays the kernel reuses: feature -> slot map and per-slot gradient buffers."""
+    """Scratch arrays the kernels reuse: the feature -> slot map, and per thread (``parts``) a
+    gradient buffer per slot and the row's factor sums."""
 
     slot: np.ndarray
+    parts: int
+    k: int
     touched: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    gw: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    gV: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    sums: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gw: np.ndarray = field(default_factory=lambda: np.zeros((1, 0)))
+    gV: np.ndarray = field(default_factory=lambda: np.zeros((1, 0, 0)))
+    sums: np.ndarray = field(default_factory=lambda: np.zeros((1, 0)))
 
     @classmethod
-    def for_params(cls, params: FMParameters) -> Workspace:
-        ws = cls(slot=np.full(params.feature_dim, -1, dtype=np.int32))
-        ws.sums = np.zeros(params.num_factors)
-        ws.gV = np.zeros((0, params.num_factors))
-        return ws
+    def for_params(cls, params: FMParameters, parts: int = 1) -> Workspace:
+        k = params.num_factors
+        return cls(slot=np.full(params.feature_dim, -1, dtype=np.int32), parts=parts, k=k,
+                   sums=np.zeros((parts, k)), gV=np.zeros((parts, 0, k)))
 
     def reserve(self, chunk: SparseBatch, batch_size: int, feature_dim: int) -> None:
         """Grow the buffers to hold the distinct features of the chunk's largest mini-batch."""
@@ -67,8 +70,8 @@ class Workspace:
         if need > self.touched.size:
             need = min(feature_dim, max(need, 2 * self.touched.size))
             self.touched = np.zeros(need, np.int32)
-            self.gw = np.zeros(need)
-            self.gV = np.zeros((need, self.sums.size))
+            self.gw = np.zeros((self.parts, need))
+            self.gV = np.zeros((self.parts, need, self.k))
 
 
 def loss_kind(predictor_type: str) -> int:
@@ -94,7 +97,10 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     w0 = params.w0.copy()
     bias_state = np.zeros(2)
     step = 0
-    ws = Workspace.for_params(params)
+    # mini-batches are split across the cores (numba's thread count, $NUMBA_NUM_THREADS);
+    # the fused one-row loop (mini_batch_size=1) runs on one
+    parts = numba.get_num_threads() if hp["mini_batch_size"] > 1 else 1
+    ws = Workspace.for_params(params, parts)
     del params  # the training table holds the weights from here on
     config = kernel_config(hp)
     batch_size = hp["mini_batch_size"]
@@ -113,11 +119,16 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
                 if hp["shuffle"]:
                     chunk = take(chunk, rng.permutation(chunk.n_rows))
                 ws.reserve(chunk, batch_size, table.shape[0])
-                chunk_loss, step = kernels.train_chunk(
-                    chunk.indptr, chunk.indices, chunk.values, chunk.labels, batch_size, kind,
-                    opt, config, w0, bias_state, table, k, ws.slot, ws.touched, ws.gw, ws.gV,
-                    ws.sums, step,
-                )
+                if parts > 1:
+                    chunk_loss, step = kernels.train_chunk_parallel(
+                        chunk.indptr, chunk.indices, chunk.values, chunk.labels, batch_size,
+                        kind, opt, config, w0, bias_state, table, k, ws.slot, ws.touched, ws.gw,
+                        ws.gV, ws.sums, step)
+                else:
+                    chunk_loss, step = kernels.train_chunk(
+                        chunk.indptr, chunk.indices, chunk.values, chunk.labels, batch_size,
+                        kind, opt, config, w0, bias_state, table, k, ws.slot, ws.touched,
+                        ws.gw[0], ws.gV[0], ws.sums[0], step)
                 rows += chunk.n_rows
                 loss_sum += chunk_loss
                 bar.update(chunk.n_rows)
