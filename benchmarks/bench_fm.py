@@ -179,7 +179,7 @@ def main() -> None:
     print(f"model: {model_mib:.0f} MiB float32 weights; Adam state: {2 * model_mib:.0f} MiB")
     # (label, task, mini_batch_size, optimizer)
     rows = [
-        ("parse libsvm (1 core)", "parse", 0, ""),
+        ("parse libsvm (2 threads)", "parse", 0, ""),
         ("train from file, adam, batch 1000", "train_file", 1000, "adam"),
         ("train parsed, adam, batch 1000", "train_parsed", 1000, "adam"),
         ("train parsed, adagrad, batch 1000", "train_parsed", 1000, "adagrad"),

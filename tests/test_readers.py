@@ -12,6 +12,7 @@ from fmkit.data import libsvm
 from fmkit.data.batch import concat, rebatch
 from fmkit.data.numbers import parse_float
 from fmkit.data.sources import FileSource, detect_format, detect_index_base
+from fmkit.errors import DataError
 
 from .conftest import run_fmkit, shared_file
 
@@ -185,3 +186,21 @@ def test_sklearn_written_file_round_trips(tmp_path):
     np.testing.assert_allclose(Xr.toarray(), X.toarray(), rtol=1e-6)
     np.testing.assert_allclose(yr, y, rtol=1e-6)
     assert libsvm  # the module under test
+
+
+@pytest.mark.parametrize("bad_line", [3, 39_000, 79_998])
+def test_large_blocks_parsed_in_parallel_keep_line_numbers(tmp_path, bad_line):
+    """Blocks over 1 MB are cut into parts parsed on several threads: rows and the line named
+    in an error must still be exact."""
+    rows = [f"{i % 2} {i % 97}:1 {100 + i % 89}:0.5 {300 + i % 7}:2" for i in range(80_000)]
+    good = tmp_path / "good.libsvm"
+    good.write_text("\n".join(rows) + "\n")
+    assert good.stat().st_size > 1 << 20  # one 4 MB read block, parsed in parts
+    X, y = read_all(FileSource(good, "libsvm", 400, index_base=0, labels="binary"))
+    X_ref, y_ref = load_svmlight_file(str(good), n_features=400, zero_based=True)
+    assert (X != X_ref).nnz == 0 and (y == y_ref).all()
+    rows[bad_line - 1] = "1 5:oops"
+    bad = tmp_path / "bad.libsvm"
+    bad.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=rf"bad.libsvm:{bad_line}: non-numeric value in '5:oops'"):
+        read_all(FileSource(bad, "libsvm", 400, index_base=0, labels="binary"))

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES, iter_line_blocks
@@ -115,23 +116,70 @@ def describe_problem(code: int, token: str) -> str:
     }.get(code, f"cannot parse {token!r}")
 
 
+PARALLEL_BYTES = 1 << 20  # blocks at least this large are parsed in parts across threads
+
+
+@njit(cache=True, parallel=True)
+def _parse_parts(buf, bounds, first_lines, row_at, nnz_at, indptr, indices, values, labels,
+                 lines, results):
+    """:func:`parse_libsvm` on each part ``buf[bounds[p]:bounds[p+1]]`` (whole lines) in
+    parallel, each writing its own region of the output arrays."""
+    for p in prange(bounds.size - 1):
+        lo, hi = bounds[p], bounds[p + 1]
+        r0, z0 = row_at[p], nnz_at[p]
+        rows, nnz, code, t0, t1, line = parse_libsvm(
+            buf[lo:hi], first_lines[p], indptr[r0 + p:row_at[p + 1] + p + 1],
+            indices[z0:nnz_at[p + 1]], values[z0:nnz_at[p + 1]], labels[r0:row_at[p + 1]],
+            lines[r0:row_at[p + 1]])
+        results[p, 0], results[p, 1], results[p, 2] = rows, nnz, code
+        results[p, 3], results[p, 4], results[p, 5] = lo + t0, lo + t1, line
+
+
 def parse_block(buf: np.ndarray, first_line: int, source: str) -> SparseBatch:
-    """Parse a block of whole libsvm lines; raise :class:`DataError` naming file and line."""
-    max_rows = int(np.count_nonzero(buf == _NL)) + 1
-    max_nnz = int(np.count_nonzero(buf == _COLON))
-    indptr = np.empty(max_rows + 1, dtype=np.int64)
-    indices = np.empty(max_nnz, dtype=np.int32)
-    values = np.empty(max_nnz, dtype=np.float32)
-    labels = np.empty(max_rows, dtype=np.float32)
-    lines = np.empty(max_rows, dtype=np.int64)
-    rows, nnz, code, t0, t1, line = parse_libsvm(
-        buf, first_line, indptr, indices, values, labels, lines
+    """Parse a block of whole libsvm lines; raise :class:`DataError` naming file and line.
+
+    A large block is cut at line ends into one part per thread, parsed in parallel.
+    """
+    parts = numba.get_num_threads() if buf.size >= PARALLEL_BYTES else 1
+    bounds = [0]
+    for p in range(1, parts):
+        cut = int(np.argmax(buf[buf.size * p // parts:] == _NL)) + buf.size * p // parts + 1
+        bounds.append(max(bounds[-1], min(cut, buf.size)))
+    bounds = np.array([*bounds, buf.size], dtype=np.int64)
+    newlines = np.array([np.count_nonzero(buf[a:b] == _NL) for a, b in zip(bounds, bounds[1:])])
+    colons = np.array([np.count_nonzero(buf[a:b] == _COLON) for a, b in zip(bounds, bounds[1:])])
+    row_at = np.concatenate([[0], np.cumsum(newlines + 1)]).astype(np.int64)
+    nnz_at = np.concatenate([[0], np.cumsum(colons)]).astype(np.int64)
+    first_lines = first_line + np.concatenate([[0], np.cumsum(newlines)[:-1]]).astype(np.int64)
+    indptr = np.empty(row_at[-1] + parts, dtype=np.int64)
+    indices = np.empty(nnz_at[-1], dtype=np.int32)
+    values = np.empty(nnz_at[-1], dtype=np.float32)
+    labels = np.empty(row_at[-1], dtype=np.float32)
+    lines = np.empty(row_at[-1], dtype=np.int64)
+    results = np.zeros((parts, 6), dtype=np.int64)
+    _parse_parts(buf, bounds, first_lines, row_at, nnz_at, indptr, indices, values, labels,
+                 lines, results)
+    for _, _, code, t0, t1, line in results:  # the first problem in file order
+        if code != 0:
+            token = bytes(buf[t0:t1]).decode("utf-8", "replace")
+            raise DataError(source, int(line), describe_problem(int(code), token))
+    if parts == 1:
+        rows, nnz = int(results[0, 0]), int(results[0, 1])
+        return SparseBatch(indptr[: rows + 1], indices[:nnz], values[:nnz], labels[:rows],
+                           lines[:rows], source)
+    rows, nnz = results[:, 0], results[:, 1]
+    offsets = np.concatenate([[0], np.cumsum(nnz)[:-1]])
+    take_rows = [slice(row_at[p], row_at[p] + rows[p]) for p in range(parts)]
+    take_nnz = [slice(nnz_at[p], nnz_at[p] + nnz[p]) for p in range(parts)]
+    return SparseBatch(
+        indptr=np.concatenate([[0]] + [indptr[row_at[p] + p + 1:row_at[p] + p + 1 + rows[p]]
+                                       + offsets[p] for p in range(parts)]).astype(np.int64),
+        indices=np.concatenate([indices[s] for s in take_nnz]),
+        values=np.concatenate([values[s] for s in take_nnz]),
+        labels=np.concatenate([labels[s] for s in take_rows]),
+        lines=np.concatenate([lines[s] for s in take_rows]),
+        source=source,
     )
-    if code != 0:
-        token = bytes(buf[t0:t1]).decode("utf-8", "replace")
-        raise DataError(source, int(line), describe_problem(int(code), token))
-    return SparseBatch(indptr[: rows + 1], indices[:nnz], values[:nnz], labels[:rows],
-                       lines[:rows], source)
 
 
 def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[SparseBatch]:
