@@ -88,8 +88,9 @@ def test_gradients_match_finite_differences(predictor_type):
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
-def _kernel_train(params, X, y, hp, batch_size, epochs=1):
-    """Train ``params`` in place with the compiled kernel; returns the summed loss and steps."""
+def _kernel_train(params, X, y, hp, batch_size, epochs=1, parts=1):
+    """Train ``params`` in place with the compiled kernel (mini-batches cut into ``parts``
+    thread parts); returns the summed loss and the step count."""
     d, k = params.V.shape
     opt = OPTIMIZER_IDS[hp["optimizer"]]
     table = training_table(params, opt)
@@ -101,7 +102,8 @@ def _kernel_train(params, X, y, hp, batch_size, epochs=1):
             X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, y, batch_size,
             kernels.LOGISTIC if hp["predictor_type"] == "binary_classifier" else kernels.SQUARED,
             opt, kernel_config(hp), params.w0, bias_state, table, k, slot,
-            np.zeros(d, np.int32), np.zeros(d), np.zeros((d, k)), np.zeros(k), step)
+            np.zeros(d, np.int32), np.zeros((parts, d)), np.zeros((parts, d, k)),
+            np.zeros((parts, k)), step)
         total += loss
     assert (slot == -1).all(), "the kernel must leave its slot map clean"
     params.table[:] = table[:, : k + 1]
@@ -173,20 +175,9 @@ def test_parallel_minibatch_kernel_matches_serial(optimizer, parts):
                        bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, linear_wd=0.01))
     serial, parallel = params.copy(), params.copy()
     loss_serial, steps = _kernel_train(serial, X, y, hp, batch_size=16, epochs=2)
-    opt = OPTIMIZER_IDS[optimizer]
-    table = training_table(parallel, opt)
-    slot = np.full(30, -1, np.int32)
-    bias_state = np.zeros(2)
-    step, loss_parallel = 0, 0.0
-    for _ in range(2):
-        loss, step = kernels.train_chunk_parallel(
-            X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, y, 16,
-            kernels.LOGISTIC, opt, kernel_config(hp), parallel.w0, bias_state, table, 5, slot,
-            np.zeros(30, np.int32), np.zeros((parts, 30)), np.zeros((parts, 30, 5)),
-            np.zeros((parts, 5)), step)
-        loss_parallel += loss
-    assert (slot == -1).all() and step == steps == 8
-    parallel.table[:] = table[:, :6]
+    loss_parallel, steps_parallel = _kernel_train(parallel, X, y, hp, batch_size=16, epochs=2,
+                                                  parts=parts)
+    assert steps_parallel == steps == 8
     assert loss_parallel == pytest.approx(loss_serial, rel=1e-12)
     for name in ("w0", "w", "V"):
         np.testing.assert_allclose(getattr(parallel, name), getattr(serial, name), rtol=0,

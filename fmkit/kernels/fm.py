@@ -145,72 +145,48 @@ def table_width(num_factors: int, optimizer_id: int) -> int:
     return (num_factors + 1) * (1 + moments)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, w0, T, k, sums,
+                slot, gw, gV):
+    """Add the mean-loss gradients of rows ``lo:hi`` into the per-slot buffers ``gw``/``gV``;
+    returns ``(sum of the rows' losses, gradient of w0)``."""
+    total_loss = 0.0
+    g0 = 0.0
+    for r in range(lo, hi):
+        z = _row_forward(indptr, indices, values, r, w0, T, k, sums)
+        loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
+        total_loss += loss
+        slope *= inv_rows
+        g0 += slope
+        for j in range(indptr[r], indptr[r + 1]):
+            i = indices[j]
+            x = np.float64(values[j])
+            t = slot[i]
+            gx = slope * x
+            gw[t] += gx
+            for f in range(k):
+                gV[t, f] += gx * (sums[f] - np.float64(T[i, 1 + f]) * x)
+    return total_loss, g0
+
+
+@njit(cache=True, parallel=True)
 def train_chunk(indptr, indices, values, labels, batch_size, loss_kind, opt, config,
-                w0, bias_state, T, k, slot, touched, gw_buf, gV_buf, sums, step):
+                w0, bias_state, T, k, slot, touched, gw_parts, gV_parts, sums_parts, step):
     """Train on the rows of one chunk in mini-batches of ``batch_size``; update in place.
 
     Each mini-batch takes one optimizer step on the gradient of its mean loss (SageMaker's and
-    MXNet's semantics). ``batch_size == 1`` runs the fused online loop of :func:`_train_online`.
+    MXNet's semantics). Its rows are cut into ``len(gw_parts)`` parts, one per thread, whose
+    gradients accumulate in separate buffers and are summed in a fixed order; the touched
+    features, all distinct, are then updated in parallel too: no races, and the result equals
+    one thread's to rounding. ``batch_size == 1`` runs the fused loop of :func:`_train_online`.
+
     ``T`` is the training table (see :func:`_update_feature`); ``slot`` (int32, feature_dim)
     must be all -1 on entry and is left so. Returns ``(sum of per-row losses before each
     update, optimizer step count)``.
     """
     if batch_size == 1:
         return _train_online(indptr, indices, values, labels, loss_kind, opt, config,
-                             w0, bias_state, T, k, sums, gV_buf, step)
-    n = indptr.size - 1
-    total_loss = 0.0
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        n_touched = 0
-        for j in range(indptr[start], indptr[stop]):
-            i = indices[j]
-            if slot[i] < 0:
-                slot[i] = n_touched
-                touched[n_touched] = i
-                gw_buf[n_touched] = 0.0
-                for f in range(k):
-                    gV_buf[n_touched, f] = 0.0
-                n_touched += 1
-        inv_rows = 1.0 / (stop - start)
-        g0 = 0.0
-        for r in range(start, stop):
-            z = _row_forward(indptr, indices, values, r, w0, T, k, sums)
-            loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
-            total_loss += loss
-            slope *= inv_rows
-            g0 += slope
-            for j in range(indptr[r], indptr[r + 1]):
-                i = indices[j]
-                x = np.float64(values[j])
-                t = slot[i]
-                gx = slope * x
-                gw_buf[t] += gx
-                for f in range(k):
-                    gV_buf[t, f] += gx * (sums[f] - np.float64(T[i, 1 + f]) * x)
-        step += 1
-        bc1 = 1.0 - config[BETA1] ** step
-        bc2 = 1.0 - config[BETA2] ** step
-        _update_bias(g0, w0, bias_state, opt, config, bc1, bc2)
-        for t in range(n_touched):
-            i = touched[t]
-            slot[i] = -1
-            _update_feature(i, gw_buf[t], gV_buf, t, T, k, opt, config, bc1, bc2)
-    return total_loss, step
-
-
-@njit(cache=True, parallel=True)
-def train_chunk_parallel(indptr, indices, values, labels, batch_size, loss_kind, opt, config,
-                         w0, bias_state, T, k, slot, touched, gw_parts, gV_parts, sums_parts,
-                         step):
-    """:func:`train_chunk` for ``batch_size > 1`` with each mini-batch split across threads.
-
-    The rows of a mini-batch are cut into ``len(gw_parts)`` parts whose gradients accumulate in
-    separate buffers; the parts are summed in a fixed order and the touched features, all
-    distinct, are updated in parallel too. Same semantics as the serial kernel (one optimizer
-    step per mini-batch, no races), so results agree with it to rounding.
-    """
+                             w0, bias_state, T, k, sums_parts[0], gV_parts[0], step)
     n = indptr.size - 1
     n_parts = gw_parts.shape[0]
     loss_parts = np.zeros(n_parts)
@@ -224,31 +200,19 @@ def train_chunk_parallel(indptr, indices, values, labels, batch_size, loss_kind,
                 slot[i] = n_touched
                 touched[n_touched] = i
                 n_touched += 1
-        inv_rows = 1.0 / (stop - start)
         rows = stop - start
         for part in prange(n_parts):
             gw = gw_parts[part]
             gV = gV_parts[part]
-            sums = sums_parts[part]
             for t in range(n_touched):
                 gw[t] = 0.0
                 for f in range(k):
                     gV[t, f] = 0.0
-            g0 = 0.0
-            for r in range(start + part * rows // n_parts, start + (part + 1) * rows // n_parts):
-                z = _row_forward(indptr, indices, values, r, w0, T, k, sums)
-                loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
-                loss_parts[part] += loss
-                slope *= inv_rows
-                g0 += slope
-                for j in range(indptr[r], indptr[r + 1]):
-                    i = indices[j]
-                    x = np.float64(values[j])
-                    t = slot[i]
-                    gx = slope * x
-                    gw[t] += gx
-                    for f in range(k):
-                        gV[t, f] += gx * (sums[f] - np.float64(T[i, 1 + f]) * x)
+            loss, g0 = _accumulate(indptr, indices, values, labels,
+                                   start + part * rows // n_parts,
+                                   start + (part + 1) * rows // n_parts, loss_kind, 1.0 / rows,
+                                   w0, T, k, sums_parts[part], slot, gw, gV)
+            loss_parts[part] += loss
             g0_parts[part] = g0
         step += 1
         bc1 = 1.0 - config[BETA1] ** step

@@ -119,16 +119,10 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
                 if hp["shuffle"]:
                     chunk = take(chunk, rng.permutation(chunk.n_rows))
                 ws.reserve(chunk, batch_size, table.shape[0])
-                if parts > 1:
-                    chunk_loss, step = kernels.train_chunk_parallel(
-                        chunk.indptr, chunk.indices, chunk.values, chunk.labels, batch_size,
-                        kind, opt, config, w0, bias_state, table, k, ws.slot, ws.touched, ws.gw,
-                        ws.gV, ws.sums, step)
-                else:
-                    chunk_loss, step = kernels.train_chunk(
-                        chunk.indptr, chunk.indices, chunk.values, chunk.labels, batch_size,
-                        kind, opt, config, w0, bias_state, table, k, ws.slot, ws.touched,
-                        ws.gw[0], ws.gV[0], ws.sums[0], step)
+                chunk_loss, step = kernels.train_chunk(
+                    chunk.indptr, chunk.indices, chunk.values, chunk.labels, batch_size, kind,
+                    opt, config, w0, bias_state, table, k, ws.slot, ws.touched, ws.gw, ws.gV,
+                    ws.sums, step)
                 rows += chunk.n_rows
                 loss_sum += chunk_loss
                 bar.update(chunk.n_rows)
