@@ -23,7 +23,7 @@ from fmkit.data.sources import FileSource, channel_files, detect_index_base
 from fmkit.errors import DataError
 from fmkit.hyperparameters import validate
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
-from fmkit.model import FMModel
+from fmkit.model import FMModel, label_mode
 from fmkit.serve import codecs
 from fmkit.train.trainer import train
 
@@ -40,10 +40,6 @@ def _index_base(source: FileSource, index_base: str | int) -> int:
     return int(index_base)
 
 
-def label_mode(hp: Mapping[str, Any]) -> str:
-    return "binary" if hp["predictor_type"] == "binary_classifier" else "real"
-
-
 def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
                 model_dir: str | Path, *, test_path: str | Path | None = None,
                 validation_path: str | Path | None = None, fmt: str = "auto",
@@ -56,11 +52,11 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     Returns the model and the metrics written to ``metrics.json``.
     """
     hp = validate(hyperparameters)
-    source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp))
+    source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp["predictor_type"]))
     source.index_base = _index_base(source, index_base)
     channels = {
         name: FileSource(path, source.fmt, hp["feature_dim"], source.index_base,
-                         labels=label_mode(hp))
+                         labels=label_mode(hp["predictor_type"]))
         for name, path in (("test", test_path), ("validation", validation_path))
         if path is not None
     }

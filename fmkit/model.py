@@ -26,6 +26,11 @@ MODEL_TYPE = "fm"
 PARALLEL_ROWS = 2048  # below this, scoring on one thread beats starting the pool
 
 
+def label_mode(predictor_type: str) -> str:
+    """How sources check labels for a predictor type (see :mod:`fmkit.data.sources`)."""
+    return "binary" if predictor_type == "binary_classifier" else "real"
+
+
 @dataclass
 class FMModel:
     """Hyperparameters (validated), weights, and the index base of its libsvm input."""
@@ -45,8 +50,7 @@ class FMModel:
 
     @property
     def label_mode(self) -> str:
-        """How sources check labels for this model (see :mod:`fmkit.data.sources`)."""
-        return "binary" if self.predictor_type == "binary_classifier" else "real"
+        return label_mode(self.predictor_type)
 
     def logits(self, batch: SparseBatch) -> np.ndarray:
         """y_hat of every row (float64)."""

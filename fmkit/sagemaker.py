@@ -27,6 +27,7 @@ from fmkit.data.sources import READERS, BatchChecker, FileSource
 from fmkit.errors import DataError, FMKitError
 from fmkit.hyperparameters import validate
 from fmkit.logs import DEFAULT_HOST, log
+from fmkit.model import label_mode
 
 OPT_ML_ENV = "FMKIT_OPT_ML"
 CHANNELS = ("train", "test", "validation")
@@ -151,7 +152,7 @@ def train(opt_ml: OptML | None = None) -> int:
                              "training is not available yet: use instance_count=1")
         host = resources.get("current_host", DEFAULT_HOST)
         channels = _channels(opt_ml)
-        labels = jobs.label_mode(hp)
+        labels = label_mode(hp["predictor_type"])
         source = channel_source(opt_ml, "train", channels["train"], hp, labels)
         scored = {name: channel_source(opt_ml, name, channels[name], hp, labels)
                   for name in ("test", "validation") if name in channels}
