@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -50,9 +51,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def strict_json(data: Any, **options: Any) -> str:
+    """JSON that any parser reads: an undefined number (AUC of one class) becomes null."""
+    return json.dumps(_finite_or_null(data), allow_nan=False, sort_keys=True, **options)
+
+
 def _write_json(path: Path, data: Any) -> None:
     with open(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
+        f.write(strict_json(data, indent=2))
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())

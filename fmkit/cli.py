@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from fmkit._version import __version__
+from fmkit.artifact import strict_json
 from fmkit.data.sources import FORMATS
 from fmkit.errors import FMKitError, HyperparameterError
 from fmkit.hyperparameters import TABLE
@@ -157,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                              fmt=args.format, index_base=args.index_base,
                              progress=False if args.quiet else None)
         elif args.command == "evaluate":
-            print(jobs.metrics_json(jobs.evaluate_files(args.model_dir, args.data,
-                                                        fmt=args.format)))
+            print(strict_json(jobs.evaluate_files(args.model_dir, args.data, fmt=args.format)))
         elif args.command == "predict":
             rows = jobs.predict_files(args.model_dir, args.data, args.output, fmt=args.format,
                                       accept=args.accept)

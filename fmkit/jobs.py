@@ -6,8 +6,6 @@ and the SageMaker entry point. Hyperparameters are validated before any data is 
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 import tempfile
@@ -209,10 +207,3 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
         os.unlink(tmp)
         raise
     return rows
-
-
-def metrics_json(metrics: Mapping[str, Any]) -> str:
-    """Metrics as strict JSON (an undefined value such as AUC on one class becomes null)."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-             for k, v in metrics.items()}
-    return json.dumps(clean, sort_keys=True)

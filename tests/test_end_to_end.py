@@ -167,3 +167,23 @@ def test_validation_channel_early_stopping_keeps_the_best_epoch(cli, tmp_path):
     code, out, _ = cli("predict", "--model-dir", tmp_path / "m", "--data", valid_file)
     scores = np.array([json.loads(line)["score"] for line in out.splitlines()])
     assert log_loss(valid.y, scores) == pytest.approx(losses[best], rel=1e-5)
+
+
+def test_undefined_metric_is_null_in_strict_json(cli, tmp_path):
+    """AUC of a one-class test channel is undefined: null, never NaN, in every JSON output."""
+    train, test = tmp_path / "train.libsvm", tmp_path / "test.libsvm"
+    train.write_text("1 0:1\n0 1:1\n1 2:1\n")
+    test.write_text("0 0:1\n0 1:1\n")
+    args = ["--index-base", "0", "feature_dim=3", "num_factors=2",
+            "predictor_type=binary_classifier"]
+    code, _, err = cli("train", "--train", train, "--test", test, "--model-dir", tmp_path / "m",
+                       *args)
+    assert code == 0, err
+
+    def reject(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    saved = json.loads((tmp_path / "m" / "metrics.json").read_text(), parse_constant=reject)
+    assert saved["test"]["auc"] is None and saved["test"]["rows"] == 2
+    code, out, _ = cli("evaluate", "--model-dir", tmp_path / "m", "--data", test)
+    assert json.loads(out, parse_constant=reject)["auc"] is None

@@ -241,10 +241,6 @@ class ArraySource:
     def name(self) -> str:
         return "<array>"
 
-    @property
-    def n_rows(self) -> int:
-        return self._csr.shape[0]
-
     def blocks(self) -> Iterator[SparseBatch]:
         X = self._csr
         check = BatchChecker(self.feature_dim, 0, self.labels)

@@ -83,10 +83,6 @@ class OptimizerState:
             mV=state(with_m, (d, k)), sV=state(with_s, (d, k)),
         )
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.m0, self.s0, self.mw, self.sw, self.mV, self.sV))
-
 
 def _rule(name: str, param, g, m, s, lr, eps, t):
     if name == "adam":
