@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 INIT_METHODS = ("normal", "uniform", "constant")
 PREDICTOR_TYPES = ("binary_classifier", "regressor")
-OPTIMIZERS = ("adam", "adagrad", "sgd")
+OPTIMIZERS = ("adam", "adagrad", "ftrl", "sgd")
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,16 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
         Hyperparameter("optimizer", str, "adam", "choice",
                        "fmkit: update rule (lazy: only the rows a mini-batch touches).",
                        choices=OPTIMIZERS, sagemaker=False),
+        Hyperparameter("ftrl_beta", float, 1.0, "ge0",
+                       "fmkit: FTRL-proximal's beta (its alpha is each group's lr, its L2 the "
+                       "group's wd).", sagemaker=False),
+        Hyperparameter("ftrl_l1", float, 0.0, "ge0",
+                       "fmkit: FTRL-proximal's L1 strength (weights with |z| <= l1 are 0).",
+                       sagemaker=False),
+        Hyperparameter("lock_free", int, 1, "choice01",
+                       "fmkit: with mini_batch_size=1, 1 trains on all cores at once without "
+                       "locks (Hogwild, like xLearn); 0 uses one core and is reproducible.",
+                       sagemaker=False),
         Hyperparameter("seed", int, 0, "ge0",
                        "fmkit: seed of the weight initialization and shuffling.",
                        sagemaker=False),
@@ -205,6 +215,12 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
             raise HyperparameterError(
                 f"hyperparameter {group}_init_method={method} needs {needed} to be set"
             )
+    if values["optimizer"] == "ftrl":
+        for group in ("bias", "linear", "factors"):
+            if values[f"{group}_lr"] <= 0:
+                raise HyperparameterError(
+                    f"hyperparameter {group}_lr must be > 0 with optimizer=ftrl (it is FTRL's "
+                    f"alpha and divides its updates), got {values[f'{group}_lr']}")
     return values
 
 

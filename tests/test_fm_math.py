@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from fmkit.hyperparameters import validate
+from fmkit.data.batch import SparseBatch
+from fmkit.hyperparameters import OPTIMIZERS, validate
 from fmkit.kernels import fm as kernels
 from fmkit.models.fm import FMParameters, reference_gradients, reference_logits
-from fmkit.train.optimizers import OPTIMIZER_IDS, OptimizerState, kernel_config, reference_step
-from fmkit.train.trainer import training_table
+from fmkit.train.optimizers import OptimizerState, kernel_config, reference_step, training_tables
+from fmkit.train.trainer import Workspace, train_chunk
 
 PREDICTORS = ("binary_classifier", "regressor")
 
@@ -89,28 +90,27 @@ def test_gradients_match_finite_differences(predictor_type):
 
 
 def _kernel_train(params, X, y, hp, batch_size, epochs=1, parts=1):
-    """Train ``params`` in place with the compiled kernel (mini-batches cut into ``parts``
-    thread parts); returns the summed loss and the step count."""
+    """Train ``params`` in place with the compiled kernels (rows or mini-batches cut into
+    ``parts`` thread parts); returns the summed loss and the step count."""
     d, k = params.V.shape
-    opt = OPTIMIZER_IDS[hp["optimizer"]]
-    table = training_table(params, opt)
-    bias_state = np.zeros(2)
-    slot = np.full(d, -1, np.int32)
+    hp = {**hp, "mini_batch_size": batch_size}
+    bias, table = training_tables(params, hp["optimizer"], hp)
+    ws = Workspace.create(d, k, parts, table.dtype, batch_size)
+    batch = SparseBatch(X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, y)
+    kind = kernels.LOGISTIC if hp["predictor_type"] == "binary_classifier" else kernels.SQUARED
     step, total = 0, 0.0
     for _ in range(epochs):
-        loss, step = kernels.train_chunk(
-            X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, y, batch_size,
-            kernels.LOGISTIC if hp["predictor_type"] == "binary_classifier" else kernels.SQUARED,
-            opt, kernel_config(hp), params.w0, bias_state, table, k, slot,
-            np.zeros(d, np.int32), np.zeros((parts, d)), np.zeros((parts, d, k)),
-            np.zeros((parts, k)), step)
+        loss, step = train_chunk(hp, batch, kind, kernel_config(hp, table.dtype), bias, table,
+                                 ws, step)
         total += loss
-    assert (slot == -1).all(), "the kernel must leave its slot map clean"
+    if batch_size > 1:
+        assert (ws.slot == -1).all(), "the kernel must leave its slot map clean"
     params.table[:] = table[:, : k + 1]
+    params.w0[:] = bias[0, :1]
     return total, step
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adagrad", "sgd"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("predictor_type", PREDICTORS)
 @pytest.mark.parametrize("clip", [None, 0.02])
 def test_kernel_steps_match_reference_optimizer(optimizer, predictor_type, clip):
@@ -121,7 +121,7 @@ def test_kernel_steps_match_reference_optimizer(optimizer, predictor_type, clip)
                        bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, bias_wd=0.01,
                        linear_wd=0.1, factors_wd=0.05))
     reference, fast = params.copy(), params.copy()
-    ref_state = OptimizerState.zeros(optimizer, reference)
+    ref_state = OptimizerState.initial(optimizer, reference, hp)
     for start in range(0, 30, 10):
         rows = X[start:start + 10]
         grads = reference_gradients(reference, rows, y[start:start + 10], predictor_type)
@@ -145,7 +145,7 @@ def test_kernel_loss_is_mean_loss_before_update():
     assert loss == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adagrad", "sgd"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_online_kernel_matches_reference_one_row_at_a_time(optimizer):
     """mini_batch_size=1 runs the fused loop: it must equal one reference step per row."""
     X, y, params = random_problem(6, n=25, d=20, k=4)
@@ -154,7 +154,7 @@ def test_online_kernel_matches_reference_one_row_at_a_time(optimizer):
                        bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, linear_wd=0.01,
                        factors_wd=0.02))
     reference, fast = params.copy(), params.copy()
-    state = OptimizerState.zeros(optimizer, reference)
+    state = OptimizerState.initial(optimizer, reference, hp)
     for r in range(25):
         row = X[r]
         grads = reference_gradients(reference, row, y[r:r + 1], "binary_classifier")
@@ -165,7 +165,7 @@ def test_online_kernel_matches_reference_one_row_at_a_time(optimizer):
                                    atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adagrad", "sgd"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("parts", [1, 2, 3])
 def test_parallel_minibatch_kernel_matches_serial(optimizer, parts):
     """Mini-batches split across threads give the serial kernel's result (to rounding)."""

@@ -50,7 +50,7 @@ def test_integral_float_strings_and_scientific_notation():
     ("factors_wd", "nan", "a number >= 0"),
     ("predictor_type", "multiclass_classifier", "one of binary_classifier, regressor"),
     ("bias_init_method", "xavier", "one of normal, uniform, constant"),
-    ("optimizer", "rmsprop", "one of adam, adagrad, sgd"),
+    ("optimizer", "rmsprop", "one of adam, adagrad, ftrl, sgd"),
     ("eps", "0", "a number > 0"),
 ])
 def test_out_of_range_names_parameter_value_and_range(name, value, fragment):
@@ -111,3 +111,9 @@ def test_cli_missing_required_from_json_file(cli, tmp_path):
     code, _, err = cli("train", "--train", tmp_path / "missing", "--model-dir", tmp_path / "m",
                        "--hyperparameters", hp_file)
     assert code != 0 and "hyperparameter num_factors is required" in err
+
+
+@pytest.mark.parametrize("group", ["bias", "linear", "factors"])
+def test_ftrl_needs_positive_learning_rates(group):
+    with pytest.raises(HyperparameterError, match=f"{group}_lr must be > 0 with optimizer=ftrl"):
+        validate({**REQUIRED, "optimizer": "ftrl", f"{group}_lr": "0"})

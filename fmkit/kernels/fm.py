@@ -1,16 +1,20 @@
-"""Compiled FM kernels: mini-batch training with lazy optimizer updates, and prediction.
+"""Compiled FM kernels: training (per-row and mini-batch, lazy optimizer updates) and prediction.
 
-These compute the same functions as :mod:`fmkit.models.fm` (the tests hold them to it) but walk
-the CSR arrays row by row in machine code: per row O(k * nnz) for the forward pass and the
-gradient, per mini-batch one optimizer update of only the rows of ``w`` and ``V`` the batch
-touched (plus ``w0``). Gradient buffers are indexed by a per-batch slot, not by feature id, so
-their size is bounded by the batch, not by ``feature_dim``.
+These compute the same functions as :mod:`fmkit.models.fm` and :mod:`fmkit.train.optimizers`
+(the tests hold them to it) but walk the CSR arrays row by row in machine code: per row
+O(k * nnz) for the forward pass and the gradient, and an optimizer update of only the features
+the row (or mini-batch) touched.
 
-Weights live in one table per model, a row per feature: ``[w_i, v_i1..v_ik]``; during training
-the optimizer's moments follow in the same row, so an update touches one or two cache lines
-instead of six arrays (measured: twice the rate of separate arrays for Adam).
+Weights live in one table per model, a row per feature: ``[w_i, v_i1..v_ik]``. During training
+the optimizer's moments follow in the same row, in blocks of k+1 columns (Adam: m then s;
+AdaGrad: s; FTRL: z then sqrt(n)), so one update touches one or two cache lines and the k factor
+coordinates of weights and moments are contiguous: the per-coordinate loops compile to SIMD.
+The bias is a one-row table of the same layout.
 
-The kernels are generic over float32/float64 weights; arithmetic is done in float64.
+Arithmetic is done in the table's precision (float32 in production, float64 in the tests that
+compare with the float64 reference to 1e-12); losses are summed in float64. ``FAST`` lets the
+compiler reorder and fuse floating-point operations (as ``-ffast-math`` without assuming finite
+numbers, so a diverging run still reports a non-finite loss).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 LOGISTIC = 0
 SQUARED = 1
@@ -26,40 +31,57 @@ SQUARED = 1
 SGD = 0
 ADAGRAD = 1
 ADAM = 2
+FTRL = 3
 
-# Positions in the ``config`` float64 array the training kernel takes.
+# Positions in the ``config`` array (of the table's dtype) the training kernels take.
 BIAS_LR, BIAS_WD, LINEAR_LR, LINEAR_WD, FACTORS_LR, FACTORS_WD = range(6)
-CLIP, EPS, RESCALE, BETA1, BETA2 = range(6, 11)
-CONFIG_SIZE = 11
+CLIP, EPS, RESCALE, BETA1, BETA2, FTRL_BETA, FTRL_L1 = range(6, 13)
+CONFIG_SIZE = 13
+
+FAST = {"nsz", "arcp", "contract", "reassoc"}
+MOMENT_BLOCKS = {SGD: 0, ADAGRAD: 1, ADAM: 2, FTRL: 2}
 
 
-@njit(cache=True, inline="always")
-def _row_forward(indptr, indices, values, r, w0, T, k, sums):
-    """y_hat of row ``r``; leaves sum_i v_if x_i in ``sums``.
+def _like(value, array):
+    """``value`` cast to ``array``'s dtype (compiled: see the overload below)."""
+    return array.dtype.type(value)
 
-    ``T`` is the weight table, one row per feature: ``T[i, 0] = w_i``, ``T[i, 1:k+1] = v_i``
-    (a training table carries optimizer state in further columns).
-    """
+
+@overload(_like, inline="always")
+def _like_compiled(value, array):
+    dtype = array.dtype
+    return lambda value, array: dtype(value)
+
+
+def table_width(num_factors: int, optimizer_id: int) -> int:
+    """Columns of a training table: the k+1 weights, then the optimizer's moment blocks."""
+    return (num_factors + 1) * (1 + MOMENT_BLOCKS[optimizer_id])
+
+
+@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+def _row_forward(indptr, indices, values, r, T, k, sums):
+    """y_hat - w0 of row ``r``; leaves sum_i v_if x_i in ``sums`` (the table's dtype)."""
     for f in range(k):
         sums[f] = 0.0
-    linear = 0.0
-    squares = 0.0
+    linear = _like(0.0, T)
+    squares = _like(0.0, T)
     for j in range(indptr[r], indptr[r + 1]):
         i = indices[j]
-        x = np.float64(values[j])
-        linear += np.float64(T[i, 0]) * x
+        x = _like(values[j], T)
+        linear += T[i, 0] * x
         for f in range(k):
-            vx = np.float64(T[i, 1 + f]) * x
+            vx = T[i, 1 + f] * x
             sums[f] += vx
             squares += vx * vx
-    pairwise = 0.0
+    pairwise = _like(0.0, T)
     for f in range(k):
         pairwise += sums[f] * sums[f]
-    return np.float64(w0[0]) + linear + 0.5 * (pairwise - squares)
+    return linear + _like(0.5, T) * (pairwise - squares)
 
 
 @njit(cache=True, inline="always")
 def _loss_and_slope(z, y, loss_kind):
+    """Loss of one row and its derivative in y_hat (float64)."""
     if loss_kind == LOGISTIC:
         loss = max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
         if z >= 0:
@@ -72,88 +94,191 @@ def _loss_and_slope(z, y, loss_kind):
     return d * d, 2.0 * d
 
 
-@njit(cache=True, inline="always")
-def _gradient(g, param, rescale, clip, wd):
-    """MXNet's order: rescale, clip, then add L2 weight decay."""
-    g = g * rescale
-    if clip > 0.0:
-        g = min(max(g, -clip), clip)
-    return g + wd * param
+@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+def _apply(T, i, lo, hi, G, shift, scale, decay, width, lr, wd, opt, cfg, adam_lr, adam_eps):
+    """One optimizer step of coordinates ``lo:hi`` of row ``i`` of the training table ``T``
+    (``width`` = k+1 weight columns, then the moment blocks).
 
-
-@njit(cache=True, inline="always")
-def _step(p, m, s, g, lr, opt, config, bc1, bc2):
-    """One optimizer step of one coordinate: returns the new ``(param, m, s)``."""
-    if opt == ADAM:
-        b1 = config[BETA1]
-        b2 = config[BETA2]
-        m = b1 * m + (1.0 - b1) * g
-        s = b2 * s + (1.0 - b2) * g * g
-        p -= lr * (m / bc1) / (math.sqrt(s / bc2) + config[EPS])
-    elif opt == ADAGRAD:
-        s += g * g
-        p -= lr * g / (math.sqrt(s) + config[EPS])
-    else:
-        p -= lr * g
-    return p, m, s
-
-
-@njit(cache=True, inline="always")
-def _update_feature(i, g_linear, g_factors, t, T, k, opt, config, bc1, bc2):
-    """Update row ``i`` of the training table from its raw gradients (``g_factors[t]``).
-
-    Columns of ``T``: ``[w, v_1..v_k]`` then, per optimizer, Adam's m and s or AdaGrad's s for
-    each of those k+1 coordinates, so one feature's weights and state share a few cache lines.
+    The raw gradient of coordinate c is ``scale * G[c + shift] - decay * param``: the FM's own
+    form (for a factor, slope * x * (sum_f - v_f x)), computed here rather than staged in an
+    array so each loop reads and writes only the table and vectorizes. Then, per coordinate
+    (MXNet's order): g = clip(rescale * raw) + wd * param and the rule; FTRL takes wd as its
+    L2 strength instead. ``cfg[CLIP]`` is +inf when clipping is off, so the loops are
+    branch-free. ``adam_lr``/``adam_eps`` scale Adam's lr and eps for its bias corrections
+    (see :func:`_adam_scales`).
     """
-    width = k + 1
-    m_at = width
-    s_at = 2 * width if opt == ADAM else width
-    rescale = config[RESCALE]
-    clip = config[CLIP]
-    for c in range(width):
-        raw = g_linear if c == 0 else g_factors[t, c - 1]
-        wd = config[LINEAR_WD] if c == 0 else config[FACTORS_WD]
-        lr = config[LINEAR_LR] if c == 0 else config[FACTORS_LR]
-        p = np.float64(T[i, c])
-        g = _gradient(raw, p, rescale, clip, wd)
-        if opt == ADAM:
-            p, m, s = _step(p, np.float64(T[i, m_at + c]), np.float64(T[i, s_at + c]), g, lr,
-                            opt, config, bc1, bc2)
-            T[i, m_at + c] = m
-            T[i, s_at + c] = s
-        elif opt == ADAGRAD:
-            p, m, s = _step(p, 0.0, np.float64(T[i, s_at + c]), g, lr, opt, config, bc1, bc2)
-            T[i, s_at + c] = s
-        else:
-            p, m, s = _step(p, 0.0, 0.0, g, lr, opt, config, bc1, bc2)
-        T[i, c] = p
+    rescale = cfg[RESCALE]
+    clip = cfg[CLIP]
+    row = T[i]
+    w = row[:width]  # one 1-D view per block: LLVM vectorizes these loops, not 2-D offsets
+    m = row[width:2 * width]  # Adam's m, AdaGrad's s, FTRL's z (empty for SGD)
+    s = row[2 * width:3 * width]  # Adam's s, FTRL's n
+    if opt == SGD:
+        for c in range(lo, hi):
+            p = w[c]
+            g = min(max((scale * G[c + shift] - decay * p) * rescale, -clip), clip) + wd * p
+            w[c] = p - lr * g
+    elif opt == ADAGRAD:
+        eps = cfg[EPS]
+        for c in range(lo, hi):
+            p = w[c]
+            g = min(max((scale * G[c + shift] - decay * p) * rescale, -clip), clip) + wd * p
+            acc = m[c] + g * g
+            m[c] = acc
+            w[c] = p - lr * g / (np.sqrt(acc) + eps)
+    elif opt == ADAM:
+        eps = cfg[EPS]
+        b1 = cfg[BETA1]
+        b2 = cfg[BETA2]
+        rest1 = _like(1.0, T) - b1  # (1 - b1 would be float64: int - float32 promotes)
+        rest2 = _like(1.0, T) - b2
+        step_lr = lr * adam_lr
+        step_eps = eps * adam_eps
+        for c in range(lo, hi):
+            p = w[c]
+            g = min(max((scale * G[c + shift] - decay * p) * rescale, -clip), clip) + wd * p
+            first = b1 * m[c] + rest1 * g
+            second = b2 * s[c] + rest2 * g * g
+            m[c] = first
+            s[c] = second
+            w[c] = p - step_lr * first / (np.sqrt(second) + step_eps)
+    else:
+        beta = cfg[FTRL_BETA]
+        l1 = cfg[FTRL_L1]
+        zero = _like(0.0, T)
+        inv_lr = _like(1.0, T) / lr
+        for c in range(lo, hi):
+            p = w[c]
+            g = min(max((scale * G[c + shift] - decay * p) * rescale, -clip), clip)
+            root_n = s[c]  # FTRL's n is kept as sqrt(n): one square root per update
+            root_new = np.sqrt(root_n * root_n + g * g)
+            z = m[c] + g - (root_new - root_n) * inv_lr * p
+            m[c] = z
+            s[c] = root_new
+            shrunk = z - l1 if z > 0 else z + l1
+            p = -shrunk / ((beta + root_new) * inv_lr + wd)
+            w[c] = p if abs(z) > l1 else zero
 
 
 @njit(cache=True, inline="always")
-def _update_bias(g0, w0, bias_state, opt, config, bc1, bc2):
-    g = _gradient(g0, np.float64(w0[0]), config[RESCALE], config[CLIP], config[BIAS_WD])
-    p, m, s = _step(np.float64(w0[0]), bias_state[0], bias_state[1], g, config[BIAS_LR], opt,
-                    config, bc1, bc2)
-    w0[0] = p
-    bias_state[0] = m
-    bias_state[1] = s
+def _adam_scales(beta1_t, beta2_t, T):
+    """Adam's bias corrections at step t as factors of lr and eps, in the table's dtype:
+    lr (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
+    == lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(s) + eps * sqrt(1 - b2^t))."""
+    root = math.sqrt(1.0 - beta2_t)
+    return _like(root / (1.0 - beta1_t), T), _like(root, T)
 
 
-def table_width(num_factors: int, optimizer_id: int) -> int:
-    """Columns of a training table: the k+1 weights, then the optimizer's moments for each."""
-    moments = {ADAM: 2, ADAGRAD: 1, SGD: 0}[optimizer_id]
-    return (num_factors + 1) * (1 + moments)
+@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, opt, cfg, adam_lr,
+                    adam_eps):
+    """Update row ``i`` of ``T``: the linear weight from raw gradient ``scale * G_linear[0]``,
+    the factors from ``scale * G_factors[c + shift] - decay * v_c`` (see :func:`_apply`)."""
+    _apply(T, i, 0, 1, G_linear, 0, scale, _like(0.0, T), width, cfg[LINEAR_LR],
+           cfg[LINEAR_WD], opt, cfg, adam_lr, adam_eps)
+    _apply(T, i, 1, width, G_factors, shift, scale, decay, width, cfg[FACTORS_LR],
+           cfg[FACTORS_WD], opt, cfg, adam_lr, adam_eps)
 
 
-@njit(cache=True, inline="always")
-def _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, w0, T, k, sums,
-                slot, gw, gV):
-    """Add the mean-loss gradients of rows ``lo:hi`` into the per-slot buffers ``gw``/``gV``;
-    returns ``(sum of the rows' losses, gradient of w0)``."""
+def _rows_trainer(opt: int):
+    """The per-row training loop compiled for one update rule: ``opt`` is a constant in the
+    compiled code (a run-time switch among the four rules halves the rate)."""
+
+    @njit(cache=True, fastmath=FAST, error_model="numpy")
+    def train_rows(indptr, indices, values, labels, lo, hi, loss_kind, cfg, B, T, k, sums, step,
+                   stride):
+        """The per-row loop of libFM and xLearn, fused: each row's update follows its forward pass
+        while its weights are in cache. Rows ``lo:hi``; the row's Adam step is ``step + stride *
+        (r - lo + 1)``. Returns the summed loss of the rows before their updates.
+
+        A feature repeated within a row is not allowed (the sources reject it), so updating the
+        row's features one after the other equals one update from the row's gradient.
+        """
+        width = k + 1
+        one = np.ones(1, T.dtype)
+        zero = _like(0.0, T)
+        total_loss = 0.0
+        # Adam's beta^t, advanced by a product per row rather than a power
+        b1_t, b2_t = np.float64(cfg[BETA1]) ** step, np.float64(cfg[BETA2]) ** step
+        b1_stride, b2_stride = np.float64(cfg[BETA1]) ** stride, np.float64(cfg[BETA2]) ** stride
+        for r in range(lo, hi):
+            z = np.float64(B[0, 0] + _row_forward(indptr, indices, values, r, T, k, sums))
+            loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
+            total_loss += loss
+            b1_t *= b1_stride
+            b2_t *= b2_stride
+            adam_lr, adam_eps = _adam_scales(b1_t, b2_t, T)
+            slope = _like(slope, T)
+            _apply(B, 0, 0, 1, one, 0, slope, zero, width, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
+                   adam_lr, adam_eps)
+            for j in range(indptr[r], indptr[r + 1]):
+                x = _like(values[j], T)
+                gx = slope * x
+                # d y_hat / d v_if = x_i (sum_f - v_if x_i): the sums are read at c - 1
+                _update_feature(T, indices[j], one, sums, -1, gx, gx * x, width, opt, cfg, adam_lr,
+                                adam_eps)
+        return total_loss
+
+    return train_rows
+
+
+_sgd_rows, _adagrad_rows, _adam_rows, _ftrl_rows = (_rows_trainer(opt)
+                                                    for opt in (SGD, ADAGRAD, ADAM, FTRL))
+
+
+@njit(cache=True)
+def _train_rows(indptr, indices, values, labels, lo, hi, loss_kind, opt, cfg, B, T, k, sums,
+                step, stride):
+    args = (indptr, indices, values, labels, lo, hi, loss_kind, cfg, B, T, k, sums, step, stride)
+    if opt == SGD:
+        return _sgd_rows(*args)
+    if opt == ADAGRAD:
+        return _adagrad_rows(*args)
+    if opt == ADAM:
+        return _adam_rows(*args)
+    return _ftrl_rows(*args)
+
+
+@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+def train_online(indptr, indices, values, labels, loss_kind, opt, cfg, B, T, k, sums, step):
+    """Train on every row of a chunk, one update per row (``mini_batch_size=1``).
+
+    With more than one thread part (``len(sums)``), the chunk's rows are cut into that many
+    ranges trained at once on the shared table without locks (Hogwild, as xLearn does by
+    default): updates may interleave, so the result is not bit-reproducible; one part is.
+    The bias, which every row updates, would bounce between the cores' caches: each part
+    trains its own copy through the chunk and the copies are averaged after it.
+    Returns ``(sum of per-row losses before each update, new step count)``.
+    """
+    n = indptr.size - 1
+    parts = sums.shape[0]
+    if parts == 1:
+        loss = _train_rows(indptr, indices, values, labels, 0, n, loss_kind, opt, cfg, B, T,
+                           k, sums[0], step, 1)
+        return loss, step + n
+    losses = np.zeros(parts)
+    biases = np.empty((parts, 16 + B.shape[1]), B.dtype)  # 16: a cache line apart
+    for part in prange(parts):
+        bias = biases[part:part + 1, : B.shape[1]]
+        bias[0] = B[0]
+        losses[part] = _train_rows(indptr, indices, values, labels, part * n // parts,
+                                   (part + 1) * n // parts, loss_kind, opt, cfg, bias, T, k,
+                                   sums[part], step + part, parts)
+    for c in range(B.shape[1]):
+        B[0, c] = biases[:, c].mean()
+    return losses.sum(), step + n
+
+
+@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+def _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B, T, k, sums,
+                slot, G):
+    """Add the mean-loss gradients of rows ``lo:hi`` into the per-slot buffer ``G`` (float64,
+    a row ``[g_w, g_v1..g_vk]`` per slot); returns ``(sum of the rows' losses, gradient of
+    w0)``."""
     total_loss = 0.0
     g0 = 0.0
     for r in range(lo, hi):
-        z = _row_forward(indptr, indices, values, r, w0, T, k, sums)
+        z = np.float64(B[0, 0] + _row_forward(indptr, indices, values, r, T, k, sums))
         loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
         total_loss += loss
         slope *= inv_rows
@@ -163,34 +288,33 @@ def _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, w0
             x = np.float64(values[j])
             t = slot[i]
             gx = slope * x
-            gw[t] += gx
+            G[t, 0] += gx
             for f in range(k):
-                gV[t, f] += gx * (sums[f] - np.float64(T[i, 1 + f]) * x)
+                G[t, 1 + f] += gx * (np.float64(sums[f]) - np.float64(T[i, 1 + f]) * x)
     return total_loss, g0
 
 
-@njit(cache=True, parallel=True)
-def train_chunk(indptr, indices, values, labels, batch_size, loss_kind, opt, config,
-                w0, bias_state, T, k, slot, touched, gw_parts, gV_parts, sums_parts, step):
+@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+def train_minibatches(indptr, indices, values, labels, batch_size, loss_kind, opt, cfg, B, T, k,
+                      slot, touched, G_parts, sums, step):
     """Train on the rows of one chunk in mini-batches of ``batch_size``; update in place.
 
     Each mini-batch takes one optimizer step on the gradient of its mean loss (SageMaker's and
-    MXNet's semantics). Its rows are cut into ``len(gw_parts)`` parts, one per thread, whose
+    MXNet's semantics). Its rows are cut into ``len(G_parts)`` parts, one per thread, whose
     gradients accumulate in separate buffers and are summed in a fixed order; the touched
     features, all distinct, are then updated in parallel too: no races, and the result equals
-    one thread's to rounding. ``batch_size == 1`` runs the fused loop of :func:`_train_online`.
+    one thread's to rounding.
 
-    ``T`` is the training table (see :func:`_update_feature`); ``slot`` (int32, feature_dim)
-    must be all -1 on entry and is left so. Returns ``(sum of per-row losses before each
-    update, optimizer step count)``.
+    ``slot`` (int32, feature_dim) must be all -1 on entry and is left so. Returns ``(sum of
+    per-row losses before each update, optimizer step count)``.
     """
-    if batch_size == 1:
-        return _train_online(indptr, indices, values, labels, loss_kind, opt, config,
-                             w0, bias_state, T, k, sums_parts[0], gV_parts[0], step)
     n = indptr.size - 1
-    n_parts = gw_parts.shape[0]
+    n_parts = G_parts.shape[0]
+    width = k + 1
     loss_parts = np.zeros(n_parts)
     g0_parts = np.zeros(n_parts)
+    g_bias = np.zeros(1)
+    zero = 0.0
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         n_touched = 0
@@ -202,81 +326,51 @@ def train_chunk(indptr, indices, values, labels, batch_size, loss_kind, opt, con
                 n_touched += 1
         rows = stop - start
         for part in prange(n_parts):
-            gw = gw_parts[part]
-            gV = gV_parts[part]
+            G = G_parts[part]
             for t in range(n_touched):
-                gw[t] = 0.0
-                for f in range(k):
-                    gV[t, f] = 0.0
+                for c in range(width):
+                    G[t, c] = 0.0
             loss, g0 = _accumulate(indptr, indices, values, labels,
                                    start + part * rows // n_parts,
                                    start + (part + 1) * rows // n_parts, loss_kind, 1.0 / rows,
-                                   w0, T, k, sums_parts[part], slot, gw, gV)
+                                   B, T, k, sums[part], slot, G)
             loss_parts[part] += loss
             g0_parts[part] = g0
         step += 1
-        bc1 = 1.0 - config[BETA1] ** step
-        bc2 = 1.0 - config[BETA2] ** step
-        _update_bias(g0_parts.sum(), w0, bias_state, opt, config, bc1, bc2)
+        adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
+                                         np.float64(cfg[BETA2]) ** step, T)
+        g_bias[0] = g0_parts.sum()
+        _apply(B, 0, 0, 1, g_bias, 0, 1.0, zero, width, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
+               adam_lr, adam_eps)
         for part in prange(n_parts):
-            total = gV_parts[part]  # this part's slice of features gathers every part's sums
+            total = G_parts[part]  # this part's slice of features gathers every part's sums
             for t in range(part * n_touched // n_parts, (part + 1) * n_touched // n_parts):
-                g_linear = 0.0
-                for q in range(n_parts):
-                    g_linear += gw_parts[q, t]
-                for f in range(k):
+                for c in range(width):
                     acc = 0.0
                     for q in range(n_parts):
-                        acc += gV_parts[q, t, f]
-                    total[t, f] = acc
+                        acc += G_parts[q, t, c]
+                    total[t, c] = acc
                 i = touched[t]
                 slot[i] = -1
-                _update_feature(i, g_linear, total, t, T, k, opt, config, bc1, bc2)
+                _update_feature(T, i, total[t], total[t], 0, 1.0, zero, width, opt, cfg, adam_lr,
+                                adam_eps)
     return loss_parts.sum(), step
 
 
-@njit(cache=True)
-def _train_online(indptr, indices, values, labels, loss_kind, opt, config,
-                  w0, bias_state, T, k, sums, g_row, step):
-    """Mini-batches of one row, fused: each row's update follows its forward pass while its
-    weights are still in cache (the classic per-example SGD loop of libFM and xLearn).
-
-    A feature repeated within a row is not allowed (the sources reject it), so updating the
-    row's features one after the other equals updating them from one gradient.
-    """
-    total_loss = 0.0
-    for r in range(indptr.size - 1):
-        z = _row_forward(indptr, indices, values, r, w0, T, k, sums)
-        loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
-        total_loss += loss
-        step += 1
-        bc1 = 1.0 - config[BETA1] ** step
-        bc2 = 1.0 - config[BETA2] ** step
-        _update_bias(slope, w0, bias_state, opt, config, bc1, bc2)
-        for j in range(indptr[r], indptr[r + 1]):
-            i = indices[j]
-            x = np.float64(values[j])
-            gx = slope * x
-            for f in range(k):
-                g_row[0, f] = gx * (sums[f] - np.float64(T[i, 1 + f]) * x)
-            _update_feature(i, gx, g_row, 0, T, k, opt, config, bc1, bc2)
-    return total_loss, step
-
-
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
 def predict_logits(indptr, indices, values, w0, T, k, out, n_chunks):
     """Write y_hat of every row into ``out`` (float64), in ``n_chunks`` chunks across threads."""
     n = indptr.size - 1
     n_chunks = max(1, min(n, n_chunks))
     for c in prange(n_chunks):
-        sums = np.empty(k, dtype=np.float64)
+        sums = np.empty(k, dtype=T.dtype)
         for r in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-            out[r] = _row_forward(indptr, indices, values, r, w0, T, k, sums)
+            out[r] = w0[0] + _row_forward(indptr, indices, values, r, T, k, sums)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FAST, error_model="numpy")
 def predict_logits_serial(indptr, indices, values, w0, T, k, out):
     """:func:`predict_logits` on the calling thread: no thread start-up for small requests."""
-    sums = np.empty(k, dtype=np.float64)
+    sums = np.empty(k, dtype=T.dtype)
     for r in range(indptr.size - 1):
-        out[r] = _row_forward(indptr, indices, values, r, w0, T, k, sums)
+        out[r] = w0[0] + _row_forward(indptr, indices, values, r, T, k, sums)

@@ -22,7 +22,7 @@ from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST, log
 from fmkit.memory import release_large_blocks_to_os
 from fmkit.models.fm import FMParameters, init_parameters
-from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config
+from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config, training_tables
 
 
 class Source(Protocol):
@@ -46,22 +46,24 @@ class EpochStats:
 
 @dataclass
 class Workspace:
-    """Scratch arrays the kernels reuse: the feature -> slot map, and per thread (``parts``) a
-    gradient buffer per slot and the row's factor sums."""
+    """Scratch arrays the kernels reuse, per thread part: the row's factor sums, and for
+    mini-batches a gradient row ``[g_w, g_v1..g_vk]`` per distinct feature (float64) with the
+    feature -> slot map."""
 
-    slot: np.ndarray
     parts: int
     k: int
+    sums: np.ndarray
+    slot: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     touched: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    gw: np.ndarray = field(default_factory=lambda: np.zeros((1, 0)))
-    gV: np.ndarray = field(default_factory=lambda: np.zeros((1, 0, 0)))
-    sums: np.ndarray = field(default_factory=lambda: np.zeros((1, 0)))
+    grads: np.ndarray = field(default_factory=lambda: np.zeros((1, 0, 0)))
 
     @classmethod
-    def for_params(cls, params: FMParameters, parts: int = 1) -> Workspace:
-        k = params.num_factors
-        return cls(slot=np.full(params.feature_dim, -1, dtype=np.int32), parts=parts, k=k,
-                   sums=np.zeros((parts, k)), gV=np.zeros((parts, 0, k)))
+    def create(cls, feature_dim: int, k: int, parts: int, dtype, batch_size: int) -> Workspace:
+        ws = cls(parts=parts, k=k, sums=np.zeros((parts, k), dtype))
+        if batch_size > 1:
+            ws.slot = np.full(feature_dim, -1, dtype=np.int32)
+            ws.grads = np.zeros((parts, 0, k + 1))
+        return ws
 
     def reserve(self, chunk: SparseBatch, batch_size: int, feature_dim: int) -> None:
         """Grow the buffers to hold the distinct features of the chunk's largest mini-batch."""
@@ -70,8 +72,30 @@ class Workspace:
         if need > self.touched.size:
             need = min(feature_dim, max(need, 2 * self.touched.size))
             self.touched = np.zeros(need, np.int32)
-            self.gw = np.zeros((self.parts, need))
-            self.gV = np.zeros((self.parts, need, self.k))
+            self.grads = np.zeros((self.parts, need, self.k + 1))
+
+
+def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.ndarray,
+                bias: np.ndarray, table: np.ndarray, ws: Workspace, step: int) -> tuple[float, int]:
+    """One chunk through the kernel for ``mini_batch_size``: returns (summed loss, step)."""
+    opt = OPTIMIZER_IDS[hp["optimizer"]]
+    k = ws.k
+    batch_size = hp["mini_batch_size"]
+    if batch_size == 1:
+        return kernels.train_online(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
+                                    kind, opt, config, bias, table, k, ws.sums, step)
+    ws.reserve(chunk, batch_size, table.shape[0])
+    return kernels.train_minibatches(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
+                                     batch_size, kind, opt, config, bias, table, k, ws.slot,
+                                     ws.touched, ws.grads, ws.sums, step)
+
+
+def thread_parts(hp: dict[str, Any]) -> int:
+    """How many threads a chunk is cut across: mini-batches always split over numba's thread
+    count ($NUMBA_NUM_THREADS), deterministically; per-row training only when lock-free."""
+    if hp["mini_batch_size"] > 1 or hp["lock_free"]:
+        return numba.get_num_threads()
+    return 1
 
 
 def loss_kind(predictor_type: str) -> int:
@@ -91,19 +115,13 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     """
     release_large_blocks_to_os()
     params = params if params is not None else init_parameters(hp, dtype)
-    opt = OPTIMIZER_IDS[hp["optimizer"]]
     k = params.num_factors
-    table = training_table(params, opt)
-    w0 = params.w0.copy()
-    bias_state = np.zeros(2)
+    bias, table = training_tables(params, hp["optimizer"], hp)
     step = 0
-    # mini-batches are split across the cores (numba's thread count, $NUMBA_NUM_THREADS);
-    # the fused one-row loop (mini_batch_size=1) runs on one
-    parts = numba.get_num_threads() if hp["mini_batch_size"] > 1 else 1
-    ws = Workspace.for_params(params, parts)
-    del params  # the training table holds the weights from here on
-    config = kernel_config(hp)
     batch_size = hp["mini_batch_size"]
+    ws = Workspace.create(params.feature_dim, k, thread_parts(hp), table.dtype, batch_size)
+    del params  # the training tables hold the weights from here on
+    config = kernel_config(hp, table.dtype)
     kind = loss_kind(hp["predictor_type"])
     show = sys.stderr.isatty() if progress is None else progress
     rng = np.random.default_rng(hp["seed"])
@@ -118,11 +136,7 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
             for chunk in rebatch(source.blocks(), batch_size):
                 if hp["shuffle"]:
                     chunk = take(chunk, rng.permutation(chunk.n_rows))
-                ws.reserve(chunk, batch_size, table.shape[0])
-                chunk_loss, step = kernels.train_chunk(
-                    chunk.indptr, chunk.indices, chunk.values, chunk.labels, batch_size, kind,
-                    opt, config, w0, bias_state, table, k, ws.slot, ws.touched, ws.gw, ws.gV,
-                    ws.sums, step)
+                chunk_loss, step = train_chunk(hp, chunk, kind, config, bias, table, ws, step)
                 rows += chunk.n_rows
                 loss_sum += chunk_loss
                 bar.update(chunk.n_rows)
@@ -141,7 +155,7 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
             log.warning("training loss is not finite: lower the learning rates or set "
                         "clip_gradient")
         if validation is not None:
-            current = FMParameters.from_table(w0, table[:, : k + 1])  # a view, not a copy
+            current = FMParameters.from_table(bias[0, :1], table[:, : k + 1])  # a view, not a copy
             stats.validation_loss = validation_loss(hp, current, validation)
             log.info("#quality_metric: host=%s, epoch=%d, validation %s <loss>=%r", host, epoch,
                      VALIDATION_METRIC[hp["predictor_type"]], stats.validation_loss)
@@ -154,7 +168,8 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
                 break
     if best is not None:
         return best[2], history
-    return FMParameters.from_table(w0, np.ascontiguousarray(table[:, : k + 1])), history
+    return FMParameters.from_table(bias[0, :1].copy(),
+                                   np.ascontiguousarray(table[:, : k + 1])), history
 
 
 VALIDATION_METRIC = {"binary_classifier": "binary_classification_cross_entropy",
@@ -167,11 +182,3 @@ def validation_loss(hp: dict[str, Any], params: FMParameters, validation: Source
 
     metrics = FMModel(hp, params).evaluate(validation.blocks())
     return float(metrics[VALIDATION_METRIC[hp["predictor_type"]]])
-
-
-def training_table(params: FMParameters, optimizer_id: int) -> np.ndarray:
-    """The weight table widened with zeroed optimizer moments (see :mod:`fmkit.kernels.fm`)."""
-    width = kernels.table_width(params.num_factors, optimizer_id)
-    table = np.zeros((params.feature_dim, width), dtype=params.table.dtype)
-    table[:, : params.num_factors + 1] = params.table
-    return table

@@ -1,0 +1,218 @@
+"""One peer measurement per process, run with the peers' own interpreter (benchmarks/.peers).
+
+    python peer_tasks.py TASK TRAIN TEST FEATURES K THREADS EPOCHS OUT ROWS
+
+Prints one JSON object: rows, seconds, peak RSS, and writes the test-set probabilities to OUT
+(one per line) so the caller scores every implementation with the same metric code. ``ROWS``
+(0: all) limits the training rows for the slow peers. Nothing here imports fmkit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def peak_rss_mib() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def count_lines(path: str) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def load(path: str, features: int, rows: int = 0):
+    from sklearn.datasets import load_svmlight_file
+
+    X, y = load_svmlight_file(path, n_features=features, zero_based=True, dtype=np.float32)
+    if rows:
+        X, y = X[:rows], y[:rows]
+    return X.tocsr(), y
+
+
+def xlearn_fit(train: str, test: str, k: int, threads: int, epochs: int, out: str, *,
+               cold: bool, opt: str = "sgd"):
+    """xLearn's FM on text files; cold: its binary cache is removed first (parse included)."""
+    import xlearn as xl
+
+    cache = Path(train + ".bin")
+    if cold and cache.exists():
+        cache.unlink()
+    model = str(Path(out).with_suffix(".xlearn-model"))
+    fm = xl.create_fm()
+    fm.setTrain(train)
+    fm.setQuiet()  # no per-epoch loss pass: xLearn's fastest training mode
+    param = {"task": "binary", "lr": 0.2, "lambda": 0.00002, "k": k, "epoch": epochs,
+             "opt": opt, "nthread": threads, "stop_window": epochs + 1}
+    started = time.perf_counter()
+    fm.fit(param, model)
+    seconds = time.perf_counter() - started
+    fm.setTest(test)
+    fm.setSigmoid()
+    fm.predict(model, out)
+    return seconds
+
+
+def xlearn_predict(train: str, test: str, k: int, threads: int, out: str) -> tuple[int, float]:
+    """xLearn's predict over the training file (text in, probabilities out)."""
+    import xlearn as xl
+
+    model = str(Path(out).with_suffix(".xlearn-model"))
+    fm = xl.create_fm()
+    fm.setTrain(test)
+    fm.setQuiet()
+    fm.fit({"task": "binary", "k": k, "epoch": 1, "nthread": threads}, model)
+    fm = xl.create_fm()
+    fm.setTest(train)
+    fm.setSigmoid()
+    Path(train + ".bin").unlink(missing_ok=True)  # predict from the text, as fmkit does
+    started = time.perf_counter()
+    fm.predict(model, out + ".train")
+    seconds = time.perf_counter() - started
+    rows = count_lines(out + ".train")
+    os.unlink(out + ".train")
+    Path(out).write_text("")
+    return rows, seconds
+
+
+def fastfm_fit(train, test, features, k, epochs, out, rows):
+    from fastFM import sgd
+
+    X, y = load(train, features, rows)
+    fm = sgd.FMClassification(n_iter=epochs * X.shape[0], init_stdev=0.01, rank=k,
+                              l2_reg_w=0.0, l2_reg_V=0.0, step_size=0.01, random_state=0)
+    started = time.perf_counter()
+    fm.fit(X.tocsc(), np.where(y > 0, 1, -1))
+    seconds = time.perf_counter() - started
+    Xt, _ = load(test, features)
+    np.savetxt(out, fm.predict_proba(Xt.tocsc()), fmt="%.6f")
+    return X.shape[0], seconds
+
+
+def _ids(X) -> np.ndarray:
+    """The rows' feature ids as a dense (rows, fields) array (every row has the same count)."""
+    per_row = np.diff(X.indptr)
+    assert (per_row == per_row[0]).all(), "the torch peers need a fixed number of ids per row"
+    return X.indices.reshape(X.shape[0], per_row[0]).astype(np.int64)
+
+
+def torch_sparse_fit(train, test, features, k, threads, epochs, out, rows):
+    """A plain FM on nn.Embedding(sparse=True) with SGD: PyTorch's generic autograd path."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    X, y = load(train, features, rows)
+    ids, labels = torch.from_numpy(_ids(X)), torch.from_numpy(y.astype(np.float32))
+
+    class FM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Embedding(features, 1, sparse=True)
+            self.V = torch.nn.Embedding(features, k, sparse=True)
+            self.b = torch.nn.Parameter(torch.zeros(1))
+            torch.nn.init.normal_(self.w.weight, std=0.01)
+            torch.nn.init.normal_(self.V.weight, std=0.01)
+
+        def forward(self, x):
+            e = self.V(x)
+            pair = 0.5 * (e.sum(1).pow(2) - e.pow(2).sum(1)).sum(1)
+            return self.b + self.w(x).sum((1, 2)) + pair
+
+    model = FM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    started = time.perf_counter()
+    for _ in range(epochs):
+        for s in range(0, len(ids), 4096):
+            opt.zero_grad()
+            loss_fn(model(ids[s:s + 4096]), labels[s:s + 4096]).backward()
+            opt.step()
+    seconds = time.perf_counter() - started
+    Xt, _ = load(test, features)
+    with torch.no_grad():
+        np.savetxt(out, torch.sigmoid(model(torch.from_numpy(_ids(Xt)))).numpy(), fmt="%.6f")
+    return len(ids), seconds
+
+
+def torchfm_fit(train, test, features, k, threads, epochs, out, rows):
+    """torchfm's FactorizationMachineModel with Adam, as its examples train it."""
+    import torch
+    from torchfm.model.fm import FactorizationMachineModel
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    X, y = load(train, features, rows)
+    ids, labels = torch.from_numpy(_ids(X)), torch.from_numpy(y.astype(np.float32))
+    model = FactorizationMachineModel(np.array([features]), embed_dim=k)  # one shared id space
+    opt = torch.optim.Adam(model.parameters(), lr=0.001)
+    loss_fn = torch.nn.BCELoss()
+    started = time.perf_counter()
+    for _ in range(epochs):
+        for s in range(0, len(ids), 4096):
+            opt.zero_grad()
+            loss_fn(model(ids[s:s + 4096]), labels[s:s + 4096]).backward()
+            opt.step()
+    seconds = time.perf_counter() - started
+    Xt, _ = load(test, features)
+    with torch.no_grad():
+        np.savetxt(out, model(torch.from_numpy(_ids(Xt))).numpy(), fmt="%.6f")
+    return len(ids), seconds
+
+
+def deepctr_fit(train, test, features, k, threads, epochs, out, rows):
+    """DeepCTR-Torch's DeepFM without its DNN (linear + FM), the fields sharing one table."""
+    import torch
+    from deepctr_torch.inputs import SparseFeat
+    from deepctr_torch.models import DeepFM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    X, y = load(train, features, rows)
+    ids = _ids(X)
+    names = [f"f{j}" for j in range(ids.shape[1])]
+    columns = [SparseFeat(name, features, embedding_dim=k, embedding_name="ids")
+               for name in names]
+    model = DeepFM(columns, columns, dnn_hidden_units=(), task="binary", device="cpu", seed=0)
+    model.compile("adam", "binary_crossentropy")
+    inputs = {name: ids[:, j] for j, name in enumerate(names)}
+    started = time.perf_counter()
+    model.fit(inputs, y, batch_size=4096, epochs=epochs, verbose=0)
+    seconds = time.perf_counter() - started
+    Xt, _ = load(test, features)
+    test_ids = _ids(Xt)
+    probs = model.predict({name: test_ids[:, j] for j, name in enumerate(names)}, 4096)
+    np.savetxt(out, probs.ravel(), fmt="%.6f")
+    return len(ids), seconds
+
+
+def main() -> None:
+    task, train, test = sys.argv[1:4]
+    features, k, threads, epochs = (int(a) for a in sys.argv[4:8])
+    out, rows = sys.argv[8], int(sys.argv[9])
+    if task == "xlearn_predict":
+        n, seconds = xlearn_predict(train, test, k, threads, out)
+    elif task.startswith("xlearn_"):  # xlearn_<optimizer>[_cold]
+        seconds = xlearn_fit(train, test, k, threads, epochs, out,
+                             cold=task.endswith("_cold"), opt=task.split("_")[1])
+        n = count_lines(train)
+    elif task == "fastfm":
+        n, seconds = fastfm_fit(train, test, features, k, epochs, out, rows)
+    else:
+        fit = {"torch_sparse": torch_sparse_fit, "torchfm": torchfm_fit,
+               "deepctr": deepctr_fit}[task]
+        n, seconds = fit(train, test, features, k, threads, epochs, out, rows)
+    print(json.dumps({"rows": n * (epochs if "predict" not in task else 1), "seconds": seconds,
+                      "peak_rss_mib": peak_rss_mib()}))
+
+
+if __name__ == "__main__":
+    main()
