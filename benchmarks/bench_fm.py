@@ -1,22 +1,21 @@
-"""FM training and prediction speed and peak memory on synthetic CTR data.
+"""FM training and prediction: fmkit against xLearn, fastFM and PyTorch peers, in one run.
 
-    python benchmarks/bench_fm.py [--rows 1000000] [--fields 39] [--features 1000000] [-k 8]
+    python benchmarks/bench_fm.py [--rows 1000000] [--features 1000000] [-k 8] [--no-peers]
 
-Generates (once, cached in benchmarks/.cache/) a libsvm file from a planted FM: ``--rows`` rows,
-``--fields`` one-hot categorical fields with Zipf-distributed ids hashed into a
-``--features``-wide space. Each measurement runs in its own process so its peak RSS is its own.
-Rows are timed end to end (parsing included) unless the row says "parsed"; the first, untimed
-run of each process compiles or loads the cached kernels.
-
-Peer in the same run: scikit-learn's SGDClassifier (log loss), a compiled linear model, not an FM:
-it shows what a well-tuned compiled Python-stack learner does on the same rows. The speed issue
-adds xLearn, libFM, fastFM and PyTorch peers.
+Generates (once, cached in benchmarks/.cache/) a planted-FM CTR dataset: ``--rows`` training
+rows and a tenth as many test rows, 39 one-hot fields with Zipf-distributed ids hashed into a
+``--features``-wide space, labels drawn from a known FM (its probabilities give the oracle AUC).
+Installs the peers on first use into their own environment, benchmarks/.peers (see
+``PEER_STEPS``; xLearn builds from PyPI with $USER set). Every measurement runs in its own
+process, so its peak RSS (VmHWM) is its own; every trained model scores the same test rows
+with the same metric code. Ratios compare each fmkit row with the peer row it names.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,109 +23,156 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
+PEERS = HERE / ".peers"
+PEER_PYTHON = PEERS / "venv" / "bin" / "python"
+PEER_CONSTRAINTS = HERE / "peers-constraints.txt"
+# Each step is a pip install into the peers' venv (fastFM needs Cython and numpy<2 at hand).
+PEER_STEPS = [
+    ["pip", "install", "numpy", "scipy", "scikit-learn", "cython", "wheel", "setuptools",
+     "requests"],
+    ["pip", "install", "xlearn"],
+    ["pip", "install", "--no-build-isolation", "fastFM"],
+    ["pip", "install", "torch==2.13.0", "torchfm", "deepctr-torch"],
+]
 
-# Each task runs in a fresh interpreter and prints one JSON object: {"rows", "seconds", ...}.
-TASKS = {
-    "parse": """
+# fmkit tasks: each runs in a fresh interpreter and prints one JSON object.
+FMKIT_PRELUDE = """
+import json, re, sys, time
+from pathlib import Path
+import numpy as np
+import numba
+TRAIN, TEST, D, K, OUT = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+OPTIONS = json.loads(sys.argv[6])
+numba.set_num_threads(OPTIONS.get("threads", numba.config.NUMBA_NUM_THREADS))
 from fmkit.data.sources import FileSource
-src = FileSource(PATH, "libsvm", D, index_base=0, labels="binary")
-for _ in src.blocks(): pass                       # warm-up (compile / load cache)
+from fmkit.hyperparameters import validate
+from fmkit.model import FMModel
+from fmkit.train.trainer import train
+def blocks(path):
+    return list(FileSource(path, "libsvm", D, index_base=0, labels="binary").blocks())
+def hyperparameters():
+    return validate(dict(feature_dim=D, num_factors=K, predictor_type="binary_classifier",
+                         epochs=1, mini_batch_size=1, **OPTIONS.get("hp", {})))
+def score_test(hp, params):
+    model = FMModel(hp, params)
+    scores = [model.scores(model.logits(b)) for b in blocks(TEST)]
+    np.save(Path(OUT).with_suffix(".npy"), np.concatenate(scores))
+class Parsed:
+    name = "parsed"
+    def __init__(self, blocks): self._blocks = blocks
+    def blocks(self): return iter(self._blocks)
+"""
+FMKIT_TASKS = {
+    "parse": """
+src = FileSource(TRAIN, "libsvm", D, index_base=0, labels="binary", cache=OPTIONS["cache"])
+for _ in src.blocks(): pass                     # warm-up: compile, and write the cache if asked
 t = time.perf_counter(); rows = sum(b.n_rows for b in src.blocks())
 result = dict(rows=rows, seconds=time.perf_counter() - t)
 """,
-    "train_file": """
-from fmkit.data.sources import FileSource
-from fmkit.hyperparameters import validate
-from fmkit.train.trainer import train
-hp = validate(dict(feature_dim=D, num_factors=K, predictor_type="binary_classifier", epochs=1,
-                   mini_batch_size=1000, linear_lr=0.001, factors_lr=0.001))
-warm = validate({**hp, "feature_dim": 10})
-from fmkit.data.sources import ArraySource
-import scipy.sparse as sp
-train(warm, ArraySource(sp.eye(10, format="csr"), np.ones(10), labels="binary"), progress=False)
-src = FileSource(PATH, "libsvm", D, index_base=0, labels="binary")
-t = time.perf_counter(); params, history = train(hp, src, progress=False)
-result = dict(rows=history[0].rows, seconds=time.perf_counter() - t)
-""",
     "train_parsed": """
-from fmkit.data.sources import FileSource
-from fmkit.hyperparameters import validate
-from fmkit.train.trainer import train
-hp = validate(dict(feature_dim=D, num_factors=K, predictor_type="binary_classifier", epochs=1,
-                   mini_batch_size=BATCH, optimizer=OPTIMIZER, linear_lr=0.001,
-                   factors_lr=0.001))
-blocks = list(FileSource(PATH, "libsvm", D, index_base=0, labels="binary").blocks())
-class Parsed:
-    name = "parsed"
-    def blocks(self): return iter(blocks)
-train({**hp, "epochs": 1}, Parsed(), progress=False)   # warm-up epoch (not timed)
-t = time.perf_counter(); params, history = train(hp, Parsed(), progress=False)
+hp = hyperparameters()
+data = Parsed(blocks(TRAIN))
+train(validate({**hp, "feature_dim": 100}), Parsed(blocks(TEST)[:1]), progress=False)  # compile
+t = time.perf_counter(); params, history = train(hp, data, progress=False)
 result = dict(rows=history[0].rows, seconds=time.perf_counter() - t)
+score_test(hp, params)
+""",
+    "train_file": """
+from fmkit import jobs
+hp = hyperparameters()
+train(validate({**hp, "feature_dim": 100}), Parsed(blocks(TEST)[:1]), progress=False)  # compile
+t = time.perf_counter()
+model, _ = jobs.train_files(hp, TRAIN, Path(OUT).with_suffix(".model"), index_base=0,
+                            progress=False)
+result = dict(rows=sum(1 for _ in open(TRAIN, "rb")), seconds=time.perf_counter() - t)
+score_test(hp, model.params)
 """,
     "predict_parsed": """
-from fmkit.data.sources import FileSource
-from fmkit.hyperparameters import validate
-from fmkit.model import FMModel
 from fmkit.models.fm import init_parameters
-hp = validate(dict(feature_dim=D, num_factors=K, predictor_type="binary_classifier"))
+hp = hyperparameters()
 model = FMModel(hp, init_parameters(hp))
-blocks = list(FileSource(PATH, "libsvm", D, index_base=0).blocks())
-for b in blocks[:1]: model.logits(b)
-t = time.perf_counter(); rows = 0
-for b in blocks:
-    model.logits(b); rows += b.n_rows
+data = blocks(TRAIN)
+model.logits(data[0])
+t = time.perf_counter(); rows = sum(model.logits(b).size for b in data)
 result = dict(rows=rows, seconds=time.perf_counter() - t)
 """,
-    "predict_cli": """
-from fmkit.data.sources import FileSource
-from fmkit.hyperparameters import validate
-from fmkit.model import FMModel
-from fmkit.models.fm import init_parameters
+    "predict_file": """
 from fmkit import jobs
-hp = validate(dict(feature_dim=D, num_factors=K, predictor_type="binary_classifier"))
-FMModel(hp, init_parameters(hp)).save(CACHE / "bench-model")
+from fmkit.models.fm import init_parameters
+hp = hyperparameters()
+model_dir = FMModel(hp, init_parameters(hp)).save(Path(OUT).with_suffix(".model"))
+jobs.predict_files(model_dir, TEST, OUT + ".warm")            # compile
 t = time.perf_counter()
-rows = jobs.predict_files(CACHE / "bench-model", PATH, CACHE / "bench-predictions.jsonl")
+rows = jobs.predict_files(model_dir, TRAIN, OUT + ".jsonl")
 result = dict(rows=rows, seconds=time.perf_counter() - t)
-""",
-    "sklearn_sgd_parsed": """
-from fmkit.data.sources import FileSource
-from fmkit.data.batch import concat
-import scipy.sparse as sp
-from sklearn.linear_model import SGDClassifier
-b = concat(list(FileSource(PATH, "libsvm", D, index_base=0, labels="binary").blocks()))
-X = sp.csr_matrix((b.values, b.indices, b.indptr), shape=(b.n_rows, D))
-t = time.perf_counter()
-SGDClassifier(loss="log_loss", max_iter=1, tol=None, learning_rate="constant", eta0=0.01,
-              shuffle=False).fit(X, b.labels)
-result = dict(rows=b.n_rows, seconds=time.perf_counter() - t)
 """,
 }
-
-PRELUDE = """
-import json, sys, time
-from pathlib import Path
-import numpy as np
-PATH, D, K, CACHE = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-BATCH, OPTIMIZER = int(sys.argv[5]), sys.argv[6]
-"""
-EPILOGUE = """
-import re  # VmHWM: unlike ru_maxrss it does not carry the parent's size across exec
+FMKIT_EPILOGUE = """
 status = open("/proc/self/status").read()
 result["peak_rss_mib"] = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024
 print(json.dumps(result))
 """
 
+SGD = {"optimizer": "sgd", "bias_lr": 0.05, "linear_lr": 0.05, "factors_lr": 0.05,
+       "bias_wd": 0.0, "linear_wd": 1e-6, "factors_wd": 1e-6}
 
-def make_data(rows: int, fields: int, features: int, seed: int = 0) -> Path:
-    """The benchmark file, generated once per shape and cached."""
+
+def adaptive(name: str, lr: float) -> dict:
+    return {**SGD, "optimizer": name, "bias_lr": lr, "linear_lr": lr, "factors_lr": lr}
+
+
+# (label, runner, task, options, compare-to label or None)
+ROWS = [
+    ("fmkit parse libsvm, 2 threads", "fmkit", "parse", {"cache": False}, None),
+    ("fmkit parse, binary cache", "fmkit", "parse", {"cache": True}, None),
+    ("xLearn sgd 1 thread, cold (text->bin + train)", "peer", "xlearn_sgd_cold",
+     {"threads": 1}, None),
+    ("xLearn sgd 1 thread, cached bin", "peer", "xlearn_sgd", {"threads": 1}, None),
+    ("xLearn sgd 2 threads, cold", "peer", "xlearn_sgd_cold", {"threads": 2}, None),
+    ("xLearn sgd 2 threads, cached bin", "peer", "xlearn_sgd", {"threads": 2}, None),
+    ("xLearn adagrad 1 thread, cached bin", "peer", "xlearn_adagrad", {"threads": 1}, None),
+    ("xLearn predict file, 2 threads", "peer", "xlearn_predict", {"threads": 2}, None),
+    ("fastFM sgd (200k rows)", "peer", "fastfm", {"threads": 1, "rows": 200_000}, None),
+    ("PyTorch sparse Embedding+SGD b4096, 1 thread (200k)", "peer", "torch_sparse",
+     {"threads": 1, "rows": 200_000}, None),
+    ("torchfm FM, Adam b4096, 1 thread (100k)", "peer", "torchfm",
+     {"threads": 1, "rows": 100_000}, None),
+    ("DeepCTR-Torch DeepFM w/o DNN, 1 thread (100k)", "peer", "deepctr",
+     {"threads": 1, "rows": 100_000}, None),
+    ("fmkit sgd 1 thread, parsed", "fmkit", "train_parsed", {"threads": 1, "hp": SGD},
+     "xLearn sgd 1 thread, cached bin"),
+    ("fmkit sgd 2 threads (Hogwild), parsed", "fmkit", "train_parsed",
+     {"threads": 2, "hp": SGD}, "fmkit sgd 1 thread, parsed"),
+    ("fmkit sgd 2 threads, from text file (cold)", "fmkit", "train_file",
+     {"threads": 2, "hp": SGD}, "xLearn sgd 2 threads, cold"),
+    ("fmkit adagrad 1 thread, parsed", "fmkit", "train_parsed",
+     {"threads": 1, "hp": adaptive("adagrad", 0.05)}, "fmkit sgd 1 thread, parsed"),
+    ("fmkit adam 1 thread, parsed", "fmkit", "train_parsed",
+     {"threads": 1, "hp": adaptive("adam", 0.002)}, "fmkit sgd 1 thread, parsed"),
+    ("fmkit ftrl 1 thread, parsed", "fmkit", "train_parsed",
+     {"threads": 1, "hp": {**adaptive("ftrl", 0.05), "ftrl_beta": 1.0}},
+     "fmkit sgd 1 thread, parsed"),
+    ("fmkit adam b1000 2 threads (SageMaker's batch)", "fmkit", "train_parsed",
+     {"threads": 2, "hp": {**adaptive("adam", 0.002), "mini_batch_size": 1000}}, None),
+    ("fmkit predict parsed, 2 threads", "fmkit", "predict_parsed", {"threads": 2},
+     "xLearn predict file, 2 threads"),
+    ("fmkit predict file -> JSON Lines, 2 threads", "fmkit", "predict_file", {"threads": 2},
+     "xLearn predict file, 2 threads"),
+]
+
+
+def make_data(rows: int, fields: int, features: int, seed: int = 0) -> tuple[Path, Path]:
+    """Train and test files from one planted FM (generated once per shape, cached); the test
+    rows' true probabilities are saved beside them for the oracle's scores."""
     import numpy as np
 
     from fmkit.models.fm import FMParameters, sigmoid
 
-    path = CACHE / f"ctr-{rows}x{fields}-{features}.libsvm"
-    if path.exists():
-        return path
+    stem = CACHE / f"ctr-{rows}x{fields}-{features}"
+    paths = stem.with_suffix(".libsvm"), stem.with_suffix(".test.libsvm")
+    oracle = stem.with_suffix(".oracle.npy")
+    if all(p.exists() for p in (*paths, oracle)):
+        return paths
     CACHE.mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     per_field = features // fields
@@ -136,70 +182,114 @@ def make_data(rows: int, fields: int, features: int, seed: int = 0) -> Path:
     hashing = rng.permutation(features)
     truth = FMParameters(np.array([-1.5]), rng.normal(0, 0.3, features),
                          rng.normal(0, 0.15, (features, 4)))
-    tmp = path.with_suffix(".partial")
-    with open(tmp, "w") as f:
-        for start in range(0, rows, 100_000):
-            n = min(100_000, rows - start)
-            ranks = np.minimum(np.searchsorted(cdf, rng.random((n, fields))), per_field - 1)
-            ids = np.sort(hashing[ranks + np.arange(fields) * per_field], axis=1)
-            lin = truth.w[ids].sum(1)
-            s = truth.V[ids].sum(1)
-            pair = 0.5 * ((s * s).sum(1) - (truth.V[ids] ** 2).sum((1, 2)))
-            y = rng.random(n) < sigmoid(truth.w0[0] + lin + pair)
-            lines = [f"{int(label)} " + " ".join(f"{i}:1" for i in row)
-                     for label, row in zip(y, ids)]
-            f.write("\n".join(lines) + "\n")
-    tmp.rename(path)
-    return path
+    for path, n_rows in zip(paths, (rows, rows // 10)):
+        tmp = path.with_suffix(".partial")
+        probabilities = []
+        with open(tmp, "w") as f:
+            for start in range(0, n_rows, 100_000):
+                n = min(100_000, n_rows - start)
+                ranks = np.minimum(np.searchsorted(cdf, rng.random((n, fields))), per_field - 1)
+                ids = np.sort(hashing[ranks + np.arange(fields) * per_field], axis=1)
+                s = truth.V[ids].sum(1)
+                pair = 0.5 * ((s * s).sum(1) - (truth.V[ids] ** 2).sum((1, 2)))
+                p = sigmoid(truth.w0[0] + truth.w[ids].sum(1) + pair)
+                probabilities.append(p)
+                y = rng.random(n) < p
+                lines = [f"{int(label)} " + " ".join(f"{i}:1" for i in row)
+                         for label, row in zip(y, ids)]
+                f.write("\n".join(lines) + "\n")
+        tmp.rename(path)
+    np.save(oracle, np.concatenate(probabilities))
+    return paths
 
 
-def run_task(name: str, path: Path, features: int, k: int, batch: int = 1000,
-             optimizer: str = "adam") -> dict:
-    code = PRELUDE + TASKS[name] + EPILOGUE
-    out = subprocess.run([sys.executable, "-c", code, str(path), str(features), str(k),
-                          str(CACHE), str(batch), optimizer], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def ensure_peers() -> None:
+    """Create benchmarks/.peers/venv and install the peers (pinned), once."""
+    marker = PEERS / "installed"
+    if marker.exists() and marker.read_text() == PEER_CONSTRAINTS.read_text():
+        return
+    print("installing peers into benchmarks/.peers (once; xLearn compiles, ~3 minutes)",
+          flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(PEERS / "venv")], check=True)
+    env = {**os.environ, "USER": os.environ.get("USER") or "bench"}  # xLearn's build needs it
+    for step in PEER_STEPS:
+        subprocess.run([str(PEERS / "venv" / "bin" / step[0]), *step[1:], "-q", "-c",
+                        str(PEER_CONSTRAINTS)], check=True, env=env)
+    marker.write_text(PEER_CONSTRAINTS.read_text())
+
+
+def run(runner: str, task: str, options: dict, train: Path, test: Path, features: int,
+        k: int, out: Path) -> dict:
+    if runner == "fmkit":
+        code = FMKIT_PRELUDE + FMKIT_TASKS[task] + FMKIT_EPILOGUE
+        command = [sys.executable, "-c", code, str(train), str(test), str(features), str(k),
+                   str(out), json.dumps(options)]
+    else:
+        command = [str(PEER_PYTHON), str(HERE / "peer_tasks.py"), task, str(train), str(test),
+                   str(features), str(k), str(options.get("threads", 1)), "1", str(out),
+                   str(options.get("rows", 0))]
+    env = {**os.environ, "USER": os.environ.get("USER") or "bench"}  # xLearn reads it
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{task} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def quality(out: Path, test: Path, features: int) -> tuple[float, float] | None:
+    """Test AUC and log loss of the probabilities a task wrote (None if it wrote none)."""
+    import numpy as np
+
+    from fmkit import metrics
+    from fmkit.data.sources import FileSource
+
+    path = out if out.exists() else out.with_suffix(".npy")
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    p = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
+    labels = np.concatenate([b.labels for b in
+                             FileSource(test, "libsvm", features, 0, labels="binary").blocks()])
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return metrics.auc(labels, p), metrics.log_loss_from_logits(labels, np.log(p / (1 - p)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--fields", type=int, default=39)
     parser.add_argument("--features", type=int, default=1_000_000)
     parser.add_argument("-k", type=int, default=8)
+    parser.add_argument("--no-peers", action="store_true", help="fmkit rows only")
+    parser.add_argument("--only", help="run only the rows whose label contains this text")
     args = parser.parse_args()
     started = time.perf_counter()
-    path = make_data(args.rows, args.fields, args.features)
-    print(f"data: {path.name} ({path.stat().st_size / 2**20:.0f} MiB, {args.rows} rows, "
-          f"{args.fields} fields, {args.features} features), k={args.k}, "
-          f"prepared in {time.perf_counter() - started:.1f} s")
-    model_mib = args.features * (args.k + 1) * 4 / 2**20
-    print(f"model: {model_mib:.0f} MiB float32 weights; Adam state: {2 * model_mib:.0f} MiB")
-    # (label, task, mini_batch_size, optimizer)
-    rows = [
-        ("parse libsvm (2 threads)", "parse", 0, ""),
-        ("train from file, adam, batch 1000", "train_file", 1000, "adam"),
-        ("train parsed, adam, batch 1000", "train_parsed", 1000, "adam"),
-        ("train parsed, adagrad, batch 1000", "train_parsed", 1000, "adagrad"),
-        ("train parsed, sgd, batch 1000", "train_parsed", 1000, "sgd"),
-        ("train parsed, adam, batch 1 (fused)", "train_parsed", 1, "adam"),
-        ("train parsed, sgd, batch 1 (fused)", "train_parsed", 1, "sgd"),
-        ("predict parsed (2 threads)", "predict_parsed", 0, ""),
-        ("predict file -> JSON Lines", "predict_cli", 0, ""),
-        ("peer: sklearn SGDClassifier (linear)", "sklearn_sgd_parsed", 0, ""),
-    ]
-    results = [run_task(task, path, args.features, args.k, batch or 1000, opt or "adam")
-               for _, task, batch, opt in rows]
-    reference = results[2]["rows"] / results[2]["seconds"]
-    title = f"fmkit task (k={args.k}, 1 epoch)"
-    print(f"\n{title:<40}{'rows/s':>12}{'seconds':>9}"
-          f"{'peak RSS MiB':>14}{'vs train parsed adam 1000':>27}")
-    for (label, *_), r in zip(rows, results):
-        rate = r["rows"] / r["seconds"]
-        print(f"{label:<40}{rate:>12,.0f}{r['seconds']:>9.2f}{r['peak_rss_mib']:>14.0f}"
-              f"{rate / reference:>26.2f}x")
+    train, test = make_data(args.rows, 39, args.features)
+    print(f"data: {train.name} ({train.stat().st_size / 2**20:.0f} MiB, {args.rows} rows; "
+          f"test {args.rows // 10} rows), 39 fields, {args.features} features, k={args.k}, "
+          f"1 epoch; prepared in {time.perf_counter() - started:.1f} s")
+    rows = [r for r in ROWS if not (args.no_peers and r[1] == "peer")
+            and (not args.only or args.only in r[0])]
+    if any(r[1] == "peer" for r in rows):
+        ensure_peers()
+    results: dict[str, dict] = {}
+    oracle = quality(train.with_suffix(".oracle.npy"), test, args.features)
+    print(f"oracle (true probabilities): test AUC {oracle[0]:.4f}, log loss {oracle[1]:.4f}\n")
+    header = (f"{'implementation':<52}{'rows/s':>11}{'peak RSS MiB':>13}{'test AUC':>9}"
+              f"{'logloss':>8}  ratio")
+    print(header)
+    print("-" * len(header))
+    for label, runner, task, options, compare in rows:
+        out = CACHE / f"out-{len(results)}.txt"
+        for stale in (out, out.with_suffix(".npy")):
+            stale.unlink(missing_ok=True)
+        r = run(runner, task, options, train, test, args.features, args.k, out)
+        r["rate"] = r["rows"] / r["seconds"]
+        results[label] = r
+        scored = quality(out, test, args.features)
+        auc, loss = (f"{scored[0]:.4f}", f"{scored[1]:.4f}") if scored else ("", "")
+        ratio = ""
+        if compare in results:
+            ratio = f"{r['rate'] / results[compare]['rate']:.2f}x {compare}"
+        print(f"{label:<52}{r['rate']:>11,.0f}{r['peak_rss_mib']:>13,.0f}{auc:>9}{loss:>8}"
+              f"  {ratio}", flush=True)
 
 
 if __name__ == "__main__":

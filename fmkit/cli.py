@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="libsvm feature indices start at 0 or 1 (auto: 0 if index 0 occurs)")
     p.add_argument("--hyperparameters", metavar="FILE.json",
                    help="JSON object of hyperparameters (strings accepted, as SageMaker's)")
+    p.add_argument("--cache", action="store_true",
+                   help="keep a binary copy of parsed text files in $FMKIT_CACHE_DIR (default "
+                   "~/.cache/fmkit), keyed by path, size and mtime: later epochs and runs skip "
+                   "parsing")
     p.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
     p.add_argument("assignments", nargs="*", metavar="NAME=VALUE",
                    help="hyperparameters, overriding --hyperparameters")
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs.train_files(hp, args.train, args.model_dir, test_path=args.test,
                              validation_path=args.validation,
                              fmt=args.format, index_base=args.index_base,
-                             progress=False if args.quiet else None)
+                             progress=False if args.quiet else None, cache=args.cache)
         elif args.command == "evaluate":
             print(strict_json(jobs.evaluate_files(args.model_dir, args.data, fmt=args.format)))
         elif args.command == "predict":

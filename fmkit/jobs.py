@@ -42,19 +42,21 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
                 model_dir: str | Path, *, test_path: str | Path | None = None,
                 validation_path: str | Path | None = None, fmt: str = "auto",
                 index_base: str | int = "auto", progress: bool | None = None,
-                host: str = DEFAULT_HOST) -> tuple[FMModel, dict[str, Any]]:
+                host: str = DEFAULT_HOST, cache: bool = False) -> tuple[FMModel, dict[str, Any]]:
     """Train on a channel, score the optional test channel, write the model directory.
 
-    An optional validation channel is scored after every epoch for early stopping.
+    An optional validation channel is scored after every epoch for early stopping. ``cache``
+    keeps a binary copy of parsed text channels (see :mod:`fmkit.data.cache`).
 
     Returns the model and the metrics written to ``metrics.json``.
     """
     hp = validate(hyperparameters)
-    source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp["predictor_type"]))
+    source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp["predictor_type"]),
+                        cache=cache)
     source.index_base = _index_base(source, index_base)
     channels = {
         name: FileSource(path, source.fmt, hp["feature_dim"], source.index_base,
-                         labels=label_mode(hp["predictor_type"]))
+                         labels=label_mode(hp["predictor_type"]), cache=cache)
         for name, path in (("test", test_path), ("validation", validation_path))
         if path is not None
     }

@@ -100,6 +100,11 @@ BAD_LIBSVM = [
     ("1 1:0.5\nyes 2:1\n", 2, "non-numeric value in 'yes'"),
     ("1 1:0.5\n\n2 2:1\n", 3, "label 2 is not valid for a binary classifier"),
     ("1 1:0.5\n0 2:1 2:3\n", 2, "feature index 2 appears twice in the row"),
+    ("1 1:0.5\n0 5:1 2:1 7:1 5:3\n", 2, "feature index 5 appears twice in the row"),
+    ("1 3:1 1:1\n0 1:1 2:1 3:1\n1 4:1 qid:3 4:2\n", 3, "feature index 4 appears twice"),
+    ("1 1:0.5\r\n0 1:1 99999999999:1\r\n", 2,
+     "feature index in '99999999999:1' is not a non-negative integer below 2^31"),
+    ("1 1:0.5\n0 1:1 2:\n", 2, "non-numeric value in '2:'"),
 ]
 
 

@@ -18,6 +18,7 @@ from numba import njit
 from fmkit.data import csv, libsvm, recordio
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES
+from fmkit.data.cache import cached_blocks
 from fmkit.errors import DataError
 
 # format name -> function streaming a file's parsed blocks
@@ -67,16 +68,27 @@ def detect_format(path: str | Path) -> str:
 
 @njit(cache=True)
 def _find_bad_index(indptr, indices, feature_dim, mark, stamp):
-    """First ``(row, position, problem)`` with an id out of range (1) or repeated in its row (2)."""
+    """First ``(row, position, problem)`` with an id out of range (1) or repeated in its row (2).
+
+    A row whose ids ascend (as most writers emit them) has no repeat: only rows that do not
+    ascend are checked through ``mark``, the per-feature stamp of the row that last saw it.
+    """
     for r in range(indptr.size - 1):
-        row_stamp = stamp + r
-        for j in range(indptr[r], indptr[r + 1]):
+        lo, hi = indptr[r], indptr[r + 1]
+        ascending = True
+        for j in range(lo, hi):
             i = indices[j]
             if i < 0 or i >= feature_dim:
                 return r, j, 1
-            if mark[i] == row_stamp:
-                return r, j, 2
-            mark[i] = row_stamp
+            if j > lo and i <= indices[j - 1]:
+                ascending = False
+        if not ascending:
+            row_stamp = stamp + r
+            for j in range(lo, hi):
+                i = indices[j]
+                if mark[i] == row_stamp:
+                    return r, j, 2
+                mark[i] = row_stamp
     return -1, -1, 0
 
 
@@ -161,6 +173,7 @@ class FileSource:
     index_base: int = 0
     labels: str | None = None
     block_bytes: int = BLOCK_BYTES
+    cache: bool = False  # keep a binary copy of parsed text files (see fmkit.data.cache)
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -179,7 +192,11 @@ class FileSource:
         """Parsed blocks as written in the file: indices not shifted, nothing checked."""
         read = READERS[self.fmt]
         for file in self.files:
-            yield from read(file, self.block_bytes)
+            if self.cache and self.fmt != "recordio" and file.is_file():
+                yield from cached_blocks(file, self.fmt,
+                                         lambda file=file: read(file, self.block_bytes))
+            else:
+                yield from read(file, self.block_bytes)
 
     def blocks(self) -> Iterator[SparseBatch]:
         check = BatchChecker(self.feature_dim, self.index_base, self.labels)

@@ -1,0 +1,99 @@
+"""An optional binary cache of parsed text files, so later epochs and runs skip parsing.
+
+The first full read of a file writes its parsed blocks (CSR arrays as the parser made them,
+before any checks) to ``$FMKIT_CACHE_DIR`` (default ``~/.cache/fmkit``) under a name derived
+from the file's absolute path, size and modification time: a changed file gets a new entry, and
+an unchanged one is read back with plain ``readinto`` calls, a block at a time (memory stays
+bounded by one block, as with the text). The entry is written under a temporary name and renamed
+when the read completes, so an interrupted read never leaves a partial cache behind. Cached
+blocks go through the same checks as parsed ones, so errors read the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from fmkit.data.batch import SparseBatch
+
+MAGIC = b"FMKITCACHE1\n"
+_HEADER = struct.Struct("<qq")  # rows, nnz of one block
+# the arrays of a block, in file order: (attribute, dtype, length from (rows, nnz))
+_ARRAYS = (("indptr", np.int64, lambda rows, nnz: rows + 1),
+           ("indices", np.int32, lambda rows, nnz: nnz),
+           ("values", np.float32, lambda rows, nnz: nnz),
+           ("labels", np.float32, lambda rows, nnz: rows),
+           ("lines", np.int64, lambda rows, nnz: rows))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FMKIT_CACHE_DIR") or Path.home() / ".cache" / "fmkit")
+
+
+def cache_path(file: Path, fmt: str) -> Path:
+    """Where ``file``'s cache lives; the name changes with its path, size and mtime."""
+    stat = file.stat()
+    key = f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{fmt}"
+    return cache_dir() / f"{file.name}.{hashlib.sha256(key.encode()).hexdigest()[:20]}.bin"
+
+
+def _write_block(out: BinaryIO, batch: SparseBatch) -> None:
+    out.write(_HEADER.pack(batch.n_rows, batch.indices.size))
+    for name, dtype, _ in _ARRAYS:
+        out.write(np.ascontiguousarray(getattr(batch, name), dtype=dtype).data)
+
+
+def _read_blocks(path: Path, source: str) -> Iterator[SparseBatch]:
+    with open(path, "rb", buffering=0) as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            raise OSError(f"{path}: not an fmkit cache file")
+        while header := f.read(_HEADER.size):
+            rows, nnz = _HEADER.unpack(header)
+            arrays = {}
+            for name, dtype, length in _ARRAYS:
+                array = np.empty(length(rows, nnz), dtype=dtype)
+                if f.readinto(array.data.cast("B")) != array.nbytes:
+                    raise OSError(f"{path}: truncated cache file")
+                arrays[name] = array
+            yield SparseBatch(**arrays, source=source)
+
+
+def cached_blocks(file: Path, fmt: str,
+                  parse: Callable[[], Iterator[SparseBatch]]) -> Iterator[SparseBatch]:
+    """The parsed blocks of ``file``: from its cache entry if there is one, else from
+    ``parse()``, writing the entry on the way (a failed write only loses the cache)."""
+    path = cache_path(file, fmt)
+    if path.exists():
+        yield from _read_blocks(path, str(file))
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(tmp, "wb")  # noqa: SIM115 - closed in the finally below
+        out.write(MAGIC)
+    except OSError:
+        yield from parse()
+        return
+    writing = complete = False
+    try:
+        writing = True
+        for batch in parse():
+            if writing:
+                try:
+                    _write_block(out, batch)
+                except OSError:  # e.g. a full disk: keep training, give up the cache
+                    writing = False
+            yield batch
+        complete = writing
+    finally:
+        out.close()
+        if complete:
+            os.replace(tmp, path)
+        else:
+            tmp.unlink(missing_ok=True)
