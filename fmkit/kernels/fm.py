@@ -185,8 +185,8 @@ def _rows_trainer(opt: int):
     compiled code (a run-time switch among the four rules halves the rate)."""
 
     @njit(cache=True, fastmath=FAST, error_model="numpy")
-    def train_rows(indptr, indices, values, labels, lo, hi, loss_kind, cfg, B, T, k, sums, step,
-                   stride):
+    def train_rows(indptr, indices, values, labels, order, lo, hi, loss_kind, cfg, B, T, k, sums,
+                   step, stride):
         """The per-row loop of libFM and xLearn, fused: each row's update follows its forward pass
         while its weights are in cache. Rows ``lo:hi``; the row's Adam step is ``step + stride *
         (r - lo + 1)``. Returns the summed loss of the rows before their updates.
@@ -201,7 +201,8 @@ def _rows_trainer(opt: int):
         # Adam's beta^t, advanced by a product per row rather than a power
         b1_t, b2_t = np.float64(cfg[BETA1]) ** step, np.float64(cfg[BETA2]) ** step
         b1_stride, b2_stride = np.float64(cfg[BETA1]) ** stride, np.float64(cfg[BETA2]) ** stride
-        for r in range(lo, hi):
+        for q in range(lo, hi):
+            r = order[q] if order.size else q
             z = np.float64(B[0, 0] + _row_forward(indptr, indices, values, r, T, k, sums))
             loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
             total_loss += loss
@@ -227,9 +228,10 @@ _sgd_rows, _adagrad_rows, _adam_rows, _ftrl_rows = (_rows_trainer(opt)
 
 
 @njit(cache=True)
-def _train_rows(indptr, indices, values, labels, lo, hi, loss_kind, opt, cfg, B, T, k, sums,
-                step, stride):
-    args = (indptr, indices, values, labels, lo, hi, loss_kind, cfg, B, T, k, sums, step, stride)
+def _train_rows(indptr, indices, values, labels, order, lo, hi, loss_kind, opt, cfg, B, T, k,
+                sums, step, stride):
+    args = (indptr, indices, values, labels, order, lo, hi, loss_kind, cfg, B, T, k, sums, step,
+            stride)
     if opt == SGD:
         return _sgd_rows(*args)
     if opt == ADAGRAD:
@@ -240,8 +242,10 @@ def _train_rows(indptr, indices, values, labels, lo, hi, loss_kind, opt, cfg, B,
 
 
 @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
-def train_online(indptr, indices, values, labels, loss_kind, opt, cfg, B, T, k, sums, step):
-    """Train on every row of a chunk, one update per row (``mini_batch_size=1``).
+def train_online(indptr, indices, values, labels, order, loss_kind, opt, cfg, B, T, k, sums,
+                 step):
+    """Train on every row of a chunk, one update per row (``mini_batch_size=1``), in the row
+    order ``order`` (a permutation; empty: as stored; shuffling by index saves copying rows).
 
     With more than one thread part (``len(sums)``), the chunk's rows are cut into that many
     ranges trained at once on the shared table without locks (Hogwild, as xLearn does by
@@ -253,15 +257,15 @@ def train_online(indptr, indices, values, labels, loss_kind, opt, cfg, B, T, k, 
     n = indptr.size - 1
     parts = sums.shape[0]
     if parts == 1:
-        loss = _train_rows(indptr, indices, values, labels, 0, n, loss_kind, opt, cfg, B, T,
-                           k, sums[0], step, 1)
+        loss = _train_rows(indptr, indices, values, labels, order, 0, n, loss_kind, opt, cfg,
+                           B, T, k, sums[0], step, 1)
         return loss, step + n
     losses = np.zeros(parts)
     biases = np.empty((parts, 16 + B.shape[1]), B.dtype)  # 16: a cache line apart
     for part in prange(parts):
         bias = biases[part:part + 1, : B.shape[1]]
         bias[0] = B[0]
-        losses[part] = _train_rows(indptr, indices, values, labels, part * n // parts,
+        losses[part] = _train_rows(indptr, indices, values, labels, order, part * n // parts,
                                    (part + 1) * n // parts, loss_kind, opt, cfg, bias, T, k,
                                    sums[part], step + part, parts)
     for c in range(B.shape[1]):

@@ -75,15 +75,23 @@ class Workspace:
             self.grads = np.zeros((self.parts, need, self.k + 1))
 
 
+NO_ORDER = np.zeros(0, dtype=np.int64)
+
+
 def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.ndarray,
-                bias: np.ndarray, table: np.ndarray, ws: Workspace, step: int) -> tuple[float, int]:
-    """One chunk through the kernel for ``mini_batch_size``: returns (summed loss, step)."""
+                bias: np.ndarray, table: np.ndarray, ws: Workspace, step: int,
+                order: np.ndarray = NO_ORDER) -> tuple[float, int]:
+    """One chunk through the kernel for ``mini_batch_size``, its rows taken in ``order`` (a
+    permutation; empty: as stored): returns (summed loss, step)."""
     opt = OPTIMIZER_IDS[hp["optimizer"]]
     k = ws.k
     batch_size = hp["mini_batch_size"]
     if batch_size == 1:
         return kernels.train_online(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
-                                    kind, opt, config, bias, table, k, ws.sums, step)
+                                    order.astype(np.int64), kind, opt, config, bias, table, k,
+                                    ws.sums, step)
+    if order.size:
+        chunk = take(chunk, order)
     ws.reserve(chunk, batch_size, table.shape[0])
     return kernels.train_minibatches(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
                                      batch_size, kind, opt, config, bias, table, k, ws.slot,
@@ -134,9 +142,9 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
         with tqdm(desc=f"epoch {epoch}/{epochs}", unit=" rows", unit_scale=True,
                   disable=not show, file=sys.stderr) as bar:
             for chunk in rebatch(source.blocks(), batch_size):
-                if hp["shuffle"]:
-                    chunk = take(chunk, rng.permutation(chunk.n_rows))
-                chunk_loss, step = train_chunk(hp, chunk, kind, config, bias, table, ws, step)
+                order = rng.permutation(chunk.n_rows) if hp["shuffle"] else NO_ORDER
+                chunk_loss, step = train_chunk(hp, chunk, kind, config, bias, table, ws, step,
+                                               order)
                 rows += chunk.n_rows
                 loss_sum += chunk_loss
                 bar.update(chunk.n_rows)
