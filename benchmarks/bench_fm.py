@@ -51,8 +51,8 @@ from fmkit.train.trainer import train
 def blocks(path):
     return list(FileSource(path, "libsvm", D, index_base=0, labels="binary").blocks())
 def hyperparameters():
-    return validate(dict(feature_dim=D, num_factors=K, predictor_type="binary_classifier",
-                         epochs=1, mini_batch_size=1, **OPTIONS.get("hp", {})))
+    return validate({"feature_dim": D, "num_factors": K, "epochs": 1, "mini_batch_size": 1,
+                     "predictor_type": "binary_classifier", **OPTIONS.get("hp", {})})
 def score_test(hp, params):
     model = FMModel(hp, params)
     scores = [model.scores(model.logits(b)) for b in blocks(TEST)]
@@ -112,13 +112,22 @@ rows = jobs.predict_files(model_dir, TRAIN, OUT + ".jsonl")
 result = dict(rows=rows, seconds=time.perf_counter() - t)
 """,
 }
+# the CLI in-process, then its own peak RSS (VmHWM) as the last line
+CLI_WITH_PEAK = """
+import json, re, sys
+from fmkit.cli import main
+code = main(sys.argv[1:])
+status = open("/proc/self/status").read()
+print(json.dumps({"peak_rss_mib": int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024}))
+sys.exit(code)
+"""
 FMKIT_EPILOGUE = """
 status = open("/proc/self/status").read()
 result["peak_rss_mib"] = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024
 print(json.dumps(result))
 """
 
-SGD = {"optimizer": "sgd", "bias_lr": 0.05, "linear_lr": 0.05, "factors_lr": 0.05,
+SGD = {"optimizer": "sgd", "bias_lr": 0.01, "linear_lr": 0.01, "factors_lr": 0.01,
        "bias_wd": 0.0, "linear_wd": 1e-6, "factors_wd": 1e-6}
 
 
@@ -240,6 +249,49 @@ def run(runner: str, task: str, options: dict, train: Path, test: Path, features
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def repeated(train: Path, times: int) -> Path:
+    """The training file written ``times`` over (10 x 1M rows = 10M rows), cached."""
+    path = train.with_name(f"{train.stem}-x{times}.libsvm")
+    if not path.exists():
+        tmp = path.with_suffix(".partial")
+        with open(tmp, "wb") as out:
+            for _ in range(times):
+                with open(train, "rb") as f:
+                    while chunk := f.read(1 << 24):
+                        out.write(chunk)
+        tmp.rename(path)
+    return path
+
+
+def memory_rows(train: Path, features: int, k: int) -> None:
+    """Peak RSS of ``fmkit train`` (the CLI, streaming the file) on 1M and 10M rows, against
+    the bound 1.5 x (model + optimizer state) + 200 MB."""
+    print("\nmemory: fmkit train --train FILE (streamed, 1 epoch), peak RSS of the process")
+    print(f"{'optimizer, rows':<40}{'rows/s':>11}{'peak RSS MiB':>13}{'model+state MiB':>16}"
+          f"{'bound MiB':>10}")
+    for optimizer, batch, state_blocks in (("sgd", 1, 1), ("adam", 1000, 3)):
+        # the training table pads Adam's 3 x (k+1) columns to whole cache lines
+        columns = (k + 1) * state_blocks
+        columns = -(-columns // 16) * 16 if -(-columns // 16) * 16 <= 1.25 * columns else columns
+        model_mib = features * columns * 4 / 2**20
+        for path, label in ((train, "1M"), (repeated(train, 10), "10M")):
+            command = [sys.executable, "-c", CLI_WITH_PEAK, "train", "--train", str(path),
+                       "--model-dir", str(CACHE / "memory-model"), "--index-base", "0",
+                       "--quiet", f"feature_dim={features}", f"num_factors={k}",
+                       "predictor_type=binary_classifier", f"optimizer={optimizer}",
+                       f"mini_batch_size={batch}", "linear_lr=0.01", "factors_lr=0.01"]
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            if done.returncode != 0:
+                raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+            peak = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+            rows = 10_000_000 if label == "10M" else 1_000_000
+            print(f"{optimizer + ' batch ' + str(batch) + ', ' + label + ' rows':<40}"
+                  f"{rows / seconds:>11,.0f}{peak:>13,.0f}{model_mib:>16,.0f}"
+                  f"{1.5 * model_mib + 200:>10,.0f}", flush=True)
+
+
 def quality(out: Path, test: Path, features: int) -> tuple[float, float] | None:
     """Test AUC and log loss of the probabilities a task wrote (None if it wrote none)."""
     import numpy as np
@@ -264,6 +316,8 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=8)
     parser.add_argument("--no-peers", action="store_true", help="fmkit rows only")
     parser.add_argument("--only", help="run only the rows whose label contains this text")
+    parser.add_argument("--memory", action="store_true",
+                        help="also train from 1M- and 10M-row files and report peak RSS")
     args = parser.parse_args()
     started = time.perf_counter()
     train, test = make_data(args.rows, 39, args.features)
@@ -295,6 +349,8 @@ def main() -> None:
             ratio = f"{r['rate'] / results[compare]['rate']:.2f}x {compare}"
         print(f"{label:<52}{r['rate']:>11,.0f}{r['peak_rss_mib']:>13,.0f}{auc:>9}{loss:>8}"
               f"  {ratio}", flush=True)
+    if args.memory:
+        memory_rows(train, args.features, args.k)
 
 
 if __name__ == "__main__":

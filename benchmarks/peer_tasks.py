@@ -146,6 +146,9 @@ def torch_sparse_fit(train, test, features, k, threads, epochs, out, rows):
 def torchfm_fit(train, test, features, k, threads, epochs, out, rows):
     """torchfm's FactorizationMachineModel with Adam, as its examples train it."""
     import torch
+
+    if not hasattr(np, "long"):  # torchfm 0.7.0 uses np.long (gone in numpy 1.24-1.26, which
+        np.long = np.int64  # fastFM needs beside it here); alias it rather than patch torchfm
     from torchfm.model.fm import FactorizationMachineModel
 
     torch.set_num_threads(threads)

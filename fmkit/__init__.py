@@ -4,9 +4,10 @@ The public surface: the scikit-learn style estimators, ``load`` for model direct
 file-based jobs behind the CLI (:mod:`fmkit.jobs`).
 """
 
+from typing import Any
+
 from fmkit._version import __version__
 from fmkit.errors import ArtifactError, DataError, FMKitError, HyperparameterError
-from fmkit.estimators import FMClassifier, FMRegressor, load
 
 __all__ = [
     "ArtifactError",
@@ -18,3 +19,14 @@ __all__ = [
     "__version__",
     "load",
 ]
+_ESTIMATORS = ("FMClassifier", "FMRegressor", "load")
+
+
+def __getattr__(name: str) -> Any:
+    # The estimators import scikit-learn (~100 MB and ~2 s): loaded on first use, so the CLI,
+    # the trainer and the server do not pay for them.
+    if name in _ESTIMATORS:
+        from fmkit import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'fmkit' has no attribute {name!r}")

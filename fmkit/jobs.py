@@ -27,7 +27,7 @@ from fmkit.train.trainer import train
 
 
 def _index_base(source: FileSource, index_base: str | int) -> int:
-    if source.fmt != "libsvm":
+    if source.fmt not in ("libsvm", "libffm"):
         return 0
     if str(index_base) == "auto":
         base = detect_index_base(source)

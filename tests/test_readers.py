@@ -209,3 +209,41 @@ def test_large_blocks_parsed_in_parallel_keep_line_numbers(tmp_path, bad_line):
     bad.write_text("\n".join(rows) + "\n")
     with pytest.raises(DataError, match=rf"bad.libsvm:{bad_line}: non-numeric value in '5:oops'"):
         read_all(FileSource(bad, "libsvm", 400, index_base=0, labels="binary"))
+
+
+def test_libffm_reads_as_its_features_like_xlearns_fm(tmp_path):
+    """xLearn's Criteo demo file: fields dropped, features and values in file order, as a plain
+    Python split of each ``field:feature:value`` token reads them; a feature id repeated across
+    fields of a row is one feature whose values add up."""
+    path = shared_file("criteo_xlearn_libffm", "small_train.txt")
+    assert detect_format(path) == "libffm"
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    expected_ids, expected_values = [], []
+    for row in rows:  # a feature id in two fields of a row: one feature, values summed
+        features: dict[int, float] = {}
+        for token in row[1:]:
+            _, feature, value = token.split(":")
+            features[int(feature)] = features.get(int(feature), 0.0) + float(value)
+        expected_ids += features
+        expected_values += features.values()
+    assert len(expected_ids) < sum(len(r) - 1 for r in rows), "the file has such repeats"
+    blocks = list(FileSource(path, "auto", 10000, labels="binary").blocks())
+    assert sum(b.n_rows for b in blocks) == len(rows) == 200
+    np.testing.assert_array_equal(np.concatenate([b.indices for b in blocks]), expected_ids)
+    np.testing.assert_allclose(np.concatenate([b.values for b in blocks]), expected_values,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([b.labels for b in blocks]),
+                                  [float(r[0]) for r in rows])
+
+
+@pytest.mark.parametrize("text,line,message", [
+    ("1 0:3:1\n0 1:4:1 5:1\n", 2, "expected FIELD:INDEX:VALUE (libffm), got '5:1'"),
+    ("1 0:3:1\n0 1:x:1\n", 2, "feature index in '1:x:1' is not a non-negative integer"),
+    ("1 0:3:1\n0 1:4:abc\n", 2, "non-numeric value in '1:4:abc'"),
+])
+def test_bad_libffm_records_name_file_and_line(tmp_path, text, line, message):
+    path = tmp_path / "bad.ffm"
+    path.write_text(text)
+    with pytest.raises(DataError) as e:
+        list(FileSource(path, "libffm", 100, labels="binary").blocks())
+    assert str(e.value).startswith(f"{path}:{line}: {message}")

@@ -1,4 +1,6 @@
-"""libsvm / svmlight text: ``label idx:val idx:val ... [# comment]``, one row per line.
+"""libsvm / svmlight text: ``label idx:val idx:val ... [# comment]``, one row per line, and
+libffm text: ``label field:idx:val ...`` (an FM reads its features and ignores the fields, as
+xLearn's FM does).
 
 Parsing happens a block at a time inside one compiled function (no Python loop per row).
 Indices are stored as written; the caller shifts them to 0-based (see :mod:`fmkit.data.sources`).
@@ -21,6 +23,7 @@ from fmkit.data.numbers import BAD_INDEX, BAD_NUMBER, NOT_FINITE, OK, parse_floa
 from fmkit.errors import DataError
 
 MISSING_COLON = 10
+MISSING_FIELD = 11
 
 _NL, _CR, _SPACE, _TAB, _HASH, _COLON = 10, 13, 32, 9, 35, 58
 
@@ -43,12 +46,27 @@ def _token_end(buf, p, n):
 
 
 @njit(cache=True)
-def _bad_pair(buf, start, end):
-    """The problem code of an ``INDEX:VALUE`` token whose index did not parse."""
+def _bad_pair(buf, start, end, ffm):
+    """The problem code of an ``[FIELD:]INDEX:VALUE`` token whose ids did not parse."""
+    colons = 0
     for q in range(start, end):
         if buf[q] == _COLON:
-            return BAD_INDEX
-    return MISSING_COLON
+            colons += 1
+    if colons == 0:
+        return MISSING_COLON
+    if ffm and colons == 1:
+        return MISSING_FIELD
+    return BAD_INDEX
+
+
+@njit(cache=True, inline="always")
+def _parse_id(buf, p, n):
+    """Digits at ``p`` as an int (stops past 2^31 - 1); returns ``(value, end)``."""
+    value = 0
+    while p < n and 48 <= buf[p] <= 57 and value <= 2147483647:
+        value = value * 10 + (buf[p] - 48)
+        p += 1
+    return value, p
 
 
 @njit(cache=True, inline="always")
@@ -58,8 +76,9 @@ def _is_qid(buf, start, n):
 
 
 @njit(cache=True)
-def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines):
-    """Parse whole lines of ``buf`` into preallocated CSR arrays, in one pass over the bytes.
+def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, ffm):
+    """Parse whole lines of ``buf`` into preallocated CSR arrays, in one pass over the bytes;
+    ``ffm``: the tokens are libffm's ``field:index:value`` (the field is checked, not kept).
 
     Returns ``(rows, nnz, code, token_start, token_end, line)``; ``code`` is 0 on success, else the
     problem found at ``buf[token_start:token_end]`` on ``line``.
@@ -85,16 +104,19 @@ def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines):
                 if p >= n or buf[p] == _NL or buf[p] == _HASH:
                     break
                 start = p
-                idx = 0
-                while p < n and 48 <= buf[p] <= 57 and idx <= 2147483647:
-                    idx = idx * 10 + (buf[p] - 48)
+                idx, p = _parse_id(buf, p, n)
+                good = p > start and p < n and buf[p] == _COLON and idx <= 2147483647
+                if good and ffm:  # that was the field: the index follows
                     p += 1
-                if p == start or p >= n or buf[p] != _COLON or idx > 2147483647:
+                    field_end = p
+                    idx, p = _parse_id(buf, p, n)
+                    good = p > field_end and p < n and buf[p] == _COLON and idx <= 2147483647
+                if not good:
                     te = _token_end(buf, start, n)
                     if p == start and _is_qid(buf, start, n):  # svmlight's qid:N: ignored
                         p = te
                         continue
-                    return row, nnz, _bad_pair(buf, start, te), start, te, line
+                    return row, nnz, _bad_pair(buf, start, te, ffm), start, te, line
                 p += 1
                 if p + 1 <= n and 48 <= buf[p] <= 57 and (p + 1 == n or _ends_token(buf[p + 1])):
                     val = np.float64(buf[p] - 48)  # the common one-digit value (one-hot "1")
@@ -126,6 +148,7 @@ def describe_problem(code: int, token: str) -> str:
         NOT_FINITE: f"value {token!r} is not finite (NaN or infinity)",
         BAD_INDEX: f"feature index in {token!r} is not a non-negative integer below 2^31",
         MISSING_COLON: f"expected INDEX:VALUE, got {token!r}",
+        MISSING_FIELD: f"expected FIELD:INDEX:VALUE (libffm), got {token!r}",
     }.get(code, f"cannot parse {token!r}")
 
 
@@ -133,7 +156,8 @@ PARALLEL_BYTES = 1 << 20  # blocks at least this large are parsed in parts acros
 
 
 @njit(cache=True, parallel=True)
-def _parse_parts(buf, bounds, row_at, nnz_at, indptr, indices, values, labels, lines, results):
+def _parse_parts(buf, bounds, row_at, nnz_at, indptr, indices, values, labels, lines, results,
+                 ffm):
     """:func:`parse_libsvm` on each part ``buf[bounds[p]:bounds[p+1]]`` (whole lines) in
     parallel, each into its own region of the output arrays (sized by the part's bytes, so no
     pass counts rows first), with line numbers counted from the part's start."""
@@ -142,12 +166,13 @@ def _parse_parts(buf, bounds, row_at, nnz_at, indptr, indices, values, labels, l
         r0, r1, z0, z1 = row_at[p], row_at[p + 1], nnz_at[p], nnz_at[p + 1]
         rows, nnz, code, t0, t1, line = parse_libsvm(
             buf[lo:hi], 0, indptr[r0 + p:r1 + p + 1], indices[z0:z1], values[z0:z1],
-            labels[r0:r1], lines[r0:r1])
+            labels[r0:r1], lines[r0:r1], ffm)
         results[p, 0], results[p, 1], results[p, 2] = rows, nnz, code
         results[p, 3], results[p, 4], results[p, 5] = lo + t0, lo + t1, line
 
 
-def parse_block(buf: np.ndarray, first_line: int, source: str) -> list[SparseBatch]:
+def parse_block(buf: np.ndarray, first_line: int, source: str,
+                ffm: bool = False) -> list[SparseBatch]:
     """Parse a block of whole libsvm lines into one batch per part; raise :class:`DataError`
     naming file and line.
 
@@ -170,7 +195,8 @@ def parse_block(buf: np.ndarray, first_line: int, source: str) -> list[SparseBat
     labels = np.empty(row_at[-1], dtype=np.float32)
     lines = np.empty(row_at[-1], dtype=np.int64)
     results = np.zeros((parts, 6), dtype=np.int64)
-    _parse_parts(buf, bounds, row_at, nnz_at, indptr, indices, values, labels, lines, results)
+    _parse_parts(buf, bounds, row_at, nnz_at, indptr, indices, values, labels, lines, results,
+                 ffm)
     batches = []
     line = first_line
     for p, (rows, nnz, code, t0, t1, lines_in_part) in enumerate(results.tolist()):
@@ -191,6 +217,12 @@ def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[Spa
     """Stream a libsvm file as parsed blocks."""
     for buf, first_line in iter_line_blocks(path, block_bytes):
         yield from parse_block(buf, first_line, str(path))
+
+
+def read_libffm_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[SparseBatch]:
+    """Stream a libffm file as parsed blocks (features only)."""
+    for buf, first_line in iter_line_blocks(path, block_bytes):
+        yield from parse_block(buf, first_line, str(path), ffm=True)
 
 
 def write_libsvm(stream: BinaryIO, X, y, *, index_base: int = 0) -> None:

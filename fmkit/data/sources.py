@@ -24,6 +24,7 @@ from fmkit.errors import DataError
 # format name -> function streaming a file's parsed blocks
 READERS = {
     "libsvm": libsvm.read_file_blocks,
+    "libffm": libsvm.read_libffm_blocks,
     "csv": csv.read_file_blocks,
     "recordio": recordio.read_file_blocks,
 }
@@ -48,7 +49,8 @@ def channel_files(path: str | Path) -> list[Path]:
 
 
 def detect_format(path: str | Path) -> str:
-    """``recordio`` from its magic number, else ``libsvm`` or ``csv`` from the first data line."""
+    """``recordio`` from its magic number, else ``libsvm``, ``libffm`` or ``csv`` from the first
+    data line."""
     first = channel_files(path)[0]
     if first.is_fifo():
         raise DataError(str(first), None, "cannot detect the format of a pipe: give --format")
@@ -62,6 +64,8 @@ def detect_format(path: str | Path) -> str:
             continue
         if b"," in text and b":" not in text:
             return "csv"
+        if any(token.count(b":") == 2 for token in text.split()[1:]):
+            return "libffm"
         return "libsvm"
     return "libsvm"
 
@@ -92,17 +96,51 @@ def _find_bad_index(indptr, indices, feature_dim, mark, stamp):
     return -1, -1, 0
 
 
+@njit(cache=True)
+def _merge_rows(indptr, indices, values, out_indptr, out_indices, out_values):
+    """Each row's repeated feature ids as one entry holding the sum of their values (first
+    occurrence order kept)."""
+    nnz = 0
+    out_indptr[0] = 0
+    for r in range(indptr.size - 1):
+        start = nnz
+        for j in range(indptr[r], indptr[r + 1]):
+            i = indices[j]
+            for q in range(start, nnz):
+                if out_indices[q] == i:
+                    out_values[q] += values[j]
+                    break
+            else:
+                out_indices[nnz] = i
+                out_values[nnz] = values[j]
+                nnz += 1
+        out_indptr[r + 1] = nnz
+    return nnz
+
+
+def _merged_repeats(batch: SparseBatch) -> SparseBatch:
+    indptr = np.empty_like(batch.indptr)
+    indices = np.empty_like(batch.indices)
+    values = np.empty_like(batch.values)
+    nnz = _merge_rows(batch.indptr, batch.indices, batch.values, indptr, indices, values)
+    return SparseBatch(indptr, indices[:nnz], values[:nnz], batch.labels, batch.lines,
+                       batch.source, batch.first_row, batch.row_unit, batch.widths)
+
+
 @dataclass
 class BatchChecker:
     """Checks and normalises the blocks of one source; keeps the state that spans blocks.
 
     ``labels`` says which labels to accept: ``"binary"`` (0/1, or -1/+1 mapped to 0/1),
     ``"real"`` (any finite number) or None (not checked: prediction ignores them).
+    ``merge_repeats``: a feature repeated within a row has its values summed instead of being
+    an error (libffm, where one feature id may occur in several fields of a row).
     """
 
     feature_dim: int
     index_base: int = 0
     labels: str | None = None
+    merge_repeats: bool = False
     _mark: np.ndarray | None = field(default=None, repr=False)
     _rows_seen: int = 0
 
@@ -111,7 +149,7 @@ class BatchChecker:
             batch.indices = batch.indices - np.int32(self.index_base)
         if batch.widths is not None:
             self._check_widths(batch)
-        self._check_indices(batch)
+        batch = self._check_indices(batch)
         if self.labels and np.isnan(batch.labels).any():
             row = int(np.flatnonzero(np.isnan(batch.labels))[0])
             raise DataError(*batch.where(row), "the record has no label")
@@ -123,13 +161,19 @@ class BatchChecker:
                 raise DataError(*batch.where(int(bad[0])), "label is not a finite number")
         return batch
 
-    def _check_indices(self, batch: SparseBatch) -> None:
+    def _check_indices(self, batch: SparseBatch) -> SparseBatch:
         if self._mark is None:
             self._mark = np.full(self.feature_dim, -1, dtype=np.int64)
         row, pos, problem = _find_bad_index(
             batch.indptr, batch.indices, self.feature_dim, self._mark, self._rows_seen
         )
         self._rows_seen += batch.n_rows
+        if problem == 2 and self.merge_repeats:
+            batch = _merged_repeats(batch)
+            row, pos, problem = _find_bad_index(
+                batch.indptr, batch.indices, self.feature_dim, self._mark, self._rows_seen
+            )
+            self._rows_seen += batch.n_rows
         if problem:
             written = int(batch.indices[pos]) + self.index_base
             if problem == 2:
@@ -141,6 +185,7 @@ class BatchChecker:
                        f" with {self.index_base}-based indices allows at most "
                        f"{self.feature_dim - 1 + self.index_base}")
             raise DataError(*batch.where(int(row)), why)
+        return batch
 
     def _check_widths(self, batch: SparseBatch) -> None:
         """recordIO rows declare their width: dense length or sparse shape = feature_dim."""
@@ -181,7 +226,7 @@ class FileSource:
         self.files = channel_files(self.path)
         if self.fmt == "auto":
             self.fmt = detect_format(self.path)
-        if self.fmt != "libsvm":
+        if self.fmt not in ("libsvm", "libffm"):
             self.index_base = 0
 
     @property
@@ -199,7 +244,8 @@ class FileSource:
                 yield from read(file, self.block_bytes)
 
     def blocks(self) -> Iterator[SparseBatch]:
-        check = BatchChecker(self.feature_dim, self.index_base, self.labels)
+        check = BatchChecker(self.feature_dim, self.index_base, self.labels,
+                             merge_repeats=self.fmt == "libffm")
         for batch in self.raw_blocks():
             yield check(batch)
 
@@ -210,7 +256,7 @@ def detect_index_base(source: FileSource) -> int:
     The choice is made once on the training data and stored with the model, so test and
     prediction files are read the same way even if they happen not to use index 0.
     """
-    if source.fmt != "libsvm":
+    if source.fmt not in ("libsvm", "libffm"):
         return 0
     for batch in source.raw_blocks():
         if batch.indices.size and int(batch.indices.min()) == 0:

@@ -59,27 +59,40 @@ class FMParameters:
         return FMParameters.from_table(self.w0.copy(), self.table.copy())
 
 
-def _init(shape: tuple[int, ...], hp: dict[str, Any], group: str, rng: np.random.Generator,
-          dtype) -> np.ndarray:
+def _init(out: np.ndarray, hp: dict[str, Any], group: str, rng: np.random.Generator) -> None:
+    """Fill ``out`` as the group's ``*_init_*`` hyperparameters ask, drawing row blocks in
+    sequence (the same numbers as one draw, without a temporary the size of ``out``)."""
     method = hp[f"{group}_init_method"]
-    if method == "normal":
-        out = rng.normal(0.0, hp[f"{group}_init_sigma"], size=shape)
-    elif method == "uniform":
-        scale = hp[f"{group}_init_scale"]
-        out = rng.uniform(-scale, scale, size=shape)
-    else:
-        out = np.full(shape, hp[f"{group}_init_value"])
-    return out.astype(dtype)
+    # drawn in float32 for float32 weights: 4x faster for a large table (0.39 s -> 0.1 s for
+    # 9M weights), a visible part of a short training run
+    draw = np.float32 if out.dtype == np.float32 else np.float64
+    rows = 1 << 16
+    for start in range(0, out.shape[0], rows):
+        part = out[start:start + rows]
+        if method == "normal":
+            values = rng.standard_normal(size=part.shape, dtype=draw)
+            values *= draw(hp[f"{group}_init_sigma"])
+        elif method == "uniform":
+            scale = hp[f"{group}_init_scale"]
+            values = rng.random(size=part.shape, dtype=draw)
+            values *= draw(2 * scale)
+            values -= draw(scale)
+        else:
+            values = hp[f"{group}_init_value"]
+        part[...] = values
 
 
-def init_parameters(hp: dict[str, Any], dtype=np.float32) -> FMParameters:
-    """Initial weights as the ``*_init_*`` hyperparameters ask, seeded by ``seed``."""
+def init_parameters(hp: dict[str, Any], dtype=np.float32,
+                    out: np.ndarray | None = None) -> FMParameters:
+    """Initial weights as the ``*_init_*`` hyperparameters ask, seeded by ``seed``; written into
+    ``out`` (a (feature_dim, k+1) table, e.g. the first columns of a training table) if given."""
     rng = np.random.default_rng(hp["seed"])
     d, k = hp["feature_dim"], hp["num_factors"]
-    w0 = _init((1,), hp, "bias", rng, dtype)
-    table = np.empty((d, k + 1), dtype=dtype)
-    table[:, 0] = _init((d,), hp, "linear", rng, dtype)
-    table[:, 1:] = _init((d, k), hp, "factors", rng, dtype)
+    w0 = np.empty(1, dtype=dtype)
+    _init(w0, hp, "bias", rng)
+    table = np.empty((d, k + 1), dtype=dtype) if out is None else out
+    _init(table[:, 0], hp, "linear", rng)
+    _init(table[:, 1:], hp, "factors", rng)
     return FMParameters.from_table(w0, table)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fmkit.kernels import fm as kernels
-from fmkit.models.fm import FMParameters
+from fmkit.models.fm import FMParameters, init_parameters
 
 BETA1, BETA2 = 0.9, 0.999
 OPTIMIZER_IDS = {"sgd": kernels.SGD, "adagrad": kernels.ADAGRAD, "adam": kernels.ADAM,
@@ -83,18 +83,23 @@ def _cache_line_rows(rows: int, columns: int, dtype) -> np.ndarray:
     return buffer[start:start + rows * padded * itemsize].view(dtype).reshape(rows, padded)
 
 
-def training_tables(params: FMParameters, optimizer: str,
-                    hp: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def training_tables(params: FMParameters | None, optimizer: str, hp: dict[str, Any],
+                    dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """The bias and feature tables the training kernels update: each weight row widened with
     the optimizer's moment blocks (see :mod:`fmkit.kernels.fm`). The bias is a one-row table of
-    the same layout whose factor columns stay 0."""
+    the same layout whose factor columns stay 0. Without ``params``, fresh weights are drawn
+    straight into the table (no second copy of the model in memory)."""
     opt = OPTIMIZER_IDS[optimizer]
-    width = params.num_factors + 1
+    width = hp["num_factors"] + 1
     columns = width * (1 + kernels.MOMENT_BLOCKS[opt])
-    bias = np.zeros((1, columns), params.table.dtype)
+    dtype = params.table.dtype if params is not None else dtype
+    table = _cache_line_rows(hp["feature_dim"], columns, dtype)
+    if params is None:
+        params = init_parameters(hp, dtype, out=table[:, :width])
+    else:
+        table[:, :width] = params.table
+    bias = np.zeros((1, columns), dtype)
     bias[0, 0] = params.w0[0]
-    table = _cache_line_rows(params.feature_dim, columns, params.table.dtype)
-    table[:, :width] = params.table
     if opt == kernels.FTRL:
         bias[0, width] = ftrl_initial_z(params.w0[0], "bias", hp)
         table[:, width] = ftrl_initial_z(params.w, "linear", hp)

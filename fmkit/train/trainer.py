@@ -21,7 +21,7 @@ from fmkit.errors import DataError
 from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST, log
 from fmkit.memory import release_large_blocks_to_os
-from fmkit.models.fm import FMParameters, init_parameters
+from fmkit.models.fm import FMParameters
 from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config, training_tables
 
 
@@ -122,13 +122,12 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     terminal.
     """
     release_large_blocks_to_os()
-    params = params if params is not None else init_parameters(hp, dtype)
-    k = params.num_factors
-    bias, table = training_tables(params, hp["optimizer"], hp)
+    k = hp["num_factors"]
+    bias, table = training_tables(params, hp["optimizer"], hp, dtype)
+    del params  # the training tables hold the weights from here on
     step = 0
     batch_size = hp["mini_batch_size"]
-    ws = Workspace.create(params.feature_dim, k, thread_parts(hp), table.dtype, batch_size)
-    del params  # the training tables hold the weights from here on
+    ws = Workspace.create(table.shape[0], k, thread_parts(hp), table.dtype, batch_size)
     config = kernel_config(hp, table.dtype)
     kind = loss_kind(hp["predictor_type"])
     show = sys.stderr.isatty() if progress is None else progress

@@ -1,0 +1,5 @@
+"""``python -m fmkit``: the command line (also what ``torchrun -m fmkit`` starts)."""
+
+from fmkit.cli import main
+
+raise SystemExit(main())
