@@ -95,9 +95,10 @@ def _loss_and_slope(z, y, loss_kind):
 
 
 @njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
-def _apply(T, i, lo, hi, G, shift, scale, decay, width, lr, wd, opt, cfg, adam_lr, adam_eps):
-    """One optimizer step of coordinates ``lo:hi`` of row ``i`` of the training table ``T``
-    (``width`` = k+1 weight columns, then the moment blocks).
+def _apply(w, m, s, lo, hi, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr, adam_eps):
+    """One optimizer step of coordinates ``lo:hi`` of one table row, given as 1-D views of its
+    blocks: weights ``w``, Adam's m / AdaGrad's s / FTRL's z in ``m``, Adam's s / FTRL's
+    sqrt(n) in ``s`` (see :func:`_row_blocks`).
 
     The raw gradient of coordinate c is ``scale * G[c + shift] - decay * param``: the FM's own
     form (for a factor, slope * x * (sum_f - v_f x)), computed here rather than staged in an
@@ -109,10 +110,6 @@ def _apply(T, i, lo, hi, G, shift, scale, decay, width, lr, wd, opt, cfg, adam_l
     """
     rescale = cfg[RESCALE]
     clip = cfg[CLIP]
-    row = T[i]
-    w = row[:width]  # one 1-D view per block: LLVM vectorizes these loops, not 2-D offsets
-    m = row[width:2 * width]  # Adam's m, AdaGrad's s, FTRL's z (empty for SGD)
-    s = row[2 * width:3 * width]  # Adam's s, FTRL's n
     if opt == SGD:
         for c in range(lo, hi):
             p = w[c]
@@ -130,8 +127,8 @@ def _apply(T, i, lo, hi, G, shift, scale, decay, width, lr, wd, opt, cfg, adam_l
         eps = cfg[EPS]
         b1 = cfg[BETA1]
         b2 = cfg[BETA2]
-        rest1 = _like(1.0, T) - b1  # (1 - b1 would be float64: int - float32 promotes)
-        rest2 = _like(1.0, T) - b2
+        rest1 = _like(1.0, w) - b1  # (1 - b1 would be float64: int - float32 promotes)
+        rest2 = _like(1.0, w) - b2
         step_lr = lr * adam_lr
         step_eps = eps * adam_eps
         for c in range(lo, hi):
@@ -145,8 +142,8 @@ def _apply(T, i, lo, hi, G, shift, scale, decay, width, lr, wd, opt, cfg, adam_l
     else:
         beta = cfg[FTRL_BETA]
         l1 = cfg[FTRL_L1]
-        zero = _like(0.0, T)
-        inv_lr = _like(1.0, T) / lr
+        zero = _like(0.0, w)
+        inv_lr = _like(1.0, w) / lr
         for c in range(lo, hi):
             p = w[c]
             g = min(max((scale * G[c + shift] - decay * p) * rescale, -clip), clip)
@@ -169,15 +166,25 @@ def _adam_scales(beta1_t, beta2_t, T):
     return _like(root / (1.0 - beta1_t), T), _like(root, T)
 
 
+@njit(cache=True, inline="always")
+def _row_blocks(T, i, width):
+    """Row ``i`` of a training table as 1-D views of its blocks (weights, first moment, second
+    moment; empty where the rule keeps none). Loops over such views vectorize; over 2-D offsets
+    into one table LLVM does not."""
+    row = T[i]
+    return row[:width], row[width:2 * width], row[2 * width:3 * width]
+
+
 @njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
 def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, opt, cfg, adam_lr,
                     adam_eps):
     """Update row ``i`` of ``T``: the linear weight from raw gradient ``scale * G_linear[0]``,
     the factors from ``scale * G_factors[c + shift] - decay * v_c`` (see :func:`_apply`)."""
-    _apply(T, i, 0, 1, G_linear, 0, scale, _like(0.0, T), width, cfg[LINEAR_LR],
-           cfg[LINEAR_WD], opt, cfg, adam_lr, adam_eps)
-    _apply(T, i, 1, width, G_factors, shift, scale, decay, width, cfg[FACTORS_LR],
-           cfg[FACTORS_WD], opt, cfg, adam_lr, adam_eps)
+    w, m, s = _row_blocks(T, i, width)
+    _apply(w, m, s, 0, 1, G_linear, 0, scale, _like(0.0, T), cfg[LINEAR_LR], cfg[LINEAR_WD],
+           opt, cfg, adam_lr, adam_eps)
+    _apply(w, m, s, 1, width, G_factors, shift, scale, decay, cfg[FACTORS_LR], cfg[FACTORS_WD],
+           opt, cfg, adam_lr, adam_eps)
 
 
 def _rows_trainer(opt: int):
@@ -210,7 +217,8 @@ def _rows_trainer(opt: int):
             b2_t *= b2_stride
             adam_lr, adam_eps = _adam_scales(b1_t, b2_t, T)
             slope = _like(slope, T)
-            _apply(B, 0, 0, 1, one, 0, slope, zero, width, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
+            bw, bm, bs = _row_blocks(B, 0, width)
+            _apply(bw, bm, bs, 0, 1, one, 0, slope, zero, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
                    adam_lr, adam_eps)
             for j in range(indptr[r], indptr[r + 1]):
                 x = _like(values[j], T)
@@ -344,7 +352,8 @@ def train_minibatches(indptr, indices, values, labels, batch_size, loss_kind, op
         adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
                                          np.float64(cfg[BETA2]) ** step, T)
         g_bias[0] = g0_parts.sum()
-        _apply(B, 0, 0, 1, g_bias, 0, 1.0, zero, width, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
+        bw, bm, bs = _row_blocks(B, 0, width)
+        _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, zero, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
                adam_lr, adam_eps)
         for part in prange(n_parts):
             total = G_parts[part]  # this part's slice of features gathers every part's sums
