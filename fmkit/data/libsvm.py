@@ -171,6 +171,16 @@ def _parse_parts(buf, bounds, row_at, nnz_at, indptr, indices, values, labels, l
         results[p, 3], results[p, 4], results[p, 5] = lo + t0, lo + t1, line
 
 
+@njit(cache=True, parallel=True)
+def _count_lines(buf, bounds, counts):
+    """Newlines in each part (a vectorized pass, to size each part's row arrays)."""
+    for p in prange(bounds.size - 1):
+        total = 0
+        for q in range(bounds[p], bounds[p + 1]):
+            total += buf[q] == _NL
+        counts[p] = total
+
+
 def parse_block(buf: np.ndarray, first_line: int, source: str,
                 ffm: bool = False) -> list[SparseBatch]:
     """Parse a block of whole libsvm lines into one batch per part; raise :class:`DataError`
@@ -185,10 +195,12 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
         cut = int(np.argmax(buf[buf.size * p // parts:] == _NL)) + buf.size * p // parts + 1
         bounds.append(max(bounds[-1], min(cut, buf.size)))
     bounds = np.array([*bounds, buf.size], dtype=np.int64)
-    sizes = np.diff(bounds)
-    # upper bounds: a row takes at least 2 bytes ("1\n"), a feature at least 4 (" 1:1")
-    row_at = np.concatenate([[0], np.cumsum(sizes // 2 + 1)]).astype(np.int64)
-    nnz_at = np.concatenate([[0], np.cumsum(sizes // 4 + 1)]).astype(np.int64)
+    newlines = np.empty(parts, dtype=np.int64)
+    _count_lines(buf, bounds, newlines)
+    # rows: at most one per line; features: at most one per 4 bytes (" 1:1"), a bound whose
+    # untouched pages cost address space, not memory
+    row_at = np.concatenate([[0], np.cumsum(newlines + 1)]).astype(np.int64)
+    nnz_at = np.concatenate([[0], np.cumsum(np.diff(bounds) // 4 + 1)]).astype(np.int64)
     indptr = np.empty(row_at[-1] + parts, dtype=np.int64)
     indices = np.empty(nnz_at[-1], dtype=np.int32)
     values = np.empty(nnz_at[-1], dtype=np.float32)
