@@ -51,7 +51,8 @@ from fmkit.train.trainer import train
 def blocks(path):
     return list(FileSource(path, "libsvm", D, index_base=0, labels="binary").blocks())
 def hyperparameters():
-    return validate({"feature_dim": D, "num_factors": K, "epochs": 1, "mini_batch_size": 1,
+    return validate({"feature_dim": D, "num_factors": K, "epochs": OPTIONS.get("epochs", 1),
+                     "mini_batch_size": 1,
                      "predictor_type": "binary_classifier", **OPTIONS.get("hp", {})})
 def score_test(hp, params):
     model = FMModel(hp, params)
@@ -69,7 +70,7 @@ class Parsed:
 """
 FMKIT_TASKS = {
     "parse": """
-src = FileSource(TRAIN, "libsvm", D, index_base=0, labels="binary", cache=OPTIONS["cache"])
+src = FileSource(TRAIN, "auto", D, index_base=0, labels="binary", cache=OPTIONS["cache"])
 for _ in src.blocks(): pass                     # warm-up: compile, and write the cache if asked
 t = time.perf_counter(); rows = sum(b.n_rows for b in src.blocks())
 result = dict(rows=rows, seconds=time.perf_counter() - t)
@@ -79,7 +80,7 @@ hp = hyperparameters()
 data = Parsed(blocks(TRAIN))
 compile_kernels(hp)
 t = time.perf_counter(); params, history = train(hp, data, progress=False)
-result = dict(rows=history[0].rows, seconds=time.perf_counter() - t)
+result = dict(rows=sum(h.rows for h in history), seconds=time.perf_counter() - t)
 score_test(hp, params)
 """,
     "train_file": """
@@ -139,6 +140,8 @@ def adaptive(name: str, lr: float) -> dict:
 ROWS = [
     ("fmkit parse libsvm, 2 threads", "fmkit", "parse", {"cache": False}, None),
     ("fmkit parse, binary cache", "fmkit", "parse", {"cache": True}, None),
+    ("fmkit parse libffm (same rows, 39 fields), 2 threads", "fmkit", "parse",
+     {"cache": False, "data": "libffm"}, None),
     ("xLearn sgd 1 thread, cold (text->bin + train)", "peer", "xlearn_sgd_cold",
      {"threads": 1}, None),
     ("xLearn sgd 1 thread, cached bin", "peer", "xlearn_sgd", {"threads": 1}, None),
@@ -166,13 +169,28 @@ ROWS = [
     ("fmkit ftrl 1 thread, parsed", "fmkit", "train_parsed",
      {"threads": 1, "hp": {**adaptive("ftrl", 0.05), "ftrl_beta": 1.0}},
      "fmkit sgd 1 thread, parsed"),
+    ("fmkit adagrad 2 threads, parsed", "fmkit", "train_parsed",
+     {"threads": 2, "hp": adaptive("adagrad", 0.05)}, "fmkit sgd 2 threads (Hogwild), parsed"),
+    ("fmkit adam 2 threads, parsed", "fmkit", "train_parsed",
+     {"threads": 2, "hp": adaptive("adam", 0.002)}, "fmkit sgd 2 threads (Hogwild), parsed"),
+    ("fmkit ftrl 2 threads, parsed", "fmkit", "train_parsed",
+     {"threads": 2, "hp": {**adaptive("ftrl", 0.05), "ftrl_beta": 1.0}},
+     "fmkit sgd 2 threads (Hogwild), parsed"),
     ("fmkit adam b1000 2 threads (SageMaker's batch)", "fmkit", "train_parsed",
      {"threads": 2, "hp": {**adaptive("adam", 0.002), "mini_batch_size": 1000}}, None),
     ("fmkit predict parsed, 2 threads", "fmkit", "predict_parsed", {"threads": 2},
      "xLearn predict file, 2 threads"),
     ("fmkit predict file -> JSON Lines, 2 threads", "fmkit", "predict_file", {"threads": 2},
      "xLearn predict file, 2 threads"),
+    # quality on real data: a9a (32,561 training rows, 123 binary features), same epochs
+    ("a9a: xLearn sgd 1 thread, 10 epochs", "peer", "xlearn_sgd_cold",
+     {"threads": 1, "epochs": 10, "data": "a9a"}, None),
+    ("a9a: fmkit sgd 1 thread, 10 epochs", "fmkit", "train_parsed",
+     {"threads": 1, "epochs": 10, "data": "a9a", "hp": {**SGD, "linear_wd": 1e-4,
+                                                        "factors_wd": 1e-4}},
+     "a9a: xLearn sgd 1 thread, 10 epochs"),
 ]
+A9A = Path(os.environ.get("FMKIT_SHARED_DATA", HERE.parents[1] / "shared" / "data")) / "a9a_libsvm"
 
 
 def make_data(rows: int, fields: int, features: int, seed: int = 0) -> tuple[Path, Path]:
@@ -240,13 +258,43 @@ def run(runner: str, task: str, options: dict, train: Path, test: Path, features
                    str(out), json.dumps(options)]
     else:
         command = [str(PEER_PYTHON), str(HERE / "peer_tasks.py"), task, str(train), str(test),
-                   str(features), str(k), str(options.get("threads", 1)), "1", str(out),
+                   str(features), str(k), str(options.get("threads", 1)),
+                   str(options.get("epochs", 1)), str(out),
                    str(options.get("rows", 0))]
     env = {**os.environ, "USER": os.environ.get("USER") or "bench"}  # xLearn reads it
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{task} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def libffm_copy(train: Path) -> Path:
+    """The training rows as libffm (field = the id's position in its row), cached."""
+    path = train.with_suffix(".libffm")
+    if not path.exists():
+        tmp = path.with_suffix(".partial")
+        with open(train) as f, open(tmp, "w") as out:
+            for line in f:
+                label, *tokens = line.split()
+                out.write(" ".join([label, *(f"{n}:{t}" for n, t in enumerate(tokens))]) + "\n")
+        tmp.rename(path)
+    return path
+
+
+def a9a_copy() -> tuple[Path, Path, int]:
+    """a9a's train and test files copied under benchmarks/.cache (xLearn writes its binary
+    cache beside its input, which must not land in ../shared/data), and its feature count."""
+    import shutil
+
+    paths = []
+    for name in ("a9a", "a9a.t"):
+        if not (A9A / name).is_file():
+            raise SystemExit(f"{A9A / name} is missing: the a9a rows need ../shared/data")
+        copy = CACHE / name
+        if not copy.exists():
+            shutil.copyfile(A9A / name, copy)
+        paths.append(copy)
+    return paths[0], paths[1], 124
 
 
 def repeated(train: Path, times: int) -> Path:
@@ -274,7 +322,9 @@ def memory_rows(train: Path, features: int, k: int) -> None:
         columns = (k + 1) * state_blocks
         columns = -(-columns // 16) * 16 if -(-columns // 16) * 16 <= 1.25 * columns else columns
         model_mib = features * columns * 4 / 2**20
-        for path, label in ((train, "1M"), (repeated(train, 10), "10M")):
+        runs = (("warm-up", train.with_suffix(".test.libsvm")), ("1M", train),
+                ("10M", repeated(train, 10)))
+        for label, path in runs:  # the warm-up loads (or compiles) the cached kernels
             command = [sys.executable, "-c", CLI_WITH_PEAK, "train", "--train", str(path),
                        "--model-dir", str(CACHE / "memory-model"), "--index-base", "0",
                        "--quiet", f"feature_dim={features}", f"num_factors={k}",
@@ -286,6 +336,8 @@ def memory_rows(train: Path, features: int, k: int) -> None:
             if done.returncode != 0:
                 raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
             peak = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+            if label == "warm-up":
+                continue
             rows = 10_000_000 if label == "10M" else 1_000_000
             print(f"{optimizer + ' batch ' + str(batch) + ', ' + label + ' rows':<40}"
                   f"{rows / seconds:>11,.0f}{peak:>13,.0f}{model_mib:>16,.0f}"
@@ -339,10 +391,12 @@ def main() -> None:
         out = CACHE / f"out-{len(results)}.txt"
         for stale in (out, out.with_suffix(".npy")):
             stale.unlink(missing_ok=True)
-        r = run(runner, task, options, train, test, args.features, args.k, out)
+        data = {"a9a": a9a_copy, "libffm": lambda: (libffm_copy(train), test, args.features)}.get(
+            options.get("data"), lambda: (train, test, args.features))()
+        r = run(runner, task, options, *data, args.k, out)
         r["rate"] = r["rows"] / r["seconds"]
         results[label] = r
-        scored = quality(out, test, args.features)
+        scored = quality(out, data[1], data[2])
         auc, loss = (f"{scored[0]:.4f}", f"{scored[1]:.4f}") if scored else ("", "")
         ratio = ""
         if compare in results:

@@ -83,12 +83,9 @@ def _row_forward(indptr, indices, values, r, T, k, sums):
 def _loss_and_slope(z, y, loss_kind):
     """Loss of one row and its derivative in y_hat (float64)."""
     if loss_kind == LOGISTIC:
-        loss = max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
-        if z >= 0:
-            p = 1.0 / (1.0 + math.exp(-z))
-        else:
-            ez = math.exp(z)
-            p = ez / (1.0 + ez)
+        e = math.exp(-abs(z))  # one exponential serves the loss and the sigmoid
+        loss = max(z, 0.0) - z * y + math.log1p(e)
+        p = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
         return loss, p - y
     d = z - y
     return d * d, 2.0 * d
