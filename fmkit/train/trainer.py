@@ -59,7 +59,10 @@ class Workspace:
 
     @classmethod
     def create(cls, feature_dim: int, k: int, parts: int, dtype, batch_size: int) -> Workspace:
-        ws = cls(parts=parts, k=k, sums=np.zeros((parts, k), dtype))
+        # each part's sums on cache lines of their own: threads write them for every row, and
+        # two parts sharing a line made lock-free training on 2 cores no faster than on 1
+        padded = -(-k // 16) * 16 + 16
+        ws = cls(parts=parts, k=k, sums=np.zeros((parts, padded), dtype))
         if batch_size > 1:
             ws.slot = np.full(feature_dim, -1, dtype=np.int32)
             ws.grads = np.zeros((parts, 0, k + 1))
