@@ -104,6 +104,17 @@ def _ids(X) -> np.ndarray:
     return X.indices.reshape(X.shape[0], per_row[0]).astype(np.int64)
 
 
+def _torch_epochs(model, opt, loss_fn, ids, labels, epochs: int, batch: int = 4096) -> float:
+    """Seconds to train ``model`` for ``epochs`` over (ids, labels) in mini-batches."""
+    started = time.perf_counter()
+    for _ in range(epochs):
+        for s in range(0, len(ids), batch):
+            opt.zero_grad()
+            loss_fn(model(ids[s:s + batch]), labels[s:s + batch]).backward()
+            opt.step()
+    return time.perf_counter() - started
+
+
 def torch_sparse_fit(train, test, features, k, threads, epochs, out, rows):
     """A plain FM on nn.Embedding(sparse=True) with SGD: PyTorch's generic autograd path."""
     import torch
@@ -128,15 +139,8 @@ def torch_sparse_fit(train, test, features, k, threads, epochs, out, rows):
             return self.b + self.w(x).sum((1, 2)) + pair
 
     model = FM()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    started = time.perf_counter()
-    for _ in range(epochs):
-        for s in range(0, len(ids), 4096):
-            opt.zero_grad()
-            loss_fn(model(ids[s:s + 4096]), labels[s:s + 4096]).backward()
-            opt.step()
-    seconds = time.perf_counter() - started
+    seconds = _torch_epochs(model, torch.optim.SGD(model.parameters(), lr=0.05),
+                            torch.nn.BCEWithLogitsLoss(), ids, labels, epochs)
     Xt, _ = load(test, features)
     with torch.no_grad():
         np.savetxt(out, torch.sigmoid(model(torch.from_numpy(_ids(Xt)))).numpy(), fmt="%.6f")
@@ -156,15 +160,8 @@ def torchfm_fit(train, test, features, k, threads, epochs, out, rows):
     X, y = load(train, features, rows)
     ids, labels = torch.from_numpy(_ids(X)), torch.from_numpy(y.astype(np.float32))
     model = FactorizationMachineModel(np.array([features]), embed_dim=k)  # one shared id space
-    opt = torch.optim.Adam(model.parameters(), lr=0.001)
-    loss_fn = torch.nn.BCELoss()
-    started = time.perf_counter()
-    for _ in range(epochs):
-        for s in range(0, len(ids), 4096):
-            opt.zero_grad()
-            loss_fn(model(ids[s:s + 4096]), labels[s:s + 4096]).backward()
-            opt.step()
-    seconds = time.perf_counter() - started
+    seconds = _torch_epochs(model, torch.optim.Adam(model.parameters(), lr=0.001),
+                            torch.nn.BCELoss(), ids, labels, epochs)
     Xt, _ = load(test, features)
     with torch.no_grad():
         np.savetxt(out, model(torch.from_numpy(_ids(Xt))).numpy(), fmt="%.6f")

@@ -53,11 +53,6 @@ def _like_compiled(value, array):
     return lambda value, array: dtype(value)
 
 
-def table_width(num_factors: int, optimizer_id: int) -> int:
-    """Columns of a training table: the k+1 weights, then the optimizer's moment blocks."""
-    return (num_factors + 1) * (1 + MOMENT_BLOCKS[optimizer_id])
-
-
 @njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
 def _row_forward(indptr, indices, values, r, T, k, sums):
     """y_hat - w0 of row ``r``; leaves sum_i v_if x_i in ``sums`` (the table's dtype)."""
