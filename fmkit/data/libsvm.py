@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from fmkit.data.batch import SparseBatch
-from fmkit.data.blocks import BLOCK_BYTES, iter_line_blocks
+from fmkit.data.blocks import BLOCK_BYTES, count_newlines, iter_blocks
 from fmkit.data.numbers import BAD_INDEX, BAD_NUMBER, NOT_FINITE, OK, parse_float
 from fmkit.errors import DataError
 
@@ -173,18 +173,16 @@ def _parse_parts(buf, bounds, row_at, nnz_at, indptr, indices, values, labels, l
 
 @njit(cache=True, parallel=True)
 def _count_lines(buf, bounds, counts):
-    """Newlines in each part (a vectorized pass, to size each part's row arrays)."""
+    """Newlines in each part (to size each part's row arrays, and to number the next block's
+    lines)."""
     for p in prange(bounds.size - 1):
-        total = 0
-        for q in range(bounds[p], bounds[p + 1]):
-            total += buf[q] == _NL
-        counts[p] = total
+        counts[p] = count_newlines(buf, bounds[p], bounds[p + 1])
 
 
 def parse_block(buf: np.ndarray, first_line: int, source: str,
-                ffm: bool = False) -> list[SparseBatch]:
-    """Parse a block of whole libsvm lines into one batch per part; raise :class:`DataError`
-    naming file and line.
+                ffm: bool = False) -> tuple[list[SparseBatch], int]:
+    """Parse a block of whole libsvm lines into one batch per part, and count its newlines;
+    raise :class:`DataError` naming file and line.
 
     A large block is cut at line ends into one part per thread, parsed in parallel; each part
     becomes its own batch (views of the block's arrays: nothing is copied to join them).
@@ -222,19 +220,22 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
                                    values[z0:z0 + nnz], labels[r0:r0 + rows], part_lines,
                                    source))
         line += lines_in_part
-    return batches
+    return batches, int(newlines.sum())
 
 
-def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[SparseBatch]:
-    """Stream a libsvm file as parsed blocks."""
-    for buf, first_line in iter_line_blocks(path, block_bytes):
-        yield from parse_block(buf, first_line, str(path))
+def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
+                     ffm: bool = False) -> Iterator[SparseBatch]:
+    """Stream a libsvm (or with ``ffm``, libffm) file as parsed blocks."""
+    line = 1
+    for buf in iter_blocks(path, block_bytes):
+        batches, newlines = parse_block(buf, line, str(path), ffm)
+        yield from batches
+        line += newlines
 
 
 def read_libffm_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[SparseBatch]:
     """Stream a libffm file as parsed blocks (features only)."""
-    for buf, first_line in iter_line_blocks(path, block_bytes):
-        yield from parse_block(buf, first_line, str(path), ffm=True)
+    return read_file_blocks(path, block_bytes, ffm=True)
 
 
 def write_libsvm(stream: BinaryIO, X, y, *, index_base: int = 0) -> None:
