@@ -91,8 +91,8 @@ def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.nd
     batch_size = hp["mini_batch_size"]
     if batch_size == 1:
         return kernels.train_online(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
-                                    order.astype(np.int64), kind, opt, config, bias, table, k,
-                                    ws.sums, step)
+                                    order.astype(np.int64, copy=False), kind, opt, config, bias,
+                                    table, k, ws.sums, step)
     if order.size:
         chunk = take(chunk, order)
     ws.reserve(chunk, batch_size, table.shape[0])
