@@ -113,19 +113,19 @@ rows = jobs.predict_files(model_dir, TRAIN, OUT + ".jsonl")
 result = dict(rows=rows, seconds=time.perf_counter() - t)
 """,
 }
+FMKIT_EPILOGUE = """
+status = open("/proc/self/status").read()
+result["peak_rss_mib"] = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024
+print(json.dumps(result))
+"""
 # the CLI in-process, then its own peak RSS (VmHWM) as the last line
 CLI_WITH_PEAK = """
 import json, re, sys
 from fmkit.cli import main
 code = main(sys.argv[1:])
-status = open("/proc/self/status").read()
-print(json.dumps({"peak_rss_mib": int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024}))
+result = {}
+""" + FMKIT_EPILOGUE + """
 sys.exit(code)
-"""
-FMKIT_EPILOGUE = """
-status = open("/proc/self/status").read()
-result["peak_rss_mib"] = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024
-print(json.dumps(result))
 """
 
 SGD = {"optimizer": "sgd", "bias_lr": 0.01, "linear_lr": 0.01, "factors_lr": 0.01,

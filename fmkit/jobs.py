@@ -17,7 +17,12 @@ import numpy as np
 
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import iter_line_blocks
-from fmkit.data.sources import FileSource, channel_files, detect_index_base
+from fmkit.data.sources import (
+    INDEXED_FORMATS,
+    FileSource,
+    channel_files,
+    detect_index_base,
+)
 from fmkit.errors import DataError
 from fmkit.hyperparameters import validate
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
@@ -27,7 +32,7 @@ from fmkit.train.trainer import train
 
 
 def _index_base(source: FileSource, index_base: str | int) -> int:
-    if source.fmt not in ("libsvm", "libffm"):
+    if source.fmt not in INDEXED_FORMATS:
         return 0
     if str(index_base) == "auto":
         base = detect_index_base(source)

@@ -64,6 +64,16 @@ def _read_blocks(path: Path, source: str) -> Iterator[SparseBatch]:
             yield SparseBatch(**arrays, source=source)
 
 
+def _attempt(write: Callable[..., object], *args: object) -> bool:
+    """One write to a cache entry; False if it failed (a full disk, say): the data is still
+    read and yielded, only the cache is given up."""
+    try:
+        write(*args)
+    except OSError:
+        return False
+    return True
+
+
 def cached_blocks(file: Path, fmt: str,
                   parse: Callable[[], Iterator[SparseBatch]]) -> Iterator[SparseBatch]:
     """The parsed blocks of ``file``: from its cache entry if there is one, else from
@@ -76,19 +86,14 @@ def cached_blocks(file: Path, fmt: str,
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         out = open(tmp, "wb")  # noqa: SIM115 - closed in the finally below
-        out.write(MAGIC)
     except OSError:
         yield from parse()
         return
-    writing = complete = False
+    complete = False
     try:
-        writing = True
+        writing = _attempt(out.write, MAGIC)
         for batch in parse():
-            if writing:
-                try:
-                    _write_block(out, batch)
-                except OSError:  # e.g. a full disk: keep training, give up the cache
-                    writing = False
+            writing = writing and _attempt(_write_block, out, batch)
             yield batch
         complete = writing
     finally:

@@ -29,6 +29,8 @@ READERS = {
     "recordio": recordio.read_file_blocks,
 }
 FORMATS = ("auto", *READERS)
+# formats whose feature indices are written 0- or 1-based (``index_base``); the rest are 0-based
+INDEXED_FORMATS = ("libsvm", "libffm")
 IGNORED_FILES = {".amazon.manifest"}
 
 
@@ -226,7 +228,7 @@ class FileSource:
         self.files = channel_files(self.path)
         if self.fmt == "auto":
             self.fmt = detect_format(self.path)
-        if self.fmt not in ("libsvm", "libffm"):
+        if self.fmt not in INDEXED_FORMATS:
             self.index_base = 0
 
     @property
@@ -256,7 +258,7 @@ def detect_index_base(source: FileSource) -> int:
     The choice is made once on the training data and stored with the model, so test and
     prediction files are read the same way even if they happen not to use index 0.
     """
-    if source.fmt not in ("libsvm", "libffm"):
+    if source.fmt not in INDEXED_FORMATS:
         return 0
     for batch in source.raw_blocks():
         if batch.indices.size and int(batch.indices.min()) == 0:
