@@ -25,6 +25,8 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
+from fmkit.kernels.prefetch import prefetch
+
 LOGISTIC = 0
 SQUARED = 1
 
@@ -179,6 +181,26 @@ def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, opt, 
            opt, cfg, adam_lr, adam_eps)
 
 
+@njit(cache=True, inline="always")
+def _prefetch_ahead(indptr, indices, values, order, q, hi, T, lines):
+    """While row ``q`` of the order trains, start loading what the next rows need: the table rows
+    of row q+1's features, the indices and values of row q+2, the offsets of row q+3."""
+    if q + 3 < hi:
+        prefetch(indptr, order[q + 3] if order.size else q + 3)
+    if q + 2 < hi:
+        r = order[q + 2] if order.size else q + 2
+        for j in range(indptr[r], indptr[r + 1], 16):
+            prefetch(indices, j)
+            prefetch(values, j)
+    if q + 1 < hi:
+        r = order[q + 1] if order.size else q + 1
+        step = 64 // T.itemsize
+        for j in range(indptr[r], indptr[r + 1]):
+            i = indices[j]
+            for line in range(lines):
+                prefetch(T, i, line * step)
+
+
 def _rows_trainer(opt: int):
     """The per-row training loop compiled for one update rule: ``opt`` is a constant in the
     compiled code (a run-time switch among the four rules halves the rate)."""
@@ -194,6 +216,7 @@ def _rows_trainer(opt: int):
         row's features one after the other equals one update from the row's gradient.
         """
         width = k + 1
+        lines = (T.shape[1] * T.itemsize + 63) // 64
         one = np.ones(1, T.dtype)
         zero = _like(0.0, T)
         total_loss = 0.0
@@ -202,6 +225,7 @@ def _rows_trainer(opt: int):
         b1_stride, b2_stride = np.float64(cfg[BETA1]) ** stride, np.float64(cfg[BETA2]) ** stride
         for q in range(lo, hi):
             r = order[q] if order.size else q
+            _prefetch_ahead(indptr, indices, values, order, q, hi, T, lines)
             z = np.float64(B[0, 0] + _row_forward(indptr, indices, values, r, T, k, sums))
             loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
             total_loss += loss
