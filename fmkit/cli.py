@@ -45,11 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a factorization machine; score the test channel if "
                        "given; write a model directory.", epilog=TRAIN_EXAMPLE,
                        formatter_class=raw)
-    p.add_argument("--train", required=True, help="training file or directory of files")
+    p.add_argument("--config", metavar="FILE",
+                   help="a DeepFM (or FM) configuration file, YAML or JSON, with TorchEasyRec's "
+                        "fields (see docs/deepfm.md); replaces --train/--model-dir")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="PATH=VALUE",
+                   help="override a configuration field, e.g. train_config.num_epochs=2 "
+                        "(repeatable; with --config)")
+    p.add_argument("--train", help="training file or directory of files")
     p.add_argument("--test", help="test file or directory, scored with SageMaker's metrics")
     p.add_argument("--validation", help="validation file or directory: scored every epoch for "
                    "early stopping (early_stopping_patience)")
-    p.add_argument("--model-dir", required=True, help="model directory to write")
+    p.add_argument("--model-dir", help="model directory to write")
     _add_format(p)
     p.add_argument("--index-base", choices=("auto", "0", "1"), default="auto",
                    help="libsvm feature indices start at 0 or 1 (auto: 0 if index 0 occurs)")
@@ -155,7 +162,23 @@ def main(argv: list[str] | None = None) -> int:
     from fmkit import jobs
 
     try:
-        if args.command == "train":
+        if args.command == "train" and args.config:
+            if args.assignments or args.hyperparameters:
+                raise HyperparameterError("with --config, set fields with --set PATH=VALUE "
+                                          "(NAME=VALUE hyperparameters are for --train)")
+            overrides = list(args.overrides)
+            for field, value in (("train_input_path", args.train),
+                                 ("eval_input_path", args.test),
+                                 ("model_dir", args.model_dir)):
+                if value:
+                    overrides.append(f"{field}={json.dumps(value)}")  # a YAML string
+            jobs.train_config_file(args.config, overrides,
+                                   progress=False if args.quiet else None)
+        elif args.command == "train":
+            if not args.train or not args.model_dir:
+                raise HyperparameterError("train needs --train and --model-dir (or --config)")
+            if args.overrides:
+                raise HyperparameterError("--set needs --config")
             hp = parse_assignments(args.assignments, args.hyperparameters)
             jobs.train_files(hp, args.train, args.model_dir, test_path=args.test,
                              validation_path=args.validation,

@@ -16,17 +16,15 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from fmkit.data.batch import SparseBatch
-from fmkit.data.blocks import iter_line_blocks
 from fmkit.data.sources import (
     INDEXED_FORMATS,
     FileSource,
-    channel_files,
     detect_index_base,
 )
 from fmkit.errors import DataError
 from fmkit.hyperparameters import validate
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
-from fmkit.model import FMModel, label_mode
+from fmkit.model import FMModel, label_mode, load_model
 from fmkit.serve import codecs
 from fmkit.train.trainer import train
 
@@ -92,29 +90,11 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     return model, metrics
 
 
-def _source_for(model: FMModel, data_path: str | Path, fmt: str, labels: str | None) -> FileSource:
-    return FileSource(data_path, fmt, model.feature_dim, model.index_base, labels=labels)
-
-
 def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
                    fmt: str = "auto") -> dict[str, float]:
     """SageMaker's metrics (plus AUC and ``rows``) of a model on a labelled channel."""
-    model = FMModel.load(model_dir)
-    return model.evaluate(_source_for(model, data_path, fmt, model.label_mode).blocks())
-
-
-def _prediction_blocks(model: FMModel, data_path: str | Path, fmt: str) -> Iterator[SparseBatch]:
-    """Rows to predict: a training format (labels ignored) or a request body format."""
-    if fmt == "json":
-        for file in channel_files(data_path):
-            yield codecs.parse_json(Path(file).read_bytes(), model.feature_dim, str(file))
-    elif fmt == "jsonlines":
-        for file in channel_files(data_path):
-            for buf, first_line in iter_line_blocks(file):
-                yield codecs.parse_jsonlines(buf.tobytes(), model.feature_dim, str(file),
-                                             first_line)
-    else:
-        yield from _source_for(model, data_path, fmt, labels=None).blocks()
+    model = load_model(model_dir)
+    return model.evaluate(model.read(data_path, fmt, labelled=True))
 
 
 def predict_files(model_dir: str | Path, data_path: str | Path,
@@ -126,16 +106,16 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
     ``accept`` is a SageMaker response type. ``output`` is written under a temporary name and
     renamed when complete; None means stdout.
     """
-    model = FMModel.load(model_dir)
+    model = load_model(model_dir)
     writer = codecs.ResponseWriter(accept)
     try:
         if output is None:
-            return _write_predictions(model, _prediction_blocks(model, data_path, fmt), writer,
+            return _write_predictions(model, model.read(data_path, fmt, labelled=False), writer,
                                       sys.stdout.buffer)
         f, tmp, output = _atomic_output(output)
         try:
             with f:
-                rows = _write_predictions(model, _prediction_blocks(model, data_path, fmt),
+                rows = _write_predictions(model, model.read(data_path, fmt, labelled=False),
                                           writer, f)
             os.replace(tmp, output)
         except BaseException:
@@ -214,3 +194,45 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
         os.unlink(tmp)
         raise
     return rows
+
+
+FM_CONFIG_FIELDS = {"train_input_path", "eval_input_path", "model_dir", "data_config",
+                    "model_config"}
+FM_DATA_FIELDS = {"format", "index_base", "cache"}
+
+
+def train_config_file(path: str | Path, overrides: list[str] = (), *,
+                      progress: bool | None = None) -> tuple[Any, dict[str, Any]]:
+    """``fmkit train --config FILE [--set path=value ...]``: a DeepFM configuration
+    (TorchEasyRec's fields, see :mod:`fmkit.deepfm.config`), or an FM one — the same file
+    layout with ``model_config: {fm: {SageMaker hyperparameters}}``."""
+    from fmkit.deepfm import config as configs
+
+    document = configs.apply_overrides(configs.load_document(path), list(overrides))
+    model_config = document.get("model_config")
+    if not (isinstance(model_config, dict) and "fm" in model_config):
+        from fmkit.deepfm.jobs import train_deepfm
+
+        return train_deepfm(configs.parse(document), progress=progress)
+    for fields, found, where in ((FM_CONFIG_FIELDS, document, ""),
+                                 ({"fm"}, model_config, "model_config."),
+                                 (FM_DATA_FIELDS, document.get("data_config") or {},
+                                  "data_config.")):
+        if not isinstance(found, dict):
+            raise configs.ConfigError(f"{where.rstrip('.')}: expected a mapping")
+        unknown = sorted(set(found) - fields)
+        if unknown:
+            raise configs.ConfigError(f"{where}{unknown[0]}: unknown field in an FM "
+                                      f"configuration (valid: {', '.join(sorted(fields))})")
+    for name in ("train_input_path", "model_dir"):
+        if not document.get(name):
+            raise configs.ConfigError(f"{name}: required to train (in the file or by --set "
+                                      f"{name}=...)")
+    if not isinstance(model_config["fm"], dict):
+        raise configs.ConfigError("model_config.fm: expected a mapping of hyperparameters")
+    data = document.get("data_config") or {}
+    return train_files(model_config["fm"], document["train_input_path"], document["model_dir"],
+                       test_path=document.get("eval_input_path"),
+                       fmt=str(data.get("format", "auto")),
+                       index_base=data.get("index_base", "auto"), progress=progress,
+                       cache=bool(data.get("cache", False)))

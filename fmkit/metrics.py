@@ -31,6 +31,15 @@ def predicted_labels(scores: np.ndarray) -> np.ndarray:
     return (np.asarray(scores) >= THRESHOLD).astype(np.float64)
 
 
+def prediction_fields(predictor_type: str, logits: np.ndarray) -> dict[str, np.ndarray]:
+    """SageMaker's response fields of each row: ``score`` (sigmoid(y_hat) for classifiers,
+    y_hat for regressors) and, for classifiers, ``predicted_label``."""
+    if predictor_type != "binary_classifier":
+        return {"score": logits}
+    scores = sigmoid(logits)
+    return {"score": scores, "predicted_label": predicted_labels(scores)}
+
+
 def accuracy(y_true: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.asarray(y_true) == np.asarray(labels)))
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from fmkit.data.batch import SparseBatch
 from fmkit.errors import ArtifactError
 from fmkit.hyperparameters import validate
 from fmkit.kernels import fm as kernels
-from fmkit.metrics import compute_metrics, predicted_labels
+from fmkit.metrics import compute_metrics, prediction_fields
 from fmkit.models.fm import FMParameters, sigmoid
 
 MODEL_TYPE = "fm"
@@ -70,11 +71,39 @@ class FMModel:
 
     def predictions(self, batch: SparseBatch) -> dict[str, np.ndarray]:
         """``score`` (and ``predicted_label`` for classifiers) of every row."""
-        scores = self.scores(self.logits(batch))
-        out = {"score": scores}
-        if self.predictor_type == "binary_classifier":
-            out["predicted_label"] = predicted_labels(scores)
-        return out
+        return prediction_fields(self.predictor_type, self.logits(batch))
+
+    def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True
+             ) -> Iterator[SparseBatch]:
+        """Blocks of a channel (``fmt``: a training format, or ``json``/``jsonlines`` request
+        bodies); ``labelled`` checks the labels for this predictor type."""
+        from fmkit.data.sources import FileSource, channel_files
+        from fmkit.serve import codecs
+
+        if fmt not in ("json", "jsonlines"):
+            labels = self.label_mode if labelled else None
+            yield from FileSource(path, fmt, self.feature_dim, self.index_base,
+                                  labels=labels).blocks()
+            return
+        from fmkit.data.blocks import iter_line_blocks
+        from fmkit.errors import DataError
+
+        for file in channel_files(path):
+            try:
+                if fmt == "json":
+                    yield codecs.parse_json(Path(file).read_bytes(), self.feature_dim, str(file))
+                    continue
+                for buf, first_line in iter_line_blocks(file):
+                    yield codecs.parse_jsonlines(buf.tobytes(), self.feature_dim, str(file),
+                                                 first_line)
+            except codecs.RequestError as e:
+                raise DataError(str(file), None, str(e)) from None
+
+    def request_decoder(self):
+        """Decodes request bodies into batches for this model (see :mod:`fmkit.serve.codecs`)."""
+        from fmkit.serve import codecs
+
+        return codecs.RequestDecoder(self.feature_dim)
 
     def evaluate(self, blocks: Iterator[SparseBatch]) -> dict[str, float]:
         """SageMaker's test metrics (plus AUC and ``rows``) over labelled blocks."""
@@ -122,3 +151,17 @@ class FMModel:
         )
         return cls(hp, params, index_base, classes)
 
+
+
+def load_model(path: str | Path):
+    """The model in a model directory: an :class:`FMModel` or a DeepFM model (both answer
+    ``read``, ``request_decoder``, ``predictions`` and ``evaluate``)."""
+    try:
+        meta = json.loads((artifact.resolve(path) / artifact.META_FILE).read_text())
+    except (OSError, ValueError):
+        meta = None  # FMModel.load says what is wrong
+    if isinstance(meta, dict) and meta.get("model_type") == "deepfm":
+        from fmkit.deepfm.model import DeepFMModel
+
+        return DeepFMModel.load(path)
+    return FMModel.load(path)

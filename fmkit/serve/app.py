@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fmkit.errors import FMKitError
-from fmkit.model import FMModel
+from fmkit.model import load_model
 from fmkit.serve import codecs
 
 log = logging.getLogger("fmkit.serve")
@@ -60,10 +60,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(model: FMModel, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB) -> Starlette:
-    """The ASGI app serving ``model``."""
+def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB) -> Starlette:
+    """The ASGI app serving ``model`` (an FM or a DeepFM model)."""
     limit = int(max_payload_mb * 1024 * 1024)
-    decode = codecs.RequestDecoder(model.feature_dim)
+    decode = model.request_decoder()
 
     async def ping(request: Request) -> Response:
         return Response(status_code=200)
@@ -104,7 +104,7 @@ def create_app(model: FMModel, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB) -
 
 def app_from_environment() -> Starlette:
     """The app for ``$FMKIT_MODEL_DIR`` (uvicorn's factory, one call per worker process)."""
-    model = FMModel.load(os.environ[MODEL_DIR_ENV])
+    model = load_model(os.environ[MODEL_DIR_ENV])
     return create_app(model, float(os.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB)))
 
 
@@ -118,7 +118,7 @@ def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, wor
     """Load the model (failing fast if it is broken), then serve it with uvicorn."""
     import uvicorn
 
-    FMModel.load(model_dir)  # a clear error now rather than in every worker
+    load_model(model_dir)  # a clear error now rather than in every worker
     os.environ[MODEL_DIR_ENV] = str(model_dir)
     os.environ[MAX_PAYLOAD_ENV] = str(max_payload_mb)
     with contextlib.suppress(KeyboardInterrupt):

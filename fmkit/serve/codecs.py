@@ -240,7 +240,8 @@ def _instances(instances: Iterable[Any], feature_dim: int, source: str,
     return _batch(rows, source)
 
 
-def parse_json(body: bytes | str, feature_dim: int, source: str = "request") -> SparseBatch:
+def json_instances(body: bytes | str) -> list[Any]:
+    """The instances of a JSON body: ``{"instances": [...]}`` or a bare list."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     document = _load_json(text)
     if isinstance(document, dict) and "instances" in document:
@@ -251,11 +252,11 @@ def parse_json(body: bytes | str, feature_dim: int, source: str = "request") -> 
         raise RequestError('expected {"instances": [...]} or a list of rows')
     if not isinstance(instances, list):
         raise RequestError('"instances" must be a list')
-    return _instances(instances, feature_dim, source, "instance")
+    return instances
 
 
-def parse_jsonlines(body: bytes | str, feature_dim: int, source: str = "request",
-                    first_line: int = 1) -> SparseBatch:
+def jsonlines_instances(body: bytes | str, first_line: int = 1) -> list[Any]:
+    """One instance per non-blank line of a JSON Lines body."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     instances = []
     for n, line in enumerate(text.splitlines(), start=first_line):
@@ -265,7 +266,16 @@ def parse_jsonlines(body: bytes | str, feature_dim: int, source: str = "request"
             instances.append(json.loads(line))
         except ValueError as e:
             raise RequestError(f"line {n}: malformed JSON: {e}") from None
-    return _instances(instances, feature_dim, source, "line")
+    return instances
+
+
+def parse_json(body: bytes | str, feature_dim: int, source: str = "request") -> SparseBatch:
+    return _instances(json_instances(body), feature_dim, source, "instance")
+
+
+def parse_jsonlines(body: bytes | str, feature_dim: int, source: str = "request",
+                    first_line: int = 1) -> SparseBatch:
+    return _instances(jsonlines_instances(body, first_line), feature_dim, source, "line")
 
 
 def parse_recordio(body: bytes, feature_dim: int, source: str = "request",

@@ -1,0 +1,48 @@
+"""Train a DeepFM from its configuration: read, encode, train, evaluate, save.
+
+The Python API behind ``fmkit train --config FILE`` for DeepFM configurations (FM
+configurations go to :func:`fmkit.jobs.train_files`, see :func:`fmkit.jobs.train_config_file`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fmkit.data.sources import channel_files
+from fmkit.deepfm.config import ConfigError, EasyRecConfig
+from fmkit.deepfm.model import DeepFMModel
+from fmkit.deepfm.train import train_network
+from fmkit.logs import DEFAULT_HOST, log, log_metrics
+
+
+def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
+                 host: str = DEFAULT_HOST) -> tuple[DeepFMModel, dict[str, Any]]:
+    """Train on ``train_input_path``, score ``eval_input_path`` (if set) with the FM metrics,
+    write ``model_dir``; returns the model and the metrics stored in ``metrics.json``."""
+    for name in ("train_input_path", "model_dir"):
+        if not getattr(config, name):
+            raise ConfigError(f"{name}: required to train (in the file or by --set {name}=...)")
+    channel_files(config.train_input_path)  # a missing input fails before any training
+    if config.eval_input_path:
+        channel_files(config.eval_input_path)
+    model = DeepFMModel.create(config)
+    loss = config.model_config.losses[0]
+    smoothing = loss.binary_cross_entropy.label_smoothing if loss.binary_cross_entropy else 0.0
+
+    def blocks():
+        return (model.encode(batch, labelled=True) for batch in
+                model.read(config.train_input_path))
+
+    history = train_network(model.net, blocks, config.train_config,
+                            config.data_config.batch_size, model.label_mode, smoothing,
+                            config.data_config.shuffle, progress)
+    metrics: dict[str, Any] = {"train": [vars(h) for h in history]}
+    if config.eval_input_path:
+        steps = config.eval_config.num_steps
+        batch = config.data_config.eval_batch_size or config.data_config.batch_size
+        metrics["test"] = model.evaluate(model.read(config.eval_input_path),
+                                         max_rows=steps * batch if steps else None)
+        log_metrics("test", metrics["test"], host)
+    model.save(config.model_dir, metrics)
+    log.info("model written to %s", config.model_dir)
+    return model, metrics

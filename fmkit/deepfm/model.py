@@ -1,0 +1,183 @@
+"""A trained DeepFM: configuration, features and network, with FMModel's serving interface.
+
+:class:`DeepFMModel` answers the same calls as :class:`fmkit.model.FMModel` — ``predictions``,
+``evaluate``, ``read``, ``request_decoder``, ``save``/``load`` — so ``fmkit evaluate``,
+``fmkit predict`` and ``fmkit serve`` treat both alike. Its model directory stores the whole
+configuration in ``model.json`` (features, groups, network, data layout) and the network's
+weights in ``weights.npz``: serving needs nothing but the directory, and loading executes no
+code (numpy arrays without pickle; init and activation names are parsed, not evaluated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmkit import artifact
+from fmkit.data import columns
+from fmkit.data.columns import ColumnBatch
+from fmkit.deepfm import config as configs
+from fmkit.deepfm.features import FeatureSet
+from fmkit.deepfm.network import DeepFMNet
+from fmkit.errors import ArtifactError, FMKitError
+from fmkit.metrics import compute_metrics, prediction_fields
+from fmkit.serve import codecs
+
+MODEL_TYPE = "deepfm"
+
+
+def predictor_type(config: configs.EasyRecConfig) -> str:
+    """``binary_classifier`` for binary cross entropy, ``regressor`` for l2_loss."""
+    loss = config.model_config.losses[0]
+    return "binary_classifier" if loss.binary_cross_entropy is not None else "regressor"
+
+
+@dataclass
+class DeepFMModel:
+    config: configs.EasyRecConfig
+    features: FeatureSet
+    net: DeepFMNet
+
+    @classmethod
+    def create(cls, config: configs.EasyRecConfig) -> DeepFMModel:
+        """A new model with initial weights (seeded by ``train_config.seed``)."""
+        features = FeatureSet.from_config(config)
+        torch.manual_seed(config.train_config.seed)
+        return cls(config, features, DeepFMNet(features, config.model_config.deepfm))
+
+    @property
+    def predictor_type(self) -> str:
+        return predictor_type(self.config)
+
+    @property
+    def label_mode(self) -> str:
+        return "binary" if self.predictor_type == "binary_classifier" else "real"
+
+    # -- input -----------------------------------------------------------------------------
+    def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True
+             ) -> Iterator[ColumnBatch]:
+        """Column batches of a channel in the configured layout (``fmt``: ``auto``, ``csv``,
+        ``parquet``, or ``json``/``jsonlines`` request bodies)."""
+        data = self.config.data_config
+        if fmt in ("json", "jsonlines"):
+            yield from _request_files(path, fmt)
+            return
+        if fmt == "parquet" or (fmt == "auto" and data.dataset_type == "ParquetDataset"):
+            yield from columns.read_parquet(path)
+            return
+        names = [f.input_name for f in data.input_fields] or None
+        yield from columns.read_delimited(path, names, data.delimiter, data.with_header)
+
+    def encode(self, batch: ColumnBatch, labelled: bool = False):
+        return self.features.encode(batch, labelled, binary=self.label_mode == "binary")
+
+    def request_decoder(self) -> Callable[[bytes, str], ColumnBatch]:
+        """Decodes ``application/json`` and ``application/jsonlines`` bodies of raw feature
+        values; recordIO carries no feature names, so it is refused with 415."""
+
+        def decode(body: bytes, content_type: str) -> ColumnBatch:
+            kind = codecs.request_type(content_type)
+            if kind == codecs.RECORDIO:
+                raise codecs.RequestError("a DeepFM model takes raw feature values: send "
+                                          "application/json or application/jsonlines", 415)
+            instances = (codecs.json_instances(body) if kind == codecs.JSON
+                         else codecs.jsonlines_instances(body))
+            try:
+                return columns.from_instances(instances)
+            except FMKitError as e:
+                raise codecs.RequestError(str(e)) from None
+
+        return decode
+
+    # -- scoring ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, batch: ColumnBatch) -> np.ndarray:
+        """y of every row (float64); a bad value raises a DataError naming its row."""
+        self.net.eval()
+        encoded = self.encode(batch)
+        if encoded.n_rows == 0:
+            return np.zeros(0)
+        return self.net(encoded).double().numpy()
+
+    def predictions(self, batch: ColumnBatch) -> dict[str, np.ndarray]:
+        """``score`` (and ``predicted_label`` for classifiers) of every row."""
+        return prediction_fields(self.predictor_type, self.logits(batch))
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterator[ColumnBatch], max_rows: int | None = None
+                 ) -> dict[str, float]:
+        """The FM metrics (RMSE, or log loss/accuracy/F1/AUC) over labelled batches (their
+        first ``max_rows`` rows if given)."""
+        self.net.eval()
+        labels, logits = [], []
+        seen = 0
+        for batch in batches:
+            if max_rows is not None:
+                if seen >= max_rows:
+                    break
+                batch = columns.head(batch, max_rows - seen)
+            seen += batch.n_rows
+            encoded = self.encode(batch, labelled=True)
+            labels.append(encoded.labels)
+            logits.append(self.net(encoded).double().numpy() if encoded.n_rows else np.zeros(0))
+        y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
+        z = np.concatenate(logits) if logits else np.zeros(0)
+        return compute_metrics(self.predictor_type, y, z)
+
+    # -- the model directory ---------------------------------------------------------------
+    def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
+        meta = {"model_type": MODEL_TYPE, "predictor_type": self.predictor_type,
+                "config": configs.to_document(self.config)}
+        weights = {name: t.detach().cpu().numpy() for name, t in self.net.state_dict().items()}
+        return artifact.save_directory(path, meta, weights, metrics or {})
+
+    @classmethod
+    def load(cls, path: str | Path) -> DeepFMModel:
+        meta, weights, _ = artifact.load_directory(path)
+        if meta.get("model_type") != MODEL_TYPE:
+            raise ArtifactError(f"{path}: model_type {meta.get('model_type')!r} is not "
+                                f"{MODEL_TYPE!r}")
+        try:
+            config = configs.parse(meta["config"])
+        except (KeyError, configs.ConfigError) as e:
+            raise ArtifactError(f"{path}: model.json has no valid DeepFM configuration: {e}"
+                                ) from None
+        model = cls.create(config)
+        expected = model.net.state_dict()
+        if set(weights) != set(expected):
+            missing = sorted(set(expected) - set(weights)) or sorted(set(weights) - set(expected))
+            raise ArtifactError(f"{path}: weights do not match the configuration "
+                                f"(e.g. {missing[0]!r})")
+        for name, tensor in expected.items():
+            if tuple(weights[name].shape) != tuple(tensor.shape):
+                raise ArtifactError(f"{path}: array {name!r} has shape "
+                                    f"{tuple(weights[name].shape)}, expected "
+                                    f"{tuple(tensor.shape)} from the configuration")
+        model.net.load_state_dict({name: torch.from_numpy(np.array(array))
+                                   for name, array in weights.items()})
+        model.net.eval()
+        return model
+
+
+def _request_files(path: str | Path, fmt: str) -> Iterator[ColumnBatch]:
+    """JSON (``{"instances": [...]}``) or JSON Lines files of raw feature values."""
+    from fmkit.data.blocks import iter_line_blocks
+    from fmkit.data.sources import channel_files
+    from fmkit.errors import DataError
+
+    for file in channel_files(path):
+        try:
+            if fmt == "json":
+                yield columns.from_instances(codecs.json_instances(Path(file).read_bytes()),
+                                             str(file))
+                continue
+            for buf, first_line in iter_line_blocks(file):
+                instances = codecs.jsonlines_instances(buf.tobytes(), first_line)
+                yield columns.from_instances(instances, str(file))
+        except codecs.RequestError as e:
+            raise DataError(str(file), None, str(e)) from None

@@ -1,0 +1,203 @@
+"""The DeepFM network (PyTorch), as TorchEasyRec's ``DeepFM.predict`` computes it.
+
+``y = Σ wide + Σ_d FM_d + Linear(MLP_deep(deep))``, or with a ``final`` MLP
+``y = Linear(MLP_final([Σ wide ‖ FM ‖ MLP_deep(deep)]))``, where FM_d =
+½[(Σ_i e_id)² − Σ_i e_id²] over the FM group's embeddings (the ``deep`` group's when there is
+no ``fm`` group). FM and deep share one table per embedding name; the wide part has its own
+tables of ``wide_embedding_dim`` columns. Sparse features are looked up with
+``nn.EmbeddingBag(sparse=True)`` so that the sparse optimizer touches only the rows a batch uses.
+
+Init functions and activations are written as TorchEasyRec writes them
+(``"nn.init.uniform_,a=-0.01,b=0.01"``, ``"nn.LeakyReLU(negative_slope=0.1)"``) but are parsed
+against a list of allowed names with numeric arguments, never evaluated as code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fmkit.deepfm.config import MLP as MLPConfig
+from fmkit.deepfm.config import ConfigError, DeepFM
+from fmkit.deepfm.features import Encoded, FeatureSet, default_init_bound
+
+INIT_FUNCTIONS = ("uniform_", "normal_", "zeros_", "ones_", "constant_", "xavier_uniform_",
+                  "xavier_normal_", "trunc_normal_")
+ACTIVATIONS = ("ReLU", "LeakyReLU", "PReLU", "ELU", "GELU", "SiLU", "Sigmoid", "Tanh",
+               "Softplus", "Identity")
+
+
+def _numeric_kwargs(text: str, where: str) -> dict[str, float]:
+    kwargs = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        try:
+            kwargs[key.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected name=number, got {part!r}") from None
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"{where}: expected name=number, got {part!r}")
+    return kwargs
+
+
+def init_function(text: str | None, where: str) -> Callable[[torch.Tensor], None] | None:
+    """``nn.init.NAME[,key=value...]`` as a function of a tensor (None if unset)."""
+    if not text:
+        return None
+    name, _, rest = text.partition(",")
+    name = name.strip().removeprefix("torch.").removeprefix("nn.init.")
+    if name not in INIT_FUNCTIONS:
+        raise ConfigError(f"{where}: init function must be nn.init. one of "
+                          f"{', '.join(INIT_FUNCTIONS)}, got {text!r}")
+    kwargs = _numeric_kwargs(rest, where)
+    function = getattr(nn.init, name)
+    try:
+        function(torch.empty(2, 2), **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {text!r}: {e}") from None
+    return lambda tensor: function(tensor, **kwargs)
+
+
+def activation(text: str, where: str) -> nn.Module | None:
+    """``nn.NAME`` or ``nn.NAME(key=value, ...)`` as a module; "" means none."""
+    if not text:
+        return None
+    match = re.fullmatch(r"\s*(?:torch\.)?(?:nn\.)?(\w+)\s*(?:\((.*)\))?\s*", text)
+    if not match or match.group(1) not in ACTIVATIONS:
+        raise ConfigError(f"{where}: activation must be nn. one of {', '.join(ACTIVATIONS)} "
+                          f"(optionally with numeric arguments), got {text!r}")
+    kwargs = _numeric_kwargs(match.group(2) or "", where)
+    try:
+        return getattr(nn, match.group(1))(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {text!r}: {e}") from None
+
+
+class MLP(nn.Sequential):
+    """TorchEasyRec's MLP: per layer Linear → BatchNorm or LayerNorm → activation → dropout;
+    the last layer has its activation too (the output layer is separate)."""
+
+    def __init__(self, in_features: int, config: MLPConfig, where: str):
+        units = config.hidden_units
+        if not units or min(units) <= 0:
+            raise ConfigError(f"{where}.hidden_units: expected positive layer sizes")
+        dropout = list(config.dropout_ratio)
+        if len(dropout) == 1:
+            dropout *= len(units)
+        if dropout and len(dropout) != len(units):
+            raise ConfigError(f"{where}.dropout_ratio: expected 1 or {len(units)} values, got "
+                              f"{len(dropout)}")
+        if any(not 0 <= p < 1 for p in dropout):
+            raise ConfigError(f"{where}.dropout_ratio: each value must be in [0, 1)")
+        if config.use_bn and config.use_ln:
+            raise ConfigError(f"{where}: use_bn and use_ln cannot both be set")
+        layers: list[nn.Module] = []
+        for i, out in enumerate(units):
+            layers.append(nn.Linear(in_features, out, bias=config.bias and not config.use_bn))
+            if config.use_bn:
+                layers.append(nn.BatchNorm1d(out))
+            if config.use_ln:
+                layers.append(nn.LayerNorm(out))
+            act = activation(config.activation, f"{where}.activation")
+            if act is not None:
+                layers.append(act)
+            if dropout and dropout[i] > 0:
+                layers.append(nn.Dropout(dropout[i]))
+            in_features = out
+        super().__init__(*layers)
+        self.output_dim = units[-1]
+
+
+def factorization_machine(x: torch.Tensor) -> torch.Tensor:
+    """FM_d = ½[(Σ_i x_id)² − Σ_i x_id²] of ``x`` [B, N, D] → [B, D]."""
+    total = x.sum(dim=1)
+    return 0.5 * (total * total - (x * x).sum(dim=1))
+
+
+def _key(name: str) -> str:
+    """A table name usable as a module name (TorchEasyRec names may hold dots)."""
+    return name.replace(".", "__")
+
+
+class DeepFMNet(nn.Module):
+    """Wide + FM + deep over shared embeddings; ``forward`` returns y (logits) of shape [B]."""
+
+    def __init__(self, features: FeatureSet, config: DeepFM):
+        super().__init__()
+        self.features = features
+        self.tables = nn.ModuleDict()
+        for name in features.groups["deep"] + features.groups.get("fm", []):
+            feature = features.features[name]
+            key = _key(feature.embedding_name)
+            if feature.sparse and key not in self.tables:
+                self.tables[key] = self._table(feature.num_embeddings, feature.embedding_dim,
+                                               feature.pooling, feature.init_fn,
+                                               f"feature {feature.name} init_fn")
+        self.wide_tables = nn.ModuleDict()
+        for name in features.groups["wide"]:
+            feature = features.features[name]
+            key = _key(feature.embedding_name + "_wide")
+            if key not in self.wide_tables:
+                self.wide_tables[key] = self._table(
+                    feature.num_embeddings, features.wide_embedding_dim, feature.pooling,
+                    config.wide_init_fn, "model_config.deepfm.wide_init_fn")
+        deep_dim = sum(features.features[n].output_dim for n in features.groups["deep"])
+        self.deep = MLP(deep_dim, config.deep, "model_config.deepfm.deep")
+        fm_dim = features.features[features.groups[features.fm_group][0]].output_dim
+        self.final = (MLP(1 + fm_dim + self.deep.output_dim, config.final,
+                          "model_config.deepfm.final") if config.final else None)
+        self.output = nn.Linear(self.final.output_dim if self.final else self.deep.output_dim, 1)
+
+    @staticmethod
+    def _table(rows: int, dim: int, pooling: str, init_fn: str | None,
+               where: str) -> nn.EmbeddingBag:
+        table = nn.EmbeddingBag(rows, dim, mode=pooling, sparse=True)
+        init = init_function(init_fn, where)
+        with torch.no_grad():
+            if init is None:
+                bound = default_init_bound(rows)
+                table.weight.uniform_(-bound, bound)
+            else:
+                init(table.weight)
+        return table
+
+    def forward(self, inputs: Encoded | dict) -> torch.Tensor:
+        sparse, dense = _tensors(inputs)
+        features = self.features
+        values: dict[str, torch.Tensor] = {}
+        for name in dict.fromkeys(features.groups["deep"] + features.groups.get("fm", [])):
+            feature = features.features[name]
+            if feature.sparse:
+                ids, offsets = sparse[name]
+                values[name] = self.tables[_key(feature.embedding_name)](ids, offsets)
+            else:
+                values[name] = dense[name]
+        wide = None
+        for name in features.groups["wide"]:
+            feature = features.features[name]
+            ids, offsets = sparse[name]
+            part = self.wide_tables[_key(feature.embedding_name + "_wide")](ids, offsets)
+            wide = part.sum(dim=1, keepdim=True) if wide is None else (
+                wide + part.sum(dim=1, keepdim=True))
+        fm = factorization_machine(torch.stack([values[n] for n in
+                                                features.groups[features.fm_group]], dim=1))
+        hidden = self.deep(torch.cat([values[n] for n in features.groups["deep"]], dim=1))
+        if self.final is not None:
+            y = self.output(self.final(torch.cat([wide, fm, hidden], dim=1)))
+        else:
+            y = wide + fm.sum(dim=1, keepdim=True) + self.output(hidden)
+        return y.squeeze(1)
+
+
+def _tensors(inputs: Encoded | dict) -> tuple[dict, dict]:
+    """(sparse, dense) input tensors from an :class:`Encoded` batch of numpy arrays."""
+    if isinstance(inputs, dict):
+        return inputs["sparse"], inputs["dense"]
+    sparse = {name: (torch.from_numpy(ids), torch.from_numpy(offsets[:-1]))
+              for name, (ids, offsets) in inputs.sparse.items()}
+    dense = {name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in inputs.dense.items()}
+    return sparse, dense

@@ -1,0 +1,246 @@
+"""DeepFM training: mini-batches of encoded columns, a sparse and a dense optimizer.
+
+As TorchEasyRec does, embedding tables get the sparse optimizer (``sgd``, ``adagrad``,
+``rowwise_adagrad`` or ``adam`` — lazy Adam, PyTorch's ``SparseAdam``) and every other
+parameter the dense one (``adam``, ``adamw``, ``adagrad``, or ``sgd`` with TorchEasyRec's
+momentum 0.9), each with its own learning rate. The input is streamed: blocks of rows are read
+and encoded on a background thread while the previous block trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fmkit.deepfm.config import DenseOptimizer, OptimizerSettings, SparseOptimizer, TrainConfig
+from fmkit.deepfm.features import Encoded
+
+log = logging.getLogger("fmkit")
+
+
+class RowwiseAdagrad(torch.optim.Optimizer):
+    """Row-wise AdaGrad for sparse embedding gradients (fbgemm's ``rowwise_adagrad``): one
+    accumulator per table row, the mean of the row's squared gradient, so the state is a
+    column instead of a copy of the table."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, eps: float = 1e-8,
+                 initial_accumulator_value: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "eps": eps, "weight_decay": weight_decay,
+                                  "initial_accumulator_value": initial_accumulator_value})
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> None:
+        for group in self.param_groups:
+            for weight in group["params"]:
+                if weight.grad is None:
+                    continue
+                state = self.state[weight]
+                if not state:
+                    state["sum"] = torch.full((weight.shape[0],),
+                                              group["initial_accumulator_value"])
+                grad = weight.grad.coalesce()
+                rows, values = grad.indices()[0], grad.values()
+                if group["weight_decay"]:
+                    values = values + group["weight_decay"] * weight[rows]
+                state["sum"].index_add_(0, rows, (values * values).mean(dim=1))
+                scale = group["lr"] / (state["sum"][rows].sqrt() + group["eps"])
+                weight.index_add_(0, rows, -scale.unsqueeze(1) * values)
+
+
+def _chosen(message: SparseOptimizer | DenseOptimizer) -> tuple[str, OptimizerSettings]:
+    name = next(n for n in message.ONEOF if getattr(message, n) is not None)
+    return name.removesuffix("_optimizer"), getattr(message, name)
+
+
+def sparse_optimizer(params: list[torch.Tensor], message: SparseOptimizer
+                     ) -> torch.optim.Optimizer:
+    name, s = _chosen(message)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=s.lr)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=s.lr,
+                                   initial_accumulator_value=s.initial_accumulator_value)
+    if name == "rowwise_adagrad":
+        return RowwiseAdagrad(params, lr=s.lr, weight_decay=s.weight_decay,
+                              initial_accumulator_value=s.initial_accumulator_value)
+    return torch.optim.SparseAdam(params, lr=s.lr, betas=(s.beta1, s.beta2))
+
+
+def dense_optimizer(params: list[torch.Tensor], message: DenseOptimizer) -> torch.optim.Optimizer:
+    name, s = _chosen(message)
+    if name == "sgd":
+        momentum = 0.9 if s.momentum is None else s.momentum
+        return torch.optim.SGD(params, lr=s.lr, momentum=momentum, weight_decay=s.weight_decay)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=s.lr, weight_decay=s.weight_decay,
+                                   initial_accumulator_value=s.initial_accumulator_value)
+    kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return kind(params, lr=s.lr, betas=(s.beta1, s.beta2), weight_decay=s.weight_decay)
+
+
+def take_rows(batch: Encoded, rows: np.ndarray) -> Encoded:
+    """The rows ``rows`` of a batch, in that order (slices and permutations alike)."""
+    sparse = {}
+    for name, (ids, offsets) in batch.sparse.items():
+        starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+        new_offsets = np.zeros(rows.size + 1, np.int64)
+        np.cumsum(lengths, out=new_offsets[1:])
+        positions = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
+        sparse[name] = ids[positions], new_offsets
+    dense = {name: values[rows] for name, values in batch.dense.items()}
+    labels = batch.labels[rows] if batch.labels is not None else None
+    return Encoded(rows.size, sparse, dense, labels)
+
+
+def mini_batches(blocks: Iterable[Encoded], batch_size: int, shuffle: bool,
+                 rng: np.random.Generator) -> Iterator[Encoded]:
+    """Batches of ``batch_size`` rows across block boundaries (the last may be smaller);
+    ``shuffle`` permutes the rows of each block first."""
+    pending: list[Encoded] = []
+    count = 0
+    for block in blocks:
+        order = rng.permutation(block.n_rows) if shuffle else np.arange(block.n_rows)
+        start = 0
+        if pending:
+            need = batch_size - count
+            pending.append(take_rows(block, order[:need]))
+            start, count = min(need, block.n_rows), count + min(need, block.n_rows)
+            if count < batch_size:
+                continue
+            yield concatenate(pending)
+            pending, count = [], 0
+        while block.n_rows - start >= batch_size:
+            yield take_rows(block, order[start:start + batch_size])
+            start += batch_size
+        if start < block.n_rows:
+            pending, count = [take_rows(block, order[start:])], block.n_rows - start
+    if pending:
+        yield concatenate(pending)
+
+
+def concatenate(parts: list[Encoded]) -> Encoded:
+    if len(parts) == 1:
+        return parts[0]
+    sparse = {}
+    for name in parts[0].sparse:
+        ids = np.concatenate([p.sparse[name][0] for p in parts])
+        shifts = np.cumsum([0] + [p.sparse[name][1][-1] for p in parts[:-1]])
+        offsets = np.concatenate([parts[0].sparse[name][1][:1]] + [
+            p.sparse[name][1][1:] + shift for p, shift in zip(parts, shifts)])
+        sparse[name] = ids, offsets
+    dense = {name: np.concatenate([p.dense[name] for p in parts]) for name in parts[0].dense}
+    labels = (np.concatenate([p.labels for p in parts]) if parts[0].labels is not None
+              else None)
+    return Encoded(sum(p.n_rows for p in parts), sparse, dense, labels)
+
+
+def background(items: Iterator, depth: int = 2) -> Iterator:
+    """``items`` produced on a thread, ``depth`` ahead (reading and encoding overlap training;
+    pyarrow, numba and PyTorch release the GIL). Errors are raised in the consumer."""
+    buffer: queue.Queue = queue.Queue(depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put((item, None))
+            buffer.put((done, None))
+        except BaseException as e:  # handed to the consumer
+            buffer.put((done, e))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    rows: int
+    steps: int
+    loss: float
+    seconds: float
+
+
+def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], config: TrainConfig,
+                  batch_size: int, loss_kind: str, label_smoothing: float = 0.0,
+                  shuffle: bool = False, progress: bool | None = None) -> list[EpochStats]:
+    """Train ``net`` in place over ``num_epochs`` passes of ``blocks()`` (or ``num_steps``
+    mini-batches); returns per-epoch statistics."""
+    from tqdm import tqdm
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    tables = [p for name, p in net.named_parameters() if "tables." in name]
+    others = [p for name, p in net.named_parameters() if "tables." not in name]
+    optimizers = [sparse_optimizer(tables, config.sparse_optimizer),
+                  dense_optimizer(others, config.dense_optimizer)]
+    criterion = nn.BCEWithLogitsLoss() if loss_kind == "binary" else nn.MSELoss()
+    show = sys.stderr.isatty() if progress is None else progress
+    epochs = config.num_epochs or sys.maxsize
+    history: list[EpochStats] = []
+    steps = 0
+    net.train()
+    for epoch in range(1, epochs + 1):
+        started, rows, total_loss, epoch_steps = time.perf_counter(), 0, 0.0, 0
+        bar = tqdm(desc=f"epoch {epoch}", unit=" rows", unit_scale=True, disable=not show,
+                   leave=False)
+        for batch in mini_batches(background(blocks()), batch_size, shuffle, rng):
+            labels = torch.from_numpy(batch.labels)
+            if label_smoothing:
+                labels = labels * (1 - label_smoothing) + 0.5 * label_smoothing
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            loss = criterion(net(batch), labels)
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            value = float(loss)
+            if not np.isfinite(value):
+                raise FloatingPointError(f"training diverged at step {steps + 1} (loss {value});"
+                                         f" lower the learning rates")
+            steps += 1
+            epoch_steps += 1
+            rows += batch.n_rows
+            total_loss += value * batch.n_rows
+            bar.update(batch.n_rows)
+            if config.log_step_count_steps and steps % config.log_step_count_steps == 0:
+                log.debug("step %d: loss %.5f", steps, value)
+            if config.num_steps and steps >= config.num_steps:
+                break
+        bar.close()
+        seconds = time.perf_counter() - started
+        stats = EpochStats(epoch, rows, epoch_steps, total_loss / max(rows, 1), seconds)
+        history.append(stats)
+        log.info("epoch %d: %d rows, mean train loss %.5f, %.1f s (%.0f rows/s)", epoch, rows,
+                 stats.loss, seconds, rows / max(seconds, 1e-9))
+        if config.num_steps and steps >= config.num_steps or rows == 0:
+            break
+    net.eval()
+    return history

@@ -1,0 +1,44 @@
+"""Shared pieces of the DeepFM tests: small configurations and an independent FNV-1a."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+
+def fnv1a(text: str, buckets: int) -> int:
+    """FNV-1a (64-bit) of the UTF-8 bytes, in plain Python (independent of the numba one)."""
+    h = 14695981039346656037
+    for byte in text.encode():
+        h = ((h ^ byte) * 1099511628211) % 2**64
+    return h % buckets
+
+
+SMALL: dict[str, Any] = {
+    "feature_configs": [
+        {"id_feature": {"feature_name": "user", "hash_bucket_size": 50, "embedding_dim": 4}},
+        {"id_feature": {"feature_name": "item", "num_buckets": 30, "embedding_dim": 4}},
+        {"id_feature": {"feature_name": "tags", "vocab_list": ["a", "b", "c"],
+                        "embedding_dim": 4, "separator": "|", "pooling": "mean"}},
+        {"raw_feature": {"feature_name": "age", "boundaries": [18, 30, 50],
+                         "embedding_dim": 4}},
+        {"raw_feature": {"feature_name": "price", "normalizer": "log1p"}},
+    ],
+    "model_config": {
+        "feature_groups": [
+            {"group_name": "wide", "group_type": "WIDE", "feature_names": ["user", "item"]},
+            {"group_name": "fm", "feature_names": ["user", "item", "tags", "age"]},
+            {"group_name": "deep", "feature_names": ["user", "item", "tags", "age", "price"]},
+        ],
+        "deepfm": {"deep": {"hidden_units": [8, 4]}, "final": {"hidden_units": [3]},
+                   "wide_embedding_dim": 2},
+    },
+    "data_config": {"label_fields": ["label"]},
+}
+
+
+def small(**changes: Any) -> dict[str, Any]:
+    """A copy of SMALL with top-level sections replaced."""
+    document = copy.deepcopy(SMALL)
+    document.update(changes)
+    return document

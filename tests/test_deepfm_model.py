@@ -1,0 +1,210 @@
+"""DeepFM: the FM part against a brute-force pairwise sum, the whole forward pass against an
+independent numpy re-computation from the same weights, and TorchEasyRec's rules, each with
+its message."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from fmkit.data.columns import ColumnBatch, from_instances
+from fmkit.deepfm import config as configs
+from fmkit.deepfm.model import DeepFMModel
+from fmkit.deepfm.network import factorization_machine
+from fmkit.errors import DataError
+from tests.deepfm_helpers import fnv1a, small
+
+
+def test_fm_part_equals_the_pairwise_sum():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 7, 3))
+    expected = np.zeros((5, 3))
+    for b in range(5):
+        for i in range(7):
+            for j in range(i + 1, 7):
+                expected[b] += x[b, i] * x[b, j]
+    got = factorization_machine(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+ROWS = [
+    {"user": "alice", "item": 3, "tags": "a|c", "age": 25, "price": 10.0},
+    {"user": "bob", "item": 29, "tags": "b|zzz|", "age": 60, "price": 0.0},
+    {"user": 7, "item": 0, "tags": None, "age": None, "price": None},
+    {"user": "alice", "item": 3, "tags": "c", "age": 18, "price": 3.5},
+]
+
+
+def _numpy_forward(state: dict[str, np.ndarray], rows: list[dict]) -> np.ndarray:
+    """DeepFM of §1.3 written out in numpy from the state dict, with ids computed here."""
+    vocab = {"a": 2, "b": 3, "c": 4}
+    out = []
+    for row in rows:
+        user = [fnv1a(str(row["user"]), 50)]
+        item = [int(row["item"])]
+        tags = [vocab.get(t, 1) for t in (row["tags"] or "").split("|") if t]
+        age = 0.0 if row["age"] is None else float(row["age"])
+        bucket = [sum(age >= b for b in (18, 30, 50))]
+        price = math.log1p(0.0 if row["price"] is None else row["price"])
+
+        def bag(table: str, ids: list[int], mean: bool = False) -> np.ndarray:
+            w = state[f"tables.{table}.weight"] if "wide" not in table else state[
+                f"wide_tables.{table}.weight"]
+            if not ids:
+                return np.zeros(w.shape[1])
+            total = w[ids].sum(axis=0)
+            return total / len(ids) if mean else total
+
+        e = {"user": bag("user_emb", user), "item": bag("item_emb", item),
+             "tags": bag("tags_emb", tags, mean=True), "age": bag("age_emb", bucket)}
+        wide = bag("user_emb_wide", user).sum() + bag("item_emb_wide", item).sum()
+        fm_in = np.stack([e["user"], e["item"], e["tags"], e["age"]])
+        fm = np.array([sum(fm_in[i, d] * fm_in[j, d] for i in range(4) for j in range(i + 1, 4))
+                       for d in range(4)])
+        h = np.concatenate([e["user"], e["item"], e["tags"], e["age"], [price]])
+        for layer in (0, 2):
+            h = np.maximum(state[f"deep.{layer}.weight"] @ h + state[f"deep.{layer}.bias"], 0)
+        z = np.concatenate([[wide], fm, h])
+        z = np.maximum(state["final.0.weight"] @ z + state["final.0.bias"], 0)
+        out.append((state["output.weight"] @ z + state["output.bias"])[0])
+    return np.array(out)
+
+
+def test_forward_pass_equals_an_independent_recomputation():
+    model = DeepFMModel.create(configs.parse(small()))
+    state = {k: v.double().numpy() for k, v in model.net.state_dict().items()}
+    got = model.logits(from_instances(ROWS))
+    np.testing.assert_allclose(got, _numpy_forward(state, ROWS), rtol=1e-5, atol=1e-5)
+
+
+def test_without_final_the_parts_are_added():
+    document = small()
+    del document["model_config"]["deepfm"]["final"]
+    model = DeepFMModel.create(configs.parse(document))
+    state = {k: v.double().numpy() for k, v in model.net.state_dict().items()}
+    batch = from_instances(ROWS[:1])
+    row = ROWS[0]
+    e = {name: state[f"tables.{name}_emb.weight"] for name in ("user", "item", "tags", "age")}
+    user, item = fnv1a("alice", 50), 3
+    vectors = np.stack([e["user"][user], e["item"][item], (e["tags"][2] + e["tags"][4]) / 2,
+                        e["age"][1]])
+    fm = 0.5 * ((vectors.sum(0) ** 2) - (vectors ** 2).sum(0))
+    wide = (state["wide_tables.user_emb_wide.weight"][user].sum()
+            + state["wide_tables.item_emb_wide.weight"][item].sum())
+    h = np.concatenate([*vectors, [math.log1p(row["price"])]])
+    for layer in (0, 2):
+        h = np.maximum(state[f"deep.{layer}.weight"] @ h + state[f"deep.{layer}.bias"], 0)
+    expected = wide + fm.sum() + (state["output.weight"] @ h + state["output.bias"])[0]
+    np.testing.assert_allclose(model.logits(batch), [expected], rtol=1e-5, atol=1e-5)
+
+
+def test_shared_embedding_names_share_one_table():
+    document = small()
+    document["feature_configs"][0]["id_feature"].update(embedding_name="ids",
+                                                        num_buckets=30)
+    del document["feature_configs"][0]["id_feature"]["hash_bucket_size"]
+    document["feature_configs"][1]["id_feature"]["embedding_name"] = "ids"
+    model = DeepFMModel.create(configs.parse(document))
+    names = [n for n in model.net.state_dict() if n.startswith("tables.")]
+    assert "tables.ids.weight" in names and not any("user_emb" in n for n in names)
+    assert "wide_tables.ids_wide.weight" in model.net.state_dict()
+
+
+def _rule_error(document: dict) -> str:
+    with pytest.raises(configs.ConfigError) as error:
+        DeepFMModel.create(configs.parse(document))
+    return str(error.value)
+
+
+def test_rules_each_with_its_message():
+    # FM features must share one embedding dimension
+    d = small()
+    d["feature_configs"][2]["id_feature"]["embedding_dim"] = 8
+    assert "embedding dimension of fm features must be same" in _rule_error(d)
+    # ... also when the deep group stands in for a missing fm group (a dense feature has dim 1)
+    d = small()
+    d["model_config"]["feature_groups"] = [g for g in d["model_config"]["feature_groups"]
+                                           if g["group_name"] != "fm"]
+    assert "embedding dimension of fm features must be same" in _rule_error(d)
+    # a dense feature in the wide group
+    d = small()
+    d["model_config"]["feature_groups"][0]["feature_names"].append("price")
+    assert "dense feature [price] should not be configured in wide group." in _rule_error(d)
+    # an unknown feature name
+    d = small()
+    d["model_config"]["feature_groups"][2]["feature_names"].append("nope")
+    assert "unknown feature 'nope'" in _rule_error(d)
+    # the wide and deep groups are required; group types are fixed
+    d = small()
+    d["model_config"]["feature_groups"] = d["model_config"]["feature_groups"][1:]
+    assert "needs a group named 'wide'" in _rule_error(d)
+    d = small()
+    d["model_config"]["feature_groups"][0]["group_type"] = "DEEP"
+    assert "group 'wide' must be WIDE" in _rule_error(d)
+    # one way of sizing an id feature
+    d = small()
+    d["feature_configs"][0]["id_feature"]["num_buckets"] = 10
+    assert "exactly one of hash_bucket_size, num_buckets, vocab_list" in _rule_error(d)
+    # shared tables must agree
+    d = small()
+    for i in (0, 1):
+        d["feature_configs"][i]["id_feature"]["embedding_name"] = "ids"
+    assert "share embedding 'ids' but differ in num_embeddings" in _rule_error(d)
+    # MLP options
+    d = small()
+    d["model_config"]["deepfm"]["deep"].update(use_bn=True, use_ln=True)
+    assert "use_bn and use_ln cannot both be set" in _rule_error(d)
+    d = small()
+    d["model_config"]["deepfm"]["deep"]["activation"] = "os.system('x')"
+    assert "model_config.deepfm.deep.activation: activation must be nn." in _rule_error(d)
+    d = small()
+    d["model_config"]["deepfm"]["deep"]["dropout_ratio"] = [0.1, 0.2, 0.3]
+    assert "dropout_ratio: expected 1 or 2 values" in _rule_error(d)
+
+
+def test_config_errors_name_the_field_path():
+    d = small()
+    d["model_config"]["deepfm"]["deep"]["hidden_units"] = [8, "x"]
+    assert "model_config.deepfm.deep.hidden_units[1]: expected an integer, got 'x'" in \
+        _rule_error(d)
+    d = small()
+    d["model_config"]["deepfm"]["deep"]["hiden_units"] = [8]
+    assert "model_config.deepfm.deep.hiden_units: unknown field" in _rule_error(d)
+    d = small(train_config={"num_epochs": 1, "num_steps": 5})
+    assert "set num_epochs or num_steps, not both" in _rule_error(d)
+    d = small(train_config={"sparse_optimizer": {"adagrad_optimizer": {}, "adam_optimizer": {}}})
+    assert "train_config.sparse_optimizer: expected exactly one of" in _rule_error(d)
+    d = small()
+    d["feature_configs"][0] = {"id_feature": {"feature_name": "user"}}
+    assert "feature_configs[0].id_feature.embedding_dim: required field is missing" in \
+        _rule_error(d)
+
+
+def test_set_overrides_reach_nested_fields_and_lists():
+    document = configs.apply_overrides(small(), [
+        "model_config.deepfm.deep.hidden_units=[16, 8]",
+        "feature_configs[0].id_feature.embedding_dim=4",
+        "train_config.num_epochs=3",
+    ])
+    config = configs.parse(document)
+    assert config.model_config.deepfm.deep.hidden_units == [16, 8]
+    assert config.train_config.num_epochs == 3
+    with pytest.raises(configs.ConfigError, match=r"no element \[9\]"):
+        configs.apply_overrides(small(), ["feature_configs[9].id_feature.embedding_dim=4"])
+
+
+def test_bad_values_name_the_row():
+    model = DeepFMModel.create(configs.parse(small()))
+    batch = ColumnBatch({"user": pa.array(["a", "b"]), "item": pa.array(["1", "31"]),
+                         "tags": pa.array(["a", "b"]), "age": pa.array(["1", "2"]),
+                         "price": pa.array(["1", "2"])}, 2, "f.csv", first_line=5)
+    with pytest.raises(DataError, match=r"f.csv:6: column 'item': id '31' is not an integer"):
+        model.logits(batch)
+    batch.columns["item"] = pa.array(["1", "2"])
+    batch.columns["price"] = pa.array(["1", "cheap"])
+    with pytest.raises(DataError, match=r"f.csv:6: column 'price': 'cheap' is not a number"):
+        model.logits(batch)
