@@ -10,8 +10,8 @@ Parquet is read a row group at a time with pyarrow; list columns are multi-value
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ class ColumnBatch:
     n_rows: int
     source: str
     first_line: int | None = None
+    absent_is_missing: bool = False  # JSON instances: a feature left out is a missing value
 
     def error(self, row: int, problem: str) -> DataError:
         """A :class:`DataError` naming row ``row`` of this batch."""
@@ -47,6 +48,8 @@ class ColumnBatch:
         try:
             return self.columns[name]
         except KeyError:
+            if self.absent_is_missing:
+                return pa.nulls(self.n_rows, pa.string())
             raise DataError(self.source, None, f"no column {name!r} (columns: "
                             f"{', '.join(self.columns)})") from None
 
@@ -99,24 +102,47 @@ def split_lines(lines: pa.Array, names: Sequence[str], delimiter: str, source: s
     return ColumnBatch(columns, len(lines), source, first_line)
 
 
+DELIMITERS = ("\t", ",", ";", "|")
+
+
+def sniff(first_line: str, names: Sequence[str] | None, delimiter: str,
+          with_header: bool) -> tuple[str, bool]:
+    """The delimiter and header flag of a file whose first line is ``first_line``: as
+    configured, unless the line holds no configured delimiter but another one that splits it
+    into the configured column names (a CSV file with a header for a model trained on TSV)."""
+    if names and not with_header:
+        for candidate in dict.fromkeys((delimiter, *DELIMITERS)):
+            if [c.strip() for c in first_line.split(candidate)] == list(names):
+                return candidate, True
+    if delimiter not in first_line:
+        for candidate in DELIMITERS:
+            if candidate in first_line:
+                return candidate, with_header
+    return delimiter, with_header
+
+
 def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str,
-                   with_header: bool, block_bytes: int = BLOCK_BYTES) -> Iterator[ColumnBatch]:
+                   with_header: bool, block_bytes: int = BLOCK_BYTES,
+                   detect: bool = False) -> Iterator[ColumnBatch]:
     """Every file of a channel as column batches. Column names come from each file's header
-    line (``with_header``) or from ``names``."""
+    line (``with_header``) or from ``names``; ``detect`` lets :func:`sniff` adapt the
+    delimiter and header flag to each file."""
     for file in channel_files(path):
-        columns = list(names or [])
+        columns, separator, header = list(names or []), delimiter, with_header
         for buf, first_line in iter_line_blocks(file, block_bytes):
             lines = _lines_as_strings(buf)
             _check_utf8(lines, str(file), first_line)
-            if with_header and first_line == 1:
-                header = lines[0].as_py()
-                columns = [c.strip() for c in header.split(delimiter)]
-                lines, first_line = lines.slice(1), 2
+            if first_line == 1 and len(lines):
+                if detect:
+                    separator, header = sniff(lines[0].as_py(), names, delimiter, with_header)
+                if header:
+                    columns = [c.strip() for c in lines[0].as_py().split(separator)]
+                    lines, first_line = lines.slice(1), 2
             if not columns:
                 raise DataError(str(file), None, "no column names: set data_config.input_fields "
                                 "or with_header: true")
             if len(lines):
-                yield split_lines(lines, columns, delimiter, str(file), first_line)
+                yield split_lines(lines, columns, separator, str(file), first_line)
 
 
 def read_parquet(path: str | Path, batch_rows: int = 65536) -> Iterator[ColumnBatch]:
@@ -161,7 +187,7 @@ def from_instances(instances: list[Any], source: str = "request",
     for name in names:
         values = [instance.get(name) for instance in instances]
         columns[name] = _python_column(values, name, source)
-    return ColumnBatch(columns, len(instances), source, first_line)
+    return ColumnBatch(columns, len(instances), source, first_line, absent_is_missing=True)
 
 
 def _python_column(values: list[Any], name: str, source: str) -> pa.Array:

@@ -375,7 +375,8 @@ def load_document(path: str | Path) -> dict[str, Any]:
 
 def apply_overrides(document: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     """``--set path=value`` overrides: ``train_config.num_epochs=2``,
-    ``feature_configs[0].id_feature.embedding_dim=8``; values are YAML scalars or lists."""
+    ``feature_configs[0].id_feature.embedding_dim=8``; values are YAML scalars or lists, or
+    else taken as text."""
     import yaml
 
     for assignment in assignments:
@@ -400,7 +401,10 @@ def apply_overrides(document: dict[str, Any], assignments: list[str]) -> dict[st
                     raise ConfigError(f"--set {path}: {key} is not inside a mapping")
                 target = target.setdefault(key, [] if isinstance(next_key, int) else {})
         last = keys[-1]
-        value = yaml.safe_load(text) if text.strip() else ""
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text  # not YAML (e.g. "," or "\t"): the text itself
         if isinstance(last, int):
             if not isinstance(target, list) or last >= len(target):
                 raise ConfigError(f"--set {path}: no element [{last}]")

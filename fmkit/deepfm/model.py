@@ -62,7 +62,9 @@ class DeepFMModel:
     def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True
              ) -> Iterator[ColumnBatch]:
         """Column batches of a channel in the configured layout (``fmt``: ``auto``, ``csv``,
-        ``parquet``, or ``json``/``jsonlines`` request bodies)."""
+        ``parquet``, or ``json``/``jsonlines`` request bodies). ``auto`` also reads delimited
+        files whose delimiter differs from the configured one, or that have a header line
+        naming the configured columns (see :func:`fmkit.data.columns.sniff`)."""
         data = self.config.data_config
         if fmt in ("json", "jsonlines"):
             yield from _request_files(path, fmt)
@@ -71,7 +73,8 @@ class DeepFMModel:
             yield from columns.read_parquet(path)
             return
         names = [f.input_name for f in data.input_fields] or None
-        yield from columns.read_delimited(path, names, data.delimiter, data.with_header)
+        yield from columns.read_delimited(path, names, data.delimiter, data.with_header,
+                                          detect=fmt == "auto")
 
     def encode(self, batch: ColumnBatch, labelled: bool = False):
         return self.features.encode(batch, labelled, binary=self.label_mode == "binary")

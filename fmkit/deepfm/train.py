@@ -195,6 +195,7 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
     mini-batches); returns per-epoch statistics."""
     from tqdm import tqdm
 
+    torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: PyTorch warns if implicit
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     tables = [p for name, p in net.named_parameters() if "tables." in name]
@@ -221,7 +222,7 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
             loss.backward()
             for optimizer in optimizers:
                 optimizer.step()
-            value = float(loss)
+            value = loss.detach().item()
             if not np.isfinite(value):
                 raise FloatingPointError(f"training diverged at step {steps + 1} (loss {value});"
                                          f" lower the learning rates")
