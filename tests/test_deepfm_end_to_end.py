@@ -96,7 +96,7 @@ def test_serve_answers_raw_feature_requests_as_predict_does(trained, cli, tmp_pa
     train = shared_file("criteo_kaggle_head1000", "train.txt")
     rows = criteo_rows(train)[:25]
     subset = tmp_path / "subset.tsv"
-    subset.write_text("\n".join(open(train).read().split("\n")[:25]) + "\n")
+    subset.write_text("\n".join(train.read_text().split("\n")[:25]) + "\n")
     code, out, _ = cli("predict", "--model-dir", trained, "--data", subset)
     expected = [json.loads(line) for line in out.splitlines()]
     served = tmp_path / "served"
@@ -135,7 +135,7 @@ def test_serve_answers_raw_feature_requests_as_predict_does(trained, cli, tmp_pa
 ])
 def test_malformed_rows_are_reported_with_file_and_line(tmp_path, cli, line, problem):
     train = shared_file("criteo_kaggle_head1000", "train.txt")
-    lines = open(train).read().split("\n")[:10]
+    lines = train.read_text().split("\n")[:10]
     lines[6] = line
     bad = tmp_path / "bad.tsv"
     bad.write_text("\n".join(lines) + "\n")
