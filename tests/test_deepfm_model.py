@@ -39,8 +39,18 @@ ROWS = [
 ]
 
 
-def _numpy_forward(state: dict[str, np.ndarray], rows: list[dict]) -> np.ndarray:
-    """DeepFM of §1.3 written out in numpy from the state dict, with ids computed here."""
+def _tables(model: DeepFMModel) -> dict[str, np.ndarray]:
+    """Each embedding table's rows (tables share banks: this reads the layout, not the math)."""
+    net = model.net
+    out = {name: net.tables.table(name).detach().double().numpy() for name in net.tables.slots}
+    out.update({name: net.wide_tables.table(name).detach().double().numpy()
+                for name in net.wide_tables.slots})
+    return out
+
+
+def _numpy_forward(state: dict[str, np.ndarray], tables: dict[str, np.ndarray],
+                   rows: list[dict]) -> np.ndarray:
+    """DeepFM of §1.3 written out in numpy from the weights, with ids computed here."""
     vocab = {"a": 2, "b": 3, "c": 4}
     out = []
     for row in rows:
@@ -52,8 +62,7 @@ def _numpy_forward(state: dict[str, np.ndarray], rows: list[dict]) -> np.ndarray
         price = math.log1p(0.0 if row["price"] is None else row["price"])
 
         def bag(table: str, ids: list[int], mean: bool = False) -> np.ndarray:
-            w = state[f"tables.{table}.weight"] if "wide" not in table else state[
-                f"wide_tables.{table}.weight"]
+            w = tables[table]
             if not ids:
                 return np.zeros(w.shape[1])
             total = w[ids].sum(axis=0)
@@ -78,7 +87,8 @@ def test_forward_pass_equals_an_independent_recomputation():
     model = DeepFMModel.create(configs.parse(small()))
     state = {k: v.double().numpy() for k, v in model.net.state_dict().items()}
     got = model.logits(from_instances(ROWS))
-    np.testing.assert_allclose(got, _numpy_forward(state, ROWS), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, _numpy_forward(state, _tables(model), ROWS), rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_without_final_the_parts_are_added():
@@ -88,13 +98,13 @@ def test_without_final_the_parts_are_added():
     state = {k: v.double().numpy() for k, v in model.net.state_dict().items()}
     batch = from_instances(ROWS[:1])
     row = ROWS[0]
-    e = {name: state[f"tables.{name}_emb.weight"] for name in ("user", "item", "tags", "age")}
+    tables = _tables(model)
+    e = {name: tables[f"{name}_emb"] for name in ("user", "item", "tags", "age")}
     user, item = fnv1a("alice", 50), 3
     vectors = np.stack([e["user"][user], e["item"][item], (e["tags"][2] + e["tags"][4]) / 2,
                         e["age"][1]])
     fm = 0.5 * ((vectors.sum(0) ** 2) - (vectors ** 2).sum(0))
-    wide = (state["wide_tables.user_emb_wide.weight"][user].sum()
-            + state["wide_tables.item_emb_wide.weight"][item].sum())
+    wide = tables["user_emb_wide"][user].sum() + tables["item_emb_wide"][item].sum()
     h = np.concatenate([*vectors, [math.log1p(row["price"])]])
     for layer in (0, 2):
         h = np.maximum(state[f"deep.{layer}.weight"] @ h + state[f"deep.{layer}.bias"], 0)
@@ -109,9 +119,13 @@ def test_shared_embedding_names_share_one_table():
     del document["feature_configs"][0]["id_feature"]["hash_bucket_size"]
     document["feature_configs"][1]["id_feature"]["embedding_name"] = "ids"
     model = DeepFMModel.create(configs.parse(document))
-    names = [n for n in model.net.state_dict() if n.startswith("tables.")]
-    assert "tables.ids.weight" in names and not any("user_emb" in n for n in names)
-    assert "wide_tables.ids_wide.weight" in model.net.state_dict()
+    tables = model.net.tables
+    assert set(tables.slots) == {"ids", "tags_emb", "age_emb"}
+    assert tables.feature_table["user"] == tables.feature_table["item"] == "ids"
+    assert set(model.net.wide_tables.slots) == {"ids_wide"}
+    # stored once: the bank holds 30 "ids" rows, not 30 per feature (+ 5 tags, 4 age buckets)
+    assert tables.banks["dim4_sum"].weight.shape[0] + tables.banks["dim4_mean"].weight.shape[0] \
+        == 30 + 5 + 4
 
 
 def _rule_error(document: dict) -> str:

@@ -4,8 +4,9 @@
 ``y = Linear(MLP_final([Σ wide ‖ FM ‖ MLP_deep(deep)]))``, where FM_d =
 ½[(Σ_i e_id)² − Σ_i e_id²] over the FM group's embeddings (the ``deep`` group's when there is
 no ``fm`` group). FM and deep share one table per embedding name; the wide part has its own
-tables of ``wide_embedding_dim`` columns. Sparse features are looked up with
-``nn.EmbeddingBag(sparse=True)`` so that the sparse optimizer touches only the rows a batch uses.
+tables of ``wide_embedding_dim`` columns. Tables are looked up with
+``nn.EmbeddingBag(sparse=True)`` so that the sparse optimizer touches only the rows a batch
+uses, several tables to one bag (see :class:`Banks`).
 
 Init functions and activations are written as TorchEasyRec writes them
 (``"nn.init.uniform_,a=-0.01,b=0.01"``, ``"nn.LeakyReLU(negative_slope=0.1)"``) but are parsed
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -118,9 +120,73 @@ def factorization_machine(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (total * total - (x * x).sum(dim=1))
 
 
-def _key(name: str) -> str:
-    """A table name usable as a module name (TorchEasyRec names may hold dots)."""
-    return name.replace(".", "__")
+@dataclass
+class Slot:
+    """Where one embedding table lives: rows ``base:base + rows`` of a bank."""
+
+    bank: str
+    base: int
+    rows: int
+
+
+class Banks(nn.Module):
+    """Embedding tables stored side by side in one ``nn.EmbeddingBag`` per (dimension,
+    pooling) — "table-batched" as fbgemm does — so a batch is one lookup, one sparse gradient
+    and one optimizer update per bank instead of one per feature. Tables keep their own rows
+    (a feature's ids are offset by its table's base) and their own initialisation."""
+
+    def __init__(self):
+        super().__init__()
+        self.banks = nn.ModuleDict()
+        self.slots: dict[str, Slot] = {}  # table name -> slot
+        self.members: dict[str, list[str]] = {}  # bank -> feature names, in lookup order
+        self.feature_table: dict[str, str] = {}
+
+    def build(self, tables: list[tuple[str, str, int, int, str, str | None, str]]) -> None:
+        """``tables``: (feature, table name, rows, dim, pooling, init_fn, where) per feature;
+        features naming the same table share its rows."""
+        sizes: dict[str, int] = {}
+        inits = []
+        for feature, table, rows, dim, pooling, init_fn, where in tables:
+            bank = f"dim{dim}_{pooling}"
+            if table not in self.slots:
+                self.slots[table] = Slot(bank, sizes.get(bank, 0), rows)
+                sizes[bank] = sizes.get(bank, 0) + rows
+                inits.append((table, init_fn, where))
+            self.members.setdefault(bank, []).append(feature)
+            self.feature_table[feature] = table
+        for bank, rows in sizes.items():
+            dim, pooling = bank[3:].split("_")
+            self.banks[bank] = nn.EmbeddingBag(rows, int(dim), mode=pooling, sparse=True)
+        with torch.no_grad():
+            for table, init_fn, where in inits:
+                weight = self.table(table)
+                init = init_function(init_fn, where)
+                if init is None:
+                    bound = default_init_bound(weight.shape[0])
+                    weight.uniform_(-bound, bound)
+                else:
+                    init(weight)
+
+    def table(self, name: str) -> torch.Tensor:
+        """The rows of one table (a view of its bank's weight)."""
+        slot = self.slots[name]
+        return self.banks[slot.bank].weight[slot.base: slot.base + slot.rows]
+
+    def forward(self, sparse: dict, batch_size: int) -> dict[str, torch.Tensor]:
+        """The pooled embedding [B, dim] of every member feature."""
+        out = {}
+        for bank, features in self.members.items():
+            ids, offsets, shift = [], [], 0
+            for name in features:
+                feature_ids, feature_offsets = sparse[name]
+                ids.append(feature_ids + self.slots[self.feature_table[name]].base)
+                offsets.append(feature_offsets + shift)
+                shift += feature_ids.numel()
+            pooled = self.banks[bank](torch.cat(ids), torch.cat(offsets))
+            for i, name in enumerate(features):
+                out[name] = pooled[i * batch_size:(i + 1) * batch_size]
+        return out
 
 
 class DeepFMNet(nn.Module):
@@ -129,22 +195,18 @@ class DeepFMNet(nn.Module):
     def __init__(self, features: FeatureSet, config: DeepFM):
         super().__init__()
         self.features = features
-        self.tables = nn.ModuleDict()
-        for name in features.groups["deep"] + features.groups.get("fm", []):
-            feature = features.features[name]
-            key = _key(feature.embedding_name)
-            if feature.sparse and key not in self.tables:
-                self.tables[key] = self._table(feature.num_embeddings, feature.embedding_dim,
-                                               feature.pooling, feature.init_fn,
-                                               f"feature {feature.name} init_fn")
-        self.wide_tables = nn.ModuleDict()
-        for name in features.groups["wide"]:
-            feature = features.features[name]
-            key = _key(feature.embedding_name + "_wide")
-            if key not in self.wide_tables:
-                self.wide_tables[key] = self._table(
-                    feature.num_embeddings, features.wide_embedding_dim, feature.pooling,
-                    config.wide_init_fn, "model_config.deepfm.wide_init_fn")
+        shared = [f for f in dict.fromkeys(features.groups["deep"] + features.groups.get("fm", []))
+                  if features.features[f].sparse]
+        self.tables = Banks()
+        self.tables.build([
+            (name, f.embedding_name, f.num_embeddings, f.embedding_dim, f.pooling, f.init_fn,
+             f"feature {name} init_fn")
+            for name in shared for f in [features.features[name]]])
+        self.wide_tables = Banks()
+        self.wide_tables.build([
+            (name, f.embedding_name + "_wide", f.num_embeddings, features.wide_embedding_dim,
+             f.pooling, config.wide_init_fn, "model_config.deepfm.wide_init_fn")
+            for name in features.groups["wide"] for f in [features.features[name]]])
         deep_dim = sum(features.features[n].output_dim for n in features.groups["deep"])
         self.deep = MLP(deep_dim, config.deep, "model_config.deepfm.deep")
         fm_dim = features.features[features.groups[features.fm_group][0]].output_dim
@@ -152,40 +214,15 @@ class DeepFMNet(nn.Module):
                           "model_config.deepfm.final") if config.final else None)
         self.output = nn.Linear(self.final.output_dim if self.final else self.deep.output_dim, 1)
 
-    @staticmethod
-    def _table(rows: int, dim: int, pooling: str, init_fn: str | None,
-               where: str) -> nn.EmbeddingBag:
-        table = nn.EmbeddingBag(rows, dim, mode=pooling, sparse=True)
-        init = init_function(init_fn, where)
-        with torch.no_grad():
-            if init is None:
-                bound = default_init_bound(rows)
-                table.weight.uniform_(-bound, bound)
-            else:
-                init(table.weight)
-        return table
-
     def forward(self, inputs: Encoded | dict) -> torch.Tensor:
-        sparse, dense = _tensors(inputs)
-        features = self.features
-        values: dict[str, torch.Tensor] = {}
-        for name in dict.fromkeys(features.groups["deep"] + features.groups.get("fm", [])):
-            feature = features.features[name]
-            if feature.sparse:
-                ids, offsets = sparse[name]
-                values[name] = self.tables[_key(feature.embedding_name)](ids, offsets)
-            else:
-                values[name] = dense[name]
-        wide = None
-        for name in features.groups["wide"]:
-            feature = features.features[name]
-            ids, offsets = sparse[name]
-            part = self.wide_tables[_key(feature.embedding_name + "_wide")](ids, offsets)
-            wide = part.sum(dim=1, keepdim=True) if wide is None else (
-                wide + part.sum(dim=1, keepdim=True))
+        sparse, dense, batch_size = _tensors(inputs)
+        groups = self.features.groups
+        values = {**self.tables(sparse, batch_size), **dense}
+        wide = sum(part.sum(dim=1, keepdim=True)
+                   for part in self.wide_tables(sparse, batch_size).values())
         fm = factorization_machine(torch.stack([values[n] for n in
-                                                features.groups[features.fm_group]], dim=1))
-        hidden = self.deep(torch.cat([values[n] for n in features.groups["deep"]], dim=1))
+                                                groups[self.features.fm_group]], dim=1))
+        hidden = self.deep(torch.cat([values[n] for n in groups["deep"]], dim=1))
         if self.final is not None:
             y = self.output(self.final(torch.cat([wide, fm, hidden], dim=1)))
         else:
@@ -193,11 +230,9 @@ class DeepFMNet(nn.Module):
         return y.squeeze(1)
 
 
-def _tensors(inputs: Encoded | dict) -> tuple[dict, dict]:
-    """(sparse, dense) input tensors from an :class:`Encoded` batch of numpy arrays."""
-    if isinstance(inputs, dict):
-        return inputs["sparse"], inputs["dense"]
+def _tensors(inputs: Encoded) -> tuple[dict, dict, int]:
+    """(sparse, dense) input tensors and the row count of an :class:`Encoded` batch."""
     sparse = {name: (torch.from_numpy(ids), torch.from_numpy(offsets[:-1]))
               for name, (ids, offsets) in inputs.sparse.items()}
     dense = {name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in inputs.dense.items()}
-    return sparse, dense
+    return sparse, dense, inputs.n_rows

@@ -1,0 +1,159 @@
+"""DeepFM training and prediction: fmkit against DeepCTR-Torch, same data and settings.
+
+    python benchmarks/bench_deepfm.py [--rows 1000000] [--batch 1024] [--threads 2]
+
+Generates (once, cached in benchmarks/.cache/) a Criteo-layout TSV — label, I1..I13 counts,
+C1..C26 8-hex-digit categories with Zipf-distributed values of 3 to 200,000 distinct values
+per column, 10% missing counts, 5% missing categories — with labels drawn from a planted
+model, plus a test file a tenth as large. Both implementations train DeepFM with embedding 16,
+deep 512-256-128, no final MLP, batch ``--batch``, one epoch, on ``--threads`` threads, each in
+its own process (peak RSS = its VmHWM), and score the same test rows with the same AUC code.
+
+fmkit runs ``examples/deepfm_criteo.yaml`` (hash buckets of 100,000 per column) from the TSV
+file: its training and prediction times include reading and encoding the text. DeepCTR-Torch
+(installed by bench_fm.py's ``ensure_peers`` into benchmarks/.peers) gets its inputs prepared
+as its own Criteo example does (LabelEncoder, MinMaxScaler) before the clock starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_fm import CACHE, PEER_PYTHON, ensure_peers  # noqa: E402
+
+EXAMPLE = HERE.parent / "examples" / "deepfm_criteo.yaml"
+CARDINALITIES = [1000, 500, 200_000, 50_000, 200, 20, 10_000, 500, 3, 30_000, 5000, 100_000,
+                 3000, 25, 10_000, 150_000, 10, 5000, 2000, 4, 100_000, 15, 15, 50_000, 80,
+                 40_000]
+
+FMKIT_TASK = """
+import json, re, sys, time
+from pathlib import Path
+import numpy as np
+import torch
+from fmkit.deepfm import config as configs
+from fmkit.deepfm.jobs import train_deepfm
+train, test, threads, batch, out, example = sys.argv[1:7]
+torch.set_num_threads(int(threads))
+config = configs.load(example, [
+    f"train_input_path={json.dumps(train)}", "eval_input_path=",
+    f"model_dir={json.dumps(out + '.model')}", "train_config.num_epochs=1",
+    f"data_config.batch_size={batch}", "model_config.deepfm.final=null"])
+started = time.perf_counter()
+model, metrics = train_deepfm(config, progress=False)
+train_seconds = time.perf_counter() - started
+started = time.perf_counter()
+scores = np.concatenate([model.predictions(b)["score"] for b in model.read(test)])
+predict_seconds = time.perf_counter() - started
+np.savetxt(out, scores, fmt="%.6f")
+status = open("/proc/self/status").read()
+peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024
+print(json.dumps({"rows": metrics["train"][0]["rows"], "train_seconds": train_seconds,
+                  "test_rows": len(scores), "predict_seconds": predict_seconds,
+                  "peak_rss_mib": peak}))
+"""
+
+
+def make_criteo(rows: int, seed: int = 0) -> tuple[Path, Path]:
+    """Train and test TSV files in Criteo's raw layout from one planted model, cached."""
+    paths = CACHE / f"criteo-{rows}.tsv", CACHE / f"criteo-{rows}.test.tsv"
+    if all(p.exists() for p in paths):
+        return paths
+    CACHE.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    weights = [rng.normal(0, 0.4, n) for n in CARDINALITIES]
+    pair = rng.normal(0, 0.6, (CARDINALITIES[0], CARDINALITIES[4]))
+    cdfs = []
+    for n in CARDINALITIES:
+        w = np.arange(1, n + 1) ** -1.05
+        cdfs.append(np.cumsum(w) / w.sum())
+    for path, n_rows in zip(paths, (rows, rows // 10)):
+        tmp = path.with_suffix(".partial")
+        with open(tmp, "w") as f:
+            for start in range(0, n_rows, 100_000):
+                n = min(100_000, n_rows - start)
+                ids = np.column_stack([np.minimum(np.searchsorted(cdf, rng.random(n)), len(cdf) - 1)
+                                       for cdf in cdfs])
+                counts = rng.geometric(0.05, (n, 13)) - 1
+                logit = (-1.2 + sum(weights[j][ids[:, j]] for j in range(26))
+                         + pair[ids[:, 0], ids[:, 4]] + 0.2 * (np.log1p(counts[:, 0]) - 2.5))
+                labels = rng.random(n) < 1 / (1 + np.exp(-logit))
+                count_missing = rng.random((n, 13)) < 0.10
+                cat_missing = rng.random((n, 26)) < 0.05
+                hexes = (ids * 2654435761 + np.arange(26) * 40503) % (1 << 32)
+                lines = []
+                for r in range(n):
+                    fields = [str(int(labels[r]))]
+                    fields += ["" if count_missing[r, j] else str(counts[r, j]) for j in range(13)]
+                    fields += ["" if cat_missing[r, j] else f"{hexes[r, j]:08x}"
+                               for j in range(26)]
+                    lines.append("\t".join(fields))
+                f.write("\n".join(lines) + "\n")
+        tmp.rename(path)
+    return paths
+
+
+def auc_of(scores_path: Path, test: Path) -> float:
+    from fmkit import metrics
+
+    labels = np.array([int(line.split("\t", 1)[0]) for line in open(test)])
+    return metrics.auc(labels, np.loadtxt(scores_path))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-peers", action="store_true", help="fmkit only")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    train, test = make_criteo(args.rows)
+    print(f"data: {train.name} ({train.stat().st_size / 2**20:.0f} MiB, {args.rows} rows; test "
+          f"{args.rows // 10} rows), 13 counts + 26 categories; prepared in "
+          f"{time.perf_counter() - started:.1f} s")
+    print(f"DeepFM: embedding 16, deep 512-256-128, batch {args.batch}, 1 epoch, "
+          f"{args.threads} threads\n")
+    runs = [("fmkit DeepFM (from the TSV file)",
+             [sys.executable, "-c", FMKIT_TASK, str(train), str(test), str(args.threads),
+              str(args.batch), str(CACHE / "deepfm-fmkit.txt"), str(EXAMPLE)],
+             CACHE / "deepfm-fmkit.txt")]
+    if not args.no_peers:
+        ensure_peers()
+        runs.append(("DeepCTR-Torch 0.3.0 DeepFM (prepared arrays)",
+                     [str(PEER_PYTHON), str(HERE / "peer_deepfm.py"), str(train), str(test),
+                      str(args.threads), str(args.batch), str(CACHE / "deepfm-deepctr.txt")],
+                     CACHE / "deepfm-deepctr.txt"))
+    header = (f"{'implementation':<46}{'train rows/s':>13}{'predict rows/s':>15}"
+              f"{'peak RSS MiB':>13}{'test AUC':>9}")
+    print(header)
+    print("-" * len(header))
+    results = []
+    for label, command, out in runs:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{label} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        r["train_rate"] = r["rows"] / r["train_seconds"]
+        r["predict_rate"] = r["test_rows"] / r["predict_seconds"]
+        results.append(r)
+        print(f"{label:<46}{r['train_rate']:>13,.0f}{r['predict_rate']:>15,.0f}"
+              f"{r['peak_rss_mib']:>13,.0f}{auc_of(out, test):>9.4f}", flush=True)
+    if len(results) == 2:
+        ours, peer = results
+        print(f"\nfmkit / DeepCTR-Torch: training {ours['train_rate'] / peer['train_rate']:.2f}x, "
+              f"prediction {ours['predict_rate'] / peer['predict_rate']:.2f}x, peak memory "
+              f"{ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
