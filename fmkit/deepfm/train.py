@@ -1,7 +1,7 @@
 """DeepFM training: mini-batches of encoded columns, a sparse and a dense optimizer.
 
 As TorchEasyRec does, embedding tables get the sparse optimizer (``sgd``, ``adagrad``,
-``rowwise_adagrad`` or ``adam`` — lazy Adam, PyTorch's ``SparseAdam``) and every other
+``rowwise_adagrad`` or ``adam`` — lazy Adam; see :mod:`fmkit.deepfm.optimizers`) and every other
 parameter the dense one (``adam``, ``adamw``, ``adagrad``, or ``sgd`` with TorchEasyRec's
 momentum 0.9), each with its own learning rate. The input is streamed: blocks of rows are read
 and encoded on a background thread while the previous block trains.
@@ -23,37 +23,9 @@ from torch import nn
 
 from fmkit.deepfm.config import DenseOptimizer, OptimizerSettings, SparseOptimizer, TrainConfig
 from fmkit.deepfm.features import Encoded
+from fmkit.deepfm.optimizers import SparseRows
 
 log = logging.getLogger("fmkit")
-
-
-class RowwiseAdagrad(torch.optim.Optimizer):
-    """Row-wise AdaGrad for sparse embedding gradients (fbgemm's ``rowwise_adagrad``): one
-    accumulator per table row, the mean of the row's squared gradient, so the state is a
-    column instead of a copy of the table."""
-
-    def __init__(self, params: Iterable[torch.Tensor], lr: float, eps: float = 1e-8,
-                 initial_accumulator_value: float = 0.0, weight_decay: float = 0.0):
-        super().__init__(params, {"lr": lr, "eps": eps, "weight_decay": weight_decay,
-                                  "initial_accumulator_value": initial_accumulator_value})
-
-    @torch.no_grad()
-    def step(self, closure: Callable | None = None) -> None:
-        for group in self.param_groups:
-            for weight in group["params"]:
-                if weight.grad is None:
-                    continue
-                state = self.state[weight]
-                if not state:
-                    state["sum"] = torch.full((weight.shape[0],),
-                                              group["initial_accumulator_value"])
-                grad = weight.grad.coalesce()
-                rows, values = grad.indices()[0], grad.values()
-                if group["weight_decay"]:
-                    values = values + group["weight_decay"] * weight[rows]
-                state["sum"].index_add_(0, rows, (values * values).mean(dim=1))
-                scale = group["lr"] / (state["sum"][rows].sqrt() + group["eps"])
-                weight.index_add_(0, rows, -scale.unsqueeze(1) * values)
 
 
 def _chosen(message: SparseOptimizer | DenseOptimizer) -> tuple[str, OptimizerSettings]:
@@ -64,15 +36,9 @@ def _chosen(message: SparseOptimizer | DenseOptimizer) -> tuple[str, OptimizerSe
 def sparse_optimizer(params: list[torch.Tensor], message: SparseOptimizer
                      ) -> torch.optim.Optimizer:
     name, s = _chosen(message)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=s.lr)
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=s.lr,
-                                   initial_accumulator_value=s.initial_accumulator_value)
-    if name == "rowwise_adagrad":
-        return RowwiseAdagrad(params, lr=s.lr, weight_decay=s.weight_decay,
-                              initial_accumulator_value=s.initial_accumulator_value)
-    return torch.optim.SparseAdam(params, lr=s.lr, betas=(s.beta1, s.beta2))
+    return SparseRows(params, name, lr=s.lr, betas=(s.beta1, s.beta2),
+                      weight_decay=s.weight_decay,
+                      initial_accumulator_value=s.initial_accumulator_value)
 
 
 def dense_optimizer(params: list[torch.Tensor], message: DenseOptimizer) -> torch.optim.Optimizer:
