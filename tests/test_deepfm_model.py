@@ -222,3 +222,14 @@ def test_bad_values_name_the_row():
     batch.columns["price"] = pa.array(["1", "cheap"])
     with pytest.raises(DataError, match=r"f.csv:6: column 'price': 'cheap' is not a number"):
         model.logits(batch)
+
+
+def test_outputs_are_named_as_torcheasyrec_names_them():
+    classifier = DeepFMModel.create(configs.parse(small()))
+    out = classifier.outputs(from_instances(ROWS))
+    assert set(out) == {"logits", "probs"} and out["logits"].shape == (len(ROWS),)
+    np.testing.assert_allclose(out["probs"], 1 / (1 + np.exp(-out["logits"])))
+    regressor = DeepFMModel.create(configs.parse(small(model_config={
+        **small()["model_config"], "losses": [{"l2_loss": {}}]})))
+    assert set(regressor.outputs(from_instances(ROWS))) == {"y"}
+    assert regressor.predictor_type == "regressor"

@@ -114,6 +114,14 @@ class DeepFMModel:
                  for start in range(0, encoded.n_rows, SCORING_ROWS)]
         return torch.cat(parts).double().numpy() if parts else np.zeros(0)
 
+    def outputs(self, batch: ColumnBatch) -> dict[str, np.ndarray]:
+        """TorchEasyRec's prediction dict: ``logits`` and ``probs`` for binary cross entropy,
+        ``y`` for l2_loss, one value per row."""
+        y = self.logits(batch)
+        if self.predictor_type == "binary_classifier":
+            return {"logits": y, "probs": 1.0 / (1.0 + np.exp(-y))}
+        return {"y": y}
+
     def predictions(self, batch: ColumnBatch) -> dict[str, np.ndarray]:
         """``score`` (and ``predicted_label`` for classifiers) of every row."""
         return prediction_fields(self.predictor_type, self.logits(batch))

@@ -393,7 +393,10 @@ def predict_logits(indptr, indices, values, w0, T, k, out, n_chunks):
     n_chunks = max(1, min(n, n_chunks))
     for c in prange(n_chunks):
         sums = np.empty(k, dtype=T.dtype)
-        for r in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+        in_order = np.empty(0, np.int64)
+        lo, hi = c * n // n_chunks, (c + 1) * n // n_chunks
+        for r in range(lo, hi):
+            _prefetch_ahead(indptr, indices, values, in_order, r, hi, T, 1)
             out[r] = w0[0] + _row_forward(indptr, indices, values, r, T, k, sums)
 
 
@@ -401,5 +404,7 @@ def predict_logits(indptr, indices, values, w0, T, k, out, n_chunks):
 def predict_logits_serial(indptr, indices, values, w0, T, k, out):
     """:func:`predict_logits` on the calling thread: no thread start-up for small requests."""
     sums = np.empty(k, dtype=T.dtype)
+    in_order = np.empty(0, np.int64)
     for r in range(indptr.size - 1):
+        _prefetch_ahead(indptr, indices, values, in_order, r, indptr.size - 1, T, 1)
         out[r] = w0[0] + _row_forward(indptr, indices, values, r, T, k, sums)

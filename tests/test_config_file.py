@@ -1,0 +1,42 @@
+"""``fmkit train --config``: an FM configuration file trains the same model as the
+command-line flags, and its mistakes are errors naming the field."""
+
+from __future__ import annotations
+
+import json
+
+from .conftest import REPO, shared_file
+
+FM_EXAMPLE = REPO / "examples" / "fm_a9a.yaml"
+
+
+def test_fm_config_file_equals_the_flags(tmp_path, cli):
+    train, test = shared_file("a9a_libsvm", "a9a"), shared_file("a9a_libsvm", "a9a.t")
+    code, _, err = cli("train", "--config", FM_EXAMPLE, "--quiet", "--train", train,
+                       "--test", test, "--model-dir", tmp_path / "from_file",
+                       "--set", "model_config.fm.lock_free=0",
+                       "--set", "model_config.fm.epochs=3")
+    assert code == 0, err
+    code, _, err = cli("train", "--quiet", "--train", train, "--test", test, "--model-dir",
+                       tmp_path / "from_flags", "feature_dim=124", "num_factors=8",
+                       "predictor_type=binary_classifier", "epochs=3", "mini_batch_size=1",
+                       "optimizer=sgd", "linear_lr=0.01", "factors_lr=0.01",
+                       "linear_wd=0.0001", "factors_wd=0.0001", "lock_free=0")
+    assert code == 0, err
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text())["test"]
+               for name in ("from_file", "from_flags")]
+    assert metrics[0] == metrics[1]
+    assert metrics[0]["auc"] > 0.89
+
+
+def test_fm_config_mistakes_name_the_field(tmp_path, cli):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(FM_EXAMPLE.read_text().replace("data_config:", "data_config:\n  formt: x"))
+    code, _, err = cli("train", "--config", bad, "--model-dir", tmp_path / "m")
+    assert code == 1 and "data_config.formt: unknown field in an FM configuration" in err
+    code, _, err = cli("train", "--config", FM_EXAMPLE, "--model-dir", tmp_path / "m",
+                       "--set", "model_config.fm.num_factors=zero")
+    assert code == 1 and "num_factors" in err
+    code, _, err = cli("train", "--config", FM_EXAMPLE, "num_factors=8")
+    assert code == 1 and "with --config, set fields with --set" in err
+    assert not (tmp_path / "m").exists()
