@@ -29,9 +29,23 @@ _QUALITY = {
 }
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (pytest, notebooks and
+    ``contextlib.redirect_stderr`` replace it; a handler bound to an old stream would write to
+    a closed file)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(quiet: bool = False) -> None:
     """Log fmkit's messages to stderr in SageMaker's format (warnings only when ``quiet``)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(
         "[%(asctime)s %(levelname)s %(thread)d] %(message)s", datefmt="%m/%d/%Y %H:%M:%S"
     ))
