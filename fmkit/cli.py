@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from fmkit import distributed
 from fmkit._version import __version__
 from fmkit.artifact import strict_json
 from fmkit.data.sources import FORMATS
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="PATH=VALUE",
                    help="override a configuration field, e.g. train_config.num_epochs=2 "
                         "(repeatable; with --config)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N local processes through torchrun (torch.distributed, "
+                        "Gloo); see docs/distributed.md")
     p.add_argument("--train", help="training file or directory of files")
     p.add_argument("--test", help="test file or directory, scored with SageMaker's metrics")
     p.add_argument("--validation", help="validation file or directory: scored every epoch for "
@@ -155,13 +159,31 @@ def parse_assignments(assignments: list[str], file: str | None) -> dict[str, obj
     return values
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            out.append(item)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.command == "train" and args.nproc > 1:
+        return distributed.launch(args.nproc, _without_nproc(argv))
     quiet = getattr(args, "quiet", False) or (args.command == "demo" and not args.verbose)
     setup_logging(quiet=quiet)
     from fmkit import jobs
 
     try:
+        if (args.command == "train" and distributed.init_from_environment()
+                and distributed.rank_and_size()[0]):
+            setup_logging(quiet=True)  # one log: rank 0's
         if args.command == "train" and args.config:
             if args.assignments or args.hyperparameters:
                 raise HyperparameterError("with --config, set fields with --set PATH=VALUE "
@@ -219,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `fmkit predict ... | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if args.command == "train":
+            distributed.shutdown()
     return 0
 
 

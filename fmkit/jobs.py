@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from fmkit import distributed
 from fmkit.data.batch import SparseBatch
 from fmkit.data.sources import (
     INDEXED_FORMATS,
@@ -55,7 +56,7 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     """
     hp = validate(hyperparameters)
     source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp["predictor_type"]),
-                        cache=cache)
+                        cache=cache, shard=distributed.rank_and_size())
     source.index_base = _index_base(source, index_base)
     channels = {
         name: FileSource(path, source.fmt, hp["feature_dim"], source.index_base,
@@ -82,6 +83,8 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
                             host=host)
     model = FMModel(hp, params, index_base)
     metrics: dict[str, Any] = {"train": [vars(s) for s in history]}
+    if distributed.rank_and_size()[0] != 0:
+        return model, metrics  # the replicas are identical: rank 0 scores and writes
     for channel, channel_source in scored.items():
         metrics[channel] = model.evaluate(channel_source.blocks())
         log_metrics(channel, metrics[channel], host)

@@ -120,8 +120,11 @@ class CsvParser:
         return f"{where}: non-numeric value {token!r} (CSV files have no header)"
 
 
-def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[SparseBatch]:
-    """Stream a CSV file as parsed blocks."""
+def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
+                     shard: tuple[int, int] = (0, 1)) -> Iterator[SparseBatch]:
+    """Stream a CSV file as parsed blocks (with ``shard=(rank, world)``: every world-th)."""
     parser = CsvParser(str(path))
-    for buf, first_line in iter_line_blocks(path, block_bytes):
-        yield parser.parse_block(buf, first_line)
+    rank, world = shard
+    for index, (buf, first_line) in enumerate(iter_line_blocks(path, block_bytes)):
+        if index % world == rank:
+            yield parser.parse_block(buf, first_line)

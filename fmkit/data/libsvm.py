@@ -223,19 +223,26 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
     return batches, int(newlines.sum())
 
 
-def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
-                     ffm: bool = False) -> Iterator[SparseBatch]:
-    """Stream a libsvm (or with ``ffm``, libffm) file as parsed blocks."""
+def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES, ffm: bool = False,
+                     shard: tuple[int, int] = (0, 1)) -> Iterator[SparseBatch]:
+    """Stream a libsvm (or with ``ffm``, libffm) file as parsed blocks; with ``shard=(rank,
+    world)`` only every world-th block of lines from the rank-th (the others are counted for
+    line numbers, not parsed)."""
     line = 1
-    for buf in iter_blocks(path, block_bytes):
+    rank, world = shard
+    for index, buf in enumerate(iter_blocks(path, block_bytes)):
+        if index % world != rank:
+            line += count_newlines(buf, 0, buf.size)
+            continue
         batches, newlines = parse_block(buf, line, str(path), ffm)
         yield from batches
         line += newlines
 
 
-def read_libffm_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[SparseBatch]:
+def read_libffm_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
+                       shard: tuple[int, int] = (0, 1)) -> Iterator[SparseBatch]:
     """Stream a libffm file as parsed blocks (features only)."""
-    return read_file_blocks(path, block_bytes, ffm=True)
+    return read_file_blocks(path, block_bytes, ffm=True, shard=shard)
 
 
 def write_libsvm(stream: BinaryIO, X, y, *, index_base: int = 0) -> None:

@@ -412,9 +412,15 @@ def iter_blocks(stream: BinaryIO, source: str, block_bytes: int = BLOCK_BYTES
             buf = np.concatenate([buf, np.empty(buf.size, dtype=np.uint8)])
 
 
-def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[SparseBatch]:
+def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
+                     shard: tuple[int, int] = (0, 1)) -> Iterator[SparseBatch]:
+    """Stream a recordIO file as parsed blocks (with ``shard=(rank, world)``: every
+    world-th)."""
+    rank, world = shard
     with open(path, "rb", buffering=0) as f:
-        yield from iter_blocks(f, str(path), block_bytes)
+        for index, batch in enumerate(iter_blocks(f, str(path), block_bytes)):
+            if index % world == rank:
+                yield batch
 
 
 def read_bytes(data: bytes, source: str = "request") -> SparseBatch:

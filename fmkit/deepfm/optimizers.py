@@ -18,34 +18,12 @@ import numpy as np
 import torch
 from numba import njit
 
+from fmkit.kernels.fm import sum_repeated_rows
 from fmkit.kernels.prefetch import prefetch
 
 SGD, ADAGRAD, ROWWISE_ADAGRAD, ADAM = range(4)
 AHEAD = 8  # rows prefetched ahead of the update
 RULES = {"sgd": SGD, "adagrad": ADAGRAD, "rowwise_adagrad": ROWWISE_ADAGRAD, "adam": ADAM}
-
-
-@njit(cache=True)
-def _sum_repeated_rows(rows: np.ndarray, values: np.ndarray, slot: np.ndarray):
-    """The distinct rows of a gradient (first-seen order) and each one's summed values;
-    ``slot`` (one int per table row, all -1) is left as it was found."""
-    n, dim = values.shape
-    unique = np.empty(n, np.int64)
-    summed = np.zeros((n, dim), values.dtype)
-    count = 0
-    for i in range(n):
-        r = rows[i]
-        s = slot[r]
-        if s < 0:
-            s = count
-            slot[r] = s
-            unique[count] = r
-            count += 1
-        for d in range(dim):
-            summed[s, d] += values[i, d]
-    for j in range(count):
-        slot[unique[j]] = -1
-    return unique[:count], summed[:count]
 
 
 @njit(cache=True, fastmath={"nsz", "arcp", "contract"})
@@ -133,7 +111,7 @@ class SparseRows(torch.optim.Optimizer):
                 grad = weight.grad
                 rows = np.ascontiguousarray(grad._indices()[0].numpy())
                 values = np.ascontiguousarray(grad._values().numpy())
-                unique, summed = _sum_repeated_rows(rows, values, state["slot"])
+                unique, summed = sum_repeated_rows(rows, values, state["slot"])
                 t = state["step"]
                 step_size = group["lr"] * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
                 _update(RULES[self.rule], weight.detach().numpy(), state["first"], state["second"],

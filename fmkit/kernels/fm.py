@@ -387,6 +387,91 @@ def train_minibatches(indptr, indices, values, labels, batch_size, loss_kind, op
 
 
 @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+def minibatch_gradient(indptr, indices, values, labels, inv_rows, loss_kind, B, T, k, slot,
+                       touched, G_parts, sums):
+    """The gradient of one mini-batch (all rows given) without updating: the distinct features
+    land in ``touched[:n]`` and their summed gradient rows in ``G_parts[0, :n]``, each row's loss
+    scaled by ``inv_rows`` (1 / the rows of the whole step, which may span processes).
+    Returns ``(sum of losses, gradient of w0, n)``; ``slot`` is left all -1."""
+    n_rows = indptr.size - 1
+    n_parts = G_parts.shape[0]
+    width = k + 1
+    n_touched = 0
+    for j in range(indptr[0], indptr[n_rows]):
+        i = indices[j]
+        if slot[i] < 0:
+            slot[i] = n_touched
+            touched[n_touched] = i
+            n_touched += 1
+    loss_parts = np.zeros(n_parts)
+    g0_parts = np.zeros(n_parts)
+    for part in prange(n_parts):
+        G = G_parts[part]
+        for t in range(n_touched):
+            for c in range(width):
+                G[t, c] = 0.0
+        loss, g0 = _accumulate(indptr, indices, values, labels, part * n_rows // n_parts,
+                               (part + 1) * n_rows // n_parts, loss_kind, inv_rows, B, T, k,
+                               sums[part], slot, G)
+        loss_parts[part] = loss
+        g0_parts[part] = g0
+    for part in prange(n_parts):
+        for t in range(part * n_touched // n_parts, (part + 1) * n_touched // n_parts):
+            for c in range(width):
+                acc = 0.0
+                for q in range(n_parts):
+                    acc += G_parts[q, t, c]
+                G_parts[0, t, c] = acc
+            slot[touched[t]] = -1
+    return loss_parts.sum(), g0_parts.sum(), n_touched
+
+
+@njit(cache=True)
+def sum_repeated_rows(rows, values, slot):
+    """The distinct ``rows`` (first-seen order) and each one's summed ``values`` rows;
+    ``slot`` (an int per table row, all -1) is left as it was found. Sums in a fixed order, so
+    every process combining the same gathered gradients gets the same bits."""
+    n, width = values.shape
+    unique = np.empty(n, np.int64)
+    summed = np.zeros((n, width), values.dtype)
+    count = 0
+    for j in range(n):
+        r = rows[j]
+        s = slot[r]
+        if s < 0:
+            s = count
+            slot[r] = s
+            unique[count] = r
+            count += 1
+        for c in range(width):
+            summed[s, c] += values[j, c]
+    for j in range(count):
+        slot[unique[j]] = -1
+    return unique[:count], summed[:count]
+
+
+@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+def apply_gradient(rows, G, g0, opt, cfg, B, T, k, step, n_parts):
+    """One optimizer step from a summed gradient: ``G[t]`` for the distinct features
+    ``rows[t]``, ``g0`` for the bias (the second half of :func:`train_minibatches`'s step).
+    Returns the new step count."""
+    width = k + 1
+    step += 1
+    adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
+                                     np.float64(cfg[BETA2]) ** step, T)
+    g_bias = np.full(1, g0)
+    bw, bm, bs = _row_blocks(B, 0, width)
+    _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg, adam_lr,
+           adam_eps)
+    n = rows.size
+    for part in prange(n_parts):
+        for t in range(part * n // n_parts, (part + 1) * n // n_parts):
+            _update_feature(T, rows[t], G[t], G[t], 0, 1.0, 0.0, width, opt, cfg, adam_lr,
+                            adam_eps)
+    return step
+
+
+@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
 def predict_logits(indptr, indices, values, w0, T, k, out, n_chunks):
     """Write y_hat of every row into ``out`` (float64), in ``n_chunks`` chunks across threads."""
     n = indptr.size - 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,8 +17,9 @@ import numba
 import numpy as np
 from tqdm import tqdm
 
+from fmkit import distributed
 from fmkit.data.batch import SparseBatch, rebatch, take
-from fmkit.errors import DataError
+from fmkit.errors import DataError, HyperparameterError
 from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST, log
 from fmkit.memory import release_large_blocks_to_os
@@ -113,6 +115,52 @@ def loss_kind(predictor_type: str) -> int:
     return kernels.LOGISTIC if predictor_type == "binary_classifier" else kernels.SQUARED
 
 
+def _local_batches(source: Source, size: int, shuffle: bool,
+                   rng: np.random.Generator) -> Iterator[SparseBatch]:
+    """This process's rows in mini-batches of ``size`` (shuffled within each chunk)."""
+    for chunk in rebatch(source.blocks(), size):
+        order = rng.permutation(chunk.n_rows) if shuffle else np.arange(chunk.n_rows)
+        for start in range(0, chunk.n_rows, size):
+            yield take(chunk, order[start:start + size])
+
+
+def distributed_epoch(hp: dict[str, Any], source: Source, kind: int, config: np.ndarray,
+                      bias: np.ndarray, table: np.ndarray, ws: Workspace, step: int,
+                      rng: np.random.Generator, bar) -> tuple[int, float, int]:
+    """One epoch in step with the other processes: each step every process computes the
+    gradient of its next ``mini_batch_size / processes`` rows, the sparse gradients are
+    gathered and summed in rank order, and every process applies the same update, so the
+    replicas stay identical. A process out of rows contributes nothing until all are.
+    Returns (rows of all processes, their summed loss, step)."""
+    _, world = distributed.rank_and_size()
+    local = max(1, -(-hp["mini_batch_size"] // world))
+    opt = OPTIMIZER_IDS[hp["optimizer"]]
+    k = ws.k
+    batches = _local_batches(source, local, hp["shuffle"], rng)
+    rows, loss_sum = 0, 0.0
+    empty_ids, empty_rows = np.zeros(0, np.int64), np.zeros((0, k + 1))
+    while True:
+        batch = next(batches, None)
+        ids, grads, loss, g0 = empty_ids, empty_rows, 0.0, 0.0
+        if batch is not None:
+            ws.reserve(batch, local, table.shape[0])
+            loss, g0, n = kernels.minibatch_gradient(
+                batch.indptr, batch.indices, batch.values, batch.labels, 1.0, kind, bias, table,
+                k, ws.slot, ws.touched, ws.grads, ws.sums)
+            ids, grads = ws.touched[:n].astype(np.int64), ws.grads[0, :n].copy()
+        heads, ids, grads = distributed.all_gather_rows(
+            np.array([batch.n_rows if batch is not None else 0, loss, g0]), ids, grads)
+        n_rows, loss, g0 = heads.sum(axis=0)
+        if n_rows == 0:
+            return rows, loss_sum, step
+        ids, grads = kernels.sum_repeated_rows(ids, grads, ws.slot)
+        step = kernels.apply_gradient(ids, grads / n_rows, g0 / n_rows, opt, config, bias,
+                                      table, k, step, ws.parts)
+        rows += int(n_rows)
+        loss_sum += loss
+        bar.update(int(n_rows))
+
+
 def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None, *,
           validation: Source | None = None, progress: bool | None = None,
           host: str = DEFAULT_HOST, dtype=np.float32) -> tuple[FMParameters, list[EpochStats]]:
@@ -134,7 +182,12 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     config = kernel_config(hp, table.dtype)
     kind = loss_kind(hp["predictor_type"])
     show = sys.stderr.isatty() if progress is None else progress
-    rng = np.random.default_rng(hp["seed"])
+    rank, world = distributed.rank_and_size()
+    if world > 1 and batch_size < 2:
+        raise HyperparameterError("training on several processes combines mini-batch "
+                                  "gradients: set mini_batch_size >= 2 (per-row lock-free "
+                                  "training is for one process)")
+    rng = np.random.default_rng(hp["seed"] + rank)
     history: list[EpochStats] = []
     epochs = hp["epochs"]
     best: tuple[float, int, FMParameters] | None = None
@@ -143,7 +196,10 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
         rows, loss_sum = 0, 0.0
         with tqdm(desc=f"epoch {epoch}/{epochs}", unit=" rows", unit_scale=True,
                   disable=not show, file=sys.stderr) as bar:
-            for chunk in rebatch(source.blocks(), batch_size):
+            if world > 1:
+                rows, loss_sum, step = distributed_epoch(hp, source, kind, config, bias, table,
+                                                         ws, step, rng, bar)
+            for chunk in rebatch(source.blocks(), batch_size) if world == 1 else ():
                 order = rng.permutation(chunk.n_rows) if hp["shuffle"] else NO_ORDER
                 chunk_loss, step = train_chunk(hp, chunk, kind, config, bias, table, ws, step,
                                                order)

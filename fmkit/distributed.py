@@ -1,0 +1,102 @@
+"""Several training processes through PyTorch's own distributed stack (``torch.distributed``).
+
+Processes are started by ``torchrun`` (``torchrun --nproc-per-node 2 -m fmkit train ...``, or
+``fmkit train --nproc 2`` which runs it for you); torchrun's environment (``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``) is all :func:`init_from_environment` needs.
+On CPU the backend is Gloo. Every process reads its own shard of the input
+(:class:`fmkit.data.sources.FileSource` ``shard``), computes the gradient of its share of each
+mini-batch, and the gradients are combined by collectives before every process applies the
+same update to its replica of the model; only rank 0 writes the model and the metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def active() -> bool:
+    """True when this process is one of several in an initialised process group."""
+    if "WORLD_SIZE" not in os.environ and "torch.distributed" not in sys.modules:
+        return False  # no need to import torch
+    dist = _dist()
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_size() -> tuple[int, int]:
+    if not active():
+        return 0, 1
+    dist = _dist()
+    return dist.get_rank(), dist.get_world_size()
+
+
+def init_from_environment() -> bool:
+    """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1);
+    returns whether this process is now one of several. Gloo on CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    dist = _dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    return True
+
+
+def shutdown() -> None:
+    if active():
+        _dist().destroy_process_group()
+
+
+def all_sum(values: np.ndarray) -> np.ndarray:
+    """The element-wise sum of ``values`` over all processes (float64)."""
+    import torch
+
+    if not active():
+        return np.asarray(values, dtype=np.float64)
+    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+    _dist().all_reduce(tensor)
+    return tensor.numpy()
+
+
+def all_gather_rows(header: np.ndarray, ids: np.ndarray, rows: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every process's ``header`` (a few numbers) and ``(ids, rows)``, in rank order — the
+    same arrays on every process: how sparse gradients, of a different size on each process,
+    are combined. Two collectives: the sizes with the headers, then the padded rows (ids
+    travel as float64, exact below 2**53). Returns (headers [processes, h], ids, rows)."""
+    import torch
+
+    header = np.asarray(header, dtype=np.float64)
+    if not active():
+        return header[None, :], ids, rows
+    dist = _dist()
+    size = dist.get_world_size()
+    mine = torch.from_numpy(np.concatenate([[ids.size], header]))
+    heads = [torch.zeros_like(mine) for _ in range(size)]
+    dist.all_gather(heads, mine)
+    counts = [int(h[0]) for h in heads]
+    packed = torch.zeros((max(counts), rows.shape[1] + 1), dtype=torch.float64)
+    packed[: ids.size, 0] = torch.from_numpy(ids.astype(np.float64))
+    packed[: ids.size, 1:] = torch.from_numpy(rows.astype(np.float64))
+    gathered = [torch.zeros_like(packed) for _ in range(size)]
+    dist.all_gather(gathered, packed)
+    joined = np.concatenate([g[:n].numpy() for g, n in zip(gathered, counts)])
+    return (np.stack([h[1:].numpy() for h in heads]), joined[:, 0].astype(np.int64),
+            np.ascontiguousarray(joined[:, 1:]))
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """``fmkit ARGV`` on ``nproc`` local processes through torchrun; returns its exit code."""
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "fmkit", *argv]
+    return subprocess.run(command, env=env).returncode
