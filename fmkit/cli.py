@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N local processes through torchrun (torch.distributed, "
                         "Gloo); see docs/distributed.md")
+    p.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="write training checkpoints (weights, optimizer state, data position) "
+                        "here")
+    p.add_argument("--checkpoint-steps", type=int, default=0, metavar="N",
+                   help="a checkpoint every N optimizer steps (checked between 4 MB chunks)")
+    p.add_argument("--checkpoint-seconds", type=float, default=0.0, metavar="S",
+                   help="a checkpoint every S seconds (default with --checkpoint-dir: 600)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --checkpoint-dir")
     p.add_argument("--train", help="training file or directory of files")
     p.add_argument("--test", help="test file or directory, scored with SageMaker's metrics")
     p.add_argument("--validation", help="validation file or directory: scored every epoch for "
@@ -159,6 +168,19 @@ def parse_assignments(assignments: list[str], file: str | None) -> dict[str, obj
     return values
 
 
+def _checkpointer(args: argparse.Namespace):
+    """The Checkpointer the flags ask for (None without --checkpoint-dir)."""
+    if not args.checkpoint_dir:
+        if args.resume or args.checkpoint_steps or args.checkpoint_seconds:
+            raise HyperparameterError("--resume and --checkpoint-steps/-seconds need "
+                                      "--checkpoint-dir")
+        return None
+    from fmkit.train.checkpoint import Checkpointer
+
+    seconds = args.checkpoint_seconds or (0.0 if args.checkpoint_steps else 600.0)
+    return Checkpointer(Path(args.checkpoint_dir), args.checkpoint_steps, seconds)
+
+
 def _without_nproc(argv: list[str]) -> list[str]:
     out, skip = [], False
     for item in argv:
@@ -205,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             jobs.train_files(hp, args.train, args.model_dir, test_path=args.test,
                              validation_path=args.validation,
                              fmt=args.format, index_base=args.index_base,
-                             progress=False if args.quiet else None, cache=args.cache)
+                             progress=False if args.quiet else None, cache=args.cache,
+                             checkpoints=_checkpointer(args), resume=args.resume)
         elif args.command == "evaluate":
             print(strict_json(jobs.evaluate_files(args.model_dir, args.data, fmt=args.format)))
         elif args.command == "predict":

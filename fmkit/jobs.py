@@ -27,6 +27,7 @@ from fmkit.hyperparameters import validate
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.model import FMModel, label_mode, load_model
 from fmkit.serve import codecs
+from fmkit.train.checkpoint import Checkpointer
 from fmkit.train.trainer import train
 
 
@@ -46,11 +47,14 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
                 model_dir: str | Path, *, test_path: str | Path | None = None,
                 validation_path: str | Path | None = None, fmt: str = "auto",
                 index_base: str | int = "auto", progress: bool | None = None,
-                host: str = DEFAULT_HOST, cache: bool = False) -> tuple[FMModel, dict[str, Any]]:
+                host: str = DEFAULT_HOST, cache: bool = False,
+                checkpoints: Checkpointer | None = None,
+                resume: bool = False) -> tuple[FMModel, dict[str, Any]]:
     """Train on a channel, score the optional test channel, write the model directory.
 
     An optional validation channel is scored after every epoch for early stopping. ``cache``
-    keeps a binary copy of parsed text channels (see :mod:`fmkit.data.cache`).
+    keeps a binary copy of parsed text channels (see :mod:`fmkit.data.cache`). ``checkpoints``
+    and ``resume``: see :mod:`fmkit.train.checkpoint`.
 
     Returns the model and the metrics written to ``metrics.json``.
     """
@@ -65,13 +69,14 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
         if path is not None
     }
     return train_sources(hp, source, model_dir, channels, index_base=source.index_base,
-                         progress=progress, host=host)
+                         progress=progress, host=host, checkpoints=checkpoints, resume=resume)
 
 
 def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
                   scored: Mapping[str, Any] | None = None, *, index_base: int = 0,
-                  progress: bool | None = None,
-                  host: str = DEFAULT_HOST) -> tuple[FMModel, dict[str, Any]]:
+                  progress: bool | None = None, host: str = DEFAULT_HOST,
+                  checkpoints: Checkpointer | None = None,
+                  resume: bool = False) -> tuple[FMModel, dict[str, Any]]:
     """Train on ``source``, score each channel of ``scored`` (``test``, ``validation``), save.
 
     A ``validation`` channel also drives early stopping (see :func:`fmkit.train.trainer.train`).
@@ -80,7 +85,7 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     """
     scored = scored or {}
     params, history = train(hp, source, validation=scored.get("validation"), progress=progress,
-                            host=host)
+                            host=host, checkpoints=checkpoints, resume=resume)
     model = FMModel(hp, params, index_base)
     metrics: dict[str, Any] = {"train": [vars(s) for s in history]}
     if distributed.rank_and_size()[0] != 0:

@@ -24,6 +24,7 @@ from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST, log
 from fmkit.memory import release_large_blocks_to_os
 from fmkit.models.fm import FMParameters
+from fmkit.train.checkpoint import Checkpointer, TrainingState, check_resumable
 from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config, training_tables
 
 
@@ -163,14 +164,16 @@ def distributed_epoch(hp: dict[str, Any], source: Source, kind: int, config: np.
 
 def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None, *,
           validation: Source | None = None, progress: bool | None = None,
-          host: str = DEFAULT_HOST, dtype=np.float32) -> tuple[FMParameters, list[EpochStats]]:
+          host: str = DEFAULT_HOST, dtype=np.float32, checkpoints: Checkpointer | None = None,
+          resume: bool = False) -> tuple[FMParameters, list[EpochStats]]:
     """Train an FM with validated hyperparameters ``hp`` on ``source``; return weights and history.
 
     ``params`` continues from given weights (a fresh optimizer state is used). With a
     ``validation`` source, its loss is measured after every epoch, the best epoch's weights are
     returned, and training stops after ``early_stopping_patience`` epochs without improvement.
     ``progress``: True/False forces the bar on/off, None shows it only when stderr is a
-    terminal.
+    terminal. ``checkpoints`` saves the training state periodically (see
+    :mod:`fmkit.train.checkpoint`); with ``resume`` training continues from its newest one.
     """
     release_large_blocks_to_os()
     k = hp["num_factors"]
@@ -191,15 +194,32 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     history: list[EpochStats] = []
     epochs = hp["epochs"]
     best: tuple[float, int, FMParameters] | None = None
-    for epoch in range(1, epochs + 1):
+    first_epoch, skip, resumed_rows, resumed_loss = 1, 0, 0, 0.0
+    state = checkpoints.latest() if checkpoints is not None and resume else None
+    if state is not None:
+        check_resumable(state, hp, checkpoints.directory)
+        if world > 1 or validation is not None:
+            raise HyperparameterError("--resume continues one-process training without a "
+                                      "validation channel")
+        bias[...], table[...] = state.arrays["bias"], state.arrays["table"]
+        step, first_epoch, skip = state.step, state.epoch, state.chunks_done
+        resumed_rows, resumed_loss = state.rows, state.loss_sum
+        rng.bit_generator.state = state.rng_state
+        history = [EpochStats(**h) for h in state.history]
+        log.info("resuming from %s: epoch %d, step %d", checkpoints.directory, state.epoch,
+                 state.step)
+    for epoch in range(first_epoch, epochs + 1):
         started = time.perf_counter()
-        rows, loss_sum = 0, 0.0
+        rows, loss_sum = (resumed_rows, resumed_loss) if epoch == first_epoch else (0, 0.0)
         with tqdm(desc=f"epoch {epoch}/{epochs}", unit=" rows", unit_scale=True,
                   disable=not show, file=sys.stderr) as bar:
             if world > 1:
                 rows, loss_sum, step = distributed_epoch(hp, source, kind, config, bias, table,
                                                          ws, step, rng, bar)
-            for chunk in rebatch(source.blocks(), batch_size) if world == 1 else ():
+            for index, chunk in enumerate(rebatch(source.blocks(), batch_size)
+                                          if world == 1 else ()):
+                if epoch == first_epoch and index < skip:
+                    continue  # trained before the checkpoint this run resumed from
                 order = rng.permutation(chunk.n_rows) if hp["shuffle"] else NO_ORDER
                 chunk_loss, step = train_chunk(hp, chunk, kind, config, bias, table, ws, step,
                                                order)
@@ -207,6 +227,10 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
                 loss_sum += chunk_loss
                 bar.update(chunk.n_rows)
                 bar.set_postfix(loss=f"{loss_sum / max(rows, 1):.5f}", refresh=False)
+                if checkpoints is not None and checkpoints.due(step):
+                    checkpoints.save(TrainingState(
+                        step, epoch, index + 1, rows, loss_sum, rng.bit_generator.state,
+                        [vars(h) for h in history], hp, {"bias": bias, "table": table}))
         if rows == 0:
             raise DataError(source.name, None, "holds no data rows")
         stats = EpochStats(epoch, loss_sum / rows, rows, time.perf_counter() - started)

@@ -1,0 +1,124 @@
+"""Training checkpoints: the weights, the optimizer state and the position in the data.
+
+A checkpoint is a directory ``step-<N>`` under the checkpoint directory holding ``arrays.npz``
+(the training tables: weights and optimizer moments; numpy, read without pickle) and
+``state.json`` (step, epoch, chunks done in that epoch, the shuffling generator's state, the
+epoch's partial loss, the history, the hyperparameters). It is written under a temporary name
+and renamed, ``state.json`` last, so a run killed at any moment leaves the previous checkpoint
+intact; the newest complete one is resumed. Resuming replays the same data order (the
+generator's state is restored; the chunks already trained are read again but skipped), so a
+resumed run of a deterministic configuration (mini-batches, or ``lock_free=0``) ends with the
+model an uninterrupted run ends with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmkit.errors import ArtifactError
+
+STATE_FILE = "state.json"
+ARRAYS_FILE = "arrays.npz"
+
+
+@dataclass
+class TrainingState:
+    """Everything a resumed run needs besides the data."""
+
+    step: int
+    epoch: int  # the epoch in progress (1-based)
+    chunks_done: int  # chunks of that epoch already trained
+    rows: int  # rows of that epoch already trained
+    loss_sum: float
+    rng_state: dict
+    history: list[dict]
+    hyperparameters: dict
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Checkpointer:
+    """Writes a checkpoint every ``every_steps`` optimizer steps and/or ``every_seconds``
+    seconds (checked between chunks), keeping the newest ``keep``."""
+
+    directory: Path
+    every_steps: int = 0
+    every_seconds: float = 0.0
+    keep: int = 2
+    _last_step: int = 0
+    _last_time: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+
+    def due(self, step: int) -> bool:
+        if self.every_steps and step - self._last_step >= self.every_steps:
+            return True
+        return bool(self.every_seconds) and time.monotonic() - self._last_time >= \
+            self.every_seconds
+
+    def save(self, state: TrainingState) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / f"step-{state.step:012d}"
+        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.directory))
+        try:
+            with open(tmp / ARRAYS_FILE, "wb") as f:
+                np.savez(f, **state.arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            meta = {k: v for k, v in vars(state).items() if k != "arrays"}
+            with open(tmp / STATE_FILE, "w") as f:
+                json.dump(meta, f)
+                f.flush()
+                os.fsync(f.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._last_step, self._last_time = state.step, time.monotonic()
+        for old in self.complete()[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def complete(self) -> list[Path]:
+        """Finished checkpoints, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob("step-*") if (p / STATE_FILE).is_file())
+
+    def latest(self) -> TrainingState | None:
+        """The newest complete checkpoint, or None if there is none."""
+        found = self.complete()
+        if not found:
+            return None
+        path = found[-1]
+        try:
+            meta = json.loads((path / STATE_FILE).read_text())
+            with np.load(path / ARRAYS_FILE, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+            state = TrainingState(**meta, arrays=arrays)
+        except (OSError, ValueError, TypeError) as e:
+            raise ArtifactError(f"{path}: unreadable checkpoint: {e}") from None
+        self._last_step = state.step
+        return state
+
+
+def check_resumable(state: TrainingState, hp: dict[str, Any], path: Path) -> None:
+    """A checkpoint continues only the training it was taken from."""
+    keys = set(hp) | set(state.hyperparameters)
+    changed = sorted(k for k in keys if k != "epochs"
+                     and hp.get(k) != state.hyperparameters.get(k))
+    if changed:
+        raise ArtifactError(f"{path}: the checkpoint was taken with other hyperparameters "
+                            f"({', '.join(changed)}): resume with the same ones")

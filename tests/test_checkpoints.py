@@ -1,0 +1,84 @@
+"""Checkpoints: a run killed with SIGKILL after a checkpoint and resumed ends with the model an
+uninterrupted run ends with; a checkpoint is never left half-written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from fmkit.train.checkpoint import Checkpointer
+
+from .conftest import fmkit_executable, run_fmkit, shared_file
+
+HP = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=40",
+      "mini_batch_size=8", "optimizer=adam", "seed=5"]
+
+
+@pytest.fixture(scope="module")
+def channel(tmp_path_factory):
+    """a9a split into 8 files: 8 chunks per epoch, so checkpoints fall inside epochs."""
+    lines = shared_file("a9a_libsvm", "a9a").read_text().splitlines(keepends=True)
+    directory = tmp_path_factory.mktemp("a9a8")
+    for i in range(8):
+        (directory / f"part-{i}").write_text("".join(lines[i::8]))
+    return directory
+
+
+def _weights(model_dir) -> dict:
+    with np.load(model_dir / "weights.npz") as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(channel, tmp_path):
+    common = ["train", "--train", channel, "--index-base", "1", "--quiet", *HP]
+    straight = run_fmkit(*common, "--model-dir", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    checkpoints = tmp_path / "checkpoints"
+    args = [*common, "--model-dir", tmp_path / "resumed", "--checkpoint-dir", checkpoints,
+            "--checkpoint-steps", "2000"]
+    proc = subprocess.Popen([fmkit_executable(), *map(str, args)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not Checkpointer(checkpoints).complete() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "resumed").exists()
+    state = Checkpointer(checkpoints).latest()
+    assert state is not None and state.epoch < 40
+    print(f"killed; resuming from epoch {state.epoch}, chunk {state.chunks_done}, "
+          f"step {state.step}")
+    resumed = run_fmkit(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert not np.allclose(a["V"], 0)
+
+
+def test_resume_refuses_other_hyperparameters(channel, tmp_path):
+    checkpoints = tmp_path / "c"
+    first = run_fmkit("train", "--train", channel, "--index-base", "1", "--quiet", *HP[:3],
+                      "epochs=1", *HP[4:], "--model-dir", tmp_path / "m", "--checkpoint-dir",
+                      checkpoints, "--checkpoint-steps", "500")
+    assert first.returncode == 0, first.stderr
+    again = run_fmkit("train", "--train", channel, "--index-base", "1", "--quiet", *HP[:3],
+                      "epochs=2", "mini_batch_size=16", "optimizer=adam", "seed=5",
+                      "--model-dir", tmp_path / "m", "--checkpoint-dir", checkpoints, "--resume")
+    assert again.returncode == 1 and "other hyperparameters (mini_batch_size)" in again.stderr
+
+
+def test_a_half_written_checkpoint_is_ignored(tmp_path):
+    from fmkit.train.checkpoint import TrainingState
+
+    saver = Checkpointer(tmp_path, every_steps=1)
+    saver.save(TrainingState(3, 1, 1, 10, 1.0, {}, [], {"x": 1}, {"t": np.ones(3)}))
+    broken = tmp_path / "step-000000000009"
+    broken.mkdir()
+    (broken / "arrays.npz").write_bytes(b"partial")  # no state.json: never completed
+    assert saver.latest().step == 3
