@@ -50,6 +50,29 @@ def init_from_environment() -> bool:
     return True
 
 
+DEFAULT_PORT = 29500
+
+
+def init_hosts(hosts: list[str], current_host: str) -> bool:
+    """SageMaker's several-host contract (``resourceconfig.json``) as a process group: rank =
+    the position of ``current_host`` in ``hosts``, the first host is the rendezvous
+    (``MASTER_ADDR``, port ``MASTER_PORT`` or 29500; both may be set to override, as for
+    torchrun). Returns whether this process is one of several."""
+    from fmkit.errors import FMKitError
+
+    if len(hosts) <= 1:
+        return False
+    if current_host not in hosts:
+        raise FMKitError(f"resourceconfig.json: current_host {current_host!r} is not one of "
+                         f"the hosts {hosts}")
+    os.environ.setdefault("MASTER_ADDR", hosts[0])
+    os.environ.setdefault("MASTER_PORT", str(DEFAULT_PORT))
+    os.environ["RANK"] = str(hosts.index(current_host))
+    os.environ["LOCAL_RANK"] = "0"
+    os.environ["WORLD_SIZE"] = str(len(hosts))
+    return init_from_environment()
+
+
 def shutdown() -> None:
     if active():
         _dist().destroy_process_group()

@@ -7,6 +7,11 @@ every epoch for early stopping) from ``input/data/<channel>`` in File mode (ever
 directory) or Pipe mode (FIFOs ``<channel>_<epoch>``). It writes the model to
 ``model/model_algo-1``, SageMaker's metric lines to the log, and on failure the reason to
 ``output/failure`` with a non-zero exit. ``$FMKIT_OPT_ML`` stands in for ``/opt/ml``.
+
+With several hosts in ``resourceconfig.json`` every host runs ``fmkit sagemaker train`` and
+they join one ``torch.distributed`` process group with the first host as the rendezvous (see
+:func:`fmkit.distributed.init_hosts`); fully replicated channels are sharded across hosts, and
+only the first host writes the model.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fmkit import distributed
 from fmkit.artifact import SAGEMAKER_SUBDIR
 from fmkit.data.batch import SparseBatch
 from fmkit.data.sources import READERS, BatchChecker, FileSource
@@ -121,7 +127,10 @@ def channel_source(opt_ml: OptML, channel: str, config: dict[str, Any], hp: dict
     mode = config.get("TrainingInputMode", "File")
     if mode == "Pipe":
         return PipeSource(opt_ml.data, channel, fmt, hp["feature_dim"], labels)
-    return FileSource(opt_ml.data / channel, fmt, hp["feature_dim"], 0, labels)
+    # every host holds the whole channel unless SageMaker already sharded it by S3 key
+    replicated = config.get("S3DistributionType", "FullyReplicated") != "ShardedByS3Key"
+    shard = distributed.rank_and_size() if channel == "train" and replicated else (0, 1)
+    return FileSource(opt_ml.data / channel, fmt, hp["feature_dim"], 0, labels, shard=shard)
 
 
 def _channels(opt_ml: OptML) -> dict[str, dict[str, Any]]:
@@ -146,11 +155,10 @@ def train(opt_ml: OptML | None = None) -> int:
     try:
         hp = validate(opt_ml.read_json("hyperparameters.json", {}))
         resources = opt_ml.read_json("resourceconfig.json", {})
-        hosts = resources.get("hosts", [])
-        if len(hosts) > 1:
-            raise FMKitError(f"resourceconfig.json lists {len(hosts)} hosts; distributed "
-                             "training is not available yet: use instance_count=1")
         host = resources.get("current_host", DEFAULT_HOST)
+        if distributed.init_hosts(resources.get("hosts", []), host):
+            log.info("host %s of %s: one process group, rendezvous at %s", host,
+                     resources["hosts"], os.environ["MASTER_ADDR"])
         channels = _channels(opt_ml)
         labels = label_mode(hp["predictor_type"])
         source = channel_source(opt_ml, "train", channels["train"], hp, labels)

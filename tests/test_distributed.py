@@ -67,3 +67,48 @@ def test_two_processes_train_what_one_trains(tmp_path):
     assert abs(m1["auc"] - m2["auc"]) < 0.005
     assert abs(m1["binary_classification_cross_entropy"]
                - m2["binary_classification_cross_entropy"]) < 0.01
+
+
+def test_sagemaker_train_on_two_hosts_makes_one_model(tmp_path):
+    """Two `fmkit sagemaker train` processes, each with its own /opt/ml and
+    resourceconfig.json (algo-1, algo-2), on loopback."""
+    import os
+    import socket
+    import subprocess
+
+    from .conftest import fmkit_executable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    a9a = shared_file("a9a_libsvm", "a9a").read_bytes()
+    a9a_t = shared_file("a9a_libsvm", "a9a.t").read_bytes()
+    hp = {"feature_dim": "124", "num_factors": "8", "predictor_type": "binary_classifier",
+          "epochs": "2", "mini_batch_size": "200"}
+    channel = {"ContentType": "text/libsvm", "TrainingInputMode": "File",
+               "S3DistributionType": "FullyReplicated"}
+    processes = []
+    for host in ("algo-1", "algo-2"):
+        root = tmp_path / host
+        (root / "input" / "config").mkdir(parents=True)
+        (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hp))
+        (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps(
+            {"train": channel, "test": channel}))
+        (root / "input" / "config" / "resourceconfig.json").write_text(json.dumps(
+            {"current_host": host, "hosts": ["algo-1", "algo-2"]}))
+        for name, data in (("train", a9a), ("test", a9a_t)):
+            (root / "input" / "data" / name).mkdir(parents=True)
+            (root / "input" / "data" / name / "part-0").write_bytes(data)
+        env = {**os.environ, "FMKIT_OPT_ML": str(root), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "NUMBA_NUM_THREADS": "1"}
+        processes.append(subprocess.Popen([fmkit_executable(), "sagemaker", "train"], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True))
+    logs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], logs
+    first = logs[0][1]
+    assert re.findall(r"over (\d+) rows", first) == ["32561", "32561"]  # both hosts' shards
+    auc = float(re.search(r"test auc <score>=([0-9.]+)", first).group(1))
+    assert auc > 0.88
+    assert (tmp_path / "algo-1" / "model" / "model_algo-1" / "model.json").is_file()
+    assert not (tmp_path / "algo-2" / "model" / "model_algo-1").exists()  # one model
