@@ -112,3 +112,28 @@ def test_sagemaker_train_on_two_hosts_makes_one_model(tmp_path):
     assert auc > 0.88
     assert (tmp_path / "algo-1" / "model" / "model_algo-1" / "model.json").is_file()
     assert not (tmp_path / "algo-2" / "model" / "model_algo-1").exists()  # one model
+
+
+def test_deepfm_on_two_processes_matches_one(tmp_path):
+    from fmkit.data.movielens import join_ratings
+    from fmkit.deepfm import config as configs
+    from fmkit.deepfm.jobs import train_deepfm
+
+    from .conftest import REPO
+
+    directory = shared_file("movielens_100k", "u.data").parent
+    for split in ("ua.base", "ua.test"):
+        join_ratings(directory, split, tmp_path / f"{split}.csv")
+    example = REPO / "examples" / "deepfm_movielens.yaml"
+    sets = [f"train_input_path={tmp_path / 'ua.base.csv'}",
+            f"eval_input_path={tmp_path / 'ua.test.csv'}", "train_config.num_epochs=2"]
+    _, one = train_deepfm(configs.load(example, [*sets, f"model_dir={tmp_path / 'one'}"]),
+                          progress=False)
+    two = run_fmkit("train", "--nproc", "2", "--config", example,
+                    *(f"--set={s}" for s in [*sets, f"model_dir={tmp_path / 'two'}"]))
+    assert two.returncode == 0, two.stderr
+    assert re.findall(r"epoch (\d): (\d+) rows", two.stderr) == [("1", "90570"), ("2", "90570")]
+    m2 = _test_metrics(tmp_path / "two")
+    print(f"MovieLens 100k DeepFM, 2 epochs: test AUC 1 process {one['test']['auc']:.4f}, "
+          f"2 processes {m2['auc']:.4f}")
+    assert abs(one["test"]["auc"] - m2["auc"]) < 0.01

@@ -163,15 +163,30 @@ def sniff(first_line: str, names: Sequence[str] | None, delimiter: str,
     return delimiter, with_header
 
 
+def shard_files(path: str | Path, shard: tuple[int, int]) -> list[tuple[Path, tuple[int, int]]]:
+    """This process's share of a channel: whole files when there are at least as many files as
+    processes (each then read entirely), else every file with the shard applied to its
+    blocks."""
+    files = channel_files(path)
+    rank, world = shard
+    if world > 1 and len(files) >= world:
+        return [(file, (0, 1)) for file in files[rank::world]]
+    return [(file, shard) for file in files]
+
+
 def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str,
                    with_header: bool, block_bytes: int = BLOCK_BYTES,
-                   detect: bool = False) -> Iterator[ColumnBatch]:
+                   detect: bool = False, shard: tuple[int, int] = (0, 1)
+                   ) -> Iterator[ColumnBatch]:
     """Every file of a channel as column batches. Column names come from each file's header
     line (``with_header``) or from ``names``; ``detect`` lets :func:`sniff` adapt the
-    delimiter and header flag to each file."""
-    for file in channel_files(path):
+    delimiter and header flag to each file. ``shard=(rank, world)``: see :func:`shard_files`
+    (blocks of lines are dealt out in turn)."""
+    for file, (rank, world) in shard_files(path, shard):
         columns, separator, header = list(names or []), delimiter, with_header
-        for buf, first_line in iter_line_blocks(file, block_bytes):
+        if world > 1:
+            block_bytes = int(np.clip(file.stat().st_size // (8 * world), 1 << 16, block_bytes))
+        for index, (buf, first_line) in enumerate(iter_line_blocks(file, block_bytes)):
             start = 0
             if first_line == 1 and buf.size:
                 newline = np.flatnonzero(buf == 10)
@@ -185,23 +200,26 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
             if not columns:
                 raise DataError(str(file), None, "no column names: set data_config.input_fields "
                                 "or with_header: true")
-            if start < buf.size:
+            if start < buf.size and index % world == rank:
                 yield split_block(buf, start, columns, separator, str(file), first_line)
 
 
-def read_parquet(path: str | Path, batch_rows: int = 65536) -> Iterator[ColumnBatch]:
-    """Every Parquet file of a channel as column batches."""
+def read_parquet(path: str | Path, batch_rows: int = 65536,
+                 shard: tuple[int, int] = (0, 1)) -> Iterator[ColumnBatch]:
+    """Every Parquet file of a channel as column batches (``shard``: see
+    :func:`shard_files`; batches are dealt out in turn)."""
     import pyarrow.parquet as pq
 
-    for file in channel_files(path):
+    for file, (rank, world) in shard_files(path, shard):
         try:
             reader = pq.ParquetFile(file)
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(str(file), None, f"not a Parquet file: {e}") from None
         done = 0
-        for batch in reader.iter_batches(batch_size=batch_rows):
-            columns = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
-            yield _NumberedBatch(columns, batch.num_rows, str(file), offset=done)
+        for index, batch in enumerate(reader.iter_batches(batch_size=batch_rows)):
+            if index % world == rank:
+                columns = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
+                yield _NumberedBatch(columns, batch.num_rows, str(file), offset=done)
             done += batch.num_rows
 
 

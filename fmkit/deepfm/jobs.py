@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fmkit import distributed
 from fmkit.data.sources import channel_files
 from fmkit.deepfm.config import ConfigError, EasyRecConfig
 from fmkit.deepfm.model import DeepFMModel
@@ -29,14 +30,18 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     loss = config.model_config.losses[0]
     smoothing = loss.binary_cross_entropy.label_smoothing if loss.binary_cross_entropy else 0.0
 
+    shard = distributed.rank_and_size()
+
     def blocks():
         return (model.encode(batch, labelled=True) for batch in
-                model.read(config.train_input_path))
+                model.read(config.train_input_path, shard=shard))
 
     history = train_network(model.net, blocks, config.train_config,
                             config.data_config.batch_size, model.label_mode, smoothing,
                             config.data_config.shuffle, progress)
     metrics: dict[str, Any] = {"train": [vars(h) for h in history]}
+    if shard[0] != 0:
+        return model, metrics  # the replicas are identical: rank 0 scores and writes
     if config.eval_input_path:
         steps = config.eval_config.num_steps
         batch = config.data_config.eval_batch_size or config.data_config.batch_size

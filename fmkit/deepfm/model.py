@@ -61,22 +61,23 @@ class DeepFMModel:
         return "binary" if self.predictor_type == "binary_classifier" else "real"
 
     # -- input -----------------------------------------------------------------------------
-    def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True
-             ) -> Iterator[ColumnBatch]:
+    def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True,
+             shard: tuple[int, int] = (0, 1)) -> Iterator[ColumnBatch]:
         """Column batches of a channel in the configured layout (``fmt``: ``auto``, ``csv``,
         ``parquet``, or ``json``/``jsonlines`` request bodies). ``auto`` also reads delimited
         files whose delimiter differs from the configured one, or that have a header line
-        naming the configured columns (see :func:`fmkit.data.columns.sniff`)."""
+        naming the configured columns (see :func:`fmkit.data.columns.sniff`). ``shard``: this
+        process's share (see :func:`fmkit.data.columns.shard_files`)."""
         data = self.config.data_config
         if fmt in ("json", "jsonlines"):
             yield from _request_files(path, fmt)
             return
         if fmt == "parquet" or (fmt == "auto" and data.dataset_type == "ParquetDataset"):
-            yield from columns.read_parquet(path)
+            yield from columns.read_parquet(path, shard=shard)
             return
         names = [f.input_name for f in data.input_fields] or None
         yield from columns.read_delimited(path, names, data.delimiter, data.with_header,
-                                          detect=fmt == "auto")
+                                          detect=fmt == "auto", shard=shard)
 
     def encode(self, batch: ColumnBatch, labelled: bool = False):
         return self.features.encode(batch, labelled, binary=self.label_mode == "binary")

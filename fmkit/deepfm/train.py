@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fmkit import distributed
 from fmkit.deepfm.config import DenseOptimizer, OptimizerSettings, SparseOptimizer, TrainConfig
 from fmkit.deepfm.features import Encoded
 from fmkit.deepfm.optimizers import SparseRows
@@ -145,6 +146,32 @@ def background(items: Iterator, depth: int = 2) -> Iterator:
                 thread.join(0.05)
 
 
+def combine_gradients(tables: list[torch.Tensor], others: list[torch.Tensor]) -> None:
+    """Sum every process's gradients into every process (each divided its loss by the rows of
+    the whole step already): dense ones by one all-reduce of a flat buffer, the embedding
+    tables' sparse ones by gathering their rows in rank order, so every process's optimizer
+    then takes the same step."""
+    import torch.distributed as dist
+
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in others])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in others:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    for weight in tables:
+        grad = weight.grad
+        if grad is not None:
+            ids, values = grad._indices()[0].numpy(), grad._values().numpy()
+        else:
+            ids, values = np.zeros(0, np.int64), np.zeros((0, weight.shape[1]), np.float32)
+        _, ids, values = distributed.all_gather_rows(np.zeros(0), ids, values)
+        weight.grad = torch.sparse_coo_tensor(torch.from_numpy(ids)[None, :],
+                                              torch.from_numpy(values.astype(np.float32)),
+                                              weight.shape)
+
+
 @dataclass
 class EpochStats:
     epoch: int
@@ -163,13 +190,17 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
 
     torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: PyTorch warns if implicit
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    rank, world = distributed.rank_and_size()
+    rng = np.random.default_rng(config.seed + rank)
     tables = [p for name, p in net.named_parameters() if "tables." in name]
     others = [p for name, p in net.named_parameters() if "tables." not in name]
     optimizers = [sparse_optimizer(tables, config.sparse_optimizer),
                   dense_optimizer(others, config.dense_optimizer)]
-    criterion = nn.BCEWithLogitsLoss() if loss_kind == "binary" else nn.MSELoss()
-    show = sys.stderr.isatty() if progress is None else progress
+    # summed, then divided by the rows of the whole step (which may span processes)
+    criterion = (nn.BCEWithLogitsLoss(reduction="sum") if loss_kind == "binary"
+                 else nn.MSELoss(reduction="sum"))
+    local_size = -(-batch_size // world)
+    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
     epochs = config.num_epochs or sys.maxsize
     history: list[EpochStats] = []
     steps = 0
@@ -178,30 +209,42 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
         started, rows, total_loss, epoch_steps = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(desc=f"epoch {epoch}", unit=" rows", unit_scale=True, disable=not show,
                    leave=False)
-        for batch in mini_batches(background(blocks()), batch_size, shuffle, rng):
-            labels = torch.from_numpy(batch.labels)
-            if label_smoothing:
-                labels = labels * (1 - label_smoothing) + 0.5 * label_smoothing
+        batches = mini_batches(background(blocks()), local_size, shuffle, rng)
+        while True:
+            batch = next(batches, None)
+            n_local = batch.n_rows if batch is not None else 0
+            n_step = int(distributed.all_sum(np.array([n_local]))[0]) if world > 1 else n_local
+            if n_step == 0:
+                break
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            loss = criterion(net(batch), labels)
-            loss.backward()
+            value = 0.0
+            if batch is not None:
+                labels = torch.from_numpy(batch.labels)
+                if label_smoothing:
+                    labels = labels * (1 - label_smoothing) + 0.5 * label_smoothing
+                loss = criterion(net(batch), labels)
+                (loss / n_step).backward()
+                value = loss.detach().item()
+            if world > 1:
+                combine_gradients(tables, others)
             for optimizer in optimizers:
                 optimizer.step()
-            value = loss.detach().item()
             if not np.isfinite(value):
-                raise FloatingPointError(f"training diverged at step {steps + 1} (loss {value});"
-                                         f" lower the learning rates")
+                raise FloatingPointError(f"training diverged at step {steps + 1} (loss "
+                                         f"{value / max(n_local, 1)}); lower the learning rates")
             steps += 1
             epoch_steps += 1
-            rows += batch.n_rows
-            total_loss += value * batch.n_rows
-            bar.update(batch.n_rows)
+            rows += n_step
+            total_loss += value
+            bar.update(n_step)
             if config.log_step_count_steps and steps % config.log_step_count_steps == 0:
-                log.debug("step %d: loss %.5f", steps, value)
+                log.debug("step %d: loss %.5f", steps, value / max(n_local, 1))
             if config.num_steps and steps >= config.num_steps:
                 break
         bar.close()
+        if world > 1:
+            total_loss = float(distributed.all_sum(np.array([total_loss]))[0])
         seconds = time.perf_counter() - started
         stats = EpochStats(epoch, rows, epoch_steps, total_loss / max(rows, 1), seconds)
         history.append(stats)
