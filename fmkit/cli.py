@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a checkpoint every S seconds (default with --checkpoint-dir: 600)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --checkpoint-dir")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (compiled kernels, default) or a PyTorch device such as cuda")
     p.add_argument("--train", help="training file or directory of files")
     p.add_argument("--test", help="test file or directory, scored with SageMaker's metrics")
     p.add_argument("--validation", help="validation file or directory: scored every epoch for "
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 if value:
                     overrides.append(f"{field}={json.dumps(value)}")  # a YAML string
             jobs.train_config_file(args.config, overrides,
-                                   progress=False if args.quiet else None)
+                                   progress=False if args.quiet else None, device=args.device)
         elif args.command == "train":
             if not args.train or not args.model_dir:
                 raise HyperparameterError("train needs --train and --model-dir (or --config)")
@@ -228,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                              validation_path=args.validation,
                              fmt=args.format, index_base=args.index_base,
                              progress=False if args.quiet else None, cache=args.cache,
-                             checkpoints=_checkpointer(args), resume=args.resume)
+                             checkpoints=_checkpointer(args), resume=args.resume,
+                             device=args.device)
         elif args.command == "evaluate":
             print(strict_json(jobs.evaluate_files(args.model_dir, args.data, fmt=args.format)))
         elif args.command == "predict":

@@ -22,7 +22,7 @@ from fmkit.data.sources import (
     FileSource,
     detect_index_base,
 )
-from fmkit.errors import DataError
+from fmkit.errors import DataError, HyperparameterError
 from fmkit.hyperparameters import validate
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.model import FMModel, label_mode, load_model
@@ -48,17 +48,22 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
                 validation_path: str | Path | None = None, fmt: str = "auto",
                 index_base: str | int = "auto", progress: bool | None = None,
                 host: str = DEFAULT_HOST, cache: bool = False,
-                checkpoints: Checkpointer | None = None,
-                resume: bool = False) -> tuple[FMModel, dict[str, Any]]:
+                checkpoints: Checkpointer | None = None, resume: bool = False,
+                device: str = "cpu") -> tuple[FMModel, dict[str, Any]]:
     """Train on a channel, score the optional test channel, write the model directory.
 
     An optional validation channel is scored after every epoch for early stopping. ``cache``
     keeps a binary copy of parsed text channels (see :mod:`fmkit.data.cache`). ``checkpoints``
-    and ``resume``: see :mod:`fmkit.train.checkpoint`.
+    and ``resume``: see :mod:`fmkit.train.checkpoint`. ``device`` other than ``cpu`` trains
+    with PyTorch on that device (see :mod:`fmkit.train.device`).
 
     Returns the model and the metrics written to ``metrics.json``.
     """
     hp = validate(hyperparameters)
+    if device != "cpu":  # before any data is read
+        from fmkit.train.device import resolve_device
+
+        resolve_device(device)
     source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp["predictor_type"]),
                         cache=cache, shard=distributed.rank_and_size())
     source.index_base = _index_base(source, index_base)
@@ -69,14 +74,15 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
         if path is not None
     }
     return train_sources(hp, source, model_dir, channels, index_base=source.index_base,
-                         progress=progress, host=host, checkpoints=checkpoints, resume=resume)
+                         progress=progress, host=host, checkpoints=checkpoints, resume=resume,
+                         device=device)
 
 
 def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
                   scored: Mapping[str, Any] | None = None, *, index_base: int = 0,
                   progress: bool | None = None, host: str = DEFAULT_HOST,
-                  checkpoints: Checkpointer | None = None,
-                  resume: bool = False) -> tuple[FMModel, dict[str, Any]]:
+                  checkpoints: Checkpointer | None = None, resume: bool = False,
+                  device: str = "cpu") -> tuple[FMModel, dict[str, Any]]:
     """Train on ``source``, score each channel of ``scored`` (``test``, ``validation``), save.
 
     A ``validation`` channel also drives early stopping (see :func:`fmkit.train.trainer.train`).
@@ -84,8 +90,18 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     ``metrics.json`` under the channel's name, with the training history under ``train``.
     """
     scored = scored or {}
-    params, history = train(hp, source, validation=scored.get("validation"), progress=progress,
-                            host=host, checkpoints=checkpoints, resume=resume)
+    if device != "cpu":
+        from fmkit.train.device import resolve_device, train_on_device
+
+        if scored.get("validation") is not None or checkpoints is not None or \
+                distributed.active():
+            raise HyperparameterError(f"--device {device}: validation channels, checkpoints "
+                                      "and several processes are for CPU training")
+        params, history = train_on_device(hp, source, resolve_device(device), progress=progress)
+    else:
+        params, history = train(hp, source, validation=scored.get("validation"),
+                                progress=progress, host=host, checkpoints=checkpoints,
+                                resume=resume)
     model = FMModel(hp, params, index_base)
     metrics: dict[str, Any] = {"train": [vars(s) for s in history]}
     if distributed.rank_and_size()[0] != 0:
@@ -210,7 +226,8 @@ FM_DATA_FIELDS = {"format", "index_base", "cache"}
 
 
 def train_config_file(path: str | Path, overrides: list[str] = (), *,
-                      progress: bool | None = None) -> tuple[Any, dict[str, Any]]:
+                      progress: bool | None = None, device: str = "cpu"
+                      ) -> tuple[Any, dict[str, Any]]:
     """``fmkit train --config FILE [--set path=value ...]``: a DeepFM configuration
     (TorchEasyRec's fields, see :mod:`fmkit.deepfm.config`), or an FM one — the same file
     layout with ``model_config: {fm: {SageMaker hyperparameters}}``."""
@@ -221,7 +238,7 @@ def train_config_file(path: str | Path, overrides: list[str] = (), *,
     if not (isinstance(model_config, dict) and "fm" in model_config):
         from fmkit.deepfm.jobs import train_deepfm
 
-        return train_deepfm(configs.parse(document), progress=progress)
+        return train_deepfm(configs.parse(document), progress=progress, device=device)
     for fields, found, where in ((FM_CONFIG_FIELDS, document, ""),
                                  ({"fm"}, model_config, "model_config."),
                                  (FM_DATA_FIELDS, document.get("data_config") or {},
@@ -243,4 +260,4 @@ def train_config_file(path: str | Path, overrides: list[str] = (), *,
                        test_path=document.get("eval_input_path"),
                        fmt=str(data.get("format", "auto")),
                        index_base=data.get("index_base", "auto"), progress=progress,
-                       cache=bool(data.get("cache", False)))
+                       cache=bool(data.get("cache", False)), device=device)

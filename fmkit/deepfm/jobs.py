@@ -17,9 +17,14 @@ from fmkit.logs import DEFAULT_HOST, log, log_metrics
 
 
 def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
-                 host: str = DEFAULT_HOST) -> tuple[DeepFMModel, dict[str, Any]]:
-    """Train on ``train_input_path``, score ``eval_input_path`` (if set) with the FM metrics,
-    write ``model_dir``; returns the model and the metrics stored in ``metrics.json``."""
+                 host: str = DEFAULT_HOST, device: str = "cpu"
+                 ) -> tuple[DeepFMModel, dict[str, Any]]:
+    """Train on ``train_input_path`` (on ``device``, a PyTorch device name), score
+    ``eval_input_path`` (if set) with the FM metrics, write ``model_dir``; returns the model
+    and the metrics stored in ``metrics.json``."""
+    from fmkit.train.device import resolve_device
+
+    target = resolve_device(device)
     for name in ("train_input_path", "model_dir"):
         if not getattr(config, name):
             raise ConfigError(f"{name}: required to train (in the file or by --set {name}=...)")
@@ -27,6 +32,7 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     if config.eval_input_path:
         channel_files(config.eval_input_path)
     model = DeepFMModel.create(config)
+    model.net.to(target)
     loss = config.model_config.losses[0]
     smoothing = loss.binary_cross_entropy.label_smoothing if loss.binary_cross_entropy else 0.0
 

@@ -113,7 +113,7 @@ class DeepFMModel:
         parts = [self.net(take_rows(encoded, np.arange(start, min(start + SCORING_ROWS,
                                                                    encoded.n_rows))))
                  for start in range(0, encoded.n_rows, SCORING_ROWS)]
-        return torch.cat(parts).double().numpy() if parts else np.zeros(0)
+        return torch.cat(parts).double().cpu().numpy() if parts else np.zeros(0)
 
     def outputs(self, batch: ColumnBatch) -> dict[str, np.ndarray]:
         """TorchEasyRec's prediction dict: ``logits`` and ``probs`` for binary cross entropy,
@@ -153,6 +153,7 @@ class DeepFMModel:
         meta = {"model_type": MODEL_TYPE, "predictor_type": self.predictor_type,
                 "config": configs.to_document(self.config)}
         weights = {name: t.detach().cpu().numpy() for name, t in self.net.state_dict().items()}
+        # (written from any device; loading puts the model on the CPU)
         return artifact.save_directory(path, meta, weights, metrics or {})
 
     @classmethod

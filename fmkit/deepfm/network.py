@@ -214,8 +214,8 @@ class DeepFMNet(nn.Module):
                           "model_config.deepfm.final") if config.final else None)
         self.output = nn.Linear(self.final.output_dim if self.final else self.deep.output_dim, 1)
 
-    def forward(self, inputs: Encoded | dict) -> torch.Tensor:
-        sparse, dense, batch_size = _tensors(inputs)
+    def forward(self, inputs: Encoded) -> torch.Tensor:
+        sparse, dense, batch_size = _tensors(inputs, self.output.weight.device)
         groups = self.features.groups
         values = {**self.tables(sparse, batch_size), **dense}
         wide = sum(part.sum(dim=1, keepdim=True)
@@ -230,9 +230,11 @@ class DeepFMNet(nn.Module):
         return y.squeeze(1)
 
 
-def _tensors(inputs: Encoded) -> tuple[dict, dict, int]:
-    """(sparse, dense) input tensors and the row count of an :class:`Encoded` batch."""
-    sparse = {name: (torch.from_numpy(ids), torch.from_numpy(offsets[:-1]))
+def _tensors(inputs: Encoded, device: torch.device) -> tuple[dict, dict, int]:
+    """(sparse, dense) input tensors on ``device`` and the row count of an :class:`Encoded`
+    batch."""
+    sparse = {name: (torch.from_numpy(ids).to(device), torch.from_numpy(offsets[:-1]).to(device))
               for name, (ids, offsets) in inputs.sparse.items()}
-    dense = {name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in inputs.dense.items()}
+    dense = {name: torch.from_numpy(np.ascontiguousarray(v)).to(device)
+             for name, v in inputs.dense.items()}
     return sparse, dense, inputs.n_rows

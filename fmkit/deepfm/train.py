@@ -22,7 +22,13 @@ import torch
 from torch import nn
 
 from fmkit import distributed
-from fmkit.deepfm.config import DenseOptimizer, OptimizerSettings, SparseOptimizer, TrainConfig
+from fmkit.deepfm.config import (
+    ConfigError,
+    DenseOptimizer,
+    OptimizerSettings,
+    SparseOptimizer,
+    TrainConfig,
+)
 from fmkit.deepfm.features import Encoded
 from fmkit.deepfm.optimizers import SparseRows
 
@@ -37,6 +43,15 @@ def _chosen(message: SparseOptimizer | DenseOptimizer) -> tuple[str, OptimizerSe
 def sparse_optimizer(params: list[torch.Tensor], message: SparseOptimizer
                      ) -> torch.optim.Optimizer:
     name, s = _chosen(message)
+    if params and params[0].device.type != "cpu":  # SparseRows is CPU code: PyTorch's own
+        if name == "sgd":
+            return torch.optim.SGD(params, lr=s.lr)
+        if name == "adagrad":
+            return torch.optim.Adagrad(params, lr=s.lr,
+                                       initial_accumulator_value=s.initial_accumulator_value)
+        if name == "adam":
+            return torch.optim.SparseAdam(params, lr=s.lr, betas=(s.beta1, s.beta2))
+        raise ConfigError(f"train_config.sparse_optimizer: {name} runs on the CPU only")
     return SparseRows(params, name, lr=s.lr, betas=(s.beta1, s.beta2),
                       weight_decay=s.weight_decay,
                       initial_accumulator_value=s.initial_accumulator_value)
@@ -219,8 +234,8 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             value = 0.0
-            if batch is not None:
-                labels = torch.from_numpy(batch.labels)
+            if batch is not None:  # (labels follow the tables' device)
+                labels = torch.from_numpy(batch.labels).to(tables[0].device)
                 if label_smoothing:
                     labels = labels * (1 - label_smoothing) + 0.5 * label_smoothing
                 loss = criterion(net(batch), labels)

@@ -134,24 +134,25 @@ class OptimizerState:
                    mV=z(params.V, "factors"), sV=np.zeros(params.V.shape))
 
 
-def _rule(name: str, param, g, m, s, lr, wd, t, hp):
+def apply_rule(name: str, param, g, m, s, lr, wd, t, hp, xp=np):
     """One step of ``name`` on arrays in place; ``g`` already carries ``wd * param`` except
-    for FTRL, which takes ``wd`` as its L2 strength."""
+    for FTRL, which takes ``wd`` as its L2 strength. ``xp`` is the array library (numpy for
+    the reference, torch for training on a device): the same arithmetic for both."""
     eps = hp["eps"]
     if name == "adam":
         m[...] = BETA1 * m + (1 - BETA1) * g
         s[...] = BETA2 * s + (1 - BETA2) * g * g
-        param -= lr * (m / (1 - BETA1**t)) / (np.sqrt(s / (1 - BETA2**t)) + eps)
+        param -= lr * (m / (1 - BETA1**t)) / (xp.sqrt(s / (1 - BETA2**t)) + eps)
     elif name == "adagrad":
         s += g * g
-        param -= lr * g / (np.sqrt(s) + eps)
+        param -= lr * g / (xp.sqrt(s) + eps)
     elif name == "ftrl":
         beta, l1 = hp["ftrl_beta"], hp["ftrl_l1"]
         n_new = s + g * g
-        m += g - (np.sqrt(n_new) - np.sqrt(s)) / lr * param
+        m += g - (xp.sqrt(n_new) - xp.sqrt(s)) / lr * param
         s[...] = n_new
-        closed = -(m - np.sign(m) * l1) / ((beta + np.sqrt(n_new)) / lr + wd)
-        param[...] = np.where(np.abs(m) > l1, closed, 0.0)
+        closed = -(m - xp.sign(m) * l1) / ((beta + xp.sqrt(n_new)) / lr + wd)
+        param[...] = xp.where(xp.abs(m) > l1, closed, xp.zeros_like(closed))
     else:
         param -= lr * g
 
@@ -177,5 +178,5 @@ def reference_step(params: FMParameters, state: OptimizerState, grads, touched: 
         wd = hp[f"{group}_wd"]
         if name != "ftrl":
             g = g + wd * p
-        _rule(name, p, g, m, s, hp[f"{group}_lr"], wd, state.step, hp)
+        apply_rule(name, p, g, m, s, hp[f"{group}_lr"], wd, state.step, hp)
         param[at], m_all[at], s_all[at] = p, m, s

@@ -1,0 +1,130 @@
+"""FM training on a PyTorch device (``fmkit train --device cuda``).
+
+The compiled kernels (:mod:`fmkit.kernels.fm`) are CPU code. On a GPU the same model is trained
+with PyTorch: for each mini-batch the rows of the distinct features it touches are gathered,
+autograd gives the gradient of the batch's mean loss, and the update is
+:func:`fmkit.train.optimizers.apply_rule` — the reference's own rule, written once for numpy
+and torch — applied to those rows only (lazy updates, as the kernels and SageMaker do). On the
+CPU device this path computes what the kernels compute (the tests hold it to them), which is
+how it is tested on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from fmkit.data.batch import SparseBatch, rebatch, take
+from fmkit.errors import DataError, HyperparameterError
+from fmkit.logs import log
+from fmkit.models.fm import FMParameters, init_parameters
+from fmkit.train.optimizers import apply_rule, ftrl_initial_z
+
+
+def resolve_device(name: str):
+    """A torch device for ``name`` (``cpu``, ``cuda``, ``cuda:1``); an error naming the problem
+    when PyTorch cannot use it."""
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HyperparameterError(f"--device {name}: PyTorch sees no CUDA device here")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise HyperparameterError(f"--device {name}: {e}") from None
+
+
+def _batch_tensors(batch: SparseBatch, device, dtype):
+    import torch
+
+    counts = np.diff(batch.indptr)
+    rows = torch.from_numpy(np.repeat(np.arange(batch.n_rows), counts)).to(device)
+    ids = torch.from_numpy(batch.indices.astype(np.int64)).to(device)
+    values = torch.from_numpy(batch.values).to(device=device, dtype=dtype)
+    labels = torch.from_numpy(batch.labels).to(device=device, dtype=dtype)
+    return rows, ids, values, labels
+
+
+def train_on_device(hp: dict[str, Any], source, device, params: FMParameters | None = None, *,
+                    progress: bool | None = None, dtype=None) -> tuple[FMParameters, list]:
+    """Train an FM on ``device`` with mini-batches of ``mini_batch_size``; returns the weights
+    (numpy) and per-epoch statistics, as :func:`fmkit.train.trainer.train` does."""
+    import torch
+    from tqdm import tqdm
+
+    from fmkit.train.trainer import EpochStats
+
+    dtype = dtype or torch.float32
+    name = hp["optimizer"]
+    params = params if params is not None else init_parameters(hp)
+    as_tensor = {"dtype": dtype, "device": device}
+    w0, w, V = (torch.tensor(np.asarray(a, dtype=np.float64), **as_tensor)
+                for a in (params.w0, params.w, params.V))
+    groups = {}
+    for group, param in (("bias", w0), ("linear", w), ("factors", V)):
+        m = (ftrl_initial_z(param, group, hp).clone() if name == "ftrl"
+             else torch.zeros_like(param))
+        groups[group] = (param, m, torch.zeros_like(param))
+    clip = hp["clip_gradient"] or 0.0
+    rng = np.random.default_rng(hp["seed"])
+    show = sys.stderr.isatty() if progress is None else progress
+    history, step = [], 0
+    for epoch in range(1, hp["epochs"] + 1):
+        started, rows_seen, loss_sum = time.perf_counter(), 0, 0.0
+        bar = tqdm(desc=f"epoch {epoch}/{hp['epochs']}", unit=" rows", unit_scale=True,
+                   disable=not show, file=sys.stderr)
+        for chunk in rebatch(source.blocks(), hp["mini_batch_size"]):
+            if hp["shuffle"]:
+                chunk = take(chunk, rng.permutation(chunk.n_rows))
+            for start in range(0, chunk.n_rows, hp["mini_batch_size"]):
+                batch = take(chunk, np.arange(start, min(start + hp["mini_batch_size"],
+                                                         chunk.n_rows)))
+                rows, ids, values, labels = _batch_tensors(batch, device, dtype)
+                touched, position = torch.unique(ids, return_inverse=True)
+                b = w0.clone().requires_grad_()
+                w_rows = w[touched].clone().requires_grad_()
+                V_rows = V[touched].clone().requires_grad_()
+                n = batch.n_rows
+                linear = torch.zeros(n, **as_tensor).index_add(0, rows, w_rows[position] * values)
+                vx = V_rows[position] * values[:, None]
+                sums = torch.zeros((n, V.shape[1]), **as_tensor).index_add(0, rows, vx)
+                squares = torch.zeros(n, **as_tensor).index_add(0, rows, (vx * vx).sum(1))
+                y = b + linear + 0.5 * ((sums * sums).sum(1) - squares)
+                if hp["predictor_type"] == "binary_classifier":
+                    losses = torch.nn.functional.binary_cross_entropy_with_logits(
+                        y, labels, reduction="none")
+                else:
+                    losses = (y - labels) ** 2
+                loss = losses.mean()
+                loss.backward()
+                step += 1
+                with torch.no_grad():
+                    for group, at, grad in (("bias", slice(None), b.grad),
+                                            ("linear", touched, w_rows.grad),
+                                            ("factors", touched, V_rows.grad)):
+                        param, m_all, s_all = groups[group]
+                        p, m, s = param[at].clone(), m_all[at].clone(), s_all[at].clone()
+                        g = grad * hp["rescale_grad"]
+                        if clip > 0:
+                            g = g.clamp(-clip, clip)
+                        wd = hp[f"{group}_wd"]
+                        if name != "ftrl":
+                            g = g + wd * p
+                        apply_rule(name, p, g, m, s, hp[f"{group}_lr"], wd, step, hp, torch)
+                        param[at], m_all[at], s_all[at] = p, m, s
+                rows_seen += n
+                loss_sum += float(losses.detach().sum())
+                bar.update(n)
+        bar.close()
+        if rows_seen == 0:
+            raise DataError(source.name, None, "holds no data rows")
+        stats = EpochStats(epoch, loss_sum / rows_seen, rows_seen, time.perf_counter() - started)
+        history.append(stats)
+        log.info("epoch %d/%d: train loss %.6f over %d rows (%.0f rows/s) on %s", epoch,
+                 hp["epochs"], stats.loss, rows_seen, stats.rows_per_second, device)
+    result = FMParameters(w0.cpu().numpy().astype(np.float32), w.cpu().numpy().astype(np.float32),
+                          V.cpu().numpy().astype(np.float32))
+    return result, history

@@ -1,0 +1,97 @@
+"""Training on a PyTorch device: on the CPU device it computes what the compiled kernels
+compute (every optimizer); on a GPU it runs when one is present, and is skipped otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from fmkit.data.sources import ArraySource
+from fmkit.hyperparameters import validate
+from fmkit.models.fm import init_parameters
+from fmkit.train.device import train_on_device
+from fmkit.train.trainer import train
+
+from .conftest import shared_file
+
+
+def _problem(seed=0):
+    rng = np.random.default_rng(seed)
+    X = sp.random(600, 40, density=0.15, format="csr", random_state=seed, dtype=np.float64)
+    X.data = rng.normal(size=X.data.size)
+    y = (rng.random(600) < 0.4).astype(np.float64)
+    return X, y
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam", "ftrl"])
+def test_cpu_device_equals_the_compiled_kernels(optimizer):
+    X, y = _problem()
+    hp = validate({"feature_dim": 40, "num_factors": 3, "predictor_type": "binary_classifier",
+                   "epochs": 2, "mini_batch_size": 50, "optimizer": optimizer, "shuffle": 0,
+                   "linear_lr": 0.05, "factors_lr": 0.05, "bias_lr": 0.05, "linear_wd": 0.01,
+                   "factors_wd": 0.01, "factors_init_sigma": 0.1, "seed": 1})
+    start = init_parameters(hp, dtype=np.float64)
+    source = ArraySource(X, y, feature_dim=40, labels="binary")
+    kernels, _ = train(hp, source, start, progress=False, dtype=np.float64)
+    on_device, _ = train_on_device(hp, source, torch.device("cpu"), start, progress=False,
+                                   dtype=torch.float64)
+    assert not np.allclose(kernels.V, start.V)
+    for name in ("w0", "w", "V"):
+        np.testing.assert_allclose(getattr(on_device, name), getattr(kernels, name),
+                                   rtol=1e-5, atol=1e-6, err_msg=f"{optimizer} {name}")
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, cli):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the GPU test below covers --device cuda")
+    code, _, err = cli("train", "--train", shared_file("a9a_libsvm", "a9a"), "--model-dir",
+                       tmp_path / "m", "--device", "cuda", "feature_dim=124", "num_factors=4",
+                       "predictor_type=binary_classifier")
+    assert code == 1 and "PyTorch sees no CUDA device" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_training_equals_cpu():
+    X, y = _problem(1)
+    hp = validate({"feature_dim": 40, "num_factors": 3, "predictor_type": "binary_classifier",
+                   "epochs": 2, "mini_batch_size": 50, "optimizer": "adam", "shuffle": 0})
+    start = init_parameters(hp, dtype=np.float64)
+    source = ArraySource(X, y, feature_dim=40, labels="binary")
+    on_cpu, _ = train(hp, source, start, progress=False, dtype=np.float64)
+    on_gpu, _ = train_on_device(hp, source, torch.device("cuda"), start, progress=False,
+                                dtype=torch.float64)
+    np.testing.assert_allclose(on_gpu.V, on_cpu.V, rtol=1e-5, atol=1e-6)
+
+
+def _deepfm_auc(tmp_path, device: str) -> float:
+    import json
+
+    from fmkit.cli import main
+
+    from .conftest import REPO
+
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    model_dir = tmp_path / device
+    code = main(["train", "--config", str(REPO / "examples" / "deepfm_criteo.yaml"), "--quiet",
+                 "--device", device, "--set", f"train_input_path={train}",
+                 "--set", f"eval_input_path={train}", "--set", f"model_dir={model_dir}"])
+    assert code == 0
+    return json.loads((model_dir / "metrics.json").read_text())["test"]["auc"]
+
+
+def test_deepfm_cuda_without_a_gpu_is_a_clear_error(tmp_path, cli):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the GPU test below covers DeepFM on cuda")
+    from .conftest import REPO
+
+    code, _, err = cli("train", "--config", REPO / "examples" / "deepfm_criteo.yaml",
+                       "--device", "cuda", "--model-dir", tmp_path / "m")
+    assert code == 1 and "PyTorch sees no CUDA device" in err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_deepfm_on_cuda_learns_as_on_cpu(tmp_path):
+    assert abs(_deepfm_auc(tmp_path, "cuda") - _deepfm_auc(tmp_path, "cpu")) < 0.03
