@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 if value:
                     overrides.append(f"{field}={json.dumps(value)}")  # a YAML string
             jobs.train_config_file(args.config, overrides,
-                                   progress=False if args.quiet else None, device=args.device)
+                                   progress=False if args.quiet else None, device=args.device,
+                                   checkpoints=_checkpointer(args), resume=args.resume)
         elif args.command == "train":
             if not args.train or not args.model_dir:
                 raise HyperparameterError("train needs --train and --model-dir (or --config)")

@@ -82,3 +82,35 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
     broken.mkdir()
     (broken / "arrays.npz").write_bytes(b"partial")  # no state.json: never completed
     assert saver.latest().step == 3
+
+
+def test_deepfm_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    from .conftest import REPO
+
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    common = ["train", "--config", REPO / "examples" / "deepfm_criteo.yaml", "--quiet",
+              "--set", f"train_input_path={train}", "--set", "eval_input_path=",
+              "--set", "train_config.num_epochs=6", "--set", "data_config.batch_size=32",
+              "--set", "data_config.shuffle=true",
+              "--set", "model_config.deepfm.deep.dropout_ratio=[0.2]"]
+    straight = run_fmkit(*common, "--model-dir", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    checkpoints = tmp_path / "checkpoints"
+    args = [*common, "--model-dir", tmp_path / "resumed", "--checkpoint-dir", checkpoints,
+            "--checkpoint-steps", "40"]
+    proc = subprocess.Popen([fmkit_executable(), *map(str, args)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not Checkpointer(checkpoints).complete() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = Checkpointer(checkpoints).latest()
+    print(f"DeepFM killed; resuming from epoch {state.epoch}, batch {state.chunks_done}, "
+          f"step {state.step}")
+    resumed = run_fmkit(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-6, err_msg=name)

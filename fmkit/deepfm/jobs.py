@@ -10,18 +10,21 @@ from typing import Any
 
 from fmkit import distributed
 from fmkit.data.sources import channel_files
-from fmkit.deepfm.config import ConfigError, EasyRecConfig
+from fmkit.deepfm.config import ConfigError, EasyRecConfig, to_document
 from fmkit.deepfm.model import DeepFMModel
 from fmkit.deepfm.train import train_network
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
+from fmkit.train.checkpoint import Checkpointer
 
 
 def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
-                 host: str = DEFAULT_HOST, device: str = "cpu"
+                 host: str = DEFAULT_HOST, device: str = "cpu",
+                 checkpoints: Checkpointer | None = None, resume: bool = False
                  ) -> tuple[DeepFMModel, dict[str, Any]]:
     """Train on ``train_input_path`` (on ``device``, a PyTorch device name), score
     ``eval_input_path`` (if set) with the FM metrics, write ``model_dir``; returns the model
-    and the metrics stored in ``metrics.json``."""
+    and the metrics stored in ``metrics.json``. ``checkpoints``/``resume``: see
+    :func:`fmkit.deepfm.train.train_network`."""
     from fmkit.train.device import resolve_device
 
     target = resolve_device(device)
@@ -42,9 +45,14 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
         return (model.encode(batch, labelled=True) for batch in
                 model.read(config.train_input_path, shard=shard))
 
+    run_id = to_document(config)
+    for name in ("train_input_path", "eval_input_path", "model_dir"):
+        run_id.pop(name, None)
+    run_id["train_config"].pop("num_epochs", None)
     history = train_network(model.net, blocks, config.train_config,
                             config.data_config.batch_size, model.label_mode, smoothing,
-                            config.data_config.shuffle, progress)
+                            config.data_config.shuffle, progress, checkpoints, resume,
+                            {"deepfm": run_id})
     metrics: dict[str, Any] = {"train": [vars(h) for h in history]}
     if shard[0] != 0:
         return model, metrics  # the replicas are identical: rank 0 scores and writes

@@ -31,6 +31,7 @@ from fmkit.deepfm.config import (
 )
 from fmkit.deepfm.features import Encoded
 from fmkit.deepfm.optimizers import SparseRows
+from fmkit.train.checkpoint import Checkpointer, TrainingState, check_resumable
 
 log = logging.getLogger("fmkit")
 
@@ -196,11 +197,56 @@ class EpochStats:
     seconds: float
 
 
+def _optimizer_arrays(optimizers: list[torch.optim.Optimizer]) -> tuple[dict, dict]:
+    """The optimizers' state as numpy arrays plus a JSON description (for checkpoints)."""
+    arrays, described = {}, []
+    sparse, dense = optimizers
+    for i, weight in enumerate(sparse.param_groups[0]["params"]):
+        state = sparse.state.get(weight, {})
+        for name in ("first", "second"):
+            if name in state:
+                arrays[f"sparse/{i}/{name}"] = state[name]
+        described.append(state.get("step", 0))
+    dense_state = dense.state_dict()
+    plain = {"param_groups": dense_state["param_groups"], "state": {}}
+    for index, entries in dense_state["state"].items():
+        plain["state"][str(index)] = {}
+        for name, value in entries.items():
+            if torch.is_tensor(value):
+                arrays[f"dense/{index}/{name}"] = value.detach().cpu().numpy()
+                plain["state"][str(index)][name] = None
+            else:
+                plain["state"][str(index)][name] = value
+    return arrays, {"sparse_steps": described, "dense": plain}
+
+
+def _restore_optimizers(optimizers: list[torch.optim.Optimizer], arrays: dict,
+                        extra: dict) -> None:
+    sparse, dense = optimizers
+    for i, weight in enumerate(sparse.param_groups[0]["params"]):
+        state = sparse._state(weight, sparse.param_groups[0])
+        state["step"] = extra["sparse_steps"][i]
+        for name in ("first", "second"):
+            if f"sparse/{i}/{name}" in arrays:
+                state[name] = np.array(arrays[f"sparse/{i}/{name}"])
+    plain = extra["dense"]
+    state = {int(index): {name: (torch.from_numpy(np.array(arrays[f"dense/{index}/{name}"]))
+                                 if value is None else value)
+                          for name, value in entries.items()}
+             for index, entries in plain["state"].items()}
+    dense.load_state_dict({"param_groups": plain["param_groups"], "state": state})
+
+
 def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], config: TrainConfig,
                   batch_size: int, loss_kind: str, label_smoothing: float = 0.0,
-                  shuffle: bool = False, progress: bool | None = None) -> list[EpochStats]:
+                  shuffle: bool = False, progress: bool | None = None,
+                  checkpoints: Checkpointer | None = None, resume: bool = False,
+                  run_id: dict | None = None) -> list[EpochStats]:
     """Train ``net`` in place over ``num_epochs`` passes of ``blocks()`` (or ``num_steps``
-    mini-batches); returns per-epoch statistics."""
+    mini-batches); returns per-epoch statistics. ``checkpoints`` saves the network, the
+    optimizers' state and the position (epoch, mini-batches done, the shuffling and dropout
+    generators) periodically; ``resume`` continues from the newest checkpoint, replaying the
+    epoch's data order. ``run_id`` (the configuration) must match the checkpoint's."""
     from tqdm import tqdm
 
     torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: PyTorch warns if implicit
@@ -218,13 +264,34 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
     show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
     epochs = config.num_epochs or sys.maxsize
     history: list[EpochStats] = []
-    steps = 0
+    steps, first_epoch, skip = 0, 1, 0
+    resumed = checkpoints.latest() if checkpoints is not None and resume else None
+    if resumed is not None:
+        if world > 1:
+            raise ConfigError("--resume continues one-process training")
+        check_resumable(resumed, run_id or {}, checkpoints.directory)
+        net.load_state_dict({name: torch.from_numpy(np.array(resumed.arrays[f"net/{name}"]))
+                             for name in net.state_dict()})
+        _restore_optimizers(optimizers, resumed.arrays, resumed.extra)
+        steps, first_epoch, skip = resumed.step, resumed.epoch, resumed.chunks_done
+        history = [EpochStats(**h) for h in resumed.history]
+        log.info("resuming from %s: epoch %d, step %d", checkpoints.directory, first_epoch,
+                 steps)
     net.train()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         started, rows, total_loss, epoch_steps = time.perf_counter(), 0, 0.0, 0
+        if resumed is not None and epoch == first_epoch:
+            rng.bit_generator.state = resumed.rng_state
+            rows, total_loss = resumed.rows, resumed.loss_sum
+        epoch_rng_state = rng.bit_generator.state  # replayed on resume: the same order
         bar = tqdm(desc=f"epoch {epoch}", unit=" rows", unit_scale=True, disable=not show,
                    leave=False)
         batches = mini_batches(background(blocks()), local_size, shuffle, rng)
+        if resumed is not None and epoch == first_epoch:
+            for _ in range(skip):  # trained before the checkpoint
+                next(batches, None)
+            torch.set_rng_state(torch.from_numpy(resumed.arrays["torch_rng"]))
+            epoch_steps = skip
         while True:
             batch = next(batches, None)
             n_local = batch.n_rows if batch is not None else 0
@@ -255,6 +322,14 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
             bar.update(n_step)
             if config.log_step_count_steps and steps % config.log_step_count_steps == 0:
                 log.debug("step %d: loss %.5f", steps, value / max(n_local, 1))
+            if checkpoints is not None and world == 1 and checkpoints.due(steps):
+                arrays, extra = _optimizer_arrays(optimizers)
+                arrays.update({f"net/{k}": v.detach().cpu().numpy()
+                               for k, v in net.state_dict().items()})
+                arrays["torch_rng"] = torch.get_rng_state().numpy()
+                checkpoints.save(TrainingState(
+                    steps, epoch, epoch_steps, rows, total_loss, epoch_rng_state,
+                    [vars(h) for h in history], run_id or {}, arrays, extra))
             if config.num_steps and steps >= config.num_steps:
                 break
         bar.close()

@@ -43,6 +43,7 @@ class TrainingState:
     history: list[dict]
     hyperparameters: dict
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # what else a trainer needs (JSON)
 
 
 @dataclass
