@@ -114,3 +114,29 @@ def test_deepfm_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert set(a) == set(b)
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(channel, tmp_path):
+    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=8",
+          "mini_batch_size=200", "optimizer=adam", "seed=5"]
+    common = ["train", "--nproc", "2", "--train", channel, "--index-base", "1", "--quiet", *hp]
+    straight = run_fmkit(*common, "--model-dir", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    checkpoints = tmp_path / "checkpoints"
+    args = [*common, "--model-dir", tmp_path / "resumed", "--checkpoint-dir", checkpoints,
+            "--checkpoint-steps", "100"]
+    proc = subprocess.Popen([fmkit_executable(), *map(str, args)], stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # its own group: torchrun and both ranks
+    deadline = time.monotonic() + 120
+    while not Checkpointer(checkpoints).complete() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = Checkpointer(checkpoints).latest()
+    print(f"2 processes killed; resuming from epoch {state.epoch}, step {state.step}")
+    resumed = run_fmkit(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)

@@ -265,10 +265,11 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
     epochs = config.num_epochs or sys.maxsize
     history: list[EpochStats] = []
     steps, first_epoch, skip = 0, 1, 0
+    if checkpoints is not None and world > 1:
+        raise ConfigError("DeepFM checkpoints are for one process so far (FM checkpoints "
+                          "several)")
     resumed = checkpoints.latest() if checkpoints is not None and resume else None
     if resumed is not None:
-        if world > 1:
-            raise ConfigError("--resume continues one-process training")
         check_resumable(resumed, run_id or {}, checkpoints.directory)
         net.load_state_dict({name: torch.from_numpy(np.array(resumed.arrays[f"net/{name}"]))
                              for name in net.state_dict()})
@@ -322,7 +323,7 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
             bar.update(n_step)
             if config.log_step_count_steps and steps % config.log_step_count_steps == 0:
                 log.debug("step %d: loss %.5f", steps, value / max(n_local, 1))
-            if checkpoints is not None and world == 1 and checkpoints.due(steps):
+            if checkpoints is not None and checkpoints.due(steps):
                 arrays, extra = _optimizer_arrays(optimizers)
                 arrays.update({f"net/{k}": v.detach().cpu().numpy()
                                for k, v in net.state_dict().items()})

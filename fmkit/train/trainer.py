@@ -127,18 +127,29 @@ def _local_batches(source: Source, size: int, shuffle: bool,
 
 def distributed_epoch(hp: dict[str, Any], source: Source, kind: int, config: np.ndarray,
                       bias: np.ndarray, table: np.ndarray, ws: Workspace, step: int,
-                      rng: np.random.Generator, bar) -> tuple[int, float, int]:
+                      epoch: int, bar, checkpoints: Checkpointer | None = None,
+                      resumed: TrainingState | None = None,
+                      history: list | None = None) -> tuple[int, float, int]:
     """One epoch in step with the other processes: each step every process computes the
     gradient of its next ``mini_batch_size / processes`` rows, the sparse gradients are
     gathered and summed in rank order, and every process applies the same update, so the
     replicas stay identical. A process out of rows contributes nothing until all are.
-    Returns (rows of all processes, their summed loss, step)."""
-    _, world = distributed.rank_and_size()
+    Each process shuffles with a generator seeded by (seed, rank, epoch), so an epoch's order
+    can be replayed without saved generator states: rank 0 alone writes checkpoints (the
+    replicas are identical) with the steps done in the epoch, and a resumed run skips that many
+    steps of every process's batches. Returns (rows of all processes, their summed loss, step).
+    """
+    rank, world = distributed.rank_and_size()
     local = max(1, -(-hp["mini_batch_size"] // world))
     opt = OPTIMIZER_IDS[hp["optimizer"]]
     k = ws.k
+    rng = np.random.default_rng([hp["seed"], rank, epoch])
     batches = _local_batches(source, local, hp["shuffle"], rng)
-    rows, loss_sum = 0, 0.0
+    rows, loss_sum, done = 0, 0.0, 0
+    if resumed is not None:
+        for _ in range(resumed.chunks_done):  # steps trained before the checkpoint
+            next(batches, None)
+        rows, loss_sum, done = resumed.rows, resumed.loss_sum, resumed.chunks_done
     empty_ids, empty_rows = np.zeros(0, np.int64), np.zeros((0, k + 1))
     while True:
         batch = next(batches, None)
@@ -159,7 +170,12 @@ def distributed_epoch(hp: dict[str, Any], source: Source, kind: int, config: np.
                                       table, k, step, ws.parts)
         rows += int(n_rows)
         loss_sum += loss
+        done += 1
         bar.update(int(n_rows))
+        if checkpoints is not None and rank == 0 and checkpoints.due(step):
+            checkpoints.save(TrainingState(step, epoch, done, rows, loss_sum, {},
+                                           [vars(h) for h in history or []], hp,
+                                           {"bias": bias, "table": table}))
 
 
 def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None, *,
@@ -198,13 +214,14 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     state = checkpoints.latest() if checkpoints is not None and resume else None
     if state is not None:
         check_resumable(state, hp, checkpoints.directory)
-        if world > 1 or validation is not None:
-            raise HyperparameterError("--resume continues one-process training without a "
-                                      "validation channel")
+        if validation is not None:
+            raise HyperparameterError("--resume continues training without a validation "
+                                      "channel")
         bias[...], table[...] = state.arrays["bias"], state.arrays["table"]
         step, first_epoch, skip = state.step, state.epoch, state.chunks_done
         resumed_rows, resumed_loss = state.rows, state.loss_sum
-        rng.bit_generator.state = state.rng_state
+        if world == 1:
+            rng.bit_generator.state = state.rng_state
         history = [EpochStats(**h) for h in state.history]
         log.info("resuming from %s: epoch %d, step %d", checkpoints.directory, state.epoch,
                  state.step)
@@ -214,8 +231,9 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
         with tqdm(desc=f"epoch {epoch}/{epochs}", unit=" rows", unit_scale=True,
                   disable=not show, file=sys.stderr) as bar:
             if world > 1:
-                rows, loss_sum, step = distributed_epoch(hp, source, kind, config, bias, table,
-                                                         ws, step, rng, bar)
+                rows, loss_sum, step = distributed_epoch(
+                    hp, source, kind, config, bias, table, ws, step, epoch, bar, checkpoints,
+                    state if epoch == first_epoch else None, history)
             for index, chunk in enumerate(rebatch(source.blocks(), batch_size)
                                           if world == 1 else ()):
                 if epoch == first_epoch and index < skip:
