@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=raw)
     p.add_argument("--model-dir", required=True)
     p.add_argument("--data", required=True, help="labelled file or directory")
+    p.add_argument("--device", default="cpu", help="cpu (default) or a PyTorch device (cuda)")
     _add_format(p)
 
     p = sub.add_parser("predict", help="batch prediction: SageMaker responses for a file",
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True)
     p.add_argument("--data", required=True, help="file or directory (labels are ignored)")
     p.add_argument("--output", help="output file (default: stdout)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or a PyTorch device (cuda)")
     p.add_argument("--format", choices=(*FORMATS, "json", "jsonlines"), default="auto",
                    help="input format (default: detected; json/jsonlines are request bodies)")
     p.add_argument("--accept", default="application/jsonlines", choices=CONTENT_TYPES,
@@ -234,10 +236,11 @@ def main(argv: list[str] | None = None) -> int:
                              checkpoints=_checkpointer(args), resume=args.resume,
                              device=args.device)
         elif args.command == "evaluate":
-            print(strict_json(jobs.evaluate_files(args.model_dir, args.data, fmt=args.format)))
+            print(strict_json(jobs.evaluate_files(args.model_dir, args.data, fmt=args.format,
+                                                  device=args.device)))
         elif args.command == "predict":
             rows = jobs.predict_files(args.model_dir, args.data, args.output, fmt=args.format,
-                                      accept=args.accept)
+                                      accept=args.accept, device=args.device)
             log.info("wrote %d predictions to %s", rows, args.output or "stdout")
         elif args.command == "serve":
             from fmkit.serve.app import serve

@@ -115,22 +115,22 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
 
 
 def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
-                   fmt: str = "auto") -> dict[str, float]:
+                   fmt: str = "auto", device: str = "cpu") -> dict[str, float]:
     """SageMaker's metrics (plus AUC and ``rows``) of a model on a labelled channel."""
-    model = load_model(model_dir)
+    model = load_model(model_dir, device)
     return model.evaluate(model.read(data_path, fmt, labelled=True))
 
 
 def predict_files(model_dir: str | Path, data_path: str | Path,
                   output: str | Path | None = None, *, fmt: str = "auto",
-                  accept: str = codecs.JSONLINES) -> int:
+                  accept: str = codecs.JSONLINES, device: str = "cpu") -> int:
     """Write the predictions of every input row in a response format; returns the row count.
 
     ``fmt`` is a training format or ``json``/``jsonlines`` (SageMaker request bodies);
     ``accept`` is a SageMaker response type. ``output`` is written under a temporary name and
     renamed when complete; None means stdout.
     """
-    model = load_model(model_dir)
+    model = load_model(model_dir, device)
     writer = codecs.ResponseWriter(accept)
     try:
         if output is None:

@@ -53,8 +53,19 @@ class FMModel:
     def label_mode(self) -> str:
         return label_mode(self.predictor_type)
 
+    def to(self, device: str) -> FMModel:
+        """Score on a PyTorch device (``cuda``) instead of the compiled CPU kernels."""
+        if device != "cpu":
+            from fmkit.train.device import DeviceScorer, resolve_device
+
+            self._scorer = DeviceScorer(self.params, resolve_device(device))
+        return self
+
     def logits(self, batch: SparseBatch) -> np.ndarray:
         """y_hat of every row (float64)."""
+        scorer = getattr(self, "_scorer", None)
+        if scorer is not None:
+            return scorer.logits(batch)
         out = np.empty(batch.n_rows, dtype=np.float64)
         p = self.params
         if batch.n_rows >= PARALLEL_ROWS:
@@ -153,9 +164,9 @@ class FMModel:
 
 
 
-def load_model(path: str | Path):
+def load_model(path: str | Path, device: str = "cpu"):
     """The model in a model directory: an :class:`FMModel` or a DeepFM model (both answer
-    ``read``, ``request_decoder``, ``predictions`` and ``evaluate``)."""
+    ``read``, ``request_decoder``, ``predictions`` and ``evaluate``), scoring on ``device``."""
     try:
         meta = json.loads((artifact.resolve(path) / artifact.META_FILE).read_text())
     except (OSError, ValueError):
@@ -163,5 +174,5 @@ def load_model(path: str | Path):
     if isinstance(meta, dict) and meta.get("model_type") == "deepfm":
         from fmkit.deepfm.model import DeepFMModel
 
-        return DeepFMModel.load(path)
-    return FMModel.load(path)
+        return DeepFMModel.load(path).to(device)
+    return FMModel.load(path).to(device)

@@ -3,6 +3,8 @@ compute (every optimizer); on a GPU it runs when one is present, and is skipped 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -95,3 +97,38 @@ def test_deepfm_cuda_without_a_gpu_is_a_clear_error(tmp_path, cli):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_deepfm_on_cuda_learns_as_on_cpu(tmp_path):
     assert abs(_deepfm_auc(tmp_path, "cuda") - _deepfm_auc(tmp_path, "cpu")) < 0.03
+
+
+def test_scoring_on_the_cpu_device_equals_the_brute_force_fm():
+    from fmkit.data.batch import SparseBatch
+    from fmkit.models.fm import FMParameters
+    from fmkit.train.device import DeviceScorer
+
+    X, _ = _problem(2)
+    rng = np.random.default_rng(3)
+    params = FMParameters(rng.normal(size=1), rng.normal(size=40), rng.normal(size=(40, 3)))
+    batch = SparseBatch(X.indptr.astype(np.int64), X.indices.astype(np.int32),
+                        X.data.astype(np.float64), np.zeros(X.shape[0]))
+    expected = np.empty(X.shape[0])
+    dense = X.toarray()
+    for r in range(X.shape[0]):  # w0 + sum w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j
+        x = dense[r]
+        pairs = sum(params.V[i] @ params.V[j] * x[i] * x[j]
+                    for i in np.flatnonzero(x) for j in np.flatnonzero(x) if i < j)
+        expected[r] = params.w0[0] + params.w @ x + pairs
+    got = DeviceScorer(params, torch.device("cpu")).logits(batch)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_predict_on_cuda_equals_cpu(tmp_path, cli):
+    a9a = shared_file("a9a_libsvm", "a9a")
+    code, _, _ = cli("train", "--quiet", "--train", a9a, "--model-dir", tmp_path / "m",
+                     "feature_dim=124", "num_factors=4", "predictor_type=binary_classifier")
+    outputs = []
+    for device in ("cpu", "cuda"):
+        code, out, err = cli("predict", "--model-dir", tmp_path / "m", "--data", a9a,
+                             "--device", device)
+        assert code == 0, err
+        outputs.append([json.loads(line)["score"] for line in out.splitlines()])
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-5)

@@ -52,6 +52,14 @@ class DeepFMModel:
         torch.manual_seed(config.train_config.seed)
         return cls(config, features, DeepFMNet(features, config.model_config.deepfm))
 
+    def to(self, device: str) -> DeepFMModel:
+        """Score on a PyTorch device (``cuda``)."""
+        if device != "cpu":
+            from fmkit.train.device import resolve_device
+
+            self.net.to(resolve_device(device))
+        return self
+
     @property
     def predictor_type(self) -> str:
         return predictor_type(self.config)

@@ -44,8 +44,42 @@ def _batch_tensors(batch: SparseBatch, device, dtype):
     rows = torch.from_numpy(np.repeat(np.arange(batch.n_rows), counts)).to(device)
     ids = torch.from_numpy(batch.indices.astype(np.int64)).to(device)
     values = torch.from_numpy(batch.values).to(device=device, dtype=dtype)
-    labels = torch.from_numpy(batch.labels).to(device=device, dtype=dtype)
+    labels = (torch.from_numpy(batch.labels).to(device=device, dtype=dtype)
+              if batch.labels is not None else None)
     return rows, ids, values, labels
+
+
+def fm_logits(b, w, V, rows, ids, values, n: int, position=None):
+    """y_hat of ``n`` rows given as COO (``rows``, ``ids``, ``values``) tensors; ``w`` and ``V``
+    are the rows of the features ``ids`` index (or, with ``position``, of ``ids[position]``)."""
+    import torch
+
+    index = ids if position is None else position
+    kind = {"dtype": values.dtype, "device": values.device}
+    linear = torch.zeros(n, **kind).index_add(0, rows, w[index] * values)
+    vx = V[index] * values[:, None]
+    sums = torch.zeros((n, V.shape[1]), **kind).index_add(0, rows, vx)
+    squares = torch.zeros(n, **kind).index_add(0, rows, (vx * vx).sum(1))
+    return b + linear + 0.5 * ((sums * sums).sum(1) - squares)
+
+
+class DeviceScorer:
+    """An FM's weights on a PyTorch device, scoring batches there (``fmkit predict --device``)."""
+
+    def __init__(self, params: FMParameters, device):
+        import torch
+
+        self.device = device
+        self.w0, self.w, self.V = (torch.from_numpy(np.ascontiguousarray(a)).to(device)
+                                   for a in (params.w0, params.w, params.V))
+
+    def logits(self, batch: SparseBatch) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            rows, ids, values, _ = _batch_tensors(batch, self.device, self.w.dtype)
+            y = fm_logits(self.w0, self.w, self.V, rows, ids, values, batch.n_rows)
+        return y.double().cpu().numpy()
 
 
 def train_on_device(hp: dict[str, Any], source, device, params: FMParameters | None = None, *,
@@ -88,11 +122,7 @@ def train_on_device(hp: dict[str, Any], source, device, params: FMParameters | N
                 w_rows = w[touched].clone().requires_grad_()
                 V_rows = V[touched].clone().requires_grad_()
                 n = batch.n_rows
-                linear = torch.zeros(n, **as_tensor).index_add(0, rows, w_rows[position] * values)
-                vx = V_rows[position] * values[:, None]
-                sums = torch.zeros((n, V.shape[1]), **as_tensor).index_add(0, rows, vx)
-                squares = torch.zeros(n, **as_tensor).index_add(0, rows, (vx * vx).sum(1))
-                y = b + linear + 0.5 * ((sums * sums).sum(1) - squares)
+                y = fm_logits(b, w_rows, V_rows, rows, ids, values, n, position)
                 if hp["predictor_type"] == "binary_classifier":
                     losses = torch.nn.functional.binary_cross_entropy_with_logits(
                         y, labels, reduction="none")
