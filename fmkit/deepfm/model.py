@@ -22,9 +22,9 @@ from fmkit import artifact
 from fmkit.data import columns
 from fmkit.data.columns import ColumnBatch
 from fmkit.deepfm import config as configs
+from fmkit.deepfm.batches import take_rows
 from fmkit.deepfm.features import FeatureSet
 from fmkit.deepfm.network import DeepFMNet
-from fmkit.deepfm.train import take_rows
 from fmkit.errors import ArtifactError, FMKitError
 from fmkit.metrics import compute_metrics, prediction_fields
 from fmkit.serve import codecs
