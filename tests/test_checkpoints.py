@@ -140,3 +140,33 @@ def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(channel,
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_deepfm_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(tmp_path):
+    from .conftest import REPO
+
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    common = ["train", "--nproc", "2", "--config", REPO / "examples" / "deepfm_criteo.yaml",
+              "--quiet", "--set", f"train_input_path={train}", "--set", "eval_input_path=",
+              "--set", "train_config.num_epochs=6", "--set", "data_config.batch_size=64",
+              "--set", "data_config.shuffle=true"]
+    straight = run_fmkit(*common, "--model-dir", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    checkpoints = tmp_path / "checkpoints"
+    args = [*common, "--model-dir", tmp_path / "resumed", "--checkpoint-dir", checkpoints,
+            "--checkpoint-steps", "20"]
+    proc = subprocess.Popen([fmkit_executable(), *map(str, args)], stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not Checkpointer(checkpoints).complete() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = Checkpointer(checkpoints).latest()
+    print(f"DeepFM on 2 processes killed; resuming from epoch {state.epoch}, step {state.step}")
+    resumed = run_fmkit(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-6, err_msg=name)

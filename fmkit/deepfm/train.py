@@ -172,9 +172,6 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
     epochs = config.num_epochs or sys.maxsize
     history: list[EpochStats] = []
     steps, first_epoch, skip = 0, 1, 0
-    if checkpoints is not None and world > 1:
-        raise ConfigError("DeepFM checkpoints are for one process so far (FM checkpoints "
-                          "several)")
     resumed = checkpoints.latest() if checkpoints is not None and resume else None
     if resumed is not None:
         check_resumable(resumed, run_id or {}, checkpoints.directory)
@@ -188,8 +185,13 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
     net.train()
     for epoch in range(first_epoch, epochs + 1):
         started, rows, total_loss, epoch_steps = time.perf_counter(), 0, 0.0, 0
+        if world > 1:  # per-epoch generators: every process can replay its epoch on resume
+            rng = np.random.default_rng([config.seed, rank, epoch])
         if resumed is not None and epoch == first_epoch:
-            rng.bit_generator.state = resumed.rng_state
+            if world == 1:
+                rng.bit_generator.state = resumed.rng_state
+            # (with several processes the loss carried over is rank 0's share: the epoch's
+            # logged mean loss is then approximate; the weights are not)
             rows, total_loss = resumed.rows, resumed.loss_sum
         epoch_rng_state = rng.bit_generator.state  # replayed on resume: the same order
         bar = tqdm(desc=f"epoch {epoch}", unit=" rows", unit_scale=True, disable=not show,
@@ -230,7 +232,7 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
             bar.update(n_step)
             if config.log_step_count_steps and steps % config.log_step_count_steps == 0:
                 log.debug("step %d: loss %.5f", steps, value / max(n_local, 1))
-            if checkpoints is not None and checkpoints.due(steps):
+            if checkpoints is not None and rank == 0 and checkpoints.due(steps):
                 arrays, extra = _optimizer_arrays(optimizers)
                 arrays.update({f"net/{k}": v.detach().cpu().numpy()
                                for k, v in net.state_dict().items()})
