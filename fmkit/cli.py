@@ -42,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     raw = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("train", help="train an FM on a libsvm or CSV channel",
-                       description="Train a factorization machine; score the test channel if "
-                       "given; write a model directory.", epilog=TRAIN_EXAMPLE,
+    p = sub.add_parser("train", help="train an FM on a channel, or a DeepFM from --config",
+                       description="Train a factorization machine (or, with --config, a DeepFM); "
+                       "score the test channel if given; write a model directory.", epilog=TRAIN_EXAMPLE,
                        formatter_class=raw)
     p.add_argument("--config", metavar="FILE",
                    help="a DeepFM (or FM) configuration file, YAML or JSON, with TorchEasyRec's "
