@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an FM on a channel, or a DeepFM from --config",
                        description="Train a factorization machine (or, with --config, a "
-                       "DeepFM); score the test channel if given; write a model directory.", epilog=TRAIN_EXAMPLE,
-                       formatter_class=raw)
+                       "DeepFM); score the test channel if given; write a model directory.",
+                       epilog=TRAIN_EXAMPLE, formatter_class=raw)
     p.add_argument("--config", metavar="FILE",
                    help="a DeepFM (or FM) configuration file, YAML or JSON, with TorchEasyRec's "
                         "fields (see docs/deepfm.md); replaces --train/--model-dir")
