@@ -73,6 +73,14 @@ def auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def metrics_of_parts(predictor_type: str, label_parts: list[np.ndarray],
+                     logit_parts: list[np.ndarray]) -> dict:
+    """:func:`compute_metrics` over labels and logits gathered batch by batch."""
+    y = np.concatenate(label_parts) if label_parts else np.zeros(0, np.float32)
+    z = np.concatenate(logit_parts) if logit_parts else np.zeros(0)
+    return compute_metrics(predictor_type, y, z)
+
+
 def compute_metrics(predictor_type: str, y_true: np.ndarray, logits: np.ndarray) -> dict:
     """All metrics of a predictor type, from labels and the model's raw outputs y_hat."""
     rows = int(np.asarray(y_true).size)

@@ -20,7 +20,7 @@ from fmkit.data.batch import SparseBatch
 from fmkit.errors import ArtifactError
 from fmkit.hyperparameters import validate
 from fmkit.kernels import fm as kernels
-from fmkit.metrics import compute_metrics, prediction_fields
+from fmkit.metrics import metrics_of_parts, prediction_fields
 from fmkit.models.fm import FMParameters, sigmoid
 
 MODEL_TYPE = "fm"
@@ -122,9 +122,7 @@ class FMModel:
         for batch in blocks:
             labels.append(batch.labels)
             logits.append(self.logits(batch))
-        y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
-        z = np.concatenate(logits) if logits else np.zeros(0)
-        return compute_metrics(self.predictor_type, y, z)
+        return metrics_of_parts(self.predictor_type, labels, logits)
 
     # -- the model directory -------------------------------------------------------------
     def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:

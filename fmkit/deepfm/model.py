@@ -26,7 +26,7 @@ from fmkit.deepfm.batches import take_rows
 from fmkit.deepfm.features import FeatureSet
 from fmkit.deepfm.network import DeepFMNet
 from fmkit.errors import ArtifactError, FMKitError
-from fmkit.metrics import compute_metrics, prediction_fields
+from fmkit.metrics import metrics_of_parts, prediction_fields
 from fmkit.serve import codecs
 
 MODEL_TYPE = "deepfm"
@@ -152,9 +152,7 @@ class DeepFMModel:
             encoded = self.encode(batch, labelled=True)
             labels.append(encoded.labels)
             logits.append(self._forward(encoded))
-        y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
-        z = np.concatenate(logits) if logits else np.zeros(0)
-        return compute_metrics(self.predictor_type, y, z)
+        return metrics_of_parts(self.predictor_type, labels, logits)
 
     # -- the model directory ---------------------------------------------------------------
     def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
