@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from fmkit import jobs
 
     try:
-        if (args.command == "train" and distributed.init_from_environment()
+        if (args.command == "train" and distributed.init_from_environment(args.device)
                 and distributed.rank_and_size()[0]):
             setup_logging(quiet=True)  # one log: rank 0's
         if args.command == "train" and args.config:

@@ -3,7 +3,7 @@
 Processes are started by ``torchrun`` (``torchrun --nproc-per-node 2 -m fmkit train ...``, or
 ``fmkit train --nproc 2`` which runs it for you); torchrun's environment (``RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``) is all :func:`init_from_environment` needs.
-On CPU the backend is Gloo. Every process reads its own shard of the input
+On CPU the backend is Gloo; on GPUs NCCL. Every process reads its own shard of the input
 (:class:`fmkit.data.sources.FileSource` ``shard``), computes the gradient of its share of each
 mini-batch, and the gradients are combined by collectives before every process applies the
 same update to its replica of the model; only rank 0 writes the model and the metrics.
@@ -39,15 +39,35 @@ def rank_and_size() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def init_from_environment() -> bool:
+_cpu_group = None  # the group for collectives on CPU tensors (Gloo)
+
+
+def init_from_environment(device: str = "cpu") -> bool:
     """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1);
-    returns whether this process is now one of several. Gloo on CPU."""
+    returns whether this process is now one of several. Gloo on CPU; with a CUDA ``device``,
+    NCCL (each process on GPU ``LOCAL_RANK``) plus a Gloo side group for the collectives
+    fmkit runs on CPU arrays (counts, the gathered sparse gradients)."""
+    global _cpu_group
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     dist = _dist()
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend="nccl")
+            _cpu_group = dist.new_group(backend="gloo")
+        else:
+            dist.init_process_group(backend="gloo")
     return True
+
+
+def local_device(device: str) -> str:
+    """``cuda`` means this process's GPU (``cuda:LOCAL_RANK``) when several share a machine."""
+    if device == "cuda" and active():
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
 
 
 DEFAULT_PORT = 29500
@@ -85,7 +105,7 @@ def all_sum(values: np.ndarray) -> np.ndarray:
     if not active():
         return np.asarray(values, dtype=np.float64)
     tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
-    _dist().all_reduce(tensor)
+    _dist().all_reduce(tensor, group=_cpu_group)
     return tensor.numpy()
 
 
@@ -104,13 +124,13 @@ def all_gather_rows(header: np.ndarray, ids: np.ndarray, rows: np.ndarray
     size = dist.get_world_size()
     mine = torch.from_numpy(np.concatenate([[ids.size], header]))
     heads = [torch.zeros_like(mine) for _ in range(size)]
-    dist.all_gather(heads, mine)
+    dist.all_gather(heads, mine, group=_cpu_group)
     counts = [int(h[0]) for h in heads]
     packed = torch.zeros((max(counts), rows.shape[1] + 1), dtype=torch.float64)
     packed[: ids.size, 0] = torch.from_numpy(ids.astype(np.float64))
     packed[: ids.size, 1:] = torch.from_numpy(rows.astype(np.float64))
     gathered = [torch.zeros_like(packed) for _ in range(size)]
-    dist.all_gather(gathered, packed)
+    dist.all_gather(gathered, packed, group=_cpu_group)
     joined = np.concatenate([g[:n].numpy() for g, n in zip(gathered, counts)])
     return (np.stack([h[1:].numpy() for h in heads]), joined[:, 0].astype(np.int64),
             np.ascontiguousarray(joined[:, 1:]))

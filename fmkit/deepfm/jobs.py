@@ -27,7 +27,7 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     :func:`fmkit.deepfm.train.train_network`."""
     from fmkit.train.device import resolve_device
 
-    target = resolve_device(device)
+    target = resolve_device(distributed.local_device(device))
     for name in ("train_input_path", "model_dir"):
         if not getattr(config, name):
             raise ConfigError(f"{name}: required to train (in the file or by --set {name}=...)")

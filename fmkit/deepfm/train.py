@@ -86,13 +86,13 @@ def combine_gradients(tables: list[torch.Tensor], others: list[torch.Tensor]) ->
     for weight in tables:
         grad = weight.grad
         if grad is not None:
-            ids, values = grad._indices()[0].numpy(), grad._values().numpy()
+            ids, values = grad._indices()[0].cpu().numpy(), grad._values().cpu().numpy()
         else:
             ids, values = np.zeros(0, np.int64), np.zeros((0, weight.shape[1]), np.float32)
         _, ids, values = distributed.all_gather_rows(np.zeros(0), ids, values)
         weight.grad = torch.sparse_coo_tensor(torch.from_numpy(ids)[None, :],
                                               torch.from_numpy(values.astype(np.float32)),
-                                              weight.shape)
+                                              weight.shape).to(weight.device)
 
 
 @dataclass
