@@ -93,11 +93,12 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     if device != "cpu":
         from fmkit.train.device import resolve_device, train_on_device
 
-        if scored.get("validation") is not None or checkpoints is not None or \
-                distributed.active():
-            raise HyperparameterError(f"--device {device}: validation channels, checkpoints "
-                                      "and several processes are for CPU training")
-        params, history = train_on_device(hp, source, resolve_device(device), progress=progress)
+        if scored.get("validation") is not None or checkpoints is not None:
+            raise HyperparameterError(f"--device {device}: validation channels and "
+                                      "checkpoints are for CPU training")
+        params, history = train_on_device(hp, source,
+                                          resolve_device(distributed.local_device(device)),
+                                          progress=progress)
     else:
         params, history = train(hp, source, validation=scored.get("validation"),
                                 progress=progress, host=host, checkpoints=checkpoints,

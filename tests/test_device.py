@@ -132,3 +132,51 @@ def test_predict_on_cuda_equals_cpu(tmp_path, cli):
         assert code == 0, err
         outputs.append([json.loads(line)["score"] for line in out.splitlines()])
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-5)
+
+
+DEVICE_RANK_SCRIPT = """
+import sys, numpy as np, torch
+from fmkit import distributed
+from fmkit.data.sources import FileSource
+from fmkit.hyperparameters import validate
+from fmkit.train.device import train_on_device
+distributed.init_from_environment()
+hp = validate({"feature_dim": 124, "num_factors": 4, "predictor_type": "binary_classifier",
+               "epochs": 3, "mini_batch_size": 200, "optimizer": "adam", "seed": 2})
+source = FileSource(sys.argv[1], "libsvm", 124, 1, labels="binary",
+                    shard=distributed.rank_and_size())
+params, history = train_on_device(hp, source, torch.device("cpu"), progress=False)
+if distributed.rank_and_size()[0] == 0:
+    np.savez(sys.argv[2], w0=params.w0, w=params.w, V=params.V,
+             rows=[h.rows for h in history])
+distributed.shutdown()
+"""
+
+
+def test_device_training_on_two_processes_matches_one(tmp_path):
+    """The device path's gradient combining, run on the CPU device with 2 Gloo processes."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_svmlight_file
+    from sklearn.metrics import roc_auc_score
+
+    from fmkit.models.fm import FMParameters, reference_logits
+
+    a9a, a9a_t = shared_file("a9a_libsvm", "a9a"), shared_file("a9a_libsvm", "a9a.t")
+    script = tmp_path / "rank.py"
+    script.write_text(DEVICE_RANK_SCRIPT)
+    aucs = []
+    Xt, yt = load_svmlight_file(str(a9a_t), n_features=124, zero_based=False)
+    for nproc in (1, 2):
+        out = tmp_path / f"model{nproc}.npz"
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               f"--nproc-per-node={nproc}", str(script), str(a9a), str(out)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        saved = np.load(out)
+        assert list(saved["rows"]) == [32561] * 3  # every row once per epoch, both shards
+        params = FMParameters(saved["w0"], saved["w"], saved["V"])
+        aucs.append(roc_auc_score(yt, reference_logits(params, Xt)))
+    print(f"device path, a9a: test AUC 1 process {aucs[0]:.4f}, 2 processes {aucs[1]:.4f}")
+    assert abs(aucs[0] - aucs[1]) < 0.005

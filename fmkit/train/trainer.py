@@ -116,7 +116,7 @@ def loss_kind(predictor_type: str) -> int:
     return kernels.LOGISTIC if predictor_type == "binary_classifier" else kernels.SQUARED
 
 
-def _local_batches(source: Source, size: int, shuffle: bool,
+def local_batches(source: Source, size: int, shuffle: bool,
                    rng: np.random.Generator) -> Iterator[SparseBatch]:
     """This process's rows in mini-batches of ``size`` (shuffled within each chunk)."""
     for chunk in rebatch(source.blocks(), size):
@@ -144,7 +144,7 @@ def distributed_epoch(hp: dict[str, Any], source: Source, kind: int, config: np.
     opt = OPTIMIZER_IDS[hp["optimizer"]]
     k = ws.k
     rng = np.random.default_rng([hp["seed"], rank, epoch])
-    batches = _local_batches(source, local, hp["shuffle"], rng)
+    batches = local_batches(source, local, hp["shuffle"], rng)
     rows, loss_sum, done = 0, 0.0, 0
     if resumed is not None:
         for _ in range(resumed.chunks_done):  # steps trained before the checkpoint
