@@ -136,6 +136,18 @@ def all_gather_rows(header: np.ndarray, ids: np.ndarray, rows: np.ndarray
             np.ascontiguousarray(joined[:, 1:]))
 
 
+def sum_sparse_rows(header: np.ndarray, ids: np.ndarray, rows: np.ndarray,
+                    slot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One step's sparse gradients combined: every process's ``header`` summed, and the rows
+    of every process gathered (:func:`all_gather_rows`) with each distinct id's rows summed in
+    rank order, the same on every process. ``slot``: one -1 per table row (scratch)."""
+    from fmkit.kernels.fm import sum_repeated_rows
+
+    heads, ids, rows = all_gather_rows(header, ids, rows)
+    ids, rows = sum_repeated_rows(ids, rows, slot)
+    return heads.sum(axis=0), ids, rows
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """``fmkit ARGV`` on ``nproc`` local processes through torchrun; returns its exit code."""
     threads = max(1, (os.cpu_count() or 1) // nproc)

@@ -88,7 +88,7 @@ class FMModel:
              ) -> Iterator[SparseBatch]:
         """Blocks of a channel (``fmt``: a training format, or ``json``/``jsonlines`` request
         bodies); ``labelled`` checks the labels for this predictor type."""
-        from fmkit.data.sources import FileSource, channel_files
+        from fmkit.data.sources import FileSource
         from fmkit.serve import codecs
 
         if fmt not in ("json", "jsonlines"):
@@ -96,19 +96,13 @@ class FMModel:
             yield from FileSource(path, fmt, self.feature_dim, self.index_base,
                                   labels=labels).blocks()
             return
-        from fmkit.data.blocks import iter_line_blocks
-        from fmkit.errors import DataError
 
-        for file in channel_files(path):
-            try:
-                if fmt == "json":
-                    yield codecs.parse_json(Path(file).read_bytes(), self.feature_dim, str(file))
-                    continue
-                for buf, first_line in iter_line_blocks(file):
-                    yield codecs.parse_jsonlines(buf.tobytes(), self.feature_dim, str(file),
-                                                 first_line)
-            except codecs.RequestError as e:
-                raise DataError(str(file), None, str(e)) from None
+        def decode(body: bytes, kind: str, source: str, first_line: int) -> SparseBatch:
+            if kind == "json":
+                return codecs.parse_json(body, self.feature_dim, source)
+            return codecs.parse_jsonlines(body, self.feature_dim, source, first_line)
+
+        yield from codecs.read_request_files(path, fmt, decode)
 
     def request_decoder(self):
         """Decodes request bodies into batches for this model (see :mod:`fmkit.serve.codecs`)."""

@@ -144,3 +144,25 @@ def test_malformed_rows_are_reported_with_file_and_line(tmp_path, cli, line, pro
     assert code == 1
     assert f"{bad}:7: {problem}" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_predict_reads_request_body_files(trained, cli, tmp_path):
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    rows = criteo_rows(train)[:5]
+    subset = tmp_path / "subset.tsv"
+    subset.write_text("\n".join(train.read_text().split("\n")[:5]) + "\n")
+    _, out, _ = cli("predict", "--model-dir", trained, "--data", subset)
+    expected = [json.loads(line)["score"] for line in out.splitlines()]
+    bodies = {"json": json.dumps({"instances": [instance(r) for r in rows]}),
+              "jsonlines": "\n".join(json.dumps(instance(r)) for r in rows) + "\n"}
+    for fmt, body in bodies.items():
+        path = tmp_path / f"requests.{fmt}"
+        path.write_text(body)
+        code, out, err = cli("predict", "--model-dir", trained, "--data", path, "--format", fmt)
+        assert code == 0, err
+        np.testing.assert_allclose([json.loads(line)["score"] for line in out.splitlines()],
+                                   expected, rtol=1e-5, err_msg=fmt)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"I1": 1}\n{"I1": \n')
+    code, _, err = cli("predict", "--model-dir", trained, "--data", bad, "--format", "jsonlines")
+    assert code == 1 and f"{bad}: line 2: malformed JSON" in err

@@ -192,18 +192,10 @@ class DeepFMModel:
 
 def _request_files(path: str | Path, fmt: str) -> Iterator[ColumnBatch]:
     """JSON (``{"instances": [...]}``) or JSON Lines files of raw feature values."""
-    from fmkit.data.blocks import iter_line_blocks
-    from fmkit.data.sources import channel_files
-    from fmkit.errors import DataError
 
-    for file in channel_files(path):
-        try:
-            if fmt == "json":
-                yield columns.from_instances(codecs.json_instances(Path(file).read_bytes()),
-                                             str(file))
-                continue
-            for buf, first_line in iter_line_blocks(file):
-                instances = codecs.jsonlines_instances(buf.tobytes(), first_line)
-                yield columns.from_instances(instances, str(file))
-        except codecs.RequestError as e:
-            raise DataError(str(file), None, str(e)) from None
+    def decode(body: bytes, kind: str, source: str, first_line: int) -> ColumnBatch:
+        instances = (codecs.json_instances(body) if kind == "json"
+                     else codecs.jsonlines_instances(body, first_line))
+        return columns.from_instances(instances, source)
+
+    return codecs.read_request_files(path, fmt, decode)

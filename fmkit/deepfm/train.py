@@ -159,7 +159,7 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
     torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: PyTorch warns if implicit
     torch.manual_seed(config.seed)
     rank, world = distributed.rank_and_size()
-    rng = np.random.default_rng(config.seed + rank)
+    rng = np.random.default_rng(config.seed)  # several processes: one per epoch, below
     tables = [p for name, p in net.named_parameters() if "tables." in name]
     others = [p for name, p in net.named_parameters() if "tables." not in name]
     optimizers = [sparse_optimizer(tables, config.sparse_optimizer),

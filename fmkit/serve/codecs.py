@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -267,6 +267,28 @@ def jsonlines_instances(body: bytes | str, first_line: int = 1) -> list[Any]:
         except ValueError as e:
             raise RequestError(f"line {n}: malformed JSON: {e}") from None
     return instances
+
+
+def read_request_files(path, fmt: str, decode: Callable[[bytes, str, str, int], Any]
+                       ) -> Iterator[Any]:
+    """Every file of a channel of ``json`` bodies (one per file) or ``jsonlines`` (blocks of
+    lines), each decoded by ``decode(body, fmt, source, first_line)`` — how ``fmkit predict
+    --format json|jsonlines`` reads request bodies from disk; a malformed body is a
+    DataError naming the file."""
+    from pathlib import Path
+
+    from fmkit.data.blocks import iter_line_blocks
+    from fmkit.data.sources import channel_files
+
+    for file in channel_files(path):
+        try:
+            if fmt == "json":
+                yield decode(Path(file).read_bytes(), fmt, str(file), 1)
+                continue
+            for buf, first_line in iter_line_blocks(file):
+                yield decode(buf.tobytes(), fmt, str(file), first_line)
+        except RequestError as e:
+            raise DataError(str(file), None, str(e)) from None
 
 
 def parse_json(body: bytes | str, feature_dim: int, source: str = "request") -> SparseBatch:

@@ -20,7 +20,6 @@ import numpy as np
 from fmkit import distributed
 from fmkit.data.batch import SparseBatch
 from fmkit.errors import DataError, HyperparameterError
-from fmkit.kernels.fm import sum_repeated_rows
 from fmkit.logs import log
 from fmkit.models.fm import FMParameters, init_parameters
 from fmkit.train.optimizers import apply_rule, ftrl_initial_z
@@ -149,11 +148,9 @@ def train_on_device(hp: dict[str, Any], source, device, params: FMParameters | N
             batch = next(batches, None)
             touched, G, g0, loss, n = _batch_gradient(batch, w0, w, V, hp, device, dtype)
             if world > 1:  # every process's sparse gradient rows, summed in rank order
-                heads, ids, rows = distributed.all_gather_rows(
+                (n, loss, g0_sum), ids, rows = distributed.sum_sparse_rows(
                     np.array([n, loss, float(g0)]), touched.cpu().numpy(),
-                    G.double().cpu().numpy())
-                n, loss, g0_sum = heads.sum(axis=0)
-                ids, rows = sum_repeated_rows(ids, rows, slot)
+                    G.double().cpu().numpy(), slot)
                 touched = torch.from_numpy(ids).to(device)
                 G = torch.from_numpy(rows).to(device=device, dtype=dtype)
                 g0 = torch.full_like(w0, g0_sum)

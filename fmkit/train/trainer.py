@@ -160,12 +160,11 @@ def distributed_epoch(hp: dict[str, Any], source: Source, kind: int, config: np.
                 batch.indptr, batch.indices, batch.values, batch.labels, 1.0, kind, bias, table,
                 k, ws.slot, ws.touched, ws.grads, ws.sums)
             ids, grads = ws.touched[:n].astype(np.int64), ws.grads[0, :n].copy()
-        heads, ids, grads = distributed.all_gather_rows(
-            np.array([batch.n_rows if batch is not None else 0, loss, g0]), ids, grads)
-        n_rows, loss, g0 = heads.sum(axis=0)
+        (n_rows, loss, g0), ids, grads = distributed.sum_sparse_rows(
+            np.array([batch.n_rows if batch is not None else 0, loss, g0]), ids, grads,
+            ws.slot)
         if n_rows == 0:
             return rows, loss_sum, step
-        ids, grads = kernels.sum_repeated_rows(ids, grads, ws.slot)
         step = kernels.apply_gradient(ids, grads / n_rows, g0 / n_rows, opt, config, bias,
                                       table, k, step, ws.parts)
         rows += int(n_rows)
@@ -201,12 +200,12 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     config = kernel_config(hp, table.dtype)
     kind = loss_kind(hp["predictor_type"])
     show = sys.stderr.isatty() if progress is None else progress
-    rank, world = distributed.rank_and_size()
+    _, world = distributed.rank_and_size()
     if world > 1 and batch_size < 2:
         raise HyperparameterError("training on several processes combines mini-batch "
                                   "gradients: set mini_batch_size >= 2 (per-row lock-free "
                                   "training is for one process)")
-    rng = np.random.default_rng(hp["seed"] + rank)
+    rng = np.random.default_rng(hp["seed"])  # (several processes: see distributed_epoch)
     history: list[EpochStats] = []
     epochs = hp["epochs"]
     best: tuple[float, int, FMParameters] | None = None
