@@ -152,6 +152,14 @@ def _apply(w, m, s, lo, hi, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr, a
 
 
 @njit(cache=True, inline="always")
+def _frozen(cfg):
+    """``cfg``'s values as a tuple: passed by value, they stay in registers across the table
+    stores (read from the array, each would be reloaded after every store that might alias it)."""
+    return (cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5], cfg[6], cfg[7], cfg[8], cfg[9],
+            cfg[10], cfg[11], cfg[12])
+
+
+@njit(cache=True, inline="always")
 def _adam_scales(beta1_t, beta2_t, T):
     """Adam's bias corrections at step t as factors of lr and eps, in the table's dtype:
     lr (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
@@ -206,7 +214,7 @@ def _rows_trainer(opt: int):
     compiled code (a run-time switch among the four rules halves the rate)."""
 
     @njit(cache=True, fastmath=FAST, error_model="numpy")
-    def train_rows(indptr, indices, values, labels, order, lo, hi, loss_kind, cfg, B, T, k, sums,
+    def train_rows(indptr, indices, values, labels, order, lo, hi, loss_kind, config, B, T, k, sums,
                    step, stride):
         """The per-row loop of libFM and xLearn, fused: each row's update follows its forward pass
         while its weights are in cache. Rows ``lo:hi``; the row's Adam step is ``step + stride *
@@ -215,6 +223,7 @@ def _rows_trainer(opt: int):
         A feature repeated within a row is not allowed (the sources reject it), so updating the
         row's features one after the other equals one update from the row's gradient.
         """
+        cfg = _frozen(config)
         width = k + 1
         lines = (T.shape[1] * T.itemsize + 63) // 64
         one = np.ones(1, T.dtype)
