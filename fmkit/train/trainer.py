@@ -22,7 +22,7 @@ from fmkit.data.batch import SparseBatch, rebatch, take
 from fmkit.errors import DataError, HyperparameterError
 from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST, log
-from fmkit.memory import release_large_blocks_to_os
+from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
 from fmkit.models.fm import FMParameters
 from fmkit.train.checkpoint import Checkpointer, TrainingState, check_resumable
 from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config, training_tables
@@ -275,8 +275,9 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
                 break
     if best is not None:
         return best[2], history
-    return FMParameters.from_table(bias[0, :1].copy(),
-                                   np.ascontiguousarray(table[:, : k + 1])), history
+    weights = prefaulted_zeros((table.shape[0], k + 1), table.dtype)
+    weights[...] = table[:, : k + 1]
+    return FMParameters.from_table(bias[0, :1].copy(), weights), history
 
 
 VALIDATION_METRIC = {"binary_classifier": "binary_classification_cross_entropy",
