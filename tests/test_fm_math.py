@@ -113,10 +113,12 @@ def _kernel_train(params, X, y, hp, batch_size, epochs=1, parts=1):
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("predictor_type", PREDICTORS)
 @pytest.mark.parametrize("clip", [None, 0.02])
-def test_kernel_steps_match_reference_optimizer(optimizer, predictor_type, clip):
-    """Three mini-batches through the kernel == three numpy reference steps, in float64."""
-    X, y, params = random_problem(5, n=30, d=20, k=4)
-    hp = validate(dict(feature_dim=20, num_factors=4, predictor_type=predictor_type,
+@pytest.mark.parametrize("k", [4, 13, 16])
+def test_kernel_steps_match_reference_optimizer(optimizer, predictor_type, clip, k):
+    """Three mini-batches through the kernel == three numpy reference steps, in float64 (k=4:
+    coordinates one by one; 13: eight as a vector, five one by one; 16: two vectors)."""
+    X, y, params = random_problem(5, n=30, d=20, k=k)
+    hp = validate(dict(feature_dim=20, num_factors=k, predictor_type=predictor_type,
                        optimizer=optimizer, clip_gradient=clip, rescale_grad=0.7,
                        bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, bias_wd=0.01,
                        linear_wd=0.1, factors_wd=0.05))
@@ -146,10 +148,11 @@ def test_kernel_loss_is_mean_loss_before_update():
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_online_kernel_matches_reference_one_row_at_a_time(optimizer):
+@pytest.mark.parametrize("k", [4, 8, 13])
+def test_online_kernel_matches_reference_one_row_at_a_time(optimizer, k):
     """mini_batch_size=1 runs the fused loop: it must equal one reference step per row."""
-    X, y, params = random_problem(6, n=25, d=20, k=4)
-    hp = validate(dict(feature_dim=20, num_factors=4, predictor_type="binary_classifier",
+    X, y, params = random_problem(6, n=25, d=20, k=k)
+    hp = validate(dict(feature_dim=20, num_factors=k, predictor_type="binary_classifier",
                        optimizer=optimizer, mini_batch_size=1, clip_gradient=0.5,
                        bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, linear_wd=0.01,
                        factors_wd=0.02))
@@ -249,3 +252,28 @@ def test_per_row_training_in_a_given_order_equals_training_the_permuted_rows(opt
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-12)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=0, atol=1e-12)
     np.testing.assert_allclose(results[0][2], results[1][2], rtol=0, atol=1e-12)
+
+
+def test_lanes_arithmetic_equals_numpy():
+    """The eight-coordinate vectors of the training kernels: loads (converting float64 to the
+    float32 of ``like``), + - * /, unary minus, min, max and sqrt with scalars broadcast, store."""
+    from numba import njit
+
+    from fmkit.kernels.lanes import load_lanes, store_lanes
+
+    @njit
+    def combine(a, b, g, out):
+        x, y, z = load_lanes(a, 1, a), load_lanes(b, 0, a), load_lanes(g, 2, a)
+        clipped = min(max(x * np.float32(2.0) - y / z, -np.float32(0.5)), np.float32(3.0))
+        store_lanes(out, 1, clipped + np.sqrt(y) - (-x) * 0.5)
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=10).astype(np.float32)
+    b = rng.random(10).astype(np.float32)
+    g = rng.random(12) + 0.5
+    out = np.zeros(10, np.float32)
+    combine(a, b, g, out)
+    x, y, z = a[1:9], b[:8], g[2:10].astype(np.float32)
+    expected = np.minimum(np.maximum(x * 2 - y / z, -0.5), 3.0) + np.sqrt(y) + x * 0.5
+    np.testing.assert_allclose(out[1:9], expected, rtol=1e-6)
+    assert out[0] == out[9] == 0  # nothing outside the eight lanes is written

@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
+from fmkit.kernels.lanes import LANES, load_lanes, store_lanes
 from fmkit.kernels.prefetch import prefetch
 
 LOGISTIC = 0
@@ -89,66 +90,76 @@ def _loss_and_slope(z, y, loss_kind):
 
 
 @njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+def _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, like):
+    """One optimizer step of a coordinate, or of eight as :class:`~fmkit.kernels.lanes.Lanes`:
+    from the parameter ``p``, its moments (Adam's m / AdaGrad's s / FTRL's z in ``first``;
+    Adam's s / FTRL's sqrt(n) in ``second``; unused ones are passed through) and the raw
+    gradient, the new ``(p, first, second)``.
+
+    Per coordinate (MXNet's order): g = clip(rescale * raw) + wd * param and the rule; FTRL takes
+    wd as its L2 strength instead. ``cfg[CLIP]`` is +inf when clipping is off, so the code is
+    branch-free. ``adam_lr``/``adam_eps`` scale Adam's lr and eps for its bias corrections (see
+    :func:`_adam_scales`). ``like``: an array of the table's dtype, the precision of constants.
+    """
+    clip = cfg[CLIP]
+    g = min(max(raw * cfg[RESCALE], -clip), clip)
+    if opt == FTRL:
+        one = _like(1.0, like)
+        inv_lr = one / lr
+        root_new = np.sqrt(second * second + g * g)  # n is kept as sqrt(n): one root per step
+        z = first + g - (root_new - second) * inv_lr * p
+        shrunk = z - min(max(z, -cfg[FTRL_L1]), cfg[FTRL_L1])  # 0 where |z| <= l1
+        return -shrunk / ((cfg[FTRL_BETA] + root_new) * inv_lr + wd), z, root_new
+    g = g + wd * p
+    if opt == SGD:
+        return p - lr * g, first, second
+    if opt == ADAGRAD:
+        acc = first + g * g
+        return p - lr * g / (np.sqrt(acc) + cfg[EPS]), acc, second
+    one = _like(1.0, like)  # (1 - b1 would be float64: int - float32 promotes)
+    moment = cfg[BETA1] * first + (one - cfg[BETA1]) * g
+    square = cfg[BETA2] * second + (one - cfg[BETA2]) * g * g
+    step = p - lr * adam_lr * moment / (np.sqrt(square) + cfg[EPS] * adam_eps)
+    return step, moment, square
+
+
+@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
 def _apply(w, m, s, lo, hi, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr, adam_eps):
-    """One optimizer step of coordinates ``lo:hi`` of one table row, given as 1-D views of its
-    blocks: weights ``w``, Adam's m / AdaGrad's s / FTRL's z in ``m``, Adam's s / FTRL's
-    sqrt(n) in ``s`` (see :func:`_row_blocks`).
+    """One optimizer step (:func:`_rule`) of coordinates ``lo:hi`` of one table row, given as
+    1-D views of its blocks: weights ``w``, Adam's m / AdaGrad's s / FTRL's z in ``m``, Adam's
+    s / FTRL's sqrt(n) in ``s`` (see :func:`_row_blocks`), eight at a time while eight remain.
 
     The raw gradient of coordinate c is ``scale * G[c + shift] - decay * param``: the FM's own
     form (for a factor, slope * x * (sum_f - v_f x)), computed here rather than staged in an
-    array so each loop reads and writes only the table and vectorizes. Then, per coordinate
-    (MXNet's order): g = clip(rescale * raw) + wd * param and the rule; FTRL takes wd as its
-    L2 strength instead. ``cfg[CLIP]`` is +inf when clipping is off, so the loops are
-    branch-free. ``adam_lr``/``adam_eps`` scale Adam's lr and eps for its bias corrections
-    (see :func:`_adam_scales`).
+    array so each step reads and writes only the table.
     """
-    rescale = cfg[RESCALE]
-    clip = cfg[CLIP]
-    if opt == SGD:
-        for c in range(lo, hi):
-            p = w[c]
-            g = min(max((scale * G[c + shift] - decay * p) * rescale, -clip), clip) + wd * p
-            w[c] = p - lr * g
-    elif opt == ADAGRAD:
-        eps = cfg[EPS]
-        for c in range(lo, hi):
-            p = w[c]
-            g = min(max((scale * G[c + shift] - decay * p) * rescale, -clip), clip) + wd * p
-            acc = m[c] + g * g
-            m[c] = acc
-            w[c] = p - lr * g / (np.sqrt(acc) + eps)
-    elif opt == ADAM:
-        eps = cfg[EPS]
-        b1 = cfg[BETA1]
-        b2 = cfg[BETA2]
-        rest1 = _like(1.0, w) - b1  # (1 - b1 would be float64: int - float32 promotes)
-        rest2 = _like(1.0, w) - b2
-        step_lr = lr * adam_lr
-        step_eps = eps * adam_eps
-        for c in range(lo, hi):
-            p = w[c]
-            g = min(max((scale * G[c + shift] - decay * p) * rescale, -clip), clip) + wd * p
-            first = b1 * m[c] + rest1 * g
-            second = b2 * s[c] + rest2 * g * g
+    firsts = opt != SGD
+    seconds = opt == ADAM or opt == FTRL
+    start = lo
+    while start + LANES <= hi:
+        c = start
+        p = load_lanes(w, c, w)
+        first = load_lanes(m, c, w) if firsts else p
+        second = load_lanes(s, c, w) if seconds else p
+        raw = scale * load_lanes(G, c + shift, w) - decay * p
+        p, first, second = _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, w)
+        store_lanes(w, c, p)
+        if firsts:
+            store_lanes(m, c, first)
+        if seconds:
+            store_lanes(s, c, second)
+        start += LANES
+    for c in range(start, hi):
+        p = w[c]
+        first = m[c] if firsts else p
+        second = s[c] if seconds else p
+        raw = scale * _like(G[c + shift], w) - decay * p
+        p, first, second = _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, w)
+        w[c] = p
+        if firsts:
             m[c] = first
+        if seconds:
             s[c] = second
-            w[c] = p - step_lr * first / (np.sqrt(second) + step_eps)
-    else:
-        beta = cfg[FTRL_BETA]
-        l1 = cfg[FTRL_L1]
-        zero = _like(0.0, w)
-        inv_lr = _like(1.0, w) / lr
-        for c in range(lo, hi):
-            p = w[c]
-            g = min(max((scale * G[c + shift] - decay * p) * rescale, -clip), clip)
-            root_n = s[c]  # FTRL's n is kept as sqrt(n): one square root per update
-            root_new = np.sqrt(root_n * root_n + g * g)
-            z = m[c] + g - (root_new - root_n) * inv_lr * p
-            m[c] = z
-            s[c] = root_new
-            shrunk = z - l1 if z > 0 else z + l1
-            p = -shrunk / ((beta + root_new) * inv_lr + wd)
-            w[c] = p if abs(z) > l1 else zero
 
 
 @njit(cache=True, inline="always")
