@@ -8,8 +8,8 @@ the row (or mini-batch) touched.
 Weights live in one table per model, a row per feature: ``[w_i, v_i1..v_ik]``. During training
 the optimizer's moments follow in the same row, in blocks of k+1 columns (Adam: m then s;
 AdaGrad: s; FTRL: z then sqrt(n)), so one update touches one or two cache lines and the k factor
-coordinates of weights and moments are contiguous: the per-coordinate loops compile to SIMD.
-The bias is a one-row table of the same layout.
+coordinates of weights and moments are contiguous: the optimizer steps take them eight at a time
+as vectors (:mod:`fmkit.kernels.lanes`). The bias is a one-row table of the same layout.
 
 Arithmetic is done in the table's precision (float32 in production, float64 in the tests that
 compare with the float64 reference to 1e-12); losses are summed in float64. ``FAST`` lets the
@@ -137,17 +137,16 @@ def _apply(w, m, s, lo, hi, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr, a
     seconds = opt == ADAM or opt == FTRL
     start = lo
     while start + LANES <= hi:
-        c = start
-        p = load_lanes(w, c, w)
-        first = load_lanes(m, c, w) if firsts else p
-        second = load_lanes(s, c, w) if seconds else p
-        raw = scale * load_lanes(G, c + shift, w) - decay * p
+        p = load_lanes(w, start, w)
+        first = load_lanes(m, start, w) if firsts else p
+        second = load_lanes(s, start, w) if seconds else p
+        raw = scale * load_lanes(G, start + shift, w) - decay * p
         p, first, second = _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, w)
-        store_lanes(w, c, p)
+        store_lanes(w, start, p)
         if firsts:
-            store_lanes(m, c, first)
+            store_lanes(m, start, first)
         if seconds:
-            store_lanes(s, c, second)
+            store_lanes(s, start, second)
         start += LANES
     for c in range(start, hi):
         p = w[c]
@@ -182,8 +181,8 @@ def _adam_scales(beta1_t, beta2_t, T):
 @njit(cache=True, inline="always")
 def _row_blocks(T, i, width):
     """Row ``i`` of a training table as 1-D views of its blocks (weights, first moment, second
-    moment; empty where the rule keeps none). Loops over such views vectorize; over 2-D offsets
-    into one table LLVM does not."""
+    moment; empty where the rule keeps none), so the update reads and writes each block through
+    a 1-D contiguous view."""
     row = T[i]
     return row[:width], row[width:2 * width], row[2 * width:3 * width]
 
