@@ -49,11 +49,24 @@ def kernel_logits(params: FMParameters, X: sp.csr_matrix) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_fm_equals_brute_force_double_loop(seed):
-    X, _, params = random_problem(seed)
+@pytest.mark.parametrize("k", [5, 8, 21])
+def test_fm_equals_brute_force_double_loop(seed, k):
+    """k=5: factors one by one; 8: one vector of eight; 21: two vectors and five one by one."""
+    X, _, params = random_problem(seed, k=k)
     expected = brute_force_fm(params, X.toarray())
     np.testing.assert_allclose(reference_logits(params, X), expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(kernel_logits(params, X), expected, rtol=0, atol=1e-9)
+
+
+def test_kernel_on_a_strided_table_view():
+    """A column view of a wider table (as validation scores the training table's weights) is
+    read through its stride."""
+    X, _, params = random_problem(3, k=8)
+    wide = np.zeros((params.table.shape[0], 2 * params.table.shape[1]))
+    wide[:, : params.table.shape[1]] = params.table
+    view = FMParameters.from_table(params.w0, wide[:, : params.table.shape[1]])
+    np.testing.assert_allclose(kernel_logits(view, X), brute_force_fm(params, X.toarray()),
+                               rtol=0, atol=1e-9)
 
 
 def test_kernel_float32_weights_close_to_float64():

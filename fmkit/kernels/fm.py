@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from fmkit.kernels.lanes import LANES, load_lanes, store_lanes
+from fmkit.kernels.lanes import LANES, lanes_sum, load_lanes, store_lanes
 from fmkit.kernels.prefetch import prefetch
 
 LOGISTIC = 0
@@ -58,17 +58,24 @@ def _like_compiled(value, array):
 
 @njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
 def _row_forward(indptr, indices, values, r, T, k, sums):
-    """y_hat - w0 of row ``r``; leaves sum_i v_if x_i in ``sums`` (the table's dtype)."""
+    """y_hat - w0 of row ``r``; leaves sum_i v_if x_i in ``sums`` (the table's dtype). The
+    factors are read eight at a time as vectors (see :mod:`fmkit.kernels.lanes`)."""
     for f in range(k):
         sums[f] = 0.0
     linear = _like(0.0, T)
     squares = _like(0.0, T)
     for j in range(indptr[r], indptr[r + 1]):
-        i = indices[j]
+        row = T[indices[j]]
         x = _like(values[j], T)
-        linear += T[i, 0] * x
-        for f in range(k):
-            vx = T[i, 1 + f] * x
+        linear += row[0] * x
+        start = 0
+        while start + LANES <= k:
+            vx = load_lanes(row, 1 + start, T) * x
+            store_lanes(sums, start, load_lanes(sums, start, T) + vx)
+            squares += lanes_sum(vx * vx)
+            start += LANES
+        for f in range(start, k):
+            vx = row[1 + f] * x
             sums[f] += vx
             squares += vx * vx
     pairwise = _like(0.0, T)

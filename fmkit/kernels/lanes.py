@@ -7,8 +7,9 @@ after runtime overlap checks of every array involved), and numba keeps LLVM's st
 (SLP) vectorizer off. ``Lanes`` is an LLVM vector of eight floats: ``load_lanes`` and
 ``store_lanes`` move eight consecutive coordinates in one instruction, and the arithmetic
 operators, unary minus, ``min``, ``max`` and ``np.sqrt`` work on it, mixing with scalars
-(broadcast). A rule written for scalars with those operations therefore compiles for both:
-the kernels apply it to a row's coordinates eight at a time, then to the rest one by one.
+(broadcast); ``lanes_sum`` adds the eight up. A rule written for scalars with those operations
+therefore compiles for both: the kernels apply it to a row's coordinates eight at a time, then
+to the rest one by one.
 Measured on AVX-512 (k=8, Adam, table in cache): 1.10 M -> 1.5 M rows/s.
 """
 
@@ -42,11 +43,20 @@ class _LanesModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(element, LANES))
 
 
-def _lanes_pointer(context, builder, array_type, array, start, start_type):
-    data = context.make_array(array_type)(context, builder, array).data
-    pointer = builder.gep(data, [context.cast(builder, start, start_type, types.intp)])
+def _element_pointers(context, builder, array_type, array, start, start_type):
+    """The address of ``array[start]`` as a vector pointer when the array is typed contiguous,
+    else the addresses of ``array[start:start + 8]`` one by one (through its stride)."""
+    values = context.make_array(array_type)(context, builder, array)
+    first = context.cast(builder, start, start_type, types.intp)
     element = context.get_value_type(array_type.dtype)
-    return builder.bitcast(pointer, ir.VectorType(element, LANES).as_pointer())
+    if array_type.layout == "C":
+        pointer = builder.gep(values.data, [first])
+        return builder.bitcast(pointer, ir.VectorType(element, LANES).as_pointer())
+    stride = cgutils.unpack_tuple(builder, values.strides)[0]
+    base = builder.ptrtoint(values.data, context.get_value_type(types.intp))
+    return [builder.inttoptr(builder.add(base, builder.mul(builder.add(first, first.type(lane)),
+                                                           stride)), element.as_pointer())
+            for lane in range(LANES)]
 
 
 def _convert(builder, vector, from_dtype, to_dtype):
@@ -58,35 +68,80 @@ def _convert(builder, vector, from_dtype, to_dtype):
     return vector
 
 
+def _is_float_vector(array) -> bool:
+    return (isinstance(array, types.Array) and array.ndim == 1
+            and isinstance(array.dtype, types.Float))
+
+
 @intrinsic
 def load_lanes(typingctx, array, start, like):
-    """``array[start:start + 8]`` (a contiguous 1-D float array) as ``Lanes`` of the dtype of
-    the array ``like``, in one vector load. No bounds check: the caller keeps it in range."""
-    if not isinstance(array, types.Array) or not isinstance(like, types.Array):
+    """``array[start:start + 8]`` (a 1-D float array) as ``Lanes`` of the dtype of the array
+    ``like``: one vector load where the array is typed contiguous. No bounds check: the caller
+    keeps it in range."""
+    if not _is_float_vector(array) or not isinstance(like, types.Array):
         return None
     result = LanesType(like.dtype)
 
     def codegen(context, builder, sig, args):
-        pointer = _lanes_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-        vector = builder.load(pointer, align=sig.args[0].dtype.bitwidth // 8)
-        return _convert(builder, vector, sig.args[0].dtype, result.dtype)
+        array_type = sig.args[0]
+        pointers = _element_pointers(context, builder, array_type, args[0], args[1],
+                                     sig.args[1])
+        align = array_type.dtype.bitwidth // 8
+        if not isinstance(pointers, list):
+            vector = builder.load(pointers, align=align)
+        else:
+            element = context.get_value_type(array_type.dtype)
+            vector = ir.Constant(ir.VectorType(element, LANES), ir.Undefined)
+            for lane, pointer in enumerate(pointers):
+                vector = builder.insert_element(vector, builder.load(pointer, align=align),
+                                                ir.IntType(32)(lane))
+        return _convert(builder, vector, array_type.dtype, result.dtype)
 
     return result(array, start, like), codegen
 
 
 @intrinsic
 def store_lanes(typingctx, array, start, values):
-    """``array[start:start + 8] = values`` in one vector store (no bounds check)."""
+    """``array[start:start + 8] = values``: one vector store where the array is typed
+    contiguous (no bounds check)."""
+    if not _is_float_vector(array) or not isinstance(values, LanesType):
+        return None
+
+    def codegen(context, builder, sig, args):
+        array_type = sig.args[0]
+        pointers = _element_pointers(context, builder, array_type, args[0], args[1],
+                                     sig.args[1])
+        vector = _convert(builder, args[2], sig.args[2].dtype, array_type.dtype)
+        align = array_type.dtype.bitwidth // 8
+        if not isinstance(pointers, list):
+            builder.store(vector, pointers, align=align)
+        else:
+            for lane, pointer in enumerate(pointers):
+                builder.store(builder.extract_element(vector, ir.IntType(32)(lane)), pointer,
+                              align=align)
+        return context.get_dummy_value()
+
+    return types.void(array, start, values), codegen
+
+
+@intrinsic
+def lanes_sum(typingctx, values):
+    """The sum of the eight values (in any order: the kernels' reassociation freedom)."""
     if not isinstance(values, LanesType):
         return None
 
     def codegen(context, builder, sig, args):
-        pointer = _lanes_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-        vector = _convert(builder, args[2], sig.args[2].dtype, sig.args[0].dtype)
-        builder.store(vector, pointer, align=sig.args[0].dtype.bitwidth // 8)
-        return context.get_dummy_value()
+        vector_type = args[0].type
+        element = vector_type.element
+        bits = sig.args[0].dtype.bitwidth
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(element, [element, vector_type]),
+            f"llvm.vector.reduce.fadd.v{LANES}f{bits}")
+        # reassoc: the lanes may be added pairwise rather than strictly left to right
+        return builder.call(function, [ir.Constant(element, -0.0), args[0]],
+                            fastmath=("reassoc", "nsz"))
 
-    return types.void(array, start, values), codegen
+    return values.dtype(values), codegen
 
 
 def _operands(a, b):
