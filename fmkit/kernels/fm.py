@@ -98,7 +98,7 @@ def _loss_and_slope(z, y, loss_kind):
 
 @njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
 def _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, like):
-    """One optimizer step of a coordinate, or of eight as :class:`~fmkit.kernels.lanes.Lanes`:
+    """One optimizer step of a coordinate, or of eight as :class:`~fmkit.kernels.lanes.LanesType`:
     from the parameter ``p``, its moments (Adam's m / AdaGrad's s / FTRL's z in ``first``;
     Adam's s / FTRL's sqrt(n) in ``second``; unused ones are passed through) and the raw
     gradient, the new ``(p, first, second)``.

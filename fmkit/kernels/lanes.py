@@ -9,8 +9,8 @@ after runtime overlap checks of every array involved), and numba keeps LLVM's st
 operators, unary minus, ``min``, ``max`` and ``np.sqrt`` work on it, mixing with scalars
 (broadcast); ``lanes_sum`` adds the eight up. A rule written for scalars with those operations
 therefore compiles for both: the kernels apply it to a row's coordinates eight at a time, then
-to the rest one by one.
-Measured on AVX-512 (k=8, Adam, table in cache): 1.10 M -> 1.5 M rows/s.
+to the rest one by one. Measured on this project's AVX-512 machines (k=8, table in cache):
+Adam's per-row training 1.10 M -> 1.55 M rows/s, FTRL's 1.06 M -> 1.53 M; the forward pass +9%.
 """
 
 from __future__ import annotations
