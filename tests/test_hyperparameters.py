@@ -117,3 +117,27 @@ def test_cli_missing_required_from_json_file(cli, tmp_path):
 def test_ftrl_needs_positive_learning_rates(group):
     with pytest.raises(HyperparameterError, match=f"{group}_lr must be > 0 with optimizer=ftrl"):
         validate({**REQUIRED, "optimizer": "ftrl", f"{group}_lr": "0"})
+
+
+@pytest.mark.parametrize("method", ["normal", "uniform", "constant"])
+def test_initial_weights_follow_the_init_hyperparameters_whatever_the_threads(method):
+    """Blocks of rows are drawn on several threads: same weights as on one, distributed as asked."""
+    import numpy as np
+    from scipy import stats
+
+    from fmkit.models.fm import init_parameters
+
+    hp = validate({"feature_dim": 200_000, "num_factors": 4,
+                   "predictor_type": "binary_classifier", "factors_init_method": method,
+                   "factors_init_sigma": 0.05, "factors_init_scale": 0.2,
+                   "factors_init_value": 0.3})
+    one, two = init_parameters(hp, threads=1), init_parameters(hp, threads=2)
+    np.testing.assert_array_equal(one.table, two.table)
+    V = one.V.ravel().astype(np.float64)
+    reference = {"normal": stats.norm(scale=0.05), "uniform": stats.uniform(-0.2, 0.4)}
+    if method == "constant":
+        assert (V == np.float32(0.3)).all()
+    else:  # a sample of 800,000 fits its distribution; rows far apart are not repeats
+        assert stats.kstest(V, reference[method].cdf).pvalue > 1e-3
+        assert not np.array_equal(one.V[:100], one.V[70_000:70_100])
+    assert abs(one.w.std() - hp["linear_init_sigma"]) < 0.001

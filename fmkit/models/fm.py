@@ -10,6 +10,8 @@ are for tests and small data. Training and prediction run in :mod:`fmkit.kernels
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -59,16 +61,24 @@ class FMParameters:
         return FMParameters.from_table(self.w0.copy(), self.table.copy())
 
 
-def _init(out: np.ndarray, hp: dict[str, Any], group: str, rng: np.random.Generator) -> None:
-    """Fill ``out`` as the group's ``*_init_*`` hyperparameters ask, drawing row blocks in
-    sequence (the same numbers as one draw, without a temporary the size of ``out``)."""
+INIT_ROWS = 1 << 16  # rows drawn per block, each block from a generator of its own
+
+
+def _init(out: np.ndarray, hp: dict[str, Any], group: str, seeds: np.random.SeedSequence,
+          pool: ThreadPoolExecutor | None) -> None:
+    """Fill ``out`` as the group's ``*_init_*`` hyperparameters ask, in blocks of rows, each
+    drawn by a generator seeded from the block's own child of ``seeds``: no temporary the size of
+    ``out``, the blocks drawn on several threads (numpy's generators release the GIL), and the
+    same numbers whatever the number of threads."""
     method = hp[f"{group}_init_method"]
     # drawn in float32 for float32 weights: 4x faster for a large table (0.39 s -> 0.1 s for
     # 9M weights), a visible part of a short training run
     draw = np.float32 if out.dtype == np.float32 else np.float64
-    rows = 1 << 16
-    for start in range(0, out.shape[0], rows):
-        part = out[start:start + rows]
+    starts = range(0, out.shape[0], INIT_ROWS)
+
+    def fill(start: int, seed: np.random.SeedSequence) -> None:
+        part = out[start:start + INIT_ROWS]
+        rng = np.random.default_rng(seed)
         if method == "normal":
             values = rng.standard_normal(size=part.shape, dtype=draw)
             values *= draw(hp[f"{group}_init_sigma"])
@@ -81,18 +91,28 @@ def _init(out: np.ndarray, hp: dict[str, Any], group: str, rng: np.random.Genera
             values = hp[f"{group}_init_value"]
         part[...] = values
 
+    blocks = zip(starts, seeds.spawn(len(starts)))
+    if pool is None:
+        for start, seed in blocks:
+            fill(start, seed)
+    else:
+        list(pool.map(lambda block: fill(*block), blocks))
 
-def init_parameters(hp: dict[str, Any], dtype=np.float32,
-                    out: np.ndarray | None = None) -> FMParameters:
+
+def init_parameters(hp: dict[str, Any], dtype=np.float32, out: np.ndarray | None = None,
+                    threads: int = 1) -> FMParameters:
     """Initial weights as the ``*_init_*`` hyperparameters ask, seeded by ``seed``; written into
-    ``out`` (a (feature_dim, k+1) table, e.g. the first columns of a training table) if given."""
-    rng = np.random.default_rng(hp["seed"])
+    ``out`` (a (feature_dim, k+1) table, e.g. the first columns of a training table) if given.
+    ``threads`` draw blocks of rows at once (9M weights: 0.075 s on one core, 0.04 s on two);
+    the weights do not depend on it."""
+    bias_seeds, linear_seeds, factor_seeds = np.random.SeedSequence(hp["seed"]).spawn(3)
     d, k = hp["feature_dim"], hp["num_factors"]
     w0 = np.empty(1, dtype=dtype)
-    _init(w0, hp, "bias", rng)
     table = np.empty((d, k + 1), dtype=dtype) if out is None else out
-    _init(table[:, 0], hp, "linear", rng)
-    _init(table[:, 1:], hp, "factors", rng)
+    with ThreadPoolExecutor(threads) if threads > 1 and d > INIT_ROWS else nullcontext() as pool:
+        _init(w0, hp, "bias", bias_seeds, None)
+        _init(table[:, 0], hp, "linear", linear_seeds, pool)
+        _init(table[:, 1:], hp, "factors", factor_seeds, pool)
     return FMParameters.from_table(w0, table)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
 from fmkit.kernels import fm as kernels
@@ -94,7 +95,7 @@ def training_tables(params: FMParameters | None, optimizer: str, hp: dict[str, A
     dtype = params.table.dtype if params is not None else dtype
     table = _cache_line_rows(hp["feature_dim"], columns, dtype)
     if params is None:
-        params = init_parameters(hp, dtype, out=table[:, :width])
+        params = init_parameters(hp, dtype, out=table[:, :width], threads=numba.get_num_threads())
     else:
         table[:, :width] = params.table
     bias = np.zeros((1, columns), dtype)

@@ -275,8 +275,10 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
                 break
     if best is not None:
         return best[2], history
-    weights = prefaulted_zeros((table.shape[0], k + 1), table.dtype)
-    weights[...] = table[:, : k + 1]
+    weights = table  # plain SGD's table holds the weights alone: it is the model
+    if table.shape[1] != k + 1:
+        weights = prefaulted_zeros((table.shape[0], k + 1), table.dtype)
+        weights[...] = table[:, : k + 1]
     return FMParameters.from_table(bias[0, :1].copy(), weights), history
 
 
