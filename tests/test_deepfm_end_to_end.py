@@ -92,13 +92,18 @@ def test_the_example_trains_on_the_csv_sample(tmp_path, cli):
     assert metrics["test"]["rows"] == 200
 
 
-def test_serve_answers_raw_feature_requests_as_predict_does(trained, cli, tmp_path):
+def first_rows_and_predictions(trained, cli, tmp_path, n: int) -> tuple[list[dict], list[dict]]:
+    """The first ``n`` rows of the raw Criteo sample, and ``fmkit predict``'s output for them."""
     train = shared_file("criteo_kaggle_head1000", "train.txt")
-    rows = criteo_rows(train)[:25]
     subset = tmp_path / "subset.tsv"
-    subset.write_text("\n".join(train.read_text().split("\n")[:25]) + "\n")
-    code, out, _ = cli("predict", "--model-dir", trained, "--data", subset)
-    expected = [json.loads(line) for line in out.splitlines()]
+    subset.write_text("\n".join(train.read_text().split("\n")[:n]) + "\n")
+    code, out, err = cli("predict", "--model-dir", trained, "--data", subset)
+    assert code == 0, err
+    return criteo_rows(train)[:n], [json.loads(line) for line in out.splitlines()]
+
+
+def test_serve_answers_raw_feature_requests_as_predict_does(trained, cli, tmp_path):
+    rows, expected = first_rows_and_predictions(trained, cli, tmp_path, 25)
     served = tmp_path / "served"
     shutil.copytree(trained, served)  # serving needs nothing but the model directory
     proc, url = start_server(served)
@@ -147,12 +152,8 @@ def test_malformed_rows_are_reported_with_file_and_line(tmp_path, cli, line, pro
 
 
 def test_predict_reads_request_body_files(trained, cli, tmp_path):
-    train = shared_file("criteo_kaggle_head1000", "train.txt")
-    rows = criteo_rows(train)[:5]
-    subset = tmp_path / "subset.tsv"
-    subset.write_text("\n".join(train.read_text().split("\n")[:5]) + "\n")
-    _, out, _ = cli("predict", "--model-dir", trained, "--data", subset)
-    expected = [json.loads(line)["score"] for line in out.splitlines()]
+    rows, predictions = first_rows_and_predictions(trained, cli, tmp_path, 5)
+    expected = [p["score"] for p in predictions]
     bodies = {"json": json.dumps({"instances": [instance(r) for r in rows]}),
               "jsonlines": "\n".join(json.dumps(instance(r)) for r in rows) + "\n"}
     for fmt, body in bodies.items():
