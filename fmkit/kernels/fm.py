@@ -108,10 +108,10 @@ def _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, like):
     branch-free. ``adam_lr``/``adam_eps`` scale Adam's lr and eps for its bias corrections (see
     :func:`_adam_scales`). ``like``: an array of the table's dtype, the precision of constants.
     """
+    one = _like(1.0, like)  # (1 - b1 would be float64: int - float32 promotes)
     clip = cfg[CLIP]
     g = min(max(raw * cfg[RESCALE], -clip), clip)
     if opt == FTRL:
-        one = _like(1.0, like)
         inv_lr = one / lr
         root_new = np.sqrt(second * second + g * g)  # n is kept as sqrt(n): one root per step
         z = first + g - (root_new - second) * inv_lr * p
@@ -123,7 +123,6 @@ def _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, like):
     if opt == ADAGRAD:
         acc = first + g * g
         return p - lr * g / (np.sqrt(acc) + cfg[EPS]), acc, second
-    one = _like(1.0, like)  # (1 - b1 would be float64: int - float32 promotes)
     moment = cfg[BETA1] * first + (one - cfg[BETA1]) * g
     square = cfg[BETA2] * second + (one - cfg[BETA2]) * g * g
     step = p - lr * adam_lr * moment / (np.sqrt(square) + cfg[EPS] * adam_eps)
