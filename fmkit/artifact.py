@@ -16,19 +16,21 @@ import json
 import math
 import os
 import shutil
-import tempfile
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fmkit import files
 from fmkit._version import __version__
 from fmkit.errors import ArtifactError
 
 FORMAT = "fmkit-model"
 FORMAT_VERSION = 1
 META_FILE, WEIGHTS_FILE, METRICS_FILE = "model.json", "weights.npz", "metrics.json"
+MODEL_FILES = {META_FILE, WEIGHTS_FILE, METRICS_FILE}
 # Where the SageMaker entry point puts the model directory inside /opt/ml/model (SageMaker FM's
 # own artifact has this name); loading /opt/ml/model finds it there.
 SAGEMAKER_SUBDIR = "model_algo-1"
@@ -89,16 +91,36 @@ def _exchange(a: Path, b: Path) -> bool:
     return result == 0
 
 
+def holds_model(path: Path) -> bool:
+    """True if ``path`` holds an fmkit model directory and nothing else (the only kind of
+    non-empty directory a save may replace)."""
+    try:
+        names = set(os.listdir(path))
+    except OSError:
+        return False
+    if not names <= MODEL_FILES or META_FILE not in names:
+        return False
+    try:
+        meta = json.loads(_read_checked(path / META_FILE, MAX_META_BYTES))
+    except (ArtifactError, ValueError, RecursionError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def check_destination(path: str | Path) -> Path:
+    """The absolute ``path`` if a model may be written there (see :func:`holds_model`); else
+    an error, before any work is done and with nothing touched."""
+    return files.guard_directory(path, holds_model, "model directory")
+
+
 def save_directory(path: str | Path, meta: dict[str, Any], weights: dict[str, np.ndarray],
                    metrics: dict[str, Any]) -> Path:
-    """Write a model directory atomically; replaces an existing model directory at ``path``."""
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not path.is_dir():
-        raise ArtifactError(f"{path}: exists and is not a directory")
+    """Write a model directory atomically; replaces only an empty directory or an existing
+    model directory at ``path`` (see :func:`check_destination`)."""
+    path = check_destination(path)
     full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
                  "fmkit_version": __version__, **meta}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    tmp = files.temporary_dir(path)
     try:
         with open(tmp / WEIGHTS_FILE, "wb") as f:
             np.savez(f, **weights)
@@ -108,21 +130,82 @@ def save_directory(path: str | Path, meta: dict[str, Any], weights: dict[str, np
         _write_json(tmp / META_FILE, full_meta)  # written last: its presence marks completeness
         os.chmod(tmp, 0o755)
         _fsync_dir(tmp)
+        check_destination(path)  # again: something may have appeared while training
         if path.exists():
             if _exchange(tmp, path):
                 shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous model
             else:
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+                old = files.temporary_dir(path)
                 os.rename(path, old / "model")
                 os.rename(tmp, path)
                 shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise files.OutputError(path, f"cannot write the model: "
+                                f"{files.describe_os_error(e)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+MAX_META_BYTES = 64 << 20  # model.json / metrics.json: far above any real one
+
+
+def _regular_size(path: Path) -> int:
+    """The size of ``path`` if it is a regular file (a symlink to one is fine); a FIFO, a
+    device or a directory is refused before it is opened (opening a FIFO would block)."""
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        raise ArtifactError(f"{path}: {files.describe_os_error(e)}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ArtifactError(f"{path}: not a regular file")
+    return info.st_size
+
+
+def _read_checked(path: Path, limit: int) -> bytes:
+    size = _regular_size(path)
+    if size > limit:
+        raise ArtifactError(f"{path}: {size} bytes, more than a model file of this kind holds "
+                            f"({limit})")
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit + 1)
+    except OSError as e:
+        raise ArtifactError(f"{path}: {files.describe_os_error(e)}") from None
+
+
+def _check_npz(path: Path) -> None:
+    """Every array in ``path`` declares a shape and dtype whose bytes its stored member
+    holds, and the members fit in the file: checked from the headers, before any array is
+    read, so a hostile file cannot make the loader allocate or read more than its size."""
+    size = _regular_size(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if sum(m.compress_size for m in members) > size:
+                raise ArtifactError(f"{path}: its members are larger than the file")
+            for member in members:
+                if member.compress_type != zipfile.ZIP_STORED or member.file_size > size:
+                    raise ArtifactError(f"{path}: member {member.filename!r} is compressed or "
+                                        "larger than the file (fmkit writes plain .npz)")
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = header(f, max_header_size=10000)
+                    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if dtype.hasobject or declared + f.tell() != member.file_size:
+                        raise ArtifactError(
+                            f"{path}: array {member.filename!r} declares shape {shape} of "
+                            f"{dtype}, which does not match its {member.file_size} stored "
+                            "bytes")
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise ArtifactError(f"{path}: unreadable weights: {e}") from None
 
 
 def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict]:
@@ -131,11 +214,11 @@ def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarr
     meta_path = path / META_FILE
     if not path.is_dir():
         raise ArtifactError(f"{path}: no such model directory")
-    if not meta_path.is_file():
+    if not meta_path.exists():
         raise ArtifactError(f"{path}: not an fmkit model directory (no {META_FILE})")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as e:
+        meta = json.loads(_read_checked(meta_path, MAX_META_BYTES))
+    except (ValueError, RecursionError) as e:
         raise ArtifactError(f"{meta_path}: unreadable model metadata: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{meta_path}: not an fmkit model (format is not {FORMAT!r})")
@@ -146,13 +229,19 @@ def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarr
             f"{meta.get('fmkit_version')}; this fmkit {__version__} reads versions up to "
             f"{FORMAT_VERSION}: upgrade fmkit"
         )
+    _check_npz(path / WEIGHTS_FILE)
     try:
         with np.load(path / WEIGHTS_FILE, allow_pickle=False) as npz:
             weights = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise ArtifactError(f"{path / WEIGHTS_FILE}: unreadable weights: {e}") from None
     metrics_path = path / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = {}
+    if metrics_path.exists():
+        try:
+            metrics = json.loads(_read_checked(metrics_path, MAX_META_BYTES))
+        except (ValueError, RecursionError) as e:
+            raise ArtifactError(f"{metrics_path}: unreadable metrics: {e}") from None
     return meta, weights, metrics
 
 

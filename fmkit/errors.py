@@ -7,6 +7,16 @@ is an :class:`FMKitError`; the CLI prints its message and exits non-zero, withou
 from __future__ import annotations
 
 
+def excerpt(text: str | bytes, limit: int = 40) -> str:
+    """A short quotation of an offending value for an error message (a bad value may be a
+    megabyte long)."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text[: 4 * limit]).decode("utf-8", "replace")
+    if len(text) > limit:
+        return repr(text[:limit]) + f"... ({len(text)} characters)"
+    return repr(text)
+
+
 class FMKitError(Exception):
     """Base class of the errors caused by input rather than by a bug in fmkit."""
 
@@ -31,3 +41,13 @@ class DataError(FMKitError, ValueError):
 
 class ArtifactError(FMKitError):
     """A model directory is missing, incomplete, or written by an incompatible fmkit."""
+
+
+class TrainingDiverged(FMKitError):
+    """The training loss or the weights stopped being finite numbers; no model is written."""
+
+    def __init__(self, epoch: int, what: str = "the training loss"):
+        self.epoch = epoch
+        super().__init__(f"training diverged in epoch {epoch}: {what} is not finite (NaN or "
+                         "infinity); no model was written. Lower the learning rates (e.g. "
+                         "linear_lr, factors_lr, bias_lr by 10x) or set clip_gradient")

@@ -6,16 +6,13 @@ and the SageMaker entry point. Hyperparameters are validated before any data is 
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from fmkit import distributed
+from fmkit import artifact, distributed, files
 from fmkit.data.batch import SparseBatch
 from fmkit.data.sources import (
     INDEXED_FORMATS,
@@ -60,6 +57,7 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     Returns the model and the metrics written to ``metrics.json``.
     """
     hp = validate(hyperparameters)
+    artifact.check_destination(model_dir)  # before any data is read: never replace user files
     if device != "cpu":  # before any data is read
         from fmkit.train.device import resolve_device
 
@@ -90,6 +88,7 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     ``metrics.json`` under the channel's name, with the training history under ``train``.
     """
     scored = scored or {}
+    artifact.check_destination(model_dir)
     if device != "cpu":
         from fmkit.train.device import resolve_device, train_on_device
 
@@ -134,19 +133,9 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
     model = load_model(model_dir, device)
     writer = codecs.ResponseWriter(accept)
     try:
-        if output is None:
-            return _write_predictions(model, model.read(data_path, fmt, labelled=False), writer,
-                                      sys.stdout.buffer)
-        f, tmp, output = _atomic_output(output)
-        try:
-            with f:
-                rows = _write_predictions(model, model.read(data_path, fmt, labelled=False),
-                                          writer, f)
-            os.replace(tmp, output)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return rows
+        with files.output_stream(output) as out:
+            return _write_predictions(model, model.read(data_path, fmt, labelled=False),
+                                      writer, out)
     except codecs.RequestError as e:
         raise DataError(str(data_path), None, str(e)) from None
 
@@ -166,22 +155,16 @@ def _write_predictions(model: FMModel, blocks: Iterator[SparseBatch],
 CONVERT_TARGETS = ("recordio", "libsvm")
 
 
-def _atomic_output(output: str | Path):
-    """``(file object, commit)``: write to a temporary name, ``commit()`` renames it."""
-    output = Path(output)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.partial-",
-                               dir=output.parent if str(output.parent) else ".")
-    return os.fdopen(fd, "wb"), tmp, output
-
-
 def convert_file(input_path: str | Path, output: str | Path, *, source_format: str = "auto",
                  target_format: str = "recordio", feature_dim: int | None = None,
                  index_base: str | int = "auto") -> int:
     """Convert a channel between formats; returns the row count.
 
     recordIO output is Float32 and byte-identical to the SageMaker SDK's writer (sparse
-    tensors with ``shape=[feature_dim]``); libsvm output has 0-based indices. Without
-    ``feature_dim`` it is the input's largest index + 1.
+    tensors with ``shape=[feature_dim]``); libsvm output keeps the input's index base (the
+    detected one, or ``index_base``; recordIO and CSV input are 0-based), so a model trained
+    on the input scores the output alike. Without ``feature_dim`` it is the input's largest
+    index + 1.
     """
     import scipy.sparse as sp
 
@@ -199,25 +182,19 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
                 widest = max(widest, int(batch.widths.max()))
             feature_dim = max(feature_dim, widest)
     source = FileSource(input_path, probe.fmt, max(feature_dim, 1), probe.index_base)
-    f, tmp, output = _atomic_output(output)
     rows = 0
-    try:
-        with f:
-            for batch in source.blocks():
-                X = sp.csr_matrix((batch.values, batch.indices, batch.indptr),
-                                  shape=(batch.n_rows, feature_dim))
-                if np.isnan(batch.labels).any():
-                    row = int(np.flatnonzero(np.isnan(batch.labels))[0])
-                    raise DataError(*batch.where(row), "the record has no label")
-                if target_format == "recordio":
-                    recordio.write_rows(f, X, batch.labels)
-                else:
-                    libsvm.write_libsvm(f, X, batch.labels)
-                rows += batch.n_rows
-        os.replace(tmp, output)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with files.output_stream(output) as f:
+        for batch in source.blocks():
+            X = sp.csr_matrix((batch.values, batch.indices, batch.indptr),
+                              shape=(batch.n_rows, feature_dim))
+            if np.isnan(batch.labels).any():
+                row = int(np.flatnonzero(np.isnan(batch.labels))[0])
+                raise DataError(*batch.where(row), "the record has no label")
+            if target_format == "recordio":
+                recordio.write_rows(f, X, batch.labels)
+            else:
+                libsvm.write_libsvm(f, X, batch.labels, index_base=probe.index_base)
+            rows += batch.n_rows
     return rows
 
 

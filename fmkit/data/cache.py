@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from fmkit import files
 from fmkit.data.batch import SparseBatch
 
 MAGIC = b"FMKITCACHE1\n"
@@ -82,11 +83,10 @@ def cached_blocks(file: Path, fmt: str,
     if path.exists():
         yield from _read_blocks(path, str(file))
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        out = open(tmp, "wb")  # noqa: SIM115 - closed in the finally below
-    except OSError:
+        fd, tmp = files.temporary_file(path)  # also sweeps dead processes' leftovers
+        out = os.fdopen(fd, "wb")
+    except (OSError, files.OutputError):
         yield from parse()
         return
     complete = False

@@ -15,7 +15,7 @@ from numba import njit
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES, iter_line_blocks
 from fmkit.data.numbers import BAD_NUMBER, NOT_FINITE, OK, parse_float
-from fmkit.errors import DataError
+from fmkit.errors import DataError, excerpt
 
 WRONG_COLUMNS = 20
 
@@ -114,10 +114,11 @@ class CsvParser:
             return f"expected {self.n_columns} columns like the first row, got {column}"
         where = "label (column 1)" if column == 0 else f"column {column + 1}"
         if code == NOT_FINITE:
-            return f"{where}: value {token!r} is not finite (NaN or infinity)"
+            return (f"{where}: value {excerpt(token)} is not a finite float32 (NaN, infinity, "
+                    "or beyond ±3.4e38)")
         if code == BAD_NUMBER and not token:
             return f"{where}: empty value"
-        return f"{where}: non-numeric value {token!r} (CSV files have no header)"
+        return f"{where}: non-numeric value {excerpt(token)} (CSV files have no header)"
 
 
 def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES,

@@ -20,7 +20,7 @@ from numba import njit, prange
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES, count_newlines, iter_blocks
 from fmkit.data.numbers import BAD_INDEX, BAD_NUMBER, NOT_FINITE, OK, parse_float
-from fmkit.errors import DataError
+from fmkit.errors import DataError, excerpt
 
 MISSING_COLON = 10
 MISSING_FIELD = 11
@@ -143,13 +143,14 @@ def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, ffm):
 
 def describe_problem(code: int, token: str) -> str:
     """The human text for a parser's problem code."""
+    token = excerpt(token)
     return {
-        BAD_NUMBER: f"non-numeric value in {token!r}",
-        NOT_FINITE: f"value {token!r} is not finite (NaN or infinity)",
-        BAD_INDEX: f"feature index in {token!r} is not a non-negative integer below 2^31",
-        MISSING_COLON: f"expected INDEX:VALUE, got {token!r}",
-        MISSING_FIELD: f"expected FIELD:INDEX:VALUE (libffm), got {token!r}",
-    }.get(code, f"cannot parse {token!r}")
+        BAD_NUMBER: f"non-numeric value in {token}",
+        NOT_FINITE: f"value {token} is not a finite float32 (NaN, infinity, or beyond ±3.4e38)",
+        BAD_INDEX: f"feature index in {token} is not a non-negative integer below 2^31",
+        MISSING_COLON: f"expected INDEX:VALUE, got {token}",
+        MISSING_FIELD: f"expected FIELD:INDEX:VALUE (libffm), got {token}",
+    }.get(code, f"cannot parse {token}")
 
 
 PARALLEL_BYTES = 1 << 20  # blocks at least this large are parsed in parts across threads
@@ -190,7 +191,9 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
     parts = numba.get_num_threads() if buf.size >= PARALLEL_BYTES else 1
     bounds = [0]
     for p in range(1, parts):
-        cut = int(np.argmax(buf[buf.size * p // parts:] == _NL)) + buf.size * p // parts + 1
+        middle = buf.size * p // parts
+        newline = np.flatnonzero(buf[middle:] == _NL)[:1]  # the next line end, if any
+        cut = int(newline[0]) + middle + 1 if newline.size else buf.size
         bounds.append(max(bounds[-1], min(cut, buf.size)))
     bounds = np.array([*bounds, buf.size], dtype=np.int64)
     newlines = np.empty(parts, dtype=np.int64)
@@ -211,7 +214,7 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
     line = first_line
     for p, (rows, nnz, code, t0, t1, lines_in_part) in enumerate(results.tolist()):
         if code != 0:  # the first problem in file order
-            token = bytes(buf[t0:t1]).decode("utf-8", "replace")
+            token = bytes(buf[t0:min(t1, t0 + 200)]).decode("utf-8", "replace")
             raise DataError(source, line + lines_in_part, describe_problem(code, token))
         r0, z0 = row_at[p], nnz_at[p]
         part_lines = lines[r0:r0 + rows]

@@ -13,9 +13,10 @@ from numba import njit
 
 OK = 0
 BAD_NUMBER = 1  # not a number at all
-NOT_FINITE = 2  # nan, inf, or a value that overflows float64
+NOT_FINITE = 2  # nan, inf, or a value beyond float32's range (fmkit stores float32)
 BAD_INDEX = 3  # an index that is not a non-negative integer
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _POW10 = np.array([10.0**i for i in range(23)])  # exact
 # correctly rounded 10^e for e in [-350, 350] (index e + 350); 0 and inf beyond float64's range
 _POW10_ANY = np.array([float(f"1e{e}") for e in range(-350, 351)])
@@ -113,7 +114,7 @@ def parse_float(buf, start, end):
         value = value * _POW10_ANY[exp10 + 22 + 350] / _POW10[22]
     else:
         value = value * _POW10_ANY[exp10 + 350]
-    if value == np.inf:
+    if value > FLOAT32_MAX:  # would become infinity in the float32 arrays
         return 0.0, NOT_FINITE
     return -value if negative else value, OK
 

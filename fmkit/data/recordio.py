@@ -34,8 +34,9 @@ MAX_LENGTH = (1 << 29) - 1
 # framing problems
 BAD_MAGIC, BAD_CFLAG = 1, 2
 # record problems
-MALFORMED, NO_FEATURES, LENGTH_MISMATCH, KEY_TOO_LARGE, UNSUPPORTED, NOT_FINITE, NO_LABEL = (
-    range(11, 18))
+(MALFORMED, NO_FEATURES, LENGTH_MISMATCH, KEY_TOO_LARGE, UNSUPPORTED, NOT_FINITE, NO_LABEL,
+ SHAPE_TOO_LARGE, BAD_LABEL) = range(11, 20)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 _PROBLEMS = {
     MALFORMED: "malformed protobuf Record",
@@ -43,8 +44,10 @@ _PROBLEMS = {
     LENGTH_MISMATCH: "the sparse tensor's keys and values have different lengths",
     KEY_TOO_LARGE: "a feature key is 2^31 or more",
     UNSUPPORTED: "the features tensor is of type Bytes; expected Float32, Float64 or Int32",
-    NOT_FINITE: "a feature value is not finite (NaN or infinity)",
+    NOT_FINITE: "a feature value is not a finite float32 (NaN, infinity, or beyond ±3.4e38)",
     NO_LABEL: 'no label["values"] tensor (training and evaluation need labels)',
+    SHAPE_TOO_LARGE: "the sparse tensor's shape is 2^31 or more",
+    BAD_LABEL: "the label is not a finite float32 (NaN, infinity, or beyond ±3.4e38)",
 }
 
 
@@ -220,6 +223,8 @@ def _read_tensor(buf, p, end, kind, vals, keys, shape, f32, u32, f64, u64):
                 if stop > end or (stop - p) % 4:
                     return -1, 0, 0
                 while p < stop:
+                    if nv >= vals.size:
+                        return -1, 0, 0
                     u32[0] = _u32(buf, p)
                     vals[nv] = f32[0]
                     nv += 1
@@ -229,6 +234,8 @@ def _read_tensor(buf, p, end, kind, vals, keys, shape, f32, u32, f64, u64):
                 if stop > end or (stop - p) % 8:
                     return -1, 0, 0
                 while p < stop:
+                    if nv >= vals.size:
+                        return -1, 0, 0
                     u64[0] = np.uint64(_u32(buf, p)) | (np.uint64(_u32(buf, p + 4)) << 32)
                     vals[nv] = f64[0]
                     nv += 1
@@ -237,7 +244,7 @@ def _read_tensor(buf, p, end, kind, vals, keys, shape, f32, u32, f64, u64):
                 stop = stop if packed else end
                 while p < stop:
                     v, p = _varint(buf, p, stop)
-                    if p < 0:
+                    if p < 0 or nv >= vals.size:
                         return -1, 0, 0
                     vals[nv] = np.float64(np.int32(np.int64(v) & 0xFFFFFFFF))
                     nv += 1
@@ -249,7 +256,7 @@ def _read_tensor(buf, p, end, kind, vals, keys, shape, f32, u32, f64, u64):
             stop = stop if packed else end
             while p < stop:
                 v, p = _varint(buf, p, stop)
-                if p < 0:
+                if p < 0 or nk >= keys.size or ns >= shape.size:
                     return -1, 0, 0
                 if field == 2:
                     keys[nk] = v
@@ -315,30 +322,41 @@ def decode_records(payload, starts, n_records, word, indptr, indices, values, la
                         return nnz, MALFORMED, r
                     if field == 2:
                         if nv > 0:
+                            if not abs(vals[0]) <= FLOAT32_MAX:
+                                return nnz, BAD_LABEL, r
                             labels[r] = vals[0]
                     else:
                         found = True
+                        nnz = indptr[r]  # a repeated map key: the last entry wins (protobuf)
                         if nk == 0 and nv == 0 and ns > 0:  # sparse row without non-zeros
+                            if shape[0] > np.uint64(2147483647):
+                                return nnz, SHAPE_TOO_LARGE, r
                             widths[r] = np.int64(shape[0])
                         elif nk == 0:  # dense
                             widths[r] = nv
                             for j in range(nv):
                                 v = vals[j]
-                                if not np.isfinite(v):
+                                if not abs(v) <= FLOAT32_MAX:
                                     return nnz, NOT_FINITE, r
                                 if v != 0.0:
+                                    if nnz >= indices.size:
+                                        return nnz, MALFORMED, r
                                     indices[nnz] = j
                                     values[nnz] = v
                                     nnz += 1
                         else:
                             if nk != nv:
                                 return nnz, LENGTH_MISMATCH, r
+                            if ns > 0 and shape[0] > np.uint64(2147483647):
+                                return nnz, SHAPE_TOO_LARGE, r
                             widths[r] = np.int64(shape[0]) if ns > 0 else -1
                             for j in range(nv):
                                 if keys[j] > np.uint64(2147483647):
                                     return nnz, KEY_TOO_LARGE, r
-                                if not np.isfinite(vals[j]):
+                                if not abs(vals[j]) <= FLOAT32_MAX:
                                     return nnz, NOT_FINITE, r
+                                if nnz >= indices.size:
+                                    return nnz, MALFORMED, r
                                 indices[nnz] = np.int64(keys[j])
                                 values[nnz] = vals[j]
                                 nnz += 1
@@ -356,7 +374,9 @@ def decode_records(payload, starts, n_records, word, indptr, indices, values, la
 def decode_block(payload: np.ndarray, starts: np.ndarray, n_records: int, source: str,
                  first_record: int) -> SparseBatch:
     """Records (already framed) as a :class:`SparseBatch`; records are numbered from 1."""
-    cap = payload.size // 2 + n_records + 1  # a value takes >= 1 byte; dense zeros are dropped
+    # every stored value takes at least one payload byte (a packed Int32 varint of a dense
+    # tensor: one byte), so the payload's size bounds the non-zeros of the block
+    cap = payload.size + n_records + 1
     indptr = np.empty(n_records + 1, dtype=np.int64)
     indices = np.empty(cap, dtype=np.int32)
     values = np.empty(cap, dtype=np.float32)

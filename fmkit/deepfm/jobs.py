@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fmkit import distributed
+from fmkit import artifact, distributed
 from fmkit.data.sources import channel_files
 from fmkit.deepfm.config import ConfigError, EasyRecConfig, to_document
 from fmkit.deepfm.model import DeepFMModel
@@ -31,6 +31,7 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     for name in ("train_input_path", "model_dir"):
         if not getattr(config, name):
             raise ConfigError(f"{name}: required to train (in the file or by --set {name}=...)")
+    artifact.check_destination(config.model_dir)  # never replace what is not a model
     channel_files(config.train_input_path)  # a missing input fails before any training
     if config.eval_input_path:
         channel_files(config.eval_input_path)

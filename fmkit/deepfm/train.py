@@ -30,6 +30,7 @@ from fmkit.deepfm.config import (
 )
 from fmkit.deepfm.features import Encoded
 from fmkit.deepfm.optimizers import SparseRows
+from fmkit.errors import TrainingDiverged
 from fmkit.train.checkpoint import Checkpointer, TrainingState, check_resumable
 
 log = logging.getLogger("fmkit")
@@ -223,8 +224,7 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
             for optimizer in optimizers:
                 optimizer.step()
             if not np.isfinite(value):
-                raise FloatingPointError(f"training diverged at step {steps + 1} (loss "
-                                         f"{value / max(n_local, 1)}); lower the learning rates")
+                raise TrainingDiverged(epoch, f"the loss of step {steps + 1}")
             steps += 1
             epoch_steps += 1
             rows += n_step

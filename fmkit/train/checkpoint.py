@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fmkit import files
 from fmkit.errors import ArtifactError
 
 STATE_FILE = "state.json"
@@ -46,6 +46,12 @@ class TrainingState:
     extra: dict = field(default_factory=dict)  # what else a trainer needs (JSON)
 
 
+def holds_checkpoints(path: Path) -> bool:
+    """True if ``path`` holds only fmkit checkpoints (and their temporary siblings)."""
+    return all(name.startswith(("step-", ".step.partial-", ".partial-"))
+               for name in os.listdir(path))
+
+
 @dataclass
 class Checkpointer:
     """Writes a checkpoint every ``every_steps`` optimizer steps and/or ``every_seconds``
@@ -59,7 +65,8 @@ class Checkpointer:
     _last_time: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        self.directory = Path(self.directory)
+        self.directory = files.guard_directory(self.directory, holds_checkpoints,
+                                               "checkpoint directory")
 
     def due(self, step: int) -> bool:
         if self.every_steps and step - self._last_step >= self.every_steps:
@@ -68,9 +75,8 @@ class Checkpointer:
             self.every_seconds
 
     def save(self, state: TrainingState) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"step-{state.step:012d}"
-        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.directory))
+        tmp = files.temporary_dir(self.directory / "step")
         try:
             with open(tmp / ARRAYS_FILE, "wb") as f:
                 np.savez(f, **state.arrays)

@@ -19,7 +19,7 @@ import numpy as np
 
 from fmkit import distributed
 from fmkit.data.batch import SparseBatch
-from fmkit.errors import DataError, HyperparameterError
+from fmkit.errors import DataError, HyperparameterError, TrainingDiverged
 from fmkit.logs import log
 from fmkit.models.fm import FMParameters, init_parameters
 from fmkit.train.optimizers import apply_rule, ftrl_initial_z
@@ -178,6 +178,8 @@ def train_on_device(hp: dict[str, Any], source, device, params: FMParameters | N
         if rows_seen == 0:
             raise DataError(source.name, None, "holds no data rows")
         stats = EpochStats(epoch, loss_sum / rows_seen, rows_seen, time.perf_counter() - started)
+        if not np.isfinite(stats.loss):
+            raise TrainingDiverged(epoch)
         history.append(stats)
         log.info("epoch %d/%d: train loss %.6f over %d rows (%.0f rows/s) on %s", epoch,
                  hp["epochs"], stats.loss, rows_seen, stats.rows_per_second, device)

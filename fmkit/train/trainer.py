@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from fmkit import distributed
 from fmkit.data.batch import SparseBatch, rebatch, take
-from fmkit.errors import DataError, HyperparameterError
+from fmkit.errors import DataError, HyperparameterError, TrainingDiverged
 from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST, log
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
@@ -259,8 +259,7 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
         log.info("#throughput_metric: host=%s, train throughput=%.1f records/second", host,
                  stats.rows_per_second)
         if not np.isfinite(stats.loss):
-            log.warning("training loss is not finite: lower the learning rates or set "
-                        "clip_gradient")
+            raise TrainingDiverged(epoch)
         if validation is not None:
             current = FMParameters.from_table(bias[0, :1], table[:, : k + 1])  # a view, not a copy
             stats.validation_loss = validation_loss(hp, current, validation)
@@ -273,6 +272,8 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
                 log.info("early stopping after epoch %d: the best validation loss was at "
                          "epoch %d", epoch, best[1])
                 break
+    if not (np.isfinite(table[:, : k + 1]).all() and np.isfinite(bias[0, 0])):
+        raise TrainingDiverged(history[-1].epoch, "a weight")
     if best is not None:
         return best[2], history
     weights = table  # plain SGD's table holds the weights alone: it is the model

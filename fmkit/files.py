@@ -1,0 +1,205 @@
+"""Writing to the filesystem without destroying what fmkit did not create.
+
+Every file or directory fmkit writes goes through here:
+
+* :func:`guard_directory` refuses to replace a directory that is not empty and does not hold
+  what fmkit writes there (a model, checkpoints): a mistyped ``--model-dir data/`` must never
+  delete a user's data.
+* :func:`temporary_dir` / :func:`temporary_file` make the hidden ``.NAME.partial-HOST-PID-*``
+  beside a destination that is renamed into place when complete. Their names carry the host
+  and process id, so the next write to the same place sweeps the leftovers of processes that
+  died (``kill -9``) before they could clean up (:func:`sweep_stale`).
+* :func:`output_stream` writes an output file: a regular file (or a new one) through a
+  temporary name and a rename, with the mode the umask gives; ``-``, a FIFO or a device
+  (``/dev/null``, ``/dev/stdout``) directly, never replaced.
+
+Filesystem failures (a missing or read-only directory, a full disk) become one
+:class:`OutputError` naming the path, and no partial file is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import socket
+import stat
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from fmkit.errors import FMKitError
+
+_PARTIAL = ".partial-"
+_HOST = socket.gethostname().replace("-", "_") or "host"
+
+
+class OutputError(FMKitError):
+    """A path fmkit was asked to write cannot be written, or must not be replaced."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        super().__init__(f"{path}: {problem}")
+
+
+def describe_os_error(error: OSError) -> str:
+    """``strerror`` without Python's ``[Errno N]`` decoration (a full disk, a read-only
+    directory...)."""
+    return error.strerror or str(error)
+
+
+def _prefix(destination: Path) -> str:
+    return f".{destination.name}{_PARTIAL}{_HOST}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def sweep_stale(destination: Path) -> list[Path]:
+    """Remove the temporary siblings of ``destination`` that processes of this host left when
+    they died; returns what was removed. Live writers' files and other hosts' are kept."""
+    parent = destination.parent
+    stem = f".{destination.name}{_PARTIAL}{_HOST}-"
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(stem):
+            continue
+        pid_text = entry.name[len(stem):].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        removed.append(path)
+    return removed
+
+
+def _make_parent(destination: Path) -> None:
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(destination.parent, f"cannot create the directory: "
+                          f"{describe_os_error(e)}") from None
+
+
+def temporary_dir(destination: Path) -> Path:
+    """A new hidden directory beside ``destination`` (created with its parents), after
+    sweeping dead processes' leftovers."""
+    _make_parent(destination)
+    sweep_stale(destination)
+    try:
+        return Path(tempfile.mkdtemp(prefix=_prefix(destination), dir=destination.parent))
+    except OSError as e:
+        raise OutputError(destination, f"cannot write here: {describe_os_error(e)}") from None
+
+
+def temporary_file(destination: Path) -> tuple[int, Path]:
+    """``(fd, path)`` of a new hidden file beside ``destination`` with the mode a new file
+    gets under the umask (not mkstemp's 0600)."""
+    _make_parent(destination)
+    sweep_stale(destination)
+    try:
+        fd, name = tempfile.mkstemp(prefix=_prefix(destination), dir=destination.parent)
+    except OSError as e:
+        raise OutputError(destination, f"cannot write here: {describe_os_error(e)}") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, Path(name)
+
+
+def guard_directory(path: str | Path, is_ours: Callable[[Path], bool], what: str) -> Path:
+    """``path`` as an absolute path if fmkit may write ``what`` there: it does not exist, is
+    an empty directory, or ``is_ours`` recognises its content. Anything else is refused with
+    an :class:`OutputError` and left untouched."""
+    path = Path(path).absolute()
+    if not path.exists() and not path.is_symlink():
+        return path
+    if not path.is_dir():
+        raise OutputError(path, f"exists and is not a directory: choose a new path for the "
+                          f"{what}")
+    try:
+        entries = sorted(os.listdir(path))
+    except OSError as e:
+        raise OutputError(path, f"cannot read the directory: {describe_os_error(e)}") from None
+    if entries and not is_ours(path):
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise OutputError(path, f"is not empty and does not hold an fmkit {what} (it holds "
+                          f"{shown}); nothing was changed: choose a new or empty directory")
+    return path
+
+
+def _special(path: Path) -> bool:
+    """An existing path that is not a regular file (a FIFO, a character or block device)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _about_output(error: OSError, *paths: Path) -> bool:
+    """True when ``error`` came from writing the output (a write names no file), not from
+    reading an input inside the ``with`` block."""
+    return error.filename is None or any(str(error.filename) == str(p) for p in paths)
+
+
+@contextlib.contextmanager
+def output_stream(path: str | Path | None) -> Iterator[BinaryIO]:
+    """A binary stream for an output file; see the module docstring. ``None`` or ``-`` is
+    stdout. On any exception the temporary file is removed and a filesystem error becomes an
+    :class:`OutputError` naming ``path``."""
+    if path is None or str(path) == "-":
+        yield sys.stdout.buffer
+        sys.stdout.flush()
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(path, "is a directory: give a file name")
+    if _special(path):
+        try:
+            stream = open(path, "wb")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise OutputError(path, f"cannot write: {describe_os_error(e)}") from None
+        try:
+            with stream:
+                yield stream
+        except OSError as e:
+            if e.errno == errno.EPIPE or not _about_output(e, path):
+                raise
+            raise OutputError(path, f"cannot write: {describe_os_error(e)}") from None
+        return
+    fd, tmp = temporary_file(path)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if not _about_output(e, tmp, path):
+            raise
+        raise OutputError(path, f"cannot write: {describe_os_error(e)}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
