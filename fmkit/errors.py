@@ -7,14 +7,14 @@ is an :class:`FMKitError`; the CLI prints its message and exits non-zero, withou
 from __future__ import annotations
 
 
-def excerpt(text: str | bytes, limit: int = 40) -> str:
+def excerpt(text: str | bytes, limit: int = 40, quote: bool = True) -> str:
     """A short quotation of an offending value for an error message (a bad value may be a
-    megabyte long)."""
+    megabyte long); ``quote=False`` for numbers."""
     if isinstance(text, (bytes, bytearray)):
         text = bytes(text[: 4 * limit]).decode("utf-8", "replace")
-    if len(text) > limit:
-        return repr(text[:limit]) + f"... ({len(text)} characters)"
-    return repr(text)
+    shown = text[:limit]
+    shown = repr(shown) if quote else shown
+    return shown + f"... ({len(text)} characters)" if len(text) > limit else shown
 
 
 class FMKitError(Exception):

@@ -131,7 +131,7 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
     renamed when complete; None means stdout.
     """
     model = load_model(model_dir, device)
-    writer = codecs.ResponseWriter(accept)
+    writer = codecs.ResponseWriter(accept, unit="row")
     try:
         with files.output_stream(output) as out:
             return _write_predictions(model, model.read(data_path, fmt, labelled=False),
@@ -145,7 +145,7 @@ def _write_predictions(model: FMModel, blocks: Iterator[SparseBatch],
     rows = 0
     out.write(writer.begin())
     for batch in blocks:
-        out.write(writer.part(model.predictions(batch)))
+        out.write(writer.part(model.predictions(batch), first=rows + 1))
         rows += batch.n_rows
     out.write(writer.end())
     out.flush()

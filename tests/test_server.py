@@ -211,7 +211,7 @@ def test_status_codes_and_resilience(server, a9a):
         ({"Content-Type": JSON},
          json.dumps({"instances": [{"data": {"features": {"keys": [5, 500], "shape": [123],
                                                           "values": [1, 1]}}}]}), 400,
-         "instance 1: key 500 is out of range: feature_dim=123"),
+         "instance 1: keys[1]: key 500 is out of range: feature_dim=123"),
         ({"Content-Type": JSON},
          json.dumps({"instances": [{"data": {"features": {"keys": [5], "shape": [999],
                                                           "values": [1]}}}]}), 400,

@@ -12,6 +12,7 @@ Parquet is read a row group at a time with pyarrow; list columns are multi-value
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from numba import njit
 
 from fmkit.data.blocks import iter_line_blocks
 from fmkit.data.sources import channel_files
-from fmkit.errors import DataError
+from fmkit.errors import DataError, excerpt
 
 BLOCK_BYTES = 1 << 22
 
@@ -237,24 +238,53 @@ def from_instances(instances: list[Any], source: str = "request",
                    first_line: int | None = None) -> ColumnBatch:
     """JSON instances (``{"I1": 5, "C1": "68fd1e64"}`` each) as a column batch; a key missing
     from an instance is a missing value."""
+
+    def error(row: int, problem: str) -> DataError:
+        if first_line is not None:
+            return DataError(source, first_line + row, problem)
+        return DataError(source, None, f"instance {row + 1}: {problem}")
+
     names: dict[str, None] = {}
     for row, instance in enumerate(instances):
         if not isinstance(instance, dict):
-            problem = f"expected an object of feature values, got {type(instance).__name__}"
-            if first_line is not None:
-                raise DataError(source, first_line + row, problem)
-            raise DataError(source, None, f"instance {row + 1}: {problem}")
+            raise error(row, f"expected an object of feature values, got "
+                        f"{type(instance).__name__}")
         names.update(dict.fromkeys(instance))
     columns = {}
     for name in names:
         values = [instance.get(name) for instance in instances]
-        columns[name] = _python_column(values, name, source)
+        bad = _bad_value(values)
+        if bad is not None:
+            raise error(bad[0], f"feature {excerpt(name)}: {bad[1]}")
+        columns[name] = _python_column(values)
     return ColumnBatch(columns, len(instances), source, first_line, absent_is_missing=True)
 
 
-def _python_column(values: list[Any], name: str, source: str) -> pa.Array:
-    """Python values of one feature as an Arrow array: numbers, strings, or lists of them;
-    mixed kinds become strings (ids)."""
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _bad_value(values: list[Any]) -> tuple[int, str] | None:
+    """``(row, problem)`` of the first value a feature column cannot hold: another type than
+    a number, a string or a list of them, an integer beyond 64 bits, a non-finite float."""
+    for row, value in enumerate(values):
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            if item is None or isinstance(item, str):
+                continue
+            if type(item) is int:
+                if not _INT64[0] <= item <= _INT64[1]:
+                    return row, f"{excerpt(str(item), quote=False)} is beyond 64-bit integers"
+            elif type(item) is float:
+                if not math.isfinite(item):
+                    return row, f"{item} is not a finite number"
+            elif type(item) is not bool:
+                return row, (f"cannot use a value of type {type(item).__name__} "
+                             f"({excerpt(repr(item))})")
+    return None
+
+
+def _python_column(values: list[Any]) -> pa.Array:
+    """Python values of one feature (checked by :func:`_bad_value`) as an Arrow array:
+    numbers, strings, or lists of them; mixed kinds become strings (ids)."""
     kinds = {type(v) for v in values if v is not None}
     if kinds & {list, tuple}:
         values = [None if v is None else [str(x) for x in (v if isinstance(v, (list, tuple))
@@ -262,10 +292,6 @@ def _python_column(values: list[Any], name: str, source: str) -> pa.Array:
         return pa.array(values, pa.list_(pa.string()))
     if kinds and kinds <= {int, float}:
         return pa.array(values, pa.float64() if float in kinds else pa.int64())
-    if kinds - {int, float, str, bool}:
-        bad = next(v for v in values if v is not None and type(v) not in (int, float, str, bool))
-        raise DataError(source, None, f"feature {name!r}: cannot use a value of type "
-                        f"{type(bad).__name__} ({bad!r})")
     return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 

@@ -19,6 +19,7 @@ with its own message) and encodes each :class:`~fmkit.data.columns.ColumnBatch` 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +28,9 @@ import pyarrow.compute as pc
 from numba import njit
 
 from fmkit.data.columns import ColumnBatch
+from fmkit.data.numbers import FLOAT32_MAX
 from fmkit.deepfm.config import ConfigError, EasyRecConfig, IdFeature, RawFeature
+from fmkit.errors import DataError, excerpt
 
 GROUPS = ("wide", "fm", "deep")
 
@@ -78,24 +81,42 @@ def _as_strings(values: pa.Array) -> pa.Array:
 
 def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray | None = None
              ) -> np.ndarray:
-    """float64 values (NaN where null); a value that is not a number is an error naming its
-    row (``rows`` maps positions of ``values`` to batch rows when they differ)."""
+    """float64 values (NaN where null, or written ``nan``); a value that is not a number
+    (ASCII digits only: Python's ``float`` would take other scripts' digits) or beyond
+    float32's range is an error naming its row (``rows`` maps positions of ``values`` to
+    batch rows when they differ)."""
+
+    def error(position: int, problem: str) -> DataError:
+        row = int(rows[position]) if rows is not None else position
+        return batch.error(row, f"column {column!r}: {problem}")
+
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         try:
             values = pc.cast(pc.utf8_trim_whitespace(values), pa.float64())
-        except pa.ArrowInvalid:
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             for position, text in enumerate(values.to_pylist()):
-                try:
-                    float(text) if text is not None else None
-                except ValueError:
-                    row = int(rows[position]) if rows is not None else position
-                    raise batch.error(row, f"column {column!r}: {text!r} is not a number"
-                                      ) from None
-            raise
+                if text is not None and not _is_number(text):
+                    raise error(position, f"{excerpt(text)} is not a number") from None
+            raise error(0, "a value is not a number") from None
     elif not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)
               or pa.types.is_boolean(values.type)):
         raise batch.error(0, f"column {column!r}: expected numbers, got {values.type}")
-    return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    result = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    beyond = np.flatnonzero(np.abs(result) > FLOAT32_MAX)
+    if beyond.size:
+        raise error(int(beyond[0]), f"{result[beyond[0]]!r} is not a finite float32 (NaN, "
+                    "infinity, or beyond ±3.4e38)")
+    return result
+
+
+_NUMBER = re.compile(r"\s*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|nan|inf|infinity)\s*",
+                     re.IGNORECASE)
+
+
+def _is_number(text: str) -> bool:
+    """A decimal number as Arrow reads it (not Python's ``float``: it also takes other
+    scripts' digits and ``1_000``)."""
+    return _NUMBER.fullmatch(text) is not None
 
 
 @dataclass

@@ -25,7 +25,7 @@ from fmkit.deepfm import config as configs
 from fmkit.deepfm.batches import take_rows
 from fmkit.deepfm.features import FeatureSet
 from fmkit.deepfm.network import DeepFMNet
-from fmkit.errors import ArtifactError, FMKitError
+from fmkit.errors import ArtifactError, DataError, FMKitError, excerpt
 from fmkit.metrics import metrics_of_parts, prediction_fields
 from fmkit.serve import codecs
 
@@ -78,7 +78,7 @@ class DeepFMModel:
         process's share (see :func:`fmkit.data.columns.shard_files`)."""
         data = self.config.data_config
         if fmt in ("json", "jsonlines"):
-            yield from _request_files(path, fmt)
+            yield from _request_files(path, fmt, self.check_request)
             return
         if fmt == "parquet" or (fmt == "auto" and data.dataset_type == "ParquetDataset"):
             yield from columns.read_parquet(path, shard=shard)
@@ -102,11 +102,30 @@ class DeepFMModel:
             instances = (codecs.json_instances(body) if kind == codecs.JSON
                          else codecs.jsonlines_instances(body))
             try:
-                return columns.from_instances(instances)
+                return self.check_request(columns.from_instances(instances))
             except FMKitError as e:
                 raise codecs.RequestError(str(e)) from None
 
         return decode
+
+    def request_columns(self) -> list[str]:
+        """The raw fields a request may name: the configured input fields, else the
+        features' columns and the label."""
+        fields = [f.input_name for f in self.config.data_config.input_fields]
+        return fields or list(dict.fromkeys(
+            [f.column for f in self.features.features.values()] + [self.features.label]))
+
+    def check_request(self, batch: ColumnBatch) -> ColumnBatch:
+        """``batch`` if every field it names is one the model knows: an unknown or mis-cased
+        name would otherwise be scored as a missing value, silently."""
+        known = self.request_columns()
+        unknown = [name for name in batch.columns if name not in known]
+        if unknown:
+            shown = ", ".join(known[:40]) + (", ..." if len(known) > 40 else "")
+            raise DataError(batch.source, None, f"unknown feature "
+                            f"{', '.join(excerpt(n) for n in unknown[:5])}: this model's "
+                            f"features are {shown}")
+        return batch
 
     # -- scoring ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -190,12 +209,13 @@ class DeepFMModel:
         return model
 
 
-def _request_files(path: str | Path, fmt: str) -> Iterator[ColumnBatch]:
+def _request_files(path: str | Path, fmt: str,
+                   check: Callable[[ColumnBatch], ColumnBatch]) -> Iterator[ColumnBatch]:
     """JSON (``{"instances": [...]}``) or JSON Lines files of raw feature values."""
 
     def decode(body: bytes, kind: str, source: str, first_line: int) -> ColumnBatch:
         instances = (codecs.json_instances(body) if kind == "json"
                      else codecs.jsonlines_instances(body, first_line))
-        return columns.from_instances(instances, source)
+        return check(columns.from_instances(instances, source))
 
     return codecs.read_request_files(path, fmt, decode)

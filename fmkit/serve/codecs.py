@@ -23,8 +23,9 @@ import numpy as np
 
 from fmkit.data import recordio
 from fmkit.data.batch import SparseBatch
+from fmkit.data.numbers import FLOAT32_MAX
 from fmkit.data.sources import BatchChecker
-from fmkit.errors import DataError, FMKitError
+from fmkit.errors import DataError, FMKitError, excerpt
 
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
@@ -61,51 +62,98 @@ def request_type(content_type: str | None) -> str:
     return kind
 
 
+_QUALITY = re.compile(r"(0(\.[0-9]{0,3})?|1(\.0{0,3})?)")  # RFC 9110's qvalue
+
+
 def response_type(accept: str | None) -> str:
-    """The response type for an Accept header: missing or */* means JSON; else 406."""
+    """The response type for an Accept header: missing or */* means JSON; 406 when none of
+    the listed types can be produced; 400 for a malformed q-value."""
     if not accept or not accept.strip():
         return JSON
     items = []
     for position, item in enumerate(accept.split(",")):
         kind = media_type(item)
         quality = 1.0
-        match = re.search(r";\s*q=([0-9.]+)", item)
-        if match:
-            quality = float(match.group(1))
-        items.append((-quality, position, kind))
+        for parameter in item.split(";")[1:]:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                if not _QUALITY.fullmatch(value.strip()):
+                    raise RequestError(f"malformed Accept header: q-value "
+                                       f"{excerpt(value.strip())} is not a number in [0, 1]")
+                quality = float(value)
+        if quality > 0:
+            items.append((-quality, position, kind))
     for _, _, kind in sorted(items):
         if kind in CONTENT_TYPES:
             return kind
         if kind in ("*/*", "application/*"):
             return JSON
-    raise RequestError(f"cannot produce Accept {accept!r}: accept one of "
+    raise RequestError(f"cannot produce Accept {excerpt(accept)}: accept one of "
                        f"{', '.join(CONTENT_TYPES)}", 406)
 
 
 # -- requests -----------------------------------------------------------------------------------
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise RequestError(f"malformed JSON: the key {excerpt(repeated)} appears twice in an "
+                           "object")
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(f"malformed JSON: {name} is not a JSON number")
+
+
+def strict_json(text: str, where: str = "") -> Any:
+    """A JSON document as the standard defines it: NaN/Infinity and an object with a repeated
+    key are refused (Python's parser takes both and silently keeps the last key); too deep a
+    nesting is a malformed document, not a crash."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except RequestError as e:
+        raise RequestError(f"{where}{e}") from None
+    except RecursionError:
+        raise RequestError(f"{where}malformed JSON: nested too deeply") from None
+    except ValueError as e:
+        raise RequestError(f"{where}malformed JSON: {e}") from None
+
+
 def _load_json(text: str) -> Any:
     try:
-        return json.loads(text)
-    except ValueError as first:
+        return strict_json(text)
+    except RequestError as first:
+        if "malformed JSON: " not in str(first) or "," not in text:
+            raise
         # the SageMaker docs' own sparse example ends its instance list with a comma
         relaxed = re.sub(r",(\s*[\]}])", r"\1", text)
         try:
-            return json.loads(relaxed)
-        except ValueError:
-            raise RequestError(f"malformed JSON: {first}") from None
+            return strict_json(relaxed)
+        except RequestError:
+            raise first from None
 
 
 def _numbers(value: Any, what: str) -> np.ndarray:
+    """A JSON list of numbers as float64, each a finite float32 (what the model computes
+    in): ``true``, ``"7"``, ``[1]``, ``1e39`` or an integer beyond float range is refused."""
     if not isinstance(value, list):
         raise RequestError(f"{what} must be a list of numbers")
+    if not set(map(type, value)) <= {int, float}:
+        position, bad = next((i, v) for i, v in enumerate(value) if type(v) not in (int, float))
+        raise RequestError(f"{what}[{position}]: expected a number, got "
+                           f"{excerpt(json.dumps(bad))}")
     try:
         array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise RequestError(f"{what} must hold only numbers") from None
-    if array.ndim != 1:
-        raise RequestError(f"{what} must be a flat list of numbers")
-    if array.size and not np.isfinite(array).all():
-        raise RequestError(f"{what} holds a value that is not finite")
+    except OverflowError:
+        array = np.array([float(v) if abs(v) < 1e300 else np.inf for v in value])
+    beyond = np.flatnonzero(~(np.abs(array) <= FLOAT32_MAX))
+    if beyond.size:
+        position = int(beyond[0])
+        shown = excerpt(str(value[position]), quote=False)
+        raise RequestError(f"{what}[{position}]: {shown} is not a finite float32 (beyond "
+                           "±3.4e38)")
     return array
 
 
@@ -142,16 +190,23 @@ def _row(element: Any, feature_dim: int) -> tuple[np.ndarray, np.ndarray]:
     keys = _numbers(element["keys"], "keys")
     if keys.size != values.size:
         raise RequestError(f"{keys.size} keys but {values.size} values")
-    if keys.size and ((keys < 0).any() or (keys != np.floor(keys)).any()):
-        raise RequestError("keys must be non-negative integers")
     if "shape" in element:
         shape = _numbers(element["shape"], "shape")
         if shape.tolist() != [feature_dim]:
-            raise RequestError(f"shape {element['shape']} does not match feature_dim "
-                               f"[{feature_dim}]")
+            shown = excerpt(json.dumps(element["shape"]), quote=False)
+            raise RequestError(f"shape {shown} does not match "
+                               f"feature_dim [{feature_dim}]")
+    bad = np.flatnonzero((keys < 0) | (keys != np.floor(keys)))
+    if bad.size:
+        shown = excerpt(str(element["keys"][bad[0]]), quote=False)
+        raise RequestError(f"keys[{int(bad[0])}]: {shown} is not a non-negative integer")
+    bad = np.flatnonzero(keys >= feature_dim)  # as floats: 2^63 or 1e20 must not wrap around
+    if bad.size:
+        shown = excerpt(str(element["keys"][bad[0]]), quote=False)
+        raise RequestError(f"keys[{int(bad[0])}]: key {shown} "
+                           f"is out of range: feature_dim={feature_dim} (keys are 0-based "
+                           "column indices, whatever the training file's index base)")
     keys = keys.astype(np.int64)
-    if keys.size and keys.max() >= feature_dim:
-        raise RequestError(f"key {int(keys.max())} is out of range: feature_dim={feature_dim}")
     if np.unique(keys).size != keys.size:
         raise RequestError("a key appears twice")
     return keys, values
@@ -197,13 +252,18 @@ def _fast_batch(instances: list[Any], feature_dim: int, source: str) -> SparseBa
             lengths.append(len(row_keys))
         else:
             return None
+    numbers = {int, float}
+    if not (set(map(type, keys)) <= numbers and set(map(type, values)) <= numbers
+            and all(set(map(type, row)) <= numbers for row in dense)):
+        return None  # true, "7", [1]: the per-instance path names it
     try:
         dense_array = np.asarray(dense, dtype=np.float64).reshape(len(dense), feature_dim)
         key_array = np.asarray(keys, dtype=np.float64).reshape(-1)
         value_array = np.asarray(values, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    if not (np.isfinite(dense_array).all() and np.isfinite(value_array).all()):
+    if not ((np.abs(dense_array) <= FLOAT32_MAX).all()
+            and (np.abs(value_array) <= FLOAT32_MAX).all()):
         return None
     if key_array.size and ((key_array < 0).any() or (key_array >= feature_dim).any()
                            or (key_array != np.floor(key_array)).any()):
@@ -242,7 +302,7 @@ def _instances(instances: Iterable[Any], feature_dim: int, source: str,
 
 def json_instances(body: bytes | str) -> list[Any]:
     """The instances of a JSON body: ``{"instances": [...]}`` or a bare list."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = _text(body)
     document = _load_json(text)
     if isinstance(document, dict) and "instances" in document:
         instances = document["instances"]
@@ -257,16 +317,20 @@ def json_instances(body: bytes | str) -> list[Any]:
 
 def jsonlines_instances(body: bytes | str, first_line: int = 1) -> list[Any]:
     """One instance per non-blank line of a JSON Lines body."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     instances = []
-    for n, line in enumerate(text.splitlines(), start=first_line):
-        if not line.strip():
-            continue
-        try:
-            instances.append(json.loads(line))
-        except ValueError as e:
-            raise RequestError(f"line {n}: malformed JSON: {e}") from None
+    for n, line in enumerate(_text(body).split("\n"), start=first_line):
+        if line.strip():
+            instances.append(strict_json(line, f"line {n}: "))
     return instances
+
+
+def _text(body: bytes | str) -> str:
+    if isinstance(body, str):
+        return body
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"the body is not UTF-8 text (byte {e.start})") from None
 
 
 def read_request_files(path, fmt: str, decode: Callable[[bytes, str, str, int], Any]
@@ -328,6 +392,16 @@ class RequestDecoder:
 
 
 # -- responses ----------------------------------------------------------------------------------
+def check_finite(predictions: dict[str, np.ndarray], unit: str = "instance",
+                 first: int = 1) -> None:
+    """A score that is not a finite number is never returned: the row's values overflowed
+    the model's arithmetic. ``first`` is the number of the first row."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(predictions["score"], dtype=np.float64)))
+    if bad.size:
+        raise RequestError(f"{unit} {int(bad[0]) + first}: the score is not a finite number (its "
+                           "feature values are too large for this model)")
+
+
 def _json_objects(predictions: dict[str, np.ndarray]) -> list[str]:
     """One JSON object per row: ``{"score": s}`` plus ``"predicted_label"`` for classifiers."""
     scores = [_finite(s) for s in predictions["score"].tolist()]
@@ -348,7 +422,8 @@ class ResponseWriter:
     stream a file of any size while the server encodes one block.
     """
 
-    def __init__(self, accept: str):
+    def __init__(self, accept: str, unit: str = "instance"):
+        self.unit = unit  # what an error calls a row: "instance" (requests), "row" (files)
         self.accept = media_type(accept) if accept else JSONLINES
         if self.accept not in CONTENT_TYPES:
             raise RequestError(f"cannot write {accept!r}", 406)
@@ -357,7 +432,9 @@ class ResponseWriter:
     def begin(self) -> bytes:
         return b'{"predictions": [' if self.accept == JSON else b""
 
-    def part(self, predictions: dict[str, np.ndarray]) -> bytes:
+    def part(self, predictions: dict[str, np.ndarray], first: int = 1) -> bytes:
+        """The encoding of a block of rows; ``first`` numbers its first row in errors."""
+        check_finite(predictions, self.unit, first)
         if self.accept == RECORDIO:
             return recordio.encode_predictions(predictions) if len(predictions["score"]) else b""
         objects = _json_objects(predictions)
