@@ -13,7 +13,7 @@ from fmkit._version import __version__
 from fmkit.artifact import strict_json
 from fmkit.data.sources import FORMATS
 from fmkit.errors import FMKitError, HyperparameterError
-from fmkit.hyperparameters import TABLE
+from fmkit.hyperparameters import BY_NAME, TABLE
 from fmkit.logs import log, setup_logging
 from fmkit.serve.codecs import CONTENT_TYPES
 
@@ -32,6 +32,11 @@ hyperparameters (SageMaker's names; values may also come from --hyperparameters 
 def _add_format(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="auto",
                    help="input format (default: detected from the first line)")
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true",
+                   help="print only warnings and errors (no progress bar, logs or metric lines)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep a binary copy of parsed text files in $FMKIT_CACHE_DIR (default "
                    "~/.cache/fmkit), keyed by path, size and mtime: later epochs and runs skip "
                    "parsing")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
+    _add_quiet(p)
     p.add_argument("assignments", nargs="*", metavar="NAME=VALUE",
                    help="hyperparameters, overriding --hyperparameters")
 
@@ -92,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=raw)
     p.add_argument("--model-dir", required=True)
     p.add_argument("--data", required=True, help="labelled file or directory")
+    _add_quiet(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or a PyTorch device (cuda)")
     _add_format(p)
 
@@ -106,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True)
     p.add_argument("--data", required=True, help="file or directory (labels are ignored)")
     p.add_argument("--output", help="output file (default: stdout)")
+    _add_quiet(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or a PyTorch device (cuda)")
     p.add_argument("--format", choices=(*FORMATS, "json", "jsonlines"), default="auto",
                    help="input format (default: detected; json/jsonlines are request bodies)")
@@ -124,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--max-payload-mb", type=float, default=6.0,
                    help="larger request bodies get 413 (default 6, as SageMaker)")
+    p.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                   help="a request body not received within S seconds gets 408 (default 60)")
 
     p = sub.add_parser("convert", help="convert data between libsvm, CSV and recordIO-protobuf",
                        epilog="example:\n  fmkit convert --from libsvm --to recordio a9a "
@@ -136,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-base", choices=("auto", "0", "1"), default="auto",
                    help="libsvm input indices start at 0 or 1 (output libsvm is 0-based)")
     p.add_argument("input")
+    _add_quiet(p)
     p.add_argument("output")
 
     p = sub.add_parser("sagemaker", help="SageMaker container entry points (train, serve)",
@@ -153,6 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--verbose", action="store_true", help="log each training epoch")
     return parser
+
+
+def _hyperparameter_flag(argv: list[str]) -> str | None:
+    """The message for ``fmkit train --epochs 5``: hyperparameters are ``NAME=VALUE``."""
+    if not argv or argv[0] != "train":
+        return None
+    for position, item in enumerate(argv):
+        name, _, value = item[2:].partition("=")
+        if item.startswith("--") and name.replace("-", "_") in BY_NAME:
+            if not value and position + 1 < len(argv):
+                value = argv[position + 1]
+            return (f"hyperparameters are NAME=VALUE arguments: write "
+                    f"{name.replace('-', '_')}={value or 'VALUE'}, not {item}")
+    return None
 
 
 def parse_assignments(assignments: list[str], file: str | None) -> dict[str, object]:
@@ -201,7 +225,11 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    mistake = _hyperparameter_flag(argv)
+    if mistake:
+        parser.exit(2, f"fmkit: error: {mistake}\n")
+    args = parser.parse_args(argv)
     if args.command == "train" and args.nproc > 1:
         return distributed.launch(args.nproc, _without_nproc(argv))
     quiet = getattr(args, "quiet", False) or (args.command == "demo" and not args.verbose)
@@ -248,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             from fmkit.serve.app import serve
 
             serve(args.model_dir, host=args.host, port=args.port, workers=args.workers,
-                  max_payload_mb=args.max_payload_mb)
+                  max_payload_mb=args.max_payload_mb, body_timeout=args.body_timeout)
         elif args.command == "convert":
             rows = jobs.convert_file(args.input, args.output, source_format=args.source_format,
                                      target_format=args.target_format,
@@ -267,12 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     except FMKitError as e:
         print(f"fmkit: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a path the user gave: one line, no traceback
+        if isinstance(e, BrokenPipeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"fmkit: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fmkit: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `fmkit predict ... | head`: the reader left, not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     finally:
         if args.command == "train":
             distributed.shutdown()

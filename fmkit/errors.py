@@ -17,6 +17,14 @@ def excerpt(text: str | bytes, limit: int = 40, quote: bool = True) -> str:
     return shown + f"... ({len(text)} characters)" if len(text) > limit else shown
 
 
+def did_you_mean(name: str, choices) -> str:
+    """``" (did you mean 'x'?)"`` for a misspelt name close to one of ``choices``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class FMKitError(Exception):
     """Base class of the errors caused by input rather than by a bug in fmkit."""
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fmkit.errors import HyperparameterError
+from fmkit.errors import HyperparameterError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,8 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
     unknown = sorted(k for k in raw if k not in BY_NAME and not str(k).startswith("_"))
     if unknown:
         raise HyperparameterError(
-            f"unknown hyperparameter(s) {', '.join(unknown)}; valid names are: "
+            f"unknown hyperparameter(s) {', '.join(map(str, unknown))}"
+            f"{did_you_mean(str(unknown[0]), BY_NAME)}; valid names are: "
             + ", ".join(sorted(BY_NAME))
         )
     for key in raw:

@@ -25,6 +25,7 @@ from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.model import FMModel, label_mode, load_model
 from fmkit.serve import codecs
 from fmkit.train.checkpoint import Checkpointer
+from fmkit.train.optimizers import check_memory
 from fmkit.train.trainer import train
 
 
@@ -57,7 +58,9 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     Returns the model and the metrics written to ``metrics.json``.
     """
     hp = validate(hyperparameters)
-    artifact.check_destination(model_dir)  # before any data is read: never replace user files
+    # before any data is read: never replace user files, never start what cannot fit
+    artifact.check_destination(model_dir)
+    check_memory(hp)
     if device != "cpu":  # before any data is read
         from fmkit.train.device import resolve_device
 

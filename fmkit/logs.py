@@ -50,7 +50,7 @@ def setup_logging(quiet: bool = False) -> None:
         "[%(asctime)s %(levelname)s %(thread)d] %(message)s", datefmt="%m/%d/%Y %H:%M:%S"
     ))
     log.handlers[:] = [handler]
-    log.setLevel(METRIC if quiet else logging.INFO)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
 
 

@@ -9,12 +9,16 @@ that adjustment off. Elsewhere (not glibc) this does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import mmap
+from pathlib import Path
 
 import numpy as np
+
+from fmkit.errors import FMKitError
 
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 128 * 1024
@@ -47,3 +51,54 @@ def prefaulted_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
         return np.zeros(shape, dtype)
     mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
     return np.frombuffer(mapping, dtype).reshape(shape)  # the array keeps the mapping alive
+
+
+class TooLarge(FMKitError):
+    """The model would not fit in the memory this machine (or container) has."""
+
+
+def _read_number(path: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        text = Path(path).read_text().split()[0]
+        return None if text == "max" else int(text)
+    return None
+
+
+def available_bytes() -> int | None:
+    """Memory a new allocation can get: the kernel's MemAvailable, or less under a cgroup
+    limit (a container's memory quota); None where neither is known (not Linux)."""
+    found = []
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, usage = _read_number(limit_file), _read_number(usage_file)
+        if limit is not None and limit < 1 << 60:
+            found.append(max(limit - (usage or 0), 0))
+    return min(found) if found else None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def check_fits(what: str, parts: list[tuple[str, float]], advice: str) -> None:
+    """Refuse, before anything is allocated, a model whose ``parts`` (name, bytes) exceed the
+    memory available: one message with the estimate, the largest parts and what to change
+    (instead of a MemoryError or an allocator's traceback after seconds of work)."""
+    total = sum(size for _, size in parts)
+    available = available_bytes()
+    if available is None or total <= available:
+        return
+    largest = sorted(parts, key=lambda part: -part[1])[:3]
+    shown = "; ".join(f"{name}: {_size(size)}" for name, size in largest)
+    raise TooLarge(f"{what} needs about {_size(total)} for its weights and optimizer state, "
+                   f"more than the {_size(available)} of memory available (largest: {shown}). "
+                   f"{advice}")

@@ -58,7 +58,7 @@ def _u32(buf, p):
             | (np.uint32(buf[p + 3]) << 24))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def frame_records(buf, n, at_eof, payload, starts):
     """Cut complete records out of ``buf[:n]``, copying their payloads into ``payload``.
 
@@ -276,7 +276,7 @@ def _read_tensor(buf, p, end, kind, vals, keys, shape, f32, u32, f64, u64):
 _VALUES = np.frombuffer(b"values", dtype=np.uint8).copy()
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def decode_records(payload, starts, n_records, word, indptr, indices, values, labels, widths):
     """Decode Records into CSR arrays; ``widths[r]`` = shape[0] (sparse), value count (dense).
 

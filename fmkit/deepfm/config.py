@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from fmkit.errors import FMKitError
+from fmkit.errors import FMKitError, did_you_mean
 
 
 class ConfigError(FMKitError, ValueError):
@@ -293,7 +293,8 @@ def _from_mapping(cls: type, data: Any, path: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{_join(path, unknown[0])}: unknown field (valid: "
+        raise ConfigError(f"{_join(path, unknown[0])}: unknown field"
+                          f"{did_you_mean(str(unknown[0]), fields)} (valid: "
                           f"{', '.join(fields)})")
     values = {}
     for name, f in fields.items():
@@ -324,6 +325,13 @@ def parse(document: dict[str, Any]) -> EasyRecConfig:
             train.num_epochs = 1
         else:
             raise ConfigError("train_config: set num_epochs or num_steps, not both")
+    for where, value in (("train_config.num_epochs", train.num_epochs),
+                         ("train_config.num_steps", train.num_steps),
+                         ("eval_config.num_steps", config.eval_config.num_steps),
+                         ("data_config.batch_size", config.data_config.batch_size),
+                         ("data_config.eval_batch_size", config.data_config.eval_batch_size)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{where}: must be a positive integer, got {value}")
     if config.model_config.num_class != 1:
         raise ConfigError("model_config.num_class: fmkit's DeepFM supports num_class 1 "
                           "(binary cross entropy or l2_loss)")
@@ -354,17 +362,38 @@ def to_document(config: EasyRecConfig) -> dict[str, Any]:
     return strip(dataclasses.asdict(config))
 
 
+def _yaml_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """YAML without aliases: ``*name`` can expand a few bytes into billions of nodes (an
+        "alias bomb" hangs whatever walks the document), and configurations need none."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"YAML aliases (*{event.anchor}) are not supported in a "
+                    "configuration: write the values out", event.start_mark)
+            return super().compose_node(parent, index)
+
+    return Loader
+
+
 def load_document(path: str | Path) -> dict[str, Any]:
     """A configuration file as plain data: YAML (``.yaml``/``.yml``/anything else) or JSON."""
     import yaml
 
+    loader = _yaml_loader()
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
     try:
-        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        document = json.loads(text) if path.suffix == ".json" else yaml.load(text, loader)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
     except (ValueError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
                           f"{e}") from None
@@ -402,7 +431,7 @@ def apply_overrides(document: dict[str, Any], assignments: list[str]) -> dict[st
                 target = target.setdefault(key, [] if isinstance(next_key, int) else {})
         last = keys[-1]
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = yaml.load(text, _yaml_loader()) if text.strip() else ""
         except yaml.YAMLError:
             value = text  # not YAML (e.g. "," or "\t"): the text itself
         if isinstance(last, int):

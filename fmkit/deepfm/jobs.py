@@ -13,6 +13,7 @@ from fmkit.data.sources import channel_files
 from fmkit.deepfm.config import ConfigError, EasyRecConfig, to_document
 from fmkit.deepfm.model import DeepFMModel
 from fmkit.deepfm.train import train_network
+from fmkit.errors import DataError
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.train.checkpoint import Checkpointer
 
@@ -54,6 +55,9 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
                             config.data_config.batch_size, model.label_mode, smoothing,
                             config.data_config.shuffle, progress, checkpoints, resume,
                             {"deepfm": run_id})
+    if not any(h.rows for h in history):
+        raise DataError(str(config.train_input_path), None, "holds no data rows: no model was "
+                        "written")
     metrics: dict[str, Any] = {"train": [vars(h) for h in history]}
     if shard[0] != 0:
         return model, metrics  # the replicas are identical: rank 0 scores and writes

@@ -26,6 +26,7 @@ from fmkit.deepfm.batches import take_rows
 from fmkit.deepfm.features import FeatureSet
 from fmkit.deepfm.network import DeepFMNet
 from fmkit.errors import ArtifactError, DataError, FMKitError, excerpt
+from fmkit.memory import check_fits
 from fmkit.metrics import metrics_of_parts, prediction_fields
 from fmkit.serve import codecs
 
@@ -49,6 +50,7 @@ class DeepFMModel:
     def create(cls, config: configs.EasyRecConfig) -> DeepFMModel:
         """A new model with initial weights (seeded by ``train_config.seed``)."""
         features = FeatureSet.from_config(config)
+        check_memory(config, features)
         torch.manual_seed(config.train_config.seed)
         return cls(config, features, DeepFMNet(features, config.model_config.deepfm))
 
@@ -207,6 +209,31 @@ class DeepFMModel:
                                    for name, array in weights.items()})
         model.net.eval()
         return model
+
+
+# per embedding weight: the optimizer's state beside it (row-wise AdaGrad: one per row)
+_STATE_PER_WEIGHT = {"sgd_optimizer": 0, "adagrad_optimizer": 1, "rowwise_adagrad_optimizer": 0,
+                     "adam_optimizer": 2}
+
+
+def check_memory(config: configs.EasyRecConfig, features: FeatureSet) -> None:
+    """Refuse embedding tables that cannot fit in memory (TorchEasyRec's own Criteo example
+    asks for 204 million rows), naming the largest, before any is allocated."""
+    sparse = config.train_config.sparse_optimizer
+    kind = next((name for name in _STATE_PER_WEIGHT if getattr(sparse, name) is not None),
+                "adam_optimizer")
+    factor = 4 * (1 + _STATE_PER_WEIGHT[kind])
+    wide = set(features.groups["wide"])
+    parts = []
+    for name, feature in features.tables.items():
+        columns = feature.embedding_dim
+        if any(f.embedding_name == name and f.name in wide for f in features.features.values()):
+            columns += features.wide_embedding_dim
+        parts.append((f"embedding {name!r} ({feature.num_embeddings} rows x {columns})",
+                      feature.num_embeddings * columns * factor))
+    check_fits("This DeepFM", parts, "Lower hash_bucket_size / num_buckets of the largest "
+               "features (or embedding_dim), e.g. --set 'feature_configs[0].id_feature."
+               "hash_bucket_size=1000000'.")
 
 
 def _request_files(path: str | Path, fmt: str,

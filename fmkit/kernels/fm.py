@@ -496,7 +496,7 @@ def apply_gradient(rows, G, g0, opt, cfg, B, T, k, step, n_parts):
     return step
 
 
-@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, fastmath=FAST, error_model="numpy")
 def predict_logits(indptr, indices, values, w0, T, k, out, n_chunks):
     """Write y_hat of every row into ``out`` (float64), in ``n_chunks`` chunks across threads."""
     n = indptr.size - 1
@@ -510,7 +510,7 @@ def predict_logits(indptr, indices, values, w0, T, k, out, n_chunks):
             out[r] = w0[0] + _row_forward(indptr, indices, values, r, T, k, sums)
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
 def predict_logits_serial(indptr, indices, values, w0, T, k, out):
     """:func:`predict_logits` on the calling thread: no thread start-up for small requests."""
     sums = np.empty(k, dtype=T.dtype)

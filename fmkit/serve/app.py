@@ -7,9 +7,15 @@ server down; an unexpected failure answers 500 without a traceback (the log has 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import logging
 import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.applications import Starlette
@@ -26,6 +32,8 @@ log = logging.getLogger("fmkit.serve")
 MODEL_DIR_ENV = "FMKIT_MODEL_DIR"
 MAX_PAYLOAD_ENV = "FMKIT_MAX_PAYLOAD_MB"
 DEFAULT_MAX_PAYLOAD_MB = 6.0  # SageMaker's MaxPayloadInMB default
+BODY_TIMEOUT_ENV = "FMKIT_BODY_TIMEOUT"
+DEFAULT_BODY_TIMEOUT = 60.0  # seconds a client may take to send a request body
 
 
 DRAIN_LIMIT = 64 * 1024 * 1024  # read and drop up to this much of an oversized body
@@ -39,15 +47,35 @@ class PayloadTooLarge(codecs.RequestError):
         self.drained = drained  # False: the connection must close, unread bytes follow
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, or 413. An oversized body is read to its end (up to ``DRAIN_LIMIT``) so the
-    client, still sending, can read the answer and keep its connection."""
+class BodyTimeout(codecs.RequestError):
+    status = 408
+
+
+async def _chunks(request: Request, seconds: float) -> AsyncIterator[bytes]:
+    """The body's chunks, or 408 once the whole body has taken more than ``seconds`` to
+    arrive (a client sending a byte a minute must not hold a connection forever)."""
+    deadline = time.monotonic() + seconds
+    stream = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), max(deadline - time.monotonic(), 0))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise BodyTimeout(f"the request body did not arrive within {seconds:g} s") from None
+        yield chunk
+
+
+async def _read_body(request: Request, limit: int, seconds: float) -> bytes:
+    """The body, or 413 (or 408, see :func:`_chunks`). An oversized body is read to its end
+    (up to ``DRAIN_LIMIT``) so the client, still sending, can read the answer and keep its
+    connection."""
     declared = request.headers.get("content-length")
     too_big = declared is not None and declared.isdigit() and int(declared) > limit
     if too_big and int(declared) > DRAIN_LIMIT:
         raise PayloadTooLarge(f"payload of {declared} bytes exceeds the limit of {limit}", False)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in _chunks(request, seconds):
         size += len(chunk)
         if size > limit:
             too_big = True
@@ -60,26 +88,38 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB) -> Starlette:
-    """The ASGI app serving ``model`` (an FM or a DeepFM model)."""
+def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
+               body_timeout: float = DEFAULT_BODY_TIMEOUT) -> Starlette:
+    """The ASGI app serving ``model`` (an FM or a DeepFM model).
+
+    Requests are decoded and scored on one thread beside the event loop (the compiled
+    kernels and PyTorch release the GIL), so ``/ping`` answers while a large request is
+    scored and uvicorn's supervisor never finds a worker unresponsive; one thread, because
+    the kernels already use every core for a large request."""
     limit = int(max_payload_mb * 1024 * 1024)
     decode = model.request_decoder()
+    scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fmkit-score")
+
+    def score(body: bytes, kind: str, accept: str) -> bytes:
+        return codecs.encode_response(model.predictions(decode(body, kind)), accept)
 
     async def ping(request: Request) -> Response:
         return Response(status_code=200)
 
     async def invocations(request: Request) -> Response:
         try:
-            body = await _read_body(request, limit)  # first: an answer never leaves it unread
+            # the body first: an answer never leaves it unread
+            body = await _read_body(request, limit, body_timeout)
             kind = codecs.request_type(request.headers.get("content-type"))
             accept = codecs.response_type(request.headers.get("accept"))
-            batch = decode(body, kind)
-            payload = codecs.encode_response(model.predictions(batch), accept)
+            payload = await asyncio.get_running_loop().run_in_executor(
+                scorer, score, body, kind, accept)
             return Response(payload, media_type=accept)
         except codecs.RequestError as e:
             log.warning("%d for %s %s: %s", e.status, request.method, request.url.path, e)
             # unread body bytes must not be taken for the next request on the connection
-            undrained = isinstance(e, PayloadTooLarge) and not e.drained
+            undrained = (isinstance(e, PayloadTooLarge) and not e.drained
+                         or isinstance(e, BodyTimeout))
             headers = {"Connection": "close"} if undrained else None
             return JSONResponse({"error": f"Unable to evaluate payload provided: {e}"},
                                 status_code=e.status, headers=headers)
@@ -95,17 +135,23 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB) -> Starlet
         return JSONResponse({"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD",
                              "MaxPayloadInMB": int(max_payload_mb)})
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        scorer.shutdown(wait=False, cancel_futures=True)
+
     return Starlette(routes=[
         Route("/ping", ping, methods=["GET"]),
         Route("/invocations", invocations, methods=["POST"]),
         Route("/execution-parameters", execution_parameters, methods=["GET"]),
-    ])
+    ], lifespan=lifespan)
 
 
 def app_from_environment() -> Starlette:
     """The app for ``$FMKIT_MODEL_DIR`` (uvicorn's factory, one call per worker process)."""
     model = load_model(os.environ[MODEL_DIR_ENV])
-    return create_app(model, float(os.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB)))
+    return create_app(model, float(os.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB)),
+                      float(os.environ.get(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT)))
 
 
 def default_port() -> int:
@@ -113,15 +159,38 @@ def default_port() -> int:
     return int(os.environ.get("SAGEMAKER_BIND_TO_PORT") or 8080)
 
 
+def check_port(host: str, port: int) -> None:
+    """A clear error now if ``host:port`` cannot be bound (in use, or not an address of this
+    machine), rather than uvicorn's log line and exit code 1 without a message on stderr."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise FMKitError(f"cannot serve on {host}:{port}: {e.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            hint = (": stop the other server or choose another --port"
+                    if e.errno == errno.EADDRINUSE else "")
+            raise FMKitError(f"cannot serve on {host}:{port}: {e.strerror}{hint}") from None
+
+
 def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, workers: int = 1,
-          max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB, **uvicorn_options: Any) -> None:
-    """Load the model (failing fast if it is broken), then serve it with uvicorn."""
+          max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
+          body_timeout: float = DEFAULT_BODY_TIMEOUT, **uvicorn_options: Any) -> None:
+    """Load the model (failing fast if it is broken), check the port, serve with uvicorn."""
     import uvicorn
 
     load_model(model_dir)  # a clear error now rather than in every worker
+    port = port or default_port()
+    check_port(host, port)
     os.environ[MODEL_DIR_ENV] = str(model_dir)
     os.environ[MAX_PAYLOAD_ENV] = str(max_payload_mb)
+    os.environ[BODY_TIMEOUT_ENV] = str(body_timeout)
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run("fmkit.serve.app:app_from_environment", factory=True, host=host,
-                    port=port or default_port(), workers=workers, log_level="info",
+                    port=port, workers=workers, log_level="info",
                     access_log=False, http="httptools", loop="uvloop", **uvicorn_options)

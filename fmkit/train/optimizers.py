@@ -29,7 +29,7 @@ import numba
 import numpy as np
 
 from fmkit.kernels import fm as kernels
-from fmkit.memory import prefaulted_zeros
+from fmkit.memory import check_fits, prefaulted_zeros
 from fmkit.models.fm import FMParameters, init_parameters
 
 BETA1, BETA2 = 0.9, 0.999
@@ -83,6 +83,20 @@ def _cache_line_rows(rows: int, columns: int, dtype) -> np.ndarray:
     return prefaulted_zeros((rows, padded if padded <= 1.25 * columns else columns), dtype)
 
 
+def check_memory(hp: dict[str, Any], dtype=np.float32) -> None:
+    """Refuse hyperparameters whose training tables cannot fit in memory (see
+    :func:`fmkit.memory.check_fits`): the table, the returned weights and a row index."""
+    width = hp["num_factors"] + 1
+    columns = width * (1 + kernels.MOMENT_BLOCKS[OPTIMIZER_IDS[hp["optimizer"]]])
+    rows, itemsize = hp["feature_dim"], np.dtype(dtype).itemsize
+    check_fits(f"An FM with feature_dim={rows} and num_factors={hp['num_factors']}", [
+        (f"weights and {hp['optimizer']} state ({rows} x {columns})", rows * columns * itemsize),
+        (f"returned weights ({rows} x {width})", rows * width * itemsize),
+        ("per-feature scratch", rows * 8),
+    ], "Lower feature_dim (hash the features into fewer ids) or num_factors, or use "
+       "optimizer=sgd (no per-weight state).")
+
+
 def training_tables(params: FMParameters | None, optimizer: str, hp: dict[str, Any],
                     dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """The bias and feature tables the training kernels update: each weight row widened with
@@ -93,6 +107,7 @@ def training_tables(params: FMParameters | None, optimizer: str, hp: dict[str, A
     width = hp["num_factors"] + 1
     columns = width * (1 + kernels.MOMENT_BLOCKS[opt])
     dtype = params.table.dtype if params is not None else dtype
+    check_memory({**hp, "optimizer": optimizer}, dtype)
     table = _cache_line_rows(hp["feature_dim"], columns, dtype)
     if params is None:
         params = init_parameters(hp, dtype, out=table[:, :width], threads=numba.get_num_threads())
