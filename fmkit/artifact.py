@@ -208,6 +208,16 @@ def _check_npz(path: Path) -> None:
         raise ArtifactError(f"{path}: unreadable weights: {e}") from None
 
 
+def model_type(path: str | Path) -> str | None:
+    """The ``model_type`` a model directory declares (None: FM, or unreadable, in which case
+    loading it says what is wrong)."""
+    try:
+        meta = json.loads(_read_checked(resolve(path) / META_FILE, MAX_META_BYTES))
+    except (ArtifactError, ValueError, RecursionError):
+        return None
+    return meta.get("model_type") if isinstance(meta, dict) else None
+
+
 def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict]:
     """Read ``(meta, weights, metrics)`` from a model directory, checking format and version."""
     path = resolve(path)

@@ -110,10 +110,15 @@ def temporary_dir(destination: Path) -> Path:
         raise OutputError(destination, f"cannot write here: {describe_os_error(e)}") from None
 
 
-def temporary_file(destination: Path) -> tuple[int, Path]:
+def temporary_file(destination: Path, make_parent: bool = True) -> tuple[int, Path]:
     """``(fd, path)`` of a new hidden file beside ``destination`` with the mode a new file
-    gets under the umask (not mkstemp's 0600)."""
-    _make_parent(destination)
+    gets under the umask (not mkstemp's 0600); ``make_parent`` creates missing directories
+    (else a missing one is an error, as for a shell's redirection)."""
+    if make_parent:
+        _make_parent(destination)
+    elif not destination.parent.is_dir():
+        raise OutputError(destination, f"cannot write: no such directory "
+                          f"{str(destination.parent)!r}")
     sweep_stale(destination)
     try:
         fd, name = tempfile.mkstemp(prefix=_prefix(destination), dir=destination.parent)
@@ -186,7 +191,7 @@ def output_stream(path: str | Path | None) -> Iterator[BinaryIO]:
                 raise
             raise OutputError(path, f"cannot write: {describe_os_error(e)}") from None
         return
-    fd, tmp = temporary_file(path)
+    fd, tmp = temporary_file(path, make_parent=False)
     try:
         with os.fdopen(fd, "wb") as stream:
             yield stream

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,11 +158,7 @@ class FMModel:
 def load_model(path: str | Path, device: str = "cpu"):
     """The model in a model directory: an :class:`FMModel` or a DeepFM model (both answer
     ``read``, ``request_decoder``, ``predictions`` and ``evaluate``), scoring on ``device``."""
-    try:
-        meta = json.loads((artifact.resolve(path) / artifact.META_FILE).read_text())
-    except (OSError, ValueError):
-        meta = None  # FMModel.load says what is wrong
-    if isinstance(meta, dict) and meta.get("model_type") == "deepfm":
+    if artifact.model_type(path) == "deepfm":
         from fmkit.deepfm.model import DeepFMModel
 
         return DeepFMModel.load(path).to(device)

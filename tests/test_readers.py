@@ -53,7 +53,7 @@ def test_float_parser_matches_python_float():
     for text in texts:
         buf = np.frombuffer(text.encode(), np.uint8)
         value, code = parse_float(buf, 0, buf.size)
-        if not np.isfinite(np.float32(float(text))):  # fmkit stores float32: refused
+        if abs(float(text)) > np.finfo(np.float32).max:  # fmkit stores float32: refused
             assert code == NOT_FINITE, text
             continue
         assert code == 0, text

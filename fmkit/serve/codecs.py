@@ -143,7 +143,7 @@ def _numbers(value: Any, what: str) -> np.ndarray:
     if not set(map(type, value)) <= {int, float}:
         position, bad = next((i, v) for i, v in enumerate(value) if type(v) not in (int, float))
         raise RequestError(f"{what}[{position}]: expected a number, got "
-                           f"{excerpt(json.dumps(bad))}")
+                           f"{excerpt(json.dumps(bad), quote=False)}")
     try:
         array = np.asarray(value, dtype=np.float64)
     except OverflowError:

@@ -1,0 +1,310 @@
+"""Fuzzing every reader and codec with mutated real files and request bodies (Hypothesis).
+
+Each case takes a real seed (a9a rows as libsvm, dense CSV, SDK-written recordIO and JSON /
+JSON Lines requests; xLearn's Criteo libffm; raw Criteo TSV and DeepCTR's CSV sample; DeepFM
+JSON instances), mutates its bytes (flips, deletions, duplications, truncation, and inserted
+tokens that broke fmkit before: values beyond float32, huge integers, NaN, stray delimiters,
+other scripts' digits, RecordIO magic, varint runs) and checks that the outcome is either a
+success with finite scores or a clean error: a ``DataError`` (any ``FMKitError``) in-process,
+exit code 1 with one line and no traceback in the CLI, a 4xx from the server. A crash of
+compiled code kills the test process, which fails the run.
+
+CI runs ``FMKIT_FUZZ_EXAMPLES`` cases per test (default 40, under a minute in all) with a fixed
+seed; a larger value also draws fresh random cases: ``FMKIT_FUZZ_EXAMPLES=3000 pytest
+tests/test_fuzz.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+from sagemaker.amazon.common import (  # noqa: E402
+    write_numpy_to_dense_tensor,
+    write_spmatrix_to_sparse_tensor,
+)
+from sklearn.datasets import load_svmlight_file  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+from fmkit import files  # noqa: E402
+from fmkit.cli import main  # noqa: E402
+from fmkit.data.sources import FileSource  # noqa: E402
+from fmkit.errors import FMKitError  # noqa: E402
+from fmkit.jobs import predict_files, train_files  # noqa: E402
+from fmkit.model import load_model  # noqa: E402
+from fmkit.serve import codecs  # noqa: E402
+from fmkit.serve.app import create_app  # noqa: E402
+
+from .conftest import REPO, shared_file  # noqa: E402
+
+EXAMPLES = int(os.environ.get("FMKIT_FUZZ_EXAMPLES", "40"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                derandomize="FMKIT_FUZZ_EXAMPLES" not in os.environ,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture])
+
+TOKENS = [b"1e39", b"-3.5e38", b"nan", b"-inf", b"Infinity", b"1" + b"0" * 400,
+          b"9223372036854775808", b"18446744073709551616", b"2147483648", b"-1", b"0", b"1e20",
+          b":", b"::", b"1:1:1", b"\n", b"\r\n", b"\t", b",", b" ", b"#", b"|", b"\x00",
+          b"\xff\xfe", "\u0663\u0660".encode(), b"true", b'"7"', b"[1]", b"[", b"]", b"{", b"}",
+          b'"keys"', b'"values"', b'"shape"', b'"features"', b"\xce\xd7\x23\x0a",
+          b"\xff" * 10, b"\x80" * 9 + b"\x01", b"\x0a\x06values", b"null", b'"I1"',
+          b'{"a": 1, "a": 2}', b"[" * 300]
+
+
+@st.composite
+def mutated(draw, seeds: list[bytes]) -> bytes:
+    """One seed with 1-4 byte-level mutations."""
+    data = bytearray(draw(st.sampled_from(seeds)))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.integers(0, 5))
+        pos = draw(st.integers(0, len(data)))
+        if op == 0 and data:
+            data[min(pos, len(data) - 1)] = draw(st.integers(0, 255))
+        elif op == 1:
+            data[pos:pos] = draw(st.sampled_from(TOKENS))
+        elif op == 2:
+            del data[pos:pos + draw(st.integers(1, 64))]
+        elif op == 3:
+            data[pos:pos] = data[pos:pos + draw(st.integers(1, 512))]
+        elif op == 4:
+            data = data[:pos]
+        else:
+            data[pos:pos + draw(st.integers(1, 16))] = draw(st.sampled_from(TOKENS))
+    return bytes(data)
+
+
+# -- seeds and models ---------------------------------------------------------------------------
+def head(path: Path, lines: int) -> bytes:
+    return b"".join(path.read_bytes().splitlines(keepends=True)[:lines])
+
+
+@pytest.fixture(scope="module")
+def work():
+    with tempfile.TemporaryDirectory(prefix="fmkit-fuzz-") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture(scope="module")
+def fm(work):
+    """An FM on a9a and the seeds of every FM format, written from a9a's first rows."""
+    a9a = shared_file("a9a_libsvm", "a9a")
+    model = work / "fm"
+    train_files({"feature_dim": 123, "num_factors": 4, "predictor_type": "binary_classifier",
+                 "mini_batch_size": 100}, a9a, model, progress=False)
+    X, y = load_svmlight_file(str(a9a), n_features=123)
+    X, y = X[:40], y[:40]
+    dense = io.BytesIO()
+    write_numpy_to_dense_tensor(dense, X.toarray().astype(np.int64), y)  # Int32 tensors
+    sparse = io.BytesIO()
+    write_spmatrix_to_sparse_tensor(sparse, X, y)
+    rows = [{"data": {"features": {"keys": X[r].indices.tolist(),
+                                   "values": X[r].data.tolist(), "shape": [123]}}}
+            for r in range(8)]
+    return {
+        "model": model,
+        "libsvm": [head(a9a, 40)],
+        "csv": ["\n".join(",".join(str(int(v)) for v in [max(y[r], 0), *X[r].toarray()[0]])
+                          for r in range(20)).encode() + b"\n"],
+        "recordio": [dense.getvalue(), sparse.getvalue()],
+        "json": [json.dumps({"instances": rows}).encode(),
+                 json.dumps({"instances": [{"features": X[0].toarray()[0].tolist()}]}).encode()],
+        "jsonlines": ["\n".join(json.dumps(r) for r in rows).encode()],
+    }
+
+
+@pytest.fixture(scope="module")
+def ffm(work):
+    path = shared_file("criteo_xlearn_libffm", "small_train.txt")
+    model = work / "ffm"
+    train_files({"feature_dim": 10_000, "num_factors": 4, "predictor_type": "binary_classifier",
+                 "mini_batch_size": 50}, path, model, fmt="libffm", index_base=0,
+                progress=False)
+    return {"model": model, "libffm": [head(path, 30)]}
+
+
+@pytest.fixture(scope="module")
+def deepfm(work):
+    """The Criteo example DeepFM (raw TSV) and seeds: TSV, DeepCTR's CSV, JSON instances."""
+    tsv = shared_file("criteo_kaggle_head1000", "train.txt")
+    model = work / "deepfm"
+    code = main(["train", "--config", str(REPO / "examples" / "deepfm_criteo.yaml"), "--quiet",
+                 "--set", "train_config.num_epochs=1", "--set", f"train_input_path={tsv}",
+                 "--set", f"eval_input_path={tsv}", "--set", f"model_dir={model}"])
+    assert code == 0
+    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    instances = []
+    for line in head(tsv, 6).decode().splitlines():
+        fields = line.split("\t")
+        instances.append({n: (int(v) if n.startswith("I") else v)
+                          for n, v in zip(names, fields) if v and n != "label"})
+    body = json.dumps({"instances": instances}).encode()
+    return {"model": model, "tsv": [head(tsv, 12)],
+            "csv": [head(shared_file("criteo_deepctr_sample", "criteo_sample.txt"), 12)],
+            "json": [body], "jsonlines": ["\n".join(json.dumps(i) for i in instances).encode()]}
+
+
+# -- outcomes -----------------------------------------------------------------------------------
+def predict_outcome(model, data: bytes, fmt: str, work: Path) -> None:
+    """Predict a mutated file in-process (``model``: a model directory, or a loaded model):
+    finite scores for every row, or an FMKitError."""
+    path, out = work / f"case.{fmt}", work / "out.jsonl"
+    path.write_bytes(data)
+    try:
+        if isinstance(model, Path):
+            predict_files(model, path, out, fmt=fmt)
+        else:
+            with files.output_stream(out) as stream:
+                for batch in model.read(path, fmt, labelled=False):
+                    stream.write(codecs.encode_response(model.predictions(batch),
+                                                        codecs.JSONLINES))
+    except FMKitError:
+        event("clean error")
+        return
+    event("scored")
+    for line in out.read_text().splitlines():
+        assert np.isfinite(json.loads(line)["score"])
+
+
+def cli_outcome(args: list[str]) -> None:
+    """The CLI in-process: exit 0, or exit 1 with one ``fmkit: error:`` line."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(args)
+    assert code in (0, 1), err.getvalue()
+    event(f"exit {code}")
+    if code == 1:
+        lines = err.getvalue().strip().splitlines()
+        assert lines[-1].startswith("fmkit: error: ") and "Traceback" not in err.getvalue()
+
+
+def request_outcome(client: TestClient, body: bytes, content_type: str) -> None:
+    response = client.post("/invocations", content=body,
+                           headers={"Content-Type": content_type, "Accept": codecs.JSON})
+    assert response.status_code in (200, 400, 413, 415), response.text
+    event(f"status {response.status_code}")
+    if response.status_code == 200:
+        scores = [p["score"] for p in response.json()["predictions"]]
+        assert all(isinstance(s, float) and np.isfinite(s) for s in scores)
+    else:
+        assert "error" in response.json()
+
+
+# -- FM: files ----------------------------------------------------------------------------------
+@FUZZ
+@given(data=st.data())
+def test_fm_files(fm, work, data):
+    fmt = data.draw(st.sampled_from(["libsvm", "csv", "recordio"]))
+    predict_outcome(fm["model"], data.draw(mutated(fm[fmt])), fmt, work)
+
+
+@FUZZ
+@given(data=st.data())
+def test_libffm_files(ffm, work, data):
+    predict_outcome(ffm["model"], data.draw(mutated(ffm["libffm"])), "libffm", work)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fm_training_and_evaluation_cli(fm, work, data):
+    fmt = data.draw(st.sampled_from(["libsvm", "csv", "recordio"]))
+    path = work / f"train.{fmt}"
+    path.write_bytes(data.draw(mutated(fm[fmt])))
+    if data.draw(st.booleans()):
+        cli_outcome(["evaluate", "--model-dir", str(fm["model"]), "--data", str(path),
+                     "--format", fmt])
+    else:
+        cli_outcome(["train", "--train", str(path), "--model-dir", str(work / "trained"),
+                     "--format", fmt, "--quiet", "feature_dim=123", "num_factors=2",
+                     "predictor_type=binary_classifier", "mini_batch_size=7", "epochs=2"])
+
+
+# -- FM: request bodies -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fm_client(fm):
+    with TestClient(create_app(load_model(fm["model"]))) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def deepfm_client(deepfm):
+    model = load_model(deepfm["model"])
+    with TestClient(create_app(model)) as client:
+        client.app_state["model"] = model
+        yield client
+
+
+@FUZZ
+@given(data=st.data())
+def test_fm_request_bodies(fm, fm_client, work, data):
+    kind = data.draw(st.sampled_from(["json", "jsonlines", "recordio"]))
+    body = data.draw(mutated(fm[kind]))
+    content_type = {"json": codecs.JSON, "jsonlines": codecs.JSONLINES,
+                    "recordio": codecs.RECORDIO}[kind]
+    request_outcome(fm_client, body, content_type)
+    if kind != "recordio":
+        path = work / f"request.{kind}"
+        path.write_bytes(body)
+        cli_outcome(["predict", "--model-dir", str(fm["model"]), "--data", str(path),
+                     "--format", kind, "--output", str(work / "p.json")])
+
+
+# -- DeepFM -------------------------------------------------------------------------------------
+@FUZZ
+@given(data=st.data())
+def test_deepfm_files(deepfm, deepfm_client, work, data):
+    kind = data.draw(st.sampled_from(["tsv", "csv"]))
+    body = data.draw(mutated(deepfm[kind]))
+    if data.draw(st.integers(0, 3)) == 0:  # the whole CLI path (loads the model: slower)
+        path = work / f"deepfm.{kind}"
+        path.write_bytes(body)
+        cli_outcome(["predict", "--model-dir", str(deepfm["model"]), "--data", str(path),
+                     "--output", str(work / "p.jsonl")])
+    else:
+        predict_outcome(deepfm_client.app_state["model"], body, "auto", work)
+
+
+@FUZZ
+@given(data=st.data())
+def test_deepfm_request_bodies(deepfm, deepfm_client, work, data):
+    kind = data.draw(st.sampled_from(["json", "jsonlines"]))
+    body = data.draw(mutated(deepfm[kind]))
+    request_outcome(deepfm_client, body, codecs.JSON if kind == "json" else codecs.JSONLINES)
+    if data.draw(st.integers(0, 3)) > 0:
+        return
+    path = work / f"request.{kind}"
+    path.write_bytes(body)
+    cli_outcome(["predict", "--model-dir", str(deepfm["model"]), "--data", str(path),
+                 "--format", kind, "--output", str(work / "p.json")])
+
+
+@FUZZ
+@given(data=st.data())
+def test_readers_alone(fm, ffm, work, data):
+    """The compiled readers on their own, with index bases and label checks varied."""
+    fmt = data.draw(st.sampled_from(["libsvm", "csv", "recordio", "libffm"]))
+    seeds = ffm["libffm"] if fmt == "libffm" else fm[fmt]
+    path = work / f"read.{fmt}"
+    path.write_bytes(data.draw(mutated(seeds)))
+    labels = data.draw(st.sampled_from([None, "binary", "real"]))
+    base = data.draw(st.sampled_from([0, 1])) if fmt in ("libsvm", "libffm") else 0
+    try:
+        for batch in FileSource(path, fmt, 10_000, index_base=base, labels=labels).blocks():
+            assert np.isfinite(batch.values).all()
+            assert batch.indices.size == 0 or (0 <= batch.indices.min()
+                                               and batch.indices.max() < 10_000)
+            if labels:
+                assert np.isfinite(batch.labels).all()
+        event("read")
+    except FMKitError:
+        event("clean error")
