@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 
@@ -42,3 +43,24 @@ def small(**changes: Any) -> dict[str, Any]:
     document = copy.deepcopy(SMALL)
     document.update(changes)
     return document
+
+
+def train_small_deepfm(root: Path) -> Path:
+    """A DeepFM of the SMALL configuration trained on 300 generated rows; its directory."""
+    import numpy as np
+    import yaml
+
+    from .conftest import run_fmkit
+
+    rng = np.random.default_rng(0)
+    lines = ["user,item,tags,age,price,label"] + [
+        f"u{rng.integers(20)},{rng.integers(30)},a|b,{rng.integers(10, 70)},"
+        f"{rng.random() * 10:.2f},{rng.integers(2)}" for _ in range(300)]
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    config = root / "c.yaml"
+    config.write_text(yaml.safe_dump(small(
+        train_input_path=str(root / "train.csv"), model_dir=str(root / "model"),
+        data_config={"label_fields": ["label"], "with_header": True})))
+    result = run_fmkit("train", "--config", config, "--quiet")
+    assert result.returncode == 0, result.stderr
+    return root / "model"

@@ -36,7 +36,7 @@ from fmkit.models.fm import reference_logits, sigmoid  # noqa: E402
 from fmkit.serve import codecs  # noqa: E402
 
 from .conftest import run_fmkit, shared_file  # noqa: E402
-from .deepfm_helpers import small  # noqa: E402
+from .deepfm_helpers import small, train_small_deepfm  # noqa: E402
 
 HP = ["feature_dim=123", "num_factors=4", "predictor_type=binary_classifier",
       "mini_batch_size=100"]
@@ -305,23 +305,9 @@ def test_deepfm_request_errors(deepfm_model):
 
 @pytest.fixture(scope="module")
 def deepfm_model(tmp_path_factory):
-    import yaml
-
     from fmkit.model import load_model
 
-    root = tmp_path_factory.mktemp("deepfm")
-    rng = np.random.default_rng(0)
-    lines = ["user,item,tags,age,price,label"] + [
-        f"u{rng.integers(20)},{rng.integers(30)},a|b,{rng.integers(10, 70)},"
-        f"{rng.random() * 10:.2f},{rng.integers(2)}" for _ in range(300)]
-    (root / "train.csv").write_text("\n".join(lines) + "\n")
-    config = root / "c.yaml"
-    config.write_text(yaml.safe_dump(small(
-        train_input_path=str(root / "train.csv"), model_dir=str(root / "model"),
-        data_config={"label_fields": ["label"], "with_header": True})))
-    result = run_fmkit("train", "--config", config, "--quiet")
-    assert result.returncode == 0, result.stderr
-    return load_model(root / "model")
+    return load_model(train_small_deepfm(tmp_path_factory.mktemp("deepfm")))
 
 
 # -- 6. values beyond float32, diverging training ------------------------------------------------
