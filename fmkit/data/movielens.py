@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 from pathlib import Path
+
+from fmkit import files
 
 GENRES = ("unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime",
           "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
@@ -53,9 +56,9 @@ def join_ratings(directory: str | Path, ratings: str, output: str | Path) -> int
     users, items = _users(directory), _items(directory)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial")
     rows = 0
-    with open(directory / ratings) as f, open(tmp, "w", newline="") as out:
+    with open(directory / ratings) as f, files.output_stream(output) as raw:
+        out = io.TextIOWrapper(raw, newline="")
         writer = csv.writer(out)
         writer.writerow(COLUMNS)
         for line in f:
@@ -63,7 +66,8 @@ def join_ratings(directory: str | Path, ratings: str, output: str | Path) -> int
             writer.writerow([int(int(rating) >= 4), rating, user, item, *users[user],
                              *items[item]])
             rows += 1
-    tmp.replace(output)
+        out.flush()
+        out.detach()  # output_stream closes and renames the file
     return rows
 
 
