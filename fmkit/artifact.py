@@ -128,7 +128,6 @@ def save_directory(path: str | Path, meta: dict[str, Any], weights: dict[str, np
             os.fsync(f.fileno())
         _write_json(tmp / METRICS_FILE, metrics)
         _write_json(tmp / META_FILE, full_meta)  # written last: its presence marks completeness
-        os.chmod(tmp, 0o755)
         _fsync_dir(tmp)
         check_destination(path)  # again: something may have appeared while training
         if path.exists():

@@ -99,15 +99,24 @@ def _make_parent(destination: Path) -> None:
                           f"{describe_os_error(e)}") from None
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def temporary_dir(destination: Path) -> Path:
     """A new hidden directory beside ``destination`` (created with its parents), after
-    sweeping dead processes' leftovers."""
+    sweeping dead processes' leftovers; its mode is what the umask gives a new directory
+    (not mkdtemp's 0700), so it can be renamed into place as is."""
     _make_parent(destination)
     sweep_stale(destination)
     try:
-        return Path(tempfile.mkdtemp(prefix=_prefix(destination), dir=destination.parent))
+        path = Path(tempfile.mkdtemp(prefix=_prefix(destination), dir=destination.parent))
     except OSError as e:
         raise OutputError(destination, f"cannot write here: {describe_os_error(e)}") from None
+    os.chmod(path, 0o777 & ~_umask())
+    return path
 
 
 def temporary_file(destination: Path, make_parent: bool = True) -> tuple[int, Path]:
@@ -124,9 +133,7 @@ def temporary_file(destination: Path, make_parent: bool = True) -> tuple[int, Pa
         fd, name = tempfile.mkstemp(prefix=_prefix(destination), dir=destination.parent)
     except OSError as e:
         raise OutputError(destination, f"cannot write here: {describe_os_error(e)}") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
+    os.fchmod(fd, 0o666 & ~_umask())
     return fd, Path(name)
 
 
