@@ -188,6 +188,13 @@ def cli_outcome(args: list[str]) -> None:
         assert lines[-1].startswith("fmkit: error: ") and "Traceback" not in err.getvalue()
 
 
+def cli_predict(model_dir: Path, body: bytes, path: Path, *options: str) -> None:
+    """``fmkit predict`` of ``body`` written to ``path``: see :func:`cli_outcome`."""
+    path.write_bytes(body)
+    cli_outcome(["predict", "--model-dir", str(model_dir), "--data", str(path), *options,
+                 "--output", str(path.with_suffix(".out"))])
+
+
 def request_outcome(client: TestClient, body: bytes, content_type: str) -> None:
     response = client.post("/invocations", content=body,
                            headers={"Content-Type": content_type, "Accept": codecs.JSON})
@@ -253,10 +260,7 @@ def test_fm_request_bodies(fm, fm_client, work, data):
                     "recordio": codecs.RECORDIO}[kind]
     request_outcome(fm_client, body, content_type)
     if kind != "recordio":
-        path = work / f"request.{kind}"
-        path.write_bytes(body)
-        cli_outcome(["predict", "--model-dir", str(fm["model"]), "--data", str(path),
-                     "--format", kind, "--output", str(work / "p.json")])
+        cli_predict(fm["model"], body, work / f"request.{kind}", "--format", kind)
 
 
 # -- DeepFM -------------------------------------------------------------------------------------
@@ -266,10 +270,7 @@ def test_deepfm_files(deepfm, deepfm_client, work, data):
     kind = data.draw(st.sampled_from(["tsv", "csv"]))
     body = data.draw(mutated(deepfm[kind]))
     if data.draw(st.integers(0, 3)) == 0:  # the whole CLI path (loads the model: slower)
-        path = work / f"deepfm.{kind}"
-        path.write_bytes(body)
-        cli_outcome(["predict", "--model-dir", str(deepfm["model"]), "--data", str(path),
-                     "--output", str(work / "p.jsonl")])
+        cli_predict(deepfm["model"], body, work / f"deepfm.{kind}")
     else:
         predict_outcome(deepfm_client.app_state["model"], body, "auto", work)
 
@@ -280,12 +281,8 @@ def test_deepfm_request_bodies(deepfm, deepfm_client, work, data):
     kind = data.draw(st.sampled_from(["json", "jsonlines"]))
     body = data.draw(mutated(deepfm[kind]))
     request_outcome(deepfm_client, body, codecs.JSON if kind == "json" else codecs.JSONLINES)
-    if data.draw(st.integers(0, 3)) > 0:
-        return
-    path = work / f"request.{kind}"
-    path.write_bytes(body)
-    cli_outcome(["predict", "--model-dir", str(deepfm["model"]), "--data", str(path),
-                 "--format", kind, "--output", str(work / "p.json")])
+    if data.draw(st.integers(0, 3)) == 0:
+        cli_predict(deepfm["model"], body, work / f"request.{kind}", "--format", kind)
 
 
 @FUZZ
