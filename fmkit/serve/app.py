@@ -33,6 +33,7 @@ log = logging.getLogger("fmkit.serve")
 MODEL_DIR_ENV = "FMKIT_MODEL_DIR"
 MAX_PAYLOAD_ENV = "FMKIT_MAX_PAYLOAD_MB"
 DEFAULT_MAX_PAYLOAD_MB = 6.0  # SageMaker's MaxPayloadInMB default
+INLINE_BYTES = 64 * 1024  # bodies up to this size (~2 ms of work) are scored on the event loop
 BODY_TIMEOUT_ENV = "FMKIT_BODY_TIMEOUT"
 DEFAULT_BODY_TIMEOUT = 60.0  # seconds a client may take to send a request body
 
@@ -93,10 +94,11 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
                body_timeout: float = DEFAULT_BODY_TIMEOUT) -> Starlette:
     """The ASGI app serving ``model`` (an FM or a DeepFM model).
 
-    Requests are decoded and scored on one thread beside the event loop (the compiled
-    kernels and PyTorch release the GIL), so ``/ping`` answers while a large request is
-    scored and uvicorn's supervisor never finds a worker unresponsive; one thread, because
-    the kernels already use every core for a large request."""
+    Requests larger than ``INLINE_BYTES`` are decoded and scored on one thread beside the
+    event loop (the compiled kernels and PyTorch release the GIL), so ``/ping`` answers while
+    a large request is scored and uvicorn's supervisor never finds a worker unresponsive; one
+    thread, because the kernels already use every core for a large request. Small requests
+    are scored on the loop: the hand-off would cost more than they take."""
     limit = int(max_payload_mb * 1024 * 1024)
     decode = model.request_decoder()
     scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fmkit-score")
@@ -113,8 +115,11 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
             body = await _read_body(request, limit, body_timeout)
             kind = codecs.request_type(request.headers.get("content-type"))
             accept = codecs.response_type(request.headers.get("accept"))
-            payload = await asyncio.get_running_loop().run_in_executor(
-                scorer, score, body, kind, accept)
+            if len(body) <= INLINE_BYTES:  # a millisecond at most: no thread hand-off
+                payload = score(body, kind, accept)
+            else:
+                payload = await asyncio.get_running_loop().run_in_executor(
+                    scorer, score, body, kind, accept)
             return Response(payload, media_type=accept)
         except codecs.RequestError as e:
             log.warning("%d for %s %s: %s", e.status, request.method, request.url.path, e)
