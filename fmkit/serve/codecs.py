@@ -14,7 +14,6 @@ One place for the formats of ``sagemaker_fm.md`` §3, used by the HTTP server an
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -446,15 +445,11 @@ def check_finite(predictions: dict[str, np.ndarray], unit: str = "instance",
 
 def _json_objects(predictions: dict[str, np.ndarray]) -> list[str]:
     """One JSON object per row: ``{"score": s}`` plus ``"predicted_label"`` for classifiers."""
-    scores = [_finite(s) for s in predictions["score"].tolist()]
+    scores = [repr(s) for s in predictions["score"].tolist()]  # finite: see check_finite
     if "predicted_label" in predictions:
         labels = predictions["predicted_label"].tolist()
         return [f'{{"score": {s}, "predicted_label": {p!r}}}' for s, p in zip(scores, labels)]
     return [f'{{"score": {s}}}' for s in scores]
-
-
-def _finite(value: float) -> str:
-    return repr(value) if math.isfinite(value) else "null"
 
 
 class ResponseWriter:
