@@ -541,3 +541,36 @@ def test_sparse_sdk_records_still_round_trip(tmp_path, model_dir):
     scores = [json.loads(line)["score"] for line in (tmp_path / "out.jsonl").read_text()
               .splitlines()]
     np.testing.assert_allclose(scores, brute_scores(model_dir, X[:50]), rtol=1e-5, atol=1e-6)
+
+
+def test_readme_tour_runs_as_written_and_prints_what_it_shows(tmp_path):
+    """The tour's commands (a9a fetched: copied from ../shared/data instead of curl) exit 0
+    and print the metric lines and the served score the README shows."""
+    import re
+
+    from .conftest import REPO, fmkit_executable
+
+    readme = (REPO / "README.md").read_text()
+    tour = readme.split("### Train, evaluate and predict on a libsvm file", 1)[1]
+    commands = tour.split("```sh\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    shown = tour.split("```\n", 2)[1]
+    for name in ("a9a", "a9a.t"):
+        shutil.copy(shared_file("a9a_libsvm", name), tmp_path / name)
+    printed = ""
+    for line in commands.splitlines():
+        command = line.split("#", 1)[0].strip()
+        if not command or command.startswith("curl"):
+            continue
+        result = subprocess.run(command.replace("fmkit", fmkit_executable(), 1), shell=True,
+                                cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, (command, result.stderr)
+        printed += result.stderr
+    for expected in re.findall(r"#quality_metric: .*<\w+>=([0-9.]+)", shown):
+        found = re.findall(r"#quality_metric: .*<\w+>=([0-9.]+)", printed)
+        assert any(abs(float(f) - float(expected)) < 2e-3 for f in found), (expected, found)
+    serve = readme.split("### Serve it", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    request = re.search(r"-d '(.*)'", serve).group(1)
+    score = float(re.search(r'"score": ([0-9.]+)', serve).group(1))
+    model = FMModel.load(tmp_path / "model")
+    batch = model.request_decoder()(request.encode(), codecs.JSON)
+    assert abs(model.predictions(batch)["score"][0] - score) < 2e-3
