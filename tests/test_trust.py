@@ -553,7 +553,7 @@ def test_readme_tour_runs_as_written_and_prints_what_it_shows(tmp_path):
     readme = (REPO / "README.md").read_text()
     tour = readme.split("### Train, evaluate and predict on a libsvm file", 1)[1]
     commands = tour.split("```sh\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
-    shown = tour.split("```\n", 2)[1]
+    shown = tour.split("```\n#quality_metric", 1)[1].split("```", 1)[0]
     for name in ("a9a", "a9a.t"):
         shutil.copy(shared_file("a9a_libsvm", name), tmp_path / name)
     printed = ""
@@ -565,7 +565,9 @@ def test_readme_tour_runs_as_written_and_prints_what_it_shows(tmp_path):
                                 cwd=tmp_path, capture_output=True, text=True)
         assert result.returncode == 0, (command, result.stderr)
         printed += result.stderr
-    for expected in re.findall(r"#quality_metric: .*<\w+>=([0-9.]+)", shown):
+    expected_values = re.findall(r"<\w+>=([0-9.]+)", shown)
+    assert len(expected_values) == 4
+    for expected in expected_values:
         found = re.findall(r"#quality_metric: .*<\w+>=([0-9.]+)", printed)
         assert any(abs(float(f) - float(expected)) < 2e-3 for f in found), (expected, found)
     serve = readme.split("### Serve it", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
