@@ -22,6 +22,7 @@ from fmkit.data.sources import (
 from fmkit.errors import DataError, HyperparameterError
 from fmkit.hyperparameters import validate
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
+from fmkit.metrics import require_rows
 from fmkit.model import FMModel, label_mode, load_model
 from fmkit.serve import codecs
 from fmkit.train.checkpoint import Checkpointer
@@ -110,7 +111,8 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     if distributed.rank_and_size()[0] != 0:
         return model, metrics  # the replicas are identical: rank 0 scores and writes
     for channel, channel_source in scored.items():
-        metrics[channel] = model.evaluate(channel_source.blocks())
+        metrics[channel] = require_rows(model.evaluate(channel_source.blocks()),
+                                        channel_source.name)
         log_metrics(channel, metrics[channel], host)
     model.save(model_dir, metrics)
     log.info("model written to %s", model_dir)
@@ -121,7 +123,7 @@ def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
                    fmt: str = "auto", device: str = "cpu") -> dict[str, float]:
     """SageMaker's metrics (plus AUC and ``rows``) of a model on a labelled channel."""
     model = load_model(model_dir, device)
-    return model.evaluate(model.read(data_path, fmt, labelled=True))
+    return require_rows(model.evaluate(model.read(data_path, fmt, labelled=True)), data_path)
 
 
 def predict_files(model_dir: str | Path, data_path: str | Path,

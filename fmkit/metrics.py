@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fmkit.errors import DataError
 from fmkit.models.fm import sigmoid
 
 THRESHOLD = 0.5
@@ -73,11 +74,21 @@ def auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def require_rows(metrics: dict, source: str) -> dict:
+    """``metrics`` of a channel that held rows; an empty channel is an error (its metrics
+    would be undefined, and a missing or filtered file should not pass unnoticed)."""
+    if not metrics.get("rows"):
+        raise DataError(str(source), None, "holds no data rows: nothing to evaluate")
+    return metrics
+
+
 def metrics_of_parts(predictor_type: str, label_parts: list[np.ndarray],
                      logit_parts: list[np.ndarray]) -> dict:
     """:func:`compute_metrics` over labels and logits gathered batch by batch."""
     y = np.concatenate(label_parts) if label_parts else np.zeros(0, np.float32)
     z = np.concatenate(logit_parts) if logit_parts else np.zeros(0)
+    if not y.size:
+        return {"rows": 0}  # no metric is defined: see require_rows
     return compute_metrics(predictor_type, y, z)
 
 

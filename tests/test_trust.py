@@ -576,3 +576,14 @@ def test_readme_tour_runs_as_written_and_prints_what_it_shows(tmp_path):
     model = FMModel.load(tmp_path / "model")
     batch = model.request_decoder()(request.encode(), codecs.JSON)
     assert abs(model.predictions(batch)["score"][0] - score) < 2e-3
+
+
+def test_evaluating_no_rows_is_an_error(cli, tmp_path, model_dir):
+    empty = tmp_path / "empty.libsvm"
+    empty.write_text("# only a comment\n")
+    code, out, err = cli("evaluate", "--model-dir", model_dir, "--data", empty)
+    assert code == 1 and out == ""
+    assert err.strip() == f"fmkit: error: {empty}: holds no data rows: nothing to evaluate"
+    code, _, err = cli("train", "--train", shared_file("a9a_libsvm", "a9a.t"), "--test", empty,
+                       "--model-dir", tmp_path / "m", *HP, "--quiet")
+    assert code == 1 and "holds no data rows" in err and not (tmp_path / "m").exists()

@@ -15,6 +15,7 @@ from fmkit.deepfm.model import DeepFMModel
 from fmkit.deepfm.train import train_network
 from fmkit.errors import DataError
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
+from fmkit.metrics import require_rows
 from fmkit.train.checkpoint import Checkpointer
 
 
@@ -64,8 +65,9 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     if config.eval_input_path:
         steps = config.eval_config.num_steps
         batch = config.data_config.eval_batch_size or config.data_config.batch_size
-        metrics["test"] = model.evaluate(model.read(config.eval_input_path),
-                                         max_rows=steps * batch if steps else None)
+        metrics["test"] = require_rows(
+            model.evaluate(model.read(config.eval_input_path),
+                           max_rows=steps * batch if steps else None), config.eval_input_path)
         log_metrics("test", metrics["test"], host)
     model.save(config.model_dir, metrics)
     log.info("model written to %s", config.model_dir)

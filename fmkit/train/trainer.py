@@ -23,6 +23,7 @@ from fmkit.errors import DataError, HyperparameterError, TrainingDiverged
 from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST, log
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
+from fmkit.metrics import require_rows
 from fmkit.models.fm import FMParameters
 from fmkit.train.checkpoint import Checkpointer, TrainingState, check_resumable
 from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config, training_tables
@@ -291,5 +292,5 @@ def validation_loss(hp: dict[str, Any], params: FMParameters, validation: Source
     """The loss early stopping watches: log loss (classifier) or RMSE (regressor)."""
     from fmkit.model import FMModel
 
-    metrics = FMModel(hp, params).evaluate(validation.blocks())
+    metrics = require_rows(FMModel(hp, params).evaluate(validation.blocks()), validation.name)
     return float(metrics[VALIDATION_METRIC[hp["predictor_type"]]])
