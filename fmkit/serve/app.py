@@ -13,8 +13,6 @@ import errno
 import logging
 import os
 import socket
-import sys
-import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -53,31 +51,44 @@ class BodyTimeout(codecs.RequestError):
     status = 408
 
 
-async def _chunks(request: Request, seconds: float) -> AsyncIterator[bytes]:
-    """The body's chunks, or 408 once the whole body has taken more than ``seconds`` to
-    arrive (a client sending a byte a minute must not hold a connection forever)."""
-    deadline = time.monotonic() + seconds
-    stream = request.stream()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(anext(stream), max(deadline - time.monotonic(), 0))
-        except StopAsyncIteration:
-            return
-        except asyncio.TimeoutError:
-            raise BodyTimeout(f"the request body did not arrive within {seconds:g} s") from None
-        yield chunk
+@contextlib.asynccontextmanager
+async def _deadline(seconds: float) -> AsyncIterator[None]:
+    """408 once the block has taken more than ``seconds`` (a client sending a byte a minute
+    must not hold a connection forever). One timer per request, not a task per chunk."""
+    task = asyncio.current_task()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        raise BodyTimeout(f"the request body did not arrive within {seconds:g} s") from None
+    finally:
+        timer.cancel()
 
 
 async def _read_body(request: Request, limit: int, seconds: float) -> bytes:
-    """The body, or 413 (or 408, see :func:`_chunks`). An oversized body is read to its end
-    (up to ``DRAIN_LIMIT``) so the client, still sending, can read the answer and keep its
-    connection."""
+    """The body, or 413 (or 408 after ``seconds``, see :func:`_deadline`). An oversized body
+    is read to its end (up to ``DRAIN_LIMIT``) so the client, still sending, can read the
+    answer and keep its connection."""
+    async with _deadline(seconds):
+        return await _read_body_now(request, limit)
+
+
+async def _read_body_now(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     too_big = declared is not None and declared.isdigit() and int(declared) > limit
     if too_big and int(declared) > DRAIN_LIMIT:
         raise PayloadTooLarge(f"payload of {declared} bytes exceeds the limit of {limit}", False)
     chunks, size = [], 0
-    async for chunk in _chunks(request, seconds):
+    async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             too_big = True
@@ -155,9 +166,6 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
 
 def app_from_environment() -> Starlette:
     """The app for ``$FMKIT_MODEL_DIR`` (uvicorn's factory, one call per worker process)."""
-    # the event loop waits for the GIL while the scoring thread holds it: hand it over after
-    # 1 ms instead of Python's 5 (a /ping takes several hand-overs)
-    sys.setswitchinterval(0.001)
     model = load_model(os.environ[MODEL_DIR_ENV])
     return create_app(model, float(os.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB)),
                       float(os.environ.get(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT)))

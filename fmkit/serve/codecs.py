@@ -107,29 +107,47 @@ def _no_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+_PLAIN = json.JSONDecoder(parse_constant=_no_constant)  # objects built in C: see strict_json
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
-def strict_json(text: str, where: str = "") -> Any:
+WALK_BYTES = 64 * 1024  # larger documents are parsed element by element (see strict_json)
+
+
+def strict_json(text: str, where: str = "", check_keys: bool = True) -> Any:
     """A JSON document as the standard defines it: NaN/Infinity and an object with a repeated
     key are refused (Python's parser takes both and silently keeps the last key); too deep a
     nesting is a malformed document, not a crash. A trailing comma before a closing bracket of
     the outer object or list is accepted: the SageMaker docs' own sparse example has one.
 
-    The outer object and the list of instances are walked here, each element parsed by the
-    C decoder: one C call over a 6 MB body would hold the GIL for 0.1-0.2 s, and the server's
-    ``/ping`` waits for it."""
+    A document over ``WALK_BYTES`` has its outer object and list of instances walked here,
+    each element parsed by the C decoder: one C call over a 6 MB body would hold the GIL for
+    0.1-0.2 s, and the server's ``/ping`` waits for it. Smaller ones take one call.
+    ``check_keys=False`` leaves repeated keys to the caller (see :func:`parse_json`), which
+    saves building every object in Python."""
     try:
-        value, end = _outer(text, _skip(text, 0), 0)
-        if _skip(text, end) != len(text):
-            raise ValueError(f"extra data at character {_skip(text, end)}")
-        return value
+        try:
+            if len(text) > WALK_BYTES:
+                return _walk(text)
+            return (_DECODER if check_keys else _PLAIN).decode(text)
+        except ValueError as first:
+            try:
+                return _walk(text)  # accepts the trailing comma the single call refused
+            except ValueError:
+                raise first from None
     except RequestError as e:
         raise RequestError(f"{where}{e}") from None
     except RecursionError:
         raise RequestError(f"{where}malformed JSON: nested too deeply") from None
     except ValueError as e:
         raise RequestError(f"{where}malformed JSON: {e}") from None
+
+
+def _walk(text: str) -> Any:
+    value, end = _outer(text, _skip(text, 0), 0)
+    if _skip(text, end) != len(text):
+        raise ValueError(f"extra data at character {_skip(text, end)}")
+    return value
 
 
 def _skip(text: str, position: int) -> int:
@@ -254,28 +272,43 @@ def _batch(rows: list[tuple[np.ndarray, np.ndarray]], source: str) -> SparseBatc
 _SLICE = 1 << 16  # numbers converted per numpy call (see _floats)
 
 
-def _floats(items: list, per_call: int) -> np.ndarray:
-    """``np.asarray(items, float64)`` in slices: one call over a 6 MB request would hold the
-    GIL for a tenth of a second, and ``/ping`` waits for it on the server's event loop."""
-    if len(items) <= per_call:
-        return np.asarray(items, dtype=np.float64)
-    return np.concatenate([np.asarray(items[i:i + per_call], dtype=np.float64)
-                           for i in range(0, len(items), per_call)])
+def _floats(items: list, per_call: int, ndim: int) -> np.ndarray:
+    """``items`` (numbers, or with ``ndim=2`` lists of numbers) as float64, converted in
+    slices: one call over a 6 MB request would hold the GIL for a tenth of a second, and
+    ``/ping`` waits for it on the server's event loop. A string, a list where a number
+    belongs or an integer beyond 64 bits is a ValueError (numpy would parse "7" as 7.0)."""
+    parts = []
+    for start in range(0, max(len(items), 1), per_call):
+        part = np.asarray(items[start:start + per_call])
+        if part.size and (part.dtype.kind not in "iuf" or part.ndim != ndim):
+            raise ValueError("not a list of numbers")
+        parts.append(part.astype(np.float64, copy=False))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _fast_batch(instances: list[Any], feature_dim: int, source: str) -> SparseBatch | None:
-    """The rows of well-formed instances, validated with a few numpy calls per request.
+def _fast_batch(instances: list[Any], feature_dim: int, source: str,
+                has_bools: bool = True) -> tuple[SparseBatch, int] | None:
+    """The rows of well-formed instances, validated with a few numpy calls per request
+    (``has_bools``: the body may hold ``true``/``false``, which numpy would take for numbers),
+    and the number of object keys met on the way (see :func:`parse_json`).
 
     Returns None at the first doubt; the per-instance path then finds and names the problem.
     """
     dense_at, dense, sparse_at, keys, values, lengths = [], [], [], [], [], []
+    keys_met = 0
     for n, instance in enumerate(instances):
         try:
             element = _instance_features(instance)
         except RequestError:
             return None
-        if isinstance(element, dict) and "keys" not in element:
-            element = element.get("values")
+        if isinstance(instance, dict):
+            keys_met += len(instance)
+            if "features" not in instance:
+                keys_met += len(instance["data"])
+        if isinstance(element, dict):
+            keys_met += len(element)
+            if "keys" not in element:
+                element = element.get("values")
         if isinstance(element, list):
             if len(element) != feature_dim:
                 return None
@@ -294,16 +327,16 @@ def _fast_batch(instances: list[Any], feature_dim: int, source: str) -> SparseBa
         else:
             return None
     numbers = {int, float}
-    if not (set(map(type, keys)) <= numbers and set(map(type, values)) <= numbers
-            and all(set(map(type, row)) <= numbers for row in dense)):
-        return None  # true, "7", [1]: the per-instance path names it
+    if has_bools and not (set(map(type, keys)) <= numbers and set(map(type, values)) <= numbers
+                          and all(set(map(type, row)) <= numbers for row in dense)):
+        return None  # true: the per-instance path names it
     try:
-        dense_array = _floats(dense, max(1, _SLICE // feature_dim)).reshape(len(dense),
-                                                                           feature_dim)
-        key_array = _floats(keys, _SLICE).reshape(-1)
-        value_array = _floats(values, _SLICE).reshape(-1)
+        dense_array = _floats(dense, max(1, _SLICE // feature_dim), 2).reshape(len(dense),
+                                                                              feature_dim)
+        key_array = _floats(keys, _SLICE, 1)
+        value_array = _floats(values, _SLICE, 1)
     except (TypeError, ValueError, OverflowError):
-        return None
+        return None  # "7", [1], an integer beyond 64 bits: the per-instance path names it
     if not ((np.abs(dense_array) <= FLOAT32_MAX).all()
             and (np.abs(value_array) <= FLOAT32_MAX).all()):
         return None
@@ -324,15 +357,15 @@ def _fast_batch(instances: list[Any], feature_dim: int, source: str) -> SparseBa
         np.concatenate([dense_columns, columns])[order].astype(np.int32),
         np.concatenate([dense_array[dense_rows, dense_columns], value_array])[order].astype(
             np.float32),
-        np.zeros(len(instances), np.float32), None, source)
+        np.zeros(len(instances), np.float32), None, source), keys_met
 
 
 def _instances(instances: Iterable[Any], feature_dim: int, source: str,
-               unit: str) -> SparseBatch:
+               unit: str, has_bools: bool = True) -> SparseBatch:
     instances = list(instances)
-    fast = _fast_batch(instances, feature_dim, source)
+    fast = _fast_batch(instances, feature_dim, source, has_bools)
     if fast is not None:
-        return fast
+        return fast[0]
     rows = []
     for n, instance in enumerate(instances, start=1):
         try:
@@ -344,7 +377,10 @@ def _instances(instances: Iterable[Any], feature_dim: int, source: str,
 
 def json_instances(body: bytes | str) -> list[Any]:
     """The instances of a JSON body: ``{"instances": [...]}`` or a bare list."""
-    document = strict_json(_text(body))
+    return _instance_list(strict_json(_text(body)))
+
+
+def _instance_list(document: Any) -> list[Any]:
     if isinstance(document, dict) and "instances" in document:
         instances = document["instances"]
     elif isinstance(document, list):
@@ -397,12 +433,30 @@ def read_request_files(path, fmt: str, decode: Callable[[bytes, str, str, int], 
 
 
 def parse_json(body: bytes | str, feature_dim: int, source: str = "request") -> SparseBatch:
-    return _instances(json_instances(body), feature_dim, source, "instance")
+    """The rows of a JSON body. Objects are built in C and the fast path counts the keys it
+    meets: when they are as many as the body's ':' (each written key is followed by one),
+    no key was written twice. Otherwise the body is parsed again checking every object."""
+    text = _text(body)
+    document = strict_json(text, check_keys=False)
+    fast = _fast_batch(_instance_list(document), feature_dim, source, _has_bools(text))
+    if fast is not None:
+        batch, keys = fast
+        if keys + (len(document) if isinstance(document, dict) else 0) == text.count(":"):
+            return batch
+    return _instances(json_instances(text), feature_dim, source, "instance")
 
 
 def parse_jsonlines(body: bytes | str, feature_dim: int, source: str = "request",
                     first_line: int = 1) -> SparseBatch:
-    return _instances(jsonlines_instances(body, first_line), feature_dim, source, "line")
+    return _instances(jsonlines_instances(body, first_line), feature_dim, source, "line",
+                      _has_bools(body))
+
+
+def _has_bools(body: bytes | str) -> bool:
+    """Whether the body may hold ``true``/``false`` (numpy takes them for 1 and 0 in a list
+    of numbers, so the lists of such a body have their element types checked one by one)."""
+    words = (b"true", b"false") if isinstance(body, bytes) else ("true", "false")
+    return words[0] in body or words[1] in body
 
 
 def parse_recordio(body: bytes, feature_dim: int, source: str = "request",
