@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -52,51 +52,47 @@ class BodyTimeout(codecs.RequestError):
     status = 408
 
 
-@contextlib.asynccontextmanager
-async def _deadline(seconds: float) -> AsyncIterator[None]:
-    """408 once the block has taken more than ``seconds`` (a client sending a byte a minute
-    must not hold a connection forever). One timer per request, not a task per chunk."""
-    task = asyncio.current_task()
-    expired = False
+def _expire(task: asyncio.Task, expired: list) -> None:
+    expired.append(True)
+    task.cancel()
 
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
 
-    timer = asyncio.get_running_loop().call_later(seconds, expire)
+async def _read_body(request: Request, limit: int, seconds: float) -> bytes:
+    """The body, or 413, or 408 when it takes more than ``seconds`` to arrive (a client
+    sending a byte a minute must not hold a connection forever; the timer starts only when
+    the body does not come in one piece). An oversized body is read to its end (up to
+    ``DRAIN_LIMIT``) so the client, still sending, can read the answer and keep its
+    connection."""
+    declared = request.headers.get("content-length")
+    too_big = declared is not None and declared.isdigit() and int(declared) > limit
+    if too_big and int(declared) > DRAIN_LIMIT:
+        raise PayloadTooLarge(f"payload of {declared} bytes exceeds the limit of {limit}", False)
+    chunks, size, timer, expired = [], 0, None, []
     try:
-        yield
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                too_big = True
+                if size > DRAIN_LIMIT:
+                    raise PayloadTooLarge(f"payload exceeds the limit of {limit} bytes", False)
+            elif not too_big:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+            if timer is None:
+                timer = asyncio.get_running_loop().call_later(
+                    seconds, _expire, asyncio.current_task(), expired)
     except asyncio.CancelledError:
         if not expired:
             raise
         raise BodyTimeout(f"the request body did not arrive within {seconds:g} s") from None
     finally:
-        timer.cancel()
-
-
-async def _read_body(request: Request, limit: int, seconds: float) -> bytes:
-    """The body, or 413 (or 408 after ``seconds``, see :func:`_deadline`). An oversized body
-    is read to its end (up to ``DRAIN_LIMIT``) so the client, still sending, can read the
-    answer and keep its connection."""
-    async with _deadline(seconds):
-        return await _read_body_now(request, limit)
-
-
-async def _read_body_now(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    too_big = declared is not None and declared.isdigit() and int(declared) > limit
-    if too_big and int(declared) > DRAIN_LIMIT:
-        raise PayloadTooLarge(f"payload of {declared} bytes exceeds the limit of {limit}", False)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            too_big = True
-            if size > DRAIN_LIMIT:
-                raise PayloadTooLarge(f"payload exceeds the limit of {limit} bytes", False)
-        elif not too_big:
-            chunks.append(chunk)
+        if timer is not None:
+            timer.cancel()
     if too_big:
         raise PayloadTooLarge(f"payload of {size} bytes exceeds the limit of {limit}", True)
     return b"".join(chunks)
