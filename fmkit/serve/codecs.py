@@ -441,7 +441,8 @@ def parse_json(body: bytes | str, feature_dim: int, source: str = "request") -> 
     top_keys = len(document) if isinstance(document, dict) else 0
     instances, document = _instance_list(document), None
     fast = _fast_batch(instances, feature_dim, source, _has_bools(text))
-    release(instances)
+    if len(text) > WALK_BYTES:
+        release(instances)
     if fast is not None and fast[1] + top_keys == text.count(":"):
         return fast[0]
     return _instances(json_instances(text), feature_dim, source, "instance")
