@@ -55,3 +55,11 @@ def movielens_onehot(name: str) -> tuple[sp.csr_matrix, np.ndarray]:
     columns = np.column_stack([ratings[:, 0] - 1, 943 + ratings[:, 1] - 1]).ravel()
     X = sp.csr_matrix((np.ones(2 * n), columns, np.arange(0, 2 * n + 1, 2)), shape=(n, 943 + 1682))
     return X, ratings[:, 2].astype(np.float64)
+
+
+@pytest.fixture(scope="session")
+def small_deepfm_dir(tmp_path_factory):
+    """A DeepFM of ``deepfm_helpers.SMALL`` trained once per session (its model directory)."""
+    from .deepfm_helpers import train_small_deepfm
+
+    return train_small_deepfm(tmp_path_factory.mktemp("small_deepfm"))

@@ -269,7 +269,7 @@ def test_fm_request_bodies(fm, fm_client, work, data):
 def test_deepfm_files(deepfm, deepfm_client, work, data):
     kind = data.draw(st.sampled_from(["tsv", "csv"]))
     body = data.draw(mutated(deepfm[kind]))
-    if data.draw(st.integers(0, 3)) == 0:  # the whole CLI path (loads the model: slower)
+    if data.draw(st.integers(0, 7)) == 0:  # the whole CLI path (loads the model: slower)
         cli_predict(deepfm["model"], body, work / f"deepfm.{kind}")
     else:
         predict_outcome(deepfm_client.app_state["model"], body, "auto", work)
@@ -281,7 +281,7 @@ def test_deepfm_request_bodies(deepfm, deepfm_client, work, data):
     kind = data.draw(st.sampled_from(["json", "jsonlines"]))
     body = data.draw(mutated(deepfm[kind]))
     request_outcome(deepfm_client, body, codecs.JSON if kind == "json" else codecs.JSONLINES)
-    if data.draw(st.integers(0, 3)) == 0:
+    if data.draw(st.integers(0, 7)) == 0:
         cli_predict(deepfm["model"], body, work / f"request.{kind}", "--format", kind)
 
 

@@ -23,7 +23,6 @@ from sagemaker.amazon.common import write_numpy_to_dense_tensor  # noqa: E402
 from fmkit.jobs import train_files  # noqa: E402
 
 from .conftest import shared_file  # noqa: E402
-from .deepfm_helpers import train_small_deepfm  # noqa: E402
 from .test_server import start_server, stop  # noqa: E402
 from .test_trust import BAD_BODIES, brute_scores, framed, record, sparse  # noqa: E402
 
@@ -161,9 +160,8 @@ def test_slow_body_clients_get_408_and_do_not_block(fm_server):
                                    brute_scores(model, X)[0], rtol=1e-6)
 
 
-def test_deepfm_server_refuses_what_it_cannot_score(tmp_path_factory):
-    model = train_small_deepfm(tmp_path_factory.mktemp("deepfm_audit"))
-    proc, url = start_server(model)
+def test_deepfm_server_refuses_what_it_cannot_score(small_deepfm_dir):
+    proc, url = start_server(small_deepfm_dir)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             for body, message in [

@@ -36,7 +36,7 @@ from fmkit.models.fm import reference_logits, sigmoid  # noqa: E402
 from fmkit.serve import codecs  # noqa: E402
 
 from .conftest import run_fmkit, shared_file  # noqa: E402
-from .deepfm_helpers import small, train_small_deepfm  # noqa: E402
+from .deepfm_helpers import small  # noqa: E402
 
 HP = ["feature_dim=123", "num_factors=4", "predictor_type=binary_classifier",
       "mini_batch_size=100"]
@@ -304,10 +304,10 @@ def test_deepfm_request_errors(deepfm_model):
 
 
 @pytest.fixture(scope="module")
-def deepfm_model(tmp_path_factory):
+def deepfm_model(small_deepfm_dir):
     from fmkit.model import load_model
 
-    return load_model(train_small_deepfm(tmp_path_factory.mktemp("deepfm")))
+    return load_model(small_deepfm_dir)
 
 
 # -- 6. values beyond float32, diverging training ------------------------------------------------
