@@ -9,7 +9,7 @@ success with finite scores or a clean error: a ``DataError`` (any ``FMKitError``
 exit code 1 with one line and no traceback in the CLI, a 4xx from the server. A crash of
 compiled code kills the test process, which fails the run.
 
-CI runs ``FMKIT_FUZZ_EXAMPLES`` cases per test (default 40, under a minute in all) with a fixed
+CI runs ``FMKIT_FUZZ_EXAMPLES`` cases per test (default 25, about 20 s in all) with a fixed
 seed; a larger value also draws fresh random cases: ``FMKIT_FUZZ_EXAMPLES=3000 pytest
 tests/test_fuzz.py``.
 """
@@ -47,7 +47,7 @@ from fmkit.serve.app import create_app  # noqa: E402
 
 from .conftest import REPO, shared_file  # noqa: E402
 
-EXAMPLES = int(os.environ.get("FMKIT_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("FMKIT_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 derandomize="FMKIT_FUZZ_EXAMPLES" not in os.environ,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
