@@ -100,11 +100,7 @@ def holds_model(path: Path) -> bool:
         return False
     if not names <= MODEL_FILES or META_FILE not in names:
         return False
-    try:
-        meta = json.loads(_read_checked(path / META_FILE, MAX_META_BYTES))
-    except (ArtifactError, ValueError, RecursionError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
+    return _meta_or_none(path).get("format") == FORMAT
 
 
 def check_destination(path: str | Path) -> Path:
@@ -207,14 +203,20 @@ def _check_npz(path: Path) -> None:
         raise ArtifactError(f"{path}: unreadable weights: {e}") from None
 
 
+def _meta_or_none(directory: Path) -> dict:
+    """``model.json`` of ``directory`` as a dict, or ``{}`` when it is missing, not a regular
+    file, too large or not a JSON object (the callers only ask; loading says what is wrong)."""
+    try:
+        meta = json.loads(_read_checked(directory / META_FILE, MAX_META_BYTES))
+    except (ArtifactError, ValueError, RecursionError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def model_type(path: str | Path) -> str | None:
     """The ``model_type`` a model directory declares (None: FM, or unreadable, in which case
     loading it says what is wrong)."""
-    try:
-        meta = json.loads(_read_checked(resolve(path) / META_FILE, MAX_META_BYTES))
-    except (ArtifactError, ValueError, RecursionError):
-        return None
-    return meta.get("model_type") if isinstance(meta, dict) else None
+    return _meta_or_none(resolve(path)).get("model_type")
 
 
 def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict]:

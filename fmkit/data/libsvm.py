@@ -191,9 +191,9 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
     parts = numba.get_num_threads() if buf.size >= PARALLEL_BYTES else 1
     bounds = [0]
     for p in range(1, parts):
-        middle = buf.size * p // parts
-        newline = np.flatnonzero(buf[middle:] == _NL)[:1]  # the next line end, if any
-        cut = int(newline[0]) + middle + 1 if newline.size else buf.size
+        at = buf.size * p // parts
+        at += int(np.argmax(buf[at:] == _NL))  # the next line end; 0 offset if there is none
+        cut = at + 1 if buf[at] == _NL else buf.size
         bounds.append(max(bounds[-1], min(cut, buf.size)))
     bounds = np.array([*bounds, buf.size], dtype=np.int64)
     newlines = np.empty(parts, dtype=np.int64)

@@ -25,6 +25,7 @@ from numba import njit
 
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES
+from fmkit.data.numbers import FLOAT32_MAX
 from fmkit.errors import DataError
 
 MAGIC = 0xCED7230A
@@ -36,7 +37,6 @@ BAD_MAGIC, BAD_CFLAG = 1, 2
 # record problems
 (MALFORMED, NO_FEATURES, LENGTH_MISMATCH, KEY_TOO_LARGE, UNSUPPORTED, NOT_FINITE, NO_LABEL,
  SHAPE_TOO_LARGE, BAD_LABEL) = range(11, 20)
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 _PROBLEMS = {
     MALFORMED: "malformed protobuf Record",

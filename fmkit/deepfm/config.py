@@ -17,6 +17,7 @@ TorchEasyRec's own machinery (``num_workers``, ``pin_memory``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import types
@@ -362,6 +363,7 @@ def to_document(config: EasyRecConfig) -> dict[str, Any]:
     return strip(dataclasses.asdict(config))
 
 
+@functools.cache
 def _yaml_loader() -> type:
     import yaml
 

@@ -442,13 +442,13 @@ def parse_json(body: bytes | str, feature_dim: int, source: str = "request") -> 
     instances, document = _instance_list(document), None
     fast = _fast_batch(instances, feature_dim, source, _has_bools(text))
     if len(text) > WALK_BYTES:
-        release(instances)
+        _release(instances)
     if fast is not None and fast[1] + top_keys == text.count(":"):
         return fast[0]
     return _instances(json_instances(text), feature_dim, source, "instance")
 
 
-def release(items: list) -> None:
+def _release(items: list) -> None:
     """Empty a large decoded list a slice at a time: freeing 6 MB of JSON objects in one
     cascade holds the GIL for tens of milliseconds, which the server's ``/ping`` would wait."""
     while items:

@@ -73,24 +73,26 @@ def ftrl_initial_z(param, group: str, hp: dict[str, Any]):
 CACHE_LINE = 64
 
 
-def _cache_line_rows(rows: int, columns: int, dtype) -> np.ndarray:
-    """A zeroed (rows, columns) table whose rows start on cache lines when padding them to whole
-    lines costs at most a quarter more memory (Adam's and FTRL's 3 x (k+1) = 27 float32 for
-    k=8 become 32: each update then touches 2 lines instead of up to 3; measured +15% rows/s).
-    The padding columns are at the end of each row and stay unused."""
+def _table_layout(num_factors: int, optimizer: str, dtype) -> tuple[int, int, int]:
+    """``(width, columns, stored)`` of a training table row: the weights, the weights with the
+    optimizer's moment blocks, and that padded to whole cache lines when the padding costs at
+    most a quarter more memory (Adam's and FTRL's 3 x (k+1) = 27 float32 for k=8 become 32:
+    each update then touches 2 lines instead of up to 3; measured +15% rows/s). The padding
+    columns are at the end of each row and stay unused."""
+    width = num_factors + 1
+    columns = width * (1 + kernels.MOMENT_BLOCKS[OPTIMIZER_IDS[optimizer]])
     per_line = CACHE_LINE // np.dtype(dtype).itemsize
     padded = -(-columns // per_line) * per_line
-    return prefaulted_zeros((rows, padded if padded <= 1.25 * columns else columns), dtype)
+    return width, columns, padded if padded <= 1.25 * columns else columns
 
 
 def check_memory(hp: dict[str, Any], dtype=np.float32) -> None:
     """Refuse hyperparameters whose training tables cannot fit in memory (see
     :func:`fmkit.memory.check_fits`): the table, the returned weights and a row index."""
-    width = hp["num_factors"] + 1
-    columns = width * (1 + kernels.MOMENT_BLOCKS[OPTIMIZER_IDS[hp["optimizer"]]])
+    width, _, stored = _table_layout(hp["num_factors"], hp["optimizer"], dtype)
     rows, itemsize = hp["feature_dim"], np.dtype(dtype).itemsize
     check_fits(f"An FM with feature_dim={rows} and num_factors={hp['num_factors']}", [
-        (f"weights and {hp['optimizer']} state ({rows} x {columns})", rows * columns * itemsize),
+        (f"weights and {hp['optimizer']} state ({rows} x {stored})", rows * stored * itemsize),
         (f"returned weights ({rows} x {width})", rows * width * itemsize),
         ("per-feature scratch", rows * 8),
     ], "Lower feature_dim (hash the features into fewer ids) or num_factors, or use "
@@ -104,11 +106,10 @@ def training_tables(params: FMParameters | None, optimizer: str, hp: dict[str, A
     the same layout whose factor columns stay 0. Without ``params``, fresh weights are drawn
     straight into the table (no second copy of the model in memory)."""
     opt = OPTIMIZER_IDS[optimizer]
-    width = hp["num_factors"] + 1
-    columns = width * (1 + kernels.MOMENT_BLOCKS[opt])
     dtype = params.table.dtype if params is not None else dtype
+    width, columns, stored = _table_layout(hp["num_factors"], optimizer, dtype)
     check_memory({**hp, "optimizer": optimizer}, dtype)
-    table = _cache_line_rows(hp["feature_dim"], columns, dtype)
+    table = prefaulted_zeros((hp["feature_dim"], stored), dtype)
     if params is None:
         params = init_parameters(hp, dtype, out=table[:, :width], threads=numba.get_num_threads())
     else:
