@@ -93,9 +93,24 @@ def init_hosts(hosts: list[str], current_host: str) -> bool:
     return init_from_environment()
 
 
-def shutdown() -> None:
-    if active():
-        _dist().destroy_process_group()
+def shutdown(timeout_s: float = 120.0) -> None:
+    """Leave the process group together: a barrier, then ``destroy_process_group``.
+
+    A process that tears Gloo down while a peer is still in a collective (rank 0 scoring the
+    test channel, say), or that exits with the group still alive, can abort at exit
+    ("terminate called without an active exception"). The barrier is Gloo's monitored one,
+    so a peer that died makes it fail after ``timeout_s`` instead of hanging."""
+    if not active():
+        return
+    from datetime import timedelta
+
+    dist = _dist()
+    try:
+        dist.monitored_barrier(group=_cpu_group, timeout=timedelta(seconds=timeout_s))
+    except RuntimeError as e:  # a peer failed or left: nothing more to wait for
+        print(f"fmkit: warning: leaving the process group without its peers ({e})"[:300],
+              file=sys.stderr)
+    dist.destroy_process_group()
 
 
 def all_sum(values: np.ndarray) -> np.ndarray:

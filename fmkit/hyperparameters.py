@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fmkit.errors import HyperparameterError, did_you_mean
+from fmkit.metrics import watched_metric
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,10 @@ class Hyperparameter:
     """One row of the table.
 
     ``check`` is one of ``"gt0"`` (> 0), ``"ge0"`` (>= 0), ``"finite"`` (any finite number),
-    ``"choice01"`` (0 or 1) or ``"choice"`` (one of ``choices``). ``suggested`` is the value the
-    Python estimators use for a parameter SageMaker requires but the estimator cannot infer
-    (``num_factors``).
+    ``"choice01"`` (0 or 1), ``"choice"`` (one of ``choices``) or ``"watched"`` (a metric name
+    :func:`fmkit.metrics.watched_metric` knows for the predictor type). ``suggested`` is the
+    value the Python estimators use for a parameter SageMaker requires but the estimator
+    cannot infer (``num_factors``).
     """
 
     name: str
@@ -50,6 +52,7 @@ class Hyperparameter:
             "finite": f"{noun} (finite)",
             "choice01": "0 or 1",
             "choice": "one of " + ", ".join(self.choices),
+            "watched": "auto or a validation metric (auc, logloss, accuracy, f1, rmse)",
         }[self.check]
 
 
@@ -112,8 +115,13 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
                        sagemaker=False),
         Hyperparameter("early_stopping_patience", int, 3, "ge0",
                        "fmkit: with a validation channel, stop after this many epochs without "
-                       "a better validation loss and keep the best epoch's weights (0: never "
-                       "stop early).", sagemaker=False),
+                       "a better early_stopping_metric and keep the best epoch's weights (0: "
+                       "never stop early).", sagemaker=False),
+        Hyperparameter("early_stopping_metric", str, "auto", "watched",
+                       "fmkit: the validation metric early stopping watches: auc, logloss, "
+                       "accuracy or f1 for classifiers, rmse for regressors, or SageMaker's "
+                       "name (validation:binary_classification_accuracy); auto: auc, or rmse "
+                       "for regressors.", sagemaker=False),
         Hyperparameter("shuffle", int, 1, "choice01",
                        "fmkit: 1 shuffles the rows of each streamed chunk (~4 MB of text, or "
                        "all of an in-memory matrix) every epoch; 0 keeps file order.",
@@ -173,6 +181,7 @@ def _check_range(h: Hyperparameter, value: Any, raw: Any) -> None:
         "finite": lambda v: True,
         "choice01": lambda v: v in (0, 1),
         "choice": lambda v: v in h.choices,
+        "watched": lambda v: True,  # needs predictor_type: checked in validate
     }[h.check](value)
     if not ok:
         raise _fail(h, raw)
@@ -216,6 +225,10 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
             raise HyperparameterError(
                 f"hyperparameter {group}_init_method={method} needs {needed} to be set"
             )
+    try:
+        watched_metric(values["early_stopping_metric"], values["predictor_type"])
+    except ValueError as e:
+        raise HyperparameterError(f"hyperparameter early_stopping_metric: {e}") from None
     if values["optimizer"] == "ftrl":
         for group in ("bias", "linear", "factors"):
             if values[f"{group}_lr"] <= 0:

@@ -54,17 +54,24 @@ def setup_logging(quiet: bool = False) -> None:
     log.propagate = False
 
 
-def metric_lines(channel: str, metrics: dict[str, float], host: str = DEFAULT_HOST) -> list[str]:
-    """``#test_score`` and ``#quality_metric`` lines for each metric of a channel."""
+def metric_lines(channel: str, metrics: dict[str, float], host: str = DEFAULT_HOST,
+                 epoch: int | None = None) -> list[str]:
+    """``#test_score`` and ``#quality_metric`` lines for each metric of a channel; with an
+    ``epoch`` (a validation channel scored during training), the ``#quality_metric`` lines
+    only, with ``epoch=N`` as SageMaker's algorithms write it."""
     lines = []
+    when = "" if epoch is None else f"epoch={epoch}, "
     for name, (wording, kind) in _QUALITY.items():
         if name in metrics:
             value = metrics[name]
-            lines.append(f"#{channel}_score ({host}) : ({name!r}, {value!r})")
-            lines.append(f"#quality_metric: host={host}, {channel} {wording} <{kind}>={value!r}")
+            if epoch is None:
+                lines.append(f"#{channel}_score ({host}) : ({name!r}, {value!r})")
+            lines.append(f"#quality_metric: host={host}, {when}{channel} {wording} "
+                         f"<{kind}>={value!r}")
     return lines
 
 
-def log_metrics(channel: str, metrics: dict[str, float], host: str = DEFAULT_HOST) -> None:
-    for line in metric_lines(channel, metrics, host):
+def log_metrics(channel: str, metrics: dict[str, float], host: str = DEFAULT_HOST,
+                epoch: int | None = None) -> None:
+    for line in metric_lines(channel, metrics, host, epoch):
         log.log(METRIC, "%s", line)

@@ -74,6 +74,36 @@ def auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+# early_stopping_metric: short name -> (its key in compute_metrics, whether higher is better)
+WATCHED = {
+    "auc": ("auc", True),
+    "logloss": ("binary_classification_cross_entropy", False),
+    "accuracy": ("binary_classification_accuracy", True),
+    "f1": ("binary_f_beta", True),
+    "rmse": ("rmse", False),
+}
+DEFAULT_WATCHED = {"binary_classifier": "auc", "regressor": "rmse"}
+
+
+def watched_metric(name: str, predictor_type: str) -> tuple[str, bool]:
+    """The metric an ``early_stopping_metric`` names, as ``(compute_metrics key, higher is
+    better)``. Takes the short names of :data:`WATCHED` or SageMaker's metric names, with or
+    without their channel (``validation:binary_classification_accuracy``, ``validation:rmse``);
+    ``""`` or ``auto`` is the predictor type's default (AUC, or RMSE for regressors). A name
+    the predictor type does not compute is a ValueError naming the ones it does."""
+    short = name.strip().lower().split(":", 1)[-1] or "auto"
+    short = {key: s for s, (key, _) in WATCHED.items()}.get(short, short)
+    if short == "auto":
+        short = DEFAULT_WATCHED[predictor_type]
+    allowed = [s for s, (key, _) in WATCHED.items()
+               if (key == "rmse") == (predictor_type == "regressor")]
+    if short not in allowed:
+        raise ValueError(f"{name!r} is not a metric of a {predictor_type}; expected one of "
+                         f"{', '.join(allowed)} (or SageMaker's name, e.g. "
+                         f"validation:{WATCHED[allowed[-1]][0]})")
+    return WATCHED[short]
+
+
 def require_rows(metrics: dict, source: str) -> dict:
     """``metrics`` of a channel that held rows; an empty channel is an error (its metrics
     would be undefined, and a missing or filtered file should not pass unnoticed)."""

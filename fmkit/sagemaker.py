@@ -174,6 +174,8 @@ def train(opt_ml: OptML | None = None) -> int:
         opt_ml.failure.parent.mkdir(parents=True, exist_ok=True)
         opt_ml.failure.write_text(reason[:1024] + "\n")
         return 255
+    finally:
+        distributed.shutdown()
 
 
 def serve(opt_ml: OptML | None = None, workers: int | None = None) -> None:

@@ -63,3 +63,24 @@ def small_deepfm_dir(tmp_path_factory):
     from .deepfm_helpers import train_small_deepfm
 
     return train_small_deepfm(tmp_path_factory.mktemp("small_deepfm"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_kernels(tmp_path_factory):
+    """Compile the training and scoring kernels once, in this process, before any test runs.
+
+    With a cold numba cache (a fresh clone, as in CI) the first run of each kernel compiles it
+    for tens of seconds; the tests that start ``fmkit`` subprocesses (two ranks at once, or a
+    run killed mid-way) would otherwise each compile it again, on both cores at once, and a
+    killed process never writes the cache."""
+    root = tmp_path_factory.mktemp("warm")
+    rng = np.random.default_rng(0)
+    rows = [f"{rng.integers(0, 2)} " + " ".join(f"{j}:1" for j in sorted(rng.choice(50, 4, False)))
+            for _ in range(200)]
+    (root / "train.svm").write_text("\n".join(rows) + "\n")
+    for batch in ("1", "1000"):
+        code = main(["train", "--quiet", "--train", str(root / "train.svm"), "--test",
+                     str(root / "train.svm"), "--model-dir", str(root / f"model{batch}"),
+                     "feature_dim=50", "num_factors=4", "predictor_type=binary_classifier",
+                     f"mini_batch_size={batch}"])
+        assert code == 0

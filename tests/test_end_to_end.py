@@ -140,33 +140,62 @@ def test_csv_channel_and_directory_channel(cli, tmp_path):
     assert json.loads(stdout)["rmse"] < 0.1 * np.std(y)
 
 
-def test_validation_channel_early_stopping_keeps_the_best_epoch(cli, tmp_path):
-    """A tiny noisy training set overfits; training stops and keeps the best epoch."""
-    from sklearn.datasets import dump_svmlight_file
+# early_stopping_metric -> (metrics.json key, higher is better, the metric computed by sklearn)
+WATCHED = {
+    "auc": ("auc", True, roc_auc_score),
+    "logloss": ("binary_classification_cross_entropy", False, log_loss),
+    "validation:binary_classification_accuracy": (
+        "binary_classification_accuracy", True, lambda y, s: accuracy_score(y, s >= 0.5)),
+    "f1": ("binary_f_beta", True, lambda y, s: f1_score(y, s >= 0.5)),
+    "rmse": ("rmse", False, lambda y, s: mean_squared_error(y, s) ** 0.5),
+}
 
+
+@pytest.mark.parametrize("metric", list(WATCHED))
+def test_early_stopping_on_each_metric_keeps_the_best_epoch(cli, tmp_path, metric):
+    """A tiny noisy training set overfits; training stops `early_stopping_patience` epochs
+    after the best epoch of the chosen metric and keeps that epoch's weights: the same as a
+    run stopped at that epoch, with the validation metric sklearn computes from them."""
     from fmkit.data.synthetic import planted_ctr
 
+    key, higher_is_better, sklearn_metric = WATCHED[metric]
+    predictor = "regressor" if metric == "rmse" else "binary_classifier"
     data = planted_ctr(6000, [300, 200, 100], seed=5)
     train, valid = data.split(1000)
     train_file, valid_file = tmp_path / "train.libsvm", tmp_path / "valid.libsvm"
     dump_svmlight_file(train.X, train.y, str(train_file), zero_based=True)
     dump_svmlight_file(valid.X, valid.y, str(valid_file), zero_based=True)
+    hp = ["--index-base", "0", "feature_dim=600", "num_factors=16", f"predictor_type={predictor}",
+          "mini_batch_size=10", "bias_lr=0.05", "linear_lr=0.05", "factors_lr=0.05",
+          "linear_wd=0", "factors_wd=0", "factors_init_sigma=0.1"]
     code, _, err = cli("train", "--train", train_file, "--validation", valid_file,
-                       "--model-dir", tmp_path / "m", "--index-base", "0", "feature_dim=600",
-                       "num_factors=16", "predictor_type=binary_classifier", "epochs=60",
-                       "mini_batch_size=10", "bias_lr=0.05", "linear_lr=0.05",
-                       "factors_lr=0.05", "linear_wd=0", "factors_wd=0", "factors_init_sigma=0.1",
-                       "early_stopping_patience=2")
+                       "--model-dir", tmp_path / "m", *hp, "epochs=60",
+                       "early_stopping_patience=2", f"early_stopping_metric={metric}")
     assert code == 0, err
     history = json.loads((tmp_path / "m" / "metrics.json").read_text())["train"]
-    losses = [h["validation_loss"] for h in history]
-    best = int(np.argmin(losses))
+    values = np.array([h["validation"][key] for h in history])
+    best = int(np.argmax(values) if higher_is_better else np.argmin(values))
     assert len(history) < 60 and len(history) == best + 1 + 2  # stopped 2 epochs after the best
     assert f"early stopping after epoch {len(history)}" in err
-    # the saved model is the best epoch's: its validation log loss, computed independently
+    assert f"epoch=1, validation {'binary_f_1.000' if key == 'binary_f_beta' else key} <" in err
     code, out, _ = cli("predict", "--model-dir", tmp_path / "m", "--data", valid_file)
-    scores = np.array([json.loads(line)["score"] for line in out.splitlines()])
-    assert log_loss(valid.y, scores) == pytest.approx(losses[best], rel=1e-5)
+    kept = np.array([json.loads(line)["score"] for line in out.splitlines()])
+    assert sklearn_metric(valid.y, kept) == pytest.approx(values[best], rel=1e-5)
+    code, _, err = cli("train", "--train", train_file, "--model-dir", tmp_path / "stopped", *hp,
+                       f"epochs={best + 1}")
+    assert code == 0, err
+    code, out, _ = cli("predict", "--model-dir", tmp_path / "stopped", "--data", valid_file)
+    stopped = np.array([json.loads(line)["score"] for line in out.splitlines()])
+    np.testing.assert_allclose(kept, stopped, rtol=1e-6)
+
+
+def test_early_stopping_metric_must_be_one_the_predictor_computes(cli, tmp_path):
+    code, _, err = cli("train", "--train", tmp_path / "none", "--model-dir", tmp_path / "m",
+                       "feature_dim=4", "num_factors=2", "predictor_type=regressor",
+                       "early_stopping_metric=auc")
+    assert code == 1
+    assert "early_stopping_metric: 'auc' is not a metric of a regressor; expected one of rmse" \
+        in err
 
 
 def test_undefined_metric_is_null_in_strict_json(cli, tmp_path):

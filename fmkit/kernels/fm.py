@@ -304,11 +304,7 @@ def train_online(indptr, indices, values, labels, order, loss_kind, opt, cfg, B,
     Returns ``(sum of per-row losses before each update, new step count)``.
     """
     n = indptr.size - 1
-    parts = sums.shape[0]
-    if parts == 1:
-        loss = _train_rows(indptr, indices, values, labels, order, 0, n, loss_kind, opt, cfg,
-                           B, T, k, sums[0], step, 1)
-        return loss, step + n
+    parts = sums.shape[0]  # one part takes the same path: one compiled _train_rows, not two
     losses = np.zeros(parts)
     biases = np.empty((parts, 16 + B.shape[1]), B.dtype)  # 16: a cache line apart
     for part in prange(parts):

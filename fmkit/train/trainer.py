@@ -21,9 +21,9 @@ from fmkit import distributed
 from fmkit.data.batch import SparseBatch, rebatch, take
 from fmkit.errors import DataError, HyperparameterError, TrainingDiverged
 from fmkit.kernels import fm as kernels
-from fmkit.logs import DEFAULT_HOST, log
+from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
-from fmkit.metrics import require_rows
+from fmkit.metrics import require_rows, watched_metric
 from fmkit.models.fm import FMParameters
 from fmkit.train.checkpoint import Checkpointer, TrainingState, check_resumable
 from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config, training_tables
@@ -41,11 +41,16 @@ class EpochStats:
     loss: float
     rows: int
     seconds: float
-    validation_loss: float | None = None
+    validation: dict[str, float] | None = None  # the validation channel's metrics
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else float("inf")
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> EpochStats:
+        """An epoch of a checkpoint's history; fields of older versions are left out."""
+        return cls(**{name: saved[name] for name in cls.__dataclass_fields__ if name in saved})
 
 
 @dataclass
@@ -209,7 +214,8 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     rng = np.random.default_rng(hp["seed"])  # (several processes: see distributed_epoch)
     history: list[EpochStats] = []
     epochs = hp["epochs"]
-    best: tuple[float, int, FMParameters] | None = None
+    best: tuple[float, int, FMParameters] | None = None  # (watched value, epoch, weights)
+    watched, higher_is_better = watched_metric(hp["early_stopping_metric"], hp["predictor_type"])
     first_epoch, skip, resumed_rows, resumed_loss = 1, 0, 0, 0.0
     state = checkpoints.latest() if checkpoints is not None and resume else None
     if state is not None:
@@ -222,7 +228,7 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
         resumed_rows, resumed_loss = state.rows, state.loss_sum
         if world == 1:
             rng.bit_generator.state = state.rng_state
-        history = [EpochStats(**h) for h in state.history]
+        history = [EpochStats.from_dict(h) for h in state.history]
         log.info("resuming from %s: epoch %d, step %d", checkpoints.directory, state.epoch,
                  state.step)
     for epoch in range(first_epoch, epochs + 1):
@@ -263,15 +269,14 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
             raise TrainingDiverged(epoch)
         if validation is not None:
             current = FMParameters.from_table(bias[0, :1], table[:, : k + 1])  # a view, not a copy
-            stats.validation_loss = validation_loss(hp, current, validation)
-            log.info("#quality_metric: host=%s, epoch=%d, validation %s <loss>=%r", host, epoch,
-                     VALIDATION_METRIC[hp["predictor_type"]], stats.validation_loss)
-            if best is None or stats.validation_loss < best[0]:
-                best = (stats.validation_loss, epoch, current.copy())
+            stats.validation = validation_metrics(hp, current, validation, epoch, host)
+            value = stats.validation[watched]
+            if best is None or (value > best[0] if higher_is_better else value < best[0]):
+                best = (value, epoch, current.copy())
             patience = hp["early_stopping_patience"]
             if patience and epoch - best[1] >= patience:
-                log.info("early stopping after epoch %d: the best validation loss was at "
-                         "epoch %d", epoch, best[1])
+                log.info("early stopping after epoch %d: the best validation %s was at epoch "
+                         "%d", epoch, watched, best[1])
                 break
     if not (np.isfinite(table[:, : k + 1]).all() and np.isfinite(bias[0, 0])):
         raise TrainingDiverged(history[-1].epoch, "a weight")
@@ -284,13 +289,12 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     return FMParameters.from_table(bias[0, :1].copy(), weights), history
 
 
-VALIDATION_METRIC = {"binary_classifier": "binary_classification_cross_entropy",
-                     "regressor": "rmse"}
-
-
-def validation_loss(hp: dict[str, Any], params: FMParameters, validation: Source) -> float:
-    """The loss early stopping watches: log loss (classifier) or RMSE (regressor)."""
+def validation_metrics(hp: dict[str, Any], params: FMParameters, validation: Source,
+                       epoch: int, host: str) -> dict[str, float]:
+    """Every metric of the validation channel after ``epoch``, logged as SageMaker's
+    ``#quality_metric: host=..., epoch=N, validation auc <score>=...`` lines."""
     from fmkit.model import FMModel
 
     metrics = require_rows(FMModel(hp, params).evaluate(validation.blocks()), validation.name)
-    return float(metrics[VALIDATION_METRIC[hp["predictor_type"]]])
+    log_metrics("validation", metrics, host, epoch)
+    return metrics
