@@ -13,7 +13,7 @@ import pytest
 
 from fmkit.train.checkpoint import Checkpointer, TrainingState
 
-from .conftest import REPO, fmkit_executable, run_fmkit, shared_file
+from .conftest import REPO, fmkit_executable, shared_file
 
 HP = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=40",
       "mini_batch_size=8", "optimizer=adam", "seed=5"]
@@ -34,13 +34,15 @@ def _weights(model_dir) -> dict:
         return {name: npz[name] for name in npz.files}
 
 
-def kill_resume_and_compare(tmp_path, common: list, period: int, rtol: float) -> TrainingState:
+def kill_resume_and_compare(tmp_path, cli, common: list, period: int, rtol: float
+                            ) -> TrainingState:
     """Train ``fmkit COMMON`` uninterrupted; train it again with checkpoints every ``period``
-    steps, SIGKILL the whole process group (torchrun and its ranks, if any) as soon as a
-    checkpoint exists, resume; assert the two final models are equal. Returns the checkpoint
-    the run resumed from."""
-    straight = run_fmkit(*common, "--model-dir", tmp_path / "straight")
-    assert straight.returncode == 0, straight.stderr
+    steps in a subprocess, SIGKILL its whole process group (torchrun and its ranks, if any) as
+    soon as a checkpoint exists, resume; assert the two final models are equal. Returns the
+    checkpoint the run resumed from. The uninterrupted and resumed runs are in-process
+    (``cli``): only the killed one needs a process of its own."""
+    code, _, err = cli(*common, "--model-dir", tmp_path / "straight")
+    assert code == 0, err
     checkpoints = tmp_path / "checkpoints"
     args = [*common, "--model-dir", tmp_path / "resumed", "--checkpoint-dir", checkpoints,
             "--checkpoint-steps", str(period)]
@@ -55,8 +57,8 @@ def kill_resume_and_compare(tmp_path, common: list, period: int, rtol: float) ->
     assert not (tmp_path / "resumed").exists()
     state = Checkpointer(checkpoints).latest()
     assert state is not None
-    resumed = run_fmkit(*args, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
+    code, _, err = cli(*args, "--resume")
+    assert code == 0, err
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert set(a) == set(b)
     for name in a:
@@ -64,24 +66,24 @@ def kill_resume_and_compare(tmp_path, common: list, period: int, rtol: float) ->
     return state
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(channel, tmp_path):
+def test_sigkill_then_resume_equals_an_uninterrupted_run(channel, tmp_path, cli):
     common = ["train", "--train", channel, "--index-base", "1", "--quiet", *HP]
-    state = kill_resume_and_compare(tmp_path, common, 2000, 1e-5)
+    state = kill_resume_and_compare(tmp_path, cli, common, 2000, 1e-5)
     assert state.epoch < 40
     print(f"killed; resuming from epoch {state.epoch}, chunk {state.chunks_done}, "
           f"step {state.step}")
 
 
-def test_resume_refuses_other_hyperparameters(channel, tmp_path):
+def test_resume_refuses_other_hyperparameters(channel, tmp_path, cli):
     checkpoints = tmp_path / "c"
-    first = run_fmkit("train", "--train", channel, "--index-base", "1", "--quiet", *HP[:3],
-                      "epochs=1", *HP[4:], "--model-dir", tmp_path / "m", "--checkpoint-dir",
-                      checkpoints, "--checkpoint-steps", "500")
-    assert first.returncode == 0, first.stderr
-    again = run_fmkit("train", "--train", channel, "--index-base", "1", "--quiet", *HP[:3],
-                      "epochs=2", "mini_batch_size=16", "optimizer=adam", "seed=5",
-                      "--model-dir", tmp_path / "m", "--checkpoint-dir", checkpoints, "--resume")
-    assert again.returncode == 1 and "other hyperparameters (mini_batch_size)" in again.stderr
+    code, _, err = cli("train", "--train", channel, "--index-base", "1", "--quiet", *HP[:3],
+                       "epochs=1", *HP[4:], "--model-dir", tmp_path / "m", "--checkpoint-dir",
+                       checkpoints, "--checkpoint-steps", "500")
+    assert code == 0, err
+    code, _, err = cli("train", "--train", channel, "--index-base", "1", "--quiet", *HP[:3],
+                       "epochs=2", "mini_batch_size=16", "optimizer=adam", "seed=5",
+                       "--model-dir", tmp_path / "m", "--checkpoint-dir", checkpoints, "--resume")
+    assert code == 1 and "other hyperparameters (mini_batch_size)" in err
 
 
 def test_a_half_written_checkpoint_is_ignored(tmp_path):
@@ -93,31 +95,31 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
     assert saver.latest().step == 3
 
 
-def test_deepfm_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+def test_deepfm_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, cli):
     train = shared_file("criteo_kaggle_head1000", "train.txt")
     common = ["train", "--config", REPO / "examples" / "deepfm_criteo.yaml", "--quiet",
               "--set", f"train_input_path={train}", "--set", "eval_input_path=",
               "--set", "train_config.num_epochs=6", "--set", "data_config.batch_size=32",
               "--set", "data_config.shuffle=true",
               "--set", "model_config.deepfm.deep.dropout_ratio=[0.2]"]
-    state = kill_resume_and_compare(tmp_path, common, 40, 1e-4)
+    state = kill_resume_and_compare(tmp_path, cli, common, 40, 1e-4)
     print(f"DeepFM killed; resuming from epoch {state.epoch}, batch {state.chunks_done}, "
           f"step {state.step}")
 
 
-def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(channel, tmp_path):
+def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(channel, tmp_path, cli):
     hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=8",
           "mini_batch_size=200", "optimizer=adam", "seed=5"]
     common = ["train", "--nproc", "2", "--train", channel, "--index-base", "1", "--quiet", *hp]
-    state = kill_resume_and_compare(tmp_path, common, 100, 1e-5)
+    state = kill_resume_and_compare(tmp_path, cli, common, 100, 1e-5)
     print(f"2 processes killed; resuming from epoch {state.epoch}, step {state.step}")
 
 
-def test_deepfm_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(tmp_path):
+def test_deepfm_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(tmp_path, cli):
     train = shared_file("criteo_kaggle_head1000", "train.txt")
     common = ["train", "--nproc", "2", "--config", REPO / "examples" / "deepfm_criteo.yaml",
               "--quiet", "--set", f"train_input_path={train}", "--set", "eval_input_path=",
               "--set", "train_config.num_epochs=6", "--set", "data_config.batch_size=64",
               "--set", "data_config.shuffle=true"]
-    state = kill_resume_and_compare(tmp_path, common, 20, 1e-4)
+    state = kill_resume_and_compare(tmp_path, cli, common, 20, 1e-4)
     print(f"DeepFM on 2 processes killed; resuming from epoch {state.epoch}, step {state.step}")
