@@ -11,11 +11,11 @@ from pathlib import Path
 from fmkit import distributed
 from fmkit._version import __version__
 from fmkit.artifact import strict_json
+from fmkit.data.codecs import CONTENT_TYPES
 from fmkit.data.sources import FORMATS
 from fmkit.errors import FMKitError, HyperparameterError
 from fmkit.hyperparameters import BY_NAME, TABLE
 from fmkit.logs import log, setup_logging
-from fmkit.serve.codecs import CONTENT_TYPES
 
 TRAIN_EXAMPLE = """examples:
   fmkit train --train a9a --test a9a.t --model-dir model/ \\

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 
-from fmkit.data.synthetic import planted_ctr
 from fmkit.estimators import FMClassifier
 from fmkit.logs import log
 from fmkit.metrics import auc, log_loss_from_logits
 from fmkit.models.fm import sigmoid
+from fmkit.models.planted import planted_ctr
 
 FIELD_SIZES = [1000, 500, 200, 100, 50, 20, 10, 5]
 

@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from fmkit import artifact, distributed, files
+from fmkit.data import codecs
 from fmkit.data.batch import SparseBatch
 from fmkit.data.sources import (
     INDEXED_FORMATS,
@@ -24,7 +25,6 @@ from fmkit.hyperparameters import validate
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.metrics import require_rows
 from fmkit.model import FMModel, label_mode, load_model
-from fmkit.serve import codecs
 from fmkit.train.checkpoint import Checkpointer
 from fmkit.train.optimizers import check_memory
 from fmkit.train.trainer import train
@@ -63,7 +63,7 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     artifact.check_destination(model_dir)
     check_memory(hp)
     if device != "cpu":  # before any data is read
-        from fmkit.train.device import resolve_device
+        from fmkit.models.fm_torch import resolve_device
 
         resolve_device(device)
     source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp["predictor_type"]),
@@ -94,7 +94,8 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     scored = scored or {}
     artifact.check_destination(model_dir)
     if device != "cpu":
-        from fmkit.train.device import resolve_device, train_on_device
+        from fmkit.models.fm_torch import resolve_device
+        from fmkit.train.device import train_on_device
 
         if scored.get("validation") is not None or checkpoints is not None:
             raise HyperparameterError(f"--device {device}: validation channels and "

@@ -55,7 +55,7 @@ class FMModel:
     def to(self, device: str) -> FMModel:
         """Score on a PyTorch device (``cuda``) instead of the compiled CPU kernels."""
         if device != "cpu":
-            from fmkit.train.device import DeviceScorer, resolve_device
+            from fmkit.models.fm_torch import DeviceScorer, resolve_device
 
             self._scorer = DeviceScorer(self.params, resolve_device(device))
         return self
@@ -87,8 +87,8 @@ class FMModel:
              ) -> Iterator[SparseBatch]:
         """Blocks of a channel (``fmt``: a training format, or ``json``/``jsonlines`` request
         bodies); ``labelled`` checks the labels for this predictor type."""
+        from fmkit.data import codecs
         from fmkit.data.sources import FileSource
-        from fmkit.serve import codecs
 
         if fmt not in ("json", "jsonlines"):
             labels = self.label_mode if labelled else None
@@ -104,8 +104,8 @@ class FMModel:
         yield from codecs.read_request_files(path, fmt, decode)
 
     def request_decoder(self):
-        """Decodes request bodies into batches for this model (see :mod:`fmkit.serve.codecs`)."""
-        from fmkit.serve import codecs
+        """Decodes request bodies into batches for this model (see :mod:`fmkit.data.codecs`)."""
+        from fmkit.data import codecs
 
         return codecs.RequestDecoder(self.feature_dim)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fmkit.serve import codecs
+from fmkit.data import codecs
 
 
 def random_instances(rng: np.random.Generator, n: int, d: int) -> list:

@@ -102,7 +102,7 @@ def test_deepfm_on_cuda_learns_as_on_cpu(tmp_path):
 def test_scoring_on_the_cpu_device_equals_the_brute_force_fm():
     from fmkit.data.batch import SparseBatch
     from fmkit.models.fm import FMParameters
-    from fmkit.train.device import DeviceScorer
+    from fmkit.models.fm_torch import DeviceScorer
 
     X, _ = _problem(2)
     rng = np.random.default_rng(3)

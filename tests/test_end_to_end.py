@@ -156,7 +156,7 @@ def test_early_stopping_on_each_metric_keeps_the_best_epoch(cli, tmp_path, metri
     """A tiny noisy training set overfits; training stops `early_stopping_patience` epochs
     after the best epoch of the chosen metric and keeps that epoch's weights: the same as a
     run stopped at that epoch, with the validation metric sklearn computes from them."""
-    from fmkit.data.synthetic import planted_ctr
+    from fmkit.models.planted import planted_ctr
 
     key, higher_is_better, sklearn_metric = WATCHED[metric]
     predictor = "regressor" if metric == "rmse" else "binary_classifier"

@@ -9,7 +9,7 @@ from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 from sklearn.model_selection import cross_val_score
 
 from fmkit import FMClassifier, FMRegressor, HyperparameterError, load
-from fmkit.data.synthetic import planted_ctr
+from fmkit.models.planted import planted_ctr
 
 
 @pytest.fixture(scope="module")

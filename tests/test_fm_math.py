@@ -207,8 +207,8 @@ def _planted_auc(hp, threads: int) -> tuple[float, float, int]:
     from sklearn.metrics import roc_auc_score
 
     from fmkit.data.sources import ArraySource
-    from fmkit.data.synthetic import planted_ctr
     from fmkit.model import FMModel
+    from fmkit.models.planted import planted_ctr
     from fmkit.train.trainer import train
 
     train_part, test_part = planted_ctr(80000, [300, 200, 100, 50, 20], seed=11).split(60000)

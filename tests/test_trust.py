@@ -29,11 +29,11 @@ from sagemaker.amazon.record_pb2 import Record  # noqa: E402
 from sklearn.datasets import load_svmlight_file  # noqa: E402
 
 from fmkit import files  # noqa: E402
+from fmkit.data import codecs  # noqa: E402
 from fmkit.errors import DataError  # noqa: E402
 from fmkit.jobs import predict_files, train_files  # noqa: E402
 from fmkit.model import FMModel  # noqa: E402
 from fmkit.models.fm import reference_logits, sigmoid  # noqa: E402
-from fmkit.serve import codecs  # noqa: E402
 
 from .conftest import run_fmkit, shared_file  # noqa: E402
 from .deepfm_helpers import small  # noqa: E402

@@ -27,7 +27,7 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     ``eval_input_path`` (if set) with the FM metrics, write ``model_dir``; returns the model
     and the metrics stored in ``metrics.json``. ``checkpoints``/``resume``: see
     :func:`fmkit.deepfm.train.train_network`."""
-    from fmkit.train.device import resolve_device
+    from fmkit.models.fm_torch import resolve_device
 
     target = resolve_device(distributed.local_device(device))
     for name in ("train_input_path", "model_dir"):

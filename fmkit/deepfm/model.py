@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fmkit import artifact
-from fmkit.data import columns
+from fmkit.data import codecs, columns
 from fmkit.data.columns import ColumnBatch
 from fmkit.deepfm import config as configs
 from fmkit.deepfm.batches import take_rows
@@ -28,7 +28,6 @@ from fmkit.deepfm.network import DeepFMNet
 from fmkit.errors import ArtifactError, DataError, FMKitError, excerpt
 from fmkit.memory import check_fits
 from fmkit.metrics import metrics_of_parts, prediction_fields
-from fmkit.serve import codecs
 
 MODEL_TYPE = "deepfm"
 SCORING_ROWS = 4096
@@ -57,7 +56,7 @@ class DeepFMModel:
     def to(self, device: str) -> DeepFMModel:
         """Score on a PyTorch device (``cuda``)."""
         if device != "cpu":
-            from fmkit.train.device import resolve_device
+            from fmkit.models.fm_torch import resolve_device
 
             self.net.to(resolve_device(device))
         return self

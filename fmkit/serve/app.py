@@ -23,9 +23,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from fmkit.data import codecs
 from fmkit.errors import FMKitError
 from fmkit.model import load_model
-from fmkit.serve import codecs
 
 log = logging.getLogger("fmkit.serve")
 

@@ -19,68 +19,12 @@ import numpy as np
 
 from fmkit import distributed
 from fmkit.data.batch import SparseBatch
-from fmkit.errors import DataError, HyperparameterError, TrainingDiverged
+from fmkit.errors import DataError, TrainingDiverged
 from fmkit.logs import log
 from fmkit.models.fm import FMParameters, init_parameters
+from fmkit.models.fm_torch import batch_tensors, fm_logits
 from fmkit.train.optimizers import apply_rule, ftrl_initial_z
-
-
-def resolve_device(name: str):
-    """A torch device for ``name`` (``cpu``, ``cuda``, ``cuda:1``); an error naming the problem
-    when PyTorch cannot use it."""
-    import torch
-
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HyperparameterError(f"--device {name}: PyTorch sees no CUDA device here")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise HyperparameterError(f"--device {name}: {e}") from None
-
-
-def _batch_tensors(batch: SparseBatch, device, dtype):
-    import torch
-
-    counts = np.diff(batch.indptr)
-    rows = torch.from_numpy(np.repeat(np.arange(batch.n_rows), counts)).to(device)
-    ids = torch.from_numpy(batch.indices.astype(np.int64)).to(device)
-    values = torch.from_numpy(batch.values).to(device=device, dtype=dtype)
-    labels = (torch.from_numpy(batch.labels).to(device=device, dtype=dtype)
-              if batch.labels is not None else None)
-    return rows, ids, values, labels
-
-
-def fm_logits(b, w, V, rows, ids, values, n: int, position=None):
-    """y_hat of ``n`` rows given as COO (``rows``, ``ids``, ``values``) tensors; ``w`` and ``V``
-    are the rows of the features ``ids`` index (or, with ``position``, of ``ids[position]``)."""
-    import torch
-
-    index = ids if position is None else position
-    kind = {"dtype": values.dtype, "device": values.device}
-    linear = torch.zeros(n, **kind).index_add(0, rows, w[index] * values)
-    vx = V[index] * values[:, None]
-    sums = torch.zeros((n, V.shape[1]), **kind).index_add(0, rows, vx)
-    squares = torch.zeros(n, **kind).index_add(0, rows, (vx * vx).sum(1))
-    return b + linear + 0.5 * ((sums * sums).sum(1) - squares)
-
-
-class DeviceScorer:
-    """An FM's weights on a PyTorch device, scoring batches there (``fmkit predict --device``)."""
-
-    def __init__(self, params: FMParameters, device):
-        import torch
-
-        self.device = device
-        self.w0, self.w, self.V = (torch.from_numpy(np.ascontiguousarray(a)).to(device)
-                                   for a in (params.w0, params.w, params.V))
-
-    def logits(self, batch: SparseBatch) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            rows, ids, values, _ = _batch_tensors(batch, self.device, self.w.dtype)
-            y = fm_logits(self.w0, self.w, self.V, rows, ids, values, batch.n_rows)
-        return y.double().cpu().numpy()
+from fmkit.train.trainer import EpochStats, local_batches
 
 
 def _batch_gradient(batch: SparseBatch | None, w0, w, V, hp: dict[str, Any], device, dtype):
@@ -92,7 +36,7 @@ def _batch_gradient(batch: SparseBatch | None, w0, w, V, hp: dict[str, Any], dev
         return (torch.zeros(0, dtype=torch.int64, device=device),
                 torch.zeros((0, V.shape[1] + 1), dtype=dtype, device=device),
                 torch.zeros_like(w0), 0.0, 0)
-    rows, ids, values, labels = _batch_tensors(batch, device, dtype)
+    rows, ids, values, labels = batch_tensors(batch, device, dtype)
     touched, position = torch.unique(ids, return_inverse=True)
     b = w0.clone().requires_grad_()
     w_rows = w[touched].clone().requires_grad_()
@@ -117,7 +61,6 @@ def train_on_device(hp: dict[str, Any], source, device, params: FMParameters | N
     import torch
     from tqdm import tqdm
 
-    from fmkit.train.trainer import EpochStats, local_batches
 
     dtype = dtype or torch.float32
     name = hp["optimizer"]
