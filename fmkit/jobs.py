@@ -97,12 +97,12 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
         from fmkit.models.fm_torch import resolve_device
         from fmkit.train.device import train_on_device
 
-        if scored.get("validation") is not None or checkpoints is not None:
-            raise HyperparameterError(f"--device {device}: validation channels and "
-                                      "checkpoints are for CPU training")
+        if checkpoints is not None:
+            raise HyperparameterError(f"--device {device}: checkpoints are for CPU training")
         params, history = train_on_device(hp, source,
                                           resolve_device(distributed.local_device(device)),
-                                          progress=progress)
+                                          validation=scored.get("validation"),
+                                          progress=progress, host=host)
     else:
         params, history = train(hp, source, validation=scored.get("validation"),
                                 progress=progress, host=host, checkpoints=checkpoints,

@@ -151,11 +151,13 @@ WATCHED = {
 }
 
 
+@pytest.mark.parametrize("device", ["cpu", "cpu:0"])
 @pytest.mark.parametrize("metric", list(WATCHED))
-def test_early_stopping_on_each_metric_keeps_the_best_epoch(cli, tmp_path, metric):
+def test_early_stopping_on_each_metric_keeps_the_best_epoch(cli, tmp_path, metric, device):
     """A tiny noisy training set overfits; training stops `early_stopping_patience` epochs
     after the best epoch of the chosen metric and keeps that epoch's weights: the same as a
-    run stopped at that epoch, with the validation metric sklearn computes from them."""
+    run stopped at that epoch, with the validation metric sklearn computes from them. On the
+    compiled kernels (``cpu``) and on the PyTorch device path (``cpu:0``, PyTorch's CPU)."""
     from fmkit.models.planted import planted_ctr
 
     key, higher_is_better, sklearn_metric = WATCHED[metric]
@@ -165,7 +167,8 @@ def test_early_stopping_on_each_metric_keeps_the_best_epoch(cli, tmp_path, metri
     train_file, valid_file = tmp_path / "train.libsvm", tmp_path / "valid.libsvm"
     dump_svmlight_file(train.X, train.y, str(train_file), zero_based=True)
     dump_svmlight_file(valid.X, valid.y, str(valid_file), zero_based=True)
-    hp = ["--index-base", "0", "feature_dim=600", "num_factors=16", f"predictor_type={predictor}",
+    hp = ["--index-base", "0", "--device", device, "feature_dim=600", "num_factors=16",
+          f"predictor_type={predictor}",
           "mini_batch_size=10", "bias_lr=0.05", "linear_lr=0.05", "factors_lr=0.05",
           "linear_wd=0", "factors_wd=0", "factors_init_sigma=0.1"]
     code, _, err = cli("train", "--train", train_file, "--validation", valid_file,

@@ -20,11 +20,12 @@ import numpy as np
 from fmkit import distributed
 from fmkit.data.batch import SparseBatch
 from fmkit.errors import DataError, TrainingDiverged
-from fmkit.logs import log
+from fmkit.logs import DEFAULT_HOST, log
 from fmkit.models.fm import FMParameters, init_parameters
 from fmkit.models.fm_torch import batch_tensors, fm_logits
+from fmkit.train.callbacks import EarlyStopping
 from fmkit.train.optimizers import apply_rule, ftrl_initial_z
-from fmkit.train.trainer import EpochStats, local_batches
+from fmkit.train.trainer import EpochStats, local_batches, validation_metrics
 
 
 def _batch_gradient(batch: SparseBatch | None, w0, w, V, hp: dict[str, Any], device, dtype):
@@ -52,9 +53,11 @@ def _batch_gradient(batch: SparseBatch | None, w0, w, V, hp: dict[str, Any], dev
 
 
 def train_on_device(hp: dict[str, Any], source, device, params: FMParameters | None = None, *,
-                    progress: bool | None = None, dtype=None) -> tuple[FMParameters, list]:
+                    validation=None, progress: bool | None = None, dtype=None,
+                    host: str = DEFAULT_HOST) -> tuple[FMParameters, list]:
     """Train an FM on ``device`` with mini-batches of ``mini_batch_size``; returns the weights
-    (numpy) and per-epoch statistics, as :func:`fmkit.train.trainer.train` does. With several
+    (numpy) and per-epoch statistics, as :func:`fmkit.train.trainer.train` does (a
+    ``validation`` source drives early stopping the same way). With several
     processes each computes the gradient of its share of every step and the sparse gradient
     rows are gathered and summed in rank order (as the CPU trainer does), so every replica
     takes the same step."""
@@ -80,6 +83,12 @@ def train_on_device(hp: dict[str, Any], source, device, params: FMParameters | N
     rng = np.random.default_rng(hp["seed"])
     show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
     history, step = [], 0
+    stopper = EarlyStopping(hp["early_stopping_metric"], hp["predictor_type"],
+                            hp["early_stopping_patience"])
+
+    def weights() -> FMParameters:
+        return FMParameters(*(t.cpu().numpy().astype(np.float32) for t in (w0, w, V)))
+
     for epoch in range(1, hp["epochs"] + 1):
         started, rows_seen, loss_sum = time.perf_counter(), 0, 0.0
         if world > 1:  # per-epoch generators, as the CPU trainer's several processes use
@@ -126,6 +135,10 @@ def train_on_device(hp: dict[str, Any], source, device, params: FMParameters | N
         history.append(stats)
         log.info("epoch %d/%d: train loss %.6f over %d rows (%.0f rows/s) on %s", epoch,
                  hp["epochs"], stats.loss, rows_seen, stats.rows_per_second, device)
-    result = FMParameters(w0.cpu().numpy().astype(np.float32), w.cpu().numpy().astype(np.float32),
-                          V.cpu().numpy().astype(np.float32))
-    return result, history
+        if validation is not None:
+            current = weights()
+            stats.validation = validation_metrics(hp, current, validation, epoch, host)
+            if stopper.update(epoch, stats.validation, current.copy):
+                break
+    best = stopper.best_weights
+    return (best if best is not None else weights()), history

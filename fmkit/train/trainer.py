@@ -23,8 +23,9 @@ from fmkit.errors import DataError, HyperparameterError, TrainingDiverged
 from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
-from fmkit.metrics import require_rows, watched_metric
+from fmkit.metrics import require_rows
 from fmkit.models.fm import FMParameters
+from fmkit.train.callbacks import EarlyStopping
 from fmkit.train.checkpoint import Checkpointer, TrainingState, check_resumable
 from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config, training_tables
 
@@ -190,8 +191,9 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     """Train an FM with validated hyperparameters ``hp`` on ``source``; return weights and history.
 
     ``params`` continues from given weights (a fresh optimizer state is used). With a
-    ``validation`` source, its loss is measured after every epoch, the best epoch's weights are
-    returned, and training stops after ``early_stopping_patience`` epochs without improvement.
+    ``validation`` source, its metrics are measured after every epoch, the weights of the best
+    epoch of ``early_stopping_metric`` are returned, and training stops after
+    ``early_stopping_patience`` epochs without improvement (:class:`EarlyStopping`).
     ``progress``: True/False forces the bar on/off, None shows it only when stderr is a
     terminal. ``checkpoints`` saves the training state periodically (see
     :mod:`fmkit.train.checkpoint`); with ``resume`` training continues from its newest one.
@@ -214,8 +216,8 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     rng = np.random.default_rng(hp["seed"])  # (several processes: see distributed_epoch)
     history: list[EpochStats] = []
     epochs = hp["epochs"]
-    best: tuple[float, int, FMParameters] | None = None  # (watched value, epoch, weights)
-    watched, higher_is_better = watched_metric(hp["early_stopping_metric"], hp["predictor_type"])
+    stopper = EarlyStopping(hp["early_stopping_metric"], hp["predictor_type"],
+                            hp["early_stopping_patience"])
     first_epoch, skip, resumed_rows, resumed_loss = 1, 0, 0, 0.0
     state = checkpoints.latest() if checkpoints is not None and resume else None
     if state is not None:
@@ -270,18 +272,12 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
         if validation is not None:
             current = FMParameters.from_table(bias[0, :1], table[:, : k + 1])  # a view, not a copy
             stats.validation = validation_metrics(hp, current, validation, epoch, host)
-            value = stats.validation[watched]
-            if best is None or (value > best[0] if higher_is_better else value < best[0]):
-                best = (value, epoch, current.copy())
-            patience = hp["early_stopping_patience"]
-            if patience and epoch - best[1] >= patience:
-                log.info("early stopping after epoch %d: the best validation %s was at epoch "
-                         "%d", epoch, watched, best[1])
+            if stopper.update(epoch, stats.validation, current.copy):
                 break
     if not (np.isfinite(table[:, : k + 1]).all() and np.isfinite(bias[0, 0])):
         raise TrainingDiverged(history[-1].epoch, "a weight")
-    if best is not None:
-        return best[2], history
+    if stopper.best_weights is not None:
+        return stopper.best_weights, history
     weights = table  # plain SGD's table holds the weights alone: it is the model
     if table.shape[1] != k + 1:
         weights = prefaulted_zeros((table.shape[0], k + 1), table.dtype)
