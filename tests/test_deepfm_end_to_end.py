@@ -167,3 +167,59 @@ def test_predict_reads_request_body_files(trained, cli, tmp_path):
     bad.write_text('{"I1": 1}\n{"I1": \n')
     code, _, err = cli("predict", "--model-dir", trained, "--data", bad, "--format", "jsonlines")
     assert code == 1 and f"{bad}: line 2: malformed JSON" in err
+
+
+@pytest.mark.parametrize("metric, key, higher_is_better, sklearn_metric", [
+    ("auc", "auc", True, roc_auc_score),
+    ("validation:binary_classification_cross_entropy", "binary_classification_cross_entropy",
+     False, log_loss),
+])
+def test_early_stopping_keeps_the_best_epoch(tmp_path, cli, metric, key, higher_is_better,
+                                             sklearn_metric):
+    """700 Criteo rows overfit within a few epochs: with train_config.early_stopping_patience
+    the run scores eval_input_path after every epoch, stops two epochs after the best one and
+    keeps its weights: those of a run stopped at that epoch, with the metric sklearn computes
+    from their predictions."""
+    lines = shared_file("criteo_kaggle_head1000", "train.txt").read_text().splitlines(True)
+    train, valid = tmp_path / "train.txt", tmp_path / "valid.txt"
+    train.write_text("".join(lines[:700]))
+    valid.write_text("".join(lines[700:]))
+    labels = [int(row["label"]) for row in criteo_rows(valid)]
+    common = ["train", "--config", EXAMPLE, "--quiet", "--set", f"train_input_path={train}",
+              "--set", "data_config.batch_size=32", "--set", "data_config.shuffle=true",
+              "--set", "train_config.sparse_optimizer.adagrad_optimizer.lr=0.2"]
+
+    def predictions(model_dir) -> np.ndarray:
+        code, out, err = cli("predict", "--model-dir", model_dir, "--data", valid)
+        assert code == 0, err
+        return np.array([json.loads(line)["score"] for line in out.splitlines()])
+
+    code, _, err = cli(*common, "--set", f"eval_input_path={valid}",
+                       "--set", f"model_dir={tmp_path / 'stopped'}",
+                       "--set", "train_config.num_epochs=40",
+                       "--set", "train_config.early_stopping_patience=2",
+                       "--set", f"train_config.early_stopping_metric={metric}")
+    assert code == 0, err
+    history = json.loads((tmp_path / "stopped" / "metrics.json").read_text())["train"]
+    values = np.array([h["validation"][key] for h in history])
+    best = int(np.argmax(values) if higher_is_better else np.argmin(values))
+    assert len(history) < 40 and len(history) == best + 1 + 2
+    kept = predictions(tmp_path / "stopped")
+    assert sklearn_metric(labels, kept) == pytest.approx(values[best], rel=1e-4)
+    code, _, err = cli(*common, "--set", "eval_input_path=",
+                       "--set", f"model_dir={tmp_path / 'short'}",
+                       "--set", f"train_config.num_epochs={best + 1}")
+    assert code == 0, err
+    np.testing.assert_allclose(kept, predictions(tmp_path / "short"), rtol=1e-5, atol=1e-7)
+
+
+def test_early_stopping_needs_an_eval_input_path(tmp_path, cli):
+    code, _, err = cli("train", "--config", EXAMPLE, "--set", "eval_input_path=",
+                       "--set", f"model_dir={tmp_path / 'm'}",
+                       "--set", "train_config.early_stopping_patience=2")
+    assert code == 1
+    assert "train_config.early_stopping_patience: early stopping scores eval_input_path" in err
+    code, _, err = cli("train", "--config", EXAMPLE, "--set", f"model_dir={tmp_path / 'm'}",
+                       "--set", "train_config.early_stopping_patience=2",
+                       "--set", "train_config.early_stopping_metric=rmse")
+    assert code == 1 and "'rmse' is not a metric of a binary_classifier" in err

@@ -188,6 +188,10 @@ class TrainConfig:
     num_steps: int | None = None
     log_step_count_steps: int = 100
     seed: int = 0  # fmkit's own: parameter init, dropout and shuffling
+    # fmkit's own: > 0 scores eval_input_path after every epoch, keeps the best epoch's
+    # weights and stops after this many epochs without a better early_stopping_metric
+    early_stopping_patience: int = 0
+    early_stopping_metric: str = "auto"
 
 
 @dataclass

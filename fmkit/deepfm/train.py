@@ -103,6 +103,7 @@ class EpochStats:
     steps: int
     loss: float
     seconds: float
+    validation: dict[str, float] | None = None  # eval_input_path's metrics (early stopping)
 
 
 def _optimizer_arrays(optimizers: list[torch.optim.Optimizer]) -> tuple[dict, dict]:
@@ -149,9 +150,12 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
                   batch_size: int, loss_kind: str, label_smoothing: float = 0.0,
                   shuffle: bool = False, progress: bool | None = None,
                   checkpoints: Checkpointer | None = None, resume: bool = False,
-                  run_id: dict | None = None) -> list[EpochStats]:
+                  run_id: dict | None = None,
+                  after_epoch: Callable[[EpochStats], bool] | None = None) -> list[EpochStats]:
     """Train ``net`` in place over ``num_epochs`` passes of ``blocks()`` (or ``num_steps``
-    mini-batches); returns per-epoch statistics. ``checkpoints`` saves the network, the
+    mini-batches); returns per-epoch statistics. ``after_epoch(stats)`` runs after every
+    epoch with the network in eval mode (validation, early stopping) and stops training by
+    returning True. ``checkpoints`` saves the network, the
     optimizers' state and the position (epoch, mini-batches done, the shuffling and dropout
     generators) periodically; ``resume`` continues from the newest checkpoint, replaying the
     epoch's data order. ``run_id`` (the configuration) must match the checkpoint's."""
@@ -252,5 +256,11 @@ def train_network(net: nn.Module, blocks: Callable[[], Iterator[Encoded]], confi
                  stats.loss, seconds, rows / max(seconds, 1e-9))
         if config.num_steps and steps >= config.num_steps or rows == 0:
             break
+        if after_epoch is not None:
+            net.eval()
+            stop = after_epoch(stats)
+            net.train()
+            if stop:
+                break
     net.eval()
     return history
