@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -265,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                              progress=False if args.quiet else None, cache=args.cache,
                              checkpoints=_checkpointer(args), resume=args.resume,
                              device=args.device)
-        elif args.command == "evaluate":
+        if args.command == "train":
+            distributed.shutdown()  # finished: leave together with the other processes
+        if args.command == "evaluate":
             print(strict_json(jobs.evaluate_files(args.model_dir, args.data, fmt=args.format,
                                                   device=args.device)))
         elif args.command == "predict":
@@ -305,9 +308,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fmkit: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:  # a collective whose peer failed: that peer printed why
+        if args.command != "train" or not distributed.active():
+            raise
+        rank = distributed.rank_and_size()[0]
+        why = re.sub(r"^\[[^]]*\]\s*", "", str(e).splitlines()[0] if str(e) else "")
+        print(f"fmkit: error: process {rank}: another training process stopped (its message "
+              f"is above): {why[:100]}", file=sys.stderr)
+        return 1
     finally:
         if args.command == "train":
-            distributed.shutdown()
+            distributed.shutdown(wait_for_peers=False)  # a no-op after a finished run
     return 0
 
 

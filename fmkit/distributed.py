@@ -93,8 +93,10 @@ def init_hosts(hosts: list[str], current_host: str) -> bool:
     return init_from_environment()
 
 
-def shutdown(timeout_s: float = 120.0) -> None:
-    """Leave the process group together: a barrier, then ``destroy_process_group``.
+def shutdown(wait_for_peers: bool = True, timeout_s: float = 120.0) -> None:
+    """Leave the process group: after a run that finished, together (a barrier, then
+    ``destroy_process_group``); after a failure, at once (``wait_for_peers=False``: the peers
+    may be blocked in a collective this process will never join; torchrun stops them).
 
     A process that tears Gloo down while a peer is still in a collective (rank 0 scoring the
     test channel, say), or that exits with the group still alive, can abort at exit
@@ -105,11 +107,12 @@ def shutdown(timeout_s: float = 120.0) -> None:
     from datetime import timedelta
 
     dist = _dist()
-    try:
-        dist.monitored_barrier(group=_cpu_group, timeout=timedelta(seconds=timeout_s))
-    except RuntimeError as e:  # a peer failed or left: nothing more to wait for
-        print(f"fmkit: warning: leaving the process group without its peers ({e})"[:300],
-              file=sys.stderr)
+    if wait_for_peers:
+        try:
+            dist.monitored_barrier(group=_cpu_group, timeout=timedelta(seconds=timeout_s))
+        except RuntimeError as e:  # a peer failed or left: nothing more to wait for
+            print(f"fmkit: warning: leaving the process group without its peers ({e})"[:300],
+                  file=sys.stderr)
     dist.destroy_process_group()
 
 
@@ -163,10 +166,23 @@ def sum_sparse_rows(header: np.ndarray, ids: np.ndarray, rows: np.ndarray,
     return heads.sum(axis=0), ids, rows
 
 
+# torchrun's own entry point, minus its report of a failed process: that process has
+# printed its one-line error already, and torchrun would add a traceback of its own
+_TORCHRUN = """import logging, sys
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import main
+logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+try:
+    main()
+except ChildFailedError:
+    sys.exit(1)
+"""
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """``fmkit ARGV`` on ``nproc`` local processes through torchrun; returns its exit code."""
     threads = max(1, (os.cpu_count() or 1) // nproc)
     env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "fmkit", *argv]
+    command = [sys.executable, "-c", _TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "fmkit", *argv]
     return subprocess.run(command, env=env).returncode

@@ -166,6 +166,7 @@ def train(opt_ml: OptML | None = None) -> int:
                   for name in ("test", "validation") if name in channels}
         jobs.train_sources(hp, source, opt_ml.model / SAGEMAKER_SUBDIR, scored, host=host,
                            progress=False)
+        distributed.shutdown()  # finished: leave together with the other hosts
         return 0
     except Exception as e:  # every failure must reach output/failure
         reason = str(e) if isinstance(e, FMKitError) else f"{type(e).__name__}: {e}"
@@ -175,7 +176,7 @@ def train(opt_ml: OptML | None = None) -> int:
         opt_ml.failure.write_text(reason[:1024] + "\n")
         return 255
     finally:
-        distributed.shutdown()
+        distributed.shutdown(wait_for_peers=False)  # a no-op after a finished run
 
 
 def serve(opt_ml: OptML | None = None, workers: int | None = None) -> None:

@@ -170,7 +170,6 @@ def test_predict_reads_request_body_files(trained, cli, tmp_path):
 
 
 @pytest.mark.parametrize("metric, key, higher_is_better, sklearn_metric", [
-    ("auc", "auc", True, roc_auc_score),
     ("validation:binary_classification_cross_entropy", "binary_classification_cross_entropy",
      False, log_loss),
 ])

@@ -137,3 +137,22 @@ def test_deepfm_on_two_processes_matches_one(tmp_path):
     print(f"MovieLens 100k DeepFM, 2 epochs: test AUC 1 process {one['test']['auc']:.4f}, "
           f"2 processes {m2['auc']:.4f}")
     assert abs(one["test"]["auc"] - m2["auc"]) < 0.01
+
+
+def test_a_failing_process_ends_the_run_with_one_line_per_process(tmp_path):
+    """A malformed row on one process's shard: every process says one line, no traceback
+    (neither the peers' lost collectives nor torchrun's report), exit 1, no model."""
+    from .conftest import run_fmkit
+
+    lines = shared_file("a9a_libsvm", "a9a").read_text().splitlines(keepends=True)[:3000]
+    bad = tmp_path / "bad.libsvm"
+    bad.write_text("".join(lines) + "1 3:x\n")
+    result = run_fmkit("train", "--nproc", "2", "--train", bad, "--quiet", "feature_dim=124",
+                       "num_factors=4", "predictor_type=binary_classifier",
+                       "mini_batch_size=100", "--model-dir", tmp_path / "m")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"{bad}:3001: non-numeric value in '3:x'" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert all(line.startswith("fmkit: error: ") for line in errors), result.stderr
+    assert not (tmp_path / "m").exists()

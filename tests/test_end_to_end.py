@@ -151,13 +151,15 @@ WATCHED = {
 }
 
 
-@pytest.mark.parametrize("device", ["cpu", "cpu:0"])
-@pytest.mark.parametrize("metric", list(WATCHED))
+@pytest.mark.parametrize("metric, device", [(m, "cpu") for m in WATCHED]
+                         + [("auc", "cpu:0"), ("validation:binary_classification_accuracy",
+                                               "cpu:0"), ("rmse", "cpu:0")])
 def test_early_stopping_on_each_metric_keeps_the_best_epoch(cli, tmp_path, metric, device):
     """A tiny noisy training set overfits; training stops `early_stopping_patience` epochs
     after the best epoch of the chosen metric and keeps that epoch's weights: the same as a
-    run stopped at that epoch, with the validation metric sklearn computes from them. On the
-    compiled kernels (``cpu``) and on the PyTorch device path (``cpu:0``, PyTorch's CPU)."""
+    run stopped at that epoch, with the validation metric sklearn computes from them. Every
+    metric on the compiled kernels (``cpu``); three on the PyTorch device path (``cpu:0``,
+    PyTorch's CPU), which shares the metric table and the EarlyStopping callback."""
     from fmkit.models.planted import planted_ctr
 
     key, higher_is_better, sklearn_metric = WATCHED[metric]
