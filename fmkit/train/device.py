@@ -138,7 +138,7 @@ def train_on_device(hp: dict[str, Any], source, device, params: FMParameters | N
         if validation is not None:
             current = weights()
             stats.validation = validation_metrics(hp, current, validation, epoch, host)
-            if stopper.update(epoch, stats.validation, current.copy):
+            if stopper.update(epoch, stats.validation, lambda kept=current: kept):  # a fresh copy
                 break
     best = stopper.best_weights
     return (best if best is not None else weights()), history
