@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a checkpoint every N optimizer steps (checked between 4 MB chunks)")
     p.add_argument("--checkpoint-seconds", type=float, default=0.0, metavar="S",
                    help="a checkpoint every S seconds (default with --checkpoint-dir: 600)")
+    p.add_argument("--init-model", metavar="DIR",
+                   help="continue training this FM model (same feature_dim, num_factors, "
+                   "predictor_type): its weights, a fresh optimizer state, epochs numbered "
+                   "after its own")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --checkpoint-dir")
     p.add_argument("--device", default="cpu",
@@ -245,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.assignments or args.hyperparameters:
                 raise HyperparameterError("with --config, set fields with --set PATH=VALUE "
                                           "(NAME=VALUE hyperparameters are for --train)")
+            if args.init_model:
+                raise HyperparameterError("--init-model continues an FM trained with --train; "
+                                          "with --config it is not supported")
             overrides = list(args.overrides)
             for field, value in (("train_input_path", args.train),
                                  ("eval_input_path", args.test),
@@ -265,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                              fmt=args.format, index_base=args.index_base,
                              progress=False if args.quiet else None, cache=args.cache,
                              checkpoints=_checkpointer(args), resume=args.resume,
-                             device=args.device)
+                             device=args.device, init_model=args.init_model)
         if args.command == "train":
             distributed.shutdown()  # finished: leave together with the other processes
         if args.command == "evaluate":

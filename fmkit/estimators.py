@@ -1,9 +1,11 @@
-"""scikit-learn style estimators: :class:`FMClassifier`, :class:`FMRegressor` and :func:`load`.
+"""scikit-learn estimators: :class:`FMClassifier`, :class:`FMRegressor` and :func:`load`.
 
 Their parameters are the hyperparameter table's names (``feature_dim`` comes from ``X`` and
-``predictor_type`` from the class) with the table's defaults; ``__init__`` only stores them and
-``fit`` validates them, as scikit-learn's estimator rules ask. ``get_params``/``set_params`` make
-them work with ``sklearn.base.clone``, grid search, cross-validation and pipelines.
+``predictor_type`` from the class) with the table's defaults, plus ``warm_start``; ``__init__``
+only stores them and ``fit`` validates them, as scikit-learn's estimator rules ask, and input
+goes through scikit-learn's own ``validate_data``. They pass
+``sklearn.utils.estimator_checks.parametrize_with_checks`` (``tests/test_estimators.py``), with
+honest tags: sparse input, binary classification only.
 """
 
 from __future__ import annotations
@@ -14,19 +16,22 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fmkit.data.sources import ArraySource
 from fmkit.hyperparameters import TABLE, validate
 from fmkit.metrics import predicted_labels
 from fmkit.model import FMModel
-from fmkit.train.trainer import train
+from fmkit.train.callbacks import Progress
+from fmkit.train.engine import fit
+from fmkit.train.trainer import fm_learner, train
 
 _INFERRED = ("feature_dim", "predictor_type")
-PARAMETERS = {
-    h.name: (h.suggested if h.default is None and h.required else h.default)
-    for h in TABLE
-    if h.name not in _INFERRED
-}
+_HYPERPARAMETERS = [h for h in TABLE if h.name not in _INFERRED]
+PARAMETERS = {h.name: (h.suggested if h.default is None and h.required else h.default)
+              for h in _HYPERPARAMETERS}
+PARAMETERS["warm_start"] = False  # scikit-learn's: fit continues from the fitted weights
 
 
 def _signature() -> inspect.Signature:
@@ -35,6 +40,18 @@ def _signature() -> inspect.Signature:
     parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
                    for name, default in PARAMETERS.items()]
     return inspect.Signature(parameters)
+
+
+def _parameters_doc() -> str:
+    """The numpydoc ``Parameters`` section, written from the hyperparameter table."""
+    lines = ["Parameters", "----------"]
+    for h in _HYPERPARAMETERS:
+        lines += [f"{h.name} : {h.kind.__name__}, default={PARAMETERS[h.name]!r}",
+                  f"    {h.help} ({h.describe_range()})"]
+    lines += ["warm_start : bool, default=False",
+              "    ``fit`` continues from the fitted weights (a fresh optimizer state; epochs "
+              "numbered after the ones trained), as ``fmkit train --init-model`` does."]
+    return "\n".join(lines)
 
 
 class _FMEstimator(BaseEstimator):
@@ -52,58 +69,126 @@ class _FMEstimator(BaseEstimator):
 
     __init__.__signature__ = _signature()
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
     # -- fitting and predicting -----------------------------------------------------------
     def _hyperparameters(self, feature_dim: int) -> dict[str, Any]:
-        raw = {k: v for k, v in self.get_params().items() if v is not None}
+        raw = {k: v for k, v in self.get_params().items() if v is not None and k != "warm_start"}
         return validate({**raw, "feature_dim": feature_dim,
                          "predictor_type": self._predictor_type})
 
-    def _fit(self, X, y, label_mode: str, progress: bool | None) -> _FMEstimator:
-        source = ArraySource(X, y, labels=label_mode)
+    def _input(self, X, y=None, *, reset: bool):
+        """``X`` (and ``y``) checked and converted by scikit-learn (CSR or dense float)."""
+        regressor = self._predictor_type == "regressor"
+        if y is None and not reset:
+            return validate_data(self, X, accept_sparse="csr", reset=False,
+                                 dtype=(np.float64, np.float32))
+        return validate_data(self, X, y, accept_sparse="csr", reset=reset, y_numeric=regressor,
+                             dtype=(np.float64, np.float32))
+
+    def _fit(self, X, y, progress: bool | None) -> _FMEstimator:
+        """``epochs`` epochs; with ``warm_start`` and a fitted model, from its weights (a fresh
+        optimizer state, epochs numbered after the ones already trained)."""
+        warm = self.warm_start and hasattr(self, "model_")
+        features = getattr(self, "n_features_in_", None)
+        X, y = self._input(X, y, reset=True)
+        y = self._target(y, first=True)
+        if warm and self.n_features_in_ != features:
+            raise ValueError(f"warm_start: X has {self.n_features_in_} features, the fitted "
+                             f"model {features}")
+        source = ArraySource(X, y, labels=self._labels)
         hp = self._hyperparameters(source.feature_dim)
-        params, history = train(hp, source, progress=progress)
-        self.model_ = FMModel(hp, params)
-        self.history_ = history
-        self.n_features_in_ = source.feature_dim
+        before = self.history_ if warm else []
+        params, history = train(hp, source, self.model_.params if warm else None,
+                                progress=progress, trained_epochs=len(before))
+        self.model_, self.history_ = FMModel(hp, params), before + history
+        self._learner = None  # partial_fit starts over after fit
         return self
 
-    def _check_fitted(self) -> FMModel:
-        model = getattr(self, "model_", None)
-        if model is None:
-            raise AttributeError(f"this {type(self).__name__} is not fitted yet: call fit first")
-        return model
+    def _target(self, y: np.ndarray, first: bool, classes=None) -> np.ndarray:
+        """The labels training takes (a classifier encodes its classes)."""
+        return y
 
-    def decision_function(self, X) -> np.ndarray:
+    def _partial_fit(self, X, y, classes=None) -> _FMEstimator:
+        """One epoch over ``X, y`` continuing the weights *and the optimizer state* of the
+        previous ``partial_fit`` calls: on rows in the same order (``shuffle=0``), calls on
+        parts whose sizes are multiples of ``mini_batch_size`` train what one epoch over all
+        of them trains."""
+        learner = getattr(self, "_learner", None)
+        X, y = self._input(X, y, reset=learner is None)
+        source = ArraySource(X, self._target(y, learner is None, classes), labels=self._labels)
+        if learner is None:
+            learner, self.history_ = fm_learner(self._hyperparameters(source.feature_dim)), []
+            self._learner = learner
+        epoch = len(self.history_) + 1
+        self.history_ += fit(learner, source, epochs=epoch, seed=learner.hp["seed"],
+                             first_epoch=epoch, callbacks=[Progress(False)])
+        self.model_ = FMModel(learner.hp, learner.parameters(epoch))
+        return self
+
+    def _logits(self, X) -> np.ndarray:
         """The raw FM output y_hat of every row."""
-        model = self._check_fitted()
-        source = ArraySource(X, None, feature_dim=model.feature_dim)
-        parts = [model.logits(batch) for batch in source.blocks()]
+        check_is_fitted(self, "model_")
+        X = self._input(X, reset=False)
+        source = ArraySource(X, None, feature_dim=self.model_.feature_dim)
+        parts = [self.model_.logits(batch) for batch in source.blocks()]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model as a model directory (the same format the CLI writes)."""
-        model = self._check_fitted()
+        check_is_fitted(self, "model_")
         history = [vars(s) for s in getattr(self, "history_", [])]
-        return model.save(path, {"train": history})
+        return self.model_.save(path, {"train": history})
 
 
 class FMClassifier(ClassifierMixin, _FMEstimator):
-    """Binary classifier: log loss, ``predict_proba`` = sigmoid(y_hat). Labels 0/1 or -1/+1."""
+    """Binary classifier: log loss, ``predict_proba`` = sigmoid(y_hat). Any two labels (the
+    larger one, in ``classes_`` order, is the positive class: 1 of 0/1, +1 of -1/+1)."""
 
     _predictor_type = "binary_classifier"
+    _labels = "binary"
 
-    def fit(self, X, y, *, progress: bool | None = None) -> FMClassifier:
-        y = np.asarray(y)
-        classes = np.unique(y)
-        if not (set(classes.tolist()) <= {0, 1} or set(classes.tolist()) <= {-1, 1}):
-            raise ValueError(f"labels must be 0/1 or -1/+1, got {classes.tolist()[:10]}")
-        self.classes_ = np.array([-1, 1]) if -1 in classes else np.array([0, 1])
-        self._fit(X, y, "binary", progress)
-        self.model_.classes = tuple(int(c) for c in self.classes_)
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+    def _target(self, y: np.ndarray, first: bool, classes=None) -> np.ndarray:
+        """``y`` as 0/1 by ``classes_`` (set from ``classes`` or ``y`` on a first fit)."""
+        check_classification_targets(y)
+        if first:
+            self.classes_ = np.unique(y if classes is None else classes)
+            if self.classes_.size != 2:
+                raise ValueError(f"Only binary classification is supported: y has "
+                                 f"{self.classes_.size} class(es), FMClassifier needs 2")
+        unknown = ~np.isin(y, self.classes_)
+        if unknown.any():
+            raise ValueError(f"y holds a class that is not in classes_: {y[unknown][0]!r}")
+        return (y == self.classes_[1]).astype(np.float64)
+
+    def _keep_classes(self) -> FMClassifier:
+        if set(self.classes_.tolist()) in ({0, 1}, {-1, 1}):  # what model.json can store
+            self.model_.classes = tuple(int(c) for c in self.classes_)
         return self
 
+    def fit(self, X, y, *, progress: bool | None = None) -> FMClassifier:
+        return self._fit(X, y, progress)._keep_classes()
+
+    def partial_fit(self, X, y, classes=None) -> FMClassifier:
+        """One more epoch over ``X, y`` (see ``_partial_fit``); ``classes`` may be given on
+        the first call, as scikit-learn's incremental estimators take it."""
+        return self._partial_fit(X, y, classes)._keep_classes()
+
+    def decision_function(self, X) -> np.ndarray:
+        """The raw FM output y_hat of every row (> 0: the positive class)."""
+        return self._logits(X)
+
     def predict_proba(self, X) -> np.ndarray:
-        p = self._check_fitted().scores(self.decision_function(X))
+        logits = self.decision_function(X)
+        p = self.model_.scores(logits)
         return np.column_stack([1.0 - p, p])
 
     def predict(self, X) -> np.ndarray:
@@ -115,12 +200,21 @@ class FMRegressor(RegressorMixin, _FMEstimator):
     """Regressor: squared loss, ``predict`` = y_hat."""
 
     _predictor_type = "regressor"
+    _labels = "real"
 
     def fit(self, X, y, *, progress: bool | None = None) -> FMRegressor:
-        return self._fit(X, y, "real", progress)
+        return self._fit(X, y, progress)
+
+    def partial_fit(self, X, y) -> FMRegressor:
+        """One more epoch over ``X, y`` (see ``_partial_fit``)."""
+        return self._partial_fit(X, y)
 
     def predict(self, X) -> np.ndarray:
-        return self.decision_function(X)
+        return self._logits(X)
+
+
+for _cls in (FMClassifier, FMRegressor):
+    _cls.__doc__ += "\n\n" + _parameters_doc()
 
 
 def load(path: str | Path) -> FMClassifier | FMRegressor:

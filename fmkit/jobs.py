@@ -48,7 +48,8 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
                 index_base: str | int = "auto", progress: bool | None = None,
                 host: str = DEFAULT_HOST, cache: bool = False,
                 checkpoints: Checkpointer | None = None, resume: bool = False,
-                device: str = "cpu") -> tuple[FMModel, dict[str, Any]]:
+                device: str = "cpu", init_model: str | Path | None = None
+                ) -> tuple[FMModel, dict[str, Any]]:
     """Train on a channel, score the optional test channel, write the model directory.
 
     An optional validation channel is scored after every epoch for early stopping. ``cache``
@@ -77,17 +78,19 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     }
     return train_sources(hp, source, model_dir, channels, index_base=source.index_base,
                          progress=progress, host=host, checkpoints=checkpoints, resume=resume,
-                         device=device)
+                         device=device, init_model=init_model)
 
 
 def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
                   scored: Mapping[str, Any] | None = None, *, index_base: int = 0,
                   progress: bool | None = None, host: str = DEFAULT_HOST,
                   checkpoints: Checkpointer | None = None, resume: bool = False,
-                  device: str = "cpu") -> tuple[FMModel, dict[str, Any]]:
+                  device: str = "cpu", init_model: str | Path | None = None
+                  ) -> tuple[FMModel, dict[str, Any]]:
     """Train on ``source``, score each channel of ``scored`` (``test``, ``validation``), save.
 
     A ``validation`` channel also drives early stopping (see :func:`fmkit.train.trainer.train`).
+    ``init_model`` (a model directory) is continued: its weights for ``epochs`` more epochs.
     Each scored channel's metrics are logged as SageMaker metric lines and stored in
     ``metrics.json`` under the channel's name, with the training history under ``train``.
     """
@@ -95,20 +98,14 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     artifact.check_destination(model_dir)
     if device != "cpu":
         from fmkit.models.fm_torch import resolve_device
-        from fmkit.train.device import train_on_device
 
-        if checkpoints is not None:
-            raise HyperparameterError(f"--device {device}: checkpoints are for CPU training")
-        params, history = train_on_device(hp, source,
-                                          resolve_device(distributed.local_device(device)),
-                                          validation=scored.get("validation"),
-                                          progress=progress, host=host)
-    else:
-        params, history = train(hp, source, validation=scored.get("validation"),
-                                progress=progress, host=host, checkpoints=checkpoints,
-                                resume=resume)
+        device = resolve_device(distributed.local_device(device))
+    params, trained = _initial_model(init_model, hp) if init_model else (None, [])
+    params, history = train(hp, source, params, validation=scored.get("validation"),
+                            progress=progress, host=host, checkpoints=checkpoints, resume=resume,
+                            device=device, trained_epochs=trained[-1]["epoch"] if trained else 0)
     model = FMModel(hp, params, index_base)
-    metrics: dict[str, Any] = {"train": [vars(s) for s in history]}
+    metrics: dict[str, Any] = {"train": trained + [vars(s) for s in history]}
     if distributed.rank_and_size()[0] != 0:
         return model, metrics  # the replicas are identical: rank 0 scores and writes
     for channel, channel_source in scored.items():
@@ -118,6 +115,24 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     model.save(model_dir, metrics)
     log.info("model written to %s", model_dir)
     return model, metrics
+
+
+SHAPES = ("feature_dim", "num_factors", "predictor_type")
+
+
+def _initial_model(path: str | Path, hp: dict[str, Any]) -> tuple[Any, list[dict]]:
+    """``--init-model``: the weights and training history of the model a run continues; its
+    shapes must be the run's."""
+    if artifact.model_type(path) != "fm":
+        raise HyperparameterError(f"--init-model {path}: not an FM model directory")
+    model = FMModel.load(path)
+    for name in SHAPES:
+        if model.hyperparameters[name] != hp[name]:
+            raise HyperparameterError(
+                f"--init-model {path}: the model has {name}={model.hyperparameters[name]}, "
+                f"this run {name}={hp[name]}: a model continues with the same shapes")
+    trained = artifact.load_directory(path)[2].get("train", [])
+    return model.params, [h for h in trained if isinstance(h, dict) and "epoch" in h]
 
 
 def evaluate_files(model_dir: str | Path, data_path: str | Path, *,

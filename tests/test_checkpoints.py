@@ -3,6 +3,7 @@ uninterrupted run ends with; a checkpoint is never left half-written."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -88,7 +89,7 @@ def test_resume_refuses_other_hyperparameters(channel, tmp_path, cli):
 
 def test_a_half_written_checkpoint_is_ignored(tmp_path):
     saver = Checkpointer(tmp_path, every_steps=1)
-    saver.save(TrainingState(3, 1, 1, 10, 1.0, {}, [], {"x": 1}, {"t": np.ones(3)}))
+    saver.save(TrainingState(3, 1, 1, 10, 1.0, [], {"x": 1}, {"t": np.ones(3)}))
     broken = tmp_path / "step-000000000009"
     broken.mkdir()
     (broken / "arrays.npz").write_bytes(b"partial")  # no state.json: never completed
@@ -123,3 +124,51 @@ def test_deepfm_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(t
               "--set", "data_config.shuffle=true"]
     state = kill_resume_and_compare(tmp_path, cli, common, 20, 1e-4)
     print(f"DeepFM on 2 processes killed; resuming from epoch {state.epoch}, step {state.step}")
+
+
+def test_a_validation_run_killed_and_resumed_equals_an_uninterrupted_one(channel, tmp_path,
+                                                                         cli):
+    """Early stopping's best epoch and its weights are in the checkpoint, so the resumed run
+    keeps the model the uninterrupted one keeps."""
+    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=10",
+          "mini_batch_size=100", "optimizer=adam", "factors_lr=0.05", "seed=5",
+          "early_stopping_patience=3"]
+    common = ["train", "--train", channel, "--validation", shared_file("a9a_libsvm", "a9a.t"),
+              "--index-base", "1", "--quiet", *hp]
+    state = kill_resume_and_compare(tmp_path, cli, common, 400, 1e-5)
+    assert "early_stopping/table" in state.arrays or state.epoch == 1
+    straight, resumed = (json.loads((tmp_path / name / "metrics.json").read_text())["train"]
+                         for name in ("straight", "resumed"))
+    assert [h["validation"] for h in resumed] == [h["validation"] for h in straight]
+
+
+def test_a_device_run_killed_and_resumed_equals_an_uninterrupted_one(channel, tmp_path, cli):
+    """The PyTorch path (here on the CPU device) checkpoints its weights and moments too."""
+    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=5",
+          "mini_batch_size=200", "optimizer=adam", "seed=5"]
+    common = ["train", "--device", "cpu:0", "--train", channel, "--index-base", "1", "--quiet",
+              *hp]
+    kill_resume_and_compare(tmp_path, cli, common, 100, 1e-5)
+
+
+def test_init_model_then_one_epoch_equals_two_epochs_in_one_run(tmp_path, cli):
+    """A continued model is trained on the data order the longer run has (each epoch's order
+    is seeded by its number); plain SGD keeps no optimizer state, so the two are equal."""
+    a9a = shared_file("a9a_libsvm", "a9a")
+    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier",
+          "mini_batch_size=50", "optimizer=sgd", "seed=3"]
+    for name, more in (("two", ["epochs=2"]), ("one", ["epochs=1"]),
+                       ("more", ["epochs=1", "--init-model", tmp_path / "one"])):
+        code, _, err = cli("train", "--train", a9a, "--model-dir", tmp_path / name, "--quiet",
+                           *hp, *more)
+        assert code == 0, err
+    two, more = _weights(tmp_path / "two"), _weights(tmp_path / "more")
+    assert not np.allclose(_weights(tmp_path / "one")["V"], two["V"])
+    for name in two:
+        np.testing.assert_allclose(more[name], two[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    history = json.loads((tmp_path / "more" / "metrics.json").read_text())["train"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    code, _, err = cli("train", "--train", a9a, "--model-dir", tmp_path / "other", *hp[:1],
+                       "num_factors=5", *hp[2:], "--init-model", tmp_path / "one")
+    assert code == 1 and "the model has num_factors=4, this run num_factors=5" in err
+    assert not (tmp_path / "other").exists()

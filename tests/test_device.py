@@ -13,7 +13,6 @@ import torch
 from fmkit.data.sources import ArraySource
 from fmkit.hyperparameters import validate
 from fmkit.models.fm import init_parameters
-from fmkit.train.device import train_on_device
 from fmkit.train.trainer import train
 
 from .conftest import shared_file
@@ -37,8 +36,8 @@ def test_cpu_device_equals_the_compiled_kernels(optimizer):
     start = init_parameters(hp, dtype=np.float64)
     source = ArraySource(X, y, feature_dim=40, labels="binary")
     kernels, _ = train(hp, source, start, progress=False, dtype=np.float64)
-    on_device, _ = train_on_device(hp, source, torch.device("cpu"), start, progress=False,
-                                   dtype=torch.float64)
+    on_device, _ = train(hp, source, start, progress=False, dtype=np.float64,
+                         device=torch.device("cpu"))
     assert not np.allclose(kernels.V, start.V)
     for name in ("w0", "w", "V"):
         np.testing.assert_allclose(getattr(on_device, name), getattr(kernels, name),
@@ -62,8 +61,8 @@ def test_cuda_training_equals_cpu():
     start = init_parameters(hp, dtype=np.float64)
     source = ArraySource(X, y, feature_dim=40, labels="binary")
     on_cpu, _ = train(hp, source, start, progress=False, dtype=np.float64)
-    on_gpu, _ = train_on_device(hp, source, torch.device("cuda"), start, progress=False,
-                                dtype=torch.float64)
+    on_gpu, _ = train(hp, source, start, progress=False, dtype=np.float64,
+                      device=torch.device("cuda"))
     np.testing.assert_allclose(on_gpu.V, on_cpu.V, rtol=1e-5, atol=1e-6)
 
 
@@ -139,13 +138,13 @@ import sys, numpy as np, torch
 from fmkit import distributed
 from fmkit.data.sources import FileSource
 from fmkit.hyperparameters import validate
-from fmkit.train.device import train_on_device
+from fmkit.train.trainer import train
 distributed.init_from_environment()
 hp = validate({"feature_dim": 124, "num_factors": 4, "predictor_type": "binary_classifier",
                "epochs": 3, "mini_batch_size": 200, "optimizer": "adam", "seed": 2})
 source = FileSource(sys.argv[1], "libsvm", 124, 1, labels="binary",
                     shard=distributed.rank_and_size())
-params, history = train_on_device(hp, source, torch.device("cpu"), progress=False)
+params, history = train(hp, source, progress=False, device=torch.device("cpu"))
 if distributed.rank_and_size()[0] == 0:
     np.savez(sys.argv[2], w0=params.w0, w=params.w, V=params.V,
              rows=[h.rows for h in history])

@@ -132,7 +132,8 @@ def test_deepfm_on_two_processes_matches_one(tmp_path):
     two = run_fmkit("train", "--nproc", "2", "--config", example,
                     *(f"--set={s}" for s in [*sets, f"model_dir={tmp_path / 'two'}"]))
     assert two.returncode == 0, two.stderr
-    assert re.findall(r"epoch (\d): (\d+) rows", two.stderr) == [("1", "90570"), ("2", "90570")]
+    assert re.findall(r"epoch (\d)/2: train loss [0-9.]+ over (\d+) rows", two.stderr) == [
+        ("1", "90570"), ("2", "90570")]
     m2 = _test_metrics(tmp_path / "two")
     print(f"MovieLens 100k DeepFM, 2 epochs: test AUC 1 process {one['test']['auc']:.4f}, "
           f"2 processes {m2['auc']:.4f}")

@@ -7,6 +7,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 from sklearn.model_selection import cross_val_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fmkit import FMClassifier, FMRegressor, HyperparameterError, load
 from fmkit.models.planted import planted_ctr
@@ -58,8 +59,10 @@ def test_minus_one_plus_one_labels_come_back(tmp_path, ctr):
     assert set(np.unique(model.predict(test.X))) <= {-1, 1}
     model.save(tmp_path / "m")
     np.testing.assert_array_equal(load(tmp_path / "m").predict(test.X), model.predict(test.X))
-    with pytest.raises(ValueError, match="labels must be 0/1 or -1/\\+1"):
-        FMClassifier().fit(train.X, train.y * 3)
+    other = FMClassifier(num_factors=4, epochs=1).fit(train.X, train.y * 3, progress=False)
+    np.testing.assert_array_equal(other.predict(test.X), 3 * model.predict(test.X).clip(0))
+    with pytest.raises(ValueError, match="Only binary classification is supported"):
+        FMClassifier().fit(train.X, train.y + (np.arange(train.y.size) % 3 == 0))
 
 
 def test_regressor_dense_input_and_sklearn_cv():
@@ -81,7 +84,68 @@ def test_fit_validates_parameters_and_input():
     X = np.eye(4)
     with pytest.raises(HyperparameterError, match="hyperparameter epochs"):
         FMRegressor(epochs=0).fit(X, np.ones(4))
-    with pytest.raises(ValueError, match="row 2"):
+    with pytest.raises(ValueError, match="Input X contains NaN"):  # scikit-learn's words
         FMRegressor().fit(np.array([[1.0], [2.0], [np.nan], [1.0]]), np.ones(4))
     with pytest.raises(AttributeError, match="not fitted"):
         FMRegressor().predict(X)
+
+
+def _sparse_problem(rows=1000, seed=0):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    X = sp.random(rows, 50, density=0.1, format="csr", random_state=seed)
+    return X, (rng.random(rows) < 0.3).astype(int)
+
+
+def test_partial_fit_over_two_halves_is_one_epoch_over_both():
+    """partial_fit keeps the optimizer state (Adam's moments and step) between calls: halves
+    of whole mini-batches, in order, train what one epoch over all the rows trains."""
+    X, y = _sparse_problem()
+    settings = dict(num_factors=4, mini_batch_size=50, optimizer="adam", shuffle=0,
+                    factors_lr=0.05, linear_lr=0.05, epochs=1)
+    whole = FMClassifier(**settings).fit(X, y, progress=False)
+    parts = FMClassifier(**settings).partial_fit(X[:500], y[:500], classes=[0, 1])
+    parts.partial_fit(X[500:], y[500:])
+    assert [h.epoch for h in parts.history_] == [1, 2]
+    for name in ("w0", "w", "V"):
+        np.testing.assert_allclose(getattr(parts.model_.params, name),
+                                   getattr(whole.model_.params, name), rtol=1e-5, atol=1e-7)
+    # a fresh optimizer state on the second half (a new estimator warm-started from the
+    # first half's weights) is not the same
+    first = FMClassifier(**settings).fit(X[:500], y[:500], progress=False)
+    restarted = clone(first).set_params(warm_start=True)
+    restarted.model_, restarted.history_, restarted.n_features_in_ = (
+        first.model_, first.history_, first.n_features_in_)
+    restarted.classes_ = first.classes_
+    restarted.fit(X[500:], y[500:], progress=False)
+    assert not np.allclose(restarted.model_.params.V, whole.model_.params.V, rtol=1e-5)
+
+
+def test_warm_start_continues_fit_with_epochs_numbered_after_it():
+    """With plain SGD (no optimizer state) and each epoch's order seeded by its number, two
+    warm-started fits of one epoch equal one fit of two."""
+    X, y = _sparse_problem(seed=1)
+    settings = dict(num_factors=4, mini_batch_size=20, optimizer="sgd", factors_lr=0.05,
+                    linear_lr=0.05)
+    two = FMRegressor(**settings, epochs=2).fit(X, y, progress=False)
+    warm = FMRegressor(**settings, epochs=1, warm_start=True)
+    warm.fit(X, y, progress=False)
+    once = warm.model_.params.V.copy()
+    warm.fit(X, y, progress=False)
+    assert not np.allclose(once, two.model_.params.V)
+    np.testing.assert_allclose(warm.model_.params.V, two.model_.params.V, rtol=1e-6, atol=1e-8)
+    assert [h.epoch for h in warm.history_] == [1, 2]
+    cold = FMRegressor(**settings, epochs=1).fit(X, y, progress=False).fit(X, y, progress=False)
+    np.testing.assert_allclose(cold.model_.params.V, once)  # without warm_start: starts over
+
+
+# settings that learn scikit-learn's small check problems (SageMaker's defaults train one
+# epoch at learning rates for millions of rows)
+CHECKED = dict(num_factors=2, epochs=30, mini_batch_size=10, bias_lr=0.05, linear_lr=0.05,
+               factors_lr=0.05, bias_wd=0, linear_wd=0, factors_wd=0)
+
+
+@parametrize_with_checks([FMClassifier(**CHECKED), FMRegressor(**CHECKED)])
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)

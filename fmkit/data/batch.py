@@ -128,3 +128,13 @@ def rebatch(blocks: Iterable[SparseBatch], batch_size: int) -> Iterator[SparseBa
             yield block.slice(0, whole) if whole < block.n_rows else block
     if carry is not None:
         yield carry
+
+
+def shuffled_batches(blocks: Iterable[SparseBatch], size: int, shuffle: bool,
+                     rng: np.random.Generator) -> Iterator[SparseBatch]:
+    """Mini-batches of ``size`` rows (the last may be smaller), with ``shuffle`` the rows of
+    each chunk (:func:`rebatch`) in an order drawn from ``rng``."""
+    for chunk in rebatch(blocks, size):
+        order = rng.permutation(chunk.n_rows) if shuffle else np.arange(chunk.n_rows)
+        for start in range(0, chunk.n_rows, size):
+            yield take(chunk, order[start:start + size])

@@ -169,9 +169,9 @@ def shard_files(path: str | Path, shard: tuple[int, int]) -> list[tuple[Path, tu
     processes (each then read entirely), else every file with the shard applied to its
     blocks."""
     files = channel_files(path)
-    rank, world = shard
-    if world > 1 and len(files) >= world:
-        return [(file, (0, 1)) for file in files[rank::world]]
+    part, parts = shard
+    if parts > 1 and len(files) >= parts:
+        return [(file, (0, 1)) for file in files[part::parts]]
     return [(file, shard) for file in files]
 
 
@@ -181,12 +181,12 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
                    ) -> Iterator[ColumnBatch]:
     """Every file of a channel as column batches. Column names come from each file's header
     line (``with_header``) or from ``names``; ``detect`` lets :func:`sniff` adapt the
-    delimiter and header flag to each file. ``shard=(rank, world)``: see :func:`shard_files`
+    delimiter and header flag to each file. ``shard=(part, parts)``: see :func:`shard_files`
     (blocks of lines are dealt out in turn)."""
-    for file, (rank, world) in shard_files(path, shard):
+    for file, (part, parts) in shard_files(path, shard):
         columns, separator, header = list(names or []), delimiter, with_header
-        if world > 1:
-            block_bytes = int(np.clip(file.stat().st_size // (8 * world), 1 << 16, block_bytes))
+        if parts > 1:
+            block_bytes = int(np.clip(file.stat().st_size // (8 * parts), 1 << 16, block_bytes))
         for index, (buf, first_line) in enumerate(iter_line_blocks(file, block_bytes)):
             start = 0
             if first_line == 1 and buf.size:
@@ -201,7 +201,7 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
             if not columns:
                 raise DataError(str(file), None, "no column names: set data_config.input_fields "
                                 "or with_header: true")
-            if start < buf.size and index % world == rank:
+            if start < buf.size and index % parts == part:
                 yield split_block(buf, start, columns, separator, str(file), first_line)
 
 
@@ -211,14 +211,14 @@ def read_parquet(path: str | Path, batch_rows: int = 65536,
     :func:`shard_files`; batches are dealt out in turn)."""
     import pyarrow.parquet as pq
 
-    for file, (rank, world) in shard_files(path, shard):
+    for file, (part, parts) in shard_files(path, shard):
         try:
             reader = pq.ParquetFile(file)
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(str(file), None, f"not a Parquet file: {e}") from None
         done = 0
         for index, batch in enumerate(reader.iter_batches(batch_size=batch_rows)):
-            if index % world == rank:
+            if index % parts == part:
                 columns = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
                 yield _NumberedBatch(columns, batch.num_rows, str(file), offset=done)
             done += batch.num_rows

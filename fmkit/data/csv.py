@@ -123,9 +123,9 @@ class CsvParser:
 
 def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
                      shard: tuple[int, int] = (0, 1)) -> Iterator[SparseBatch]:
-    """Stream a CSV file as parsed blocks (with ``shard=(rank, world)``: every world-th)."""
+    """Stream a CSV file as parsed blocks (with ``shard=(part, parts)``: every parts-th)."""
     parser = CsvParser(str(path))
-    rank, world = shard
+    part, parts = shard
     for index, (buf, first_line) in enumerate(iter_line_blocks(path, block_bytes)):
-        if index % world == rank:
+        if index % parts == part:
             yield parser.parse_block(buf, first_line)

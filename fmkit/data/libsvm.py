@@ -228,13 +228,13 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
 
 def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES, ffm: bool = False,
                      shard: tuple[int, int] = (0, 1)) -> Iterator[SparseBatch]:
-    """Stream a libsvm (or with ``ffm``, libffm) file as parsed blocks; with ``shard=(rank,
-    world)`` only every world-th block of lines from the rank-th (the others are counted for
+    """Stream a libsvm (or with ``ffm``, libffm) file as parsed blocks; with ``shard=(part,
+    parts)`` only every parts-th block of lines from the part-th (the others are counted for
     line numbers, not parsed)."""
     line = 1
-    rank, world = shard
+    part, parts = shard
     for index, buf in enumerate(iter_blocks(path, block_bytes)):
-        if index % world != rank:
+        if index % parts != part:
             line += count_newlines(buf, 0, buf.size)
             continue
         batches, newlines = parse_block(buf, line, str(path), ffm)

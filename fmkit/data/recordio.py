@@ -434,12 +434,12 @@ def iter_blocks(stream: BinaryIO, source: str, block_bytes: int = BLOCK_BYTES
 
 def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
                      shard: tuple[int, int] = (0, 1)) -> Iterator[SparseBatch]:
-    """Stream a recordIO file as parsed blocks (with ``shard=(rank, world)``: every
-    world-th)."""
-    rank, world = shard
+    """Stream a recordIO file as parsed blocks (with ``shard=(part, parts)``: every
+    parts-th)."""
+    part, parts = shard
     with open(path, "rb", buffering=0) as f:
         for index, batch in enumerate(iter_blocks(f, str(path), block_bytes)):
-            if index % world == rank:
+            if index % parts == part:
                 yield batch
 
 

@@ -214,8 +214,8 @@ class BatchChecker:
 class FileSource:
     """A channel on disk (one file or a directory of files) in libsvm or CSV format.
 
-    With ``shard=(rank, world)`` a process reads its share: whole files when the channel has
-    at least ``world`` files, else every world-th 4 MB block of lines of each file."""
+    With ``shard=(part, parts)`` a process reads its share: whole files when the channel has
+    at least ``parts`` files, else every parts-th 4 MB block of lines of each file."""
 
     path: str | Path
     fmt: str
@@ -224,7 +224,7 @@ class FileSource:
     labels: str | None = None
     block_bytes: int = BLOCK_BYTES
     cache: bool = False  # keep a binary copy of parsed text files (see fmkit.data.cache)
-    shard: tuple[int, int] = (0, 1)  # (rank, world): read only this process's share
+    shard: tuple[int, int] = (0, 1)  # (part, parts): read only this process's share
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -243,14 +243,14 @@ class FileSource:
         """Parsed blocks as written in the file: indices not shifted, nothing checked."""
         read = READERS[self.fmt]
         files, shard = self.files, self.shard
-        rank, world = shard
-        if world > 1 and len(files) >= world:  # whole files per process
-            files, shard = files[rank::world], (0, 1)
+        part, parts = shard
+        if parts > 1 and len(files) >= parts:  # whole files per process
+            files, shard = files[part::parts], (0, 1)
         for file in files:
             if self.cache and shard[1] == 1 and self.fmt != "recordio" and file.is_file():
                 yield from cached_blocks(file, self.fmt,
                                          lambda file=file: read(file, self.block_bytes))
-            else:  # several processes on one file: every world-th block of it, the blocks
+            else:  # several processes on one file: every parts-th block of it, the blocks
                 # small enough that each process gets several
                 block_bytes = self.block_bytes
                 if shard[1] > 1 and file.is_file():

@@ -12,8 +12,7 @@ from fmkit import artifact, distributed
 from fmkit.data.sources import channel_files
 from fmkit.deepfm.config import ConfigError, EasyRecConfig, to_document
 from fmkit.deepfm.model import DeepFMModel
-from fmkit.deepfm.train import train_network
-from fmkit.errors import DataError
+from fmkit.deepfm.train import Channel, train_network
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.metrics import require_rows
 from fmkit.train.callbacks import EarlyStopping
@@ -45,32 +44,19 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
 
     shard = distributed.rank_and_size()
 
-    def blocks():
-        return (model.encode(batch, labelled=True) for batch in
-                model.read(config.train_input_path, shard=shard))
-
+    channel = Channel(str(config.train_input_path), lambda: (
+        model.encode(batch, labelled=True)
+        for batch in model.read(config.train_input_path, shard=shard)))
     run_id = to_document(config)
     for name in ("train_input_path", "eval_input_path", "model_dir"):
         run_id.pop(name, None)
     run_id["train_config"].pop("num_epochs", None)
-    stopper = _early_stopping(config, model, resume)
-
-    def after_epoch(stats) -> bool:
-        stats.validation = require_rows(model.evaluate(model.read(config.eval_input_path)),
-                                        config.eval_input_path)
-        log_metrics("validation", stats.validation, host, stats.epoch)
-        return stopper.update(stats.epoch, stats.validation, lambda: {
-            name: value.detach().clone() for name, value in model.net.state_dict().items()})
-
-    history = train_network(model.net, blocks, config.train_config,
-                            config.data_config.batch_size, model.label_mode, smoothing,
-                            config.data_config.shuffle, progress, checkpoints, resume,
-                            {"deepfm": run_id}, after_epoch if stopper is not None else None)
-    if stopper is not None and stopper.best_weights is not None:
-        model.net.load_state_dict(stopper.best_weights)
-    if not any(h.rows for h in history):
-        raise DataError(str(config.train_input_path), None, "holds no data rows: no model was "
-                        "written")
+    history = train_network(
+        model.net, channel, config.train_config, config.data_config.batch_size,
+        model.label_mode, smoothing, config.data_config.shuffle, progress=progress,
+        checkpoints=checkpoints, resume=resume, run_id={"deepfm": run_id},
+        early_stopping=_early_stopping(config, model, host), host=host,
+        scorer=lambda path: require_rows(model.evaluate(model.read(path)), path))
     metrics: dict[str, Any] = {"train": [vars(h) for h in history]}
     if shard[0] != 0:
         return model, metrics  # the replicas are identical: rank 0 scores and writes
@@ -86,7 +72,7 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     return model, metrics
 
 
-def _early_stopping(config: EasyRecConfig, model: DeepFMModel, resume: bool
+def _early_stopping(config: EasyRecConfig, model: DeepFMModel, host: str
                     ) -> EarlyStopping | None:
     """The early stopping ``train_config`` asks for (``early_stopping_patience`` > 0), on
     ``eval_input_path``; None when it asks for none."""
@@ -98,12 +84,9 @@ def _early_stopping(config: EasyRecConfig, model: DeepFMModel, resume: bool
     if not config.eval_input_path:
         raise ConfigError("train_config.early_stopping_patience: early stopping scores "
                           "eval_input_path after every epoch; set it")
-    if resume:
-        raise ConfigError("train_config.early_stopping_patience: --resume continues "
-                          "training without early stopping; set it to 0")
     predictor = "binary_classifier" if model.label_mode == "binary" else "regressor"
     try:
-        return EarlyStopping(settings.early_stopping_metric, predictor,
-                             settings.early_stopping_patience)
+        return EarlyStopping(config.eval_input_path, settings.early_stopping_metric, predictor,
+                             settings.early_stopping_patience, host)
     except ValueError as e:
         raise ConfigError(f"train_config.early_stopping_metric: {e}") from None

@@ -1,39 +1,139 @@
-"""What the training loops do after each epoch, written once: today early stopping on a
-validation channel (as LightGBM's ``early_stopping`` callback and xgboost's ``EarlyStopping``
-do it: watch one metric, remember the best round, stop after ``patience`` rounds without
-improvement)."""
+"""What happens around the training steps, written once for every learner (see
+:mod:`fmkit.train.engine`): progress and the epoch log, validation with early stopping, and
+checkpoints — as LightGBM's ``callback.py`` and xgboost's ``EarlyStopping`` /
+``TrainingCheckPoint`` do it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+import time
 from typing import Any
 
-from fmkit.logs import log
+import numpy as np
+
+from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.metrics import watched_metric
+from fmkit.train.checkpoint import Checkpointer, check_resumable
+from fmkit.train.engine import Callback, EpochStats, Run
 
 
-class EarlyStopping:
-    """Watches ``metric`` (an ``early_stopping_metric`` name) on the validation metrics of
-    each epoch, keeps a snapshot of the best epoch's weights, and says when ``patience``
-    epochs have passed without improvement (0: never). The first epoch is always the best so
-    far; later ones must be strictly better."""
+class Progress(Callback):
+    """A bar on a terminal (rows, rows/s, running loss); elsewhere a log line every
+    ``interval`` seconds; after each epoch its log line and SageMaker's ``#progress_metric``
+    and ``#throughput_metric`` lines. Only the primary process reports. ``show``: True/False
+    forces the bar on/off, None shows it when stderr is a terminal."""
 
-    def __init__(self, metric: str, predictor_type: str, patience: int):
+    name = "progress"
+
+    def __init__(self, show: bool | None = None, host: str = DEFAULT_HOST,
+                 interval: float = 30.0):
+        self.show = sys.stderr.isatty() if show is None else show
+        self.host, self.interval = host, interval
+        self.bar: Any = None
+        self.shown = 0
+        self.last = 0.0
+
+    def _where(self, run: Run) -> str:
+        return f"epoch {run.epoch}" + (f"/{run.epochs}" if run.epochs else "")
+
+    def before_epoch(self, run: Run) -> None:
+        if not run.learner.primary:
+            return
+        self.shown, self.last = run.rows, time.monotonic()
+        if self.show:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=self._where(run), unit=" rows", unit_scale=True,
+                            file=sys.stderr, initial=run.rows)
+
+    def after_step(self, run: Run) -> None:
+        if self.bar is not None:
+            self.bar.update(run.rows - self.shown)
+            self.shown = run.rows
+            self.bar.set_postfix(loss=f"{run.loss_sum / run.rows:.5f}", refresh=False)
+        elif run.learner.primary and time.monotonic() - self.last >= self.interval:
+            self.last = time.monotonic()
+            log.info("%s: %d rows, running train loss %.6f", self._where(run), run.rows,
+                     run.loss_sum / run.rows)
+
+    def after_epoch(self, run: Run, stats: EpochStats) -> bool:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if run.learner.primary:
+            log.info("%s: train loss %.6f over %d rows (%.0f rows/s)", self._where(run),
+                     stats.loss, stats.rows, stats.rows_per_second)
+            if run.epochs:
+                log.info("#progress_metric: host=%s, completed %d %% of epochs", self.host,
+                         round(100 * stats.epoch / run.epochs))
+            log.info("#throughput_metric: host=%s, train throughput=%.1f records/second",
+                     self.host, stats.rows_per_second)
+        return False
+
+
+class EarlyStopping(Callback):
+    """Scores ``validation`` after every epoch (SageMaker's ``#quality_metric: host=...,
+    epoch=N, validation ...`` lines), keeps the best epoch's weights by ``metric`` (an
+    ``early_stopping_metric`` name) and puts them back when training ends, and stops after
+    ``patience`` epochs without improvement (0: never). The first epoch is the best so far;
+    later ones must be strictly better."""
+
+    name = "early_stopping"
+
+    def __init__(self, validation: Any, metric: str, predictor_type: str, patience: int,
+                 host: str = DEFAULT_HOST):
+        self.validation, self.host = validation, host
         self.key, self.higher_is_better = watched_metric(metric, predictor_type)
         self.patience = patience
         self.best_value: float | None = None
         self.best_epoch = 0
-        self.best_weights: Any = None
+        self.best_weights: dict[str, np.ndarray] = {}
 
-    def update(self, epoch: int, metrics: dict[str, float], snapshot: Callable[[], Any]) -> bool:
-        """Record ``epoch``'s validation ``metrics``; ``snapshot()`` copies the weights when
-        they are the best so far. Returns whether training should stop."""
-        value = metrics[self.key]
+    def after_epoch(self, run: Run, stats: EpochStats) -> bool:
+        stats.validation = run.learner.evaluate(self.validation)
+        if run.learner.primary:
+            log_metrics("validation", stats.validation, self.host, stats.epoch)
+        value = stats.validation[self.key]
         if self.best_value is None or (value > self.best_value if self.higher_is_better
                                        else value < self.best_value):
-            self.best_value, self.best_epoch, self.best_weights = value, epoch, snapshot()
-        if self.patience and epoch - self.best_epoch >= self.patience:
+            self.best_value, self.best_epoch = value, stats.epoch
+            self.best_weights = run.learner.weights()
+        if self.patience and stats.epoch - self.best_epoch >= self.patience:
             log.info("early stopping after epoch %d: the best validation %s was at epoch %d",
-                     epoch, self.key, self.best_epoch)
+                     stats.epoch, self.key, self.best_epoch)
             return True
         return False
+
+    def after_fit(self, run: Run) -> None:
+        if self.best_weights:
+            run.learner.set_weights(self.best_weights)
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        return self.best_weights, {"best_value": self.best_value, "best_epoch": self.best_epoch}
+
+    def restore(self, arrays: dict[str, np.ndarray], extra: dict) -> None:
+        self.best_weights = dict(arrays)
+        self.best_value, self.best_epoch = extra["best_value"], extra["best_epoch"]
+
+
+class Checkpoint(Callback):
+    """Saves the run (learner, callbacks, place in the data) when ``checkpoints`` says it is
+    due, from the primary process; with ``resume``, continues from its newest checkpoint,
+    which must have been taken with the same ``run_id`` (the hyperparameters)."""
+
+    name = "checkpoint"
+
+    def __init__(self, checkpoints: Checkpointer, run_id: dict, resume: bool = False):
+        self.checkpoints, self.run_id, self.resume = checkpoints, run_id, resume
+
+    def before_fit(self, run: Run) -> None:
+        state = self.checkpoints.latest() if self.resume else None
+        if state is not None:
+            check_resumable(state, self.run_id, self.checkpoints.directory)
+            run.restore(state)
+            log.info("resuming from %s: epoch %d, step %d", self.checkpoints.directory,
+                     state.epoch, state.step)
+
+    def after_step(self, run: Run) -> None:
+        if run.learner.primary and self.checkpoints.due(run.learner.steps):
+            self.checkpoints.save(run.training_state(self.run_id))

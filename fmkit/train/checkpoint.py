@@ -2,13 +2,13 @@
 
 A checkpoint is a directory ``step-<N>`` under the checkpoint directory holding ``arrays.npz``
 (the training tables: weights and optimizer moments; numpy, read without pickle) and
-``state.json`` (step, epoch, chunks done in that epoch, the shuffling generator's state, the
-epoch's partial loss, the history, the hyperparameters). It is written under a temporary name
-and renamed, ``state.json`` last, so a run killed at any moment leaves the previous checkpoint
-intact; the newest complete one is resumed. Resuming replays the same data order (the
-generator's state is restored; the chunks already trained are read again but skipped), so a
-resumed run of a deterministic configuration (mini-batches, or ``lock_free=0``) ends with the
-model an uninterrupted run ends with.
+``state.json`` (step, epoch, steps done in that epoch, the epoch's partial loss, the history,
+the hyperparameters, what else the learner and the callbacks keep). It is written under a
+temporary name and renamed, ``state.json`` last, so a run killed at any moment leaves the
+previous checkpoint intact; the newest complete one is resumed. Resuming replays the same data
+order (each epoch's order is seeded by the epoch, see :mod:`fmkit.train.engine`; the steps
+already trained are read again but skipped), so a resumed run of a deterministic configuration
+(mini-batches, or ``lock_free=0``) ends with the model an uninterrupted run ends with.
 """
 
 from __future__ import annotations
@@ -36,14 +36,13 @@ class TrainingState:
 
     step: int
     epoch: int  # the epoch in progress (1-based)
-    chunks_done: int  # chunks of that epoch already trained
+    chunks_done: int  # steps of that epoch already trained
     rows: int  # rows of that epoch already trained
     loss_sum: float
-    rng_state: dict
     history: list[dict]
     hyperparameters: dict
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)  # what else a trainer needs (JSON)
+    extra: dict = field(default_factory=dict)  # what else the learner and callbacks keep (JSON)
 
 
 def holds_checkpoints(path: Path) -> bool:

@@ -1,4 +1,5 @@
-"""FM training on a PyTorch device (``fmkit train --device cuda``).
+"""FM training on a PyTorch device (``fmkit train --device cuda``): the learner that
+:func:`fmkit.train.trainer.train` uses for a device other than ``cpu``.
 
 The compiled kernels (:mod:`fmkit.kernels.fm`) are CPU code. On a GPU the same model is trained
 with PyTorch: for each mini-batch the rows of the distinct features it touches are gathered,
@@ -11,134 +12,138 @@ how it is tested on machines without a GPU.
 
 from __future__ import annotations
 
-import sys
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from fmkit import distributed
-from fmkit.data.batch import SparseBatch
-from fmkit.errors import DataError, TrainingDiverged
-from fmkit.logs import DEFAULT_HOST, log
+from fmkit.data.batch import SparseBatch, shuffled_batches
+from fmkit.errors import TrainingDiverged
+from fmkit.metrics import require_rows
+from fmkit.model import FMModel
 from fmkit.models.fm import FMParameters, init_parameters
-from fmkit.models.fm_torch import batch_tensors, fm_logits
-from fmkit.train.callbacks import EarlyStopping
+from fmkit.models.fm_torch import batch_tensors, fm_logits, resolve_device
+from fmkit.train.engine import Gradient, Source
 from fmkit.train.optimizers import apply_rule, ftrl_initial_z
-from fmkit.train.trainer import EpochStats, local_batches, validation_metrics
+
+GROUPS = ("bias", "linear", "factors")
 
 
-def _batch_gradient(batch: SparseBatch | None, w0, w, V, hp: dict[str, Any], device, dtype):
-    """The summed (not yet averaged) loss gradient of a batch's rows: (touched feature ids,
-    their gradient rows [g_w, g_v...], g_w0, summed loss, rows); empty for no batch."""
-    import torch
+class TorchLearner:
+    """An FM on a PyTorch ``device`` (a name or ``torch.device``): the weights ``w0, w, V``
+    and, per group, the optimizer's two moments, as tensors of ``dtype`` (a numpy dtype) on
+    the device."""
 
-    if batch is None:
-        return (torch.zeros(0, dtype=torch.int64, device=device),
-                torch.zeros((0, V.shape[1] + 1), dtype=dtype, device=device),
-                torch.zeros_like(w0), 0.0, 0)
-    rows, ids, values, labels = batch_tensors(batch, device, dtype)
-    touched, position = torch.unique(ids, return_inverse=True)
-    b = w0.clone().requires_grad_()
-    w_rows = w[touched].clone().requires_grad_()
-    V_rows = V[touched].clone().requires_grad_()
-    y = fm_logits(b, w_rows, V_rows, rows, ids, values, batch.n_rows, position)
-    if hp["predictor_type"] == "binary_classifier":
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(y, labels, reduction="sum")
-    else:
-        loss = ((y - labels) ** 2).sum()
-    loss.backward()
-    G = torch.cat([w_rows.grad[:, None], V_rows.grad], dim=1)
-    return touched, G, b.grad, float(loss.detach()), batch.n_rows
+    primary = True
 
+    def __init__(self, hp: dict[str, Any], params: FMParameters | None, device: Any,
+                 dtype: Any = None):
+        import torch
 
-def train_on_device(hp: dict[str, Any], source, device, params: FMParameters | None = None, *,
-                    validation=None, progress: bool | None = None, dtype=None,
-                    host: str = DEFAULT_HOST) -> tuple[FMParameters, list]:
-    """Train an FM on ``device`` with mini-batches of ``mini_batch_size``; returns the weights
-    (numpy) and per-epoch statistics, as :func:`fmkit.train.trainer.train` does (a
-    ``validation`` source drives early stopping the same way). With several
-    processes each computes the gradient of its share of every step and the sparse gradient
-    rows are gathered and summed in rank order (as the CPU trainer does), so every replica
-    takes the same step."""
-    import torch
-    from tqdm import tqdm
+        self.hp, self.steps = hp, 0
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.dtype = getattr(torch, np.dtype(dtype or np.float32).name)
+        params = params if params is not None else init_parameters(hp)
+        self.groups = {}
+        for group, array in zip(GROUPS, (params.w0, params.w, params.V)):
+            param = self._tensor(np.asarray(array, dtype=np.float64))
+            m = (ftrl_initial_z(param, group, hp).clone() if hp["optimizer"] == "ftrl"
+                 else torch.zeros_like(param))
+            self.groups[group] = (param, m, torch.zeros_like(param))
 
+    def _tensor(self, array: Any):
+        import torch
 
-    dtype = dtype or torch.float32
-    name = hp["optimizer"]
-    params = params if params is not None else init_parameters(hp)
-    as_tensor = {"dtype": dtype, "device": device}
-    w0, w, V = (torch.tensor(np.asarray(a, dtype=np.float64), **as_tensor)
-                for a in (params.w0, params.w, params.V))
-    groups = {}
-    for group, param in (("bias", w0), ("linear", w), ("factors", V)):
-        m = (ftrl_initial_z(param, group, hp).clone() if name == "ftrl"
-             else torch.zeros_like(param))
-        groups[group] = (param, m, torch.zeros_like(param))
-    clip = hp["clip_gradient"] or 0.0
-    rank, world = distributed.rank_and_size()
-    local = -(-hp["mini_batch_size"] // world)  # each process's share of a step
-    slot = np.full(hp["feature_dim"], -1, np.int64) if world > 1 else None
-    rng = np.random.default_rng(hp["seed"])
-    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
-    history, step = [], 0
-    stopper = EarlyStopping(hp["early_stopping_metric"], hp["predictor_type"],
-                            hp["early_stopping_patience"])
+        return torch.as_tensor(array, dtype=self.dtype, device=self.device)
 
-    def weights() -> FMParameters:
-        return FMParameters(*(t.cpu().numpy().astype(np.float32) for t in (w0, w, V)))
+    def batches(self, source: Source, rng: np.random.Generator) -> Iterator[SparseBatch]:
+        return self.mini_batches(source, self.hp["mini_batch_size"], rng)
 
-    for epoch in range(1, hp["epochs"] + 1):
-        started, rows_seen, loss_sum = time.perf_counter(), 0, 0.0
-        if world > 1:  # per-epoch generators, as the CPU trainer's several processes use
-            rng = np.random.default_rng([hp["seed"], rank, epoch])
-        bar = tqdm(desc=f"epoch {epoch}/{hp['epochs']}", unit=" rows", unit_scale=True,
-                   disable=not show, file=sys.stderr)
-        batches = local_batches(source, local, hp["shuffle"], rng)
-        while True:
-            batch = next(batches, None)
-            touched, G, g0, loss, n = _batch_gradient(batch, w0, w, V, hp, device, dtype)
-            if world > 1:  # every process's sparse gradient rows, summed in rank order
-                (n, loss, g0_sum), ids, rows = distributed.sum_sparse_rows(
-                    np.array([n, loss, float(g0)]), touched.cpu().numpy(),
-                    G.double().cpu().numpy(), slot)
-                touched = torch.from_numpy(ids).to(device)
-                G = torch.from_numpy(rows).to(device=device, dtype=dtype)
-                g0 = torch.full_like(w0, g0_sum)
-            if n == 0:
-                break
-            step += 1
-            with torch.no_grad():
-                for group, at, grad in (("bias", slice(None), g0 / n),
-                                        ("linear", touched, G[:, 0] / n),
-                                        ("factors", touched, G[:, 1:] / n)):
-                    param, m_all, s_all = groups[group]
-                    p, m, s = param[at].clone(), m_all[at].clone(), s_all[at].clone()
-                    g = grad * hp["rescale_grad"]
-                    if clip > 0:
-                        g = g.clamp(-clip, clip)
-                    wd = hp[f"{group}_wd"]
-                    if name != "ftrl":
-                        g = g + wd * p
-                    apply_rule(name, p, g, m, s, hp[f"{group}_lr"], wd, step, hp, torch)
-                    param[at], m_all[at], s_all[at] = p, m, s
-            rows_seen += int(n)
-            loss_sum += loss
-            bar.update(int(n))
-        bar.close()
-        if rows_seen == 0:
-            raise DataError(source.name, None, "holds no data rows")
-        stats = EpochStats(epoch, loss_sum / rows_seen, rows_seen, time.perf_counter() - started)
-        if not np.isfinite(stats.loss):
-            raise TrainingDiverged(epoch)
-        history.append(stats)
-        log.info("epoch %d/%d: train loss %.6f over %d rows (%.0f rows/s) on %s", epoch,
-                 hp["epochs"], stats.loss, rows_seen, stats.rows_per_second, device)
-        if validation is not None:
-            current = weights()
-            stats.validation = validation_metrics(hp, current, validation, epoch, host)
-            if stopper.update(epoch, stats.validation, lambda kept=current: kept):  # a fresh copy
-                break
-    best = stopper.best_weights
-    return (best if best is not None else weights()), history
+    def mini_batches(self, source: Source, size: int, rng: np.random.Generator
+                     ) -> Iterator[SparseBatch]:
+        return shuffled_batches(source.blocks(), size, self.hp["shuffle"], rng)
+
+    def step(self, batch: SparseBatch) -> tuple[float, int]:
+        gradient = self.gradient(batch)
+        self.apply(gradient)
+        return gradient.loss, gradient.rows
+
+    def gradient(self, batch: SparseBatch | None) -> Gradient:
+        """The summed (not yet averaged) loss gradient of a batch's rows, by autograd over the
+        rows of the distinct features it touches."""
+        import torch
+
+        w0, w, V = (self.groups[g][0] for g in GROUPS)
+        if batch is None:
+            return Gradient(0, 0.0, torch.zeros_like(w0),
+                            [(torch.zeros(0, dtype=torch.int64, device=self.device),
+                              torch.zeros((0, V.shape[1] + 1), dtype=self.dtype,
+                                          device=self.device), V.shape[0])])
+        rows, ids, values, labels = batch_tensors(batch, self.device, self.dtype)
+        touched, position = torch.unique(ids, return_inverse=True)
+        b = w0.clone().requires_grad_()
+        w_rows = w[touched].clone().requires_grad_()
+        V_rows = V[touched].clone().requires_grad_()
+        y = fm_logits(b, w_rows, V_rows, rows, ids, values, batch.n_rows, position)
+        if self.hp["predictor_type"] == "binary_classifier":
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(y, labels,
+                                                                        reduction="sum")
+        else:
+            loss = ((y - labels) ** 2).sum()
+        loss.backward()
+        G = torch.cat([w_rows.grad[:, None], V_rows.grad], dim=1)
+        return Gradient(batch.n_rows, float(loss.detach()), b.grad, [(touched, G, V.shape[0])])
+
+    def apply(self, gradient: Gradient) -> None:
+        """One optimizer step (:func:`apply_rule`, lazily: the touched rows only) on the
+        gradient of the step's mean loss."""
+        import torch
+
+        hp, n = self.hp, gradient.rows
+        ids, G, _ = gradient.sparse[0]
+        ids = torch.as_tensor(ids, device=self.device)
+        G, g0 = self._tensor(G), self._tensor(gradient.dense)
+        clip = hp["clip_gradient"] or 0.0
+        self.steps += 1
+        with torch.no_grad():
+            for group, at, grad in (("bias", slice(None), g0 / n), ("linear", ids, G[:, 0] / n),
+                                    ("factors", ids, G[:, 1:] / n)):
+                param, m_all, s_all = self.groups[group]
+                p, m, s = param[at].clone(), m_all[at].clone(), s_all[at].clone()
+                g = grad * hp["rescale_grad"]
+                if clip > 0:
+                    g = g.clamp(-clip, clip)
+                wd = hp[f"{group}_wd"]
+                if hp["optimizer"] != "ftrl":
+                    g = g + wd * p
+                apply_rule(hp["optimizer"], p, g, m, s, hp[f"{group}_lr"], wd, self.steps, hp,
+                           torch)
+                param[at], m_all[at], s_all[at] = p, m, s
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        return {f"{group}/{i}": t.cpu().numpy() for group, tensors in self.groups.items()
+                for i, t in enumerate(tensors)}, {}
+
+    def restore(self, arrays: dict[str, np.ndarray], extra: dict) -> None:
+        for group, tensors in self.groups.items():
+            for i, t in enumerate(tensors):
+                t.copy_(self._tensor(arrays[f"{group}/{i}"]))
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {group: self.groups[group][0].cpu().numpy().astype(np.float32)
+                for group in GROUPS}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        for group in GROUPS:
+            self.groups[group][0].copy_(self._tensor(weights[group]))
+
+    def evaluate(self, source: Source) -> dict[str, float]:
+        params = FMParameters(*self.weights().values())
+        return require_rows(FMModel(self.hp, params).evaluate(source.blocks()), source.name)
+
+    def parameters(self, epoch: int) -> FMParameters:
+        """The trained weights as numpy float32 (``epoch``: the last one trained)."""
+        params = FMParameters(*self.weights().values())
+        if not all(np.isfinite(a).all() for a in (params.w0, params.w, params.V)):
+            raise TrainingDiverged(epoch, "a weight")
+        return params

@@ -1,0 +1,192 @@
+"""The training loop, written once for every model, device and process count.
+
+:func:`fit` owns the epochs, the data order, and the place in the data a checkpoint records; a
+*learner* (:class:`Learner`: FM on the compiled kernels, FM on a PyTorch device, DeepFM) owns
+only its step and its state; everything around the steps — progress, the epoch log, validation
+and early stopping, checkpoints and resuming — is a :class:`Callback` (as LightGBM's
+``engine.train`` and xgboost's ``TrainingCallback`` do it). Several processes are a learner
+that wraps another (:class:`fmkit.distributed.DataParallel`), not branches in this loop.
+
+Each epoch's data order comes from a generator seeded by ``(seed, epoch)``, so a resumed run
+replays the epoch it stopped in (reading and skipping the steps already trained) without saving
+generator states.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from fmkit.errors import DataError, TrainingDiverged
+from fmkit.train.checkpoint import TrainingState
+
+
+@dataclass
+class EpochStats:
+    """One epoch of the history ``metrics.json`` keeps under ``train``."""
+
+    epoch: int
+    loss: float  # mean training loss of the epoch's rows, each taken before its update
+    rows: int
+    seconds: float
+    rows_per_second: float = 0.0
+    validation: dict[str, float] | None = None  # the validation channel's metrics
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> EpochStats:
+        """An epoch of a checkpoint's history; fields of older versions are left out."""
+        return cls(**{name: saved[name] for name in cls.__dataclass_fields__ if name in saved})
+
+
+@dataclass
+class Gradient:
+    """One step's gradient on one process, summed (not yet averaged) over its rows: what a
+    learner hands :class:`fmkit.distributed.DataParallel` to combine across processes."""
+
+    rows: int
+    loss: float
+    dense: np.ndarray  # parameters every row touches (flat)
+    sparse: list[tuple[Any, Any, int]]  # per table: (row ids, their gradient rows, table rows)
+
+
+class Source(Protocol):
+    name: str
+
+    def blocks(self) -> Iterator[Any]: ...
+
+
+class Learner(Protocol):
+    """What :func:`fit` trains. ``step`` takes one unit of ``batches`` (a mini-batch, or for the
+    compiled FM kernels a whole chunk of them: one compiled call) and returns its summed loss
+    and rows; a step over no rows ends the epoch. ``state``/``restore`` are what a checkpoint
+    keeps (weights, optimizer state: arrays and JSON); ``weights``/``set_weights`` copy the
+    weights alone (the best epoch's, for early stopping). A learner that can be combined
+    across processes also has ``mini_batches(source, size, rng)``, ``gradient(batch)`` and
+    ``apply(gradient)``."""
+
+    primary: bool  # this process logs and writes (replicas on other processes do not)
+    steps: int  # optimizer steps so far
+
+    def batches(self, source: Source, rng: np.random.Generator) -> Iterator[Any]: ...
+
+    def step(self, unit: Any) -> tuple[float, int]: ...
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]: ...
+
+    def restore(self, arrays: dict[str, np.ndarray], extra: dict) -> None: ...
+
+    def weights(self) -> dict[str, np.ndarray]: ...
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None: ...
+
+    def evaluate(self, source: Any) -> dict[str, float]: ...
+
+
+@dataclass
+class Run:
+    """Where a :func:`fit` is: what callbacks read (and what a checkpoint records)."""
+
+    learner: Learner
+    source: Source
+    epochs: int | None  # None: until max_steps
+    callbacks: list[Callback]
+    epoch: int = 1  # the epoch in progress
+    units: int = 0  # steps of ``learner.batches`` done in this epoch
+    rows: int = 0  # rows done in this epoch
+    loss_sum: float = 0.0
+    history: list[EpochStats] = field(default_factory=list)
+
+    def training_state(self, run_id: dict) -> TrainingState:
+        """The learner's and the callbacks' state at this point, for a checkpoint."""
+        arrays, extra = {}, {}
+        for name, part in [("learner", self.learner), *((c.name, c) for c in self.callbacks)]:
+            part_arrays, extra[name] = part.state()
+            arrays.update({f"{name}/{key}": value for key, value in part_arrays.items()})
+        return TrainingState(self.learner.steps, self.epoch, self.units, self.rows,
+                             self.loss_sum, [vars(h) for h in self.history], run_id, arrays,
+                             extra)
+
+    def restore(self, state: TrainingState) -> None:
+        """Continue from a checkpoint taken by :meth:`training_state`."""
+        for name, part in [("learner", self.learner), *((c.name, c) for c in self.callbacks)]:
+            prefix = f"{name}/"
+            part.restore({key.removeprefix(prefix): value for key, value in state.arrays.items()
+                          if key.startswith(prefix)}, state.extra.get(name, {}))
+        self.learner.steps = state.step
+        self.epoch, self.units, self.rows, self.loss_sum = (state.epoch, state.chunks_done,
+                                                            state.rows, state.loss_sum)
+        self.history = [EpochStats.from_dict(h) for h in state.history]
+
+
+class Callback:
+    """A hook around the steps; every method is optional. ``after_epoch`` returns True to
+    stop training; ``state``/``restore`` are what a checkpoint keeps of the callback."""
+
+    name = "callback"
+
+    def before_fit(self, run: Run) -> None: ...
+
+    def before_epoch(self, run: Run) -> None: ...
+
+    def after_step(self, run: Run) -> None: ...
+
+    def after_epoch(self, run: Run, stats: EpochStats) -> bool:
+        return False
+
+    def after_fit(self, run: Run) -> None: ...
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        return {}, {}
+
+    def restore(self, arrays: dict[str, np.ndarray], extra: dict) -> None: ...
+
+
+def fit(learner: Learner, source: Source, *, epochs: int | None, seed: int,
+        callbacks: Sequence[Callback] = (), max_steps: int = 0,
+        first_epoch: int = 1) -> list[EpochStats]:
+    """Train ``learner`` on ``source`` from epoch ``first_epoch`` (> 1: continuing a model
+    trained that far, with the data order that run would have had) to ``epochs`` (None: until
+    ``max_steps`` optimizer steps; 0: no step limit); returns the per-epoch history."""
+    run = Run(learner, source, epochs, list(callbacks), first_epoch)
+    for callback in run.callbacks:
+        callback.before_fit(run)  # a checkpoint callback may resume: run.epoch, run.units...
+    first = run.epoch
+    for epoch in range(first, (epochs or sys.maxsize) + 1):
+        skip = run.units if epoch == first else 0
+        if not skip:
+            run.units, run.rows, run.loss_sum = 0, 0, 0.0
+        run.epoch, started = epoch, time.perf_counter()
+        units = learner.batches(source, np.random.default_rng([seed, epoch]))
+        for _ in range(skip):  # trained before the checkpoint this run resumed from
+            next(units, None)
+        for callback in run.callbacks:
+            callback.before_epoch(run)
+        for unit in units:
+            loss, rows = learner.step(unit)
+            if rows == 0:
+                break
+            if not math.isfinite(loss):
+                raise TrainingDiverged(epoch, f"the loss of step {learner.steps}")
+            run.units, run.rows, run.loss_sum = run.units + 1, run.rows + rows, run.loss_sum + loss
+            for callback in run.callbacks:
+                callback.after_step(run)
+            if max_steps and learner.steps >= max_steps:
+                break
+        if run.rows == 0:
+            raise DataError(source.name, None, "holds no data rows")
+        seconds = time.perf_counter() - started
+        stats = EpochStats(epoch, run.loss_sum / run.rows, run.rows, seconds,
+                           run.rows / max(seconds, 1e-9))
+        run.history.append(stats)
+        stop = [callback.after_epoch(run, stats) for callback in run.callbacks]
+        if any(stop) or (max_steps and learner.steps >= max_steps):
+            break
+    for callback in run.callbacks:
+        callback.after_fit(run)
+    return run.history

@@ -1,0 +1,149 @@
+"""The training loop itself (:mod:`fmkit.train.engine` and its callbacks), on a learner written
+here in plain Python: a running mean of the labels, one step per row. What it must do is easy
+to compute by hand: which rows each epoch sees, in which order, where a resumed run picks up,
+which weights early stopping keeps, what progress says without a terminal."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from fmkit.errors import DataError, TrainingDiverged
+from fmkit.logs import log
+from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
+from fmkit.train.checkpoint import Checkpointer
+from fmkit.train.engine import Callback, fit
+
+
+@dataclass
+class Rows:
+    name: str
+    values: list[float]
+
+    def blocks(self):
+        yield from self.values
+
+
+class MeanLearner:
+    """w moves toward each row's value: w += (x - w) / (steps + 1); loss (x - w)^2."""
+
+    primary = True
+
+    def __init__(self, shuffle: bool = True):
+        self.w, self.steps, self.shuffle, self.seen = 0.0, 0, shuffle, []
+
+    def batches(self, source, rng):
+        values = list(source.blocks())
+        order = rng.permutation(len(values)) if self.shuffle else range(len(values))
+        return (values[i] for i in order)
+
+    def step(self, x):
+        loss = (x - self.w) ** 2
+        self.w += (x - self.w) / (self.steps + 1)
+        self.steps += 1
+        self.seen.append(x)
+        return loss, 1
+
+    def state(self):
+        return {"w": np.array([self.w])}, {"seen": self.seen}
+
+    def restore(self, arrays, extra):
+        self.w, self.seen = float(arrays["w"][0]), list(extra["seen"])
+
+    def weights(self):
+        return {"w": np.array([self.w])}
+
+    def set_weights(self, weights):
+        self.w = float(weights["w"][0])
+
+    def evaluate(self, target):
+        return {"rmse": abs(self.w - target), "mse": (self.w - target) ** 2}
+
+
+def test_every_epoch_sees_every_row_in_an_order_seeded_by_the_epoch():
+    source = Rows("r", [1.0, 2.0, 3.0, 4.0, 5.0])
+    learner = MeanLearner()
+    history = fit(learner, source, epochs=3, seed=7)
+    assert [h.rows for h in history] == [5, 5, 5] and learner.steps == 15
+    for epoch in range(3):
+        order = np.random.default_rng([7, epoch + 1]).permutation(5)
+        assert learner.seen[5 * epoch: 5 * epoch + 5] == [source.values[i] for i in order]
+    assert learner.w == pytest.approx(3.0)  # the mean of every row seen
+    assert all(h.rows_per_second > 0 and h.seconds > 0 for h in history)
+
+
+def test_max_steps_stops_inside_an_epoch_and_first_epoch_continues_numbering():
+    learner = MeanLearner(shuffle=False)
+    history = fit(learner, Rows("r", [1.0, 2.0, 3.0]), epochs=None, seed=0, max_steps=7)
+    assert learner.steps == 7 and [h.rows for h in history] == [3, 3, 1]
+    history = fit(MeanLearner(), Rows("r", [1.0]), epochs=4, seed=0, first_epoch=3)
+    assert [h.epoch for h in history] == [3, 4]
+
+
+def test_no_rows_and_a_non_finite_loss_are_errors():
+    with pytest.raises(DataError, match="empty: holds no data rows"):
+        fit(MeanLearner(), Rows("empty", []), epochs=1, seed=0)
+    with pytest.raises(TrainingDiverged, match="epoch 1"):
+        fit(MeanLearner(), Rows("r", [1.0, float("inf")]), epochs=1, seed=0)
+
+
+class StopAfter(Callback):
+    """Kills the run (as SIGKILL would) after ``steps`` steps."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def after_step(self, run):
+        if run.learner.steps == self.steps:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one_early_stopping_included(tmp_path):
+    """Early stopping's best weights and epoch are part of the checkpoint: the resumed run
+    keeps the same best epoch and restores the same weights."""
+    source = Rows("r", [float(v) for v in range(10)])
+
+    def run(*extra, resume=False):
+        learner = MeanLearner()
+        stopper = EarlyStopping(4.5, "rmse", "regressor", patience=0)
+        fit(learner, source, epochs=4, seed=1, callbacks=[stopper, *extra])
+        return learner, stopper
+
+    straight, straight_stopper = run()
+    saver = Checkpointer(tmp_path / "c", every_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        run(Checkpoint(saver, {"seed": 1}), StopAfter(25))
+    assert saver.latest().step == 24
+    resumed, resumed_stopper = run(Checkpoint(saver, {"seed": 1}, resume=True))
+    assert resumed.seen == straight.seen and resumed.w == straight.w
+    assert resumed_stopper.best_epoch == straight_stopper.best_epoch
+    # the weights kept are those of the epoch whose |w - 4.5| was smallest
+    best = min(range(1, 5), key=lambda e: abs(np.mean(straight.seen[: 10 * e]) - 4.5))
+    assert straight_stopper.best_epoch == best
+    assert straight.w == pytest.approx(np.mean(straight.seen[: 10 * best]))
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement():
+    learner = MeanLearner(shuffle=False)
+    stopper = EarlyStopping(1.0, "rmse", "regressor", patience=2)
+    history = fit(learner, Rows("r", [1.0, 1.0, 5.0]), epochs=20, seed=0, callbacks=[stopper])
+    # w after epoch e is the mean of e copies of [1, 1, 5]: 7/3 always, so epoch 1 stays best
+    assert [h.epoch for h in history] == [1, 2, 3] and stopper.best_epoch == 1
+    assert [h.validation["rmse"] for h in history] == pytest.approx([4 / 3] * 3)
+
+
+def test_progress_logs_lines_without_a_terminal(caplog):
+    caplog.set_level(logging.INFO, logger=log.name)
+    log.propagate = True
+    try:
+        fit(MeanLearner(shuffle=False), Rows("r", [1.0, 2.0]), epochs=2, seed=0,
+            callbacks=[Progress(show=False, interval=0.0)])
+    finally:
+        log.propagate = False
+    lines = [r.getMessage() for r in caplog.records]
+    assert "epoch 1/2: 1 rows, running train loss 1.000000" in lines
+    assert any(line.startswith("epoch 2/2: train loss") for line in lines)
+    assert "#progress_metric: host=algo-1, completed 100 % of epochs" in lines
