@@ -30,7 +30,8 @@ from fmkit.errors import ArtifactError
 FORMAT = "fmkit-model"
 FORMAT_VERSION = 1
 META_FILE, WEIGHTS_FILE, METRICS_FILE = "model.json", "weights.npz", "metrics.json"
-MODEL_FILES = {META_FILE, WEIGHTS_FILE, METRICS_FILE}
+REPORT_FILE = "report.html"  # fmkit report's page (see fmkit.report)
+MODEL_FILES = {META_FILE, WEIGHTS_FILE, METRICS_FILE, REPORT_FILE}
 # Where the SageMaker entry point puts the model directory inside /opt/ml/model (SageMaker FM's
 # own artifact has this name); loading /opt/ml/model finds it there.
 SAGEMAKER_SUBDIR = "model_algo-1"

@@ -106,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default) or a PyTorch device (cuda)")
     _add_format(p)
 
+    p = sub.add_parser("report", help="an HTML page: learning curves, and with --data ROC, "
+                       "precision-recall, calibration and metrics",
+                       epilog="example:\n  fmkit report --model-dir model/ --data a9a.t",
+                       formatter_class=raw)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--data", help="labelled file or directory to measure the model on")
+    p.add_argument("--output", help="the HTML file (default: MODEL_DIR/report.html)")
+    _add_quiet(p)
+    _add_format(p)
+
     p = sub.add_parser("predict", help="batch prediction: SageMaker responses for a file",
                        description="Score every row of a file (a training format, or a "
                        "SageMaker request body: json, jsonlines, recordio) and write SageMaker "
@@ -282,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
             rows = jobs.predict_files(args.model_dir, args.data, args.output, fmt=args.format,
                                       accept=args.accept, device=args.device)
             log.info("wrote %d predictions to %s", rows, args.output or "stdout")
+        elif args.command == "report":
+            from fmkit.report import write_report
+
+            log.info("report written to %s", write_report(args.model_dir, args.data,
+                                                          args.output, args.format))
         elif args.command == "serve":
             from fmkit.serve.app import serve
 

@@ -109,13 +109,18 @@ class FMModel:
 
         return codecs.RequestDecoder(self.feature_dim)
 
-    def evaluate(self, blocks: Iterator[SparseBatch]) -> dict[str, float]:
-        """SageMaker's test metrics (plus AUC and ``rows``) over labelled blocks."""
+    def labelled_logits(self, blocks: Iterator[SparseBatch]
+                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The labels and y_hat of labelled blocks, block by block."""
         labels, logits = [], []
         for batch in blocks:
             labels.append(batch.labels)
             logits.append(self.logits(batch))
-        return metrics_of_parts(self.predictor_type, labels, logits)
+        return labels, logits
+
+    def evaluate(self, blocks: Iterator[SparseBatch]) -> dict[str, float]:
+        """SageMaker's test metrics (plus AUC and ``rows``) over labelled blocks."""
+        return metrics_of_parts(self.predictor_type, *self.labelled_logits(blocks))
 
     # -- the model directory -------------------------------------------------------------
     def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:

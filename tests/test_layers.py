@@ -24,7 +24,7 @@ LAYERS = [
                "fmkit.deepfm.train"]),
     ("adapters", ["fmkit", "fmkit.__main__", "fmkit.jobs", "fmkit.deepfm.jobs",
                   "fmkit.estimators", "fmkit.serve", "fmkit.sagemaker", "fmkit.cli",
-                  "fmkit.demo"]),
+                  "fmkit.demo", "fmkit.report"]),
 ]
 
 

@@ -155,11 +155,16 @@ class DeepFMModel:
         """``score`` (and ``predicted_label`` for classifiers) of every row."""
         return prediction_fields(self.predictor_type, self.logits(batch))
 
-    @torch.no_grad()
     def evaluate(self, batches: Iterator[ColumnBatch], max_rows: int | None = None
                  ) -> dict[str, float]:
         """The FM metrics (RMSE, or log loss/accuracy/F1/AUC) over labelled batches (their
         first ``max_rows`` rows if given)."""
+        return metrics_of_parts(self.predictor_type, *self.labelled_logits(batches, max_rows))
+
+    @torch.no_grad()
+    def labelled_logits(self, batches: Iterator[ColumnBatch], max_rows: int | None = None
+                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The labels and y_hat of labelled batches (their first ``max_rows`` rows)."""
         self.net.eval()
         labels, logits = [], []
         seen = 0
@@ -172,7 +177,7 @@ class DeepFMModel:
             encoded = self.encode(batch, labelled=True)
             labels.append(encoded.labels)
             logits.append(self._forward(encoded))
-        return metrics_of_parts(self.predictor_type, labels, logits)
+        return labels, logits
 
     # -- the model directory ---------------------------------------------------------------
     def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:

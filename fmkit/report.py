@@ -1,0 +1,176 @@
+"""``fmkit report``: a model directory's training history and, given labelled data, its
+quality, as one self-contained HTML page: the plots are drawn with matplotlib and embedded as
+PNG data, the tables are ``metrics.json`` (and the data's metrics) as written."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmkit import artifact, files
+from fmkit.errors import FMKitError
+from fmkit.metrics import metrics_of_parts, require_rows
+from fmkit.model import load_model
+from fmkit.models.fm import sigmoid
+
+SHORT = {"binary_classification_accuracy": "accuracy", "binary_f_beta": "F1",
+         "binary_classification_cross_entropy": "log loss"}  # SageMaker's names, in headers
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+         "padding:3px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
+         "figure{margin:0 1em 1em 0}.plots{display:flex;flex-wrap:wrap}")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise FMKitError("fmkit report draws its plots with matplotlib: "
+                         "pip install 'fmkit[report]'") from None
+    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=90)
+    figure.clf()
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _learning_curves(plt, history: list[dict]) -> str:
+    """Training loss, and each validation metric, per epoch."""
+    measured = sorted({name for h in history for name in (h.get("validation") or {})
+                       if name != "rows"})
+    figure, axes = plt.subplots(1, 1 + bool(measured), figsize=(11 if measured else 6, 4),
+                                squeeze=False)
+    epochs = [h["epoch"] for h in history]
+    axes[0, 0].plot(epochs, [h["loss"] for h in history], "o-")
+    axes[0, 0].set(title="training loss", xlabel="epoch", ylabel="mean loss")
+    for name in measured:
+        points = [(h["epoch"], h["validation"][name]) for h in history
+                  if name in (h.get("validation") or {})]
+        axes[0, 1].plot(*zip(*points), "o-", label=SHORT.get(name, name))
+    if measured:
+        axes[0, 1].set(title="validation", xlabel="epoch")
+        axes[0, 1].legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in axes[0]:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _png(figure)
+
+
+def _quality_plots(plt, predictor_type: str, y: np.ndarray, z: np.ndarray) -> dict[str, str]:
+    """ROC, precision-recall and calibration (classifiers); predicted against actual and the
+    residuals (regressors)."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    if predictor_type == "regressor":
+        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        shown = np.random.default_rng(0).permutation(y.size)[:5000]
+        left.scatter(y[shown], z[shown], s=4, alpha=0.4)
+        low, high = float(min(y.min(), z.min())), float(max(y.max(), z.max()))
+        left.plot([low, high], [low, high], "k--", lw=1)
+        left.set(title="predicted against actual", xlabel="label", ylabel="prediction")
+        right.hist(z - y, bins=50)
+        right.set(title="residuals", xlabel="prediction - label", ylabel="rows")
+        return {"Predictions": _png(figure)}
+    p = sigmoid(z)
+    plots = {}
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    fpr, tpr, _ = roc_curve(y, p)
+    axis.plot(fpr, tpr, label=f"AUC {auc(fpr, tpr):.4f}")
+    axis.plot([0, 1], [0, 1], "k--", lw=1)
+    axis.set(title="ROC", xlabel="false positive rate", ylabel="true positive rate")
+    axis.legend(loc="lower right")
+    plots["ROC"] = _png(figure)
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    precision, recall, _ = precision_recall_curve(y, p)
+    axis.plot(recall, precision, label=f"average precision {average_precision_score(y, p):.4f}")
+    axis.axhline(y.mean(), color="k", ls="--", lw=1)
+    axis.set(title="precision-recall", xlabel="recall", ylabel="precision")
+    axis.legend(loc="lower left")
+    plots["Precision-recall"] = _png(figure)
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
+                                         gridspec_kw={"height_ratios": [3, 1]})
+    observed, predicted = calibration_curve(y, p, n_bins=10, strategy="quantile")
+    top.plot(predicted, observed, "o-")
+    top.plot([0, 1], [0, 1], "k--", lw=1)
+    top.set(title="calibration", ylabel="positive rate")
+    bottom.hist(p, bins=50)
+    bottom.set(xlabel="predicted probability", ylabel="rows")
+    plots["Calibration"] = _png(figure)
+    return plots
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return html.escape(str(value))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def short(column: str) -> str:
+        prefix, _, name = column.rpartition(" ")
+        return f"{prefix} {SHORT.get(name, name)}".strip()
+
+    head = "".join(f'<th title="{html.escape(c)}">{html.escape(short(c))}</th>'
+                   for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c, ''))}</td>" for c in columns)
+                   + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _history_table(history: list[dict]) -> str:
+    measured = sorted({n for h in history for n in (h.get("validation") or {}) if n != "rows"})
+    rows = [{**{k: v for k, v in h.items() if k != "validation"},
+             **{f"validation: {n}": v for n, v in (h.get("validation") or {}).items()}}
+            for h in history]
+    columns = ["epoch", "loss", "rows", "seconds", "rows_per_second",
+               *(f"validation: {n}" for n in measured)]
+    return _table(rows, [c for c in columns if any(c in r for r in rows)])
+
+
+def write_report(model_dir: str | Path, data: str | Path | None = None,
+                 output: str | Path | None = None, fmt: str = "auto") -> Path:
+    """Write the page (default ``MODEL_DIR/report.html``, under a temporary name renamed into
+    place); with labelled ``data``, its metrics and quality plots too. Returns its path."""
+    plt = _pyplot()
+    model = load_model(model_dir)
+    metrics = artifact.load_directory(model_dir)[2]
+    history = [h for h in metrics.get("train", []) if isinstance(h, dict) and "epoch" in h]
+    channels = {name: values for name, values in metrics.items()
+                if name != "train" and isinstance(values, dict)}
+    plots = {"Learning curves": _learning_curves(plt, history)} if history else {}
+    if data is not None:
+        labels, logits = model.labelled_logits(model.read(data, fmt, labelled=True))
+        channels[f"data ({data})"] = require_rows(
+            metrics_of_parts(model.predictor_type, labels, logits), str(data))
+        plots.update(_quality_plots(plt, model.predictor_type, np.concatenate(labels),
+                                    np.concatenate(logits)))
+    names = sorted({n for values in channels.values() for n in values})
+    parts = [f"<h1>fmkit model: {html.escape(str(model_dir))}</h1>",
+             f"<p>{html.escape(model.predictor_type)}, {type(model).__name__}</p>",
+             "<h2>Metrics</h2>",
+             _table([{"channel": c, **v} for c, v in channels.items()], ["channel", *names]),
+             "<h2>Training history</h2>", _history_table(history)]
+    parts += ['<h2>Plots</h2><div class="plots">', *(
+        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
+        f'<figcaption>{html.escape(title)}</figcaption></figure>'
+        for title, png in plots.items()), "</div>"]
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fmkit report</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    target = Path(output) if output else artifact.resolve(model_dir) / artifact.REPORT_FILE
+    with files.output_stream(target) as out:
+        out.write(page.encode())
+    return target

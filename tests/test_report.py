@@ -1,0 +1,121 @@
+"""``fmkit report``: every plot is a real embedded PNG with something drawn on it, and every
+figure of its tables is the one ``metrics.json`` holds (and the data's metrics are
+scikit-learn's)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from sklearn.metrics import roc_auc_score
+
+from .conftest import REPO, shared_file
+
+
+class Page(HTMLParser):
+    """The tables (rows of cell texts, header titles first) and images of a page."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tables, self.images, self._cell = [], [], None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = attrs.get("title", "") if tag == "th" else ""
+            self._header = tag == "th"
+        elif tag == "img":
+            self.images.append(attrs["src"])
+
+    def handle_data(self, data):
+        if self._cell is not None and not self._header:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append(self._cell.strip())
+            self._cell = None
+
+    def records(self, index: int) -> list[dict[str, str]]:
+        header, *rows = self.tables[index]
+        return [dict(zip(header, row)) for row in rows]
+
+
+def _check_page(model_dir, plots: int) -> tuple[Page, dict]:
+    page = Page((model_dir / "report.html").read_text())
+    assert len(page.images) == plots
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        pixels = imread(io.BytesIO(png))
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 200
+        assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 20  # drawn on
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    history = page.records(1)
+    assert len(history) == len(metrics["train"])
+    for shown, saved in zip(history, metrics["train"]):
+        for name, value in saved.items():
+            if name == "validation":
+                for metric, v in (value or {}).items():
+                    if metric == "rows":
+                        continue  # (the validation channel's size: not a column)
+                    assert float(shown[f"validation: {metric}"]) == pytest.approx(v, rel=1e-5)
+            else:
+                assert float(shown[name]) == pytest.approx(value, rel=1e-5), name
+    channels = {row["channel"]: row for row in page.records(0)}
+    for channel, values in metrics.items():
+        if channel != "train":
+            for name, value in values.items():
+                assert float(channels[channel][name]) == pytest.approx(value, rel=1e-5)
+    return page, channels
+
+
+def test_report_of_an_fm_with_validation_and_test_data(tmp_path, cli):
+    a9a, a9a_t = shared_file("a9a_libsvm", "a9a"), shared_file("a9a_libsvm", "a9a.t")
+    code, _, err = cli("train", "--train", a9a, "--validation", a9a_t, "--model-dir",
+                       tmp_path / "m", "--quiet", "feature_dim=124", "num_factors=4",
+                       "predictor_type=binary_classifier", "epochs=3", "mini_batch_size=100")
+    assert code == 0, err
+    code, _, err = cli("report", "--model-dir", tmp_path / "m", "--data", a9a_t, "--quiet")
+    assert code == 0, err
+    _, channels = _check_page(tmp_path / "m", plots=4)  # curves, ROC, PR, calibration
+    y = np.array([1 if line.split()[0] == "+1" else 0 for line in a9a_t.open()])
+    code, out, _ = cli("predict", "--model-dir", tmp_path / "m", "--data", a9a_t)
+    scores = [json.loads(line)["score"] for line in out.splitlines()]
+    data_auc = float(next(row for name, row in channels.items() if name.startswith("data"))
+                     ["auc"])
+    assert data_auc == pytest.approx(roc_auc_score(y, scores), rel=1e-5)
+
+
+def test_report_of_the_criteo_deepfm_example(tmp_path, cli):
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    code, _, err = cli("train", "--config", REPO / "examples" / "deepfm_criteo.yaml", "--quiet",
+                       "--set", f"train_input_path={train}", "--set", f"eval_input_path={train}",
+                       "--set", f"model_dir={tmp_path / 'd'}",
+                       "--set", "train_config.num_epochs=2",
+                       "--set", "train_config.early_stopping_patience=2")
+    assert code == 0, err
+    output = tmp_path / "elsewhere.html"
+    code, _, err = cli("report", "--model-dir", tmp_path / "d", "--output", output, "--quiet")
+    assert code == 0, err
+    assert not (tmp_path / "d" / "report.html").exists()
+    output.rename(tmp_path / "d" / "report.html")
+    _check_page(tmp_path / "d", plots=1)  # learning curves only: no --data
+
+
+def test_report_of_a_directory_that_is_not_a_model_is_one_line(tmp_path, cli):
+    code, _, err = cli("report", "--model-dir", tmp_path)
+    assert code == 1 and err.startswith("fmkit: error:") and len(err.splitlines()) == 1
+    assert re.search("model", err)
