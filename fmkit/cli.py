@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-seconds", type=float, default=0.0, metavar="S",
                    help="a checkpoint every S seconds (default with --checkpoint-dir: 600)")
     p.add_argument("--init-model", metavar="DIR",
-                   help="continue training this FM model (same feature_dim, num_factors, "
-                   "predictor_type): its weights, a fresh optimizer state, epochs numbered "
-                   "after its own")
+                   help="continue training this model (FM: the same feature_dim, num_factors, "
+                   "predictor_type; DeepFM: the same features and network): its weights, a "
+                   "fresh optimizer state, epochs numbered after its own")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --checkpoint-dir")
     p.add_argument("--device", default="cpu",
@@ -259,9 +259,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.assignments or args.hyperparameters:
                 raise HyperparameterError("with --config, set fields with --set PATH=VALUE "
                                           "(NAME=VALUE hyperparameters are for --train)")
-            if args.init_model:
-                raise HyperparameterError("--init-model continues an FM trained with --train; "
-                                          "with --config it is not supported")
             overrides = list(args.overrides)
             for field, value in (("train_input_path", args.train),
                                  ("eval_input_path", args.test),
@@ -270,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                     overrides.append(f"{field}={json.dumps(value)}")  # a YAML string
             jobs.train_config_file(args.config, overrides,
                                    progress=False if args.quiet else None, device=args.device,
-                                   checkpoints=_checkpointer(args), resume=args.resume)
+                                   checkpoints=_checkpointer(args), resume=args.resume,
+                                   validation_path=args.validation, init_model=args.init_model)
         elif args.command == "train":
             if not args.train or not args.model_dir:
                 raise HyperparameterError("train needs --train and --model-dir (or --config)")

@@ -226,7 +226,8 @@ FM_DATA_FIELDS = {"format", "index_base", "cache"}
 
 def train_config_file(path: str | Path, overrides: list[str] = (), *,
                       progress: bool | None = None, device: str = "cpu",
-                      checkpoints: Checkpointer | None = None, resume: bool = False
+                      checkpoints: Checkpointer | None = None, resume: bool = False,
+                      validation_path: str | None = None, init_model: str | None = None
                       ) -> tuple[Any, dict[str, Any]]:
     """``fmkit train --config FILE [--set path=value ...]``: a DeepFM configuration
     (TorchEasyRec's fields, see :mod:`fmkit.deepfm.config`), or an FM one — the same file
@@ -239,7 +240,8 @@ def train_config_file(path: str | Path, overrides: list[str] = (), *,
         from fmkit.deepfm.jobs import train_deepfm
 
         return train_deepfm(configs.parse(document), progress=progress, device=device,
-                            checkpoints=checkpoints, resume=resume)
+                            checkpoints=checkpoints, resume=resume,
+                            validation_path=validation_path, init_model=init_model)
     for fields, found, where in ((FM_CONFIG_FIELDS, document, ""),
                                  ({"fm"}, model_config, "model_config."),
                                  (FM_DATA_FIELDS, document.get("data_config") or {},
@@ -262,4 +264,5 @@ def train_config_file(path: str | Path, overrides: list[str] = (), *,
                        fmt=str(data.get("format", "auto")),
                        index_base=data.get("index_base", "auto"), progress=progress,
                        cache=bool(data.get("cache", False)), device=device,
-                       checkpoints=checkpoints, resume=resume)
+                       checkpoints=checkpoints, resume=resume, validation_path=validation_path,
+                       init_model=init_model)

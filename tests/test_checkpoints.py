@@ -172,3 +172,27 @@ def test_init_model_then_one_epoch_equals_two_epochs_in_one_run(tmp_path, cli):
                        "num_factors=5", *hp[2:], "--init-model", tmp_path / "one")
     assert code == 1 and "the model has num_factors=4, this run num_factors=5" in err
     assert not (tmp_path / "other").exists()
+
+
+def test_deepfm_init_model_then_one_epoch_equals_two_epochs_and_validation(tmp_path, cli):
+    """DeepFM continues the same way (plain SGD, no momentum, no dropout: nothing but the
+    weights carries over); --validation is scored after every epoch."""
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    common = ["train", "--config", REPO / "examples" / "deepfm_criteo.yaml", "--quiet",
+              "--set", f"train_input_path={train}", "--set", "eval_input_path=",
+              "--set", "data_config.shuffle=true",
+              "--set", "train_config.sparse_optimizer={sgd_optimizer: {lr: 0.05}}",
+              "--set", "train_config.dense_optimizer={sgd_optimizer: {lr: 0.01, momentum: 0}}"]
+    for name, more in (("two", ["--set", "train_config.num_epochs=2"]),
+                       ("one", ["--set", "train_config.num_epochs=1"]),
+                       ("more", ["--set", "train_config.num_epochs=1",
+                                 "--init-model", tmp_path / "one", "--validation", train])):
+        code, _, err = cli(*common, "--set", f"model_dir={tmp_path / name}", *more)
+        assert code == 0, err
+    two, more = _weights(tmp_path / "two"), _weights(tmp_path / "more")
+    assert not all(np.allclose(_weights(tmp_path / "one")[n], two[n]) for n in two)
+    for name in two:
+        np.testing.assert_allclose(more[name], two[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    history = json.loads((tmp_path / "more" / "metrics.json").read_text())["train"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0]["validation"] is None and history[1]["validation"]["rows"] == 1000

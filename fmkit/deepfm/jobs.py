@@ -21,12 +21,16 @@ from fmkit.train.checkpoint import Checkpointer
 
 def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
                  host: str = DEFAULT_HOST, device: str = "cpu",
-                 checkpoints: Checkpointer | None = None, resume: bool = False
+                 checkpoints: Checkpointer | None = None, resume: bool = False,
+                 validation_path: str | None = None, init_model: str | None = None
                  ) -> tuple[DeepFMModel, dict[str, Any]]:
     """Train on ``train_input_path`` (on ``device``, a PyTorch device name), score
     ``eval_input_path`` (if set) with the FM metrics, write ``model_dir``; returns the model
     and the metrics stored in ``metrics.json``. ``checkpoints``/``resume``: see
-    :func:`fmkit.deepfm.train.train_network`."""
+    :func:`fmkit.deepfm.train.train_network`. ``validation_path`` is scored after every
+    epoch for early stopping (else ``eval_input_path``, when ``early_stopping_patience`` > 0).
+    ``init_model`` (a DeepFM model directory of the same features and network) is continued:
+    its weights, for ``num_epochs`` more epochs numbered after its own."""
     from fmkit.models.fm_torch import resolve_device
 
     target = resolve_device(distributed.local_device(device))
@@ -35,9 +39,11 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
             raise ConfigError(f"{name}: required to train (in the file or by --set {name}=...)")
     artifact.check_destination(config.model_dir)  # never replace what is not a model
     channel_files(config.train_input_path)  # a missing input fails before any training
-    if config.eval_input_path:
-        channel_files(config.eval_input_path)
+    for path in (config.eval_input_path, validation_path):
+        if path:
+            channel_files(path)
     model = DeepFMModel.create(config)
+    trained = _continue_from(init_model, model) if init_model else []
     model.net.to(target)
     loss = config.model_config.losses[0]
     smoothing = loss.binary_cross_entropy.label_smoothing if loss.binary_cross_entropy else 0.0
@@ -55,9 +61,10 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
         model.net, channel, config.train_config, config.data_config.batch_size,
         model.label_mode, smoothing, config.data_config.shuffle, progress=progress,
         checkpoints=checkpoints, resume=resume, run_id={"deepfm": run_id},
-        early_stopping=_early_stopping(config, model, host), host=host,
-        scorer=lambda path: require_rows(model.evaluate(model.read(path)), path))
-    metrics: dict[str, Any] = {"train": [vars(h) for h in history]}
+        early_stopping=_early_stopping(config, model, host, validation_path), host=host,
+        scorer=lambda path: require_rows(model.evaluate(model.read(path)), path),
+        trained_epochs=trained[-1]["epoch"] if trained else 0)
+    metrics: dict[str, Any] = {"train": trained + [vars(h) for h in history]}
     if shard[0] != 0:
         return model, metrics  # the replicas are identical: rank 0 scores and writes
     if config.eval_input_path:
@@ -72,19 +79,45 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     return model, metrics
 
 
-def _early_stopping(config: EasyRecConfig, model: DeepFMModel, host: str
-                    ) -> EarlyStopping | None:
-    """The early stopping ``train_config`` asks for (``early_stopping_patience`` > 0), on
-    ``eval_input_path``; None when it asks for none."""
+def _continue_from(path: str, model: DeepFMModel) -> list[dict]:
+    """``--init-model``: ``path``'s weights into ``model`` (same features and network, else a
+    clear error); returns its training history."""
+    from fmkit.errors import HyperparameterError
+
+    if artifact.model_type(path) != "deepfm":
+        raise HyperparameterError(f"--init-model {path}: not a DeepFM model directory")
+    before = DeepFMModel.load(path)
+    mine, theirs = to_document(model.config), to_document(before.config)
+    for part in ("feature_configs", "model_config"):
+        if mine.get(part) != theirs.get(part):
+            raise HyperparameterError(f"--init-model {path}: its {part} differ from this "
+                                      f"configuration's: a model continues with the same "
+                                      f"features and network")
+    model.net.load_state_dict(before.net.state_dict())
+    trained = artifact.load_directory(path)[2].get("train", [])
+    return [h for h in trained if isinstance(h, dict) and "epoch" in h]
+
+
+def _early_stopping(config: EasyRecConfig, model: DeepFMModel, host: str,
+                    validation_path: str | None = None) -> EarlyStopping | None:
+    """Validation after every epoch on ``validation_path``, or the early stopping
+    ``train_config`` asks for (``early_stopping_patience`` > 0) on ``eval_input_path``; None
+    when neither is asked for."""
     settings = config.train_config
     if settings.early_stopping_patience < 0:
         raise ConfigError("train_config.early_stopping_patience: must be >= 0")
+    predictor = "binary_classifier" if model.label_mode == "binary" else "regressor"
+    if validation_path:
+        try:
+            return EarlyStopping(validation_path, settings.early_stopping_metric, predictor,
+                                 settings.early_stopping_patience, host)
+        except ValueError as e:
+            raise ConfigError(f"train_config.early_stopping_metric: {e}") from None
     if not settings.early_stopping_patience:
         return None
     if not config.eval_input_path:
         raise ConfigError("train_config.early_stopping_patience: early stopping scores "
-                          "eval_input_path after every epoch; set it")
-    predictor = "binary_classifier" if model.label_mode == "binary" else "regressor"
+                          "eval_input_path (or --validation) after every epoch; set it")
     try:
         return EarlyStopping(config.eval_input_path, settings.early_stopping_metric, predictor,
                              settings.early_stopping_patience, host)

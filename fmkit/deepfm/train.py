@@ -234,13 +234,14 @@ def train_network(net: nn.Module, channel: Channel, config: TrainConfig, batch_s
                   resume: bool = False, run_id: dict | None = None,
                   early_stopping: EarlyStopping | None = None,
                   scorer: Callable[[Any], dict[str, float]] | None = None,
-                  host: str = DEFAULT_HOST) -> list[EpochStats]:
+                  host: str = DEFAULT_HOST, trained_epochs: int = 0) -> list[EpochStats]:
     """Train ``net`` in place over ``num_epochs`` passes of ``channel`` (or ``num_steps``
     mini-batches) through :func:`fmkit.train.engine.fit`; returns per-epoch statistics.
     ``early_stopping`` (validation scored by ``scorer``) keeps the best epoch's weights.
     ``checkpoints`` saves the network, the optimizers' state and the position periodically;
     ``resume`` continues from the newest checkpoint, whose ``run_id`` (the configuration)
-    must match."""
+    must match. ``trained_epochs``: epochs the weights were trained already (this run's
+    are numbered after them)."""
     learner = DeepFMLearner(net, config, batch_size, loss_kind, label_smoothing, shuffle,
                             scorer)
     callbacks: list = [Progress(progress, host)]
@@ -250,7 +251,8 @@ def train_network(net: nn.Module, channel: Channel, config: TrainConfig, batch_s
         callbacks.append(Checkpoint(checkpoints, run_id or {}, resume))
     try:
         return fit(distributed.parallel(learner, batch_size), channel,
-                   epochs=config.num_epochs or None, seed=config.seed, callbacks=callbacks,
-                   max_steps=config.num_steps)
+                   epochs=trained_epochs + config.num_epochs if config.num_epochs else None,
+                   seed=config.seed, callbacks=callbacks, max_steps=config.num_steps,
+                   first_epoch=trained_epochs + 1)
     finally:
         net.eval()
