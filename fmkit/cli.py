@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if (args.command == "train" and distributed.init_from_environment(args.device)
-                and distributed.rank_and_size()[0]):
+                and not distributed.primary()):
             setup_logging(quiet=True)  # one log: rank 0's
         if args.command == "train" and args.config:
             if args.assignments or args.hyperparameters:

@@ -47,6 +47,16 @@ def rank_and_size() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def shard() -> tuple[int, int]:
+    """This process's share of a training channel, as the readers take it: (part, parts)."""
+    return rank_and_size()
+
+
+def primary() -> bool:
+    """Whether this process writes the model, checkpoints and logs (rank 0, or the only one)."""
+    return rank_and_size()[0] == 0
+
+
 _cpu_group = None  # the group for collectives on CPU tensors (Gloo)
 
 
@@ -186,8 +196,8 @@ class DataParallel:
     a generator of its own drawn from the epoch's. Only rank 0 is ``primary``."""
 
     def __init__(self, learner: Learner, batch_size: int):
-        rank, self.size = rank_and_size()
-        self.learner, self.rank, self.primary = learner, rank, rank == 0
+        self.rank, self.size = rank_and_size()
+        self.learner, self.primary = learner, primary()
         self.local = max(1, -(-batch_size // self.size))
         self.slots: dict[int, np.ndarray] = {}
 

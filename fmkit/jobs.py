@@ -68,7 +68,7 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
 
         resolve_device(device)
     source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp["predictor_type"]),
-                        cache=cache, shard=distributed.rank_and_size())
+                        cache=cache, shard=distributed.shard())
     source.index_base = _index_base(source, index_base)
     channels = {
         name: FileSource(path, source.fmt, hp["feature_dim"], source.index_base,
@@ -106,7 +106,7 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
                             device=device, trained_epochs=trained[-1]["epoch"] if trained else 0)
     model = FMModel(hp, params, index_base)
     metrics: dict[str, Any] = {"train": trained + [vars(s) for s in history]}
-    if distributed.rank_and_size()[0] != 0:
+    if not distributed.primary():
         return model, metrics  # the replicas are identical: rank 0 scores and writes
     for channel, channel_source in scored.items():
         metrics[channel] = require_rows(model.evaluate(channel_source.blocks()),

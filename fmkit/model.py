@@ -6,10 +6,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numba
 import numpy as np
@@ -160,11 +160,42 @@ class FMModel:
 
 
 
-def load_model(path: str | Path, device: str = "cpu"):
-    """The model in a model directory: an :class:`FMModel` or a DeepFM model (both answer
-    ``read``, ``request_decoder``, ``predictions`` and ``evaluate``), scoring on ``device``."""
-    if artifact.model_type(path) == "deepfm":
-        from fmkit.deepfm.model import DeepFMModel
+@runtime_checkable
+class Model(Protocol):
+    """What every fmkit model answers — :class:`FMModel` and
+    :class:`fmkit.deepfm.model.DeepFMModel` — and all that the jobs, the server, ``fmkit
+    report`` and the SageMaker entry point use of one."""
 
-        return DeepFMModel.load(path).to(device)
-    return FMModel.load(path).to(device)
+    predictor_type: str
+
+    def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True
+             ) -> Iterator[Any]: ...
+
+    def request_decoder(self) -> Any: ...
+
+    def predictions(self, batch: Any) -> dict[str, np.ndarray]: ...
+
+    def labelled_logits(self, blocks: Iterator[Any]
+                        ) -> tuple[list[np.ndarray], list[np.ndarray]]: ...
+
+    def evaluate(self, blocks: Iterator[Any]) -> dict[str, float]: ...
+
+    def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path: ...
+
+    def to(self, device: str) -> Model: ...
+
+
+def _load_deepfm(path: str | Path) -> Model:
+    from fmkit.deepfm.model import DeepFMModel  # PyTorch: imported only for DeepFM models
+
+    return DeepFMModel.load(path)
+
+
+LOADERS: dict[str, Callable[[str | Path], Model]] = {MODEL_TYPE: FMModel.load,
+                                                     "deepfm": _load_deepfm}
+
+
+def load_model(path: str | Path, device: str = "cpu") -> Model:
+    """The model in a model directory (by its ``model_type``, see :data:`LOADERS`), scoring
+    on ``device``."""
+    return LOADERS.get(artifact.model_type(path) or MODEL_TYPE, FMModel.load)(path).to(device)

@@ -129,7 +129,7 @@ def channel_source(opt_ml: OptML, channel: str, config: dict[str, Any], hp: dict
         return PipeSource(opt_ml.data, channel, fmt, hp["feature_dim"], labels)
     # every host holds the whole channel unless SageMaker already sharded it by S3 key
     replicated = config.get("S3DistributionType", "FullyReplicated") != "ShardedByS3Key"
-    shard = distributed.rank_and_size() if channel == "train" and replicated else (0, 1)
+    shard = distributed.shard() if channel == "train" and replicated else (0, 1)
     return FileSource(opt_ml.data / channel, fmt, hp["feature_dim"], 0, labels, shard=shard)
 
 

@@ -15,6 +15,8 @@ import pytest
 from matplotlib.image import imread
 from sklearn.metrics import roc_auc_score
 
+from fmkit.model import Model, load_model
+
 from .conftest import REPO, shared_file
 
 
@@ -91,6 +93,7 @@ def test_report_of_an_fm_with_validation_and_test_data(tmp_path, cli):
     code, _, err = cli("report", "--model-dir", tmp_path / "m", "--data", a9a_t, "--quiet")
     assert code == 0, err
     _, channels = _check_page(tmp_path / "m", plots=4)  # curves, ROC, PR, calibration
+    assert isinstance(load_model(tmp_path / "m"), Model)  # the declared model interface
     y = np.array([1 if line.split()[0] == "+1" else 0 for line in a9a_t.open()])
     code, out, _ = cli("predict", "--model-dir", tmp_path / "m", "--data", a9a_t)
     scores = [json.loads(line)["score"] for line in out.splitlines()]
@@ -113,6 +116,7 @@ def test_report_of_the_criteo_deepfm_example(tmp_path, cli):
     assert not (tmp_path / "d" / "report.html").exists()
     output.rename(tmp_path / "d" / "report.html")
     _check_page(tmp_path / "d", plots=1)  # learning curves only: no --data
+    assert isinstance(load_model(tmp_path / "d"), Model)
 
 
 def test_report_of_a_directory_that_is_not_a_model_is_one_line(tmp_path, cli):

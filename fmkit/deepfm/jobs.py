@@ -48,7 +48,7 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     loss = config.model_config.losses[0]
     smoothing = loss.binary_cross_entropy.label_smoothing if loss.binary_cross_entropy else 0.0
 
-    shard = distributed.rank_and_size()
+    shard = distributed.shard()
 
     channel = Channel(str(config.train_input_path), lambda: (
         model.encode(batch, labelled=True)
@@ -65,7 +65,7 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
         scorer=lambda path: require_rows(model.evaluate(model.read(path)), path),
         trained_epochs=trained[-1]["epoch"] if trained else 0)
     metrics: dict[str, Any] = {"train": trained + [vars(h) for h in history]}
-    if shard[0] != 0:
+    if not distributed.primary():
         return model, metrics  # the replicas are identical: rank 0 scores and writes
     if config.eval_input_path:
         steps = config.eval_config.num_steps

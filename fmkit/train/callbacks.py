@@ -19,7 +19,8 @@ from fmkit.train.engine import Callback, EpochStats, Run
 
 class Progress(Callback):
     """A bar on a terminal (rows, rows/s, running loss); elsewhere a log line every
-    ``interval`` seconds; after each epoch its log line and SageMaker's ``#progress_metric``
+    ``interval`` seconds; from the second epoch on (the epoch's size is then known) both show
+    the total and an ETA. After each epoch its log line and SageMaker's ``#progress_metric``
     and ``#throughput_metric`` lines. Only the primary process reports. ``show``: True/False
     forces the bar on/off, None shows it when stderr is a terminal."""
 
@@ -40,11 +41,13 @@ class Progress(Callback):
         if not run.learner.primary:
             return
         self.shown, self.last = run.rows, time.monotonic()
+        self.started, self.total = (self.last, self.shown), (run.history[-1].rows
+                                                             if run.history else None)
         if self.show:
             from tqdm import tqdm
 
             self.bar = tqdm(desc=self._where(run), unit=" rows", unit_scale=True,
-                            file=sys.stderr, initial=run.rows)
+                            file=sys.stderr, initial=run.rows, total=self.total)
 
     def after_step(self, run: Run) -> None:
         if self.bar is not None:
@@ -53,8 +56,11 @@ class Progress(Callback):
             self.bar.set_postfix(loss=f"{run.loss_sum / run.rows:.5f}", refresh=False)
         elif run.learner.primary and time.monotonic() - self.last >= self.interval:
             self.last = time.monotonic()
-            log.info("%s: %d rows, running train loss %.6f", self._where(run), run.rows,
-                     run.loss_sum / run.rows)
+            rate = (run.rows - self.started[1]) / max(self.last - self.started[0], 1e-9)
+            eta = (f", ETA {max(self.total - run.rows, 0) / max(rate, 1e-9):.0f} s"
+                   if self.total else "")
+            log.info("%s: %d rows (%.0f rows/s%s), running train loss %.6f", self._where(run),
+                     run.rows, rate, eta, run.loss_sum / run.rows)
 
     def after_epoch(self, run: Run, stats: EpochStats) -> bool:
         if self.bar is not None:
