@@ -11,7 +11,7 @@ import shutil
 import httpx
 import numpy as np
 import pytest
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
 from .conftest import REPO, shared_file
 from .test_server import start_server, stop
@@ -172,6 +172,10 @@ def test_predict_reads_request_body_files(trained, cli, tmp_path):
 @pytest.mark.parametrize("metric, key, higher_is_better, sklearn_metric", [
     ("validation:binary_classification_cross_entropy", "binary_classification_cross_entropy",
      False, log_loss),
+    ("auc", "auc", True, roc_auc_score),
+    ("accuracy", "binary_classification_accuracy", True,
+     lambda y, s: accuracy_score(y, np.asarray(s) >= 0.5)),
+    ("f1", "binary_f_beta", True, lambda y, s: f1_score(y, np.asarray(s) >= 0.5)),
 ])
 def test_early_stopping_keeps_the_best_epoch(tmp_path, cli, metric, key, higher_is_better,
                                              sklearn_metric):

@@ -152,8 +152,7 @@ WATCHED = {
 
 
 @pytest.mark.parametrize("metric, device", [(m, "cpu") for m in WATCHED]
-                         + [("auc", "cpu:0"), ("validation:binary_classification_accuracy",
-                                               "cpu:0"), ("rmse", "cpu:0")])
+                         + [(m, "cpu:0") for m in WATCHED])
 def test_early_stopping_on_each_metric_keeps_the_best_epoch(cli, tmp_path, metric, device):
     """A tiny noisy training set overfits; training stops `early_stopping_patience` epochs
     after the best epoch of the chosen metric and keeps that epoch's weights: the same as a
