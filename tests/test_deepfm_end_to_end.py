@@ -11,7 +11,7 @@ import shutil
 import httpx
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score, log_loss, mean_squared_error, roc_auc_score
 
 from .conftest import REPO, shared_file
 from .test_server import start_server, stop
@@ -176,6 +176,7 @@ def test_predict_reads_request_body_files(trained, cli, tmp_path):
     ("accuracy", "binary_classification_accuracy", True,
      lambda y, s: accuracy_score(y, np.asarray(s) >= 0.5)),
     ("f1", "binary_f_beta", True, lambda y, s: f1_score(y, np.asarray(s) >= 0.5)),
+    ("rmse", "rmse", False, lambda y, s: mean_squared_error(y, s) ** 0.5),  # l2_loss below
 ])
 def test_early_stopping_keeps_the_best_epoch(tmp_path, cli, metric, key, higher_is_better,
                                              sklearn_metric):
@@ -191,6 +192,8 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, cli, metric, key, higher_
     common = ["train", "--config", EXAMPLE, "--quiet", "--set", f"train_input_path={train}",
               "--set", "data_config.batch_size=32", "--set", "data_config.shuffle=true",
               "--set", "train_config.sparse_optimizer.adagrad_optimizer.lr=0.2"]
+    if metric == "rmse":  # a regressor on the same 0/1 labels
+        common += ["--set", "model_config.losses=[{l2_loss: {}}]"]
 
     def predictions(model_dir) -> np.ndarray:
         code, out, err = cli("predict", "--model-dir", model_dir, "--data", valid)
