@@ -247,14 +247,24 @@ def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarr
             weights = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise ArtifactError(f"{path / WEIGHTS_FILE}: unreadable weights: {e}") from None
-    metrics_path = path / METRICS_FILE
-    metrics = {}
-    if metrics_path.exists():
-        try:
-            metrics = json.loads(_read_checked(metrics_path, MAX_META_BYTES))
-        except (ValueError, RecursionError) as e:
-            raise ArtifactError(f"{metrics_path}: unreadable metrics: {e}") from None
-    return meta, weights, metrics
+    return meta, weights, read_metrics(path)
+
+
+def read_metrics(path: str | Path) -> dict:
+    """A model directory's ``metrics.json`` ({} when it has none)."""
+    metrics_path = resolve(path) / METRICS_FILE
+    if not metrics_path.exists():
+        return {}
+    try:
+        return json.loads(_read_checked(metrics_path, MAX_META_BYTES))
+    except (ValueError, RecursionError) as e:
+        raise ArtifactError(f"{metrics_path}: unreadable metrics: {e}") from None
+
+
+def training_history(metrics: dict) -> list[dict]:
+    """The per-epoch entries of ``metrics.json``'s ``train`` (anything else left out)."""
+    train = metrics.get("train", []) if isinstance(metrics, dict) else []
+    return [h for h in train if isinstance(h, dict) and "epoch" in h]
 
 
 def check_shape(path: str | Path, weights: dict[str, np.ndarray], name: str,

@@ -145,31 +145,27 @@ def all_sum(values: np.ndarray) -> np.ndarray:
     return tensor.numpy()
 
 
-def all_gather_rows(header: np.ndarray, ids: np.ndarray, rows: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every process's ``header`` (a few numbers) and ``(ids, rows)``, in rank order — the
-    same arrays on every process: how sparse gradients, of a different size on each process,
-    are combined. Two collectives: the sizes with the headers, then the padded rows (ids
-    travel as float64, exact below 2**53). Returns (headers [processes, h], ids, rows)."""
+def all_gather_rows(ids: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every process's ``(ids, rows)``, in rank order — the same arrays on every process: how
+    sparse gradients, of a different size on each process, are combined. Two collectives: the
+    sizes, then the padded rows (ids travel as float64, exact below 2**53)."""
     import torch
 
-    header = np.asarray(header, dtype=np.float64)
     if not active():
-        return header[None, :], ids, rows
+        return ids, rows
     dist = _dist()
     size = dist.get_world_size()
-    mine = torch.from_numpy(np.concatenate([[ids.size], header]))
-    heads = [torch.zeros_like(mine) for _ in range(size)]
-    dist.all_gather(heads, mine, group=_cpu_group)
-    counts = [int(h[0]) for h in heads]
+    mine = torch.tensor([float(ids.size)], dtype=torch.float64)
+    counts = [torch.zeros_like(mine) for _ in range(size)]
+    dist.all_gather(counts, mine, group=_cpu_group)
+    counts = [int(c[0]) for c in counts]
     packed = torch.zeros((max(counts), rows.shape[1] + 1), dtype=torch.float64)
     packed[: ids.size, 0] = torch.from_numpy(ids.astype(np.float64))
     packed[: ids.size, 1:] = torch.from_numpy(rows.astype(np.float64))
     gathered = [torch.zeros_like(packed) for _ in range(size)]
     dist.all_gather(gathered, packed, group=_cpu_group)
     joined = np.concatenate([g[:n].numpy() for g, n in zip(gathered, counts)])
-    return (np.stack([h[1:].numpy() for h in heads]), joined[:, 0].astype(np.int64),
-            np.ascontiguousarray(joined[:, 1:]))
+    return joined[:, 0].astype(np.int64), np.ascontiguousarray(joined[:, 1:])
 
 
 def sum_sparse_rows(ids: np.ndarray, rows: np.ndarray, slot: np.ndarray
@@ -179,7 +175,7 @@ def sum_sparse_rows(ids: np.ndarray, rows: np.ndarray, slot: np.ndarray
     table row (scratch)."""
     from fmkit.kernels.fm import sum_repeated_rows
 
-    _, ids, rows = all_gather_rows(np.zeros(0), ids, rows)
+    ids, rows = all_gather_rows(ids, rows)
     return sum_repeated_rows(ids, rows, slot)
 
 

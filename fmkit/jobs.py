@@ -131,8 +131,7 @@ def _initial_model(path: str | Path, hp: dict[str, Any]) -> tuple[Any, list[dict
             raise HyperparameterError(
                 f"--init-model {path}: the model has {name}={model.hyperparameters[name]}, "
                 f"this run {name}={hp[name]}: a model continues with the same shapes")
-    trained = artifact.load_directory(path)[2].get("train", [])
-    return model.params, [h for h in trained if isinstance(h, dict) and "epoch" in h]
+    return model.params, artifact.training_history(artifact.read_metrics(path))
 
 
 def evaluate_files(model_dir: str | Path, data_path: str | Path, *,

@@ -19,7 +19,7 @@ from fmkit.data.batch import SparseBatch
 from fmkit.errors import ArtifactError
 from fmkit.hyperparameters import validate
 from fmkit.kernels import fm as kernels
-from fmkit.metrics import metrics_of_parts, prediction_fields
+from fmkit.metrics import metrics_of_parts, prediction_fields, require_rows
 from fmkit.models.fm import FMParameters, sigmoid
 
 MODEL_TYPE = "fm"
@@ -158,6 +158,13 @@ class FMModel:
         )
         return cls(hp, params, index_base, classes)
 
+
+
+def validation_metrics(hp: dict[str, Any], params: FMParameters, source: Any
+                       ) -> dict[str, float]:
+    """Every metric of a labelled source (``name``, ``blocks()``) for the weights ``params``:
+    what the FM learners report for a validation channel after each epoch."""
+    return require_rows(FMModel(hp, params).evaluate(source.blocks()), source.name)
 
 
 @runtime_checkable

@@ -46,10 +46,14 @@ def _png(figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _validation_names(history: list[dict]) -> list[str]:
+    """The validation metrics measured in any epoch (the channel's row count aside)."""
+    return sorted({n for h in history for n in (h.get("validation") or {}) if n != "rows"})
+
+
 def _learning_curves(plt, history: list[dict]) -> str:
     """Training loss, and each validation metric, per epoch."""
-    measured = sorted({name for h in history for name in (h.get("validation") or {})
-                       if name != "rows"})
+    measured = _validation_names(history)
     figure, axes = plt.subplots(1, 1 + bool(measured), figsize=(11 if measured else 6, 4),
                                 squeeze=False)
     epochs = [h["epoch"] for h in history]
@@ -132,7 +136,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def _history_table(history: list[dict]) -> str:
-    measured = sorted({n for h in history for n in (h.get("validation") or {}) if n != "rows"})
+    measured = _validation_names(history)
     rows = [{**{k: v for k, v in h.items() if k != "validation"},
              **{f"validation: {n}": v for n, v in (h.get("validation") or {}).items()}}
             for h in history]
@@ -147,8 +151,8 @@ def write_report(model_dir: str | Path, data: str | Path | None = None,
     place); with labelled ``data``, its metrics and quality plots too. Returns its path."""
     plt = _pyplot()
     model = load_model(model_dir)
-    metrics = artifact.load_directory(model_dir)[2]
-    history = [h for h in metrics.get("train", []) if isinstance(h, dict) and "epoch" in h]
+    metrics = artifact.read_metrics(model_dir)
+    history = artifact.training_history(metrics)
     channels = {name: values for name, values in metrics.items()
                 if name != "train" and isinstance(values, dict)}
     plots = {"Learning curves": _learning_curves(plt, history)} if history else {}

@@ -94,8 +94,7 @@ def _continue_from(path: str, model: DeepFMModel) -> list[dict]:
                                       f"configuration's: a model continues with the same "
                                       f"features and network")
     model.net.load_state_dict(before.net.state_dict())
-    trained = artifact.load_directory(path)[2].get("train", [])
-    return [h for h in trained if isinstance(h, dict) and "epoch" in h]
+    return artifact.training_history(artifact.read_metrics(path))
 
 
 def _early_stopping(config: EasyRecConfig, model: DeepFMModel, host: str,
@@ -106,20 +105,16 @@ def _early_stopping(config: EasyRecConfig, model: DeepFMModel, host: str,
     settings = config.train_config
     if settings.early_stopping_patience < 0:
         raise ConfigError("train_config.early_stopping_patience: must be >= 0")
+    if not validation_path:
+        if not settings.early_stopping_patience:
+            return None
+        if not config.eval_input_path:
+            raise ConfigError("train_config.early_stopping_patience: early stopping scores "
+                              "eval_input_path (or --validation) after every epoch; set it")
     predictor = "binary_classifier" if model.label_mode == "binary" else "regressor"
-    if validation_path:
-        try:
-            return EarlyStopping(validation_path, settings.early_stopping_metric, predictor,
-                                 settings.early_stopping_patience, host)
-        except ValueError as e:
-            raise ConfigError(f"train_config.early_stopping_metric: {e}") from None
-    if not settings.early_stopping_patience:
-        return None
-    if not config.eval_input_path:
-        raise ConfigError("train_config.early_stopping_patience: early stopping scores "
-                          "eval_input_path (or --validation) after every epoch; set it")
     try:
-        return EarlyStopping(config.eval_input_path, settings.early_stopping_metric, predictor,
+        return EarlyStopping(validation_path or config.eval_input_path,
+                             settings.early_stopping_metric, predictor,
                              settings.early_stopping_patience, host)
     except ValueError as e:
         raise ConfigError(f"train_config.early_stopping_metric: {e}") from None

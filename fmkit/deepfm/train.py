@@ -137,10 +137,12 @@ class DeepFMLearner:
                      ) -> Iterator[Encoded]:
         return mini_batches(background(source.blocks()), size, self.shuffle, rng)
 
-    def _loss(self, batch: Encoded) -> torch.Tensor:
-        """The summed loss of a batch, after clearing the gradients."""
+    def _loss(self, batch: Encoded | None) -> torch.Tensor | None:
+        """The summed loss of a batch (None without one), after clearing the gradients."""
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
+        if batch is None:
+            return None
         labels = torch.from_numpy(batch.labels).to(self.tables[0].device)
         if self.smoothing:
             labels = labels * (1 - self.smoothing) + 0.5 * self.smoothing
@@ -158,14 +160,10 @@ class DeepFMLearner:
         return loss.detach().item(), batch.n_rows
 
     def gradient(self, batch: Encoded | None) -> Gradient:
-        value = 0.0
-        if batch is not None:
-            loss = self._loss(batch)
+        value, loss = 0.0, self._loss(batch)
+        if loss is not None:
             loss.backward()
             value = loss.detach().item()
-        else:
-            for optimizer in self.optimizers:
-                optimizer.zero_grad(set_to_none=True)
         dense = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                            for p in self.others])
         sparse = []

@@ -19,8 +19,7 @@ import numpy as np
 
 from fmkit.data.batch import SparseBatch, shuffled_batches
 from fmkit.errors import TrainingDiverged
-from fmkit.metrics import require_rows
-from fmkit.model import FMModel
+from fmkit.model import validation_metrics
 from fmkit.models.fm import FMParameters, init_parameters
 from fmkit.models.fm_torch import batch_tensors, fm_logits, resolve_device
 from fmkit.train.engine import Gradient, Source
@@ -138,8 +137,7 @@ class TorchLearner:
             self.groups[group][0].copy_(self._tensor(weights[group]))
 
     def evaluate(self, source: Source) -> dict[str, float]:
-        params = FMParameters(*self.weights().values())
-        return require_rows(FMModel(self.hp, params).evaluate(source.blocks()), source.name)
+        return validation_metrics(self.hp, FMParameters(*self.weights().values()), source)
 
     def parameters(self, epoch: int) -> FMParameters:
         """The trained weights as numpy float32 (``epoch``: the last one trained)."""

@@ -22,8 +22,7 @@ from fmkit.errors import TrainingDiverged
 from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
-from fmkit.metrics import require_rows
-from fmkit.model import FMModel
+from fmkit.model import validation_metrics
 from fmkit.models.fm import FMParameters
 from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
 from fmkit.train.checkpoint import Checkpointer
@@ -166,7 +165,7 @@ class KernelLearner:
 
     def evaluate(self, source: Source) -> dict[str, float]:
         view = FMParameters.from_table(self.bias[0, :1], self.table[:, : self.k + 1])
-        return require_rows(FMModel(self.hp, view).evaluate(source.blocks()), source.name)
+        return validation_metrics(self.hp, view, source)
 
     def parameters(self, epoch: int) -> FMParameters:
         """The weights trained up to ``epoch`` (plain SGD's table holds the weights alone: it
