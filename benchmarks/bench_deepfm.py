@@ -40,8 +40,8 @@ import json, re, sys, time
 from pathlib import Path
 import numpy as np
 import torch
-from fmkit.deepfm import config as configs
-from fmkit.deepfm.jobs import train_deepfm
+from fmkit.models.deepfm import config as configs
+from fmkit.jobs.deepfm import train_deepfm
 train, test, threads, batch, out, example = sys.argv[1:7]
 torch.set_num_threads(int(threads))
 config = configs.load(example, [
@@ -103,7 +103,7 @@ def make_criteo(rows: int, seed: int = 0) -> tuple[Path, Path]:
 
 
 def auc_of(scores_path: Path, test: Path) -> float:
-    from fmkit import metrics
+    from fmkit.models import metrics
 
     with open(test) as f:
         labels = np.array([int(line.split("\t", 1)[0]) for line in f])

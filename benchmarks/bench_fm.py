@@ -50,9 +50,9 @@ TRAIN, TEST, D, K, OUT = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.arg
 OPTIONS = json.loads(sys.argv[6])
 numba.set_num_threads(OPTIONS.get("threads", numba.config.NUMBA_NUM_THREADS))
 from fmkit.data.sources import FileSource
-from fmkit.hyperparameters import validate
-from fmkit.model import FMModel
-from fmkit.train.trainer import train
+from fmkit.models.fm.hyperparameters import validate
+from fmkit.models.fm.model import FMModel
+from fmkit.jobs.training import train
 def blocks(path):
     return list(FileSource(path, "libsvm", D, index_base=0, labels="binary").blocks())
 def hyperparameters():
@@ -89,7 +89,7 @@ result = dict(rows=sum(h.rows for h in history), seconds=time.perf_counter() - t
 score_test(hp, params)
 """,
     "train_file": """
-from fmkit import jobs
+from fmkit.jobs import fm as jobs
 hp = hyperparameters()
 compile_kernels(hp)
 t = time.perf_counter()
@@ -99,7 +99,7 @@ result = dict(rows=sum(1 for _ in open(TRAIN, "rb")), seconds=time.perf_counter(
 score_test(hp, model.params)
 """,
     "predict_parsed": """
-from fmkit.models.fm import init_parameters
+from fmkit.models.fm.parameters import init_parameters
 hp = hyperparameters()
 model = FMModel(hp, init_parameters(hp))
 data = blocks(TRAIN)
@@ -108,8 +108,8 @@ t = time.perf_counter(); rows = sum(model.logits(b).size for b in data)
 result = dict(rows=rows, seconds=time.perf_counter() - t)
 """,
     "predict_file": """
-from fmkit import jobs
-from fmkit.models.fm import init_parameters
+from fmkit.jobs import fm as jobs
+from fmkit.models.fm.parameters import init_parameters
 hp = hyperparameters()
 model_dir = FMModel(hp, init_parameters(hp)).save(Path(OUT).with_suffix(".model"))
 jobs.predict_files(model_dir, TEST, OUT + ".warm")            # compile
@@ -203,7 +203,7 @@ def make_data(rows: int, fields: int, features: int, seed: int = 0) -> tuple[Pat
     rows' true probabilities are saved beside them for the oracle's scores."""
     import numpy as np
 
-    from fmkit.models.fm import FMParameters, sigmoid
+    from fmkit.models.fm.parameters import FMParameters, sigmoid
 
     stem = CACHE / f"ctr-{rows}x{fields}-{features}"
     paths = stem.with_suffix(".libsvm"), stem.with_suffix(".test.libsvm")
@@ -353,8 +353,8 @@ def quality(out: Path, test: Path, features: int) -> tuple[float, float] | None:
     """Test AUC and log loss of the probabilities a task wrote (None if it wrote none)."""
     import numpy as np
 
-    from fmkit import metrics
     from fmkit.data.sources import FileSource
+    from fmkit.models import metrics
 
     path = out if out.exists() else out.with_suffix(".npy")
     if not path.exists() or path.stat().st_size == 0:

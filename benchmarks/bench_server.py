@@ -47,9 +47,9 @@ def ensure_wrk() -> str:
 
 
 def make_model() -> Path:
-    from fmkit.hyperparameters import validate
-    from fmkit.model import FMModel
-    from fmkit.models.fm import init_parameters
+    from fmkit.models.fm.hyperparameters import validate
+    from fmkit.models.fm.model import FMModel
+    from fmkit.models.fm.parameters import init_parameters
 
     path = CACHE / "serve-model"
     if not path.exists():

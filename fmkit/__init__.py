@@ -1,7 +1,7 @@
 """fmkit: factorization machines for sparse data, with SageMaker's hyperparameters and formats.
 
 The public surface: the scikit-learn style estimators, ``load`` for model directories, and the
-file-based jobs behind the CLI (:mod:`fmkit.jobs`).
+file-based jobs behind the CLI (:mod:`fmkit.jobs.fm`).
 """
 
 from typing import Any

@@ -1,4 +1,4 @@
-"""The ``fmkit`` command line: argument parsing only; every command calls :mod:`fmkit.jobs`."""
+"""The ``fmkit`` command line: argument parsing only; every command calls :mod:`fmkit.jobs.fm`."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 from fmkit import distributed
 from fmkit._version import __version__
-from fmkit.artifact import strict_json
 from fmkit.data.codecs import CONTENT_TYPES
 from fmkit.data.sources import FORMATS
 from fmkit.errors import FMKitError, HyperparameterError
-from fmkit.hyperparameters import BY_NAME, TABLE
 from fmkit.logs import log, setup_logging
+from fmkit.models.artifact import strict_json
+from fmkit.models.fm.hyperparameters import BY_NAME, TABLE
 
 TRAIN_EXAMPLE = """examples:
   fmkit train --train a9a --test a9a.t --model-dir model/ \\
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return distributed.launch(args.nproc, _without_nproc(argv))
     quiet = getattr(args, "quiet", False) or (args.command == "demo" and not args.verbose)
     setup_logging(quiet=quiet)
-    from fmkit import jobs
+    from fmkit.jobs import fm as jobs
 
     try:
         if (args.command == "train" and distributed.init_from_environment(args.device)

@@ -11,9 +11,9 @@ import time
 
 from fmkit.estimators import FMClassifier
 from fmkit.logs import log
-from fmkit.metrics import auc, log_loss_from_logits
-from fmkit.models.fm import sigmoid
-from fmkit.models.planted import planted_ctr
+from fmkit.models.fm.parameters import sigmoid
+from fmkit.models.fm.planted import planted_ctr
+from fmkit.models.metrics import auc, log_loss_from_logits
 
 FIELD_SIZES = [1000, 500, 200, 100, 50, 20, 10, 5]
 

@@ -20,12 +20,13 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fmkit.data.sources import ArraySource
-from fmkit.hyperparameters import TABLE, validate
-from fmkit.metrics import predicted_labels
-from fmkit.model import FMModel
+from fmkit.jobs.training import train
+from fmkit.models.fm.hyperparameters import TABLE, validate
+from fmkit.models.fm.model import FMModel
+from fmkit.models.metrics import predicted_labels
 from fmkit.train.callbacks import Progress
 from fmkit.train.engine import fit
-from fmkit.train.trainer import fm_learner, train
+from fmkit.train.kernel_learner import fm_learner
 
 _INFERRED = ("feature_dim", "predictor_type")
 _HYPERPARAMETERS = [h for h in TABLE if h.name not in _INFERRED]

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from fmkit import artifact, files
+from fmkit import files
 from fmkit.errors import FMKitError
-from fmkit.metrics import metrics_of_parts, require_rows
-from fmkit.model import load_model
-from fmkit.models.fm import sigmoid
+from fmkit.models import artifact
+from fmkit.models.base import load_model
+from fmkit.models.fm.parameters import sigmoid
+from fmkit.models.metrics import metrics_of_parts, require_rows
 
 SHORT = {"binary_classification_accuracy": "accuracy", "binary_f_beta": "F1",
          "binary_classification_cross_entropy": "log loss"}  # SageMaker's names, in headers
@@ -51,6 +52,20 @@ def _validation_names(history: list[dict]) -> list[str]:
     return sorted({n for h in history for n in (h.get("validation") or {}) if n != "rows"})
 
 
+def _measurements(history: list[dict], name: str) -> list[tuple[float, float]]:
+    """(epoch, value) of every validation measurement of ``name``: at each epoch's end, and
+    within it (``checks``, every validation_every_steps) at the fraction of its steps done."""
+    points, before = [], 0
+    for h in history:
+        steps = h.get("steps") or 0
+        points += [(h["epoch"] - 1 + (c["step"] - before) / max(steps - before, 1), c[name])
+                   for c in h.get("checks", []) if name in c]
+        if name in (h.get("validation") or {}):
+            points.append((h["epoch"], h["validation"][name]))
+        before = steps
+    return points
+
+
 def _learning_curves(plt, history: list[dict]) -> str:
     """Training loss, and each validation metric, per epoch."""
     measured = _validation_names(history)
@@ -60,8 +75,7 @@ def _learning_curves(plt, history: list[dict]) -> str:
     axes[0, 0].plot(epochs, [h["loss"] for h in history], "o-")
     axes[0, 0].set(title="training loss", xlabel="epoch", ylabel="mean loss")
     for name in measured:
-        points = [(h["epoch"], h["validation"][name]) for h in history
-                  if name in (h.get("validation") or {})]
+        points = sorted(_measurements(history, name))
         axes[0, 1].plot(*zip(*points), "o-", label=SHORT.get(name, name))
     if measured:
         axes[0, 1].set(title="validation", xlabel="epoch")
@@ -137,10 +151,10 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def _history_table(history: list[dict]) -> str:
     measured = _validation_names(history)
-    rows = [{**{k: v for k, v in h.items() if k != "validation"},
+    rows = [{**{k: v for k, v in h.items() if k not in ("validation", "checks")},
              **{f"validation: {n}": v for n, v in (h.get("validation") or {}).items()}}
             for h in history]
-    columns = ["epoch", "loss", "rows", "seconds", "rows_per_second",
+    columns = ["epoch", "loss", "rows", "steps", "seconds", "rows_per_second",
                *(f"validation: {n}" for n in measured)]
     return _table(rows, [c for c in columns if any(c in r for r in rows)])
 

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from fmkit import distributed
-from fmkit.artifact import SAGEMAKER_SUBDIR
 from fmkit.data.batch import SparseBatch
 from fmkit.data.sources import READERS, BatchChecker, FileSource
 from fmkit.errors import DataError, FMKitError
-from fmkit.hyperparameters import validate
 from fmkit.logs import DEFAULT_HOST, log
-from fmkit.model import label_mode
+from fmkit.models.artifact import SAGEMAKER_SUBDIR
+from fmkit.models.fm.hyperparameters import validate
+from fmkit.models.fm.model import label_mode
 
 OPT_ML_ENV = "FMKIT_OPT_ML"
 CHANNELS = ("train", "test", "validation")
@@ -149,7 +149,7 @@ def _channels(opt_ml: OptML) -> dict[str, dict[str, Any]]:
 
 def train(opt_ml: OptML | None = None) -> int:
     """Run a training job in the SageMaker container layout; returns the exit code."""
-    from fmkit import jobs
+    from fmkit.jobs import fm as jobs
 
     opt_ml = opt_ml or OptML.from_environment()
     try:

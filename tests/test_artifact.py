@@ -17,7 +17,7 @@ from sklearn.datasets import dump_svmlight_file
 from fmkit import FMClassifier, load
 from fmkit.cli import main
 from fmkit.errors import ArtifactError
-from fmkit.model import FMModel
+from fmkit.models.fm.model import FMModel
 
 from .conftest import fmkit_executable
 

@@ -219,6 +219,46 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, cli, metric, key, higher_
     np.testing.assert_allclose(kept, predictions(tmp_path / "short"), rtol=1e-5, atol=1e-7)
 
 
+def test_validation_every_n_steps_keeps_the_best_step(tmp_path, cli):
+    """train_config.validation_every_steps=10 on 700 rows at batch 32 (22 steps an epoch)
+    measures at steps 10, 20, 22 (the epoch's end), 30...; the run stops two measurements
+    after the best one and keeps its weights: those of a run of num_steps = that step."""
+    lines = shared_file("criteo_kaggle_head1000", "train.txt").read_text().splitlines(True)
+    train, valid = tmp_path / "train.txt", tmp_path / "valid.txt"
+    train.write_text("".join(lines[:700]))
+    valid.write_text("".join(lines[700:]))
+    labels = [int(row["label"]) for row in criteo_rows(valid)]
+    common = ["train", "--config", EXAMPLE, "--quiet", "--set", f"train_input_path={train}",
+              "--set", "data_config.batch_size=32", "--set", "data_config.shuffle=true",
+              "--set", "train_config.sparse_optimizer.adagrad_optimizer.lr=0.2"]
+    code, _, err = cli(*common, "--set", f"eval_input_path={valid}",
+                       "--set", f"model_dir={tmp_path / 'stopped'}",
+                       "--set", "train_config.num_epochs=40",
+                       "--set", "train_config.early_stopping_patience=2",
+                       "--set", "train_config.validation_every_steps=10")
+    assert code == 0, err
+    history = json.loads((tmp_path / "stopped" / "metrics.json").read_text())["train"]
+    measured = sorted([(c["step"], c["auc"]) for h in history for c in h["checks"]]
+                      + [(h["steps"], h["validation"]["auc"]) for h in history])
+    steps, aucs = zip(*measured)
+    assert list(steps) == sorted({s for s in range(10, steps[-1] + 1)
+                                  if s % 10 == 0 or s % 22 == 0})
+    best = int(np.argmax(aucs))
+    assert len(steps) == best + 1 + 2 and len(history) < 40
+    code, out, err = cli("predict", "--model-dir", tmp_path / "stopped", "--data", valid)
+    assert code == 0, err
+    kept = np.array([json.loads(line)["score"] for line in out.splitlines()])
+    assert roc_auc_score(labels, kept) == pytest.approx(aucs[best], rel=1e-4)
+    code, _, err = cli(*common, "--set", "eval_input_path=",
+                       "--set", f"model_dir={tmp_path / 'short'}",
+                       "--set", "train_config.num_epochs=null",
+                       "--set", f"train_config.num_steps={steps[best]}")
+    assert code == 0, err
+    code, out, err = cli("predict", "--model-dir", tmp_path / "short", "--data", valid)
+    short = np.array([json.loads(line)["score"] for line in out.splitlines()])
+    np.testing.assert_allclose(kept, short, rtol=1e-5, atol=1e-7)
+
+
 def test_early_stopping_needs_an_eval_input_path(tmp_path, cli):
     code, _, err = cli("train", "--config", EXAMPLE, "--set", "eval_input_path=",
                        "--set", f"model_dir={tmp_path / 'm'}",

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from fmkit.data.columns import ColumnBatch, from_instances
-from fmkit.deepfm import config as configs
-from fmkit.deepfm.model import DeepFMModel
-from fmkit.deepfm.network import factorization_machine
 from fmkit.errors import DataError
+from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm.model import DeepFMModel
+from fmkit.models.deepfm.network import factorization_machine
 from tests.deepfm_helpers import fnv1a, small
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fmkit.deepfm.optimizers import SparseRows
+from fmkit.train.embedding_optimizers import SparseRows
 
 
 def _steps(optimizer_of, seed: int = 0, steps: int = 4) -> np.ndarray:

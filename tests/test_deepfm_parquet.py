@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fmkit.deepfm import config as configs
-from fmkit.deepfm.jobs import train_deepfm
 from fmkit.errors import DataError
+from fmkit.jobs.deepfm import train_deepfm
+from fmkit.models.deepfm import config as configs
 
 from .conftest import REPO, shared_file
 
@@ -61,7 +61,7 @@ def test_parquet_and_csv_give_the_same_model(tmp_path):
 def test_list_columns_are_multi_value_features(tmp_path):
     document = configs.load_document(REPO / "examples" / "deepfm_movielens.yaml")
     config = configs.parse(document)
-    from fmkit.deepfm.model import DeepFMModel
+    from fmkit.models.deepfm.model import DeepFMModel
 
     model = DeepFMModel.create(config)
     base = {"user_id": [1, 2], "item_id": [3, 4], "age": [20, 40], "gender": ["M", "F"],

@@ -13,8 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from fmkit import FMClassifier
 from fmkit.data.movielens import join_ratings
-from fmkit.deepfm import config as configs
-from fmkit.deepfm.jobs import train_deepfm
+from fmkit.jobs.deepfm import train_deepfm
+from fmkit.models.deepfm import config as configs
 
 from .conftest import REPO, shared_file
 

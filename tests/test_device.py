@@ -11,9 +11,9 @@ import scipy.sparse as sp
 import torch
 
 from fmkit.data.sources import ArraySource
-from fmkit.hyperparameters import validate
-from fmkit.models.fm import init_parameters
-from fmkit.train.trainer import train
+from fmkit.jobs.training import train
+from fmkit.models.fm.hyperparameters import validate
+from fmkit.models.fm.parameters import init_parameters
 
 from .conftest import shared_file
 
@@ -100,8 +100,8 @@ def test_deepfm_on_cuda_learns_as_on_cpu(tmp_path):
 
 def test_scoring_on_the_cpu_device_equals_the_brute_force_fm():
     from fmkit.data.batch import SparseBatch
-    from fmkit.models.fm import FMParameters
-    from fmkit.models.fm_torch import DeviceScorer
+    from fmkit.models.fm.device import DeviceScorer
+    from fmkit.models.fm.parameters import FMParameters
 
     X, _ = _problem(2)
     rng = np.random.default_rng(3)
@@ -137,8 +137,8 @@ DEVICE_RANK_SCRIPT = """
 import sys, numpy as np, torch
 from fmkit import distributed
 from fmkit.data.sources import FileSource
-from fmkit.hyperparameters import validate
-from fmkit.train.trainer import train
+from fmkit.models.fm.hyperparameters import validate
+from fmkit.jobs.training import train
 distributed.init_from_environment()
 hp = validate({"feature_dim": 124, "num_factors": 4, "predictor_type": "binary_classifier",
                "epochs": 3, "mini_batch_size": 200, "optimizer": "adam", "seed": 2})
@@ -160,7 +160,7 @@ def test_device_training_on_two_processes_matches_one(tmp_path):
     from sklearn.datasets import load_svmlight_file
     from sklearn.metrics import roc_auc_score
 
-    from fmkit.models.fm import FMParameters, reference_logits
+    from fmkit.models.fm.parameters import FMParameters, reference_logits
 
     a9a, a9a_t = shared_file("a9a_libsvm", "a9a"), shared_file("a9a_libsvm", "a9a.t")
     script = tmp_path / "rank.py"

@@ -116,8 +116,8 @@ def test_sagemaker_train_on_two_hosts_makes_one_model(tmp_path):
 
 def test_deepfm_on_two_processes_matches_one(tmp_path):
     from fmkit.data.movielens import join_ratings
-    from fmkit.deepfm import config as configs
-    from fmkit.deepfm.jobs import train_deepfm
+    from fmkit.jobs.deepfm import train_deepfm
+    from fmkit.models.deepfm import config as configs
 
     from .conftest import REPO
 

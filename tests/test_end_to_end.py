@@ -159,7 +159,7 @@ def test_early_stopping_on_each_metric_keeps_the_best_epoch(cli, tmp_path, metri
     run stopped at that epoch, with the validation metric sklearn computes from them. Every
     metric on the compiled kernels (``cpu``); three on the PyTorch device path (``cpu:0``,
     PyTorch's CPU), which shares the metric table and the EarlyStopping callback."""
-    from fmkit.models.planted import planted_ctr
+    from fmkit.models.fm.planted import planted_ctr
 
     key, higher_is_better, sklearn_metric = WATCHED[metric]
     predictor = "regressor" if metric == "rmse" else "binary_classifier"
@@ -191,6 +191,54 @@ def test_early_stopping_on_each_metric_keeps_the_best_epoch(cli, tmp_path, metri
     code, out, _ = cli("predict", "--model-dir", tmp_path / "stopped", "--data", valid_file)
     stopped = np.array([json.loads(line)["score"] for line in out.splitlines()])
     np.testing.assert_allclose(kept, stopped, rtol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cpu:0"])
+def test_validation_every_n_steps_keeps_the_best_step(cli, tmp_path, device):
+    """``validation_every_steps=30`` at 100 mini-batches an epoch measures at steps 30, 60, 90,
+    100 (the epoch's end), 120...; training stops (inside an epoch too)
+    ``early_stopping_patience`` measurements after the best one and keeps its weights: those
+    of a run stopped at that step (through the engine's ``max_steps``), with the AUC
+    scikit-learn computes from them."""
+    from fmkit.data.sources import FileSource
+    from fmkit.models.fm.device import resolve_device
+    from fmkit.models.fm.hyperparameters import validate
+    from fmkit.models.fm.parameters import reference_logits, sigmoid
+    from fmkit.models.fm.planted import planted_ctr
+    from fmkit.train.engine import fit
+    from fmkit.train.kernel_learner import fm_learner
+
+    train, valid = planted_ctr(6000, [300, 200, 100], seed=5).split(1000)
+    train_file, valid_file = tmp_path / "train.libsvm", tmp_path / "valid.libsvm"
+    dump_svmlight_file(train.X, train.y, str(train_file), zero_based=True)
+    dump_svmlight_file(valid.X, valid.y, str(valid_file), zero_based=True)
+    hp = {"feature_dim": 600, "num_factors": 16, "predictor_type": "binary_classifier",
+          "mini_batch_size": 10, "bias_lr": 0.05, "linear_lr": 0.05, "factors_lr": 0.05,
+          "linear_wd": 0, "factors_wd": 0, "factors_init_sigma": 0.1}
+    code, _, err = cli("train", "--train", train_file, "--validation", valid_file,
+                       "--model-dir", tmp_path / "m", "--index-base", "0", "--device", device,
+                       *(f"{k}={v}" for k, v in hp.items()), "epochs=60",
+                       "early_stopping_patience=3", "validation_every_steps=30")
+    assert code == 0, err
+    history = json.loads((tmp_path / "m" / "metrics.json").read_text())["train"]
+    measured = [(c["step"], c["auc"]) for h in history for c in h["checks"]]
+    measured += [(h["steps"], h["validation"]["auc"]) for h in history]
+    steps, aucs = zip(*sorted(measured))
+    expected = sorted({s for s in range(30, steps[-1] + 1) if s % 30 == 0 or s % 100 == 0})
+    assert history[-1]["steps"] % 30 == 0 or history[-1]["steps"] % 100 == 0
+    assert list(steps) == expected and len(history) < 60
+    best = int(np.argmax(aucs))
+    assert len(steps) == best + 1 + 3  # three measurements after the best one
+    code, out, _ = cli("predict", "--model-dir", tmp_path / "m", "--data", valid_file)
+    kept = np.array([json.loads(line)["score"] for line in out.splitlines()])
+    assert roc_auc_score(valid.y, kept) == pytest.approx(aucs[best], rel=1e-6)
+    hp = validate(hp)
+    learner = fm_learner(hp, device=device if device == "cpu" else resolve_device(device),
+                         pause_every=1)
+    fit(learner, FileSource(train_file, "libsvm", 600, 0, labels="binary"), epochs=None,
+        seed=hp["seed"], max_steps=steps[best])
+    stopped = sigmoid(reference_logits(learner.parameters(0), valid.X))
+    np.testing.assert_allclose(kept, stopped, rtol=1e-5)
 
 
 def test_early_stopping_metric_must_be_one_the_predictor_computes(cli, tmp_path):

@@ -150,3 +150,35 @@ def test_progress_logs_lines_without_a_terminal(caplog):
     assert "rows/s, ETA " in second  # the first epoch told the size
     assert any(line.startswith("epoch 2/2: train loss") for line in lines)
     assert "#progress_metric: host=algo-1, completed 100 % of epochs" in lines
+
+
+def test_validation_every_n_steps_measures_between_epoch_ends_and_keeps_the_best_step():
+    """Rows 0..9 in file order, target 2.0: w after step s is the mean of the first s rows
+    seen, so every measurement (steps 4, 8, 10 = epoch end, 12, ...) is computed by hand."""
+    values = [float(v) for v in range(10)]
+    learner = MeanLearner(shuffle=False)
+    stopper = EarlyStopping(2.0, "rmse", "regressor", patience=2, every_steps=4)
+    history = fit(learner, Rows("r", values), epochs=5, seed=0, callbacks=[stopper])
+
+    def mean_after(step):
+        return np.mean((values * 5)[:step])
+
+    steps = [4, 8, 10, 12]  # the mean moves away from 2 after step 5: best at step 4
+    assert [c["step"] for c in history[0].checks] == [4, 8]
+    assert [c["rmse"] for c in history[0].checks] == pytest.approx(
+        [abs(mean_after(s) - 2.0) for s in steps[:2]])
+    assert history[0].validation["rmse"] == pytest.approx(abs(mean_after(10) - 2.0))
+    # patience 2: steps 8 and 10 are worse than 4 → stop at the epoch end after step 10
+    assert len(history) == 1 and learner.steps == 10
+    assert (stopper.best_epoch, stopper.best_step) == (1, 4)
+    assert learner.w == pytest.approx(mean_after(4))  # the best step's weights were put back
+
+
+def test_validation_every_n_steps_can_stop_inside_an_epoch():
+    values = [0.0] * 3 + [9.0] * 17  # best at step 3 (w = 0 = target), worse from then on
+    learner = MeanLearner(shuffle=False)
+    stopper = EarlyStopping(0.0, "rmse", "regressor", patience=2, every_steps=3)
+    history = fit(learner, Rows("r", values), epochs=3, seed=0, callbacks=[stopper])
+    assert learner.steps == 9 and [h.rows for h in history] == [9]  # measured at 3, 6, 9
+    assert [c["step"] for c in history[0].checks] == [3, 6]
+    assert learner.w == 0.0 and stopper.best_step == 3

@@ -10,7 +10,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fmkit import FMClassifier, FMRegressor, HyperparameterError, load
-from fmkit.models.planted import planted_ctr
+from fmkit.models.fm.planted import planted_ctr
 
 
 @pytest.fixture(scope="module")

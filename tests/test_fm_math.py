@@ -8,11 +8,11 @@ import pytest
 import scipy.sparse as sp
 
 from fmkit.data.batch import SparseBatch
-from fmkit.hyperparameters import OPTIMIZERS, validate
 from fmkit.kernels import fm as kernels
-from fmkit.models.fm import FMParameters, reference_gradients, reference_logits
+from fmkit.models.fm.hyperparameters import OPTIMIZERS, validate
+from fmkit.models.fm.parameters import FMParameters, reference_gradients, reference_logits
+from fmkit.train.kernel_learner import Workspace, train_chunk
 from fmkit.train.optimizers import OptimizerState, kernel_config, reference_step, training_tables
-from fmkit.train.trainer import Workspace, train_chunk
 
 PREDICTORS = ("binary_classifier", "regressor")
 
@@ -207,9 +207,9 @@ def _planted_auc(hp, threads: int) -> tuple[float, float, int]:
     from sklearn.metrics import roc_auc_score
 
     from fmkit.data.sources import ArraySource
-    from fmkit.model import FMModel
-    from fmkit.models.planted import planted_ctr
-    from fmkit.train.trainer import train
+    from fmkit.jobs.training import train
+    from fmkit.models.fm.model import FMModel
+    from fmkit.models.fm.planted import planted_ctr
 
     train_part, test_part = planted_ctr(80000, [300, 200, 100, 50, 20], seed=11).split(60000)
     before = numba.get_num_threads()

@@ -41,8 +41,8 @@ from fmkit.cli import main  # noqa: E402
 from fmkit.data import codecs  # noqa: E402
 from fmkit.data.sources import FileSource  # noqa: E402
 from fmkit.errors import FMKitError  # noqa: E402
-from fmkit.jobs import predict_files, train_files  # noqa: E402
-from fmkit.model import load_model  # noqa: E402
+from fmkit.jobs.fm import predict_files, train_files  # noqa: E402
+from fmkit.models.base import load_model  # noqa: E402
 from fmkit.serve.app import create_app  # noqa: E402
 
 from .conftest import REPO, shared_file  # noqa: E402

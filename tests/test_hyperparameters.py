@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fmkit.errors import HyperparameterError
-from fmkit.hyperparameters import validate
+from fmkit.models.fm.hyperparameters import validate
 
 REQUIRED = {"feature_dim": "1000", "num_factors": "64", "predictor_type": "binary_classifier"}
 
@@ -125,7 +125,7 @@ def test_initial_weights_follow_the_init_hyperparameters_whatever_the_threads(me
     import numpy as np
     from scipy import stats
 
-    from fmkit.models.fm import init_parameters
+    from fmkit.models.fm.parameters import init_parameters
 
     hp = validate({"feature_dim": 200_000, "num_factors": 4,
                    "predictor_type": "binary_classifier", "factors_init_method": method,

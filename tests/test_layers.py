@@ -17,14 +17,11 @@ LAYERS = [
                     "fmkit.files"]),
     ("data", ["fmkit.data"]),
     ("kernels", ["fmkit.kernels"]),
-    ("models", ["fmkit.models", "fmkit.metrics", "fmkit.hyperparameters", "fmkit.artifact",
-                "fmkit.model", "fmkit.deepfm.config", "fmkit.deepfm.features",
-                "fmkit.deepfm.network", "fmkit.deepfm.batches", "fmkit.deepfm.model"]),
-    ("train", ["fmkit.distributed", "fmkit.train", "fmkit.deepfm.optimizers",
-               "fmkit.deepfm.train"]),
-    ("adapters", ["fmkit", "fmkit.__main__", "fmkit.jobs", "fmkit.deepfm.jobs",
-                  "fmkit.estimators", "fmkit.serve", "fmkit.sagemaker", "fmkit.cli",
-                  "fmkit.demo", "fmkit.report"]),
+    ("models", ["fmkit.models"]),
+    ("train", ["fmkit.train"]),
+    ("distributed", ["fmkit.distributed"]),
+    ("adapters", ["fmkit", "fmkit.__main__", "fmkit.jobs", "fmkit.estimators", "fmkit.serve",
+                  "fmkit.sagemaker", "fmkit.cli", "fmkit.demo", "fmkit.report"]),
 ]
 
 

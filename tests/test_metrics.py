@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, log_loss, mean_squared_error, roc_auc_score
 
-from fmkit.metrics import compute_metrics
-from fmkit.models.fm import sigmoid
+from fmkit.models.fm.parameters import sigmoid
+from fmkit.models.metrics import compute_metrics
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -29,6 +29,6 @@ def test_ruff_clean():
 
 
 def test_readme_hyperparameter_table_is_the_code_table():
-    from fmkit.hyperparameters import table_markdown
+    from fmkit.models.fm.hyperparameters import table_markdown
 
     assert table_markdown() in (REPO / "README.md").read_text()

@@ -18,7 +18,7 @@ os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 from sagemaker.amazon.common import write_spmatrix_to_sparse_tensor  # noqa: E402
 from sklearn.datasets import load_svmlight_file  # noqa: E402
 
-from fmkit.model import FMModel  # noqa: E402
+from fmkit.models.fm.model import FMModel  # noqa: E402
 
 from .conftest import fmkit_executable, shared_file  # noqa: E402
 from .test_end_to_end import METRIC_REGEXES  # noqa: E402

@@ -25,9 +25,9 @@ from sagemaker.amazon.common import (  # noqa: E402
 from sklearn.datasets import dump_svmlight_file, load_svmlight_file  # noqa: E402
 
 from fmkit import FMClassifier, FMRegressor  # noqa: E402
-from fmkit.jobs import predict_files  # noqa: E402
-from fmkit.model import FMModel  # noqa: E402
-from fmkit.models.fm import reference_logits, sigmoid  # noqa: E402
+from fmkit.jobs.fm import predict_files  # noqa: E402
+from fmkit.models.fm.model import FMModel  # noqa: E402
+from fmkit.models.fm.parameters import reference_logits, sigmoid  # noqa: E402
 
 from .conftest import fmkit_executable, shared_file  # noqa: E402
 

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 from sagemaker.amazon.common import write_numpy_to_dense_tensor  # noqa: E402
 
-from fmkit.jobs import train_files  # noqa: E402
+from fmkit.jobs.fm import train_files  # noqa: E402
 
 from .conftest import shared_file  # noqa: E402
 from .test_server import start_server, stop  # noqa: E402

@@ -31,9 +31,9 @@ from sklearn.datasets import load_svmlight_file  # noqa: E402
 from fmkit import files  # noqa: E402
 from fmkit.data import codecs  # noqa: E402
 from fmkit.errors import DataError  # noqa: E402
-from fmkit.jobs import predict_files, train_files  # noqa: E402
-from fmkit.model import FMModel  # noqa: E402
-from fmkit.models.fm import reference_logits, sigmoid  # noqa: E402
+from fmkit.jobs.fm import predict_files, train_files  # noqa: E402
+from fmkit.models.fm.model import FMModel  # noqa: E402
+from fmkit.models.fm.parameters import reference_logits, sigmoid  # noqa: E402
 
 from .conftest import run_fmkit, shared_file  # noqa: E402
 from .deepfm_helpers import small  # noqa: E402
@@ -305,7 +305,7 @@ def test_deepfm_request_errors(deepfm_model):
 
 @pytest.fixture(scope="module")
 def deepfm_model(small_deepfm_dir):
-    from fmkit.model import load_model
+    from fmkit.models.base import load_model
 
     return load_model(small_deepfm_dir)
 
@@ -427,7 +427,7 @@ def test_misspelt_names_get_a_suggestion(cli, tmp_path):
 # -- 11. hostile model directories ---------------------------------------------------------------
 def test_hostile_model_directories_fail_fast(tmp_path, model_dir):
     from fmkit.errors import ArtifactError
-    from fmkit.model import load_model
+    from fmkit.models.base import load_model
 
     zero = tmp_path / "zero"
     shutil.copytree(model_dir, zero)

@@ -117,19 +117,3 @@ def parse_float(buf, start, end):
     if value > FLOAT32_MAX:  # would become infinity in the float32 arrays
         return 0.0, NOT_FINITE
     return -value if negative else value, OK
-
-
-@njit(cache=True)
-def parse_index(buf, start, end):
-    """Parse ``buf[start:end]`` as a non-negative integer below 2**31. Returns ``(value, code)``."""
-    if start >= end:
-        return 0, BAD_INDEX
-    value = 0
-    for p in range(start, end):
-        c = buf[p]
-        if not (48 <= c <= 57):
-            return 0, BAD_INDEX
-        value = value * 10 + (c - 48)
-        if value > 2147483647:
-            return 0, BAD_INDEX
-    return value, OK

@@ -1,15 +1,15 @@
 """Compiled FM kernels: training (per-row and mini-batch, lazy optimizer updates) and prediction.
 
-These compute the same functions as :mod:`fmkit.models.fm` and :mod:`fmkit.train.optimizers`
-(the tests hold them to it) but walk the CSR arrays row by row in machine code: per row
-O(k * nnz) for the forward pass and the gradient, and an optimizer update of only the features
-the row (or mini-batch) touched.
+These compute the same functions as :mod:`fmkit.models.fm.parameters` and
+:mod:`fmkit.train.optimizers` (the tests hold them to it) but walk the CSR arrays row by row in
+machine code: per row O(k * nnz) for the forward pass and the gradient, and an optimizer update of
+only the features the row (or mini-batch) touched.
 
-Weights live in one table per model, a row per feature: ``[w_i, v_i1..v_ik]``. During training
-the optimizer's moments follow in the same row, in blocks of k+1 columns (Adam: m then s;
-AdaGrad: s; FTRL: z then sqrt(n)), so one update touches one or two cache lines and the k factor
-coordinates of weights and moments are contiguous: the optimizer steps take them eight at a time
-as vectors (:mod:`fmkit.kernels.lanes`). The bias is a one-row table of the same layout.
+Weights live in one table per model, a row per feature: ``[w_i, v_i1..v_ik]``. During training the
+optimizer's moments follow in the same row, in blocks of k+1 columns (Adam: m then s; AdaGrad: s;
+FTRL: z then sqrt(n)), so one update touches one or two cache lines and the k factor coordinates of
+weights and moments are contiguous: the optimizer steps take them eight at a time as vectors
+(:mod:`fmkit.kernels.lanes`). The bias is a one-row table of the same layout.
 
 Arithmetic is done in the table's precision (float32 in production, float64 in the tests that
 compare with the float64 reference to 1e-12); losses are summed in float64. ``FAST`` lets the

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from fmkit.data import codecs
 from fmkit.errors import FMKitError
-from fmkit.model import load_model
+from fmkit.models.base import load_model
 
 log = logging.getLogger("fmkit.serve")
 

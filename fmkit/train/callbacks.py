@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
-from fmkit.metrics import watched_metric
+from fmkit.models.metrics import watched_metric
 from fmkit.train.checkpoint import Checkpointer, check_resumable
 from fmkit.train.engine import Callback, EpochStats, Run
 
@@ -79,47 +79,79 @@ class Progress(Callback):
 
 class EarlyStopping(Callback):
     """Scores ``validation`` after every epoch (SageMaker's ``#quality_metric: host=...,
-    epoch=N, validation ...`` lines), keeps the best epoch's weights by ``metric`` (an
-    ``early_stopping_metric`` name) and puts them back when training ends, and stops after
-    ``patience`` epochs without improvement (0: never). The first epoch is the best so far;
-    later ones must be strictly better."""
+    epoch=N, validation ...`` lines) and, with ``every_steps``, also after the step that
+    passes each multiple of it (on the compiled kernels: at the end of the data chunk holding
+    it); keeps the best measurement's weights by ``metric`` (an ``early_stopping_metric``
+    name) and puts them back when training ends, and stops after ``patience`` measurements
+    without improvement (0: never). The first measurement is the best so far; later ones must
+    be strictly better."""
 
     name = "early_stopping"
 
     def __init__(self, validation: Any, metric: str, predictor_type: str, patience: int,
-                 host: str = DEFAULT_HOST):
-        self.validation, self.host = validation, host
+                 host: str = DEFAULT_HOST, every_steps: int = 0):
+        self.validation, self.host, self.every_steps = validation, host, every_steps
         self.key, self.higher_is_better = watched_metric(metric, predictor_type)
         self.patience = patience
         self.best_value: float | None = None
-        self.best_epoch = 0
+        self.best_epoch = self.best_step = self.worse = self.measured_step = 0
         self.best_weights: dict[str, np.ndarray] = {}
+        self.checks: list[dict[str, float]] = []
+
+    def after_step(self, run: Run) -> bool:
+        step, every = run.learner.steps, self.every_steps
+        if not every or step // every == self.measured_step // every:
+            return False
+        metrics = self._measure(run)
+        self.checks.append({"step": step, **metrics})
+        return self._stop(run.epoch)
 
     def after_epoch(self, run: Run, stats: EpochStats) -> bool:
-        stats.validation = run.learner.evaluate(self.validation)
+        if self.measured_step == run.learner.steps and self.checks:  # measured at this step
+            stats.validation = {k: v for k, v in self.checks.pop().items() if k != "step"}
+            stats.checks, self.checks = self.checks, []
+            return self._stop(run.epoch)
+        stats.checks, self.checks = self.checks, []
+        stats.validation = self._measure(run)
+        return self._stop(run.epoch)
+
+    def _measure(self, run: Run) -> dict[str, float]:
+        """The validation metrics now; the weights kept when they are the best so far."""
+        self.measured_step = run.learner.steps
+        metrics = run.learner.evaluate(self.validation)
         if run.learner.primary:
-            log_metrics("validation", stats.validation, self.host, stats.epoch)
-        value = stats.validation[self.key]
+            log_metrics("validation", metrics, self.host, run.epoch)
+        value = metrics[self.key]
         if self.best_value is None or (value > self.best_value if self.higher_is_better
                                        else value < self.best_value):
-            self.best_value, self.best_epoch = value, stats.epoch
-            self.best_weights = run.learner.weights()
-        if self.patience and stats.epoch - self.best_epoch >= self.patience:
-            log.info("early stopping after epoch %d: the best validation %s was at epoch %d",
-                     stats.epoch, self.key, self.best_epoch)
-            return True
-        return False
+            self.best_value, self.best_epoch, self.best_step = value, run.epoch, run.learner.steps
+            self.best_weights, self.worse = run.learner.weights(), 0
+        else:
+            self.worse += 1
+        return metrics
+
+    def _stop(self, epoch: int) -> bool:
+        if not self.patience or self.worse < self.patience:
+            return False
+        log.info("early stopping after epoch %d, step %d: the best validation %s was at "
+                 "epoch %d, step %d", epoch, self.measured_step, self.key, self.best_epoch,
+                 self.best_step)
+        return True
 
     def after_fit(self, run: Run) -> None:
         if self.best_weights:
             run.learner.set_weights(self.best_weights)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        return self.best_weights, {"best_value": self.best_value, "best_epoch": self.best_epoch}
+        return self.best_weights, {"best_value": self.best_value, "best_epoch": self.best_epoch,
+                                   "best_step": self.best_step, "worse": self.worse,
+                                   "measured_step": self.measured_step, "checks": self.checks}
 
     def restore(self, arrays: dict[str, np.ndarray], extra: dict) -> None:
         self.best_weights = dict(arrays)
-        self.best_value, self.best_epoch = extra["best_value"], extra["best_epoch"]
+        for name in ("best_value", "best_epoch", "best_step", "worse", "measured_step",
+                     "checks"):
+            setattr(self, name, extra.get(name, getattr(self, name)))
 
 
 class Checkpoint(Callback):

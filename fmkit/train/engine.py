@@ -5,7 +5,8 @@
 only its step and its state; everything around the steps — progress, the epoch log, validation
 and early stopping, checkpoints and resuming — is a :class:`Callback` (as LightGBM's
 ``engine.train`` and xgboost's ``TrainingCallback`` do it). Several processes are a learner
-that wraps another (:class:`fmkit.distributed.DataParallel`), not branches in this loop.
+that wraps another (:class:`fmkit.distributed.data_parallel.DataParallel`), not branches in
+this loop.
 
 Each epoch's data order comes from a generator seeded by ``(seed, epoch)``, so a resumed run
 replays the epoch it stopped in (reading and skipping the steps already trained) without saving
@@ -36,7 +37,10 @@ class EpochStats:
     rows: int
     seconds: float
     rows_per_second: float = 0.0
+    steps: int = 0  # optimizer steps taken by the epoch's end (counted over the whole run)
     validation: dict[str, float] | None = None  # the validation channel's metrics
+    # validation measured within the epoch (every validation_every_steps): step and metrics
+    checks: list[dict[str, float]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> EpochStats:
@@ -47,7 +51,8 @@ class EpochStats:
 @dataclass
 class Gradient:
     """One step's gradient on one process, summed (not yet averaged) over its rows: what a
-    learner hands :class:`fmkit.distributed.DataParallel` to combine across processes."""
+    learner hands :class:`fmkit.distributed.data_parallel.DataParallel` to combine across
+    processes."""
 
     rows: int
     loss: float
@@ -125,8 +130,9 @@ class Run:
 
 
 class Callback:
-    """A hook around the steps; every method is optional. ``after_epoch`` returns True to
-    stop training; ``state``/``restore`` are what a checkpoint keeps of the callback."""
+    """A hook around the steps; every method is optional. ``after_step`` and ``after_epoch``
+    return True to stop training (after a step: the epoch ends there, as the last one);
+    ``state``/``restore`` are what a checkpoint keeps of the callback."""
 
     name = "callback"
 
@@ -134,7 +140,8 @@ class Callback:
 
     def before_epoch(self, run: Run) -> None: ...
 
-    def after_step(self, run: Run) -> None: ...
+    def after_step(self, run: Run) -> bool:
+        return False
 
     def after_epoch(self, run: Run, stats: EpochStats) -> bool:
         return False
@@ -156,7 +163,7 @@ def fit(learner: Learner, source: Source, *, epochs: int | None, seed: int,
     run = Run(learner, source, epochs, list(callbacks), first_epoch)
     for callback in run.callbacks:
         callback.before_fit(run)  # a checkpoint callback may resume: run.epoch, run.units...
-    first = run.epoch
+    first, stop = run.epoch, False
     for epoch in range(first, (epochs or sys.maxsize) + 1):
         skip = run.units if epoch == first else 0
         if not skip:
@@ -174,18 +181,17 @@ def fit(learner: Learner, source: Source, *, epochs: int | None, seed: int,
             if not math.isfinite(loss):
                 raise TrainingDiverged(epoch, f"the loss of step {learner.steps}")
             run.units, run.rows, run.loss_sum = run.units + 1, run.rows + rows, run.loss_sum + loss
-            for callback in run.callbacks:
-                callback.after_step(run)
-            if max_steps and learner.steps >= max_steps:
+            stop = any([callback.after_step(run) for callback in run.callbacks])
+            if stop or (max_steps and learner.steps >= max_steps):
                 break
         if run.rows == 0:
             raise DataError(source.name, None, "holds no data rows")
         seconds = time.perf_counter() - started
         stats = EpochStats(epoch, run.loss_sum / run.rows, run.rows, seconds,
-                           run.rows / max(seconds, 1e-9))
+                           run.rows / max(seconds, 1e-9), learner.steps)
         run.history.append(stats)
-        stop = [callback.after_epoch(run, stats) for callback in run.callbacks]
-        if any(stop) or (max_steps and learner.steps >= max_steps):
+        stop = any([callback.after_epoch(run, stats) for callback in run.callbacks]) or stop
+        if stop or (max_steps and learner.steps >= max_steps):
             break
     for callback in run.callbacks:
         callback.after_fit(run)

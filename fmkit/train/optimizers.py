@@ -30,7 +30,7 @@ import numpy as np
 
 from fmkit.kernels import fm as kernels
 from fmkit.memory import check_fits, prefaulted_zeros
-from fmkit.models.fm import FMParameters, init_parameters
+from fmkit.models.fm.parameters import FMParameters, init_parameters
 
 BETA1, BETA2 = 0.9, 0.999
 OPTIMIZER_IDS = {"sgd": kernels.SGD, "adagrad": kernels.ADAGRAD, "adam": kernels.ADAM,

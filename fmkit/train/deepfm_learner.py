@@ -1,37 +1,32 @@
 """DeepFM training: mini-batches of encoded columns, a sparse and a dense optimizer.
 
 As TorchEasyRec does, embedding tables get the sparse optimizer (``sgd``, ``adagrad``,
-``rowwise_adagrad`` or ``adam`` — lazy Adam; see :mod:`fmkit.deepfm.optimizers`) and every other
-parameter the dense one (``adam``, ``adamw``, ``adagrad``, or ``sgd`` with TorchEasyRec's
-momentum 0.9), each with its own learning rate. The input is streamed: blocks of rows are read
-and encoded on a background thread while the previous block trains.
+``rowwise_adagrad`` or ``adam`` — lazy Adam; see :mod:`fmkit.train.embedding_optimizers`) and every
+other parameter the dense one (``adam``, ``adamw``, ``adagrad``, or ``sgd`` with TorchEasyRec's
+momentum 0.9), each with its own learning rate. The input is streamed: blocks of rows are read and
+encoded on a background thread while the previous block trains.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from fmkit import distributed
-from fmkit.deepfm.batches import background, mini_batches
-from fmkit.deepfm.config import (
+from fmkit.models.deepfm.batches import background, mini_batches
+from fmkit.models.deepfm.config import (
     ConfigError,
     DenseOptimizer,
     OptimizerSettings,
     SparseOptimizer,
     TrainConfig,
 )
-from fmkit.deepfm.features import Encoded
-from fmkit.deepfm.optimizers import SparseRows
-from fmkit.logs import DEFAULT_HOST
-from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
-from fmkit.train.checkpoint import Checkpointer
-from fmkit.train.engine import EpochStats, Gradient, Source, fit
+from fmkit.models.deepfm.features import Encoded
+from fmkit.train.embedding_optimizers import SparseRows
+from fmkit.train.engine import Gradient, Source
 
 
 def _chosen(message: SparseOptimizer | DenseOptimizer) -> tuple[str, OptimizerSettings]:
@@ -216,41 +211,3 @@ class DeepFMLearner:
             return self.scorer(source)
         finally:
             self.net.train()
-
-
-@dataclass
-class Channel:
-    """A DeepFM training channel: its name (for messages) and its encoded blocks."""
-
-    name: str
-    blocks: Callable[[], Iterator[Encoded]]
-
-
-def train_network(net: nn.Module, channel: Channel, config: TrainConfig, batch_size: int,
-                  loss_kind: str, label_smoothing: float = 0.0, shuffle: bool = False, *,
-                  progress: bool | None = None, checkpoints: Checkpointer | None = None,
-                  resume: bool = False, run_id: dict | None = None,
-                  early_stopping: EarlyStopping | None = None,
-                  scorer: Callable[[Any], dict[str, float]] | None = None,
-                  host: str = DEFAULT_HOST, trained_epochs: int = 0) -> list[EpochStats]:
-    """Train ``net`` in place over ``num_epochs`` passes of ``channel`` (or ``num_steps``
-    mini-batches) through :func:`fmkit.train.engine.fit`; returns per-epoch statistics.
-    ``early_stopping`` (validation scored by ``scorer``) keeps the best epoch's weights.
-    ``checkpoints`` saves the network, the optimizers' state and the position periodically;
-    ``resume`` continues from the newest checkpoint, whose ``run_id`` (the configuration)
-    must match. ``trained_epochs``: epochs the weights were trained already (this run's
-    are numbered after them)."""
-    learner = DeepFMLearner(net, config, batch_size, loss_kind, label_smoothing, shuffle,
-                            scorer)
-    callbacks: list = [Progress(progress, host)]
-    if early_stopping is not None:
-        callbacks.append(early_stopping)
-    if checkpoints is not None:
-        callbacks.append(Checkpoint(checkpoints, run_id or {}, resume))
-    try:
-        return fit(distributed.parallel(learner, batch_size), channel,
-                   epochs=trained_epochs + config.num_epochs if config.num_epochs else None,
-                   seed=config.seed, callbacks=callbacks, max_steps=config.num_steps,
-                   first_epoch=trained_epochs + 1)
-    finally:
-        net.eval()

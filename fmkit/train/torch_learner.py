@@ -1,5 +1,5 @@
 """FM training on a PyTorch device (``fmkit train --device cuda``): the learner that
-:func:`fmkit.train.trainer.train` uses for a device other than ``cpu``.
+:func:`fmkit.train.kernel_learner.train` uses for a device other than ``cpu``.
 
 The compiled kernels (:mod:`fmkit.kernels.fm`) are CPU code. On a GPU the same model is trained
 with PyTorch: for each mini-batch the rows of the distinct features it touches are gathered,
@@ -19,9 +19,9 @@ import numpy as np
 
 from fmkit.data.batch import SparseBatch, shuffled_batches
 from fmkit.errors import TrainingDiverged
-from fmkit.model import validation_metrics
-from fmkit.models.fm import FMParameters, init_parameters
-from fmkit.models.fm_torch import batch_tensors, fm_logits, resolve_device
+from fmkit.models.fm.device import batch_tensors, fm_logits, resolve_device
+from fmkit.models.fm.model import validation_metrics
+from fmkit.models.fm.parameters import FMParameters, init_parameters
 from fmkit.train.engine import Gradient, Source
 from fmkit.train.optimizers import apply_rule, ftrl_initial_z
 

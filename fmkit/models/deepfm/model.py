@@ -1,6 +1,7 @@
 """A trained DeepFM: configuration, features and network, with FMModel's serving interface.
 
-:class:`DeepFMModel` answers the same calls as :class:`fmkit.model.FMModel` — ``predictions``,
+:class:`DeepFMModel` answers the same calls as :class:`fmkit.models.fm.model.FMModel` —
+``predictions``,
 ``evaluate``, ``read``, ``request_decoder``, ``save``/``load`` — so ``fmkit evaluate``,
 ``fmkit predict`` and ``fmkit serve`` treat both alike. Its model directory stores the whole
 configuration in ``model.json`` (features, groups, network, data layout) and the network's
@@ -18,16 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from fmkit import artifact
 from fmkit.data import codecs, columns
 from fmkit.data.columns import ColumnBatch
-from fmkit.deepfm import config as configs
-from fmkit.deepfm.batches import take_rows
-from fmkit.deepfm.features import FeatureSet
-from fmkit.deepfm.network import DeepFMNet
 from fmkit.errors import ArtifactError, DataError, FMKitError, excerpt
 from fmkit.memory import check_fits
-from fmkit.metrics import metrics_of_parts, prediction_fields
+from fmkit.models import artifact
+from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm.batches import take_rows
+from fmkit.models.deepfm.features import FeatureSet
+from fmkit.models.deepfm.network import DeepFMNet
+from fmkit.models.metrics import metrics_of_parts, prediction_fields
 
 MODEL_TYPE = "deepfm"
 SCORING_ROWS = 4096
@@ -56,7 +57,7 @@ class DeepFMModel:
     def to(self, device: str) -> DeepFMModel:
         """Score on a PyTorch device (``cuda``)."""
         if device != "cpu":
-            from fmkit.models.fm_torch import resolve_device
+            from fmkit.models.fm.device import resolve_device
 
             self.net.to(resolve_device(device))
         return self

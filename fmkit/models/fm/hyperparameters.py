@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fmkit.errors import HyperparameterError, did_you_mean
-from fmkit.metrics import watched_metric
+from fmkit.models.metrics import watched_metric
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class Hyperparameter:
 
     ``check`` is one of ``"gt0"`` (> 0), ``"ge0"`` (>= 0), ``"finite"`` (any finite number),
     ``"choice01"`` (0 or 1), ``"choice"`` (one of ``choices``) or ``"watched"`` (a metric name
-    :func:`fmkit.metrics.watched_metric` knows for the predictor type). ``suggested`` is the
+    :func:`fmkit.models.metrics.watched_metric` knows for the predictor type). ``suggested`` is the
     value the Python estimators use for a parameter SageMaker requires but the estimator
     cannot infer (``num_factors``).
     """
@@ -114,14 +114,18 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
                        "fmkit: seed of the weight initialization and shuffling.",
                        sagemaker=False),
         Hyperparameter("early_stopping_patience", int, 3, "ge0",
-                       "fmkit: with a validation channel, stop after this many epochs without "
-                       "a better early_stopping_metric and keep the best epoch's weights (0: "
-                       "never stop early).", sagemaker=False),
+                       "fmkit: with a validation channel, stop after this many measurements "
+                       "(epochs) without a better early_stopping_metric and keep the best "
+                       "one's weights (0: never stop early).", sagemaker=False),
         Hyperparameter("early_stopping_metric", str, "auto", "watched",
                        "fmkit: the validation metric early stopping watches: auc, logloss, "
                        "accuracy or f1 for classifiers, rmse for regressors, or SageMaker's "
                        "name (validation:binary_classification_accuracy); auto: auc, or rmse "
                        "for regressors.", sagemaker=False),
+        Hyperparameter("validation_every_steps", int, 0, "ge0",
+                       "fmkit: with a validation channel, also measure it (for early "
+                       "stopping, patience counted in measurements) after every this many "
+                       "mini-batches (0: at epoch ends only).", sagemaker=False),
         Hyperparameter("shuffle", int, 1, "choice01",
                        "fmkit: 1 shuffles the rows of each streamed chunk (~4 MB of text, or "
                        "all of an in-memory matrix) every epoch; 0 keeps file order.",

@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from fmkit.data.batch import SparseBatch
-
 
 class FMParameters:
     """The learned weights: bias ``w0`` (shape (1,)), linear ``w`` (d,), factors ``V`` (d, k).
@@ -114,14 +112,6 @@ def init_parameters(hp: dict[str, Any], dtype=np.float32, out: np.ndarray | None
         _init(table[:, 0], hp, "linear", linear_seeds, pool)
         _init(table[:, 1:], hp, "factors", factor_seeds, pool)
     return FMParameters.from_table(w0, table)
-
-
-def batch_to_csr(batch: SparseBatch, feature_dim: int) -> sp.csr_matrix:
-    """A batch as a float64 scipy CSR matrix."""
-    return sp.csr_matrix(
-        (batch.values.astype(np.float64), batch.indices, batch.indptr),
-        shape=(batch.n_rows, feature_dim),
-    )
 
 
 def reference_logits(params: FMParameters, X: sp.spmatrix) -> np.ndarray:

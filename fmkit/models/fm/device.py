@@ -1,6 +1,6 @@
 """An FM scored with PyTorch on any device (``fmkit predict --device cuda``): the model's
 function written once for torch tensors, which the device trainer
-(:mod:`fmkit.train.device`) differentiates with autograd. PyTorch is imported only when
+(:mod:`fmkit.train.torch_learner`) differentiates with autograd. PyTorch is imported only when
 these are called: the CPU path never needs it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 
 from fmkit.data.batch import SparseBatch
 from fmkit.errors import HyperparameterError
-from fmkit.models.fm import FMParameters
+from fmkit.models.fm.parameters import FMParameters
 
 
 def resolve_device(name: str):

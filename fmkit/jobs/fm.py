@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from fmkit import artifact, distributed, files
+from fmkit import distributed, files
 from fmkit.data import codecs
 from fmkit.data.batch import SparseBatch
 from fmkit.data.sources import (
@@ -21,13 +21,15 @@ from fmkit.data.sources import (
     detect_index_base,
 )
 from fmkit.errors import DataError, HyperparameterError
-from fmkit.hyperparameters import validate
+from fmkit.jobs.training import train
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
-from fmkit.metrics import require_rows
-from fmkit.model import FMModel, label_mode, load_model
+from fmkit.models import artifact
+from fmkit.models.base import load_model
+from fmkit.models.fm.hyperparameters import validate
+from fmkit.models.fm.model import FMModel, label_mode
+from fmkit.models.metrics import require_rows
 from fmkit.train.checkpoint import Checkpointer
 from fmkit.train.optimizers import check_memory
-from fmkit.train.trainer import train
 
 
 def _index_base(source: FileSource, index_base: str | int) -> int:
@@ -55,7 +57,7 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     An optional validation channel is scored after every epoch for early stopping. ``cache``
     keeps a binary copy of parsed text channels (see :mod:`fmkit.data.cache`). ``checkpoints``
     and ``resume``: see :mod:`fmkit.train.checkpoint`. ``device`` other than ``cpu`` trains
-    with PyTorch on that device (see :mod:`fmkit.train.device`).
+    with PyTorch on that device (see :mod:`fmkit.train.torch_learner`).
 
     Returns the model and the metrics written to ``metrics.json``.
     """
@@ -64,7 +66,7 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     artifact.check_destination(model_dir)
     check_memory(hp)
     if device != "cpu":  # before any data is read
-        from fmkit.models.fm_torch import resolve_device
+        from fmkit.models.fm.device import resolve_device
 
         resolve_device(device)
     source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp["predictor_type"]),
@@ -89,7 +91,7 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
                   ) -> tuple[FMModel, dict[str, Any]]:
     """Train on ``source``, score each channel of ``scored`` (``test``, ``validation``), save.
 
-    A ``validation`` channel also drives early stopping (see :func:`fmkit.train.trainer.train`).
+    A ``validation`` channel also drives early stopping (see :func:`fmkit.jobs.training.train`).
     ``init_model`` (a model directory) is continued: its weights for ``epochs`` more epochs.
     Each scored channel's metrics are logged as SageMaker metric lines and stored in
     ``metrics.json`` under the channel's name, with the training history under ``train``.
@@ -97,7 +99,7 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     scored = scored or {}
     artifact.check_destination(model_dir)
     if device != "cpu":
-        from fmkit.models.fm_torch import resolve_device
+        from fmkit.models.fm.device import resolve_device
 
         device = resolve_device(distributed.local_device(device))
     params, trained = _initial_model(init_model, hp) if init_model else (None, [])
@@ -229,14 +231,14 @@ def train_config_file(path: str | Path, overrides: list[str] = (), *,
                       validation_path: str | None = None, init_model: str | None = None
                       ) -> tuple[Any, dict[str, Any]]:
     """``fmkit train --config FILE [--set path=value ...]``: a DeepFM configuration
-    (TorchEasyRec's fields, see :mod:`fmkit.deepfm.config`), or an FM one — the same file
+    (TorchEasyRec's fields, see :mod:`fmkit.models.deepfm.config`), or an FM one — the same file
     layout with ``model_config: {fm: {SageMaker hyperparameters}}``."""
-    from fmkit.deepfm import config as configs
+    from fmkit.models.deepfm import config as configs
 
     document = configs.apply_overrides(configs.load_document(path), list(overrides))
     model_config = document.get("model_config")
     if not (isinstance(model_config, dict) and "fm" in model_config):
-        from fmkit.deepfm.jobs import train_deepfm
+        from fmkit.jobs.deepfm import train_deepfm
 
         return train_deepfm(configs.parse(document), progress=progress, device=device,
                             checkpoints=checkpoints, resume=resume,

@@ -1,6 +1,6 @@
 """Encoded rows into training batches: slicing, concatenating, and reading ahead on a thread.
 
-:class:`~fmkit.deepfm.features.Encoded` blocks (one per block of the input) are cut into
+:class:`~fmkit.models.deepfm.features.Encoded` blocks (one per block of the input) are cut into
 mini-batches of a fixed size across block boundaries, optionally shuffling each block's rows,
 while a background thread reads and encodes the next blocks.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from fmkit.deepfm.features import Encoded
+from fmkit.models.deepfm.features import Encoded
 
 
 def take_rows(batch: Encoded, rows: np.ndarray) -> Encoded:

@@ -29,8 +29,8 @@ from numba import njit
 
 from fmkit.data.columns import ColumnBatch
 from fmkit.data.numbers import FLOAT32_MAX
-from fmkit.deepfm.config import ConfigError, EasyRecConfig, IdFeature, RawFeature
 from fmkit.errors import DataError, excerpt
+from fmkit.models.deepfm.config import ConfigError, EasyRecConfig, IdFeature, RawFeature
 
 GROUPS = ("wide", "fm", "deep")
 

@@ -1,22 +1,36 @@
 """Train a DeepFM from its configuration: read, encode, train, evaluate, save.
 
 The Python API behind ``fmkit train --config FILE`` for DeepFM configurations (FM
-configurations go to :func:`fmkit.jobs.train_files`, see :func:`fmkit.jobs.train_config_file`).
+configurations go to :func:`fmkit.jobs.fm.train_files`, see
+:func:`fmkit.jobs.fm.train_config_file`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from fmkit import artifact, distributed
+from fmkit import distributed
 from fmkit.data.sources import channel_files
-from fmkit.deepfm.config import ConfigError, EasyRecConfig, to_document
-from fmkit.deepfm.model import DeepFMModel
-from fmkit.deepfm.train import Channel, train_network
+from fmkit.jobs.training import run
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
-from fmkit.metrics import require_rows
+from fmkit.models import artifact
+from fmkit.models.deepfm.config import ConfigError, EasyRecConfig, to_document
+from fmkit.models.deepfm.features import Encoded
+from fmkit.models.deepfm.model import DeepFMModel
+from fmkit.models.metrics import require_rows
 from fmkit.train.callbacks import EarlyStopping
 from fmkit.train.checkpoint import Checkpointer
+from fmkit.train.deepfm_learner import DeepFMLearner
+
+
+@dataclass
+class Channel:
+    """A DeepFM training channel: its name (for messages) and its encoded blocks."""
+
+    name: str
+    blocks: Callable[[], Iterator[Encoded]]
 
 
 def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
@@ -27,11 +41,11 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     """Train on ``train_input_path`` (on ``device``, a PyTorch device name), score
     ``eval_input_path`` (if set) with the FM metrics, write ``model_dir``; returns the model
     and the metrics stored in ``metrics.json``. ``checkpoints``/``resume``: see
-    :func:`fmkit.deepfm.train.train_network`. ``validation_path`` is scored after every
+    :func:`fmkit.jobs.training.run`. ``validation_path`` is scored after every
     epoch for early stopping (else ``eval_input_path``, when ``early_stopping_patience`` > 0).
     ``init_model`` (a DeepFM model directory of the same features and network) is continued:
     its weights, for ``num_epochs`` more epochs numbered after its own."""
-    from fmkit.models.fm_torch import resolve_device
+    from fmkit.models.fm.device import resolve_device
 
     target = resolve_device(distributed.local_device(device))
     for name in ("train_input_path", "model_dir"):
@@ -57,13 +71,20 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     for name in ("train_input_path", "eval_input_path", "model_dir"):
         run_id.pop(name, None)
     run_id["train_config"].pop("num_epochs", None)
-    history = train_network(
-        model.net, channel, config.train_config, config.data_config.batch_size,
-        model.label_mode, smoothing, config.data_config.shuffle, progress=progress,
-        checkpoints=checkpoints, resume=resume, run_id={"deepfm": run_id},
-        early_stopping=_early_stopping(config, model, host, validation_path), host=host,
-        scorer=lambda path: require_rows(model.evaluate(model.read(path)), path),
-        trained_epochs=trained[-1]["epoch"] if trained else 0)
+    learner = DeepFMLearner(model.net, config.train_config, config.data_config.batch_size,
+                            model.label_mode, smoothing, config.data_config.shuffle,
+                            scorer=lambda path: require_rows(model.evaluate(model.read(path)),
+                                                             path))
+    try:
+        history = run(learner, channel, batch_size=config.data_config.batch_size,
+                      epochs=config.train_config.num_epochs, seed=config.train_config.seed,
+                      max_steps=config.train_config.num_steps,
+                      trained_epochs=trained[-1]["epoch"] if trained else 0, progress=progress,
+                      host=host, early_stopping=_early_stopping(config, model, host,
+                                                                validation_path),
+                      checkpoints=checkpoints, run_id={"deepfm": run_id}, resume=resume)
+    finally:
+        model.net.eval()
     metrics: dict[str, Any] = {"train": trained + [vars(h) for h in history]}
     if not distributed.primary():
         return model, metrics  # the replicas are identical: rank 0 scores and writes
@@ -103,8 +124,9 @@ def _early_stopping(config: EasyRecConfig, model: DeepFMModel, host: str,
     ``train_config`` asks for (``early_stopping_patience`` > 0) on ``eval_input_path``; None
     when neither is asked for."""
     settings = config.train_config
-    if settings.early_stopping_patience < 0:
-        raise ConfigError("train_config.early_stopping_patience: must be >= 0")
+    for name in ("early_stopping_patience", "validation_every_steps"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"train_config.{name}: must be >= 0")
     if not validation_path:
         if not settings.early_stopping_patience:
             return None
@@ -115,6 +137,7 @@ def _early_stopping(config: EasyRecConfig, model: DeepFMModel, host: str,
     try:
         return EarlyStopping(validation_path or config.eval_input_path,
                              settings.early_stopping_metric, predictor,
-                             settings.early_stopping_patience, host)
+                             settings.early_stopping_patience, host,
+                             settings.validation_every_steps)
     except ValueError as e:
         raise ConfigError(f"train_config.early_stopping_metric: {e}") from None

@@ -6,21 +6,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numba
 import numpy as np
 
-from fmkit import artifact
 from fmkit.data.batch import SparseBatch
 from fmkit.errors import ArtifactError
-from fmkit.hyperparameters import validate
 from fmkit.kernels import fm as kernels
-from fmkit.metrics import metrics_of_parts, prediction_fields, require_rows
-from fmkit.models.fm import FMParameters, sigmoid
+from fmkit.models import artifact
+from fmkit.models.fm.hyperparameters import validate
+from fmkit.models.fm.parameters import FMParameters, sigmoid
+from fmkit.models.metrics import metrics_of_parts, prediction_fields, require_rows
 
 MODEL_TYPE = "fm"
 PARALLEL_ROWS = 2048  # below this, scoring on one thread beats starting the pool
@@ -55,7 +55,7 @@ class FMModel:
     def to(self, device: str) -> FMModel:
         """Score on a PyTorch device (``cuda``) instead of the compiled CPU kernels."""
         if device != "cpu":
-            from fmkit.models.fm_torch import DeviceScorer, resolve_device
+            from fmkit.models.fm.device import DeviceScorer, resolve_device
 
             self._scorer = DeviceScorer(self.params, resolve_device(device))
         return self
@@ -165,44 +165,3 @@ def validation_metrics(hp: dict[str, Any], params: FMParameters, source: Any
     """Every metric of a labelled source (``name``, ``blocks()``) for the weights ``params``:
     what the FM learners report for a validation channel after each epoch."""
     return require_rows(FMModel(hp, params).evaluate(source.blocks()), source.name)
-
-
-@runtime_checkable
-class Model(Protocol):
-    """What every fmkit model answers — :class:`FMModel` and
-    :class:`fmkit.deepfm.model.DeepFMModel` — and all that the jobs, the server, ``fmkit
-    report`` and the SageMaker entry point use of one."""
-
-    predictor_type: str
-
-    def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True
-             ) -> Iterator[Any]: ...
-
-    def request_decoder(self) -> Any: ...
-
-    def predictions(self, batch: Any) -> dict[str, np.ndarray]: ...
-
-    def labelled_logits(self, blocks: Iterator[Any]
-                        ) -> tuple[list[np.ndarray], list[np.ndarray]]: ...
-
-    def evaluate(self, blocks: Iterator[Any]) -> dict[str, float]: ...
-
-    def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path: ...
-
-    def to(self, device: str) -> Model: ...
-
-
-def _load_deepfm(path: str | Path) -> Model:
-    from fmkit.deepfm.model import DeepFMModel  # PyTorch: imported only for DeepFM models
-
-    return DeepFMModel.load(path)
-
-
-LOADERS: dict[str, Callable[[str | Path], Model]] = {MODEL_TYPE: FMModel.load,
-                                                     "deepfm": _load_deepfm}
-
-
-def load_model(path: str | Path, device: str = "cpu") -> Model:
-    """The model in a model directory (by its ``model_type``, see :data:`LOADERS`), scoring
-    on ``device``."""
-    return LOADERS.get(artifact.model_type(path) or MODEL_TYPE, FMModel.load)(path).to(device)

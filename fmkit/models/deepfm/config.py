@@ -124,7 +124,8 @@ class Loss:
 
 @dataclass
 class Metric:
-    """Accepted for compatibility; fmkit always reports its full metric set (see metrics.py)."""
+    """Accepted for compatibility; fmkit always reports its full metric set
+    (:mod:`fmkit.models.metrics`)."""
 
     auc: dict | None = None
     accuracy: dict | None = None
@@ -188,10 +189,12 @@ class TrainConfig:
     num_steps: int | None = None
     log_step_count_steps: int = 100
     seed: int = 0  # fmkit's own: parameter init, dropout and shuffling
-    # fmkit's own: > 0 scores eval_input_path after every epoch, keeps the best epoch's
-    # weights and stops after this many epochs without a better early_stopping_metric
+    # fmkit's own: > 0 scores eval_input_path after every epoch (and every
+    # validation_every_steps mini-batches when set), keeps the best measurement's weights and
+    # stops after this many measurements without a better early_stopping_metric
     early_stopping_patience: int = 0
     early_stopping_metric: str = "auto"
+    validation_every_steps: int = 0
 
 
 @dataclass
@@ -322,7 +325,8 @@ def _join(path: str, name: str) -> str:
 
 def parse(document: dict[str, Any]) -> EasyRecConfig:
     """The configuration in ``document`` (a loaded YAML/JSON mapping), checked field by field;
-    the model-level rules (groups, dimensions) are checked by :mod:`fmkit.deepfm.features`."""
+    the model-level rules (groups, dimensions) are checked by
+    :mod:`fmkit.models.deepfm.features`."""
     config = _from_mapping(EasyRecConfig, document, "")
     train = config.train_config
     if (train.num_epochs is None) == (train.num_steps is None):

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmkit.deepfm.config import MLP as MLPConfig
-from fmkit.deepfm.config import ConfigError, DeepFM
-from fmkit.deepfm.features import Encoded, FeatureSet, default_init_bound
+from fmkit.models.deepfm.config import MLP as MLPConfig
+from fmkit.models.deepfm.config import ConfigError, DeepFM
+from fmkit.models.deepfm.features import Encoded, FeatureSet, default_init_bound
 
 INIT_FUNCTIONS = ("uniform_", "normal_", "zeros_", "ones_", "constant_", "xavier_uniform_",
                   "xavier_normal_", "trunc_normal_")

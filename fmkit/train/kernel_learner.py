@@ -1,10 +1,9 @@
-"""FM training: the learner on the compiled kernels, and :func:`train`, which trains an FM on
-any device and process count through the one loop (:func:`fmkit.train.engine.fit`).
+"""The FM learner on the compiled kernels (and :func:`fm_learner`, which picks the learner for
+a device).
 
-One function serves the CLI, the Python estimators and the SageMaker entry point. It streams
-the source once per epoch: memory is bounded by the model, its optimizer state and one block of
-data. On the CPU each chunk of mini-batches (or of rows, at ``mini_batch_size=1``) is one
-compiled call; on a PyTorch device see :mod:`fmkit.train.device`.
+It streams the source once per epoch: memory is bounded by the model, its optimizer state and
+one block of data. Each chunk of mini-batches (or of rows, at ``mini_batch_size=1``) is one
+compiled call; on a PyTorch device see :mod:`fmkit.train.torch_learner`.
 """
 
 from __future__ import annotations
@@ -16,19 +15,15 @@ from typing import Any
 import numba
 import numpy as np
 
-from fmkit import distributed
 from fmkit.data.batch import SparseBatch, rebatch, shuffled_batches, take
 from fmkit.errors import TrainingDiverged
 from fmkit.kernels import fm as kernels
-from fmkit.logs import DEFAULT_HOST
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
-from fmkit.model import validation_metrics
-from fmkit.models.fm import FMParameters
-from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
-from fmkit.train.checkpoint import Checkpointer
-from fmkit.train.device import TorchLearner
-from fmkit.train.engine import EpochStats, Gradient, Source, fit
+from fmkit.models.fm.model import validation_metrics
+from fmkit.models.fm.parameters import FMParameters
+from fmkit.train.engine import Gradient, Source
 from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config, training_tables
+from fmkit.train.torch_learner import TorchLearner
 
 
 @dataclass
@@ -106,8 +101,9 @@ class KernelLearner:
 
     primary = True
 
-    def __init__(self, hp: dict[str, Any], params: FMParameters | None, dtype=np.float32):
-        self.hp, self.k = hp, hp["num_factors"]
+    def __init__(self, hp: dict[str, Any], params: FMParameters | None, dtype=np.float32,
+                 pause_every: int = 0):
+        self.hp, self.k, self.pause_every = hp, hp["num_factors"], pause_every
         self.bias, self.table = training_tables(params, hp["optimizer"], hp, dtype)
         self.ws = Workspace.create(self.table.shape[0], self.k, thread_parts(hp),
                                    self.table.dtype, hp["mini_batch_size"])
@@ -117,9 +113,20 @@ class KernelLearner:
 
     def batches(self, source: Source, rng: np.random.Generator
                 ) -> Iterator[tuple[SparseBatch, np.ndarray]]:
-        """Chunks of whole mini-batches, each with its row order: one compiled call each."""
-        for chunk in rebatch(source.blocks(), self.hp["mini_batch_size"]):
-            yield chunk, rng.permutation(chunk.n_rows) if self.hp["shuffle"] else NO_ORDER
+        """Chunks of whole mini-batches, each with its row order: one compiled call each. With
+        ``pause_every``, a chunk is cut where the step count reaches a multiple of it, so that
+        callbacks (validation every N steps) act there."""
+        size, every = self.hp["mini_batch_size"], self.pause_every
+        for chunk in rebatch(source.blocks(), size):
+            order = rng.permutation(chunk.n_rows) if self.hp["shuffle"] else NO_ORDER
+            if not every:
+                yield chunk, order
+                continue
+            chunk, start = take(chunk, order) if order.size else chunk, 0
+            while start < chunk.n_rows:
+                stop = min(chunk.n_rows, start + (every - self.steps % every) * size)
+                yield chunk.slice(start, stop), NO_ORDER
+                start = stop
 
     def step(self, unit: tuple[SparseBatch, np.ndarray]) -> tuple[float, int]:
         chunk, order = unit
@@ -181,42 +188,10 @@ class KernelLearner:
 
 
 def fm_learner(hp: dict[str, Any], params: FMParameters | None = None, dtype=np.float32,
-               device: Any = "cpu") -> KernelLearner:
-    """The FM learner for ``device``: the compiled kernels on ``cpu``, else PyTorch."""
+               device: Any = "cpu", pause_every: int = 0) -> KernelLearner:
+    """The FM learner for ``device``: the compiled kernels on ``cpu`` (their steps end at
+    multiples of ``pause_every``), else PyTorch (one mini-batch per step)."""
     release_large_blocks_to_os()
     if str(device) == "cpu":
-        return KernelLearner(hp, params, dtype)
+        return KernelLearner(hp, params, dtype, pause_every)
     return TorchLearner(hp, params, device, dtype)
-
-
-def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None, *,
-          validation: Source | None = None, progress: bool | None = None,
-          host: str = DEFAULT_HOST, dtype=np.float32, checkpoints: Checkpointer | None = None,
-          resume: bool = False, device: Any = "cpu", trained_epochs: int = 0
-          ) -> tuple[FMParameters, list[EpochStats]]:
-    """Train an FM with validated hyperparameters ``hp`` on ``source``; return weights and history.
-
-    ``params`` continues from given weights (a fresh optimizer state is used) that were
-    trained ``trained_epochs`` epochs: this run trains ``epochs`` more, numbered after them,
-    each with the data order it has in one longer run. ``device``:
-    ``cpu`` trains on the compiled kernels, any other PyTorch device (or ``torch.device``) with
-    PyTorch (:mod:`fmkit.train.device`). In a process group every process trains a replica
-    (:class:`fmkit.distributed.DataParallel`). With a ``validation`` source, its metrics are
-    measured after every epoch, the weights of the best epoch of ``early_stopping_metric`` are
-    returned, and training stops after ``early_stopping_patience`` epochs without improvement.
-    ``progress``: True/False forces the bar on/off, None shows it only when stderr is a
-    terminal. ``checkpoints`` saves the training state periodically (see
-    :mod:`fmkit.train.checkpoint`); with ``resume`` training continues from its newest one.
-    """
-    learner = fm_learner(hp, params, dtype, device)
-    del params  # the learner holds the weights from here on
-    callbacks = [Progress(progress, host)]
-    if validation is not None:
-        callbacks.append(EarlyStopping(validation, hp["early_stopping_metric"],
-                                       hp["predictor_type"], hp["early_stopping_patience"], host))
-    if checkpoints is not None:
-        callbacks.append(Checkpoint(checkpoints, hp, resume))
-    trained = distributed.parallel(learner, hp["mini_batch_size"])
-    history = fit(trained, source, epochs=trained_epochs + hp["epochs"], seed=hp["seed"],
-                  callbacks=callbacks, first_epoch=trained_epochs + 1)
-    return learner.parameters(history[-1].epoch), history

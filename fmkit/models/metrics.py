@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fmkit.errors import DataError
-from fmkit.models.fm import sigmoid
+from fmkit.models.fm.parameters import sigmoid
 
 THRESHOLD = 0.5
 

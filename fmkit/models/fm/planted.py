@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from fmkit.models.fm import FMParameters, reference_logits, sigmoid
+from fmkit.models.fm.parameters import FMParameters, reference_logits, sigmoid
 
 
 @dataclass

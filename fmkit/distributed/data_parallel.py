@@ -1,0 +1,86 @@
+"""Data parallelism as a wrapper around a single-process learner (TorchRec's pattern:
+``DistributedModelParallel`` wraps a module instead of branching inside it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import chain, repeat
+from typing import Any
+
+import numpy as np
+
+from fmkit.distributed import active, all_gather_rows, all_sum, primary, rank_and_size
+from fmkit.errors import HyperparameterError
+from fmkit.kernels.fm import sum_repeated_rows
+from fmkit.train.engine import Gradient, Learner, Source
+
+
+def sum_sparse_rows(ids: np.ndarray, rows: np.ndarray, slot: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Every process's sparse gradient rows gathered (:func:`all_gather_rows`), each distinct
+    id's rows summed in rank order: the same arrays on every process. ``slot``: one -1 per
+    table row (scratch)."""
+    ids, rows = all_gather_rows(ids, rows)
+    return sum_repeated_rows(ids, rows, slot)
+
+
+def _numpy(array: Any) -> np.ndarray:
+    return array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
+
+
+class DataParallel:
+    """A learner on every process of the group, each a replica of the same model: every step
+    each process computes the gradient of its next ``batch_size / processes`` rows of its own
+    shard, the gradients are summed (the dense part by an all-reduce, the sparse rows gathered
+    and summed per id in rank order) and every replica applies the same update. A process out
+    of rows contributes nothing until all are; the epoch ends then. Each process shuffles with
+    a generator of its own drawn from the epoch's. Only rank 0 is ``primary``."""
+
+    def __init__(self, learner: Learner, batch_size: int):
+        self.rank, self.size = rank_and_size()
+        self.learner, self.primary = learner, primary()
+        self.local = max(1, -(-batch_size // self.size))
+        self.slots: dict[int, np.ndarray] = {}
+
+    def __getattr__(self, name: str) -> Any:  # state, weights, evaluate...: the replica's
+        return getattr(self.learner, name)
+
+    @property
+    def steps(self) -> int:
+        return self.learner.steps
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self.learner.steps = value
+
+    def batches(self, source: Source, rng: np.random.Generator) -> Iterator[Any]:
+        mine = np.random.default_rng([int(rng.integers(2**62)), self.rank])
+        return chain(self.learner.mini_batches(source, self.local, mine), repeat(None))
+
+    def step(self, batch: Any) -> tuple[float, int]:
+        local = self.learner.gradient(batch)
+        dense = _numpy(local.dense).ravel()
+        total = all_sum(np.concatenate([[local.rows, local.loss], dense]))
+        rows, loss = int(total[0]), float(total[1])
+        if rows == 0:
+            return 0.0, 0
+        sparse = []
+        for ids, values, table_rows in local.sparse:
+            if table_rows not in self.slots:
+                self.slots[table_rows] = np.full(table_rows, -1, np.int32)
+            ids, values = sum_sparse_rows(_numpy(ids).astype(np.int64), _numpy(values),
+                                          self.slots[table_rows])
+            sparse.append((ids, values, table_rows))
+        self.learner.apply(Gradient(rows, loss, total[2:], sparse))
+        return loss, rows
+
+
+def parallel(learner: Learner, batch_size: int) -> Learner:
+    """``learner`` wrapped in :class:`DataParallel` in a process group, as it is otherwise."""
+    if not active():
+        return learner
+    if batch_size < 2:
+        raise HyperparameterError("training on several processes combines mini-batch "
+                                  "gradients: set mini_batch_size >= 2 (per-row lock-free "
+                                  "training is for one process)")
+    return DataParallel(learner, batch_size)

@@ -1,0 +1,67 @@
+"""A learner and the user's options made into one run of the engine: the callbacks (progress,
+early stopping, checkpoints), the process group (:func:`fmkit.distributed.data_parallel.parallel`)
+and :func:`fmkit.train.engine.fit`. FM (:func:`train`, for files and the estimators alike) and
+DeepFM (:mod:`fmkit.jobs.deepfm`) train through :func:`run`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fmkit.distributed.data_parallel import parallel
+from fmkit.logs import DEFAULT_HOST
+from fmkit.models.fm.parameters import FMParameters
+from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
+from fmkit.train.checkpoint import Checkpointer
+from fmkit.train.engine import EpochStats, Learner, Source, fit
+from fmkit.train.kernel_learner import fm_learner
+
+
+def run(learner: Learner, source: Source, *, batch_size: int, epochs: int | None, seed: int,
+        max_steps: int | None = None, trained_epochs: int = 0, progress: bool | None = None,
+        host: str = DEFAULT_HOST, early_stopping: EarlyStopping | None = None,
+        checkpoints: Checkpointer | None = None, run_id: dict | None = None,
+        resume: bool = False) -> list[EpochStats]:
+    """Train ``learner`` on ``source`` for ``epochs`` more epochs (numbered after
+    ``trained_epochs``) or ``max_steps`` steps; in a process group every process trains a
+    replica. ``progress``: True/False forces the bar on/off, None shows it only on a terminal.
+    ``checkpoints`` saves the state periodically; ``resume`` continues from the newest
+    checkpoint, whose ``run_id`` (what defines the run) must match."""
+    callbacks: list = [Progress(progress, host)]
+    if early_stopping is not None:
+        callbacks.append(early_stopping)
+    if checkpoints is not None:
+        callbacks.append(Checkpoint(checkpoints, run_id or {}, resume))
+    return fit(parallel(learner, batch_size), source,
+               epochs=trained_epochs + epochs if epochs else None, seed=seed,
+               callbacks=callbacks, max_steps=max_steps, first_epoch=trained_epochs + 1)
+
+
+def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None, *,
+          validation: Source | None = None, progress: bool | None = None,
+          host: str = DEFAULT_HOST, dtype=np.float32, checkpoints: Checkpointer | None = None,
+          resume: bool = False, device: Any = "cpu", trained_epochs: int = 0
+          ) -> tuple[FMParameters, list[EpochStats]]:
+    """Train an FM with validated hyperparameters ``hp`` on ``source``; return weights and history.
+
+    ``params`` continues from given weights (a fresh optimizer state is used) that were
+    trained ``trained_epochs`` epochs: this run trains ``epochs`` more, numbered after them,
+    each with the data order it has in one longer run. ``device``: ``cpu`` trains on the
+    compiled kernels, any other PyTorch device (or ``torch.device``) with PyTorch. With a
+    ``validation`` source, its metrics are measured after every epoch (and every
+    ``validation_frequency`` mini-batches when set), the weights of the best measurement of
+    ``early_stopping_metric`` are returned, and training stops after
+    ``early_stopping_patience`` measurements without improvement.
+    """
+    every = hp["validation_every_steps"] if validation is not None else 0
+    learner = fm_learner(hp, params, dtype, device, every)
+    del params  # the learner holds the weights from here on
+    stopping = None if validation is None else EarlyStopping(
+        validation, hp["early_stopping_metric"], hp["predictor_type"],
+        hp["early_stopping_patience"], host, every)
+    history = run(learner, source, batch_size=hp["mini_batch_size"], epochs=hp["epochs"],
+                  seed=hp["seed"], trained_epochs=trained_epochs, progress=progress, host=host,
+                  early_stopping=stopping, checkpoints=checkpoints, run_id=hp, resume=resume)
+    return learner.parameters(history[-1].epoch), history

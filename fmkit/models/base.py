@@ -1,0 +1,53 @@
+"""The declared model interface, and loading any model directory by its ``model_type``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from fmkit.models import artifact
+from fmkit.models.fm.model import MODEL_TYPE, FMModel
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What every fmkit model answers — :class:`fmkit.models.fm.model.FMModel` and
+    :class:`fmkit.models.deepfm.model.DeepFMModel` — and all that the jobs, the server, ``fmkit
+    report`` and the SageMaker entry point use of one."""
+
+    predictor_type: str
+
+    def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True
+             ) -> Iterator[Any]: ...
+
+    def request_decoder(self) -> Any: ...
+
+    def predictions(self, batch: Any) -> dict[str, np.ndarray]: ...
+
+    def labelled_logits(self, blocks: Iterator[Any]
+                        ) -> tuple[list[np.ndarray], list[np.ndarray]]: ...
+
+    def evaluate(self, blocks: Iterator[Any]) -> dict[str, float]: ...
+
+    def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path: ...
+
+    def to(self, device: str) -> Model: ...
+
+
+def _load_deepfm(path: str | Path) -> Model:
+    from fmkit.models.deepfm.model import DeepFMModel  # PyTorch: imported only for DeepFM models
+
+    return DeepFMModel.load(path)
+
+
+LOADERS: dict[str, Callable[[str | Path], Model]] = {MODEL_TYPE: FMModel.load,
+                                                     "deepfm": _load_deepfm}
+
+
+def load_model(path: str | Path, device: str = "cpu") -> Model:
+    """The model in a model directory (by its ``model_type``, see :data:`LOADERS`), scoring
+    on ``device``."""
+    return LOADERS.get(artifact.model_type(path) or MODEL_TYPE, FMModel.load)(path).to(device)
