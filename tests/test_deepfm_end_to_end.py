@@ -169,6 +169,21 @@ def test_predict_reads_request_body_files(trained, cli, tmp_path):
     assert code == 1 and f"{bad}: line 2: malformed JSON" in err
 
 
+def _overfitting_run(tmp_path) -> tuple:
+    """700 Criteo rows to train on (at batch 32, Adagrad lr 0.2: they overfit within a few
+    epochs) and the other 300 to validate on: the validation file, its labels and the common
+    arguments of ``fmkit train``."""
+    lines = shared_file("criteo_kaggle_head1000", "train.txt").read_text().splitlines(True)
+    train, valid = tmp_path / "train.txt", tmp_path / "valid.txt"
+    train.write_text("".join(lines[:700]))
+    valid.write_text("".join(lines[700:]))
+    labels = [int(row["label"]) for row in criteo_rows(valid)]
+    return valid, labels, ["train", "--config", EXAMPLE, "--quiet", "--set",
+                           f"train_input_path={train}", "--set", "data_config.batch_size=32",
+                           "--set", "data_config.shuffle=true",
+                           "--set", "train_config.sparse_optimizer.adagrad_optimizer.lr=0.2"]
+
+
 @pytest.mark.parametrize("metric, key, higher_is_better, sklearn_metric", [
     ("validation:binary_classification_cross_entropy", "binary_classification_cross_entropy",
      False, log_loss),
@@ -184,14 +199,7 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, cli, metric, key, higher_
     the run scores eval_input_path after every epoch, stops two epochs after the best one and
     keeps its weights: those of a run stopped at that epoch, with the metric sklearn computes
     from their predictions."""
-    lines = shared_file("criteo_kaggle_head1000", "train.txt").read_text().splitlines(True)
-    train, valid = tmp_path / "train.txt", tmp_path / "valid.txt"
-    train.write_text("".join(lines[:700]))
-    valid.write_text("".join(lines[700:]))
-    labels = [int(row["label"]) for row in criteo_rows(valid)]
-    common = ["train", "--config", EXAMPLE, "--quiet", "--set", f"train_input_path={train}",
-              "--set", "data_config.batch_size=32", "--set", "data_config.shuffle=true",
-              "--set", "train_config.sparse_optimizer.adagrad_optimizer.lr=0.2"]
+    valid, labels, common = _overfitting_run(tmp_path)
     if metric == "rmse":  # a regressor on the same 0/1 labels
         common += ["--set", "model_config.losses=[{l2_loss: {}}]"]
 
@@ -223,14 +231,7 @@ def test_validation_every_n_steps_keeps_the_best_step(tmp_path, cli):
     """train_config.validation_every_steps=10 on 700 rows at batch 32 (22 steps an epoch)
     measures at steps 10, 20, 22 (the epoch's end), 30...; the run stops two measurements
     after the best one and keeps its weights: those of a run of num_steps = that step."""
-    lines = shared_file("criteo_kaggle_head1000", "train.txt").read_text().splitlines(True)
-    train, valid = tmp_path / "train.txt", tmp_path / "valid.txt"
-    train.write_text("".join(lines[:700]))
-    valid.write_text("".join(lines[700:]))
-    labels = [int(row["label"]) for row in criteo_rows(valid)]
-    common = ["train", "--config", EXAMPLE, "--quiet", "--set", f"train_input_path={train}",
-              "--set", "data_config.batch_size=32", "--set", "data_config.shuffle=true",
-              "--set", "train_config.sparse_optimizer.adagrad_optimizer.lr=0.2"]
+    valid, labels, common = _overfitting_run(tmp_path)
     code, _, err = cli(*common, "--set", f"eval_input_path={valid}",
                        "--set", f"model_dir={tmp_path / 'stopped'}",
                        "--set", "train_config.num_epochs=40",

@@ -182,22 +182,45 @@ def test_online_kernel_matches_reference_one_row_at_a_time(optimizer, k):
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-@pytest.mark.parametrize("parts", [1, 2, 3])
-def test_parallel_minibatch_kernel_matches_serial(optimizer, parts):
-    """Mini-batches split across threads give the serial kernel's result (to rounding)."""
+def test_minibatch_training_is_the_same_on_any_thread_count(optimizer, tmp_path):
+    """Mini-batches train on one thread while another reads ahead: the model is bit for bit
+    the same with 1 and 2 numba threads, from a file (read on a background thread) and from
+    memory alike, and its steps equal the numpy reference's."""
+    import numba
+    from sklearn.datasets import dump_svmlight_file
+
+    from fmkit.data.sources import ArraySource, FileSource
+    from fmkit.jobs.training import train
+
     X, y, params = random_problem(9, n=64, d=30, k=5)
+    X.data = X.data.astype(np.float32).astype(np.float64)  # what a file's reader keeps
+    path = tmp_path / "train.libsvm"
+    dump_svmlight_file(X, y, str(path), zero_based=True)
     hp = validate(dict(feature_dim=30, num_factors=5, predictor_type="binary_classifier",
-                       optimizer=optimizer, mini_batch_size=16, clip_gradient=0.3,
-                       bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, linear_wd=0.01))
-    serial, parallel = params.copy(), params.copy()
-    loss_serial, steps = _kernel_train(serial, X, y, hp, batch_size=16, epochs=2)
-    loss_parallel, steps_parallel = _kernel_train(parallel, X, y, hp, batch_size=16, epochs=2,
-                                                  parts=parts)
-    assert steps_parallel == steps == 8
-    assert loss_parallel == pytest.approx(loss_serial, rel=1e-12)
-    for name in ("w0", "w", "V"):
-        np.testing.assert_allclose(getattr(parallel, name), getattr(serial, name), rtol=0,
-                                   atol=1e-12, err_msg=name)
+                       optimizer=optimizer, mini_batch_size=16, clip_gradient=0.3, shuffle=0,
+                       epochs=2, bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, linear_wd=0.01))
+    reference = params.copy()
+    state = OptimizerState.initial(optimizer, reference, hp)
+    for start in list(range(0, 64, 16)) * 2:
+        rows = X[start:start + 16]
+        grads = reference_gradients(reference, rows, y[start:start + 16], "binary_classifier")
+        reference_step(reference, state, grads, np.unique(rows.indices), hp)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            for source in (FileSource(path, "libsvm", 30, 0, labels="binary"),
+                           ArraySource(X, y, labels="binary")):
+                trained, _ = train(hp, source, params.copy(), dtype=np.float64, progress=False)
+                results.append(trained)
+    finally:
+        numba.set_num_threads(before)
+    for trained in results:
+        for name in ("w0", "w", "V"):
+            np.testing.assert_array_equal(getattr(trained, name), getattr(results[0], name))
+            np.testing.assert_allclose(getattr(trained, name), getattr(reference, name), rtol=0,
+                                       atol=1e-12, err_msg=name)
 
 
 def _planted_auc(hp, threads: int) -> tuple[float, float, int]:

@@ -56,7 +56,7 @@ class SparseBatch:
         )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gather_rows(indptr, indices, values, rows, out_indptr, out_indices, out_values):
     nnz = 0
     out_indptr[0] = 0

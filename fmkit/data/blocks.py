@@ -52,7 +52,7 @@ def iter_line_blocks(path: Path,
         line += count_newlines(block, 0, block.size)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def count_newlines(buf: np.ndarray, start: int, stop: int) -> int:
     """Newlines in ``buf[start:stop]`` (a vectorized loop)."""
     total = 0

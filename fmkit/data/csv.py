@@ -22,7 +22,7 @@ WRONG_COLUMNS = 20
 _NL, _CR, _COMMA, _SPACE, _TAB = 10, 13, 44, 32, 9
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def parse_csv(buf, first_line, n_columns, indptr, indices, values, labels, lines):
     """Parse whole CSV lines into preallocated CSR arrays.
 

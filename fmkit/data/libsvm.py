@@ -75,7 +75,7 @@ def _is_qid(buf, start, n):
             and buf[start + 2] == 100 and buf[start + 3] == _COLON)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, ffm):
     """Parse whole lines of ``buf`` into preallocated CSR arrays, in one pass over the bytes;
     ``ffm``: the tokens are libffm's ``field:index:value`` (the field is checked, not kept).
@@ -156,7 +156,7 @@ def describe_problem(code: int, token: str) -> str:
 PARALLEL_BYTES = 1 << 20  # blocks at least this large are parsed in parts across threads
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _parse_parts(buf, bounds, row_at, nnz_at, indptr, indices, values, labels, lines, results,
                  ffm):
     """:func:`parse_libsvm` on each part ``buf[bounds[p]:bounds[p+1]]`` (whole lines) in
@@ -172,7 +172,7 @@ def _parse_parts(buf, bounds, row_at, nnz_at, indptr, indices, values, labels, l
         results[p, 3], results[p, 4], results[p, 5] = lo + t0, lo + t1, line
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _count_lines(buf, bounds, counts):
     """Newlines in each part (to size each part's row arrays, and to number the next block's
     lines)."""

@@ -72,7 +72,7 @@ def detect_format(path: str | Path) -> str:
     return "libsvm"
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _find_bad_index(indptr, indices, feature_dim, mark, stamp):
     """First ``(row, position, problem)`` with an id out of range (1) or repeated in its row (2).
 
@@ -98,7 +98,7 @@ def _find_bad_index(indptr, indices, feature_dim, mark, stamp):
     return -1, -1, 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _merge_rows(indptr, indices, values, out_indptr, out_indices, out_values):
     """Each row's repeated feature ids as one entry holding the sum of their values (first
     occurrence order kept)."""

@@ -43,6 +43,7 @@ CONFIG_SIZE = 13
 
 FAST = {"nsz", "arcp", "contract", "reassoc"}
 MOMENT_BLOCKS = {SGD: 0, ADAGRAD: 1, ADAM: 2, FTRL: 2}
+AHEAD = 8  # table rows prefetched ahead of a mini-batch's updates
 
 
 def _like(value, array):
@@ -272,25 +273,66 @@ def _rows_trainer(opt: int):
     return train_rows
 
 
-_sgd_rows, _adagrad_rows, _adam_rows, _ftrl_rows = (_rows_trainer(opt)
-                                                    for opt in (SGD, ADAGRAD, ADAM, FTRL))
+RULES = (SGD, ADAGRAD, ADAM, FTRL)
+_sgd_rows, _adagrad_rows, _adam_rows, _ftrl_rows = (_rows_trainer(opt) for opt in RULES)
 
 
-@njit(cache=True)
-def _train_rows(indptr, indices, values, labels, order, lo, hi, loss_kind, opt, cfg, B, T, k,
-                sums, step, stride):
-    args = (indptr, indices, values, labels, order, lo, hi, loss_kind, cfg, B, T, k, sums, step,
-            stride)
-    if opt == SGD:
-        return _sgd_rows(*args)
-    if opt == ADAGRAD:
-        return _adagrad_rows(*args)
-    if opt == ADAM:
-        return _adam_rows(*args)
-    return _ftrl_rows(*args)
+def _rows_updater(opt: int):
+    """The update of a range of features from their summed gradient rows, compiled for one
+    update rule (as :func:`_rows_trainer`)."""
+
+    @njit(cache=True, fastmath=FAST, error_model="numpy")
+    def update_rows(T, rows, G, lo, hi, config, adam_lr, adam_eps):
+        cfg = _frozen(config)
+        for t in range(lo, hi):
+            _update_feature(T, rows[t], G[t], G[t], 0, 1.0, 0.0, G.shape[1], opt, cfg, adam_lr,
+                            adam_eps)
+
+    return update_rows
 
 
-@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+_sgd_update, _adagrad_update, _adam_update, _ftrl_update = (_rows_updater(opt) for opt in RULES)
+
+
+def _per_rule(factory):
+    """``factory(opt)`` for each update rule, compiled on first use: a run compiles only the
+    rule it trains with. In their compiled code ``opt`` is a constant, so the branches that
+    name another rule's loop are pruned before anything is compiled for them."""
+    return {opt: factory(opt) for opt in RULES}
+
+
+def _online_kernel(opt: int):
+    @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+    def train_online_rule(indptr, indices, values, labels, order, loss_kind, cfg, B, T, k, sums,
+                          step):
+        n = indptr.size - 1
+        parts = sums.shape[0]  # one part takes the same path: one compiled loop, not two
+        losses = np.zeros(parts)
+        biases = np.empty((parts, 16 + B.shape[1]), B.dtype)  # 16: a cache line apart
+        for part in prange(parts):
+            bias = biases[part:part + 1, : B.shape[1]]
+            bias[0] = B[0]
+            lo, hi = part * n // parts, (part + 1) * n // parts
+            args = (indptr, indices, values, labels, order, lo, hi, loss_kind, cfg, bias, T, k,
+                    sums[part], step + part, parts)
+            if opt == SGD:
+                losses[part] = _sgd_rows(*args)
+            elif opt == ADAGRAD:
+                losses[part] = _adagrad_rows(*args)
+            elif opt == ADAM:
+                losses[part] = _adam_rows(*args)
+            else:
+                losses[part] = _ftrl_rows(*args)
+        for c in range(B.shape[1]):
+            B[0, c] = biases[:, c].mean()
+        return losses.sum(), step + n
+
+    return train_online_rule
+
+
+_ONLINE = _per_rule(_online_kernel)
+
+
 def train_online(indptr, indices, values, labels, order, loss_kind, opt, cfg, B, T, k, sums,
                  step):
     """Train on every row of a chunk, one update per row (``mini_batch_size=1``), in the row
@@ -303,22 +345,11 @@ def train_online(indptr, indices, values, labels, order, loss_kind, opt, cfg, B,
     trains its own copy through the chunk and the copies are averaged after it.
     Returns ``(sum of per-row losses before each update, new step count)``.
     """
-    n = indptr.size - 1
-    parts = sums.shape[0]  # one part takes the same path: one compiled _train_rows, not two
-    losses = np.zeros(parts)
-    biases = np.empty((parts, 16 + B.shape[1]), B.dtype)  # 16: a cache line apart
-    for part in prange(parts):
-        bias = biases[part:part + 1, : B.shape[1]]
-        bias[0] = B[0]
-        losses[part] = _train_rows(indptr, indices, values, labels, order, part * n // parts,
-                                   (part + 1) * n // parts, loss_kind, opt, cfg, bias, T, k,
-                                   sums[part], step + part, parts)
-    for c in range(B.shape[1]):
-        B[0, c] = biases[:, c].mean()
-    return losses.sum(), step + n
+    return _ONLINE[opt](indptr, indices, values, labels, order, loss_kind, cfg, B, T, k, sums,
+                        step)
 
 
-@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+@njit(cache=True, fastmath=FAST, error_model="numpy")
 def _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B, T, k, sums,
                 slot, G):
     """Add the mean-loss gradients of rows ``lo:hi`` into the per-slot buffer ``G`` (float64,
@@ -326,7 +357,9 @@ def _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B,
     w0)``."""
     total_loss = 0.0
     g0 = 0.0
+    in_order = np.empty(0, np.int64)
     for r in range(lo, hi):
+        _prefetch_ahead(indptr, indices, values, in_order, r, hi, T, 1)
         z = np.float64(B[0, 0] + _row_forward(indptr, indices, values, r, T, k, sums))
         loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
         total_loss += loss
@@ -343,68 +376,87 @@ def _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B,
     return total_loss, g0
 
 
-@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
-def train_minibatches(indptr, indices, values, labels, batch_size, loss_kind, opt, cfg, B, T, k,
-                      slot, touched, G_parts, sums, step):
-    """Train on the rows of one chunk in mini-batches of ``batch_size``; update in place.
+@njit(cache=True, nogil=True)
+def _distinct_features(indices, lo, hi, slot, touched):
+    """The distinct features of ``indices[lo:hi]`` into ``touched`` (first-seen order), each
+    one's position in ``slot``; returns how many."""
+    n_touched = 0
+    for j in range(lo, hi):
+        if j + 16 < hi:  # the ids are scattered: start loading a later one's slot
+            prefetch(slot, indices[j + 16])
+        i = indices[j]
+        if slot[i] < 0:
+            slot[i] = n_touched
+            touched[n_touched] = i
+            n_touched += 1
+    return n_touched
 
-    Each mini-batch takes one optimizer step on the gradient of its mean loss (SageMaker's and
-    MXNet's semantics). Its rows are cut into ``len(G_parts)`` parts, one per thread, whose
-    gradients accumulate in separate buffers and are summed in a fixed order; the touched
-    features, all distinct, are then updated in parallel too: no races, and the result equals
-    one thread's to rounding.
 
-    ``slot`` (int32, feature_dim) must be all -1 on entry and is left so. Returns ``(sum of
-    per-row losses before each update, optimizer step count)``.
-    """
-    n = indptr.size - 1
-    n_parts = G_parts.shape[0]
-    width = k + 1
-    loss_parts = np.zeros(n_parts)
-    g0_parts = np.zeros(n_parts)
-    g_bias = np.zeros(1)
-    zero = 0.0
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        n_touched = 0
-        for j in range(indptr[start], indptr[stop]):
-            i = indices[j]
-            if slot[i] < 0:
-                slot[i] = n_touched
-                touched[n_touched] = i
-                n_touched += 1
-        rows = stop - start
-        for part in prange(n_parts):
-            G = G_parts[part]
+def _batches_trainer(opt: int):
+    """The mini-batch loop compiled for one update rule (as :func:`_rows_trainer`)."""
+
+    @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+    def train_batches(indptr, indices, values, labels, lo, hi, batch_size, loss_kind, config, B,
+                      T, k, slot, touched, G, sums, step, stride):
+        """Rows ``lo:hi`` in mini-batches of ``batch_size`` (the last may be smaller), each one
+        optimizer step on the gradient of its mean loss (SageMaker's and MXNet's semantics),
+        lazily: only the features it touched. The j-th mini-batch (from 1) is Adam step
+        ``step + stride * j``. ``slot`` (an int per table row) must be all -1 and is left so;
+        ``touched`` and ``G`` (float64, a gradient row per distinct feature) hold a mini-batch's
+        distinct features. Returns the summed loss of the rows before their updates."""
+        cfg = _frozen(config)
+        width = k + 1
+        lines, line_floats = (T.shape[1] * T.itemsize + 63) // 64, 64 // T.itemsize
+        total_loss = 0.0
+        g_bias = np.zeros(1)
+        b1_t, b2_t = np.float64(cfg[BETA1]) ** step, np.float64(cfg[BETA2]) ** step
+        b1_stride, b2_stride = np.float64(cfg[BETA1]) ** stride, np.float64(cfg[BETA2]) ** stride
+        for start in range(lo, hi, batch_size):
+            stop = min(start + batch_size, hi)
+            n_touched = _distinct_features(indices, indptr[start], indptr[stop], slot, touched)
+            G[:n_touched] = 0.0
+            loss, g_bias[0] = _accumulate(indptr, indices, values, labels, start, stop,
+                                          loss_kind, 1.0 / (stop - start), B, T, k, sums, slot,
+                                          G)
+            total_loss += loss
+            b1_t *= b1_stride
+            b2_t *= b2_stride
+            adam_lr, adam_eps = _adam_scales(b1_t, b2_t, T)
+            bw, bm, bs = _row_blocks(B, 0, width)
+            _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
+                   adam_lr, adam_eps)
             for t in range(n_touched):
-                for c in range(width):
-                    G[t, c] = 0.0
-            loss, g0 = _accumulate(indptr, indices, values, labels,
-                                   start + part * rows // n_parts,
-                                   start + (part + 1) * rows // n_parts, loss_kind, 1.0 / rows,
-                                   B, T, k, sums[part], slot, G)
-            loss_parts[part] += loss
-            g0_parts[part] = g0
-        step += 1
-        adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
-                                         np.float64(cfg[BETA2]) ** step, T)
-        g_bias[0] = g0_parts.sum()
-        bw, bm, bs = _row_blocks(B, 0, width)
-        _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, zero, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
-               adam_lr, adam_eps)
-        for part in prange(n_parts):
-            total = G_parts[part]  # this part's slice of features gathers every part's sums
-            for t in range(part * n_touched // n_parts, (part + 1) * n_touched // n_parts):
-                for c in range(width):
-                    acc = 0.0
-                    for q in range(n_parts):
-                        acc += G_parts[q, t, c]
-                    total[t, c] = acc
+                if t + AHEAD < n_touched:  # the rows are scattered: start loading a later one
+                    for line in range(lines):
+                        prefetch(T, touched[t + AHEAD], line * line_floats)
                 i = touched[t]
                 slot[i] = -1
-                _update_feature(T, i, total[t], total[t], 0, 1.0, zero, width, opt, cfg, adam_lr,
+                _update_feature(T, i, G[t], G[t], 0, 1.0, 0.0, width, opt, cfg, adam_lr,
                                 adam_eps)
-    return loss_parts.sum(), step
+        return total_loss
+
+    return train_batches
+
+
+_sgd_batches, _adagrad_batches, _adam_batches, _ftrl_batches = (_batches_trainer(opt)
+                                                                for opt in RULES)
+
+
+_BATCHES = {SGD: _sgd_batches, ADAGRAD: _adagrad_batches, ADAM: _adam_batches,
+            FTRL: _ftrl_batches}
+
+
+def train_minibatches(indptr, indices, values, labels, batch_size, loss_kind, opt, cfg, B, T, k,
+                      slot, touched, G, sums, step):
+    """Train on the rows of one chunk in mini-batches of ``batch_size``, on the calling thread;
+    update in place. Each mini-batch takes one optimizer step on the gradient of its mean loss
+    (SageMaker's and MXNet's semantics). ``slot`` (int32, an entry per table row) must be all -1
+    and is left so; ``touched`` and ``G`` hold the largest mini-batch's distinct features.
+    Returns ``(sum of per-row losses before each update, step count)``."""
+    n = indptr.size - 1
+    loss = _BATCHES[opt](indptr, indices, values, labels, 0, n, batch_size, loss_kind, cfg, B, T,
+                         k, slot, touched, G, sums, step, 1)
+    return loss, step + -(-n // batch_size)
 
 
 @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
@@ -417,25 +469,15 @@ def minibatch_gradient(indptr, indices, values, labels, inv_rows, loss_kind, B, 
     n_rows = indptr.size - 1
     n_parts = G_parts.shape[0]
     width = k + 1
-    n_touched = 0
-    for j in range(indptr[0], indptr[n_rows]):
-        i = indices[j]
-        if slot[i] < 0:
-            slot[i] = n_touched
-            touched[n_touched] = i
-            n_touched += 1
+    n_touched = _distinct_features(indices, indptr[0], indptr[n_rows], slot, touched)
     loss_parts = np.zeros(n_parts)
     g0_parts = np.zeros(n_parts)
     for part in prange(n_parts):
-        G = G_parts[part]
-        for t in range(n_touched):
-            for c in range(width):
-                G[t, c] = 0.0
-        loss, g0 = _accumulate(indptr, indices, values, labels, part * n_rows // n_parts,
-                               (part + 1) * n_rows // n_parts, loss_kind, inv_rows, B, T, k,
-                               sums[part], slot, G)
-        loss_parts[part] = loss
-        g0_parts[part] = g0
+        G_parts[part, :n_touched] = 0.0
+        loss_parts[part], g0_parts[part] = _accumulate(
+            indptr, indices, values, labels, part * n_rows // n_parts,
+            (part + 1) * n_rows // n_parts, loss_kind, inv_rows, B, T, k, sums[part], slot,
+            G_parts[part])
     for part in prange(n_parts):
         for t in range(part * n_touched // n_parts, (part + 1) * n_touched // n_parts):
             for c in range(width):
@@ -471,25 +513,41 @@ def sum_repeated_rows(rows, values, slot):
     return unique[:count], summed[:count]
 
 
-@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+def _apply_gradient_kernel(opt: int):
+    @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+    def apply_gradient_rule(rows, G, g0, config, B, T, k, step, n_parts):
+        cfg = _frozen(config)
+        step += 1
+        adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
+                                         np.float64(cfg[BETA2]) ** step, T)
+        bw, bm, bs = _row_blocks(B, 0, k + 1)
+        _apply(bw, bm, bs, 0, 1, np.full(1, g0), 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt,
+               cfg, adam_lr, adam_eps)
+        n = rows.size
+        for part in prange(n_parts):
+            args = (T, rows, G, part * n // n_parts, (part + 1) * n // n_parts, config, adam_lr,
+                    adam_eps)
+            if opt == SGD:
+                _sgd_update(*args)
+            elif opt == ADAGRAD:
+                _adagrad_update(*args)
+            elif opt == ADAM:
+                _adam_update(*args)
+            else:
+                _ftrl_update(*args)
+        return step
+
+    return apply_gradient_rule
+
+
+_APPLY_GRADIENT = _per_rule(_apply_gradient_kernel)
+
+
 def apply_gradient(rows, G, g0, opt, cfg, B, T, k, step, n_parts):
     """One optimizer step from a summed gradient: ``G[t]`` for the distinct features
     ``rows[t]``, ``g0`` for the bias (the second half of :func:`train_minibatches`'s step).
     Returns the new step count."""
-    width = k + 1
-    step += 1
-    adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
-                                     np.float64(cfg[BETA2]) ** step, T)
-    g_bias = np.full(1, g0)
-    bw, bm, bs = _row_blocks(B, 0, width)
-    _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg, adam_lr,
-           adam_eps)
-    n = rows.size
-    for part in prange(n_parts):
-        for t in range(part * n // n_parts, (part + 1) * n // n_parts):
-            _update_feature(T, rows[t], G[t], G[t], 0, 1.0, 0.0, width, opt, cfg, adam_lr,
-                            adam_eps)
-    return step
+    return _APPLY_GRADIENT[opt](rows, G, g0, cfg, B, T, k, step, n_parts)
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=FAST, error_model="numpy")

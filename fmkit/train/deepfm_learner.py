@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmkit.models.deepfm.batches import background, mini_batches
+from fmkit.data.background import background
+from fmkit.models.deepfm.batches import mini_batches
 from fmkit.models.deepfm.config import (
     ConfigError,
     DenseOptimizer,

@@ -15,6 +15,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from fmkit.data.background import background
 from fmkit.data.batch import SparseBatch, rebatch, shuffled_batches, take
 from fmkit.errors import TrainingDiverged
 from fmkit.kernels import fm as kernels
@@ -29,8 +30,8 @@ from fmkit.train.torch_learner import TorchLearner
 @dataclass
 class Workspace:
     """Scratch arrays the kernels reuse, per thread part: the row's factor sums, and for
-    mini-batches a gradient row ``[g_w, g_v1..g_vk]`` per distinct feature (float64) with the
-    feature -> slot map."""
+    mini-batches a gradient row ``[g_w, g_v1..g_vk]`` per distinct feature of a mini-batch
+    (float64) with the feature -> slot map."""
 
     parts: int
     k: int
@@ -80,12 +81,15 @@ def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.nd
     ws.reserve(chunk, batch_size, table.shape[0])
     return kernels.train_minibatches(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
                                      batch_size, kind, opt, config, bias, table, k, ws.slot,
-                                     ws.touched, ws.grads, ws.sums, step)
+                                     ws.touched, ws.grads[0], ws.sums[0], step)
 
 
 def thread_parts(hp: dict[str, Any]) -> int:
-    """How many threads a chunk is cut across: mini-batches always split over numba's thread
-    count ($NUMBA_NUM_THREADS), deterministically; per-row training only when lock-free."""
+    """How many threads a chunk is cut across: per-row training with ``lock_free`` runs a
+    share of the rows on each of numba's threads ($NUMBA_NUM_THREADS, Hogwild). Mini-batches
+    train on one thread, exactly (SageMaker's semantics, no hand-off between threads per
+    mini-batch) while another reads ahead; on several processes the threads split each step's
+    gradient (:meth:`KernelLearner.gradient`)."""
     if hp["mini_batch_size"] > 1 or hp["lock_free"]:
         return numba.get_num_threads()
     return 1
@@ -117,7 +121,7 @@ class KernelLearner:
         ``pause_every``, a chunk is cut where the step count reaches a multiple of it, so that
         callbacks (validation every N steps) act there."""
         size, every = self.hp["mini_batch_size"], self.pause_every
-        for chunk in rebatch(source.blocks(), size):
+        for chunk in rebatch(background(source.blocks()), size):
             order = rng.permutation(chunk.n_rows) if self.hp["shuffle"] else NO_ORDER
             if not every:
                 yield chunk, order

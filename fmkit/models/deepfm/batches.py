@@ -1,14 +1,12 @@
-"""Encoded rows into training batches: slicing, concatenating, and reading ahead on a thread.
+"""Encoded rows into training batches: slicing and concatenating.
 
 :class:`~fmkit.models.deepfm.features.Encoded` blocks (one per block of the input) are cut into
-mini-batches of a fixed size across block boundaries, optionally shuffling each block's rows,
-while a background thread reads and encodes the next blocks.
+mini-batches of a fixed size across block boundaries, optionally shuffling each block's rows
+(the learner reads and encodes the next blocks on a thread: :mod:`fmkit.data.background`).
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -72,37 +70,3 @@ def concatenate(parts: list[Encoded]) -> Encoded:
     return Encoded(sum(p.n_rows for p in parts), sparse, dense, labels)
 
 
-def background(items: Iterator, depth: int = 2) -> Iterator:
-    """``items`` produced on a thread, ``depth`` ahead (reading and encoding overlap training;
-    pyarrow, numba and PyTorch release the GIL). Errors are raised in the consumer."""
-    buffer: queue.Queue = queue.Queue(depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                buffer.put((item, None))
-            buffer.put((done, None))
-        except BaseException as e:  # handed to the consumer
-            buffer.put((done, e))
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = buffer.get()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                buffer.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
