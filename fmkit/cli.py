@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fmkit import distributed
 from fmkit._version import __version__
+from fmkit.cpus import limit_threads
 from fmkit.data.codecs import CONTENT_TYPES
 from fmkit.data.sources import FORMATS
 from fmkit.errors import FMKitError, HyperparameterError
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         return distributed.launch(args.nproc, _without_nproc(argv))
     quiet = getattr(args, "quiet", False) or (args.command == "demo" and not args.verbose)
     setup_logging(quiet=quiet)
+    limit_threads()  # a container's CPU quota, not the host's cores
     from fmkit.jobs import fm as jobs
 
     try:

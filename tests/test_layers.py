@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fmkit"
 
 # lowest first; a module belongs to the layer of its longest matching prefix
 LAYERS = [
-    ("foundation", ["fmkit._version", "fmkit.errors", "fmkit.logs", "fmkit.memory",
+    ("foundation", ["fmkit._version", "fmkit.errors", "fmkit.logs", "fmkit.memory", "fmkit.cpus",
                     "fmkit.files"]),
     ("data", ["fmkit.data"]),
     ("kernels", ["fmkit.kernels"]),

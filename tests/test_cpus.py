@@ -1,0 +1,51 @@
+"""The thread count follows a container's CPU quota (cgroup v2 and v1 files, written here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fmkit.cpus import available_cpus, cpu_quota
+
+CPUS = len(os.sched_getaffinity(0))
+
+
+def write(root, files):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("files, quota", [
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+    ({"cpu.max": "garbage\n"}, None),
+])
+def test_the_quota_is_read_from_either_cgroup_version(tmp_path, files, quota):
+    root = write(tmp_path, files)
+    assert cpu_quota(root) == quota
+    expected = CPUS if quota is None else max(1, min(CPUS, int(quota)))
+    assert available_cpus(root) == expected
+
+
+def test_the_cli_caps_numba_threads_unless_numba_num_threads_is_set(tmp_path):
+    """In a fresh process (numba's threads start once): one core of quota means one thread,
+    and an explicit $NUMBA_NUM_THREADS wins."""
+    root = write(tmp_path, {"cpu.max": "100000 100000\n"})
+    code = ("import sys, numba, fmkit.cpus as c; from pathlib import Path; "
+            "print(c.limit_threads(Path(sys.argv[1])), numba.config.NUMBA_NUM_THREADS)")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code, str(root)], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["1", str(CPUS)]
+    out = subprocess.run([sys.executable, "-c", code, str(root)],
+                         env={**env, "NUMBA_NUM_THREADS": str(CPUS)}, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == [str(CPUS), str(CPUS)]
