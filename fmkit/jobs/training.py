@@ -51,7 +51,7 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     each with the data order it has in one longer run. ``device``: ``cpu`` trains on the
     compiled kernels, any other PyTorch device (or ``torch.device``) with PyTorch. With a
     ``validation`` source, its metrics are measured after every epoch (and every
-    ``validation_frequency`` mini-batches when set), the weights of the best measurement of
+    ``validation_every_steps`` mini-batches when set), the weights of the best measurement of
     ``early_stopping_metric`` are returned, and training stops after
     ``early_stopping_patience`` measurements without improvement.
     """

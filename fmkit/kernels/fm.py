@@ -438,12 +438,7 @@ def _batches_trainer(opt: int):
     return train_batches
 
 
-_sgd_batches, _adagrad_batches, _adam_batches, _ftrl_batches = (_batches_trainer(opt)
-                                                                for opt in RULES)
-
-
-_BATCHES = {SGD: _sgd_batches, ADAGRAD: _adagrad_batches, ADAM: _adam_batches,
-            FTRL: _ftrl_batches}
+_BATCHES = _per_rule(_batches_trainer)
 
 
 def train_minibatches(indptr, indices, values, labels, batch_size, loss_kind, opt, cfg, B, T, k,

@@ -107,13 +107,14 @@ class EarlyStopping(Callback):
         return self._stop(run.epoch)
 
     def after_epoch(self, run: Run, stats: EpochStats) -> bool:
-        if self.measured_step == run.learner.steps and self.checks:  # measured at this step
+        if self.checks and self.measured_step == run.learner.steps:  # after_step judged it
             stats.validation = {k: v for k, v in self.checks.pop().items() if k != "step"}
-            stats.checks, self.checks = self.checks, []
-            return self._stop(run.epoch)
+            stop = False
+        else:
+            stats.validation = self._measure(run)
+            stop = self._stop(run.epoch)
         stats.checks, self.checks = self.checks, []
-        stats.validation = self._measure(run)
-        return self._stop(run.epoch)
+        return stop
 
     def _measure(self, run: Run) -> dict[str, float]:
         """The validation metrics now; the weights kept when they are the best so far."""
