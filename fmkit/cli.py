@@ -246,14 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     if mistake:
         parser.exit(2, f"fmkit: error: {mistake}\n")
     args = parser.parse_args(argv)
-    if args.command == "train" and args.nproc > 1:
-        return distributed.launch(args.nproc, _without_nproc(argv))
     quiet = getattr(args, "quiet", False) or (args.command == "demo" and not args.verbose)
     setup_logging(quiet=quiet)
     limit_threads()  # a container's CPU quota, not the host's cores
     from fmkit.jobs import fm as jobs
 
     try:
+        if args.command == "train" and args.nproc > 1:
+            return distributed.launch(args.nproc, _without_nproc(argv))
         if (args.command == "train" and distributed.init_from_environment(args.device)
                 and not distributed.primary()):
             setup_logging(quiet=True)  # one log: rank 0's

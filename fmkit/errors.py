@@ -59,3 +59,22 @@ class TrainingDiverged(FMKitError):
         super().__init__(f"training diverged in epoch {epoch}: {what} is not finite (NaN or "
                          "infinity); no model was written. Lower the learning rates (e.g. "
                          "linear_lr, factors_lr, bias_lr by 10x) or set clip_gradient")
+
+
+class MissingDependency(FMKitError, ImportError):
+    """An optional dependency that the requested feature needs is not installed."""
+
+
+def require_torch(feature: str, extra: str = "deepfm") -> None:
+    """Import PyTorch for ``feature``, or raise one line naming the extra that installs it.
+
+    PyTorch is an optional dependency: FM training, evaluation, prediction and serving run
+    without it; DeepFM, ``--device`` and ``--nproc``/torchrun need it.
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise MissingDependency(
+            f"{feature} needs PyTorch, which is not installed: pip install 'fmkit[{extra}]' "
+            "(CPU-only build: pip install torch --index-url "
+            "https://download.pytorch.org/whl/cpu)") from None

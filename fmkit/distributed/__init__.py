@@ -19,8 +19,12 @@ import sys
 
 import numpy as np
 
+from fmkit.cpus import available_cpus
+from fmkit.errors import require_torch
+
 
 def _dist():
+    require_torch("Training on several processes (torch.distributed)", extra="distributed")
     import torch.distributed as dist
 
     return dist
@@ -177,7 +181,8 @@ except ChildFailedError:
 
 def launch(nproc: int, argv: list[str]) -> int:
     """``fmkit ARGV`` on ``nproc`` local processes through torchrun; returns its exit code."""
-    threads = max(1, (os.cpu_count() or 1) // nproc)
+    require_torch("--nproc (torchrun)", extra="distributed")
+    threads = max(1, available_cpus() // nproc)
     env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     command = [sys.executable, "-c", _TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
                "-m", "fmkit", *argv]

@@ -8,13 +8,14 @@ from __future__ import annotations
 import numpy as np
 
 from fmkit.data.batch import SparseBatch
-from fmkit.errors import HyperparameterError
+from fmkit.errors import HyperparameterError, require_torch
 from fmkit.models.fm.parameters import FMParameters
 
 
 def resolve_device(name: str):
     """A torch device for ``name`` (``cpu``, ``cuda``, ``cuda:1``); an error naming the problem
     when PyTorch cannot use it."""
+    require_torch(f"--device {name}")
     import torch
 
     if name.startswith("cuda") and not torch.cuda.is_available():
