@@ -1,13 +1,26 @@
-"""How many cores this process may use: the CPUs it may run on, capped by a container's CPU
-quota (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us``), which ``os.cpu_count()`` and numba's
-default thread count do not see. More threads than the quota allows are throttled in turn, and
-whatever waits on them waits a throttling period."""
+"""The cores this process uses, and how compiled code runs on several of them.
+
+How many: the CPUs it may run on, capped by a container's CPU quota (cgroup v2 ``cpu.max``, or
+v1 ``cpu.cfs_quota_us``), which ``os.cpu_count()`` and numba's default thread count do not see.
+More threads than the quota allows are throttled in turn, and whatever waits on them waits a
+throttling period.
+
+How: :func:`on_threads` runs compiled functions that release the GIL (numba ``nogil=True``) on
+plain Python threads, one call per part. fmkit uses no numba ``parallel=True`` loop: a parallel
+loop costs seconds more to compile on a first run, and numba's thread pools may spin while they
+wait, which on a busy machine takes cores from the threads doing the work. An idle Python
+thread blocks, and a loaded machine slows the parts in proportion.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -44,3 +57,40 @@ def limit_threads(root: Path = CGROUP) -> int:
     if "NUMBA_NUM_THREADS" not in os.environ:
         numba.set_num_threads(min(numba.config.NUMBA_NUM_THREADS, available_cpus(root)))
     return numba.get_num_threads()
+
+
+def thread_count() -> int:
+    """The threads fmkit's kernels use: numba's setting (``$NUMBA_NUM_THREADS`` or
+    ``numba.set_num_threads``; the CLI caps it with :func:`limit_threads`)."""
+    import numba
+
+    return numba.get_num_threads()
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _workers(count: int) -> ThreadPoolExecutor:
+    """The shared pool, grown to at least ``count`` threads (they live as long as the
+    process; idle, they block)."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < count:
+            _pool, _pool_size = ThreadPoolExecutor(count, thread_name_prefix="fmkit"), count
+        return _pool
+
+
+def on_threads(function: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]:
+    """``function(*args)`` for every ``args`` of ``calls`` at once, the first on the calling
+    thread and the others on a shared pool; the results in order. The calls overlap only if
+    ``function`` releases the GIL. An exception in any call is raised here, after all ended."""
+    if len(calls) == 1:
+        return [function(*calls[0])]
+    futures = [_workers(len(calls) - 1).submit(function, *args) for args in calls[1:]]
+    try:
+        first = function(*calls[0])
+    finally:
+        wait(futures)  # no part may outlive this call: it writes into the caller's arrays
+    return [first, *(f.result() for f in futures)]

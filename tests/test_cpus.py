@@ -49,3 +49,33 @@ def test_the_cli_caps_numba_threads_unless_numba_num_threads_is_set(tmp_path):
                          env={**env, "NUMBA_NUM_THREADS": str(CPUS)}, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == [str(CPUS), str(CPUS)]
+
+
+def test_on_threads_runs_every_call_at_once_and_returns_results_in_order():
+    """The parts overlap (each waits for all to have started: run one after the other, they
+    would time out), results come back in call order, and a failing part raises only after
+    every part ended."""
+    import threading
+    import time
+
+    from fmkit.cpus import on_threads
+
+    started = threading.Barrier(3, timeout=10)
+
+    def part(value):
+        started.wait()
+        return value * value
+
+    assert on_threads(part, [(2,), (3,), (4,)]) == [4, 9, 16]
+
+    finished = []
+
+    def failing(value):
+        if value == 1:
+            raise ValueError("part 1")
+        time.sleep(0.2)
+        finished.append(value)
+
+    with pytest.raises(ValueError, match="part 1"):
+        on_threads(failing, [(0,), (1,), (2,)])
+    assert sorted(finished) == [0, 2]

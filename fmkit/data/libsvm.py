@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from fmkit.cpus import on_threads, thread_count
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES, count_newlines, iter_blocks
 from fmkit.data.numbers import BAD_INDEX, BAD_NUMBER, NOT_FINITE, OK, parse_float
@@ -156,28 +156,14 @@ def describe_problem(code: int, token: str) -> str:
 PARALLEL_BYTES = 1 << 20  # blocks at least this large are parsed in parts across threads
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _parse_parts(buf, bounds, row_at, nnz_at, indptr, indices, values, labels, lines, results,
-                 ffm):
-    """:func:`parse_libsvm` on each part ``buf[bounds[p]:bounds[p+1]]`` (whole lines) in
-    parallel, each into its own region of the output arrays (sized by the part's bytes, so no
-    pass counts rows first), with line numbers counted from the part's start."""
-    for p in prange(bounds.size - 1):
-        lo, hi = bounds[p], bounds[p + 1]
-        r0, r1, z0, z1 = row_at[p], row_at[p + 1], nnz_at[p], nnz_at[p + 1]
-        rows, nnz, code, t0, t1, line = parse_libsvm(
-            buf[lo:hi], 0, indptr[r0 + p:r1 + p + 1], indices[z0:z1], values[z0:z1],
-            labels[r0:r1], lines[r0:r1], ffm)
-        results[p, 0], results[p, 1], results[p, 2] = rows, nnz, code
-        results[p, 3], results[p, 4], results[p, 5] = lo + t0, lo + t1, line
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _count_lines(buf, bounds, counts):
-    """Newlines in each part (to size each part's row arrays, and to number the next block's
-    lines)."""
-    for p in prange(bounds.size - 1):
-        counts[p] = count_newlines(buf, bounds[p], bounds[p + 1])
+def _parse_part(buf, lo, hi, row_at, r1, nnz_at, z1, part, indptr, indices, values, labels,
+                lines, ffm):
+    """:func:`parse_libsvm` on the whole lines ``buf[lo:hi]`` into part ``part``'s region of
+    the output arrays (rows ``row_at:r1``, features ``nnz_at:z1``; sized by the part's bytes,
+    so no pass counts rows first), line numbers counted from the part's start."""
+    return parse_libsvm(buf[lo:hi], 0, indptr[row_at + part:r1 + part + 1],
+                        indices[nnz_at:z1], values[nnz_at:z1], labels[row_at:r1],
+                        lines[row_at:r1], ffm)
 
 
 def parse_block(buf: np.ndarray, first_line: int, source: str,
@@ -188,7 +174,7 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
     A large block is cut at line ends into one part per thread, parsed in parallel; each part
     becomes its own batch (views of the block's arrays: nothing is copied to join them).
     """
-    parts = numba.get_num_threads() if buf.size >= PARALLEL_BYTES else 1
+    parts = thread_count() if buf.size >= PARALLEL_BYTES else 1
     bounds = [0]
     for p in range(1, parts):
         at = buf.size * p // parts
@@ -196,8 +182,8 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
         cut = at + 1 if buf[at] == _NL else buf.size
         bounds.append(max(bounds[-1], min(cut, buf.size)))
     bounds = np.array([*bounds, buf.size], dtype=np.int64)
-    newlines = np.empty(parts, dtype=np.int64)
-    _count_lines(buf, bounds, newlines)
+    newlines = np.array(on_threads(count_newlines, [(buf, bounds[p], bounds[p + 1])
+                                                    for p in range(parts)]), dtype=np.int64)
     # rows: at most one per line; features: at most one per 4 bytes (" 1:1"), a bound whose
     # untouched pages cost address space, not memory
     row_at = np.concatenate([[0], np.cumsum(newlines + 1)]).astype(np.int64)
@@ -207,12 +193,13 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
     values = np.empty(nnz_at[-1], dtype=np.float32)
     labels = np.empty(row_at[-1], dtype=np.float32)
     lines = np.empty(row_at[-1], dtype=np.int64)
-    results = np.zeros((parts, 6), dtype=np.int64)
-    _parse_parts(buf, bounds, row_at, nnz_at, indptr, indices, values, labels, lines, results,
-                 ffm)
+    results = on_threads(_parse_part, [
+        (buf, bounds[p], bounds[p + 1], row_at[p], row_at[p + 1], nnz_at[p], nnz_at[p + 1], p,
+         indptr, indices, values, labels, lines, ffm) for p in range(parts)])
     batches = []
     line = first_line
-    for p, (rows, nnz, code, t0, t1, lines_in_part) in enumerate(results.tolist()):
+    for p, (rows, nnz, code, t0, t1, lines_in_part) in enumerate(results):
+        t0, t1 = t0 + bounds[p], t1 + bounds[p]
         if code != 0:  # the first problem in file order
             token = bytes(buf[t0:min(t1, t0 + 200)]).decode("utf-8", "replace")
             raise DataError(source, line + lines_in_part, describe_problem(code, token))

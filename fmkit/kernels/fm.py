@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from numba.extending import overload
 
+from fmkit.cpus import on_threads
 from fmkit.kernels.lanes import LANES, lanes_sum, load_lanes, store_lanes
 from fmkit.kernels.prefetch import prefetch
 
@@ -230,7 +231,7 @@ def _rows_trainer(opt: int):
     """The per-row training loop compiled for one update rule: ``opt`` is a constant in the
     compiled code (a run-time switch among the four rules halves the rate)."""
 
-    @njit(cache=True, fastmath=FAST, error_model="numpy")
+    @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def train_rows(indptr, indices, values, labels, order, lo, hi, loss_kind, config, B, T, k, sums,
                    step, stride):
         """The per-row loop of libFM and xLearn, fused: each row's update follows its forward pass
@@ -274,14 +275,13 @@ def _rows_trainer(opt: int):
 
 
 RULES = (SGD, ADAGRAD, ADAM, FTRL)
-_sgd_rows, _adagrad_rows, _adam_rows, _ftrl_rows = (_rows_trainer(opt) for opt in RULES)
 
 
 def _rows_updater(opt: int):
     """The update of a range of features from their summed gradient rows, compiled for one
     update rule (as :func:`_rows_trainer`)."""
 
-    @njit(cache=True, fastmath=FAST, error_model="numpy")
+    @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def update_rows(T, rows, G, lo, hi, config, adam_lr, adam_eps):
         cfg = _frozen(config)
         for t in range(lo, hi):
@@ -291,46 +291,14 @@ def _rows_updater(opt: int):
     return update_rows
 
 
-_sgd_update, _adagrad_update, _adam_update, _ftrl_update = (_rows_updater(opt) for opt in RULES)
-
-
 def _per_rule(factory):
-    """``factory(opt)`` for each update rule, compiled on first use: a run compiles only the
-    rule it trains with. In their compiled code ``opt`` is a constant, so the branches that
-    name another rule's loop are pruned before anything is compiled for them."""
+    """``factory(opt)`` for each update rule, each compiled on first use: a run compiles only
+    the rule it trains with, and in its compiled code ``opt`` is a constant."""
     return {opt: factory(opt) for opt in RULES}
 
 
-def _online_kernel(opt: int):
-    @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
-    def train_online_rule(indptr, indices, values, labels, order, loss_kind, cfg, B, T, k, sums,
-                          step):
-        n = indptr.size - 1
-        parts = sums.shape[0]  # one part takes the same path: one compiled loop, not two
-        losses = np.zeros(parts)
-        biases = np.empty((parts, 16 + B.shape[1]), B.dtype)  # 16: a cache line apart
-        for part in prange(parts):
-            bias = biases[part:part + 1, : B.shape[1]]
-            bias[0] = B[0]
-            lo, hi = part * n // parts, (part + 1) * n // parts
-            args = (indptr, indices, values, labels, order, lo, hi, loss_kind, cfg, bias, T, k,
-                    sums[part], step + part, parts)
-            if opt == SGD:
-                losses[part] = _sgd_rows(*args)
-            elif opt == ADAGRAD:
-                losses[part] = _adagrad_rows(*args)
-            elif opt == ADAM:
-                losses[part] = _adam_rows(*args)
-            else:
-                losses[part] = _ftrl_rows(*args)
-        for c in range(B.shape[1]):
-            B[0, c] = biases[:, c].mean()
-        return losses.sum(), step + n
-
-    return train_online_rule
-
-
-_ONLINE = _per_rule(_online_kernel)
+_ROWS = _per_rule(_rows_trainer)
+_UPDATES = _per_rule(_rows_updater)
 
 
 def train_online(indptr, indices, values, labels, order, loss_kind, opt, cfg, B, T, k, sums,
@@ -345,8 +313,21 @@ def train_online(indptr, indices, values, labels, order, loss_kind, opt, cfg, B,
     trains its own copy through the chunk and the copies are averaged after it.
     Returns ``(sum of per-row losses before each update, new step count)``.
     """
-    return _ONLINE[opt](indptr, indices, values, labels, order, loss_kind, cfg, B, T, k, sums,
-                        step)
+    n = indptr.size - 1
+    parts = sums.shape[0]
+    rows = _ROWS[opt]
+    if parts == 1:
+        return rows(indptr, indices, values, labels, order, 0, n, loss_kind, cfg, B, T, k,
+                    sums[0], step, 1), step + n
+    width = B.shape[1]
+    biases = np.empty((parts, 16 + width), B.dtype)  # 16: each copy on cache lines of its own
+    biases[:, :width] = B[0]
+    losses = on_threads(rows, [(indptr, indices, values, labels, order, part * n // parts,
+                                (part + 1) * n // parts, loss_kind, cfg,
+                                biases[part:part + 1, :width], T, k, sums[part], step + part,
+                                parts) for part in range(parts)])
+    B[0] = biases[:, :width].mean(axis=0)
+    return sum(losses), step + n
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
@@ -454,34 +435,44 @@ def train_minibatches(indptr, indices, values, labels, batch_size, loss_kind, op
     return loss, step + -(-n // batch_size)
 
 
-@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+def _gradient_part(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B, T, k,
+                   sums, slot, G, n_touched):
+    """One thread's share of :func:`minibatch_gradient`: rows ``lo:hi`` into its own buffer."""
+    G[:n_touched] = 0.0
+    return _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B, T, k,
+                       sums, slot, G)
+
+
+@njit(cache=True, nogil=True)
+def _sum_parts(G_parts, touched, slot, lo, hi):
+    """Gradient rows ``lo:hi`` of every part summed into part 0, their slots reset to -1."""
+    for t in range(lo, hi):
+        for c in range(G_parts.shape[2]):
+            acc = 0.0
+            for q in range(G_parts.shape[0]):
+                acc += G_parts[q, t, c]
+            G_parts[0, t, c] = acc
+        slot[touched[t]] = -1
+
+
 def minibatch_gradient(indptr, indices, values, labels, inv_rows, loss_kind, B, T, k, slot,
                        touched, G_parts, sums):
     """The gradient of one mini-batch (all rows given) without updating: the distinct features
     land in ``touched[:n]`` and their summed gradient rows in ``G_parts[0, :n]``, each row's loss
-    scaled by ``inv_rows`` (1 / the rows of the whole step, which may span processes).
+    scaled by ``inv_rows`` (1 / the rows of the whole step, which may span processes). The rows
+    are cut across the parts of ``G_parts`` (one per thread).
     Returns ``(sum of losses, gradient of w0, n)``; ``slot`` is left all -1."""
     n_rows = indptr.size - 1
-    n_parts = G_parts.shape[0]
-    width = k + 1
-    n_touched = _distinct_features(indices, indptr[0], indptr[n_rows], slot, touched)
-    loss_parts = np.zeros(n_parts)
-    g0_parts = np.zeros(n_parts)
-    for part in prange(n_parts):
-        G_parts[part, :n_touched] = 0.0
-        loss_parts[part], g0_parts[part] = _accumulate(
-            indptr, indices, values, labels, part * n_rows // n_parts,
-            (part + 1) * n_rows // n_parts, loss_kind, inv_rows, B, T, k, sums[part], slot,
-            G_parts[part])
-    for part in prange(n_parts):
-        for t in range(part * n_touched // n_parts, (part + 1) * n_touched // n_parts):
-            for c in range(width):
-                acc = 0.0
-                for q in range(n_parts):
-                    acc += G_parts[q, t, c]
-                G_parts[0, t, c] = acc
-            slot[touched[t]] = -1
-    return loss_parts.sum(), g0_parts.sum(), n_touched
+    parts = G_parts.shape[0]
+    n = _distinct_features(indices, indptr[0], indptr[n_rows], slot, touched)
+    results = on_threads(_gradient_part, [
+        (indptr, indices, values, labels, part * n_rows // parts, (part + 1) * n_rows // parts,
+         loss_kind, inv_rows, B, T, k, sums[part], slot, G_parts[part], n)
+        for part in range(parts)])
+    on_threads(_sum_parts, [(G_parts, touched, slot, part * n // parts, (part + 1) * n // parts)
+                            for part in range(parts)])
+    return sum(r[0] for r in results), sum(r[1] for r in results), n
 
 
 @njit(cache=True)
@@ -508,60 +499,52 @@ def sum_repeated_rows(rows, values, slot):
     return unique[:count], summed[:count]
 
 
-def _apply_gradient_kernel(opt: int):
-    @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
-    def apply_gradient_rule(rows, G, g0, config, B, T, k, step, n_parts):
+def _bias_stepper(opt: int):
+    """The bias's part of :func:`apply_gradient`, compiled for one update rule."""
+
+    @njit(cache=True, fastmath=FAST, error_model="numpy")
+    def bias_step(g0, config, B, k, step):
+        """Step ``step`` for the bias; returns Adam's scales of lr and eps at that step."""
         cfg = _frozen(config)
-        step += 1
         adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
-                                         np.float64(cfg[BETA2]) ** step, T)
+                                         np.float64(cfg[BETA2]) ** step, B)
         bw, bm, bs = _row_blocks(B, 0, k + 1)
         _apply(bw, bm, bs, 0, 1, np.full(1, g0), 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt,
                cfg, adam_lr, adam_eps)
-        n = rows.size
-        for part in prange(n_parts):
-            args = (T, rows, G, part * n // n_parts, (part + 1) * n // n_parts, config, adam_lr,
-                    adam_eps)
-            if opt == SGD:
-                _sgd_update(*args)
-            elif opt == ADAGRAD:
-                _adagrad_update(*args)
-            elif opt == ADAM:
-                _adam_update(*args)
-            else:
-                _ftrl_update(*args)
-        return step
+        return adam_lr, adam_eps
 
-    return apply_gradient_rule
+    return bias_step
 
 
-_APPLY_GRADIENT = _per_rule(_apply_gradient_kernel)
+_BIAS_STEP = _per_rule(_bias_stepper)
 
 
 def apply_gradient(rows, G, g0, opt, cfg, B, T, k, step, n_parts):
     """One optimizer step from a summed gradient: ``G[t]`` for the distinct features
-    ``rows[t]``, ``g0`` for the bias (the second half of :func:`train_minibatches`'s step).
-    Returns the new step count."""
-    return _APPLY_GRADIENT[opt](rows, G, g0, cfg, B, T, k, step, n_parts)
+    ``rows[t]``, ``g0`` for the bias (the second half of :func:`train_minibatches`'s step),
+    the features cut across ``n_parts`` threads. Returns the new step count."""
+    step += 1
+    adam_lr, adam_eps = _BIAS_STEP[opt](g0, cfg, B, k, step)
+    n = rows.size
+    on_threads(_UPDATES[opt], [(T, rows, G, part * n // n_parts, (part + 1) * n // n_parts, cfg,
+                                adam_lr, adam_eps) for part in range(n_parts)])
+    return step
 
 
-@njit(cache=True, parallel=True, nogil=True, fastmath=FAST, error_model="numpy")
 def predict_logits(indptr, indices, values, w0, T, k, out, n_chunks):
-    """Write y_hat of every row into ``out`` (float64), in ``n_chunks`` chunks across threads."""
+    """Write y_hat of every row into ``out`` (float64), in ``n_chunks`` chunks, one per thread
+    (:func:`predict_logits_serial` on each)."""
     n = indptr.size - 1
     n_chunks = max(1, min(n, n_chunks))
-    for c in prange(n_chunks):
-        sums = np.empty(k, dtype=T.dtype)
-        in_order = np.empty(0, np.int64)
-        lo, hi = c * n // n_chunks, (c + 1) * n // n_chunks
-        for r in range(lo, hi):
-            _prefetch_ahead(indptr, indices, values, in_order, r, hi, T, 1)
-            out[r] = w0[0] + _row_forward(indptr, indices, values, r, T, k, sums)
+    bounds = [c * n // n_chunks for c in range(n_chunks + 1)]
+    on_threads(predict_logits_serial, [(indptr[lo:hi + 1], indices, values, w0, T, k, out[lo:hi])
+                                       for lo, hi in zip(bounds, bounds[1:])])
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
 def predict_logits_serial(indptr, indices, values, w0, T, k, out):
-    """:func:`predict_logits` on the calling thread: no thread start-up for small requests."""
+    """y_hat of every row into ``out`` on the calling thread (``indptr`` may be a slice of a
+    batch's: positions in ``indices`` are absolute)."""
     sums = np.empty(k, dtype=T.dtype)
     in_order = np.empty(0, np.int64)
     for r in range(indptr.size - 1):

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numba
 import numpy as np
 
+from fmkit.cpus import thread_count
 from fmkit.data.background import background
 from fmkit.data.batch import SparseBatch, rebatch, shuffled_batches, take
 from fmkit.errors import TrainingDiverged
@@ -86,12 +86,12 @@ def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.nd
 
 def thread_parts(hp: dict[str, Any]) -> int:
     """How many threads a chunk is cut across: per-row training with ``lock_free`` runs a
-    share of the rows on each of numba's threads ($NUMBA_NUM_THREADS, Hogwild). Mini-batches
-    train on one thread, exactly (SageMaker's semantics, no hand-off between threads per
-    mini-batch) while another reads ahead; on several processes the threads split each step's
-    gradient (:meth:`KernelLearner.gradient`)."""
+    share of the rows on each of fmkit's threads (:func:`fmkit.cpus.thread_count`; Hogwild).
+    Mini-batches train on one thread, exactly (SageMaker's semantics, no hand-off between
+    threads per mini-batch) while another reads ahead; on several processes the threads split
+    each step's gradient (:meth:`KernelLearner.gradient`)."""
     if hp["mini_batch_size"] > 1 or hp["lock_free"]:
-        return numba.get_num_threads()
+        return thread_count()
     return 1
 
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numba
 import numpy as np
 
+from fmkit.cpus import thread_count
 from fmkit.kernels import fm as kernels
 from fmkit.memory import check_fits, prefaulted_zeros
 from fmkit.models.fm.parameters import FMParameters, init_parameters
@@ -111,7 +111,7 @@ def training_tables(params: FMParameters | None, optimizer: str, hp: dict[str, A
     check_memory({**hp, "optimizer": optimizer}, dtype)
     table = prefaulted_zeros((hp["feature_dim"], stored), dtype)
     if params is None:
-        params = init_parameters(hp, dtype, out=table[:, :width], threads=numba.get_num_threads())
+        params = init_parameters(hp, dtype, out=table[:, :width], threads=thread_count())
     else:
         table[:, :width] = params.table
     bias = np.zeros((1, columns), dtype)

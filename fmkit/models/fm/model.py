@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numba
 import numpy as np
 
+from fmkit.cpus import thread_count
 from fmkit.data.batch import SparseBatch
 from fmkit.errors import ArtifactError
 from fmkit.kernels import fm as kernels
@@ -69,7 +69,7 @@ class FMModel:
         p = self.params
         if batch.n_rows >= PARALLEL_ROWS:
             kernels.predict_logits(batch.indptr, batch.indices, batch.values, p.w0, p.table,
-                                   p.num_factors, out, 4 * numba.get_num_threads())
+                                   p.num_factors, out, thread_count())
         elif batch.n_rows:
             kernels.predict_logits_serial(batch.indptr, batch.indices, batch.values, p.w0,
                                           p.table, p.num_factors, out)
