@@ -1,16 +1,20 @@
 """Load test of ``fmkit serve`` with wrk: requests/s and p50/p99 latency per request type.
 
-    python benchmarks/bench_server.py [--duration 10] [--connections 16]
+    python benchmarks/bench_server.py [--duration 10] [--connections 16] [--only fm|deepfm]
 
-Serves an FM (10^6 features, k=8) with 2 worker processes and drives it with wrk (Debian's
-``wrk`` package; the script installs it with apt-get when missing) over loopback, for 1-row and
-100-row requests of 39 active features each, as JSON (sparse instances) and recordIO-protobuf.
-wrk runs on the same 2-core machine as the server, so the figures are a lower bound.
+Serves, with 2 worker processes each, an FM (10^6 features, k=8; 1-row and 100-row requests of
+39 active features, as JSON sparse instances and recordIO-protobuf) and a DeepFM
+(``examples/deepfm_criteo.yaml`` trained for one epoch on ../shared/data's 1,000 Criteo rows;
+JSON requests of those rows' raw columns), and drives each with wrk (Debian's ``wrk`` package;
+the script installs it with apt-get when missing) over loopback. wrk runs on the same 2-core
+machine as the server, so the figures are a lower bound.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import shutil
 import socket
@@ -27,6 +31,10 @@ import scipy.sparse as sp
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 FEATURES, K, FIELDS = 1_000_000, 8, 39
+REPO = HERE.parent
+CRITEO = Path(os.environ.get("FMKIT_SHARED_DATA", REPO.parent / "shared" / "data")
+              ) / "criteo_kaggle_head1000" / "train.txt"
+CRITEO_COLUMNS = [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
 
 LUA = """
 wrk.method = "POST"
@@ -81,6 +89,32 @@ def make_bodies(rows: int, workdir: Path) -> dict[str, Path]:
     return {"application/json": json_path, "application/x-recordio-protobuf": rec_path}
 
 
+def make_deepfm_model() -> Path:
+    """examples/deepfm_criteo.yaml trained one epoch on the 1,000 Criteo rows (cached)."""
+    path = CACHE / "serve-deepfm"
+    if not path.exists():
+        if not CRITEO.is_file():
+            raise SystemExit(f"{CRITEO} is missing: the DeepFM rows need ../shared/data")
+        fmkit = str(Path(sys.executable).parent / "fmkit")
+        subprocess.run([fmkit, "train", "--config", str(REPO / "examples" / "deepfm_criteo.yaml"),
+                        "--train", str(CRITEO), "--test", str(CRITEO), "--model-dir", str(path),
+                        "--set", "train_config.num_epochs=1", "--quiet"], check=True)
+    return path
+
+
+def make_deepfm_bodies(rows: int, workdir: Path) -> dict[str, Path]:
+    """JSON requests of the first ``rows`` Criteo rows' raw columns (empty fields left out,
+    counts as numbers, categories as strings)."""
+    instances = []
+    for line in CRITEO.read_text().splitlines()[:rows]:
+        values = line.split("\t")[1:]
+        instances.append({name: (int(value) if name.startswith("I") else value)
+                          for name, value in zip(CRITEO_COLUMNS, values) if value})
+    path = workdir / f"deepfm-{rows}.json"
+    path.write_text(json.dumps({"instances": instances}))
+    return {"application/json": path}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,14 +129,8 @@ def parse_wrk(output: str) -> tuple[float, str, str, int]:
     return rate, p50, p99, int(errors.group(1)) if errors else 0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per request type")
-    parser.add_argument("--connections", type=int, default=16)
-    args = parser.parse_args()
-    wrk = ensure_wrk()
-    CACHE.mkdir(exist_ok=True)
-    model = make_model()
+def load_test(wrk: str, model: Path, bodies, label: str, args) -> None:
+    """Serve ``model`` with 2 workers; one wrk run per request body."""
     port = free_port()
     fmkit = str(Path(sys.executable).parent / "fmkit")
     server = subprocess.Popen([fmkit, "serve", "--model-dir", str(model), "--host", "127.0.0.1",
@@ -118,13 +146,8 @@ def main() -> None:
                 time.sleep(0.1)
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
-            print(f"fmkit serve, 2 workers, model {FEATURES} features k={K}; wrk -t2 "
-                  f"-c{args.connections} -d{args.duration}s over loopback, {FIELDS} active "
-                  "features per row\n")
-            print(f"{'request':<34}{'requests/s':>12}{'rows/s':>12}{'p50':>10}{'p99':>10}"
-                  f"{'non-2xx':>9}")
             for rows in (1, 100):
-                for content_type, body in make_bodies(rows, workdir).items():
+                for content_type, body in bodies(rows, workdir).items():
                     script = workdir / "post.lua"
                     script.write_text(LUA.format(body=body, content_type=content_type,
                                                  accept=content_type))
@@ -136,12 +159,32 @@ def main() -> None:
                                           f"{url}/invocations"], capture_output=True, text=True,
                                          check=True).stdout
                     rate, p50, p99, errors = parse_wrk(out)
-                    label = f"{rows} row{'s' if rows > 1 else ''}, {content_type.split('/')[1]}"
-                    print(f"{label:<34}{rate:>12,.0f}{rate * rows:>12,.0f}{p50:>10}{p99:>10}"
-                          f"{errors:>9}")
+                    name = (f"{label}, {rows} row{'s' if rows > 1 else ''}, "
+                            f"{content_type.split('/')[1]}")
+                    print(f"{name:<42}{rate:>12,.0f}{rate * rows:>12,.0f}{p50:>10}{p99:>10}"
+                          f"{errors:>9}", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per request type")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--only", choices=("fm", "deepfm"), help="serve only this model")
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+    CACHE.mkdir(exist_ok=True)
+    print(f"fmkit serve, 2 workers; wrk -t2 -c{args.connections} -d{args.duration}s over "
+          f"loopback. FM: {FEATURES} features, k={K}, {FIELDS} active features per row. "
+          "DeepFM: examples/deepfm_criteo.yaml, 39 raw columns per row\n")
+    print(f"{'request':<42}{'requests/s':>12}{'rows/s':>12}{'p50':>10}{'p99':>10}"
+          f"{'non-2xx':>9}")
+    if args.only != "deepfm":
+        load_test(wrk, make_model(), make_bodies, "FM", args)
+    if args.only != "fm":
+        load_test(wrk, make_deepfm_model(), make_deepfm_bodies, "DeepFM", args)
 
 
 if __name__ == "__main__":
