@@ -35,7 +35,7 @@ ROWS = [
     ("train, SGD batch 20", "train_file", {**SGD, "mini_batch_size": 20}),
     ("train, SGD per row (batch 1)", "train_file", SGD),
     ("train, Adam per row, lock_free (Hogwild)", "train_file",
-     {**adaptive("adam", 0.002), "lock_free": True}),
+     {**adaptive("adam", 0.002), "lock_free": 1}),
     ("predict file -> JSON Lines", "predict_file", {}),
 ]
 

@@ -79,3 +79,25 @@ def test_on_threads_runs_every_call_at_once_and_returns_results_in_order():
     with pytest.raises(ValueError, match="part 1"):
         on_threads(failing, [(0,), (1,), (2,)])
     assert sorted(finished) == [0, 2]
+
+
+def test_a_background_reader_leaves_its_consumer_a_core():
+    """Work started on the reader's thread sees one thread fewer (never fewer than one); the
+    consumer's own thread count is unchanged."""
+    import numba
+
+    from fmkit.cpus import leaving_cores, thread_count
+    from fmkit.data.background import background
+
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            total = numba.get_num_threads()
+            seen = list(background(thread_count() for _ in range(3)))
+            assert seen == [max(1, total - 1)] * 3
+            assert thread_count() == total
+            with leaving_cores(5):
+                assert thread_count() == 1
+    finally:
+        numba.set_num_threads(before)

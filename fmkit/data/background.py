@@ -8,20 +8,24 @@ import queue
 import threading
 from collections.abc import Iterator
 
+from fmkit.cpus import leaving_cores
+
 
 def background(items: Iterator, depth: int = 2) -> Iterator:
     """``items`` produced on a thread, ``depth`` ahead (reading and encoding overlap training;
-    pyarrow, numba and PyTorch release the GIL). Errors are raised in the consumer."""
+    pyarrow, numba and PyTorch release the GIL), leaving the consumer a core
+    (:func:`fmkit.cpus.leaving_cores`). Errors are raised in the consumer."""
     buffer: queue.Queue = queue.Queue(depth)
     done = object()
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for item in items:
-                if stop.is_set():
-                    return
-                buffer.put((item, None))
+            with leaving_cores(1):  # the consumer works on one
+                for item in items:
+                    if stop.is_set():
+                        return
+                    buffer.put((item, None))
             buffer.put((done, None))
         except BaseException as e:  # handed to the consumer
             buffer.put((done, e))
