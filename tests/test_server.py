@@ -302,3 +302,27 @@ def test_sagemaker_sdk_predictor_against_fmkit_serve(server, classifier, a9a):
     sparse_result = json_predictor.predict({"instances": sparse_instances(X)})
     np.testing.assert_allclose([p["score"] for p in sparse_result["predictions"]], expected,
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", [None, "3"])
+def test_several_workers_split_the_cores(classifier, monkeypatch, preset):
+    """With 2 workers each scores on cores // 2 threads (numba's and PyTorch's), unless the
+    environment already chose; uvicorn is replaced by a stub that records what it would start
+    the workers with."""
+    import uvicorn
+
+    from fmkit.cpus import available_cpus
+    from fmkit.serve import app
+
+    for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", app.MODEL_DIR_ENV,
+                 app.MAX_PAYLOAD_ENV, app.BODY_TIMEOUT_ENV):
+        monkeypatch.delenv(name, raising=False)
+    if preset:
+        monkeypatch.setenv("NUMBA_NUM_THREADS", preset)
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.update(
+        workers=k["workers"], numba=os.environ.get("NUMBA_NUM_THREADS"),
+        omp=os.environ.get("OMP_NUM_THREADS")))
+    app.serve(str(classifier), host="127.0.0.1", port=free_port(), workers=2)
+    share = str(max(1, available_cpus() // 2))
+    assert seen == {"workers": 2, "numba": preset or share, "omp": share}
