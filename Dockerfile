@@ -13,5 +13,14 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY fmkit ./fmkit
 RUN pip install --no-cache-dir -c constraints.txt . \
     && fmkit --version
+# Compile what a job with SageMaker's defaults runs (recordIO and libsvm readers, Adam at batch
+# 1000, scoring) into the image's numba cache, so the first job starts warm. numba keys its
+# cache by CPU: on a host with another CPU model the first job compiles once more.
+RUN printf '1 0:1 1:1\n0 1:1 2:1\n' > /tmp/warm.libsvm \
+    && fmkit convert --index-base 0 --to recordio /tmp/warm.libsvm /tmp/warm.rec \
+    && fmkit train --quiet --train /tmp/warm.rec --model-dir /tmp/warm feature_dim=3 \
+        num_factors=2 predictor_type=binary_classifier \
+    && fmkit predict --model-dir /tmp/warm --data /tmp/warm.libsvm --output /dev/null \
+    && rm -rf /tmp/warm /tmp/warm.libsvm /tmp/warm.rec
 
 ENTRYPOINT ["fmkit", "sagemaker"]

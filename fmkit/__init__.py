@@ -6,8 +6,12 @@ file-based jobs behind the CLI (:mod:`fmkit.jobs.fm`).
 
 from typing import Any
 
-from fmkit._version import __version__
-from fmkit.errors import ArtifactError, DataError, FMKitError, HyperparameterError
+from fmkit import compile_cache
+
+compile_cache.configure()  # before any module that compiles kernels is imported
+
+from fmkit._version import __version__  # noqa: E402
+from fmkit.errors import ArtifactError, DataError, FMKitError, HyperparameterError  # noqa: E402
 
 __all__ = [
     "ArtifactError",

@@ -1,0 +1,49 @@
+"""Where numba keeps fmkit's compiled kernels, so that a first run compiles them once.
+
+numba caches beside each source file (``__pycache__``) and, where that is not writable, in
+the user's cache directory. In a read-only install (a container image) whose user has no
+writable home either, numba cannot cache at all and every run compiles again; in that case
+fmkit points ``NUMBA_CACHE_DIR`` at a per-user temporary directory. ``$NUMBA_CACHE_DIR`` set
+by the user always wins. This runs when :mod:`fmkit` is imported, before any kernel module.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+def _writable(directory: Path) -> bool:
+    """Whether numba can write its cache files in (or create) ``directory``."""
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    return os.access(existing, os.W_OK | os.X_OK)
+
+
+def cache_dir(package: Path = PACKAGE, home: Path | None = None) -> str | None:
+    """The directory to give numba, or None when its own choice caches (or the user chose)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return None
+    if _writable(package / "kernels" / "__pycache__"):
+        return None  # numba's in-tree cache
+    home = home if home is not None else Path(os.path.expanduser("~"))
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache")
+    if _writable(user_cache):
+        return None  # numba's user-wide cache
+    return str(Path(tempfile.gettempdir()) / f"fmkit-numba-cache-{os.getuid()}")
+
+
+def configure(package: Path = PACKAGE) -> None:
+    """Set ``NUMBA_CACHE_DIR`` (and numba's config, if numba is already imported) when numba
+    would otherwise not cache fmkit's kernels."""
+    chosen = cache_dir(package)
+    if chosen is None:
+        return
+    os.environ["NUMBA_CACHE_DIR"] = chosen
+    if "numba" in sys.modules:
+        sys.modules["numba"].config.CACHE_DIR = chosen
