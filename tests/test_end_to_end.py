@@ -268,3 +268,32 @@ def test_undefined_metric_is_null_in_strict_json(cli, tmp_path):
     assert saved["test"]["auc"] is None and saved["test"]["rows"] == 2
     code, out, _ = cli("evaluate", "--model-dir", tmp_path / "m", "--data", test)
     assert json.loads(out, parse_constant=reject)["auc"] is None
+
+
+def test_the_model_does_not_depend_on_the_thread_count(tmp_path, monkeypatch):
+    """Mini-batches train exactly on one thread, and the data order does not depend on how
+    many threads parsed the file (each parses its own part of a block): a9a trained from its
+    file with 1 and 2 threads, its blocks parsed in 1 and 3 parts, gives the same weights, bit
+    for bit."""
+    import numba
+
+    from fmkit.data import libsvm
+    from fmkit.jobs.fm import train_files
+    from fmkit.models.fm.hyperparameters import validate
+
+    hp = validate({"feature_dim": 123, "num_factors": 4, "epochs": 2, "mini_batch_size": 100,
+                   "predictor_type": "binary_classifier"})
+    before = numba.get_num_threads()
+    models = []
+    try:
+        for threads, parts in ((1, 1), (min(2, numba.config.NUMBA_NUM_THREADS), 3)):
+            numba.set_num_threads(threads)
+            monkeypatch.setattr(libsvm, "thread_count", lambda parts=parts: parts)
+            model, _ = train_files(hp, shared_file("a9a_libsvm", "a9a"),
+                                   tmp_path / f"model-{threads}-{parts}", progress=False)
+            models.append(model.params)
+    finally:
+        numba.set_num_threads(before)
+    for one, two in zip((models[0].w0, models[0].w, models[0].V),
+                        (models[1].w0, models[1].w, models[1].V)):
+        np.testing.assert_array_equal(one, two)

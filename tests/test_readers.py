@@ -82,12 +82,18 @@ def test_csv_equals_numpy_loadtxt(tmp_path):
     np.testing.assert_allclose(X.toarray(), expected[:, 1:], rtol=1e-6)
 
 
-def test_rebatch_makes_whole_mini_batches():
+@pytest.mark.parametrize("block_bytes", [5000, 1 << 20, 1 << 26])
+def test_rebatch_makes_the_same_chunks_whatever_the_blocks(block_bytes):
+    """Chunks of whole mini-batches, all of one size but the last, the same rows in the same
+    order whether the file came in 5 kB blocks, 1 MB ones or one block (thread count and
+    block size must not change the data order, or the model)."""
     path = shared_file("a9a_libsvm", "a9a.t")
-    source = FileSource(path, "libsvm", 123, index_base=1, labels="binary", block_bytes=5000)
-    sizes = [c.n_rows for c in rebatch(source.blocks(), 64)]
-    assert sum(sizes) == 16281
-    assert all(s % 64 == 0 for s in sizes[:-1])
+    source = FileSource(path, "libsvm", 123, index_base=1, labels="binary",
+                        block_bytes=block_bytes)
+    chunks = list(rebatch(source.blocks(), 64, chunk_rows=1000))
+    assert [c.n_rows for c in chunks] == [960] * 16 + [16281 - 16 * 960]
+    everything = list(FileSource(path, "libsvm", 123, index_base=1, labels="binary").blocks())
+    np.testing.assert_array_equal(concat(chunks).indices, concat(everything).indices)
 
 
 # -- bad input: FILE:LINE: problem ---------------------------------------------------------

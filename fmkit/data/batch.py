@@ -107,27 +107,38 @@ def concat(batches: list[SparseBatch]) -> SparseBatch:
     )
 
 
-def rebatch(blocks: Iterable[SparseBatch], batch_size: int) -> Iterator[SparseBatch]:
-    """Regroup blocks so each yielded chunk holds a whole number of mini-batches.
+CHUNK_ROWS = 16384  # rows per training chunk (rounded down to whole mini-batches)
 
-    Readers cut files at block boundaries that ignore ``mini_batch_size``; the trainer needs every
-    mini-batch but the last to hold exactly ``batch_size`` rows, so the rows left over at the end
-    of one block are carried into the next.
+
+def rebatch(blocks: Iterable[SparseBatch], batch_size: int,
+            chunk_rows: int = CHUNK_ROWS) -> Iterator[SparseBatch]:
+    """Regroup blocks into chunks of one fixed size: whole mini-batches, about ``chunk_rows``
+    rows (at least one mini-batch); the last chunk holds what is left.
+
+    Readers cut files into blocks of bytes, and the parser cuts a block into one part per
+    thread; a chunk's rows are shuffled together and trained in one compiled call. Chunks of
+    a fixed size make the data order, and so the model, the same whatever the block size and
+    however many threads parsed it.
     """
-    carry: SparseBatch | None = None
+    size = max(1, chunk_rows // batch_size) * batch_size
+    pending: list[SparseBatch] = []
+    held = 0
     for block in blocks:
         if block.n_rows == 0:
             continue
-        if carry is not None:
-            block = concat([carry, block])
-            carry = None
-        whole = (block.n_rows // batch_size) * batch_size
-        if whole < block.n_rows:
-            carry = block.slice(whole, block.n_rows)
-        if whole:
-            yield block.slice(0, whole) if whole < block.n_rows else block
-    if carry is not None:
-        yield carry
+        pending.append(block)
+        held += block.n_rows
+        if held < size:
+            continue
+        joined = concat(pending) if len(pending) > 1 else pending[0]
+        start = 0
+        while joined.n_rows - start >= size:
+            yield joined.slice(start, start + size)
+            start += size
+        pending = [joined.slice(start, joined.n_rows)] if start < joined.n_rows else []
+        held = joined.n_rows - start
+    if held:
+        yield concat(pending) if len(pending) > 1 else pending[0]
 
 
 def shuffled_batches(blocks: Iterable[SparseBatch], size: int, shuffle: bool,
