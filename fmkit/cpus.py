@@ -60,6 +60,13 @@ def limit_threads(root: Path = CGROUP) -> int:
     return numba.get_num_threads()
 
 
+def process_threads(processes: int) -> dict[str, str]:
+    """The environment that gives each of ``processes`` processes sharing this one's cores its
+    share of them: numba's and PyTorch's (OpenMP's) thread counts, ``cores // processes``."""
+    threads = str(max(1, available_cpus() // processes))
+    return {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+
+
 _reserved = threading.local()
 
 

@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from fmkit.cpus import available_cpus
+from fmkit.cpus import process_threads
 from fmkit.errors import require_torch
 
 
@@ -182,8 +182,7 @@ except ChildFailedError:
 def launch(nproc: int, argv: list[str]) -> int:
     """``fmkit ARGV`` on ``nproc`` local processes through torchrun; returns its exit code."""
     require_torch("--nproc (torchrun)", extra="distributed")
-    threads = max(1, available_cpus() // nproc)
-    env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, **process_threads(nproc)}
     command = [sys.executable, "-c", _TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
                "-m", "fmkit", *argv]
     return subprocess.run(command, env=env).returncode

@@ -373,6 +373,16 @@ def _distinct_features(indices, lo, hi, slot, touched):
     return n_touched
 
 
+@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+def _batch_gradient(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B, T, k,
+                    sums, slot, G, n_touched):
+    """The gradient of rows ``lo:hi`` (a mini-batch, or one thread's share of one) into ``G``
+    cleared first (its ``n_touched`` slots): :func:`_accumulate`'s ``(loss, gradient of w0)``."""
+    G[:n_touched] = 0.0
+    return _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B, T, k,
+                       sums, slot, G)
+
+
 def _batches_trainer(opt: int):
     """The mini-batch loop compiled for one update rule (as :func:`_rows_trainer`)."""
 
@@ -395,10 +405,9 @@ def _batches_trainer(opt: int):
         for start in range(lo, hi, batch_size):
             stop = min(start + batch_size, hi)
             n_touched = _distinct_features(indices, indptr[start], indptr[stop], slot, touched)
-            G[:n_touched] = 0.0
-            loss, g_bias[0] = _accumulate(indptr, indices, values, labels, start, stop,
-                                          loss_kind, 1.0 / (stop - start), B, T, k, sums, slot,
-                                          G)
+            loss, g_bias[0] = _batch_gradient(indptr, indices, values, labels, start, stop,
+                                              loss_kind, 1.0 / (stop - start), B, T, k, sums,
+                                              slot, G, n_touched)
             total_loss += loss
             b1_t *= b1_stride
             b2_t *= b2_stride
@@ -435,15 +444,6 @@ def train_minibatches(indptr, indices, values, labels, batch_size, loss_kind, op
     return loss, step + -(-n // batch_size)
 
 
-@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-def _gradient_part(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B, T, k,
-                   sums, slot, G, n_touched):
-    """One thread's share of :func:`minibatch_gradient`: rows ``lo:hi`` into its own buffer."""
-    G[:n_touched] = 0.0
-    return _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B, T, k,
-                       sums, slot, G)
-
-
 @njit(cache=True, nogil=True)
 def _sum_parts(G_parts, touched, slot, lo, hi):
     """Gradient rows ``lo:hi`` of every part summed into part 0, their slots reset to -1."""
@@ -466,7 +466,7 @@ def minibatch_gradient(indptr, indices, values, labels, inv_rows, loss_kind, B, 
     n_rows = indptr.size - 1
     parts = G_parts.shape[0]
     n = _distinct_features(indices, indptr[0], indptr[n_rows], slot, touched)
-    results = on_threads(_gradient_part, [
+    results = on_threads(_batch_gradient, [
         (indptr, indices, values, labels, part * n_rows // parts, (part + 1) * n_rows // parts,
          loss_kind, inv_rows, B, T, k, sums[part], slot, G_parts[part], n)
         for part in range(parts)])

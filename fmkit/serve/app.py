@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fmkit.cpus import available_cpus
+from fmkit.cpus import process_threads
 from fmkit.data import codecs
 from fmkit.errors import FMKitError
 from fmkit.models.base import load_model
@@ -225,9 +225,8 @@ def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, wor
     check_port(host, port)
     os.environ[MODEL_DIR_ENV] = str(model_dir)
     if workers > 1:  # the workers split the cores (unless the environment already says)
-        threads = str(max(1, available_cpus() // workers))
-        os.environ.setdefault("NUMBA_NUM_THREADS", threads)
-        os.environ.setdefault("OMP_NUM_THREADS", threads)  # PyTorch's, for DeepFM
+        for name, value in process_threads(workers).items():
+            os.environ.setdefault(name, value)
     os.environ[MAX_PAYLOAD_ENV] = str(max_payload_mb)
     os.environ[BODY_TIMEOUT_ENV] = str(body_timeout)
     with contextlib.suppress(KeyboardInterrupt):
