@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from numba import njit
 
 from fmkit.data.blocks import iter_line_blocks
@@ -253,7 +254,7 @@ def from_instances(instances: list[Any], source: str = "request",
     columns = {}
     for name in names:
         values = [instance.get(name) for instance in instances]
-        bad = _bad_value(values)
+        bad = bad_value(values)
         if bad is not None:
             raise error(bad[0], f"feature {excerpt(name)}: {bad[1]}")
         columns[name] = _python_column(values)
@@ -263,7 +264,7 @@ def from_instances(instances: list[Any], source: str = "request",
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
-def _bad_value(values: list[Any]) -> tuple[int, str] | None:
+def bad_value(values: list[Any]) -> tuple[int, str] | None:
     """``(row, problem)`` of the first value a feature column cannot hold: another type than
     a number, a string or a list of them, an integer beyond 64 bits, a non-finite float."""
     for row, value in enumerate(values):
@@ -283,16 +284,47 @@ def _bad_value(values: list[Any]) -> tuple[int, str] | None:
 
 
 def _python_column(values: list[Any]) -> pa.Array:
-    """Python values of one feature (checked by :func:`_bad_value`) as an Arrow array:
-    numbers, strings, or lists of them; mixed kinds become strings (ids)."""
+    """Python values of one feature (checked by :func:`bad_value`) as an Arrow array:
+    numbers, strings, or lists of them; mixed kinds become strings (ids), each number written
+    by :func:`number_texts`' rule, so that a value's text never depends on the other rows."""
     kinds = {type(v) for v in values if v is not None}
     if kinds & {list, tuple}:
-        values = [None if v is None else [str(x) for x in (v if isinstance(v, (list, tuple))
-                                                              else [v])] for v in values]
-        return pa.array(values, pa.list_(pa.string()))
+        lists = [None if v is None else list(v) if isinstance(v, (list, tuple)) else [v]
+                 for v in values]
+        flat = _texts([x for items in lists if items is not None for x in items])
+        position, out = 0, []
+        for items in lists:
+            out.append(None if items is None else flat[position:position + len(items)])
+            position += len(items or ())
+        return pa.array(out, pa.list_(pa.string()))
     if kinds and kinds <= {int, float}:
         return pa.array(values, pa.float64() if float in kinds else pa.int64())
-    return pa.array([None if v is None else str(v) for v in values], pa.string())
+    return pa.array(_texts(values), pa.string())
+
+
+def _texts(values: list[Any]) -> list[str | None]:
+    """Mixed Python values as text: strings as they are, floats by :func:`number_texts`,
+    anything else by ``str``."""
+    floats = [v for v in values if type(v) is float]
+    written = iter(number_texts(pa.array(floats, pa.float64())).to_pylist() if floats else ())
+    return [v if v is None or type(v) is str else next(written) if type(v) is float else str(v)
+            for v in values]
+
+
+def number_texts(values: pa.Array) -> pa.Array:
+    """Numbers as the text of ids, one rule whatever else is in the batch or file: integers,
+    and integral floats within 64-bit integers, in decimal (``7.0`` is ``"7"``); other floats
+    as Arrow writes them (``"2.5"``, ``"1e-7"``)."""
+    if not pa.types.is_floating(values.type):
+        return pc.cast(values, pa.string())
+    numbers = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        integral = (numbers == np.round(numbers)) & (np.abs(numbers) < 2.0 ** 63)
+    texts = pc.cast(values, pa.string())
+    if not integral.any():
+        return texts
+    integers = pa.array(np.where(integral, numbers, 0).astype(np.int64))
+    return pc.if_else(pa.array(integral), pc.cast(integers, pa.string()), texts)
 
 
 def head(batch: ColumnBatch, rows: int) -> ColumnBatch:

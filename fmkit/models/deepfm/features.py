@@ -21,13 +21,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
-from fmkit.data.columns import ColumnBatch
+from fmkit.data.columns import ColumnBatch, number_texts
 from fmkit.data.numbers import FLOAT32_MAX
 from fmkit.errors import DataError, excerpt
 from fmkit.models.deepfm.config import ConfigError, EasyRecConfig, IdFeature, RawFeature
@@ -46,36 +47,37 @@ class Encoded:
 
 
 @njit(cache=True)
-def _fnv1a(offsets: np.ndarray, data: np.ndarray, buckets: int) -> np.ndarray:
-    """FNV-1a (64-bit) of each string, modulo ``buckets``."""
+def _fnv1a(offsets: np.ndarray, data: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+    """FNV-1a (64-bit) of each string, modulo its own bucket count ``buckets[i]``."""
     out = np.empty(offsets.size - 1, np.int64)
     for i in range(offsets.size - 1):
         h = np.uint64(14695981039346656037)
         for q in range(offsets[i], offsets[i + 1]):
             h = (h ^ np.uint64(data[q])) * np.uint64(1099511628211)
-        out[i] = np.int64(h % np.uint64(buckets))
+        out[i] = np.int64(h % np.uint64(buckets[i]))
     return out
 
 
-def hash_strings(strings: pa.Array, buckets: int) -> np.ndarray:
-    """The bucket of each (non-null) string: FNV-1a of its UTF-8 bytes modulo ``buckets``."""
+def hash_strings(strings: pa.Array, buckets: int | np.ndarray) -> np.ndarray:
+    """The bucket of each (non-null) string: FNV-1a of its UTF-8 bytes modulo ``buckets``
+    (one count for all, or one per string)."""
     strings = pc.cast(strings, pa.large_string())
     if len(strings) == 0:
         return np.zeros(0, np.int64)
     _, offsets, data = strings.buffers()
     offsets = np.frombuffer(offsets, np.int64)[strings.offset: strings.offset + len(strings) + 1]
     data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(1, np.uint8)
-    return _fnv1a(offsets, data, buckets)
+    if np.ndim(buckets) == 0:
+        buckets = np.full(len(strings), buckets, np.int64)
+    return _fnv1a(offsets, data, np.ascontiguousarray(buckets, np.int64))
 
 
 def _as_strings(values: pa.Array) -> pa.Array:
-    """Ids as text: integral numbers without a fractional part (``5.0`` -> ``"5"``)."""
-    if pa.types.is_floating(values.type):
-        numbers = values.to_numpy(zero_copy_only=False)
-        if np.all(np.isnan(numbers) | (numbers == np.round(numbers))):
-            values = pc.cast(values, pa.int64())
+    """Ids as text (numbers by :func:`fmkit.data.columns.number_texts`: ``5.0`` is ``"5"``)."""
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return values
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        return number_texts(values)
     return pc.cast(values, pa.string())
 
 
@@ -139,18 +141,23 @@ class Feature:
     def output_dim(self) -> int:
         return self.embedding_dim if self.sparse else 1
 
+    @cached_property
+    def vocabulary_index(self) -> dict[str, int]:
+        """``vocab_list`` ids by value: 2 + the value's first position in the list."""
+        index: dict[str, int] = {}
+        for position, value in enumerate(self.config.vocab_list):
+            index.setdefault(value, position + 2)
+        return index
+
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, batch: ColumnBatch) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
         if isinstance(self.config, RawFeature):
-            values = self._raw_values(batch)
-            if not self.sparse:
-                return values.astype(np.float32).reshape(-1, 1)
-            ids = np.searchsorted(np.asarray(self.config.boundaries), values, side="right")
-            return ids.astype(np.int64), np.arange(batch.n_rows + 1, dtype=np.int64)
+            return self.raw_input(_numbers(batch.column(self.column), batch, self.column))
         return self._ids(batch)
 
-    def _raw_values(self, batch: ColumnBatch) -> np.ndarray:
-        values = _numbers(batch.column(self.column), batch, self.column)
+    def raw_input(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+        """The model input of a raw feature's float64 values (NaN = missing): a dense column,
+        or with ``boundaries`` each row's bucket as an (ids, offsets) pair."""
         values[np.isnan(values)] = float(self.config.default_value or 0)
         method, options = self.normalize or (None, {})
         if method == "log1p":
@@ -164,7 +171,10 @@ class Feature:
         elif method == "minmax":
             low, high = options.get("min", 0.0), options.get("max", 1.0)
             values = (values - low) / (high - low)
-        return values
+        if not self.sparse:
+            return values.astype(np.float32).reshape(-1, 1)
+        ids = np.searchsorted(np.asarray(self.config.boundaries), values, side="right")
+        return ids.astype(np.int64), np.arange(values.size + 1, dtype=np.int64)
 
     def _ids(self, batch: ColumnBatch) -> tuple[np.ndarray, np.ndarray]:
         config: IdFeature = self.config

@@ -155,6 +155,9 @@ class Banks(nn.Module):
                 inits.append((table, init_fn, where))
             self.members.setdefault(bank, []).append(feature)
             self.feature_table[feature] = table
+        self.bases = {bank: np.array([self.slots[self.feature_table[name]].base
+                                      for name in members], np.int64)
+                      for bank, members in self.members.items()}
         for bank, rows in sizes.items():
             dim, pooling = bank[3:].split("_")
             self.banks[bank] = nn.EmbeddingBag(rows, int(dim), mode=pooling, sparse=True)
@@ -173,24 +176,42 @@ class Banks(nn.Module):
         slot = self.slots[name]
         return self.banks[slot.bank].weight[slot.base: slot.base + slot.rows]
 
-    def forward(self, sparse: dict, batch_size: int) -> dict[str, torch.Tensor]:
-        """The pooled embedding [B, dim] of every member feature."""
+    def lookups(self, sparse: dict[str, tuple[np.ndarray, np.ndarray]]
+                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each bank's (ids, offsets) for one lookup: its members' ids moved to their table's
+        rows, one bag per member and row, member after member (concatenated in numpy: a few
+        microseconds per feature, where a tensor operation costs ten)."""
         out = {}
         for bank, features in self.members.items():
-            ids, offsets, shift = [], [], 0
-            for name in features:
-                feature_ids, feature_offsets = sparse[name]
-                ids.append(feature_ids + self.slots[self.feature_table[name]].base)
-                offsets.append(feature_offsets + shift)
-                shift += feature_ids.numel()
-            pooled = self.banks[bank](torch.cat(ids), torch.cat(offsets))
-            for i, name in enumerate(features):
-                out[name] = pooled[i * batch_size:(i + 1) * batch_size]
+            pairs = [sparse[name] for name in features]
+            counts = [ids.size for ids, _ in pairs]
+            ids = np.concatenate([ids for ids, _ in pairs])
+            ids += np.repeat(self.bases[bank], counts)
+            offsets = np.concatenate([offsets[:-1] for _, offsets in pairs])
+            offsets += np.repeat(np.cumsum([0] + counts[:-1]), [o.size - 1 for _, o in pairs])
+            out[bank] = ids, offsets
         return out
+
+    def inputs(self, sparse: dict[str, tuple[np.ndarray, np.ndarray]], device: torch.device
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`lookups` as tensors on ``device``."""
+        return {bank: (torch.from_numpy(ids).to(device), torch.from_numpy(offsets).to(device))
+                for bank, (ids, offsets) in self.lookups(sparse).items()}
+
+    def forward(self, inputs: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int
+                ) -> dict[str, torch.Tensor]:
+        """Each bank's pooled embeddings, [members, B, dim], in member order."""
+        return {bank: self.banks[bank](*inputs[bank]).view(len(self.members[bank]), batch_size,
+                                                           -1)
+                for bank in self.members}
 
 
 class DeepFMNet(nn.Module):
-    """Wide + FM + deep over shared embeddings; ``forward`` returns y (logits) of shape [B]."""
+    """Wide + FM + deep over shared embeddings; ``forward`` returns y (logits) of shape [B].
+
+    The forward pass costs a fixed number of tensor operations whatever the number of
+    features: one lookup per bank, then the FM and deep inputs gathered from the banks'
+    outputs by index (precomputed here), which keeps one-row requests cheap."""
 
     def __init__(self, features: FeatureSet, config: DeepFM):
         super().__init__()
@@ -213,28 +234,60 @@ class DeepFMNet(nn.Module):
         self.final = (MLP(1 + fm_dim + self.deep.output_dim, config.final,
                           "model_config.deepfm.final") if config.final else None)
         self.output = nn.Linear(self.final.output_dim if self.final else self.deep.output_dim, 1)
+        # every feature value lives in the stack of its width: the banks of that width, member
+        # after member, then (width 1) the dense features
+        self.dense_names = [f for f in dict.fromkeys(features.groups["deep"]
+                                                     + features.groups.get("fm", []))
+                            if not features.features[f].sparse]
+        self.stacks: dict[int, list[str]] = {}
+        for bank, members in self.tables.members.items():
+            self.stacks.setdefault(int(bank[3:].split("_")[0]), []).extend(members)
+        if self.dense_names:
+            self.stacks.setdefault(1, []).extend(self.dense_names)
+        self.fm_runs = self._runs(features.groups[features.fm_group])
+        self.deep_runs = self._runs(features.groups["deep"])
+
+    def _runs(self, names: list[str]) -> list[tuple[int, list[int] | None]]:
+        """``names`` as runs of one width: (width, positions in that width's stack, or None
+        for the whole stack in order)."""
+        runs: list[tuple[int, list[int]]] = []
+        for name in names:
+            width = self.features.features[name].output_dim
+            if not runs or runs[-1][0] != width:
+                runs.append((width, []))
+            runs[-1][1].append(self.stacks[width].index(name))
+        return [(width, None if positions == list(range(len(self.stacks[width]))) else positions)
+                for width, positions in runs]
+
+    def _gather(self, stacks: dict[int, torch.Tensor], runs: list) -> list[torch.Tensor]:
+        """Each run's values, [B, features, width]."""
+        out = []
+        for width, positions in runs:
+            stack = stacks[width]
+            if positions is not None:
+                stack = stack.index_select(0, torch.tensor(positions, device=stack.device))
+            out.append(stack.transpose(0, 1))
+        return out
 
     def forward(self, inputs: Encoded) -> torch.Tensor:
-        sparse, dense, batch_size = _tensors(inputs, self.output.weight.device)
-        groups = self.features.groups
-        values = {**self.tables(sparse, batch_size), **dense}
-        wide = sum(part.sum(dim=1, keepdim=True)
-                   for part in self.wide_tables(sparse, batch_size).values())
-        fm = factorization_machine(torch.stack([values[n] for n in
-                                                groups[self.features.fm_group]], dim=1))
-        hidden = self.deep(torch.cat([values[n] for n in groups["deep"]], dim=1))
+        device, batch_size = self.output.weight.device, inputs.n_rows
+        pooled = self.tables(self.tables.inputs(inputs.sparse, device), batch_size)
+        parts: dict[int, list[torch.Tensor]] = {}
+        for bank, values in pooled.items():
+            parts.setdefault(int(bank[3:].split("_")[0]), []).append(values)
+        if self.dense_names:
+            dense = np.stack([inputs.dense[name].reshape(-1) for name in self.dense_names])
+            parts.setdefault(1, []).append(torch.from_numpy(dense).to(device).unsqueeze(2))
+        stacks = {width: p[0] if len(p) == 1 else torch.cat(p) for width, p in parts.items()}
+        wide_pooled = self.wide_tables(self.wide_tables.inputs(inputs.sparse, device),
+                                       batch_size)
+        wide = sum(values.sum(dim=(0, 2)) for values in wide_pooled.values()).unsqueeze(1)
+        fm = factorization_machine(self._gather(stacks, self.fm_runs)[0])  # one width: one run
+        deep_parts = [part.reshape(batch_size, -1) for part in self._gather(stacks,
+                                                                            self.deep_runs)]
+        hidden = self.deep(deep_parts[0] if len(deep_parts) == 1 else torch.cat(deep_parts, 1))
         if self.final is not None:
             y = self.output(self.final(torch.cat([wide, fm, hidden], dim=1)))
         else:
             y = wide + fm.sum(dim=1, keepdim=True) + self.output(hidden)
         return y.squeeze(1)
-
-
-def _tensors(inputs: Encoded, device: torch.device) -> tuple[dict, dict, int]:
-    """(sparse, dense) input tensors on ``device`` and the row count of an :class:`Encoded`
-    batch."""
-    sparse = {name: (torch.from_numpy(ids).to(device), torch.from_numpy(offsets[:-1]).to(device))
-              for name, (ids, offsets) in inputs.sparse.items()}
-    dense = {name: torch.from_numpy(np.ascontiguousarray(v)).to(device)
-             for name, v in inputs.dense.items()}
-    return sparse, dense, inputs.n_rows

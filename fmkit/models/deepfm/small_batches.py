@@ -1,0 +1,161 @@
+"""The DeepFM network's eval-mode forward pass in numpy, for requests of a few rows.
+
+PyTorch spends a few microseconds on every operation whatever the batch size, and the
+network's forward takes some sixty: for a one-row request that fixed cost is most of the
+time. :class:`NumpyForward` computes the same function with numpy, operation for operation, on
+views of the network's own CPU tensors (shared memory: loading and training update them in
+place, and the views see it). :class:`~fmkit.models.deepfm.model.DeepFMModel` uses it for
+batches of at most ``SMALL_ROWS`` rows; a test checks it against the PyTorch forward for
+every layer kind, pooling and feature layout (float32 both: the sums differ only in order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy.special import erf
+from torch import nn
+
+from fmkit.models.deepfm.features import Encoded
+from fmkit.models.deepfm.network import Banks, DeepFMNet
+
+SMALL_ROWS = 16  # measured crossover with the PyTorch forward: docs/performance.md
+
+Layer = Callable[[np.ndarray], np.ndarray]
+
+
+def _view(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().numpy()
+
+
+def _activation(module: nn.Module) -> Layer | None:
+    """An activation module as a numpy function (None for one this module does not know)."""
+    kind = type(module)
+    if kind is nn.ReLU:
+        return lambda x: np.maximum(x, 0)
+    if kind is nn.LeakyReLU:
+        slope = np.float32(module.negative_slope)
+        return lambda x: np.where(x > 0, x, x * slope)
+    if kind is nn.PReLU:
+        weight = _view(module.weight)
+        return lambda x: np.where(x >= 0, x, x * weight)
+    if kind is nn.ELU:
+        alpha = np.float32(module.alpha)
+        return lambda x: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+    if kind is nn.GELU:
+        if module.approximate == "tanh":
+            return lambda x: 0.5 * x * (1 + np.tanh(np.float32(0.7978845608028654)
+                                                    * (x + np.float32(0.044715) * x ** 3)))
+        return lambda x: 0.5 * x * (1 + erf(x * np.float32(0.7071067811865476)))
+    if kind is nn.SiLU:
+        return lambda x: x / (1 + np.exp(-x))
+    if kind is nn.Sigmoid:
+        return lambda x: 1 / (1 + np.exp(-x))
+    if kind is nn.Tanh:
+        return np.tanh
+    if kind is nn.Softplus:
+        beta, threshold = np.float32(module.beta), module.threshold
+        return lambda x: np.where(x * beta > threshold, x,
+                                  np.log1p(np.exp(np.minimum(x * beta, threshold))) / beta)
+    return None
+
+
+def _layer(module: nn.Module) -> Layer | None:
+    """One eval-mode MLP layer as a numpy function; None if it has no numpy twin here."""
+    if isinstance(module, (nn.Identity, nn.Dropout)):
+        return lambda x: x
+    if type(module) is nn.Linear:
+        weight = _view(module.weight)
+        bias = _view(module.bias) if module.bias is not None else np.float32(0)
+        return lambda x: x @ weight.T + bias
+    if type(module) is nn.BatchNorm1d and module.track_running_stats and module.affine:
+        mean, var = _view(module.running_mean), _view(module.running_var)
+        weight, bias, eps = _view(module.weight), _view(module.bias), np.float32(module.eps)
+        return lambda x: (x - mean) / np.sqrt(var + eps) * weight + bias
+    if type(module) is nn.LayerNorm and module.elementwise_affine and module.bias is not None:
+        weight, bias, eps = _view(module.weight), _view(module.bias), np.float32(module.eps)
+
+        def layer_norm(x: np.ndarray) -> np.ndarray:
+            centered = x - x.mean(axis=-1, keepdims=True)
+            return (centered / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
+                    * weight + bias)
+
+        return layer_norm
+    return _activation(module)
+
+
+def _pooled(banks: Banks, weights: dict[str, np.ndarray], sparse: dict, batch_size: int
+            ) -> dict[str, np.ndarray]:
+    """Each bank's pooled embeddings [members, B, dim], as ``nn.EmbeddingBag`` pools them
+    (an empty bag is zeros)."""
+    out = {}
+    for bank, (ids, offsets) in banks.lookups(sparse).items():
+        weight = weights[bank]
+        rows = np.concatenate([weight[ids], np.zeros((1, weight.shape[1]), weight.dtype)])
+        counts = np.diff(np.append(offsets, ids.size))
+        sums = np.add.reduceat(rows, offsets, axis=0)
+        sums[counts == 0] = 0
+        if bank.endswith("_mean"):
+            sums /= np.maximum(counts, 1).astype(np.float32)[:, None]
+        out[bank] = sums.reshape(len(banks.members[bank]), batch_size, -1)
+    return out
+
+
+class NumpyForward:
+    """``net``'s eval-mode forward in numpy (see the module's docstring); build it with
+    :meth:`of`, which declines a network with a layer it cannot mirror."""
+
+    def __init__(self, net: DeepFMNet, deep: list[Layer], final: list[Layer] | None):
+        self.net, self.deep, self.final = net, deep, final
+        self.tables = {bank: _view(module.weight) for bank, module in net.tables.banks.items()}
+        self.wide = {bank: _view(module.weight) for bank, module in net.wide_tables.banks.items()}
+        self.output = _layer(net.output)
+
+    @classmethod
+    def of(cls, net: DeepFMNet) -> NumpyForward | None:
+        """The numpy twin of a CPU network, or None (another device, or a layer kind without
+        a twin here: PyTorch then scores every batch)."""
+        if net.output.weight.device.type != "cpu":
+            return None
+        deep = [_layer(m) for m in net.deep]
+        final = [_layer(m) for m in net.final] if net.final is not None else None
+        if any(layer is None for layer in deep + (final or [])):
+            return None
+        return cls(net, deep, final)
+
+    def __call__(self, inputs: Encoded) -> np.ndarray:
+        """y of every row (float32)."""
+        with np.errstate(over="ignore"):  # exp overflowing to inf in a branch np.where drops
+            return self._forward(inputs)
+
+    def _forward(self, inputs: Encoded) -> np.ndarray:
+        net, batch_size = self.net, inputs.n_rows
+        parts: dict[int, list[np.ndarray]] = {}
+        for bank, values in _pooled(net.tables, self.tables, inputs.sparse, batch_size).items():
+            parts.setdefault(int(bank[3:].split("_")[0]), []).append(values)
+        if net.dense_names:
+            dense = np.stack([inputs.dense[name].reshape(-1) for name in net.dense_names])
+            parts.setdefault(1, []).append(dense[:, :, None])
+        stacks = {width: p[0] if len(p) == 1 else np.concatenate(p) for width, p in parts.items()}
+        wide = sum(values.sum(axis=(0, 2)) for values in
+                   _pooled(net.wide_tables, self.wide, inputs.sparse, batch_size).values())
+        fm_values = self._gather(stacks, net.fm_runs)[0]
+        total = fm_values.sum(axis=1)
+        fm = 0.5 * (total * total - (fm_values * fm_values).sum(axis=1))
+        hidden = np.concatenate([part.reshape(batch_size, -1)
+                                 for part in self._gather(stacks, net.deep_runs)], axis=1)
+        for layer in self.deep:
+            hidden = layer(hidden)
+        if self.final is not None:
+            x = np.concatenate([wide[:, None], fm, hidden], axis=1)
+            for layer in self.final:
+                x = layer(x)
+            return self.output(x)[:, 0]
+        return wide + fm.sum(axis=1) + self.output(hidden)[:, 0]
+
+    @staticmethod
+    def _gather(stacks: dict[int, np.ndarray], runs: list) -> list[np.ndarray]:
+        return [(stacks[width] if positions is None else stacks[width][positions]
+                 ).transpose(1, 0, 2) for width, positions in runs]
