@@ -1,13 +1,15 @@
 """Load test of ``fmkit serve`` with wrk: requests/s and p50/p99 latency per request type.
 
-    python benchmarks/bench_server.py [--duration 10] [--connections 16] [--only fm|deepfm]
+    python benchmarks/bench_server.py [--duration 10] [--connections 2,16] [--only fm|deepfm]
 
 Serves, with 2 worker processes each, an FM (10^6 features, k=8; 1-row and 100-row requests of
 39 active features, as JSON sparse instances and recordIO-protobuf) and a DeepFM
 (``examples/deepfm_criteo.yaml`` trained for one epoch on ../shared/data's 1,000 Criteo rows;
 JSON requests of those rows' raw columns), and drives each with wrk (Debian's ``wrk`` package;
 the script installs it with apt-get when missing) over loopback. wrk runs on the same 2-core
-machine as the server, so the figures are a lower bound.
+machine as the server, so the figures are a lower bound. Each request type runs at every
+connection count given: 2 (one request in flight per worker: the latency a lone client sees)
+and 16 (a queue: throughput; p99 then includes the wait in it).
 """
 
 from __future__ import annotations
@@ -154,15 +156,16 @@ def load_test(wrk: str, model: Path, bodies, label: str, args) -> None:
                     # warm-up, then the measured run
                     subprocess.run([wrk, "-t2", "-c4", "-d2s", "-s", str(script),
                                     f"{url}/invocations"], capture_output=True, check=True)
-                    out = subprocess.run([wrk, "-t2", f"-c{args.connections}",
-                                          f"-d{args.duration}s", "--latency", "-s", str(script),
-                                          f"{url}/invocations"], capture_output=True, text=True,
-                                         check=True).stdout
-                    rate, p50, p99, errors = parse_wrk(out)
-                    name = (f"{label}, {rows} row{'s' if rows > 1 else ''}, "
-                            f"{content_type.split('/')[1]}")
-                    print(f"{name:<42}{rate:>12,.0f}{rate * rows:>12,.0f}{p50:>10}{p99:>10}"
-                          f"{errors:>9}", flush=True)
+                    for connections in args.connections:
+                        out = subprocess.run([wrk, "-t2", f"-c{connections}",
+                                              f"-d{args.duration}s", "--latency", "-s",
+                                              str(script), f"{url}/invocations"],
+                                             capture_output=True, text=True, check=True).stdout
+                        rate, p50, p99, errors = parse_wrk(out)
+                        name = (f"{label}, {rows} row{'s' if rows > 1 else ''}, "
+                                f"{content_type.split('/')[1]}, {connections} conn.")
+                        print(f"{name:<42}{rate:>12,.0f}{rate * rows:>12,.0f}{p50:>10}"
+                              f"{p99:>10}{errors:>9}", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -171,12 +174,14 @@ def load_test(wrk: str, model: Path, bodies, label: str, args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per request type")
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--connections", default="2,16",
+                        type=lambda text: [int(n) for n in text.split(",")],
+                        help="comma-separated connection counts, one run each")
     parser.add_argument("--only", choices=("fm", "deepfm"), help="serve only this model")
     args = parser.parse_args()
     wrk = ensure_wrk()
     CACHE.mkdir(exist_ok=True)
-    print(f"fmkit serve, 2 workers; wrk -t2 -c{args.connections} -d{args.duration}s over "
+    print(f"fmkit serve, 2 workers; wrk -t2 -d{args.duration}s over "
           f"loopback. FM: {FEATURES} features, k={K}, {FIELDS} active features per row. "
           "DeepFM: examples/deepfm_criteo.yaml, 39 raw columns per row\n")
     print(f"{'request':<42}{'requests/s':>12}{'rows/s':>12}{'p50':>10}{'p99':>10}"

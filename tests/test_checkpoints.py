@@ -15,6 +15,7 @@ import pytest
 from fmkit.train.checkpoint import Checkpointer, TrainingState
 
 from .conftest import REPO, fmkit_executable, shared_file
+from .deepfm_helpers import SMALL_CRITEO
 
 HP = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=4",
       "mini_batch_size=8", "optimizer=adam", "seed=5"]
@@ -99,6 +100,7 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
 def test_deepfm_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, cli):
     train = shared_file("criteo_kaggle_head1000", "train.txt")
     common = ["train", "--config", REPO / "examples" / "deepfm_criteo.yaml", "--quiet",
+              *SMALL_CRITEO,
               "--set", f"train_input_path={train}", "--set", "eval_input_path=",
               "--set", "train_config.num_epochs=6", "--set", "data_config.batch_size=32",
               "--set", "data_config.shuffle=true",
@@ -109,7 +111,7 @@ def test_deepfm_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, cli):
 
 
 def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(channel, tmp_path, cli):
-    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=8",
+    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=4",
           "mini_batch_size=200", "optimizer=adam", "seed=5"]
     common = ["train", "--nproc", "2", "--train", channel, "--index-base", "1", "--quiet", *hp]
     state = kill_resume_and_compare(tmp_path, cli, common, 100, 1e-5)
@@ -119,7 +121,8 @@ def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(channel,
 def test_deepfm_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(tmp_path, cli):
     train = shared_file("criteo_kaggle_head1000", "train.txt")
     common = ["train", "--nproc", "2", "--config", REPO / "examples" / "deepfm_criteo.yaml",
-              "--quiet", "--set", f"train_input_path={train}", "--set", "eval_input_path=",
+              "--quiet", *SMALL_CRITEO,
+              "--set", f"train_input_path={train}", "--set", "eval_input_path=",
               "--set", "train_config.num_epochs=6", "--set", "data_config.batch_size=64",
               "--set", "data_config.shuffle=true"]
     state = kill_resume_and_compare(tmp_path, cli, common, 20, 1e-4)
@@ -179,6 +182,7 @@ def test_deepfm_init_model_then_one_epoch_equals_two_epochs_and_validation(tmp_p
     weights carries over); --validation is scored after every epoch."""
     train = shared_file("criteo_kaggle_head1000", "train.txt")
     common = ["train", "--config", REPO / "examples" / "deepfm_criteo.yaml", "--quiet",
+              *SMALL_CRITEO,
               "--set", f"train_input_path={train}", "--set", "eval_input_path=",
               "--set", "data_config.shuffle=true",
               "--set", "train_config.sparse_optimizer={sgd_optimizer: {lr: 0.05}}",

@@ -14,6 +14,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, log_loss, mean_squared_error, roc_auc_score
 
 from .conftest import REPO, shared_file
+from .deepfm_helpers import SMALL_CRITEO
 from .test_server import start_server, stop
 
 EXAMPLE = REPO / "examples" / "deepfm_criteo.yaml"
@@ -178,7 +179,7 @@ def _overfitting_run(tmp_path) -> tuple:
     train.write_text("".join(lines[:700]))
     valid.write_text("".join(lines[700:]))
     labels = [int(row["label"]) for row in criteo_rows(valid)]
-    return valid, labels, ["train", "--config", EXAMPLE, "--quiet", "--set",
+    return valid, labels, ["train", "--config", EXAMPLE, "--quiet", *SMALL_CRITEO, "--set",
                            f"train_input_path={train}", "--set", "data_config.batch_size=32",
                            "--set", "data_config.shuffle=true",
                            "--set", "train_config.sparse_optimizer.adagrad_optimizer.lr=0.2"]

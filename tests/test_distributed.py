@@ -126,16 +126,16 @@ def test_deepfm_on_two_processes_matches_one(tmp_path):
         join_ratings(directory, split, tmp_path / f"{split}.csv")
     example = REPO / "examples" / "deepfm_movielens.yaml"
     sets = [f"train_input_path={tmp_path / 'ua.base.csv'}",
-            f"eval_input_path={tmp_path / 'ua.test.csv'}", "train_config.num_epochs=2"]
+            f"eval_input_path={tmp_path / 'ua.test.csv'}", "train_config.num_epochs=1"]
     _, one = train_deepfm(configs.load(example, [*sets, f"model_dir={tmp_path / 'one'}"]),
                           progress=False)
     two = run_fmkit("train", "--nproc", "2", "--config", example,
                     *(f"--set={s}" for s in [*sets, f"model_dir={tmp_path / 'two'}"]))
     assert two.returncode == 0, two.stderr
-    assert re.findall(r"epoch (\d)/2: train loss [0-9.]+ over (\d+) rows", two.stderr) == [
-        ("1", "90570"), ("2", "90570")]
+    assert re.findall(r"epoch (\d)/1: train loss [0-9.]+ over (\d+) rows", two.stderr) == [
+        ("1", "90570")]
     m2 = _test_metrics(tmp_path / "two")
-    print(f"MovieLens 100k DeepFM, 2 epochs: test AUC 1 process {one['test']['auc']:.4f}, "
+    print(f"MovieLens 100k DeepFM, 1 epoch: test AUC 1 process {one['test']['auc']:.4f}, "
           f"2 processes {m2['auc']:.4f}")
     assert abs(one["test"]["auc"] - m2["auc"]) < 0.01
 
