@@ -180,3 +180,33 @@ def test_small_requests_score_as_large_ones():
     for i in range(4):
         alone = MODEL.logits(encode_instances(MODEL.features, rows[i:i + 1], FIELDS))
         np.testing.assert_allclose(alone, whole[i:i + 1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_deepfm_server_warms_both_forward_paths_before_it_answers():
+    """The warm-up bodies hold a value for every feature and score through the direct
+    encoding, the numpy twin (1 row) and PyTorch (17 rows) at the app's startup."""
+    from starlette.testclient import TestClient
+
+    from fmkit.serve.app import create_app
+
+    calls = []
+    model = copy.copy(MODEL)
+    model.numpy_forward  # noqa: B018 (cached on the copy before it is wrapped)
+    twin, network = model.numpy_forward, model.net.forward
+
+    def counting_twin(encoded):
+        calls.append(("numpy", encoded.n_rows, sorted(encoded.sparse), sorted(encoded.dense)))
+        return twin(encoded)
+
+    model.__dict__["numpy_forward"] = counting_twin
+    model.net.forward = lambda encoded: (calls.append(("torch", encoded.n_rows)),
+                                         network(encoded))[1]
+    try:
+        app = create_app(model)
+        assert calls == []
+        with TestClient(app):
+            used = sorted(f.name for f in MODEL.features.used if f.sparse)
+            dense = sorted(f.name for f in MODEL.features.used if not f.sparse)
+            assert calls == [("numpy", 1, used, dense), ("torch", 17)]
+    finally:
+        del model.net.forward

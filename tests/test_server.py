@@ -326,3 +326,34 @@ def test_several_workers_split_the_cores(classifier, monkeypatch, preset):
     app.serve(str(classifier), host="127.0.0.1", port=free_port(), workers=2)
     share = str(max(1, available_cpus() // 2))
     assert seen == {"workers": 2, "numba": preset or share, "omp": share}
+
+
+class _Recording:
+    """A model that records what it scores, and otherwise is the model it wraps."""
+
+    def __init__(self, model):
+        self.model, self.scored = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def predictions(self, batch):
+        self.scored.append(batch.n_rows)
+        return self.model.predictions(batch)
+
+
+def test_a_new_server_scores_its_warm_up_requests_before_it_answers(classifier):
+    """A worker's first request would otherwise wait while it loads its compiled kernels: the
+    app scores the model's warm-up bodies (a JSON row and a recordIO block of PARALLEL_ROWS
+    rows) at startup, before the first /ping."""
+    from starlette.testclient import TestClient
+
+    from fmkit.models.fm.model import PARALLEL_ROWS
+    from fmkit.serve.app import create_app
+
+    model = _Recording(FMModel.load(classifier))
+    app = create_app(model)
+    assert model.scored == []
+    with TestClient(app) as client:
+        assert model.scored == [1, PARALLEL_ROWS]
+        assert client.get("/ping").status_code == 200

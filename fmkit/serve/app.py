@@ -170,6 +170,8 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for body, content_type in model.warm_up_requests():  # before the first /ping answer
+            score(body, codecs.request_type(content_type), codecs.JSON)
         yield
         scorer.shutdown(wait=False, cancel_futures=True)
 
