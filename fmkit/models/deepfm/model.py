@@ -51,12 +51,14 @@ class DeepFMModel:
     net: DeepFMNet
 
     @classmethod
-    def create(cls, config: configs.EasyRecConfig) -> DeepFMModel:
-        """A new model with initial weights (seeded by ``train_config.seed``)."""
+    def create(cls, config: configs.EasyRecConfig, initialise: bool = True) -> DeepFMModel:
+        """A new model with initial weights (seeded by ``train_config.seed``), or with its
+        embedding tables left unset (``initialise=False``: weights about to be loaded)."""
         features = FeatureSet.from_config(config)
         check_memory(config, features)
         torch.manual_seed(config.train_config.seed)
-        return cls(config, features, DeepFMNet(features, config.model_config.deepfm))
+        return cls(config, features, DeepFMNet(features, config.model_config.deepfm,
+                                               initialise))
 
     def to(self, device: str) -> DeepFMModel:
         """Score on a PyTorch device (``cuda``)."""
@@ -231,7 +233,7 @@ class DeepFMModel:
         except (KeyError, configs.ConfigError) as e:
             raise ArtifactError(f"{path}: model.json has no valid DeepFM configuration: {e}"
                                 ) from None
-        model = cls.create(config)
+        model = cls.create(config, initialise=False)
         expected = model.net.state_dict()
         if set(weights) != set(expected):
             missing = sorted(set(expected) - set(weights)) or sorted(set(weights) - set(expected))
@@ -242,7 +244,7 @@ class DeepFMModel:
                 raise ArtifactError(f"{path}: array {name!r} has shape "
                                     f"{tuple(weights[name].shape)}, expected "
                                     f"{tuple(tensor.shape)} from the configuration")
-        model.net.load_state_dict({name: torch.from_numpy(np.array(array))
+        model.net.load_state_dict({name: torch.from_numpy(np.asarray(array))
                                    for name, array in weights.items()})
         model.net.eval()
         return model

@@ -142,9 +142,12 @@ class Banks(nn.Module):
         self.members: dict[str, list[str]] = {}  # bank -> feature names, in lookup order
         self.feature_table: dict[str, str] = {}
 
-    def build(self, tables: list[tuple[str, str, int, int, str, str | None, str]]) -> None:
+    def build(self, tables: list[tuple[str, str, int, int, str, str | None, str]],
+              initialise: bool = True) -> None:
         """``tables``: (feature, table name, rows, dim, pooling, init_fn, where) per feature;
-        features naming the same table share its rows."""
+        features naming the same table share its rows. ``initialise=False`` leaves the
+        weights unset, for loading (initialising 2.6 million rows took 0.7 s of a 0.9 s
+        load)."""
         sizes: dict[str, int] = {}
         inits = []
         for feature, table, rows, dim, pooling, init_fn, where in tables:
@@ -160,7 +163,11 @@ class Banks(nn.Module):
                       for bank, members in self.members.items()}
         for bank, rows in sizes.items():
             dim, pooling = bank[3:].split("_")
-            self.banks[bank] = nn.EmbeddingBag(rows, int(dim), mode=pooling, sparse=True)
+            weight = None if initialise else nn.Parameter(torch.empty(rows, int(dim)))
+            self.banks[bank] = nn.EmbeddingBag(rows, int(dim), mode=pooling, sparse=True,
+                                               _weight=weight)
+        if not initialise:
+            return
         with torch.no_grad():
             for table, init_fn, where in inits:
                 weight = self.table(table)
@@ -213,7 +220,7 @@ class DeepFMNet(nn.Module):
     features: one lookup per bank, then the FM and deep inputs gathered from the banks'
     outputs by index (precomputed here), which keeps one-row requests cheap."""
 
-    def __init__(self, features: FeatureSet, config: DeepFM):
+    def __init__(self, features: FeatureSet, config: DeepFM, initialise: bool = True):
         super().__init__()
         self.features = features
         shared = [f for f in dict.fromkeys(features.groups["deep"] + features.groups.get("fm", []))
@@ -222,12 +229,13 @@ class DeepFMNet(nn.Module):
         self.tables.build([
             (name, f.embedding_name, f.num_embeddings, f.embedding_dim, f.pooling, f.init_fn,
              f"feature {name} init_fn")
-            for name in shared for f in [features.features[name]]])
+            for name in shared for f in [features.features[name]]], initialise)
         self.wide_tables = Banks()
         self.wide_tables.build([
             (name, f.embedding_name + "_wide", f.num_embeddings, features.wide_embedding_dim,
              f.pooling, config.wide_init_fn, "model_config.deepfm.wide_init_fn")
-            for name in features.groups["wide"] for f in [features.features[name]]])
+            for name in features.groups["wide"] for f in [features.features[name]]],
+            initialise)
         deep_dim = sum(features.features[n].output_dim for n in features.groups["deep"])
         self.deep = MLP(deep_dim, config.deep, "model_config.deepfm.deep")
         fm_dim = features.features[features.groups[features.fm_group][0]].output_dim
