@@ -210,3 +210,15 @@ def test_a_new_deepfm_server_warms_both_forward_paths_before_it_answers():
             assert calls == [("numpy", 1, used, dense), ("torch", 17)]
     finally:
         del model.net.forward
+
+
+def test_no_rows_score_as_no_predictions():
+    """An empty request or block scores to nothing, on either forward path (the numpy twin's
+    reshape of zero bags failed before)."""
+    empty = MODEL.predictions(from_instances([]))
+    assert {name: values.size for name, values in empty.items()} == {"score": 0,
+                                                                     "predicted_label": 0}
+    decode = MODEL.request_decoder()
+    for body, content_type in ((b'{"instances": []}', "application/json"),
+                               (b"\n", "application/jsonlines")):
+        assert MODEL.predictions(decode(body, content_type))["score"].size == 0

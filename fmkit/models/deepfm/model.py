@@ -169,6 +169,8 @@ class DeepFMModel:
         once spills the MLP's activations out of cache: 25% slower)."""
         if self.net.training:  # (eval() walks every module: a tenth of a one-row request)
             self.net.eval()
+        if encoded.n_rows == 0:
+            return np.zeros(0)
         if encoded.n_rows <= SMALL_ROWS and self.numpy_forward is not None:
             return self.numpy_forward(encoded).astype(np.float64)
         if encoded.n_rows <= SCORING_ROWS:
