@@ -141,6 +141,7 @@ class Banks(nn.Module):
         self.slots: dict[str, Slot] = {}  # table name -> slot
         self.members: dict[str, list[str]] = {}  # bank -> feature names, in lookup order
         self.feature_table: dict[str, str] = {}
+        self.widths: dict[str, int] = {}  # bank -> embedding dimension
 
     def build(self, tables: list[tuple[str, str, int, int, str, str | None, str]],
               initialise: bool = True) -> None:
@@ -152,6 +153,7 @@ class Banks(nn.Module):
         inits = []
         for feature, table, rows, dim, pooling, init_fn, where in tables:
             bank = f"dim{dim}_{pooling}"
+            self.widths[bank] = dim
             if table not in self.slots:
                 self.slots[table] = Slot(bank, sizes.get(bank, 0), rows)
                 sizes[bank] = sizes.get(bank, 0) + rows
@@ -162,9 +164,9 @@ class Banks(nn.Module):
                                       for name in members], np.int64)
                       for bank, members in self.members.items()}
         for bank, rows in sizes.items():
-            dim, pooling = bank[3:].split("_")
-            weight = None if initialise else nn.Parameter(torch.empty(rows, int(dim)))
-            self.banks[bank] = nn.EmbeddingBag(rows, int(dim), mode=pooling, sparse=True,
+            dim, pooling = self.widths[bank], bank.split("_")[1]
+            weight = None if initialise else nn.Parameter(torch.empty(rows, dim))
+            self.banks[bank] = nn.EmbeddingBag(rows, dim, mode=pooling, sparse=True,
                                                _weight=weight)
         if not initialise:
             return
@@ -223,8 +225,8 @@ class DeepFMNet(nn.Module):
     def __init__(self, features: FeatureSet, config: DeepFM, initialise: bool = True):
         super().__init__()
         self.features = features
-        shared = [f for f in dict.fromkeys(features.groups["deep"] + features.groups.get("fm", []))
-                  if features.features[f].sparse]
+        used = list(dict.fromkeys(features.groups["deep"] + features.groups.get("fm", [])))
+        shared = [f for f in used if features.features[f].sparse]
         self.tables = Banks()
         self.tables.build([
             (name, f.embedding_name, f.num_embeddings, f.embedding_dim, f.pooling, f.init_fn,
@@ -244,12 +246,10 @@ class DeepFMNet(nn.Module):
         self.output = nn.Linear(self.final.output_dim if self.final else self.deep.output_dim, 1)
         # every feature value lives in the stack of its width: the banks of that width, member
         # after member, then (width 1) the dense features
-        self.dense_names = [f for f in dict.fromkeys(features.groups["deep"]
-                                                     + features.groups.get("fm", []))
-                            if not features.features[f].sparse]
+        self.dense_names = [f for f in used if not features.features[f].sparse]
         self.stacks: dict[int, list[str]] = {}
         for bank, members in self.tables.members.items():
-            self.stacks.setdefault(int(bank[3:].split("_")[0]), []).extend(members)
+            self.stacks.setdefault(self.tables.widths[bank], []).extend(members)
         if self.dense_names:
             self.stacks.setdefault(1, []).extend(self.dense_names)
         self.fm_runs = self._runs(features.groups[features.fm_group])
@@ -282,7 +282,7 @@ class DeepFMNet(nn.Module):
         pooled = self.tables(self.tables.inputs(inputs.sparse, device), batch_size)
         parts: dict[int, list[torch.Tensor]] = {}
         for bank, values in pooled.items():
-            parts.setdefault(int(bank[3:].split("_")[0]), []).append(values)
+            parts.setdefault(self.tables.widths[bank], []).append(values)
         if self.dense_names:
             dense = np.stack([inputs.dense[name].reshape(-1) for name in self.dense_names])
             parts.setdefault(1, []).append(torch.from_numpy(dense).to(device).unsqueeze(2))

@@ -97,7 +97,7 @@ def _pooled(banks: Banks, weights: dict[str, np.ndarray], sparse: dict, batch_si
         counts = np.diff(np.append(offsets, ids.size))
         sums = np.add.reduceat(rows, offsets, axis=0)
         sums[counts == 0] = 0
-        if bank.endswith("_mean"):
+        if banks.banks[bank].mode == "mean":
             sums /= np.maximum(counts, 1).astype(np.float32)[:, None]
         out[bank] = sums.reshape(len(banks.members[bank]), batch_size, -1)
     return out
@@ -134,7 +134,7 @@ class NumpyForward:
         net, batch_size = self.net, inputs.n_rows
         parts: dict[int, list[np.ndarray]] = {}
         for bank, values in _pooled(net.tables, self.tables, inputs.sparse, batch_size).items():
-            parts.setdefault(int(bank[3:].split("_")[0]), []).append(values)
+            parts.setdefault(net.tables.widths[bank], []).append(values)
         if net.dense_names:
             dense = np.stack([inputs.dense[name].reshape(-1) for name in net.dense_names])
             parts.setdefault(1, []).append(dense[:, :, None])
