@@ -155,9 +155,7 @@ def load_test(wrk: str, model: Path, bodies, label: str, args) -> None:
                     script.write_text(LUA.format(body=body, content_type=content_type,
                                                  accept=content_type))
                     for connections in args.connections:
-                        # a warm-up at the same connection count, then the measured run (the
-                        # first run after another connection count showed a tail wrk's own
-                        # average contradicts: 12.5 ms mean at 1,824 req/s over 2 connections)
+                        # a warm-up at the same connection count, then the measured run
                         subprocess.run([wrk, "-t2", f"-c{connections}", "-d2s", "-s",
                                         str(script), f"{url}/invocations"],
                                        capture_output=True, check=True)
