@@ -106,7 +106,7 @@ def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray
     result = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
     beyond = np.flatnonzero(np.abs(result) > FLOAT32_MAX)
     if beyond.size:
-        raise error(int(beyond[0]), f"{result[beyond[0]]!r} is not a finite float32 "
+        raise error(int(beyond[0]), f"{float(result[beyond[0]])!r} is not a finite float32 "
                     "(infinity, or beyond ±3.4e38)")
     return result
 
