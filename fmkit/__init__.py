@@ -22,6 +22,7 @@ __all__ = [
     "HyperparameterError",
     "__version__",
     "load",
+    "tune",
 ]
 _ESTIMATORS = ("FMClassifier", "FMRegressor", "load")
 
@@ -33,4 +34,8 @@ def __getattr__(name: str) -> Any:
         from fmkit import estimators
 
         return getattr(estimators, name)
+    if name == "tune":  # fmkit tune from Python (needs Optuna: 'fmkit[tune]')
+        from fmkit.jobs.tune import tune
+
+        return tune
     raise AttributeError(f"module 'fmkit' has no attribute {name!r}")

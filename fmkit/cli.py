@@ -31,6 +31,14 @@ hyperparameters (SageMaker's names; values may also come from --hyperparameters 
 )
 
 
+TUNE_EXAMPLE = """example:
+  fmkit tune --train a9a --validation-fraction 0.1 --objective validation:auc \\
+      --trials 50 --model-dir model/ feature_dim=123 predictor_type=binary_classifier
+
+searched unless fixed: optimizer, num_factors, mini_batch_size, bias_lr, linear_lr, factors_lr,
+bias_wd, linear_wd, factors_wd; epochs (at most 50 unless fixed) end by early stopping"""
+
+
 def _add_format(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="auto",
                    help="input format (default: detected from the first line)")
@@ -97,6 +105,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.add_argument("assignments", nargs="*", metavar="NAME=VALUE",
                    help="hyperparameters, overriding --hyperparameters")
+
+    p = sub.add_parser("tune", help="search FM hyperparameters with Optuna; write the best "
+                       "model", description="Search FM hyperparameters (Optuna, TPE, trials "
+                       "pruned per epoch) for a validation metric; write the best model with "
+                       "its trials table and plots (MODEL_DIR/tune/). A killed tune run again "
+                       "with the same arguments continues its study.", epilog=TUNE_EXAMPLE,
+                       formatter_class=raw)
+    p.add_argument("--train", required=True, help="training file or directory")
+    p.add_argument("--validation", help="validation file or directory")
+    p.add_argument("--validation-fraction", type=float, metavar="F",
+                   help="instead of --validation: the training channel's last F of rows")
+    p.add_argument("--objective", default="auto", metavar="METRIC",
+                   help="the validation metric to optimise: SageMaker's name "
+                   "(validation:rmse, validation:binary_classification_accuracy, ...) or "
+                   "validation:auc (default auto: auc, or rmse for regressors)")
+    p.add_argument("--trials", type=int, default=50, help="finished trials (default 50)")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S s")
+    p.add_argument("--jobs", type=int, metavar="J",
+                   help="trials at once, each on its own process (default: the usable cores)")
+    p.add_argument("--model-dir", default="model", help="model directory (default: model)")
+    p.add_argument("--refit", action="store_true",
+                   help="train the best settings on training + validation rows for the best "
+                   "trial's epochs (default: as in the trial)")
+    p.add_argument("--test", help="test file or directory, scored by the final model")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
+    _add_format(p)
+    p.add_argument("--index-base", choices=("auto", "0", "1"), default="auto",
+                   help="libsvm feature indices start at 0 or 1 (auto: 0 if index 0 occurs)")
+    p.add_argument("--hyperparameters", metavar="FILE.json",
+                   help="JSON object of fixed hyperparameters")
+    _add_quiet(p)
+    p.add_argument("assignments", nargs="*", metavar="NAME=VALUE",
+                   help="fixed hyperparameters (feature_dim and predictor_type are required)")
 
     p = sub.add_parser("evaluate", help="print a model's metrics on a labelled file as JSON",
                        epilog="example:\n  fmkit evaluate --model-dir model/ --data a9a.t",
@@ -285,7 +326,15 @@ def main(argv: list[str] | None = None) -> int:
                              device=args.device, init_model=args.init_model)
         if args.command == "train":
             distributed.shutdown()  # finished: leave together with the other processes
-        if args.command == "evaluate":
+        if args.command == "tune":
+            from fmkit.jobs.tune import tune
+
+            tune(args.train, args.model_dir, objective=args.objective, trials=args.trials,
+                 validation=args.validation, validation_fraction=args.validation_fraction,
+                 fixed=parse_assignments(args.assignments, args.hyperparameters),
+                 timeout=args.timeout, jobs=args.jobs, refit=args.refit, test=args.test,
+                 fmt=args.format, index_base=args.index_base, seed=args.seed)
+        elif args.command == "evaluate":
             print(strict_json(jobs.evaluate_files(args.model_dir, args.data, fmt=args.format,
                                                   device=args.device)))
         elif args.command == "predict":

@@ -20,7 +20,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fmkit.data.sources import ArraySource
-from fmkit.jobs.training import train
+from fmkit.jobs.training import train, with_starting_point
 from fmkit.models.fm.hyperparameters import TABLE, validate
 from fmkit.models.fm.model import FMModel
 from fmkit.models.metrics import predicted_labels
@@ -117,12 +117,14 @@ class _FMEstimator(BaseEstimator):
         """One epoch over ``X, y`` continuing the weights *and the optimizer state* of the
         previous ``partial_fit`` calls: on rows in the same order (``shuffle=0``), calls on
         parts whose sizes are multiples of ``mini_batch_size`` train what one epoch over all
-        of them trains."""
+        of them trains (given the same start: an ``auto`` bias starts from the first call's
+        labels)."""
         learner = getattr(self, "_learner", None)
         X, y = self._input(X, y, reset=learner is None)
         source = ArraySource(X, self._target(y, learner is None, classes), labels=self._labels)
         if learner is None:
-            learner, self.history_ = fm_learner(self._hyperparameters(source.feature_dim)), []
+            hp = with_starting_point(self._hyperparameters(source.feature_dim), source)
+            learner, self.history_ = fm_learner(hp), []
             self._learner = learner
         epoch = len(self.history_) + 1
         self.history_ += fit(learner, source, epochs=epoch, seed=learner.hp["seed"],

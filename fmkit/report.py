@@ -159,6 +159,36 @@ def _history_table(history: list[dict]) -> str:
     return _table(rows, [c for c in columns if any(c in r for r in rows)])
 
 
+TUNE_PLOTS = {"optimization_history.png": "Optimization history",
+              "param_importances.png": "Hyperparameter importance"}
+
+
+def _tune_section(directory: Path) -> list[str]:
+    """What ``fmkit tune`` left in ``MODEL_DIR/tune/``: the best trial, the ten best trials and
+    the search's plots (none without a search)."""
+    if not (directory / "trials.csv").exists():
+        return []
+    import csv
+    import json
+
+    best = json.loads((directory / "best.json").read_text())
+    with open(directory / "trials.csv", newline="") as f:
+        trials = [row for row in csv.DictReader(f) if row["value"]]
+    trials.sort(key=lambda row: float(row["value"]), reverse=best["higher_is_better"])
+    parts = ["<h2>Hyperparameter search</h2>",
+             f"<p>best of {len(trials)} measured trials: trial {best['trial']}, "
+             f"{html.escape(best['objective'])} = {best['value']:.6g} at epoch {best['epoch']}"
+             f"{' (refit on all rows)' if best['refit'] else ''}</p>",
+             _table(trials[:10], list(trials[0]) if trials else []),
+             '<div class="plots">']
+    for name, title in TUNE_PLOTS.items():
+        if (directory / name).exists():
+            png = base64.b64encode((directory / name).read_bytes()).decode()
+            parts.append(f'<figure><img alt="{title}" src="data:image/png;base64,{png}">'
+                         f'<figcaption>{title}</figcaption></figure>')
+    return [*parts, "</div>"]
+
+
 def write_report(model_dir: str | Path, data: str | Path | None = None,
                  output: str | Path | None = None, fmt: str = "auto") -> Path:
     """Write the page (default ``MODEL_DIR/report.html``, under a temporary name renamed into
@@ -186,6 +216,7 @@ def write_report(model_dir: str | Path, data: str | Path | None = None,
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
         f'<figcaption>{html.escape(title)}</figcaption></figure>'
         for title, png in plots.items()), "</div>"]
+    parts += _tune_section(artifact.resolve(model_dir) / "tune")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fmkit report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     target = Path(output) if output else artifact.resolve(model_dir) / artifact.REPORT_FILE

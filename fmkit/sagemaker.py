@@ -97,6 +97,7 @@ class PipeSource:
     feature_dim: int
     labels: str | None = None
     epoch: int = 0
+    rereadable = False  # each epoch's pipe is read once: nothing may read ahead
 
     @property
     def name(self) -> str:

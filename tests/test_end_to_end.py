@@ -201,6 +201,7 @@ def test_validation_every_n_steps_keeps_the_best_step(cli, tmp_path, device):
     of a run stopped at that step (through the engine's ``max_steps``), with the AUC
     scikit-learn computes from them."""
     from fmkit.data.sources import FileSource
+    from fmkit.jobs.training import with_starting_point
     from fmkit.models.fm.device import resolve_device
     from fmkit.models.fm.hyperparameters import validate
     from fmkit.models.fm.parameters import reference_logits, sigmoid
@@ -232,11 +233,11 @@ def test_validation_every_n_steps_keeps_the_best_step(cli, tmp_path, device):
     code, out, _ = cli("predict", "--model-dir", tmp_path / "m", "--data", valid_file)
     kept = np.array([json.loads(line)["score"] for line in out.splitlines()])
     assert roc_auc_score(valid.y, kept) == pytest.approx(aucs[best], rel=1e-6)
-    hp = validate(hp)
+    source = FileSource(train_file, "libsvm", 600, 0, labels="binary")
+    hp = with_starting_point(validate(hp), source)  # the run's start (the auto bias)
     learner = fm_learner(hp, device=device if device == "cpu" else resolve_device(device),
                          pause_every=1)
-    fit(learner, FileSource(train_file, "libsvm", 600, 0, labels="binary"), epochs=None,
-        seed=hp["seed"], max_steps=steps[best])
+    fit(learner, source, epochs=None, seed=hp["seed"], max_steps=steps[best])
     stopped = sigmoid(reference_logits(learner.parameters(0), valid.X))
     np.testing.assert_allclose(kept, stopped, rtol=1e-5)
 

@@ -100,10 +100,12 @@ def _sparse_problem(rows=1000, seed=0):
 
 def test_partial_fit_over_two_halves_is_one_epoch_over_both():
     """partial_fit keeps the optimizer state (Adam's moments and step) between calls: halves
-    of whole mini-batches, in order, train what one epoch over all the rows trains."""
+    of whole mini-batches, in order, train what one epoch over all the rows trains (from the
+    same start: the auto bias start of partial_fit sees only the first part's labels)."""
     X, y = _sparse_problem()
     settings = dict(num_factors=4, mini_batch_size=50, optimizer="adam", shuffle=0,
-                    factors_lr=0.05, linear_lr=0.05, epochs=1)
+                    factors_lr=0.05, linear_lr=0.05, epochs=1, bias_init_method="constant",
+                    bias_init_value=0.0)
     whole = FMClassifier(**settings).fit(X, y, progress=False)
     parts = FMClassifier(**settings).partial_fit(X[:500], y[:500], classes=[0, 1])
     parts.partial_fit(X[500:], y[500:])

@@ -134,10 +134,10 @@ def shutdown(wait_for_peers: bool = True, timeout_s: float = 120.0) -> None:
 
 def all_sum(values: np.ndarray) -> np.ndarray:
     """The element-wise sum of ``values`` over all processes (float64)."""
-    import torch
-
     if not active():
         return np.asarray(values, dtype=np.float64)
+    import torch
+
     tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
     _dist().all_reduce(tensor, group=_cpu_group)
     return tensor.numpy()

@@ -6,7 +6,7 @@ and the SageMaker entry point. Hyperparameters are validated before any data is 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,6 +29,7 @@ from fmkit.models.fm.hyperparameters import validate
 from fmkit.models.fm.model import FMModel, label_mode
 from fmkit.models.metrics import require_rows
 from fmkit.train.checkpoint import Checkpointer
+from fmkit.train.engine import Callback
 from fmkit.train.optimizers import check_memory
 
 
@@ -50,14 +51,15 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
                 index_base: str | int = "auto", progress: bool | None = None,
                 host: str = DEFAULT_HOST, cache: bool = False,
                 checkpoints: Checkpointer | None = None, resume: bool = False,
-                device: str = "cpu", init_model: str | Path | None = None
-                ) -> tuple[FMModel, dict[str, Any]]:
+                device: str = "cpu", init_model: str | Path | None = None,
+                callbacks: Sequence[Callback] = ()) -> tuple[FMModel, dict[str, Any]]:
     """Train on a channel, score the optional test channel, write the model directory.
 
     An optional validation channel is scored after every epoch for early stopping. ``cache``
     keeps a binary copy of parsed text channels (see :mod:`fmkit.data.cache`). ``checkpoints``
     and ``resume``: see :mod:`fmkit.train.checkpoint`. ``device`` other than ``cpu`` trains
-    with PyTorch on that device (see :mod:`fmkit.train.torch_learner`).
+    with PyTorch on that device (see :mod:`fmkit.train.torch_learner`). ``callbacks``: more
+    engine callbacks (:class:`fmkit.train.engine.Callback`), e.g. ``fmkit tune``'s pruning.
 
     Returns the model and the metrics written to ``metrics.json``.
     """
@@ -80,15 +82,15 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     }
     return train_sources(hp, source, model_dir, channels, index_base=source.index_base,
                          progress=progress, host=host, checkpoints=checkpoints, resume=resume,
-                         device=device, init_model=init_model)
+                         device=device, init_model=init_model, callbacks=callbacks)
 
 
 def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
                   scored: Mapping[str, Any] | None = None, *, index_base: int = 0,
                   progress: bool | None = None, host: str = DEFAULT_HOST,
                   checkpoints: Checkpointer | None = None, resume: bool = False,
-                  device: str = "cpu", init_model: str | Path | None = None
-                  ) -> tuple[FMModel, dict[str, Any]]:
+                  device: str = "cpu", init_model: str | Path | None = None,
+                  callbacks: Sequence[Callback] = ()) -> tuple[FMModel, dict[str, Any]]:
     """Train on ``source``, score each channel of ``scored`` (``test``, ``validation``), save.
 
     A ``validation`` channel also drives early stopping (see :func:`fmkit.jobs.training.train`).
@@ -105,7 +107,8 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     params, trained = _initial_model(init_model, hp) if init_model else (None, [])
     params, history = train(hp, source, params, validation=scored.get("validation"),
                             progress=progress, host=host, checkpoints=checkpoints, resume=resume,
-                            device=device, trained_epochs=trained[-1]["epoch"] if trained else 0)
+                            device=device, trained_epochs=trained[-1]["epoch"] if trained else 0,
+                            callbacks=callbacks)
     model = FMModel(hp, params, index_base)
     metrics: dict[str, Any] = {"train": trained + [vars(s) for s in history]}
     if not distributed.primary():

@@ -6,16 +6,18 @@ DeepFM (:mod:`fmkit.jobs.deepfm`) train through :func:`run`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from fmkit.distributed import all_sum
 from fmkit.distributed.data_parallel import parallel
 from fmkit.logs import DEFAULT_HOST
-from fmkit.models.fm.parameters import FMParameters
+from fmkit.models.fm.parameters import FMParameters, starting_point
 from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
 from fmkit.train.checkpoint import Checkpointer
-from fmkit.train.engine import EpochStats, Learner, Source, fit
+from fmkit.train.engine import Callback, EpochStats, Learner, Source, fit
 from fmkit.train.kernel_learner import fm_learner
 
 
@@ -23,27 +25,57 @@ def run(learner: Learner, source: Source, *, batch_size: int, epochs: int | None
         max_steps: int | None = None, trained_epochs: int = 0, progress: bool | None = None,
         host: str = DEFAULT_HOST, early_stopping: EarlyStopping | None = None,
         checkpoints: Checkpointer | None = None, run_id: dict | None = None,
-        resume: bool = False) -> list[EpochStats]:
+        resume: bool = False, callbacks: Sequence[Callback] = ()) -> list[EpochStats]:
     """Train ``learner`` on ``source`` for ``epochs`` more epochs (numbered after
     ``trained_epochs``) or ``max_steps`` steps; in a process group every process trains a
     replica. ``progress``: True/False forces the bar on/off, None shows it only on a terminal.
     ``checkpoints`` saves the state periodically; ``resume`` continues from the newest
-    checkpoint, whose ``run_id`` (what defines the run) must match."""
-    callbacks: list = [Progress(progress, host)]
+    checkpoint, whose ``run_id`` (what defines the run) must match. ``callbacks`` run after
+    these (an epoch's validation metrics are measured when they see it)."""
+    hooks: list[Callback] = [Progress(progress, host)]
     if early_stopping is not None:
-        callbacks.append(early_stopping)
+        hooks.append(early_stopping)
     if checkpoints is not None:
-        callbacks.append(Checkpoint(checkpoints, run_id or {}, resume))
+        hooks.append(Checkpoint(checkpoints, run_id or {}, resume))
     return fit(parallel(learner, batch_size), source,
                epochs=trained_epochs + epochs if epochs else None, seed=seed,
-               callbacks=callbacks, max_steps=max_steps, first_epoch=trained_epochs + 1)
+               callbacks=[*hooks, *callbacks], max_steps=max_steps,
+               first_epoch=trained_epochs + 1)
+
+
+def with_starting_point(hp: dict[str, Any], source: Source) -> dict[str, Any]:
+    """``hp`` with its ``auto`` init methods made concrete for training on ``source``
+    (:func:`fmkit.models.fm.parameters.starting_point`)."""
+    return starting_point(hp, _label_mean(source) if hp["bias_init_method"] == "auto" else None)
+
+
+LABEL_ROWS = 1 << 16  # rows the auto bias start is measured on
+
+
+def _label_mean(source: Source) -> float | None:
+    """The mean label of the first :data:`LABEL_ROWS` rows of ``source`` (of each process's
+    share, combined): what the ``auto`` bias starts from. A fixed number of rows, so the start
+    does not depend on how the reader cut its blocks; enough for a start, the optimizer does
+    the rest. None for a source read once (SageMaker's Pipe mode): the bias starts at 0."""
+    if not getattr(source, "rereadable", True):
+        return None
+    parts, rows = [], 0
+    for block in source.blocks():
+        parts.append(np.asarray(block.labels[: LABEL_ROWS - rows], dtype=np.float64))
+        rows += parts[-1].size
+        if rows >= LABEL_ROWS:
+            break
+    labels = np.concatenate(parts) if parts else np.zeros(0)
+    labels = labels[np.isfinite(labels)]
+    total, count = all_sum(np.array([labels.sum(), labels.size]))
+    return float(total / count) if count else None
 
 
 def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None, *,
           validation: Source | None = None, progress: bool | None = None,
           host: str = DEFAULT_HOST, dtype=np.float32, checkpoints: Checkpointer | None = None,
-          resume: bool = False, device: Any = "cpu", trained_epochs: int = 0
-          ) -> tuple[FMParameters, list[EpochStats]]:
+          resume: bool = False, device: Any = "cpu", trained_epochs: int = 0,
+          callbacks: Sequence[Callback] = ()) -> tuple[FMParameters, list[EpochStats]]:
     """Train an FM with validated hyperparameters ``hp`` on ``source``; return weights and history.
 
     ``params`` continues from given weights (a fresh optimizer state is used) that were
@@ -55,6 +87,8 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     ``early_stopping_metric`` are returned, and training stops after
     ``early_stopping_patience`` measurements without improvement.
     """
+    if params is None:
+        hp = with_starting_point(hp, source)
     every = hp["validation_every_steps"] if validation is not None else 0
     learner = fm_learner(hp, params, dtype, device, every)
     del params  # the learner holds the weights from here on
@@ -63,5 +97,6 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
         hp["early_stopping_patience"], host, every)
     history = run(learner, source, batch_size=hp["mini_batch_size"], epochs=hp["epochs"],
                   seed=hp["seed"], trained_epochs=trained_epochs, progress=progress, host=host,
-                  early_stopping=stopping, checkpoints=checkpoints, run_id=hp, resume=resume)
+                  early_stopping=stopping, checkpoints=checkpoints, run_id=hp, resume=resume,
+                  callbacks=callbacks)
     return learner.parameters(history[-1].epoch), history

@@ -19,6 +19,9 @@ from fmkit.models.metrics import watched_metric
 log = logging.getLogger(__name__)
 
 INIT_METHODS = ("normal", "uniform", "constant")
+# fmkit's default for the bias and factors when a job names none of the group's init settings:
+# see fmkit.models.fm.parameters.starting_point
+AUTO = "auto"
 PREDICTOR_TYPES = ("binary_classifier", "regressor")
 OPTIMIZERS = ("adam", "adagrad", "ftrl", "sgd")
 
@@ -56,14 +59,27 @@ class Hyperparameter:
         }[self.check]
 
 
+AUTO_HELP = {
+    "bias": "auto (fmkit's default when no bias_init_* is set): the training labels' mean for "
+            "regressors, the logit of their positive rate for classifiers, measured on the "
+            "first 65,536 training rows (0 in SageMaker's Pipe mode, read once)",
+    "factors": "auto (fmkit's default when no factors_init_* is set): normal with a standard "
+               "deviation chosen per optimizer (0.01 for adam and adagrad, 0.05 for sgd and "
+               "ftrl)",
+}
+
+
 def _group(group: str, lr: float, wd: float, sigma: float) -> list[Hyperparameter]:
-    """The eight parameters SageMaker defines identically for bias, linear and factors terms."""
+    """The parameters SageMaker defines identically for bias, linear and factors terms. The
+    bias and factors init methods also take fmkit's ``auto``, their default."""
     what = {"bias": "the global bias w0", "linear": "the linear weights w",
             "factors": "the factor matrix V"}[group]
     method = f"{group}_init_method"
+    auto = AUTO_HELP.get(group)
     return [
-        Hyperparameter(f"{group}_init_method", str, "normal", "choice",
-                       f"How {what} is initialized.", choices=INIT_METHODS),
+        Hyperparameter(f"{group}_init_method", str, AUTO if auto else "normal", "choice",
+                       f"How {what} is initialized" + (f"; {auto}." if auto else "."),
+                       choices=INIT_METHODS + ((AUTO,) if auto else ())),
         Hyperparameter(f"{group}_init_scale", float, None, "ge0",
                        f"Half-width of the uniform init of {what} (needs {method}=uniform)."),
         Hyperparameter(f"{group}_init_sigma", float, sigma, "ge0",
@@ -191,6 +207,18 @@ def _check_range(h: Hyperparameter, value: Any, raw: Any) -> None:
         raise _fail(h, raw)
 
 
+def _sagemaker_init_methods(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A job that names any of a group's init settings but not its method gets SageMaker's
+    default method (normal), as on SageMaker, instead of fmkit's ``auto``."""
+    chosen = {}
+    for group in AUTO_HELP:
+        named = any(raw.get(f"{group}_init_{part}") is not None
+                    for part in ("scale", "sigma", "value"))
+        if named and raw.get(f"{group}_init_method") is None:
+            chosen[f"{group}_init_method"] = "normal"
+    return {**raw, **chosen} if chosen else raw
+
+
 def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
     """Parse and check hyperparameters; return every table name with its effective value.
 
@@ -209,6 +237,7 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
     for key in raw:
         if str(key).startswith("_"):
             log.info("ignoring hyperparameter %s=%r", key, raw[key])
+    raw = _sagemaker_init_methods(raw)
     values: dict[str, Any] = {}
     for h in TABLE:
         value = raw.get(h.name)

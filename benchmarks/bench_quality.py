@@ -1,0 +1,172 @@
+"""Quality without hand-tuning: fmkit's defaults and ``fmkit tune`` against the best tuned peers.
+
+    python benchmarks/bench_quality.py [--trials 50] [--jobs 2] [--only a9a]
+
+The protocol of issue 16, on a9a, MovieLens-100k ``ua`` as regression (RMSE) and as binary
+classification (rating >= 4, AUC):
+
+* validation = the last 10% of each training file's rows; every choice is made on it;
+* test (a9a.t, ua.test) is never used for a choice;
+* refit = the chosen settings (with the chosen epoch count) retrained on the whole training file;
+* metrics are computed here with scikit-learn from the predictions ``fmkit predict`` writes.
+
+Rows: "defaults" are SageMaker's defaults plus the required hyperparameters (``num_factors`` 8
+for a9a, 16 for MovieLens, the values a user first tries), with 1 epoch (SageMaker's default) and
+with up to 50 epochs stopped early on validation; "tune" is ``fmkit tune --trials N``. The
+peers' figures are the best tuned peer's refit of the issue's run of the same protocol (a
+30-cell grid per peer); they are quoted, not re-run here.
+
+MovieLens files are built from ``../shared/data/movielens_100k`` into ``benchmarks/.cache``
+(one-hot user and item, libsvm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import mean_squared_error, roc_auc_score
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data"
+CACHE = HERE / ".cache" / "quality"
+FMKIT = str(Path(sys.executable).parent / "fmkit")
+
+# issue 16's table: the best tuned peer's refit figure on each split
+PEERS = {"a9a": (0.9041, "xLearn FM, instance norm on"),
+         "ml_rmse": (0.9361, "PyTorch FM, Adam + L2"),
+         "ml_binary": (0.7699, "xLearn FM")}
+
+
+def _movielens(split: str, out: Path, binary: bool) -> Path:
+    if not out.exists():
+        rows = np.loadtxt(SHARED / "movielens_100k" / split, dtype=np.int64)
+        labels = (rows[:, 2] >= 4).astype(int) if binary else rows[:, 2]
+        out.write_text("".join(f"{y} {u - 1}:1 {943 + i - 1}:1\n"
+                               for y, u, i in zip(labels, rows[:, 0], rows[:, 1])))
+    return out
+
+
+def splits() -> dict[str, dict]:
+    if not SHARED.is_dir():
+        sys.exit(f"bench_quality: {SHARED} is missing (the shared datasets)")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    ml = {binary: (_movielens("ua.base", CACHE / f"ua.base.{binary}.libsvm", binary),
+                   _movielens("ua.test", CACHE / f"ua.test.{binary}.libsvm", binary))
+          for binary in (False, True)}
+    return {
+        "a9a": dict(train=SHARED / "a9a_libsvm" / "a9a", test=SHARED / "a9a_libsvm" / "a9a.t",
+                    hp=["feature_dim=123", "predictor_type=binary_classifier"], k=8,
+                    objective="validation:auc", key="auc"),
+        "ml_rmse": dict(train=ml[False][0], test=ml[False][1],
+                        hp=["feature_dim=2625", "predictor_type=regressor"], k=16,
+                        objective="validation:rmse", key="rmse"),
+        "ml_binary": dict(train=ml[True][0], test=ml[True][1],
+                          hp=["feature_dim=2625", "predictor_type=binary_classifier"], k=16,
+                          objective="validation:auc", key="auc"),
+    }
+
+
+def _run(*args) -> None:
+    done = subprocess.run([FMKIT, *map(str, args)], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"bench_quality: fmkit {' '.join(map(str, args[:3]))} failed:\n{done.stderr}")
+
+
+def _labels(path: Path) -> np.ndarray:
+    return np.array([float(line.split(None, 1)[0]) for line in path.read_text().splitlines()])
+
+
+def _score(model_dir: Path, data: Path, key: str) -> float:
+    """The model's ``key`` on ``data``, from ``fmkit predict``'s output, by scikit-learn."""
+    out = model_dir.parent / f"{model_dir.name}.predictions.jsonl"
+    _run("predict", "--quiet", "--model-dir", model_dir, "--data", data, "--output", out)
+    scores = np.array([json.loads(line)["score"] for line in out.read_text().splitlines()])
+    y = _labels(data)
+    if key == "auc":
+        return float(roc_auc_score(y > 0, scores))
+    return float(np.sqrt(mean_squared_error(y, scores)))
+
+
+def _holdout(train: Path, work: Path) -> tuple[Path, Path]:
+    """The training file's first 90% and last 10% of rows."""
+    lines = Path(train).read_text().splitlines(True)
+    cut = len(lines) - len(lines) // 10
+    head, tail = work / "train90.libsvm", work / "validation10.libsvm"
+    head.write_text("".join(lines[:cut]))
+    tail.write_text("".join(lines[cut:]))
+    return head, tail
+
+
+def defaults(name: str, split: dict, work: Path, epochs: int) -> dict:
+    head, tail = _holdout(split["train"], work)
+    hp = [*split["hp"], f"num_factors={split['k']}", f"epochs={epochs}"]
+    chosen = work / f"defaults{epochs}"
+    _run("train", "--quiet", "--train", head, "--validation", tail, "--model-dir", chosen, *hp)
+    metrics = json.loads((chosen / "metrics.json").read_text())
+    best = metrics["validation"]  # the kept epoch's, as early stopping restored it
+    history = metrics["train"]
+    better = max if split["key"] == "auc" else min
+    epoch = better(history, key=lambda h: h["validation"][split["key"]])["epoch"]
+    refit = work / f"defaults{epochs}-refit"
+    _run("train", "--quiet", "--train", split["train"], "--model-dir", refit, *split["hp"],
+         f"num_factors={split['k']}", f"epochs={epoch}")
+    return {"validation": best[split["key"]], "test": _score(chosen, split["test"], split["key"]),
+            "refit": _score(refit, split["test"], split["key"]), "epoch": epoch}
+
+
+def tuned(name: str, split: dict, work: Path, trials: int, jobs: int) -> dict:
+    model = work / "tuned"
+    started = time.perf_counter()
+    _run("tune", "--quiet", "--train", split["train"], "--validation-fraction", "0.1",
+         "--objective", split["objective"], "--trials", trials, "--jobs", jobs,
+         "--model-dir", model, *split["hp"])
+    seconds = time.perf_counter() - started
+    best = json.loads((model / "tune" / "best.json").read_text())
+    refit = work / "tuned-refit"
+    _run("tune", "--quiet", "--train", split["train"], "--validation-fraction", "0.1",
+         "--objective", split["objective"], "--trials", trials, "--jobs", jobs,
+         "--model-dir", refit, "--refit", *split["hp"])
+    return {"validation": best["value"], "test": _score(model, split["test"], split["key"]),
+            "refit": _score(refit, split["test"], split["key"]), "epoch": best["epoch"],
+            "seconds": seconds, "settings": best["hyperparameters"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", help="run only the splits whose name contains this")
+    args = parser.parse_args()
+    import tempfile
+
+    rows = []
+    for name, split in splits().items():
+        if args.only and args.only not in name:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            results = {"defaults, 1 epoch": defaults(name, split, work, 1),
+                       "defaults, <=50 epochs": defaults(name, split, work, 50),
+                       f"tune, {args.trials} trials": tuned(name, split, work, args.trials,
+                                                           args.jobs)}
+        target, peer = PEERS[name]
+        for label, r in results.items():
+            met = r["refit"] >= target if split["key"] == "auc" else r["refit"] <= target
+            rows.append((name, split["key"], label, r, target, peer, met))
+            print(f"{name:<10} {label:<22} validation {r['validation']:.4f}  test "
+                  f"{r['test']:.4f}  refit {r['refit']:.4f}  (epoch {r['epoch']}"
+                  + (f", tune {r['seconds']:.0f} s" if "seconds" in r else "") + ")  "
+                  f"best peer refit {target:.4f} ({peer}): "
+                  f"{'beaten' if met else 'not beaten'}", flush=True)
+            if "settings" in r:
+                print(f"{'':<10} chosen: {json.dumps(r['settings'])}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

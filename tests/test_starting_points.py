@@ -1,0 +1,62 @@
+"""fmkit's starting points (``auto`` init of the bias and factors) against values computed here
+from the data, and SageMaker's init for a job that names its own settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fmkit.jobs.fm import train_files
+from fmkit.models.fm.hyperparameters import validate
+from tests.conftest import shared_file
+
+FROZEN = {"bias_lr": 0, "linear_lr": 0, "factors_lr": 0, "epochs": 1}  # weights stay at start
+
+
+def _labels(path) -> np.ndarray:
+    return np.array([float(line.split(None, 1)[0]) for line in open(path)])
+
+
+def _trained(tmp_path, path, **hp):
+    model, _ = train_files({**FROZEN, **hp}, path, tmp_path / "model", progress=False)
+    return model.params
+
+
+def test_regressor_bias_starts_at_the_label_mean(tmp_path):
+    ratings = tmp_path / "ratings.libsvm"
+    rng = np.random.default_rng(3)
+    y = rng.integers(1, 6, 5000)
+    ratings.write_text("".join(f"{r} {u}:1 {100 + i}:1\n"
+                               for r, u, i in zip(y, rng.integers(0, 100, 5000),
+                                                  rng.integers(0, 50, 5000))))
+    params = _trained(tmp_path, ratings, feature_dim=150, num_factors=4,
+                      predictor_type="regressor")
+    assert params.w0[0] == pytest.approx(y.mean(), rel=1e-6)
+    # Adam's factor start
+    assert params.V.std() == pytest.approx(0.01, rel=0.05)
+
+
+@pytest.mark.parametrize("optimizer, sigma", [("adam", 0.01), ("sgd", 0.05)])
+def test_classifier_bias_starts_at_the_logit_of_the_positive_rate(tmp_path, optimizer, sigma):
+    a9a = tmp_path / "a9a.head"  # -1/+1 labels, ~24% positive; one block
+    a9a.write_text("".join(shared_file("a9a_libsvm", "a9a").read_text().splitlines(True)[:5000]))
+    positive = (_labels(a9a) > 0).mean()
+    params = _trained(tmp_path, a9a, feature_dim=123, num_factors=32, optimizer=optimizer,
+                      predictor_type="binary_classifier")
+    assert params.w0[0] == pytest.approx(np.log(positive / (1 - positive)), rel=1e-5)
+    assert params.V.std() == pytest.approx(sigma, rel=0.05)
+
+
+def test_a_job_that_names_its_init_settings_gets_sagemakers(tmp_path):
+    hp = validate({"feature_dim": 10, "num_factors": 2, "predictor_type": "regressor",
+                   "bias_init_sigma": "0.5", "factors_init_sigma": "0.2"})
+    assert hp["bias_init_method"] == hp["factors_init_method"] == "normal"
+    hp = validate({"feature_dim": 10, "num_factors": 2, "predictor_type": "regressor",
+                   "bias_init_method": "constant", "bias_init_value": 2.5})
+    assert (hp["bias_init_method"], hp["bias_init_value"]) == ("constant", 2.5)
+    a9a = shared_file("a9a_libsvm", "a9a")
+    params = _trained(tmp_path, a9a, feature_dim=123, num_factors=8,
+                      predictor_type="binary_classifier", bias_init_method="constant",
+                      bias_init_value=0.25, factors_init_sigma=0.001)
+    assert params.w0[0] == np.float32(0.25)
+    assert params.V.std() == pytest.approx(0.001, rel=0.1)

@@ -1,0 +1,142 @@
+"""``fmkit tune``: the search's outputs checked against scikit-learn on the validation rows
+the test splits off itself, resuming after SIGKILL, and two trials at once with ``--jobs 2``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from fmkit.models.base import load_model
+
+from .conftest import fmkit_executable, shared_file
+
+optuna = pytest.importorskip("optuna")  # the test extra installs it: never skipped in CI
+
+FIXED = ["feature_dim=123", "predictor_type=binary_classifier", "epochs=4"]
+
+
+@pytest.fixture(scope="module")
+def a9a_head(tmp_path_factory):
+    """The first 4,000 rows of a9a: trials of a few tens of milliseconds."""
+    path = tmp_path_factory.mktemp("tune") / "a9a.head"
+    path.write_text("".join(shared_file("a9a_libsvm", "a9a").read_text().splitlines(True)[:4000]))
+    return path
+
+
+def _trials(model_dir):
+    with open(model_dir / "tune" / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tune_writes_the_best_trials_model_and_its_table(a9a_head, tmp_path, cli):
+    model_dir = tmp_path / "model"
+    code, _, err = cli("tune", "--train", a9a_head, "--validation-fraction", "0.1",
+                       "--objective", "validation:auc", "--trials", "6", "--jobs", "1",
+                       "--model-dir", model_dir, *FIXED)
+    assert code == 0, err
+    trials = _trials(model_dir)
+    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    best = max(complete, key=lambda t: float(t["value"]))
+    saved = json.loads((model_dir / "tune" / "best.json").read_text())
+    assert saved["trial"] == int(best["number"])
+    # the model carries the best trial's settings...
+    model = load_model(model_dir)
+    for name in ("optimizer", "num_factors", "mini_batch_size", "factors_lr", "linear_wd"):
+        assert str(model.hyperparameters[name]) == best[name] or \
+            float(model.hyperparameters[name]) == pytest.approx(float(best[name]))
+    # ...and the objective is the AUC of the file's last 10% of rows, as scikit-learn scores
+    lines = a9a_head.read_text().splitlines()
+    validation = tmp_path / "validation.libsvm"
+    validation.write_text("\n".join(lines[3600:]) + "\n")
+    y = np.array([line.split()[0] == "+1" for line in lines[3600:]])
+    scores = model.predictions(next(model.read(validation, "libsvm", labelled=False)))["score"]
+    assert roc_auc_score(y, scores) == pytest.approx(float(best["value"]), abs=0.01)
+    assert not (tmp_path / "model.tuning").exists()  # the work directory is gone
+    assert (model_dir / "tune" / "optimization_history.png").stat().st_size > 1000
+    code, _, err = cli("report", "--model-dir", model_dir)
+    assert code == 0, err
+    page = (model_dir / "report.html").read_text()
+    assert "Hyperparameter search" in page and "param_importances" not in page  # embedded
+
+
+def test_tune_refuses_bad_arguments_in_one_line(a9a_head, tmp_path, cli):
+    for args, fragment in (
+        ([*FIXED[1:]], "feature_dim"),
+        ([*FIXED, "--validation", a9a_head], "--validation FILE or --validation-fraction"),
+        ([*FIXED, "--objective", "validation:rmse"], "not a metric of a binary_classifier"),
+        ([*FIXED, "factor_lr=0.1"], "unknown hyperparameter"),
+    ):
+        code, _, err = cli("tune", "--train", a9a_head, "--validation-fraction", "0.1",
+                           "--trials", "2", "--model-dir", tmp_path / "m", *args)
+        assert code == 1 and fragment in err and err.count("\n") == 1, err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    code, _, err = cli("tune", "--train", a9a_head, "--validation-fraction", "0.1",
+                       "--trials", "2", "--model-dir", tmp_path / "mine", *FIXED)
+    assert code == 1 and "nothing was changed" in err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def _study_trials(work):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{work / 'study.sqlite3'}")
+    return optuna.load_study(study_name="fmkit", storage=storage).get_trials(deepcopy=False)
+
+
+def test_tune_killed_with_sigkill_continues_the_same_study(a9a_head, tmp_path):
+    model_dir, work = tmp_path / "model", tmp_path / "model.tuning"
+    command = [fmkit_executable(), "tune", "--train", str(a9a_head), "--validation-fraction",
+               "0.1", "--trials", "20", "--jobs", "1", "--model-dir", str(model_dir),
+               *FIXED[:2], "epochs=20"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, before = time.monotonic() + 120, []
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if not (work / "study.sqlite3").exists():
+            continue
+        try:
+            before = [t for t in _study_trials(work) if t.state.is_finished()]
+        except KeyError:
+            continue  # the study is not created yet
+        if len(before) >= 2:
+            break
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert len(before) >= 2, first.stderr.read().decode()
+    assert not model_dir.exists()
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    after = {int(t["number"]): t for t in _trials(model_dir)}
+    assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in after.values()) == 20
+    for trial in before:  # the first run's trials are kept, not run again
+        kept = after[trial.number]
+        assert kept["state"] == trial.state.name
+        assert float(kept["factors_lr"]) == pytest.approx(trial.params["factors_lr"])
+
+
+def test_tune_with_two_jobs_runs_two_trials_at_once(a9a_head, tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("this test needs 2 cores")
+    model_dir = tmp_path / "model"
+    done = subprocess.run([fmkit_executable(), "tune", "--train", str(a9a_head),
+                           "--validation-fraction", "0.1", "--trials", "6", "--jobs", "2",
+                           "--model-dir", str(model_dir), *FIXED[:2], "epochs=10"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    storage = optuna.storages.RDBStorage(f"sqlite:///{model_dir / 'tune' / 'study.sqlite3'}")
+    trials = optuna.load_study(study_name="fmkit", storage=storage).get_trials()
+    assert len({t.user_attrs["pid"] for t in trials}) == 2
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    overlap = any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+    assert overlap, [(a.isoformat(), b.isoformat()) for a, b in spans]
+    assert all(isinstance(a, datetime) for a, _ in spans)
