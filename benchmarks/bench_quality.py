@@ -134,7 +134,7 @@ def tuned(name: str, split: dict, work: Path, trials: int, jobs: int) -> dict:
          "--model-dir", refit, "--refit", *split["hp"])
     return {"validation": best["value"], "test": _score(model, split["test"], split["key"]),
             "refit": _score(refit, split["test"], split["key"]), "epoch": best["epoch"],
-            "seconds": seconds, "settings": best["hyperparameters"]}
+            "seconds": seconds, "settings": best["settings"]}
 
 
 def main() -> None:

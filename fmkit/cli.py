@@ -35,8 +35,13 @@ TUNE_EXAMPLE = """example:
   fmkit tune --train a9a --validation-fraction 0.1 --objective validation:auc \\
       --trials 50 --model-dir model/ feature_dim=123 predictor_type=binary_classifier
 
-searched unless fixed: optimizer, num_factors, mini_batch_size, bias_lr, linear_lr, factors_lr,
-bias_wd, linear_wd, factors_wd; epochs (at most 50 unless fixed) end by early stopping"""
+  fmkit tune --config examples/deepfm_movielens.yaml --validation-fraction 0.1 --trials 20
+
+searched for an FM unless fixed: optimizer, num_factors, mini_batch_size, one learning rate
+(bias_lr, linear_lr, factors_lr) and one weight decay (bias_wd, linear_wd, factors_wd); epochs
+(at most 50 unless fixed) end by early stopping. For a DeepFM configuration: the sparse and
+dense optimizers' lr, every feature's embedding_dim, deep.hidden_units and dropout_ratio;
+num_epochs (the configuration's, else 10) end by early stopping (patience 2)"""
 
 
 def _add_format(p: argparse.ArgumentParser) -> None:
@@ -112,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "its trials table and plots (MODEL_DIR/tune/). A killed tune run again "
                        "with the same arguments continues its study.", epilog=TUNE_EXAMPLE,
                        formatter_class=raw)
-    p.add_argument("--train", required=True, help="training file or directory")
+    p.add_argument("--train", help="training file or directory (with --config: replaces its "
+                   "train_input_path)")
+    p.add_argument("--config", metavar="FILE",
+                   help="tune a DeepFM configuration (learning rates, embedding_dim, "
+                   "hidden_units, dropout) instead of an FM")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="PATH=VALUE", help="fixed configuration field (with --config)")
     p.add_argument("--validation", help="validation file or directory")
     p.add_argument("--validation-fraction", type=float, metavar="F",
                    help="instead of --validation: the training channel's last F of rows")
@@ -329,9 +340,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tune":
             from fmkit.jobs.tune import tune
 
+            if args.config and (args.assignments or args.hyperparameters):
+                raise HyperparameterError("with --config, fix fields with --set PATH=VALUE")
+            if args.overrides and not args.config:
+                raise HyperparameterError("--set needs --config")
+            if not args.config and not args.train:
+                raise HyperparameterError("tune needs --train (or --config)")
+            fixed = (dict(item.partition("=")[::2] for item in args.overrides) if args.config
+                     else parse_assignments(args.assignments, args.hyperparameters))
             tune(args.train, args.model_dir, objective=args.objective, trials=args.trials,
                  validation=args.validation, validation_fraction=args.validation_fraction,
-                 fixed=parse_assignments(args.assignments, args.hyperparameters),
+                 fixed=fixed, config=args.config,
                  timeout=args.timeout, jobs=args.jobs, refit=args.refit, test=args.test,
                  fmt=args.format, index_base=args.index_base, seed=args.seed)
         elif args.command == "evaluate":

@@ -52,9 +52,12 @@ def test_tune_writes_the_best_trials_model_and_its_table(a9a_head, tmp_path, cli
     assert saved["trial"] == int(best["number"])
     # the model carries the best trial's settings...
     model = load_model(model_dir)
-    for name in ("optimizer", "num_factors", "mini_batch_size", "factors_lr", "linear_wd"):
-        assert str(model.hyperparameters[name]) == best[name] or \
-            float(model.hyperparameters[name]) == pytest.approx(float(best[name]))
+    hp = model.hyperparameters
+    assert (hp["optimizer"], hp["num_factors"], hp["mini_batch_size"]) == (
+        best["optimizer"], int(best["num_factors"]), int(best["mini_batch_size"]))
+    for group in ("bias", "linear", "factors"):  # one searched rate and decay for all three
+        assert hp[f"{group}_lr"] == pytest.approx(float(best["learning_rate"]))
+        assert hp[f"{group}_wd"] == pytest.approx(float(best["weight_decay"]))
     # ...and the objective is the AUC of the file's last 10% of rows, as scikit-learn scores
     lines = a9a_head.read_text().splitlines()
     validation = tmp_path / "validation.libsvm"
@@ -121,7 +124,7 @@ def test_tune_killed_with_sigkill_continues_the_same_study(a9a_head, tmp_path):
     for trial in before:  # the first run's trials are kept, not run again
         kept = after[trial.number]
         assert kept["state"] == trial.state.name
-        assert float(kept["factors_lr"]) == pytest.approx(trial.params["factors_lr"])
+        assert float(kept["learning_rate"]) == pytest.approx(trial.params["learning_rate"])
 
 
 def test_tune_with_two_jobs_runs_two_trials_at_once(a9a_head, tmp_path):
@@ -140,3 +143,38 @@ def test_tune_with_two_jobs_runs_two_trials_at_once(a9a_head, tmp_path):
     overlap = any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
     assert overlap, [(a.isoformat(), b.isoformat()) for a, b in spans]
     assert all(isinstance(a, datetime) for a, _ in spans)
+
+
+def test_tune_searches_a_deepfm_configuration(tmp_path, cli):
+    """A DeepFM configuration's fields are searched: the model written carries the best
+    trial's embedding width and layers, and the objective is the validation rows' AUC as
+    scikit-learn computes it from the model's predictions."""
+    from fmkit.data.movielens import join_ratings
+
+    from .conftest import REPO
+
+    joined = tmp_path / "ua.base.csv"
+    join_ratings(shared_file("movielens_100k", "u.data").parent, "ua.base", joined)
+    lines = joined.read_text().splitlines(keepends=True)[:4001]  # header + 4,000 rows
+    joined.write_text("".join(lines))
+    model_dir = tmp_path / "model"
+    code, _, err = cli("tune", "--config", REPO / "examples" / "deepfm_movielens.yaml",
+                       "--train", joined, "--validation-fraction", "0.1", "--trials", "3",
+                       "--jobs", "1", "--model-dir", model_dir,
+                       "--set", "train_config.num_epochs=2")
+    assert code == 0, err
+    trials = [t for t in _trials(model_dir) if t["state"] == "COMPLETE"]
+    best = max(trials, key=lambda t: float(t["value"]))
+    model = load_model(model_dir)
+    deep = model.config.model_config.deepfm.deep
+    assert "-".join(map(str, deep.hidden_units)) == best["hidden_units"]
+    assert deep.dropout_ratio == [pytest.approx(float(best["dropout"]), abs=1e-4)] * len(
+        deep.hidden_units)
+    widths = {f.id_feature.embedding_dim for f in model.config.feature_configs if f.id_feature}
+    assert widths == {int(best["embedding_dim"])}
+    validation = tmp_path / "validation.csv"
+    validation.write_text(lines[0] + "".join(lines[3601:]))
+    y = np.array([line.split(",", 1)[0] == "1" for line in lines[3601:]])
+    scores = np.concatenate([model.predictions(model.encode(batch, labelled=False))["score"]
+                             for batch in model.read(validation)])
+    assert roc_auc_score(y, scores) == pytest.approx(float(best["value"]), abs=0.02)

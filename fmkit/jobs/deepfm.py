@@ -7,7 +7,7 @@ configurations go to :func:`fmkit.jobs.fm.train_files`, see
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from fmkit.models.metrics import require_rows
 from fmkit.train.callbacks import EarlyStopping
 from fmkit.train.checkpoint import Checkpointer
 from fmkit.train.deepfm_learner import DeepFMLearner
+from fmkit.train.engine import Callback
 
 
 @dataclass
@@ -36,15 +37,16 @@ class Channel:
 def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
                  host: str = DEFAULT_HOST, device: str = "cpu",
                  checkpoints: Checkpointer | None = None, resume: bool = False,
-                 validation_path: str | None = None, init_model: str | None = None
-                 ) -> tuple[DeepFMModel, dict[str, Any]]:
+                 validation_path: str | None = None, init_model: str | None = None,
+                 callbacks: Sequence[Callback] = ()) -> tuple[DeepFMModel, dict[str, Any]]:
     """Train on ``train_input_path`` (on ``device``, a PyTorch device name), score
     ``eval_input_path`` (if set) with the FM metrics, write ``model_dir``; returns the model
     and the metrics stored in ``metrics.json``. ``checkpoints``/``resume``: see
     :func:`fmkit.jobs.training.run`. ``validation_path`` is scored after every
     epoch for early stopping (else ``eval_input_path``, when ``early_stopping_patience`` > 0).
     ``init_model`` (a DeepFM model directory of the same features and network) is continued:
-    its weights, for ``num_epochs`` more epochs numbered after its own."""
+    its weights, for ``num_epochs`` more epochs numbered after its own. ``callbacks``: more
+    engine callbacks (``fmkit tune``'s pruning)."""
     from fmkit.models.fm.device import resolve_device
 
     target = resolve_device(distributed.local_device(device))
@@ -82,7 +84,8 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
                       trained_epochs=trained[-1]["epoch"] if trained else 0, progress=progress,
                       host=host, early_stopping=_early_stopping(config, model, host,
                                                                 validation_path),
-                      checkpoints=checkpoints, run_id={"deepfm": run_id}, resume=resume)
+                      checkpoints=checkpoints, run_id={"deepfm": run_id}, resume=resume,
+                      callbacks=callbacks)
     finally:
         model.net.eval()
     metrics: dict[str, Any] = {"train": trained + [vars(h) for h in history]}

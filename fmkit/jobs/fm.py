@@ -33,7 +33,8 @@ from fmkit.train.engine import Callback
 from fmkit.train.optimizers import check_memory
 
 
-def _index_base(source: FileSource, index_base: str | int) -> int:
+def resolve_index_base(source: FileSource, index_base: str | int) -> int:
+    """The index base of ``source``'s indexed format (``auto``: detected); 0 for others."""
     if source.fmt not in INDEXED_FORMATS:
         return 0
     if str(index_base) == "auto":
@@ -73,7 +74,7 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
         resolve_device(device)
     source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp["predictor_type"]),
                         cache=cache, shard=distributed.shard())
-    source.index_base = _index_base(source, index_base)
+    source.index_base = resolve_index_base(source, index_base)
     channels = {
         name: FileSource(path, source.fmt, hp["feature_dim"], source.index_base,
                          labels=label_mode(hp["predictor_type"]), cache=cache)
@@ -198,7 +199,7 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
     if target_format not in CONVERT_TARGETS:
         raise DataError(str(output), None, f"cannot write format {target_format!r}")
     probe = FileSource(input_path, source_format, feature_dim or 1)
-    probe.index_base = _index_base(probe, index_base)
+    probe.index_base = resolve_index_base(probe, index_base)
     if feature_dim is None:
         feature_dim = 0
         for batch in probe.raw_blocks():

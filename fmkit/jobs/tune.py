@@ -1,12 +1,10 @@
-"""``fmkit tune``: hyperparameter search with Optuna over the FM training job.
+"""``fmkit tune``: hyperparameter search with Optuna over the training jobs.
 
-Each trial is one :func:`fmkit.jobs.fm.train_files` run on the training channel with a
-validation channel: early stopping (patience ``early_stopping_patience``, watching the
-objective) picks its epoch, and :class:`Pruning`, an engine callback, reports every epoch's
+Each trial is one training run (:mod:`fmkit.jobs.searches`: an FM's hyperparameters, or a
+DeepFM configuration's fields) with a validation channel: early stopping, watching the
+objective, picks its epoch, and :class:`Pruning`, an engine callback, reports every epoch's
 validation value to Optuna, whose median pruner stops trials that trail the others at the same
-epoch. The sampler is TPE. The space is SageMaker's tunable FM hyperparameters (learning
-rates, weight decays, ``mini_batch_size``; their documented ranges narrowed to where training
-moves at all) and fmkit's ``optimizer`` and ``num_factors``; ``NAME=VALUE`` fixes any of them.
+epoch. The sampler is TPE.
 
 The study lives in a SQLite file in a work directory beside the model directory
 (``MODEL_DIR.tuning/``), so a killed tune run again with the same arguments continues it:
@@ -25,7 +23,6 @@ import fcntl
 import io
 import json
 import logging
-import math
 import multiprocessing
 import os
 import shutil
@@ -39,63 +36,14 @@ from fmkit import files
 from fmkit.cpus import available_cpus
 from fmkit.errors import HyperparameterError, TrainingDiverged
 from fmkit.files import OutputError
+from fmkit.jobs.searches import TuneSettings, search_for
 from fmkit.logs import log
 from fmkit.models import artifact
-from fmkit.models.fm.hyperparameters import OPTIMIZERS, validate
 from fmkit.models.metrics import watched_metric
 from fmkit.train.engine import Callback, EpochStats, Run
 
-MAX_EPOCHS = 50  # a trial's epochs unless fixed: early stopping ends it sooner
 WORK_SUFFIX = ".tuning"
 MARKER = "fmkit-tune.json"  # the settings a work directory's study was started with
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One searched hyperparameter: a log-uniform range, or a choice."""
-
-    name: str
-    low: float = 0.0
-    high: float = 0.0
-    integer: bool = False
-    choices: tuple[Any, ...] = ()
-
-    def suggest(self, trial: Any) -> Any:
-        if self.choices:
-            return trial.suggest_categorical(self.name, list(self.choices))
-        if self.integer:
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=True)
-        return trial.suggest_float(self.name, self.low, self.high, log=True)
-
-
-# SageMaker documents 1e-8..512 for every learning rate and weight decay and 100..10000 for
-# mini_batch_size; the rates below 1e-4 and decays above 1 never trained a usable model in
-# the measurements of docs/quality.md, so the search spends no trials there.
-FM_SPACE: tuple[Dimension, ...] = (
-    Dimension("optimizer", choices=OPTIMIZERS),
-    Dimension("num_factors", choices=(4, 8, 16, 32, 64)),
-    Dimension("mini_batch_size", 100, 10_000, integer=True),
-    Dimension("bias_lr", 1e-4, 1.0),
-    Dimension("linear_lr", 1e-4, 1.0),
-    Dimension("factors_lr", 1e-4, 1.0),
-    Dimension("bias_wd", 1e-8, 1.0),
-    Dimension("linear_wd", 1e-8, 1.0),
-    Dimension("factors_wd", 1e-8, 1.0),
-)
-
-
-@dataclass
-class TuneSettings:
-    """What defines a study: a work directory's study continues only with the same."""
-
-    train: str
-    validation: str | None
-    validation_fraction: float | None
-    objective: str
-    fixed: dict[str, Any]
-    fmt: str = "auto"
-    index_base: str = "auto"
-    seed: int = 0
 
 
 @dataclass
@@ -145,74 +93,45 @@ def _storage(work: Path):
                                       engine_kwargs={"connect_args": {"timeout": 60}})
 
 
-def _objective_key(settings: TuneSettings) -> tuple[str, bool]:
+def _objective_key(objective: str, predictor_type: str) -> tuple[str, bool]:
     try:
-        return watched_metric(settings.objective, settings.fixed["predictor_type"])
+        return watched_metric(objective, predictor_type)
     except ValueError as e:
         raise HyperparameterError(f"--objective: {e}") from None
 
 
-def _best_epoch(history: list[dict], key: str, higher: bool) -> int:
-    """The epoch early stopping kept: the first of the best validation values."""
+def _best(history: list[dict], key: str, higher: bool) -> tuple[int, float]:
+    """The epoch early stopping kept (the first of the best validation values) and its
+    value."""
     best, epoch = None, history[-1]["epoch"]
     for h in history:
         value = (h.get("validation") or {}).get(key)
         if value is not None and (best is None or (value > best if higher else value < best)):
             best, epoch = value, h["epoch"]
-    return epoch
+    if best is None:
+        raise HyperparameterError("a trial measured no validation metrics")
+    return epoch, float(best)
 
 
-def _trial_hyperparameters(trial: Any, settings: TuneSettings) -> dict[str, Any]:
-    hp = {d.name: d.suggest(trial) for d in FM_SPACE if d.name not in settings.fixed}
-    hp.update(settings.fixed)
-    hp.setdefault("epochs", MAX_EPOCHS)
-    hp.setdefault("early_stopping_metric", settings.objective)
-    return hp
-
-
-@dataclass
-class Channels:
-    """Where trials read: training and validation paths, their format and index base."""
-
-    train: str
-    validation: str
-    fmt: str
-    index_base: str | int
-
-
-def _channels(work: Path, settings: TuneSettings) -> Channels:
-    if settings.validation is not None:
-        return Channels(settings.train, settings.validation, settings.fmt, settings.index_base)
-    split = work / "split"  # libsvm in the training file's own index base (_split)
-    return Channels(str(split / "train.libsvm"), str(split / "validation.libsvm"), "libsvm",
-                    int((split / "index_base").read_text()))
-
-
-def _run_trial(trial: Any, work: Path, settings: TuneSettings) -> float:
+def _run_trial(trial: Any, work: Path, search: Any) -> float:
     import optuna
 
-    from fmkit.jobs.fm import train_files
-
-    key, _ = _objective_key(settings)
-    hp = _trial_hyperparameters(trial, settings)
-    channels = _channels(work, settings)
+    key, higher = _objective_key(search.settings.objective, search.predictor_type)
+    params = {d.name: d.suggest(trial) for d in search.dimensions()}
     scratch = work / "trials" / f"trial-{trial.number}"
     trial.set_user_attr("pid", os.getpid())
     started = time.perf_counter()
     try:
-        _, metrics = train_files(hp, channels.train, scratch,
-                                 validation_path=channels.validation, fmt=channels.fmt,
-                                 index_base=channels.index_base, progress=False, cache=True,
-                                 callbacks=[Pruning(trial, key)])
+        metrics = search.train(params, work, scratch, callbacks=[Pruning(trial, key)])
     except TrainingDiverged as e:  # settings that diverge are pruned, not retried
         trial.set_user_attr("diverged", str(e))
         raise optuna.TrialPruned(str(e)) from None
     finally:
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
         shutil.rmtree(scratch, ignore_errors=True)
-    _, higher = _objective_key(settings)
-    trial.set_user_attr("best_epoch", _best_epoch(metrics["train"], key, higher))
-    return float(metrics["validation"][key])
+    epoch, value = _best(metrics["train"], key, higher)
+    trial.set_user_attr("best_epoch", epoch)
+    return value
 
 
 @contextlib.contextmanager
@@ -245,16 +164,16 @@ def _worker(work: str, trials: int, timeout: float | None, threads: int,
         _die_with_parent()
     optuna = _import_optuna()
     work_dir = Path(work)
-    settings = TuneSettings(**json.loads((work_dir / MARKER).read_text()))
+    search = search_for(TuneSettings(**json.loads((work_dir / MARKER).read_text())))
     study = optuna.load_study(study_name="fmkit", storage=_storage(work_dir),
-                              sampler=_sampler(settings.seed + os.getpid()),
+                              sampler=_sampler(search.settings.seed + os.getpid()),
                               pruner=_pruner())
     done = optuna.study.MaxTrialsCallback(
         trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
     if _finished(study) >= trials:
         return
     with _trial_environment(work_dir, threads):
-        study.optimize(lambda trial: _run_trial(trial, work_dir, settings), timeout=timeout,
+        study.optimize(lambda trial: _run_trial(trial, work_dir, search), timeout=timeout,
                        callbacks=[done, _log_trial], gc_after_trial=False)
 
 
@@ -330,46 +249,6 @@ def _open_work_dir(model_dir: Path, settings: TuneSettings) -> tuple[Path, Any]:
     return work, lock
 
 
-def _split(settings: TuneSettings, work: Path) -> None:
-    """``--validation-fraction F``: the training channel's last F of rows become the
-    validation channel (libsvm files in the work directory)."""
-    import numpy as np
-    import scipy.sparse as sp
-
-    from fmkit.data import libsvm
-    from fmkit.data.sources import FileSource
-    from fmkit.jobs.fm import _index_base
-    from fmkit.models.fm.model import label_mode
-
-    split = work / "split"
-    if (split / "validation.libsvm").exists():
-        return
-    hp = settings.fixed
-    source = FileSource(settings.train, settings.fmt, hp["feature_dim"],
-                        labels=label_mode(hp["predictor_type"]))
-    source.index_base = base = _index_base(source, settings.index_base)
-    rows = sum(batch.n_rows for batch in source.blocks())
-    first = rows - int(math.floor(rows * settings.validation_fraction))
-    if first <= 0 or first >= rows:
-        raise HyperparameterError(f"--validation-fraction {settings.validation_fraction}: "
-                                  f"leaves no training or no validation rows of {rows}")
-    split.mkdir(exist_ok=True)
-    seen = 0
-    with files.output_stream(split / "train.libsvm") as head, \
-            files.output_stream(split / "validation.libsvm.part") as tail:
-        for batch in source.blocks():
-            X = sp.csr_matrix((batch.values, batch.indices, batch.indptr),
-                              shape=(batch.n_rows, hp["feature_dim"]))
-            cut = int(np.clip(first - seen, 0, batch.n_rows))
-            if cut:
-                libsvm.write_libsvm(head, X[:cut], batch.labels[:cut], index_base=base)
-            if cut < batch.n_rows:
-                libsvm.write_libsvm(tail, X[cut:], batch.labels[cut:], index_base=base)
-            seen += batch.n_rows
-    (split / "index_base").write_text(str(base))
-    os.replace(split / "validation.libsvm.part", split / "validation.libsvm")
-
-
 def _run_workers(work: Path, trials: int, timeout: float | None, jobs: int) -> None:
     threads = max(1, available_cpus() // jobs)
     if jobs == 1:
@@ -394,7 +273,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def _write_trials_csv(study: Any, path: Path) -> None:
     trials = study.get_trials(deepcopy=False)
-    names = [d.name for d in FM_SPACE if any(d.name in t.params for t in trials)]
+    names = sorted({name for t in trials for name in t.params})
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["number", "state", "value", "best_epoch", "seconds", *names])
@@ -448,31 +327,24 @@ def _write_plots(study: Any, directory: Path, objective: str) -> list[str]:
     return written
 
 
-def _refit_channel(work: Path, settings: TuneSettings) -> str:
-    """Training + validation rows as one channel: the training file itself after a
-    ``--validation-fraction`` split, else a directory linking both files."""
-    if settings.validation is None:
-        return settings.train
-    both = work / "refit"
-    both.mkdir(exist_ok=True)
-    for name, path in (("0-train", settings.train), ("1-validation", settings.validation)):
-        link = both / name
-        if not link.is_symlink():
-            link.symlink_to(Path(path).absolute())
-    return str(both)
+def _absolute(path: str | Path | None) -> str | None:
+    return None if path is None else str(Path(path).absolute())
 
 
-def tune(train: str | Path, model_dir: str | Path, *, objective: str, trials: int,
-         validation: str | Path | None = None, validation_fraction: float | None = None,
-         fixed: Mapping[str, Any] | None = None, timeout: float | None = None,
+def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "auto",
+         trials: int = 50, validation: str | Path | None = None,
+         validation_fraction: float | None = None, fixed: Mapping[str, Any] | None = None,
+         config: str | Path | None = None, timeout: float | None = None,
          jobs: int | None = None, refit: bool = False, test: str | Path | None = None,
          fmt: str = "auto", index_base: str = "auto", seed: int = 0) -> TuneResult:
-    """Search FM hyperparameters for ``objective`` (a validation metric: SageMaker's
-    ``validation:rmse``, ``validation:binary_classification_accuracy``, ... or fmkit's
-    ``validation:auc``) over ``trials`` finished trials; write the best model to
+    """Search settings for ``objective`` (a validation metric: SageMaker's ``validation:rmse``,
+    ``validation:binary_classification_accuracy``, ... or fmkit's ``validation:auc``; ``auto``:
+    AUC, or RMSE for regressors) over ``trials`` finished trials; write the best model to
     ``model_dir`` (scoring ``test`` when given) with its trials table and plots in
-    ``model_dir/tune/``. ``fixed``: hyperparameters not searched (``feature_dim`` and
-    ``predictor_type`` are required). ``jobs``: processes running trials at once (default:
+    ``model_dir/tune/``. An FM: ``fixed`` holds the hyperparameters not searched
+    (``feature_dim`` and ``predictor_type`` are required). A DeepFM: ``config`` is its
+    configuration file, ``fixed`` its ``--set`` overrides (``path: YAML text``), ``train``
+    replaces its ``train_input_path``. ``jobs``: processes running trials at once (default:
     the usable cores)."""
     optuna = _import_optuna()
     if (validation is None) == (validation_fraction is None):
@@ -482,22 +354,22 @@ def tune(train: str | Path, model_dir: str | Path, *, objective: str, trials: in
                                   f"{validation_fraction}")
     if trials < 1:
         raise HyperparameterError(f"--trials must be >= 1, got {trials}")
-    fixed = dict(fixed or {})
-    for name in ("feature_dim", "predictor_type"):
-        if name not in fixed:
-            raise HyperparameterError(f"tune needs {name}=VALUE (it is not searched)")
-    checked = validate({"num_factors": 8, **fixed})
-    fixed = {name: checked[name] for name in fixed}  # typed: strings as SageMaker passes them
-    settings = TuneSettings(str(Path(train).absolute()),
-                            None if validation is None else str(Path(validation).absolute()),
-                            validation_fraction, objective, fixed, fmt, str(index_base), seed)
-    key, higher = _objective_key(settings)
+    if config is not None and train is None:
+        from fmkit.models.deepfm.config import load_document
+
+        train = load_document(config).get("train_input_path")
+    if not train:
+        raise HyperparameterError("tune needs --train (or a configuration's train_input_path)")
+    search = search_for(TuneSettings(_absolute(train), _absolute(validation),
+                                     validation_fraction, objective, dict(fixed or {}), fmt,
+                                     str(index_base), seed, _absolute(config)))
+    settings = search.settings
+    key, higher = _objective_key(objective, search.predictor_type)
     model_dir = artifact.check_destination(model_dir)
     jobs = jobs or available_cpus()
     work, lock = _open_work_dir(model_dir, settings)
     try:
-        if validation_fraction is not None:
-            _split(settings, work)
+        search.split(work)
         study = optuna.create_study(
             study_name="fmkit", storage=_storage(work), load_if_exists=True,
             direction="maximize" if higher else "minimize", sampler=_sampler(seed),
@@ -514,43 +386,32 @@ def tune(train: str | Path, model_dir: str | Path, *, objective: str, trials: in
         if not [t for t in study.get_trials(deepcopy=False)
                 if t.state == optuna.trial.TrialState.COMPLETE]:
             raise TrainingDiverged(0, "every trial (none completed: all diverged or pruned)")
-        result = _finish(study, work, model_dir, settings, key, refit, test)
+        result = _finish(study, work, model_dir, search, higher, refit, test)
     finally:
         lock.close()
     shutil.rmtree(work, ignore_errors=True)
     return result
 
 
-def _finish(study: Any, work: Path, model_dir: Path, settings: TuneSettings, key: str,
-            refit: bool, test: str | Path | None) -> TuneResult:
+def _finish(study: Any, work: Path, model_dir: Path, search: Any, higher: bool, refit: bool,
+            test: str | Path | None) -> TuneResult:
     """The best trial's model in ``model_dir``; the trials, plots and study in its ``tune/``."""
-    from fmkit.jobs.fm import train_files
-
     best = study.best_trial
     best_epoch = int(best.user_attrs["best_epoch"])
-    hp = {**settings.fixed, **best.params}
-    channels = _channels(work, settings)
-    train, validation = channels.train, channels.validation
-    if refit:
-        hp["epochs"] = best_epoch
-        train, validation = _refit_channel(work, settings), None
-    else:
-        hp.setdefault("epochs", MAX_EPOCHS)
-        hp.setdefault("early_stopping_metric", settings.objective)
+    objective = search.settings.objective
     log.info("tune: best trial %d (%s %.6f, epoch %d); training the model%s", best.number,
-             settings.objective, best.value, best_epoch, " on all rows" if refit else "")
-    _, metrics = train_files(hp, train, model_dir, validation_path=validation, test_path=test,
-                             fmt=channels.fmt if validation else settings.fmt,
-                             index_base=channels.index_base, progress=False)
+             objective, best.value, best_epoch, " on all rows" if refit else "")
+    metrics = search.train(best.params, work, model_dir, test=None if test is None else str(test),
+                           refit_epochs=best_epoch if refit else None)
     out = model_dir / "tune"
     out.mkdir(exist_ok=True)
     _write_trials_csv(study, out / "trials.csv")
-    _write_plots(study, out, settings.objective)
+    _write_plots(study, out, objective)
     shutil.copyfile(work / "study.sqlite3", out / "study.sqlite3")
     shutil.copyfile(work / MARKER, out / MARKER)
     _write_text(out / "best.json", json.dumps(
-        {"trial": best.number, "objective": settings.objective, "value": best.value,
-         "higher_is_better": _objective_key(settings)[1], "epoch": best_epoch,
-         "hyperparameters": hp, "refit": refit}, indent=1))
+        {"trial": best.number, "objective": objective, "value": best.value,
+         "higher_is_better": higher, "epoch": best_epoch,
+         "settings": search.chosen(best.params), "refit": refit}, indent=1))
     return TuneResult(model_dir, float(best.value), dict(best.params), best_epoch,
                       len(study.trials), metrics)

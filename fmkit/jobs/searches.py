@@ -1,0 +1,344 @@
+"""What ``fmkit tune`` searches, and how it trains one setting: :class:`FMSearch` (SageMaker's
+hyperparameters, through :func:`fmkit.jobs.fm.train_files`) and :class:`DeepFMSearch`
+(TorchEasyRec configuration fields, through :func:`fmkit.jobs.deepfm.train_deepfm`).
+
+A search owns its space (:class:`Dimension`), the split of a training channel into training
+and validation rows (``--validation-fraction``), and one training run of a trial's settings:
+with validation and early stopping (a trial, or the final model), or for a fixed number of
+epochs on every row (a refit). :mod:`fmkit.jobs.tune` runs the study around it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fmkit import files
+from fmkit.errors import HyperparameterError
+from fmkit.models.fm.hyperparameters import OPTIMIZERS, validate
+from fmkit.train.engine import Callback
+
+FM_MAX_EPOCHS = 50  # a trial's epochs unless fixed: early stopping ends it sooner
+DEEPFM_MAX_EPOCHS = 10
+DEEPFM_PATIENCE = 2
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched setting: a log-uniform (or uniform) range, or a choice."""
+
+    name: str
+    low: float = 0.0
+    high: float = 0.0
+    integer: bool = False
+    choices: tuple[Any, ...] = ()
+    log: bool = True
+
+    def suggest(self, trial: Any) -> Any:
+        if self.choices:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+
+@dataclass
+class TuneSettings:
+    """What defines a study: a work directory's study continues only with the same. ``fixed``
+    holds FM hyperparameters, or for a DeepFM ``config`` its ``--set`` overrides."""
+
+    train: str
+    validation: str | None
+    validation_fraction: float | None
+    objective: str
+    fixed: dict[str, Any]
+    fmt: str = "auto"
+    index_base: str = "auto"
+    seed: int = 0
+    config: str | None = None
+
+
+def _write_text(path: Path, text: str) -> None:
+    with files.output_stream(path) as out:
+        out.write(text.encode())
+
+
+def _refit_channel(work: Path, train: str, validation: str) -> str:
+    """Training and validation rows as one channel: a directory linking both files."""
+    both = work / "refit"
+    both.mkdir(exist_ok=True)
+    for name, path in (("0-train", train), ("1-validation", validation)):
+        link = both / name
+        if not link.is_symlink():
+            link.symlink_to(Path(path).absolute())
+    return str(both)
+
+
+def _validation_rows(rows: int, fraction: float) -> int:
+    tail = int(math.floor(rows * fraction))
+    if tail <= 0 or tail >= rows:
+        raise HyperparameterError(f"--validation-fraction {fraction}: leaves no training or no "
+                                  f"validation rows of {rows}")
+    return tail
+
+
+# -- FM ----------------------------------------------------------------------------------------
+
+# One learning rate and one weight decay for the bias, linear and factor groups, as the peers'
+# single-optimizer setups have them: with separate rates, a validation channel that cannot
+# reward the factors (new users, as in MovieLens' last rows) lets the search switch them off
+# for free (docs/quality.md). SageMaker documents 1e-8..512 for every rate and decay and
+# 100..10000 for mini_batch_size; rates below 1e-4 and decays above 1 never trained a usable
+# model in those measurements, so the search spends no trials there.
+COUPLED = {"learning_rate": ("bias_lr", "linear_lr", "factors_lr"),
+           "weight_decay": ("bias_wd", "linear_wd", "factors_wd")}
+FM_SPACE: tuple[Dimension, ...] = (
+    Dimension("optimizer", choices=OPTIMIZERS),
+    Dimension("num_factors", choices=(4, 8, 16, 32, 64)),
+    Dimension("mini_batch_size", 100, 10_000, integer=True),
+    Dimension("learning_rate", 1e-4, 1.0),
+    Dimension("weight_decay", 1e-8, 1.0),
+)
+
+
+class FMSearch:
+    """FM hyperparameters; ``settings.fixed`` holds the ones not searched."""
+
+    def __init__(self, settings: TuneSettings):
+        for name in ("feature_dim", "predictor_type"):
+            if name not in settings.fixed:
+                raise HyperparameterError(f"tune needs {name}=VALUE (it is not searched)")
+        checked = validate({"num_factors": 8, **settings.fixed})
+        # typed: strings as SageMaker passes them
+        settings.fixed = {name: checked[name] for name in settings.fixed}
+        self.settings = settings
+        self.predictor_type = checked["predictor_type"]
+
+    def dimensions(self) -> list[Dimension]:
+        """The dimensions the fixed values leave open (a coupled one while any of its names
+        is)."""
+        fixed = self.settings.fixed
+        return [d for d in FM_SPACE
+                if any(name not in fixed for name in COUPLED.get(d.name, (d.name,)))]
+
+    def chosen(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's ``params`` as FM hyperparameters (coupled ones spread over their names),
+        the fixed values taking precedence."""
+        hp: dict[str, Any] = {}
+        for name, value in params.items():
+            for target in COUPLED.get(name, (name,)):
+                hp[target] = value
+        return {**hp, **self.settings.fixed}
+
+    def _channels(self, work: Path) -> tuple[str, str, str, str | int]:
+        """(training, validation, format, index base) of the trials."""
+        s = self.settings
+        if s.validation is not None:
+            return s.train, s.validation, s.fmt, s.index_base
+        split = work / "split"  # libsvm in the training file's own index base (split)
+        return (str(split / "train.libsvm"), str(split / "validation.libsvm"), "libsvm",
+                int((split / "index_base").read_text()))
+
+    def split(self, work: Path) -> None:
+        """``--validation-fraction F``: the training channel's last F of rows become the
+        validation channel (libsvm files in the work directory)."""
+        import numpy as np
+        import scipy.sparse as sp
+
+        from fmkit.data import libsvm
+        from fmkit.data.sources import FileSource
+        from fmkit.jobs.fm import resolve_index_base
+        from fmkit.models.fm.model import label_mode
+
+        s, split = self.settings, work / "split"
+        if s.validation_fraction is None or (split / "validation.libsvm").exists():
+            return
+        d = s.fixed["feature_dim"]
+        source = FileSource(s.train, s.fmt, d, labels=label_mode(self.predictor_type))
+        source.index_base = base = resolve_index_base(source, s.index_base)
+        rows = sum(batch.n_rows for batch in source.blocks())
+        first = rows - _validation_rows(rows, s.validation_fraction)
+        split.mkdir(exist_ok=True)
+        seen = 0
+        with files.output_stream(split / "train.libsvm") as head, \
+                files.output_stream(split / "validation.libsvm.part") as tail:
+            for batch in source.blocks():
+                X = sp.csr_matrix((batch.values, batch.indices, batch.indptr),
+                                  shape=(batch.n_rows, d))
+                cut = int(np.clip(first - seen, 0, batch.n_rows))
+                if cut:
+                    libsvm.write_libsvm(head, X[:cut], batch.labels[:cut], index_base=base)
+                if cut < batch.n_rows:
+                    libsvm.write_libsvm(tail, X[cut:], batch.labels[cut:], index_base=base)
+                seen += batch.n_rows
+        _write_text(split / "index_base", str(base))
+        os.replace(split / "validation.libsvm.part", split / "validation.libsvm")
+
+    def train(self, params: Mapping[str, Any], work: Path, model_dir: Path, *,
+              refit_epochs: int | None = None, callbacks: Sequence[Callback] = (),
+              test: str | None = None) -> dict[str, Any]:
+        """Train ``params`` into ``model_dir``: with validation and early stopping, or (with
+        ``refit_epochs``) for that many epochs on training + validation rows."""
+        from fmkit.jobs.fm import train_files
+
+        s = self.settings
+        hp = self.chosen(params)
+        train, validation, fmt, index_base = self._channels(work)
+        if refit_epochs:
+            hp["epochs"] = refit_epochs
+            fmt, validation = s.fmt, None
+            train = s.train if s.validation is None else _refit_channel(work, s.train,
+                                                                         s.validation)
+        else:
+            hp.setdefault("epochs", FM_MAX_EPOCHS)
+            hp.setdefault("early_stopping_metric", s.objective)
+        _, metrics = train_files(hp, train, model_dir, validation_path=validation,
+                                 test_path=test, fmt=fmt, index_base=index_base,
+                                 progress=False, cache=True, callbacks=callbacks)
+        return metrics
+
+
+# -- DeepFM ------------------------------------------------------------------------------------
+
+HIDDEN_UNITS = ("64-32", "128-64", "256-128", "256-128-64", "512-256-128")
+DEEPFM_SPACE: tuple[Dimension, ...] = (
+    Dimension("sparse_lr", 1e-3, 0.5),
+    Dimension("dense_lr", 1e-4, 1e-2),
+    Dimension("embedding_dim", choices=(4, 8, 16, 32)),
+    Dimension("hidden_units", choices=HIDDEN_UNITS),
+    Dimension("dropout", 0.0, 0.5, log=False),
+)
+
+
+class DeepFMSearch:
+    """A DeepFM configuration's learning rates, embedding width, deep layers and dropout;
+    ``settings.fixed`` holds the ``--set`` overrides applied first."""
+
+    def __init__(self, settings: TuneSettings):
+        from fmkit.models.deepfm import config as configs
+        from fmkit.models.deepfm.model import predictor_type
+
+        self.settings = settings
+        document = self._document({})
+        self.config = configs.parse(document)
+        self.predictor_type = predictor_type(self.config)
+        if (settings.validation_fraction is not None
+                and self.config.data_config.dataset_type != "CsvDataset"):
+            raise HyperparameterError("--validation-fraction splits CSV/TSV files; give a "
+                                      "Parquet channel's validation rows with --validation")
+
+    def dimensions(self) -> list[Dimension]:
+        return list(DEEPFM_SPACE)
+
+    def chosen(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The configuration fields a trial's ``params`` set (``path: value``), applied after
+        the fixed ``--set`` overrides."""
+        sparse = _optimizer_name(self._base(), "sparse_optimizer", "adagrad_optimizer")
+        dense = _optimizer_name(self._base(), "dense_optimizer", "adam_optimizer")
+        fields: dict[str, Any] = {}
+        if "sparse_lr" in params:
+            fields[f"train_config.sparse_optimizer.{sparse}.lr"] = params["sparse_lr"]
+        if "dense_lr" in params:
+            fields[f"train_config.dense_optimizer.{dense}.lr"] = params["dense_lr"]
+        if "embedding_dim" in params:
+            for i, feature in enumerate(self._base().get("feature_configs") or []):
+                for kind, body in feature.items():
+                    if isinstance(body, dict) and "embedding_dim" in body:
+                        fields[f"feature_configs[{i}].{kind}.embedding_dim"] = \
+                            params["embedding_dim"]
+        if "hidden_units" in params:
+            units = [int(u) for u in str(params["hidden_units"]).split("-")]
+            fields["model_config.deepfm.deep.hidden_units"] = units
+            if "dropout" in params:
+                fields["model_config.deepfm.deep.dropout_ratio"] = \
+                    [round(float(params["dropout"]), 4)] * len(units)
+        return fields
+
+    def _base(self) -> dict[str, Any]:
+        from fmkit.models.deepfm import config as configs
+
+        return configs.apply_overrides(configs.load_document(self.settings.config),
+                                       [f"{k}={v}" for k, v in self.settings.fixed.items()])
+
+    def _document(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        from fmkit.models.deepfm import config as configs
+
+        return configs.apply_overrides(self._base(), [f"{k}={_yaml(v)}" for k, v in
+                                                      fields.items()])
+
+    def _channels(self, work: Path) -> tuple[str, str]:
+        s = self.settings
+        if s.validation is not None:
+            return s.train, s.validation
+        return str(work / "split" / "train.csv"), str(work / "split" / "validation.csv")
+
+    def split(self, work: Path) -> None:
+        """``--validation-fraction F``: the last F of the CSV file's data lines (the header,
+        if the configuration says there is one, kept on both parts)."""
+        s, split = self.settings, work / "split"
+        if s.validation_fraction is None or (split / "validation.csv").exists():
+            return
+        from fmkit.data.sources import channel_files
+
+        lines = b"".join(path.read_bytes() if path.read_bytes().endswith(b"\n")
+                         else path.read_bytes() + b"\n"
+                         for path in channel_files(s.train)).splitlines(keepends=True)
+        header = lines[:1] if self.config.data_config.with_header else []
+        rows = lines[len(header):]
+        tail = _validation_rows(len(rows), s.validation_fraction)
+        split.mkdir(exist_ok=True)
+        with files.output_stream(split / "train.csv") as out:
+            out.write(b"".join(header + rows[:-tail]))
+        with files.output_stream(split / "validation.csv") as out:
+            out.write(b"".join(header + rows[-tail:]))
+
+    def train(self, params: Mapping[str, Any], work: Path, model_dir: Path, *,
+              refit_epochs: int | None = None, callbacks: Sequence[Callback] = (),
+              test: str | None = None) -> dict[str, Any]:
+        from fmkit.jobs.deepfm import train_deepfm
+        from fmkit.models.deepfm import config as configs
+
+        s = self.settings
+        document = self._document(self.chosen(params))
+        train, validation = self._channels(work)
+        settings = document.setdefault("train_config", {})
+        settings.pop("num_steps", None)
+        if refit_epochs:
+            settings["num_epochs"] = refit_epochs
+            settings["early_stopping_patience"] = 0
+            train = s.train if s.validation is None else _refit_channel(work, s.train,
+                                                                         s.validation)
+            validation = None
+        else:
+            settings["num_epochs"] = int(settings.get("num_epochs") or DEEPFM_MAX_EPOCHS)
+            settings.setdefault("early_stopping_patience", DEEPFM_PATIENCE)
+            settings["early_stopping_metric"] = s.objective
+        document.update(train_input_path=train, model_dir=str(model_dir))
+        document["eval_input_path"] = test
+        _, metrics = train_deepfm(configs.parse(document), progress=False,
+                                  validation_path=validation, callbacks=callbacks)
+        return metrics
+
+
+def _optimizer_name(document: dict[str, Any], section: str, default: str) -> str:
+    chosen = (document.get("train_config") or {}).get(section) or {}
+    names = [name for name in chosen if name.endswith("_optimizer")]
+    return names[0] if names else default
+
+
+def _yaml(value: Any) -> str:
+    """A value as ``--set`` reads it (YAML)."""
+    import json
+
+    return json.dumps(value)
+
+
+SEARCHES = {"fm": FMSearch, "deepfm": DeepFMSearch}
+
+
+def search_for(settings: TuneSettings) -> FMSearch | DeepFMSearch:
+    return (DeepFMSearch if settings.config else FMSearch)(settings)
