@@ -64,7 +64,7 @@ AUTO_HELP = {
             "regressors, the logit of their positive rate for classifiers, measured on the "
             "first 65,536 training rows (0 in SageMaker's Pipe mode, read once)",
     "factors": "auto (fmkit's default when no factors_init_* is set): normal with a standard "
-               "deviation chosen per optimizer (0.01 for adam and adagrad, 0.05 for sgd and "
+               "deviation chosen per optimizer (0.01 for adam, 0.1 for adagrad, sgd and "
                "ftrl)",
 }
 
