@@ -1,0 +1,110 @@
+"""Compiled FFM kernels: scoring, and the gradient of a mini-batch.
+
+They compute the functions of :mod:`fmkit.models.fm.ffm` (the tests hold them to it) on CSR
+batches with a field per nonzero. The weight table is the FM's layout with a factor width of
+``num_fields * k`` (a row ``[w_i, v_{i,0}, .., v_{i,F-1}]``, then the optimizer's moments), so
+an optimizer step is the FM's own: :func:`fmkit.kernels.fm.apply_gradient` with
+``k = num_fields * k``.
+
+The public functions check that every field is below ``num_fields`` before any compiled code
+runs (ids below ``feature_dim`` are the sources' check, as for the FM): no table read is out of
+bounds whatever the input holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from fmkit.kernels.fm import FAST, _distinct_features, _like, _loss_and_slope
+
+
+@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+def _row_forward(indptr, indices, fields, values, r, T, k):
+    """y_hat - w0 of row ``r`` (float64): the linear terms and every pair's
+    <v_{i_a, f_b}, v_{i_b, f_a}> x_a x_b."""
+    lo, hi = indptr[r], indptr[r + 1]
+    total = 0.0
+    for a in range(lo, hi):
+        ia, fa = indices[a], fields[a]
+        xa = np.float64(values[a])
+        total += np.float64(T[ia, 0]) * xa
+        for b in range(a + 1, hi):
+            ib, fb = indices[b], fields[b]
+            at_a, at_b = 1 + fb * k, 1 + fa * k
+            dot = _like(0.0, T)
+            for c in range(k):
+                dot += T[ia, at_a + c] * T[ib, at_b + c]
+            total += np.float64(dot) * xa * np.float64(values[b])
+    return total
+
+
+@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+def _predict(indptr, indices, fields, values, w0, T, k, out):
+    for r in range(indptr.size - 1):
+        out[r] = np.float64(w0[0]) + _row_forward(indptr, indices, fields, values, r, T, k)
+
+
+@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+def _gradient(indptr, indices, fields, values, labels, inv_rows, loss_kind, w0, T, k, slot, G):
+    """The mean-loss gradient of every row into ``G`` (a row ``[g_w, g_v..]`` per slot of
+    ``slot``); returns ``(sum of the rows' losses, gradient of w0)``."""
+    total_loss = 0.0
+    g0 = 0.0
+    for r in range(indptr.size - 1):
+        z = np.float64(w0[0]) + _row_forward(indptr, indices, fields, values, r, T, k)
+        loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
+        total_loss += loss
+        slope *= inv_rows
+        g0 += slope
+        lo, hi = indptr[r], indptr[r + 1]
+        for a in range(lo, hi):
+            ia, fa = indices[a], fields[a]
+            xa = np.float64(values[a])
+            sa = slot[ia]
+            G[sa, 0] += slope * xa
+            for b in range(a + 1, hi):
+                ib, fb = indices[b], fields[b]
+                sb = slot[ib]
+                scale = slope * xa * np.float64(values[b])
+                at_a, at_b = 1 + fb * k, 1 + fa * k
+                for c in range(k):
+                    G[sa, at_a + c] += scale * np.float64(T[ib, at_b + c])
+                    G[sb, at_b + c] += scale * np.float64(T[ia, at_a + c])
+    return total_loss, g0
+
+
+def _check_fields(fields: np.ndarray, num_fields: int, T: np.ndarray, k: int) -> None:
+    if fields.size and (int(fields.min()) < 0 or int(fields.max()) >= num_fields):
+        raise ValueError(f"a field is outside 0..{num_fields - 1}")
+    if T.shape[1] < 1 + num_fields * k:
+        raise ValueError(f"the table has {T.shape[1]} columns, fewer than 1 + {num_fields} "
+                         f"fields x {k} factors")
+
+
+def predict_logits(indptr, indices, fields, values, w0, T, k: int, num_fields: int
+                   ) -> np.ndarray:
+    """y_hat of every row (float64)."""
+    _check_fields(fields, num_fields, T, k)
+    out = np.empty(indptr.size - 1)
+    _predict(indptr, indices, fields, values, w0, T, k, out)
+    return out
+
+
+def minibatch_gradient(indptr, indices, fields, values, labels, inv_rows: float,
+                       loss_kind: int, w0, T, k: int, num_fields: int, slot: np.ndarray
+                       ) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """The gradient of one mini-batch without updating, each row's loss scaled by
+    ``inv_rows``: ``(sum of losses, gradient of w0, the distinct features, their gradient
+    rows)`` — what :func:`fmkit.kernels.fm.apply_gradient` takes. ``slot`` (an int per table
+    row, all -1) is left as it was found."""
+    _check_fields(fields, num_fields, T, k)
+    touched = np.empty(max(1, min(indices.size, slot.size)), np.int32)
+    n = _distinct_features(indices, indptr[0], indptr[-1], slot, touched)
+    G = np.zeros((n, 1 + num_fields * k))
+    try:
+        loss, g0 = _gradient(indptr, indices, fields, values, labels, inv_rows, loss_kind, w0,
+                             T, k, slot, G)
+    finally:
+        slot[touched[:n]] = -1
+    return loss, g0, touched[:n].astype(np.int64), G

@@ -1,0 +1,150 @@
+"""The field-aware FM: its reference and compiled kernels against a brute-force double loop
+written here, finite differences, and the FM optimizer's numpy reference step by step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fmkit.kernels import ffm as kernels
+from fmkit.kernels.fm import LOGISTIC, SQUARED, apply_gradient
+from fmkit.models.fm.ffm import reference_gradients, reference_logits
+from fmkit.models.fm.hyperparameters import OPTIMIZERS, validate
+from fmkit.models.fm.parameters import FMParameters, loss_and_slope
+from fmkit.train.optimizers import (
+    OPTIMIZER_IDS,
+    OptimizerState,
+    kernel_config,
+    reference_step,
+    training_tables,
+)
+
+D, F, K = 30, 4, 3
+
+
+def random_problem(seed: int, n: int = 25):
+    """CSR rows of 1-7 distinct features, each with a random field; float64 weights."""
+    rng = np.random.default_rng(seed)
+    indptr, indices, fields, values = [0], [], [], []
+    for _ in range(n):
+        m = int(rng.integers(1, 8))
+        indices += list(rng.choice(D, m, replace=False))
+        fields += list(rng.integers(0, F, m))
+        values += list(rng.normal(size=m))
+        indptr.append(len(indices))
+    params = FMParameters(w0=rng.normal(size=1), w=rng.normal(size=D),
+                          V=rng.normal(scale=0.5, size=(D, F * K)))
+    y = (rng.random(n) < 0.5).astype(np.float64)
+    return (np.array(indptr, np.int64), np.array(indices, np.int32),
+            np.array(fields, np.int32), np.array(values)), y, params
+
+
+def brute_force(params: FMParameters, indptr, indices, fields, values) -> list[float]:
+    """y_hat by the definition, plain Python: w0 + sum w_i x_i + sum over pairs a < b of
+    sum_c v[i_a][f_b][c] * v[i_b][f_a][c] * x_a * x_b."""
+    w0, w, table = float(params.w0[0]), params.w.tolist(), params.V.tolist()
+
+    def v(feature, field):
+        return table[feature][field * K:(field + 1) * K]
+
+    out = []
+    for r in range(len(indptr) - 1):
+        row = list(range(indptr[r], indptr[r + 1]))
+        total = w0 + sum(w[indices[a]] * values[a] for a in row)
+        for p, a in enumerate(row):
+            for b in row[p + 1:]:
+                dot = sum(s * t for s, t in zip(v(indices[a], fields[b]),
+                                                v(indices[b], fields[a])))
+                total += dot * values[a] * values[b]
+        out.append(total)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ffm_equals_brute_force_double_loop(seed):
+    batch, _, params = random_problem(seed)
+    expected = brute_force(params, *batch)
+    np.testing.assert_allclose(reference_logits(params, F, *batch), expected, rtol=0, atol=1e-9)
+    fast = kernels.predict_logits(*batch, params.w0, params.table, K, F)
+    np.testing.assert_allclose(fast, expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("predictor_type", ["binary_classifier", "regressor"])
+def test_gradients_match_finite_differences(predictor_type):
+    batch, y, params = random_problem(7, n=12)
+    if predictor_type == "regressor":
+        y = np.random.default_rng(1).normal(size=y.size)
+
+    def loss(p: FMParameters) -> float:
+        z = np.array(brute_force(p, *batch))
+        return float(loss_and_slope(z, y, predictor_type)[0].mean())
+
+    g0, gw, gV = reference_gradients(params, F, *batch, y, predictor_type)
+    kind = LOGISTIC if predictor_type == "binary_classifier" else SQUARED
+    slot = np.full(D, -1, np.int32)
+    _, k0, rows, G = kernels.minibatch_gradient(*batch, y, 1 / y.size, kind, params.w0,
+                                                params.table, K, F, slot)
+    assert (slot == -1).all()
+    dense = np.zeros((D, 1 + F * K))
+    dense[rows] = G
+    h = 1e-6
+    checks = [("w0", (0,), g0, k0)]
+    rng = np.random.default_rng(3)
+    for i in rng.choice(D, 6, replace=False):
+        checks.append(("w", (i,), gw[i], dense[i, 0]))
+        for c in rng.choice(F * K, 3, replace=False):
+            checks.append(("V", (i, c), gV[i, c], dense[i, 1 + c]))
+    for name, idx, reference, fast in checks:
+        plus, minus = params.copy(), params.copy()
+        getattr(plus, name)[idx] += h
+        getattr(minus, name)[idx] -= h
+        numeric = (loss(plus) - loss(minus)) / (2 * h)
+        assert reference == pytest.approx(numeric, rel=1e-5, abs=1e-7), (name, idx)
+        assert fast == pytest.approx(reference, rel=1e-12, abs=1e-12), (name, idx)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("predictor_type", ["binary_classifier", "regressor"])
+def test_kernel_steps_match_reference_optimizer(optimizer, predictor_type):
+    """Three mini-batches: the compiled gradient + the FM's compiled update (factor width
+    F * k) == the reference gradient + the numpy reference step, in float64; features no
+    mini-batch touched keep their weights (lazy updates)."""
+    batch, y, params = random_problem(11, n=30)
+    indptr, indices, fields, values = batch
+    hp = validate(dict(feature_dim=D, num_factors=F * K, predictor_type=predictor_type,
+                       optimizer=optimizer, rescale_grad=0.7, clip_gradient=0.5,
+                       bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, bias_wd=0.01,
+                       linear_wd=0.1, factors_wd=0.05))
+    reference = params.copy()
+    state = OptimizerState.initial(optimizer, reference, hp)
+    bias, table = training_tables(params.copy(), optimizer, hp, dtype=np.float64)
+    config = kernel_config(hp, table.dtype)
+    kind = LOGISTIC if predictor_type == "binary_classifier" else SQUARED
+    slot = np.full(D, -1, np.int32)
+    step = 0
+    for start in range(0, 30, 10):
+        lo, hi = indptr[start], indptr[start + 10]
+        part = (indptr[start:start + 11] - lo, indices[lo:hi], fields[lo:hi], values[lo:hi])
+        grads = reference_gradients(reference, F, *part, y[start:start + 10], predictor_type)
+        reference_step(reference, state, grads, np.unique(part[1]), hp)
+        _, g0, rows, G = kernels.minibatch_gradient(*part, y[start:start + 10], 1 / 10, kind,
+                                                    bias[0, :1], table, K, F, slot)
+        step = apply_gradient(rows, G, g0, OPTIMIZER_IDS[optimizer], config, bias, table,
+                              F * K, step, 1)
+    assert step == state.step == 3
+    np.testing.assert_allclose(bias[0, 0], reference.w0[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(table[:, : 1 + F * K], reference.table, rtol=0, atol=1e-12)
+    untouched = np.setdiff1d(np.arange(D), indices)
+    np.testing.assert_array_equal(table[untouched, : 1 + F * K], params.table[untouched])
+
+
+def test_fields_outside_the_table_are_refused_before_any_compiled_code():
+    batch, y, params = random_problem(2, n=5)
+    indptr, indices, fields, values = batch
+    bad = fields.copy()
+    bad[-1] = F  # one past the last field: would read past the row
+    with pytest.raises(ValueError, match="field is outside 0..3"):
+        kernels.predict_logits(indptr, indices, bad, values, params.w0, params.table, K, F)
+    with pytest.raises(ValueError, match="fewer than"):
+        kernels.predict_logits(indptr, indices, fields, values, params.w0,
+                               params.table[:, :5], K, F)
