@@ -79,10 +79,12 @@ def test_tune_refuses_bad_arguments_in_one_line(a9a_head, tmp_path, cli):
         ([*FIXED, "--validation", a9a_head], "--validation FILE or --validation-fraction"),
         ([*FIXED, "--objective", "validation:rmse"], "not a metric of a binary_classifier"),
         ([*FIXED, "factor_lr=0.1"], "unknown hyperparameter"),
+        ([*FIXED, "--jobs", "0"], "--jobs must be >= 1"),
     ):
         code, _, err = cli("tune", "--train", a9a_head, "--validation-fraction", "0.1",
                            "--trials", "2", "--model-dir", tmp_path / "m", *args)
         assert code == 1 and fragment in err and err.count("\n") == 1, err
+    assert not (tmp_path / "m.tuning").exists()  # refused before any work: nothing left
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     code, _, err = cli("tune", "--train", a9a_head, "--validation-fraction", "0.1",
@@ -178,3 +180,17 @@ def test_tune_searches_a_deepfm_configuration(tmp_path, cli):
     scores = np.concatenate([model.predictions(model.encode(batch, labelled=False))["score"]
                              for batch in model.read(validation)])
     assert roc_auc_score(y, scores) == pytest.approx(float(best["value"]), abs=0.02)
+
+
+def test_a_bad_row_met_by_a_worker_process_is_one_line(a9a_head, tmp_path):
+    validation = tmp_path / "validation.libsvm"
+    validation.write_text("+1 3:1 9:1\n+1 500:1\n")
+    done = subprocess.run([fmkit_executable(), "tune", "--train", str(a9a_head), "--validation",
+                           str(validation), "--trials", "2", "--jobs", "2", "--model-dir",
+                           str(tmp_path / "model"), *FIXED], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"fmkit: error: {validation}:2: feature index 500 is out of range: feature_dim=123 "
+        "with 1-based indices allows at most 123"), done.stderr
+    assert "Traceback" not in done.stderr

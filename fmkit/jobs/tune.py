@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -34,7 +35,7 @@ from typing import Any
 
 from fmkit import files
 from fmkit.cpus import available_cpus
-from fmkit.errors import HyperparameterError, TrainingDiverged
+from fmkit.errors import FMKitError, HyperparameterError, TrainingDiverged
 from fmkit.files import OutputError
 from fmkit.jobs.searches import TuneSettings, search_for
 from fmkit.logs import log
@@ -82,7 +83,7 @@ def _import_optuna():
         import optuna
     except ImportError:
         raise HyperparameterError("fmkit tune needs Optuna: pip install 'fmkit[tune]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # fmkit logs each trial itself
     return optuna
 
 
@@ -162,6 +163,12 @@ def _worker(work: str, trials: int, timeout: float | None, threads: int,
     ones (or ``timeout`` seconds), on ``threads`` threads."""
     if child:
         _die_with_parent()
+        try:
+            _worker(work, trials, timeout, threads, child=False)
+        except FMKitError as e:  # the parent reports it: one line, as for one process
+            _write_text(Path(work) / f"error-{os.getpid()}", str(e))
+            sys.exit(1)
+        return
     optuna = _import_optuna()
     work_dir = Path(work)
     search = search_for(TuneSettings(**json.loads((work_dir / MARKER).read_text())))
@@ -217,6 +224,18 @@ def _log_trial(study: Any, trial: Any) -> None:
                 trial.user_attrs.get("best_epoch"), seconds, best)
 
 
+def _read_marker(path: Path) -> dict[str, Any]:
+    """The settings a study was started with, or one line saying the file is not ours."""
+    try:
+        started = json.loads(path.read_text())
+    except (OSError, ValueError):
+        started = None
+    if not isinstance(started, dict):
+        raise OutputError(path, "is not a settings file fmkit tune wrote; nothing was changed: "
+                          "remove it or choose another --model-dir")
+    return started
+
+
 def _open_work_dir(model_dir: Path, settings: TuneSettings) -> tuple[Path, Any]:
     """The work directory of ``model_dir``'s study, locked for this run: created, or an
     unfinished one continued (its settings must be these), or restored from the study a
@@ -234,7 +253,7 @@ def _open_work_dir(model_dir: Path, settings: TuneSettings) -> tuple[Path, Any]:
         raise OutputError(work, "another fmkit tune is running on this study") from None
     wanted = asdict(settings)
     if marker.exists():
-        started = json.loads(marker.read_text())
+        started = _read_marker(marker)
         if started != wanted:
             changed = sorted(k for k in wanted if started.get(k) != wanted[k])
             raise HyperparameterError(
@@ -243,7 +262,7 @@ def _open_work_dir(model_dir: Path, settings: TuneSettings) -> tuple[Path, Any]:
     else:
         previous = model_dir / "tune"
         if ((previous / "study.sqlite3").exists() and (previous / MARKER).exists()
-                and json.loads((previous / MARKER).read_text()) == wanted):
+                and _read_marker(previous / MARKER) == wanted):
             shutil.copyfile(previous / "study.sqlite3", work / "study.sqlite3")
         _write_text(marker, json.dumps(wanted, indent=1))
     return work, lock
@@ -261,9 +280,12 @@ def _run_workers(work: Path, trials: int, timeout: float | None, jobs: int) -> N
         process.start()
     for process in workers:
         process.join()
-    failed = [p.exitcode for p in workers if p.exitcode]
+    failed = [p for p in workers if p.exitcode]
     if failed:
-        raise OutputError(work, f"a tune worker stopped with exit code {failed[0]}")
+        reported = work / f"error-{failed[0].pid}"
+        if reported.exists():
+            raise FMKitError(reported.read_text())
+        raise OutputError(work, f"a tune worker stopped with exit code {failed[0].exitcode}")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -354,6 +376,10 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
                                   f"{validation_fraction}")
     if trials < 1:
         raise HyperparameterError(f"--trials must be >= 1, got {trials}")
+    if jobs is not None and jobs < 1:
+        raise HyperparameterError(f"--jobs must be >= 1, got {jobs}")
+    if timeout is not None and not timeout > 0:
+        raise HyperparameterError(f"--timeout must be > 0 seconds, got {timeout}")
     if config is not None and train is None:
         from fmkit.models.deepfm.config import load_document
 
@@ -367,6 +393,7 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
     key, higher = _objective_key(objective, search.predictor_type)
     model_dir = artifact.check_destination(model_dir)
     jobs = jobs or available_cpus()
+    created = not Path(str(model_dir) + WORK_SUFFIX).exists()
     work, lock = _open_work_dir(model_dir, settings)
     try:
         search.split(work)
@@ -387,6 +414,10 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
                 if t.state == optuna.trial.TrialState.COMPLETE]:
             raise TrainingDiverged(0, "every trial (none completed: all diverged or pruned)")
         result = _finish(study, work, model_dir, search, higher, refit, test)
+    except BaseException:
+        if created and not (work / "study.sqlite3").exists():
+            shutil.rmtree(work, ignore_errors=True)  # stopped before any trial: leave nothing
+        raise
     finally:
         lock.close()
     shutil.rmtree(work, ignore_errors=True)
