@@ -55,7 +55,7 @@ from fmkit.models.fm.hyperparameters import validate
 from fmkit.models.fm.model import FMModel
 from fmkit.jobs.training import train
 def blocks(path):
-    return list(FileSource(path, "libsvm", D, index_base=0, labels="binary").blocks())
+    return list(FileSource(path, "auto", D, index_base=0, labels="binary").blocks())
 def hyperparameters():
     return validate({"feature_dim": D, "num_factors": K, "epochs": OPTIONS.get("epochs", 1),
                      "mini_batch_size": 1,
@@ -97,8 +97,9 @@ if not OPTIONS.get("cold"):  # cold: the clock includes compiling (an empty numb
 t = time.perf_counter()
 model, _ = jobs.train_files(hp, TRAIN, Path(OUT).with_suffix(".model"), index_base=0,
                             progress=False)
-result = dict(rows=sum(1 for _ in open(TRAIN, "rb")), seconds=time.perf_counter() - t)
-score_test(hp, model.params)
+result = dict(rows=sum(1 for _ in open(TRAIN, "rb")) * hp["epochs"],
+              seconds=time.perf_counter() - t)
+score_test(model.hyperparameters, model.params)
 """,
     "predict_parsed": """
 from fmkit.models.fm.parameters import init_parameters
@@ -215,7 +216,24 @@ ROWS = [
     ("a9a: fmkit defaults, 5 epochs, first run (cold cache)", "fmkit", "train_file",
      {"epochs": 5, "data": "a9a", "hp": DEFAULTS, "cold": True},
      "a9a: fmkit defaults, 5 epochs, text file"),
+    # field-aware FM on planted field-aware data (FFM_ROWS rows, 10 fields), 2 epochs
+    ("ffm: xLearn FFM adagrad 1 thread, cold", "peer", "xlearn_ffm_cold",
+     {"threads": 1, "epochs": 2, "data": "ffm"}, None),
+    ("ffm: xLearn FM adagrad 1 thread, cold", "peer", "xlearn_adagrad_cold",
+     {"threads": 1, "epochs": 2, "data": "ffm"}, None),
+    ("ffm: fmkit FFM adagrad b100, 1 thread", "fmkit", "train_file",
+     {"threads": 1, "epochs": 2, "data": "ffm",
+      "hp": {**adaptive("adagrad", 0.05), "model_type": "ffm", "mini_batch_size": 100}},
+     "ffm: xLearn FFM adagrad 1 thread, cold"),
+    ("ffm: fmkit FFM defaults (adam b1000), 1 thread", "fmkit", "train_file",
+     {"threads": 1, "epochs": 2, "data": "ffm", "hp": {**DEFAULTS, "model_type": "ffm"}},
+     "ffm: xLearn FFM adagrad 1 thread, cold"),
+    ("ffm: fmkit FM adagrad b100, 1 thread", "fmkit", "train_file",
+     {"threads": 1, "epochs": 2, "data": "ffm",
+      "hp": {**adaptive("adagrad", 0.05), "mini_batch_size": 100}},
+     "ffm: xLearn FM adagrad 1 thread, cold"),
 ]
+FFM_ROWS, FFM_FIELDS, FFM_FIELD_SIZE = 200_000, 10, 2000
 A9A = Path(os.environ.get("FMKIT_SHARED_DATA", HERE.parents[1] / "shared" / "data")) / "a9a_libsvm"
 
 
@@ -310,6 +328,24 @@ def libffm_copy(train: Path) -> Path:
     return path
 
 
+def ffm_data() -> tuple[Path, Path, int]:
+    """Train and test libffm files sampled from a planted field-aware FM (FFM_ROWS rows and a
+    tenth as many, FFM_FIELDS one-hot fields of FFM_FIELD_SIZE Zipf ids), cached."""
+    from fmkit.models.fm.planted import planted_ctr
+
+    stem = CACHE / f"ffm-{FFM_ROWS}x{FFM_FIELDS}"
+    paths = stem.with_suffix(".libffm"), stem.with_suffix(".test.libffm")
+    if not all(p.exists() for p in paths):
+        CACHE.mkdir(exist_ok=True)
+        data = planted_ctr(FFM_ROWS * 11 // 10, [FFM_FIELD_SIZE] * FFM_FIELDS, num_factors=4,
+                           factor_sigma=0.3, field_aware=True, seed=5)
+        for path, part in zip(paths, data.split(FFM_ROWS)):
+            tmp = path.with_suffix(".partial")
+            tmp.write_text("\n".join(part.libffm_lines()) + "\n")
+            tmp.rename(path)
+    return paths[0], paths[1], FFM_FIELDS * FFM_FIELD_SIZE
+
+
 def a9a_copy() -> tuple[Path, Path, int]:
     """a9a's train and test files copied under benchmarks/.cache (xLearn writes its binary
     cache beside its input, which must not land in ../shared/data), and its feature count."""
@@ -385,7 +421,7 @@ def quality(out: Path, test: Path, features: int) -> tuple[float, float] | None:
         return None
     p = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
     labels = np.concatenate([b.labels for b in
-                             FileSource(test, "libsvm", features, 0, labels="binary").blocks()])
+                             FileSource(test, "auto", features, 0, labels="binary").blocks()])
     p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
     return metrics.auc(labels, p), metrics.log_loss_from_logits(labels, np.log(p / (1 - p)))
 
@@ -423,7 +459,8 @@ def main() -> None:
         out = CACHE / f"out-{len(results)}.txt"
         for stale in (out, out.with_suffix(".npy")):
             stale.unlink(missing_ok=True)
-        data = {"a9a": a9a_copy, "libffm": lambda: (libffm_copy(train), test, args.features)}.get(
+        data = {"a9a": a9a_copy, "ffm": ffm_data,
+                "libffm": lambda: (libffm_copy(train), test, args.features)}.get(
             options.get("data"), lambda: (train, test, args.features))()
         repeats = args.repeat if runner == "fmkit" or task.startswith("xlearn") else 1
         r = min((run(runner, task, options, *data, args.k, out) for _ in range(repeats)),

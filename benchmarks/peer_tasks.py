@@ -39,15 +39,16 @@ def load(path: str, features: int, rows: int = 0):
 
 
 def xlearn_fit(train: str, test: str, k: int, threads: int, epochs: int, out: str, *,
-               cold: bool, opt: str = "sgd"):
-    """xLearn's FM on text files; cold: its binary cache is removed first (parse included)."""
+               cold: bool, opt: str = "sgd", ffm: bool = False):
+    """xLearn's FM (or with ``ffm`` its FFM) on text files; cold: its binary cache is removed
+    first (parse included)."""
     import xlearn as xl
 
     cache = Path(train + ".bin")
     if cold and cache.exists():
         cache.unlink()
     model = str(Path(out).with_suffix(".xlearn-model"))
-    fm = xl.create_fm()
+    fm = xl.create_ffm() if ffm else xl.create_fm()
     fm.setTrain(train)
     fm.setQuiet()  # no per-epoch loss pass: xLearn's fastest training mode
     param = {"task": "binary", "lr": 0.2, "lambda": 0.00002, "k": k, "epoch": epochs,
@@ -200,6 +201,10 @@ def main() -> None:
     out, rows = sys.argv[8], int(sys.argv[9])
     if task == "xlearn_predict":
         n, seconds = xlearn_predict(train, test, k, threads, out)
+    elif task.startswith("xlearn_ffm"):  # xlearn_ffm[_cold]: its FFM, AdaGrad (its default)
+        seconds = xlearn_fit(train, test, k, threads, epochs, out,
+                             cold=task.endswith("_cold"), opt="adagrad", ffm=True)
+        n = count_lines(train)
     elif task.startswith("xlearn_"):  # xlearn_<optimizer>[_cold]
         seconds = xlearn_fit(train, test, k, threads, epochs, out,
                              cold=task.endswith("_cold"), opt=task.split("_")[1])

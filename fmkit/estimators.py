@@ -28,7 +28,9 @@ from fmkit.train.callbacks import Progress
 from fmkit.train.engine import fit
 from fmkit.train.kernel_learner import fm_learner
 
-_INFERRED = ("feature_dim", "predictor_type")
+# inferred from the data and the class; the field-aware FM needs each feature's field, which a
+# matrix does not carry (it trains from libffm files: fmkit train ... model_type=ffm)
+_INFERRED = ("feature_dim", "predictor_type", "model_type", "num_fields")
 _HYPERPARAMETERS = [h for h in TABLE if h.name not in _INFERRED]
 PARAMETERS = {h.name: (h.suggested if h.default is None and h.required else h.default)
               for h in _HYPERPARAMETERS}

@@ -27,6 +27,7 @@ class SparseBatch:
     first_row: int = 0  # for in-memory data (no lines): the row number of row 0
     row_unit: str = "line"  # what ``lines`` count: file "line"s or recordIO "record"s
     widths: np.ndarray | None = None  # recordIO: each row's declared feature count (-1: none)
+    fields: np.ndarray | None = None  # libffm: int32 field of each nonzero (FFM), else None
 
     @property
     def n_rows(self) -> int:
@@ -53,18 +54,24 @@ class SparseBatch:
             first_row=self.first_row + start,
             row_unit=self.row_unit,
             widths=None if self.widths is None else self.widths[start:stop],
+            fields=None if self.fields is None else self.fields[lo:hi],
         )
 
 
 @njit(cache=True, nogil=True)
-def _gather_rows(indptr, indices, values, rows, out_indptr, out_indices, out_values):
+def _gather_rows(indptr, indices, values, fields, rows, out_indptr, out_indices, out_values,
+                 out_fields):
+    """Rows ``rows`` of a CSR batch into the ``out_`` arrays; ``fields`` too unless empty."""
     nnz = 0
     out_indptr[0] = 0
+    with_fields = out_fields.size > 0
     for n in range(rows.size):
         r = rows[n]
         for j in range(indptr[r], indptr[r + 1]):
             out_indices[nnz] = indices[j]
             out_values[nnz] = values[j]
+            if with_fields:
+                out_fields[nnz] = fields[j]
             nnz += 1
         out_indptr[n + 1] = nnz
 
@@ -77,11 +84,15 @@ def take(batch: SparseBatch, rows: np.ndarray) -> SparseBatch:
     indptr = np.empty(rows.size + 1, dtype=np.int64)
     indices = np.empty(nnz, dtype=batch.indices.dtype)
     values = np.empty(nnz, dtype=batch.values.dtype)
-    _gather_rows(batch.indptr, batch.indices, batch.values, rows, indptr, indices, values)
+    has_fields = batch.fields is not None
+    fields = np.empty(nnz if has_fields else 0, dtype=np.int32)
+    _gather_rows(batch.indptr, batch.indices, batch.values,
+                 batch.fields if has_fields else fields, rows, indptr, indices, values, fields)
     return SparseBatch(indptr, indices, values, batch.labels[rows],
                        None if batch.lines is None else batch.lines[rows], batch.source,
                        batch.first_row, batch.row_unit,
-                       None if batch.widths is None else batch.widths[rows])
+                       None if batch.widths is None else batch.widths[rows],
+                       fields if has_fields else None)
 
 
 def concat(batches: list[SparseBatch]) -> SparseBatch:
@@ -94,6 +105,7 @@ def concat(batches: list[SparseBatch]) -> SparseBatch:
     )
     has_lines = all(b.lines is not None for b in batches)
     has_widths = all(b.widths is not None for b in batches)
+    has_fields = all(b.fields is not None for b in batches)
     return SparseBatch(
         indptr=indptr,
         indices=np.concatenate([b.indices for b in batches]),
@@ -104,6 +116,7 @@ def concat(batches: list[SparseBatch]) -> SparseBatch:
         first_row=batches[0].first_row,
         row_unit=batches[0].row_unit,
         widths=np.concatenate([b.widths for b in batches]) if has_widths else None,
+        fields=np.concatenate([b.fields for b in batches]) if has_fields else None,
     )
 
 

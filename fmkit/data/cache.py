@@ -31,6 +31,12 @@ _ARRAYS = (("indptr", np.int64, lambda rows, nnz: rows + 1),
            ("values", np.float32, lambda rows, nnz: nnz),
            ("labels", np.float32, lambda rows, nnz: rows),
            ("lines", np.int64, lambda rows, nnz: rows))
+# libffm blocks also keep each nonzero's field
+_FIELDS = ("fields", np.int32, lambda rows, nnz: nnz)
+
+
+def _arrays(fmt: str) -> tuple:
+    return (*_ARRAYS, _FIELDS) if fmt == "libffm" else _ARRAYS
 
 
 def cache_dir() -> Path:
@@ -40,24 +46,25 @@ def cache_dir() -> Path:
 def cache_path(file: Path, fmt: str) -> Path:
     """Where ``file``'s cache lives; the name changes with its path, size and mtime."""
     stat = file.stat()
-    key = f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{fmt}"
+    # "2": entries written since libffm blocks keep their fields
+    key = f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{fmt}\0" + "2"
     return cache_dir() / f"{file.name}.{hashlib.sha256(key.encode()).hexdigest()[:20]}.bin"
 
 
-def _write_block(out: BinaryIO, batch: SparseBatch) -> None:
+def _write_block(out: BinaryIO, batch: SparseBatch, fmt: str) -> None:
     out.write(_HEADER.pack(batch.n_rows, batch.indices.size))
-    for name, dtype, _ in _ARRAYS:
+    for name, dtype, _ in _arrays(fmt):
         out.write(np.ascontiguousarray(getattr(batch, name), dtype=dtype).data)
 
 
-def _read_blocks(path: Path, source: str) -> Iterator[SparseBatch]:
+def _read_blocks(path: Path, source: str, fmt: str) -> Iterator[SparseBatch]:
     with open(path, "rb", buffering=0) as f:
         if f.read(len(MAGIC)) != MAGIC:
             raise OSError(f"{path}: not an fmkit cache file")
         while header := f.read(_HEADER.size):
             rows, nnz = _HEADER.unpack(header)
             arrays = {}
-            for name, dtype, length in _ARRAYS:
+            for name, dtype, length in _arrays(fmt):
                 array = np.empty(length(rows, nnz), dtype=dtype)
                 if f.readinto(array.data.cast("B")) != array.nbytes:
                     raise OSError(f"{path}: truncated cache file")
@@ -81,7 +88,7 @@ def cached_blocks(file: Path, fmt: str,
     ``parse()``, writing the entry on the way (a failed write only loses the cache)."""
     path = cache_path(file, fmt)
     if path.exists():
-        yield from _read_blocks(path, str(file))
+        yield from _read_blocks(path, str(file), fmt)
         return
     try:
         fd, tmp = files.temporary_file(path)  # also sweeps dead processes' leftovers
@@ -93,7 +100,7 @@ def cached_blocks(file: Path, fmt: str,
     try:
         writing = _attempt(out.write, MAGIC)
         for batch in parse():
-            writing = writing and _attempt(_write_block, out, batch)
+            writing = writing and _attempt(_write_block, out, batch, fmt)
             yield batch
         complete = writing
     finally:

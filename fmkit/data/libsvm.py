@@ -1,6 +1,6 @@
 """libsvm / svmlight text: ``label idx:val idx:val ... [# comment]``, one row per line, and
-libffm text: ``label field:idx:val ...`` (an FM reads its features and ignores the fields, as
-xLearn's FM does).
+libffm text: ``label field:idx:val ...`` (the fields kept beside the indices: an FFM uses them,
+an FM ignores them, as xLearn's FM does).
 
 Parsing happens a block at a time inside one compiled function (no Python loop per row).
 Indices are stored as written; the caller shifts them to 0-based (see :mod:`fmkit.data.sources`).
@@ -76,9 +76,9 @@ def _is_qid(buf, start, n):
 
 
 @njit(cache=True, nogil=True)
-def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, ffm):
+def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, fields, ffm):
     """Parse whole lines of ``buf`` into preallocated CSR arrays, in one pass over the bytes;
-    ``ffm``: the tokens are libffm's ``field:index:value`` (the field is checked, not kept).
+    ``ffm``: the tokens are libffm's ``field:index:value``, each field written to ``fields``.
 
     Returns ``(rows, nnz, code, token_start, token_end, line)``; ``code`` is 0 on success, else the
     problem found at ``buf[token_start:token_end]`` on ``line``.
@@ -106,6 +106,7 @@ def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, ffm):
                 start = p
                 idx, p = _parse_id(buf, p, n)
                 good = p > start and p < n and buf[p] == _COLON and idx <= 2147483647
+                field = idx
                 if good and ffm:  # that was the field: the index follows
                     p += 1
                     field_end = p
@@ -129,6 +130,8 @@ def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, ffm):
                     p = te
                 indices[nnz] = idx
                 values[nnz] = val
+                if ffm:
+                    fields[nnz] = field
                 nnz += 1
             labels[row] = label
             lines[row] = line
@@ -157,13 +160,13 @@ PARALLEL_BYTES = 1 << 20  # blocks at least this large are parsed in parts acros
 
 
 def _parse_part(buf, lo, hi, row_at, r1, nnz_at, z1, part, indptr, indices, values, labels,
-                lines, ffm):
+                lines, fields, ffm):
     """:func:`parse_libsvm` on the whole lines ``buf[lo:hi]`` into part ``part``'s region of
     the output arrays (rows ``row_at:r1``, features ``nnz_at:z1``; sized by the part's bytes,
     so no pass counts rows first), line numbers counted from the part's start."""
     return parse_libsvm(buf[lo:hi], 0, indptr[row_at + part:r1 + part + 1],
                         indices[nnz_at:z1], values[nnz_at:z1], labels[row_at:r1],
-                        lines[row_at:r1], ffm)
+                        lines[row_at:r1], fields[nnz_at:z1] if ffm else fields, ffm)
 
 
 def parse_block(buf: np.ndarray, first_line: int, source: str,
@@ -193,9 +196,10 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
     values = np.empty(nnz_at[-1], dtype=np.float32)
     labels = np.empty(row_at[-1], dtype=np.float32)
     lines = np.empty(row_at[-1], dtype=np.int64)
+    fields = np.empty(nnz_at[-1] if ffm else 0, dtype=np.int32)
     results = on_threads(_parse_part, [
         (buf, bounds[p], bounds[p + 1], row_at[p], row_at[p + 1], nnz_at[p], nnz_at[p + 1], p,
-         indptr, indices, values, labels, lines, ffm) for p in range(parts)])
+         indptr, indices, values, labels, lines, fields, ffm) for p in range(parts)])
     batches = []
     line = first_line
     for p, (rows, nnz, code, t0, t1, lines_in_part) in enumerate(results):
@@ -208,7 +212,7 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
         part_lines += line
         batches.append(SparseBatch(indptr[r0 + p:r0 + p + rows + 1], indices[z0:z0 + nnz],
                                    values[z0:z0 + nnz], labels[r0:r0 + rows], part_lines,
-                                   source))
+                                   source, fields=fields[z0:z0 + nnz] if ffm else None))
         line += lines_in_part
     return batches, int(newlines.sum())
 
@@ -231,7 +235,7 @@ def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES, ffm: bool = Fal
 
 def read_libffm_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
                        shard: tuple[int, int] = (0, 1)) -> Iterator[SparseBatch]:
-    """Stream a libffm file as parsed blocks (features only)."""
+    """Stream a libffm file as parsed blocks (with each nonzero's field)."""
     return read_file_blocks(path, block_bytes, ffm=True, shard=shard)
 
 

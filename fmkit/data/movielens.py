@@ -19,6 +19,8 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
+
 from fmkit import files
 
 GENRES = ("unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime",
@@ -68,6 +70,40 @@ def join_ratings(directory: str | Path, ratings: str, output: str | Path) -> int
             rows += 1
         out.flush()
         out.detach()  # output_stream closes and renames the file
+    return rows
+
+
+AGES = (18, 25, 35, 45, 50, 56)  # u.user's age groups (MovieLens 1M's bands)
+OCCUPATIONS = 21
+FFM_FIELDS = ("user", "item", "age", "gender", "occupation", "genres")
+
+
+def write_libffm(directory: str | Path, ratings: str, output: str | Path,
+                 binary: bool = True) -> int:
+    """Write ``output`` as libffm for an FM or FFM: one row per rating, label 1 for a rating
+    of 4 or 5 (``binary``) or the rating, and the fields of :data:`FFM_FIELDS` — user id, item
+    id, age band, gender, occupation, and the item's genres (one feature each, value 1/number of
+    genres). Feature ids are one space: users, then items, ages, genders, occupations, genres.
+    Returns the row count."""
+    directory = Path(directory)
+    users, items = _users(directory), _items(directory)
+    occupations = sorted({u[2] for u in users.values()})
+    n_users, n_items = len(users), len(items)
+    offsets = np.cumsum([0, n_users, n_items, len(AGES) + 1, 2, len(occupations)])
+    rows = 0
+    with open(directory / ratings) as f, files.output_stream(output) as out:
+        for line in f:
+            user, item, rating, _ = line.split("\t")
+            age, gender, occupation, _ = users[user]
+            genres = [GENRES.index(g) for g in items[item][1].split("|") if g]
+            label = int(int(rating) >= 4) if binary else int(rating)
+            tokens = [f"0:{int(user) - 1}:1", f"1:{offsets[1] + int(item) - 1}:1",
+                      f"2:{offsets[2] + int(np.searchsorted(AGES, int(age), 'right'))}:1",
+                      f"3:{offsets[3] + (gender == 'F')}:1",
+                      f"4:{offsets[4] + occupations.index(occupation)}:1"]
+            tokens += [f"5:{offsets[5] + g}:{1 / len(genres):.6g}" for g in genres]
+            out.write(f"{label} {' '.join(tokens)}\n".encode())
+            rows += 1
     return rows
 
 

@@ -99,9 +99,11 @@ def _find_bad_index(indptr, indices, feature_dim, mark, stamp):
 
 
 @njit(cache=True, nogil=True)
-def _merge_rows(indptr, indices, values, out_indptr, out_indices, out_values):
+def _merge_rows(indptr, indices, values, fields, out_indptr, out_indices, out_values,
+                out_fields):
     """Each row's repeated feature ids as one entry holding the sum of their values (first
-    occurrence order kept)."""
+    occurrence order kept, with its field when ``out_fields`` is not empty)."""
+    with_fields = out_fields.size > 0
     nnz = 0
     out_indptr[0] = 0
     for r in range(indptr.size - 1):
@@ -115,6 +117,8 @@ def _merge_rows(indptr, indices, values, out_indptr, out_indices, out_values):
             else:
                 out_indices[nnz] = i
                 out_values[nnz] = values[j]
+                if with_fields:
+                    out_fields[nnz] = fields[j]
                 nnz += 1
         out_indptr[r + 1] = nnz
     return nnz
@@ -124,9 +128,13 @@ def _merged_repeats(batch: SparseBatch) -> SparseBatch:
     indptr = np.empty_like(batch.indptr)
     indices = np.empty_like(batch.indices)
     values = np.empty_like(batch.values)
-    nnz = _merge_rows(batch.indptr, batch.indices, batch.values, indptr, indices, values)
+    has_fields = batch.fields is not None
+    fields = np.empty(batch.indices.size if has_fields else 0, dtype=np.int32)
+    nnz = _merge_rows(batch.indptr, batch.indices, batch.values,
+                      batch.fields if has_fields else fields, indptr, indices, values, fields)
     return SparseBatch(indptr, indices[:nnz], values[:nnz], batch.labels, batch.lines,
-                       batch.source, batch.first_row, batch.row_unit, batch.widths)
+                       batch.source, batch.first_row, batch.row_unit, batch.widths,
+                       fields[:nnz] if has_fields else None)
 
 
 @dataclass
@@ -136,13 +144,16 @@ class BatchChecker:
     ``labels`` says which labels to accept: ``"binary"`` (0/1, or -1/+1 mapped to 0/1),
     ``"real"`` (any finite number) or None (not checked: prediction ignores them).
     ``merge_repeats``: a feature repeated within a row has its values summed instead of being
-    an error (libffm, where one feature id may occur in several fields of a row).
+    an error (libffm, where one feature id may occur in several fields of a row; the first
+    occurrence's field is kept). ``num_fields`` > 0 (an FFM): every nonzero has a field below
+    it.
     """
 
     feature_dim: int
     index_base: int = 0
     labels: str | None = None
     merge_repeats: bool = False
+    num_fields: int = 0
     _mark: np.ndarray | None = field(default=None, repr=False)
     _rows_seen: int = 0
 
@@ -152,6 +163,8 @@ class BatchChecker:
         if batch.widths is not None:
             self._check_widths(batch)
         batch = self._check_indices(batch)
+        if self.num_fields:
+            self._check_fields(batch)
         if self.labels and np.isnan(batch.labels).any():
             row = int(np.flatnonzero(np.isnan(batch.labels))[0])
             raise DataError(*batch.where(row), "the record has no label")
@@ -189,6 +202,17 @@ class BatchChecker:
             raise DataError(*batch.where(int(row)), why)
         return batch
 
+    def _check_fields(self, batch: SparseBatch) -> None:
+        """An FFM's input names a field below ``num_fields`` for every nonzero."""
+        if batch.fields is None:
+            raise DataError(batch.source, None, "a field-aware FM (model_type=ffm) needs "
+                            "fields: libffm input (label field:index:value ...)")
+        bad = np.flatnonzero((batch.fields < 0) | (batch.fields >= self.num_fields))
+        if bad.size:
+            row = int(np.searchsorted(batch.indptr, bad[0], side="right")) - 1
+            raise DataError(*batch.where(row), f"field {int(batch.fields[bad[0]])} is out of "
+                            f"range: num_fields={self.num_fields} allows 0..{self.num_fields - 1}")
+
     def _check_widths(self, batch: SparseBatch) -> None:
         """recordIO rows declare their width: dense length or sparse shape = feature_dim."""
         bad = np.flatnonzero((batch.widths >= 0) & (batch.widths != self.feature_dim))
@@ -225,6 +249,7 @@ class FileSource:
     block_bytes: int = BLOCK_BYTES
     cache: bool = False  # keep a binary copy of parsed text files (see fmkit.data.cache)
     shard: tuple[int, int] = (0, 1)  # (part, parts): read only this process's share
+    num_fields: int = 0  # an FFM's fields: every nonzero must name one below it (libffm)
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -260,7 +285,7 @@ class FileSource:
 
     def blocks(self) -> Iterator[SparseBatch]:
         check = BatchChecker(self.feature_dim, self.index_base, self.labels,
-                             merge_repeats=self.fmt == "libffm")
+                             merge_repeats=self.fmt == "libffm", num_fields=self.num_fields)
         for batch in self.raw_blocks():
             yield check(batch)
 

@@ -25,7 +25,7 @@ from fmkit.jobs.training import train
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.models import artifact
 from fmkit.models.base import load_model
-from fmkit.models.fm.hyperparameters import validate
+from fmkit.models.fm.hyperparameters import table_hyperparameters, validate
 from fmkit.models.fm.model import FMModel, label_mode
 from fmkit.models.metrics import require_rows
 from fmkit.train.checkpoint import Checkpointer
@@ -67,7 +67,10 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     hp = validate(hyperparameters)
     # before any data is read: never replace user files, never start what cannot fit
     artifact.check_destination(model_dir)
-    check_memory(hp)
+    if hp["model_type"] == "ffm" and device != "cpu":
+        raise HyperparameterError("model_type=ffm trains on the CPU only (--device cpu)")
+    if hp["model_type"] != "ffm" or hp["num_fields"]:
+        check_memory(table_hyperparameters(hp))
     if device != "cpu":  # before any data is read
         from fmkit.models.fm.device import resolve_device
 
@@ -75,15 +78,37 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp["predictor_type"]),
                         cache=cache, shard=distributed.shard())
     source.index_base = resolve_index_base(source, index_base)
+    if hp["model_type"] == "ffm":
+        hp = _with_fields(hp, source)
+        source.num_fields = hp["num_fields"]
     channels = {
         name: FileSource(path, source.fmt, hp["feature_dim"], source.index_base,
-                         labels=label_mode(hp["predictor_type"]), cache=cache)
+                         labels=label_mode(hp["predictor_type"]), cache=cache,
+                         num_fields=source.num_fields)
         for name, path in (("test", test_path), ("validation", validation_path))
         if path is not None
     }
     return train_sources(hp, source, model_dir, channels, index_base=source.index_base,
                          progress=progress, host=host, checkpoints=checkpoints, resume=resume,
                          device=device, init_model=init_model, callbacks=callbacks)
+
+
+def _with_fields(hp: dict[str, Any], source: FileSource) -> dict[str, Any]:
+    """An FFM's ``num_fields``: as given, or the training channel's largest field + 1 (one
+    pass over the whole channel, the same on every process); checked to fit in memory."""
+    if source.fmt != "libffm":
+        raise DataError(source.name, None, "model_type=ffm needs each feature's field: libffm "
+                        f"input (label field:index:value ...), not {source.fmt}")
+    if not hp["num_fields"]:
+        largest = -1
+        for batch in FileSource(source.path, source.fmt, hp["feature_dim"],
+                                cache=source.cache).raw_blocks():
+            if batch.fields is not None and batch.fields.size:
+                largest = max(largest, int(batch.fields.max()))
+        hp = {**hp, "num_fields": largest + 1}
+        log.info("%s: %d fields (num_fields, detected)", source.name, hp["num_fields"])
+    check_memory(table_hyperparameters(hp))
+    return hp
 
 
 def train_sources(hp: dict[str, Any], source, model_dir: str | Path,

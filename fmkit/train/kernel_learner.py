@@ -17,9 +17,11 @@ import numpy as np
 from fmkit.cpus import thread_count
 from fmkit.data.background import background
 from fmkit.data.batch import SparseBatch, rebatch, shuffled_batches, take
-from fmkit.errors import TrainingDiverged
+from fmkit.errors import HyperparameterError, TrainingDiverged
+from fmkit.kernels import ffm
 from fmkit.kernels import fm as kernels
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
+from fmkit.models.fm.hyperparameters import table_hyperparameters
 from fmkit.models.fm.model import validation_metrics
 from fmkit.models.fm.parameters import FMParameters
 from fmkit.train.engine import Gradient, Source
@@ -191,11 +193,52 @@ class KernelLearner:
         return FMParameters.from_table(self.bias[0, :1].copy(), weights)
 
 
+class FFMLearner(KernelLearner):
+    """A field-aware FM on the compiled kernels: each step is one mini-batch's gradient
+    (:mod:`fmkit.kernels.ffm`) and the FM's update rule on a table whose factor width is
+    ``num_fields * num_factors`` (the same optimizer state, checkpoints and weights API)."""
+
+    def __init__(self, hp: dict[str, Any], params: FMParameters | None, dtype=np.float32,
+                 pause_every: int = 0):
+        super().__init__(table_hyperparameters(hp), params, dtype, pause_every)
+        self.hp, self.factors, self.fields = hp, hp["num_factors"], hp["num_fields"]
+        self.slot = np.full(self.table.shape[0], -1, np.int32)
+        self.opt = OPTIMIZER_IDS[hp["optimizer"]]
+
+    def batches(self, source: Source, rng: np.random.Generator) -> Iterator[SparseBatch]:
+        """Mini-batches: a step each (so validation every N steps needs no cutting)."""
+        return shuffled_batches(background(source.blocks()), self.hp["mini_batch_size"],
+                                self.hp["shuffle"], rng)
+
+    def _gradient(self, batch: SparseBatch, inv_rows: float):
+        return ffm.minibatch_gradient(batch.indptr, batch.indices, batch.fields, batch.values,
+                                      batch.labels, inv_rows, self.kind, self.bias[0, :1],
+                                      self.table, self.factors, self.fields, self.slot)
+
+    def step(self, batch: SparseBatch) -> tuple[float, int]:
+        loss, g0, rows, G = self._gradient(batch, 1.0 / max(batch.n_rows, 1))
+        self.steps = kernels.apply_gradient(rows, G, g0, self.opt, self.config, self.bias,
+                                            self.table, self.k, self.steps, 1)
+        return loss, batch.n_rows
+
+    def gradient(self, batch: SparseBatch | None) -> Gradient:
+        if batch is None:
+            return Gradient(0, 0.0, np.zeros(1), [(np.zeros(0, np.int64),
+                                                   np.zeros((0, self.k + 1)),
+                                                   self.table.shape[0])])
+        loss, g0, rows, G = self._gradient(batch, 1.0)
+        return Gradient(batch.n_rows, loss, np.array([g0]), [(rows, G, self.table.shape[0])])
+
+
 def fm_learner(hp: dict[str, Any], params: FMParameters | None = None, dtype=np.float32,
                device: Any = "cpu", pause_every: int = 0) -> KernelLearner:
     """The FM learner for ``device``: the compiled kernels on ``cpu`` (their steps end at
     multiples of ``pause_every``), else PyTorch (one mini-batch per step)."""
     release_large_blocks_to_os()
+    if hp["model_type"] == "ffm":
+        if str(device) != "cpu":
+            raise HyperparameterError("model_type=ffm trains on the CPU only (--device cpu)")
+        return FFMLearner(hp, params, dtype, pause_every)
     if str(device) == "cpu":
         return KernelLearner(hp, params, dtype, pause_every)
     return TorchLearner(hp, params, device, dtype)

@@ -23,6 +23,7 @@ INIT_METHODS = ("normal", "uniform", "constant")
 # see fmkit.models.fm.parameters.starting_point
 AUTO = "auto"
 PREDICTOR_TYPES = ("binary_classifier", "regressor")
+MODEL_TYPES = ("fm", "ffm")
 OPTIMIZERS = ("adam", "adagrad", "ftrl", "sgd")
 
 
@@ -113,6 +114,12 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
         Hyperparameter("rescale_grad", float, 1.0, "gt0",
                        "Multiplies the mini-batch gradient before the update."),
         # fmkit's own additions: they never change what a job with only SageMaker's names does.
+        Hyperparameter("model_type", str, "fm", "choice",
+                       "fmkit: fm, or ffm (field-aware: a factor vector per feature and field; "
+                       "libffm input).", choices=MODEL_TYPES, sagemaker=False),
+        Hyperparameter("num_fields", int, 0, "ge0",
+                       "fmkit: with model_type=ffm, the number of fields (0: the largest field "
+                       "of the training channel + 1).", sagemaker=False),
         Hyperparameter("optimizer", str, "adam", "choice",
                        "fmkit: update rule (lazy: only the rows a mini-batch touches).",
                        choices=OPTIMIZERS, sagemaker=False),
@@ -269,6 +276,20 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
                     f"hyperparameter {group}_lr must be > 0 with optimizer=ftrl (it is FTRL's "
                     f"alpha and divides its updates), got {values[f'{group}_lr']}")
     return values
+
+
+def factor_width(hp: Mapping[str, Any]) -> int:
+    """Factor columns per feature: ``num_factors``, or for a field-aware FM one vector per
+    field (``num_fields * num_factors``)."""
+    if hp.get("model_type", "fm") == "ffm":
+        return hp["num_factors"] * hp["num_fields"]
+    return hp["num_factors"]
+
+
+def table_hyperparameters(hp: Mapping[str, Any]) -> dict[str, Any]:
+    """``hp`` as the weight-table code sees it: ``num_factors`` the factor columns per feature
+    (an FFM's table is an FM's with ``num_fields * num_factors`` of them)."""
+    return {**hp, "num_factors": factor_width(hp)}
 
 
 def table_markdown() -> str:

@@ -17,10 +17,11 @@ import numpy as np
 
 from fmkit.cpus import thread_count
 from fmkit.data.batch import SparseBatch
-from fmkit.errors import ArtifactError
+from fmkit.errors import ArtifactError, DataError
+from fmkit.kernels import ffm
 from fmkit.kernels import fm as kernels
 from fmkit.models import artifact
-from fmkit.models.fm.hyperparameters import validate
+from fmkit.models.fm.hyperparameters import factor_width, validate
 from fmkit.models.fm.parameters import FMParameters, sigmoid
 from fmkit.models.metrics import metrics_of_parts, prediction_fields, require_rows
 
@@ -54,8 +55,19 @@ class FMModel:
     def label_mode(self) -> str:
         return label_mode(self.predictor_type)
 
+    @property
+    def num_fields(self) -> int:
+        """An FFM's fields (0 for an FM)."""
+        return self.hyperparameters["num_fields"] if self.field_aware else 0
+
+    @property
+    def field_aware(self) -> bool:
+        return self.hyperparameters.get("model_type", "fm") == "ffm"
+
     def to(self, device: str) -> FMModel:
         """Score on a PyTorch device (``cuda``) instead of the compiled CPU kernels."""
+        if device != "cpu" and self.field_aware:
+            raise ArtifactError("a field-aware FM scores on the CPU only (--device cpu)")
         if device != "cpu":
             from fmkit.models.fm.device import DeviceScorer, resolve_device
 
@@ -67,8 +79,15 @@ class FMModel:
         scorer = getattr(self, "_scorer", None)
         if scorer is not None:
             return scorer.logits(batch)
-        out = np.empty(batch.n_rows, dtype=np.float64)
         p = self.params
+        if self.field_aware:
+            if batch.fields is None:
+                raise DataError(batch.source, None, "a field-aware FM (model_type=ffm) needs "
+                                "each feature's field: libffm input")
+            return ffm.predict_logits(batch.indptr, batch.indices, batch.fields, batch.values,
+                                      p.w0, p.table, self.hyperparameters["num_factors"],
+                                      self.num_fields)
+        out = np.empty(batch.n_rows, dtype=np.float64)
         if batch.n_rows >= PARALLEL_ROWS:
             kernels.predict_logits(batch.indptr, batch.indices, batch.values, p.w0, p.table,
                                    p.num_factors, out, thread_count())
@@ -95,7 +114,7 @@ class FMModel:
         if fmt not in ("json", "jsonlines"):
             labels = self.label_mode if labelled else None
             yield from FileSource(path, fmt, self.feature_dim, self.index_base,
-                                  labels=labels).blocks()
+                                  labels=labels, num_fields=self.num_fields).blocks()
             return
 
         def decode(body: bytes, kind: str, source: str, first_line: int) -> SparseBatch:
@@ -115,7 +134,9 @@ class FMModel:
         """Request bodies a new server scores before it answers, so that no user's request
         waits while a process loads its compiled kernels (0.4 s for the first JSON request):
         one JSON row (the serial kernel) and a recordIO block of ``PARALLEL_ROWS`` rows (its
-        reader and the parallel kernel)."""
+        reader and the parallel kernel). None for an FFM: requests carry no fields yet."""
+        if self.field_aware:
+            return []
         import scipy.sparse as sp
 
         from fmkit.data import codecs, recordio
@@ -147,7 +168,7 @@ class FMModel:
             "model_type": MODEL_TYPE,
             "predictor_type": self.predictor_type,
             "feature_dim": self.feature_dim,
-            "num_factors": self.params.num_factors,
+            "num_factors": self.hyperparameters["num_factors"],
             "index_base": self.index_base,
             "classes": list(self.classes),
             "hyperparameters": self.hyperparameters,
@@ -173,7 +194,7 @@ class FMModel:
         params = FMParameters(
             w0=artifact.check_shape(path, weights, "w0", (1,)),
             w=artifact.check_shape(path, weights, "w", (d,)),
-            V=artifact.check_shape(path, weights, "V", (d, k)),
+            V=artifact.check_shape(path, weights, "V", (d, factor_width(hp))),
         )
         return cls(hp, params, index_base, classes)
 

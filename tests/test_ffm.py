@@ -1,0 +1,153 @@
+"""The field-aware FM end to end: libffm fields read as written, the CLI's train / evaluate /
+predict against a plain-Python FFM on the saved weights, and FFM beating FM where fields
+matter (a planted field-aware model, MovieLens with user and item side fields)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from fmkit.data.batch import concat, take
+from fmkit.data.movielens import write_libffm
+from fmkit.data.sources import FileSource
+from fmkit.models.fm.planted import planted_ctr
+
+from .conftest import shared_file
+
+XLEARN_TRAIN = ("criteo_xlearn_libffm", "small_train.txt")
+
+
+def _parse_libffm(path) -> list[tuple[float, list[tuple[int, int, float]]]]:
+    """libffm by hand: (label, [(field, index, value), ...]) per line."""
+    rows = []
+    for line in path.read_text().splitlines():
+        label, *tokens = line.split()
+        rows.append((float(label), [(int(f), int(i), float(v)) for f, i, v in
+                                    (t.split(":") for t in tokens)]))
+    return rows
+
+
+def test_libffm_fields_are_read_as_written_and_survive_shuffles_and_the_cache(tmp_path,
+                                                                          monkeypatch):
+    path = shared_file(*XLEARN_TRAIN)
+    expected = _parse_libffm(path)
+    monkeypatch.setenv("FMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    for cache in (False, True, True):  # parsed, parsed and cached, read from the cache
+        source = FileSource(path, "libffm", 10_000, 0, labels="binary", cache=cache,
+                            num_fields=18)
+        batch = concat(list(source.blocks()))
+        assert batch.n_rows == len(expected)
+        for r, (_, tokens) in enumerate(expected):
+            lo, hi = batch.indptr[r], batch.indptr[r + 1]
+            got = {(int(i), int(f)) for i, f in zip(batch.indices[lo:hi], batch.fields[lo:hi])}
+            # a feature repeated in a row is merged, keeping its first field
+            first = {}
+            for f, i, _ in tokens:
+                first.setdefault(i, f)
+            assert got == {(i, f) for i, f in first.items()}
+    order = np.random.default_rng(0).permutation(batch.n_rows)
+    shuffled = take(batch, order)
+    r = int(order[7])
+    lo, hi = batch.indptr[r], batch.indptr[r + 1]
+    np.testing.assert_array_equal(shuffled.fields[shuffled.indptr[7]:shuffled.indptr[8]],
+                                  batch.fields[lo:hi])
+
+
+def test_bad_fields_and_missing_fields_are_one_line(tmp_path, cli):
+    data = tmp_path / "bad.ffm"
+    data.write_text("1 0:3:1 1:5:1\n0 0:4:1 7:2:1\n")
+    hp = ["feature_dim=10", "num_factors=2", "predictor_type=binary_classifier",
+          "model_type=ffm"]
+    code, _, err = cli("train", "--train", data, "--model-dir", tmp_path / "m", "--quiet",
+                       "--index-base", "0", *hp, "num_fields=2")
+    assert code == 1 and err == (f"fmkit: error: {data}:2: field 7 is out of range: "
+                                 "num_fields=2 allows 0..1\n")
+    svm = tmp_path / "plain.libsvm"
+    svm.write_text("1 3:1 5:1\n")
+    code, _, err = cli("train", "--train", svm, "--model-dir", tmp_path / "m", "--quiet", *hp)
+    assert code == 1 and "model_type=ffm needs each feature's field: libffm input" in err
+    assert err.count("\n") == 1 and not (tmp_path / "m").exists()
+
+
+def _brute_force(w0, w, V, num_fields, k, tokens) -> float:
+    total = w0 + sum(w[i] * x for _, i, x in tokens)
+    for a, (fa, ia, xa) in enumerate(tokens):
+        for fb, ib, xb in tokens[a + 1:]:
+            total += float(np.dot(V[ia, fb * k:(fb + 1) * k], V[ib, fa * k:(fa + 1) * k])) \
+                * xa * xb
+    return total
+
+
+def test_ffm_cli_predictions_equal_a_plain_ffm_on_the_saved_weights(tmp_path, cli):
+    train, test = shared_file(*XLEARN_TRAIN), shared_file("criteo_xlearn_libffm",
+                                                          "small_test.txt")
+    model_dir = tmp_path / "model"
+    code, _, err = cli("train", "--train", train, "--model-dir", model_dir, "--quiet",
+                       "--index-base", "0", "feature_dim=10000", "num_factors=4",
+                       "predictor_type=binary_classifier", "model_type=ffm", "epochs=3",
+                       "mini_batch_size=20", "factors_lr=0.05", "linear_lr=0.05")
+    assert code == 0, err
+    saved = json.loads((model_dir / "model.json").read_text())["hyperparameters"]
+    assert saved["num_fields"] == 18  # detected: fields 0..17
+    weights = np.load(model_dir / "weights.npz")
+    assert weights["V"].shape == (10_000, 18 * 4)
+    code, out, err = cli("predict", "--model-dir", model_dir, "--data", test)
+    assert code == 0, err
+    scores = [json.loads(line)["score"] for line in out.splitlines()]
+    rows = _parse_libffm(test)
+    for (_, tokens), score in zip(rows, scores):
+        merged: dict[int, tuple[int, int, float]] = {}
+        for f, i, x in tokens:  # repeats merged as the reader does
+            merged[i] = (merged[i][0], i, merged[i][2] + x) if i in merged else (f, i, x)
+        z = _brute_force(float(weights["w0"][0]), weights["w"].astype(np.float64),
+                         weights["V"].astype(np.float64), 18, 4, list(merged.values()))
+        assert score == pytest.approx(1 / (1 + np.exp(-z)), abs=1e-5)
+    code, out, err = cli("evaluate", "--model-dir", model_dir, "--data", test)
+    y = [label for label, _ in rows]
+    assert json.loads(out)["auc"] == pytest.approx(roc_auc_score(y, scores), abs=1e-6)
+
+
+def _auc(cli, tmp_path, train, test, model_type: str, *hp: str) -> float:
+    model_dir = tmp_path / model_type
+    code, _, err = cli("train", "--train", train, "--model-dir", model_dir, "--quiet",
+                       "--index-base", "0", "predictor_type=binary_classifier",
+                       f"model_type={model_type}", *hp)
+    assert code == 0, err
+    code, out, err = cli("predict", "--model-dir", model_dir, "--data", test)
+    assert code == 0, err
+    scores = [json.loads(line)["score"] for line in out.splitlines()]
+    labels = [float(line.split(None, 1)[0]) for line in test.read_text().splitlines()]
+    return roc_auc_score(labels, scores)
+
+
+def test_ffm_beats_fm_on_a_planted_field_aware_model(tmp_path, cli):
+    """Clicks drawn from a planted FFM (5 fields; oracle AUC 0.85): measured FFM 0.805 against
+    FM 0.753 after 3 epochs; the test asks for a margin of 0.03."""
+    data = planted_ctr(40_000, [60, 50, 40, 30, 20], num_factors=4, factor_sigma=0.5,
+                       field_aware=True, seed=3)
+    head, tail = data.split(30_000)
+    train, test = tmp_path / "train.ffm", tmp_path / "test.ffm"
+    train.write_text("\n".join(head.libffm_lines()) + "\n")
+    test.write_text("\n".join(tail.libffm_lines()) + "\n")
+    hp = ["feature_dim=200", "num_factors=4", "epochs=3", "mini_batch_size=100",
+          "bias_lr=0.01", "linear_lr=0.01", "factors_lr=0.01", "linear_wd=0.0001",
+          "factors_wd=0.0001"]
+    fm, ffm = (_auc(cli, tmp_path, train, test, kind, *hp) for kind in ("fm", "ffm"))
+    assert ffm >= fm + 0.03, (ffm, fm)
+
+
+def test_ffm_beats_fm_on_movielens_with_side_fields(tmp_path, cli):
+    """MovieLens-100k ua, rating >= 4, fields user, item, age, gender, occupation, genres:
+    measured FFM 0.7711 against FM 0.7599 (4 epochs); the test asks for a margin of 0.005."""
+    directory = shared_file("movielens_100k", "u.data").parent
+    train, test = tmp_path / "ua.base.ffm", tmp_path / "ua.test.ffm"
+    write_libffm(directory, "ua.base", train)
+    write_libffm(directory, "ua.test", test)
+    hp = ["feature_dim=2674", "num_factors=8", "epochs=4", "mini_batch_size=256",
+          "bias_lr=0.003", "linear_lr=0.003", "factors_lr=0.003", "linear_wd=0.0001",
+          "factors_wd=0.0001"]
+    fm, ffm = (_auc(cli, tmp_path, train, test, kind, *hp) for kind in ("fm", "ffm"))
+    assert ffm >= fm + 0.005, (ffm, fm)
