@@ -65,8 +65,17 @@ def score_test(hp, params):
     scores = [model.scores(model.logits(b)) for b in blocks(TEST)]
     np.save(Path(OUT).with_suffix(".npy"), np.concatenate(scores))
 def compile_kernels(hp):
+    import tempfile
     import scipy.sparse as sp
     from fmkit.data.sources import ArraySource
+    if hp["model_type"] == "ffm":  # fields come from libffm text only
+        from fmkit.jobs.fm import train_files
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "w.ffm").write_text("".join(f"{i % 2} 0:{i}:1 1:{i + 1}:1\\n"
+                                                  for i in range(8)))
+            train_files({**hp, "feature_dim": 10, "num_fields": 0}, Path(tmp, "w.ffm"),
+                        Path(tmp, "m"), index_base=0, progress=False)
+        return
     small = ArraySource(sp.eye(10, format="csr"), np.ones(10), feature_dim=10, labels="binary")
     train(validate({**hp, "feature_dim": 10}), small, progress=False)
 class Parsed:

@@ -17,7 +17,7 @@ import numpy as np
 from fmkit.cpus import thread_count
 from fmkit.data.background import background
 from fmkit.data.batch import SparseBatch, rebatch, shuffled_batches, take
-from fmkit.errors import HyperparameterError, TrainingDiverged
+from fmkit.errors import DataError, HyperparameterError, TrainingDiverged
 from fmkit.kernels import ffm
 from fmkit.kernels import fm as kernels
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
@@ -211,6 +211,9 @@ class FFMLearner(KernelLearner):
                                 self.hp["shuffle"], rng)
 
     def _gradient(self, batch: SparseBatch, inv_rows: float):
+        if batch.fields is None:
+            raise DataError(batch.source, None, "a field-aware FM (model_type=ffm) needs each "
+                            "feature's field: libffm input")
         return ffm.minibatch_gradient(batch.indptr, batch.indices, batch.fields, batch.values,
                                       batch.labels, inv_rows, self.kind, self.bias[0, :1],
                                       self.table, self.factors, self.fields, self.slot)
