@@ -148,3 +148,34 @@ def test_fields_outside_the_table_are_refused_before_any_compiled_code():
     with pytest.raises(ValueError, match="fewer than"):
         kernels.predict_logits(indptr, indices, fields, values, params.w0,
                                params.table[:, :5], K, F)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_chunk_trainer_equals_reference_steps(optimizer, batch_size):
+    """The compiled chunk trainer (the learner's path) == the numpy reference, one reference
+    step per mini-batch of ``batch_size`` rows (1: per-row training), in float64."""
+    batch, y, params = random_problem(13, n=21)
+    indptr, indices, fields, values = batch
+    hp = validate(dict(feature_dim=D, num_factors=F * K, predictor_type="binary_classifier",
+                       optimizer=optimizer, bias_lr=0.05, linear_lr=0.03, factors_lr=0.02,
+                       linear_wd=0.1, factors_wd=0.05))
+    reference = params.copy()
+    state = OptimizerState.initial(optimizer, reference, hp)
+    for start in range(0, 21, batch_size):
+        stop = min(start + batch_size, 21)
+        lo, hi = indptr[start], indptr[stop]
+        part = (indptr[start:stop + 1] - lo, indices[lo:hi], fields[lo:hi], values[lo:hi])
+        grads = reference_gradients(reference, F, *part, y[start:stop], "binary_classifier")
+        reference_step(reference, state, grads, np.unique(part[1]), hp)
+    bias, table = training_tables(params.copy(), optimizer, hp, dtype=np.float64)
+    slot = np.full(D, -1, np.int32)
+    touched = np.zeros(D, np.int32)
+    G = np.zeros((D, 1 + F * K))
+    _, steps = kernels.train_minibatches(indptr, indices, fields, values, y, batch_size,
+                                         LOGISTIC, OPTIMIZER_IDS[optimizer],
+                                         kernel_config(hp, table.dtype), bias, table, K, F,
+                                         slot, touched, G, 0)
+    assert steps == state.step and (slot == -1).all()
+    np.testing.assert_allclose(bias[0, 0], reference.w0[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(table[:, : 1 + F * K], reference.table, rtol=0, atol=1e-12)

@@ -16,7 +16,22 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fmkit.kernels.fm import FAST, _distinct_features, _like, _loss_and_slope
+from fmkit.kernels.fm import (
+    BETA1,
+    BETA2,
+    BIAS_LR,
+    BIAS_WD,
+    FAST,
+    _adam_scales,
+    _apply,
+    _distinct_features,
+    _frozen,
+    _like,
+    _loss_and_slope,
+    _per_rule,
+    _row_blocks,
+    _update_feature,
+)
 
 
 @njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
@@ -46,12 +61,13 @@ def _predict(indptr, indices, fields, values, w0, T, k, out):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-def _gradient(indptr, indices, fields, values, labels, inv_rows, loss_kind, w0, T, k, slot, G):
-    """The mean-loss gradient of every row into ``G`` (a row ``[g_w, g_v..]`` per slot of
-    ``slot``); returns ``(sum of the rows' losses, gradient of w0)``."""
+def _gradient(indptr, indices, fields, values, labels, lo_row, hi_row, inv_rows, loss_kind, w0,
+              T, k, slot, G):
+    """The mean-loss gradient of rows ``lo_row:hi_row`` added into ``G`` (a row ``[g_w,
+    g_v..]`` per slot of ``slot``); returns ``(sum of the rows' losses, gradient of w0)``."""
     total_loss = 0.0
     g0 = 0.0
-    for r in range(indptr.size - 1):
+    for r in range(lo_row, hi_row):
         z = np.float64(w0[0]) + _row_forward(indptr, indices, fields, values, r, T, k)
         loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
         total_loss += loss
@@ -103,8 +119,65 @@ def minibatch_gradient(indptr, indices, fields, values, labels, inv_rows: float,
     n = _distinct_features(indices, indptr[0], indptr[-1], slot, touched)
     G = np.zeros((n, 1 + num_fields * k))
     try:
-        loss, g0 = _gradient(indptr, indices, fields, values, labels, inv_rows, loss_kind, w0,
-                             T, k, slot, G)
+        loss, g0 = _gradient(indptr, indices, fields, values, labels, 0, indptr.size - 1,
+                             inv_rows, loss_kind, w0, T, k, slot, G)
     finally:
         slot[touched[:n]] = -1
     return loss, g0, touched[:n].astype(np.int64), G
+
+
+def _batches_trainer(opt: int):
+    """The mini-batch loop over a chunk, compiled for one update rule (the FM's
+    :func:`fmkit.kernels.fm._batches_trainer` with the FFM's gradient)."""
+
+    @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+    def train_batches(indptr, indices, fields, values, labels, batch_size, loss_kind, config, B,
+                      T, k, num_fields, slot, touched, G, step):
+        """Every row in mini-batches of ``batch_size``, each one optimizer step on its mean
+        loss's gradient, lazily (the features it touched; a feature's whole row of field
+        vectors). ``slot`` must be all -1 and is left so; ``touched``/``G`` hold the largest
+        mini-batch's distinct features. Returns the summed loss before each update."""
+        cfg = _frozen(config)
+        width = 1 + num_fields * k
+        total_loss = 0.0
+        g_bias = np.zeros(1)
+        n_rows = indptr.size - 1
+        for start in range(0, n_rows, batch_size):
+            stop = min(start + batch_size, n_rows)
+            n_touched = _distinct_features(indices, indptr[start], indptr[stop], slot, touched)
+            G[:n_touched, :width] = 0.0
+            loss, g_bias[0] = _gradient(indptr, indices, fields, values, labels, start, stop,
+                                        1.0 / (stop - start), loss_kind, B[0, :1], T, k, slot,
+                                        G)
+            total_loss += loss
+            step += 1
+            adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
+                                             np.float64(cfg[BETA2]) ** step, T)
+            bw, bm, bs = _row_blocks(B, 0, width)
+            _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
+                   adam_lr, adam_eps)
+            for t in range(n_touched):
+                i = touched[t]
+                slot[i] = -1
+                _update_feature(T, i, G[t], G[t], 0, 1.0, 0.0, width, opt, cfg, adam_lr,
+                                adam_eps)
+        return total_loss
+
+    return train_batches
+
+
+_BATCHES = _per_rule(_batches_trainer)
+
+
+def train_minibatches(indptr, indices, fields, values, labels, batch_size: int, loss_kind: int,
+                      opt: int, config, B, T, k: int, num_fields: int, slot, touched, G,
+                      step: int) -> tuple[float, int]:
+    """Train on one chunk's rows in mini-batches of ``batch_size`` (1: a row per step), in
+    place, on the calling thread: the FM's semantics (one step per mini-batch on its mean
+    loss, lazy updates). ``touched``/``G`` (float64, at least ``1 + num_fields * k`` columns)
+    must hold the largest mini-batch's distinct features. Returns ``(sum of losses, step
+    count)``."""
+    _check_fields(fields, num_fields, T, k)
+    loss = _BATCHES[opt](indptr, indices, fields, values, labels, batch_size, loss_kind, config,
+                         B, T, k, num_fields, slot, touched, G, step)
+    return loss, step + -(-(indptr.size - 1) // batch_size)

@@ -194,42 +194,45 @@ class KernelLearner:
 
 
 class FFMLearner(KernelLearner):
-    """A field-aware FM on the compiled kernels: each step is one mini-batch's gradient
-    (:mod:`fmkit.kernels.ffm`) and the FM's update rule on a table whose factor width is
+    """A field-aware FM on the compiled kernels (:mod:`fmkit.kernels.ffm`): the FM learner's
+    chunks, each one compiled call of mini-batch steps, on a table whose factor width is
     ``num_fields * num_factors`` (the same optimizer state, checkpoints and weights API)."""
 
     def __init__(self, hp: dict[str, Any], params: FMParameters | None, dtype=np.float32,
                  pause_every: int = 0):
         super().__init__(table_hyperparameters(hp), params, dtype, pause_every)
         self.hp, self.factors, self.fields = hp, hp["num_factors"], hp["num_fields"]
-        self.slot = np.full(self.table.shape[0], -1, np.int32)
         self.opt = OPTIMIZER_IDS[hp["optimizer"]]
+        if not self.ws.slot.size:  # a row per step is a mini-batch of one here
+            self.ws.slot = np.full(self.table.shape[0], -1, np.int32)
 
-    def batches(self, source: Source, rng: np.random.Generator) -> Iterator[SparseBatch]:
-        """Mini-batches: a step each (so validation every N steps needs no cutting)."""
-        return shuffled_batches(background(source.blocks()), self.hp["mini_batch_size"],
-                                self.hp["shuffle"], rng)
-
-    def _gradient(self, batch: SparseBatch, inv_rows: float):
+    @staticmethod
+    def _fields(batch: SparseBatch) -> np.ndarray:
         if batch.fields is None:
             raise DataError(batch.source, None, "a field-aware FM (model_type=ffm) needs each "
                             "feature's field: libffm input")
-        return ffm.minibatch_gradient(batch.indptr, batch.indices, batch.fields, batch.values,
-                                      batch.labels, inv_rows, self.kind, self.bias[0, :1],
-                                      self.table, self.factors, self.fields, self.slot)
+        return batch.fields
 
-    def step(self, batch: SparseBatch) -> tuple[float, int]:
-        loss, g0, rows, G = self._gradient(batch, 1.0 / max(batch.n_rows, 1))
-        self.steps = kernels.apply_gradient(rows, G, g0, self.opt, self.config, self.bias,
-                                            self.table, self.k, self.steps, 1)
-        return loss, batch.n_rows
+    def step(self, unit: tuple[SparseBatch, np.ndarray]) -> tuple[float, int]:
+        chunk, order = unit
+        if order.size:
+            chunk = take(chunk, order)
+        size, ws = self.hp["mini_batch_size"], self.ws
+        ws.reserve(chunk, size, self.table.shape[0])
+        loss, self.steps = ffm.train_minibatches(
+            chunk.indptr, chunk.indices, self._fields(chunk), chunk.values, chunk.labels, size,
+            self.kind, self.opt, self.config, self.bias, self.table, self.factors, self.fields,
+            ws.slot, ws.touched, ws.grads[0], self.steps)
+        return loss, chunk.n_rows
 
     def gradient(self, batch: SparseBatch | None) -> Gradient:
         if batch is None:
             return Gradient(0, 0.0, np.zeros(1), [(np.zeros(0, np.int64),
                                                    np.zeros((0, self.k + 1)),
                                                    self.table.shape[0])])
-        loss, g0, rows, G = self._gradient(batch, 1.0)
+        loss, g0, rows, G = ffm.minibatch_gradient(
+            batch.indptr, batch.indices, self._fields(batch), batch.values, batch.labels, 1.0,
+            self.kind, self.bias[0, :1], self.table, self.factors, self.fields, self.ws.slot)
         return Gradient(batch.n_rows, loss, np.array([g0]), [(rows, G, self.table.shape[0])])
 
 
