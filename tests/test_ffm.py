@@ -151,3 +151,49 @@ def test_ffm_beats_fm_on_movielens_with_side_fields(tmp_path, cli):
           "factors_wd=0.0001"]
     fm, ffm = (_auc(cli, tmp_path, train, test, kind, *hp) for kind in ("fm", "ffm"))
     assert ffm >= fm + 0.005, (ffm, fm)
+
+
+def test_the_server_scores_an_ffm_from_json_with_fields(tmp_path, cli):
+    """A JSON request carries "fields" beside "keys" and "values": its scores are the ones
+    ``fmkit predict`` writes for the same rows in libffm; requests without fields, with a field
+    out of range, or in recordIO are a 400 naming the instance."""
+    from starlette.testclient import TestClient
+
+    from fmkit.models.base import load_model
+    from fmkit.serve.app import create_app
+
+    train, test = shared_file(*XLEARN_TRAIN), shared_file("criteo_xlearn_libffm",
+                                                          "small_test.txt")
+    model_dir = tmp_path / "model"
+    code, _, err = cli("train", "--train", train, "--model-dir", model_dir, "--quiet",
+                       "--index-base", "0", "feature_dim=10000", "num_factors=4",
+                       "predictor_type=binary_classifier", "model_type=ffm", "epochs=2")
+    assert code == 0, err
+    code, out, _ = cli("predict", "--model-dir", model_dir, "--data", test)
+    expected = [json.loads(line)["score"] for line in out.splitlines()][:20]
+    instances = []
+    for _, tokens in _parse_libffm(test)[:20]:
+        merged: dict[int, list] = {}
+        for f, i, x in tokens:  # a key once per instance: repeats summed, as the reader does
+            merged.setdefault(i, [f, 0.0])[1] += x
+        instances.append({"features": {"keys": list(merged), "fields": [m[0] for m in
+                                                                        merged.values()],
+                                       "values": [m[1] for m in merged.values()]}})
+    with TestClient(create_app(load_model(model_dir))) as client:
+        answer = client.post("/invocations", json={"instances": instances})
+        assert answer.status_code == 200, answer.text
+        scores = [p["score"] for p in answer.json()["predictions"]]
+        np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+        for broken, fragment in (
+            ({"keys": [1, 2], "values": [1, 1]}, "needs"),
+            ({"keys": [1, 2], "values": [1, 1], "fields": [0, 18]}, "fields[1]: 18 is not a "
+                                                                     "field of this model"),
+            ({"keys": [1, 2], "values": [1, 1], "fields": [0]}, "1 fields but 2 keys"),
+        ):
+            answer = client.post("/invocations",
+                                 json={"instances": [instances[0], {"features": broken}]})
+            assert answer.status_code == 400 and "instance 2" in answer.text, answer.text
+            assert fragment in answer.text, answer.text
+        answer = client.post("/invocations", content=b"\x00",
+                             headers={"Content-Type": "application/x-recordio-protobuf"})
+        assert answer.status_code == 400 and "recordIO carries no fields" in answer.text

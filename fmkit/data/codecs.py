@@ -219,15 +219,32 @@ def _instance_features(instance: Any) -> Any:
     raise RequestError('expected {"features": [...]} or {"data": {"features": {...}}}')
 
 
-def _row(element: Any, feature_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(indices, values)`` of one instance's features; raises RequestError if malformed."""
+def _row(element: Any, feature_dim: int, num_fields: int = 0
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(indices, values, fields)`` of one instance's features (``fields`` for a field-aware
+    FM's ``num_fields`` > 0, else None); raises RequestError if malformed."""
+    if num_fields:
+        if not isinstance(element, dict) or "keys" not in element or "fields" not in element:
+            raise RequestError('a field-aware FM needs {"keys": [...], "values": [...], '
+                               '"fields": [...]}: the field of each key')
+        keys, values, _ = _row({k: v for k, v in element.items() if k != "fields"},
+                               feature_dim)
+        fields = _numbers(element["fields"], "fields")
+        if fields.size != keys.size:
+            raise RequestError(f"{fields.size} fields but {keys.size} keys")
+        bad = np.flatnonzero((fields < 0) | (fields >= num_fields) | (fields != np.floor(fields)))
+        if bad.size:
+            shown = excerpt(str(element["fields"][bad[0]]), quote=False)
+            raise RequestError(f"fields[{int(bad[0])}]: {shown} is not a field of this model "
+                               f"(num_fields={num_fields}: 0..{num_fields - 1})")
+        return keys, values, fields.astype(np.int32)
     if isinstance(element, list):
         values = _numbers(element, "features")
         if values.size != feature_dim:
             raise RequestError(f"dense features have {values.size} values, expected "
                                f"{feature_dim} (feature_dim)")
         nonzero = np.flatnonzero(values)
-        return nonzero, values[nonzero]
+        return nonzero, values[nonzero], None
     if not isinstance(element, dict) or "values" not in element:
         raise RequestError('features must be a list or {"values": [...], "keys": [...], '
                            '"shape": [...]}')
@@ -256,17 +273,21 @@ def _row(element: Any, feature_dim: int) -> tuple[np.ndarray, np.ndarray]:
     keys = keys.astype(np.int64)
     if np.unique(keys).size != keys.size:
         raise RequestError("a key appears twice")
-    return keys, values
+    return keys, values, None
 
 
-def _batch(rows: list[tuple[np.ndarray, np.ndarray]], source: str) -> SparseBatch:
-    lengths = np.array([len(k) for k, _ in rows], dtype=np.int64)
+def _batch(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], source: str,
+           with_fields: bool = False) -> SparseBatch:
+    lengths = np.array([len(k) for k, _, _ in rows], dtype=np.int64)
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    indices = np.concatenate([k for k, _ in rows]).astype(np.int32) if rows else np.zeros(0,
-                                                                                         np.int32)
-    values = np.concatenate([v for _, v in rows]).astype(np.float32) if rows else np.zeros(
-        0, np.float32)
-    return SparseBatch(indptr, indices, values, np.zeros(len(rows), np.float32), None, source)
+
+    def joined(part: int, dtype) -> np.ndarray:
+        return (np.concatenate([row[part] for row in rows]).astype(dtype) if rows
+                else np.zeros(0, dtype))
+
+    return SparseBatch(indptr, joined(0, np.int32), joined(1, np.float32),
+                       np.zeros(len(rows), np.float32), None, source,
+                       fields=joined(2, np.int32) if with_fields else None)
 
 
 _SLICE = 1 << 16  # numbers converted per numpy call (see _floats)
@@ -361,18 +382,18 @@ def _fast_batch(instances: list[Any], feature_dim: int, source: str,
 
 
 def _instances(instances: Iterable[Any], feature_dim: int, source: str,
-               unit: str, has_bools: bool = True) -> SparseBatch:
+               unit: str, has_bools: bool = True, num_fields: int = 0) -> SparseBatch:
     instances = list(instances)
-    fast = _fast_batch(instances, feature_dim, source, has_bools)
+    fast = None if num_fields else _fast_batch(instances, feature_dim, source, has_bools)
     if fast is not None:
         return fast[0]
     rows = []
     for n, instance in enumerate(instances, start=1):
         try:
-            rows.append(_row(_instance_features(instance), feature_dim))
+            rows.append(_row(_instance_features(instance), feature_dim, num_fields))
         except RequestError as e:
             raise RequestError(f"{unit} {n}: {e}") from None
-    return _batch(rows, source)
+    return _batch(rows, source, with_fields=num_fields > 0)
 
 
 def json_instances(body: bytes | str) -> list[Any]:
@@ -432,11 +453,16 @@ def read_request_files(path, fmt: str, decode: Callable[[bytes, str, str, int], 
             raise DataError(str(file), None, str(e)) from None
 
 
-def parse_json(body: bytes | str, feature_dim: int, source: str = "request") -> SparseBatch:
+def parse_json(body: bytes | str, feature_dim: int, source: str = "request",
+               num_fields: int = 0) -> SparseBatch:
     """The rows of a JSON body. Objects are built in C and the fast path counts the keys it
     meets: when they are as many as the body's ':' (each written key is followed by one),
-    no key was written twice. Otherwise the body is parsed again checking every object."""
+    no key was written twice. Otherwise the body is parsed again checking every object.
+    ``num_fields`` > 0: a field-aware FM's rows, each key with its field."""
     text = _text(body)
+    if num_fields:
+        return _instances(json_instances(text), feature_dim, source, "instance",
+                          num_fields=num_fields)
     document = strict_json(text, check_keys=False)
     top_keys = len(document) if isinstance(document, dict) else 0
     instances, document = _instance_list(document), None
@@ -456,9 +482,9 @@ def _release(items: list) -> None:
 
 
 def parse_jsonlines(body: bytes | str, feature_dim: int, source: str = "request",
-                    first_line: int = 1) -> SparseBatch:
+                    first_line: int = 1, num_fields: int = 0) -> SparseBatch:
     return _instances(jsonlines_instances(body, first_line), feature_dim, source, "line",
-                      _has_bools(body))
+                      _has_bools(body), num_fields)
 
 
 def _has_bools(body: bytes | str) -> bool:
@@ -482,17 +508,21 @@ def parse_recordio(body: bytes, feature_dim: int, source: str = "request",
 class RequestDecoder:
     """Decodes request bodies for one model; keeps the recordIO checker between requests."""
 
-    def __init__(self, feature_dim: int):
-        self.feature_dim = feature_dim
+    def __init__(self, feature_dim: int, num_fields: int = 0):
+        self.feature_dim, self.num_fields = feature_dim, num_fields
         self._checker = BatchChecker(feature_dim)
 
     def __call__(self, body: bytes, content_type: str) -> SparseBatch:
         """Rows of a body of a supported content type; RequestError (400) if malformed."""
         kind = request_type(content_type)
         if kind == RECORDIO:
+            if self.num_fields:
+                raise RequestError("recordIO carries no fields: a field-aware FM takes JSON or "
+                                   'JSON Lines with "fields" beside "keys" and "values"')
             return parse_recordio(body, self.feature_dim, checker=self._checker)
-        parse = parse_json if kind == JSON else parse_jsonlines
-        return parse(body, self.feature_dim)
+        if kind == JSON:
+            return parse_json(body, self.feature_dim, num_fields=self.num_fields)
+        return parse_jsonlines(body, self.feature_dim, num_fields=self.num_fields)
 
 
 # -- responses ----------------------------------------------------------------------------------

@@ -119,8 +119,9 @@ class FMModel:
 
         def decode(body: bytes, kind: str, source: str, first_line: int) -> SparseBatch:
             if kind == "json":
-                return codecs.parse_json(body, self.feature_dim, source)
-            return codecs.parse_jsonlines(body, self.feature_dim, source, first_line)
+                return codecs.parse_json(body, self.feature_dim, source, self.num_fields)
+            return codecs.parse_jsonlines(body, self.feature_dim, source, first_line,
+                                          self.num_fields)
 
         yield from codecs.read_request_files(path, fmt, decode)
 
@@ -128,20 +129,22 @@ class FMModel:
         """Decodes request bodies into batches for this model (see :mod:`fmkit.data.codecs`)."""
         from fmkit.data import codecs
 
-        return codecs.RequestDecoder(self.feature_dim)
+        return codecs.RequestDecoder(self.feature_dim, self.num_fields)
 
     def warm_up_requests(self) -> list[tuple[bytes, str]]:
         """Request bodies a new server scores before it answers, so that no user's request
         waits while a process loads its compiled kernels (0.4 s for the first JSON request):
         one JSON row (the serial kernel) and a recordIO block of ``PARALLEL_ROWS`` rows (its
-        reader and the parallel kernel). None for an FFM: requests carry no fields yet."""
-        if self.field_aware:
-            return []
+        reader and the parallel kernel); for an FFM one JSON row with its fields."""
         import scipy.sparse as sp
 
         from fmkit.data import codecs, recordio
 
         features = {"keys": [0], "values": [1.0], "shape": [self.feature_dim]}
+        if self.field_aware:
+            features["fields"] = [0]
+            return [(json.dumps({"instances": [{"data": {"features": features}}]}).encode(),
+                     codecs.JSON)]
         body = io.BytesIO()
         recordio.write_rows(body, sp.csr_matrix(([1.0] * PARALLEL_ROWS,
                                                  [0] * PARALLEL_ROWS, range(PARALLEL_ROWS + 1)),
