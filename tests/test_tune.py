@@ -194,3 +194,21 @@ def test_a_bad_row_met_by_a_worker_process_is_one_line(a9a_head, tmp_path):
         f"fmkit: error: {validation}:2: feature index 500 is out of range: feature_dim=123 "
         "with 1-based indices allows at most 123"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_tune_keeps_an_ffms_fields_in_its_validation_split(tmp_path, cli):
+    """--validation-fraction cuts a libffm file between its lines: the trials of an FFM see
+    every field, and the model is field-aware."""
+    from fmkit.models.fm.planted import planted_ctr
+
+    data = planted_ctr(3000, [20, 15, 10], num_factors=2, field_aware=True, seed=1)
+    train = tmp_path / "train.ffm"
+    train.write_text("\n".join(data.libffm_lines()) + "\n")
+    model_dir = tmp_path / "model"
+    code, _, err = cli("tune", "--train", train, "--validation-fraction", "0.1", "--trials",
+                       "2", "--jobs", "1", "--model-dir", model_dir, "feature_dim=45",
+                       "predictor_type=binary_classifier", "model_type=ffm", "epochs=2")
+    assert code == 0, err
+    model = load_model(model_dir)
+    assert model.field_aware and model.num_fields == 3
+    assert len([t for t in _trials(model_dir) if t["state"] == "COMPLETE"]) >= 1

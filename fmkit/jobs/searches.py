@@ -139,33 +139,66 @@ class FMSearch:
         s = self.settings
         if s.validation is not None:
             return s.train, s.validation, s.fmt, s.index_base
-        split = work / "split"  # libsvm in the training file's own index base (split)
-        return (str(split / "train.libsvm"), str(split / "validation.libsvm"), "libsvm",
-                int((split / "index_base").read_text()))
+        split = work / "split"  # see split(): the format and index base it wrote
+        return (str(split / "train.data"), str(split / "validation.data"),
+                (split / "format").read_text(), int((split / "index_base").read_text()))
 
     def split(self, work: Path) -> None:
         """``--validation-fraction F``: the training channel's last F of rows become the
-        validation channel (libsvm files in the work directory)."""
-        import numpy as np
-        import scipy.sparse as sp
-
-        from fmkit.data import libsvm
+        validation channel. A text file is cut between its lines, as written (fields, index
+        base, comments kept); other channels (recordIO, directories) are written as libsvm in
+        the channel's index base (an FFM's fields need a libffm file)."""
         from fmkit.data.sources import FileSource
         from fmkit.jobs.fm import resolve_index_base
         from fmkit.models.fm.model import label_mode
 
         s, split = self.settings, work / "split"
-        if s.validation_fraction is None or (split / "validation.libsvm").exists():
+        if s.validation_fraction is None or (split / "validation.data").exists():
             return
-        d = s.fixed["feature_dim"]
-        source = FileSource(s.train, s.fmt, d, labels=label_mode(self.predictor_type))
+        source = FileSource(s.train, s.fmt, s.fixed["feature_dim"],
+                            labels=label_mode(self.predictor_type))
         source.index_base = base = resolve_index_base(source, s.index_base)
         rows = sum(batch.n_rows for batch in source.blocks())
         first = rows - _validation_rows(rows, s.validation_fraction)
         split.mkdir(exist_ok=True)
-        seen = 0
-        with files.output_stream(split / "train.libsvm") as head, \
-                files.output_stream(split / "validation.libsvm.part") as tail:
+        if len(source.files) == 1 and source.fmt in ("libsvm", "libffm", "csv"):
+            self._split_lines(source, first, split)
+            fmt = source.fmt
+        else:
+            if s.fixed.get("model_type") == "ffm":
+                raise HyperparameterError("--validation-fraction keeps an FFM's fields from "
+                                          "one libffm file; give --validation for this channel")
+            self._split_rows(source, first, split, base)
+            fmt = "libsvm"
+        _write_text(split / "index_base", str(base))
+        _write_text(split / "format", fmt)
+        os.replace(split / "validation.part", split / "validation.data")
+
+    @staticmethod
+    def _split_lines(source: Any, first: int, split: Path) -> None:
+        """Lines before row ``first``'s line to the training part, the rest to validation."""
+        seen, cut = 0, None
+        for batch in source.blocks():
+            if first < seen + batch.n_rows:
+                cut = int(batch.lines[first - seen])
+                break
+            seen += batch.n_rows
+        with open(source.files[0], "rb") as f, \
+                files.output_stream(split / "train.data") as head, \
+                files.output_stream(split / "validation.part") as tail:
+            for number, line in enumerate(f, start=1):
+                (head if number < cut else tail).write(line)
+
+    def _split_rows(self, source: Any, first: int, split: Path, base: int) -> None:
+        """Rows before ``first`` to the training part, the rest to validation, as libsvm."""
+        import numpy as np
+        import scipy.sparse as sp
+
+        from fmkit.data import libsvm
+
+        d, seen = self.settings.fixed["feature_dim"], 0
+        with files.output_stream(split / "train.data") as head, \
+                files.output_stream(split / "validation.part") as tail:
             for batch in source.blocks():
                 X = sp.csr_matrix((batch.values, batch.indices, batch.indptr),
                                   shape=(batch.n_rows, d))
@@ -175,8 +208,6 @@ class FMSearch:
                 if cut < batch.n_rows:
                     libsvm.write_libsvm(tail, X[cut:], batch.labels[cut:], index_base=base)
                 seen += batch.n_rows
-        _write_text(split / "index_base", str(base))
-        os.replace(split / "validation.libsvm.part", split / "validation.libsvm")
 
     def train(self, params: Mapping[str, Any], work: Path, model_dir: Path, *,
               refit_epochs: int | None = None, callbacks: Sequence[Callback] = (),
