@@ -110,6 +110,12 @@ def test_ffm_cli_predictions_equal_a_plain_ffm_on_the_saved_weights(tmp_path, cl
     assert json.loads(out)["auc"] == pytest.approx(roc_auc_score(y, scores), abs=1e-6)
 
 
+def _fm_and_ffm(cli, tmp_path, train, test, *hp: str) -> tuple[float, float]:
+    """Test AUC of an FM and an FFM trained with the same hyperparameters."""
+    fm, ffm = (_auc(cli, tmp_path, train, test, kind, *hp) for kind in ("fm", "ffm"))
+    return fm, ffm
+
+
 def _auc(cli, tmp_path, train, test, model_type: str, *hp: str) -> float:
     model_dir = tmp_path / model_type
     code, _, err = cli("train", "--train", train, "--model-dir", model_dir, "--quiet",
@@ -132,10 +138,9 @@ def test_ffm_beats_fm_on_a_planted_field_aware_model(tmp_path, cli):
     train, test = tmp_path / "train.ffm", tmp_path / "test.ffm"
     train.write_text("\n".join(head.libffm_lines()) + "\n")
     test.write_text("\n".join(tail.libffm_lines()) + "\n")
-    hp = ["feature_dim=200", "num_factors=4", "epochs=3", "mini_batch_size=100",
-          "bias_lr=0.01", "linear_lr=0.01", "factors_lr=0.01", "linear_wd=0.0001",
-          "factors_wd=0.0001"]
-    fm, ffm = (_auc(cli, tmp_path, train, test, kind, *hp) for kind in ("fm", "ffm"))
+    fm, ffm = _fm_and_ffm(cli, tmp_path, train, test, "feature_dim=200", "num_factors=4",
+                          "epochs=3", "mini_batch_size=100", "bias_lr=0.01", "linear_lr=0.01",
+                          "factors_lr=0.01", "linear_wd=0.0001", "factors_wd=0.0001")
     assert ffm >= fm + 0.03, (ffm, fm)
 
 
@@ -146,10 +151,10 @@ def test_ffm_beats_fm_on_movielens_with_side_fields(tmp_path, cli):
     train, test = tmp_path / "ua.base.ffm", tmp_path / "ua.test.ffm"
     write_libffm(directory, "ua.base", train)
     write_libffm(directory, "ua.test", test)
-    hp = ["feature_dim=2674", "num_factors=8", "epochs=4", "mini_batch_size=256",
-          "bias_lr=0.003", "linear_lr=0.003", "factors_lr=0.003", "linear_wd=0.0001",
-          "factors_wd=0.0001"]
-    fm, ffm = (_auc(cli, tmp_path, train, test, kind, *hp) for kind in ("fm", "ffm"))
+    fm, ffm = _fm_and_ffm(cli, tmp_path, train, test, "feature_dim=2674", "num_factors=8",
+                          "epochs=4", "mini_batch_size=256", "bias_lr=0.003",
+                          "linear_lr=0.003", "factors_lr=0.003", "linear_wd=0.0001",
+                          "factors_wd=0.0001")
     assert ffm >= fm + 0.005, (ffm, fm)
 
 

@@ -19,18 +19,14 @@ from numba import njit
 from fmkit.kernels.fm import (
     BETA1,
     BETA2,
-    BIAS_LR,
-    BIAS_WD,
     FAST,
     _adam_scales,
-    _apply,
     _distinct_features,
     _frozen,
     _like,
     _loss_and_slope,
     _per_rule,
-    _row_blocks,
-    _update_feature,
+    step_minibatch,
 )
 
 
@@ -153,14 +149,8 @@ def _batches_trainer(opt: int):
             step += 1
             adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
                                              np.float64(cfg[BETA2]) ** step, T)
-            bw, bm, bs = _row_blocks(B, 0, width)
-            _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
-                   adam_lr, adam_eps)
-            for t in range(n_touched):
-                i = touched[t]
-                slot[i] = -1
-                _update_feature(T, i, G[t], G[t], 0, 1.0, 0.0, width, opt, cfg, adam_lr,
-                                adam_eps)
+            step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, opt, cfg, adam_lr,
+                           adam_eps)
         return total_loss
 
     return train_batches

@@ -383,6 +383,25 @@ def _batch_gradient(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows
                        sums, slot, G)
 
 
+@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+def step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, opt, cfg, adam_lr,
+                   adam_eps):
+    """A mini-batch's optimizer step from its gradient: the bias from ``g_bias``, then each
+    touched feature's row from ``G[t]`` (``width`` columns), its slot reset to -1. Shared by
+    the FM's and the FFM's mini-batch loops."""
+    lines, line_floats = (T.shape[1] * T.itemsize + 63) // 64, 64 // T.itemsize
+    bw, bm, bs = _row_blocks(B, 0, width)
+    _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
+           adam_lr, adam_eps)
+    for t in range(n_touched):
+        if t + AHEAD < n_touched:  # the rows are scattered: start loading a later one
+            for line in range(lines):
+                prefetch(T, touched[t + AHEAD], line * line_floats)
+        i = touched[t]
+        slot[i] = -1
+        _update_feature(T, i, G[t], G[t], 0, 1.0, 0.0, width, opt, cfg, adam_lr, adam_eps)
+
+
 def _batches_trainer(opt: int):
     """The mini-batch loop compiled for one update rule (as :func:`_rows_trainer`)."""
 
@@ -397,7 +416,6 @@ def _batches_trainer(opt: int):
         distinct features. Returns the summed loss of the rows before their updates."""
         cfg = _frozen(config)
         width = k + 1
-        lines, line_floats = (T.shape[1] * T.itemsize + 63) // 64, 64 // T.itemsize
         total_loss = 0.0
         g_bias = np.zeros(1)
         b1_t, b2_t = np.float64(cfg[BETA1]) ** step, np.float64(cfg[BETA2]) ** step
@@ -412,17 +430,8 @@ def _batches_trainer(opt: int):
             b1_t *= b1_stride
             b2_t *= b2_stride
             adam_lr, adam_eps = _adam_scales(b1_t, b2_t, T)
-            bw, bm, bs = _row_blocks(B, 0, width)
-            _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
-                   adam_lr, adam_eps)
-            for t in range(n_touched):
-                if t + AHEAD < n_touched:  # the rows are scattered: start loading a later one
-                    for line in range(lines):
-                        prefetch(T, touched[t + AHEAD], line * line_floats)
-                i = touched[t]
-                slot[i] = -1
-                _update_feature(T, i, G[t], G[t], 0, 1.0, 0.0, width, opt, cfg, adam_lr,
-                                adam_eps)
+            step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, opt, cfg, adam_lr,
+                           adam_eps)
         return total_loss
 
     return train_batches
