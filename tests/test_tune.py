@@ -212,3 +212,15 @@ def test_tune_keeps_an_ffms_fields_in_its_validation_split(tmp_path, cli):
     model = load_model(model_dir)
     assert model.field_aware and model.num_fields == 3
     assert len([t for t in _trials(model_dir) if t["state"] == "COMPLETE"]) >= 1
+
+
+def test_one_job_repeats_its_trials_for_the_same_seed(a9a_head, tmp_path, cli):
+    runs = []
+    for name in ("one", "two"):
+        code, _, err = cli("tune", "--train", a9a_head, "--validation-fraction", "0.1",
+                           "--trials", "4", "--jobs", "1", "--seed", "3", "--model-dir",
+                           tmp_path / name, *FIXED[:2], "epochs=2")
+        assert code == 0, err
+        runs.append([(t["optimizer"], t["learning_rate"], t["value"])
+                     for t in _trials(tmp_path / name)])
+    assert runs[0] == runs[1]

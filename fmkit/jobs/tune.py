@@ -158,13 +158,14 @@ def _trial_environment(work: Path, threads: int) -> Iterator[None]:
 
 
 def _worker(work: str, trials: int, timeout: float | None, threads: int,
-            child: bool = True) -> None:
+            child: bool = True, index: int = 0) -> None:
     """One process's share of the search: trials until the study holds ``trials`` finished
-    ones (or ``timeout`` seconds), on ``threads`` threads."""
+    ones (or ``timeout`` seconds), on ``threads`` threads, its sampler seeded with ``seed +
+    index`` (so one job repeats its trials for the same arguments)."""
     if child:
         _die_with_parent()
         try:
-            _worker(work, trials, timeout, threads, child=False)
+            _worker(work, trials, timeout, threads, child=False, index=index)
         except FMKitError as e:  # the parent reports it: one line, as for one process
             _write_text(Path(work) / f"error-{os.getpid()}", str(e))
             sys.exit(1)
@@ -173,7 +174,7 @@ def _worker(work: str, trials: int, timeout: float | None, threads: int,
     work_dir = Path(work)
     search = search_for(TuneSettings(**json.loads((work_dir / MARKER).read_text())))
     study = optuna.load_study(study_name="fmkit", storage=_storage(work_dir),
-                              sampler=_sampler(search.settings.seed + os.getpid()),
+                              sampler=_sampler(search.settings.seed + index),
                               pruner=_pruner())
     done = optuna.study.MaxTrialsCallback(
         trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
@@ -275,7 +276,7 @@ def _run_workers(work: Path, trials: int, timeout: float | None, jobs: int) -> N
         return
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_worker, args=(str(work), trials, timeout, threads),
-                               daemon=True) for _ in range(jobs)]
+                               kwargs={"index": index}, daemon=True) for index in range(jobs)]
     for process in workers:
         process.start()
     for process in workers:
