@@ -316,7 +316,12 @@ def test_several_workers_split_the_cores(classifier, monkeypatch, preset):
 
     for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", app.MODEL_DIR_ENV,
                  app.MAX_PAYLOAD_ENV, app.BODY_TIMEOUT_ENV):
-        monkeypatch.delenv(name, raising=False)
+        # set, then removed: monkeypatch then restores the variable's state before the test
+        # after serve() sets it. A NUMBA_NUM_THREADS left behind would make the next numba
+        # compile in this process (a cold cache) refuse to run ("Cannot set NUMBA_NUM_THREADS
+        # ... once the threads have been launched").
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     if preset:
         monkeypatch.setenv("NUMBA_NUM_THREADS", preset)
     seen = {}
