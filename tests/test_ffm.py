@@ -146,13 +146,13 @@ def test_ffm_beats_fm_on_a_planted_field_aware_model(tmp_path, cli):
 
 def test_ffm_beats_fm_on_movielens_with_side_fields(tmp_path, cli):
     """MovieLens-100k ua, rating >= 4, fields user, item, age, gender, occupation, genres:
-    measured FFM 0.7711 against FM 0.7599 (4 epochs); the test asks for a margin of 0.005."""
+    measured FFM 0.7710 against FM 0.7583 (3 epochs); the test asks for a margin of 0.005."""
     directory = shared_file("movielens_100k", "u.data").parent
     train, test = tmp_path / "ua.base.ffm", tmp_path / "ua.test.ffm"
     write_libffm(directory, "ua.base", train)
     write_libffm(directory, "ua.test", test)
     fm, ffm = _fm_and_ffm(cli, tmp_path, train, test, "feature_dim=2674", "num_factors=8",
-                          "epochs=4", "mini_batch_size=256", "bias_lr=0.003",
+                          "epochs=3", "mini_batch_size=256", "bias_lr=0.003",
                           "linear_lr=0.003", "factors_lr=0.003", "linear_wd=0.0001",
                           "factors_wd=0.0001")
     assert ffm >= fm + 0.005, (ffm, fm)

@@ -36,7 +36,7 @@ def test_regressor_bias_starts_at_the_label_mean(tmp_path):
     assert params.V.std() == pytest.approx(0.01, rel=0.05)
 
 
-@pytest.mark.parametrize("optimizer, sigma", [("adam", 0.01), ("sgd", 0.1)])
+@pytest.mark.parametrize("optimizer, sigma", [("adam", 0.01)])
 def test_classifier_bias_starts_at_the_logit_of_the_positive_rate(tmp_path, optimizer, sigma):
     a9a = tmp_path / "a9a.head"  # -1/+1 labels, ~24% positive; one block
     a9a.write_text("".join(shared_file("a9a_libsvm", "a9a").read_text().splitlines(True)[:5000]))
@@ -60,3 +60,22 @@ def test_a_job_that_names_its_init_settings_gets_sagemakers(tmp_path):
                       bias_init_value=0.25, factors_init_sigma=0.001)
     assert params.w0[0] == np.float32(0.25)
     assert params.V.std() == pytest.approx(0.001, rel=0.1)
+
+
+@pytest.mark.parametrize("optimizer, sigma", [("sgd", 0.1), ("adagrad", 0.1), ("ftrl", 0.1)])
+def test_the_factors_start_wider_for_the_other_rules(optimizer, sigma):
+    """The weights the trainer's tables start from (drawn straight into them; no kernel
+    compiled, as each rule's would be on first training)."""
+    from fmkit.data.sources import ArraySource
+    from fmkit.jobs.training import with_starting_point
+    from fmkit.train.optimizers import training_tables
+
+    rng = np.random.default_rng(0)
+    X = rng.random((50, 400)) < 0.1
+    source = ArraySource(X.astype(np.float64), (rng.random(50) < 0.3).astype(float),
+                         labels="binary")
+    hp = with_starting_point(validate({"feature_dim": 400, "num_factors": 16,
+                                       "predictor_type": "binary_classifier",
+                                       "optimizer": optimizer}), source)
+    _, table = training_tables(None, optimizer, hp)
+    assert table[:, 1:17].std() == pytest.approx(sigma, rel=0.05)
