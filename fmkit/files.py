@@ -173,6 +173,13 @@ def _about_output(error: OSError, *paths: Path) -> bool:
     return error.filename is None or any(str(error.filename) == str(p) for p in paths)
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` as :func:`output_stream` writes: under a temporary
+    name, renamed into place when complete."""
+    with output_stream(path) as out:
+        out.write(text.encode())
+
+
 @contextlib.contextmanager
 def output_stream(path: str | Path | None) -> Iterator[BinaryIO]:
     """A binary stream for an output file; see the module docstring. ``None`` or ``-`` is

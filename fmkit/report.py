@@ -220,6 +220,5 @@ def write_report(model_dir: str | Path, data: str | Path | None = None,
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fmkit report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     target = Path(output) if output else artifact.resolve(model_dir) / artifact.REPORT_FILE
-    with files.output_stream(target) as out:
-        out.write(page.encode())
+    files.write_text(target, page)
     return target

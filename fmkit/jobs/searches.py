@@ -10,6 +10,8 @@ epochs on every row (a refit). :mod:`fmkit.jobs.tune` runs the study around it.
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -62,16 +64,14 @@ class TuneSettings:
     config: str | None = None
 
 
-def _write_text(path: Path, text: str) -> None:
-    with files.output_stream(path) as out:
-        out.write(text.encode())
-
-
-def _refit_channel(work: Path, train: str, validation: str) -> str:
-    """Training and validation rows as one channel: a directory linking both files."""
+def _refit_channel(work: Path, settings: TuneSettings) -> str:
+    """Training and validation rows as one channel: the training file itself when the
+    validation rows were split from it, else a directory linking both files."""
+    if settings.validation is None:
+        return settings.train
     both = work / "refit"
     both.mkdir(exist_ok=True)
-    for name, path in (("0-train", train), ("1-validation", validation)):
+    for name, path in (("0-train", settings.train), ("1-validation", settings.validation)):
         link = both / name
         if not link.is_symlink():
             link.symlink_to(Path(path).absolute())
@@ -170,8 +170,8 @@ class FMSearch:
                                           "one libffm file; give --validation for this channel")
             self._split_rows(source, first, split, base)
             fmt = "libsvm"
-        _write_text(split / "index_base", str(base))
-        _write_text(split / "format", fmt)
+        files.write_text(split / "index_base", str(base))
+        files.write_text(split / "format", fmt)
         os.replace(split / "validation.part", split / "validation.data")
 
     @staticmethod
@@ -221,9 +221,7 @@ class FMSearch:
         train, validation, fmt, index_base = self._channels(work)
         if refit_epochs:
             hp["epochs"] = refit_epochs
-            fmt, validation = s.fmt, None
-            train = s.train if s.validation is None else _refit_channel(work, s.train,
-                                                                         s.validation)
+            fmt, validation, train = s.fmt, None, _refit_channel(work, s)
         else:
             hp.setdefault("epochs", FM_MAX_EPOCHS)
             hp.setdefault("early_stopping_metric", s.objective)
@@ -254,8 +252,10 @@ class DeepFMSearch:
         from fmkit.models.deepfm.model import predictor_type
 
         self.settings = settings
-        document = self._document({})
-        self.config = configs.parse(document)
+        # the file with the fixed --set overrides applied, read once; trials copy it
+        self.base = configs.apply_overrides(configs.load_document(settings.config),
+                                            [f"{k}={v}" for k, v in settings.fixed.items()])
+        self.config = configs.parse(self._document({}))
         self.predictor_type = predictor_type(self.config)
         if (settings.validation_fraction is not None
                 and self.config.data_config.dataset_type != "CsvDataset"):
@@ -268,15 +268,15 @@ class DeepFMSearch:
     def chosen(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The configuration fields a trial's ``params`` set (``path: value``), applied after
         the fixed ``--set`` overrides."""
-        sparse = _optimizer_name(self._base(), "sparse_optimizer", "adagrad_optimizer")
-        dense = _optimizer_name(self._base(), "dense_optimizer", "adam_optimizer")
+        sparse = _optimizer_name(self.base, "sparse_optimizer", "adagrad_optimizer")
+        dense = _optimizer_name(self.base, "dense_optimizer", "adam_optimizer")
         fields: dict[str, Any] = {}
         if "sparse_lr" in params:
             fields[f"train_config.sparse_optimizer.{sparse}.lr"] = params["sparse_lr"]
         if "dense_lr" in params:
             fields[f"train_config.dense_optimizer.{dense}.lr"] = params["dense_lr"]
         if "embedding_dim" in params:
-            for i, feature in enumerate(self._base().get("feature_configs") or []):
+            for i, feature in enumerate(self.base.get("feature_configs") or []):
                 for kind, body in feature.items():
                     if isinstance(body, dict) and "embedding_dim" in body:
                         fields[f"feature_configs[{i}].{kind}.embedding_dim"] = \
@@ -289,17 +289,12 @@ class DeepFMSearch:
                     [round(float(params["dropout"]), 4)] * len(units)
         return fields
 
-    def _base(self) -> dict[str, Any]:
-        from fmkit.models.deepfm import config as configs
-
-        return configs.apply_overrides(configs.load_document(self.settings.config),
-                                       [f"{k}={v}" for k, v in self.settings.fixed.items()])
-
     def _document(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of the base document with ``fields`` set (``--set`` reads JSON values)."""
         from fmkit.models.deepfm import config as configs
 
-        return configs.apply_overrides(self._base(), [f"{k}={_yaml(v)}" for k, v in
-                                                      fields.items()])
+        return configs.apply_overrides(copy.deepcopy(self.base),
+                                       [f"{k}={json.dumps(v)}" for k, v in fields.items()])
 
     def _channels(self, work: Path) -> tuple[str, str]:
         s = self.settings
@@ -315,9 +310,10 @@ class DeepFMSearch:
             return
         from fmkit.data.sources import channel_files
 
-        lines = b"".join(path.read_bytes() if path.read_bytes().endswith(b"\n")
-                         else path.read_bytes() + b"\n"
-                         for path in channel_files(s.train)).splitlines(keepends=True)
+        lines = []
+        for path in channel_files(s.train):  # each file's lines, a last one without "\n" too
+            lines += [line if line.endswith(b"\n") else line + b"\n"
+                      for line in path.read_bytes().splitlines(keepends=True)]
         header = lines[:1] if self.config.data_config.with_header else []
         rows = lines[len(header):]
         tail = _validation_rows(len(rows), s.validation_fraction)
@@ -341,9 +337,7 @@ class DeepFMSearch:
         if refit_epochs:
             settings["num_epochs"] = refit_epochs
             settings["early_stopping_patience"] = 0
-            train = s.train if s.validation is None else _refit_channel(work, s.train,
-                                                                         s.validation)
-            validation = None
+            train, validation = _refit_channel(work, s), None
         else:
             settings["num_epochs"] = int(settings.get("num_epochs") or DEEPFM_MAX_EPOCHS)
             settings.setdefault("early_stopping_patience", DEEPFM_PATIENCE)
@@ -359,16 +353,6 @@ def _optimizer_name(document: dict[str, Any], section: str, default: str) -> str
     chosen = (document.get("train_config") or {}).get(section) or {}
     names = [name for name in chosen if name.endswith("_optimizer")]
     return names[0] if names else default
-
-
-def _yaml(value: Any) -> str:
-    """A value as ``--set`` reads it (YAML)."""
-    import json
-
-    return json.dumps(value)
-
-
-SEARCHES = {"fm": FMSearch, "deepfm": DeepFMSearch}
 
 
 def search_for(settings: TuneSettings) -> FMSearch | DeepFMSearch:

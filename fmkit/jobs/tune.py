@@ -167,7 +167,7 @@ def _worker(work: str, trials: int, timeout: float | None, threads: int,
         try:
             _worker(work, trials, timeout, threads, child=False, index=index)
         except FMKitError as e:  # the parent reports it: one line, as for one process
-            _write_text(Path(work) / f"error-{os.getpid()}", str(e))
+            files.write_text(Path(work) / f"error-{os.getpid()}", str(e))
             sys.exit(1)
         return
     optuna = _import_optuna()
@@ -221,8 +221,8 @@ def _log_trial(study: Any, trial: Any) -> None:
         return
     best = study.best_value if _finished(study) else trial.value
     log.info("trial %d: %s %.6f at epoch %s in %.1f s (best %.6f)", trial.number,
-                study.user_attrs.get("objective", "value"), trial.value,
-                trial.user_attrs.get("best_epoch"), seconds, best)
+             study.user_attrs.get("objective", "value"), trial.value,
+             trial.user_attrs.get("best_epoch"), seconds, best)
 
 
 def _read_marker(path: Path) -> dict[str, Any]:
@@ -265,7 +265,7 @@ def _open_work_dir(model_dir: Path, settings: TuneSettings) -> tuple[Path, Any]:
         if ((previous / "study.sqlite3").exists() and (previous / MARKER).exists()
                 and _read_marker(previous / MARKER) == wanted):
             shutil.copyfile(previous / "study.sqlite3", work / "study.sqlite3")
-        _write_text(marker, json.dumps(wanted, indent=1))
+        files.write_text(marker, json.dumps(wanted, indent=1))
     return work, lock
 
 
@@ -289,11 +289,6 @@ def _run_workers(work: Path, trials: int, timeout: float | None, jobs: int) -> N
         raise OutputError(work, f"a tune worker stopped with exit code {failed[0].exitcode}")
 
 
-def _write_text(path: Path, text: str) -> None:
-    with files.output_stream(path) as out:
-        out.write(text.encode())
-
-
 def _write_trials_csv(study: Any, path: Path) -> None:
     trials = study.get_trials(deepcopy=False)
     names = sorted({name for t in trials for name in t.params})
@@ -304,10 +299,10 @@ def _write_trials_csv(study: Any, path: Path) -> None:
         writer.writerow([t.number, t.state.name, "" if t.value is None else t.value,
                          t.user_attrs.get("best_epoch", ""), t.user_attrs.get("seconds", ""),
                          *(t.params.get(name, "") for name in names)])
-    _write_text(path, out.getvalue())
+    files.write_text(path, out.getvalue())
 
 
-def _write_plots(study: Any, directory: Path, objective: str) -> list[str]:
+def _write_plots(study: Any, directory: Path, objective: str) -> None:
     """The optimization history and the parameter importances as PNG files (needs
     matplotlib; without it, none)."""
     try:
@@ -317,17 +312,16 @@ def _write_plots(study: Any, directory: Path, objective: str) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         log.warning("matplotlib is not installed: tune writes no plots ('fmkit[report]')")
-        return []
+        return
     import optuna
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        return []
+        return
     higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
     values = [t.value for t in complete]
     running = [max(values[: i + 1]) if higher else min(values[: i + 1])
                for i in range(len(values))]
-    written = []
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.scatter([t.number for t in complete], values, s=12, label="trial")
     ax.step([t.number for t in complete], running, where="post", color="C1", label="best")
@@ -336,7 +330,6 @@ def _write_plots(study: Any, directory: Path, objective: str) -> list[str]:
     fig.tight_layout()
     fig.savefig(directory / "optimization_history.png", dpi=100)
     plt.close(fig)
-    written.append("optimization_history.png")
     if len(complete) >= 2:
         importances = optuna.importance.get_param_importances(study)
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -346,8 +339,6 @@ def _write_plots(study: Any, directory: Path, objective: str) -> list[str]:
         fig.tight_layout()
         fig.savefig(directory / "param_importances.png", dpi=100)
         plt.close(fig)
-        written.append("param_importances.png")
-    return written
 
 
 def _absolute(path: str | Path | None) -> str | None:
@@ -441,7 +432,7 @@ def _finish(study: Any, work: Path, model_dir: Path, search: Any, higher: bool, 
     _write_plots(study, out, objective)
     shutil.copyfile(work / "study.sqlite3", out / "study.sqlite3")
     shutil.copyfile(work / MARKER, out / MARKER)
-    _write_text(out / "best.json", json.dumps(
+    files.write_text(out / "best.json", json.dumps(
         {"trial": best.number, "objective": objective, "value": best.value,
          "higher_is_better": higher, "epoch": best_epoch,
          "settings": search.chosen(best.params), "refit": refit}, indent=1))

@@ -226,10 +226,8 @@ class FFMLearner(KernelLearner):
         return loss, chunk.n_rows
 
     def gradient(self, batch: SparseBatch | None) -> Gradient:
-        if batch is None:
-            return Gradient(0, 0.0, np.zeros(1), [(np.zeros(0, np.int64),
-                                                   np.zeros((0, self.k + 1)),
-                                                   self.table.shape[0])])
+        if batch is None:  # no rows left on this process: the FM's empty gradient
+            return super().gradient(None)
         loss, g0, rows, G = ffm.minibatch_gradient(
             batch.indptr, batch.indices, self._fields(batch), batch.values, batch.labels, 1.0,
             self.kind, self.bias[0, :1], self.table, self.factors, self.fields, self.ws.slot)
