@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from fmkit.errors import DataError
+
 
 @dataclass
 class SparseBatch:
@@ -32,6 +34,14 @@ class SparseBatch:
     @property
     def n_rows(self) -> int:
         return len(self.indptr) - 1
+
+    def field_ids(self) -> np.ndarray:
+        """Each nonzero's field, which a field-aware FM needs: an error naming the source when
+        the rows carry none (libsvm, CSV, recordIO, an in-memory matrix)."""
+        if self.fields is None:
+            raise DataError(self.source, None, "a field-aware FM (model_type=ffm) needs each "
+                            "feature's field: libffm input (label field:index:value ...)")
+        return self.fields
 
     def where(self, row: int) -> tuple[str, int | None]:
         """``(source, line)`` naming a row in an error message."""

@@ -204,13 +204,11 @@ class BatchChecker:
 
     def _check_fields(self, batch: SparseBatch) -> None:
         """An FFM's input names a field below ``num_fields`` for every nonzero."""
-        if batch.fields is None:
-            raise DataError(batch.source, None, "a field-aware FM (model_type=ffm) needs "
-                            "fields: libffm input (label field:index:value ...)")
-        bad = np.flatnonzero((batch.fields < 0) | (batch.fields >= self.num_fields))
+        fields = batch.field_ids()
+        bad = np.flatnonzero((fields < 0) | (fields >= self.num_fields))
         if bad.size:
             row = int(np.searchsorted(batch.indptr, bad[0], side="right")) - 1
-            raise DataError(*batch.where(row), f"field {int(batch.fields[bad[0]])} is out of "
+            raise DataError(*batch.where(row), f"field {int(fields[bad[0]])} is out of "
                             f"range: num_fields={self.num_fields} allows 0..{self.num_fields - 1}")
 
     def _check_widths(self, batch: SparseBatch) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from fmkit.cpus import thread_count
 from fmkit.data.background import background
 from fmkit.data.batch import SparseBatch, rebatch, shuffled_batches, take
-from fmkit.errors import DataError, HyperparameterError, TrainingDiverged
+from fmkit.errors import HyperparameterError, TrainingDiverged
 from fmkit.kernels import ffm
 from fmkit.kernels import fm as kernels
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
@@ -206,13 +206,6 @@ class FFMLearner(KernelLearner):
         if not self.ws.slot.size:  # a row per step is a mini-batch of one here
             self.ws.slot = np.full(self.table.shape[0], -1, np.int32)
 
-    @staticmethod
-    def _fields(batch: SparseBatch) -> np.ndarray:
-        if batch.fields is None:
-            raise DataError(batch.source, None, "a field-aware FM (model_type=ffm) needs each "
-                            "feature's field: libffm input")
-        return batch.fields
-
     def step(self, unit: tuple[SparseBatch, np.ndarray]) -> tuple[float, int]:
         chunk, order = unit
         if order.size:
@@ -220,7 +213,7 @@ class FFMLearner(KernelLearner):
         size, ws = self.hp["mini_batch_size"], self.ws
         ws.reserve(chunk, size, self.table.shape[0])
         loss, self.steps = ffm.train_minibatches(
-            chunk.indptr, chunk.indices, self._fields(chunk), chunk.values, chunk.labels, size,
+            chunk.indptr, chunk.indices, chunk.field_ids(), chunk.values, chunk.labels, size,
             self.kind, self.opt, self.config, self.bias, self.table, self.factors, self.fields,
             ws.slot, ws.touched, ws.grads[0], self.steps)
         return loss, chunk.n_rows
@@ -229,7 +222,7 @@ class FFMLearner(KernelLearner):
         if batch is None:  # no rows left on this process: the FM's empty gradient
             return super().gradient(None)
         loss, g0, rows, G = ffm.minibatch_gradient(
-            batch.indptr, batch.indices, self._fields(batch), batch.values, batch.labels, 1.0,
+            batch.indptr, batch.indices, batch.field_ids(), batch.values, batch.labels, 1.0,
             self.kind, self.bias[0, :1], self.table, self.factors, self.fields, self.ws.slot)
         return Gradient(batch.n_rows, loss, np.array([g0]), [(rows, G, self.table.shape[0])])
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from fmkit.cpus import thread_count
 from fmkit.data.batch import SparseBatch
-from fmkit.errors import ArtifactError, DataError
+from fmkit.errors import ArtifactError
 from fmkit.kernels import ffm
 from fmkit.kernels import fm as kernels
 from fmkit.models import artifact
@@ -81,10 +81,7 @@ class FMModel:
             return scorer.logits(batch)
         p = self.params
         if self.field_aware:
-            if batch.fields is None:
-                raise DataError(batch.source, None, "a field-aware FM (model_type=ffm) needs "
-                                "each feature's field: libffm input")
-            return ffm.predict_logits(batch.indptr, batch.indices, batch.fields, batch.values,
+            return ffm.predict_logits(batch.indptr, batch.indices, batch.field_ids(), batch.values,
                                       p.w0, p.table, self.hyperparameters["num_factors"],
                                       self.num_fields)
         out = np.empty(batch.n_rows, dtype=np.float64)
@@ -140,17 +137,17 @@ class FMModel:
 
         from fmkit.data import codecs, recordio
 
-        features = {"keys": [0], "values": [1.0], "shape": [self.feature_dim]}
-        if self.field_aware:
-            features["fields"] = [0]
-            return [(json.dumps({"instances": [{"data": {"features": features}}]}).encode(),
-                     codecs.JSON)]
+        features = {"keys": [0], "values": [1.0], "shape": [self.feature_dim],
+                    **({"fields": [0]} if self.field_aware else {})}
+        one_row = (json.dumps({"instances": [{"data": {"features": features}}]}).encode(),
+                   codecs.JSON)
+        if self.field_aware:  # recordIO has no fields
+            return [one_row]
         body = io.BytesIO()
         recordio.write_rows(body, sp.csr_matrix(([1.0] * PARALLEL_ROWS,
                                                  [0] * PARALLEL_ROWS, range(PARALLEL_ROWS + 1)),
                                                 shape=(PARALLEL_ROWS, self.feature_dim)))
-        return [(json.dumps({"instances": [{"data": {"features": features}}]}).encode(),
-                 codecs.JSON), (body.getvalue(), codecs.RECORDIO)]
+        return [one_row, (body.getvalue(), codecs.RECORDIO)]
 
     def labelled_logits(self, blocks: Iterator[SparseBatch]
                         ) -> tuple[list[np.ndarray], list[np.ndarray]]:
