@@ -14,7 +14,7 @@ import numpy as np
 from fmkit.distributed import all_sum
 from fmkit.distributed.data_parallel import parallel
 from fmkit.logs import DEFAULT_HOST
-from fmkit.models.fm.parameters import FMParameters, starting_point
+from fmkit.models.fm.parameters import LABEL_ROWS, FMParameters, starting_point
 from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
 from fmkit.train.checkpoint import Checkpointer
 from fmkit.train.engine import Callback, EpochStats, Learner, Source, fit
@@ -47,9 +47,6 @@ def with_starting_point(hp: dict[str, Any], source: Source) -> dict[str, Any]:
     """``hp`` with its ``auto`` init methods made concrete for training on ``source``
     (:func:`fmkit.models.fm.parameters.starting_point`)."""
     return starting_point(hp, _label_mean(source) if hp["bias_init_method"] == "auto" else None)
-
-
-LABEL_ROWS = 1 << 16  # rows the auto bias start is measured on
 
 
 def _label_mean(source: Source) -> float | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fmkit.errors import HyperparameterError, did_you_mean
+from fmkit.models.fm.parameters import AUTO_FACTORS_SIGMA, LABEL_ROWS
 from fmkit.models.metrics import watched_metric
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,11 @@ class Hyperparameter:
 AUTO_HELP = {
     "bias": "auto (fmkit's default when no bias_init_* is set): the training labels' mean for "
             "regressors, the logit of their positive rate for classifiers, measured on the "
-            "first 65,536 training rows (0 in SageMaker's Pipe mode, read once)",
+            f"first {LABEL_ROWS:,} training rows (0 in SageMaker's Pipe mode, read once)",
     "factors": "auto (fmkit's default when no factors_init_* is set): normal with a standard "
-               "deviation chosen per optimizer (0.01 for adam, 0.1 for adagrad, sgd and "
-               "ftrl)",
+               "deviation chosen per optimizer ("
+               + ", ".join(f"{sigma} for {name}" for name, sigma in AUTO_FACTORS_SIGMA.items())
+               + ")",
 }
 
 

@@ -62,6 +62,7 @@ class FMParameters:
 # the best of 0.001, 0.01, 0.05, 0.1 on a9a's validation rows, each optimizer at lr 0.01
 # (docs/quality.md)
 AUTO_FACTORS_SIGMA = {"adam": 0.01, "adagrad": 0.1, "sgd": 0.1, "ftrl": 0.1}
+LABEL_ROWS = 1 << 16  # the training rows the auto bias start is measured on
 
 
 def starting_point(hp: dict[str, Any], label_mean: float | None) -> dict[str, Any]:
