@@ -173,6 +173,13 @@ def _about_output(error: OSError, *paths: Path) -> bool:
     return error.filename is None or any(str(error.filename) == str(p) for p in paths)
 
 
+def copy_file(source: str | Path, path: str | Path) -> None:
+    """Copy ``source`` to ``path`` as :func:`output_stream` writes: an interrupted copy
+    leaves no partial file at ``path``."""
+    with open(source, "rb") as f, output_stream(path) as out:
+        shutil.copyfileobj(f, out, 1 << 20)
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` as :func:`output_stream` writes: under a temporary
     name, renamed into place when complete."""

@@ -264,7 +264,7 @@ def _open_work_dir(model_dir: Path, settings: TuneSettings) -> tuple[Path, Any]:
         previous = model_dir / "tune"
         if ((previous / "study.sqlite3").exists() and (previous / MARKER).exists()
                 and _read_marker(previous / MARKER) == wanted):
-            shutil.copyfile(previous / "study.sqlite3", work / "study.sqlite3")
+            files.copy_file(previous / "study.sqlite3", work / "study.sqlite3")
         files.write_text(marker, json.dumps(wanted, indent=1))
     return work, lock
 
@@ -430,8 +430,8 @@ def _finish(study: Any, work: Path, model_dir: Path, search: Any, higher: bool, 
     out.mkdir(exist_ok=True)
     _write_trials_csv(study, out / "trials.csv")
     _write_plots(study, out, objective)
-    shutil.copyfile(work / "study.sqlite3", out / "study.sqlite3")
-    shutil.copyfile(work / MARKER, out / MARKER)
+    files.copy_file(work / "study.sqlite3", out / "study.sqlite3")
+    files.copy_file(work / MARKER, out / MARKER)
     files.write_text(out / "best.json", json.dumps(
         {"trial": best.number, "objective": objective, "value": best.value,
          "higher_is_better": higher, "epoch": best_epoch,
