@@ -222,6 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  fmkit sagemaker train\n  fmkit sagemaker serve")
     p.add_argument("mode", choices=("train", "serve"))
 
+    p = sub.add_parser("config", help="convert a DeepFM configuration between TorchEasyRec's "
+                       ".config (protobuf text), YAML and JSON",
+                       description="Check a DeepFM configuration and write it in another "
+                       "form: protobuf text (TorchEasyRec's .config), YAML or JSON.",
+                       epilog="example:\n  fmkit config convert deepfm_criteo.config --to yaml "
+                       "-o deepfm_criteo.yaml", formatter_class=raw)
+    p.add_argument("action", choices=("convert",))
+    p.add_argument("file", help="the configuration (.config, .yaml or .json; read by content)")
+    p.add_argument("--to", required=True, choices=("yaml", "json", "config"))
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="PATH=VALUE", help="override a field first (repeatable)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write here (a new file; default: standard output)")
+
     p = sub.add_parser("demo", help="train FM and a linear model on planted click data",
                        description="Generate click data from a planted FM, train a linear model "
                        "and an FM, and compare them with the oracle. Needs no files.",
@@ -375,6 +389,19 @@ def main(argv: list[str] | None = None) -> int:
                                      target_format=args.target_format,
                                      feature_dim=args.feature_dim, index_base=args.index_base)
             log.info("converted %d rows to %s", rows, args.output)
+        elif args.command == "config":
+            from fmkit.models.deepfm.prototext import convert_file
+
+            text = convert_file(args.file, args.to, args.overrides)
+            if args.output:
+                if Path(args.output).exists():
+                    raise HyperparameterError(f"-o {args.output}: exists; fmkit config convert "
+                                              "writes a new file (remove it first)")
+                from fmkit.files import write_text
+
+                write_text(args.output, text)
+            else:
+                sys.stdout.write(text)
         elif args.command == "sagemaker":
             from fmkit import sagemaker
 

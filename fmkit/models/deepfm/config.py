@@ -9,9 +9,12 @@ path (``model_config.deepfm.deep.hidden_units[1]: expected an integer, got 'x'``
 ``oneof`` of TorchEasyRec (``id_feature``/``raw_feature``, the optimizers, the losses) is a
 mapping with exactly one of its keys.
 
-Fields TorchEasyRec has but fmkit does not use (ODPS, FG modes, sequence features ...) are not
-accepted rather than silently ignored, except the few listed in ``IGNORED`` that only tune
-TorchEasyRec's own machinery (``num_workers``, ``pin_memory``).
+The same dataclasses define the messages of TorchEasyRec's protobuf text form (``.config``
+files, :mod:`fmkit.models.deepfm.prototext`): a field with ``metadata["enum"]`` is an enum
+there. Fields that only tune TorchEasyRec's own machinery (``num_workers``, ODPS options,
+TensorBoard) are declared :func:`ignored`: accepted, reported once, unused. Other TorchEasyRec
+fields are not accepted rather than silently ignored; :data:`INSTEAD` says what to use instead
+of the ones users meet most.
 """
 
 from __future__ import annotations
@@ -26,11 +29,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from fmkit.errors import FMKitError, did_you_mean
+from fmkit.errors import FMKitError, did_you_mean, excerpt
 
 
 class ConfigError(FMKitError, ValueError):
     """A DeepFM configuration is unreadable, has an unknown field, or breaks a rule."""
+
+
+def ignored(default: Any = None) -> Any:
+    """A TorchEasyRec field that only tunes TorchEasyRec's own machinery: accepted, reported
+    once as ignored, never used."""
+    return field(default=default, metadata={"ignored": True})
+
+
+def enum(name: str, values: tuple[str, ...], default: str | None) -> Any:
+    """A field TorchEasyRec declares as an enum (unquoted in protobuf text)."""
+    return field(default=default, metadata={"enum": values, "enum_name": name})
 
 
 # ---- feature configs (TorchEasyRec's feature.proto) ------------------------------------------
@@ -45,10 +59,25 @@ class IdFeature:
     hash_bucket_size: int | None = None
     num_buckets: int | None = None
     vocab_list: list[str] | None = None
+    vocab_dict: dict[str, int] | None = None
+    vocab_file: str | None = None  # a word per line, or "word index" per line
+    default_bucketize_value: int | None = None  # the row of out-of-vocabulary values
     pooling: str = "sum"  # multi-value ids: sum | mean
     separator: str = "\x1d"  # between the values of a multi-value column
     default_value: str = ""  # for a missing value ("" = no id)
     init_fn: str | None = None
+    value_dim: int | None = None  # 0 = multi-value (fmkit: any id feature may be)
+    data_type: str | None = ignored()
+    stub_type: bool | None = ignored()
+
+
+@dataclass
+class SequenceIdFeature(IdFeature):
+    """An id sequence in one column (``"a;b;c"``), its first ``sequence_length`` ids pooled
+    into the groups (fmkit pools; attention encoders are not supported)."""
+
+    sequence_length: int | None = None
+    sequence_delim: str = ";"
 
 
 @dataclass
@@ -64,18 +93,114 @@ class RawFeature:
     normalizer: str | None = None  # log1p | method=log10,... | method=zscore,... | minmax
     default_value: str = "0"
     init_fn: str | None = None
+    pooling: str = "sum"
+    separator: str = "\x1d"
+    data_type: str | None = ignored()
+    stub_type: bool | None = ignored()
+
+
+@dataclass
+class SequenceRawFeature(RawFeature):
+    """A number sequence in one column (``"1.5;2;0"``), its first ``sequence_length`` values
+    pooled (``pooling`` sum or mean) into one dense value, or their buckets' embeddings."""
+
+    sequence_length: int | None = None
+    sequence_delim: str = ";"
+
+
+@dataclass
+class ComboFeature:
+    """The cross of several categorical columns: every combination of their values in a row
+    is one id, hashed or looked up in a vocabulary."""
+
+    feature_name: str
+    embedding_dim: int
+    expression: list[str] = field(default_factory=list)  # two or more inputs
+    embedding_name: str | None = None
+    hash_bucket_size: int | None = None
+    vocab_list: list[str] | None = None
+    vocab_dict: dict[str, int] | None = None
+    vocab_file: str | None = None
+    default_bucketize_value: int | None = None
+    pooling: str = "sum"
+    separator: str = "\x1d"
+    default_value: str = ""
+    init_fn: str | None = None
+    value_dim: int | None = None
+    data_type: str | None = ignored()
+
+
+@dataclass
+class LookupFeature:
+    """The value a row's ``key`` has in the row's ``map`` column (``"k1:v1\\x1dk2:v2"``),
+    combined over multi-value keys; numeric (dense or bucketized) or, with ``need_discrete``,
+    an id."""
+
+    feature_name: str
+    map: str
+    key: str
+    embedding_dim: int | None = None
+    embedding_name: str | None = None
+    boundaries: list[float] | None = None
+    hash_bucket_size: int | None = None
+    num_buckets: int | None = None
+    vocab_list: list[str] | None = None
+    vocab_dict: dict[str, int] | None = None
+    vocab_file: str | None = None
+    default_bucketize_value: int | None = None
+    combiner: str = "sum"  # sum | mean | min | max | count
+    need_discrete: bool = False
+    need_key: bool = False
+    normalizer: str | None = None
+    value_dim: int | None = None
+    pooling: str = "sum"
+    separator: str = "\x1d"  # between a multi-value key's values
+    default_value: str = "0"
+    init_fn: str | None = None
+    data_type: str | None = ignored()
+
+
+@dataclass
+class ExprFeature:
+    """An arithmetic expression over numeric columns (``"u_age == i_age ? 1 : 0"``), parsed
+    by :mod:`fmkit.models.deepfm.expressions`, never evaluated as code."""
+
+    feature_name: str
+    expression: str
+    variables: list[str] = field(default_factory=list)
+    embedding_dim: int | None = None
+    embedding_name: str | None = None
+    boundaries: list[float] | None = None
+    normalizer: str | None = None
+    default_value: str = "0"
+    init_fn: str | None = None
+    value_dim: int | None = None
+    data_type: str | None = ignored()
+
+
+FEATURE_KINDS = ("id_feature", "raw_feature", "combo_feature", "lookup_feature", "expr_feature",
+                 "sequence_id_feature", "sequence_raw_feature")
 
 
 @dataclass
 class FeatureConfig:
     id_feature: IdFeature | None = None
     raw_feature: RawFeature | None = None
+    combo_feature: ComboFeature | None = None
+    lookup_feature: LookupFeature | None = None
+    expr_feature: ExprFeature | None = None
+    sequence_id_feature: SequenceIdFeature | None = None
+    sequence_raw_feature: SequenceRawFeature | None = None
 
-    ONEOF: typing.ClassVar = ("id_feature", "raw_feature")
+    ONEOF: typing.ClassVar = FEATURE_KINDS
 
     @property
-    def feature(self) -> IdFeature | RawFeature:
-        return self.id_feature or self.raw_feature
+    def kind(self) -> str:
+        return next(name for name in self.ONEOF if getattr(self, name) is not None)
+
+    @property
+    def feature(self) -> Any:
+        return getattr(self, self.kind)
 
 
 # ---- model (model.proto, rank_model.proto, module.proto) -------------------------------------
@@ -97,42 +222,65 @@ class DeepFM:
     wide_init_fn: str | None = None
 
 
+GROUP_TYPES = ("DEEP", "WIDE", "SEQUENCE", "JAGGED_SEQUENCE")
+
+
 @dataclass
 class FeatureGroup:
     group_name: str
     feature_names: list[str]
-    group_type: str = "DEEP"  # DEEP | WIDE
+    group_type: str = enum("FeatureGroupType", GROUP_TYPES, "DEEP")
 
 
 @dataclass
 class Empty:
-    """A message without fields (``binary_cross_entropy {}``, ``auc {}``)."""
+    """A message without fields (``l2_loss {}``, ``constant_learning_rate {}``)."""
 
 
 @dataclass
-class BinaryCrossEntropy:
+class LabelSmoothing:
     label_smoothing: float = 0.0
 
 
 @dataclass
 class Loss:
-    binary_cross_entropy: BinaryCrossEntropy | None = None
+    binary_cross_entropy: LabelSmoothing | None = None
+    softmax_cross_entropy: LabelSmoothing | None = None
     l2_loss: Empty | None = None
 
-    ONEOF: typing.ClassVar = ("binary_cross_entropy", "l2_loss")
+    ONEOF: typing.ClassVar = ("binary_cross_entropy", "softmax_cross_entropy", "l2_loss")
+
+
+@dataclass
+class AUC:
+    thresholds: int = 200
+
+
+@dataclass
+class Accuracy:
+    threshold: float = 0.5
+    top_k: int = 1
+
+
+@dataclass
+class GroupedAUC:
+    grouping_key: str
 
 
 @dataclass
 class Metric:
-    """Accepted for compatibility; fmkit always reports its full metric set
-    (:mod:`fmkit.models.metrics`)."""
+    """The metrics TorchEasyRec users name; fmkit always reports its full metric set
+    (:mod:`fmkit.models.metrics`), plus ``grouped_auc`` when one is configured."""
 
-    auc: dict | None = None
-    accuracy: dict | None = None
-    mean_squared_error: dict | None = None
-    mean_absolute_error: dict | None = None
+    auc: AUC | None = None
+    multiclass_auc: AUC | None = None
+    accuracy: Accuracy | None = None
+    mean_squared_error: Empty | None = None
+    mean_absolute_error: Empty | None = None
+    grouped_auc: GroupedAUC | None = None
 
-    ONEOF: typing.ClassVar = ("auc", "accuracy", "mean_squared_error", "mean_absolute_error")
+    ONEOF: typing.ClassVar = ("auc", "multiclass_auc", "accuracy", "mean_squared_error",
+                              "mean_absolute_error", "grouped_auc")
 
 
 @dataclass
@@ -140,8 +288,11 @@ class ModelConfig:
     feature_groups: list[FeatureGroup]
     deepfm: DeepFM
     num_class: int = 1
-    losses: list[Loss] = field(default_factory=lambda: [Loss(BinaryCrossEntropy())])
+    losses: list[Loss] = field(default_factory=lambda: [Loss(LabelSmoothing())])
     metrics: list[Metric] = field(default_factory=list)
+    train_metrics: list[Metric] = ignored()
+    kernel: str | None = field(default=None, metadata={
+        "ignored": True, "enum": ("TRITON", "PYTORCH", "CUTLASS"), "enum_name": "Kernel"})
 
 
 # ---- training (train.proto, optimizer.proto) -------------------------------------------------
@@ -153,6 +304,36 @@ class OptimizerSettings:
     weight_decay: float = 0.0
     initial_accumulator_value: float = 0.0
     momentum: float | None = None  # dense SGD: TorchEasyRec's default is 0.9
+    gradient_clipping: bool | None = ignored()
+    max_gradient: float | None = ignored()
+
+
+@dataclass
+class ExponentialDecay:
+    decay_size: int
+    decay_factor: float = 0.95
+    staircase: bool = True
+    warmup_learning_rate: float = 0.0
+    warmup_size: int = 0
+    min_learning_rate: float = 0.0
+    by_epoch: bool = False
+
+
+@dataclass
+class ManualStep:
+    schedule_sizes: list[int] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
+    warmup: bool = False
+    by_epoch: bool = False
+
+
+@dataclass
+class Constant:
+    by_epoch: bool = False
+
+
+SCHEDULES = ("constant_learning_rate", "exponential_decay_learning_rate",
+             "manual_step_learning_rate")
 
 
 @dataclass
@@ -161,7 +342,9 @@ class SparseOptimizer:
     adagrad_optimizer: OptimizerSettings | None = None
     rowwise_adagrad_optimizer: OptimizerSettings | None = None
     adam_optimizer: OptimizerSettings | None = None
-    constant_learning_rate: Empty | None = None
+    constant_learning_rate: Constant | None = None
+    exponential_decay_learning_rate: ExponentialDecay | None = None
+    manual_step_learning_rate: ManualStep | None = None
 
     ONEOF: typing.ClassVar = ("sgd_optimizer", "adagrad_optimizer", "rowwise_adagrad_optimizer",
                               "adam_optimizer")
@@ -173,7 +356,9 @@ class DenseOptimizer:
     adagrad_optimizer: OptimizerSettings | None = None
     adam_optimizer: OptimizerSettings | None = None
     adamw_optimizer: OptimizerSettings | None = None
-    constant_learning_rate: Empty | None = None
+    constant_learning_rate: Constant | None = None
+    exponential_decay_learning_rate: ExponentialDecay | None = None
+    manual_step_learning_rate: ManualStep | None = None
 
     ONEOF: typing.ClassVar = ("sgd_optimizer", "adagrad_optimizer", "adam_optimizer",
                               "adamw_optimizer")
@@ -195,34 +380,70 @@ class TrainConfig:
     early_stopping_patience: int = 0
     early_stopping_metric: str = "auto"
     validation_every_steps: int = 0
+    save_checkpoints_steps: int | None = ignored()
+    save_checkpoints_epochs: int | None = ignored()
+    is_profiling: bool | None = ignored()
+    use_tensorboard: bool | None = ignored()
+    tensorboard_summaries: list[str] = ignored()
+    cudnn_allow_tf32: bool | None = ignored()
+    cuda_matmul_allow_tf32: bool | None = ignored()
+    keep_checkpoint_max: int | None = ignored()
 
 
 @dataclass
 class EvalConfig:
     num_steps: int | None = None
+    log_step_count_steps: int | None = ignored()
+
+
+@dataclass
+class ExportConfig:
+    exporter_type: str | None = ignored()
+    best_exporter_metric: str | None = ignored()
+    metric_larger_is_better: bool | None = ignored()
+    cudnn_allow_tf32: bool | None = ignored()
+    cuda_matmul_allow_tf32: bool | None = ignored()
+
+
+FIELD_TYPES = ("INT32", "INT64", "STRING", "FLOAT", "DOUBLE", "BOOLEAN", "ARRAY_INT32",
+               "ARRAY_INT64", "ARRAY_STRING", "ARRAY_FLOAT", "ARRAY_DOUBLE", "MAP_STRING_INT32",
+               "MAP_STRING_INT64", "MAP_STRING_STRING", "MAP_STRING_FLOAT",
+               "MAP_STRING_DOUBLE", "MAP_INT64_INT32", "MAP_INT64_INT64", "MAP_INT64_STRING",
+               "MAP_INT64_FLOAT", "MAP_INT64_DOUBLE")
 
 
 @dataclass
 class InputField:
     input_name: str
-    input_type: str | None = None
+    input_type: str | None = enum("FieldType", FIELD_TYPES, None)
+
+
+DATASET_TYPES = ("OdpsDataset", "ParquetDataset", "CsvDataset", "OdpsDatasetV1", "KafkaDataset")
+FG_MODES = ("FG_NONE", "FG_NORMAL", "FG_DAG", "FG_BUCKETIZE")
 
 
 @dataclass
 class DataConfig:
     batch_size: int = 1024
     eval_batch_size: int | None = None
-    dataset_type: str = "CsvDataset"  # CsvDataset | ParquetDataset
+    dataset_type: str = enum("DatasetType", DATASET_TYPES, "CsvDataset")
     label_fields: list[str] = field(default_factory=lambda: ["label"])
     input_fields: list[InputField] = field(default_factory=list)
+    sample_weight_fields: list[str] = field(default_factory=list)
     delimiter: str = ","
     with_header: bool = False
-    fg_mode: str = "FG_NONE"
+    fg_mode: str = enum("FgMode", FG_MODES, "FG_NONE")
     shuffle: bool = False
     shuffle_buffer_size: int = 32
-    num_workers: int = 0
-    pin_memory: bool = False
     drop_remainder: bool = False
+    num_workers: int | None = ignored()
+    pin_memory: bool | None = ignored()
+    fg_encoded: bool | None = ignored()
+    fg_threads: int | None = ignored()
+    is_orderby_partition: bool | None = ignored()
+    odps_data_quota_name: str | None = ignored()
+    odps_data_compression: str | None = ignored()
+    in_order: bool | None = ignored()
 
 
 @dataclass
@@ -235,7 +456,61 @@ class EasyRecConfig:
     train_config: TrainConfig = field(default_factory=TrainConfig)
     eval_config: EvalConfig = field(default_factory=EvalConfig)
     data_config: DataConfig = field(default_factory=DataConfig)
-    export_config: dict | None = None  # accepted, unused
+    export_config: ExportConfig | None = ignored()
+
+
+# TorchEasyRec fields fmkit refuses, and what to do instead (the answer to "unknown field")
+_FEATURE_TYPES = "fmkit's feature types are " + ", ".join(FEATURE_KINDS)
+_MODELS = ("fmkit trains DeepFM: write the model as model_config.deepfm {deep {...} final "
+           "{...}} with the groups wide, fm and deep")
+INSTEAD = {
+    "zch": "zero-collision hashing is not supported: use hash_bucket_size",
+    "dynamicemb": "dynamic embeddings are not supported: use hash_bucket_size",
+    "weighted": "weighted ids are not supported: use a lookup_feature for per-id values",
+    "autodis": "AutoDis embeddings of raw features are not supported: use boundaries",
+    "mlp": "MLP embeddings of raw features are not supported: use boundaries",
+    "fg_encoded_default_value": "use default_value",
+    "trainable": "frozen embedding tables are not supported: remove it",
+    "sequence_groups": "attention over sequences is not supported: put sequence_id_feature / "
+                       "sequence_raw_feature features (pooled) in the group's feature_names",
+    "sequence_encoders": "attention over sequences is not supported: put sequence_id_feature "
+                         "/ sequence_raw_feature features (pooled) in the group's "
+                         "feature_names",
+    "variational_dropout": "variational dropout is not supported: use the MLPs' dropout_ratio",
+    "mixed_precision": "fmkit trains in float32: remove it",
+    "grad_scaler": "fmkit trains in float32: remove it",
+    "gradient_accumulation_steps": "raise data_config.batch_size instead",
+    "grad_clipping": "gradient clipping is not supported",
+    "fine_tune_checkpoint": "continue from a model directory with fmkit train --init-model DIR",
+    "part_optimizers": "one dense optimizer applies to all dense parameters",
+    "ema": "weight averaging (EMA) is not supported",
+    "negative_sampler": "samplers are for matching models, not DeepFM",
+    "cosine_annealing_learning_rate": "use exponential_decay_learning_rate or "
+                                      "manual_step_learning_rate",
+    "cosine_annealing_warm_restarts_learning_rate": "use exponential_decay_learning_rate or "
+                                                    "manual_step_learning_rate",
+    "binary_focal_loss": "use binary_cross_entropy",
+    "jrc_loss": "use binary_cross_entropy or softmax_cross_entropy",
+    **{name: _FEATURE_TYPES for name in (
+        "match_feature", "overlap_feature", "tokenize_feature", "custom_feature",
+        "kv_dot_product", "bool_mask_feature", "combine_feature", "sequence_feature",
+        "sequence_combo_feature", "sequence_lookup_feature", "sequence_match_feature",
+        "sequence_expr_feature", "sequence_custom_feature")},
+    **{name: _MODELS for name in (
+        "dlrm", "multi_tower", "multi_tower_din", "mask_net", "wide_and_deep", "dcn_v1",
+        "dcn_v2", "xdeepfm", "wukong", "simple_multi_task", "mmoe", "dbmtl", "ple", "dssm",
+        "dssm_v2", "mind", "tdm", "rocket_launching", "dlrm_hstu", "rank_backbone",
+        "multi_task_rank_backbone", "match_backbone")},
+}
+
+
+def unknown_field_help(name: str, where: str, valid: Any = ()) -> str:
+    """What to say about a field fmkit does not accept: what to use instead for the
+    TorchEasyRec fields it refuses, else a spelling hint and the valid names."""
+    if name in INSTEAD:
+        return f"not supported by fmkit: {INSTEAD[name]}"
+    listed = f" (valid in {where}: {', '.join(valid)})" if valid else f" in {where}"
+    return f"unknown field{did_you_mean(name, valid)}{listed}"
 
 
 # ---- reading and checking --------------------------------------------------------------------
@@ -249,21 +524,27 @@ def _type_name(kind: Any) -> str:
     return names.get(kind, str(kind))
 
 
-def _convert(value: Any, kind: Any, path: str) -> Any:
+def _convert(value: Any, kind: Any, path: str, ignored: list[str]) -> Any:
     """``value`` checked (and converted) against the type hint ``kind``."""
     origin = typing.get_origin(kind)
     if origin in (Union, types.UnionType):
         options = [k for k in typing.get_args(kind) if k is not type(None)]
         if value is None:
             return None
-        return _convert(value, options[0], path)
+        return _convert(value, options[0], path, ignored)
     if origin is list:
         if not isinstance(value, list):
             value = [value]  # a repeated field given once, as protobuf text allows
         (item,) = typing.get_args(kind)
-        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_convert(v, item, f"{path}[{i}]", ignored) for i, v in enumerate(value)]
+    if typing.get_origin(kind) is dict:  # a protobuf map: vocab_dict {key: "a" value: 2}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        key_kind, value_kind = typing.get_args(kind)
+        return {_convert(k, key_kind, f"{path}[{k!r}]", ignored):
+                _convert(v, value_kind, f"{path}[{k!r}]", ignored) for k, v in value.items()}
     if dataclasses.is_dataclass(kind):
-        return _from_mapping(kind, {} if value is None else value, path)
+        return _from_mapping(kind, {} if value is None else value, path, ignored)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -294,20 +575,25 @@ def _convert(value: Any, kind: Any, path: str) -> Any:
     raise ConfigError(f"{path}: expected {_type_name(kind)}, got {value!r}")
 
 
-def _from_mapping(cls: type, data: Any, path: str) -> Any:
+def _from_mapping(cls: type, data: Any, path: str, ignored: list[str]) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'the configuration'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{_join(path, unknown[0])}: unknown field"
-                          f"{did_you_mean(str(unknown[0]), fields)} (valid: "
-                          f"{', '.join(fields)})")
+        name = str(unknown[0])
+        raise ConfigError(f"{_join(path, name)}: {unknown_field_help(name, cls.__name__, fields)}")
     values = {}
     for name, f in fields.items():
         if name in data:
-            values[name] = _convert(data[name], hints[name], _join(path, name))
+            if f.metadata.get("ignored"):
+                ignored.append(_join(path, name))
+                continue
+            values[name] = _convert(data[name], hints[name], _join(path, name), ignored)
+            if "enum" in f.metadata and values[name] not in f.metadata["enum"]:
+                raise ConfigError(f"{_join(path, name)}: expected one of "
+                                  f"{', '.join(f.metadata['enum'])}, got {values[name]!r}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{_join(path, name)}: required field is missing")
     oneof = getattr(cls, "ONEOF", None)
@@ -323,11 +609,18 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def parse(document: dict[str, Any]) -> EasyRecConfig:
-    """The configuration in ``document`` (a loaded YAML/JSON mapping), checked field by field;
-    the model-level rules (groups, dimensions) are checked by
-    :mod:`fmkit.models.deepfm.features`."""
-    config = _from_mapping(EasyRecConfig, document, "")
+def parse(document: dict[str, Any], *, report_ignored: bool = False) -> EasyRecConfig:
+    """The configuration in ``document`` (a loaded YAML/JSON/protobuf-text mapping), checked
+    field by field; the model-level rules (groups, dimensions) are checked by
+    :mod:`fmkit.models.deepfm.features`. ``report_ignored`` logs, once, the TorchEasyRec
+    fields that were set but do nothing in fmkit."""
+    ignored: list[str] = []
+    config = _from_mapping(EasyRecConfig, document, "", ignored)
+    if report_ignored and ignored:
+        from fmkit.logs import log
+
+        log.warning("ignored (TorchEasyRec settings without effect in fmkit): %s",
+                    ", ".join(ignored))
     train = config.train_config
     if (train.num_epochs is None) == (train.num_steps is None):
         if train.num_epochs is None and train.num_steps is None:
@@ -341,34 +634,80 @@ def parse(document: dict[str, Any]) -> EasyRecConfig:
                          ("data_config.eval_batch_size", config.data_config.eval_batch_size)):
         if value is not None and value <= 0:
             raise ConfigError(f"{where}: must be a positive integer, got {value}")
-    if config.model_config.num_class != 1:
-        raise ConfigError("model_config.num_class: fmkit's DeepFM supports num_class 1 "
-                          "(binary cross entropy or l2_loss)")
-    if len(config.model_config.losses) != 1:
-        raise ConfigError("model_config.losses: expected one loss")
-    if config.data_config.dataset_type not in ("CsvDataset", "ParquetDataset"):
-        raise ConfigError(f"data_config.dataset_type: expected CsvDataset or ParquetDataset, "
-                          f"got {config.data_config.dataset_type!r}")
-    if config.data_config.fg_mode != "FG_NONE":
-        raise ConfigError("data_config.fg_mode: only FG_NONE (columns named after features or "
-                          "their expression) is supported")
-    if len(config.data_config.label_fields) != 1:
-        raise ConfigError("data_config.label_fields: expected one label column")
+    _check_model(config.model_config)
+    _check_data(config)
+    for kind in ("sparse_optimizer", "dense_optimizer"):
+        chosen = [n for n in SCHEDULES if getattr(getattr(train, kind), n) is not None]
+        if len(chosen) > 1:
+            raise ConfigError(f"train_config.{kind}: expected one learning rate schedule, got "
+                              f"{', '.join(chosen)}")
     return config
 
 
-def to_document(config: EasyRecConfig) -> dict[str, Any]:
-    """The configuration as plain data (what the model directory stores), without unset
-    optional fields."""
+def _check_model(model: ModelConfig) -> None:
+    if len(model.losses) != 1:
+        raise ConfigError("model_config.losses: expected one loss")
+    loss = model.losses[0]
+    if model.num_class < 1:
+        raise ConfigError(f"model_config.num_class: must be >= 1, got {model.num_class}")
+    if loss.softmax_cross_entropy is not None and model.num_class < 2:
+        raise ConfigError("model_config.losses: softmax_cross_entropy needs num_class >= 2")
+    if loss.softmax_cross_entropy is None and model.num_class != 1:
+        raise ConfigError(f"model_config.num_class: {model.num_class} classes need the loss "
+                          "softmax_cross_entropy (binary_cross_entropy and l2_loss score one "
+                          "value)")
 
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if v is not None}
+
+_LOCAL_FILES = ("export the table to CSV or Parquet files and point the configuration at them: "
+                "--set train_input_path=FILE --set eval_input_path=FILE "
+                "--set data_config.dataset_type=CsvDataset (or ParquetDataset)")
+
+
+def _check_data(config: EasyRecConfig) -> None:
+    data = config.data_config
+    for name in ("train_input_path", "eval_input_path"):
+        path = getattr(config, name) or ""
+        if path.startswith(("odps://", "kafka://")):
+            raise ConfigError(f"{name}: {excerpt(path)} is a MaxCompute/Kafka table, which "
+                              f"fmkit cannot read: {_LOCAL_FILES}")
+    if data.dataset_type not in ("CsvDataset", "ParquetDataset"):
+        raise ConfigError(f"data_config.dataset_type: {data.dataset_type} reads MaxCompute or "
+                          f"Kafka, which fmkit cannot: {_LOCAL_FILES}")
+    if data.fg_mode == "FG_BUCKETIZE":
+        raise ConfigError("data_config.fg_mode: FG_BUCKETIZE (inputs already bucketized by "
+                          "pyfg) is not supported: use FG_NONE or FG_DAG with raw columns")
+    if len(data.label_fields) != 1:
+        raise ConfigError("data_config.label_fields: expected one label column")
+    if len(data.sample_weight_fields) > 1:
+        raise ConfigError("data_config.sample_weight_fields: expected at most one column")
+
+
+def to_document(config: EasyRecConfig, minimal: bool = False) -> dict[str, Any]:
+    """The configuration as plain data (what the model directory stores), without unset
+    optional fields; ``minimal`` also leaves out every field equal to its default (what
+    ``fmkit config convert`` writes)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            out = {}
+            for f in dataclasses.fields(value):
+                item = getattr(value, f.name)
+                if item is None:
+                    continue
+                if minimal and f.default_factory is not dataclasses.MISSING:
+                    if item == f.default_factory():
+                        continue
+                elif minimal and item == f.default:
+                    continue
+                out[f.name] = plain(item)
+            return out
         if isinstance(value, list):
-            return [strip(v) for v in value]
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
         return value
 
-    return strip(dataclasses.asdict(config))
+    return plain(config)
 
 
 @functools.cache
@@ -391,22 +730,28 @@ def _yaml_loader() -> type:
 
 
 def load_document(path: str | Path) -> dict[str, Any]:
-    """A configuration file as plain data: YAML (``.yaml``/``.yml``/anything else) or JSON."""
+    """A configuration file as plain data: protobuf text (TorchEasyRec's ``.config``), JSON or
+    YAML, told apart by content."""
     import yaml
 
-    loader = _yaml_loader()
+    from fmkit.models.deepfm import prototext
+
     path = Path(path)
     try:
         text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the configuration: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+    if prototext.looks_like_prototext(text):
+        return prototext.parse_text(text, str(path))
+    kind = "JSON" if text.lstrip().startswith("{") else "YAML"
     try:
-        document = json.loads(text) if path.suffix == ".json" else yaml.load(text, loader)
+        document = json.loads(text) if kind == "JSON" else yaml.load(text, _yaml_loader())
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply") from None
     except (ValueError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                          f"{e}") from None
+        raise ConfigError(f"{path}: not valid {kind} (nor protobuf text, TorchEasyRec's "
+                          f".config form): {e}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return document
@@ -457,4 +802,4 @@ def apply_overrides(document: dict[str, Any], assignments: list[str]) -> dict[st
 
 def load(path: str | Path, assignments: list[str] = ()) -> EasyRecConfig:
     """Read, override and check a configuration file."""
-    return parse(apply_overrides(load_document(path), list(assignments)))
+    return parse(apply_overrides(load_document(path), list(assignments)), report_ignored=True)

@@ -138,6 +138,11 @@ class Feature:
     normalize: tuple = ()
 
     @property
+    def inputs(self) -> list[str]:
+        """The raw columns this feature reads."""
+        return [self.column]
+
+    @property
     def output_dim(self) -> int:
         return self.embedding_dim if self.sparse else 1
 
@@ -203,13 +208,18 @@ class Feature:
         if config.hash_bucket_size:
             ids = hash_strings(flat, self.num_embeddings)
         elif config.num_buckets:
-            numbers = _numbers(flat, batch, self.column, row_of)
+            try:
+                numbers = _numbers(flat, batch, self.column, row_of)
+            except DataError as e:
+                raise DataError(e.source, e.line, f"{e.problem} (num_buckets takes integer "
+                                "ids; for text ids set hash_bucket_size instead)") from None
             bad = np.flatnonzero((numbers != np.round(numbers)) | (numbers < 0)
                                  | (numbers >= config.num_buckets))
             if bad.size:
                 raise batch.error(int(row_of[bad[0]]), f"column {self.column!r}: id "
                                   f"{flat[int(bad[0])].as_py()!r} is not an integer in "
-                                  f"[0, num_buckets={config.num_buckets})")
+                                  f"[0, num_buckets={config.num_buckets}) (for text ids, "
+                                  f"set hash_bucket_size instead)")
             ids = numbers.astype(np.int64)
         else:
             found = pc.index_in(flat, value_set=self.vocabulary).to_numpy(zero_copy_only=False)
@@ -301,8 +311,7 @@ class FeatureSet:
     def from_config(cls, config: EasyRecConfig) -> FeatureSet:
         features: dict[str, Feature] = {}
         for i, entry in enumerate(config.feature_configs):
-            kind = "id_feature" if entry.id_feature is not None else "raw_feature"
-            where = f"feature_configs[{i}].{kind}"
+            where = f"feature_configs[{i}].{entry.kind}"
             feature = _feature(entry.feature, where)
             if feature.name in features:
                 raise ConfigError(f"{where}.feature_name: {feature.name!r} is configured twice")
@@ -361,6 +370,10 @@ class FeatureSet:
                         f"features {first.name!r} and {feature.name!r} share embedding "
                         f"{feature.embedding_name!r} but differ in {attribute} "
                         f"({getattr(first, attribute)!r} vs {getattr(feature, attribute)!r})")
+
+    def input_columns(self) -> list[str]:
+        """The raw columns the features read, in configuration order."""
+        return list(dict.fromkeys(column for f in self.features.values() for column in f.inputs))
 
     @property
     def fm_group(self) -> str:

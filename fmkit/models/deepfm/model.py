@@ -11,6 +11,7 @@ code (numpy arrays without pickle; init and activation names are parsed, not eva
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch
 from fmkit.data import codecs, columns
 from fmkit.data.columns import ColumnBatch
 from fmkit.errors import ArtifactError, DataError, FMKitError, excerpt
+from fmkit.logs import log
 from fmkit.memory import check_fits
 from fmkit.models import artifact
 from fmkit.models.deepfm import config as configs
@@ -99,8 +101,20 @@ class DeepFMModel:
             yield from columns.read_parquet(path, shard=shard)
             return
         names = [f.input_name for f in data.input_fields] or None
+        if names is None and not data.with_header:
+            names = self.default_layout()
         yield from columns.read_delimited(path, names, data.delimiter, data.with_header,
                                           detect=fmt == "auto", shard=shard)
+
+    def default_layout(self) -> list[str]:
+        """The columns of a delimited file without header when ``input_fields`` is not set (as
+        in TorchEasyRec's own Criteo example): the label, the sample weight if any, then each
+        feature's inputs in configuration order."""
+        data = self.config.data_config
+        names = list(dict.fromkeys([*data.label_fields, *data.sample_weight_fields,
+                                    *self.features.input_columns()]))
+        _log_layout_once(tuple(names))
+        return names
 
     def encode(self, batch: ColumnBatch, labelled: bool = False):
         return self.features.encode(batch, labelled, binary=self.label_mode == "binary")
@@ -252,6 +266,14 @@ class DeepFMModel:
         return model
 
 
+@functools.cache
+def _log_layout_once(names: tuple[str, ...]) -> None:
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    log.info("data_config.input_fields is not set and the files have no header: reading their "
+             "%d columns as the label then the features' inputs (%s); set input_fields if "
+             "they differ", len(names), shown)
+
+
 # per embedding weight: the optimizer's state beside it (row-wise AdaGrad: one per row)
 _STATE_PER_WEIGHT = {"sgd_optimizer": 0, "adagrad_optimizer": 1, "rowwise_adagrad_optimizer": 0,
                      "adam_optimizer": 2}
@@ -271,10 +293,20 @@ def check_memory(config: configs.EasyRecConfig, features: FeatureSet) -> None:
         if any(f.embedding_name == name and f.name in wide for f in features.features.values()):
             columns += features.wide_embedding_dim
         parts.append((f"embedding {name!r} ({feature.num_embeddings} rows x {columns})",
-                      feature.num_embeddings * columns * factor))
-    check_fits("This DeepFM", parts, "Lower hash_bucket_size / num_buckets of the largest "
-               "features (or embedding_dim), e.g. --set 'feature_configs[0].id_feature."
-               "hash_bucket_size=1000000'.")
+                      feature.num_embeddings * columns * factor, feature))
+    if not parts:
+        return
+    largest = max(parts, key=lambda part: part[1])[2]
+    index, entry = next((i, e) for i, e in enumerate(config.feature_configs)
+                        if e.feature.feature_name == largest.name)
+    size = next((n for n in ("hash_bucket_size", "num_buckets") if getattr(entry.feature, n,
+                                                                            None)), None)
+    example = (f"--set 'feature_configs[{index}].{entry.kind}.{size}=1000000'" if size
+               else f"--set 'feature_configs[{index}].{entry.kind}.embedding_dim=8'")
+    check_fits("This DeepFM", [part[:2] for part in parts],
+               f"Lower hash_bucket_size / num_buckets of the largest tables, or their "
+               f"embedding_dim (e.g. {example}); more processes (--nproc) do not help, each "
+               f"holds every table.")
 
 
 def _request_files(path: str | Path, fmt: str,
