@@ -24,6 +24,7 @@ from fmkit.train.callbacks import EarlyStopping
 from fmkit.train.checkpoint import Checkpointer
 from fmkit.train.deepfm_learner import DeepFMLearner
 from fmkit.train.engine import Callback
+from fmkit.train.schedules import schedules_of
 
 
 @dataclass
@@ -77,6 +78,10 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
                             model.label_mode, smoothing, config.data_config.shuffle,
                             scorer=lambda path: require_rows(model.evaluate(model.read(path)),
                                                              path))
+    schedule = schedules_of(learner.optimizers, [config.train_config.sparse_optimizer,
+                                                 config.train_config.dense_optimizer])
+    if schedule is not None:
+        callbacks = [*callbacks, schedule]
     try:
         history = run(learner, channel, batch_size=config.data_config.batch_size,
                       epochs=config.train_config.num_epochs, seed=config.train_config.seed,

@@ -269,8 +269,8 @@ def train_config_file(path: str | Path, overrides: list[str] = (), *,
     if not (isinstance(model_config, dict) and "fm" in model_config):
         from fmkit.jobs.deepfm import train_deepfm
 
-        return train_deepfm(configs.parse(document, report_ignored=True), progress=progress, device=device,
-                            checkpoints=checkpoints, resume=resume,
+        return train_deepfm(configs.parse(document, report_ignored=True), progress=progress,
+                            device=device, checkpoints=checkpoints, resume=resume,
                             validation_path=validation_path, init_model=init_model)
     for fields, found, where in ((FM_CONFIG_FIELDS, document, ""),
                                  ({"fm"}, model_config, "model_config."),

@@ -332,8 +332,17 @@ class Constant:
     by_epoch: bool = False
 
 
+@dataclass
+class CosineAnnealing:
+    T_max: int
+    min_learning_rate: float = 0.0
+    warmup_learning_rate: float = 0.0
+    warmup_size: int = 0
+    by_epoch: bool = False
+
+
 SCHEDULES = ("constant_learning_rate", "exponential_decay_learning_rate",
-             "manual_step_learning_rate")
+             "manual_step_learning_rate", "cosine_annealing_learning_rate")
 
 
 @dataclass
@@ -345,6 +354,7 @@ class SparseOptimizer:
     constant_learning_rate: Constant | None = None
     exponential_decay_learning_rate: ExponentialDecay | None = None
     manual_step_learning_rate: ManualStep | None = None
+    cosine_annealing_learning_rate: CosineAnnealing | None = None
 
     ONEOF: typing.ClassVar = ("sgd_optimizer", "adagrad_optimizer", "rowwise_adagrad_optimizer",
                               "adam_optimizer")
@@ -359,6 +369,7 @@ class DenseOptimizer:
     constant_learning_rate: Constant | None = None
     exponential_decay_learning_rate: ExponentialDecay | None = None
     manual_step_learning_rate: ManualStep | None = None
+    cosine_annealing_learning_rate: CosineAnnealing | None = None
 
     ONEOF: typing.ClassVar = ("sgd_optimizer", "adagrad_optimizer", "adam_optimizer",
                               "adamw_optimizer")
@@ -485,10 +496,7 @@ INSTEAD = {
     "part_optimizers": "one dense optimizer applies to all dense parameters",
     "ema": "weight averaging (EMA) is not supported",
     "negative_sampler": "samplers are for matching models, not DeepFM",
-    "cosine_annealing_learning_rate": "use exponential_decay_learning_rate or "
-                                      "manual_step_learning_rate",
-    "cosine_annealing_warm_restarts_learning_rate": "use exponential_decay_learning_rate or "
-                                                    "manual_step_learning_rate",
+    "cosine_annealing_warm_restarts_learning_rate": "use cosine_annealing_learning_rate",
     "binary_focal_loss": "use binary_cross_entropy",
     "jrc_loss": "use binary_cross_entropy or softmax_cross_entropy",
     **{name: _FEATURE_TYPES for name in (
@@ -641,7 +649,35 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False) -> EasyRecC
         if len(chosen) > 1:
             raise ConfigError(f"train_config.{kind}: expected one learning rate schedule, got "
                               f"{', '.join(chosen)}")
+        if chosen:
+            _check_schedule(getattr(getattr(train, kind), chosen[0]),
+                            f"train_config.{kind}.{chosen[0]}")
     return config
+
+
+def schedule_of(optimizer: SparseOptimizer | DenseOptimizer) -> Any:
+    """The learning rate schedule an optimizer message names (None: constant)."""
+    return next((getattr(optimizer, n) for n in SCHEDULES[1:] if getattr(optimizer, n)), None)
+
+
+def _check_schedule(schedule: Any, where: str) -> None:
+    """A schedule's own rules (sizes positive and ascending, one rate per boundary)."""
+    if isinstance(schedule, ExponentialDecay) and schedule.decay_size <= 0:
+        raise ConfigError(f"{where}.decay_size: must be positive")
+    if isinstance(schedule, CosineAnnealing) and schedule.T_max <= 0:
+        raise ConfigError(f"{where}.T_max: must be positive")
+    if isinstance(schedule, (ExponentialDecay, CosineAnnealing)) and schedule.warmup_size < 0:
+        raise ConfigError(f"{where}.warmup_size: must be >= 0")
+    if isinstance(schedule, ManualStep):
+        sizes = schedule.schedule_sizes
+        if not sizes or len(sizes) != len(schedule.learning_rates):
+            raise ConfigError(f"{where}: expected as many learning_rates as schedule_sizes "
+                              f"(and at least one), got {len(schedule.learning_rates)} and "
+                              f"{len(sizes)}")
+        if sorted(sizes) != list(sizes) or sizes[0] <= 0:
+            raise ConfigError(f"{where}.schedule_sizes: must be positive and ascending")
+
+
 
 
 def _check_model(model: ModelConfig) -> None:
