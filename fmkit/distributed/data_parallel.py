@@ -60,8 +60,8 @@ class DataParallel:
     def step(self, batch: Any) -> tuple[float, int]:
         local = self.learner.gradient(batch)
         dense = _numpy(local.dense).ravel()
-        total = all_sum(np.concatenate([[local.rows, local.loss], dense]))
-        rows, loss = int(total[0]), float(total[1])
+        total = all_sum(np.concatenate([[local.rows, local.loss, local.weight], dense]))
+        rows, loss, weight = int(total[0]), float(total[1]), float(total[2])
         if rows == 0:
             return 0.0, 0
         sparse = []
@@ -71,8 +71,8 @@ class DataParallel:
             ids, values = sum_sparse_rows(_numpy(ids).astype(np.int64), _numpy(values),
                                           self.slots[table_rows])
             sparse.append((ids, values, table_rows))
-        self.learner.apply(Gradient(rows, loss, total[2:], sparse))
-        return loss, rows
+        self.learner.apply(Gradient(rows, loss, total[3:], sparse, weight))
+        return (loss * rows / weight if weight else loss), rows
 
 
 def parallel(learner: Learner, batch_size: int) -> Learner:

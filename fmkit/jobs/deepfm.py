@@ -141,7 +141,7 @@ def _early_stopping(config: EasyRecConfig, model: DeepFMModel, host: str,
         if not config.eval_input_path:
             raise ConfigError("train_config.early_stopping_patience: early stopping scores "
                               "eval_input_path (or --validation) after every epoch; set it")
-    predictor = "binary_classifier" if model.label_mode == "binary" else "regressor"
+    predictor = model.predictor_type
     try:
         return EarlyStopping(validation_path or config.eval_input_path,
                              settings.early_stopping_metric, predictor,

@@ -121,9 +121,13 @@ class DeepFMLearner:
         self.others = [p for name, p in net.named_parameters() if "tables." not in name]
         self.optimizers = [sparse_optimizer(self.tables, config.sparse_optimizer),
                            dense_optimizer(self.others, config.dense_optimizer)]
-        # summed, then divided by the rows of the whole step (which may span processes)
-        self.criterion = (nn.BCEWithLogitsLoss(reduction="sum") if loss_kind == "binary"
-                          else nn.MSELoss(reduction="sum"))
+        # per row; summed, then divided by the rows (or the sample weights) of the whole step,
+        # which may span processes
+        self.loss_kind = loss_kind
+        self.criterion = {"binary": nn.BCEWithLogitsLoss(reduction="none"),
+                          "multiclass": nn.CrossEntropyLoss(reduction="none",
+                                                            label_smoothing=label_smoothing),
+                          "real": nn.MSELoss(reduction="none")}[loss_kind]
         net.train()
 
     def batches(self, source: Source, rng: np.random.Generator) -> Iterator[Encoded]:
@@ -133,16 +137,25 @@ class DeepFMLearner:
                      ) -> Iterator[Encoded]:
         return mini_batches(background(source.blocks()), size, self.shuffle, rng)
 
-    def _loss(self, batch: Encoded | None) -> torch.Tensor | None:
-        """The summed loss of a batch (None without one), after clearing the gradients."""
+    def _loss(self, batch: Encoded | None) -> tuple[torch.Tensor | None, float]:
+        """The summed (sample-weighted) loss of a batch (None without one) and what it is
+        divided by for the mean: its rows, or the sum of its sample weights; after clearing
+        the gradients."""
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         if batch is None:
-            return None
-        labels = torch.from_numpy(batch.labels).to(self.tables[0].device)
-        if self.smoothing:
+            return None, 0.0
+        device = self.tables[0].device
+        labels = torch.from_numpy(batch.labels).to(device)
+        if self.loss_kind == "multiclass":
+            labels = labels.long()  # (CrossEntropyLoss smooths class indices itself)
+        elif self.smoothing:
             labels = labels * (1 - self.smoothing) + 0.5 * self.smoothing
-        return self.criterion(self.net(batch), labels)
+        losses = self.criterion(self.net(batch), labels)
+        if batch.weights is None:
+            return losses.sum(), float(batch.n_rows)
+        weights = torch.from_numpy(batch.weights).to(device)
+        return (losses * weights).sum(), float(weights.sum())
 
     def _update(self) -> None:
         for optimizer in self.optimizers:
@@ -150,13 +163,14 @@ class DeepFMLearner:
         self.steps += 1
 
     def step(self, batch: Encoded) -> tuple[float, int]:
-        loss = self._loss(batch)
-        (loss / batch.n_rows).backward()
+        loss, total = self._loss(batch)
+        (loss / max(total, 1e-30)).backward()  # (all weights 0: no update)
         self._update()
-        return loss.detach().item(), batch.n_rows
+        mean = loss.detach().item() / max(total, 1e-30)
+        return mean * batch.n_rows, batch.n_rows  # (the epoch's loss: a mean of means)
 
     def gradient(self, batch: Encoded | None) -> Gradient:
-        value, loss = 0.0, self._loss(batch)
+        value, (loss, total) = 0.0, self._loss(batch)
         if loss is not None:
             loss.backward()
             value = loss.detach().item()
@@ -170,10 +184,12 @@ class DeepFMLearner:
             else:
                 ids, values = np.zeros(0, np.int64), np.zeros((0, weight.shape[1]), np.float32)
             sparse.append((ids, values, weight.shape[0]))
-        return Gradient(batch.n_rows if batch is not None else 0, value, dense, sparse)
+        weighted = batch is not None and batch.weights is not None
+        return Gradient(batch.n_rows if batch is not None else 0, value, dense, sparse,
+                        weight=total if weighted else 0.0)
 
     def apply(self, gradient: Gradient) -> None:
-        n, device = gradient.rows, self.tables[0].device
+        n, device = gradient.weight or gradient.rows, self.tables[0].device
         flat = torch.from_numpy(np.asarray(gradient.dense, np.float32) / np.float32(n))
         offset = 0
         for p in self.others:

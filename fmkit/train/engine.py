@@ -58,6 +58,7 @@ class Gradient:
     loss: float
     dense: np.ndarray  # parameters every row touches (flat)
     sparse: list[tuple[Any, Any, int]]  # per table: (row ids, their gradient rows, table rows)
+    weight: float = 0.0  # the rows' summed sample weights, the mean's divisor (0: rows)
 
 
 class Source(Protocol):

@@ -25,7 +25,8 @@ def take_rows(batch: Encoded, rows: np.ndarray) -> Encoded:
         sparse[name] = ids[positions], new_offsets
     dense = {name: values[rows] for name, values in batch.dense.items()}
     labels = batch.labels[rows] if batch.labels is not None else None
-    return Encoded(rows.size, sparse, dense, labels)
+    weights = batch.weights[rows] if batch.weights is not None else None
+    return Encoded(rows.size, sparse, dense, labels, weights)
 
 
 def mini_batches(blocks: Iterable[Encoded], batch_size: int, shuffle: bool,
@@ -67,6 +68,8 @@ def concatenate(parts: list[Encoded]) -> Encoded:
     dense = {name: np.concatenate([p.dense[name] for p in parts]) for name in parts[0].dense}
     labels = (np.concatenate([p.labels for p in parts]) if parts[0].labels is not None
               else None)
-    return Encoded(sum(p.n_rows for p in parts), sparse, dense, labels)
+    weights = (np.concatenate([p.weights for p in parts]) if parts[0].weights is not None
+               else None)
+    return Encoded(sum(p.n_rows for p in parts), sparse, dense, labels, weights)
 
 

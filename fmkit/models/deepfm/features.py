@@ -44,6 +44,7 @@ class Encoded:
     sparse: dict[str, tuple[np.ndarray, np.ndarray]]  # feature -> (ids, offsets)
     dense: dict[str, np.ndarray]  # feature -> float32 [n_rows, 1]
     labels: np.ndarray | None = None
+    weights: np.ndarray | None = None  # float32 sample weights (sample_weight_fields)
 
 
 @njit(cache=True)
@@ -306,6 +307,8 @@ class FeatureSet:
     label: str
     wide_embedding_dim: int
     tables: dict[str, Feature] = field(default_factory=dict)  # embedding name -> first user
+    weight: str | None = None  # the sample weight column
+    num_class: int = 1
 
     @classmethod
     def from_config(cls, config: EasyRecConfig) -> FeatureSet:
@@ -355,7 +358,9 @@ class FeatureSet:
         wide_dim = config.model_config.deepfm.wide_embedding_dim
         if wide_dim <= 0:
             raise ConfigError("model_config.deepfm.wide_embedding_dim: must be positive")
-        result = cls(features, groups, label, wide_dim)
+        weight = next(iter(config.data_config.sample_weight_fields), None)
+        result = cls(features, groups, label, wide_dim, weight=weight,
+                     num_class=config.model_config.num_class)
         result._check_tables()
         return result
 
@@ -385,30 +390,48 @@ class FeatureSet:
         names = {n for group in self.groups.values() for n in group}
         return [f for f in self.features.values() if f.name in names]
 
-    def encode(self, batch: ColumnBatch, labelled: bool, binary: bool) -> Encoded:
-        """Model inputs of a batch (and its labels when ``labelled``)."""
+    def encode(self, batch: ColumnBatch, labelled: bool, label_mode: str) -> Encoded:
+        """Model inputs of a batch (and its labels and sample weights when ``labelled``;
+        ``label_mode``: ``binary``, ``real`` or ``multiclass``)."""
         sparse, dense = {}, {}
         for feature in self.used:
             if feature.sparse:
                 sparse[feature.name] = feature.encode(batch)
             else:
                 dense[feature.name] = feature.encode(batch)
-        labels = self.labels(batch, binary) if labelled else None
-        return Encoded(batch.n_rows, sparse, dense, labels)
+        if not labelled:
+            return Encoded(batch.n_rows, sparse, dense)
+        weights = self.weights(batch) if self.weight else None
+        return Encoded(batch.n_rows, sparse, dense, self.labels(batch, label_mode), weights)
 
-    def labels(self, batch: ColumnBatch, binary: bool) -> np.ndarray:
+    def labels(self, batch: ColumnBatch, label_mode: str) -> np.ndarray:
         values = _numbers(batch.column(self.label), batch, self.label)
         missing = np.flatnonzero(np.isnan(values))
         if missing.size:
             raise batch.error(int(missing[0]), f"label column {self.label!r} is empty")
-        if binary:
+        if label_mode == "binary":
             bad = np.flatnonzero((values != 0) & (values != 1))
             if bad.size:
                 raise batch.error(int(bad[0]), f"label {values[bad[0]]:g} is not 0 or 1 "
                                   f"(binary cross entropy)")
+        elif label_mode == "multiclass":
+            bad = np.flatnonzero((values != np.round(values)) | (values < 0)
+                                 | (values >= self.num_class))
+            if bad.size:
+                raise batch.error(int(bad[0]), f"label {values[bad[0]]:g} is not a class in "
+                                  f"0..{self.num_class - 1} (num_class {self.num_class})")
         elif not np.isfinite(values).all():
             row = int(np.flatnonzero(~np.isfinite(values))[0])
             raise batch.error(row, f"label {values[row]} is not finite")
+        return values.astype(np.float32)
+
+    def weights(self, batch: ColumnBatch) -> np.ndarray:
+        """The sample weight of each row: a finite number >= 0 (missing: an error)."""
+        values = _numbers(batch.column(self.weight), batch, self.weight)
+        bad = np.flatnonzero(~(values >= 0) | ~np.isfinite(values))
+        if bad.size:
+            raise batch.error(int(bad[0]), f"sample weight column {self.weight!r}: "
+                              f"{values[bad[0]]:g} is not a finite number >= 0")
         return values.astype(np.float32)
 
 

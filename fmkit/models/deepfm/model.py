@@ -34,16 +34,23 @@ from fmkit.models.deepfm.features import Encoded, FeatureSet
 from fmkit.models.deepfm.instances import encode_instances
 from fmkit.models.deepfm.network import DeepFMNet
 from fmkit.models.deepfm.small_batches import SMALL_ROWS, NumpyForward
-from fmkit.models.metrics import metrics_of_parts, prediction_fields
+from fmkit.models.metrics import grouped_auc, metrics_of_parts, prediction_fields, softmax
 
 MODEL_TYPE = "deepfm"
 SCORING_ROWS = 4096
 
 
 def predictor_type(config: configs.EasyRecConfig) -> str:
-    """``binary_classifier`` for binary cross entropy, ``regressor`` for l2_loss."""
+    """``binary_classifier`` for binary cross entropy, ``multiclass_classifier`` for softmax
+    cross entropy, ``regressor`` for l2_loss."""
     loss = config.model_config.losses[0]
+    if loss.softmax_cross_entropy is not None:
+        return "multiclass_classifier"
     return "binary_classifier" if loss.binary_cross_entropy is not None else "regressor"
+
+
+LABEL_MODES = {"binary_classifier": "binary", "multiclass_classifier": "multiclass",
+               "regressor": "real"}
 
 
 @dataclass
@@ -60,7 +67,7 @@ class DeepFMModel:
         check_memory(config, features)
         torch.manual_seed(config.train_config.seed)
         return cls(config, features, DeepFMNet(features, config.model_config.deepfm,
-                                               initialise))
+                                               initialise, config.model_config.num_class))
 
     def to(self, device: str) -> DeepFMModel:
         """Score on a PyTorch device (``cuda``)."""
@@ -83,7 +90,7 @@ class DeepFMModel:
 
     @property
     def label_mode(self) -> str:
-        return "binary" if self.predictor_type == "binary_classifier" else "real"
+        return LABEL_MODES[self.predictor_type]
 
     # -- input -----------------------------------------------------------------------------
     def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True,
@@ -117,7 +124,7 @@ class DeepFMModel:
         return names
 
     def encode(self, batch: ColumnBatch, labelled: bool = False):
-        return self.features.encode(batch, labelled, binary=self.label_mode == "binary")
+        return self.features.encode(batch, labelled, self.label_mode)
 
     def request_decoder(self) -> Callable[[bytes, str], Encoded | ColumnBatch]:
         """Decodes ``application/json`` and ``application/jsonlines`` bodies of raw feature
@@ -195,11 +202,16 @@ class DeepFMModel:
         return torch.cat(parts).double().cpu().numpy()
 
     def outputs(self, batch: ColumnBatch | Encoded) -> dict[str, np.ndarray]:
-        """TorchEasyRec's prediction dict: ``logits`` and ``probs`` for binary cross entropy,
-        ``y`` for l2_loss, one value per row."""
+        """TorchEasyRec's prediction dict: ``logits`` and ``probs`` for binary cross entropy
+        (one value per row) and softmax cross entropy (one per class; with two classes also
+        ``probs1``), ``y`` for l2_loss."""
         y = self.logits(batch)
         if self.predictor_type == "binary_classifier":
             return {"logits": y, "probs": 1.0 / (1.0 + np.exp(-y))}
+        if self.predictor_type == "multiclass_classifier":
+            probs = softmax(y)
+            return {"logits": y, "probs": probs, **({"probs1": probs[:, 1]}
+                                                    if probs.shape[1] == 2 else {})}
         return {"y": y}
 
     def predictions(self, batch: ColumnBatch | Encoded) -> dict[str, np.ndarray]:
@@ -208,16 +220,53 @@ class DeepFMModel:
 
     def evaluate(self, batches: Iterator[ColumnBatch], max_rows: int | None = None
                  ) -> dict[str, float]:
-        """The FM metrics (RMSE, or log loss/accuracy/F1/AUC) over labelled batches (their
-        first ``max_rows`` rows if given)."""
-        return metrics_of_parts(self.predictor_type, *self.labelled_logits(batches, max_rows))
+        """The FM metrics (RMSE, or log loss/accuracy/F1/AUC), weighted by the sample weight
+        column if one is configured, plus each configured ``grouped_auc``, over labelled
+        batches (their first ``max_rows`` rows if given)."""
+        parts = self._scored(batches, max_rows)
+        metrics = metrics_of_parts(self.predictor_type, parts.labels, parts.logits,
+                                   parts.weights or None)
+        for key, groups in parts.groups.items():
+            if metrics.get("rows"):
+                metrics[f"grouped_auc_{key}"] = grouped_auc(
+                    np.concatenate(parts.labels), self._positive_scores(parts.logits),
+                    np.concatenate(groups))
+        return metrics
+
+    def _positive_scores(self, logit_parts: list[np.ndarray]) -> np.ndarray:
+        logits = np.concatenate(logit_parts)
+        if self.predictor_type == "multiclass_classifier":
+            return softmax(logits)[:, 1]  # (grouped AUC needs two classes)
+        return logits
+
+    def grouping_keys(self) -> list[str]:
+        """The features ``grouped_auc`` metrics group by (a sparse feature each: the group of
+        a row is its first id)."""
+        keys = [m.grouped_auc.grouping_key for m in self.config.model_config.metrics
+                if m.grouped_auc is not None]
+        for key in keys:
+            feature = self.features.features.get(key)
+            if feature is None or not feature.sparse or feature not in self.features.used:
+                raise configs.ConfigError(f"model_config.metrics.grouped_auc.grouping_key: "
+                                          f"{key!r} is not a sparse feature of a group")
+        if keys and self.predictor_type == "regressor":
+            raise configs.ConfigError("model_config.metrics.grouped_auc: needs a classifier")
+        if keys and self.features.num_class > 2:
+            raise configs.ConfigError("model_config.metrics.grouped_auc: needs num_class <= 2")
+        return keys
 
     @torch.no_grad()
     def labelled_logits(self, batches: Iterator[ColumnBatch], max_rows: int | None = None
                         ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The labels and y_hat of labelled batches (their first ``max_rows`` rows)."""
+        parts = self._scored(batches, max_rows)
+        return parts.labels, parts.logits
+
+    @torch.no_grad()
+    def _scored(self, batches: Iterator[ColumnBatch], max_rows: int | None) -> _Scored:
         self.net.eval()
-        labels, logits = [], []
+        keys = self.grouping_keys()
+        parts = _Scored([], [], [], {key: [] for key in keys})
         seen = 0
         for batch in batches:
             if max_rows is not None:
@@ -226,9 +275,17 @@ class DeepFMModel:
                 batch = columns.head(batch, max_rows - seen)
             seen += batch.n_rows
             encoded = self.encode(batch, labelled=True)
-            labels.append(encoded.labels)
-            logits.append(self._forward(encoded))
-        return labels, logits
+            parts.labels.append(encoded.labels)
+            parts.logits.append(self._forward(encoded))
+            if encoded.weights is not None:
+                parts.weights.append(encoded.weights)
+            for key in keys:
+                ids, offsets = encoded.sparse[key]
+                first = np.full(encoded.n_rows, -1, np.int64)  # rows without an id: group -1
+                has = offsets[1:] > offsets[:-1]
+                first[has] = ids[offsets[:-1][has]]
+                parts.groups[key].append(first)
+        return parts
 
     # -- the model directory ---------------------------------------------------------------
     def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
@@ -264,6 +321,16 @@ class DeepFMModel:
                                    for name, array in weights.items()})
         model.net.eval()
         return model
+
+
+@dataclass
+class _Scored:
+    """What evaluation gathers batch by batch."""
+
+    labels: list[np.ndarray]
+    logits: list[np.ndarray]
+    weights: list[np.ndarray]
+    groups: dict[str, list[np.ndarray]]  # grouping key -> each row's group
 
 
 @functools.cache

@@ -216,13 +216,16 @@ class Banks(nn.Module):
 
 
 class DeepFMNet(nn.Module):
-    """Wide + FM + deep over shared embeddings; ``forward`` returns y (logits) of shape [B].
+    """Wide + FM + deep over shared embeddings; ``forward`` returns y (logits) of shape [B],
+    or [B, num_class] for several classes (the wide and FM terms then add to every class's
+    logit, as TorchEasyRec broadcasts them).
 
     The forward pass costs a fixed number of tensor operations whatever the number of
     features: one lookup per bank, then the FM and deep inputs gathered from the banks'
     outputs by index (precomputed here), which keeps one-row requests cheap."""
 
-    def __init__(self, features: FeatureSet, config: DeepFM, initialise: bool = True):
+    def __init__(self, features: FeatureSet, config: DeepFM, initialise: bool = True,
+                 num_class: int = 1):
         super().__init__()
         self.features = features
         used = list(dict.fromkeys(features.groups["deep"] + features.groups.get("fm", [])))
@@ -243,7 +246,8 @@ class DeepFMNet(nn.Module):
         fm_dim = features.features[features.groups[features.fm_group][0]].output_dim
         self.final = (MLP(1 + fm_dim + self.deep.output_dim, config.final,
                           "model_config.deepfm.final") if config.final else None)
-        self.output = nn.Linear(self.final.output_dim if self.final else self.deep.output_dim, 1)
+        self.output = nn.Linear(self.final.output_dim if self.final else self.deep.output_dim,
+                                num_class)
         # every feature value lives in the stack of its width: the banks of that width, member
         # after member, then (width 1) the dense features
         self.dense_names = [f for f in used if not features.features[f].sparse]
@@ -297,5 +301,5 @@ class DeepFMNet(nn.Module):
         if self.final is not None:
             y = self.output(self.final(torch.cat([wide, fm, hidden], dim=1)))
         else:
-            y = wide + fm.sum(dim=1, keepdim=True) + self.output(hidden)
-        return y.squeeze(1)
+            y = wide + fm.sum(dim=1, keepdim=True) + self.output(hidden)  # (broadcast)
+        return y.squeeze(1) if y.shape[1] == 1 else y

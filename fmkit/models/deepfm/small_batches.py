@@ -117,8 +117,8 @@ class NumpyForward:
     def of(cls, net: DeepFMNet) -> NumpyForward | None:
         """The numpy twin of a CPU network, or None (another device, or a layer kind without
         a twin here: PyTorch then scores every batch)."""
-        if net.output.weight.device.type != "cpu":
-            return None
+        if net.output.weight.device.type != "cpu" or net.output.out_features != 1:
+            return None  # (several classes: PyTorch scores them)
         deep = [_layer(m) for m in net.deep]
         final = [_layer(m) for m in net.final] if net.final is not None else None
         if any(layer is None for layer in deep + (final or [])):
