@@ -1,0 +1,206 @@
+"""TorchEasyRec's own ``.config`` files (protobuf text of EasyRecConfig), read as they are.
+
+The three configurations below copy the *structure* of TorchEasyRec's public rank-model
+examples — ``examples/deepfm_criteo.config``, ``tzrec/benchmark/configs/criteo/deepfm.config``
+and ``examples/component/deepfm_criteo_without_component.config`` — written here by a
+generator (their files are not copied): the same messages, fields, table sizes and layout,
+with only the data paths and ``dataset_type`` changed, as the issue's user would.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm import prototext
+
+from .conftest import shared_file
+
+# TorchEasyRec's Criteo-Terabyte table sizes (cat_0 .. cat_25), 204 million rows in all
+CRITEO_BUCKETS = [40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956,
+                  405282, 10, 2209, 11938, 155, 4, 976, 14, 40000000, 40000000, 40000000,
+                  590152, 12973, 108, 36]
+
+
+def criteo_config(train: str, model_dir: str, variant: str) -> str:
+    """A Criteo DeepFM ``.config`` laid out as TorchEasyRec's example ``variant`` is."""
+    data_extra = {"example": "    fg_mode: FG_NONE\n",
+                  "benchmark": '    odps_data_quota_name: ""\n',
+                  "without_component": "    fg_encoded: true\n"}[variant]
+    train_extra = "    save_checkpoints_steps: 50000\n" if variant == "benchmark" else ""
+    eval_config = "eval_config {\n}\n" if variant == "benchmark" else (
+        "eval_config {\n    num_steps: 100\n}\n")
+    text = [f'train_input_path: "{train}"\n', f'eval_input_path: "{train}"\n',
+            f'model_dir: "{model_dir}"\n',
+            "train_config {\n"
+            "    sparse_optimizer {\n        adagrad_optimizer {\n            lr: 0.001\n"
+            "        }\n        constant_learning_rate {\n        }\n    }\n"
+            "    dense_optimizer {\n        adam_optimizer {\n            lr: 0.001\n"
+            "        }\n        constant_learning_rate {\n        }\n    }\n"
+            f"    num_epochs: 1\n{train_extra}}}\n", eval_config,
+            "data_config {\n    batch_size: 8192\n    dataset_type: CsvDataset\n"
+            f'{data_extra}    label_fields: "label"\n    num_workers: 8\n}}\n']
+    for i in range(13):
+        text.append(f'feature_configs {{\n    raw_feature {{\n        feature_name: "int_{i}"\n'
+                    "    }\n}\n")
+    for i, buckets in enumerate(CRITEO_BUCKETS):
+        text.append(f'feature_configs {{\n    id_feature {{\n        feature_name: "cat_{i}"\n'
+                    f"        num_buckets: {buckets}\n        embedding_dim: 16\n    }}\n}}\n")
+
+    def names(prefix: str, count: int) -> str:
+        return "".join(f'        feature_names: "{prefix}_{i}"\n' for i in range(count))
+
+    text.append("model_config {\n"
+                f'    feature_groups {{\n        group_name: "wide"\n{names("cat", 26)}'
+                "        group_type: WIDE\n    }\n"
+                f'    feature_groups {{\n        group_name: "fm"\n{names("cat", 26)}'
+                "        group_type: DEEP\n    }\n"
+                f'    feature_groups {{\n        group_name: "deep"\n{names("int", 13)}'
+                f'{names("cat", 26)}        group_type: DEEP\n    }}\n'
+                "    deepfm {\n        deep {\n            hidden_units: [512, 256, 128]\n"
+                "        }\n        final {\n            hidden_units: [64]\n        }\n    }\n"
+                "    metrics {\n        auc {}\n    }\n"
+                "    losses {\n        binary_cross_entropy {}\n    }\n}\n")
+    return "".join(text)
+
+
+VARIANTS = ("example", "benchmark", "without_component")
+
+# the Kaggle sample's categories are hex text: ids are hashed into 1,000 rows instead
+LOWERED = [arg for i in range(13, 39) for arg in (
+    "--set", f"feature_configs[{i}].id_feature.num_buckets=null",
+    "--set", f"feature_configs[{i}].id_feature.hash_bucket_size=1000")]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_torcheasyrec_criteo_configs_parse_field_by_field(tmp_path, variant):
+    path = tmp_path / "deepfm_criteo.config"
+    path.write_text(criteo_config("train.csv", "model", variant))
+    config = configs.parse(configs.load_document(path))
+    assert [c.feature.feature_name for c in config.feature_configs] == (
+        [f"int_{i}" for i in range(13)] + [f"cat_{i}" for i in range(26)])
+    assert [c.id_feature.num_buckets for c in config.feature_configs[13:]] == CRITEO_BUCKETS
+    assert all(c.raw_feature is not None and not c.raw_feature.boundaries
+               for c in config.feature_configs[:13])
+    groups = config.model_config.feature_groups
+    assert [(g.group_name, g.group_type, len(g.feature_names)) for g in groups] == [
+        ("wide", "WIDE", 26), ("fm", "DEEP", 26), ("deep", "DEEP", 39)]
+    assert config.model_config.deepfm.deep.hidden_units == [512, 256, 128]
+    assert config.model_config.deepfm.final.hidden_units == [64]
+    assert config.model_config.deepfm.wide_embedding_dim == 4  # TorchEasyRec's default
+    assert config.train_config.sparse_optimizer.adagrad_optimizer.lr == 0.001
+    assert config.train_config.dense_optimizer.adam_optimizer.lr == 0.001
+    assert config.data_config.batch_size == 8192
+    assert config.data_config.label_fields == ["label"]
+    assert config.model_config.losses[0].binary_cross_entropy is not None
+    assert config.eval_config.num_steps == (None if variant == "benchmark" else 100)
+
+
+def test_the_criteo_config_trains_with_lowered_tables_and_refuses_the_original_ones(
+        tmp_path, cli):
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    path = tmp_path / "deepfm_criteo.config"
+    path.write_text(criteo_config(str(train), str(tmp_path / "model"), "example"))
+    code, _, err = cli("train", "--config", path, "--quiet")
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("fmkit: error")]
+    assert "Traceback" not in err and len(errors) == 1, err
+    line = errors[0]
+    for expected in ("GiB", "cat_0_emb", "40000000 rows", "num_buckets",
+                     "feature_configs[13].id_feature.num_buckets"):
+        assert expected in line, line
+    assert not (tmp_path / "model").exists()
+
+    code, _, err = cli("train", "--config", path, "--quiet", *LOWERED)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["test"]["rows"] == 1000  # 40 tab-separated columns read without input_fields
+    assert "data_config.num_workers" in err  # reported as ignored
+
+
+def test_odps_inputs_and_refused_fields_are_one_clear_line(tmp_path, cli):
+    path = tmp_path / "c.config"
+    odps = criteo_config("odps://{PROJECT}/tables/criteo_terabyte_train_hashed_v1", "m",
+                         "example").replace("CsvDataset", "OdpsDataset")
+    path.write_text(odps)
+    code, _, err = cli("train", "--config", path)
+    assert code == 1 and "Traceback" not in err
+    assert "train_input_path" in err and "--set train_input_path=" in err
+
+    path.write_text(odps.replace("odps://{PROJECT}/tables/criteo_terabyte_train_hashed_v1",
+                                 "train.csv"))
+    code, _, err = cli("train", "--config", path)
+    assert code == 1 and "data_config.dataset_type: OdpsDataset" in err
+    assert "ParquetDataset" in err
+
+    zch = criteo_config("t.csv", "m", "example").replace(
+        '        num_buckets: 40000000\n', '        zch {\n            zch_size: 100\n'
+        '        }\n', 1)
+    path.write_text(zch)
+    code, _, err = cli("train", "--config", path)
+    line_number = zch.splitlines().index("        zch {") + 1
+    assert code == 1 and "Traceback" not in err, err
+    assert f"line {line_number}: feature_configs[].id_feature.zch" in err
+    assert "hash_bucket_size" in err  # what to use instead
+
+    path.write_text(criteo_config("t.csv", "m", "example").replace("deepfm {", "dlrm {"))
+    code, _, err = cli("train", "--config", path)
+    assert code == 1 and "model_config.dlrm" in err and "model_config.deepfm" in err
+
+    path.write_text(criteo_config("t.csv", "m", "example").replace("batch_size:",
+                                                                   "batch_sise:"))
+    code, _, err = cli("train", "--config", path)
+    assert code == 1 and "data_config.batch_sise" in err and "batch_size" in err
+
+
+def test_yaml_has_the_same_refusals_with_the_full_path():
+    document = yaml.safe_load("""
+feature_configs:
+  - id_feature: {feature_name: a, embedding_dim: 4, hash_bucket_size: 10}
+  - id_feature: {feature_name: b, embedding_dim: 4, dynamicemb: {max_capacity: 10}}
+model_config:
+  feature_groups: [{group_name: wide, feature_names: [a], group_type: WIDE},
+                   {group_name: deep, feature_names: [a, b]}]
+  deepfm: {deep: {hidden_units: [4]}}
+""")
+    with pytest.raises(configs.ConfigError, match=r"feature_configs\[1\]\.id_feature\."
+                                                  r"dynamicemb: not supported.*hash_bucket"):
+        configs.parse(document)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_convert_between_config_yaml_and_json_keeps_the_configuration(tmp_path, cli, variant):
+    source = tmp_path / "deepfm_criteo.config"
+    source.write_text(criteo_config("t.csv", "m", variant)
+                      .replace('label_fields: "label"', 'label_fields: "label"\n'
+                               '    sample_weight_fields: "w"')
+                      .replace("embedding_dim: 16\n    }\n}\n", 'embedding_dim: 16\n'
+                               '        vocab_dict {\n            key: "x"\n'
+                               "            value: 5\n        }\n    }\n}\n", 0))
+    original = configs.parse(configs.load_document(source))
+    forms = {}
+    for form in ("yaml", "json", "config"):
+        out = tmp_path / f"converted.{form}"
+        code, _, err = cli("config", "convert", source, "--to", form, "-o", out)
+        assert code == 0, err
+        forms[form] = out
+        again = configs.parse(configs.load_document(out))
+        assert again == original
+    # and back: YAML -> .config -> the same configuration
+    code, text, err = cli("config", "convert", forms["yaml"], "--to", "config")
+    assert code == 0, err
+    assert prototext.looks_like_prototext(text)
+    assert configs.parse(prototext.parse_text(text, "stdout")) == original
+    # an existing file is not replaced
+    code, _, err = cli("config", "convert", source, "--to", "yaml", "-o", forms["yaml"])
+    assert code == 1 and "exists" in err
+
+
+def test_prototext_is_told_from_yaml_and_json_by_content():
+    assert prototext.looks_like_prototext('model_config {\n  num_class: 1\n}\n')
+    assert prototext.looks_like_prototext('# c\ntrain_config { num_epochs: 1 }')
+    assert not prototext.looks_like_prototext("model_config:\n  deepfm: {deep: {}}\n")
+    assert not prototext.looks_like_prototext('{"model_config": {"deepfm": {}}}')
