@@ -1,0 +1,223 @@
+"""DeepFM training options TorchEasyRec users set: learning-rate schedules, several classes,
+sample weights and grouped AUC — each against an independent computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, roc_auc_score
+
+from fmkit.jobs.deepfm import train_deepfm
+from fmkit.models import metrics
+from fmkit.models.deepfm import config as configs
+from fmkit.train.engine import Callback
+
+
+def _config(tmp_path, train: str, **sections) -> configs.EasyRecConfig:
+    document = {
+        "train_input_path": train, "model_dir": str(tmp_path / "model"),
+        "feature_configs": [
+            {"id_feature": {"feature_name": "user", "num_buckets": 20, "embedding_dim": 4}},
+            {"id_feature": {"feature_name": "item", "num_buckets": 20, "embedding_dim": 4}},
+        ],
+        "model_config": {
+            "feature_groups": [
+                {"group_name": "wide", "group_type": "WIDE", "feature_names": ["user", "item"]},
+                {"group_name": "deep", "feature_names": ["user", "item"]}],
+            "deepfm": {"deep": {"hidden_units": [8]}, "wide_embedding_dim": 1}},
+        "data_config": {"label_fields": ["label"], "with_header": True, "batch_size": 64},
+        "train_config": {"num_epochs": 1},
+    }
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(document.get(name), dict):
+            document[name] = {**document[name], **value}
+        else:
+            document[name] = value
+    return configs.parse(document)
+
+
+def _write(path, header: str, rows) -> str:
+    path.write_text(header + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    return str(path)
+
+
+# ---- learning-rate schedules -----------------------------------------------------------------
+def _exponential(base, t, decay_size, factor, staircase, warmup_lr, warmup, minimum):
+    if t < warmup:
+        return warmup_lr + (base - warmup_lr) * t / warmup
+    p = (t - warmup) / decay_size
+    return max(base * factor ** (math.floor(p) if staircase else p), minimum)
+
+
+def _manual(base, t, sizes, rates, warmup):
+    passed = [rate for size, rate in zip(sizes, rates) if t > size]
+    if passed:
+        return passed[-1]
+    return base + (rates[0] - base) * t / sizes[0] if warmup else base
+
+
+class _RecordRates(Callback):
+    """The rate each step ran with (read after the step, before the schedule moves on)."""
+
+    def __init__(self, optimizer_index: int):
+        self.index, self.rates = optimizer_index, []
+
+    def after_step(self, run) -> bool:
+        optimizer = run.learner.optimizers[self.index]
+        self.rates.append(optimizer.param_groups[0]["lr"])
+        return False
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ({"exponential_decay_learning_rate": {"decay_size": 3, "decay_factor": 0.5,
+                                          "warmup_learning_rate": 0.001, "warmup_size": 4,
+                                          "min_learning_rate": 0.002}},
+     lambda t: _exponential(0.05, t, 3, 0.5, True, 0.001, 4, 0.002)),
+    ({"exponential_decay_learning_rate": {"decay_size": 5, "decay_factor": 0.9,
+                                          "staircase": False}},
+     lambda t: _exponential(0.05, t, 5, 0.9, False, 0.0, 0, 0.0)),
+    ({"manual_step_learning_rate": {"schedule_sizes": [3, 7], "learning_rates": [0.02, 0.01]}},
+     lambda t: _manual(0.05, t, [3, 7], [0.02, 0.01], False)),
+    ({"manual_step_learning_rate": {"schedule_sizes": [4, 9], "learning_rates": [0.1, 0.01],
+                                    "warmup": True}},
+     lambda t: _manual(0.05, t, [4, 9], [0.1, 0.01], True)),
+    ({"cosine_annealing_learning_rate": {"T_max": 6, "min_learning_rate": 0.01}},
+     lambda t: 0.01 + 0.04 * 0.5 * (1 + math.cos(math.pi * min(t, 6) / 6))),
+])
+def test_learning_rate_schedules_follow_their_formulas_step_by_step(tmp_path, schedule,
+                                                                    expected):
+    rng = np.random.default_rng(0)
+    train = _write(tmp_path / "t.csv", "user,item,label",
+                   [(rng.integers(20), rng.integers(20), rng.integers(2)) for _ in range(640)])
+    config = _config(tmp_path, train, train_config={
+        "num_epochs": 2,
+        "sparse_optimizer": {"adagrad_optimizer": {"lr": 0.05}, **schedule},
+        "dense_optimizer": {"adam_optimizer": {"lr": 0.003}}})
+    sparse, dense = _RecordRates(0), _RecordRates(1)
+    train_deepfm(config, progress=False, callbacks=[sparse, dense])
+    assert len(sparse.rates) == 20
+    assert sparse.rates == pytest.approx([expected(t) for t in range(20)], rel=1e-12)
+    assert dense.rates == [0.003] * 20  # the dense optimizer's rate is constant
+
+
+def test_a_schedule_by_epoch_changes_once_per_epoch(tmp_path):
+    rng = np.random.default_rng(1)
+    train = _write(tmp_path / "t.csv", "user,item,label",
+                   [(rng.integers(20), rng.integers(20), rng.integers(2)) for _ in range(128)])
+    config = _config(tmp_path, train, train_config={
+        "num_epochs": 3, "dense_optimizer": {
+            "adam_optimizer": {"lr": 0.01},
+            "exponential_decay_learning_rate": {"decay_size": 1, "decay_factor": 0.1,
+                                                "by_epoch": True}}})
+    dense = _RecordRates(1)
+    train_deepfm(config, progress=False, callbacks=[dense])
+    assert dense.rates == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001])
+
+
+# ---- several classes -------------------------------------------------------------------------
+def test_three_classes_reach_the_planted_oracle_accuracy(tmp_path):
+    """Labels drawn from softmax(U[user] + I[item]) over 3 classes; the oracle predicts the
+    argmax of the planted probabilities. The model must come within 0.03 of its accuracy."""
+    rng = np.random.default_rng(3)
+    U, V = rng.normal(0, 1.5, (20, 3)), rng.normal(0, 1.5, (20, 3))
+
+    def draw(n):
+        users, items = rng.integers(20, size=n), rng.integers(20, size=n)
+        p = metrics.softmax(U[users] + V[items])
+        labels = (rng.random(n)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+        return users, items, labels, p
+
+    train = _write(tmp_path / "t.csv", "user,item,label", zip(*draw(20000)[:3]))
+    users, items, labels, p = draw(5000)
+    test = _write(tmp_path / "e.csv", "user,item,label", zip(users, items, labels))
+    config = _config(tmp_path, train, eval_input_path=test, model_config={
+        "num_class": 3, "losses": [{"softmax_cross_entropy": {}}]},
+        train_config={"num_epochs": 4, "sparse_optimizer": {"adagrad_optimizer": {"lr": 0.1}},
+                      "dense_optimizer": {"adam_optimizer": {"lr": 0.01}}})
+    model, result = train_deepfm(config, progress=False)
+    oracle = accuracy_score(labels, p.argmax(axis=1))
+    assert result["test"]["multiclass_accuracy"] >= oracle - 0.03, (result["test"], oracle)
+    # the same figure from the predictions, by scikit-learn
+    batch = next(model.read(test))
+    predicted = model.predictions(batch)
+    assert predicted["score"].shape == (5000, 3)
+    np.testing.assert_allclose(predicted["score"].sum(axis=1), 1.0, rtol=1e-9)
+    assert accuracy_score(labels, predicted["predicted_label"]) == pytest.approx(
+        result["test"]["multiclass_accuracy"])
+    assert log_loss(labels, predicted["score"]) == pytest.approx(
+        result["test"]["multiclass_cross_entropy"], rel=1e-6)
+
+
+# ---- sample weights --------------------------------------------------------------------------
+def test_a_weighted_run_equals_the_run_on_rows_repeated_by_their_weights(tmp_path):
+    rng = np.random.default_rng(4)
+    rows = [(rng.integers(20), rng.integers(20), rng.integers(2), rng.integers(1, 4))
+            for _ in range(300)]
+    weighted = _write(tmp_path / "w.csv", "user,item,label,w", rows)
+    repeated = _write(tmp_path / "r.csv", "user,item,label,w",
+                      [r for r in rows for _ in range(r[3])])
+    test = _write(tmp_path / "e.csv", "user,item,label,w",
+                  [(u, i, 0, 1) for u in range(20) for i in range(20)])
+    common = {"train_config": {"num_epochs": 3}, "data_config": {
+        "label_fields": ["label"], "with_header": True, "batch_size": 1000}}  # one batch
+    one = _config(tmp_path / "a", weighted, data_config={**common["data_config"],
+                                                        "sample_weight_fields": ["w"]},
+                  train_config=common["train_config"])
+    two = _config(tmp_path / "b", repeated, **common)
+    model_one, _ = train_deepfm(one, progress=False)
+    model_two, _ = train_deepfm(two, progress=False)
+    batch = next(model_one.read(test))
+    np.testing.assert_allclose(model_one.logits(batch), model_two.logits(batch), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_weighted_metrics_equal_scikit_learns():
+    rng = np.random.default_rng(5)
+    y, z, w = rng.integers(2, size=500), rng.normal(size=500), rng.integers(0, 4, size=500)
+    p = 1 / (1 + np.exp(-z))
+    found = metrics.compute_metrics("binary_classifier", y, z, w.astype(float))
+    assert found["auc"] == pytest.approx(roc_auc_score(y, p, sample_weight=w))
+    assert found["binary_classification_cross_entropy"] == pytest.approx(
+        log_loss(y, p, sample_weight=w))
+    assert found["binary_classification_accuracy"] == pytest.approx(
+        accuracy_score(y, p >= 0.5, sample_weight=w))
+    found = metrics.compute_metrics("regressor", z, z + y, w.astype(float))
+    assert found["rmse"] == pytest.approx(math.sqrt(mean_squared_error(z, z + y,
+                                                                       sample_weight=w)))
+
+
+def test_sample_weights_must_be_finite_and_not_negative(tmp_path):
+    train = _write(tmp_path / "t.csv", "user,item,label,w", [(1, 2, 1, 1), (3, 4, 0, -2)])
+    config = _config(tmp_path, train, data_config={
+        "label_fields": ["label"], "with_header": True, "sample_weight_fields": ["w"]})
+    with pytest.raises(Exception, match=r"t\.csv:3: sample weight column 'w': -2"):
+        train_deepfm(config, progress=False)
+
+
+# ---- grouped AUC -----------------------------------------------------------------------------
+def _grouped_auc_by_loop(y, scores, groups) -> float:
+    values = []
+    for group in sorted(set(groups)):
+        mine = [i for i, g in enumerate(groups) if g == group]
+        labels = [y[i] for i in mine]
+        if 0 < sum(labels) < len(labels):
+            values.append(roc_auc_score(labels, [scores[i] for i in mine]))
+    return sum(values) / len(values)
+
+
+def test_grouped_auc_equals_a_loop_over_scikit_learn(tmp_path):
+    rng = np.random.default_rng(6)
+    y, s, g = rng.integers(2, size=400), rng.normal(size=400), rng.integers(30, size=400)
+    s = np.round(s, 1)  # ties
+    assert metrics.grouped_auc(y, s, g) == pytest.approx(_grouped_auc_by_loop(y, s, g))
+
+    rows = [(rng.integers(20), rng.integers(20), rng.integers(2)) for _ in range(2000)]
+    train = _write(tmp_path / "t.csv", "user,item,label", rows)
+    config = _config(tmp_path, train, eval_input_path=train, model_config={
+        "metrics": [{"auc": {}}, {"grouped_auc": {"grouping_key": "user"}}]})
+    model, result = train_deepfm(config, progress=False)
+    scores = model.predictions(next(model.read(train)))["score"]
+    expected = _grouped_auc_by_loop([r[2] for r in rows], list(scores), [r[0] for r in rows])
+    assert result["test"]["grouped_auc_user"] == pytest.approx(expected, rel=1e-9)
