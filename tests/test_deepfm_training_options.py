@@ -3,12 +3,16 @@ sample weights and grouped AUC — each against an independent computation."""
 
 from __future__ import annotations
 
+import io
+import json
 import math
+import os
 
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, roc_auc_score
 
+from fmkit.data import codecs
 from fmkit.jobs.deepfm import train_deepfm
 from fmkit.models import metrics
 from fmkit.models.deepfm import config as configs
@@ -148,6 +152,19 @@ def test_three_classes_reach_the_planted_oracle_accuracy(tmp_path):
         result["test"]["multiclass_accuracy"])
     assert log_loss(labels, predicted["score"]) == pytest.approx(
         result["test"]["multiclass_cross_entropy"], rel=1e-6)
+    # served: JSON rows and SageMaker recordIO Records (read by the SageMaker SDK)
+    first = {name: values[:3] for name, values in predicted.items()}
+    answer = json.loads(codecs.encode_response(first, codecs.JSON))["predictions"]
+    assert [row["predicted_label"] for row in answer] == list(first["predicted_label"])
+    np.testing.assert_allclose([row["score"] for row in answer], first["score"])
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    from sagemaker.amazon.common import read_records
+
+    records = read_records(io.BytesIO(codecs.encode_response(first, codecs.RECORDIO)))
+    np.testing.assert_allclose([list(r.label["score"].float32_tensor.values) for r in records],
+                               first["score"], rtol=1e-6)
+    assert [r.label["predicted_label"].float32_tensor.values[0] for r in records] == list(
+        first["predicted_label"])
 
 
 # ---- sample weights --------------------------------------------------------------------------

@@ -530,7 +530,8 @@ def check_finite(predictions: dict[str, np.ndarray], unit: str = "instance",
                  first: int = 1) -> None:
     """A score that is not a finite number is never returned: the row's values overflowed
     the model's arithmetic. ``first`` is the number of the first row."""
-    bad = np.flatnonzero(~np.isfinite(np.asarray(predictions["score"], dtype=np.float64)))
+    finite = np.isfinite(np.asarray(predictions["score"], dtype=np.float64))
+    bad = np.flatnonzero(~finite.reshape(len(finite), -1).all(axis=1))  # (a row of classes)
     if bad.size:
         raise RequestError(f"{unit} {int(bad[0]) + first}: the score is not a finite number (its "
                            "feature values are too large for this model)")

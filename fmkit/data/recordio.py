@@ -644,19 +644,21 @@ def frame(payload: bytes) -> bytes:
 
 def encode_predictions(predictions: dict[str, np.ndarray]) -> bytes:
     """SageMaker's recordIO response: per row a Record with empty features and
-    ``label["score"]`` (and ``label["predicted_label"]``) as one-element Float32 tensors."""
+    ``label["score"]`` (and ``label["predicted_label"]``) as Float32 tensors of one element
+    (or, for the scores of several classes, one per class)."""
     names = list(predictions)
     n = len(predictions[names[0]])
-    template = b"".join(_map_entry(2, name, _tensor_value(np.zeros(1, np.float32)))
-                        for name in names)
-    record = frame(template)
+    widths = {name: int(np.prod(np.shape(predictions[name])[1:])) for name in names}
+    entries = {name: _map_entry(2, name, _tensor_value(np.zeros(widths[name], np.float32)))
+               for name in names}
+    record = frame(b"".join(entries.values()))
     out = np.frombuffer(record * n, dtype=np.uint8).reshape(n, len(record)).copy()
-    # each entry ends with its 4 float bytes; find them in the template
+    # each entry ends with its float bytes; find them in the template
     position = 8
     for name in names:
-        entry = _map_entry(2, name, _tensor_value(np.zeros(1, np.float32)))
-        float_at = position + len(entry) - 4
-        out[:, float_at:float_at + 4] = (
-            np.asarray(predictions[name], dtype="<f4").view(np.uint8).reshape(n, 4))
-        position += len(entry)
+        size = 4 * widths[name]
+        float_at = position + len(entries[name]) - size
+        out[:, float_at:float_at + size] = (
+            np.asarray(predictions[name], dtype="<f4").view(np.uint8).reshape(n, size))
+        position += len(entries[name])
     return out.tobytes()
