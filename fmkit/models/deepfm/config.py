@@ -718,6 +718,41 @@ def _check_data(config: EasyRecConfig) -> None:
         raise ConfigError("data_config.sample_weight_fields: expected at most one column")
 
 
+def read_vocabulary_files(config: EasyRecConfig) -> EasyRecConfig:
+    """``config`` with every ``vocab_file`` read into a ``vocab_dict``, so that a model
+    directory holds its vocabularies (serving needs no file beside it). A file has one word
+    per line (its row: the line's position from 0) or ``word row`` per line, as TorchEasyRec
+    reads them; ``default_bucketize_value`` is required with it."""
+    config = dataclasses.replace(config, feature_configs=[
+        dataclasses.replace(entry) for entry in config.feature_configs])
+    for i, entry in enumerate(config.feature_configs):
+        feature = entry.feature
+        path = getattr(feature, "vocab_file", None)
+        if not path:
+            continue
+        where = f"feature_configs[{i}].{entry.kind}"
+        if feature.default_bucketize_value is None:
+            raise ConfigError(f"{where}.vocab_file: needs default_bucketize_value (the row of "
+                              f"words not in the file)")
+        try:
+            lines = Path(path).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{where}.vocab_file: cannot read {path}: "
+                              f"{getattr(e, 'strerror', None) or e}") from None
+        vocabulary: dict[str, int] = {}
+        for number, line in enumerate(lines, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+                raise ConfigError(f"{path}:{number}: expected 'word' or 'word row', got "
+                                  f"{excerpt(line)}")
+            vocabulary.setdefault(parts[0], int(parts[1]) if len(parts) == 2 else number - 1)
+        setattr(entry, entry.kind, dataclasses.replace(feature, vocab_file=None,
+                                                       vocab_dict=vocabulary))
+    return config
+
+
 def to_document(config: EasyRecConfig, minimal: bool = False) -> dict[str, Any]:
     """The configuration as plain data (what the model directory stores), without unset
     optional fields; ``minimal`` also leaves out every field equal to its default (what

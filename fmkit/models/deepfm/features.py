@@ -22,16 +22,18 @@ import math
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
-from fmkit.data.columns import ColumnBatch, number_texts
+from fmkit.data.columns import ColumnBatch
 from fmkit.data.numbers import FLOAT32_MAX
 from fmkit.errors import DataError, excerpt
-from fmkit.models.deepfm.config import ConfigError, EasyRecConfig, IdFeature, RawFeature
+from fmkit.models.deepfm import expressions, transforms
+from fmkit.models.deepfm.config import ConfigError, EasyRecConfig
 
 GROUPS = ("wide", "fm", "deep")
 
@@ -73,13 +75,7 @@ def hash_strings(strings: pa.Array, buckets: int | np.ndarray) -> np.ndarray:
     return _fnv1a(offsets, data, np.ascontiguousarray(buckets, np.int64))
 
 
-def _as_strings(values: pa.Array) -> pa.Array:
-    """Ids as text (numbers by :func:`fmkit.data.columns.number_texts`: ``5.0`` is ``"5"``)."""
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        return values
-    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
-        return number_texts(values)
-    return pc.cast(values, pa.string())
+_as_strings = transforms.texts
 
 
 def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray | None = None
@@ -122,49 +118,90 @@ def _is_number(text: str) -> bool:
     return _NUMBER.fullmatch(text) is not None
 
 
+def _column_name(expression: str | None, default: str) -> str:
+    """The column an input names: ``"user:uid"`` reads ``uid``."""
+    return expression.split(":")[-1] if expression else default
+
+
 @dataclass
 class Feature:
-    """One configured feature, checked, with what the model needs to know about it."""
+    """One configured feature, checked, with what the model needs to know about it.
+
+    ``kind`` is the configuration's feature type. Categorical kinds (id, sequence id, combo,
+    discrete lookup) turn each row into a list of values that :meth:`_bucketize` maps to
+    embedding rows; numeric kinds (raw, sequence raw, expression, lookup) into numbers that
+    :meth:`raw_input` normalizes and either bucketizes (``boundaries``) or keeps dense."""
 
     name: str
     column: str
-    config: IdFeature | RawFeature
+    config: Any
     sparse: bool  # embedding lookup (id, or bucketized raw) vs dense value
     embedding_name: str = ""
     embedding_dim: int = 1
     num_embeddings: int = 0
     pooling: str = "sum"
     init_fn: str | None = None
-    vocabulary: pa.Array | None = None
+    vocabulary: pa.Array | None = None  # values of vocab_list / vocab_dict, and their ids:
+    vocabulary_ids: np.ndarray | None = None
     normalize: tuple = ()
+    kind: str = "id_feature"
+    columns: tuple[str, ...] = ()  # the inputs of a combo, lookup (map, key) or expression
+    expression: Any = None  # expr_feature: the parsed expression
 
     @property
     def inputs(self) -> list[str]:
         """The raw columns this feature reads."""
-        return [self.column]
+        return list(self.columns) or [self.column]
 
     @property
     def output_dim(self) -> int:
         return self.embedding_dim if self.sparse else 1
 
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("raw_feature", "sequence_raw_feature", "expr_feature") or (
+            self.kind == "lookup_feature" and not self.config.need_discrete)
+
     @cached_property
     def vocabulary_index(self) -> dict[str, int]:
-        """``vocab_list`` ids by value: 2 + the value's first position in the list."""
+        """Vocabulary ids by value (the first occurrence of a repeated value)."""
         index: dict[str, int] = {}
-        for position, value in enumerate(self.config.vocab_list):
-            index.setdefault(value, position + 2)
+        for value, row in zip(self.vocabulary.to_pylist(), self.vocabulary_ids.tolist()):
+            index.setdefault(value, row)
         return index
+
+    @property
+    def oov_id(self) -> int:
+        """The row of a value outside the vocabulary: ``default_bucketize_value``, else 1."""
+        value = getattr(self.config, "default_bucketize_value", None)
+        return 1 if value is None else value
 
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, batch: ColumnBatch) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
-        if isinstance(self.config, RawFeature):
+        if self.kind == "raw_feature":
             return self.raw_input(_numbers(batch.column(self.column), batch, self.column))
-        return self._ids(batch)
+        if self.kind == "expr_feature":
+            values = {name: _numbers(batch.column(name), batch, name) for name in self.columns}
+            return self.raw_input(self.expression.evaluate(values))
+        if self.kind == "sequence_raw_feature":
+            return self._sequence_numbers(batch)
+        if self.kind == "lookup_feature":
+            return self._lookup(batch)
+        if self.kind == "combo_feature":
+            flat, offsets = transforms.crossed(
+                [transforms.value_lists(batch.column(c), self.config.separator,
+                                        self.config.default_value) for c in self.columns],
+                batch.n_rows)
+        else:
+            delimiter = getattr(self.config, "sequence_delim", None)
+            flat, offsets = transforms.value_lists(
+                batch.column(self.column), delimiter or self.config.separator,
+                self.config.default_value, getattr(self.config, "sequence_length", None))
+        return self._bucketize(flat, offsets, batch)
 
-    def raw_input(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
-        """The model input of a raw feature's float64 values (NaN = missing): a dense column,
-        or with ``boundaries`` each row's bucket as an (ids, offsets) pair."""
-        values[np.isnan(values)] = float(self.config.default_value or 0)
+    def _normalized(self, values: np.ndarray) -> np.ndarray:
+        """float64 values (NaN = missing, given ``default_value``) after the normalizer."""
+        values = np.where(np.isnan(values), float(self.config.default_value or 0), values)
         method, options = self.normalize or (None, {})
         if method == "log1p":
             values = np.log1p(np.maximum(values, 0.0))
@@ -177,38 +214,61 @@ class Feature:
         elif method == "minmax":
             low, high = options.get("min", 0.0), options.get("max", 1.0)
             values = (values - low) / (high - low)
+        return values
+
+    def raw_input(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+        """The model input of a numeric feature's float64 values (NaN = missing): a dense
+        column, or with ``boundaries`` each row's bucket as an (ids, offsets) pair."""
+        values = self._normalized(values)
         if not self.sparse:
             return values.astype(np.float32).reshape(-1, 1)
         ids = np.searchsorted(np.asarray(self.config.boundaries), values, side="right")
         return ids.astype(np.int64), np.arange(values.size + 1, dtype=np.int64)
 
-    def _ids(self, batch: ColumnBatch) -> tuple[np.ndarray, np.ndarray]:
-        config: IdFeature = self.config
-        column = batch.column(self.column)
-        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-            if config.default_value:
-                column = pc.if_else(pc.is_null(column),
-                                    pa.scalar([config.default_value], pa.list_(pa.string())),
-                                    pc.cast(column, pa.list_(pa.string())))
-            lists = column
-        else:
-            text = _as_strings(column)
-            if config.default_value:
-                text = pc.fill_null(text, config.default_value)
-            lists = pc.split_pattern(text, config.separator)
-        flat = _as_strings(lists.flatten())
-        offsets = lists.offsets.to_numpy().astype(np.int64)
-        offsets -= offsets[0]
+    def _sequence_numbers(self, batch: ColumnBatch) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+        """A number sequence per row: its values' buckets pooled by the embedding bag, or
+        (dense) their sum or mean; an empty sequence is one ``default_value``."""
+        config = self.config
+        flat, offsets = transforms.value_lists(batch.column(self.column), config.sequence_delim,
+                                               "", config.sequence_length)
         row_of = np.repeat(np.arange(batch.n_rows), np.diff(offsets))
-        keep = pc.fill_null(pc.greater(pc.utf8_length(flat), 0), False).to_numpy(
-            zero_copy_only=False)
-        if not keep.all():  # empty values ("a||b", "") are no id
-            flat, row_of = flat.filter(pa.array(keep)), row_of[keep]
-            kept = np.concatenate([[0], np.cumsum(keep)])
-            offsets = kept[offsets]
-        if config.hash_bucket_size:
-            ids = hash_strings(flat, self.num_embeddings)
-        elif config.num_buckets:
+        values = _numbers(flat, batch, self.column, row_of)
+        counts = np.diff(offsets)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:  # an empty sequence counts as one default value
+            values = np.insert(values, offsets[empty], np.nan)
+            counts = np.maximum(counts, 1)
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+        values = self._normalized(values)
+        if self.sparse:
+            ids = np.searchsorted(np.asarray(config.boundaries), values, side="right")
+            return ids.astype(np.int64), offsets.astype(np.int64)
+        sums = np.add.reduceat(values, offsets[:-1]) if values.size else np.zeros(0)
+        pooled = sums / counts if config.pooling == "mean" else sums
+        return pooled.astype(np.float32).reshape(-1, 1)
+
+    def _lookup(self, batch: ColumnBatch) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+        config = self.config
+        found, offsets = transforms.looked_up(batch.column(self.columns[0]),
+                                              batch.column(self.columns[1]), config.separator,
+                                              config.need_key and config.need_discrete)
+        if config.need_discrete:
+            return self._bucketize(pa.array(found, pa.string()), offsets, batch)
+        row_of = np.repeat(np.arange(batch.n_rows), np.diff(offsets))
+        values = _numbers(pa.array(found, pa.string()), batch, self.columns[0], row_of)
+        return self.raw_input(transforms.combine(values, offsets, config.combiner))
+
+    def _bucketize(self, flat: pa.Array, offsets: np.ndarray, batch: ColumnBatch
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """The embedding rows of categorical values (``flat``, row ``i`` owning
+        ``flat[offsets[i]:offsets[i + 1]]``): hashed, taken as integers below
+        ``num_buckets``, or looked up in the vocabulary."""
+        config = self.config
+        flat = _as_strings(flat)
+        if getattr(config, "hash_bucket_size", None):
+            return hash_strings(flat, self.num_embeddings), offsets
+        if getattr(config, "num_buckets", None):
+            row_of = np.repeat(np.arange(batch.n_rows), np.diff(offsets))
             try:
                 numbers = _numbers(flat, batch, self.column, row_of)
             except DataError as e:
@@ -221,11 +281,11 @@ class Feature:
                                   f"{flat[int(bad[0])].as_py()!r} is not an integer in "
                                   f"[0, num_buckets={config.num_buckets}) (for text ids, "
                                   f"set hash_bucket_size instead)")
-            ids = numbers.astype(np.int64)
-        else:
-            found = pc.index_in(flat, value_set=self.vocabulary).to_numpy(zero_copy_only=False)
-            ids = np.where(np.isnan(found.astype(np.float64)), 1, np.nan_to_num(found) + 2
-                           ).astype(np.int64)
+            return numbers.astype(np.int64), offsets
+        found = pc.index_in(flat, value_set=self.vocabulary).to_numpy(zero_copy_only=False)
+        known = ~np.isnan(found.astype(np.float64))
+        ids = np.full(len(flat), self.oov_id, np.int64)
+        ids[known] = self.vocabulary_ids[np.nan_to_num(found[known]).astype(np.int64)]
         return ids, offsets
 
 
@@ -256,46 +316,126 @@ def _parse_normalizer(text: str | None, where: str) -> tuple:
     return method, options
 
 
-def _feature(config: IdFeature | RawFeature, where: str) -> Feature:
-    column = config.expression.split(":")[-1] if config.expression else config.feature_name
-    embedding_name = config.embedding_name or f"{config.feature_name}_emb"
-    if isinstance(config, IdFeature):
-        sizes = [name for name in ("hash_bucket_size", "num_buckets", "vocab_list")
-                 if getattr(config, name)]
-        if len(sizes) != 1:
-            raise ConfigError(f"{where}: set exactly one of hash_bucket_size, num_buckets, "
-                              f"vocab_list (got {', '.join(sizes) or 'none'})")
-        if config.pooling not in ("sum", "mean"):
-            raise ConfigError(f"{where}.pooling: expected sum or mean, got {config.pooling!r}")
-        if config.embedding_dim <= 0:
-            raise ConfigError(f"{where}.embedding_dim: must be positive")
-        if not config.separator:
-            raise ConfigError(f"{where}.separator: must not be empty")
-        size = (config.hash_bucket_size or config.num_buckets
-                or len(config.vocab_list) + 2)
-        if size <= 0:
-            raise ConfigError(f"{where}.{sizes[0]}: must be positive")
-        vocabulary = pa.array(config.vocab_list, pa.string()) if config.vocab_list else None
-        return Feature(config.feature_name, column, config, True, embedding_name,
-                       config.embedding_dim, size, config.pooling, config.init_fn, vocabulary)
+def _vocabulary(config: Any, where: str) -> tuple[pa.Array, np.ndarray, int]:
+    """A vocabulary's values, their embedding rows and the table's row count, as TorchEasyRec
+    numbers them: without ``default_bucketize_value`` rows 0 (the missing value's default)
+    and 1 (out of vocabulary) are reserved and ``vocab_list`` starts at 2; with it the rows
+    are the user's (``vocab_list`` positions from 0, ``vocab_dict`` values) and values
+    outside the vocabulary take ``default_bucketize_value``."""
+    reserved = config.default_bucketize_value is None
+    if config.vocab_list:
+        values = list(config.vocab_list)
+        rows = [position + (2 if reserved else 0) for position in range(len(values))]
+    else:
+        values, rows = list(config.vocab_dict), list(config.vocab_dict.values())
+        if reserved and any(row < 2 for row, value in zip(rows, values)
+                            if value != config.default_value):
+            raise ConfigError(f"{where}.vocab_dict: ids 0 and 1 are reserved (the default "
+                              f"value and out-of-vocabulary values) unless "
+                              f"default_bucketize_value is set; start at 2")
+        if any(row < 0 for row in rows):
+            raise ConfigError(f"{where}.vocab_dict: ids must be >= 0")
+    if reserved and config.default_value and config.default_value not in values:
+        values, rows = [*values, config.default_value], [*rows, 0]
+    elif reserved and config.default_value in values:  # (the default value's row is 0)
+        rows = [0 if value == config.default_value else row for value, row in zip(values, rows)]
+    size = max([*rows, 1 if reserved else config.default_bucketize_value]) + 1
+    if not reserved and config.default_bucketize_value < 0:
+        raise ConfigError(f"{where}.default_bucketize_value: must be >= 0")
+    return pa.array(values, pa.string()), np.array(rows, np.int64), size
+
+
+def _categorical(config: Any, where: str, kind: str, column: str,
+                 columns: tuple[str, ...] = ()) -> Feature:
+    """An id, sequence id, combo or discrete lookup feature."""
+    sizes = [name for name in ("hash_bucket_size", "num_buckets", "vocab_list", "vocab_dict",
+                               "vocab_file") if getattr(config, name, None)]
+    if len(sizes) != 1:
+        raise ConfigError(f"{where}: set exactly one of hash_bucket_size, num_buckets, "
+                          f"vocab_list, vocab_dict, vocab_file (got {', '.join(sizes) or 'none'})")
+    if sizes[0] == "vocab_file":
+        raise ConfigError(f"{where}.vocab_file: not read yet (fmkit reads vocabulary files "
+                          f"when the model is created)")
+    if config.pooling not in ("sum", "mean"):
+        raise ConfigError(f"{where}.pooling: expected sum or mean, got {config.pooling!r}")
+    if not config.embedding_dim or config.embedding_dim <= 0:
+        raise ConfigError(f"{where}.embedding_dim: must be positive")
+    if not config.separator:
+        raise ConfigError(f"{where}.separator: must not be empty")
+    vocabulary = rows = None
+    if sizes[0] in ("vocab_list", "vocab_dict"):
+        vocabulary, rows, size = _vocabulary(config, where)
+    else:
+        size = getattr(config, sizes[0])
+    if size <= 0:
+        raise ConfigError(f"{where}.{sizes[0]}: must be positive")
+    return Feature(config.feature_name, column, config, True,
+                   config.embedding_name or f"{config.feature_name}_emb", config.embedding_dim,
+                   size, config.pooling, config.init_fn, vocabulary, rows, kind=kind,
+                   columns=columns)
+
+
+def _numeric(config: Any, where: str, kind: str, column: str, columns: tuple[str, ...] = (),
+             expression: Any = None) -> Feature:
+    """A raw, sequence raw, expression or numeric lookup feature."""
     normalize = _parse_normalizer(config.normalizer, where)
-    if config.value_dim != 1:
+    if (getattr(config, "value_dim", None) or 1) != 1:
         raise ConfigError(f"{where}.value_dim: fmkit supports value_dim 1")
     try:
         float(config.default_value or 0)
     except ValueError:
         raise ConfigError(f"{where}.default_value: {config.default_value!r} is not a number"
                           ) from None
-    if config.boundaries:
-        if sorted(config.boundaries) != list(config.boundaries):
-            raise ConfigError(f"{where}.boundaries: must be ascending")
-        if not config.embedding_dim or config.embedding_dim <= 0:
-            raise ConfigError(f"{where}.embedding_dim: a raw feature with boundaries needs a "
-                              f"positive embedding_dim")
-        return Feature(config.feature_name, column, config, True, embedding_name,
-                       config.embedding_dim, len(config.boundaries) + 1, "sum", config.init_fn,
-                       normalize=normalize)
-    return Feature(config.feature_name, column, config, False, normalize=normalize)
+    if getattr(config, "pooling", "sum") not in ("sum", "mean"):
+        raise ConfigError(f"{where}.pooling: expected sum or mean, got {config.pooling!r}")
+    common = {"kind": kind, "columns": columns, "expression": expression,
+              "normalize": normalize, "pooling": getattr(config, "pooling", "sum")}
+    if not config.boundaries:
+        return Feature(config.feature_name, column, config, False, **common)
+    if sorted(config.boundaries) != list(config.boundaries):
+        raise ConfigError(f"{where}.boundaries: must be ascending")
+    if not config.embedding_dim or config.embedding_dim <= 0:
+        raise ConfigError(f"{where}.embedding_dim: a feature with boundaries needs a positive "
+                          f"embedding_dim")
+    return Feature(config.feature_name, column, config, True,
+                   config.embedding_name or f"{config.feature_name}_emb", config.embedding_dim,
+                   len(config.boundaries) + 1, init_fn=config.init_fn, **common)
+
+
+def _feature(config: Any, kind: str, where: str) -> Feature:
+    column = _column_name(getattr(config, "expression", None)
+                          if kind not in ("combo_feature", "expr_feature") else None,
+                          config.feature_name)
+    if kind in ("sequence_id_feature", "sequence_raw_feature"):
+        if not config.sequence_length or config.sequence_length <= 0:
+            raise ConfigError(f"{where}.sequence_length: required, a positive integer")
+        if not config.sequence_delim:
+            raise ConfigError(f"{where}.sequence_delim: must not be empty")
+    if kind in ("id_feature", "sequence_id_feature"):
+        return _categorical(config, where, kind, column)
+    if kind in ("raw_feature", "sequence_raw_feature"):
+        return _numeric(config, where, kind, column)
+    if kind == "combo_feature":
+        if len(config.expression) < 2:
+            raise ConfigError(f"{where}.expression: a combo feature crosses two or more inputs")
+        columns = tuple(_column_name(e, "") for e in config.expression)
+        return _categorical(config, where, kind, columns[0], columns)
+    if kind == "lookup_feature":
+        if config.combiner not in transforms.COMBINERS:
+            raise ConfigError(f"{where}.combiner: expected one of "
+                              f"{', '.join(transforms.COMBINERS)}, got {config.combiner!r}")
+        columns = (_column_name(config.map, ""), _column_name(config.key, ""))
+        if config.need_discrete:
+            return _categorical(config, where, kind, columns[0], columns)
+        if config.hash_bucket_size or config.num_buckets or config.vocab_list or config.vocab_dict:
+            raise ConfigError(f"{where}: hash_bucket_size, num_buckets and vocabularies need "
+                              f"need_discrete: true (numeric values use boundaries)")
+        return _numeric(config, where, kind, columns[0], columns)
+    # expr_feature
+    names = [_column_name(v, "") for v in config.variables]
+    parsed = expressions.parse(config.expression, names, f"{where}.expression")
+    return _numeric(config, where, kind, names[0] if names else config.feature_name,
+                    tuple(n for n in names if n in parsed.variables) or ("",), parsed)
 
 
 @dataclass
@@ -315,12 +455,12 @@ class FeatureSet:
         features: dict[str, Feature] = {}
         for i, entry in enumerate(config.feature_configs):
             where = f"feature_configs[{i}].{entry.kind}"
-            feature = _feature(entry.feature, where)
+            feature = _feature(entry.feature, entry.kind, where)
             if feature.name in features:
                 raise ConfigError(f"{where}.feature_name: {feature.name!r} is configured twice")
             features[feature.name] = feature
         label = config.data_config.label_fields[0]
-        if any(f.column == label for f in features.values()):
+        if any(label in f.inputs for f in features.values()):
             raise ConfigError(f"data_config.label_fields: the label column {label!r} is also a "
                               f"feature's input")
         groups: dict[str, list[str]] = {}

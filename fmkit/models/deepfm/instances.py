@@ -24,7 +24,6 @@ import pyarrow as pa
 
 from fmkit.data import columns
 from fmkit.data.numbers import FLOAT32_MAX
-from fmkit.models.deepfm.config import RawFeature
 from fmkit.models.deepfm.features import Encoded, Feature, FeatureSet, hash_strings
 
 _EXACT_FLOAT_INT = 1 << 53  # integers a float64 column holds exactly
@@ -37,6 +36,8 @@ def encode_instances(features: FeatureSet, instances: list[Any], fields: frozens
     column path must decide (see the module's docstring)."""
     if not instances or not all(type(i) is dict and fields.issuperset(i) for i in instances):
         return None
+    if any(f.kind not in ("id_feature", "raw_feature") for f in features.used):
+        return None  # sequences, crosses, lookups, expressions: the column path
     present = set().union(*instances)
     for name in present.difference(f.column for f in features.used):  # unused, still checked
         if columns.bad_value([instance.get(name) for instance in instances]) is not None:
@@ -46,7 +47,7 @@ def encode_instances(features: FeatureSet, instances: list[Any], fields: frozens
     hashed: list[tuple[Feature, list[str], np.ndarray]] = []
     for feature in features.used:
         values = [instance.get(feature.column) for instance in instances]
-        if isinstance(feature.config, RawFeature):
+        if feature.kind == "raw_feature":
             numbers = _numbers(values)
             if numbers is None:
                 return None
@@ -145,9 +146,10 @@ def _bucket_ids(feature: Feature, texts: list[str]) -> np.ndarray | None:
 
 
 def _vocabulary_ids(feature: Feature, texts: list[str]) -> np.ndarray:
-    """``vocab_list`` ids: 2 + the first position in the list, 1 when out of vocabulary."""
-    index = feature.vocabulary_index
-    return np.array([index.get(t, 1) for t in texts], np.int64)
+    """Vocabulary ids (:attr:`Feature.vocabulary_index`), out-of-vocabulary values
+    :attr:`Feature.oov_id`."""
+    index, unknown = feature.vocabulary_index, feature.oov_id
+    return np.array([index.get(t, unknown) for t in texts], np.int64)
 
 
 def _hash_all(hashed: list[tuple[Feature, list[str], np.ndarray]],

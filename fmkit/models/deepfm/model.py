@@ -63,6 +63,7 @@ class DeepFMModel:
     def create(cls, config: configs.EasyRecConfig, initialise: bool = True) -> DeepFMModel:
         """A new model with initial weights (seeded by ``train_config.seed``), or with its
         embedding tables left unset (``initialise=False``: weights about to be loaded)."""
+        config = configs.read_vocabulary_files(config)
         features = FeatureSet.from_config(config)
         check_memory(config, features)
         torch.manual_seed(config.train_config.seed)
@@ -155,8 +156,8 @@ class DeepFMModel:
         waits while a process loads its compiled hashing and initialises PyTorch (0.75 s for
         the first one-row request): a value in every feature, 1 row (the numpy forward) and
         ``SMALL_ROWS + 1`` rows (PyTorch's)."""
-        instance = {f.column: 0 if isinstance(f.config, configs.RawFeature) else "0"
-                    for f in self.features.used}
+        instance = {column: 0 if f.numeric and f.kind != "lookup_feature" else "0"
+                    for f in self.features.used for column in f.inputs}
         return [(json.dumps({"instances": [instance] * rows}).encode(), codecs.JSON)
                 for rows in (1, SMALL_ROWS + 1)]
 
@@ -165,7 +166,7 @@ class DeepFMModel:
         features' columns and the label."""
         fields = [f.input_name for f in self.config.data_config.input_fields]
         return fields or list(dict.fromkeys(
-            [f.column for f in self.features.features.values()] + [self.features.label]))
+            [*self.features.input_columns(), self.features.label]))
 
     def check_request(self, batch: ColumnBatch) -> ColumnBatch:
         """``batch`` if every field it names is one the model knows: an unknown or mis-cased

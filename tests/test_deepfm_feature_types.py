@@ -1,0 +1,232 @@
+"""TorchEasyRec's other feature types — combo, lookup, expression, sequence id and raw,
+vocab_dict and vocab_file — each against plain Python over the same raw rows, including
+missing values; and a server scoring JSON requests exactly as training read the file."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fmkit.data import codecs, columns
+from fmkit.jobs.deepfm import train_deepfm
+from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm.features import FeatureSet
+from fmkit.models.deepfm.model import DeepFMModel
+
+from .deepfm_helpers import fnv1a
+
+# raw rows: uid, tags (multi-value by |), a, b, kv (map "k:v" pairs split by \x1d),
+# clicks (a sequence split by ;), prices (a number sequence), city, label; None = empty field
+ROWS = [
+    ("u1", "x|y", 3.0, 2.0, "x:1.5\x1dy:4\x1dz:9", "5;1;7;2", "1.5;2;10", "paris", 1),
+    ("u2", "z", 0.5, 1.0, "y:2", "3", "4", "rome", 0),
+    ("u3", None, None, 4.0, None, None, None, None, 1),
+    ("u1", "y|q|x", 2.0, None, "q:0.5\x1dx:2", "9;9", "0.25;0.75;8", "oslo", 0),
+    ("u4", "w", 7.0, 7.0, "x:3", "", "3", "paris", 1),
+]
+HEADER = ("uid", "tags", "a", "b", "kv", "clicks", "prices", "city", "label")
+
+
+def _write_rows(path) -> str:
+    lines = ["\t".join(HEADER)] + ["\t".join("" if v is None else (
+        f"{v:g}" if isinstance(v, float) else str(v)) for v in row) for row in ROWS]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _column(name):
+    return [row[HEADER.index(name)] for row in ROWS]
+
+
+def _document(features: list[dict], names: list[str], **model) -> dict:
+    embedded = [n for n, f in zip(names, features) if next(iter(f.values())).get("embedding_dim")]
+    return {
+        "feature_configs": features,
+        "model_config": {
+            "feature_groups": [
+                {"group_name": "wide", "group_type": "WIDE", "feature_names": embedded},
+                {"group_name": "fm", "feature_names": embedded},
+                {"group_name": "deep", "feature_names": names}],
+            "deepfm": {"deep": {"hidden_units": [4]}}, **model},
+        "data_config": {"label_fields": ["label"], "with_header": True, "delimiter": "\t"},
+    }
+
+
+def _encode(tmp_path, feature: dict) -> tuple:
+    name = next(iter(feature.values()))["feature_name"]
+    uid = {"id_feature": {"feature_name": "uid", "hash_bucket_size": 10, "embedding_dim": 4}}
+    config = configs.parse(_document([feature, uid], [name, "uid"]))
+    features = FeatureSet.from_config(configs.read_vocabulary_files(config))
+    batch = next(columns.read_delimited(_write_rows(tmp_path / "rows.tsv"), None, "\t", True))
+    encoded = features.encode(batch, labelled=False, label_mode="binary")
+    if name in encoded.sparse:
+        ids, offsets = encoded.sparse[name]
+        return [list(ids[offsets[i]:offsets[i + 1]]) for i in range(len(ROWS))]
+    return list(encoded.dense[name].reshape(-1))
+
+
+def _split(text, separator):
+    return [] if text in (None, "") else [v for v in str(text).split(separator) if v]
+
+
+def test_combo_feature_crosses_every_pair_of_values(tmp_path):
+    found = _encode(tmp_path, {"combo_feature": {
+        "feature_name": "uid_x_tags", "expression": ["user:uid", "item:tags"],
+        "hash_bucket_size": 1000, "embedding_dim": 4, "separator": "|"}})
+    expected = [[fnv1a(f"{u}_{t}", 1000) for t in _split(tags, "|")]
+                for u, tags in zip(_column("uid"), _column("tags"))]
+    assert found == expected
+    assert found[2] == []  # a missing input: no id
+
+
+@pytest.mark.parametrize("combiner", ["sum", "mean", "min", "max", "count"])
+def test_numeric_lookup_combines_the_values_of_the_keys_found(tmp_path, combiner):
+    found = _encode(tmp_path, {"lookup_feature": {
+        "feature_name": "tag_value", "map": "user:kv", "key": "item:tags", "separator": "|",
+        "combiner": combiner, "default_value": "-1"}})
+    expected = []
+    for kv, tags in zip(_column("kv"), _column("tags")):
+        table = dict(pair.rsplit(":", 1) for pair in _split(kv, "\x1d"))
+        values = [float(table[t]) for t in _split(tags, "|") if t in table]
+        if combiner == "count":
+            expected.append(float(len(values)))
+        elif not values:
+            expected.append(-1.0)  # nothing found: default_value
+        else:
+            expected.append({"sum": sum, "min": min, "max": max,
+                             "mean": lambda v: sum(v) / len(v)}[combiner](values))
+    assert found == pytest.approx(expected)
+
+
+def test_lookup_with_boundaries_and_discrete_lookup_with_keys(tmp_path):
+    found = _encode(tmp_path, {"lookup_feature": {
+        "feature_name": "tag_bucket", "map": "user:kv", "key": "item:tags", "separator": "|",
+        "boundaries": [1, 3, 5], "embedding_dim": 4}})
+    expected = []
+    for kv, tags in zip(_column("kv"), _column("tags")):
+        table = dict(pair.rsplit(":", 1) for pair in _split(kv, "\x1d"))
+        values = [float(table[t]) for t in _split(tags, "|") if t in table]
+        expected.append([bisect.bisect_right([1, 3, 5], sum(values) if values else 0.0)])
+    assert found == expected
+
+    found = _encode(tmp_path, {"lookup_feature": {
+        "feature_name": "tag_id", "map": "user:kv", "key": "item:tags", "separator": "|",
+        "need_discrete": True, "need_key": True, "hash_bucket_size": 500, "embedding_dim": 4}})
+    expected = []
+    for kv, tags in zip(_column("kv"), _column("tags")):
+        table = dict(pair.rsplit(":", 1) for pair in _split(kv, "\x1d"))
+        expected.append([fnv1a(f"{t}_{table[t]}", 500) for t in _split(tags, "|")
+                         if t in table])
+    assert found == expected
+
+
+def test_expression_feature_evaluates_like_python(tmp_path):
+    text = "a > b ? log(a) + 1 : b ^ 2 - min(a, b) / 2"
+    found = _encode(tmp_path, {"expr_feature": {
+        "feature_name": "e", "variables": ["user:a", "item:b"], "expression": text,
+        "default_value": "0.5"}})
+    expected = []
+    for a, b in zip(_column("a"), _column("b")):
+        if a is None or b is None:
+            expected.append(0.5)  # a missing input gives NaN, replaced by default_value
+        else:
+            expected.append(math.log(a) + 1 if a > b else b ** 2 - min(a, b) / 2)
+    assert found == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("__import__('os')", "cannot read"), ("__import__(a)", "unknown function"),
+    ("a.b", "cannot read"), ("a b", "unexpected"), ("open(a)", "unknown function"),
+    ("c + 1", "not one of the variables"), ("(a + 1", "ends too early")])
+def test_expressions_are_parsed_never_evaluated_as_python(text, problem):
+    document = _document([{"expr_feature": {"feature_name": "e", "variables": ["a", "b"],
+                                             "expression": text}}], ["e"])
+    with pytest.raises(configs.ConfigError, match=problem):
+        FeatureSet.from_config(configs.parse(document))
+
+
+def test_sequence_id_feature_keeps_the_first_sequence_length_ids(tmp_path):
+    found = _encode(tmp_path, {"sequence_id_feature": {
+        "feature_name": "clicks", "sequence_length": 3, "num_buckets": 10,
+        "embedding_dim": 4, "pooling": "mean"}})
+    assert found == [[int(v) for v in _split(c, ";")[:3]] for c in _column("clicks")]
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_sequence_raw_feature_pools_its_first_values(tmp_path, pooling):
+    found = _encode(tmp_path, {"sequence_raw_feature": {
+        "feature_name": "prices", "sequence_length": 2, "pooling": pooling,
+        "default_value": "3", "normalizer": "log1p"}})
+    expected = []
+    for text in _column("prices"):
+        values = [math.log1p(float(v)) for v in _split(text, ";")[:2]] or [math.log1p(3)]
+        expected.append(sum(values) / (len(values) if pooling == "mean" else 1))
+    assert found == pytest.approx(expected, rel=1e-6)
+
+    found = _encode(tmp_path, {"sequence_raw_feature": {
+        "feature_name": "prices", "sequence_length": 2, "boundaries": [1, 5],
+        "embedding_dim": 4}})
+    assert found == [[bisect.bisect_right([1, 5], float(v)) for v in _split(t, ";")[:2]]
+                     or [bisect.bisect_right([1, 5], 0.0)] for t in _column("prices")]
+
+
+def test_vocab_dict_and_vocab_file_number_rows_as_torcheasyrec(tmp_path):
+    vocab = {"paris": 2, "rome": 3, "oslo": 2}
+    found = _encode(tmp_path, {"id_feature": {
+        "feature_name": "city", "vocab_dict": vocab, "embedding_dim": 4,
+        "default_value": "nowhere"}})
+    # 0: the default value (missing), 1: out of vocabulary, else the dictionary's row
+    assert found == [[vocab.get(c, 1) if c else 0] for c in _column("city")]
+
+    (tmp_path / "cities.txt").write_text("rome\nparis\n\nberlin\n")
+    found = _encode(tmp_path, {"id_feature": {
+        "feature_name": "city", "vocab_file": str(tmp_path / "cities.txt"),
+        "default_bucketize_value": 7, "embedding_dim": 4}})
+    rows = {"rome": 0, "paris": 1, "berlin": 3}  # a word's row is its line, from 0
+    assert found == [[rows.get(c, 7)] if c else [] for c in _column("city")]
+
+    found = _encode(tmp_path, {"id_feature": {
+        "feature_name": "city", "vocab_list": ["rome", "paris"], "embedding_dim": 4,
+        "default_bucketize_value": 0}})
+    assert found == [[{"rome": 0, "paris": 1}.get(c, 0)] if c else [] for c in _column("city")]
+
+
+def test_the_server_computes_every_feature_as_training_did(tmp_path):
+    train = _write_rows(tmp_path / "rows.tsv")
+    (tmp_path / "cities.txt").write_text("paris 4\nrome 5\n")
+    features = [
+        {"id_feature": {"feature_name": "uid", "hash_bucket_size": 50, "embedding_dim": 4}},
+        {"combo_feature": {"feature_name": "uid_x_tags", "expression": ["uid", "tags"],
+                           "hash_bucket_size": 100, "embedding_dim": 4, "separator": "|"}},
+        {"lookup_feature": {"feature_name": "tag_value", "map": "kv", "key": "tags",
+                            "separator": "|", "boundaries": [1, 3], "embedding_dim": 4}},
+        {"lookup_feature": {"feature_name": "tag_sum", "map": "kv", "key": "tags",
+                            "separator": "|"}},
+        {"expr_feature": {"feature_name": "e", "variables": ["a", "b"],
+                          "expression": "a * b + sqrt(a)"}},
+        {"sequence_id_feature": {"feature_name": "clicks", "sequence_length": 3,
+                                 "num_buckets": 10, "embedding_dim": 4}},
+        {"sequence_raw_feature": {"feature_name": "prices", "sequence_length": 2,
+                                  "pooling": "mean"}},
+        {"id_feature": {"feature_name": "city", "vocab_file": str(tmp_path / "cities.txt"),
+                        "default_bucketize_value": 1, "embedding_dim": 4}},
+    ]
+    names = [next(iter(f.values()))["feature_name"] for f in features]
+    document = _document(features, names)
+    document.update(train_input_path=train, model_dir=str(tmp_path / "model"),
+                    train_config={"num_epochs": 3})
+    trained, _ = train_deepfm(configs.parse(document), progress=False)
+    (tmp_path / "cities.txt").unlink()  # the model directory holds its vocabulary
+    model = DeepFMModel.load(tmp_path / "model")
+    from_file = model.logits(next(model.read(train)))
+    np.testing.assert_allclose(from_file, trained.logits(next(trained.read(train))), rtol=1e-6)
+    instances = [{name: value for name, value in zip(HEADER[:-1], row) if value is not None}
+                 for row in ROWS]
+    decode = model.request_decoder()
+    served = model.logits(decode(json.dumps({"instances": instances}).encode(), codecs.JSON))
+    np.testing.assert_allclose(served, from_file, rtol=1e-6)
+    assert np.std(from_file) > 0  # the features move the score
