@@ -16,6 +16,8 @@ from fmkit.errors import ArtifactError, DataError, FMKitError, HyperparameterErr
 __all__ = [
     "ArtifactError",
     "DataError",
+    "DeepFMClassifier",
+    "DeepFMRegressor",
     "FMClassifier",
     "FMKitError",
     "FMRegressor",
@@ -25,6 +27,7 @@ __all__ = [
     "tune",
 ]
 _ESTIMATORS = ("FMClassifier", "FMRegressor", "load")
+_DEEPFM_ESTIMATORS = ("DeepFMClassifier", "DeepFMRegressor")  # (PyTorch: 'fmkit[deepfm]')
 
 
 def __getattr__(name: str) -> Any:
@@ -34,6 +37,10 @@ def __getattr__(name: str) -> Any:
         from fmkit import estimators
 
         return getattr(estimators, name)
+    if name in _DEEPFM_ESTIMATORS:
+        from fmkit import deepfm_estimators
+
+        return getattr(deepfm_estimators, name)
     if name == "tune":  # fmkit tune from Python (needs Optuna: 'fmkit[tune]')
         from fmkit.jobs.tune import tune
 

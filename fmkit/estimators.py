@@ -222,8 +222,16 @@ for _cls in (FMClassifier, FMRegressor):
     _cls.__doc__ += "\n\n" + _parameters_doc()
 
 
-def load(path: str | Path) -> FMClassifier | FMRegressor:
-    """Load a model directory (written by ``save`` or ``fmkit train``) as a fitted estimator."""
+def load(path: str | Path) -> Any:
+    """Load a model directory (written by ``save`` or ``fmkit train``) as a fitted estimator:
+    an FM's as :class:`FMClassifier`/:class:`FMRegressor`, a DeepFM's as
+    :class:`fmkit.deepfm_estimators.DeepFMClassifier`/``DeepFMRegressor``."""
+    from fmkit.models import artifact
+
+    if artifact.model_type(path) == "deepfm":
+        from fmkit import deepfm_estimators
+
+        return deepfm_estimators.load(path)
     model = FMModel.load(path)
     cls = FMClassifier if model.predictor_type == "binary_classifier" else FMRegressor
     params = {k: v for k, v in model.hyperparameters.items() if k in PARAMETERS}

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+import fmkit
 from fmkit import FMClassifier
 from fmkit.data.movielens import join_ratings
 from fmkit.jobs.deepfm import train_deepfm
@@ -147,3 +148,23 @@ def test_deepfm_at_least_matches_fm_on_movielens_100k(tmp_path):
           f"FM AUC {auc_fm:.4f}")
     assert metrics["test"]["rows"] == len(y_test) == 9430
     assert auc_deepfm >= auc_fm
+    # the same configuration through the estimator, on DataFrames of the same columns (as a
+    # user reads them with pandas: zip codes kept as text)
+    import pandas as pd
+
+    from fmkit import DeepFMClassifier
+
+    frames = [pd.read_csv(tmp_path / f"{split}.csv", dtype={"zip": str})
+              for split in ("ua.base", "ua.test")]
+    columns = ["user_id", "item_id", "age", "gender", "occupation", "zip", "year", "genres"]
+    estimator = DeepFMClassifier(config=REPO / "examples" / "deepfm_movielens.yaml")
+    estimator.fit(frames[0][columns], frames[0]["label"])
+    auc_estimator = roc_auc_score(frames[1]["label"],
+                                  estimator.predict_proba(frames[1][columns])[:, 1])
+    print(f"DeepFMClassifier on DataFrames: AUC {auc_estimator:.4f}")
+    assert auc_estimator >= auc_deepfm - 0.002
+    estimator.save(tmp_path / "estimator")
+    again = fmkit.load(tmp_path / "estimator")
+    np.testing.assert_allclose(again.predict_proba(frames[1][columns]),
+                               estimator.predict_proba(frames[1][columns]), rtol=1e-6)
+    assert list(again.classes_) == [0, 1] and list(again.feature_names_in_) == columns

@@ -62,11 +62,7 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     model = DeepFMModel.create(config)
     trained = _continue_from(init_model, model) if init_model else []
     model.net.to(target)
-    loss = config.model_config.losses[0]
-    smoothing = loss.binary_cross_entropy.label_smoothing if loss.binary_cross_entropy else 0.0
-
     shard = distributed.shard()
-
     channel = Channel(str(config.train_input_path), lambda: (
         model.encode(batch, labelled=True)
         for batch in model.read(config.train_input_path, shard=shard)))
@@ -74,25 +70,11 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     for name in ("train_input_path", "eval_input_path", "model_dir"):
         run_id.pop(name, None)
     run_id["train_config"].pop("num_epochs", None)
-    learner = DeepFMLearner(model.net, config.train_config, config.data_config.batch_size,
-                            model.label_mode, smoothing, config.data_config.shuffle,
-                            scorer=lambda path: require_rows(model.evaluate(model.read(path)),
-                                                             path))
-    schedule = schedules_of(learner.optimizers, [config.train_config.sparse_optimizer,
-                                                 config.train_config.dense_optimizer])
-    if schedule is not None:
-        callbacks = [*callbacks, schedule]
-    try:
-        history = run(learner, channel, batch_size=config.data_config.batch_size,
-                      epochs=config.train_config.num_epochs, seed=config.train_config.seed,
-                      max_steps=config.train_config.num_steps,
-                      trained_epochs=trained[-1]["epoch"] if trained else 0, progress=progress,
-                      host=host, early_stopping=_early_stopping(config, model, host,
-                                                                validation_path),
-                      checkpoints=checkpoints, run_id={"deepfm": run_id}, resume=resume,
-                      callbacks=callbacks)
-    finally:
-        model.net.eval()
+    history = fit_deepfm(model, channel, progress=progress, host=host,
+                         trained_epochs=trained[-1]["epoch"] if trained else 0,
+                         early_stopping=_early_stopping(config, model, host, validation_path),
+                         checkpoints=checkpoints, run_id={"deepfm": run_id}, resume=resume,
+                         callbacks=callbacks)
     metrics: dict[str, Any] = {"train": trained + [vars(h) for h in history]}
     if not distributed.primary():
         return model, metrics  # the replicas are identical: rank 0 scores and writes
@@ -106,6 +88,36 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     model.save(config.model_dir, metrics)
     log.info("model written to %s", config.model_dir)
     return model, metrics
+
+
+def fit_deepfm(model: DeepFMModel, channel: Channel, *, progress: bool | None = None,
+               host: str = DEFAULT_HOST, trained_epochs: int = 0,
+               early_stopping: EarlyStopping | None = None,
+               checkpoints: Checkpointer | None = None, run_id: dict | None = None,
+               resume: bool = False, callbacks: Sequence[Callback] = ()) -> list:
+    """Train ``model``'s network on ``channel`` as its configuration says (optimizers,
+    learning-rate schedules, epochs or steps): the one loop behind ``fmkit train --config``
+    and the DeepFM estimators. Returns the engine's per-epoch history."""
+    config = model.config
+    loss = config.model_config.losses[0]
+    smoothing = next((l.label_smoothing for l in (loss.binary_cross_entropy,
+                                                   loss.softmax_cross_entropy) if l), 0.0)
+    learner = DeepFMLearner(model.net, config.train_config, config.data_config.batch_size,
+                            model.label_mode, smoothing, config.data_config.shuffle,
+                            scorer=lambda path: require_rows(model.evaluate(model.read(path)),
+                                                             path))
+    schedule = schedules_of(learner.optimizers, [config.train_config.sparse_optimizer,
+                                                 config.train_config.dense_optimizer])
+    if schedule is not None:
+        callbacks = [*callbacks, schedule]
+    try:
+        return run(learner, channel, batch_size=config.data_config.batch_size,
+                   epochs=config.train_config.num_epochs, seed=config.train_config.seed,
+                   max_steps=config.train_config.num_steps, trained_epochs=trained_epochs,
+                   progress=progress, host=host, early_stopping=early_stopping,
+                   checkpoints=checkpoints, run_id=run_id, resume=resume, callbacks=callbacks)
+    finally:
+        model.net.eval()
 
 
 def _continue_from(path: str, model: DeepFMModel) -> list[dict]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,8 @@ class DeepFMModel:
     config: configs.EasyRecConfig
     features: FeatureSet
     net: DeepFMNet
+    # what a scikit-learn estimator keeps beside the model (its classes, its input columns)
+    estimator: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def create(cls, config: configs.EasyRecConfig, initialise: bool = True) -> DeepFMModel:
@@ -292,6 +294,8 @@ class DeepFMModel:
     def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
         meta = {"model_type": MODEL_TYPE, "predictor_type": self.predictor_type,
                 "config": configs.to_document(self.config)}
+        if self.estimator:
+            meta["estimator"] = self.estimator
         weights = {name: t.detach().cpu().numpy() for name, t in self.net.state_dict().items()}
         # (written from any device; loading puts the model on the CPU)
         return artifact.save_directory(path, meta, weights, metrics or {})
@@ -321,6 +325,8 @@ class DeepFMModel:
         model.net.load_state_dict({name: torch.from_numpy(np.asarray(array))
                                    for name, array in weights.items()})
         model.net.eval()
+        if isinstance(meta.get("estimator"), dict):
+            model.estimator = meta["estimator"]
         return model
 
 

@@ -1,0 +1,276 @@
+"""scikit-learn estimators for DeepFM: :class:`DeepFMClassifier` and :class:`DeepFMRegressor`.
+
+``X`` is a pandas DataFrame or a pyarrow Table of raw columns (ids as text or integers,
+numbers, ``"a|b"`` multi-values, sequences, map columns: whatever the features read), or a
+2-D array (columns ``x0``, ``x1``, ...). ``config`` is the feature and group configuration a
+``fmkit train --config`` file holds — a dict, a YAML/JSON file or TorchEasyRec's ``.config`` —
+of which the estimator uses the features, groups, network and training settings; the label
+is ``y``, the sample weights ``sample_weight``, and the loss follows from the class (binary
+or softmax cross entropy for a classifier by its number of classes, l2_loss for a
+regressor). Without a ``config`` one is made from ``X`` (:func:`default_config`).
+
+``save`` writes the same model directory ``fmkit train`` writes; :func:`fmkit.load` reads it
+back as an estimator, and ``fmkit serve``/``predict`` take it as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+
+from fmkit.data.columns import ColumnBatch
+from fmkit.models.metrics import predicted_labels, softmax
+
+LABEL, WEIGHT = "__label__", "__weight__"
+BLOCK_ROWS = 1 << 20  # rows encoded (and shuffled, with data_config.shuffle) at once
+HASH_ROWS_PER_VALUE, BUCKETS = 2, 10
+
+
+def _table(X: Any) -> pa.Table:
+    """``X`` as an Arrow table of plain (not dictionary-encoded) columns."""
+    if isinstance(X, pa.Table):
+        table = X
+    elif hasattr(X, "columns") and hasattr(X, "dtypes"):  # a pandas DataFrame
+        table = pa.Table.from_pandas(X, preserve_index=False)
+        table = table.rename_columns([str(c) for c in X.columns])
+    else:
+        array = np.asarray(X)
+        if array.ndim != 2:
+            raise ValueError(f"Expected a DataFrame, an Arrow table or a 2D array, got an "
+                             f"array of shape {array.shape}")
+        if array.dtype.kind in "fiub" and not np.isfinite(array.astype(np.float64)).all():
+            raise ValueError("Input X contains NaN or infinity.")
+        table = pa.table({f"x{j}": array[:, j] for j in range(array.shape[1])})
+    columns = {}
+    for name, column in zip(table.column_names, table.columns):
+        column = column.combine_chunks()
+        if pa.types.is_dictionary(column.type):
+            column = pc.cast(column, column.type.value_type)
+        columns[name] = column
+    return pa.table(columns) if columns else pa.table({})
+
+
+def _batches(table: pa.Table, extra: dict[str, np.ndarray]) -> Iterator[ColumnBatch]:
+    """The table (with label and weight columns added) in blocks of :data:`BLOCK_ROWS`."""
+    for start in range(0, max(table.num_rows, 1), BLOCK_ROWS):
+        part = table.slice(start, BLOCK_ROWS)
+        columns = {name: column.combine_chunks()
+                   for name, column in zip(part.column_names, part.columns)}
+        columns.update({name: pa.array(values[start:start + part.num_rows])
+                        for name, values in extra.items()})
+        yield ColumnBatch(columns, part.num_rows, "X", first_line=None)
+
+
+def default_config(X: Any) -> dict[str, Any]:
+    """A DeepFM configuration for the columns of ``X``: text, boolean and integer columns of
+    few values as hashed id features (2 rows per distinct value), numeric columns as
+    raw features bucketized at their deciles; every feature in the wide, fm and deep groups
+    (embedding_dim 8, deep layers 64 and 32), and examples/deepfm_movielens.yaml's training
+    settings."""
+    table = _table(X)
+    features, names = [], []
+    for name, column in zip(table.column_names, table.columns):
+        distinct = len(pc.unique(column.drop_null()))
+        numeric = pa.types.is_floating(column.type) or (
+            pa.types.is_integer(column.type) and distinct > 64)
+        init = "nn.init.normal_,std=0.01"
+        if numeric:
+            values = column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
+            edges = np.unique(np.quantile(values, np.linspace(0, 1, BUCKETS + 1)[1:-1])
+                              ) if values.size else np.zeros(0)
+            features.append({"raw_feature": {"feature_name": name, "embedding_dim": 8,
+                                             "boundaries": edges.tolist() or [0.0],
+                                             "init_fn": init}})
+        else:
+            features.append({"id_feature": {
+                "feature_name": name, "embedding_dim": 8, "init_fn": init,
+                "hash_bucket_size": max(HASH_ROWS_PER_VALUE * distinct, 8)}})
+        names.append(name)
+    return {
+        "feature_configs": features,
+        "model_config": {
+            "feature_groups": [{"group_name": "wide", "group_type": "WIDE",
+                                "feature_names": names},
+                               {"group_name": "fm", "feature_names": names},
+                               {"group_name": "deep", "feature_names": names}],
+            "deepfm": {"deep": {"hidden_units": [64, 32]}, "wide_embedding_dim": 1}},
+        "train_config": {
+            "sparse_optimizer": {"rowwise_adagrad_optimizer": {"lr": 0.05}},
+            "dense_optimizer": {"adam_optimizer": {"lr": 0.001}}, "num_epochs": 5},
+        "data_config": {"batch_size": 512, "shuffle": True},
+    }
+
+
+class _DeepFMEstimator(BaseEstimator):
+    _regressor = False
+
+    def __init__(self, config: dict | str | Path | None = None, *, num_epochs: int | None = None,
+                 batch_size: int | None = None, random_state: int | None = None,
+                 verbose: bool = False):
+        self.config = config
+        self.num_epochs = num_epochs
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.categorical = True
+        tags.input_tags.allow_nan = True  # a missing value takes the feature's default
+        tags.non_deterministic = False
+        return tags
+
+    def _document(self, table: pa.Table) -> dict[str, Any]:
+        from fmkit.models.deepfm import config as configs
+
+        if self.config is None:
+            document = default_config(table)
+        elif isinstance(self.config, dict):
+            document = copy.deepcopy(self.config)
+        else:
+            document = configs.load_document(self.config)
+        for name in ("train_input_path", "eval_input_path", "model_dir"):
+            document.pop(name, None)
+        data = document.setdefault("data_config", {})
+        data["label_fields"] = [LABEL]
+        data.pop("input_fields", None)
+        train = document.setdefault("train_config", {})
+        for key, value in (("num_epochs", self.num_epochs), ("seed", self.random_state)):
+            if value is not None:
+                train[key] = value
+        if self.num_epochs is not None:
+            train.pop("num_steps", None)
+        if self.batch_size is not None:
+            data["batch_size"] = self.batch_size
+        return document
+
+    def _fit(self, X: Any, y: Any, sample_weight: Any, loss: dict, num_class: int
+             ) -> _DeepFMEstimator:
+        from fmkit.jobs.deepfm import Channel, fit_deepfm
+        from fmkit.models.deepfm import config as configs
+        from fmkit.models.deepfm.model import DeepFMModel
+
+        table = _table(X)
+        if table.num_rows == 0 or table.num_columns == 0:
+            raise ValueError(f"Found array with {table.num_rows} sample(s) and "
+                             f"{table.num_columns} feature(s) while a minimum of 1 is required.")
+        if len(y) != table.num_rows:
+            raise ValueError(f"Found input variables with inconsistent numbers of samples: "
+                             f"[{table.num_rows}, {len(y)}]")
+        document = self._document(table)
+        document.setdefault("model_config", {}).update(losses=[loss], num_class=num_class)
+        extra = {LABEL: np.asarray(y, np.float64)}
+        if sample_weight is not None:
+            document["data_config"]["sample_weight_fields"] = [WEIGHT]
+            extra[WEIGHT] = np.broadcast_to(np.asarray(sample_weight, np.float64),
+                                            (table.num_rows,)).copy()
+        config = configs.parse(document, report_ignored=True)
+        model = DeepFMModel.create(config)
+        channel = Channel("X", lambda: (model.encode(batch, labelled=True)
+                                        for batch in _batches(table, extra)))
+        history = fit_deepfm(model, channel, progress=None if self.verbose else False)
+        self.model_, self.history_ = model, [vars(h) for h in history]
+        self.n_features_in_ = table.num_columns
+        model.estimator = {"n_features_in": table.num_columns}
+        if hasattr(X, "columns"):
+            self.feature_names_in_ = np.array(table.column_names, dtype=object)
+            model.estimator["feature_names_in"] = table.column_names
+        return self
+
+    def _logits(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        table = _table(X)
+        if table.num_columns != self.n_features_in_:
+            raise ValueError(f"X has {table.num_columns} features, but "
+                             f"{type(self).__name__} is expecting {self.n_features_in_} "
+                             f"features as input.")
+        parts = [self.model_.logits(batch) for batch in _batches(table, {})
+                 if batch.n_rows]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted model as a model directory (what ``fmkit train`` writes)."""
+        check_is_fitted(self, "model_")
+        return self.model_.save(path, {"train": self.history_})
+
+
+class DeepFMClassifier(ClassifierMixin, _DeepFMEstimator):
+    """DeepFM for two classes (binary cross entropy, ``predict_proba`` the sigmoid) or more
+    (softmax cross entropy over ``num_class`` outputs)."""
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> DeepFMClassifier:
+        y = np.asarray(y)
+        check_classification_targets(y)
+        self.classes_, encoded = np.unique(y, return_inverse=True)
+        if self.classes_.size < 2:
+            raise ValueError(f"DeepFMClassifier needs 2 or more classes; y has "
+                             f"{self.classes_.size}")
+        if self.classes_.size == 2:
+            loss, num_class = {"binary_cross_entropy": {}}, 1
+        else:
+            loss, num_class = {"softmax_cross_entropy": {}}, int(self.classes_.size)
+        self._fit(X, encoded, sample_weight, loss, num_class)
+        self.model_.estimator["classes"] = self.classes_.tolist()
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        return self._logits(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        logits = self._logits(X)
+        if logits.ndim == 2:
+            return softmax(logits)
+        p = 1.0 / (1.0 + np.exp(-logits))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X: Any) -> np.ndarray:
+        probabilities = self.predict_proba(X)
+        if probabilities.shape[1] == 2:
+            return self.classes_[predicted_labels(probabilities[:, 1]).astype(int)]
+        return self.classes_[np.argmax(probabilities, axis=1)]
+
+
+class DeepFMRegressor(RegressorMixin, _DeepFMEstimator):
+    """DeepFM with the squared loss (TorchEasyRec's ``l2_loss``); ``predict`` is y."""
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> DeepFMRegressor:
+        y = np.asarray(y, dtype=np.float64)
+        if y.ndim != 1 or not np.isfinite(y).all():
+            raise ValueError("y must be a 1D array of finite numbers")
+        return self._fit(X, y, sample_weight, {"l2_loss": {}}, 1)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self._logits(X)
+
+
+def load(path: str | Path) -> DeepFMClassifier | DeepFMRegressor:
+    """A DeepFM model directory (written by ``save`` or ``fmkit train --config``) as a fitted
+    estimator."""
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    model = DeepFMModel.load(path)
+    saved = model.estimator  # what an estimator's save added (else: from the configuration)
+    if model.predictor_type == "regressor":
+        estimator: _DeepFMEstimator = DeepFMRegressor()
+    else:
+        estimator = DeepFMClassifier()
+        classes = saved.get("classes") or list(range(max(model.config.model_config.num_class,
+                                                         2)))
+        estimator.classes_ = np.array(classes)
+    estimator.model_ = model
+    columns = saved.get("feature_names_in") or model.features.input_columns()
+    estimator.n_features_in_ = saved.get("n_features_in", len(columns))
+    if "feature_names_in" in saved or "n_features_in" not in saved:
+        estimator.feature_names_in_ = np.array(columns, dtype=object)
+    estimator.history_ = []
+    return estimator
