@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from scipy.sparse import issparse
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from fmkit.data.columns import ColumnBatch
 from fmkit.models.metrics import predicted_labels, softmax
@@ -37,6 +38,9 @@ HASH_ROWS_PER_VALUE, BUCKETS = 2, 10
 
 def _table(X: Any) -> pa.Table:
     """``X`` as an Arrow table of plain (not dictionary-encoded) columns."""
+    if issparse(X):
+        raise TypeError("Sparse data was passed for X, but dense data is required (DeepFM "
+                        "reads raw columns; for one-hot sparse rows use FMClassifier)")
     if isinstance(X, pa.Table):
         table = X
     elif hasattr(X, "columns") and hasattr(X, "dtypes"):  # a pandas DataFrame
@@ -46,9 +50,14 @@ def _table(X: Any) -> pa.Table:
         array = np.asarray(X)
         if array.ndim != 2:
             raise ValueError(f"Expected a DataFrame, an Arrow table or a 2D array, got an "
-                             f"array of shape {array.shape}")
-        if array.dtype.kind in "fiub" and not np.isfinite(array.astype(np.float64)).all():
-            raise ValueError("Input X contains NaN or infinity.")
+                             f"array of shape {array.shape}. Reshape your data.")
+        if array.shape[1] == 0:
+            raise ValueError(f"Found array with 0 feature(s) (shape={array.shape}) while a "
+                             f"minimum of 1 is required.")
+        if array.dtype.kind == "c":
+            raise ValueError("Complex data not supported")
+        if array.dtype.kind == "f" and np.isinf(array).any():  # (NaN: a missing value)
+            raise ValueError("Input X contains infinity.")
         table = pa.table({f"x{j}": array[:, j] for j in range(array.shape[1])})
     columns = {}
     for name, column in zip(table.column_names, table.columns):
@@ -110,6 +119,13 @@ def default_config(X: Any) -> dict[str, Any]:
     }
 
 
+def _target(y: Any, name: str) -> np.ndarray:
+    """``y`` as a 1-D array (a column vector with scikit-learn's warning)."""
+    if y is None:
+        raise ValueError(f"{name} requires y to be passed, but the target y is None")
+    return column_or_1d(y, warn=True)
+
+
 class _DeepFMEstimator(BaseEstimator):
     _regressor = False
 
@@ -161,9 +177,12 @@ class _DeepFMEstimator(BaseEstimator):
         from fmkit.models.deepfm.model import DeepFMModel
 
         table = _table(X)
-        if table.num_rows == 0 or table.num_columns == 0:
-            raise ValueError(f"Found array with {table.num_rows} sample(s) and "
-                             f"{table.num_columns} feature(s) while a minimum of 1 is required.")
+        if table.num_rows == 0:
+            raise ValueError(f"Found array with 0 sample(s) (shape=(0, {table.num_columns})) "
+                             f"while a minimum of 1 is required.")
+        if table.num_columns == 0:
+            raise ValueError(f"Found array with 0 feature(s) (shape=({table.num_rows}, 0)) "
+                             f"while a minimum of 1 is required.")
         if len(y) != table.num_rows:
             raise ValueError(f"Found input variables with inconsistent numbers of samples: "
                              f"[{table.num_rows}, {len(y)}]")
@@ -174,6 +193,8 @@ class _DeepFMEstimator(BaseEstimator):
             document["data_config"]["sample_weight_fields"] = [WEIGHT]
             extra[WEIGHT] = np.broadcast_to(np.asarray(sample_weight, np.float64),
                                             (table.num_rows,)).copy()
+            if not extra[WEIGHT].sum() > 0:
+                raise ValueError("Sample weights must contain at least one non-zero number.")
         config = configs.parse(document, report_ignored=True)
         model = DeepFMModel.create(config)
         channel = Channel("X", lambda: (model.encode(batch, labelled=True)
@@ -209,12 +230,12 @@ class DeepFMClassifier(ClassifierMixin, _DeepFMEstimator):
     (softmax cross entropy over ``num_class`` outputs)."""
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> DeepFMClassifier:
-        y = np.asarray(y)
+        y = _target(y, type(self).__name__)
         check_classification_targets(y)
         self.classes_, encoded = np.unique(y, return_inverse=True)
         if self.classes_.size < 2:
             raise ValueError(f"DeepFMClassifier needs 2 or more classes; y has "
-                             f"{self.classes_.size}")
+                             f"{self.classes_.size} class")
         if self.classes_.size == 2:
             loss, num_class = {"binary_cross_entropy": {}}, 1
         else:
@@ -244,9 +265,9 @@ class DeepFMRegressor(RegressorMixin, _DeepFMEstimator):
     """DeepFM with the squared loss (TorchEasyRec's ``l2_loss``); ``predict`` is y."""
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> DeepFMRegressor:
-        y = np.asarray(y, dtype=np.float64)
-        if y.ndim != 1 or not np.isfinite(y).all():
-            raise ValueError("y must be a 1D array of finite numbers")
+        y = _target(y, type(self).__name__).astype(np.float64)
+        if not np.isfinite(y).all():
+            raise ValueError("Input y contains NaN or infinity.")
         return self._fit(X, y, sample_weight, {"l2_loss": {}}, 1)
 
     def predict(self, X: Any) -> np.ndarray:
