@@ -44,11 +44,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm import config_files
 from fmkit.jobs.deepfm import train_deepfm
 from fmkit.models.base import load_model
 train, test, threads, batch, out, example = sys.argv[1:7]
 torch.set_num_threads(int(threads))
-config = configs.load(example, [
+config = config_files.load(example, [
     f"train_input_path={json.dumps(train)}", "eval_input_path=",
     f"model_dir={json.dumps(out + '.model')}", "train_config.num_epochs=1",
     f"data_config.batch_size={batch}", "model_config.deepfm.final=null"])

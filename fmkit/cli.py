@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "DeepFM); score the test channel if given; write a model directory.",
                        epilog=TRAIN_EXAMPLE, formatter_class=raw)
     p.add_argument("--config", metavar="FILE",
-                   help="a DeepFM (or FM) configuration file, YAML or JSON, with TorchEasyRec's "
-                        "fields (see docs/deepfm.md); replaces --train/--model-dir")
+                   help="a DeepFM (or FM) configuration file with TorchEasyRec's fields: its "
+                        ".config (protobuf text), YAML or JSON (see docs/deepfm.md)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="PATH=VALUE",
                    help="override a configuration field, e.g. train_config.num_epochs=2 "
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                                      feature_dim=args.feature_dim, index_base=args.index_base)
             log.info("converted %d rows to %s", rows, args.output)
         elif args.command == "config":
-            from fmkit.models.deepfm.prototext import convert_file
+            from fmkit.models.deepfm.config_files import convert_file
 
             text = convert_file(args.file, args.to, args.overrides)
             if args.output:

@@ -147,14 +147,14 @@ class _DeepFMEstimator(BaseEstimator):
         return tags
 
     def _document(self, table: pa.Table) -> dict[str, Any]:
-        from fmkit.models.deepfm import config as configs
+        from fmkit.models.deepfm.config_files import load_document
 
         if self.config is None:
             document = default_config(table)
         elif isinstance(self.config, dict):
             document = copy.deepcopy(self.config)
         else:
-            document = configs.load_document(self.config)
+            document = load_document(self.config)
         for name in ("train_input_path", "eval_input_path", "model_dir"):
             document.pop(name, None)
         data = document.setdefault("data_config", {})

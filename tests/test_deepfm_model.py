@@ -14,6 +14,7 @@ import torch
 from fmkit.data.columns import ColumnBatch, from_instances
 from fmkit.errors import DataError
 from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm import config_files
 from fmkit.models.deepfm.model import DeepFMModel
 from fmkit.models.deepfm.network import factorization_machine
 from tests.deepfm_helpers import fnv1a, small
@@ -203,7 +204,7 @@ def test_config_errors_name_the_field_path():
 
 
 def test_set_overrides_reach_nested_fields_and_lists():
-    document = configs.apply_overrides(small(), [
+    document = config_files.apply_overrides(small(), [
         "model_config.deepfm.deep.hidden_units=[16, 8]",
         "feature_configs[0].id_feature.embedding_dim=4",
         "train_config.num_epochs=3",
@@ -212,7 +213,7 @@ def test_set_overrides_reach_nested_fields_and_lists():
     assert config.model_config.deepfm.deep.hidden_units == [16, 8]
     assert config.train_config.num_epochs == 3
     with pytest.raises(configs.ConfigError, match=r"no element \[9\]"):
-        configs.apply_overrides(small(), ["feature_configs[9].id_feature.embedding_dim=4"])
+        config_files.apply_overrides(small(), ["feature_configs[9].id_feature.embedding_dim=4"])
 
 
 def test_bad_values_name_the_row():

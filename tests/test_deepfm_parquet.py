@@ -14,6 +14,7 @@ import pytest
 from fmkit.errors import DataError
 from fmkit.jobs.deepfm import train_deepfm
 from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm import config_files
 
 from .conftest import REPO, shared_file
 
@@ -39,7 +40,7 @@ def _train(tmp_path, name, train, **sets) -> dict:
                  f"eval_input_path={json.dumps(str(train))}",
                  f"model_dir={json.dumps(str(tmp_path / name))}", "train_config.num_epochs=2",
                  *(f"{k}={v}" for k, v in sets.items())]
-    model, metrics = train_deepfm(configs.load(EXAMPLE, overrides), progress=False)
+    model, metrics = train_deepfm(config_files.load(EXAMPLE, overrides), progress=False)
     return model, metrics["test"]
 
 
@@ -59,7 +60,7 @@ def test_parquet_and_csv_give_the_same_model(tmp_path):
 
 
 def test_list_columns_are_multi_value_features(tmp_path):
-    document = configs.load_document(REPO / "examples" / "deepfm_movielens.yaml")
+    document = config_files.load_document(REPO / "examples" / "deepfm_movielens.yaml")
     config = configs.parse(document)
     from fmkit.models.deepfm.model import DeepFMModel
 

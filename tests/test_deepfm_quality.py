@@ -16,6 +16,7 @@ from fmkit import FMClassifier
 from fmkit.data.movielens import join_ratings
 from fmkit.jobs.deepfm import train_deepfm
 from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm import config_files
 
 from .conftest import REPO, shared_file
 
@@ -139,7 +140,7 @@ def test_deepfm_at_least_matches_fm_on_movielens_100k(tmp_path):
                       factors_init_sigma=0.05, lock_free=0, seed=0)
     auc_fm = roc_auc_score(y_test, fm.fit(X_train, y_train, progress=False)
                            .predict_proba(X_test)[:, 1])
-    config = configs.load(REPO / "examples" / "deepfm_movielens.yaml", [
+    config = config_files.load(REPO / "examples" / "deepfm_movielens.yaml", [
         f"train_input_path={tmp_path / 'ua.base.csv'}",
         f"eval_input_path={tmp_path / 'ua.test.csv'}", f"model_dir={tmp_path / 'model'}"])
     _, metrics = train_deepfm(config, progress=False)

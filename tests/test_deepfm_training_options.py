@@ -238,3 +238,35 @@ def test_grouped_auc_equals_a_loop_over_scikit_learn(tmp_path):
     scores = model.predictions(next(model.read(train)))["score"]
     expected = _grouped_auc_by_loop([r[2] for r in rows], list(scores), [r[0] for r in rows])
     assert result["test"]["grouped_auc_user"] == pytest.approx(expected, rel=1e-9)
+
+
+# ---- optimizers ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, kind, settings", [
+    ("adadelta_optimizer", "Adadelta", {"lr": 0.5, "rho": 0.8}),
+    ("rmsprop_optimizer", "RMSprop", {"lr": 0.01, "alpha": 0.9, "centered": True}),
+    ("sgd_optimizer", "SGD", {"lr": 0.1}),
+])
+def test_dense_optimizers_torcheasyrec_names_are_pytorchs(name, kind, settings):
+    import torch
+
+    from fmkit.train.deepfm_learner import dense_optimizer
+
+    document = {"feature_configs": [], "model_config": {"feature_groups": [], "deepfm": {
+        "deep": {"hidden_units": [1]}}}, "train_config": {"dense_optimizer": {name: settings}}}
+    message = configs.parse(document).train_config.dense_optimizer
+    optimizer = dense_optimizer([torch.nn.Parameter(torch.zeros(2))], message)
+    assert type(optimizer).__name__ == kind
+    group = optimizer.param_groups[0]
+    for key, value in settings.items():
+        assert group[key] == value
+    if kind == "SGD":
+        assert group["momentum"] == 0.9  # TorchEasyRec's default for dense SGD
+
+
+def test_sparse_optimizers_pytorch_cannot_run_sparse_are_refused_with_the_alternatives():
+    document = {"feature_configs": [], "model_config": {"feature_groups": [], "deepfm": {
+        "deep": {"hidden_units": [1]}}}, "train_config": {"sparse_optimizer": {
+            "lamb_optimizer": {"lr": 0.1}}}}
+    with pytest.raises(configs.ConfigError, match=r"train_config\.sparse_optimizer\."
+                                                  r"lamb_optimizer: not supported.*adagrad"):
+        configs.parse(document)

@@ -117,7 +117,7 @@ def test_sagemaker_train_on_two_hosts_makes_one_model(tmp_path):
 def test_deepfm_on_two_processes_matches_one(tmp_path):
     from fmkit.data.movielens import join_ratings
     from fmkit.jobs.deepfm import train_deepfm
-    from fmkit.models.deepfm import config as configs
+    from fmkit.models.deepfm import config_files
 
     from .conftest import REPO
 
@@ -127,7 +127,7 @@ def test_deepfm_on_two_processes_matches_one(tmp_path):
     example = REPO / "examples" / "deepfm_movielens.yaml"
     sets = [f"train_input_path={tmp_path / 'ua.base.csv'}",
             f"eval_input_path={tmp_path / 'ua.test.csv'}", "train_config.num_epochs=1"]
-    _, one = train_deepfm(configs.load(example, [*sets, f"model_dir={tmp_path / 'one'}"]),
+    _, one = train_deepfm(config_files.load(example, [*sets, f"model_dir={tmp_path / 'one'}"]),
                           progress=False)
     two = run_fmkit("train", "--nproc", "2", "--config", example,
                     *(f"--set={s}" for s in [*sets, f"model_dir={tmp_path / 'two'}"]))

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from fmkit.models.deepfm import config as configs
-from fmkit.models.deepfm import prototext
+from fmkit.models.deepfm import config_files, prototext
 
 from .conftest import shared_file
 
@@ -79,7 +79,7 @@ LOWERED = [arg for i in range(13, 39) for arg in (
 def test_torcheasyrec_criteo_configs_parse_field_by_field(tmp_path, variant):
     path = tmp_path / "deepfm_criteo.config"
     path.write_text(criteo_config("train.csv", "model", variant))
-    config = configs.parse(configs.load_document(path))
+    config = configs.parse(config_files.load_document(path))
     assert [c.feature.feature_name for c in config.feature_configs] == (
         [f"int_{i}" for i in range(13)] + [f"cat_{i}" for i in range(26)])
     assert [c.id_feature.num_buckets for c in config.feature_configs[13:]] == CRITEO_BUCKETS
@@ -180,14 +180,14 @@ def test_convert_between_config_yaml_and_json_keeps_the_configuration(tmp_path, 
                       .replace("embedding_dim: 16\n    }\n}\n", 'embedding_dim: 16\n'
                                '        vocab_dict {\n            key: "x"\n'
                                "            value: 5\n        }\n    }\n}\n", 0))
-    original = configs.parse(configs.load_document(source))
+    original = configs.parse(config_files.load_document(source))
     forms = {}
     for form in ("yaml", "json", "config"):
         out = tmp_path / f"converted.{form}"
         code, _, err = cli("config", "convert", source, "--to", form, "-o", out)
         assert code == 0, err
         forms[form] = out
-        again = configs.parse(configs.load_document(out))
+        again = configs.parse(config_files.load_document(out))
         assert again == original
     # and back: YAML -> .config -> the same configuration
     code, text, err = cli("config", "convert", forms["yaml"], "--to", "config")

@@ -263,8 +263,9 @@ def train_config_file(path: str | Path, overrides: list[str] = (), *,
     (TorchEasyRec's fields, see :mod:`fmkit.models.deepfm.config`), or an FM one — the same file
     layout with ``model_config: {fm: {SageMaker hyperparameters}}``."""
     from fmkit.models.deepfm import config as configs
+    from fmkit.models.deepfm import config_files
 
-    document = configs.apply_overrides(configs.load_document(path), list(overrides))
+    document = config_files.apply_overrides(config_files.load_document(path), list(overrides))
     model_config = document.get("model_config")
     if not (isinstance(model_config, dict) and "fm" in model_config):
         from fmkit.jobs.deepfm import train_deepfm

@@ -249,12 +249,13 @@ class DeepFMSearch:
 
     def __init__(self, settings: TuneSettings):
         from fmkit.models.deepfm import config as configs
+        from fmkit.models.deepfm import config_files
         from fmkit.models.deepfm.model import predictor_type
 
         self.settings = settings
         # the file with the fixed --set overrides applied, read once; trials copy it
-        self.base = configs.apply_overrides(configs.load_document(settings.config),
-                                            [f"{k}={v}" for k, v in settings.fixed.items()])
+        self.base = config_files.apply_overrides(config_files.load_document(settings.config),
+                                                 [f"{k}={v}" for k, v in settings.fixed.items()])
         self.config = configs.parse(self._document({}))
         self.predictor_type = predictor_type(self.config)
         if (settings.validation_fraction is not None
@@ -291,10 +292,10 @@ class DeepFMSearch:
 
     def _document(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of the base document with ``fields`` set (``--set`` reads JSON values)."""
-        from fmkit.models.deepfm import config as configs
+        from fmkit.models.deepfm import config_files
 
-        return configs.apply_overrides(copy.deepcopy(self.base),
-                                       [f"{k}={json.dumps(v)}" for k, v in fields.items()])
+        return config_files.apply_overrides(copy.deepcopy(self.base),
+                                            [f"{k}={json.dumps(v)}" for k, v in fields.items()])
 
     def _channels(self, work: Path) -> tuple[str, str]:
         s = self.settings

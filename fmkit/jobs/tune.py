@@ -373,7 +373,7 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
     if timeout is not None and not timeout > 0:
         raise HyperparameterError(f"--timeout must be > 0 seconds, got {timeout}")
     if config is not None and train is None:
-        from fmkit.models.deepfm.config import load_document
+        from fmkit.models.deepfm.config_files import load_document
 
         train = load_document(config).get("train_input_path")
     if not train:

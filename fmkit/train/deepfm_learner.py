@@ -2,9 +2,10 @@
 
 As TorchEasyRec does, embedding tables get the sparse optimizer (``sgd``, ``adagrad``,
 ``rowwise_adagrad`` or ``adam`` — lazy Adam; see :mod:`fmkit.train.embedding_optimizers`) and every
-other parameter the dense one (``adam``, ``adamw``, ``adagrad``, or ``sgd`` with TorchEasyRec's
-momentum 0.9), each with its own learning rate. The input is streamed: blocks of rows are read and
-encoded on a background thread while the previous block trains.
+other parameter the dense one (``adam``, ``adamw``, ``adagrad``, ``adadelta``, ``rmsprop``, or
+``sgd`` with TorchEasyRec's momentum 0.9), each with its own learning rate. The input is
+streamed: blocks of rows are read and encoded on a background thread while the previous block
+trains.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def dense_optimizer(params: list[torch.Tensor], message: DenseOptimizer) -> torc
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=s.lr, weight_decay=s.weight_decay,
                                    initial_accumulator_value=s.initial_accumulator_value)
+    if name == "adadelta":
+        return torch.optim.Adadelta(params, lr=s.lr, rho=s.rho, weight_decay=s.weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=s.lr, alpha=s.alpha, weight_decay=s.weight_decay,
+                                   momentum=s.momentum or 0.0, centered=s.centered)
     kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
     return kind(params, lr=s.lr, betas=(s.beta1, s.beta2), weight_decay=s.weight_decay)
 

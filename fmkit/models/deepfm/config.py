@@ -20,8 +20,6 @@ of the ones users meet most.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import re
 import types
 import typing
@@ -304,6 +302,9 @@ class OptimizerSettings:
     weight_decay: float = 0.0
     initial_accumulator_value: float = 0.0
     momentum: float | None = None  # dense SGD: TorchEasyRec's default is 0.9
+    rho: float = 0.9  # dense adadelta
+    alpha: float = 0.99  # dense rmsprop
+    centered: bool = False  # dense rmsprop
     gradient_clipping: bool | None = ignored()
     max_gradient: float | None = ignored()
 
@@ -366,13 +367,15 @@ class DenseOptimizer:
     adagrad_optimizer: OptimizerSettings | None = None
     adam_optimizer: OptimizerSettings | None = None
     adamw_optimizer: OptimizerSettings | None = None
+    adadelta_optimizer: OptimizerSettings | None = None
+    rmsprop_optimizer: OptimizerSettings | None = None
     constant_learning_rate: Constant | None = None
     exponential_decay_learning_rate: ExponentialDecay | None = None
     manual_step_learning_rate: ManualStep | None = None
     cosine_annealing_learning_rate: CosineAnnealing | None = None
 
     ONEOF: typing.ClassVar = ("sgd_optimizer", "adagrad_optimizer", "adam_optimizer",
-                              "adamw_optimizer")
+                              "adamw_optimizer", "adadelta_optimizer", "rmsprop_optimizer")
 
 
 @dataclass
@@ -498,6 +501,10 @@ INSTEAD = {
     "negative_sampler": "samplers are for matching models, not DeepFM",
     "cosine_annealing_warm_restarts_learning_rate": "use cosine_annealing_learning_rate",
     "binary_focal_loss": "use binary_cross_entropy",
+    **{name: "PyTorch has no sparse-gradient version of it: use adagrad_optimizer, "
+             "rowwise_adagrad_optimizer, adam_optimizer (lazy) or sgd_optimizer" for name in (
+        "lars_sgd_optimizer", "lamb_optimizer", "partial_rowwise_lamb_optimizer",
+        "partial_rowwise_adam_optimizer", "adadelta_optimizer", "rmsprop_optimizer")},
     "jrc_loss": "use binary_cross_entropy or softmax_cross_entropy",
     **{name: _FEATURE_TYPES for name in (
         "match_feature", "overlap_feature", "tokenize_feature", "custom_feature",
@@ -779,98 +786,3 @@ def to_document(config: EasyRecConfig, minimal: bool = False) -> dict[str, Any]:
         return value
 
     return plain(config)
-
-
-@functools.cache
-def _yaml_loader() -> type:
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        """YAML without aliases: ``*name`` can expand a few bytes into billions of nodes (an
-        "alias bomb" hangs whatever walks the document), and configurations need none."""
-
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
-                raise yaml.composer.ComposerError(
-                    None, None, f"YAML aliases (*{event.anchor}) are not supported in a "
-                    "configuration: write the values out", event.start_mark)
-            return super().compose_node(parent, index)
-
-    return Loader
-
-
-def load_document(path: str | Path) -> dict[str, Any]:
-    """A configuration file as plain data: protobuf text (TorchEasyRec's ``.config``), JSON or
-    YAML, told apart by content."""
-    import yaml
-
-    from fmkit.models.deepfm import prototext
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the configuration: "
-                          f"{getattr(e, 'strerror', None) or e}") from None
-    if prototext.looks_like_prototext(text):
-        return prototext.parse_text(text, str(path))
-    kind = "JSON" if text.lstrip().startswith("{") else "YAML"
-    try:
-        document = json.loads(text) if kind == "JSON" else yaml.load(text, _yaml_loader())
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply") from None
-    except (ValueError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: not valid {kind} (nor protobuf text, TorchEasyRec's "
-                          f".config form): {e}") from None
-    if not isinstance(document, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return document
-
-
-def apply_overrides(document: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
-    """``--set path=value`` overrides: ``train_config.num_epochs=2``,
-    ``feature_configs[0].id_feature.embedding_dim=8``; values are YAML scalars or lists, or
-    else taken as text."""
-    import yaml
-
-    for assignment in assignments:
-        path, sep, text = assignment.partition("=")
-        if not sep or not path:
-            raise ConfigError(f"--set: expected path=value, got {assignment!r}")
-        keys: list[str | int] = []
-        for part in path.strip().split("."):
-            match = re.fullmatch(r"([A-Za-z_]\w*)((?:\[\d+\])*)", part)
-            if not match:
-                raise ConfigError(f"--set {path}: cannot read {part!r} as a field name")
-            keys.append(match.group(1))
-            keys.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
-        target: Any = document
-        for key, next_key in zip(keys, keys[1:]):
-            if isinstance(key, int):
-                if not isinstance(target, list) or key >= len(target):
-                    raise ConfigError(f"--set {path}: no element [{key}]")
-                target = target[key]
-            else:
-                if not isinstance(target, dict):
-                    raise ConfigError(f"--set {path}: {key} is not inside a mapping")
-                target = target.setdefault(key, [] if isinstance(next_key, int) else {})
-        last = keys[-1]
-        try:
-            value = yaml.load(text, _yaml_loader()) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text  # not YAML (e.g. "," or "\t"): the text itself
-        if isinstance(last, int):
-            if not isinstance(target, list) or last >= len(target):
-                raise ConfigError(f"--set {path}: no element [{last}]")
-            target[last] = value
-        elif isinstance(target, dict):
-            target[last] = value
-        else:
-            raise ConfigError(f"--set {path}: {last} is not inside a mapping")
-    return document
-
-
-def load(path: str | Path, assignments: list[str] = ()) -> EasyRecConfig:
-    """Read, override and check a configuration file."""
-    return parse(apply_overrides(load_document(path), list(assignments)), report_ignored=True)

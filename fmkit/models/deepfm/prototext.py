@@ -205,20 +205,3 @@ def format_text(config: configs.EasyRecConfig) -> str:
     _fill(message, configs.to_document(config, minimal=True))
     return text_format.MessageToString(message)
 
-
-def convert_file(path: str, to: str, overrides: list[str] = ()) -> str:
-    """``fmkit config convert``: a configuration file (any form) checked and written as
-    ``to`` — ``config`` (protobuf text), ``yaml`` or ``json`` — with the fields that differ
-    from their defaults, so that reading the result gives the same configuration."""
-    import json
-
-    import yaml
-
-    config = configs.parse(configs.apply_overrides(configs.load_document(path), list(overrides)),
-                           report_ignored=True)
-    if to == "config":
-        return format_text(config)
-    document = configs.to_document(config, minimal=True)
-    if to == "json":
-        return json.dumps(document, indent=2) + "\n"
-    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
