@@ -702,8 +702,9 @@ def _check_model(model: ModelConfig) -> None:
 
 
 _LOCAL_FILES = ("export the table to CSV or Parquet files and point the configuration at them: "
-                "--set train_input_path=FILE --set eval_input_path=FILE "
-                "--set data_config.dataset_type=CsvDataset (or ParquetDataset)")
+                "fmkit train --config ... --train FILE --test FILE (or --set "
+                "train_input_path=FILE --set eval_input_path=FILE) --set "
+                "data_config.dataset_type=CsvDataset (or ParquetDataset)")
 
 
 def _check_data(config: EasyRecConfig) -> None:
