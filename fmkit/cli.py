@@ -222,6 +222,28 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  fmkit sagemaker train\n  fmkit sagemaker serve")
     p.add_argument("mode", choices=("train", "serve"))
 
+    p = sub.add_parser("recommend", help="top-k items per context from an FM or FFM",
+                       description="The k best items of a catalogue for each context row, "
+                       "exactly (the FM score splits into context and item parts: one inner "
+                       "product per pair). Rows are JSON Lines {\"id\", \"keys\", "
+                       "\"values\"[, \"fields\"]} or libsvm/libffm with the id as label. "
+                       "'fmkit recommend index' prepares the items once, beside the model "
+                       "(the server's POST /recommend uses it).",
+                       epilog="examples:\n  fmkit recommend index --model-dir model --items "
+                       "items.jsonl\n  fmkit recommend --model-dir model --context users.jsonl "
+                       "--k 10 --exclude seen.jsonl", formatter_class=raw)
+    p.add_argument("action", nargs="?", choices=("index",),
+                   help="index: write the item catalogue into the model directory")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--items", help="candidate items (default: the model's catalogue)")
+    p.add_argument("--context", help="contexts (queries): one row each")
+    p.add_argument("--k", type=int, default=10, help="items per context (default 10)")
+    p.add_argument("--exclude", metavar="FILE", help='JSON Lines {"id": query id, "items": '
+                   '[item ids]}: items a query must not get (e.g. already seen)')
+    p.add_argument("--output", help="JSON Lines {\"id\", \"items\", \"scores\"} (default: "
+                   "stdout)")
+    _add_quiet(p)
+
     p = sub.add_parser("config", help="convert a DeepFM configuration between TorchEasyRec's "
                        ".config (protobuf text), YAML and JSON",
                        description="Check a DeepFM configuration and write it in another "
@@ -389,6 +411,23 @@ def main(argv: list[str] | None = None) -> int:
                                      target_format=args.target_format,
                                      feature_dim=args.feature_dim, index_base=args.index_base)
             log.info("converted %d rows to %s", rows, args.output)
+        elif args.command == "recommend":
+            from fmkit.jobs import recommend
+
+            if args.action == "index":
+                if not args.items:
+                    raise HyperparameterError("recommend index needs --items FILE")
+                count = recommend.index_items(args.model_dir, args.items)
+                log.info("item catalogue of %d items written to %s/%s", count, args.model_dir,
+                         recommend.ITEMS_DIR)
+            else:
+                if not args.context:
+                    raise HyperparameterError("recommend needs --context FILE (or the action "
+                                              "'index' with --items)")
+                count = recommend.recommend_files(args.model_dir, args.context, args.k,
+                                                  items=args.items, exclude=args.exclude,
+                                                  output=args.output)
+                log.info("recommended for %d contexts", count)
         elif args.command == "config":
             from fmkit.models.deepfm.config_files import convert_file
 

@@ -114,14 +114,17 @@ def _collector_paused() -> Iterator[None]:
 
 
 def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
-               body_timeout: float = DEFAULT_BODY_TIMEOUT) -> Starlette:
+               body_timeout: float = DEFAULT_BODY_TIMEOUT, catalogue: Any = None) -> Starlette:
     """The ASGI app serving ``model`` (an FM or a DeepFM model).
 
     Requests larger than ``INLINE_BYTES`` are decoded and scored on one thread beside the
     event loop (the compiled kernels and PyTorch release the GIL), so ``/ping`` answers while
     a large request is scored and uvicorn's supervisor never finds a worker unresponsive; one
     thread, because the kernels already use every core for a large request. Small requests
-    are scored on the loop: the hand-off would cost more than they take."""
+    are scored on the loop: the hand-off would cost more than they take.
+
+    ``catalogue`` (an FM's prepared items, :class:`fmkit.models.fm.recommend.Catalogue`)
+    enables ``POST /recommend`` (:func:`fmkit.jobs.recommend.recommend_request`)."""
     limit = int(max_payload_mb * 1024 * 1024)
     decode = model.request_decoder()
     scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fmkit-score")
@@ -129,25 +132,45 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
     def score(body: bytes, kind: str, accept: str) -> bytes:
         return codecs.encode_response(model.predictions(decode(body, kind)), accept)
 
-    def score_large(body: bytes, kind: str, accept: str) -> bytes:
+    def paused(work, body: bytes):
         with _collector_paused():
-            return score(body, kind, accept)
+            return work(body)
 
     async def ping(request: Request) -> Response:
         return Response(status_code=200)
 
+    def recommend(body: bytes) -> bytes:
+        from fmkit.jobs.recommend import recommend_request
+
+        if catalogue is None:
+            raise codecs.RequestError("this server has no item catalogue: write one with "
+                                      "fmkit recommend index --model-dir DIR --items FILE "
+                                      "(an FM or field-aware FM)", 404)
+        return recommend_request(model, catalogue, body)
+
     async def invocations(request: Request) -> Response:
+        return await answer(request, lambda body: score_request(request, body))
+
+    async def recommendations(request: Request) -> Response:
+        return await answer(request, lambda body: (recommend(body), codecs.JSON))
+
+    def score_request(request: Request, body: bytes) -> tuple[bytes, str]:
+        kind = codecs.request_type(request.headers.get("content-type"))
+        accept = codecs.response_type(request.headers.get("accept"))
+        return score(body, kind, accept), accept
+
+    async def answer(request: Request, work) -> Response:
+        """Read the body, run ``work`` on it (on the scoring thread when it is large), answer
+        its payload, or a 4xx naming the problem."""
         try:
             # the body first: an answer never leaves it unread
             body = await _read_body(request, limit, body_timeout)
-            kind = codecs.request_type(request.headers.get("content-type"))
-            accept = codecs.response_type(request.headers.get("accept"))
             if len(body) <= INLINE_BYTES:  # a millisecond at most: no thread hand-off
-                payload = score(body, kind, accept)
+                payload, media_type = work(body)
             else:
-                payload = await asyncio.get_running_loop().run_in_executor(
-                    scorer, score_large, body, kind, accept)
-            return Response(payload, media_type=accept)
+                payload, media_type = await asyncio.get_running_loop().run_in_executor(
+                    scorer, paused, work, body)
+            return Response(payload, media_type=media_type)
         except codecs.RequestError as e:
             log.warning("%d for %s %s: %s", e.status, request.method, request.url.path, e)
             # unread body bytes must not be taken for the next request on the connection
@@ -178,6 +201,7 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
     return Starlette(routes=[
         Route("/ping", ping, methods=["GET"]),
         Route("/invocations", invocations, methods=["POST"]),
+        Route("/recommend", recommendations, methods=["POST"]),
         Route("/execution-parameters", execution_parameters, methods=["GET"]),
     ], lifespan=lifespan)
 
@@ -186,7 +210,23 @@ def app_from_environment() -> Starlette:
     """The app for ``$FMKIT_MODEL_DIR`` (uvicorn's factory, one call per worker process)."""
     model = load_model(os.environ[MODEL_DIR_ENV])
     return create_app(model, float(os.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB)),
-                      float(os.environ.get(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT)))
+                      float(os.environ.get(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT)),
+                      catalogue_of_directory(os.environ[MODEL_DIR_ENV]))
+
+
+def catalogue_of_directory(model_dir: str) -> Any:
+    """The item catalogue ``fmkit recommend index`` kept in a model directory, or None."""
+    from pathlib import Path
+
+    from fmkit.jobs.recommend import ITEMS_DIR
+    from fmkit.models import artifact
+
+    directory = artifact.resolve(model_dir) / ITEMS_DIR
+    if not Path(directory).is_dir():
+        return None
+    from fmkit.models.fm.recommend import Catalogue
+
+    return Catalogue.load(directory)
 
 
 def default_port() -> int:

@@ -1,0 +1,126 @@
+"""``fmkit recommend``: top-k items per context from an FM or FFM model directory.
+
+Items and contexts are rows with ids (:mod:`fmkit.data.id_rows`); the items are prepared
+once into a catalogue (``fmkit recommend index`` keeps it in ``MODEL_DIR/items/``, where the
+server finds it) or on the fly from ``--items``. The search itself is
+:mod:`fmkit.models.fm.recommend`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmkit import files
+from fmkit.data.id_rows import read_id_rows
+from fmkit.errors import ArtifactError, DataError
+from fmkit.models import artifact
+from fmkit.models.fm.model import FMModel
+from fmkit.models.fm.recommend import Catalogue, top_k
+
+ITEMS_DIR = "items"
+
+
+def load_fm(model_dir: str | Path) -> FMModel:
+    if artifact.model_type(model_dir) not in (None, "fm"):
+        raise ArtifactError(f"{model_dir}: recommend takes an FM or field-aware FM model "
+                            "(a DeepFM's score does not split into context and item parts)")
+    return FMModel.load(model_dir)
+
+
+def index_items(model_dir: str | Path, items: str | Path) -> int:
+    """``fmkit recommend index``: the catalogue of ``items`` written beside the model;
+    returns the item count."""
+    model = load_fm(model_dir)
+    ids, batch = read_id_rows(items, model.feature_dim, model.num_fields)
+    catalogue = Catalogue.of(model, ids, batch)
+    catalogue.save(artifact.resolve(model_dir) / ITEMS_DIR)
+    return len(ids)
+
+
+def catalogue_of(model: FMModel, model_dir: str | Path, items: str | Path | None) -> Catalogue:
+    """The catalogue of ``items``, else the one ``fmkit recommend index`` kept."""
+    if items is not None:
+        return Catalogue.of(model, *read_id_rows(items, model.feature_dim, model.num_fields))
+    directory = artifact.resolve(model_dir) / ITEMS_DIR
+    if not directory.is_dir():
+        raise ArtifactError(f"{model_dir}: no item catalogue; give --items FILE or write one "
+                            f"with fmkit recommend index --model-dir {model_dir} --items FILE")
+    return Catalogue.load(directory)
+
+
+def exclusions(path: str | Path | None, query_ids: list[Any], catalogue: Catalogue
+               ) -> list[np.ndarray] | None:
+    """Per query, the catalogue positions of the items ``path`` (JSON Lines ``{"id": query,
+    "items": [item ids]}``) excludes for it; unknown item ids are ignored."""
+    if path is None:
+        return None
+    position = {json.dumps(i): n for n, i in enumerate(catalogue.ids)}
+    seen: dict[str, list[int]] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            items = record["items"]
+            key = json.dumps(record["id"])
+        except (ValueError, KeyError, TypeError):
+            raise DataError(str(path), number, 'expected {"id": query id, "items": [item '
+                            'ids]}') from None
+        if not isinstance(items, list):
+            raise DataError(str(path), number, '"items" must be a list of item ids')
+        seen.setdefault(key, []).extend(position[json.dumps(i)] for i in items
+                                        if json.dumps(i) in position)
+    return [np.array(seen.get(json.dumps(q), []), np.int64) for q in query_ids]
+
+
+def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
+                    items: str | Path | None = None, exclude: str | Path | None = None,
+                    output: str | Path | None = None) -> int:
+    """``fmkit recommend``: JSON Lines ``{"id", "items", "scores"}`` per context (scores are
+    y_hat), to ``output`` or stdout; returns the number of contexts."""
+    model = load_fm(model_dir)
+    catalogue = catalogue_of(model, model_dir, items)
+    ids, batch = read_id_rows(contexts, model.feature_dim, model.num_fields)
+    found = top_k(model, catalogue, batch, k, exclusions(exclude, ids, catalogue))
+    with files.output_stream(output) as out:
+        for query, (positions, scores) in zip(ids, found):
+            out.write((json.dumps({"id": query, "items": [catalogue.ids[p] for p in positions],
+                                   "scores": scores.tolist()}) + "\n").encode())
+    return len(ids)
+
+
+def recommend_request(model: FMModel, catalogue: Catalogue, body: bytes) -> bytes:
+    """The server's ``POST /recommend``: ``{"instances": [{"id", "keys", "values"[, "fields"],
+    "exclude": [item ids]}], "k": 10}`` in, ``{"recommendations": [{"id", "items",
+    "scores"}]}`` out (an instance's id defaults to its position)."""
+    from fmkit.data import codecs
+    from fmkit.data.id_rows import rows_of
+
+    try:
+        document = codecs.strict_json(body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise codecs.RequestError(f"the body is not UTF-8 text (byte {e.start})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("instances"), list):
+        raise codecs.RequestError('expected {"instances": [{"keys": [...], "values": [...]}], '
+                                  '"k": K}')
+    instances, k = document["instances"], document.get("k", 10)
+    if type(k) is not int or k <= 0:
+        raise codecs.RequestError(f'"k" must be a positive integer, got {k!r}')
+    ids, batch = rows_of([(None, i) for i in instances], model.feature_dim, model.num_fields,
+                         "request")
+    position = {json.dumps(i): n for n, i in enumerate(catalogue.ids)}
+    exclude = []
+    for number, instance in enumerate(instances, start=1):
+        items = instance.get("exclude", []) if isinstance(instance, dict) else []
+        if not isinstance(items, list):
+            raise codecs.RequestError(f'instance {number}: "exclude" must be a list of item ids')
+        exclude.append(np.array([position[json.dumps(i)] for i in items
+                                 if json.dumps(i) in position], np.int64))
+    found = top_k(model, catalogue, batch, k, exclude)
+    answer = [{"id": query, "items": [catalogue.ids[p] for p in positions],
+               "scores": scores.tolist()} for query, (positions, scores) in zip(ids, found)]
+    return json.dumps({"recommendations": answer}).encode()

@@ -1,0 +1,206 @@
+"""Top-k recommendations equal brute force: scoring every (context, item) row with ``fmkit
+predict`` and sorting (ties: the earlier item first), on MovieLens 100k with side features
+(an FM) and on planted field-aware data (an FFM); the server's ``/recommend`` equals the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fmkit.data.movielens import AGES
+from fmkit.jobs.fm import predict_files, train_files
+from fmkit.models.fm.planted import planted_ctr
+
+from .conftest import shared_file
+
+USERS, ITEMS, GENRES, OCCUPATIONS = 943, 1682, 19, 21
+# features: user one-hot, item one-hot, then side features of users (age band, gender,
+# occupation) and items (genres)
+ITEM0, AGE0 = USERS, USERS + ITEMS
+GENDER0 = AGE0 + len(AGES) + 1
+OCCUPATION0 = GENDER0 + 2
+GENRE0 = OCCUPATION0 + OCCUPATIONS
+FEATURES = GENRE0 + GENRES
+
+
+def _lines(path, encoding: str = "utf-8") -> list[str]:
+    with open(path, encoding=encoding) as f:
+        return f.read().splitlines()
+
+
+def _movielens():
+    directory = shared_file("movielens_100k", "u.data").parent
+    occupations = [line.strip() for line in _lines(directory / "u.occupation")]
+    users = {}
+    for line in _lines(directory / "u.user", "latin-1"):
+        user, age, gender, occupation, _ = line.rstrip("\n").split("|")
+        users[int(user)] = [USERS + ITEMS + int(np.searchsorted(AGES, int(age), "right")),
+                            GENDER0 + (gender == "F"), OCCUPATION0 + occupations.index(occupation)]
+    items = {}
+    for line in _lines(directory / "u.item", "latin-1"):
+        fields = line.rstrip("\n").split("|")
+        items[int(fields[0])] = [GENRE0 + g for g, flag in enumerate(fields[5:]) if flag == "1"]
+    return directory, users, items
+
+
+@pytest.fixture(scope="module")
+def movielens_fm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recommend")
+    directory, users, items = _movielens()
+    lines, seen = [], {}
+    for line in _lines(directory / "ua.base"):
+        user, item, rating, _ = map(int, line.split("\t"))
+        keys = sorted([user - 1, ITEM0 + item - 1, *users[user], *items[item]])
+        lines.append(f"{rating} " + " ".join(f"{k}:1" for k in keys))
+        seen.setdefault(user, []).append(item)
+    (root / "train.svm").write_text("\n".join(lines) + "\n")
+    train_files({"feature_dim": FEATURES, "num_factors": 8, "predictor_type": "regressor",
+                 "epochs": 2, "mini_batch_size": 1000}, str(root / "train.svm"),
+                str(root / "model"), progress=False)
+    catalogue = [{"id": item, "keys": sorted([ITEM0 + item - 1, *items[item]])}
+                 for item in range(1, ITEMS + 1)]
+    (root / "items.jsonl").write_text("\n".join(map(json.dumps, catalogue)) + "\n")
+    rng = np.random.default_rng(0)
+    contexts = [{"id": int(u), "keys": sorted([int(u) - 1, *users[int(u)]])}
+                for u in rng.choice(np.arange(1, USERS + 1), 30, replace=False)]
+    (root / "contexts.jsonl").write_text("\n".join(map(json.dumps, contexts)) + "\n")
+    (root / "seen.jsonl").write_text("\n".join(
+        json.dumps({"id": c["id"], "items": seen.get(c["id"], [])}) for c in contexts) + "\n")
+    return root, catalogue, contexts, seen
+
+
+def _brute_force(root, catalogue, contexts, libffm: bool = False) -> np.ndarray:
+    """y_hat (or score) of every (context, item) row, by fmkit predict: [contexts, items]."""
+    def tokens(row):
+        if libffm:
+            return [f"{f}:{k}:{v}" for f, k, v in zip(row["fields"], row["keys"],
+                                                      row.get("values", [1] * len(row["keys"])))]
+        return [f"{k}:{v}" for k, v in zip(row["keys"], row.get("values",
+                                                                [1] * len(row["keys"])))]
+
+    rows = [" ".join(["0", *tokens(c), *tokens(i)]) for c in contexts for i in catalogue]
+    (root / "pairs.txt").write_text("\n".join(rows) + "\n")
+    predict_files(str(root / "model"), str(root / "pairs.txt"), str(root / "pairs.jsonl"),
+                  fmt="libffm" if libffm else "libsvm")
+    scores = [json.loads(line)["score"] for line in _lines(root / "pairs.jsonl")]
+    return np.array(scores).reshape(len(contexts), len(catalogue))
+
+
+def _expected_top_k(scores: np.ndarray, k: int, excluded=()) -> list[int]:
+    """Positions of the k best, ties broken by position, by a plain sort."""
+    candidates = [p for p in range(scores.size) if p not in set(excluded)]
+    return sorted(candidates, key=lambda p: (-scores[p], p))[:k]
+
+
+def _check(found: dict, scores: np.ndarray, k: int, ids: list, excluded=(),
+           exact_scores: bool = True) -> None:
+    position = {item: n for n, item in enumerate(ids)}
+    expected = _expected_top_k(scores, k, [position[i] for i in excluded])
+    got = [position[i] for i in found["items"]]
+    if got != expected:  # only ties within float32 rounding may differ
+        assert np.allclose(scores[got], scores[expected], rtol=0, atol=1e-5), (got, expected)
+    if exact_scores:
+        np.testing.assert_allclose(found["scores"], scores[got], rtol=1e-5, atol=1e-5)
+
+
+def test_fm_top_k_equals_scoring_every_item_with_predict(movielens_fm, cli):
+    root, catalogue, contexts, seen = movielens_fm
+    scores = _brute_force(root, catalogue, contexts)
+    code, _, err = cli("recommend", "--model-dir", root / "model", "--items",
+                       root / "items.jsonl", "--context", root / "contexts.jsonl", "--k", 10,
+                       "--output", root / "top.jsonl", "--quiet")
+    assert code == 0, err
+    found = [json.loads(line) for line in _lines(root / "top.jsonl")]
+    ids = [c["id"] for c in catalogue]
+    assert [f["id"] for f in found] == [c["id"] for c in contexts]
+    for row, answer in enumerate(found):
+        assert len(answer["items"]) == 10
+        _check(answer, scores[row], 10, ids)
+
+    # the same from the kept catalogue, without what each user rated already
+    code, _, err = cli("recommend", "index", "--model-dir", root / "model", "--items",
+                       root / "items.jsonl", "--quiet")
+    assert code == 0, err
+    code, _, err = cli("recommend", "--model-dir", root / "model", "--context",
+                       root / "contexts.jsonl", "--k", 20, "--exclude", root / "seen.jsonl",
+                       "--output", root / "unseen.jsonl", "--quiet")
+    assert code == 0, err
+    for row, line in enumerate(_lines(root / "unseen.jsonl")):
+        answer = json.loads(line)
+        assert not set(answer["items"]) & set(seen.get(contexts[row]["id"], []))
+        _check(answer, scores[row], 20, ids, seen.get(contexts[row]["id"], []))
+
+
+def test_the_server_recommends_what_the_cli_does(movielens_fm, cli, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from fmkit.serve import app as server
+
+    root, catalogue, contexts, seen = movielens_fm
+    cli("recommend", "index", "--model-dir", root / "model", "--items", root / "items.jsonl",
+        "--quiet")
+    code, _, err = cli("recommend", "--model-dir", root / "model", "--context",
+                       root / "contexts.jsonl", "--k", 5, "--exclude", root / "seen.jsonl",
+                       "--output", root / "cli.jsonl", "--quiet")
+    assert code == 0, err
+    expected = [json.loads(line) for line in _lines(root / "cli.jsonl")]
+    monkeypatch.setenv(server.MODEL_DIR_ENV, str(root / "model"))
+    with TestClient(server.app_from_environment()) as client:
+        instances = [{**c, "exclude": seen.get(c["id"], [])} for c in contexts]
+        response = client.post("/recommend", json={"instances": instances, "k": 5})
+        assert response.status_code == 200, response.text
+        assert response.json()["recommendations"] == expected
+        for body, problem in (({"instances": [{"keys": [10 ** 6]}]}, "feature_dim"),
+                              ({"instances": [{"keys": [1, 1]}]}, "twice"),
+                              ({"instances": [{"keys": [ITEM0]}]}, "contexts and items"),
+                              ({"instances": [], "k": 0}, "positive"),
+                              ({"rows": []}, "instances")):
+            response = client.post("/recommend", json=body)
+            assert response.status_code == 400 and problem in response.text, response.text
+
+
+def test_ffm_top_k_equals_scoring_every_item_with_predict(tmp_path, cli):
+    data = planted_ctr(4000, [30, 20, 10, 8], seed=5, field_aware=True)
+    (tmp_path / "train.ffm").write_text("\n".join(data.libffm_lines()) + "\n")
+    code, _, err = cli("train", "--train", tmp_path / "train.ffm", "--model-dir",
+                       tmp_path / "model", "--quiet", "model_type=ffm",
+                       f"feature_dim={data.X.shape[1]}", "num_factors=4",
+                       "predictor_type=binary_classifier", "epochs=2")
+    assert code == 0, err
+    # context: fields 0 and 1; items: fields 2 and 3 (the planted data's field offsets)
+    offsets = np.cumsum([0, 30, 20, 10, 8])
+    rng = np.random.default_rng(1)
+    catalogue = [{"id": f"i{a}-{b}", "keys": [int(offsets[2] + a), int(offsets[3] + b)],
+                  "fields": [2, 3], "values": [1.0, round(float(rng.uniform(0.5, 2)), 3)]}
+                 for a in range(10) for b in range(8)]
+    contexts = [{"id": n, "keys": [int(rng.integers(30)), int(offsets[1] + rng.integers(20))],
+                 "fields": [0, 1]} for n in range(12)]
+    for name, rows in (("items.jsonl", catalogue), ("contexts.jsonl", contexts)):
+        (tmp_path / name).write_text("\n".join(map(json.dumps, rows)) + "\n")
+    scores = _brute_force(tmp_path, catalogue, contexts, libffm=True)
+    code, out, err = cli("recommend", "--model-dir", tmp_path / "model", "--items",
+                         tmp_path / "items.jsonl", "--context", tmp_path / "contexts.jsonl",
+                         "--k", 7, "--quiet")
+    assert code == 0, err
+    found = [json.loads(line) for line in out.splitlines()]
+    for row, answer in enumerate(found):
+        # predict's scores are sigmoid(y_hat): same order, compared as y_hat
+        y_hat = np.log(scores[row] / (1 - scores[row]))
+        _check(answer, y_hat, 7, [c["id"] for c in catalogue], exact_scores=False)
+        np.testing.assert_allclose(1 / (1 + np.exp(-np.array(answer["scores"]))),
+                                   np.sort(scores[row])[::-1][:7], rtol=1e-5)
+
+
+def test_bad_rows_are_one_line_naming_file_and_line(movielens_fm, cli, tmp_path):
+    root = movielens_fm[0]
+    for text, problem in (('{"id": 1, "keys": [3, 99999999]}', ":2: key '99999999'"),
+                          ('{"id": 1, "keys": [3], "values": [NaN]}',
+                           ":2: value 'nan' is not a finite number"),
+                          ('{"id": 1, "keys": [3], "values": ["x"]}', ":2: value 'x'"),
+                          ('{"id": 1, "keys": [3, 3]}', ":2: a key appears twice")):
+        (tmp_path / "q.jsonl").write_text('{"id": 0, "keys": [1]}\n' + text + "\n")
+        code, _, err = cli("recommend", "--model-dir", root / "model", "--items",
+                           root / "items.jsonl", "--context", tmp_path / "q.jsonl")
+        assert code == 1 and problem in err and "Traceback" not in err, err
