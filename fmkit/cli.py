@@ -244,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "stdout)")
     _add_quiet(p)
 
+    p = sub.add_parser("export", help="an FM as ONNX, or any model's weights as npz/parquet",
+                       description="Write a model for other runtimes: an FM as an ONNX graph "
+                       "(inputs indices, values, rows, batch_size; outputs y, score), or the "
+                       "weights as a numpy .npz (FM: w0, w, V; DeepFM: each embedding table "
+                       "and the MLP weights) or a Parquet table (FM: feature, w, v).",
+                       epilog="example:\n  fmkit export onnx --model-dir model model.onnx",
+                       formatter_class=raw)
+    p.add_argument("format", choices=("onnx", "npz", "parquet"))
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("output", help="the file to write (a new file)")
+    _add_quiet(p)
+
     p = sub.add_parser("config", help="convert a DeepFM configuration between TorchEasyRec's "
                        ".config (protobuf text), YAML and JSON",
                        description="Check a DeepFM configuration and write it in another "
@@ -428,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   items=args.items, exclude=args.exclude,
                                                   output=args.output)
                 log.info("recommended for %d contexts", count)
+        elif args.command == "export":
+            from fmkit.jobs.export import export_model
+
+            export_model(args.format, args.model_dir, args.output)
+            log.info("wrote %s", args.output)
         elif args.command == "config":
             from fmkit.models.deepfm.config_files import convert_file
 

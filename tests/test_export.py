@@ -1,0 +1,99 @@
+"""Models for other runtimes: an FM's ONNX graph scored by onnxruntime equals ``fmkit
+predict`` on a9a; the npz/Parquet weights equal the model's, read back by numpy and pyarrow;
+a DeepFM's npz holds each table under its name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from .conftest import shared_file
+
+
+@pytest.fixture(scope="module")
+def a9a_model(tmp_path_factory):
+    from fmkit.jobs.fm import train_files
+
+    root = tmp_path_factory.mktemp("export")
+    train_files({"feature_dim": 124, "num_factors": 8, "predictor_type": "binary_classifier",
+                 "epochs": 1}, str(shared_file("a9a_libsvm", "a9a")), str(root / "model"),
+                progress=False)
+    return root
+
+
+def _libsvm_rows(path, limit):
+    """(indices, values, rows) of the first ``limit`` rows, parsed in plain Python."""
+    indices, values, rows = [], [], []
+    with open(path) as f:
+        for row, line in zip(range(limit), f):
+            for token in line.split()[1:]:
+                key, value = token.split(":")
+                indices.append(int(key))
+                values.append(float(value))
+                rows.append(row)
+    return (np.array(indices, np.int64), np.array(values, np.float32),
+            np.array(rows, np.int64))
+
+
+def test_onnxruntime_scores_what_fmkit_predict_scores_on_a9a(a9a_model, cli):
+    import onnxruntime
+
+    root, test = a9a_model, shared_file("a9a_libsvm", "a9a.t")
+    code, _, err = cli("export", "onnx", "--model-dir", root / "model", root / "fm.onnx",
+                       "--quiet")
+    assert code == 0, err
+    code, _, err = cli("predict", "--model-dir", root / "model", "--data", test, "--output",
+                       root / "predictions.jsonl", "--quiet")
+    assert code == 0, err
+    with open(root / "predictions.jsonl") as f:
+        expected = np.array([json.loads(line)["score"] for line in f])
+    from fmkit.models.fm.model import FMModel
+
+    indices, values, rows = _libsvm_rows(test, expected.size)
+    indices -= FMModel.load(root / "model").index_base  # a9a's indices start at 1
+    session = onnxruntime.InferenceSession(str(root / "fm.onnx"))
+    y, score = session.run(None, {"indices": indices, "values": values, "rows": rows,
+                                  "batch_size": np.array([expected.size], np.int64)})
+    assert score.shape == expected.shape == (16281,)
+    np.testing.assert_allclose(score, expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(1 / (1 + np.exp(-y)), score, rtol=1e-5)
+    code, _, err = cli("export", "onnx", "--model-dir", root / "model", root / "fm.onnx")
+    assert code == 1 and "exists" in err  # an existing file is not replaced
+
+
+def test_npz_and_parquet_weights_are_the_models(a9a_model, cli):
+    from fmkit.models.fm.model import FMModel
+
+    root = a9a_model
+    model = FMModel.load(root / "model")
+    for fmt in ("npz", "parquet"):
+        code, _, err = cli("export", fmt, "--model-dir", root / "model", root / f"w.{fmt}",
+                           "--quiet")
+        assert code == 0, err
+    with np.load(root / "w.npz", allow_pickle=False) as arrays:
+        np.testing.assert_array_equal(arrays["V"], model.params.V)
+        np.testing.assert_array_equal(arrays["w"], model.params.w)
+        assert arrays["w0"][0] == model.params.w0[0]
+    table = pq.read_table(root / "w.parquet")
+    assert table.column("feature").to_pylist() == list(range(124))
+    np.testing.assert_array_equal(np.array(table.column("v").to_pylist()), model.params.V)
+    assert float(table.schema.metadata[b"w0"]) == pytest.approx(float(model.params.w0[0]))
+
+
+def test_deepfm_npz_holds_each_table_under_its_name(small_deepfm_dir, tmp_path, cli):
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    code, _, err = cli("export", "npz", "--model-dir", small_deepfm_dir, tmp_path / "d.npz",
+                       "--quiet")
+    assert code == 0, err
+    model = DeepFMModel.load(small_deepfm_dir)
+    with np.load(tmp_path / "d.npz", allow_pickle=False) as arrays:
+        for feature in model.features.features.values():
+            if feature.sparse:
+                table = arrays[f"embedding/{feature.embedding_name}"]
+                assert table.shape == (feature.num_embeddings, feature.embedding_dim)
+    code, _, err = cli("export", "onnx", "--model-dir", small_deepfm_dir, tmp_path / "d.onnx")
+    assert code == 1 and "npz" in err
