@@ -65,22 +65,53 @@ def small_deepfm_dir(tmp_path_factory):
     return train_small_deepfm(tmp_path_factory.mktemp("small_deepfm"))
 
 
+# the training kernels each of two xdist workers compiles before its tests (one per update
+# rule and mini-batch path, ~6 to 9 s each on a cold cache): split, so that neither compiles
+# what the other does
+WARM_UP = [
+    [("adam", "1", "binary_classifier"), ("adam", "1000", "binary_classifier"),
+     ("adagrad", "1000", "regressor"), ("adagrad", "1", "binary_classifier")],
+    [("sgd", "1000", "binary_classifier"), ("sgd", "1", "regressor"),
+     ("ftrl", "1000", "binary_classifier"), ("ftrl", "1", "binary_classifier")],
+]
+WARM_UP_WAIT_SECONDS = 600
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _compiled_kernels(tmp_path_factory):
-    """Compile the training and scoring kernels once, in this process, before any test runs.
+    """Compile the training and scoring kernels before any test runs, and cache them.
 
     With a cold numba cache (a fresh clone, as in CI) the first run of each kernel compiles it
-    for tens of seconds; the tests that start ``fmkit`` subprocesses (two ranks at once, or a
-    run killed mid-way) would otherwise each compile it again, on both cores at once, and a
-    killed process never writes the cache."""
+    for seconds; the tests that start ``fmkit`` subprocesses (two ranks at once, or a run
+    killed mid-way) would otherwise each compile it again, on both cores at once, and a killed
+    process never writes the cache. Under xdist the two workers split :data:`WARM_UP` and
+    wait for each other, so each kernel is compiled once and loaded from the cache after."""
+    import time
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) if worker else 1
+    index = int(worker[2:]) if worker else 0
+    jobs = ([job for part in WARM_UP for job in part] if workers == 1
+            else WARM_UP[index] if index < len(WARM_UP) else [])
     root = tmp_path_factory.mktemp("warm")
     rng = np.random.default_rng(0)
     rows = [f"{rng.integers(0, 2)} " + " ".join(f"{j}:1" for j in sorted(rng.choice(50, 4, False)))
             for _ in range(200)]
     (root / "train.svm").write_text("\n".join(rows) + "\n")
-    for batch in ("1", "1000"):
-        code = main(["train", "--quiet", "--train", str(root / "train.svm"), "--test",
-                     str(root / "train.svm"), "--model-dir", str(root / f"model{batch}"),
-                     "feature_dim=50", "num_factors=4", "predictor_type=binary_classifier",
-                     f"mini_batch_size={batch}"])
-        assert code == 0
+    try:
+        for optimizer, batch, predictor in jobs:
+            code = main(["train", "--quiet", "--train", str(root / "train.svm"), "--test",
+                         str(root / "train.svm"), "--model-dir",
+                         str(root / f"model-{optimizer}-{batch}"), "feature_dim=50",
+                         "num_factors=4", f"predictor_type={predictor}",
+                         f"mini_batch_size={batch}", f"optimizer={optimizer}"])
+            assert code == 0
+    finally:
+        if workers > 1:  # the other workers' kernels are being compiled: wait for the cache
+            barrier = tmp_path_factory.getbasetemp().parent / "warm-up-done"
+            barrier.mkdir(exist_ok=True)
+            (barrier / str(index)).touch()
+            deadline = time.monotonic() + WARM_UP_WAIT_SECONDS
+            while (len(list(barrier.iterdir())) < min(workers, len(WARM_UP))
+                   and time.monotonic() < deadline):
+                time.sleep(0.2)
