@@ -88,10 +88,18 @@ def _import_optuna():
 
 
 def _storage(work: Path):
-    """The study's SQLite storage; a generous lock timeout, as several processes write it."""
+    """The study's SQLite storage; a generous lock timeout, as several processes write it. A
+    database another program holds or damaged is one error line, not a traceback."""
     optuna = _import_optuna()
-    return optuna.storages.RDBStorage(f"sqlite:///{work / 'study.sqlite3'}",
-                                      engine_kwargs={"connect_args": {"timeout": 60}})
+    import sqlalchemy
+
+    try:
+        return optuna.storages.RDBStorage(f"sqlite:///{work / 'study.sqlite3'}",
+                                          engine_kwargs={"connect_args": {"timeout": 60}})
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        raise HyperparameterError(f"{work / 'study.sqlite3'}: cannot open the study "
+                                  f"database ({str(e).splitlines()[0][:120]}); another "
+                                  "program may be using it") from None
 
 
 def _objective_key(objective: str, predictor_type: str) -> tuple[str, bool]:
