@@ -41,15 +41,28 @@ def index_items(model_dir: str | Path, items: str | Path) -> int:
     return len(ids)
 
 
+def saved_catalogue(model_dir: str | Path) -> Catalogue | None:
+    """The catalogue ``fmkit recommend index`` kept in a model directory, or None."""
+    directory = artifact.resolve(model_dir) / ITEMS_DIR
+    return Catalogue.load(directory) if directory.is_dir() else None
+
+
 def catalogue_of(model: FMModel, model_dir: str | Path, items: str | Path | None) -> Catalogue:
     """The catalogue of ``items``, else the one ``fmkit recommend index`` kept."""
     if items is not None:
         return Catalogue.of(model, *read_id_rows(items, model.feature_dim, model.num_fields))
-    directory = artifact.resolve(model_dir) / ITEMS_DIR
-    if not directory.is_dir():
+    catalogue = saved_catalogue(model_dir)
+    if catalogue is None:
         raise ArtifactError(f"{model_dir}: no item catalogue; give --items FILE or write one "
                             f"with fmkit recommend index --model-dir {model_dir} --items FILE")
-    return Catalogue.load(directory)
+    return catalogue
+
+
+def _answers(ids: list[Any], catalogue: Catalogue,
+             found: list[tuple[np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
+    """``{"id", "items", "scores"}`` per query: what the CLI and the server answer."""
+    return [{"id": query, "items": [catalogue.ids[p] for p in positions],
+             "scores": scores.tolist()} for query, (positions, scores) in zip(ids, found)]
 
 
 def exclusions(path: str | Path | None, query_ids: list[Any], catalogue: Catalogue
@@ -58,8 +71,7 @@ def exclusions(path: str | Path | None, query_ids: list[Any], catalogue: Catalog
     "items": [item ids]}``) excludes for it; unknown item ids are ignored."""
     if path is None:
         return None
-    position = {json.dumps(i): n for n, i in enumerate(catalogue.ids)}
-    seen: dict[str, list[int]] = {}
+    seen: dict[str, list[Any]] = {}
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -72,9 +84,8 @@ def exclusions(path: str | Path | None, query_ids: list[Any], catalogue: Catalog
                             'ids]}') from None
         if not isinstance(items, list):
             raise DataError(str(path), number, '"items" must be a list of item ids')
-        seen.setdefault(key, []).extend(position[json.dumps(i)] for i in items
-                                        if json.dumps(i) in position)
-    return [np.array(seen.get(json.dumps(q), []), np.int64) for q in query_ids]
+        seen.setdefault(key, []).extend(items)
+    return [catalogue.positions(seen.get(json.dumps(q), [])) for q in query_ids]
 
 
 def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
@@ -87,9 +98,8 @@ def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
     ids, batch = read_id_rows(contexts, model.feature_dim, model.num_fields)
     found = top_k(model, catalogue, batch, k, exclusions(exclude, ids, catalogue))
     with files.output_stream(output) as out:
-        for query, (positions, scores) in zip(ids, found):
-            out.write((json.dumps({"id": query, "items": [catalogue.ids[p] for p in positions],
-                                   "scores": scores.tolist()}) + "\n").encode())
+        for answer in _answers(ids, catalogue, found):
+            out.write((json.dumps(answer) + "\n").encode())
     return len(ids)
 
 
@@ -112,15 +122,11 @@ def recommend_request(model: FMModel, catalogue: Catalogue, body: bytes) -> byte
         raise codecs.RequestError(f'"k" must be a positive integer, got {k!r}')
     ids, batch = rows_of([(None, i) for i in instances], model.feature_dim, model.num_fields,
                          "request")
-    position = {json.dumps(i): n for n, i in enumerate(catalogue.ids)}
     exclude = []
     for number, instance in enumerate(instances, start=1):
         items = instance.get("exclude", []) if isinstance(instance, dict) else []
         if not isinstance(items, list):
             raise codecs.RequestError(f'instance {number}: "exclude" must be a list of item ids')
-        exclude.append(np.array([position[json.dumps(i)] for i in items
-                                 if json.dumps(i) in position], np.int64))
+        exclude.append(catalogue.positions(items))
     found = top_k(model, catalogue, batch, k, exclude)
-    answer = [{"id": query, "items": [catalogue.ids[p] for p in positions],
-               "scores": scores.tolist()} for query, (positions, scores) in zip(ids, found)]
-    return json.dumps({"recommendations": answer}).encode()
+    return json.dumps({"recommendations": _answers(ids, catalogue, found)}).encode()

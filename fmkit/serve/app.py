@@ -208,25 +208,12 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
 
 def app_from_environment() -> Starlette:
     """The app for ``$FMKIT_MODEL_DIR`` (uvicorn's factory, one call per worker process)."""
+    from fmkit.jobs.recommend import saved_catalogue
+
     model = load_model(os.environ[MODEL_DIR_ENV])
     return create_app(model, float(os.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB)),
                       float(os.environ.get(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT)),
-                      catalogue_of_directory(os.environ[MODEL_DIR_ENV]))
-
-
-def catalogue_of_directory(model_dir: str) -> Any:
-    """The item catalogue ``fmkit recommend index`` kept in a model directory, or None."""
-    from pathlib import Path
-
-    from fmkit.jobs.recommend import ITEMS_DIR
-    from fmkit.models import artifact
-
-    directory = artifact.resolve(model_dir) / ITEMS_DIR
-    if not Path(directory).is_dir():
-        return None
-    from fmkit.models.fm.recommend import Catalogue
-
-    return Catalogue.load(directory)
+                      saved_catalogue(os.environ[MODEL_DIR_ENV]))
 
 
 def default_port() -> int:

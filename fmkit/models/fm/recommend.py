@@ -24,6 +24,7 @@ types. Ties are broken by catalogue order (the earlier item first).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -76,6 +77,17 @@ class Catalogue:
     keys: np.ndarray  # sorted feature ids the items use
 
     @cached_property
+    def index(self) -> dict[str, int]:
+        """Catalogue positions by id, the id's JSON text the key (``1``, ``"1"`` and ``[1]``
+        are three ids); built once, not per request."""
+        return {_key(i): n for n, i in enumerate(self.ids)}
+
+    def positions(self, ids: list[Any]) -> np.ndarray:
+        """The positions of those of ``ids`` the catalogue holds (others are ignored)."""
+        index = self.index
+        return np.array([index[key] for key in map(_key, ids) if key in index], np.int64)
+
+    @cached_property
     def scoring(self) -> tuple[np.ndarray, float]:
         """``[q(i), b(i)]`` in float32 (the first, fast pass) and the largest row norm (what
         bounds that pass's rounding error)."""
@@ -86,16 +98,15 @@ class Catalogue:
 
     @classmethod
     def of(cls, model: FMModel, ids: list[Any], items: SparseBatch) -> Catalogue:
-        if len(set(map(_hashable, ids))) != len(ids):
-            raise DataError(items.source, None, "item ids must be unique")
         bias = model.logits(items) - float(model.params.w0[0])
-        return cls(list(ids), bias, _cross(model, items, "item"), np.unique(items.indices))
+        catalogue = cls(list(ids), bias, _cross(model, items, "item"), np.unique(items.indices))
+        if len(catalogue.index) != len(ids):
+            raise DataError(items.source, None, "item ids must be unique")
+        return catalogue
 
     def save(self, directory: str | Path) -> None:
         """Beside a model: ``catalogue.npz`` (numbers; ids as JSON text), loaded without
         pickle."""
-        import json
-
         from fmkit.files import output_stream
 
         directory = Path(directory)
@@ -106,8 +117,6 @@ class Catalogue:
 
     @classmethod
     def load(cls, directory: str | Path) -> Catalogue:
-        import json
-
         path = Path(directory) / CATALOGUE_FILE
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -118,8 +127,8 @@ class Catalogue:
                                 "fmkit recommend index") from None
 
 
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+def _key(item_id: Any) -> str:
+    return json.dumps(item_id, sort_keys=True)
 
 
 def top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, k: int,
