@@ -170,10 +170,10 @@ class DeepFMLearner:
 
     def step(self, batch: Encoded) -> tuple[float, int]:
         loss, total = self._loss(batch)
-        (loss / max(total, 1e-30)).backward()  # (all weights 0: no update)
+        mean = loss / max(total, 1e-30)  # (all weights 0: no update)
+        mean.backward()
         self._update()
-        mean = loss.detach().item() / max(total, 1e-30)
-        return mean * batch.n_rows, batch.n_rows  # (the epoch's loss: a mean of means)
+        return mean.detach().item() * batch.n_rows, batch.n_rows  # (epoch loss: mean of means)
 
     def gradient(self, batch: Encoded | None) -> Gradient:
         value, (loss, total) = 0.0, self._loss(batch)

@@ -75,7 +75,6 @@ def hash_strings(strings: pa.Array, buckets: int | np.ndarray) -> np.ndarray:
     return _fnv1a(offsets, data, np.ascontiguousarray(buckets, np.int64))
 
 
-_as_strings = transforms.texts
 
 
 def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray | None = None
@@ -261,10 +260,10 @@ class Feature:
     def _bucketize(self, flat: pa.Array, offsets: np.ndarray, batch: ColumnBatch
                    ) -> tuple[np.ndarray, np.ndarray]:
         """The embedding rows of categorical values (``flat``, row ``i`` owning
-        ``flat[offsets[i]:offsets[i + 1]]``): hashed, taken as integers below
+        ``flat[offsets[i]:offsets[i + 1]]``, text as :mod:`~fmkit.models.deepfm.transforms` gives
+        it): hashed, taken as integers below
         ``num_buckets``, or looked up in the vocabulary."""
         config = self.config
-        flat = _as_strings(flat)
         if getattr(config, "hash_bucket_size", None):
             return hash_strings(flat, self.num_embeddings), offsets
         if getattr(config, "num_buckets", None):
