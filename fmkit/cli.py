@@ -450,11 +450,9 @@ def main(argv: list[str] | None = None) -> int:
 
             text = convert_file(args.file, args.to, args.overrides)
             if args.output:
-                if Path(args.output).exists():
-                    raise HyperparameterError(f"-o {args.output}: exists; fmkit config convert "
-                                              "writes a new file (remove it first)")
-                from fmkit.files import write_text
+                from fmkit.files import require_new, write_text
 
+                require_new(args.output, "fmkit config convert -o")
                 write_text(args.output, text)
             else:
                 sys.stdout.write(text)

@@ -180,6 +180,13 @@ def copy_file(source: str | Path, path: str | Path) -> None:
         shutil.copyfileobj(f, out, 1 << 20)
 
 
+def require_new(path: str | Path, command: str) -> None:
+    """Refuse to write ``path`` when something is there already: commands that make a new
+    file (``fmkit export``, ``fmkit config convert -o``) never replace one."""
+    if Path(path).exists() or Path(path).is_symlink():
+        raise OutputError(path, f"exists; {command} writes a new file (remove it first)")
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` as :func:`output_stream` writes: under a temporary
     name, renamed into place when complete."""

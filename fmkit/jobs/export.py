@@ -13,16 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fmkit.errors import ArtifactError, HyperparameterError
-from fmkit.files import output_stream
+from fmkit.errors import ArtifactError
+from fmkit.files import output_stream, require_new
 from fmkit.models import artifact
 
 FORMATS = ("onnx", "npz", "parquet")
 
 
 def export_model(fmt: str, model_dir: str | Path, output: str | Path) -> None:
-    if Path(output).exists():
-        raise HyperparameterError(f"{output}: exists; fmkit export writes a new file")
+    require_new(output, "fmkit export")
     if artifact.model_type(model_dir) == "deepfm":
         if fmt != "npz":
             raise ArtifactError(f"{model_dir}: a DeepFM exports its weights as npz (ONNX and "
