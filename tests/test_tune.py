@@ -7,8 +7,10 @@ import csv
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
+from contextlib import closing
 from datetime import datetime
 
 import numpy as np
@@ -20,7 +22,6 @@ from fmkit.models.base import load_model
 from .conftest import fmkit_executable, shared_file
 
 optuna = pytest.importorskip("optuna")  # the test extra installs it: never skipped in CI
-sqlalchemy = pytest.importorskip("sqlalchemy")  # Optuna's storage
 
 # the optimizer fixed: each update rule's kernels compile on first use (seconds each with an
 # empty compile cache, as in CI); the session's warm-up compiled Adam's
@@ -96,12 +97,17 @@ def test_tune_refuses_bad_arguments_in_one_line(a9a_head, tmp_path, cli):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
-def _study_trials(work):
-    # read only: creating the tables from here, while fmkit tune creates them, makes one of
-    # the two fail ("table ... already exists")
-    storage = optuna.storages.RDBStorage(f"sqlite:///{work / 'study.sqlite3'}",
-                                         skip_table_creation=True)
-    return optuna.load_study(study_name="fmkit", storage=storage).get_trials(deepcopy=False)
+def _finished_trials(work) -> dict[int, tuple[str, float]]:
+    """The study's finished trials as {number: (state, learning_rate)}, read through a
+    read-only SQLite connection: Optuna's own storage writes while it opens (tables, then a
+    version row), which races fmkit tune creating the same study."""
+    uri = f"file:{work / 'study.sqlite3'}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+        rows = db.execute(
+            "SELECT t.number, t.state, p.param_value FROM trials t JOIN trial_params p"
+            " ON p.trial_id = t.trial_id WHERE p.param_name = 'learning_rate'"
+            " AND t.state IN ('COMPLETE', 'PRUNED')").fetchall()
+    return {int(number): (state, float(value)) for number, state, value in rows}
 
 
 def test_tune_killed_with_sigkill_continues_the_same_study(a9a_head, tmp_path):
@@ -110,7 +116,7 @@ def test_tune_killed_with_sigkill_continues_the_same_study(a9a_head, tmp_path):
                "0.1", "--trials", "10", "--jobs", "1", "--model-dir", str(model_dir),
                *FIXED[:3], "epochs=20"]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline, before = time.monotonic() + 240, []  # (a loaded machine: two trials can take long)
+    deadline, before = time.monotonic() + 240, {}  # (a loaded machine: two trials can take long)
     while time.monotonic() < deadline:
         time.sleep(0.2)
         if not (work / "study.sqlite3").exists():
@@ -118,8 +124,8 @@ def test_tune_killed_with_sigkill_continues_the_same_study(a9a_head, tmp_path):
         if first.poll() is not None:
             break  # it ended: its error is shown below
         try:
-            before = [t for t in _study_trials(work) if t.state.is_finished()]
-        except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+            before = _finished_trials(work)
+        except sqlite3.Error:
             continue  # the study is not created yet
         if len(before) >= 2:
             break
@@ -131,10 +137,9 @@ def test_tune_killed_with_sigkill_continues_the_same_study(a9a_head, tmp_path):
     assert second.returncode == 0, second.stderr
     after = {int(t["number"]): t for t in _trials(model_dir)}
     assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in after.values()) == 10
-    for trial in before:  # the first run's trials are kept, not run again
-        kept = after[trial.number]
-        assert kept["state"] == trial.state.name
-        assert float(kept["learning_rate"]) == pytest.approx(trial.params["learning_rate"])
+    for number, (state, learning_rate) in before.items():  # kept, not run again
+        assert after[number]["state"] == state
+        assert float(after[number]["learning_rate"]) == pytest.approx(learning_rate)
 
 
 def test_tune_with_two_jobs_runs_two_trials_at_once(a9a_head, tmp_path):
