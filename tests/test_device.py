@@ -33,11 +33,12 @@ def test_cpu_device_equals_the_compiled_kernels(optimizer):
                    "epochs": 2, "mini_batch_size": 50, "optimizer": optimizer, "shuffle": 0,
                    "linear_lr": 0.05, "factors_lr": 0.05, "bias_lr": 0.05, "linear_wd": 0.01,
                    "factors_wd": 0.01, "factors_init_sigma": 0.1, "seed": 1})
-    start = init_parameters(hp, dtype=np.float64)
+    # float32, the dtype both paths train in for users (and whose kernels are compiled once
+    # for the whole suite)
+    start = init_parameters(hp, dtype=np.float32)
     source = ArraySource(X, y, feature_dim=40, labels="binary")
-    kernels, _ = train(hp, source, start, progress=False, dtype=np.float64)
-    on_device, _ = train(hp, source, start, progress=False, dtype=np.float64,
-                         device=torch.device("cpu"))
+    kernels, _ = train(hp, source, start, progress=False)
+    on_device, _ = train(hp, source, start, progress=False, device=torch.device("cpu"))
     assert not np.allclose(kernels.V, start.V)
     for name in ("w0", "w", "V"):
         np.testing.assert_allclose(getattr(on_device, name), getattr(kernels, name),
