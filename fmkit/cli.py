@@ -244,16 +244,38 @@ def build_parser() -> argparse.ArgumentParser:
                    "stdout)")
     _add_quiet(p)
 
-    p = sub.add_parser("export", help="an FM as ONNX, or any model's weights as npz/parquet",
+    p = sub.add_parser("export", help="an FM as ONNX or SageMaker's model.tar.gz, or any "
+                       "model's weights as npz/parquet",
                        description="Write a model for other runtimes: an FM as an ONNX graph "
-                       "(inputs indices, values, rows, batch_size; outputs y, score), or the "
-                       "weights as a numpy .npz (FM: w0, w, V; DeepFM: each embedding table "
-                       "and the MLP weights) or a Parquet table (FM: feature, w, v).",
+                       "(inputs indices, values, rows, batch_size; outputs y, score) or as "
+                       "SageMaker Factorization Machines' model.tar.gz (MXNet symbol.json, "
+                       "params, meta.json), or the weights as a numpy .npz (FM: w0, w, V; "
+                       "DeepFM: each embedding table and the MLP weights) or a Parquet table "
+                       "(FM: feature, w, v).",
                        epilog="example:\n  fmkit export onnx --model-dir model model.onnx",
                        formatter_class=raw)
-    p.add_argument("format", choices=("onnx", "npz", "parquet"))
+    p.add_argument("format", choices=("onnx", "npz", "parquet", "sagemaker"))
     p.add_argument("--model-dir", required=True)
     p.add_argument("output", help="the file to write (a new file)")
+    _add_quiet(p)
+
+    p = sub.add_parser("import", help="make an fmkit model of a SageMaker FM model.tar.gz",
+                       description="Read a SageMaker Factorization Machines artifact "
+                       "(model.tar.gz, or the model_algo-1 zip inside it) without MXNet and "
+                       "write an fmkit model directory that predicts, evaluates, serves and "
+                       "recommends. Hyperparameters the artifact does not carry (it may not "
+                       "say predictor_type) come from --hyperparameters (the training job's "
+                       "hyperparameters.json) or NAME=VALUE.",
+                       epilog="example:\n  fmkit import sagemaker model.tar.gz --model-dir "
+                       "model predictor_type=binary_classifier", formatter_class=raw)
+    p.add_argument("format", choices=("sagemaker",))
+    p.add_argument("artifact", help="model.tar.gz (or model_algo-1)")
+    p.add_argument("--model-dir", required=True, help="the fmkit model directory to write")
+    p.add_argument("--hyperparameters", metavar="FILE", help="a JSON object of name: value")
+    p.add_argument("--index-base", choices=("auto", "0", "1"), default="auto",
+                   help="the first feature id of the model's libsvm input (auto: what an "
+                   "fmkit export recorded, else 0 as in SageMaker)")
+    p.add_argument("hyperparameters_list", nargs="*", metavar="NAME=VALUE")
     _add_quiet(p)
 
     p = sub.add_parser("config", help="convert a DeepFM configuration between TorchEasyRec's "
@@ -339,13 +361,27 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The parsed command line. ``fmkit import`` takes NAME=VALUE after its options too:
+    argparse gives a trailing ``nargs="*"`` positional only the words next to the other
+    positionals, so those after an option arrive as extras and are taken here."""
+    if not argv or argv[0] != "import":
+        return parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    strays = [item for item in extra if item.startswith("-") or "=" not in item]
+    if strays:
+        parser.error(f"unrecognized arguments: {' '.join(strays)}")
+    args.hyperparameters_list = [*args.hyperparameters_list, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     mistake = _hyperparameter_flag(argv)
     if mistake:
         parser.exit(2, f"fmkit: error: {mistake}\n")
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     quiet = getattr(args, "quiet", False) or (args.command == "demo" and not args.verbose)
     setup_logging(quiet=quiet)
     limit_threads()  # a container's CPU quota, not the host's cores
@@ -445,6 +481,13 @@ def main(argv: list[str] | None = None) -> int:
 
             export_model(args.format, args.model_dir, args.output)
             log.info("wrote %s", args.output)
+        elif args.command == "import":
+            from fmkit.jobs.export import import_sagemaker
+
+            model = import_sagemaker(args.artifact, args.model_dir, parse_assignments(
+                args.hyperparameters_list, args.hyperparameters), args.index_base)
+            log.info("wrote %s: a %s FM of %d features and %d factors", args.model_dir,
+                     model.predictor_type, model.feature_dim, model.params.num_factors)
         elif args.command == "config":
             from fmkit.models.deepfm.config_files import convert_file
 

@@ -1,10 +1,12 @@
-"""``fmkit export onnx|npz|parquet``: a model's weights for other runtimes.
+"""``fmkit export onnx|npz|parquet|sagemaker`` and ``fmkit import sagemaker``: models moved
+to and from other runtimes.
 
 An FM goes to ONNX (scored by onnxruntime as ``fmkit predict`` scores it), to a numpy
-``.npz`` of w0, w and V, or to a Parquet table of one row per feature
-(:mod:`fmkit.models.fm.export`). A DeepFM goes to ``.npz``: each embedding table under its
-name (``embedding/<name>``, ``wide/<name>``) and the MLPs' weights under PyTorch's names.
-The output must be a new file.
+``.npz`` of w0, w and V, to a Parquet table of one row per feature
+(:mod:`fmkit.models.fm.export`), or to SageMaker's ``model.tar.gz``
+(:mod:`fmkit.models.fm.sagemaker_artifact`), which is also read back. A DeepFM goes to
+``.npz``: each embedding table under its name (``embedding/<name>``, ``wide/<name>``) and the
+MLPs' weights under PyTorch's names. The output must be a new file.
 """
 
 from __future__ import annotations
@@ -16,28 +18,47 @@ import numpy as np
 from fmkit.errors import ArtifactError
 from fmkit.files import output_stream, require_new
 from fmkit.models import artifact
+from fmkit.models.fm.model import FMModel
 
-FORMATS = ("onnx", "npz", "parquet")
+FORMATS = ("onnx", "npz", "parquet", "sagemaker")
 
 
 def export_model(fmt: str, model_dir: str | Path, output: str | Path) -> None:
     require_new(output, "fmkit export")
     if artifact.model_type(model_dir) == "deepfm":
         if fmt != "npz":
-            raise ArtifactError(f"{model_dir}: a DeepFM exports its weights as npz (ONNX and "
-                                "Parquet export cover the FM)")
+            raise ArtifactError(f"{model_dir}: a DeepFM exports its weights as npz (ONNX, "
+                                "Parquet and SageMaker export cover the FM)")
         _deepfm_npz(model_dir, output)
         return
     from fmkit.models.fm import export
-    from fmkit.models.fm.model import FMModel
 
     model = FMModel.load(model_dir)
-    if fmt == "onnx":
-        graph = export.onnx_model(model)
+    if fmt in ("onnx", "sagemaker"):
+        if fmt == "onnx":
+            data = export.onnx_model(model).SerializeToString()
+        else:
+            from fmkit.models.fm.sagemaker_artifact import artifact_bytes
+
+            data = artifact_bytes(model)
         with output_stream(output) as out:
-            out.write(graph.SerializeToString())
+            out.write(data)
     else:
         export.write_weights(model, output, fmt)
+
+
+def import_sagemaker(artifact: str | Path, model_dir: str | Path,
+                     hyperparameters: dict[str, object], index_base: str = "auto") -> FMModel:
+    """``fmkit import sagemaker``: a SageMaker FM ``model.tar.gz`` as an fmkit model
+    directory (``hyperparameters`` fill in or override what the artifact carries;
+    ``index_base`` 0/1 is the first feature id of its libsvm input, ``auto``: what an fmkit
+    export recorded, else SageMaker's 0)."""
+    from fmkit.models.fm.sagemaker_artifact import read_artifact
+
+    model = read_artifact(artifact, hyperparameters,
+                          None if index_base == "auto" else int(index_base))
+    model.save(model_dir)
+    return model
 
 
 def _deepfm_npz(model_dir: str | Path, output: str | Path) -> None:
