@@ -1,6 +1,7 @@
 """Models for other runtimes: an FM's ONNX graph scored by onnxruntime equals ``fmkit
 predict`` on a9a; the npz/Parquet weights equal the model's, read back by numpy and pyarrow;
-a DeepFM's npz holds each table under its name."""
+a DeepFM's npz holds each table under its name, and its ONNX graph scores the Criteo example
+as ``fmkit predict`` does, fed from the encoding JSON written beside it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from .conftest import shared_file
+from .conftest import REPO, shared_file
+from .deepfm_helpers import SMALL_CRITEO
 
 
 @pytest.fixture(scope="module")
@@ -95,5 +97,65 @@ def test_deepfm_npz_holds_each_table_under_its_name(small_deepfm_dir, tmp_path, 
             if feature.sparse:
                 table = arrays[f"embedding/{feature.embedding_name}"]
                 assert table.shape == (feature.num_embeddings, feature.embedding_dim)
-    code, _, err = cli("export", "onnx", "--model-dir", small_deepfm_dir, tmp_path / "d.onnx")
-    assert code == 1 and "npz" in err
+    code, _, err = cli("export", "parquet", "--model-dir", small_deepfm_dir,
+                       tmp_path / "d.parquet")
+    assert code == 1 and "onnx or npz" in err
+
+
+def _inputs_from_encoding(encoding: dict, encoded) -> dict[str, np.ndarray]:
+    """The ONNX inputs built from the encoding JSON alone, in plain numpy: each bank's
+    member features' ids moved by their base, member after member, and their bags' offsets
+    (the feature ids themselves are fmkit's encoding of the raw columns)."""
+    feeds = {}
+    for bank in encoding["banks"] + encoding["wide_banks"]:
+        ids, offsets, start = [], [], 0
+        for member in bank["members"]:
+            member_ids, member_offsets = encoded.sparse[member["feature"]]
+            ids.append(member_ids + member["base"])
+            offsets.append(member_offsets[:-1] + start)
+            start += member_ids.size
+        feeds[bank["ids"]] = np.concatenate(ids).astype(np.int64)
+        feeds[bank["offsets"]] = np.concatenate(offsets).astype(np.int64)
+    if encoding["dense"]:
+        feeds["dense"] = np.stack([encoded.dense[name].reshape(-1)
+                                   for name in encoding["dense"]["features"]]).astype(np.float32)
+    return feeds
+
+
+def test_deepfm_onnx_scores_the_criteo_example_as_fmkit_predict(tmp_path, cli):
+    ort = pytest.importorskip("onnxruntime")  # the test extra installs it: never skipped in CI
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    data = shared_file("criteo_kaggle_head1000", "train.txt")
+    code, _, err = cli("train", "--config", REPO / "examples" / "deepfm_criteo.yaml", "--quiet",
+                       *SMALL_CRITEO, "--set", f"train_input_path={data}", "--set",
+                       "eval_input_path=", "--set", "train_config.num_epochs=1",
+                       "--model-dir", tmp_path / "model")
+    assert code == 0, err
+    code, _, err = cli("export", "onnx", "--model-dir", tmp_path / "model",
+                       tmp_path / "criteo.onnx", "--quiet")
+    assert code == 0, err
+    encoding = json.loads((tmp_path / "criteo.encoding.json").read_text())
+    code, out, err = cli("predict", "--model-dir", tmp_path / "model", "--data", data,
+                         "--quiet")
+    assert code == 0, err
+    expected = np.array([json.loads(line)["score"] for line in out.splitlines()])
+    model = DeepFMModel.load(tmp_path / "model")
+    session = ort.InferenceSession(str(tmp_path / "criteo.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    scores, start = [], 0
+    for batch in model.read(data, labelled=False):
+        encoded = model.encode(batch)
+        y, score = session.run(["y", "score"], _inputs_from_encoding(encoding, encoded))
+        np.testing.assert_allclose(score, 1 / (1 + np.exp(-y.astype(np.float64))), rtol=1e-6)
+        scores.append(score)
+        start += encoded.n_rows
+    assert start == len(expected) == 1000
+    np.testing.assert_allclose(np.concatenate(scores), expected, rtol=1e-5, atol=1e-6)
+    # both outputs are new files, never replaced: the graph's, and then the encoding's alone
+    for _ in range(2):
+        code, _, err = cli("export", "onnx", "--model-dir", tmp_path / "model",
+                           tmp_path / "criteo.onnx")
+        assert code == 1 and "exists" in err
+        (tmp_path / "criteo.onnx").unlink(missing_ok=True)
+    assert not (tmp_path / "criteo.onnx").exists()

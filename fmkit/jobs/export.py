@@ -26,10 +26,13 @@ FORMATS = ("onnx", "npz", "parquet", "sagemaker")
 def export_model(fmt: str, model_dir: str | Path, output: str | Path) -> None:
     require_new(output, "fmkit export")
     if artifact.model_type(model_dir) == "deepfm":
-        if fmt != "npz":
-            raise ArtifactError(f"{model_dir}: a DeepFM exports its weights as npz (ONNX, "
-                                "Parquet and SageMaker export cover the FM)")
-        _deepfm_npz(model_dir, output)
+        if fmt == "onnx":
+            _deepfm_onnx(model_dir, output)
+        elif fmt == "npz":
+            _deepfm_npz(model_dir, output)
+        else:
+            raise ArtifactError(f"{model_dir}: a DeepFM exports as onnx or npz (Parquet and "
+                                "SageMaker export cover the FM)")
         return
     from fmkit.models.fm import export
 
@@ -59,6 +62,32 @@ def import_sagemaker(artifact: str | Path, model_dir: str | Path,
                           None if index_base == "auto" else int(index_base))
     model.save(model_dir)
     return model
+
+
+def encoding_path(output: str | Path) -> Path:
+    """Where a DeepFM's ONNX export writes its feature encoding: ``OUT.encoding.json``."""
+    output = Path(output)
+    return output.with_name(output.stem + ".encoding.json")
+
+
+def _deepfm_onnx(model_dir: str | Path, output: str | Path) -> None:
+    """The network as ONNX at ``output`` and its input encoding beside it (both new files)."""
+    from fmkit.files import write_text
+    from fmkit.models.artifact import strict_json
+    from fmkit.models.deepfm import export
+    from fmkit.models.deepfm.features import Encoded
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    require_new(encoding_path(output), "fmkit export onnx")
+    model = DeepFMModel.load(model_dir)
+    body, content_type = model.warm_up_requests()[-1]  # rows enough for every input
+    example = model.request_decoder()(body, content_type)
+    if not isinstance(example, Encoded):
+        example = model.encode(example)
+    data = export.onnx_bytes(model, example)
+    with output_stream(output) as out:
+        out.write(data)
+    write_text(encoding_path(output), strict_json(export.encoding(model), indent=1) + "\n")
 
 
 def _deepfm_npz(model_dir: str | Path, output: str | Path) -> None:

@@ -207,11 +207,11 @@ class Banks(nn.Module):
         return {bank: (torch.from_numpy(ids).to(device), torch.from_numpy(offsets).to(device))
                 for bank, (ids, offsets) in self.lookups(sparse).items()}
 
-    def forward(self, inputs: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int
+    def forward(self, inputs: dict[str, tuple[torch.Tensor, torch.Tensor]]
                 ) -> dict[str, torch.Tensor]:
         """Each bank's pooled embeddings, [members, B, dim], in member order."""
-        return {bank: self.banks[bank](*inputs[bank]).view(len(self.members[bank]), batch_size,
-                                                           -1)
+        return {bank: self.banks[bank](*inputs[bank]).view(len(self.members[bank]), -1,
+                                                           self.widths[bank])
                 for bank in self.members}
 
 
@@ -282,21 +282,31 @@ class DeepFMNet(nn.Module):
         return out
 
     def forward(self, inputs: Encoded) -> torch.Tensor:
-        device, batch_size = self.output.weight.device, inputs.n_rows
-        pooled = self.tables(self.tables.inputs(inputs.sparse, device), batch_size)
+        device = self.output.weight.device
+        dense = None
+        if self.dense_names:
+            dense = torch.from_numpy(np.stack([inputs.dense[name].reshape(-1)
+                                               for name in self.dense_names])).to(device)
+        return self.score(self.tables.inputs(inputs.sparse, device),
+                          self.wide_tables.inputs(inputs.sparse, device), dense)
+
+    def score(self, lookups: dict[str, tuple[torch.Tensor, torch.Tensor]],
+              wide_lookups: dict[str, tuple[torch.Tensor, torch.Tensor]],
+              dense: torch.Tensor | None) -> torch.Tensor:
+        """y from tensors alone (what ONNX export traces): each bank's (ids, offsets) from
+        :meth:`Banks.lookups`, and the dense features' values [dense features, B]."""
+        pooled = self.tables(lookups)
         parts: dict[int, list[torch.Tensor]] = {}
         for bank, values in pooled.items():
             parts.setdefault(self.tables.widths[bank], []).append(values)
-        if self.dense_names:
-            dense = np.stack([inputs.dense[name].reshape(-1) for name in self.dense_names])
-            parts.setdefault(1, []).append(torch.from_numpy(dense).to(device).unsqueeze(2))
+        if dense is not None:
+            parts.setdefault(1, []).append(dense.unsqueeze(2))
         stacks = {width: p[0] if len(p) == 1 else torch.cat(p) for width, p in parts.items()}
-        wide_pooled = self.wide_tables(self.wide_tables.inputs(inputs.sparse, device),
-                                       batch_size)
-        wide = sum(values.sum(dim=(0, 2)) for values in wide_pooled.values()).unsqueeze(1)
+        wide = sum(values.sum(dim=(0, 2)) for values in self.wide_tables(wide_lookups).values()
+                   ).unsqueeze(1)
         fm = factorization_machine(self._gather(stacks, self.fm_runs)[0])  # one width: one run
-        deep_parts = [part.reshape(batch_size, -1) for part in self._gather(stacks,
-                                                                            self.deep_runs)]
+        deep_parts = [part.reshape(part.shape[0], -1)
+                      for part in self._gather(stacks, self.deep_runs)]
         hidden = self.deep(deep_parts[0] if len(deep_parts) == 1 else torch.cat(deep_parts, 1))
         if self.final is not None:
             y = self.output(self.final(torch.cat([wide, fm, hidden], dim=1)))
