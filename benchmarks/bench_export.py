@@ -1,4 +1,4 @@
-"""Scoring an FM: fmkit's compiled kernel against onnxruntime running ``fmkit export onnx``.
+"""Scoring an FM and a DeepFM: fmkit against onnxruntime running ``fmkit export onnx``.
 
     python benchmarks/bench_export.py [--rows 1000000] [--factors 16 64] [--batch 1 1000 100000]
 
@@ -8,13 +8,20 @@ both ways in the same process, in batches of ``--batch`` rows: fmkit's ``FMModel
 exported graph (inputs prepared before the clock starts, as a caller holding CSR arrays
 would). Prints rows/s of each, their ratio, the largest difference of the scores, and the
 process's peak RSS.
+
+Then the DeepFM of ``examples/deepfm_criteo.yaml`` (trained for one epoch on the 1,000 rows of
+``../shared/data/criteo_kaggle_head1000``) scores those rows, encoded before the clock starts,
+in batches of 1 and 1,000: ``DeepFMModel.logits`` against onnxruntime fed from the encoding
+JSON's layout.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -85,5 +92,48 @@ def main() -> None:
                   f"{fmkit_rate / onnx_rate:>5.1f}x {diff:>11.2e} {peak:>12.0f}")
 
 
+def deepfm_rows(batch_sizes: list[int]) -> None:
+    import onnxruntime
+
+    from fmkit.jobs.deepfm import train_deepfm
+    from fmkit.jobs.export import export_model
+    from fmkit.models.deepfm import config_files
+    from fmkit.models.deepfm.batches import take_rows
+    from fmkit.models.deepfm.export import example_inputs, input_names
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    onnxruntime.set_default_logger_severity(3)  # (its notes on the embedding bags' loops)
+    repo = Path(__file__).resolve().parents[1]
+    data = repo.parent / "shared" / "data" / "criteo_kaggle_head1000" / "train.txt"
+    with tempfile.TemporaryDirectory() as root:
+        config = config_files.load(repo / "examples" / "deepfm_criteo.yaml", [
+            f"train_input_path={data}", "eval_input_path=", "train_config.num_epochs=1",
+            f"model_dir={root}/model"])
+        train_deepfm(config, progress=False)
+        export_model("onnx", f"{root}/model", f"{root}/criteo.onnx")
+        model = DeepFMModel.load(f"{root}/model")
+        session = onnxruntime.InferenceSession(f"{root}/criteo.onnx",
+                                               providers=["CPUExecutionProvider"])
+    encoded = model.encode(next(model.read(data, labelled=False)))
+    names = input_names(model)
+    print(f"\nDeepFM (examples/deepfm_criteo.yaml), {encoded.n_rows} Criteo rows")
+    print(f"{'batch':>7} {'fmkit rows/s':>13} {'onnxruntime rows/s':>19} {'ratio':>6} "
+          f"{'max |diff|':>11} {'peak RSS MB':>12}")
+    for n in batch_sizes:
+        n = min(n, encoded.n_rows)
+        parts = [take_rows(encoded, np.arange(lo, lo + n))
+                 for lo in range(0, encoded.n_rows - n + 1, n)]
+        feeds = [dict(zip(names, (t.numpy() for t in example_inputs(model, part))))
+                 for part in parts]
+        rows = n * len(parts)
+        fmkit_rate = _best_rate(lambda parts=parts: [model.logits(p) for p in parts], rows)
+        onnx_rate = _best_rate(lambda feeds=feeds: [session.run(["y"], f) for f in feeds], rows)
+        diff = float(np.max(np.abs(model.logits(parts[0]) - session.run(["y"], feeds[0])[0])))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"{n:>7} {fmkit_rate:>13,.0f} {onnx_rate:>19,.0f} {fmkit_rate / onnx_rate:>5.1f}x "
+              f"{diff:>11.2e} {peak:>12.0f}")
+
+
 if __name__ == "__main__":
     main()
+    deepfm_rows([1, 1000])
