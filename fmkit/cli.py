@@ -242,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                    '[item ids]}: items a query must not get (e.g. already seen)')
     p.add_argument("--output", help="JSON Lines {\"id\", \"items\", \"scores\"} (default: "
                    "stdout)")
+    p.add_argument("--approximate", action="store_true",
+                   help="index: also build an HNSW graph of the items (FAISS); recommend: take "
+                   "candidates from it (for very large catalogues: exact scores, recall "
+                   "measured in benchmarks/bench_recommend.py)")
     _add_quiet(p)
 
     p = sub.add_parser("export", help="an FM as ONNX or SageMaker's model.tar.gz, or any "
@@ -465,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.action == "index":
                 if not args.items:
                     raise HyperparameterError("recommend index needs --items FILE")
-                count = recommend.index_items(args.model_dir, args.items)
+                count = recommend.index_items(args.model_dir, args.items, args.approximate)
                 log.info("item catalogue of %d items written to %s/%s", count, args.model_dir,
                          recommend.ITEMS_DIR)
             else:
@@ -474,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                                               "'index' with --items)")
                 count = recommend.recommend_files(args.model_dir, args.context, args.k,
                                                   items=args.items, exclude=args.exclude,
-                                                  output=args.output)
+                                                  output=args.output,
+                                                  approximate=args.approximate)
                 log.info("recommended for %d contexts", count)
         elif args.command == "export":
             from fmkit.jobs.export import export_model

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from fmkit.data.batch import SparseBatch
 from fmkit.data.sources import ArraySource
 from fmkit.jobs.training import train, with_starting_point
 from fmkit.models.fm.hyperparameters import TABLE, validate
@@ -141,6 +143,37 @@ class _FMEstimator(BaseEstimator):
         source = ArraySource(X, None, feature_dim=self.model_.feature_dim)
         parts = [self.model_.logits(batch) for batch in source.blocks()]
         return np.concatenate(parts) if parts else np.zeros(0)
+
+    def recommend(self, contexts, items, k: int = 10, *, exclude=None,
+                  approximate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best ``items`` rows for each ``contexts`` row, exactly (the FM score of a
+        context joined with an item splits into their parts and one inner product: see
+        ``fmkit recommend``): ``(positions, scores)``, each (contexts, k) — item row numbers,
+        best first (ties: the earlier row), and their y_hat; -1 and -inf pad rows with fewer
+        than ``k`` candidates. ``exclude[r]``: item rows context ``r`` may not get.
+        ``approximate``: candidates from an HNSW graph of the items (FAISS), scored exactly.
+        Contexts and items must not share features."""
+        from fmkit.models.fm.approximate import ApproximateIndex
+        from fmkit.models.fm.recommend import Catalogue, top_k
+
+        check_is_fitted(self, "model_")
+        item_rows = self._batch(items)
+        catalogue = Catalogue.of(self.model_, list(range(item_rows.n_rows)), item_rows)
+        index = ApproximateIndex.build(catalogue.scoring[0]) if approximate else None
+        excluded = None if exclude is None else [np.asarray(e, np.int64) for e in exclude]
+        found = top_k(self.model_, catalogue, self._batch(contexts), k, excluded, index)
+        positions = np.full((len(found), k), -1, np.int64)
+        scores = np.full((len(found), k), -np.inf)
+        for row, (chosen, values) in enumerate(found):
+            positions[row, :chosen.size], scores[row, :chosen.size] = chosen, values
+        return positions, scores
+
+    def _batch(self, X) -> SparseBatch:
+        """``X``'s rows as one batch for the model."""
+        X = self._input(X, reset=False)
+        X = sp.csr_matrix(X)
+        return SparseBatch(X.indptr.astype(np.int64), X.indices.astype(np.int32),
+                           X.data.astype(np.float32), np.zeros(X.shape[0], np.float32))
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model as a model directory (the same format the CLI writes)."""

@@ -18,6 +18,7 @@ from fmkit import files
 from fmkit.data.id_rows import read_id_rows
 from fmkit.errors import ArtifactError, DataError
 from fmkit.models import artifact
+from fmkit.models.fm.approximate import INDEX_FILE, ApproximateIndex
 from fmkit.models.fm.model import FMModel
 from fmkit.models.fm.recommend import Catalogue, top_k
 
@@ -31,14 +32,28 @@ def load_fm(model_dir: str | Path) -> FMModel:
     return FMModel.load(model_dir)
 
 
-def index_items(model_dir: str | Path, items: str | Path) -> int:
-    """``fmkit recommend index``: the catalogue of ``items`` written beside the model;
-    returns the item count."""
+def index_items(model_dir: str | Path, items: str | Path, approximate: bool = False) -> int:
+    """``fmkit recommend index``: the catalogue of ``items`` written beside the model (and
+    with ``approximate`` its HNSW graph); returns the item count."""
     model = load_fm(model_dir)
     ids, batch = read_id_rows(items, model.feature_dim, model.num_fields)
     catalogue = Catalogue.of(model, ids, batch)
-    catalogue.save(artifact.resolve(model_dir) / ITEMS_DIR)
+    directory = artifact.resolve(model_dir) / ITEMS_DIR
+    graph = ApproximateIndex.build(catalogue.scoring[0]) if approximate else None
+    catalogue.save(directory)
+    (directory / INDEX_FILE).unlink(missing_ok=True)  # (a graph of the previous catalogue)
+    if graph is not None:
+        graph.save(directory)
     return len(ids)
+
+
+def approximate_index(model_dir: str | Path, catalogue: Catalogue, built_here: bool
+                      ) -> ApproximateIndex:
+    """The HNSW graph of ``catalogue``: built now for items given on the command line
+    (``built_here``), else the one ``fmkit recommend index --approximate`` kept."""
+    if built_here:
+        return ApproximateIndex.build(catalogue.scoring[0])
+    return ApproximateIndex.load(artifact.resolve(model_dir) / ITEMS_DIR, catalogue.scoring[0])
 
 
 def saved_catalogue(model_dir: str | Path) -> Catalogue | None:
@@ -90,13 +105,15 @@ def exclusions(path: str | Path | None, query_ids: list[Any], catalogue: Catalog
 
 def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
                     items: str | Path | None = None, exclude: str | Path | None = None,
-                    output: str | Path | None = None) -> int:
+                    output: str | Path | None = None, approximate: bool = False) -> int:
     """``fmkit recommend``: JSON Lines ``{"id", "items", "scores"}`` per context (scores are
-    y_hat), to ``output`` or stdout; returns the number of contexts."""
+    y_hat), to ``output`` or stdout; returns the number of contexts. ``approximate``: the
+    candidates come from the HNSW graph (exact scores; recall below 1 is possible)."""
     model = load_fm(model_dir)
     catalogue = catalogue_of(model, model_dir, items)
+    index = approximate_index(model_dir, catalogue, items is not None) if approximate else None
     ids, batch = read_id_rows(contexts, model.feature_dim, model.num_fields)
-    found = top_k(model, catalogue, batch, k, exclusions(exclude, ids, catalogue))
+    found = top_k(model, catalogue, batch, k, exclusions(exclude, ids, catalogue), index)
     with files.output_stream(output) as out:
         for answer in _answers(ids, catalogue, found):
             out.write((json.dumps(answer) + "\n").encode())

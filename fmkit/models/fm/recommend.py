@@ -19,7 +19,8 @@ every item that can be among the k best — all scoring at least the k-th best o
 maxima, less twice the float32 pass's error bound — and those few are scored again in
 float64 and sorted.
 Classifier scores are monotone in y_hat, so ranking by y_hat is right for both predictor
-types. Ties are broken by catalogue order (the earlier item first).
+types. Ties are broken by catalogue order (the earlier item first). For catalogues too large
+to scan per query, :mod:`fmkit.models.fm.approximate` proposes the candidates instead.
 """
 
 from __future__ import annotations
@@ -132,9 +133,12 @@ def _key(item_id: Any) -> str:
 
 
 def top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, k: int,
-          exclude: list[np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+          exclude: list[np.ndarray] | None = None, index: Any = None
+          ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per context, the positions in the catalogue of its ``k`` best items (best first) and
-    their y_hat; ``exclude[r]`` holds catalogue positions context ``r`` may not get."""
+    their y_hat; ``exclude[r]`` holds catalogue positions context ``r`` may not get. With an
+    ``index`` (:class:`fmkit.models.fm.approximate.ApproximateIndex`) the candidates are those
+    it proposes: the scores are exact, the set may miss items."""
     if k <= 0:
         raise DataError(contexts.source, None, f"k must be positive, got {k}")
     used = np.unique(contexts.indices)
@@ -149,30 +153,12 @@ def top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, k: int,
         raise ArtifactError(f"the item catalogue was made for another model ({expected} "
                             f"factor values per item, this model has {p.shape[1]})")
     a = model.logits(contexts)
-    table, item_norm = catalogue.scoring
-    n_items = table.shape[0]
-    tile = max(BLOCK_ITEMS * k, BLOCK_SCORES // QUERY_BLOCK)
     query = np.hstack([p, np.ones((p.shape[0], 1))])
-    # the float32 pass's error bound per context: rounding the inputs and summing D + 1
-    # products, (D + 4) units in the last place of |p'| |q'| (twice, for safety)
-    margin = 2 * (table.shape[1] + 3) * 2.0 ** -24 * np.sqrt((query ** 2).sum(axis=1)) * item_norm
-    query32 = query.astype(np.float32)
+    candidates = _exact_candidates if index is None else _index_candidates
     results = []
     for start in range(0, contexts.n_rows, QUERY_BLOCK):
         stop = min(start + QUERY_BLOCK, contexts.n_rows)
-        rows, items = [], []  # every item that may be among a context's k best
-        for first in range(0, n_items, tile):
-            last = min(first + tile, n_items)
-            scores = query32[start:stop] @ table[first:last].T  # y_hat - a(c), to float32
-            if exclude is not None:
-                for r in range(start, stop):
-                    mine = exclude[r][(exclude[r] >= first) & (exclude[r] < last)]
-                    scores[r - start, mine - first] = -np.inf
-            row, column = _candidates(scores, k, margin[start:stop])
-            keep = np.isfinite(scores[row, column])  # (excluded items)
-            rows.append(row[keep] + start)
-            items.append(column[keep] + first)
-        rows, items = np.concatenate(rows), np.concatenate(items)
+        rows, items = candidates(catalogue, query, start, stop, k, exclude, index)
         # the candidates scored exactly (float64), then the k best of each context
         values = a[rows] + catalogue.bias[items] + np.einsum("ij,ij->i", p[rows],
                                                              catalogue.factors[items])
@@ -182,6 +168,54 @@ def top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, k: int,
             chosen = order[lo:min(hi, lo + k)]
             results.append((items[chosen], values[chosen]))
     return results
+
+
+def _exact_candidates(catalogue: Catalogue, query: np.ndarray, start: int, stop: int, k: int,
+                      exclude: list[np.ndarray] | None, _index: Any
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(context row, item position) of every item that may be among the k best of contexts
+    ``start:stop`` (see the module docstring)."""
+    table, item_norm = catalogue.scoring
+    n_items = table.shape[0]
+    tile = max(BLOCK_ITEMS * k, BLOCK_SCORES // QUERY_BLOCK)
+    # the float32 pass's error bound per context: rounding the inputs and summing D + 1
+    # products, (D + 4) units in the last place of |p'| |q'| (twice, for safety)
+    margin = (2 * (table.shape[1] + 3) * 2.0 ** -24
+              * np.sqrt((query[start:stop] ** 2).sum(axis=1)) * item_norm)
+    query32 = query[start:stop].astype(np.float32)
+    rows, items = [], []
+    for first in range(0, n_items, tile):
+        last = min(first + tile, n_items)
+        scores = query32 @ table[first:last].T  # y_hat - a(c), to float32
+        if exclude is not None:
+            for r in range(start, stop):
+                mine = exclude[r][(exclude[r] >= first) & (exclude[r] < last)]
+                scores[r - start, mine - first] = -np.inf
+        row, column = _candidates(scores, k, margin)
+        keep = np.isfinite(scores[row, column])  # (excluded items)
+        rows.append(row[keep] + start)
+        items.append(column[keep] + first)
+    return np.concatenate(rows), np.concatenate(items)
+
+
+def _index_candidates(catalogue: Catalogue, query: np.ndarray, start: int, stop: int, k: int,
+                      exclude: list[np.ndarray] | None, index: Any
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(context row, item position) of the items the approximate index proposes, less the
+    excluded ones (it is asked for as many more)."""
+    from fmkit.models.fm.approximate import SEARCH_FACTOR
+
+    extra = max((exclude[r].size for r in range(start, stop)), default=0) if exclude else 0
+    found = index.candidates(query[start:stop], SEARCH_FACTOR * k + extra)
+    rows = np.repeat(np.arange(start, stop), found.shape[1])
+    items = found.reshape(-1)
+    keep = items >= 0
+    if exclude is not None:
+        for r in range(start, stop):
+            if exclude[r].size:
+                mine = rows == r
+                keep[mine] &= ~np.isin(items[mine], exclude[r])
+    return rows[keep], items[keep]
 
 
 def _float32_below(values: np.ndarray) -> np.ndarray:
