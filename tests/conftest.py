@@ -65,6 +65,18 @@ def small_deepfm_dir(tmp_path_factory):
     return train_small_deepfm(tmp_path_factory.mktemp("small_deepfm"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mxnet_environment(request, tmp_path_factory):
+    """The MXNet environment of the SageMaker artifact tests, made in the background from the
+    session's start when any of them is to run (see tests/mxnet_environment.py)."""
+    from .mxnet_environment import MXNetEnvironment
+
+    environment = MXNetEnvironment(tmp_path_factory.getbasetemp().parent)
+    if any("mxnet_python" in item.fixturenames for item in request.session.items):
+        environment.start()
+    return environment
+
+
 # the training kernels each of two xdist workers compiles before its tests (one per update
 # rule and mini-batch path, ~6 to 9 s each on a cold cache): split, so that neither compiles
 # what the other does

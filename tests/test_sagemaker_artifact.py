@@ -6,12 +6,10 @@ the tar/zip layout without it."""
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import struct
 import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -26,8 +24,7 @@ from fmkit.errors import ArtifactError
 from fmkit.models.fm.mxnet_format import read_ndarrays
 
 from .conftest import shared_file
-
-MXNET = ["mxnet==1.9.1", "numpy==1.23.5"]  # the last MXNet; its numpy must be older than 1.24
+from .mxnet_environment import MXNET
 
 # MXNet builds SageMaker's FM graph (a logistic or linear regression output on top, as its
 # training jobs do) with random weights, saves it as SageMaker's module files and runs it
@@ -62,7 +59,6 @@ np.save(out + "/mxnet_scores.npy", module.get_outputs()[0].asnumpy().ravel())
 
 # MXNet loads fmkit's params and symbol.json and scores dense rows with them
 RUN_WITH_MXNET = r"""
-import sys
 import mxnet as mx, numpy as np
 folder = sys.argv[1]
 arrays = mx.nd.load(folder + "/params")
@@ -78,27 +74,15 @@ np.save(folder + "/mxnet_scores.npy", module.get_outputs()[0].asnumpy().ravel())
 
 
 @pytest.fixture(scope="session")
-def mxnet_python(tmp_path_factory) -> str:
-    """The Python of a virtual environment holding MXNet, made once for all xdist workers
-    (the first makes it under a lock, the others wait and reuse it)."""
-    shared = tmp_path_factory.getbasetemp().parent
-    venv = shared / "mxnet-venv"
-    python = venv / "bin" / "python"
-    with open(shared / "mxnet-venv.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (venv / "ready").exists():
-            made = subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)],
-                                  capture_output=True, text=True)
-            if made.returncode == 0:
-                made = subprocess.run([str(python), "-m", "pip", "install", "-q",
-                                       "--disable-pip-version-check", *MXNET],
-                                      capture_output=True, text=True, timeout=900)
-            if made.returncode != 0:
-                why = (made.stderr.strip().splitlines() or ["no message"])[-1]
-                pytest.skip(f"NOT CHECKED AGAINST MXNET: its environment could not be made "
-                            f"({' '.join(MXNET)}): {why}")
-            (venv / "ready").touch()
-    return str(python)
+def mxnet_python(mxnet_environment) -> str:
+    """The Python of the MXNet environment (started in the background by conftest)."""
+    if not mxnet_environment.is_alive() and mxnet_environment.failure == "not started":
+        mxnet_environment.start()  # (a session whose collection did not include these tests)
+    mxnet_environment.join()
+    if mxnet_environment.failure:
+        pytest.skip(f"NOT CHECKED AGAINST MXNET: its environment could not be made "
+                    f"({' '.join(MXNET)}): {mxnet_environment.failure}")
+    return str(mxnet_environment.python)
 
 
 def _mxnet(python: str, script: str, *args) -> None:
