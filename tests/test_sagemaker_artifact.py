@@ -59,6 +59,7 @@ np.save(out + "/mxnet_scores.npy", module.get_outputs()[0].asnumpy().ravel())
 
 # MXNet loads fmkit's params and symbol.json and scores dense rows with them
 RUN_WITH_MXNET = r"""
+import sys
 import mxnet as mx, numpy as np
 folder = sys.argv[1]
 arrays = mx.nd.load(folder + "/params")
