@@ -58,6 +58,25 @@ def primary() -> bool:
 _cpu_group = None  # the group for collectives on CPU tensors (Gloo)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies. torchrun starts each process
+    in a session of its own, so a ``kill -9`` of ``fmkit train --nproc`` (or of its process
+    group, as a scheduler's timeout does) would otherwise leave the processes training as
+    orphans — and writing the model later. Elsewhere (no ``prctl``), nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request: nobody is waiting for us
+        os._exit(1)
+
+
 def init_from_environment(device: str = "cpu") -> bool:
     """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1);
     returns whether this process is now one of several. Gloo on CPU; with a CUDA ``device``,
@@ -66,6 +85,7 @@ def init_from_environment(device: str = "cpu") -> bool:
     global _cpu_group
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
+    _die_with_parent()
     dist = _dist()
     if not dist.is_initialized():
         if device.startswith("cuda"):
