@@ -141,6 +141,14 @@ def test_deepfm_onnx_scores_the_criteo_example_as_fmkit_predict(tmp_path, cli):
     assert code == 0, err
     expected = np.array([json.loads(line)["score"] for line in out.splitlines()])
     model = DeepFMModel.load(tmp_path / "model")
+    # the hash the JSON states, in plain Python, gives the first row's C1 id
+    hashing = encoding["hashing"]
+    value = data.read_text().split("\n", 1)[0].split("\t")[14]  # label, I1..I13, C1
+    h = hashing["offset_basis"]
+    for byte in value.encode():
+        h = ((h ^ byte) * hashing["prime"]) % 2 ** 64
+    first = model.encode(next(model.read(data, labelled=False)))
+    assert first.sparse["C1"][0][0] == h % 1000  # SMALL_CRITEO's hash_bucket_size
     session = ort.InferenceSession(str(tmp_path / "criteo.onnx"),
                                    providers=["CPUExecutionProvider"])
     scores, start = [], 0

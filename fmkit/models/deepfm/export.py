@@ -14,8 +14,9 @@ Outputs: ``y`` (the logits, [n], or [n, num_class]) and ``score`` (sigmoid of y 
 classifier, softmax over classes for several, y for a regressor).
 
 The encoding JSON lists those inputs with their member features and bases, the dense
-features' order, and the model's feature configuration (TorchEasyRec's fields: hashing,
-vocabularies, boundaries), so that another runtime can turn raw columns into the inputs;
+features' order, the hash function of ``hash_bucket_size`` features and the model's feature
+configuration (TorchEasyRec's fields: vocabularies, boundaries; docs/deepfm.md says how each
+becomes an id), so that another runtime can turn raw columns into the inputs;
 ``fmkit`` itself does so with :meth:`Banks.lookups`.
 """
 
@@ -34,6 +35,7 @@ from fmkit.models.deepfm import config as configs
 from fmkit.models.deepfm.model import DeepFMModel
 
 OPSET = 17
+FNV_OFFSET, FNV_PRIME = 14695981039346656037, 1099511628211  # features.hash_strings' hash
 
 
 class _Graph(nn.Module):
@@ -100,6 +102,10 @@ def encoding(model: DeepFMModel) -> dict[str, Any]:
             "dense": {"input": "dense", "features": list(net.dense_names)}
             if net.dense_names else None,
             "outputs": ["y", "score"],
+            "hashing": {"function": "FNV-1a, 64-bit", "offset_basis": FNV_OFFSET,
+                        "prime": FNV_PRIME, "input": "the value's text, UTF-8",
+                        "id": "hash modulo hash_bucket_size"},
+            "id_rules": "docs/deepfm.md, section Features",
             "feature_configs": configs.to_document(model.config)["feature_configs"]}
 
 
