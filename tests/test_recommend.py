@@ -217,6 +217,8 @@ def test_approximate_top_k_scores_exactly_and_finds_the_best_items(movielens_fm,
     code, _, err = cli("recommend", "index", "--approximate", "--model-dir", root / "model",
                        "--items", root / "items.jsonl", "--quiet")
     assert code == 0, err
+    kept = {name: (root / "model" / "items" / name).read_bytes()
+            for name in ("hnsw.faiss", "hnsw.json")}
     recalls = []
     for source in ([], ["--items", root / "items.jsonl"]):  # kept graph, and one built now
         code, out, err = cli("recommend", "--approximate", "--model-dir", root / "model",
@@ -247,6 +249,20 @@ def test_approximate_top_k_scores_exactly_and_finds_the_best_items(movielens_fm,
     code, _, err = cli("recommend", "--approximate", "--model-dir", root / "model",
                        "--context", root / "contexts.jsonl", "--quiet")
     assert code == 1 and "recommend index --approximate" in err
+    # a graph is tied to the catalogue it was built from, not only to its size: the same
+    # items in another order, with the first catalogue's graph put back, are refused
+    (root / "reversed.jsonl").write_text("\n".join(map(json.dumps, catalogue[::-1])) + "\n")
+    code, _, err = cli("recommend", "index", "--model-dir", root / "model", "--items",
+                       root / "reversed.jsonl", "--quiet")
+    assert code == 0, err
+    for name, data in kept.items():
+        (root / "model" / "items" / name).write_bytes(data)
+    code, _, err = cli("recommend", "--approximate", "--model-dir", root / "model",
+                       "--context", root / "contexts.jsonl", "--quiet")
+    assert code == 1 and err.count("\n") == 1 and "made for another item catalogue" in err
+    code, _, err = cli("recommend", "index", "--model-dir", root / "model", "--items",
+                       root / "items.jsonl", "--quiet")  # (the fixture's catalogue again)
+    assert code == 0, err
     print(f"approximate recall@10 on MovieLens items: {np.mean(recalls):.3f}")
 
 

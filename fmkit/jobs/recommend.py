@@ -18,7 +18,7 @@ from fmkit import files
 from fmkit.data.id_rows import read_id_rows
 from fmkit.errors import ArtifactError, DataError
 from fmkit.models import artifact
-from fmkit.models.fm.approximate import INDEX_FILE, ApproximateIndex
+from fmkit.models.fm.approximate import ApproximateIndex
 from fmkit.models.fm.model import FMModel
 from fmkit.models.fm.recommend import Catalogue, top_k
 
@@ -40,8 +40,8 @@ def index_items(model_dir: str | Path, items: str | Path, approximate: bool = Fa
     catalogue = Catalogue.of(model, ids, batch)
     directory = artifact.resolve(model_dir) / ITEMS_DIR
     graph = ApproximateIndex.build(catalogue.scoring[0]) if approximate else None
+    ApproximateIndex.discard(directory)  # (a graph of the previous catalogue)
     catalogue.save(directory)
-    (directory / INDEX_FILE).unlink(missing_ok=True)  # (a graph of the previous catalogue)
     if graph is not None:
         graph.save(directory)
     return len(ids)

@@ -42,22 +42,26 @@ def _faiss():
     return faiss
 
 
+def _fingerprint(table: np.ndarray) -> str:
+    """What ties a graph to the catalogue rows it was built from: their shape and SHA-256."""
+    rows = np.ascontiguousarray(table, np.float32)
+    return f"{rows.shape[0]}x{rows.shape[1]}:{hashlib.sha256(rows.tobytes()).hexdigest()}"
+
+
 class ApproximateIndex:
     """An HNSW graph over a catalogue's ``[q(i), b(i)]`` (see the module docstring)."""
 
-    def __init__(self, index):
-        self.index = index
+    def __init__(self, index, catalogue: str):
+        self.index, self.catalogue = index, catalogue  # (the fingerprint of its rows)
 
     @classmethod
-    def build(cls, table: np.ndarray, threads: int | None = None) -> ApproximateIndex:
+    def build(cls, table: np.ndarray) -> ApproximateIndex:
         """The graph of ``table`` (the catalogue's float32 ``[q, b]`` rows, in order)."""
         faiss = _faiss()
-        if threads:
-            faiss.omp_set_num_threads(threads)
         index = faiss.IndexHNSWFlat(table.shape[1], NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = EF_CONSTRUCTION
         index.add(np.ascontiguousarray(table, np.float32))
-        return cls(index)
+        return cls(index, _fingerprint(table))
 
     def candidates(self, queries: np.ndarray, count: int) -> np.ndarray:
         """Per query (float64 ``[p, 1]`` rows), the catalogue positions of up to ``count``
@@ -68,15 +72,22 @@ class ApproximateIndex:
         return positions
 
     def save(self, directory: str | Path) -> None:
-        """``hnsw.faiss`` in ``directory``, and ``hnsw.json`` with its SHA-256: FAISS's
+        """``hnsw.faiss`` in ``directory``, and ``hnsw.json`` with its SHA-256 (FAISS's
         reader is compiled code that trusts its file, so :meth:`load` hands it only the bytes
-        this wrote."""
+        this wrote) and the fingerprint of the catalogue it was built from."""
         faiss = _faiss()
         data = faiss.serialize_index(self.index).tobytes()
         with output_stream(Path(directory) / INDEX_FILE) as out:
             out.write(data)
         write_text(Path(directory) / CHECK_FILE, json.dumps(
-            {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}) + "\n")
+            {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+             "catalogue": self.catalogue}) + "\n")
+
+    @staticmethod
+    def discard(directory: str | Path) -> None:
+        """Remove a kept graph (before its catalogue is replaced)."""
+        for name in (INDEX_FILE, CHECK_FILE):
+            (Path(directory) / name).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, directory: str | Path, table: np.ndarray) -> ApproximateIndex:
@@ -88,16 +99,14 @@ class ApproximateIndex:
                                 "recommend index --approximate")
         data = path.read_bytes()
         try:
-            expected = json.loads(check.read_text())["sha256"]
+            recorded = json.loads(check.read_text())
+            expected, catalogue = recorded["sha256"], recorded["catalogue"]
         except (OSError, ValueError, KeyError, TypeError):
-            expected = None
+            expected = catalogue = None
         if hashlib.sha256(data).hexdigest() != expected:
             raise ArtifactError(f"{path}: does not match the checksum in {check.name} "
                                 "(damaged, or not written by fmkit recommend index)")
-        index = faiss.deserialize_index(np.frombuffer(data, np.uint8))
-        if index.ntotal != len(table) or index.d != table.shape[1]:
-            raise ArtifactError(f"{path}: made for another catalogue ({index.ntotal} items of "
-                                f"{index.d} values; the catalogue has {len(table)} of "
-                                f"{table.shape[1]}): write both with fmkit recommend index "
-                                "--approximate")
-        return cls(index)
+        if catalogue != _fingerprint(table):
+            raise ArtifactError(f"{path}: made for another item catalogue: write both with "
+                                "fmkit recommend index --approximate")
+        return cls(faiss.deserialize_index(np.frombuffer(data, np.uint8)), catalogue)
