@@ -192,9 +192,13 @@ def test_a_hand_written_artifact_predicts_the_fm_formula(tmp_path, cli):
     rng = np.random.default_rng(0)
     arrays = _hand_written(rng)
     artifact = _artifact(tmp_path / "model.tar.gz", {"params": _params_by_hand(arrays)})
-    code, _, err = cli("import", "sagemaker", artifact, "--model-dir", tmp_path / "m")
-    assert code == 1 and err.count("\n") == 1
-    assert "give predictor_type=binary_classifier|regressor" in err
+    odd_graph = _artifact(tmp_path / "odd.tar.gz", {  # a graph that says nothing usable
+        "params": _params_by_hand(arrays),
+        "symbol.json": b'{"nodes": [5, {"op": "Activation", "attrs": [1]}, {"op": null}]}'})
+    for source in (artifact, odd_graph):
+        code, _, err = cli("import", "sagemaker", source, "--model-dir", tmp_path / "m")
+        assert code == 1 and err.count("\n") == 1
+        assert "give predictor_type=binary_classifier|regressor" in err
     (tmp_path / "hyperparameters.json").write_text(json.dumps(
         {"predictor_type": "regressor", "feature_dim": "6", "num_factors": "3"}))
     code, _, err = cli("import", "sagemaker", artifact, "--model-dir", tmp_path / "m",

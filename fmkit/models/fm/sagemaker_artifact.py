@@ -56,6 +56,7 @@ def _module_zip(path: Path) -> tuple[bytes, str]:
     """The bytes of ``model_algo-1`` (from a ``model.tar.gz``, or given directly) and the name
     to use for it in messages."""
     if zipfile.is_zipfile(path):
+        _check_size(str(path), MEMBER, path.stat().st_size)
         return path.read_bytes(), str(path)
     try:
         with tarfile.open(path, "r:*") as archive:
@@ -110,10 +111,14 @@ def _json(found: dict[str, bytes], name: str, source: str) -> dict:
 
 def _predictor_from_symbol(symbol: dict) -> str | None:
     """``binary_classifier``/``regressor`` when the graph's operators say so unambiguously."""
-    ops = {str(node.get("op")) for node in symbol.get("nodes", []) if isinstance(node, dict)}
-    ops |= {"sigmoid" for node in symbol.get("nodes", []) if isinstance(node, dict)
-            and node.get("op") == "Activation"
-            and (node.get("attrs") or node.get("param") or {}).get("act_type") == "sigmoid"}
+    nodes = symbol.get("nodes")
+    ops = set()
+    for node in nodes if isinstance(nodes, list) else []:
+        if not isinstance(node, dict):
+            continue
+        attrs = node.get("attrs") or node.get("param")
+        sigmoid = isinstance(attrs, dict) and attrs.get("act_type") == "sigmoid"
+        ops.add("sigmoid" if node.get("op") == "Activation" and sigmoid else str(node.get("op")))
     classifier, regressor = bool(ops & CLASSIFIER_OPS), bool(ops & REGRESSOR_OPS)
     if classifier != regressor:
         return "binary_classifier" if classifier else "regressor"
