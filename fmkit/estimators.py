@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from fmkit.data.batch import SparseBatch
+from fmkit.data.batch import SparseBatch, concat
 from fmkit.data.sources import ArraySource
 from fmkit.jobs.training import train, with_starting_point
 from fmkit.models.fm.hyperparameters import TABLE, validate
@@ -169,11 +168,10 @@ class _FMEstimator(BaseEstimator):
         return positions, scores
 
     def _batch(self, X) -> SparseBatch:
-        """``X``'s rows as one batch for the model."""
-        X = self._input(X, reset=False)
-        X = sp.csr_matrix(X)
-        return SparseBatch(X.indptr.astype(np.int64), X.indices.astype(np.int32),
-                           X.data.astype(np.float32), np.zeros(X.shape[0], np.float32))
+        """``X``'s rows as one checked batch for the model (as :meth:`_logits` reads them)."""
+        source = ArraySource(self._input(X, reset=False), None,
+                             feature_dim=self.model_.feature_dim)
+        return concat(list(source.blocks()))
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model as a model directory (the same format the CLI writes)."""

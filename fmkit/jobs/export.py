@@ -35,19 +35,15 @@ def export_model(fmt: str, model_dir: str | Path, output: str | Path) -> None:
                                 "SageMaker export cover the FM)")
         return
     from fmkit.models.fm import export
+    from fmkit.models.fm.sagemaker_artifact import artifact_bytes
 
     model = FMModel.load(model_dir)
-    if fmt in ("onnx", "sagemaker"):
-        if fmt == "onnx":
-            data = export.onnx_model(model).SerializeToString()
-        else:
-            from fmkit.models.fm.sagemaker_artifact import artifact_bytes
-
-            data = artifact_bytes(model)
-        with output_stream(output) as out:
-            out.write(data)
-    else:
+    if fmt in ("npz", "parquet"):
         export.write_weights(model, output, fmt)
+        return
+    data = export.onnx_model(model).SerializeToString() if fmt == "onnx" else artifact_bytes(model)
+    with output_stream(output) as out:
+        out.write(data)
 
 
 def import_sagemaker(artifact: str | Path, model_dir: str | Path,

@@ -154,11 +154,13 @@ def top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, k: int,
                             f"factor values per item, this model has {p.shape[1]})")
     a = model.logits(contexts)
     query = np.hstack([p, np.ones((p.shape[0], 1))])
-    candidates = _exact_candidates if index is None else _index_candidates
     results = []
     for start in range(0, contexts.n_rows, QUERY_BLOCK):
         stop = min(start + QUERY_BLOCK, contexts.n_rows)
-        rows, items = candidates(catalogue, query, start, stop, k, exclude, index)
+        if index is None:
+            rows, items = _exact_candidates(catalogue, query, start, stop, k, exclude)
+        else:
+            rows, items = _index_candidates(index, query, start, stop, k, exclude)
         # the candidates scored exactly (float64), then the k best of each context
         values = a[rows] + catalogue.bias[items] + np.einsum("ij,ij->i", p[rows],
                                                              catalogue.factors[items])
@@ -171,8 +173,7 @@ def top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, k: int,
 
 
 def _exact_candidates(catalogue: Catalogue, query: np.ndarray, start: int, stop: int, k: int,
-                      exclude: list[np.ndarray] | None, _index: Any
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      exclude: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
     """(context row, item position) of every item that may be among the k best of contexts
     ``start:stop`` (see the module docstring)."""
     table, item_norm = catalogue.scoring
@@ -198,9 +199,8 @@ def _exact_candidates(catalogue: Catalogue, query: np.ndarray, start: int, stop:
     return np.concatenate(rows), np.concatenate(items)
 
 
-def _index_candidates(catalogue: Catalogue, query: np.ndarray, start: int, stop: int, k: int,
-                      exclude: list[np.ndarray] | None, index: Any
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _index_candidates(index: Any, query: np.ndarray, start: int, stop: int, k: int,
+                      exclude: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
     """(context row, item position) of the items the approximate index proposes, less the
     excluded ones (it is asked for as many more)."""
     from fmkit.models.fm.approximate import SEARCH_FACTOR
