@@ -235,12 +235,15 @@ def test_damaged_artifacts_are_one_line_each(tmp_path, cli):
     }
     (tmp_path / "e.tar.gz").write_bytes(b"\x1f\x8b\x08garbage")
     cases["not a tar"] = tmp_path / "e.tar.gz"
+    (tmp_path / "g.tar.gz").write_text("x\n")  # (tarfile's message here has five lines)
+    cases["text"] = tmp_path / "g.tar.gz"
     with tarfile.open(tmp_path / "f.tar.gz", "w:gz") as archive:
         archive.addfile(tarfile.TarInfo("other"), io.BytesIO(b""))
     cases["no model_algo-1"] = tmp_path / "f.tar.gz"
     expected = {"truncated": "more bytes,", "no v": "has no v", "not mxnet":
                 "not MXNet's list magic", "no params": "has no params file",
-                "not a tar": "not a SageMaker model.tar.gz", "no model_algo-1":
+                "not a tar": "not a SageMaker model.tar.gz",
+                "text": "not a SageMaker model.tar.gz", "no model_algo-1":
                 "holds no model_algo-1"}
     for name, artifact in cases.items():
         code, out, err = cli("import", "sagemaker", artifact, "--model-dir", tmp_path / name,

@@ -75,8 +75,10 @@ def _module_zip(path: Path) -> tuple[bytes, str]:
     except (tarfile.TarError, EOFError, OSError) as e:
         if isinstance(e, OSError) and e.filename:
             raise
+        why = (str(e).splitlines() or [type(e).__name__])[0].rstrip(":")  # (tarfile's
+        # message lists every compression it tried, a line each)
         raise ArtifactError(f"{path}: not a SageMaker model.tar.gz (a gzipped tar holding "
-                            f"{MEMBER}) nor a {MEMBER} zip: {e}") from None
+                            f"{MEMBER}) nor a {MEMBER} zip: {why}") from None
 
 
 def _module_files(path: Path) -> tuple[dict[str, bytes], str]:
