@@ -28,17 +28,17 @@ MISSING_FIELD = 11
 _NL, _CR, _SPACE, _TAB, _HASH, _COLON = 10, 13, 32, 9, 35, 58
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _is_space(c):
     return c == _SPACE or c == _TAB or c == _CR
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _ends_token(c):
     return c == _SPACE or c == _TAB or c == _CR or c == _NL or c == _HASH
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _token_end(buf, p, n):
     while p < n and not _ends_token(buf[p]):
         p += 1
@@ -59,7 +59,7 @@ def _bad_pair(buf, start, end, ffm):
     return BAD_INDEX
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _parse_id(buf, p, n):
     """Digits at ``p`` as an int (stops past 2^31 - 1); returns ``(value, end)``."""
     value = 0
@@ -69,7 +69,7 @@ def _parse_id(buf, p, n):
     return value, p
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _is_qid(buf, start, n):
     return (start + 3 < n and buf[start] == 113 and buf[start + 1] == 105
             and buf[start + 2] == 100 and buf[start + 3] == _COLON)

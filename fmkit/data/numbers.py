@@ -22,7 +22,7 @@ _POW10 = np.array([10.0**i for i in range(23)])  # exact
 _POW10_ANY = np.array([float(f"1e{e}") for e in range(-350, 351)])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _lower(c):
     return c | 0x20 if 65 <= c <= 90 else c
 

@@ -52,7 +52,7 @@ _PROBLEMS = {
 
 
 # -- framing ------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _u32(buf, p):
     return (np.uint32(buf[p]) | (np.uint32(buf[p + 1]) << 8) | (np.uint32(buf[p + 2]) << 16)
             | (np.uint32(buf[p + 3]) << 24))
@@ -107,7 +107,7 @@ def frame_records(buf, n, at_eof, payload, starts):
 
 
 # -- protobuf wire format -----------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _varint(buf, p, end):
     """``(value, next position)``; position -1 when the varint runs past ``end``."""
     value = np.uint64(0)
@@ -462,7 +462,7 @@ def empty_batch(source: str) -> SparseBatch:
 
 
 # -- writing ------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _varint_len(v):
     n = 1
     while v >= 128:
@@ -471,7 +471,7 @@ def _varint_len(v):
     return n
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _put_varint(out, p, v):
     while v >= 128:
         out[p] = (v & 0x7F) | 0x80
@@ -481,7 +481,7 @@ def _put_varint(out, p, v):
     return p + 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _put_f32(out, p, value, f32, u32):
     f32[0] = value
     bits = u32[0]

@@ -30,7 +30,7 @@ from fmkit.kernels.fm import (
 )
 
 
-@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
 def _row_forward(indptr, indices, fields, values, r, T, k):
     """y_hat - w0 of row ``r`` (float64): the linear terms and every pair's
     <v_{i_a, f_b}, v_{i_b, f_a}> x_a x_b."""

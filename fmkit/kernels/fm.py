@@ -15,6 +15,11 @@ Arithmetic is done in the table's precision (float32 in production, float64 in t
 compare with the float64 reference to 1e-12); losses are summed in float64. ``FAST`` lets the
 compiler reorder and fuse floating-point operations (as ``-ffast-math`` without assuming finite
 numbers, so a diverging run still reports a non-finite loss).
+
+The small helpers are compiled as functions of their own with LLVM's ``alwaysinline``
+(``forceinline=True``), not inlined into numba's IR (``inline="always"``): the machine code is
+the same, and numba no longer copies and re-types each helper's IR at every call site, which was
+half of a first run's compile time (docs/performance.md, "First run").
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def _like_compiled(value, array):
     return lambda value, array: dtype(value)
 
 
-@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
 def _row_forward(indptr, indices, values, r, T, k, sums):
     """y_hat - w0 of row ``r``; leaves sum_i v_if x_i in ``sums`` (the table's dtype). The
     factors are read eight at a time as vectors (see :mod:`fmkit.kernels.lanes`)."""
@@ -86,7 +91,7 @@ def _row_forward(indptr, indices, values, r, T, k, sums):
     return linear + _like(0.5, T) * (pairwise - squares)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _loss_and_slope(z, y, loss_kind):
     """Loss of one row and its derivative in y_hat (float64)."""
     if loss_kind == LOGISTIC:
@@ -98,7 +103,7 @@ def _loss_and_slope(z, y, loss_kind):
     return d * d, 2.0 * d
 
 
-@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
 def _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, like):
     """One optimizer step of a coordinate, or of eight as :class:`~fmkit.kernels.lanes.LanesType`:
     from the parameter ``p``, its moments (Adam's m / AdaGrad's s / FTRL's z in ``first``;
@@ -131,7 +136,7 @@ def _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, like):
     return step, moment, square
 
 
-@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
 def _apply(w, m, s, lo, hi, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr, adam_eps):
     """One optimizer step (:func:`_rule`) of coordinates ``lo:hi`` of one table row, given as
     1-D views of its blocks: weights ``w``, Adam's m / AdaGrad's s / FTRL's z in ``m``, Adam's
@@ -169,7 +174,7 @@ def _apply(w, m, s, lo, hi, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr, a
             s[c] = second
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _frozen(cfg):
     """``cfg``'s values as a tuple: passed by value, they stay in registers across the table
     stores (read from the array, each would be reloaded after every store that might alias it)."""
@@ -177,7 +182,7 @@ def _frozen(cfg):
             cfg[10], cfg[11], cfg[12])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _adam_scales(beta1_t, beta2_t, T):
     """Adam's bias corrections at step t as factors of lr and eps, in the table's dtype:
     lr (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
@@ -186,7 +191,7 @@ def _adam_scales(beta1_t, beta2_t, T):
     return _like(root / (1.0 - beta1_t), T), _like(root, T)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _row_blocks(T, i, width):
     """Row ``i`` of a training table as 1-D views of its blocks (weights, first moment, second
     moment; empty where the rule keeps none), so the update reads and writes each block through
@@ -195,7 +200,7 @@ def _row_blocks(T, i, width):
     return row[:width], row[width:2 * width], row[2 * width:3 * width]
 
 
-@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
 def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, opt, cfg, adam_lr,
                     adam_eps):
     """Update row ``i`` of ``T``: the linear weight from raw gradient ``scale * G_linear[0]``,
@@ -207,7 +212,7 @@ def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, opt, 
            opt, cfg, adam_lr, adam_eps)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def _prefetch_ahead(indptr, indices, values, order, q, hi, T, lines):
     """While row ``q`` of the order trains, start loading what the next rows need: the table rows
     of row q+1's features, the indices and values of row q+2, the offsets of row q+3."""
@@ -383,7 +388,7 @@ def _batch_gradient(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows
                        sums, slot, G)
 
 
-@njit(cache=True, inline="always", fastmath=FAST, error_model="numpy")
+@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
 def step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, opt, cfg, adam_lr,
                    adam_eps):
     """A mini-batch's optimizer step from its gradient: the bias from ``g_bias``, then each
