@@ -82,6 +82,28 @@ def test_evaluate_reads_the_csv_sample_with_its_header(trained, cli):
     assert metrics["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
 
 
+def test_a_header_in_another_order_with_extra_columns_is_read_by_name(trained, cli, tmp_path):
+    """The example reads header-less TSV by position; a CSV whose first line names the columns
+    in another order, beside a column the model does not use, is read by those names."""
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    rows = criteo_rows(train)[:50]
+    order = ["note", *reversed(["label", *INTS, *CATS])]
+    shuffled = tmp_path / "shuffled.csv"
+    with open(shuffled, "w", newline="") as f:
+        writer = csv.DictWriter(f, order)
+        writer.writeheader()
+        writer.writerows({"note": "x", **row} for row in rows)
+    original = tmp_path / "original.tsv"
+    original.write_text("".join(line + "\n" for line in train.read_text().split("\n")[:50]))
+    scores = []
+    for data in (shuffled, original):
+        code, out, err = cli("predict", "--model-dir", trained, "--data", data)
+        assert code == 0, err
+        scores.append([json.loads(line)["score"] for line in out.splitlines()])
+    assert len(scores[0]) == 50
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-6)
+
+
 def test_the_example_trains_on_the_csv_sample(tmp_path, cli):
     sample = shared_file("criteo_deepctr_sample", "criteo_sample.txt")
     code, _, err = cli("train", "--config", EXAMPLE, "--quiet", "--train", sample,

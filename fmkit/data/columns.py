@@ -152,11 +152,15 @@ DELIMITERS = ("\t", ",", ";", "|")
 def sniff(first_line: str, names: Sequence[str] | None, delimiter: str,
           with_header: bool) -> tuple[str, bool]:
     """The delimiter and header flag of a file whose first line is ``first_line``: as
-    configured, unless the line holds no configured delimiter but another one that splits it
-    into the configured column names (a CSV file with a header for a model trained on TSV)."""
+    configured, unless the line is a header after all: split by the configured delimiter or
+    another one, it names every configured column, in any order and perhaps among others (a
+    CSV file with a header for a model trained on TSV; a header-less configuration whose
+    column order was guessed; a file with more columns than the model reads). A data row
+    holding every column's name as its values is not a risk worth a wrong refusal."""
     if names and not with_header:
         for candidate in dict.fromkeys((delimiter, *DELIMITERS)):
-            if [c.strip() for c in first_line.split(candidate)] == list(names):
+            fields = [c.strip() for c in first_line.split(candidate)]
+            if set(names) <= set(fields):
                 return candidate, True
     if delimiter not in first_line:
         for candidate in DELIMITERS:
