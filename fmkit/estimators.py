@@ -58,6 +58,16 @@ def _parameters_doc() -> str:
     return "\n".join(lines)
 
 
+def _one_pair(eval_set) -> tuple[Any, Any]:
+    """``(X, y)`` from ``eval_set``: the pair itself, or a list holding one pair (the form
+    LightGBM's and XGBoost's estimators take; early stopping here watches one set)."""
+    if isinstance(eval_set, list) and len(eval_set) == 1:
+        eval_set = eval_set[0]
+    if not isinstance(eval_set, tuple) or len(eval_set) != 2:
+        raise ValueError("eval_set must be one (X, y) pair, or a list holding one")
+    return eval_set
+
+
 class _FMEstimator(BaseEstimator):
     _predictor_type: str
 
@@ -93,9 +103,10 @@ class _FMEstimator(BaseEstimator):
         return validate_data(self, X, y, accept_sparse="csr", reset=reset, y_numeric=regressor,
                              dtype=(np.float64, np.float32))
 
-    def _fit(self, X, y, progress: bool | None) -> _FMEstimator:
+    def _fit(self, X, y, eval_set, progress: bool | None) -> _FMEstimator:
         """``epochs`` epochs; with ``warm_start`` and a fitted model, from its weights (a fresh
-        optimizer state, epochs numbered after the ones already trained)."""
+        optimizer state, epochs numbered after the ones already trained). ``eval_set``: the
+        validation channel of ``fmkit train --validation`` (see ``fit``)."""
         warm = self.warm_start and hasattr(self, "model_")
         features = getattr(self, "n_features_in_", None)
         X, y = self._input(X, y, reset=True)
@@ -104,10 +115,17 @@ class _FMEstimator(BaseEstimator):
             raise ValueError(f"warm_start: X has {self.n_features_in_} features, the fitted "
                              f"model {features}")
         source = ArraySource(X, y, labels=self._labels)
+        validation = None
+        if eval_set is not None:
+            X_val, y_val = _one_pair(eval_set)
+            X_val, y_val = self._input(X_val, y_val, reset=False)
+            validation = ArraySource(X_val, self._target(y_val, first=False),
+                                     labels=self._labels)
         hp = self._hyperparameters(source.feature_dim)
         before = self.history_ if warm else []
         params, history = train(hp, source, self.model_.params if warm else None,
-                                progress=progress, trained_epochs=len(before))
+                                validation=validation, progress=progress,
+                                trained_epochs=len(before))
         self.model_, self.history_ = FMModel(hp, params), before + history
         self._learner = None  # partial_fit starts over after fit
         return self
@@ -210,8 +228,12 @@ class FMClassifier(ClassifierMixin, _FMEstimator):
             self.model_.classes = tuple(int(c) for c in self.classes_)
         return self
 
-    def fit(self, X, y, *, progress: bool | None = None) -> FMClassifier:
-        return self._fit(X, y, progress)._keep_classes()
+    def fit(self, X, y, *, eval_set=None, progress: bool | None = None) -> FMClassifier:
+        """Train ``epochs`` epochs on ``X, y``. ``eval_set=(X_val, y_val)``: measured after
+        every epoch (``history_``), the best epoch's weights by ``early_stopping_metric`` are
+        kept and training stops after ``early_stopping_patience`` epochs without a better
+        one, as ``fmkit train --validation`` does."""
+        return self._fit(X, y, eval_set, progress)._keep_classes()
 
     def partial_fit(self, X, y, classes=None) -> FMClassifier:
         """One more epoch over ``X, y`` (see ``_partial_fit``); ``classes`` may be given on
@@ -238,8 +260,9 @@ class FMRegressor(RegressorMixin, _FMEstimator):
     _predictor_type = "regressor"
     _labels = "real"
 
-    def fit(self, X, y, *, progress: bool | None = None) -> FMRegressor:
-        return self._fit(X, y, progress)
+    def fit(self, X, y, *, eval_set=None, progress: bool | None = None) -> FMRegressor:
+        """Train on ``X, y``; ``eval_set``: see :meth:`FMClassifier.fit`."""
+        return self._fit(X, y, eval_set, progress)
 
     def partial_fit(self, X, y) -> FMRegressor:
         """One more epoch over ``X, y`` (see ``_partial_fit``)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
+from sklearn.metrics import accuracy_score, mean_squared_error, r2_score, roc_auc_score
 from sklearn.model_selection import cross_val_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -147,6 +147,32 @@ def test_warm_start_continues_fit_with_epochs_numbered_after_it():
     assert [h.epoch for h in warm.history_] == [1, 2]
     cold = FMRegressor(**settings, epochs=1).fit(X, y, progress=False).fit(X, y, progress=False)
     np.testing.assert_allclose(cold.model_.params.V, once)  # without warm_start: starts over
+
+
+@pytest.mark.parametrize("Estimator, metric, score", [
+    (FMClassifier, "auc", lambda m, X, y: roc_auc_score(y, m.predict_proba(X)[:, 1])),
+    (FMRegressor, "rmse", lambda m, X, y: -np.sqrt(mean_squared_error(y, m.predict(X)))),
+])
+def test_eval_set_keeps_the_best_epoch_as_a_run_stopped_there(Estimator, metric, score):
+    """fit(eval_set=...) measures the set after every epoch, keeps the best epoch's weights
+    and stops after early_stopping_patience worse ones: the model equals a run of exactly
+    that many epochs, and each recorded figure is scikit-learn's on that epoch's model."""
+    X, y = _sparse_problem(rows=1500, seed=2)
+    train, held = slice(0, 1000), slice(1000, None)
+    settings = dict(num_factors=4, mini_batch_size=50, optimizer="adam", factors_lr=0.05,
+                    linear_lr=0.05, bias_lr=0.05, early_stopping_patience=2)
+    stopped = Estimator(**settings, epochs=40).fit(X[train], y[train],
+                                                  eval_set=[(X[held], y[held])], progress=False)
+    figures = [h.validation[metric] for h in stopped.history_]
+    best = (max if metric == "auc" else min)(range(len(figures)), key=figures.__getitem__) + 1
+    assert len(figures) == best + 2 < 40  # stopped two epochs after the best one
+    short = Estimator(**settings, epochs=best).fit(X[train], y[train], progress=False)
+    np.testing.assert_allclose(stopped.model_.params.V, short.model_.params.V, rtol=1e-6)
+    assert abs(score(short, X[held], y[held])) == pytest.approx(figures[best - 1], abs=1e-9)
+    with pytest.raises(ValueError, match="one .X, y. pair"):
+        Estimator(**settings).fit(X, y, eval_set=[(X, y), (X, y)])
+    with pytest.raises(ValueError, match="features"):
+        Estimator(**settings).fit(X, y, eval_set=(X[:, :10], y))
 
 
 # settings that learn scikit-learn's small check problems (SageMaker's defaults train one
