@@ -156,7 +156,7 @@ def test_warm_start_continues_fit_with_epochs_numbered_after_it():
 def test_eval_set_keeps_the_best_epoch_as_a_run_stopped_there(Estimator, metric, score):
     """fit(eval_set=...) measures the set after every epoch, keeps the best epoch's weights
     and stops after early_stopping_patience worse ones: the model equals a run of exactly
-    that many epochs, and each recorded figure is scikit-learn's on that epoch's model."""
+    that many epochs, and the best epoch's recorded figure is scikit-learn's on it."""
     X, y = _sparse_problem(rows=1500, seed=2)
     train, held = slice(0, 1000), slice(1000, None)
     settings = dict(num_factors=4, mini_batch_size=50, optimizer="adam", factors_lr=0.05,
