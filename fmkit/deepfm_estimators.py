@@ -29,6 +29,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from fmkit.data.columns import ColumnBatch
+from fmkit.eval_set import one_pair
 from fmkit.models.metrics import predicted_labels, softmax
 
 LABEL, WEIGHT = "__label__", "__weight__"
@@ -126,6 +127,13 @@ def _target(y: Any, name: str) -> np.ndarray:
     return column_or_1d(y, warn=True)
 
 
+def _finite_target(y: Any, name: str) -> np.ndarray:
+    y = _target(y, name).astype(np.float64)
+    if not np.isfinite(y).all():
+        raise ValueError("Input y contains NaN or infinity.")
+    return y
+
+
 class _DeepFMEstimator(BaseEstimator):
     _regressor = False
 
@@ -170,9 +178,12 @@ class _DeepFMEstimator(BaseEstimator):
             data["batch_size"] = self.batch_size
         return document
 
-    def _fit(self, X: Any, y: Any, sample_weight: Any, loss: dict, num_class: int
-             ) -> _DeepFMEstimator:
-        from fmkit.jobs.deepfm import Channel, fit_deepfm
+    def _fit(self, X: Any, y: Any, sample_weight: Any, loss: dict, num_class: int,
+             eval_set: tuple[Any, np.ndarray] | None = None) -> _DeepFMEstimator:
+        """Train on ``X, y`` (``y`` encoded: class indices or values); ``eval_set`` (``X_val``
+        and its encoded ``y``) is ``fmkit train --validation``: scored after every epoch,
+        the best epoch's weights kept, ``early_stopping_patience`` applied."""
+        from fmkit.jobs.deepfm import Channel, Rows, early_stopping_of, fit_deepfm
         from fmkit.models.deepfm import config as configs
         from fmkit.models.deepfm.model import DeepFMModel
 
@@ -199,7 +210,21 @@ class _DeepFMEstimator(BaseEstimator):
         model = DeepFMModel.create(config)
         channel = Channel("X", lambda: (model.encode(batch, labelled=True)
                                         for batch in _batches(table, extra)))
-        history = fit_deepfm(model, channel, progress=None if self.verbose else False)
+        watch = None
+        if eval_set is not None:
+            X_val, y_val = eval_set
+            table_val = _table(X_val)
+            if table_val.column_names != table.column_names:
+                raise ValueError(f"eval_set: X has columns {table_val.column_names[:5]}, "
+                                 f"the training X {table.column_names[:5]}")
+            if len(y_val) != table_val.num_rows:
+                raise ValueError(f"eval_set: inconsistent numbers of samples: "
+                                 f"[{table_val.num_rows}, {len(y_val)}]")
+            rows = {LABEL: np.asarray(y_val, np.float64)}
+            watch = early_stopping_of(config, model, validation_path=Rows(
+                "eval_set", lambda: _batches(table_val, rows)))
+        history = fit_deepfm(model, channel, progress=None if self.verbose else False,
+                             early_stopping=watch)
         self.model_, self.history_ = model, [vars(h) for h in history]
         self.n_features_in_ = table.num_columns
         model.estimator = {"n_features_in": table.num_columns}
@@ -229,7 +254,12 @@ class DeepFMClassifier(ClassifierMixin, _DeepFMEstimator):
     """DeepFM for two classes (binary cross entropy, ``predict_proba`` the sigmoid) or more
     (softmax cross entropy over ``num_class`` outputs)."""
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> DeepFMClassifier:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, *, eval_set: Any = None
+            ) -> DeepFMClassifier:
+        """Train on ``X, y``. ``eval_set=(X_val, y_val)`` (or a list holding that pair) is
+        scored after every epoch; the best epoch's weights by the configuration's
+        ``early_stopping_metric`` are kept, and ``early_stopping_patience`` (> 0) stops
+        training after that many epochs without a better one (``fmkit train --validation``)."""
         y = _target(y, type(self).__name__)
         check_classification_targets(y)
         self.classes_, encoded = np.unique(y, return_inverse=True)
@@ -240,7 +270,16 @@ class DeepFMClassifier(ClassifierMixin, _DeepFMEstimator):
             loss, num_class = {"binary_cross_entropy": {}}, 1
         else:
             loss, num_class = {"softmax_cross_entropy": {}}, int(self.classes_.size)
-        self._fit(X, encoded, sample_weight, loss, num_class)
+        watched = None
+        if eval_set is not None:
+            X_val, y_val = one_pair(eval_set)
+            y_val = _target(y_val, type(self).__name__)
+            unknown = ~np.isin(y_val, self.classes_)
+            if unknown.any():
+                raise ValueError(f"eval_set: y holds a class that is not in y: "
+                                 f"{y_val[unknown][0]!r}")
+            watched = (X_val, np.searchsorted(self.classes_, y_val))
+        self._fit(X, encoded, sample_weight, loss, num_class, watched)
         self.model_.estimator["classes"] = self.classes_.tolist()
         return self
 
@@ -264,11 +303,15 @@ class DeepFMClassifier(ClassifierMixin, _DeepFMEstimator):
 class DeepFMRegressor(RegressorMixin, _DeepFMEstimator):
     """DeepFM with the squared loss (TorchEasyRec's ``l2_loss``); ``predict`` is y."""
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> DeepFMRegressor:
-        y = _target(y, type(self).__name__).astype(np.float64)
-        if not np.isfinite(y).all():
-            raise ValueError("Input y contains NaN or infinity.")
-        return self._fit(X, y, sample_weight, {"l2_loss": {}}, 1)
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, *, eval_set: Any = None
+            ) -> DeepFMRegressor:
+        """Train on ``X, y``; ``eval_set``: see :meth:`DeepFMClassifier.fit`."""
+        y = _finite_target(y, type(self).__name__)
+        watched = None
+        if eval_set is not None:
+            X_val, y_val = one_pair(eval_set)
+            watched = (X_val, _finite_target(y_val, type(self).__name__))
+        return self._fit(X, y, sample_weight, {"l2_loss": {}}, 1, watched)
 
     def predict(self, X: Any) -> np.ndarray:
         return self._logits(X)

@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fmkit.data.batch import SparseBatch, concat
 from fmkit.data.sources import ArraySource
+from fmkit.eval_set import one_pair
 from fmkit.jobs.training import train, with_starting_point
 from fmkit.models.fm.hyperparameters import TABLE, validate
 from fmkit.models.fm.model import FMModel
@@ -56,16 +57,6 @@ def _parameters_doc() -> str:
               "    ``fit`` continues from the fitted weights (a fresh optimizer state; epochs "
               "numbered after the ones trained), as ``fmkit train --init-model`` does."]
     return "\n".join(lines)
-
-
-def _one_pair(eval_set) -> tuple[Any, Any]:
-    """``(X, y)`` from ``eval_set``: the pair itself, or a list holding one pair (the form
-    LightGBM's and XGBoost's estimators take; early stopping here watches one set)."""
-    if isinstance(eval_set, list) and len(eval_set) == 1:
-        eval_set = eval_set[0]
-    if not isinstance(eval_set, tuple) or len(eval_set) != 2:
-        raise ValueError("eval_set must be one (X, y) pair, or a list holding one")
-    return eval_set
 
 
 class _FMEstimator(BaseEstimator):
@@ -117,7 +108,7 @@ class _FMEstimator(BaseEstimator):
         source = ArraySource(X, y, labels=self._labels)
         validation = None
         if eval_set is not None:
-            X_val, y_val = _one_pair(eval_set)
+            X_val, y_val = one_pair(eval_set)
             X_val, y_val = self._input(X_val, y_val, reset=False)
             validation = ArraySource(X_val, self._target(y_val, first=False),
                                      labels=self._labels)

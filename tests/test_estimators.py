@@ -175,6 +175,42 @@ def test_eval_set_keeps_the_best_epoch_as_a_run_stopped_there(Estimator, metric,
         Estimator(**settings).fit(X, y, eval_set=(X[:, :10], y))
 
 
+@pytest.mark.parametrize("Estimator", [DeepFMClassifier, DeepFMRegressor])
+def test_deepfm_eval_set_keeps_the_best_epoch_as_a_run_stopped_there(Estimator):
+    """As the FM's: the model kept equals a run of the best epoch's count, and that epoch's
+    recorded figure is scikit-learn's on it; eval_set's columns must be the training ones."""
+    import pandas as pd
+
+    from fmkit.deepfm_estimators import default_config
+
+    rng = np.random.default_rng(4)
+    user, item = rng.integers(0, 50, 3000), rng.integers(0, 40, 3000)
+    logit = rng.normal(0, 1, 50)[user] + rng.normal(0, 1, 40)[item]
+    X = pd.DataFrame({"user": user, "item": item})
+    classifier = Estimator is DeepFMClassifier
+    y = (rng.random(3000) < 1 / (1 + np.exp(-logit))).astype(int) if classifier else logit
+    config = default_config(X)
+    config["train_config"].update(early_stopping_patience=2, seed=1)
+    stopped = Estimator(config, num_epochs=40, batch_size=64).fit(
+        X[:2000], y[:2000], eval_set=[(X[2000:], y[2000:])])
+    metric = "auc" if classifier else "rmse"
+    figures = [h["validation"][metric] for h in stopped.history_]
+    best = (max if classifier else min)(range(len(figures)), key=figures.__getitem__) + 1
+    assert 1 < best and len(figures) == best + 2 < 40
+    short = Estimator(config, num_epochs=best, batch_size=64).fit(X[:2000], y[:2000])
+    held = X[2000:]
+    if classifier:
+        np.testing.assert_allclose(stopped.predict_proba(held), short.predict_proba(held),
+                                   rtol=1e-5)
+        figure = roc_auc_score(y[2000:], short.predict_proba(held)[:, 1])
+    else:
+        np.testing.assert_allclose(stopped.predict(held), short.predict(held), rtol=1e-5)
+        figure = np.sqrt(mean_squared_error(y[2000:], short.predict(held)))
+    assert figure == pytest.approx(figures[best - 1], abs=1e-6)
+    with pytest.raises(ValueError, match="columns"):
+        Estimator(config, num_epochs=1).fit(X, y, eval_set=(X[["item", "user"]], y))
+
+
 # settings that learn scikit-learn's small check problems (SageMaker's defaults train one
 # epoch at learning rates for millions of rows)
 CHECKED = dict(num_factors=2, epochs=30, mini_batch_size=10, bias_lr=0.05, linear_lr=0.05,

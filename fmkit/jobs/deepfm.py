@@ -35,6 +35,24 @@ class Channel:
     blocks: Callable[[], Iterator[Encoded]]
 
 
+@dataclass
+class Rows:
+    """Labelled rows held in memory (an estimator's ``eval_set``): a name for messages and
+    their column batches, as :meth:`DeepFMModel.read` gives a file's."""
+
+    name: str
+    batches: Callable[[], Iterator[Any]]
+
+
+def _scorer(model: DeepFMModel) -> Callable[[Any], dict[str, float]]:
+    """Every metric of a validation channel: a file path, or :class:`Rows`."""
+    def score(source: Any) -> dict[str, float]:
+        if isinstance(source, Rows):
+            return require_rows(model.evaluate(source.batches()), source.name)
+        return require_rows(model.evaluate(model.read(source)), source)
+    return score
+
+
 def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
                  host: str = DEFAULT_HOST, device: str = "cpu",
                  checkpoints: Checkpointer | None = None, resume: bool = False,
@@ -72,7 +90,7 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     run_id["train_config"].pop("num_epochs", None)
     history = fit_deepfm(model, channel, progress=progress, host=host,
                          trained_epochs=trained[-1]["epoch"] if trained else 0,
-                         early_stopping=_early_stopping(config, model, host, validation_path),
+                         early_stopping=early_stopping_of(config, model, host, validation_path),
                          checkpoints=checkpoints, run_id={"deepfm": run_id}, resume=resume,
                          callbacks=callbacks)
     metrics: dict[str, Any] = {"train": trained + [vars(h) for h in history]}
@@ -104,8 +122,7 @@ def fit_deepfm(model: DeepFMModel, channel: Channel, *, progress: bool | None = 
                                                    loss.softmax_cross_entropy) if l), 0.0)
     learner = DeepFMLearner(model.net, config.train_config, config.data_config.batch_size,
                             model.label_mode, smoothing, config.data_config.shuffle,
-                            scorer=lambda path: require_rows(model.evaluate(model.read(path)),
-                                                             path))
+                            scorer=_scorer(model))
     schedule = schedules_of(learner.optimizers, [config.train_config.sparse_optimizer,
                                                  config.train_config.dense_optimizer])
     if schedule is not None:
@@ -138,11 +155,11 @@ def _continue_from(path: str, model: DeepFMModel) -> list[dict]:
     return artifact.training_history(artifact.read_metrics(path))
 
 
-def _early_stopping(config: EasyRecConfig, model: DeepFMModel, host: str,
-                    validation_path: str | None = None) -> EarlyStopping | None:
-    """Validation after every epoch on ``validation_path``, or the early stopping
-    ``train_config`` asks for (``early_stopping_patience`` > 0) on ``eval_input_path``; None
-    when neither is asked for."""
+def early_stopping_of(config: EasyRecConfig, model: DeepFMModel, host: str = DEFAULT_HOST,
+                   validation_path: str | Rows | None = None) -> EarlyStopping | None:
+    """Validation after every epoch on ``validation_path`` (a file, or :class:`Rows`), or
+    the early stopping ``train_config`` asks for (``early_stopping_patience`` > 0) on
+    ``eval_input_path``; None when neither is asked for."""
     settings = config.train_config
     for name in ("early_stopping_patience", "validation_every_steps"):
         if getattr(settings, name) < 0:
