@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fmkit.errors import HyperparameterError, did_you_mean
-from fmkit.models.fm.parameters import AUTO_FACTORS_SIGMA, LABEL_ROWS
+from fmkit.models.fm.parameters import ADAM_SIGMA, ADAM_STEPS, AUTO_FACTORS_SIGMA, LABEL_ROWS
 from fmkit.models.metrics import watched_metric
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ AUTO_HELP = {
     "factors": "auto (fmkit's default when no factors_init_* is set): normal with a standard "
                "deviation chosen per optimizer ("
                + ", ".join(f"{sigma} for {name}" for name, sigma in AUTO_FACTORS_SIGMA.items())
-               + ")",
+               + f"; for adam {ADAM_STEPS} x factors_lr within [{ADAM_SIGMA[0]}, "
+               f"{ADAM_SIGMA[1]}])",
 }
 
 

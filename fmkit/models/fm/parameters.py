@@ -59,9 +59,12 @@ class FMParameters:
         return FMParameters.from_table(self.w0.copy(), self.table.copy())
 
 
-# the best of 0.001, 0.01, 0.05, 0.1 on a9a's validation rows, each optimizer at lr 0.01
-# (docs/quality.md)
-AUTO_FACTORS_SIGMA = {"adam": 0.01, "adagrad": 0.1, "sgd": 0.1, "ftrl": 0.1}
+# the factors' auto start per rule, measured on validation rows (docs/quality.md, "Starting
+# points"). Adam's steps are about factors_lr each whatever the gradient, so its start is as
+# wide as ADAM_STEPS of them undo, within ADAM_SIGMA: SageMaker's 0.001 at its default rate,
+# the a9a grid's best 0.01 at rates of 0.001 and more.
+AUTO_FACTORS_SIGMA = {"adagrad": 0.1, "sgd": 0.1, "ftrl": 0.1}
+ADAM_STEPS, ADAM_SIGMA = 10, (0.001, 0.01)
 LABEL_ROWS = 1 << 16  # the training rows the auto bias start is measured on
 
 
@@ -83,8 +86,16 @@ def starting_point(hp: dict[str, Any], label_mean: float | None) -> dict[str, An
         resolved.update(bias_init_method="constant", bias_init_value=start)
     if hp["factors_init_method"] == "auto":
         resolved.update(factors_init_method="normal",
-                        factors_init_sigma=AUTO_FACTORS_SIGMA[hp["optimizer"]])
+                        factors_init_sigma=auto_factors_sigma(hp["optimizer"], hp["factors_lr"]))
     return resolved
+
+
+def auto_factors_sigma(optimizer: str, factors_lr: float) -> float:
+    """The standard deviation of the factors' ``auto`` start (see ``AUTO_FACTORS_SIGMA``)."""
+    if optimizer == "adam":
+        low, high = ADAM_SIGMA
+        return min(max(ADAM_STEPS * factors_lr, low), high)
+    return AUTO_FACTORS_SIGMA[optimizer]
 
 
 INIT_ROWS = 1 << 16  # rows drawn per block, each block from a generator of its own
