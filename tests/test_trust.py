@@ -292,14 +292,16 @@ def test_deepfm_request_errors(deepfm_model):
         ({"user": "u1", "item": 2**63}, "instance 1: feature 'item': 9223372036854775808 is "
          "beyond 64-bit integers"),
         ({"user": "u1", "Item": 3, "colour": "x"}, "unknown feature 'Item', 'colour': this "
-         "model's features are user, item, tags, age, price, label"),
+         "model's features are user, item, tags, age, price"),
     ]:
         with pytest.raises(codecs.RequestError) as raised:
             decode(json.dumps({"instances": [instance]}).encode(), codecs.JSON)
         assert message in str(raised.value)
+        assert "label" not in str(raised.value)  # sent along, accepted, but not a feature
     with pytest.raises(codecs.RequestError, match="Infinity is not a JSON number"):
         decode(b'{"instances": [{"price": Infinity}]}', codecs.JSON)
-    good = decode(b'{"instances": [{"user": "u1", "item": 3, "price": 2.5}]}', codecs.JSON)
+    good = decode(b'{"instances": [{"user": "u1", "item": 3, "price": 2.5, "label": 1}]}',
+                  codecs.JSON)
     assert np.isfinite(deepfm_model.predictions(good)["score"]).all()
 
 

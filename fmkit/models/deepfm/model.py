@@ -176,7 +176,10 @@ class DeepFMModel:
         known = self.request_columns()
         unknown = [name for name in batch.columns if name not in known]
         if unknown:
-            shown = ", ".join(known[:40]) + (", ..." if len(known) > 40 else "")
+            # the label (and weight) may be sent along, but they are not features to name
+            others = {self.features.label, *self.config.data_config.sample_weight_fields}
+            names = [name for name in known if name not in others]
+            shown = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
             raise DataError(batch.source, None, f"unknown feature "
                             f"{', '.join(excerpt(n) for n in unknown[:5])}: this model's "
                             f"features are {shown}")
