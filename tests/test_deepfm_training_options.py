@@ -270,3 +270,38 @@ def test_sparse_optimizers_pytorch_cannot_run_sparse_are_refused_with_the_altern
     with pytest.raises(configs.ConfigError, match=r"train_config\.sparse_optimizer\."
                                                   r"lamb_optimizer: not supported.*adagrad"):
         configs.parse(document)
+
+
+# ---- inputs the deep network cannot take as they are -------------------------------------------
+def test_large_raw_inputs_without_a_normalizer_are_warned_about_once(tmp_path, caplog):
+    """TorchEasyRec's Criteo configs feed counts raw (their data is log-transformed first): on
+    untransformed counts the MLP saturates silently. One warning line names each raw feature
+    without a normalizer whose values reach 1000, with the largest value, once per process."""
+    import logging
+
+    from fmkit.models.deepfm import features
+
+    rng = np.random.default_rng(5)
+    rows = [(rng.integers(20), rng.integers(20), rng.integers(0, 5000), rng.integers(0, 5000),
+             rng.random(), rng.integers(2)) for _ in range(300)]
+    train = _write(tmp_path / "t.csv", "user,item,clicks,views,share,label", rows)
+    raws = [{"raw_feature": {"feature_name": "clicks"}},
+            {"raw_feature": {"feature_name": "views", "normalizer": "log1p"}},
+            {"raw_feature": {"feature_name": "share"}}]
+    config = _config(tmp_path, train, train_config={"num_epochs": 2}, feature_configs=[
+        {"id_feature": {"feature_name": "user", "num_buckets": 20, "embedding_dim": 4}},
+        {"id_feature": {"feature_name": "item", "num_buckets": 20, "embedding_dim": 4}}, *raws],
+        model_config={"feature_groups": [
+            {"group_name": "wide", "group_type": "WIDE", "feature_names": ["user", "item"]},
+            {"group_name": "fm", "feature_names": ["user", "item"]},
+            {"group_name": "deep",
+             "feature_names": ["user", "item", "clicks", "views", "share"]}],
+            "deepfm": {"deep": {"hidden_units": [8]}, "wide_embedding_dim": 1}})
+    features._WARNED.clear()  # once per process: this test may not be the first to warn
+    caplog.set_level(logging.WARNING, logger="fmkit")
+    train_deepfm(config, progress=False)
+    warnings = [r.getMessage() for r in caplog.records if "normalizer" in r.getMessage()]
+    largest = max(r[2] for r in rows)
+    assert len(warnings) == 1, warnings  # two epochs, one line
+    assert f"clicks ({largest})" in warnings[0]
+    assert "views" not in warnings[0] and "share" not in warnings[0]

@@ -32,6 +32,7 @@ from numba import njit
 from fmkit.data.columns import ColumnBatch
 from fmkit.data.numbers import FLOAT32_MAX
 from fmkit.errors import DataError, excerpt
+from fmkit.logs import log
 from fmkit.models.deepfm import expressions, transforms
 from fmkit.models.deepfm.config import ConfigError, EasyRecConfig
 
@@ -288,6 +289,32 @@ class Feature:
         return ids, offsets
 
 
+# a dense raw input this large, not normalized, saturates the deep network's first layer
+# (TorchEasyRec's Criteo configs expect counts already log-transformed)
+RAW_WARNING = 1000.0
+
+
+_WARNED: set[str] = set()  # features warned about in this process
+
+
+def _warn_unscaled(features: list[Feature], dense: dict[str, np.ndarray]) -> None:
+    """One warning line for the dense inputs of a batch that reach ``RAW_WARNING`` without a
+    normalizer, each feature named once per process."""
+    found = []
+    for feature in features:
+        values = dense.get(feature.name)
+        if values is None or not values.size or feature.normalize or feature.name in _WARNED:
+            continue
+        largest = float(np.max(np.abs(values)))
+        if RAW_WARNING <= largest < math.inf:
+            _WARNED.add(feature.name)
+            found.append(f"{feature.name} ({largest:g})")
+    if found:
+        log.warning("raw features without a normalizer reach large values: %s; the deep "
+                    "network takes them as they are, and inputs this large saturate it: set "
+                    "normalizer (log1p, zscore, minmax) or boundaries", ", ".join(found))
+
+
 def _parse_normalizer(text: str | None, where: str) -> tuple:
     """TorchEasyRec's ``method=NAME,key=value,...`` (or just ``NAME``)."""
     if not text:
@@ -538,6 +565,7 @@ class FeatureSet:
                 sparse[feature.name] = feature.encode(batch)
             else:
                 dense[feature.name] = feature.encode(batch)
+        _warn_unscaled(self.used, dense)
         if not labelled:
             return Encoded(batch.n_rows, sparse, dense)
         weights = self.weights(batch) if self.weight else None
