@@ -104,6 +104,25 @@ def test_a_header_in_another_order_with_extra_columns_is_read_by_name(trained, c
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-6)
 
 
+def test_a_header_naming_other_columns_fails_with_a_hint_on_line_1(trained, cli, tmp_path):
+    """A header that does not name the model's columns is read as data: its line's error
+    says it looks like a header; a data row of text values that name no column does not."""
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    lines = train.read_text().split("\n")[:5]
+    renamed = tmp_path / "renamed.tsv"
+    renamed.write_text("\t".join(["label", *(f"int{i}" for i in range(1, 14)),
+                                  *(f"cat{i}" for i in range(1, 27))]) + "\n"
+                       + "\n".join(lines) + "\n")
+    code, _, err = cli("predict", "--model-dir", trained, "--data", renamed)
+    assert code == 1
+    assert f"{renamed}:1: column 'I1': 'int1' is not a number (line 1 looks like a header" \
+        in err
+    texts = tmp_path / "texts.tsv"
+    texts.write_text("\t".join(["yes", *["x"] * 39]) + "\n" + "\n".join(lines) + "\n")
+    code, _, err = cli("predict", "--model-dir", trained, "--data", texts)
+    assert code == 1 and f"{texts}:1: " in err and "looks like a header" not in err
+
+
 def test_the_example_trains_on_the_csv_sample(tmp_path, cli):
     sample = shared_file("criteo_deepctr_sample", "criteo_sample.txt")
     code, _, err = cli("train", "--config", EXAMPLE, "--quiet", "--train", sample,

@@ -40,10 +40,14 @@ class ColumnBatch:
     source: str
     first_line: int | None = None
     absent_is_missing: bool = False  # JSON instances: a feature left out is a missing value
+    header_like: bool = False  # row 0 is a file's line 1, read as data, that looks like a header
 
     def error(self, row: int, problem: str) -> DataError:
         """A :class:`DataError` naming row ``row`` of this batch."""
         if self.first_line is not None:
+            if row == 0 and self.header_like:
+                problem += (" (line 1 looks like a header: set data_config.with_header: "
+                            "true or input_fields)")
             return DataError(self.source, self.first_line + row, problem)
         return DataError(self.source, None, f"row {row + 1}: {problem}")
 
@@ -169,6 +173,19 @@ def sniff(first_line: str, names: Sequence[str] | None, delimiter: str,
     return delimiter, with_header
 
 
+def _header_like(fields: list[str], names: Sequence[str]) -> bool:
+    """Whether a first line read as data looks like a header all the same: no field is a
+    number and one of them is a column name (for the error message of its line only)."""
+    stripped = [f.strip() for f in fields]
+    for text in stripped:
+        try:
+            float(text)
+            return False
+        except ValueError:
+            pass
+    return any(text in names for text in stripped if text)
+
+
 def shard_files(path: str | Path, shard: tuple[int, int]) -> list[tuple[Path, tuple[int, int]]]:
     """This process's share of a channel: whole files when there are at least as many files as
     processes (each then read entirely), else every file with the shard applied to its
@@ -190,6 +207,7 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
     (blocks of lines are dealt out in turn)."""
     for file, (part, parts) in shard_files(path, shard):
         columns, separator, header = list(names or []), delimiter, with_header
+        header_like = False
         if parts > 1:
             block_bytes = int(np.clip(file.stat().st_size // (8 * parts), 1 << 16, block_bytes))
         for index, (buf, first_line) in enumerate(iter_line_blocks(file, block_bytes)):
@@ -203,11 +221,15 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
                 if header:
                     columns = [c.strip() for c in text.split(separator)]
                     start, first_line = min(end + 1, buf.size), 2
+                else:
+                    header_like = _header_like(text.split(separator), columns)
             if not columns:
                 raise DataError(str(file), None, "no column names: set data_config.input_fields "
                                 "or with_header: true")
             if start < buf.size and index % parts == part:
-                yield split_block(buf, start, columns, separator, str(file), first_line)
+                batch = split_block(buf, start, columns, separator, str(file), first_line)
+                batch.header_like = first_line == 1 and header_like
+                yield batch
 
 
 def read_parquet(path: str | Path, batch_rows: int = 65536,
