@@ -127,6 +127,22 @@ def _target(y: Any, name: str) -> np.ndarray:
     return column_or_1d(y, warn=True)
 
 
+def _checked_table(X: Any, y: Any, where: str = "") -> pa.Table:
+    """``X`` as a table, with scikit-learn's checks of its size and of ``y``'s length (their
+    messages; ``where`` names an ``eval_set``)."""
+    table = _table(X)
+    if table.num_rows == 0:
+        raise ValueError(f"{where}Found array with 0 sample(s) (shape=(0, "
+                         f"{table.num_columns})) while a minimum of 1 is required.")
+    if table.num_columns == 0:
+        raise ValueError(f"{where}Found array with 0 feature(s) (shape=({table.num_rows}, 0)) "
+                         f"while a minimum of 1 is required.")
+    if len(y) != table.num_rows:
+        raise ValueError(f"{where}Found input variables with inconsistent numbers of samples: "
+                         f"[{table.num_rows}, {len(y)}]")
+    return table
+
+
 def _finite_target(y: Any, name: str) -> np.ndarray:
     y = _target(y, name).astype(np.float64)
     if not np.isfinite(y).all():
@@ -187,16 +203,16 @@ class _DeepFMEstimator(BaseEstimator):
         from fmkit.models.deepfm import config as configs
         from fmkit.models.deepfm.model import DeepFMModel
 
-        table = _table(X)
-        if table.num_rows == 0:
-            raise ValueError(f"Found array with 0 sample(s) (shape=(0, {table.num_columns})) "
-                             f"while a minimum of 1 is required.")
-        if table.num_columns == 0:
-            raise ValueError(f"Found array with 0 feature(s) (shape=({table.num_rows}, 0)) "
-                             f"while a minimum of 1 is required.")
-        if len(y) != table.num_rows:
-            raise ValueError(f"Found input variables with inconsistent numbers of samples: "
-                             f"[{table.num_rows}, {len(y)}]")
+        table = _checked_table(X, y)
+        validation = None
+        if eval_set is not None:  # checked before any table is allocated
+            X_val, y_val = eval_set
+            table_val = _checked_table(X_val, y_val, "eval_set: ")
+            if table_val.column_names != table.column_names:
+                raise ValueError(f"eval_set: X has columns {table_val.column_names[:5]}, "
+                                 f"the training X {table.column_names[:5]}")
+            extra_val = {LABEL: np.asarray(y_val, np.float64)}
+            validation = Rows("eval_set", lambda: _batches(table_val, extra_val))
         document = self._document(table)
         document.setdefault("model_config", {}).update(losses=[loss], num_class=num_class)
         extra = {LABEL: np.asarray(y, np.float64)}
@@ -210,19 +226,8 @@ class _DeepFMEstimator(BaseEstimator):
         model = DeepFMModel.create(config)
         channel = Channel("X", lambda: (model.encode(batch, labelled=True)
                                         for batch in _batches(table, extra)))
-        watch = None
-        if eval_set is not None:
-            X_val, y_val = eval_set
-            table_val = _table(X_val)
-            if table_val.column_names != table.column_names:
-                raise ValueError(f"eval_set: X has columns {table_val.column_names[:5]}, "
-                                 f"the training X {table.column_names[:5]}")
-            if len(y_val) != table_val.num_rows:
-                raise ValueError(f"eval_set: inconsistent numbers of samples: "
-                                 f"[{table_val.num_rows}, {len(y_val)}]")
-            rows = {LABEL: np.asarray(y_val, np.float64)}
-            watch = early_stopping_of(config, model, validation_path=Rows(
-                "eval_set", lambda: _batches(table_val, rows)))
+        watch = None if validation is None else early_stopping_of(config, model,
+                                                                  validation=validation)
         history = fit_deepfm(model, channel, progress=None if self.verbose else False,
                              early_stopping=watch)
         self.model_, self.history_ = model, [vars(h) for h in history]
@@ -276,8 +281,8 @@ class DeepFMClassifier(ClassifierMixin, _DeepFMEstimator):
             y_val = _target(y_val, type(self).__name__)
             unknown = ~np.isin(y_val, self.classes_)
             if unknown.any():
-                raise ValueError(f"eval_set: y holds a class that is not in y: "
-                                 f"{y_val[unknown][0]!r}")
+                raise ValueError(f"eval_set: y holds a class the training y does not: "
+                                 f"{y_val[unknown][0].tolist()!r}")
             watched = (X_val, np.searchsorted(self.classes_, y_val))
         self._fit(X, encoded, sample_weight, loss, num_class, watched)
         self.model_.estimator["classes"] = self.classes_.tolist()

@@ -211,7 +211,7 @@ class FMClassifier(ClassifierMixin, _FMEstimator):
                                  f"{self.classes_.size} class(es), FMClassifier needs 2")
         unknown = ~np.isin(y, self.classes_)
         if unknown.any():
-            raise ValueError(f"y holds a class that is not in classes_: {y[unknown][0]!r}")
+            raise ValueError(f"y holds a class that is not in classes_: {y[unknown][0].tolist()!r}")
         return (y == self.classes_[1]).astype(np.float64)
 
     def _keep_classes(self) -> FMClassifier:

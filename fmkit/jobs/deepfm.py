@@ -156,15 +156,15 @@ def _continue_from(path: str, model: DeepFMModel) -> list[dict]:
 
 
 def early_stopping_of(config: EasyRecConfig, model: DeepFMModel, host: str = DEFAULT_HOST,
-                   validation_path: str | Rows | None = None) -> EarlyStopping | None:
-    """Validation after every epoch on ``validation_path`` (a file, or :class:`Rows`), or
-    the early stopping ``train_config`` asks for (``early_stopping_patience`` > 0) on
+                      validation: str | Rows | None = None) -> EarlyStopping | None:
+    """Validation after every epoch on ``validation`` (a file, or :class:`Rows`), or the
+    early stopping ``train_config`` asks for (``early_stopping_patience`` > 0) on
     ``eval_input_path``; None when neither is asked for."""
     settings = config.train_config
     for name in ("early_stopping_patience", "validation_every_steps"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"train_config.{name}: must be >= 0")
-    if not validation_path:
+    if not validation:
         if not settings.early_stopping_patience:
             return None
         if not config.eval_input_path:
@@ -172,7 +172,7 @@ def early_stopping_of(config: EasyRecConfig, model: DeepFMModel, host: str = DEF
                               "eval_input_path (or --validation) after every epoch; set it")
     predictor = model.predictor_type
     try:
-        return EarlyStopping(validation_path or config.eval_input_path,
+        return EarlyStopping(validation or config.eval_input_path,
                              settings.early_stopping_metric, predictor,
                              settings.early_stopping_patience, host,
                              settings.validation_every_steps)

@@ -565,9 +565,9 @@ class FeatureSet:
                 sparse[feature.name] = feature.encode(batch)
             else:
                 dense[feature.name] = feature.encode(batch)
-        _warn_unscaled(self.used, dense)
         if not labelled:
             return Encoded(batch.n_rows, sparse, dense)
+        _warn_unscaled(self.used, dense)  # (training and evaluation; not per served request)
         weights = self.weights(batch) if self.weight else None
         return Encoded(batch.n_rows, sparse, dense, self.labels(batch, label_mode), weights)
 
