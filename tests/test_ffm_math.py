@@ -199,7 +199,8 @@ def _check_chunk_trainer(optimizer: str, batch_size: int) -> None:
     _, steps = kernels.train_minibatches(*batch32, y32, batch_size,
                                          LOGISTIC, OPTIMIZER_IDS[optimizer],
                                          kernel_config(hp, table.dtype), bias, table, K, F,
-                                         slot, touched, G, 0)
+                                         slot, touched, np.zeros(indices.size, np.int32),
+                                         G, 0)
     assert steps == state.step and (slot == -1).all()
     np.testing.assert_allclose(bias[0, 0], reference.w0[0], rtol=0, atol=ATOL32)
     np.testing.assert_allclose(table[:, : 1 + F * K], reference.table, rtol=0, atol=ATOL32)

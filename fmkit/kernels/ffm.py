@@ -58,9 +58,11 @@ def _predict(indptr, indices, fields, values, w0, T, k, out):
 
 @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
 def _gradient(indptr, indices, fields, values, labels, lo_row, hi_row, inv_rows, loss_kind, w0,
-              T, k, slot, G):
+              T, k, pos, first, G):
     """The mean-loss gradient of rows ``lo_row:hi_row`` added into ``G`` (a row ``[g_w,
-    g_v..]`` per slot of ``slot``); returns ``(sum of the rows' losses, gradient of w0)``."""
+    g_v..]`` per slot, nonzero ``j``'s slot being ``pos[j - first]``, see
+    :func:`fmkit.kernels.fm._distinct_features`); returns ``(sum of the rows' losses, gradient
+    of w0)``."""
     total_loss = 0.0
     g0 = 0.0
     for r in range(lo_row, hi_row):
@@ -73,11 +75,11 @@ def _gradient(indptr, indices, fields, values, labels, lo_row, hi_row, inv_rows,
         for a in range(lo, hi):
             ia, fa = indices[a], fields[a]
             xa = np.float64(values[a])
-            sa = slot[ia]
+            sa = pos[a - first]
             G[sa, 0] += slope * xa
             for b in range(a + 1, hi):
                 ib, fb = indices[b], fields[b]
-                sb = slot[ib]
+                sb = pos[b - first]
                 scale = slope * xa * np.float64(values[b])
                 at_a, at_b = 1 + fb * k, 1 + fa * k
                 for c in range(k):
@@ -112,13 +114,12 @@ def minibatch_gradient(indptr, indices, fields, values, labels, inv_rows: float,
     row, all -1) is left as it was found."""
     _check_fields(fields, num_fields, T, k)
     touched = np.empty(max(1, min(indices.size, slot.size)), np.int32)
-    n = _distinct_features(indices, indptr[0], indptr[-1], slot, touched)
+    pos = np.empty(max(1, indices.size), np.int32)
+    n = _distinct_features(indices, indptr[0], indptr[-1], slot, touched, pos)
+    slot[touched[:n]] = -1
     G = np.zeros((n, 1 + num_fields * k))
-    try:
-        loss, g0 = _gradient(indptr, indices, fields, values, labels, 0, indptr.size - 1,
-                             inv_rows, loss_kind, w0, T, k, slot, G)
-    finally:
-        slot[touched[:n]] = -1
+    loss, g0 = _gradient(indptr, indices, fields, values, labels, 0, indptr.size - 1, inv_rows,
+                         loss_kind, w0, T, k, pos, indptr[0], G)
     return loss, g0, touched[:n].astype(np.int64), G
 
 
@@ -128,11 +129,12 @@ def _batches_trainer(opt: int):
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def train_batches(indptr, indices, fields, values, labels, batch_size, loss_kind, config, B,
-                      T, k, num_fields, slot, touched, G, step):
+                      T, k, num_fields, slot, touched, pos, G, step):
         """Every row in mini-batches of ``batch_size``, each one optimizer step on its mean
         loss's gradient, lazily (the features it touched; a feature's whole row of field
         vectors). ``slot`` must be all -1 and is left so; ``touched``/``G`` hold the largest
-        mini-batch's distinct features. Returns the summed loss before each update."""
+        mini-batch's distinct features, ``pos`` its nonzeros' slots. Returns the summed loss
+        before each update."""
         cfg = _frozen(config)
         width = 1 + num_fields * k
         total_loss = 0.0
@@ -140,11 +142,12 @@ def _batches_trainer(opt: int):
         n_rows = indptr.size - 1
         for start in range(0, n_rows, batch_size):
             stop = min(start + batch_size, n_rows)
-            n_touched = _distinct_features(indices, indptr[start], indptr[stop], slot, touched)
+            n_touched = _distinct_features(indices, indptr[start], indptr[stop], slot, touched,
+                                           pos)
             G[:n_touched, :width] = 0.0
             loss, g_bias[0] = _gradient(indptr, indices, fields, values, labels, start, stop,
-                                        1.0 / (stop - start), loss_kind, B[0, :1], T, k, slot,
-                                        G)
+                                        1.0 / (stop - start), loss_kind, B[0, :1], T, k, pos,
+                                        indptr[start], G)
             total_loss += loss
             step += 1
             adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
@@ -160,14 +163,14 @@ _BATCHES = _per_rule(_batches_trainer)
 
 
 def train_minibatches(indptr, indices, fields, values, labels, batch_size: int, loss_kind: int,
-                      opt: int, config, B, T, k: int, num_fields: int, slot, touched, G,
-                      step: int) -> tuple[float, int]:
+                      opt: int, config, B, T, k: int, num_fields: int, slot, touched, pos,
+                      G, step: int) -> tuple[float, int]:
     """Train on one chunk's rows in mini-batches of ``batch_size`` (1: a row per step), in
     place, on the calling thread: the FM's semantics (one step per mini-batch on its mean
     loss, lazy updates). ``touched``/``G`` (float64, at least ``1 + num_fields * k`` columns)
-    must hold the largest mini-batch's distinct features. Returns ``(sum of losses, step
-    count)``."""
+    must hold the largest mini-batch's distinct features, ``pos`` (int32) its nonzeros.
+    Returns ``(sum of losses, step count)``."""
     _check_fields(fields, num_fields, T, k)
     loss = _BATCHES[opt](indptr, indices, fields, values, labels, batch_size, loss_kind, config,
-                         B, T, k, num_fields, slot, touched, G, step)
+                         B, T, k, num_fields, slot, touched, pos, G, step)
     return loss, step + -(-(indptr.size - 1) // batch_size)

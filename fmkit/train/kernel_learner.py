@@ -33,13 +33,14 @@ from fmkit.train.torch_learner import TorchLearner
 class Workspace:
     """Scratch arrays the kernels reuse, per thread part: the row's factor sums, and for
     mini-batches a gradient row ``[g_w, g_v1..g_vk]`` per distinct feature of a mini-batch
-    (float64) with the feature -> slot map."""
+    (float64) with the feature -> slot map and each nonzero's slot (``positions``)."""
 
     parts: int
     k: int
     sums: np.ndarray
     slot: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     touched: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     grads: np.ndarray = field(default_factory=lambda: np.zeros((1, 0, 0)))
 
     @classmethod
@@ -54,9 +55,13 @@ class Workspace:
         return ws
 
     def reserve(self, chunk: SparseBatch, batch_size: int, feature_dim: int) -> None:
-        """Grow the buffers to hold the distinct features of the chunk's largest mini-batch."""
+        """Grow the buffers to hold the nonzeros and distinct features of the chunk's largest
+        mini-batch."""
         bounds = np.r_[np.arange(0, chunk.n_rows, batch_size), chunk.n_rows]
-        need = max(1, min(feature_dim, int(np.diff(chunk.indptr[bounds]).max(initial=0))))
+        nonzeros = max(1, int(np.diff(chunk.indptr[bounds]).max(initial=0)))
+        if nonzeros > self.positions.size:
+            self.positions = np.zeros(max(nonzeros, 2 * self.positions.size), np.int32)
+        need = min(feature_dim, nonzeros)
         if need > self.touched.size:
             need = min(feature_dim, max(need, 2 * self.touched.size))
             self.touched = np.zeros(need, np.int32)
@@ -83,7 +88,7 @@ def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.nd
     ws.reserve(chunk, batch_size, table.shape[0])
     return kernels.train_minibatches(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
                                      batch_size, kind, opt, config, bias, table, k, ws.slot,
-                                     ws.touched, ws.grads[0], ws.sums[0], step)
+                                     ws.touched, ws.positions, ws.grads[0], ws.sums[0], step)
 
 
 def thread_parts(hp: dict[str, Any]) -> int:
@@ -117,18 +122,33 @@ class KernelLearner:
         self.kind = loss_kind(hp["predictor_type"])
         self.steps = 0
 
+    @property
+    def gathers(self) -> bool:
+        """Whether a chunk's rows are copied into their shuffled order before training (the
+        mini-batch kernels read rows in storage order; the per-row one takes the order)."""
+        return self.hp["mini_batch_size"] > 1
+
     def batches(self, source: Source, rng: np.random.Generator
                 ) -> Iterator[tuple[SparseBatch, np.ndarray]]:
-        """Chunks of whole mini-batches, each with its row order: one compiled call each. With
-        ``pause_every``, a chunk is cut where the step count reaches a multiple of it, so that
-        callbacks (validation every N steps) act there."""
+        """Chunks of whole mini-batches, each with its row order: one compiled call each.
+        Chunks are joined, ordered and (:attr:`gathers`) copied in that order on the reading
+        thread, so the training thread only trains. With ``pause_every``, a chunk is cut where
+        the step count reaches a multiple of it, so that callbacks (validation every N steps)
+        act there."""
         size, every = self.hp["mini_batch_size"], self.pause_every
-        for chunk in rebatch(background(source.blocks()), size):
-            order = rng.permutation(chunk.n_rows) if self.hp["shuffle"] else NO_ORDER
+
+        def prepared() -> Iterator[tuple[SparseBatch, np.ndarray]]:
+            for chunk in rebatch(source.blocks(), size):
+                order = rng.permutation(chunk.n_rows) if self.hp["shuffle"] else NO_ORDER
+                if order.size and (self.gathers or every):
+                    chunk, order = take(chunk, order), NO_ORDER
+                yield chunk, order
+
+        for chunk, order in background(prepared()):
             if not every:
                 yield chunk, order
                 continue
-            chunk, start = take(chunk, order) if order.size else chunk, 0
+            start = 0
             while start < chunk.n_rows:
                 stop = min(chunk.n_rows, start + (every - self.steps % every) * size)
                 yield chunk.slice(start, stop), NO_ORDER
@@ -152,7 +172,7 @@ class KernelLearner:
         ws.reserve(batch, batch.n_rows, self.table.shape[0])
         loss, g0, n = kernels.minibatch_gradient(
             batch.indptr, batch.indices, batch.values, batch.labels, 1.0, self.kind, self.bias,
-            self.table, k, ws.slot, ws.touched, ws.grads, ws.sums)
+            self.table, k, ws.slot, ws.touched, ws.positions, ws.grads, ws.sums)
         return Gradient(batch.n_rows, loss, np.array([g0]),
                         [(ws.touched[:n].astype(np.int64), ws.grads[0, :n].copy(),
                           self.table.shape[0])])
@@ -206,16 +226,16 @@ class FFMLearner(KernelLearner):
         if not self.ws.slot.size:  # a row per step is a mini-batch of one here
             self.ws.slot = np.full(self.table.shape[0], -1, np.int32)
 
+    gathers = True  # (a row per step is a mini-batch of one here)
+
     def step(self, unit: tuple[SparseBatch, np.ndarray]) -> tuple[float, int]:
-        chunk, order = unit
-        if order.size:
-            chunk = take(chunk, order)
+        chunk, _ = unit  # ordered by batches(): gathers
         size, ws = self.hp["mini_batch_size"], self.ws
         ws.reserve(chunk, size, self.table.shape[0])
         loss, self.steps = ffm.train_minibatches(
             chunk.indptr, chunk.indices, chunk.field_ids(), chunk.values, chunk.labels, size,
             self.kind, self.opt, self.config, self.bias, self.table, self.factors, self.fields,
-            ws.slot, ws.touched, ws.grads[0], self.steps)
+            ws.slot, ws.touched, ws.positions, ws.grads[0], self.steps)
         return loss, chunk.n_rows
 
     def gradient(self, batch: SparseBatch | None) -> Gradient:
