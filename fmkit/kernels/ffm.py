@@ -20,6 +20,7 @@ from fmkit.kernels.fm import (
     BETA1,
     BETA2,
     FAST,
+    NO_ORDER,
     _adam_scales,
     _distinct_features,
     _frozen,
@@ -140,7 +141,7 @@ def minibatch_gradient(indptr, indices, fields, values, labels, inv_rows: float,
     _check_fields(fields, num_fields, T, k)
     touched = np.empty(max(1, min(indices.size, slot.size)), np.int32)
     pos = np.empty(max(1, indices.size), np.int32)
-    n = _distinct_features(indices, indptr[0], indptr[-1], slot, touched, pos)
+    n = _distinct_features(indptr, indices, NO_ORDER, 0, indptr.size - 1, slot, touched, pos)
     slot[touched[:n]] = -1
     G = np.zeros((n, 1 + num_fields * k))
     loss, g0 = _gradient(indptr, indices, fields, values, labels, 0, indptr.size - 1, inv_rows,
@@ -167,8 +168,8 @@ def _batches_trainer(opt: int):
         n_rows = indptr.size - 1
         for start in range(0, n_rows, batch_size):
             stop = min(start + batch_size, n_rows)
-            n_touched = _distinct_features(indices, indptr[start], indptr[stop], slot, touched,
-                                           pos)
+            n_touched = _distinct_features(indptr, indices, NO_ORDER, start, stop, slot,
+                                           touched, pos)
             G[:n_touched, :width] = 0.0
             loss, g_bias[0] = _gradient(indptr, indices, fields, values, labels, start, stop,
                                         1.0 / (stop - start), loss_kind, B[0, :1], T, k, pos,

@@ -50,6 +50,7 @@ CONFIG_SIZE = 13
 FAST = {"nsz", "arcp", "contract", "reassoc"}
 MOMENT_BLOCKS = {SGD: 0, ADAGRAD: 1, ADAM: 2, FTRL: 2}
 AHEAD = 8  # table rows prefetched ahead of a mini-batch's updates
+NO_ORDER = np.zeros(0, np.int64)  # a chunk's rows as stored
 
 
 def _like(value, array):
@@ -336,28 +337,38 @@ def train_online(indptr, indices, values, labels, order, loss_kind, opt, cfg, B,
 
 
 @njit(cache=True, forceinline=True)
-def _prefetch_rows(indptr, indices, r, hi, T, k):
-    """Start loading what the forward pass reads of the table rows of row ``r``'s features
-    (columns 0..k, which straddle two cache lines in tables whose rows are not a multiple of
-    64 bytes), if ``r < hi``: two rows ahead of the forward pass, the loads arrive in time (one
-    row ahead, the mini-batch gradient ran 1.4x slower)."""
-    if r < hi:
+def _row_at(order, q):
+    """Row ``q`` of a chunk taken in ``order`` (a permutation; empty: as stored)."""
+    return order[q] if order.size else q
+
+
+@njit(cache=True, forceinline=True)
+def _prefetch_rows(indptr, indices, order, q, hi, T, k):
+    """Start loading what the forward pass reads of the table rows of the features of row
+    ``q`` of the order (columns 0..k, which straddle two cache lines in tables whose rows are
+    not a multiple of 64 bytes), if ``q < hi``: two rows ahead of the forward pass, the loads
+    arrive in time (one row ahead, the mini-batch gradient ran 1.4x slower)."""
+    if q < hi:
+        r = _row_at(order, q)
         for j in range(indptr[r], indptr[r + 1]):
             prefetch(T, indices[j], 0)
             prefetch(T, indices[j], k)
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B, T, k, sums,
-                pos, first, G):
-    """Add the mean-loss gradients of rows ``lo:hi`` into the per-slot buffer ``G`` (float64,
-    a row ``[g_w, g_v1..g_vk]`` per slot), nonzero ``j``'s slot being ``pos[j - first]``
-    (:func:`_distinct_features`); returns ``(sum of the rows' losses, gradient of w0)``."""
+def _accumulate(indptr, indices, values, labels, order, lo, hi, loss_kind, inv_rows, B, T, k,
+                sums, pos, p, G):
+    """Add the mean-loss gradients of rows ``lo:hi`` of the order into the per-slot buffer
+    ``G`` (float64, a row ``[g_w, g_v1..g_vk]`` per slot); the slots of their nonzeros, in
+    that order, are ``pos[p:]`` (:func:`_distinct_features`). Returns ``(sum of the rows'
+    losses, gradient of w0)``."""
     total_loss = 0.0
     g0 = 0.0
-    _prefetch_rows(indptr, indices, lo, hi, T, k)
-    for r in range(lo, hi):
-        _prefetch_rows(indptr, indices, r + 2, hi, T, k)
+    _prefetch_rows(indptr, indices, order, lo, hi, T, k)
+    _prefetch_rows(indptr, indices, order, lo + 1, hi, T, k)
+    for q in range(lo, hi):
+        _prefetch_rows(indptr, indices, order, q + 2, hi, T, k)
+        r = _row_at(order, q)
         z = np.float64(B[0, 0] + _row_forward(indptr, indices, values, r, T, k, sums))
         loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
         total_loss += loss
@@ -366,7 +377,8 @@ def _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B,
         for j in range(indptr[r], indptr[r + 1]):
             i = indices[j]
             x = np.float64(values[j])
-            t = pos[j - first]
+            t = pos[p]
+            p += 1
             gx = slope * x
             G[t, 0] += gx
             for f in range(k):
@@ -375,34 +387,42 @@ def _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B,
 
 
 @njit(cache=True, nogil=True)
-def _distinct_features(indices, lo, hi, slot, touched, pos):
-    """The distinct features of ``indices[lo:hi]`` into ``touched`` (first-seen order), each
-    one's position in ``slot``, and each nonzero's position in ``pos[j - lo]`` (so that the
-    gradient pass reads its slots in order instead of looking each one up again in ``slot``,
-    an array as long as the table); returns how many."""
+def _distinct_features(indptr, indices, order, lo, hi, slot, touched, pos):
+    """The distinct features of rows ``lo:hi`` of the order (empty: as stored) into
+    ``touched`` (first-seen order), each one's position in ``slot``, and the position of each
+    of the rows' nonzeros, in that order, into ``pos`` (so that the gradient pass reads its
+    slots in sequence instead of looking each one up again in ``slot``, an array as long as
+    the table); returns how many."""
     n_touched = 0
-    for j in range(lo, hi):
-        if j + 16 < hi:  # the ids are scattered: start loading a later one's slot
-            prefetch(slot, indices[j + 16])
-        i = indices[j]
-        t = slot[i]
-        if t < 0:
-            t = n_touched
-            slot[i] = t
-            touched[n_touched] = i
-            n_touched += 1
-        pos[j - lo] = t
+    p = 0
+    for q in range(lo, hi):
+        r = _row_at(order, q)
+        if q + 1 < hi:  # the ids are scattered: start loading the next row's slots
+            ahead = _row_at(order, q + 1)
+            for j in range(indptr[ahead], indptr[ahead + 1]):
+                prefetch(slot, indices[j])
+        for j in range(indptr[r], indptr[r + 1]):
+            i = indices[j]
+            t = slot[i]
+            if t < 0:
+                t = n_touched
+                slot[i] = t
+                touched[n_touched] = i
+                n_touched += 1
+            pos[p] = t
+            p += 1
     return n_touched
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-def _batch_gradient(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B, T, k,
-                    sums, pos, first, G, n_touched):
-    """The gradient of rows ``lo:hi`` (a mini-batch, or one thread's share of one) into ``G``
-    cleared first (its ``n_touched`` slots): :func:`_accumulate`'s ``(loss, gradient of w0)``."""
+def _batch_gradient(indptr, indices, values, labels, order, lo, hi, loss_kind, inv_rows, B, T,
+                    k, sums, pos, p, G, n_touched):
+    """The gradient of rows ``lo:hi`` of the order (a mini-batch, or one thread's share of
+    one) into ``G`` cleared first (its ``n_touched`` slots): :func:`_accumulate`'s ``(loss,
+    gradient of w0)``."""
     G[:n_touched] = 0.0
-    return _accumulate(indptr, indices, values, labels, lo, hi, loss_kind, inv_rows, B, T, k,
-                       sums, pos, first, G)
+    return _accumulate(indptr, indices, values, labels, order, lo, hi, loss_kind, inv_rows, B,
+                       T, k, sums, pos, p, G)
 
 
 @njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
@@ -428,9 +448,10 @@ def _batches_trainer(opt: int):
     """The mini-batch loop compiled for one update rule (as :func:`_rows_trainer`)."""
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-    def train_batches(indptr, indices, values, labels, lo, hi, batch_size, loss_kind, config, B,
-                      T, k, slot, touched, pos, G, sums, step, stride):
-        """Rows ``lo:hi`` in mini-batches of ``batch_size`` (the last may be smaller), each one
+    def train_batches(indptr, indices, values, labels, order, lo, hi, batch_size, loss_kind,
+                      config, B, T, k, slot, touched, pos, G, sums, step, stride):
+        """Rows ``lo:hi`` of ``order`` (a permutation; empty: as stored) in mini-batches of
+        ``batch_size`` (the last may be smaller), each one
         optimizer step on the gradient of its mean loss (SageMaker's and MXNet's semantics),
         lazily: only the features it touched. The j-th mini-batch (from 1) is Adam step
         ``step + stride * j``. ``slot`` (an int per table row) must be all -1 and is left so;
@@ -445,11 +466,11 @@ def _batches_trainer(opt: int):
         b1_stride, b2_stride = np.float64(cfg[BETA1]) ** stride, np.float64(cfg[BETA2]) ** stride
         for start in range(lo, hi, batch_size):
             stop = min(start + batch_size, hi)
-            n_touched = _distinct_features(indices, indptr[start], indptr[stop], slot, touched,
+            n_touched = _distinct_features(indptr, indices, order, start, stop, slot, touched,
                                            pos)
-            loss, g_bias[0] = _batch_gradient(indptr, indices, values, labels, start, stop,
-                                              loss_kind, 1.0 / (stop - start), B, T, k, sums,
-                                              pos, indptr[start], G, n_touched)
+            loss, g_bias[0] = _batch_gradient(indptr, indices, values, labels, order, start,
+                                              stop, loss_kind, 1.0 / (stop - start), B, T, k,
+                                              sums, pos, 0, G, n_touched)
             total_loss += loss
             b1_t *= b1_stride
             b2_t *= b2_stride
@@ -464,17 +485,18 @@ def _batches_trainer(opt: int):
 _BATCHES = _per_rule(_batches_trainer)
 
 
-def train_minibatches(indptr, indices, values, labels, batch_size, loss_kind, opt, cfg, B, T, k,
-                      slot, touched, pos, G, sums, step):
-    """Train on the rows of one chunk in mini-batches of ``batch_size``, on the calling thread;
-    update in place. Each mini-batch takes one optimizer step on the gradient of its mean loss
-    (SageMaker's and MXNet's semantics). ``slot`` (int32, an entry per table row) must be all -1
-    and is left so; ``touched`` and ``G`` hold the largest mini-batch's distinct features,
-    ``pos`` (int32) its nonzeros. Returns ``(sum of per-row losses before each update, step
-    count)``."""
+def train_minibatches(indptr, indices, values, labels, order, batch_size, loss_kind, opt, cfg, B,
+                      T, k, slot, touched, pos, G, sums, step):
+    """Train on the rows of one chunk in mini-batches of ``batch_size``, in the row order
+    ``order`` (a permutation; empty: as stored; shuffling by index saves copying rows), on the
+    calling thread; update in place. Each mini-batch takes one optimizer step on the gradient
+    of its mean loss (SageMaker's and MXNet's semantics). ``slot`` (int32, an entry per table
+    row) must be all -1 and is left so; ``touched`` and ``G`` hold the largest mini-batch's
+    distinct features, ``pos`` (int32) its nonzeros. Returns ``(sum of per-row losses before
+    each update, step count)``."""
     n = indptr.size - 1
-    loss = _BATCHES[opt](indptr, indices, values, labels, 0, n, batch_size, loss_kind, cfg, B, T,
-                         k, slot, touched, pos, G, sums, step, 1)
+    loss = _BATCHES[opt](indptr, indices, values, labels, order, 0, n, batch_size, loss_kind, cfg,
+                         B, T, k, slot, touched, pos, G, sums, step, 1)
     return loss, step + -(-n // batch_size)
 
 
@@ -499,11 +521,12 @@ def minibatch_gradient(indptr, indices, values, labels, inv_rows, loss_kind, B, 
     nonzeros' slots. Returns ``(sum of losses, gradient of w0, n)``; ``slot`` is left all -1."""
     n_rows = indptr.size - 1
     parts = G_parts.shape[0]
-    n = _distinct_features(indices, indptr[0], indptr[n_rows], slot, touched, pos)
+    n = _distinct_features(indptr, indices, NO_ORDER, 0, n_rows, slot, touched, pos)
+    bounds = [part * n_rows // parts for part in range(parts + 1)]
     results = on_threads(_batch_gradient, [
-        (indptr, indices, values, labels, part * n_rows // parts, (part + 1) * n_rows // parts,
-         loss_kind, inv_rows, B, T, k, sums[part], pos, indptr[0], G_parts[part], n)
-        for part in range(parts)])
+        (indptr, indices, values, labels, NO_ORDER, lo, hi, loss_kind, inv_rows, B, T, k,
+         sums[part], pos, indptr[lo] - indptr[0], G_parts[part], n)
+        for part, (lo, hi) in enumerate(zip(bounds, bounds[1:]))])
     on_threads(_sum_parts, [(G_parts, touched, slot, part * n // parts, (part + 1) * n // parts)
                             for part in range(parts)])
     return sum(r[0] for r in results), sum(r[1] for r in results), n

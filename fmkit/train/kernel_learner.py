@@ -54,11 +54,15 @@ class Workspace:
             ws.grads = np.zeros((parts, 0, k + 1))
         return ws
 
-    def reserve(self, chunk: SparseBatch, batch_size: int, feature_dim: int) -> None:
+    def reserve(self, chunk: SparseBatch, batch_size: int, feature_dim: int,
+                order: np.ndarray = kernels.NO_ORDER) -> None:
         """Grow the buffers to hold the nonzeros and distinct features of the chunk's largest
-        mini-batch."""
+        mini-batch (its rows taken in ``order``, if given)."""
         bounds = np.r_[np.arange(0, chunk.n_rows, batch_size), chunk.n_rows]
-        nonzeros = max(1, int(np.diff(chunk.indptr[bounds]).max(initial=0)))
+        ends = chunk.indptr
+        if order.size:
+            ends = np.r_[0, np.cumsum(np.diff(chunk.indptr)[order])]
+        nonzeros = max(1, int(np.diff(ends[bounds]).max(initial=0)))
         if nonzeros > self.positions.size:
             self.positions = np.zeros(max(nonzeros, 2 * self.positions.size), np.int32)
         need = min(feature_dim, nonzeros)
@@ -68,7 +72,7 @@ class Workspace:
             self.grads = np.zeros((self.parts, need, self.k + 1))
 
 
-NO_ORDER = np.zeros(0, dtype=np.int64)
+NO_ORDER = kernels.NO_ORDER
 
 
 def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.ndarray,
@@ -83,12 +87,12 @@ def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.nd
         return kernels.train_online(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
                                     order.astype(np.int64, copy=False), kind, opt, config, bias,
                                     table, k, ws.sums, step)
-    if order.size:
-        chunk = take(chunk, order)
-    ws.reserve(chunk, batch_size, table.shape[0])
+    order = order.astype(np.int64, copy=False)
+    ws.reserve(chunk, batch_size, table.shape[0], order)
     return kernels.train_minibatches(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
-                                     batch_size, kind, opt, config, bias, table, k, ws.slot,
-                                     ws.touched, ws.positions, ws.grads[0], ws.sums[0], step)
+                                     order, batch_size, kind, opt, config, bias, table, k,
+                                     ws.slot, ws.touched, ws.positions, ws.grads[0], ws.sums[0],
+                                     step)
 
 
 def thread_parts(hp: dict[str, Any]) -> int:
@@ -111,6 +115,9 @@ class KernelLearner:
     hold each weight row beside its optimizer moments (:func:`training_tables`)."""
 
     primary = True
+    # whether a chunk's rows are copied into their shuffled order (on the reading thread)
+    # before training: the FM's kernels take the order instead, which saves the copy
+    gathers = False
 
     def __init__(self, hp: dict[str, Any], params: FMParameters | None, dtype=np.float32,
                  pause_every: int = 0):
@@ -122,16 +129,10 @@ class KernelLearner:
         self.kind = loss_kind(hp["predictor_type"])
         self.steps = 0
 
-    @property
-    def gathers(self) -> bool:
-        """Whether a chunk's rows are copied into their shuffled order before training (the
-        mini-batch kernels read rows in storage order; the per-row one takes the order)."""
-        return self.hp["mini_batch_size"] > 1
-
     def batches(self, source: Source, rng: np.random.Generator
                 ) -> Iterator[tuple[SparseBatch, np.ndarray]]:
         """Chunks of whole mini-batches, each with its row order: one compiled call each.
-        Chunks are joined, ordered and (:attr:`gathers`) copied in that order on the reading
+        Chunks are joined, ordered and (``gathers``) copied in that order on the reading
         thread, so the training thread only trains. With ``pause_every``, a chunk is cut where
         the step count reaches a multiple of it, so that callbacks (validation every N steps)
         act there."""
@@ -226,7 +227,7 @@ class FFMLearner(KernelLearner):
         if not self.ws.slot.size:  # a row per step is a mini-batch of one here
             self.ws.slot = np.full(self.table.shape[0], -1, np.int32)
 
-    gathers = True  # (a row per step is a mini-batch of one here)
+    gathers = True  # (the FFM's kernels read rows as stored)
 
     def step(self, unit: tuple[SparseBatch, np.ndarray]) -> tuple[float, int]:
         chunk, _ = unit  # ordered by batches(): gathers
