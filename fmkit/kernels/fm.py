@@ -343,6 +343,14 @@ def _row_at(order, q):
 
 
 @njit(cache=True, forceinline=True)
+def _prefetch_entries(indptr, entries, r):
+    """Start loading row ``r``'s ``entries`` (its ids or its values; a cache line holds
+    sixteen)."""
+    for j in range(indptr[r], indptr[r + 1], 16):
+        prefetch(entries, j)
+
+
+@njit(cache=True, forceinline=True)
 def _prefetch_rows(indptr, indices, order, q, hi, T, k):
     """Start loading what the forward pass reads of the table rows of the features of row
     ``q`` of the order (columns 0..k, which straddle two cache lines in tables whose rows are
@@ -368,6 +376,9 @@ def _accumulate(indptr, indices, values, labels, order, lo, hi, loss_kind, inv_r
     _prefetch_rows(indptr, indices, order, lo + 1, hi, T, k)
     for q in range(lo, hi):
         _prefetch_rows(indptr, indices, order, q + 2, hi, T, k)
+        if order.size and q + 4 < hi:  # rows in shuffled order: their ids and values too
+            _prefetch_entries(indptr, indices, order[q + 4])
+            _prefetch_entries(indptr, values, order[q + 4])
         r = _row_at(order, q)
         z = np.float64(B[0, 0] + _row_forward(indptr, indices, values, r, T, k, sums))
         loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
@@ -397,6 +408,8 @@ def _distinct_features(indptr, indices, order, lo, hi, slot, touched, pos):
     p = 0
     for q in range(lo, hi):
         r = _row_at(order, q)
+        if order.size and q + 3 < hi:  # rows in shuffled order: their ids too
+            _prefetch_entries(indptr, indices, order[q + 3])
         if q + 1 < hi:  # the ids are scattered: start loading the next row's slots
             ahead = _row_at(order, q + 1)
             for j in range(indptr[ahead], indptr[ahead + 1]):
