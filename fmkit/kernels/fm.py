@@ -397,6 +397,20 @@ def _accumulate(indptr, indices, values, labels, order, lo, hi, loss_kind, inv_r
     return total_loss, g0
 
 
+@njit(cache=True, forceinline=True)
+def _slot_of(i, slot, seen, count):
+    """The slot of id ``i`` in ``slot`` (an int per id, -1: none yet), giving it the next one,
+    ``count``, if it has none (and appending ``i`` to ``seen``, the ids in first-seen order).
+    Returns ``(its slot, the new count)``."""
+    t = slot[i]
+    if t < 0:
+        t = count
+        slot[i] = t
+        seen[count] = i
+        count += 1
+    return t, count
+
+
 @njit(cache=True, nogil=True)
 def _distinct_features(indptr, indices, order, lo, hi, slot, touched, pos):
     """The distinct features of rows ``lo:hi`` of the order (empty: as stored) into
@@ -415,14 +429,7 @@ def _distinct_features(indptr, indices, order, lo, hi, slot, touched, pos):
             for j in range(indptr[ahead], indptr[ahead + 1]):
                 prefetch(slot, indices[j])
         for j in range(indptr[r], indptr[r + 1]):
-            i = indices[j]
-            t = slot[i]
-            if t < 0:
-                t = n_touched
-                slot[i] = t
-                touched[n_touched] = i
-                n_touched += 1
-            pos[p] = t
+            pos[p], n_touched = _slot_of(indices[j], slot, touched, n_touched)
             p += 1
     return n_touched
 
@@ -555,13 +562,7 @@ def sum_repeated_rows(rows, values, slot):
     summed = np.zeros((n, width), values.dtype)
     count = 0
     for j in range(n):
-        r = rows[j]
-        s = slot[r]
-        if s < 0:
-            s = count
-            slot[r] = s
-            unique[count] = r
-            count += 1
+        s, count = _slot_of(rows[j], slot, unique, count)
         for c in range(width):
             summed[s, c] += values[j, c]
     for j in range(count):
