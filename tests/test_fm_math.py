@@ -283,22 +283,24 @@ def test_lock_free_two_threads_learn_as_well_as_one(optimizer, lr):
     assert min(one, two) > 0.72 and oracle > 0.8
 
 
+@pytest.mark.parametrize("batch_size", [1, 7])
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_per_row_training_in_a_given_order_equals_training_the_permuted_rows(optimizer):
-    """Shuffling passes a row order to the kernel instead of copying rows: the result must be
-    that of training on the rows rearranged into that order."""
+def test_training_in_a_given_order_equals_training_the_permuted_rows(optimizer, batch_size):
+    """Shuffling passes a row order to the kernels instead of copying rows (per row, and in
+    mini-batches, the last one smaller): the result must be that of training on the rows
+    rearranged into that order, which the other tests hold to the reference."""
     from fmkit.data.batch import take
 
     _, (X, y, params) = in_float32(*random_problem(12, n=40, d=20, k=4))
     hp = validate(dict(feature_dim=20, num_factors=4, predictor_type="binary_classifier",
-                       optimizer=optimizer, mini_batch_size=1, lock_free=0, bias_lr=0.05,
-                       linear_lr=0.03, factors_lr=0.02))
+                       optimizer=optimizer, mini_batch_size=batch_size, lock_free=0,
+                       bias_lr=0.05, linear_lr=0.03, factors_lr=0.02))
     order = np.random.default_rng(3).permutation(40)
     batch = SparseBatch(X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, y)
     results = []
     for chunk, row_order in ((batch, order), (take(batch, order), np.zeros(0, np.int64))):
         bias, table = training_tables(params.copy(), optimizer, hp)
-        ws = Workspace.create(20, 4, 1, table.dtype, 1)
+        ws = Workspace.create(20, 4, 1, table.dtype, batch_size)
         loss, _ = train_chunk(hp, chunk, kernels.LOGISTIC, kernel_config(hp, table.dtype), bias,
                               table, ws, 0, row_order)
         results.append((loss, table.copy(), bias.copy()))
