@@ -453,8 +453,9 @@ def step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, opt, cfg, a
     the FM's and the FFM's mini-batch loops."""
     lines, line_floats = (T.shape[1] * T.itemsize + 63) // 64, 64 // T.itemsize
     bw, bm, bs = _row_blocks(B, 0, width)
-    _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
-           adam_lr, adam_eps)
+    # (the decay as the linear weight's update passes it: one compiled _apply serves both)
+    _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, _like(0.0, T), cfg[BIAS_LR], cfg[BIAS_WD], opt,
+           cfg, adam_lr, adam_eps)
     for t in range(n_touched):
         if t + AHEAD < n_touched:  # the rows are scattered: start loading a later one
             for line in range(lines):
