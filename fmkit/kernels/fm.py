@@ -354,8 +354,9 @@ def _prefetch_entries(indptr, entries, r):
 def _prefetch_rows(indptr, indices, order, q, hi, T, k):
     """Start loading what the forward pass reads of the table rows of the features of row
     ``q`` of the order (columns 0..k, which straddle two cache lines in tables whose rows are
-    not a multiple of 64 bytes), if ``q < hi``: two rows ahead of the forward pass, the loads
-    arrive in time (one row ahead, the mini-batch gradient ran 1.4x slower)."""
+    not a multiple of 64 bytes), if ``q < hi``. Called two rows ahead of the forward pass: one
+    row ahead the loads arrive late (docs/performance.md, "Mini-batch training without a
+    second look-up or a copy")."""
     if q < hi:
         r = _row_at(order, q)
         for j in range(indptr[r], indptr[r + 1]):
