@@ -214,18 +214,31 @@ def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, opt, 
 
 
 @njit(cache=True, forceinline=True)
+def _row_at(order, q):
+    """Row ``q`` of a chunk taken in ``order`` (a permutation; empty: as stored)."""
+    return order[q] if order.size else q
+
+
+@njit(cache=True, forceinline=True)
+def _prefetch_entries(indptr, entries, r):
+    """Start loading row ``r``'s ``entries`` (its ids or its values; a cache line holds
+    sixteen)."""
+    for j in range(indptr[r], indptr[r + 1], 16):
+        prefetch(entries, j)
+
+
+@njit(cache=True, forceinline=True)
 def _prefetch_ahead(indptr, indices, values, order, q, hi, T, lines):
     """While row ``q`` of the order trains, start loading what the next rows need: the table rows
     of row q+1's features, the indices and values of row q+2, the offsets of row q+3."""
     if q + 3 < hi:
-        prefetch(indptr, order[q + 3] if order.size else q + 3)
+        prefetch(indptr, _row_at(order, q + 3))
     if q + 2 < hi:
-        r = order[q + 2] if order.size else q + 2
-        for j in range(indptr[r], indptr[r + 1], 16):
-            prefetch(indices, j)
-            prefetch(values, j)
+        r = _row_at(order, q + 2)
+        _prefetch_entries(indptr, indices, r)
+        _prefetch_entries(indptr, values, r)
     if q + 1 < hi:
-        r = order[q + 1] if order.size else q + 1
+        r = _row_at(order, q + 1)
         step = 64 // T.itemsize
         for j in range(indptr[r], indptr[r + 1]):
             i = indices[j]
@@ -257,7 +270,7 @@ def _rows_trainer(opt: int):
         b1_t, b2_t = np.float64(cfg[BETA1]) ** step, np.float64(cfg[BETA2]) ** step
         b1_stride, b2_stride = np.float64(cfg[BETA1]) ** stride, np.float64(cfg[BETA2]) ** stride
         for q in range(lo, hi):
-            r = order[q] if order.size else q
+            r = _row_at(order, q)
             _prefetch_ahead(indptr, indices, values, order, q, hi, T, lines)
             z = np.float64(B[0, 0] + _row_forward(indptr, indices, values, r, T, k, sums))
             loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
@@ -334,20 +347,6 @@ def train_online(indptr, indices, values, labels, order, loss_kind, opt, cfg, B,
                                 parts) for part in range(parts)])
     B[0] = biases[:, :width].mean(axis=0)
     return sum(losses), step + n
-
-
-@njit(cache=True, forceinline=True)
-def _row_at(order, q):
-    """Row ``q`` of a chunk taken in ``order`` (a permutation; empty: as stored)."""
-    return order[q] if order.size else q
-
-
-@njit(cache=True, forceinline=True)
-def _prefetch_entries(indptr, entries, r):
-    """Start loading row ``r``'s ``entries`` (its ids or its values; a cache line holds
-    sixteen)."""
-    for j in range(indptr[r], indptr[r + 1], 16):
-        prefetch(entries, j)
 
 
 @njit(cache=True, forceinline=True)

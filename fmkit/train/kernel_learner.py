@@ -83,11 +83,10 @@ def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.nd
     opt = OPTIMIZER_IDS[hp["optimizer"]]
     k = ws.k
     batch_size = hp["mini_batch_size"]
+    order = order.astype(np.int64, copy=False)
     if batch_size == 1:
         return kernels.train_online(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
-                                    order.astype(np.int64, copy=False), kind, opt, config, bias,
-                                    table, k, ws.sums, step)
-    order = order.astype(np.int64, copy=False)
+                                    order, kind, opt, config, bias, table, k, ws.sums, step)
     ws.reserve(chunk, batch_size, table.shape[0], order)
     return kernels.train_minibatches(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
                                      order, batch_size, kind, opt, config, bias, table, k,
