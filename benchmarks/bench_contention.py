@@ -2,7 +2,8 @@
 
     python benchmarks/bench_contention.py [--rows 1000000] [--repeat 2] [--hogs-per-core 1]
 
-Uses bench_fm.py's planted 1M-row CTR file (generated once, cached in benchmarks/.cache). Each
+Uses bench_fm.py's planted 1M-row CTR file (generated once, cached in benchmarks/.cache), and
+for DeepFM bench_deepfm.py's Criteo-layout TSV (``--deepfm-rows`` rows, its configuration). Each
 measurement runs in its own process (bench_fm's tasks: the kernels are compiled before the
 clock starts) with the default thread count, first on a quiet machine, then while
 ``--hogs-per-core`` busy-looping processes per core run (each stops by itself after 15
@@ -15,6 +16,7 @@ cores must never make a run slower.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_deepfm import EXAMPLE, FMKIT_TASK, make_criteo  # noqa: E402
 from bench_fm import CACHE, SGD, adaptive, make_data, run  # noqa: E402
 
 HOG = "import time\nend = time.time() + 900\nwhile time.time() < end:\n    pass\n"
@@ -37,12 +40,34 @@ ROWS = [
     ("train, Adam per row, lock_free (Hogwild)", "train_file",
      {**adaptive("adam", 0.002), "lock_free": 1}),
     ("predict file -> JSON Lines", "predict_file", {}),
+    ("DeepFM train (TSV, batch 1024)", "deepfm_train", {}),
+    ("DeepFM predict (saved model, TSV)", "deepfm_predict", {}),
 ]
 
 
+def deepfm_rate(task: str, threads: int | None, rows: int, repeat: int) -> float:
+    """The best rows/s of ``repeat`` runs of bench_deepfm's fmkit task (training, then the
+    saved model's prediction, in one process) for ``task``'s half."""
+    train, test = make_criteo(rows)
+    out = CACHE / "contention-deepfm.txt"
+    rates = []
+    for _ in range(repeat):
+        done = subprocess.run([sys.executable, "-c", FMKIT_TASK, str(train), str(test),
+                               str(threads or 0), "1024", str(out), str(EXAMPLE)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"DeepFM task failed:\n{done.stderr[-4000:]}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        rates.append(r["rows"] / r["train_seconds"] if task == "deepfm_train"
+                     else r["test_rows"] / r["predict_seconds"])
+    return max(rates)
+
+
 def measure(task: str, hp: dict, threads: int | None, data: tuple[Path, Path, int],
-            repeat: int) -> float:
-    """The best rows/s of ``repeat`` runs of a bench_fm task."""
+            repeat: int, deepfm_rows: int) -> float:
+    """The best rows/s of ``repeat`` runs of a bench_fm task (or a DeepFM one)."""
+    if task.startswith("deepfm"):
+        return deepfm_rate(task, threads, deepfm_rows, repeat)
     options = {"hp": hp} if threads is None else {"hp": hp, "threads": threads}
     out = CACHE / "contention-out.txt"
     best = min((run("fmkit", task, options, *data, 8, out) for _ in range(repeat)),
@@ -68,6 +93,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=2, help="runs per cell; the best counts")
     parser.add_argument("--hogs-per-core", type=int, default=1)
+    parser.add_argument("--deepfm-rows", type=int, default=200_000)
     parser.add_argument("--only", help="run only the rows whose label contains this text")
     args = parser.parse_args()
     train, test = make_data(args.rows, 39, 1_000_000)
@@ -76,6 +102,8 @@ def main() -> None:
     hogs = cores * args.hogs_per_core
     fair = 1 / (1 + args.hogs_per_core)
     print(f"data: {train.name} ({args.rows} rows, 39 fields, 10^6 features, k=8, 1 epoch); "
+          f"DeepFM: criteo-{args.deepfm_rows}.tsv, examples/deepfm_criteo.yaml's features, "
+          "deep 512-256-128, 1 epoch; "
           f"{cores} cores; busy = {hogs} CPU-bound processes ({args.hogs_per_core} per core, "
           f"fair share {fair:.0%}); best of {args.repeat} runs per cell\n")
     header = (f"{'path (default threads)':<44}{'quiet rows/s':>13}{'busy rows/s':>13}"
@@ -85,11 +113,11 @@ def main() -> None:
     for label, task, hp in ROWS:
         if args.only and args.only not in label:
             continue
-        quiet = measure(task, hp, None, data, args.repeat)
-        one = measure(task, hp, 1, data, args.repeat)
+        quiet = measure(task, hp, None, data, args.repeat, args.deepfm_rows)
+        one = measure(task, hp, 1, data, args.repeat, args.deepfm_rows)
         stop = with_hogs(hogs)
         try:
-            busy = measure(task, hp, None, data, args.repeat)
+            busy = measure(task, hp, None, data, args.repeat, args.deepfm_rows)
         finally:
             stop()
         ratio = busy / quiet

@@ -42,13 +42,14 @@ FMKIT_TASK = """
 import json, re, sys, time
 from pathlib import Path
 import numpy as np
-import torch
-from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm import config as configs  # fmkit first, as the CLI: its OpenMP settings
 from fmkit.models.deepfm import config_files
 from fmkit.jobs.deepfm import train_deepfm
 from fmkit.models.base import load_model
+import torch
 train, test, threads, batch, out, example = sys.argv[1:7]
-torch.set_num_threads(int(threads))
+if int(threads):  # 0: fmkit's default
+    torch.set_num_threads(int(threads))
 config = config_files.load(example, [
     f"train_input_path={json.dumps(train)}", "eval_input_path=",
     f"model_dir={json.dumps(out + '.model')}", "train_config.num_epochs=1",
@@ -120,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="0: each tool's default")
     parser.add_argument("--no-peers", action="store_true", help="fmkit only")
     args = parser.parse_args()
     started = time.perf_counter()

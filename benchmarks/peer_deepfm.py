@@ -43,7 +43,8 @@ def main() -> None:
 
     train, test, threads, batch, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), \
         int(sys.argv[4]), sys.argv[5]
-    torch.set_num_threads(threads)
+    if threads:  # 0: PyTorch's default
+        torch.set_num_threads(threads)
     y, dense, cats = read_tsv(train)
     y_test, dense_test, cats_test = read_tsv(test)
     scaler = MinMaxScaler((0, 1)).fit(np.vstack([dense, dense_test]))

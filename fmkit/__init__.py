@@ -6,9 +6,10 @@ file-based jobs behind the CLI (:mod:`fmkit.jobs.fm`).
 
 from typing import Any
 
-from fmkit import compile_cache
+from fmkit import compile_cache, cpus
 
 compile_cache.configure()  # before any module that compiles kernels is imported
+cpus.configure()  # before an OpenMP runtime (PyTorch's, numba's) is loaded
 
 from fmkit._version import __version__  # noqa: E402
 from fmkit.errors import ArtifactError, DataError, FMKitError, HyperparameterError  # noqa: E402

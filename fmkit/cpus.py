@@ -10,6 +10,12 @@ plain Python threads, one call per part. fmkit uses no numba ``parallel=True`` l
 loop costs seconds more to compile on a first run, and numba's thread pools may spin while they
 wait, which on a busy machine takes cores from the threads doing the work. An idle Python
 thread blocks, and a loaded machine slows the parts in proportion.
+
+PyTorch (DeepFM, ``--device``, ``--nproc``) runs its operators on an OpenMP team, whose
+threads spin between operators by default. On a busy machine a spinning thread takes the core
+its partner needs, and training collapsed (docs/performance.md, "DeepFM on a busy machine").
+:func:`configure` (run when :mod:`fmkit` is imported) makes waiting OpenMP threads sleep
+after a short spin, and :func:`import_torch` caps PyTorch's threads at the CPU quota.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -24,6 +31,46 @@ from pathlib import Path
 from typing import Any
 
 CGROUP = Path("/sys/fs/cgroup")
+
+# environment defaults set by configure() unless the user set the variable
+DEFAULTS = {
+    # fmkit runs no numba parallel loop; numba's OpenMP layer, once its threads are counted,
+    # would load the OpenMP runtime PyTorch shares before the line below could take effect,
+    # and impose numba's thread count on PyTorch's team
+    "NUMBA_THREADING_LAYER": "workqueue",
+    # a waiting thread of GNU OpenMP (PyTorch's) spins ~30 us, then sleeps: the default
+    # ~3 ms of spinning collapsed DeepFM training on a busy machine (docs/performance.md)
+    "GOMP_SPINCOUNT": "3000",
+}
+
+
+def configure() -> None:
+    """Set the :data:`DEFAULTS` the user left unset (and numba's config, if numba is
+    imported). Runs when :mod:`fmkit` is imported: an OpenMP runtime reads its environment
+    once, when it is loaded. A user's ``OMP_WAIT_POLICY`` keeps its meaning (GNU OpenMP would
+    let a spin count override it)."""
+    for name, value in DEFAULTS.items():
+        if name == "GOMP_SPINCOUNT" and "OMP_WAIT_POLICY" in os.environ:
+            continue
+        os.environ.setdefault(name, value)
+    if "numba" in sys.modules:
+        sys.modules["numba"].config.THREADING_LAYER = os.environ["NUMBA_THREADING_LAYER"]
+
+
+_torch_threads_capped = False
+
+
+def import_torch(root: Path = CGROUP):
+    """PyTorch; the first time, its intra-op threads capped at :func:`available_cpus` (a
+    container's CPU quota, which PyTorch's default of one thread per core does not see) unless
+    ``$OMP_NUM_THREADS`` chose them. A later ``torch.set_num_threads`` of the user's stands."""
+    global _torch_threads_capped
+    import torch
+
+    if not _torch_threads_capped and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(min(torch.get_num_threads(), available_cpus(root)))
+    _torch_threads_capped = True
+    return torch
 
 
 def cpu_quota(root: Path = CGROUP) -> float | None:

@@ -71,8 +71,10 @@ def require_torch(feature: str, extra: str = "deepfm") -> None:
     PyTorch is an optional dependency: FM training, evaluation, prediction and serving run
     without it; DeepFM, ``--device`` and ``--nproc``/torchrun need it.
     """
+    from fmkit.cpus import import_torch
+
     try:
-        import torch  # noqa: F401
+        import_torch()
     except ImportError:
         raise MissingDependency(
             f"{feature} needs PyTorch, which is not installed: pip install 'fmkit[{extra}]' "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,3 +102,50 @@ def test_a_background_reader_leaves_its_consumer_a_core():
                 assert thread_count() == 1
     finally:
         numba.set_num_threads(before)
+
+
+OPENMP_NAMES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER", "OMP_NUM_THREADS")
+
+
+def _run_fresh(code: str, *args: str, **environment: str) -> str:
+    """``code`` in a fresh interpreter whose environment holds none of :data:`OPENMP_NAMES`
+    but ``environment``; its stdout."""
+    env = {k: v for k, v in os.environ.items() if k not in OPENMP_NAMES}
+    return subprocess.run([sys.executable, "-c", code, *args], env={**env, **environment},
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ({}, {"GOMP_SPINCOUNT": "3000", "NUMBA_THREADING_LAYER": "workqueue",
+          "OMP_WAIT_POLICY": None}),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": None,
+                                     "NUMBA_THREADING_LAYER": "workqueue",
+                                     "OMP_WAIT_POLICY": "ACTIVE"}),
+    ({"GOMP_SPINCOUNT": "100", "NUMBA_THREADING_LAYER": "workqueue"},
+     {"GOMP_SPINCOUNT": "100", "NUMBA_THREADING_LAYER": "workqueue", "OMP_WAIT_POLICY": None}),
+])
+def test_importing_fmkit_sets_only_the_openmp_settings_the_user_left_unset(preset, expected):
+    """Waiting OpenMP threads spin briefly, then sleep (a busy machine collapsed DeepFM
+    training otherwise), and numba, which fmkit runs no parallel loop on, starts no OpenMP
+    team of its own; a user's own settings stand. numba's layer is checked after its threads
+    are counted (which starts the layer), as fmkit's CLI does."""
+    code = ("import json, os, numba, fmkit; numba.get_num_threads(); "
+            "print(json.dumps({**{k: os.environ.get(k) for k in "
+            "('GOMP_SPINCOUNT', 'NUMBA_THREADING_LAYER', 'OMP_WAIT_POLICY')}, "
+            "'layer': numba.threading_layer()}))")
+    assert json.loads(_run_fresh(code, **preset)) == {**expected, "layer": "workqueue"}
+
+
+def test_pytorch_threads_follow_the_quota_unless_omp_num_threads_chose_them(tmp_path):
+    """PyTorch's default is a thread per core, blind to a container's quota."""
+    root = write(tmp_path, {"cpu.max": "100000 100000\n"})
+    code = ("import sys, fmkit.cpus as c; from pathlib import Path; "
+            "print(c.import_torch(Path(sys.argv[1])).get_num_threads())")
+    assert _run_fresh(code, str(root)) == "1"
+    assert _run_fresh(code, str(root), OMP_NUM_THREADS="2") == "2"
+    assert _run_fresh(code, str(tmp_path / "none")) == str(min(CPUS, _physical_cores()))
+
+
+def _physical_cores() -> int:
+    """PyTorch's own default thread count (one per physical core)."""
+    return int(_run_fresh("import torch; print(torch.get_num_threads())"))
