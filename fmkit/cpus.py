@@ -32,27 +32,24 @@ from typing import Any
 
 CGROUP = Path("/sys/fs/cgroup")
 
-# environment defaults set by configure() unless the user set the variable
-DEFAULTS = {
-    # fmkit runs no numba parallel loop; numba's OpenMP layer, once its threads are counted,
-    # would load the OpenMP runtime PyTorch shares before the line below could take effect,
-    # and impose numba's thread count on PyTorch's team
-    "NUMBA_THREADING_LAYER": "workqueue",
-    # a waiting thread of GNU OpenMP (PyTorch's) spins ~30 us, then sleeps: the default
-    # ~3 ms of spinning collapsed DeepFM training on a busy machine (docs/performance.md)
-    "GOMP_SPINCOUNT": "3000",
-}
-
 
 def configure() -> None:
-    """Set the :data:`DEFAULTS` the user left unset (and numba's config, if numba is
+    """Set two environment defaults the user left unset (and numba's config, if numba is
     imported). Runs when :mod:`fmkit` is imported: an OpenMP runtime reads its environment
-    once, when it is loaded. A user's ``OMP_WAIT_POLICY`` keeps its meaning (GNU OpenMP would
-    let a spin count override it)."""
-    for name, value in DEFAULTS.items():
-        if name == "GOMP_SPINCOUNT" and "OMP_WAIT_POLICY" in os.environ:
-            continue
-        os.environ.setdefault(name, value)
+    once, when it is loaded.
+
+    - ``NUMBA_THREADING_LAYER=workqueue``: fmkit runs no numba parallel loop, and numba's
+      OpenMP layer, once its threads are counted, would load the OpenMP runtime PyTorch shares
+      before the spin count below takes effect, and impose numba's thread count on PyTorch's
+      team.
+    - ``GOMP_SPINCOUNT=3000``: a waiting thread of GNU OpenMP (PyTorch's) spins ~30 us, then
+      sleeps; the default ~3 ms of spinning collapsed DeepFM training on a busy machine
+      (docs/performance.md). Not set when the user set ``OMP_WAIT_POLICY``, which a spin count
+      would override.
+    """
+    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "3000")
     if "numba" in sys.modules:
         sys.modules["numba"].config.THREADING_LAYER = os.environ["NUMBA_THREADING_LAYER"]
 

@@ -6,6 +6,8 @@ is an :class:`FMKitError`; the CLI prints its message and exits non-zero, withou
 
 from __future__ import annotations
 
+from fmkit.cpus import import_torch
+
 
 def excerpt(text: str | bytes, limit: int = 40, quote: bool = True) -> str:
     """A short quotation of an offending value for an error message (a bad value may be a
@@ -71,8 +73,6 @@ def require_torch(feature: str, extra: str = "deepfm") -> None:
     PyTorch is an optional dependency: FM training, evaluation, prediction and serving run
     without it; DeepFM, ``--device`` and ``--nproc``/torchrun need it.
     """
-    from fmkit.cpus import import_torch
-
     try:
         import_torch()
     except ImportError:
