@@ -72,12 +72,10 @@ class Workspace:
             self.grads = np.zeros((self.parts, need, self.k + 1))
 
 
-NO_ORDER = kernels.NO_ORDER
-
 
 def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.ndarray,
                 bias: np.ndarray, table: np.ndarray, ws: Workspace, step: int,
-                order: np.ndarray = NO_ORDER) -> tuple[float, int]:
+                order: np.ndarray = kernels.NO_ORDER) -> tuple[float, int]:
     """One chunk through the kernel for ``mini_batch_size``, its rows taken in ``order`` (a
     permutation; empty: as stored): returns (summed loss, step)."""
     opt = OPTIMIZER_IDS[hp["optimizer"]]
@@ -139,9 +137,9 @@ class KernelLearner:
 
         def prepared() -> Iterator[tuple[SparseBatch, np.ndarray]]:
             for chunk in rebatch(source.blocks(), size):
-                order = rng.permutation(chunk.n_rows) if self.hp["shuffle"] else NO_ORDER
+                order = rng.permutation(chunk.n_rows) if self.hp["shuffle"] else kernels.NO_ORDER
                 if order.size and (self.gathers or every):
-                    chunk, order = take(chunk, order), NO_ORDER
+                    chunk, order = take(chunk, order), kernels.NO_ORDER
                 yield chunk, order
 
         for chunk, order in background(prepared()):
@@ -151,7 +149,7 @@ class KernelLearner:
             start = 0
             while start < chunk.n_rows:
                 stop = min(chunk.n_rows, start + (every - self.steps % every) * size)
-                yield chunk.slice(start, stop), NO_ORDER
+                yield chunk.slice(start, stop), kernels.NO_ORDER
                 start = stop
 
     def step(self, unit: tuple[SparseBatch, np.ndarray]) -> tuple[float, int]:
