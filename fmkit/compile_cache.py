@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -47,3 +49,14 @@ def configure(package: Path = PACKAGE) -> None:
     os.environ["NUMBA_CACHE_DIR"] = chosen
     if "numba" in sys.modules:
         sys.modules["numba"].config.CACHE_DIR = chosen
+
+
+def kernel_helper(*, forceinline: bool = True, **options: Any) -> Callable:
+    """numba's ``njit`` for a function that only compiled code calls: compiled into each
+    caller (``forceinline``: inlined there), with no cache file of its own (a cached caller
+    holds its machine code) and no Python or C entry point. A first run, with nothing cached,
+    pays for those per function: about a tenth of a second each (docs/performance.md)."""
+    from numba import njit
+
+    return njit(forceinline=forceinline, no_cpython_wrapper=True, no_cfunc_wrapper=True,
+                **options)

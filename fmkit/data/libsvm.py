@@ -16,6 +16,7 @@ from typing import BinaryIO
 import numpy as np
 from numba import njit
 
+from fmkit.compile_cache import kernel_helper
 from fmkit.cpus import on_threads, thread_count
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES, count_newlines, iter_blocks
@@ -28,24 +29,24 @@ MISSING_FIELD = 11
 _NL, _CR, _SPACE, _TAB, _HASH, _COLON = 10, 13, 32, 9, 35, 58
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _is_space(c):
     return c == _SPACE or c == _TAB or c == _CR
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _ends_token(c):
     return c == _SPACE or c == _TAB or c == _CR or c == _NL or c == _HASH
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _token_end(buf, p, n):
     while p < n and not _ends_token(buf[p]):
         p += 1
     return p
 
 
-@njit(cache=True)
+@kernel_helper(forceinline=False)
 def _bad_pair(buf, start, end, ffm):
     """The problem code of an ``[FIELD:]INDEX:VALUE`` token whose ids did not parse."""
     colons = 0
@@ -59,7 +60,7 @@ def _bad_pair(buf, start, end, ffm):
     return BAD_INDEX
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _parse_id(buf, p, n):
     """Digits at ``p`` as an int (stops past 2^31 - 1); returns ``(value, end)``."""
     value = 0
@@ -69,7 +70,7 @@ def _parse_id(buf, p, n):
     return value, p
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _is_qid(buf, start, n):
     return (start + 3 < n and buf[start] == 113 and buf[start + 1] == 105
             and buf[start + 2] == 100 and buf[start + 3] == _COLON)

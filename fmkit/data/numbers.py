@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from fmkit.compile_cache import kernel_helper
+
 OK = 0
 BAD_NUMBER = 1  # not a number at all
 NOT_FINITE = 2  # nan, inf, or a value beyond float32's range (fmkit stores float32)
@@ -22,12 +24,12 @@ _POW10 = np.array([10.0**i for i in range(23)])  # exact
 _POW10_ANY = np.array([float(f"1e{e}") for e in range(-350, 351)])
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _lower(c):
     return c | 0x20 if 65 <= c <= 90 else c
 
 
-@njit(cache=True)
+@kernel_helper(forceinline=False)
 def _is_nonfinite_word(buf, start, end):
     """True for nan / inf / infinity with an optional sign, in any case."""
     p = start

@@ -23,6 +23,7 @@ from typing import BinaryIO
 import numpy as np
 from numba import njit
 
+from fmkit.compile_cache import kernel_helper
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES
 from fmkit.data.numbers import FLOAT32_MAX
@@ -52,7 +53,7 @@ _PROBLEMS = {
 
 
 # -- framing ------------------------------------------------------------------------------------
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _u32(buf, p):
     return (np.uint32(buf[p]) | (np.uint32(buf[p + 1]) << 8) | (np.uint32(buf[p + 2]) << 16)
             | (np.uint32(buf[p + 3]) << 24))
@@ -107,7 +108,7 @@ def frame_records(buf, n, at_eof, payload, starts):
 
 
 # -- protobuf wire format -----------------------------------------------------------------------
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _varint(buf, p, end):
     """``(value, next position)``; position -1 when the varint runs past ``end``."""
     value = np.uint64(0)
@@ -462,7 +463,7 @@ def empty_batch(source: str) -> SparseBatch:
 
 
 # -- writing ------------------------------------------------------------------------------------
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _varint_len(v):
     n = 1
     while v >= 128:
@@ -471,7 +472,7 @@ def _varint_len(v):
     return n
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _put_varint(out, p, v):
     while v >= 128:
         out[p] = (v & 0x7F) | 0x80
@@ -481,7 +482,7 @@ def _put_varint(out, p, v):
     return p + 1
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _put_f32(out, p, value, f32, u32):
     f32[0] = value
     bits = u32[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from fmkit.compile_cache import kernel_helper
 from fmkit.kernels.fm import (
     BETA1,
     BETA2,
@@ -32,7 +33,7 @@ from fmkit.kernels.fm import (
 from fmkit.kernels.lanes import LANES, lanes_sum, load_lanes, store_lanes
 
 
-@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
+@kernel_helper(fastmath=FAST, error_model="numpy")
 def _dot(row_a, at_a, row_b, at_b, k):
     """<row_a[at_a:at_a + k], row_b[at_b:at_b + k]> in the rows' dtype, eight coordinates at
     a time as vectors (:mod:`fmkit.kernels.lanes`), then the rest one by one."""
@@ -47,7 +48,7 @@ def _dot(row_a, at_a, row_b, at_b, k):
     return dot
 
 
-@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
+@kernel_helper(fastmath=FAST, error_model="numpy")
 def _add_scaled(out, at_out, scale, row, at, k):
     """``out[at_out:at_out + k] += scale * row[at:at + k]`` in ``out``'s dtype, eight at a
     time."""
@@ -60,7 +61,7 @@ def _add_scaled(out, at_out, scale, row, at, k):
         out[at_out + c] += scale * _like(row[at + c], out)
 
 
-@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
+@kernel_helper(fastmath=FAST, error_model="numpy")
 def _row_forward(indptr, indices, fields, values, r, T, k):
     """y_hat - w0 of row ``r`` (float64): the linear terms and every pair's
     <v_{i_a, f_b}, v_{i_b, f_a}> x_a x_b."""

@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
+from fmkit.compile_cache import kernel_helper
 from fmkit.cpus import on_threads
 from fmkit.kernels.lanes import LANES, lanes_sum, load_lanes, store_lanes
 from fmkit.kernels.prefetch import prefetch
@@ -64,7 +65,7 @@ def _like_compiled(value, array):
     return lambda value, array: dtype(value)
 
 
-@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
+@kernel_helper(fastmath=FAST, error_model="numpy")
 def _row_forward(indptr, indices, values, r, T, k, sums):
     """y_hat - w0 of row ``r``; leaves sum_i v_if x_i in ``sums`` (the table's dtype). The
     factors are read eight at a time as vectors (see :mod:`fmkit.kernels.lanes`)."""
@@ -92,7 +93,7 @@ def _row_forward(indptr, indices, values, r, T, k, sums):
     return linear + _like(0.5, T) * (pairwise - squares)
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _loss_and_slope(z, y, loss_kind):
     """Loss of one row and its derivative in y_hat (float64)."""
     if loss_kind == LOGISTIC:
@@ -104,7 +105,7 @@ def _loss_and_slope(z, y, loss_kind):
     return d * d, 2.0 * d
 
 
-@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
+@kernel_helper(fastmath=FAST, error_model="numpy")
 def _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, like):
     """One optimizer step of a coordinate, or of eight as :class:`~fmkit.kernels.lanes.LanesType`:
     from the parameter ``p``, its moments (Adam's m / AdaGrad's s / FTRL's z in ``first``;
@@ -137,7 +138,7 @@ def _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, like):
     return step, moment, square
 
 
-@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
+@kernel_helper(fastmath=FAST, error_model="numpy")
 def _apply(w, m, s, lo, hi, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr, adam_eps):
     """One optimizer step (:func:`_rule`) of coordinates ``lo:hi`` of one table row, given as
     1-D views of its blocks: weights ``w``, Adam's m / AdaGrad's s / FTRL's z in ``m``, Adam's
@@ -175,7 +176,7 @@ def _apply(w, m, s, lo, hi, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr, a
             s[c] = second
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _frozen(cfg):
     """``cfg``'s values as a tuple: passed by value, they stay in registers across the table
     stores (read from the array, each would be reloaded after every store that might alias it)."""
@@ -183,7 +184,7 @@ def _frozen(cfg):
             cfg[10], cfg[11], cfg[12])
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _adam_scales(beta1_t, beta2_t, T):
     """Adam's bias corrections at step t as factors of lr and eps, in the table's dtype:
     lr (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
@@ -192,7 +193,7 @@ def _adam_scales(beta1_t, beta2_t, T):
     return _like(root / (1.0 - beta1_t), T), _like(root, T)
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _row_blocks(T, i, width):
     """Row ``i`` of a training table as 1-D views of its blocks (weights, first moment, second
     moment; empty where the rule keeps none), so the update reads and writes each block through
@@ -201,7 +202,7 @@ def _row_blocks(T, i, width):
     return row[:width], row[width:2 * width], row[2 * width:3 * width]
 
 
-@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
+@kernel_helper(fastmath=FAST, error_model="numpy")
 def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, opt, cfg, adam_lr,
                     adam_eps):
     """Update row ``i`` of ``T``: the linear weight from raw gradient ``scale * G_linear[0]``,
@@ -213,13 +214,13 @@ def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, opt, 
            opt, cfg, adam_lr, adam_eps)
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _row_at(order, q):
     """Row ``q`` of a chunk taken in ``order`` (a permutation; empty: as stored)."""
     return order[q] if order.size else q
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _prefetch_entries(indptr, entries, r):
     """Start loading row ``r``'s ``entries`` (its ids or its values; a cache line holds
     sixteen)."""
@@ -227,7 +228,7 @@ def _prefetch_entries(indptr, entries, r):
         prefetch(entries, j)
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _prefetch_ahead(indptr, indices, values, order, q, hi, T, lines):
     """While row ``q`` of the order trains, start loading what the next rows need: the table rows
     of row q+1's features, the indices and values of row q+2, the offsets of row q+3."""
@@ -349,7 +350,7 @@ def train_online(indptr, indices, values, labels, order, loss_kind, opt, cfg, B,
     return sum(losses), step + n
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _prefetch_rows(indptr, indices, order, q, hi, T, k):
     """Start loading what the forward pass reads of the table rows of the features of row
     ``q`` of the order (columns 0..k, which straddle two cache lines in tables whose rows are
@@ -363,7 +364,7 @@ def _prefetch_rows(indptr, indices, order, q, hi, T, k):
             prefetch(T, indices[j], k)
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
+@kernel_helper(forceinline=False, fastmath=FAST, error_model="numpy")
 def _accumulate(indptr, indices, values, labels, order, lo, hi, loss_kind, inv_rows, B, T, k,
                 sums, pos, p, G):
     """Add the mean-loss gradients of rows ``lo:hi`` of the order into the per-slot buffer
@@ -397,7 +398,7 @@ def _accumulate(indptr, indices, values, labels, order, lo, hi, loss_kind, inv_r
     return total_loss, g0
 
 
-@njit(cache=True, forceinline=True)
+@kernel_helper()
 def _slot_of(i, slot, seen, count):
     """The slot of id ``i`` in ``slot`` (an int per id, -1: none yet), giving it the next one,
     ``count``, if it has none (and appending ``i`` to ``seen``, the ids in first-seen order).
@@ -445,7 +446,7 @@ def _batch_gradient(indptr, indices, values, labels, order, lo, hi, loss_kind, i
                        T, k, sums, pos, p, G)
 
 
-@njit(cache=True, forceinline=True, fastmath=FAST, error_model="numpy")
+@kernel_helper(fastmath=FAST, error_model="numpy")
 def step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, opt, cfg, adam_lr,
                    adam_eps):
     """A mini-batch's optimizer step from its gradient: the bias from ``g_bias``, then each
