@@ -5,11 +5,16 @@ the user's cache directory. In a read-only install (a container image) whose use
 writable home either, numba cannot cache at all and every run compiles again; in that case
 fmkit points ``NUMBA_CACHE_DIR`` at a per-user temporary directory. ``$NUMBA_CACHE_DIR`` set
 by the user always wins. This runs when :mod:`fmkit` is imported, before any kernel module.
+
+And what makes a first run (nothing cached yet) shorter: :func:`kernel_helper` compiles a
+kernel's helpers into their callers only, and :func:`compile_ahead` lets a helper process
+compile some kernels while this one compiles others.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -60,3 +65,28 @@ def kernel_helper(*, forceinline: bool = True, **options: Any) -> Callable:
 
     return njit(forceinline=forceinline, no_cpython_wrapper=True, no_cfunc_wrapper=True,
                 **options)
+
+
+def cached(function: Any) -> bool:
+    """Whether numba's cache holds a compiled version of ``function`` (an ``njit`` function
+    with ``cache=True``): its index file exists. True when numba's layout is not the one this
+    knows, so that nothing extra is started."""
+    try:
+        cache_file = function._cache._cache_file
+        return Path(cache_file._cache_path, cache_file._index_name).exists()
+    except AttributeError:
+        return True
+
+
+_helpers: list[subprocess.Popen] = []
+
+
+def compile_ahead(code: str) -> None:
+    """Run the Python ``code``, which compiles kernels into numba's cache, in a helper process
+    (at a lower priority) while this one compiles others: a first run compiles on two cores.
+    Nothing waits for it: a kernel it has not cached by the time this process needs it, this
+    process compiles itself, as without it."""
+    _helpers[:] = [helper for helper in _helpers if helper.poll() is None]
+    _helpers.append(subprocess.Popen([sys.executable, "-c", f"import os; os.nice(5); {code}"],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL))

@@ -50,3 +50,36 @@ def test_the_users_choice_and_writable_places_are_left_alone(tmp_path, monkeypat
     package = tmp_path / "pkg"
     (package / "kernels").mkdir(parents=True)
     assert compile_cache.cache_dir(package) is None  # in-tree: writable here
+
+
+def test_a_first_training_shares_its_compiling_with_a_helper_process(tmp_path):
+    """With nothing cached, training's compile step compiles the trainer in this process while
+    a helper process compiles and caches the reader and the scorer (numba's events: this
+    process compiled the trainer and neither of those; afterwards both are cached). A second
+    run, the scorer cached, starts no helper and compiles nothing."""
+    script = textwrap.dedent("""
+        from numba.core import event
+        from fmkit import compile_cache
+        from fmkit.data import libsvm
+        from fmkit.jobs import fm as jobs
+        from fmkit.kernels import fm as kernels
+        from fmkit.models.fm.hyperparameters import validate
+        hp = validate({"feature_dim": 10, "num_factors": 4,
+                       "predictor_type": "binary_classifier"})
+        with event.install_recorder("numba:compile") as compiled:
+            jobs._compile_on_two_cores(hp, "libsvm")
+        names = {e.data["dispatcher"].py_func.__name__ for _, e in compiled.buffer}
+        helpers = list(compile_cache._helpers)
+        codes = [helper.wait(timeout=300) for helper in helpers]
+        print(len(helpers), codes, "train_batches" in names,
+              bool(names & {"parse_libsvm", "predict_logits_serial"}),
+              compile_cache.cached(libsvm.parse_libsvm),
+              compile_cache.cached(kernels.predict_logits_serial))
+    """)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=600) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert runs[0].stdout.split() == ["1", "[0]", "True", "False", "True", "True"]
+    assert runs[1].stdout.split() == ["0", "[]", "False", "False", "True", "True"]

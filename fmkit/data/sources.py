@@ -288,6 +288,23 @@ class FileSource:
             yield check(batch)
 
 
+# a two-row file of each text format (the second row 0-based), for compile_reader
+TEXT_SAMPLES = {"libsvm": "1 1:0.5 3:1\n0 0:1\n", "libffm": "1 0:1:0.5 1:3:1\n0 0:0:1\n",
+            "csv": "1,0.5,0\n0,0,1\n"}
+
+
+def compile_reader(fmt: str) -> None:
+    """Compile (or load from numba's cache) what reading a channel of the text format ``fmt``
+    runs, by reading a two-row file of it (see :func:`fmkit.compile_cache.compile_ahead`)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fmkit-compile-") as tmp:
+        path = Path(tmp, f"sample.{fmt}")
+        path.write_text(TEXT_SAMPLES[fmt])
+        for _ in FileSource(path, fmt, feature_dim=4, labels="binary").blocks():
+            pass
+
+
 def detect_index_base(source: FileSource) -> int:
     """0 if any feature index 0 occurs in the source's libsvm files, else 1 (as scikit-learn).
 

@@ -22,8 +22,8 @@ from fmkit.kernels import ffm
 from fmkit.kernels import fm as kernels
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
 from fmkit.models.fm.hyperparameters import table_hyperparameters
-from fmkit.models.fm.model import validation_metrics
-from fmkit.models.fm.parameters import FMParameters
+from fmkit.models.fm.model import two_rows, validation_metrics
+from fmkit.models.fm.parameters import FMParameters, starting_point
 from fmkit.train.engine import Gradient, Source
 from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config, training_tables
 from fmkit.train.torch_learner import TorchLearner
@@ -257,3 +257,11 @@ def fm_learner(hp: dict[str, Any], params: FMParameters | None = None, dtype=np.
     if str(device) == "cpu":
         return KernelLearner(hp, params, dtype, pause_every)
     return TorchLearner(hp, params, device, dtype)
+
+
+def compile_kernels(hp: dict[str, Any]) -> None:
+    """Compile (or load from numba's cache) the kernels a run with ``hp`` trains with on the
+    CPU, by training a throwaway learner (``hp`` on four features) on two rows."""
+    learner = fm_learner(starting_point({**hp, "feature_dim": 4}, None))
+    order = np.arange(2) if hp["shuffle"] and not learner.gathers else kernels.NO_ORDER
+    learner.step((two_rows(hp["model_type"] == "ffm"), order))

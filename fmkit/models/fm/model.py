@@ -21,8 +21,8 @@ from fmkit.errors import ArtifactError
 from fmkit.kernels import ffm
 from fmkit.kernels import fm as kernels
 from fmkit.models import artifact
-from fmkit.models.fm.hyperparameters import factor_width, validate
-from fmkit.models.fm.parameters import FMParameters, sigmoid
+from fmkit.models.fm.hyperparameters import factor_width, table_hyperparameters, validate
+from fmkit.models.fm.parameters import FMParameters, init_parameters, sigmoid
 from fmkit.models.metrics import metrics_of_parts, prediction_fields, require_rows
 
 MODEL_TYPE = "fm"
@@ -198,6 +198,24 @@ class FMModel:
         )
         return cls(hp, params, index_base, classes)
 
+
+
+def two_rows(field_aware: bool) -> SparseBatch:
+    """Two labelled rows over features 0..3 (in field 0), typed as the readers type them:
+    what compiling a kernel ahead of the data runs on."""
+    return SparseBatch(indptr=np.array([0, 2, 3], np.int64), indices=np.array([1, 3, 0], np.int32),
+                       values=np.array([0.5, 1.0, 1.0], np.float32),
+                       labels=np.array([1.0, 0.0], np.float32),
+                       fields=np.zeros(3, np.int32) if field_aware else None)
+
+
+def compile_scorer(field_aware: bool) -> None:
+    """Compile (or load from numba's cache) the FM's (or FFM's) scoring kernel, on two rows of
+    a small model (see :func:`fmkit.compile_cache.compile_ahead`)."""
+    hp = validate({"feature_dim": 4, "num_factors": 2, "predictor_type": "binary_classifier",
+                   "model_type": "ffm" if field_aware else "fm",
+                   "num_fields": 2 if field_aware else 0})
+    FMModel(hp, init_parameters(table_hyperparameters(hp))).logits(two_rows(field_aware))
 
 
 def validation_metrics(hp: dict[str, Any], params: FMParameters, source: Any
