@@ -59,8 +59,8 @@ def configure(package: Path = PACKAGE) -> None:
 def kernel_helper(*, forceinline: bool = True, **options: Any) -> Callable:
     """numba's ``njit`` for a function that only compiled code calls: compiled into each
     caller (``forceinline``: inlined there), with no cache file of its own (a cached caller
-    holds its machine code) and no Python or C entry point. A first run, with nothing cached,
-    pays for those per function: about a tenth of a second each (docs/performance.md)."""
+    holds its machine code) and no Python or C entry point: a first run, with nothing cached,
+    paid for those for every helper (docs/performance.md, "Helpers without entry points")."""
     from numba import njit
 
     return njit(forceinline=forceinline, no_cpython_wrapper=True, no_cfunc_wrapper=True,

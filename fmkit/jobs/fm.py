@@ -23,13 +23,11 @@ from fmkit.data.sources import (
 )
 from fmkit.errors import DataError, HyperparameterError
 from fmkit.jobs.training import train
-from fmkit.kernels import ffm
-from fmkit.kernels import fm as kernels
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.models import artifact
 from fmkit.models.base import load_model
 from fmkit.models.fm.hyperparameters import table_hyperparameters, validate
-from fmkit.models.fm.model import FMModel, label_mode
+from fmkit.models.fm.model import FMModel, label_mode, scorer_cached
 from fmkit.models.metrics import require_rows
 from fmkit.train.checkpoint import Checkpointer
 from fmkit.train.engine import Callback
@@ -104,8 +102,7 @@ def _compile_on_two_cores(hp: dict[str, Any], fmt: str) -> None:
     yet in numba's cache) a helper process compiles the reader and the scorer meanwhile, so
     the compiling a first run waits for is shared by two cores (docs/performance.md)."""
     field_aware = hp["model_type"] == "ffm"
-    scorer = ffm._predict if field_aware else kernels.predict_logits_serial
-    if fmt in TEXT_SAMPLES and not compile_cache.cached(scorer):
+    if fmt in TEXT_SAMPLES and not scorer_cached(field_aware):
         compile_cache.compile_ahead(
             "from fmkit.data.sources import compile_reader; "
             "from fmkit.models.fm.model import compile_scorer; "

@@ -79,7 +79,8 @@ def _row_forward(indptr, indices, fields, values, r, T, k):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-def _predict(indptr, indices, fields, values, w0, T, k, out):
+def predict_rows(indptr, indices, fields, values, w0, T, k, out):
+    """y_hat of every row into ``out`` (float64; :func:`predict_logits` checks the fields)."""
     for r in range(indptr.size - 1):
         out[r] = np.float64(w0[0]) + _row_forward(indptr, indices, fields, values, r, T, k)
 
@@ -128,7 +129,7 @@ def predict_logits(indptr, indices, fields, values, w0, T, k: int, num_fields: i
     """y_hat of every row (float64)."""
     _check_fields(fields, num_fields, T, k)
     out = np.empty(indptr.size - 1)
-    _predict(indptr, indices, fields, values, w0, T, k, out)
+    predict_rows(indptr, indices, fields, values, w0, T, k, out)
     return out
 
 

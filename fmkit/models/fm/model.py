@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fmkit import compile_cache
 from fmkit.cpus import thread_count
 from fmkit.data.batch import SparseBatch
 from fmkit.errors import ArtifactError
@@ -207,6 +208,11 @@ def two_rows(field_aware: bool) -> SparseBatch:
                        values=np.array([0.5, 1.0, 1.0], np.float32),
                        labels=np.array([1.0, 0.0], np.float32),
                        fields=np.zeros(3, np.int32) if field_aware else None)
+
+
+def scorer_cached(field_aware: bool) -> bool:
+    """Whether numba's cache holds the FM's (or FFM's) scoring kernel."""
+    return compile_cache.cached(ffm.predict_rows if field_aware else kernels.predict_logits_serial)
 
 
 def compile_scorer(field_aware: bool) -> None:
