@@ -13,7 +13,9 @@ fmkit runs ``examples/deepfm_criteo.yaml`` (hash buckets of 100,000 per column) 
 file: its training and prediction times include reading and encoding the text, and its
 prediction scores the saved model loaded from its directory, as ``fmkit predict`` does (the
 model left in the training process scored 69,000 rows/s where the same model loaded scored
-82,000 to 87,000; the cause was not found). DeepCTR-Torch
+82,000 to 87,000; the cause was not found), twice: as the example is (float32), and with
+TorchEasyRec's ``train_config.mixed_precision: BF16`` (the forward pass in bfloat16; faster
+only on CPUs with bfloat16 instructions). DeepCTR-Torch
 (installed by bench_fm.py's ``ensure_peers`` into benchmarks/.peers) gets its inputs prepared
 as its own Criteo example does (LabelEncoder, MinMaxScaler) before the clock starts.
 """
@@ -48,12 +50,13 @@ from fmkit.jobs.deepfm import train_deepfm
 from fmkit.models.base import load_model
 import torch
 train, test, threads, batch, out, example = sys.argv[1:7]
+extra = json.loads(sys.argv[7]) if len(sys.argv) > 7 else []  # more --set overrides
 if int(threads):  # 0: fmkit's default
     torch.set_num_threads(int(threads))
 config = config_files.load(example, [
     f"train_input_path={json.dumps(train)}", "eval_input_path=",
     f"model_dir={json.dumps(out + '.model')}", "train_config.num_epochs=1",
-    f"data_config.batch_size={batch}", "model_config.deepfm.final=null"])
+    f"data_config.batch_size={batch}", "model_config.deepfm.final=null", *extra])
 started = time.perf_counter()
 model, metrics = train_deepfm(config, progress=False)
 train_seconds = time.perf_counter() - started
@@ -131,10 +134,14 @@ def main() -> None:
           f"{time.perf_counter() - started:.1f} s")
     print(f"DeepFM: embedding 16, deep 512-256-128, batch {args.batch}, 1 epoch, "
           f"{args.threads} threads\n")
-    runs = [("fmkit DeepFM (from the TSV file)",
-             [sys.executable, "-c", FMKIT_TASK, str(train), str(test), str(args.threads),
-              str(args.batch), str(CACHE / "deepfm-fmkit.txt"), str(EXAMPLE)],
-             CACHE / "deepfm-fmkit.txt")]
+    runs = [(label, [sys.executable, "-c", FMKIT_TASK, str(train), str(test), str(args.threads),
+                     str(args.batch), str(CACHE / f"deepfm-{name}.txt"), str(EXAMPLE),
+                     json.dumps(extra)], CACHE / f"deepfm-{name}.txt")
+            for label, name, extra in (
+                ("fmkit DeepFM (from the TSV file)", "fmkit", []),
+                # TorchEasyRec's train_config.mixed_precision: the forward pass in bfloat16
+                ("fmkit DeepFM, mixed_precision: BF16", "fmkit-bf16",
+                 ["train_config.mixed_precision=BF16"]))]
     if not args.no_peers:
         ensure_peers()
         runs.append(("DeepCTR-Torch 0.3.0 DeepFM (prepared arrays)",
@@ -145,7 +152,7 @@ def main() -> None:
               f"{'peak RSS MiB':>13}{'test AUC':>9}")
     print(header)
     print("-" * len(header))
-    results = []
+    results = {}
     for label, command, out in runs:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
@@ -153,14 +160,17 @@ def main() -> None:
         r = json.loads(done.stdout.strip().splitlines()[-1])
         r["train_rate"] = r["rows"] / r["train_seconds"]
         r["predict_rate"] = r["test_rows"] / r["predict_seconds"]
-        results.append(r)
+        results[label] = r
         print(f"{label:<46}{r['train_rate']:>13,.0f}{r['predict_rate']:>15,.0f}"
               f"{r['peak_rss_mib']:>13,.0f}{auc_of(out, test):>9.4f}", flush=True)
-    if len(results) == 2:
-        ours, peer = results
-        print(f"\nfmkit / DeepCTR-Torch: training {ours['train_rate'] / peer['train_rate']:.2f}x, "
-              f"prediction {ours['predict_rate'] / peer['predict_rate']:.2f}x, peak memory "
-              f"{ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x")
+    *ours, peer = results.items()
+    if not args.no_peers:
+        print()
+        for label, r in ours:
+            print(f"{label} / DeepCTR-Torch: training "
+                  f"{r['train_rate'] / peer[1]['train_rate']:.2f}x, prediction "
+                  f"{r['predict_rate'] / peer[1]['predict_rate']:.2f}x, peak memory "
+                  f"{r['peak_rss_mib'] / peer[1]['peak_rss_mib']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -134,6 +134,9 @@ class DeepFMLearner:
         # per row; summed, then divided by the rows (or the sample weights) of the whole step,
         # which may span processes
         self.loss_kind = loss_kind
+        # the forward pass in bfloat16 where the config asks (the matrix products, on CPUs
+        # with bfloat16 instructions: docs/performance.md); backward follows its dtypes
+        self.autocast = config.mixed_precision == "BF16"
         self.criterion = {"binary": nn.BCEWithLogitsLoss(reduction="none"),
                           "multiclass": nn.CrossEntropyLoss(reduction="none",
                                                             label_smoothing=label_smoothing),
@@ -161,7 +164,9 @@ class DeepFMLearner:
             labels = labels.long()  # (CrossEntropyLoss smooths class indices itself)
         elif self.smoothing:
             labels = labels * (1 - self.smoothing) + 0.5 * self.smoothing
-        losses = self.criterion(self.net(batch), labels)
+        with torch.autocast(device.type, torch.bfloat16, enabled=self.autocast):
+            outputs = self.net(batch)
+        losses = self.criterion(outputs.float(), labels)
         if batch.weights is None:
             return losses.sum(), float(batch.n_rows)
         weights = torch.from_numpy(batch.weights).to(device)

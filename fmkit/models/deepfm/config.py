@@ -394,6 +394,9 @@ class TrainConfig:
     early_stopping_patience: int = 0
     early_stopping_metric: str = "auto"
     validation_every_steps: int = 0
+    # "" (float32) or "BF16": the network's forward pass under torch.autocast in bfloat16
+    # (its weights, optimizers and the loss stay float32); TorchEasyRec's FP16 is refused
+    mixed_precision: str = ""
     save_checkpoints_steps: int | None = ignored()
     save_checkpoints_epochs: int | None = ignored()
     is_profiling: bool | None = ignored()
@@ -491,8 +494,8 @@ INSTEAD = {
                          "/ sequence_raw_feature features (pooled) in the group's "
                          "feature_names",
     "variational_dropout": "variational dropout is not supported: use the MLPs' dropout_ratio",
-    "mixed_precision": "fmkit trains in float32: remove it",
-    "grad_scaler": "fmkit trains in float32: remove it",
+    "grad_scaler": "fmkit trains in float32 or bfloat16 (mixed_precision: BF16), which needs no "
+                   "loss scaling: remove it",
     "gradient_accumulation_steps": "raise data_config.batch_size instead",
     "grad_clipping": "gradient clipping is not supported",
     "fine_tune_checkpoint": "continue from a model directory with fmkit train --init-model DIR",
@@ -649,6 +652,10 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False) -> EasyRecC
                          ("data_config.eval_batch_size", config.data_config.eval_batch_size)):
         if value is not None and value <= 0:
             raise ConfigError(f"{where}: must be a positive integer, got {value}")
+    if train.mixed_precision not in ("", "BF16"):
+        raise ConfigError(f"train_config.mixed_precision: expected BF16 (or unset for float32), "
+                          f"got {excerpt(train.mixed_precision)}; FP16 needs loss scaling, "
+                          "which fmkit does not do")
     _check_model(config.model_config)
     _check_data(config)
     for kind in ("sparse_optimizer", "dense_optimizer"):
