@@ -554,7 +554,7 @@ def minibatch_gradient(indptr, indices, values, labels, inv_rows, loss_kind, B, 
     return sum(r[0] for r in results), sum(r[1] for r in results), n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sum_repeated_rows(rows, values, slot):
     """The distinct ``rows`` (first-seen order) and each one's summed ``values`` rows;
     ``slot`` (an int per table row, all -1) is left as it was found. Sums in a fixed order, so
