@@ -106,7 +106,11 @@ print(json.dumps(latencies))
 
 def test_ping_answers_while_a_6_mb_request_is_scored(fm_server, tmp_path):
     """/ping is polled from a process of its own (in this one, the client's own work on the
-    big request would hold the GIL and delay the polls it times)."""
+    big request would hold the GIL and delay the polls it times) and answers within 100 ms
+    while three 6 MB requests are scored. One slower poll is allowed: a shared machine's
+    scheduler can stall any process that long once (a suite run saw 103 ms); a server that
+    holds the GIL while it decodes or scores a request (0.13 s once) stalls a poll in every
+    one of the three."""
     _, url = fm_server
     rng = np.random.default_rng(2)
     rows = [{"features": (rng.random(123) < 0.1).astype(int).tolist()} for _ in range(16_000)]
@@ -128,7 +132,7 @@ def test_ping_answers_while_a_6_mb_request_is_scored(fm_server, tmp_path):
     latencies = json.loads(out)
     print(f"ping: {len(latencies)} polls, max {max(latencies) * 1000:.1f} ms")
     assert len(latencies) > 10
-    assert max(latencies) <= 0.1, sorted(latencies)[-5:]
+    assert sum(latency > 0.1 for latency in latencies) <= 1, sorted(latencies)[-5:]
 
 
 def test_slow_body_clients_get_408_and_do_not_block(fm_server):

@@ -4,9 +4,9 @@
 across a batch). PyTorch's sparse optimizers coalesce it by sorting and then update through
 generic sparse-tensor ops, milliseconds per step for a batch of Criteo rows. Here one compiled
 pass sums the repeated rows through a per-table scratch index (no sort), and a second applies
-the rule to each touched row, both on fmkit's threads. The rules are PyTorch's, step for step (the tests compare them
-with ``torch.optim.SGD``, ``Adagrad`` and ``SparseAdam``), plus fbgemm's row-wise AdaGrad, whose
-state is one number per row.
+the rule to each touched row, both on fmkit's threads. The rules are PyTorch's, step for step
+(the tests compare them with ``torch.optim.SGD``, ``Adagrad`` and ``SparseAdam``), plus
+fbgemm's row-wise AdaGrad, whose state is one number per row.
 """
 
 from __future__ import annotations
