@@ -289,8 +289,11 @@ class FileSource:
 
 
 # a two-row file of each text format (the second row 0-based), for compile_reader
-TEXT_SAMPLES = {"libsvm": "1 1:0.5 3:1\n0 0:1\n", "libffm": "1 0:1:0.5 1:3:1\n0 0:0:1\n",
-            "csv": "1,0.5,0\n0,0,1\n"}
+TEXT_SAMPLES = {
+    "libsvm": "1 1:0.5 3:1\n0 0:1\n",
+    "libffm": "1 0:1:0.5 1:3:1\n0 0:0:1\n",
+    "csv": "1,0.5,0\n0,0,1\n",
+}
 
 
 def compile_reader(fmt: str) -> None:

@@ -102,6 +102,8 @@ def _compile_on_two_cores(hp: dict[str, Any], fmt: str) -> None:
     yet in numba's cache) a helper process compiles the reader and the scorer meanwhile, so
     the compiling a first run waits for is shared by two cores (docs/performance.md)."""
     field_aware = hp["model_type"] == "ffm"
+    if field_aware and fmt != "libffm":
+        return  # refused next, by _with_fields: no compiling before that clear line
     if fmt in TEXT_SAMPLES and not scorer_cached(field_aware):
         compile_cache.compile_ahead(
             "from fmkit.data.sources import compile_reader; "
