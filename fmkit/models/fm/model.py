@@ -200,7 +200,6 @@ class FMModel:
         return cls(hp, params, index_base, classes)
 
 
-
 def two_rows(field_aware: bool) -> SparseBatch:
     """Two labelled rows over features 0..3 (in field 0), typed as the readers type them:
     what compiling a kernel ahead of the data runs on."""
