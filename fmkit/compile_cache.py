@@ -85,8 +85,10 @@ def compile_ahead(code: str) -> None:
     """Run the Python ``code``, which compiles kernels into numba's cache, in a helper process
     (at a lower priority) while this one compiles others: a first run compiles on two cores.
     Nothing waits for it: a kernel it has not cached by the time this process needs it, this
-    process compiles itself, as without it."""
+    process compiles itself, as without it. It runs beside this package (``python -c`` puts
+    its working directory first on the path), so it imports this fmkit, whatever the user's
+    directory holds."""
     _helpers[:] = [helper for helper in _helpers if helper.poll() is None]
     _helpers.append(subprocess.Popen([sys.executable, "-c", f"import os; os.nice(5); {code}"],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL))
+                                     cwd=PACKAGE.parent, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
