@@ -13,6 +13,7 @@ compile some kernels while this one compiles others.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -87,8 +88,10 @@ def compile_ahead(code: str) -> None:
     Nothing waits for it: a kernel it has not cached by the time this process needs it, this
     process compiles itself, as without it. It runs beside this package (``python -c`` puts
     its working directory first on the path), so it imports this fmkit, whatever the user's
-    directory holds."""
+    directory holds. A helper that cannot start (no ``sys.executable`` to run, no process
+    left) is no error: this process compiles everything, as without it."""
     _helpers[:] = [helper for helper in _helpers if helper.poll() is None]
-    _helpers.append(subprocess.Popen([sys.executable, "-c", f"import os; os.nice(5); {code}"],
-                                     cwd=PACKAGE.parent, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    with contextlib.suppress(OSError):
+        _helpers.append(subprocess.Popen(
+            [sys.executable, "-c", f"import os; os.nice(5); {code}"], cwd=PACKAGE.parent,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))

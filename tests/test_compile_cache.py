@@ -83,3 +83,12 @@ def test_a_first_training_shares_its_compiling_with_a_helper_process(tmp_path):
         assert run.returncode == 0, run.stderr[-2000:]
     assert runs[0].stdout.split() == ["1", "[0]", "True", "False", "True", "True"]
     assert runs[1].stdout.split() == ["0", "[]", "False", "False", "True", "True"]
+
+
+def test_a_helper_that_cannot_start_is_no_error(monkeypatch):
+    """No Python to run (an embedding application's sys.executable): compile_ahead starts
+    nothing and raises nothing; the caller compiles everything itself."""
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    before = len(compile_cache._helpers)
+    compile_cache.compile_ahead("pass")
+    assert len(compile_cache._helpers) <= before
