@@ -151,10 +151,18 @@ def _workers(count: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def on_threads(function: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]:
+def on_threads(function: Callable[..., Any], calls: Sequence[tuple],
+               threads: int | None = None) -> list[Any]:
     """``function(*args)`` for every ``args`` of ``calls`` at once, the first on the calling
-    thread and the others on a shared pool; the results in order. The calls overlap only if
+    thread and the others on a shared pool; the results in order. With ``threads``, at most
+    that many run at once, each thread taking every threads-th call. The calls overlap only if
     ``function`` releases the GIL. An exception in any call is raised here, after all ended."""
+    if threads is not None and len(calls) > threads:
+        shares = on_threads(lambda share: [function(*args) for args in share],
+                            [(calls[first::threads],) for first in range(threads)])
+        return [shares[i % threads][i // threads] for i in range(len(calls))]
+    if not calls:
+        return []
     if len(calls) == 1:
         return [function(*calls[0])]
     futures = [_workers(len(calls) - 1).submit(function, *args) for args in calls[1:]]

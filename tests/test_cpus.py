@@ -82,6 +82,31 @@ def test_on_threads_runs_every_call_at_once_and_returns_results_in_order():
     assert sorted(finished) == [0, 2]
 
 
+def test_on_threads_with_a_cap_runs_at_most_that_many_at_once_and_keeps_the_order():
+    """Seven calls on at most two threads: never more than two run at once (each sleeps, so
+    uncapped they would all overlap), every call runs, results come back in call order; no
+    calls, no results."""
+    import threading
+    import time
+
+    from fmkit.cpus import on_threads
+
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def part(value):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return value * 10
+
+    assert on_threads(part, [(v,) for v in range(7)], 2) == [v * 10 for v in range(7)]
+    assert most[0] == 2
+    assert on_threads(part, [], 2) == []
+
+
 def test_a_background_reader_leaves_its_consumer_a_core():
     """Work started on the reader's thread sees one thread fewer (never fewer than one); the
     consumer's own thread count is unchanged."""

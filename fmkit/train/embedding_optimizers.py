@@ -115,7 +115,7 @@ class SparseRows(torch.optim.Optimizer):
                 state["step"] += 1
                 tables.append((group, weight, state))
         threads = thread_count()
-        summed = _on_threads(sum_repeated_rows, [
+        summed = on_threads(sum_repeated_rows, [
             (np.ascontiguousarray(weight.grad._indices()[0].numpy()),
              np.ascontiguousarray(weight.grad._values().numpy()), state["slot"])
             for _, weight, state in tables], threads)
@@ -129,15 +129,4 @@ class SparseRows(torch.optim.Optimizer):
                          state["second"], unique[lo:hi], sums[lo:hi], group["lr"], group["eps"],
                          beta1, beta2, group["weight_decay"], step_size)
                         for lo, hi in zip(bounds, bounds[1:])]
-        _on_threads(_update, updates, threads)
-
-
-def _on_threads(function: Callable, calls: list[tuple], threads: int) -> list:
-    """``function(*args)`` for every ``args`` of ``calls``, shared out among at most
-    ``threads`` threads (:func:`fmkit.cpus.on_threads`); the results in order."""
-    if not calls:
-        return []
-    shares = [calls[first::threads] for first in range(min(threads, len(calls)))]
-    done = on_threads(lambda share: [function(*args) for args in share],
-                      [(share,) for share in shares])
-    return [done[i % threads][i // threads] for i in range(len(calls))]
+        on_threads(_update, updates, threads)
