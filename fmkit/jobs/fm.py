@@ -79,6 +79,9 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
         resolve_device(device)
     source = FileSource(train_path, fmt, hp["feature_dim"], labels=label_mode(hp["predictor_type"]),
                         cache=cache, shard=distributed.shard())
+    if hp["model_type"] == "ffm" and source.fmt != "libffm":
+        raise DataError(source.name, None, "model_type=ffm needs each feature's field: libffm "
+                        f"input (label field:index:value ...), not {source.fmt}")
     if device == "cpu" and distributed.rank_and_size()[1] == 1:
         _compile_on_two_cores(hp, source.fmt)
     source.index_base = resolve_index_base(source, index_base)
@@ -102,8 +105,6 @@ def _compile_on_two_cores(hp: dict[str, Any], fmt: str) -> None:
     yet in numba's cache) a helper process compiles the reader and the scorer meanwhile, so
     the compiling a first run waits for is shared by two cores (docs/performance.md)."""
     field_aware = hp["model_type"] == "ffm"
-    if field_aware and fmt != "libffm":
-        return  # refused next, by _with_fields: no compiling before that clear line
     if fmt in TEXT_SAMPLES and not scorer_cached(field_aware):
         compile_cache.compile_ahead(
             "from fmkit.data.sources import compile_reader; "
@@ -115,9 +116,6 @@ def _compile_on_two_cores(hp: dict[str, Any], fmt: str) -> None:
 def _with_fields(hp: dict[str, Any], source: FileSource) -> dict[str, Any]:
     """An FFM's ``num_fields``: as given, or the training channel's largest field + 1 (one
     pass over the whole channel, the same on every process); checked to fit in memory."""
-    if source.fmt != "libffm":
-        raise DataError(source.name, None, "model_type=ffm needs each feature's field: libffm "
-                        f"input (label field:index:value ...), not {source.fmt}")
     if not hp["num_fields"]:
         largest = -1
         for batch in FileSource(source.path, source.fmt, hp["feature_dim"],
