@@ -72,7 +72,6 @@ class Workspace:
             self.grads = np.zeros((self.parts, need, self.k + 1))
 
 
-
 def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.ndarray,
                 bias: np.ndarray, table: np.ndarray, ws: Workspace, step: int,
                 order: np.ndarray = kernels.NO_ORDER) -> tuple[float, int]:
