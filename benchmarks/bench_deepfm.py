@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE))
 from bench_fm import CACHE, PEER_PYTHON, ensure_peers  # noqa: E402
 
 EXAMPLE = HERE.parent / "examples" / "deepfm_criteo.yaml"
+DEEPCTR = "DeepCTR-Torch 0.3.0 DeepFM (prepared arrays)"
 CARDINALITIES = [1000, 500, 200_000, 50_000, 200, 20, 10_000, 500, 3, 30_000, 5000, 100_000,
                  3000, 25, 10_000, 150_000, 10, 5000, 2000, 4, 100_000, 15, 15, 50_000, 80,
                  40_000]
@@ -144,7 +145,7 @@ def main() -> None:
                  ["train_config.mixed_precision=BF16"]))]
     if not args.no_peers:
         ensure_peers()
-        runs.append(("DeepCTR-Torch 0.3.0 DeepFM (prepared arrays)",
+        runs.append((DEEPCTR,
                      [str(PEER_PYTHON), str(HERE / "peer_deepfm.py"), str(train), str(test),
                       str(args.threads), str(args.batch), str(CACHE / "deepfm-deepctr.txt")],
                      CACHE / "deepfm-deepctr.txt"))
@@ -163,14 +164,14 @@ def main() -> None:
         results[label] = r
         print(f"{label:<46}{r['train_rate']:>13,.0f}{r['predict_rate']:>15,.0f}"
               f"{r['peak_rss_mib']:>13,.0f}{auc_of(out, test):>9.4f}", flush=True)
-    *ours, peer = results.items()
-    if not args.no_peers:
+    peer = results.pop(DEEPCTR, None)
+    if peer is not None:
         print()
-        for label, r in ours:
+        for label, r in results.items():
             print(f"{label} / DeepCTR-Torch: training "
-                  f"{r['train_rate'] / peer[1]['train_rate']:.2f}x, prediction "
-                  f"{r['predict_rate'] / peer[1]['predict_rate']:.2f}x, peak memory "
-                  f"{r['peak_rss_mib'] / peer[1]['peak_rss_mib']:.2f}x")
+                  f"{r['train_rate'] / peer['train_rate']:.2f}x, prediction "
+                  f"{r['predict_rate'] / peer['predict_rate']:.2f}x, peak memory "
+                  f"{r['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x")
 
 
 if __name__ == "__main__":
