@@ -246,14 +246,16 @@ class FFMLearner(KernelLearner):
 
 def fm_learner(hp: dict[str, Any], params: FMParameters | None = None, dtype=np.float32,
                device: Any = "cpu", pause_every: int = 0) -> KernelLearner:
-    """The FM learner for ``device``: the compiled kernels on ``cpu`` (their steps end at
-    multiples of ``pause_every``), else PyTorch (one mini-batch per step)."""
+    """The FM learner for ``device``: the compiled kernels on the string ``cpu`` (their steps
+    end at multiples of ``pause_every``), else PyTorch (one mini-batch per step), also for
+    ``torch.device("cpu")``: how the tests hold the PyTorch path to the kernels."""
     release_large_blocks_to_os()
+    kernels_here = isinstance(device, str) and device == "cpu"
     if hp["model_type"] == "ffm":
-        if str(device) != "cpu":
+        if not kernels_here:
             raise HyperparameterError("model_type=ffm trains on the CPU only (--device cpu)")
         return FFMLearner(hp, params, dtype, pause_every)
-    if str(device) == "cpu":
+    if kernels_here:
         return KernelLearner(hp, params, dtype, pause_every)
     return TorchLearner(hp, params, device, dtype)
 
