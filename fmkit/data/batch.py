@@ -8,7 +8,7 @@ check can still say ``FILE:LINE``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numba import njit
@@ -103,6 +103,20 @@ def take(batch: SparseBatch, rows: np.ndarray) -> SparseBatch:
                        batch.first_row, batch.row_unit,
                        None if batch.widths is None else batch.widths[rows],
                        fields if has_fields else None)
+
+
+def unit_rows(batch: SparseBatch) -> SparseBatch:
+    """The batch with every row's values divided by the row's L2 length: xLearn's instance
+    normalization (FM hyperparameter ``instance_norm``). A row of zeros, or without values, is
+    kept as it is. Scaling a row already of unit length leaves it so (up to rounding)."""
+    counts = np.diff(batch.indptr)
+    squares = np.square(batch.values[: batch.indptr[-1]], dtype=np.float64)
+    lengths = np.sqrt(np.bincount(np.repeat(np.arange(batch.n_rows), counts), weights=squares,
+                                  minlength=batch.n_rows))
+    scale = np.divide(1.0, lengths, out=np.ones_like(lengths), where=lengths > 0)
+    values = (batch.values[: batch.indptr[-1]] * np.repeat(scale, counts)).astype(
+        batch.values.dtype)
+    return replace(batch, values=values)
 
 
 def concat(batches: list[SparseBatch]) -> SparseBatch:

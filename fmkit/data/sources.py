@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numba import njit
 
 from fmkit.data import csv, libsvm, recordio
-from fmkit.data.batch import SparseBatch
+from fmkit.data.batch import SparseBatch, unit_rows
 from fmkit.data.blocks import BLOCK_BYTES
 from fmkit.data.cache import cached_blocks
 from fmkit.errors import DataError
@@ -377,3 +378,17 @@ class ArraySource:
                 source="X",
                 first_row=start,
             ))
+
+
+class UnitRows:
+    """``source`` with every row scaled to unit length (:func:`~fmkit.data.batch.unit_rows`):
+    what an FM with ``instance_norm=1`` trains on. Anything else is the wrapped source's."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.source, name)
+
+    def blocks(self) -> Iterator[SparseBatch]:
+        return map(unit_rows, self.source.blocks())

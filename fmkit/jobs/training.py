@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fmkit.data.sources import UnitRows
 from fmkit.distributed import all_sum
 from fmkit.distributed.data_parallel import parallel
 from fmkit.logs import DEFAULT_HOST
@@ -84,6 +85,8 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     ``early_stopping_metric`` are returned, and training stops after
     ``early_stopping_patience`` measurements without improvement.
     """
+    if hp["instance_norm"]:  # validation goes through FMModel.logits, which scales its rows
+        source = UnitRows(source)
     if params is None:
         hp = with_starting_point(hp, source)
     every = hp["validation_every_steps"] if validation is not None else 0

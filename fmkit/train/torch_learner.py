@@ -23,7 +23,7 @@ from fmkit.models.fm.device import batch_tensors, fm_logits, resolve_device
 from fmkit.models.fm.model import validation_metrics
 from fmkit.models.fm.parameters import FMParameters, init_parameters
 from fmkit.train.engine import Gradient, Source
-from fmkit.train.optimizers import apply_rule, ftrl_initial_z
+from fmkit.train.optimizers import apply_rule, ftrl_initial_z, initial_accumulator
 
 GROUPS = ("bias", "linear", "factors")
 
@@ -48,7 +48,7 @@ class TorchLearner:
             param = self._tensor(np.asarray(array, dtype=np.float64))
             m = (ftrl_initial_z(param, group, hp).clone() if hp["optimizer"] == "ftrl"
                  else torch.zeros_like(param))
-            self.groups[group] = (param, m, torch.zeros_like(param))
+            self.groups[group] = (param, m, torch.full_like(param, initial_accumulator(hp)))
 
     def _tensor(self, array: Any):
         import torch

@@ -34,6 +34,10 @@ def onnx_model(model: FMModel):
         raise ArtifactError("ONNX export covers the FM (model_type=fm); a field-aware FM's "
                             "pairs depend on both features' fields: export its weights with "
                             "fmkit export npz")
+    if model.hyperparameters.get("instance_norm"):
+        raise ArtifactError("ONNX export covers rows scored as they come; this model scales "
+                            "each row to unit length first (instance_norm=1): export its "
+                            "weights with fmkit export npz")
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper

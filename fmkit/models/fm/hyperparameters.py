@@ -126,6 +126,14 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
         Hyperparameter("optimizer", str, "adam", "choice",
                        "fmkit: update rule (lazy: only the rows a mini-batch touches).",
                        choices=OPTIMIZERS, sagemaker=False),
+        Hyperparameter("initial_accumulator_value", float, 0.0, "ge0",
+                       "fmkit: with optimizer=adagrad, the value every sum of squared gradients "
+                       "starts from (TensorFlow's and PyTorch's name; 0 as in MXNet). Above 0 "
+                       "it damps the first steps of rarely seen features.", sagemaker=False),
+        Hyperparameter("instance_norm", int, 0, "choice01",
+                       "fmkit: 1 scales every row's values to unit length (L2) before training "
+                       "and scoring, as xLearn's norm does; the model keeps the setting, so "
+                       "prediction and serving scale rows the same way.", sagemaker=False),
         Hyperparameter("ftrl_beta", float, 1.0, "ge0",
                        "fmkit: FTRL-proximal's beta (its alpha is each group's lr, its L2 the "
                        "group's wd).", sagemaker=False),
@@ -272,6 +280,10 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
         watched_metric(values["early_stopping_metric"], values["predictor_type"])
     except ValueError as e:
         raise HyperparameterError(f"hyperparameter early_stopping_metric: {e}") from None
+    if values["initial_accumulator_value"] and values["optimizer"] != "adagrad":
+        raise HyperparameterError(
+            "hyperparameter initial_accumulator_value is AdaGrad's: it needs optimizer=adagrad "
+            f"(got optimizer={values['optimizer']})")
     if values["optimizer"] == "ftrl":
         for group in ("bias", "linear", "factors"):
             if values[f"{group}_lr"] <= 0:

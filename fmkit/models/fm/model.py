@@ -17,7 +17,7 @@ import numpy as np
 
 from fmkit import compile_cache
 from fmkit.cpus import thread_count
-from fmkit.data.batch import SparseBatch
+from fmkit.data.batch import SparseBatch, unit_rows
 from fmkit.errors import ArtifactError
 from fmkit.kernels import ffm
 from fmkit.kernels import fm as kernels
@@ -76,7 +76,10 @@ class FMModel:
         return self
 
     def logits(self, batch: SparseBatch) -> np.ndarray:
-        """y_hat of every row (float64)."""
+        """y_hat of every row (float64); with ``instance_norm``, of the rows scaled to unit
+        length, as the model trained on them."""
+        if self.hyperparameters.get("instance_norm"):
+            batch = unit_rows(batch)
         scorer = getattr(self, "_scorer", None)
         if scorer is not None:
             return scorer.logits(batch)

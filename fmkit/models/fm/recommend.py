@@ -99,6 +99,11 @@ class Catalogue:
 
     @classmethod
     def of(cls, model: FMModel, ids: list[Any], items: SparseBatch) -> Catalogue:
+        if model.hyperparameters.get("instance_norm"):
+            raise ArtifactError("top-k needs a score that splits into a context part and an "
+                                "item part; this model scales each joined row to unit length "
+                                "first (instance_norm=1), so it does not: score the pairs "
+                                "with fmkit predict instead")
         bias = model.logits(items) - float(model.params.w0[0])
         catalogue = cls(list(ids), bias, _cross(model, items, "item"), np.unique(items.indices))
         if len(catalogue.index) != len(ids):

@@ -231,6 +231,9 @@ def artifact_bytes(model: FMModel) -> bytes:
     if model.field_aware:
         raise ArtifactError("SageMaker's Factorization Machines has no field-aware FM: "
                             "export an FFM's weights with fmkit export npz")
+    if model.hyperparameters.get("instance_norm"):
+        raise ArtifactError("SageMaker's Factorization Machines scores rows as they come; this "
+                            "model scales each row to unit length first (instance_norm=1)")
     p = model.params
     params = write_ndarrays({"arg:w0_weight": p.w0.astype(np.float32).reshape(1),
                              "arg:w1_weight": p.w.astype(np.float32).reshape(-1, 1),
