@@ -22,7 +22,7 @@ from fmkit.train.optimizers import (
 D, F, K = 30, 4, 3
 
 
-def random_problem(seed: int, n: int = 25):
+def random_problem(seed: int, n: int = 25, k: int = K):
     """CSR rows of 1-7 distinct features, each with a random field; float64 weights."""
     rng = np.random.default_rng(seed)
     indptr, indices, fields, values = [0], [], [], []
@@ -33,7 +33,7 @@ def random_problem(seed: int, n: int = 25):
         values += list(rng.normal(size=m))
         indptr.append(len(indices))
     params = FMParameters(w0=rng.normal(size=1), w=rng.normal(size=D),
-                          V=rng.normal(scale=0.5, size=(D, F * K)))
+                          V=rng.normal(scale=0.5, size=(D, F * k)))
     y = (rng.random(n) < 0.5).astype(np.float64)
     return (np.array(indptr, np.int64), np.array(indices, np.int32),
             np.array(fields, np.int32), np.array(values)), y, params
@@ -176,12 +176,17 @@ def test_chunk_trainer_equals_reference_steps(optimizer):
     step per mini-batch (of 1 row: per-row training, and of 7)."""
     for batch_size in (1, 7):
         _check_chunk_trainer(optimizer, batch_size)
+    for k in (K, 8, 11):  # k >= 8: the factor vectors also go eight coordinates at a time
+        _check_chunk_trainer(optimizer, 1, per_row=True, k=k)
 
 
-def _check_chunk_trainer(optimizer: str, batch_size: int) -> None:
-    (batch, y, params), (batch32, y32, p32) = in_float32(*random_problem(13, n=21))
+def _check_chunk_trainer(optimizer: str, batch_size: int, per_row: bool = False,
+                         k: int = K) -> None:
+    """``per_row``: the fused per-row loop (:func:`kernels.train_online`, what the learner runs
+    at mini_batch_size=1) instead of mini-batches of ``batch_size``."""
+    (batch, y, params), (batch32, y32, p32) = in_float32(*random_problem(13, n=21, k=k))
     indptr, indices, fields, values = batch
-    hp = validate(dict(feature_dim=D, num_factors=F * K, predictor_type="binary_classifier",
+    hp = validate(dict(feature_dim=D, num_factors=F * k, predictor_type="binary_classifier",
                        optimizer=optimizer, bias_lr=0.05, linear_lr=0.03, factors_lr=0.02,
                        linear_wd=0.1, factors_wd=0.05))
     reference = params.copy()
@@ -195,12 +200,16 @@ def _check_chunk_trainer(optimizer: str, batch_size: int) -> None:
     bias, table = training_tables(p32.copy(), optimizer, hp)
     slot = np.full(D, -1, np.int32)
     touched = np.zeros(D, np.int32)
-    G = np.zeros((D, 1 + F * K))
-    _, steps = kernels.train_minibatches(*batch32, y32, batch_size,
-                                         LOGISTIC, OPTIMIZER_IDS[optimizer],
-                                         kernel_config(hp, table.dtype), bias, table, K, F,
-                                         slot, touched, np.zeros(indices.size, np.int32),
-                                         G, 0)
+    G = np.zeros((D, 1 + F * k))
+    if per_row:
+        _, steps = kernels.train_online(*batch32, y32, LOGISTIC, OPTIMIZER_IDS[optimizer],
+                                        kernel_config(hp, table.dtype), bias, table, k, F, 0)
+    else:
+        _, steps = kernels.train_minibatches(*batch32, y32, batch_size,
+                                             LOGISTIC, OPTIMIZER_IDS[optimizer],
+                                             kernel_config(hp, table.dtype), bias, table, k, F,
+                                             slot, touched, np.zeros(indices.size, np.int32),
+                                             G, 0)
     assert steps == state.step and (slot == -1).all()
     np.testing.assert_allclose(bias[0, 0], reference.w0[0], rtol=0, atol=ATOL32)
-    np.testing.assert_allclose(table[:, : 1 + F * K], reference.table, rtol=0, atol=ATOL32)
+    np.testing.assert_allclose(table[:, : 1 + F * k], reference.table, rtol=0, atol=ATOL32)

@@ -20,14 +20,20 @@ from fmkit.compile_cache import kernel_helper
 from fmkit.kernels.fm import (
     BETA1,
     BETA2,
+    BIAS_LR,
+    BIAS_WD,
     FAST,
     NO_ORDER,
     _adam_scales,
+    _apply,
     _distinct_features,
     _frozen,
     _like,
     _loss_and_slope,
     _per_rule,
+    _prefetch_ahead,
+    _row_blocks,
+    _update_feature,
     step_minibatch,
 )
 from fmkit.kernels.lanes import LANES, lanes_sum, load_lanes, store_lanes
@@ -188,6 +194,100 @@ def _batches_trainer(opt: int):
 
 
 _BATCHES = _per_rule(_batches_trainer)
+
+
+@kernel_helper(fastmath=FAST, error_model="numpy")
+def _pair(T, ia, at_a, ib, at_b, S, sa, sb, xa, xb, k):
+    """One pair of a row: returns <v_a, v_b> (``T[ia, at_a:]`` and ``T[ib, at_b:]``, k long)
+    and adds ``xb v_b`` to ``S[sa, at_a:]`` and ``xa v_a`` to ``S[sb, at_b:]``: each factor
+    vector's partner sum, which its gradient is scaled from."""
+    row_a, row_b, sum_a, sum_b = T[ia], T[ib], S[sa], S[sb]
+    dot = _like(0.0, T)
+    start = 0
+    while start + LANES <= k:
+        va = load_lanes(row_a, at_a + start, T)
+        vb = load_lanes(row_b, at_b + start, T)
+        dot += lanes_sum(va * vb)
+        store_lanes(sum_a, at_a + start, load_lanes(sum_a, at_a + start, T) + xb * vb)
+        store_lanes(sum_b, at_b + start, load_lanes(sum_b, at_b + start, T) + xa * va)
+        start += LANES
+    for c in range(start, k):
+        va, vb = row_a[at_a + c], row_b[at_b + c]
+        dot += va * vb
+        sum_a[at_a + c] += xb * vb
+        sum_b[at_b + c] += xa * va
+    return dot
+
+
+def _rows_trainer(opt: int):
+    """The per-row loop compiled for one update rule (as the FM's
+    :func:`fmkit.kernels.fm._rows_trainer`)."""
+
+    @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+    def train_rows(indptr, indices, fields, values, labels, lo, hi, loss_kind, config, B, T, k,
+                   num_fields, step, stride):
+        """Rows ``lo:hi``, an optimizer step each, fused as the FM's per-row loop: the forward
+        pass leaves every factor vector's partner sum ``S[a, f] = sum over b != a in field f
+        of x_b v_{i_b, f_a}`` (a row's features are distinct, so the sums are its gradient),
+        then each feature's whole row of field vectors steps from ``slope x_a S[a]``. Row r's
+        Adam step is ``step + stride * (r - lo + 1)``. Returns the summed loss before the
+        updates."""
+        cfg = _frozen(config)
+        width = 1 + num_fields * k
+        lines = (T.shape[1] * T.itemsize + 63) // 64
+        longest = 1
+        for r in range(lo, hi):
+            longest = max(longest, indptr[r + 1] - indptr[r])
+        S = np.empty((longest, width), T.dtype)  # column 0 unused: S's columns are T's
+        one = np.ones(1, T.dtype)
+        zero = _like(0.0, T)
+        total_loss = 0.0
+        b1_t, b2_t = np.float64(cfg[BETA1]) ** step, np.float64(cfg[BETA2]) ** step
+        b1_stride, b2_stride = np.float64(cfg[BETA1]) ** stride, np.float64(cfg[BETA2]) ** stride
+        for r in range(lo, hi):
+            _prefetch_ahead(indptr, indices, values, NO_ORDER, r, hi, T, lines)
+            first, last = indptr[r], indptr[r + 1]
+            S[: last - first] = 0.0
+            linear = _like(0.0, T)
+            pairs = 0.0
+            for a in range(first, last):
+                ia, fa, xa = indices[a], fields[a], _like(values[a], T)
+                linear += T[ia, 0] * xa
+                for b in range(a + 1, last):
+                    xb = _like(values[b], T)
+                    dot = _pair(T, ia, 1 + fields[b] * k, indices[b], 1 + fa * k, S, a - first,
+                                b - first, xa, xb, k)
+                    pairs += np.float64(dot * xa * xb)
+            z = np.float64(B[0, 0]) + np.float64(linear) + pairs
+            loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
+            total_loss += loss
+            b1_t *= b1_stride
+            b2_t *= b2_stride
+            adam_lr, adam_eps = _adam_scales(b1_t, b2_t, T)
+            slope = _like(slope, T)
+            bw, bm, bs = _row_blocks(B, 0, width)
+            _apply(bw, bm, bs, 0, 1, one, 0, slope, zero, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
+                   adam_lr, adam_eps)
+            for a in range(first, last):
+                _update_feature(T, indices[a], one, S[a - first], 0, slope * _like(values[a], T),
+                                zero, width, opt, cfg, adam_lr, adam_eps)
+        return total_loss
+
+    return train_rows
+
+
+_ROWS = _per_rule(_rows_trainer)
+
+
+def train_online(indptr, indices, fields, values, labels, loss_kind: int, opt: int, config, B,
+                 T, k: int, num_fields: int, step: int) -> tuple[float, int]:
+    """Train on one chunk's rows one step per row (``mini_batch_size=1``), in place, on the
+    calling thread: the same steps as :func:`train_minibatches` with batches of one row.
+    Returns ``(sum of losses, step count)``."""
+    _check_fields(fields, num_fields, T, k)
+    n = indptr.size - 1
+    return _ROWS[opt](indptr, indices, fields, values, labels, 0, n, loss_kind, config, B, T, k,
+                      num_fields, step, 1), step + n
 
 
 def train_minibatches(indptr, indices, fields, values, labels, batch_size: int, loss_kind: int,

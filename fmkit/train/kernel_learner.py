@@ -228,6 +228,12 @@ class FFMLearner(KernelLearner):
     def step(self, unit: tuple[SparseBatch, np.ndarray]) -> tuple[float, int]:
         chunk, _ = unit  # ordered by batches(): gathers
         size, ws = self.hp["mini_batch_size"], self.ws
+        if size == 1:
+            loss, self.steps = ffm.train_online(
+                chunk.indptr, chunk.indices, chunk.field_ids(), chunk.values, chunk.labels,
+                self.kind, self.opt, self.config, self.bias, self.table, self.factors,
+                self.fields, self.steps)
+            return loss, chunk.n_rows
         ws.reserve(chunk, size, self.table.shape[0])
         loss, self.steps = ffm.train_minibatches(
             chunk.indptr, chunk.indices, chunk.field_ids(), chunk.values, chunk.labels, size,
