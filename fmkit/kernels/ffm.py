@@ -34,6 +34,7 @@ from fmkit.kernels.fm import (
     _prefetch_ahead,
     _row_blocks,
     _update_feature,
+    lock_free,
     step_minibatch,
 )
 from fmkit.kernels.lanes import LANES, lanes_sum, load_lanes, store_lanes
@@ -280,14 +281,17 @@ _ROWS = _per_rule(_rows_trainer)
 
 
 def train_online(indptr, indices, fields, values, labels, loss_kind: int, opt: int, config, B,
-                 T, k: int, num_fields: int, step: int) -> tuple[float, int]:
-    """Train on one chunk's rows one step per row (``mini_batch_size=1``), in place, on the
-    calling thread: the same steps as :func:`train_minibatches` with batches of one row.
-    Returns ``(sum of losses, step count)``."""
+                 T, k: int, num_fields: int, step: int, parts: int = 1) -> tuple[float, int]:
+    """Train on one chunk's rows one step per row (``mini_batch_size=1``), in place: on one
+    part, on the calling thread, the same steps as :func:`train_minibatches` with batches of
+    one row; on more, ``parts`` ranges of rows at once without locks (the FM's
+    :func:`fmkit.kernels.fm.lock_free`). Returns ``(sum of losses, step count)``."""
     _check_fields(fields, num_fields, T, k)
     n = indptr.size - 1
-    return _ROWS[opt](indptr, indices, fields, values, labels, 0, n, loss_kind, config, B, T, k,
-                      num_fields, step, 1), step + n
+    loss = lock_free(_ROWS[opt], n, parts, B, lambda part, lo, hi, bias, parts: (
+        indptr, indices, fields, values, labels, lo, hi, loss_kind, config, bias, T, k,
+        num_fields, step + part, parts))
+    return loss, step + n
 
 
 def train_minibatches(indptr, indices, fields, values, labels, batch_size: int, loss_kind: int,

@@ -334,20 +334,29 @@ def train_online(indptr, indices, values, labels, order, loss_kind, opt, cfg, B,
     Returns ``(sum of per-row losses before each update, new step count)``.
     """
     n = indptr.size - 1
-    parts = sums.shape[0]
-    rows = _ROWS[opt]
+    loss = lock_free(_ROWS[opt], n, sums.shape[0], B, lambda part, lo, hi, bias, parts: (
+        indptr, indices, values, labels, order, lo, hi, loss_kind, cfg, bias, T, k, sums[part],
+        step + part, parts))
+    return loss, step + n
+
+
+def lock_free(train_rows, n: int, parts: int, B: np.ndarray, arguments) -> float:
+    """Run a per-row loop over ``n`` rows cut into ``parts`` ranges, trained at once on
+    fmkit's threads on the shared table without locks (Hogwild); returns the summed loss.
+    ``arguments(part, lo, hi, bias, parts)`` gives ``train_rows``'s arguments for a range.
+    The bias, which every row updates, would bounce between the cores' caches: each part
+    trains its own copy and the copies are averaged after the chunk. One part runs on the
+    calling thread with the bias itself."""
     if parts == 1:
-        return rows(indptr, indices, values, labels, order, 0, n, loss_kind, cfg, B, T, k,
-                    sums[0], step, 1), step + n
+        return train_rows(*arguments(0, 0, n, B, 1))
     width = B.shape[1]
     biases = np.empty((parts, 16 + width), B.dtype)  # 16: each copy on cache lines of its own
     biases[:, :width] = B[0]
-    losses = on_threads(rows, [(indptr, indices, values, labels, order, part * n // parts,
-                                (part + 1) * n // parts, loss_kind, cfg,
-                                biases[part:part + 1, :width], T, k, sums[part], step + part,
-                                parts) for part in range(parts)])
+    losses = on_threads(train_rows, [
+        arguments(part, part * n // parts, (part + 1) * n // parts,
+                  biases[part:part + 1, :width], parts) for part in range(parts)])
     B[0] = biases[:, :width].mean(axis=0)
-    return sum(losses), step + n
+    return sum(losses)
 
 
 @kernel_helper()

@@ -232,7 +232,7 @@ class FFMLearner(KernelLearner):
             loss, self.steps = ffm.train_online(
                 chunk.indptr, chunk.indices, chunk.field_ids(), chunk.values, chunk.labels,
                 self.kind, self.opt, self.config, self.bias, self.table, self.factors,
-                self.fields, self.steps)
+                self.fields, self.steps, self.ws.parts)
             return loss, chunk.n_rows
         ws.reserve(chunk, size, self.table.shape[0])
         loss, self.steps = ffm.train_minibatches(
