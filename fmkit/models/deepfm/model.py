@@ -325,8 +325,9 @@ class DeepFMModel:
                 raise ArtifactError(f"{path}: array {name!r} has shape "
                                     f"{tuple(weights[name].shape)}, expected "
                                     f"{tuple(tensor.shape)} from the configuration")
+        # assign: the parameters become the arrays just read, instead of copies of them
         model.net.load_state_dict({name: torch.from_numpy(np.asarray(array))
-                                   for name, array in weights.items()})
+                                   for name, array in weights.items()}, assign=True)
         model.net.eval()
         if isinstance(meta.get("estimator"), dict):
             model.estimator = meta["estimator"]
