@@ -20,19 +20,16 @@ from fmkit.compile_cache import kernel_helper
 from fmkit.kernels.fm import (
     BETA1,
     BETA2,
-    BIAS_LR,
-    BIAS_WD,
     FAST,
     NO_ORDER,
     _adam_scales,
-    _apply,
     _distinct_features,
     _frozen,
     _like,
     _loss_and_slope,
     _per_rule,
     _prefetch_ahead,
-    _row_blocks,
+    _row_loss_and_bias_step,
     _update_feature,
     lock_free,
     step_minibatch,
@@ -260,15 +257,11 @@ def _rows_trainer(opt: int):
                                 b - first, xa, xb, k)
                     pairs += np.float64(dot * xa * xb)
             z = np.float64(B[0, 0]) + np.float64(linear) + pairs
-            loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
-            total_loss += loss
             b1_t *= b1_stride
             b2_t *= b2_stride
-            adam_lr, adam_eps = _adam_scales(b1_t, b2_t, T)
-            slope = _like(slope, T)
-            bw, bm, bs = _row_blocks(B, 0, width)
-            _apply(bw, bm, bs, 0, 1, one, 0, slope, zero, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
-                   adam_lr, adam_eps)
+            loss, slope, adam_lr, adam_eps = _row_loss_and_bias_step(
+                z, np.float64(labels[r]), loss_kind, B, one, width, opt, cfg, b1_t, b2_t)
+            total_loss += loss
             for a in range(first, last):
                 _update_feature(T, indices[a], one, S[a - first], 0, slope * _like(values[a], T),
                                 zero, width, opt, cfg, adam_lr, adam_eps)

@@ -247,6 +247,20 @@ def _prefetch_ahead(indptr, indices, values, order, q, hi, T, lines):
                 prefetch(T, i, line * step)
 
 
+@kernel_helper(fastmath=FAST, error_model="numpy")
+def _row_loss_and_bias_step(z, y, loss_kind, B, one, width, opt, cfg, b1_t, b2_t):
+    """What every per-row loop does once a row's y_hat ``z`` is known: its loss, and the step
+    of the bias (which every row touches). Returns ``(loss, slope in the table's dtype, Adam's
+    lr and eps factors for this step)``; ``one``: a 1-element array of 1 in the table's dtype."""
+    loss, slope = _loss_and_slope(z, y, loss_kind)
+    adam_lr, adam_eps = _adam_scales(b1_t, b2_t, B)
+    slope = _like(slope, B)
+    bw, bm, bs = _row_blocks(B, 0, width)
+    _apply(bw, bm, bs, 0, 1, one, 0, slope, _like(0.0, B), cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
+           adam_lr, adam_eps)
+    return loss, slope, adam_lr, adam_eps
+
+
 def _rows_trainer(opt: int):
     """The per-row training loop compiled for one update rule: ``opt`` is a constant in the
     compiled code (a run-time switch among the four rules halves the rate)."""
@@ -265,7 +279,6 @@ def _rows_trainer(opt: int):
         width = k + 1
         lines = (T.shape[1] * T.itemsize + 63) // 64
         one = np.ones(1, T.dtype)
-        zero = _like(0.0, T)
         total_loss = 0.0
         # Adam's beta^t, advanced by a product per row rather than a power
         b1_t, b2_t = np.float64(cfg[BETA1]) ** step, np.float64(cfg[BETA2]) ** step
@@ -274,15 +287,11 @@ def _rows_trainer(opt: int):
             r = _row_at(order, q)
             _prefetch_ahead(indptr, indices, values, order, q, hi, T, lines)
             z = np.float64(B[0, 0] + _row_forward(indptr, indices, values, r, T, k, sums))
-            loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
-            total_loss += loss
             b1_t *= b1_stride
             b2_t *= b2_stride
-            adam_lr, adam_eps = _adam_scales(b1_t, b2_t, T)
-            slope = _like(slope, T)
-            bw, bm, bs = _row_blocks(B, 0, width)
-            _apply(bw, bm, bs, 0, 1, one, 0, slope, zero, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
-                   adam_lr, adam_eps)
+            loss, slope, adam_lr, adam_eps = _row_loss_and_bias_step(
+                z, np.float64(labels[r]), loss_kind, B, one, width, opt, cfg, b1_t, b2_t)
+            total_loss += loss
             for j in range(indptr[r], indptr[r + 1]):
                 x = _like(values[j], T)
                 gx = slope * x
