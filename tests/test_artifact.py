@@ -145,3 +145,60 @@ def test_kill_9_during_training_leaves_previous_model_or_none(tmp_path):
     visible = [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")]
     assert sorted(visible) == ["model", "train.libsvm"]
     assert "old" in outcomes
+
+
+WEIGHTS = {"w0": np.array([0.5], np.float32), "V": np.arange(48, dtype=np.float32).reshape(16, 3),
+           "ids": np.arange(5, dtype=np.int64), "none": np.zeros((0, 4), np.float32)}
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_weights_file_is_a_plain_npz_with_every_array_aligned(tmp_path, monkeypatch, zip64):
+    """``np.load`` reads what ``write_npz`` writes, and every array's bytes start at a multiple
+    of 64 in the file (found here from the zip's own member offsets and numpy's header
+    reader), also with zip64 member headers (used from 2 GiB; forced here)."""
+    import zipfile
+
+    from fmkit.models import artifact
+
+    if zip64:
+        monkeypatch.setattr(artifact, "ZIP64_FROM", 0)
+    path = tmp_path / "weights.npz"
+    with open(path, "wb") as f:
+        artifact.write_npz(f, WEIGHTS)
+    with np.load(path, allow_pickle=False) as npz:
+        assert sorted(npz.files) == sorted(WEIGHTS)
+        for name, array in WEIGHTS.items():
+            np.testing.assert_array_equal(npz[name], array)
+            assert npz[name].dtype == array.dtype
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            assert member.compress_type == zipfile.ZIP_STORED
+            name_length, extra_length = np.frombuffer(
+                data[member.header_offset + 26: member.header_offset + 30], "<u2")
+            start = member.header_offset + 30 + int(name_length) + int(extra_length)
+            with archive.open(member) as stream:
+                np.lib.format.read_magic(stream)
+                np.lib.format.read_array_header_1_0(stream)
+                assert (start + stream.tell()) % 64 == 0, member.filename
+
+
+def test_mapped_weights_equal_the_read_ones_and_older_files_are_read(tmp_path):
+    """Arrays mapped from the file (copy-on-write: writing one leaves the file as it was) equal
+    ``np.load``'s; an ``np.savez`` file, whose arrays are not aligned, is read instead."""
+    from fmkit.models import artifact
+
+    ours, older = tmp_path / "ours.npz", tmp_path / "older.npz"
+    with open(ours, "wb") as f:
+        artifact.write_npz(f, WEIGHTS)
+    np.savez(older, **WEIGHTS)
+    before = ours.read_bytes()
+    for path in (ours, older):
+        arrays = artifact.mapped_arrays(path)
+        for name, array in WEIGHTS.items():
+            np.testing.assert_array_equal(arrays[name], array)
+        kinds = {name: isinstance(arrays[name], np.memmap) for name in WEIGHTS}
+        assert kinds == ({"w0": True, "V": True, "ids": True, "none": False} if path == ours
+                         else dict.fromkeys(WEIGHTS, False)), path.name
+        arrays["V"][0, 0] = -1.0
+    assert ours.read_bytes() == before

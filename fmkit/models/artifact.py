@@ -12,11 +12,13 @@ step, so a crash (even ``kill -9``) leaves either no model directory, or the com
 from __future__ import annotations
 
 import ctypes
+import io
 import json
 import math
 import os
 import shutil
 import stat
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,55 @@ def check_destination(path: str | Path) -> Path:
     return files.guard_directory(path, holds_model, "model directory")
 
 
+ALIGN = 64  # where each array's bytes start in weights.npz (a cache line)
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip member's local header, before its name
+_PADDING_ID = 0xFA64  # the zip extra field that pads a member's data to ALIGN (ignored)
+ZIP64_FROM = (1 << 31) - (1 << 20)  # members this large get zip64 sizes (zip's own are 32-bit)
+
+
+def write_npz(f, weights: dict[str, np.ndarray]) -> None:
+    """``weights`` as an uncompressed ``.npz`` (``np.load`` reads it) whose every array's bytes
+    start at a multiple of :data:`ALIGN` in the file, so a reader can map them in place
+    (:func:`mapped_arrays`): each member's local header carries an extra field of padding."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in weights.items():
+            array = np.asanyarray(array)
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                header, np.lib.format.header_data_from_array_1_0(array))
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED
+            large = array.nbytes + len(header.getvalue()) > ZIP64_FROM
+            fixed = (archive.fp.tell() + _LOCAL_HEADER.size + len(info.filename.encode())
+                     + 4 + (20 if large else 0) + len(header.getvalue()))
+            info.extra = struct.pack("<HH", _PADDING_ID, -fixed % ALIGN) + bytes(-fixed % ALIGN)
+            with archive.open(info, "w", force_zip64=large) as member:
+                member.write(header.getvalue())
+                member.write(np.ascontiguousarray(array).data)
+
+
+def mapped_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a checked ``weights.npz`` (see :func:`_check_npz`), each mapped from the
+    file copy-on-write where its bytes are aligned (:func:`write_npz`) instead of read: loading
+    costs no copy, pages are read when used, and processes serving the same model share them.
+    An array that is empty, Fortran-ordered or misaligned (an older file) is read."""
+    arrays: dict[str, np.ndarray] = {}
+    with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
+        for member in archive.infolist():
+            name = member.filename.removesuffix(".npy")
+            f.seek(member.header_offset)
+            fields = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
+            f.seek(member.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1])
+            shape, fortran, dtype = _npy_header(f)
+            offset = f.tell()
+            if fortran or not int(np.prod(shape)) or offset % ALIGN:
+                with archive.open(member) as stream:
+                    arrays[name] = np.lib.format.read_array(stream, allow_pickle=False)
+                continue
+            arrays[name] = np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape)
+    return arrays
+
+
 def save_directory(path: str | Path, meta: dict[str, Any], weights: dict[str, np.ndarray],
                    metrics: dict[str, Any]) -> Path:
     """Write a model directory atomically; replaces only an empty directory or an existing
@@ -120,7 +171,7 @@ def save_directory(path: str | Path, meta: dict[str, Any], weights: dict[str, np
     tmp = files.temporary_dir(path)
     try:
         with open(tmp / WEIGHTS_FILE, "wb") as f:
-            np.savez(f, **weights)
+            write_npz(f, weights)
             f.flush()
             os.fsync(f.fileno())
         _write_json(tmp / METRICS_FILE, metrics)
@@ -175,6 +226,15 @@ def _read_checked(path: Path, limit: int) -> bytes:
         raise ArtifactError(f"{path}: {files.describe_os_error(e)}") from None
 
 
+def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of the ``.npy`` stream at ``f``'s position, which it
+    leaves at the array's first byte."""
+    version = np.lib.format.read_magic(f)
+    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+    return header(f, max_header_size=10000)
+
+
 def _check_npz(path: Path) -> None:
     """Every array in ``path`` declares a shape and dtype whose bytes its stored member
     holds, and the members fit in the file: checked from the headers, before any array is
@@ -190,10 +250,7 @@ def _check_npz(path: Path) -> None:
                     raise ArtifactError(f"{path}: member {member.filename!r} is compressed or "
                                         "larger than the file (fmkit writes plain .npz)")
                 with archive.open(member) as f:
-                    version = np.lib.format.read_magic(f)
-                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                              else np.lib.format.read_array_header_2_0)
-                    shape, _, dtype = header(f, max_header_size=10000)
+                    shape, _, dtype = _npy_header(f)
                     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
                     if dtype.hasobject or declared + f.tell() != member.file_size:
                         raise ArtifactError(
@@ -220,8 +277,10 @@ def model_type(path: str | Path) -> str | None:
     return _meta_or_none(resolve(path)).get("model_type")
 
 
-def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict]:
-    """Read ``(meta, weights, metrics)`` from a model directory, checking format and version."""
+def load_directory(path: str | Path, *, mapped: bool = False
+                   ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict]:
+    """Read ``(meta, weights, metrics)`` from a model directory, checking format and version;
+    ``mapped``: the weights mapped from the file where they can be (:func:`mapped_arrays`)."""
     path = resolve(path)
     meta_path = path / META_FILE
     if not path.is_dir():
@@ -243,8 +302,11 @@ def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarr
         )
     _check_npz(path / WEIGHTS_FILE)
     try:
-        with np.load(path / WEIGHTS_FILE, allow_pickle=False) as npz:
-            weights = {name: npz[name] for name in npz.files}
+        if mapped:
+            weights = mapped_arrays(path / WEIGHTS_FILE)
+        else:
+            with np.load(path / WEIGHTS_FILE, allow_pickle=False) as npz:
+                weights = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise ArtifactError(f"{path / WEIGHTS_FILE}: unreadable weights: {e}") from None
     return meta, weights, read_metrics(path)

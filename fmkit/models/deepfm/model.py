@@ -305,7 +305,7 @@ class DeepFMModel:
 
     @classmethod
     def load(cls, path: str | Path) -> DeepFMModel:
-        meta, weights, _ = artifact.load_directory(path)
+        meta, weights, _ = artifact.load_directory(path, mapped=True)
         if meta.get("model_type") != MODEL_TYPE:
             raise ArtifactError(f"{path}: model_type {meta.get('model_type')!r} is not "
                                 f"{MODEL_TYPE!r}")
@@ -325,7 +325,7 @@ class DeepFMModel:
                 raise ArtifactError(f"{path}: array {name!r} has shape "
                                     f"{tuple(weights[name].shape)}, expected "
                                     f"{tuple(tensor.shape)} from the configuration")
-        # assign: the parameters become the arrays just read, instead of copies of them
+        # assign: the parameters become the arrays mapped from the file, instead of copies
         model.net.load_state_dict({name: torch.from_numpy(np.asarray(array))
                                    for name, array in weights.items()}, assign=True)
         model.net.eval()
