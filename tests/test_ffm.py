@@ -228,3 +228,37 @@ def test_the_server_scores_an_ffm_from_json_with_fields(tmp_path, cli):
         answer = client.post("/invocations", content=b"\x00",
                              headers={"Content-Type": "application/x-recordio-protobuf"})
         assert answer.status_code == 400 and "recordIO carries no fields" in answer.text
+
+
+def test_num_fields_comes_from_the_largest_field_written(tmp_path):
+    """Without ``num_fields``, an FFM sizes its table from the largest field the file names:
+    found from the tokens' digits (no numbers parsed), which must agree with a plain-Python
+    tokenizer and with the reader, across comments, qid tokens, blank and CRLF lines, leading
+    spaces and blocks cut anywhere."""
+    import re
+
+    from fmkit.data.libsvm import largest_field
+
+    rng = np.random.default_rng(4)
+    lines = []
+    for r in range(400):
+        tokens = [f"{rng.integers(0, 40)}:{rng.integers(0, 500)}:{rng.normal():.3g}"
+                  for _ in range(rng.integers(0, 6))]
+        if r % 7 == 0:
+            tokens.insert(0, "qid:3")
+        line = " ".join([str(r % 2), *tokens])
+        line = {0: line, 1: "  " + line, 2: line + " # 99:1:1 a comment", 3: line + "\r"}[r % 4]
+        lines.append(line if r % 50 else "")
+    lines.append("1 77:3:1")  # the largest, on the last line (no newline after it)
+    path = tmp_path / "rows.ffm"
+    path.write_bytes("\n".join(lines).encode())
+    expected = max(int(m.group(1)) for line in lines
+                   for token in line.split("#")[0].split()[1:]
+                   if (m := re.fullmatch(r"(\d+):(\d+):\S+", token)))
+    read = max(int(b.fields.max()) for b in FileSource(path, "libffm", 500).raw_blocks()
+               if b.fields.size)
+    assert expected == read == 77
+    for block_bytes in (64, 1000, 1 << 20):
+        assert largest_field(path, block_bytes) == 77
+    path.write_bytes(b"1\n0 # 5:1:1\n")
+    assert largest_field(path) == -1

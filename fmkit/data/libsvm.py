@@ -145,6 +145,45 @@ def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, fields
     return row, nnz, 0, 0, 0, line
 
 
+@njit(cache=True, nogil=True)
+def _largest_field(buf):
+    """The largest field of the ``field:index:value`` tokens in whole libffm lines (-1 if
+    none): the tokens as :func:`parse_libsvm` walks them, reading only their two ids. A token
+    that is not one (``qid:``, a malformed one) is passed over: the reader refuses it later."""
+    n = buf.size
+    p = 0
+    largest = -1
+    while p < n:
+        while p < n and _is_space(buf[p]):
+            p += 1
+        if p < n and buf[p] != _NL and buf[p] != _HASH:
+            p = _token_end(buf, p, n)  # the label
+            while True:
+                while p < n and _is_space(buf[p]):
+                    p += 1
+                if p >= n or buf[p] == _NL or buf[p] == _HASH:
+                    break
+                start = p
+                field, p = _parse_id(buf, p, n)
+                if p > start and p < n and buf[p] == _COLON:
+                    index_start = p + 1
+                    _, p = _parse_id(buf, index_start, n)
+                    if p > index_start and p < n and buf[p] == _COLON:
+                        largest = max(largest, field)
+                p = _token_end(buf, p, n)
+        while p < n and buf[p] != _NL:
+            p += 1
+        p += 1
+    return largest
+
+
+def largest_field(path: Path, block_bytes: int = BLOCK_BYTES) -> int:
+    """The largest field a libffm file's tokens name (-1 if none), from its bytes alone: what
+    an FFM's ``num_fields`` defaults to (+1), found without parsing the file's numbers."""
+    return max((int(_largest_field(buf)) for buf in iter_blocks(path, block_bytes)),
+               default=-1)
+
+
 def describe_problem(code: int, token: str) -> str:
     """The human text for a parser's problem code."""
     token = excerpt(token)

@@ -15,6 +15,7 @@ import numpy as np
 from fmkit import compile_cache, distributed, files
 from fmkit.data import codecs
 from fmkit.data.batch import SparseBatch
+from fmkit.data.libsvm import largest_field
 from fmkit.data.sources import (
     INDEXED_FORMATS,
     TEXT_SAMPLES,
@@ -115,13 +116,18 @@ def _compile_on_two_cores(hp: dict[str, Any], fmt: str) -> None:
 
 def _with_fields(hp: dict[str, Any], source: FileSource) -> dict[str, Any]:
     """An FFM's ``num_fields``: as given, or the training channel's largest field + 1 (one
-    pass over the whole channel, the same on every process); checked to fit in memory."""
+    pass over the whole channel, the same on every process); checked to fit in memory. With
+    ``cache`` the pass parses the channel into its binary cache, which the epochs then read;
+    without, it reads only the fields' digits (:func:`fmkit.data.libsvm.largest_field`)."""
     if not hp["num_fields"]:
         largest = -1
-        for batch in FileSource(source.path, source.fmt, hp["feature_dim"],
-                                cache=source.cache).raw_blocks():
-            if batch.fields is not None and batch.fields.size:
-                largest = max(largest, int(batch.fields.max()))
+        if source.cache:
+            for batch in FileSource(source.path, source.fmt, hp["feature_dim"],
+                                    cache=True).raw_blocks():
+                if batch.fields is not None and batch.fields.size:
+                    largest = max(largest, int(batch.fields.max()))
+        else:
+            largest = max((largest_field(file) for file in source.files), default=-1)
         hp = {**hp, "num_fields": largest + 1}
         log.info("%s: %d fields (num_fields, detected)", source.name, hp["num_fields"])
     check_memory(table_hyperparameters(hp))
