@@ -70,10 +70,10 @@ def ftrl_initial_z(param, group: str, hp: dict[str, Any]):
     return param * ftrl_z_factor(group, hp)
 
 
-def initial_accumulator(hp: dict[str, Any]) -> float:
-    """What AdaGrad's sums of squared gradients start from (``initial_accumulator_value``;
-    the hyperparameter table allows it for AdaGrad only, so other rules get 0)."""
-    return float(hp.get("initial_accumulator_value", 0.0)) if hp["optimizer"] == "adagrad" else 0.0
+def initial_accumulator(optimizer: str, hp: dict[str, Any]) -> float:
+    """What ``optimizer``'s sums of squared gradients start from: ``initial_accumulator_value``
+    for AdaGrad, 0 for the other rules."""
+    return float(hp.get("initial_accumulator_value", 0.0)) if optimizer == "adagrad" else 0.0
 
 
 CACHE_LINE = 64
@@ -127,7 +127,7 @@ def training_tables(params: FMParameters | None, optimizer: str, hp: dict[str, A
         np.multiply(params.w, ftrl_z_factor("linear", hp), out=table[:, width])
         np.multiply(params.V, ftrl_z_factor("factors", hp), out=table[:, width + 1: 2 * width])
     if opt == kernels.ADAGRAD:
-        start = initial_accumulator({**hp, "optimizer": optimizer})
+        start = initial_accumulator(optimizer, hp)
         bias[0, width:] = start
         table[:, width:2 * width] = start
     return bias, table
@@ -154,7 +154,7 @@ class OptimizerState:
             return (ftrl_initial_z(param, group, hp) if name == "ftrl"
                     else np.zeros_like(param)).astype(np.float64)
 
-        start = initial_accumulator({**hp, "optimizer": name})
+        start = initial_accumulator(name, hp)
         return cls(name=name,
                    m0=z(params.w0, "bias"), s0=np.full(1, start),
                    mw=z(params.w, "linear"), sw=np.full(params.feature_dim, start),

@@ -44,11 +44,12 @@ class TorchLearner:
         self.dtype = getattr(torch, np.dtype(dtype or np.float32).name)
         params = params if params is not None else init_parameters(hp)
         self.groups = {}
+        start = initial_accumulator(hp["optimizer"], hp)
         for group, array in zip(GROUPS, (params.w0, params.w, params.V)):
             param = self._tensor(np.asarray(array, dtype=np.float64))
             m = (ftrl_initial_z(param, group, hp).clone() if hp["optimizer"] == "ftrl"
                  else torch.zeros_like(param))
-            self.groups[group] = (param, m, torch.full_like(param, initial_accumulator(hp)))
+            self.groups[group] = (param, m, torch.full_like(param, start))
 
     def _tensor(self, array: Any):
         import torch
