@@ -71,6 +71,17 @@ def _parse_id(buf, p, n):
 
 
 @kernel_helper()
+def _next_token(buf, p, n):
+    """Where the line's next token starts, at or after ``p``; -1 at the line's end (a newline,
+    a ``#`` comment or the end of the buffer)."""
+    while p < n and _is_space(buf[p]):
+        p += 1
+    if p >= n or buf[p] == _NL or buf[p] == _HASH:
+        return -1
+    return p
+
+
+@kernel_helper()
 def _is_qid(buf, start, n):
     return (start + 3 < n and buf[start] == 113 and buf[start + 1] == 105
             and buf[start + 2] == 100 and buf[start + 3] == _COLON)
@@ -91,21 +102,18 @@ def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, fields
     line = first_line
     indptr[0] = 0
     while p < n:
-        while p < n and _is_space(buf[p]):
-            p += 1
-        if p < n and buf[p] != _NL and buf[p] != _HASH:
-            te = _token_end(buf, p, n)
-            label, code = parse_float(buf, p, te)
+        start = _next_token(buf, p, n)
+        if start >= 0:
+            te = _token_end(buf, start, n)
+            label, code = parse_float(buf, start, te)
             if code != OK:
-                return row, nnz, code, p, te, line
+                return row, nnz, code, start, te, line
             p = te
             while True:
-                while p < n and _is_space(buf[p]):
-                    p += 1
-                if p >= n or buf[p] == _NL or buf[p] == _HASH:
+                start = _next_token(buf, p, n)
+                if start < 0:
                     break
-                start = p
-                idx, p = _parse_id(buf, p, n)
+                idx, p = _parse_id(buf, start, n)
                 good = p > start and p < n and buf[p] == _COLON and idx <= 2147483647
                 field = idx
                 if good and ffm:  # that was the field: the index follows
@@ -154,17 +162,14 @@ def _largest_field(buf):
     p = 0
     largest = -1
     while p < n:
-        while p < n and _is_space(buf[p]):
-            p += 1
-        if p < n and buf[p] != _NL and buf[p] != _HASH:
-            p = _token_end(buf, p, n)  # the label
+        start = _next_token(buf, p, n)
+        if start >= 0:
+            p = _token_end(buf, start, n)  # the label
             while True:
-                while p < n and _is_space(buf[p]):
-                    p += 1
-                if p >= n or buf[p] == _NL or buf[p] == _HASH:
+                start = _next_token(buf, p, n)
+                if start < 0:
                     break
-                start = p
-                field, p = _parse_id(buf, p, n)
+                field, p = _parse_id(buf, start, n)
                 if p > start and p < n and buf[p] == _COLON:
                     index_start = p + 1
                     _, p = _parse_id(buf, index_start, n)
