@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from fmkit.data.batch import SparseBatch, concat
 from fmkit.data.sources import ArraySource
 from fmkit.eval_set import one_pair
-from fmkit.jobs.training import train, with_starting_point
+from fmkit.jobs.training import train, training_source, with_starting_point
 from fmkit.models.fm.hyperparameters import TABLE, validate
 from fmkit.models.fm.model import FMModel
 from fmkit.models.metrics import predicted_labels
@@ -139,8 +139,9 @@ class _FMEstimator(BaseEstimator):
             learner, self.history_ = fm_learner(hp), []
             self._learner = learner
         epoch = len(self.history_) + 1
-        self.history_ += fit(learner, source, epochs=epoch, seed=learner.hp["seed"],
-                             first_epoch=epoch, callbacks=[Progress(False)])
+        self.history_ += fit(learner, training_source(learner.hp, source), epochs=epoch,
+                             seed=learner.hp["seed"], first_epoch=epoch,
+                             callbacks=[Progress(False)])
         self.model_ = FMModel(learner.hp, learner.parameters(epoch))
         return self
 

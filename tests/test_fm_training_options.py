@@ -162,3 +162,19 @@ def test_initial_accumulator_value_is_adagrads_alone():
     with pytest.raises(HyperparameterError, match="needs optimizer=adagrad"):
         validate({"feature_dim": 4, "num_factors": 2, "predictor_type": "regressor",
                   "initial_accumulator_value": 0.1})
+
+
+def test_partial_fit_with_instance_norm_trains_on_the_scaled_rows():
+    """``partial_fit`` (its own engine call, not ``fit``'s) trains on the rows scaled as it
+    scores them: the same weights as ``partial_fit`` on rows scaled here, without the option."""
+    from fmkit.estimators import FMClassifier
+
+    X, y = _problem()
+    options = dict(num_factors=3, mini_batch_size=5, optimizer="adagrad", lock_free=0,
+                   shuffle=0, bias_lr=0.1, linear_lr=0.1, factors_lr=0.1, seed=2)
+    normed = FMClassifier(instance_norm=1, **options).partial_fit(X, y, classes=[0, 1])
+    by_hand = FMClassifier(**options).partial_fit(_scaled_by_hand(X), y, classes=[0, 1])
+    for name in ("w0", "w", "V"):
+        np.testing.assert_allclose(getattr(normed.model_.params, name),
+                                   getattr(by_hand.model_.params, name), atol=1e-5,
+                                   err_msg=name)

@@ -44,6 +44,12 @@ def run(learner: Learner, source: Source, *, batch_size: int, epochs: int | None
                first_epoch=trained_epochs + 1)
 
 
+def training_source(hp: dict[str, Any], source: Source) -> Source:
+    """What an FM with ``hp`` trains on: ``source``, its rows scaled to unit length with
+    ``instance_norm`` (scoring scales them in :meth:`FMModel.logits`, validation included)."""
+    return UnitRows(source) if hp["instance_norm"] else source
+
+
 def with_starting_point(hp: dict[str, Any], source: Source) -> dict[str, Any]:
     """``hp`` with its ``auto`` init methods made concrete for training on ``source``
     (:func:`fmkit.models.fm.parameters.starting_point`)."""
@@ -85,10 +91,9 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     ``early_stopping_metric`` are returned, and training stops after
     ``early_stopping_patience`` measurements without improvement.
     """
-    if hp["instance_norm"]:  # validation goes through FMModel.logits, which scales its rows
-        source = UnitRows(source)
     if params is None:
         hp = with_starting_point(hp, source)
+    source = training_source(hp, source)
     every = hp["validation_every_steps"] if validation is not None else 0
     learner = fm_learner(hp, params, dtype, device, every)
     del params  # the learner holds the weights from here on
