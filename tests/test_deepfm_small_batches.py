@@ -138,30 +138,35 @@ ACTIVATIONS = ["nn.ReLU", "nn.LeakyReLU(negative_slope=0.1)", "nn.PReLU", "nn.EL
                "nn.Identity"]
 
 
-def _compare(model: DeepFMModel, rows: list) -> None:
+def _compare(model: DeepFMModel, rows: list, bf16: bool = False) -> None:
+    """The twin equals PyTorch's forward (``bf16``: under ``torch.autocast`` in bfloat16, as
+    a ``mixed_precision: BF16`` model scores; its float32 sums differ in order only, so a
+    bfloat16 rounding could in principle flip: none does for these rows)."""
     model.net.eval()
     encoded = model.encode(from_instances(rows))
-    twin = NumpyForward.of(model.net)
+    twin = NumpyForward.of(model.net, bfloat16=bf16)
     assert twin is not None
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
         expected = model.net(encoded).double().numpy()
     np.testing.assert_allclose(twin(encoded), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_numpy_forward_equals_pytorch_for_every_activation(activation):
+def test_numpy_forward_equals_pytorch_for_every_activation(activation, bf16):
     torch.manual_seed(1)
     model = DeepFMModel.create(configs.parse(document(
         deep={"hidden_units": [8, 4], "activation": activation},
         final={"hidden_units": [3], "activation": activation})))
-    _compare(model, ROWS)
+    _compare(model, ROWS, bf16)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("options", [
     {"use_bn": True}, {"use_ln": True}, {"dropout_ratio": [0.5]}, {"bias": False}])
 @pytest.mark.parametrize("final", [True, False])
 @pytest.mark.parametrize("fm", [True, False])
-def test_numpy_forward_equals_pytorch_for_every_layer_and_layout(options, final, fm):
+def test_numpy_forward_equals_pytorch_for_every_layer_and_layout(options, final, fm, bf16):
     model = DeepFMModel.create(configs.parse(document(
         deep={"hidden_units": [8, 4], **options},
         final={"hidden_units": [3], **options} if final else None, fm=fm)))
@@ -170,7 +175,7 @@ def test_numpy_forward_equals_pytorch_for_every_layer_and_layout(options, final,
         with torch.no_grad():
             for _ in range(3):
                 model.net(model.encode(from_instances(ROWS * 4)))
-    _compare(model, ROWS)
+    _compare(model, ROWS, bf16)
 
 
 def test_small_requests_score_as_large_ones():
@@ -180,6 +185,30 @@ def test_small_requests_score_as_large_ones():
     for i in range(4):
         alone = MODEL.logits(encode_instances(MODEL.features, rows[i:i + 1], FIELDS))
         np.testing.assert_allclose(alone, whole[i:i + 1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_bf16_model_scores_under_autocast_on_either_path_and_sees_weight_updates():
+    """A ``mixed_precision: BF16`` model scores as it trained: in bfloat16, one row alone
+    (the twin) as inside a batch (PyTorch), also after its weights change in place."""
+    doc = document(final={"hidden_units": [3]})
+    doc["train_config"] = {**doc.get("train_config", {}), "mixed_precision": "BF16"}
+    model = DeepFMModel.create(configs.parse(doc))
+    rows = (ROWS * 10)[:40]
+    for step in range(2):
+        whole = model.logits(from_instances(rows))
+        model.net.eval()
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            expected = model.net(model.encode(from_instances(rows))).double().numpy()
+        with torch.no_grad():
+            float32 = model.net(model.encode(from_instances(rows))).double().numpy()
+        assert np.abs(float32 - expected).max() > 1e-4  # (bfloat16 is told apart)
+        np.testing.assert_allclose(whole, expected, rtol=1e-5, atol=1e-6)
+        for i in range(4):
+            alone = model.logits(encode_instances(model.features, rows[i:i + 1], FIELDS))
+            np.testing.assert_allclose(alone, whole[i:i + 1], rtol=1e-5, atol=1e-6)
+        with torch.no_grad():  # as an optimizer step: in place
+            model.net.deep[0].weight.mul_(1.7)
+            model.net.output.bias.add_(0.3)
 
 
 def test_a_new_deepfm_server_warms_both_forward_paths_before_it_answers():

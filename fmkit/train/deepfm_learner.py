@@ -136,7 +136,7 @@ class DeepFMLearner:
         self.loss_kind = loss_kind
         # the forward pass in bfloat16 where the config asks (the matrix products, on CPUs
         # with bfloat16 instructions: docs/performance.md); backward follows its dtypes
-        self.autocast = config.mixed_precision == "BF16"
+        self.autocast = config.bfloat16
         self.criterion = {"binary": nn.BCEWithLogitsLoss(reduction="none"),
                           "multiclass": nn.CrossEntropyLoss(reduction="none",
                                                             label_smoothing=label_smoothing),

@@ -406,6 +406,13 @@ class TrainConfig:
     cuda_matmul_allow_tf32: bool | None = ignored()
     keep_checkpoint_max: int | None = ignored()
 
+    @property
+    def bfloat16(self) -> bool:
+        """Whether the network computes in bfloat16 (``mixed_precision: BF16``): its forward
+        passes in training and in scoring alike (evaluate, predict, serve), so that a model
+        scores as it was validated."""
+        return self.mixed_precision == "BF16"
+
 
 @dataclass
 class EvalConfig:

@@ -85,7 +85,7 @@ class DeepFMModel:
     def numpy_forward(self) -> NumpyForward | None:
         """The forward pass for batches of a few rows (views of the weights, which loading
         and training update in place), or None where it has no twin."""
-        return NumpyForward.of(self.net)
+        return NumpyForward.of(self.net, bfloat16=self.config.train_config.bfloat16)
 
     @property
     def predictor_type(self) -> str:
@@ -200,11 +200,14 @@ class DeepFMModel:
             return np.zeros(0)
         if encoded.n_rows <= SMALL_ROWS and self.numpy_forward is not None:
             return self.numpy_forward(encoded).astype(np.float64)
-        if encoded.n_rows <= SCORING_ROWS:
-            return self.net(encoded).double().cpu().numpy()
-        parts = [self.net(take_rows(encoded, np.arange(start, min(start + SCORING_ROWS,
-                                                                   encoded.n_rows))))
-                 for start in range(0, encoded.n_rows, SCORING_ROWS)]
+        device = self.net.output.weight.device
+        with torch.autocast(device.type, torch.bfloat16,
+                            enabled=self.config.train_config.bfloat16):
+            if encoded.n_rows <= SCORING_ROWS:
+                return self.net(encoded).double().cpu().numpy()
+            parts = [self.net(take_rows(encoded, np.arange(start, min(start + SCORING_ROWS,
+                                                                       encoded.n_rows))))
+                     for start in range(0, encoded.n_rows, SCORING_ROWS)]
         return torch.cat(parts).double().cpu().numpy()
 
     def outputs(self, batch: ColumnBatch | Encoded) -> dict[str, np.ndarray]:

@@ -62,8 +62,41 @@ def _activation(module: nn.Module) -> Layer | None:
     return None
 
 
-def _layer(module: nn.Module) -> Layer | None:
-    """One eval-mode MLP layer as a numpy function; None if it has no numpy twin here."""
+def bfloat16(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (to nearest, ties to even, as PyTorch casts them),
+    still as float32."""
+    x = np.ascontiguousarray(x, np.float32)
+    bits = x.view(np.uint32)
+    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+               ) & np.uint32(0xFFFF0000)
+    return np.where(np.isnan(x), x, rounded.view(np.float32))
+
+
+def _rounded(parameter: torch.Tensor) -> Callable[[], np.ndarray]:
+    """A parameter's values rounded to bfloat16, rounded again only after it changed in place
+    (an optimizer step bumps its version)."""
+    cache: list = [None, None]
+
+    def values() -> np.ndarray:
+        if cache[0] != parameter._version:
+            cache[:] = [parameter._version, bfloat16(_view(parameter))]
+        return cache[1]
+
+    return values
+
+
+def _layer(module: nn.Module, bf16: bool = False) -> Layer | None:
+    """One eval-mode MLP layer as a numpy function; None if it has no numpy twin here.
+    ``bf16``: as ``torch.autocast`` computes it in bfloat16 — a linear layer's input, weight
+    and bias rounded to bfloat16 and its float32 sums rounded, and every later layer's output
+    rounded, as PyTorch keeps them in bfloat16."""
+    if bf16:
+        if type(module) is nn.Linear:
+            weight = _rounded(module.weight)
+            bias = _rounded(module.bias) if module.bias is not None else lambda: np.float32(0)
+            return lambda x: bfloat16(bfloat16(x) @ weight().T + bias())
+        layer = _layer(module)
+        return None if layer is None else lambda x: bfloat16(layer(x))
     if isinstance(module, (nn.Identity, nn.Dropout)):
         return lambda x: x
     if type(module) is nn.Linear:
@@ -107,23 +140,24 @@ class NumpyForward:
     """``net``'s eval-mode forward in numpy (see the module's docstring); build it with
     :meth:`of`, which declines a network with a layer it cannot mirror."""
 
-    def __init__(self, net: DeepFMNet, deep: list[Layer], final: list[Layer] | None):
-        self.net, self.deep, self.final = net, deep, final
+    def __init__(self, net: DeepFMNet, deep: list[Layer], final: list[Layer] | None,
+                 output: Layer):
+        self.net, self.deep, self.final, self.output = net, deep, final, output
         self.tables = {bank: _view(module.weight) for bank, module in net.tables.banks.items()}
         self.wide = {bank: _view(module.weight) for bank, module in net.wide_tables.banks.items()}
-        self.output = _layer(net.output)
 
     @classmethod
-    def of(cls, net: DeepFMNet) -> NumpyForward | None:
-        """The numpy twin of a CPU network, or None (another device, or a layer kind without
-        a twin here: PyTorch then scores every batch)."""
+    def of(cls, net: DeepFMNet, bfloat16: bool = False) -> NumpyForward | None:
+        """The numpy twin of a CPU network (``bfloat16``: of its forward pass under
+        ``torch.autocast``), or None (another device, or a layer kind without a twin here:
+        PyTorch then scores every batch)."""
         if net.output.weight.device.type != "cpu" or net.output.out_features != 1:
             return None  # (several classes: PyTorch scores them)
-        deep = [_layer(m) for m in net.deep]
-        final = [_layer(m) for m in net.final] if net.final is not None else None
+        deep = [_layer(m, bfloat16) for m in net.deep]
+        final = [_layer(m, bfloat16) for m in net.final] if net.final is not None else None
         if any(layer is None for layer in deep + (final or [])):
             return None
-        return cls(net, deep, final)
+        return cls(net, deep, final, _layer(net.output, bfloat16))
 
     def __call__(self, inputs: Encoded) -> np.ndarray:
         """y of every row (float32)."""
