@@ -1,6 +1,7 @@
 """TorchEasyRec's other feature types — combo, lookup, expression, sequence id and raw,
 vocab_dict and vocab_file — each against plain Python over the same raw rows, including
-missing values; and a server scoring JSON requests exactly as training read the file."""
+missing values; a server scoring JSON requests exactly as training read the file; and the
+compiled splitting and hashing of hashed id features against Python's."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import json
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fmkit.data import codecs, columns
 from fmkit.jobs.deepfm import train_deepfm
 from fmkit.models.deepfm import config as configs
-from fmkit.models.deepfm.features import FeatureSet
+from fmkit.models.deepfm import transforms
+from fmkit.models.deepfm.features import FeatureSet, hash_strings, hash_value_lists
 from fmkit.models.deepfm.model import DeepFMModel
 
 from .deepfm_helpers import fnv1a
@@ -230,3 +235,31 @@ def test_the_server_computes_every_feature_as_training_did(tmp_path):
     served = model.logits(decode(json.dumps({"instances": instances}).encode(), codecs.JSON))
     np.testing.assert_allclose(served, from_file, rtol=1e-6)
     assert np.std(from_file) > 0  # the features move the score
+
+
+TEXTS = st.one_of(st.none(), st.sampled_from(["", "a", "a|b", "|a||", "é|ab", "abab", "ab",
+                                             "x\x1dy", "||", "ba"]),
+                  st.text(alphabet="ab|é\x1d", max_size=8))
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(texts=st.lists(TEXTS, max_size=6), separator=st.sampled_from(["|", "ab", "é", "\x1d"]),
+       default=st.sampled_from(["", "d", "a|b", "ab|"]),
+       limit=st.sampled_from([None, 0, 1, 2, 3]), large=st.booleans(), skip=st.integers(0, 2))
+def test_hashed_value_lists_split_and_hash_as_python(texts, separator, default, limit, large,
+                                                     skip):
+    """The one-pass kernel of hashed id features: each row's text (``default`` if missing)
+    split at every occurrence of ``separator``, its first ``limit`` parts kept, empty parts
+    dropped, FNV-1a modulo the buckets — as Python's ``str.split`` and a plain FNV-1a, and as
+    the general path (Arrow lists, then hashing), on sliced string and large_string arrays."""
+    array = pa.array(["pad"] * skip + texts, pa.large_string() if large else pa.string())[skip:]
+    ids, offsets = hash_value_lists(array, separator, default, limit, 97)
+    expected = []
+    for text in texts:
+        text = default if text is None and default else text
+        parts = [] if text is None else text.split(separator)[:limit]
+        expected.append([fnv1a(p, 97) for p in parts if p])
+    assert [ids[offsets[i]:offsets[i + 1]].tolist() for i in range(len(texts))] == expected
+    flat, general_offsets = transforms.value_lists(array, separator, default, limit)
+    np.testing.assert_array_equal(offsets, general_offsets)
+    np.testing.assert_array_equal(ids, hash_strings(flat, 97))

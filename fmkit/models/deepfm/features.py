@@ -50,16 +50,95 @@ class Encoded:
     weights: np.ndarray | None = None  # float32 sample weights (sample_weight_fields)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
+def _fnv1a_bucket(data: np.ndarray, start: int, end: int, buckets: int) -> int:
+    """FNV-1a (64-bit) of the bytes ``data[start:end]``, modulo ``buckets``."""
+    h = np.uint64(14695981039346656037)
+    for q in range(start, end):
+        h = (h ^ np.uint64(data[q])) * np.uint64(1099511628211)
+    return np.int64(h % np.uint64(buckets))
+
+
+@njit(cache=True, nogil=True)
 def _fnv1a(offsets: np.ndarray, data: np.ndarray, buckets: np.ndarray) -> np.ndarray:
     """FNV-1a (64-bit) of each string, modulo its own bucket count ``buckets[i]``."""
     out = np.empty(offsets.size - 1, np.int64)
     for i in range(offsets.size - 1):
-        h = np.uint64(14695981039346656037)
-        for q in range(offsets[i], offsets[i + 1]):
-            h = (h ^ np.uint64(data[q])) * np.uint64(1099511628211)
-        out[i] = np.int64(h % np.uint64(buckets[i]))
+        out[i] = _fnv1a_bucket(data, offsets[i], offsets[i + 1], buckets[i])
     return out
+
+
+@njit(cache=True, nogil=True)
+def _split_values(data: np.ndarray, start: int, end: int, separator: np.ndarray, limit: int,
+                  buckets: int, out: np.ndarray, filled: int) -> int:
+    """The non-empty values among the first ``limit`` parts of ``data[start:end]`` split at
+    ``separator`` (every occurrence, left to right), hashed into ``out[filled:]``; returns
+    ``filled`` plus their count."""
+    first, width = separator[0], separator.size
+    parts, value_start, q = 0, start, start
+    while q < end and parts < limit:
+        if data[q] != first or q + width > end:
+            q += 1
+            continue
+        k = 1
+        while k < width and data[q + k] == separator[k]:
+            k += 1
+        if k < width:
+            q += 1
+            continue
+        if q > value_start:
+            out[filled] = _fnv1a_bucket(data, value_start, q, buckets)
+            filled += 1
+        parts += 1
+        q += width
+        value_start = q
+    if parts < limit and end > value_start:
+        out[filled] = _fnv1a_bucket(data, value_start, end, buckets)
+        filled += 1
+    return filled
+
+
+@njit(cache=True, nogil=True)
+def _hash_value_lists(offsets: np.ndarray, data: np.ndarray, valid: np.ndarray,
+                      separator: np.ndarray, default: np.ndarray, limit: int, buckets: int):
+    """Each text's values hashed (see :func:`hash_value_lists`): ids and row offsets; a
+    missing text (``valid`` false) reads as ``default``."""
+    rows = offsets.size - 1
+    # values at most: a row's text has one more part than separators, each of which starts
+    # with the separator's first byte; a missing row's default, one more than its length
+    most = rows * (1 + default.size)
+    for q in range(offsets[0], offsets[rows]):
+        most += data[q] == separator[0]
+    ids = np.empty(most, np.int64)
+    row_offsets = np.zeros(rows + 1, np.int64)
+    for i in range(rows):
+        if valid[i]:
+            row_offsets[i + 1] = _split_values(data, offsets[i], offsets[i + 1], separator,
+                                               limit, buckets, ids, row_offsets[i])
+        else:
+            row_offsets[i + 1] = _split_values(default, 0, default.size, separator, limit,
+                                               buckets, ids, row_offsets[i])
+    return ids[:row_offsets[rows]].copy(), row_offsets
+
+
+def hash_value_lists(texts: pa.Array, separator: str, default: str, limit: int | None,
+                     buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """The hashed ids of :func:`~fmkit.models.deepfm.transforms.value_lists` of a text column,
+    one compiled pass instead of splitting into Arrow lists, filtering and hashing: the same
+    ids (a test holds them to it). ``texts``: a (large) string array; ``separator`` not
+    empty; a missing text reads as ``default`` ("": no value)."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    validity, offsets, data = texts.buffers()
+    wide = pa.types.is_large_string(texts.type)
+    offsets = np.frombuffer(offsets, np.int64 if wide else np.int32)[
+        texts.offset: texts.offset + len(texts) + 1].astype(np.int64, copy=False)
+    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    valid = (texts.is_valid().to_numpy(zero_copy_only=False) if texts.null_count
+             else np.ones(len(texts), np.bool_))
+    return _hash_value_lists(offsets, data, valid, np.frombuffer(separator.encode(), np.uint8),
+                             np.frombuffer(default.encode(), np.uint8),
+                             limit if limit is not None else 2 ** 62, buckets)
 
 
 def hash_strings(strings: pa.Array, buckets: int | np.ndarray) -> np.ndarray:
@@ -193,10 +272,15 @@ class Feature:
                                         self.config.default_value) for c in self.columns],
                 batch.n_rows)
         else:
-            delimiter = getattr(self.config, "sequence_delim", None)
-            flat, offsets = transforms.value_lists(
-                batch.column(self.column), delimiter or self.config.separator,
-                self.config.default_value, getattr(self.config, "sequence_length", None))
+            column = batch.column(self.column)
+            separator = getattr(self.config, "sequence_delim", None) or self.config.separator
+            limit = getattr(self.config, "sequence_length", None)
+            if (getattr(self.config, "hash_bucket_size", None) and separator
+                    and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type))):
+                return hash_value_lists(column, separator, self.config.default_value or "",
+                                        limit, self.num_embeddings)
+            flat, offsets = transforms.value_lists(column, separator, self.config.default_value,
+                                                   limit)
         return self._bucketize(flat, offsets, batch)
 
     def _normalized(self, values: np.ndarray) -> np.ndarray:
