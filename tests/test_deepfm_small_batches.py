@@ -194,7 +194,7 @@ def test_a_bf16_model_scores_under_autocast_on_either_path_and_sees_weight_updat
     doc["train_config"] = {**doc.get("train_config", {}), "mixed_precision": "BF16"}
     model = DeepFMModel.create(configs.parse(doc))
     rows = (ROWS * 10)[:40]
-    for step in range(2):
+    for _ in range(2):  # before and after an in-place change
         whole = model.logits(from_instances(rows))
         model.net.eval()
         with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):

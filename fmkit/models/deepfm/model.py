@@ -193,7 +193,8 @@ class DeepFMModel:
 
     def _forward(self, encoded) -> np.ndarray:
         """y of encoded rows, in slices of ``SCORING_ROWS`` (a block of 17,000 Criteo rows at
-        once spills the MLP's activations out of cache: 25% slower)."""
+        once spills the MLP's activations out of cache: 25% slower); in bfloat16 for a
+        ``mixed_precision: BF16`` model, as it trained."""
         if self.net.training:  # (eval() walks every module: a tenth of a one-row request)
             self.net.eval()
         if encoded.n_rows == 0:
