@@ -1,14 +1,17 @@
-"""Readers: libsvm and CSV parsed exactly as independent parsers do, streamed in blocks, and every
-bad record reported as FILE:LINE: problem (non-zero exit from the CLI)."""
+"""Readers: libsvm, CSV and DeepFM's delimited columns parsed exactly as independent parsers
+do, streamed in blocks, and every bad record reported as FILE:LINE: problem (non-zero exit
+from the CLI)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import dump_svmlight_file, load_svmlight_file
 
-from fmkit.data import libsvm
+from fmkit.data import columns, libsvm
 from fmkit.data.batch import concat, rebatch
 from fmkit.data.numbers import NOT_FINITE, parse_float
 from fmkit.data.sources import FileSource, detect_format, detect_index_base
@@ -257,3 +260,41 @@ def test_bad_libffm_records_name_file_and_line(tmp_path, text, line, message):
     with pytest.raises(DataError) as e:
         list(FileSource(path, "libffm", 100, labels="binary").blocks())
     assert str(e.value).startswith(f"{path}:{line}: {message}")
+
+
+FIELD = st.text(alphabet="ab\té,\r", max_size=4)
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(lines=st.lists(st.lists(FIELD, min_size=1, max_size=4), max_size=6),
+       delimiter=st.sampled_from(["\t", ","]), crlf=st.booleans(), final_newline=st.booleans(),
+       block_bytes=st.sampled_from([1 << 20, 7]))
+def test_delimited_columns_split_as_python(tmp_path_factory, lines, delimiter, crlf,
+                                           final_newline, block_bytes):
+    """DeepFM's delimited reader (blocks of lines into Arrow columns) against Python's
+    ``str.split``: a row's fields in order, an empty or absent (trailing) field missing, a
+    line's final CR not part of its last field, more fields than columns an error naming
+    the line."""
+    names = ["x", "y", "z"]
+    texts = [delimiter.join(fields) for fields in lines]
+    body = ("\r\n" if crlf else "\n").join(texts) + (("\r\n" if crlf else "\n")
+                                                     if final_newline else "")
+    path = tmp_path_factory.mktemp("tsv") / "data.tsv"
+    path.write_bytes(body.encode())
+    expected, problem = [], None
+    for number, text in enumerate(body.split("\n")[:-1] if body.endswith("\n")
+                                  else body.split("\n") if body else [], start=1):
+        fields = text.removesuffix("\r").split(delimiter)
+        if len(fields) > len(names):
+            problem = problem or f"{path}:{number}: {len(fields)} fields, expected at most 3"
+            continue
+        expected.append([f or None for f in fields] + [None] * (len(names) - len(fields)))
+    try:
+        got = [row for batch in columns.read_delimited(path, names, delimiter, False,
+                                                       block_bytes=block_bytes)
+               for row in zip(*(batch.columns[n].to_pylist() for n in names))]
+    except DataError as e:
+        assert problem is not None and str(e).startswith(problem), (str(e), problem)
+        return
+    assert problem is None
+    assert [list(row) for row in got] == expected

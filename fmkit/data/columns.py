@@ -61,52 +61,55 @@ class ColumnBatch:
                             f"{', '.join(self.columns)})") from None
 
 
-@njit(cache=True)
-def _tokenize(buf: np.ndarray, start: int, delimiter: np.uint8, n_columns: int):
-    """Field boundaries of the lines of ``buf[start:]``: ``starts``/``ends`` [rows, columns]
-    (empty where a row has fewer fields) and each row's field count. A line's trailing CR is
-    not part of its last field."""
-    rows = 0
-    for q in range(start, buf.size):
-        rows += buf[q] == 10
-    if buf.size > start and buf[buf.size - 1] != 10:
-        rows += 1
-    starts = np.zeros((rows, n_columns), np.int64)
-    ends = np.zeros((rows, n_columns), np.int64)
-    counts = np.zeros(rows, np.int64)
+@njit(cache=True, nogil=True)
+def _fields(buf: np.ndarray, stops: np.ndarray, start: int, n_columns: int,
+            offsets: np.ndarray, data: np.ndarray, counts: np.ndarray) -> None:
+    """One pass over the fields of ``buf[start:]``, which end at ``stops`` (the positions of
+    the delimiters and newlines, and the end of the buffer if it ends without one): each
+    row's field count into ``counts``; with ``data`` empty, each field's length into
+    ``offsets[column, row + 1]``; else its bytes copied to ``data[offsets[column, row]:]``.
+    A line's trailing CR is not part of its last field; fields beyond ``n_columns`` are
+    counted only."""
     row, column, field_start = 0, 0, start
-    for q in range(start, buf.size + 1):
-        byte = buf[q] if q < buf.size else np.uint8(10)
-        if byte != delimiter and byte != 10:
-            continue
-        if q == buf.size and field_start == q and column == 0:
-            break  # the block ended with a newline: no further line
-        end = q
-        if byte == 10 and end > field_start and buf[end - 1] == 13:
+    for stop in stops:
+        newline = stop == buf.size or buf[stop] == 10
+        end = stop
+        if newline and end > field_start and buf[end - 1] == 13:
             end -= 1
         if column < n_columns:
-            starts[row, column] = field_start
-            ends[row, column] = end
+            if data.size == 0:
+                offsets[column, row + 1] = end - field_start
+            else:
+                at = offsets[column, row] - field_start
+                for k in range(field_start, end):  # (a loop: a slice costs a view per field)
+                    data[at + k] = buf[k]
         column += 1
-        field_start = q + 1
-        if byte == 10:
+        field_start = stop + 1
+        if newline:
             counts[row] = column
             row += 1
             column = 0
-    return starts, ends, counts
 
 
-@njit(cache=True)
-def _gather(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray):
-    """One column's fields copied into Arrow's layout: int64 offsets and the bytes."""
-    offsets = np.empty(starts.size + 1, np.int64)
-    offsets[0] = 0
-    for i in range(starts.size):
-        offsets[i + 1] = offsets[i] + ends[i] - starts[i]
-    data = np.empty(max(offsets[-1], 1), np.uint8)
-    for i in range(starts.size):
-        data[offsets[i]:offsets[i + 1]] = buf[starts[i]:ends[i]]
-    return offsets, data
+def _split(buf: np.ndarray, start: int, delimiter: int, n_columns: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The lines of ``buf[start:]`` as columns in Arrow's layout: ``offsets`` [columns,
+    rows + 1] (each column's from 0) and one ``data`` buffer holding column ``j``'s bytes
+    from ``bases[j]``; and each row's field count. The field ends are found vectorized, then
+    two compiled passes over the fields: lengths, then bytes."""
+    text = buf[start:]
+    stops = np.flatnonzero((text == delimiter) | (text == 10)) + start
+    if text.size and text[-1] != 10:
+        stops = np.append(stops, buf.size)
+    rows = int(np.count_nonzero(text == 10)) + int(bool(text.size) and text[-1] != 10)
+    offsets = np.zeros((n_columns, rows + 1), np.int64)
+    counts = np.zeros(rows, np.int64)
+    _fields(buf, stops, start, n_columns, offsets, np.empty(0, np.uint8), counts)
+    np.cumsum(offsets, axis=1, out=offsets)
+    bases = np.concatenate([[0], np.cumsum(offsets[:, -1])])
+    data = np.empty(max(int(bases[-1]), 1), np.uint8)
+    _fields(buf, stops, start, n_columns, offsets + bases[:-1, None], data, counts)
+    return offsets, data, bases, counts
 
 
 def _check_utf8(buf: np.ndarray, start: int, source: str, first_line: int) -> None:
@@ -131,22 +134,21 @@ def split_block(buf: np.ndarray, start: int, names: Sequence[str], delimiter: st
     separator = delimiter.encode()
     if len(separator) != 1:
         raise DataError(source, None, f"delimiter {delimiter!r}: expected one character")
-    starts, ends, counts = _tokenize(buf, start, np.uint8(separator[0]), len(names))
+    offsets, data, bases, counts = _split(buf, start, separator[0], len(names))
     too_long = np.flatnonzero(counts > len(names))
     if too_long.size:
         row = int(too_long[0])
         raise DataError(source, first_line + row, f"{counts[row]} fields, expected at most "
                         f"{len(names)} ({', '.join(names[:3])}, ...)")
     columns = {}
+    present = offsets[:, 1:] > offsets[:, :-1]
+    nulls = present.shape[1] - np.count_nonzero(present, axis=1)
     for j, name in enumerate(names):
-        offsets, data = _gather(buf, np.ascontiguousarray(starts[:, j]),
-                                np.ascontiguousarray(ends[:, j]))
-        present = np.diff(offsets) > 0
-        null_count = int(present.size - np.count_nonzero(present))
-        validity = (pa.py_buffer(np.packbits(present, bitorder="little")) if null_count
+        validity = (pa.py_buffer(np.packbits(present[j], bitorder="little")) if nulls[j]
                     else None)
         columns[name] = pa.LargeStringArray.from_buffers(
-            present.size, pa.py_buffer(offsets), pa.py_buffer(data), validity, null_count)
+            len(counts), pa.py_buffer(offsets[j]), pa.py_buffer(data[bases[j]:bases[j + 1]]),
+            validity, int(nulls[j]))
     return ColumnBatch(columns, len(counts), source, first_line)
 
 
