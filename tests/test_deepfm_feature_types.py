@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fmkit.cpus import on_threads
 from fmkit.data import codecs, columns
 from fmkit.jobs.deepfm import train_deepfm
 from fmkit.models.deepfm import config as configs
@@ -263,3 +265,41 @@ def test_hashed_value_lists_split_and_hash_as_python(texts, separator, default, 
     flat, general_offsets = transforms.value_lists(array, separator, default, limit)
     np.testing.assert_array_equal(offsets, general_offsets)
     np.testing.assert_array_equal(ids, hash_strings(flat, 97))
+
+
+def test_a_large_batch_encodes_its_features_on_threads_as_one_row_at_a_time(tmp_path,
+                                                                          monkeypatch):
+    """A batch of at least PARALLEL_ROWS rows encodes its features on two threads: each
+    feature's inputs equal those of the same rows encoded a few at a time (the calling
+    thread's path, which the tests above hold to plain Python)."""
+    from fmkit.models.deepfm import features as feature_module
+
+    features = [
+        {"id_feature": {"feature_name": "uid", "hash_bucket_size": 10, "embedding_dim": 4}},
+        {"id_feature": {"feature_name": "tags", "hash_bucket_size": 50, "embedding_dim": 4,
+                        "separator": "|"}},
+        {"combo_feature": {"feature_name": "uid_x_tags", "expression": ["user:uid", "item:tags"],
+                           "hash_bucket_size": 1000, "embedding_dim": 4}},
+        {"raw_feature": {"feature_name": "a", "default_value": "0"}},
+        {"raw_feature": {"feature_name": "b", "boundaries": [1.5, 3], "embedding_dim": 4}}]
+    config = configs.parse(_document(features, ["uid", "tags", "uid_x_tags", "a", "b"]))
+    encoder = FeatureSet.from_config(config)
+    few = encoder.encode(next(columns.read_delimited(_write_rows(tmp_path / "few.tsv"), None,
+                                                     "\t", True)), False, "binary")
+    copies = feature_module.PARALLEL_ROWS // len(ROWS) + 1
+    header, body = Path(_write_rows(tmp_path / "rows.tsv")).read_text().split("\n", 1)
+    path = tmp_path / "many.tsv"
+    path.write_text(header + "\n" + body * copies)
+    calls = []
+    monkeypatch.setattr(feature_module, "thread_count", lambda: 2)  # (on a 1-core machine too)
+    monkeypatch.setattr(feature_module, "on_threads", lambda function, arguments, threads: (
+        calls.append(threads), on_threads(function, arguments, threads))[1])
+    many = encoder.encode(next(columns.read_delimited(path, None, "\t", True)), False, "binary")
+    assert calls == [2] and many.n_rows == copies * len(ROWS)
+    for name, (ids, offsets) in few.sparse.items():
+        got_ids, got_offsets = many.sparse[name]
+        counts = np.diff(offsets)
+        np.testing.assert_array_equal(np.diff(got_offsets), np.tile(counts, copies), name)
+        np.testing.assert_array_equal(got_ids, np.tile(ids, copies), name)
+    for name, values in few.dense.items():
+        np.testing.assert_array_equal(many.dense[name], np.tile(values, (copies, 1)), name)

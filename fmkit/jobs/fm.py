@@ -14,6 +14,7 @@ import numpy as np
 
 from fmkit import compile_cache, distributed, files
 from fmkit.data import codecs
+from fmkit.data.background import background
 from fmkit.data.batch import SparseBatch
 from fmkit.data.libsvm import largest_field
 from fmkit.data.sources import (
@@ -208,8 +209,8 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
     writer = codecs.ResponseWriter(accept, unit="row")
     try:
         with files.output_stream(output) as out:
-            return _write_predictions(model, model.read(data_path, fmt, labelled=False),
-                                      writer, out)
+            return _write_predictions(
+                model, background(model.read(data_path, fmt, labelled=False)), writer, out)
     except codecs.RequestError as e:
         raise DataError(str(data_path), None, str(e)) from None
 

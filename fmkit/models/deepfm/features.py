@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
+from fmkit.cpus import on_threads, thread_count
 from fmkit.data.columns import ColumnBatch
 from fmkit.data.numbers import FLOAT32_MAX
 from fmkit.errors import DataError, excerpt
@@ -37,6 +38,11 @@ from fmkit.models.deepfm import expressions, transforms
 from fmkit.models.deepfm.config import ConfigError, EasyRecConfig
 
 GROUPS = ("wide", "fm", "deep")
+
+
+# a batch of at least this many rows encodes its features on fmkit's threads (the compiled
+# kernels and Arrow's release the GIL); a request's few rows, on the calling thread
+PARALLEL_ROWS = 2048
 
 
 @dataclass
@@ -643,12 +649,11 @@ class FeatureSet:
     def encode(self, batch: ColumnBatch, labelled: bool, label_mode: str) -> Encoded:
         """Model inputs of a batch (and its labels and sample weights when ``labelled``;
         ``label_mode``: ``binary``, ``real`` or ``multiclass``)."""
-        sparse, dense = {}, {}
-        for feature in self.used:
-            if feature.sparse:
-                sparse[feature.name] = feature.encode(batch)
-            else:
-                dense[feature.name] = feature.encode(batch)
+        used = self.used
+        threads = thread_count() if batch.n_rows >= PARALLEL_ROWS else 1
+        inputs = on_threads(Feature.encode, [(feature, batch) for feature in used], threads)
+        sparse = {f.name: values for f, values in zip(used, inputs) if f.sparse}
+        dense = {f.name: values for f, values in zip(used, inputs) if not f.sparse}
         if not labelled:
             return Encoded(batch.n_rows, sparse, dense)
         _warn_unscaled(self.used, dense)  # (training and evaluation; not per served request)
