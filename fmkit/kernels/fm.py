@@ -582,6 +582,8 @@ def sum_repeated_rows(rows, values, slot):
     summed = np.zeros((n, width), values.dtype)
     count = 0
     for j in range(n):
+        if j + AHEAD < n:  # the rows are scattered over a large table: start loading a slot
+            prefetch(slot, rows[j + AHEAD])
         s, count = _slot_of(rows[j], slot, unique, count)
         for c in range(width):
             summed[s, c] += values[j, c]
