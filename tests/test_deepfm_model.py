@@ -1,6 +1,6 @@
 """DeepFM: the FM part against a brute-force pairwise sum, the whole forward pass against an
-independent numpy re-computation from the same weights, and TorchEasyRec's rules, each with
-its message."""
+independent numpy re-computation from the same weights, TorchEasyRec's rules, each with its
+message, and encoded blocks cut into mini-batches as plain Python cuts them."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fmkit.data.columns import ColumnBatch, from_instances
 from fmkit.errors import DataError
 from fmkit.models.deepfm import config as configs
 from fmkit.models.deepfm import config_files
+from fmkit.models.deepfm.batches import mini_batches
+from fmkit.models.deepfm.features import Encoded
 from fmkit.models.deepfm.model import DeepFMModel
 from fmkit.models.deepfm.network import factorization_machine
 from tests.deepfm_helpers import fnv1a, small
@@ -238,3 +242,37 @@ def test_outputs_are_named_as_torcheasyrec_names_them():
         **small()["model_config"], "losses": [{"l2_loss": {}}]})))
     assert set(regressor.outputs(from_instances(ROWS))) == {"y"}
     assert regressor.predictor_type == "regressor"
+
+
+@settings(max_examples=200, deadline=None, database=None, derandomize=True)
+@given(sizes=st.lists(st.integers(0, 9), min_size=1, max_size=5), batch_size=st.integers(1, 7),
+       shuffle=st.booleans(), seed=st.integers(0, 3))
+def test_mini_batches_cut_blocks_into_batches_of_their_rows(sizes, batch_size, shuffle, seed):
+    """Blocks of encoded rows (rows of 0-3 ids) cut into batches of ``batch_size`` across
+    block boundaries, each block's rows permuted first when shuffling: the rows, in plain
+    Python, come out in that order, batch after batch, every batch full but the last."""
+    rng = np.random.default_rng(seed)
+    blocks, rows = [], []
+    for n in sizes:
+        lists = [list(rng.integers(0, 100, rng.integers(0, 4))) for _ in range(n)]
+        offsets = np.concatenate([[0], np.cumsum([len(ids) for ids in lists])]).astype(np.int64)
+        ids = np.array([i for ids in lists for i in ids], np.int64)
+        values = rng.normal(size=(n, 1)).astype(np.float32)
+        blocks.append(Encoded(n, {"f": (ids, offsets)}, {"d": values},
+                              labels=values[:, 0].copy()))
+        rows.append([(ids, float(value)) for ids, value in zip(lists, values[:, 0])])
+    expected = []
+    order_rng = np.random.default_rng(seed + 10)
+    for block_rows in rows:
+        order = order_rng.permutation(len(block_rows)) if shuffle else range(len(block_rows))
+        expected += [block_rows[i] for i in order]
+    got, sizes_out = [], []
+    for batch in mini_batches(iter(blocks), batch_size, shuffle, np.random.default_rng(seed + 10)):
+        ids, offsets = batch.sparse["f"]
+        assert offsets[0] == 0 and offsets[-1] == ids.size
+        got += [(list(ids[offsets[i]:offsets[i + 1]]), float(batch.dense["d"][i, 0]))
+                for i in range(batch.n_rows)]
+        np.testing.assert_array_equal(batch.labels, batch.dense["d"][:, 0])
+        sizes_out.append(batch.n_rows)
+    assert got == expected
+    assert all(size == batch_size for size in sizes_out[:-1]) and all(sizes_out)

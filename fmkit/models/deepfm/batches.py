@@ -29,6 +29,23 @@ def take_rows(batch: Encoded, rows: np.ndarray) -> Encoded:
     return Encoded(rows.size, sparse, dense, labels, weights)
 
 
+def row_range(batch: Encoded, start: int, stop: int) -> Encoded:
+    """Rows ``start:stop`` of a batch: :func:`take_rows` of a range, as views of its arrays
+    (only the offsets are new)."""
+    sparse = {name: (ids[offsets[start]:offsets[stop]], offsets[start:stop + 1] - offsets[start])
+              for name, (ids, offsets) in batch.sparse.items()}
+    dense = {name: values[start:stop] for name, values in batch.dense.items()}
+    labels = batch.labels[start:stop] if batch.labels is not None else None
+    weights = batch.weights[start:stop] if batch.weights is not None else None
+    return Encoded(stop - start, sparse, dense, labels, weights)
+
+
+def _rows(block: Encoded, order: np.ndarray | None, start: int, stop: int) -> Encoded:
+    """Rows ``start:stop`` of ``order`` (None: as stored)."""
+    return row_range(block, start, stop) if order is None else take_rows(block,
+                                                                          order[start:stop])
+
+
 def mini_batches(blocks: Iterable[Encoded], batch_size: int, shuffle: bool,
                  rng: np.random.Generator) -> Iterator[Encoded]:
     """Batches of ``batch_size`` rows across block boundaries (the last may be smaller);
@@ -36,21 +53,21 @@ def mini_batches(blocks: Iterable[Encoded], batch_size: int, shuffle: bool,
     pending: list[Encoded] = []
     count = 0
     for block in blocks:
-        order = rng.permutation(block.n_rows) if shuffle else np.arange(block.n_rows)
+        order = rng.permutation(block.n_rows) if shuffle else None
         start = 0
         if pending:
-            need = batch_size - count
-            pending.append(take_rows(block, order[:need]))
-            start, count = min(need, block.n_rows), count + min(need, block.n_rows)
+            need = min(batch_size - count, block.n_rows)
+            pending.append(_rows(block, order, 0, need))
+            start, count = need, count + need
             if count < batch_size:
                 continue
             yield concatenate(pending)
             pending, count = [], 0
         while block.n_rows - start >= batch_size:
-            yield take_rows(block, order[start:start + batch_size])
+            yield _rows(block, order, start, start + batch_size)
             start += batch_size
         if start < block.n_rows:
-            pending, count = [take_rows(block, order[start:])], block.n_rows - start
+            pending, count = [_rows(block, order, start, block.n_rows)], block.n_rows - start
     if pending:
         yield concatenate(pending)
 

@@ -29,7 +29,7 @@ from fmkit.logs import log
 from fmkit.memory import check_fits
 from fmkit.models import artifact
 from fmkit.models.deepfm import config as configs
-from fmkit.models.deepfm.batches import take_rows
+from fmkit.models.deepfm.batches import row_range
 from fmkit.models.deepfm.features import Encoded, FeatureSet
 from fmkit.models.deepfm.instances import encode_instances
 from fmkit.models.deepfm.network import DeepFMNet
@@ -206,8 +206,8 @@ class DeepFMModel:
                             enabled=self.config.train_config.bfloat16):
             if encoded.n_rows <= SCORING_ROWS:
                 return self.net(encoded).double().cpu().numpy()
-            parts = [self.net(take_rows(encoded, np.arange(start, min(start + SCORING_ROWS,
-                                                                       encoded.n_rows))))
+            parts = [self.net(row_range(encoded, start, min(start + SCORING_ROWS,
+                                                            encoded.n_rows)))
                      for start in range(0, encoded.n_rows, SCORING_ROWS)]
         return torch.cat(parts).double().cpu().numpy()
 
