@@ -135,7 +135,7 @@ def hash_value_lists(texts: pa.Array, separator: str, default: str, limit: int |
     empty; a missing text reads as ``default`` ("": no value)."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
-    validity, offsets, data = texts.buffers()
+    _, offsets, data = texts.buffers()
     wide = pa.types.is_large_string(texts.type)
     offsets = np.frombuffer(offsets, np.int64 if wide else np.int32)[
         texts.offset: texts.offset + len(texts) + 1].astype(np.int64, copy=False)
