@@ -70,6 +70,21 @@ def import_torch(root: Path = CGROUP):
     return torch
 
 
+def computes_bfloat16(device_type: str = "cpu") -> bool:
+    """Whether PyTorch computes bfloat16 natively on this kind of device: a CPU with
+    AVX512_BF16 or AMX, a CUDA GPU that supports it. Elsewhere autocast emulates it, several
+    times slower than float32 (docs/performance.md)."""
+    torch = import_torch()
+    if device_type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device_type != "cpu":
+        return False
+    try:  # (PyTorch's own checks, private: absent in a release that dropped them)
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
 def cpu_quota(root: Path = CGROUP) -> float | None:
     """The cores the cgroup's CPU quota allows (e.g. 1.5), or None without a quota."""
     try:

@@ -1,4 +1,5 @@
-"""The thread count follows a container's CPU quota (cgroup v2 and v1 files, written here)."""
+"""The thread count follows a container's CPU quota (cgroup v2 and v1 files, written here);
+bfloat16 is native where the CPU says so."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from fmkit.cpus import available_cpus, cpu_quota
+from fmkit.cpus import available_cpus, computes_bfloat16, cpu_quota
 
 CPUS = len(os.sched_getaffinity(0))
 
@@ -174,3 +176,18 @@ def test_pytorch_threads_follow_the_quota_unless_omp_num_threads_chose_them(tmp_
 def _physical_cores() -> int:
     """PyTorch's own default thread count (one per physical core)."""
     return int(_run_fresh("import torch; print(torch.get_num_threads())"))
+
+
+def test_bfloat16_instructions_are_read_as_the_cpu_reports_them():
+    """computes_bfloat16 agrees with the CPU's flags in /proc/cpuinfo: AVX512_BF16 means
+    native bfloat16, neither it nor AMX means emulated (AMX alone also needs the OS's leave,
+    which PyTorch checks, so it is not asserted here)."""
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    if "avx512_bf16" in flags:
+        assert computes_bfloat16("cpu")
+    elif "amx_tile" not in flags:
+        assert not computes_bfloat16("cpu")
+    assert not computes_bfloat16("mps")  # (a device kind fmkit does not score bfloat16 on)

@@ -5,6 +5,7 @@ layer kind it mirrors."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from fmkit.data.columns import from_instances
 from fmkit.errors import FMKitError
 from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm import model as model_module
 from fmkit.models.deepfm.instances import encode_instances
 from fmkit.models.deepfm.model import DeepFMModel
 from fmkit.models.deepfm.small_batches import NumpyForward
@@ -187,12 +189,19 @@ def test_small_requests_score_as_large_ones():
         np.testing.assert_allclose(alone, whole[i:i + 1], rtol=1e-5, atol=1e-6)
 
 
-def test_a_bf16_model_scores_under_autocast_on_either_path_and_sees_weight_updates():
-    """A ``mixed_precision: BF16`` model scores as it trained: in bfloat16, one row alone
-    (the twin) as inside a batch (PyTorch), also after its weights change in place."""
+def _bf16_model() -> DeepFMModel:
     doc = document(final={"hidden_units": [3]})
     doc["train_config"] = {**doc.get("train_config", {}), "mixed_precision": "BF16"}
-    model = DeepFMModel.create(configs.parse(doc))
+    return DeepFMModel.create(configs.parse(doc))
+
+
+def test_a_bf16_model_scores_under_autocast_on_either_path_and_sees_weight_updates(
+        monkeypatch):
+    """A ``mixed_precision: BF16`` model scores as it trained: in bfloat16, one row alone
+    (the twin) as inside a batch (PyTorch), also after its weights change in place (on a CPU
+    with bfloat16 instructions; this test says it has them, on any machine)."""
+    monkeypatch.setattr(model_module, "computes_bfloat16", lambda device: True)
+    model = _bf16_model()
     rows = (ROWS * 10)[:40]
     for _ in range(2):  # before and after an in-place change
         whole = model.logits(from_instances(rows))
@@ -209,6 +218,25 @@ def test_a_bf16_model_scores_under_autocast_on_either_path_and_sees_weight_updat
         with torch.no_grad():  # as an optimizer step: in place
             model.net.deep[0].weight.mul_(1.7)
             model.net.output.bias.add_(0.3)
+
+
+def test_a_bf16_model_scores_in_float32_where_bfloat16_is_emulated(monkeypatch, caplog):
+    """Without bfloat16 instructions (emulated, several times slower) a BF16 model scores in
+    float32 on both paths, and the log says so once."""
+    monkeypatch.setattr(model_module, "computes_bfloat16", lambda device: False)
+    model_module._log_once.cache_clear()  # (said once per process)
+    model = _bf16_model()
+    rows = (ROWS * 10)[:40]
+    with caplog.at_level(logging.INFO, logger="fmkit"):
+        whole = model.logits(from_instances(rows))
+        alone = model.logits(encode_instances(model.features, rows[:1], FIELDS))
+    model.net.eval()
+    with torch.no_grad():
+        expected = model.net(model.encode(from_instances(rows))).double().numpy()
+    np.testing.assert_allclose(whole, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(alone, expected[:1], rtol=1e-5, atol=1e-6)
+    said = [r.getMessage() for r in caplog.records if "scores in float32" in r.getMessage()]
+    assert len(said) == 1 and "no bfloat16 instructions" in said[0]
 
 
 def test_a_new_deepfm_server_warms_both_forward_paths_before_it_answers():

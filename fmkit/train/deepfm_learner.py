@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fmkit.cpus import computes_bfloat16
 from fmkit.data.background import background
+from fmkit.logs import log
 from fmkit.models.deepfm.batches import mini_batches
 from fmkit.models.deepfm.config import (
     ConfigError,
@@ -137,6 +139,10 @@ class DeepFMLearner:
         # the forward pass in bfloat16 where the config asks (the matrix products, on CPUs
         # with bfloat16 instructions: docs/performance.md); backward follows its dtypes
         self.autocast = config.bfloat16
+        device = self.tables[0].device.type
+        if self.autocast and not computes_bfloat16(device):
+            log.warning("mixed_precision: BF16 on a %s without bfloat16 instructions: PyTorch "
+                        "emulates it, slower than float32 (docs/performance.md)", device)
         self.criterion = {"binary": nn.BCEWithLogitsLoss(reduction="none"),
                           "multiclass": nn.CrossEntropyLoss(reduction="none",
                                                             label_smoothing=label_smoothing),

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fmkit.cpus import computes_bfloat16
 from fmkit.data import codecs, columns
 from fmkit.data.columns import ColumnBatch
 from fmkit.errors import ArtifactError, DataError, FMKitError, excerpt
@@ -79,13 +80,28 @@ class DeepFMModel:
 
             self.net.to(resolve_device(device))
             self.__dict__.pop("numpy_forward", None)
+            self.__dict__.pop("scores_in_bfloat16", None)
         return self
 
     @cached_property
     def numpy_forward(self) -> NumpyForward | None:
         """The forward pass for batches of a few rows (views of the weights, which loading
         and training update in place), or None where it has no twin."""
-        return NumpyForward.of(self.net, bfloat16=self.config.train_config.bfloat16)
+        return NumpyForward.of(self.net, bfloat16=self.scores_in_bfloat16)
+
+    @cached_property
+    def scores_in_bfloat16(self) -> bool:
+        """A ``mixed_precision: BF16`` model scores in bfloat16, as it trained, where its
+        device computes bfloat16 natively; elsewhere in float32 (emulated, bfloat16 scored
+        4.4x slower than float32: docs/performance.md), which the log says once."""
+        if not self.config.train_config.bfloat16:
+            return False
+        device = self.net.output.weight.device.type
+        if computes_bfloat16(device):
+            return True
+        _log_once(f"this model trained in bfloat16 (mixed_precision: BF16) scores in float32 "
+                  f"here: the {device} has no bfloat16 instructions")
+        return False
 
     @property
     def predictor_type(self) -> str:
@@ -194,7 +210,7 @@ class DeepFMModel:
     def _forward(self, encoded) -> np.ndarray:
         """y of encoded rows, in slices of ``SCORING_ROWS`` (a block of 17,000 Criteo rows at
         once spills the MLP's activations out of cache: 25% slower); in bfloat16 for a
-        ``mixed_precision: BF16`` model, as it trained."""
+        ``mixed_precision: BF16`` model (:attr:`scores_in_bfloat16`)."""
         if self.net.training:  # (eval() walks every module: a tenth of a one-row request)
             self.net.eval()
         if encoded.n_rows == 0:
@@ -202,8 +218,7 @@ class DeepFMModel:
         if encoded.n_rows <= SMALL_ROWS and self.numpy_forward is not None:
             return self.numpy_forward(encoded).astype(np.float64)
         device = self.net.output.weight.device
-        with torch.autocast(device.type, torch.bfloat16,
-                            enabled=self.config.train_config.bfloat16):
+        with torch.autocast(device.type, torch.bfloat16, enabled=self.scores_in_bfloat16):
             if encoded.n_rows <= SCORING_ROWS:
                 return self.net(encoded).double().cpu().numpy()
             parts = [self.net(row_range(encoded, start, min(start + SCORING_ROWS,
@@ -354,6 +369,11 @@ def _log_layout_once(names: tuple[str, ...]) -> None:
     log.info("data_config.input_fields is not set and the files have no header: reading their "
              "%d columns as the label then the features' inputs (%s); set input_fields if "
              "they differ", len(names), shown)
+
+
+@functools.cache
+def _log_once(message: str) -> None:
+    log.info("%s", message)
 
 
 # per embedding weight: the optimizer's state beside it (row-wise AdaGrad: one per row)
