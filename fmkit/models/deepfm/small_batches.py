@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from numba import njit
 from scipy.special import erf
 from torch import nn
 
@@ -123,16 +124,25 @@ def _pooled(banks: Banks, weights: dict[str, np.ndarray], sparse: dict, batch_si
             ) -> dict[str, np.ndarray]:
     """Each bank's pooled embeddings [members, B, dim], as ``nn.EmbeddingBag`` pools them
     (an empty bag is zeros)."""
-    out = {}
-    for bank, (ids, offsets) in banks.lookups(sparse).items():
-        weight = weights[bank]
-        rows = np.concatenate([weight[ids], np.zeros((1, weight.shape[1]), weight.dtype)])
-        counts = np.diff(np.append(offsets, ids.size))
-        sums = np.add.reduceat(rows, offsets, axis=0)
-        sums[counts == 0] = 0
-        if banks.banks[bank].mode == "mean":
-            sums /= np.maximum(counts, 1).astype(np.float32)[:, None]
-        out[bank] = sums.reshape(len(banks.members[bank]), batch_size, -1)
+    return {bank: _bag_sums(weights[bank], ids, offsets, banks.banks[bank].mode == "mean"
+                            ).reshape(len(banks.members[bank]), batch_size, -1)
+            for bank, (ids, offsets) in banks.lookups(sparse).items()}
+
+
+@njit(cache=True, nogil=True)
+def _bag_sums(weight: np.ndarray, ids: np.ndarray, offsets: np.ndarray, mean: bool
+              ) -> np.ndarray:
+    """Each bag's rows of ``weight`` summed (``mean``: averaged) in float32, bag ``b`` being
+    ``ids[offsets[b]:offsets[b + 1]]`` (the last to the end); an empty bag is zeros."""
+    out = np.zeros((offsets.size, weight.shape[1]), np.float32)
+    for b in range(offsets.size):
+        end = offsets[b + 1] if b + 1 < offsets.size else ids.size
+        for j in range(offsets[b], end):
+            for d in range(weight.shape[1]):
+                out[b, d] += weight[ids[j], d]
+        if mean and end > offsets[b]:
+            for d in range(weight.shape[1]):
+                out[b, d] /= np.float32(end - offsets[b])
     return out
 
 
