@@ -98,10 +98,12 @@ def _split(buf: np.ndarray, start: int, delimiter: int, n_columns: int
     from ``bases[j]``; and each row's field count. The field ends are found vectorized, then
     two compiled passes over the fields: lengths, then bytes."""
     text = buf[start:]
-    stops = np.flatnonzero((text == delimiter) | (text == 10)) + start
-    if text.size and text[-1] != 10:
+    newlines = text == 10
+    stops = np.flatnonzero((text == delimiter) | newlines) + start
+    unterminated = bool(text.size) and text[-1] != 10  # a last line without its newline
+    if unterminated:
         stops = np.append(stops, buf.size)
-    rows = int(np.count_nonzero(text == 10)) + int(bool(text.size) and text[-1] != 10)
+    rows = int(np.count_nonzero(newlines)) + unterminated
     offsets = np.zeros((n_columns, rows + 1), np.int64)
     counts = np.zeros(rows, np.int64)
     _fields(buf, stops, start, n_columns, offsets, np.empty(0, np.uint8), counts)

@@ -135,16 +135,22 @@ def hash_value_lists(texts: pa.Array, separator: str, default: str, limit: int |
     empty; a missing text reads as ``default`` ("": no value)."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
-    _, offsets, data = texts.buffers()
-    wide = pa.types.is_large_string(texts.type)
-    offsets = np.frombuffer(offsets, np.int64 if wide else np.int32)[
-        texts.offset: texts.offset + len(texts) + 1].astype(np.int64, copy=False)
-    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    offsets, data = _string_buffers(texts)
     valid = (texts.is_valid().to_numpy(zero_copy_only=False) if texts.null_count
              else np.ones(len(texts), np.bool_))
     return _hash_value_lists(offsets, data, valid, np.frombuffer(separator.encode(), np.uint8),
                              np.frombuffer(default.encode(), np.uint8),
                              limit if limit is not None else 2 ** 62, buckets)
+
+
+def _string_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A (large) string array's int64 offsets (its slice's) and bytes, without a copy of the
+    bytes."""
+    _, offsets, data = texts.buffers()
+    wide = pa.types.is_large_string(texts.type)
+    offsets = np.frombuffer(offsets, np.int64 if wide else np.int32)[
+        texts.offset: texts.offset + len(texts) + 1].astype(np.int64, copy=False)
+    return offsets, np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
 
 
 def hash_strings(strings: pa.Array, buckets: int | np.ndarray) -> np.ndarray:
@@ -153,9 +159,7 @@ def hash_strings(strings: pa.Array, buckets: int | np.ndarray) -> np.ndarray:
     strings = pc.cast(strings, pa.large_string())
     if len(strings) == 0:
         return np.zeros(0, np.int64)
-    _, offsets, data = strings.buffers()
-    offsets = np.frombuffer(offsets, np.int64)[strings.offset: strings.offset + len(strings) + 1]
-    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(1, np.uint8)
+    offsets, data = _string_buffers(strings)
     if np.ndim(buckets) == 0:
         buckets = np.full(len(strings), buckets, np.int64)
     return _fnv1a(offsets, data, np.ascontiguousarray(buckets, np.int64))

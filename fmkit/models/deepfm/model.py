@@ -363,16 +363,16 @@ class _Scored:
     groups: dict[str, list[np.ndarray]]  # grouping key -> each row's group
 
 
-@functools.cache
 def _log_layout_once(names: tuple[str, ...]) -> None:
     shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-    log.info("data_config.input_fields is not set and the files have no header: reading their "
-             "%d columns as the label then the features' inputs (%s); set input_fields if "
-             "they differ", len(names), shown)
+    _log_once(f"data_config.input_fields is not set and the files have no header: reading "
+              f"their {len(names)} columns as the label then the features' inputs ({shown}); "
+              f"set input_fields if they differ")
 
 
 @functools.cache
 def _log_once(message: str) -> None:
+    """Log ``message`` (info) the first time in this process only."""
     log.info("%s", message)
 
 
