@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -315,7 +316,8 @@ def test_several_workers_split_the_cores(classifier, monkeypatch, preset):
     from fmkit.serve import app
 
     for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", app.MODEL_DIR_ENV,
-                 app.MAX_PAYLOAD_ENV, app.BODY_TIMEOUT_ENV):
+                 app.MAX_PAYLOAD_ENV, app.BODY_TIMEOUT_ENV, app.worker_pool.DIR_ENV,
+                 app.worker_pool.COUNT_ENV):
         # set, then removed: monkeypatch then restores the variable's state before the test
         # after serve() sets it. A NUMBA_NUM_THREADS left behind would make the next numba
         # compile in this process (a cold cache) refuse to run ("Cannot set NUMBA_NUM_THREADS
@@ -362,3 +364,77 @@ def test_a_new_server_scores_its_warm_up_requests_before_it_answers(classifier):
     with TestClient(app) as client:
         assert model.scored == [1, PARALLEL_ROWS]
         assert client.get("/ping").status_code == 200
+
+
+def _server_side_owner(server_port: int, client_port: int) -> int:
+    """The process id holding the server's end of the connection from ``client_port`` (found
+    the way ``ss -p`` does: the socket's inode in /proc/net/tcp, then in /proc/*/fd)."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        if (local, remote) == (server_port, client_port) and fields[3] == "01":  # ESTABLISHED
+            inode = fields[9]
+    assert inode is not None, f"no server socket for client port {client_port}"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        if f"socket:[{inode}]" in links:
+            return int(pid)
+    raise AssertionError(f"no process holds socket {inode}")
+
+
+def test_connections_opened_together_reach_different_workers(classifier, a9a):
+    """Two keep-alive connections opened at once, right after the first /ping answer (the
+    moment a client or a benchmark starts), are served by both workers rather than one: the
+    workers start accepting together and a worker leaves a new connection to an idle peer."""
+    _, _, Xt = a9a
+    body = json.dumps({"instances": sparse_instances(Xt[:1])}).encode()
+    request = (f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: {JSON}\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    port = free_port()
+    proc, _ = start_server(classifier, "--workers", "2", port=port)
+    try:
+        for _ in range(3):
+            clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+            for client in clients:
+                client.sendall(request)
+            for client in clients:
+                assert client.recv(65536).startswith(b"HTTP/1.1 200")
+            owners = {_server_side_owner(port, c.getsockname()[1]) for c in clients}
+            for client in clients:
+                client.close()
+            assert len(owners) == 2, "both connections went to one worker"
+            time.sleep(0.1)  # the workers see them closed
+    finally:
+        stop(proc)
+
+
+def test_a_worker_answers_only_when_every_worker_is_ready(tmp_path, monkeypatch):
+    """A worker waits until every worker has announced itself in the parent's directory; a
+    dead worker's file does not count; after the timeout it gives up waiting."""
+    import asyncio
+    import threading
+
+    from fmkit.serve import workers
+
+    monkeypatch.setattr(workers, "_board", None)
+    monkeypatch.setenv(workers.DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(workers.COUNT_ENV, "2")
+    finished = subprocess.Popen(["true"])  # noqa: S607 (a worker that has died)
+    finished.wait()
+    (tmp_path / str(finished.pid)).write_bytes(bytes(8))
+    assert asyncio.run(workers.wait_for_workers(timeout=0.3)) is False  # alone with the dead
+
+    peer = subprocess.Popen(["sleep", "30"])  # noqa: S607 (a live process standing for a peer)
+    try:
+        threading.Timer(0.3, (tmp_path / str(peer.pid)).write_bytes, [bytes(8)]).start()
+        started = time.monotonic()
+        assert asyncio.run(workers.wait_for_workers(timeout=10)) is True
+        assert time.monotonic() - started >= 0.25
+        assert workers._board.peers() == [0]  # the peer's published count
+    finally:
+        peer.kill()
+        peer.wait()

@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,6 +28,7 @@ from fmkit.cpus import process_threads
 from fmkit.data import codecs
 from fmkit.errors import FMKitError
 from fmkit.models.base import load_model
+from fmkit.serve import workers as worker_pool
 
 log = logging.getLogger("fmkit.serve")
 
@@ -195,6 +197,9 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for body, content_type in model.warm_up_requests():  # before the first /ping answer
             score(body, codecs.request_type(content_type), codecs.JSON)
+        if not await worker_pool.wait_for_workers():
+            log.warning("the other workers were not ready after %g s: answering without them",
+                        worker_pool.WAIT_SECONDS)
         yield
         scorer.shutdown(wait=False, cancel_futures=True)
 
@@ -258,7 +263,12 @@ def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, wor
             os.environ.setdefault(name, value)
     os.environ[MAX_PAYLOAD_ENV] = str(max_payload_mb)
     os.environ[BODY_TIMEOUT_ENV] = str(body_timeout)
-    with contextlib.suppress(KeyboardInterrupt):
+    os.environ[worker_pool.COUNT_ENV] = str(workers)
+    with contextlib.suppress(KeyboardInterrupt), \
+            tempfile.TemporaryDirectory(prefix="fmkit-serve-") as meeting:
+        os.environ[worker_pool.DIR_ENV] = meeting  # see fmkit.serve.workers
         uvicorn.run("fmkit.serve.app:app_from_environment", factory=True, host=host,
                     port=port, workers=workers, log_level="info",
-                    access_log=False, http="httptools", loop="uvloop", **uvicorn_options)
+                    access_log=False, http="httptools",
+                    loop="fmkit.serve.workers:BalancedLoop" if workers > 1 else "uvloop",
+                    **uvicorn_options)

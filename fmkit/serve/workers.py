@@ -1,0 +1,192 @@
+"""Connections spread over the workers of ``fmkit serve --workers N``.
+
+uvicorn's workers share one listening socket. Left alone, two things put a client's
+keep-alive connections in one worker, where one core does all the work while the others idle
+(DeepFM, 1-row requests, 2 workers: about half the requests per second;
+``docs/performance.md``):
+
+* **start-up**: each worker starts accepting when its own start-up (loading the model, the
+  warm-up requests) is done, and the first one up answers ``/ping`` alone; a client that then
+  connects finds only that worker listening. So every worker waits, before it accepts
+  anything, until all have announced they are ready (:func:`wait_for_workers`): ``/ping``
+  first answers when the server runs at full capacity, as a health check means.
+* **bursts**: a worker that wakes accepts every connection waiting. :class:`BalancedLoop`
+  (uvloop's event loop, which uvicorn's workers run) accepts one connection at a time, and a
+  worker leaves a new connection for :data:`DEFER` seconds to a peer that holds fewer
+  connections than it does, then takes it if still waiting.
+
+The workers meet in a directory the parent process makes (``$FMKIT_SERVE_WORKERS_DIR``): a
+file per worker, named by its process id, holding its count of open connections (8 bytes,
+memory-mapped). A worker the supervisor starts again later finds the others there and starts
+at once; a dead worker's file is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mmap
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+log = logging.getLogger("fmkit.serve")
+
+DIR_ENV = "FMKIT_SERVE_WORKERS_DIR"
+COUNT_ENV = "FMKIT_SERVE_WORKERS"
+DEFER = 0.002  # seconds a new connection is left to a less loaded worker
+POLL_SECONDS = 0.01
+WAIT_SECONDS = 600.0  # a worker still starting after this long is stuck: go on without it
+
+
+class Board:
+    """The workers' directory: this worker's published connection count, and its peers'."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.path = self.directory / str(os.getpid())
+        self.path.write_bytes(bytes(8))
+        with open(self.path, "r+b") as f:
+            self._mine = mmap.mmap(f.fileno(), 8)
+        self._peers: dict[str, mmap.mmap] = {}
+
+    def publish(self, count: int) -> None:
+        self._mine[:8] = count.to_bytes(8, "little")
+
+    def peers(self) -> list[int]:
+        """The connection counts of the other live workers."""
+        counts = []
+        for path in self.directory.iterdir():
+            if path.name == self.path.name or not _alive(int(path.name)):
+                continue
+            if path.name not in self._peers:
+                with contextlib.suppress(OSError, ValueError), open(path, "r+b") as f:
+                    self._peers[path.name] = mmap.mmap(f.fileno(), 8)
+            if path.name in self._peers:
+                counts.append(int.from_bytes(self._peers[path.name][:8], "little"))
+        return counts
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+_board: Board | None = None
+
+
+async def wait_for_workers(timeout: float = WAIT_SECONDS) -> bool:
+    """Announce this worker as ready, then wait until all ``$FMKIT_SERVE_WORKERS`` have
+    (nothing to wait for without the parent's directory). False when ``timeout`` passed
+    first."""
+    global _board
+    directory, workers = os.environ.get(DIR_ENV), int(os.environ.get(COUNT_ENV) or 1)
+    if not directory or workers <= 1 or not Path(directory).is_dir():
+        return True
+    _board = Board(directory)
+    deadline = time.monotonic() + timeout
+    while len(_board.peers()) + 1 < workers:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(POLL_SECONDS)
+    return True
+
+
+class BalancedAcceptor:
+    """Accepts the connections of a listening socket shared with other workers, as
+    ``create_server(sock=...)`` would, but one at a time and the least loaded worker first
+    (see the module's docstring). Has the ``close`` and ``wait_closed`` of an
+    :class:`asyncio.Server`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 protocol_factory: Any, ssl: Any = None):
+        self._loop, self._sock, self._factory, self._ssl = loop, sock, protocol_factory, ssl
+        self._open = 0  # connections accepted and not yet lost
+        self._take_until = 0.0  # until then a waiting connection is taken whatever the load
+        self._closed = False
+        self.sockets = [sock]
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._ready)
+
+    def _count(self, change: int) -> None:
+        self._open += change
+        if _board is not None:
+            _board.publish(self._open)
+
+    def _ready(self) -> None:
+        if (self._open and _board is not None and self._loop.time() > self._take_until
+                and min(_board.peers(), default=self._open) < self._open):
+            self._loop.remove_reader(self._sock.fileno())  # the peer may take it meanwhile
+            self._loop.call_later(DEFER, self._rearm)
+            return
+        try:
+            conn, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker took it
+        except OSError as e:  # out of file descriptors: try again later rather than spin
+            log.warning("cannot accept a connection: %s", e)
+            self._loop.remove_reader(self._sock.fileno())
+            self._loop.call_later(0.1, self._rearm)
+            return
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._count(+1)
+        self._loop.create_task(self._connect(conn))
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._counted_protocol, conn, ssl=self._ssl)
+        except Exception as e:  # a failed TLS handshake, a client already gone
+            log.debug("a connection closed before it opened: %s", e)
+            conn.close()
+            self._count(-1)
+
+    def _counted_protocol(self) -> asyncio.BaseProtocol:
+        """uvicorn's protocol, whose ``connection_lost`` also counts the connection out."""
+        protocol = self._factory()
+        lost = protocol.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            try:
+                lost(exc)
+            finally:
+                self._count(-1)
+
+        protocol.connection_lost = connection_lost
+        return protocol
+
+    def _rearm(self) -> None:
+        if not self._closed:
+            self._take_until = self._loop.time() + DEFER  # it has waited: take it now
+            self._loop.add_reader(self._sock.fileno(), self._ready)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._loop.remove_reader(self._sock.fileno())
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class BalancedLoop(uvloop.Loop):
+    """uvloop's loop whose ``create_server(sock=...)`` (what uvicorn's workers call with the
+    shared socket) is a :class:`BalancedAcceptor`."""
+
+    async def create_server(self, protocol_factory, host=None, port=None, *, sock=None,
+                            ssl=None, backlog=100, **kwargs):
+        if sock is None or kwargs:
+            return await super().create_server(protocol_factory, host, port, sock=sock,
+                                               ssl=ssl, backlog=backlog, **kwargs)
+        sock.listen(backlog)
+        return BalancedAcceptor(self, sock, protocol_factory, ssl)
