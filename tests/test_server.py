@@ -438,3 +438,28 @@ def test_a_worker_answers_only_when_every_worker_is_ready(tmp_path, monkeypatch)
     finally:
         peer.kill()
         peer.wait()
+
+
+def test_a_worker_two_connections_ahead_of_a_peer_closes_one(tmp_path, monkeypatch):
+    """``should_close_connection``: with two connections more than a live peer a worker
+    closes the one it answers on, at most once per check interval; one ahead, it keeps it."""
+    from fmkit.serve import workers
+
+    peer = subprocess.Popen(["sleep", "30"])  # noqa: S607 (a live process standing for a peer)
+    try:
+        (tmp_path / str(peer.pid)).write_bytes((1).to_bytes(8, "little"))
+        board = workers.Board(tmp_path)
+        monkeypatch.setattr(workers, "_board", board)
+        board.publish(2)
+        assert workers.should_close_connection() is False  # one ahead of the peer's 1
+        board.next_check = 0.0
+        board.publish(3)
+        assert workers.should_close_connection() is True
+        assert workers.should_close_connection() is False  # checked again only later
+        board.next_check = 0.0
+        peer.kill()
+        peer.wait()
+        assert workers.should_close_connection() is False  # a dead peer's count is ignored
+    finally:
+        peer.kill()
+        peer.wait()

@@ -172,7 +172,8 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
             else:
                 payload, media_type = await asyncio.get_running_loop().run_in_executor(
                     scorer, paused, work, body)
-            return Response(payload, media_type=media_type)
+            headers = {"Connection": "close"} if worker_pool.should_close_connection() else None
+            return Response(payload, media_type=media_type, headers=headers)
         except codecs.RequestError as e:
             log.warning("%d for %s %s: %s", e.status, request.method, request.url.path, e)
             # unread body bytes must not be taken for the next request on the connection

@@ -14,6 +14,10 @@ keep-alive connections in one worker, where one core does all the work while the
   (uvloop's event loop, which uvicorn's workers run) accepts one connection at a time, and a
   worker leaves a new connection for :data:`DEFER` seconds to a peer that holds fewer
   connections than it does, then takes it if still waiting.
+* **what is left**: a worker busy with a request when connections arrive cannot take them,
+  and a worker the supervisor restarts starts empty. A worker holding two connections more
+  than a peer closes one after its next response (:func:`should_close_connection`, checked
+  at most every :data:`CHECK_SECONDS`); the client opens a new one, which the peer takes.
 
 The workers meet in a directory the parent process makes (``$FMKIT_SERVE_WORKERS_DIR``): a
 file per worker, named by its process id, holding its count of open connections (8 bytes,
@@ -40,6 +44,7 @@ log = logging.getLogger("fmkit.serve")
 DIR_ENV = "FMKIT_SERVE_WORKERS_DIR"
 COUNT_ENV = "FMKIT_SERVE_WORKERS"
 DEFER = 0.002  # seconds a new connection is left to a less loaded worker
+CHECK_SECONDS = 0.1  # how often a worker compares its connections with its peers'
 POLL_SECONDS = 0.01
 WAIT_SECONDS = 600.0  # a worker still starting after this long is stuck: go on without it
 
@@ -54,8 +59,11 @@ class Board:
         with open(self.path, "r+b") as f:
             self._mine = mmap.mmap(f.fileno(), 8)
         self._peers: dict[str, mmap.mmap] = {}
+        self.count = 0
+        self.next_check = 0.0
 
     def publish(self, count: int) -> None:
+        self.count = count
         self._mine[:8] = count.to_bytes(8, "little")
 
     def peers(self) -> list[int]:
@@ -100,6 +108,17 @@ async def wait_for_workers(timeout: float = WAIT_SECONDS) -> bool:
             return False
         await asyncio.sleep(POLL_SECONDS)
     return True
+
+
+def should_close_connection() -> bool:
+    """Whether this worker should close the connection it is answering on (``Connection:
+    close``): it holds two or more connections more than a peer. Checked at most every
+    ``CHECK_SECONDS``, so a client reconnects rarely."""
+    board = _board
+    if board is None or board.count < 2 or time.monotonic() < board.next_check:
+        return False
+    board.next_check = time.monotonic() + CHECK_SECONDS
+    return min(board.peers(), default=board.count) <= board.count - 2
 
 
 class BalancedAcceptor:
