@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from fmkit import compile_cache, distributed, files
+from fmkit.cpus import leaving_cores
 from fmkit.data import codecs
 from fmkit.data.background import background
 from fmkit.data.batch import SparseBatch
@@ -207,8 +208,8 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
     """
     model = load_model(model_dir, device)
     writer = codecs.ResponseWriter(accept, unit="row")
-    try:
-        with files.output_stream(output) as out:
+    try:  # the reader parses a block ahead on a core of its own: scoring leaves it that core
+        with files.output_stream(output) as out, leaving_cores(1):
             return _write_predictions(
                 model, background(model.read(data_path, fmt, labelled=False)), writer, out)
     except codecs.RequestError as e:
