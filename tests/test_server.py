@@ -427,6 +427,7 @@ def test_a_worker_answers_only_when_every_worker_is_ready(tmp_path, monkeypatch)
     finished.wait()
     (tmp_path / str(finished.pid)).write_bytes(bytes(8))
     assert asyncio.run(workers.wait_for_workers(timeout=0.3)) is False  # alone with the dead
+    assert not (tmp_path / str(finished.pid)).exists()  # whose file it removed
 
     peer = subprocess.Popen(["sleep", "30"])  # noqa: S607 (a live process standing for a peer)
     try:

@@ -14,7 +14,6 @@ import gc
 import logging
 import os
 import socket
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -264,12 +263,8 @@ def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, wor
             os.environ.setdefault(name, value)
     os.environ[MAX_PAYLOAD_ENV] = str(max_payload_mb)
     os.environ[BODY_TIMEOUT_ENV] = str(body_timeout)
-    os.environ[worker_pool.COUNT_ENV] = str(workers)
-    with contextlib.suppress(KeyboardInterrupt), \
-            tempfile.TemporaryDirectory(prefix="fmkit-serve-") as meeting:
-        os.environ[worker_pool.DIR_ENV] = meeting  # see fmkit.serve.workers
+    with contextlib.suppress(KeyboardInterrupt), worker_pool.meeting_place(workers):
         uvicorn.run("fmkit.serve.app:app_from_environment", factory=True, host=host,
                     port=port, workers=workers, log_level="info",
                     access_log=False, http="httptools",
-                    loop="fmkit.serve.workers:BalancedLoop" if workers > 1 else "uvloop",
-                    **uvicorn_options)
+                    loop=worker_pool.LOOP if workers > 1 else "uvloop", **uvicorn_options)

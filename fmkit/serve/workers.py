@@ -33,7 +33,9 @@ import logging
 import mmap
 import os
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,13 @@ class Board:
         self.count = count
         self._mine[:8] = count.to_bytes(8, "little")
 
+    def forget_the_dead(self) -> None:
+        """Remove the files of workers no longer running (a restarted worker's predecessor),
+        before their process ids can be reused."""
+        for path in self.directory.iterdir():
+            if not _alive(int(path.name)):
+                path.unlink(missing_ok=True)
+
     def peers(self) -> list[int]:
         """The connection counts of the other live workers."""
         counts = []
@@ -91,6 +100,29 @@ def _alive(pid: int) -> bool:
 
 
 _board: Board | None = None
+LOOP = "fmkit.serve.workers:BalancedLoop"  # uvicorn's --loop for the workers
+
+
+@contextlib.contextmanager
+def meeting_place(workers: int) -> Iterator[None]:
+    """The workers' directory (see the module's docstring), made for the server's lifetime
+    and named in the environment the workers inherit. Where no temporary directory can be
+    made, the workers neither wait for one another nor compare their loads (a warning says
+    so)."""
+    os.environ[COUNT_ENV] = str(workers)
+    os.environ.pop(DIR_ENV, None)
+    if workers <= 1:
+        yield
+        return
+    try:
+        meeting = tempfile.TemporaryDirectory(prefix="fmkit-serve-")
+    except OSError as e:
+        log.warning("the workers cannot meet (%s): each starts and accepts on its own", e)
+        yield
+        return
+    with meeting as directory:
+        os.environ[DIR_ENV] = directory
+        yield
 
 
 async def wait_for_workers(timeout: float = WAIT_SECONDS) -> bool:
@@ -102,6 +134,7 @@ async def wait_for_workers(timeout: float = WAIT_SECONDS) -> bool:
     if not directory or workers <= 1 or not Path(directory).is_dir():
         return True
     _board = Board(directory)
+    _board.forget_the_dead()
     deadline = time.monotonic() + timeout
     while len(_board.peers()) + 1 < workers:
         if time.monotonic() > deadline:
