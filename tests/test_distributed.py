@@ -134,3 +134,57 @@ def test_a_failing_process_ends_the_run_with_one_line_per_process(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert all(line.startswith("fmkit: error: ") for line in errors), result.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_deepfm_with_sample_weights_on_two_processes_equals_one(tmp_path):
+    """Sample weights across processes: each step's gradient is the weighted sum over both
+    processes' rows divided by both processes' summed weights. With one mini-batch per epoch
+    (the batch holds every row), 2 processes must train the model 1 process trains, to float
+    rounding; dividing by each process's own weights, or by rows, would not."""
+    import numpy as np
+    import yaml
+
+    from fmkit.jobs.deepfm import train_deepfm
+    from fmkit.models.base import load_model
+    from fmkit.models.deepfm import config_files
+
+    rng = np.random.default_rng(7)
+    rows = [(rng.integers(20), rng.integers(20), rng.integers(2), rng.choice([0.5, 1, 3, 8]))
+            for _ in range(300)]
+    train = tmp_path / "channel"  # two files: each process reads one
+    train.mkdir()
+    for part in range(2):
+        (train / f"part-{part}.csv").write_text("user,item,label,w\n" + "".join(
+            f"{u},{i},{y},{w}\n" for u, i, y, w in rows[part::2]))
+    document = {
+        "train_input_path": str(train),
+        "feature_configs": [
+            {"id_feature": {"feature_name": f, "num_buckets": 20, "embedding_dim": 4}}
+            for f in ("user", "item")],
+        "model_config": {
+            "feature_groups": [
+                {"group_name": "wide", "group_type": "WIDE", "feature_names": ["user", "item"]},
+                {"group_name": "deep", "feature_names": ["user", "item"]}],
+            "deepfm": {"deep": {"hidden_units": [8]}, "wide_embedding_dim": 1}},
+        "data_config": {"label_fields": ["label"], "with_header": True, "batch_size": 1000,
+                        "sample_weight_fields": ["w"]},
+        # plain SGD: its step scales with the gradient (Adam's and AdaGrad's first steps
+        # would hide a wrong divisor)
+        "train_config": {"num_epochs": 3, "sparse_optimizer": {"sgd_optimizer": {"lr": 0.5}},
+                         "dense_optimizer": {"sgd_optimizer": {"lr": 0.5, "momentum": 0}}},
+    }
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(document))
+    one = train_deepfm(config_files.load(config, [f"model_dir={tmp_path / 'one'}"]),
+                       progress=False)[0]
+    two = run_fmkit("train", "--nproc", "2", "--config", config,
+                    f"--set=model_dir={tmp_path / 'two'}")
+    assert two.returncode == 0, two.stderr
+    assert "over 300 rows" in two.stderr  # both processes' rows, each epoch
+    grid = tmp_path / "grid.csv"
+    grid.write_text("user,item,label,w\n" + "".join(f"{u},{i},0,1\n" for u in range(20)
+                                                    for i in range(20)))
+    batch = next(one.read(grid))
+    expected, found = one.logits(batch), load_model(tmp_path / "two").logits(batch)
+    assert np.abs(expected).max() > 0.05  # it trained: not a comparison of two initial models
+    np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-6)
