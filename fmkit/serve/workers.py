@@ -1,9 +1,9 @@
 """Connections spread over the workers of ``fmkit serve --workers N``.
 
-uvicorn's workers share one listening socket. Left alone, two things put a client's
-keep-alive connections in one worker, where one core does all the work while the others idle
-(DeepFM, 1-row requests, 2 workers: about half the requests per second;
-``docs/performance.md``):
+uvicorn's workers share one listening socket, and left alone they often hold all of a
+client's keep-alive connections in one worker, where one core does all the work while the
+others idle (DeepFM, 1-row requests, 2 workers: about half the requests per second;
+``docs/performance.md``). Three mechanisms spread them:
 
 * **start-up**: each worker starts accepting when its own start-up (loading the model, the
   warm-up requests) is done, and the first one up answers ``/ping`` alone; a client that then
@@ -22,7 +22,7 @@ keep-alive connections in one worker, where one core does all the work while the
 The workers meet in a directory the parent process makes (``$FMKIT_SERVE_WORKERS_DIR``): a
 file per worker, named by its process id, holding its count of open connections (8 bytes,
 memory-mapped). A worker the supervisor starts again later finds the others there and starts
-at once; a dead worker's file is ignored.
+at once; dead workers' files are ignored, and removed when a worker starts.
 """
 
 from __future__ import annotations
