@@ -68,8 +68,8 @@ model, metrics = train_deepfm(config, progress=False)
 train_seconds = time.perf_counter() - started
 started = time.perf_counter()
 model = load_model(out + ".model")  # as fmkit predict scores: the saved model, loaded,
-scores = np.concatenate([model.predictions(b)["score"]  # its file read a block ahead
-                         for b in background(model.read(test))])
+scores = np.concatenate([p["score"]  # its file read a block ahead, blocks scored at once
+                         for p in model.predictions_of(background(model.read(test)))])
 predict_seconds = time.perf_counter() - started
 np.savetxt(out, scores, fmt="%.6f")
 status = open("/proc/self/status").read()

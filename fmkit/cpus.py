@@ -25,7 +25,8 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -186,3 +187,25 @@ def on_threads(function: Callable[..., Any], calls: Sequence[tuple],
     finally:
         wait(futures)  # no part may outlive this call: it writes into the caller's arrays
     return [first, *(f.result() for f in futures)]
+
+
+def ordered_map(function: Callable[[Any], Any], items: Iterable[Any], threads: int
+                ) -> Iterator[Any]:
+    """``function(item)`` of every item, ``threads`` at once on threads of their own, yielded
+    in the items' order, at most ``threads + 1`` items ahead of the consumer (so memory stays
+    bounded on a stream). An item's exception is raised when its turn comes."""
+    if threads <= 1:
+        yield from map(function, items)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="fmkit-map") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(function, item))
+                if len(pending) > threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()

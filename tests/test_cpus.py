@@ -191,3 +191,41 @@ def test_bfloat16_instructions_are_read_as_the_cpu_reports_them():
     elif "amx_tile" not in flags:
         assert not computes_bfloat16("cpu")
     assert not computes_bfloat16("mps")  # (a device kind fmkit does not score bfloat16 on)
+
+
+def test_ordered_map_overlaps_keeps_the_order_stays_bounded_and_raises_in_turn():
+    """Two calls run at once (each waits for the other to have started), results come in the
+    items' order, the producer is never more than threads + 1 items ahead of the consumer,
+    and an item's exception is raised when its turn comes, after the earlier results."""
+    import threading
+
+    from fmkit.cpus import ordered_map
+
+    started = threading.Barrier(2, timeout=10)
+    consumed, produced = [], []
+
+    def items():
+        for i in range(8):
+            assert i - len(consumed) <= 3, "read too far ahead"
+            produced.append(i)
+            yield i
+
+    def square(i):
+        if i < 2:
+            started.wait()
+        return i * i
+
+    for value in ordered_map(square, items(), 2):
+        consumed.append(value)
+    assert consumed == [i * i for i in range(8)]
+
+    def failing(i):
+        if i == 3:
+            raise ValueError("item 3")
+        return i
+
+    seen = []
+    with pytest.raises(ValueError, match="item 3"):
+        for value in ordered_map(failing, iter(range(6)), 2):
+            seen.append(value)
+    assert seen == [0, 1, 2]

@@ -276,3 +276,29 @@ def test_mini_batches_cut_blocks_into_batches_of_their_rows(sizes, batch_size, s
         sizes_out.append(batch.n_rows)
     assert got == expected
     assert all(size == batch_size for size in sizes_out[:-1]) and all(sizes_out)
+
+
+def test_blocks_scored_at_once_equal_blocks_scored_one_by_one():
+    """``predictions_of`` scores blocks on several threads with one PyTorch thread each: the
+    same scores, in the blocks' order, as ``predictions`` block by block; a bad value's error
+    names its block's row; PyTorch's thread count is restored."""
+    torch.set_num_threads(2)
+    model = DeepFMModel.create(configs.parse(small()))
+    rng = np.random.default_rng(3)
+    blocks = [ColumnBatch({
+        "user": pa.array([f"u{rng.integers(20)}" for _ in range(n)]),
+        "item": pa.array([str(rng.integers(30)) for _ in range(n)]),
+        "tags": pa.array(["a|b"] * n), "age": pa.array([str(rng.integers(10, 70))] * n),
+        "price": pa.array([f"{rng.random() * 10:.2f}" for _ in range(n)])}, n, "f.csv")
+        for n in (3000, 17, 2500, 1, 4000)]
+    expected = [model.predictions(block)["score"] for block in blocks]
+    found = [p["score"] for p in model.predictions_of(iter(blocks))]
+    assert [len(f) for f in found] == [len(e) for e in expected]
+    for f, e in zip(found, expected):
+        np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-7)
+    assert torch.get_num_threads() == 2
+    blocks[2].columns["price"] = pa.array(["1"] * 2499 + ["cheap"])
+    blocks[2].first_line = 100
+    with pytest.raises(DataError, match=r"f.csv:2599: column 'price': 'cheap' is not a number"):
+        list(model.predictions_of(iter(blocks)))
+    assert torch.get_num_threads() == 2

@@ -220,9 +220,9 @@ def _write_predictions(model: FMModel, blocks: Iterator[SparseBatch],
                        writer: codecs.ResponseWriter, out: BinaryIO) -> int:
     rows = 0
     out.write(writer.begin())
-    for batch in blocks:
-        out.write(writer.part(model.predictions(batch), first=rows + 1))
-        rows += batch.n_rows
+    for predictions in model.predictions_of(blocks):
+        out.write(writer.part(predictions, first=rows + 1))
+        rows += len(predictions["score"])
     out.write(writer.end())
     out.flush()
     return rows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,6 +28,8 @@ class Model(Protocol):
     def warm_up_requests(self) -> list[tuple[bytes, str]]: ...
 
     def predictions(self, batch: Any) -> dict[str, np.ndarray]: ...
+
+    def predictions_of(self, blocks: Iterable[Any]) -> Iterator[dict[str, np.ndarray]]: ...
 
     def labelled_logits(self, blocks: Iterator[Any]
                         ) -> tuple[list[np.ndarray], list[np.ndarray]]: ...

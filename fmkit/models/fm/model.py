@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,10 @@ class FMModel:
     def predictions(self, batch: SparseBatch) -> dict[str, np.ndarray]:
         """``score`` (and ``predicted_label`` for classifiers) of every row."""
         return prediction_fields(self.predictor_type, self.logits(batch))
+
+    def predictions_of(self, blocks: Iterable[SparseBatch]) -> Iterator[dict[str, np.ndarray]]:
+        """Each block's :meth:`predictions`, in order (the kernel uses fmkit's threads)."""
+        return map(self.predictions, blocks)
 
     def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True
              ) -> Iterator[SparseBatch]:
