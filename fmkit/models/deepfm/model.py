@@ -245,7 +245,12 @@ class DeepFMModel:
 
     def predictions_of(self, blocks: Iterable[ColumnBatch | Encoded]
                        ) -> Iterator[dict[str, np.ndarray]]:
-        """Each block's :meth:`predictions`, in order. On the CPU, as many blocks at once as
+        """Each block's :meth:`predictions`, in order, several blocks at once
+        (:meth:`_at_once`)."""
+        return self._at_once(self.predictions, blocks)
+
+    def _at_once(self, function: Callable[[Any], Any], blocks: Iterable[Any]) -> Iterator[Any]:
+        """``function(block)`` of each block, in order. On the CPU, as many blocks at once as
         PyTorch has threads, each encoded and scored on one thread with one PyTorch thread: a
         block's serial parts (encoding, look-ups) then overlap another's matrix products,
         where PyTorch's threads on one block left a core idle during them (bench_deepfm's
@@ -253,12 +258,12 @@ class DeepFMModel:
         is 1 until the iterator is exhausted or closed."""
         threads = torch.get_num_threads()
         if threads <= 1 or self.net.output.weight.device.type != "cpu":
-            yield from map(self.predictions, blocks)
+            yield from map(function, blocks)
             return
 
-        def one(block: ColumnBatch | Encoded) -> dict[str, np.ndarray]:
+        def one(block: Any) -> Any:
             with leaving_cores(thread_count()):  # its encoding on this thread too
-                return self.predictions(block)
+                return function(block)
 
         torch.set_num_threads(1)
         try:
@@ -315,16 +320,25 @@ class DeepFMModel:
         self.net.eval()
         keys = self.grouping_keys()
         parts = _Scored([], [], [], {key: [] for key in keys})
-        seen = 0
-        for batch in batches:
-            if max_rows is not None:
-                if seen >= max_rows:
-                    break
-                batch = columns.head(batch, max_rows - seen)
-            seen += batch.n_rows
+
+        def limited() -> Iterator[ColumnBatch]:
+            seen = 0
+            for batch in batches:
+                if max_rows is not None:
+                    if seen >= max_rows:
+                        return
+                    batch = columns.head(batch, max_rows - seen)
+                seen += batch.n_rows
+                yield batch
+
+        @torch.no_grad()  # (per thread)
+        def score(batch: ColumnBatch) -> tuple[Encoded, np.ndarray]:
             encoded = self.encode(batch, labelled=True)
+            return encoded, self._forward(encoded)
+
+        for encoded, logits in self._at_once(score, limited()):
             parts.labels.append(encoded.labels)
-            parts.logits.append(self._forward(encoded))
+            parts.logits.append(logits)
             if encoded.weights is not None:
                 parts.weights.append(encoded.weights)
             for key in keys:
