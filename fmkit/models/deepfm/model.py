@@ -12,6 +12,7 @@ code (numpy arrays without pickle; init and activation names are parsed, not eva
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -253,12 +254,16 @@ class DeepFMModel:
         """``function(block)`` of each block, in order. On the CPU, as many blocks at once as
         PyTorch has threads, each encoded and scored on one thread with one PyTorch thread: a
         block's serial parts (encoding, look-ups) then overlap another's matrix products,
-        where PyTorch's threads on one block left a core idle during them (bench_deepfm's
-        test rows: 0.657 s → 0.53 s in bfloat16, docs/performance.md). PyTorch's thread count
-        is 1 until the iterator is exhausted or closed."""
+        where PyTorch's threads on one block left a core idle during them. Fewer than two
+        blocks a thread (a small file) are scored one by one on PyTorch's threads instead: the
+        largest block alone on one thread would take longer. PyTorch's thread count is 1 until
+        the iterator is exhausted or closed. Measurements: docs/performance.md, session 34."""
         threads = torch.get_num_threads()
-        if threads <= 1 or self.net.output.weight.device.type != "cpu":
-            yield from map(function, blocks)
+        blocks = iter(blocks)
+        first = list(itertools.islice(blocks, 2 * threads))
+        if (threads <= 1 or len(first) < 2 * threads
+                or self.net.output.weight.device.type != "cpu"):
+            yield from map(function, itertools.chain(first, blocks))
             return
 
         def one(block: Any) -> Any:
@@ -267,7 +272,7 @@ class DeepFMModel:
 
         torch.set_num_threads(1)
         try:
-            yield from ordered_map(one, blocks, threads)
+            yield from ordered_map(one, itertools.chain(first, blocks), threads)
         finally:
             torch.set_num_threads(threads)
 
