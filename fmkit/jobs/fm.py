@@ -6,7 +6,7 @@ and the SageMaker entry point. Hyperparameters are validated before any data is 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -16,7 +16,6 @@ from fmkit import compile_cache, distributed, files
 from fmkit.cpus import leaving_cores
 from fmkit.data import codecs
 from fmkit.data.background import background
-from fmkit.data.batch import SparseBatch
 from fmkit.data.libsvm import largest_field
 from fmkit.data.sources import (
     INDEXED_FORMATS,
@@ -28,7 +27,7 @@ from fmkit.errors import DataError, HyperparameterError
 from fmkit.jobs.training import train
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.models import artifact
-from fmkit.models.base import load_model
+from fmkit.models.base import Model, load_model
 from fmkit.models.fm.hyperparameters import table_hyperparameters, validate
 from fmkit.models.fm.model import FMModel, label_mode, scorer_cached
 from fmkit.models.metrics import require_rows
@@ -216,7 +215,7 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
         raise DataError(str(data_path), None, str(e)) from None
 
 
-def _write_predictions(model: FMModel, blocks: Iterator[SparseBatch],
+def _write_predictions(model: Model, blocks: Iterable[Any],
                        writer: codecs.ResponseWriter, out: BinaryIO) -> int:
     rows = 0
     out.write(writer.begin())

@@ -93,8 +93,8 @@ class DeepFMModel:
     @cached_property
     def scores_in_bfloat16(self) -> bool:
         """A ``mixed_precision: BF16`` model scores in bfloat16, as it trained, where its
-        device computes bfloat16 natively; elsewhere in float32 (emulated, bfloat16 scored
-        4.4x slower than float32: docs/performance.md), which the log says once."""
+        device computes bfloat16 natively; elsewhere in float32 (emulated bfloat16 is several
+        times slower: docs/performance.md), which the log says once."""
         if not self.config.train_config.bfloat16:
             return False
         device = self.net.output.weight.device.type
