@@ -11,7 +11,10 @@ Every file or directory fmkit writes goes through here:
   died (``kill -9``) before they could clean up (:func:`sweep_stale`).
 * :func:`output_stream` writes an output file: a regular file (or a new one) through a
   temporary name and a rename, with the mode the umask gives; ``-``, a FIFO or a device
-  (``/dev/null``, ``/dev/stdout``) directly, never replaced.
+  (``/dev/null``, ``/dev/stdout``) directly, never replaced. A file the user names
+  (``fmkit predict --output``, ``convert -o``, ``recommend --output``, ``report --output``)
+  is replaced only when empty or when its first bytes are what that command writes
+  (:class:`Recognise`): a mistyped ``--output data.libsvm`` must not delete the data.
 
 Filesystem failures (a missing or read-only directory, a full disk) become one
 :class:`OutputError` naming the path, and no partial file is left behind.
@@ -43,6 +46,34 @@ class OutputError(FMKitError):
     def __init__(self, path: str | Path, problem: str):
         self.path = str(path)
         super().__init__(f"{path}: {problem}")
+
+
+HEAD_BYTES = 4096  # what a :class:`Recognise` test reads of an existing file
+
+
+class Recognise:
+    """What a command writes to a file the user names, and how to tell such a file from its
+    first :data:`HEAD_BYTES`: a non-empty file the test does not recognise is refused."""
+
+    def __init__(self, holds: str, test: Callable[[bytes], bool]):
+        self.holds = holds  # "fmkit's predictions"...: the message says the file is not that
+        self.test = test
+
+    def refuse_foreign(self, path: Path) -> None:
+        """Raise :class:`OutputError` when ``path`` holds something this writer does not
+        write; a missing or empty file passes."""
+        try:
+            with open(path, "rb") as f:
+                head = f.read(HEAD_BYTES)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise OutputError(path, f"cannot read what is there: {describe_os_error(e)}"
+                              ) from None
+        if head and not self.test(head):
+            shown = head[:24].decode("utf-8", "replace")
+            raise OutputError(path, f"exists and is not {self.holds} (it starts {shown!r}); "
+                              "nothing was changed: remove it or choose another name")
 
 
 def describe_os_error(error: OSError) -> str:
@@ -187,18 +218,21 @@ def require_new(path: str | Path, command: str) -> None:
         raise OutputError(path, f"exists; {command} writes a new file (remove it first)")
 
 
-def write_text(path: str | Path, text: str) -> None:
+def write_text(path: str | Path, text: str, named: Recognise | None = None) -> None:
     """Write ``text`` (UTF-8) to ``path`` as :func:`output_stream` writes: under a temporary
     name, renamed into place when complete."""
-    with output_stream(path) as out:
+    with output_stream(path, named) as out:
         out.write(text.encode())
 
 
 @contextlib.contextmanager
-def output_stream(path: str | Path | None) -> Iterator[BinaryIO]:
+def output_stream(path: str | Path | None, named: Recognise | None = None
+                  ) -> Iterator[BinaryIO]:
     """A binary stream for an output file; see the module docstring. ``None`` or ``-`` is
-    stdout. On any exception the temporary file is removed and a filesystem error becomes an
-    :class:`OutputError` naming ``path``."""
+    stdout. ``named``: the file is the user's choice, and an existing one is replaced only
+    when ``named`` recognises it (None: a file in a directory fmkit guards). On any exception
+    the temporary file is removed and a filesystem error becomes an :class:`OutputError`
+    naming ``path``."""
     if path is None or str(path) == "-":
         yield sys.stdout.buffer
         sys.stdout.flush()
@@ -219,6 +253,8 @@ def output_stream(path: str | Path | None) -> Iterator[BinaryIO]:
                 raise
             raise OutputError(path, f"cannot write: {describe_os_error(e)}") from None
         return
+    if named is not None:
+        named.refuse_foreign(path)
     fd, tmp = temporary_file(path, make_parent=False)
     try:
         with os.fdopen(fd, "wb") as stream:

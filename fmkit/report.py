@@ -21,6 +21,8 @@ from fmkit.models.metrics import metrics_of_parts, require_rows
 
 SHORT = {"binary_classification_accuracy": "accuracy", "binary_f_beta": "F1",
          "binary_classification_cross_entropy": "log loss"}  # SageMaker's names, in headers
+PAGE_START = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>fmkit report</title>"
+PAGES = files.Recognise("an fmkit report", lambda head: head.startswith(PAGE_START.encode()))
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
          "padding:3px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
@@ -217,8 +219,7 @@ def write_report(model_dir: str | Path, data: str | Path | None = None,
         f'<figcaption>{html.escape(title)}</figcaption></figure>'
         for title, png in plots.items()), "</div>"]
     parts += _tune_section(artifact.resolve(model_dir) / "tune")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fmkit report</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    page = f"{PAGE_START}<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
     target = Path(output) if output else artifact.resolve(model_dir) / artifact.REPORT_FILE
-    files.write_text(target, page)
+    files.write_text(target, page, PAGES)
     return target

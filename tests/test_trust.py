@@ -148,6 +148,45 @@ def test_devices_and_fifos_are_written_not_replaced(tmp_path, model_dir):
     assert received[0].count(b"\n") == 16281
 
 
+def test_named_output_files_replace_only_what_the_command_wrote(cli, tmp_path, model_dir):
+    """predict, convert, recommend and report replace a file the user names only when it is
+    empty or holds what that command writes; anything else is refused and left as it was."""
+    data = shared_file("a9a_libsvm", "a9a.t")
+    mine = tmp_path / "mine.libsvm"
+    mine.write_bytes(b"1 1:1 5:1\n0 2:1\n")
+    items, contexts = tmp_path / "items.jsonl", tmp_path / "contexts.jsonl"
+    items.write_text("".join(json.dumps({"id": i, "keys": [100 + i]}) + "\n" for i in range(20)))
+    contexts.write_text(json.dumps({"id": "u", "keys": [0, 5]}) + "\n")
+    commands = {
+        "predict json": ["predict", "--model-dir", model_dir, "--data", data, "--accept",
+                         "application/json", "--output"],
+        "predict jsonlines": ["predict", "--model-dir", model_dir, "--data", data, "--output"],
+        "predict recordio": ["predict", "--model-dir", model_dir, "--data", data, "--accept",
+                             "application/x-recordio-protobuf", "--output"],
+        "recommend": ["recommend", "--model-dir", model_dir, "--items", items, "--context",
+                      contexts, "--output"],
+        "report": ["report", "--model-dir", model_dir, "--output"],
+    }
+    for name, command in commands.items():
+        code, _, err = cli(*command, mine)
+        assert code == 1, name
+        assert f"{mine}: exists and is not" in err and "'1 1:1 5:1\\n0 2:1\\n'" in err, name
+        assert len(err.strip().splitlines()) == 1, name
+        assert mine.read_bytes() == b"1 1:1 5:1\n0 2:1\n", name
+        out = tmp_path / name.replace(" ", ".")
+        out.write_bytes(b"")  # an empty file holds nothing to lose
+        for _ in range(2):  # then its own output is replaced by the same command
+            code, _, err = cli(*command, out)
+            assert code == 0, (name, err)
+        assert out.stat().st_size > 0
+    code, _, err = cli("convert", "--to", "recordio", data, mine)
+    assert code == 1 and "exists and is not empty" in err
+    assert mine.read_bytes() == b"1 1:1 5:1\n0 2:1\n"
+    converted = tmp_path / "converted.rec"
+    assert cli("convert", "--to", "recordio", data, converted)[0] == 0
+    assert cli("convert", "--to", "recordio", data, converted)[0] == 1  # cannot tell it's ours
+
+
 def test_output_mode_follows_the_umask(tmp_path, model_dir):
     out = tmp_path / "p.jsonl"
     subprocess.run(f"umask 027 && {sys.executable} -m fmkit predict --model-dir {model_dir} "

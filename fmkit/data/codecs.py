@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fmkit import files
 from fmkit.data import recordio
 from fmkit.data.batch import SparseBatch
 from fmkit.data.numbers import FLOAT32_MAX
@@ -581,6 +582,15 @@ class ResponseWriter:
 
     def end(self) -> bytes:
         return b"]}" if self.accept == JSON else b""
+
+
+def _a_response(head: bytes) -> bool:
+    """Whether a file starts as :class:`ResponseWriter` writes one, in any response type."""
+    return (head.startswith((b'{"predictions": [', b'{"score": '))
+            or (head.startswith(recordio.MAGIC_BYTES) and b"score" in head))
+
+
+RESPONSES = files.Recognise("fmkit's predictions", _a_response)  # what predict may replace
 
 
 def encode_response(predictions: dict[str, np.ndarray], accept: str) -> bytes:

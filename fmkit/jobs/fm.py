@@ -208,7 +208,7 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
     model = load_model(model_dir, device)
     writer = codecs.ResponseWriter(accept, unit="row")
     try:  # the reader parses a block ahead on a core of its own: scoring leaves it that core
-        with files.output_stream(output) as out, leaving_cores(1):
+        with files.output_stream(output, codecs.RESPONSES) as out, leaving_cores(1):
             return _write_predictions(
                 model, background(model.read(data_path, fmt, labelled=False)), writer, out)
     except codecs.RequestError as e:
@@ -228,6 +228,8 @@ def _write_predictions(model: Model, blocks: Iterable[Any],
 
 
 CONVERT_TARGETS = ("recordio", "libsvm")
+CONVERTED = files.Recognise(  # only an empty file is replaced
+    "empty (a converted channel cannot be told from your data)", lambda head: False)
 
 
 def convert_file(input_path: str | Path, output: str | Path, *, source_format: str = "auto",
@@ -258,7 +260,7 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
             feature_dim = max(feature_dim, widest)
     source = FileSource(input_path, probe.fmt, max(feature_dim, 1), probe.index_base)
     rows = 0
-    with files.output_stream(output) as f:
+    with files.output_stream(output, CONVERTED) as f:
         for batch in source.blocks():
             X = sp.csr_matrix((batch.values, batch.indices, batch.indptr),
                               shape=(batch.n_rows, feature_dim))

@@ -73,6 +73,10 @@ def catalogue_of(model: FMModel, model_dir: str | Path, items: str | Path | None
     return catalogue
 
 
+ANSWERS = files.Recognise("fmkit's recommendations",  # what recommend_files may replace
+                          lambda head: head.startswith(b'{"id": ') and b'"items": ' in head)
+
+
 def _answers(ids: list[Any], catalogue: Catalogue,
              found: list[tuple[np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
     """``{"id", "items", "scores"}`` per query: what the CLI and the server answer."""
@@ -114,7 +118,7 @@ def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
     index = approximate_index(model_dir, catalogue, items is not None) if approximate else None
     ids, batch = read_id_rows(contexts, model.feature_dim, model.num_fields)
     found = top_k(model, catalogue, batch, k, exclusions(exclude, ids, catalogue), index)
-    with files.output_stream(output) as out:
+    with files.output_stream(output, ANSWERS) as out:
         for answer in _answers(ids, catalogue, found):
             out.write((json.dumps(answer) + "\n").encode())
     return len(ids)
