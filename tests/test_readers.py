@@ -4,6 +4,13 @@ from the CLI)."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
+import os
+import subprocess
+import threading
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -16,8 +23,10 @@ from fmkit.data.batch import concat, rebatch
 from fmkit.data.numbers import NOT_FINITE, parse_float
 from fmkit.data.sources import FileSource, detect_format, detect_index_base
 from fmkit.errors import DataError
+from fmkit.models.fm.model import FMModel
 
 from .conftest import run_fmkit, shared_file
+from .deepfm_helpers import small
 
 
 def read_all(source: FileSource) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -298,3 +307,85 @@ def test_delimited_columns_split_as_python(tmp_path_factory, lines, delimiter, c
         return
     assert problem is None
     assert [list(row) for row in got] == expected
+
+
+COMPRESSORS = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}
+
+
+@pytest.mark.parametrize("kind", COMPRESSORS)
+def test_compressed_files_read_as_the_text_they_hold(tmp_path, kind):
+    """gzip, bzip2 and xz files are told by their first bytes, not their name, and read as
+    the text they hold: libsvm rows equal scikit-learn's reading of the plain file (small
+    blocks, so lines straddle reads), DeepFM's columns equal Python's split."""
+    plain = shared_file("a9a_libsvm", "a9a.t")
+    path = tmp_path / "data"
+    path.write_bytes(COMPRESSORS[kind](plain.read_bytes()))
+    assert detect_format(path) == "libsvm"
+    X, y = read_all(FileSource(path, "auto", 123, index_base=1, labels="binary",
+                               block_bytes=1 << 16))
+    X_ref, y_ref = load_svmlight_file(str(plain), n_features=123, zero_based=False)
+    assert X.shape == X_ref.shape and (X != X_ref.astype(np.float32)).nnz == 0
+    np.testing.assert_array_equal(y, y_ref == 1)
+    text = "".join(f"u{i % 7},{i},{i % 2}\n" for i in range(5000))
+    table = tmp_path / "table"
+    table.write_bytes(COMPRESSORS[kind](text.encode()))
+    rows = [row for batch in columns.read_delimited(table, ["user", "item", "label"], ",",
+                                                    False, block_bytes=4096)
+            for row in zip(*(batch.columns[n].to_pylist() for n in ("user", "item", "label")))]
+    assert [list(r) for r in rows] == [line.split(",") for line in text.splitlines()]
+
+
+def test_damaged_and_unsupported_compressed_files_are_one_line(tmp_path):
+    whole = gzip.compress(shared_file("a9a_libsvm", "a9a.t").read_bytes())
+    (tmp_path / "cut.gz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "bad.gz").write_bytes(whole[:20] + bytes(range(256)) * 40)
+    (tmp_path / "a.zst").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(100))
+    for name, problem in (("cut.gz", "cut.gz: cannot decompress: Compressed file ended"),
+                          ("bad.gz", "bad.gz: cannot decompress"),
+                          ("a.zst", "a.zst: is zstd-compressed: decompress it first")):
+        result = run_fmkit("train", "--train", tmp_path / name, "--model-dir", tmp_path / "m",
+                           "--index-base", "1", "feature_dim=123", "num_factors=2",
+                           "predictor_type=binary_classifier")
+        assert result.returncode == 1, name
+        assert problem in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
+            name, result.stderr)
+
+
+def test_a_pipe_is_read_once(tmp_path):
+    """A FIFO (or a shell's <(zcat ...)) trains one epoch, as the file would with the same
+    settings; what would read it twice (epochs > 1, detecting the index base, DeepFM's
+    epochs) is refused before anything is read, never left waiting for a writer (each run
+    is a process with a deadline, so a regression fails instead of hanging the suite)."""
+    import yaml
+
+    data = shared_file("a9a_libsvm", "a9a")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    hp = ["feature_dim=123", "num_factors=4", "predictor_type=binary_classifier",
+          "mini_batch_size=100", "bias_init_method=constant", "bias_init_value=0"]
+
+    def train(*args: str) -> subprocess.CompletedProcess:
+        return run_fmkit("train", *args, timeout=120)
+
+    for base, epochs, problem in (("auto", 1, "give --index-base"),
+                                  ("1", 2, "epochs=2 reads it once per epoch")):
+        result = train("--train", fifo, "--format", "libsvm", "--index-base", base,
+                       "--model-dir", tmp_path / "m", *hp, f"epochs={epochs}")
+        assert result.returncode == 1
+        assert f"{fifo}: is a pipe, read once: {problem}" in result.stderr, result.stderr
+    writer = threading.Thread(target=lambda: fifo.write_bytes(gzip.compress(data.read_bytes())),
+                              daemon=True)
+    writer.start()
+    result = train("--train", fifo, "--format", "libsvm", "--index-base", "1", "--model-dir",
+                   tmp_path / "from_pipe", *hp)
+    assert result.returncode == 0, result.stderr
+    assert train("--train", data, "--model-dir", tmp_path / "from_file", *hp).returncode == 0
+    piped, filed = (FMModel.load(tmp_path / d).params for d in ("from_pipe", "from_file"))
+    for name in ("w0", "w", "V"):
+        np.testing.assert_allclose(getattr(piped, name), getattr(filed, name), rtol=1e-6)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small(train_input_path=str(fifo),
+                                           model_dir=str(tmp_path / "deepfm"))))
+    result = train("--config", config, "--set", "train_config.num_epochs=2")
+    assert result.returncode == 1
+    assert "is a pipe, read once: training reads it once per epoch" in result.stderr

@@ -1,14 +1,54 @@
-"""Streaming a text file as blocks of whole lines, so memory never depends on file size."""
+"""Streaming a text file as blocks of whole lines, so memory never depends on file size.
+
+Every reader opens its input through :func:`open_input`, which decompresses gzip, bzip2 and xz
+files as they stream (told by their magic number, whatever their name): Criteo's and most
+public click logs are distributed as ``.gz``.
+"""
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
+import lzma
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from numba import njit
 
+from fmkit.errors import DataError
+
 BLOCK_BYTES = 4 << 20
+COMPRESSED = {b"\x1f\x8b": lambda f: gzip.GzipFile(fileobj=f), b"BZh": bz2.BZ2File,
+              b"\xfd7zXZ\x00": lzma.LZMAFile}
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# what a damaged compressed stream raises while it is read
+DECOMPRESSION_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+
+
+@contextlib.contextmanager
+def open_input(path: str | Path) -> Iterator[BinaryIO]:
+    """``path``'s bytes: as stored, or decompressed when it is gzip, bzip2 or xz. Reading a
+    damaged compressed file raises :class:`~fmkit.errors.DataError` naming it. Works on pipes
+    (the magic number is peeked, not read)."""
+    with open(path, "rb") as f:
+        head = f.peek(6)[:6]
+        if head.startswith(ZSTD_MAGIC):
+            raise DataError(str(path), None, "is zstd-compressed: decompress it first (zstd -d); "
+                            "fmkit reads gzip, bzip2 and xz files as they are")
+        opener = next((o for magic, o in COMPRESSED.items() if head.startswith(magic)), None)
+        if opener is None:
+            yield f
+            return
+        try:
+            with opener(f) as stream:
+                yield stream
+        except DECOMPRESSION_ERRORS as e:
+            raise DataError(str(path), None, f"cannot decompress: {e or 'the file is truncated'}"
+                            ) from None
 
 
 def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[np.ndarray]:
@@ -20,7 +60,7 @@ def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[np.ndarr
     """
     buf = bytearray(block_bytes)
     filled = 0
-    with open(path, "rb", buffering=0) as f:
+    with open_input(path) as f:
         while True:
             if filled == len(buf):
                 grown = bytearray(2 * len(buf))

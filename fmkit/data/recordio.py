@@ -25,7 +25,7 @@ from numba import njit
 
 from fmkit.compile_cache import kernel_helper
 from fmkit.data.batch import SparseBatch
-from fmkit.data.blocks import BLOCK_BYTES
+from fmkit.data.blocks import BLOCK_BYTES, open_input
 from fmkit.data.numbers import FLOAT32_MAX
 from fmkit.errors import DataError
 
@@ -438,7 +438,7 @@ def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
     """Stream a recordIO file as parsed blocks (with ``shard=(part, parts)``: every
     parts-th)."""
     part, parts = shard
-    with open(path, "rb", buffering=0) as f:
+    with open_input(path) as f:
         for index, batch in enumerate(iter_blocks(f, str(path), block_bytes)):
             if index % parts == part:
                 yield batch

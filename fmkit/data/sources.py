@@ -18,7 +18,7 @@ from numba import njit
 
 from fmkit.data import csv, libsvm, recordio
 from fmkit.data.batch import SparseBatch, unit_rows
-from fmkit.data.blocks import BLOCK_BYTES
+from fmkit.data.blocks import BLOCK_BYTES, open_input
 from fmkit.data.cache import cached_blocks
 from fmkit.errors import DataError
 
@@ -51,13 +51,20 @@ def channel_files(path: str | Path) -> list[Path]:
     raise DataError(str(path), None, "no such file or directory")
 
 
+def refuse_pipe(path: str | Path, problem: str) -> None:
+    """Raise a :class:`DataError` saying ``problem`` when the channel at ``path`` is a pipe (a
+    FIFO, or a shell's ``<(zcat day_0.gz)``): its rows can be read only once."""
+    if channel_files(path)[0].is_fifo():
+        raise DataError(str(path), None, f"is a pipe, read once: {problem}")
+
+
 def detect_format(path: str | Path) -> str:
     """``recordio`` from its magic number, else ``libsvm``, ``libffm`` or ``csv`` from the first
     data line."""
     first = channel_files(path)[0]
     if first.is_fifo():
         raise DataError(str(first), None, "cannot detect the format of a pipe: give --format")
-    with open(first, "rb") as f:
+    with open_input(first) as f:
         head = f.read(1 << 16)
     if head.startswith(recordio.MAGIC_BYTES):
         return "recordio"
@@ -249,6 +256,7 @@ class FileSource:
     cache: bool = False  # keep a binary copy of parsed text files (see fmkit.data.cache)
     shard: tuple[int, int] = (0, 1)  # (part, parts): read only this process's share
     num_fields: int = 0  # an FFM's fields: every nonzero must name one below it (libffm)
+    _drained: bool = field(default=False, init=False, repr=False)  # a pipe, once read
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -263,8 +271,23 @@ class FileSource:
     def name(self) -> str:
         return str(self.path)
 
+    @property
+    def rereadable(self) -> bool:
+        """False for a pipe (a FIFO, or a shell's ``<(zcat day_0.gz)``): its rows can be read
+        only once, so nothing may read ahead of the one pass (the training engine, the index
+        base and field count detections ask first)."""
+        return not self.files[0].is_fifo()
+
+    def require_rereadable(self, problem: str) -> None:
+        """Raise a :class:`DataError` saying ``problem`` when this source is a pipe."""
+        refuse_pipe(self.path, problem)
+
     def raw_blocks(self) -> Iterator[SparseBatch]:
         """Parsed blocks as written in the file: indices not shifted, nothing checked."""
+        if not self.rereadable:  # reopening a drained FIFO would wait for a writer forever
+            if self._drained:
+                self.require_rereadable("its rows were read already")
+            self._drained = True
         read = READERS[self.fmt]
         files, shard = self.files, self.shard
         part, parts = shard

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fmkit import distributed
-from fmkit.data.sources import channel_files
+from fmkit.data.sources import channel_files, refuse_pipe
 from fmkit.jobs.training import run
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.models import artifact
@@ -77,6 +77,14 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     for path in (config.eval_input_path, validation_path):
         if path:
             channel_files(path)
+    train = config.train_config
+    if train.num_steps or train.num_epochs != 1:  # the channels are read once per epoch
+        validation = validation_path or (train.early_stopping_patience
+                                         and config.eval_input_path)
+        for path in (config.train_input_path, validation):
+            if path:
+                refuse_pipe(path, "training reads it once per epoch; give a file, or "
+                            "train_config.num_epochs=1")
     model = DeepFMModel.create(config)
     trained = _continue_from(init_model, model) if init_model else []
     model.net.to(target)

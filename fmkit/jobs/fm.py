@@ -42,6 +42,7 @@ def resolve_index_base(source: FileSource, index_base: str | int) -> int:
     if source.fmt not in INDEXED_FORMATS:
         return 0
     if str(index_base) == "auto":
+        source.require_rereadable("give --index-base (0 or 1): detecting it reads the rows")
         base = detect_index_base(source)
         log.info("%s: %d-based feature indices (detected)", source.name, base)
         return base
@@ -97,6 +98,11 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
         for name, path in (("test", test_path), ("validation", validation_path))
         if path is not None
     }
+    if hp["epochs"] > 1:  # each epoch reads the training and validation rows again
+        for channel in (source, channels.get("validation")):
+            if channel is not None:
+                channel.require_rereadable(f"epochs={hp['epochs']} reads it once per epoch; "
+                                           "give a file, or epochs=1")
     return train_sources(hp, source, model_dir, channels, index_base=source.index_base,
                          progress=progress, host=host, checkpoints=checkpoints, resume=resume,
                          device=device, init_model=init_model, callbacks=callbacks)
@@ -121,6 +127,7 @@ def _with_fields(hp: dict[str, Any], source: FileSource) -> dict[str, Any]:
     ``cache`` the pass parses the channel into its binary cache, which the epochs then read;
     without, it reads only the fields' digits (:func:`fmkit.data.libsvm.largest_field`)."""
     if not hp["num_fields"]:
+        source.require_rereadable("give num_fields: counting the fields reads the rows")
         largest = -1
         if source.cache:
             for batch in FileSource(source.path, source.fmt, hp["feature_dim"],

@@ -64,7 +64,8 @@ class Hyperparameter:
 AUTO_HELP = {
     "bias": "auto (fmkit's default when no bias_init_* is set): the training labels' mean for "
             "regressors, the logit of their positive rate for classifiers, measured on the "
-            f"first {LABEL_ROWS:,} training rows (0 in SageMaker's Pipe mode, read once)",
+            f"first {LABEL_ROWS:,} training rows (0 when the channel is a pipe, read once: "
+            "SageMaker's Pipe mode, a FIFO, <(zcat ...))",
     "factors": "auto (fmkit's default when no factors_init_* is set): normal with a standard "
                "deviation chosen per optimizer ("
                + ", ".join(f"{sigma} for {name}" for name, sigma in AUTO_FACTORS_SIGMA.items())
