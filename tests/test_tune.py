@@ -4,6 +4,7 @@ the test splits off itself, resuming after SIGKILL, and two trials at once with 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import signal
@@ -163,7 +164,7 @@ def test_tune_with_two_jobs_runs_two_trials_at_once(a9a_head, tmp_path):
 def test_tune_searches_a_deepfm_configuration(tmp_path, cli):
     """A DeepFM configuration's fields are searched: the model written carries the best
     trial's embedding width and layers, and the objective is the validation rows' AUC as
-    scikit-learn computes it from the model's predictions."""
+    scikit-learn computes it from the model's predictions (the training file gzipped)."""
     from fmkit.data.movielens import join_ratings
 
     from .conftest import REPO
@@ -171,7 +172,7 @@ def test_tune_searches_a_deepfm_configuration(tmp_path, cli):
     joined = tmp_path / "ua.base.csv"
     join_ratings(shared_file("movielens_100k", "u.data").parent, "ua.base", joined)
     lines = joined.read_text().splitlines(keepends=True)[:4001]  # header + 4,000 rows
-    joined.write_text("".join(lines))
+    joined.write_bytes(gzip.compress("".join(lines).encode()))  # split as the text it holds
     model_dir = tmp_path / "model"
     code, _, err = cli("tune", "--config", REPO / "examples" / "deepfm_movielens.yaml",
                        "--train", joined, "--validation-fraction", "0.1", "--trials", "2",
@@ -215,8 +216,8 @@ def test_tune_keeps_an_ffms_fields_in_its_validation_split(tmp_path, cli):
     from fmkit.models.fm.planted import planted_ctr
 
     data = planted_ctr(3000, [20, 15, 10], num_factors=2, field_aware=True, seed=1)
-    train = tmp_path / "train.ffm"
-    train.write_text("\n".join(data.libffm_lines()) + "\n")
+    train = tmp_path / "train.ffm.gz"
+    train.write_bytes(gzip.compress(("\n".join(data.libffm_lines()) + "\n").encode()))
     model_dir = tmp_path / "model"
     code, _, err = cli("tune", "--train", train, "--validation-fraction", "0.1", "--trials",
                        "2", "--jobs", "1", "--model-dir", model_dir, "feature_dim=45",

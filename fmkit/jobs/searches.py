@@ -157,6 +157,7 @@ class FMSearch:
             return
         source = FileSource(s.train, s.fmt, s.fixed["feature_dim"],
                             labels=label_mode(self.predictor_type))
+        source.require_rereadable("--validation-fraction reads it twice; give a file")
         source.index_base = base = resolve_index_base(source, s.index_base)
         rows = sum(batch.n_rows for batch in source.blocks())
         first = rows - _validation_rows(rows, s.validation_fraction)
@@ -183,7 +184,9 @@ class FMSearch:
                 cut = int(batch.lines[first - seen])
                 break
             seen += batch.n_rows
-        with open(source.files[0], "rb") as f, \
+        from fmkit.data.blocks import open_input
+
+        with open_input(source.files[0]) as f, \
                 files.output_stream(split / "train.data") as head, \
                 files.output_stream(split / "validation.part") as tail:
             for number, line in enumerate(f, start=1):
@@ -309,20 +312,27 @@ class DeepFMSearch:
         s, split = self.settings, work / "split"
         if s.validation_fraction is None or (split / "validation.csv").exists():
             return
-        from fmkit.data.sources import channel_files
+        from fmkit.data.blocks import open_input
+        from fmkit.data.sources import channel_files, refuse_pipe
 
-        lines = []
-        for path in channel_files(s.train):  # each file's lines, a last one without "\n" too
-            lines += [line if line.endswith(b"\n") else line + b"\n"
-                      for line in path.read_bytes().splitlines(keepends=True)]
-        header = lines[:1] if self.config.data_config.with_header else []
-        rows = lines[len(header):]
-        tail = _validation_rows(len(rows), s.validation_fraction)
+        refuse_pipe(s.train, "--validation-fraction reads it twice; give a file")
+
+        def lines():  # each file's lines, a last one without "\n" too, streamed
+            for path in channel_files(s.train):
+                with open_input(path) as f:
+                    for line in f:
+                        yield line if line.endswith(b"\n") else line + b"\n"
+
+        headers = 1 if self.config.data_config.with_header else 0
+        rows = sum(1 for _ in lines()) - headers
+        first = headers + rows - _validation_rows(rows, s.validation_fraction)
         split.mkdir(exist_ok=True)
-        with files.output_stream(split / "train.csv") as out:
-            out.write(b"".join(header + rows[:-tail]))
-        with files.output_stream(split / "validation.csv") as out:
-            out.write(b"".join(header + rows[-tail:]))
+        with files.output_stream(split / "train.csv") as head, \
+                files.output_stream(split / "validation.csv") as tail:
+            for number, line in enumerate(lines()):
+                if number < headers:
+                    tail.write(line)
+                (head if number < first else tail).write(line)
 
     def train(self, params: Mapping[str, Any], work: Path, model_dir: Path, *,
               refit_epochs: int | None = None, callbacks: Sequence[Callback] = (),
