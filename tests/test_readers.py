@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import json
 import lzma
 import os
 import subprocess
@@ -389,3 +390,34 @@ def test_a_pipe_is_read_once(tmp_path):
     result = train("--config", config, "--set", "train_config.num_epochs=2")
     assert result.returncode == 1
     assert "is a pipe, read once: training reads it once per epoch" in result.stderr
+
+
+def test_compressed_request_and_catalogue_files_answer_as_plain_ones(tmp_path):
+    """``fmkit predict --format jsonlines|json`` and ``fmkit recommend`` read gzip files as
+    the text they hold: the same answers as from the plain files."""
+    model = tmp_path / "model"
+    assert run_fmkit("train", "--train", shared_file("a9a_libsvm", "a9a"), "--model-dir", model,
+                     "feature_dim=123", "num_factors=4", "predictor_type=binary_classifier",
+                     "mini_batch_size=100").returncode == 0
+    rows = [{"features": {"keys": [i % 100, 100 + i % 23], "shape": [123], "values": [1, 1]}}
+            for i in range(50)]
+    plain = {"jsonlines": "".join(json.dumps({"data": r}) + "\n" for r in rows),
+             "json": json.dumps({"instances": [{"data": r} for r in rows]}),
+             "items": "".join(json.dumps({"id": i, "keys": [100 + i]}) + "\n" for i in range(20)),
+             "contexts": "".join(json.dumps({"id": u, "keys": [u, u + 7]}) + "\n"
+                                 for u in range(5))}
+    answers = {}
+    for packed in (False, True):
+        paths = {}
+        for name, text in plain.items():
+            paths[name] = tmp_path / f"{name}{'.gz' * packed}"
+            paths[name].write_bytes(gzip.compress(text.encode()) if packed else text.encode())
+        runs = [("predict", "--model-dir", model, "--data", paths[fmt], "--format", fmt)
+                for fmt in ("jsonlines", "json")]
+        runs.append(("recommend", "--model-dir", model, "--items", paths["items"],
+                     "--context", paths["contexts"], "--k", "3"))
+        results = [run_fmkit(*run) for run in runs]
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+        answers[packed] = [r.stdout for r in results]
+    assert answers[True] == answers[False]
+    assert answers[True][0].count("\n") == 50 and answers[True][2].count("\n") == 5

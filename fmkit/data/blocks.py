@@ -51,6 +51,23 @@ def open_input(path: str | Path) -> Iterator[BinaryIO]:
                             ) from None
 
 
+def read_input(path: str | Path) -> bytes:
+    """A whole input file's bytes, decompressed (see :func:`open_input`): for inputs that are
+    held in memory anyway (a recommendation catalogue, a JSON request body)."""
+    with open_input(path) as f:
+        return f.read()
+
+
+def read_input_text(path: str | Path) -> str:
+    """:func:`read_input` as UTF-8 text; a missing, unreadable or non-UTF-8 file is a
+    :class:`~fmkit.errors.DataError` naming it."""
+    try:
+        return read_input(path).decode()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(str(path), None, f"cannot read: {getattr(e, 'strerror', None) or e}"
+                        ) from None
+
+
 def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[np.ndarray]:
     """Yield a text file as uint8 arrays of whole lines.
 

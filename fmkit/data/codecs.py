@@ -438,15 +438,14 @@ def read_request_files(path, fmt: str, decode: Callable[[bytes, str, str, int], 
     lines), each decoded by ``decode(body, fmt, source, first_line)`` — how ``fmkit predict
     --format json|jsonlines`` reads request bodies from disk; a malformed body is a
     DataError naming the file."""
-    from pathlib import Path
 
-    from fmkit.data.blocks import iter_line_blocks
+    from fmkit.data.blocks import iter_line_blocks, read_input
     from fmkit.data.sources import channel_files
 
     for file in channel_files(path):
         try:
             if fmt == "json":
-                yield decode(Path(file).read_bytes(), fmt, str(file), 1)
+                yield decode(read_input(file), fmt, str(file), 1)
                 continue
             for buf, first_line in iter_line_blocks(file):
                 yield decode(buf.tobytes(), fmt, str(file), first_line)

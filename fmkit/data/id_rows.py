@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fmkit.data.batch import SparseBatch
+from fmkit.data.blocks import read_input_text
 from fmkit.errors import DataError, excerpt
 
 
@@ -29,11 +30,7 @@ def read_id_rows(path: str | Path, feature_dim: int, num_fields: int = 0
                  ) -> tuple[list[Any], SparseBatch]:
     """The ids and rows of a file (see the module docstring)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(str(path), None, f"cannot read: {getattr(e, 'strerror', None) or e}"
-                        ) from None
+    text = read_input_text(path)
     json_lines = text.lstrip().startswith("{")
     records = []
     for number, line in enumerate(text.splitlines(), start=1):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fmkit import files
+from fmkit.data.blocks import read_input_text
 from fmkit.data.id_rows import read_id_rows
 from fmkit.errors import ArtifactError, DataError
 from fmkit.models import artifact
@@ -91,7 +92,7 @@ def exclusions(path: str | Path | None, query_ids: list[Any], catalogue: Catalog
     if path is None:
         return None
     seen: dict[str, list[Any]] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(read_input_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
