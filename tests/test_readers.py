@@ -421,3 +421,25 @@ def test_compressed_request_and_catalogue_files_answer_as_plain_ones(tmp_path):
         answers[packed] = [r.stdout for r in results]
     assert answers[True] == answers[False]
     assert answers[True][0].count("\n") == 50 and answers[True][2].count("\n") == 5
+
+
+def test_a_byte_order_mark_is_skipped_and_a_url_is_named(tmp_path):
+    """A UTF-8 byte-order mark before the first line (Excel's "CSV UTF-8") is not part of
+    the first label or column name, plain or compressed; a URL is one line saying fmkit
+    reads local files, not "no such file"."""
+    plain = shared_file("a9a_libsvm", "a9a.t")
+    marked = tmp_path / "marked"
+    marked.write_bytes(gzip.compress(b"\xef\xbb\xbf" + plain.read_bytes()))
+    X, y = read_all(FileSource(marked, "auto", 123, index_base=1, labels="binary"))
+    X_ref, y_ref = load_svmlight_file(str(plain), n_features=123, zero_based=False)
+    assert (X != X_ref.astype(np.float32)).nnz == 0 and np.array_equal(y, y_ref == 1)
+    table = tmp_path / "table.csv"
+    table.write_bytes(b"\xef\xbb\xbflabel,user\n1,u1\n0,u2\n")
+    batch = next(columns.read_delimited(table, None, ",", True))
+    assert list(batch.columns) == ["label", "user"]
+    assert batch.columns["label"].to_pylist() == ["1", "0"]
+    result = run_fmkit("train", "--train", "s3://bucket/day_0.gz", "--model-dir", tmp_path / "m",
+                       "feature_dim=10", "num_factors=2", "predictor_type=binary_classifier")
+    assert result.returncode == 1 and result.stderr.strip() == (
+        "fmkit: error: s3://bucket/day_0.gz: is a URL: fmkit reads local files, directories "
+        "and pipes; copy it first (aws s3 cp, gsutil cp, curl -O)")

@@ -25,15 +25,17 @@ BLOCK_BYTES = 4 << 20
 COMPRESSED = {b"\x1f\x8b": lambda f: gzip.GzipFile(fileobj=f), b"BZh": bz2.BZ2File,
               b"\xfd7zXZ\x00": lzma.LZMAFile}
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+BOM = b"\xef\xbb\xbf"
 # what a damaged compressed stream raises while it is read
 DECOMPRESSION_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 
 
 @contextlib.contextmanager
 def open_input(path: str | Path) -> Iterator[BinaryIO]:
-    """``path``'s bytes: as stored, or decompressed when it is gzip, bzip2 or xz. Reading a
-    damaged compressed file raises :class:`~fmkit.errors.DataError` naming it. Works on pipes
-    (the magic number is peeked, not read)."""
+    """``path``'s bytes: as stored, or decompressed when it is gzip, bzip2 or xz, without the
+    UTF-8 byte-order mark Windows tools put first (Excel's "CSV UTF-8"). Reading a damaged
+    compressed file raises :class:`~fmkit.errors.DataError` naming it. Works on pipes (the
+    first bytes are peeked, not read)."""
     with open(path, "rb") as f:
         head = f.peek(6)[:6]
         if head.startswith(ZSTD_MAGIC):
@@ -41,14 +43,21 @@ def open_input(path: str | Path) -> Iterator[BinaryIO]:
                             "fmkit reads gzip, bzip2 and xz files as they are")
         opener = next((o for magic, o in COMPRESSED.items() if head.startswith(magic)), None)
         if opener is None:
-            yield f
+            yield _past_bom(f)
             return
         try:
             with opener(f) as stream:
-                yield stream
+                yield _past_bom(stream)
         except DECOMPRESSION_ERRORS as e:
             raise DataError(str(path), None, f"cannot decompress: {e or 'the file is truncated'}"
                             ) from None
+
+
+def _past_bom(stream):
+    """``stream`` after a UTF-8 byte-order mark, if it starts with one."""
+    if stream.peek(3)[:3] == BOM:
+        stream.read(3)
+    return stream
 
 
 def read_input(path: str | Path) -> bytes:

@@ -8,6 +8,7 @@ checked) labels the predictor type accepts, so models never see malformed rows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +34,12 @@ FORMATS = ("auto", *READERS)
 # formats whose feature indices are written 0- or 1-based (``index_base``); the rest are 0-based
 INDEXED_FORMATS = ("libsvm", "libffm")
 IGNORED_FILES = {".amazon.manifest"}
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")  # s3://, gs://, https://, hdfs://...
 
 
 def channel_files(path: str | Path) -> list[Path]:
     """The files of a channel: the file itself, or every regular file under a directory."""
-    path = Path(path)
+    given, path = str(path), Path(path)
     if path.is_file() or path.is_fifo():
         return [path]
     if path.is_dir():
@@ -48,6 +50,9 @@ def channel_files(path: str | Path) -> list[Path]:
         if not files:
             raise DataError(str(path), None, "directory holds no data files")
         return files
+    if URL.match(given):  # Path("s3://b/k") is "s3:/b/k": still a scheme and a slash
+        raise DataError(given, None, "is a URL: fmkit reads local files, directories and pipes; "
+                        "copy it first (aws s3 cp, gsutil cp, curl -O)")
     raise DataError(str(path), None, "no such file or directory")
 
 
