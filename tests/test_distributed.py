@@ -188,3 +188,36 @@ def test_deepfm_with_sample_weights_on_two_processes_equals_one(tmp_path):
     expected, found = one.logits(batch), load_model(tmp_path / "two").logits(batch)
     assert np.abs(expected).max() > 0.05  # it trained: not a comparison of two initial models
     np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_ffm_on_two_processes_equals_one(tmp_path):
+    """A field-aware FM on ``--nproc 2``: with one mini-batch per epoch (the batch holds every
+    row) and plain SGD, each step's gradient is the mean over both processes' rows, so the two
+    processes train the model one process trains, to float rounding — the number of fields
+    found alike on both, every row read once per epoch."""
+    import numpy as np
+
+    from fmkit.jobs.fm import train_files
+    from fmkit.models.fm.model import FMModel
+    from fmkit.models.fm.planted import planted_ctr
+
+    data = planted_ctr(1200, [15, 10, 8], num_factors=2, field_aware=True, seed=3)
+    lines = data.libffm_lines()
+    channel = tmp_path / "channel"  # two files of 400 and 800 rows: each process reads one,
+    channel.mkdir()  # so averaging the processes' means instead of the rows' would show
+    for part, rows in enumerate((lines[:400], lines[400:])):
+        (channel / f"part-{part}.ffm").write_text("\n".join(rows) + "\n")
+    hp = {"feature_dim": 33, "num_factors": 2, "predictor_type": "binary_classifier",
+          "model_type": "ffm", "optimizer": "sgd", "mini_batch_size": 5000, "epochs": 3,
+          "bias_lr": 0.5, "linear_lr": 0.5, "factors_lr": 0.5, "factors_init_sigma": 0.1}
+    one, _ = train_files(hp, channel, tmp_path / "one", index_base=0, progress=False)
+    two = run_fmkit("train", "--nproc", "2", "--train", channel, "--model-dir",
+                    tmp_path / "two", "--index-base", "0", *(f"{k}={v}" for k, v in hp.items()))
+    assert two.returncode == 0, two.stderr
+    assert "over 1200 rows" in two.stderr
+    found = FMModel.load(tmp_path / "two")
+    assert found.field_aware and found.num_fields == 3
+    assert np.abs(one.params.V).max() > 0.1 and np.abs(one.params.w).max() > 0.01  # trained
+    for name in ("w0", "w", "V"):
+        np.testing.assert_allclose(getattr(found.params, name), getattr(one.params, name),
+                                   rtol=1e-4, atol=1e-6)
