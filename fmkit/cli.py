@@ -248,10 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "measured in benchmarks/bench_recommend.py)")
     _add_quiet(p)
 
-    p = sub.add_parser("export", help="an FM as ONNX or SageMaker's model.tar.gz, or any "
-                       "model's weights as npz/parquet",
-                       description="Write a model for other runtimes: an FM as an ONNX graph "
-                       "(inputs indices, values, rows, batch_size; outputs y, score) or as "
+    p = sub.add_parser("export", help="a model as ONNX, an FM as SageMaker's model.tar.gz, "
+                       "or any model's weights as npz/parquet",
+                       description="Write a model for other runtimes: an FM or FFM as an ONNX "
+                       "graph (inputs indices, values, rows, an FFM's fields, batch_size; "
+                       "outputs y, score; a DeepFM's network with its encoding JSON), an FM as "
                        "SageMaker Factorization Machines' model.tar.gz (MXNet symbol.json, "
                        "params, meta.json), or the weights as a numpy .npz (FM: w0, w, V; "
                        "DeepFM: each embedding table and the MLP weights) or a Parquet table "

@@ -1,7 +1,8 @@
 """Models for other runtimes: an FM's ONNX graph scored by onnxruntime equals ``fmkit
-predict`` on a9a; the npz/Parquet weights equal the model's, read back by numpy and pyarrow;
-a DeepFM's npz holds each table under its name, and its ONNX graph scores the Criteo example
-as ``fmkit predict`` does, fed from the encoding JSON written beside it."""
+predict`` on a9a, an FFM's equals its brute-force double loop; the npz/Parquet weights equal
+the model's, read back by numpy and pyarrow; a DeepFM's npz holds each table under its name,
+and its ONNX graph scores the Criteo example as ``fmkit predict`` does, fed from the encoding
+JSON written beside it."""
 
 from __future__ import annotations
 
@@ -64,6 +65,55 @@ def test_onnxruntime_scores_what_fmkit_predict_scores_on_a9a(a9a_model, cli):
     np.testing.assert_allclose(1 / (1 + np.exp(-y)), score, rtol=1e-5)
     code, _, err = cli("export", "onnx", "--model-dir", root / "model", root / "fm.onnx")
     assert code == 1 and "exists" in err  # an existing file is not replaced
+
+
+def test_onnxruntime_scores_an_ffm_as_its_brute_force_double_loop(tmp_path, cli):
+    """A field-aware FM's ONNX graph (inputs indices, values, rows, fields, batch_size), fed
+    from a libffm file parsed in plain Python, against the FFM written as a double loop over
+    each row's pairs in float64 — and against ``fmkit predict``."""
+    import onnxruntime
+
+    from fmkit.models.fm.planted import planted_ctr
+
+    data = planted_ctr(2000, [20, 15, 10, 5], num_factors=3, field_aware=True, seed=2)
+    train = tmp_path / "train.ffm"
+    train.write_text("\n".join(data.libffm_lines()) + "\n")
+    code, _, err = cli("train", "--train", train, "--model-dir", tmp_path / "model",
+                       "--index-base", "0", "--quiet", "feature_dim=50", "num_factors=3",
+                       "model_type=ffm", "predictor_type=binary_classifier", "epochs=2",
+                       "mini_batch_size=100", "bias_lr=0.02", "linear_lr=0.02",
+                       "factors_lr=0.02")
+    assert code == 0, err
+    assert cli("export", "onnx", "--model-dir", tmp_path / "model", tmp_path / "ffm.onnx",
+               "--quiet")[0] == 0
+    with np.load(tmp_path / "model" / "weights.npz") as weights:
+        w0, w, V = (weights[name].astype(np.float64) for name in ("w0", "w", "V"))
+    V = V.reshape(50, 4, 3)  # (feature, field, factor)
+    feeds, expected = {"indices": [], "values": [], "rows": [], "fields": []}, []
+    for row, line in enumerate(train.read_text().splitlines()[:500]):
+        nonzeros = [tuple(token.split(":")) for token in line.split()[1:]]
+        nonzeros = [(int(f), int(i), float(x)) for f, i, x in nonzeros]
+        y = w0[0] + sum(w[i] * x for _, i, x in nonzeros)
+        for a, (fa, ia, xa) in enumerate(nonzeros):
+            for fb, ib, xb in nonzeros[a + 1:]:
+                y += V[ia, fb] @ V[ib, fa] * xa * xb
+        expected.append(y)
+        for f, i, x in nonzeros:
+            feeds["indices"].append(i)
+            feeds["fields"].append(f)
+            feeds["values"].append(x)
+            feeds["rows"].append(row)
+    session = onnxruntime.InferenceSession(str(tmp_path / "ffm.onnx"))
+    inputs = {name: np.array(values, np.float32 if name == "values" else np.int64)
+              for name, values in feeds.items()}
+    y, score = session.run(None, {**inputs, "batch_size": np.array([500], np.int64)})
+    assert np.abs(expected).max() > 1  # the factors matter: not a bias-only model
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    head = tmp_path / "head.ffm"
+    head.write_text("".join(train.read_text().splitlines(True)[:500]))
+    code, out, _ = cli("predict", "--model-dir", tmp_path / "model", "--data", head)
+    predicted = [json.loads(line)["score"] for line in out.splitlines()]
+    np.testing.assert_allclose(score, predicted, rtol=0, atol=1e-5)
 
 
 def test_npz_and_parquet_weights_are_the_models(a9a_model, cli):

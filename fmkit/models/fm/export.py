@@ -1,15 +1,20 @@
 """An FM's weights for other runtimes: an ONNX graph, a numpy ``.npz`` or a Parquet table.
 
-The ONNX graph scores sparse rows given as three flat inputs — ``indices`` (int64 feature
-ids), ``values`` (float32) and ``rows`` (int64, the row of each nonzero) — plus
-``batch_size`` (int64, shape [1]), and computes exactly what :mod:`fmkit.models.fm.parameters`
-writes down::
+The ONNX graph scores sparse rows given as flat inputs — ``indices`` (int64 feature ids),
+``values`` (float32) and ``rows`` (int64, the row of each nonzero), and for a field-aware FM
+``fields`` (int64, each nonzero's field) — plus ``batch_size`` (int64, shape [1]), and computes
+exactly what :mod:`fmkit.models.fm.parameters` (and :mod:`fmkit.models.fm.ffm`) write down::
 
-    y = w0 + sum w_i x_i + 1/2 sum_f [ (sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2 ]
+    y = w0 + sum w_i x_i + 1/2 sum_f [ (sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2 ]          (FM)
+    y = w0 + sum w_i x_i + sum_{a<b} <v_{i_a, f_b}, v_{i_b, f_a}> x_a x_b                (FFM)
 
-with the row sums as ``ScatterElements(reduction="add")`` (opset 18). Outputs: ``y`` and
-``score`` (sigmoid(y) for a binary classifier, y for a regressor), one per row. A row with no
-nonzero scores w0.
+with the row sums as ``ScatterElements(reduction="add")`` (opset 18). The FFM's pairs are
+summed per row and field pair first: ``A[r, f, g] = sum over the row's nonzeros a of field f of
+v_{i_a, g} x_a``, so that the sum over all ordered pairs is ``sum_{f,g} <A[r,f,g], A[r,g,f]>``,
+of which the pairs of a nonzero with itself (``|v_{i_a, f_a}|^2 x_a^2``) are taken out and the
+rest halved: O(rows * fields^2 * k), never a pair list. Each key appears once per row (as the
+server asks). Outputs: ``y`` and ``score`` (sigmoid(y) for a binary classifier, y for a
+regressor), one per row. A row with no nonzero scores w0.
 
 The ``.npz`` holds ``w0`` (1,), ``w`` (d,), ``V`` (d, k) — (d, num_fields, k) for a
 field-aware FM — as float32; the Parquet table one row per feature: ``feature``, ``w`` and
@@ -29,11 +34,7 @@ OPSET = 18
 
 
 def onnx_model(model: FMModel):
-    """The FM as an ``onnx.ModelProto`` (see the module docstring)."""
-    if model.field_aware:
-        raise ArtifactError("ONNX export covers the FM (model_type=fm); a field-aware FM's "
-                            "pairs depend on both features' fields: export its weights with "
-                            "fmkit export npz")
+    """The FM or FFM as an ``onnx.ModelProto`` (see the module docstring)."""
     if model.hyperparameters.get("instance_norm"):
         raise ArtifactError("ONNX export covers rows scored as they come; this model scales "
                             "each row to unit length first (instance_norm=1): export its "
@@ -45,30 +46,55 @@ def onnx_model(model: FMModel):
         raise MissingDependency("ONNX export needs the onnx package: pip install "
                                 "'fmkit[export]'") from None
 
-    params = model.params
-    k = params.num_factors
-    w0 = np.asarray(params.w0, np.float32).reshape(1)
-    initializers = [numpy_helper.from_array(w0, "w0"),
-                    numpy_helper.from_array(np.ascontiguousarray(params.w, np.float32), "w"),
-                    numpy_helper.from_array(np.ascontiguousarray(params.V, np.float32), "V"),
-                    numpy_helper.from_array(np.array([k], np.int64), "k"),
-                    numpy_helper.from_array(np.array([1], np.int64), "one_axis"),
-                    numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    params, fields = model.params, model.num_fields
+    constants = {"w0": np.asarray(params.w0, np.float32).reshape(1),
+                 "w": np.ascontiguousarray(params.w, np.float32),
+                 "V": np.ascontiguousarray(params.V, np.float32),
+                 "width": np.array([params.num_factors], np.int64),
+                 "one_axis": np.array([1], np.int64), "half": np.array(0.5, np.float32)}
     node = helper.make_node
+    zeros = {"value": helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])}
     nodes = [
         node("Gather", ["w", "indices"], ["w_nz"], axis=0),
         node("Mul", ["w_nz", "values"], ["wx"]),
-        node("ConstantOfShape", ["batch_size"], ["zeros_n"],
-             value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])),
+        node("ConstantOfShape", ["batch_size"], ["zeros_n"], **zeros),
         node("ScatterElements", ["zeros_n", "rows", "wx"], ["linear"], axis=0,
              reduction="add"),
         node("Gather", ["V", "indices"], ["v_nz"], axis=0),
         node("Unsqueeze", ["values", "one_axis"], ["x_col"]),
-        node("Mul", ["v_nz", "x_col"], ["vx"]),
+        node("Mul", ["v_nz", "x_col"], ["vx"]),  # each nonzero's factors times its value
+        node("Shape", ["vx"], ["shape_like"]),
+        node("Add", ["linear", "pairs"], ["without_bias"]),
+        node("Add", ["without_bias", "w0"], ["y"]),
+        node("Sigmoid" if model.predictor_type == "binary_classifier" else "Identity", ["y"],
+             ["score"]),
+    ]
+    if fields:
+        nodes += _ffm_pairs(node, zeros, constants, fields, params.num_factors // fields)
+    else:
+        nodes += _fm_pairs(node, zeros)
+    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["nnz"])
+              for name in ("indices", "rows", *(["fields"] if fields else []))]
+    inputs += [helper.make_tensor_value_info("values", TensorProto.FLOAT, ["nnz"]),
+               helper.make_tensor_value_info("batch_size", TensorProto.INT64, [1])]
+    graph = helper.make_graph(
+        _ordered(nodes, {*constants, *(i.name for i in inputs)}),
+        "fmkit_ffm" if fields else "fmkit_fm", inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"]),
+         helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()])
+    result = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                               producer_name="fmkit")
+    onnx.checker.check_model(result)
+    return result
+
+
+def _fm_pairs(node, zeros) -> list:
+    """``pairs``: 1/2 sum_f [(sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2] per row."""
+    return [
         node("Mul", ["vx", "vx"], ["vx2"]),
-        node("Concat", ["batch_size", "k"], ["shape_nk"], axis=0),
-        node("ConstantOfShape", ["shape_nk"], ["zeros_nk"],
-             value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])),
+        node("Concat", ["batch_size", "width"], ["shape_nk"], axis=0),
+        node("ConstantOfShape", ["shape_nk"], ["zeros_nk"], **zeros),
         node("Unsqueeze", ["rows", "one_axis"], ["rows_col"]),
         node("Expand", ["rows_col", "shape_like"], ["rows_nk"]),
         node("ScatterElements", ["zeros_nk", "rows_nk", "vx"], ["sum_vx"], axis=0,
@@ -79,34 +105,54 @@ def onnx_model(model: FMModel):
         node("Sub", ["square_of_sum", "sum_vx2"], ["pairs_f"]),
         node("ReduceSum", ["pairs_f", "one_axis"], ["pairs_sum"], keepdims=0),
         node("Mul", ["pairs_sum", "half"], ["pairs"]),
-        node("Add", ["linear", "pairs"], ["without_bias"]),
-        node("Add", ["without_bias", "w0"], ["y"]),
-        node("Shape", ["vx"], ["shape_like"]),
     ]
-    classifier = model.predictor_type == "binary_classifier"
-    nodes.append(node("Sigmoid" if classifier else "Identity", ["y"], ["score"]))
-    graph = helper.make_graph(
-        _ordered(nodes), "fmkit_fm",
-        [helper.make_tensor_value_info("indices", TensorProto.INT64, ["nnz"]),
-         helper.make_tensor_value_info("values", TensorProto.FLOAT, ["nnz"]),
-         helper.make_tensor_value_info("rows", TensorProto.INT64, ["nnz"]),
-         helper.make_tensor_value_info("batch_size", TensorProto.INT64, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"]),
-         helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"])],
-        initializers)
-    result = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                               producer_name="fmkit")
-    onnx.checker.check_model(result)
-    return result
 
 
-def _ordered(nodes: list) -> list:
+def _ffm_pairs(node, zeros, constants: dict, fields: int, k: int) -> list:
+    """``pairs``: sum_{a<b} <v_{i_a, f_b}, v_{i_b, f_a}> x_a x_b per row, through the sums
+    ``A[r, f, g]`` of the module docstring (adds its constants to ``constants``)."""
+    constants.update(
+        fields_count=np.array([fields], np.int64),
+        shape_rffk=np.array([-1, fields, fields, k], np.int64),
+        shape_nfk=np.array([-1, fields, k], np.int64),
+        shape_11k=np.array([1, 1, k], np.int64),
+        axes_12=np.array([1, 2], np.int64), axes_123=np.array([1, 2, 3], np.int64))
+    return [
+        node("Mul", ["rows", "fields_count"], ["row_start"]),
+        node("Add", ["row_start", "fields"], ["slot"]),  # (row, own field) of each nonzero
+        node("Mul", ["batch_size", "fields_count"], ["slots"]),
+        node("Concat", ["slots", "width"], ["shape_slots"], axis=0),
+        node("ConstantOfShape", ["shape_slots"], ["zeros_slots"], **zeros),
+        node("Unsqueeze", ["slot", "one_axis"], ["slot_col"]),
+        node("Expand", ["slot_col", "shape_like"], ["slot_nk"]),
+        node("ScatterElements", ["zeros_slots", "slot_nk", "vx"], ["sums"], axis=0,
+             reduction="add"),
+        node("Reshape", ["sums", "shape_rffk"], ["A"]),
+        node("Transpose", ["A"], ["A_swapped"], perm=[0, 2, 1, 3]),
+        node("Mul", ["A", "A_swapped"], ["products"]),
+        node("ReduceSum", ["products", "axes_123"], ["ordered_pairs"], keepdims=0),
+        node("Reshape", ["vx", "shape_nfk"], ["vx_fields"]),
+        node("Unsqueeze", ["fields", "axes_12"], ["own_field"]),
+        node("Expand", ["own_field", "shape_11k"], ["own_field_k"]),
+        node("GatherElements", ["vx_fields", "own_field_k"], ["own"], axis=1),
+        node("Mul", ["own", "own"], ["own2"]),
+        node("ReduceSum", ["own2", "axes_12"], ["self_pairs_nz"], keepdims=0),
+        node("ScatterElements", ["zeros_n", "rows", "self_pairs_nz"], ["self_pairs"], axis=0,
+             reduction="add"),
+        node("Sub", ["ordered_pairs", "self_pairs"], ["twice_pairs"]),
+        node("Mul", ["twice_pairs", "half"], ["pairs"]),
+    ]
+
+
+def _ordered(nodes: list, made: set[str]) -> list:
     """The nodes in an order where every input is made before it is used (ONNX requires a
-    topological order)."""
-    made = {"w", "V", "w0", "k", "one_axis", "half", "indices", "values", "rows", "batch_size"}
+    topological order); ``made``: the graph's inputs and constants."""
+    made = set(made)
     ordered, waiting = [], list(nodes)
     while waiting:
         ready = [n for n in waiting if all(i in made for i in n.input)]
+        if not ready:
+            raise AssertionError(f"ONNX graph: no node can run next of {waiting}")
         for n in ready:
             ordered.append(n)
             made.update(n.output)
