@@ -238,14 +238,12 @@ ROWS = [
      {"threads": 1, "epochs": 2, "data": "ffm",
       "hp": {**adaptive("adagrad", 0.05), "model_type": "ffm", "mini_batch_size": 1}},
      "ffm: xLearn FFM adagrad 1 thread, cold"),
-    # xLearn's own settings in fmkit's names: lr 0.2, rows scaled to unit length (xLearn's
-    # norm, on by default), AdaGrad's sums starting above 0
-    ("ffm: fmkit FFM xLearn settings, per row, 1 thread", "fmkit", "train_file",
-     {"threads": 1, "epochs": 2, "data": "ffm",
-      "hp": {**adaptive("adagrad", 0.2), "model_type": "ffm", "mini_batch_size": 1,
-             "instance_norm": 1, "initial_accumulator_value": 0.1}},
+    # an FFM's defaults are xLearn's own settings in fmkit's names (AdaGrad a row per step,
+    # lr 0.2, rows scaled to unit length as xLearn's norm, AdaGrad's sums starting above 0)
+    ("ffm: fmkit FFM defaults (xLearn's settings), 1 thread", "fmkit", "train_file",
+     {"threads": 1, "epochs": 2, "data": "ffm", "hp": {"model_type": "ffm"}},
      "ffm: xLearn FFM adagrad 1 thread, cold"),
-    ("ffm: fmkit FFM defaults (adam b1000), 1 thread", "fmkit", "train_file",
+    ("ffm: fmkit FFM, SageMaker's FM defaults (adam b1000)", "fmkit", "train_file",
      {"threads": 1, "epochs": 2, "data": "ffm", "hp": {**DEFAULTS, "model_type": "ffm"}},
      "ffm: xLearn FFM adagrad 1 thread, cold"),
     ("ffm: fmkit FM adagrad b100, 1 thread", "fmkit", "train_file",

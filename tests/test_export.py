@@ -70,7 +70,8 @@ def test_onnxruntime_scores_what_fmkit_predict_scores_on_a9a(a9a_model, cli):
 def test_onnxruntime_scores_an_ffm_as_its_brute_force_double_loop(tmp_path, cli):
     """A field-aware FM's ONNX graph (inputs indices, values, rows, fields, batch_size), fed
     from a libffm file parsed in plain Python, against the FFM written as a double loop over
-    each row's pairs in float64 — and against ``fmkit predict``."""
+    each row's pairs in float64 — and against ``fmkit predict``. The FFM's defaults scale
+    rows to unit length (instance_norm=1): the graph does too."""
     import onnxruntime
 
     from fmkit.models.fm.planted import planted_ctr
@@ -86,13 +87,17 @@ def test_onnxruntime_scores_an_ffm_as_its_brute_force_double_loop(tmp_path, cli)
     assert code == 0, err
     assert cli("export", "onnx", "--model-dir", tmp_path / "model", tmp_path / "ffm.onnx",
                "--quiet")[0] == 0
+    from fmkit.models.fm.model import FMModel
+
+    assert FMModel.load(tmp_path / "model").hyperparameters["instance_norm"] == 1
     with np.load(tmp_path / "model" / "weights.npz") as weights:
         w0, w, V = (weights[name].astype(np.float64) for name in ("w0", "w", "V"))
     V = V.reshape(50, 4, 3)  # (feature, field, factor)
     feeds, expected = {"indices": [], "values": [], "rows": [], "fields": []}, []
     for row, line in enumerate(train.read_text().splitlines()[:500]):
         nonzeros = [tuple(token.split(":")) for token in line.split()[1:]]
-        nonzeros = [(int(f), int(i), float(x)) for f, i, x in nonzeros]
+        length = np.sqrt(sum(float(x) ** 2 for _, _, x in nonzeros))
+        nonzeros = [(int(f), int(i), float(x) / length) for f, i, x in nonzeros]
         y = w0[0] + sum(w[i] * x for _, i, x in nonzeros)
         for a, (fa, ia, xa) in enumerate(nonzeros):
             for fb, ib, xb in nonzeros[a + 1:]:
@@ -101,7 +106,7 @@ def test_onnxruntime_scores_an_ffm_as_its_brute_force_double_loop(tmp_path, cli)
         for f, i, x in nonzeros:
             feeds["indices"].append(i)
             feeds["fields"].append(f)
-            feeds["values"].append(x)
+            feeds["values"].append(x * length * 3)  # as written, times 3: the graph scales
             feeds["rows"].append(row)
     session = onnxruntime.InferenceSession(str(tmp_path / "ffm.onnx"))
     inputs = {name: np.array(values, np.float32 if name == "values" else np.int64)

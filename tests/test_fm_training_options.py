@@ -108,15 +108,31 @@ def test_instance_norm_scores_a_field_aware_model_on_the_scaled_rows():
 
 
 def test_a_model_that_scales_its_rows_refuses_what_would_score_them_unscaled():
+    """SageMaker's artifact and top-k cannot scale a joined row: refused. The ONNX graph
+    scales rows itself: onnxruntime's y equals the FM of the rows scaled by hand, a row of
+    zeros kept."""
+    import onnxruntime
+
     X, y = _problem()
+    X = sp.vstack([X, sp.csr_matrix((np.zeros(1, np.float32), ([0], [4])), shape=(1, 12))],
+                  format="csr")  # a row whose only value is 0
     hp = validate({"feature_dim": 12, "num_factors": 3, "predictor_type": "binary_classifier",
-                   "instance_norm": 1})
+                   "instance_norm": 1, "factors_init_sigma": 0.5})
     model = FMModel(hp, init_parameters(hp))
-    rows = SparseBatch(X.indptr.astype(np.int64), X.indices, X.data, y.astype(np.float32))
-    for export in (onnx_model, artifact_bytes,
-                   lambda m: Catalogue.of(m, list(range(rows.n_rows)), rows)):
+    rows = SparseBatch(X.indptr.astype(np.int64), X.indices, X.data, np.zeros(X.shape[0],
+                                                                              np.float32))
+    for export in (artifact_bytes, lambda m: Catalogue.of(m, list(range(rows.n_rows)), rows)):
         with pytest.raises(ArtifactError, match="instance_norm=1"):
             export(model)
+    session = onnxruntime.InferenceSession(onnx_model(model).SerializeToString())
+    found, _ = session.run(None, {
+        "indices": X.indices.astype(np.int64), "values": X.data.astype(np.float32),
+        "rows": np.repeat(np.arange(X.shape[0]), np.diff(X.indptr)).astype(np.int64),
+        "batch_size": np.array([X.shape[0]], np.int64)})
+    params = FMParameters(*(v.astype(np.float64) for v in (model.params.w0, model.params.w,
+                                                           model.params.V)))
+    expected = brute_force_fm(params, _scaled_by_hand(X).toarray().astype(np.float64))
+    np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("batch_size", [1, 2])

@@ -165,7 +165,7 @@ def test_ffm_top_k_equals_scoring_every_item_with_predict(tmp_path, cli):
     data = planted_ctr(4000, [30, 20, 10, 8], seed=5, field_aware=True)
     (tmp_path / "train.ffm").write_text("\n".join(data.libffm_lines()) + "\n")
     code, _, err = cli("train", "--train", tmp_path / "train.ffm", "--model-dir",
-                       tmp_path / "model", "--quiet", "model_type=ffm",
+                       tmp_path / "model", "--quiet", "model_type=ffm", "instance_norm=0",
                        f"feature_dim={data.X.shape[1]}", "num_factors=4",
                        "predictor_type=binary_classifier", "epochs=2")
     assert code == 0, err

@@ -13,7 +13,8 @@ summed per row and field pair first: ``A[r, f, g] = sum over the row's nonzeros 
 v_{i_a, g} x_a``, so that the sum over all ordered pairs is ``sum_{f,g} <A[r,f,g], A[r,g,f]>``,
 of which the pairs of a nonzero with itself (``|v_{i_a, f_a}|^2 x_a^2``) are taken out and the
 rest halved: O(rows * fields^2 * k), never a pair list. Each key appears once per row (as the
-server asks). Outputs: ``y`` and ``score`` (sigmoid(y) for a binary classifier, y for a
+server asks). A model trained with ``instance_norm=1`` scales each row to unit length first,
+in the graph. Outputs: ``y`` and ``score`` (sigmoid(y) for a binary classifier, y for a
 regressor), one per row. A row with no nonzero scores w0.
 
 The ``.npz`` holds ``w0`` (1,), ``w`` (d,), ``V`` (d, k) — (d, num_fields, k) for a
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmkit.errors import ArtifactError, MissingDependency
+from fmkit.errors import MissingDependency
 from fmkit.models.fm.model import FMModel
 
 OPSET = 18
@@ -35,10 +36,6 @@ OPSET = 18
 
 def onnx_model(model: FMModel):
     """The FM or FFM as an ``onnx.ModelProto`` (see the module docstring)."""
-    if model.hyperparameters.get("instance_norm"):
-        raise ArtifactError("ONNX export covers rows scored as they come; this model scales "
-                            "each row to unit length first (instance_norm=1): export its "
-                            "weights with fmkit export npz")
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
@@ -56,12 +53,12 @@ def onnx_model(model: FMModel):
     zeros = {"value": helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])}
     nodes = [
         node("Gather", ["w", "indices"], ["w_nz"], axis=0),
-        node("Mul", ["w_nz", "values"], ["wx"]),
+        node("Mul", ["w_nz", "x"], ["wx"]),
         node("ConstantOfShape", ["batch_size"], ["zeros_n"], **zeros),
         node("ScatterElements", ["zeros_n", "rows", "wx"], ["linear"], axis=0,
              reduction="add"),
         node("Gather", ["V", "indices"], ["v_nz"], axis=0),
-        node("Unsqueeze", ["values", "one_axis"], ["x_col"]),
+        node("Unsqueeze", ["x", "one_axis"], ["x_col"]),
         node("Mul", ["v_nz", "x_col"], ["vx"]),  # each nonzero's factors times its value
         node("Shape", ["vx"], ["shape_like"]),
         node("Add", ["linear", "pairs"], ["without_bias"]),
@@ -69,6 +66,10 @@ def onnx_model(model: FMModel):
         node("Sigmoid" if model.predictor_type == "binary_classifier" else "Identity", ["y"],
              ["score"]),
     ]
+    if model.hyperparameters.get("instance_norm"):
+        nodes += _unit_rows(node, constants)
+    else:
+        nodes.append(node("Identity", ["values"], ["x"]))
     if fields:
         nodes += _ffm_pairs(node, zeros, constants, fields, params.num_factors // fields)
     else:
@@ -87,6 +88,23 @@ def onnx_model(model: FMModel):
                                producer_name="fmkit")
     onnx.checker.check_model(result)
     return result
+
+
+def _unit_rows(node, constants: dict) -> list:
+    """``x``: the values divided by their row's L2 length (a row of zeros kept), as
+    :func:`fmkit.data.batch.unit_rows` scales a model's rows (``instance_norm=1``)."""
+    constants.update(zero=np.array(0.0, np.float32), one=np.array(1.0, np.float32))
+    return [
+        node("Mul", ["values", "values"], ["squares"]),
+        node("ScatterElements", ["zeros_n", "rows", "squares"], ["row_squares"], axis=0,
+             reduction="add"),
+        node("Sqrt", ["row_squares"], ["row_lengths"]),
+        node("Gather", ["row_lengths", "rows"], ["lengths"], axis=0),
+        node("Greater", ["lengths", "zero"], ["nonzero_row"]),
+        node("Div", ["one", "lengths"], ["inverse_lengths"]),
+        node("Where", ["nonzero_row", "inverse_lengths", "one"], ["scales"]),
+        node("Mul", ["values", "scales"], ["x"]),
+    ]
 
 
 def _fm_pairs(node, zeros) -> list:

@@ -26,6 +26,11 @@ AUTO = "auto"
 PREDICTOR_TYPES = ("binary_classifier", "regressor")
 MODEL_TYPES = ("fm", "ffm")
 OPTIMIZERS = ("adam", "adagrad", "ftrl", "sgd")
+# A field-aware FM's starting settings when its job names no optimizer: xLearn's FFM (AdaGrad, a
+# row per step, rows scaled to unit length), as measured in docs/quality.md against xLearn.
+FFM_DEFAULTS = {"optimizer": "adagrad", "mini_batch_size": 1, "bias_lr": 0.2, "linear_lr": 0.2,
+                "factors_lr": 0.2, "bias_wd": 0.0, "linear_wd": 1e-6, "factors_wd": 1e-6,
+                "instance_norm": 1, "initial_accumulator_value": 0.1}
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,10 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
         # fmkit's own additions: they never change what a job with only SageMaker's names does.
         Hyperparameter("model_type", str, "fm", "choice",
                        "fmkit: fm, or ffm (field-aware: a factor vector per feature and field; "
-                       "libffm input).", choices=MODEL_TYPES, sagemaker=False),
+                       "libffm input). SageMaker has no FFM: an ffm job that names no "
+                       "optimizer gets xLearn's FFM settings for each of "
+                       + ", ".join(f"{k}={v}" for k, v in FFM_DEFAULTS.items())
+                       + " it does not name.", choices=MODEL_TYPES, sagemaker=False),
         Hyperparameter("num_fields", int, 0, "ge0",
                        "fmkit: with model_type=ffm, the number of fields (0: the largest field "
                        "of the training channel + 1).", sagemaker=False),
@@ -257,6 +265,8 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
         if str(key).startswith("_"):
             log.info("ignoring hyperparameter %s=%r", key, raw[key])
     raw = _sagemaker_init_methods(raw)
+    if str(raw.get("model_type", "")).strip() == "ffm" and raw.get("optimizer") is None:
+        raw = {**FFM_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
     values: dict[str, Any] = {}
     for h in TABLE:
         value = raw.get(h.name)

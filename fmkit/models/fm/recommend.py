@@ -102,8 +102,9 @@ class Catalogue:
         if model.hyperparameters.get("instance_norm"):
             raise ArtifactError("top-k needs a score that splits into a context part and an "
                                 "item part; this model scales each joined row to unit length "
-                                "first (instance_norm=1), so it does not: score the pairs "
-                                "with fmkit predict instead")
+                                "first (instance_norm=1, a field-aware FM's default), so it "
+                                "does not: train with instance_norm=0 to recommend, or score "
+                                "the pairs with fmkit predict")
         bias = model.logits(items) - float(model.params.w0[0])
         catalogue = cls(list(ids), bias, _cross(model, items, "item"), np.unique(items.indices))
         if len(catalogue.index) != len(ids):
