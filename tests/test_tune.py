@@ -227,6 +227,8 @@ def test_tune_keeps_an_ffms_fields_in_its_validation_split(tmp_path, cli):
     model = load_model(model_dir)
     assert model.field_aware and model.num_fields == 3
     assert len([t for t in _trials(model_dir) if t["state"] == "COMPLETE"]) >= 1
+    first = _trials(model_dir)[0]  # the FFM's defaults where the fixed values leave room
+    assert (first["mini_batch_size"], first["learning_rate"]) == ("1", "0.2")
 
 
 def test_one_job_repeats_its_trials_for_the_same_seed(a9a_head, tmp_path, cli):
@@ -239,3 +241,31 @@ def test_one_job_repeats_its_trials_for_the_same_seed(a9a_head, tmp_path, cli):
         runs.append([(t["num_factors"], t["learning_rate"], t["value"])
                      for t in _trials(tmp_path / name)])
     assert runs[0] == runs[1]
+
+
+def test_an_ffms_trials_keep_its_row_scaling_and_may_train_a_row_per_step():
+    """An FFM's search starts its batches at 1 row, and its trials keep the FFM defaults'
+    row scaling (and with AdaGrad, the sums starting at 0.1) unless fixed; an FM's do not."""
+    from fmkit.jobs.searches import FMSearch, TuneSettings
+
+    def search(**fixed):
+        return FMSearch(TuneSettings("t", None, 0.1, "validation:auc", {
+            "feature_dim": 9, "predictor_type": "binary_classifier", **fixed}))
+
+    ffm, fm = search(model_type="ffm"), search()
+    batches = {s: next(d for d in s.dimensions() if d.name == "mini_batch_size")
+               for s in (ffm, fm)}
+    assert (batches[ffm].low, batches[fm].low) == (1, 100)
+    adagrad = ffm.chosen({"optimizer": "adagrad", "learning_rate": 0.1})
+    assert adagrad["instance_norm"] == 1 and adagrad["initial_accumulator_value"] == 0.1
+    adam = ffm.chosen({"optimizer": "adam", "learning_rate": 0.1})
+    assert adam["instance_norm"] == 1 and "initial_accumulator_value" not in adam
+    assert "instance_norm" not in fm.chosen({"optimizer": "adagrad"})
+    assert search(model_type="ffm", instance_norm=0).chosen({"optimizer": "sgd"})[
+        "instance_norm"] == 0
+    assert ffm.first_trial() == {"optimizer": "adagrad", "num_factors": 8,
+                                 "mini_batch_size": 1, "learning_rate": 0.2,
+                                 "weight_decay": 1e-6}  # the FFM's defaults, tried first
+    assert search(model_type="ffm", num_factors=4).first_trial().keys() == {
+        "optimizer", "mini_batch_size", "learning_rate", "weight_decay"}
+    assert fm.first_trial() == {}

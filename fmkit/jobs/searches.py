@@ -21,7 +21,7 @@ from typing import Any
 
 from fmkit import files
 from fmkit.errors import HyperparameterError
-from fmkit.models.fm.hyperparameters import OPTIMIZERS, validate
+from fmkit.models.fm.hyperparameters import FFM_DEFAULTS, OPTIMIZERS, validate
 from fmkit.train.engine import Callback
 
 FM_MAX_EPOCHS = 50  # a trial's epochs unless fixed: early stopping ends it sooner
@@ -103,6 +103,11 @@ FM_SPACE: tuple[Dimension, ...] = (
     Dimension("learning_rate", 1e-4, 1.0),
     Dimension("weight_decay", 1e-8, 1.0),
 )
+# A field-aware FM learns best a row per step with its rows scaled (docs/quality.md): its
+# batches start at 1, and its trials keep the row scaling and AdaGrad's starting sums of its
+# defaults (FFM_DEFAULTS) unless fixed.
+FFM_SPACE = tuple(Dimension("mini_batch_size", 1, 10_000, integer=True)
+                  if d.name == "mini_batch_size" else d for d in FM_SPACE)
 
 
 class FMSearch:
@@ -122,8 +127,21 @@ class FMSearch:
         """The dimensions the fixed values leave open (a coupled one while any of its names
         is)."""
         fixed = self.settings.fixed
-        return [d for d in FM_SPACE
+        space = FFM_SPACE if fixed.get("model_type") == "ffm" else FM_SPACE
+        return [d for d in space
                 if any(name not in fixed for name in COUPLED.get(d.name, (d.name,)))]
+
+    def first_trial(self) -> dict[str, Any]:
+        """What the study tries first: an FFM's defaults (xLearn's settings, which a search
+        of a few tens of trials does not find by chance: docs/quality.md), so the tune never
+        ends below them on validation; nothing for an FM."""
+        if self.settings.fixed.get("model_type") != "ffm":
+            return {}
+        start = {"optimizer": FFM_DEFAULTS["optimizer"], "num_factors": 8,
+                 "mini_batch_size": FFM_DEFAULTS["mini_batch_size"],
+                 "learning_rate": FFM_DEFAULTS["factors_lr"],
+                 "weight_decay": FFM_DEFAULTS["factors_wd"]}
+        return {d.name: start[d.name] for d in self.dimensions()}
 
     def chosen(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """A trial's ``params`` as FM hyperparameters (coupled ones spread over their names),
@@ -132,7 +150,12 @@ class FMSearch:
         for name, value in params.items():
             for target in COUPLED.get(name, (name,)):
                 hp[target] = value
-        return {**hp, **self.settings.fixed}
+        hp.update(self.settings.fixed)
+        if hp.get("model_type") == "ffm":
+            kept = ["instance_norm"] + (["initial_accumulator_value"]
+                                        if hp.get("optimizer") == "adagrad" else [])
+            hp = {**{name: FFM_DEFAULTS[name] for name in kept}, **hp}
+        return hp
 
     def _channels(self, work: Path) -> tuple[str, str, str, str | int]:
         """(training, validation, format, index base) of the trials."""
@@ -268,6 +291,11 @@ class DeepFMSearch:
 
     def dimensions(self) -> list[Dimension]:
         return list(DEEPFM_SPACE)
+
+    def first_trial(self) -> dict[str, Any]:
+        """Nothing in particular: the configuration's own values are not one of the space's
+        points."""
+        return {}
 
     def chosen(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The configuration fields a trial's ``params`` set (``path: value``), applied after
