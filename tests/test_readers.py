@@ -374,6 +374,9 @@ def test_a_pipe_is_read_once(tmp_path):
                        "--model-dir", tmp_path / "m", *hp, f"epochs={epochs}")
         assert result.returncode == 1
         assert f"{fifo}: is a pipe, read once: {problem}" in result.stderr, result.stderr
+    result = train("--train", data, "--validation", fifo, "--format", "libsvm", "--index-base",
+                   "1", "--model-dir", tmp_path / "m", *hp, "validation_every_steps=50")
+    assert result.returncode == 1 and "validation_every_steps reads it several" in result.stderr
     writer = threading.Thread(target=lambda: fifo.write_bytes(gzip.compress(data.read_bytes())),
                               daemon=True)
     writer.start()

@@ -438,7 +438,6 @@ def read_request_files(path, fmt: str, decode: Callable[[bytes, str, str, int], 
     lines), each decoded by ``decode(body, fmt, source, first_line)`` — how ``fmkit predict
     --format json|jsonlines`` reads request bodies from disk; a malformed body is a
     DataError naming the file."""
-
     from fmkit.data.blocks import iter_line_blocks, read_input
     from fmkit.data.sources import channel_files
 

@@ -103,6 +103,9 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
             if channel is not None:
                 channel.require_rereadable(f"epochs={hp['epochs']} reads it once per epoch; "
                                            "give a file, or epochs=1")
+    if hp["validation_every_steps"] and "validation" in channels:
+        channels["validation"].require_rereadable("validation_every_steps reads it several "
+                                                  "times an epoch; give a file")
     return train_sources(hp, source, model_dir, channels, index_base=source.index_base,
                          progress=progress, host=host, checkpoints=checkpoints, resume=resume,
                          device=device, init_model=init_model, callbacks=callbacks)

@@ -201,14 +201,14 @@ class FMSearch:
     @staticmethod
     def _split_lines(source: Any, first: int, split: Path) -> None:
         """Lines before row ``first``'s line to the training part, the rest to validation."""
+        from fmkit.data.blocks import open_input
+
         seen, cut = 0, None
         for batch in source.blocks():
             if first < seen + batch.n_rows:
                 cut = int(batch.lines[first - seen])
                 break
             seen += batch.n_rows
-        from fmkit.data.blocks import open_input
-
         with open_input(source.files[0]) as f, \
                 files.output_stream(split / "train.data") as head, \
                 files.output_stream(split / "validation.part") as tail:
