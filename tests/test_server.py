@@ -448,6 +448,31 @@ def test_a_worker_answers_only_when_every_worker_is_ready(tmp_path, monkeypatch)
         peer.wait()
 
 
+def test_a_killed_servers_meeting_place_is_removed_by_the_next(tmp_path, monkeypatch):
+    """The workers' directory is named by host and process id: one a parent killed with
+    SIGKILL left (its process gone) is removed when the next server makes its own; a live
+    server's is kept; the server's own is removed when it stops."""
+    from fmkit import files
+    from fmkit.serve import workers
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for name in (workers.DIR_ENV, workers.COUNT_ENV):  # restored after the test
+        monkeypatch.setenv(name, "")
+    finished = subprocess.Popen(["true"])  # noqa: S607 (a parent that has died)
+    finished.wait()
+    host = files._HOST
+    dead = tmp_path / f".fmkit-serve.partial-{host}-{finished.pid}-x1"
+    live = tmp_path / f".fmkit-serve.partial-{host}-{os.getppid()}-x2"
+    for directory in (dead, live):
+        directory.mkdir()
+        (directory / "123").write_bytes(bytes(8))
+    with workers.meeting_place(2):
+        own = Path(os.environ[workers.DIR_ENV])
+        assert own.is_dir() and own.parent == tmp_path
+        assert not dead.exists() and live.exists()
+    assert not own.exists() and live.exists()
+
+
 def test_a_worker_two_connections_ahead_of_a_peer_closes_one(tmp_path, monkeypatch):
     """``should_close_connection``: with two connections more than a live peer a worker
     closes the one it answers on, at most once per check interval; one ahead, it keeps it."""

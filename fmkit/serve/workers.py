@@ -19,7 +19,9 @@ others idle (DeepFM, 1-row requests, 2 workers: about half the requests per seco
   than a peer closes one after its next response (:func:`should_close_connection`, checked
   at most every :data:`CHECK_SECONDS`); the client opens a new one, which the peer takes.
 
-The workers meet in a directory the parent process makes (``$FMKIT_SERVE_WORKERS_DIR``): a
+The workers meet in a directory the parent process makes (``$FMKIT_SERVE_WORKERS_DIR``, in the
+temporary directory, named by host and process id so that a parent killed with SIGKILL leaves
+one the next server removes): a
 file per worker, named by its process id, holding its count of open connections (8 bytes,
 memory-mapped). A worker the supervisor starts again later finds the others there and starts
 at once; dead workers' files are ignored, and removed when a worker starts.
@@ -32,6 +34,7 @@ import contextlib
 import logging
 import mmap
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -40,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+
+from fmkit import files
 
 log = logging.getLogger("fmkit.serve")
 
@@ -114,15 +119,17 @@ def meeting_place(workers: int) -> Iterator[None]:
     if workers <= 1:
         yield
         return
-    try:
-        meeting = tempfile.TemporaryDirectory(prefix="fmkit-serve-")
-    except OSError as e:
+    try:  # named by host and pid: a server killed with SIGKILL leaves one the next removes
+        directory = files.temporary_dir(Path(tempfile.gettempdir()) / "fmkit-serve")
+    except (OSError, files.OutputError) as e:
         log.warning("the workers cannot meet (%s): each starts and accepts on its own", e)
         yield
         return
-    with meeting as directory:
-        os.environ[DIR_ENV] = directory
+    try:
+        os.environ[DIR_ENV] = str(directory)
         yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def wait_for_workers(timeout: float = WAIT_SECONDS) -> bool:
