@@ -108,7 +108,8 @@ def test_instance_norm_scores_a_field_aware_model_on_the_scaled_rows():
 
 
 def test_a_model_that_scales_its_rows_refuses_what_would_score_them_unscaled():
-    """SageMaker's artifact and top-k cannot scale a joined row: refused. The ONNX graph
+    """SageMaker's artifact and the approximate top-k's inner products cannot scale a joined
+    row: refused (the exact top-k scores every item: tests/test_recommend.py). The ONNX graph
     scales rows itself: onnxruntime's y equals the FM of the rows scaled by hand, a row of
     zeros kept."""
     import onnxruntime
@@ -121,7 +122,8 @@ def test_a_model_that_scales_its_rows_refuses_what_would_score_them_unscaled():
     model = FMModel(hp, init_parameters(hp))
     rows = SparseBatch(X.indptr.astype(np.int64), X.indices, X.data, np.zeros(X.shape[0],
                                                                               np.float32))
-    for export in (artifact_bytes, lambda m: Catalogue.of(m, list(range(rows.n_rows)), rows)):
+    for export in (artifact_bytes,
+                   lambda m: Catalogue.of(m, list(range(rows.n_rows)), rows).scoring):
         with pytest.raises(ArtifactError, match="instance_norm=1"):
             export(model)
     session = onnxruntime.InferenceSession(onnx_model(model).SerializeToString())

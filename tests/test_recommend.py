@@ -161,11 +161,15 @@ def test_the_server_recommends_what_the_cli_does(movielens_fm, cli, monkeypatch)
             assert response.status_code == 400 and problem in response.text, response.text
 
 
-def test_ffm_top_k_equals_scoring_every_item_with_predict(tmp_path, cli):
+@pytest.mark.parametrize("instance_norm", [0, 1])
+def test_ffm_top_k_equals_scoring_every_item_with_predict(tmp_path, cli, instance_norm):
+    """Also for a model that scales each joined row to unit length (an FFM's default): its
+    score is no single inner product, and every item is scored (items of several lengths)."""
     data = planted_ctr(4000, [30, 20, 10, 8], seed=5, field_aware=True)
     (tmp_path / "train.ffm").write_text("\n".join(data.libffm_lines()) + "\n")
     code, _, err = cli("train", "--train", tmp_path / "train.ffm", "--model-dir",
-                       tmp_path / "model", "--quiet", "model_type=ffm", "instance_norm=0",
+                       tmp_path / "model", "--quiet", "model_type=ffm",
+                       f"instance_norm={instance_norm}",
                        f"feature_dim={data.X.shape[1]}", "num_factors=4",
                        "predictor_type=binary_classifier", "epochs=2")
     assert code == 0, err
@@ -191,6 +195,16 @@ def test_ffm_top_k_equals_scoring_every_item_with_predict(tmp_path, cli):
         _check(answer, y_hat, 7, [c["id"] for c in catalogue], exact_scores=False)
         np.testing.assert_allclose(1 / (1 + np.exp(-np.array(answer["scores"]))),
                                    np.sort(scores[row])[::-1][:7], rtol=1e-5)
+    code, _, err = cli("recommend", "index", "--model-dir", tmp_path / "model", "--items",
+                       tmp_path / "items.jsonl", "--quiet")  # kept, then read back
+    assert code == 0, err
+    code, kept, err = cli("recommend", "--model-dir", tmp_path / "model", "--context",
+                          tmp_path / "contexts.jsonl", "--k", 7, "--quiet")
+    assert code == 0 and kept == out, err
+    if instance_norm:
+        code, _, err = cli("recommend", "index", "--model-dir", tmp_path / "model",
+                           "--items", tmp_path / "items.jsonl", "--approximate")
+        assert code == 1 and "drop --approximate" in err
 
 
 def test_bad_rows_are_one_line_naming_file_and_line(movielens_fm, cli, tmp_path):

@@ -13,6 +13,12 @@ into a part of the context, a part of the item and one inner product:
   and ``Q(i)[f, g] = sum_{l in i, field g} x_l v_{l,f}`` the cross term is
   ``sum_{f,g} <P(c)[f,g], Q(i)[f,g]>``: ``p`` and ``q`` are P and Q flattened (F*F*k values).
 
+A model that scales each joined row to unit length (``instance_norm=1``, a field-aware FM's
+default) scores ``w0 + s (L(c) + L(i)) + s^2 (P(c) + P(i) + <p(c), q(i)>)`` with ``s = 1 /
+|c + i| = 1 / sqrt(|c|^2 + |i|^2)``, ``L`` the linear terms and ``P`` the own pairs of the
+rows as given: no longer one inner product, so its top k scores every item exactly (float64,
+blocks of items, ties to the earlier item), and ``--approximate`` is refused.
+
 So the top k of a catalogue is an exact maximum inner product search over ``[q(i), b(i)]``
 with ``[p(c), 1]``: a float32 matrix product per block of contexts and items (BLAS) finds
 every item that can be among the k best — all scoring at least the k-th best of the blocks'
@@ -76,6 +82,9 @@ class Catalogue:
     bias: np.ndarray  # (items,)
     factors: np.ndarray  # (items, D)
     keys: np.ndarray  # sorted feature ids the items use
+    # a model that scales its rows: L(i) and |i|^2 (``bias`` is then L(i) + P(i), unscaled)
+    linear: np.ndarray | None = None
+    squares: np.ndarray | None = None
 
     @cached_property
     def index(self) -> dict[str, int]:
@@ -92,6 +101,10 @@ class Catalogue:
     def scoring(self) -> tuple[np.ndarray, float]:
         """``[q(i), b(i)]`` in float32 (the first, fast pass) and the largest row norm (what
         bounds that pass's rounding error)."""
+        if self.squares is not None:
+            raise ArtifactError("--approximate searches inner products; this model scales "
+                                "each joined row to unit length (instance_norm=1), so its "
+                                "top k scores every item: drop --approximate")
         table = np.hstack([self.factors, self.bias[:, None]]).astype(np.float32)
         norm = float(np.sqrt((table.astype(np.float64) ** 2).sum(axis=1)).max()) if len(
             table) else 0.0
@@ -99,14 +112,10 @@ class Catalogue:
 
     @classmethod
     def of(cls, model: FMModel, ids: list[Any], items: SparseBatch) -> Catalogue:
-        if model.hyperparameters.get("instance_norm"):
-            raise ArtifactError("top-k needs a score that splits into a context part and an "
-                                "item part; this model scales each joined row to unit length "
-                                "first (instance_norm=1, a field-aware FM's default), so it "
-                                "does not: train with instance_norm=0 to recommend, or score "
-                                "the pairs with fmkit predict")
-        bias = model.logits(items) - float(model.params.w0[0])
-        catalogue = cls(list(ids), bias, _cross(model, items, "item"), np.unique(items.indices))
+        scaled = model.hyperparameters.get("instance_norm")
+        bias = _as_given(model).logits(items) - float(model.params.w0[0])
+        catalogue = cls(list(ids), bias, _cross(model, items, "item"), np.unique(items.indices),
+                        *(_linear_and_squares(model, items) if scaled else ()))
         if len(catalogue.index) != len(ids):
             raise DataError(items.source, None, "item ids must be unique")
         return catalogue
@@ -119,16 +128,19 @@ class Catalogue:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with output_stream(directory / CATALOGUE_FILE) as out:
+            scaled = {} if self.squares is None else {"linear": self.linear,
+                                                      "squares": self.squares}
             np.savez(out, bias=self.bias, factors=self.factors, keys=self.keys,
-                     ids=np.array(json.dumps(self.ids)))
+                     ids=np.array(json.dumps(self.ids)), **scaled)
 
     @classmethod
     def load(cls, directory: str | Path) -> Catalogue:
         path = Path(directory) / CATALOGUE_FILE
         try:
             with np.load(path, allow_pickle=False) as data:
+                scaled = [data[name] for name in ("linear", "squares") if name in data]
                 return cls(json.loads(str(data["ids"])), data["bias"], data["factors"],
-                           data["keys"])
+                           data["keys"], *scaled)
         except (OSError, KeyError, ValueError) as e:
             raise ArtifactError(f"{path}: not a readable item catalogue ({e}); write it with "
                                 "fmkit recommend index") from None
@@ -136,6 +148,22 @@ class Catalogue:
 
 def _key(item_id: Any) -> str:
     return json.dumps(item_id, sort_keys=True)
+
+
+def _as_given(model: FMModel) -> FMModel:
+    """``model`` scoring rows as given (without its unit-length scaling, if it has one)."""
+    if not model.hyperparameters.get("instance_norm"):
+        return model
+    return FMModel({**model.hyperparameters, "instance_norm": 0}, model.params)
+
+
+def _linear_and_squares(model: FMModel, batch: SparseBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, ``L = sum w_j x_j`` and ``|x|^2``, float64, of the rows as given."""
+    rows = np.repeat(np.arange(batch.n_rows), np.diff(batch.indptr))
+    values = batch.values[: batch.indptr[-1]].astype(np.float64)
+    linear = np.bincount(rows, model.params.w[batch.indices].astype(np.float64) * values,
+                         minlength=batch.n_rows)
+    return linear, np.bincount(rows, values * values, minlength=batch.n_rows)
 
 
 def top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, k: int,
@@ -158,6 +186,8 @@ def top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, k: int,
     if p.shape[1] != expected:
         raise ArtifactError(f"the item catalogue was made for another model ({expected} "
                             f"factor values per item, this model has {p.shape[1]})")
+    if catalogue.squares is not None:
+        return _scaled_top_k(model, catalogue, contexts, p, k, exclude)
     a = model.logits(contexts)
     query = np.hstack([p, np.ones((p.shape[0], 1))])
     results = []
@@ -170,12 +200,63 @@ def top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, k: int,
         # the candidates scored exactly (float64), then the k best of each context
         values = a[rows] + catalogue.bias[items] + np.einsum("ij,ij->i", p[rows],
                                                              catalogue.factors[items])
-        order = np.lexsort((items, -values, rows))  # by context; best first; ties: earlier
-        bounds = np.searchsorted(rows[order], np.arange(start, stop + 1))
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            chosen = order[lo:min(hi, lo + k)]
-            results.append((items[chosen], values[chosen]))
+        results += _best_k(rows, items, values, start, stop, k)
     return results
+
+
+def _best_k(rows: np.ndarray, items: np.ndarray, values: np.ndarray, start: int, stop: int,
+            k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per context ``start:stop``, the k best of its scored candidates ``(items, values)``:
+    best first, ties to the earlier item."""
+    order = np.lexsort((items, -values, rows))
+    bounds = np.searchsorted(rows[order], np.arange(start, stop + 1))
+    return [(items[order[lo:min(hi, lo + k)]], values[order[lo:min(hi, lo + k)]])
+            for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _scaled_top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, p: np.ndarray,
+                  k: int, exclude: list[np.ndarray] | None
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`top_k` of a model that scales its rows: every item scored (module docstring),
+    a tile of items at a time, each tile's k best of each context kept."""
+    w0 = float(model.params.w0[0])
+    linear, squares = _linear_and_squares(model, contexts)
+    own = _as_given(model).logits(contexts) - w0 - linear  # P(c)
+    item_own = catalogue.bias - catalogue.linear  # P(i)
+    tile = max(k, BLOCK_SCORES // QUERY_BLOCK)
+    results = []
+    for start in range(0, contexts.n_rows, QUERY_BLOCK):
+        stop = min(start + QUERY_BLOCK, contexts.n_rows)
+        rows, items, values = [], [], []
+        for first in range(0, len(catalogue.ids), tile):
+            last = min(first + tile, len(catalogue.ids))
+            length2 = squares[start:stop, None] + catalogue.squares[None, first:last]
+            scale = np.divide(1.0, np.sqrt(length2), out=np.ones_like(length2),
+                              where=length2 > 0)
+            scores = (w0 + scale * (linear[start:stop, None] + catalogue.linear[first:last])
+                      + scale ** 2 * (own[start:stop, None] + item_own[first:last]
+                                      + p[start:stop] @ catalogue.factors[first:last].T))
+            if exclude is not None:
+                for r in range(start, stop):
+                    mine = exclude[r][(exclude[r] >= first) & (exclude[r] < last)]
+                    scores[r - start, mine - first] = -np.inf
+            row, column = _at_least_kth(scores, k)  # with ties: _best_k orders them
+            found = scores[row, column]
+            keep = np.isfinite(found)  # (excluded items)
+            rows.append(row[keep] + start)
+            items.append(column[keep] + first)
+            values.append(found[keep])
+        results += _best_k(*map(np.concatenate, (rows, items, values)), start, stop, k)
+    return results
+
+
+def _at_least_kth(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of every score at least its row's k-th best (ties included)."""
+    n = scores.shape[1]
+    if n <= k:
+        return np.nonzero(np.ones_like(scores, dtype=bool))
+    floors = np.partition(scores, n - k, axis=1)[:, n - k]
+    return np.nonzero(scores >= floors[:, None])
 
 
 def _exact_candidates(catalogue: Catalogue, query: np.ndarray, start: int, stop: int, k: int,
