@@ -86,7 +86,8 @@ def _prefix(destination: Path) -> str:
     return f".{destination.name}{_PARTIAL}{_HOST}-{os.getpid()}-"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (someone else's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -110,7 +111,7 @@ def sweep_stale(destination: Path) -> list[Path]:
         if not entry.name.startswith(stem):
             continue
         pid_text = entry.name[len(stem):].split("-", 1)[0]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
+        if not pid_text.isdigit() or process_alive(int(pid_text)):
             continue
         path = Path(entry.path)
         if entry.is_dir(follow_symlinks=False):

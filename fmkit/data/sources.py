@@ -285,7 +285,8 @@ class FileSource:
 
     def require_rereadable(self, problem: str) -> None:
         """Raise a :class:`DataError` saying ``problem`` when this source is a pipe."""
-        refuse_pipe(self.path, problem)
+        if not self.rereadable:
+            refuse_pipe(self.path, problem)
 
     def raw_blocks(self) -> Iterator[SparseBatch]:
         """Parsed blocks as written in the file: indices not shifted, nothing checked."""

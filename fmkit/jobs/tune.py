@@ -402,8 +402,9 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
             direction="maximize" if higher else "minimize", sampler=_sampler(seed),
             pruner=_pruner())
         study.set_user_attr("objective", objective)
-        if not study.trials and search.first_trial():
-            study.enqueue_trial(search.first_trial())
+        first = search.first_trial()
+        if first and not study.trials:
+            study.enqueue_trial(first)
         for stale in study.get_trials(deepcopy=False,
                                       states=(optuna.trial.TrialState.RUNNING,)):
             study._storage.set_trial_state_values(stale._trial_id,

@@ -77,14 +77,14 @@ class Board:
         """Remove the files of workers no longer running (a restarted worker's predecessor),
         before their process ids can be reused."""
         for path in self.directory.iterdir():
-            if not _alive(int(path.name)):
+            if not files.process_alive(int(path.name)):
                 path.unlink(missing_ok=True)
 
     def peers(self) -> list[int]:
         """The connection counts of the other live workers."""
         counts = []
         for path in self.directory.iterdir():
-            if path.name == self.path.name or not _alive(int(path.name)):
+            if path.name == self.path.name or not files.process_alive(int(path.name)):
                 continue
             if path.name not in self._peers:
                 with contextlib.suppress(OSError, ValueError), open(path, "r+b") as f:
@@ -92,16 +92,6 @@ class Board:
             if path.name in self._peers:
                 counts.append(int.from_bytes(self._peers[path.name][:8], "little"))
         return counts
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 _board: Board | None = None
