@@ -201,6 +201,17 @@ def test_ffm_top_k_equals_scoring_every_item_with_predict(tmp_path, cli, instanc
     code, kept, err = cli("recommend", "--model-dir", tmp_path / "model", "--context",
                           tmp_path / "contexts.jsonl", "--k", 7, "--quiet")
     assert code == 0 and kept == out, err
+    ids = [c["id"] for c in catalogue]
+    seen = {n: [ids[int(np.argmax(scores[n]))], ids[n]] for n in range(0, 12, 3)}
+    (tmp_path / "seen.jsonl").write_text("".join(
+        json.dumps({"id": n, "items": items}) + "\n" for n, items in seen.items()))
+    code, out, err = cli("recommend", "--model-dir", tmp_path / "model", "--context",
+                         tmp_path / "contexts.jsonl", "--k", 7, "--exclude",
+                         tmp_path / "seen.jsonl", "--quiet")
+    assert code == 0, err
+    for row, answer in enumerate(map(json.loads, out.splitlines())):
+        y_hat = np.log(scores[row] / (1 - scores[row]))
+        _check(answer, y_hat, 7, ids, seen.get(row, ()), exact_scores=False)
     if instance_norm:
         code, _, err = cli("recommend", "index", "--model-dir", tmp_path / "model",
                            "--items", tmp_path / "items.jsonl", "--approximate")

@@ -236,11 +236,9 @@ def _scaled_top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, p
             scores = (w0 + scale * (linear[start:stop, None] + catalogue.linear[first:last])
                       + scale ** 2 * (own[start:stop, None] + item_own[first:last]
                                       + p[start:stop] @ catalogue.factors[first:last].T))
-            if exclude is not None:
-                for r in range(start, stop):
-                    mine = exclude[r][(exclude[r] >= first) & (exclude[r] < last)]
-                    scores[r - start, mine - first] = -np.inf
-            row, column = _at_least_kth(scores, k)  # with ties: _best_k orders them
+            _exclude(scores, exclude, start, first)
+            # every score that may be among the k best (ties too): _best_k orders them
+            row, column = _candidates(scores, k, np.zeros(stop - start))
             found = scores[row, column]
             keep = np.isfinite(found)  # (excluded items)
             rows.append(row[keep] + start)
@@ -250,13 +248,16 @@ def _scaled_top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, p
     return results
 
 
-def _at_least_kth(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, column) of every score at least its row's k-th best (ties included)."""
-    n = scores.shape[1]
-    if n <= k:
-        return np.nonzero(np.ones_like(scores, dtype=bool))
-    floors = np.partition(scores, n - k, axis=1)[:, n - k]
-    return np.nonzero(scores >= floors[:, None])
+def _exclude(scores: np.ndarray, exclude: list[np.ndarray] | None, start: int,
+             first: int) -> None:
+    """Set to -inf the scores of the items contexts ``start:`` may not get, in a block of
+    scores whose rows are those contexts and whose columns are items ``first:``."""
+    if exclude is None:
+        return
+    last = first + scores.shape[1]
+    for r in range(start, start + scores.shape[0]):
+        mine = exclude[r][(exclude[r] >= first) & (exclude[r] < last)]
+        scores[r - start, mine - first] = -np.inf
 
 
 def _exact_candidates(catalogue: Catalogue, query: np.ndarray, start: int, stop: int, k: int,
@@ -275,10 +276,7 @@ def _exact_candidates(catalogue: Catalogue, query: np.ndarray, start: int, stop:
     for first in range(0, n_items, tile):
         last = min(first + tile, n_items)
         scores = query32 @ table[first:last].T  # y_hat - a(c), to float32
-        if exclude is not None:
-            for r in range(start, stop):
-                mine = exclude[r][(exclude[r] >= first) & (exclude[r] < last)]
-                scores[r - start, mine - first] = -np.inf
+        _exclude(scores, exclude, start, first)
         row, column = _candidates(scores, k, margin)
         keep = np.isfinite(scores[row, column])  # (excluded items)
         rows.append(row[keep] + start)
