@@ -107,18 +107,25 @@ def _unit_rows(node, constants: dict) -> list:
     ]
 
 
+def _summed_by(node, zeros, index: str, count: str, sums: dict[str, str]) -> list:
+    """Each nonzero's row (``width`` long) of every input of ``sums`` added into row
+    ``index`` of a zero ``(count, width)`` table, named by ``sums``' values: the per-row (or
+    per row and field) sums both graphs take."""
+    return [
+        node("Concat", [count, "width"], [f"shape_by_{index}"], axis=0),
+        node("ConstantOfShape", [f"shape_by_{index}"], [f"zeros_by_{index}"], **zeros),
+        node("Unsqueeze", [index, "one_axis"], [f"{index}_col"]),
+        node("Expand", [f"{index}_col", "shape_like"], [f"{index}_wide"]),
+        *(node("ScatterElements", [f"zeros_by_{index}", f"{index}_wide", value], [total],
+               axis=0, reduction="add") for value, total in sums.items()),
+    ]
+
+
 def _fm_pairs(node, zeros) -> list:
     """``pairs``: 1/2 sum_f [(sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2] per row."""
     return [
         node("Mul", ["vx", "vx"], ["vx2"]),
-        node("Concat", ["batch_size", "width"], ["shape_nk"], axis=0),
-        node("ConstantOfShape", ["shape_nk"], ["zeros_nk"], **zeros),
-        node("Unsqueeze", ["rows", "one_axis"], ["rows_col"]),
-        node("Expand", ["rows_col", "shape_like"], ["rows_nk"]),
-        node("ScatterElements", ["zeros_nk", "rows_nk", "vx"], ["sum_vx"], axis=0,
-             reduction="add"),
-        node("ScatterElements", ["zeros_nk", "rows_nk", "vx2"], ["sum_vx2"], axis=0,
-             reduction="add"),
+        *_summed_by(node, zeros, "rows", "batch_size", {"vx": "sum_vx", "vx2": "sum_vx2"}),
         node("Mul", ["sum_vx", "sum_vx"], ["square_of_sum"]),
         node("Sub", ["square_of_sum", "sum_vx2"], ["pairs_f"]),
         node("ReduceSum", ["pairs_f", "one_axis"], ["pairs_sum"], keepdims=0),
@@ -139,12 +146,7 @@ def _ffm_pairs(node, zeros, constants: dict, fields: int, k: int) -> list:
         node("Mul", ["rows", "fields_count"], ["row_start"]),
         node("Add", ["row_start", "fields"], ["slot"]),  # (row, own field) of each nonzero
         node("Mul", ["batch_size", "fields_count"], ["slots"]),
-        node("Concat", ["slots", "width"], ["shape_slots"], axis=0),
-        node("ConstantOfShape", ["shape_slots"], ["zeros_slots"], **zeros),
-        node("Unsqueeze", ["slot", "one_axis"], ["slot_col"]),
-        node("Expand", ["slot_col", "shape_like"], ["slot_nk"]),
-        node("ScatterElements", ["zeros_slots", "slot_nk", "vx"], ["sums"], axis=0,
-             reduction="add"),
+        *_summed_by(node, zeros, "slot", "slots", {"vx": "sums"}),
         node("Reshape", ["sums", "shape_rffk"], ["A"]),
         node("Transpose", ["A"], ["A_swapped"], perm=[0, 2, 1, 3]),
         node("Mul", ["A", "A_swapped"], ["products"]),
