@@ -9,7 +9,7 @@ import pytest
 from fmkit.kernels import ffm as kernels
 from fmkit.kernels.fm import LOGISTIC, SQUARED, apply_gradient
 from fmkit.models.fm.ffm import reference_gradients, reference_logits
-from fmkit.models.fm.hyperparameters import OPTIMIZERS, validate
+from fmkit.models.fm.hyperparameters import OPTIMIZERS, table_hyperparameters, validate
 from fmkit.models.fm.parameters import FMParameters, loss_and_slope
 from fmkit.train.optimizers import (
     OPTIMIZER_IDS,
@@ -130,10 +130,11 @@ def test_kernel_steps_match_reference_optimizer(optimizer, predictor_type):
     mini-batch touched keep their weights (lazy updates)."""
     (batch, y, params), (batch32, y32, p32) = in_float32(*random_problem(11, n=30))
     indptr, indices, fields, values = batch
-    hp = validate(dict(feature_dim=D, num_factors=F * K, predictor_type=predictor_type,
-                       optimizer=optimizer, rescale_grad=0.7, clip_gradient=0.5,
-                       bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, bias_wd=0.01,
-                       linear_wd=0.1, factors_wd=0.05))
+    hp = table_hyperparameters(validate(dict(
+        feature_dim=D, num_factors=K, model_type="ffm", num_fields=F,
+        predictor_type=predictor_type, optimizer=optimizer, rescale_grad=0.7, clip_gradient=0.5,
+        bias_lr=0.05, linear_lr=0.03, factors_lr=0.02, bias_wd=0.01, linear_wd=0.1,
+        factors_wd=0.05, initial_accumulator_value=0.1 if "adagrad" in optimizer else 0)))
     reference = params.copy()
     state = OptimizerState.initial(optimizer, reference, hp)
     bias, table = training_tables(p32.copy(), optimizer, hp)
@@ -150,7 +151,7 @@ def test_kernel_steps_match_reference_optimizer(optimizer, predictor_type):
         _, g0, rows, G = kernels.minibatch_gradient(*part32, y32[start:start + 10], 1 / 10,
                                                     kind, bias[0, :1], table, K, F, slot)
         step = apply_gradient(rows, G, g0, OPTIMIZER_IDS[optimizer], config, bias, table,
-                              F * K, step, 1)
+                              F * K, step, 1, K)
     assert step == state.step == 3
     np.testing.assert_allclose(bias[0, 0], reference.w0[0], rtol=0, atol=ATOL32)
     np.testing.assert_allclose(table[:, : 1 + F * K], reference.table, rtol=0, atol=ATOL32)
@@ -186,9 +187,10 @@ def _check_chunk_trainer(optimizer: str, batch_size: int, per_row: bool = False,
     at mini_batch_size=1) instead of mini-batches of ``batch_size``."""
     (batch, y, params), (batch32, y32, p32) = in_float32(*random_problem(13, n=21, k=k))
     indptr, indices, fields, values = batch
-    hp = validate(dict(feature_dim=D, num_factors=F * k, predictor_type="binary_classifier",
-                       optimizer=optimizer, bias_lr=0.05, linear_lr=0.03, factors_lr=0.02,
-                       linear_wd=0.1, factors_wd=0.05))
+    hp = table_hyperparameters(validate(dict(
+        feature_dim=D, num_factors=k, model_type="ffm", num_fields=F,
+        predictor_type="binary_classifier", optimizer=optimizer, bias_lr=0.05, linear_lr=0.03,
+        factors_lr=0.02, linear_wd=0.1, factors_wd=0.05)))
     reference = params.copy()
     state = OptimizerState.initial(optimizer, reference, hp)
     for start in range(0, 21, batch_size):
@@ -213,3 +215,38 @@ def _check_chunk_trainer(optimizer: str, batch_size: int, per_row: bool = False,
     assert steps == state.step and (slot == -1).all()
     np.testing.assert_allclose(bias[0, 0], reference.w0[0], rtol=0, atol=ATOL32)
     np.testing.assert_allclose(table[:, : 1 + F * k], reference.table, rtol=0, atol=ATOL32)
+
+
+@pytest.mark.parametrize("k", [K, 8, 11])  # coordinates one by one, one vector, and both
+def test_rowwise_adagrad_keeps_one_sum_per_field_vector(k):
+    """One step of ``rowwise_adagrad`` on an FFM's table, by the reference and by the compiled
+    update, against a plain loop: each field vector of k factors (and each linear weight) has
+    one sum, grown by the vector's mean squared gradient (fbgemm's row-wise AdaGrad)."""
+    rng = np.random.default_rng(4)
+    params = FMParameters(w0=rng.normal(size=1), w=rng.normal(size=D),
+                          V=rng.normal(size=(D, F * k)))
+    gw, gV = rng.normal(size=D), rng.normal(size=(D, F * k))
+    touched = np.array([1, 4, 5])
+    hp = table_hyperparameters(validate(dict(
+        feature_dim=D, num_factors=k, model_type="ffm", num_fields=F, optimizer="rowwise_adagrad",
+        predictor_type="regressor",
+        linear_lr=0.3, factors_lr=0.2, factors_wd=0.05, initial_accumulator_value=0.1)))
+    expected = params.copy()
+    for i in touched:
+        g = gw[i] + hp["linear_wd"] * params.w[i]
+        expected.w[i] -= 0.3 * g / (np.sqrt(0.1 + g * g) + hp["eps"])
+        for f in range(F):
+            v = params.V[i, f * k:(f + 1) * k]
+            g = gV[i, f * k:(f + 1) * k] + 0.05 * v
+            s = 0.1 + sum(x * x for x in g) / k
+            expected.V[i, f * k:(f + 1) * k] = v - 0.2 * g / (np.sqrt(s) + hp["eps"])
+    reference = params.copy()
+    state = OptimizerState.initial("rowwise_adagrad", reference, hp)
+    reference_step(reference, state, (0.0, gw, gV), touched, hp)
+    np.testing.assert_allclose(reference.table, expected.table, rtol=1e-12, atol=1e-12)
+    p32 = FMParameters(*(a.astype(np.float32) for a in (params.w0, params.w, params.V)))
+    bias, table = training_tables(p32, "rowwise_adagrad", hp)
+    assert table.shape[1] < 1 + 2 * F * k  # a sum per vector, not per weight
+    apply_gradient(touched, np.c_[gw, gV][touched], 0.0, OPTIMIZER_IDS["rowwise_adagrad"],
+                   kernel_config(hp, table.dtype), bias, table, F * k, 0, 1, k)
+    np.testing.assert_allclose(table[:, : 1 + F * k], expected.table, rtol=1e-5, atol=1e-5)

@@ -153,7 +153,7 @@ class FMSearch:
         hp.update(self.settings.fixed)
         if hp.get("model_type") == "ffm":
             kept = ["instance_norm"] + (["initial_accumulator_value"]
-                                        if hp.get("optimizer") == "adagrad" else [])
+                                        if "adagrad" in hp.get("optimizer", "") else [])
             hp = {**{name: FFM_DEFAULTS[name] for name in kept}, **hp}
         return hp
 

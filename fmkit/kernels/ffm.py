@@ -184,8 +184,8 @@ def _batches_trainer(opt: int):
             step += 1
             adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
                                              np.float64(cfg[BETA2]) ** step, T)
-            step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, opt, cfg, adam_lr,
-                           adam_eps)
+            step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, k, opt, cfg,
+                           adam_lr, adam_eps)
         return total_loss
 
     return train_batches
@@ -264,7 +264,7 @@ def _rows_trainer(opt: int):
             total_loss += loss
             for a in range(first, last):
                 _update_feature(T, indices[a], one, S[a - first], 0, slope * _like(values[a], T),
-                                zero, width, opt, cfg, adam_lr, adam_eps)
+                                zero, width, k, opt, cfg, adam_lr, adam_eps)
         return total_loss
 
     return train_rows

@@ -7,8 +7,9 @@ only the features the row (or mini-batch) touched.
 
 Weights live in one table per model, a row per feature: ``[w_i, v_i1..v_ik]``. During training the
 optimizer's moments follow in the same row, in blocks of k+1 columns (Adam: m then s; AdaGrad: s;
-FTRL: z then sqrt(n)), so one update touches one or two cache lines and the k factor coordinates of
-weights and moments are contiguous: the optimizer steps take them eight at a time as vectors
+FTRL: z then sqrt(n); row-wise AdaGrad: one sum for w_i and one per factor vector), so one
+update touches one or two cache lines and the k factor coordinates of weights and moments are
+contiguous: the optimizer steps take them eight at a time as vectors
 (:mod:`fmkit.kernels.lanes`). The bias is a one-row table of the same layout.
 
 Arithmetic is done in the table's precision (float32 in production, float64 in the tests that
@@ -42,6 +43,7 @@ SGD = 0
 ADAGRAD = 1
 ADAM = 2
 FTRL = 3
+ROWWISE_ADAGRAD = 4
 
 # Positions in the ``config`` array (of the table's dtype) the training kernels take.
 BIAS_LR, BIAS_WD, LINEAR_LR, LINEAR_WD, FACTORS_LR, FACTORS_WD = range(6)
@@ -49,7 +51,6 @@ CLIP, EPS, RESCALE, BETA1, BETA2, FTRL_BETA, FTRL_L1 = range(6, 13)
 CONFIG_SIZE = 13
 
 FAST = {"nsz", "arcp", "contract", "reassoc"}
-MOMENT_BLOCKS = {SGD: 0, ADAGRAD: 1, ADAM: 2, FTRL: 2}
 AHEAD = 8  # table rows prefetched ahead of a mini-batch's updates
 NO_ORDER = np.zeros(0, np.int64)  # a chunk's rows as stored
 
@@ -139,15 +140,81 @@ def _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, like):
 
 
 @kernel_helper(fastmath=FAST, error_model="numpy")
-def _apply(w, m, s, lo, hi, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr, adam_eps):
+def _gradient_lanes(w, start, G, shift, scale, decay, wd, cfg):
+    """Eight coordinates' gradients as :func:`_rule` forms them (clipped, plus ``wd`` times
+    the weight), and the weights."""
+    p = load_lanes(w, start, w)
+    raw = scale * load_lanes(G, start + shift, w) - decay * p
+    clip = cfg[CLIP]
+    return min(max(raw * cfg[RESCALE], -clip), clip) + wd * p, p
+
+
+@kernel_helper(fastmath=FAST, error_model="numpy")
+def _gradient_one(w, c, G, shift, scale, decay, wd, cfg):
+    """One coordinate's gradient and weight (as :func:`_gradient_lanes`)."""
+    p = w[c]
+    raw = scale * _like(G[c + shift], w) - decay * p
+    clip = cfg[CLIP]
+    return min(max(raw * cfg[RESCALE], -clip), clip) + wd * p, p
+
+
+@kernel_helper(fastmath=FAST, error_model="numpy")
+def _apply_rowwise(w, m, lo, hi, group, G, shift, scale, decay, lr, wd, cfg):
+    """Row-wise AdaGrad (fbgemm's and TorchRec's ``rowwise_adagrad``) on coordinates ``lo:hi``
+    of a row, in groups of ``group`` from ``lo``: ``lo`` is 0 for a lone weight (the bias, a
+    linear weight: its sum is ``m[0]``) or 1 for the factors (an FM's vector, or an FFM's
+    vector per field: the j-th group's sum is ``m[1 + j]``). Each sum grows by its group's mean
+    squared gradient and scales the whole group's step: ``s += mean(g^2); v -= lr * g /
+    (sqrt(s) + eps)``. One sum per vector instead of one per coordinate keeps the training row
+    about the size of its weights (docs/performance.md). (The loop avoids integer division:
+    one per group made the update twice as slow.)"""
+    begin, at = lo, min(lo, 1)
+    while begin < hi:
+        end = min(begin + group, hi)
+        if end - begin == LANES:  # one vector: its gradient stays in registers
+            g, p = _gradient_lanes(w, begin, G, shift, scale, decay, wd, cfg)
+            total = m[at] + lanes_sum(g * g) * _like(1.0 / LANES, w)
+            m[at] = total
+            store_lanes(w, begin, p - lr / (np.sqrt(total) + cfg[EPS]) * g)
+        else:
+            squares = _like(0.0, w)
+            c = begin
+            while c + LANES <= end:
+                g, _ = _gradient_lanes(w, c, G, shift, scale, decay, wd, cfg)
+                squares += lanes_sum(g * g)
+                c += LANES
+            for rest in range(c, end):
+                g, _ = _gradient_one(w, rest, G, shift, scale, decay, wd, cfg)
+                squares += g * g
+            total = m[at] + squares / _like(end - begin, w)
+            m[at] = total
+            rate = lr / (np.sqrt(total) + cfg[EPS])
+            c = begin
+            while c + LANES <= end:
+                g, p = _gradient_lanes(w, c, G, shift, scale, decay, wd, cfg)
+                store_lanes(w, c, p - rate * g)
+                c += LANES
+            for rest in range(c, end):
+                g, p = _gradient_one(w, rest, G, shift, scale, decay, wd, cfg)
+                w[rest] = p - rate * g
+        begin, at = end, at + 1
+
+
+@kernel_helper(fastmath=FAST, error_model="numpy")
+def _apply(w, m, s, lo, hi, group, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr,
+           adam_eps):
     """One optimizer step (:func:`_rule`) of coordinates ``lo:hi`` of one table row, given as
     1-D views of its blocks: weights ``w``, Adam's m / AdaGrad's s / FTRL's z in ``m``, Adam's
     s / FTRL's sqrt(n) in ``s`` (see :func:`_row_blocks`), eight at a time while eight remain.
+    Row-wise AdaGrad steps ``group`` coordinates at a time instead (:func:`_apply_rowwise`).
 
     The raw gradient of coordinate c is ``scale * G[c + shift] - decay * param``: the FM's own
     form (for a factor, slope * x * (sum_f - v_f x)), computed here rather than staged in an
     array so each step reads and writes only the table.
     """
+    if opt == ROWWISE_ADAGRAD:
+        _apply_rowwise(w, m, lo, hi, group, G, shift, scale, decay, lr, wd, cfg)
+        return
     firsts = opt != SGD
     seconds = opt == ADAM or opt == FTRL
     start = lo
@@ -203,15 +270,16 @@ def _row_blocks(T, i, width):
 
 
 @kernel_helper(fastmath=FAST, error_model="numpy")
-def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, opt, cfg, adam_lr,
-                    adam_eps):
+def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, group, opt, cfg,
+                    adam_lr, adam_eps):
     """Update row ``i`` of ``T``: the linear weight from raw gradient ``scale * G_linear[0]``,
-    the factors from ``scale * G_factors[c + shift] - decay * v_c`` (see :func:`_apply`)."""
+    the factors from ``scale * G_factors[c + shift] - decay * v_c`` (see :func:`_apply`;
+    ``group``: the length of one factor vector, for row-wise AdaGrad)."""
     w, m, s = _row_blocks(T, i, width)
-    _apply(w, m, s, 0, 1, G_linear, 0, scale, _like(0.0, T), cfg[LINEAR_LR], cfg[LINEAR_WD],
+    _apply(w, m, s, 0, 1, 1, G_linear, 0, scale, _like(0.0, T), cfg[LINEAR_LR], cfg[LINEAR_WD],
            opt, cfg, adam_lr, adam_eps)
-    _apply(w, m, s, 1, width, G_factors, shift, scale, decay, cfg[FACTORS_LR], cfg[FACTORS_WD],
-           opt, cfg, adam_lr, adam_eps)
+    _apply(w, m, s, 1, width, group, G_factors, shift, scale, decay, cfg[FACTORS_LR],
+           cfg[FACTORS_WD], opt, cfg, adam_lr, adam_eps)
 
 
 @kernel_helper()
@@ -256,8 +324,8 @@ def _row_loss_and_bias_step(z, y, loss_kind, B, one, width, opt, cfg, b1_t, b2_t
     adam_lr, adam_eps = _adam_scales(b1_t, b2_t, B)
     slope = _like(slope, B)
     bw, bm, bs = _row_blocks(B, 0, width)
-    _apply(bw, bm, bs, 0, 1, one, 0, slope, _like(0.0, B), cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg,
-           adam_lr, adam_eps)
+    _apply(bw, bm, bs, 0, 1, 1, one, 0, slope, _like(0.0, B), cfg[BIAS_LR], cfg[BIAS_WD], opt,
+           cfg, adam_lr, adam_eps)
     return loss, slope, adam_lr, adam_eps
 
 
@@ -296,14 +364,23 @@ def _rows_trainer(opt: int):
                 x = _like(values[j], T)
                 gx = slope * x
                 # d y_hat / d v_if = x_i (sum_f - v_if x_i): the sums are read at c - 1
-                _update_feature(T, indices[j], one, sums, -1, gx, gx * x, width, opt, cfg, adam_lr,
-                                adam_eps)
+                _update_feature(T, indices[j], one, sums, -1, gx, gx * x, width, k, opt, cfg,
+                                adam_lr, adam_eps)
         return total_loss
 
     return train_rows
 
 
-RULES = (SGD, ADAGRAD, ADAM, FTRL)
+RULES = (SGD, ADAGRAD, ADAM, FTRL, ROWWISE_ADAGRAD)
+
+
+def moment_columns(opt: int, width: int, group: int) -> int:
+    """The columns of optimizer state after a row's ``width`` weights: a block per moment of
+    each weight, or for row-wise AdaGrad one sum for the linear weight and one per factor
+    vector of ``group`` coordinates."""
+    if opt == ROWWISE_ADAGRAD:
+        return 1 + -(-(width - 1) // group)
+    return width * {SGD: 0, ADAGRAD: 1, ADAM: 2, FTRL: 2}[opt]
 
 
 def _rows_updater(opt: int):
@@ -311,11 +388,11 @@ def _rows_updater(opt: int):
     update rule (as :func:`_rows_trainer`)."""
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-    def update_rows(T, rows, G, lo, hi, config, adam_lr, adam_eps):
+    def update_rows(T, rows, G, lo, hi, group, config, adam_lr, adam_eps):
         cfg = _frozen(config)
         for t in range(lo, hi):
-            _update_feature(T, rows[t], G[t], G[t], 0, 1.0, 0.0, G.shape[1], opt, cfg, adam_lr,
-                            adam_eps)
+            _update_feature(T, rows[t], G[t], G[t], 0, 1.0, 0.0, G.shape[1], group, opt, cfg,
+                            adam_lr, adam_eps)
 
     return update_rows
 
@@ -465,15 +542,15 @@ def _batch_gradient(indptr, indices, values, labels, order, lo, hi, loss_kind, i
 
 
 @kernel_helper(fastmath=FAST, error_model="numpy")
-def step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, opt, cfg, adam_lr,
+def step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, group, opt, cfg, adam_lr,
                    adam_eps):
     """A mini-batch's optimizer step from its gradient: the bias from ``g_bias``, then each
-    touched feature's row from ``G[t]`` (``width`` columns), its slot reset to -1. Shared by
-    the FM's and the FFM's mini-batch loops."""
+    touched feature's row from ``G[t]`` (``width`` columns; factor vectors of ``group``), its
+    slot reset to -1. Shared by the FM's and the FFM's mini-batch loops."""
     lines, line_floats = (T.shape[1] * T.itemsize + 63) // 64, 64 // T.itemsize
     bw, bm, bs = _row_blocks(B, 0, width)
     # (the decay as the linear weight's update passes it: one compiled _apply serves both)
-    _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, _like(0.0, T), cfg[BIAS_LR], cfg[BIAS_WD], opt,
+    _apply(bw, bm, bs, 0, 1, 1, g_bias, 0, 1.0, _like(0.0, T), cfg[BIAS_LR], cfg[BIAS_WD], opt,
            cfg, adam_lr, adam_eps)
     for t in range(n_touched):
         if t + AHEAD < n_touched:  # the rows are scattered: start loading a later one
@@ -481,7 +558,8 @@ def step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, opt, cfg, a
                 prefetch(T, touched[t + AHEAD], line * line_floats)
         i = touched[t]
         slot[i] = -1
-        _update_feature(T, i, G[t], G[t], 0, 1.0, 0.0, width, opt, cfg, adam_lr, adam_eps)
+        _update_feature(T, i, G[t], G[t], 0, 1.0, 0.0, width, group, opt, cfg, adam_lr,
+                        adam_eps)
 
 
 def _batches_trainer(opt: int):
@@ -515,8 +593,8 @@ def _batches_trainer(opt: int):
             b1_t *= b1_stride
             b2_t *= b2_stride
             adam_lr, adam_eps = _adam_scales(b1_t, b2_t, T)
-            step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, opt, cfg, adam_lr,
-                           adam_eps)
+            step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, k, opt, cfg,
+                           adam_lr, adam_eps)
         return total_loss
 
     return train_batches
@@ -602,7 +680,7 @@ def _bias_stepper(opt: int):
         adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
                                          np.float64(cfg[BETA2]) ** step, B)
         bw, bm, bs = _row_blocks(B, 0, k + 1)
-        _apply(bw, bm, bs, 0, 1, np.full(1, g0), 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt,
+        _apply(bw, bm, bs, 0, 1, 1, np.full(1, g0), 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt,
                cfg, adam_lr, adam_eps)
         return adam_lr, adam_eps
 
@@ -612,15 +690,17 @@ def _bias_stepper(opt: int):
 _BIAS_STEP = _per_rule(_bias_stepper)
 
 
-def apply_gradient(rows, G, g0, opt, cfg, B, T, k, step, n_parts):
+def apply_gradient(rows, G, g0, opt, cfg, B, T, k, step, n_parts, group=None):
     """One optimizer step from a summed gradient: ``G[t]`` for the distinct features
     ``rows[t]``, ``g0`` for the bias (the second half of :func:`train_minibatches`'s step),
-    the features cut across ``n_parts`` threads. Returns the new step count."""
+    the features cut across ``n_parts`` threads. ``k``: the factor columns; ``group``: one
+    factor vector's length for row-wise AdaGrad (an FFM's k; default: ``k``). Returns the new
+    step count."""
     step += 1
     adam_lr, adam_eps = _BIAS_STEP[opt](g0, cfg, B, k, step)
     n = rows.size
-    on_threads(_UPDATES[opt], [(T, rows, G, part * n // n_parts, (part + 1) * n // n_parts, cfg,
-                                adam_lr, adam_eps) for part in range(n_parts)])
+    on_threads(_UPDATES[opt], [(T, rows, G, part * n // n_parts, (part + 1) * n // n_parts,
+                                group or k, cfg, adam_lr, adam_eps) for part in range(n_parts)])
     return step
 
 

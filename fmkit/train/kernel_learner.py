@@ -25,7 +25,7 @@ from fmkit.models.fm.hyperparameters import table_hyperparameters
 from fmkit.models.fm.model import two_rows, validation_metrics
 from fmkit.models.fm.parameters import FMParameters, starting_point
 from fmkit.train.engine import Gradient, Source
-from fmkit.train.optimizers import OPTIMIZER_IDS, kernel_config, training_tables
+from fmkit.train.optimizers import OPTIMIZER_IDS, factor_group, kernel_config, training_tables
 from fmkit.train.torch_learner import TorchLearner
 
 
@@ -118,6 +118,7 @@ class KernelLearner:
     def __init__(self, hp: dict[str, Any], params: FMParameters | None, dtype=np.float32,
                  pause_every: int = 0):
         self.hp, self.k, self.pause_every = hp, hp["num_factors"], pause_every
+        self.group = factor_group(hp)
         self.bias, self.table = training_tables(params, hp["optimizer"], hp, dtype)
         self.ws = Workspace.create(self.table.shape[0], self.k, thread_parts(hp),
                                    self.table.dtype, hp["mini_batch_size"])
@@ -179,7 +180,7 @@ class KernelLearner:
         self.steps = kernels.apply_gradient(ids, rows / n, gradient.dense[0] / n,
                                             OPTIMIZER_IDS[self.hp["optimizer"]], self.config,
                                             self.bias, self.table, self.k, self.steps,
-                                            self.ws.parts)
+                                            self.ws.parts, self.group)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         return {"bias": self.bias, "table": self.table}, {}

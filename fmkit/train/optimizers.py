@@ -9,6 +9,8 @@ and ``V`` whose feature occurs in it, as MXNet's and PyTorch's sparse optimizers
     adam:    m = b1 m + (1-b1) g;  s = b2 s + (1-b2) g^2;
              param -= lr * (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
     adagrad: s += g^2;  param -= lr * g / (sqrt(s) + eps)
+    rowwise_adagrad: AdaGrad with one s per factor vector (and per linear weight), grown by the
+             vector's mean g^2 (fbgemm's and TorchRec's row-wise AdaGrad): less state to carry
     sgd:     param -= lr * g
     ftrl:    (g without the wd term; lr is FTRL's alpha, wd its L2, ftrl_beta and ftrl_l1 the rest)
              n' = n + g^2;  z += g - (sqrt(n') - sqrt(n)) / lr * param;  n = n'
@@ -34,7 +36,8 @@ from fmkit.models.fm.parameters import FMParameters, init_parameters
 
 BETA1, BETA2 = 0.9, 0.999
 OPTIMIZER_IDS = {"sgd": kernels.SGD, "adagrad": kernels.ADAGRAD, "adam": kernels.ADAM,
-                 "ftrl": kernels.FTRL}
+                 "ftrl": kernels.FTRL, "rowwise_adagrad": kernels.ROWWISE_ADAGRAD}
+ACCUMULATING = ("adagrad", "rowwise_adagrad")  # the rules whose sums start at a set value
 GROUPS = ("bias", "linear", "factors")
 
 
@@ -72,21 +75,29 @@ def ftrl_initial_z(param, group: str, hp: dict[str, Any]):
 
 def initial_accumulator(optimizer: str, hp: dict[str, Any]) -> float:
     """What ``optimizer``'s sums of squared gradients start from: ``initial_accumulator_value``
-    for AdaGrad, 0 for the other rules."""
-    return float(hp.get("initial_accumulator_value", 0.0)) if optimizer == "adagrad" else 0.0
+    for AdaGrad (either kind), 0 for the other rules."""
+    return float(hp.get("initial_accumulator_value", 0.0)) if optimizer in ACCUMULATING else 0.0
+
+
+def factor_group(hp: dict[str, Any]) -> int:
+    """The length of one factor vector, which row-wise AdaGrad keeps one sum for: an FM's
+    ``num_factors``; an FFM's table (``num_factors`` = its fields x k) says its k in
+    ``factor_group`` (:func:`fmkit.models.fm.hyperparameters.table_hyperparameters`)."""
+    return hp.get("factor_group", hp["num_factors"])
 
 
 CACHE_LINE = 64
 
 
-def _table_layout(num_factors: int, optimizer: str, dtype) -> tuple[int, int, int]:
+def _table_layout(num_factors: int, group: int, optimizer: str, dtype
+                  ) -> tuple[int, int, int]:
     """``(width, columns, stored)`` of a training table row: the weights, the weights with the
     optimizer's moment blocks, and that padded to whole cache lines when the padding costs at
     most a quarter more memory (Adam's and FTRL's 3 x (k+1) = 27 float32 for k=8 become 32:
     each update then touches 2 lines instead of up to 3; measured +15% rows/s). The padding
     columns are at the end of each row and stay unused."""
     width = num_factors + 1
-    columns = width * (1 + kernels.MOMENT_BLOCKS[OPTIMIZER_IDS[optimizer]])
+    columns = width + kernels.moment_columns(OPTIMIZER_IDS[optimizer], width, group)
     per_line = CACHE_LINE // np.dtype(dtype).itemsize
     padded = -(-columns // per_line) * per_line
     return width, columns, padded if padded <= 1.25 * columns else columns
@@ -95,14 +106,14 @@ def _table_layout(num_factors: int, optimizer: str, dtype) -> tuple[int, int, in
 def check_memory(hp: dict[str, Any], dtype=np.float32) -> None:
     """Refuse hyperparameters whose training tables cannot fit in memory (see
     :func:`fmkit.memory.check_fits`): the table, the returned weights and a row index."""
-    width, _, stored = _table_layout(hp["num_factors"], hp["optimizer"], dtype)
+    width, _, stored = _table_layout(hp["num_factors"], factor_group(hp), hp["optimizer"], dtype)
     rows, itemsize = hp["feature_dim"], np.dtype(dtype).itemsize
     check_fits(f"An FM with feature_dim={rows} and num_factors={hp['num_factors']}", [
         (f"weights and {hp['optimizer']} state ({rows} x {stored})", rows * stored * itemsize),
         (f"returned weights ({rows} x {width})", rows * width * itemsize),
         ("per-feature scratch", rows * 8),
     ], "Lower feature_dim (hash the features into fewer ids) or num_factors, or use "
-       "optimizer=sgd (no per-weight state).")
+       "optimizer=sgd (no per-weight state) or rowwise_adagrad (a sum per factor vector).")
 
 
 def training_tables(params: FMParameters | None, optimizer: str, hp: dict[str, Any],
@@ -113,7 +124,7 @@ def training_tables(params: FMParameters | None, optimizer: str, hp: dict[str, A
     straight into the table (no second copy of the model in memory)."""
     opt = OPTIMIZER_IDS[optimizer]
     dtype = params.table.dtype if params is not None else dtype
-    width, columns, stored = _table_layout(hp["num_factors"], optimizer, dtype)
+    width, columns, stored = _table_layout(hp["num_factors"], factor_group(hp), optimizer, dtype)
     check_memory({**hp, "optimizer": optimizer}, dtype)
     table = prefaulted_zeros((hp["feature_dim"], stored), dtype)
     if params is None:
@@ -126,10 +137,10 @@ def training_tables(params: FMParameters | None, optimizer: str, hp: dict[str, A
         bias[0, width] = ftrl_initial_z(params.w0[0], "bias", hp)
         np.multiply(params.w, ftrl_z_factor("linear", hp), out=table[:, width])
         np.multiply(params.V, ftrl_z_factor("factors", hp), out=table[:, width + 1: 2 * width])
-    if opt == kernels.ADAGRAD:
+    if optimizer in ACCUMULATING:
         start = initial_accumulator(optimizer, hp)
         bias[0, width:] = start
-        table[:, width:2 * width] = start
+        table[:, width:columns] = start
     return bias, table
 
 
@@ -172,6 +183,14 @@ def apply_rule(name: str, param, g, m, s, lr, wd, t, hp, xp=np):
         param -= lr * (m / (1 - BETA1**t)) / (xp.sqrt(s / (1 - BETA2**t)) + eps)
     elif name == "adagrad":
         s += g * g
+        param -= lr * g / (xp.sqrt(s) + eps)
+    elif name == "rowwise_adagrad":  # s holds each vector's sum in each of its coordinates
+        if g.ndim == 2:
+            rows, group = g.shape[0], factor_group(hp)
+            each = s.reshape(rows, -1, group)  # a view: s is contiguous
+            each += (g * g).reshape(rows, -1, group).sum(-1)[..., None] / group
+        else:
+            s += g * g
         param -= lr * g / (xp.sqrt(s) + eps)
     elif name == "ftrl":
         beta, l1 = hp["ftrl_beta"], hp["ftrl_l1"]
