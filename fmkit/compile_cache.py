@@ -14,6 +14,8 @@ compile some kernels while this one compiles others.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import subprocess
 import sys
@@ -55,6 +57,59 @@ def configure(package: Path = PACKAGE) -> None:
     os.environ["NUMBA_CACHE_DIR"] = chosen
     if "numba" in sys.modules:
         sys.modules["numba"].config.CACHE_DIR = chosen
+
+
+def sources_digest(package: Path = PACKAGE) -> str:
+    """A digest of every module of ``package`` that uses numba (names and contents): what the
+    machine code of a cached kernel depends on — its own module, and the helpers and
+    intrinsics it inlines from others."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_bytes()
+        if b"numba" in text:
+            digest.update(path.relative_to(package).as_posix().encode() + b"\0" + text)
+    return digest.hexdigest()
+
+
+@functools.cache
+def _package_digest() -> str:
+    return sources_digest(PACKAGE)
+
+
+def stamp_with_sources() -> None:
+    """Make numba's cached kernels of fmkit stale when any of fmkit's numba modules changes.
+
+    numba checks a cached kernel against the module that defines it only, so a kernel whose
+    inlined helper changed in another module (``kernels.ffm`` uses ``kernels.fm``'s update
+    rules) loaded its old machine code: after a ``git pull`` or an edit, silently the old
+    arithmetic. fmkit's functions get numba's own cache locators with :func:`sources_digest`
+    added to the stamp; other libraries' functions are left to numba's. Called by each
+    package of fmkit that compiles cached kernels, before it defines them."""
+    from numba.core import caching
+
+    classes = caching.CacheImpl._locator_classes
+    if any(getattr(c, "stamped_by_fmkit", False) for c in classes):
+        return
+
+    def stamped(base: type) -> type:
+        class Stamped(base):
+            stamped_by_fmkit = True
+
+            @classmethod
+            def from_function(cls, py_func, py_file):
+                if not Path(py_file).resolve().is_relative_to(PACKAGE):
+                    return None
+                return super().from_function(py_func, py_file)
+
+            def get_source_stamp(self):
+                return super().get_source_stamp(), _package_digest()
+
+        Stamped.__name__ = Stamped.__qualname__ = f"SourcesStamped{base.__name__}"
+        return Stamped
+
+    classes[:0] = [stamped(c) for c in (caching.UserProvidedCacheLocator,
+                                        caching.InTreeCacheLocator,
+                                        caching.UserWideCacheLocator)]
 
 
 def kernel_helper(*, forceinline: bool = True, **options: Any) -> Callable:

@@ -92,3 +92,79 @@ def test_a_helper_that_cannot_start_is_no_error(monkeypatch):
     before = len(compile_cache._helpers)
     compile_cache.compile_ahead("pass")
     assert len(compile_cache._helpers) <= before
+
+
+STALE_KERNEL = """
+import sys
+from pathlib import Path
+from fmkit import compile_cache
+package = Path(sys.argv[1])
+compile_cache.PACKAGE = package
+if sys.argv[2] == "stamped":
+    compile_cache.stamp_with_sources()
+sys.path.insert(0, str(package.parent))
+from pkg.kernel import kernel
+print(kernel())
+"""
+
+
+def test_a_cached_kernel_is_recompiled_when_a_helper_in_another_module_changes(tmp_path):
+    """numba alone checks a cached kernel against its own module: with a helper changed in
+    another module it runs the old machine code (the control below). With
+    :func:`compile_cache.stamp_with_sources` the kernel compiles again and uses the new one."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "kernel.py").write_text(
+        "from numba import njit\nfrom pkg.helper import helper\n\n"
+        "@njit(cache=True)\ndef kernel():\n    return helper()\n")
+
+    def run(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-c", STALE_KERNEL, str(package), mode],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    for mode in ("numba alone", "stamped"):
+        for cache in package.glob("__pycache__/kernel*.nb*"):
+            cache.unlink()
+        (package / "helper.py").write_text("from numba import njit\n\n"
+                                           "@njit\ndef helper():\n    return 1\n")
+        assert run(mode) == "1"
+        (package / "helper.py").write_text("from numba import njit\n\n"
+                                           "@njit\ndef helper():\n    return 2\n")
+        assert run(mode) == ("1" if mode == "numba alone" else "2"), mode
+
+
+def test_every_cached_kernel_of_fmkit_is_stamped_with_its_sources():
+    """Each package that defines cached kernels installs the stamped locators first."""
+    import importlib
+    import pkgutil
+
+    from numba.core.dispatcher import Dispatcher
+
+    import fmkit
+
+    kernels = []
+    for info in pkgutil.walk_packages(fmkit.__path__, "fmkit."):
+        if info.name == "fmkit.__main__":  # (runs the CLI)
+            continue
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            for item in (value.values() if isinstance(value, dict) else [value]):
+                if isinstance(item, Dispatcher) and item._cache.__class__.__name__ != "NullCache":
+                    kernels.append(item)
+    assert len(kernels) > 20
+    unstamped = [k.py_func.__qualname__ for k in kernels
+                 if not getattr(type(k._cache._impl._locator), "stamped_by_fmkit", False)]
+    assert not unstamped
+
+
+def test_the_sources_digest_follows_numba_modules_only(tmp_path):
+    (tmp_path / "kernel.py").write_text("import numba\n")
+    (tmp_path / "cli.py").write_text("print('hello')\n")
+    before = compile_cache.sources_digest(tmp_path)
+    (tmp_path / "cli.py").write_text("print('hello, world')\n")
+    assert compile_cache.sources_digest(tmp_path) == before
+    (tmp_path / "kernel.py").write_text("import numba  # changed\n")
+    assert compile_cache.sources_digest(tmp_path) != before

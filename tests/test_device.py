@@ -12,7 +12,7 @@ import torch
 
 from fmkit.data.sources import ArraySource
 from fmkit.jobs.training import train
-from fmkit.models.fm.hyperparameters import validate
+from fmkit.models.fm.hyperparameters import OPTIMIZERS, validate
 from fmkit.models.fm.parameters import init_parameters
 
 from .conftest import shared_file
@@ -26,7 +26,7 @@ def _problem(seed=0):
     return X, y
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam", "ftrl"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_cpu_device_equals_the_compiled_kernels(optimizer):
     X, y = _problem()
     hp = validate({"feature_dim": 40, "num_factors": 3, "predictor_type": "binary_classifier",
