@@ -192,9 +192,10 @@ def test_deepfm_with_sample_weights_on_two_processes_equals_one(tmp_path):
 
 def test_ffm_on_two_processes_equals_one(tmp_path):
     """A field-aware FM on ``--nproc 2``: with one mini-batch per epoch (the batch holds every
-    row) and plain SGD, each step's gradient is the mean over both processes' rows, so the two
-    processes train the model one process trains, to float rounding — the number of fields
-    found alike on both, every row read once per epoch."""
+    row), each step's gradient is the mean over both processes' rows, so the two processes
+    train the model one process trains, to float rounding — the number of fields found alike
+    on both, every row read once per epoch. Row-wise AdaGrad: the processes' step must keep
+    one sum per field vector, as one process's does."""
     import numpy as np
 
     from fmkit.jobs.fm import train_files
@@ -208,7 +209,8 @@ def test_ffm_on_two_processes_equals_one(tmp_path):
     for part, rows in enumerate((lines[:400], lines[400:])):
         (channel / f"part-{part}.ffm").write_text("\n".join(rows) + "\n")
     hp = {"feature_dim": 33, "num_factors": 2, "predictor_type": "binary_classifier",
-          "model_type": "ffm", "optimizer": "sgd", "mini_batch_size": 5000, "epochs": 3,
+          "model_type": "ffm", "optimizer": "rowwise_adagrad", "mini_batch_size": 5000,
+          "epochs": 3,
           "bias_lr": 0.5, "linear_lr": 0.5, "factors_lr": 0.5, "factors_init_sigma": 0.1}
     one, _ = train_files(hp, channel, tmp_path / "one", index_base=0, progress=False)
     two = run_fmkit("train", "--nproc", "2", "--train", channel, "--model-dir",
