@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fmkit.models.fm.hyperparameters import FFM_DEFAULTS
+
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 PEERS = HERE / ".peers"
@@ -205,6 +207,8 @@ ROWS = [
      {"hp": {**DEFAULTS, "optimizer": "adagrad"}}, "xLearn sgd 2 threads, cold"),
     ("fmkit ftrl b1000 (default rates), text file", "fmkit", "train_file",
      {"hp": {**DEFAULTS, "optimizer": "ftrl"}}, "xLearn sgd 2 threads, cold"),
+    ("fmkit rowwise_adagrad b1000 (default rates), text file", "fmkit", "train_file",
+     {"hp": {**DEFAULTS, "optimizer": "rowwise_adagrad"}}, "xLearn sgd 2 threads, cold"),
     ("fmkit defaults, text file, first run (cold cache)", "fmkit", "train_file",
      {"hp": DEFAULTS, "cold": True}, "fmkit defaults (adam b1000), text file, 2 threads"),
     ("fmkit sgd per row, text file, first run (cold cache)", "fmkit", "train_file",
@@ -242,6 +246,11 @@ ROWS = [
     # lr 0.2, rows scaled to unit length as xLearn's norm, AdaGrad's sums starting above 0)
     ("ffm: fmkit FFM defaults (xLearn's settings), 1 thread", "fmkit", "train_file",
      {"threads": 1, "epochs": 2, "data": "ffm", "hp": {"model_type": "ffm"}},
+     "ffm: xLearn FFM adagrad 1 thread, cold"),
+    ("ffm: fmkit FFM defaults but rowwise_adagrad, 1 thread", "fmkit", "train_file",
+     {"threads": 1, "epochs": 2, "data": "ffm",
+      "hp": {"model_type": "ffm", "optimizer": "rowwise_adagrad", "mini_batch_size": 1,
+             **{name: value for name, value in FFM_DEFAULTS.items() if name != "optimizer"}}},
      "ffm: xLearn FFM adagrad 1 thread, cold"),
     ("ffm: fmkit FFM, SageMaker's FM defaults (adam b1000)", "fmkit", "train_file",
      {"threads": 1, "epochs": 2, "data": "ffm", "hp": {**DEFAULTS, "model_type": "ffm"}},
