@@ -17,6 +17,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -59,14 +60,17 @@ def configure(package: Path = PACKAGE) -> None:
         sys.modules["numba"].config.CACHE_DIR = chosen
 
 
+COMPILED = re.compile(rb"^\s*(?:from|import)\s+numba\b|kernel_helper", re.MULTILINE)
+
+
 def sources_digest(package: Path = PACKAGE) -> str:
-    """A digest of every module of ``package`` that uses numba (names and contents): what the
-    machine code of a cached kernel depends on — its own module, and the helpers and
-    intrinsics it inlines from others."""
+    """A digest of every module of ``package`` that imports numba or compiles helpers (names
+    and contents): what the machine code of a cached kernel depends on — its own module, and
+    the helpers and intrinsics it inlines from others."""
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         text = path.read_bytes()
-        if b"numba" in text:
+        if COMPILED.search(text):
             digest.update(path.relative_to(package).as_posix().encode() + b"\0" + text)
     return digest.hexdigest()
 

@@ -162,9 +162,12 @@ def test_every_cached_kernel_of_fmkit_is_stamped_with_its_sources():
 
 def test_the_sources_digest_follows_numba_modules_only(tmp_path):
     (tmp_path / "kernel.py").write_text("import numba\n")
-    (tmp_path / "cli.py").write_text("print('hello')\n")
+    (tmp_path / "helpers.py").write_text("from fmkit.compile_cache import kernel_helper\n")
+    (tmp_path / "cli.py").write_text('"""Mentions numba, imports none."""\n')
     before = compile_cache.sources_digest(tmp_path)
-    (tmp_path / "cli.py").write_text("print('hello, world')\n")
+    (tmp_path / "cli.py").write_text('"""Mentions numba, imports none. Changed."""\n')
     assert compile_cache.sources_digest(tmp_path) == before
-    (tmp_path / "kernel.py").write_text("import numba  # changed\n")
-    assert compile_cache.sources_digest(tmp_path) != before
+    for name in ("kernel.py", "helpers.py"):
+        changed = compile_cache.sources_digest(tmp_path)
+        (tmp_path / name).write_text((tmp_path / name).read_text() + "# changed\n")
+        assert compile_cache.sources_digest(tmp_path) != changed

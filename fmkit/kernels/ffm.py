@@ -22,6 +22,7 @@ from fmkit.kernels.fm import (
     BETA2,
     FAST,
     NO_ORDER,
+    ROWWISE_ADAGRAD,
     _adam_scales,
     _distinct_features,
     _frozen,
@@ -31,8 +32,11 @@ from fmkit.kernels.fm import (
     _prefetch_ahead,
     _row_loss_and_bias_step,
     _update_feature,
+    _update_feature_rowwise,
     lock_free,
+    lone_weight_rule,
     step_minibatch,
+    step_minibatch_rowwise,
 )
 from fmkit.kernels.lanes import LANES, lanes_sum, load_lanes, store_lanes
 
@@ -158,6 +162,7 @@ def minibatch_gradient(indptr, indices, fields, values, labels, inv_rows: float,
 def _batches_trainer(opt: int):
     """The mini-batch loop over a chunk, compiled for one update rule (the FM's
     :func:`fmkit.kernels.fm._batches_trainer` with the FFM's gradient)."""
+    rule, rowwise = lone_weight_rule(opt), opt == ROWWISE_ADAGRAD
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def train_batches(indptr, indices, fields, values, labels, batch_size, loss_kind, config, B,
@@ -184,8 +189,12 @@ def _batches_trainer(opt: int):
             step += 1
             adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
                                              np.float64(cfg[BETA2]) ** step, T)
-            step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, k, opt, cfg,
-                           adam_lr, adam_eps)
+            if rowwise:
+                step_minibatch_rowwise(B, T, g_bias, touched, n_touched, slot, G, width, k,
+                                       rule, cfg, adam_lr, adam_eps)
+            else:
+                step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, k, rule, cfg,
+                               adam_lr, adam_eps)
         return total_loss
 
     return train_batches
@@ -220,6 +229,7 @@ def _pair(T, ia, at_a, ib, at_b, S, sa, sb, xa, xb, k):
 def _rows_trainer(opt: int):
     """The per-row loop compiled for one update rule (as the FM's
     :func:`fmkit.kernels.fm._rows_trainer`)."""
+    rule, rowwise = lone_weight_rule(opt), opt == ROWWISE_ADAGRAD
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def train_rows(indptr, indices, fields, values, labels, lo, hi, loss_kind, config, B, T, k,
@@ -260,11 +270,16 @@ def _rows_trainer(opt: int):
             b1_t *= b1_stride
             b2_t *= b2_stride
             loss, slope, adam_lr, adam_eps = _row_loss_and_bias_step(
-                z, np.float64(labels[r]), loss_kind, B, one, width, opt, cfg, b1_t, b2_t)
+                z, np.float64(labels[r]), loss_kind, B, one, width, rule, cfg, b1_t, b2_t)
             total_loss += loss
             for a in range(first, last):
-                _update_feature(T, indices[a], one, S[a - first], 0, slope * _like(values[a], T),
-                                zero, width, k, opt, cfg, adam_lr, adam_eps)
+                gx = slope * _like(values[a], T)
+                if rowwise:
+                    _update_feature_rowwise(T, indices[a], one, S[a - first], 0, gx, zero,
+                                            width, k, rule, cfg, adam_lr, adam_eps)
+                else:
+                    _update_feature(T, indices[a], one, S[a - first], 0, gx, zero, width, k,
+                                    rule, cfg, adam_lr, adam_eps)
         return total_loss
 
     return train_rows

@@ -140,25 +140,6 @@ def _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, like):
 
 
 @kernel_helper(fastmath=FAST, error_model="numpy")
-def _gradient_lanes(w, start, G, shift, scale, decay, wd, cfg):
-    """Eight coordinates' gradients as :func:`_rule` forms them (clipped, plus ``wd`` times
-    the weight), and the weights."""
-    p = load_lanes(w, start, w)
-    raw = scale * load_lanes(G, start + shift, w) - decay * p
-    clip = cfg[CLIP]
-    return min(max(raw * cfg[RESCALE], -clip), clip) + wd * p, p
-
-
-@kernel_helper(fastmath=FAST, error_model="numpy")
-def _gradient_one(w, c, G, shift, scale, decay, wd, cfg):
-    """One coordinate's gradient and weight (as :func:`_gradient_lanes`)."""
-    p = w[c]
-    raw = scale * _like(G[c + shift], w) - decay * p
-    clip = cfg[CLIP]
-    return min(max(raw * cfg[RESCALE], -clip), clip) + wd * p, p
-
-
-@kernel_helper(fastmath=FAST, error_model="numpy")
 def _apply_rowwise(w, m, lo, hi, group, G, shift, scale, decay, lr, wd, cfg):
     """Row-wise AdaGrad (fbgemm's and TorchRec's ``rowwise_adagrad``) on coordinates ``lo:hi``
     of a row, in groups of ``group`` from ``lo``: ``lo`` is 0 for a lone weight (the bias, a
@@ -168,53 +149,47 @@ def _apply_rowwise(w, m, lo, hi, group, G, shift, scale, decay, lr, wd, cfg):
     (sqrt(s) + eps)``. One sum per vector instead of one per coordinate keeps the training row
     about the size of its weights (docs/performance.md). (The loop avoids integer division:
     one per group made the update twice as slow.)"""
+    clip = cfg[CLIP]
     begin, at = lo, min(lo, 1)
     while begin < hi:
         end = min(begin + group, hi)
-        if end - begin == LANES:  # one vector: its gradient stays in registers
-            g, p = _gradient_lanes(w, begin, G, shift, scale, decay, wd, cfg)
-            total = m[at] + lanes_sum(g * g) * _like(1.0 / LANES, w)
-            m[at] = total
-            store_lanes(w, begin, p - lr / (np.sqrt(total) + cfg[EPS]) * g)
-        else:
-            squares = _like(0.0, w)
+        squares = _like(0.0, w)
+        for second in range(2):  # the sum of the squared gradients, then the step
+            if second:
+                total = m[at] + squares / _like(end - begin, w)
+                m[at] = total
+                rate = lr / (np.sqrt(total) + cfg[EPS])
             c = begin
             while c + LANES <= end:
-                g, _ = _gradient_lanes(w, c, G, shift, scale, decay, wd, cfg)
-                squares += lanes_sum(g * g)
+                p = load_lanes(w, c, w)
+                raw = scale * load_lanes(G, c + shift, w) - decay * p
+                g = min(max(raw * cfg[RESCALE], -clip), clip) + wd * p
+                if second:
+                    store_lanes(w, c, p - rate * g)
+                else:
+                    squares += lanes_sum(g * g)
                 c += LANES
             for rest in range(c, end):
-                g, _ = _gradient_one(w, rest, G, shift, scale, decay, wd, cfg)
-                squares += g * g
-            total = m[at] + squares / _like(end - begin, w)
-            m[at] = total
-            rate = lr / (np.sqrt(total) + cfg[EPS])
-            c = begin
-            while c + LANES <= end:
-                g, p = _gradient_lanes(w, c, G, shift, scale, decay, wd, cfg)
-                store_lanes(w, c, p - rate * g)
-                c += LANES
-            for rest in range(c, end):
-                g, p = _gradient_one(w, rest, G, shift, scale, decay, wd, cfg)
-                w[rest] = p - rate * g
+                q = w[rest]
+                raw1 = scale * _like(G[rest + shift], w) - decay * q
+                g1 = min(max(raw1 * cfg[RESCALE], -clip), clip) + wd * q
+                if second:
+                    w[rest] = q - rate * g1
+                else:
+                    squares += g1 * g1
         begin, at = end, at + 1
 
 
 @kernel_helper(fastmath=FAST, error_model="numpy")
-def _apply(w, m, s, lo, hi, group, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr,
-           adam_eps):
+def _apply(w, m, s, lo, hi, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr, adam_eps):
     """One optimizer step (:func:`_rule`) of coordinates ``lo:hi`` of one table row, given as
     1-D views of its blocks: weights ``w``, Adam's m / AdaGrad's s / FTRL's z in ``m``, Adam's
     s / FTRL's sqrt(n) in ``s`` (see :func:`_row_blocks`), eight at a time while eight remain.
-    Row-wise AdaGrad steps ``group`` coordinates at a time instead (:func:`_apply_rowwise`).
 
     The raw gradient of coordinate c is ``scale * G[c + shift] - decay * param``: the FM's own
     form (for a factor, slope * x * (sum_f - v_f x)), computed here rather than staged in an
     array so each step reads and writes only the table.
     """
-    if opt == ROWWISE_ADAGRAD:
-        _apply_rowwise(w, m, lo, hi, group, G, shift, scale, decay, lr, wd, cfg)
-        return
     firsts = opt != SGD
     seconds = opt == ADAM or opt == FTRL
     start = lo
@@ -274,12 +249,35 @@ def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, group
                     adam_lr, adam_eps):
     """Update row ``i`` of ``T``: the linear weight from raw gradient ``scale * G_linear[0]``,
     the factors from ``scale * G_factors[c + shift] - decay * v_c`` (see :func:`_apply`;
-    ``group``: the length of one factor vector, for row-wise AdaGrad)."""
+    ``group`` is for :func:`_update_feature_rowwise`, which takes the same arguments)."""
     w, m, s = _row_blocks(T, i, width)
-    _apply(w, m, s, 0, 1, 1, G_linear, 0, scale, _like(0.0, T), cfg[LINEAR_LR], cfg[LINEAR_WD],
+    _apply(w, m, s, 0, 1, G_linear, 0, scale, _like(0.0, T), cfg[LINEAR_LR], cfg[LINEAR_WD],
            opt, cfg, adam_lr, adam_eps)
-    _apply(w, m, s, 1, width, group, G_factors, shift, scale, decay, cfg[FACTORS_LR],
+    _apply(w, m, s, 1, width, G_factors, shift, scale, decay, cfg[FACTORS_LR],
            cfg[FACTORS_WD], opt, cfg, adam_lr, adam_eps)
+
+
+@kernel_helper(fastmath=FAST, error_model="numpy")
+def _update_feature_rowwise(T, i, G_linear, G_factors, shift, scale, decay, width, group, opt,
+                            cfg, adam_lr, adam_eps):
+    """:func:`_update_feature` for row-wise AdaGrad: the linear weight, alone in its group, by
+    AdaGrad (``opt``), the factor vectors of ``group`` coordinates by :func:`_apply_rowwise`."""
+    w, m, s = _row_blocks(T, i, width)
+    _apply(w, m, s, 0, 1, G_linear, 0, scale, _like(0.0, T), cfg[LINEAR_LR], cfg[LINEAR_WD],
+           opt, cfg, adam_lr, adam_eps)
+    _apply_rowwise(w, m, 1, width, group, G_factors, shift, scale, decay, cfg[FACTORS_LR],
+                   cfg[FACTORS_WD], cfg)
+
+
+def lone_weight_rule(opt: int) -> int:
+    """The rule a kernel compiled for ``opt`` steps the bias and the linear weights with:
+    row-wise AdaGrad is AdaGrad on a weight alone in its group. Its rows step by
+    :func:`_update_feature_rowwise`, which each kernel picks by a branch on a constant of its
+    own (``rowwise``), so that numba drops it from the other rules' kernels (a branch on
+    ``opt`` inside the shared helpers compiled it into every kernel: a first run 0.6-0.9 s
+    longer, docs/performance.md; and a kernel that captured the update function itself was
+    never loaded from numba's cache)."""
+    return ADAGRAD if opt == ROWWISE_ADAGRAD else opt
 
 
 @kernel_helper()
@@ -324,7 +322,7 @@ def _row_loss_and_bias_step(z, y, loss_kind, B, one, width, opt, cfg, b1_t, b2_t
     adam_lr, adam_eps = _adam_scales(b1_t, b2_t, B)
     slope = _like(slope, B)
     bw, bm, bs = _row_blocks(B, 0, width)
-    _apply(bw, bm, bs, 0, 1, 1, one, 0, slope, _like(0.0, B), cfg[BIAS_LR], cfg[BIAS_WD], opt,
+    _apply(bw, bm, bs, 0, 1, one, 0, slope, _like(0.0, B), cfg[BIAS_LR], cfg[BIAS_WD], opt,
            cfg, adam_lr, adam_eps)
     return loss, slope, adam_lr, adam_eps
 
@@ -332,6 +330,8 @@ def _row_loss_and_bias_step(z, y, loss_kind, B, one, width, opt, cfg, b1_t, b2_t
 def _rows_trainer(opt: int):
     """The per-row training loop compiled for one update rule: ``opt`` is a constant in the
     compiled code (a run-time switch among the four rules halves the rate)."""
+
+    rule, rowwise = lone_weight_rule(opt), opt == ROWWISE_ADAGRAD
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def train_rows(indptr, indices, values, labels, order, lo, hi, loss_kind, config, B, T, k, sums,
@@ -358,14 +358,18 @@ def _rows_trainer(opt: int):
             b1_t *= b1_stride
             b2_t *= b2_stride
             loss, slope, adam_lr, adam_eps = _row_loss_and_bias_step(
-                z, np.float64(labels[r]), loss_kind, B, one, width, opt, cfg, b1_t, b2_t)
+                z, np.float64(labels[r]), loss_kind, B, one, width, rule, cfg, b1_t, b2_t)
             total_loss += loss
             for j in range(indptr[r], indptr[r + 1]):
                 x = _like(values[j], T)
                 gx = slope * x
                 # d y_hat / d v_if = x_i (sum_f - v_if x_i): the sums are read at c - 1
-                _update_feature(T, indices[j], one, sums, -1, gx, gx * x, width, k, opt, cfg,
-                                adam_lr, adam_eps)
+                if rowwise:
+                    _update_feature_rowwise(T, indices[j], one, sums, -1, gx, gx * x, width, k,
+                                            rule, cfg, adam_lr, adam_eps)
+                else:
+                    _update_feature(T, indices[j], one, sums, -1, gx, gx * x, width, k, rule,
+                                    cfg, adam_lr, adam_eps)
         return total_loss
 
     return train_rows
@@ -387,12 +391,18 @@ def _rows_updater(opt: int):
     """The update of a range of features from their summed gradient rows, compiled for one
     update rule (as :func:`_rows_trainer`)."""
 
+    rule, rowwise = lone_weight_rule(opt), opt == ROWWISE_ADAGRAD
+
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def update_rows(T, rows, G, lo, hi, group, config, adam_lr, adam_eps):
         cfg = _frozen(config)
         for t in range(lo, hi):
-            _update_feature(T, rows[t], G[t], G[t], 0, 1.0, 0.0, G.shape[1], group, opt, cfg,
-                            adam_lr, adam_eps)
+            if rowwise:
+                _update_feature_rowwise(T, rows[t], G[t], G[t], 0, 1.0, 0.0, G.shape[1], group,
+                                        rule, cfg, adam_lr, adam_eps)
+            else:
+                _update_feature(T, rows[t], G[t], G[t], 0, 1.0, 0.0, G.shape[1], group, rule,
+                                cfg, adam_lr, adam_eps)
 
     return update_rows
 
@@ -541,29 +551,45 @@ def _batch_gradient(indptr, indices, values, labels, order, lo, hi, loss_kind, i
                        T, k, sums, pos, p, G)
 
 
-@kernel_helper(fastmath=FAST, error_model="numpy")
-def step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, group, opt, cfg, adam_lr,
-                   adam_eps):
-    """A mini-batch's optimizer step from its gradient: the bias from ``g_bias``, then each
-    touched feature's row from ``G[t]`` (``width`` columns; factor vectors of ``group``), its
-    slot reset to -1. Shared by the FM's and the FFM's mini-batch loops."""
-    lines, line_floats = (T.shape[1] * T.itemsize + 63) // 64, 64 // T.itemsize
-    bw, bm, bs = _row_blocks(B, 0, width)
-    # (the decay as the linear weight's update passes it: one compiled _apply serves both)
-    _apply(bw, bm, bs, 0, 1, 1, g_bias, 0, 1.0, _like(0.0, T), cfg[BIAS_LR], cfg[BIAS_WD], opt,
-           cfg, adam_lr, adam_eps)
-    for t in range(n_touched):
-        if t + AHEAD < n_touched:  # the rows are scattered: start loading a later one
-            for line in range(lines):
-                prefetch(T, touched[t + AHEAD], line * line_floats)
-        i = touched[t]
-        slot[i] = -1
-        _update_feature(T, i, G[t], G[t], 0, 1.0, 0.0, width, group, opt, cfg, adam_lr,
-                        adam_eps)
+def _minibatch_stepper(rowwise: bool):
+    """:func:`step_minibatch`, and with ``rowwise`` its row-wise AdaGrad twin (its rows by
+    :func:`_update_feature_rowwise`)."""
+
+    @kernel_helper(fastmath=FAST, error_model="numpy")
+    def step(B, T, g_bias, touched, n_touched, slot, G, width, group, opt, cfg, adam_lr,
+             adam_eps):
+        """A mini-batch's optimizer step from its gradient: the bias from ``g_bias``, then
+        each touched feature's row from ``G[t]`` (``width`` columns; factor vectors of
+        ``group``), its slot reset to -1. Shared by the FM's and the FFM's mini-batch loops;
+        ``opt``: :func:`lone_weight_rule`."""
+        lines, line_floats = (T.shape[1] * T.itemsize + 63) // 64, 64 // T.itemsize
+        bw, bm, bs = _row_blocks(B, 0, width)
+        # (the decay as the linear weight's update passes it: one compiled _apply serves both)
+        _apply(bw, bm, bs, 0, 1, g_bias, 0, 1.0, _like(0.0, T), cfg[BIAS_LR], cfg[BIAS_WD],
+               opt, cfg, adam_lr, adam_eps)
+        for t in range(n_touched):
+            if t + AHEAD < n_touched:  # the rows are scattered: start loading a later one
+                for line in range(lines):
+                    prefetch(T, touched[t + AHEAD], line * line_floats)
+            i = touched[t]
+            slot[i] = -1
+            if rowwise:
+                _update_feature_rowwise(T, i, G[t], G[t], 0, 1.0, 0.0, width, group, opt, cfg,
+                                        adam_lr, adam_eps)
+            else:
+                _update_feature(T, i, G[t], G[t], 0, 1.0, 0.0, width, group, opt, cfg,
+                                adam_lr, adam_eps)
+
+    return step
+
+
+step_minibatch = _minibatch_stepper(False)
+step_minibatch_rowwise = _minibatch_stepper(True)
 
 
 def _batches_trainer(opt: int):
     """The mini-batch loop compiled for one update rule (as :func:`_rows_trainer`)."""
+    rule, rowwise = lone_weight_rule(opt), opt == ROWWISE_ADAGRAD
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def train_batches(indptr, indices, values, labels, order, lo, hi, batch_size, loss_kind,
@@ -593,8 +619,12 @@ def _batches_trainer(opt: int):
             b1_t *= b1_stride
             b2_t *= b2_stride
             adam_lr, adam_eps = _adam_scales(b1_t, b2_t, T)
-            step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, k, opt, cfg,
-                           adam_lr, adam_eps)
+            if rowwise:
+                step_minibatch_rowwise(B, T, g_bias, touched, n_touched, slot, G, width, k,
+                                       rule, cfg, adam_lr, adam_eps)
+            else:
+                step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, k, rule, cfg,
+                               adam_lr, adam_eps)
         return total_loss
 
     return train_batches
@@ -673,6 +703,8 @@ def sum_repeated_rows(rows, values, slot):
 def _bias_stepper(opt: int):
     """The bias's part of :func:`apply_gradient`, compiled for one update rule."""
 
+    rule = lone_weight_rule(opt)
+
     @njit(cache=True, fastmath=FAST, error_model="numpy")
     def bias_step(g0, config, B, k, step):
         """Step ``step`` for the bias; returns Adam's scales of lr and eps at that step."""
@@ -680,7 +712,7 @@ def _bias_stepper(opt: int):
         adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
                                          np.float64(cfg[BETA2]) ** step, B)
         bw, bm, bs = _row_blocks(B, 0, k + 1)
-        _apply(bw, bm, bs, 0, 1, 1, np.full(1, g0), 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], opt,
+        _apply(bw, bm, bs, 0, 1, np.full(1, g0), 0, 1.0, 0.0, cfg[BIAS_LR], cfg[BIAS_WD], rule,
                cfg, adam_lr, adam_eps)
         return adam_lr, adam_eps
 

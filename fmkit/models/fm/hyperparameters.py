@@ -135,8 +135,8 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
         Hyperparameter("optimizer", str, "adam", "choice",
                        "fmkit: update rule (lazy: only the rows a mini-batch touches); "
                        "rowwise_adagrad keeps one AdaGrad sum per factor vector (fbgemm's and "
-                       "TorchRec's rule): about half the training memory of adagrad, and faster "
-                       "where the table does not fit in the CPU's caches.",
+                       "TorchRec's rule): an FFM's training tables about half the size of "
+                       "adagrad's, at about its speed.",
                        choices=OPTIMIZERS, sagemaker=False),
         Hyperparameter("initial_accumulator_value", float, 0.0, "ge0",
                        "fmkit: with optimizer=adagrad or rowwise_adagrad, the value every sum of "
