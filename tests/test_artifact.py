@@ -123,9 +123,12 @@ def test_kill_9_during_training_leaves_previous_model_or_none(tmp_path):
     assert not model_dir.exists()
 
     subprocess.run([fmkit_executable(), *base, "epochs=1"], check=True)  # may compile kernels
-    started = time.perf_counter()
-    subprocess.run([fmkit_executable(), *base, "epochs=1"], check=True)
-    full_run = time.perf_counter() - started
+    runs = []
+    for _ in range(2):  # the faster of two: one timed while the other test worker was busy
+        started = time.perf_counter()  # made the later kills land after every run finished
+        subprocess.run([fmkit_executable(), *base, "epochs=1"], check=True)
+        runs.append(time.perf_counter() - started)
+    full_run = min(runs)
     first = FMModel.load(model_dir)
     assert first.hyperparameters["epochs"] == 1
 
