@@ -147,8 +147,8 @@ def _apply_rowwise(w, m, lo, hi, group, G, shift, scale, decay, lr, wd, cfg):
     vector per field: the j-th group's sum is ``m[1 + j]``). Each sum grows by its group's mean
     squared gradient and scales the whole group's step: ``s += mean(g^2); v -= lr * g /
     (sqrt(s) + eps)``. One sum per vector instead of one per coordinate keeps the training row
-    about the size of its weights (docs/performance.md). (The loop avoids integer division:
-    one per group made the update twice as slow.)"""
+    about the size of its weights. The loop walks the groups without integer division, which
+    made the update much slower (docs/performance.md, session 36)."""
     clip = cfg[CLIP]
     begin, at = lo, min(lo, 1)
     while begin < hi:
@@ -273,10 +273,10 @@ def lone_weight_rule(opt: int) -> int:
     """The rule a kernel compiled for ``opt`` steps the bias and the linear weights with:
     row-wise AdaGrad is AdaGrad on a weight alone in its group. Its rows step by
     :func:`_update_feature_rowwise`, which each kernel picks by a branch on a constant of its
-    own (``rowwise``), so that numba drops it from the other rules' kernels (a branch on
-    ``opt`` inside the shared helpers compiled it into every kernel: a first run 0.6-0.9 s
-    longer, docs/performance.md; and a kernel that captured the update function itself was
-    never loaded from numba's cache)."""
+    own (``rowwise``), so that numba drops it from the other rules' kernels: a branch on
+    ``opt`` inside the shared helpers compiled it into every kernel and lengthened every first
+    run, and a kernel that captured the update function itself was never loaded from numba's
+    cache (docs/performance.md, session 36)."""
     return ADAGRAD if opt == ROWWISE_ADAGRAD else opt
 
 

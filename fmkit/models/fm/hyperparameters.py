@@ -140,9 +140,9 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
                        choices=OPTIMIZERS, sagemaker=False),
         Hyperparameter("initial_accumulator_value", float, 0.0, "ge0",
                        "fmkit: with optimizer=adagrad or rowwise_adagrad, the value every sum of "
-                       "squared gradients "
-                       "starts from (TensorFlow's and PyTorch's name; 0 as in MXNet). Above 0 "
-                       "it damps the first steps of rarely seen features.", sagemaker=False),
+                       "squared gradients starts from (TensorFlow's and PyTorch's name; 0 as in "
+                       "MXNet). Above 0 it damps the first steps of rarely seen features.",
+                       sagemaker=False),
         Hyperparameter("instance_norm", int, 0, "choice01",
                        "fmkit: 1 scales every row's values to unit length (L2) before training "
                        "and scoring, as xLearn's norm does; the model keeps the setting, so "
@@ -318,7 +318,8 @@ def factor_width(hp: Mapping[str, Any]) -> int:
 
 def table_hyperparameters(hp: Mapping[str, Any]) -> dict[str, Any]:
     """``hp`` as the weight-table code sees it: ``num_factors`` the factor columns per feature
-    (an FFM's table is an FM's with ``num_fields * num_factors`` of them)."""
+    (an FFM's table is an FM's with ``num_fields * num_factors`` of them), ``factor_group``
+    the length of one factor vector (row-wise AdaGrad keeps one sum per vector)."""
     return {**hp, "num_factors": factor_width(hp), "factor_group": hp["num_factors"]}
 
 
