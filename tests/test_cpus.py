@@ -229,3 +229,32 @@ def test_ordered_map_overlaps_keeps_the_order_stays_bounded_and_raises_in_turn()
         for value in ordered_map(failing, iter(range(6)), 2):
             seen.append(value)
     assert seen == [0, 1, 2]
+
+
+def test_a_row_per_step_leaves_a_core_to_a_reader_that_parses(tmp_path):
+    """Per-row training on every core beside a thread parsing the file ahead ran slower than
+    on one core fewer (docs/performance.md, session 36): the trainer leaves the parser one, as
+    the parser leaves the trainer one; sources read without parsing keep every core."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from fmkit.data.sources import ArraySource, FileSource, UnitRows
+    from fmkit.models.fm.hyperparameters import validate
+    from fmkit.models.fm.parameters import starting_point
+    from fmkit.train.kernel_learner import fm_learner, reading_parts
+
+    path = tmp_path / "rows.libsvm"
+    path.write_text("1 0:1 2:1\n0 1:1\n" * 20)
+    text = FileSource(path, "libsvm", 3, labels="binary")
+    assert reading_parts(2, text) == reading_parts(2, UnitRows(text)) == 1
+    assert reading_parts(1, text) == 1
+    assert reading_parts(2, FileSource(path, "libsvm", 3, labels="binary", cache=True)) == 2
+    memory = ArraySource(sp.eye(3, format="csr"), np.ones(3), feature_dim=3, labels="binary")
+    assert reading_parts(2, memory) == 2
+
+    hp = starting_point(validate({"feature_dim": 3, "num_factors": 2, "mini_batch_size": 1,
+                                  "predictor_type": "binary_classifier"}), None)
+    learner = fm_learner(hp)
+    for unit in learner.batches(text, np.random.default_rng(0)):
+        learner.step(unit)
+    assert learner.parts == reading_parts(learner.ws.parts, text)

@@ -283,6 +283,12 @@ class FileSource:
         base and field count detections ask first)."""
         return not self.files[0].is_fifo()
 
+    @property
+    def parses(self) -> bool:
+        """Whether a pass over this source parses text or records (not a binary cache's copy):
+        work that the thread reading ahead shares the cores with the trainer for."""
+        return not self.cache
+
     def require_rereadable(self, problem: str) -> None:
         """Raise a :class:`DataError` saying ``problem`` when this source is a pipe."""
         if not self.rereadable:

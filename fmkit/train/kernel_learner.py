@@ -74,21 +74,32 @@ class Workspace:
 
 def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.ndarray,
                 bias: np.ndarray, table: np.ndarray, ws: Workspace, step: int,
-                order: np.ndarray = kernels.NO_ORDER) -> tuple[float, int]:
+                order: np.ndarray = kernels.NO_ORDER, parts: int | None = None
+                ) -> tuple[float, int]:
     """One chunk through the kernel for ``mini_batch_size``, its rows taken in ``order`` (a
-    permutation; empty: as stored): returns (summed loss, step)."""
+    permutation; empty: as stored), a row per step on ``parts`` of the workspace's thread
+    parts (default: all): returns (summed loss, step)."""
     opt = OPTIMIZER_IDS[hp["optimizer"]]
     k = ws.k
     batch_size = hp["mini_batch_size"]
     order = order.astype(np.int64, copy=False)
     if batch_size == 1:
         return kernels.train_online(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
-                                    order, kind, opt, config, bias, table, k, ws.sums, step)
+                                    order, kind, opt, config, bias, table, k, ws.sums[:parts],
+                                    step)
     ws.reserve(chunk, batch_size, table.shape[0], order)
     return kernels.train_minibatches(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
                                      order, batch_size, kind, opt, config, bias, table, k,
                                      ws.slot, ws.touched, ws.positions, ws.grads[0], ws.sums[0],
                                      step)
+
+
+def reading_parts(parts: int, source: Source) -> int:
+    """The thread parts a row per step trains on while a thread reads ``source`` ahead: one
+    fewer when that thread parses (:attr:`~fmkit.data.sources.FileSource.parses`), as the
+    reader leaves one to the trainer (:func:`fmkit.cpus.leaving_cores`). On two cores,
+    training on both beside a parser was slower than on one (docs/performance.md)."""
+    return parts - 1 if parts > 1 and getattr(source, "parses", False) else parts
 
 
 def thread_parts(hp: dict[str, Any]) -> int:
@@ -125,6 +136,7 @@ class KernelLearner:
         self.config = kernel_config(hp, self.table.dtype)
         self.kind = loss_kind(hp["predictor_type"])
         self.steps = 0
+        self.parts = self.ws.parts  # those a row per step trains on (reading_parts)
 
     def batches(self, source: Source, rng: np.random.Generator
                 ) -> Iterator[tuple[SparseBatch, np.ndarray]]:
@@ -134,6 +146,7 @@ class KernelLearner:
         the step count reaches a multiple of it, so that callbacks (validation every N steps)
         act there."""
         size, every = self.hp["mini_batch_size"], self.pause_every
+        self.parts = reading_parts(self.ws.parts, source)
 
         def prepared() -> Iterator[tuple[SparseBatch, np.ndarray]]:
             for chunk in rebatch(source.blocks(), size):
@@ -155,7 +168,7 @@ class KernelLearner:
     def step(self, unit: tuple[SparseBatch, np.ndarray]) -> tuple[float, int]:
         chunk, order = unit
         loss, self.steps = train_chunk(self.hp, chunk, self.kind, self.config, self.bias,
-                                       self.table, self.ws, self.steps, order)
+                                       self.table, self.ws, self.steps, order, self.parts)
         return loss, chunk.n_rows
 
     def mini_batches(self, source: Source, size: int, rng: np.random.Generator
@@ -233,7 +246,7 @@ class FFMLearner(KernelLearner):
             loss, self.steps = ffm.train_online(
                 chunk.indptr, chunk.indices, chunk.field_ids(), chunk.values, chunk.labels,
                 self.kind, self.opt, self.config, self.bias, self.table, self.factors,
-                self.fields, self.steps, self.ws.parts)
+                self.fields, self.steps, self.parts)
             return loss, chunk.n_rows
         ws.reserve(chunk, size, self.table.shape[0])
         loss, self.steps = ffm.train_minibatches(
