@@ -129,12 +129,12 @@ def kernel_helper(*, forceinline: bool = True, **options: Any) -> Callable:
 
 def cached(function: Any) -> bool:
     """Whether numba's cache holds a compiled version of ``function`` (an ``njit`` function
-    with ``cache=True``): its index file exists. True when numba's layout is not the one this
-    knows, so that nothing extra is started."""
+    with ``cache=True``) for the current sources: its index names one and is not stale (after
+    an upgrade or an edit, the first run then still compiles on two cores). True when numba's
+    layout is not the one this knows, so that nothing extra is started."""
     try:
-        cache_file = function._cache._cache_file
-        return Path(cache_file._cache_path, cache_file._index_name).exists()
-    except AttributeError:
+        return bool(function._cache._cache_file._load_index())
+    except Exception:  # numba's internals moved, or an unreadable index: start nothing
         return True
 
 

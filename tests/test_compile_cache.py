@@ -104,14 +104,15 @@ if sys.argv[2] == "stamped":
     compile_cache.stamp_with_sources()
 sys.path.insert(0, str(package.parent))
 from pkg.kernel import kernel
-print(kernel())
+print(compile_cache.cached(kernel), kernel())
 """
 
 
 def test_a_cached_kernel_is_recompiled_when_a_helper_in_another_module_changes(tmp_path):
     """numba alone checks a cached kernel against its own module: with a helper changed in
     another module it runs the old machine code (the control below). With
-    :func:`compile_cache.stamp_with_sources` the kernel compiles again and uses the new one."""
+    :func:`compile_cache.stamp_with_sources` the kernel compiles again and uses the new one,
+    and :func:`compile_cache.cached` says it is not cached until then."""
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -130,10 +131,11 @@ def test_a_cached_kernel_is_recompiled_when_a_helper_in_another_module_changes(t
             cache.unlink()
         (package / "helper.py").write_text("from numba import njit\n\n"
                                            "@njit\ndef helper():\n    return 1\n")
-        assert run(mode) == "1"
+        assert run(mode) == "False 1"
         (package / "helper.py").write_text("from numba import njit\n\n"
                                            "@njit\ndef helper():\n    return 2\n")
-        assert run(mode) == ("1" if mode == "numba alone" else "2"), mode
+        assert run(mode) == ("True 1" if mode == "numba alone" else "False 2"), mode
+    assert run("stamped") == "True 2"
 
 
 def test_every_cached_kernel_of_fmkit_is_stamped_with_its_sources():
