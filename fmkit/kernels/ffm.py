@@ -22,7 +22,6 @@ from fmkit.kernels.fm import (
     BETA2,
     FAST,
     NO_ORDER,
-    ROWWISE_ADAGRAD,
     _adam_scales,
     _distinct_features,
     _frozen,
@@ -33,8 +32,8 @@ from fmkit.kernels.fm import (
     _row_loss_and_bias_step,
     _update_feature,
     _update_feature_rowwise,
+    kernel_rules,
     lock_free,
-    lone_weight_rule,
     step_minibatch,
     step_minibatch_rowwise,
 )
@@ -162,7 +161,7 @@ def minibatch_gradient(indptr, indices, fields, values, labels, inv_rows: float,
 def _batches_trainer(opt: int):
     """The mini-batch loop over a chunk, compiled for one update rule (the FM's
     :func:`fmkit.kernels.fm._batches_trainer` with the FFM's gradient)."""
-    rule, rowwise = lone_weight_rule(opt), opt == ROWWISE_ADAGRAD
+    rule, rowwise = kernel_rules(opt)
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def train_batches(indptr, indices, fields, values, labels, batch_size, loss_kind, config, B,
@@ -229,7 +228,7 @@ def _pair(T, ia, at_a, ib, at_b, S, sa, sb, xa, xb, k):
 def _rows_trainer(opt: int):
     """The per-row loop compiled for one update rule (as the FM's
     :func:`fmkit.kernels.fm._rows_trainer`)."""
-    rule, rowwise = lone_weight_rule(opt), opt == ROWWISE_ADAGRAD
+    rule, rowwise = kernel_rules(opt)
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def train_rows(indptr, indices, fields, values, labels, lo, hi, loss_kind, config, B, T, k,
@@ -278,8 +277,8 @@ def _rows_trainer(opt: int):
                     _update_feature_rowwise(T, indices[a], one, S[a - first], 0, gx, zero,
                                             width, k, rule, cfg, adam_lr, adam_eps)
                 else:
-                    _update_feature(T, indices[a], one, S[a - first], 0, gx, zero, width, k,
-                                    rule, cfg, adam_lr, adam_eps)
+                    _update_feature(T, indices[a], one, S[a - first], 0, gx, zero, width, rule,
+                                    cfg, adam_lr, adam_eps)
         return total_loss
 
     return train_rows

@@ -245,11 +245,10 @@ def _row_blocks(T, i, width):
 
 
 @kernel_helper(fastmath=FAST, error_model="numpy")
-def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, group, opt, cfg,
-                    adam_lr, adam_eps):
+def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, opt, cfg, adam_lr,
+                    adam_eps):
     """Update row ``i`` of ``T``: the linear weight from raw gradient ``scale * G_linear[0]``,
-    the factors from ``scale * G_factors[c + shift] - decay * v_c`` (see :func:`_apply`;
-    ``group`` is for :func:`_update_feature_rowwise`, which takes the same arguments)."""
+    the factors from ``scale * G_factors[c + shift] - decay * v_c`` (see :func:`_apply`)."""
     w, m, s = _row_blocks(T, i, width)
     _apply(w, m, s, 0, 1, G_linear, 0, scale, _like(0.0, T), cfg[LINEAR_LR], cfg[LINEAR_WD],
            opt, cfg, adam_lr, adam_eps)
@@ -261,7 +260,8 @@ def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, group
 def _update_feature_rowwise(T, i, G_linear, G_factors, shift, scale, decay, width, group, opt,
                             cfg, adam_lr, adam_eps):
     """:func:`_update_feature` for row-wise AdaGrad: the linear weight, alone in its group, by
-    AdaGrad (``opt``), the factor vectors of ``group`` coordinates by :func:`_apply_rowwise`."""
+    AdaGrad (``opt``), the factor vectors of ``group`` coordinates by :func:`_apply_rowwise`.
+    The kernels pick one of the two (:func:`kernel_rules`)."""
     w, m, s = _row_blocks(T, i, width)
     _apply(w, m, s, 0, 1, G_linear, 0, scale, _like(0.0, T), cfg[LINEAR_LR], cfg[LINEAR_WD],
            opt, cfg, adam_lr, adam_eps)
@@ -269,15 +269,17 @@ def _update_feature_rowwise(T, i, G_linear, G_factors, shift, scale, decay, widt
                    cfg[FACTORS_WD], cfg)
 
 
-def lone_weight_rule(opt: int) -> int:
-    """The rule a kernel compiled for ``opt`` steps the bias and the linear weights with:
-    row-wise AdaGrad is AdaGrad on a weight alone in its group. Its rows step by
-    :func:`_update_feature_rowwise`, which each kernel picks by a branch on a constant of its
-    own (``rowwise``), so that numba drops it from the other rules' kernels: a branch on
-    ``opt`` inside the shared helpers compiled it into every kernel and lengthened every first
-    run, and a kernel that captured the update function itself was never loaded from numba's
-    cache (docs/performance.md, session 36)."""
-    return ADAGRAD if opt == ROWWISE_ADAGRAD else opt
+def kernel_rules(opt: int) -> tuple[int, bool]:
+    """What a kernel compiled for ``opt`` steps with: the rule of the bias and the linear
+    weights (row-wise AdaGrad is AdaGrad on a weight alone in its group), and whether its rows
+    step by :func:`_update_feature_rowwise`. Each kernel picks the row update by a branch on
+    that constant of its own, so that numba drops the row-wise code from the other rules'
+    kernels: a branch on ``opt`` inside the shared helpers compiled it into every kernel and
+    lengthened every first run, and a kernel that captured the update function itself was
+    never loaded from numba's cache (docs/performance.md, session 36)."""
+    if opt == ROWWISE_ADAGRAD:
+        return ADAGRAD, True
+    return opt, False
 
 
 @kernel_helper()
@@ -331,7 +333,7 @@ def _rows_trainer(opt: int):
     """The per-row training loop compiled for one update rule: ``opt`` is a constant in the
     compiled code (a run-time switch among the four rules halves the rate)."""
 
-    rule, rowwise = lone_weight_rule(opt), opt == ROWWISE_ADAGRAD
+    rule, rowwise = kernel_rules(opt)
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def train_rows(indptr, indices, values, labels, order, lo, hi, loss_kind, config, B, T, k, sums,
@@ -368,8 +370,8 @@ def _rows_trainer(opt: int):
                     _update_feature_rowwise(T, indices[j], one, sums, -1, gx, gx * x, width, k,
                                             rule, cfg, adam_lr, adam_eps)
                 else:
-                    _update_feature(T, indices[j], one, sums, -1, gx, gx * x, width, k, rule,
-                                    cfg, adam_lr, adam_eps)
+                    _update_feature(T, indices[j], one, sums, -1, gx, gx * x, width, rule, cfg,
+                                    adam_lr, adam_eps)
         return total_loss
 
     return train_rows
@@ -391,7 +393,7 @@ def _rows_updater(opt: int):
     """The update of a range of features from their summed gradient rows, compiled for one
     update rule (as :func:`_rows_trainer`)."""
 
-    rule, rowwise = lone_weight_rule(opt), opt == ROWWISE_ADAGRAD
+    rule, rowwise = kernel_rules(opt)
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def update_rows(T, rows, G, lo, hi, group, config, adam_lr, adam_eps):
@@ -401,8 +403,8 @@ def _rows_updater(opt: int):
                 _update_feature_rowwise(T, rows[t], G[t], G[t], 0, 1.0, 0.0, G.shape[1], group,
                                         rule, cfg, adam_lr, adam_eps)
             else:
-                _update_feature(T, rows[t], G[t], G[t], 0, 1.0, 0.0, G.shape[1], group, rule,
-                                cfg, adam_lr, adam_eps)
+                _update_feature(T, rows[t], G[t], G[t], 0, 1.0, 0.0, G.shape[1], rule, cfg,
+                                adam_lr, adam_eps)
 
     return update_rows
 
@@ -561,7 +563,7 @@ def _minibatch_stepper(rowwise: bool):
         """A mini-batch's optimizer step from its gradient: the bias from ``g_bias``, then
         each touched feature's row from ``G[t]`` (``width`` columns; factor vectors of
         ``group``), its slot reset to -1. Shared by the FM's and the FFM's mini-batch loops;
-        ``opt``: :func:`lone_weight_rule`."""
+        ``opt``: :func:`kernel_rules`' first."""
         lines, line_floats = (T.shape[1] * T.itemsize + 63) // 64, 64 // T.itemsize
         bw, bm, bs = _row_blocks(B, 0, width)
         # (the decay as the linear weight's update passes it: one compiled _apply serves both)
@@ -577,8 +579,8 @@ def _minibatch_stepper(rowwise: bool):
                 _update_feature_rowwise(T, i, G[t], G[t], 0, 1.0, 0.0, width, group, opt, cfg,
                                         adam_lr, adam_eps)
             else:
-                _update_feature(T, i, G[t], G[t], 0, 1.0, 0.0, width, group, opt, cfg,
-                                adam_lr, adam_eps)
+                _update_feature(T, i, G[t], G[t], 0, 1.0, 0.0, width, opt, cfg, adam_lr,
+                                adam_eps)
 
     return step
 
@@ -589,7 +591,7 @@ step_minibatch_rowwise = _minibatch_stepper(True)
 
 def _batches_trainer(opt: int):
     """The mini-batch loop compiled for one update rule (as :func:`_rows_trainer`)."""
-    rule, rowwise = lone_weight_rule(opt), opt == ROWWISE_ADAGRAD
+    rule, rowwise = kernel_rules(opt)
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def train_batches(indptr, indices, values, labels, order, lo, hi, batch_size, loss_kind,
@@ -703,7 +705,7 @@ def sum_repeated_rows(rows, values, slot):
 def _bias_stepper(opt: int):
     """The bias's part of :func:`apply_gradient`, compiled for one update rule."""
 
-    rule = lone_weight_rule(opt)
+    rule, _ = kernel_rules(opt)
 
     @njit(cache=True, fastmath=FAST, error_model="numpy")
     def bias_step(g0, config, B, k, step):
