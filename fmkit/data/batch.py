@@ -105,18 +105,22 @@ def take(batch: SparseBatch, rows: np.ndarray) -> SparseBatch:
                        fields if has_fields else None)
 
 
+def row_sums(batch: SparseBatch, per_nonzero: np.ndarray) -> np.ndarray:
+    """Per row of ``batch``, the sum of ``per_nonzero`` (a value for each of its nonzeros, in
+    order), in float64."""
+    rows = np.repeat(np.arange(batch.n_rows), np.diff(batch.indptr))
+    return np.bincount(rows, weights=per_nonzero, minlength=batch.n_rows)
+
+
 def unit_rows(batch: SparseBatch) -> SparseBatch:
     """The batch with every row's values divided by the row's L2 length: xLearn's instance
     normalization (FM hyperparameter ``instance_norm``). A row of zeros, or without values, is
     kept as it is. Scaling a row already of unit length leaves it so (up to rounding)."""
-    counts = np.diff(batch.indptr)
-    squares = np.square(batch.values[: batch.indptr[-1]], dtype=np.float64)
-    lengths = np.sqrt(np.bincount(np.repeat(np.arange(batch.n_rows), counts), weights=squares,
-                                  minlength=batch.n_rows))
+    values = batch.values[: batch.indptr[-1]]
+    lengths = np.sqrt(row_sums(batch, np.square(values, dtype=np.float64)))
     scale = np.divide(1.0, lengths, out=np.ones_like(lengths), where=lengths > 0)
-    values = (batch.values[: batch.indptr[-1]] * np.repeat(scale, counts)).astype(
-        batch.values.dtype)
-    return replace(batch, values=values)
+    scaled = (values * np.repeat(scale, np.diff(batch.indptr))).astype(batch.values.dtype)
+    return replace(batch, values=scaled)
 
 
 def concat(batches: list[SparseBatch]) -> SparseBatch:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from fmkit.data.batch import SparseBatch
+from fmkit.data.batch import SparseBatch, row_sums
 from fmkit.errors import ArtifactError, DataError
 from fmkit.models.fm.model import FMModel
 
@@ -159,11 +159,9 @@ def _as_given(model: FMModel) -> FMModel:
 
 def _linear_and_squares(model: FMModel, batch: SparseBatch) -> tuple[np.ndarray, np.ndarray]:
     """Per row, ``L = sum w_j x_j`` and ``|x|^2``, float64, of the rows as given."""
-    rows = np.repeat(np.arange(batch.n_rows), np.diff(batch.indptr))
     values = batch.values[: batch.indptr[-1]].astype(np.float64)
-    linear = np.bincount(rows, model.params.w[batch.indices].astype(np.float64) * values,
-                         minlength=batch.n_rows)
-    return linear, np.bincount(rows, values * values, minlength=batch.n_rows)
+    weights = model.params.w[batch.indices[: batch.indptr[-1]]].astype(np.float64)
+    return row_sums(batch, weights * values), row_sums(batch, values * values)
 
 
 def top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, k: int,
