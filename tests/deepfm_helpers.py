@@ -54,12 +54,11 @@ def small(**changes: Any) -> dict[str, Any]:
     return document
 
 
-def train_small_deepfm(root: Path) -> Path:
-    """A DeepFM of the SMALL configuration trained on 300 generated rows; its directory."""
+def small_deepfm_config(root: Path) -> Path:
+    """300 generated rows and a SMALL configuration that trains on them, written under
+    ``root``; the configuration's path (its model directory: ``root / "model"``)."""
     import numpy as np
     import yaml
-
-    from .conftest import run_fmkit
 
     rng = np.random.default_rng(0)
     lines = ["user,item,tags,age,price,label"] + [
@@ -70,6 +69,13 @@ def train_small_deepfm(root: Path) -> Path:
     config.write_text(yaml.safe_dump(small(
         train_input_path=str(root / "train.csv"), model_dir=str(root / "model"),
         data_config={"label_fields": ["label"], "with_header": True})))
-    result = run_fmkit("train", "--config", config, "--quiet")
+    return config
+
+
+def train_small_deepfm(root: Path) -> Path:
+    """A DeepFM of the SMALL configuration trained on 300 generated rows; its directory."""
+    from .conftest import run_fmkit
+
+    result = run_fmkit("train", "--config", small_deepfm_config(root), "--quiet")
     assert result.returncode == 0, result.stderr
     return root / "model"

@@ -29,8 +29,10 @@ from fmkit.models.deepfm.config import (
     TrainConfig,
 )
 from fmkit.models.deepfm.features import Encoded
-from fmkit.train.embedding_optimizers import SparseRows
+from fmkit.train.embedding_optimizers import CompiledOptimizer, DenseAdam, SparseRows
 from fmkit.train.engine import Gradient, Source
+
+Optimizer = torch.optim.Optimizer | CompiledOptimizer  # PyTorch's, or fmkit's compiled ones
 
 
 def _chosen(message: SparseOptimizer | DenseOptimizer) -> tuple[str, OptimizerSettings]:
@@ -39,7 +41,7 @@ def _chosen(message: SparseOptimizer | DenseOptimizer) -> tuple[str, OptimizerSe
 
 
 def sparse_optimizer(params: list[torch.Tensor], message: SparseOptimizer
-                     ) -> torch.optim.Optimizer:
+                     ) -> Optimizer:
     name, s = _chosen(message)
     if params and params[0].device.type != "cpu":  # SparseRows is CPU code: PyTorch's own
         if name == "sgd":
@@ -55,7 +57,7 @@ def sparse_optimizer(params: list[torch.Tensor], message: SparseOptimizer
                       initial_accumulator_value=s.initial_accumulator_value)
 
 
-def dense_optimizer(params: list[torch.Tensor], message: DenseOptimizer) -> torch.optim.Optimizer:
+def dense_optimizer(params: list[torch.Tensor], message: DenseOptimizer) -> Optimizer:
     name, s = _chosen(message)
     if name == "sgd":
         momentum = 0.9 if s.momentum is None else s.momentum
@@ -68,15 +70,15 @@ def dense_optimizer(params: list[torch.Tensor], message: DenseOptimizer) -> torc
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=s.lr, alpha=s.alpha, weight_decay=s.weight_decay,
                                    momentum=s.momentum or 0.0, centered=s.centered)
+    if params and params[0].device.type == "cpu":  # without torch.optim's import of its compiler
+        return DenseAdam(params, lr=s.lr, betas=(s.beta1, s.beta2), weight_decay=s.weight_decay,
+                         decoupled=name == "adamw")
     kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    # PyTorch's fused kernel (one pass per parameter, half the step's time on the CPU: see
-    # docs/performance.md), which it has for CPU and CUDA tensors
-    fused = bool(params) and params[0].device.type in ("cpu", "cuda")
     return kind(params, lr=s.lr, betas=(s.beta1, s.beta2), weight_decay=s.weight_decay,
-                fused=fused or None)
+                fused=bool(params) and params[0].device.type == "cuda" or None)
 
 
-def _optimizer_arrays(optimizers: list[torch.optim.Optimizer]) -> tuple[dict, dict]:
+def _optimizer_arrays(optimizers: list[Optimizer]) -> tuple[dict, dict]:
     """The optimizers' state as numpy arrays plus a JSON description (for checkpoints)."""
     arrays, described = {}, []
     sparse, dense = optimizers
@@ -99,7 +101,7 @@ def _optimizer_arrays(optimizers: list[torch.optim.Optimizer]) -> tuple[dict, di
     return arrays, {"sparse_steps": described, "dense": plain}
 
 
-def _restore_optimizers(optimizers: list[torch.optim.Optimizer], arrays: dict,
+def _restore_optimizers(optimizers: list[Optimizer], arrays: dict,
                         extra: dict) -> None:
     sparse, dense = optimizers
     for i, weight in enumerate(sparse.param_groups[0]["params"]):

@@ -1,4 +1,5 @@
-"""Optimizers of DeepFM's embedding tables: compiled sparse updates of only the touched rows.
+"""DeepFM's compiled optimizers: sparse updates of only the touched rows of the embedding
+tables, and Adam on the dense parameters.
 
 ``nn.EmbeddingBag(sparse=True)`` yields a gradient with one row per looked-up id (ids repeat
 across a batch). PyTorch's sparse optimizers coalesce it by sorting and then update through
@@ -7,6 +8,11 @@ pass sums the repeated rows through a per-table scratch index (no sort), and a s
 the rule to each touched row, both on fmkit's threads. The rules are PyTorch's, step for step
 (the tests compare them with ``torch.optim.SGD``, ``Adagrad`` and ``SparseAdam``), plus
 fbgemm's row-wise AdaGrad, whose state is one number per row.
+
+Neither derives from ``torch.optim.Optimizer``: building or stepping one imports
+``torch._dynamo`` (PyTorch's compiler, which fmkit never runs), 1.0 s of every training process
+(docs/performance.md). They keep the part of its interface fmkit uses: ``param_groups`` (where
+the learning-rate schedules set ``lr``), ``state``, ``zero_grad`` and ``step``.
 """
 
 from __future__ import annotations
@@ -67,7 +73,29 @@ def _update(rule: int, weight: np.ndarray, first: np.ndarray, second: np.ndarray
                 weight[r, d] -= step_size * first[r, d] / (math.sqrt(second[r, d]) + eps)
 
 
-class SparseRows(torch.optim.Optimizer):
+def _filled(shape: tuple[int, int], value: float) -> np.ndarray:
+    """A float32 array of ``value``; of zeros, left to the system to zero a page when a row
+    on it is first touched (a table's rows are mostly never touched on small inputs)."""
+    return np.zeros(shape, np.float32) if value == 0 else np.full(shape, value, np.float32)
+
+
+class CompiledOptimizer:
+    """One group of parameters with its settings (``param_groups``, as torch.optim has them),
+    the state of each parameter, and ``zero_grad``."""
+
+    def __init__(self, params: Iterable[torch.Tensor], settings: dict):
+        self.param_groups = [{"params": list(params), **settings}]
+        self.state: dict[torch.Tensor, dict] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for weight in self.param_groups[0]["params"]:
+            if set_to_none:
+                weight.grad = None
+            elif weight.grad is not None:
+                weight.grad = torch.zeros_like(weight.grad)
+
+
+class SparseRows(CompiledOptimizer):
     """SGD, AdaGrad, row-wise AdaGrad or lazy Adam over sparse embedding gradients."""
 
     def __init__(self, params: Iterable[torch.Tensor], rule: str, lr: float, *,
@@ -82,7 +110,7 @@ class SparseRows(torch.optim.Optimizer):
         self.rule = rule
 
     def _state(self, weight: torch.Tensor, group: dict) -> dict:
-        state = self.state[weight]
+        state = self.state.setdefault(weight, {})
         if not state:
             rows, dim = weight.shape
             state["step"] = 0
@@ -90,8 +118,8 @@ class SparseRows(torch.optim.Optimizer):
             initial = group["initial_accumulator_value"]
             empty = np.zeros((0, dim), np.float32)
             state["first"] = {
-                "adagrad": lambda: np.full((rows, dim), initial, np.float32),
-                "rowwise_adagrad": lambda: np.full((rows, 1), initial, np.float32),
+                "adagrad": lambda: _filled((rows, dim), initial),
+                "rowwise_adagrad": lambda: _filled((rows, 1), initial),
                 "adam": lambda: np.zeros((rows, dim), np.float32),
             }.get(self.rule, lambda: empty)()
             state["second"] = np.zeros((rows, dim), np.float32) if self.rule == "adam" else empty
@@ -130,3 +158,76 @@ class SparseRows(torch.optim.Optimizer):
                          beta1, beta2, group["weight_decay"], step_size)
                         for lo, hi in zip(bounds, bounds[1:])]
         on_threads(_update, updates, threads)
+
+
+@njit(cache=True, nogil=True)
+def _adam(weight: np.ndarray, grad: np.ndarray, first: np.ndarray, second: np.ndarray,
+          mix: np.float32, beta2: np.float32, rest2: np.float32, eps: np.float32,
+          weight_decay: np.float32, shrink: np.float32, step_size: np.float32,
+          root: np.float32) -> None:
+    """One step of torch.optim.Adam's single-tensor rule on flat float32 arrays, in its
+    order of operations: L2 (``weight_decay``) or AdamW's ``shrink``, ``first`` moved toward
+    the gradient by ``mix`` (lerp), ``second`` decayed by ``beta2`` plus ``rest2`` g²; the
+    step divides by √second / ``root`` + ``eps``."""
+    for i in range(weight.size):
+        g = grad[i] + weight_decay * weight[i]
+        weight[i] *= shrink
+        if mix < 0.5:
+            first[i] = first[i] + mix * (g - first[i])
+        else:
+            first[i] = g - (g - first[i]) * (np.float32(1) - mix)
+        second[i] = second[i] * beta2 + rest2 * g * g
+        weight[i] += -step_size * (first[i] / (np.sqrt(second[i]) / root + eps))
+
+
+class DenseAdam(CompiledOptimizer):
+    """Adam, or AdamW (``decoupled``), on dense CPU parameters: torch.optim's rules and state
+    (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter, in its ``state_dict`` layout), one
+    compiled pass per parameter."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled: bool = False):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps,
+                                  "weight_decay": weight_decay, "decoupled": decoupled})
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> None:
+        group = self.param_groups[0]
+        lr, (beta1, beta2), decay = group["lr"], group["betas"], group["weight_decay"]
+        f32 = np.float32
+        for weight in group["params"]:
+            if weight.grad is None:
+                continue
+            state = self.state.setdefault(weight, {})
+            if not state:
+                state.update(step=0, exp_avg=torch.zeros_like(weight),
+                             exp_avg_sq=torch.zeros_like(weight))
+            state["step"] += 1
+            t = state["step"]
+            _adam(weight.view(-1).numpy(), weight.grad.contiguous().view(-1).numpy(),
+                  state["exp_avg"].view(-1).numpy(), state["exp_avg_sq"].view(-1).numpy(),
+                  f32(1 - beta1), f32(beta2), f32(1 - beta2), f32(group["eps"]),
+                  f32(0.0 if group["decoupled"] else decay),
+                  f32(1 - lr * decay if group["decoupled"] else 1.0),
+                  f32(lr / (1 - beta1 ** t)), f32((1 - beta2 ** t) ** 0.5))
+
+    def state_dict(self) -> dict:
+        """torch.optim's layout: each parameter's state by its index in the group."""
+        group = self.param_groups[0]
+        index = {id(p): i for i, p in enumerate(group["params"])}
+        return {"state": {index[id(p)]: dict(s) for p, s in self.state.items()},
+                "param_groups": [{**{k: v for k, v in group.items() if k != "params"},
+                                  "params": list(range(len(group["params"])))}]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        group = self.param_groups[0]
+        saved = state_dict["param_groups"][0]
+        group.update({k: v for k, v in saved.items() if k != "params"})
+        self.state = {}
+        for i, entries in state_dict["state"].items():
+            weight = group["params"][int(i)]
+            self.state[weight] = {
+                "step": int(float(entries["step"])),
+                **{name: torch.as_tensor(entries[name], dtype=weight.dtype).reshape(weight.shape)
+                   .clone() for name in ("exp_avg", "exp_avg_sq")}}
