@@ -117,8 +117,15 @@ def _hash_value_lists(offsets: np.ndarray, data: np.ndarray, valid: np.ndarray,
         most += data[q] == separator[0]
     ids = np.empty(most, np.int64)
     row_offsets = np.zeros(rows + 1, np.int64)
+    single = most == rows * (1 + default.size) and limit > 0  # no separator: one value a text
     for i in range(rows):
-        if valid[i]:
+        if valid[i] and single:  # (hashed in one pass, without looking for separators)
+            filled = row_offsets[i]
+            if offsets[i + 1] > offsets[i]:
+                ids[filled] = _fnv1a_bucket(data, offsets[i], offsets[i + 1], buckets)
+                filled += 1
+            row_offsets[i + 1] = filled
+        elif valid[i]:
             row_offsets[i + 1] = _split_values(data, offsets[i], offsets[i + 1], separator,
                                                limit, buckets, ids, row_offsets[i])
         else:
