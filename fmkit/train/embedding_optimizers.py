@@ -10,8 +10,8 @@ the rule to each touched row, both on fmkit's threads. The rules are PyTorch's, 
 fbgemm's row-wise AdaGrad, whose state is one number per row.
 
 Neither derives from ``torch.optim.Optimizer``: building or stepping one imports
-``torch._dynamo`` (PyTorch's compiler, which fmkit never runs), 1.0 s of every training process
-(docs/performance.md). They keep the part of its interface fmkit uses: ``param_groups`` (where
+``torch._dynamo`` (PyTorch's compiler, which fmkit never runs), about a second of every
+training process (docs/performance.md, "Session 37"). They keep the part of its interface fmkit uses: ``param_groups`` (where
 the learning-rate schedules set ``lr``), ``state``, ``zero_grad`` and ``step``.
 """
 
@@ -169,8 +169,8 @@ def _adam(weight: np.ndarray, grad: np.ndarray, first: np.ndarray, second: np.nd
     order of operations: L2 (``weight_decay``) or AdamW's ``shrink``, ``first`` moved toward
     the gradient by ``mix`` (lerp, in the form PyTorch takes for a weight below or above 0.5),
     ``second`` decayed by ``beta2`` plus ``rest2`` g²; the step divides by √second / ``root``
-    + ``eps``. (numpy's error model: a division by zero is not checked element by element,
-    which kept the loop from being vectorized: 1.28 against 0.17 ms for 383,000 weights.)"""
+    + ``eps``. (numpy's error model: numba's default checks every division for zero, which
+    keeps the loop from being vectorized; docs/performance.md, "Session 37".)"""
     low, other = mix < 0.5, np.float32(1) - mix
     for i in range(weight.size):
         g = grad[i] + weight_decay * weight[i]
