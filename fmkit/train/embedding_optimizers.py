@@ -11,8 +11,9 @@ fbgemm's row-wise AdaGrad, whose state is one number per row.
 
 Neither derives from ``torch.optim.Optimizer``: building or stepping one imports
 ``torch._dynamo`` (PyTorch's compiler, which fmkit never runs), about a second of every
-training process (docs/performance.md, "Session 37"). They keep the part of its interface fmkit uses: ``param_groups`` (where
-the learning-rate schedules set ``lr``), ``state``, ``zero_grad`` and ``step``.
+training process (docs/performance.md, "Session 37"). They keep the part of its interface
+fmkit uses: ``param_groups`` (where the learning-rate schedules set ``lr``), ``state``,
+``zero_grad`` and ``step``.
 """
 
 from __future__ import annotations
