@@ -17,9 +17,10 @@ prediction scores the saved model loaded from its directory, reading the file a 
 as ``fmkit predict`` does, into memory as DeepCTR-Torch's ``predict`` (writing JSON Lines,
 ``fmkit predict`` takes some 0.9 s more per million rows) (the
 model left in the training process scored 69,000 rows/s where the same model loaded scored
-82,000 to 87,000; the cause was not found), twice: as the example is (float32), and with
+82,000 to 87,000; the cause was not found), three times: as the example is (float32), with
 TorchEasyRec's ``train_config.mixed_precision: BF16`` (the forward pass in bfloat16; faster
-only on CPUs with bfloat16 instructions). DeepCTR-Torch
+only on CPUs with bfloat16 instructions), and trained in float32 but scored in bfloat16
+(TorchEasyRec's ``export_config.mixed_precision: BF16``). DeepCTR-Torch
 (installed by bench_fm.py's ``ensure_peers`` into benchmarks/.peers) gets its inputs prepared
 as its own Criteo example does (LabelEncoder, MinMaxScaler) before the clock starts.
 """
@@ -151,7 +152,10 @@ def main() -> None:
                 ("fmkit DeepFM (from the TSV file)", "fmkit", []),
                 # TorchEasyRec's train_config.mixed_precision: the forward pass in bfloat16
                 ("fmkit DeepFM, mixed_precision: BF16", "fmkit-bf16",
-                 ["train_config.mixed_precision=BF16"]))]
+                 ["train_config.mixed_precision=BF16"]),
+                # trained in float32, scored in bfloat16 (TorchEasyRec's export_config field)
+                ("fmkit DeepFM float32, export BF16", "fmkit-export-bf16",
+                 ["export_config.mixed_precision=BF16"]))]
     if not args.no_peers:
         ensure_peers()
         runs.append((DEEPCTR,

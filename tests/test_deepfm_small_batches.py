@@ -189,19 +189,25 @@ def test_small_requests_score_as_large_ones():
         np.testing.assert_allclose(alone, whole[i:i + 1], rtol=1e-5, atol=1e-6)
 
 
-def _bf16_model() -> DeepFMModel:
+def _bf16_model(part: str) -> DeepFMModel:
+    """A model whose ``part`` (train_config or export_config) says mixed_precision: BF16."""
     doc = document(final={"hidden_units": [3]})
-    doc["train_config"] = {**doc.get("train_config", {}), "mixed_precision": "BF16"}
+    doc[part] = {**doc.get(part, {}), "mixed_precision": "BF16"}
     return DeepFMModel.create(configs.parse(doc))
 
 
+BF16_PARTS = pytest.mark.parametrize("part", ["train_config", "export_config"])
+
+
+@BF16_PARTS
 def test_a_bf16_model_scores_under_autocast_on_either_path_and_sees_weight_updates(
-        monkeypatch):
-    """A ``mixed_precision: BF16`` model scores as it trained: in bfloat16, one row alone
-    (the twin) as inside a batch (PyTorch), also after its weights change in place (on a CPU
-    with bfloat16 instructions; this test says it has them, on any machine)."""
+        monkeypatch, part):
+    """A ``mixed_precision: BF16`` model (trained so, or a float32 model exported so) scores
+    in bfloat16, one row alone (the twin) as inside a batch (PyTorch), also after its weights
+    change in place (on a CPU with bfloat16 instructions; this test says it has them, on any
+    machine)."""
     monkeypatch.setattr(model_module, "computes_bfloat16", lambda device: True)
-    model = _bf16_model()
+    model = _bf16_model(part)
     rows = (ROWS * 10)[:40]
     for _ in range(2):  # before and after an in-place change
         whole = model.logits(from_instances(rows))
@@ -220,12 +226,13 @@ def test_a_bf16_model_scores_under_autocast_on_either_path_and_sees_weight_updat
             model.net.output.bias.add_(0.3)
 
 
-def test_a_bf16_model_scores_in_float32_where_bfloat16_is_emulated(monkeypatch, caplog):
+@BF16_PARTS
+def test_a_bf16_model_scores_in_float32_where_bfloat16_is_emulated(monkeypatch, caplog, part):
     """Without bfloat16 instructions (emulated, several times slower) a BF16 model scores in
-    float32 on both paths, and the log says so once."""
+    float32 on both paths, and the log says so once, naming the setting."""
     monkeypatch.setattr(model_module, "computes_bfloat16", lambda device: False)
     model_module._log_once.cache_clear()  # (said once per process)
-    model = _bf16_model()
+    model = _bf16_model(part)
     rows = (ROWS * 10)[:40]
     with caplog.at_level(logging.INFO, logger="fmkit"):
         whole = model.logits(from_instances(rows))
@@ -236,7 +243,7 @@ def test_a_bf16_model_scores_in_float32_where_bfloat16_is_emulated(monkeypatch, 
     np.testing.assert_allclose(whole, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(alone, expected[:1], rtol=1e-5, atol=1e-6)
     said = [r.getMessage() for r in caplog.records if "scores in float32" in r.getMessage()]
-    assert len(said) == 1 and "no bfloat16 instructions" in said[0]
+    assert len(said) == 1 and "no bfloat16 instructions" in said[0] and part in said[0]
 
 
 def test_a_new_deepfm_server_warms_both_forward_paths_before_it_answers():

@@ -17,6 +17,7 @@ from fmkit.data import codecs
 from fmkit.jobs.deepfm import train_deepfm
 from fmkit.models import metrics
 from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm.model import DeepFMModel
 from fmkit.train.engine import Callback
 
 
@@ -356,3 +357,13 @@ def test_bf16_mixed_precision_runs_the_linear_layers_in_bfloat16_and_learns_as_f
     with pytest.raises(configs.ConfigError, match=r"^train_config\.mixed_precision: expected "
                                                   r"BF16 .* got 'FP16'"):
         _config(tmp_path, train, train_config={"mixed_precision": "FP16"})
+    with pytest.raises(configs.ConfigError, match=r"^export_config\.mixed_precision: expected "
+                                                  r"BF16 .* got 'FP16'"):
+        _config(tmp_path, train, export_config={"mixed_precision": "FP16"})
+    # a float32 model exported in BF16 keeps the setting in its directory (and scores so)
+    config = _config(tmp_path / "exported", train, train_config={"num_epochs": 1},
+                     export_config={"mixed_precision": "BF16", "exporter_type": "best"})
+    train_deepfm(config, progress=False)
+    loaded = DeepFMModel.load(config.model_dir)
+    assert loaded.config.export_config.mixed_precision == "BF16"
+    assert loaded.config.train_config.mixed_precision == ""

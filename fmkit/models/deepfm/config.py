@@ -422,6 +422,9 @@ class EvalConfig:
 
 @dataclass
 class ExportConfig:
+    # "" (as trained) or "BF16": the model scores (evaluate, predict, serve) with its forward
+    # pass in bfloat16 where the CPU computes it natively, whatever precision it trained in
+    mixed_precision: str = ""
     exporter_type: str | None = ignored()
     best_exporter_metric: str | None = ignored()
     metric_larger_is_better: bool | None = ignored()
@@ -480,7 +483,7 @@ class EasyRecConfig:
     train_config: TrainConfig = field(default_factory=TrainConfig)
     eval_config: EvalConfig = field(default_factory=EvalConfig)
     data_config: DataConfig = field(default_factory=DataConfig)
-    export_config: ExportConfig | None = ignored()
+    export_config: ExportConfig = field(default_factory=ExportConfig)
 
 
 # TorchEasyRec fields fmkit refuses, and what to do instead (the answer to "unknown field")
@@ -663,6 +666,9 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False) -> EasyRecC
         raise ConfigError(f"train_config.mixed_precision: expected BF16 (or unset for float32), "
                           f"got {excerpt(train.mixed_precision)}; FP16 needs loss scaling, "
                           "which fmkit does not do")
+    if config.export_config.mixed_precision not in ("", "BF16"):
+        raise ConfigError(f"export_config.mixed_precision: expected BF16 (or unset: as "
+                          f"trained), got {excerpt(config.export_config.mixed_precision)}")
     _check_model(config.model_config)
     _check_data(config)
     for kind in ("sparse_optimizer", "dense_optimizer"):

@@ -92,16 +92,19 @@ class DeepFMModel:
 
     @cached_property
     def scores_in_bfloat16(self) -> bool:
-        """A ``mixed_precision: BF16`` model scores in bfloat16, as it trained, where its
-        device computes bfloat16 natively; elsewhere in float32 (emulated bfloat16 is several
-        times slower: docs/performance.md), which the log says once."""
-        if not self.config.train_config.bfloat16:
+        """A model trained in bfloat16 (``train_config.mixed_precision: BF16``) or exported
+        so (``export_config.mixed_precision: BF16``) scores in bfloat16 where its device
+        computes bfloat16 natively; elsewhere in float32 (emulated bfloat16 is several times
+        slower: docs/performance.md), which the log says once."""
+        asked = [f"{part}.mixed_precision: BF16" for part in ("train_config", "export_config")
+                 if getattr(self.config, part).mixed_precision == "BF16"]
+        if not asked:
             return False
         device = self.net.output.weight.device.type
         if computes_bfloat16(device):
             return True
-        _log_once(f"this model trained in bfloat16 (mixed_precision: BF16) scores in float32 "
-                  f"here: the {device} has no bfloat16 instructions")
+        _log_once(f"this model ({asked[0]}) scores in float32 here: the {device} has no "
+                  "bfloat16 instructions")
         return False
 
     @property
