@@ -93,7 +93,7 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
         model.encode(batch, labelled=True)
         for batch in model.read(config.train_input_path, shard=shard)))
     run_id = to_document(config)
-    for name in ("train_input_path", "eval_input_path", "model_dir"):
+    for name in ("train_input_path", "eval_input_path", "model_dir", "export_config"):
         run_id.pop(name, None)
     run_id["train_config"].pop("num_epochs", None)
     history = fit_deepfm(model, channel, progress=progress, host=host,
