@@ -163,7 +163,7 @@ class DeepFMLearner:
         divided by for the mean: its rows, or the sum of its sample weights; after clearing
         the gradients."""
         for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()  # (torch.optim's too: set to None)
         if batch is None:
             return None, 0.0
         device = self.tables[0].device

@@ -88,12 +88,10 @@ class CompiledOptimizer:
         self.param_groups = [{"params": list(params), **settings}]
         self.state: dict[torch.Tensor, dict] = {}
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
+        """Drop the gradients (torch.optim's default, ``set_to_none``)."""
         for weight in self.param_groups[0]["params"]:
-            if set_to_none:
-                weight.grad = None
-            elif weight.grad is not None:
-                weight.grad = torch.zeros_like(weight.grad)
+            weight.grad = None
 
 
 class SparseRows(CompiledOptimizer):
