@@ -131,3 +131,29 @@ def test_deepfm_training_never_imports_pytorchs_compiler(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-3:] == ["0", "False", "True"]
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_compiled_steps_reach_cached_derived_weights(kind):
+    """The numpy forward caches a layer's bfloat16-rounded weight until the parameter's
+    version changes; fmkit's compiled optimizers write through numpy views, so they must bump
+    it as PyTorch's in-place steps do (else a BF16 model's few-row scores after more training
+    use the old weights). Reference: the layer's current weight rounded to bfloat16 by
+    PyTorch's own cast."""
+    from fmkit.models.deepfm.small_batches import _rounded
+
+    torch.manual_seed(0)
+    if kind == "dense":
+        weight = nn.Linear(4, 3).weight
+        weight.grad = torch.ones_like(weight)
+        optimizer = DenseAdam([weight], lr=0.1)
+    else:
+        bag = nn.EmbeddingBag(10, 4, mode="sum", sparse=True)
+        bag(torch.tensor([1, 2, 3]), torch.tensor([0])).sum().backward()
+        weight, optimizer = bag.weight, SparseRows([bag.weight], "adagrad", lr=0.1)
+    rounded = _rounded(weight)
+    before = rounded().copy()
+    optimizer.step()
+    expected = weight.detach().to(torch.bfloat16).float().numpy()
+    assert not np.array_equal(before, expected)
+    np.testing.assert_array_equal(rounded(), expected)

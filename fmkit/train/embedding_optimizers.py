@@ -157,6 +157,8 @@ class SparseRows(CompiledOptimizer):
                          beta1, beta2, group["weight_decay"], step_size)
                         for lo, hi in zip(bounds, bounds[1:])]
         on_threads(_update, updates, threads)
+        for _, weight, _ in tables:
+            _changed(weight)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -178,6 +180,13 @@ def _adam(weight: np.ndarray, grad: np.ndarray, first: np.ndarray, second: np.nd
         v = second[i] * beta2 + rest2 * g * g
         first[i], second[i] = m, v
         weight[i] = w + -step_size * (m / (np.sqrt(v) / root + eps))
+
+
+def _changed(weight: torch.Tensor) -> None:
+    """Bumps ``weight``'s version after compiled code changed it through a numpy view, as
+    an in-place PyTorch operation would: what caches values derived from a parameter (the
+    numpy forward's bfloat16 or int8 weights) sees the version, not the memory."""
+    torch.autograd.graph.increment_version(weight)
 
 
 class DenseAdam(CompiledOptimizer):
@@ -211,6 +220,7 @@ class DenseAdam(CompiledOptimizer):
                   f32(0.0 if group["decoupled"] else decay),
                   f32(1 - lr * decay if group["decoupled"] else 1.0),
                   f32(lr / (1 - beta1 ** t)), f32((1 - beta2 ** t) ** 0.5))
+            _changed(weight)
 
     def state_dict(self) -> dict:
         """torch.optim's layout: each parameter's state by its index in the group."""
