@@ -425,6 +425,9 @@ class ExportConfig:
     # "" (as trained) or "BF16": the model scores (evaluate, predict, serve) with its forward
     # pass in bfloat16 where the CPU computes it natively, whatever precision it trained in
     mixed_precision: str = ""
+    # fmkit's: "" (float32) or "INT8": the MLPs' linear layers score with int8 products on
+    # the CPU (evaluate, predict, serve; fmkit.models.deepfm.quantized)
+    dense_quantization: str = ""
     exporter_type: str | None = ignored()
     best_exporter_metric: str | None = ignored()
     metric_larger_is_better: bool | None = ignored()
@@ -669,6 +672,13 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False) -> EasyRecC
     if config.export_config.mixed_precision not in ("", "BF16"):
         raise ConfigError(f"export_config.mixed_precision: expected BF16 (or unset: as "
                           f"trained), got {excerpt(config.export_config.mixed_precision)}")
+    export = config.export_config
+    if export.dense_quantization not in ("", "INT8"):
+        raise ConfigError(f"export_config.dense_quantization: expected INT8 (or unset for "
+                          f"float32), got {excerpt(export.dense_quantization)}")
+    if export.dense_quantization and export.mixed_precision:
+        raise ConfigError("export_config: set mixed_precision or dense_quantization, not both "
+                          "(with INT8 the layers between the int8 products score in float32)")
     _check_model(config.model_config)
     _check_data(config)
     for kind in ("sparse_optimizer", "dense_optimizer"):

@@ -40,6 +40,7 @@ from fmkit.models.metrics import grouped_auc, metrics_of_parts, prediction_field
 
 MODEL_TYPE = "deepfm"
 SCORING_ROWS = 4096
+INT8_ROWS = 1024  # the numpy forward's slices when it scores every batch (int8): in cache
 
 
 def predictor_type(config: configs.EasyRecConfig) -> str:
@@ -82,13 +83,30 @@ class DeepFMModel:
             self.net.to(resolve_device(device))
             self.__dict__.pop("numpy_forward", None)
             self.__dict__.pop("scores_in_bfloat16", None)
+            self.__dict__.pop("scores_in_int8", None)
         return self
 
     @cached_property
     def numpy_forward(self) -> NumpyForward | None:
         """The forward pass for batches of a few rows (views of the weights, which loading
         and training update in place), or None where it has no twin."""
-        return NumpyForward.of(self.net, bfloat16=self.scores_in_bfloat16)
+        return NumpyForward.of(self.net, bfloat16=self.scores_in_bfloat16,
+                               int8=self.scores_in_int8)
+
+    @cached_property
+    def scores_in_int8(self) -> bool:
+        """A model exported with ``export_config.dense_quantization: INT8`` scores its MLPs'
+        linear layers with int8 products (:mod:`fmkit.models.deepfm.quantized`) on the CPU,
+        through the numpy forward for every batch; a model it cannot score so (another
+        device, several classes) scores in float32, which the log says once."""
+        if self.config.export_config.dense_quantization != "INT8":
+            return False
+        if (self.net.output.weight.device.type == "cpu"
+                and NumpyForward.of(self.net, int8=True) is not None):
+            return True
+        _log_once("this model (export_config.dense_quantization: INT8) scores in float32 here: "
+                  "int8 scoring covers CPU models with one output")
+        return False
 
     @cached_property
     def scores_in_bfloat16(self) -> bool:
@@ -98,7 +116,7 @@ class DeepFMModel:
         slower: docs/performance.md), which the log says once."""
         asked = [f"{part}.mixed_precision: BF16" for part in ("train_config", "export_config")
                  if getattr(self.config, part).mixed_precision == "BF16"]
-        if not asked:
+        if not asked or self.config.export_config.dense_quantization:
             return False
         device = self.net.output.weight.device.type
         if computes_bfloat16(device):
@@ -214,13 +232,19 @@ class DeepFMModel:
     def _forward(self, encoded) -> np.ndarray:
         """y of encoded rows, in slices of ``SCORING_ROWS`` (a block of 17,000 Criteo rows at
         once spills the MLP's activations out of cache: 25% slower); in bfloat16 for a
-        ``mixed_precision: BF16`` model (:attr:`scores_in_bfloat16`)."""
+        ``mixed_precision: BF16`` model (:attr:`scores_in_bfloat16`), with int8 products for
+        a ``dense_quantization: INT8`` one (:attr:`scores_in_int8`)."""
         if self.net.training:  # (eval() walks every module: a tenth of a one-row request)
             self.net.eval()
         if encoded.n_rows == 0:
             return np.zeros(0)
         if encoded.n_rows <= SMALL_ROWS and self.numpy_forward is not None:
             return self.numpy_forward(encoded).astype(np.float64)
+        if self.scores_in_int8:  # every batch through the numpy forward (its int8 products)
+            return np.concatenate([
+                self.numpy_forward(row_range(encoded, start, min(start + INT8_ROWS,
+                                                                 encoded.n_rows)))
+                for start in range(0, encoded.n_rows, INT8_ROWS)]).astype(np.float64)
         device = self.net.output.weight.device
         with torch.autocast(device.type, torch.bfloat16, enabled=self.scores_in_bfloat16):
             if encoded.n_rows <= SCORING_ROWS:

@@ -7,6 +7,8 @@ views of the network's own CPU tensors (shared memory: loading and training upda
 place, and the views see it). :class:`~fmkit.models.deepfm.model.DeepFMModel` uses it for
 batches of at most ``SMALL_ROWS`` rows; a test checks it against the PyTorch forward for
 every layer kind, pooling and feature layout (float32 both: the sums differ only in order).
+A model scored with int8 products (``export_config.dense_quantization: INT8``) uses it for
+every batch: its MLPs' linear layers are :class:`~fmkit.models.deepfm.quantized.Int8Linear`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from numba import njit
 from scipy.special import erf
 from torch import nn
 
+from fmkit.kernels.prefetch import prefetch
 from fmkit.models.deepfm.features import Encoded
 from fmkit.models.deepfm.network import Banks, DeepFMNet
+from fmkit.models.deepfm.quantized import Int8Linear
 
 SMALL_ROWS = 16  # measured crossover with the PyTorch forward: docs/performance.md
+AHEAD = 8  # rows looked up ahead (prefetched) when pooling embeddings
 
 Layer = Callable[[np.ndarray], np.ndarray]
 
@@ -120,6 +125,34 @@ def _layer(module: nn.Module, bf16: bool = False) -> Layer | None:
     return _activation(module)
 
 
+def _raw_columns(net: DeepFMNet) -> np.ndarray:
+    """The columns of the deep MLP's input that hold raw numeric features (not embeddings)."""
+    columns, start = [], 0
+    for width, positions in net.deep_runs:
+        stack = net.stacks[width]
+        for name in (stack if positions is None else [stack[p] for p in positions]):
+            if name in net.dense_names:
+                columns.append(start)
+            start += width
+    return np.array(columns, np.int64)
+
+
+def _layers(mlp: nn.Module, bf16: bool, int8: bool, exact: np.ndarray) -> list[Layer | None]:
+    """An MLP's layers as numpy functions (see :func:`_layer`); with ``int8`` its linear
+    layers compute with int8 products (the first layer's ``exact`` input columns in float32),
+    a ReLU that follows one folded into it."""
+    if not int8:
+        return [_layer(m, bf16) for m in mlp]
+    modules, layers = list(mlp), []
+    for i, module in enumerate(modules):
+        if type(module) is nn.Linear:
+            relu = i + 1 < len(modules) and type(modules[i + 1]) is nn.ReLU
+            layers.append(Int8Linear(module, relu, exact if i == 0 else None))
+        elif not (i and type(module) is nn.ReLU and type(modules[i - 1]) is nn.Linear):
+            layers.append(_layer(module))
+    return layers
+
+
 def _pooled(banks: Banks, weights: dict[str, np.ndarray], sparse: dict, batch_size: int
             ) -> dict[str, np.ndarray]:
     """Each bank's pooled embeddings [members, B, dim], as ``nn.EmbeddingBag`` pools them
@@ -129,20 +162,27 @@ def _pooled(banks: Banks, weights: dict[str, np.ndarray], sparse: dict, batch_si
             for bank, (ids, offsets) in banks.lookups(sparse).items()}
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _bag_sums(weight: np.ndarray, ids: np.ndarray, offsets: np.ndarray, mean: bool
               ) -> np.ndarray:
     """Each bag's rows of ``weight`` summed (``mean``: averaged) in float32, bag ``b`` being
-    ``ids[offsets[b]:offsets[b + 1]]`` (the last to the end); an empty bag is zeros."""
-    out = np.zeros((offsets.size, weight.shape[1]), np.float32)
+    ``ids[offsets[b]:offsets[b + 1]]`` (the last to the end); an empty bag is zeros. A table's
+    rows are rarely in cache: each is prefetched ``AHEAD`` look-ups early, and the sum runs on
+    row views, which LLVM vectorizes (together 2.5x the plain loop; docs/deepfm.md)."""
+    dim = weight.shape[1]
+    out = np.zeros((offsets.size, dim), np.float32)
     for b in range(offsets.size):
         end = offsets[b + 1] if b + 1 < offsets.size else ids.size
+        total = out[b]
         for j in range(offsets[b], end):
-            for d in range(weight.shape[1]):
-                out[b, d] += weight[ids[j], d]
+            if j + AHEAD < ids.size:
+                prefetch(weight, ids[j + AHEAD], 0)
+            row = weight[ids[j]]
+            for d in range(dim):
+                total[d] += row[d]
         if mean and end > offsets[b]:
-            for d in range(weight.shape[1]):
-                out[b, d] /= np.float32(end - offsets[b])
+            for d in range(dim):
+                total[d] /= np.float32(end - offsets[b])
     return out
 
 
@@ -157,14 +197,18 @@ class NumpyForward:
         self.wide = {bank: _view(module.weight) for bank, module in net.wide_tables.banks.items()}
 
     @classmethod
-    def of(cls, net: DeepFMNet, bfloat16: bool = False) -> NumpyForward | None:
+    def of(cls, net: DeepFMNet, bfloat16: bool = False, int8: bool = False
+           ) -> NumpyForward | None:
         """The numpy twin of a CPU network (``bfloat16``: of its forward pass under
-        ``torch.autocast``), or None (another device, or a layer kind without a twin here:
-        PyTorch then scores every batch)."""
+        ``torch.autocast``; ``int8``: its MLPs' linear layers with int8 products, see
+        :mod:`fmkit.models.deepfm.quantized`), or None (another device, or a layer kind
+        without a twin here: PyTorch then scores every batch)."""
         if net.output.weight.device.type != "cpu" or net.output.out_features != 1:
             return None  # (several classes: PyTorch scores them)
-        deep = [_layer(m, bfloat16) for m in net.deep]
-        final = [_layer(m, bfloat16) for m in net.final] if net.final is not None else None
+        deep = _layers(net.deep, bfloat16, int8, _raw_columns(net))
+        final = (_layers(net.final, bfloat16, int8,  # its wide and FM inputs in float32
+                         np.arange(net.final[0].in_features - net.deep.output_dim))
+                 if net.final is not None else None)
         if any(layer is None for layer in deep + (final or [])):
             return None
         return cls(net, deep, final, _layer(net.output, bfloat16))
@@ -185,9 +229,11 @@ class NumpyForward:
         stacks = {width: p[0] if len(p) == 1 else np.concatenate(p) for width, p in parts.items()}
         wide = sum(values.sum(axis=(0, 2)) for values in
                    _pooled(net.wide_tables, self.wide, inputs.sparse, batch_size).values())
-        fm_values = self._gather(stacks, net.fm_runs)[0]
-        total = fm_values.sum(axis=1)
-        fm = 0.5 * (total * total - (fm_values * fm_values).sum(axis=1))
+        # [features, B, dim]: summed over its first axis, contiguous rows (a third faster
+        # than over the gathered [B, features, dim] view's middle axis)
+        fm_values = self._gather(stacks, net.fm_runs)[0].transpose(1, 0, 2)
+        total = fm_values.sum(axis=0)
+        fm = 0.5 * (total * total - (fm_values * fm_values).sum(axis=0))
         hidden = np.concatenate([part.reshape(batch_size, -1)
                                  for part in self._gather(stacks, net.deep_runs)], axis=1)
         for layer in self.deep:
