@@ -1,10 +1,16 @@
 """Int8 scoring of a DeepFM's MLPs (``export_config.dense_quantization: INT8``): the quantizer
 and the int8 linear layer against plain float64 numpy arithmetic, the model's scoring paths
-against each other and against its float32 network, and the setting's rules."""
+against each other and against its float32 network, the exactness check that keeps CPUs
+without VNNI in float32, and the setting's rules. Tests of int8 products skip on a CPU
+whose products are not exact (there the model scores in float32: tested here too)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,10 +24,15 @@ from fmkit.data.columns import from_instances
 from fmkit.models.base import load_model
 from fmkit.models.deepfm import config as configs
 from fmkit.models.deepfm import model as model_module
+from fmkit.models.deepfm import quantized
 from fmkit.models.deepfm.instances import encode_instances
 from fmkit.models.deepfm.model import DeepFMModel
-from fmkit.models.deepfm.quantized import Int8Linear, quantize_rows
+from fmkit.models.deepfm.quantized import Int8Linear, exact_int8_products, quantize_rows
 from tests.test_deepfm_small_batches import FIELDS, ROWS, document
+
+EXACT = pytest.mark.skipif(not exact_int8_products(),
+                           reason="this CPU's int8 products are not exact (no VNNI): the "
+                                  "model scores in float32 here")
 
 
 def reference_quantize(x: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +75,7 @@ def test_a_row_with_a_nan_or_an_infinity_quantizes_to_nan_scores():
     assert np.isnan(out[:2]).all() and np.isfinite(out[2:]).all()
 
 
+@EXACT
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 def test_int8_linear_is_the_float64_product_of_its_quantized_operands(relu, bias):
@@ -103,6 +115,7 @@ def _int8_model(**deepfm) -> DeepFMModel:
     return DeepFMModel.create(configs.parse(doc))
 
 
+@EXACT
 def test_an_int8_model_scores_alike_in_batches_and_alone_and_near_its_float32_network():
     """Every batch size runs the same int8 arithmetic (a row alone equals the row in a
     batch); the scores differ from the float32 network's, but by little (on ordinary
@@ -133,6 +146,7 @@ def test_an_int8_model_scores_alike_in_batches_and_alone_and_near_its_float32_ne
             model.net.final[0].bias.add_(0.3)
 
 
+@EXACT
 def test_an_int8_model_keeps_the_setting_when_saved_and_loaded(tmp_path):
     model = _int8_model()
     rows = (ROWS * 10)[:40]
@@ -176,6 +190,7 @@ def test_the_setting_is_checked(export, message):
         configs.parse(doc)
 
 
+@EXACT
 def test_raw_values_larger_than_the_embeddings_do_not_coarsen_them():
     """A first layer multiplies the raw numeric features in float32 (and a final MLP its
     wide and FM inputs): a raw value some ten times larger than the embeddings would
@@ -192,3 +207,32 @@ def test_raw_values_larger_than_the_embeddings_do_not_coarsen_them():
     with torch.no_grad():
         float32 = model.net(model.encode(from_instances(rows))).double().numpy()
     assert np.abs(got - float32).max() < 0.005 * np.abs(float32).max()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's x86 ISAs")
+def test_the_exactness_check_catches_int8_products_without_vnni():
+    """oneDNN limited to AVX2 (no VNNI: 16-bit pair sums that saturate) fails the check; the
+    same code with every instruction the CPU has passes it where that includes VNNI."""
+    code = "from fmkit.models.deepfm.quantized import exact_int8_products as e; print(e())"
+    for isa, expected in (("AVX2", "False"), ("", str(exact_int8_products()))):
+        env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, check=True)
+        assert done.stdout.strip() == expected, isa
+
+
+def test_without_exact_int8_products_the_model_scores_in_float32(monkeypatch, caplog):
+    monkeypatch.setattr(quantized, "exact_int8_products", lambda: False)
+    model_module._log_once.cache_clear()  # (said once per process)
+    model = _int8_model()
+    rows = (ROWS * 10)[:40]
+    with caplog.at_level(logging.INFO, logger="fmkit"):
+        got = model.logits(from_instances(rows))
+        alone = model.logits(encode_instances(model.features, rows[:1], FIELDS))
+    model.net.eval()
+    with torch.no_grad():
+        expected = model.net(model.encode(from_instances(rows))).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(alone, expected[:1], rtol=1e-5, atol=1e-6)
+    said = [r.getMessage() for r in caplog.records if "scores in float32" in r.getMessage()]
+    assert len(said) == 1 and "not exact" in said[0]

@@ -31,6 +31,7 @@ from fmkit.logs import log
 from fmkit.memory import check_fits
 from fmkit.models import artifact
 from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm import quantized
 from fmkit.models.deepfm.batches import row_range
 from fmkit.models.deepfm.features import Encoded, FeatureSet
 from fmkit.models.deepfm.instances import encode_instances
@@ -98,15 +99,20 @@ class DeepFMModel:
         """A model exported with ``export_config.dense_quantization: INT8`` scores its MLPs'
         linear layers with int8 products (:mod:`fmkit.models.deepfm.quantized`) on the CPU,
         through the numpy forward for every batch; a model it cannot score so (another
-        device, several classes) scores in float32, which the log says once."""
+        device, several classes, a CPU whose int8 products are not exact) scores in float32,
+        which the log says once."""
         if self.config.export_config.dense_quantization != "INT8":
             return False
-        if (self.net.output.weight.device.type == "cpu"
-                and NumpyForward.of(self.net, int8=True) is not None):
-            return True
-        _log_once("this model (export_config.dense_quantization: INT8) scores in float32 here: "
-                  "int8 scoring covers CPU models with one output")
-        return False
+        if (self.net.output.weight.device.type != "cpu"
+                or NumpyForward.of(self.net, int8=True) is None):
+            _log_once("this model (export_config.dense_quantization: INT8) scores in float32 "
+                      "here: int8 scoring covers CPU models with one output")
+            return False
+        if not quantized.exact_int8_products():
+            _log_once("this model (export_config.dense_quantization: INT8) scores in float32 "
+                      "here: this CPU's int8 products are not exact (no VNNI instructions)")
+            return False
+        return True
 
     @cached_property
     def scores_in_bfloat16(self) -> bool:

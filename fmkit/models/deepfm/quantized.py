@@ -12,9 +12,16 @@ float32's; the price is an error of about 1/254 of a row's largest value per inp
 Every scoring path (large blocks, few-row requests, evaluation) calls the same functions, so
 a model scores the same rows alike whatever the batch: the int32 sums are exact, and the
 float32 steps are the same operations in the same order.
+
+The sums are exact only where the CPU multiplies int8 pairs into 32-bit sums (VNNI: AVX512_VNNI,
+AVX_VNNI, AMX). Without it oneDNN adds pairs of products in saturating 16-bit sums, and wrong
+scores would follow silently: :func:`exact_int8_products` checks once per process, and the
+model scores in float32 where it fails.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -85,6 +92,24 @@ def dequantize(sums: np.ndarray, row_scales: np.ndarray, column_scales: np.ndarr
             for c in range(cols):
                 y[c] = max(y[c], np.float32(0))
     return out
+
+
+@functools.cache
+def exact_int8_products() -> bool:
+    """Whether ``torch._int_mm`` sums int8 products exactly on this CPU: random and extreme
+    (every value ±127) operands of 1, 3 and 64 rows against int64 products. Without VNNI
+    oneDNN's 16-bit pair sums saturate (measured with ``ONEDNN_MAX_CPU_ISA=AVX2``)."""
+    generator = torch.Generator().manual_seed(0)
+    for rows in (1, 3, 64):
+        x = torch.randint(-INT8_MAX, INT8_MAX + 1, (rows, 96), generator=generator,
+                          dtype=torch.int8)
+        w = torch.randint(-INT8_MAX, INT8_MAX + 1, (96, 40), generator=generator,
+                          dtype=torch.int8)
+        peak = torch.full((rows, 96), INT8_MAX, dtype=torch.int8)
+        for a, b in ((x, w), (peak, peak[:1].t().expand(96, 40).contiguous()), (-peak, w)):
+            if not torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long()):
+                return False
+    return True
 
 
 class Int8Linear:
