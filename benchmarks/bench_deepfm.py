@@ -19,8 +19,10 @@ as ``fmkit predict`` does, into memory as DeepCTR-Torch's ``predict`` (writing J
 model left in the training process scored 69,000 rows/s where the same model loaded scored
 82,000 to 87,000; the cause was not found), three times: as the example is (float32), with
 TorchEasyRec's ``train_config.mixed_precision: BF16`` (the forward pass in bfloat16; faster
-only on CPUs with bfloat16 instructions), and trained in float32 but scored in bfloat16
-(TorchEasyRec's ``export_config.mixed_precision: BF16``). DeepCTR-Torch
+only on CPUs with bfloat16 instructions), trained in float32 but scored in bfloat16
+(TorchEasyRec's ``export_config.mixed_precision: BF16``), and trained in float32 but scored
+with int8 products in its MLP (fmkit's ``export_config.dense_quantization: INT8``; only on
+CPUs with VNNI instructions, else it scores in float32). DeepCTR-Torch
 (installed by bench_fm.py's ``ensure_peers`` into benchmarks/.peers) gets its inputs prepared
 as its own Criteo example does (LabelEncoder, MinMaxScaler) before the clock starts.
 """
@@ -155,7 +157,10 @@ def main() -> None:
                  ["train_config.mixed_precision=BF16"]),
                 # trained in float32, scored in bfloat16 (TorchEasyRec's export_config field)
                 ("fmkit DeepFM float32, export BF16", "fmkit-export-bf16",
-                 ["export_config.mixed_precision=BF16"]))]
+                 ["export_config.mixed_precision=BF16"]),
+                # trained in float32, its MLP scored with int8 products (fmkit's field)
+                ("fmkit DeepFM float32, export INT8", "fmkit-export-int8",
+                 ["export_config.dense_quantization=INT8"]))]
     if not args.no_peers:
         ensure_peers()
         runs.append((DEEPCTR,

@@ -168,7 +168,7 @@ def _bag_sums(weight: np.ndarray, ids: np.ndarray, offsets: np.ndarray, mean: bo
     """Each bag's rows of ``weight`` summed (``mean``: averaged) in float32, bag ``b`` being
     ``ids[offsets[b]:offsets[b + 1]]`` (the last to the end); an empty bag is zeros. A table's
     rows are rarely in cache: each is prefetched ``AHEAD`` look-ups early, and the sum runs on
-    row views, which LLVM vectorizes (together 2.5x the plain loop; docs/deepfm.md)."""
+    row views, which LLVM vectorizes (docs/performance.md, "Session 38")."""
     dim = weight.shape[1]
     out = np.zeros((offsets.size, dim), np.float32)
     for b in range(offsets.size):
