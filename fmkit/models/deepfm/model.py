@@ -119,7 +119,8 @@ class DeepFMModel:
         """A model trained in bfloat16 (``train_config.mixed_precision: BF16``) or exported
         so (``export_config.mixed_precision: BF16``) scores in bfloat16 where its device
         computes bfloat16 natively; elsewhere in float32 (emulated bfloat16 is several times
-        slower: docs/performance.md), which the log says once."""
+        slower: docs/performance.md), which the log says once. ``dense_quantization: INT8``
+        takes its place: the layers between the int8 products score in float32."""
         asked = [f"{part}.mixed_precision: BF16" for part in ("train_config", "export_config")
                  if getattr(self.config, part).mixed_precision == "BF16"]
         if not asked or self.config.export_config.dense_quantization:
