@@ -6,7 +6,6 @@ whose products are not exact (there the model scores in float32: tested here too
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import subprocess
@@ -23,12 +22,11 @@ from torch import nn
 from fmkit.data.columns import from_instances
 from fmkit.models.base import load_model
 from fmkit.models.deepfm import config as configs
-from fmkit.models.deepfm import model as model_module
 from fmkit.models.deepfm import quantized
 from fmkit.models.deepfm.instances import encode_instances
 from fmkit.models.deepfm.model import DeepFMModel
 from fmkit.models.deepfm.quantized import Int8Linear, exact_int8_products, quantize_rows
-from tests.test_deepfm_small_batches import FIELDS, ROWS, document
+from tests.test_deepfm_small_batches import FIELDS, ROWS, document, float32_fallback_messages
 
 EXACT = pytest.mark.skipif(not exact_int8_products(),
                            reason="this CPU's int8 products are not exact (no VNNI): the "
@@ -157,24 +155,18 @@ def test_an_int8_model_keeps_the_setting_when_saved_and_loaded(tmp_path):
     np.testing.assert_array_equal(loaded.logits(from_instances(rows)), scores)
 
 
-def test_a_model_int8_cannot_cover_scores_in_float32_and_says_so_once(caplog):
-    """Several classes (the numpy forward scores one output) score in float32 with the
-    setting, and the log says so once, naming it."""
-    model_module._log_once.cache_clear()  # (said once per process)
+def _multiclass_int8_model() -> DeepFMModel:
     doc = document(final={"hidden_units": [3]})
     doc["model_config"]["num_class"] = 3
     doc["model_config"]["losses"] = [{"softmax_cross_entropy": {}}]
     doc["export_config"] = {"dense_quantization": "INT8"}
-    model = DeepFMModel.create(configs.parse(doc))
-    rows = (ROWS * 10)[:40]
-    with caplog.at_level(logging.INFO, logger="fmkit"):
-        got = model.logits(from_instances(rows))
-        model.logits(from_instances(rows))
-    model.net.eval()
-    with torch.no_grad():
-        expected = model.net(model.encode(from_instances(rows))).double().numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    said = [r.getMessage() for r in caplog.records if "scores in float32" in r.getMessage()]
+    return DeepFMModel.create(configs.parse(doc))
+
+
+def test_a_model_int8_cannot_cover_scores_in_float32_and_says_so_once(caplog):
+    """Several classes (the numpy forward scores one output) score in float32 with the
+    setting, and the log says so once, naming it."""
+    said = float32_fallback_messages(_multiclass_int8_model, caplog)
     assert len(said) == 1 and "dense_quantization: INT8" in said[0]
 
 
@@ -223,16 +215,5 @@ def test_the_exactness_check_catches_int8_products_without_vnni():
 
 def test_without_exact_int8_products_the_model_scores_in_float32(monkeypatch, caplog):
     monkeypatch.setattr(quantized, "exact_int8_products", lambda: False)
-    model_module._log_once.cache_clear()  # (said once per process)
-    model = _int8_model()
-    rows = (ROWS * 10)[:40]
-    with caplog.at_level(logging.INFO, logger="fmkit"):
-        got = model.logits(from_instances(rows))
-        alone = model.logits(encode_instances(model.features, rows[:1], FIELDS))
-    model.net.eval()
-    with torch.no_grad():
-        expected = model.net(model.encode(from_instances(rows))).double().numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(alone, expected[:1], rtol=1e-5, atol=1e-6)
-    said = [r.getMessage() for r in caplog.records if "scores in float32" in r.getMessage()]
+    said = float32_fallback_messages(_int8_model, caplog)
     assert len(said) == 1 and "not exact" in said[0]

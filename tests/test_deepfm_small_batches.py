@@ -231,8 +231,16 @@ def test_a_bf16_model_scores_in_float32_where_bfloat16_is_emulated(monkeypatch, 
     """Without bfloat16 instructions (emulated, several times slower) a BF16 model scores in
     float32 on both paths, and the log says so once, naming the setting."""
     monkeypatch.setattr(model_module, "computes_bfloat16", lambda device: False)
+    said = float32_fallback_messages(_bf16_model, caplog, part)
+    assert len(said) == 1 and "no bfloat16 instructions" in said[0] and part in said[0]
+
+
+def float32_fallback_messages(make_model, caplog, *args) -> list[str]:
+    """The log's "scores in float32" lines while a model from ``make_model(*args)``, which
+    cannot score as its configuration asks here, scores 40 rows and then one row alone:
+    both as its float32 PyTorch network does."""
     model_module._log_once.cache_clear()  # (said once per process)
-    model = _bf16_model(part)
+    model = make_model(*args)
     rows = (ROWS * 10)[:40]
     with caplog.at_level(logging.INFO, logger="fmkit"):
         whole = model.logits(from_instances(rows))
@@ -242,8 +250,7 @@ def test_a_bf16_model_scores_in_float32_where_bfloat16_is_emulated(monkeypatch, 
         expected = model.net(model.encode(from_instances(rows))).double().numpy()
     np.testing.assert_allclose(whole, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(alone, expected[:1], rtol=1e-5, atol=1e-6)
-    said = [r.getMessage() for r in caplog.records if "scores in float32" in r.getMessage()]
-    assert len(said) == 1 and "no bfloat16 instructions" in said[0] and part in said[0]
+    return [r.getMessage() for r in caplog.records if "scores in float32" in r.getMessage()]
 
 
 def test_a_new_deepfm_server_warms_both_forward_paths_before_it_answers():
