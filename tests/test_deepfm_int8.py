@@ -1,8 +1,9 @@
 """Int8 scoring of a DeepFM's MLPs (``export_config.dense_quantization: INT8``): the quantizer
 and the int8 linear layer against plain float64 numpy arithmetic, the model's scoring paths
-against each other and against its float32 network, the exactness check that keeps CPUs
-without VNNI in float32, and the setting's rules. Tests of int8 products skip on a CPU
-whose products are not exact (there the model scores in float32: tested here too)."""
+against each other and against its float32 network, the exactness check (7-bit weights on
+CPUs without VNNI, float32 where neither is exact), and the setting's rules. Tests of int8
+products skip on a CPU whose products are not exact (there the model scores in float32:
+tested here too)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -25,21 +27,23 @@ from fmkit.models.deepfm import config as configs
 from fmkit.models.deepfm import quantized
 from fmkit.models.deepfm.instances import encode_instances
 from fmkit.models.deepfm.model import DeepFMModel
-from fmkit.models.deepfm.quantized import Int8Linear, exact_int8_products, quantize_rows
+from fmkit.models.deepfm.quantized import Int8Linear, quantize_rows, weight_levels
 from tests.test_deepfm_small_batches import FIELDS, ROWS, document, float32_fallback_messages
 
-EXACT = pytest.mark.skipif(not exact_int8_products(),
-                           reason="this CPU's int8 products are not exact (no VNNI): the "
-                                  "model scores in float32 here")
+EXACT = pytest.mark.skipif(not weight_levels(),
+                           reason="this CPU's int8 products are not exact: the model scores "
+                                  "in float32 here")
 
 
-def reference_quantize(x: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-row int8 quantization in float64 of the ``kept`` columns (the others 0):
-    scale = max |x| / 127, or zeros with scale 1 where that maximum is below 2**-100."""
+def reference_quantize(x: np.ndarray, kept: np.ndarray, levels: int = 127
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row quantization in float64 of the ``kept`` columns (the others 0) to
+    [-levels, levels]: scale = max |x| / levels, or zeros with scale 1 where that maximum is
+    below 2**-100."""
     peak = np.abs(np.where(kept, x, 0)).max(axis=1)
     small = peak < 2.0 ** -100
-    scale = np.where(small, 1.0, peak / 127)
-    q = np.clip(np.round(x / scale[:, None]), -127, 127)
+    scale = np.where(small, 1.0, peak / levels)
+    q = np.clip(np.round(x / scale[:, None]), -levels, levels)
     return np.where(kept & ~small[:, None], q, 0), scale
 
 
@@ -53,9 +57,10 @@ def _kept(mask: np.ndarray) -> np.ndarray:
 def test_quantize_rows_rounds_each_row_on_its_own_scale(x, data):
     kept = np.array(data.draw(st.lists(st.booleans(), min_size=x.shape[1],
                                        max_size=x.shape[1])), bool)
-    q, scale = quantize_rows(x, _kept(kept))
-    expected_q, expected_scale = reference_quantize(x.astype(np.float64), kept)
-    assert q.dtype == np.int8 and np.abs(q.astype(int)).max() <= 127
+    levels = data.draw(st.sampled_from([127, 63]))
+    q, scale = quantize_rows(x, _kept(kept), levels)
+    expected_q, expected_scale = reference_quantize(x.astype(np.float64), kept, levels)
+    assert q.dtype == np.int8 and np.abs(q.astype(int)).max() <= levels
     np.testing.assert_allclose(scale, expected_scale, rtol=1e-6)
     # the same integers, except where x / scale lies within float32 rounding of a half
     ratio = np.abs(x / expected_scale[:, None])
@@ -89,7 +94,7 @@ def test_int8_linear_is_the_float64_product_of_its_quantized_operands(relu, bias
     kept = _kept(~np.isin(np.arange(57), exact))
     qx, sx = quantize_rows(x, kept)
     weight = linear.weight.detach().numpy()
-    qw, sw = quantize_rows(weight, kept)
+    qw, sw = quantize_rows(weight, kept, weight_levels())
     assert (qx[:, exact] == 0).all() and (qw[:, exact] == 0).all()
     expected = ((qx.astype(np.float64) @ qw.astype(np.float64).T) * np.outer(sx, sw)
                 + x[:, exact].astype(np.float64) @ weight[:, exact].T.astype(np.float64))
@@ -202,18 +207,35 @@ def test_raw_values_larger_than_the_embeddings_do_not_coarsen_them():
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's x86 ISAs")
-def test_the_exactness_check_catches_int8_products_without_vnni():
-    """oneDNN limited to AVX2 (no VNNI: 16-bit pair sums that saturate) fails the check; the
-    same code with every instruction the CPU has passes it where that includes VNNI."""
-    code = "from fmkit.models.deepfm.quantized import exact_int8_products as e; print(e())"
-    for isa, expected in (("AVX2", "False"), ("", str(exact_int8_products()))):
+def test_without_vnni_the_weights_take_7_bits_and_the_products_stay_exact():
+    """oneDNN limited to AVX2 (no VNNI: pairs of products in saturating 16-bit sums) sums
+    full-range int8 products wrongly, so the check settles on 7-bit weights; an int8 layer
+    computed there equals the float64 product of its quantized operands."""
+    code = textwrap.dedent("""
+        import numpy as np, torch
+        from torch import nn
+        from fmkit.models.deepfm.quantized import Int8Linear, quantize_rows, weight_levels, KEEP
+        torch.manual_seed(0)
+        linear = nn.Linear(429, 64)
+        x = np.random.default_rng(0).normal(size=(300, 429)).astype(np.float32)
+        x[:5] = np.abs(x[:5]) * 1e3  # rows whose every value quantizes near 127
+        got = Int8Linear(linear)(x)
+        kept = np.full(429, KEEP, np.uint32)
+        qx, sx = quantize_rows(x, kept)
+        qw, sw = quantize_rows(linear.weight.detach().numpy(), kept, weight_levels())
+        expected = ((qx.astype(np.float64) @ qw.astype(np.float64).T) * np.outer(sx, sw)
+                    + linear.bias.detach().numpy())
+        close = np.allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+        print(weight_levels(), int(np.abs(qw).max()), close)
+    """)
+    for isa, levels in (("AVX2", 63), ("", weight_levels())):
         env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa}
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                               text=True, check=True)
-        assert done.stdout.strip() == expected, isa
+        assert done.stdout.split() == [str(levels), str(levels), "True"], (isa, done.stdout)
 
 
 def test_without_exact_int8_products_the_model_scores_in_float32(monkeypatch, caplog):
-    monkeypatch.setattr(quantized, "exact_int8_products", lambda: False)
+    monkeypatch.setattr(quantized, "weight_levels", lambda: 0)
     said = float32_fallback_messages(_int8_model, caplog)
     assert len(said) == 1 and "not exact" in said[0]

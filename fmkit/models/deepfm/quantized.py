@@ -14,10 +14,12 @@ Every scoring path (large blocks, few-row requests, evaluation) calls the same f
 a model scores the same rows alike whatever the batch: the int32 sums are exact, and the
 float32 steps are the same operations in the same order.
 
-The sums are exact only where the CPU multiplies int8 pairs into 32-bit sums (VNNI: AVX512_VNNI,
-AVX_VNNI, AMX). Without it oneDNN adds pairs of products in saturating 16-bit sums, and wrong
-scores would follow silently: :func:`exact_int8_products` checks once per process, and the
-model scores in float32 where it fails.
+The sums are exact where the CPU multiplies int8 pairs into 32-bit sums (VNNI: AVX512_VNNI,
+AVX_VNNI, AMX). Without it (AVX2, AVX-512 without VNNI) oneDNN adds pairs of unsigned-by-signed
+byte products in saturating 16-bit sums, which stay exact only while 2 · 255 · |w| < 2¹⁵: the
+weights are then quantized to 7 bits (±63). :func:`weight_levels` finds which holds, once per
+process; where neither does, the model scores in float32 (wrong scores would otherwise follow
+silently).
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ KEEP = np.uint32(0x7FFFFFFF)  # a quantized column's mask (its sign bit off)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def quantize_rows(x: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row of float32 ``x`` [rows, cols] as int8 values in [-127, 127] and its scale
-    (largest magnitude / 127): ``x[r] ≈ scale[r] * q[r]``, rounded to nearest, ties to even.
+def quantize_rows(x: np.ndarray, kept: np.ndarray, levels: int = INT8_MAX
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of float32 ``x`` [rows, cols] as int8 values in [-levels, levels] and its
+    scale (largest magnitude / levels): ``x[r] ≈ scale[r] * q[r]``, rounded to nearest, ties
+    to even.
     Only the columns ``kept`` marks (uint32 0x7FFFFFFF; 0 leaves a column out: its q is 0
     and its values do not set the scale) are quantized. A row whose largest magnitude is
     below ``TINY`` is zeros (scale 1); a row with a NaN or an infinity gets the scale NaN,
@@ -50,7 +54,7 @@ def quantize_rows(x: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarr
     bits = x.view(np.uint32)
     box = np.empty(1, np.uint32)
     value = box.view(np.float32)
-    limit = np.float32(INT8_MAX)
+    limit = np.float32(levels)
     for r in range(rows):
         peak = np.uint32(0)
         for c in range(cols):
@@ -96,20 +100,29 @@ def dequantize(sums: np.ndarray, row_scales: np.ndarray, column_scales: np.ndarr
 
 
 @functools.cache
-def exact_int8_products() -> bool:
-    """Whether ``torch._int_mm`` sums int8 products exactly on this CPU: random and extreme
-    (every value ±127) operands of 1, 3 and 64 rows against int64 products. Without VNNI
-    oneDNN's 16-bit pair sums saturate (measured with ``ONEDNN_MAX_CPU_ISA=AVX2``)."""
-    if not hasattr(torch, "_int_mm"):  # (a private function: a later PyTorch may drop it)
-        return False
+def weight_levels() -> int:
+    """The largest weight magnitude whose products ``torch._int_mm`` sums exactly on this CPU,
+    inputs spanning ±127: 127 (VNNI), 63 (oneDNN's 16-bit pair sums: AVX2, AVX-512 without
+    VNNI; measured with ``ONEDNN_MAX_CPU_ISA``), or 0 where neither checks out (or PyTorch
+    lacks ``_int_mm``, a private function a later version may drop). Checked on random and
+    extreme operands of 1, 3 and 64 rows against int64 products."""
+    if not hasattr(torch, "_int_mm"):
+        return 0
+    for levels in (INT8_MAX, INT8_MAX // 2):
+        if _sums_exact(levels):
+            return levels
+    return 0
+
+
+def _sums_exact(levels: int) -> bool:
     generator = torch.Generator().manual_seed(0)
     for rows in (1, 3, 64):
         x = torch.randint(-INT8_MAX, INT8_MAX + 1, (rows, 96), generator=generator,
                           dtype=torch.int8)
-        w = torch.randint(-INT8_MAX, INT8_MAX + 1, (96, 40), generator=generator,
-                          dtype=torch.int8)
+        w = torch.randint(-levels, levels + 1, (96, 40), generator=generator, dtype=torch.int8)
         peak = torch.full((rows, 96), INT8_MAX, dtype=torch.int8)
-        for a, b in ((x, w), (peak, peak[:1].t().expand(96, 40).contiguous()), (-peak, w)):
+        top = torch.full((96, 40), levels, dtype=torch.int8)
+        for a, b in ((x, w), (peak, top), (-peak, top), (peak, -top), (-peak, w)):
             try:
                 if not torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long()):
                     return False
@@ -123,9 +136,9 @@ class Int8Linear:
     products, except for the input columns ``exact`` (the raw numeric features of a first
     layer, or the wide and FM terms entering a final MLP), which are multiplied in float32:
     one large raw value would otherwise set the row's scale and round every embedding value
-    of the row to 0. Its weights are quantized when first needed and again after they change
-    (an optimizer step bumps the parameter's version), so a model that trains on scores with
-    its current weights."""
+    of the row to 0. Its weights are quantized (to :func:`weight_levels`) when first needed
+    and again after they change (an optimizer step bumps the parameter's version), so a model
+    that trains on scores with its current weights."""
 
     def __init__(self, linear: nn.Linear, relu: bool = False, exact: np.ndarray | None = None):
         self.linear, self.relu = linear, relu
@@ -143,7 +156,7 @@ class Int8Linear:
         key = (weight._version, weight.data_ptr())
         if key != self._key or self._weights is None:
             values = np.ascontiguousarray(weight.detach().numpy())
-            q, scales = quantize_rows(values, self.kept)
+            q, scales = quantize_rows(values, self.kept, weight_levels())
             self._weights = (torch.from_numpy(q).t().contiguous(), scales,
                              np.ascontiguousarray(values[:, self.exact].T))
             self._key = key
