@@ -21,8 +21,8 @@ model left in the training process scored 69,000 rows/s where the same model loa
 TorchEasyRec's ``train_config.mixed_precision: BF16`` (the forward pass in bfloat16; faster
 only on CPUs with bfloat16 instructions), trained in float32 but scored in bfloat16
 (TorchEasyRec's ``export_config.mixed_precision: BF16``), and trained in float32 but scored
-with int8 products in its MLP (fmkit's ``export_config.dense_quantization: INT8``; only on
-CPUs with VNNI instructions its weights have 8 bits, elsewhere 7). DeepCTR-Torch
+with int8 products in its MLP (fmkit's ``export_config.dense_quantization: INT8``; its
+weights in 8 bits on CPUs with VNNI instructions, in 7 elsewhere). DeepCTR-Torch
 (installed by bench_fm.py's ``ensure_peers`` into benchmarks/.peers) gets its inputs prepared
 as its own Criteo example does (LabelEncoder, MinMaxScaler) before the clock starts.
 """
