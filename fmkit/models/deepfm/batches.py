@@ -40,6 +40,16 @@ def row_range(batch: Encoded, start: int, stop: int) -> Encoded:
     return Encoded(stop - start, sparse, dense, labels, weights)
 
 
+def slices(batch: Encoded, size: int) -> Iterator[Encoded]:
+    """A batch in consecutive :func:`row_range` slices of at most ``size`` rows (the batch
+    itself when it has no more)."""
+    if batch.n_rows <= size:
+        yield batch
+        return
+    for start in range(0, batch.n_rows, size):
+        yield row_range(batch, start, min(start + size, batch.n_rows))
+
+
 def _rows(block: Encoded, order: np.ndarray | None, start: int, stop: int) -> Encoded:
     """Rows ``start:stop`` of ``order`` (None: as stored)."""
     return row_range(block, start, stop) if order is None else take_rows(block,

@@ -32,7 +32,7 @@ from fmkit.memory import check_fits
 from fmkit.models import artifact
 from fmkit.models.deepfm import config as configs
 from fmkit.models.deepfm import quantized
-from fmkit.models.deepfm.batches import row_range
+from fmkit.models.deepfm.batches import slices
 from fmkit.models.deepfm.features import Encoded, FeatureSet
 from fmkit.models.deepfm.instances import encode_instances
 from fmkit.models.deepfm.network import DeepFMNet
@@ -248,18 +248,12 @@ class DeepFMModel:
         if encoded.n_rows <= SMALL_ROWS and self.numpy_forward is not None:
             return self.numpy_forward(encoded).astype(np.float64)
         if self.scores_in_int8:  # every batch through the numpy forward (its int8 products)
-            return np.concatenate([
-                self.numpy_forward(row_range(encoded, start, min(start + INT8_ROWS,
-                                                                 encoded.n_rows)))
-                for start in range(0, encoded.n_rows, INT8_ROWS)]).astype(np.float64)
+            return np.concatenate([self.numpy_forward(part)
+                                   for part in slices(encoded, INT8_ROWS)]).astype(np.float64)
         device = self.net.output.weight.device
         with torch.autocast(device.type, torch.bfloat16, enabled=self.scores_in_bfloat16):
-            if encoded.n_rows <= SCORING_ROWS:
-                return self.net(encoded).double().cpu().numpy()
-            parts = [self.net(row_range(encoded, start, min(start + SCORING_ROWS,
-                                                            encoded.n_rows)))
-                     for start in range(0, encoded.n_rows, SCORING_ROWS)]
-        return torch.cat(parts).double().cpu().numpy()
+            parts = [self.net(part) for part in slices(encoded, SCORING_ROWS)]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)).double().cpu().numpy()
 
     def outputs(self, batch: ColumnBatch | Encoded) -> dict[str, np.ndarray]:
         """TorchEasyRec's prediction dict: ``logits`` and ``probs`` for binary cross entropy
