@@ -669,10 +669,10 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False) -> EasyRecC
         raise ConfigError(f"train_config.mixed_precision: expected BF16 (or unset for float32), "
                           f"got {excerpt(train.mixed_precision)}; FP16 needs loss scaling, "
                           "which fmkit does not do")
-    if config.export_config.mixed_precision not in ("", "BF16"):
-        raise ConfigError(f"export_config.mixed_precision: expected BF16 (or unset: as "
-                          f"trained), got {excerpt(config.export_config.mixed_precision)}")
     export = config.export_config
+    if export.mixed_precision not in ("", "BF16"):
+        raise ConfigError(f"export_config.mixed_precision: expected BF16 (or unset: as "
+                          f"trained), got {excerpt(export.mixed_precision)}")
     if export.dense_quantization not in ("", "INT8"):
         raise ConfigError(f"export_config.dense_quantization: expected INT8 (or unset for "
                           f"float32), got {excerpt(export.dense_quantization)}")
