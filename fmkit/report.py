@@ -218,7 +218,7 @@ def write_report(model_dir: str | Path, data: str | Path | None = None,
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
         f'<figcaption>{html.escape(title)}</figcaption></figure>'
         for title, png in plots.items()), "</div>"]
-    parts += _tune_section(artifact.resolve(model_dir) / "tune")
+    parts += _tune_section(artifact.resolve(model_dir) / artifact.TUNE_DIR)
     page = f"{PAGE_START}<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
     target = Path(output) if output else artifact.resolve(model_dir) / artifact.REPORT_FILE
     files.write_text(target, page, PAGES)

@@ -17,6 +17,7 @@ from sklearn.datasets import dump_svmlight_file
 from fmkit import FMClassifier, load
 from fmkit.cli import main
 from fmkit.errors import ArtifactError
+from fmkit.files import OutputError
 from fmkit.models.fm.model import FMModel
 
 from .conftest import fmkit_executable
@@ -100,6 +101,28 @@ def test_cli_reports_bad_model_dir(cli, tmp_path):
     data.write_text("1 0:1\n")
     code, _, err = cli("evaluate", "--model-dir", tmp_path / "none", "--data", data)
     assert code != 0 and "no such model directory" in err
+
+
+def test_a_model_is_saved_over_only_what_fmkit_wrote(fitted, tmp_path):
+    """A model directory with what ``fmkit tune`` adds is replaced; one with anything else in
+    it, or a ``tune`` that is a link or holds a file fmkit does not write, is left alone."""
+    model, _, path = fitted
+    (path / "tune").mkdir()
+    (path / "tune" / "trials.csv").write_text("number\n")
+    model.save(path)
+    assert not (path / "tune").exists()
+    for foreign in ("tune/notes.txt", "notes.txt"):
+        (path / foreign).parent.mkdir(exist_ok=True)
+        (path / foreign).write_text("keep")
+        with pytest.raises(OutputError, match="nothing was changed"):
+            model.save(path)
+        assert (path / foreign).read_text() == "keep"
+        (path / foreign).unlink()
+    (tmp_path / "elsewhere").mkdir()
+    (path / "tune").rmdir()
+    (path / "tune").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OutputError, match="nothing was changed"):
+        model.save(path)
 
 
 def test_kill_9_during_training_leaves_previous_model_or_none(tmp_path):

@@ -98,6 +98,27 @@ def test_tune_refuses_bad_arguments_in_one_line(a9a_head, tmp_path, cli):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
+def test_a_finished_tune_continues_with_more_trials_and_its_model_can_be_replaced(
+        a9a_head, tmp_path, cli):
+    model_dir = tmp_path / "model"
+    args = ["--train", a9a_head, "--validation-fraction", "0.1", "--jobs", "1",
+            "--model-dir", model_dir, *FIXED]
+    code, _, err = cli("tune", *args, "--trials", "2")
+    assert code == 0, err
+    first = _trials(model_dir)
+    code, _, err = cli("tune", *args, "--trials", "3")  # the same study, one trial more
+    assert code == 0, err
+    again = _trials(model_dir)
+    assert len(again) == 3 and again[:2] == first
+    saved = json.loads((model_dir / "tune" / "best.json").read_text())
+    assert saved["objective"] == "validation:auc"  # the default objective, named
+    code, _, err = cli("train", "--train", a9a_head, "--model-dir", model_dir, *FIXED,
+                       "num_factors=4")
+    assert code == 0, err
+    assert sorted(p.name for p in model_dir.iterdir()) == ["metrics.json", "model.json",
+                                                          "weights.npz"]
+
+
 def _finished_trials(work) -> dict[int, tuple[str, float]]:
     """The study's finished trials as {number: (state, learning_rate)}, read through a
     read-only SQLite connection: Optuna's own storage writes while it opens (tables, then a

@@ -269,7 +269,7 @@ def _open_work_dir(model_dir: Path, settings: TuneSettings) -> tuple[Path, Any]:
                 f"{work}: holds a study started with other settings ({', '.join(changed)}); "
                 f"run with the same ones to continue it, or remove the directory")
     else:
-        previous = model_dir / "tune"
+        previous = model_dir / artifact.TUNE_DIR
         if ((previous / "study.sqlite3").exists() and (previous / MARKER).exists()
                 and _read_marker(previous / MARKER) == wanted):
             files.copy_file(previous / "study.sqlite3", work / "study.sqlite3")
@@ -401,7 +401,7 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
             study_name="fmkit", storage=_storage(work), load_if_exists=True,
             direction="maximize" if higher else "minimize", sampler=_sampler(seed),
             pruner=_pruner())
-        study.set_user_attr("objective", objective)
+        study.set_user_attr("objective", f"validation:{key}")  # "auto" resolved
         first = search.first_trial()
         if first and not study.trials:
             study.enqueue_trial(first)
@@ -432,12 +432,12 @@ def _finish(study: Any, work: Path, model_dir: Path, search: Any, higher: bool, 
     """The best trial's model in ``model_dir``; the trials, plots and study in its ``tune/``."""
     best = study.best_trial
     best_epoch = int(best.user_attrs["best_epoch"])
-    objective = search.settings.objective
+    objective = study.user_attrs["objective"]
     log.info("tune: best trial %d (%s %.6f, epoch %d); training the model%s", best.number,
              objective, best.value, best_epoch, " on all rows" if refit else "")
     metrics = search.train(best.params, work, model_dir, test=None if test is None else str(test),
                            refit_epochs=best_epoch if refit else None)
-    out = model_dir / "tune"
+    out = model_dir / artifact.TUNE_DIR
     out.mkdir(exist_ok=True)
     _write_trials_csv(study, out / "trials.csv")
     _write_plots(study, out, objective)
