@@ -213,6 +213,38 @@ def test_init_model_then_one_epoch_equals_two_epochs_in_one_run(tmp_path, cli):
     assert not (tmp_path / "other").exists()
 
 
+def test_an_ffm_continues_as_an_ffm_with_its_fields_and_never_as_an_fm(tmp_path, cli):
+    """An FFM's weights hold a vector per field: it continues only as an FFM of as many fields
+    (then as two epochs in one run, with SGD), and an FM never continues it or is continued by
+    one: each refusal is one line, before anything is written."""
+    rows = shared_file("criteo_xlearn_libffm", "small_train.txt").read_text().splitlines(True)
+    train = tmp_path / "train.libffm"
+    train.write_text("".join(rows[:2000]))
+    hp = ["feature_dim=10000", "num_factors=4", "predictor_type=binary_classifier",
+          "mini_batch_size=1", "optimizer=sgd", "seed=3"]
+    for name, more in (("two", ["model_type=ffm", "epochs=2"]),
+                       ("one", ["model_type=ffm", "epochs=1"]),
+                       ("fm", ["epochs=1"]),
+                       ("more", ["model_type=ffm", "epochs=1", "--init-model", tmp_path / "one"])):
+        code, _, err = cli("train", "--train", train, "--model-dir", tmp_path / name, "--quiet",
+                           *hp, *more)
+        assert code == 0, err
+    two, more = _weights(tmp_path / "two"), _weights(tmp_path / "more")
+    assert not np.allclose(_weights(tmp_path / "one")["V"], two["V"])
+    for name in two:
+        np.testing.assert_allclose(more[name], two[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    for init, more, expected in (
+            ("one", [], "the model has model_type=ffm, this run model_type=fm"),
+            ("fm", ["model_type=ffm"], "the model has model_type=fm, this run model_type=ffm"),
+            ("one", ["model_type=ffm", "num_fields=40"],
+             "has num_fields=18, this run num_fields=40"),
+    ):
+        code, _, err = cli("train", "--train", train, "--model-dir", tmp_path / "other",
+                           "--quiet", *hp, *more, "--init-model", tmp_path / init)
+        assert code == 1 and expected in err and err.count("\n") == 1, err
+        assert not (tmp_path / "other").exists()
+
+
 def test_deepfm_init_model_then_one_epoch_equals_two_epochs_and_validation(tmp_path, cli):
     """DeepFM continues the same way (plain SGD, no momentum, no dropout: nothing but the
     weights carries over); --validation is scored after every epoch."""
