@@ -99,12 +99,8 @@ class _FMEstimator(BaseEstimator):
         optimizer state, epochs numbered after the ones already trained). ``eval_set``: the
         validation channel of ``fmkit train --validation`` (see ``fit``)."""
         warm = self.warm_start and hasattr(self, "model_")
-        features = getattr(self, "n_features_in_", None)
-        X, y = self._input(X, y, reset=True)
+        X, y = self._input(X, y, reset=not warm)  # warm: X has the fitted model's width
         y = self._target(y, first=True)
-        if warm and self.n_features_in_ != features:
-            raise ValueError(f"warm_start: X has {self.n_features_in_} features, the fitted "
-                             f"model {features}")
         source = ArraySource(X, y, labels=self._labels)
         validation = None
         if eval_set is not None:
@@ -113,6 +109,10 @@ class _FMEstimator(BaseEstimator):
             validation = ArraySource(X_val, self._target(y_val, first=False),
                                      labels=self._labels)
         hp = self._hyperparameters(source.feature_dim)
+        change = self.model_.shape_change(hp) if warm else None
+        if change:
+            raise ValueError(f"warm_start: {change}; a fit continues with the same shapes "
+                             "(set warm_start=False to start over)")
         before = self.history_ if warm else []
         params, history = train(hp, source, self.model_.params if warm else None,
                                 validation=validation, progress=progress,

@@ -147,6 +147,15 @@ def test_warm_start_continues_fit_with_epochs_numbered_after_it():
     assert [h.epoch for h in warm.history_] == [1, 2]
     cold = FMRegressor(**settings, epochs=1).fit(X, y, progress=False).fit(X, y, progress=False)
     np.testing.assert_allclose(cold.model_.params.V, once)  # without warm_start: starts over
+    # what would change the weights' shapes is refused, and the fitted model is kept
+    for change, message in ((dict(num_factors=8), "the model has num_factors=4, this run "
+                             "num_factors=8"), (dict(), "X has 10 features")):
+        refused = clone(warm).set_params(**change)
+        refused.model_, refused.history_ = warm.model_, warm.history_
+        refused.n_features_in_ = X.shape[1]
+        with pytest.raises(ValueError, match=message):
+            refused.fit(X[:, :10] if not change else X, y, progress=False)
+        assert refused.n_features_in_ == X.shape[1] and refused.model_ is warm.model_
 
 
 @pytest.mark.parametrize("Estimator, metric, score", [

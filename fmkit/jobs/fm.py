@@ -182,9 +182,6 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     return model, metrics
 
 
-SHAPES = ("feature_dim", "num_factors", "predictor_type", "model_type")
-
-
 def _initial_model(path: str | Path, hp: dict[str, Any]) -> tuple[Any, list[dict]]:
     """``--init-model``: the weights and training history of the model a run continues; its
     shapes (an FFM's fields too) must be the run's."""
@@ -193,13 +190,10 @@ def _initial_model(path: str | Path, hp: dict[str, Any]) -> tuple[Any, list[dict
         raise HyperparameterError(f"--init-model {path}: not an FM model directory (a {kind} "
                                   "model)")
     model = FMModel.load(path)  # a missing or damaged directory: its error says which
-    shapes = (*SHAPES, "num_fields") if hp["model_type"] == "ffm" else SHAPES
-    for name in shapes:
-        had = model.hyperparameters.get(name, "fm" if name == "model_type" else None)
-        if had != hp[name]:
-            raise HyperparameterError(
-                f"--init-model {path}: the model has {name}={had}, this run {name}={hp[name]}: "
-                "a model continues with the same shapes")
+    change = model.shape_change(hp)
+    if change:
+        raise HyperparameterError(f"--init-model {path}: {change}: a model continues with the "
+                                  "same shapes")
     return model.params, artifact.training_history(artifact.read_metrics(path))
 
 

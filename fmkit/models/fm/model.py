@@ -65,6 +65,19 @@ class FMModel:
     def field_aware(self) -> bool:
         return self.hyperparameters.get("model_type", "fm") == "ffm"
 
+    def shape_change(self, hp: dict[str, Any]) -> str | None:
+        """Which of ``hp`` (validated hyperparameters) would give the weights another shape than
+        this model's, as ``"name=ours, ... name=theirs"``; None when training may continue from
+        these weights (``fmkit train --init-model``, the estimators' ``warm_start``)."""
+        shapes = ["feature_dim", "num_factors", "predictor_type", "model_type"]
+        if hp["model_type"] == "ffm":
+            shapes.append("num_fields")
+        for name in shapes:
+            ours = self.hyperparameters.get(name, "fm" if name == "model_type" else None)
+            if ours != hp[name]:
+                return f"the model has {name}={ours}, this run {name}={hp[name]}"
+        return None
+
     def to(self, device: str) -> FMModel:
         """Score on a PyTorch device (``cuda``) instead of the compiled CPU kernels."""
         if device != "cpu" and self.field_aware:
