@@ -16,7 +16,7 @@ from fmkit.data.codecs import CONTENT_TYPES
 from fmkit.data.sources import FORMATS
 from fmkit.errors import FMKitError, HyperparameterError
 from fmkit.logs import log, setup_logging
-from fmkit.models.artifact import strict_json
+from fmkit.models.artifact import ITEMS_DIR, strict_json
 from fmkit.models.fm.hyperparameters import BY_NAME, TABLE
 
 TRAIN_EXAMPLE = """examples:
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise HyperparameterError("recommend index needs --items FILE")
                 count = recommend.index_items(args.model_dir, args.items, args.approximate)
                 log.info("item catalogue of %d items written to %s/%s", count, args.model_dir,
-                         recommend.ITEMS_DIR)
+                         ITEMS_DIR)
             else:
                 if not args.context:
                     raise HyperparameterError("recommend needs --context FILE (or the action "

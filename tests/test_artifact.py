@@ -104,13 +104,18 @@ def test_cli_reports_bad_model_dir(cli, tmp_path):
 
 
 def test_a_model_is_saved_over_only_what_fmkit_wrote(fitted, tmp_path):
-    """A model directory with what ``fmkit tune`` adds is replaced; one with anything else in
-    it, or a ``tune`` that is a link or holds a file fmkit does not write, is left alone."""
+    """A model directory with what ``fmkit tune`` and ``fmkit recommend index`` add is
+    replaced; one with anything else in it, or a ``tune`` that is a link or holds a file fmkit
+    does not write, is left alone."""
     model, _, path = fitted
     (path / "tune").mkdir()
     (path / "tune" / "trials.csv").write_text("number\n")
+    (path / "items").mkdir()
+    for name in ("catalogue.npz", "hnsw.faiss", "hnsw.json"):
+        (path / "items" / name).write_text("")
     model.save(path)
-    assert not (path / "tune").exists()
+    assert sorted(p.name for p in path.iterdir()) == ["metrics.json", "model.json",
+                                                     "weights.npz"]
     for foreign in ("tune/notes.txt", "notes.txt"):
         (path / foreign).parent.mkdir(exist_ok=True)
         (path / foreign).write_text("keep")

@@ -229,6 +229,14 @@ def test_bad_rows_are_one_line_naming_file_and_line(movielens_fm, cli, tmp_path)
         code, _, err = cli("recommend", "--model-dir", root / "model", "--items",
                            root / "items.jsonl", "--context", tmp_path / "q.jsonl")
         assert code == 1 and problem in err and "Traceback" not in err, err
+    (tmp_path / "items.jsonl").write_text('{"id": "a", "keys": [1700]}\n{"id": 7, "keys": '
+                                          '[1701]}\n{"id": "a", "keys": [1702]}\n')
+    for args, problem in ((["--items", tmp_path / "items.jsonl"],
+                           'item id "a" is given twice (items 1 and 3)'),
+                          (["--k", "0"], "--k must be >= 1, got 0")):
+        code, _, err = cli("recommend", "--model-dir", root / "model", "--context",
+                           tmp_path / "q.jsonl", *args)
+        assert code == 1 and problem in err and err.count("\n") == 1, err
 
 
 def test_approximate_top_k_scores_exactly_and_finds_the_best_items(movielens_fm, cli):

@@ -17,13 +17,11 @@ import numpy as np
 from fmkit import files
 from fmkit.data.blocks import read_input_text
 from fmkit.data.id_rows import read_id_rows
-from fmkit.errors import ArtifactError, DataError
+from fmkit.errors import ArtifactError, DataError, HyperparameterError
 from fmkit.models import artifact
 from fmkit.models.fm.approximate import ApproximateIndex
 from fmkit.models.fm.model import FMModel
 from fmkit.models.fm.recommend import Catalogue, top_k
-
-ITEMS_DIR = "items"
 
 
 def load_fm(model_dir: str | Path) -> FMModel:
@@ -39,7 +37,7 @@ def index_items(model_dir: str | Path, items: str | Path, approximate: bool = Fa
     model = load_fm(model_dir)
     ids, batch = read_id_rows(items, model.feature_dim, model.num_fields)
     catalogue = Catalogue.of(model, ids, batch)
-    directory = artifact.resolve(model_dir) / ITEMS_DIR
+    directory = artifact.resolve(model_dir) / artifact.ITEMS_DIR
     graph = ApproximateIndex.build(catalogue.scoring[0]) if approximate else None
     ApproximateIndex.discard(directory)  # (a graph of the previous catalogue)
     catalogue.save(directory)
@@ -54,12 +52,13 @@ def approximate_index(model_dir: str | Path, catalogue: Catalogue, built_here: b
     (``built_here``), else the one ``fmkit recommend index --approximate`` kept."""
     if built_here:
         return ApproximateIndex.build(catalogue.scoring[0])
-    return ApproximateIndex.load(artifact.resolve(model_dir) / ITEMS_DIR, catalogue.scoring[0])
+    return ApproximateIndex.load(artifact.resolve(model_dir) / artifact.ITEMS_DIR,
+                                 catalogue.scoring[0])
 
 
 def saved_catalogue(model_dir: str | Path) -> Catalogue | None:
     """The catalogue ``fmkit recommend index`` kept in a model directory, or None."""
-    directory = artifact.resolve(model_dir) / ITEMS_DIR
+    directory = artifact.resolve(model_dir) / artifact.ITEMS_DIR
     return Catalogue.load(directory) if directory.is_dir() else None
 
 
@@ -114,6 +113,8 @@ def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
     """``fmkit recommend``: JSON Lines ``{"id", "items", "scores"}`` per context (scores are
     y_hat), to ``output`` or stdout; returns the number of contexts. ``approximate``: the
     candidates come from the HNSW graph (exact scores; recall below 1 is possible)."""
+    if k <= 0:
+        raise HyperparameterError(f"--k must be >= 1, got {k}")
     model = load_fm(model_dir)
     catalogue = catalogue_of(model, model_dir, items)
     index = approximate_index(model_dir, catalogue, items is not None) if approximate else None

@@ -34,11 +34,16 @@ FORMAT_VERSION = 1
 META_FILE, WEIGHTS_FILE, METRICS_FILE = "model.json", "weights.npz", "metrics.json"
 REPORT_FILE = "report.html"  # fmkit report's page (see fmkit.report)
 MODEL_FILES = {META_FILE, WEIGHTS_FILE, METRICS_FILE, REPORT_FILE}
-# What fmkit tune leaves beside the model it writes (see fmkit.jobs.tune): a model directory
-# holding it is still ours, so a tune can continue there and a new model can replace it.
-TUNE_DIR = "tune"
-TUNE_FILES = {"best.json", "fmkit-tune.json", "optimization_history.png",
-              "param_importances.png", "study.sqlite3", "trials.csv"}
+# What other commands keep in a model directory, by subdirectory: fmkit tune's study, trials
+# and plots (fmkit.jobs.tune), fmkit recommend index's item catalogue and graph
+# (fmkit.jobs.recommend). A model directory holding them is still ours: a tune continues there,
+# and a new model replaces it (and them, which described the old one).
+TUNE_DIR, ITEMS_DIR = "tune", "items"
+COMPANIONS = {
+    TUNE_DIR: {"best.json", "fmkit-tune.json", "optimization_history.png",
+               "param_importances.png", "study.sqlite3", "trials.csv"},
+    ITEMS_DIR: {"catalogue.npz", "hnsw.faiss", "hnsw.json"},
+}
 # Where the SageMaker entry point puts the model directory inside /opt/ml/model (SageMaker FM's
 # own artifact has this name); loading /opt/ml/model finds it there.
 SAGEMAKER_SUBDIR = "model_algo-1"
@@ -101,15 +106,15 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def holds_model(path: Path) -> bool:
     """True if ``path`` holds an fmkit model directory and nothing else (the only kind of
-    non-empty directory a save may replace): its files, and what ``fmkit tune`` adds."""
+    non-empty directory a save may replace): its files, and the :data:`COMPANIONS`."""
     try:
         names = set(os.listdir(path))
-        tuned = set(os.listdir(path / TUNE_DIR)) if TUNE_DIR in names else set()
-    except OSError:
+        for name in names & COMPANIONS.keys():
+            if os.path.islink(path / name) or not set(os.listdir(path / name)) <= COMPANIONS[name]:
+                return False
+    except OSError:  # (a companion that is a file, or unreadable)
         return False
-    if TUNE_DIR in names and (os.path.islink(path / TUNE_DIR) or not tuned <= TUNE_FILES):
-        return False
-    if not names <= MODEL_FILES | {TUNE_DIR} or META_FILE not in names:
+    if not names <= MODEL_FILES | COMPANIONS.keys() or META_FILE not in names:
         return False
     return _meta_or_none(path).get("format") == FORMAT
 

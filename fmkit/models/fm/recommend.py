@@ -117,7 +117,12 @@ class Catalogue:
         catalogue = cls(list(ids), bias, _cross(model, items, "item"), np.unique(items.indices),
                         *(_linear_and_squares(model, items) if scaled else ()))
         if len(catalogue.index) != len(ids):
-            raise DataError(items.source, None, "item ids must be unique")
+            first: dict[Any, int] = {}
+            for number, item in enumerate(map(_key, ids), start=1):
+                if item in first:
+                    raise DataError(items.source, None, f"item id {item[:40]} is given twice "
+                                    f"(items {first[item]} and {number}): ids must be unique")
+                first[item] = number
         return catalogue
 
     def save(self, directory: str | Path) -> None:
