@@ -71,8 +71,11 @@ class Recognise:
             raise OutputError(path, f"cannot read what is there: {describe_os_error(e)}"
                               ) from None
         if head and not self.test(head):
-            shown = head[:24].decode("utf-8", "replace")
-            raise OutputError(path, f"exists and is not {self.holds} (it starts {shown!r}); "
+            try:
+                shown = repr(head[:24].decode("utf-8"))
+            except UnicodeDecodeError:
+                shown = repr(head[:24])  # binary: its bytes, as b'\x..'
+            raise OutputError(path, f"exists and is not {self.holds} (it starts {shown}); "
                               "nothing was changed: remove it or choose another name")
 
 

@@ -184,7 +184,9 @@ def test_named_output_files_replace_only_what_the_command_wrote(cli, tmp_path, m
     assert mine.read_bytes() == b"1 1:1 5:1\n0 2:1\n"
     converted = tmp_path / "converted.rec"
     assert cli("convert", "--to", "recordio", data, converted)[0] == 0
-    assert cli("convert", "--to", "recordio", data, converted)[0] == 1  # cannot tell it's ours
+    code, _, err = cli("convert", "--to", "recordio", data, converted)
+    assert code == 1  # cannot tell it is ours; a binary file is quoted as bytes
+    assert "(it starts b'\\n#\\xd7\\xce" in err and "\ufffd" not in err, err
 
 
 def test_output_mode_follows_the_umask(tmp_path, model_dir):
