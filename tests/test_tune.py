@@ -185,7 +185,8 @@ def test_tune_with_two_jobs_runs_two_trials_at_once(a9a_head, tmp_path):
 def test_tune_searches_a_deepfm_configuration(tmp_path, cli):
     """A DeepFM configuration's fields are searched: the model written carries the best
     trial's embedding width and layers, and the objective is the validation rows' AUC as
-    scikit-learn computes it from the model's predictions (the training file gzipped)."""
+    scikit-learn computes it from the model's predictions (the training file gzipped, named
+    by a --set field)."""
     from fmkit.data.movielens import join_ratings
 
     from .conftest import REPO
@@ -196,7 +197,8 @@ def test_tune_searches_a_deepfm_configuration(tmp_path, cli):
     joined.write_bytes(gzip.compress("".join(lines).encode()))  # split as the text it holds
     model_dir = tmp_path / "model"
     code, _, err = cli("tune", "--config", REPO / "examples" / "deepfm_movielens.yaml",
-                       "--train", joined, "--validation-fraction", "0.1", "--trials", "2",
+                       "--set", f"train_input_path={joined}",  # (or --train)
+                       "--validation-fraction", "0.1", "--trials", "2",
                        "--jobs", "1", "--model-dir", model_dir,
                        "--set", "train_config.num_epochs=2")
     assert code == 0, err

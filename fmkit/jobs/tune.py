@@ -380,10 +380,12 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
         raise HyperparameterError(f"--jobs must be >= 1, got {jobs}")
     if timeout is not None and not timeout > 0:
         raise HyperparameterError(f"--timeout must be > 0 seconds, got {timeout}")
-    if config is not None and train is None:
-        from fmkit.models.deepfm.config_files import load_document
+    if config is not None and train is None:  # the configuration's, after the --set fields
+        from fmkit.models.deepfm.config_files import apply_overrides, load_document
 
-        train = load_document(config).get("train_input_path")
+        train = apply_overrides(load_document(config), [f"{k}={v}" for k, v in
+                                                        (fixed or {}).items()]
+                                ).get("train_input_path")
     if not train:
         raise HyperparameterError("tune needs --train (or a configuration's train_input_path)")
     search = search_for(TuneSettings(_absolute(train), _absolute(validation),
