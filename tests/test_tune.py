@@ -119,6 +119,30 @@ def test_a_finished_tune_continues_with_more_trials_and_its_model_can_be_replace
                                                           "weights.npz"]
 
 
+def test_tune_warns_when_validation_rows_hold_features_training_never_saw(a9a_head, tmp_path,
+                                                                           cli):
+    """A file sorted by user puts users training never saw in the last rows: the warning
+    counts those rows as a plain loop over the split does; a9a's rows share their features."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(50), 20)  # sorted by user: the last 5 users only validate
+    rows = [f"{int(rng.random() < 0.5)} {u}:1 {50 + rng.integers(30)}:1" for u in users]
+    rows[-1] = "1 3:1 55:1"  # one validation row of a user training saw
+    data = tmp_path / "sorted.libsvm"
+    data.write_text("\n".join(rows) + "\n")
+    args = ["--validation-fraction", "0.1", "--trials", "1", "--jobs", "1", "epochs=1",
+            "feature_dim=80", "predictor_type=binary_classifier", "optimizer=adam"]
+    code, _, err = cli("tune", "--train", data, "--model-dir", tmp_path / "m", *args)
+    assert code == 0, err
+    seen = {int(k.split(":")[0]) for row in rows[:900] for k in row.split()[1:]}
+    cold = sum(any(int(k.split(":")[0]) not in seen for k in row.split()[1:])
+               for row in rows[900:])
+    assert cold == 99 and f"tune: {cold} of 100 validation rows (99%) hold a feature" in err
+    code, _, err = cli("tune", "--train", a9a_head, "--model-dir", tmp_path / "a9a", *args[:-3],
+                       *FIXED[:2])
+    assert code == 0, err
+    assert "hold a feature no training row has" not in err
+
+
 def _finished_trials(work) -> dict[int, tuple[str, float]]:
     """The study's finished trials as {number: (state, learning_rate)}, read through a
     read-only SQLite connection: Optuna's own storage writes while it opens (tables, then a

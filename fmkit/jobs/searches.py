@@ -21,12 +21,14 @@ from typing import Any
 
 from fmkit import files
 from fmkit.errors import HyperparameterError
+from fmkit.logs import log
 from fmkit.models.fm.hyperparameters import FFM_DEFAULTS, OPTIMIZERS, validate
 from fmkit.train.engine import Callback
 
 FM_MAX_EPOCHS = 50  # a trial's epochs unless fixed: early stopping ends it sooner
 DEEPFM_MAX_EPOCHS = 10
 DEEPFM_PATIENCE = 2
+UNSEEN_WARNING = 0.05  # share of validation rows with a feature unseen in training: warn
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,39 @@ class FMSearch:
         split = work / "split"  # see split(): the format and index base it wrote
         return (str(split / "train.data"), str(split / "validation.data"),
                 (split / "format").read_text(), int((split / "index_base").read_text()))
+
+    def check_split(self, work: Path) -> None:
+        """Warn when many validation rows hold a feature no training row has: the last rows
+        of a file sorted by user, say, are users training never saw. The search then judges
+        what a model does with those features' starting values, not what it learned, and
+        favours settings that ignore them (docs/quality.md, "What the search space is")."""
+        import numpy as np
+
+        from fmkit.data.sources import FileSource
+        from fmkit.jobs.fm import resolve_index_base
+
+        train, validation, fmt, base = self._channels(work)
+        d = self.settings.fixed["feature_dim"]
+        source = FileSource(train, fmt, d)
+        source.index_base = base = resolve_index_base(source, base)
+        seen = np.zeros(d, bool)
+        for batch in source.blocks():
+            seen[batch.indices] = True
+        rows = cold = 0
+        example = None
+        for batch in FileSource(validation, fmt, d, base).blocks():
+            unseen = ~seen[batch.indices]
+            row_of = np.repeat(np.arange(batch.n_rows), np.diff(batch.indptr))
+            cold += np.unique(row_of[unseen]).size
+            rows += batch.n_rows
+            if example is None and unseen.any():
+                example = int(batch.indices[unseen][0]) + base
+        if rows and cold / rows >= UNSEEN_WARNING:
+            log.warning("tune: %d of %d validation rows (%.0f%%) hold a feature no training row "
+                        "has (e.g. feature %d): the search will favour settings that ignore "
+                        "such features. If the file is sorted (by user, by time), shuffle it "
+                        "or give --validation rows of the same population", cold, rows,
+                        100 * cold / rows, example)
 
     def split(self, work: Path) -> None:
         """``--validation-fraction F``: the training channel's last F of rows become the
@@ -333,6 +368,9 @@ class DeepFMSearch:
         if s.validation is not None:
             return s.train, s.validation
         return str(work / "split" / "train.csv"), str(work / "split" / "validation.csv")
+
+    def check_split(self, work: Path) -> None:
+        """Nothing: a configuration's hashed values have no feature ids to compare."""
 
     def split(self, work: Path) -> None:
         """``--validation-fraction F``: the last F of the CSV file's data lines (the header,

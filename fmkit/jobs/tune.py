@@ -399,6 +399,8 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
     work, lock = _open_work_dir(model_dir, settings)
     try:
         search.split(work)
+        if created:
+            search.check_split(work)
         study = optuna.create_study(
             study_name="fmkit", storage=_storage(work), load_if_exists=True,
             direction="maximize" if higher else "minimize", sampler=_sampler(seed),
