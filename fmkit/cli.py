@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "-o deepfm_criteo.yaml", formatter_class=raw)
     p.add_argument("action", choices=("convert",))
     p.add_argument("file", help="the configuration (.config, .yaml or .json; read by content)")
-    p.add_argument("--to", required=True, choices=("yaml", "json", "config"))
+    p.add_argument("--to", choices=CONFIG_FORMATS,
+                   help="the form to write (default: from the -o file's suffix)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="PATH=VALUE", help="override a field first (repeatable)")
     p.add_argument("-o", "--output", metavar="FILE",
@@ -364,6 +365,21 @@ def _without_nproc(argv: list[str]) -> list[str]:
         elif not item.startswith("--nproc="):
             out.append(item)
     return out
+
+
+CONFIG_FORMATS = ("yaml", "json", "config")
+
+
+def _config_form(to: str | None, output: str | None) -> str:
+    """``fmkit config convert``'s target form: ``--to``, else the ``-o`` file's suffix."""
+    if to:
+        return to
+    suffix = Path(output or "").suffix.lstrip(".").lower()
+    form = {"yml": "yaml"}.get(suffix, suffix)
+    if form not in CONFIG_FORMATS:
+        raise HyperparameterError("config convert needs --to yaml, json or config (or an -o "
+                                  "file ending .yaml, .json or .config)")
+    return form
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -497,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "config":
             from fmkit.models.deepfm.config_files import convert_file
 
-            text = convert_file(args.file, args.to, args.overrides)
+            text = convert_file(args.file, _config_form(args.to, args.output),
+                                args.overrides)
             if args.output:
                 from fmkit.files import require_new, write_text
 

@@ -197,6 +197,27 @@ def test_convert_between_config_yaml_and_json_keeps_the_configuration(tmp_path, 
     # an existing file is not replaced
     code, _, err = cli("config", "convert", source, "--to", "yaml", "-o", forms["yaml"])
     assert code == 1 and "exists" in err
+    # without --to, the form is the -o file's suffix's
+    for suffix, form in ((".yml", "yaml"), (".json", "json"), (".config", "config")):
+        code, _, err = cli("config", "convert", source, "-o", tmp_path / f"again{suffix}")
+        assert code == 0, err
+        assert (tmp_path / f"again{suffix}").read_text() == forms[form].read_text()
+    code, _, err = cli("config", "convert", source, "-o", tmp_path / "again.txt")
+    assert code == 1 and "needs --to" in err
+
+
+@pytest.mark.parametrize("text, where", [
+    ("model_config: [1,2\n", "line 2, column 1: while parsing a flow sequence, expected ','"),
+    ("a: b\n c: d\n", "line 2, column 3: mapping values are not allowed here"),
+    ('{"model_config": [1,\n', "line 2, column 1: Expecting value"),
+])
+def test_a_configuration_that_does_not_parse_is_one_line_with_its_place(tmp_path, cli, text,
+                                                                        where):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    code, _, err = cli("train", "--config", path)
+    assert code == 1 and err.count("\n") == 1 and f"{path}: not valid" in err, err
+    assert where in err, err
 
 
 def test_prototext_is_told_from_yaml_and_json_by_content():

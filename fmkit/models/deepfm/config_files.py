@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fmkit.errors import excerpt
 from fmkit.models.deepfm import prototext
 from fmkit.models.deepfm.config import ConfigError, EasyRecConfig, parse, to_document
 
@@ -57,10 +58,24 @@ def load_document(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: nested too deeply") from None
     except (ValueError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: not valid {kind} (nor protobuf text, TorchEasyRec's "
-                          f".config form): {e}") from None
+                          f".config form): {_syntax_error(e)}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return document
+
+
+def _syntax_error(error: Exception) -> str:
+    """Where and what a YAML or JSON parser found, on one line (PyYAML's own message spans
+    several, with the source line quoted)."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None:
+        what = ", ".join(filter(None, (getattr(error, "context", None), error.problem)))
+        text = f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+    elif isinstance(error, json.JSONDecodeError):
+        text = f"line {error.lineno}, column {error.colno}: {error.msg}"
+    else:
+        text = str(error)
+    return excerpt(" ".join(text.split()), 200, quote=False)
 
 
 def apply_overrides(document: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
