@@ -6,16 +6,21 @@ is an :class:`FMKitError`; the CLI prints its message and exits non-zero, withou
 
 from __future__ import annotations
 
+import re
+
 from fmkit.cpus import import_torch
+
+_ESCAPED_BYTE = re.compile(r"\\udc([89a-f][0-9a-f])")  # how repr shows a surrogate-escaped byte
 
 
 def excerpt(text: str | bytes, limit: int = 40, quote: bool = True) -> str:
     """A short quotation of an offending value for an error message (a bad value may be a
-    megabyte long); ``quote=False`` for numbers."""
+    megabyte long), escaped as Python writes a string; bytes that are not UTF-8 show as
+    ``\\xNN``. ``quote=False`` for numbers."""
     if isinstance(text, (bytes, bytearray)):
-        text = bytes(text[: 4 * limit]).decode("utf-8", "replace")
-    shown = text[:limit]
-    shown = repr(shown) if quote else shown
+        text = bytes(text[: 4 * limit]).decode("utf-8", "surrogateescape")
+    shown = _ESCAPED_BYTE.sub(r"\\x\1", repr(text[:limit]))
+    shown = shown if quote else shown[1:-1]
     return shown + f"... ({len(text)} characters)" if len(text) > limit else shown
 
 

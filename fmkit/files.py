@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from fmkit.errors import FMKitError
+from fmkit.errors import FMKitError, excerpt
 
 _PARTIAL = ".partial-"
 _HOST = socket.gethostname().replace("-", "_") or "host"
@@ -71,10 +71,7 @@ class Recognise:
             raise OutputError(path, f"cannot read what is there: {describe_os_error(e)}"
                               ) from None
         if head and not self.test(head):
-            try:
-                shown = repr(head[:24].decode("utf-8"))
-            except UnicodeDecodeError:
-                shown = repr(head[:24])  # binary: its bytes, as b'\x..'
+            shown = excerpt(head[:24], 24)
             raise OutputError(path, f"exists and is not {self.holds} (it starts {shown}); "
                               "nothing was changed: remove it or choose another name")
 

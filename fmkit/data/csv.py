@@ -104,12 +104,12 @@ class CsvParser:
         )
         self.n_columns = int(n_columns)
         if code != 0:
-            token = bytes(buf[t0:t1]).decode("utf-8", "replace")
+            token = bytes(buf[t0:t1])  # (excerpt shows non-UTF-8 bytes as \xNN)
             raise DataError(self.source, int(line), self._describe(int(code), token, int(seen)))
         return SparseBatch(indptr[: rows + 1], indices[:nnz], values[:nnz], labels[:rows],
                            lines[:rows], self.source)
 
-    def _describe(self, code: int, token: str, column: int) -> str:
+    def _describe(self, code: int, token: bytes, column: int) -> str:
         if code == WRONG_COLUMNS:
             return f"expected {self.n_columns} columns like the first row, got {column}"
         where = "label (column 1)" if column == 0 else f"column {column + 1}"

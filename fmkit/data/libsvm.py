@@ -189,7 +189,7 @@ def largest_field(path: Path, block_bytes: int = BLOCK_BYTES) -> int:
                default=-1)
 
 
-def describe_problem(code: int, token: str) -> str:
+def describe_problem(code: int, token: bytes) -> str:
     """The human text for a parser's problem code."""
     token = excerpt(token)
     return {
@@ -250,7 +250,7 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
     for p, (rows, nnz, code, t0, t1, lines_in_part) in enumerate(results):
         t0, t1 = t0 + bounds[p], t1 + bounds[p]
         if code != 0:  # the first problem in file order
-            token = bytes(buf[t0:min(t1, t0 + 200)]).decode("utf-8", "replace")
+            token = bytes(buf[t0:min(t1, t0 + 200)])  # (excerpt shows non-UTF-8 bytes as \xNN)
             raise DataError(source, line + lines_in_part, describe_problem(code, token))
         r0, z0 = row_at[p], nnz_at[p]
         part_lines = lines[r0:r0 + rows]
