@@ -57,6 +57,9 @@ def test_parquet_and_csv_give_the_same_model(tmp_path):
     for (name, a), b in zip(from_csv.net.state_dict().items(),
                             from_parquet.net.state_dict().values()):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=name)
+    # a Parquet file is read as Parquet whatever the model's dataset type, as its bytes say
+    csv_scored = from_csv.evaluate(from_csv.read(csv_file))
+    assert from_csv.evaluate(from_csv.read(parquet)) == pytest.approx(csv_scored, abs=1e-9)
 
 
 def test_list_columns_are_multi_value_features(tmp_path):

@@ -236,6 +236,19 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
                 yield batch
 
 
+def is_parquet(path: str | Path) -> bool:
+    """Whether a channel's first file is Parquet, by its first bytes (``PAR1``); a pipe is
+    never asked (reading would take its bytes)."""
+    first = channel_files(path)[0]
+    if first.is_fifo():
+        return False
+    try:
+        with open(first, "rb") as f:
+            return f.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
 def read_parquet(path: str | Path, batch_rows: int = 65536,
                  shard: tuple[int, int] = (0, 1)) -> Iterator[ColumnBatch]:
     """Every Parquet file of a channel as column batches (``shard``: see

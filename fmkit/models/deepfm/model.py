@@ -144,7 +144,8 @@ class DeepFMModel:
     def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True,
              shard: tuple[int, int] = (0, 1)) -> Iterator[ColumnBatch]:
         """Column batches of a channel in the configured layout (``fmt``: ``auto``, ``csv``,
-        ``parquet``, or ``json``/``jsonlines`` request bodies). ``auto`` also reads delimited
+        ``parquet``, or ``json``/``jsonlines`` request bodies). ``auto`` reads a Parquet file as
+        Parquet whatever the configured dataset type, and also reads delimited
         files whose delimiter differs from the configured one, or that have a header line
         naming the configured columns (see :func:`fmkit.data.columns.sniff`). ``shard``: this
         process's share (see :func:`fmkit.data.columns.shard_files`)."""
@@ -152,7 +153,8 @@ class DeepFMModel:
         if fmt in ("json", "jsonlines"):
             yield from _request_files(path, fmt, self.check_request)
             return
-        if fmt == "parquet" or (fmt == "auto" and data.dataset_type == "ParquetDataset"):
+        if fmt == "parquet" or (fmt == "auto" and (data.dataset_type == "ParquetDataset"
+                                                   or columns.is_parquet(path))):
             yield from columns.read_parquet(path, shard=shard)
             return
         names = [f.input_name for f in data.input_fields] or None
