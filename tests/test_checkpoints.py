@@ -190,21 +190,27 @@ def test_a_device_run_killed_and_resumed_equals_an_uninterrupted_one(channel, tm
     kill_resume_and_compare(tmp_path, cli, common, 100, 1e-5)
 
 
-def test_init_model_then_one_epoch_equals_two_epochs_in_one_run(tmp_path, cli):
-    """A continued model is trained on the data order the longer run has (each epoch's order
-    is seeded by its number); plain SGD keeps no optimizer state, so the two are equal."""
-    a9a = shared_file("a9a_libsvm", "a9a")
-    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier",
-          "mini_batch_size=50", "optimizer=sgd", "seed=3"]
+def _one_more_epoch_equals_two(tmp_path, cli, train, hp: list) -> None:
+    """Train ``hp`` for two epochs ("two"), one ("one"), and one more from "one" with
+    --init-model ("more"): "more" has "two"'s weights, which differ from "one"'s."""
     for name, more in (("two", ["epochs=2"]), ("one", ["epochs=1"]),
                        ("more", ["epochs=1", "--init-model", tmp_path / "one"])):
-        code, _, err = cli("train", "--train", a9a, "--model-dir", tmp_path / name, "--quiet",
+        code, _, err = cli("train", "--train", train, "--model-dir", tmp_path / name, "--quiet",
                            *hp, *more)
         assert code == 0, err
     two, more = _weights(tmp_path / "two"), _weights(tmp_path / "more")
     assert not np.allclose(_weights(tmp_path / "one")["V"], two["V"])
     for name in two:
         np.testing.assert_allclose(more[name], two[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_init_model_then_one_epoch_equals_two_epochs_in_one_run(tmp_path, cli):
+    """A continued model is trained on the data order the longer run has (each epoch's order
+    is seeded by its number); plain SGD keeps no optimizer state, so the two are equal."""
+    a9a = shared_file("a9a_libsvm", "a9a")
+    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier",
+          "mini_batch_size=50", "optimizer=sgd", "seed=3"]
+    _one_more_epoch_equals_two(tmp_path, cli, a9a, hp)
     history = json.loads((tmp_path / "more" / "metrics.json").read_text())["train"]
     assert [h["epoch"] for h in history] == [1, 2]
     code, _, err = cli("train", "--train", a9a, "--model-dir", tmp_path / "other", *hp[:1],
@@ -222,17 +228,10 @@ def test_an_ffm_continues_as_an_ffm_with_its_fields_and_never_as_an_fm(tmp_path,
     train.write_text("".join(rows[:2000]))
     hp = ["feature_dim=10000", "num_factors=4", "predictor_type=binary_classifier",
           "mini_batch_size=1", "optimizer=sgd", "seed=3"]
-    for name, more in (("two", ["model_type=ffm", "epochs=2"]),
-                       ("one", ["model_type=ffm", "epochs=1"]),
-                       ("fm", ["epochs=1"]),
-                       ("more", ["model_type=ffm", "epochs=1", "--init-model", tmp_path / "one"])):
-        code, _, err = cli("train", "--train", train, "--model-dir", tmp_path / name, "--quiet",
-                           *hp, *more)
-        assert code == 0, err
-    two, more = _weights(tmp_path / "two"), _weights(tmp_path / "more")
-    assert not np.allclose(_weights(tmp_path / "one")["V"], two["V"])
-    for name in two:
-        np.testing.assert_allclose(more[name], two[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    _one_more_epoch_equals_two(tmp_path, cli, train, [*hp, "model_type=ffm"])
+    code, _, err = cli("train", "--train", train, "--model-dir", tmp_path / "fm", "--quiet",
+                       *hp, "epochs=1")
+    assert code == 0, err
     for init, more, expected in (
             ("one", [], "the model has model_type=ffm, this run model_type=fm"),
             ("fm", ["model_type=ffm"], "the model has model_type=fm, this run model_type=ffm"),
