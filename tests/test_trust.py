@@ -532,6 +532,18 @@ def test_convert_to_libsvm_keeps_the_index_base(cli, tmp_path, model_dir):
     assert json.loads(original) == json.loads(converted)
 
 
+def test_index_zero_in_a_file_for_a_one_based_model_says_how_to_train_it(cli, tmp_path,
+                                                                          model_dir):
+    """a9a has no index 0, so its model is 1-based; a file that uses 0 is refused in one line
+    that names the row and the way out."""
+    data = tmp_path / "zero.libsvm"
+    data.write_text("1 1:1 5:1\n0 0:1 3:1\n")
+    code, _, err = cli("predict", "--model-dir", model_dir, "--data", data)
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"{data}:2: feature index 0 is below the index base 1" in err
+    assert "train with --index-base 0" in err
+
+
 def test_request_keys_are_zero_based_whatever_the_training_base(model_dir):
     """a9a is 1-based; its row "1:1 5:1" is columns 0 and 4 in a request."""
     model = FMModel.load(model_dir)

@@ -207,7 +207,9 @@ class BatchChecker:
             if problem == 2:
                 why = f"feature index {written} appears twice in the row"
             elif written < self.index_base:
-                why = f"feature index {written} is below the index base {self.index_base}"
+                why = (f"feature index {written} is below the index base {self.index_base} "
+                       "(1-based, as given or as detected on a training file without index 0: "
+                       "if 0 is a feature, train with --index-base 0)")
             else:
                 why = (f"feature index {written} is out of range: feature_dim={self.feature_dim}"
                        f" with {self.index_base}-based indices allows at most "
