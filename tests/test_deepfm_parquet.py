@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +62,14 @@ def test_parquet_and_csv_give_the_same_model(tmp_path):
     # a Parquet file is read as Parquet whatever the model's dataset type, as its bytes say
     csv_scored = from_csv.evaluate(from_csv.read(csv_file))
     assert from_csv.evaluate(from_csv.read(parquet)) == pytest.approx(csv_scored, abs=1e-9)
+    # ...but not through a pipe, which cannot be read from its end: one line says so
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(parquet.read_bytes()))
+    writer.start()
+    with pytest.raises(DataError, match="is Parquet, which is read from the end of a file"):
+        list(from_csv.read(fifo))
+    writer.join(timeout=30)
 
 
 def test_list_columns_are_multi_value_features(tmp_path):

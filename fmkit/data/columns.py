@@ -121,6 +121,9 @@ def _check_utf8(buf: np.ndarray, start: int, source: str, first_line: int) -> No
     try:
         whole.validate(full=True)
     except pa.ArrowInvalid:
+        if first_line == 1 and buf[:4].tobytes() == b"PAR1":  # (a pipe: is_parquet cannot look)
+            raise DataError(source, None, "is Parquet, which is read from the end of a file: "
+                            "give the file, not a pipe") from None
         for n, line in enumerate(buf[start:].tobytes().split(b"\n")):
             try:
                 line.decode("utf-8")
