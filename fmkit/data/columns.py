@@ -121,9 +121,6 @@ def _check_utf8(buf: np.ndarray, start: int, source: str, first_line: int) -> No
     try:
         whole.validate(full=True)
     except pa.ArrowInvalid:
-        if first_line == 1 and buf[:4].tobytes() == b"PAR1":  # (a pipe: is_parquet cannot look)
-            raise DataError(source, None, "is Parquet, which is read from the end of a file: "
-                            "give the file, not a pipe") from None
         for n, line in enumerate(buf[start:].tobytes().split(b"\n")):
             try:
                 line.decode("utf-8")
@@ -219,6 +216,9 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
             block_bytes = int(np.clip(file.stat().st_size // (8 * parts), 1 << 16, block_bytes))
         for index, (buf, first_line) in enumerate(iter_line_blocks(file, block_bytes)):
             start = 0
+            if index == 0 and buf[:4].tobytes() == b"PAR1":  # a pipe: is_parquet cannot look
+                raise DataError(str(file), None, "is Parquet, which is read from the end of a "
+                                "file: give the file, not a pipe")
             if first_line == 1 and buf.size:
                 newline = np.flatnonzero(buf == 10)
                 end = int(newline[0]) if newline.size else buf.size
