@@ -66,9 +66,10 @@ class FMModel:
         return self.hyperparameters.get("model_type", "fm") == "ffm"
 
     def shape_change(self, hp: dict[str, Any]) -> str | None:
-        """Which of ``hp`` (validated hyperparameters) would give the weights another shape than
-        this model's, as ``"name=ours, ... name=theirs"``; None when training may continue from
-        these weights (``fmkit train --init-model``, the estimators' ``warm_start``)."""
+        """The first of ``hp`` (validated hyperparameters) that would give the weights another
+        shape than this model's, as ``"the model has name=ours, this run name=theirs"``; None
+        when training may continue from these weights (``fmkit train --init-model``, the
+        estimators' ``warm_start``)."""
         shapes = ["feature_dim", "num_factors", "predictor_type", "model_type"]
         if hp["model_type"] == "ffm":
             shapes.append("num_fields")

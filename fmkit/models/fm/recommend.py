@@ -41,7 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fmkit.data.batch import SparseBatch, row_sums
-from fmkit.errors import ArtifactError, DataError
+from fmkit.errors import ArtifactError, DataError, excerpt
 from fmkit.models.fm.model import FMModel
 
 BLOCK_SCORES = 1 << 22  # scores held at once (32 MB of float64)
@@ -120,7 +120,8 @@ class Catalogue:
             first: dict[Any, int] = {}
             for number, item in enumerate(map(_key, ids), start=1):
                 if item in first:
-                    raise DataError(items.source, None, f"item id {item[:40]} is given twice "
+                    shown = excerpt(item, quote=False)
+                    raise DataError(items.source, None, f"item id {shown} is given twice "
                                     f"(items {first[item]} and {number}): ids must be unique")
                 first[item] = number
         return catalogue
