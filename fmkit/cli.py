@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     from fmkit.jobs import fm as jobs
 
     try:
-        if args.command == "train" and args.nproc > 1:
+        if args.command == "train" and args.nproc != 1:
             return distributed.launch(args.nproc, _without_nproc(argv))
         if (args.command == "train" and distributed.init_from_environment(args.device)
                 and not distributed.primary()):

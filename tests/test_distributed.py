@@ -134,6 +134,12 @@ def test_a_failing_process_ends_the_run_with_one_line_per_process(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert all(line.startswith("fmkit: error: ") for line in errors), result.stderr
     assert not (tmp_path / "m").exists()
+    for count in ("0", "-2"):  # (0 trained on one process before)
+        result = run_fmkit("train", "--nproc", count, "--train", bad, "feature_dim=124",
+                           "num_factors=4", "predictor_type=binary_classifier",
+                           "--model-dir", tmp_path / "m")
+        assert result.returncode == 1 and result.stderr == (
+            f"fmkit: error: --nproc must be >= 1, got {count}\n")
 
 
 def test_deepfm_with_sample_weights_on_two_processes_equals_one(tmp_path):

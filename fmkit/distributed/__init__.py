@@ -19,8 +19,9 @@ import sys
 
 import numpy as np
 
-from fmkit.cpus import process_threads
-from fmkit.errors import require_torch
+from fmkit.cpus import available_cpus, process_threads
+from fmkit.errors import HyperparameterError, require_torch
+from fmkit.logs import log
 
 
 def _dist():
@@ -200,8 +201,15 @@ except ChildFailedError:
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """``fmkit ARGV`` on ``nproc`` local processes through torchrun; returns its exit code."""
+    """``fmkit ARGV`` on ``nproc`` local processes through torchrun; returns its exit code.
+    More processes than usable cores is allowed (torchrun allows it) but said: they share the
+    cores, each on one thread."""
+    if nproc < 1:
+        raise HyperparameterError(f"--nproc must be >= 1, got {nproc}")
     require_torch("--nproc (torchrun)", extra="distributed")
+    if nproc > available_cpus():
+        log.warning("--nproc %d on %d usable cores: the processes share them", nproc,
+                    available_cpus())
     env = {**os.environ, **process_threads(nproc)}
     command = [sys.executable, "-c", _TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
                "-m", "fmkit", *argv]
