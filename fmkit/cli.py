@@ -351,6 +351,9 @@ def _checkpointer(args: argparse.Namespace):
         return None
     from fmkit.train.checkpoint import Checkpointer
 
+    if args.checkpoint_steps < 0 or not args.checkpoint_seconds >= 0:
+        raise HyperparameterError("--checkpoint-steps and --checkpoint-seconds must be >= 0 "
+                                  "(0: not by that measure)")
     seconds = args.checkpoint_seconds or (0.0 if args.checkpoint_steps else 600.0)
     return Checkpointer(Path(args.checkpoint_dir), args.checkpoint_steps, seconds)
 

@@ -182,8 +182,9 @@ def train(opt_ml: OptML | None = None) -> int:
 
 def serve(opt_ml: OptML | None = None, workers: int | None = None) -> None:
     """Serve ``/opt/ml/model`` on ``$SAGEMAKER_BIND_TO_PORT`` (default 8080)."""
+    from fmkit.serve.app import environment_int
     from fmkit.serve.app import serve as run_server
 
     opt_ml = opt_ml or OptML.from_environment()
-    count = workers or int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", os.cpu_count() or 1))
+    count = workers or environment_int("SAGEMAKER_MODEL_SERVER_WORKERS", os.cpu_count() or 1)
     run_server(str(opt_ml.model), workers=count)

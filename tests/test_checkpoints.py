@@ -104,6 +104,10 @@ def test_resume_refuses_other_hyperparameters(channel, tmp_path, cli):
                        "epochs=2", "mini_batch_size=16", "optimizer=adam", "seed=5",
                        "--model-dir", tmp_path / "m", "--checkpoint-dir", checkpoints, "--resume")
     assert code == 1 and "other hyperparameters (mini_batch_size)" in err
+    for flag, value in (("--checkpoint-steps", "-3"), ("--checkpoint-seconds", "-5")):
+        code, _, err = cli("train", "--train", channel, "--quiet", *HP, "--model-dir",
+                           tmp_path / "n", "--checkpoint-dir", tmp_path / "d", flag, value)
+        assert code == 1 and "must be >= 0" in err and not (tmp_path / "d").exists(), err
 
 
 def test_a_half_written_checkpoint_is_ignored(tmp_path):

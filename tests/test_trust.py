@@ -566,6 +566,21 @@ def test_port_in_use_is_one_line(model_dir):
     assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in result.stderr
 
 
+@pytest.mark.parametrize("args, environment, message", [
+    (["--workers", "0"], {}, "--workers must be >= 1, got 0"),
+    (["--port", "70000"], {}, "--port must be in 1..65535, got 70000"),
+    (["--max-payload-mb", "0"], {}, "--max-payload-mb must be > 0, got 0.0"),
+    (["--body-timeout", "-1"], {}, "--body-timeout must be > 0 seconds, got -1.0"),
+    ([], {"SAGEMAKER_BIND_TO_PORT": "http"}, "SAGEMAKER_BIND_TO_PORT='http' is not an integer"),
+])
+def test_server_settings_out_of_range_are_one_line(model_dir, args, environment, message):
+    """(--port 70000 served on another port; the others started a server that could not
+    answer as asked, or a traceback)"""
+    result = run_fmkit("serve", "--model-dir", model_dir, *args, timeout=60,
+                       env={**os.environ, **environment})
+    assert result.returncode == 1 and result.stderr == f"fmkit: error: {message}\n"
+
+
 def test_quiet_is_quiet(tmp_path):
     result = run_fmkit("train", "--train", shared_file("a9a_libsvm", "a9a.t"), "--test",
                        shared_file("a9a_libsvm", "a9a.t"), "--model-dir", tmp_path / "m", *HP,

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from fmkit.cpus import process_threads
 from fmkit.data import codecs
-from fmkit.errors import FMKitError
+from fmkit.errors import FMKitError, excerpt
 from fmkit.models.base import load_model
 from fmkit.serve import workers as worker_pool
 
@@ -221,9 +221,19 @@ def app_from_environment() -> Starlette:
                       saved_catalogue(os.environ[MODEL_DIR_ENV]))
 
 
+def environment_int(name: str, default: int) -> int:
+    """The integer in environment variable ``name`` (SageMaker's settings), else ``default``;
+    anything else is a one-line error naming the variable."""
+    text = os.environ.get(name) or str(default)
+    try:
+        return int(text)
+    except ValueError:
+        raise FMKitError(f"{name}={excerpt(text)} is not an integer") from None
+
+
 def default_port() -> int:
     """SageMaker's ``SAGEMAKER_BIND_TO_PORT`` when set, else 8080."""
-    return int(os.environ.get("SAGEMAKER_BIND_TO_PORT") or 8080)
+    return environment_int("SAGEMAKER_BIND_TO_PORT", 8080)
 
 
 def check_port(host: str, port: int) -> None:
@@ -254,8 +264,16 @@ def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, wor
     on 2 cores: p99 634 ms)."""
     import uvicorn
 
-    load_model(model_dir)  # a clear error now rather than in every worker
     port = port or default_port()
+    for problem in (f"--workers must be >= 1, got {workers}" if workers < 1 else "",
+                    f"--port must be in 1..65535, got {port}" if not 0 < port < 65536 else "",
+                    f"--max-payload-mb must be > 0, got {max_payload_mb}"
+                    if not max_payload_mb > 0 else "",
+                    f"--body-timeout must be > 0 seconds, got {body_timeout}"
+                    if not body_timeout > 0 else ""):
+        if problem:
+            raise FMKitError(problem)
+    load_model(model_dir)  # a clear error now rather than in every worker
     check_port(host, port)
     os.environ[MODEL_DIR_ENV] = str(model_dir)
     if workers > 1:  # the workers split the cores (unless the environment already says)
