@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from fmkit.errors import HyperparameterError
 from fmkit.estimators import FMClassifier
 from fmkit.logs import log
 from fmkit.models.fm.parameters import sigmoid
@@ -16,6 +17,7 @@ from fmkit.models.fm.planted import planted_ctr
 from fmkit.models.metrics import auc, log_loss_from_logits
 
 FIELD_SIZES = [1000, 500, 200, 100, 50, 20, 10, 5]
+MIN_ROWS = 1000  # a fifth of them the test rows
 
 # Shared by both models; the linear model differs only in its factors (constant 0, never move:
 # their gradient is x_i * sum_j v_j x_j = 0), which makes it exactly w0 + sum_i w_i x_i.
@@ -28,6 +30,9 @@ LINEAR_PARAMS = dict(num_factors=1, factors_init_method="constant", factors_init
 
 def run_demo(rows: int = 1_000_000, seed: int = 7, progress: bool | None = None) -> dict:
     """Run the demo, print its table, and return the figures."""
+    if rows < MIN_ROWS:
+        raise HyperparameterError(f"--rows must be >= {MIN_ROWS:,} (the test AUC needs "
+                                  f"rows of both labels), got {rows}")
     started = time.perf_counter()
     data = planted_ctr(rows, FIELD_SIZES, seed=seed)
     n_train = int(rows * 0.8)

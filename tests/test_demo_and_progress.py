@@ -27,6 +27,12 @@ def test_demo_fm_near_oracle_and_above_linear(capsys):
     assert fm_auc > linear_auc + 0.1 and fm_loss < linear_loss - 0.08
 
 
+def test_demo_with_too_few_rows_is_one_line(cli):
+    code, _, err = cli("demo", "--rows", "0")  # (a traceback from scikit-learn before)
+    assert code == 1 and err == "fmkit: error: --rows must be >= 1,000 (the test AUC needs " \
+        "rows of both labels), got 0\n"
+
+
 def _train_args(tmp_path):
     return ["train", "--train", str(shared_file("a9a_libsvm", "a9a.t")), "--model-dir",
             str(tmp_path / "m"), "feature_dim=123", "num_factors=4",
