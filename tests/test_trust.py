@@ -530,6 +530,9 @@ def test_convert_to_libsvm_keeps_the_index_base(cli, tmp_path, model_dir):
     _, original, _ = cli("evaluate", "--model-dir", model_dir, "--data", a9a_t)
     _, converted, _ = cli("evaluate", "--model-dir", model_dir, "--data", tmp_path / "copy")
     assert json.loads(original) == json.loads(converted)
+    code, _, err = cli("convert", "--to", "recordio", a9a_t, tmp_path / "c.rec",
+                       "--feature-dim", "0")  # (read as feature_dim=1 before)
+    assert code == 1 and err == "fmkit: error: --feature-dim must be >= 1, got 0\n"
 
 
 def test_index_zero_in_a_file_for_a_one_based_model_says_how_to_train_it(cli, tmp_path,

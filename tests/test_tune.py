@@ -85,6 +85,7 @@ def test_tune_refuses_bad_arguments_in_one_line(a9a_head, tmp_path, cli):
         ([*FIXED, "--objective", "validation:rmse"], "not a metric of a binary_classifier"),
         ([*FIXED, "factor_lr=0.1"], "unknown hyperparameter"),
         ([*FIXED, "--jobs", "0"], "--jobs must be >= 1"),
+        ([*FIXED, "--seed", "-1"], "--seed must be in 0.."),  # (numpy's traceback before)
     ):
         code, _, err = cli("tune", "--train", a9a_head, "--validation-fraction", "0.1",
                            "--trials", "2", "--model-dir", tmp_path / "m", *args)

@@ -380,6 +380,8 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
         raise HyperparameterError(f"--jobs must be >= 1, got {jobs}")
     if timeout is not None and not timeout > 0:
         raise HyperparameterError(f"--timeout must be > 0 seconds, got {timeout}")
+    if not 0 <= seed < 2**32 - 1024:  # (each worker's sampler is seeded with seed + its index)
+        raise HyperparameterError(f"--seed must be in 0..{2**32 - 1025}, got {seed}")
     if config is not None and train is None:  # the configuration's, after the --set fields
         from fmkit.models.deepfm.config_files import apply_overrides, load_document
 
