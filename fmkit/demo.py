@@ -33,6 +33,8 @@ def run_demo(rows: int = 1_000_000, seed: int = 7, progress: bool | None = None)
     if rows < MIN_ROWS:
         raise HyperparameterError(f"--rows must be >= {MIN_ROWS:,} (the test AUC needs "
                                   f"rows of both labels), got {rows}")
+    if not 0 <= seed < 2**63:
+        raise HyperparameterError(f"--seed must be in 0..2^63-1, got {seed}")
     started = time.perf_counter()
     data = planted_ctr(rows, FIELD_SIZES, seed=seed)
     n_train = int(rows * 0.8)

@@ -31,6 +31,8 @@ def test_demo_with_too_few_rows_is_one_line(cli):
     code, _, err = cli("demo", "--rows", "0")  # (a traceback from scikit-learn before)
     assert code == 1 and err == "fmkit: error: --rows must be >= 1,000 (the test AUC needs " \
         "rows of both labels), got 0\n"
+    code, _, err = cli("demo", "--rows", "1000", "--seed", "-1")
+    assert code == 1 and err == "fmkit: error: --seed must be in 0..2^63-1, got -1\n"
 
 
 def _train_args(tmp_path):
