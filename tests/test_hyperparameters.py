@@ -3,6 +3,8 @@ before any data is read, with the parameter, the value and the allowed range in 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fmkit.errors import HyperparameterError
@@ -41,6 +43,19 @@ def test_sagemaker_defaults():
 def test_integral_float_strings_and_scientific_notation():
     hp = validate({**REQUIRED, "epochs": "10.0", "linear_lr": "1e-05", "num_factors": 8})
     assert hp["epochs"] == 10 and hp["linear_lr"] == 1e-5 and hp["num_factors"] == 8
+
+
+def test_integers_are_taken_exactly_up_to_64_bits_and_long_values_quoted_short():
+    """2^63 - 1 is an integer (float() rounded it, and it was refused as 'not an integer');
+    a 400-digit value is refused in a short line (it was quoted whole, or raised an
+    OverflowError for a float parameter)."""
+    assert validate({**REQUIRED, "seed": 2**63 - 1})["seed"] == 2**63 - 1
+    for name, value, fragment in (("seed", 2**63, "(beyond 64 bits)"),
+                                  ("seed", 10**400, "(401 characters) (beyond 64 bits)"),
+                                  ("bias_lr", 10**400, "(401 characters); expected a number")):
+        with pytest.raises(HyperparameterError, match=re.escape(fragment)) as e:
+            validate({**REQUIRED, name: value})
+        assert len(str(e.value)) < 200
 
 
 @pytest.mark.parametrize("name,value,fragment", [

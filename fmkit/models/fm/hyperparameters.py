@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fmkit.errors import HyperparameterError, did_you_mean
+from fmkit.errors import HyperparameterError, did_you_mean, excerpt
 from fmkit.models.fm.parameters import ADAM_SIGMA, ADAM_STEPS, AUTO_FACTORS_SIGMA, LABEL_ROWS
 from fmkit.models.metrics import watched_metric
 
@@ -186,7 +186,8 @@ BY_NAME: dict[str, Hyperparameter] = {h.name: h for h in TABLE}
 def _fail(h: Hyperparameter, value: Any, why: str = "") -> HyperparameterError:
     detail = f" ({why})" if why else ""
     return HyperparameterError(
-        f"hyperparameter {h.name}: invalid value {value!r}{detail}; expected {h.describe_range()}"
+        f"hyperparameter {h.name}: invalid value {excerpt(repr(value), quote=False)}{detail}; "
+        f"expected {h.describe_range()}"
     )
 
 
@@ -204,13 +205,23 @@ def _convert(h: Hyperparameter, value: Any) -> Any:
             number = float(value.strip()) if h.kind is float else _parse_int(value)
         except ValueError:
             raise _fail(h, value, "not a number") from None
-    if not isinstance(number, (int, float)) or not math.isfinite(number):
+    if not isinstance(number, (int, float)):
         raise _fail(h, value)
-    if h.kind is int:
-        if float(number) != int(number):
-            raise _fail(h, value, "not an integer")
-        return int(number)
-    return float(number)
+    if h.kind is int:  # (an int is taken as it is: float() would round one above 2^53)
+        if isinstance(number, float):
+            if not (math.isfinite(number) and number.is_integer()):
+                raise _fail(h, value, "not an integer")
+            number = int(number)
+        if not -(2**63) <= number < 2**63:
+            raise _fail(h, value, "beyond 64 bits")
+        return number
+    try:
+        number = float(number)
+    except OverflowError:  # an int beyond float64
+        number = math.inf
+    if not math.isfinite(number):
+        raise _fail(h, value)
+    return number
 
 
 def _parse_int(text: str) -> int:
