@@ -58,14 +58,19 @@ class ArtifactError(FMKitError):
     """A model directory is missing, incomplete, or written by an incompatible fmkit."""
 
 
-class TrainingDiverged(FMKitError):
-    """The training loss or the weights stopped being finite numbers; no model is written."""
+FM_DIVERGED_HINT = ("Lower the learning rates (e.g. linear_lr, factors_lr, bias_lr by 10x) or "
+                    "set clip_gradient")
 
-    def __init__(self, epoch: int, what: str = "the training loss"):
+
+class TrainingDiverged(FMKitError):
+    """The training loss or the weights stopped being finite numbers; no model is written.
+    ``hint``: what to change, in the names of the settings the model was given."""
+
+    def __init__(self, epoch: int, what: str = "the training loss",
+                 hint: str = FM_DIVERGED_HINT):
         self.epoch = epoch
         super().__init__(f"training diverged in epoch {epoch}: {what} is not finite (NaN or "
-                         "infinity); no model was written. Lower the learning rates (e.g. "
-                         "linear_lr, factors_lr, bias_lr by 10x) or set clip_gradient")
+                         f"infinity); no model was written. {hint}")
 
 
 class MissingDependency(FMKitError, ImportError):

@@ -31,6 +31,7 @@ class MeanLearner:
     """w moves toward each row's value: w += (x - w) / (steps + 1); loss (x - w)^2."""
 
     primary = True
+    diverged_hint = "Lower the mean's step"
 
     def __init__(self, shuffle: bool = True):
         self.w, self.steps, self.shuffle, self.seen = 0.0, 0, shuffle, []
@@ -86,7 +87,7 @@ def test_max_steps_stops_inside_an_epoch_and_first_epoch_continues_numbering():
 def test_no_rows_and_a_non_finite_loss_are_errors():
     with pytest.raises(DataError, match="empty: holds no data rows"):
         fit(MeanLearner(), Rows("empty", []), epochs=1, seed=0)
-    with pytest.raises(TrainingDiverged, match="epoch 1"):
+    with pytest.raises(TrainingDiverged, match="epoch 1: .* written. Lower the mean's step$"):
         fit(MeanLearner(), Rows("r", [1.0, float("inf")]), epochs=1, seed=0)
 
 

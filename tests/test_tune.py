@@ -144,6 +144,20 @@ def test_tune_warns_when_validation_rows_hold_features_training_never_saw(a9a_he
     assert "hold a feature no training row has" not in err
 
 
+def test_a_tune_whose_every_trial_diverges_says_so_in_one_line(a9a_head, tmp_path, cli):
+    """(A trial pruned when it diverged has a value, the last epoch's: the trial log asked the
+    study for its best value with no complete trial, and the tune died with a traceback.)"""
+    code, _, err = cli("tune", "--train", a9a_head, "--validation-fraction", "0.1", "--trials",
+                       "2", "--jobs", "1", "--model-dir", tmp_path / "m", *FIXED[:2],
+                       "optimizer=sgd", "epochs=3", "mini_batch_size=4000",
+                       *(f"{group}_lr=1e30" for group in ("bias", "linear", "factors")))
+    assert code == 1 and "Traceback" not in err, err
+    assert err.endswith(f"fmkit: error: tune: no trial completed: each diverged or was pruned "
+                        f"(the study is in {tmp_path / 'm.tuning'}); fix a setting the search "
+                        "should not vary as NAME=VALUE (e.g. optimizer=adam), or check the "
+                        "data\n"), err
+
+
 def _finished_trials(work) -> dict[int, tuple[str, float]]:
     """The study's finished trials as {number: (state, learning_rate)}, read through a
     read-only SQLite connection: Optuna's own storage writes while it opens (tables, then a

@@ -28,7 +28,7 @@ from fmkit.train.engine import Callback
 FM_MAX_EPOCHS = 50  # a trial's epochs unless fixed: early stopping ends it sooner
 DEEPFM_MAX_EPOCHS = 10
 DEEPFM_PATIENCE = 2
-UNSEEN_WARNING = 0.05  # share of validation rows with a feature unseen in training: warn
+UNSEEN_WARNING = 0.25  # share of validation rows with a feature unseen in training: warn
 
 
 @dataclass(frozen=True)
@@ -197,9 +197,9 @@ class FMSearch:
         if rows and cold / rows >= UNSEEN_WARNING:
             log.warning("tune: %d of %d validation rows (%.0f%%) hold a feature no training row "
                         "has (e.g. feature %d): the search will favour settings that ignore "
-                        "such features. If the file is sorted (by user, by time), shuffle it "
-                        "or give --validation rows of the same population", cold, rows,
-                        100 * cold / rows, example)
+                        "such features. If the validation rows should be like the training "
+                        "rows (a file sorted by user, say), shuffle the file or give "
+                        "--validation", cold, rows, 100 * cold / rows, example)
 
     def split(self, work: Path) -> None:
         """``--validation-fraction F``: the training channel's last F of rows become the

@@ -227,7 +227,12 @@ def _log_trial(study: Any, trial: Any) -> None:
     if trial.value is None:
         log.warning("trial %d %s after %.1f s", trial.number, trial.state.name.lower(), seconds)
         return
-    best = study.best_value if _finished(study) else trial.value
+    import optuna
+
+    # (study.best_value needs a complete trial: a pruned one, e.g. diverged after its first
+    # epoch, has a value too)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    best = study.best_value if complete else trial.value
     log.info("trial %d: %s %.6f at epoch %s in %.1f s (best %.6f)", trial.number,
              study.user_attrs.get("objective", "value"), trial.value,
              trial.user_attrs.get("best_epoch"), seconds, best)
@@ -421,7 +426,9 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
         _run_workers(work, trials, timeout, jobs)
         if not [t for t in study.get_trials(deepcopy=False)
                 if t.state == optuna.trial.TrialState.COMPLETE]:
-            raise TrainingDiverged(0, "every trial (none completed: all diverged or pruned)")
+            raise FMKitError(f"tune: no trial completed: each diverged or was pruned (the "
+                             f"study is in {work}); fix a setting the search should not vary "
+                             "as NAME=VALUE (e.g. optimizer=adam), or check the data")
         result = _finish(study, work, model_dir, search, higher, refit, test)
     except BaseException:
         if created and not (work / "study.sqlite3").exists():

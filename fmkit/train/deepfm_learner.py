@@ -123,6 +123,8 @@ class DeepFMLearner:
     one mini-batch; ``evaluate`` scores a validation channel with ``scorer`` (in eval mode)."""
 
     primary = True
+    diverged_hint = ("Lower the learning rates (train_config's sparse_optimizer and "
+                     "dense_optimizer lr, by 10x)")
 
     def __init__(self, net: nn.Module, config: TrainConfig, batch_size: int, loss_kind: str,
                  label_smoothing: float = 0.0, shuffle: bool = False,

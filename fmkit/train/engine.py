@@ -78,6 +78,7 @@ class Learner(Protocol):
 
     primary: bool  # this process logs and writes (replicas on other processes do not)
     steps: int  # optimizer steps so far
+    diverged_hint: str  # what to change when the loss is not finite, in the model's terms
 
     def batches(self, source: Source, rng: np.random.Generator) -> Iterator[Any]: ...
 
@@ -180,7 +181,8 @@ def fit(learner: Learner, source: Source, *, epochs: int | None, seed: int,
             if rows == 0:
                 break
             if not math.isfinite(loss):
-                raise TrainingDiverged(epoch, f"the loss of step {learner.steps}")
+                raise TrainingDiverged(epoch, f"the loss of step {learner.steps}",
+                                       learner.diverged_hint)
             run.units, run.rows, run.loss_sum = run.units + 1, run.rows + rows, run.loss_sum + loss
             stop = any([callback.after_step(run) for callback in run.callbacks])
             if stop or (max_steps and learner.steps >= max_steps):

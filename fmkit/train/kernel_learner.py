@@ -17,7 +17,7 @@ import numpy as np
 from fmkit.cpus import thread_count
 from fmkit.data.background import background
 from fmkit.data.batch import SparseBatch, rebatch, shuffled_batches, take
-from fmkit.errors import HyperparameterError, TrainingDiverged
+from fmkit.errors import FM_DIVERGED_HINT, HyperparameterError, TrainingDiverged
 from fmkit.kernels import ffm
 from fmkit.kernels import fm as kernels
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
@@ -122,6 +122,7 @@ class KernelLearner:
     hold each weight row beside its optimizer moments (:func:`training_tables`)."""
 
     primary = True
+    diverged_hint = FM_DIVERGED_HINT
     # whether a chunk's rows are copied into their shuffled order (on the reading thread)
     # before training: the FM's kernels take the order instead, which saves the copy
     gathers = False

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fmkit.data.batch import SparseBatch, shuffled_batches
-from fmkit.errors import TrainingDiverged
+from fmkit.errors import FM_DIVERGED_HINT, TrainingDiverged
 from fmkit.models.fm.device import batch_tensors, fm_logits, resolve_device
 from fmkit.models.fm.model import validation_metrics
 from fmkit.models.fm.parameters import FMParameters, init_parameters
@@ -34,6 +34,7 @@ class TorchLearner:
     the device."""
 
     primary = True
+    diverged_hint = FM_DIVERGED_HINT
 
     def __init__(self, hp: dict[str, Any], params: FMParameters | None, device: Any,
                  dtype: Any = None):
