@@ -258,6 +258,21 @@ def test_tune_searches_a_deepfm_configuration(tmp_path, cli):
     assert roc_auc_score(y, scores) == pytest.approx(float(best["value"]), abs=0.02)
 
 
+def test_a_parquet_file_is_not_split_by_lines(tmp_path, cli):
+    """A configuration that reads CSV, given a Parquet file (read as Parquet by its bytes):
+    --validation-fraction cuts text files only, so it is refused before anything is written
+    (it cut the Parquet file's bytes into 'train.csv')."""
+    from .conftest import REPO
+    from .test_deepfm_parquet import sample_as_parquet
+
+    parquet = tmp_path / "sample.parquet"
+    sample_as_parquet(parquet)
+    code, _, err = cli("tune", "--config", REPO / "examples" / "deepfm_criteo.yaml", "--train",
+                       parquet, "--validation-fraction", "0.2", "--model-dir", tmp_path / "m")
+    assert code == 1 and err.count("\n") == 1 and "give a Parquet channel's validation" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample.parquet"]
+
+
 def test_a_bad_row_met_by_a_worker_process_is_one_line(a9a_head, tmp_path):
     validation = tmp_path / "validation.libsvm"
     validation.write_text("+1 3:1 9:1\n+1 500:1\n")

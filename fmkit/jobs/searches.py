@@ -309,6 +309,7 @@ class DeepFMSearch:
     ``settings.fixed`` holds the ``--set`` overrides applied first."""
 
     def __init__(self, settings: TuneSettings):
+        from fmkit.data import columns
         from fmkit.models.deepfm import config as configs
         from fmkit.models.deepfm import config_files
         from fmkit.models.deepfm.model import predictor_type
@@ -319,8 +320,9 @@ class DeepFMSearch:
                                                  [f"{k}={v}" for k, v in settings.fixed.items()])
         self.config = configs.parse(self._document({}))
         self.predictor_type = predictor_type(self.config)
-        if (settings.validation_fraction is not None
-                and self.config.data_config.dataset_type != "CsvDataset"):
+        if settings.validation_fraction is not None and (
+                self.config.data_config.dataset_type != "CsvDataset"
+                or columns.is_parquet(settings.train)):
             raise HyperparameterError("--validation-fraction splits CSV/TSV files; give a "
                                       "Parquet channel's validation rows with --validation")
 
