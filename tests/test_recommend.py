@@ -156,6 +156,7 @@ def test_the_server_recommends_what_the_cli_does(movielens_fm, cli, monkeypatch)
                               ({"instances": [{"keys": [1, 1]}]}, "twice"),
                               ({"instances": [{"keys": [ITEM0]}]}, "contexts and items"),
                               ({"instances": [], "k": 0}, "positive"),
+                              ({"instances": [], "k": True}, "positive integer, got true"),
                               ({"rows": []}, "instances")):
             response = client.post("/recommend", json=body)
             assert response.status_code == 400 and problem in response.text, response.text

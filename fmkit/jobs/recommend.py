@@ -17,7 +17,7 @@ import numpy as np
 from fmkit import files
 from fmkit.data.blocks import read_input_text
 from fmkit.data.id_rows import read_id_rows
-from fmkit.errors import ArtifactError, DataError, HyperparameterError
+from fmkit.errors import ArtifactError, DataError, HyperparameterError, excerpt
 from fmkit.models import artifact
 from fmkit.models.fm.approximate import ApproximateIndex
 from fmkit.models.fm.model import FMModel
@@ -142,7 +142,8 @@ def recommend_request(model: FMModel, catalogue: Catalogue, body: bytes) -> byte
                                   '"k": K}')
     instances, k = document["instances"], document.get("k", 10)
     if type(k) is not int or k <= 0:
-        raise codecs.RequestError(f'"k" must be a positive integer, got {k!r}')
+        raise codecs.RequestError(f'"k" must be a positive integer, got '
+                                  f'{excerpt(json.dumps(k), quote=False)}')
     ids, batch = rows_of([(None, i) for i in instances], model.feature_dim, model.num_fields,
                          "request")
     exclude = []
