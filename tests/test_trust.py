@@ -335,6 +335,8 @@ def test_deepfm_request_errors(deepfm_model):
          "beyond 64-bit integers"),
         ({"user": "u1", "Item": 3, "colour": "x"}, "unknown feature 'Item', 'colour': this "
          "model's features are user, item, tags, age, price"),
+        ({"user": {"a": 1}}, """feature 'user': cannot use an object ('{"a": 1}')"""),
+        ({"user": [[1]]}, "feature 'user': cannot use a list in a list ('[1]')"),
     ]:
         with pytest.raises(codecs.RequestError) as raised:
             decode(json.dumps({"instances": [instance]}).encode(), codecs.JSON)
@@ -345,6 +347,13 @@ def test_deepfm_request_errors(deepfm_model):
     good = decode(b'{"instances": [{"user": "u1", "item": 3, "price": 2.5, "label": 1}]}',
                   codecs.JSON)
     assert np.isfinite(deepfm_model.predictions(good)["score"]).all()
+    with pytest.raises(DataError, match="column 'price': 'true' is not a number"):
+        deepfm_model.predictions(decode(b'{"instances": [{"price": true}]}', codecs.JSON))
+    # JSON's true is the id a CSV file's text true is (it was "True")
+    scores = [deepfm_model.predictions(decode(json.dumps({"instances": [{"user": user}]})
+                                              .encode(), codecs.JSON))["score"][0]
+              for user in (True, "true", "True")]
+    assert scores[0] == scores[1] != scores[2]
 
 
 @pytest.fixture(scope="module")

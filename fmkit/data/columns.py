@@ -12,6 +12,7 @@ Parquet is read a row group at a time with pyarrow; list columns are multi-value
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -324,8 +325,9 @@ def bad_value(values: list[Any]) -> tuple[int, str] | None:
                 if not math.isfinite(item):
                     return row, f"{item} is not a finite number"
             elif type(item) is not bool:
-                return row, (f"cannot use a value of type {type(item).__name__} "
-                             f"({excerpt(repr(item))})")
+                kind = {dict: "an object", list: "a list in a list"}.get(type(item),
+                                                                        type(item).__name__)
+                return row, f"cannot use {kind} ({excerpt(json.dumps(item, default=str))})"
     return None
 
 
@@ -350,11 +352,11 @@ def _python_column(values: list[Any]) -> pa.Array:
 
 def _texts(values: list[Any]) -> list[str | None]:
     """Mixed Python values as text: strings as they are, floats by :func:`number_texts`,
-    anything else by ``str``."""
+    booleans as JSON and a CSV file write them (``true``), anything else by ``str``."""
     floats = [v for v in values if type(v) is float]
     written = iter(number_texts(pa.array(floats, pa.float64())).to_pylist() if floats else ())
-    return [v if v is None or type(v) is str else next(written) if type(v) is float else str(v)
-            for v in values]
+    return [v if v is None or type(v) is str else next(written) if type(v) is float
+            else ("true" if v else "false") if type(v) is bool else str(v) for v in values]
 
 
 def number_texts(values: pa.Array) -> pa.Array:
