@@ -62,6 +62,11 @@ def test_parquet_and_csv_give_the_same_model(tmp_path):
     # a Parquet file is read as Parquet whatever the model's dataset type, as its bytes say
     csv_scored = from_csv.evaluate(from_csv.read(csv_file))
     assert from_csv.evaluate(from_csv.read(parquet)) == pytest.approx(csv_scored, abs=1e-9)
+    # ...unless told otherwise, in one line
+    for fmt, message in (("csv", "is Parquet, not delimited text"),
+                         ("libsvm", "a DeepFM reads columns .*--format libsvm is an FM's")):
+        with pytest.raises(DataError, match=message):
+            list(from_csv.read(parquet, fmt))
     # ...but not through a pipe, which cannot be read from its end: one line says so
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)

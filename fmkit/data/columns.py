@@ -217,9 +217,10 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
             block_bytes = int(np.clip(file.stat().st_size // (8 * parts), 1 << 16, block_bytes))
         for index, (buf, first_line) in enumerate(iter_line_blocks(file, block_bytes)):
             start = 0
-            if index == 0 and buf[:4].tobytes() == b"PAR1":  # a pipe: is_parquet cannot look
+            if index == 0 and buf[:4].tobytes() == b"PAR1":  # (a pipe, or a format forced)
                 raise DataError(str(file), None, "is Parquet, which is read from the end of a "
-                                "file: give the file, not a pipe")
+                                "file: give the file, not a pipe" if file.is_fifo() else
+                                "is Parquet, not delimited text (--format auto reads it)")
             if first_line == 1 and buf.size:
                 newline = np.flatnonzero(buf == 10)
                 end = int(newline[0]) if newline.size else buf.size

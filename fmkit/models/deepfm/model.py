@@ -150,6 +150,9 @@ class DeepFMModel:
         naming the configured columns (see :func:`fmkit.data.columns.sniff`). ``shard``: this
         process's share (see :func:`fmkit.data.columns.shard_files`)."""
         data = self.config.data_config
+        if fmt not in ("auto", "csv", "parquet", "json", "jsonlines"):
+            raise DataError(str(path), None, f"a DeepFM reads columns (CSV/TSV, Parquet, JSON); "
+                            f"--format {fmt} is an FM's input")
         if fmt in ("json", "jsonlines"):
             yield from _request_files(path, fmt, self.check_request)
             return
