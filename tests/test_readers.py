@@ -49,6 +49,16 @@ def test_a9a_equals_sklearn_reader(block_bytes):
     np.testing.assert_array_equal(y, (y_ref == 1).astype(np.float32))
 
 
+def test_a_parquet_file_given_to_an_fm_says_what_it_is(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"label": [1, 0], "x": [0.5, 1.5]}), path)
+    with pytest.raises(DataError, match=f"^{path}: is Parquet: an FM reads libsvm"):
+        FileSource(path, "auto", 10)  # (it was parsed as libsvm: "non-numeric value in 'PAR1")
+
+
 def test_index_base_detection(tmp_path):
     assert detect_index_base(FileSource(shared_file("a9a_libsvm", "a9a"), "auto", 123)) == 1
     zero = tmp_path / "zero.libsvm"

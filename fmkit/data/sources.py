@@ -73,6 +73,9 @@ def detect_format(path: str | Path) -> str:
         head = f.read(1 << 16)
     if head.startswith(recordio.MAGIC_BYTES):
         return "recordio"
+    if head.startswith(b"PAR1"):
+        raise DataError(str(first), None, "is Parquet: an FM reads libsvm, libffm, CSV or "
+                        "recordIO-protobuf (Parquet columns are a DeepFM's input)")
     for raw in head.split(b"\n"):
         text = raw.split(b"#", 1)[0].strip()
         if not text:
