@@ -104,6 +104,13 @@ def test_resume_refuses_other_hyperparameters(channel, tmp_path, cli):
                        "epochs=2", "mini_batch_size=16", "optimizer=adam", "seed=5",
                        "--model-dir", tmp_path / "m", "--checkpoint-dir", checkpoints, "--resume")
     assert code == 1 and "other hyperparameters (mini_batch_size)" in err
+    other = tmp_path / "other.libsvm"  # other rows: another label mean, the auto bias start
+    other.write_text("".join(line for line in (channel / "part-0").read_text().splitlines(
+        keepends=True) if line.startswith("+1")))
+    code, _, err = cli("train", "--train", other, "--index-base", "1", "--quiet", *HP[:3],
+                       "epochs=1", *HP[4:], "--model-dir", tmp_path / "m", "--checkpoint-dir",
+                       checkpoints, "--resume")
+    assert code == 1 and "(bias_init_value)" in err and "the same training data" in err, err
     for flag, value in (("--checkpoint-steps", "-3"), ("--checkpoint-seconds", "-5")):
         code, _, err = cli("train", "--train", channel, "--quiet", *HP, "--model-dir",
                            tmp_path / "n", "--checkpoint-dir", tmp_path / "d", flag, value)

@@ -126,5 +126,8 @@ def check_resumable(state: TrainingState, hp: dict[str, Any], path: Path) -> Non
     changed = sorted(k for k in keys if k != "epochs"
                      and hp.get(k) != state.hyperparameters.get(k))
     if changed:
+        data = (" (unless set, bias_init_value is fmkit's auto start, measured on the training "
+                "labels: resume on the same training data)" if "bias_init_value" in changed
+                else "")
         raise ArtifactError(f"{path}: the checkpoint was taken with other hyperparameters "
-                            f"({', '.join(changed)}): resume with the same ones")
+                            f"({', '.join(changed)}): resume with the same ones{data}")
