@@ -111,6 +111,22 @@ def test_resume_refuses_other_hyperparameters(channel, tmp_path, cli):
                        "epochs=1", *HP[4:], "--model-dir", tmp_path / "m", "--checkpoint-dir",
                        checkpoints, "--resume")
     assert code == 1 and "(bias_init_value)" in err and "the same training data" in err, err
+    # the same settings on fewer files: the resumed run would skip chunks it never trained
+    fixed = ["bias_init_method=constant", "bias_init_value=0"]
+    code, _, err = cli("train", "--train", channel, "--index-base", "1", "--quiet", *HP[:3],
+                       "epochs=1", *HP[4:], *fixed, "--model-dir", tmp_path / "f",
+                       "--checkpoint-dir", tmp_path / "fc", "--checkpoint-steps", "500")
+    assert code == 0, err
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    for part in sorted(channel.iterdir())[1:]:
+        (fewer / part.name).write_bytes(part.read_bytes())
+    sizes = [sum(p.stat().st_size for p in d.iterdir()) for d in (channel, fewer)]
+    code, _, err = cli("train", "--train", fewer, "--index-base", "1", "--quiet", *HP[:3],
+                       "epochs=1", *HP[4:], *fixed, "--model-dir", tmp_path / "f",
+                       "--checkpoint-dir", tmp_path / "fc", "--resume")
+    assert code == 1 and (f"taken on 8 training file(s) of {sizes[0]:,} bytes; this run's are 7 "
+                          f"of {sizes[1]:,}: resume on the same training data") in err, err
     for flag, value in (("--checkpoint-steps", "-3"), ("--checkpoint-seconds", "-5")):
         code, _, err = cli("train", "--train", channel, "--quiet", *HP, "--model-dir",
                            tmp_path / "n", "--checkpoint-dir", tmp_path / "d", flag, value)

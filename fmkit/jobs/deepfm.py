@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fmkit import distributed
@@ -29,10 +30,12 @@ from fmkit.train.schedules import schedules_of
 
 @dataclass
 class Channel:
-    """A DeepFM training channel: its name (for messages) and its encoded blocks."""
+    """A DeepFM training channel: its name (for messages), its encoded blocks and the files
+    they come from (none for rows in memory)."""
 
     name: str
     blocks: Callable[[], Iterator[Encoded]]
+    files: Sequence[Path] = ()
 
 
 @dataclass
@@ -91,7 +94,8 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     shard = distributed.shard()
     channel = Channel(str(config.train_input_path), lambda: (
         model.encode(batch, labelled=True)
-        for batch in model.read(config.train_input_path, shard=shard)))
+        for batch in model.read(config.train_input_path, shard=shard)),
+        channel_files(config.train_input_path))
     run_id = to_document(config)
     for name in ("train_input_path", "eval_input_path", "model_dir", "export_config"):
         run_id.pop(name, None)

@@ -13,7 +13,12 @@ import numpy as np
 
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.models.metrics import watched_metric
-from fmkit.train.checkpoint import Checkpointer, check_resumable
+from fmkit.train.checkpoint import (
+    Checkpointer,
+    channel_size,
+    check_resumable,
+    check_same_data,
+)
 from fmkit.train.engine import Callback, EpochStats, Run
 
 
@@ -158,17 +163,22 @@ class EarlyStopping(Callback):
 class Checkpoint(Callback):
     """Saves the run (learner, callbacks, place in the data) when ``checkpoints`` says it is
     due, from the primary process; with ``resume``, continues from its newest checkpoint,
-    which must have been taken with the same ``run_id`` (the hyperparameters)."""
+    which must have been taken with the same ``run_id`` (the hyperparameters) on the same
+    training files (their count and size: the run skips the chunks already trained)."""
 
     name = "checkpoint"
 
     def __init__(self, checkpoints: Checkpointer, run_id: dict, resume: bool = False):
         self.checkpoints, self.run_id, self.resume = checkpoints, run_id, resume
+        self.data: dict[str, int] | None = None
 
     def before_fit(self, run: Run) -> None:
+        self.data = channel_size(run.source)
         state = self.checkpoints.latest() if self.resume else None
         if state is not None:
             check_resumable(state, self.run_id, self.checkpoints.directory)
+            check_same_data(state.extra.get(self.name, {}).get("data"), self.data,
+                            self.checkpoints.directory)
             run.restore(state)
             log.info("resuming from %s: epoch %d, step %d", self.checkpoints.directory,
                      state.epoch, state.step)
@@ -176,3 +186,6 @@ class Checkpoint(Callback):
     def after_step(self, run: Run) -> None:
         if run.learner.primary and self.checkpoints.due(run.learner.steps):
             self.checkpoints.save(run.training_state(self.run_id))
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        return {}, ({"data": self.data} if self.data else {})

@@ -120,6 +120,29 @@ class Checkpointer:
         return state
 
 
+def channel_size(source: Any) -> dict[str, int] | None:
+    """How many files and bytes a training source reads (through wrappers that keep the
+    source they wrap as ``source``): what a resumed run must find again, since it skips the
+    chunks the checkpoint had trained. None for rows not in files (arrays, pipes)."""
+    while not hasattr(source, "files") and hasattr(source, "source"):
+        source = source.source
+    files = list(getattr(source, "files", None) or ())
+    if not files or any(f.is_fifo() for f in files):
+        return None
+    return {"files": len(files), "bytes": sum(f.stat().st_size for f in files)}
+
+
+def check_same_data(saved: dict[str, int] | None, now: dict[str, int] | None,
+                    path: Path) -> None:
+    """A checkpoint continues only on the training data it was taken on (by file count and
+    size)."""
+    if saved and now and saved != now:
+        raise ArtifactError(
+            f"{path}: the checkpoint was taken on {saved['files']} training file(s) of "
+            f"{saved['bytes']:,} bytes; this run's are {now['files']} of {now['bytes']:,}: "
+            "resume on the same training data")
+
+
 def check_resumable(state: TrainingState, hp: dict[str, Any], path: Path) -> None:
     """A checkpoint continues only the training it was taken from."""
     keys = set(hp) | set(state.hyperparameters)
