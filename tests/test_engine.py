@@ -136,6 +136,14 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement():
     assert [h.validation["rmse"] for h in history] == pytest.approx([4 / 3] * 3)
 
 
+def test_early_stopping_refuses_a_metric_it_cannot_compare():
+    """(An AUC on rows of one class is NaN: no later epoch was 'better', so training stopped
+    after `patience` epochs and kept the first epoch's weights, without a word.)"""
+    with pytest.raises(DataError, match="rmse is undefined on these validation rows"):
+        fit(MeanLearner(), Rows("r", [1.0, 2.0]), epochs=5, seed=0,
+            callbacks=[EarlyStopping(float("nan"), "rmse", "regressor", patience=2)])
+
+
 def test_progress_logs_lines_without_a_terminal(caplog):
     caplog.set_level(logging.INFO, logger=log.name)
     log.propagate = True

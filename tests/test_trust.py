@@ -593,6 +593,21 @@ def test_server_settings_out_of_range_are_one_line(model_dir, args, environment,
     assert result.returncode == 1 and result.stderr == f"fmkit: error: {message}\n"
 
 
+def test_a_one_class_validation_channel_cannot_watch_auc(cli, tmp_path):
+    validation = tmp_path / "negatives.libsvm"
+    validation.write_text("".join(line for line in shared_file("a9a_libsvm", "a9a.t")
+                                  .read_text().splitlines(keepends=True)[:500]
+                                  if line.startswith("-1")))
+    code, _, err = cli("train", "--train", shared_file("a9a_libsvm", "a9a.t"), "--validation",
+                       validation, "--model-dir", tmp_path / "m", "feature_dim=123",
+                       "num_factors=4", "predictor_type=binary_classifier", "epochs=3")
+    assert code == 1 and err.endswith(f"fmkit: error: {validation}: auc is undefined on these "
+                                      "validation rows (one class only): early stopping cannot "
+                                      "watch it; give rows of both classes, or watch another "
+                                      "metric (early_stopping_metric)\n"), err
+    assert not (tmp_path / "m").exists()
+
+
 def test_quiet_is_quiet(tmp_path):
     result = run_fmkit("train", "--train", shared_file("a9a_libsvm", "a9a.t"), "--test",
                        shared_file("a9a_libsvm", "a9a.t"), "--model-dir", tmp_path / "m", *HP,

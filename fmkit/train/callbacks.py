@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fmkit.errors import DataError
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.models.metrics import watched_metric
 from fmkit.train.checkpoint import (
@@ -128,6 +129,11 @@ class EarlyStopping(Callback):
         if run.learner.primary:
             log_metrics("validation", metrics, self.host, run.epoch)
         value = metrics[self.key]
+        if value is None or not np.isfinite(value):  # AUC of one class: nothing to compare
+            raise DataError(str(getattr(self.validation, "name", "validation")), None,
+                            f"{self.key} is undefined on these validation rows (one class "
+                            f"only): early stopping cannot watch it; give rows of both "
+                            f"classes, or watch another metric (early_stopping_metric)")
         if self.best_value is None or (value > self.best_value if self.higher_is_better
                                        else value < self.best_value):
             self.best_value, self.best_epoch, self.best_step = value, run.epoch, run.learner.steps
