@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from fmkit.errors import HyperparameterError
+from fmkit.errors import require_option
 from fmkit.estimators import FMClassifier
 from fmkit.logs import log
 from fmkit.models.fm.parameters import sigmoid
@@ -30,11 +30,9 @@ LINEAR_PARAMS = dict(num_factors=1, factors_init_method="constant", factors_init
 
 def run_demo(rows: int = 1_000_000, seed: int = 7, progress: bool | None = None) -> dict:
     """Run the demo, print its table, and return the figures."""
-    if rows < MIN_ROWS:
-        raise HyperparameterError(f"--rows must be >= {MIN_ROWS:,} (the test AUC needs "
-                                  f"rows of both labels), got {rows}")
-    if not 0 <= seed < 2**63:
-        raise HyperparameterError(f"--seed must be in 0..2^63-1, got {seed}")
+    require_option(rows >= MIN_ROWS, "--rows",
+                   f">= {MIN_ROWS:,} (the test AUC needs rows of both labels)", rows)
+    require_option(0 <= seed < 2**63, "--seed", "in 0..2^63-1", seed)
     started = time.perf_counter()
     data = planted_ctr(rows, FIELD_SIZES, seed=seed)
     n_train = int(rows * 0.8)

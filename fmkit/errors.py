@@ -7,6 +7,7 @@ is an :class:`FMKitError`; the CLI prints its message and exits non-zero, withou
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fmkit.cpus import import_torch
 
@@ -71,6 +72,13 @@ class TrainingDiverged(FMKitError):
         self.epoch = epoch
         super().__init__(f"training diverged in epoch {epoch}: {what} is not finite (NaN or "
                          f"infinity); no model was written. {hint}")
+
+
+def require_option(ok: bool, option: str, expected: str, value: Any) -> None:
+    """One line for a command-line option outside its range (``--k must be >= 1, got 0``):
+    the rule every command's numeric options follow, before any work is done."""
+    if not ok:
+        raise HyperparameterError(f"{option} must be {expected}, got {value}")
 
 
 class MissingDependency(FMKitError, ImportError):

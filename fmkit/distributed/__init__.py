@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 from fmkit.cpus import available_cpus, process_threads
-from fmkit.errors import HyperparameterError, require_torch
+from fmkit.errors import require_option, require_torch
 from fmkit.logs import log
 
 
@@ -204,8 +204,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     """``fmkit ARGV`` on ``nproc`` local processes through torchrun; returns its exit code.
     More processes than usable cores is allowed (torchrun allows it) but said: they share the
     cores, each on one thread."""
-    if nproc < 1:
-        raise HyperparameterError(f"--nproc must be >= 1, got {nproc}")
+    require_option(nproc >= 1, "--nproc", ">= 1", nproc)
     require_torch("--nproc (torchrun)", extra="distributed")
     if nproc > available_cpus():
         log.warning("--nproc %d on %d usable cores: the processes share them", nproc,

@@ -23,7 +23,7 @@ from fmkit.data.sources import (
     FileSource,
     detect_index_base,
 )
-from fmkit.errors import DataError, HyperparameterError
+from fmkit.errors import DataError, HyperparameterError, require_option
 from fmkit.jobs.training import train
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.models import artifact
@@ -257,8 +257,7 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
 
     if target_format not in CONVERT_TARGETS:
         raise DataError(str(output), None, f"cannot write format {target_format!r}")
-    if feature_dim is not None and feature_dim < 1:
-        raise HyperparameterError(f"--feature-dim must be >= 1, got {feature_dim}")
+    require_option(feature_dim is None or feature_dim >= 1, "--feature-dim", ">= 1", feature_dim)
     probe = FileSource(input_path, source_format, feature_dim or 1)
     probe.index_base = resolve_index_base(probe, index_base)
     if feature_dim is None:

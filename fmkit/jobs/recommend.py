@@ -17,7 +17,7 @@ import numpy as np
 from fmkit import files
 from fmkit.data.blocks import read_input_text
 from fmkit.data.id_rows import read_id_rows
-from fmkit.errors import ArtifactError, DataError, HyperparameterError, excerpt
+from fmkit.errors import ArtifactError, DataError, excerpt, require_option
 from fmkit.models import artifact
 from fmkit.models.fm.approximate import ApproximateIndex
 from fmkit.models.fm.model import FMModel
@@ -113,8 +113,7 @@ def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
     """``fmkit recommend``: JSON Lines ``{"id", "items", "scores"}`` per context (scores are
     y_hat), to ``output`` or stdout; returns the number of contexts. ``approximate``: the
     candidates come from the HNSW graph (exact scores; recall below 1 is possible)."""
-    if k <= 0:
-        raise HyperparameterError(f"--k must be >= 1, got {k}")
+    require_option(k >= 1, "--k", ">= 1", k)
     model = load_fm(model_dir)
     catalogue = catalogue_of(model, model_dir, items)
     index = approximate_index(model_dir, catalogue, items is not None) if approximate else None

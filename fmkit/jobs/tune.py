@@ -35,7 +35,7 @@ from typing import Any
 
 from fmkit import files
 from fmkit.cpus import available_cpus
-from fmkit.errors import FMKitError, HyperparameterError, TrainingDiverged
+from fmkit.errors import FMKitError, HyperparameterError, TrainingDiverged, require_option
 from fmkit.files import OutputError
 from fmkit.jobs.searches import TuneSettings, search_for
 from fmkit.logs import log
@@ -376,17 +376,13 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
     optuna = _import_optuna()
     if (validation is None) == (validation_fraction is None):
         raise HyperparameterError("tune needs --validation FILE or --validation-fraction F")
-    if validation_fraction is not None and not 0 < validation_fraction < 1:
-        raise HyperparameterError(f"--validation-fraction must be in (0, 1), got "
-                                  f"{validation_fraction}")
-    if trials < 1:
-        raise HyperparameterError(f"--trials must be >= 1, got {trials}")
-    if jobs is not None and jobs < 1:
-        raise HyperparameterError(f"--jobs must be >= 1, got {jobs}")
-    if timeout is not None and not timeout > 0:
-        raise HyperparameterError(f"--timeout must be > 0 seconds, got {timeout}")
-    if not 0 <= seed < 2**32 - 1024:  # (each worker's sampler is seeded with seed + its index)
-        raise HyperparameterError(f"--seed must be in 0..{2**32 - 1025}, got {seed}")
+    require_option(validation_fraction is None or 0 < validation_fraction < 1,
+                   "--validation-fraction", "in (0, 1)", validation_fraction)
+    require_option(trials >= 1, "--trials", ">= 1", trials)
+    require_option(jobs is None or jobs >= 1, "--jobs", ">= 1", jobs)
+    require_option(timeout is None or timeout > 0, "--timeout", "> 0 seconds", timeout)
+    # (each worker's sampler is seeded with seed + its index)
+    require_option(0 <= seed < 2**32 - 1024, "--seed", f"in 0..{2**32 - 1025}", seed)
     if config is not None and train is None:  # the configuration's, after the --set fields
         from fmkit.models.deepfm.config_files import apply_overrides, load_document
 

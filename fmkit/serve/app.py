@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from fmkit.cpus import process_threads
 from fmkit.data import codecs
-from fmkit.errors import FMKitError, excerpt
+from fmkit.errors import FMKitError, excerpt, require_option
 from fmkit.models.base import load_model
 from fmkit.serve import workers as worker_pool
 
@@ -265,14 +265,10 @@ def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, wor
     import uvicorn
 
     port = port or default_port()
-    for problem in (f"--workers must be >= 1, got {workers}" if workers < 1 else "",
-                    f"--port must be in 1..65535, got {port}" if not 0 < port < 65536 else "",
-                    f"--max-payload-mb must be > 0, got {max_payload_mb}"
-                    if not max_payload_mb > 0 else "",
-                    f"--body-timeout must be > 0 seconds, got {body_timeout}"
-                    if not body_timeout > 0 else ""):
-        if problem:
-            raise FMKitError(problem)
+    require_option(workers >= 1, "--workers", ">= 1", workers)
+    require_option(0 < port < 65536, "--port", "in 1..65535", port)
+    require_option(max_payload_mb > 0, "--max-payload-mb", "> 0", max_payload_mb)
+    require_option(body_timeout > 0, "--body-timeout", "> 0 seconds", body_timeout)
     load_model(model_dir)  # a clear error now rather than in every worker
     check_port(host, port)
     os.environ[MODEL_DIR_ENV] = str(model_dir)
