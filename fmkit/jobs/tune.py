@@ -222,17 +222,20 @@ def _finished(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
+def _complete(study: Any) -> list:
+    """The study's complete trials (not copied): the only ones ``best_value`` looks at (a
+    pruned trial has a value too, e.g. one that diverged after its first epoch)."""
+    import optuna
+
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
 def _log_trial(study: Any, trial: Any) -> None:
     seconds = trial.user_attrs.get("seconds", 0.0)
     if trial.value is None:
         log.warning("trial %d %s after %.1f s", trial.number, trial.state.name.lower(), seconds)
         return
-    import optuna
-
-    # (study.best_value needs a complete trial: a pruned one, e.g. diverged after its first
-    # epoch, has a value too)
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    best = study.best_value if complete else trial.value
+    best = study.best_value if _complete(study) else trial.value
     log.info("trial %d: %s %.6f at epoch %s in %.1f s (best %.6f)", trial.number,
              study.user_attrs.get("objective", "value"), trial.value,
              trial.user_attrs.get("best_epoch"), seconds, best)
@@ -328,7 +331,7 @@ def _write_plots(study: Any, directory: Path, objective: str) -> None:
         return
     import optuna
 
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    complete = _complete(study)
     if not complete:
         return
     higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -420,8 +423,7 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
                      stale.number)
         log.info("tune: %d of %d trials done; %d process(es)", _finished(study), trials, jobs)
         _run_workers(work, trials, timeout, jobs)
-        if not [t for t in study.get_trials(deepcopy=False)
-                if t.state == optuna.trial.TrialState.COMPLETE]:
+        if not _complete(study):
             raise FMKitError(f"tune: no trial completed: each diverged or was pruned (the "
                              f"study is in {work}); fix a setting the search should not vary "
                              "as NAME=VALUE (e.g. optimizer=adam), or check the data")
