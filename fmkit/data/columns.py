@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from numba import njit
 
 from fmkit.data.blocks import iter_line_blocks
-from fmkit.data.sources import channel_files
+from fmkit.data.sources import PARQUET_MAGIC, channel_files
 from fmkit.errors import DataError, excerpt
 
 BLOCK_BYTES = 1 << 22
@@ -217,7 +217,7 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
             block_bytes = int(np.clip(file.stat().st_size // (8 * parts), 1 << 16, block_bytes))
         for index, (buf, first_line) in enumerate(iter_line_blocks(file, block_bytes)):
             start = 0
-            if index == 0 and buf[:4].tobytes() == b"PAR1":  # (a pipe, or a format forced)
+            if index == 0 and buf[:len(PARQUET_MAGIC)].tobytes() == PARQUET_MAGIC:  # pipe, --format
                 raise DataError(str(file), None, "is Parquet, which is read from the end of a "
                                 "file: give the file, not a pipe" if file.is_fifo() else
                                 "is Parquet, not delimited text (--format auto reads it)")
@@ -242,14 +242,14 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
 
 
 def is_parquet(path: str | Path) -> bool:
-    """Whether a channel's first file is Parquet, by its first bytes (``PAR1``); a pipe is
+    """Whether a channel's first file is Parquet, by its first bytes; a pipe is
     never asked (reading would take its bytes)."""
     first = channel_files(path)[0]
     if first.is_fifo():
         return False
     try:
         with open(first, "rb") as f:
-            return f.read(4) == b"PAR1"
+            return f.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC
     except OSError:
         return False
 

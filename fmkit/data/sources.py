@@ -63,6 +63,9 @@ def refuse_pipe(path: str | Path, problem: str) -> None:
         raise DataError(str(path), None, f"is a pipe, read once: {problem}")
 
 
+PARQUET_MAGIC = b"PAR1"  # a Parquet file's first bytes: a DeepFM's input, never an FM's
+
+
 def detect_format(path: str | Path) -> str:
     """``recordio`` from its magic number, else ``libsvm``, ``libffm`` or ``csv`` from the first
     data line."""
@@ -73,7 +76,7 @@ def detect_format(path: str | Path) -> str:
         head = f.read(1 << 16)
     if head.startswith(recordio.MAGIC_BYTES):
         return "recordio"
-    if head.startswith(b"PAR1"):
+    if head.startswith(PARQUET_MAGIC):
         raise DataError(str(first), None, "is Parquet: an FM reads libsvm, libffm, CSV or "
                         "recordIO-protobuf (Parquet columns are a DeepFM's input)")
     for raw in head.split(b"\n"):
