@@ -209,6 +209,34 @@ def test_predict_reads_request_body_files(trained, cli, tmp_path):
     bad.write_text('{"I1": 1}\n{"I1": \n')
     code, _, err = cli("predict", "--model-dir", trained, "--data", bad, "--format", "jsonlines")
     assert code == 1 and f"{bad}: line 2: malformed JSON" in err
+    bad.write_text('{"I1": 1}\n\n[1]\n')  # a blank line still counts
+    code, _, err = cli("predict", "--model-dir", trained, "--data", bad, "--format", "jsonlines")
+    assert code == 1 and f"{bad}:3: expected an object of feature values, got list" in err
+
+
+def test_blank_lines_are_skipped_and_a_line_without_the_delimiter_is_refused(trained, cli,
+                                                                              tmp_path):
+    """Blank lines score nothing (as pyarrow's and pandas' CSV readers skip them) and errors
+    after them name the file's line; a file of another format (a libsvm file for a TSV model)
+    is one line naming its first line, not a score per row of missing values."""
+    lines = shared_file("criteo_kaggle_head1000", "train.txt").read_text().split("\n")[:4]
+    plain, spaced = tmp_path / "plain.tsv", tmp_path / "spaced.tsv"
+    plain.write_text("\n".join(lines) + "\n")
+    spaced.write_text("\n".join(lines[:2]) + "\n\n\r\n" + "\n".join(lines[2:]) + "\n\n")
+    scores = []
+    for path in (plain, spaced):
+        code, out, err = cli("predict", "--model-dir", trained, "--data", path)
+        assert code == 0, err
+        scores.append([json.loads(line)["score"] for line in out.splitlines()])
+    assert len(scores[1]) == 4 and scores[0] == scores[1]
+    spaced.write_text("\n".join(lines[:2]) + "\n\n\r\n" + "x" + lines[2][1:] + "\n")
+    code, _, err = cli("evaluate", "--model-dir", trained, "--data", spaced)
+    assert code == 1 and f"{spaced}:5: column 'label': 'x' is not a number" in err, err
+    a9a = shared_file("a9a_libsvm", "a9a.t")
+    code, out, err = cli("predict", "--model-dir", trained, "--data", a9a)
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert f"{a9a}:1: '-1 1:1 6:1 17:1 21:1 35:1 42:1 54:1 62:1'... (76 characters) is 1 " \
+        "field, expected up to 40 separated by '\\t'" in err, err
 
 
 def _overfitting_run(tmp_path) -> tuple:

@@ -293,8 +293,8 @@ def test_delimited_columns_split_as_python(tmp_path_factory, lines, delimiter, c
                                            final_newline, block_bytes):
     """DeepFM's delimited reader (blocks of lines into Arrow columns) against Python's
     ``str.split``: a row's fields in order, an empty or absent (trailing) field missing, a
-    line's final CR not part of its last field, more fields than columns an error naming
-    the line."""
+    line's final CR not part of its last field, a blank line skipped; more fields than
+    columns, or a line without the delimiter, an error naming the line."""
     names = ["x", "y", "z"]
     texts = [delimiter.join(fields) for fields in lines]
     body = ("\r\n" if crlf else "\n").join(texts) + (("\r\n" if crlf else "\n")
@@ -305,8 +305,13 @@ def test_delimited_columns_split_as_python(tmp_path_factory, lines, delimiter, c
     for number, text in enumerate(body.split("\n")[:-1] if body.endswith("\n")
                                   else body.split("\n") if body else [], start=1):
         fields = text.removesuffix("\r").split(delimiter)
+        if fields == [""]:
+            continue
         if len(fields) > len(names):
             problem = problem or f"{path}:{number}: {len(fields)} fields, expected at most 3"
+        if len(fields) == 1:
+            problem = problem or f"{path}:{number}: {fields[0]!r} is 1 field, expected up to 3"
+        if problem:
             continue
         expected.append([f or None for f in fields] + [None] * (len(names) - len(fields)))
     try:

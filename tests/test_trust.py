@@ -265,6 +265,17 @@ def test_bad_bodies_in_predict_files_are_clean_errors(cli, tmp_path, model_dir):
         assert code == 1 and "Traceback" not in err
 
 
+def test_a_bad_line_of_a_jsonlines_file_is_named_by_its_line(cli, tmp_path, model_dir):
+    """Blank lines are skipped, and still counted: the error names the file's line, not the
+    instance's number among the non-blank lines."""
+    good = json.dumps({"features": {"keys": [1], "values": [1.0]}})
+    path = tmp_path / "requests.jsonl"
+    path.write_text(f"{good}\n\n{good}\n\n" + '{"features": {"keys": [1], "values": ["x"]}}\n')
+    code, _, err = cli("predict", "--model-dir", model_dir, "--data", path, "--format",
+                       "jsonlines")
+    assert code == 1 and f'{path}: line 5: values[0]: expected a number, got "x"' in err, err
+
+
 def test_malformed_accept_is_400_and_q_zero_is_not_acceptable():
     with pytest.raises(codecs.RequestError) as raised:
         codecs.response_type("application/json;q=abc")

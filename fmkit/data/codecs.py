@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -383,13 +383,15 @@ def _fast_batch(instances: list[Any], feature_dim: int, source: str,
 
 
 def _instances(instances: Iterable[Any], feature_dim: int, source: str,
-               unit: str, has_bools: bool = True, num_fields: int = 0) -> SparseBatch:
+               unit: str, has_bools: bool = True, num_fields: int = 0,
+               numbers: Sequence[int] | None = None) -> SparseBatch:
+    """``numbers``: each instance's number in its ``unit`` (default 1, 2, ...)."""
     instances = list(instances)
     fast = None if num_fields else _fast_batch(instances, feature_dim, source, has_bools)
     if fast is not None:
         return fast[0]
     rows = []
-    for n, instance in enumerate(instances, start=1):
+    for n, instance in zip(numbers or range(1, len(instances) + 1), instances):
         try:
             rows.append(_row(_instance_features(instance), feature_dim, num_fields))
         except RequestError as e:
@@ -414,13 +416,16 @@ def _instance_list(document: Any) -> list[Any]:
     return instances
 
 
-def jsonlines_instances(body: bytes | str, first_line: int = 1) -> list[Any]:
-    """One instance per non-blank line of a JSON Lines body."""
-    instances = []
+def jsonlines_instances(body: bytes | str, first_line: int = 1
+                        ) -> tuple[list[Any], list[int]]:
+    """One instance per non-blank line of a JSON Lines body, and each one's line number (the
+    body's first line is ``first_line``)."""
+    instances, numbers = [], []
     for n, line in enumerate(_text(body).split("\n"), start=first_line):
         if line.strip():
             instances.append(strict_json(line, f"line {n}: "))
-    return instances
+            numbers.append(n)
+    return instances, numbers
 
 
 def _text(body: bytes | str) -> str:
@@ -482,8 +487,9 @@ def _release(items: list) -> None:
 
 def parse_jsonlines(body: bytes | str, feature_dim: int, source: str = "request",
                     first_line: int = 1, num_fields: int = 0) -> SparseBatch:
-    return _instances(jsonlines_instances(body, first_line), feature_dim, source, "line",
-                      _has_bools(body), num_fields)
+    instances, numbers = jsonlines_instances(body, first_line)
+    return _instances(instances, feature_dim, source, "line", _has_bools(body), num_fields,
+                      numbers)
 
 
 def _has_bools(body: bytes | str) -> bool:

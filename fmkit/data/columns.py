@@ -4,8 +4,11 @@ Each reader yields :class:`ColumnBatch` es: a block of rows as Arrow arrays, one
 column, with where the rows came from so that a later check can name the file and line.
 Delimited text is split by a compiled tokenizer rather than a CSV parser, because CTR logs
 (raw Criteo TSV) drop trailing empty fields: a short row is padded with missing values, a long
-row is an error. Fields are not quoted (a field holds no delimiter) and the delimiter is one
-character. Each column becomes an Arrow string array (empty fields null) in one copy.
+row is an error, and so is a line without the delimiter where several columns are expected (a
+file of another format or delimiter, which would otherwise score as rows of missing values).
+Blank lines are skipped, as pyarrow's and pandas' CSV readers and fmkit's libsvm reader do.
+Fields are not quoted (a field holds no delimiter) and the delimiter is one character. Each
+column becomes an Arrow string array (empty fields null) in one copy.
 Parquet is read a row group at a time with pyarrow; list columns are multi-value features.
 """
 
@@ -34,23 +37,29 @@ BLOCK_BYTES = 1 << 22
 @dataclass
 class ColumnBatch:
     """Rows as named Arrow arrays. ``first_line`` is the file line of row 0 (text files), or
-    None where rows are numbered instead (Parquet, requests)."""
+    None where rows are numbered instead (Parquet, requests); ``lines``, when set, is each
+    row's file line (rows that are not consecutive lines: blank lines were skipped)."""
 
     columns: dict[str, pa.Array]
     n_rows: int
     source: str
     first_line: int | None = None
     absent_is_missing: bool = False  # JSON instances: a feature left out is a missing value
-    header_like: bool = False  # row 0 is a file's line 1, read as data, that looks like a header
+    header_like: bool = False  # the file's line 1, read as data, looks like a header
+    lines: np.ndarray | None = None
 
     def error(self, row: int, problem: str) -> DataError:
         """A :class:`DataError` naming row ``row`` of this batch."""
-        if self.first_line is not None:
-            if row == 0 and self.header_like:
-                problem += (" (line 1 looks like a header: set data_config.with_header: "
-                            "true or input_fields)")
-            return DataError(self.source, self.first_line + row, problem)
-        return DataError(self.source, None, f"row {row + 1}: {problem}")
+        if self.lines is not None:
+            line = int(self.lines[row])
+        elif self.first_line is not None:
+            line = self.first_line + row
+        else:
+            return DataError(self.source, None, f"row {row + 1}: {problem}")
+        if line == 1 and self.header_like:
+            problem += (" (line 1 looks like a header: set data_config.with_header: true or "
+                        "input_fields)")
+        return DataError(self.source, line, problem)
 
     def column(self, name: str) -> pa.Array:
         try:
@@ -132,17 +141,27 @@ def _check_utf8(buf: np.ndarray, start: int, source: str, first_line: int) -> No
 def split_block(buf: np.ndarray, start: int, names: Sequence[str], delimiter: str,
                 source: str, first_line: int) -> ColumnBatch:
     """The lines of ``buf[start:]`` split at ``delimiter`` into the columns ``names``; an
-    empty or missing (trailing) field is null; more fields than names is an error."""
+    empty or missing (trailing) field is null; more fields than names, or one field where
+    names are several, is an error; blank lines are skipped."""
     _check_utf8(buf, start, source, first_line)
     separator = delimiter.encode()
     if len(separator) != 1:
         raise DataError(source, None, f"delimiter {delimiter!r}: expected one character")
     offsets, data, bases, counts = _split(buf, start, separator[0], len(names))
-    too_long = np.flatnonzero(counts > len(names))
-    if too_long.size:
-        row = int(too_long[0])
-        raise DataError(source, first_line + row, f"{counts[row]} fields, expected at most "
-                        f"{len(names)} ({', '.join(names[:3])}, ...)")
+    blank = (counts == 1) & (offsets[0, 1:] == offsets[0, :-1])
+    lone = (counts == 1) & ~blank & (len(names) > 1)
+    bad = np.flatnonzero((counts > len(names)) | lone)
+    if bad.size:
+        row = int(bad[0])
+        named = f"{', '.join(names[:3])}, ..."
+        if counts[row] > 1:
+            problem = f"{counts[row]} fields, expected at most {len(names)} ({named})"
+        else:
+            text = excerpt(data[offsets[0, row]:offsets[0, row + 1]].tobytes())
+            problem = (f"{text} is 1 field, expected up to {len(names)} separated by "
+                       f"{delimiter!r} ({named}): is it a file of this model's columns, and "
+                       "data_config.delimiter its delimiter?")
+        raise DataError(source, first_line + row, problem)
     columns = {}
     present = offsets[:, 1:] > offsets[:, :-1]
     nulls = present.shape[1] - np.count_nonzero(present, axis=1)
@@ -152,7 +171,12 @@ def split_block(buf: np.ndarray, start: int, names: Sequence[str], delimiter: st
         columns[name] = pa.LargeStringArray.from_buffers(
             len(counts), pa.py_buffer(offsets[j]), pa.py_buffer(data[bases[j]:bases[j + 1]]),
             validity, int(nulls[j]))
-    return ColumnBatch(columns, len(counts), source, first_line)
+    if not blank.any():
+        return ColumnBatch(columns, len(counts), source, first_line)
+    keep = pa.array(~blank)
+    return ColumnBatch({name: column.filter(keep) for name, column in columns.items()},
+                       int(np.count_nonzero(~blank)), source, first_line,
+                       lines=first_line + np.flatnonzero(~blank))
 
 
 DELIMITERS = ("\t", ",", ";", "|")
@@ -237,7 +261,7 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
                                 "or with_header: true")
             if start < buf.size and index % parts == part:
                 batch = split_block(buf, start, columns, separator, str(file), first_line)
-                batch.header_like = first_line == 1 and header_like
+                batch.header_like = header_like
                 yield batch
 
 
@@ -284,13 +308,14 @@ class _NumberedBatch(ColumnBatch):
 
 
 def from_instances(instances: list[Any], source: str = "request",
-                   first_line: int | None = None) -> ColumnBatch:
+                   lines: Sequence[int] | None = None) -> ColumnBatch:
     """JSON instances (``{"I1": 5, "C1": "68fd1e64"}`` each) as a column batch; a key missing
-    from an instance is a missing value."""
+    from an instance is a missing value. ``lines``: each instance's line in the file
+    ``source`` (JSON Lines), else errors name the instance's number."""
 
     def error(row: int, problem: str) -> DataError:
-        if first_line is not None:
-            return DataError(source, first_line + row, problem)
+        if lines is not None:
+            return DataError(source, lines[row], problem)
         return DataError(source, None, f"instance {row + 1}: {problem}")
 
     names: dict[str, None] = {}
@@ -306,7 +331,8 @@ def from_instances(instances: list[Any], source: str = "request",
         if bad is not None:
             raise error(bad[0], f"feature {excerpt(name)}: {bad[1]}")
         columns[name] = _python_column(values)
-    return ColumnBatch(columns, len(instances), source, first_line, absent_is_missing=True)
+    return ColumnBatch(columns, len(instances), source, absent_is_missing=True,
+                       lines=None if lines is None else np.asarray(lines))
 
 
 _INT64 = (-(1 << 63), (1 << 63) - 1)

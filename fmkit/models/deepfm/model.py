@@ -192,7 +192,7 @@ class DeepFMModel:
                 raise codecs.RequestError("a DeepFM model takes raw feature values: send "
                                           "application/json or application/jsonlines", 415)
             instances = (codecs.json_instances(body) if kind == codecs.JSON
-                         else codecs.jsonlines_instances(body))
+                         else codecs.jsonlines_instances(body)[0])
             encoded = encode_instances(self.features, instances, fields)
             if encoded is not None:
                 return encoded
@@ -491,8 +491,9 @@ def _request_files(path: str | Path, fmt: str,
     """JSON (``{"instances": [...]}``) or JSON Lines files of raw feature values."""
 
     def decode(body: bytes, kind: str, source: str, first_line: int) -> ColumnBatch:
-        instances = (codecs.json_instances(body) if kind == "json"
-                     else codecs.jsonlines_instances(body, first_line))
-        return check(columns.from_instances(instances, source))
+        if kind == "json":
+            return check(columns.from_instances(codecs.json_instances(body), source))
+        instances, lines = codecs.jsonlines_instances(body, first_line)
+        return check(columns.from_instances(instances, source, lines))
 
     return codecs.read_request_files(path, fmt, decode)
