@@ -82,16 +82,19 @@ def _batches(table: pa.Table, extra: dict[str, np.ndarray]) -> Iterator[ColumnBa
 
 def default_config(X: Any) -> dict[str, Any]:
     """A DeepFM configuration for the columns of ``X``: text, boolean and integer columns of
-    few values as hashed id features (2 rows per distinct value), numeric columns as
-    raw features bucketized at their deciles; every feature in the wide, fm and deep groups
-    (embedding_dim 8, deep layers 64 and 32), and examples/deepfm_movielens.yaml's training
-    settings."""
+    few values, and list columns (multi-value ids), as hashed id features (2 rows per
+    distinct value), numeric columns as raw features bucketized at their deciles; every
+    feature in the wide, fm and deep groups (embedding_dim 8, deep layers 64 and 32), and
+    examples/deepfm_movielens.yaml's training settings."""
     table = _table(X)
     features, names = [], []
     for name, column in zip(table.column_names, table.columns):
+        multi = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+        if multi:
+            column = pc.list_flatten(column)
         distinct = len(pc.unique(column.drop_null()))
-        numeric = pa.types.is_floating(column.type) or (
-            pa.types.is_integer(column.type) and distinct > 64)
+        numeric = not multi and (pa.types.is_floating(column.type) or (
+            pa.types.is_integer(column.type) and distinct > 64))
         init = "nn.init.normal_,std=0.01"
         if numeric:
             values = column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)

@@ -220,6 +220,24 @@ def test_deepfm_eval_set_keeps_the_best_epoch_as_a_run_stopped_there(Estimator):
         Estimator(config, num_epochs=1).fit(X, y, eval_set=(X[["item", "user"]], y))
 
 
+def test_deepfm_default_config_reads_a_list_column_as_multi_value_ids():
+    """A DataFrame column of lists (tags) becomes a hashed id feature of the distinct
+    values in its lists, and the model learns from the values inside them."""
+    import pandas as pd
+
+    from fmkit.deepfm_estimators import default_config
+
+    rng = np.random.default_rng(7)
+    tags = [list(rng.choice(["a", "b", "c", "d", "hot"], rng.integers(0, 3), replace=False))
+            for _ in range(4000)]
+    X = pd.DataFrame({"user": rng.integers(0, 20, 4000).astype(str), "tags": tags})
+    y = np.array([int("hot" in t) for t in tags])
+    feature = default_config(X)["feature_configs"][1]["id_feature"]
+    assert feature["feature_name"] == "tags" and feature["hash_bucket_size"] == 10
+    model = DeepFMClassifier(num_epochs=3).fit(X[:3000], y[:3000])
+    assert roc_auc_score(y[3000:], model.predict_proba(X[3000:])[:, 1]) > 0.99
+
+
 # settings that learn scikit-learn's small check problems (SageMaker's defaults train one
 # epoch at learning rates for millions of rows)
 CHECKED = dict(num_factors=2, epochs=30, mini_batch_size=10, bias_lr=0.05, linear_lr=0.05,
