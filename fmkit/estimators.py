@@ -118,7 +118,7 @@ class _FMEstimator(BaseEstimator):
                                 validation=validation, progress=progress,
                                 trained_epochs=len(before))
         self.model_, self.history_ = FMModel(hp, params), before + history
-        self._learner = None  # partial_fit starts over after fit
+        self._learner = None  # a partial_fit after fit continues its weights, a fresh state
         return self
 
     def _target(self, y: np.ndarray, first: bool, classes=None) -> np.ndarray:
@@ -130,14 +130,25 @@ class _FMEstimator(BaseEstimator):
         previous ``partial_fit`` calls: on rows in the same order (``shuffle=0``), calls on
         parts whose sizes are multiples of ``mini_batch_size`` train what one epoch over all
         of them trains (given the same start: an ``auto`` bias starts from the first call's
-        labels)."""
+        labels). The first call after ``fit`` (or :func:`load`) continues the fitted weights
+        with a fresh optimizer state, as ``warm_start`` does; its ``X`` must have their
+        width."""
         learner = getattr(self, "_learner", None)
-        X, y = self._input(X, y, reset=learner is None)
-        source = ArraySource(X, self._target(y, learner is None, classes), labels=self._labels)
-        if learner is None:
+        fitted = learner is None and hasattr(self, "model_")
+        first = learner is None and not fitted
+        X, y = self._input(X, y, reset=first)
+        source = ArraySource(X, self._target(y, first, classes), labels=self._labels)
+        if first:
             hp = with_starting_point(self._hyperparameters(source.feature_dim), source)
             learner, self.history_ = fm_learner(hp), []
-            self._learner = learner
+        elif fitted:
+            hp = self._hyperparameters(source.feature_dim)
+            change = self.model_.shape_change(hp)
+            if change:
+                raise ValueError(f"partial_fit: {change}; it continues the fitted model with "
+                                 "the same shapes")
+            learner = fm_learner(hp, self.model_.params)
+        self._learner = learner
         epoch = len(self.history_) + 1
         self.history_ += fit(learner, training_source(learner.hp, source), epochs=epoch,
                              seed=learner.hp["seed"], first_epoch=epoch,

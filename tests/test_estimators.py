@@ -147,6 +147,14 @@ def test_warm_start_continues_fit_with_epochs_numbered_after_it():
     assert [h.epoch for h in warm.history_] == [1, 2]
     cold = FMRegressor(**settings, epochs=1).fit(X, y, progress=False).fit(X, y, progress=False)
     np.testing.assert_allclose(cold.model_.params.V, once)  # without warm_start: starts over
+    # partial_fit after fit continues the fitted weights, as scikit-learn's SGD estimators do
+    continued = FMRegressor(**settings, epochs=1).fit(X, y, progress=False)
+    with pytest.raises(ValueError, match="X has 10 features"):
+        continued.partial_fit(X[:, :10], y)
+    continued.partial_fit(X, y)
+    np.testing.assert_allclose(continued.model_.params.V, two.model_.params.V, rtol=1e-6,
+                               atol=1e-8)
+    assert [h.epoch for h in continued.history_] == [1, 2]
     # what would change the weights' shapes is refused, and the fitted model is kept
     for change, message in ((dict(num_factors=8), "the model has num_factors=4, this run "
                              "num_factors=8"), (dict(), "X has 10 features")):
