@@ -158,12 +158,13 @@ class _DeepFMEstimator(BaseEstimator):
 
     def __init__(self, config: dict | str | Path | None = None, *, num_epochs: int | None = None,
                  batch_size: int | None = None, random_state: int | None = None,
-                 verbose: bool = False):
+                 verbose: bool = False, warm_start: bool = False):
         self.config = config
         self.num_epochs = num_epochs
         self.batch_size = batch_size
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -173,10 +174,15 @@ class _DeepFMEstimator(BaseEstimator):
         tags.non_deterministic = False
         return tags
 
-    def _document(self, table: pa.Table) -> dict[str, Any]:
+    def _document(self, table: pa.Table, fitted: Any = None) -> dict[str, Any]:
+        """The configuration to train with: ``config``, else the ``fitted`` model's (a fit
+        that continues it), else :func:`default_config` of ``table``."""
+        from fmkit.models.deepfm.config import to_document
         from fmkit.models.deepfm.config_files import load_document
 
-        if self.config is None:
+        if self.config is None and fitted is not None:
+            document = to_document(fitted.config)
+        elif self.config is None:
             document = default_config(table)
         elif isinstance(self.config, dict):
             document = copy.deepcopy(self.config)
@@ -197,16 +203,34 @@ class _DeepFMEstimator(BaseEstimator):
             data["batch_size"] = self.batch_size
         return document
 
+    def _continues(self, incremental: bool) -> bool:
+        """Whether this fit continues the fitted model: ``warm_start``, or ``partial_fit``."""
+        return (self.warm_start or incremental) and hasattr(self, "model_")
+
     def _fit(self, X: Any, y: Any, sample_weight: Any, loss: dict, num_class: int,
-             eval_set: tuple[Any, np.ndarray] | None = None) -> _DeepFMEstimator:
+             eval_set: tuple[Any, np.ndarray] | None = None, incremental: bool = False
+             ) -> _DeepFMEstimator:
         """Train on ``X, y`` (``y`` encoded: class indices or values); ``eval_set`` (``X_val``
         and its encoded ``y``) is ``fmkit train --validation``: scored after every epoch,
-        the best epoch's weights kept, ``early_stopping_patience`` applied."""
-        from fmkit.jobs.deepfm import Channel, Rows, early_stopping_of, fit_deepfm
+        the best epoch's weights kept, ``early_stopping_patience`` applied. A fit that
+        continues (:meth:`_continues`) starts from the fitted weights, its epochs numbered
+        after theirs; ``incremental`` (``partial_fit``) trains one epoch and keeps the
+        optimizers' state for the next call."""
+        from fmkit.jobs.deepfm import (
+            Channel,
+            Rows,
+            deepfm_learner,
+            early_stopping_of,
+            fit_deepfm,
+            network_change,
+        )
         from fmkit.models.deepfm import config as configs
         from fmkit.models.deepfm.model import DeepFMModel
 
         table = _checked_table(X, y)
+        continues = self._continues(incremental)
+        if continues:
+            self._check_columns(table)
         validation = None
         if eval_set is not None:  # checked before any table is allocated
             X_val, y_val = eval_set
@@ -216,8 +240,11 @@ class _DeepFMEstimator(BaseEstimator):
                                  f"the training X {table.column_names[:5]}")
             extra_val = {LABEL: np.asarray(y_val, np.float64)}
             validation = Rows("eval_set", lambda: _batches(table_val, extra_val))
-        document = self._document(table)
+        document = self._document(table, self.model_ if continues else None)
         document.setdefault("model_config", {}).update(losses=[loss], num_class=num_class)
+        if incremental:
+            document["train_config"]["num_epochs"] = 1
+            document["train_config"].pop("num_steps", None)
         extra = {LABEL: np.asarray(y, np.float64)}
         if sample_weight is not None:
             document["data_config"]["sample_weight_fields"] = [WEIGHT]
@@ -226,14 +253,30 @@ class _DeepFMEstimator(BaseEstimator):
             if not extra[WEIGHT].sum() > 0:
                 raise ValueError("Sample weights must contain at least one non-zero number.")
         config = configs.parse(document, report_ignored=True)
-        model = DeepFMModel.create(config)
+        learner = getattr(self, "_learner", None) if incremental else None
+        if learner is not None:
+            model = self.model_  # the network the learner's optimizers hold
+        else:
+            model = DeepFMModel.create(config)
+            if continues:
+                change = network_change(model, self.model_)
+                if change:
+                    how = "fit starts over" if incremental else "warm_start=False starts over"
+                    raise ValueError(f"{'partial_fit' if incremental else 'warm_start'}: "
+                                     f"{change} ({how})")
+                model.net.load_state_dict(self.model_.net.state_dict())
+        if incremental:
+            learner = self._learner = learner or deepfm_learner(model)
         channel = Channel("X", lambda: (model.encode(batch, labelled=True)
                                         for batch in _batches(table, extra)))
         watch = None if validation is None else early_stopping_of(config, model,
                                                                   validation=validation)
+        before = self.history_ if continues else []
         history = fit_deepfm(model, channel, progress=None if self.verbose else False,
-                             early_stopping=watch)
-        self.model_, self.history_ = model, [vars(h) for h in history]
+                             early_stopping=watch, trained_epochs=len(before), learner=learner)
+        self.model_, self.history_ = model, before + [vars(h) for h in history]
+        if not incremental:
+            self._learner = None  # a partial_fit after fit continues its weights, fresh state
         self.n_features_in_ = table.num_columns
         model.estimator = {"n_features_in": table.num_columns}
         if hasattr(X, "columns"):
@@ -241,13 +284,24 @@ class _DeepFMEstimator(BaseEstimator):
             model.estimator["feature_names_in"] = table.column_names
         return self
 
-    def _logits(self, X: Any) -> np.ndarray:
-        check_is_fitted(self, "model_")
-        table = _table(X)
+    def _check_columns(self, table: pa.Table, names: bool = True) -> None:
+        """``table`` has the fitted model's width (scikit-learn's message), and with
+        ``names`` its columns, in any order (features read them by name; a 2-D array's are
+        ``x0``, ``x1``, ...)."""
         if table.num_columns != self.n_features_in_:
             raise ValueError(f"X has {table.num_columns} features, but "
                              f"{type(self).__name__} is expecting {self.n_features_in_} "
                              f"features as input.")
+        fitted = (list(self.feature_names_in_) if hasattr(self, "feature_names_in_")
+                  else [f"x{j}" for j in range(self.n_features_in_)])
+        if names and sorted(table.column_names) != sorted(fitted):
+            raise ValueError(f"X has columns {table.column_names[:5]}, but "
+                             f"{type(self).__name__} was fitted with {fitted[:5]}")
+
+    def _logits(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        table = _table(X)
+        self._check_columns(table, names=False)
         parts = [self.model_.logits(batch) for batch in _batches(table, {})
                  if batch.n_rows]
         return np.concatenate(parts) if parts else np.zeros(0)
@@ -267,13 +321,27 @@ class DeepFMClassifier(ClassifierMixin, _DeepFMEstimator):
         """Train on ``X, y``. ``eval_set=(X_val, y_val)`` (or a list holding that pair) is
         scored after every epoch; the best epoch's weights by the configuration's
         ``early_stopping_metric`` are kept, and ``early_stopping_patience`` (> 0) stops
-        training after that many epochs without a better one (``fmkit train --validation``)."""
+        training after that many epochs without a better one (``fmkit train --validation``).
+        With ``warm_start``, a fitted model continues: its weights, its classes."""
+        return self._fit_classes(X, y, sample_weight, eval_set=eval_set)
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None
+                    ) -> DeepFMClassifier:
+        """One more epoch over ``X, y``, keeping the weights and the optimizers' state between
+        calls (the first call after ``fit`` continues its weights with fresh optimizers);
+        ``classes`` (every class ``y`` may hold) on the first call, as scikit-learn's
+        incremental estimators take it."""
+        return self._fit_classes(X, y, sample_weight, classes=classes, incremental=True)
+
+    def _fit_classes(self, X: Any, y: Any, sample_weight: Any, eval_set: Any = None,
+                     classes: Any = None, incremental: bool = False) -> DeepFMClassifier:
         y = _target(y, type(self).__name__)
         check_classification_targets(y)
-        self.classes_, encoded = np.unique(y, return_inverse=True)
-        if self.classes_.size < 2:
-            raise ValueError(f"DeepFMClassifier needs 2 or more classes; y has "
-                             f"{self.classes_.size} class")
+        if not self._continues(incremental):
+            self.classes_ = np.unique(y if classes is None else classes)
+            if self.classes_.size < 2:
+                raise ValueError(f"DeepFMClassifier needs 2 or more classes; y has "
+                                 f"{self.classes_.size} class")
         if self.classes_.size == 2:
             loss, num_class = {"binary_cross_entropy": {}}, 1
         else:
@@ -281,15 +349,18 @@ class DeepFMClassifier(ClassifierMixin, _DeepFMEstimator):
         watched = None
         if eval_set is not None:
             X_val, y_val = one_pair(eval_set)
-            y_val = _target(y_val, type(self).__name__)
-            unknown = ~np.isin(y_val, self.classes_)
-            if unknown.any():
-                raise ValueError(f"eval_set: y holds a class the training y does not: "
-                                 f"{y_val[unknown][0].tolist()!r}")
-            watched = (X_val, np.searchsorted(self.classes_, y_val))
-        self._fit(X, encoded, sample_weight, loss, num_class, watched)
+            watched = (X_val, self._encoded(_target(y_val, type(self).__name__), "eval_set: "))
+        self._fit(X, self._encoded(y), sample_weight, loss, num_class, watched, incremental)
         self.model_.estimator["classes"] = self.classes_.tolist()
         return self
+
+    def _encoded(self, y: np.ndarray, where: str = "") -> np.ndarray:
+        """``y`` as indices into ``classes_``."""
+        unknown = ~np.isin(y, self.classes_)
+        if unknown.any():
+            raise ValueError(f"{where}y holds a class that is not in classes_: "
+                             f"{y[unknown][0].tolist()!r}")
+        return np.searchsorted(self.classes_, y)
 
     def decision_function(self, X: Any) -> np.ndarray:
         return self._logits(X)
@@ -313,13 +384,19 @@ class DeepFMRegressor(RegressorMixin, _DeepFMEstimator):
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None, *, eval_set: Any = None
             ) -> DeepFMRegressor:
-        """Train on ``X, y``; ``eval_set``: see :meth:`DeepFMClassifier.fit`."""
+        """Train on ``X, y``; ``eval_set`` and ``warm_start``: see
+        :meth:`DeepFMClassifier.fit`."""
         y = _finite_target(y, type(self).__name__)
         watched = None
         if eval_set is not None:
             X_val, y_val = one_pair(eval_set)
             watched = (X_val, _finite_target(y_val, type(self).__name__))
         return self._fit(X, y, sample_weight, {"l2_loss": {}}, 1, watched)
+
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> DeepFMRegressor:
+        """One more epoch over ``X, y``: see :meth:`DeepFMClassifier.partial_fit`."""
+        return self._fit(X, _finite_target(y, type(self).__name__), sample_weight,
+                         {"l2_loss": {}}, 1, incremental=True)
 
     def predict(self, X: Any) -> np.ndarray:
         return self._logits(X)

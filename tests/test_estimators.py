@@ -246,6 +246,68 @@ def test_deepfm_default_config_reads_a_list_column_as_multi_value_ids():
     assert roc_auc_score(y[3000:], model.predict_proba(X[3000:])[:, 1]) > 0.99
 
 
+def _deepfm_problem():
+    import pandas as pd
+
+    from fmkit.deepfm_estimators import default_config
+
+    rng = np.random.default_rng(5)
+    user, item = rng.integers(0, 50, 2000), rng.integers(0, 40, 2000)
+    logit = rng.normal(0, 1, 50)[user] + rng.normal(0, 1, 40)[item]
+    X = pd.DataFrame({"user": user, "item": item})
+    y = (rng.random(2000) < 1 / (1 + np.exp(-logit))).astype(int)
+    config = default_config(X)
+    config["data_config"]["shuffle"] = False
+    return X, y, config
+
+
+def test_deepfm_partial_fit_over_two_halves_is_one_epoch_over_both():
+    """As the FM's: partial_fit keeps the optimizers' state (row-wise AdaGrad's and Adam's)
+    between calls, so halves of whole mini-batches, in order, train what one epoch trains."""
+    X, y, config = _deepfm_problem()
+    settings = dict(num_epochs=1, batch_size=100, random_state=3)
+    whole = DeepFMClassifier(config, **settings).fit(X, y)
+    parts = DeepFMClassifier(config, **settings).partial_fit(X[:1000], y[:1000], classes=[0, 1])
+    parts.partial_fit(X[1000:], y[1000:])
+    assert [h["epoch"] for h in parts.history_] == [1, 2]
+    np.testing.assert_allclose(parts.predict_proba(X), whole.predict_proba(X), rtol=1e-5,
+                               atol=1e-7)
+    with pytest.raises(ValueError, match="y holds a class that is not in classes_: 7"):
+        parts.partial_fit(X, np.full(2000, 7))
+
+
+def test_deepfm_warm_start_and_partial_fit_after_fit_continue_the_fitted_weights():
+    """With optimizers that keep no state (SGD without momentum), a warm-started second fit
+    of one epoch, or a partial_fit after a fit of one, equals one fit of two epochs; what
+    would not continue the fitted network is refused and the fitted model kept."""
+    X, y, config = _deepfm_problem()
+    config["train_config"].update(
+        sparse_optimizer={"sgd_optimizer": {"lr": 0.05}},
+        dense_optimizer={"sgd_optimizer": {"lr": 0.01, "momentum": 0.0}})
+    two = DeepFMRegressor(config, num_epochs=2, batch_size=50, random_state=1).fit(X, y)
+    warm = DeepFMRegressor(config, num_epochs=1, batch_size=50, random_state=1,
+                           warm_start=True)
+    once = warm.fit(X, y).predict(X)
+    warm.fit(X, y)
+    assert not np.allclose(once, two.predict(X), rtol=1e-4)
+    np.testing.assert_allclose(warm.predict(X), two.predict(X), rtol=1e-5, atol=1e-6)
+    assert [h["epoch"] for h in warm.history_] == [1, 2]
+    continued = DeepFMRegressor(config, num_epochs=1, batch_size=50, random_state=1).fit(X, y)
+    continued.partial_fit(X, y)
+    np.testing.assert_allclose(continued.predict(X), two.predict(X), rtol=1e-5, atol=1e-6)
+    other = {**config, "model_config": {**config["model_config"],
+                                        "deepfm": {"deep": {"hidden_units": [16]}}}}
+    kept = warm.model_
+    for change, X_new, message in ((dict(config=other), X, "warm_start: the model's "
+                                    "model_config differ"),
+                                   (dict(), X.rename(columns={"item": "movie"}),
+                                    "was fitted with")):
+        with pytest.raises(ValueError, match=message):
+            warm.set_params(**change).fit(X_new, y)
+        assert warm.model_ is kept
+        warm.set_params(config=config)
+
+
 # settings that learn scikit-learn's small check problems (SageMaker's defaults train one
 # epoch at learning rates for millions of rows)
 CHECKED = dict(num_factors=2, epochs=30, mini_batch_size=10, bias_lr=0.05, linear_lr=0.05,

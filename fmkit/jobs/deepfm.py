@@ -124,17 +124,14 @@ def fit_deepfm(model: DeepFMModel, channel: Channel, *, progress: bool | None = 
                host: str = DEFAULT_HOST, trained_epochs: int = 0,
                early_stopping: EarlyStopping | None = None,
                checkpoints: Checkpointer | None = None, run_id: dict | None = None,
-               resume: bool = False, callbacks: Sequence[Callback] = ()) -> list:
+               resume: bool = False, callbacks: Sequence[Callback] = (),
+               learner: DeepFMLearner | None = None) -> list:
     """Train ``model``'s network on ``channel`` as its configuration says (optimizers,
     learning-rate schedules, epochs or steps): the one loop behind ``fmkit train --config``
-    and the DeepFM estimators. Returns the engine's per-epoch history."""
+    and the DeepFM estimators. ``learner`` (:func:`deepfm_learner` of ``model``) continues
+    its optimizers' state (``partial_fit``). Returns the engine's per-epoch history."""
     config = model.config
-    loss = config.model_config.losses[0]
-    smoothing = next((l.label_smoothing for l in (loss.binary_cross_entropy,
-                                                   loss.softmax_cross_entropy) if l), 0.0)
-    learner = DeepFMLearner(model.net, config.train_config, config.data_config.batch_size,
-                            model.label_mode, smoothing, config.data_config.shuffle,
-                            scorer=_scorer(model))
+    learner = learner or deepfm_learner(model)
     schedule = schedules_of(learner.optimizers, [config.train_config.sparse_optimizer,
                                                  config.train_config.dense_optimizer])
     if schedule is not None:
@@ -149,6 +146,28 @@ def fit_deepfm(model: DeepFMModel, channel: Channel, *, progress: bool | None = 
         model.net.eval()
 
 
+def deepfm_learner(model: DeepFMModel) -> DeepFMLearner:
+    """The learner of ``model``'s network with its configuration's optimizers, fresh."""
+    config = model.config
+    loss = config.model_config.losses[0]
+    smoothing = next((l.label_smoothing for l in (loss.binary_cross_entropy,
+                                                   loss.softmax_cross_entropy) if l), 0.0)
+    return DeepFMLearner(model.net, config.train_config, config.data_config.batch_size,
+                         model.label_mode, smoothing, config.data_config.shuffle,
+                         scorer=_scorer(model))
+
+
+def network_change(model: DeepFMModel, before: DeepFMModel) -> str | None:
+    """What keeps ``model`` from continuing ``before``'s weights (other features or another
+    network), else None: the rule of ``--init-model`` and the estimators' ``warm_start``."""
+    mine, theirs = to_document(model.config), to_document(before.config)
+    for part in ("feature_configs", "model_config"):
+        if mine.get(part) != theirs.get(part):
+            return (f"the model's {part} differ from this configuration's: a model "
+                    "continues with the same features and network")
+    return None
+
+
 def _continue_from(path: str, model: DeepFMModel) -> list[dict]:
     """``--init-model``: ``path``'s weights into ``model`` (same features and network, else a
     clear error); returns its training history."""
@@ -157,12 +176,9 @@ def _continue_from(path: str, model: DeepFMModel) -> list[dict]:
     if artifact.model_type(path) != "deepfm":
         raise HyperparameterError(f"--init-model {path}: not a DeepFM model directory")
     before = DeepFMModel.load(path)
-    mine, theirs = to_document(model.config), to_document(before.config)
-    for part in ("feature_configs", "model_config"):
-        if mine.get(part) != theirs.get(part):
-            raise HyperparameterError(f"--init-model {path}: its {part} differ from this "
-                                      f"configuration's: a model continues with the same "
-                                      f"features and network")
+    change = network_change(model, before)
+    if change:
+        raise HyperparameterError(f"--init-model {path}: {change}")
     model.net.load_state_dict(before.net.state_dict())
     return artifact.training_history(artifact.read_metrics(path))
 
