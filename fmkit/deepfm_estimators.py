@@ -77,7 +77,7 @@ def _batches(table: pa.Table, extra: dict[str, np.ndarray]) -> Iterator[ColumnBa
                    for name, column in zip(part.column_names, part.columns)}
         columns.update({name: pa.array(values[start:start + part.num_rows])
                         for name, values in extra.items()})
-        yield ColumnBatch(columns, part.num_rows, "X", first_line=None)
+        yield ColumnBatch(columns, part.num_rows, "X", offset=start)
 
 
 def default_config(X: Any) -> dict[str, Any]:

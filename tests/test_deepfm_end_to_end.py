@@ -168,6 +168,8 @@ def test_serve_answers_raw_feature_requests_as_predict_does(trained, cli, tmp_pa
                                    [e["score"] for e in expected[:3]], rtol=1e-5)
         bad = httpx.post(f"{url}/invocations", json={"instances": [{"I1": "many"}]})
         assert bad.status_code == 400 and "'many' is not a number" in bad.json()["error"]
+        empty = httpx.post(f"{url}/invocations", json={"instances": []})  # (was a 500)
+        assert empty.status_code == 200 and empty.json() == {"predictions": []}
         recordio = httpx.post(f"{url}/invocations", content=b"\x00",
                               headers={"Content-Type": "application/x-recordio-protobuf"})
         assert recordio.status_code == 415

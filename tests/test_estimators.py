@@ -17,6 +17,7 @@ from fmkit import (
     HyperparameterError,
     load,
 )
+from fmkit.errors import DataError
 from fmkit.models.fm.planted import planted_ctr
 
 
@@ -259,6 +260,19 @@ def _deepfm_problem():
     config = default_config(X)
     config["data_config"]["shuffle"] = False
     return X, y, config
+
+
+def test_deepfm_estimator_errors_name_the_row_of_x(monkeypatch):
+    """X is read in blocks: a bad value's row is counted from X's first row, not its block's."""
+    import fmkit.deepfm_estimators as module
+
+    X, y, _ = _deepfm_problem()
+    X = X.assign(price=np.linspace(1, 9, len(X)).round(3).astype(str))  # text of numbers
+    model = DeepFMClassifier(num_epochs=1).fit(X.astype({"price": float}), y)
+    monkeypatch.setattr(module, "BLOCK_ROWS", 100)
+    X.loc[249, "price"] = "cheap"
+    with pytest.raises(DataError, match="X: row 250: column 'price': 'cheap' is not a number"):
+        model.predict(X)
 
 
 def test_deepfm_partial_fit_over_two_halves_is_one_epoch_over_both():

@@ -234,6 +234,12 @@ def test_status_codes_and_resilience(server, a9a):
         assert client.get("/ping").status_code == 200
         response = client.post("/invocations", content=good, headers={"Content-Type": JSON})
         assert response.status_code == 200 and len(response.json()["predictions"]) == 3
+        for body, content_type, answer in (('{"instances": []}', JSON, '{"predictions": []}'),
+                                           ("[]", JSON, '{"predictions": []}'),
+                                           ("", JSONLINES, "")):  # (each was a 500)
+            response = client.post("/invocations", content=body, headers={
+                "Content-Type": content_type, "Accept": content_type})
+            assert response.status_code == 200 and response.text == answer, response.text
         no_accept = client.post("/invocations", content=good,
                                 headers={"Content-Type": "application/json; charset=utf-8",
                                          "Accept": "*/*"})

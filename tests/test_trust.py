@@ -360,6 +360,10 @@ def test_deepfm_request_errors(deepfm_model):
     assert np.isfinite(deepfm_model.predictions(good)["score"]).all()
     with pytest.raises(DataError, match="column 'price': 'true' is not a number"):
         deepfm_model.predictions(decode(b'{"instances": [{"price": true}]}', codecs.JSON))
+    with pytest.raises(DataError, match="instance 3: column 'price': expected a number, got a "
+                                        "list"):  # (was "row 1: ... got list<item: string>")
+        deepfm_model.predictions(decode(b'{"instances": [{"price": 1}, {}, {"price": [1, 2]}]}',
+                                        codecs.JSON))
     # JSON's true is the id a CSV file's text true is (it was "True")
     scores = [deepfm_model.predictions(decode(json.dumps({"instances": [{"user": user}]})
                                               .encode(), codecs.JSON))["score"][0]

@@ -536,7 +536,7 @@ def check_finite(predictions: dict[str, np.ndarray], unit: str = "instance",
     """A score that is not a finite number is never returned: the row's values overflowed
     the model's arithmetic. ``first`` is the number of the first row."""
     finite = np.isfinite(np.asarray(predictions["score"], dtype=np.float64))
-    bad = np.flatnonzero(~finite.reshape(len(finite), -1).all(axis=1))  # (a row of classes)
+    bad = np.flatnonzero(~(finite if finite.ndim == 1 else finite.all(axis=1)))  # (classes)
     if bad.size:
         raise RequestError(f"{unit} {int(bad[0]) + first}: the score is not a finite number (its "
                            "feature values are too large for this model)")

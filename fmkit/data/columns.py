@@ -47,6 +47,8 @@ class ColumnBatch:
     absent_is_missing: bool = False  # JSON instances: a feature left out is a missing value
     header_like: bool = False  # the file's line 1, read as data, looks like a header
     lines: np.ndarray | None = None
+    unit: str = "row"  # what a row is called where rows are numbered ("instance": requests)
+    offset: int = 0  # where rows are numbered: the rows before row 0 (a Parquet file's)
 
     def error(self, row: int, problem: str) -> DataError:
         """A :class:`DataError` naming row ``row`` of this batch."""
@@ -55,7 +57,8 @@ class ColumnBatch:
         elif self.first_line is not None:
             line = self.first_line + row
         else:
-            return DataError(self.source, None, f"row {row + 1}: {problem}")
+            return DataError(self.source, None, f"{self.unit} {self.offset + row + 1}: "
+                             f"{problem}")
         if line == 1 and self.header_like:
             problem += (" (line 1 looks like a header: set data_config.with_header: true or "
                         "input_fields)")
@@ -293,18 +296,8 @@ def read_parquet(path: str | Path, batch_rows: int = 65536,
         for index, batch in enumerate(reader.iter_batches(batch_size=batch_rows)):
             if index % parts == part:
                 columns = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
-                yield _NumberedBatch(columns, batch.num_rows, str(file), offset=done)
+                yield ColumnBatch(columns, batch.num_rows, str(file), offset=done)
             done += batch.num_rows
-
-
-@dataclass
-class _NumberedBatch(ColumnBatch):
-    """Rows numbered from ``offset`` within their file (Parquet)."""
-
-    offset: int = 0
-
-    def error(self, row: int, problem: str) -> DataError:
-        return DataError(self.source, None, f"row {self.offset + row + 1}: {problem}")
 
 
 def from_instances(instances: list[Any], source: str = "request",
@@ -332,7 +325,7 @@ def from_instances(instances: list[Any], source: str = "request",
             raise error(bad[0], f"feature {excerpt(name)}: {bad[1]}")
         columns[name] = _python_column(values)
     return ColumnBatch(columns, len(instances), source, absent_is_missing=True,
-                       lines=None if lines is None else np.asarray(lines))
+                       lines=None if lines is None else np.asarray(lines), unit="instance")
 
 
 _INT64 = (-(1 << 63), (1 << 63) - 1)

@@ -195,7 +195,10 @@ def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray
             raise error(0, "a value is not a number") from None
     elif not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)
               or pa.types.is_boolean(values.type)):
-        raise batch.error(0, f"column {column!r}: expected numbers, got {values.type}")
+        present = np.flatnonzero(values.is_valid().to_numpy(zero_copy_only=False))
+        kind = ("a list" if pa.types.is_list(values.type) or pa.types.is_large_list(values.type)
+                else values.type)
+        raise error(int(present[0]) if present.size else 0, f"expected a number, got {kind}")
     result = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
     beyond = np.flatnonzero(np.abs(result) > FLOAT32_MAX)
     if beyond.size:
