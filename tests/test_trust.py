@@ -454,6 +454,41 @@ def test_non_positive_counts_are_refused(cli, tmp_path, section, field, value):
     assert code == 1 and f"{section}.{field}: must be a positive integer, got {value}" in err
 
 
+@pytest.mark.parametrize("path,value,message", [
+    ("train_config.sparse_optimizer", {"adagrad_optimizer": {"lr": -1}},
+     "train_config.sparse_optimizer.adagrad_optimizer.lr: must be >= 0, got -1"),
+    ("train_config.dense_optimizer", {"adam_optimizer": {"beta1": 1.0}},
+     "train_config.dense_optimizer.adam_optimizer.beta1: must be in [0, 1), got 1.0"),
+    ("train_config.dense_optimizer", {"adam_optimizer": {"weight_decay": float("nan")}},
+     "adam_optimizer.weight_decay: must be >= 0, got nan"),
+    ("train_config.dense_optimizer", {"adam_optimizer": {}, "manual_step_learning_rate": {
+        "schedule_sizes": [10], "learning_rates": [-0.1]}},
+     "manual_step_learning_rate.learning_rates: must be >= 0"),
+    ("train_config.seed", -3, "train_config.seed: must be >= 0, got -3"),  # (numpy traceback)
+    ("data_config.delimiter", "ab", "data_config.delimiter: expected one character, got 'ab'"),
+])
+def test_settings_out_of_range_are_refused_before_training(path, value, message):
+    """Each trained silently before (a negative learning rate, a two-character delimiter
+    that the reader's delimiter detection replaced) or failed with a traceback."""
+    from fmkit.models.deepfm import config as configs
+
+    document = small()
+    section, name = path.split(".")
+    document.setdefault(section, {})[name] = value
+    with pytest.raises(configs.ConfigError) as raised:
+        configs.parse(document)
+    assert message in str(raised.value)
+
+
+def test_a_tab_written_as_backslash_t_is_a_tab():
+    """``--set data_config.delimiter=\\t`` in a shell, or ``'\\t'`` in YAML, is two characters."""
+    from fmkit.models.deepfm import config as configs
+
+    document = small()
+    document.setdefault("data_config", {})["delimiter"] = "\\t"
+    assert configs.parse(document).data_config.delimiter == "\t"
+
+
 def test_empty_training_file_and_unicode_digits(cli, tmp_path):
     import yaml
 

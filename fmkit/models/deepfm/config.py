@@ -681,7 +681,13 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False) -> EasyRecC
                           "(with INT8 the layers between the int8 products score in float32)")
     _check_model(config.model_config)
     _check_data(config)
+    if train.seed < 0:
+        raise ConfigError(f"train_config.seed: must be >= 0, got {train.seed}")
     for kind in ("sparse_optimizer", "dense_optimizer"):
+        optimizer = getattr(train, kind)
+        name = next((n for n in optimizer.ONEOF if getattr(optimizer, n) is not None), None)
+        if name:
+            _check_optimizer(getattr(optimizer, name), f"train_config.{kind}.{name}")
         chosen = [n for n in SCHEDULES if getattr(getattr(train, kind), n) is not None]
         if len(chosen) > 1:
             raise ConfigError(f"train_config.{kind}: expected one learning rate schedule, got "
@@ -695,6 +701,19 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False) -> EasyRecC
 def schedule_of(optimizer: SparseOptimizer | DenseOptimizer) -> Any:
     """The learning rate schedule an optimizer message names (None: constant)."""
     return next((getattr(optimizer, n) for n in SCHEDULES[1:] if getattr(optimizer, n)), None)
+
+
+def _check_optimizer(settings: OptimizerSettings, where: str) -> None:
+    """An optimizer's settings within their ranges (PyTorch checks some of them only when a
+    step runs; the compiled sparse optimizers, none)."""
+    for name in ("lr", "weight_decay", "initial_accumulator_value", "momentum"):
+        value = getattr(settings, name)
+        if value is not None and not value >= 0:
+            raise ConfigError(f"{where}.{name}: must be >= 0, got {value}")
+    for name in ("beta1", "beta2", "rho", "alpha"):
+        value = getattr(settings, name)
+        if not 0 <= value < 1:
+            raise ConfigError(f"{where}.{name}: must be in [0, 1), got {value}")
 
 
 def _check_schedule(schedule: Any, where: str) -> None:
@@ -713,6 +732,8 @@ def _check_schedule(schedule: Any, where: str) -> None:
                               f"{len(sizes)}")
         if sorted(sizes) != list(sizes) or sizes[0] <= 0:
             raise ConfigError(f"{where}.schedule_sizes: must be positive and ascending")
+        if not all(rate >= 0 for rate in schedule.learning_rates):
+            raise ConfigError(f"{where}.learning_rates: must be >= 0")
 
 
 
@@ -752,6 +773,11 @@ def _check_data(config: EasyRecConfig) -> None:
                           "pyfg) is not supported: use FG_NONE or FG_DAG with raw columns")
     if len(data.label_fields) != 1:
         raise ConfigError("data_config.label_fields: expected one label column")
+    if data.delimiter == "\\t":  # a tab as a shell's --set or single-quoted YAML write it
+        data.delimiter = "\t"
+    if len(data.delimiter) != 1:
+        raise ConfigError(f"data_config.delimiter: expected one character, got "
+                          f"{excerpt(data.delimiter)}")
     if len(data.sample_weight_fields) > 1:
         raise ConfigError("data_config.sample_weight_fields: expected at most one column")
 
