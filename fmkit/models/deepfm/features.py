@@ -195,10 +195,14 @@ def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray
             raise error(0, "a value is not a number") from None
     elif not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)
               or pa.types.is_boolean(values.type)):
-        present = np.flatnonzero(values.is_valid().to_numpy(zero_copy_only=False))
-        kind = ("a list" if pa.types.is_list(values.type) or pa.types.is_large_list(values.type)
-                else values.type)
-        raise error(int(present[0]) if present.size else 0, f"expected a number, got {kind}")
+        present = values.is_valid().to_numpy(zero_copy_only=False)
+        kind = values.type
+        if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+            kind = "a list"  # (the first of several values: a lone value may be in a list too)
+            lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy()
+            present = present & (lengths > 1) if (lengths > 1).any() else present
+        first = np.flatnonzero(present)
+        raise error(int(first[0]) if first.size else 0, f"expected a number, got {kind}")
     result = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
     beyond = np.flatnonzero(np.abs(result) > FLOAT32_MAX)
     if beyond.size:
