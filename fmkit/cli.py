@@ -386,16 +386,18 @@ def _config_form(to: str | None, output: str | None) -> str:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """The parsed command line. ``fmkit import`` takes NAME=VALUE after its options too:
-    argparse gives a trailing ``nargs="*"`` positional only the words next to the other
-    positionals, so those after an option arrive as extras and are taken here."""
-    if not argv or argv[0] != "import":
-        return parser.parse_args(argv)
+    """The parsed command line. ``train``, ``tune`` and ``import`` take NAME=VALUE among their
+    options: argparse gives a trailing ``nargs="*"`` positional only the words next to the
+    other positionals (``fmkit train --train f a=1 --model-dir m b=2`` left ``b=2`` over as
+    "unrecognized arguments"), so those after an option arrive as extras and are taken here."""
     args, extra = parser.parse_known_args(argv)
-    strays = [item for item in extra if item.startswith("-") or "=" not in item]
+    dest = next((name for name in ("assignments", "hyperparameters_list")
+                 if hasattr(args, name)), None)
+    strays = [item for item in extra if dest is None or item.startswith("-") or "=" not in item]
     if strays:
         parser.error(f"unrecognized arguments: {' '.join(strays)}")
-    args.hyperparameters_list = [*args.hyperparameters_list, *extra]
+    if dest:
+        setattr(args, dest, [*getattr(args, dest), *extra])
     return args
 
 

@@ -251,6 +251,22 @@ def test_early_stopping_metric_must_be_one_the_predictor_computes(cli, tmp_path)
         in err
 
 
+def test_hyperparameters_may_come_between_options(cli, tmp_path, capsys):
+    """NAME=VALUE words after an option are hyperparameters as those before it are (argparse
+    left them over as "unrecognized arguments"); an unknown option is still refused."""
+    data = shared_file("a9a_libsvm", "a9a.t")
+    code, _, err = cli("train", "--train", data, "feature_dim=123", "--model-dir",
+                       tmp_path / "m", "num_factors=3", "--index-base", "1",
+                       "predictor_type=binary_classifier", "mini_batch_size=500", "--quiet")
+    assert code == 0, err
+    hp = json.loads((tmp_path / "m" / "model.json").read_text())["hyperparameters"]
+    assert (hp["num_factors"], hp["mini_batch_size"]) == (3, 500)
+    with pytest.raises(SystemExit) as exited:
+        cli("train", "--train", data, "feature_dim=123", "--bogus", "num_factors=3")
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_undefined_metric_is_null_in_strict_json(cli, tmp_path):
     """AUC of a one-class test channel is undefined: null, never NaN, in every JSON output."""
     train, test = tmp_path / "train.libsvm", tmp_path / "test.libsvm"
