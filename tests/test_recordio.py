@@ -224,3 +224,28 @@ def test_convert_libsvm_to_recordio_matches_sdk_and_back(cli, tmp_path):
     assert (X2 != X).nnz == 0 and (y2 == y).all()
     batch = concat(list(FileSource(rec, "auto", 123).blocks()))
     assert batch.n_rows == 16281
+
+
+def test_converting_libffm_says_its_fields_are_dropped(cli, tmp_path):
+    """recordIO holds no fields: the rows convert (the libffm rows parsed here without their
+    fields), with a warning, as an FM would read them."""
+    import scipy.sparse as sp
+
+    source = shared_file("criteo_xlearn_libffm", "small_test.txt")
+    rows, columns, values, labels = [], [], [], []
+    for row, line in enumerate(source.read_text().splitlines()):
+        label, *tokens = line.split()
+        labels.append(float(label))
+        for token in tokens:
+            _, index, value = token.split(":")
+            rows.append(row)
+            columns.append(int(index) - 1)  # (1-based ids, as detected)
+            values.append(float(value))
+    X = sp.csr_matrix((values, (rows, columns)), dtype=np.float32)
+    rec = tmp_path / "small.rec"
+    code, _, err = cli("convert", "--to", "recordio", source, rec, "--feature-dim",
+                       str(X.shape[1]))
+    assert code == 0 and "its fields are dropped" in err, err
+    batch = concat(list(FileSource(rec, "auto", X.shape[1]).blocks()))
+    read = sp.csr_matrix((batch.values, batch.indices, batch.indptr), shape=X.shape)
+    assert (read != X).nnz == 0 and (batch.labels == np.array(labels)).all()

@@ -268,6 +268,9 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
                 widest = max(widest, int(batch.widths.max()))
             feature_dim = max(feature_dim, widest)
     source = FileSource(input_path, probe.fmt, max(feature_dim, 1), probe.index_base)
+    if probe.fmt == "libffm":
+        log.warning("%s: its fields are dropped: %s holds features and values only (a "
+                    "field-aware FM trains from libffm)", source.name, target_format)
     rows = 0
     with files.output_stream(output, CONVERTED) as f:
         for batch in source.blocks():
