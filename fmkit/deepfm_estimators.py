@@ -32,7 +32,7 @@ from fmkit.data.columns import ColumnBatch
 from fmkit.eval_set import one_pair
 from fmkit.models.metrics import predicted_labels, softmax
 
-LABEL, WEIGHT = "__label__", "__weight__"
+LABEL, WEIGHT = "__label__", "__weight__"  # the columns y and sample_weight become
 BLOCK_ROWS = 1 << 20  # rows encoded (and shuffled, with data_config.shuffle) at once
 HASH_ROWS_PER_VALUE, BUCKETS = 2, 10
 
@@ -123,6 +123,13 @@ def default_config(X: Any) -> dict[str, Any]:
     }
 
 
+def _label_column(y: Any) -> str:
+    """The label column's name in the saved configuration: a pandas Series' name (so that
+    ``fmkit evaluate`` finds the label in a file with a header), else :data:`LABEL`."""
+    name = getattr(y, "name", None)
+    return name if isinstance(name, str) and name else LABEL
+
+
 def _target(y: Any, name: str) -> np.ndarray:
     """``y`` as a 1-D array (a column vector with scikit-learn's warning)."""
     if y is None:
@@ -174,7 +181,8 @@ class _DeepFMEstimator(BaseEstimator):
         tags.non_deterministic = False
         return tags
 
-    def _document(self, table: pa.Table, fitted: Any = None) -> dict[str, Any]:
+    def _document(self, table: pa.Table, fitted: Any = None, label: str = LABEL
+                  ) -> dict[str, Any]:
         """The configuration to train with: ``config``, else the ``fitted`` model's (a fit
         that continues it), else :func:`default_config` of ``table``."""
         from fmkit.models.deepfm.config import to_document
@@ -191,7 +199,7 @@ class _DeepFMEstimator(BaseEstimator):
         for name in ("train_input_path", "eval_input_path", "model_dir"):
             document.pop(name, None)
         data = document.setdefault("data_config", {})
-        data["label_fields"] = [LABEL]
+        data["label_fields"] = [label]
         data.pop("input_fields", None)
         train = document.setdefault("train_config", {})
         for key, value in (("num_epochs", self.num_epochs), ("seed", self.random_state)):
@@ -208,8 +216,8 @@ class _DeepFMEstimator(BaseEstimator):
         return (self.warm_start or incremental) and hasattr(self, "model_")
 
     def _fit(self, X: Any, y: Any, sample_weight: Any, loss: dict, num_class: int,
-             eval_set: tuple[Any, np.ndarray] | None = None, incremental: bool = False
-             ) -> _DeepFMEstimator:
+             eval_set: tuple[Any, np.ndarray] | None = None, incremental: bool = False,
+             label: str = LABEL) -> _DeepFMEstimator:
         """Train on ``X, y`` (``y`` encoded: class indices or values); ``eval_set`` (``X_val``
         and its encoded ``y``) is ``fmkit train --validation``: scored after every epoch,
         the best epoch's weights kept, ``early_stopping_patience`` applied. A fit that
@@ -228,6 +236,8 @@ class _DeepFMEstimator(BaseEstimator):
         from fmkit.models.deepfm.model import DeepFMModel
 
         table = _checked_table(X, y)
+        if label in table.column_names:  # (a feature named as y: y keeps its own column)
+            label = LABEL
         continues = self._continues(incremental)
         if continues:
             self._check_columns(table)
@@ -238,14 +248,14 @@ class _DeepFMEstimator(BaseEstimator):
             if table_val.column_names != table.column_names:
                 raise ValueError(f"eval_set: X has columns {table_val.column_names[:5]}, "
                                  f"the training X {table.column_names[:5]}")
-            extra_val = {LABEL: np.asarray(y_val, np.float64)}
+            extra_val = {label: np.asarray(y_val, np.float64)}
             validation = Rows("eval_set", lambda: _batches(table_val, extra_val))
-        document = self._document(table, self.model_ if continues else None)
+        document = self._document(table, self.model_ if continues else None, label)
         document.setdefault("model_config", {}).update(losses=[loss], num_class=num_class)
         if incremental:
             document["train_config"]["num_epochs"] = 1
             document["train_config"].pop("num_steps", None)
-        extra = {LABEL: np.asarray(y, np.float64)}
+        extra = {label: np.asarray(y, np.float64)}
         if sample_weight is not None:
             document["data_config"]["sample_weight_fields"] = [WEIGHT]
             extra[WEIGHT] = np.broadcast_to(np.asarray(sample_weight, np.float64),
@@ -335,6 +345,7 @@ class DeepFMClassifier(ClassifierMixin, _DeepFMEstimator):
 
     def _fit_classes(self, X: Any, y: Any, sample_weight: Any, eval_set: Any = None,
                      classes: Any = None, incremental: bool = False) -> DeepFMClassifier:
+        label = _label_column(y)
         y = _target(y, type(self).__name__)
         check_classification_targets(y)
         if not self._continues(incremental):
@@ -350,7 +361,8 @@ class DeepFMClassifier(ClassifierMixin, _DeepFMEstimator):
         if eval_set is not None:
             X_val, y_val = one_pair(eval_set)
             watched = (X_val, self._encoded(_target(y_val, type(self).__name__), "eval_set: "))
-        self._fit(X, self._encoded(y), sample_weight, loss, num_class, watched, incremental)
+        self._fit(X, self._encoded(y), sample_weight, loss, num_class, watched, incremental,
+                  label)
         self.model_.estimator["classes"] = self.classes_.tolist()
         return self
 
@@ -386,17 +398,17 @@ class DeepFMRegressor(RegressorMixin, _DeepFMEstimator):
             ) -> DeepFMRegressor:
         """Train on ``X, y``; ``eval_set`` and ``warm_start``: see
         :meth:`DeepFMClassifier.fit`."""
-        y = _finite_target(y, type(self).__name__)
         watched = None
         if eval_set is not None:
             X_val, y_val = one_pair(eval_set)
             watched = (X_val, _finite_target(y_val, type(self).__name__))
-        return self._fit(X, y, sample_weight, {"l2_loss": {}}, 1, watched)
+        return self._fit(X, _finite_target(y, type(self).__name__), sample_weight,
+                         {"l2_loss": {}}, 1, watched, label=_label_column(y))
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> DeepFMRegressor:
         """One more epoch over ``X, y``: see :meth:`DeepFMClassifier.partial_fit`."""
         return self._fit(X, _finite_target(y, type(self).__name__), sample_weight,
-                         {"l2_loss": {}}, 1, incremental=True)
+                         {"l2_loss": {}}, 1, incremental=True, label=_label_column(y))
 
     def predict(self, X: Any) -> np.ndarray:
         return self._logits(X)

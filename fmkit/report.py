@@ -17,7 +17,7 @@ from fmkit.errors import FMKitError
 from fmkit.models import artifact
 from fmkit.models.base import load_model
 from fmkit.models.fm.parameters import sigmoid
-from fmkit.models.metrics import metrics_of_parts, require_rows
+from fmkit.models.metrics import metrics_of_parts, require_rows, softmax
 
 SHORT = {"binary_classification_accuracy": "accuracy", "binary_f_beta": "F1",
          "binary_classification_cross_entropy": "log loss"}  # SageMaker's names, in headers
@@ -90,11 +90,14 @@ def _learning_curves(plt, history: list[dict]) -> str:
 
 
 def _quality_plots(plt, predictor_type: str, y: np.ndarray, z: np.ndarray) -> dict[str, str]:
-    """ROC, precision-recall and calibration (classifiers); predicted against actual and the
+    """ROC, precision-recall and calibration (binary classifiers); each class's ROC against
+    the rest and the confusion matrix (several classes); predicted against actual and the
     residuals (regressors)."""
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
+    if predictor_type == "multiclass_classifier":
+        return _class_plots(plt, y.astype(np.int64), softmax(z))
     if predictor_type == "regressor":
         figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
         shown = np.random.default_rng(0).permutation(y.size)[:5000]
@@ -130,6 +133,33 @@ def _quality_plots(plt, predictor_type: str, y: np.ndarray, z: np.ndarray) -> di
     bottom.hist(p, bins=50)
     bottom.set(xlabel="predicted probability", ylabel="rows")
     plots["Calibration"] = _png(figure)
+    return plots
+
+
+def _class_plots(plt, y: np.ndarray, p: np.ndarray) -> dict[str, str]:
+    """One ROC curve per class (the class against the rest; a class absent from ``y`` has
+    none) and the confusion matrix, each row's share of its true class's rows."""
+    from sklearn.metrics import auc, confusion_matrix, roc_curve
+
+    classes = p.shape[1]
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    for c in range(classes):
+        if 0 < np.count_nonzero(y == c) < y.size:
+            fpr, tpr, _ = roc_curve(y == c, p[:, c])
+            axis.plot(fpr, tpr, lw=1, label=f"class {c}: AUC {auc(fpr, tpr):.4f}")
+    axis.plot([0, 1], [0, 1], "k--", lw=1)
+    axis.set(title="ROC, each class against the rest", xlabel="false positive rate",
+             ylabel="true positive rate")
+    axis.legend(loc="lower right", fontsize="small")
+    plots = {"ROC": _png(figure)}
+    counts = confusion_matrix(y, p.argmax(axis=1), labels=np.arange(classes))
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    image = axis.imshow(shares, vmin=0, vmax=1, cmap="Blues")
+    figure.colorbar(image, ax=axis, label="share of the true class's rows")
+    axis.set(title="confusion matrix", xlabel="predicted class", ylabel="true class",
+             xticks=range(classes), yticks=range(classes))
+    plots["Confusion matrix"] = _png(figure)
     return plots
 
 

@@ -122,6 +122,37 @@ def test_report_of_the_criteo_deepfm_example(tmp_path, cli):
     assert isinstance(load_model(tmp_path / "d"), Model)
 
 
+def test_report_of_a_several_class_deepfm_from_its_estimator(tmp_path, cli):
+    """A softmax DeepFM's page (it was a traceback: a binary ROC of several classes): one
+    ROC per class against the rest and the confusion matrix; its data's accuracy is
+    scikit-learn's on the predicted class. The estimator saved ``y``'s name as the label
+    column, so a file with a header is evaluated without configuration."""
+    import pandas as pd
+    from sklearn.metrics import accuracy_score
+
+    from fmkit import DeepFMClassifier
+
+    rng = np.random.default_rng(2)
+    X = pd.DataFrame({"user": rng.integers(0, 30, 2000).astype(str),
+                      "item": rng.integers(0, 20, 2000).astype(str)})
+    y = pd.Series(X["item"].astype(int) % 3, name="kind")
+    DeepFMClassifier(num_epochs=2).fit(X[:1500], y[:1500]).save(tmp_path / "m")
+    held = tmp_path / "held.csv"
+    X[1500:].assign(kind=y[1500:]).to_csv(held, index=False)
+    code, _, err = cli("report", "--model-dir", tmp_path / "m", "--data", held, "--quiet")
+    assert code == 0, err
+    page, channels = _check_page(tmp_path / "m", plots=3)  # curves, ROC, confusion matrix
+    code, out, _ = cli("predict", "--model-dir", tmp_path / "m", "--data", held)
+    predicted = [json.loads(line)["predicted_label"] for line in out.splitlines()]
+    row = next(row for name, row in channels.items() if name.startswith("data"))
+    assert float(row["multiclass_accuracy"]) == pytest.approx(
+        accuracy_score(y[1500:], predicted), rel=1e-6)
+    unlabelled = tmp_path / "features.csv"  # a header naming the features only: scored alike
+    X[1500:].to_csv(unlabelled, index=False)
+    code, again, err = cli("predict", "--model-dir", tmp_path / "m", "--data", unlabelled)
+    assert code == 0 and again == out, err
+
+
 def test_report_of_a_directory_that_is_not_a_model_is_one_line(tmp_path, cli):
     code, _, err = cli("report", "--model-dir", tmp_path)
     assert code == 1 and err.startswith("fmkit: error:") and len(err.splitlines()) == 1

@@ -186,17 +186,19 @@ DELIMITERS = ("\t", ",", ";", "|")
 
 
 def sniff(first_line: str, names: Sequence[str] | None, delimiter: str,
-          with_header: bool) -> tuple[str, bool]:
+          with_header: bool, needed: Sequence[str] | None = None) -> tuple[str, bool]:
     """The delimiter and header flag of a file whose first line is ``first_line``: as
     configured, unless the line is a header after all: split by the configured delimiter or
-    another one, it names every configured column, in any order and perhaps among others (a
-    CSV file with a header for a model trained on TSV; a header-less configuration whose
-    column order was guessed; a file with more columns than the model reads). A data row
+    another one, it names every column the model reads (``needed``, default every configured
+    column ``names``), in any order and perhaps among others (a CSV file with a header for a
+    model trained on TSV; a header-less configuration whose column order was guessed; a file
+    with more columns than the model reads; a file to score, without the label). A data row
     holding every column's name as its values is not a risk worth a wrong refusal."""
-    if names and not with_header:
+    needed = needed or names
+    if needed and not with_header:
         for candidate in dict.fromkeys((delimiter, *DELIMITERS)):
             fields = [c.strip() for c in first_line.split(candidate)]
-            if set(names) <= set(fields):
+            if set(needed) <= set(fields):
                 return candidate, True
     if delimiter not in first_line:
         for candidate in DELIMITERS:
@@ -231,12 +233,13 @@ def shard_files(path: str | Path, shard: tuple[int, int]) -> list[tuple[Path, tu
 
 def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str,
                    with_header: bool, block_bytes: int = BLOCK_BYTES,
-                   detect: bool = False, shard: tuple[int, int] = (0, 1)
-                   ) -> Iterator[ColumnBatch]:
+                   detect: bool = False, shard: tuple[int, int] = (0, 1),
+                   needed: Sequence[str] | None = None) -> Iterator[ColumnBatch]:
     """Every file of a channel as column batches. Column names come from each file's header
     line (``with_header``) or from ``names``; ``detect`` lets :func:`sniff` adapt the
-    delimiter and header flag to each file. ``shard=(part, parts)``: see :func:`shard_files`
-    (blocks of lines are dealt out in turn)."""
+    delimiter and header flag to each file (a header names the ``needed`` columns).
+    ``shard=(part, parts)``: see :func:`shard_files` (blocks of lines are dealt out in
+    turn)."""
     for file, (part, parts) in shard_files(path, shard):
         columns, separator, header = list(names or []), delimiter, with_header
         header_like = False
@@ -253,7 +256,7 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
                 end = int(newline[0]) if newline.size else buf.size
                 text = buf[:end].tobytes().decode("utf-8", "replace").rstrip("\r")
                 if detect:
-                    separator, header = sniff(text, names, delimiter, with_header)
+                    separator, header = sniff(text, names, delimiter, with_header, needed)
                 if header:
                     columns = [c.strip() for c in text.split(separator)]
                     start, first_line = min(end + 1, buf.size), 2

@@ -147,8 +147,9 @@ class DeepFMModel:
         ``parquet``, or ``json``/``jsonlines`` request bodies). ``auto`` reads a Parquet file as
         Parquet whatever the configured dataset type, and also reads delimited
         files whose delimiter differs from the configured one, or that have a header line
-        naming the configured columns (see :func:`fmkit.data.columns.sniff`). ``shard``: this
-        process's share (see :func:`fmkit.data.columns.shard_files`)."""
+        naming the columns the model reads (``labelled``: the label too; see
+        :func:`fmkit.data.columns.sniff`). ``shard``: this process's share (see
+        :func:`fmkit.data.columns.shard_files`)."""
         data = self.config.data_config
         if fmt not in ("auto", "csv", "parquet", "json", "jsonlines"):
             raise DataError(str(path), None, f"a DeepFM reads columns (CSV/TSV, Parquet, JSON); "
@@ -161,20 +162,23 @@ class DeepFMModel:
             yield from columns.read_parquet(path, shard=shard)
             return
         names = [f.input_name for f in data.input_fields] or None
-        if names is None and not data.with_header:
+        guessed = names is None and not data.with_header
+        if guessed:
             names = self.default_layout()
-        yield from columns.read_delimited(path, names, data.delimiter, data.with_header,
-                                          detect=fmt == "auto", shard=shard)
+        needed = [*(data.label_fields if labelled else []), *self.features.input_columns()]
+        for batch in columns.read_delimited(path, names, data.delimiter, data.with_header,
+                                            detect=fmt == "auto", shard=shard, needed=needed):
+            if guessed and batch.first_line == 1:  # (no header line: the layout is used)
+                _log_layout_once(tuple(names))
+            yield batch
 
     def default_layout(self) -> list[str]:
         """The columns of a delimited file without header when ``input_fields`` is not set (as
         in TorchEasyRec's own Criteo example): the label, the sample weight if any, then each
         feature's inputs in configuration order."""
         data = self.config.data_config
-        names = list(dict.fromkeys([*data.label_fields, *data.sample_weight_fields,
-                                    *self.features.input_columns()]))
-        _log_layout_once(tuple(names))
-        return names
+        return list(dict.fromkeys([*data.label_fields, *data.sample_weight_fields,
+                                   *self.features.input_columns()]))
 
     def encode(self, batch: ColumnBatch, labelled: bool = False):
         return self.features.encode(batch, labelled, self.label_mode)
