@@ -119,6 +119,12 @@ def test_onnxruntime_scores_an_ffm_as_its_brute_force_double_loop(tmp_path, cli)
     code, out, _ = cli("predict", "--model-dir", tmp_path / "model", "--data", head)
     predicted = [json.loads(line)["score"] for line in out.splitlines()]
     np.testing.assert_allclose(score, predicted, rtol=0, atol=1e-5)
+    # the weights as Parquet: a feature's v is its k-list per field, V[feature, field]
+    assert cli("export", "parquet", "--model-dir", tmp_path / "model", tmp_path / "w.parquet",
+               "--quiet")[0] == 0
+    table = pq.read_table(tmp_path / "w.parquet")
+    np.testing.assert_array_equal(np.array(table.column("v").to_pylist()), V)
+    assert table.schema.metadata[b"model_type"] == b"ffm"
 
 
 def test_npz_and_parquet_weights_are_the_models(a9a_model, cli):

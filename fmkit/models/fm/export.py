@@ -192,7 +192,9 @@ def weights(model: FMModel) -> dict[str, np.ndarray]:
 
 def write_weights(model: FMModel, path: str | Path, fmt: str) -> None:
     """``fmkit export npz|parquet``: the weights to ``path`` (written under a temporary name
-    and renamed into place)."""
+    and renamed into place). Parquet: a row per feature (``feature``, ``w``, ``v``: its k
+    factors, or an FFM's list of a k-list per field), ``w0``, ``predictor_type`` and
+    ``model_type`` in the schema's metadata."""
     from fmkit.files import output_stream
 
     arrays = weights(model)
@@ -203,10 +205,12 @@ def write_weights(model: FMModel, path: str | Path, fmt: str) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        V = arrays["V"].reshape(model.feature_dim, -1)
+        V = arrays["V"]  # (features, k), or an FFM's (features, fields, k): lists of lists
+        v = pa.array(V.reshape(-1))
+        for width in reversed(V.shape[1:]):
+            v = pa.FixedSizeListArray.from_arrays(v, width)
         table = pa.table({"feature": np.arange(model.feature_dim, dtype=np.int64),
-                          "w": arrays["w"],
-                          "v": pa.FixedSizeListArray.from_arrays(pa.array(V.reshape(-1)),
-                                                                 V.shape[1])})
-        metadata = {"w0": repr(float(arrays["w0"][0])), "predictor_type": model.predictor_type}
+                          "w": arrays["w"], "v": v})
+        metadata = {"w0": repr(float(arrays["w0"][0])), "predictor_type": model.predictor_type,
+                    "model_type": "ffm" if model.field_aware else "fm"}
         pq.write_table(table.replace_schema_metadata(metadata), out)
