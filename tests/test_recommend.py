@@ -157,7 +157,13 @@ def test_the_server_recommends_what_the_cli_does(movielens_fm, cli, monkeypatch)
                               ({"instances": [{"keys": [ITEM0]}]}, "contexts and items"),
                               ({"instances": [], "k": 0}, "positive"),
                               ({"instances": [], "k": True}, "positive integer, got true"),
-                              ({"rows": []}, "instances")):
+                              ({"rows": []}, "instances"),
+                              # a misplaced or misspelt field: it was ignored, and the items
+                              # to exclude were recommended
+                              ({"instances": [{"keys": [1]}], "exclude": [[ITEM0]]},
+                               'unknown field \\"exclude\\"'),
+                              ({"instances": [{"keys": [1], "exlude": []}]},
+                               'instance 1: unknown field \\"exlude\\"')):
             response = client.post("/recommend", json=body)
             assert response.status_code == 400 and problem in response.text, response.text
 

@@ -125,6 +125,9 @@ def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
     return len(ids)
 
 
+REQUEST_FIELDS = ("id", "keys", "values", "fields", "exclude")  # of a /recommend instance
+
+
 def recommend_request(model: FMModel, catalogue: Catalogue, body: bytes) -> bytes:
     """The server's ``POST /recommend``: ``{"instances": [{"id", "keys", "values"[, "fields"],
     "exclude": [item ids]}], "k": 10}`` in, ``{"recommendations": [{"id", "items",
@@ -140,6 +143,15 @@ def recommend_request(model: FMModel, catalogue: Catalogue, body: bytes) -> byte
         raise codecs.RequestError('expected {"instances": [{"keys": [...], "values": [...]}], '
                                   '"k": K}')
     instances, k = document["instances"], document.get("k", 10)
+    unknown = [("", name) for name in document if name not in ("instances", "k")]
+    unknown += [(f"instance {number}: ", name)
+                for number, instance in enumerate(instances, start=1)
+                if isinstance(instance, dict) for name in instance if name not in REQUEST_FIELDS]
+    if unknown:  # (a misplaced "exclude" would recommend what it should leave out)
+        where, name = unknown[0]
+        raise codecs.RequestError(f"{where}unknown field {excerpt(json.dumps(name), quote=False)}"
+                                  f'; a request is {{"instances": [{{{", ".join(REQUEST_FIELDS)}'
+                                  '}], "k"}')
     if type(k) is not int or k <= 0:
         raise codecs.RequestError(f'"k" must be a positive integer, got '
                                   f'{excerpt(json.dumps(k), quote=False)}')
