@@ -231,7 +231,9 @@ def test_bad_rows_are_one_line_naming_file_and_line(movielens_fm, cli, tmp_path)
                           ('{"id": 1, "keys": [3], "values": [NaN]}',
                            ":2: value 'nan' is not a finite number"),
                           ('{"id": 1, "keys": [3], "values": ["x"]}', ":2: value 'x'"),
-                          ('{"id": 1, "keys": [3, 3]}', ":2: a key appears twice")):
+                          ('{"id": 1, "keys": [3, 3]}', ":2: a key appears twice"),
+                          # a misspelt "keys" was a context without features
+                          ('{"id": 1, "key": [3]}', ':2: no "keys" (its fields: \'id, key\')')):
         (tmp_path / "q.jsonl").write_text('{"id": 0, "keys": [1]}\n' + text + "\n")
         code, _, err = cli("recommend", "--model-dir", root / "model", "--items",
                            root / "items.jsonl", "--context", tmp_path / "q.jsonl")

@@ -52,7 +52,10 @@ def rows_of(records: list[tuple[int | None, dict]], feature_dim: int, num_fields
 
         if not isinstance(record, dict):
             raise error(f"expected an object, got {excerpt(str(record))}")
-        row_keys = record.get("keys", [])
+        if "keys" not in record:  # ([] says "no features"; a misspelt "key" must not)
+            raise error(f"no \"keys\" (its fields: {excerpt(', '.join(map(str, record)))}); "
+                        "a row without features has \"keys\": []")
+        row_keys = record["keys"]
         row_values = record.get("values", [1.0] * len(row_keys) if isinstance(row_keys, list)
                                 else [])
         row_fields = record.get("fields")
