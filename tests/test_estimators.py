@@ -345,3 +345,12 @@ _WEIGHTS_BY_BATCH = ("mini-batch training: a weighted row and its repeats land i
         "check_sample_weight_equivalence_on_dense_data": _WEIGHTS_BY_BATCH})
 def test_scikit_learn_estimator_checks_deepfm(estimator, check):
     check(estimator)
+
+
+def test_a_label_beyond_float32_is_named_as_such():
+    """1e40 is a finite number, but not a float32 one: the message says which rule it broke
+    (it said "not a finite number")."""
+    X = np.eye(4)
+    with pytest.raises(DataError, match=r"row 2: label is not a finite number within "
+                                        r"float32's range"):
+        FMRegressor(num_factors=2).fit(X, [1.0, 2.0, 1e40, 3.0])

@@ -192,7 +192,8 @@ class BatchChecker:
         elif self.labels == "real":
             bad = np.flatnonzero(~np.isfinite(batch.labels))
             if bad.size:
-                raise DataError(*batch.where(int(bad[0])), "label is not a finite number")
+                raise DataError(*batch.where(int(bad[0])), "label is not a finite number "
+                                "within float32's range (|label| <= 3.4e38)")
         return batch
 
     def _check_indices(self, batch: SparseBatch) -> SparseBatch:
