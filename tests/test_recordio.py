@@ -226,6 +226,25 @@ def test_convert_libsvm_to_recordio_matches_sdk_and_back(cli, tmp_path):
     assert batch.n_rows == 16281
 
 
+def test_validation_and_test_channels_in_another_format_than_training(cli, tmp_path):
+    """Each channel's format is its own (auto: detected): a model trained on 1-based libsvm
+    ids validates and tests on the SDK's recordIO of the same rows (0-based columns), with
+    the metrics ``evaluate`` gives the libsvm file. The recordIO was parsed as libsvm text."""
+    source = shared_file("a9a_libsvm", "a9a.t")
+    X, y = load_svmlight_file(str(source), n_features=123)
+    rec = tmp_path / "a9a.t.rec"
+    rec.write_bytes(sdk_sparse(X.astype(np.float32), y.astype(np.float32)))
+    code, _, err = cli("train", "--train", shared_file("a9a_libsvm", "a9a"), "--validation",
+                       rec, "--test", rec, "--model-dir", tmp_path / "m", "--quiet",
+                       "feature_dim=123", "num_factors=4", "predictor_type=binary_classifier",
+                       "epochs=2", "mini_batch_size=200")
+    assert code == 0, err
+    tested = json.loads((tmp_path / "m" / "metrics.json").read_text())["test"]
+    code, out, err = cli("evaluate", "--model-dir", tmp_path / "m", "--data", source)
+    assert code == 0, err
+    assert json.loads(out) == pytest.approx(tested, rel=1e-9)
+
+
 def test_converting_libffm_says_its_fields_are_dropped(cli, tmp_path):
     """recordIO holds no fields: the rows convert (the libffm rows parsed here without their
     fields), with a warning, as an FM would read them."""

@@ -91,13 +91,15 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     if hp["model_type"] == "ffm":
         hp = _with_fields(hp, source)
         source.num_fields = hp["num_fields"]
-    channels = {
-        name: FileSource(path, source.fmt, hp["feature_dim"], source.index_base,
-                         labels=label_mode(hp["predictor_type"]), cache=cache,
-                         num_fields=source.num_fields)
-        for name, path in (("test", test_path), ("validation", validation_path))
-        if path is not None
-    }
+    channels = {}
+    for name, path in (("test", test_path), ("validation", validation_path)):
+        if path is not None:  # its own format (auto: detected), the training ids' index base
+            channel = FileSource(path, fmt, hp["feature_dim"], 0, cache=cache,
+                                 labels=label_mode(hp["predictor_type"]),
+                                 num_fields=source.num_fields)
+            if channel.fmt in INDEXED_FORMATS:
+                channel.index_base = source.index_base
+            channels[name] = channel
     if hp["epochs"] > 1:  # each epoch reads the training and validation rows again
         for channel in (source, channels.get("validation")):
             if channel is not None:
