@@ -461,3 +461,21 @@ def test_a_byte_order_mark_is_skipped_and_a_url_is_named(tmp_path):
     assert result.returncode == 1 and result.stderr.strip() == (
         "fmkit: error: s3://bucket/day_0.gz: is a URL: fmkit reads local files, directories "
         "and pipes; copy it first (aws s3 cp, gsutil cp, curl -O)")
+
+
+def test_a_recordio_file_in_a_text_channel_is_named(tmp_path):
+    """A channel's files share its first file's format: a recordIO file among libsvm files
+    is named as such before any of its bytes are parsed as text."""
+    from fmkit.data import recordio
+
+    channel = tmp_path / "channel"
+    channel.mkdir()
+    (channel / "part-0").write_text("1 1:1 3:0.5\n0 2:1\n")
+    with open(channel / "part-1", "wb") as f:
+        recordio.write_rows(f, sp.csr_matrix(np.eye(2, 4, dtype=np.float32)),
+                            np.array([1, 0], np.float32))
+    rows = 0
+    with pytest.raises(DataError, match="part-1: is recordIO-protobuf in a libsvm channel"):
+        for batch in FileSource(channel, "auto", 4, 1).blocks():
+            rows += batch.n_rows
+    assert rows == 2  # the first file's rows, read

@@ -315,6 +315,7 @@ class FileSource:
         if parts > 1 and len(files) >= parts:  # whole files per process
             files, shard = files[part::parts], (0, 1)
         for file in files:
+            self._check_text(file)
             if self.cache and shard[1] == 1 and self.fmt != "recordio" and file.is_file():
                 yield from cached_blocks(file, self.fmt,
                                          lambda file=file: read(file, self.block_bytes))
@@ -325,6 +326,15 @@ class FileSource:
                     block_bytes = int(np.clip(file.stat().st_size // (8 * shard[1]), 1 << 16,
                                               block_bytes))
                 yield from read(file, block_bytes, shard=shard)
+
+    def _check_text(self, file: Path) -> None:
+        """A recordIO file in a text channel is named as such (its bytes parsed as text gave
+        "non-numeric value in '^'"): a channel's files share its first file's format."""
+        if self.fmt != "recordio" and file.is_file():
+            with open_input(file) as f:
+                if f.read(len(recordio.MAGIC_BYTES)) == recordio.MAGIC_BYTES:
+                    raise DataError(str(file), None, f"is recordIO-protobuf in a {self.fmt} "
+                                    "channel: a channel's files share one format")
 
     def blocks(self) -> Iterator[SparseBatch]:
         check = BatchChecker(self.feature_dim, self.index_base, self.labels,
