@@ -56,7 +56,8 @@ class TuneResult:
     best_params: dict[str, Any]
     best_epoch: int
     trials: int
-    metrics: dict[str, Any] = field(default_factory=dict)
+    # the best model's metrics.json (every epoch's): left out of the repr, which it swamped
+    metrics: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 class Pruning(Callback):
