@@ -475,7 +475,8 @@ def test_a_recordio_file_in_a_text_channel_is_named(tmp_path):
         recordio.write_rows(f, sp.csr_matrix(np.eye(2, 4, dtype=np.float32)),
                             np.array([1, 0], np.float32))
     rows = 0
-    with pytest.raises(DataError, match="part-1: is recordIO-protobuf in a libsvm channel"):
+    with pytest.raises(DataError, match="part-1: is recordIO-protobuf, not libsvm as this "
+                                        "channel's first file"):
         for batch in FileSource(channel, "auto", 4, 1).blocks():
             rows += batch.n_rows
     assert rows == 2  # the first file's rows, read

@@ -333,8 +333,9 @@ class FileSource:
         if self.fmt != "recordio" and file.is_file():
             with open_input(file) as f:
                 if f.read(len(recordio.MAGIC_BYTES)) == recordio.MAGIC_BYTES:
-                    raise DataError(str(file), None, f"is recordIO-protobuf in a {self.fmt} "
-                                    "channel: a channel's files share one format")
+                    raise DataError(str(file), None, f"is recordIO-protobuf, not {self.fmt}" + (
+                        "" if file == self.files[0] else
+                        " as this channel's first file: a channel's files share one format"))
 
     def blocks(self) -> Iterator[SparseBatch]:
         check = BatchChecker(self.feature_dim, self.index_base, self.labels,
