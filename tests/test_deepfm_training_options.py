@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -207,11 +208,18 @@ def test_weighted_metrics_equal_scikit_learns():
                                                                        sample_weight=w)))
 
 
-def test_sample_weights_must_be_finite_and_not_negative(tmp_path):
-    train = _write(tmp_path / "t.csv", "user,item,label,w", [(1, 2, 1, 1), (3, 4, 0, -2)])
+@pytest.mark.parametrize("row, problem", [
+    ((3, 4, 0, -2), "sample weight column 'w': -2 is not a finite number >= 0"),
+    ((3, 4, 0, "nan"), "sample weight column 'w': nan is not a finite number >= 0"),
+    ((3, 4, 0, ""), "sample weight column 'w': is empty"),  # (it said "nan is not ...")
+    ((3, 4, "", 1), "label column 'label' is empty"),
+    ((3, 4, "nan", 1), "label column 'label' is nan"),  # (it said "is empty")
+])
+def test_sample_weights_and_labels_must_be_numbers(tmp_path, row, problem):
+    train = _write(tmp_path / "t.csv", "user,item,label,w", [(1, 2, 1, 1), row])
     config = _config(tmp_path, train, data_config={
         "label_fields": ["label"], "with_header": True, "sample_weight_fields": ["w"]})
-    with pytest.raises(Exception, match=r"t\.csv:3: sample weight column 'w': -2"):
+    with pytest.raises(Exception, match=rf"t\.csv:3: {re.escape(problem)}"):
         train_deepfm(config, progress=False)
 
 

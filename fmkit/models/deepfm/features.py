@@ -679,10 +679,13 @@ class FeatureSet:
         return Encoded(batch.n_rows, sparse, dense, self.labels(batch, label_mode), weights)
 
     def labels(self, batch: ColumnBatch, label_mode: str) -> np.ndarray:
-        values = _numbers(batch.column(self.label), batch, self.label)
-        missing = np.flatnonzero(np.isnan(values))
-        if missing.size:
-            raise batch.error(int(missing[0]), f"label column {self.label!r} is empty")
+        column = batch.column(self.label)
+        values = _numbers(column, batch, self.label)
+        for missing, problem in ((column.is_null().to_numpy(zero_copy_only=False), "is empty"),
+                                 (np.isnan(values), "is nan")):  # (an empty field, or "nan")
+            if missing.any():
+                raise batch.error(int(np.argmax(missing)),
+                                  f"label column {self.label!r} {problem}")
         if label_mode == "binary":
             bad = np.flatnonzero((values != 0) & (values != 1))
             if bad.size:
@@ -701,11 +704,14 @@ class FeatureSet:
 
     def weights(self, batch: ColumnBatch) -> np.ndarray:
         """The sample weight of each row: a finite number >= 0 (missing: an error)."""
-        values = _numbers(batch.column(self.weight), batch, self.weight)
+        column = batch.column(self.weight)
+        values = _numbers(column, batch, self.weight)
         bad = np.flatnonzero(~(values >= 0) | ~np.isfinite(values))
         if bad.size:
-            raise batch.error(int(bad[0]), f"sample weight column {self.weight!r}: "
-                              f"{values[bad[0]]:g} is not a finite number >= 0")
+            row = int(bad[0])
+            raise batch.error(row, f"sample weight column {self.weight!r}: " + (
+                "is empty" if not column[row].is_valid else
+                f"{values[row]:g} is not a finite number >= 0"))
         return values.astype(np.float32)
 
 
