@@ -171,8 +171,7 @@ def train(opt_ml: OptML | None = None) -> int:
         return 0
     except Exception as e:  # every failure must reach output/failure
         reason = str(e) if isinstance(e, FMKitError) else f"{type(e).__name__}: {e}"
-        if not isinstance(e, FMKitError):  # a bug's traceback; bad input is its one line
-            traceback.print_exc(file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
         log.error("training failed: %s", reason)
         opt_ml.failure.parent.mkdir(parents=True, exist_ok=True)
         opt_ml.failure.write_text(reason[:1024] + "\n")
