@@ -177,11 +177,12 @@ class _FMEstimator(BaseEstimator):
         from fmkit.models.fm.recommend import Catalogue, top_k
 
         check_is_fitted(self, "model_")
-        item_rows = self._batch(items)
+        item_rows, context_rows = self._batch(items), self._batch(contexts)
         catalogue = Catalogue.of(self.model_, list(range(item_rows.n_rows)), item_rows)
         index = ApproximateIndex.build(catalogue.scoring[0]) if approximate else None
-        excluded = None if exclude is None else [np.asarray(e, np.int64) for e in exclude]
-        found = top_k(self.model_, catalogue, self._batch(contexts), k, excluded, index)
+        excluded = None if exclude is None else _item_rows(exclude, context_rows.n_rows,
+                                                          item_rows.n_rows)
+        found = top_k(self.model_, catalogue, context_rows, k, excluded, index)
         positions = np.full((len(found), k), -1, np.int64)
         scores = np.full((len(found), k), -np.inf)
         for row, (chosen, values) in enumerate(found):
@@ -199,6 +200,23 @@ class _FMEstimator(BaseEstimator):
         check_is_fitted(self, "model_")
         history = [vars(s) for s in getattr(self, "history_", [])]
         return self.model_.save(path, {"train": history})
+
+
+def _item_rows(exclude, contexts: int, items: int) -> list[np.ndarray]:
+    """``recommend``'s ``exclude``: a list of item row numbers per context row, checked (an
+    item id or a list too few was ignored or an IndexError)."""
+    if len(exclude) != contexts:
+        raise ValueError(f"exclude has {len(exclude)} lists, expected one per context row "
+                         f"({contexts})")
+    rows = []
+    for r, chosen in enumerate(exclude):
+        chosen = np.asarray(chosen).reshape(-1)
+        if chosen.size and (chosen.dtype.kind not in "iu" or chosen.min() < 0
+                            or chosen.max() >= items):
+            raise ValueError(f"exclude[{r}]: expected item row numbers in 0..{items - 1}, "
+                             f"got {chosen[:5].tolist()}")
+        rows.append(chosen.astype(np.int64))
+    return rows
 
 
 class FMClassifier(ClassifierMixin, _FMEstimator):

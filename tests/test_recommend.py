@@ -337,3 +337,10 @@ def test_estimator_recommend_equals_scoring_every_pair_with_predict():
                                                          atol=1e-6)
         np.testing.assert_allclose(scores[r], every[positions[r]], rtol=1e-5, atol=1e-6)
         assert set(approximate[r]) == set(positions[r])
+    # exclude is item row numbers, one list per context row: anything else is refused (a
+    # list too few was an IndexError, an item row beyond the catalogue ignored)
+    for wrong, message in ((exclude[:3], "exclude has 3 lists, expected one per context row"),
+                           ([[items]] + exclude[1:], r"exclude\[0\]: expected item row"),
+                           ([[0.5]] + exclude[1:], r"exclude\[0\]: expected item row")):
+        with pytest.raises(ValueError, match=message):
+            model.recommend(contexts, catalogue, 5, exclude=wrong)
