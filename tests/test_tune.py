@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from fmkit.models.base import load_model
 
-from .conftest import fmkit_executable, shared_file
+from .conftest import REPO, fmkit_executable, shared_file
 
 optuna = pytest.importorskip("optuna")  # the test extra installs it: never skipped in CI
 
@@ -228,8 +228,6 @@ def test_tune_searches_a_deepfm_configuration(tmp_path, cli):
     by a --set field)."""
     from fmkit.data.movielens import join_ratings
 
-    from .conftest import REPO
-
     joined = tmp_path / "ua.base.csv"
     join_ratings(shared_file("movielens_100k", "u.data").parent, "ua.base", joined)
     lines = joined.read_text().splitlines(keepends=True)[:4001]  # header + 4,000 rows
@@ -346,3 +344,27 @@ def test_an_ffms_trials_keep_its_row_scaling_and_may_train_a_row_per_step():
     assert search(model_type="ffm", num_factors=4).first_trial().keys() == {
         "optimizer", "mini_batch_size", "learning_rate", "weight_decay"}
     assert fm.first_trial() == {}
+
+
+def test_a_deepfm_field_fixed_with_set_is_not_searched():
+    """--set of a searched field (or of a section holding it) fixes it: the search leaves the
+    dimension out and a trial's fields keep the user's value (hidden_units=[16] was replaced
+    by the search's layers); dropout still follows the fixed layers' count."""
+    from fmkit.jobs.searches import DeepFMSearch, TuneSettings
+
+    example = str(REPO / "examples" / "deepfm_criteo.yaml")
+
+    def search(**fixed):
+        return DeepFMSearch(TuneSettings("t.tsv", "v.tsv", None, "validation:auc", fixed,
+                                         config=example))
+
+    assert [d.name for d in search().dimensions()] == [
+        "sparse_lr", "dense_lr", "embedding_dim", "hidden_units", "dropout"]
+    fixed = search(**{"model_config.deepfm.deep.hidden_units": "[16, 8]",
+                      "train_config.sparse_optimizer": "{adagrad_optimizer: {lr: 0.02}}",
+                      "feature_configs[14].id_feature.embedding_dim": "8"})
+    assert [d.name for d in fixed.dimensions()] == ["dense_lr", "dropout"]
+    fields = fixed.chosen({"dense_lr": 0.001, "dropout": 0.25})
+    assert fields == {"train_config.dense_optimizer.adam_optimizer.lr": 0.001,
+                      "model_config.deepfm.deep.dropout_ratio": [0.25, 0.25]}
+    assert fixed._document(fields)["model_config"]["deepfm"]["deep"]["hidden_units"] == [16, 8]

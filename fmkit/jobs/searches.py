@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,9 +305,31 @@ DEEPFM_SPACE: tuple[Dimension, ...] = (
 )
 
 
+# the configuration fields each DeepFM dimension sets ("*": any name, "[*]": any index); a
+# --set of one of them, or of a section holding them, fixes the dimension
+DEEPFM_FIELDS = {"sparse_lr": "train_config.sparse_optimizer.*.lr",
+                 "dense_lr": "train_config.dense_optimizer.*.lr",
+                 "embedding_dim": "feature_configs[*].*.embedding_dim",
+                 "hidden_units": "model_config.deepfm.deep.hidden_units",
+                 "dropout": "model_config.deepfm.deep.dropout_ratio"}
+
+
+def _path_parts(path: str) -> list[str]:
+    return [part for part in re.split(r"\.|(?=\[)", path) if part]
+
+
+def _sets(path: str, pattern: str) -> bool:
+    """Whether a ``--set`` of ``path`` sets the fields ``pattern`` names (or a section
+    holding them)."""
+    parts, wanted = _path_parts(path), _path_parts(pattern)
+    return len(parts) <= len(wanted) and all(
+        part == want or (want == "*" and not part.startswith("["))
+        or (want == "[*]" and part.startswith("[")) for part, want in zip(parts, wanted))
+
+
 class DeepFMSearch:
-    """A DeepFM configuration's learning rates, embedding width, deep layers and dropout;
-    ``settings.fixed`` holds the ``--set`` overrides applied first."""
+    """A DeepFM configuration's learning rates, embedding width, deep layers and dropout,
+    those the fixed ``--set`` overrides (``settings.fixed``, applied first) leave open."""
 
     def __init__(self, settings: TuneSettings):
         from fmkit.data import columns
@@ -327,7 +350,9 @@ class DeepFMSearch:
                                       "Parquet channel's validation rows with --validation")
 
     def dimensions(self) -> list[Dimension]:
-        return list(DEEPFM_SPACE)
+        """The space less what the user fixed with ``--set`` (it was searched over them)."""
+        return [d for d in DEEPFM_SPACE
+                if not any(_sets(path, DEEPFM_FIELDS[d.name]) for path in self.settings.fixed)]
 
     def first_trial(self) -> dict[str, Any]:
         """Nothing in particular: the configuration's own values are not one of the space's
@@ -350,12 +375,13 @@ class DeepFMSearch:
                     if isinstance(body, dict) and "embedding_dim" in body:
                         fields[f"feature_configs[{i}].{kind}.embedding_dim"] = \
                             params["embedding_dim"]
+        units = self.config.model_config.deepfm.deep.hidden_units
         if "hidden_units" in params:
             units = [int(u) for u in str(params["hidden_units"]).split("-")]
             fields["model_config.deepfm.deep.hidden_units"] = units
-            if "dropout" in params:
-                fields["model_config.deepfm.deep.dropout_ratio"] = \
-                    [round(float(params["dropout"]), 4)] * len(units)
+        if "dropout" in params:
+            fields["model_config.deepfm.deep.dropout_ratio"] = \
+                [round(float(params["dropout"]), 4)] * len(units)
         return fields
 
     def _document(self, fields: Mapping[str, Any]) -> dict[str, Any]:
