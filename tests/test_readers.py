@@ -461,6 +461,16 @@ def test_a_byte_order_mark_is_skipped_and_a_url_is_named(tmp_path):
     assert result.returncode == 1 and result.stderr.strip() == (
         "fmkit: error: s3://bucket/day_0.gz: is a URL: fmkit reads local files, directories "
         "and pipes; copy it first (aws s3 cp, gsutil cp, curl -O)")
+    # "-" is no file: the message names /dev/stdin, which reads a pipe given its format
+    assert run_fmkit("train", "--train", plain, "--model-dir", tmp_path / "m", "--quiet",
+                     "feature_dim=123", "num_factors=2",
+                     "predictor_type=binary_classifier").returncode == 0
+    result = run_fmkit("evaluate", "--model-dir", tmp_path / "m", "--data", "-")
+    assert "-: no such file: standard input is /dev/stdin (with --format" in result.stderr
+    piped = run_fmkit("evaluate", "--model-dir", tmp_path / "m", "--data", "/dev/stdin",
+                      "--format", "libsvm", input=plain.read_text())
+    filed = run_fmkit("evaluate", "--model-dir", tmp_path / "m", "--data", plain)
+    assert piped.returncode == 0 and piped.stdout == filed.stdout, piped.stderr
 
 
 def test_a_recordio_file_in_a_text_channel_is_named(tmp_path):

@@ -53,6 +53,9 @@ def channel_files(path: str | Path) -> list[Path]:
     if URL.match(given):  # Path("s3://b/k") is "s3:/b/k": still a scheme and a slash
         raise DataError(given, None, "is a URL: fmkit reads local files, directories and pipes; "
                         "copy it first (aws s3 cp, gsutil cp, curl -O)")
+    if given == "-":
+        raise DataError(given, None, "no such file: standard input is /dev/stdin (with "
+                        "--format: a pipe's format is not detected)")
     raise DataError(str(path), None, "no such file or directory")
 
 
