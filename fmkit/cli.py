@@ -49,6 +49,14 @@ def _add_format(p: argparse.ArgumentParser) -> None:
                    help="input format (default: detected from the first line)")
 
 
+def _add_reading(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="data_config", action="append", default=[],
+                   metavar="data_config.PATH=VALUE",
+                   help="how a DeepFM reads --data when it differs from its training files, "
+                        "e.g. data_config.delimiter=';' or data_config.label_fields=[click] "
+                        "(repeatable)")
+
+
 def _add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="print only warnings and errors (no progress bar, logs or metric lines)")
@@ -158,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or a PyTorch device (cuda)")
     _add_format(p)
+    _add_reading(p)
 
     p = sub.add_parser("report", help="an HTML page: learning curves, and with --data ROC, "
                        "precision-recall, calibration and metrics",
@@ -168,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="the HTML file (default: MODEL_DIR/report.html)")
     _add_quiet(p)
     _add_format(p)
+    _add_reading(p)
 
     p = sub.add_parser("predict", help="batch prediction: SageMaker responses for a file",
                        description="Score every row of a file (a training format, or a "
@@ -186,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input format (default: detected; json/jsonlines are request bodies)")
     p.add_argument("--accept", default="application/jsonlines", choices=CONTENT_TYPES,
                    help="response format (default application/jsonlines)")
+    _add_reading(p)
 
     p = sub.add_parser("serve", help="serve a model over HTTP (/ping, /invocations)",
                        description="SageMaker-compatible inference server: POST /invocations "
@@ -465,16 +476,19 @@ def main(argv: list[str] | None = None) -> int:
                  fmt=args.format, index_base=args.index_base, seed=args.seed)
         elif args.command == "evaluate":
             print(strict_json(jobs.evaluate_files(args.model_dir, args.data, fmt=args.format,
-                                                  device=args.device)))
+                                                  device=args.device,
+                                                  data_config=args.data_config)))
         elif args.command == "predict":
             rows = jobs.predict_files(args.model_dir, args.data, args.output, fmt=args.format,
-                                      accept=args.accept, device=args.device)
+                                      accept=args.accept, device=args.device,
+                                      data_config=args.data_config)
             log.info("wrote %d predictions to %s", rows, args.output or "stdout")
         elif args.command == "report":
             from fmkit.report import write_report
 
             log.info("report written to %s", write_report(args.model_dir, args.data,
-                                                          args.output, args.format))
+                                                          args.output, args.format,
+                                                          args.data_config))
         elif args.command == "serve":
             from fmkit.serve.app import serve
 

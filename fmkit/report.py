@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +223,14 @@ def _tune_section(directory: Path) -> list[str]:
 
 
 def write_report(model_dir: str | Path, data: str | Path | None = None,
-                 output: str | Path | None = None, fmt: str = "auto") -> Path:
+                 output: str | Path | None = None, fmt: str = "auto",
+                 data_config: Sequence[str] = ()) -> Path:
     """Write the page (default ``MODEL_DIR/report.html``, under a temporary name renamed into
-    place); with labelled ``data``, its metrics and quality plots too. Returns its path."""
+    place); with labelled ``data`` (read as ``data_config`` says: see
+    :func:`fmkit.models.base.load_model`), its metrics and quality plots too. Returns its
+    path."""
     plt = _pyplot()
-    model = load_model(model_dir)
+    model = load_model(model_dir, data_config=data_config)
     metrics = artifact.read_metrics(model_dir)
     history = artifact.training_history(metrics)
     channels = {name: values for name, values in metrics.items()

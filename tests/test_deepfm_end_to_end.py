@@ -342,3 +342,31 @@ def test_early_stopping_needs_an_eval_input_path(tmp_path, cli):
                        "--set", "train_config.early_stopping_patience=2",
                        "--set", "train_config.early_stopping_metric=rmse")
     assert code == 1 and "'rmse' is not a metric of a binary_classifier" in err
+
+
+def test_files_laid_out_otherwise_are_read_with_set_data_config(trained, cli, tmp_path):
+    """``--set data_config.PATH=VALUE`` on predict and evaluate reads a file whose layout
+    differs from the training files' (here: no header, ';', the columns reversed and the
+    label renamed): the same scores and metrics as the original file's; fields outside
+    data_config, and an FM, are refused."""
+    lines = shared_file("criteo_kaggle_head1000", "train.txt").read_text().split("\n")[:300]
+    original, reversed_ = tmp_path / "original.tsv", tmp_path / "reversed.txt"
+    original.write_text("\n".join(lines) + "\n")
+    names = ["label", *INTS, *CATS]
+    rows = [(line.split("\t") + [""] * 40)[:40] for line in lines]
+    reversed_.write_text("".join(";".join(reversed(row)) + "\n" for row in rows))
+    layout = ["--set", "data_config.delimiter=;", "--set", "data_config.label_fields=[click]",
+              "--set", "data_config.input_fields=[" + ", ".join(
+                  f"{{input_name: {n}}}" for n in reversed(["click", *names[1:]])) + "]"]
+    answers = []
+    for data, extra in ((original, []), (reversed_, layout)):
+        code, predicted, err = cli("predict", "--model-dir", trained, "--data", data, *extra)
+        assert code == 0, err
+        code, measured, err = cli("evaluate", "--model-dir", trained, "--data", data, *extra)
+        assert code == 0, err
+        answers.append((predicted, json.loads(measured)))
+    assert answers[1][0] == answers[0][0] and answers[1][0].count("\n") == 300
+    assert answers[1][1] == answers[0][1]
+    code, _, err = cli("predict", "--model-dir", trained, "--data", original, "--set",
+                       "model_config.num_class=2")
+    assert code == 1 and "only data_config fields change how files are read" in err

@@ -261,6 +261,9 @@ def test_hyperparameters_may_come_between_options(cli, tmp_path, capsys):
     assert code == 0, err
     hp = json.loads((tmp_path / "m" / "model.json").read_text())["hyperparameters"]
     assert (hp["num_factors"], hp["mini_batch_size"]) == (3, 500)
+    code, _, err = cli("evaluate", "--model-dir", tmp_path / "m", "--data", data, "--set",
+                       "data_config.delimiter=,")  # (a DeepFM's option)
+    assert code == 1 and "changes how a DeepFM reads its files" in err
     with pytest.raises(SystemExit) as exited:
         cli("train", "--train", data, "feature_dim=123", "--bogus", "num_factors=3")
     assert exited.value.code == 2

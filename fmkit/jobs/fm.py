@@ -200,22 +200,26 @@ def _initial_model(path: str | Path, hp: dict[str, Any]) -> tuple[Any, list[dict
 
 
 def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
-                   fmt: str = "auto", device: str = "cpu") -> dict[str, float]:
-    """SageMaker's metrics (plus AUC and ``rows``) of a model on a labelled channel."""
-    model = load_model(model_dir, device)
+                   fmt: str = "auto", device: str = "cpu", data_config: Sequence[str] = ()
+                   ) -> dict[str, float]:
+    """SageMaker's metrics (plus AUC and ``rows``) of a model on a labelled channel
+    (``data_config``: see :func:`fmkit.models.base.load_model`)."""
+    model = load_model(model_dir, device, data_config)
     return require_rows(model.evaluate(model.read(data_path, fmt, labelled=True)), data_path)
 
 
 def predict_files(model_dir: str | Path, data_path: str | Path,
                   output: str | Path | None = None, *, fmt: str = "auto",
-                  accept: str = codecs.JSONLINES, device: str = "cpu") -> int:
+                  accept: str = codecs.JSONLINES, device: str = "cpu",
+                  data_config: Sequence[str] = ()) -> int:
     """Write the predictions of every input row in a response format; returns the row count.
 
     ``fmt`` is a training format or ``json``/``jsonlines`` (SageMaker request bodies);
     ``accept`` is a SageMaker response type. ``output`` is written under a temporary name and
-    renamed when complete; None means stdout.
+    renamed when complete; None means stdout. ``data_config``: see
+    :func:`fmkit.models.base.load_model`.
     """
-    model = load_model(model_dir, device)
+    model = load_model(model_dir, device, data_config)
     writer = codecs.ResponseWriter(accept, unit="row")
     try:  # the reader parses a block ahead on a core of its own: scoring leaves it that core
         with files.output_stream(output, codecs.RESPONSES) as out, leaving_cores(1):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from fmkit.errors import HyperparameterError
 from fmkit.models import artifact
 from fmkit.models.fm.model import MODEL_TYPE, FMModel
 
@@ -51,7 +52,16 @@ LOADERS: dict[str, Callable[[str | Path], Model]] = {MODEL_TYPE: FMModel.load,
                                                      "deepfm": _load_deepfm}
 
 
-def load_model(path: str | Path, device: str = "cpu") -> Model:
+def load_model(path: str | Path, device: str = "cpu", data_config: Sequence[str] = ()
+               ) -> Model:
     """The model in a model directory (by its ``model_type``, see :data:`LOADERS`), scoring
-    on ``device``."""
-    return LOADERS.get(artifact.model_type(path) or MODEL_TYPE, FMModel.load)(path).to(device)
+    on ``device``; ``data_config``: ``--set data_config.PATH=VALUE`` overrides of how a
+    DeepFM reads files (``DeepFMModel.read_as``)."""
+    kind = artifact.model_type(path) or MODEL_TYPE
+    if data_config and kind != "deepfm":
+        raise HyperparameterError("--set data_config.PATH=VALUE changes how a DeepFM reads its "
+                                  "files; an FM's are read by --format (and its index base)")
+    model = LOADERS.get(kind, FMModel.load)(path)
+    if data_config:
+        model.read_as(data_config)
+    return model.to(device)

@@ -11,6 +11,7 @@ code (numpy arrays without pickle; init and activation names are parsed, not eva
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -141,6 +142,26 @@ class DeepFMModel:
         return LABEL_MODES[self.predictor_type]
 
     # -- input -----------------------------------------------------------------------------
+    def read_as(self, overrides: Iterable[str]) -> None:
+        """Read files with ``data_config`` changed by ``--set data_config.PATH=VALUE``
+        overrides: files to score or measure laid out otherwise than the training files
+        (another delimiter, no header, other columns or a label of another name). Other
+        sections are the trained model's and refused."""
+        from fmkit.models.deepfm import config_files
+
+        overrides = list(overrides)
+        for assignment in overrides:
+            path = assignment.partition("=")[0].strip()
+            if not path.startswith("data_config."):
+                raise configs.ConfigError(f"--set {excerpt(path, quote=False)}: only "
+                                          "data_config fields change how files are read; the "
+                                          "rest is the trained model's")
+        document = config_files.apply_overrides(configs.to_document(self.config), overrides)
+        data = configs.parse(document).data_config
+        self.config = dataclasses.replace(self.config, data_config=data)
+        self.features.label = data.label_fields[0]
+        self.features.weight = next(iter(data.sample_weight_fields), None)
+
     def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True,
              shard: tuple[int, int] = (0, 1)) -> Iterator[ColumnBatch]:
         """Column batches of a channel in the configured layout (``fmt``: ``auto``, ``csv``,
