@@ -139,6 +139,11 @@ def test_an_artifact_mxnet_wrote_predicts_as_mxnet_does(mxnet_python, predictor_
     assert f"predictor_type={predictor_type}" in err
     np.testing.assert_allclose(_scores(cli, tmp_path / "model", rows),
                                np.load(tmp_path / "mxnet_scores.npy"), rtol=1e-5, atol=1e-5)
+    other = "regressor" if predictor_type == "binary_classifier" else "binary_classifier"
+    code, _, err = cli("import", "sagemaker", artifact, "--model-dir", tmp_path / "other",
+                       f"predictor_type={other}")  # (was taken: scores read the other way)
+    assert code == 1 and f"predictor_type={other} given, but the output operator of " \
+        f"symbol.json makes it a {predictor_type}" in err
 
 
 def test_an_fmkit_export_loads_and_runs_in_mxnet(mxnet_python, tmp_path, cli):

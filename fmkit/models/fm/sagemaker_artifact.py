@@ -9,7 +9,9 @@ an MXNet module — ``symbol.json`` (the graph), ``params`` (an NDArray list fil
 the hyperparameters come, most binding first, from the caller (``NAME=VALUE``, a
 ``hyperparameters.json``), from ``meta.json``, and for ``predictor_type`` last from the
 graph's output operator (a logistic output or sigmoid: ``binary_classifier``; a linear
-regression output: ``regressor``). :func:`write_artifact` writes the same layout for an fmkit
+regression output: ``regressor``). What fixes the weights' meaning cannot be overridden: a
+given ``feature_dim``, ``num_factors`` or ``predictor_type`` that the artifact contradicts is
+an error. :func:`write_artifact` writes the same layout for an fmkit
 FM, with a ``symbol.json`` MXNet binds and runs (input ``data``, dense (n, d); output: the score).
 
 Archives are read in memory, member by member, with every declared size checked against the
@@ -176,8 +178,14 @@ def read_artifact(path: str | Path, given: Mapping[str, Any], index_base: int | 
             raise HyperparameterError(f"{source}: {name}={hp[name]} {where}, but the weights "
                                       f"have {name} {value}")
     hp.update(shapes)
+    guessed = _predictor_from_symbol(_json(found, "symbol.json", source))
+    wanted = str(given.get("predictor_type", "")).strip()
+    for said, where in ((kept.get("predictor_type"), "meta.json says"),
+                        (guessed, "the output operator of symbol.json makes it")):
+        if wanted and said and wanted != str(said).strip():  # (its scores would be misread)
+            raise HyperparameterError(f"{source}: predictor_type={wanted} given, but {where} "
+                                      f"a {said}")
     if "predictor_type" not in hp:
-        guessed = _predictor_from_symbol(_json(found, "symbol.json", source))
         if guessed is None:
             raise HyperparameterError(
                 f"{source}: the artifact does not say whether it is a binary_classifier or a "
