@@ -490,3 +490,16 @@ def test_a_recordio_file_in_a_text_channel_is_named(tmp_path):
         for batch in FileSource(channel, "auto", 4, 1).blocks():
             rows += batch.n_rows
     assert rows == 2  # the first file's rows, read
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    """pandas would read the second ``user`` as ``user.1``; a DeepFM reads columns by name,
+    and the second silently stood for the first."""
+    table = tmp_path / "t.csv"
+    table.write_text("label,user,user,item\n1,u1,u2,i1\n")
+    with pytest.raises(DataError, match=r"t.csv:1: the header names column 'user' twice "
+                                        r"\(columns 2 and 3\)"):
+        next(columns.read_delimited(table, None, ",", True))
+    table.write_text("label,user,,,item\n1,u1,,,i1\n")  # (unnamed columns are not read)
+    assert list(next(columns.read_delimited(table, None, ",", True)).columns) == [
+        "label", "user", "", "item"]

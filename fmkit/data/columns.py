@@ -207,6 +207,17 @@ def sniff(first_line: str, names: Sequence[str] | None, delimiter: str,
     return delimiter, with_header
 
 
+def _check_header(columns: list[str], source: str) -> None:
+    """A header line names each column once (a second ``user`` column would silently stand
+    for the first)."""
+    seen: dict[str, int] = {}
+    for number, name in enumerate(columns, start=1):
+        if name and name in seen:
+            raise DataError(source, 1, f"the header names column {excerpt(name)} twice "
+                            f"(columns {seen[name]} and {number})")
+        seen[name] = number
+
+
 def _header_like(fields: list[str], names: Sequence[str]) -> bool:
     """Whether a first line read as data looks like a header all the same: no field is a
     number and one of them is a column name (for the error message of its line only)."""
@@ -259,6 +270,7 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
                     separator, header = sniff(text, names, delimiter, with_header, needed)
                 if header:
                     columns = [c.strip() for c in text.split(separator)]
+                    _check_header(columns, str(file))
                     start, first_line = min(end + 1, buf.size), 2
                 else:
                     header_like = _header_like(text.split(separator), columns)
