@@ -370,3 +370,19 @@ def test_files_laid_out_otherwise_are_read_with_set_data_config(trained, cli, tm
     code, _, err = cli("predict", "--model-dir", trained, "--data", original, "--set",
                        "model_config.num_class=2")
     assert code == 1 and "only data_config fields change how files are read" in err
+
+
+def test_init_model_that_is_no_deepfm_says_what_it_is(cli, tmp_path):
+    """A missing directory is named as missing (it was "not a DeepFM model directory"), an
+    FM's as an FM's."""
+    fm = tmp_path / "fm"
+    code, _, err = cli("train", "--train", shared_file("a9a_libsvm", "a9a.t"), "--model-dir", fm,
+                       "--quiet", "feature_dim=124", "num_factors=2",
+                       "predictor_type=binary_classifier")
+    assert code == 0, err
+    for path, problem in ((tmp_path / "missing", f"{tmp_path / 'missing'}: no such model "
+                           "directory"), (fm, f"--init-model {fm}: not a DeepFM model directory "
+                                              "(an FM model)")):
+        code, _, err = cli("train", "--config", EXAMPLE, "--quiet", "--set",
+                           f"model_dir={tmp_path / 'd'}", "--init-model", path)
+        assert code == 1 and problem in err, err

@@ -174,7 +174,10 @@ def _continue_from(path: str, model: DeepFMModel) -> list[dict]:
     from fmkit.errors import HyperparameterError
 
     if artifact.model_type(path) != "deepfm":
-        raise HyperparameterError(f"--init-model {path}: not a DeepFM model directory")
+        if not (artifact.resolve(path) / artifact.META_FILE).exists():
+            artifact.load_directory(path)  # missing, or no model: it says which
+        raise HyperparameterError(f"--init-model {path}: not a DeepFM model directory (an FM "
+                                  "model)")
     before = DeepFMModel.load(path)
     change = network_change(model, before)
     if change:
