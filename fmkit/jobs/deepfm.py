@@ -14,6 +14,7 @@ from typing import Any
 
 from fmkit import distributed
 from fmkit.data.sources import channel_files, refuse_pipe
+from fmkit.errors import HyperparameterError
 from fmkit.jobs.training import run
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.models import artifact
@@ -88,8 +89,9 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
             if path:
                 refuse_pipe(path, "training reads it once per epoch; give a file, or "
                             "train_config.num_epochs=1")
+    before = _initial_model(init_model) if init_model else None  # (before any allocation)
     model = DeepFMModel.create(config)
-    trained = _continue_from(init_model, model) if init_model else []
+    trained = _continue_from(init_model, before, model) if before else []
     model.net.to(target)
     shard = distributed.shard()
     channel = Channel(str(config.train_input_path), lambda: (
@@ -168,17 +170,20 @@ def network_change(model: DeepFMModel, before: DeepFMModel) -> str | None:
     return None
 
 
-def _continue_from(path: str, model: DeepFMModel) -> list[dict]:
-    """``--init-model``: ``path``'s weights into ``model`` (same features and network, else a
-    clear error); returns its training history."""
-    from fmkit.errors import HyperparameterError
-
+def _initial_model(path: str) -> DeepFMModel:
+    """``--init-model``: the DeepFM a run continues (a missing directory, or an FM's, is a
+    clear error)."""
     if artifact.model_type(path) != "deepfm":
         if not (artifact.resolve(path) / artifact.META_FILE).exists():
             artifact.load_directory(path)  # missing, or no model: it says which
         raise HyperparameterError(f"--init-model {path}: not a DeepFM model directory (an FM "
                                   "model)")
-    before = DeepFMModel.load(path)
+    return DeepFMModel.load(path)
+
+
+def _continue_from(path: str, before: DeepFMModel, model: DeepFMModel) -> list[dict]:
+    """``--init-model``: ``before``'s weights into ``model`` (same features and network, else
+    a clear error); returns its training history."""
     change = network_change(model, before)
     if change:
         raise HyperparameterError(f"--init-model {path}: {change}")
