@@ -370,6 +370,9 @@ def test_files_laid_out_otherwise_are_read_with_set_data_config(trained, cli, tm
     code, _, err = cli("predict", "--model-dir", trained, "--data", original, "--set",
                        "model_config.num_class=2")
     assert code == 1 and "only data_config fields change how files are read" in err
+    code, _, err = cli("evaluate", "--model-dir", trained, "--data", original, "--set",
+                       "data_config.label_fields=[I1]")  # (a configuration's rule too)
+    assert code == 1 and "the label column 'I1' is also a feature's input" in err
 
 
 def test_init_model_that_is_no_deepfm_says_what_it_is(cli, tmp_path):

@@ -35,7 +35,7 @@ from fmkit.data.numbers import FLOAT32_MAX
 from fmkit.errors import DataError, excerpt
 from fmkit.logs import log
 from fmkit.models.deepfm import expressions, transforms
-from fmkit.models.deepfm.config import ConfigError, EasyRecConfig
+from fmkit.models.deepfm.config import ConfigError, DataConfig, EasyRecConfig
 
 GROUPS = ("wide", "fm", "deep")
 
@@ -195,14 +195,15 @@ def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray
             raise error(0, "a value is not a number") from None
     elif not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)
               or pa.types.is_boolean(values.type)):
-        present = values.is_valid().to_numpy(zero_copy_only=False)
+        present = np.flatnonzero(values.is_valid().to_numpy(zero_copy_only=False))
         kind = values.type
         if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
-            kind = "a list"  # (the first of several values: a lone value may be in a list too)
+            kind = "a list"
+            # a lone value may arrive wrapped in a list too: name the first row holding several
             lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy()
-            present = present & (lengths > 1) if (lengths > 1).any() else present
-        first = np.flatnonzero(present)
-        raise error(int(first[0]) if first.size else 0, f"expected a number, got {kind}")
+            several = np.flatnonzero(lengths > 1)
+            present = several if several.size else present
+        raise error(int(present[0]) if present.size else 0, f"expected a number, got {kind}")
     result = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
     beyond = np.flatnonzero(np.abs(result) > FLOAT32_MAX)
     if beyond.size:
@@ -572,6 +573,16 @@ def _feature(config: Any, kind: str, where: str) -> Feature:
                     tuple(n for n in names if n in parsed.variables) or ("",), parsed)
 
 
+def _label_and_weight(features: dict[str, Feature], data: DataConfig
+                      ) -> tuple[str, str | None]:
+    """The label and sample weight columns ``data`` names; the label is no feature's input."""
+    label = data.label_fields[0]
+    if any(label in f.inputs for f in features.values()):
+        raise ConfigError(f"data_config.label_fields: the label column {label!r} is also a "
+                          f"feature's input")
+    return label, next(iter(data.sample_weight_fields), None)
+
+
 @dataclass
 class FeatureSet:
     """The configured features, their groups and embedding tables, checked."""
@@ -593,10 +604,7 @@ class FeatureSet:
             if feature.name in features:
                 raise ConfigError(f"{where}.feature_name: {feature.name!r} is configured twice")
             features[feature.name] = feature
-        label = config.data_config.label_fields[0]
-        if any(label in f.inputs for f in features.values()):
-            raise ConfigError(f"data_config.label_fields: the label column {label!r} is also a "
-                              f"feature's input")
+        label, weight = _label_and_weight(features, config.data_config)
         groups: dict[str, list[str]] = {}
         for i, group in enumerate(config.model_config.feature_groups):
             where = f"model_config.feature_groups[{i}]"
@@ -632,7 +640,6 @@ class FeatureSet:
         wide_dim = config.model_config.deepfm.wide_embedding_dim
         if wide_dim <= 0:
             raise ConfigError("model_config.deepfm.wide_embedding_dim: must be positive")
-        weight = next(iter(config.data_config.sample_weight_fields), None)
         result = cls(features, groups, label, wide_dim, weight=weight,
                      num_class=config.model_config.num_class)
         result._check_tables()
@@ -677,6 +684,11 @@ class FeatureSet:
         _warn_unscaled(self.used, dense)  # (training and evaluation; not per served request)
         weights = self.weights(batch) if self.weight else None
         return Encoded(batch.n_rows, sparse, dense, self.labels(batch, label_mode), weights)
+
+    def read_columns(self, data: DataConfig) -> None:
+        """Take the label and sample weight from ``data`` (files laid out otherwise than the
+        training files), by the rules a configuration's are taken by."""
+        self.label, self.weight = _label_and_weight(self.features, data)
 
     def labels(self, batch: ColumnBatch, label_mode: str) -> np.ndarray:
         column = batch.column(self.label)

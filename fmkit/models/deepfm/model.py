@@ -158,9 +158,8 @@ class DeepFMModel:
                                           "rest is the trained model's")
         document = config_files.apply_overrides(configs.to_document(self.config), overrides)
         data = configs.parse(document).data_config
+        self.features.read_columns(data)
         self.config = dataclasses.replace(self.config, data_config=data)
-        self.features.label = data.label_fields[0]
-        self.features.weight = next(iter(data.sample_weight_fields), None)
 
     def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True,
              shard: tuple[int, int] = (0, 1)) -> Iterator[ColumnBatch]:
