@@ -15,6 +15,7 @@ Parquet is read a row group at a time with pyarrow; list columns are multi-value
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,7 @@ from numba import njit
 from fmkit.data.blocks import iter_line_blocks
 from fmkit.data.sources import PARQUET_MAGIC, channel_files
 from fmkit.errors import DataError, excerpt
+from fmkit.logs import log
 
 BLOCK_BYTES = 1 << 22
 
@@ -242,15 +244,51 @@ def shard_files(path: str | Path, shard: tuple[int, int]) -> list[tuple[Path, tu
     return [(file, shard) for file in files]
 
 
+def _most_fields(buf: np.ndarray, start: int, delimiter: str) -> int:
+    """The largest field count of the lines of ``buf[start:]``."""
+    text = buf[start:]
+    ends = np.append(np.flatnonzero(text == 10), text.size)
+    delimiters = np.concatenate([[0], np.cumsum(text == ord(delimiter))])[ends]
+    return int(np.diff(delimiters, prepend=0).max()) + 1
+
+
+def _without_absent(columns: list[str], optional: Sequence[str], labelled: bool,
+                    buf: np.ndarray, start: int, delimiter: str, source: str) -> list[str]:
+    """The columns of a file without header: ``columns``, or ``columns`` less the
+    ``optional`` ones (a label, a sample weight) when no line of its first block has more
+    fields than the others: a file to score without its label (Criteo's ``test.txt`` beside
+    ``train.txt``), whose columns would otherwise be read one place off. A file read for its
+    labels (``labelled``) keeps them, with a warning."""
+    absent = [c for c in optional if c in columns]
+    if not absent or _most_fields(buf, start, delimiter) != len(columns) - len(absent):
+        return columns
+    shown = ", ".join(absent)
+    fewer = f"{source}: no line has more than {len(columns) - len(absent)} fields, the columns"
+    if labelled:
+        _warn_once(f"{fewer} less {shown}: has the file its {shown} column? It is read as the "
+                   f"first of {', '.join(columns[:4])}, ...")
+        return columns
+    _warn_once(f"{fewer} less {shown}: read as a file without {shown}")
+    return [c for c in columns if c not in absent]
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """Log ``message`` (a warning) once per process, not once per epoch's reading."""
+    log.warning("%s", message)
+
+
 def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str,
                    with_header: bool, block_bytes: int = BLOCK_BYTES,
                    detect: bool = False, shard: tuple[int, int] = (0, 1),
-                   needed: Sequence[str] | None = None) -> Iterator[ColumnBatch]:
+                   needed: Sequence[str] | None = None, optional: Sequence[str] = (),
+                   labelled: bool = True) -> Iterator[ColumnBatch]:
     """Every file of a channel as column batches. Column names come from each file's header
     line (``with_header``) or from ``names``; ``detect`` lets :func:`sniff` adapt the
     delimiter and header flag to each file (a header names the ``needed`` columns).
-    ``shard=(part, parts)``: see :func:`shard_files` (blocks of lines are dealt out in
-    turn)."""
+    ``optional``: columns of ``names`` a file without header may lack where it is not read
+    for its labels (``labelled``; see :func:`_without_absent`). ``shard=(part, parts)``: see
+    :func:`shard_files` (blocks of lines are dealt out in turn)."""
     for file, (part, parts) in shard_files(path, shard):
         columns, separator, header = list(names or []), delimiter, with_header
         header_like = False
@@ -274,6 +312,8 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
                     start, first_line = min(end + 1, buf.size), 2
                 else:
                     header_like = _header_like(text.split(separator), columns)
+                    columns = _without_absent(columns, optional, labelled, buf, start,
+                                              separator, str(file))
             if not columns:
                 raise DataError(str(file), None, "no column names: set data_config.input_fields "
                                 "or with_header: true")

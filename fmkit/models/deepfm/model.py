@@ -186,8 +186,10 @@ class DeepFMModel:
         if guessed:
             names = self.default_layout()
         needed = [*(data.label_fields if labelled else []), *self.features.input_columns()]
+        optional = [*data.label_fields, *data.sample_weight_fields]
         for batch in columns.read_delimited(path, names, data.delimiter, data.with_header,
-                                            detect=fmt == "auto", shard=shard, needed=needed):
+                                            detect=fmt == "auto", shard=shard, needed=needed,
+                                            optional=optional, labelled=labelled):
             if guessed and batch.first_line == 1:  # (no header line: the layout is used)
                 _log_layout_once(tuple(names))
             yield batch
