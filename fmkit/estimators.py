@@ -245,8 +245,7 @@ class FMClassifier(ClassifierMixin, _FMEstimator):
         return (y == self.classes_[1]).astype(np.float64)
 
     def _keep_classes(self) -> FMClassifier:
-        if set(self.classes_.tolist()) in ({0, 1}, {-1, 1}):  # what model.json can store
-            self.model_.classes = tuple(int(c) for c in self.classes_)
+        self.model_.classes = tuple(self.classes_.tolist())  # (saved in model.json)
         return self
 
     def fit(self, X, y, *, eval_set=None, progress: bool | None = None) -> FMClassifier:

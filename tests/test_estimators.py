@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -69,6 +71,13 @@ def test_minus_one_plus_one_labels_come_back(tmp_path, ctr):
     np.testing.assert_array_equal(load(tmp_path / "m").predict(test.X), model.predict(test.X))
     other = FMClassifier(num_factors=4, epochs=1).fit(train.X, train.y * 3, progress=False)
     np.testing.assert_array_equal(other.predict(test.X), 3 * model.predict(test.X).clip(0))
+    for classes in (np.array([0, 3]), np.array(["no", "yes"])):  # (saved as 0/1 until now)
+        other = FMClassifier(num_factors=4, epochs=1).fit(train.X, classes[train.y.astype(int)],
+                                                          progress=False)
+        other.save(tmp_path / str(classes[1]))
+        loaded = load(tmp_path / str(classes[1]))
+        np.testing.assert_array_equal(loaded.classes_, classes)
+        np.testing.assert_array_equal(loaded.predict(test.X), other.predict(test.X))
     with pytest.raises(ValueError, match="Only binary classification is supported"):
         FMClassifier().fit(train.X, train.y + (np.arange(train.y.size) % 3 == 0))
 
@@ -260,6 +269,48 @@ def _deepfm_problem():
     config = default_config(X)
     config["data_config"]["shuffle"] = False
     return X, y, config
+
+
+@pytest.mark.parametrize("classes", [["cat", "dog", "eel"], [3, 7]])
+def test_deepfm_classes_by_name_through_the_cli(classes, tmp_path, capsys):
+    """A DeepFM estimator fitted on class names (or numbers other than 0..n-1): ``fmkit
+    predict`` answers the names its ``predict`` gives, ``fmkit evaluate`` reads a file of them
+    (its figures scikit-learn's), and recordIO, whose predicted_label is a number, is refused
+    for names."""
+    from fmkit.cli import main
+
+    X, y, _ = _deepfm_problem()
+    named = np.array(classes)[(X["item"].to_numpy() + y) % len(classes)]
+    model = DeepFMClassifier(num_epochs=2, random_state=0).fit(X, named)
+    model.save(tmp_path / "m")
+    X.assign(animal=named).to_csv(tmp_path / "named.csv", index=False)
+    X.to_csv(tmp_path / "features.csv", index=False)
+    capsys.readouterr()
+    assert main(["predict", "--model-dir", str(tmp_path / "m"), "--data",
+                 str(tmp_path / "features.csv")]) == 0
+    answered = [json.loads(line)["predicted_label"]
+                for line in capsys.readouterr().out.splitlines()]
+    assert answered == model.predict(X).tolist()
+    assert main(["evaluate", "--model-dir", str(tmp_path / "m"), "--data",
+                 str(tmp_path / "named.csv"), "--set", "data_config.label_fields=[animal]"]) == 0
+    measured = json.loads(capsys.readouterr().out)
+    accuracy = accuracy_score(named.astype(str), model.predict(X).astype(str))
+    key = "binary_classification_accuracy" if len(classes) == 2 else "multiclass_accuracy"
+    assert measured[key] == pytest.approx(accuracy)
+    if len(classes) == 2:
+        assert measured["auc"] == pytest.approx(roc_auc_score(named == classes[1],
+                                                              model.predict_proba(X)[:, 1]))
+    stray = "owl" if isinstance(classes[0], str) else 5
+    X.assign(animal=np.where(np.arange(len(X)) == 4, stray, named)).to_csv(
+        tmp_path / "stray.csv", index=False)
+    assert main(["evaluate", "--model-dir", str(tmp_path / "m"), "--data",
+                 str(tmp_path / "stray.csv"), "--set", "data_config.label_fields=[animal]"]) == 1
+    assert f"stray.csv:6: label '{stray}' is not one of the model's classes (" in \
+        capsys.readouterr().err
+    code = main(["predict", "--model-dir", str(tmp_path / "m"), "--data",
+                 str(tmp_path / "features.csv"), "--accept", "application/x-recordio-protobuf",
+                 "--output", str(tmp_path / "out.rec")])
+    assert (code == 1) == isinstance(classes[0], str)
 
 
 def test_deepfm_estimator_errors_name_the_row_of_x(monkeypatch):

@@ -546,8 +546,9 @@ def _json_objects(predictions: dict[str, np.ndarray]) -> list[str]:
     """One JSON object per row: ``{"score": s}`` plus ``"predicted_label"`` for classifiers."""
     scores = [repr(s) for s in predictions["score"].tolist()]  # finite: see check_finite
     if "predicted_label" in predictions:
-        labels = predictions["predicted_label"].tolist()
-        return [f'{{"score": {s}, "predicted_label": {p!r}}}' for s, p in zip(scores, labels)]
+        labels = predictions["predicted_label"]
+        shown = map(json.dumps if labels.dtype == object else repr, labels.tolist())  # (names)
+        return [f'{{"score": {s}, "predicted_label": {p}}}' for s, p in zip(scores, shown)]
     return [f'{{"score": {s}}}' for s in scores]
 
 
@@ -571,6 +572,11 @@ class ResponseWriter:
     def part(self, predictions: dict[str, np.ndarray], first: int = 1) -> bytes:
         """The encoding of a block of rows; ``first`` numbers its first row in errors."""
         check_finite(predictions, self.unit, first)
+        if self.accept == RECORDIO and predictions.get("predicted_label", np.zeros(0)
+                                                        ).dtype == object:
+            raise RequestError("this model's classes are names, and recordIO's predicted_label "
+                               "is a number: accept application/json or application/jsonlines",
+                               406)
         if self.accept == RECORDIO:
             return recordio.encode_predictions(predictions) if len(predictions["score"]) else b""
         objects = _json_objects(predictions)

@@ -18,6 +18,7 @@ with its own message) and encodes each :class:`~fmkit.data.columns.ColumnBatch` 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -725,6 +726,46 @@ class FeatureSet:
                 "is empty" if not column[row].is_valid else
                 f"{values[row]:g} is not a finite number >= 0"))
         return values.astype(np.float32)
+
+
+def named_classes(classes: Any, outputs: int) -> list | None:
+    """The class names a scikit-learn estimator was fitted on (``model.json``'s
+    ``estimator.classes``) where they are not the label indices the network predicts
+    (``outputs``: its classes, 2 for a binary model): None for 0..n-1; checked, as a model
+    file is read."""
+    if classes is None:
+        return None
+    if (not isinstance(classes, list) or len(classes) != outputs
+            or not all(isinstance(c, (str, int, float)) for c in classes)
+            or len({str(c) for c in classes}) != len(classes)):
+        raise ValueError(f"estimator.classes: expected {outputs} distinct names or numbers, "
+                         f"got {excerpt(str(classes))}")
+    return None if classes == list(range(outputs)) else classes
+
+
+def class_indices(batch: ColumnBatch, label: str, classes: list) -> ColumnBatch:
+    """``batch`` with the class names of its ``label`` column (as a file of an estimator's
+    classes holds them: ``dog``, or ``7`` of classes 3, 7) replaced by their indices, the
+    labels the network learnt; a value that is no class is an error naming its row."""
+    column = batch.column(label)
+    if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in classes):
+        values = _numbers(column, batch, label)
+        found = np.full(values.shape, -1, np.int64)
+        for index, value in enumerate(classes):
+            found[values == value] = index
+    else:
+        text = pc.utf8_trim_whitespace(column.cast(pa.large_string()))
+        found = pc.fill_null(pc.index_in(text, value_set=pa.array([str(c) for c in classes],
+                                                                   pa.large_string())),
+                             -1).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero((found < 0) & column.is_valid().to_numpy(zero_copy_only=False))
+    if bad.size:
+        shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
+        raise batch.error(int(bad[0]), f"label {excerpt(str(column[int(bad[0])]))} is not one "
+                          f"of the model's classes ({shown})")
+    indices = pa.array(found.astype(np.float64), mask=~column.is_valid().to_numpy(
+        zero_copy_only=False))
+    return dataclasses.replace(batch, columns={**batch.columns, label: indices})
 
 
 def default_init_bound(num_embeddings: int) -> float:

@@ -34,7 +34,7 @@ from fmkit.models import artifact
 from fmkit.models.deepfm import config as configs
 from fmkit.models.deepfm import quantized
 from fmkit.models.deepfm.batches import slices
-from fmkit.models.deepfm.features import Encoded, FeatureSet
+from fmkit.models.deepfm.features import Encoded, FeatureSet, class_indices, named_classes
 from fmkit.models.deepfm.instances import encode_instances
 from fmkit.models.deepfm.network import DeepFMNet
 from fmkit.models.deepfm.small_batches import SMALL_ROWS, NumpyForward
@@ -161,8 +161,24 @@ class DeepFMModel:
         self.features.read_columns(data)
         self.config = dataclasses.replace(self.config, data_config=data)
 
+    @property
+    def classes(self) -> list | None:
+        """The class names an estimator was fitted on, where they are not the network's label
+        indices: files to measure hold them, and ``predicted_label`` is one of them."""
+        return named_classes(self.estimator.get("classes"), max(self.features.num_class, 2))
+
     def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True,
              shard: tuple[int, int] = (0, 1)) -> Iterator[ColumnBatch]:
+        """:meth:`read_layout`'s batches; read for their labels (``labelled``), an estimator's
+        class names become the network's label indices."""
+        batches = self.read_layout(path, fmt, labelled=labelled, shard=shard)
+        classes = self.classes if labelled else None
+        if classes is None:
+            return batches
+        return (class_indices(batch, self.features.label, classes) for batch in batches)
+
+    def read_layout(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True,
+                    shard: tuple[int, int] = (0, 1)) -> Iterator[ColumnBatch]:
         """Column batches of a channel in the configured layout (``fmt``: ``auto``, ``csv``,
         ``parquet``, or ``json``/``jsonlines`` request bodies). ``auto`` reads a Parquet file as
         Parquet whatever the configured dataset type, and also reads delimited
@@ -300,8 +316,16 @@ class DeepFMModel:
         return {"y": y}
 
     def predictions(self, batch: ColumnBatch | Encoded) -> dict[str, np.ndarray]:
-        """``score`` (and ``predicted_label`` for classifiers) of every row."""
-        return prediction_fields(self.predictor_type, self.logits(batch))
+        """``score`` (and ``predicted_label`` for classifiers: an estimator's class names, as
+        its ``predict`` gives them) of every row."""
+        fields = prediction_fields(self.predictor_type, self.logits(batch))
+        classes = self.classes if "predicted_label" in fields else None
+        if classes is not None:
+            names = np.array(classes, dtype=np.float64 if all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) for c in classes)
+                else object)
+            fields["predicted_label"] = names[fields["predicted_label"].astype(np.int64)]
+        return fields
 
     def predictions_of(self, blocks: Iterable[ColumnBatch | Encoded]
                        ) -> Iterator[dict[str, np.ndarray]]:
@@ -451,6 +475,10 @@ class DeepFMModel:
         model.net.eval()
         if isinstance(meta.get("estimator"), dict):
             model.estimator = meta["estimator"]
+            try:
+                model.classes  # noqa: B018 (checked as the file is read)
+            except ValueError as e:
+                raise ArtifactError(f"{path}: model.json: {e}") from None
         return model
 
 
