@@ -16,6 +16,7 @@ back as an estimator, and ``fmkit serve``/``predict`` take it as it is.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from fmkit.data.columns import ColumnBatch
+from fmkit.errors import excerpt
 from fmkit.eval_set import one_pair
 from fmkit.models.metrics import predicted_labels, softmax
 
@@ -45,8 +47,7 @@ def _table(X: Any) -> pa.Table:
     if isinstance(X, pa.Table):
         table = X
     elif hasattr(X, "columns") and hasattr(X, "dtypes"):  # a pandas DataFrame
-        table = pa.Table.from_pandas(X, preserve_index=False)
-        table = table.rename_columns([str(c) for c in X.columns])
+        table = _from_pandas(X)
     else:
         array = np.asarray(X)
         if array.ndim != 2:
@@ -67,6 +68,32 @@ def _table(X: Any) -> pa.Table:
             column = pc.cast(column, column.type.value_type)
         columns[name] = column
     return pa.table(columns) if columns else pa.table({})
+
+
+def _from_pandas(X: Any) -> pa.Table:
+    """A DataFrame as an Arrow table. A column of object dtype that mixes numbers and text
+    (ids read from several sources: ``19`` and ``"19"``) is text, as a CSV file of it reads;
+    other columns Arrow cannot convert are a ValueError naming the column."""
+    try:
+        table = pa.Table.from_pandas(X, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        columns = {}
+        for name in X.columns:
+            column = X[name]
+            try:
+                columns[str(name)] = pa.array(column, from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                kinds = {type(v).__name__ for v in column if not _missing(v)}
+                if column.dtype != object or not kinds <= {"str", "int", "float", "bool"}:
+                    raise ValueError(f"X column {excerpt(str(name))}: {e}") from None
+                columns[str(name)] = pa.array([None if _missing(v) else str(v)
+                                               for v in column], pa.large_string())
+        return pa.table(columns)
+    return table.rename_columns([str(c) for c in X.columns])
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _batches(table: pa.Table, extra: dict[str, np.ndarray]) -> Iterator[ColumnBatch]:

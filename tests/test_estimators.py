@@ -313,6 +313,19 @@ def test_deepfm_classes_by_name_through_the_cli(classes, tmp_path, capsys):
     assert (code == 1) == isinstance(classes[0], str)
 
 
+def test_deepfm_ids_mixing_numbers_and_text_are_text():
+    """An object column of ids from several sources (19 and "19") was Arrow's ArrowInvalid:
+    it is read as text, as a CSV file of it reads, so it trains and scores as the column of
+    numbers does; a column Arrow cannot take otherwise is a ValueError naming it."""
+    X, y, config = _deepfm_problem()
+    mixed = X.assign(user=[u if i % 2 else str(u) for i, u in enumerate(X["user"])])
+    numbers = DeepFMClassifier(config=config, num_epochs=2, random_state=0).fit(X, y)
+    texts = DeepFMClassifier(config=config, num_epochs=2, random_state=0).fit(mixed, y)
+    np.testing.assert_array_equal(texts.predict_proba(mixed), numbers.predict_proba(X))
+    with pytest.raises(ValueError, match="X column 'user': .*cannot mix list and non-list"):
+        texts.predict(X.assign(user=[[1]] + [1] * (len(X) - 1)))
+
+
 def test_deepfm_estimator_errors_name_the_row_of_x(monkeypatch):
     """X is read in blocks: a bad value's row is counted from X's first row, not its block's."""
     import fmkit.deepfm_estimators as module
