@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from fmkit.data.batch import SparseBatch, concat
 from fmkit.data.sources import ArraySource
@@ -94,14 +94,15 @@ class _FMEstimator(BaseEstimator):
         return validate_data(self, X, y, accept_sparse="csr", reset=reset, y_numeric=regressor,
                              dtype=(np.float64, np.float32))
 
-    def _fit(self, X, y, eval_set, progress: bool | None) -> _FMEstimator:
+    def _fit(self, X, y, sample_weight, eval_set, progress: bool | None) -> _FMEstimator:
         """``epochs`` epochs; with ``warm_start`` and a fitted model, from its weights (a fresh
         optimizer state, epochs numbered after the ones already trained). ``eval_set``: the
         validation channel of ``fmkit train --validation`` (see ``fit``)."""
         warm = self.warm_start and hasattr(self, "model_")
         X, y = self._input(X, y, reset=not warm)  # warm: X has the fitted model's width
         y = self._target(y, first=True)
-        source = ArraySource(X, y, labels=self._labels)
+        source = ArraySource(X, y, labels=self._labels,
+                             sample_weight=_sample_weight(sample_weight, X))
         validation = None
         if eval_set is not None:
             X_val, y_val = one_pair(eval_set)
@@ -125,7 +126,7 @@ class _FMEstimator(BaseEstimator):
         """The labels training takes (a classifier encodes its classes)."""
         return y
 
-    def _partial_fit(self, X, y, classes=None) -> _FMEstimator:
+    def _partial_fit(self, X, y, classes=None, sample_weight=None) -> _FMEstimator:
         """One epoch over ``X, y`` continuing the weights *and the optimizer state* of the
         previous ``partial_fit`` calls: on rows in the same order (``shuffle=0``), calls on
         parts whose sizes are multiples of ``mini_batch_size`` train what one epoch over all
@@ -137,7 +138,8 @@ class _FMEstimator(BaseEstimator):
         fitted = learner is None and hasattr(self, "model_")
         first = learner is None and not fitted
         X, y = self._input(X, y, reset=first)
-        source = ArraySource(X, self._target(y, first, classes), labels=self._labels)
+        source = ArraySource(X, self._target(y, first, classes), labels=self._labels,
+                             sample_weight=_sample_weight(sample_weight, X))
         if first:
             hp = with_starting_point(self._hyperparameters(source.feature_dim), source)
             learner, self.history_ = fm_learner(hp), []
@@ -202,6 +204,18 @@ class _FMEstimator(BaseEstimator):
         return self.model_.save(path, {"train": history})
 
 
+def _sample_weight(sample_weight, X) -> np.ndarray | None:
+    """``sample_weight`` checked by scikit-learn's rules (one finite weight >= 0 per row of
+    ``X``, not all 0; a number is every row's) and divided by its mean, or None. Weights are
+    relative: weights of 2 on some rows and 0 on as many train what repeating and dropping
+    those rows trains (in one mini-batch, exactly), and the same weight on every row changes
+    nothing, whatever the mini-batch size."""
+    if sample_weight is None:
+        return None
+    weights = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+    return weights / weights.mean()
+
+
 def _item_rows(exclude, contexts: int, items: int) -> list[np.ndarray]:
     """``recommend``'s ``exclude``: a list of item row numbers per context row, checked (an
     item id or a list too few was ignored or an IndexError)."""
@@ -248,17 +262,21 @@ class FMClassifier(ClassifierMixin, _FMEstimator):
         self.model_.classes = tuple(self.classes_.tolist())  # (saved in model.json)
         return self
 
-    def fit(self, X, y, *, eval_set=None, progress: bool | None = None) -> FMClassifier:
-        """Train ``epochs`` epochs on ``X, y``. ``eval_set=(X_val, y_val)``: measured after
-        every epoch (``history_``), the best epoch's weights by ``early_stopping_metric`` are
-        kept and training stops after ``early_stopping_patience`` epochs without a better
-        one, as ``fmkit train --validation`` does."""
-        return self._fit(X, y, eval_set, progress)._keep_classes()
+    def fit(self, X, y, sample_weight=None, *, eval_set=None, progress: bool | None = None
+            ) -> FMClassifier:
+        """Train ``epochs`` epochs on ``X, y``. ``sample_weight``: each row's loss is
+        multiplied by its weight over the mean weight (a row of twice the mean weight counts
+        as two rows; ``partial_fit`` divides by each call's mean). ``eval_set=(X_val, y_val)``:
+        measured after every epoch (``history_``), the best epoch's weights by
+        ``early_stopping_metric`` are kept and training stops after
+        ``early_stopping_patience`` epochs without a better one, as ``fmkit train
+        --validation`` does."""
+        return self._fit(X, y, sample_weight, eval_set, progress)._keep_classes()
 
-    def partial_fit(self, X, y, classes=None) -> FMClassifier:
+    def partial_fit(self, X, y, classes=None, sample_weight=None) -> FMClassifier:
         """One more epoch over ``X, y`` (see ``_partial_fit``); ``classes`` may be given on
         the first call, as scikit-learn's incremental estimators take it."""
-        return self._partial_fit(X, y, classes)._keep_classes()
+        return self._partial_fit(X, y, classes, sample_weight)._keep_classes()
 
     def decision_function(self, X) -> np.ndarray:
         """The raw FM output y_hat of every row (> 0: the positive class)."""
@@ -280,13 +298,15 @@ class FMRegressor(RegressorMixin, _FMEstimator):
     _predictor_type = "regressor"
     _labels = "real"
 
-    def fit(self, X, y, *, eval_set=None, progress: bool | None = None) -> FMRegressor:
-        """Train on ``X, y``; ``eval_set``: see :meth:`FMClassifier.fit`."""
-        return self._fit(X, y, eval_set, progress)
+    def fit(self, X, y, sample_weight=None, *, eval_set=None, progress: bool | None = None
+            ) -> FMRegressor:
+        """Train on ``X, y``; ``sample_weight`` and ``eval_set``: see
+        :meth:`FMClassifier.fit`."""
+        return self._fit(X, y, sample_weight, eval_set, progress)
 
-    def partial_fit(self, X, y) -> FMRegressor:
+    def partial_fit(self, X, y, sample_weight=None) -> FMRegressor:
         """One more epoch over ``X, y`` (see ``_partial_fit``)."""
-        return self._partial_fit(X, y)
+        return self._partial_fit(X, y, sample_weight=sample_weight)
 
     def predict(self, X) -> np.ndarray:
         return self._logits(X)

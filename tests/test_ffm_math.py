@@ -250,3 +250,24 @@ def test_rowwise_adagrad_keeps_one_sum_per_field_vector(k):
     apply_gradient(touched, np.c_[gw, gV][touched], 0.0, OPTIMIZER_IDS["rowwise_adagrad"],
                    kernel_config(hp, table.dtype), bias, table, F * k, 0, 1, k)
     np.testing.assert_allclose(table[:, : 1 + F * k], expected.table, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_weights_count_as_repeated_rows():
+    """A row of integer weight w adds what w copies of it add to a mini-batch's summed
+    gradient and loss (0: nothing), per row or in a batch."""
+    (_, _, _), (batch32, y32, p32) = in_float32(*random_problem(9))
+    indptr, indices, fields, values = batch32
+    weights = np.random.default_rng(2).integers(0, 4, y32.size).astype(np.float32)
+    repeat = np.repeat(np.arange(y32.size), weights.astype(int))
+    pieces = [np.arange(indptr[r], indptr[r + 1]) for r in repeat]
+    repeated = (np.concatenate([[0], np.cumsum([len(q) for q in pieces])]).astype(np.int64),
+                *(a[np.concatenate(pieces)] for a in (indices, fields, values)))
+    slot = np.full(D, -1, np.int32)
+    results = [kernels.minibatch_gradient(*rows, labels, 1.0, LOGISTIC, p32.w0, p32.table, K, F,
+                                          slot, weights=w)
+               for rows, labels, w in ((batch32, y32, weights), (repeated, y32[repeat], None))]
+    (loss, g0, ids, G), (loss_r, g0_r, ids_r, G_r) = results
+    assert loss == pytest.approx(loss_r, rel=1e-5) and g0 == pytest.approx(g0_r, rel=1e-5)
+    dense, dense_r = np.zeros((D, G.shape[1])), np.zeros((D, G.shape[1]))
+    dense[ids], dense_r[ids_r] = G, G_r
+    np.testing.assert_allclose(dense, dense_r, rtol=1e-5, atol=1e-6)

@@ -120,14 +120,16 @@ def test_gradients_match_finite_differences(predictor_type):
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
-def _kernel_train(params, X, y, hp, batch_size, epochs=1, parts=1):
+def _kernel_train(params, X, y, hp, batch_size, epochs=1, parts=1, weights=None):
     """Train ``params`` in place with the compiled kernels (rows or mini-batches cut into
-    ``parts`` thread parts); returns the summed loss and the step count."""
+    ``parts`` thread parts; each row's loss times ``weights``); returns the summed loss and
+    the step count."""
     d, k = params.V.shape
     hp = {**hp, "mini_batch_size": batch_size}
     bias, table = training_tables(params, hp["optimizer"], hp)
     ws = Workspace.create(d, k, parts, table.dtype, batch_size)
-    batch = SparseBatch(X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, y)
+    batch = SparseBatch(X.indptr.astype(np.int64), X.indices.astype(np.int32), X.data, y,
+                        weights=weights)
     kind = kernels.LOGISTIC if hp["predictor_type"] == "binary_classifier" else kernels.SQUARED
     step, total = 0, 0.0
     for _ in range(epochs):
@@ -176,6 +178,39 @@ def test_kernel_loss_is_mean_loss_before_update():
     expected = np.sum(np.log1p(np.exp(-z)) + (1 - y) * z)
     loss, _ = _kernel_train(p32, X32, y32, hp, 12)
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [1, 10])
+@pytest.mark.parametrize("predictor_type", PREDICTORS)
+def test_sample_weights_scale_each_rows_loss(batch_size, predictor_type):
+    """A row's sample weight multiplies its loss: each step equals the reference step on the
+    gradient of the weighted losses' sum over the batch's rows (per row, and in batches), and
+    the summed loss is the weighted one."""
+    (X, y, params), (X32, y32, fast) = in_float32(*random_problem(7, n=30, d=20, k=4))
+    weights = np.random.default_rng(4).choice([0.0, 0.5, 1.0, 3.0], 30).astype(np.float32)
+    hp = validate(dict(feature_dim=20, num_factors=4, predictor_type=predictor_type,
+                       optimizer="adam", bias_lr=0.05, linear_lr=0.03, factors_lr=0.02,
+                       linear_wd=0.01, factors_wd=0.02, lock_free=0))
+    reference = params.copy()
+    state = OptimizerState.initial("adam", reference, hp)
+    expected_loss = 0.0
+    for start in range(0, 30, batch_size):
+        rows = slice(start, start + batch_size)
+        per_row = [reference_gradients(reference, X[r], y[r:r + 1], predictor_type)
+                   for r in range(start, start + batch_size)]
+        z = brute_force_fm(reference, X[rows].toarray())
+        losses = (np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0) - z * y[rows]
+                  if predictor_type == "binary_classifier" else (z - y[rows]) ** 2)
+        expected_loss += float(np.dot(weights[rows], losses))
+        w = weights[rows].astype(np.float64)
+        grads = tuple(sum(wr * g[part] for wr, g in zip(w, per_row)) / batch_size
+                      for part in range(3))
+        reference_step(reference, state, grads, np.unique(X[rows].indices), hp)
+    loss, _ = _kernel_train(fast, X32, y32, hp, batch_size, weights=weights)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    for name in ("w0", "w", "V"):
+        np.testing.assert_allclose(getattr(fast, name), getattr(reference, name), rtol=0,
+                                   atol=ATOL32, err_msg=name)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)

@@ -30,6 +30,7 @@ class SparseBatch:
     row_unit: str = "line"  # what ``lines`` count: file "line"s or recordIO "record"s
     widths: np.ndarray | None = None  # recordIO: each row's declared feature count (-1: none)
     fields: np.ndarray | None = None  # libffm: int32 field of each nonzero (FFM), else None
+    weights: np.ndarray | None = None  # float32 sample weight of each row (estimators), or None
 
     @property
     def n_rows(self) -> int:
@@ -65,6 +66,7 @@ class SparseBatch:
             row_unit=self.row_unit,
             widths=None if self.widths is None else self.widths[start:stop],
             fields=None if self.fields is None else self.fields[lo:hi],
+            weights=None if self.weights is None else self.weights[start:stop],
         )
 
 
@@ -102,7 +104,8 @@ def take(batch: SparseBatch, rows: np.ndarray) -> SparseBatch:
                        None if batch.lines is None else batch.lines[rows], batch.source,
                        batch.first_row, batch.row_unit,
                        None if batch.widths is None else batch.widths[rows],
-                       fields if has_fields else None)
+                       fields if has_fields else None,
+                       None if batch.weights is None else batch.weights[rows])
 
 
 def row_sums(batch: SparseBatch, per_nonzero: np.ndarray) -> np.ndarray:
@@ -134,6 +137,7 @@ def concat(batches: list[SparseBatch]) -> SparseBatch:
     has_lines = all(b.lines is not None for b in batches)
     has_widths = all(b.widths is not None for b in batches)
     has_fields = all(b.fields is not None for b in batches)
+    has_weights = all(b.weights is not None for b in batches)
     return SparseBatch(
         indptr=indptr,
         indices=np.concatenate([b.indices for b in batches]),
@@ -145,6 +149,7 @@ def concat(batches: list[SparseBatch]) -> SparseBatch:
         row_unit=batches[0].row_unit,
         widths=np.concatenate([b.widths for b in batches]) if has_widths else None,
         fields=np.concatenate([b.fields for b in batches]) if has_fields else None,
+        weights=np.concatenate([b.weights for b in batches]) if has_weights else None,
     )
 
 

@@ -383,13 +383,15 @@ def detect_index_base(source: FileSource) -> int:
 
 @dataclass
 class ArraySource:
-    """In-memory rows (a scipy sparse matrix or a dense array) served in blocks."""
+    """In-memory rows (a scipy sparse matrix or a dense array) served in blocks, with each
+    row's sample weight when given (finite and >= 0, checked by the caller)."""
 
     X: object
     y: np.ndarray | None
     feature_dim: int | None = None
     labels: str | None = None
     block_rows: int = 1 << 20
+    sample_weight: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         X = self.X
@@ -435,6 +437,8 @@ class ArraySource:
                 lines=None,
                 source="X",
                 first_row=start,
+                weights=None if self.sample_weight is None
+                else np.asarray(self.sample_weight[start:stop], np.float32),
             ))
 
 

@@ -57,21 +57,26 @@ def with_starting_point(hp: dict[str, Any], source: Source) -> dict[str, Any]:
 
 
 def _label_mean(source: Source) -> float | None:
-    """The mean label of the first :data:`LABEL_ROWS` rows of ``source`` (of each process's
-    share, combined): what the ``auto`` bias starts from. A fixed number of rows, so the start
-    does not depend on how the reader cut its blocks; enough for a start, the optimizer does
-    the rest. None for a source read once (SageMaker's Pipe mode): the bias starts at 0."""
+    """The mean label (weighted by the rows' sample weights, if any) of the first
+    :data:`LABEL_ROWS` rows of ``source`` (of each process's share, combined): what the
+    ``auto`` bias starts from. A fixed number of rows, so the start does not depend on how the
+    reader cut its blocks; enough for a start, the optimizer does the rest. None for a source
+    read once (SageMaker's Pipe mode): the bias starts at 0."""
     if not getattr(source, "rereadable", True):
         return None
-    parts, rows = [], 0
+    parts, weights, rows = [], [], 0
     for block in source.blocks():
         parts.append(np.asarray(block.labels[: LABEL_ROWS - rows], dtype=np.float64))
+        weights.append(np.ones(parts[-1].size) if block.weights is None else
+                       np.asarray(block.weights[: parts[-1].size], dtype=np.float64))
         rows += parts[-1].size
         if rows >= LABEL_ROWS:
             break
     labels = np.concatenate(parts) if parts else np.zeros(0)
-    labels = labels[np.isfinite(labels)]
-    total, count = all_sum(np.array([labels.sum(), labels.size]))
+    weight = np.concatenate(weights) if weights else np.zeros(0)
+    finite = np.isfinite(labels)
+    total, count = all_sum(np.array([(labels[finite] * weight[finite]).sum(),
+                                     weight[finite].sum()]))
     return float(total / count) if count else None
 
 

@@ -22,16 +22,17 @@ from fmkit.kernels.fm import (
     BETA2,
     FAST,
     NO_ORDER,
+    NO_WEIGHTS,
     _adam_scales,
     _distinct_features,
     _frozen,
     _like,
-    _loss_and_slope,
     _per_rule,
     _prefetch_ahead,
     _row_loss_and_bias_step,
     _update_feature,
     _update_feature_rowwise,
+    _weighted_loss_and_slope,
     kernel_rules,
     lock_free,
     step_minibatch,
@@ -93,8 +94,8 @@ def predict_rows(indptr, indices, fields, values, w0, T, k, out):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-def _gradient(indptr, indices, fields, values, labels, lo_row, hi_row, inv_rows, loss_kind, w0,
-              T, k, pos, first, G):
+def _gradient(indptr, indices, fields, values, labels, weights, lo_row, hi_row, inv_rows,
+              loss_kind, w0, T, k, pos, first, G):
     """The mean-loss gradient of rows ``lo_row:hi_row`` added into ``G`` (a row ``[g_w,
     g_v..]`` per slot, nonzero ``j``'s slot being ``pos[j - first]``, see
     :func:`fmkit.kernels.fm._distinct_features`); returns ``(sum of the rows' losses, gradient
@@ -103,7 +104,7 @@ def _gradient(indptr, indices, fields, values, labels, lo_row, hi_row, inv_rows,
     g0 = 0.0
     for r in range(lo_row, hi_row):
         z = np.float64(w0[0]) + _row_forward(indptr, indices, fields, values, r, T, k)
-        loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
+        loss, slope = _weighted_loss_and_slope(z, labels, weights, r, loss_kind)
         total_loss += loss
         slope *= inv_rows
         g0 += slope
@@ -141,7 +142,8 @@ def predict_logits(indptr, indices, fields, values, w0, T, k: int, num_fields: i
 
 
 def minibatch_gradient(indptr, indices, fields, values, labels, inv_rows: float,
-                       loss_kind: int, w0, T, k: int, num_fields: int, slot: np.ndarray
+                       loss_kind: int, w0, T, k: int, num_fields: int, slot: np.ndarray,
+                       weights: np.ndarray | None = None
                        ) -> tuple[float, float, np.ndarray, np.ndarray]:
     """The gradient of one mini-batch without updating, each row's loss scaled by
     ``inv_rows``: ``(sum of losses, gradient of w0, the distinct features, their gradient
@@ -153,8 +155,9 @@ def minibatch_gradient(indptr, indices, fields, values, labels, inv_rows: float,
     n = _distinct_features(indptr, indices, NO_ORDER, 0, indptr.size - 1, slot, touched, pos)
     slot[touched[:n]] = -1
     G = np.zeros((n, 1 + num_fields * k))
-    loss, g0 = _gradient(indptr, indices, fields, values, labels, 0, indptr.size - 1, inv_rows,
-                         loss_kind, w0, T, k, pos, indptr[0], G)
+    loss, g0 = _gradient(indptr, indices, fields, values, labels,
+                         NO_WEIGHTS if weights is None else weights, 0, indptr.size - 1,
+                         inv_rows, loss_kind, w0, T, k, pos, indptr[0], G)
     return loss, g0, touched[:n].astype(np.int64), G
 
 
@@ -164,8 +167,8 @@ def _batches_trainer(opt: int):
     rule, rowwise = kernel_rules(opt)
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-    def train_batches(indptr, indices, fields, values, labels, batch_size, loss_kind, config, B,
-                      T, k, num_fields, slot, touched, pos, G, step):
+    def train_batches(indptr, indices, fields, values, labels, weights, batch_size, loss_kind,
+                      config, B, T, k, num_fields, slot, touched, pos, G, step):
         """Every row in mini-batches of ``batch_size``, each one optimizer step on its mean
         loss's gradient, lazily (the features it touched; a feature's whole row of field
         vectors). ``slot`` must be all -1 and is left so; ``touched``/``G`` hold the largest
@@ -181,9 +184,9 @@ def _batches_trainer(opt: int):
             n_touched = _distinct_features(indptr, indices, NO_ORDER, start, stop, slot,
                                            touched, pos)
             G[:n_touched, :width] = 0.0
-            loss, g_bias[0] = _gradient(indptr, indices, fields, values, labels, start, stop,
-                                        1.0 / (stop - start), loss_kind, B[0, :1], T, k, pos,
-                                        indptr[start], G)
+            loss, g_bias[0] = _gradient(indptr, indices, fields, values, labels, weights, start,
+                                        stop, 1.0 / (stop - start), loss_kind, B[0, :1], T, k,
+                                        pos, indptr[start], G)
             total_loss += loss
             step += 1
             adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
@@ -231,8 +234,8 @@ def _rows_trainer(opt: int):
     rule, rowwise = kernel_rules(opt)
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-    def train_rows(indptr, indices, fields, values, labels, lo, hi, loss_kind, config, B, T, k,
-                   num_fields, step, stride):
+    def train_rows(indptr, indices, fields, values, labels, weights, lo, hi, loss_kind, config, B,
+                   T, k, num_fields, step, stride):
         """Rows ``lo:hi``, an optimizer step each, fused as the FM's per-row loop: the forward
         pass leaves every factor vector's partner sum ``S[a, f] = sum over b != a in field f
         of x_b v_{i_b, f_a}`` (a row's features are distinct, so the sums are its gradient),
@@ -269,7 +272,7 @@ def _rows_trainer(opt: int):
             b1_t *= b1_stride
             b2_t *= b2_stride
             loss, slope, adam_lr, adam_eps = _row_loss_and_bias_step(
-                z, np.float64(labels[r]), loss_kind, B, one, width, rule, cfg, b1_t, b2_t)
+                z, labels, weights, r, loss_kind, B, one, width, rule, cfg, b1_t, b2_t)
             total_loss += loss
             for a in range(first, last):
                 gx = slope * _like(values[a], T)
@@ -288,28 +291,31 @@ _ROWS = _per_rule(_rows_trainer)
 
 
 def train_online(indptr, indices, fields, values, labels, loss_kind: int, opt: int, config, B,
-                 T, k: int, num_fields: int, step: int, parts: int = 1) -> tuple[float, int]:
+                 T, k: int, num_fields: int, step: int, parts: int = 1,
+                 weights: np.ndarray | None = None) -> tuple[float, int]:
     """Train on one chunk's rows one step per row (``mini_batch_size=1``), in place: on one
     part, on the calling thread, the same steps as :func:`train_minibatches` with batches of
     one row; on more, ``parts`` ranges of rows at once without locks (the FM's
     :func:`fmkit.kernels.fm.lock_free`). Returns ``(sum of losses, step count)``."""
     _check_fields(fields, num_fields, T, k)
     n = indptr.size - 1
+    weights = NO_WEIGHTS if weights is None else weights
     loss = lock_free(_ROWS[opt], n, parts, B, lambda part, lo, hi, bias, parts: (
-        indptr, indices, fields, values, labels, lo, hi, loss_kind, config, bias, T, k,
+        indptr, indices, fields, values, labels, weights, lo, hi, loss_kind, config, bias, T, k,
         num_fields, step + part, parts))
     return loss, step + n
 
 
 def train_minibatches(indptr, indices, fields, values, labels, batch_size: int, loss_kind: int,
                       opt: int, config, B, T, k: int, num_fields: int, slot, touched, pos,
-                      G, step: int) -> tuple[float, int]:
+                      G, step: int, weights: np.ndarray | None = None) -> tuple[float, int]:
     """Train on one chunk's rows in mini-batches of ``batch_size`` (1: a row per step), in
     place, on the calling thread: the FM's semantics (one step per mini-batch on its mean
     loss, lazy updates). ``touched``/``G`` (float64, at least ``1 + num_fields * k`` columns)
     must hold the largest mini-batch's distinct features, ``pos`` (int32) its nonzeros.
     Returns ``(sum of losses, step count)``."""
     _check_fields(fields, num_fields, T, k)
-    loss = _BATCHES[opt](indptr, indices, fields, values, labels, batch_size, loss_kind, config,
-                         B, T, k, num_fields, slot, touched, pos, G, step)
+    loss = _BATCHES[opt](indptr, indices, fields, values, labels,
+                         NO_WEIGHTS if weights is None else weights, batch_size, loss_kind,
+                         config, B, T, k, num_fields, slot, touched, pos, G, step)
     return loss, step + -(-(indptr.size - 1) // batch_size)

@@ -53,6 +53,7 @@ CONFIG_SIZE = 13
 FAST = {"nsz", "arcp", "contract", "reassoc"}
 AHEAD = 8  # table rows prefetched ahead of a mini-batch's updates
 NO_ORDER = np.zeros(0, np.int64)  # a chunk's rows as stored
+NO_WEIGHTS = np.zeros(0, np.float32)  # every row of weight 1
 
 
 def _like(value, array):
@@ -104,6 +105,17 @@ def _loss_and_slope(z, y, loss_kind):
         return loss, p - y
     d = z - y
     return d * d, 2.0 * d
+
+
+@kernel_helper()
+def _weighted_loss_and_slope(z, labels, weights, r, loss_kind):
+    """Row ``r``'s loss and slope (:func:`_loss_and_slope`) times its sample weight
+    (``weights`` empty: 1), as a loss weighted per row is differentiated."""
+    loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
+    if weights.size:
+        w = np.float64(weights[r])
+        return loss * w, slope * w
+    return loss, slope
 
 
 @kernel_helper(fastmath=FAST, error_model="numpy")
@@ -316,11 +328,13 @@ def _prefetch_ahead(indptr, indices, values, order, q, hi, T, lines):
 
 
 @kernel_helper(fastmath=FAST, error_model="numpy")
-def _row_loss_and_bias_step(z, y, loss_kind, B, one, width, opt, cfg, b1_t, b2_t):
-    """What every per-row loop does once a row's y_hat ``z`` is known: its loss, and the step
-    of the bias (which every row touches). Returns ``(loss, slope in the table's dtype, Adam's
-    lr and eps factors for this step)``; ``one``: a 1-element array of 1 in the table's dtype."""
-    loss, slope = _loss_and_slope(z, y, loss_kind)
+def _row_loss_and_bias_step(z, labels, weights, r, loss_kind, B, one, width, opt, cfg, b1_t,
+                            b2_t):
+    """What every per-row loop does once row ``r``'s y_hat ``z`` is known: its (weighted)
+    loss, and the step of the bias (which every row touches). Returns ``(loss, slope in the
+    table's dtype, Adam's lr and eps factors for this step)``; ``one``: a 1-element array of 1
+    in the table's dtype."""
+    loss, slope = _weighted_loss_and_slope(z, labels, weights, r, loss_kind)
     adam_lr, adam_eps = _adam_scales(b1_t, b2_t, B)
     slope = _like(slope, B)
     bw, bm, bs = _row_blocks(B, 0, width)
@@ -336,8 +350,8 @@ def _rows_trainer(opt: int):
     rule, rowwise = kernel_rules(opt)
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-    def train_rows(indptr, indices, values, labels, order, lo, hi, loss_kind, config, B, T, k, sums,
-                   step, stride):
+    def train_rows(indptr, indices, values, labels, weights, order, lo, hi, loss_kind, config, B, T,
+                   k, sums, step, stride):
         """The per-row loop of libFM and xLearn, fused: each row's update follows its forward pass
         while its weights are in cache. Rows ``lo:hi``; the row's Adam step is ``step + stride *
         (r - lo + 1)``. Returns the summed loss of the rows before their updates.
@@ -360,7 +374,7 @@ def _rows_trainer(opt: int):
             b1_t *= b1_stride
             b2_t *= b2_stride
             loss, slope, adam_lr, adam_eps = _row_loss_and_bias_step(
-                z, np.float64(labels[r]), loss_kind, B, one, width, rule, cfg, b1_t, b2_t)
+                z, labels, weights, r, loss_kind, B, one, width, rule, cfg, b1_t, b2_t)
             total_loss += loss
             for j in range(indptr[r], indptr[r + 1]):
                 x = _like(values[j], T)
@@ -420,7 +434,7 @@ _UPDATES = _per_rule(_rows_updater)
 
 
 def train_online(indptr, indices, values, labels, order, loss_kind, opt, cfg, B, T, k, sums,
-                 step):
+                 step, weights=None):
     """Train on every row of a chunk, one update per row (``mini_batch_size=1``), in the row
     order ``order`` (a permutation; empty: as stored; shuffling by index saves copying rows).
 
@@ -429,12 +443,14 @@ def train_online(indptr, indices, values, labels, order, loss_kind, opt, cfg, B,
     default): updates may interleave, so the result is not bit-reproducible; one part is.
     The bias, which every row updates, would bounce between the cores' caches: each part
     trains its own copy through the chunk and the copies are averaged after it.
-    Returns ``(sum of per-row losses before each update, new step count)``.
+    ``weights``: each row's sample weight (None: 1). Returns ``(sum of per-row losses before
+    each update, new step count)``.
     """
     n = indptr.size - 1
+    weights = NO_WEIGHTS if weights is None else weights
     loss = lock_free(_ROWS[opt], n, sums.shape[0], B, lambda part, lo, hi, bias, parts: (
-        indptr, indices, values, labels, order, lo, hi, loss_kind, cfg, bias, T, k, sums[part],
-        step + part, parts))
+        indptr, indices, values, labels, weights, order, lo, hi, loss_kind, cfg, bias, T, k,
+        sums[part], step + part, parts))
     return loss, step + n
 
 
@@ -472,8 +488,8 @@ def _prefetch_rows(indptr, indices, order, q, hi, T, k):
 
 
 @kernel_helper(forceinline=False, fastmath=FAST, error_model="numpy")
-def _accumulate(indptr, indices, values, labels, order, lo, hi, loss_kind, inv_rows, B, T, k,
-                sums, pos, p, G):
+def _accumulate(indptr, indices, values, labels, weights, order, lo, hi, loss_kind, inv_rows, B,
+                T, k, sums, pos, p, G):
     """Add the mean-loss gradients of rows ``lo:hi`` of the order into the per-slot buffer
     ``G`` (float64, a row ``[g_w, g_v1..g_vk]`` per slot); the slots of their nonzeros, in
     that order, are ``pos[p:]`` (:func:`_distinct_features`). Returns ``(sum of the rows'
@@ -489,7 +505,7 @@ def _accumulate(indptr, indices, values, labels, order, lo, hi, loss_kind, inv_r
             _prefetch_entries(indptr, values, order[q + 4])
         r = _row_at(order, q)
         z = np.float64(B[0, 0] + _row_forward(indptr, indices, values, r, T, k, sums))
-        loss, slope = _loss_and_slope(z, np.float64(labels[r]), loss_kind)
+        loss, slope = _weighted_loss_and_slope(z, labels, weights, r, loss_kind)
         total_loss += loss
         slope *= inv_rows
         g0 += slope
@@ -543,14 +559,14 @@ def _distinct_features(indptr, indices, order, lo, hi, slot, touched, pos):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-def _batch_gradient(indptr, indices, values, labels, order, lo, hi, loss_kind, inv_rows, B, T,
-                    k, sums, pos, p, G, n_touched):
+def _batch_gradient(indptr, indices, values, labels, weights, order, lo, hi, loss_kind, inv_rows,
+                    B, T, k, sums, pos, p, G, n_touched):
     """The gradient of rows ``lo:hi`` of the order (a mini-batch, or one thread's share of
     one) into ``G`` cleared first (its ``n_touched`` slots): :func:`_accumulate`'s ``(loss,
     gradient of w0)``."""
     G[:n_touched] = 0.0
-    return _accumulate(indptr, indices, values, labels, order, lo, hi, loss_kind, inv_rows, B,
-                       T, k, sums, pos, p, G)
+    return _accumulate(indptr, indices, values, labels, weights, order, lo, hi, loss_kind,
+                       inv_rows, B, T, k, sums, pos, p, G)
 
 
 def _minibatch_stepper(rowwise: bool):
@@ -594,8 +610,8 @@ def _batches_trainer(opt: int):
     rule, rowwise = kernel_rules(opt)
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-    def train_batches(indptr, indices, values, labels, order, lo, hi, batch_size, loss_kind,
-                      config, B, T, k, slot, touched, pos, G, sums, step, stride):
+    def train_batches(indptr, indices, values, labels, weights, order, lo, hi, batch_size,
+                      loss_kind, config, B, T, k, slot, touched, pos, G, sums, step, stride):
         """Rows ``lo:hi`` of ``order`` (a permutation; empty: as stored) in mini-batches of
         ``batch_size`` (the last may be smaller), each one
         optimizer step on the gradient of its mean loss (SageMaker's and MXNet's semantics),
@@ -614,9 +630,9 @@ def _batches_trainer(opt: int):
             stop = min(start + batch_size, hi)
             n_touched = _distinct_features(indptr, indices, order, start, stop, slot, touched,
                                            pos)
-            loss, g_bias[0] = _batch_gradient(indptr, indices, values, labels, order, start,
-                                              stop, loss_kind, 1.0 / (stop - start), B, T, k,
-                                              sums, pos, 0, G, n_touched)
+            loss, g_bias[0] = _batch_gradient(indptr, indices, values, labels, weights, order,
+                                              start, stop, loss_kind, 1.0 / (stop - start), B,
+                                              T, k, sums, pos, 0, G, n_touched)
             total_loss += loss
             b1_t *= b1_stride
             b2_t *= b2_stride
@@ -636,17 +652,19 @@ _BATCHES = _per_rule(_batches_trainer)
 
 
 def train_minibatches(indptr, indices, values, labels, order, batch_size, loss_kind, opt, cfg, B,
-                      T, k, slot, touched, pos, G, sums, step):
+                      T, k, slot, touched, pos, G, sums, step, weights=None):
     """Train on the rows of one chunk in mini-batches of ``batch_size``, in the row order
     ``order`` (a permutation; empty: as stored; shuffling by index saves copying rows), on the
     calling thread; update in place. Each mini-batch takes one optimizer step on the gradient
     of its mean loss (SageMaker's and MXNet's semantics). ``slot`` (int32, an entry per table
     row) must be all -1 and is left so; ``touched`` and ``G`` hold the largest mini-batch's
-    distinct features, ``pos`` (int32) its nonzeros. Returns ``(sum of per-row losses before
-    each update, step count)``."""
+    distinct features, ``pos`` (int32) its nonzeros; ``weights``: each row's sample weight
+    (None: 1; the mean loss is then the weighted losses' sum over the rows). Returns ``(sum of
+    per-row losses before each update, step count)``."""
     n = indptr.size - 1
-    loss = _BATCHES[opt](indptr, indices, values, labels, order, 0, n, batch_size, loss_kind, cfg,
-                         B, T, k, slot, touched, pos, G, sums, step, 1)
+    loss = _BATCHES[opt](indptr, indices, values, labels,
+                         NO_WEIGHTS if weights is None else weights, order, 0, n, batch_size,
+                         loss_kind, cfg, B, T, k, slot, touched, pos, G, sums, step, 1)
     return loss, step + -(-n // batch_size)
 
 
@@ -663,7 +681,7 @@ def _sum_parts(G_parts, touched, slot, lo, hi):
 
 
 def minibatch_gradient(indptr, indices, values, labels, inv_rows, loss_kind, B, T, k, slot,
-                       touched, pos, G_parts, sums):
+                       touched, pos, G_parts, sums, weights=None):
     """The gradient of one mini-batch (all rows given) without updating: the distinct features
     land in ``touched[:n]`` and their summed gradient rows in ``G_parts[0, :n]``, each row's loss
     scaled by ``inv_rows`` (1 / the rows of the whole step, which may span processes). The rows
@@ -674,8 +692,9 @@ def minibatch_gradient(indptr, indices, values, labels, inv_rows, loss_kind, B, 
     n = _distinct_features(indptr, indices, NO_ORDER, 0, n_rows, slot, touched, pos)
     bounds = [part * n_rows // parts for part in range(parts + 1)]
     results = on_threads(_batch_gradient, [
-        (indptr, indices, values, labels, NO_ORDER, lo, hi, loss_kind, inv_rows, B, T, k,
-         sums[part], pos, indptr[lo] - indptr[0], G_parts[part], n)
+        (indptr, indices, values, labels, NO_WEIGHTS if weights is None else weights, NO_ORDER,
+         lo, hi, loss_kind, inv_rows, B, T, k, sums[part], pos, indptr[lo] - indptr[0],
+         G_parts[part], n)
         for part, (lo, hi) in enumerate(zip(bounds, bounds[1:]))])
     on_threads(_sum_parts, [(G_parts, touched, slot, part * n // parts, (part + 1) * n // parts)
                             for part in range(parts)])

@@ -86,12 +86,12 @@ def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.nd
     if batch_size == 1:
         return kernels.train_online(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
                                     order, kind, opt, config, bias, table, k, ws.sums[:parts],
-                                    step)
+                                    step, weights=chunk.weights)
     ws.reserve(chunk, batch_size, table.shape[0], order)
     return kernels.train_minibatches(chunk.indptr, chunk.indices, chunk.values, chunk.labels,
                                      order, batch_size, kind, opt, config, bias, table, k,
                                      ws.slot, ws.touched, ws.positions, ws.grads[0], ws.sums[0],
-                                     step)
+                                     step, weights=chunk.weights)
 
 
 def reading_parts(parts: int, source: Source) -> int:
@@ -184,7 +184,8 @@ class KernelLearner:
         ws.reserve(batch, batch.n_rows, self.table.shape[0])
         loss, g0, n = kernels.minibatch_gradient(
             batch.indptr, batch.indices, batch.values, batch.labels, 1.0, self.kind, self.bias,
-            self.table, k, ws.slot, ws.touched, ws.positions, ws.grads, ws.sums)
+            self.table, k, ws.slot, ws.touched, ws.positions, ws.grads, ws.sums,
+            weights=batch.weights)
         return Gradient(batch.n_rows, loss, np.array([g0]),
                         [(ws.touched[:n].astype(np.int64), ws.grads[0, :n].copy(),
                           self.table.shape[0])])
@@ -247,13 +248,13 @@ class FFMLearner(KernelLearner):
             loss, self.steps = ffm.train_online(
                 chunk.indptr, chunk.indices, chunk.field_ids(), chunk.values, chunk.labels,
                 self.kind, self.opt, self.config, self.bias, self.table, self.factors,
-                self.fields, self.steps, self.parts)
+                self.fields, self.steps, self.parts, weights=chunk.weights)
             return loss, chunk.n_rows
         ws.reserve(chunk, size, self.table.shape[0])
         loss, self.steps = ffm.train_minibatches(
             chunk.indptr, chunk.indices, chunk.field_ids(), chunk.values, chunk.labels, size,
             self.kind, self.opt, self.config, self.bias, self.table, self.factors, self.fields,
-            ws.slot, ws.touched, ws.positions, ws.grads[0], self.steps)
+            ws.slot, ws.touched, ws.positions, ws.grads[0], self.steps, weights=chunk.weights)
         return loss, chunk.n_rows
 
     def gradient(self, batch: SparseBatch | None) -> Gradient:
@@ -261,7 +262,8 @@ class FFMLearner(KernelLearner):
             return super().gradient(None)
         loss, g0, rows, G = ffm.minibatch_gradient(
             batch.indptr, batch.indices, batch.field_ids(), batch.values, batch.labels, 1.0,
-            self.kind, self.bias[0, :1], self.table, self.factors, self.fields, self.ws.slot)
+            self.kind, self.bias[0, :1], self.table, self.factors, self.fields, self.ws.slot,
+            weights=batch.weights)
         return Gradient(batch.n_rows, loss, np.array([g0]), [(rows, G, self.table.shape[0])])
 
 

@@ -87,10 +87,14 @@ class TorchLearner:
         V_rows = V[touched].clone().requires_grad_()
         y = fm_logits(b, w_rows, V_rows, rows, ids, values, batch.n_rows, position)
         if self.hp["predictor_type"] == "binary_classifier":
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(y, labels,
-                                                                        reduction="sum")
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(y, labels,
+                                                                          reduction="none")
         else:
-            loss = ((y - labels) ** 2).sum()
+            losses = (y - labels) ** 2
+        if batch.weights is not None:  # each row's loss times its sample weight
+            losses = losses * torch.as_tensor(batch.weights, dtype=self.dtype,
+                                              device=self.device)
+        loss = losses.sum()
         loss.backward()
         G = torch.cat([w_rows.grad[:, None], V_rows.grad], dim=1)
         return Gradient(batch.n_rows, float(loss.detach()), b.grad, [(touched, G, V.shape[0])])
