@@ -14,8 +14,10 @@ Rows: "defaults" are SageMaker's defaults plus the required hyperparameters (``n
 for a9a, 16 for MovieLens, the values a user first tries), with 1 epoch (SageMaker's default) and
 with up to 50 epochs stopped early on validation; "tune" is ``fmkit tune --trials N``. The
 peers' figures are the best tuned peer's refit of the issue's run of the same protocol (a
-30-cell grid per peer), quoted; the MovieLens regression peer ("PyTorch FM, Adam + L2") is also
-re-run here under the protocol, as a plain PyTorch loop (``--no-peers`` skips it).
+30-cell grid per peer), quoted. The peers are also re-run here under the protocol, beside
+fmkit's rows (``--no-peers`` skips them): xLearn's FM on a9a and MovieLens binary
+(``peer_tasks.xlearn_protocol``, in the peers' environment of ``bench_fm.py``) and the
+MovieLens regression peer, "PyTorch FM, Adam + L2", as a plain PyTorch loop.
 
 MovieLens files are built from ``../shared/data/movielens_100k`` into ``benchmarks/.cache``
 (one-hot user and item, libsvm).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -134,6 +137,26 @@ def torch_fm_peer(split: dict, epochs: int = 20) -> dict:
             "settings": {"lr": lr, "weight_decay": decay, "k": k}}
 
 
+def xlearn_peer(split: dict, work: Path) -> dict:
+    """xLearn's FM under the protocol (:func:`peer_tasks.xlearn_protocol`: a 32-cell grid
+    chosen on the last 10% of the training file, refit on all of it), its test AUC computed
+    here."""
+    from bench_fm import PEER_PYTHON, ensure_peers
+
+    ensure_peers()
+    out = work / "xlearn.out"
+    done = subprocess.run([str(PEER_PYTHON), str(HERE / "peer_tasks.py"), "xlearn_protocol",
+                           str(split["train"]), str(split["test"]), str(out)],
+                          capture_output=True, text=True,
+                          env={**os.environ, "USER": os.environ.get("USER") or "bench"})
+    if done.returncode != 0:
+        raise SystemExit(f"xlearn_protocol failed:\n{done.stderr[-3000:]}")
+    chosen = json.loads(done.stdout.strip().splitlines()[-1])
+    refit = roc_auc_score(_labels(split["test"]) > 0, np.loadtxt(out))
+    return {"validation": chosen["validation"], "test": float("nan"), "refit": refit,
+            "epoch": chosen["epoch"], "settings": chosen["settings"]}
+
+
 def _run(*args) -> None:
     done = subprocess.run([FMKIT, *map(str, args)], capture_output=True, text=True)
     if done.returncode:
@@ -205,7 +228,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", help="run only the splits whose name contains this")
     parser.add_argument("--no-peers", action="store_true",
-                        help="skip re-running the MovieLens regression peer (about 2 minutes)")
+                        help="skip re-running the peers (about 3 minutes)")
     args = parser.parse_args()
     import tempfile
 
@@ -219,8 +242,10 @@ def main() -> None:
                        "defaults, <=50 epochs": defaults(name, split, work, 50),
                        f"tune, {args.trials} trials": tuned(name, split, work, args.trials,
                                                            args.jobs)}
-            if name == "ml_rmse" and not args.no_peers:
+            if not args.no_peers and name == "ml_rmse":
                 results["peer re-run: PyTorch FM"] = torch_fm_peer(split)
+            elif not args.no_peers:
+                results["peer re-run: xLearn FM"] = xlearn_peer(split, work)
         target, peer = PEERS[name]
         for label, r in results.items():
             met = r["refit"] >= target if split["key"] == "auc" else r["refit"] <= target

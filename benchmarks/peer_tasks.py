@@ -62,6 +62,77 @@ def xlearn_fit(train: str, test: str, k: int, threads: int, epochs: int, out: st
     return seconds
 
 
+def _xlearn_quiet_fit(fm, param: dict, model: str) -> str:
+    """``fm.fit`` with xLearn's C++ output (written to file descriptor 1) captured, without
+    its colour codes."""
+    import ctypes
+    import tempfile
+
+    with tempfile.TemporaryFile() as captured:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(captured.fileno(), 1)
+        try:
+            fm.fit(param, model)
+        finally:
+            ctypes.CDLL(None).fflush(None)  # the C library's buffer, before fd 1 goes back
+            os.dup2(saved, 1)
+            os.close(saved)
+        captured.seek(0)
+        return re.sub(r"\x1b\[[0-9;]*m", "", captured.read().decode("utf-8", "replace"))
+
+
+def xlearn_protocol(train: str, test: str, out: str) -> dict:
+    """xLearn's FM under issue 16's protocol: the last 10% of ``train``'s lines validate a
+    32-cell grid (SGD or AdaGrad; lr 0.05 or 0.2; lambda 2e-5 or 2e-4; k 4 or 8; instance
+    normalization on or off), each cell stopped early on validation AUC (stop window 3, at most
+    50 epochs); the best cell is refit on all of ``train`` for its best epoch count, and its
+    test probabilities are written to ``out``."""
+    import itertools
+    import tempfile
+
+    import xlearn as xl
+
+    lines = Path(train).read_text().splitlines(True)
+    cut = int(len(lines) * 0.9)
+    work = Path(tempfile.mkdtemp())
+    head, tail = work / "train90", work / "validation10"
+    head.write_text("".join(lines[:cut]))
+    tail.write_text("".join(lines[cut:]))
+    best = None
+    for opt, lr, lam, k, norm in itertools.product(["sgd", "adagrad"], [0.05, 0.2], [2e-5, 2e-4],
+                                                   [4, 8], [True, False]):
+        fm = xl.create_fm()
+        fm.setTrain(str(head))
+        fm.setValidate(str(tail))
+        if not norm:
+            fm.disableNorm()
+        log = _xlearn_quiet_fit(fm, {"task": "binary", "opt": opt, "lr": lr, "lambda": lam,
+                                     "k": k, "epoch": 50, "metric": "auc", "stop_window": 3,
+                                     "nthread": 1}, str(work / "cell.model"))
+        # each epoch's line: "[ pct ]  epoch  train-loss  valid-loss  valid-AUC  seconds"
+        epochs = [(float(auc), int(epoch)) for epoch, auc in
+                  re.findall(r"\]\s+(\d+)\s+\S+\s+\S+\s+(\S+)\s+\S+\s*\n", log)]
+        epochs = [(auc, epoch) for auc, epoch in epochs if auc == auc]  # (nan: diverged)
+        if not epochs:
+            continue
+        auc, epoch = max(epochs, key=lambda e: (e[0], -e[1]))  # the first best epoch
+        if best is None or auc > best[0]:
+            best = (auc, epoch, {"opt": opt, "lr": lr, "lambda": lam, "k": k, "norm": norm})
+    auc, epoch, settings = best
+    fm = xl.create_fm()
+    fm.setTrain(train)
+    if not settings["norm"]:
+        fm.disableNorm()
+    _xlearn_quiet_fit(fm, {"task": "binary", "opt": settings["opt"], "lr": settings["lr"],
+                           "lambda": settings["lambda"], "k": settings["k"], "epoch": epoch,
+                           "nthread": 1, "stop_window": epoch + 1}, str(work / "refit.model"))
+    fm.setTest(test)
+    fm.setSigmoid()
+    fm.predict(str(work / "refit.model"), out)
+    return {"validation": auc, "epoch": epoch, "settings": settings}
+
+
 def xlearn_predict(train: str, test: str, k: int, threads: int, out: str) -> tuple[int, float]:
     """xLearn's predict over the training file (text in, probabilities out)."""
     import xlearn as xl
@@ -197,6 +268,9 @@ def deepctr_fit(train, test, features, k, threads, epochs, out, rows):
 
 def main() -> None:
     task, train, test = sys.argv[1:4]
+    if task == "xlearn_protocol":  # peer_tasks.py xlearn_protocol TRAIN TEST OUT
+        print(json.dumps(xlearn_protocol(train, test, sys.argv[4])))
+        return
     features, k, threads, epochs = (int(a) for a in sys.argv[4:8])
     out, rows = sys.argv[8], int(sys.argv[9])
     if task == "xlearn_predict":
