@@ -7,6 +7,7 @@ metric lines use their exact wording, so AWS-style ``MetricDefinitions`` regexes
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 
@@ -41,6 +42,13 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value) -> None:
         pass
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    """Log ``message`` (a warning) once per process: a file's reading is repeated every
+    epoch, its warning is not."""
+    log.warning("%s", message)
 
 
 def setup_logging(quiet: bool = False) -> None:

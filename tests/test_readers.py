@@ -181,6 +181,35 @@ def test_bad_csv_records_name_file_and_line(cli, tmp_path, text, line, problem):
     assert code != 0 and f"{path}:{line}: {problem}" in err
 
 
+def test_a_csv_to_score_without_its_label_column(cli, tmp_path):
+    """A CSV file of exactly feature_dim columns is a file to score without the label: read
+    with the label column first, its features came one place off and scored silently wrong.
+    predict reads it as features only (scores equal to the labelled file's, in blocks smaller
+    than the file); evaluate, which needs labels, keeps the layout and warns."""
+    rng = np.random.default_rng(2)
+    X = np.round(rng.normal(size=(400, 5)), 3)
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
+    labelled, features = tmp_path / "train.csv", tmp_path / "test.csv"
+    np.savetxt(labelled, np.column_stack([y, X]), delimiter=",", fmt="%g")
+    np.savetxt(features, X, delimiter=",", fmt="%g")
+    code, _, err = cli("train", "--quiet", "--train", labelled, "--model-dir", tmp_path / "m",
+                       "feature_dim=5", "num_factors=2", "predictor_type=binary_classifier",
+                       "epochs=3", "mini_batch_size=20")
+    assert code == 0, err
+    scores = []
+    for path in (labelled, features):
+        code, out, err = cli("predict", "--model-dir", tmp_path / "m", "--data", path)
+        assert code == 0, err
+        scores.append([json.loads(line)["score"] for line in out.splitlines()])
+    assert len(scores[1]) == 400 and scores[0] == scores[1]
+    assert f"{features}: rows of 5 columns, feature_dim without a label column: read as " \
+        "features only" in err
+    X_read, _ = read_all(FileSource(features, "csv", 5, block_bytes=1000))
+    np.testing.assert_allclose(X_read.toarray(), X, rtol=1e-6)
+    code, _, err = cli("evaluate", "--model-dir", tmp_path / "m", "--data", features)
+    assert code == 1 and "has the file its label?" in err, err
+
+
 def test_csv_wider_than_feature_dim(cli, tmp_path):
     path = tmp_path / "wide.csv"
     path.write_text("1,0.5,2,3\n")

@@ -15,7 +15,6 @@ Parquet is read a row group at a time with pyarrow; list columns are multi-value
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -31,7 +30,7 @@ from numba import njit
 from fmkit.data.blocks import iter_line_blocks
 from fmkit.data.sources import PARQUET_MAGIC, channel_files
 from fmkit.errors import DataError, excerpt
-from fmkit.logs import log
+from fmkit.logs import warn_once
 
 BLOCK_BYTES = 1 << 22
 
@@ -265,17 +264,11 @@ def _without_absent(columns: list[str], optional: Sequence[str], labelled: bool,
     shown = ", ".join(absent)
     fewer = f"{source}: no line has more than {len(columns) - len(absent)} fields, the columns"
     if labelled:
-        _warn_once(f"{fewer} less {shown}: has the file its {shown} column? It is read as the "
+        warn_once(f"{fewer} less {shown}: has the file its {shown} column? It is read as the "
                    f"first of {', '.join(columns[:4])}, ...")
         return columns
-    _warn_once(f"{fewer} less {shown}: read as a file without {shown}")
+    warn_once(f"{fewer} less {shown}: read as a file without {shown}")
     return [c for c in columns if c not in absent]
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    """Log ``message`` (a warning) once per process, not once per epoch's reading."""
-    log.warning("%s", message)
 
 
 def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str,

@@ -1,7 +1,8 @@
 """Dense CSV: the label in the first column, then one column per feature, no header.
 
 This is SageMaker's CSV training layout. Zeros are dropped so rows become sparse batches.
-Every row must have as many columns as the first row.
+Every row must have as many columns as the first row. A file to score may leave the label
+out: rows of exactly ``feature_dim`` columns, read without one when labels are not needed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES, iter_line_blocks
 from fmkit.data.numbers import BAD_NUMBER, NOT_FINITE, OK, parse_float
 from fmkit.errors import DataError, excerpt
+from fmkit.logs import warn_once
 
 WRONG_COLUMNS = 20
 
@@ -23,11 +25,14 @@ _NL, _CR, _COMMA, _SPACE, _TAB = 10, 13, 44, 32, 9
 
 
 @njit(cache=True, nogil=True)
-def parse_csv(buf, first_line, n_columns, indptr, indices, values, labels, lines):
+def parse_csv(buf, first_line, n_columns, label_columns, indptr, indices, values, labels,
+              lines):
     """Parse whole CSV lines into preallocated CSR arrays.
 
-    ``n_columns`` is the expected column count (-1: take it from the first row). Returns
-    ``(rows, nnz, code, token_start, token_end, line, n_columns, columns_seen)``.
+    ``n_columns`` is the expected column count (-1: take it from the first row);
+    ``label_columns`` is 1 (the first column is the label) or 0 (every column is a feature;
+    labels 0). Returns ``(rows, nnz, code, token_start, token_end, line, n_columns,
+    columns_seen)``.
     """
     n = buf.size
     pos = 0
@@ -62,10 +67,10 @@ def parse_csv(buf, first_line, n_columns, indptr, indices, values, labels, lines
                 value, code = parse_float(buf, a, b)
                 if code != OK:
                     return row, nnz, code, a, b, line, n_columns, col
-                if col == 0:
+                if col < label_columns:
                     labels[row] = value
                 elif value != 0.0:
-                    indices[nnz] = col - 1
+                    indices[nnz] = col - label_columns
                     values[nnz] = value
                     nnz += 1
                 col += 1
@@ -85,11 +90,30 @@ def parse_csv(buf, first_line, n_columns, indptr, indices, values, labels, lines
 
 
 class CsvParser:
-    """Parses the blocks of one CSV stream, remembering its column count across blocks."""
+    """Parses the blocks of one CSV stream, remembering its column count across blocks.
+    With ``feature_dim``, rows of exactly that many columns hold no label: read so when
+    ``labelled`` is false (a file to score), with a warning either way."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, feature_dim: int | None = None, labelled: bool = True):
         self.source = source
         self.n_columns = -1
+        self.feature_dim, self.labelled = feature_dim, labelled
+        self.label_columns = 1
+
+    def _check_label(self, buf: np.ndarray) -> None:
+        """Decide, from the first line of a block, whether the rows hold a label."""
+        ends = np.flatnonzero(buf == _NL)
+        line = buf[:ends[0] if ends.size else buf.size]
+        if not line.size or int(np.count_nonzero(line == _COMMA)) + 1 != self.feature_dim:
+            return
+        message = (f"{self.source}: rows of {self.feature_dim} columns, feature_dim without a "
+                   "label column")
+        if self.labelled:
+            warn_once(f"{message}: has the file its label? Its first column is read as the "
+                      "label")
+        else:
+            warn_once(f"{message}: read as features only")
+            self.label_columns = 0
 
     def parse_block(self, buf: np.ndarray, first_line: int) -> SparseBatch:
         max_rows = int(np.count_nonzero(buf == _NL)) + 1
@@ -99,10 +123,15 @@ class CsvParser:
         values = np.empty(max_nnz, dtype=np.float32)
         labels = np.empty(max_rows, dtype=np.float32)
         lines = np.empty(max_rows, dtype=np.int64)
+        if self.n_columns < 0 and self.feature_dim:
+            self._check_label(buf)
         rows, nnz, code, t0, t1, line, n_columns, seen = parse_csv(
-            buf, first_line, self.n_columns, indptr, indices, values, labels, lines
+            buf, first_line, self.n_columns, self.label_columns, indptr, indices, values,
+            labels, lines
         )
         self.n_columns = int(n_columns)
+        if not self.label_columns:
+            labels[:rows] = 0.0
         if code != 0:
             token = bytes(buf[t0:t1])  # (excerpt shows non-UTF-8 bytes as \xNN)
             raise DataError(self.source, int(line), self._describe(int(code), token, int(seen)))
@@ -112,7 +141,8 @@ class CsvParser:
     def _describe(self, code: int, token: bytes, column: int) -> str:
         if code == WRONG_COLUMNS:
             return f"expected {self.n_columns} columns like the first row, got {column}"
-        where = "label (column 1)" if column == 0 else f"column {column + 1}"
+        where = ("label (column 1)" if column < self.label_columns
+                 else f"column {column + 1}")
         if code == NOT_FINITE:
             return (f"{where}: value {excerpt(token)} is not a finite float32 (NaN, infinity, "
                     "or beyond ±3.4e38)")
@@ -122,9 +152,11 @@ class CsvParser:
 
 
 def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
-                     shard: tuple[int, int] = (0, 1)) -> Iterator[SparseBatch]:
-    """Stream a CSV file as parsed blocks (with ``shard=(part, parts)``: every parts-th)."""
-    parser = CsvParser(str(path))
+                     shard: tuple[int, int] = (0, 1), feature_dim: int | None = None,
+                     labelled: bool = True) -> Iterator[SparseBatch]:
+    """Stream a CSV file as parsed blocks (with ``shard=(part, parts)``: every parts-th;
+    ``feature_dim`` and ``labelled``: see :class:`CsvParser`)."""
+    parser = CsvParser(str(path), feature_dim, labelled)
     part, parts = shard
     for index, (buf, first_line) in enumerate(iter_line_blocks(path, block_bytes)):
         if index % parts == part:

@@ -8,6 +8,7 @@ checked) labels the predictor type accepts, so models never see malformed rows.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -313,6 +314,9 @@ class FileSource:
                 self.require_rereadable("its rows were read already")
             self._drained = True
         read = READERS[self.fmt]
+        if self.fmt == "csv":  # (a file to score may leave the label column out)
+            read = functools.partial(read, feature_dim=self.feature_dim,
+                                     labelled=self.labels is not None)
         files, shard = self.files, self.shard
         part, parts = shard
         if parts > 1 and len(files) >= parts:  # whole files per process
