@@ -204,10 +204,39 @@ def test_a_csv_to_score_without_its_label_column(cli, tmp_path):
     assert len(scores[1]) == 400 and scores[0] == scores[1]
     assert f"{features}: rows of 5 columns, feature_dim without a label column: read as " \
         "features only" in err
-    X_read, _ = read_all(FileSource(features, "csv", 5, block_bytes=1000))
+    X_read, _ = read_all(FileSource(features, "csv", 5, block_bytes=1000, scoring=True))
     np.testing.assert_allclose(X_read.toarray(), X, rtol=1e-6)
     code, _, err = cli("evaluate", "--model-dir", tmp_path / "m", "--data", features)
     assert code == 1 and "has the file its label?" in err, err
+
+
+def test_a_libsvm_file_to_score_without_labels(cli, tmp_path):
+    """Lines that start with their first pair (xLearn reads such files to score) are scored as
+    the same lines with labels; a command that needs labels says the label is missing, where
+    it said "non-numeric value in '1:1'"."""
+    lines = shared_file("a9a_libsvm", "a9a.t").read_text().splitlines()[:300]
+    labelled, unlabelled = tmp_path / "labelled.libsvm", tmp_path / "unlabelled.libsvm"
+    labelled.write_text("\n".join(lines) + "\n")
+    unlabelled.write_text("\n".join(line.split(" ", 1)[1] for line in lines) + "\n")
+    code, _, err = cli("train", "--quiet", "--train", labelled, "--model-dir", tmp_path / "m",
+                       "feature_dim=124", "num_factors=4", "predictor_type=binary_classifier",
+                       "epochs=2", "mini_batch_size=10")
+    assert code == 0, err
+    scores = []
+    for path in (labelled, unlabelled):
+        code, out, err = cli("predict", "--model-dir", tmp_path / "m", "--data", path)
+        assert code == 0, err
+        scores.append([json.loads(line)["score"] for line in out.splitlines()])
+    assert len(scores[1]) == 300 and scores[0] == scores[1]
+    first_pair = lines[0].split()[1]
+    for command in ("evaluate", "train"):
+        code, _, err = cli(command, "--model-dir", tmp_path / ("m" if command == "evaluate"
+                                                               else "m2"),
+                           *(["--data", unlabelled] if command == "evaluate" else
+                             ["--train", unlabelled, "feature_dim=124", "num_factors=4",
+                              "predictor_type=binary_classifier"]))
+        assert code == 1 and f"{unlabelled}:1: no label: the line starts with the pair " \
+            f"'{first_pair}'" in err, err
 
 
 def test_csv_wider_than_feature_dim(cli, tmp_path):

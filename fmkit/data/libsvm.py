@@ -25,6 +25,7 @@ from fmkit.errors import DataError, excerpt
 
 MISSING_COLON = 10
 MISSING_FIELD = 11
+NO_LABEL = 12
 
 _NL, _CR, _SPACE, _TAB, _HASH, _COLON = 10, 13, 32, 9, 35, 58
 
@@ -88,9 +89,11 @@ def _is_qid(buf, start, n):
 
 
 @njit(cache=True, nogil=True)
-def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, fields, ffm):
+def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, fields, ffm,
+                 optional_label):
     """Parse whole lines of ``buf`` into preallocated CSR arrays, in one pass over the bytes;
-    ``ffm``: the tokens are libffm's ``field:index:value``, each field written to ``fields``.
+    ``ffm``: the tokens are libffm's ``field:index:value``, each field written to ``fields``;
+    ``optional_label``: a line may start with its first pair (a file to score: label 0).
 
     Returns ``(rows, nnz, code, token_start, token_end, line)``; ``code`` is 0 on success, else the
     problem found at ``buf[token_start:token_end]`` on ``line``.
@@ -106,9 +109,13 @@ def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, fields
         if start >= 0:
             te = _token_end(buf, start, n)
             label, code = parse_float(buf, start, te)
-            if code != OK:
-                return row, nnz, code, start, te, line
             p = te
+            if code != OK:
+                if _bad_pair(buf, start, te, False) == MISSING_COLON:
+                    return row, nnz, code, start, te, line
+                if not optional_label:  # a pair where the label should be
+                    return row, nnz, NO_LABEL, start, te, line
+                label, p = 0.0, start
             while True:
                 start = _next_token(buf, p, n)
                 if start < 0:
@@ -198,6 +205,8 @@ def describe_problem(code: int, token: bytes) -> str:
         BAD_INDEX: f"feature index in {token} is not a non-negative integer below 2^31",
         MISSING_COLON: f"expected INDEX:VALUE, got {token}",
         MISSING_FIELD: f"expected FIELD:INDEX:VALUE (libffm), got {token}",
+        NO_LABEL: f"no label: the line starts with the pair {token} (a file to score without "
+                  "labels is read by predict; this needs them)",
     }.get(code, f"cannot parse {token}")
 
 
@@ -205,19 +214,21 @@ PARALLEL_BYTES = 1 << 20  # blocks at least this large are parsed in parts acros
 
 
 def _parse_part(buf, lo, hi, row_at, r1, nnz_at, z1, part, indptr, indices, values, labels,
-                lines, fields, ffm):
+                lines, fields, ffm, optional_label):
     """:func:`parse_libsvm` on the whole lines ``buf[lo:hi]`` into part ``part``'s region of
     the output arrays (rows ``row_at:r1``, features ``nnz_at:z1``; sized by the part's bytes,
     so no pass counts rows first), line numbers counted from the part's start."""
     return parse_libsvm(buf[lo:hi], 0, indptr[row_at + part:r1 + part + 1],
                         indices[nnz_at:z1], values[nnz_at:z1], labels[row_at:r1],
-                        lines[row_at:r1], fields[nnz_at:z1] if ffm else fields, ffm)
+                        lines[row_at:r1], fields[nnz_at:z1] if ffm else fields, ffm,
+                        optional_label)
 
 
-def parse_block(buf: np.ndarray, first_line: int, source: str,
-                ffm: bool = False) -> tuple[list[SparseBatch], int]:
+def parse_block(buf: np.ndarray, first_line: int, source: str, ffm: bool = False,
+                labelled: bool = True) -> tuple[list[SparseBatch], int]:
     """Parse a block of whole libsvm lines into one batch per part, and count its newlines;
-    raise :class:`DataError` naming file and line.
+    raise :class:`DataError` naming file and line. Unless ``labelled``, a line may leave out
+    its label (it starts with a pair; xLearn reads such files to score too).
 
     A large block is cut at line ends into one part per thread, parsed in parallel; each part
     becomes its own batch (views of the block's arrays: nothing is copied to join them).
@@ -244,7 +255,8 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
     fields = np.empty(nnz_at[-1] if ffm else 0, dtype=np.int32)
     results = on_threads(_parse_part, [
         (buf, bounds[p], bounds[p + 1], row_at[p], row_at[p + 1], nnz_at[p], nnz_at[p + 1], p,
-         indptr, indices, values, labels, lines, fields, ffm) for p in range(parts)])
+         indptr, indices, values, labels, lines, fields, ffm, not labelled)
+        for p in range(parts)])
     batches = []
     line = first_line
     for p, (rows, nnz, code, t0, t1, lines_in_part) in enumerate(results):
@@ -263,25 +275,27 @@ def parse_block(buf: np.ndarray, first_line: int, source: str,
 
 
 def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES, ffm: bool = False,
-                     shard: tuple[int, int] = (0, 1)) -> Iterator[SparseBatch]:
+                     shard: tuple[int, int] = (0, 1), labelled: bool = True
+                     ) -> Iterator[SparseBatch]:
     """Stream a libsvm (or with ``ffm``, libffm) file as parsed blocks; with ``shard=(part,
     parts)`` only every parts-th block of lines from the part-th (the others are counted for
-    line numbers, not parsed)."""
+    line numbers, not parsed); ``labelled``: see :func:`parse_block`."""
     line = 1
     part, parts = shard
     for index, buf in enumerate(iter_blocks(path, block_bytes)):
         if index % parts != part:
             line += count_newlines(buf, 0, buf.size)
             continue
-        batches, newlines = parse_block(buf, line, str(path), ffm)
+        batches, newlines = parse_block(buf, line, str(path), ffm, labelled)
         yield from batches
         line += newlines
 
 
 def read_libffm_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
-                       shard: tuple[int, int] = (0, 1)) -> Iterator[SparseBatch]:
+                       shard: tuple[int, int] = (0, 1), labelled: bool = True
+                       ) -> Iterator[SparseBatch]:
     """Stream a libffm file as parsed blocks (with each nonzero's field)."""
-    return read_file_blocks(path, block_bytes, ffm=True, shard=shard)
+    return read_file_blocks(path, block_bytes, ffm=True, shard=shard, labelled=labelled)
 
 
 def write_libsvm(stream: BinaryIO, X, y, *, index_base: int = 0) -> None:

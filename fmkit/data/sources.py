@@ -274,6 +274,7 @@ class FileSource:
     cache: bool = False  # keep a binary copy of parsed text files (see fmkit.data.cache)
     shard: tuple[int, int] = (0, 1)  # (part, parts): read only this process's share
     num_fields: int = 0  # an FFM's fields: every nonzero must name one below it (libffm)
+    scoring: bool = False  # a file to score: its text rows may leave out their labels
     _drained: bool = field(default=False, init=False, repr=False)  # a pipe, once read
 
     def __post_init__(self) -> None:
@@ -314,9 +315,10 @@ class FileSource:
                 self.require_rereadable("its rows were read already")
             self._drained = True
         read = READERS[self.fmt]
-        if self.fmt == "csv":  # (a file to score may leave the label column out)
-            read = functools.partial(read, feature_dim=self.feature_dim,
-                                     labelled=self.labels is not None)
+        if self.fmt != "recordio":  # a text file to score may leave its labels out
+            read = functools.partial(read, labelled=not self.scoring,
+                                     **({"feature_dim": self.feature_dim}
+                                        if self.fmt == "csv" else {}))
         files, shard = self.files, self.shard
         part, parts = shard
         if parts > 1 and len(files) >= parts:  # whole files per process

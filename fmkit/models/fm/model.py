@@ -127,14 +127,16 @@ class FMModel:
     def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True
              ) -> Iterator[SparseBatch]:
         """Blocks of a channel (``fmt``: a training format, or ``json``/``jsonlines`` request
-        bodies); ``labelled`` checks the labels for this predictor type."""
+        bodies); ``labelled`` checks the labels for this predictor type, else text rows may
+        leave them out (a file to score)."""
         from fmkit.data import codecs
         from fmkit.data.sources import FileSource
 
         if fmt not in ("json", "jsonlines"):
             labels = self.label_mode if labelled else None
             yield from FileSource(path, fmt, self.feature_dim, self.index_base,
-                                  labels=labels, num_fields=self.num_fields).blocks()
+                                  labels=labels, num_fields=self.num_fields,
+                                  scoring=not labelled).blocks()
             return
 
         def decode(body: bytes, kind: str, source: str, first_line: int) -> SparseBatch:
