@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         rank = distributed.rank_and_size()[0]
         why = re.sub(r"^\[[^]]*\]\s*", "", str(e).splitlines()[0] if str(e) else "")
         print(f"fmkit: error: process {rank}: another training process stopped (its message "
-              f"is above): {why[:100]}", file=sys.stderr)
+              f"is above): {why.split('. ')[0][:160]}", file=sys.stderr)  # (its first sentence)
         return 1
     finally:
         if args.command == "train":
