@@ -743,16 +743,24 @@ def named_classes(classes: Any, outputs: int) -> list | None:
     return None if classes == list(range(outputs)) else classes
 
 
+def class_values(classes: list) -> np.ndarray:
+    """An estimator's classes as an array: float64 numbers (a recordIO response can carry
+    them), else names (object)."""
+    numbers = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in classes)
+    return np.array(classes, dtype=np.float64 if numbers else object)
+
+
 def class_indices(batch: ColumnBatch, label: str, classes: list) -> ColumnBatch:
     """``batch`` with the class names of its ``label`` column (as a file of an estimator's
     classes holds them: ``dog``, or ``7`` of classes 3, 7) replaced by their indices, the
     labels the network learnt; a value that is no class is an error naming its row."""
     column = batch.column(label)
-    if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in classes):
-        values = _numbers(column, batch, label)
-        found = np.full(values.shape, -1, np.int64)
-        for index, value in enumerate(classes):
-            found[values == value] = index
+    values = class_values(classes)
+    if values.dtype != object:
+        numbers = _numbers(column, batch, label)
+        found = np.full(numbers.shape, -1, np.int64)
+        for index, value in enumerate(values):
+            found[numbers == value] = index
     else:
         text = pc.utf8_trim_whitespace(column.cast(pa.large_string()))
         found = pc.fill_null(pc.index_in(text, value_set=pa.array([str(c) for c in classes],

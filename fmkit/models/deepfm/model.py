@@ -34,7 +34,13 @@ from fmkit.models import artifact
 from fmkit.models.deepfm import config as configs
 from fmkit.models.deepfm import quantized
 from fmkit.models.deepfm.batches import slices
-from fmkit.models.deepfm.features import Encoded, FeatureSet, class_indices, named_classes
+from fmkit.models.deepfm.features import (
+    Encoded,
+    FeatureSet,
+    class_indices,
+    class_values,
+    named_classes,
+)
 from fmkit.models.deepfm.instances import encode_instances
 from fmkit.models.deepfm.network import DeepFMNet
 from fmkit.models.deepfm.small_batches import SMALL_ROWS, NumpyForward
@@ -321,10 +327,8 @@ class DeepFMModel:
         fields = prediction_fields(self.predictor_type, self.logits(batch))
         classes = self.classes if "predicted_label" in fields else None
         if classes is not None:
-            names = np.array(classes, dtype=np.float64 if all(
-                isinstance(c, (int, float)) and not isinstance(c, bool) for c in classes)
-                else object)
-            fields["predicted_label"] = names[fields["predicted_label"].astype(np.int64)]
+            fields["predicted_label"] = class_values(classes)[
+                fields["predicted_label"].astype(np.int64)]
         return fields
 
     def predictions_of(self, blocks: Iterable[ColumnBatch | Encoded]
