@@ -181,6 +181,20 @@ def test_bad_csv_records_name_file_and_line(cli, tmp_path, text, line, problem):
     assert code != 0 and f"{path}:{line}: {problem}" in err
 
 
+def _trained_and_scored(cli, model, train, scored, *hyperparameters):
+    """A binary classifier trained on ``train``, and ``fmkit predict``'s scores of each file
+    of ``scored``, with the last command's stderr."""
+    code, _, err = cli("train", "--quiet", "--train", train, "--model-dir", model,
+                       "predictor_type=binary_classifier", *hyperparameters)
+    assert code == 0, err
+    scores = []
+    for path in scored:
+        code, out, err = cli("predict", "--model-dir", model, "--data", path)
+        assert code == 0, err
+        scores.append([json.loads(line)["score"] for line in out.splitlines()])
+    return scores, err
+
+
 def test_a_csv_to_score_without_its_label_column(cli, tmp_path):
     """A CSV file of exactly feature_dim columns is a file to score without the label: read
     with the label column first, its features came one place off and scored silently wrong.
@@ -192,15 +206,9 @@ def test_a_csv_to_score_without_its_label_column(cli, tmp_path):
     labelled, features = tmp_path / "train.csv", tmp_path / "test.csv"
     np.savetxt(labelled, np.column_stack([y, X]), delimiter=",", fmt="%g")
     np.savetxt(features, X, delimiter=",", fmt="%g")
-    code, _, err = cli("train", "--quiet", "--train", labelled, "--model-dir", tmp_path / "m",
-                       "feature_dim=5", "num_factors=2", "predictor_type=binary_classifier",
-                       "epochs=3", "mini_batch_size=20")
-    assert code == 0, err
-    scores = []
-    for path in (labelled, features):
-        code, out, err = cli("predict", "--model-dir", tmp_path / "m", "--data", path)
-        assert code == 0, err
-        scores.append([json.loads(line)["score"] for line in out.splitlines()])
+    scores, err = _trained_and_scored(cli, tmp_path / "m", labelled, [labelled, features],
+                                      "feature_dim=5", "num_factors=2", "epochs=3",
+                                      "mini_batch_size=20")
     assert len(scores[1]) == 400 and scores[0] == scores[1]
     assert f"{features}: rows of 5 columns, feature_dim without a label column: read as " \
         "features only" in err
@@ -218,25 +226,16 @@ def test_a_libsvm_file_to_score_without_labels(cli, tmp_path):
     labelled, unlabelled = tmp_path / "labelled.libsvm", tmp_path / "unlabelled.libsvm"
     labelled.write_text("\n".join(lines) + "\n")
     unlabelled.write_text("\n".join(line.split(" ", 1)[1] for line in lines) + "\n")
-    code, _, err = cli("train", "--quiet", "--train", labelled, "--model-dir", tmp_path / "m",
-                       "feature_dim=124", "num_factors=4", "predictor_type=binary_classifier",
-                       "epochs=2", "mini_batch_size=10")
-    assert code == 0, err
-    scores = []
-    for path in (labelled, unlabelled):
-        code, out, err = cli("predict", "--model-dir", tmp_path / "m", "--data", path)
-        assert code == 0, err
-        scores.append([json.loads(line)["score"] for line in out.splitlines()])
+    scores, _ = _trained_and_scored(cli, tmp_path / "m", labelled, [labelled, unlabelled],
+                                    "feature_dim=124", "num_factors=4", "epochs=2",
+                                    "mini_batch_size=10")
     assert len(scores[1]) == 300 and scores[0] == scores[1]
-    first_pair = lines[0].split()[1]
-    for command in ("evaluate", "train"):
-        code, _, err = cli(command, "--model-dir", tmp_path / ("m" if command == "evaluate"
-                                                               else "m2"),
-                           *(["--data", unlabelled] if command == "evaluate" else
-                             ["--train", unlabelled, "feature_dim=124", "num_factors=4",
-                              "predictor_type=binary_classifier"]))
-        assert code == 1 and f"{unlabelled}:1: no label: the line starts with the pair " \
-            f"'{first_pair}'" in err, err
+    missing = f"{unlabelled}:1: no label: the line starts with the pair '{lines[0].split()[1]}'"
+    code, _, err = cli("evaluate", "--model-dir", tmp_path / "m", "--data", unlabelled)
+    assert code == 1 and missing in err, err
+    code, _, err = cli("train", "--train", unlabelled, "--model-dir", tmp_path / "m2",
+                       "feature_dim=124", "num_factors=4", "predictor_type=binary_classifier")
+    assert code == 1 and missing in err, err
 
 
 def test_csv_wider_than_feature_dim(cli, tmp_path):
