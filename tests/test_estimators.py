@@ -94,7 +94,7 @@ def test_fm_sample_weights_in_one_batch_equal_repeated_rows(Estimator):
     weights = np.random.default_rng(1).integers(0, 4, 60)
     repeat = np.repeat(np.arange(60), weights)
     params = dict(num_factors=3, epochs=5, optimizer="adam", bias_lr=0.05, linear_lr=0.05,
-                  factors_lr=0.05, shuffle=0)
+                  factors_lr=0.05)  # (shuffled: a weight must follow its row)
     weighted = Estimator(mini_batch_size=60, **params).fit(X, y, sample_weight=weights)
     repeated = Estimator(mini_batch_size=repeat.size, **params).fit(X[repeat], y[repeat])
     np.testing.assert_allclose(weighted.decision_function(X) if Estimator is FMClassifier
