@@ -90,15 +90,17 @@ def _learning_curves(plt, history: list[dict]) -> str:
     return _png(figure)
 
 
-def _quality_plots(plt, predictor_type: str, y: np.ndarray, z: np.ndarray) -> dict[str, str]:
+def _quality_plots(plt, predictor_type: str, y: np.ndarray, z: np.ndarray,
+                   class_names: list | None = None) -> dict[str, str]:
     """ROC, precision-recall and calibration (binary classifiers); each class's ROC against
-    the rest and the confusion matrix (several classes); predicted against actual and the
-    residuals (regressors)."""
+    the rest and the confusion matrix (several classes, named by ``class_names`` when an
+    estimator's classes have names); predicted against actual and the residuals
+    (regressors)."""
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
     if predictor_type == "multiclass_classifier":
-        return _class_plots(plt, y.astype(np.int64), softmax(z))
+        return _class_plots(plt, y.astype(np.int64), softmax(z), class_names)
     if predictor_type == "regressor":
         figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
         shown = np.random.default_rng(0).permutation(y.size)[:5000]
@@ -137,17 +139,19 @@ def _quality_plots(plt, predictor_type: str, y: np.ndarray, z: np.ndarray) -> di
     return plots
 
 
-def _class_plots(plt, y: np.ndarray, p: np.ndarray) -> dict[str, str]:
+def _class_plots(plt, y: np.ndarray, p: np.ndarray, class_names: list | None = None
+                 ) -> dict[str, str]:
     """One ROC curve per class (the class against the rest; a class absent from ``y`` has
     none) and the confusion matrix, each row's share of its true class's rows."""
     from sklearn.metrics import auc, confusion_matrix, roc_curve
 
     classes = p.shape[1]
+    names = [str(c) for c in class_names] if class_names else [str(c) for c in range(classes)]
     figure, axis = plt.subplots(figsize=(5, 4.5))
     for c in range(classes):
         if 0 < np.count_nonzero(y == c) < y.size:
             fpr, tpr, _ = roc_curve(y == c, p[:, c])
-            axis.plot(fpr, tpr, lw=1, label=f"class {c}: AUC {auc(fpr, tpr):.4f}")
+            axis.plot(fpr, tpr, lw=1, label=f"class {names[c]}: AUC {auc(fpr, tpr):.4f}")
     axis.plot([0, 1], [0, 1], "k--", lw=1)
     axis.set(title="ROC, each class against the rest", xlabel="false positive rate",
              ylabel="true positive rate")
@@ -159,7 +163,8 @@ def _class_plots(plt, y: np.ndarray, p: np.ndarray) -> dict[str, str]:
     image = axis.imshow(shares, vmin=0, vmax=1, cmap="Blues")
     figure.colorbar(image, ax=axis, label="share of the true class's rows")
     axis.set(title="confusion matrix", xlabel="predicted class", ylabel="true class",
-             xticks=range(classes), yticks=range(classes))
+             xticks=range(classes), yticks=range(classes), xticklabels=names,
+             yticklabels=names)
     plots["Confusion matrix"] = _png(figure)
     return plots
 
@@ -241,7 +246,7 @@ def write_report(model_dir: str | Path, data: str | Path | None = None,
         channels[f"data ({data})"] = require_rows(
             metrics_of_parts(model.predictor_type, labels, logits), str(data))
         plots.update(_quality_plots(plt, model.predictor_type, np.concatenate(labels),
-                                    np.concatenate(logits)))
+                                    np.concatenate(logits), getattr(model, "classes", None)))
     names = sorted({n for values in channels.values() for n in values})
     parts = [f"<h1>fmkit model: {html.escape(str(model_dir))}</h1>",
              f"<p>{html.escape(model.predictor_type)}, {type(model).__name__}</p>",

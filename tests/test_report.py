@@ -122,25 +122,38 @@ def test_report_of_the_criteo_deepfm_example(tmp_path, cli):
     assert isinstance(load_model(tmp_path / "d"), Model)
 
 
-def test_report_of_a_several_class_deepfm_from_its_estimator(tmp_path, cli):
+def test_report_of_a_several_class_deepfm_from_its_estimator(tmp_path, cli, monkeypatch):
     """A softmax DeepFM's page (it was a traceback: a binary ROC of several classes): one
-    ROC per class against the rest and the confusion matrix; its data's accuracy is
-    scikit-learn's on the predicted class. The estimator saved ``y``'s name as the label
-    column, so a file with a header is evaluated without configuration."""
+    ROC per class against the rest and the confusion matrix, named by the estimator's class
+    names; its data's accuracy is scikit-learn's on the predicted class. The estimator saved
+    ``y``'s name as the label column, so a file with a header is evaluated without
+    configuration."""
     import pandas as pd
     from sklearn.metrics import accuracy_score
 
     from fmkit import DeepFMClassifier
+    from fmkit import report as reports
 
     rng = np.random.default_rng(2)
     X = pd.DataFrame({"user": rng.integers(0, 30, 2000).astype(str),
                       "item": rng.integers(0, 20, 2000).astype(str)})
-    y = pd.Series(X["item"].astype(int) % 3, name="kind")
+    y = pd.Series(np.array(["cat", "dog", "eel"])[X["item"].astype(int) % 3], name="kind")
     DeepFMClassifier(num_epochs=2).fit(X[:1500], y[:1500]).save(tmp_path / "m")
     held = tmp_path / "held.csv"
     X[1500:].assign(kind=y[1500:]).to_csv(held, index=False)
+    shown, png = [], reports._png
+
+    def recorded(figure):  # the texts each plot shows: legend entries and tick labels
+        shown.extend(t.get_text() for axis in figure.axes for t in [
+            *(axis.get_legend().get_texts() if axis.get_legend() else []),
+            *axis.get_xticklabels()])
+        return png(figure)
+
+    monkeypatch.setattr(reports, "_png", recorded)
     code, _, err = cli("report", "--model-dir", tmp_path / "m", "--data", held, "--quiet")
     assert code == 0, err
+    assert {"cat", "dog", "eel"} <= set(shown)
+    assert any(text.startswith("class dog: AUC") for text in shown), shown
     page, channels = _check_page(tmp_path / "m", plots=3)  # curves, ROC, confusion matrix
     code, out, _ = cli("predict", "--model-dir", tmp_path / "m", "--data", held)
     predicted = [json.loads(line)["predicted_label"] for line in out.splitlines()]
