@@ -45,10 +45,10 @@ class _StderrHandler(logging.StreamHandler):
 
 
 @functools.cache
-def warn_once(message: str) -> None:
-    """Log ``message`` (a warning) once per process: a file's reading is repeated every
-    epoch, its warning is not."""
-    log.warning("%s", message)
+def log_once(message: str, level: int = logging.INFO) -> None:
+    """Log ``message`` once per process: a file's reading is repeated every epoch, and a
+    model's note on how it scores every request; the line is not."""
+    log.log(level, "%s", message)
 
 
 def setup_logging(quiet: bool = False) -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from fmkit.data.columns import from_instances
 from fmkit.errors import FMKitError
+from fmkit.logs import log_once
 from fmkit.models.deepfm import config as configs
 from fmkit.models.deepfm import model as model_module
 from fmkit.models.deepfm.instances import encode_instances
@@ -239,7 +240,7 @@ def float32_fallback_messages(make_model, caplog, *args) -> list[str]:
     """The log's "scores in float32" lines while a model from ``make_model(*args)``, which
     cannot score as its configuration asks here, scores 40 rows and then one row alone:
     both as its float32 PyTorch network does."""
-    model_module._log_once.cache_clear()  # (said once per process)
+    log_once.cache_clear()  # (said once per process)
     model = make_model(*args)
     rows = (ROWS * 10)[:40]
     with caplog.at_level(logging.INFO, logger="fmkit"):

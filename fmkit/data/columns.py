@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from numba import njit
 from fmkit.data.blocks import iter_line_blocks
 from fmkit.data.sources import PARQUET_MAGIC, channel_files
 from fmkit.errors import DataError, excerpt
-from fmkit.logs import warn_once
+from fmkit.logs import log_once
 
 BLOCK_BYTES = 1 << 22
 
@@ -264,10 +265,10 @@ def _without_absent(columns: list[str], optional: Sequence[str], labelled: bool,
     shown = ", ".join(absent)
     fewer = f"{source}: no line has more than {len(columns) - len(absent)} fields, the columns"
     if labelled:
-        warn_once(f"{fewer} less {shown}: has the file its {shown} column? It is read as the "
-                   f"first of {', '.join(columns[:4])}, ...")
+        log_once(f"{fewer} less {shown}: has the file its {shown} column? It is read as the "
+                 f"first of {', '.join(columns[:4])}, ...", logging.WARNING)
         return columns
-    warn_once(f"{fewer} less {shown}: read as a file without {shown}")
+    log_once(f"{fewer} less {shown}: read as a file without {shown}", logging.WARNING)
     return [c for c in columns if c not in absent]
 
 

@@ -7,6 +7,7 @@ out: rows of exactly ``feature_dim`` columns, read without one when labels are n
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES, iter_line_blocks
 from fmkit.data.numbers import BAD_NUMBER, NOT_FINITE, OK, parse_float
 from fmkit.errors import DataError, excerpt
-from fmkit.logs import warn_once
+from fmkit.logs import log_once
 
 WRONG_COLUMNS = 20
 
@@ -109,10 +110,10 @@ class CsvParser:
         message = (f"{self.source}: rows of {self.feature_dim} columns, feature_dim without a "
                    "label column")
         if self.labelled:
-            warn_once(f"{message}: has the file its label? Its first column is read as the "
-                      "label")
+            log_once(f"{message}: has the file its label? Its first column is read as the "
+                     "label", logging.WARNING)
         else:
-            warn_once(f"{message}: read as features only")
+            log_once(f"{message}: read as features only", logging.WARNING)
             self.label_columns = 0
 
     def parse_block(self, buf: np.ndarray, first_line: int) -> SparseBatch:

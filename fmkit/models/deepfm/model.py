@@ -12,7 +12,6 @@ code (numpy arrays without pickle; init and activation names are parsed, not eva
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +27,7 @@ from fmkit.cpus import computes_bfloat16, leaving_cores, ordered_map, thread_cou
 from fmkit.data import codecs, columns
 from fmkit.data.columns import ColumnBatch
 from fmkit.errors import ArtifactError, DataError, FMKitError, excerpt
-from fmkit.logs import log
+from fmkit.logs import log_once
 from fmkit.memory import check_fits
 from fmkit.models import artifact
 from fmkit.models.deepfm import config as configs
@@ -112,11 +111,11 @@ class DeepFMModel:
             return False
         if (self.net.output.weight.device.type != "cpu"
                 or NumpyForward.of(self.net, int8=True) is None):
-            _log_once("this model (export_config.dense_quantization: INT8) scores in float32 "
+            log_once("this model (export_config.dense_quantization: INT8) scores in float32 "
                       "here: int8 scoring covers CPU models with one output")
             return False
         if not quantized.weight_levels():
-            _log_once("this model (export_config.dense_quantization: INT8) scores in float32 "
+            log_once("this model (export_config.dense_quantization: INT8) scores in float32 "
                       "here: this CPU's int8 products are not exact")
             return False
         return True
@@ -135,7 +134,7 @@ class DeepFMModel:
         device = self.net.output.weight.device.type
         if computes_bfloat16(device):
             return True
-        _log_once(f"this model ({asked[0]}) scores in float32 here: the {device} has no "
+        log_once(f"this model ({asked[0]}) scores in float32 here: the {device} has no "
                   "bfloat16 instructions")
         return False
 
@@ -498,15 +497,9 @@ class _Scored:
 
 def _log_layout_once(names: tuple[str, ...]) -> None:
     shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-    _log_once(f"data_config.input_fields is not set and the files have no header: reading "
+    log_once(f"data_config.input_fields is not set and the files have no header: reading "
               f"their {len(names)} columns as the label then the features' inputs ({shown}); "
               f"set input_fields if they differ")
-
-
-@functools.cache
-def _log_once(message: str) -> None:
-    """Log ``message`` (info) the first time in this process only."""
-    log.info("%s", message)
 
 
 # per embedding weight: the optimizer's state beside it (row-wise AdaGrad: one per row)
