@@ -119,6 +119,18 @@ def holds_model(path: Path) -> bool:
     return _meta_or_none(path).get("format") == FORMAT
 
 
+def checked_classes(classes: Any, count: int) -> list:
+    """An estimator's classes as ``model.json`` holds them (``count`` distinct names or
+    numbers, as scikit-learn's ``classes_`` saved them), else a ValueError saying what it
+    found: a model file is checked as it is read."""
+    if (not isinstance(classes, list) or len(classes) != count
+            or not all(isinstance(c, (str, int, float)) for c in classes)
+            or len({str(c) for c in classes}) != count or len(set(classes)) != count):
+        raise ValueError(f"classes: expected {count} distinct names or numbers, got "
+                         f"{str(classes)[:60]!r}")
+    return classes
+
+
 def check_destination(path: str | Path) -> Path:
     """The absolute ``path`` if a model may be written there (see :func:`holds_model`); else
     an error, before any work is done and with nothing touched."""

@@ -35,6 +35,7 @@ from fmkit.data.columns import ColumnBatch
 from fmkit.data.numbers import FLOAT32_MAX
 from fmkit.errors import DataError, excerpt
 from fmkit.logs import log
+from fmkit.models.artifact import checked_classes
 from fmkit.models.deepfm import expressions, transforms
 from fmkit.models.deepfm.config import ConfigError, DataConfig, EasyRecConfig
 
@@ -735,11 +736,10 @@ def named_classes(classes: Any, outputs: int) -> list | None:
     file is read."""
     if classes is None:
         return None
-    if (not isinstance(classes, list) or len(classes) != outputs
-            or not all(isinstance(c, (str, int, float)) for c in classes)
-            or len({str(c) for c in classes}) != len(classes)):
-        raise ValueError(f"estimator.classes: expected {outputs} distinct names or numbers, "
-                         f"got {excerpt(str(classes))}")
+    try:
+        checked_classes(classes, outputs)
+    except ValueError as e:
+        raise ValueError(f"estimator.{e}") from None
     return None if classes == list(range(outputs)) else classes
 
 

@@ -211,7 +211,7 @@ class FMModel:
             hp = validate(meta["hyperparameters"])
             d, k = int(meta["feature_dim"]), int(meta["num_factors"])
             index_base = int(meta.get("index_base", 0))
-            classes = _classes(meta.get("classes", [0, 1]))
+            classes = tuple(artifact.checked_classes(meta.get("classes", [0, 1]), 2))
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{path}: model.json is incomplete or invalid: {e}") from None
         if (hp["feature_dim"], hp["num_factors"]) != (d, k):
@@ -252,12 +252,3 @@ def validation_metrics(hp: dict[str, Any], params: FMParameters, source: Any
     """Every metric of a labelled source (``name``, ``blocks()``) for the weights ``params``:
     what the FM learners report for a validation channel after each epoch."""
     return require_rows(FMModel(hp, params).evaluate(source.blocks()), source.name)
-
-
-def _classes(classes: Any) -> tuple:
-    """An FM classifier's two labels as ``model.json`` holds them, checked."""
-    if (not isinstance(classes, list) or len(classes) != 2
-            or not all(isinstance(c, (str, int, float)) for c in classes)
-            or classes[0] == classes[1]):
-        raise ValueError(f"classes: expected two distinct names or numbers, got {classes!r:.60}")
-    return tuple(classes)
