@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from scipy.sparse import issparse
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d
 
 from fmkit.data.columns import ColumnBatch
 from fmkit.errors import excerpt
@@ -283,12 +283,10 @@ class _DeepFMEstimator(BaseEstimator):
             document["train_config"]["num_epochs"] = 1
             document["train_config"].pop("num_steps", None)
         extra = {label: np.asarray(y, np.float64)}
-        if sample_weight is not None:
+        if sample_weight is not None:  # (checked as the FM estimators check theirs)
             document["data_config"]["sample_weight_fields"] = [WEIGHT]
-            extra[WEIGHT] = np.broadcast_to(np.asarray(sample_weight, np.float64),
-                                            (table.num_rows,)).copy()
-            if not extra[WEIGHT].sum() > 0:
-                raise ValueError("Sample weights must contain at least one non-zero number.")
+            extra[WEIGHT] = _check_sample_weight(sample_weight, table, dtype=np.float64,
+                                                 ensure_non_negative=True)
         config = configs.parse(document, report_ignored=True)
         learner = getattr(self, "_learner", None) if incremental else None
         if learner is not None:
