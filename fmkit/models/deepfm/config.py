@@ -688,13 +688,12 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False) -> EasyRecC
         name = next((n for n in optimizer.ONEOF if getattr(optimizer, n) is not None), None)
         if name:
             _check_optimizer(getattr(optimizer, name), f"train_config.{kind}.{name}")
-        chosen = [n for n in SCHEDULES if getattr(getattr(train, kind), n) is not None]
+        chosen = [n for n in SCHEDULES if getattr(optimizer, n) is not None]
         if len(chosen) > 1:
             raise ConfigError(f"train_config.{kind}: expected one learning rate schedule, got "
                               f"{', '.join(chosen)}")
         if chosen:
-            _check_schedule(getattr(getattr(train, kind), chosen[0]),
-                            f"train_config.{kind}.{chosen[0]}")
+            _check_schedule(getattr(optimizer, chosen[0]), f"train_config.{kind}.{chosen[0]}")
     return config
 
 
