@@ -382,6 +382,78 @@ def test_delimited_columns_split_as_python(tmp_path_factory, lines, delimiter, c
     assert [list(row) for row in got] == expected
 
 
+QUOTED_FIELD = st.text(alphabet='ab"\té,', max_size=4)
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(rows=st.lists(st.lists(QUOTED_FIELD, min_size=1, max_size=4), max_size=6),
+       delimiter=st.sampled_from(["\t", ","]), quote_all=st.booleans(), crlf=st.booleans(),
+       block_bytes=st.sampled_from([1 << 20, 7]))
+def test_quoted_fields_split_as_pythons_csv_module(tmp_path_factory, rows, delimiter,
+                                                   quote_all, crlf, block_bytes):
+    """Fields quoted as Python's ``csv`` writer quotes them (those holding the delimiter or a
+    quote, or all of them), with quotes inside: the reader's rows equal ``csv.reader``'s,
+    under the same rules as unquoted text (an empty field missing, a blank line skipped,
+    more fields than columns an error naming the line)."""
+    import csv
+    import io
+
+    names = ["x", "y", "z"]
+    out = io.StringIO()
+    csv.writer(out, delimiter=delimiter, lineterminator="\r\n" if crlf else "\n",
+               quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerows(rows)
+    path = tmp_path_factory.mktemp("csv") / "data.csv"
+    path.write_bytes(out.getvalue().encode())
+    expected, problem = [], None
+    for number, fields in enumerate(csv.reader(io.StringIO(out.getvalue()),
+                                               delimiter=delimiter), start=1):
+        if fields == [""]:
+            continue
+        if len(fields) > len(names):
+            problem = problem or f"{path}:{number}: {len(fields)} fields, expected at most 3"
+        if len(fields) == 1:
+            problem = problem or f"{path}:{number}: {fields[0]!r} is 1 field, expected up to 3"
+        if not problem:
+            expected.append([f or None for f in fields] + [None] * (len(names) - len(fields)))
+    try:
+        got = [list(row) for batch in columns.read_delimited(path, names, delimiter, False,
+                                                             block_bytes=block_bytes)
+               for row in zip(*(batch.columns[n].to_pylist() for n in names))]
+    except DataError as e:
+        assert problem is not None and str(e).startswith(problem.split(" is 1 field")[0]), (
+            str(e), problem)
+        return
+    assert problem is None
+    assert got == expected
+
+
+def test_a_csv_with_quoted_titles_reads_as_pandas_does(tmp_path):
+    """The MovieLens-1M sample (DeepCTR's) quotes titles holding a comma: its columns equal
+    pandas', with a header quoted as R's write.csv writes it; a quote left open is one line
+    naming the file's line."""
+    import pandas as pd
+
+    sample = shared_file("movielens_1m_deepctr_sample", "movielens_sample.txt")
+    expected = pd.read_csv(sample, dtype=str, keep_default_na=False)
+    for path in (sample, tmp_path / "quoted_header.csv"):
+        if path != sample:
+            lines = sample.read_text().splitlines(True)
+            header = ",".join(f'"{name}"' for name in lines[0].strip().split(","))
+            path.write_text(header + "\n" + "".join(lines[1:]))
+        batches = list(columns.read_delimited(path, None, ",", True))
+        assert list(batches[0].columns) == list(expected.columns)
+        for name in expected.columns:
+            got = [v for b in batches for v in b.columns[name].to_pylist()]
+            assert got == [v or None for v in expected[name]], name
+    assert any("," in title for title in expected["title"])
+    broken = tmp_path / "open.csv"
+    broken.write_text('user,title,label\n1,"Apartment, The,1\n2,x,0\n')
+    with pytest.raises(DataError) as e:
+        list(columns.read_delimited(broken, None, ",", True))
+    assert str(e.value).startswith(f"{broken}:2: a quoted field does not close on its line: "
+                                   "'1,\"Apartment, The,1'")
+
+
 COMPRESSORS = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}
 
 

@@ -7,13 +7,18 @@ Delimited text is split by a compiled tokenizer rather than a CSV parser, becaus
 row is an error, and so is a line without the delimiter where several columns are expected (a
 file of another format or delimiter, which would otherwise score as rows of missing values).
 Blank lines are skipped, as pyarrow's and pandas' CSV readers and fmkit's libsvm reader do.
-Fields are not quoted (a field holds no delimiter) and the delimiter is one character. Each
-column becomes an Arrow string array (empty fields null) in one copy.
+The delimiter is one character. A field may be quoted as RFC 4180 and pyarrow's CSV reader
+(TorchEasyRec's) have it: a ``"`` that opens a field quotes it up to the next lone ``"``, so
+that it can hold the delimiter (MovieLens titles: ``"Apartment, The (1960)"``), and ``""``
+inside stands for ``"``; a quoted field holds no line break (pyarrow's default too). A block
+without ``"`` is split by the vectorized path alone. Each column becomes an Arrow string array
+(empty fields null) in one copy.
 Parquet is read a row group at a time with pyarrow; list columns are multi-value features.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -76,15 +81,39 @@ class ColumnBatch:
                             f"{', '.join(self.columns)})") from None
 
 
+QUOTE = 34  # '"'
+
+
+@njit(cache=True, nogil=True)
+def _unquoted(buf: np.ndarray, lo: int, hi: int, data: np.ndarray, at: int) -> int:
+    """The length of the quoted field ``buf[lo:hi]`` (``buf[lo]`` is its opening quote) once
+    unquoted: its text up to the closing quote with ``""`` as ``"``, then any rest as it is;
+    with ``data`` not empty, that text is also copied to ``data[at:]``."""
+    length, quoted, p = 0, True, lo + 1
+    while p < hi:
+        c = buf[p]
+        p += 1
+        if quoted and c == QUOTE:
+            if p < hi and buf[p] == QUOTE:
+                p += 1  # "" inside a quoted field: one quote
+            else:
+                quoted = False  # the closing quote
+                continue
+        if data.size:
+            data[at + length] = c
+        length += 1
+    return length
+
+
 @njit(cache=True, nogil=True)
 def _fields(buf: np.ndarray, stops: np.ndarray, start: int, n_columns: int,
-            offsets: np.ndarray, data: np.ndarray, counts: np.ndarray) -> None:
+            offsets: np.ndarray, data: np.ndarray, counts: np.ndarray, quoted: bool) -> None:
     """One pass over the fields of ``buf[start:]``, which end at ``stops`` (the positions of
     the delimiters and newlines, and the end of the buffer if it ends without one): each
     row's field count into ``counts``; with ``data`` empty, each field's length into
     ``offsets[column, row + 1]``; else its bytes copied to ``data[offsets[column, row]:]``.
     A line's trailing CR is not part of its last field; fields beyond ``n_columns`` are
-    counted only."""
+    counted only. ``quoted``: a field that opens with a quote is unquoted (:func:`_unquoted`)."""
     row, column, field_start = 0, 0, start
     for stop in stops:
         newline = stop == buf.size or buf[stop] == 10
@@ -92,7 +121,12 @@ def _fields(buf: np.ndarray, stops: np.ndarray, start: int, n_columns: int,
         if newline and end > field_start and buf[end - 1] == 13:
             end -= 1
         if column < n_columns:
-            if data.size == 0:
+            if quoted and end > field_start and buf[field_start] == QUOTE:
+                if data.size == 0:
+                    offsets[column, row + 1] = _unquoted(buf, field_start, end, data, 0)
+                else:
+                    _unquoted(buf, field_start, end, data, offsets[column, row])
+            elif data.size == 0:
                 offsets[column, row + 1] = end - field_start
             else:
                 at = offsets[column, row] - field_start
@@ -106,26 +140,77 @@ def _fields(buf: np.ndarray, stops: np.ndarray, start: int, n_columns: int,
             column = 0
 
 
+@njit(cache=True, nogil=True)
+def _quoted_stops(buf: np.ndarray, start: int, delimiter: int, stops: np.ndarray
+                  ) -> tuple[int, int]:
+    """The field ends of ``buf[start:]`` into ``stops`` (the delimiters and newlines outside
+    quoted fields, see the module's docstring), walked byte by byte; returns ``(how many, -1)``,
+    or ``(how many so far, the line's index from 0)`` for a line whose quoted field is still
+    open at its end."""
+    n, line, quoted, field_start = 0, 0, False, True
+    p = start
+    while p < buf.size:
+        c = buf[p]
+        p += 1
+        if quoted:
+            if c == QUOTE:
+                if p < buf.size and buf[p] == QUOTE:
+                    p += 1  # "" inside a quoted field
+                else:
+                    quoted = False
+            elif c == 10:
+                return n, line
+        elif c == delimiter or c == 10:
+            stops[n] = p - 1
+            n += 1
+            field_start = True
+            line += c == 10
+        else:
+            quoted = field_start and c == QUOTE
+            field_start = False
+    return n, line if quoted else -1
+
+
+class OpenQuote(ValueError):
+    """A quoted field still open at the end of its line (``line``: the line's index in the
+    block, from 0)."""
+
+    def __init__(self, line: int):
+        super().__init__(f"line {line}: a quoted field does not close on its line")
+        self.line = line
+
+
 def _split(buf: np.ndarray, start: int, delimiter: int, n_columns: int
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The lines of ``buf[start:]`` as columns in Arrow's layout: ``offsets`` [columns,
     rows + 1] (each column's from 0) and one ``data`` buffer holding column ``j``'s bytes
-    from ``bases[j]``; and each row's field count. The field ends are found vectorized, then
-    two compiled passes over the fields: lengths, then bytes."""
+    from ``bases[j]``; and each row's field count. The field ends are found vectorized (byte
+    by byte where a quote occurs; :class:`OpenQuote` if a quoted field does not close on its
+    line), then two compiled passes over the fields: lengths, then bytes."""
     text = buf[start:]
     newlines = text == 10
-    stops = np.flatnonzero((text == delimiter) | newlines) + start
+    ends = (text == delimiter) | newlines
+    quoted = bool((text == QUOTE).any())
+    if quoted:
+        stops = np.empty(int(np.count_nonzero(ends)), np.int64)
+        n, open_line = _quoted_stops(buf, start, delimiter, stops)
+        if open_line >= 0:
+            raise OpenQuote(open_line)
+        stops = stops[:n]
+        newlines = buf[stops] == 10 if n else np.zeros(0, bool)
+    else:
+        stops = np.flatnonzero(ends) + start
     unterminated = bool(text.size) and text[-1] != 10  # a last line without its newline
     if unterminated:
         stops = np.append(stops, buf.size)
     rows = int(np.count_nonzero(newlines)) + unterminated
     offsets = np.zeros((n_columns, rows + 1), np.int64)
     counts = np.zeros(rows, np.int64)
-    _fields(buf, stops, start, n_columns, offsets, np.empty(0, np.uint8), counts)
+    _fields(buf, stops, start, n_columns, offsets, np.empty(0, np.uint8), counts, quoted)
     np.cumsum(offsets, axis=1, out=offsets)
     bases = np.concatenate([[0], np.cumsum(offsets[:, -1])])
     data = np.empty(max(int(bases[-1]), 1), np.uint8)
-    _fields(buf, stops, start, n_columns, offsets + bases[:-1, None], data, counts)
+    _fields(buf, stops, start, n_columns, offsets + bases[:-1, None], data, counts, quoted)
     return offsets, data, bases, counts
 
 
@@ -152,7 +237,14 @@ def split_block(buf: np.ndarray, start: int, names: Sequence[str], delimiter: st
     separator = delimiter.encode()
     if len(separator) != 1:
         raise DataError(source, None, f"delimiter {delimiter!r}: expected one character")
-    offsets, data, bases, counts = _split(buf, start, separator[0], len(names))
+    try:
+        offsets, data, bases, counts = _split(buf, start, separator[0], len(names))
+    except OpenQuote as open_quote:
+        line = buf[start:].tobytes().split(b"\n")[open_quote.line]
+        raise DataError(source, first_line + open_quote.line,
+                        f"a quoted field does not close on its line: {excerpt(line)} (a "
+                        'field that opens with " ends at the next lone "; "" stands for one '
+                        "quote)") from None
     blank = (counts == 1) & (offsets[0, 1:] == offsets[0, :-1])
     lone = (counts == 1) & ~blank & (len(names) > 1)
     bad = np.flatnonzero((counts > len(names)) | lone)
@@ -199,7 +291,7 @@ def sniff(first_line: str, names: Sequence[str] | None, delimiter: str,
     needed = needed or names
     if needed and not with_header:
         for candidate in dict.fromkeys((delimiter, *DELIMITERS)):
-            fields = [c.strip() for c in first_line.split(candidate)]
+            fields = [c.strip() for c in line_fields(first_line, candidate)]
             if set(needed) <= set(fields):
                 return candidate, True
     if delimiter not in first_line:
@@ -207,6 +299,14 @@ def sniff(first_line: str, names: Sequence[str] | None, delimiter: str,
             if candidate in first_line:
                 return candidate, with_header
     return delimiter, with_header
+
+
+def line_fields(line: str, delimiter: str) -> list[str]:
+    """One line's fields, unquoted as :func:`split_block` unquotes them (a header line, a
+    first line that may be one)."""
+    if '"' not in line or len(delimiter) != 1:
+        return line.split(delimiter)
+    return next(csv.reader([line], delimiter=delimiter), [""])
 
 
 def _check_header(columns: list[str], source: str) -> None:
@@ -245,8 +345,14 @@ def shard_files(path: str | Path, shard: tuple[int, int]) -> list[tuple[Path, tu
 
 
 def _most_fields(buf: np.ndarray, start: int, delimiter: str) -> int:
-    """The largest field count of the lines of ``buf[start:]``."""
+    """The largest field count of the lines of ``buf[start:]`` (a quoted delimiter is no
+    field's end)."""
     text = buf[start:]
+    if (text == QUOTE).any():
+        try:
+            return int(_split(buf, start, ord(delimiter), 0)[3].max(initial=1))
+        except OpenQuote:
+            pass  # split_block names the line
     ends = np.append(np.flatnonzero(text == 10), text.size)
     delimiters = np.concatenate([[0], np.cumsum(text == ord(delimiter))])[ends]
     return int(np.diff(delimiters, prepend=0).max()) + 1
@@ -301,11 +407,11 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
                 if detect:
                     separator, header = sniff(text, names, delimiter, with_header, needed)
                 if header:
-                    columns = [c.strip() for c in text.split(separator)]
+                    columns = [c.strip() for c in line_fields(text, separator)]
                     _check_header(columns, str(file))
                     start, first_line = min(end + 1, buf.size), 2
                 else:
-                    header_like = _header_like(text.split(separator), columns)
+                    header_like = _header_like(line_fields(text, separator), columns)
                     columns = _without_absent(columns, optional, labelled, buf, start,
                                               separator, str(file))
             if not columns:
