@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or a PyTorch device (cuda)")
     p.add_argument("--format", choices=(*FORMATS, "json", "jsonlines"), default="auto",
-                   help="input format (default: detected; json/jsonlines are request bodies)")
+                   help="input format (default: detected, request bodies too; json/jsonlines "
+                        "are request bodies)")
     p.add_argument("--accept", default="application/jsonlines", choices=CONTENT_TYPES,
                    help="response format (default application/jsonlines)")
     _add_reading(p)

@@ -203,10 +203,11 @@ def test_predict_reads_request_body_files(trained, cli, tmp_path):
     for fmt, body in bodies.items():
         path = tmp_path / f"requests.{fmt}"
         path.write_text(body)
-        code, out, err = cli("predict", "--model-dir", trained, "--data", path, "--format", fmt)
-        assert code == 0, err
-        np.testing.assert_allclose([json.loads(line)["score"] for line in out.splitlines()],
-                                   expected, rtol=1e-5, err_msg=fmt)
+        for given in (["--format", fmt], []):  # told by the first line without --format
+            code, out, err = cli("predict", "--model-dir", trained, "--data", path, *given)
+            assert code == 0, err
+            np.testing.assert_allclose([json.loads(line)["score"] for line in out.splitlines()],
+                                       expected, rtol=1e-5, err_msg=fmt)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"I1": 1}\n{"I1": \n')
     code, _, err = cli("predict", "--model-dir", trained, "--data", bad, "--format", "jsonlines")

@@ -437,6 +437,30 @@ def _text(body: bytes | str) -> str:
         raise RequestError(f"the body is not UTF-8 text (byte {e.start})") from None
 
 
+def request_format(path) -> str | None:
+    """``json`` or ``jsonlines`` when a channel's first file holds SageMaker request bodies
+    rather than a training format (its first character opens a JSON object or array): one
+    ``{"instances": [...]}`` document, else JSON Lines; None otherwise, or for a pipe (its
+    bytes are not read twice). What ``--format auto`` makes of a saved request file."""
+    from fmkit.data.blocks import open_input
+    from fmkit.data.sources import channel_files
+
+    first = channel_files(path)[0]
+    if first.is_fifo():
+        return None
+    with open_input(first) as f:
+        head = f.read(1 << 16)
+    text = head.lstrip()
+    if text[:1] not in (b"{", b"["):
+        return None
+    line = text.split(b"\n", 1)[0]
+    try:
+        document = json.loads(line)
+    except ValueError:  # a document over several lines (or cut at 64 KiB): one JSON body
+        return "json"
+    return "json" if not isinstance(document, dict) or "instances" in document else "jsonlines"
+
+
 def read_request_files(path, fmt: str, decode: Callable[[bytes, str, str, int], Any]
                        ) -> Iterator[Any]:
     """Every file of a channel of ``json`` bodies (one per file) or ``jsonlines`` (blocks of

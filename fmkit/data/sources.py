@@ -83,6 +83,10 @@ def detect_format(path: str | Path) -> str:
     if head.startswith(PARQUET_MAGIC):
         raise DataError(str(first), None, "is Parquet: an FM reads libsvm, libffm, CSV or "
                         "recordIO-protobuf (Parquet columns are a DeepFM's input)")
+    if head.lstrip()[:1] in (b"{", b"["):
+        raise DataError(str(first), None, "is JSON (SageMaker request bodies, which fmkit "
+                        "predict scores): training and evaluation read libsvm, libffm, CSV or "
+                        "recordIO-protobuf")
     for raw in head.split(b"\n"):
         text = raw.split(b"#", 1)[0].strip()
         if not text:

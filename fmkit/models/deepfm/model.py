@@ -195,6 +195,8 @@ class DeepFMModel:
         if fmt not in ("auto", "csv", "parquet", "json", "jsonlines"):
             raise DataError(str(path), None, f"a DeepFM reads columns (CSV/TSV, Parquet, JSON); "
                             f"--format {fmt} is an FM's input")
+        if fmt == "auto":
+            fmt = codecs.request_format(path) or fmt
         if fmt in ("json", "jsonlines"):
             yield from _request_files(path, fmt, self.check_request)
             return

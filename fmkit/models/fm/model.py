@@ -132,6 +132,8 @@ class FMModel:
         from fmkit.data import codecs
         from fmkit.data.sources import FileSource
 
+        if fmt == "auto" and not labelled:  # (labelled: the reader refuses request bodies)
+            fmt = codecs.request_format(path) or fmt
         if fmt not in ("json", "jsonlines"):
             labels = self.label_mode if labelled else None
             yield from FileSource(path, fmt, self.feature_dim, self.index_base,
