@@ -19,6 +19,8 @@ __all__ = [
     "DataError",
     "DeepFMClassifier",
     "DeepFMRegressor",
+    "FFMClassifier",
+    "FFMRegressor",
     "FMClassifier",
     "FMKitError",
     "FMRegressor",
@@ -27,7 +29,7 @@ __all__ = [
     "load",
     "tune",
 ]
-_ESTIMATORS = ("FMClassifier", "FMRegressor", "load")
+_ESTIMATORS = ("FMClassifier", "FMRegressor", "FFMClassifier", "FFMRegressor", "load")
 _DEEPFM_ESTIMATORS = ("DeepFMClassifier", "DeepFMRegressor")  # (PyTorch: 'fmkit[deepfm]')
 
 

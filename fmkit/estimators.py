@@ -1,11 +1,14 @@
-"""scikit-learn estimators: :class:`FMClassifier`, :class:`FMRegressor` and :func:`load`.
+"""scikit-learn estimators: :class:`FMClassifier`, :class:`FMRegressor`, the field-aware
+:class:`FFMClassifier` and :class:`FFMRegressor`, and :func:`load`.
 
 Their parameters are the hyperparameter table's names (``feature_dim`` comes from ``X`` and
 ``predictor_type`` from the class) with the table's defaults, plus ``warm_start``; ``__init__``
 only stores them and ``fit`` validates them, as scikit-learn's estimator rules ask, and input
-goes through scikit-learn's own ``validate_data``. They pass
+goes through scikit-learn's own ``validate_data``. The FM estimators pass
 ``sklearn.utils.estimator_checks.parametrize_with_checks`` (``tests/test_estimators.py``), with
-honest tags: sparse input, binary classification only.
+honest tags: sparse input, binary classification only. The FFM estimators take ``fields``, the
+field of each column of ``X`` (as xLearn's ``FFMModel.fit`` does), and an FFM's defaults
+(xLearn's settings, ``FFM_DEFAULTS``).
 """
 
 from __future__ import annotations
@@ -23,56 +26,66 @@ from fmkit.data.batch import SparseBatch, concat
 from fmkit.data.sources import ArraySource
 from fmkit.eval_set import one_pair
 from fmkit.jobs.training import train, training_source, with_starting_point
-from fmkit.models.fm.hyperparameters import TABLE, validate
+from fmkit.models.fm.hyperparameters import FFM_DEFAULTS, TABLE, validate
 from fmkit.models.fm.model import FMModel
 from fmkit.models.metrics import predicted_labels
 from fmkit.train.callbacks import Progress
 from fmkit.train.engine import fit
 from fmkit.train.kernel_learner import fm_learner
 
-# inferred from the data and the class; the field-aware FM needs each feature's field, which a
-# matrix does not carry (it trains from libffm files: fmkit train ... model_type=ffm)
+# inferred from the data and the class (an FFM's fields from its ``fields`` parameter)
 _INFERRED = ("feature_dim", "predictor_type", "model_type", "num_fields")
 _HYPERPARAMETERS = [h for h in TABLE if h.name not in _INFERRED]
 PARAMETERS = {h.name: (h.suggested if h.default is None and h.required else h.default)
               for h in _HYPERPARAMETERS}
 PARAMETERS["warm_start"] = False  # scikit-learn's: fit continues from the fitted weights
+FFM_PARAMETERS = {"fields": None, **PARAMETERS, **FFM_DEFAULTS}
+_EXTRA_DOCS = {
+    "warm_start": ("bool", "``fit`` continues from the fitted weights (a fresh optimizer state; "
+                           "epochs numbered after the ones trained), as ``fmkit train "
+                           "--init-model`` does."),
+    "fields": ("array of int, one per column of X", "The field (0, 1, ...) of each column: "
+               "each feature has a factor vector per field, and a pair of features multiplies "
+               "the vectors each keeps for the other's field. Required."),
+}
 
 
-def _signature() -> inspect.Signature:
-    """``__init__``'s signature as scikit-learn introspects it: one keyword per table entry."""
-    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
-                   for name, default in PARAMETERS.items()]
-    return inspect.Signature(parameters)
+def _signature(parameters: dict[str, Any]) -> inspect.Signature:
+    """``__init__``'s signature as scikit-learn introspects it: one keyword per parameter."""
+    return inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+           for name, default in parameters.items()])
 
 
-def _parameters_doc() -> str:
+def _parameters_doc(parameters: dict[str, Any]) -> str:
     """The numpydoc ``Parameters`` section, written from the hyperparameter table."""
     lines = ["Parameters", "----------"]
+    for name, (kind, text) in _EXTRA_DOCS.items():
+        if name in parameters and name != "warm_start":
+            lines += [f"{name} : {kind}", f"    {text}"]
     for h in _HYPERPARAMETERS:
-        lines += [f"{h.name} : {h.kind.__name__}, default={PARAMETERS[h.name]!r}",
+        lines += [f"{h.name} : {h.kind.__name__}, default={parameters[h.name]!r}",
                   f"    {h.help} ({h.describe_range()})"]
-    lines += ["warm_start : bool, default=False",
-              "    ``fit`` continues from the fitted weights (a fresh optimizer state; epochs "
-              "numbered after the ones trained), as ``fmkit train --init-model`` does."]
-    return "\n".join(lines)
+    kind, text = _EXTRA_DOCS["warm_start"]
+    return "\n".join(lines + [f"warm_start : {kind}, default=False", f"    {text}"])
 
 
 class _FMEstimator(BaseEstimator):
     _predictor_type: str
+    _parameters = PARAMETERS  # an FFM's: FFM_PARAMETERS
 
     def __init__(self, **params: Any):
-        unknown = sorted(set(params) - set(PARAMETERS))
+        unknown = sorted(set(params) - set(self._parameters))
         if unknown:
             raise TypeError(
                 f"{type(self).__name__} got unknown parameter(s) {', '.join(unknown)}; "
-                f"valid: {', '.join(PARAMETERS)}"
+                f"valid: {', '.join(self._parameters)}"
             )
-        for name, default in PARAMETERS.items():
+        for name, default in self._parameters.items():
             setattr(self, name, params.get(name, default))
 
-    __init__.__signature__ = _signature()
+    __init__.__signature__ = _signature(PARAMETERS)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -81,9 +94,36 @@ class _FMEstimator(BaseEstimator):
 
     # -- fitting and predicting -----------------------------------------------------------
     def _hyperparameters(self, feature_dim: int) -> dict[str, Any]:
-        raw = {k: v for k, v in self.get_params().items() if v is not None and k != "warm_start"}
+        raw = {k: v for k, v in self.get_params().items()
+               if v is not None and k not in ("warm_start", "fields")}
         return validate({**raw, "feature_dim": feature_dim,
-                         "predictor_type": self._predictor_type})
+                         "predictor_type": self._predictor_type,
+                         **self._field_settings(feature_dim)})
+
+    def _field_settings(self, feature_dim: int) -> dict[str, Any]:
+        """The hyperparameters an estimator's kind sets (an FFM's ``model_type`` and
+        ``num_fields``)."""
+        return {}
+
+    def _column_fields(self, n_columns: int) -> np.ndarray | None:
+        """The field of each column ``fit`` trains with (None: an FM)."""
+        return None
+
+    def _source(self, X, y=None, sample_weight=None, column_fields=None) -> ArraySource:
+        """Rows of a checked ``X`` (and their labels) as the training and scoring code reads
+        them: an FFM's with ``column_fields`` (the fitted model's unless given)."""
+        model = getattr(self, "model_", None)
+        if column_fields is None and model is not None:
+            column_fields = model.column_fields
+            if model.field_aware and column_fields is None:
+                raise ValueError("this field-aware FM was trained on libffm rows, which give "
+                                 "each nonzero its field: it scores libffm files (fmkit "
+                                 "predict), not a matrix")
+        return ArraySource(X, y, feature_dim=X.shape[1], labels=None if y is None else
+                           self._labels, sample_weight=_sample_weight(sample_weight, X),
+                           column_fields=column_fields,
+                           num_fields=0 if column_fields is None
+                           else int(column_fields.max(initial=-1)) + 1)
 
     def _input(self, X, y=None, *, reset: bool):
         """``X`` (and ``y``) checked and converted by scikit-learn (CSR or dense float)."""
@@ -101,14 +141,14 @@ class _FMEstimator(BaseEstimator):
         warm = self.warm_start and hasattr(self, "model_")
         X, y = self._input(X, y, reset=not warm)  # warm: X has the fitted model's width
         y = self._target(y, first=True)
-        source = ArraySource(X, y, labels=self._labels,
-                             sample_weight=_sample_weight(sample_weight, X))
+        fields = self._column_fields(X.shape[1])
+        source = self._source(X, y, sample_weight, fields)
         validation = None
         if eval_set is not None:
             X_val, y_val = one_pair(eval_set)
             X_val, y_val = self._input(X_val, y_val, reset=False)
-            validation = ArraySource(X_val, self._target(y_val, first=False),
-                                     labels=self._labels)
+            validation = self._source(X_val, self._target(y_val, first=False),
+                                      column_fields=fields)
         hp = self._hyperparameters(source.feature_dim)
         change = self.model_.shape_change(hp) if warm else None
         if change:
@@ -118,7 +158,7 @@ class _FMEstimator(BaseEstimator):
         params, history = train(hp, source, self.model_.params if warm else None,
                                 validation=validation, progress=progress,
                                 trained_epochs=len(before))
-        self.model_, self.history_ = FMModel(hp, params), before + history
+        self.model_, self.history_ = FMModel(hp, params, column_fields=fields), before + history
         self._learner = None  # a partial_fit after fit continues its weights, a fresh state
         return self
 
@@ -138,8 +178,8 @@ class _FMEstimator(BaseEstimator):
         fitted = learner is None and hasattr(self, "model_")
         first = learner is None and not fitted
         X, y = self._input(X, y, reset=first)
-        source = ArraySource(X, self._target(y, first, classes), labels=self._labels,
-                             sample_weight=_sample_weight(sample_weight, X))
+        fields = self._column_fields(X.shape[1]) if first else None  # else the model's
+        source = self._source(X, self._target(y, first, classes), sample_weight, fields)
         if first:
             hp = with_starting_point(self._hyperparameters(source.feature_dim), source)
             learner, self.history_ = fm_learner(hp), []
@@ -155,15 +195,15 @@ class _FMEstimator(BaseEstimator):
         self.history_ += fit(learner, training_source(learner.hp, source), epochs=epoch,
                              seed=learner.hp["seed"], first_epoch=epoch,
                              callbacks=[Progress(False)])
-        self.model_ = FMModel(learner.hp, learner.parameters(epoch))
+        self.model_ = FMModel(learner.hp, learner.parameters(epoch),
+                              column_fields=source.column_fields)
         return self
 
     def _logits(self, X) -> np.ndarray:
         """The raw FM output y_hat of every row."""
         check_is_fitted(self, "model_")
-        X = self._input(X, reset=False)
-        source = ArraySource(X, None, feature_dim=self.model_.feature_dim)
-        parts = [self.model_.logits(batch) for batch in source.blocks()]
+        parts = [self.model_.logits(batch)
+                 for batch in self._source(self._input(X, reset=False)).blocks()]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def recommend(self, contexts, items, k: int = 10, *, exclude=None,
@@ -193,9 +233,7 @@ class _FMEstimator(BaseEstimator):
 
     def _batch(self, X) -> SparseBatch:
         """``X``'s rows as one checked batch for the model (as :meth:`_logits` reads them)."""
-        source = ArraySource(self._input(X, reset=False), None,
-                             feature_dim=self.model_.feature_dim)
-        return concat(list(source.blocks()))
+        return concat(list(self._source(self._input(X, reset=False)).blocks()))
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model as a model directory (the same format the CLI writes)."""
@@ -312,8 +350,48 @@ class FMRegressor(RegressorMixin, _FMEstimator):
         return self._logits(X)
 
 
-for _cls in (FMClassifier, FMRegressor):
-    _cls.__doc__ += "\n\n" + _parameters_doc()
+class _FieldAware:
+    """What makes an FM estimator field-aware: ``fields`` (each column's field) and an FFM's
+    defaults."""
+
+    _parameters = FFM_PARAMETERS
+    fields: Any
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+
+    __init__.__signature__ = _signature(FFM_PARAMETERS)
+
+    def _column_fields(self, n_columns: int) -> np.ndarray:
+        name = type(self).__name__
+        if self.fields is None:
+            raise ValueError(f"{name} needs fields: the field (0, 1, ...) of each of X's "
+                             f"{n_columns} columns")
+        fields = np.asarray(self.fields)
+        if fields.shape != (n_columns,) or fields.dtype.kind not in "iu" or (
+                fields.size and fields.min() < 0):
+            raise ValueError(f"{name}: fields must hold one integer >= 0 per column of X "
+                             f"({n_columns}), got {str(self.fields)[:60]}")
+        return fields.astype(np.int32)
+
+    def _field_settings(self, feature_dim: int) -> dict[str, Any]:
+        fields = self._column_fields(feature_dim)
+        return {"model_type": "ffm", "num_fields": int(fields.max(initial=0)) + 1}
+
+
+class FFMClassifier(_FieldAware, FMClassifier):
+    """Field-aware binary classifier (xLearn's ``FFMModel(task="binary")``): y_hat = w0 +
+    sum w_i x_i + sum_{i<j} <v_{i, f(j)}, v_{j, f(i)}> x_i x_j, ``f`` the ``fields`` of the
+    columns. Defaults: xLearn's FFM settings (AdaGrad a row per step, rate 0.2, rows scaled to
+    unit length; docs/quality.md)."""
+
+
+class FFMRegressor(_FieldAware, FMRegressor):
+    """Field-aware regressor (squared loss); see :class:`FFMClassifier`."""
+
+
+for _cls in (FMClassifier, FMRegressor, FFMClassifier, FFMRegressor):
+    _cls.__doc__ += "\n\n" + _parameters_doc(_cls._parameters)
 
 
 def load(path: str | Path) -> Any:
@@ -327,8 +405,14 @@ def load(path: str | Path) -> Any:
 
         return deepfm_estimators.load(path)
     model = FMModel.load(path)
-    cls = FMClassifier if model.predictor_type == "binary_classifier" else FMRegressor
+    classifier = model.predictor_type == "binary_classifier"
+    if model.field_aware:
+        cls: type = FFMClassifier if classifier else FFMRegressor
+    else:
+        cls = FMClassifier if classifier else FMRegressor
     params = {k: v for k, v in model.hyperparameters.items() if k in PARAMETERS}
+    if model.field_aware and model.column_fields is not None:
+        params["fields"] = model.column_fields.tolist()
     estimator = cls(**params)
     estimator.model_ = model
     estimator.n_features_in_ = model.feature_dim

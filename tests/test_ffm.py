@@ -287,3 +287,57 @@ def test_num_fields_comes_from_the_largest_field_written(tmp_path):
         assert largest_field(path, block_bytes) == 77
     path.write_bytes(b"1\n0 # 5:1:1\n")
     assert largest_field(path) == -1
+
+
+def test_ffm_estimators_on_a_matrix_equal_the_cli_on_its_libffm_file(tmp_path, cli):
+    """``FFMClassifier(fields=...)`` on a sparse matrix and each column's field trains what
+    ``fmkit train model_type=ffm`` trains on the same rows written as libffm (xLearn's
+    ``FFMModel.fit(X, y, fields)`` in fmkit): the same test scores (``lock_free=0``: one
+    core, reproducible); they equal a plain FFM on
+    the saved weights with the column's fields; the saved estimator loads back as one, with
+    its fields; a regressor works the same way; missing or mis-sized fields are refused."""
+    import scipy.sparse as sp
+
+    from fmkit import FFMClassifier, FFMRegressor, load
+
+    train, test = _planted_ffm_files(tmp_path)
+    sizes = [60, 50, 40, 30, 20]
+    fields = np.repeat(np.arange(len(sizes)), sizes)
+
+    def matrix(path):
+        rows = _parse_libffm(path)
+        for _, tokens in rows:
+            assert all(fields[i] == f for f, i, _ in tokens)  # each column keeps its field
+        X = sp.csr_matrix((np.array([x for _, t in rows for _, _, x in t]),
+                           np.array([i for _, t in rows for _, i, _ in t]),
+                           np.cumsum([0] + [len(t) for _, t in rows])), shape=(len(rows), 200))
+        return X, np.array([label for label, _ in rows]), rows
+
+    X, y, _ = matrix(train)
+    X_test, _, test_rows = matrix(test)
+    estimator = FFMClassifier(fields=fields, num_factors=4, epochs=2, lock_free=0).fit(X, y)
+    code, _, err = cli("train", "--train", train, "--model-dir", tmp_path / "cli", "--quiet",
+                       "--index-base", "0", "feature_dim=200", "num_factors=4", "epochs=2",
+                       "predictor_type=binary_classifier", "model_type=ffm", "lock_free=0")
+    assert code == 0, err
+    code, out, err = cli("predict", "--model-dir", tmp_path / "cli", "--data", test)
+    assert code == 0, err
+    scores = estimator.predict_proba(X_test)[:, 1]
+    np.testing.assert_allclose(scores, [json.loads(line)["score"] for line in out.splitlines()],
+                               atol=1e-6)
+    saved = estimator.save(tmp_path / "estimator")
+    weights = np.load(saved / "weights.npz")
+    for (_, tokens), z in zip(test_rows[:200], estimator.decision_function(X_test[:200])):
+        unit = np.sqrt(sum(x * x for _, _, x in tokens))  # instance_norm, an FFM's default
+        plain = [(int(fields[i]), i, x / unit) for _, i, x in tokens]
+        assert z == pytest.approx(_brute_force(float(weights["w0"][0]), weights["w"], weights["V"],
+                                               5, 4, plain), abs=1e-5)
+    loaded = load(saved)
+    assert type(loaded) is FFMClassifier and list(loaded.fields) == fields.tolist()
+    np.testing.assert_array_equal(loaded.predict_proba(X_test)[:, 1], scores)
+    regressor = FFMRegressor(fields=fields, num_factors=4, epochs=1).fit(X, y)
+    assert roc_auc_score(y, regressor.predict(X)) > 0.7
+    with pytest.raises(ValueError, match="needs fields: the field .* of each of X's 200 columns"):
+        FFMClassifier().fit(X, y)
+    with pytest.raises(ValueError, match="one integer >= 0 per column of X"):
+        FFMClassifier(fields=fields[:-1]).fit(X, y)

@@ -394,7 +394,9 @@ def detect_index_base(source: FileSource) -> int:
 @dataclass
 class ArraySource:
     """In-memory rows (a scipy sparse matrix or a dense array) served in blocks, with each
-    row's sample weight when given (finite and >= 0, checked by the caller)."""
+    row's sample weight when given (finite and >= 0, checked by the caller), and for a
+    field-aware FM each nonzero's field from ``column_fields`` (the field of each column,
+    ``num_fields`` of them)."""
 
     X: object
     y: np.ndarray | None
@@ -402,6 +404,8 @@ class ArraySource:
     labels: str | None = None
     block_rows: int = 1 << 20
     sample_weight: np.ndarray | None = None
+    column_fields: np.ndarray | None = None
+    num_fields: int = 0
 
     def __post_init__(self) -> None:
         X = self.X
@@ -425,6 +429,9 @@ class ArraySource:
         if not np.issubdtype(y.dtype, np.number):
             raise DataError("y", None, f"labels must be numbers, got dtype {y.dtype}")
         self._y = y.astype(np.float32)
+        if self.column_fields is not None and self.column_fields.shape != (X.shape[1],):
+            raise DataError("X", None, f"{X.shape[1]} columns, but fields for "
+                            f"{self.column_fields.size}")
         if not np.isfinite(X.data).all():
             row = int(np.searchsorted(X.indptr, np.flatnonzero(~np.isfinite(X.data))[0], "right"))
             raise DataError(f"X row {row - 1}", None, "value is not finite (NaN or infinity)")
@@ -435,11 +442,13 @@ class ArraySource:
 
     def blocks(self) -> Iterator[SparseBatch]:
         X = self._csr
-        check = BatchChecker(self.feature_dim, 0, self.labels)
+        check = BatchChecker(self.feature_dim, 0, self.labels, num_fields=self.num_fields)
         for start in range(0, X.shape[0], self.block_rows):
             stop = min(start + self.block_rows, X.shape[0])
             lo, hi = X.indptr[start], X.indptr[stop]
             yield check(SparseBatch(
+                fields=None if self.column_fields is None
+                else self.column_fields[X.indices[lo:hi]],
                 indptr=(X.indptr[start : stop + 1] - lo).astype(np.int64),
                 indices=X.indices[lo:hi].astype(np.int32),
                 values=X.data[lo:hi].astype(np.float32),

@@ -44,6 +44,8 @@ class FMModel:
     index_base: int = 0
     classes: tuple = (0, 1)  # the Python API's labels (0/1, -1/+1, 'no'/'yes'): the CLI and
     # server answer SageMaker's predicted_label 0/1 whatever they are
+    column_fields: np.ndarray | None = None  # an FFM fitted on a matrix: each column's field
+    # (int32), what scores a matrix; libffm rows and requests carry their own
 
     @property
     def predictor_type(self) -> str:
@@ -201,6 +203,8 @@ class FMModel:
             "hyperparameters": self.hyperparameters,
         }
         weights = {"w0": self.params.w0, "w": self.params.w, "V": self.params.V}
+        if self.column_fields is not None:
+            weights["column_fields"] = self.column_fields
         return artifact.save_directory(path, meta, weights, metrics or {})
 
     @classmethod
@@ -223,7 +227,14 @@ class FMModel:
             w=artifact.check_shape(path, weights, "w", (d,)),
             V=artifact.check_shape(path, weights, "V", (d, factor_width(hp))),
         )
-        return cls(hp, params, index_base, classes)
+        column_fields = weights.get("column_fields")
+        if column_fields is not None and (
+                column_fields.shape != (d,) or column_fields.dtype != np.int32
+                or (d and not 0 <= column_fields.min() <= column_fields.max()
+                    < hp["num_fields"])):
+            raise ArtifactError(f"{path}: array 'column_fields': expected {d} int32 fields "
+                                f"below num_fields={hp['num_fields']}")
+        return cls(hp, params, index_base, classes, column_fields)
 
 
 def two_rows(field_aware: bool) -> SparseBatch:
