@@ -150,6 +150,19 @@ def default_config(X: Any) -> dict[str, Any]:
     }
 
 
+def _completed(document: dict[str, Any], made: dict[str, Any]) -> dict[str, Any]:
+    """A configuration without features (``{"train_config": {"num_epochs": 2}}``, say) with
+    those of ``made`` (:func:`default_config`): its features and feature groups, and each
+    section or setting of ``made`` it leaves out; what it sets stays."""
+    document["feature_configs"] = made["feature_configs"]
+    for section, settings in made.items():
+        if section != "feature_configs":
+            mine = document.setdefault(section, {})
+            for name, value in settings.items():
+                mine.setdefault(name, value)
+    return document
+
+
 def _label_column(y: Any) -> str:
     """The label column's name in the saved configuration: a pandas Series' name (so that
     ``fmkit evaluate`` finds the label in a file with a header), else :data:`LABEL`."""
@@ -219,10 +232,11 @@ class _DeepFMEstimator(BaseEstimator):
             document = to_document(fitted.config)
         elif self.config is None:
             document = default_config(table)
-        elif isinstance(self.config, dict):
-            document = copy.deepcopy(self.config)
         else:
-            document = load_document(self.config)
+            document = (copy.deepcopy(self.config) if isinstance(self.config, dict)
+                        else load_document(self.config))
+            if not document.get("feature_configs"):
+                document = _completed(document, default_config(table))
         for name in ("train_input_path", "eval_input_path", "model_dir"):
             document.pop(name, None)
         data = document.setdefault("data_config", {})

@@ -303,6 +303,25 @@ def test_deepfm_default_config_reads_a_list_column_as_multi_value_ids():
     assert roc_auc_score(y[3000:], model.predict_proba(X[3000:])[:, 1]) > 0.99
 
 
+def test_a_deepfm_configuration_without_features_gets_the_columns_features(tmp_path):
+    """A configuration that sets training or network settings only (no feature_configs)
+    gets the features, groups and other settings made from the columns: with nothing but the
+    epochs it trains what ``num_epochs`` alone trains; what it sets is kept (the saved
+    network)."""
+    import json
+
+    X, y, _ = _deepfm_problem()
+    alone = DeepFMClassifier(num_epochs=1).fit(X, y).predict_proba(X)
+    given = DeepFMClassifier(config={"train_config": {"num_epochs": 1}}).fit(X, y)
+    np.testing.assert_array_equal(given.predict_proba(X), alone)
+    narrow = DeepFMClassifier(config={"model_config": {"deepfm": {"deep": {
+        "hidden_units": [16]}}}}, num_epochs=1).fit(X, y)
+    saved = json.loads((narrow.save(tmp_path / "m") / "model.json").read_text())["config"]
+    assert saved["model_config"]["deepfm"]["deep"]["hidden_units"] == [16]
+    assert [f["id_feature"]["feature_name"] for f in saved["feature_configs"]] == ["user",
+                                                                                  "item"]
+
+
 def _deepfm_problem():
     import pandas as pd
 
