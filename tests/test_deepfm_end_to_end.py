@@ -195,6 +195,25 @@ def test_malformed_rows_are_reported_with_file_and_line(tmp_path, cli, line, pro
     assert not (tmp_path / "m").exists()
 
 
+def test_a_bad_eval_file_costs_no_training(tmp_path, cli):
+    """eval_input_path bad in its first block fails before training (nothing written); bad
+    further in, the trained model is written without test metrics and the error says so."""
+    lines = shared_file("criteo_kaggle_head1000", "train.txt").read_text().splitlines()
+    lines = [line + "\n" for line in lines] * 20  # 5 MB: past the first 4 MB block
+    bad = "1\tabc" + "\t1" * 12 + "\tx" * 26 + "\n"
+    head, tail = tmp_path / "head.tsv", tmp_path / "tail.tsv"
+    head.write_text(bad + "".join(lines[:50]))
+    tail.write_text("".join(lines) + bad)
+    for path, model, line in ((head, "h", 1), (tail, "t", len(lines) + 1)):
+        code, _, err = cli("train", "--config", EXAMPLE, "--quiet", "--model-dir",
+                           tmp_path / model, "--set", f"eval_input_path={path}")
+        assert code == 1 and f"{path}:{line}: column 'I1': 'abc' is not a number" in err, err
+    assert not (tmp_path / "h").exists()
+    assert f"(the trained model was written to {tmp_path / 't'}, without test metrics)" in err
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert "test" not in metrics and len(metrics["train"]) == 2
+
+
 def test_predict_reads_request_body_files(trained, cli, tmp_path):
     rows, predictions = first_rows_and_predictions(trained, cli, tmp_path, 5)
     expected = [p["score"] for p in predictions]

@@ -259,6 +259,33 @@ def test_bad_test_channel_and_missing_file(cli, tmp_path):
     assert code != 0 and f"{tmp_path / 'nope'}: no such file or directory" in err
 
 
+def test_a_bad_test_channel_costs_no_training(cli, tmp_path):
+    """A test channel bad in its first block fails before training (no epoch runs, nothing
+    is written); one bad further in leaves the trained model written, without test metrics,
+    and says so: the same weights as a run without the test channel."""
+    a9a, a9a_t = shared_file("a9a_libsvm", "a9a"), shared_file("a9a_libsvm", "a9a.t")
+    args = ["feature_dim=123", "num_factors=4", "predictor_type=binary_classifier",
+            "epochs=2", "lock_free=0"]
+    head, tail = tmp_path / "head.libsvm", tmp_path / "tail.libsvm"
+    lines = a9a_t.read_text().splitlines(True)
+    head.write_text("1 1:1 200:1\n" + "".join(lines[:100]))
+    tail.write_text("".join(lines) + "1 1:1 200:1\n")
+    problem = "feature index 200 is out of range: feature_dim=123"
+    code, _, err = cli("train", "--train", a9a, "--test", head, "--model-dir", tmp_path / "h",
+                       *args)
+    assert code == 1 and f"{head}:1: {problem}" in err and "epoch 1" not in err
+    assert not (tmp_path / "h").exists()
+    code, _, err = cli("train", "--train", a9a, "--test", tail, "--model-dir", tmp_path / "t",
+                       *args)
+    assert code == 1 and f"{tail}:{len(lines) + 1}: {problem}" in err
+    assert f"(the trained model was written to {tmp_path / 't'}, without test metrics)" in err
+    assert cli("train", "--train", a9a, "--model-dir", tmp_path / "plain", *args)[0] == 0
+    kept, plain = (np.load(tmp_path / name / "weights.npz") for name in ("t", "plain"))
+    for name in ("w0", "w", "V"):
+        np.testing.assert_array_equal(kept[name], plain[name])
+    assert "test" not in json.loads((tmp_path / "t" / "metrics.json").read_text())
+
+
 def test_console_script_exit_code_on_bad_data(tmp_path):
     path = tmp_path / "bad.libsvm"
     path.write_text("1 1:0.5\n0 99:1\n")

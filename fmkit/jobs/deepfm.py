@@ -15,8 +15,8 @@ from typing import Any
 from fmkit import distributed
 from fmkit.data.sources import channel_files, refuse_pipe
 from fmkit.errors import HyperparameterError
-from fmkit.jobs.training import run
-from fmkit.logs import DEFAULT_HOST, log, log_metrics
+from fmkit.jobs.training import check_first_block, run, score_and_save
+from fmkit.logs import DEFAULT_HOST
 from fmkit.models import artifact
 from fmkit.models.deepfm.config import ConfigError, EasyRecConfig, to_document
 from fmkit.models.deepfm.features import Encoded
@@ -91,6 +91,10 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
                             "train_config.num_epochs=1")
     before = _initial_model(init_model) if init_model else None  # (before any allocation)
     model = DeepFMModel.create(config)
+    if config.eval_input_path and distributed.primary():
+        check_first_block(lambda: (model.encode(batch, labelled=True)
+                                   for batch in model.read(config.eval_input_path)),
+                          not channel_files(config.eval_input_path)[0].is_fifo())
     trained = _continue_from(init_model, before, model) if before else []
     model.net.to(target)
     shard = distributed.shard()
@@ -110,15 +114,11 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     metrics: dict[str, Any] = {"train": trained + [vars(h) for h in history]}
     if not distributed.primary():
         return model, metrics  # the replicas are identical: rank 0 scores and writes
-    if config.eval_input_path:
-        steps = config.eval_config.num_steps
-        batch = config.data_config.eval_batch_size or config.data_config.batch_size
-        metrics["test"] = require_rows(
-            model.evaluate(model.read(config.eval_input_path),
-                           max_rows=steps * batch if steps else None), config.eval_input_path)
-        log_metrics("test", metrics["test"], host)
-    model.save(config.model_dir, metrics)
-    log.info("model written to %s", config.model_dir)
+    rows = (config.eval_config.num_steps or 0) * (config.data_config.eval_batch_size
+                                                  or config.data_config.batch_size)
+    score_and_save(model, config.model_dir, metrics, {"test": lambda: require_rows(
+        model.evaluate(model.read(config.eval_input_path), max_rows=rows or None),
+        config.eval_input_path)} if config.eval_input_path else {}, host)
     return model, metrics
 
 

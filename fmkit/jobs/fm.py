@@ -24,8 +24,8 @@ from fmkit.data.sources import (
     detect_index_base,
 )
 from fmkit.errors import DataError, HyperparameterError, require_option
-from fmkit.jobs.training import train
-from fmkit.logs import DEFAULT_HOST, log, log_metrics
+from fmkit.jobs.training import check_first_block, score_and_save, train
+from fmkit.logs import DEFAULT_HOST, log
 from fmkit.models import artifact
 from fmkit.models.base import Model, load_model
 from fmkit.models.fm.hyperparameters import table_hyperparameters, validate
@@ -167,6 +167,8 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
 
         device = resolve_device(distributed.local_device(device))
     params, trained = _initial_model(init_model, hp) if init_model else (None, [])
+    for channel_source in scored.values():
+        check_first_block(channel_source.blocks, getattr(channel_source, "rereadable", True))
     params, history = train(hp, source, params, validation=scored.get("validation"),
                             progress=progress, host=host, checkpoints=checkpoints, resume=resume,
                             device=device, trained_epochs=trained[-1]["epoch"] if trained else 0,
@@ -175,12 +177,9 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     metrics: dict[str, Any] = {"train": trained + [vars(s) for s in history]}
     if not distributed.primary():
         return model, metrics  # the replicas are identical: rank 0 scores and writes
-    for channel, channel_source in scored.items():
-        metrics[channel] = require_rows(model.evaluate(channel_source.blocks()),
-                                        channel_source.name)
-        log_metrics(channel, metrics[channel], host)
-    model.save(model_dir, metrics)
-    log.info("model written to %s", model_dir)
+    score_and_save(model, model_dir, metrics, {
+        channel: lambda source=source: require_rows(model.evaluate(source.blocks()), source.name)
+        for channel, source in scored.items()}, host)
     return model, metrics
 
 

@@ -6,7 +6,8 @@ DeepFM (:mod:`fmkit.jobs.deepfm`) train through :func:`run`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,8 @@ import numpy as np
 from fmkit.data.sources import UnitRows
 from fmkit.distributed import all_sum
 from fmkit.distributed.data_parallel import parallel
-from fmkit.logs import DEFAULT_HOST
+from fmkit.errors import DataError
+from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.models.fm.parameters import LABEL_ROWS, FMParameters, starting_point
 from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
 from fmkit.train.checkpoint import Checkpointer
@@ -110,3 +112,31 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
                   early_stopping=stopping, checkpoints=checkpoints, run_id=hp, resume=resume,
                   callbacks=callbacks)
     return learner.parameters(history[-1].epoch), history
+
+
+def check_first_block(blocks: Callable[[], Iterable[Any]], rereadable: bool = True) -> None:
+    """Read (and check) the first block of a channel that is scored after training, so that
+    a file of another format, width or layout fails before the training, not hours after it;
+    a channel read once (a pipe) is left for its one reading."""
+    if rereadable:
+        for _ in blocks():
+            break
+
+
+def score_and_save(model: Any, model_dir: str | Path, metrics: dict[str, Any],
+                   scorers: Mapping[str, Callable[[], dict[str, float]]],
+                   host: str = DEFAULT_HOST) -> None:
+    """Score each channel (its metric lines logged, its metrics stored under its name in
+    ``metrics``), then save ``model`` with ``metrics``. A channel with a bad record further in
+    still leaves the trained model written, without that channel's metrics, and its error
+    says so: a run is not lost to one line of a test file."""
+    for channel, score in scorers.items():
+        try:
+            metrics[channel] = score()
+        except DataError as e:
+            model.save(model_dir, metrics)
+            raise DataError(e.source, e.line, f"{e.problem} (the trained model was written to "
+                            f"{model_dir}, without {channel} metrics)") from None
+        log_metrics(channel, metrics[channel], host)
+    model.save(model_dir, metrics)
+    log.info("model written to %s", model_dir)
