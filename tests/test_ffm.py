@@ -295,7 +295,8 @@ def test_ffm_estimators_on_a_matrix_equal_the_cli_on_its_libffm_file(tmp_path, c
     ``FFMModel.fit(X, y, fields)`` in fmkit): the same test scores (``lock_free=0``: one
     core, reproducible); they equal a plain FFM on
     the saved weights with the column's fields; the saved estimator loads back as one, with
-    its fields; a regressor works the same way; missing or mis-sized fields are refused."""
+    its fields, and scores libsvm rows and requests without fields (the model knows them); a
+    regressor works the same way; missing or mis-sized fields are refused."""
     import scipy.sparse as sp
 
     from fmkit import FFMClassifier, FFMRegressor, load
@@ -335,6 +336,19 @@ def test_ffm_estimators_on_a_matrix_equal_the_cli_on_its_libffm_file(tmp_path, c
     loaded = load(saved)
     assert type(loaded) is FFMClassifier and list(loaded.fields) == fields.tolist()
     np.testing.assert_array_equal(loaded.predict_proba(X_test)[:, 1], scores)
+    # its rows need no fields: libsvm, and SageMaker's JSON Lines requests as they are
+    from sklearn.datasets import dump_svmlight_file
+
+    dump_svmlight_file(X_test[:300], np.zeros(300), str(tmp_path / "test.libsvm"), zero_based=True)
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"data": {"features": {
+        "keys": row.indices.tolist(), "values": row.data.tolist(), "shape": [200]}}}) + "\n"
+        for row in X_test[:300]))
+    for path in (tmp_path / "test.libsvm", requests):
+        code, out, err = cli("predict", "--model-dir", saved, "--data", path)
+        assert code == 0, err
+        np.testing.assert_allclose([json.loads(line)["score"] for line in out.splitlines()],
+                                   scores[:300], atol=1e-6)
     regressor = FFMRegressor(fields=fields, num_factors=4, epochs=1).fit(X, y)
     assert roc_auc_score(y, regressor.predict(X)) > 0.7
     with pytest.raises(ValueError, match="needs fields: the field .* of each of X's 200 columns"):

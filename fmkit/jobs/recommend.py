@@ -35,7 +35,7 @@ def index_items(model_dir: str | Path, items: str | Path, approximate: bool = Fa
     """``fmkit recommend index``: the catalogue of ``items`` written beside the model (and
     with ``approximate`` its HNSW graph); returns the item count."""
     model = load_fm(model_dir)
-    ids, batch = read_id_rows(items, model.feature_dim, model.num_fields)
+    ids, batch = read_id_rows(items, model.feature_dim, model.input_fields)
     catalogue = Catalogue.of(model, ids, batch)
     directory = artifact.resolve(model_dir) / artifact.ITEMS_DIR
     graph = ApproximateIndex.build(catalogue.scoring[0]) if approximate else None
@@ -65,7 +65,7 @@ def saved_catalogue(model_dir: str | Path) -> Catalogue | None:
 def catalogue_of(model: FMModel, model_dir: str | Path, items: str | Path | None) -> Catalogue:
     """The catalogue of ``items``, else the one ``fmkit recommend index`` kept."""
     if items is not None:
-        return Catalogue.of(model, *read_id_rows(items, model.feature_dim, model.num_fields))
+        return Catalogue.of(model, *read_id_rows(items, model.feature_dim, model.input_fields))
     catalogue = saved_catalogue(model_dir)
     if catalogue is None:
         raise ArtifactError(f"{model_dir}: no item catalogue; give --items FILE or write one "
@@ -117,7 +117,7 @@ def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
     model = load_fm(model_dir)
     catalogue = catalogue_of(model, model_dir, items)
     index = approximate_index(model_dir, catalogue, items is not None) if approximate else None
-    ids, batch = read_id_rows(contexts, model.feature_dim, model.num_fields)
+    ids, batch = read_id_rows(contexts, model.feature_dim, model.input_fields)
     found = top_k(model, catalogue, batch, k, exclusions(exclude, ids, catalogue), index)
     with files.output_stream(output, ANSWERS) as out:
         for answer in _answers(ids, catalogue, found):
@@ -155,7 +155,7 @@ def recommend_request(model: FMModel, catalogue: Catalogue, body: bytes) -> byte
     if type(k) is not int or k <= 0:
         raise codecs.RequestError(f'"k" must be a positive integer, got '
                                   f'{excerpt(json.dumps(k), quote=False)}')
-    ids, batch = rows_of([(None, i) for i in instances], model.feature_dim, model.num_fields,
+    ids, batch = rows_of([(None, i) for i in instances], model.feature_dim, model.input_fields,
                          "request")
     exclude = []
     for number, instance in enumerate(instances, start=1):

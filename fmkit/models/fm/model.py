@@ -68,6 +68,19 @@ class FMModel:
     def field_aware(self) -> bool:
         return self.hyperparameters.get("model_type", "fm") == "ffm"
 
+    @property
+    def input_fields(self) -> int:
+        """The fields a row must carry for this model: an FFM's ``num_fields``, or 0 for an FM
+        and for an FFM that knows each column's field (fitted on a matrix): its rows may be
+        libsvm, CSV, recordIO or requests without ``fields``."""
+        return self.num_fields if self.column_fields is None else 0
+
+    def fields_of(self, batch: SparseBatch) -> np.ndarray:
+        """Each nonzero's field: its column's (``column_fields``), else the one it carries."""
+        if self.column_fields is not None:
+            return self.column_fields[batch.indices]
+        return batch.field_ids()
+
     def shape_change(self, hp: dict[str, Any]) -> str | None:
         """The first of ``hp`` (validated hyperparameters) that would give the weights another
         shape than this model's, as ``"the model has name=ours, this run name=theirs"``; None
@@ -102,7 +115,8 @@ class FMModel:
             return scorer.logits(batch)
         p = self.params
         if self.field_aware:
-            return ffm.predict_logits(batch.indptr, batch.indices, batch.field_ids(), batch.values,
+            return ffm.predict_logits(batch.indptr, batch.indices, self.fields_of(batch),
+                                      batch.values,
                                       p.w0, p.table, self.hyperparameters["num_factors"],
                                       self.num_fields)
         out = np.empty(batch.n_rows, dtype=np.float64)
@@ -139,15 +153,15 @@ class FMModel:
         if fmt not in ("json", "jsonlines"):
             labels = self.label_mode if labelled else None
             yield from FileSource(path, fmt, self.feature_dim, self.index_base,
-                                  labels=labels, num_fields=self.num_fields,
+                                  labels=labels, num_fields=self.input_fields,
                                   scoring=not labelled).blocks()
             return
 
         def decode(body: bytes, kind: str, source: str, first_line: int) -> SparseBatch:
             if kind == "json":
-                return codecs.parse_json(body, self.feature_dim, source, self.num_fields)
+                return codecs.parse_json(body, self.feature_dim, source, self.input_fields)
             return codecs.parse_jsonlines(body, self.feature_dim, source, first_line,
-                                          self.num_fields)
+                                          self.input_fields)
 
         yield from codecs.read_request_files(path, fmt, decode)
 
@@ -155,7 +169,7 @@ class FMModel:
         """Decodes request bodies into batches for this model (see :mod:`fmkit.data.codecs`)."""
         from fmkit.data import codecs
 
-        return codecs.RequestDecoder(self.feature_dim, self.num_fields)
+        return codecs.RequestDecoder(self.feature_dim, self.input_fields)
 
     def warm_up_requests(self) -> list[tuple[bytes, str]]:
         """Request bodies a new server scores before it answers, so that no user's request
@@ -167,10 +181,10 @@ class FMModel:
         from fmkit.data import codecs, recordio
 
         features = {"keys": [0], "values": [1.0], "shape": [self.feature_dim],
-                    **({"fields": [0]} if self.field_aware else {})}
+                    **({"fields": [0]} if self.input_fields else {})}
         one_row = (json.dumps({"instances": [{"data": {"features": features}}]}).encode(),
                    codecs.JSON)
-        if self.field_aware:  # recordIO has no fields
+        if self.input_fields:  # recordIO has no fields
             return [one_row]
         body = io.BytesIO()
         recordio.write_rows(body, sp.csr_matrix(([1.0] * PARALLEL_ROWS,

@@ -64,7 +64,7 @@ def _cross(model: FMModel, batch: SparseBatch, side: str) -> np.ndarray:
         return product(batch.values)
     F = model.num_fields
     k = V.shape[1] // F
-    fields = batch.field_ids()
+    fields = model.fields_of(batch)
     out = np.empty((batch.n_rows, F, F, k))
     for f in range(F):  # rows' features of field f, times their factor tables
         out[:, f] = product(np.where(fields == f, batch.values, 0)).reshape(-1, F, k)
