@@ -385,28 +385,36 @@ def test_delimited_columns_split_as_python(tmp_path_factory, lines, delimiter, c
                                                      if final_newline else "")
     path = tmp_path_factory.mktemp("tsv") / "data.tsv"
     path.write_bytes(body.encode())
+    lines = (body.split("\n")[:-1] if body.endswith("\n") else body.split("\n") if body
+             else [])
+    _check_rows(path, names, delimiter, block_bytes,
+                [text.removesuffix("\r").split(delimiter) for text in lines])
+
+
+def _check_rows(path, names, delimiter, block_bytes, lines, problem_prefix=str) -> None:
+    """The delimited reader's rows of ``path`` against ``lines`` (each line's fields, split
+    independently): an empty field missing, a line of one empty field skipped, more fields
+    than ``names`` or a lone field an error naming the first such line."""
     expected, problem = [], None
-    for number, text in enumerate(body.split("\n")[:-1] if body.endswith("\n")
-                                  else body.split("\n") if body else [], start=1):
-        fields = text.removesuffix("\r").split(delimiter)
+    for number, fields in enumerate(lines, start=1):
         if fields == [""]:
             continue
         if len(fields) > len(names):
             problem = problem or f"{path}:{number}: {len(fields)} fields, expected at most 3"
         if len(fields) == 1:
             problem = problem or f"{path}:{number}: {fields[0]!r} is 1 field, expected up to 3"
-        if problem:
-            continue
-        expected.append([f or None for f in fields] + [None] * (len(names) - len(fields)))
+        if not problem:
+            expected.append([f or None for f in fields] + [None] * (len(names) - len(fields)))
     try:
-        got = [row for batch in columns.read_delimited(path, names, delimiter, False,
-                                                       block_bytes=block_bytes)
+        got = [list(row) for batch in columns.read_delimited(path, names, delimiter, False,
+                                                             block_bytes=block_bytes)
                for row in zip(*(batch.columns[n].to_pylist() for n in names))]
     except DataError as e:
-        assert problem is not None and str(e).startswith(problem), (str(e), problem)
+        assert problem is not None and str(e).startswith(problem_prefix(problem)), (str(e),
+                                                                                    problem)
         return
     assert problem is None
-    assert [list(row) for row in got] == expected
+    assert got == expected
 
 
 QUOTED_FIELD = st.text(alphabet='ab"\té,', max_size=4)
@@ -431,27 +439,9 @@ def test_quoted_fields_split_as_pythons_csv_module(tmp_path_factory, rows, delim
                quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerows(rows)
     path = tmp_path_factory.mktemp("csv") / "data.csv"
     path.write_bytes(out.getvalue().encode())
-    expected, problem = [], None
-    for number, fields in enumerate(csv.reader(io.StringIO(out.getvalue()),
-                                               delimiter=delimiter), start=1):
-        if fields == [""]:
-            continue
-        if len(fields) > len(names):
-            problem = problem or f"{path}:{number}: {len(fields)} fields, expected at most 3"
-        if len(fields) == 1:
-            problem = problem or f"{path}:{number}: {fields[0]!r} is 1 field, expected up to 3"
-        if not problem:
-            expected.append([f or None for f in fields] + [None] * (len(names) - len(fields)))
-    try:
-        got = [list(row) for batch in columns.read_delimited(path, names, delimiter, False,
-                                                             block_bytes=block_bytes)
-               for row in zip(*(batch.columns[n].to_pylist() for n in names))]
-    except DataError as e:
-        assert problem is not None and str(e).startswith(problem.split(" is 1 field")[0]), (
-            str(e), problem)
-        return
-    assert problem is None
-    assert got == expected
+    lines = list(csv.reader(io.StringIO(out.getvalue()), delimiter=delimiter))
+    _check_rows(path, names, delimiter, block_bytes, lines,
+                lambda problem: problem.split(" is 1 field")[0])
 
 
 def test_a_csv_with_quoted_titles_reads_as_pandas_does(tmp_path):
