@@ -77,6 +77,19 @@ def test_out_of_range_names_parameter_value_and_range(name, value, fragment):
     assert f"hyperparameter {name}" in message and repr(value) in message and fragment in message
 
 
+@pytest.mark.parametrize("value, expected", [(True, 1), (False, 0), ("true", 1),
+                                             (" False ", 0), ("1", 1), (0, 0)])
+def test_switches_take_true_and_false(value, expected):
+    """A 0/1 switch (instance_norm, shuffle, lock_free) takes Python's booleans and
+    "true"/"false" (FMClassifier(shuffle=False)); a count given as True stays an error."""
+    for name in ("instance_norm", "shuffle", "lock_free"):
+        assert validate({**REQUIRED, name: value})[name] == expected
+    with pytest.raises(HyperparameterError, match="hyperparameter epochs: invalid value True"):
+        validate({**REQUIRED, "epochs": True})
+    with pytest.raises(HyperparameterError, match="expected 0 or 1 .or true/false."):
+        validate({**REQUIRED, "shuffle": "yes"})
+
+
 def test_unknown_name_lists_valid_names():
     with pytest.raises(HyperparameterError, match=r"unknown hyperparameter\(s\) learning_rate; "
                                                   r"valid names are: .*num_factors"):

@@ -60,7 +60,7 @@ class Hyperparameter:
             "gt0": f"{noun} > 0",
             "ge0": f"{noun} >= 0",
             "finite": f"{noun} (finite)",
-            "choice01": "0 or 1",
+            "choice01": "0 or 1 (or true/false)",
             "choice": "one of " + ", ".join(self.choices),
             "watched": "auto or a validation metric (auc, logloss, accuracy, f1, rmse)",
         }[self.check]
@@ -197,7 +197,12 @@ def _convert(h: Hyperparameter, value: Any) -> Any:
         if not isinstance(value, str):
             raise _fail(h, value)
         return value.strip()
-    if isinstance(value, bool):
+    if h.check == "choice01":  # a switch: Python's True/False and "true"/"false" too
+        if isinstance(value, bool):
+            return int(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return int(value.strip().lower() == "true")
+    if isinstance(value, bool):  # (a count or a rate given as True is a mistake)
         raise _fail(h, value)
     number = value
     if isinstance(value, str):
