@@ -90,6 +90,15 @@ def test_switches_take_true_and_false(value, expected):
         validate({**REQUIRED, "shuffle": "yes"})
 
 
+def test_choices_take_any_case():
+    assert validate({**REQUIRED, "optimizer": "Adam", "model_type": " FFM",
+                     "predictor_type": "Regressor"})["optimizer"] == "adam"
+    assert validate({**REQUIRED, "bias_init_method": "Normal"})["bias_init_method"] == "normal"
+    assert validate({**REQUIRED, "model_type": "FFM"})["optimizer"] == "adagrad"  # its defaults
+    with pytest.raises(HyperparameterError, match="invalid value 'Adamw'"):
+        validate({**REQUIRED, "optimizer": "Adamw"})
+
+
 def test_unknown_name_lists_valid_names():
     with pytest.raises(HyperparameterError, match=r"unknown hyperparameter\(s\) learning_rate; "
                                                   r"valid names are: .*num_factors"):

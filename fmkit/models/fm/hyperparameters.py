@@ -196,7 +196,8 @@ def _convert(h: Hyperparameter, value: Any) -> Any:
     if h.kind is str:
         if not isinstance(value, str):
             raise _fail(h, value)
-        return value.strip()
+        value = value.strip()  # a choice in any case: optimizer="Adam" is adam
+        return value.lower() if h.check == "choice" and value.lower() in h.choices else value
     if h.check == "choice01":  # a switch: Python's True/False and "true"/"false" too
         if isinstance(value, bool):
             return int(value)
@@ -285,7 +286,7 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
         if str(key).startswith("_"):
             log.info("ignoring hyperparameter %s=%r", key, raw[key])
     raw = _sagemaker_init_methods(raw)
-    if str(raw.get("model_type", "")).strip() == "ffm" and raw.get("optimizer") is None:
+    if str(raw.get("model_type", "")).strip().lower() == "ffm" and raw.get("optimizer") is None:
         raw = {**FFM_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
     values: dict[str, Any] = {}
     for h in TABLE:
