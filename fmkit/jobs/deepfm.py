@@ -94,6 +94,7 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     if config.eval_input_path and distributed.primary():
         check_first_block(lambda: (model.encode(batch, labelled=True)
                                    for batch in model.read(config.eval_input_path)),
+                          config.eval_input_path,
                           not channel_files(config.eval_input_path)[0].is_fifo())
     trained = _continue_from(init_model, before, model) if before else []
     model.net.to(target)

@@ -168,7 +168,8 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
         device = resolve_device(distributed.local_device(device))
     params, trained = _initial_model(init_model, hp) if init_model else (None, [])
     for channel_source in scored.values():
-        check_first_block(channel_source.blocks, getattr(channel_source, "rereadable", True))
+        check_first_block(channel_source.blocks, channel_source.name,
+                          getattr(channel_source, "rereadable", True))
     params, history = train(hp, source, params, validation=scored.get("validation"),
                             progress=progress, host=host, checkpoints=checkpoints, resume=resume,
                             device=device, trained_epochs=trained[-1]["epoch"] if trained else 0,

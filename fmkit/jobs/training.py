@@ -114,13 +114,17 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     return learner.parameters(history[-1].epoch), history
 
 
-def check_first_block(blocks: Callable[[], Iterable[Any]], rereadable: bool = True) -> None:
-    """Read (and check) the first block of a channel that is scored after training, so that
-    a file of another format, width or layout fails before the training, not hours after it;
-    a channel read once (a pipe) is left for its one reading."""
-    if rereadable:
-        for _ in blocks():
-            break
+def check_first_block(blocks: Callable[[], Iterable[Any]], name: str,
+                      rereadable: bool = True) -> None:
+    """Read (and check) a channel scored after training up to its first block of rows, so
+    that a file of another format, width or layout, or one without rows, fails before the
+    training, not hours after it; a channel read once (a pipe) is left for its one reading."""
+    if not rereadable:
+        return
+    for block in blocks():
+        if block.n_rows:
+            return
+    raise DataError(name, None, "holds no data rows: nothing to evaluate")
 
 
 def score_and_save(model: Any, model_dir: str | Path, metrics: dict[str, Any],
