@@ -45,7 +45,7 @@ class FMModel:
     classes: tuple = (0, 1)  # the Python API's labels (0/1, -1/+1, 'no'/'yes'): the CLI and
     # server answer SageMaker's predicted_label 0/1 whatever they are
     column_fields: np.ndarray | None = None  # an FFM fitted on a matrix: each column's field
-    # (int32), what scores a matrix; libffm rows and requests carry their own
+    # (int32), which every row's nonzeros then take (see fields_of)
 
     @property
     def predictor_type(self) -> str:
