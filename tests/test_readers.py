@@ -444,10 +444,34 @@ def test_quoted_fields_split_as_pythons_csv_module(tmp_path_factory, rows, delim
                 lambda problem: problem.split(" is 1 field")[0])
 
 
+@settings(max_examples=200, deadline=None, database=None, derandomize=True)
+@given(text=st.text(alphabet='ab"\t,\r\n', max_size=40),
+       block_bytes=st.sampled_from([1 << 20, 5]))
+def test_any_quotes_read_as_rows_or_one_error(tmp_path_factory, text, block_bytes):
+    """Quotes anywhere (open, closed, doubled, at a block's end): rows whose quoted fields
+    are unquoted and whose other fields are their text, or a DataError, never anything else;
+    a line without a quote splits as ``str.split`` splits it."""
+    path = tmp_path_factory.mktemp("q") / "data.csv"
+    path.write_bytes(text.encode())
+    names = ["x", "y", "z"]
+    try:
+        rows = [list(row) for batch in columns.read_delimited(path, names, ",", False,
+                                                              block_bytes=block_bytes)
+                for row in zip(*(batch.columns[n].to_pylist() for n in names))]
+    except DataError:
+        return
+    plain = [line.removesuffix("\r").split(",") for line in text.split("\n")]
+    if '"' not in text:
+        expected = [[f or None for f in fields] + [None] * (3 - len(fields))
+                    for fields in plain if fields != [""]]
+        assert rows == expected
+
+
 def test_a_csv_with_quoted_titles_reads_as_pandas_does(tmp_path):
     """The MovieLens-1M sample (DeepCTR's) quotes titles holding a comma: its columns equal
-    pandas', with a header quoted as R's write.csv writes it; a quote left open is one line
-    naming the file's line."""
+    pandas', with a header quoted as R's write.csv writes it. A quote left open on its line is
+    text (the reader's way before quoting): in a CSV title it splits the line into too many
+    fields, an error naming the line."""
     import pandas as pd
 
     sample = shared_file("movielens_1m_deepctr_sample", "movielens_sample.txt")
@@ -463,12 +487,16 @@ def test_a_csv_with_quoted_titles_reads_as_pandas_does(tmp_path):
             got = [v for b in batches for v in b.columns[name].to_pylist()]
             assert got == [v or None for v in expected[name]], name
     assert any("," in title for title in expected["title"])
+    # a quote that does not close on its line is text (a raw log's query), as before quoting
+    raw = tmp_path / "raw.tsv"
+    raw.write_text('user\tquery\tlabel\n1\t"red shoes\t0\n2\t"a\tb"\t1\n3\t"blue\n')
+    batch = next(columns.read_delimited(raw, None, "\t", True))
+    assert batch.columns["query"].to_pylist() == ['"red shoes', "a\tb", '"blue']
     broken = tmp_path / "open.csv"
     broken.write_text('user,title,label\n1,"Apartment, The,1\n2,x,0\n')
     with pytest.raises(DataError) as e:
         list(columns.read_delimited(broken, None, ",", True))
-    assert str(e.value).startswith(f"{broken}:2: a quoted field does not close on its line: "
-                                   "'1,\"Apartment, The,1'")
+    assert str(e.value).startswith(f"{broken}:2: 4 fields, expected at most 3")
 
 
 COMPRESSORS = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}

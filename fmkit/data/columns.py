@@ -10,8 +10,9 @@ Blank lines are skipped, as pyarrow's and pandas' CSV readers and fmkit's libsvm
 The delimiter is one character. A field may be quoted as RFC 4180 and pyarrow's CSV reader
 (TorchEasyRec's) have it: a ``"`` that opens a field quotes it up to the next lone ``"``, so
 that it can hold the delimiter (MovieLens titles: ``"Apartment, The (1960)"``), and ``""``
-inside stands for ``"``; a quoted field holds no line break (pyarrow's default too). A block
-without ``"`` is split by the vectorized path alone. Each column becomes an Arrow string array
+inside stands for ``"``; a quoted field holds no line break (pyarrow's default too): a quote
+that does not close on its line is text, as in a raw log's ``"red shoes``. A block without
+``"`` is split by the vectorized path alone. Each column becomes an Arrow string array
 (empty fields null) in one copy.
 Parquet is read a row group at a time with pyarrow; list columns are multi-value features.
 """
@@ -107,21 +108,23 @@ def _unquoted(buf: np.ndarray, lo: int, hi: int, data: np.ndarray, at: int) -> i
 
 @njit(cache=True, nogil=True)
 def _fields(buf: np.ndarray, stops: np.ndarray, start: int, n_columns: int,
-            offsets: np.ndarray, data: np.ndarray, counts: np.ndarray, quoted: bool) -> None:
+            offsets: np.ndarray, data: np.ndarray, counts: np.ndarray,
+            quoted: np.ndarray) -> None:
     """One pass over the fields of ``buf[start:]``, which end at ``stops`` (the positions of
     the delimiters and newlines, and the end of the buffer if it ends without one): each
     row's field count into ``counts``; with ``data`` empty, each field's length into
     ``offsets[column, row + 1]``; else its bytes copied to ``data[offsets[column, row]:]``.
     A line's trailing CR is not part of its last field; fields beyond ``n_columns`` are
-    counted only. ``quoted``: a field that opens with a quote is unquoted (:func:`_unquoted`)."""
+    counted only. ``quoted`` (empty, or a flag per field): the fields to unquote
+    (:func:`_unquoted`)."""
     row, column, field_start = 0, 0, start
-    for stop in stops:
+    for i, stop in enumerate(stops):
         newline = stop == buf.size or buf[stop] == 10
         end = stop
         if newline and end > field_start and buf[end - 1] == 13:
             end -= 1
         if column < n_columns:
-            if quoted and end > field_start and buf[field_start] == QUOTE:
+            if quoted.size and quoted[i]:
                 if data.size == 0:
                     offsets[column, row + 1] = _unquoted(buf, field_start, end, data, 0)
                 else:
@@ -141,43 +144,39 @@ def _fields(buf: np.ndarray, stops: np.ndarray, start: int, n_columns: int,
 
 
 @njit(cache=True, nogil=True)
-def _quoted_stops(buf: np.ndarray, start: int, delimiter: int, stops: np.ndarray
-                  ) -> tuple[int, int]:
+def _quoted_stops(buf: np.ndarray, start: int, delimiter: int, stops: np.ndarray,
+                  quoted: np.ndarray) -> int:
     """The field ends of ``buf[start:]`` into ``stops`` (the delimiters and newlines outside
-    quoted fields, see the module's docstring), walked byte by byte; returns ``(how many, -1)``,
-    or ``(how many so far, the line's index from 0)`` for a line whose quoted field is still
-    open at its end."""
-    n, line, quoted, field_start = 0, 0, False, True
+    quoted fields, and the end of the buffer if it ends without a newline), walked byte by
+    byte, and whether each field is quoted into ``quoted``; returns how many. A quote that
+    does not close on its line is text: the line is walked again from after it."""
+    n, opened, field_start = 0, -1, True  # opened: where the open quoted field starts
     p = start
     while p < buf.size:
         c = buf[p]
         p += 1
-        if quoted:
-            if c == QUOTE:
-                if p < buf.size and buf[p] == QUOTE:
-                    p += 1  # "" inside a quoted field
-                else:
-                    quoted = False
+        if opened >= 0:
+            if c == QUOTE and p < buf.size and buf[p] == QUOTE:
+                p += 1  # "" inside a quoted field
+            elif c == QUOTE:
+                quoted[n], opened = True, -1
             elif c == 10:
-                return n, line
+                p, opened = opened + 1, -1  # not closed on its line: a quote as text
+            if p >= buf.size and opened >= 0:  # ... nor before the end of the buffer
+                p, opened = opened + 1, -1
         elif c == delimiter or c == 10:
             stops[n] = p - 1
             n += 1
+            quoted[n] = False
             field_start = True
-            line += c == 10
         else:
-            quoted = field_start and c == QUOTE
+            if field_start and c == QUOTE:
+                opened = p - 1
             field_start = False
-    return n, line if quoted else -1
-
-
-class OpenQuote(ValueError):
-    """A quoted field still open at the end of its line (``line``: the line's index in the
-    block, from 0)."""
-
-    def __init__(self, line: int):
-        super().__init__(f"line {line}: a quoted field does not close on its line")
-        self.line = line
+    if buf.size > start and buf[buf.size - 1] != 10:  # a last line without its newline
+        stops[n] = buf.size
+        n += 1
+    return n
 
 
 def _split(buf: np.ndarray, start: int, delimiter: int, n_columns: int
@@ -185,25 +184,24 @@ def _split(buf: np.ndarray, start: int, delimiter: int, n_columns: int
     """The lines of ``buf[start:]`` as columns in Arrow's layout: ``offsets`` [columns,
     rows + 1] (each column's from 0) and one ``data`` buffer holding column ``j``'s bytes
     from ``bases[j]``; and each row's field count. The field ends are found vectorized (byte
-    by byte where a quote occurs; :class:`OpenQuote` if a quoted field does not close on its
-    line), then two compiled passes over the fields: lengths, then bytes."""
+    by byte where a quote occurs), then two compiled passes over the fields: lengths, then
+    bytes."""
     text = buf[start:]
+    unterminated = bool(text.size) and text[-1] != 10  # a last line without its newline
     newlines = text == 10
     ends = (text == delimiter) | newlines
-    quoted = bool((text == QUOTE).any())
-    if quoted:
-        stops = np.empty(int(np.count_nonzero(ends)), np.int64)
-        n, open_line = _quoted_stops(buf, start, delimiter, stops)
-        if open_line >= 0:
-            raise OpenQuote(open_line)
-        stops = stops[:n]
-        newlines = buf[stops] == 10 if n else np.zeros(0, bool)
+    if (text == QUOTE).any():
+        stops = np.empty(int(np.count_nonzero(ends)) + 1, np.int64)
+        quoted = np.zeros(stops.size + 1, np.bool_)
+        stops = stops[:_quoted_stops(buf, start, delimiter, stops, quoted)]
+        rows = int(np.count_nonzero(buf[stops[:stops.size - unterminated]] == 10))
     else:
         stops = np.flatnonzero(ends) + start
-    unterminated = bool(text.size) and text[-1] != 10  # a last line without its newline
-    if unterminated:
-        stops = np.append(stops, buf.size)
-    rows = int(np.count_nonzero(newlines)) + unterminated
+        if unterminated:
+            stops = np.append(stops, buf.size)
+        quoted = np.zeros(0, np.bool_)
+        rows = int(np.count_nonzero(newlines))
+    rows += unterminated
     offsets = np.zeros((n_columns, rows + 1), np.int64)
     counts = np.zeros(rows, np.int64)
     _fields(buf, stops, start, n_columns, offsets, np.empty(0, np.uint8), counts, quoted)
@@ -237,14 +235,7 @@ def split_block(buf: np.ndarray, start: int, names: Sequence[str], delimiter: st
     separator = delimiter.encode()
     if len(separator) != 1:
         raise DataError(source, None, f"delimiter {delimiter!r}: expected one character")
-    try:
-        offsets, data, bases, counts = _split(buf, start, separator[0], len(names))
-    except OpenQuote as open_quote:
-        line = buf[start:].tobytes().split(b"\n")[open_quote.line]
-        raise DataError(source, first_line + open_quote.line,
-                        f"a quoted field does not close on its line: {excerpt(line)} (a "
-                        'field that opens with " ends at the next lone "; "" stands for one '
-                        "quote)") from None
+    offsets, data, bases, counts = _split(buf, start, separator[0], len(names))
     blank = (counts == 1) & (offsets[0, 1:] == offsets[0, :-1])
     lone = (counts == 1) & ~blank & (len(names) > 1)
     bad = np.flatnonzero((counts > len(names)) | lone)
@@ -304,9 +295,12 @@ def sniff(first_line: str, names: Sequence[str] | None, delimiter: str,
 def line_fields(line: str, delimiter: str) -> list[str]:
     """One line's fields, unquoted as :func:`split_block` unquotes them (a header line, a
     first line that may be one)."""
-    if '"' not in line or len(delimiter) != 1:
-        return line.split(delimiter)
-    return next(csv.reader([line], delimiter=delimiter), [""])
+    if '"' in line and len(delimiter) == 1:
+        try:
+            return next(csv.reader([line], delimiter=delimiter), [""])
+        except csv.Error:  # a CR inside the line: split_block reads it as text
+            pass
+    return line.split(delimiter)
 
 
 def _check_header(columns: list[str], source: str) -> None:
@@ -349,10 +343,7 @@ def _most_fields(buf: np.ndarray, start: int, delimiter: str) -> int:
     field's end)."""
     text = buf[start:]
     if (text == QUOTE).any():
-        try:
-            return int(_split(buf, start, ord(delimiter), 0)[3].max(initial=1))
-        except OpenQuote:
-            pass  # split_block names the line
+        return int(_split(buf, start, ord(delimiter), 0)[3].max(initial=1))
     ends = np.append(np.flatnonzero(text == 10), text.size)
     delimiters = np.concatenate([[0], np.cumsum(text == ord(delimiter))])[ends]
     return int(np.diff(delimiters, prepend=0).max()) + 1
