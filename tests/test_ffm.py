@@ -349,6 +349,19 @@ def test_ffm_estimators_on_a_matrix_equal_the_cli_on_its_libffm_file(tmp_path, c
         assert code == 0, err
         np.testing.assert_allclose([json.loads(line)["score"] for line in out.splitlines()],
                                    scores[:300], atol=1e-6)
+    # ... and fmkit recommend: field 0's ids as contexts, field 4's as items
+    items, contexts = tmp_path / "items.jsonl", tmp_path / "contexts.jsonl"
+    items.write_text("".join(json.dumps({"id": i, "keys": [i]}) + "\n" for i in range(180, 200)))
+    contexts.write_text("".join(json.dumps({"id": u, "keys": [u]}) + "\n" for u in range(3)))
+    code, out, err = cli("recommend", "--model-dir", saved, "--items", items, "--context",
+                         contexts, "--k", "20")
+    assert code == 0, err
+    for u, line in enumerate(out.splitlines()):
+        answer = json.loads(line)
+        pairs = sp.csr_matrix((np.ones(40), np.column_stack([[u] * 20, answer["items"]]).ravel(),
+                               np.arange(0, 41, 2)), shape=(20, 200))
+        np.testing.assert_allclose(answer["scores"], estimator.decision_function(pairs),
+                                   atol=1e-6)
     regressor = FFMRegressor(fields=fields, num_factors=4, epochs=1).fit(X, y)
     assert roc_auc_score(y, regressor.predict(X)) > 0.7
     with pytest.raises(ValueError, match="needs fields: the field .* of each of X's 200 columns"):

@@ -32,7 +32,7 @@ to scan per query, :mod:`fmkit.models.fm.approximate` proposes the candidates in
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -160,7 +160,7 @@ def _as_given(model: FMModel) -> FMModel:
     """``model`` scoring rows as given (without its unit-length scaling, if it has one)."""
     if not model.hyperparameters.get("instance_norm"):
         return model
-    return FMModel({**model.hyperparameters, "instance_norm": 0}, model.params)
+    return replace(model, hyperparameters={**model.hyperparameters, "instance_norm": 0})
 
 
 def _linear_and_squares(model: FMModel, batch: SparseBatch) -> tuple[np.ndarray, np.ndarray]:
