@@ -295,8 +295,9 @@ def test_ffm_estimators_on_a_matrix_equal_the_cli_on_its_libffm_file(tmp_path, c
     ``FFMModel.fit(X, y, fields)`` in fmkit): the same test scores (``lock_free=0``: one
     core, reproducible); they equal a plain FFM on
     the saved weights with the column's fields; the saved estimator loads back as one, with
-    its fields, and scores libsvm rows and requests without fields (the model knows them); a
-    regressor works the same way; missing or mis-sized fields are refused."""
+    its fields, and scores libsvm rows and requests without fields (the model knows them),
+    also as ONNX and through recommend; a regressor works the same way; missing or mis-sized
+    fields are refused."""
     import scipy.sparse as sp
 
     from fmkit import FFMClassifier, FFMRegressor, load
@@ -349,6 +350,17 @@ def test_ffm_estimators_on_a_matrix_equal_the_cli_on_its_libffm_file(tmp_path, c
         assert code == 0, err
         np.testing.assert_allclose([json.loads(line)["score"] for line in out.splitlines()],
                                    scores[:300], atol=1e-6)
+    # ... and as ONNX, with no fields input: onnxruntime scores what the estimator scores
+    import onnxruntime
+
+    assert cli("export", "onnx", "--model-dir", saved, tmp_path / "ffm.onnx")[0] == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "ffm.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["indices", "rows", "values", "batch_size"]
+    part = X_test[:300].tocoo()
+    _, onnx_scores = session.run(None, {
+        "indices": part.col.astype(np.int64), "rows": part.row.astype(np.int64),
+        "values": part.data.astype(np.float32), "batch_size": np.array([300], np.int64)})
+    np.testing.assert_allclose(onnx_scores, scores[:300], atol=1e-5)
     # ... and fmkit recommend: field 0's ids as contexts, field 4's as items
     items, contexts = tmp_path / "items.jsonl", tmp_path / "contexts.jsonl"
     items.write_text("".join(json.dumps({"id": i, "keys": [i]}) + "\n" for i in range(180, 200)))

@@ -3,7 +3,8 @@
 The ONNX graph scores sparse rows given as flat inputs — ``indices`` (int64 feature ids),
 ``values`` (float32) and ``rows`` (int64, the row of each nonzero), and for a field-aware FM
 ``fields`` (int64, each nonzero's field) — plus ``batch_size`` (int64, shape [1]), and computes
-exactly what :mod:`fmkit.models.fm.parameters` (and :mod:`fmkit.models.fm.ffm`) write down::
+exactly what :mod:`fmkit.models.fm.parameters` (and :mod:`fmkit.models.fm.ffm`) write down
+(an FFM fitted on a matrix takes no ``fields``: the graph looks each id's column field up)::
 
     y = w0 + sum w_i x_i + 1/2 sum_f [ (sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2 ]          (FM)
     y = w0 + sum w_i x_i + sum_{a<b} <v_{i_a, f_b}, v_{i_b, f_a}> x_a x_b                (FFM)
@@ -74,8 +75,12 @@ def onnx_model(model: FMModel):
         nodes += _ffm_pairs(node, zeros, constants, fields, params.num_factors // fields)
     else:
         nodes += _fm_pairs(node, zeros)
+    given_fields = fields and model.column_fields is None
+    if fields and not given_fields:  # fitted on a matrix: each id's field is its column's
+        constants["column_fields"] = model.column_fields.astype(np.int64)
+        nodes.append(node("Gather", ["column_fields", "indices"], ["fields"], axis=0))
     inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["nnz"])
-              for name in ("indices", "rows", *(["fields"] if fields else []))]
+              for name in ("indices", "rows", *(["fields"] if given_fields else []))]
     inputs += [helper.make_tensor_value_info("values", TensorProto.FLOAT, ["nnz"]),
                helper.make_tensor_value_info("batch_size", TensorProto.INT64, [1])]
     graph = helper.make_graph(
