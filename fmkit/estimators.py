@@ -121,9 +121,7 @@ class _FMEstimator(BaseEstimator):
                                  "predict), not a matrix")
         return ArraySource(X, y, feature_dim=X.shape[1], labels=None if y is None else
                            self._labels, sample_weight=_sample_weight(sample_weight, X),
-                           column_fields=column_fields,
-                           num_fields=0 if column_fields is None
-                           else int(column_fields.max(initial=-1)) + 1)
+                           column_fields=column_fields)
 
     def _input(self, X, y=None, *, reset: bool):
         """``X`` (and ``y``) checked and converted by scikit-learn (CSR or dense float)."""

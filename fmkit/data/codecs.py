@@ -443,17 +443,16 @@ def request_format(path) -> str | None:
     ``{"instances": [...]}`` document, else JSON Lines; None otherwise, or for a pipe (its
     bytes are not read twice). What ``--format auto`` makes of a saved request file."""
     from fmkit.data.blocks import open_input
-    from fmkit.data.sources import channel_files
+    from fmkit.data.sources import channel_files, opens_json
 
     first = channel_files(path)[0]
     if first.is_fifo():
         return None
     with open_input(first) as f:
         head = f.read(1 << 16)
-    text = head.lstrip()
-    if text[:1] not in (b"{", b"["):
+    if not opens_json(head):
         return None
-    line = text.split(b"\n", 1)[0]
+    line = head.lstrip().split(b"\n", 1)[0]
     try:
         document = json.loads(line)
     except ValueError:  # a document over several lines (or cut at 64 KiB): one JSON body

@@ -341,12 +341,7 @@ def shard_files(path: str | Path, shard: tuple[int, int]) -> list[tuple[Path, tu
 def _most_fields(buf: np.ndarray, start: int, delimiter: str) -> int:
     """The largest field count of the lines of ``buf[start:]`` (a quoted delimiter is no
     field's end)."""
-    text = buf[start:]
-    if (text == QUOTE).any():
-        return int(_split(buf, start, ord(delimiter), 0)[3].max(initial=1))
-    ends = np.append(np.flatnonzero(text == 10), text.size)
-    delimiters = np.concatenate([[0], np.cumsum(text == ord(delimiter))])[ends]
-    return int(np.diff(delimiters, prepend=0).max()) + 1
+    return int(_split(buf, start, ord(delimiter), 0)[3].max(initial=1))
 
 
 def _without_absent(columns: list[str], optional: Sequence[str], labelled: bool,

@@ -70,6 +70,12 @@ def refuse_pipe(path: str | Path, problem: str) -> None:
 PARQUET_MAGIC = b"PAR1"  # a Parquet file's first bytes: a DeepFM's input, never an FM's
 
 
+def opens_json(head: bytes) -> bool:
+    """Whether a file's first bytes open a JSON object or array: SageMaker request bodies,
+    not a training format (no libsvm, libffm or CSV line starts so)."""
+    return head.lstrip()[:1] in (b"{", b"[")
+
+
 def detect_format(path: str | Path) -> str:
     """``recordio`` from its magic number, else ``libsvm``, ``libffm`` or ``csv`` from the first
     data line."""
@@ -83,7 +89,7 @@ def detect_format(path: str | Path) -> str:
     if head.startswith(PARQUET_MAGIC):
         raise DataError(str(first), None, "is Parquet: an FM reads libsvm, libffm, CSV or "
                         "recordIO-protobuf (Parquet columns are a DeepFM's input)")
-    if head.lstrip()[:1] in (b"{", b"["):
+    if opens_json(head):
         raise DataError(str(first), None, "is JSON (SageMaker request bodies, which fmkit "
                         "predict scores): training and evaluation read libsvm, libffm, CSV or "
                         "recordIO-protobuf")
@@ -395,8 +401,8 @@ def detect_index_base(source: FileSource) -> int:
 class ArraySource:
     """In-memory rows (a scipy sparse matrix or a dense array) served in blocks, with each
     row's sample weight when given (finite and >= 0, checked by the caller), and for a
-    field-aware FM each nonzero's field from ``column_fields`` (the field of each column,
-    ``num_fields`` of them)."""
+    field-aware FM each nonzero's field from ``column_fields`` (the field of each column;
+    fields 0 to its largest are checked as a libffm file's are)."""
 
     X: object
     y: np.ndarray | None
@@ -405,7 +411,6 @@ class ArraySource:
     block_rows: int = 1 << 20
     sample_weight: np.ndarray | None = None
     column_fields: np.ndarray | None = None
-    num_fields: int = 0
 
     def __post_init__(self) -> None:
         X = self.X
@@ -442,7 +447,9 @@ class ArraySource:
 
     def blocks(self) -> Iterator[SparseBatch]:
         X = self._csr
-        check = BatchChecker(self.feature_dim, 0, self.labels, num_fields=self.num_fields)
+        fields = self.column_fields
+        check = BatchChecker(self.feature_dim, 0, self.labels,
+                             num_fields=0 if fields is None else int(fields.max(initial=-1)) + 1)
         for start in range(0, X.shape[0], self.block_rows):
             stop = min(start + self.block_rows, X.shape[0])
             lo, hi = X.indptr[start], X.indptr[stop]
