@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from fmkit.errors import FMKitError, HyperparameterError
 from fmkit.logs import log, setup_logging
 from fmkit.models.artifact import ITEMS_DIR, strict_json
 from fmkit.models.fm.hyperparameters import BY_NAME, TABLE
+from fmkit.train import interruption
 
 TRAIN_EXAMPLE = """examples:
   fmkit train --train a9a --test a9a.t --model-dir model/ \\
@@ -413,6 +415,44 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     return args
 
 
+
+def _train(args: argparse.Namespace) -> int:
+    """``fmkit train``: a DeepFM from ``--config``, else an FM from ``--train``. SIGTERM stops
+    it after the step in progress and writes the model trained so far (exit 143; see
+    :mod:`fmkit.train.interruption`)."""
+    from fmkit.jobs import fm as jobs
+
+    with interruption.stop_on(signal.SIGTERM):
+        if args.config:
+            if args.assignments or args.hyperparameters:
+                raise HyperparameterError("with --config, set fields with --set PATH=VALUE "
+                                          "(NAME=VALUE hyperparameters are for --train)")
+            overrides = list(args.overrides)
+            for field, value in (("train_input_path", args.train),
+                                 ("eval_input_path", args.test),
+                                 ("model_dir", args.model_dir)):
+                if value:
+                    overrides.append(f"{field}={json.dumps(value)}")  # a YAML string
+            jobs.train_config_file(args.config, overrides,
+                                   progress=False if args.quiet else None, device=args.device,
+                                   checkpoints=_checkpointer(args), resume=args.resume,
+                                   validation_path=args.validation, init_model=args.init_model)
+        else:
+            if not args.train or not args.model_dir:
+                raise HyperparameterError("train needs --train and --model-dir (or --config)")
+            if args.overrides:
+                raise HyperparameterError("--set needs --config")
+            hp = parse_assignments(args.assignments, args.hyperparameters)
+            jobs.train_files(hp, args.train, args.model_dir, test_path=args.test,
+                             validation_path=args.validation,
+                             fmt=args.format, index_base=args.index_base,
+                             progress=False if args.quiet else None, cache=args.cache,
+                             checkpoints=_checkpointer(args), resume=args.resume,
+                             device=args.device, init_model=args.init_model)
+        distributed.shutdown()  # finished: leave together with the other processes
+        return 128 + signal.SIGTERM if interruption.requested() else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -431,34 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         if (args.command == "train" and distributed.init_from_environment(args.device)
                 and not distributed.primary()):
             setup_logging(quiet=True)  # one log: rank 0's
-        if args.command == "train" and args.config:
-            if args.assignments or args.hyperparameters:
-                raise HyperparameterError("with --config, set fields with --set PATH=VALUE "
-                                          "(NAME=VALUE hyperparameters are for --train)")
-            overrides = list(args.overrides)
-            for field, value in (("train_input_path", args.train),
-                                 ("eval_input_path", args.test),
-                                 ("model_dir", args.model_dir)):
-                if value:
-                    overrides.append(f"{field}={json.dumps(value)}")  # a YAML string
-            jobs.train_config_file(args.config, overrides,
-                                   progress=False if args.quiet else None, device=args.device,
-                                   checkpoints=_checkpointer(args), resume=args.resume,
-                                   validation_path=args.validation, init_model=args.init_model)
-        elif args.command == "train":
-            if not args.train or not args.model_dir:
-                raise HyperparameterError("train needs --train and --model-dir (or --config)")
-            if args.overrides:
-                raise HyperparameterError("--set needs --config")
-            hp = parse_assignments(args.assignments, args.hyperparameters)
-            jobs.train_files(hp, args.train, args.model_dir, test_path=args.test,
-                             validation_path=args.validation,
-                             fmt=args.format, index_base=args.index_base,
-                             progress=False if args.quiet else None, cache=args.cache,
-                             checkpoints=_checkpointer(args), resume=args.resume,
-                             device=args.device, init_model=args.init_model)
         if args.command == "train":
-            distributed.shutdown()  # finished: leave together with the other processes
+            return _train(args)
         if args.command == "tune":
             from fmkit.jobs.tune import tune
 

@@ -7,6 +7,8 @@ every epoch for early stopping) from ``input/data/<channel>`` in File mode (ever
 directory) or Pipe mode (FIFOs ``<channel>_<epoch>``). It writes the model to
 ``model/model_algo-1``, SageMaker's metric lines to the log, and on failure the reason to
 ``output/failure`` with a non-zero exit. ``$FMKIT_OPT_ML`` stands in for ``/opt/ml``.
+StopTrainingJob's SIGTERM ends the training after the step in progress and writes the model
+trained so far, as SageMaker's own algorithms do (exit 143, no failure file).
 
 With several hosts in ``resourceconfig.json`` every host runs ``fmkit sagemaker train`` and
 they join one ``torch.distributed`` process group with the first host as the rendezvous (see
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -34,6 +37,7 @@ from fmkit.logs import DEFAULT_HOST, log
 from fmkit.models.artifact import SAGEMAKER_SUBDIR
 from fmkit.models.fm.hyperparameters import validate
 from fmkit.models.fm.model import label_mode
+from fmkit.train import interruption
 
 OPT_ML_ENV = "FMKIT_OPT_ML"
 CHANNELS = ("train", "test", "validation")
@@ -165,10 +169,11 @@ def train(opt_ml: OptML | None = None) -> int:
         source = channel_source(opt_ml, "train", channels["train"], hp, labels)
         scored = {name: channel_source(opt_ml, name, channels[name], hp, labels)
                   for name in ("test", "validation") if name in channels}
-        jobs.train_sources(hp, source, opt_ml.model / SAGEMAKER_SUBDIR, scored, host=host,
-                           progress=False)
-        distributed.shutdown()  # finished: leave together with the other hosts
-        return 0
+        with interruption.stop_on(signal.SIGTERM):  # StopTrainingJob: keep what was trained
+            jobs.train_sources(hp, source, opt_ml.model / SAGEMAKER_SUBDIR, scored, host=host,
+                               progress=False)
+            distributed.shutdown()  # finished: leave together with the other hosts
+            return 128 + signal.SIGTERM if interruption.requested() else 0
     except Exception as e:  # every failure must reach output/failure
         reason = str(e) if isinstance(e, FMKitError) else f"{type(e).__name__}: {e}"
         traceback.print_exc(file=sys.stderr)

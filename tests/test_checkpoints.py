@@ -48,35 +48,53 @@ def _processes_using(path) -> list[int]:
 
 
 def kill_resume_and_compare(tmp_path, cli, common: list, period: int, rtol: float,
-                            resume_extra: tuple = ()) -> tuple[TrainingState, str]:
+                            resume_extra: tuple = (), sig: int = signal.SIGKILL
+                            ) -> tuple[TrainingState, str]:
     """Train ``fmkit COMMON`` uninterrupted; train it again with checkpoints every ``period``
-    steps in a subprocess, SIGKILL its whole process group (torchrun and its ranks, if any) as
-    soon as a checkpoint exists, resume (with ``resume_extra`` arguments, which must not
-    change the training); assert the two final models are equal. Returns the
-    checkpoint the run resumed from and the uninterrupted run's stderr. The uninterrupted and
-    resumed runs are in-process (``cli``): only the killed one needs a process of its own."""
+    steps in a subprocess, send ``sig`` to its whole process group (torchrun and its ranks, if
+    any) as soon as a checkpoint exists, resume (with ``resume_extra`` arguments, which must
+    not change the training); assert the two final models are equal. SIGKILL leaves no model;
+    SIGTERM ends the run after a step with a checkpoint there and the model trained so far
+    written (exit 143). Returns the checkpoint the run resumed from and the uninterrupted
+    run's stderr. The uninterrupted and resumed runs are in-process (``cli``): only the
+    interrupted one needs a process of its own."""
     code, _, straight_err = cli(*common, "--model-dir", tmp_path / "straight")
     assert code == 0, straight_err
     checkpoints = tmp_path / "checkpoints"
     args = [*common, "--model-dir", tmp_path / "resumed", "--checkpoint-dir", checkpoints,
             "--checkpoint-steps", str(period)]
-    proc = subprocess.Popen([fmkit_executable(), *map(str, args)], stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    log = tmp_path / "interrupted.err"
+    with open(log, "w") as stderr:  # (a file: a pipe nobody reads could stall the run)
+        proc = subprocess.Popen([fmkit_executable(), *map(str, args)], stderr=stderr,
+                                start_new_session=True)
     deadline = time.monotonic() + 120
     while not Checkpointer(checkpoints).complete() and time.monotonic() < deadline:
         time.sleep(0.005)
     assert proc.poll() is None, "training finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    first = Checkpointer(checkpoints).latest()
+    os.killpg(proc.pid, sig)
+    proc.wait(timeout=120)
+    err = log.read_text()
     # torchrun's ranks run in sessions of their own: they must die with it, not train on as
     # orphans (and write the model later)
     deadline = time.monotonic() + 10
     while _processes_using(checkpoints) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _processes_using(checkpoints)
-    assert not (tmp_path / "resumed").exists()
     state = Checkpointer(checkpoints).latest()
     assert state is not None
+    if sig == signal.SIGKILL:
+        assert not (tmp_path / "resumed").exists()
+    else:  # stopped after a step: the model of that step written, a checkpoint taken there
+        assert proc.returncode == 128 + sig, err
+        assert "SIGTERM: the model trained so far" in err, err
+        stopped = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+        last = stopped["train"][-1]
+        assert stopped["stopped"] == {"by": "SIGTERM", "epoch": last["epoch"],
+                                      "epoch_rows": last["rows"], "step": last["steps"]}
+        assert state.step == last["steps"] > first.step and state.epoch == last["epoch"]
+        assert state.rows == last["rows"]
+        assert "test" not in stopped  # no time is spent scoring
     code, _, err = cli(*args, *resume_extra, "--resume")
     assert code == 0, err
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
@@ -215,6 +233,39 @@ def test_a_device_run_killed_and_resumed_equals_an_uninterrupted_one(channel, tm
     common = ["train", "--device", "cpu:0", "--train", channel, "--index-base", "1", "--quiet",
               *hp]
     kill_resume_and_compare(tmp_path, cli, common, 100, 1e-5)
+
+
+def test_sigterm_writes_the_model_trained_so_far_and_resume_ends_as_an_uninterrupted_run(
+        channel, tmp_path, cli):
+    """SIGTERM (SageMaker's StopTrainingJob, a scheduler's time limit) ends the run after the
+    step in progress: a checkpoint there, the model trained so far written (the best
+    validation measurement's weights), exit 143; resuming ends with the model the
+    uninterrupted run ends with."""
+    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=10",
+          "mini_batch_size=100", "optimizer=adam", "factors_lr=0.05", "seed=5",
+          "early_stopping_patience=3"]
+    common = ["train", "--train", channel, "--validation", shared_file("a9a_libsvm", "a9a.t"),
+              "--test", shared_file("a9a_libsvm", "a9a.t"), "--index-base", "1", *hp]
+    state, _ = kill_resume_and_compare(tmp_path, cli, common, 400, 1e-5, sig=signal.SIGTERM)
+    print(f"SIGTERM; resumed from epoch {state.epoch}, step {state.step}")
+
+
+def test_sigterm_to_a_two_process_run_stops_both_at_one_step(channel, tmp_path, cli):
+    """The signal reaches each process (and torchrun, which passes it on) at its own moment;
+    the processes agree on the step to stop after, and rank 0 writes the model."""
+    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=6",
+          "mini_batch_size=200", "optimizer=adam", "seed=5"]
+    common = ["train", "--nproc", "2", "--train", channel, "--index-base", "1", *hp]
+    kill_resume_and_compare(tmp_path, cli, common, 100, 1e-5, sig=signal.SIGTERM)
+
+
+def test_deepfm_sigterm_writes_the_model_and_resume_ends_as_an_uninterrupted_run(tmp_path,
+                                                                                 cli):
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    common = ["train", "--config", REPO / "examples" / "deepfm_criteo.yaml", *SMALL_CRITEO,
+              "--set", f"train_input_path={train}", "--set", f"eval_input_path={train}",
+              "--set", "train_config.num_epochs=8", "--set", "data_config.batch_size=32"]
+    kill_resume_and_compare(tmp_path, cli, common, 40, 1e-4, sig=signal.SIGTERM)
 
 
 def _one_more_epoch_equals_two(tmp_path, cli, train, hp: list) -> None:

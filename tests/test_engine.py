@@ -6,6 +6,7 @@ which weights early stopping keeps, what progress says without a terminal."""
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 from fmkit.errors import DataError, TrainingDiverged
 from fmkit.logs import log
+from fmkit.train import interruption
 from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
 from fmkit.train.checkpoint import Checkpointer
 from fmkit.train.engine import Callback, fit
@@ -125,6 +127,38 @@ def test_a_resumed_run_equals_an_uninterrupted_one_early_stopping_included(tmp_p
     best = min(range(1, 5), key=lambda e: abs(np.mean(straight.seen[: 10 * e]) - 4.5))
     assert straight_stopper.best_epoch == best
     assert straight.w == pytest.approx(np.mean(straight.seen[: 10 * best]))
+
+
+class SignalAt(Callback):
+    """Requests a stop, as the SIGTERM handler does, when the run reaches ``steps`` steps
+    (after the callbacks of that step: the loop sees it after the next one)."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def after_step(self, run):
+        if run.learner.steps == self.steps:
+            interruption.request("SIGTERM")
+
+
+def test_a_stop_request_ends_the_run_after_the_next_step_with_a_checkpoint_there(tmp_path):
+    """A request ends the epoch (and the run) after the step in progress; the checkpoint taken
+    there resumes to the uninterrupted run, which no request touches."""
+    source = Rows("r", [float(v) for v in range(10)])
+    straight = MeanLearner()
+    fit(straight, source, epochs=3, seed=2)
+    saver = Checkpointer(tmp_path / "c", every_steps=100)  # never due: only the stop's
+    stopped = MeanLearner()
+    with interruption.stop_on(signal.SIGTERM):
+        history = fit(stopped, source, epochs=3, seed=2,
+                      callbacks=[Checkpoint(saver, {"seed": 2}), SignalAt(13)])
+        assert interruption.requested() == "SIGTERM"
+    assert interruption.requested() is None  # the block's end clears it
+    assert stopped.steps == 14 and [h.rows for h in history] == [10, 4]
+    assert stopped.seen == straight.seen[:14] and saver.latest().step == 14
+    resumed = MeanLearner()
+    fit(resumed, source, epochs=3, seed=2, callbacks=[Checkpoint(saver, {"seed": 2}, True)])
+    assert resumed.seen == straight.seen and resumed.w == straight.w
 
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement():

@@ -7,8 +7,10 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -172,3 +174,38 @@ def test_pipe_mode_reads_one_fifo_per_epoch(tmp_path, a9a):
     assert sorted(written) == [0, 1]
     assert result.stderr.count("over 5000 rows") == 2  # one full epoch from each pipe
     assert re.search(METRIC_REGEXES["test:binary_classification_accuracy"], result.stderr)
+
+
+def test_stop_training_job_keeps_the_model_trained_so_far(tmp_path, a9a):
+    """StopTrainingJob sends SIGTERM and kills the container 120 s later, a window "algorithms
+    can use to save the model artifacts": the job ends after the step in progress and writes
+    a model that scores (its test AUC by scikit-learn), no failure file."""
+    from sklearn.metrics import roc_auc_score
+
+    X, y, Xt, yt = a9a
+    hp = sdk_hyperparameters(num_factors=8, predictor_type="binary_classifier", epochs=1000,
+                             feature_dim=123, mini_batch_size=100)
+    make_opt_ml(tmp_path, hp, {"train": FILE_CHANNEL, "test": FILE_CHANNEL})
+    for channel, rows in (("train", (X, y)), ("test", (Xt, yt))):
+        (tmp_path / "input/data" / channel).mkdir()
+        (tmp_path / "input/data" / channel / "part.pbr").write_bytes(sdk_records(*rows))
+    log = tmp_path / "job.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([fmkit_executable(), "sagemaker", "train"], stderr=err,
+                                env={**os.environ, "FMKIT_OPT_ML": str(tmp_path)})
+    deadline = time.monotonic() + 120
+    while "epoch 3/1000: train loss" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    text = log.read_text()
+    assert "SIGTERM: the model trained so far" in text and "Traceback" not in text, text
+    assert not (tmp_path / "output" / "failure").exists()
+    params = FMModel.load(tmp_path / "model").params
+    # the FM by its sum-of-squares identity, in numpy
+    XV = Xt @ params.V
+    logits = (params.w0[0] + Xt @ params.w
+              + 0.5 * ((XV**2).sum(1) - (Xt.multiply(Xt) @ params.V**2).sum(1)))
+    auc = roc_auc_score(yt, np.asarray(logits).ravel())
+    print(f"stopped after epoch 3: test AUC {auc:.4f}")
+    assert auc > 0.88

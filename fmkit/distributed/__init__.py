@@ -14,6 +14,7 @@ writes the model, the checkpoints and the metrics.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -57,24 +58,26 @@ def primary() -> bool:
 
 
 _cpu_group = None  # the group for collectives on CPU tensors (Gloo)
+PARENT_ENV = "FMKIT_PARENT_PID"  # the pid a process fmkit starts expects as its parent
 
 
-def _die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """Ask Linux to SIGKILL this process when its parent dies. torchrun starts each process
     in a session of its own, so a ``kill -9`` of ``fmkit train --nproc`` (or of its process
     group, as a scheduler's timeout does) would otherwise leave the processes training as
-    orphans — and writing the model later. Elsewhere (no ``prctl``), nothing changes."""
+    orphans — and writing the model later. ``parent``: the pid the parent had; when it is no
+    longer this process's parent, the parent died before the request and nobody is waiting for
+    this process: it exits. Elsewhere (no ``prctl``), nothing changes."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
-    import signal
 
     pr_set_pdeathsig = 1
     try:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before the request: nobody is waiting for us
+    if parent is not None and os.getppid() != parent:
         os._exit(1)
 
 
@@ -86,7 +89,7 @@ def init_from_environment(device: str = "cpu") -> bool:
     global _cpu_group
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    _die_with_parent()
+    die_with_parent(int(os.environ[PARENT_ENV]) if os.environ.get(PARENT_ENV) else None)
     dist = _dist()
     if not dist.is_initialized():
         if device.startswith("cuda"):
@@ -189,7 +192,12 @@ def all_gather_rows(ids: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.n
 
 # torchrun's own entry point, minus its report of a failed process: that process has
 # printed its one-line error already, and torchrun would add a traceback of its own
-_TORCHRUN = """import logging, sys
+# (a SIGTERM: torchrun passes it to its processes, which write the model, then exits 143)
+_TORCHRUN = """import logging, os, sys
+from fmkit.distributed import PARENT_ENV, die_with_parent
+die_with_parent(int(os.environ[PARENT_ENV]))
+os.environ[PARENT_ENV] = str(os.getpid())  # what the processes it starts check
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main
 logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
@@ -197,6 +205,8 @@ try:
     main()
 except ChildFailedError:
     sys.exit(1)
+except SignalException as e:
+    sys.exit(128 + int(e.sigval))
 """
 
 
@@ -209,7 +219,15 @@ def launch(nproc: int, argv: list[str]) -> int:
     if nproc > available_cpus():
         log.warning("--nproc %d on %d usable cores: the processes share them", nproc,
                     available_cpus())
-    env = {**os.environ, **process_threads(nproc)}
+    env = {**os.environ, **process_threads(nproc), PARENT_ENV: str(os.getpid())}
     command = [sys.executable, "-c", _TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
                "-m", "fmkit", *argv]
-    return subprocess.run(command, env=env).returncode
+    # torchrun in a session of its own, so that a signal to this process's group (a
+    # scheduler's, a terminal's) reaches it once, from here: a second SIGTERM would make it
+    # kill the processes it is waiting for to write the model
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, before)

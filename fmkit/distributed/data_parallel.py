@@ -12,6 +12,7 @@ import numpy as np
 from fmkit.distributed import active, all_gather_rows, all_sum, primary, rank_and_size
 from fmkit.errors import HyperparameterError
 from fmkit.kernels.fm import sum_repeated_rows
+from fmkit.train import interruption
 from fmkit.train.engine import Gradient, Learner, Source
 
 
@@ -41,6 +42,12 @@ class DataParallel:
         self.learner, self.primary = learner, primary()
         self.local = max(1, -(-batch_size // self.size))
         self.slots: dict[int, np.ndarray] = {}
+        self.stopping: str | None = None
+
+    def stop_request(self) -> str | None:
+        """Whether the run stops after the last step: one answer on every process (a signal
+        reaches each at its own moment; the step's all-reduce carries who had one)."""
+        return self.stopping
 
     def __getattr__(self, name: str) -> Any:  # state, weights, evaluate...: the replica's
         return getattr(self.learner, name)
@@ -60,8 +67,13 @@ class DataParallel:
     def step(self, batch: Any) -> tuple[float, int]:
         local = self.learner.gradient(batch)
         dense = _numpy(local.dense).ravel()
-        total = all_sum(np.concatenate([[local.rows, local.loss, local.weight], dense]))
+        asked = interruption.requested()  # a process asked to stop: all stop after this step
+        total = all_sum(np.concatenate([[local.rows, local.loss, local.weight, bool(asked)],
+                                        dense]))
         rows, loss, weight = int(total[0]), float(total[1]), float(total[2])
+        self.stopping = asked or ("a stop asked of another process" if total[3] else None)
+        if self.stopping and not asked:
+            interruption.request(self.stopping)  # this process's job ends as the others' do
         if rows == 0:
             return 0.0, 0
         sparse = []
@@ -71,7 +83,7 @@ class DataParallel:
             ids, values = sum_sparse_rows(_numpy(ids).astype(np.int64), _numpy(values),
                                           self.slots[table_rows])
             sparse.append((ids, values, table_rows))
-        self.learner.apply(Gradient(rows, loss, total[3:], sparse, weight))
+        self.learner.apply(Gradient(rows, loss, total[4:], sparse, weight))
         return (loss * rows / weight if weight else loss), rows
 
 

@@ -18,6 +18,7 @@ from fmkit.distributed.data_parallel import parallel
 from fmkit.errors import DataError
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
 from fmkit.models.fm.parameters import LABEL_ROWS, FMParameters, starting_point
+from fmkit.train import interruption
 from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
 from fmkit.train.checkpoint import Checkpointer
 from fmkit.train.engine import Callback, EpochStats, Learner, Source, fit
@@ -133,7 +134,19 @@ def score_and_save(model: Any, model_dir: str | Path, metrics: dict[str, Any],
     """Score each channel (its metric lines logged, its metrics stored under its name in
     ``metrics``), then save ``model`` with ``metrics``. A channel with a bad record further in
     still leaves the trained model written, without that channel's metrics, and its error
-    says so: a run is not lost to one line of a test file."""
+    says so: a run is not lost to one line of a test file. A run stopped on request (SIGTERM:
+    :mod:`fmkit.train.interruption`) is saved at once, unscored, its ``metrics`` saying where
+    it stopped: the time left before the process is killed is for writing the model."""
+    reason = interruption.requested()
+    if reason:
+        last = metrics["train"][-1] if metrics.get("train") else {}
+        metrics["stopped"] = {"by": reason, "epoch": last.get("epoch"),
+                              "epoch_rows": last.get("rows"), "step": last.get("steps")}
+        model.save(model_dir, metrics)
+        log.warning("%s: the model trained so far (to epoch %s, %s rows in) was written to %s%s",
+                    reason, last.get("epoch"), last.get("rows"), model_dir,
+                    f", without {', '.join(scorers)} metrics" if scorers else "")
+        return
     for channel, score in scorers.items():
         try:
             metrics[channel] = score()

@@ -35,6 +35,7 @@ from typing import Any
 
 from fmkit import files
 from fmkit.cpus import available_cpus
+from fmkit.distributed import die_with_parent
 from fmkit.errors import FMKitError, HyperparameterError, TrainingDiverged, require_option
 from fmkit.files import OutputError
 from fmkit.jobs.searches import TuneSettings, search_for
@@ -172,7 +173,7 @@ def _worker(work: str, trials: int, timeout: float | None, threads: int,
     ones (or ``timeout`` seconds), on ``threads`` threads, its sampler seeded with ``seed +
     index`` (so one job repeats its trials for the same arguments)."""
     if child:
-        _die_with_parent()
+        die_with_parent()
         try:
             _worker(work, trials, timeout, threads, child=False, index=index)
         except FMKitError as e:  # the parent reports it: one line, as for one process
@@ -192,18 +193,6 @@ def _worker(work: str, trials: int, timeout: float | None, threads: int,
     with _trial_environment(work_dir, threads):
         study.optimize(lambda trial: _run_trial(trial, work_dir, search), timeout=timeout,
                        callbacks=[done, _log_trial], gc_after_trial=False)
-
-
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when the tune that started it dies, so a killed tune
-    leaves no worker behind to write the study while a restarted one runs."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _sampler(seed: int):

@@ -56,6 +56,10 @@ class Progress(Callback):
                             file=sys.stderr, initial=run.rows, total=self.total)
 
     def after_step(self, run: Run) -> None:
+        if run.stopped and run.learner.primary:
+            log.warning("%s: %s: training stops after %d rows of the epoch (step %d); the "
+                        "model trained so far is written", self._where(run), run.stopped,
+                        run.rows, run.learner.steps)
         if self.bar is not None:
             self.bar.update(run.rows - self.shown)
             self.shown = run.rows
@@ -168,9 +172,10 @@ class EarlyStopping(Callback):
 
 class Checkpoint(Callback):
     """Saves the run (learner, callbacks, place in the data) when ``checkpoints`` says it is
-    due, from the primary process; with ``resume``, continues from its newest checkpoint,
-    which must have been taken with the same ``run_id`` (the hyperparameters) on the same
-    training files (their count and size: the run skips the chunks already trained)."""
+    due, and at a step the run stops after on request (SIGTERM), from the primary process;
+    with ``resume``, continues from its newest checkpoint, which must have been taken with the
+    same ``run_id`` (the hyperparameters) on the same training files (their count and size:
+    the run skips the chunks already trained)."""
 
     name = "checkpoint"
 
@@ -190,7 +195,7 @@ class Checkpoint(Callback):
                      state.epoch, state.step)
 
     def after_step(self, run: Run) -> None:
-        if run.learner.primary and self.checkpoints.due(run.learner.steps):
+        if run.learner.primary and (run.stopped or self.checkpoints.due(run.learner.steps)):
             self.checkpoints.save(run.training_state(self.run_id))
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:

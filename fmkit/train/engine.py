@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fmkit.errors import DataError, TrainingDiverged
+from fmkit.train import interruption
 from fmkit.train.checkpoint import TrainingState
 
 
@@ -74,7 +75,9 @@ class Learner(Protocol):
     keeps (weights, optimizer state: arrays and JSON); ``weights``/``set_weights`` copy the
     weights alone (the best epoch's, for early stopping). A learner that can be combined
     across processes also has ``mini_batches(source, size, rng)``, ``gradient(batch)`` and
-    ``apply(gradient)``."""
+    ``apply(gradient)``. A learner may define ``stop_request()``, what the loop asks after each
+    step (a process group's answer, agreed by all); else it asks
+    :func:`fmkit.train.interruption.requested`."""
 
     primary: bool  # this process logs and writes (replicas on other processes do not)
     steps: int  # optimizer steps so far
@@ -108,6 +111,7 @@ class Run:
     rows: int = 0  # rows done in this epoch
     loss_sum: float = 0.0
     history: list[EpochStats] = field(default_factory=list)
+    stopped: str | None = None  # why the run ends after this step (a signal's name), if asked
 
     def training_state(self, run_id: dict) -> TrainingState:
         """The learner's and the callbacks' state at this point, for a checkpoint."""
@@ -163,6 +167,7 @@ def fit(learner: Learner, source: Source, *, epochs: int | None, seed: int,
     trained that far, with the data order that run would have had) to ``epochs`` (None: until
     ``max_steps`` optimizer steps; 0: no step limit); returns the per-epoch history."""
     run = Run(learner, source, epochs, list(callbacks), first_epoch)
+    stop_request = getattr(learner, "stop_request", interruption.requested)
     for callback in run.callbacks:
         callback.before_fit(run)  # a checkpoint callback may resume: run.epoch, run.units...
     first, stop = run.epoch, False
@@ -184,7 +189,9 @@ def fit(learner: Learner, source: Source, *, epochs: int | None, seed: int,
                 raise TrainingDiverged(epoch, f"the loss of step {learner.steps}",
                                        learner.diverged_hint)
             run.units, run.rows, run.loss_sum = run.units + 1, run.rows + rows, run.loss_sum + loss
-            stop = any([callback.after_step(run) for callback in run.callbacks])
+            run.stopped = stop_request()  # (before the callbacks: a checkpoint is taken here)
+            stop = any([callback.after_step(run) for callback in run.callbacks]) or bool(
+                run.stopped)
             if stop or (max_steps and learner.steps >= max_steps):
                 break
         if run.rows == 0:

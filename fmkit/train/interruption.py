@@ -1,0 +1,57 @@
+"""Stopping a training run when the process is asked to end (SIGTERM), keeping what it trained.
+
+SageMaker's StopTrainingJob, a job's ``MaxRuntimeInSeconds``, a spot interruption, Kubernetes
+and Slurm all send SIGTERM and kill the process some time later (SageMaker: 120 s), a window
+"algorithms can use to save the model artifacts, so the results of training are not lost".
+Inside :func:`stop_on`, the signal does not end the process: it records a request, the engine
+(:func:`fmkit.train.engine.fit`) ends the run after the step in progress (a checkpoint is
+taken there when checkpoints are on), and the job writes the model trained so far, without
+scoring its test channel. A second signal ends the process at once.
+
+Signals are the process's, so the request is too: module state, set only by the handler
+:func:`stop_on` installs (the command line's ``train`` jobs); the Python API never installs
+it, so a program that fits an estimator keeps its own handling of signals.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_requested: str | None = None  # the signal's name, once one arrived
+
+
+def requested() -> str | None:
+    """The name of the signal that asked this process to stop (``SIGTERM``), or None."""
+    return _requested
+
+
+def request(reason: str) -> None:
+    """Ask the training in progress to stop after its current step (what the handler does)."""
+    global _requested
+    _requested = reason
+
+
+def _handler(signum: int, frame: object) -> None:
+    request(signal.Signals(signum).name)
+    signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
+
+
+@contextmanager
+def stop_on(*signals: signal.Signals) -> Iterator[None]:
+    """Within the block, each of ``signals`` requests a stop (:func:`requested`) instead of
+    ending the process; the handlers before it are put back after it. Outside the main thread
+    (where Python cannot handle signals) it changes nothing."""
+    global _requested
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.signal(s, _handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        _requested = None
