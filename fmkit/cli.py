@@ -21,6 +21,11 @@ from fmkit.models.artifact import ITEMS_DIR, strict_json
 from fmkit.models.fm.hyperparameters import BY_NAME, TABLE
 from fmkit.train import interruption
 
+# commands that write one output from one process: SIGTERM removes what they were writing
+# (train keeps what it trained instead; tune, serve and the SageMaker modes manage processes)
+ONE_OUTPUT_COMMANDS = ("predict", "evaluate", "convert", "recommend", "report", "export",
+                       "import", "config")
+
 TRAIN_EXAMPLE = """examples:
   fmkit train --train a9a --test a9a.t --model-dir model/ \\
       feature_dim=123 num_factors=8 predictor_type=binary_classifier epochs=10
@@ -463,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False) or (args.command == "demo" and not args.verbose)
     setup_logging(quiet=quiet)
     limit_threads()  # a container's CPU quota, not the host's cores
+    if args.command in ONE_OUTPUT_COMMANDS:
+        interruption.exit_cleanly_on(signal.SIGTERM)  # no partial output left behind
     from fmkit.jobs import fm as jobs
 
     try:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -576,6 +577,40 @@ def test_dead_writers_leftovers_are_swept(tmp_path):
                 shared_file("a9a_libsvm", "a9a.t"), tmp_path / "model", progress=False)
     assert not stale.exists() and alive.exists() and other_host.exists()
     assert (tmp_path / "model" / "model.json").is_file()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_predicting_from_a_silent_pipe_leaves_nothing(tmp_path, model_dir, sig):
+    """``producer | fmkit predict`` stopped (SIGTERM from a scheduler, Ctrl-C) while the
+    producer is silent: the command ends in seconds, one line, the conventional exit code,
+    and no partial output. (The reader thread blocked on the pipe held the exit forever.)"""
+    from .conftest import fmkit_executable
+
+    fifo, out = tmp_path / "rows", tmp_path / "out"
+    os.mkfifo(fifo)
+    out.mkdir()
+    proc = subprocess.Popen([fmkit_executable(), "predict", "--model-dir", model_dir, "--data",
+                             fifo, "--format", "libsvm", "--output", out / "p.csv"],
+                            stderr=subprocess.PIPE, text=True)
+    with open(fifo, "w") as writer:  # stays open, silent, until the end
+        writer.write("".join(shared_file("a9a_libsvm", "a9a.t").read_text()
+                             .splitlines(keepends=True)[:5000]))
+        writer.flush()
+        deadline = time.monotonic() + 60
+        while not os.listdir(out) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.listdir(out), "predict never started writing"
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        try:
+            code = proc.wait(timeout=20)
+        finally:
+            proc.kill()
+    err = proc.stderr.read()
+    assert code == 128 + sig, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] in (
+        "fmkit: SIGTERM: stopped", "fmkit: interrupted"), err
+    assert os.listdir(out) == []
 
 
 # -- 13. index bases -----------------------------------------------------------------------------

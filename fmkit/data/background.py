@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 from fmkit.cpus import leaving_cores
+
+# A producer still reading after this long is left behind (a daemon thread, ended with the
+# process): one blocked reading a pipe whose writer is silent must not hold the consumer's
+# exit — a SIGTERM or Ctrl-C — forever.
+LEAVE_AFTER_SECONDS = 2.0
 
 
 def background(items: Iterator, depth: int = 2) -> Iterator:
@@ -40,10 +46,11 @@ def background(items: Iterator, depth: int = 2) -> Iterator:
                     raise error
                 return
             yield item
-    finally:
+    finally:  # the consumer is done (or failed): let the producer end with it
         stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
+        deadline = time.monotonic() + LEAVE_AFTER_SECONDS
+        while thread.is_alive() and time.monotonic() < deadline:
+            try:  # unblock a producer waiting on a full queue
                 buffer.get_nowait()
             except queue.Empty:
                 thread.join(0.05)

@@ -16,6 +16,7 @@ it, so a program that fits an estimator keeps its own handling of signals.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,3 +56,20 @@ def stop_on(*signals: signal.Signals) -> Iterator[None]:
         for s, handler in before.items():
             signal.signal(s, handler)
         _requested = None
+
+
+def _exit(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
+    print(f"fmkit: {signal.Signals(signum).name}: stopped", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+def exit_cleanly_on(*signals: signal.Signals) -> None:
+    """Make each of ``signals`` end the process as an exception would (``SystemExit(128 +
+    signal)`` in the main thread) instead of at once, so that what a command was writing is
+    removed on the way out, not left as a partial file. For commands of one process whose
+    work runs on the main thread (an exception raised in a finalizer is ignored, and with it
+    the signal: a second one ends the process at once)."""
+    if threading.current_thread() is threading.main_thread():
+        for s in signals:
+            signal.signal(s, _exit)
