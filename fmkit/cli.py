@@ -250,15 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the server's POST /recommend uses it).",
                        epilog="examples:\n  fmkit recommend index --model-dir model --items "
                        "items.jsonl\n  fmkit recommend --model-dir model --context users.jsonl "
-                       "--k 10 --exclude seen.jsonl", formatter_class=raw)
-    p.add_argument("action", nargs="?", choices=("index",),
-                   help="index: write the item catalogue into the model directory")
+                       "--k 10 --exclude seen.jsonl\n  fmkit recommend evaluate --model-dir "
+                       "model --context users.jsonl --exclude seen.jsonl --relevant "
+                       "held_out.jsonl", formatter_class=raw)
+    p.add_argument("action", nargs="?", choices=("index", "evaluate"),
+                   help="index: write the item catalogue into the model directory; evaluate: "
+                   "print precision, recall, NDCG, MRR and hit rate at k against --relevant")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--items", help="candidate items (default: the model's catalogue)")
     p.add_argument("--context", help="contexts (queries): one row each")
     p.add_argument("--k", type=int, default=10, help="items per context (default 10)")
     p.add_argument("--exclude", metavar="FILE", help='JSON Lines {"id": query id, "items": '
                    '[item ids]}: items a query must not get (e.g. already seen)')
+    p.add_argument("--relevant", metavar="FILE", help='evaluate: JSON Lines {"id": query id, '
+                   '"items": [item ids]}: the held-out items each query should get')
     p.add_argument("--output", help="JSON Lines {\"id\", \"items\", \"scores\"} (default: "
                    "stdout)")
     p.add_argument("--approximate", action="store_true",
@@ -530,10 +535,21 @@ def main(argv: list[str] | None = None) -> int:
                 count = recommend.index_items(args.model_dir, args.items, args.approximate)
                 log.info("item catalogue of %d items written to %s/%s", count, args.model_dir,
                          ITEMS_DIR)
+            elif not args.context:
+                raise HyperparameterError("recommend needs --context FILE (or the action "
+                                          "'index' with --items)")
+            elif args.action == "evaluate":
+                if not args.relevant:
+                    raise HyperparameterError("recommend evaluate needs --relevant FILE")
+                if args.output:
+                    raise HyperparameterError("recommend evaluate prints its metrics: "
+                                              "--output is for recommendations")
+                print(strict_json(recommend.evaluate_files(
+                    args.model_dir, args.context, args.relevant, args.k, items=args.items,
+                    exclude=args.exclude, approximate=args.approximate)))
+            elif args.relevant:
+                raise HyperparameterError("--relevant is for fmkit recommend evaluate")
             else:
-                if not args.context:
-                    raise HyperparameterError("recommend needs --context FILE (or the action "
-                                              "'index' with --items)")
                 count = recommend.recommend_files(args.model_dir, args.context, args.k,
                                                   items=args.items, exclude=args.exclude,
                                                   output=args.output,

@@ -344,3 +344,64 @@ def test_estimator_recommend_equals_scoring_every_pair_with_predict():
                            ([[0.5]] + exclude[1:], r"exclude\[0\]: expected item row")):
         with pytest.raises(ValueError, match=message):
             model.recommend(contexts, catalogue, 5, exclude=wrong)
+
+
+def test_recommend_evaluate_scores_the_top_k_against_held_out_items(movielens_fm, cli):
+    """``fmkit recommend evaluate`` (LightFM's precision_at_k and recall_at_k, NDCG, MRR and
+    hit rate at k) equals those metrics computed here in plain Python from the lists ``fmkit
+    recommend`` writes, which equal scoring every item with ``fmkit predict``; NDCG also
+    equals scikit-learn's ``ndcg_score`` on the brute-force scores."""
+    import math
+
+    from sklearn.metrics import ndcg_score
+
+    root, catalogue, contexts, seen = movielens_fm
+    held: dict[int, list[int]] = {}
+    for line in _lines(shared_file("movielens_100k", "ua.test")):
+        user, item, rating, _ = map(int, line.split("\t"))
+        if rating >= 4:
+            held.setdefault(user, []).append(item)
+    relevant = root / "relevant.jsonl"
+    relevant.write_text("".join(json.dumps({"id": c["id"], "items": held.get(c["id"], [])})
+                                + "\n" for c in contexts))
+    k = 10
+    common = ["--model-dir", root / "model", "--items", root / "items.jsonl", "--context",
+              root / "contexts.jsonl", "--exclude", root / "seen.jsonl", "--k", k, "--quiet"]
+    code, out, err = cli("recommend", "evaluate", *common, "--relevant", relevant)
+    assert code == 0, err
+    got = json.loads(out)
+    code, _, err = cli("recommend", *common, "--output", root / "evaluated.jsonl")
+    assert code == 0, err
+    answers = [json.loads(line) for line in _lines(root / "evaluated.jsonl")]
+    scores = _brute_force(root, catalogue, contexts)
+    ids = [c["id"] for c in catalogue]
+    rows = []
+    for row, (context, answer) in enumerate(zip(contexts, answers)):
+        _check(answer, scores[row], k, ids, seen.get(context["id"], []))
+        wanted = set(held.get(context["id"], []))
+        if not wanted:
+            continue
+        hits = [item in wanted for item in answer["items"]]
+        dcg = sum(1 / math.log2(rank + 2) for rank, hit in enumerate(hits) if hit)
+        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(k, len(wanted))))
+        first = next((rank for rank, hit in enumerate(hits) if hit), None)
+        rows.append((sum(hits) / k, sum(hits) / len(wanted), dcg / ideal,
+                     0.0 if first is None else 1 / (first + 1), float(any(hits))))
+        allowed = [p for p, item in enumerate(ids) if item not in set(seen.get(context["id"],
+                                                                               []))]
+        if [ids.index(i) for i in answer["items"]] == _expected_top_k(
+                scores[row], k, [ids.index(i) for i in seen.get(context["id"], [])]):
+            assert ndcg_score([[ids[p] in wanted for p in allowed]],
+                              [[scores[row][p] for p in allowed]], k=k) == pytest.approx(
+                                  dcg / ideal, abs=1e-12)
+    assert got["queries"] == len(rows) > 10
+    for name, value in zip(("precision", "recall", "ndcg", "mrr", "hit_rate"),
+                           np.mean(rows, axis=0)):
+        assert got[f"{name}_at_{k}"] == pytest.approx(value, abs=1e-12), name
+    print({name: round(value, 4) for name, value in got.items()})
+    # a relevant file naming none of the contexts' catalogue items: nothing to evaluate
+    (root / "none.jsonl").write_text('{"id": -1, "items": [1]}\n')
+    code, _, err = cli("recommend", "evaluate", *common, "--relevant", root / "none.jsonl")
+    assert code == 1 and "nothing to evaluate" in err
+    code, _, err = cli("recommend", "evaluate", *common)
+    assert code == 1 and "needs --relevant FILE" in err

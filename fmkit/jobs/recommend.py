@@ -3,7 +3,8 @@
 Items and contexts are rows with ids (:mod:`fmkit.data.id_rows`); the items are prepared
 once into a catalogue (``fmkit recommend index`` keeps it in ``MODEL_DIR/items/``, where the
 server finds it) or on the fly from ``--items``. The search itself is
-:mod:`fmkit.models.fm.recommend`.
+:mod:`fmkit.models.fm.recommend`; ``fmkit recommend evaluate`` scores the top k against
+held-out items.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from fmkit import files
 from fmkit.data.blocks import read_input_text
 from fmkit.data.id_rows import read_id_rows
 from fmkit.errors import ArtifactError, DataError, excerpt, require_option
+from fmkit.logs import log
 from fmkit.models import artifact
 from fmkit.models.fm.approximate import ApproximateIndex
 from fmkit.models.fm.model import FMModel
 from fmkit.models.fm.recommend import Catalogue, top_k
+from fmkit.models.metrics import ranking_metrics
 
 
 def load_fm(model_dir: str | Path) -> FMModel:
@@ -84,10 +87,11 @@ def _answers(ids: list[Any], catalogue: Catalogue,
              "scores": scores.tolist()} for query, (positions, scores) in zip(ids, found)]
 
 
-def exclusions(path: str | Path | None, query_ids: list[Any], catalogue: Catalogue
-               ) -> list[np.ndarray] | None:
+def item_lists(path: str | Path | None, query_ids: list[Any], catalogue: Catalogue,
+               what: str = "excluded") -> list[np.ndarray] | None:
     """Per query, the catalogue positions of the items ``path`` (JSON Lines ``{"id": query,
-    "items": [item ids]}``) excludes for it; unknown item ids are ignored."""
+    "items": [item ids]}``) lists for it: the ``--exclude`` and ``--relevant`` files. Item ids
+    the catalogue does not hold are left out, with a warning saying how many."""
     if path is None:
         return None
     seen: dict[str, list[Any]] = {}
@@ -104,7 +108,26 @@ def exclusions(path: str | Path | None, query_ids: list[Any], catalogue: Catalog
         if not isinstance(items, list):
             raise DataError(str(path), number, '"items" must be a list of item ids')
         seen.setdefault(key, []).extend(items)
-    return [catalogue.positions(seen.get(json.dumps(q), [])) for q in query_ids]
+    lists = [catalogue.positions(seen.get(json.dumps(q), [])) for q in query_ids]
+    given = sum(len(seen.get(json.dumps(q), [])) for q in query_ids)
+    unknown = given - sum(p.size for p in lists)
+    if unknown:
+        log.warning("%s: %d of the %d %s items of these contexts are not in the catalogue: "
+                    "left out", path, unknown, given, what)
+    return lists
+
+
+def _top_k_of_files(model_dir: str | Path, contexts: str | Path, k: int,
+                    items: str | Path | None, exclude: str | Path | None, approximate: bool
+                    ) -> tuple[list[Any], Catalogue, list[tuple[np.ndarray, np.ndarray]]]:
+    """The query ids, the catalogue and each query's ``(positions, scores)``, best first."""
+    require_option(k >= 1, "--k", ">= 1", k)
+    model = load_fm(model_dir)
+    catalogue = catalogue_of(model, model_dir, items)
+    index = approximate_index(model_dir, catalogue, items is not None) if approximate else None
+    ids, batch = read_id_rows(contexts, model.feature_dim, model.input_fields)
+    found = top_k(model, catalogue, batch, k, item_lists(exclude, ids, catalogue), index)
+    return ids, catalogue, found
 
 
 def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
@@ -113,16 +136,27 @@ def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
     """``fmkit recommend``: JSON Lines ``{"id", "items", "scores"}`` per context (scores are
     y_hat), to ``output`` or stdout; returns the number of contexts. ``approximate``: the
     candidates come from the HNSW graph (exact scores; recall below 1 is possible)."""
-    require_option(k >= 1, "--k", ">= 1", k)
-    model = load_fm(model_dir)
-    catalogue = catalogue_of(model, model_dir, items)
-    index = approximate_index(model_dir, catalogue, items is not None) if approximate else None
-    ids, batch = read_id_rows(contexts, model.feature_dim, model.input_fields)
-    found = top_k(model, catalogue, batch, k, exclusions(exclude, ids, catalogue), index)
+    ids, catalogue, found = _top_k_of_files(model_dir, contexts, k, items, exclude, approximate)
     with files.output_stream(output, ANSWERS) as out:
         for answer in _answers(ids, catalogue, found):
             out.write((json.dumps(answer) + "\n").encode())
     return len(ids)
+
+
+def evaluate_files(model_dir: str | Path, contexts: str | Path, relevant: str | Path, k: int,
+                   *, items: str | Path | None = None, exclude: str | Path | None = None,
+                   approximate: bool = False) -> dict[str, float]:
+    """``fmkit recommend evaluate``: how good each context's top ``k`` is against the items
+    ``relevant`` lists for it (held-out interactions; a ``{"id", "items"}`` JSON Lines file
+    like ``exclude``, which usually lists the training interactions):
+    :func:`fmkit.models.metrics.ranking_metrics` over the contexts with a relevant item."""
+    ids, catalogue, found = _top_k_of_files(model_dir, contexts, k, items, exclude, approximate)
+    wanted = item_lists(relevant, ids, catalogue, "relevant")
+    metrics = ranking_metrics([positions for positions, _ in found], wanted, k)
+    if not metrics["queries"]:
+        raise DataError(str(relevant), None, "lists no catalogue item for any context of "
+                        f"{contexts}: nothing to evaluate")
+    return metrics
 
 
 REQUEST_FIELDS = ("id", "keys", "values", "fields", "exclude")  # of a /recommend instance

@@ -6,7 +6,8 @@ Names match SageMaker's metric names without the ``test:`` prefix: ``rmse`` for 
 several classes (``multiclass_classifier``, SageMaker's linear learner's names)
 ``multiclass_cross_entropy``, ``multiclass_accuracy`` and ``auc`` (one class against the
 rest, averaged over classes). Every metric takes optional per-row weights (TorchEasyRec's
-``sample_weight_fields``); :func:`grouped_auc` is the mean AUC over groups (e.g. users).
+``sample_weight_fields``); :func:`grouped_auc` is the mean AUC over groups (e.g. users);
+:func:`ranking_metrics` scores top-k recommendations against held-out relevant items.
 """
 
 from __future__ import annotations
@@ -102,6 +103,32 @@ def grouped_auc(y_true: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> f
     values = [auc(y[a:b], s[a:b]) for a, b in zip(starts, np.r_[starts[1:], g.size])]
     values = [v for v in values if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
+
+
+def ranking_metrics(found: list[np.ndarray], relevant: list[np.ndarray], k: int
+                    ) -> dict[str, float]:
+    """Top-k quality of recommendations, as LightFM's ``precision_at_k`` and ``recall_at_k``
+    and the usual NDCG, MRR and hit rate at k: the mean over the queries that have a relevant
+    item (``relevant[q]``, positions in the catalogue) of what their ``found[q]`` (the
+    positions recommended, best first, at most ``k``) holds. Relevance is binary: NDCG's gains
+    are 1 at rank r discounted by log2(r + 1), over the ideal order of min(k, relevant) hits;
+    MRR is 1 / the rank of the first hit (0 without one)."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    rows = []
+    for top, wanted in zip(found, relevant):
+        wanted = np.unique(wanted)
+        if wanted.size == 0:
+            continue
+        hits = np.isin(np.asarray(top)[:k], wanted)
+        first = np.flatnonzero(hits)
+        ideal = discounts[: min(k, wanted.size)].sum()
+        rows.append((hits.sum() / k, hits.sum() / wanted.size,
+                     (discounts[: hits.size] * hits).sum() / ideal,
+                     1.0 / (first[0] + 1) if first.size else 0.0, float(first.size > 0)))
+    names = ("precision", "recall", "ndcg", "mrr", "hit_rate")
+    means = np.mean(rows, axis=0) if rows else [float("nan")] * len(names)
+    return {"queries": len(rows), **{f"{name}_at_{k}": float(value)
+                                     for name, value in zip(names, means)}}
 
 
 # early_stopping_metric: short name -> its key in compute_metrics per predictor type, and
