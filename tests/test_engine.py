@@ -225,3 +225,16 @@ def test_validation_every_n_steps_can_stop_inside_an_epoch():
     assert learner.steps == 9 and [h.rows for h in history] == [9]  # measured at 3, 6, 9
     assert [c["step"] for c in history[0].checks] == [3, 6]
     assert learner.w == 0.0 and stopper.best_step == 3
+
+
+def test_processes_agree_on_the_signal_that_stopped_them():
+    """The sum a step's all-reduce carries names the signal when every process that had one
+    had the same (a process stopped by the others' signal reports it, not a vague reason)."""
+    numbers = [interruption.as_number(r) for r in ("SIGTERM", None, "SIGTERM")]
+    assert numbers == [int(signal.SIGTERM), 0, int(signal.SIGTERM)]
+    assert interruption.from_numbers(2, sum(numbers)) == "SIGTERM"
+    assert interruption.from_numbers(0, 0) is None
+    mixed = interruption.as_number("SIGTERM") + interruption.as_number("SIGINT")
+    assert interruption.from_numbers(2, mixed) == "a stop asked of another process"
+    assert interruption.from_numbers(1, interruption.as_number("tests")) == (
+        "a stop asked of another process")

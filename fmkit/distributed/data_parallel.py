@@ -68,10 +68,10 @@ class DataParallel:
         local = self.learner.gradient(batch)
         dense = _numpy(local.dense).ravel()
         asked = interruption.requested()  # a process asked to stop: all stop after this step
-        total = all_sum(np.concatenate([[local.rows, local.loss, local.weight, bool(asked)],
-                                        dense]))
+        total = all_sum(np.concatenate([[local.rows, local.loss, local.weight, bool(asked),
+                                         interruption.as_number(asked)], dense]))
         rows, loss, weight = int(total[0]), float(total[1]), float(total[2])
-        self.stopping = asked or ("a stop asked of another process" if total[3] else None)
+        self.stopping = asked or interruption.from_numbers(total[3], total[4])
         if self.stopping and not asked:
             interruption.request(self.stopping)  # this process's job ends as the others' do
         if rows == 0:
@@ -83,7 +83,7 @@ class DataParallel:
             ids, values = sum_sparse_rows(_numpy(ids).astype(np.int64), _numpy(values),
                                           self.slots[table_rows])
             sparse.append((ids, values, table_rows))
-        self.learner.apply(Gradient(rows, loss, total[4:], sparse, weight))
+        self.learner.apply(Gradient(rows, loss, total[5:], sparse, weight))
         return (loss * rows / weight if weight else loss), rows
 
 

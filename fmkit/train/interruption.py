@@ -29,6 +29,25 @@ def requested() -> str | None:
     return _requested
 
 
+def as_number(reason: str | None) -> int:
+    """A request as a number processes can sum: its signal's number, 0 for none, -1 for a
+    request that is not a signal."""
+    if reason is None:
+        return 0
+    return int(signal.Signals[reason]) if reason in signal.Signals.__members__ else -1
+
+
+def from_numbers(count: float, total: float) -> str | None:
+    """The request ``count`` processes made, their :func:`as_number` values summing to
+    ``total``: the signal's name when they all had the same one."""
+    if not count:
+        return None
+    number = total / count
+    if number == int(number) and int(number) in {int(s) for s in signal.Signals}:
+        return signal.Signals(int(number)).name
+    return "a stop asked of another process"
+
+
 def request(reason: str) -> None:
     """Ask the training in progress to stop after its current step (what the handler does)."""
     global _requested
