@@ -473,8 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False) or (args.command == "demo" and not args.verbose)
     setup_logging(quiet=quiet)
     limit_threads()  # a container's CPU quota, not the host's cores
-    if args.command in ONE_OUTPUT_COMMANDS:
-        interruption.exit_cleanly_on(signal.SIGTERM)  # no partial output left behind
+    handlers = (interruption.exit_cleanly_on(signal.SIGTERM)  # no partial output left behind
+                if args.command in ONE_OUTPUT_COMMANDS else {})
     from fmkit.jobs import fm as jobs
 
     try:
@@ -611,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
               f"is above): {why.split('. ')[0][:160]}", file=sys.stderr)  # (its first sentence)
         return 1
     finally:
+        interruption.restore(handlers)
         if args.command == "train":
             distributed.shutdown(wait_for_peers=False)  # a no-op after a finished run
     return 0

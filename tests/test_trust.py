@@ -613,6 +613,16 @@ def test_a_signal_while_predicting_from_a_silent_pipe_leaves_nothing(tmp_path, m
     assert os.listdir(out) == []
 
 
+def test_the_command_line_in_process_leaves_the_signal_handlers_as_it_found_them(
+        cli, tmp_path, model_dir):
+    """``fmkit.cli.main`` called from a program (as these tests do) hands SIGTERM back."""
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, err = cli("predict", "--model-dir", model_dir, "--data",
+                       shared_file("a9a_libsvm", "a9a.t"), "--output", tmp_path / "p.jsonl")
+    assert code == 0, err
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 # -- 13. index bases -----------------------------------------------------------------------------
 def test_convert_to_libsvm_keeps_the_index_base(cli, tmp_path, model_dir):
     a9a_t = shared_file("a9a_libsvm", "a9a.t")

@@ -72,8 +72,7 @@ def stop_on(*signals: signal.Signals) -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
+        restore(before)
         _requested = None
 
 
@@ -83,12 +82,19 @@ def _exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def exit_cleanly_on(*signals: signal.Signals) -> None:
+def exit_cleanly_on(*signals: signal.Signals) -> dict:
     """Make each of ``signals`` end the process as an exception would (``SystemExit(128 +
     signal)`` in the main thread) instead of at once, so that what a command was writing is
     removed on the way out, not left as a partial file. For commands of one process whose
     work runs on the main thread (an exception raised in a finalizer is ignored, and with it
-    the signal: a second one ends the process at once)."""
-    if threading.current_thread() is threading.main_thread():
-        for s in signals:
-            signal.signal(s, _exit)
+    the signal: a second one ends the process at once). Returns the handlers it replaced, for
+    :func:`restore`."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, _exit) for s in signals}
+
+
+def restore(handlers: dict) -> None:
+    """Put back the signal handlers :func:`exit_cleanly_on` replaced."""
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
