@@ -27,6 +27,7 @@ __all__ = [
     "HyperparameterError",
     "__version__",
     "load",
+    "ranking_metrics",
     "tune",
 ]
 _ESTIMATORS = ("FMClassifier", "FMRegressor", "FFMClassifier", "FFMRegressor", "load")
@@ -44,6 +45,10 @@ def __getattr__(name: str) -> Any:
         from fmkit import deepfm_estimators
 
         return getattr(deepfm_estimators, name)
+    if name == "ranking_metrics":  # the top k of recommend() against held-out items
+        from fmkit.models.metrics import ranking_metrics
+
+        return ranking_metrics
     if name == "tune":  # fmkit tune from Python (needs Optuna: 'fmkit[tune]')
         from fmkit.jobs.tune import tune
 

@@ -399,6 +399,22 @@ def test_recommend_evaluate_scores_the_top_k_against_held_out_items(movielens_fm
                            np.mean(rows, axis=0)):
         assert got[f"{name}_at_{k}"] == pytest.approx(value, abs=1e-12), name
     print({name: round(value, 4) for name, value in got.items()})
+    # from Python: the estimator's recommend, then fmkit.ranking_metrics
+    import scipy.sparse as sp
+
+    import fmkit
+
+    def matrix(rows):
+        return sp.csr_matrix(([1.0] * sum(len(r["keys"]) for r in rows),
+                              [key for r in rows for key in r["keys"]],
+                              np.cumsum([0] + [len(r["keys"]) for r in rows])),
+                             shape=(len(rows), FEATURES))
+
+    estimator = fmkit.load(root / "model")
+    positions, _ = estimator.recommend(matrix(contexts), matrix(catalogue), k, exclude=[
+        [ids.index(i) for i in seen.get(c["id"], [])] for c in contexts])
+    assert fmkit.ranking_metrics(positions, [[ids.index(i) for i in held.get(c["id"], [])]
+                                             for c in contexts], k) == pytest.approx(got)
     # a relevant file naming none of the contexts' catalogue items: nothing to evaluate
     (root / "none.jsonl").write_text('{"id": -1, "items": [1]}\n')
     code, _, err = cli("recommend", "evaluate", *common, "--relevant", root / "none.jsonl")
