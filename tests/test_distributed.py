@@ -46,9 +46,9 @@ def _test_metrics(model_dir) -> dict:
     return json.loads((model_dir / "metrics.json").read_text())["test"]
 
 
-def test_sagemaker_train_on_two_hosts_makes_one_model(tmp_path):
+def _two_sagemaker_hosts(tmp_path, epochs: int) -> list:
     """Two `fmkit sagemaker train` processes, each with its own /opt/ml and
-    resourceconfig.json (algo-1, algo-2), on loopback."""
+    resourceconfig.json (algo-1, algo-2), on loopback; their stderr in ROOT/job.log."""
     import os
     import socket
     import subprocess
@@ -61,7 +61,7 @@ def test_sagemaker_train_on_two_hosts_makes_one_model(tmp_path):
     a9a = shared_file("a9a_libsvm", "a9a").read_bytes()
     a9a_t = shared_file("a9a_libsvm", "a9a.t").read_bytes()
     hp = {"feature_dim": "124", "num_factors": "8", "predictor_type": "binary_classifier",
-          "epochs": "2", "mini_batch_size": "200"}
+          "epochs": str(epochs), "mini_batch_size": "200"}
     channel = {"ContentType": "text/libsvm", "TrainingInputMode": "File",
                "S3DistributionType": "FullyReplicated"}
     processes = []
@@ -78,17 +78,48 @@ def test_sagemaker_train_on_two_hosts_makes_one_model(tmp_path):
             (root / "input" / "data" / name / "part-0").write_bytes(data)
         env = {**os.environ, "FMKIT_OPT_ML": str(root), "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "NUMBA_NUM_THREADS": "1"}
-        processes.append(subprocess.Popen([fmkit_executable(), "sagemaker", "train"], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True))
-    logs = [p.communicate(timeout=300) for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], logs
-    first = logs[0][1]
+        with open(root / "job.log", "w") as log:
+            processes.append(subprocess.Popen([fmkit_executable(), "sagemaker", "train"],
+                                              env=env, stdout=log, stderr=subprocess.STDOUT))
+    return processes
+
+
+def test_sagemaker_train_on_two_hosts_makes_one_model(tmp_path):
+    processes = _two_sagemaker_hosts(tmp_path, epochs=2)
+    codes = [p.wait(timeout=300) for p in processes]
+    logs = [(tmp_path / host / "job.log").read_text() for host in ("algo-1", "algo-2")]
+    assert codes == [0, 0], logs
+    first = logs[0]
     assert re.findall(r"over (\d+) rows", first) == ["32561", "32561"]  # both hosts' shards
     auc = float(re.search(r"test auc <score>=([0-9.]+)", first).group(1))
     assert auc > 0.88
     assert (tmp_path / "algo-1" / "model" / "model_algo-1" / "model.json").is_file()
     assert not (tmp_path / "algo-2" / "model" / "model_algo-1").exists()  # one model
+
+
+def test_stop_training_job_reaching_one_host_stops_both_and_the_first_writes(tmp_path):
+    """SIGTERM reaches the hosts at their own moments; here only the second host (which
+    writes nothing) gets it: both stop after the same step, the first writes the model trained
+    so far, neither writes a failure."""
+    import signal
+    import time
+
+    processes = _two_sagemaker_hosts(tmp_path, epochs=1000)
+    log = tmp_path / "algo-1" / "job.log"
+    deadline = time.monotonic() + 120
+    while "epoch 2/1000: train loss" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    processes[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=120) for p in processes]
+    logs = [(tmp_path / host / "job.log").read_text() for host in ("algo-1", "algo-2")]
+    assert codes == [128 + signal.SIGTERM] * 2, logs
+    assert "SIGTERM: the model trained so far" in logs[0] and "Traceback" not in "".join(logs)
+    metrics = json.loads((tmp_path / "algo-1" / "model" / "model_algo-1" / "metrics.json")
+                         .read_text())
+    assert metrics["stopped"]["by"] == "SIGTERM" and metrics["stopped"]["epoch"] >= 2
+    assert not any((tmp_path / host / "output" / "failure").exists()
+                   for host in ("algo-1", "algo-2"))
+    assert not (tmp_path / "algo-2" / "model" / "model_algo-1").exists()
 
 
 def test_deepfm_on_two_processes_matches_one(tmp_path):
