@@ -252,11 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "items.jsonl\n  fmkit recommend --model-dir model --context users.jsonl "
                        "--k 10 --exclude seen.jsonl\n  fmkit recommend evaluate --model-dir "
                        "model --context users.jsonl --exclude seen.jsonl --relevant "
-                       "held_out.jsonl", formatter_class=raw)
-    p.add_argument("action", nargs="?", choices=("index", "evaluate"),
+                       "held_out.jsonl\n  fmkit recommend pairs --context users.jsonl --items "
+                       "items.jsonl --interactions seen.jsonl --output train.svm",
+                       formatter_class=raw)
+    p.add_argument("action", nargs="?", choices=("index", "evaluate", "pairs"),
                    help="index: write the item catalogue into the model directory; evaluate: "
-                   "print precision, recall, NDCG, MRR and hit rate at k against --relevant")
-    p.add_argument("--model-dir", required=True)
+                   "print precision, recall, NDCG, MRR and hit rate at k against --relevant; "
+                   "pairs: write training rows (libsvm, 0-based keys) of --interactions with "
+                   "sampled negatives, before any model")
+    p.add_argument("--model-dir", help="the model (every action but pairs)")
     p.add_argument("--items", help="candidate items (default: the model's catalogue)")
     p.add_argument("--context", help="contexts (queries): one row each")
     p.add_argument("--k", type=int, default=10, help="items per context (default 10)")
@@ -264,8 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
                    '[item ids]}: items a query must not get (e.g. already seen)')
     p.add_argument("--relevant", metavar="FILE", help='evaluate: JSON Lines {"id": query id, '
                    '"items": [item ids]}: the held-out items each query should get')
-    p.add_argument("--output", help="JSON Lines {\"id\", \"items\", \"scores\"} (default: "
-                   "stdout)")
+    p.add_argument("--interactions", metavar="FILE", help='pairs: JSON Lines {"id": context '
+                   'id, "items": [item ids]}: what each context chose')
+    p.add_argument("--negatives", type=int, default=4, metavar="N",
+                   help="pairs: items drawn per interaction among those the context did not "
+                   "choose, label 0 (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="pairs: the draws' seed (default 0)")
+    p.add_argument("--output", help="JSON Lines {\"id\", \"items\", \"scores\"}, or pairs' "
+                   "libsvm rows (default: stdout)")
     p.add_argument("--approximate", action="store_true",
                    help="index: also build an HNSW graph of the items (FAISS); recommend: take "
                    "candidates from it (for very large catalogues: exact scores, recall "
@@ -529,7 +539,20 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "recommend":
             from fmkit.jobs import recommend
 
-            if args.action == "index":
+            if args.action == "pairs":
+                if not (args.context and args.items and args.interactions):
+                    raise HyperparameterError("recommend pairs needs --context, --items and "
+                                              "--interactions")
+                positive, negative = recommend.write_pairs(
+                    args.context, args.items, args.interactions, args.output, args.negatives,
+                    args.seed)
+                log.info("wrote %d rows (%d interactions, %d sampled negatives) to %s: train "
+                         "on them with --index-base 0", positive + negative, positive,
+                         negative, args.output or "stdout")
+            elif not args.model_dir:
+                raise HyperparameterError(" ".join(filter(None, ["recommend", args.action]))
+                                          + " needs --model-dir")
+            elif args.action == "index":
                 if not args.items:
                     raise HyperparameterError("recommend index needs --items FILE")
                 count = recommend.index_items(args.model_dir, args.items, args.approximate)

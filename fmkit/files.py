@@ -76,6 +76,11 @@ class Recognise:
                               "nothing was changed: remove it or choose another name")
 
 
+# For data files (converted channels, training pairs): what fmkit writes there cannot be told
+# from the user's own data, so only a missing or empty file is written.
+ONLY_EMPTY = Recognise("empty (data fmkit writes cannot be told from yours)", lambda head: False)
+
+
 def describe_os_error(error: OSError) -> str:
     """``strerror`` without Python's ``[Errno N]`` decoration (a full disk, a read-only
     directory...)."""

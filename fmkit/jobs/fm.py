@@ -242,8 +242,6 @@ def _write_predictions(model: Model, blocks: Iterable[Any],
 
 
 CONVERT_TARGETS = ("recordio", "libsvm")
-CONVERTED = files.Recognise(  # only an empty file is replaced
-    "empty (a converted channel cannot be told from your data)", lambda head: False)
 
 
 def convert_file(input_path: str | Path, output: str | Path, *, source_format: str = "auto",
@@ -278,7 +276,7 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
         log.warning("%s: its fields are dropped: %s holds features and values only (a "
                     "field-aware FM trains from libffm)", source.name, target_format)
     rows = 0
-    with files.output_stream(output, CONVERTED) as f:
+    with files.output_stream(output, files.ONLY_EMPTY) as f:
         for batch in source.blocks():
             X = sp.csr_matrix((batch.values, batch.indices, batch.indptr),
                               shape=(batch.n_rows, feature_dim))

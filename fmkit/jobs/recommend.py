@@ -14,16 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from fmkit import files
 from fmkit.data.blocks import read_input_text
 from fmkit.data.id_rows import read_id_rows
+from fmkit.data.libsvm import write_libsvm
 from fmkit.errors import ArtifactError, DataError, excerpt, require_option
 from fmkit.logs import log
 from fmkit.models import artifact
 from fmkit.models.fm.approximate import ApproximateIndex
 from fmkit.models.fm.model import FMModel
-from fmkit.models.fm.recommend import Catalogue, top_k
+from fmkit.models.fm.recommend import Catalogue, IdIndex, top_k
 from fmkit.models.metrics import ranking_metrics
 
 
@@ -87,7 +89,7 @@ def _answers(ids: list[Any], catalogue: Catalogue,
              "scores": scores.tolist()} for query, (positions, scores) in zip(ids, found)]
 
 
-def item_lists(path: str | Path | None, query_ids: list[Any], catalogue: Catalogue,
+def item_lists(path: str | Path | None, query_ids: list[Any], catalogue: Catalogue | IdIndex,
                what: str = "excluded") -> list[np.ndarray] | None:
     """Per query, the catalogue positions of the items ``path`` (JSON Lines ``{"id": query,
     "items": [item ids]}``) lists for it: the ``--exclude`` and ``--relevant`` files. Item ids
@@ -157,6 +159,80 @@ def evaluate_files(model_dir: str | Path, contexts: str | Path, relevant: str | 
         raise DataError(str(relevant), None, "lists no catalogue item for any context of "
                         f"{contexts}: nothing to evaluate")
     return metrics
+
+
+ANY_KEY = 2**31 - 1  # before a model there is no feature_dim to check keys against
+
+
+def write_pairs(contexts: str | Path, items: str | Path, interactions: str | Path,
+                output: str | Path | None, negatives: int = 4, seed: int = 0
+                ) -> tuple[int, int]:
+    """``fmkit recommend pairs``: training rows for implicit feedback (what users chose, with
+    nothing said of the rest), as libsvm with 0-based keys: each interaction (``{"id":
+    context id, "items": [item ids]}`` JSON Lines) as the context's row joined with the
+    item's, label 1, and ``negatives`` rows per interaction joining the context with items
+    drawn uniformly (with replacement) from those it has no interaction with, label 0 — the
+    sampled negatives LightFM's losses draw during training, drawn once here (seeded). The
+    rows are shuffled. Returns ``(positive rows, negative rows)``."""
+    require_option(negatives >= 0, "--negatives", ">= 0", negatives)
+    context_ids, context_rows = read_id_rows(contexts, ANY_KEY)
+    item_ids, item_rows = read_id_rows(items, ANY_KEY)
+    for path, ids in ((contexts, context_ids), (items, item_ids)):
+        if len(IdIndex(ids)) != len(ids):
+            raise DataError(str(path), None, "an id is given twice: ids must be unique")
+    shared = np.intersect1d(context_rows.indices, item_rows.indices)
+    if shared.size:
+        key = int(shared[0])
+        context, item = (excerpt(json.dumps(ids[_first_row_with(rows, key)]), quote=False)
+                         for ids, rows in ((context_ids, context_rows), (item_ids, item_rows)))
+        raise DataError(str(items), None, f"context {context} and item {item} share the key "
+                        f"{key}: contexts and items must have features of their own")
+    chosen = item_lists(interactions, context_ids, IdIndex(item_ids), "interaction")
+    rng = np.random.default_rng(seed)
+    parts = []  # (label, context row, item row) arrays
+    for row, taken in enumerate(chosen):
+        drawn = _unchosen(rng, len(item_ids), taken, taken.size * negatives)
+        parts.append(np.array([np.r_[np.ones(taken.size), np.zeros(drawn.size)],
+                               np.full(taken.size + drawn.size, row),
+                               np.r_[taken, drawn]], np.int64))
+    labels, rows, picked = np.concatenate(parts, axis=1)[:, rng.permutation(
+        sum(p.shape[1] for p in parts))] if parts else np.zeros((3, 0), np.int64)
+    if not labels.size:
+        raise DataError(str(interactions), None, f"names no item of {items} for a context of "
+                        f"{contexts}: no pairs to write")
+    width = 1 + max(int(context_rows.indices.max(initial=0)), int(item_rows.indices.max(
+        initial=0)))
+    context_part, item_part = (_matrix(context_rows, width)[rows],
+                               _matrix(item_rows, width)[picked])
+    joined = (context_part + item_part).tocsr()
+    with files.output_stream(output, files.ONLY_EMPTY) as out:
+        write_libsvm(out, joined, labels)
+    positive = int(labels.sum())
+    return positive, labels.size - positive
+
+
+def _first_row_with(rows, key: int) -> int:
+    """The first row of a batch that holds ``key``."""
+    nonzero = int(np.flatnonzero(rows.indices == key)[0])
+    return int(np.searchsorted(rows.indptr, nonzero, "right")) - 1
+
+
+def _unchosen(rng: np.random.Generator, items: int, taken: np.ndarray, count: int
+              ) -> np.ndarray:
+    """``count`` item positions drawn uniformly (with replacement) from ``range(items)`` less
+    ``taken``: drawn from all and redrawn where taken (few are, for most contexts), or from
+    the complement when it is the smaller part; none when nothing is left."""
+    if taken.size * 2 > items:
+        others = np.setdiff1d(np.arange(items), taken)
+        return rng.choice(others, count) if others.size else taken[:0]
+    drawn = rng.integers(items, size=count)
+    while (again := np.isin(drawn, taken)).any():
+        drawn[again] = rng.integers(items, size=int(again.sum()))
+    return drawn
+
+
+def _matrix(rows, width: int) -> sp.csr_matrix:
+    return sp.csr_matrix((rows.values, rows.indices, rows.indptr), shape=(rows.n_rows, width))
 
 
 REQUEST_FIELDS = ("id", "keys", "values", "fields", "exclude")  # of a /recommend instance

@@ -87,15 +87,13 @@ class Catalogue:
     squares: np.ndarray | None = None
 
     @cached_property
-    def index(self) -> dict[str, int]:
-        """Catalogue positions by id, the id's JSON text the key (``1``, ``"1"`` and ``[1]``
-        are three ids); built once, not per request."""
-        return {_key(i): n for n, i in enumerate(self.ids)}
+    def index(self) -> IdIndex:
+        """Catalogue positions by id; built once, not per request."""
+        return IdIndex(self.ids)
 
     def positions(self, ids: list[Any]) -> np.ndarray:
         """The positions of those of ``ids`` the catalogue holds (others are ignored)."""
-        index = self.index
-        return np.array([index[key] for key in map(_key, ids) if key in index], np.int64)
+        return self.index.positions(ids)
 
     @cached_property
     def scoring(self) -> tuple[np.ndarray, float]:
@@ -154,6 +152,18 @@ class Catalogue:
 
 def _key(item_id: Any) -> str:
     return json.dumps(item_id, sort_keys=True)
+
+
+class IdIndex(dict):
+    """Positions by id, the id's JSON text the key (``1``, ``"1"`` and ``[1]`` are three
+    ids): a catalogue's, or an items file's before there is a model."""
+
+    def __init__(self, ids: list[Any]):
+        super().__init__((_key(i), n) for n, i in enumerate(ids))
+
+    def positions(self, ids: list[Any]) -> np.ndarray:
+        """The positions of those of ``ids`` held here (others are ignored)."""
+        return np.array([self[key] for key in map(_key, ids) if key in self], np.int64)
 
 
 def _as_given(model: FMModel) -> FMModel:
