@@ -41,6 +41,7 @@ PEER_STEPS = [
     ["pip", "install", "xlearn"],
     ["pip", "install", "--no-build-isolation", "fastFM"],
     ["pip", "install", "torch==2.13.0", "torchfm", "deepctr-torch"],
+    ["pip", "install", "lightfm"],  # (bench_recommend_quality.py)
 ]
 
 # fmkit tasks: each runs in a fresh interpreter and prints one JSON object.
