@@ -227,6 +227,16 @@ def _tune_section(directory: Path) -> list[str]:
     return [*parts, "</div>"]
 
 
+def _stopped(where: Any) -> list[str]:
+    """A sentence when the run was stopped on request (SIGTERM) before its epochs were done."""
+    if not isinstance(where, dict):
+        return []
+    by, epoch, rows, step = (html.escape(str(where.get(name)))
+                             for name in ("by", "epoch", "epoch_rows", "step"))
+    return [f"<p><strong>Training was stopped by {by} in epoch {epoch}, after {rows} of its rows "
+            f"(step {step}): this is the model trained so far.</strong></p>"]
+
+
 def write_report(model_dir: str | Path, data: str | Path | None = None,
                  output: str | Path | None = None, fmt: str = "auto",
                  data_config: Sequence[str] = ()) -> Path:
@@ -239,7 +249,7 @@ def write_report(model_dir: str | Path, data: str | Path | None = None,
     metrics = artifact.read_metrics(model_dir)
     history = artifact.training_history(metrics)
     channels = {name: values for name, values in metrics.items()
-                if name != "train" and isinstance(values, dict)}
+                if name not in ("train", artifact.STOPPED) and isinstance(values, dict)}
     plots = {"Learning curves": _learning_curves(plt, history)} if history else {}
     if data is not None:
         labels, logits = model.labelled_logits(model.read(data, fmt, labelled=True))
@@ -250,6 +260,7 @@ def write_report(model_dir: str | Path, data: str | Path | None = None,
     names = sorted({n for values in channels.values() for n in values})
     parts = [f"<h1>fmkit model: {html.escape(str(model_dir))}</h1>",
              f"<p>{html.escape(model.predictor_type)}, {type(model).__name__}</p>",
+             *_stopped(metrics.get(artifact.STOPPED)),
              "<h2>Metrics</h2>",
              _table([{"channel": c, **v} for c, v in channels.items()], ["channel", *names]),
              "<h2>Training history</h2>", _history_table(history)]

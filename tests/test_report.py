@@ -170,3 +170,26 @@ def test_report_of_a_directory_that_is_not_a_model_is_one_line(tmp_path, cli):
     code, _, err = cli("report", "--model-dir", tmp_path)
     assert code == 1 and err.startswith("fmkit: error:") and len(err.splitlines()) == 1
     assert re.search("model", err)
+
+
+def test_report_of_a_run_stopped_by_sigterm_says_so(tmp_path, cli):
+    """A model written when SIGTERM stopped its training (``metrics.json`` ``stopped``, as
+    ``tests/test_checkpoints.py`` makes them): the page says where it stopped, and the record
+    is not shown as a channel of metrics."""
+    a9a = shared_file("a9a_libsvm", "a9a")
+    code, _, err = cli("train", "--train", a9a, "--model-dir", tmp_path / "m", "--quiet",
+                       "feature_dim=124", "num_factors=4", "predictor_type=binary_classifier",
+                       "epochs=2", "mini_batch_size=100")
+    assert code == 0, err
+    path = tmp_path / "m" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["stopped"] = {"by": "SIGTERM", "epoch": 2, "epoch_rows": 12300, "step": 449}
+    path.write_text(json.dumps(metrics))
+    code, _, err = cli("report", "--model-dir", tmp_path / "m", "--data",
+                       shared_file("a9a_libsvm", "a9a.t"), "--quiet")
+    assert code == 0, err
+    text = (tmp_path / "m" / "report.html").read_text()
+    assert ("Training was stopped by SIGTERM in epoch 2, after 12300 of its rows (step 449)"
+            in text)
+    assert [row["channel"] for row in Page(text).records(0)] == [
+        f"data ({shared_file('a9a_libsvm', 'a9a.t')})"]

@@ -17,6 +17,7 @@ from fmkit.distributed import all_sum
 from fmkit.distributed.data_parallel import parallel
 from fmkit.errors import DataError
 from fmkit.logs import DEFAULT_HOST, log, log_metrics
+from fmkit.models import artifact
 from fmkit.models.fm.parameters import LABEL_ROWS, FMParameters, starting_point
 from fmkit.train import interruption
 from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
@@ -139,12 +140,11 @@ def score_and_save(model: Any, model_dir: str | Path, metrics: dict[str, Any],
     it stopped: the time left before the process is killed is for writing the model."""
     reason = interruption.requested()
     if reason:
-        last = metrics["train"][-1] if metrics.get("train") else {}
-        metrics["stopped"] = {"by": reason, "epoch": last.get("epoch"),
-                              "epoch_rows": last.get("rows"), "step": last.get("steps")}
+        where = metrics[artifact.STOPPED] = artifact.stop_record(metrics.get("train", []),
+                                                                  reason)
         model.save(model_dir, metrics)
         log.warning("%s: the model trained so far (to epoch %s, %s rows in) was written to %s%s",
-                    reason, last.get("epoch"), last.get("rows"), model_dir,
+                    reason, where["epoch"], where["epoch_rows"], model_dir,
                     f", without {', '.join(scorers)} metrics" if scorers else "")
         return
     for channel, score in scorers.items():

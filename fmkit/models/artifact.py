@@ -348,6 +348,17 @@ def read_metrics(path: str | Path) -> dict:
         raise ArtifactError(f"{metrics_path}: unreadable metrics: {e}") from None
 
 
+STOPPED = "stopped"  # metrics.json: where a run stopped on request (SIGTERM), when it did
+
+
+def stop_record(history: list[dict], reason: str) -> dict[str, Any]:
+    """What ``metrics.json`` keeps under :data:`STOPPED`: the request and the last (partial)
+    epoch of ``history``."""
+    last = history[-1] if history else {}
+    return {"by": reason, "epoch": last.get("epoch"), "epoch_rows": last.get("rows"),
+            "step": last.get("steps")}
+
+
 def training_history(metrics: dict) -> list[dict]:
     """The per-epoch entries of ``metrics.json``'s ``train`` (anything else left out)."""
     train = metrics.get("train", []) if isinstance(metrics, dict) else []
