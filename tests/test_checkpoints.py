@@ -345,3 +345,25 @@ def test_deepfm_init_model_then_one_epoch_equals_two_epochs_and_validation(tmp_p
     history = json.loads((tmp_path / "more" / "metrics.json").read_text())["train"]
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[0]["validation"] is None and history[1]["validation"]["rows"] == 1000
+
+
+def test_init_model_of_a_run_sigterm_stopped_says_it_continues_with_the_next_epoch(tmp_path,
+                                                                                  cli):
+    """The stopped model's last epoch is partial: continuing it numbers the next epoch after
+    it, and the warning says how to finish that epoch instead."""
+    train = ["train", "--train", shared_file("a9a_libsvm", "a9a.t"), "--index-base", "1",
+             "--quiet", *HP[:3], "epochs=1", *HP[4:]]
+    code, _, err = cli(*train, "--model-dir", tmp_path / "m")
+    assert code == 0, err
+    path = tmp_path / "m" / "metrics.json"
+    metrics = json.loads(path.read_text())  # as a SIGTERM after 800 rows of epoch 1 leaves it
+    metrics["train"][-1]["rows"] = 800
+    metrics["stopped"] = {"by": "SIGTERM", "epoch": 1, "epoch_rows": 800, "step": 100}
+    path.write_text(json.dumps(metrics))
+    code, _, err = cli(*train, "--model-dir", tmp_path / "n", "--init-model", tmp_path / "m")
+    assert code == 0, err
+    assert ("its training was stopped by SIGTERM in epoch 1, after 800 of its rows; this run "
+            "continues from its weights with the next epoch") in err, err
+    history = json.loads((tmp_path / "n" / "metrics.json").read_text())["train"]
+    assert [h["epoch"] for h in history] == [1, 2] and "stopped" not in json.loads(
+        (tmp_path / "n" / "metrics.json").read_text())

@@ -189,7 +189,7 @@ def _continue_from(path: str, before: DeepFMModel, model: DeepFMModel) -> list[d
     if change:
         raise HyperparameterError(f"--init-model {path}: {change}")
     model.net.load_state_dict(before.net.state_dict())
-    return artifact.training_history(artifact.read_metrics(path))
+    return artifact.continued_history(path)
 
 
 def early_stopping_of(config: EasyRecConfig, model: DeepFMModel, host: str = DEFAULT_HOST,

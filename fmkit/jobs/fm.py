@@ -196,7 +196,7 @@ def _initial_model(path: str | Path, hp: dict[str, Any]) -> tuple[Any, list[dict
     if change:
         raise HyperparameterError(f"--init-model {path}: {change}: a model continues with the "
                                   "same shapes")
-    return model.params, artifact.training_history(artifact.read_metrics(path))
+    return model.params, artifact.continued_history(path)
 
 
 def evaluate_files(model_dir: str | Path, data_path: str | Path, *,

@@ -28,6 +28,7 @@ import numpy as np
 from fmkit import files
 from fmkit._version import __version__
 from fmkit.errors import ArtifactError
+from fmkit.logs import log
 
 FORMAT = "fmkit-model"
 FORMAT_VERSION = 1
@@ -357,6 +358,21 @@ def stop_record(history: list[dict], reason: str) -> dict[str, Any]:
     last = history[-1] if history else {}
     return {"by": reason, "epoch": last.get("epoch"), "epoch_rows": last.get("rows"),
             "step": last.get("steps")}
+
+
+def continued_history(path: str | Path) -> list[dict]:
+    """``--init-model``: the training history of the model directory a run continues. A
+    model written when SIGTERM stopped its training ends in a partial epoch; the run then
+    continues with the next epoch (a warning says so: its checkpoint's ``--resume`` continues
+    exactly)."""
+    metrics = read_metrics(path)
+    stopped = metrics.get(STOPPED) if isinstance(metrics, dict) else None
+    if isinstance(stopped, dict):
+        log.warning("--init-model %s: its training was stopped by %s in epoch %s, after %s of "
+                    "its rows; this run continues from its weights with the next epoch (to "
+                    "finish that epoch instead, --resume from the run's --checkpoint-dir)",
+                    path, stopped.get("by"), stopped.get("epoch"), stopped.get("epoch_rows"))
+    return training_history(metrics)
 
 
 def training_history(metrics: dict) -> list[dict]:
