@@ -470,7 +470,7 @@ def _train(args: argparse.Namespace) -> int:
                              checkpoints=_checkpointer(args), resume=args.resume,
                              device=args.device, init_model=args.init_model)
         distributed.shutdown()  # finished: leave together with the other processes
-        return 128 + signal.SIGTERM if interruption.requested() else 0
+        return interruption.exit_code()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,17 +93,16 @@ class _FMEstimator(BaseEstimator):
         return tags
 
     # -- fitting and predicting -----------------------------------------------------------
-    def _hyperparameters(self, feature_dim: int) -> dict[str, Any]:
+    def _hyperparameters(self, feature_dim: int, column_fields: np.ndarray | None
+                         ) -> dict[str, Any]:
+        """The validated hyperparameters of a run on ``feature_dim`` columns; with
+        ``column_fields`` (each column's field) an FFM's ``model_type`` and ``num_fields``."""
         raw = {k: v for k, v in self.get_params().items()
                if v is not None and k not in ("warm_start", "fields")}
+        if column_fields is not None:
+            raw.update(model_type="ffm", num_fields=int(column_fields.max(initial=0)) + 1)
         return validate({**raw, "feature_dim": feature_dim,
-                         "predictor_type": self._predictor_type,
-                         **self._field_settings(feature_dim)})
-
-    def _field_settings(self, feature_dim: int) -> dict[str, Any]:
-        """The hyperparameters an estimator's kind sets (an FFM's ``model_type`` and
-        ``num_fields``)."""
-        return {}
+                         "predictor_type": self._predictor_type})
 
     def _column_fields(self, n_columns: int) -> np.ndarray | None:
         """The field of each column ``fit`` trains with (None: an FM)."""
@@ -147,7 +146,7 @@ class _FMEstimator(BaseEstimator):
             X_val, y_val = self._input(X_val, y_val, reset=False)
             validation = self._source(X_val, self._target(y_val, first=False),
                                       column_fields=fields)
-        hp = self._hyperparameters(source.feature_dim)
+        hp = self._hyperparameters(source.feature_dim, fields)
         change = self.model_.shape_change(hp) if warm else None
         if change:
             raise ValueError(f"warm_start: {change}; a fit continues with the same shapes "
@@ -179,10 +178,11 @@ class _FMEstimator(BaseEstimator):
         fields = self._column_fields(X.shape[1]) if first else None  # else the model's
         source = self._source(X, self._target(y, first, classes), sample_weight, fields)
         if first:
-            hp = with_starting_point(self._hyperparameters(source.feature_dim), source)
+            hp = with_starting_point(self._hyperparameters(source.feature_dim,
+                                                           source.column_fields), source)
             learner, self.history_ = fm_learner(hp), []
         elif fitted:
-            hp = self._hyperparameters(source.feature_dim)
+            hp = self._hyperparameters(source.feature_dim, source.column_fields)
             change = self.model_.shape_change(hp)
             if change:
                 raise ValueError(f"partial_fit: {change}; it continues the fitted model with "
@@ -371,10 +371,6 @@ class _FieldAware:
             raise ValueError(f"{name}: fields must hold one integer >= 0 per column of X "
                              f"({n_columns}), got {str(self.fields)[:60]}")
         return fields.astype(np.int32)
-
-    def _field_settings(self, feature_dim: int) -> dict[str, Any]:
-        fields = self._column_fields(feature_dim)
-        return {"model_type": "ffm", "num_fields": int(fields.max(initial=0)) + 1}
 
 
 class FFMClassifier(_FieldAware, FMClassifier):

@@ -173,7 +173,7 @@ def train(opt_ml: OptML | None = None) -> int:
             jobs.train_sources(hp, source, opt_ml.model / SAGEMAKER_SUBDIR, scored, host=host,
                                progress=False)
             distributed.shutdown()  # finished: leave together with the other hosts
-            return 128 + signal.SIGTERM if interruption.requested() else 0
+            return interruption.exit_code()
     except Exception as e:  # every failure must reach output/failure
         reason = str(e) if isinstance(e, FMKitError) else f"{type(e).__name__}: {e}"
         traceback.print_exc(file=sys.stderr)

@@ -36,6 +36,13 @@ class SparseBatch:
     def n_rows(self) -> int:
         return len(self.indptr) - 1
 
+    def matrix(self, width: int):
+        """The rows as a scipy CSR matrix of ``width`` columns (sharing the arrays)."""
+        import scipy.sparse as sp  # (not at start-up: the server and CLI need it rarely)
+
+        return sp.csr_matrix((self.values, self.indices, self.indptr),
+                             shape=(self.n_rows, width))
+
     def field_ids(self) -> np.ndarray:
         """Each nonzero's field, which a field-aware FM needs: an error naming the source when
         the rows carry none (libsvm, CSV, recordIO, an in-memory matrix)."""

@@ -255,8 +255,6 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
     on the input scores the output alike. Without ``feature_dim`` it is the input's largest
     index + 1.
     """
-    import scipy.sparse as sp
-
     from fmkit.data import libsvm, recordio
 
     if target_format not in CONVERT_TARGETS:
@@ -278,8 +276,7 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
     rows = 0
     with files.output_stream(output, files.ONLY_EMPTY) as f:
         for batch in source.blocks():
-            X = sp.csr_matrix((batch.values, batch.indices, batch.indptr),
-                              shape=(batch.n_rows, feature_dim))
+            X = batch.matrix(feature_dim)
             if np.isnan(batch.labels).any():
                 row = int(np.flatnonzero(np.isnan(batch.labels))[0])
                 raise DataError(*batch.where(row), "the record has no label")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from fmkit import files
 from fmkit.data.blocks import read_input_text
@@ -110,12 +109,12 @@ def item_lists(path: str | Path | None, query_ids: list[Any], catalogue: Catalog
         if not isinstance(items, list):
             raise DataError(str(path), number, '"items" must be a list of item ids')
         seen.setdefault(key, []).extend(items)
-    lists = [catalogue.positions(seen.get(json.dumps(q), [])) for q in query_ids]
-    given = sum(len(seen.get(json.dumps(q), [])) for q in query_ids)
-    unknown = given - sum(p.size for p in lists)
+    given = [seen.get(json.dumps(q), []) for q in query_ids]
+    lists = [catalogue.positions(items) for items in given]
+    unknown = sum(map(len, given)) - sum(p.size for p in lists)
     if unknown:
         log.warning("%s: %d of the %d %s items of these contexts are not in the catalogue: "
-                    "left out", path, unknown, given, what)
+                    "left out", path, unknown, sum(map(len, given)), what)
     return lists
 
 
@@ -177,9 +176,9 @@ def write_pairs(contexts: str | Path, items: str | Path, interactions: str | Pat
     require_option(negatives >= 0, "--negatives", ">= 0", negatives)
     context_ids, context_rows = read_id_rows(contexts, ANY_KEY)
     item_ids, item_rows = read_id_rows(items, ANY_KEY)
-    for path, ids in ((contexts, context_ids), (items, item_ids)):
-        if len(IdIndex(ids)) != len(ids):
-            raise DataError(str(path), None, "an id is given twice: ids must be unique")
+    IdIndex(context_ids).check_unique(context_ids, str(contexts), "context")
+    item_index = IdIndex(item_ids)
+    item_index.check_unique(item_ids, str(items))
     shared = np.intersect1d(context_rows.indices, item_rows.indices)
     if shared.size:
         key = int(shared[0])
@@ -187,7 +186,7 @@ def write_pairs(contexts: str | Path, items: str | Path, interactions: str | Pat
                          for ids, rows in ((context_ids, context_rows), (item_ids, item_rows)))
         raise DataError(str(items), None, f"context {context} and item {item} share the key "
                         f"{key}: contexts and items must have features of their own")
-    chosen = item_lists(interactions, context_ids, IdIndex(item_ids), "interaction")
+    chosen = item_lists(interactions, context_ids, item_index, "interaction")
     rng = np.random.default_rng(seed)
     parts = []  # (label, context row, item row) arrays
     for row, taken in enumerate(chosen):
@@ -202,9 +201,7 @@ def write_pairs(contexts: str | Path, items: str | Path, interactions: str | Pat
                         f"{contexts}: no pairs to write")
     width = 1 + max(int(context_rows.indices.max(initial=0)), int(item_rows.indices.max(
         initial=0)))
-    context_part, item_part = (_matrix(context_rows, width)[rows],
-                               _matrix(item_rows, width)[picked])
-    joined = (context_part + item_part).tocsr()
+    joined = (context_rows.matrix(width)[rows] + item_rows.matrix(width)[picked]).tocsr()
     with files.output_stream(output, files.ONLY_EMPTY) as out:
         write_libsvm(out, joined, labels)
     positive = int(labels.sum())
@@ -229,10 +226,6 @@ def _unchosen(rng: np.random.Generator, items: int, taken: np.ndarray, count: in
     while (again := np.isin(drawn, taken)).any():
         drawn[again] = rng.integers(items, size=int(again.sum()))
     return drawn
-
-
-def _matrix(rows, width: int) -> sp.csr_matrix:
-    return sp.csr_matrix((rows.values, rows.indices, rows.indptr), shape=(rows.n_rows, width))
 
 
 REQUEST_FIELDS = ("id", "keys", "values", "fields", "exclude")  # of a /recommend instance

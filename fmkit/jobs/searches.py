@@ -254,7 +254,6 @@ class FMSearch:
     def _split_rows(self, source: Any, first: int, split: Path, base: int) -> None:
         """Rows before ``first`` to the training part, the rest to validation, as libsvm."""
         import numpy as np
-        import scipy.sparse as sp
 
         from fmkit.data import libsvm
 
@@ -262,8 +261,7 @@ class FMSearch:
         with files.output_stream(split / "train.data") as head, \
                 files.output_stream(split / "validation.part") as tail:
             for batch in source.blocks():
-                X = sp.csr_matrix((batch.values, batch.indices, batch.indptr),
-                                  shape=(batch.n_rows, d))
+                X = batch.matrix(d)
                 cut = int(np.clip(first - seen, 0, batch.n_rows))
                 if cut:
                     libsvm.write_libsvm(head, X[:cut], batch.labels[:cut], index_base=base)

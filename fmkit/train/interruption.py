@@ -65,15 +65,18 @@ def stop_on(*signals: signal.Signals) -> Iterator[None]:
     ending the process; the handlers before it are put back after it. Outside the main thread
     (where Python cannot handle signals) it changes nothing."""
     global _requested
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = {s: signal.signal(s, _handler) for s in signals}
+    before = _install(_handler, signals)
     try:
         yield
     finally:
         restore(before)
         _requested = None
+
+
+def exit_code() -> int:
+    """What a training command returns: 0, or 128 + SIGTERM when a request stopped it (the
+    shell's code for a process SIGTERM ended: the run did not do all it was asked)."""
+    return 128 + signal.SIGTERM if _requested else 0
 
 
 def _exit(signum: int, frame: object) -> None:
@@ -89,12 +92,18 @@ def exit_cleanly_on(*signals: signal.Signals) -> dict:
     work runs on the main thread (an exception raised in a finalizer is ignored, and with it
     the signal: a second one ends the process at once). Returns the handlers it replaced, for
     :func:`restore`."""
+    return _install(_exit, signals)
+
+
+def _install(handler, signals) -> dict:
+    """``handler`` for each of ``signals``; the handlers it replaces. Outside the main thread,
+    where Python cannot handle signals, nothing."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {s: signal.signal(s, _exit) for s in signals}
+    return {s: signal.signal(s, handler) for s in signals}
 
 
 def restore(handlers: dict) -> None:
-    """Put back the signal handlers :func:`exit_cleanly_on` replaced."""
+    """Put back the signal handlers :func:`stop_on` or :func:`exit_cleanly_on` replaced."""
     for s, handler in handlers.items():
         signal.signal(s, handler)

@@ -114,14 +114,7 @@ class Catalogue:
         bias = _as_given(model).logits(items) - float(model.params.w0[0])
         catalogue = cls(list(ids), bias, _cross(model, items, "item"), np.unique(items.indices),
                         *(_linear_and_squares(model, items) if scaled else ()))
-        if len(catalogue.index) != len(ids):
-            first: dict[Any, int] = {}
-            for number, item in enumerate(map(_key, ids), start=1):
-                if item in first:
-                    shown = excerpt(item, quote=False)
-                    raise DataError(items.source, None, f"item id {shown} is given twice "
-                                    f"(items {first[item]} and {number}): ids must be unique")
-                first[item] = number
+        catalogue.index.check_unique(ids, items.source)
         return catalogue
 
     def save(self, directory: str | Path) -> None:
@@ -164,6 +157,18 @@ class IdIndex(dict):
     def positions(self, ids: list[Any]) -> np.ndarray:
         """The positions of those of ``ids`` held here (others are ignored)."""
         return np.array([self[key] for key in map(_key, ids) if key in self], np.int64)
+
+    def check_unique(self, ids: list[Any], source: str, what: str = "item") -> None:
+        """A :class:`DataError` naming the first id given twice in ``ids`` (what this index
+        was built from), if one is."""
+        if len(self) == len(ids):
+            return
+        first: dict[str, int] = {}
+        for number, key in enumerate(map(_key, ids), start=1):
+            if key in first:
+                raise DataError(source, None, f"{what} id {excerpt(key, quote=False)} is given "
+                                f"twice ({what}s {first[key]} and {number}): ids must be unique")
+            first[key] = number
 
 
 def _as_given(model: FMModel) -> FMModel:
