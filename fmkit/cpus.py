@@ -86,6 +86,18 @@ def computes_bfloat16(device_type: str = "cpu") -> bool:
         return False
 
 
+def multiplies_int8() -> bool:
+    """Whether PyTorch multiplies int8 matrices (``torch._int_mm``) with the CPU's int8 dot
+    product instructions (VNNI, which PyTorch asks of the CPU before it calls oneDNN's int8
+    product). Without them it runs a plain loop: on a Zen 3 with AVX2 only, 53 times slower
+    than float32's product (docs/performance.md), where int8 scoring exists to be faster."""
+    torch = import_torch()
+    try:  # (PyTorch's own check, private: absent in a release that dropped it)
+        return bool(torch.cpu._is_vnni_supported())
+    except AttributeError:
+        return False
+
+
 def cpu_quota(root: Path = CGROUP) -> float | None:
     """The cores the cgroup's CPU quota allows (e.g. 1.5), or None without a quota."""
     try:

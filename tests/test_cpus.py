@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from fmkit.cpus import available_cpus, computes_bfloat16, cpu_quota
+from fmkit.cpus import available_cpus, computes_bfloat16, cpu_quota, multiplies_int8
 
 CPUS = len(os.sched_getaffinity(0))
 
@@ -178,19 +179,35 @@ def _physical_cores() -> int:
     return int(_run_fresh("import torch; print(torch.get_num_threads())"))
 
 
-def test_bfloat16_instructions_are_read_as_the_cpu_reports_them():
-    """computes_bfloat16 agrees with the CPU's flags in /proc/cpuinfo: AVX512_BF16 means
-    native bfloat16, neither it nor AMX means emulated (AMX alone also needs the OS's leave,
-    which PyTorch checks, so it is not asserted here)."""
+def _cpu_flags() -> set[str]:
     flags = set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("flags"):
             flags |= set(line.split(":", 1)[1].split())
+    return flags
+
+
+def test_bfloat16_instructions_are_read_as_the_cpu_reports_them():
+    """computes_bfloat16 agrees with the CPU's flags in /proc/cpuinfo: AVX512_BF16 means
+    native bfloat16, neither it nor AMX means emulated (AMX alone also needs the OS's leave,
+    which PyTorch checks, so it is not asserted here)."""
+    flags = _cpu_flags()
     if "avx512_bf16" in flags:
         assert computes_bfloat16("cpu")
     elif "amx_tile" not in flags:
         assert not computes_bfloat16("cpu")
     assert not computes_bfloat16("mps")  # (a device kind fmkit does not score bfloat16 on)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flags")
+def test_int8_instructions_are_read_as_the_cpu_reports_them():
+    """multiplies_int8 is true where /proc/cpuinfo lists AVX512_VNNI (what PyTorch asks for
+    before it calls oneDNN's int8 product), false where the CPU has no VNNI of any kind."""
+    flags = _cpu_flags()
+    if "avx512_vnni" in flags:
+        assert multiplies_int8()
+    elif not flags & {"avx_vnni", "amx_int8"}:
+        assert not multiplies_int8()
 
 
 def test_ordered_map_overlaps_keeps_the_order_stays_bounded_and_raises_in_turn():

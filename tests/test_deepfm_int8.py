@@ -1,8 +1,10 @@
 """Int8 scoring of a DeepFM's MLPs (``export_config.dense_quantization: INT8``): the quantizer
 and the int8 linear layer against plain float64 numpy arithmetic, the model's scoring paths
 against each other and against its float32 network, the exactness check (7-bit weights on
-CPUs without VNNI, float32 where neither is exact), and the setting's rules. Tests of int8
-products skip on a CPU whose products are not exact (there the model scores in float32:
+CPUs whose oneDNN sums 16-bit pairs, float32 where neither is exact), and the setting's
+rules. Tests of int8 products skip on a CPU whose products are not exact, and they tell the
+model the CPU has int8 instructions, so that the int8 arithmetic is tested on CPUs without
+them too, where PyTorch's exact but slow loop computes it (a model scores in float32 there:
 tested here too)."""
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 from fmkit.data.columns import from_instances
 from fmkit.models.base import load_model
 from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm import model as model_module
 from fmkit.models.deepfm import quantized
 from fmkit.models.deepfm.instances import encode_instances
 from fmkit.models.deepfm.model import DeepFMModel
@@ -33,6 +36,12 @@ from tests.test_deepfm_small_batches import FIELDS, ROWS, document, float32_fall
 EXACT = pytest.mark.skipif(not weight_levels(),
                            reason="this CPU's int8 products are not exact: the model scores "
                                   "in float32 here")
+
+
+@pytest.fixture(autouse=True)
+def int8_instructions(monkeypatch):
+    """The model scores with int8 products as on a CPU with VNNI, whatever this one has."""
+    monkeypatch.setattr(model_module, "multiplies_int8", lambda: True)
 
 
 def reference_quantize(x: np.ndarray, kept: np.ndarray, levels: int = 127
@@ -207,14 +216,21 @@ def test_raw_values_larger_than_the_embeddings_do_not_coarsen_them():
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's x86 ISAs")
-def test_without_vnni_the_weights_take_7_bits_and_the_products_stay_exact():
-    """oneDNN limited to AVX2 (no VNNI: pairs of products in saturating 16-bit sums) sums
-    full-range int8 products wrongly, so the check settles on 7-bit weights; an int8 layer
-    computed there equals the float64 product of its quantized operands."""
+def test_the_weights_take_the_bits_whose_products_sum_exactly_on_each_isa():
+    """Whether int8 products of full-range operands sum exactly depends on the CPU and on what
+    oneDNN may use: limited to AVX2 on an AVX-512 Zen 4, oneDNN adds pairs of byte products
+    in saturating 16-bit sums (wrong at ±127, exact at ±63); a Zen 3 with AVX2 only sums them
+    exactly. Under each ISA limit the test itself multiplies extreme operands (every value
+    ±127) and expects 8-bit weights where that product is exact, 7-bit ones where it is not,
+    and an int8 layer equal to the float64 product of its quantized operands either way."""
     code = textwrap.dedent("""
         import numpy as np, torch
         from torch import nn
         from fmkit.models.deepfm.quantized import Int8Linear, quantize_rows, weight_levels, KEEP
+        peak = torch.full((64, 432), 127, dtype=torch.int8)
+        full_range_exact = all(
+            torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+            for a, b in ((peak, peak.T.contiguous()), (-peak, peak.T.contiguous())))
         torch.manual_seed(0)
         linear = nn.Linear(429, 64)
         x = np.random.default_rng(0).normal(size=(300, 429)).astype(np.float32)
@@ -226,16 +242,25 @@ def test_without_vnni_the_weights_take_7_bits_and_the_products_stay_exact():
         expected = ((qx.astype(np.float64) @ qw.astype(np.float64).T) * np.outer(sx, sw)
                     + linear.bias.detach().numpy())
         close = np.allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
-        print(weight_levels(), int(np.abs(qw).max()), close)
+        print(127 if full_range_exact else 63, weight_levels(), int(np.abs(qw).max()), close)
     """)
-    for isa, levels in (("AVX2", 63), ("", weight_levels())):
+    for isa in ("AVX2", ""):
         env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa}
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                               text=True, check=True)
-        assert done.stdout.split() == [str(levels), str(levels), "True"], (isa, done.stdout)
+        levels, *said = done.stdout.split()
+        assert said == [levels, levels, "True"], (isa, done.stdout)
 
 
 def test_without_exact_int8_products_the_model_scores_in_float32(monkeypatch, caplog):
     monkeypatch.setattr(quantized, "weight_levels", lambda: 0)
     said = float32_fallback_messages(_int8_model, caplog)
     assert len(said) == 1 and "not exact" in said[0]
+
+
+def test_without_int8_instructions_the_model_scores_in_float32(monkeypatch, caplog):
+    """Without VNNI PyTorch's int8 product is a plain loop, slower than float32's: the model
+    scores in float32 and says why, once."""
+    monkeypatch.setattr(model_module, "multiplies_int8", lambda: False)
+    said = float32_fallback_messages(_int8_model, caplog)
+    assert len(said) == 1 and "no int8 instructions" in said[0]

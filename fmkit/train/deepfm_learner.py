@@ -140,13 +140,14 @@ class DeepFMLearner:
         # per row; summed, then divided by the rows (or the sample weights) of the whole step,
         # which may span processes
         self.loss_kind = loss_kind
-        # the forward pass in bfloat16 where the config asks (the matrix products, on CPUs
-        # with bfloat16 instructions: docs/performance.md); backward follows its dtypes
-        self.autocast = config.bfloat16
+        # the forward pass in bfloat16 where the config asks and the device computes it
+        # natively; backward follows its dtypes. Emulated bfloat16 trained 17 times slower
+        # than float32 (docs/performance.md), so there it trains in float32, as it scores
         device = self.tables[0].device.type
-        if self.autocast and not computes_bfloat16(device):
-            log.warning("mixed_precision: BF16 on a %s without bfloat16 instructions: PyTorch "
-                        "emulates it, slower than float32 (docs/performance.md)", device)
+        self.autocast = config.bfloat16 and computes_bfloat16(device)
+        if config.bfloat16 and not self.autocast:
+            log.warning("mixed_precision: BF16 trains in float32 here: the %s has no bfloat16 "
+                        "instructions, and emulated bfloat16 is many times slower", device)
         self.criterion = {"binary": nn.BCEWithLogitsLoss(reduction="none"),
                           "multiclass": nn.CrossEntropyLoss(reduction="none",
                                                             label_smoothing=label_smoothing),

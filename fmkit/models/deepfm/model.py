@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fmkit.cpus import computes_bfloat16, leaving_cores, ordered_map, thread_count
+from fmkit.cpus import computes_bfloat16, leaving_cores, multiplies_int8, ordered_map, thread_count
 from fmkit.data import codecs, columns
 from fmkit.data.columns import ColumnBatch
 from fmkit.errors import ArtifactError, DataError, FMKitError, excerpt
@@ -105,7 +105,8 @@ class DeepFMModel:
         """A model exported with ``export_config.dense_quantization: INT8`` scores its MLPs'
         linear layers with int8 products (:mod:`fmkit.models.deepfm.quantized`) on the CPU,
         through the numpy forward for every batch; a model it cannot score so (another
-        device, several classes, a CPU whose int8 products are not exact) scores in float32,
+        device, several classes, a CPU without int8 instructions, where int8 products are
+        slower than float32's, or whose int8 products are not exact) scores in float32,
         which the log says once."""
         if self.config.export_config.dense_quantization != "INT8":
             return False
@@ -113,6 +114,11 @@ class DeepFMModel:
                 or NumpyForward.of(self.net, int8=True) is None):
             log_once("this model (export_config.dense_quantization: INT8) scores in float32 "
                       "here: int8 scoring covers CPU models with one output")
+            return False
+        if not multiplies_int8():
+            log_once("this model (export_config.dense_quantization: INT8) scores in float32 "
+                      "here: this CPU has no int8 instructions (VNNI), so PyTorch's int8 "
+                      "products are slower than float32's")
             return False
         if not quantized.weight_levels():
             log_once("this model (export_config.dense_quantization: INT8) scores in float32 "

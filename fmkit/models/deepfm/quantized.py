@@ -102,8 +102,9 @@ def dequantize(sums: np.ndarray, row_scales: np.ndarray, column_scales: np.ndarr
 @functools.cache
 def weight_levels() -> int:
     """The largest weight magnitude whose products ``torch._int_mm`` sums exactly on this CPU,
-    inputs spanning ±127: 127 (VNNI), 63 (oneDNN's 16-bit pair sums: AVX2, AVX-512 without
-    VNNI; measured with ``ONEDNN_MAX_CPU_ISA``), or 0 where neither checks out (or PyTorch
+    inputs spanning ±127: 127 (VNNI, and some CPUs without it), 63 (oneDNN's 16-bit pair
+    sums, seen on an AVX-512 CPU limited to AVX2 or to AVX-512 without VNNI with
+    ``ONEDNN_MAX_CPU_ISA``), or 0 where neither checks out (or PyTorch
     lacks ``_int_mm``, a private function a later version may drop). Checked on random and
     extreme operands of 1, 3 and 64 rows against int64 products."""
     if not hasattr(torch, "_int_mm"):
