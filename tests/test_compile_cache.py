@@ -85,6 +85,56 @@ def test_a_first_training_shares_its_compiling_with_a_helper_process(tmp_path):
     assert runs[1].stdout.split() == ["0", "[]", "False", "False", "True", "True"]
 
 
+def test_a_first_prediction_compiles_the_scorer_in_a_helper_process(tmp_path):
+    """With nothing cached, predicting from a text file starts one helper process that
+    compiles and caches the FM's scorer while this process compiles the reader; the rows are
+    scored all the same (each by a plain-Python FM of the saved weights). A second run, the
+    scorer cached, starts no helper."""
+    script = textwrap.dedent(f"""
+        import json, math
+        import numpy as np
+        from fmkit import compile_cache
+        from fmkit.jobs import fm as jobs
+        from fmkit.kernels import fm as kernels
+        from fmkit.models.fm.hyperparameters import table_hyperparameters, validate
+        from fmkit.models.fm.model import FMModel
+        from fmkit.models.fm.parameters import init_parameters
+        hp = validate({{"feature_dim": 4, "num_factors": 2,
+                       "predictor_type": "binary_classifier", "bias_init_method": "normal",
+                       "bias_init_sigma": 0.5, "linear_init_method": "normal",
+                       "linear_init_sigma": 0.5, "factors_init_method": "normal",
+                       "factors_init_sigma": 0.5}})
+        model = FMModel(hp, init_parameters({{**table_hyperparameters(hp), "seed": 3}}))
+        model.save({str(tmp_path / "m")!r})
+        with open({str(tmp_path / "rows.svm")!r}, "w") as f:
+            f.write("1 0:0.5 2:1\\n0 1:2 3:1 0:1\\n")
+        rows = jobs.predict_files({str(tmp_path / "m")!r}, {str(tmp_path / "rows.svm")!r},
+                                  {str(tmp_path / "p.jsonl")!r}, fmt="libsvm")
+        helpers = list(compile_cache._helpers)
+        codes = [helper.wait(timeout=300) for helper in helpers]
+        p = model.params
+        w0, w, V = float(np.ravel(p.w0)[0]), p.w, p.V
+        def fm(x):
+            pairs = sum(float(V[i] @ V[j]) * a * b for i, a in x.items() for j, b in x.items()
+                        if i < j)
+            return 1 / (1 + math.exp(-(w0 + sum(w[i] * a for i, a in x.items()) + pairs)))
+        expected = [fm({{0: 0.5, 2: 1.0}}), fm({{1: 2.0, 3: 1.0, 0: 1.0}})]
+        got = [json.loads(line)["score"] for line in open({str(tmp_path / "p.jsonl")!r})]
+        print(rows, len(helpers), codes, compile_cache.cached(kernels.predict_logits_serial),
+              bool(np.allclose(got, expected, rtol=1e-5)))
+    """)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    runs = []
+    for _ in range(2):
+        (tmp_path / "p.jsonl").unlink(missing_ok=True)
+        runs.append(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                                   text=True, timeout=600))
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert runs[0].stdout.split() == ["2", "1", "[0]", "True", "True"]
+    assert runs[1].stdout.split() == ["2", "0", "[]", "True", "True"]
+
+
 def test_a_helper_that_cannot_start_is_no_error(monkeypatch):
     """No Python to run (an embedding application's sys.executable): compile_ahead starts
     nothing and raises nothing; the caller compiles everything itself."""

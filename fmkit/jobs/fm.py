@@ -205,6 +205,7 @@ def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
     """SageMaker's metrics (plus AUC and ``rows``) of a model on a labelled channel
     (``data_config``: see :func:`fmkit.models.base.load_model`)."""
     model = load_model(model_dir, device, data_config)
+    _compile_scorer_ahead(model, fmt)
     return require_rows(model.evaluate(model.read(data_path, fmt, labelled=True)), data_path)
 
 
@@ -220,6 +221,7 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
     :func:`fmkit.models.base.load_model`.
     """
     model = load_model(model_dir, device, data_config)
+    _compile_scorer_ahead(model, fmt)
     writer = codecs.ResponseWriter(accept, unit="row")
     try:  # the reader parses a block ahead on a core of its own: scoring leaves it that core
         with files.output_stream(output, codecs.RESPONSES) as out, leaving_cores(1):
@@ -227,6 +229,16 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
                 model, background(model.read(data_path, fmt, labelled=False)), writer, out)
     except codecs.RequestError as e:
         raise DataError(str(data_path), None, str(e)) from None
+
+
+def _compile_scorer_ahead(model: Model, fmt: str) -> None:
+    """On a first run (an FM's scorer not yet in numba's cache) a helper process compiles the
+    scorer while this one compiles the text reader, as a first training does: the first
+    ``fmkit predict`` of a9a waited 4.8 s for both, one after the other (docs/performance.md)."""
+    if (isinstance(model, FMModel) and fmt in (*TEXT_SAMPLES, "auto")
+            and not scorer_cached(model.field_aware)):
+        compile_cache.compile_ahead("from fmkit.models.fm.model import compile_scorer; "
+                                    f"compile_scorer({model.field_aware})")
 
 
 def _write_predictions(model: Model, blocks: Iterable[Any],
