@@ -601,6 +601,10 @@ def _minibatch_stepper(rowwise: bool):
     return step
 
 
+# The FM's and the FFM's mini-batch loops each pick one of these with ``if rowwise:`` on
+# their compile-time constant, so numba prunes the other call. A helper taking ``rowwise``
+# compiles both (a longer first run), and a step held in a closure variable is never cached
+# (docs/performance.md, session 44): hence the two alike branches.
 step_minibatch = _minibatch_stepper(False)
 step_minibatch_rowwise = _minibatch_stepper(True)
 
