@@ -127,3 +127,17 @@ def _compiled_kernels(tmp_path_factory):
             while (len(list(barrier.iterdir())) < min(workers, len(WARM_UP))
                    and time.monotonic() < deadline):
                 time.sleep(0.2)
+
+
+# The files whose tests start processes (torchrun and its ranks, the CLI, compile helpers) or
+# train on real datasets hold most of the suite's time. Collected first, they are spread over
+# xdist's workers while the many short tests are left to even out the end, instead of one
+# worker finishing a long test alone (docs/performance.md, session 44).
+SLOW_FILES = ("test_checkpoints.py", "test_distributed.py", "test_readers.py", "test_trust.py",
+              "test_tune.py", "test_deepfm_quality.py", "test_compile_cache.py",
+              "test_artifact.py", "test_device.py", "test_deepfm_end_to_end.py",
+              "test_sagemaker_container.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in SLOW_FILES)  # stable: else as collected
