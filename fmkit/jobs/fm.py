@@ -117,12 +117,7 @@ def _compile_on_two_cores(hp: dict[str, Any], fmt: str) -> None:
     """Compile the trainer's kernels before any data is read; on a first run (the scorer not
     yet in numba's cache) a helper process compiles the reader and the scorer meanwhile, so
     the compiling a first run waits for is shared by two cores (docs/performance.md)."""
-    field_aware = hp["model_type"] == "ffm"
-    if fmt in TEXT_SAMPLES and not scorer_cached(field_aware):
-        compile_cache.compile_ahead(
-            "from fmkit.data.sources import compile_reader; "
-            "from fmkit.models.fm.model import compile_scorer; "
-            f"compile_reader({fmt!r}); compile_scorer({field_aware})")
+    _compile_scorer_ahead(hp["model_type"] == "ffm", fmt, with_reader=True)
     compile_kernels({**hp, "num_fields": max(1, hp["num_fields"])})
 
 
@@ -205,7 +200,8 @@ def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
     """SageMaker's metrics (plus AUC and ``rows``) of a model on a labelled channel
     (``data_config``: see :func:`fmkit.models.base.load_model`)."""
     model = load_model(model_dir, device, data_config)
-    _compile_scorer_ahead(model, fmt)
+    if isinstance(model, FMModel):
+        _compile_scorer_ahead(model.field_aware, fmt)
     return require_rows(model.evaluate(model.read(data_path, fmt, labelled=True)), data_path)
 
 
@@ -221,7 +217,8 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
     :func:`fmkit.models.base.load_model`.
     """
     model = load_model(model_dir, device, data_config)
-    _compile_scorer_ahead(model, fmt)
+    if isinstance(model, FMModel):
+        _compile_scorer_ahead(model.field_aware, fmt)
     writer = codecs.ResponseWriter(accept, unit="row")
     try:  # the reader parses a block ahead on a core of its own: scoring leaves it that core
         with files.output_stream(output, codecs.RESPONSES) as out, leaving_cores(1):
@@ -231,14 +228,18 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
         raise DataError(str(data_path), None, str(e)) from None
 
 
-def _compile_scorer_ahead(model: Model, fmt: str) -> None:
-    """On a first run (an FM's scorer not yet in numba's cache) a helper process compiles the
-    scorer while this one compiles the text reader, as a first training does: the first
-    ``fmkit predict`` of a9a waited 4.8 s for both, one after the other (docs/performance.md)."""
-    if (isinstance(model, FMModel) and fmt in (*TEXT_SAMPLES, "auto")
-            and not scorer_cached(model.field_aware)):
-        compile_cache.compile_ahead("from fmkit.models.fm.model import compile_scorer; "
-                                    f"compile_scorer({model.field_aware})")
+def _compile_scorer_ahead(field_aware: bool, fmt: str, with_reader: bool = False) -> None:
+    """On a first run from a text format (the FM's or FFM's scorer not yet in numba's cache),
+    a helper process compiles the scorer (``with_reader``: the format's reader too) while
+    this one compiles what it needs first: the trainer, or the reader when it scores. The
+    first ``fmkit predict`` of a9a waited 4.8 s for reader and scorer one after the other
+    (docs/performance.md)."""
+    if fmt not in (*TEXT_SAMPLES, "auto") or scorer_cached(field_aware):
+        return
+    reader = (f"from fmkit.data.sources import compile_reader; compile_reader({fmt!r}); "
+              if with_reader and fmt in TEXT_SAMPLES else "")
+    compile_cache.compile_ahead(f"{reader}from fmkit.models.fm.model import compile_scorer; "
+                                f"compile_scorer({field_aware})")
 
 
 def _write_predictions(model: Model, blocks: Iterable[Any],

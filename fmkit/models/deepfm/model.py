@@ -112,19 +112,17 @@ class DeepFMModel:
             return False
         if (self.net.output.weight.device.type != "cpu"
                 or NumpyForward.of(self.net, int8=True) is None):
-            log_once("this model (export_config.dense_quantization: INT8) scores in float32 "
-                      "here: int8 scoring covers CPU models with one output")
-            return False
-        if not multiplies_int8():
-            log_once("this model (export_config.dense_quantization: INT8) scores in float32 "
-                      "here: this CPU has no int8 instructions (VNNI), so PyTorch's int8 "
-                      "products are slower than float32's")
-            return False
-        if not quantized.weight_levels():
-            log_once("this model (export_config.dense_quantization: INT8) scores in float32 "
-                      "here: this CPU's int8 products are not exact")
-            return False
-        return True
+            reason = "int8 scoring covers CPU models with one output"
+        elif not multiplies_int8():
+            reason = ("this CPU has no int8 instructions (VNNI), so PyTorch's int8 products "
+                      "are slower than float32's")
+        elif not quantized.weight_levels():
+            reason = "this CPU's int8 products are not exact"
+        else:
+            return True
+        log_once("this model (export_config.dense_quantization: INT8) scores in float32 here: "
+                 + reason)
+        return False
 
     @cached_property
     def scores_in_bfloat16(self) -> bool:
