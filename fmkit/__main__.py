@@ -1,5 +1,5 @@
 """``python -m fmkit``: the command line (also what ``torchrun -m fmkit`` starts)."""
 
-from fmkit.cli import main
+from fmkit.cli import run
 
-raise SystemExit(main())
+run()

@@ -21,8 +21,9 @@ from fmkit.models.artifact import ITEMS_DIR, strict_json
 from fmkit.models.fm.hyperparameters import BY_NAME, TABLE
 from fmkit.train import interruption
 
-# commands that write one output from one process: SIGTERM removes what they were writing
-# (train keeps what it trained instead; tune, serve and the SageMaker modes manage processes)
+# commands that write one output from one process: SIGTERM and Ctrl-C remove what they were
+# writing and end the process within seconds (train keeps what it trained instead; tune, serve
+# and the SageMaker modes manage processes)
 ONE_OUTPUT_COMMANDS = ("predict", "evaluate", "convert", "recommend", "report", "export",
                        "import", "config")
 
@@ -483,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False) or (args.command == "demo" and not args.verbose)
     setup_logging(quiet=quiet)
     limit_threads()  # a container's CPU quota, not the host's cores
-    handlers = (interruption.exit_cleanly_on(signal.SIGTERM)  # no partial output left behind
+    handlers = (interruption.exit_cleanly_on(signal.SIGTERM, signal.SIGINT)  # no partial output
                 if args.command in ONE_OUTPUT_COMMANDS else {})
     from fmkit.jobs import fm as jobs
 
@@ -640,5 +641,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The ``fmkit`` program: :func:`main`, then the interpreter's exit, which after SIGTERM
+    or Ctrl-C must not wait on a thread a signal left behind (see
+    :mod:`fmkit.train.interruption`)."""
+    code = main()
+    if code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+        interruption.end_within()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

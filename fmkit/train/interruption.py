@@ -11,10 +11,18 @@ scoring its test channel. A second signal ends the process at once.
 Signals are the process's, so the request is too: module state, set only by the handler
 :func:`stop_on` installs (the command line's ``train`` jobs); the Python API never installs
 it, so a program that fits an estimator keeps its own handling of signals.
+
+A command that writes one output (:func:`exit_cleanly_on`) ends at the signal, removing what
+it was writing; from that moment a watchdog (:mod:`faulthandler`'s, a thread of its own that
+needs no lock of the interpreter's) guarantees the process ends within
+:data:`END_WITHIN_SECONDS`: should anything hold its way out (a thread left blocked on a
+silent pipe, an interpreter's exit waiting on a thread), it prints every thread's stack and
+exits with status 1 instead of hanging.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -79,7 +87,22 @@ def exit_code() -> int:
     return 128 + signal.SIGTERM if _requested else 0
 
 
+# how long a one-output command may take to end after SIGTERM or SIGINT (its clean-up
+# removes a temporary file and leaves a reader thread behind within 2 s)
+END_WITHIN_SECONDS = 10.0
+
+
+def end_within() -> None:
+    """From now on, the process ends within :data:`END_WITHIN_SECONDS`, whatever holds it:
+    then every thread's stack goes to stderr and the exit status is 1. :func:`restore`
+    cancels it."""
+    faulthandler.dump_traceback_later(END_WITHIN_SECONDS, exit=True)
+
+
 def _exit(signum: int, frame: object) -> None:
+    end_within()
+    if signum == signal.SIGINT:  # Ctrl-C: Python's own KeyboardInterrupt, caught by the CLI
+        signal.default_int_handler(signum, frame)
     signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
     print(f"fmkit: {signal.Signals(signum).name}: stopped", file=sys.stderr)
     raise SystemExit(128 + signum)
@@ -104,6 +127,9 @@ def _install(handler, signals) -> dict:
 
 
 def restore(handlers: dict) -> None:
-    """Put back the signal handlers :func:`stop_on` or :func:`exit_cleanly_on` replaced."""
+    """Put back the signal handlers :func:`stop_on` or :func:`exit_cleanly_on` replaced, and
+    cancel :func:`end_within` (a program that called the command line goes on)."""
     for s, handler in handlers.items():
         signal.signal(s, handler)
+    if handlers:
+        faulthandler.cancel_dump_traceback_later()
