@@ -6,6 +6,7 @@ is an :class:`FMKitError`; the CLI prints its message and exits non-zero, withou
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Any
 
@@ -85,15 +86,21 @@ class MissingDependency(FMKitError, ImportError):
     """An optional dependency that the requested feature needs is not installed."""
 
 
-def require_torch(feature: str, extra: str = "deepfm") -> None:
+def require_torch(feature: str, extra: str = "deepfm", *, import_it: bool = True) -> None:
     """Import PyTorch for ``feature``, or raise one line naming the extra that installs it.
+    ``import_it=False`` only finds it: a process that starts others which use it (``--nproc``)
+    need not wait 1-2 s for its import.
 
     PyTorch is an optional dependency: FM training, evaluation, prediction and serving run
     without it; DeepFM, ``--device`` and ``--nproc``/torchrun need it.
     """
     try:
+        if not import_it:
+            if importlib.util.find_spec("torch") is None:
+                raise ImportError("torch")
+            return
         import_torch()
-    except ImportError:
+    except (ImportError, ValueError):  # (ValueError: a torch module without a spec)
         raise MissingDependency(
             f"{feature} needs PyTorch, which is not installed: pip install 'fmkit[{extra}]' "
             "(CPU-only build: pip install torch --index-url "

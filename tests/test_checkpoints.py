@@ -48,8 +48,8 @@ def _processes_using(path) -> list[int]:
 
 
 def kill_resume_and_compare(tmp_path, cli, common: list, period: int, rtol: float,
-                            resume_extra: tuple = (), sig: int = signal.SIGKILL
-                            ) -> tuple[TrainingState, str]:
+                            resume_extra: tuple = (), sig: int = signal.SIGKILL,
+                            straight=None) -> tuple[TrainingState, str]:
     """Train ``fmkit COMMON`` uninterrupted; train it again with checkpoints every ``period``
     steps in a subprocess, send ``sig`` to its whole process group (torchrun and its ranks, if
     any) as soon as a checkpoint exists, resume (with ``resume_extra`` arguments, which must
@@ -57,9 +57,13 @@ def kill_resume_and_compare(tmp_path, cli, common: list, period: int, rtol: floa
     SIGTERM ends the run after a step with a checkpoint there and the model trained so far
     written (exit 143). Returns the checkpoint the run resumed from and the uninterrupted
     run's stderr. The uninterrupted and resumed runs are in-process (``cli``): only the
-    interrupted one needs a process of its own."""
-    code, _, straight_err = cli(*common, "--model-dir", tmp_path / "straight")
-    assert code == 0, straight_err
+    interrupted one needs a process of its own. ``straight``: the model directory of an
+    uninterrupted run made already (its stderr is then not returned)."""
+    straight_err = ""
+    if straight is None:
+        straight = tmp_path / "straight"
+        code, _, straight_err = cli(*common, "--model-dir", straight)
+        assert code == 0, straight_err
     checkpoints = tmp_path / "checkpoints"
     args = [*common, "--model-dir", tmp_path / "resumed", "--checkpoint-dir", checkpoints,
             "--checkpoint-steps", str(period)]
@@ -97,7 +101,7 @@ def kill_resume_and_compare(tmp_path, cli, common: list, period: int, rtol: floa
         assert "test" not in stopped  # no time is spent scoring
     code, _, err = cli(*args, *resume_extra, "--resume")
     assert code == 0, err
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    a, b = _weights(straight), _weights(tmp_path / "resumed")
     assert set(a) == set(b)
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=rtol, atol=1e-6, err_msg=name)
@@ -175,21 +179,31 @@ def test_deepfm_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, cli):
           f"step {state.step}")
 
 
-def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(channel, tmp_path, cli):
-    """The uninterrupted 2-process run is also held to one process: each epoch sees every
-    a9a row once (the shards are disjoint: tests/test_distributed.py) and its test metrics are
-    those of the 1-process run to a stated tolerance."""
+def test_two_process_run_killed_or_stopped_and_resumed_equals_an_uninterrupted_one(
+        channel, tmp_path, cli):
+    """SIGKILL, and SIGTERM, which reaches each process (and torchrun, which passes it on) at
+    its own moment: the processes agree on the step to stop after, and rank 0 writes the
+    model. Both resumed runs end as the uninterrupted one, which is also held to one process:
+    each epoch sees every a9a row once (the shards are disjoint: tests/test_distributed.py)
+    and its test metrics are those of the 1-process run to a stated tolerance."""
     hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=4",
           "mini_batch_size=200", "optimizer=adam", "seed=5"]
     data = ["--train", channel, "--test", shared_file("a9a_libsvm", "a9a.t"), "--index-base",
             "1", *hp]
     code, _, err = cli("train", *data, "--quiet", "--model-dir", tmp_path / "one")
     assert code == 0, err
-    state, _ = kill_resume_and_compare(tmp_path, cli, ["train", "--nproc", "2", *data], 100,
-                                       1e-5)
+    common = ["train", "--nproc", "2", *data]
+    (tmp_path / "killed").mkdir()
+    state, _ = kill_resume_and_compare(tmp_path / "killed", cli, common, 100, 1e-5)
     print(f"2 processes killed; resuming from epoch {state.epoch}, step {state.step}")
-    one, two = (json.loads((tmp_path / name / "metrics.json").read_text())
-                for name in ("one", "straight"))
+    straight = tmp_path / "killed" / "straight"
+    (tmp_path / "stopped").mkdir()
+    state, _ = kill_resume_and_compare(tmp_path / "stopped", cli, common, 100, 1e-5,
+                                       sig=signal.SIGTERM, straight=straight)
+    print(f"2 processes stopped by SIGTERM; resuming from epoch {state.epoch}, "
+          f"step {state.step}")
+    one, two = (json.loads((directory / "metrics.json").read_text())
+                for directory in (tmp_path / "one", straight))
     assert [epoch["rows"] for epoch in two["train"]] == [32561] * 4  # every row, every epoch
     m1, m2 = one["test"], two["test"]
     print(f"a9a, 4 epochs, batch 200: test AUC 1 process {m1['auc']:.4f}, 2 processes "
@@ -248,15 +262,6 @@ def test_sigterm_writes_the_model_trained_so_far_and_resume_ends_as_an_uninterru
               "--test", shared_file("a9a_libsvm", "a9a.t"), "--index-base", "1", *hp]
     state, _ = kill_resume_and_compare(tmp_path, cli, common, 400, 1e-5, sig=signal.SIGTERM)
     print(f"SIGTERM; resumed from epoch {state.epoch}, step {state.step}")
-
-
-def test_sigterm_to_a_two_process_run_stops_both_at_one_step(channel, tmp_path, cli):
-    """The signal reaches each process (and torchrun, which passes it on) at its own moment;
-    the processes agree on the step to stop after, and rank 0 writes the model."""
-    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier", "epochs=6",
-          "mini_batch_size=200", "optimizer=adam", "seed=5"]
-    common = ["train", "--nproc", "2", "--train", channel, "--index-base", "1", *hp]
-    kill_resume_and_compare(tmp_path, cli, common, 100, 1e-5, sig=signal.SIGTERM)
 
 
 def test_deepfm_sigterm_writes_the_model_and_resume_ends_as_an_uninterrupted_run(tmp_path,

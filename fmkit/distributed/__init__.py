@@ -215,7 +215,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     More processes than usable cores is allowed (torchrun allows it) but said: they share the
     cores, each on one thread."""
     require_option(nproc >= 1, "--nproc", ">= 1", nproc)
-    require_torch("--nproc (torchrun)", extra="distributed")
+    require_torch("--nproc (torchrun)", extra="distributed", import_it=False)
     if nproc > available_cpus():
         log.warning("--nproc %d on %d usable cores: the processes share them", nproc,
                     available_cpus())
