@@ -12,6 +12,9 @@ import logging
 import sys
 
 log = logging.getLogger("fmkit")
+# advice on a finished run (what to try next): silenced where the runs are not the user's own
+# (``fmkit tune``'s trials)
+advice = logging.getLogger("fmkit.advice")
 
 # Metric lines must reach the log even with --quiet (which keeps warnings only), so they get a
 # level of their own between INFO and WARNING, printed as INFO like SageMaker's.

@@ -83,3 +83,64 @@ def test_the_factors_start_per_rule(optimizer, settings, sigma):
                                        "optimizer": optimizer, **settings}), source)
     _, table = training_tables(None, optimizer, hp)
     assert table[:, 1:17].std() == pytest.approx(sigma, rel=0.05)
+
+
+def _planted_regression(scale: float, shift: float):
+    """Rows of 10 of 200 one-hot features and labels from a planted FM (noise 0.3), times
+    ``scale`` plus ``shift``: a price-like spread when scale is large."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    X = sp.random(8000, 200, density=0.05, random_state=0, format="csr")
+    X.data[:] = 1
+    w, V = rng.normal(0, 1, 200), rng.normal(0, 0.5, (200, 4))
+    pairs = 0.5 * (((X @ V) ** 2).sum(1) - (X @ V ** 2).sum(1))
+    return X, shift + scale * (X @ w + pairs + rng.normal(0, 0.3, X.shape[0]))
+
+
+@pytest.mark.parametrize("scale, shift, rate, said", [
+    (1e4, 2e5, 0.001, True),  # SageMaker's rates cannot reach a spread of 10,000s
+    (1, 0, 0.02, False),  # labels of spread ~3 and rates that reach them
+])
+def test_a_regressor_that_learned_only_the_mean_says_so(caplog, scale, shift, rate, said):
+    """The warning quotes the labels' variance as numpy computes it, and the training loss."""
+    import logging
+
+    from sklearn.metrics import r2_score
+
+    from fmkit import FMRegressor
+
+    X, y = _planted_regression(scale, shift)
+    with caplog.at_level(logging.WARNING, logger="fmkit"):
+        model = FMRegressor(num_factors=4, epochs=10, linear_lr=rate, factors_lr=rate).fit(X, y)
+    warned = [r.getMessage() for r in caplog.records if "beyond the labels' mean" in r.getMessage()]
+    r2 = r2_score(y, model.predict(X))
+    assert bool(warned) == said and (r2 < 0.1 if said else r2 > 0.8), (warned, r2)
+    if said:
+        assert f"of their variance {np.var(y):.4g} " in warned[0], warned
+        assert f"squared error {model.history_[-1].loss:.4g} " in warned[0], warned
+
+
+def test_tunes_trials_keep_their_advice_to_themselves(tmp_path):
+    """A search tries rates too small for the labels on purpose: its trials do not warn, and
+    the user's own run afterwards does."""
+    import logging
+
+    from fmkit.jobs.training import _say_if_only_the_mean
+    from fmkit.jobs.tune import _trial_environment
+    from fmkit.train.engine import EpochStats
+
+    hp = {"predictor_type": "regressor", "bias_lr": 0.1, "linear_lr": 0.001, "factors_lr": 1e-4}
+    history = [EpochStats(epoch=1, loss=4.0, rows=10, seconds=1.0)]
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("fmkit").addHandler(handler)
+    try:
+        with _trial_environment(tmp_path, 1):
+            _say_if_only_the_mean(history, 4.0, hp)
+        assert records == []
+        _say_if_only_the_mean(history, 4.0, hp)
+        assert len(records) == 1 and "100% of their variance 4 " in records[0].getMessage()
+    finally:
+        logging.getLogger("fmkit").removeHandler(handler)

@@ -16,7 +16,7 @@ from fmkit.data.sources import UnitRows
 from fmkit.distributed import all_sum
 from fmkit.distributed.data_parallel import parallel
 from fmkit.errors import DataError
-from fmkit.logs import DEFAULT_HOST, log, log_metrics
+from fmkit.logs import DEFAULT_HOST, advice, log, log_metrics
 from fmkit.models import artifact
 from fmkit.models.fm.parameters import LABEL_ROWS, FMParameters, starting_point
 from fmkit.train import interruption
@@ -57,15 +57,22 @@ def training_source(hp: dict[str, Any], source: Source) -> Source:
 def with_starting_point(hp: dict[str, Any], source: Source) -> dict[str, Any]:
     """``hp`` with its ``auto`` init methods made concrete for training on ``source``
     (:func:`fmkit.models.fm.parameters.starting_point`)."""
-    return starting_point(hp, _label_mean(source) if hp["bias_init_method"] == "auto" else None)
+    return _with_start(hp, source)[0]
 
 
-def _label_mean(source: Source) -> float | None:
-    """The mean label (weighted by the rows' sample weights, if any) of the first
-    :data:`LABEL_ROWS` rows of ``source`` (of each process's share, combined): what the
-    ``auto`` bias starts from. A fixed number of rows, so the start does not depend on how the
-    reader cut its blocks; enough for a start, the optimizer does the rest. None for a source
-    read once (SageMaker's Pipe mode): the bias starts at 0."""
+def _with_start(hp: dict[str, Any], source: Source) -> tuple[dict[str, Any], float | None]:
+    """:func:`with_starting_point`, and the variance of the labels it measured (None: none)."""
+    moments = _label_moments(source) if hp["bias_init_method"] == "auto" else None
+    return (starting_point(hp, None if moments is None else moments[0]),
+            None if moments is None else moments[1])
+
+
+def _label_moments(source: Source) -> tuple[float, float] | None:
+    """The mean label and the labels' variance (weighted by the rows' sample weights, if any)
+    of the first :data:`LABEL_ROWS` rows of ``source`` (of each process's share, combined):
+    the mean is what the ``auto`` bias starts from. A fixed number of rows, so the start does
+    not depend on how the reader cut its blocks; enough for a start, the optimizer does the
+    rest. None for a source read once (SageMaker's Pipe mode): the bias starts at 0."""
     if not getattr(source, "rereadable", True):
         return None
     parts, weights, rows = [], [], 0
@@ -79,9 +86,36 @@ def _label_mean(source: Source) -> float | None:
     labels = np.concatenate(parts) if parts else np.zeros(0)
     weight = np.concatenate(weights) if weights else np.zeros(0)
     finite = np.isfinite(labels)
-    total, count = all_sum(np.array([(labels[finite] * weight[finite]).sum(),
-                                     weight[finite].sum()]))
-    return float(total / count) if count else None
+    labels, weight = labels[finite], weight[finite]
+    total, squares, count = all_sum(np.array([(labels * weight).sum(),
+                                              (labels * labels * weight).sum(), weight.sum()]))
+    if not count:
+        return None
+    mean = total / count
+    return float(mean), float(max(squares / count - mean * mean, 0.0))
+
+
+# a regressor whose last epoch's mean squared error is this share of the labels' variance or
+# more has learned little beyond their mean: said, with what to try
+MEAN_ONLY_SHARE = 0.9
+
+
+def _say_if_only_the_mean(history: Sequence[EpochStats], variance: float | None,
+                          hp: dict[str, Any]) -> None:
+    """Warn when a regressor's training loss stayed near the labels' variance: labels spread
+    far wider than the learning rates can reach in the steps taken (a price in the 100,000s
+    with SageMaker's rate 0.001 trains only the bias's start) look like a model that works."""
+    if hp["predictor_type"] != "regressor" or not variance or not history:
+        return
+    share = history[-1].loss / variance
+    if share >= MEAN_ONLY_SHARE:
+        advice.warning("the regressor learned little beyond the labels' mean: its training mean "
+                    "squared error %.4g is %.0f%% of their variance %.4g (standard deviation "
+                    "%.4g). Larger learning rates (bias_lr, linear_lr, factors_lr: %g, %g, %g) "
+                    "or more epochs may reach labels spread this wide (fmkit tune searches "
+                    "them), as may labels scaled to a spread near 1", history[-1].loss,
+                    100 * share, variance, variance ** 0.5, hp["bias_lr"], hp["linear_lr"],
+                    hp["factors_lr"])
 
 
 def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None, *,
@@ -100,8 +134,9 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     ``early_stopping_metric`` are returned, and training stops after
     ``early_stopping_patience`` measurements without improvement.
     """
+    variance = None
     if params is None:
-        hp = with_starting_point(hp, source)
+        hp, variance = _with_start(hp, source)
     source = training_source(hp, source)
     every = hp["validation_every_steps"] if validation is not None else 0
     learner = fm_learner(hp, params, dtype, device, every)
@@ -113,6 +148,7 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
                   seed=hp["seed"], trained_epochs=trained_epochs, progress=progress, host=host,
                   early_stopping=stopping, checkpoints=checkpoints, run_id=hp, resume=resume,
                   callbacks=callbacks)
+    _say_if_only_the_mean(history, variance, hp)
     return learner.parameters(history[-1].epoch), history
 
 

@@ -39,7 +39,7 @@ from fmkit.distributed import die_with_parent
 from fmkit.errors import FMKitError, HyperparameterError, TrainingDiverged, require_option
 from fmkit.files import OutputError
 from fmkit.jobs.searches import TuneSettings, search_for
-from fmkit.logs import log
+from fmkit.logs import advice, log
 from fmkit.models import artifact
 from fmkit.models.metrics import watched_metric
 from fmkit.train.engine import Callback, EpochStats, Run
@@ -152,10 +152,11 @@ def _trial_environment(work: Path, threads: int) -> Iterator[None]:
     import numba
 
     saved = (os.environ.get("FMKIT_CACHE_DIR"), numba.get_num_threads(),
-             logging.getLogger("fmkit").level)
+             logging.getLogger("fmkit").level, advice.level)
     os.environ["FMKIT_CACHE_DIR"] = str(work / "cache")
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     logging.getLogger("fmkit").setLevel(logging.WARNING)
+    advice.setLevel(logging.ERROR)  # a poor trial's advice is the search's to act on
     try:
         yield
     finally:
@@ -165,6 +166,7 @@ def _trial_environment(work: Path, threads: int) -> Iterator[None]:
             os.environ["FMKIT_CACHE_DIR"] = saved[0]
         numba.set_num_threads(saved[1])
         logging.getLogger("fmkit").setLevel(saved[2])
+        advice.setLevel(saved[3])
 
 
 def _worker(work: str, trials: int, timeout: float | None, threads: int,
