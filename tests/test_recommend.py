@@ -219,6 +219,25 @@ def test_ffm_top_k_equals_scoring_every_item_with_predict(tmp_path, cli, instanc
     for row, answer in enumerate(map(json.loads, out.splitlines())):
         y_hat = np.log(scores[row] / (1 - scores[row]))
         _check(answer, y_hat, 7, ids, seen.get(row, ()), exact_scores=False)
+    # recommend evaluate's auc: scikit-learn's per context, over the items it has not seen
+    from sklearn.metrics import roc_auc_score
+
+    relevant = {n: [ids[int(i)] for i in rng.choice(len(ids), 5, replace=False)]
+                for n in range(12)}
+    (tmp_path / "relevant.jsonl").write_text("".join(
+        json.dumps({"id": n, "items": items}) + "\n" for n, items in relevant.items()))
+    code, out, err = cli("recommend", "evaluate", "--model-dir", tmp_path / "model",
+                         "--context", tmp_path / "contexts.jsonl", "--k", 7, "--exclude",
+                         tmp_path / "seen.jsonl", "--relevant", tmp_path / "relevant.jsonl",
+                         "--quiet")
+    assert code == 0, err
+    expected = []
+    for row in range(12):
+        unseen = [p for p in range(len(ids)) if ids[p] not in seen.get(row, ())]
+        labels = [ids[p] in relevant[row] for p in unseen]
+        if any(labels):
+            expected.append(roc_auc_score(labels, scores[row][unseen]))
+    assert json.loads(out)["auc"] == pytest.approx(np.mean(expected), abs=1e-9)
     if instance_norm:
         code, _, err = cli("recommend", "index", "--model-dir", tmp_path / "model",
                            "--items", tmp_path / "items.jsonl", "--approximate")
@@ -350,10 +369,11 @@ def test_recommend_evaluate_scores_the_top_k_against_held_out_items(movielens_fm
     """``fmkit recommend evaluate`` (LightFM's precision_at_k and recall_at_k, NDCG, MRR and
     hit rate at k) equals those metrics computed here in plain Python from the lists ``fmkit
     recommend`` writes, which equal scoring every item with ``fmkit predict``; NDCG also
-    equals scikit-learn's ``ndcg_score`` on the brute-force scores."""
+    equals scikit-learn's ``ndcg_score`` on the brute-force scores, and ``auc`` the mean of
+    scikit-learn's ``roc_auc_score`` of each context's scores of the items it has not seen."""
     import math
 
-    from sklearn.metrics import ndcg_score
+    from sklearn.metrics import ndcg_score, roc_auc_score
 
     root, catalogue, contexts, seen = movielens_fm
     held: dict[int, list[int]] = {}
@@ -375,12 +395,17 @@ def test_recommend_evaluate_scores_the_top_k_against_held_out_items(movielens_fm
     answers = [json.loads(line) for line in _lines(root / "evaluated.jsonl")]
     scores = _brute_force(root, catalogue, contexts)
     ids = [c["id"] for c in catalogue]
-    rows = []
+    rows, aucs = [], []
     for row, (context, answer) in enumerate(zip(contexts, answers)):
         _check(answer, scores[row], k, ids, seen.get(context["id"], []))
         wanted = set(held.get(context["id"], []))
         if not wanted:
             continue
+        unseen = [p for p, item in enumerate(ids) if item not in set(seen.get(context["id"],
+                                                                              []))]
+        labels = [ids[p] in wanted for p in unseen]
+        if 0 < sum(labels) < len(labels):
+            aucs.append(roc_auc_score(labels, scores[row][unseen]))
         hits = [item in wanted for item in answer["items"]]
         dcg = sum(1 / math.log2(rank + 2) for rank, hit in enumerate(hits) if hit)
         ideal = sum(1 / math.log2(rank + 2) for rank in range(min(k, len(wanted))))
@@ -398,6 +423,7 @@ def test_recommend_evaluate_scores_the_top_k_against_held_out_items(movielens_fm
     for name, value in zip(("precision", "recall", "ndcg", "mrr", "hit_rate"),
                            np.mean(rows, axis=0)):
         assert got[f"{name}_at_{k}"] == pytest.approx(value, abs=1e-12), name
+    assert len(aucs) > 10 and got["auc"] == pytest.approx(np.mean(aucs), abs=1e-9)
     print({name: round(value, 4) for name, value in got.items()})
     # from Python: the estimator's recommend, then fmkit.ranking_metrics
     import scipy.sparse as sp
@@ -414,7 +440,8 @@ def test_recommend_evaluate_scores_the_top_k_against_held_out_items(movielens_fm
     positions, _ = estimator.recommend(matrix(contexts), matrix(catalogue), k, exclude=[
         [ids.index(i) for i in seen.get(c["id"], [])] for c in contexts])
     assert fmkit.ranking_metrics(positions, [[ids.index(i) for i in held.get(c["id"], [])]
-                                             for c in contexts], k) == pytest.approx(got)
+                                             for c in contexts], k) == pytest.approx(
+        {name: value for name, value in got.items() if name != "auc"})
     # a relevant file naming none of the contexts' catalogue items: nothing to evaluate
     (root / "none.jsonl").write_text('{"id": -1, "items": [1]}\n')
     code, _, err = cli("recommend", "evaluate", *common, "--relevant", root / "none.jsonl")

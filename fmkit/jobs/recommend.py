@@ -10,6 +10,7 @@ held-out items.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from fmkit.logs import log
 from fmkit.models import artifact
 from fmkit.models.fm.approximate import ApproximateIndex
 from fmkit.models.fm.model import FMModel
-from fmkit.models.fm.recommend import Catalogue, IdIndex, top_k
+from fmkit.models.fm.recommend import Catalogue, IdIndex, context_aucs, top_k
 from fmkit.models.metrics import ranking_metrics
 
 
@@ -120,15 +121,20 @@ def item_lists(path: str | Path | None, query_ids: list[Any], catalogue: Catalog
 
 def _top_k_of_files(model_dir: str | Path, contexts: str | Path, k: int,
                     items: str | Path | None, exclude: str | Path | None, approximate: bool
-                    ) -> tuple[list[Any], Catalogue, list[tuple[np.ndarray, np.ndarray]]]:
-    """The query ids, the catalogue and each query's ``(positions, scores)``, best first."""
+                    ) -> tuple[list[Any], Catalogue, list[tuple[np.ndarray, np.ndarray]],
+                               Callable[[list[np.ndarray]], np.ndarray]]:
+    """The query ids, the catalogue, each query's ``(positions, scores)``, best first, and
+    the queries' AUCs of given relevant positions (:func:`context_aucs`, ``exclude`` left
+    out)."""
     require_option(k >= 1, "--k", ">= 1", k)
     model = load_fm(model_dir)
     catalogue = catalogue_of(model, model_dir, items)
     index = approximate_index(model_dir, catalogue, items is not None) if approximate else None
     ids, batch = read_id_rows(contexts, model.feature_dim, model.input_fields)
-    found = top_k(model, catalogue, batch, k, item_lists(exclude, ids, catalogue), index)
-    return ids, catalogue, found
+    excluded = item_lists(exclude, ids, catalogue)
+    found = top_k(model, catalogue, batch, k, excluded, index)
+    return ids, catalogue, found, lambda relevant: context_aucs(model, catalogue, batch,
+                                                                relevant, excluded)
 
 
 def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
@@ -137,7 +143,8 @@ def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
     """``fmkit recommend``: JSON Lines ``{"id", "items", "scores"}`` per context (scores are
     y_hat), to ``output`` or stdout; returns the number of contexts. ``approximate``: the
     candidates come from the HNSW graph (exact scores; recall below 1 is possible)."""
-    ids, catalogue, found = _top_k_of_files(model_dir, contexts, k, items, exclude, approximate)
+    ids, catalogue, found, _ = _top_k_of_files(model_dir, contexts, k, items, exclude,
+                                               approximate)
     with files.output_stream(output, ANSWERS) as out:
         for answer in _answers(ids, catalogue, found):
             out.write((json.dumps(answer) + "\n").encode())
@@ -150,13 +157,21 @@ def evaluate_files(model_dir: str | Path, contexts: str | Path, relevant: str | 
     """``fmkit recommend evaluate``: how good each context's top ``k`` is against the items
     ``relevant`` lists for it (held-out interactions; a ``{"id", "items"}`` JSON Lines file
     like ``exclude``, which usually lists the training interactions):
-    :func:`fmkit.models.metrics.ranking_metrics` over the contexts with a relevant item."""
-    ids, catalogue, found = _top_k_of_files(model_dir, contexts, k, items, exclude, approximate)
+    :func:`fmkit.models.metrics.ranking_metrics` over the contexts with a relevant item, and
+    ``auc``, the mean over them of each context's AUC against the whole catalogue
+    (:func:`context_aucs`). ``approximate`` (for catalogues too large to score every item
+    per context) leaves ``auc`` out."""
+    ids, catalogue, found, aucs = _top_k_of_files(model_dir, contexts, k, items, exclude,
+                                                  approximate)
     wanted = item_lists(relevant, ids, catalogue, "relevant")
     metrics = ranking_metrics([positions for positions, _ in found], wanted, k)
     if not metrics["queries"]:
         raise DataError(str(relevant), None, "lists no catalogue item for any context of "
                         f"{contexts}: nothing to evaluate")
+    if not approximate:
+        each = aucs(wanted)
+        if np.isfinite(each).any():
+            metrics["auc"] = float(np.nanmean(each))
     return metrics
 
 

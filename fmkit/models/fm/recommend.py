@@ -32,6 +32,7 @@ to scan per query, :mod:`fmkit.models.fm.approximate` proposes the candidates in
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -194,19 +195,10 @@ def top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, k: int,
     it proposes: the scores are exact, the set may miss items."""
     if k <= 0:
         raise DataError(contexts.source, None, f"k must be positive, got {k}")
-    used = np.unique(contexts.indices)
-    at = np.minimum(np.searchsorted(catalogue.keys, used), max(catalogue.keys.size - 1, 0))
-    shared = used[catalogue.keys[at] == used] if catalogue.keys.size else used[:0]
-    if shared.size:
-        raise DataError(contexts.source, None, f"feature {int(shared[0])} is in contexts and "
-                        "items: a context must not use the items' features")
-    expected = catalogue.factors.shape[1]
-    p = _cross(model, contexts, "context")
-    if p.shape[1] != expected:
-        raise ArtifactError(f"the item catalogue was made for another model ({expected} "
-                            f"factor values per item, this model has {p.shape[1]})")
+    p = _context_factors(model, catalogue, contexts)
     if catalogue.squares is not None:
-        return _scaled_top_k(model, catalogue, contexts, p, k, exclude)
+        return _scaled_top_k(_scorer(model, catalogue, contexts, p), catalogue,
+                             contexts.n_rows, k, exclude)
     a = model.logits(contexts)
     query = np.hstack([p, np.ones((p.shape[0], 1))])
     results = []
@@ -223,6 +215,51 @@ def top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, k: int,
     return results
 
 
+def _context_factors(model: FMModel, catalogue: Catalogue, contexts: SparseBatch
+                     ) -> np.ndarray:
+    """``p(c)`` of every context, once checked against the catalogue: no feature of the
+    items, and the catalogue made for this model's shape."""
+    used = np.unique(contexts.indices)
+    at = np.minimum(np.searchsorted(catalogue.keys, used), max(catalogue.keys.size - 1, 0))
+    shared = used[catalogue.keys[at] == used] if catalogue.keys.size else used[:0]
+    if shared.size:
+        raise DataError(contexts.source, None, f"feature {int(shared[0])} is in contexts and "
+                        "items: a context must not use the items' features")
+    expected = catalogue.factors.shape[1]
+    p = _cross(model, contexts, "context")
+    if p.shape[1] != expected:
+        raise ArtifactError(f"the item catalogue was made for another model ({expected} "
+                            f"factor values per item, this model has {p.shape[1]})")
+    return p
+
+
+Scorer = Callable[[int, int, Any], np.ndarray]
+
+
+def _scorer(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, p: np.ndarray
+            ) -> Scorer:
+    """``scores(start, stop, items)``: the exact (float64) y_hat of contexts ``start:stop``
+    joined with the catalogue's ``items`` (a slice or positions), a row per context: the
+    split of the module docstring, or its scaled form for a model that scales its rows."""
+    if catalogue.squares is None:
+        a = model.logits(contexts)
+        return lambda start, stop, items: (a[start:stop, None] + catalogue.bias[items]
+                                           + p[start:stop] @ catalogue.factors[items].T)
+    w0 = float(model.params.w0[0])
+    linear, squares = _linear_and_squares(model, contexts)
+    own = _as_given(model).logits(contexts) - w0 - linear  # P(c)
+    item_own = catalogue.bias - catalogue.linear  # P(i)
+
+    def scaled(start: int, stop: int, items: Any) -> np.ndarray:
+        length2 = squares[start:stop, None] + catalogue.squares[None, items]
+        scale = np.divide(1.0, np.sqrt(length2), out=np.ones_like(length2), where=length2 > 0)
+        return (w0 + scale * (linear[start:stop, None] + catalogue.linear[items])
+                + scale ** 2 * (own[start:stop, None] + item_own[items]
+                                + p[start:stop] @ catalogue.factors[items].T))
+
+    return scaled
+
+
 def _best_k(rows: np.ndarray, items: np.ndarray, values: np.ndarray, start: int, stop: int,
             k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per context ``start:stop``, the k best of its scored candidates ``(items, values)``:
@@ -233,38 +270,68 @@ def _best_k(rows: np.ndarray, items: np.ndarray, values: np.ndarray, start: int,
             for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
-def _scaled_top_k(model: FMModel, catalogue: Catalogue, contexts: SparseBatch, p: np.ndarray,
-                  k: int, exclude: list[np.ndarray] | None
-                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+def _scaled_top_k(scores: Scorer, catalogue: Catalogue, n_contexts: int, k: int,
+                  exclude: list[np.ndarray] | None) -> list[tuple[np.ndarray, np.ndarray]]:
     """:func:`top_k` of a model that scales its rows: every item scored (module docstring),
     a tile of items at a time, each tile's k best of each context kept."""
-    w0 = float(model.params.w0[0])
-    linear, squares = _linear_and_squares(model, contexts)
-    own = _as_given(model).logits(contexts) - w0 - linear  # P(c)
-    item_own = catalogue.bias - catalogue.linear  # P(i)
     tile = max(k, BLOCK_SCORES // QUERY_BLOCK)
     results = []
-    for start in range(0, contexts.n_rows, QUERY_BLOCK):
-        stop = min(start + QUERY_BLOCK, contexts.n_rows)
+    for start in range(0, n_contexts, QUERY_BLOCK):
+        stop = min(start + QUERY_BLOCK, n_contexts)
         rows, items, values = [], [], []
         for first in range(0, len(catalogue.ids), tile):
             last = min(first + tile, len(catalogue.ids))
-            length2 = squares[start:stop, None] + catalogue.squares[None, first:last]
-            scale = np.divide(1.0, np.sqrt(length2), out=np.ones_like(length2),
-                              where=length2 > 0)
-            scores = (w0 + scale * (linear[start:stop, None] + catalogue.linear[first:last])
-                      + scale ** 2 * (own[start:stop, None] + item_own[first:last]
-                                      + p[start:stop] @ catalogue.factors[first:last].T))
-            _exclude(scores, exclude, start, first)
+            block = scores(start, stop, slice(first, last))
+            _exclude(block, exclude, start, first)
             # every score that may be among the k best (ties too): _best_k orders them
-            row, column = _candidates(scores, k, np.zeros(stop - start))
-            found = scores[row, column]
+            row, column = _candidates(block, k, np.zeros(stop - start))
+            found = block[row, column]
             keep = np.isfinite(found)  # (excluded items)
             rows.append(row[keep] + start)
             items.append(column[keep] + first)
             values.append(found[keep])
         results += _best_k(*map(np.concatenate, (rows, items, values)), start, stop, k)
     return results
+
+
+def context_aucs(model: FMModel, catalogue: Catalogue, contexts: SparseBatch,
+                 relevant: list[np.ndarray], exclude: list[np.ndarray] | None = None
+                 ) -> np.ndarray:
+    """Per context, the AUC of its ``relevant`` items (catalogue positions) against every
+    other item of the catalogue, ``exclude[r]`` left out of both: the chance that a relevant
+    item scores above another, ties counting half (LightFM's per-user ``auc_score``, with
+    scikit-learn's ``roc_auc_score`` tie rule). NaN for a context without a relevant item or
+    without another item. Every item is scored exactly (float64), a tile at a time."""
+    scores = _scorer(model, catalogue, contexts, _context_factors(model, catalogue, contexts))
+    n_items, tile = len(catalogue.ids), max(1, BLOCK_SCORES // QUERY_BLOCK)
+    out = np.full(contexts.n_rows, np.nan)
+    for start in range(0, contexts.n_rows, QUERY_BLOCK):
+        stop = min(start + QUERY_BLOCK, contexts.n_rows)
+        left_out = [np.union1d(relevant[r], exclude[r] if exclude else []).astype(np.int64)
+                    for r in range(start, stop)]
+        positive = [np.setdiff1d(relevant[r], exclude[r] if exclude else []).astype(np.int64)
+                    for r in range(start, stop)]
+        union = np.unique(np.concatenate([*positive, np.zeros(0, np.int64)]))
+        if not union.size:
+            continue
+        wanted = scores(start, stop, union)
+        mine = [wanted[r, np.searchsorted(union, positive[r])] for r in range(stop - start)]
+        below, ties, others = np.zeros(stop - start), np.zeros(stop - start), np.zeros(
+            stop - start)
+        for first in range(0, n_items, tile):
+            last = min(first + tile, n_items)
+            block = scores(start, stop, slice(first, last))
+            for r in range(stop - start):
+                gone = left_out[r][(left_out[r] >= first) & (left_out[r] < last)] - first
+                rest = np.sort(np.delete(block[r], gone))
+                lower = np.searchsorted(rest, mine[r], "left")
+                below[r] += lower.sum()
+                ties[r] += (np.searchsorted(rest, mine[r], "right") - lower).sum()
+                others[r] += rest.size
+        pairs = np.array([m.size for m in mine]) * others
+        out[start:stop] = np.where(pairs > 0, (below + 0.5 * ties) / np.maximum(pairs, 1),
+                                   np.nan)
+    return out
 
 
 def _exclude(scores: np.ndarray, exclude: list[np.ndarray] | None, start: int,
