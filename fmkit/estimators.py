@@ -214,20 +214,39 @@ class _FMEstimator(BaseEstimator):
         ``approximate``: candidates from an HNSW graph of the items (FAISS), scored exactly.
         Contexts and items must not share features."""
         from fmkit.models.fm.approximate import ApproximateIndex
-        from fmkit.models.fm.recommend import Catalogue, top_k
+        from fmkit.models.fm.recommend import top_k
 
-        check_is_fitted(self, "model_")
-        item_rows, context_rows = self._batch(items), self._batch(contexts)
-        catalogue = Catalogue.of(self.model_, list(range(item_rows.n_rows)), item_rows)
+        catalogue, context_rows, excluded = self._catalogue(contexts, items, exclude)
         index = ApproximateIndex.build(catalogue.scoring[0]) if approximate else None
-        excluded = None if exclude is None else _item_rows(exclude, context_rows.n_rows,
-                                                          item_rows.n_rows)
         found = top_k(self.model_, catalogue, context_rows, k, excluded, index)
         positions = np.full((len(found), k), -1, np.int64)
         scores = np.full((len(found), k), -np.inf)
         for row, (chosen, values) in enumerate(found):
             positions[row, :chosen.size], scores[row, :chosen.size] = chosen, values
         return positions, scores
+
+    def recommend_auc(self, contexts, items, relevant, *, exclude=None) -> np.ndarray:
+        """Per ``contexts`` row, the AUC of its ``relevant`` items (item row numbers, a list
+        per context) against every other ``items`` row, ``exclude[r]`` left out of both:
+        LightFM's per-user ``auc_score``, ties counting half; NaN for a context without a
+        relevant item (``fmkit recommend evaluate`` prints the mean as ``auc``)."""
+        from fmkit.models.fm.recommend import context_aucs
+
+        catalogue, context_rows, excluded = self._catalogue(contexts, items, exclude)
+        wanted = _item_rows(relevant, context_rows.n_rows, len(catalogue.ids), "relevant")
+        return context_aucs(self.model_, catalogue, context_rows, wanted, excluded)
+
+    def _catalogue(self, contexts, items, exclude) -> tuple[Any, SparseBatch,
+                                                            list[np.ndarray] | None]:
+        """The items as a catalogue, the contexts as a batch and ``exclude`` checked."""
+        from fmkit.models.fm.recommend import Catalogue
+
+        check_is_fitted(self, "model_")
+        item_rows, context_rows = self._batch(items), self._batch(contexts)
+        catalogue = Catalogue.of(self.model_, list(range(item_rows.n_rows)), item_rows)
+        excluded = None if exclude is None else _item_rows(exclude, context_rows.n_rows,
+                                                          item_rows.n_rows)
+        return catalogue, context_rows, excluded
 
     def _batch(self, X) -> SparseBatch:
         """``X``'s rows as one checked batch for the model (as :meth:`_logits` reads them)."""
@@ -252,18 +271,19 @@ def _sample_weight(sample_weight, X) -> np.ndarray | None:
     return weights / weights.mean()
 
 
-def _item_rows(exclude, contexts: int, items: int) -> list[np.ndarray]:
-    """``recommend``'s ``exclude``: a list of item row numbers per context row, checked (an
-    item id or a list too few was ignored or an IndexError)."""
-    if len(exclude) != contexts:
-        raise ValueError(f"exclude has {len(exclude)} lists, expected one per context row "
+def _item_rows(lists, contexts: int, items: int, name: str = "exclude") -> list[np.ndarray]:
+    """``recommend``'s ``exclude`` (or ``recommend_auc``'s ``relevant``): a list of item row
+    numbers per context row, checked (an item id or a list too few was ignored or an
+    IndexError)."""
+    if len(lists) != contexts:
+        raise ValueError(f"{name} has {len(lists)} lists, expected one per context row "
                          f"({contexts})")
     rows = []
-    for r, chosen in enumerate(exclude):
+    for r, chosen in enumerate(lists):
         chosen = np.asarray(chosen).reshape(-1)
         if chosen.size and (chosen.dtype.kind not in "iu" or chosen.min() < 0
                             or chosen.max() >= items):
-            raise ValueError(f"exclude[{r}]: expected item row numbers in 0..{items - 1}, "
+            raise ValueError(f"{name}[{r}]: expected item row numbers in 0..{items - 1}, "
                              f"got {chosen[:5].tolist()}")
         rows.append(chosen.astype(np.int64))
     return rows

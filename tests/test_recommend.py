@@ -356,6 +356,16 @@ def test_estimator_recommend_equals_scoring_every_pair_with_predict():
                                                          atol=1e-6)
         np.testing.assert_allclose(scores[r], every[positions[r]], rtol=1e-5, atol=1e-6)
         assert set(approximate[r]) == set(positions[r])
+    # recommend_auc: scikit-learn's roc_auc_score of predict's scores of the items not excluded
+    from sklearn.metrics import roc_auc_score
+
+    relevant = [rng.choice(items, 4, replace=False) for _ in range(users)]
+    aucs = model.recommend_auc(contexts, catalogue, relevant, exclude=exclude)
+    for r in range(users):
+        kept = [i for i in range(items) if i not in set(exclude[r])]
+        labels = [i in set(relevant[r]) for i in kept]
+        every = model.predict(sp.vstack([contexts[r] + catalogue[i] for i in kept]))
+        assert aucs[r] == pytest.approx(roc_auc_score(labels, every), abs=1e-9), r
     # exclude is item row numbers, one list per context row: anything else is refused (a
     # list too few was an IndexError, an item row beyond the catalogue ignored)
     for wrong, message in ((exclude[:3], "exclude has 3 lists, expected one per context row"),
