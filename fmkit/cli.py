@@ -110,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu",
                    help="cpu (compiled kernels, default) or a PyTorch device such as cuda")
     p.add_argument("--train", help="training file or directory of files")
+    implicit = p.add_argument_group(
+        "implicit feedback (instead of --train)", "an FM classifier on what contexts chose "
+        "(label 1) and --negatives items each did not choose per interaction (label 0), drawn "
+        "anew every epoch, seeded by the seed hyperparameter (fmkit recommend pairs draws "
+        "them once, into a file)")
+    implicit.add_argument("--interactions", metavar="FILE",
+                          help='{"id": context id, "items": [item ids]} JSON Lines')
+    implicit.add_argument("--context", metavar="FILE",
+                          help="the contexts' rows (as fmkit recommend reads them)")
+    implicit.add_argument("--items", metavar="FILE", help="the items' rows")
+    implicit.add_argument("--negatives", type=int, default=4, metavar="N",
+                          help="items drawn per interaction (default 4)")
     p.add_argument("--test", help="test file or directory, scored with SageMaker's metrics")
     p.add_argument("--validation", help="validation file or directory: scored every epoch for "
                    "early stopping (early_stopping_patience)")
@@ -458,6 +470,21 @@ def _train(args: argparse.Namespace) -> int:
                                    progress=False if args.quiet else None, device=args.device,
                                    checkpoints=_checkpointer(args), resume=args.resume,
                                    validation_path=args.validation, init_model=args.init_model)
+        elif args.interactions:
+            from fmkit.jobs.recommend import train_pairs
+
+            if not (args.context and args.items and args.model_dir) or args.train:
+                raise HyperparameterError("train --interactions needs --context, --items and "
+                                          "--model-dir (and no --train)")
+            if args.validation or args.overrides or args.cache:
+                raise HyperparameterError("train --interactions takes no --validation, --set "
+                                          "or --cache")
+            train_pairs(parse_assignments(args.assignments, args.hyperparameters),
+                        args.context, args.items, args.interactions, args.model_dir,
+                        negatives=args.negatives, test_path=args.test,
+                        progress=False if args.quiet else None,
+                        checkpoints=_checkpointer(args), resume=args.resume,
+                        device=args.device, init_model=args.init_model)
         else:
             if not args.train or not args.model_dir:
                 raise HyperparameterError("train needs --train and --model-dir (or --config)")

@@ -505,6 +505,64 @@ def test_pairs_are_each_interaction_and_sampled_items_the_context_did_not_choose
     assert not (tmp_path / "s.svm").exists()
 
 
+def test_training_on_interactions_draws_each_epochs_negatives_anew(tmp_path, cli):
+    """``fmkit train --interactions``: every epoch trains on each interaction once (label 1)
+    and --negatives items per interaction its context did not choose (label 0), drawn anew
+    each epoch, the same for the same seed and epoch; two processes split an epoch's rows.
+    One more epoch with --init-model (plain SGD) equals two in one run: the continued run
+    draws the second epoch's rows."""
+    from fmkit.data.pairs import SampledPairs
+    from fmkit.jobs.recommend import _interactions
+
+    contexts = [{"id": f"u{u}", "keys": [u]} for u in range(6)]
+    items = [{"id": i, "keys": [10 + i]} for i in range(8)]
+    chosen = {"u0": [0, 1], "u1": [5], "u2": [0, 1, 2, 3, 4], "u3": [], "u4": [7], "u5": [2]}
+    for name, rows in (("c", contexts), ("i", items)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps({"id": u, "items": i}) + "\n"
+                                              for u, i in chosen.items()))
+    context_rows, item_rows, picked = _interactions(tmp_path / "c.jsonl", tmp_path / "i.jsonl",
+                                                    tmp_path / "x.jsonl", 3, 18)
+    source = SampledPairs("x", context_rows, item_rows, picked, 3, 7, 18, "binary")
+
+    def epoch(number, shard=(0, 1)):
+        matrix = source.for_epoch(number) if shard == (0, 1) else SampledPairs(
+            "x", context_rows, item_rows, picked, 3, 7, 18, "binary", shard).for_epoch(number)
+        found = []
+        for block in matrix.blocks():
+            for r in range(block.n_rows):
+                keys = sorted(block.indices[block.indptr[r]:block.indptr[r + 1]].tolist())
+                found.append((f"u{keys[0]}", keys[1] - 10, int(block.labels[r])))
+        return found
+
+    first, second = epoch(1), epoch(2)
+    for drawn in (first, second):
+        assert sorted((u, i) for u, i, label in drawn if label) == sorted(
+            (u, i) for u, taken in chosen.items() for i in taken)
+        for user, taken in chosen.items():
+            negatives = [i for u, i, label in drawn if u == user and not label]
+            assert len(negatives) == 3 * len(taken) and not set(negatives) & set(taken)
+    assert first != second and epoch(2) == second
+    halves = epoch(2, (0, 2)) + epoch(2, (1, 2))
+    assert sorted(halves) == sorted(second) and len(epoch(2, (0, 2))) == -(-len(second) // 2)
+    hp = ["feature_dim=18", "num_factors=2", "predictor_type=binary_classifier",
+          "optimizer=sgd", "mini_batch_size=4", "seed=7"]
+    data = ["--interactions", tmp_path / "x.jsonl", "--context", tmp_path / "c.jsonl",
+            "--items", tmp_path / "i.jsonl", "--quiet", *hp]
+    for name, more in (("two", ["epochs=2"]), ("one", ["epochs=1"]),
+                       ("more", ["epochs=1", "--init-model", tmp_path / "one"])):
+        code, _, err = cli("train", *data, "--model-dir", tmp_path / name, *more)
+        assert code == 0, err
+    with np.load(tmp_path / "two" / "weights.npz") as two, \
+            np.load(tmp_path / "more" / "weights.npz") as more:
+        for name in two.files:
+            np.testing.assert_allclose(more[name], two[name], rtol=1e-6, atol=1e-7)
+    code, _, err = cli("train", *data, "--model-dir", tmp_path / "bad", "--negatives", "0")
+    assert code == 1 and "--negatives must be >= 1 to train" in err, err
+    code, _, err = cli("train", *data, "--model-dir", tmp_path / "bad", "--train", "x.svm")
+    assert code == 1 and "(and no --train)" in err, err
+
+
 def test_an_fm_on_sampled_pairs_recommends_better_than_popularity(tmp_path, cli):
     """MovieLens 100k as implicit feedback (what each user rated in ua.base): an FM trained
     on `fmkit recommend pairs` beats recommending the most popular unseen items (computed
@@ -553,3 +611,22 @@ def test_an_fm_on_sampled_pairs_recommends_better_than_popularity(tmp_path, cli)
           f"{baseline:.4f}")
     assert fm["queries"] == len(held)
     assert fm["precision_at_10"] > 1.5 * baseline
+    # the same settings, the negatives drawn anew every epoch (fmkit train --interactions):
+    # measured 0.1670 against one draw's 0.1405 (LightFM WARP: 0.1699, docs/recommend.md)
+    code, _, err = cli("train", "--quiet", "--interactions", tmp_path / "seen.jsonl",
+                       "--context", tmp_path / "users.jsonl", "--items",
+                       tmp_path / "items.jsonl", "--model-dir", tmp_path / "redrawn",
+                       f"feature_dim={users + items}", "num_factors=32",
+                       "predictor_type=binary_classifier", "epochs=10", "mini_batch_size=256",
+                       "bias_lr=0.003", "linear_lr=0.003", "factors_lr=0.003")
+    assert code == 0, err
+    code, out, err = cli("recommend", "evaluate", "--model-dir", tmp_path / "redrawn",
+                         "--items", tmp_path / "items.jsonl", "--context",
+                         tmp_path / "users.jsonl", "--exclude", tmp_path / "seen.jsonl",
+                         "--relevant", tmp_path / "held.jsonl", "--quiet")
+    assert code == 0, err
+    redrawn = json.loads(out)
+    print(f"negatives drawn every epoch: precision@10 {redrawn['precision_at_10']:.4f}, AUC "
+          f"{redrawn['auc']:.4f} (one draw: {fm['auc']:.4f})")
+    assert redrawn["precision_at_10"] > 1.1 * fm["precision_at_10"]
+    assert redrawn["auc"] > fm["auc"] + 0.003

@@ -480,3 +480,9 @@ class UnitRows:
 
     def blocks(self) -> Iterator[SparseBatch]:
         return map(unit_rows, self.source.blocks())
+
+    def for_epoch(self, epoch: int) -> Any:
+        """The wrapped source's rows of ``epoch``, scaled (see
+        :func:`fmkit.train.engine.epoch_rows`)."""
+        inner = getattr(self.source, "for_epoch", None)
+        return self if inner is None else UnitRows(inner(epoch))

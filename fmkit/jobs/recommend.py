@@ -4,23 +4,27 @@ Items and contexts are rows with ids (:mod:`fmkit.data.id_rows`); the items are 
 once into a catalogue (``fmkit recommend index`` keeps it in ``MODEL_DIR/items/``, where the
 server finds it) or on the fly from ``--items``. The search itself is
 :mod:`fmkit.models.fm.recommend`; ``fmkit recommend evaluate`` scores the top k against
-held-out items.
+held-out items; ``fmkit recommend pairs`` and ``fmkit train --interactions`` make training
+rows of implicit feedback (:mod:`fmkit.data.pairs`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fmkit import files
+from fmkit import distributed, files
+from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import read_input_text
 from fmkit.data.id_rows import read_id_rows
 from fmkit.data.libsvm import write_libsvm
-from fmkit.errors import ArtifactError, DataError, excerpt, require_option
+from fmkit.data.pairs import SampledPairs, draw_pairs
+from fmkit.data.sources import FileSource
+from fmkit.errors import ArtifactError, DataError, HyperparameterError, excerpt, require_option
 from fmkit.logs import log
 from fmkit.models import artifact
 from fmkit.models.fm.approximate import ApproximateIndex
@@ -181,16 +185,56 @@ ANY_KEY = 2**31 - 1  # before a model there is no feature_dim to check keys agai
 def write_pairs(contexts: str | Path, items: str | Path, interactions: str | Path,
                 output: str | Path | None, negatives: int = 4, seed: int = 0
                 ) -> tuple[int, int]:
-    """``fmkit recommend pairs``: training rows for implicit feedback (what users chose, with
-    nothing said of the rest), as libsvm with 0-based keys: each interaction (``{"id":
-    context id, "items": [item ids]}`` JSON Lines) as the context's row joined with the
-    item's, label 1, and ``negatives`` rows per interaction joining the context with items
-    drawn uniformly (with replacement) from those it has no interaction with, label 0 — the
-    sampled negatives LightFM's losses draw during training, drawn once here (seeded). The
-    rows are shuffled. Returns ``(positive rows, negative rows)``."""
+    """``fmkit recommend pairs``: training rows for implicit feedback
+    (:mod:`fmkit.data.pairs`) from ``{"id": context id, "items": [item ids]}`` JSON Lines
+    interactions, drawn once (seeded) and shuffled, as libsvm with 0-based keys. Returns
+    ``(positive rows, negative rows)``."""
+    context_rows, item_rows, chosen = _interactions(contexts, items, interactions, negatives,
+                                                    ANY_KEY)
+    width = 1 + max(int(context_rows.indices.max(initial=0)), int(item_rows.indices.max(
+        initial=0)))
+    joined, labels = draw_pairs(context_rows, item_rows, chosen, negatives,
+                                np.random.default_rng(seed), width)
+    with files.output_stream(output, files.ONLY_EMPTY) as out:
+        write_libsvm(out, joined, labels)
+    positive = int(labels.sum())
+    return positive, labels.size - positive
+
+
+def train_pairs(hyperparameters: Mapping[str, Any], contexts: str | Path, items: str | Path,
+                interactions: str | Path, model_dir: str | Path, *, negatives: int = 4,
+                test_path: str | Path | None = None, **options: Any
+                ) -> tuple[FMModel, dict[str, Any]]:
+    """``fmkit train --interactions``: an FM classifier trained on implicit feedback, its
+    negatives drawn anew every epoch (:class:`fmkit.data.pairs.SampledPairs`, seeded by the
+    ``seed`` hyperparameter); ``test_path``, ``options``: as :func:`fmkit.jobs.fm.train_files`
+    takes them (checkpoints, progress, ...)."""
+    from fmkit.jobs.fm import train_sources
+    from fmkit.models.fm.hyperparameters import validate
+
+    hp = validate(hyperparameters)
+    artifact.check_destination(model_dir)
+    require_option(negatives >= 1, "--negatives", ">= 1 to train", negatives)
+    if hp["predictor_type"] != "binary_classifier" or hp["model_type"] != "fm":
+        raise HyperparameterError("--interactions trains an FM binary classifier "
+                                  "(predictor_type=binary_classifier, model_type=fm)")
+    context_rows, item_rows, chosen = _interactions(contexts, items, interactions, negatives,
+                                                    hp["feature_dim"])
+    source = SampledPairs(str(interactions), context_rows, item_rows, chosen, negatives,
+                          hp["seed"], hp["feature_dim"], "binary", distributed.shard())
+    scored = {} if test_path is None else {"test": FileSource(
+        test_path, "auto", hp["feature_dim"], 0, labels="binary")}
+    return train_sources(hp, source, model_dir, scored, **options)
+
+
+def _interactions(contexts: str | Path, items: str | Path, interactions: str | Path,
+                  negatives: int, feature_dim: int
+                  ) -> tuple[SparseBatch, SparseBatch, list[np.ndarray]]:
+    """The contexts' and items' rows (ids unique, no key shared) and, per context, the item
+    positions ``interactions`` lists for it (at least one for some context)."""
     require_option(negatives >= 0, "--negatives", ">= 0", negatives)
-    context_ids, context_rows = read_id_rows(contexts, ANY_KEY)
-    item_ids, item_rows = read_id_rows(items, ANY_KEY)
+    context_ids, context_rows = read_id_rows(contexts, feature_dim)
+    item_ids, item_rows = read_id_rows(items, feature_dim)
     IdIndex(context_ids).check_unique(context_ids, str(contexts), "context")
     item_index = IdIndex(item_ids)
     item_index.check_unique(item_ids, str(items))
@@ -202,45 +246,16 @@ def write_pairs(contexts: str | Path, items: str | Path, interactions: str | Pat
         raise DataError(str(items), None, f"context {context} and item {item} share the key "
                         f"{key}: contexts and items must have features of their own")
     chosen = item_lists(interactions, context_ids, item_index, "interaction")
-    rng = np.random.default_rng(seed)
-    parts = []  # (label, context row, item row) arrays
-    for row, taken in enumerate(chosen):
-        drawn = _unchosen(rng, len(item_ids), taken, taken.size * negatives)
-        parts.append(np.array([np.r_[np.ones(taken.size), np.zeros(drawn.size)],
-                               np.full(taken.size + drawn.size, row),
-                               np.r_[taken, drawn]], np.int64))
-    labels, rows, picked = np.concatenate(parts, axis=1)[:, rng.permutation(
-        sum(p.shape[1] for p in parts))] if parts else np.zeros((3, 0), np.int64)
-    if not labels.size:
+    if not sum(taken.size for taken in chosen):
         raise DataError(str(interactions), None, f"names no item of {items} for a context of "
-                        f"{contexts}: no pairs to write")
-    width = 1 + max(int(context_rows.indices.max(initial=0)), int(item_rows.indices.max(
-        initial=0)))
-    joined = (context_rows.matrix(width)[rows] + item_rows.matrix(width)[picked]).tocsr()
-    with files.output_stream(output, files.ONLY_EMPTY) as out:
-        write_libsvm(out, joined, labels)
-    positive = int(labels.sum())
-    return positive, labels.size - positive
+                        f"{contexts}: no pairs to draw")
+    return context_rows, item_rows, chosen
 
 
 def _first_row_with(rows, key: int) -> int:
     """The first row of a batch that holds ``key``."""
     nonzero = int(np.flatnonzero(rows.indices == key)[0])
     return int(np.searchsorted(rows.indptr, nonzero, "right")) - 1
-
-
-def _unchosen(rng: np.random.Generator, items: int, taken: np.ndarray, count: int
-              ) -> np.ndarray:
-    """``count`` item positions drawn uniformly (with replacement) from ``range(items)`` less
-    ``taken``: drawn from all and redrawn where taken (few are, for most contexts), or from
-    the complement when it is the smaller part; none when nothing is left."""
-    if taken.size * 2 > items:
-        others = np.setdiff1d(np.arange(items), taken)
-        return rng.choice(others, count) if others.size else taken[:0]
-    drawn = rng.integers(items, size=count)
-    while (again := np.isin(drawn, taken)).any():
-        drawn[again] = rng.integers(items, size=int(again.sum()))
-    return drawn
 
 
 REQUEST_FIELDS = ("id", "keys", "values", "fields", "exclude")  # of a /recommend instance

@@ -63,9 +63,19 @@ class Gradient:
 
 
 class Source(Protocol):
+    """Rows in blocks, read again every epoch. A source whose rows differ per epoch (negatives
+    drawn anew: :class:`fmkit.data.pairs.SampledPairs`) also has ``for_epoch(epoch)``, the
+    source of that epoch's rows (:func:`epoch_rows`)."""
+
     name: str
 
     def blocks(self) -> Iterator[Any]: ...
+
+
+def epoch_rows(source: Source, epoch: int) -> Source:
+    """What ``epoch`` trains on: ``source``, or its ``for_epoch(epoch)`` when it has one."""
+    for_epoch = getattr(source, "for_epoch", None)
+    return source if for_epoch is None else for_epoch(epoch)
 
 
 class Learner(Protocol):
@@ -176,7 +186,7 @@ def fit(learner: Learner, source: Source, *, epochs: int | None, seed: int,
         if not skip:
             run.units, run.rows, run.loss_sum = 0, 0, 0.0
         run.epoch, started = epoch, time.perf_counter()
-        units = learner.batches(source, np.random.default_rng([seed, epoch]))
+        units = learner.batches(epoch_rows(source, epoch), np.random.default_rng([seed, epoch]))
         for _ in range(skip):  # trained before the checkpoint this run resumed from
             next(units, None)
         for callback in run.callbacks:
