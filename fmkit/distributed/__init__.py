@@ -167,27 +167,33 @@ def all_sum(values: np.ndarray) -> np.ndarray:
     return tensor.numpy()
 
 
-def all_gather_rows(ids: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def all_gather_rows(ids: np.ndarray, rows: np.ndarray, counts: list[int] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Every process's ``(ids, rows)``, in rank order — the same arrays on every process: how
-    sparse gradients, of a different size on each process, are combined. Two collectives: the
-    sizes, then the padded rows (ids travel as float64, exact below 2**53)."""
+    sparse gradients, of a different size on each process, are combined. ``counts``: every
+    process's number of ids, when a collective of the caller's carried them already;
+    otherwise they are gathered first. The rows travel padded to the largest count, ids as
+    float64 beside them (exact below 2**53)."""
     import torch
 
     if not active():
         return ids, rows
     dist = _dist()
     size = dist.get_world_size()
-    mine = torch.tensor([float(ids.size)], dtype=torch.float64)
-    counts = [torch.zeros_like(mine) for _ in range(size)]
-    dist.all_gather(counts, mine, group=_cpu_group)
-    counts = [int(c[0]) for c in counts]
-    packed = torch.zeros((max(counts), rows.shape[1] + 1), dtype=torch.float64)
+    if counts is None:
+        mine = torch.tensor([float(ids.size)], dtype=torch.float64)
+        gathered_counts = [torch.empty_like(mine) for _ in range(size)]
+        dist.all_gather(gathered_counts, mine, group=_cpu_group)
+        counts = [int(c[0]) for c in gathered_counts]
+    packed = torch.empty((max(counts), rows.shape[1] + 1), dtype=torch.float64)
     packed[: ids.size, 0] = torch.from_numpy(ids.astype(np.float64))
-    packed[: ids.size, 1:] = torch.from_numpy(rows.astype(np.float64))
-    gathered = [torch.zeros_like(packed) for _ in range(size)]
+    packed[: ids.size, 1:] = torch.from_numpy(rows.astype(np.float64, copy=False))
+    packed[ids.size:] = 0
+    gathered = [torch.empty_like(packed) for _ in range(size)]
     dist.all_gather(gathered, packed, group=_cpu_group)
-    joined = np.concatenate([g[:n].numpy() for g, n in zip(gathered, counts)])
-    return joined[:, 0].astype(np.int64), np.ascontiguousarray(joined[:, 1:])
+    parts = [g[:n].numpy() for g, n in zip(gathered, counts)]
+    return (np.concatenate([part[:, 0] for part in parts]).astype(np.int64),
+            np.concatenate([part[:, 1:] for part in parts]))
 
 
 # torchrun's own entry point, minus its report of a failed process: that process has

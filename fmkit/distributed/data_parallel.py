@@ -16,12 +16,12 @@ from fmkit.train import interruption
 from fmkit.train.engine import Gradient, Learner, Source
 
 
-def sum_sparse_rows(ids: np.ndarray, rows: np.ndarray, slot: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Every process's sparse gradient rows gathered (:func:`all_gather_rows`), each distinct
-    id's rows summed in rank order: the same arrays on every process. ``slot``: one -1 per
-    table row (scratch)."""
-    ids, rows = all_gather_rows(ids, rows)
+def sum_sparse_rows(ids: np.ndarray, rows: np.ndarray, slot: np.ndarray,
+                    counts: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every process's sparse gradient rows gathered (:func:`all_gather_rows`; ``counts``:
+    each process's number of rows, if known), each distinct id's rows summed in rank order:
+    the same arrays on every process. ``slot``: one -1 per table row (scratch)."""
+    ids, rows = all_gather_rows(ids, rows, counts)
     return sum_repeated_rows(ids, rows, slot)
 
 
@@ -68,22 +68,28 @@ class DataParallel:
         local = self.learner.gradient(batch)
         dense = _numpy(local.dense).ravel()
         asked = interruption.requested()  # a process asked to stop: all stop after this step
+        # one all-reduce: the sums, the stop request, each process's count of sparse rows per
+        # table (at its rank's place: the sum is every count) and the dense gradient
+        counts = np.zeros((len(local.sparse), self.size))
+        counts[:, self.rank] = [len(ids) for ids, _, _ in local.sparse]
         total = all_sum(np.concatenate([[local.rows, local.loss, local.weight, bool(asked),
-                                         interruption.as_number(asked)], dense]))
+                                         interruption.as_number(asked)], counts.ravel(),
+                                        dense]))
         rows, loss, weight = int(total[0]), float(total[1]), float(total[2])
         self.stopping = asked or interruption.from_numbers(total[3], total[4])
         if self.stopping and not asked:
             interruption.request(self.stopping)  # this process's job ends as the others' do
         if rows == 0:
             return 0.0, 0
+        every = total[5:5 + counts.size].reshape(counts.shape).astype(np.int64)
         sparse = []
-        for ids, values, table_rows in local.sparse:
+        for (ids, values, table_rows), table_counts in zip(local.sparse, every):
             if table_rows not in self.slots:
                 self.slots[table_rows] = np.full(table_rows, -1, np.int32)
             ids, values = sum_sparse_rows(_numpy(ids).astype(np.int64), _numpy(values),
-                                          self.slots[table_rows])
+                                          self.slots[table_rows], table_counts.tolist())
             sparse.append((ids, values, table_rows))
-        self.learner.apply(Gradient(rows, loss, total[5:], sparse, weight))
+        self.learner.apply(Gradient(rows, loss, total[5 + counts.size:], sparse, weight))
         return (loss * rows / weight if weight else loss), rows
 
 
