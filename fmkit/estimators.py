@@ -334,6 +334,38 @@ class FMClassifier(ClassifierMixin, _FMEstimator):
         the first call, as scikit-learn's incremental estimators take it."""
         return self._partial_fit(X, y, classes, sample_weight)._keep_classes()
 
+    def fit_interactions(self, contexts, items, chosen, *, negatives: int = 4,
+                         progress: bool | None = None) -> FMClassifier:
+        """Train ``epochs`` epochs on implicit feedback, as ``fmkit train --interactions``
+        does: each ``contexts`` row joined with each ``items`` row that ``chosen`` lists for
+        it (item row numbers, a list per context; label 1) and with ``negatives`` item rows
+        per interaction that it did not choose (label 0), drawn anew every epoch (seeded by
+        ``seed`` and the epoch). ``contexts`` and ``items`` have the same columns, none used
+        by both. Then :meth:`recommend` ranks items for contexts, :meth:`recommend_auc`
+        measures it."""
+        from fmkit.data.pairs import SampledPairs, shared_key
+
+        if negatives < 1:
+            raise ValueError(f"negatives must be >= 1, got {negatives}")
+        contexts = validate_data(self, contexts, accept_sparse="csr", reset=True,
+                                 dtype=(np.float64, np.float32))
+        context_rows, item_rows = self._batch(contexts), self._batch(items)
+        wanted = _item_rows(chosen, context_rows.n_rows, item_rows.n_rows, "chosen")
+        if not sum(taken.size for taken in wanted):
+            raise ValueError("chosen lists no item for any context: no pairs to train on")
+        shared = shared_key(context_rows, item_rows)
+        if shared:
+            raise ValueError(f"context row {shared[1]} and item row {shared[2]} both use "
+                             f"column {shared[0]}: contexts and items need columns of their "
+                             "own")
+        self._target(np.array([0.0, 1.0]), first=True)
+        hp = self._hyperparameters(contexts.shape[1], None)
+        source = SampledPairs("interactions", context_rows, item_rows, wanted, negatives,
+                              hp["seed"], contexts.shape[1], self._labels)
+        params, self.history_ = train(hp, source, progress=progress)
+        self.model_, self._learner = FMModel(hp, params), None
+        return self._keep_classes()
+
     def decision_function(self, X) -> np.ndarray:
         """The raw FM output y_hat of every row (> 0: the positive class)."""
         return self._logits(X)
@@ -379,6 +411,10 @@ class _FieldAware:
         super().__init__(**params)
 
     __init__.__signature__ = _signature(FFM_PARAMETERS)
+
+    def fit_interactions(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError(f"{type(self).__name__}: fit_interactions trains an FM "
+                         "(FMClassifier); the sampled pairs carry no fields")
 
     def _column_fields(self, n_columns: int) -> np.ndarray:
         name = type(self).__name__

@@ -630,3 +630,52 @@ def test_an_fm_on_sampled_pairs_recommends_better_than_popularity(tmp_path, cli)
           f"{redrawn['auc']:.4f} (one draw: {fm['auc']:.4f})")
     assert redrawn["precision_at_10"] > 1.1 * fm["precision_at_10"]
     assert redrawn["auc"] > fm["auc"] + 0.003
+
+
+def test_fit_interactions_trains_what_train_interactions_trains(tmp_path, cli):
+    """``FMClassifier.fit_interactions`` on the contexts' and items' rows as matrices gives
+    the weights ``fmkit train --interactions`` gives on the same rows as files (one
+    implementation: the same draws, the same order); a context and an item sharing a column,
+    and a field-aware estimator, are refused."""
+    import scipy.sparse as sp
+
+    from fmkit import FFMClassifier, FMClassifier
+
+    rng = np.random.default_rng(2)
+    n_contexts, n_items = 30, 25
+    contexts = [{"id": c, "keys": [int(c), int(30 + rng.integers(5))]} for c in range(n_contexts)]
+    items = [{"id": i, "keys": [35 + i]} for i in range(n_items)]
+    chosen = [sorted(rng.choice(n_items, int(rng.integers(0, 6)), replace=False).tolist())
+              for _ in range(n_contexts)]
+    for name, rows in (("c", contexts), ("i", items),
+                       ("x", [{"id": c, "items": chosen[c]} for c in range(n_contexts)])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    hp = {"num_factors": 4, "epochs": 3, "mini_batch_size": 16, "seed": 5,
+          "bias_lr": 0.01, "linear_lr": 0.01, "factors_lr": 0.01}
+    code, _, err = cli("train", "--quiet", "--interactions", tmp_path / "x.jsonl", "--context",
+                       tmp_path / "c.jsonl", "--items", tmp_path / "i.jsonl", "--negatives", 2,
+                       "--model-dir", tmp_path / "m", "feature_dim=60",
+                       "predictor_type=binary_classifier", *(f"{k}={v}" for k, v in hp.items()))
+    assert code == 0, err
+
+    def matrix(rows):
+        return sp.csr_matrix(([1.0] * sum(len(r["keys"]) for r in rows),
+                              [k for r in rows for k in r["keys"]],
+                              np.cumsum([0] + [len(r["keys"]) for r in rows])),
+                             shape=(len(rows), 60))
+
+    model = FMClassifier(**hp).fit_interactions(matrix(contexts), matrix(items), chosen,
+                                                negatives=2)
+    with np.load(tmp_path / "m" / "weights.npz") as saved:
+        np.testing.assert_allclose(model.model_.params.V, saved["V"], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(model.model_.params.w, saved["w"], rtol=1e-6, atol=1e-7)
+    assert list(model.classes_) == [0, 1] and len(model.history_) == 3
+    positions, _ = model.recommend(matrix(contexts), matrix(items), 3, exclude=chosen)
+    assert positions.shape == (n_contexts, 3)
+    overlapping = matrix(items).tolil()
+    overlapping[4, 7] = 1.0  # item row 4 uses column 7, context 7's
+    overlapping = overlapping.tocsr()
+    with pytest.raises(ValueError, match="context row 7 and item row 4 both use column 7"):
+        FMClassifier(**hp).fit_interactions(matrix(contexts), overlapping, chosen)
+    with pytest.raises(ValueError, match="fit_interactions trains an FM"):
+        FFMClassifier(fields=[0] * 60).fit_interactions(matrix(contexts), matrix(items), chosen)

@@ -20,6 +20,21 @@ from fmkit.data.batch import SparseBatch
 from fmkit.data.sources import ArraySource
 
 
+def shared_key(contexts: SparseBatch, items: SparseBatch) -> tuple[int, int, int] | None:
+    """The first key both a context and an item use, with the first context row and item row
+    that hold it, or None: a context's row joined with an item's must not repeat a key."""
+    shared = np.intersect1d(contexts.indices, items.indices)
+    if not shared.size:
+        return None
+    key = int(shared[0])
+    return key, _first_row_with(contexts, key), _first_row_with(items, key)
+
+
+def _first_row_with(rows: SparseBatch, key: int) -> int:
+    nonzero = int(np.flatnonzero(rows.indices[: rows.indptr[-1]] == key)[0])
+    return int(np.searchsorted(rows.indptr, nonzero, "right")) - 1
+
+
 def draw_pairs(contexts: SparseBatch, items: SparseBatch, chosen: list[np.ndarray],
                negatives: int, rng: np.random.Generator, width: int):
     """The joined rows (a scipy CSR matrix of ``width`` columns) and their labels, shuffled:

@@ -22,7 +22,7 @@ from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import read_input_text
 from fmkit.data.id_rows import read_id_rows
 from fmkit.data.libsvm import write_libsvm
-from fmkit.data.pairs import SampledPairs, draw_pairs
+from fmkit.data.pairs import SampledPairs, draw_pairs, shared_key
 from fmkit.data.sources import FileSource
 from fmkit.errors import ArtifactError, DataError, HyperparameterError, excerpt, require_option
 from fmkit.logs import log
@@ -238,11 +238,11 @@ def _interactions(contexts: str | Path, items: str | Path, interactions: str | P
     IdIndex(context_ids).check_unique(context_ids, str(contexts), "context")
     item_index = IdIndex(item_ids)
     item_index.check_unique(item_ids, str(items))
-    shared = np.intersect1d(context_rows.indices, item_rows.indices)
-    if shared.size:
-        key = int(shared[0])
-        context, item = (excerpt(json.dumps(ids[_first_row_with(rows, key)]), quote=False)
-                         for ids, rows in ((context_ids, context_rows), (item_ids, item_rows)))
+    shared = shared_key(context_rows, item_rows)
+    if shared:
+        key, context, item = shared
+        context, item = (excerpt(json.dumps(ids[row]), quote=False)
+                         for ids, row in ((context_ids, context), (item_ids, item)))
         raise DataError(str(items), None, f"context {context} and item {item} share the key "
                         f"{key}: contexts and items must have features of their own")
     chosen = item_lists(interactions, context_ids, item_index, "interaction")
@@ -250,12 +250,6 @@ def _interactions(contexts: str | Path, items: str | Path, interactions: str | P
         raise DataError(str(interactions), None, f"names no item of {items} for a context of "
                         f"{contexts}: no pairs to draw")
     return context_rows, item_rows, chosen
-
-
-def _first_row_with(rows, key: int) -> int:
-    """The first row of a batch that holds ``key``."""
-    nonzero = int(np.flatnonzero(rows.indices == key)[0])
-    return int(np.searchsorted(rows.indptr, nonzero, "right")) - 1
 
 
 REQUEST_FIELDS = ("id", "keys", "values", "fields", "exclude")  # of a /recommend instance
