@@ -679,3 +679,32 @@ def test_fit_interactions_trains_what_train_interactions_trains(tmp_path, cli):
         FMClassifier(**hp).fit_interactions(matrix(contexts), overlapping, chosen)
     with pytest.raises(ValueError, match="fit_interactions trains an FM"):
         FFMClassifier(fields=[0] * 60).fit_interactions(matrix(contexts), matrix(items), chosen)
+
+
+@pytest.mark.parametrize("tile_items", [7, 1 << 14])
+def test_recommend_auc_counts_items_alike_as_ties(monkeypatch, tile_items):
+    """Items with the same row score the same: a relevant item and its twin tie (half a
+    pair, as scikit-learn counts them), whether the catalogue is scored in one tile or in
+    many (its relevant items' scores taken from the same computation as the others')."""
+    import scipy.sparse as sp
+    from sklearn.metrics import roc_auc_score
+
+    from fmkit import FMRegressor
+    from fmkit.models.fm import recommend
+
+    monkeypatch.setattr(recommend, "BLOCK_SCORES", tile_items * recommend.QUERY_BLOCK)
+    rng = np.random.default_rng(4)
+    X = sp.random(300, 50, density=0.1, random_state=6, format="csr")
+    model = FMRegressor(num_factors=5, epochs=2, seed=1).fit(X, rng.normal(size=300))
+    contexts = sp.random(6, 50, density=0.1, random_state=7, format="lil")
+    contexts[:, 25:] = 0
+    half = sp.random(20, 50, density=0.15, random_state=8, format="lil")
+    half[:, :25] = 0
+    items = sp.vstack([half, half]).tocsr()  # item i + 20 is item i again
+    contexts = contexts.tocsr()
+    relevant = [rng.choice(40, 5, replace=False) for _ in range(6)]
+    aucs = model.recommend_auc(contexts, items, relevant)
+    for r in range(6):
+        every = model.predict(sp.vstack([contexts[r] + items[i] for i in range(40)]))
+        labels = np.isin(np.arange(40), relevant[r])
+        assert aucs[r] == pytest.approx(roc_auc_score(labels, every), abs=1e-12), r

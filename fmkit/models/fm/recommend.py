@@ -301,26 +301,36 @@ def context_aucs(model: FMModel, catalogue: Catalogue, contexts: SparseBatch,
     other item of the catalogue, ``exclude[r]`` left out of both: the chance that a relevant
     item scores above another, ties counting half (LightFM's per-user ``auc_score``, with
     scikit-learn's ``roc_auc_score`` tie rule). NaN for a context without a relevant item or
-    without another item. Every item is scored exactly (float64), a tile at a time."""
+    without another item. Every item is scored exactly (float64), a tile at a time, twice
+    when the catalogue takes several tiles: the relevant items' scores come from the same
+    computation as the others', so items alike score alike and tie."""
     scores = _scorer(model, catalogue, contexts, _context_factors(model, catalogue, contexts))
     n_items, tile = len(catalogue.ids), max(1, BLOCK_SCORES // QUERY_BLOCK)
+    tiles = [(first, min(first + tile, n_items)) for first in range(0, n_items, tile)]
     out = np.full(contexts.n_rows, np.nan)
     for start in range(0, contexts.n_rows, QUERY_BLOCK):
         stop = min(start + QUERY_BLOCK, contexts.n_rows)
-        left_out = [np.union1d(relevant[r], exclude[r] if exclude else []).astype(np.int64)
-                    for r in range(start, stop)]
-        positive = [np.setdiff1d(relevant[r], exclude[r] if exclude else []).astype(np.int64)
-                    for r in range(start, stop)]
-        union = np.unique(np.concatenate([*positive, np.zeros(0, np.int64)]))
-        if not union.size:
+        excluded = [exclude[r] if exclude else [] for r in range(start, stop)]
+        positive = [np.setdiff1d(relevant[r], gone).astype(np.int64)
+                    for r, gone in zip(range(start, stop), excluded)]
+        if not sum(p.size for p in positive):
             continue
-        wanted = scores(start, stop, union)
-        mine = [wanted[r, np.searchsorted(union, positive[r])] for r in range(stop - start)]
-        below, ties, others = np.zeros(stop - start), np.zeros(stop - start), np.zeros(
-            stop - start)
-        for first in range(0, n_items, tile):
-            last = min(first + tile, n_items)
-            block = scores(start, stop, slice(first, last))
+        left_out = [np.union1d(relevant[r], gone).astype(np.int64)
+                    for r, gone in zip(range(start, stop), excluded)]
+        mine = [np.empty(p.size) for p in positive]
+        blocks = {}
+        for first, last in tiles:
+            block = blocks[first] = scores(start, stop, slice(first, last))
+            for r, items in enumerate(positive):
+                inside = (items >= first) & (items < last)
+                mine[r][inside] = block[r, items[inside] - first]
+            if len(tiles) > 1:
+                blocks.clear()
+        below, ties, others = (np.zeros(stop - start) for _ in range(3))
+        for first, last in tiles:
+            block = blocks.get(first)
+            if block is None:
+                block = scores(start, stop, slice(first, last))
             for r in range(stop - start):
                 gone = left_out[r][(left_out[r] >= first) & (left_out[r] < last)] - first
                 rest = np.sort(np.delete(block[r], gone))
