@@ -658,6 +658,19 @@ def test_the_command_line_in_process_leaves_the_signal_handlers_as_it_found_them
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_the_command_line_in_process_leaves_a_programs_own_watchdog_armed(tmp_path, model_dir):
+    """``fmkit.cli.main`` cancels only the watchdog a signal made it arm: a program's own
+    ``faulthandler.dump_traceback_later`` still fires after a command it ran."""
+    program = ("import faulthandler, sys, time; from fmkit.cli import main; "
+               "faulthandler.dump_traceback_later(2); "
+               f"code = main(['evaluate', '--model-dir', {str(model_dir)!r}, '--data', "
+               f"{str(shared_file('a9a_libsvm', 'a9a.t'))!r}]); time.sleep(2.5); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Timeout (0:00:02)!" in done.stderr, done.stderr[-2000:]
+
+
 # -- 13. index bases -----------------------------------------------------------------------------
 def test_convert_to_libsvm_keeps_the_index_base(cli, tmp_path, model_dir):
     a9a_t = shared_file("a9a_libsvm", "a9a.t")

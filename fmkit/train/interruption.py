@@ -92,11 +92,16 @@ def exit_code() -> int:
 END_WITHIN_SECONDS = 10.0
 
 
+_watching = False  # end_within armed the watchdog (a program's own is not ours to cancel)
+
+
 def end_within() -> None:
     """From now on, the process ends within :data:`END_WITHIN_SECONDS`, whatever holds it:
     then every thread's stack goes to stderr and the exit status is 1. :func:`restore`
     cancels it."""
+    global _watching
     faulthandler.dump_traceback_later(END_WITHIN_SECONDS, exit=True)
+    _watching = True
 
 
 def _exit(signum: int, frame: object) -> None:
@@ -129,7 +134,9 @@ def _install(handler, signals) -> dict:
 def restore(handlers: dict) -> None:
     """Put back the signal handlers :func:`stop_on` or :func:`exit_cleanly_on` replaced, and
     cancel :func:`end_within` (a program that called the command line goes on)."""
+    global _watching
     for s, handler in handlers.items():
         signal.signal(s, handler)
-    if handlers:
+    if _watching:
         faulthandler.cancel_dump_traceback_later()
+        _watching = False
