@@ -318,18 +318,14 @@ def context_aucs(model: FMModel, catalogue: Catalogue, contexts: SparseBatch,
         left_out = [np.union1d(relevant[r], gone).astype(np.int64)
                     for r, gone in zip(range(start, stop), excluded)]
         mine = [np.empty(p.size) for p in positive]
-        blocks = {}
         for first, last in tiles:
-            block = blocks[first] = scores(start, stop, slice(first, last))
+            block = scores(start, stop, slice(first, last))
             for r, items in enumerate(positive):
                 inside = (items >= first) & (items < last)
                 mine[r][inside] = block[r, items[inside] - first]
-            if len(tiles) > 1:
-                blocks.clear()
         below, ties, others = (np.zeros(stop - start) for _ in range(3))
         for first, last in tiles:
-            block = blocks.get(first)
-            if block is None:
+            if len(tiles) > 1:  # (one tile: the block just scored)
                 block = scores(start, stop, slice(first, last))
             for r in range(stop - start):
                 gone = left_out[r][(left_out[r] >= first) & (left_out[r] < last)] - first
