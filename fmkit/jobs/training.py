@@ -109,13 +109,13 @@ def _say_if_only_the_mean(history: Sequence[EpochStats], variance: float | None,
         return
     share = history[-1].loss / variance
     if share >= MEAN_ONLY_SHARE:
-        advice.warning("the regressor learned little beyond the labels' mean: its training mean "
-                    "squared error %.4g is %.0f%% of their variance %.4g (standard deviation "
-                    "%.4g). Larger learning rates (bias_lr, linear_lr, factors_lr: %g, %g, %g) "
-                    "or more epochs may reach labels spread this wide (fmkit tune searches "
-                    "them), as may labels scaled to a spread near 1", history[-1].loss,
-                    100 * share, variance, variance ** 0.5, hp["bias_lr"], hp["linear_lr"],
-                    hp["factors_lr"])
+        advice.warning("the regressor learned little beyond the labels' mean: its training "
+                       "mean squared error %.4g is %.0f%% of their variance %.4g (standard "
+                       "deviation %.4g). Larger learning rates (bias_lr, linear_lr, "
+                       "factors_lr: %g, %g, %g) or more epochs may reach labels spread this "
+                       "wide (fmkit tune searches them), as may labels scaled to a spread "
+                       "near 1", history[-1].loss, 100 * share, variance, variance ** 0.5,
+                       hp["bias_lr"], hp["linear_lr"], hp["factors_lr"])
 
 
 def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None, *,
