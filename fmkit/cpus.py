@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 CGROUP = Path("/sys/fs/cgroup")
+PROC = Path("/proc/self")
 
 
 def configure() -> None:
@@ -98,25 +99,69 @@ def multiplies_int8() -> bool:
         return False
 
 
-def cpu_quota(root: Path = CGROUP) -> float | None:
-    """The cores the cgroup's CPU quota allows (e.g. 1.5), or None without a quota."""
+def _own_cgroup(proc: Path, version: int) -> str | None:
+    """This process's cgroup path in the hierarchy of ``version`` 2 (the ``0::`` line of
+    ``/proc/self/cgroup``) or 1 (the line whose controllers include ``cpu``), or None."""
     try:
-        limit, period = (root / "cpu.max").read_text().split()[:2]
+        lines = (proc / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if version == 2 and hierarchy == "0" and controllers == "":
+            return path
+        if version == 1 and "cpu" in controllers.split(","):
+            return path
+    return None
+
+
+def _cgroup_chain(mount: Path, path: str | None) -> list[Path]:
+    """The directories whose quota limits this process: its own cgroup's under ``mount`` and
+    each parent's up to ``mount``. Where its path is not under ``mount`` (a container sees its
+    own cgroup mounted as the root), the root alone."""
+    own = mount / path.strip("/") if path else mount
+    if not own.is_dir():
+        return [mount]
+    return [own, *[parent for parent in own.parents if parent.is_relative_to(mount)]]
+
+
+def _quota_v2(directory: Path) -> float | None:
+    try:
+        limit, period = (directory / "cpu.max").read_text().split()[:2]
         return None if limit == "max" else int(limit) / int(period)
     except (OSError, ValueError):
-        pass
+        return None
+
+
+def _quota_v1(directory: Path) -> float | None:
     try:
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
 
 
-def available_cpus(root: Path = CGROUP) -> int:
+def cpu_quota(root: Path = CGROUP, proc: Path = PROC) -> float | None:
+    """The cores the CPU quota allows this process (e.g. 1.5), or None without a quota: the
+    smallest quota of its own cgroup and its parents (cgroup v2 ``cpu.max``, or v1
+    ``cpu/cpu.cfs_quota_us``), found from ``/proc/self/cgroup`` as Java's and Go's runtimes
+    find it. A container's cgroup is usually the root it sees; a systemd unit's
+    (``CPUQuota=``), a batch job's or a container sharing the host's cgroups is a directory
+    below it, whose quota the root does not show."""
+    if (root / "cgroup.controllers").exists():  # v2: one hierarchy mounted at the root
+        chain, read = _cgroup_chain(root, _own_cgroup(proc, 2)), _quota_v2
+    else:
+        chain, read = _cgroup_chain(root / "cpu", _own_cgroup(proc, 1)), _quota_v1
+    quotas = [quota for quota in map(read, chain) if quota is not None]
+    return min(quotas, default=None)
+
+
+def available_cpus(root: Path = CGROUP, proc: Path = PROC) -> int:
     """The CPUs this process may run on, at most the whole cores of its quota (at least 1)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    quota = cpu_quota(root)
+    quota = cpu_quota(root, proc)
     if quota is not None:
         cpus = min(cpus or 1, math.floor(quota + 1e-9))
     return max(1, cpus or 1)

@@ -24,25 +24,64 @@ def write(root, files):
     return root
 
 
+V2 = {"cgroup.controllers": "cpu io memory\n"}
+V1_ROOT = {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}
+
+
+def v1(directory, quota, period=100000):
+    return {f"cpu/{directory}cpu.cfs_quota_us": f"{quota}\n",
+            f"cpu/{directory}cpu.cfs_period_us": f"{period}\n"}
+
+
 @pytest.mark.parametrize("files, quota", [
-    ({"cpu.max": "150000 100000\n"}, 1.5),
-    ({"cpu.max": "max 100000\n"}, None),
-    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
-    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({**V2, "cpu.max": "150000 100000\n"}, 1.5),
+    ({**V2, "cpu.max": "max 100000\n"}, None),
+    (v1("", 50000), 0.5),
+    (v1("", -1), None),
     ({}, None),
-    ({"cpu.max": "garbage\n"}, None),
+    ({**V2, "cpu.max": "garbage\n"}, None),
 ])
 def test_the_quota_is_read_from_either_cgroup_version(tmp_path, files, quota):
-    root = write(tmp_path, files)
-    assert cpu_quota(root) == quota
+    """A container's view: its own cgroup is the root it sees (its /proc/self/cgroup names a
+    path the mount does not hold)."""
+    root = write(tmp_path / "cgroup", files)
+    proc = write(tmp_path / "proc",
+                 {"cgroup": "0::/kubepods/pod1/abc\n3:cpu,cpuacct:/docker/abc\n"})
+    assert cpu_quota(root, proc) == quota
     expected = CPUS if quota is None else max(1, min(CPUS, int(quota)))
-    assert available_cpus(root) == expected
+    assert available_cpus(root, proc) == expected
+
+
+@pytest.mark.parametrize("own, files, quota", [
+    # a systemd unit's CPUQuota= (v2, the host's hierarchy): the root shows no quota
+    ("0::/system.slice/job.scope", {**V2, "system.slice/job.scope/cpu.max": "50000 100000\n",
+                                    "system.slice/cpu.max": "max 100000\n"}, 0.5),
+    # a parent's quota limits every cgroup below it; the smallest one counts
+    ("0::/batch/job7/step", {**V2, "batch/cpu.max": "300000 100000\n",
+                              "batch/job7/cpu.max": "150000 100000\n",
+                              "batch/job7/step/cpu.max": "max 100000\n"}, 1.5),
+    ("0::/a/b", {**V2, "a/cpu.max": "100000 100000\n", "a/b/cpu.max": "400000 100000\n"}, 1.0),
+    # v1: the line of the cpu controller names the directory under cpu/
+    ("4:memory:/x\n3:cpu,cpuacct:/slurm/job9\n", {**V1_ROOT, **v1("slurm/", -1),
+                                                   **v1("slurm/job9/", 200000)}, 2.0),
+    ("3:cpuacct,cpu:/q\n", {**V1_ROOT, **v1("q/", 50000, 200000)}, 0.25),
+    # the process in the root cgroup, or /proc unreadable: the root's own quota alone
+    ("0::/\n", {**V2, "cpu.max": "200000 100000\n"}, 2.0),
+    (None, {**V1_ROOT, **v1("q/", 50000)}, None),
+])
+def test_the_quota_of_a_cgroup_below_the_root_is_found_from_proc(tmp_path, own, files, quota):
+    """Outside a cgroup namespace (systemd's CPUQuota=, a batch system, a container sharing
+    the host's cgroups) the process's cgroup is a directory below the mount, named in
+    /proc/self/cgroup, and a quota anywhere on its way up to the root limits it."""
+    root = write(tmp_path / "cgroup", files)
+    proc = write(tmp_path / "proc", {} if own is None else {"cgroup": own + "\n"})
+    assert cpu_quota(root, proc) == quota
 
 
 def test_the_cli_caps_numba_threads_unless_numba_num_threads_is_set(tmp_path):
     """In a fresh process (numba's threads start once): one core of quota means one thread,
     and an explicit $NUMBA_NUM_THREADS wins."""
-    root = write(tmp_path, {"cpu.max": "100000 100000\n"})
+    root = write(tmp_path, {**V2, "cpu.max": "100000 100000\n"})
     code = ("import sys, numba, fmkit.cpus as c; from pathlib import Path; "
             "print(c.limit_threads(Path(sys.argv[1])), numba.config.NUMBA_NUM_THREADS)")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
@@ -166,7 +205,7 @@ def test_importing_fmkit_sets_only_the_openmp_settings_the_user_left_unset(prese
 
 def test_pytorch_threads_follow_the_quota_unless_omp_num_threads_chose_them(tmp_path):
     """PyTorch's default is a thread per core, blind to a container's quota."""
-    root = write(tmp_path, {"cpu.max": "100000 100000\n"})
+    root = write(tmp_path, {**V2, "cpu.max": "100000 100000\n"})
     code = ("import sys, fmkit.cpus as c; from pathlib import Path; "
             "print(c.import_torch(Path(sys.argv[1])).get_num_threads())")
     assert _run_fresh(code, str(root)) == "1"
