@@ -270,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=raw)
     p.add_argument("action", nargs="?", choices=("index", "evaluate", "pairs"),
                    help="index: write the item catalogue into the model directory; evaluate: "
-                   "print precision, recall, NDCG, MRR and hit rate at k against --relevant; "
-                   "pairs: write training rows (libsvm, 0-based keys) of --interactions with "
-                   "sampled negatives, before any model")
+                   "print precision, recall, NDCG, MRR and hit rate at k and AUC against "
+                   "--relevant; pairs: write training rows (libsvm, 0-based keys) of "
+                   "--interactions with sampled negatives, before any model")
     p.add_argument("--model-dir", help="the model (every action but pairs)")
     p.add_argument("--items", help="candidate items (default: the model's catalogue)")
     p.add_argument("--context", help="contexts (queries): one row each")
