@@ -38,6 +38,7 @@ _INFERRED = ("feature_dim", "predictor_type", "model_type", "num_fields")
 _HYPERPARAMETERS = [h for h in TABLE if h.name not in _INFERRED]
 PARAMETERS = {h.name: (h.suggested if h.default is None and h.required else h.default)
               for h in _HYPERPARAMETERS}
+PARAMETERS["epochs"] = None  # validate's: SageMaker's 1, or MCMC_EPOCHS sweeps with mcmc
 PARAMETERS["warm_start"] = False  # scikit-learn's: fit continues from the fitted weights
 FFM_PARAMETERS = {"fields": None, **PARAMETERS, **FFM_DEFAULTS}
 _EXTRA_DOCS = {

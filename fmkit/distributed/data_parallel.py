@@ -97,6 +97,8 @@ def parallel(learner: Learner, batch_size: int) -> Learner:
     """``learner`` wrapped in :class:`DataParallel` in a process group, as it is otherwise."""
     if not active():
         return learner
+    if getattr(learner, "one_process", None):
+        raise HyperparameterError(learner.one_process)
     if batch_size < 2:
         raise HyperparameterError("training on several processes combines mini-batch "
                                   "gradients: set mini_batch_size >= 2 (per-row lock-free "

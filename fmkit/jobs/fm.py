@@ -33,7 +33,7 @@ from fmkit.models.fm.model import FMModel, label_mode, scorer_cached
 from fmkit.models.metrics import require_rows
 from fmkit.train.checkpoint import Checkpointer
 from fmkit.train.engine import Callback
-from fmkit.train.kernel_learner import compile_kernels
+from fmkit.train.kernel_learner import check_device, compile_kernels
 from fmkit.train.optimizers import check_memory
 
 
@@ -72,8 +72,8 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     hp = validate(hyperparameters)
     # before any data is read: never replace user files, never start what cannot fit
     artifact.check_destination(model_dir)
-    if hp["model_type"] == "ffm" and device != "cpu":
-        raise HyperparameterError("model_type=ffm trains on the CPU only (--device cpu)")
+    if device != "cpu":
+        check_device(hp)
     if hp["model_type"] != "ffm" or hp["num_fields"]:
         check_memory(table_hyperparameters(hp))
     if device != "cpu":  # before any data is read

@@ -105,7 +105,8 @@ def _say_if_only_the_mean(history: Sequence[EpochStats], variance: float | None,
     """Warn when a regressor's training loss stayed near the labels' variance: labels spread
     far wider than the learning rates can reach in the steps taken (a price in the 100,000s
     with SageMaker's rate 0.001 trains only the bias's start) look like a model that works."""
-    if hp["predictor_type"] != "regressor" or not variance or not history:
+    if (hp["predictor_type"] != "regressor" or not variance or not history
+            or hp.get("optimizer") == "mcmc"):  # (it has no learning rates to raise)
         return
     share = history[-1].loss / variance
     if share >= MEAN_ONLY_SHARE:

@@ -21,10 +21,11 @@ from fmkit.errors import FM_DIVERGED_HINT, HyperparameterError, TrainingDiverged
 from fmkit.kernels import ffm
 from fmkit.kernels import fm as kernels
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
-from fmkit.models.fm.hyperparameters import table_hyperparameters
+from fmkit.models.fm.hyperparameters import MCMC, table_hyperparameters
 from fmkit.models.fm.model import two_rows, validation_metrics
 from fmkit.models.fm.parameters import FMParameters, starting_point
 from fmkit.train.engine import Gradient, Source
+from fmkit.train.mcmc_learner import GibbsLearner
 from fmkit.train.optimizers import OPTIMIZER_IDS, factor_group, kernel_config, training_tables
 from fmkit.train.torch_learner import TorchLearner
 
@@ -267,6 +268,14 @@ class FFMLearner(KernelLearner):
         return Gradient(batch.n_rows, loss, np.array([g0]), [(rows, G, self.table.shape[0])])
 
 
+def check_device(hp: dict[str, Any]) -> None:
+    """Refuse, before any data is read, what trains on the CPU's kernels only."""
+    if hp["optimizer"] == MCMC:
+        raise HyperparameterError("optimizer=mcmc samples on the CPU only (--device cpu)")
+    if hp["model_type"] == "ffm":
+        raise HyperparameterError("model_type=ffm trains on the CPU only (--device cpu)")
+
+
 def fm_learner(hp: dict[str, Any], params: FMParameters | None = None, dtype=np.float32,
                device: Any = "cpu", pause_every: int = 0) -> KernelLearner:
     """The FM learner for ``device``: the compiled kernels on the string ``cpu`` (their steps
@@ -274,9 +283,11 @@ def fm_learner(hp: dict[str, Any], params: FMParameters | None = None, dtype=np.
     ``torch.device("cpu")``: how the tests hold the PyTorch path to the kernels."""
     release_large_blocks_to_os()
     kernels_here = isinstance(device, str) and device == "cpu"
+    if not kernels_here:
+        check_device(hp)
+    if hp["optimizer"] == MCMC:
+        return GibbsLearner(hp, params, dtype)
     if hp["model_type"] == "ffm":
-        if not kernels_here:
-            raise HyperparameterError("model_type=ffm trains on the CPU only (--device cpu)")
         return FFMLearner(hp, params, dtype, pause_every)
     if kernels_here:
         return KernelLearner(hp, params, dtype, pause_every)
@@ -286,6 +297,8 @@ def fm_learner(hp: dict[str, Any], params: FMParameters | None = None, dtype=np.
 def compile_kernels(hp: dict[str, Any]) -> None:
     """Compile (or load from numba's cache) the kernels a run with ``hp`` trains with on the
     CPU, by training a throwaway learner (``hp`` on four features) on two rows."""
+    if hp["optimizer"] == MCMC:
+        return  # (its sweep compiles at its first epoch)
     learner = fm_learner(starting_point({**hp, "feature_dim": 4}, None))
     order = np.arange(2) if hp["shuffle"] and not learner.gathers else kernels.NO_ORDER
     learner.step((two_rows(hp["model_type"] == "ffm"), order))

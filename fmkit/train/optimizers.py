@@ -106,8 +106,12 @@ def _table_layout(num_factors: int, group: int, optimizer: str, dtype
 def check_memory(hp: dict[str, Any], dtype=np.float32) -> None:
     """Refuse hyperparameters whose training tables cannot fit in memory (see
     :func:`fmkit.memory.check_fits`): the table, the returned weights and a row index."""
-    width, _, stored = _table_layout(hp["num_factors"], factor_group(hp), hp["optimizer"], dtype)
     rows, itemsize = hp["feature_dim"], np.dtype(dtype).itemsize
+    if hp["optimizer"] == "mcmc":  # a sample and the samples' mean, in float64
+        width, stored, itemsize = hp["num_factors"] + 1, 2 * (hp["num_factors"] + 1), 8
+    else:
+        width, _, stored = _table_layout(hp["num_factors"], factor_group(hp), hp["optimizer"],
+                                         dtype)
     check_fits(f"An FM with feature_dim={rows} and num_factors={hp['num_factors']}", [
         (f"weights and {hp['optimizer']} state ({rows} x {stored})", rows * stored * itemsize),
         (f"returned weights ({rows} x {width})", rows * width * itemsize),

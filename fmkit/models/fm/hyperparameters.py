@@ -25,7 +25,11 @@ INIT_METHODS = ("normal", "uniform", "constant")
 AUTO = "auto"
 PREDICTOR_TYPES = ("binary_classifier", "regressor")
 MODEL_TYPES = ("fm", "ffm")
-OPTIMIZERS = ("adam", "adagrad", "ftrl", "sgd", "rowwise_adagrad")
+OPTIMIZERS = ("adam", "adagrad", "ftrl", "sgd", "rowwise_adagrad")  # the gradient rules
+# Gibbs sampling of a Bayesian FM (libFM's MCMC): no learning rate or weight decay to set. A
+# job that names it but not its epochs samples MCMC_EPOCHS sweeps (SageMaker's 1 would be one).
+MCMC = "mcmc"
+MCMC_EPOCHS = 100
 # A field-aware FM's starting settings when its job names no optimizer: xLearn's FFM (AdaGrad, a
 # row per step, rows scaled to unit length), as measured in docs/quality.md against xLearn.
 FFM_DEFAULTS = {"optimizer": "adagrad", "mini_batch_size": 1, "bias_lr": 0.2, "linear_lr": 0.2,
@@ -111,7 +115,8 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
         Hyperparameter("predictor_type", str, None, "choice",
                        "binary_classifier (log loss) or regressor (squared loss).",
                        required=True, choices=PREDICTOR_TYPES),
-        Hyperparameter("epochs", int, 1, "gt0", "Passes over the training data."),
+        Hyperparameter("epochs", int, 1, "gt0", "Passes over the training data (unset: 1, or "
+                       f"with optimizer=mcmc {MCMC_EPOCHS} sweeps)."),
         Hyperparameter("mini_batch_size", int, 1000, "gt0", "Rows per gradient step."),
         *_group("bias", lr=0.1, wd=0.01, sigma=0.01),
         *_group("linear", lr=0.001, wd=0.001, sigma=0.01),
@@ -136,8 +141,12 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
                        "fmkit: update rule (lazy: only the rows a mini-batch touches); "
                        "rowwise_adagrad keeps one AdaGrad sum per factor vector (fbgemm's and "
                        "TorchRec's rule): an FFM's training tables about half the size of "
-                       "adagrad's, at about its speed.",
-                       choices=OPTIMIZERS, sagemaker=False),
+                       "adagrad's, at about its speed. mcmc samples a Bayesian FM by Gibbs "
+                       "sweeps (libFM's MCMC): no learning rates, weight decays or "
+                       "mini-batches; an epoch is a sweep (epochs default to "
+                       f"{MCMC_EPOCHS}), the model is the mean of the samples after the "
+                       "first tenth, and the training rows are held in memory.",
+                       choices=(*OPTIMIZERS, MCMC), sagemaker=False),
         Hyperparameter("initial_accumulator_value", float, 0.0, "ge0",
                        "fmkit: with optimizer=adagrad or rowwise_adagrad, the value every sum of "
                        "squared gradients starts from (TensorFlow's and PyTorch's name; 0 as in "
@@ -288,6 +297,8 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
     raw = _sagemaker_init_methods(raw)
     if str(raw.get("model_type", "")).strip().lower() == "ffm" and raw.get("optimizer") is None:
         raw = {**FFM_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+    if str(raw.get("optimizer", "")).strip().lower() == MCMC and raw.get("epochs") is None:
+        raw = {**raw, "epochs": MCMC_EPOCHS}
     values: dict[str, Any] = {}
     for h in TABLE:
         value = raw.get(h.name)
@@ -316,6 +327,9 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
         raise HyperparameterError(
             "hyperparameter initial_accumulator_value is AdaGrad's: it needs optimizer=adagrad "
             f"or rowwise_adagrad (got optimizer={values['optimizer']})")
+    if values["optimizer"] == MCMC and values["model_type"] == "ffm":
+        raise HyperparameterError("optimizer=mcmc samples an FM (model_type=fm); a field-aware "
+                                  "FM trains with the gradient optimizers")
     if values["optimizer"] == "ftrl":
         for group in ("bias", "linear", "factors"):
             if values[f"{group}_lr"] <= 0:
