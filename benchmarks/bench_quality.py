@@ -12,7 +12,9 @@ classification (rating >= 4, AUC):
 
 Rows: "defaults" are SageMaker's defaults plus the required hyperparameters (``num_factors`` 8
 for a9a, 16 for MovieLens, the values a user first tries), with 1 epoch (SageMaker's default) and
-with up to 50 epochs stopped early on validation; "tune" is ``fmkit tune --trials N``. The
+with up to 50 epochs stopped early on validation; "tune" is ``fmkit tune --trials N``; "mcmc"
+is ``optimizer=mcmc`` (Gibbs sampling, libFM's MCMC) with k=8 and nothing else set, and "tune
+mcmc" the same search with ``optimizer=mcmc`` fixed (it searches k and the factors' start). The
 peers' figures are the best tuned peer's refit of the issue's run of the same protocol (a
 30-cell grid per peer), quoted. The peers are also re-run here under the protocol, beside
 fmkit's rows (``--no-peers`` skips them): xLearn's FM on a9a and MovieLens binary
@@ -40,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 CACHE = HERE / ".cache" / "quality"
 FMKIT = str(Path(sys.executable).parent / "fmkit")
+
+MCMC_TRIALS = 20  # optimizer=mcmc searches two settings (num_factors, factors_init_sigma)
 
 # issue 16's table: the best tuned peer's refit figure on each split
 PEERS = {"a9a": (0.9041, "xLearn FM, instance norm on"),
@@ -205,18 +209,33 @@ def defaults(name: str, split: dict, work: Path, epochs: int) -> dict:
             "refit": _score(refit, split["test"], split["key"]), "epoch": epoch}
 
 
-def tuned(name: str, split: dict, work: Path, trials: int, jobs: int) -> dict:
-    model = work / "tuned"
+def mcmc(name: str, split: dict, work: Path) -> dict:
+    """``optimizer=mcmc`` with k=8 and nothing else set (100 sweeps): no choice is made, so
+    validation is only reported (the model trained on the first 90% scores the last 10%) and
+    the refit is the same settings on the whole file."""
+    head, tail = _holdout(split["train"], work)
+    hp = [*split["hp"], "num_factors=8", "optimizer=mcmc"]
+    chosen, refit = work / "mcmc", work / "mcmc-refit"
+    _run("train", "--quiet", "--train", head, "--model-dir", chosen, *hp)
+    _run("train", "--quiet", "--train", split["train"], "--model-dir", refit, *hp)
+    return {"validation": _score(chosen, tail, split["key"]),
+            "test": _score(chosen, split["test"], split["key"]),
+            "refit": _score(refit, split["test"], split["key"]), "epoch": 100}
+
+
+def tuned(name: str, split: dict, work: Path, trials: int, jobs: int,
+          fixed: tuple[str, ...] = ()) -> dict:
+    model = work / f"tuned{len(fixed)}"
     started = time.perf_counter()
     _run("tune", "--quiet", "--train", split["train"], "--validation-fraction", "0.1",
          "--objective", split["objective"], "--trials", trials, "--jobs", jobs,
-         "--model-dir", model, *split["hp"])
+         "--model-dir", model, *split["hp"], *fixed)
     seconds = time.perf_counter() - started
     best = json.loads((model / "tune" / "best.json").read_text())
-    refit = work / "tuned-refit"
+    refit = work / f"tuned{len(fixed)}-refit"
     _run("tune", "--quiet", "--train", split["train"], "--validation-fraction", "0.1",
          "--objective", split["objective"], "--trials", trials, "--jobs", jobs,
-         "--model-dir", refit, "--refit", *split["hp"])
+         "--model-dir", refit, "--refit", *split["hp"], *fixed)
     return {"validation": best["value"], "test": _score(model, split["test"], split["key"]),
             "refit": _score(refit, split["test"], split["key"]), "epoch": best["epoch"],
             "seconds": seconds, "settings": best["settings"]}
@@ -241,7 +260,11 @@ def main() -> None:
             results = {"defaults, 1 epoch": defaults(name, split, work, 1),
                        "defaults, <=50 epochs": defaults(name, split, work, 50),
                        f"tune, {args.trials} trials": tuned(name, split, work, args.trials,
-                                                           args.jobs)}
+                                                           args.jobs),
+                       "mcmc, k 8, untuned": mcmc(name, split, work),
+                       f"tune mcmc, {MCMC_TRIALS} trials": tuned(
+                           name, split, work, min(args.trials, MCMC_TRIALS), args.jobs,
+                           ("optimizer=mcmc",))}
             if not args.no_peers and name == "ml_rmse":
                 results["peer re-run: PyTorch FM"] = torch_fm_peer(split)
             elif not args.no_peers:
@@ -250,7 +273,7 @@ def main() -> None:
         for label, r in results.items():
             met = r["refit"] >= target if split["key"] == "auc" else r["refit"] <= target
             rows.append((name, split["key"], label, r, target, peer, met))
-            print(f"{name:<10} {label:<22} validation {r['validation']:.4f}  test "
+            print(f"{name:<10} {label:<23} validation {r['validation']:.4f}  test "
                   f"{r['test']:.4f}  refit {r['refit']:.4f}  (epoch {r['epoch']}"
                   + (f", tune {r['seconds']:.0f} s" if "seconds" in r else "") + ")  "
                   f"best peer refit {target:.4f} ({peer}): "

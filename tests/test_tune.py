@@ -368,3 +368,31 @@ def test_a_deepfm_field_fixed_with_set_is_not_searched():
     assert fields == {"train_config.dense_optimizer.adam_optimizer.lr": 0.001,
                       "model_config.deepfm.deep.dropout_ratio": [0.25, 0.25]}
     assert fixed._document(fields)["model_config"]["deepfm"]["deep"]["hidden_units"] == [16, 8]
+
+
+def test_a_tune_of_mcmc_searches_the_factors_and_samples_every_sweep(a9a_head, tmp_path, cli):
+    """With optimizer=mcmc fixed the search has no rates, decays or batches to try: each
+    trial draws num_factors and factors_init_sigma and samples its 100 sweeps without
+    stopping early; the model is the best trial's, its objective scikit-learn's AUC of the
+    validation rows."""
+    model_dir = tmp_path / "model"
+    code, _, err = cli("tune", "--train", a9a_head, "--validation-fraction", "0.1",
+                       "--objective", "validation:auc", "--trials", "3", "--jobs", "1",
+                       "--model-dir", model_dir, "feature_dim=123",
+                       "predictor_type=binary_classifier", "optimizer=mcmc")
+    assert code == 0, err
+    trials = _trials(model_dir)
+    assert set(trials[0]) == {"number", "state", "value", "best_epoch", "seconds",
+                              "num_factors", "factors_init_sigma"}
+    best = json.loads((model_dir / "tune" / "best.json").read_text())
+    model = load_model(model_dir)
+    assert model.hyperparameters["optimizer"] == "mcmc"
+    assert model.hyperparameters["num_factors"] == best["settings"]["num_factors"]
+    history = json.loads((model_dir / "metrics.json").read_text())["train"]
+    assert len(history) == 100  # every sweep, none stopped early
+    lines = a9a_head.read_text().splitlines()
+    validation = tmp_path / "validation.libsvm"
+    validation.write_text("\n".join(lines[3600:]) + "\n")
+    y = np.array([line.split()[0] == "+1" for line in lines[3600:]])
+    scores = model.predictions(next(model.read(validation, "libsvm", labelled=False)))["score"]
+    assert roc_auc_score(y, scores) == pytest.approx(float(best["value"]), abs=0.01)

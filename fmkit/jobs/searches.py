@@ -23,7 +23,7 @@ from typing import Any
 from fmkit import files
 from fmkit.errors import HyperparameterError
 from fmkit.logs import log
-from fmkit.models.fm.hyperparameters import FFM_DEFAULTS, OPTIMIZERS, validate
+from fmkit.models.fm.hyperparameters import FFM_DEFAULTS, MCMC, MCMC_EPOCHS, OPTIMIZERS, validate
 from fmkit.train.engine import Callback
 
 FM_MAX_EPOCHS = 50  # a trial's epochs unless fixed: early stopping ends it sooner
@@ -111,6 +111,14 @@ FM_SPACE: tuple[Dimension, ...] = (
 # defaults (FFM_DEFAULTS) unless fixed.
 FFM_SPACE = tuple(Dimension("mini_batch_size", 1, 10_000, integer=True)
                   if d.name == "mini_batch_size" else d for d in FM_SPACE)
+# Gibbs sampling (optimizer=mcmc, fixed) has no rates, decays or batches: the factor count and
+# the factors' starting spread are what libFM's MCMC users set. Its trials sample MCMC_EPOCHS
+# sweeps without stopping early: the mean of more samples does not get worse as a model
+# trained longer does.
+MCMC_SPACE: tuple[Dimension, ...] = (
+    Dimension("num_factors", choices=(4, 8, 16, 32, 64)),
+    Dimension("factors_init_sigma", 0.01, 1.0),
+)
 
 
 class FMSearch:
@@ -131,6 +139,8 @@ class FMSearch:
         is)."""
         fixed = self.settings.fixed
         space = FFM_SPACE if fixed.get("model_type") == "ffm" else FM_SPACE
+        if fixed.get("optimizer") == MCMC:
+            space = MCMC_SPACE
         return [d for d in space
                 if any(name not in fixed for name in COUPLED.get(d.name, (d.name,)))]
 
@@ -283,8 +293,11 @@ class FMSearch:
             hp["epochs"] = refit_epochs
             fmt, validation, train = s.fmt, None, _refit_channel(work, s)
         else:
-            hp.setdefault("epochs", FM_MAX_EPOCHS)
             hp.setdefault("early_stopping_metric", s.objective)
+            if hp.get("optimizer") == MCMC:
+                hp.setdefault("epochs", MCMC_EPOCHS)
+                hp.setdefault("early_stopping_patience", 0)
+            hp.setdefault("epochs", FM_MAX_EPOCHS)
         _, metrics = train_files(hp, train, model_dir, validation_path=validation,
                                  test_path=test, fmt=fmt, index_base=index_base,
                                  progress=False, cache=True, callbacks=callbacks)
