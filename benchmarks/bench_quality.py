@@ -161,6 +161,27 @@ def xlearn_peer(split: dict, work: Path) -> dict:
             "epoch": chosen["epoch"], "settings": chosen["settings"]}
 
 
+def fastfm_mcmc_peer(split: dict, work: Path) -> dict:
+    """fastFM's MCMC under the protocol (:func:`peer_tasks.fastfm_mcmc_protocol`), the peer
+    that samples as ``optimizer=mcmc`` does; its test metric computed here."""
+    from bench_fm import PEER_PYTHON, ensure_peers
+
+    ensure_peers()
+    out = work / "fastfm.out"
+    kind = "binary" if split["key"] == "auc" else "regression"
+    done = subprocess.run([str(PEER_PYTHON), str(HERE / "peer_tasks.py"),
+                           "fastfm_mcmc_protocol", str(split["train"]), str(split["test"]),
+                           str(out), kind], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"fastfm_mcmc_protocol failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    y, scores = _labels(split["test"]), np.loadtxt(out)
+    refit = (roc_auc_score(y > 0, scores) if split["key"] == "auc"
+             else float(np.sqrt(mean_squared_error(y, scores))))
+    return {"validation": result["validation"], "test": float("nan"), "refit": refit,
+            "epoch": 100, "seconds": result["seconds"]}
+
+
 def _run(*args) -> None:
     done = subprocess.run([FMKIT, *map(str, args)], capture_output=True, text=True)
     if done.returncode:
@@ -269,6 +290,8 @@ def main() -> None:
                 results["peer re-run: PyTorch FM"] = torch_fm_peer(split)
             elif not args.no_peers:
                 results["peer re-run: xLearn FM"] = xlearn_peer(split, work)
+            if not args.no_peers:
+                results["peer: fastFM MCMC"] = fastfm_mcmc_peer(split, work)
         target, peer = PEERS[name]
         for label, r in results.items():
             met = r["refit"] >= target if split["key"] == "auc" else r["refit"] <= target

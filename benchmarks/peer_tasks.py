@@ -169,6 +169,36 @@ def fastfm_fit(train, test, features, k, epochs, out, rows):
     return X.shape[0], seconds
 
 
+def fastfm_mcmc_protocol(train: str, test: str, out: str, kind: str) -> dict:
+    """fastFM's MCMC (Gibbs sampling, k 8, 100 iterations, init_stdev 0.1: its settings
+    nothing is chosen for) under issue 16's protocol: trained on the first 90% of ``train``'s
+    rows to score the last 10% (validation), then on all of it to score ``test`` (refit),
+    whose predictions (probabilities for ``kind`` binary) are written to ``out``. fastFM's MCMC
+    predicts while it samples: the mean of every sample's predictions."""
+    from fastFM import mcmc
+    from sklearn.datasets import load_svmlight_files
+    from sklearn.metrics import mean_squared_error, roc_auc_score
+
+    X, y, Xt, yt = load_svmlight_files([train, test])
+    X, Xt = X.tocsc(), Xt.tocsc()
+    cut = int(X.shape[0] * 0.9)
+    binary = kind == "binary"
+
+    def fit_predict(X_fit, y_fit, X_score):
+        if binary:
+            fm = mcmc.FMClassification(n_iter=100, rank=8, init_stdev=0.1, random_state=0)
+            return fm.fit_predict_proba(X_fit, np.where(y_fit > 0, 1, -1), X_score)
+        fm = mcmc.FMRegression(n_iter=100, rank=8, init_stdev=0.1, random_state=0)
+        return fm.fit_predict(X_fit, y_fit, X_score)
+
+    started = time.perf_counter()
+    held = fit_predict(X[:cut], y[:cut], X[cut:])
+    validation = (roc_auc_score(y[cut:] > 0, held) if binary
+                  else float(np.sqrt(mean_squared_error(y[cut:], held))))
+    np.savetxt(out, fit_predict(X, y, Xt), fmt="%.6f")
+    return {"validation": float(validation), "seconds": time.perf_counter() - started}
+
+
 def _ids(X) -> np.ndarray:
     """The rows' feature ids as a dense (rows, fields) array (every row has the same count)."""
     per_row = np.diff(X.indptr)
@@ -270,6 +300,9 @@ def main() -> None:
     task, train, test = sys.argv[1:4]
     if task == "xlearn_protocol":  # peer_tasks.py xlearn_protocol TRAIN TEST OUT
         print(json.dumps(xlearn_protocol(train, test, sys.argv[4])))
+        return
+    if task == "fastfm_mcmc_protocol":  # ... fastfm_mcmc_protocol TRAIN TEST OUT KIND
+        print(json.dumps(fastfm_mcmc_protocol(train, test, sys.argv[4], sys.argv[5])))
         return
     features, k, threads, epochs = (int(a) for a in sys.argv[4:8])
     out, rows = sys.argv[8], int(sys.argv[9])
