@@ -89,16 +89,18 @@ def _size(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
-def check_fits(what: str, parts: list[tuple[str, float]], advice: str) -> None:
+def check_fits(what: str, parts: list[tuple[str, float]], advice: str,
+               held: str = "its weights and optimizer state") -> None:
     """Refuse, before anything is allocated, a model whose ``parts`` (name, bytes) exceed the
     memory available: one message with the estimate, the largest parts and what to change
-    (instead of a MemoryError or an allocator's traceback after seconds of work)."""
+    (instead of a MemoryError or an allocator's traceback after seconds of work). ``held``:
+    what the parts are, in the message."""
     total = sum(size for _, size in parts)
     available = available_bytes()
     if available is None or total <= available:
         return
     largest = sorted(parts, key=lambda part: -part[1])[:3]
     shown = "; ".join(f"{name}: {_size(size)}" for name, size in largest)
-    raise TooLarge(f"{what} needs about {_size(total)} for its weights and optimizer state, "
+    raise TooLarge(f"{what} needs about {_size(total)} for {held}, "
                    f"more than the {_size(available)} of memory available (largest: {shown}). "
                    f"{advice}")

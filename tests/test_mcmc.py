@@ -262,3 +262,14 @@ def test_an_mcmc_run_with_validation_killed_and_resumed_equals_an_uninterrupted_
     straight, resumed = (json.loads((tmp_path / name / "metrics.json").read_text())["train"]
                          for name in ("straight", "resumed"))
     assert [h["validation"] for h in resumed] == [h["validation"] for h in straight]
+
+
+def test_rows_that_cannot_fit_in_memory_are_refused_while_reading(monkeypatch):
+    """MCMC holds its rows: with 50 kB available, 1,000 rows of 2.5 values are refused with
+    the estimate and what to do instead, not an allocator's error."""
+    from fmkit import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 50_000)
+    X = sp.random(1000, 5, density=0.5, format="csr", random_state=0)
+    with pytest.raises(memory.TooLarge, match=r"1,000 rows, 2,500 values .* gradient optimizer"):
+        FMClassifier(num_factors=2, optimizer="mcmc", epochs=3).fit(X, np.arange(1000) % 2)

@@ -20,10 +20,15 @@ import numpy as np
 from fmkit.data.batch import SparseBatch, concat
 from fmkit.errors import DataError, HyperparameterError, TrainingDiverged
 from fmkit.kernels import mcmc
+from fmkit.memory import check_fits
 from fmkit.models.fm.model import validation_metrics
 from fmkit.models.fm.parameters import FMParameters, init_parameters
 from fmkit.train.engine import Source
 
+# the bytes Rows takes (and the copies made building it) per row and per nonzero value
+ROW_BYTES, NONZERO_BYTES = 48, 40
+STREAM_ADVICE = ("Train on fewer rows, or with a gradient optimizer (optimizer=adam and the "
+                 "others stream the file: their memory is the model's)")
 PROBIT_TO_LOGIT = 1.702
 BURN_IN_SHARE = 0.1  # the share of the epochs whose samples the model's mean leaves out
 DIVERGED_HINT = ("optimizer=mcmc has no learning rate: scale the labels (or the feature "
@@ -80,8 +85,16 @@ class GibbsLearner:
     def batches(self, source: Source, rng: np.random.Generator) -> Iterator[Rows]:
         """One unit per epoch: every row of ``source``, read the first time it is seen."""
         if self._rows is None or self._rows[0] is not source:
-            blocks = [block for block in source.blocks() if block.n_rows]
-            if not blocks:
+            self._rows = None  # (the last epoch's rows, if the source draws new ones)
+            blocks, rows, nonzeros = [], 0, 0
+            for block in source.blocks():
+                blocks.append(block)
+                rows, nonzeros = rows + block.n_rows, nonzeros + int(block.indptr[-1])
+                check_fits(f"optimizer=mcmc on {source.name}", [
+                    (f"{rows:,} rows, {nonzeros:,} values by row and by feature",
+                     ROW_BYTES * rows + NONZERO_BYTES * nonzeros)], STREAM_ADVICE,
+                    held="the training rows it holds in memory (read so far)")
+            if not rows:
                 raise DataError(source.name, None, "holds no data rows")
             self._rows = (source, Rows(concat(blocks), self.hp["feature_dim"]))
         yield self._rows[1]
