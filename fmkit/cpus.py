@@ -31,8 +31,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-CGROUP = Path("/sys/fs/cgroup")
-PROC = Path("/proc/self")
+from fmkit import cgroups
+
+CGROUP, PROC = cgroups.ROOT, cgroups.PROC
 
 
 def configure() -> None:
@@ -99,33 +100,6 @@ def multiplies_int8() -> bool:
         return False
 
 
-def _own_cgroup(proc: Path, version: int) -> str | None:
-    """This process's cgroup path in the hierarchy of ``version`` 2 (the ``0::`` line of
-    ``/proc/self/cgroup``) or 1 (the line whose controllers include ``cpu``), or None."""
-    try:
-        lines = (proc / "cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if version == 2 and hierarchy == "0" and controllers == "":
-            return path
-        if version == 1 and "cpu" in controllers.split(","):
-            return path
-    return None
-
-
-def _cgroup_chain(mount: Path, path: str | None) -> list[Path]:
-    """The directories whose quota limits this process: its own cgroup's under ``mount`` and
-    each parent's up to ``mount``. Where its path is not under ``mount`` (a container sees its
-    own cgroup mounted as the root), the root alone."""
-    own = mount / path.strip("/") if path else mount
-    if not own.is_dir():
-        return [mount]
-    return [own, *[parent for parent in own.parents if parent.is_relative_to(mount)]]
-
-
 def _quota_v2(directory: Path) -> float | None:
     try:
         limit, period = (directory / "cpu.max").read_text().split()[:2]
@@ -145,16 +119,11 @@ def _quota_v1(directory: Path) -> float | None:
 
 def cpu_quota(root: Path = CGROUP, proc: Path = PROC) -> float | None:
     """The cores the CPU quota allows this process (e.g. 1.5), or None without a quota: the
-    smallest quota of its own cgroup and its parents (cgroup v2 ``cpu.max``, or v1
-    ``cpu/cpu.cfs_quota_us``), found from ``/proc/self/cgroup`` as Java's and Go's runtimes
-    find it. A container's cgroup is usually the root it sees; a systemd unit's
-    (``CPUQuota=``), a batch job's or a container sharing the host's cgroups is a directory
-    below it, whose quota the root does not show."""
-    if (root / "cgroup.controllers").exists():  # v2: one hierarchy mounted at the root
-        chain, read = _cgroup_chain(root, _own_cgroup(proc, 2)), _quota_v2
-    else:
-        chain, read = _cgroup_chain(root / "cpu", _own_cgroup(proc, 1)), _quota_v1
-    quotas = [quota for quota in map(read, chain) if quota is not None]
+    smallest quota of its cgroup and its parents (:func:`fmkit.cgroups.limiting`; cgroup v2
+    ``cpu.max``, or v1 ``cpu/cpu.cfs_quota_us``)."""
+    read = _quota_v2 if cgroups.unified(root) else _quota_v1
+    quotas = [quota for quota in map(read, cgroups.limiting("cpu", root, proc))
+              if quota is not None]
     return min(quotas, default=None)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fmkit import cgroups
 from fmkit.errors import FMKitError
 
 M_MMAP_THRESHOLD = -3
@@ -57,27 +58,29 @@ class TooLarge(FMKitError):
     """The model would not fit in the memory this machine (or container) has."""
 
 
-def _read_number(path: str) -> int | None:
+def _read_number(path: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError):
         text = Path(path).read_text().split()[0]
         return None if text == "max" else int(text)
     return None
 
 
-def available_bytes() -> int | None:
-    """Memory a new allocation can get: the kernel's MemAvailable, or less under a cgroup
-    limit (a container's memory quota); None where neither is known (not Linux)."""
+def available_bytes(root: Path = cgroups.ROOT, proc: Path = cgroups.PROC) -> int | None:
+    """Memory a new allocation can get: the kernel's MemAvailable, or less under the memory
+    limit of this process's cgroup or a parent's (a container's, a systemd unit's
+    ``MemoryMax=``: :func:`fmkit.cgroups.limiting`); None where neither is known (not
+    Linux)."""
     found = []
     with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 found.append(int(line.split()[1]) * 1024)
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        limit, usage = _read_number(limit_file), _read_number(usage_file)
+    limit_name, usage_name = (("memory.max", "memory.current") if cgroups.unified(root) else
+                              ("memory.limit_in_bytes", "memory.usage_in_bytes"))
+    for directory in cgroups.limiting("memory", root, proc):
+        limit = _read_number(directory / limit_name)
         if limit is not None and limit < 1 << 60:
-            found.append(max(limit - (usage or 0), 0))
+            found.append(max(limit - (_read_number(directory / usage_name) or 0), 0))
     return min(found) if found else None
 
 

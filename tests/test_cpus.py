@@ -314,3 +314,33 @@ def test_a_row_per_step_leaves_a_core_to_a_reader_that_parses(tmp_path):
     for unit in learner.batches(text, np.random.default_rng(0)):
         learner.step(unit)
     assert learner.parts == reading_parts(learner.ws.parts, text)
+
+
+@pytest.mark.parametrize("own, files, available", [
+    # v2, a systemd unit's MemoryMax= below the root; the parent's limit is looser
+    ("0::/system.slice/job.scope", {**V2, "system.slice/memory.max": "4000000000\n",
+                                    "system.slice/memory.current": "1000000000\n",
+                                    "system.slice/job.scope/memory.max": "1000000000\n",
+                                    "system.slice/job.scope/memory.current": "300000000\n"},
+     700_000_000),
+    # the parent's headroom is the smaller one
+    ("0::/a/b", {**V2, "a/memory.max": "1000000000\n", "a/memory.current": "900000000\n",
+                 "a/b/memory.max": "max\n", "a/b/memory.current": "50000000\n"}, 100_000_000),
+    # v1: the memory controller's own line and directory
+    ("5:memory:/slurm/job9\n3:cpu,cpuacct:/other\n",
+     {"memory/slurm/job9/memory.limit_in_bytes": "2000000000\n",
+      "memory/slurm/job9/memory.usage_in_bytes": "500000000\n",
+      "memory/memory.limit_in_bytes": "9223372036854771712\n"}, 1_500_000_000),
+    # a container's namespace: its own cgroup is the root
+    ("0::/kubepods/pod1\n", {**V2, "memory.max": "800000000\n",
+                             "memory.current": "200000000\n"}, 600_000_000),
+])
+def test_the_memory_limit_of_a_cgroup_below_the_root_is_found_from_proc(tmp_path, own, files,
+                                                                      available):
+    """Memory the refusals (models, DeepFM tables, MCMC's rows) count on: the smallest
+    headroom of this process's cgroup and its parents (below the machine's MemAvailable)."""
+    from fmkit.memory import available_bytes
+
+    root = write(tmp_path / "cgroup", files)
+    proc = write(tmp_path / "proc", {"cgroup": own})
+    assert available_bytes(root, proc) == available
