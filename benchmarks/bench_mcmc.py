@@ -1,0 +1,122 @@
+"""Gibbs sampling (``optimizer=mcmc``) against fastFM's MCMC (C), one core each.
+
+    python benchmarks/bench_mcmc.py [--sweeps 100] [--repeat 3]
+
+On a9a (classification, 32,561 rows) and MovieLens-100k ``ua`` (regression, 90,570 rows), k 8:
+each implementation samples ``--sweeps`` sweeps on the training file and scores the test file
+(fastFM's MCMC predicts while it samples; fmkit trains, then predicts with the samples' mean).
+Prints rows x sweeps per second of the sampling, the whole fit's seconds, peak RSS of the
+process, and the test metric computed here with scikit-learn, with fmkit's ratios to fastFM.
+Each run is a process of its own; the fastest of ``--repeat`` is kept (noise only slows).
+fmkit's first call compiles its sweep: it is made once before the timed one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import mean_squared_error, roc_auc_score
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_fm import PEER_PYTHON, ensure_peers  # noqa: E402
+from bench_quality import SHARED, splits  # noqa: E402
+
+# each prints {"seconds", "peak_mib"} and writes the test predictions to argv[3]
+PRELUDE = """
+import json, re, sys, time
+from pathlib import Path
+import numpy as np
+from sklearn.datasets import load_svmlight_files
+X, y, Xt, yt = load_svmlight_files([sys.argv[1], sys.argv[2]])
+binary, sweeps = sys.argv[4] == "binary", int(sys.argv[5])
+if binary:
+    y = (y > 0).astype(int)
+"""
+EPILOGUE = """
+np.savetxt(sys.argv[3], scores)
+status = Path("/proc/self/status").read_text()
+peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024
+print(json.dumps({"seconds": seconds, "peak_mib": peak}))
+"""
+FMKIT = PRELUDE + """
+from fmkit import FMClassifier, FMRegressor
+kind = FMClassifier if binary else FMRegressor
+kind(num_factors=8, optimizer="mcmc", epochs=2).fit(X[:100], y[:100])  # compiles the sweep
+started = time.perf_counter()
+model = kind(num_factors=8, optimizer="mcmc", epochs=sweeps).fit(X, y)
+seconds = time.perf_counter() - started
+scores = model.predict_proba(Xt)[:, 1] if binary else model.predict(Xt)
+""" + EPILOGUE
+FASTFM = PRELUDE + """
+from fastFM import mcmc
+X, Xt = X.tocsc(), Xt.tocsc()
+started = time.perf_counter()
+if binary:
+    scores = mcmc.FMClassification(n_iter=sweeps, rank=8, init_stdev=0.1, random_state=0
+                                   ).fit_predict_proba(X, np.where(y > 0, 1, -1), Xt)
+else:
+    scores = mcmc.FMRegression(n_iter=sweeps, rank=8, init_stdev=0.1, random_state=0
+                               ).fit_predict(X, y, Xt)
+seconds = time.perf_counter() - started
+""" + EPILOGUE
+
+
+def measure(python: str, code: str, split: dict, kind: str, sweeps: int, repeat: int) -> dict:
+    best = None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "scores"
+        for _ in range(repeat):
+            done = subprocess.run([python, "-c", code, str(split["train"]), str(split["test"]),
+                                   str(out), kind, str(sweeps)], capture_output=True, text=True,
+                                  env={**os.environ, "NUMBA_NUM_THREADS": "1",
+                                       "OMP_NUM_THREADS": "1"})
+            if done.returncode:
+                raise SystemExit(done.stderr[-3000:])
+            run = json.loads(done.stdout.strip().splitlines()[-1])
+            if best is None or run["seconds"] < best["seconds"]:
+                best = run
+        scores = np.loadtxt(out)
+    y = np.array([float(line.split(None, 1)[0]) for line in
+                  Path(split["test"]).read_text().splitlines()])
+    best["metric"] = (roc_auc_score(y > 0, scores) if kind == "binary"
+                      else float(np.sqrt(mean_squared_error(y, scores))))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweeps", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"bench_mcmc: {SHARED} is missing (the shared datasets)")
+    ensure_peers()
+    print(f"k 8, {args.sweeps} sweeps, 1 thread, fastest of {args.repeat}")
+    print(f"{'data':<18}{'run':<14}{'rows x sweeps/s':>16}{'fit s':>8}{'peak MiB':>10}"
+          f"{'test':>16}   ratio to fastFM (speed, memory)")
+    for name, kind in (("a9a", "binary"), ("ml_rmse", "regression")):
+        split = splits()[name]
+        rows = len(Path(split["train"]).read_bytes().splitlines())
+        runs = {"fastFM 0.2.10": measure(str(PEER_PYTHON), FASTFM, split, kind, args.sweeps,
+                                         args.repeat),
+                "fmkit": measure(sys.executable, FMKIT, split, kind, args.sweeps, args.repeat)}
+        anchor = runs["fastFM 0.2.10"]
+        for label, r in runs.items():
+            rate = rows * args.sweeps / r["seconds"]
+            ratio = (f"{anchor['seconds'] / r['seconds']:.2f}x, "
+                     f"{r['peak_mib'] / anchor['peak_mib']:.2f}x") if label == "fmkit" else ""
+            metric = f"{'AUC' if kind == 'binary' else 'RMSE'} {r['metric']:.4f}"
+            print(f"{name:<18}{label:<14}{rate:>16,.0f}{r['seconds']:>8.2f}"
+                  f"{r['peak_mib']:>10.0f}{metric:>16}   {ratio}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
