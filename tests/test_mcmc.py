@@ -199,6 +199,9 @@ def test_the_gamma_draws_follow_scipy(shape):
 def test_mcmc_names_its_own_epochs_and_refuses_what_it_cannot_do():
     base = {"feature_dim": 10, "num_factors": 2, "predictor_type": "regressor"}
     assert validate({**base, "optimizer": "mcmc"})["epochs"] == 100
+    assert validate({**base, "optimizer": "mcmc"})["early_stopping_patience"] == 0
+    assert validate({**base, "optimizer": "mcmc",
+                     "early_stopping_patience": "2"})["early_stopping_patience"] == 2
     assert validate({**base, "optimizer": "mcmc", "epochs": 7})["epochs"] == 7
     assert validate(base)["epochs"] == 1  # SageMaker's default, whatever mcmc does
     with pytest.raises(Exception, match="model_type=fm"):
@@ -254,7 +257,7 @@ def test_an_mcmc_run_with_validation_killed_and_resumed_equals_an_uninterrupted_
     from .test_checkpoints import kill_resume_and_compare
 
     hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier",
-          "optimizer=mcmc", "epochs=150", "seed=3", "early_stopping_patience=0"]
+          "optimizer=mcmc", "epochs=150", "seed=3"]
     common = ["train", "--train", shared_file("a9a_libsvm", "a9a"), "--validation",
               shared_file("a9a_libsvm", "a9a.t"), "--index-base", "1", "--quiet", *hp]
     state, _ = kill_resume_and_compare(tmp_path, cli, common, 10, 1e-9)

@@ -23,7 +23,7 @@ from typing import Any
 from fmkit import files
 from fmkit.errors import HyperparameterError
 from fmkit.logs import log
-from fmkit.models.fm.hyperparameters import FFM_DEFAULTS, MCMC, MCMC_EPOCHS, OPTIMIZERS, validate
+from fmkit.models.fm.hyperparameters import FFM_DEFAULTS, MCMC, OPTIMIZERS, validate
 from fmkit.train.engine import Callback
 
 FM_MAX_EPOCHS = 50  # a trial's epochs unless fixed: early stopping ends it sooner
@@ -112,9 +112,8 @@ FM_SPACE: tuple[Dimension, ...] = (
 FFM_SPACE = tuple(Dimension("mini_batch_size", 1, 10_000, integer=True)
                   if d.name == "mini_batch_size" else d for d in FM_SPACE)
 # Gibbs sampling (optimizer=mcmc, fixed) has no rates, decays or batches: the factor count and
-# the factors' starting spread are what libFM's MCMC users set. Its trials sample MCMC_EPOCHS
-# sweeps without stopping early: the mean of more samples does not get worse as a model
-# trained longer does.
+# the factors' starting spread are what libFM's MCMC users set. Its trials sample its own
+# epochs (MCMC_DEFAULTS: 100 sweeps, not stopped early).
 MCMC_SPACE: tuple[Dimension, ...] = (
     Dimension("num_factors", choices=(4, 8, 16, 32, 64)),
     Dimension("factors_init_sigma", 0.01, 1.0),
@@ -294,10 +293,8 @@ class FMSearch:
             fmt, validation, train = s.fmt, None, _refit_channel(work, s)
         else:
             hp.setdefault("early_stopping_metric", s.objective)
-            if hp.get("optimizer") == MCMC:
-                hp.setdefault("epochs", MCMC_EPOCHS)
-                hp.setdefault("early_stopping_patience", 0)
-            hp.setdefault("epochs", FM_MAX_EPOCHS)
+            if hp.get("optimizer") != MCMC:  # (mcmc: its sweeps, not stopped early)
+                hp.setdefault("epochs", FM_MAX_EPOCHS)
         _, metrics = train_files(hp, train, model_dir, validation_path=validation,
                                  test_path=test, fmt=fmt, index_base=index_base,
                                  progress=False, cache=True, callbacks=callbacks)

@@ -27,9 +27,12 @@ PREDICTOR_TYPES = ("binary_classifier", "regressor")
 MODEL_TYPES = ("fm", "ffm")
 OPTIMIZERS = ("adam", "adagrad", "ftrl", "sgd", "rowwise_adagrad")  # the gradient rules
 # Gibbs sampling of a Bayesian FM (libFM's MCMC): no learning rate or weight decay to set. A
-# job that names it but not its epochs samples MCMC_EPOCHS sweeps (SageMaker's 1 would be one).
+# job that names it gets MCMC_DEFAULTS for what it does not name: MCMC_EPOCHS sweeps
+# (SageMaker's 1 epoch would be one), and no early stop: the mean of more samples does not
+# overfit as a model trained longer does (a validation channel still keeps the best mean).
 MCMC = "mcmc"
 MCMC_EPOCHS = 100
+MCMC_DEFAULTS = {"epochs": MCMC_EPOCHS, "early_stopping_patience": 0}
 # A field-aware FM's starting settings when its job names no optimizer: xLearn's FFM (AdaGrad, a
 # row per step, rows scaled to unit length), as measured in docs/quality.md against xLearn.
 FFM_DEFAULTS = {"optimizer": "adagrad", "mini_batch_size": 1, "bias_lr": 0.2, "linear_lr": 0.2,
@@ -144,8 +147,9 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
                        "adagrad's, at about its speed. mcmc samples a Bayesian FM by Gibbs "
                        "sweeps (libFM's MCMC): no learning rates, weight decays or "
                        "mini-batches; an epoch is a sweep (epochs default to "
-                       f"{MCMC_EPOCHS}), the model is the mean of the samples after the "
-                       "first tenth, and the training rows are held in memory.",
+                       f"{MCMC_EPOCHS}, early_stopping_patience to 0), the model is the mean "
+                       "of the samples after the first tenth, and the training rows are "
+                       "held in memory.",
                        choices=(*OPTIMIZERS, MCMC), sagemaker=False),
         Hyperparameter("initial_accumulator_value", float, 0.0, "ge0",
                        "fmkit: with optimizer=adagrad or rowwise_adagrad, the value every sum of "
@@ -297,8 +301,8 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
     raw = _sagemaker_init_methods(raw)
     if str(raw.get("model_type", "")).strip().lower() == "ffm" and raw.get("optimizer") is None:
         raw = {**FFM_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
-    if str(raw.get("optimizer", "")).strip().lower() == MCMC and raw.get("epochs") is None:
-        raw = {**raw, "epochs": MCMC_EPOCHS}
+    if str(raw.get("optimizer", "")).strip().lower() == MCMC:
+        raw = {**MCMC_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
     values: dict[str, Any] = {}
     for h in TABLE:
         value = raw.get(h.name)
