@@ -215,12 +215,16 @@ def test_mcmc_names_its_own_epochs_and_refuses_what_it_cannot_do():
         model.fit(X, y)
 
 
-def test_mcmc_on_a_device_is_one_line(tmp_path, cli):
+@pytest.mark.parametrize("option, message", [
+    (["--device", "cpu:0"], "optimizer=mcmc samples on the CPU only (--device cpu)"),
+    (["--nproc", "2"], "optimizer=mcmc trains in one process: each of its sweeps draws every "
+                       "weight from all the training rows (use --nproc 1)"),
+])
+def test_mcmc_on_a_device_or_several_processes_is_one_line(tmp_path, cli, option, message):
     code, _, err = cli("train", "--train", shared_file("a9a_libsvm", "a9a.t"), "--model-dir",
-                       tmp_path / "m", "--device", "cpu:0", "feature_dim=124",
-                       "num_factors=2", "predictor_type=binary_classifier", "optimizer=mcmc")
-    assert (code, err.strip()) == (1, "fmkit: error: optimizer=mcmc samples on the CPU only "
-                                      "(--device cpu)")
+                       tmp_path / "m", *option, "feature_dim=124", "num_factors=2",
+                       "predictor_type=binary_classifier", "optimizer=MCMC")
+    assert (code, err.strip()) == (1, f"fmkit: error: {message}")
     assert not (tmp_path / "m").exists()
 
 

@@ -25,7 +25,7 @@ from fmkit.models.fm.hyperparameters import MCMC, table_hyperparameters
 from fmkit.models.fm.model import two_rows, validation_metrics
 from fmkit.models.fm.parameters import FMParameters, starting_point
 from fmkit.train.engine import Gradient, Source
-from fmkit.train.mcmc_learner import GibbsLearner
+from fmkit.train.mcmc_learner import GibbsLearner, Rows
 from fmkit.train.optimizers import OPTIMIZER_IDS, factor_group, kernel_config, training_tables
 from fmkit.train.torch_learner import TorchLearner
 
@@ -297,8 +297,9 @@ def fm_learner(hp: dict[str, Any], params: FMParameters | None = None, dtype=np.
 def compile_kernels(hp: dict[str, Any]) -> None:
     """Compile (or load from numba's cache) the kernels a run with ``hp`` trains with on the
     CPU, by training a throwaway learner (``hp`` on four features) on two rows."""
-    if hp["optimizer"] == MCMC:
-        return  # (its sweep compiles at its first epoch)
     learner = fm_learner(starting_point({**hp, "feature_dim": 4}, None))
+    if hp["optimizer"] == MCMC:
+        learner.step(Rows(two_rows(False), 4))
+        return
     order = np.arange(2) if hp["shuffle"] and not learner.gathers else kernels.NO_ORDER
     learner.step((two_rows(hp["model_type"] == "ffm"), order))

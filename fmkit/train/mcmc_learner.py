@@ -21,6 +21,7 @@ from fmkit.data.batch import SparseBatch, concat
 from fmkit.errors import DataError, HyperparameterError, TrainingDiverged
 from fmkit.kernels import mcmc
 from fmkit.memory import check_fits
+from fmkit.models.fm.hyperparameters import MCMC_ONE_PROCESS
 from fmkit.models.fm.model import validation_metrics
 from fmkit.models.fm.parameters import FMParameters, init_parameters
 from fmkit.train.engine import Source
@@ -33,8 +34,6 @@ PROBIT_TO_LOGIT = 1.702
 BURN_IN_SHARE = 0.1  # the share of the epochs whose samples the model's mean leaves out
 DIVERGED_HINT = ("optimizer=mcmc has no learning rate: scale the labels (or the feature "
                  "values) to a spread near 1")
-ONE_PROCESS = ("optimizer=mcmc trains in one process: each of its sweeps draws every weight "
-               "from all the training rows (use --nproc 1)")
 
 
 class Rows:
@@ -63,7 +62,7 @@ class GibbsLearner:
 
     primary = True
     diverged_hint = DIVERGED_HINT
-    one_process = ONE_PROCESS  # (fmkit.distributed.data_parallel.parallel refuses a group)
+    one_process = MCMC_ONE_PROCESS  # (distributed.data_parallel.parallel refuses a group)
 
     def __init__(self, hp: dict[str, Any], params: FMParameters | None, dtype=np.float32):
         if params is not None:

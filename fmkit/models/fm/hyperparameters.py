@@ -33,6 +33,8 @@ OPTIMIZERS = ("adam", "adagrad", "ftrl", "sgd", "rowwise_adagrad")  # the gradie
 MCMC = "mcmc"
 MCMC_EPOCHS = 100
 MCMC_DEFAULTS = {"epochs": MCMC_EPOCHS, "early_stopping_patience": 0}
+MCMC_ONE_PROCESS = ("optimizer=mcmc trains in one process: each of its sweeps draws every "
+                    "weight from all the training rows (use --nproc 1)")
 # A field-aware FM's starting settings when its job names no optimizer: xLearn's FFM (AdaGrad, a
 # row per step, rows scaled to unit length), as measured in docs/quality.md against xLearn.
 FFM_DEFAULTS = {"optimizer": "adagrad", "mini_batch_size": 1, "bias_lr": 0.2, "linear_lr": 0.2,
