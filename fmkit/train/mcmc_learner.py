@@ -4,10 +4,10 @@
 An epoch is one sweep over every training row; the rows are held in memory (read once, or
 again when the source draws new rows per epoch), as libFM's and myFM's MCMC hold them. The
 model it returns is the mean of the sampled weights after the burn-in (the first tenth of the
-epochs): an ordinary FM, scored, served and exported as any other. (Averaging the samples'
-predictions instead scored 0.9171 test RMSE on MovieLens-100k ``ua`` against the mean weights'
-0.921 with myFM; docs/quality.md.) A classifier is sampled as a probit model and saved on the
-logit scale (``PROBIT_TO_LOGIT``: sigmoid(1.702 t) is within 0.01 of Phi(t)).
+epochs): an ordinary FM, scored, served and exported as any other, which predicts almost as
+well as averaging every sample's predictions would (docs/quality.md, "Session 46"). A
+classifier is sampled as a probit model and saved on the logit scale (``PROBIT_TO_LOGIT``:
+sigmoid(1.702 t) is within 0.01 of Phi(t)).
 """
 
 from __future__ import annotations
