@@ -168,32 +168,28 @@ def test_the_conditional_draws_mean_and_variance_are_the_posteriors():
     assert np.var(draws) == pytest.approx(variance, rel=0.1)
 
 
+@mcmc.njit
+def draws(gamma, argument, n):
+    """``n`` draws, the stream seeded: Gamma(``argument``, rate 2), or N(0, 1) above
+    ``argument``."""
+    np.random.seed(5)
+    out = np.empty(n)
+    for i in range(n):
+        out[i] = mcmc.gamma(argument, 2.0) if gamma else mcmc.standard_normal_above(argument)
+    return out
+
+
 @pytest.mark.parametrize("a", [-1.5, 0.0, 0.7, 3.0])
 def test_the_truncated_normal_draws_follow_scipy(a):
-    @mcmc.njit
-    def draws(a, n):
-        np.random.seed(5)
-        out = np.empty(n)
-        for i in range(n):
-            out[i] = mcmc.standard_normal_above(a)
-        return out
-
-    sample = draws(a, 20000)
+    sample = draws(False, a, 20000)
     assert sample.min() > a
     assert stats.kstest(sample, stats.truncnorm(a, np.inf).cdf).pvalue > 0.001
 
 
 @pytest.mark.parametrize("shape", [1.0, 3.5, 500.0])
 def test_the_gamma_draws_follow_scipy(shape):
-    @mcmc.njit
-    def draws(shape, n):
-        np.random.seed(9)
-        out = np.empty(n)
-        for i in range(n):
-            out[i] = mcmc.gamma(shape, 2.0)
-        return out
-
-    assert stats.kstest(draws(shape, 20000), stats.gamma(shape, scale=0.5).cdf).pvalue > 0.001
+    assert stats.kstest(draws(True, shape, 20000), stats.gamma(shape, scale=0.5).cdf
+                        ).pvalue > 0.001
 
 
 def test_mcmc_names_its_own_epochs_and_refuses_what_it_cannot_do():
@@ -261,11 +257,12 @@ def test_an_mcmc_run_with_validation_killed_and_resumed_equals_an_uninterrupted_
     from .test_checkpoints import kill_resume_and_compare
 
     hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier",
-          "optimizer=mcmc", "epochs=150", "seed=3"]
-    common = ["train", "--train", shared_file("a9a_libsvm", "a9a"), "--validation",
-              shared_file("a9a_libsvm", "a9a.t"), "--index-base", "1", "--quiet", *hp]
+          "optimizer=mcmc", "epochs=100", "seed=3"]
+    test_rows = shared_file("a9a_libsvm", "a9a.t")  # (a smaller file: faster sweeps)
+    common = ["train", "--train", test_rows, "--validation", test_rows, "--index-base", "1",
+              "--quiet", *hp]
     state, _ = kill_resume_and_compare(tmp_path, cli, common, 10, 1e-9)
-    assert "learner/mean_V" in state.arrays and state.step < 150
+    assert "learner/mean_V" in state.arrays and state.step < 100
     straight, resumed = (json.loads((tmp_path / name / "metrics.json").read_text())["train"]
                          for name in ("straight", "resumed"))
     assert [h["validation"] for h in resumed] == [h["validation"] for h in straight]

@@ -42,6 +42,16 @@ def _trials(model_dir):
         return list(csv.DictReader(f))
 
 
+def _validation_auc(a9a_head, tmp_path, model) -> float:
+    """scikit-learn's AUC of ``model`` on the last 10% of ``a9a_head``'s rows."""
+    lines = a9a_head.read_text().splitlines()
+    validation = tmp_path / "validation.libsvm"
+    validation.write_text("\n".join(lines[3600:]) + "\n")
+    y = np.array([line.split()[0] == "+1" for line in lines[3600:]])
+    scores = model.predictions(next(model.read(validation, "libsvm", labelled=False)))["score"]
+    return roc_auc_score(y, scores)
+
+
 def test_tune_writes_the_best_trials_model_and_its_table(a9a_head, tmp_path, cli):
     model_dir = tmp_path / "model"
     code, _, err = cli("tune", "--train", a9a_head, "--validation-fraction", "0.1",
@@ -64,12 +74,8 @@ def test_tune_writes_the_best_trials_model_and_its_table(a9a_head, tmp_path, cli
         assert hp[f"{group}_lr"] == pytest.approx(float(best["learning_rate"]))
         assert hp[f"{group}_wd"] == pytest.approx(float(best["weight_decay"]))
     # ...and the objective is the AUC of the file's last 10% of rows, as scikit-learn scores
-    lines = a9a_head.read_text().splitlines()
-    validation = tmp_path / "validation.libsvm"
-    validation.write_text("\n".join(lines[3600:]) + "\n")
-    y = np.array([line.split()[0] == "+1" for line in lines[3600:]])
-    scores = model.predictions(next(model.read(validation, "libsvm", labelled=False)))["score"]
-    assert roc_auc_score(y, scores) == pytest.approx(float(best["value"]), abs=0.01)
+    assert _validation_auc(a9a_head, tmp_path, model) == pytest.approx(float(best["value"]),
+                                                                       abs=0.01)
     assert not (tmp_path / "model.tuning").exists()  # the work directory is gone
     assert (model_dir / "tune" / "optimization_history.png").stat().st_size > 1000
     code, _, err = cli("report", "--model-dir", model_dir)
@@ -390,9 +396,5 @@ def test_a_tune_of_mcmc_searches_the_factors_and_samples_every_sweep(a9a_head, t
     assert model.hyperparameters["num_factors"] == best["settings"]["num_factors"]
     history = json.loads((model_dir / "metrics.json").read_text())["train"]
     assert len(history) == 100  # every sweep, none stopped early
-    lines = a9a_head.read_text().splitlines()
-    validation = tmp_path / "validation.libsvm"
-    validation.write_text("\n".join(lines[3600:]) + "\n")
-    y = np.array([line.split()[0] == "+1" for line in lines[3600:]])
-    scores = model.predictions(next(model.read(validation, "libsvm", labelled=False)))["score"]
-    assert roc_auc_score(y, scores) == pytest.approx(float(best["value"]), abs=0.01)
+    assert _validation_auc(a9a_head, tmp_path, model) == pytest.approx(float(best["value"]),
+                                                                       abs=0.01)
