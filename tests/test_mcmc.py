@@ -277,3 +277,20 @@ def test_rows_that_cannot_fit_in_memory_are_refused_while_reading(monkeypatch):
     X = sp.random(1000, 5, density=0.5, format="csr", random_state=0)
     with pytest.raises(memory.TooLarge, match=r"1,000 rows, 2,500 values .* gradient optimizer"):
         FMClassifier(num_factors=2, optimizer="mcmc", epochs=3).fit(X, np.arange(1000) % 2)
+
+
+def test_a_regressor_samples_labels_of_any_scale_alike():
+    """Labels times 10,000 plus 200,000 (prices, say) give the same chain on the standardized
+    labels: the predictions are the unit-scale model's, scaled and shifted (float32), and fit
+    the planted FM; sampled on the raw labels, the weights stayed near 0 (R^2 0.08)."""
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(0)
+    X = sp.random(4000, 30, density=0.15, format="csr", random_state=1)
+    X_test = sp.random(1000, 30, density=0.15, format="csr", random_state=2)
+    w0, w, V = 0.3, rng.normal(size=30), rng.normal(0, 0.5, (30, 3))
+    y = brute_force(X, w0, w, V) + rng.normal(0, 0.1, 4000)
+    unit = FMRegressor(num_factors=3, optimizer="mcmc").fit(X, y).predict(X_test)
+    priced = FMRegressor(num_factors=3, optimizer="mcmc").fit(X, 1e4 * y + 2e5).predict(X_test)
+    np.testing.assert_allclose(priced, 1e4 * unit + 2e5, rtol=1e-5)
+    assert r2_score(brute_force(X_test, w0, w, V), unit) > 0.95

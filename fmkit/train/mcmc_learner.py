@@ -40,14 +40,16 @@ class Rows:
     """The training rows in memory, by row (CSR) and by feature (CSC), float64, as a sweep
     reads them."""
 
-    def __init__(self, batch: SparseBatch, feature_dim: int):
+    def __init__(self, batch: SparseBatch, feature_dim: int, shift: float = 0.0,
+                 scale: float = 1.0):
         if batch.weights is not None:
             raise DataError(batch.source, None, "optimizer=mcmc does not take sample weights")
         matrix = batch.matrix(feature_dim).astype(np.float64)
         matrix.sum_duplicates()
         columns = matrix.tocsc()
         self.indptr, self.indices = matrix.indptr.astype(np.int64), matrix.indices
-        self.values, self.labels = matrix.data, batch.labels.astype(np.float64)
+        self.values = matrix.data
+        self.labels = (batch.labels.astype(np.float64) - shift) / scale
         self.colptr, self.rows = columns.indptr.astype(np.int64), columns.indices
         self.column_values = columns.data
         self.scratch = np.zeros((2, batch.n_rows))
@@ -78,6 +80,12 @@ class GibbsLearner:
         self.kept = 0
         self.burn_in = int(BURN_IN_SHARE * hp["epochs"])
         self.classifier = hp["predictor_type"] == "binary_classifier"
+        # the model's weights from the chain's: a regressor samples its labels standardized
+        # (set from the first rows: the priors' scale is then the labels'), a classifier the
+        # probit scale
+        self.shift, self.scale = (0.0, PROBIT_TO_LOGIT) if self.classifier else (None, None)
+        if self.classifier:
+            self.w0[0] /= self.scale  # (its start on the logit scale)
         self.steps = 0
         self._rows: tuple[Source, Rows] | None = None
 
@@ -95,8 +103,22 @@ class GibbsLearner:
                     held="the training rows it holds in memory (read so far)")
             if not rows:
                 raise DataError(source.name, None, "holds no data rows")
-            self._rows = (source, Rows(concat(blocks), self.hp["feature_dim"]))
+            batch = concat(blocks)
+            if self.classifier:
+                self._rows = (source, Rows(batch, self.hp["feature_dim"]))
+            else:
+                self._standardize(batch.labels.astype(np.float64))
+                self._rows = (source, Rows(batch, self.hp["feature_dim"], self.shift,
+                                           self.scale))
         yield self._rows[1]
+
+    def _standardize(self, labels: np.ndarray) -> None:
+        """A regressor's label mean and spread, from the first rows it samples on (unless
+        restored): priors of unit scale then fit labels of any scale, where a chain on prices
+        in the 100,000s kept its weights near 0."""
+        if self.scale is None:
+            self.shift, self.scale = float(labels.mean()), float(labels.std()) or 1.0
+            self.w0[0] = (self.w0[0] - self.shift) / self.scale
 
     def step(self, rows: Rows) -> tuple[float, int]:
         seed = int(np.random.default_rng([self.hp["seed"], self.steps]).integers(2**31))
@@ -118,7 +140,7 @@ class GibbsLearner:
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         return ({"w0": self.w0, "w": self.w, "V": self.V, "hyper": self.hyper,
                  **{f"mean_{name}": value for name, value in self.mean.items()}},
-                {"kept": self.kept})
+                {"kept": self.kept, "shift": self.shift, "scale": self.scale})
 
     def restore(self, arrays: dict[str, np.ndarray], extra: dict) -> None:
         for name in ("w0", "w", "V", "hyper"):
@@ -126,6 +148,7 @@ class GibbsLearner:
         for name in self.mean:
             self.mean[name][...] = arrays[f"mean_{name}"]
         self.kept = int(extra["kept"])
+        self.shift, self.scale = extra["shift"], extra["scale"]
 
     def weights(self) -> dict[str, np.ndarray]:
         return {name: value.copy() for name, value in self._model().items()}
@@ -138,11 +161,12 @@ class GibbsLearner:
         return validation_metrics(self.hp, self.parameters(self.steps), source)
 
     def parameters(self, epoch: int) -> FMParameters:
-        """The model's weights (on the logit scale for a classifier), in the run's dtype."""
+        """The model's weights (a regressor's in the labels' units, a classifier's on the logit
+        scale: y_hat times ``scale`` plus ``shift``), in the run's dtype."""
         model = self._model()
         if not all(np.isfinite(value).all() for value in model.values()):
             raise TrainingDiverged(epoch, "a weight", DIVERGED_HINT)
-        scale = PROBIT_TO_LOGIT if self.classifier else 1.0
-        return FMParameters((model["w0"] * scale).astype(self.dtype),
+        shift, scale = self.shift or 0.0, self.scale or 1.0
+        return FMParameters((shift + model["w0"] * scale).astype(self.dtype),
                             (model["w"] * scale).astype(self.dtype),
                             (model["V"] * np.sqrt(scale)).astype(self.dtype))
