@@ -203,7 +203,15 @@ class _FMEstimator(BaseEstimator):
         check_is_fitted(self, "model_")
         parts = [self.model_.logits(batch)
                  for batch in self._source(self._input(X, reset=False)).blocks()]
-        return np.concatenate(parts) if parts else np.zeros(0)
+        logits = np.concatenate(parts) if parts else np.zeros(0)
+        # as the CLI and server: no score that is not a finite number (a classifier's infinite
+        # logit is a score of 0 or 1)
+        bad = np.flatnonzero(np.isnan(logits) if self._predictor_type == "binary_classifier"
+                             else ~np.isfinite(logits))
+        if bad.size:
+            raise ValueError(f"X row {int(bad[0])}: the score is not a finite number (its "
+                             "feature values are too large for this model)")
+        return logits
 
     def recommend(self, contexts, items, k: int = 10, *, exclude=None,
                   approximate: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -491,3 +491,16 @@ def test_a_label_beyond_float32_is_named_as_such():
     with pytest.raises(DataError, match=r"row 2: label is not a finite number within "
                                         r"float32's range"):
         FMRegressor(num_factors=2).fit(X, [1.0, 2.0, 1e40, 3.0])
+
+
+@pytest.mark.parametrize("kind", [FMRegressor, FMClassifier])
+def test_a_row_whose_score_overflows_is_an_error_naming_it_not_a_nan(kind):
+    """Values near float32's limit overflow y_hat's squares: predict says which row, as
+    ``fmkit predict`` and the server do, instead of returning NaN."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)), np.arange(60) % 2
+    model = kind(num_factors=2, epochs=2).fit(X, y)
+    X[7] = 3e38
+    with pytest.raises(ValueError, match="X row 7: the score is not a finite number"):
+        model.predict(X)
+    assert np.isfinite(model.predict(X[:7])).all()
