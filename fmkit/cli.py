@@ -18,7 +18,7 @@ from fmkit.data.sources import FORMATS
 from fmkit.errors import FMKitError, HyperparameterError
 from fmkit.logs import log, setup_logging
 from fmkit.models.artifact import ITEMS_DIR, strict_json
-from fmkit.models.fm.hyperparameters import BY_NAME, MCMC, MCMC_ONE_PROCESS, TABLE
+from fmkit.models.fm.hyperparameters import BY_NAME, MCMC, MCMC_ONE_PROCESS, TABLE, validate
 from fmkit.train import interruption
 
 # commands that write one output from one process: SIGTERM and Ctrl-C remove what they were
@@ -517,9 +517,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "train" and args.nproc != 1:
-            if not args.config and str(parse_assignments(args.assignments, args.hyperparameters)
-                                       .get("optimizer", "")).strip().lower() == MCMC:
-                raise HyperparameterError(MCMC_ONE_PROCESS)  # (before any process starts)
+            if not args.config:  # the hyperparameters' errors once, before any process starts
+                hp = validate(parse_assignments(args.assignments, args.hyperparameters),
+                              require=False)
+                if hp["optimizer"] == MCMC:
+                    raise HyperparameterError(MCMC_ONE_PROCESS)
             return distributed.launch(args.nproc, _without_nproc(argv))
         if (args.command == "train" and distributed.init_from_environment(args.device)
                 and not distributed.primary()):
