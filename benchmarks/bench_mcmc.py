@@ -22,60 +22,44 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import mean_squared_error, roc_auc_score
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_fm import PEER_PYTHON, ensure_peers  # noqa: E402
-from bench_quality import SHARED, splits  # noqa: E402
+from bench_quality import SHARED, metric, splits  # noqa: E402
 
-# each prints {"seconds", "peak_mib"} and writes the test predictions to argv[3]
-PRELUDE = """
+# prints {"seconds", "peak_mib"} and writes the test predictions to argv[3], as
+# peer_tasks.fastfm_mcmc_timed does for fastFM
+FMKIT = """
 import json, re, sys, time
 from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_svmlight_files
+from fmkit import FMClassifier, FMRegressor
 X, y, Xt, yt = load_svmlight_files([sys.argv[1], sys.argv[2]])
 binary, sweeps = sys.argv[4] == "binary", int(sys.argv[5])
-if binary:
-    y = (y > 0).astype(int)
-"""
-EPILOGUE = """
-np.savetxt(sys.argv[3], scores)
-status = Path("/proc/self/status").read_text()
-peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024
-print(json.dumps({"seconds": seconds, "peak_mib": peak}))
-"""
-FMKIT = PRELUDE + """
-from fmkit import FMClassifier, FMRegressor
 kind = FMClassifier if binary else FMRegressor
+y = (y > 0).astype(int) if binary else y
 kind(num_factors=8, optimizer="mcmc", epochs=2).fit(X[:100], y[:100])  # compiles the sweep
 started = time.perf_counter()
 model = kind(num_factors=8, optimizer="mcmc", epochs=sweeps).fit(X, y)
 seconds = time.perf_counter() - started
-scores = model.predict_proba(Xt)[:, 1] if binary else model.predict(Xt)
-""" + EPILOGUE
-FASTFM = PRELUDE + """
-from fastFM import mcmc
-X, Xt = X.tocsc(), Xt.tocsc()
-started = time.perf_counter()
-if binary:
-    scores = mcmc.FMClassification(n_iter=sweeps, rank=8, init_stdev=0.1, random_state=0
-                                   ).fit_predict_proba(X, np.where(y > 0, 1, -1), Xt)
-else:
-    scores = mcmc.FMRegression(n_iter=sweeps, rank=8, init_stdev=0.1, random_state=0
-                               ).fit_predict(X, y, Xt)
-seconds = time.perf_counter() - started
-""" + EPILOGUE
+np.savetxt(sys.argv[3], model.predict_proba(Xt)[:, 1] if binary else model.predict(Xt))
+status = Path("/proc/self/status").read_text()
+peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024
+print(json.dumps({"seconds": seconds, "peak_mib": peak}))
+"""
 
 
-def measure(python: str, code: str, split: dict, kind: str, sweeps: int, repeat: int) -> dict:
+def measure(command: list[str], split: dict, kind: str, sweeps: int, repeat: int) -> dict:
+    """The fastest of ``repeat`` runs of ``command TRAIN TEST OUT KIND SWEEPS``, with the test
+    metric of its scores."""
     best = None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "scores"
         for _ in range(repeat):
-            done = subprocess.run([python, "-c", code, str(split["train"]), str(split["test"]),
-                                   str(out), kind, str(sweeps)], capture_output=True, text=True,
+            done = subprocess.run([*command, str(split["train"]), str(split["test"]), str(out),
+                                   kind, str(sweeps)], capture_output=True, text=True,
                                   env={**os.environ, "NUMBA_NUM_THREADS": "1",
                                        "OMP_NUM_THREADS": "1"})
             if done.returncode:
@@ -83,11 +67,7 @@ def measure(python: str, code: str, split: dict, kind: str, sweeps: int, repeat:
             run = json.loads(done.stdout.strip().splitlines()[-1])
             if best is None or run["seconds"] < best["seconds"]:
                 best = run
-        scores = np.loadtxt(out)
-    y = np.array([float(line.split(None, 1)[0]) for line in
-                  Path(split["test"]).read_text().splitlines()])
-    best["metric"] = (roc_auc_score(y > 0, scores) if kind == "binary"
-                      else float(np.sqrt(mean_squared_error(y, scores))))
+        best["metric"] = metric(split["test"], np.loadtxt(out), split["key"])
     return best
 
 
@@ -105,9 +85,10 @@ def main() -> None:
     for name, kind in (("a9a", "binary"), ("ml_rmse", "regression")):
         split = splits()[name]
         rows = len(Path(split["train"]).read_bytes().splitlines())
-        runs = {"fastFM 0.2.10": measure(str(PEER_PYTHON), FASTFM, split, kind, args.sweeps,
-                                         args.repeat),
-                "fmkit": measure(sys.executable, FMKIT, split, kind, args.sweeps, args.repeat)}
+        runs = {"fastFM 0.2.10": measure([str(PEER_PYTHON), str(HERE / "peer_tasks.py"),
+                                          "fastfm_mcmc"], split, kind, args.sweeps, args.repeat),
+                "fmkit": measure([sys.executable, "-c", FMKIT], split, kind, args.sweeps,
+                                 args.repeat)}
         anchor = runs["fastFM 0.2.10"]
         for label, r in runs.items():
             rate = rows * args.sweeps / r["seconds"]

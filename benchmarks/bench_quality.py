@@ -175,11 +175,8 @@ def fastfm_mcmc_peer(split: dict, work: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"fastfm_mcmc_protocol failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    y, scores = _labels(split["test"]), np.loadtxt(out)
-    refit = (roc_auc_score(y > 0, scores) if split["key"] == "auc"
-             else float(np.sqrt(mean_squared_error(y, scores))))
-    return {"validation": result["validation"], "test": float("nan"), "refit": refit,
-            "epoch": 100}
+    return {"validation": result["validation"], "test": float("nan"),
+            "refit": metric(split["test"], np.loadtxt(out), split["key"]), "epoch": 100}
 
 
 def _run(*args) -> None:
@@ -192,15 +189,21 @@ def _labels(path: Path) -> np.ndarray:
     return np.array([float(line.split(None, 1)[0]) for line in path.read_text().splitlines()])
 
 
-def _score(model_dir: Path, data: Path, key: str) -> float:
-    """The model's ``key`` on ``data``, from ``fmkit predict``'s output, by scikit-learn."""
-    out = model_dir.parent / f"{model_dir.name}.predictions.jsonl"
-    _run("predict", "--quiet", "--model-dir", model_dir, "--data", data, "--output", out)
-    scores = np.array([json.loads(line)["score"] for line in out.read_text().splitlines()])
+def metric(data: Path, scores: np.ndarray, key: str) -> float:
+    """``key`` (``auc`` or ``rmse``) of ``scores`` against ``data``'s labels, by
+    scikit-learn."""
     y = _labels(data)
     if key == "auc":
         return float(roc_auc_score(y > 0, scores))
     return float(np.sqrt(mean_squared_error(y, scores)))
+
+
+def _score(model_dir: Path, data: Path, key: str) -> float:
+    """The model's ``key`` on ``data``, from ``fmkit predict``'s output."""
+    out = model_dir.parent / f"{model_dir.name}.predictions.jsonl"
+    _run("predict", "--quiet", "--model-dir", model_dir, "--data", data, "--output", out)
+    scores = np.array([json.loads(line)["score"] for line in out.read_text().splitlines()])
+    return metric(data, scores, key)
 
 
 def _holdout(train: Path, work: Path) -> tuple[Path, Path]:

@@ -169,34 +169,51 @@ def fastfm_fit(train, test, features, k, epochs, out, rows):
     return X.shape[0], seconds
 
 
-def fastfm_mcmc_protocol(train: str, test: str, out: str, kind: str) -> dict:
-    """fastFM's MCMC (Gibbs sampling, k 8, 100 iterations, init_stdev 0.1: its settings
-    nothing is chosen for) under issue 16's protocol: trained on the first 90% of ``train``'s
-    rows to score the last 10% (validation), then on all of it to score ``test`` (refit),
-    whose predictions (probabilities for ``kind`` binary) are written to ``out``. fastFM's MCMC
-    predicts while it samples: the mean of every sample's predictions."""
+def fastfm_mcmc(X_fit, y_fit, X_score, binary: bool, sweeps: int = 100) -> np.ndarray:
+    """fastFM's MCMC (Gibbs sampling, k 8, ``sweeps`` iterations, init_stdev 0.1: settings
+    nothing is chosen for) trained on ``X_fit``: the scores of ``X_score`` (probabilities when
+    ``binary``). fastFM's MCMC predicts while it samples: the mean of every sample's
+    predictions."""
     from fastFM import mcmc
+
+    X_fit, X_score = X_fit.tocsc(), X_score.tocsc()
+    if binary:
+        fm = mcmc.FMClassification(n_iter=sweeps, rank=8, init_stdev=0.1, random_state=0)
+        return fm.fit_predict_proba(X_fit, np.where(y_fit > 0, 1, -1), X_score)
+    fm = mcmc.FMRegression(n_iter=sweeps, rank=8, init_stdev=0.1, random_state=0)
+    return fm.fit_predict(X_fit, y_fit, X_score)
+
+
+def fastfm_mcmc_protocol(train: str, test: str, out: str, kind: str) -> dict:
+    """:func:`fastfm_mcmc` under issue 16's protocol: trained on the first 90% of ``train``'s
+    rows to score the last 10% (validation), then on all of it to score ``test`` (refit),
+    whose predictions are written to ``out``."""
     from sklearn.datasets import load_svmlight_files
     from sklearn.metrics import mean_squared_error, roc_auc_score
 
-    X, y, Xt, yt = load_svmlight_files([train, test])
-    X, Xt = X.tocsc(), Xt.tocsc()
+    X, y, Xt, _ = load_svmlight_files([train, test])
+    X = X.tocsr()
     cut = int(X.shape[0] * 0.9)
     binary = kind == "binary"
-
-    def fit_predict(X_fit, y_fit, X_score):
-        if binary:
-            fm = mcmc.FMClassification(n_iter=100, rank=8, init_stdev=0.1, random_state=0)
-            return fm.fit_predict_proba(X_fit, np.where(y_fit > 0, 1, -1), X_score)
-        fm = mcmc.FMRegression(n_iter=100, rank=8, init_stdev=0.1, random_state=0)
-        return fm.fit_predict(X_fit, y_fit, X_score)
-
-    started = time.perf_counter()
-    held = fit_predict(X[:cut], y[:cut], X[cut:])
+    held = fastfm_mcmc(X[:cut], y[:cut], X[cut:], binary)
     validation = (roc_auc_score(y[cut:] > 0, held) if binary
                   else float(np.sqrt(mean_squared_error(y[cut:], held))))
-    np.savetxt(out, fit_predict(X, y, Xt), fmt="%.6f")
-    return {"validation": float(validation), "seconds": time.perf_counter() - started}
+    np.savetxt(out, fastfm_mcmc(X, y, Xt, binary), fmt="%.6f")
+    return {"validation": float(validation)}
+
+
+def fastfm_mcmc_timed(train: str, test: str, out: str, kind: str, sweeps: int) -> dict:
+    """:func:`fastfm_mcmc` on all of ``train``, ``test``'s scores to ``out``: its seconds and
+    this process's peak RSS."""
+    from sklearn.datasets import load_svmlight_files
+
+    X, y, Xt, _ = load_svmlight_files([train, test])
+    X, Xt = X.tocsc(), Xt.tocsc()  # (fastFM's layout, before the clock starts)
+    started = time.perf_counter()
+    scores = fastfm_mcmc(X, y, Xt, kind == "binary", sweeps)
+    seconds = time.perf_counter() - started
+    np.savetxt(out, scores)
+    return {"seconds": seconds, "peak_mib": peak_rss_mib()}
 
 
 def _ids(X) -> np.ndarray:
@@ -303,6 +320,10 @@ def main() -> None:
         return
     if task == "fastfm_mcmc_protocol":  # ... fastfm_mcmc_protocol TRAIN TEST OUT KIND
         print(json.dumps(fastfm_mcmc_protocol(train, test, sys.argv[4], sys.argv[5])))
+        return
+    if task == "fastfm_mcmc":  # ... fastfm_mcmc TRAIN TEST OUT KIND SWEEPS
+        print(json.dumps(fastfm_mcmc_timed(train, test, sys.argv[4], sys.argv[5],
+                                           int(sys.argv[6]))))
         return
     features, k, threads, epochs = (int(a) for a in sys.argv[4:8])
     out, rows = sys.argv[8], int(sys.argv[9])
