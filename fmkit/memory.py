@@ -60,7 +60,7 @@ class TooLarge(FMKitError):
 
 def _read_number(path: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError):
-        text = Path(path).read_text().split()[0]
+        text = path.read_text().split()[0]
         return None if text == "max" else int(text)
     return None
 
