@@ -8,6 +8,7 @@ import re
 import pytest
 
 from fmkit.errors import HyperparameterError
+from fmkit.models.fm import hyperparameters
 from fmkit.models.fm.hyperparameters import validate
 
 REQUIRED = {"feature_dim": "1000", "num_factors": "64", "predictor_type": "binary_classifier"}
@@ -180,3 +181,28 @@ def test_initial_weights_follow_the_init_hyperparameters_whatever_the_threads(me
         assert stats.kstest(V, reference[method].cdf).pvalue > 1e-3
         assert not np.array_equal(one.V[:100], one.V[70_000:70_100])
     assert abs(one.w.std() - hp["linear_init_sigma"]) < 0.001
+
+
+@pytest.mark.parametrize(("optimizer", "named", "unused"), [
+    ("mcmc", {"factors_lr": "0.5", "linear_wd": 0.1, "mini_batch_size": 10, "bias_lr": 0.1,
+              "num_factors": 4}, ["factors_lr", "linear_wd", "mini_batch_size"]),
+    ("adam", {"ftrl_l1": 0.25, "factors_lr": 0.5}, ["ftrl_l1"]),
+    ("ftrl", {"ftrl_l1": 0.5, "ftrl_beta": 2.0}, []),
+    ("mcmc", {"num_factors": 4, "epochs": 3, "seed": 7}, []),
+])
+def test_a_changed_setting_its_optimizer_does_not_read_is_named_once(caplog, optimizer, named,
+                                                                    unused):
+    # (a setting left at the table's default, as the estimators pass every one, is not named)
+    hyperparameters._say_unused.cache_clear()
+    raw = {"feature_dim": 7, "num_factors": 2, "predictor_type": "regressor",
+           "optimizer": optimizer, **named}
+    with caplog.at_level("WARNING", logger="fmkit"):
+        validate(raw)
+        validate(raw)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if not unused:
+        assert warnings == []
+        return
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"optimizer={optimizer} does not use")
+    assert warnings[0].split(": ")[1].split(", ") == unused

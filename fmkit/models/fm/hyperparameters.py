@@ -7,6 +7,7 @@ Values may arrive as strings, as SageMaker passes them (``"10"``, ``"1e-05"``, `
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -33,6 +34,11 @@ OPTIMIZERS = ("adam", "adagrad", "ftrl", "sgd", "rowwise_adagrad")  # the gradie
 MCMC = "mcmc"
 MCMC_EPOCHS = 100
 MCMC_DEFAULTS = {"epochs": MCMC_EPOCHS, "early_stopping_patience": 0}
+# what a Gibbs sweep has no use for: it draws every weight from its conditional given all the
+# rows (no step size, batch or data order) and samples the priors' precisions (no decay)
+MCMC_UNUSED = ("mini_batch_size", "bias_lr", "bias_wd", "linear_lr", "linear_wd", "factors_lr",
+               "factors_wd", "clip_gradient", "eps", "rescale_grad", "lock_free", "shuffle")
+FTRL_ONLY = ("ftrl_beta", "ftrl_l1")
 MCMC_ONE_PROCESS = ("optimizer=mcmc trains in one process: each of its sweeps draws every "
                     "weight from all the training rows (use --nproc 1)")
 # A field-aware FM's starting settings when its job names no optimizer: xLearn's FFM (AdaGrad, a
@@ -342,7 +348,26 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
                 raise HyperparameterError(
                     f"hyperparameter {group}_lr must be > 0 with optimizer=ftrl (it is FTRL's "
                     f"alpha and divides its updates), got {values[f'{group}_lr']}")
+    _say_unused(tuple(sorted(name for name in _unused(values["optimizer"])
+                             if name in raw and values[name] != BY_NAME[name].default)),
+                values["optimizer"])
     return values
+
+
+def _unused(optimizer: str) -> tuple[str, ...]:
+    """The settings ``optimizer`` does not read."""
+    if optimizer == MCMC:
+        return (*MCMC_UNUSED, *FTRL_ONLY)
+    return () if optimizer == "ftrl" else FTRL_ONLY
+
+
+@functools.cache
+def _say_unused(names: tuple[str, ...], optimizer: str) -> None:
+    """One warning per process for settings a job changed that its optimizer never reads (a
+    job moved to ``optimizer=mcmc`` keeps its learning rates, which then do nothing)."""
+    if names:
+        log.warning("optimizer=%s does not use %s: %s", optimizer,
+                    "this setting" if len(names) == 1 else "these settings", ", ".join(names))
 
 
 def factor_width(hp: Mapping[str, Any]) -> int:
