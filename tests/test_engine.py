@@ -170,6 +170,34 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement():
     assert [h.validation["rmse"] for h in history] == pytest.approx([4 / 3] * 3)
 
 
+def test_early_stopping_holds_one_copy_of_the_best_weights_at_a_time():
+    """(A new best's copy was made while the last one was still held: a DeepFM's tables twice
+    over beside the model, 190 MB more peak memory on a 177 MB model.)"""
+    import gc
+    import weakref
+
+    class Counting(MeanLearner):
+        copies: list = []
+
+        def step(self, x):  # (w grows every epoch: every epoch is a new best toward 100)
+            self.w, self.steps = self.w + x, self.steps + 1
+            return 0.0, 1
+
+        def weights(self):
+            gc.collect()
+            alive = sum(ref() is not None for ref in self.copies)
+            weights = super().weights()
+            self.copies.append(weakref.ref(weights["w"]))
+            self.alive_at_copy.append(alive)
+            return weights
+
+    learner = Counting(shuffle=False)
+    learner.alive_at_copy = []
+    stopper = EarlyStopping(100.0, "rmse", "regressor", patience=0)
+    fit(learner, Rows("r", [1.0, 3.0, 8.0]), epochs=4, seed=0, callbacks=[stopper])
+    assert stopper.best_epoch == 4 and learner.alive_at_copy == [0, 0, 0, 0]
+
+
 def test_early_stopping_refuses_a_metric_it_cannot_compare():
     """(An AUC on rows of one class is NaN: no later epoch was 'better', so training stopped
     after `patience` epochs and kept the first epoch's weights, without a word.)"""

@@ -141,6 +141,7 @@ class EarlyStopping(Callback):
         if self.best_value is None or (value > self.best_value if self.higher_is_better
                                        else value < self.best_value):
             self.best_value, self.best_epoch, self.best_step = value, run.epoch, run.learner.steps
+            self.best_weights = None  # (the last best's copy is freed before the next)
             self.best_weights, self.worse = run.learner.weights(), 0
         else:
             self.worse += 1

@@ -245,7 +245,9 @@ class DeepFMLearner:
                 for name, value in self.net.state_dict().items()}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        self.net.load_state_dict({name: torch.from_numpy(np.array(weights[name]))
+        # (copied into the network's tensors: no copy of its own unless read-only)
+        self.net.load_state_dict({name: torch.from_numpy(np.require(weights[name],
+                                                                    requirements="W"))
                                   for name in self.net.state_dict()})
 
     def evaluate(self, source: Any) -> dict[str, float]:

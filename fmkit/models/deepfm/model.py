@@ -531,6 +531,10 @@ def check_memory(config: configs.EasyRecConfig, features: FeatureSet) -> None:
     if not parts:
         return
     largest = max(parts, key=lambda part: part[1])[2]
+    # one copy of the weights besides the tables: the best epoch's (early stopping), or the
+    # arrays the model is written from
+    parts.append(("a copy of the weights", sum(size for _, size, _ in parts) // factor * 4,
+                  largest))
     index, entry = next((i, e) for i, e in enumerate(config.feature_configs)
                         if e.feature.feature_name == largest.name)
     size = next((n for n in ("hash_bucket_size", "num_buckets") if getattr(entry.feature, n,
