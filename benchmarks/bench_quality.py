@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import mean_squared_error, roc_auc_score
 
+from fmkit.models.fm.hyperparameters import MCMC_EPOCHS
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 CACHE = HERE / ".cache" / "quality"
@@ -171,12 +173,12 @@ def fastfm_mcmc_peer(split: dict, work: Path) -> dict:
     kind = "binary" if split["key"] == "auc" else "regression"
     done = subprocess.run([str(PEER_PYTHON), str(HERE / "peer_tasks.py"),
                            "fastfm_mcmc_protocol", str(split["train"]), str(split["test"]),
-                           str(out), kind], capture_output=True, text=True)
+                           str(out), kind, str(MCMC_EPOCHS)], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"fastfm_mcmc_protocol failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return {"validation": result["validation"], "test": float("nan"),
-            "refit": metric(split["test"], np.loadtxt(out), split["key"]), "epoch": 100}
+            "refit": metric(split["test"], np.loadtxt(out), split["key"]), "epoch": MCMC_EPOCHS}
 
 
 def _run(*args) -> None:
@@ -234,7 +236,7 @@ def defaults(name: str, split: dict, work: Path, epochs: int) -> dict:
 
 
 def mcmc(name: str, split: dict, work: Path) -> dict:
-    """``optimizer=mcmc`` with k=8 and nothing else set (100 sweeps): no choice is made, so
+    """``optimizer=mcmc`` with k=8 and nothing else set (MCMC_EPOCHS sweeps): no choice is made, so
     validation is only reported (the model trained on the first 90% scores the last 10%) and
     the refit is the same settings on the whole file."""
     head, tail = _holdout(split["train"], work)
@@ -244,7 +246,7 @@ def mcmc(name: str, split: dict, work: Path) -> dict:
     _run("train", "--quiet", "--train", split["train"], "--model-dir", refit, *hp)
     return {"validation": _score(chosen, tail, split["key"]),
             "test": _score(chosen, split["test"], split["key"]),
-            "refit": _score(refit, split["test"], split["key"]), "epoch": 100}
+            "refit": _score(refit, split["test"], split["key"]), "epoch": MCMC_EPOCHS}
 
 
 def tuned(name: str, split: dict, work: Path, trials: int, jobs: int,
@@ -294,7 +296,7 @@ def main() -> None:
             elif not args.no_peers:
                 results["peer re-run: xLearn FM"] = xlearn_peer(split, work)
             if not args.no_peers:
-                results["peer: fastFM MCMC"] = fastfm_mcmc_peer(split, work)
+                results[f"peer: fastFM MCMC, {MCMC_EPOCHS} sweeps"] = fastfm_mcmc_peer(split, work)
         target, peer = PEERS[name]
         for label, r in results.items():
             met = r["refit"] >= target if split["key"] == "auc" else r["refit"] <= target

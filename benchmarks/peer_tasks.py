@@ -184,10 +184,10 @@ def fastfm_mcmc(X_fit, y_fit, X_score, binary: bool, sweeps: int = 100) -> np.nd
     return fm.fit_predict(X_fit, y_fit, X_score)
 
 
-def fastfm_mcmc_protocol(train: str, test: str, out: str, kind: str) -> dict:
+def fastfm_mcmc_protocol(train: str, test: str, out: str, kind: str, sweeps: int) -> dict:
     """:func:`fastfm_mcmc` under issue 16's protocol: trained on the first 90% of ``train``'s
     rows to score the last 10% (validation), then on all of it to score ``test`` (refit),
-    whose predictions are written to ``out``."""
+    whose predictions are written to ``out``; ``sweeps`` as many as fmkit's."""
     from sklearn.datasets import load_svmlight_files
     from sklearn.metrics import mean_squared_error, roc_auc_score
 
@@ -195,10 +195,10 @@ def fastfm_mcmc_protocol(train: str, test: str, out: str, kind: str) -> dict:
     X = X.tocsr()
     cut = int(X.shape[0] * 0.9)
     binary = kind == "binary"
-    held = fastfm_mcmc(X[:cut], y[:cut], X[cut:], binary)
+    held = fastfm_mcmc(X[:cut], y[:cut], X[cut:], binary, sweeps)
     validation = (roc_auc_score(y[cut:] > 0, held) if binary
                   else float(np.sqrt(mean_squared_error(y[cut:], held))))
-    np.savetxt(out, fastfm_mcmc(X, y, Xt, binary), fmt="%.6f")
+    np.savetxt(out, fastfm_mcmc(X, y, Xt, binary, sweeps), fmt="%.6f")
     return {"validation": float(validation)}
 
 
@@ -319,7 +319,8 @@ def main() -> None:
         print(json.dumps(xlearn_protocol(train, test, sys.argv[4])))
         return
     if task == "fastfm_mcmc_protocol":  # ... fastfm_mcmc_protocol TRAIN TEST OUT KIND
-        print(json.dumps(fastfm_mcmc_protocol(train, test, sys.argv[4], sys.argv[5])))
+        print(json.dumps(fastfm_mcmc_protocol(train, test, sys.argv[4], sys.argv[5],
+                                              int(sys.argv[6]))))
         return
     if task == "fastfm_mcmc":  # ... fastfm_mcmc TRAIN TEST OUT KIND SWEEPS
         print(json.dumps(fastfm_mcmc_timed(train, test, sys.argv[4], sys.argv[5],

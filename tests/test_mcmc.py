@@ -24,7 +24,7 @@ from sklearn.metrics import mean_squared_error, roc_auc_score
 from fmkit import FMClassifier, FMRegressor
 from fmkit.errors import DataError, HyperparameterError
 from fmkit.kernels import mcmc
-from fmkit.models.fm.hyperparameters import validate
+from fmkit.models.fm.hyperparameters import MCMC_EPOCHS, validate
 
 from .conftest import movielens_onehot, shared_file
 
@@ -194,7 +194,7 @@ def test_the_gamma_draws_follow_scipy(shape):
 
 def test_mcmc_names_its_own_epochs_and_refuses_what_it_cannot_do():
     base = {"feature_dim": 10, "num_factors": 2, "predictor_type": "regressor"}
-    assert validate({**base, "optimizer": "mcmc"})["epochs"] == 100
+    assert validate({**base, "optimizer": "mcmc"})["epochs"] == MCMC_EPOCHS == 200
     assert validate({**base, "optimizer": "mcmc"})["early_stopping_patience"] == 0
     assert validate({**base, "optimizer": "mcmc",
                      "early_stopping_patience": "2"})["early_stopping_patience"] == 2
@@ -227,7 +227,7 @@ def test_mcmc_on_a_device_or_several_processes_is_one_line(tmp_path, cli, option
 def test_mcmc_beats_the_best_tuned_peers_on_movielens_untuned(tmp_path):
     """Issue 16's best tuned peers (refit on ua.base, scored on ua.test): RMSE 0.9361 (PyTorch
     FM, Adam + L2) and AUC 0.7699 (xLearn FM) on rating >= 4. optimizer=mcmc with k=8 and
-    nothing else set (100 sweeps) beats both: the regressor from Python, the classifier from
+    nothing else set (200 sweeps) beats both: the regressor from Python, the classifier from
     the command line, scored by ``fmkit predict``."""
     X, y = movielens_onehot("ua.base")
     X_test, y_test = movielens_onehot("ua.test")

@@ -19,6 +19,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from fmkit.models.base import load_model
+from fmkit.models.fm.hyperparameters import MCMC_EPOCHS
 
 from .conftest import REPO, fmkit_executable, shared_file
 
@@ -378,7 +379,7 @@ def test_a_deepfm_field_fixed_with_set_is_not_searched():
 
 def test_a_tune_of_mcmc_searches_the_factors_and_samples_every_sweep(a9a_head, tmp_path, cli):
     """With optimizer=mcmc fixed the search has no rates, decays or batches to try: each
-    trial draws num_factors and factors_init_sigma and samples its 100 sweeps without
+    trial draws num_factors and factors_init_sigma and samples its MCMC_EPOCHS sweeps without
     stopping early; the model is the best trial's, its objective scikit-learn's AUC of the
     validation rows."""
     model_dir = tmp_path / "model"
@@ -395,6 +396,6 @@ def test_a_tune_of_mcmc_searches_the_factors_and_samples_every_sweep(a9a_head, t
     assert model.hyperparameters["optimizer"] == "mcmc"
     assert model.hyperparameters["num_factors"] == best["settings"]["num_factors"]
     history = json.loads((model_dir / "metrics.json").read_text())["train"]
-    assert len(history) == 100  # every sweep, none stopped early
+    assert len(history) == MCMC_EPOCHS  # every sweep, none stopped early
     assert _validation_auc(a9a_head, tmp_path, model) == pytest.approx(float(best["value"]),
                                                                        abs=0.01)

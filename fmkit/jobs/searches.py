@@ -113,7 +113,7 @@ FFM_SPACE = tuple(Dimension("mini_batch_size", 1, 10_000, integer=True)
                   if d.name == "mini_batch_size" else d for d in FM_SPACE)
 # Gibbs sampling (optimizer=mcmc, fixed) has no rates, decays or batches: the factor count and
 # the factors' starting spread are what libFM's MCMC users set. Its trials sample its own
-# epochs (MCMC_DEFAULTS: 100 sweeps, not stopped early).
+# epochs (MCMC_DEFAULTS: MCMC_EPOCHS sweeps, not stopped early).
 MCMC_SPACE: tuple[Dimension, ...] = (
     Dimension("num_factors", choices=(4, 8, 16, 32, 64)),
     Dimension("factors_init_sigma", 0.01, 1.0),

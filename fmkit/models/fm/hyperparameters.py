@@ -32,7 +32,7 @@ OPTIMIZERS = ("adam", "adagrad", "ftrl", "sgd", "rowwise_adagrad")  # the gradie
 # (SageMaker's 1 epoch would be one), and no early stop: the mean of more samples does not
 # overfit as a model trained longer does (a validation channel still keeps the best mean).
 MCMC = "mcmc"
-MCMC_EPOCHS = 100
+MCMC_EPOCHS = 200
 MCMC_DEFAULTS = {"epochs": MCMC_EPOCHS, "early_stopping_patience": 0}
 # what a Gibbs sweep has no use for: it draws every weight from its conditional given all the
 # rows (no step size, batch or data order) and samples the priors' precisions (no decay)
