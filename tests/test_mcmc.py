@@ -268,6 +268,35 @@ def test_an_mcmc_run_with_validation_killed_and_resumed_equals_an_uninterrupted_
     assert [h["validation"] for h in resumed] == [h["validation"] for h in straight]
 
 
+def test_a_validation_channel_reports_on_the_chain_without_changing_the_model(tmp_path, cli):
+    """The model is the mean of every sample after the burn-in, validation channel or not: the
+    sweep whose mean validation liked best (it kept that one) is the noise of its rows, and
+    the mean of all the samples is the better estimate (docs/quality.md, session 47). With
+    early_stopping_patience set, the run stops and keeps the best, as any other. (Validation
+    rows with flipped labels make every sweep worse than the first.)"""
+    train = shared_file("a9a_libsvm", "a9a.t")
+    flipped = tmp_path / "flipped.libsvm"
+    flipped.write_text("".join(("-1" if line.startswith("+1") else "+1") + line[2:]
+                               for line in train.read_text().splitlines(True)[:3000]))
+    hp = ["--index-base", "1", "--quiet", "feature_dim=124", "num_factors=4",
+          "predictor_type=binary_classifier", "optimizer=mcmc", "epochs=12", "seed=5"]
+    weights = {}
+    for name, extra in {"alone": [], "validated": ["--validation", flipped],
+                        "stopped": ["--validation", flipped, "early_stopping_patience=2"],
+                        "first": ["epochs=1"]}.items():
+        assert cli("train", "--train", train, "--model-dir", tmp_path / name, *hp,
+                   *extra)[0] == 0
+        weights[name] = np.load(tmp_path / name / "weights.npz")
+    history = json.loads((tmp_path / "validated" / "metrics.json").read_text())["train"]
+    aucs = [h["validation"]["auc"] for h in history]
+    assert len(aucs) == 12 and max(aucs) == aucs[0] > aucs[-1]
+    stopped = json.loads((tmp_path / "stopped" / "metrics.json").read_text())["train"]
+    assert len(stopped) == 3
+    for name in weights["alone"].files:
+        np.testing.assert_array_equal(weights["validated"][name], weights["alone"][name])
+        np.testing.assert_array_equal(weights["stopped"][name], weights["first"][name])
+
+
 def test_rows_that_cannot_fit_in_memory_are_refused_while_reading(monkeypatch):
     """MCMC holds its rows: with 50 kB available, 1,000 rows of 2.5 values are refused with
     the estimate and what to do instead, not an allocator's error."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from fmkit import files
 from fmkit.errors import HyperparameterError
+from fmkit.jobs.training import keeps_last
 from fmkit.logs import log
 from fmkit.models.fm.hyperparameters import FFM_DEFAULTS, MCMC, OPTIMIZERS, validate
 from fmkit.train.engine import Callback
@@ -168,6 +169,11 @@ class FMSearch:
                                         if "adagrad" in hp.get("optimizer", "") else [])
             hp = {**{name: FFM_DEFAULTS[name] for name in kept}, **hp}
         return hp
+
+    def keeps_last(self, params: Mapping[str, Any]) -> bool:
+        """Whether a trial's model is its last epoch's, not its best measurement's
+        (:func:`fmkit.jobs.training.keeps_last`)."""
+        return keeps_last(validate({"num_factors": 8, **self.chosen(params)}))
 
     def _channels(self, work: Path) -> tuple[str, str, str, str | int]:
         """(training, validation, format, index base) of the trials."""
@@ -435,6 +441,10 @@ class DeepFMSearch:
                 if number < headers:
                     tail.write(line)
                 (head if number < first else tail).write(line)
+
+    def keeps_last(self, params: Mapping[str, Any]) -> bool:
+        """A DeepFM keeps its best measurement's weights."""
+        return False
 
     def train(self, params: Mapping[str, Any], work: Path, model_dir: Path, *,
               refit_epochs: int | None = None, callbacks: Sequence[Callback] = (),

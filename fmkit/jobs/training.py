@@ -120,6 +120,13 @@ def _say_if_only_the_mean(history: Sequence[EpochStats], variance: float | None,
                        hp["bias_lr"], hp["linear_lr"], hp["factors_lr"])
 
 
+def keeps_last(hp: Mapping[str, Any]) -> bool:
+    """Whether a run of ``hp`` keeps its last weights, not its best measurement's: Gibbs
+    sampling not stopped early, whose model is the mean of all its samples (a better estimate
+    with every sweep; the sweep validation likes best is the noise of its rows)."""
+    return hp["optimizer"] == MCMC and not hp["early_stopping_patience"]
+
+
 def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None, *,
           validation: Source | None = None, progress: bool | None = None,
           host: str = DEFAULT_HOST, dtype=np.float32, checkpoints: Checkpointer | None = None,
@@ -133,8 +140,8 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     compiled kernels, any other PyTorch device (or ``torch.device``) with PyTorch. With a
     ``validation`` source, its metrics are measured after every epoch (and every
     ``validation_every_steps`` mini-batches when set), the weights of the best measurement of
-    ``early_stopping_metric`` are returned, and training stops after
-    ``early_stopping_patience`` measurements without improvement.
+    ``early_stopping_metric`` are returned (the last ones where :func:`keeps_last`), and
+    training stops after ``early_stopping_patience`` measurements without improvement.
     """
     variance = None
     if params is None:
@@ -145,7 +152,7 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     del params  # the learner holds the weights from here on
     stopping = None if validation is None else EarlyStopping(
         validation, hp["early_stopping_metric"], hp["predictor_type"],
-        hp["early_stopping_patience"], host, every)
+        hp["early_stopping_patience"], host, every, keep_best=not keeps_last(hp))
     history = run(learner, source, batch_size=hp["mini_batch_size"], epochs=hp["epochs"],
                   seed=hp["seed"], trained_epochs=trained_epochs, progress=progress, host=host,
                   early_stopping=stopping, checkpoints=checkpoints, run_id=hp, resume=resume,

@@ -111,11 +111,12 @@ def _objective_key(objective: str, predictor_type: str) -> tuple[str, bool]:
         raise HyperparameterError(f"--objective: {e}") from None
 
 
-def _best(history: list[dict], key: str, higher: bool) -> tuple[int, float]:
-    """The epoch early stopping kept (the first of the best validation values) and its
-    value."""
+def _best(history: list[dict], key: str, higher: bool, last: bool = False
+          ) -> tuple[int, float]:
+    """The epoch early stopping kept (the first of the best validation values, or with
+    ``last`` the last one) and its value."""
     best, epoch = None, history[-1]["epoch"]
-    for h in history:
+    for h in history[-1:] if last else history:
         value = (h.get("validation") or {}).get(key)
         if value is not None and (best is None or (value > best if higher else value < best)):
             best, epoch = value, h["epoch"]
@@ -140,7 +141,7 @@ def _run_trial(trial: Any, work: Path, search: Any) -> float:
     finally:
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
         shutil.rmtree(scratch, ignore_errors=True)
-    epoch, value = _best(metrics["train"], key, higher)
+    epoch, value = _best(metrics["train"], key, higher, search.keeps_last(params))
     trial.set_user_attr("best_epoch", epoch)
     return value
 

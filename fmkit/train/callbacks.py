@@ -94,15 +94,16 @@ class EarlyStopping(Callback):
     it); keeps the best measurement's weights by ``metric`` (an ``early_stopping_metric``
     name) and puts them back when training ends, and stops after ``patience`` measurements
     without improvement (0: never). The first measurement is the best so far; later ones must
-    be strictly better."""
+    be strictly better. ``keep_best=False`` measures (and stops) without keeping weights: for
+    a learner whose last weights are its best estimate (Gibbs sampling's mean of samples)."""
 
     name = "early_stopping"
 
     def __init__(self, validation: Any, metric: str, predictor_type: str, patience: int,
-                 host: str = DEFAULT_HOST, every_steps: int = 0):
+                 host: str = DEFAULT_HOST, every_steps: int = 0, keep_best: bool = True):
         self.validation, self.host, self.every_steps = validation, host, every_steps
         self.key, self.higher_is_better = watched_metric(metric, predictor_type)
-        self.patience = patience
+        self.patience, self.keep_best = patience, keep_best
         self.best_value: float | None = None
         self.best_epoch = self.best_step = self.worse = self.measured_step = 0
         self.best_weights: dict[str, np.ndarray] = {}
@@ -141,8 +142,9 @@ class EarlyStopping(Callback):
         if self.best_value is None or (value > self.best_value if self.higher_is_better
                                        else value < self.best_value):
             self.best_value, self.best_epoch, self.best_step = value, run.epoch, run.learner.steps
-            self.best_weights = None  # (the last best's copy is freed before the next)
-            self.best_weights, self.worse = run.learner.weights(), 0
+            self.best_weights, self.worse = {}, 0  # (the last best's copy freed first)
+            if self.keep_best:
+                self.best_weights = run.learner.weights()
         else:
             self.worse += 1
         return metrics

@@ -30,7 +30,8 @@ OPTIMIZERS = ("adam", "adagrad", "ftrl", "sgd", "rowwise_adagrad")  # the gradie
 # Gibbs sampling of a Bayesian FM (libFM's MCMC): no learning rate or weight decay to set. A
 # job that names it gets MCMC_DEFAULTS for what it does not name: MCMC_EPOCHS sweeps
 # (SageMaker's 1 epoch would be one), and no early stop: the mean of more samples does not
-# overfit as a model trained longer does (a validation channel still keeps the best mean).
+# overfit as a model trained longer does (a validation channel reports on it: see
+# fmkit.jobs.training.keeps_last).
 MCMC = "mcmc"
 MCMC_EPOCHS = 200
 MCMC_DEFAULTS = {"epochs": MCMC_EPOCHS, "early_stopping_patience": 0}
