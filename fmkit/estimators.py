@@ -335,7 +335,8 @@ class FMClassifier(ClassifierMixin, _FMEstimator):
         measured after every epoch (``history_``), the best epoch's weights by
         ``early_stopping_metric`` are kept and training stops after
         ``early_stopping_patience`` epochs without a better one, as ``fmkit train
-        --validation`` does."""
+        --validation`` does (``optimizer=mcmc`` with no patience set keeps the mean of all
+        its samples)."""
         return self._fit(X, y, sample_weight, eval_set, progress)._keep_classes()
 
     def partial_fit(self, X, y, classes=None, sample_weight=None) -> FMClassifier:
