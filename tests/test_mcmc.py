@@ -274,10 +274,11 @@ def test_a_validation_channel_reports_on_the_chain_without_changing_the_model(tm
     the mean of all the samples is the better estimate (docs/quality.md, session 47). With
     early_stopping_patience set, the run stops and keeps the best, as any other. (Validation
     rows with flipped labels make every sweep worse than the first.)"""
-    train = shared_file("a9a_libsvm", "a9a.t")
-    flipped = tmp_path / "flipped.libsvm"
+    lines = shared_file("a9a_libsvm", "a9a.t").read_text().splitlines(True)
+    train, flipped = tmp_path / "train.libsvm", tmp_path / "flipped.libsvm"
+    train.write_text("".join(lines[:6000]))
     flipped.write_text("".join(("-1" if line.startswith("+1") else "+1") + line[2:]
-                               for line in train.read_text().splitlines(True)[:3000]))
+                               for line in lines[6000:9000]))
     hp = ["--index-base", "1", "--quiet", "feature_dim=124", "num_factors=4",
           "predictor_type=binary_classifier", "optimizer=mcmc", "epochs=12", "seed=5"]
     weights = {}

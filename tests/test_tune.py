@@ -384,7 +384,7 @@ def test_a_tune_of_mcmc_searches_the_factors_and_samples_every_sweep(a9a_head, t
     validation rows after the last sweep."""
     model_dir = tmp_path / "model"
     code, _, err = cli("tune", "--train", a9a_head, "--validation-fraction", "0.1",
-                       "--objective", "validation:auc", "--trials", "3", "--jobs", "1",
+                       "--objective", "validation:auc", "--trials", "2", "--jobs", "1",
                        "--model-dir", model_dir, "feature_dim=123",
                        "predictor_type=binary_classifier", "optimizer=mcmc")
     assert code == 0, err
