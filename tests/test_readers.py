@@ -584,15 +584,15 @@ def test_a_pipe_is_read_once(tmp_path):
     assert "is a pipe, read once: training reads it once per epoch" in result.stderr
 
 
-def test_compressed_request_and_catalogue_files_answer_as_plain_ones(tmp_path):
+def test_compressed_request_and_catalogue_files_answer_as_plain_ones(tmp_path, cli):
     """``fmkit predict --format jsonlines|json`` and ``fmkit recommend`` read gzip files as
     the text they hold: the same answers as from the plain files; without ``--format`` the
     request files are told by their first line, not read as libsvm; ``evaluate`` refuses them
     in one line (they carry no labels)."""
     model = tmp_path / "model"
-    assert run_fmkit("train", "--train", shared_file("a9a_libsvm", "a9a"), "--model-dir", model,
-                     "feature_dim=123", "num_factors=4", "predictor_type=binary_classifier",
-                     "mini_batch_size=100").returncode == 0
+    assert cli("train", "--quiet", "--train", shared_file("a9a_libsvm", "a9a"), "--model-dir",
+               model, "feature_dim=123", "num_factors=4", "predictor_type=binary_classifier",
+               "mini_batch_size=100")[0] == 0
     rows = [{"features": {"keys": [i % 100, 100 + i % 23], "shape": [123], "values": [1, 1]}}
             for i in range(50)]
     plain = {"jsonlines": "".join(json.dumps({"data": r}) + "\n" for r in rows),
@@ -611,13 +611,13 @@ def test_compressed_request_and_catalogue_files_answer_as_plain_ones(tmp_path):
         runs.append(("recommend", "--model-dir", model, "--items", paths["items"],
                      "--context", paths["contexts"], "--k", "3"))
         runs += [run[:-2] for run in runs[:2]]  # --format auto
-        results = [run_fmkit(*run) for run in runs]
-        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
-        answers[packed] = [r.stdout for r in results]
+        results = [cli(*run) for run in runs]
+        assert all(code == 0 for code, _, _ in results), [err for _, _, err in results]
+        answers[packed] = [out for _, out, _ in results]
         assert answers[packed][3:] == answers[packed][:2]
-        refused = run_fmkit("evaluate", "--model-dir", model, "--data", paths["json"])
-        assert refused.returncode == 1
-        assert refused.stderr.strip().splitlines()[-1] == (
+        code, _, err = cli("evaluate", "--model-dir", model, "--data", paths["json"])
+        assert code == 1
+        assert err.strip().splitlines()[-1] == (
             f"fmkit: error: {paths['json']}: is JSON (SageMaker request bodies, which fmkit "
             "predict scores): training and evaluation read libsvm, libffm, CSV or "
             "recordIO-protobuf")
