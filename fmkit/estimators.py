@@ -26,7 +26,7 @@ from fmkit.data.batch import SparseBatch, concat
 from fmkit.data.sources import ArraySource
 from fmkit.eval_set import one_pair
 from fmkit.jobs.training import train, training_source, with_starting_point
-from fmkit.models.fm.hyperparameters import FFM_DEFAULTS, TABLE, validate
+from fmkit.models.fm.hyperparameters import FFM_DEFAULTS, MCMC, TABLE, validate
 from fmkit.models.fm.model import FMModel
 from fmkit.models.metrics import predicted_labels
 from fmkit.train.callbacks import Progress
@@ -181,6 +181,9 @@ class _FMEstimator(BaseEstimator):
         if first:
             hp = with_starting_point(self._hyperparameters(source.feature_dim,
                                                            source.column_fields), source)
+            if hp["optimizer"] == MCMC:  # (a sweep on each part would sample its posterior)
+                raise ValueError("partial_fit: optimizer=mcmc draws every sweep from all the "
+                                 "training rows; call fit (with eval_set to watch each sweep)")
             learner, self.history_ = fm_learner(hp), []
         elif fitted:
             hp = self._hyperparameters(source.feature_dim, source.column_fields)

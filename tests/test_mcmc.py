@@ -206,6 +206,8 @@ def test_mcmc_names_its_own_epochs_and_refuses_what_it_cannot_do():
     y = np.arange(60) % 2
     with pytest.raises(DataError, match="sample weights"):
         FMClassifier(num_factors=2, optimizer="mcmc").fit(X, y, sample_weight=np.ones(60))
+    with pytest.raises(ValueError, match="partial_fit: optimizer=mcmc draws every sweep from"):
+        FMClassifier(num_factors=2, optimizer="mcmc").partial_fit(X, y, classes=[0, 1])
     model = FMClassifier(num_factors=2, optimizer="mcmc", epochs=3, warm_start=True).fit(X, y)
     with pytest.raises(HyperparameterError, match="its own chain"):
         model.fit(X, y)
