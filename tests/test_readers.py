@@ -625,7 +625,7 @@ def test_compressed_request_and_catalogue_files_answer_as_plain_ones(tmp_path, c
     assert answers[True][0].count("\n") == 50 and answers[True][2].count("\n") == 5
 
 
-def test_a_byte_order_mark_is_skipped_and_a_url_is_named(tmp_path):
+def test_a_byte_order_mark_is_skipped_and_a_url_is_named(tmp_path, cli):
     """A UTF-8 byte-order mark before the first line (Excel's "CSV UTF-8") is not part of
     the first label or column name, plain or compressed; a URL is one line saying fmkit
     reads local files, not "no such file"."""
@@ -640,21 +640,20 @@ def test_a_byte_order_mark_is_skipped_and_a_url_is_named(tmp_path):
     batch = next(columns.read_delimited(table, None, ",", True))
     assert list(batch.columns) == ["label", "user"]
     assert batch.columns["label"].to_pylist() == ["1", "0"]
-    result = run_fmkit("train", "--train", "s3://bucket/day_0.gz", "--model-dir", tmp_path / "m",
+    code, _, err = cli("train", "--train", "s3://bucket/day_0.gz", "--model-dir", tmp_path / "m",
                        "feature_dim=10", "num_factors=2", "predictor_type=binary_classifier")
-    assert result.returncode == 1 and result.stderr.strip() == (
+    assert code == 1 and err.strip() == (
         "fmkit: error: s3://bucket/day_0.gz: is a URL: fmkit reads local files, directories "
         "and pipes; copy it first (aws s3 cp, gsutil cp, curl -O)")
     # "-" is no file: the message names /dev/stdin, which reads a pipe given its format
-    assert run_fmkit("train", "--train", plain, "--model-dir", tmp_path / "m", "--quiet",
-                     "feature_dim=123", "num_factors=2",
-                     "predictor_type=binary_classifier").returncode == 0
-    result = run_fmkit("evaluate", "--model-dir", tmp_path / "m", "--data", "-")
-    assert "-: no such file: standard input is /dev/stdin (with --format" in result.stderr
+    assert cli("train", "--train", plain, "--model-dir", tmp_path / "m", "--quiet",
+               "feature_dim=123", "num_factors=2", "predictor_type=binary_classifier")[0] == 0
+    code, _, err = cli("evaluate", "--model-dir", tmp_path / "m", "--data", "-")
+    assert code == 1 and "-: no such file: standard input is /dev/stdin (with --format" in err
     piped = run_fmkit("evaluate", "--model-dir", tmp_path / "m", "--data", "/dev/stdin",
                       "--format", "libsvm", input=plain.read_text())
-    filed = run_fmkit("evaluate", "--model-dir", tmp_path / "m", "--data", plain)
-    assert piped.returncode == 0 and piped.stdout == filed.stdout, piped.stderr
+    code, filed, _ = cli("evaluate", "--model-dir", tmp_path / "m", "--data", plain)
+    assert code == 0 and piped.returncode == 0 and piped.stdout == filed, piped.stderr
 
 
 def test_a_recordio_file_in_a_text_channel_is_named(tmp_path):
