@@ -17,7 +17,7 @@ import yaml
 from fmkit.models.deepfm import config as configs
 from fmkit.models.deepfm import config_files, prototext
 
-from .conftest import shared_file
+from .conftest import REPO, shared_file
 
 # TorchEasyRec's Criteo-Terabyte table sizes (cat_0 .. cat_25), 204 million rows in all
 CRITEO_BUCKETS = [40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956,
@@ -204,6 +204,32 @@ def test_convert_between_config_yaml_and_json_keeps_the_configuration(tmp_path, 
         assert (tmp_path / f"again{suffix}").read_text() == forms[form].read_text()
     code, _, err = cli("config", "convert", source, "-o", tmp_path / "again.txt")
     assert code == 1 and "needs --to" in err
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("model_config.deepfm.deep.hidden_units=[-3,2]",
+     "model_config.deepfm.deep.hidden_units: expected positive layer sizes"),
+    ("model_config.deepfm.final.dropout_ratio=[1.5]",
+     "model_config.deepfm.final.dropout_ratio: each value must be in [0, 1)"),
+    ("feature_configs[13].id_feature.embedding_dim=-4",
+     "feature_configs[13].id_feature.embedding_dim: must be positive"),
+    ("model_config.feature_groups[0].feature_names=[]",
+     "model_config.feature_groups[0].feature_names: group 'wide' has no features"),
+])
+def test_convert_refuses_what_training_refuses(tmp_path, cli, setting, message):
+    """``fmkit config convert`` checks a configuration as ``fmkit train --config`` does, the
+    features, groups and layers included: the same one line, and nothing written (it wrote
+    each of these, which training then refused)."""
+    example = REPO / "examples" / "deepfm_criteo.yaml"
+    code, _, err = cli("config", "convert", example, "--to", "yaml", "-o", tmp_path / "c.yaml",
+                       "--set", setting)
+    assert (code, err.strip()) == (1, f"fmkit: error: {message}")
+    assert not (tmp_path / "c.yaml").exists()
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    code, _, err = cli("train", "--config", example, "--quiet", "--set", setting,
+                       "--set", f"train_input_path={train}", "--set", "eval_input_path=",
+                       "--set", f"model_dir={tmp_path / 'm'}")
+    assert (code, err.strip()) == (1, f"fmkit: error: {message}")
 
 
 @pytest.mark.parametrize("text, where", [

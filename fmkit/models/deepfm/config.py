@@ -737,7 +737,30 @@ def _check_schedule(schedule: Any, where: str) -> None:
 
 
 
+def check_mlp(mlp: MLP, where: str) -> list[float]:
+    """An MLP's rules (TorchEasyRec's ``MLP``): positive layer sizes, one dropout ratio for
+    every layer or one per layer, each in [0, 1), not both normalizations. Returns the
+    dropout ratio of each layer (empty: none)."""
+    units = mlp.hidden_units
+    if not units or min(units) <= 0:
+        raise ConfigError(f"{where}.hidden_units: expected positive layer sizes")
+    dropout = list(mlp.dropout_ratio)
+    if len(dropout) == 1:
+        dropout *= len(units)
+    if dropout and len(dropout) != len(units):
+        raise ConfigError(f"{where}.dropout_ratio: expected 1 or {len(units)} values, got "
+                          f"{len(dropout)}")
+    if any(not 0 <= p < 1 for p in dropout):
+        raise ConfigError(f"{where}.dropout_ratio: each value must be in [0, 1)")
+    if mlp.use_bn and mlp.use_ln:
+        raise ConfigError(f"{where}: use_bn and use_ln cannot both be set")
+    return dropout
+
+
 def _check_model(model: ModelConfig) -> None:
+    check_mlp(model.deepfm.deep, "model_config.deepfm.deep")
+    if model.deepfm.final is not None:
+        check_mlp(model.deepfm.final, "model_config.deepfm.final")
     if len(model.losses) != 1:
         raise ConfigError("model_config.losses: expected one loss")
     loss = model.losses[0]

@@ -16,7 +16,14 @@ from typing import Any
 
 from fmkit.errors import excerpt
 from fmkit.models.deepfm import prototext
-from fmkit.models.deepfm.config import ConfigError, EasyRecConfig, parse, to_document
+from fmkit.models.deepfm.config import (
+    ConfigError,
+    EasyRecConfig,
+    parse,
+    read_vocabulary_files,
+    to_document,
+)
+from fmkit.models.deepfm.features import FeatureSet
 
 
 @functools.cache
@@ -127,13 +134,14 @@ def load(path: str | Path, assignments: list[str] = ()) -> EasyRecConfig:
 
 
 def convert_file(path: str, to: str, overrides: list[str] = ()) -> str:
-    """``fmkit config convert``: a configuration file (any form) checked and written as
-    ``to`` — ``config`` (protobuf text), ``yaml`` or ``json`` — with the fields that differ
-    from their defaults, so that reading the result gives the same configuration."""
+    """``fmkit config convert``: a configuration file (any form) checked as training checks it
+    (fields, features, groups, layers; not the data) and written as ``to`` — ``config``
+    (protobuf text), ``yaml`` or ``json`` — with the fields that differ from their defaults,
+    so that reading the result gives the same configuration."""
     import yaml
 
-    config = parse(apply_overrides(load_document(path), list(overrides)),
-                           report_ignored=True)
+    config = parse(apply_overrides(load_document(path), list(overrides)), report_ignored=True)
+    FeatureSet.from_config(read_vocabulary_files(config))  # the features' and groups' rules
     if to == "config":
         return prototext.format_text(config)
     document = to_document(config, minimal=True)

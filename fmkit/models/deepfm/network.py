@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fmkit.models.deepfm.config import MLP as MLPConfig
-from fmkit.models.deepfm.config import ConfigError, DeepFM
+from fmkit.models.deepfm.config import ConfigError, DeepFM, check_mlp
 from fmkit.models.deepfm.features import Encoded, FeatureSet, default_init_bound
 
 INIT_FUNCTIONS = ("uniform_", "normal_", "zeros_", "ones_", "constant_", "xavier_uniform_",
@@ -85,18 +85,7 @@ class MLP(nn.Sequential):
 
     def __init__(self, in_features: int, config: MLPConfig, where: str):
         units = config.hidden_units
-        if not units or min(units) <= 0:
-            raise ConfigError(f"{where}.hidden_units: expected positive layer sizes")
-        dropout = list(config.dropout_ratio)
-        if len(dropout) == 1:
-            dropout *= len(units)
-        if dropout and len(dropout) != len(units):
-            raise ConfigError(f"{where}.dropout_ratio: expected 1 or {len(units)} values, got "
-                              f"{len(dropout)}")
-        if any(not 0 <= p < 1 for p in dropout):
-            raise ConfigError(f"{where}.dropout_ratio: each value must be in [0, 1)")
-        if config.use_bn and config.use_ln:
-            raise ConfigError(f"{where}: use_bn and use_ln cannot both be set")
+        dropout = check_mlp(config, where)
         layers: list[nn.Module] = []
         for i, out in enumerate(units):
             layers.append(nn.Linear(in_features, out, bias=config.bias and not config.use_bn))
