@@ -7,6 +7,7 @@ import csv
 import gzip
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -125,6 +126,35 @@ def test_a_finished_tune_continues_with_more_trials_and_its_model_can_be_replace
     assert code == 0, err
     assert sorted(p.name for p in model_dir.iterdir()) == ["metrics.json", "model.json",
                                                           "weights.npz"]
+
+
+def test_a_damaged_study_is_one_line_that_says_what_to_remove(a9a_head, tmp_path, cli):
+    """A finished study that SQLite cannot read is refused before it is restored (the copy
+    would fail in the work directory run after run: it said "another program may be using
+    it", naming the copy); a damaged study in the work directory names the directory to
+    remove."""
+    model_dir = tmp_path / "model"
+    args = ["--train", a9a_head, "--validation-fraction", "0.1", "--jobs", "1", "--quiet",
+            "--model-dir", model_dir, *FIXED]
+    assert cli("tune", *args, "--trials", "1")[0] == 0
+    study = model_dir / "tune" / "study.sqlite3"
+    study.write_bytes(b"SQLite format 3\x00" + bytes(range(200)))
+    code, _, err = cli("tune", *args, "--trials", "2")
+    assert (code, err.strip()) == (1, f"fmkit: error: {study}: the finished study is damaged "
+                                      "(file is not a database); remove it to start a new study")
+    assert not (tmp_path / "model.tuning").exists()
+    work = tmp_path / "model.tuning"  # what a killed tune leaves, its study then damaged
+    work.mkdir()
+    shutil.copy(model_dir / "tune" / "fmkit-tune.json", work)
+    (work / "study.sqlite3").write_bytes(bytes(range(256)) * 4)
+    code, _, err = cli("tune", *args, "--trials", "2")
+    assert code == 1 and err.strip().endswith(
+        f"the study database is damaged ((sqlite3.DatabaseError) file is not a database); "
+        f"remove {work} to start the study anew")
+    shutil.rmtree(work)
+    study.unlink()
+    assert cli("tune", *args, "--trials", "2")[0] == 0
+    assert len(_trials(model_dir)) == 2
 
 
 def test_tune_warns_when_validation_rows_hold_features_training_never_saw(a9a_head, tmp_path,

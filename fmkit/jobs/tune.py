@@ -95,13 +95,34 @@ def _storage(work: Path):
     optuna = _import_optuna()
     import sqlalchemy
 
+    path = work / "study.sqlite3"
     try:
-        return optuna.storages.RDBStorage(f"sqlite:///{work / 'study.sqlite3'}",
+        return optuna.storages.RDBStorage(f"sqlite:///{path}",
                                           engine_kwargs={"connect_args": {"timeout": 60}})
+    except sqlalchemy.exc.OperationalError as e:  # locked, or not openable
+        raise HyperparameterError(f"{path}: cannot open the study database "
+                                  f"({_first_line(e)}); another program may be using "
+                                  "it") from None
     except sqlalchemy.exc.SQLAlchemyError as e:
-        raise HyperparameterError(f"{work / 'study.sqlite3'}: cannot open the study "
-                                  f"database ({str(e).splitlines()[0][:120]}); another "
-                                  "program may be using it") from None
+        raise HyperparameterError(f"{path}: the study database is damaged ({_first_line(e)}); "
+                                  f"remove {work} to start the study anew") from None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0][:120]
+
+
+def _require_readable(study: Path) -> None:
+    """Refuse a finished study that SQLite cannot read before it is restored to continue:
+    its copy would fail in the work directory, run after run."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{study}?mode=ro", uri=True)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise HyperparameterError(f"{study}: the finished study is damaged ({_first_line(e)}); "
+                                  f"remove it to start a new study") from None
 
 
 def _objective_key(objective: str, predictor_type: str) -> tuple[str, bool]:
@@ -252,6 +273,12 @@ def _open_work_dir(model_dir: Path, settings: TuneSettings) -> tuple[Path, Any]:
     finished tune left in ``MODEL_DIR/tune/``."""
     work = Path(str(model_dir) + WORK_SUFFIX)
     marker = work / MARKER
+    wanted = asdict(settings)
+    previous = model_dir / artifact.TUNE_DIR
+    restore = (not marker.exists() and (previous / "study.sqlite3").exists()
+               and (previous / MARKER).exists() and _read_marker(previous / MARKER) == wanted)
+    if restore:
+        _require_readable(previous / "study.sqlite3")
     if work.exists() and not marker.exists():  # ours only if a killed start left just a lock
         files.guard_directory(work, lambda p: set(os.listdir(p)) <= {"lock"},
                               "tune work directory")
@@ -261,7 +288,6 @@ def _open_work_dir(model_dir: Path, settings: TuneSettings) -> tuple[Path, Any]:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         raise OutputError(work, "another fmkit tune is running on this study") from None
-    wanted = asdict(settings)
     if marker.exists():
         started = _read_marker(marker)
         if started != wanted:
@@ -270,9 +296,7 @@ def _open_work_dir(model_dir: Path, settings: TuneSettings) -> tuple[Path, Any]:
                 f"{work}: holds a study started with other settings ({', '.join(changed)}); "
                 f"run with the same ones to continue it, or remove the directory")
     else:
-        previous = model_dir / artifact.TUNE_DIR
-        if ((previous / "study.sqlite3").exists() and (previous / MARKER).exists()
-                and _read_marker(previous / MARKER) == wanted):
+        if restore:
             files.copy_file(previous / "study.sqlite3", work / "study.sqlite3")
         files.write_text(marker, json.dumps(wanted, indent=1))
     return work, lock
