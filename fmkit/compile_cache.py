@@ -116,6 +116,15 @@ def stamp_with_sources() -> None:
                                         caching.UserWideCacheLocator)]
 
 
+def kernel(**options: Any) -> Callable:
+    """numba's ``njit`` for a compiled function Python calls: kept in numba's cache, with the
+    Python entry point and without the C one (a ``cfunc`` wrapper, which nothing here calls
+    and which every first run compiled for every kernel: docs/performance.md, session 48)."""
+    from numba import njit
+
+    return njit(cache=True, no_cfunc_wrapper=True, **options)
+
+
 def kernel_helper(*, forceinline: bool = True, **options: Any) -> Callable:
     """numba's ``njit`` for a function that only compiled code calls: compiled into each
     caller (``forceinline``: inlined there), with no cache file of its own (a cached caller

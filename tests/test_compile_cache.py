@@ -225,3 +225,27 @@ def test_the_sources_digest_follows_numba_modules_only(tmp_path):
         changed = compile_cache.sources_digest(tmp_path)
         (tmp_path / name).write_text((tmp_path / name).read_text() + "# changed\n")
         assert compile_cache.sources_digest(tmp_path) != changed
+
+
+def test_every_cached_kernel_compiles_without_a_c_entry_point():
+    """Each numba function fmkit caches is made by ``compile_cache.kernel``: no ``cfunc``
+    wrapper, which nothing calls and which a first run compiled for every kernel. Found in
+    every module of the package (a plain ``njit(cache=True)`` added anywhere fails here)."""
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import fmkit
+
+    cached = {}
+    for info in pkgutil.walk_packages(fmkit.__path__, "fmkit."):
+        if info.name != "fmkit.__main__":
+            module = importlib.import_module(info.name)
+            cached.update({f"{info.name}.{name}": value for name, value in vars(module).items()
+                           if isinstance(value, CPUDispatcher) and value._can_compile
+                           and value.__module__ == info.name
+                           and type(value._cache).__name__ != "NullCache"})
+    assert len(cached) >= 40 and "fmkit.data.libsvm.parse_libsvm" in cached
+    assert [name for name, f in cached.items() if not f.targetoptions.get("no_cfunc_wrapper")
+            ] == []

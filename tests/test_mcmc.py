@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from numba import njit
 from scipy import stats
 from sklearn.datasets import dump_svmlight_file
 from sklearn.metrics import mean_squared_error, roc_auc_score
@@ -168,7 +169,7 @@ def test_the_conditional_draws_mean_and_variance_are_the_posteriors():
     assert np.var(draws) == pytest.approx(variance, rel=0.1)
 
 
-@mcmc.njit
+@njit
 def draws(gamma, argument, n):
     """``n`` draws, the stream seeded: Gamma(``argument``, rate 2), or N(0, 1) above
     ``argument``."""

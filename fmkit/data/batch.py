@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
-from numba import njit
 
+from fmkit.compile_cache import kernel
 from fmkit.errors import DataError
 
 
@@ -77,7 +77,7 @@ class SparseBatch:
         )
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _gather_rows(indptr, indices, values, fields, rows, out_indptr, out_indices, out_values,
                  out_fields):
     """Rows ``rows`` of a CSR batch into the ``out_`` arrays; ``fields`` too unless empty."""

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from numba import njit
 
+from fmkit.compile_cache import kernel
 from fmkit.errors import DataError
 
 BLOCK_BYTES = 4 << 20
@@ -118,7 +118,7 @@ def iter_line_blocks(path: Path,
         line += count_newlines(block, 0, block.size)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def count_newlines(buf: np.ndarray, start: int, stop: int) -> int:
     """Newlines in ``buf[start:stop]`` (a vectorized loop)."""
     total = 0

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
+from fmkit.compile_cache import kernel
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES, iter_line_blocks
 from fmkit.data.numbers import BAD_NUMBER, NOT_FINITE, OK, parse_float
@@ -25,7 +25,7 @@ WRONG_COLUMNS = 20
 _NL, _CR, _COMMA, _SPACE, _TAB = 10, 13, 44, 32, 9
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def parse_csv(buf, first_line, n_columns, label_columns, indptr, indices, values, labels,
               lines):
     """Parse whole CSV lines into preallocated CSR arrays.

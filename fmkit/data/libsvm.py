@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from numba import njit
 
-from fmkit.compile_cache import kernel_helper
+from fmkit.compile_cache import kernel, kernel_helper
 from fmkit.cpus import on_threads, thread_count
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES, count_newlines, iter_blocks
@@ -88,7 +87,7 @@ def _is_qid(buf, start, n):
             and buf[start + 2] == 100 and buf[start + 3] == _COLON)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, fields, ffm,
                  optional_label):
     """Parse whole lines of ``buf`` into preallocated CSR arrays, in one pass over the bytes;
@@ -160,7 +159,7 @@ def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, fields
     return row, nnz, 0, 0, 0, line
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _largest_field(buf):
     """The largest field of the ``field:index:value`` tokens in whole libffm lines (-1 if
     none): the tokens as :func:`parse_libsvm` walks them, reading only their two ids. A token

@@ -9,9 +9,8 @@ data files hold (<= 15 significant digits, |exponent| <= 22) and within two ulps
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from fmkit.compile_cache import kernel_helper
+from fmkit.compile_cache import kernel, kernel_helper
 
 OK = 0
 BAD_NUMBER = 1  # not a number at all
@@ -48,7 +47,7 @@ def _is_nonfinite_word(buf, start, end):
     return False
 
 
-@njit(cache=True)
+@kernel()
 def parse_float(buf, start, end):
     """Parse ``buf[start:end]`` as a decimal float. Returns ``(value, code)``."""
     p = start

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from numba import njit
 
-from fmkit.compile_cache import kernel_helper
+from fmkit.compile_cache import kernel, kernel_helper
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES, open_input
 from fmkit.data.numbers import FLOAT32_MAX
@@ -59,7 +58,7 @@ def _u32(buf, p):
             | (np.uint32(buf[p + 3]) << 24))
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def frame_records(buf, n, at_eof, payload, starts):
     """Cut complete records out of ``buf[:n]``, copying their payloads into ``payload``.
 
@@ -125,7 +124,7 @@ def _varint(buf, p, end):
     return value, -1
 
 
-@njit(cache=True)
+@kernel()
 def _skip(buf, p, end, wire):
     if wire == 0:
         _, p = _varint(buf, p, end)
@@ -142,7 +141,7 @@ def _skip(buf, p, end, wire):
     return -1
 
 
-@njit(cache=True)
+@kernel()
 def _is_key(buf, p, end, word):
     if end - p != len(word):
         return False
@@ -152,7 +151,7 @@ def _is_key(buf, p, end, word):
     return True
 
 
-@njit(cache=True)
+@kernel()
 def _find_map_value(buf, p, end, word):
     """In a map entry ``buf[p:end]``, the ``(start, end)`` of the Value when its key is ``word``."""
     key_s, key_e, val_s, val_e = -1, -1, -1, -1
@@ -179,7 +178,7 @@ def _find_map_value(buf, p, end, word):
     return -1, -1
 
 
-@njit(cache=True)
+@kernel()
 def _tensor(buf, p, end):
     """The tensor inside a Value: ``(type 2/3/7, start, end)``; type 9 is Bytes, -1 malformed."""
     kind, ts, te = 0, -1, -1
@@ -202,7 +201,7 @@ def _tensor(buf, p, end):
     return kind, ts, te
 
 
-@njit(cache=True)
+@kernel()
 def _read_tensor(buf, p, end, kind, vals, keys, shape, f32, u32, f64, u64):
     """Decode a tensor's values, keys and shape; returns their counts or -1 if malformed."""
     nv, nk, ns = 0, 0, 0
@@ -277,7 +276,7 @@ def _read_tensor(buf, p, end, kind, vals, keys, shape, f32, u32, f64, u64):
 _VALUES = np.frombuffer(b"values", dtype=np.uint8).copy()
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def decode_records(payload, starts, n_records, word, indptr, indices, values, labels, widths):
     """Decode Records into CSR arrays; ``widths[r]`` = shape[0] (sparse), value count (dense).
 
@@ -491,7 +490,7 @@ def _put_f32(out, p, value, f32, u32):
     return p + 4
 
 
-@njit(cache=True)
+@kernel()
 def _record_sizes(indptr, indices, n_cols, dense, has_labels):
     """Per row: (features tensor, Value, map entry, payload) sizes of its Record."""
     n = indptr.size - 1
@@ -516,7 +515,7 @@ def _record_sizes(indptr, indices, n_cols, dense, has_labels):
     return sizes
 
 
-@njit(cache=True)
+@kernel()
 def _encode_records(indptr, indices, values, labels, n_cols, dense, has_labels, sizes, out):
     f32 = np.empty(1, np.float32)
     u32 = f32.view(np.uint32)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import njit
 
+from fmkit.compile_cache import kernel
 from fmkit.data import csv, libsvm, recordio
 from fmkit.data.batch import SparseBatch, unit_rows
 from fmkit.data.blocks import BLOCK_BYTES, open_input
@@ -105,7 +105,7 @@ def detect_format(path: str | Path) -> str:
     return "libsvm"
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _find_bad_index(indptr, indices, feature_dim, mark, stamp):
     """First ``(row, position, problem)`` with an id out of range (1) or repeated in its row (2).
 
@@ -131,7 +131,7 @@ def _find_bad_index(indptr, indices, feature_dim, mark, stamp):
     return -1, -1, 0
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _merge_rows(indptr, indices, values, fields, out_indptr, out_indices, out_values,
                 out_fields):
     """Each row's repeated feature ids as one entry holding the sum of their values (first

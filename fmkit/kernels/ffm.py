@@ -14,9 +14,8 @@ bounds whatever the input holds.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from fmkit.compile_cache import kernel_helper
+from fmkit.compile_cache import kernel, kernel_helper
 from fmkit.kernels.fm import (
     BETA1,
     BETA2,
@@ -86,14 +85,14 @@ def _row_forward(indptr, indices, fields, values, r, T, k):
     return total
 
 
-@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+@kernel(nogil=True, fastmath=FAST, error_model="numpy")
 def predict_rows(indptr, indices, fields, values, w0, T, k, out):
     """y_hat of every row into ``out`` (float64; :func:`predict_logits` checks the fields)."""
     for r in range(indptr.size - 1):
         out[r] = np.float64(w0[0]) + _row_forward(indptr, indices, fields, values, r, T, k)
 
 
-@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+@kernel(nogil=True, fastmath=FAST, error_model="numpy")
 def _gradient(indptr, indices, fields, values, labels, weights, lo_row, hi_row, inv_rows,
               loss_kind, w0, T, k, pos, first, G):
     """The mean-loss gradient of rows ``lo_row:hi_row`` added into ``G`` (a row ``[g_w,
@@ -166,7 +165,7 @@ def _batches_trainer(opt: int):
     :func:`fmkit.kernels.fm._batches_trainer` with the FFM's gradient)."""
     rule, rowwise = kernel_rules(opt)
 
-    @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+    @kernel(nogil=True, fastmath=FAST, error_model="numpy")
     def train_batches(indptr, indices, fields, values, labels, weights, batch_size, loss_kind,
                       config, B, T, k, num_fields, slot, touched, pos, G, step):
         """Every row in mini-batches of ``batch_size``, each one optimizer step on its mean
@@ -233,7 +232,7 @@ def _rows_trainer(opt: int):
     :func:`fmkit.kernels.fm._rows_trainer`)."""
     rule, rowwise = kernel_rules(opt)
 
-    @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+    @kernel(nogil=True, fastmath=FAST, error_model="numpy")
     def train_rows(indptr, indices, fields, values, labels, weights, lo, hi, loss_kind, config, B,
                    T, k, num_fields, step, stride):
         """Rows ``lo:hi``, an optimizer step each, fused as the FM's per-row loop: the forward

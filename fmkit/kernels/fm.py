@@ -28,10 +28,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 from numba.extending import overload
 
-from fmkit.compile_cache import kernel_helper
+from fmkit.compile_cache import kernel, kernel_helper
 from fmkit.cpus import on_threads
 from fmkit.kernels.lanes import LANES, lanes_sum, load_lanes, store_lanes
 from fmkit.kernels.prefetch import prefetch
@@ -351,7 +350,7 @@ def _rows_trainer(opt: int):
 
     rule, rowwise = kernel_rules(opt)
 
-    @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+    @kernel(nogil=True, fastmath=FAST, error_model="numpy")
     def train_rows(indptr, indices, values, labels, weights, order, lo, hi, loss_kind, config, B, T,
                    k, sums, step, stride):
         """The per-row loop of libFM and xLearn, fused: each row's update follows its forward pass
@@ -411,7 +410,7 @@ def _rows_updater(opt: int):
 
     rule, rowwise = kernel_rules(opt)
 
-    @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+    @kernel(nogil=True, fastmath=FAST, error_model="numpy")
     def update_rows(T, rows, G, lo, hi, group, config, adam_lr, adam_eps):
         cfg = _frozen(config)
         for t in range(lo, hi):
@@ -537,7 +536,7 @@ def _slot_of(i, slot, seen, count):
     return t, count
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _distinct_features(indptr, indices, order, lo, hi, slot, touched, pos):
     """The distinct features of rows ``lo:hi`` of the order (empty: as stored) into
     ``touched`` (first-seen order), each one's position in ``slot``, and the position of each
@@ -560,7 +559,7 @@ def _distinct_features(indptr, indices, order, lo, hi, slot, touched, pos):
     return n_touched
 
 
-@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+@kernel(nogil=True, fastmath=FAST, error_model="numpy")
 def _batch_gradient(indptr, indices, values, labels, weights, order, lo, hi, loss_kind, inv_rows,
                     B, T, k, sums, pos, p, G, n_touched):
     """The gradient of rows ``lo:hi`` of the order (a mini-batch, or one thread's share of
@@ -615,7 +614,7 @@ def _batches_trainer(opt: int):
     """The mini-batch loop compiled for one update rule (as :func:`_rows_trainer`)."""
     rule, rowwise = kernel_rules(opt)
 
-    @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+    @kernel(nogil=True, fastmath=FAST, error_model="numpy")
     def train_batches(indptr, indices, values, labels, weights, order, lo, hi, batch_size,
                       loss_kind, config, B, T, k, slot, touched, pos, G, sums, step, stride):
         """Rows ``lo:hi`` of ``order`` (a permutation; empty: as stored) in mini-batches of
@@ -674,7 +673,7 @@ def train_minibatches(indptr, indices, values, labels, order, batch_size, loss_k
     return loss, step + -(-n // batch_size)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _sum_parts(G_parts, touched, slot, lo, hi):
     """Gradient rows ``lo:hi`` of every part summed into part 0, their slots reset to -1."""
     for t in range(lo, hi):
@@ -707,7 +706,7 @@ def minibatch_gradient(indptr, indices, values, labels, inv_rows, loss_kind, B, 
     return sum(r[0] for r in results), sum(r[1] for r in results), n
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def sum_repeated_rows(rows, values, slot):
     """The distinct ``rows`` (first-seen order) and each one's summed ``values`` rows;
     ``slot`` (an int per table row, all -1) is left as it was found. Sums in a fixed order, so
@@ -732,7 +731,7 @@ def _bias_stepper(opt: int):
 
     rule, _ = kernel_rules(opt)
 
-    @njit(cache=True, fastmath=FAST, error_model="numpy")
+    @kernel(fastmath=FAST, error_model="numpy")
     def bias_step(g0, config, B, k, step):
         """Step ``step`` for the bias; returns Adam's scales of lr and eps at that step."""
         cfg = _frozen(config)
@@ -773,7 +772,7 @@ def predict_logits(indptr, indices, values, w0, T, k, out, n_chunks):
                                        for lo, hi in zip(bounds, bounds[1:])])
 
 
-@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+@kernel(nogil=True, fastmath=FAST, error_model="numpy")
 def predict_logits_serial(indptr, indices, values, w0, T, k, out):
     """y_hat of every row into ``out`` on the calling thread (``indptr`` may be a slice of a
     batch's: positions in ``indices`` are absolute)."""

@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from fmkit.compile_cache import kernel
 
 ALPHA_0 = BETA_0 = GAMMA_0 = 1.0  # libFM's hyperprior settings
 MU_0 = 0.0
@@ -37,7 +38,7 @@ LAMBDA_BIAS = 0.0  # the bias's prior precision: flat, as libFM's w0
 ALPHA, LAMBDA_W, MU_W, FACTORS = 0, 1, 2, 3
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def standard_normal_above(a):
     """A draw of N(0, 1) truncated to values above ``a`` (Robert 1995: plain rejection where
     that accepts at least half the draws, an exponential proposal in the tail)."""
@@ -53,7 +54,7 @@ def standard_normal_above(a):
             return z
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def gamma(shape, rate):
     """A Gamma(``shape`` >= 1, ``rate``) draw by Marsaglia and Tsang's method (2000), from
     standard normal and uniform draws only, whose stream numba and NumPy's ``RandomState``
@@ -72,7 +73,7 @@ def gamma(shape, rate):
             return d * v / rate
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def predict_rows(indptr, indices, values, w0, w, V, out):
     """y_hat of every row into ``out`` (float64)."""
     k = V.shape[1]
@@ -93,7 +94,7 @@ def predict_rows(indptr, indices, values, w0, w, V, out):
         out[n] = linear + 0.5 * (pair - squares)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _draw(sum_hh, sum_h_target, prior_mean, prior_precision, alpha):
     """The conditional draw of one parameter from its sums (see the module's docstring)."""
     variance = 1.0 / (alpha * sum_hh + prior_precision)
@@ -101,7 +102,7 @@ def _draw(sum_hh, sum_h_target, prior_mean, prior_precision, alpha):
     return mean + math.sqrt(variance) * np.random.normal()
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _draw_prior(values, mu_prior):
     """lambda then mu of a group of parameters ``values`` (libFM's Normal-Gamma draw)."""
     count = values.size
@@ -119,7 +120,7 @@ def _draw_prior(values, mu_prior):
     return precision, mu
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def gibbs_sweep(indptr, indices, values, colptr, rows, column_values, labels, classifier,
                 w0, w, V, hyper, seed, e, q):
     """One sweep (module docstring) over the rows (CSR: ``indptr``, ``indices``, ``values``;

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
-from numba import njit
 
+from fmkit.compile_cache import kernel
 from fmkit.cpus import on_threads, thread_count
 from fmkit.kernels.fm import sum_repeated_rows
 from fmkit.kernels.prefetch import prefetch
@@ -34,7 +34,7 @@ AHEAD = 8  # rows prefetched ahead of the update
 RULES = {"sgd": SGD, "adagrad": ADAGRAD, "rowwise_adagrad": ROWWISE_ADAGRAD, "adam": ADAM}
 
 
-@njit(cache=True, nogil=True, fastmath={"nsz", "arcp", "contract"})
+@kernel(nogil=True, fastmath={"nsz", "arcp", "contract"})
 def _update(rule: int, weight: np.ndarray, first: np.ndarray, second: np.ndarray,
             rows: np.ndarray, grads: np.ndarray, lr: float, eps: float, beta1: float,
             beta2: float, weight_decay: float, step_size: float) -> None:
@@ -161,7 +161,7 @@ class SparseRows(CompiledOptimizer):
             _changed(weight)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy")
 def _adam(weight: np.ndarray, grad: np.ndarray, first: np.ndarray, second: np.ndarray,
           mix: np.float32, beta2: np.float32, rest2: np.float32, eps: np.float32,
           weight_decay: np.float32, shrink: np.float32, step_size: np.float32,

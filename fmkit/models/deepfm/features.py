@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from numba import njit
 
+from fmkit.compile_cache import kernel
 from fmkit.cpus import on_threads, thread_count
 from fmkit.data.columns import ColumnBatch
 from fmkit.data.numbers import FLOAT32_MAX
@@ -58,7 +58,7 @@ class Encoded:
     weights: np.ndarray | None = None  # float32 sample weights (sample_weight_fields)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _fnv1a_bucket(data: np.ndarray, start: int, end: int, buckets: int) -> int:
     """FNV-1a (64-bit) of the bytes ``data[start:end]``, modulo ``buckets``."""
     h = np.uint64(14695981039346656037)
@@ -67,7 +67,7 @@ def _fnv1a_bucket(data: np.ndarray, start: int, end: int, buckets: int) -> int:
     return np.int64(h % np.uint64(buckets))
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _fnv1a(offsets: np.ndarray, data: np.ndarray, buckets: np.ndarray) -> np.ndarray:
     """FNV-1a (64-bit) of each string, modulo its own bucket count ``buckets[i]``."""
     out = np.empty(offsets.size - 1, np.int64)
@@ -76,7 +76,7 @@ def _fnv1a(offsets: np.ndarray, data: np.ndarray, buckets: np.ndarray) -> np.nda
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _split_values(data: np.ndarray, start: int, end: int, separator: np.ndarray, limit: int,
                   buckets: int, out: np.ndarray, filled: int) -> int:
     """The non-empty values among the first ``limit`` parts of ``data[start:end]`` split at
@@ -106,7 +106,7 @@ def _split_values(data: np.ndarray, start: int, end: int, separator: np.ndarray,
     return filled
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _hash_value_lists(offsets: np.ndarray, data: np.ndarray, valid: np.ndarray,
                       separator: np.ndarray, default: np.ndarray, limit: int, buckets: int):
     """Each text's values hashed (see :func:`hash_value_lists`): ids and row offsets; a

@@ -28,15 +28,16 @@ import functools
 
 import numpy as np
 import torch
-from numba import njit
 from torch import nn
+
+from fmkit.compile_cache import kernel
 
 INT8_MAX = 127
 TINY = np.float32(2.0 ** -100)  # rows whose values are all smaller quantize to zeros
 KEEP = np.uint32(0x7FFFFFFF)  # a quantized column's mask (its sign bit off)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy")
 def quantize_rows(x: np.ndarray, kept: np.ndarray, levels: int = INT8_MAX
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Each row of float32 ``x`` [rows, cols] as int8 values in [-levels, levels] and its
@@ -74,7 +75,7 @@ def quantize_rows(x: np.ndarray, kept: np.ndarray, levels: int = INT8_MAX
     return q, scales
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy")
 def dequantize(sums: np.ndarray, row_scales: np.ndarray, column_scales: np.ndarray,
                bias: np.ndarray, x: np.ndarray, exact: np.ndarray, exact_weight: np.ndarray,
                relu: bool) -> np.ndarray:

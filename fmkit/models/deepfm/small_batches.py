@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from numba import njit
 from scipy.special import erf
 from torch import nn
 
+from fmkit.compile_cache import kernel
 from fmkit.kernels.prefetch import prefetch
 from fmkit.models.deepfm.features import Encoded
 from fmkit.models.deepfm.network import Banks, DeepFMNet
@@ -162,7 +162,7 @@ def _pooled(banks: Banks, weights: dict[str, np.ndarray], sparse: dict, batch_si
             for bank, (ids, offsets) in banks.lookups(sparse).items()}
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy")
 def _bag_sums(weight: np.ndarray, ids: np.ndarray, offsets: np.ndarray, mean: bool
               ) -> np.ndarray:
     """Each bag's rows of ``weight`` summed (``mean``: averaged) in float32, bag ``b`` being
