@@ -21,7 +21,9 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, overload, register_model
+from numba.core.imputils import lower_builtin
+from numba.core.typing.templates import AbstractTemplate, infer_global, signature
+from numba.extending import intrinsic, models, register_model
 
 LANES = 8
 # the kernels' floating-point freedoms (see fmkit.kernels.fm.FAST), on the vector instructions
@@ -166,74 +168,65 @@ def _as_vector(context, builder, value, value_type, lanes_type):
                                   ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
 
 
-def _binary_intrinsic(emit):
-    """An intrinsic applying ``emit(builder, x, y)`` lane by lane, scalars broadcast."""
+def _emits(emit):
+    """A lowering applying ``emit(builder, x, y)`` lane by lane, scalars broadcast."""
 
-    @intrinsic
-    def apply(typingctx, a, b):
-        result = _operands(a, b)
-        if result is None:
-            return None
+    def lower(context, builder, sig, args):
+        x, y = (_as_vector(context, builder, value, kind, sig.return_type)
+                for value, kind in zip(args, sig.args))
+        return emit(builder, x, y)
 
-        def codegen(context, builder, sig, args):
-            x, y = (_as_vector(context, builder, value, kind, result)
-                    for value, kind in zip(args, sig.args))
-            return emit(builder, x, y)
-
-        return result(a, b), codegen
-
-    return apply
+    return lower
 
 
-_add = _binary_intrinsic(lambda b, x, y: b.fadd(x, y, flags=FLAGS))
-_sub = _binary_intrinsic(lambda b, x, y: b.fsub(x, y, flags=FLAGS))
-_mul = _binary_intrinsic(lambda b, x, y: b.fmul(x, y, flags=FLAGS))
-_div = _binary_intrinsic(lambda b, x, y: b.fdiv(x, y, flags=FLAGS))
-# Python's min/max: the first argument unless the second is strictly smaller/larger
-_min = _binary_intrinsic(lambda b, x, y: b.select(b.fcmp_ordered("<", y, x), y, x))
-_max = _binary_intrinsic(lambda b, x, y: b.select(b.fcmp_ordered(">", y, x), y, x))
+def _register_binary(function, emit) -> None:
+    """``function`` (an operator, ``min`` or ``max``) on Lanes and numbers: a typing template
+    and its lowering, emitted in place. (An ``overload`` would compile a small function for
+    every pair of operand types, each a first run's cost: docs/performance.md, session 48.)"""
+
+    @infer_global(function)
+    class LanesBinary(AbstractTemplate):
+        def generic(self, args, kws):
+            if len(args) == 2 and not kws:
+                result = _operands(*args)
+                if result is not None:
+                    return signature(result, *args)
+
+    lower = _emits(emit)
+    for operands in ((LanesType, LanesType), (LanesType, types.Number),
+                     (types.Number, LanesType)):
+        lower_builtin(function, *operands)(lower)
 
 
-@intrinsic
-def _sqrt(typingctx, a):
-    def codegen(context, builder, sig, args):
-        vector_type = args[0].type
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vector_type, [vector_type]),
-            f"llvm.sqrt.v{LANES}f{a.dtype.bitwidth}")
-        return builder.call(function, [args[0]])
+def _register_unary(function, emit) -> None:
+    """``function`` of Lanes, lane by lane (as :func:`_register_binary`)."""
 
-    return a(a), codegen
+    @infer_global(function)
+    class LanesUnary(AbstractTemplate):
+        def generic(self, args, kws):
+            if len(args) == 1 and not kws and isinstance(args[0], LanesType):
+                return signature(args[0], *args)
 
-
-@intrinsic
-def _neg(typingctx, a):
-    def codegen(context, builder, sig, args):
-        return builder.fneg(args[0], flags=FLAGS)
-
-    return a(a), codegen
+    @lower_builtin(function, LanesType)
+    def lower(context, builder, sig, args):
+        return emit(builder, args[0], sig.args[0])
 
 
-def _register_binary(function, implementation):
-    @overload(function)
-    def lanes_version(a, b):
-        if _operands(a, b) is not None:
-            return lambda a, b: implementation(a, b)
+def _sqrt(builder, vector, lanes_type):
+    function = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector.type, [vector.type]),
+        f"llvm.sqrt.v{LANES}f{lanes_type.dtype.bitwidth}")
+    return builder.call(function, [vector])
 
 
-for _function, _implementation in ((operator.add, _add), (operator.sub, _sub),
-                                   (operator.mul, _mul), (operator.truediv, _div),
-                                   (min, _min), (max, _max)):
-    _register_binary(_function, _implementation)
-
-
-@overload(operator.neg)
-def _lanes_neg(a):
-    if isinstance(a, LanesType):
-        return lambda a: _neg(a)
-
-
-@overload(np.sqrt)
-def _lanes_sqrt(a):
-    if isinstance(a, LanesType):
-        return lambda a: _sqrt(a)
+for _function, _emit in (
+        (operator.add, lambda b, x, y: b.fadd(x, y, flags=FLAGS)),
+        (operator.sub, lambda b, x, y: b.fsub(x, y, flags=FLAGS)),
+        (operator.mul, lambda b, x, y: b.fmul(x, y, flags=FLAGS)),
+        (operator.truediv, lambda b, x, y: b.fdiv(x, y, flags=FLAGS)),
+        # Python's min/max: the first argument unless the second is strictly smaller/larger
+        (min, lambda b, x, y: b.select(b.fcmp_ordered("<", y, x), y, x)),
+        (max, lambda b, x, y: b.select(b.fcmp_ordered(">", y, x), y, x))):
+    _register_binary(_function, _emit)
+_register_unary(operator.neg, lambda b, x, _: b.fneg(x, flags=FLAGS))
+_register_unary(np.sqrt, _sqrt)
