@@ -543,7 +543,7 @@ def _distinct_features(indptr, indices, order, lo, hi, slot, touched, pos):
     of the rows' nonzeros, in that order, into ``pos`` (so that the gradient pass reads its
     slots in sequence instead of looking each one up again in ``slot``, an array as long as
     the table); returns how many."""
-    n_touched = 0
+    n_touched = np.intp(0)  # (a literal 0 would compile _slot_of once more, for it alone)
     p = 0
     for q in range(lo, hi):
         r = _row_at(order, q)
