@@ -168,21 +168,11 @@ def _as_vector(context, builder, value, value_type, lanes_type):
                                   ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
 
 
-def _emits(emit):
-    """A lowering applying ``emit(builder, x, y)`` lane by lane, scalars broadcast."""
-
-    def lower(context, builder, sig, args):
-        x, y = (_as_vector(context, builder, value, kind, sig.return_type)
-                for value, kind in zip(args, sig.args))
-        return emit(builder, x, y)
-
-    return lower
-
-
 def _register_binary(function, emit) -> None:
     """``function`` (an operator, ``min`` or ``max``) on Lanes and numbers: a typing template
-    and its lowering, emitted in place. (An ``overload`` would compile a small function for
-    every pair of operand types, each a first run's cost: docs/performance.md, session 48.)"""
+    and a lowering that applies ``emit(builder, x, y)`` lane by lane, scalars broadcast, in
+    place. (An ``overload`` would compile a small function for every pair of operand types,
+    each a first run's cost: docs/performance.md, session 48.)"""
 
     @infer_global(function)
     class LanesBinary(AbstractTemplate):
@@ -192,7 +182,11 @@ def _register_binary(function, emit) -> None:
                 if result is not None:
                     return signature(result, *args)
 
-    lower = _emits(emit)
+    def lower(context, builder, sig, args):
+        x, y = (_as_vector(context, builder, value, kind, sig.return_type)
+                for value, kind in zip(args, sig.args))
+        return emit(builder, x, y)
+
     for operands in ((LanesType, LanesType), (LanesType, types.Number),
                      (types.Number, LanesType)):
         lower_builtin(function, *operands)(lower)

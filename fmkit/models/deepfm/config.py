@@ -735,8 +735,6 @@ def _check_schedule(schedule: Any, where: str) -> None:
             raise ConfigError(f"{where}.learning_rates: must be >= 0")
 
 
-
-
 def check_mlp(mlp: MLP, where: str) -> list[float]:
     """An MLP's rules (TorchEasyRec's ``MLP``): positive layer sizes, one dropout ratio for
     every layer or one per layer, each in [0, 1), not both normalizations. Returns the
