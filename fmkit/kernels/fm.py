@@ -229,6 +229,16 @@ def _apply(w, m, s, lo, hi, G, shift, scale, decay, lr, wd, opt, cfg, adam_lr, a
             s[c] = second
 
 
+@kernel_helper(fastmath=FAST, error_model="numpy")
+def _apply_first(w, m, s, G, scale, lr, wd, opt, cfg, adam_lr, adam_eps):
+    """:func:`_apply` of coordinate 0 alone (the bias, or a row's linear weight), from ``scale
+    * G[0]`` without decay. Its positions are run-time ints, as the factors' are: a literal 0
+    or 1 would make numba compile ``_apply`` once more (LLVM folds them all the same, ``_apply``
+    being inlined)."""
+    _apply(w, m, s, np.intp(0), np.intp(1), G, np.intp(0), scale, _like(0.0, w), lr, wd, opt,
+           cfg, adam_lr, adam_eps)
+
+
 @kernel_helper()
 def _frozen(cfg):
     """``cfg``'s values as a tuple: passed by value, they stay in registers across the table
@@ -261,10 +271,9 @@ def _update_feature(T, i, G_linear, G_factors, shift, scale, decay, width, opt, 
     """Update row ``i`` of ``T``: the linear weight from raw gradient ``scale * G_linear[0]``,
     the factors from ``scale * G_factors[c + shift] - decay * v_c`` (see :func:`_apply`)."""
     w, m, s = _row_blocks(T, i, width)
-    # positions as run-time ints: a literal 0 or 1 would make numba compile _apply once more
-    # for each (LLVM still folds them, _apply being inlined); the bias's steps pass the same
-    _apply(w, m, s, np.intp(0), np.intp(1), G_linear, np.intp(0), scale, _like(0.0, T),
-           cfg[LINEAR_LR], cfg[LINEAR_WD], opt, cfg, adam_lr, adam_eps)
+    _apply_first(w, m, s, G_linear, scale, cfg[LINEAR_LR], cfg[LINEAR_WD], opt, cfg, adam_lr,
+                 adam_eps)
+    # (run-time positions, as _apply_first's: one compiled _apply serves both)
     _apply(w, m, s, np.intp(1), width, G_factors, np.intp(shift), scale, decay, cfg[FACTORS_LR],
            cfg[FACTORS_WD], opt, cfg, adam_lr, adam_eps)
 
@@ -276,8 +285,8 @@ def _update_feature_rowwise(T, i, G_linear, G_factors, shift, scale, decay, widt
     AdaGrad (``opt``), the factor vectors of ``group`` coordinates by :func:`_apply_rowwise`.
     The kernels pick one of the two (:func:`kernel_rules`)."""
     w, m, s = _row_blocks(T, i, width)
-    _apply(w, m, s, np.intp(0), np.intp(1), G_linear, np.intp(0), scale, _like(0.0, T),
-           cfg[LINEAR_LR], cfg[LINEAR_WD], opt, cfg, adam_lr, adam_eps)
+    _apply_first(w, m, s, G_linear, scale, cfg[LINEAR_LR], cfg[LINEAR_WD], opt, cfg, adam_lr,
+                 adam_eps)
     _apply_rowwise(w, m, 1, width, group, G_factors, shift, scale, decay, cfg[FACTORS_LR],
                    cfg[FACTORS_WD], cfg)
 
@@ -339,8 +348,8 @@ def _row_loss_and_bias_step(z, labels, weights, r, loss_kind, B, one, width, opt
     adam_lr, adam_eps = _adam_scales(b1_t, b2_t, B)
     slope = _like(slope, B)
     bw, bm, bs = _row_blocks(B, 0, width)
-    _apply(bw, bm, bs, np.intp(0), np.intp(1), one, np.intp(0), slope, _like(0.0, B),
-           cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg, adam_lr, adam_eps)
+    _apply_first(bw, bm, bs, one, slope, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg, adam_lr,
+                 adam_eps)
     return loss, slope, adam_lr, adam_eps
 
 
@@ -583,9 +592,8 @@ def _minibatch_stepper(rowwise: bool):
         ``opt``: :func:`kernel_rules`' first."""
         lines, line_floats = (T.shape[1] * T.itemsize + 63) // 64, 64 // T.itemsize
         bw, bm, bs = _row_blocks(B, 0, width)
-        # (the arguments' types as _update_feature passes them: one compiled _apply serves all)
-        _apply(bw, bm, bs, np.intp(0), np.intp(1), g_bias, np.intp(0), 1.0, _like(0.0, T),
-               cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg, adam_lr, adam_eps)
+        _apply_first(bw, bm, bs, g_bias, 1.0, cfg[BIAS_LR], cfg[BIAS_WD], opt, cfg, adam_lr,
+                     adam_eps)
         for t in range(n_touched):
             if t + AHEAD < n_touched:  # the rows are scattered: start loading a later one
                 for line in range(lines):
@@ -738,8 +746,8 @@ def _bias_stepper(opt: int):
         adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
                                          np.float64(cfg[BETA2]) ** step, B)
         bw, bm, bs = _row_blocks(B, 0, k + 1)
-        _apply(bw, bm, bs, np.intp(0), np.intp(1), np.full(1, g0), np.intp(0), 1.0,
-               _like(0.0, B), cfg[BIAS_LR], cfg[BIAS_WD], rule, cfg, adam_lr, adam_eps)
+        _apply_first(bw, bm, bs, np.full(1, g0), 1.0, cfg[BIAS_LR], cfg[BIAS_WD], rule, cfg,
+                     adam_lr, adam_eps)
         return adam_lr, adam_eps
 
     return bias_step
