@@ -37,7 +37,7 @@ from fmkit.kernels.fm import (
     step_minibatch,
     step_minibatch_rowwise,
 )
-from fmkit.kernels.lanes import LANES, lanes_sum, load_lanes, store_lanes
+from fmkit.kernels.lanes import LANES, lanes_sum, load_lanes, store_lanes, zero_lanes
 
 
 @kernel_helper(fastmath=FAST, error_model="numpy")
@@ -53,19 +53,6 @@ def _dot(row_a, at_a, row_b, at_b, k):
     for c in range(start, k):
         dot += row_a[at_a + c] * row_b[at_b + c]
     return dot
-
-
-@kernel_helper(fastmath=FAST, error_model="numpy")
-def _add_scaled(out, at_out, scale, row, at, k):
-    """``out[at_out:at_out + k] += scale * row[at:at + k]`` in ``out``'s dtype, eight at a
-    time."""
-    start = 0
-    while start + LANES <= k:
-        store_lanes(out, at_out + start, load_lanes(out, at_out + start, out)
-                    + scale * load_lanes(row, at + start, out))
-        start += LANES
-    for c in range(start, k):
-        out[at_out + c] += scale * _like(row[at + c], out)
 
 
 @kernel_helper(fastmath=FAST, error_model="numpy")
@@ -92,34 +79,102 @@ def predict_rows(indptr, indices, fields, values, w0, T, k, out):
         out[r] = np.float64(w0[0]) + _row_forward(indptr, indices, fields, values, r, T, k)
 
 
+@kernel_helper(fastmath=FAST, error_model="numpy")
+def _pairs(flat, layout, values, first, n, k, S, width):
+    """The pairs of a row of ``n`` nonzeros from ``first`` (``layout``: their positions, see
+    :func:`_partner_sums`; ``flat``: the table read flat): returns the sum over a < b of
+    <v_{i_a, f_b}, v_{i_b, f_a}> x_a x_b (in the table's dtype) and adds each factor vector's
+    partner to ``S`` (flat, ``width`` to a nonzero, zeroed by the caller): ``S[a, f_b] += x_b
+    v_{i_b, f_a}``, ``S[b, f_a] += x_a v_{i_a, f_b}``. Eight coordinates at a time while eight
+    remain, summed as vectors. Unsigned positions and few live values keep this loop in
+    registers: inside the trainer's body, on 2-D rows, it ran at half the speed
+    (docs/performance.md, session 49)."""
+    vectors = zero_lanes(flat)
+    rest = _like(0.0, flat)
+    whole = k - k % np.uintp(LANES)
+    for a in range(n):
+        start_a, shift_a = layout[2 * a], layout[2 * a + 1]
+        xa = _like(values[first + a], flat)
+        row_a = a * width
+        for b in range(a + np.uintp(1), n):
+            shift_b, xb = layout[2 * b + 1], _like(values[first + b], flat)
+            at_a, at_b = start_a + shift_b, layout[2 * b] + shift_a  # v_{i_a,f_b}, v_{i_b,f_a}
+            to_a, to_b = row_a + shift_b, b * width + shift_a
+            xab = xa * xb
+            for c in range(np.uintp(0), whole, np.uintp(LANES)):
+                va = load_lanes(flat, at_a + c, flat)
+                vb = load_lanes(flat, at_b + c, flat)
+                vectors = vectors + va * vb * xab
+                store_lanes(S, to_a + c, load_lanes(S, to_a + c, flat) + xb * vb)
+                store_lanes(S, to_b + c, load_lanes(S, to_b + c, flat) + xa * va)
+            dot = _like(0.0, flat)
+            for c in range(whole, k):
+                va, vb = flat[at_a + c], flat[at_b + c]
+                dot += va * vb
+                S[to_a + c] += xb * vb
+                S[to_b + c] += xa * va
+            rest += dot * xab
+    return lanes_sum(vectors) + rest
+
+
+@kernel_helper()
+def _longest_row(indptr, lo, hi):
+    """The most nonzeros of a row among rows ``lo:hi`` (at least 1): what a row's partner sums
+    and layout are sized by."""
+    longest = 1
+    for r in range(lo, hi):
+        longest = max(longest, indptr[r + 1] - indptr[r])
+    return longest
+
+
+@kernel_helper(fastmath=FAST, error_model="numpy")
+def _partner_sums(indptr, indices, fields, values, r, flat, columns, k, width, S, layout):
+    """Row ``r``'s y_hat - w0 (float64), leaving in ``S`` (flat, ``width`` to a nonzero) each
+    of its nonzeros' partner sums: S's row a, scaled by the row's slope and x_a, is the
+    gradient of a's whole table row of field vectors. ``layout`` (2 per nonzero) receives
+    where each nonzero's table row begins in ``flat`` (``columns`` to a row) and where its
+    field's vectors begin in any row (1 + field * k): unsigned, as ids and fields were checked
+    before any compiled code ran."""
+    first = np.uintp(indptr[r])  # unsigned: a signed position brings negative-index code
+    n = np.uintp(indptr[r + 1]) - first
+    for a in range(n):
+        layout[2 * a] = np.uintp(indices[first + a]) * columns
+        layout[2 * a + 1] = np.uintp(fields[first + a]) * k + np.uintp(1)
+    S[: n * width] = 0.0
+    linear = _like(0.0, flat)
+    for a in range(n):
+        linear += flat[layout[2 * a]] * _like(values[first + a], flat)
+    return np.float64(linear) + np.float64(_pairs(flat, layout, values, first, n, k, S, width))
+
+
 @kernel(nogil=True, fastmath=FAST, error_model="numpy")
 def _gradient(indptr, indices, fields, values, labels, weights, lo_row, hi_row, inv_rows,
-              loss_kind, w0, T, k, pos, first, G):
+              loss_kind, w0, T, k, pos, first, G, width):
     """The mean-loss gradient of rows ``lo_row:hi_row`` added into ``G`` (a row ``[g_w,
     g_v..]`` per slot, nonzero ``j``'s slot being ``pos[j - first]``, see
     :func:`fmkit.kernels.fm._distinct_features`); returns ``(sum of the rows' losses, gradient
-    of w0)``."""
+    of w0)``; ``width``: 1 + num_fields * k."""
+    flat = T.reshape(T.size)  # a view (numba types no reshape of a non-contiguous table)
+    longest = _longest_row(indptr, lo_row, hi_row)
+    S, layout = np.empty(longest * width, T.dtype), np.empty(2 * longest, np.uintp)
     total_loss = 0.0
     g0 = 0.0
     for r in range(lo_row, hi_row):
-        z = np.float64(w0[0]) + _row_forward(indptr, indices, fields, values, r, T, k)
+        z = np.float64(w0[0]) + _partner_sums(indptr, indices, fields, values, r, flat,
+                                              np.uintp(T.shape[1]), np.uintp(k),
+                                              np.uintp(width), S, layout)
         loss, slope = _weighted_loss_and_slope(z, labels, weights, r, loss_kind)
         total_loss += loss
         slope *= inv_rows
         g0 += slope
-        lo, hi = indptr[r], indptr[r + 1]
-        for a in range(lo, hi):
-            ia, fa = indices[a], fields[a]
-            xa = np.float64(values[a])
+        lo = indptr[r]
+        for a in range(lo, indptr[r + 1]):
             sa = pos[a - first]
-            G[sa, 0] += slope * xa
-            for b in range(a + 1, hi):
-                ib, fb = indices[b], fields[b]
-                sb = pos[b - first]
-                scale = slope * xa * np.float64(values[b])
-                at_a, at_b = 1 + fb * k, 1 + fa * k
-                _add_scaled(G[sa], at_a, scale, T[ib], at_b, k)
-                _add_scaled(G[sb], at_b, scale, T[ia], at_a, k)
+            scale = slope * np.float64(values[a])
+            G[sa, 0] += scale
+            at = (a - lo) * width
+            for c in range(1, width):
+                G[sa, c] += scale * np.float64(S[at + c])
     return total_loss, g0
 
 
@@ -156,7 +211,7 @@ def minibatch_gradient(indptr, indices, fields, values, labels, inv_rows: float,
     G = np.zeros((n, 1 + num_fields * k))
     loss, g0 = _gradient(indptr, indices, fields, values, labels,
                          NO_WEIGHTS if weights is None else weights, 0, indptr.size - 1,
-                         inv_rows, loss_kind, w0, T, k, pos, indptr[0], G)
+                         inv_rows, loss_kind, w0, T, k, pos, indptr[0], G, G.shape[1])
     return loss, g0, touched[:n].astype(np.int64), G
 
 
@@ -185,7 +240,7 @@ def _batches_trainer(opt: int):
             G[:n_touched, :width] = 0.0
             loss, g_bias[0] = _gradient(indptr, indices, fields, values, labels, weights, start,
                                         stop, 1.0 / (stop - start), loss_kind, B[0, :1], T, k,
-                                        pos, indptr[start], G)
+                                        pos, indptr[start], G, width)
             total_loss += loss
             step += 1
             adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
@@ -202,29 +257,6 @@ def _batches_trainer(opt: int):
 
 
 _BATCHES = _per_rule(_batches_trainer)
-
-
-@kernel_helper(fastmath=FAST, error_model="numpy")
-def _pair(T, ia, at_a, ib, at_b, S, sa, sb, xa, xb, k):
-    """One pair of a row: returns <v_a, v_b> (``T[ia, at_a:]`` and ``T[ib, at_b:]``, k long)
-    and adds ``xb v_b`` to ``S[sa, at_a:]`` and ``xa v_a`` to ``S[sb, at_b:]``: each factor
-    vector's partner sum, which its gradient is scaled from."""
-    row_a, row_b, sum_a, sum_b = T[ia], T[ib], S[sa], S[sb]
-    dot = _like(0.0, T)
-    start = 0
-    while start + LANES <= k:
-        va = load_lanes(row_a, at_a + start, T)
-        vb = load_lanes(row_b, at_b + start, T)
-        dot += lanes_sum(va * vb)
-        store_lanes(sum_a, at_a + start, load_lanes(sum_a, at_a + start, T) + xb * vb)
-        store_lanes(sum_b, at_b + start, load_lanes(sum_b, at_b + start, T) + xa * va)
-        start += LANES
-    for c in range(start, k):
-        va, vb = row_a[at_a + c], row_b[at_b + c]
-        dot += va * vb
-        sum_a[at_a + c] += xb * vb
-        sum_b[at_b + c] += xa * va
-    return dot
 
 
 def _rows_trainer(opt: int):
@@ -244,10 +276,10 @@ def _rows_trainer(opt: int):
         cfg = _frozen(config)
         width = 1 + num_fields * k
         lines = (T.shape[1] * T.itemsize + 63) // 64
-        longest = 1
-        for r in range(lo, hi):
-            longest = max(longest, indptr[r + 1] - indptr[r])
-        S = np.empty((longest, width), T.dtype)  # column 0 unused: S's columns are T's
+        flat = T.reshape(T.size)  # a view (numba types no reshape of a non-contiguous table)
+        longest = _longest_row(indptr, lo, hi)
+        S, layout = np.empty(longest * width, T.dtype), np.empty(2 * longest, np.uintp)
+        rows_S = S.reshape((longest, width))
         one = np.ones(1, T.dtype)
         zero = _like(0.0, T)
         total_loss = 0.0
@@ -255,32 +287,24 @@ def _rows_trainer(opt: int):
         b1_stride, b2_stride = np.float64(cfg[BETA1]) ** stride, np.float64(cfg[BETA2]) ** stride
         for r in range(lo, hi):
             _prefetch_ahead(indptr, indices, values, NO_ORDER, r, hi, T, lines)
-            first, last = indptr[r], indptr[r + 1]
-            S[: last - first] = 0.0
-            linear = _like(0.0, T)
-            pairs = 0.0
-            for a in range(first, last):
-                ia, fa, xa = indices[a], fields[a], _like(values[a], T)
-                linear += T[ia, 0] * xa
-                for b in range(a + 1, last):
-                    xb = _like(values[b], T)
-                    dot = _pair(T, ia, 1 + fields[b] * k, indices[b], 1 + fa * k, S, a - first,
-                                b - first, xa, xb, k)
-                    pairs += np.float64(dot * xa * xb)
-            z = np.float64(B[0, 0]) + np.float64(linear) + pairs
+            z = np.float64(B[0, 0]) + _partner_sums(indptr, indices, fields, values, r, flat,
+                                                    np.uintp(T.shape[1]), np.uintp(k),
+                                                    np.uintp(width), S, layout)
             b1_t *= b1_stride
             b2_t *= b2_stride
             loss, slope, adam_lr, adam_eps = _row_loss_and_bias_step(
                 z, labels, weights, r, loss_kind, B, one, width, rule, cfg, b1_t, b2_t)
             total_loss += loss
-            for a in range(first, last):
+            first = indptr[r]
+            for a in range(first, indptr[r + 1]):
                 gx = slope * _like(values[a], T)
+                sums = rows_S[a - first]
                 if rowwise:
-                    _update_feature_rowwise(T, indices[a], one, S[a - first], 0, gx, zero,
-                                            width, k, rule, cfg, adam_lr, adam_eps)
+                    _update_feature_rowwise(T, indices[a], one, sums, 0, gx, zero, width, k,
+                                            rule, cfg, adam_lr, adam_eps)
                 else:
-                    _update_feature(T, indices[a], one, S[a - first], 0, gx, zero, width, rule,
-                                    cfg, adam_lr, adam_eps)
+                    _update_feature(T, indices[a], one, sums, 0, gx, zero, width, rule, cfg,
+                                    adam_lr, adam_eps)
         return total_loss
 
     return train_rows

@@ -7,10 +7,11 @@ after runtime overlap checks of every array involved), and numba keeps LLVM's st
 (SLP) vectorizer off. ``Lanes`` is an LLVM vector of eight floats: ``load_lanes`` and
 ``store_lanes`` move eight consecutive coordinates in one instruction, and the arithmetic
 operators, unary minus, ``min``, ``max`` and ``np.sqrt`` work on it, mixing with scalars
-(broadcast); ``lanes_sum`` adds the eight up. A rule written for scalars with those operations
-therefore compiles for both: the kernels apply it to a row's coordinates eight at a time, then
-to the rest one by one. Measured on this project's AVX-512 machines (k=8, table in cache):
-Adam's per-row training 1.10 M -> 1.55 M rows/s, FTRL's 1.06 M -> 1.53 M; the forward pass +9%.
+(broadcast); ``lanes_sum`` adds the eight up, ``zero_lanes`` starts a vector sum. A rule
+written for scalars with those operations therefore compiles for both: the kernels apply it to
+a row's coordinates eight at a time, then to the rest one by one. Measured on this project's
+AVX-512 machines (k=8, table in cache): Adam's per-row training 1.10 M -> 1.55 M rows/s, FTRL's
+1.06 M -> 1.53 M; the forward pass +9%.
 """
 
 from __future__ import annotations
@@ -144,6 +145,19 @@ def lanes_sum(typingctx, values):
                             fastmath=("reassoc", "nsz"))
 
     return values.dtype(values), codegen
+
+
+@intrinsic
+def zero_lanes(typingctx, like):
+    """Eight zeros as ``Lanes`` of the dtype of the array ``like``: a vector sum's start."""
+    if not isinstance(like, types.Array) or not isinstance(like.dtype, types.Float):
+        return None
+    result = LanesType(like.dtype)
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(result), None)  # LLVM's zeroinitializer
+
+    return result(like), codegen
 
 
 def _operands(a, b):
