@@ -57,3 +57,42 @@ def test_ten_times_the_rows_same_peak_memory(tmp_path, capsys):
               f"rows, {large.stat().st_size >> 20} MiB), growth {grown_mib:.1f} MiB")
     # 164 MB more text to read; allocator and huge-page rounding move the peak by a few MB
     assert grown_mib < 10.0
+
+
+def test_a_small_channel_is_parsed_once_a_run_and_trains_the_same_model(tmp_path, monkeypatch):
+    """A training and a validation channel below HELD_BYTES are parsed in the first epoch and
+    replayed from memory after it; a run that reads them every epoch (HELD_BYTES = 0) parses
+    each epochs - 1 more times and trains the same weights, bit for bit."""
+    from fmkit.data import libsvm, sources
+    from fmkit.jobs.fm import train_files
+
+    rng = np.random.default_rng(1)
+    for name, rows in (("train.libsvm", 3000), ("valid.libsvm", 700)):
+        lines = [f"{int(rng.integers(0, 2))} " + " ".join(
+            f"{i}:{rng.random():.3f}" for i in np.sort(rng.choice(50, 6, replace=False)))
+            for _ in range(rows)]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    parsed: dict[str, int] = {}
+    real_parse = libsvm.parse_block
+
+    def counting_parse(buf, first_line, source, *args, **kwargs):
+        parsed[source] = parsed.get(source, 0) + 1
+        return real_parse(buf, first_line, source, *args, **kwargs)
+
+    monkeypatch.setattr(libsvm, "parse_block", counting_parse)
+    epochs = 4
+    hp = {"feature_dim": 50, "num_factors": 4, "predictor_type": "binary_classifier",
+          "epochs": epochs, "mini_batch_size": 50, "early_stopping_patience": epochs}
+    runs = {}
+    for name, held_bytes in (("held", sources.HELD_BYTES), ("streamed", 0)):
+        monkeypatch.setattr(sources, "HELD_BYTES", held_bytes)
+        parsed.clear()
+        runs[name] = train_files(hp, tmp_path / "train.libsvm", tmp_path / name,
+                                 validation_path=tmp_path / "valid.libsvm", index_base=0,
+                                 progress=False)[0].params, dict(parsed)
+    (held, held_parses), (streamed, streamed_parses) = runs["held"], runs["streamed"]
+    for channel in ("train.libsvm", "valid.libsvm"):
+        path = str(tmp_path / channel)
+        assert streamed_parses[path] - held_parses[path] == epochs - 1, (channel, runs)
+    for name in ("w0", "w", "V"):
+        assert np.array_equal(getattr(held, name), getattr(streamed, name)), name

@@ -53,6 +53,14 @@ def open_input(path: str | Path) -> Iterator[BinaryIO]:
                             ) from None
 
 
+def compressed(path: str | Path) -> bool:
+    """Whether ``path`` starts as a compressed stream (gzip, bzip2, xz or zstd): its size on
+    disk says little of its rows'."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return head.startswith(ZSTD_MAGIC) or any(head.startswith(m) for m in COMPRESSED)
+
+
 def _past_bom(stream):
     """``stream`` after a UTF-8 byte-order mark, if it starts with one."""
     if stream.peek(3)[:3] == BOM:

@@ -20,7 +20,7 @@ import numpy as np
 from fmkit.compile_cache import kernel
 from fmkit.data import csv, libsvm, recordio
 from fmkit.data.batch import SparseBatch, unit_rows
-from fmkit.data.blocks import BLOCK_BYTES, open_input
+from fmkit.data.blocks import BLOCK_BYTES, compressed, open_input
 from fmkit.data.cache import cached_blocks
 from fmkit.errors import DataError
 
@@ -466,6 +466,54 @@ class ArraySource:
                 weights=None if self.sample_weight is None
                 else np.asarray(self.sample_weight[start:stop], np.float32),
             ))
+
+
+# a training or validation channel of at most this much plain text (uncompressed, not a pipe)
+# is parsed once per run and its checked rows held in memory for the later epochs: parsed rows
+# take about two to four times their text (docs/performance.md, session 49)
+HELD_BYTES = 32 << 20
+
+
+class HeldRows:
+    """``source``'s rows, read (parsed and checked) in its first full pass and then replayed
+    from memory: what a run of several epochs over a small channel trains and validates on, so
+    that each epoch does not wait for the file's parse (a9a: the reader, not the trainer, set
+    the pace of every epoch). The rows are the same blocks a new pass would read, so the data
+    order and the model are too. Anything else is the wrapped source's."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self._held: list[SparseBatch] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.source, name)
+
+    def blocks(self) -> Iterator[SparseBatch]:
+        return iter(self._held) if self._held is not None else self._first_pass()
+
+    def _first_pass(self) -> Iterator[SparseBatch]:
+        read = []
+        for block in self.source.blocks():
+            read.append(block)
+            yield block
+        self._held = read  # (a pass left early holds nothing)
+
+    def for_epoch(self, epoch: int) -> HeldRows:
+        """Every epoch's rows are the same (see :func:`fmkit.train.engine.epoch_rows`)."""
+        return self
+
+
+def held_if_small(source: Any, passes: int) -> Any:
+    """``source`` as :class:`HeldRows` when it will be read ``passes`` > 1 times and its
+    channel is plain text (or recordIO) files of at most :data:`HELD_BYTES` (``source`` a
+    :class:`FileSource`, or :class:`UnitRows` of one); else ``source`` itself."""
+    channel = source.source if isinstance(source, UnitRows) else source
+    if passes <= 1 or not isinstance(channel, FileSource) or not channel.rereadable:
+        return source
+    if any(compressed(file) for file in channel.files):
+        return source
+    small = sum(file.stat().st_size for file in channel.files) <= HELD_BYTES
+    return HeldRows(source) if small else source
 
 
 class UnitRows:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fmkit.data.sources import UnitRows
+from fmkit.data.sources import UnitRows, held_if_small
 from fmkit.distributed import all_sum
 from fmkit.distributed.data_parallel import parallel
 from fmkit.errors import DataError
@@ -51,8 +51,10 @@ def run(learner: Learner, source: Source, *, batch_size: int, epochs: int | None
 
 def training_source(hp: dict[str, Any], source: Source) -> Source:
     """What an FM with ``hp`` trains on: ``source``, its rows scaled to unit length with
-    ``instance_norm`` (scoring scales them in :meth:`FMModel.logits`, validation included)."""
-    return UnitRows(source) if hp["instance_norm"] else source
+    ``instance_norm`` (scoring scales them in :meth:`FMModel.logits`, validation included),
+    held in memory after the first epoch when the channel is small
+    (:func:`~fmkit.data.sources.held_if_small`)."""
+    return held_if_small(UnitRows(source) if hp["instance_norm"] else source, hp["epochs"])
 
 
 def with_starting_point(hp: dict[str, Any], source: Source) -> dict[str, Any]:
@@ -151,8 +153,9 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     learner = fm_learner(hp, params, dtype, device, every)
     del params  # the learner holds the weights from here on
     stopping = None if validation is None else EarlyStopping(
-        validation, hp["early_stopping_metric"], hp["predictor_type"],
-        hp["early_stopping_patience"], host, every, keep_best=not keeps_last(hp))
+        held_if_small(validation, hp["epochs"] + bool(every)), hp["early_stopping_metric"],
+        hp["predictor_type"], hp["early_stopping_patience"], host, every,
+        keep_best=not keeps_last(hp))
     history = run(learner, source, batch_size=hp["mini_batch_size"], epochs=hp["epochs"],
                   seed=hp["seed"], trained_epochs=trained_epochs, progress=progress, host=host,
                   early_stopping=stopping, checkpoints=checkpoints, run_id=hp, resume=resume,
