@@ -510,10 +510,9 @@ def held_if_small(source: Any, passes: int) -> Any:
     channel = source.source if isinstance(source, UnitRows) else source
     if passes <= 1 or not isinstance(channel, FileSource) or not channel.rereadable:
         return source
-    if any(compressed(file) for file in channel.files):
+    if sum(file.stat().st_size for file in channel.files) > HELD_BYTES:
         return source
-    small = sum(file.stat().st_size for file in channel.files) <= HELD_BYTES
-    return HeldRows(source) if small else source
+    return source if any(compressed(file) for file in channel.files) else HeldRows(source)
 
 
 class UnitRows:
