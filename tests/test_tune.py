@@ -431,3 +431,49 @@ def test_a_tune_of_mcmc_searches_the_factors_and_samples_every_sweep(a9a_head, t
     assert best["epoch"] == MCMC_EPOCHS
     assert _validation_auc(a9a_head, tmp_path, model) == pytest.approx(float(best["value"]),
                                                                        abs=1e-6)
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_pruning_decides_as_optunas_should_prune(direction):
+    """The callback shows the pruner the completed trials read at a trial's first report, and
+    reads them no more in that trial; with no trial completing meanwhile (one job) each
+    epoch's decision is Optuna's own ``Trial.should_prune`` on the same study (its storage
+    read anew each time)."""
+    import optuna
+
+    from fmkit.jobs.tune import Pruning, _pruner
+    from fmkit.train.engine import EpochStats
+
+    rng = np.random.default_rng(7)
+    study = optuna.create_study(direction=direction, pruner=_pruner(),
+                                storage=optuna.storages.InMemoryStorage())
+    for _ in range(10):  # more than the pruner's startup trials
+        curve = np.cumsum(rng.normal(0.01, 0.02, 12)) + rng.normal(0.8, 0.05)
+        study.add_trial(optuna.trial.create_trial(
+            value=float(curve[-1]), intermediate_values={e + 1: float(v)
+                                                         for e, v in enumerate(curve)}))
+    reads = []
+    get_trials = study.get_trials
+    study.get_trials = lambda *args, **kwargs: reads.append(1) or get_trials(*args, **kwargs)
+    decisions = {True: 0, False: 0}
+    for _ in range(25):
+        trial = study.ask()
+        callback = Pruning(trial, "auc")
+        curve = np.cumsum(rng.normal(0.01, 0.03, 12)) + rng.normal(0.8, 0.08)
+        for epoch, value in enumerate(curve, 1):
+            stats = EpochStats(epoch, 0.5, 100, 0.1, validation={"auc": float(value)})
+            reads.clear()
+            try:
+                callback.after_epoch(None, stats)
+                pruned = False
+            except optuna.TrialPruned:
+                pruned = True
+            assert len(reads) == (epoch == 1), (epoch, reads)  # the study read once a trial
+            assert pruned == trial.should_prune(), (epoch, value)
+            decisions[pruned] += 1
+            if pruned:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, float(curve[-1]))
+    assert decisions[True] and decisions[False], decisions  # both kinds were decided

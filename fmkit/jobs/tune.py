@@ -63,21 +63,61 @@ class TuneResult:
 
 class Pruning(Callback):
     """Reports each epoch's validation ``key`` to an Optuna trial and raises
-    ``optuna.TrialPruned`` when the pruner says the trial trails the others."""
+    ``optuna.TrialPruned`` when the study's pruner says the trial trails the others.
+
+    The pruner is shown the study's completed trials as they were at the trial's first
+    report, read once rather than every epoch: ``Trial.should_prune`` read them from the
+    SQLite study at each epoch, 8 ms, about an a9a epoch's own time, 200 times a Gibbs trial
+    (docs/performance.md, session 49). One job decides exactly as ``should_prune`` would (no
+    other trial completes meanwhile); with several, a trial is compared with the trials
+    completed when it started to report."""
 
     name = "pruning"
 
     def __init__(self, trial: Any, key: str):
         self.trial, self.key = trial, key
+        self.reported: dict[int, float] = {}
+        self.completed: list | None = None
 
     def after_epoch(self, run: Run, stats: EpochStats) -> bool:
         import optuna
 
-        if stats.validation is not None:
-            self.trial.report(stats.validation[self.key], stats.epoch)
-            if self.trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {stats.epoch}")
+        if stats.validation is None:
+            return False
+        value = stats.validation[self.key]
+        self.trial.report(value, stats.epoch)
+        self.reported.setdefault(stats.epoch, value)  # (report keeps a step's first value)
+        study = self.trial.study
+        if self.completed is None:
+            self.completed = study.get_trials(deepcopy=False,
+                                              states=(optuna.trial.TrialState.COMPLETE,))
+        so_far = optuna.trial.FrozenTrial(
+            number=self.trial.number, state=optuna.trial.TrialState.RUNNING, value=None,
+            datetime_start=None, datetime_complete=None, params={}, distributions={},
+            user_attrs={}, system_attrs={}, intermediate_values=dict(self.reported),
+            trial_id=self.trial.number)
+        if study.pruner.prune(_CompletedTrials(study, self.completed), so_far):
+            raise optuna.TrialPruned(f"epoch {stats.epoch}")
         return False
+
+
+class _CompletedTrials:
+    """What a pruner reads of a study (``get_trials`` of completed trials, ``direction``),
+    with the completed trials given rather than read from its storage."""
+
+    def __init__(self, study: Any, completed: list):
+        self.study, self.completed = study, completed
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list:
+        return [t for t in self.completed if states is None or t.state in states]
+
+    @property
+    def direction(self) -> Any:
+        return self.study.direction
+
+    @property
+    def directions(self) -> Any:
+        return self.study.directions
 
 
 def _import_optuna():
