@@ -151,6 +151,14 @@ def _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, like):
 
 
 @kernel_helper(fastmath=FAST, error_model="numpy")
+def _rowwise_gradient(p, x, scale, decay, wd, cfg):
+    """Row-wise AdaGrad's gradient of coordinates ``p`` (a number or Lanes) from their raw
+    gradient's terms ``x``: ``clip(rescale * (scale * x - decay * p)) + wd * p``."""
+    clip = cfg[CLIP]
+    return min(max((scale * x - decay * p) * cfg[RESCALE], -clip), clip) + wd * p
+
+
+@kernel_helper(fastmath=FAST, error_model="numpy")
 def _apply_rowwise(w, m, lo, hi, group, G, shift, scale, decay, lr, wd, cfg):
     """Row-wise AdaGrad (fbgemm's and TorchRec's ``rowwise_adagrad``) on coordinates ``lo:hi``
     of a row, in groups of ``group`` from ``lo``: ``lo`` is 0 for a lone weight (the bias, a
@@ -158,36 +166,39 @@ def _apply_rowwise(w, m, lo, hi, group, G, shift, scale, decay, lr, wd, cfg):
     vector per field: the j-th group's sum is ``m[1 + j]``). Each sum grows by its group's mean
     squared gradient and scales the whole group's step: ``s += mean(g^2); v -= lr * g /
     (sqrt(s) + eps)``. One sum per vector instead of one per coordinate keeps the training row
-    about the size of its weights. The loop walks the groups without integer division, which
-    made the update much slower (docs/performance.md, session 36)."""
-    clip = cfg[CLIP]
+    about the size of its weights. Every group's sum grows first, then every group steps: in
+    one pass, each group's square root and division waited on its own sum, and an FFM's ten
+    groups a row ran one after another (docs/performance.md, session 49). The loops walk the
+    groups without integer division, which made the update much slower (session 36)."""
     begin, at = lo, min(lo, 1)
-    while begin < hi:
+    while begin < hi:  # the sums of the squared gradients
         end = min(begin + group, hi)
         squares = _like(0.0, w)
-        for second in range(2):  # the sum of the squared gradients, then the step
-            if second:
-                total = m[at] + squares / _like(end - begin, w)
-                m[at] = total
-                rate = lr / (np.sqrt(total) + cfg[EPS])
-            c = begin
-            while c + LANES <= end:
-                p = load_lanes(w, c, w)
-                raw = scale * load_lanes(G, c + shift, w) - decay * p
-                g = min(max(raw * cfg[RESCALE], -clip), clip) + wd * p
-                if second:
-                    store_lanes(w, c, p - rate * g)
-                else:
-                    squares += lanes_sum(g * g)
-                c += LANES
-            for rest in range(c, end):
-                q = w[rest]
-                raw1 = scale * _like(G[rest + shift], w) - decay * q
-                g1 = min(max(raw1 * cfg[RESCALE], -clip), clip) + wd * q
-                if second:
-                    w[rest] = q - rate * g1
-                else:
-                    squares += g1 * g1
+        c = begin
+        while c + LANES <= end:
+            g = _rowwise_gradient(load_lanes(w, c, w), load_lanes(G, c + shift, w), scale,
+                                  decay, wd, cfg)
+            squares += lanes_sum(g * g)
+            c += LANES
+        for rest in range(c, end):
+            g1 = _rowwise_gradient(w[rest], _like(G[rest + shift], w), scale, decay, wd, cfg)
+            squares += g1 * g1
+        m[at] = m[at] + squares / _like(end - begin, w)
+        begin, at = end, at + 1
+    begin, at = lo, min(lo, 1)
+    while begin < hi:  # the steps
+        end = min(begin + group, hi)
+        rate = lr / (np.sqrt(m[at]) + cfg[EPS])
+        c = begin
+        while c + LANES <= end:
+            p = load_lanes(w, c, w)
+            g = _rowwise_gradient(p, load_lanes(G, c + shift, w), scale, decay, wd, cfg)
+            store_lanes(w, c, p - rate * g)
+            c += LANES
+        for rest in range(c, end):
+            q = w[rest]
+            w[rest] = q - rate * _rowwise_gradient(q, _like(G[rest + shift], w), scale, decay,
+                                                   wd, cfg)
         begin, at = end, at + 1
 
 
