@@ -479,7 +479,8 @@ class HeldRows:
     from memory: what a run of several epochs over a small channel trains and validates on, so
     that each epoch does not wait for the file's parse (a9a: the reader, not the trainer, set
     the pace of every epoch). The rows are the same blocks a new pass would read, so the data
-    order and the model are too. Anything else is the wrapped source's."""
+    order and the model are too. Anything else is the wrapped source's, ``parses`` included:
+    a replay keeps the thread parts of a streamed run, so the lock-free steps are the same."""
 
     def __init__(self, source: Any) -> None:
         self.source = source

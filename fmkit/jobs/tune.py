@@ -95,7 +95,7 @@ class Pruning(Callback):
             number=self.trial.number, state=optuna.trial.TrialState.RUNNING, value=None,
             datetime_start=None, datetime_complete=None, params={}, distributions={},
             user_attrs={}, system_attrs={}, intermediate_values=dict(self.reported),
-            trial_id=self.trial.number)
+            trial_id=self.trial.number)  # (pruners read its intermediate values only)
         if study.pruner.prune(_CompletedTrials(study, self.completed), so_far):
             raise optuna.TrialPruned(f"epoch {stats.epoch}")
         return False

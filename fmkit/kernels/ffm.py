@@ -157,7 +157,7 @@ def _gradient(indptr, indices, fields, values, labels, weights, lo_row, hi_row, 
     flat = T.reshape(T.size)  # a view (numba types no reshape of a non-contiguous table)
     longest = _longest_row(indptr, lo_row, hi_row)
     S, layout = np.empty(longest * width, T.dtype), np.empty(2 * longest, np.uintp)
-    S2 = S.reshape((longest, width))  # (rows of it: the loop below vectorizes on them)
+    rows_S = S.reshape((longest, width))  # (on its rows the loop below vectorizes)
     total_loss = 0.0
     g0 = 0.0
     for r in range(lo_row, hi_row):
@@ -173,7 +173,7 @@ def _gradient(indptr, indices, fields, values, labels, weights, lo_row, hi_row, 
             sa = pos[a - first]
             scale = slope * np.float64(values[a])
             G[sa, 0] += scale
-            sums = S2[a - lo]
+            sums = rows_S[a - lo]
             for c in range(1, width):
                 G[sa, c] += scale * np.float64(sums[c])
     return total_loss, g0
