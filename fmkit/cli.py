@@ -16,6 +16,7 @@ from fmkit.cpus import limit_threads
 from fmkit.data.codecs import CONTENT_TYPES
 from fmkit.data.sources import FORMATS
 from fmkit.errors import FMKitError, HyperparameterError
+from fmkit.exits import exit_now
 from fmkit.logs import log, setup_logging
 from fmkit.models.artifact import ITEMS_DIR, strict_json
 from fmkit.models.fm.hyperparameters import BY_NAME, MCMC, MCMC_ONE_PROCESS, TABLE, validate
@@ -674,13 +675,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The ``fmkit`` program: :func:`main`, then the interpreter's exit, which after SIGTERM
-    or Ctrl-C must not wait on a thread a signal left behind (see
+    """The ``fmkit`` program: :func:`main`, then the process's end: without the interpreter's
+    teardown (:func:`fmkit.exits.exit_now`) once a command finished, the interpreter's exit
+    after SIGTERM or Ctrl-C, which must not wait on a thread a signal left behind (see
     :mod:`fmkit.train.interruption`)."""
     code = main()
     if code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
         interruption.end_within()
-    sys.exit(code)
+        sys.exit(code)
+    exit_now(code)
 
 
 if __name__ == "__main__":
