@@ -505,6 +505,44 @@ def test_pairs_are_each_interaction_and_sampled_items_the_context_did_not_choose
     assert not (tmp_path / "s.svm").exists()
 
 
+def test_more_negatives_than_memory_holds_are_one_line_and_the_estimate_is_the_peak(tmp_path,
+                                                                                     cli):
+    """A --negatives with zeros too many is refused before drawing (one line, exit 1, no file),
+    by ``drawn_bytes``, which tracemalloc's measured peak of a draw holds to a factor of 2."""
+    import tracemalloc
+
+    from fmkit.data.id_rows import read_id_rows
+    from fmkit.data.pairs import draw_pairs, drawn_bytes
+
+    rng = np.random.default_rng(0)
+    contexts = [{"id": u, "keys": [u, 1000 + u % 7]} for u in range(300)]
+    items = [{"id": i, "keys": [2000 + i, 3000 + i % 5]} for i in range(400)]
+    chosen = {u: sorted(rng.choice(400, 20, replace=False).tolist()) for u in range(300)}
+    for name, rows in (("c", contexts), ("i", items)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps({"id": u, "items": i}) + "\n"
+                                              for u, i in chosen.items()))
+    args = ["--context", tmp_path / "c.jsonl", "--items", tmp_path / "i.jsonl",
+            "--interactions", tmp_path / "x.jsonl", "--negatives", 10**12]
+    for command in (["recommend", "pairs", "--output", tmp_path / "p.svm"],
+                    ["train", "--model-dir", tmp_path / "m", "feature_dim=4000",
+                     "num_factors=2", "predictor_type=binary_classifier"]):
+        code, out, err = cli(*command, *args)
+        assert code == 1 and out == "" and len(err.splitlines()) == 1, err
+        assert err.startswith("fmkit: error: --negatives 1000000000000 needs about "), err
+    assert not (tmp_path / "p.svm").exists() and not (tmp_path / "m").exists()
+    context_rows, item_rows = (read_id_rows(tmp_path / f"{name}.jsonl", 4000)[1]
+                               for name in ("c", "i"))
+    taken = [np.array(chosen[u]) for u in range(300)]
+    tracemalloc.start()
+    draw_pairs(context_rows, item_rows, taken, 9, rng, 4000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    estimate = drawn_bytes(context_rows, item_rows, taken, 9)
+    print(f"60,000 rows drawn: peak {peak / 2**20:.1f} MiB, estimate {estimate / 2**20:.1f} MiB")
+    assert peak / 2 < estimate < peak * 2
+
+
 def test_training_on_interactions_draws_each_epochs_negatives_anew(tmp_path, cli):
     """``fmkit train --interactions``: every epoch trains on each interaction once (label 1)
     and --negatives items per interaction its context did not choose (label 0), drawn anew

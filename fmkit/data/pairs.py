@@ -51,6 +51,17 @@ def draw_pairs(contexts: SparseBatch, items: SparseBatch, chosen: list[np.ndarra
     return joined, labels
 
 
+def drawn_bytes(contexts: SparseBatch, items: SparseBatch, chosen: list[np.ndarray],
+                negatives: int) -> float:
+    """About the memory one :func:`draw_pairs` holds at its peak: per drawn row its label,
+    context and item positions and shuffled place (int64 each), and per joined nonzero three
+    CSR copies (the contexts' rows taken, the items', their sum; 12 bytes each)."""
+    rows = sum(taken.size for taken in chosen) * (1 + negatives)
+    nonzeros = (contexts.indptr[-1] / max(contexts.n_rows, 1)
+                + items.indptr[-1] / max(items.n_rows, 1))
+    return rows * (4 * 8 + 3 * 12 * nonzeros)
+
+
 def _unchosen(rng: np.random.Generator, items: int, taken: np.ndarray, count: int
               ) -> np.ndarray:
     """``count`` item positions drawn uniformly (with replacement) from ``range(items)`` less

@@ -22,10 +22,11 @@ from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import read_input_text
 from fmkit.data.id_rows import read_id_rows
 from fmkit.data.libsvm import write_libsvm
-from fmkit.data.pairs import SampledPairs, draw_pairs, shared_key
+from fmkit.data.pairs import SampledPairs, draw_pairs, drawn_bytes, shared_key
 from fmkit.data.sources import FileSource
 from fmkit.errors import ArtifactError, DataError, HyperparameterError, excerpt, require_option
 from fmkit.logs import log
+from fmkit.memory import check_fits
 from fmkit.models import artifact
 from fmkit.models.fm.approximate import ApproximateIndex
 from fmkit.models.fm.model import FMModel
@@ -249,6 +250,9 @@ def _interactions(contexts: str | Path, items: str | Path, interactions: str | P
     if not sum(taken.size for taken in chosen):
         raise DataError(str(interactions), None, f"names no item of {items} for a context of "
                         f"{contexts}: no pairs to draw")
+    check_fits(f"--negatives {negatives}", [("the rows drawn", drawn_bytes(
+        context_rows, item_rows, chosen, negatives))], "Draw fewer negatives per interaction.",
+        held="the rows it draws")
     return context_rows, item_rows, chosen
 
 
