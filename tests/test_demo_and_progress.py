@@ -7,6 +7,7 @@ import os
 import pty
 import struct
 import subprocess
+import sys
 import termios
 
 from fmkit.demo import run_demo
@@ -25,6 +26,16 @@ def test_demo_fm_near_oracle_and_above_linear(capsys):
     oracle_auc, oracle_loss = results["oracle"]
     assert fm_auc > oracle_auc - 0.015 and fm_loss < oracle_loss + 0.015
     assert fm_auc > linear_auc + 0.1 and fm_loss < linear_loss - 0.08
+
+
+def test_the_demo_imports_neither_scikit_learn_nor_pytorch():
+    """README's first command runs the demo: importing scikit-learn took 2 s of it (PyTorch,
+    1.3 s, is for DeepFM and devices)."""
+    program = ("import sys; from fmkit.cli import main; code = main(['demo', '--rows', '2000']);"
+               " print(code, sorted({'sklearn', 'torch'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=300)
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr
 
 
 def test_demo_with_too_few_rows_is_one_line(cli):
