@@ -244,6 +244,33 @@ def test_ffm_top_k_equals_scoring_every_item_with_predict(tmp_path, cli, instanc
         assert code == 1 and "drop --approximate" in err
 
 
+@pytest.mark.parametrize("num_fields", [0, 4])
+def test_libffm_id_rows_read_as_the_training_reader_reads_libffm(tmp_path, num_fields):
+    """A key in several fields of a libffm row (xLearn's Criteo sample has such rows) is one
+    feature, values summed, in its first field, and an FM drops the fields: the rows
+    ``recommend`` reads are the rows ``fmkit train`` reads from the same lines."""
+    from fmkit.data.id_rows import read_id_rows
+    from fmkit.data.sources import FileSource
+
+    lines = ["0:3:1 1:7:0.5 2:3:0.25 3:9:2", "1:7:1.5 0:2:1 2:7:0.5 3:7:1", "0:0:1"]
+    (tmp_path / "rows.ffm").write_text("".join(f"u{n} {line}\n" for n, line in enumerate(lines)))
+    (tmp_path / "train.ffm").write_text("".join(f"1 {line}\n" for line in lines))
+    ids, rows = read_id_rows(tmp_path / "rows.ffm", 10, num_fields)
+    [expected] = FileSource(tmp_path / "train.ffm", "libffm", 10, 0, labels="binary",
+                            num_fields=num_fields).blocks()
+    assert ids == ["u0", "u1", "u2"]
+    np.testing.assert_array_equal(rows.indptr, expected.indptr)
+    np.testing.assert_array_equal(rows.indices, expected.indices)
+    np.testing.assert_allclose(rows.values, expected.values, rtol=1e-7)
+    assert list(rows.indptr) == [0, 3, 5, 6]  # (3 merged in row 0; 7 three times in row 1)
+    assert rows.values[:5].tolist() == [1.25, 0.5, 2.0, 3.0, 1.0]
+    if num_fields:
+        np.testing.assert_array_equal(rows.fields, expected.fields)
+        assert rows.fields.tolist() == [0, 1, 3, 1, 0, 0]
+    else:
+        assert rows.fields is None
+
+
 def test_bad_rows_are_one_line_naming_file_and_line(movielens_fm, cli, tmp_path):
     root = movielens_fm[0]
     for text, problem in (('{"id": 1, "keys": [3, 99999999]}', ":2: key '99999999'"),

@@ -8,8 +8,9 @@ Two forms, told apart by the first non-blank character of the file (``{``: JSON 
 * libsvm / libffm with the id where the label goes: ``u1 3:1 17:0.5`` or ``u1 0:3:1 1:17:0.5``.
 
 Every key is checked against the model's ``feature_dim`` (and field against ``num_fields``),
-every value must be a finite number, and a key may appear once per row: the compiled scoring
-code then never reads outside its tables. A bad record is one error naming the file and line.
+every value must be a finite number, and a key may appear once per row (a libffm row's key in
+several fields is merged, as the file readers merge it): the compiled scoring code then never
+reads outside its tables. A bad record is one error naming the file and line.
 """
 
 from __future__ import annotations
@@ -102,12 +103,16 @@ def _json_record(line: str, path: Path, number: int) -> dict:
 
 
 def _libsvm_record(line: str, path: Path, number: int, num_fields: int) -> dict:
+    """A libsvm or libffm line, read as the training readers read the format: libffm's fields
+    are kept for a field-aware FM (``num_fields``) and dropped for an FM, and a key that occurs
+    in several fields of a libffm row is one feature, its values summed, in its first field
+    (:class:`fmkit.data.sources.BatchChecker`'s ``merge_repeats``)."""
     parts = line.split()
     keys, values, fields = [], [], []
     for token in parts[1:]:
         pieces = token.split(":")
         try:
-            if num_fields and len(pieces) == 3:
+            if len(pieces) == 3:
                 fields.append(int(pieces[0]))
                 pieces = pieces[1:]
             if len(pieces) != 2:
@@ -115,9 +120,19 @@ def _libsvm_record(line: str, path: Path, number: int, num_fields: int) -> dict:
             keys.append(int(pieces[0]))
             values.append(float(pieces[1]))
         except ValueError:
-            raise DataError(str(path), number, f"expected key:value"
-                            f"{' or field:key:value' if num_fields else ''}, got "
+            raise DataError(str(path), number, "expected key:value or field:key:value, got "
                             f"{excerpt(token)}") from None
+    if fields and len(fields) != len(keys):
+        raise DataError(str(path), number, "a libffm row has field:key:value for every key")
+    if fields:
+        merged: dict[int, list] = {}  # key -> [summed value, first field], in first-seen order
+        for key, value, field in zip(keys, values, fields):
+            if key in merged:
+                merged[key][0] += value
+            else:
+                merged[key] = [value, field]
+        keys = list(merged)
+        values, fields = [value for value, _ in merged.values()], [f for _, f in merged.values()]
     record: dict[str, Any] = {"id": parts[0], "keys": keys, "values": values}
     if num_fields:
         record["fields"] = fields
