@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(rows=args.rows, seed=args.seed, progress=None if args.verbose else False)
     except FMKitError as e:
-        print(f"fmkit: error: {e}", file=sys.stderr)
+        print(f"fmkit: error: {_naming_the_configuration(e, args)}", file=sys.stderr)
         return 1
     except OSError as e:  # a path the user gave: one line, no traceback
         if isinstance(e, BrokenPipeError):
@@ -672,6 +672,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             distributed.shutdown(wait_for_peers=False)  # a no-op after a finished run
     return 0
+
+
+def _naming_the_configuration(error: FMKitError, args: argparse.Namespace) -> str:
+    """An error in a DeepFM (or FM) configuration names the file first; its field path
+    follows (``x.yaml: model_config.deepfm.deep.hidden_units: ...``)."""
+    from fmkit.models.deepfm.config import ConfigError
+
+    path = getattr(args, "config", None) or (args.file if args.command == "config" else None)
+    if not isinstance(error, ConfigError) or not path or str(error).startswith(f"{path}:"):
+        return str(error)
+    return f"{path}: {error}"
 
 
 def run() -> None:

@@ -218,18 +218,24 @@ def test_convert_between_config_yaml_and_json_keeps_the_configuration(tmp_path, 
 ])
 def test_convert_refuses_what_training_refuses(tmp_path, cli, setting, message):
     """``fmkit config convert`` checks a configuration as ``fmkit train --config`` does, the
-    features, groups and layers included: the same one line, and nothing written (it wrote
-    each of these, which training then refused)."""
+    features, groups and layers included: the same one line, naming the file, and nothing
+    written (it wrote each of these, which training then refused). ``fmkit tune`` refuses it
+    before its first trial (a group's unknown feature failed each trial) and leaves nothing."""
     example = REPO / "examples" / "deepfm_criteo.yaml"
     code, _, err = cli("config", "convert", example, "--to", "yaml", "-o", tmp_path / "c.yaml",
                        "--set", setting)
-    assert (code, err.strip()) == (1, f"fmkit: error: {message}")
+    assert (code, err.strip()) == (1, f"fmkit: error: {example}: {message}")
     assert not (tmp_path / "c.yaml").exists()
     train = shared_file("criteo_kaggle_head1000", "train.txt")
     code, _, err = cli("train", "--config", example, "--quiet", "--set", setting,
                        "--set", f"train_input_path={train}", "--set", "eval_input_path=",
                        "--set", f"model_dir={tmp_path / 'm'}")
-    assert (code, err.strip()) == (1, f"fmkit: error: {message}")
+    assert (code, err.strip()) == (1, f"fmkit: error: {example}: {message}")
+    code, _, err = cli("tune", "--config", example, "--train", train, "--validation-fraction",
+                       "0.2", "--objective", "validation:auc", "--trials", "1", "--model-dir",
+                       tmp_path / "t", "--quiet", "--set", setting)
+    assert (code, err.strip()) == (1, f"fmkit: error: {example}: {message}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("text, where", [

@@ -133,6 +133,12 @@ def load(path: str | Path, assignments: list[str] = ()) -> EasyRecConfig:
     return parse(apply_overrides(load_document(path), list(assignments)), report_ignored=True)
 
 
+def check_features(config: EasyRecConfig) -> None:
+    """The rules of a configuration's features and groups (vocabulary files read), which
+    training checks before it reads data: for commands that stop short of training."""
+    FeatureSet.from_config(read_vocabulary_files(config))
+
+
 def convert_file(path: str, to: str, overrides: list[str] = ()) -> str:
     """``fmkit config convert``: a configuration file (any form) checked as training checks it
     (fields, features, groups, layers; not the data) and written as ``to`` — ``config``
@@ -141,7 +147,7 @@ def convert_file(path: str, to: str, overrides: list[str] = ()) -> str:
     import yaml
 
     config = parse(apply_overrides(load_document(path), list(overrides)), report_ignored=True)
-    FeatureSet.from_config(read_vocabulary_files(config))  # the features' and groups' rules
+    check_features(config)
     if to == "config":
         return prototext.format_text(config)
     document = to_document(config, minimal=True)
