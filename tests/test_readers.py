@@ -675,6 +675,34 @@ def test_a_recordio_file_in_a_text_channel_is_named(tmp_path):
     assert rows == 2  # the first file's rows, read
 
 
+@pytest.mark.parametrize("first, second, problem", [
+    ("1 1:1 3:0.5\n0 2:1\n", "1,0,1,0\n0,1,0,1\n", "is CSV, not libsvm"),
+    ("1 0:1:1 1:3:0.5\n0 0:2:1\n", "1,0,1,0\n", "is CSV, not libffm"),
+    ("1,0,1,0\n0,1,0,1\n", "1 0:1:1 1:3:0.5\n", "is libffm, not csv"),
+    ("1 0:1:1 1:3:0.5\n0 0:2:1\n", "1\n0 0:1:1\n", None),  # (a row without features)
+])
+def test_a_file_of_another_text_format_in_a_channel_is_named(tmp_path, first, second,
+                                                            problem):
+    """A CSV file among libsvm or libffm files (and a libffm file among CSV ones) is named as
+    such, not parsed into "non-numeric value in '1,0,1,0'"; a libffm file whose first row has
+    no features is read."""
+    channel = tmp_path / "channel"
+    channel.mkdir()
+    (channel / "part-0").write_text(first)
+    (channel / "part-1").write_text(second)
+    source = FileSource(channel, "auto", 4, 0)
+    rows = 0
+    if problem is None:
+        rows = sum(batch.n_rows for batch in source.blocks())
+        assert rows == first.count("\n") + second.count("\n")
+        return
+    with pytest.raises(DataError, match=f"part-1: {problem} as this channel's first file: a "
+                                        "channel's files share one format"):
+        for batch in source.blocks():
+            rows += batch.n_rows
+    assert rows == first.count("\n")  # the first file's rows, read
+
+
 def test_a_header_naming_a_column_twice_is_refused(tmp_path):
     """pandas would read the second ``user`` as ``user.1``; a DeepFM reads columns by name,
     and the second silently stood for the first."""

@@ -84,8 +84,6 @@ def detect_format(path: str | Path) -> str:
         raise DataError(str(first), None, "cannot detect the format of a pipe: give --format")
     with open_input(first) as f:
         head = f.read(1 << 16)
-    if head.startswith(recordio.MAGIC_BYTES):
-        return "recordio"
     if head.startswith(PARQUET_MAGIC):
         raise DataError(str(first), None, "is Parquet: an FM reads libsvm, libffm, CSV or "
                         "recordIO-protobuf (Parquet columns are a DeepFM's input)")
@@ -93,6 +91,14 @@ def detect_format(path: str | Path) -> str:
         raise DataError(str(first), None, "is JSON (SageMaker request bodies, which fmkit "
                         "predict scores): training and evaluation read libsvm, libffm, CSV or "
                         "recordIO-protobuf")
+    return format_of(head)
+
+
+def format_of(head: bytes) -> str:
+    """The format a file's first bytes show: ``recordio`` from its magic number, else
+    ``libsvm``, ``libffm`` or ``csv`` from the first data line."""
+    if head.startswith(recordio.MAGIC_BYTES):
+        return "recordio"
     for raw in head.split(b"\n"):
         text = raw.split(b"#", 1)[0].strip()
         if not text:
@@ -347,14 +353,19 @@ class FileSource:
                 yield from read(file, block_bytes, shard=shard)
 
     def _check_text(self, file: Path) -> None:
-        """A recordIO file in a text channel is named as such (its bytes parsed as text gave
-        "non-numeric value in '^'"): a channel's files share its first file's format."""
+        """A recordIO file in a text channel, a CSV file in a libsvm or libffm one, or a
+        libffm file in a CSV one is named as such (parsed as the channel's format, it gave
+        "non-numeric value in '^'" or "in '1,0,1'"): a channel's files share its first file's
+        format. (A line that is libsvm is not told from a one-column CSV line.)"""
         if self.fmt != "recordio" and file.is_file():
             with open_input(file) as f:
-                if f.read(len(recordio.MAGIC_BYTES)) == recordio.MAGIC_BYTES:
-                    raise DataError(str(file), None, f"is recordIO-protobuf, not {self.fmt}" + (
-                        "" if file == self.files[0] else
-                        " as this channel's first file: a channel's files share one format"))
+                found = format_of(f.read(1 << 16))
+            if (found == "recordio" or (found == "csv") != (self.fmt == "csv")
+                    and found != "libsvm"):
+                named = {"recordio": "recordIO-protobuf", "csv": "CSV"}.get(found, found)
+                raise DataError(str(file), None, f"is {named}, not {self.fmt}" + (
+                    "" if file == self.files[0] else
+                    " as this channel's first file: a channel's files share one format"))
 
     def blocks(self) -> Iterator[SparseBatch]:
         check = BatchChecker(self.feature_dim, self.index_base, self.labels,
