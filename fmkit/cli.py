@@ -677,10 +677,11 @@ def main(argv: list[str] | None = None) -> int:
 def _naming_the_configuration(error: FMKitError, args: argparse.Namespace) -> str:
     """An error in a DeepFM (or FM) configuration names the file first; its field path
     follows (``x.yaml: model_config.deepfm.deep.hidden_units: ...``)."""
-    from fmkit.models.deepfm.config import ConfigError
-
+    configs = sys.modules.get("fmkit.models.deepfm.config")  # (imported if one was raised;
+    # importing it here would need PyTorch, an extra)
     path = getattr(args, "config", None) or (args.file if args.command == "config" else None)
-    if not isinstance(error, ConfigError) or not path or str(error).startswith(f"{path}:"):
+    if (configs is None or not isinstance(error, configs.ConfigError) or not path
+            or str(error).startswith(f"{path}:")):
         return str(error)
     return f"{path}: {error}"
 

