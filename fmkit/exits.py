@@ -3,10 +3,9 @@
 When a program ends, CPython finalizes every module it imported: with PyTorch loaded that took
 about half a second, with numba and scipy alone about 0.13 s (docs/performance.md, session 50)
 — longer than the work of many commands, and paid three times by ``fmkit train --nproc 2``
-(each of its processes, then torchrun). Nothing in those modules is
-left to do once a command has written its output, so :func:`exit_now` does only the part of
-the interpreter's exit that has effects outside the process, then ends it with
-:func:`os._exit`.
+(each of its processes, then torchrun). Nothing in those modules is left to do once a command
+has written its output, so :func:`exit_now` does only the part of the interpreter's exit that
+has effects outside the process, then ends it with :func:`os._exit`.
 """
 
 from __future__ import annotations

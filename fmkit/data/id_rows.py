@@ -122,9 +122,9 @@ def _libsvm_record(line: str, path: Path, number: int, num_fields: int) -> dict:
         except ValueError:
             raise DataError(str(path), number, "expected key:value or field:key:value, got "
                             f"{excerpt(token)}") from None
-    if fields and len(fields) != len(keys):
-        raise DataError(str(path), number, "a libffm row has field:key:value for every key")
     if fields:
+        if len(fields) != len(keys):
+            raise DataError(str(path), number, "a libffm row has field:key:value for every key")
         merged: dict[int, list] = {}  # key -> [summed value, first field], in first-seen order
         for key, value, field in zip(keys, values, fields):
             if key in merged:

@@ -356,12 +356,13 @@ class FileSource:
         """A recordIO file in a text channel, a CSV file in a libsvm or libffm one, or a
         libffm file in a CSV one is named as such (parsed as the channel's format, it gave
         "non-numeric value in '^'" or "in '1,0,1'"): a channel's files share its first file's
-        format. (A line that is libsvm is not told from a one-column CSV line.)"""
+        format."""
         if self.fmt != "recordio" and file.is_file():
             with open_input(file) as f:
                 found = format_of(f.read(1 << 16))
-            if (found == "recordio" or (found == "csv") != (self.fmt == "csv")
-                    and found != "libsvm"):
+            # (libsvm is also what a one-column CSV line looks like: not told apart)
+            if found == "recordio" or (found != "libsvm"
+                                       and (found == "csv") != (self.fmt == "csv")):
                 named = {"recordio": "recordIO-protobuf", "csv": "CSV"}.get(found, found)
                 raise DataError(str(file), None, f"is {named}, not {self.fmt}" + (
                     "" if file == self.files[0] else

@@ -356,7 +356,8 @@ class DeepFMSearch:
         self.base = config_files.apply_overrides(config_files.load_document(settings.config),
                                                  [f"{k}={v}" for k, v in settings.fixed.items()])
         self.config = configs.parse(self._document({}))
-        config_files.check_features(self.config)  # before any trial, not in each
+        config_files.check_features(self.config)  # before the study starts (a trial's
+        # training checks it again, as every training does)
         self.predictor_type = predictor_type(self.config)
         if settings.validation_fraction is not None and (
                 self.config.data_config.dataset_type != "CsvDataset"
