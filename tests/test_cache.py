@@ -51,17 +51,30 @@ def test_cached_rows_equal_scikit_learns_parse_on_first_and_later_reads(tmp_path
         np.testing.assert_array_equal(labels, y)
 
 
-def test_a_changed_file_gets_a_new_entry(tmp_path, cache_dir):
-    path = tmp_path / "data.libsvm"
+def test_a_changed_file_gets_a_new_entry_which_replaces_the_old_one(tmp_path, cache_dir):
+    path, other = tmp_path / "data.libsvm", tmp_path / "other" / "data.libsvm"
+    other.parent.mkdir()
     _write(path, 500, seed=2)
+    _write(other, 300, seed=2)
     _read(path, cache=True)
+    _read(other, cache=True)  # a file of the same name elsewhere: an entry of its own
+    first = set(cache_dir.glob("*.bin"))
+    assert len(first) == 2
+    # a reader of the old entry, started before the file changes, reads it to its end
+    old_reader = FileSource(path, "libsvm", 50, labels="binary", block_bytes=1 << 12,
+                            cache=True).blocks()
+    old_rows = next(old_reader).n_rows
     _write(path, 400, seed=3)
     os.utime(path, ns=(1, 1))  # a different mtime too
     X, _ = load_svmlight_file(str(path), n_features=50, zero_based=True)
-    indptr, indices, _, _ = _read(path, cache=True)
-    assert indptr.size - 1 == 400
-    np.testing.assert_array_equal(indices, X.indices)
-    assert len(list(cache_dir.glob("*.bin"))) == 2
+    for _ in range(2):
+        indptr, indices, _, _ = _read(path, cache=True)
+        assert indptr.size - 1 == 400
+        np.testing.assert_array_equal(indices, X.indices)
+    now = set(cache_dir.glob("*.bin"))
+    assert len(now) == 2, "the entry of the file's earlier content is gone"
+    assert cache.cache_path(other, "libsvm") in now and cache.cache_path(path, "libsvm") in now
+    assert old_rows + sum(b.n_rows for b in old_reader) == 500
 
 
 def test_an_interrupted_read_leaves_no_cache_and_errors_read_the_same(tmp_path, cache_dir):

@@ -11,6 +11,7 @@ blocks go through the same checks as parsed ones, so errors read the same.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import struct
@@ -43,12 +44,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FMKIT_CACHE_DIR") or Path.home() / ".cache" / "fmkit")
 
 
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 def cache_path(file: Path, fmt: str) -> Path:
-    """Where ``file``'s cache lives; the name changes with its path, size and mtime."""
+    """Where ``file``'s cache lives: ``NAME.WHERE-WHAT.bin``, ``WHERE`` a digest of its absolute
+    path and format, ``WHAT`` of its size and mtime (a changed file gets a new name)."""
     stat = file.stat()
-    # "2": entries written since libffm blocks keep their fields
-    key = f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{fmt}\0" + "2"
-    return cache_dir() / f"{file.name}.{hashlib.sha256(key.encode()).hexdigest()[:20]}.bin"
+    # "3": entries written since libffm blocks keep their fields, under two-part names
+    where = _digest(f"{file.resolve()}\0{fmt}\0" + "3")
+    what = _digest(f"{stat.st_size}\0{stat.st_mtime_ns}")
+    return cache_dir() / f"{file.name}.{where}-{what}.bin"
+
+
+def _remove_earlier_versions(entry: Path) -> None:
+    """Remove the entries of the same file and format as ``entry`` that are not ``entry``: what
+    the file held before it changed. A process still reading one keeps its open file."""
+    where = entry.name[: entry.name.rindex("-")]
+    for other in entry.parent.glob(f"{glob.escape(where)}-*.bin"):
+        if other != entry:
+            other.unlink(missing_ok=True)
 
 
 def _write_block(out: BinaryIO, batch: SparseBatch, fmt: str) -> None:
@@ -107,5 +123,6 @@ def cached_blocks(file: Path, fmt: str,
         out.close()
         if complete:
             os.replace(tmp, path)
+            _attempt(_remove_earlier_versions, path)
         else:
             tmp.unlink(missing_ok=True)
