@@ -28,6 +28,12 @@ from fmkit.train import interruption
 ONE_OUTPUT_COMMANDS = ("predict", "evaluate", "convert", "recommend", "report", "export",
                        "import", "config")
 
+# `fmkit train --nproc N` runs its processes on this machine, where an FM's (or FFM's) threads
+# beat processes at every batch size measured (docs/distributed.md)
+ONE_MACHINE_FM = ("--nproc %d starts every process on this machine, where an FM trains "
+                  "several times faster as one process: its threads share one table, while "
+                  "processes combine their gradients through collectives every step "
+                  "(docs/distributed.md). Several processes pay off across machines")
 TRAIN_EXAMPLE = """examples:
   fmkit train --train a9a --test a9a.t --model-dir model/ \\
       feature_dim=123 num_factors=8 predictor_type=binary_classifier epochs=10
@@ -523,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
                               require=False)
                 if hp["optimizer"] == MCMC:
                     raise HyperparameterError(MCMC_ONE_PROCESS)
+                if args.nproc > 1:  # (a count below 1 is launch's error)
+                    log.warning(ONE_MACHINE_FM, args.nproc)
             return distributed.launch(args.nproc, _without_nproc(argv))
         if (args.command == "train" and distributed.init_from_environment(args.device)
                 and not distributed.primary()):

@@ -142,6 +142,7 @@ def test_deepfm_on_two_processes_matches_one(tmp_path):
     assert two.returncode == 0, two.stderr
     assert re.findall(r"epoch (\d)/1: train loss [0-9.]+ over (\d+) rows", two.stderr) == [
         ("1", "90570")]
+    assert "on this machine" not in two.stderr  # (the FM's advice only)
     m2 = _test_metrics(tmp_path / "two")
     print(f"MovieLens 100k DeepFM, 1 epoch: test AUC 1 process {one['test']['auc']:.4f}, "
           f"2 processes {m2['auc']:.4f}")
@@ -163,7 +164,8 @@ def test_a_failing_process_ends_the_run_with_one_line_per_process(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr
     assert f"{bad}:3001: non-numeric value in '3:x'" in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.strip()]
-    assert all(line.startswith("fmkit: error: ") for line in errors), result.stderr
+    assert "WARNING" in errors[0] and "every process on this machine" in errors[0], errors[0]
+    assert all(line.startswith("fmkit: error: ") for line in errors[1:]), result.stderr
     assert not (tmp_path / "m").exists()
     for count in ("0", "-2"):  # (0 trained on one process before)
         result = run_fmkit("train", "--nproc", count, "--train", bad, "feature_dim=124",
@@ -254,6 +256,7 @@ def test_ffm_on_two_processes_equals_one(tmp_path):
                     tmp_path / "two", "--index-base", "0", *(f"{k}={v}" for k, v in hp.items()))
     assert two.returncode == 0, two.stderr
     assert "over 1200 rows" in two.stderr
+    assert two.stderr.count("--nproc 2 starts every process on this machine") == 1
     found = FMModel.load(tmp_path / "two")
     assert found.field_aware and found.num_fields == 3
     assert np.abs(one.params.V).max() > 0.1 and np.abs(one.params.w).max() > 0.01  # trained
