@@ -529,9 +529,8 @@ def main(argv: list[str] | None = None) -> int:
                               require=False)
                 if hp["optimizer"] == MCMC:
                     raise HyperparameterError(MCMC_ONE_PROCESS)
-                if args.nproc > 1:  # (a count below 1 is launch's error)
-                    log.warning(ONE_MACHINE_FM, args.nproc)
-            return distributed.launch(args.nproc, _without_nproc(argv))
+            return distributed.launch(args.nproc, _without_nproc(argv),
+                                      advice=None if args.config else ONE_MACHINE_FM)
         if (args.command == "train" and distributed.init_from_environment(args.device)
                 and not distributed.primary()):
             setup_logging(quiet=True)  # one log: rank 0's

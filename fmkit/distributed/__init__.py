@@ -218,12 +218,15 @@ exit_now(0)  # (PyTorch's teardown would add half a second)
 """
 
 
-def launch(nproc: int, argv: list[str]) -> int:
+def launch(nproc: int, argv: list[str], advice: str | None = None) -> int:
     """``fmkit ARGV`` on ``nproc`` local processes through torchrun; returns its exit code.
     More processes than usable cores is allowed (torchrun allows it) but said: they share the
-    cores, each on one thread."""
+    cores, each on one thread. ``advice`` (a format with one ``%d``, the count) is logged as
+    a warning when more than one process starts."""
     require_option(nproc >= 1, "--nproc", ">= 1", nproc)
     require_torch("--nproc (torchrun)", extra="distributed", import_it=False)
+    if advice and nproc > 1:
+        log.warning(advice, nproc)
     if nproc > available_cpus():
         log.warning("--nproc %d on %d usable cores: the processes share them", nproc,
                     available_cpus())
