@@ -255,13 +255,14 @@ def test_the_server_scores_an_ffm_from_json_with_fields(tmp_path, cli):
         assert answer.status_code == 400 and "recordIO carries no fields" in answer.text
 
 
-def test_num_fields_comes_from_the_largest_field_written(tmp_path):
+def test_num_fields_comes_from_the_largest_field_written(tmp_path, monkeypatch):
     """Without ``num_fields``, an FFM sizes its table from the largest field the file names:
     found from the tokens' digits (no numbers parsed), which must agree with a plain-Python
     tokenizer and with the reader, across comments, qid tokens, blank and CRLF lines, leading
-    spaces and blocks cut anywhere."""
+    spaces and blocks cut anywhere, also into parts scanned on several threads."""
     import re
 
+    from fmkit.data import libsvm
     from fmkit.data.libsvm import largest_field
 
     rng = np.random.default_rng(4)
@@ -285,6 +286,16 @@ def test_num_fields_comes_from_the_largest_field_written(tmp_path):
     assert expected == read == 77
     for block_bytes in (64, 1000, 1 << 20):
         assert largest_field(path, block_bytes) == 77
+    monkeypatch.setattr(libsvm, "PARALLEL_BYTES", 64)  # every block in parts, on 3 threads
+    monkeypatch.setattr(libsvm, "thread_count", lambda: 3)
+    scanned = []
+    monkeypatch.setattr(libsvm, "_largest_field",
+                        lambda buf, scan=libsvm._largest_field: scanned.append(buf.size) or
+                        scan(buf))
+    for block_bytes in (200, 1000, 1 << 20):
+        scanned.clear()
+        assert largest_field(path, block_bytes) == 77
+        assert len(scanned) > 3 and sum(scanned) == path.stat().st_size  # every byte, once
     path.write_bytes(b"1\n0 # 5:1:1\n")
     assert largest_field(path) == -1
 

@@ -188,11 +188,6 @@ def _largest_field(buf):
     return largest
 
 
-def largest_field(path: Path, block_bytes: int = BLOCK_BYTES) -> int:
-    """The largest field a libffm file's tokens name (-1 if none), from its bytes alone: what
-    an FFM's ``num_fields`` defaults to (+1), found without parsing the file's numbers."""
-    return max((int(_largest_field(buf)) for buf in iter_blocks(path, block_bytes)),
-               default=-1)
 
 
 def describe_problem(code: int, token: bytes) -> str:
@@ -210,6 +205,18 @@ def describe_problem(code: int, token: bytes) -> str:
 
 
 PARALLEL_BYTES = 1 << 20  # blocks at least this large are parsed in parts across threads
+
+
+def line_bounds(buf: np.ndarray, parts: int) -> np.ndarray:
+    """Where to cut a block of whole lines into ``parts`` parts of about equal size: after a
+    newline (a part may be empty); ``parts + 1`` offsets from 0 to ``buf.size``."""
+    bounds = [0]
+    for p in range(1, parts):
+        at = buf.size * p // parts
+        at += int(np.argmax(buf[at:] == _NL))  # the next line end; 0 offset if there is none
+        cut = at + 1 if buf[at] == _NL else buf.size
+        bounds.append(max(bounds[-1], min(cut, buf.size)))
+    return np.array([*bounds, buf.size], dtype=np.int64)
 
 
 def _parse_part(buf, lo, hi, row_at, r1, nnz_at, z1, part, indptr, indices, values, labels,
@@ -233,13 +240,7 @@ def parse_block(buf: np.ndarray, first_line: int, source: str, ffm: bool = False
     becomes its own batch (views of the block's arrays: nothing is copied to join them).
     """
     parts = thread_count() if buf.size >= PARALLEL_BYTES else 1
-    bounds = [0]
-    for p in range(1, parts):
-        at = buf.size * p // parts
-        at += int(np.argmax(buf[at:] == _NL))  # the next line end; 0 offset if there is none
-        cut = at + 1 if buf[at] == _NL else buf.size
-        bounds.append(max(bounds[-1], min(cut, buf.size)))
-    bounds = np.array([*bounds, buf.size], dtype=np.int64)
+    bounds = line_bounds(buf, parts)
     newlines = np.array(on_threads(count_newlines, [(buf, bounds[p], bounds[p + 1])
                                                     for p in range(parts)]), dtype=np.int64)
     # rows: at most one per line; features: at most one per 4 bytes (" 1:1"), a bound whose
@@ -271,6 +272,19 @@ def parse_block(buf: np.ndarray, first_line: int, source: str, ffm: bool = False
                                    source, fields=fields[z0:z0 + nnz] if ffm else None))
         line += lines_in_part
     return batches, int(newlines.sum())
+
+
+def largest_field(path: Path, block_bytes: int = BLOCK_BYTES) -> int:
+    """The largest field a libffm file's tokens name (-1 if none), from its bytes alone: what
+    an FFM's ``num_fields`` defaults to (+1), found without parsing the file's numbers. A large
+    block is cut at line ends into one part per thread, scanned at once (as
+    :func:`parse_block` parses): the whole file's extra pass, before training starts."""
+    largest = -1
+    for buf in iter_blocks(path, block_bytes):
+        bounds = line_bounds(buf, thread_count() if buf.size >= PARALLEL_BYTES else 1)
+        largest = max([largest, *on_threads(_largest_field, [
+            (buf[lo:hi],) for lo, hi in zip(bounds[:-1], bounds[1:])])])
+    return int(largest)
 
 
 def read_file_blocks(path: Path, block_bytes: int = BLOCK_BYTES, ffm: bool = False,
