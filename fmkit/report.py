@@ -170,8 +170,10 @@ def _class_plots(plt, y: np.ndarray, p: np.ndarray, class_names: list | None = N
 
 
 def _cell(value: Any) -> str:
+    """A table cell: a float to six significant digits, a large one (rows/s) in whole digits
+    with thousands separators (1,947,450 rather than 1.94745e+06)."""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:,.0f}" if 1e5 <= abs(value) < 1e15 else f"{value:.6g}"
     return html.escape(str(value))
 
 

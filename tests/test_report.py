@@ -76,8 +76,8 @@ def _check_page(model_dir, plots: int) -> tuple[Page, dict]:
                     if metric == "rows":
                         continue  # (the validation channel's size: not a column)
                     assert float(shown[f"validation: {metric}"]) == pytest.approx(v, rel=1e-5)
-            else:
-                assert float(shown[name]) == pytest.approx(value, rel=1e-5), name
+            else:  # (rows/s in whole digits, with thousands separators)
+                assert float(shown[name].replace(",", "")) == pytest.approx(value, rel=1e-5), name
     channels = {row["channel"]: row for row in page.records(0)}
     for channel, values in metrics.items():
         if channel != "train":
