@@ -27,7 +27,8 @@ PAGES = files.Recognise("an fmkit report", lambda head: head.startswith(PAGE_STA
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
          "padding:3px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
-         "figure{margin:0 1em 1em 0}.plots{display:flex;flex-wrap:wrap}")
+         "figure{margin:0 1em 1em 0}.plots{display:flex;flex-wrap:wrap}"
+         ".wide{overflow-x:auto}")  # (a table wider than the page scrolls on its own)
 
 
 def _pyplot():
@@ -82,7 +83,8 @@ def _learning_curves(plt, history: list[dict]) -> str:
         axes[0, 1].plot(*zip(*points), "o-", label=SHORT.get(name, name))
     if measured:
         axes[0, 1].set(title="validation", xlabel="epoch")
-        axes[0, 1].legend()
+        # beside the curves, not on them (inside, it covered the log loss's points)
+        axes[0, 1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     from matplotlib.ticker import MaxNLocator
 
     for axis in axes[0]:
@@ -177,6 +179,17 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _number(text: str) -> Any:
+    """A CSV cell as the number it holds (an int, else a float), or as written: so a table of
+    CSV rows shows figures as :func:`_cell` shows numbers."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def short(column: str) -> str:
         prefix, _, name = column.rpartition(" ")
@@ -186,7 +199,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
                    for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c, ''))}</td>" for c in columns)
                    + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>'
 
 
 def _history_table(history: list[dict]) -> str:
@@ -213,8 +226,9 @@ def _tune_section(directory: Path) -> list[str]:
 
     best = json.loads((directory / "best.json").read_text())
     with open(directory / "trials.csv", newline="") as f:
-        trials = [row for row in csv.DictReader(f) if row["value"]]
-    trials.sort(key=lambda row: float(row["value"]), reverse=best["higher_is_better"])
+        trials = [{name: _number(text) for name, text in row.items()}
+                  for row in csv.DictReader(f) if row["value"]]
+    trials.sort(key=lambda row: row["value"], reverse=best["higher_is_better"])
     parts = ["<h2>Hyperparameter search</h2>",
              f"<p>best of {len(trials)} measured trials: trial {best['trial']}, "
              f"{html.escape(best['objective'])} = {best['value']:.6g} at epoch {best['epoch']}"

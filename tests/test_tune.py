@@ -84,6 +84,20 @@ def test_tune_writes_the_best_trials_model_and_its_table(a9a_head, tmp_path, cli
     assert code == 0, err
     page = (model_dir / "report.html").read_text()
     assert "Hyperparameter search" in page and "param_importances" not in page  # embedded
+    # the search's table: the best trials first, each figure the CSV's (to six digits)
+    from .test_report import Page
+
+    shown = Page(page).records(2)
+    ranked = sorted(complete, key=lambda t: float(t["value"]), reverse=True)
+    assert [row["number"] for row in shown] == [t["number"] for t in ranked][: len(shown)]
+    for row, trial in zip(shown, ranked):
+        for name, text in trial.items():
+            try:
+                number = float(text)
+            except ValueError:
+                assert row[name] == text, name
+                continue
+            assert float(row[name].replace(",", "")) == pytest.approx(number, rel=1e-5), name
 
 
 def test_tune_refuses_bad_arguments_in_one_line(a9a_head, tmp_path, cli):

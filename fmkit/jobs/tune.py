@@ -383,6 +383,7 @@ def _write_plots(study: Any, directory: Path, objective: str) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         log.warning("matplotlib is not installed: tune writes no plots ('fmkit[report]')")
         return
@@ -399,6 +400,7 @@ def _write_plots(study: Any, directory: Path, objective: str) -> None:
     ax.scatter([t.number for t in complete], values, s=12, label="trial")
     ax.step([t.number for t in complete], running, where="post", color="C1", label="best")
     ax.set(xlabel="trial", ylabel=objective, title="optimization history")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # (trials are numbered)
     ax.legend()
     fig.tight_layout()
     fig.savefig(directory / "optimization_history.png", dpi=100)
