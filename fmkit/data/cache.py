@@ -73,8 +73,9 @@ def _write_block(out: BinaryIO, batch: SparseBatch, fmt: str) -> None:
         out.write(np.ascontiguousarray(getattr(batch, name), dtype=dtype).data)
 
 
-def _read_blocks(path: Path, source: str, fmt: str) -> Iterator[SparseBatch]:
-    with open(path, "rb", buffering=0) as f:
+def _read_blocks(f: BinaryIO, path: Path, source: str, fmt: str) -> Iterator[SparseBatch]:
+    """The blocks of the entry ``path``, open as ``f`` (closed at the end)."""
+    with f:
         if f.read(len(MAGIC)) != MAGIC:
             raise OSError(f"{path}: not an fmkit cache file")
         while header := f.read(_HEADER.size):
@@ -103,8 +104,12 @@ def cached_blocks(file: Path, fmt: str,
     """The parsed blocks of ``file``: from its cache entry if there is one, else from
     ``parse()``, writing the entry on the way (a failed write only loses the cache)."""
     path = cache_path(file, fmt)
-    if path.exists():
-        yield from _read_blocks(path, str(file), fmt)
+    try:
+        entry = open(path, "rb", buffering=0)  # noqa: SIM115 (_read_blocks closes it)
+    except FileNotFoundError:  # none yet (or another process's newer entry just replaced it)
+        pass
+    else:
+        yield from _read_blocks(entry, path, str(file), fmt)
         return
     try:
         fd, tmp = files.temporary_file(path)  # also sweeps dead processes' leftovers
