@@ -188,8 +188,6 @@ def _largest_field(buf):
     return largest
 
 
-
-
 def describe_problem(code: int, token: bytes) -> str:
     """The human text for a parser's problem code."""
     token = excerpt(token)
