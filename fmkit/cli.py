@@ -28,12 +28,12 @@ from fmkit.train import interruption
 ONE_OUTPUT_COMMANDS = ("predict", "evaluate", "convert", "recommend", "report", "export",
                        "import", "config")
 
-# `fmkit train --nproc N` runs its processes on this machine, where an FM's (or FFM's) threads
-# beat processes at every batch size measured (docs/distributed.md)
-ONE_MACHINE_FM = ("--nproc %d starts every process on this machine, where an FM trains "
-                  "several times faster as one process: its threads share one table, while "
-                  "processes combine their gradients through collectives every step "
-                  "(docs/distributed.md). Several processes pay off across machines")
+# `fmkit train --nproc N` runs its processes on this machine, where one process's threads beat
+# processes for every model and batch size measured (docs/distributed.md)
+ONE_MACHINE = ("--nproc %d starts every process on this machine, where one process trains "
+               "faster: its threads share one model, while processes combine their gradients "
+               "through collectives every step (docs/distributed.md). Several processes pay off "
+               "across machines")
 TRAIN_EXAMPLE = """examples:
   fmkit train --train a9a --test a9a.t --model-dir model/ \\
       feature_dim=123 num_factors=8 predictor_type=binary_classifier epochs=10
@@ -529,8 +529,7 @@ def main(argv: list[str] | None = None) -> int:
                               require=False)
                 if hp["optimizer"] == MCMC:
                     raise HyperparameterError(MCMC_ONE_PROCESS)
-            return distributed.launch(args.nproc, _without_nproc(argv),
-                                      advice=None if args.config else ONE_MACHINE_FM)
+            return distributed.launch(args.nproc, _without_nproc(argv), advice=ONE_MACHINE)
         if (args.command == "train" and distributed.init_from_environment(args.device)
                 and not distributed.primary()):
             setup_logging(quiet=True)  # one log: rank 0's

@@ -142,7 +142,7 @@ def test_deepfm_on_two_processes_matches_one(tmp_path):
     assert two.returncode == 0, two.stderr
     assert re.findall(r"epoch (\d)/1: train loss [0-9.]+ over (\d+) rows", two.stderr) == [
         ("1", "90570")]
-    assert "on this machine" not in two.stderr  # (the FM's advice only)
+    assert two.stderr.count("--nproc 2 starts every process on this machine") == 1
     m2 = _test_metrics(tmp_path / "two")
     print(f"MovieLens 100k DeepFM, 1 epoch: test AUC 1 process {one['test']['auc']:.4f}, "
           f"2 processes {m2['auc']:.4f}")
