@@ -721,6 +721,21 @@ def test_port_in_use_is_one_line(model_dir):
     assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in result.stderr
 
 
+def test_a_port_taken_while_the_server_starts_ends_in_fmkits_error(model_dir, monkeypatch):
+    """Two servers started at once on one port both find it free (the check runs before the
+    model loads); the one that binds second ends with fmkit's line, not uvicorn's exit 3."""
+    from fmkit.errors import FMKitError
+    from fmkit.serve import app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        monkeypatch.setattr(app, "check_port", lambda host, port: busy.listen())  # taken now
+        with pytest.raises(FMKitError, match=f"cannot serve on 127.0.0.1:{port}: the server "
+                                             "did not start"):
+            app.serve(str(model_dir), host="127.0.0.1", port=port)
+
+
 @pytest.mark.parametrize("args, environment, message", [
     (["--workers", "0"], {}, "--workers must be >= 1, got 0"),
     (["--port", "70000"], {}, "--port must be in 1..65535, got 70000"),

@@ -277,8 +277,18 @@ def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, wor
             os.environ.setdefault(name, value)
     os.environ[MAX_PAYLOAD_ENV] = str(max_payload_mb)
     os.environ[BODY_TIMEOUT_ENV] = str(body_timeout)
-    with contextlib.suppress(KeyboardInterrupt), worker_pool.meeting_place(workers):
-        uvicorn.run("fmkit.serve.app:app_from_environment", factory=True, host=host,
-                    port=port, workers=workers, log_level="info",
-                    access_log=False, http="httptools",
-                    loop=worker_pool.LOOP if workers > 1 else "uvloop", **uvicorn_options)
+    from uvicorn.config import STARTUP_FAILURE
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt), worker_pool.meeting_place(workers):
+            uvicorn.run("fmkit.serve.app:app_from_environment", factory=True, host=host,
+                        port=port, workers=workers, log_level="info",
+                        access_log=False, http="httptools",
+                        loop=worker_pool.LOOP if workers > 1 else "uvloop", **uvicorn_options)
+    except SystemExit as e:  # uvicorn's start-up failed, and it logged why
+        if e.code != STARTUP_FAILURE:
+            raise
+        # the port was free at check_port, before the model loaded: another server, started
+        # at the same time, took it since
+        raise FMKitError(f"cannot serve on {host}:{port}: the server did not start (uvicorn's "
+                         "error above): stop the other server or choose another --port") from None
