@@ -24,6 +24,7 @@ import numpy as np
 
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import read_input_text
+from fmkit.data.sources import merged_repeats
 from fmkit.errors import DataError, excerpt
 
 
@@ -38,12 +39,14 @@ def read_id_rows(path: str | Path, feature_dim: int, num_fields: int = 0
         if line.strip():
             records.append((number, _json_record(line, path, number) if json_lines
                             else _libsvm_record(line, path, number, num_fields)))
-    return rows_of(records, feature_dim, num_fields, str(path))
+    return rows_of(records, feature_dim, num_fields, str(path), merge_repeats=not json_lines)
 
 
 def rows_of(records: list[tuple[int | None, dict]], feature_dim: int, num_fields: int,
-            source: str) -> tuple[list[Any], SparseBatch]:
-    """``(line or None, {"id", "keys", "values", "fields"})`` records checked into a batch."""
+            source: str, merge_repeats: bool = False) -> tuple[list[Any], SparseBatch]:
+    """``(line or None, {"id", "keys", "values", "fields"})`` records checked into a batch.
+    With ``merge_repeats``, a row with fields may repeat a key: one feature, its values summed,
+    in its first field (a libffm line's rule); otherwise a repeated key is refused."""
     ids, indptr, keys, values, fields = [], [0], [], [], []
     for position, (line, record) in enumerate(records):
         def error(problem: str, line=line, position=position) -> DataError:
@@ -68,7 +71,7 @@ def rows_of(records: list[tuple[int | None, dict]], feature_dim: int, num_fields
             if type(key) is not int or not 0 <= key < feature_dim:
                 raise error(f"key {excerpt(str(key))} is not an integer in [0, "
                             f"feature_dim={feature_dim})")
-        if len(set(row_keys)) != len(row_keys):
+        if len(set(row_keys)) != len(row_keys) and not (merge_repeats and row_fields):
             raise error("a key appears twice in the row")
         for value in row_values:
             if type(value) not in (int, float) or not math.isfinite(value):
@@ -89,7 +92,7 @@ def rows_of(records: list[tuple[int | None, dict]], feature_dim: int, num_fields
                         np.array(values, np.float32), np.zeros(len(ids), np.float32),
                         source=source,
                         fields=np.array(fields, np.int32) if num_fields else None)
-    return ids, batch
+    return ids, merged_repeats(batch) if merge_repeats else batch
 
 
 def _json_record(line: str, path: Path, number: int) -> dict:
@@ -106,7 +109,7 @@ def _libsvm_record(line: str, path: Path, number: int, num_fields: int) -> dict:
     """A libsvm or libffm line, read as the training readers read the format: libffm's fields
     are kept for a field-aware FM (``num_fields``) and dropped for an FM, and a key that occurs
     in several fields of a libffm row is one feature, its values summed, in its first field
-    (:class:`fmkit.data.sources.BatchChecker`'s ``merge_repeats``)."""
+    (merged by :func:`rows_of`, as :func:`fmkit.data.sources.merged_repeats` merges them)."""
     parts = line.split()
     keys, values, fields = [], [], []
     for token in parts[1:]:
@@ -122,18 +125,9 @@ def _libsvm_record(line: str, path: Path, number: int, num_fields: int) -> dict:
         except ValueError:
             raise DataError(str(path), number, "expected key:value or field:key:value, got "
                             f"{excerpt(token)}") from None
-    if fields:
-        if len(fields) != len(keys):
-            raise DataError(str(path), number, "a libffm row has field:key:value for every key")
-        merged: dict[int, list] = {}  # key -> [summed value, first field], in first-seen order
-        for key, value, field in zip(keys, values, fields):
-            if key in merged:
-                merged[key][0] += value
-            else:
-                merged[key] = [value, field]
-        keys = list(merged)
-        values, fields = [value for value, _ in merged.values()], [f for _, f in merged.values()]
+    if fields and len(fields) != len(keys):
+        raise DataError(str(path), number, "a libffm row has field:key:value for every key")
     record: dict[str, Any] = {"id": parts[0], "keys": keys, "values": values}
-    if num_fields:
+    if num_fields or fields:  # (a libffm row's fields also mark it as one whose keys merge)
         record["fields"] = fields
     return record

@@ -163,7 +163,10 @@ def _merge_rows(indptr, indices, values, fields, out_indptr, out_indices, out_va
     return nnz
 
 
-def _merged_repeats(batch: SparseBatch) -> SparseBatch:
+def merged_repeats(batch: SparseBatch) -> SparseBatch:
+    """``batch`` with each row's repeated feature ids as one entry, their values summed, in
+    the first one's place and field: how a libffm row's key written in several fields is read
+    (by the training readers, and by :mod:`fmkit.data.id_rows`)."""
     indptr = np.empty_like(batch.indptr)
     indices = np.empty_like(batch.indices)
     values = np.empty_like(batch.values)
@@ -224,7 +227,7 @@ class BatchChecker:
         )
         self._rows_seen += batch.n_rows
         if problem == 2 and self.merge_repeats:
-            batch = _merged_repeats(batch)
+            batch = merged_repeats(batch)
             row, pos, problem = _find_bad_index(
                 batch.indptr, batch.indices, self.feature_dim, self._mark, self._rows_seen
             )
