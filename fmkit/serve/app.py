@@ -288,7 +288,8 @@ def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, wor
     except SystemExit as e:  # uvicorn's start-up failed, and it logged why
         if e.code != STARTUP_FAILURE:
             raise
-        # the port was free at check_port, before the model loaded: another server, started
-        # at the same time, took it since
+        # most likely the port: free at check_port, it can be taken while the model loads by
+        # a server started at the same time
         raise FMKitError(f"cannot serve on {host}:{port}: the server did not start (uvicorn's "
-                         "error above): stop the other server or choose another --port") from None
+                         "error above says why; a port in use: stop the other server or "
+                         "choose another --port)") from None
