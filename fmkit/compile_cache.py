@@ -116,12 +116,20 @@ def stamp_with_sources() -> None:
                                         caching.UserWideCacheLocator)]
 
 
-def kernel(**options: Any) -> Callable:
+def kernel(*, allocates: bool = True, **options: Any) -> Callable:
     """numba's ``njit`` for a compiled function Python calls: kept in numba's cache, with the
     Python entry point and without the C one (a ``cfunc`` wrapper, which nothing here calls
-    and which every first run compiled for every kernel: docs/performance.md, session 48)."""
+    and which every first run compiled for every kernel: docs/performance.md, session 48).
+
+    ``allocates=False``: compiled without numba's runtime, for a function that creates no
+    array (numba refuses to compile one that does) and returns none. With the runtime, every
+    call of a helper that takes an array counts a reference up and down, two atomic operations
+    that the runtime's pruning leaves in loops: the text parsers, calling a helper per token,
+    ran at a third to a quarter of their speed (docs/performance.md, session 52)."""
     from numba import njit
 
+    if not allocates:
+        options["_nrt"] = False
     return njit(cache=True, no_cfunc_wrapper=True, **options)
 
 

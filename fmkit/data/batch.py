@@ -77,7 +77,7 @@ class SparseBatch:
         )
 
 
-@kernel(nogil=True)
+@kernel(nogil=True, allocates=False)
 def _gather_rows(indptr, indices, values, fields, rows, out_indptr, out_indices, out_values,
                  out_fields):
     """Rows ``rows`` of a CSR batch into the ``out_`` arrays; ``fields`` too unless empty."""
@@ -122,7 +122,7 @@ def row_sums(batch: SparseBatch, per_nonzero: np.ndarray) -> np.ndarray:
     return np.bincount(rows, weights=per_nonzero, minlength=batch.n_rows)
 
 
-@kernel(nogil=True)
+@kernel(nogil=True, allocates=False)
 def _scale_to_unit(indptr, values, out):
     """Each row's values divided by its L2 length into ``out``: the squares summed in float64
     in the row's order, each value times 1 / length in float64, then rounded to ``out``'s

@@ -25,7 +25,7 @@ WRONG_COLUMNS = 20
 _NL, _CR, _COMMA, _SPACE, _TAB = 10, 13, 44, 32, 9
 
 
-@kernel(nogil=True)
+@kernel(nogil=True, allocates=False)
 def parse_csv(buf, first_line, n_columns, label_columns, indptr, indices, values, labels,
               lines):
     """Parse whole CSV lines into preallocated CSR arrays.

@@ -87,7 +87,7 @@ def _is_qid(buf, start, n):
             and buf[start + 2] == 100 and buf[start + 3] == _COLON)
 
 
-@kernel(nogil=True)
+@kernel(nogil=True, allocates=False)
 def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, fields, ffm,
                  optional_label):
     """Parse whole lines of ``buf`` into preallocated CSR arrays, in one pass over the bytes;
@@ -159,7 +159,7 @@ def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, fields
     return row, nnz, 0, 0, 0, line
 
 
-@kernel(nogil=True)
+@kernel(nogil=True, allocates=False)
 def _largest_field(buf):
     """The largest field of the ``field:index:value`` tokens in whole libffm lines (-1 if
     none): the tokens as :func:`parse_libsvm` walks them, reading only their two ids. A token

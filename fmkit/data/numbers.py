@@ -47,7 +47,7 @@ def _is_nonfinite_word(buf, start, end):
     return False
 
 
-@kernel()
+@kernel(allocates=False)
 def parse_float(buf, start, end):
     """Parse ``buf[start:end]`` as a decimal float. Returns ``(value, code)``."""
     p = start

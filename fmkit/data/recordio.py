@@ -124,7 +124,7 @@ def _varint(buf, p, end):
     return value, -1
 
 
-@kernel()
+@kernel(allocates=False)
 def _skip(buf, p, end, wire):
     if wire == 0:
         _, p = _varint(buf, p, end)
@@ -141,7 +141,7 @@ def _skip(buf, p, end, wire):
     return -1
 
 
-@kernel()
+@kernel(allocates=False)
 def _is_key(buf, p, end, word):
     if end - p != len(word):
         return False
@@ -151,7 +151,7 @@ def _is_key(buf, p, end, word):
     return True
 
 
-@kernel()
+@kernel(allocates=False)
 def _find_map_value(buf, p, end, word):
     """In a map entry ``buf[p:end]``, the ``(start, end)`` of the Value when its key is ``word``."""
     key_s, key_e, val_s, val_e = -1, -1, -1, -1
@@ -178,7 +178,7 @@ def _find_map_value(buf, p, end, word):
     return -1, -1
 
 
-@kernel()
+@kernel(allocates=False)
 def _tensor(buf, p, end):
     """The tensor inside a Value: ``(type 2/3/7, start, end)``; type 9 is Bytes, -1 malformed."""
     kind, ts, te = 0, -1, -1
@@ -201,7 +201,7 @@ def _tensor(buf, p, end):
     return kind, ts, te
 
 
-@kernel()
+@kernel(allocates=False)
 def _read_tensor(buf, p, end, kind, vals, keys, shape, f32, u32, f64, u64):
     """Decode a tensor's values, keys and shape; returns their counts or -1 if malformed."""
     nv, nk, ns = 0, 0, 0

@@ -111,7 +111,7 @@ def format_of(head: bytes) -> str:
     return "libsvm"
 
 
-@kernel(nogil=True)
+@kernel(nogil=True, allocates=False)
 def _find_bad_index(indptr, indices, feature_dim, mark, stamp):
     """First ``(row, position, problem)`` with an id out of range (1) or repeated in its row (2).
 
@@ -137,7 +137,7 @@ def _find_bad_index(indptr, indices, feature_dim, mark, stamp):
     return -1, -1, 0
 
 
-@kernel(nogil=True)
+@kernel(nogil=True, allocates=False)
 def _merge_rows(indptr, indices, values, fields, out_indptr, out_indices, out_values,
                 out_fields):
     """Each row's repeated feature ids as one entry holding the sum of their values (first
