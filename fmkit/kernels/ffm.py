@@ -72,7 +72,7 @@ def _row_forward(indptr, indices, fields, values, r, T, k):
     return total
 
 
-@kernel(nogil=True, fastmath=FAST, error_model="numpy")
+@kernel(nogil=True, fastmath=FAST, error_model="numpy", allocates=False)
 def predict_rows(indptr, indices, fields, values, w0, T, k, out):
     """y_hat of every row into ``out`` (float64; :func:`predict_logits` checks the fields)."""
     for r in range(indptr.size - 1):

@@ -430,7 +430,7 @@ def _rows_updater(opt: int):
 
     rule, rowwise = kernel_rules(opt)
 
-    @kernel(nogil=True, fastmath=FAST, error_model="numpy")
+    @kernel(nogil=True, fastmath=FAST, error_model="numpy", allocates=False)
     def update_rows(T, rows, G, lo, hi, group, config, adam_lr, adam_eps):
         cfg = _frozen(config)
         for t in range(lo, hi):
@@ -556,7 +556,7 @@ def _slot_of(i, slot, seen, count):
     return t, count
 
 
-@kernel(nogil=True)
+@kernel(nogil=True, allocates=False)
 def _distinct_features(indptr, indices, order, lo, hi, slot, touched, pos):
     """The distinct features of rows ``lo:hi`` of the order (empty: as stored) into
     ``touched`` (first-seen order), each one's position in ``slot``, and the position of each
@@ -579,7 +579,7 @@ def _distinct_features(indptr, indices, order, lo, hi, slot, touched, pos):
     return n_touched
 
 
-@kernel(nogil=True, fastmath=FAST, error_model="numpy")
+@kernel(nogil=True, fastmath=FAST, error_model="numpy", allocates=False)
 def _batch_gradient(indptr, indices, values, labels, weights, order, lo, hi, loss_kind, inv_rows,
                     B, T, k, sums, pos, p, G, n_touched):
     """The gradient of rows ``lo:hi`` of the order (a mini-batch, or one thread's share of
@@ -692,7 +692,7 @@ def train_minibatches(indptr, indices, values, labels, order, batch_size, loss_k
     return loss, step + -(-n // batch_size)
 
 
-@kernel(nogil=True)
+@kernel(nogil=True, allocates=False)
 def _sum_parts(G_parts, touched, slot, lo, hi):
     """Gradient rows ``lo:hi`` of every part summed into part 0, their slots reset to -1."""
     for t in range(lo, hi):
