@@ -633,21 +633,21 @@ def _batches_trainer(opt: int):
     """The mini-batch loop compiled for one update rule (as :func:`_rows_trainer`)."""
     rule, rowwise = kernel_rules(opt)
 
-    @kernel(nogil=True, fastmath=FAST, error_model="numpy", allocates=False)
+    @kernel(nogil=True, fastmath=FAST, error_model="numpy")
     def train_batches(indptr, indices, values, labels, weights, order, lo, hi, batch_size,
-                      loss_kind, config, B, T, k, slot, touched, pos, G, sums, step, stride,
-                      g_bias):
+                      loss_kind, config, B, T, k, slot, touched, pos, G, sums, step, stride):
         """Rows ``lo:hi`` of ``order`` (a permutation; empty: as stored) in mini-batches of
         ``batch_size`` (the last may be smaller), each one
         optimizer step on the gradient of its mean loss (SageMaker's and MXNet's semantics),
         lazily: only the features it touched. The j-th mini-batch (from 1) is Adam step
         ``step + stride * j``. ``slot`` (an int per table row) must be all -1 and is left so;
         ``touched`` and ``G`` (float64, a gradient row per distinct feature) hold a mini-batch's
-        distinct features, ``pos`` its nonzeros' slots; ``g_bias`` (float64, 1 element) the
-        bias's gradient. Returns the summed loss of the rows before their updates."""
+        distinct features, ``pos`` its nonzeros' slots. Returns the summed loss of the rows
+        before their updates."""
         cfg = _frozen(config)
         width = k + 1
         total_loss = 0.0
+        g_bias = np.empty(1)  # (each mini-batch sets it; np.zeros would compile one more helper)
         b1_t, b2_t = np.float64(cfg[BETA1]) ** step, np.float64(cfg[BETA2]) ** step
         b1_stride, b2_stride = np.float64(cfg[BETA1]) ** stride, np.float64(cfg[BETA2]) ** stride
         for start in range(lo, hi, batch_size):
@@ -688,8 +688,7 @@ def train_minibatches(indptr, indices, values, labels, order, batch_size, loss_k
     n = indptr.size - 1
     loss = _BATCHES[opt](indptr, indices, values, labels,
                          NO_WEIGHTS if weights is None else weights, order, 0, n, batch_size,
-                         loss_kind, cfg, B, T, k, slot, touched, pos, G, sums, step, 1,
-                         np.empty(1))
+                         loss_kind, cfg, B, T, k, slot, touched, pos, G, sums, step, 1)
     return loss, step + -(-n // batch_size)
 
 
