@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from fmkit import compile_cache
 
@@ -249,3 +250,108 @@ def test_every_cached_kernel_compiles_without_a_c_entry_point():
     assert len(cached) >= 40 and "fmkit.data.libsvm.parse_libsvm" in cached
     assert [name for name, f in cached.items() if not f.targetoptions.get("no_cfunc_wrapper")
             ] == []
+
+
+
+def _kernels_without_the_runtime() -> dict[str, object]:
+    """Every kernel of fmkit compiled with ``allocates=False`` (numba's ``_nrt=False``)."""
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import fmkit
+
+    found = {}
+    for info in pkgutil.walk_packages(fmkit.__path__, "fmkit."):
+        if info.name != "fmkit.__main__":
+            for value in vars(importlib.import_module(info.name)).values():
+                for item in (value.values() if isinstance(value, dict) else [value]):
+                    if (isinstance(item, CPUDispatcher)
+                            and item.targetoptions.get("_nrt", True) is False):
+                        found[f"{item.py_func.__module__}.{item.py_func.__qualname__}"] = item
+    return found
+
+
+def _holds_array(numba_type) -> bool:
+    from numba.core import types
+
+    return isinstance(numba_type, types.Array) or (
+        isinstance(numba_type, types.BaseTuple) and any(_holds_array(t) for t in numba_type))
+
+
+def _arrays_returned(dispatcher, args, seen: set) -> list[str]:
+    """The functions ``dispatcher`` calls for ``args``, at any depth, that return an array
+    (or a tuple holding one): read from the types numba inferred while compiling."""
+    from numba.core import types
+
+    if (dispatcher, args) in seen:
+        return []
+    seen.add((dispatcher, args))
+    annotation = dispatcher.overloads[args].type_annotation
+    found = []
+    for expr, signature in annotation.calltypes.items():
+        callee = annotation.typemap.get(expr.func.name) if getattr(expr, "op", "") == "call" \
+            else None
+        if isinstance(callee, types.Dispatcher):
+            if _holds_array(signature.return_type):
+                found.append(callee.dispatcher.py_func.__name__)
+            found += _arrays_returned(callee.dispatcher, signature.args, seen)
+    return found
+
+
+def check_kernels_without_the_runtime(work: Path) -> None:
+    """Compile every kernel without the runtime by small inputs of every reader and an FM
+    mini-batch's gradient (in an interpreter whose numba cache is empty, so that it compiles
+    and keeps what it inferred), then print each with the runtime functions its LLVM IR
+    calls and the functions it calls that return arrays (none, for a sound one)."""
+    import re
+
+    import numpy as np
+
+    from fmkit.data.batch import take, unit_rows
+    from fmkit.data.libsvm import largest_field
+    from fmkit.data.recordio import encode_batch
+    from fmkit.data.sources import FileSource
+    from fmkit.models.fm.hyperparameters import validate
+    from fmkit.models.fm.parameters import starting_point
+    from fmkit.train.kernel_learner import fm_learner
+
+    files = {"libsvm": "1 0:1 3:0.5\n0 1:2 2:1\n", "csv": "1,0,1.5,0,2\n0,1,0,0,0\n",
+             "libffm": "1 0:0:1 1:3:0.5 1:3:0.5\n0 0:1:2 1:2:1\n"}
+    for fmt, text in files.items():
+        (work / f"t.{fmt}").write_text(text)
+        for block in FileSource(work / f"t.{fmt}", fmt, 4, labels="binary").blocks():
+            unit_rows(take(block, np.array([1, 0])))
+    largest_field(work / "t.libffm")
+    (work / "t.rec").write_bytes(encode_batch(block, 4))
+    list(FileSource(work / "t.rec", "recordio", 4, labels="binary").blocks())
+    hp = starting_point(validate({"feature_dim": 4, "num_factors": 2,
+                                  "predictor_type": "binary_classifier"}), 0.5)
+    fm_learner(hp).gradient(block)
+    for name, k in _kernels_without_the_runtime().items():
+        for signature in k.signatures:
+            calls = set(re.findall(r"@(NRT_\w+)", k.inspect_llvm(signature)))
+            print(name, *sorted(calls), *_arrays_returned(k, signature, set()))
+        if not k.signatures:
+            print(name, "(never compiled)")
+
+
+def test_kernels_without_the_runtime_count_no_references(tmp_path):
+    """A kernel compiled without numba's runtime must not depend on reference counting: its
+    LLVM IR calls none of the runtime's functions, and no function it calls, however deep,
+    returns an array. (numba compiles a helper once per argument types, for whichever caller
+    needs it first, with or without the runtime: a helper returning a view, compiled without
+    it, hands a caller that has it a reference it never counted up, which that caller counts
+    down: the table freed in use. The FM's mini-batch loop, whose update rules take views of
+    a table row from a helper, did that, and keeps the runtime.)"""
+    script = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+              "import test_compile_cache as t; "
+              "t.check_kernels_without_the_runtime(Path(sys.argv[2]))")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__), str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    checked = [line.split() for line in run.stdout.splitlines()]
+    assert len(checked) >= 15 and ["fmkit.data.libsvm.parse_libsvm"] in checked
+    assert [line for line in checked if len(line) > 1] == []

@@ -85,7 +85,7 @@ class ColumnBatch:
 QUOTE = 34  # '"'
 
 
-@kernel(nogil=True, allocates=False)
+@kernel(nogil=True)
 def _unquoted(buf: np.ndarray, lo: int, hi: int, data: np.ndarray, at: int) -> int:
     """The length of the quoted field ``buf[lo:hi]`` (``buf[lo]`` is its opening quote) once
     unquoted: its text up to the closing quote with ``""`` as ``"``, then any rest as it is;
@@ -106,7 +106,7 @@ def _unquoted(buf: np.ndarray, lo: int, hi: int, data: np.ndarray, at: int) -> i
     return length
 
 
-@kernel(nogil=True, allocates=False)
+@kernel(nogil=True)
 def _fields(buf: np.ndarray, stops: np.ndarray, start: int, n_columns: int,
             offsets: np.ndarray, data: np.ndarray, counts: np.ndarray,
             quoted: np.ndarray) -> None:
@@ -143,7 +143,7 @@ def _fields(buf: np.ndarray, stops: np.ndarray, start: int, n_columns: int,
             column = 0
 
 
-@kernel(nogil=True, allocates=False)
+@kernel(nogil=True)
 def _quoted_stops(buf: np.ndarray, start: int, delimiter: int, stops: np.ndarray,
                   quoted: np.ndarray) -> int:
     """The field ends of ``buf[start:]`` into ``stops`` (the delimiters and newlines outside

@@ -430,7 +430,7 @@ def _rows_updater(opt: int):
 
     rule, rowwise = kernel_rules(opt)
 
-    @kernel(nogil=True, fastmath=FAST, error_model="numpy", allocates=False)
+    @kernel(nogil=True, fastmath=FAST, error_model="numpy")
     def update_rows(T, rows, G, lo, hi, group, config, adam_lr, adam_eps):
         cfg = _frozen(config)
         for t in range(lo, hi):
@@ -692,7 +692,7 @@ def train_minibatches(indptr, indices, values, labels, order, batch_size, loss_k
     return loss, step + -(-n // batch_size)
 
 
-@kernel(nogil=True, allocates=False)
+@kernel(nogil=True)
 def _sum_parts(G_parts, touched, slot, lo, hi):
     """Gradient rows ``lo:hi`` of every part summed into part 0, their slots reset to -1."""
     for t in range(lo, hi):

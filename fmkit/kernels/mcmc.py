@@ -38,7 +38,7 @@ LAMBDA_BIAS = 0.0  # the bias's prior precision: flat, as libFM's w0
 ALPHA, LAMBDA_W, MU_W, FACTORS = 0, 1, 2, 3
 
 
-@kernel(nogil=True, allocates=False)
+@kernel(nogil=True)
 def standard_normal_above(a):
     """A draw of N(0, 1) truncated to values above ``a`` (Robert 1995: plain rejection where
     that accepts at least half the draws, an exponential proposal in the tail)."""
@@ -54,7 +54,7 @@ def standard_normal_above(a):
             return z
 
 
-@kernel(nogil=True, allocates=False)
+@kernel(nogil=True)
 def gamma(shape, rate):
     """A Gamma(``shape`` >= 1, ``rate``) draw by Marsaglia and Tsang's method (2000), from
     standard normal and uniform draws only, whose stream numba and NumPy's ``RandomState``
@@ -94,7 +94,7 @@ def predict_rows(indptr, indices, values, w0, w, V, out):
         out[n] = linear + 0.5 * (pair - squares)
 
 
-@kernel(nogil=True, allocates=False)
+@kernel(nogil=True)
 def _draw(sum_hh, sum_h_target, prior_mean, prior_precision, alpha):
     """The conditional draw of one parameter from its sums (see the module's docstring)."""
     variance = 1.0 / (alpha * sum_hh + prior_precision)
@@ -102,7 +102,7 @@ def _draw(sum_hh, sum_h_target, prior_mean, prior_precision, alpha):
     return mean + math.sqrt(variance) * np.random.normal()
 
 
-@kernel(nogil=True, allocates=False)
+@kernel(nogil=True)
 def _draw_prior(values, mu_prior):
     """lambda then mu of a group of parameters ``values`` (libFM's Normal-Gamma draw)."""
     count = values.size

@@ -34,7 +34,7 @@ AHEAD = 8  # rows prefetched ahead of the update
 RULES = {"sgd": SGD, "adagrad": ADAGRAD, "rowwise_adagrad": ROWWISE_ADAGRAD, "adam": ADAM}
 
 
-@kernel(nogil=True, fastmath={"nsz", "arcp", "contract"}, allocates=False)
+@kernel(nogil=True, fastmath={"nsz", "arcp", "contract"})
 def _update(rule: int, weight: np.ndarray, first: np.ndarray, second: np.ndarray,
             rows: np.ndarray, grads: np.ndarray, lr: float, eps: float, beta1: float,
             beta2: float, weight_decay: float, step_size: float) -> None:
@@ -161,7 +161,7 @@ class SparseRows(CompiledOptimizer):
             _changed(weight)
 
 
-@kernel(nogil=True, error_model="numpy", allocates=False)
+@kernel(nogil=True, error_model="numpy")
 def _adam(weight: np.ndarray, grad: np.ndarray, first: np.ndarray, second: np.ndarray,
           mix: np.float32, beta2: np.float32, rest2: np.float32, eps: np.float32,
           weight_decay: np.float32, shrink: np.float32, step_size: np.float32,

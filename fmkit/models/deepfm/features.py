@@ -58,7 +58,7 @@ class Encoded:
     weights: np.ndarray | None = None  # float32 sample weights (sample_weight_fields)
 
 
-@kernel(nogil=True, allocates=False)
+@kernel(nogil=True)
 def _fnv1a_bucket(data: np.ndarray, start: int, end: int, buckets: int) -> int:
     """FNV-1a (64-bit) of the bytes ``data[start:end]``, modulo ``buckets``."""
     h = np.uint64(14695981039346656037)
@@ -76,7 +76,7 @@ def _fnv1a(offsets: np.ndarray, data: np.ndarray, buckets: np.ndarray) -> np.nda
     return out
 
 
-@kernel(nogil=True, allocates=False)
+@kernel(nogil=True)
 def _split_values(data: np.ndarray, start: int, end: int, separator: np.ndarray, limit: int,
                   buckets: int, out: np.ndarray, filled: int) -> int:
     """The non-empty values among the first ``limit`` parts of ``data[start:end]`` split at
