@@ -28,6 +28,8 @@ from fmkit.kernels.fm import (
     _like,
     _per_rule,
     _prefetch_ahead,
+    _prefetch_entries,
+    _row_at,
     _row_loss_and_bias_step,
     _update_feature,
     _update_feature_rowwise,
@@ -72,7 +74,7 @@ def _row_forward(indptr, indices, fields, values, r, T, k):
     return total
 
 
-@kernel(nogil=True, fastmath=FAST, error_model="numpy", allocates=False)
+@kernel(nogil=True, fastmath=FAST, error_model="numpy")
 def predict_rows(indptr, indices, fields, values, w0, T, k, out):
     """y_hat of every row into ``out`` (float64; :func:`predict_logits` checks the fields)."""
     for r in range(indptr.size - 1):
@@ -148,19 +150,21 @@ def _partner_sums(indptr, indices, fields, values, r, flat, columns, k, width, S
 
 
 @kernel(nogil=True, fastmath=FAST, error_model="numpy")
-def _gradient(indptr, indices, fields, values, labels, weights, lo_row, hi_row, inv_rows,
-              loss_kind, w0, T, k, pos, first, G, width):
-    """The mean-loss gradient of rows ``lo_row:hi_row`` added into ``G`` (a row ``[g_w,
-    g_v..]`` per slot, nonzero ``j``'s slot being ``pos[j - first]``, see
-    :func:`fmkit.kernels.fm._distinct_features`); returns ``(sum of the rows' losses, gradient
-    of w0)``; ``width``: 1 + num_fields * k."""
+def _gradient(indptr, indices, fields, values, labels, weights, order, lo_row, hi_row, inv_rows,
+              loss_kind, w0, T, k, pos, G, width):
+    """The mean-loss gradient of rows ``lo_row:hi_row`` of ``order`` (empty: as stored) added
+    into ``G`` (a row ``[g_w, g_v..]`` per slot; the slots of the rows' nonzeros, in that
+    order, are ``pos``: see :func:`fmkit.kernels.fm._distinct_features`); returns ``(sum of
+    the rows' losses, gradient of w0)``; ``width``: 1 + num_fields * k."""
     flat = T.reshape(T.size)  # a view (numba types no reshape of a non-contiguous table)
-    longest = _longest_row(indptr, lo_row, hi_row)
+    longest = _longest_row(indptr, 0, indptr.size - 1)
     S, layout = np.empty(longest * width, T.dtype), np.empty(2 * longest, np.uintp)
     rows_S = S.reshape((longest, width))  # (on its rows the loop below vectorizes)
     total_loss = 0.0
     g0 = 0.0
-    for r in range(lo_row, hi_row):
+    p = 0
+    for q in range(lo_row, hi_row):
+        r = _row_at(order, q)
         z = np.float64(w0[0]) + _partner_sums(indptr, indices, fields, values, r, flat,
                                               np.uintp(T.shape[1]), np.uintp(k),
                                               np.uintp(width), S, layout)
@@ -170,7 +174,8 @@ def _gradient(indptr, indices, fields, values, labels, weights, lo_row, hi_row, 
         g0 += slope
         lo = indptr[r]
         for a in range(lo, indptr[r + 1]):
-            sa = pos[a - first]
+            sa = pos[p]
+            p += 1
             scale = slope * np.float64(values[a])
             G[sa, 0] += scale
             sums = rows_S[a - lo]
@@ -211,8 +216,8 @@ def minibatch_gradient(indptr, indices, fields, values, labels, inv_rows: float,
     slot[touched[:n]] = -1
     G = np.zeros((n, 1 + num_fields * k))
     loss, g0 = _gradient(indptr, indices, fields, values, labels,
-                         NO_WEIGHTS if weights is None else weights, 0, indptr.size - 1,
-                         inv_rows, loss_kind, w0, T, k, pos, indptr[0], G, G.shape[1])
+                         NO_WEIGHTS if weights is None else weights, NO_ORDER, 0,
+                         indptr.size - 1, inv_rows, loss_kind, w0, T, k, pos, G, G.shape[1])
     return loss, g0, touched[:n].astype(np.int64), G
 
 
@@ -222,13 +227,13 @@ def _batches_trainer(opt: int):
     rule, rowwise = kernel_rules(opt)
 
     @kernel(nogil=True, fastmath=FAST, error_model="numpy")
-    def train_batches(indptr, indices, fields, values, labels, weights, batch_size, loss_kind,
-                      config, B, T, k, num_fields, slot, touched, pos, G, step):
-        """Every row in mini-batches of ``batch_size``, each one optimizer step on its mean
-        loss's gradient, lazily (the features it touched; a feature's whole row of field
-        vectors). ``slot`` must be all -1 and is left so; ``touched``/``G`` hold the largest
-        mini-batch's distinct features, ``pos`` its nonzeros' slots. Returns the summed loss
-        before each update."""
+    def train_batches(indptr, indices, fields, values, labels, weights, order, batch_size,
+                      loss_kind, config, B, T, k, num_fields, slot, touched, pos, G, step):
+        """Every row, in ``order`` (a permutation; empty: as stored), in mini-batches of
+        ``batch_size``, each one optimizer step on its mean loss's gradient, lazily (the
+        features it touched; a feature's whole row of field vectors). ``slot`` must be all -1
+        and is left so; ``touched``/``G`` hold the largest mini-batch's distinct features,
+        ``pos`` its nonzeros' slots. Returns the summed loss before each update."""
         cfg = _frozen(config)
         width = 1 + num_fields * k
         total_loss = 0.0
@@ -236,12 +241,12 @@ def _batches_trainer(opt: int):
         n_rows = indptr.size - 1
         for start in range(0, n_rows, batch_size):
             stop = min(start + batch_size, n_rows)
-            n_touched = _distinct_features(indptr, indices, NO_ORDER, start, stop, slot,
-                                           touched, pos)
+            n_touched = _distinct_features(indptr, indices, order, start, stop, slot, touched,
+                                           pos)
             G[:n_touched, :width] = 0.0
-            loss, g_bias[0] = _gradient(indptr, indices, fields, values, labels, weights, start,
-                                        stop, 1.0 / (stop - start), loss_kind, B[0, :1], T, k,
-                                        pos, indptr[start], G, width)
+            loss, g_bias[0] = _gradient(indptr, indices, fields, values, labels, weights, order,
+                                        start, stop, 1.0 / (stop - start), loss_kind, B[0, :1],
+                                        T, k, pos, G, width)
             total_loss += loss
             step += 1
             adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
@@ -266,19 +271,19 @@ def _rows_trainer(opt: int):
     rule, rowwise = kernel_rules(opt)
 
     @kernel(nogil=True, fastmath=FAST, error_model="numpy")
-    def train_rows(indptr, indices, fields, values, labels, weights, lo, hi, loss_kind, config, B,
-                   T, k, num_fields, step, stride):
-        """Rows ``lo:hi``, an optimizer step each, fused as the FM's per-row loop: the forward
-        pass leaves every factor vector's partner sum ``S[a, f] = sum over b != a in field f
-        of x_b v_{i_b, f_a}`` (a row's features are distinct, so the sums are its gradient),
-        then each feature's whole row of field vectors steps from ``slope x_a S[a]``. Row r's
-        Adam step is ``step + stride * (r - lo + 1)``. Returns the summed loss before the
-        updates."""
+    def train_rows(indptr, indices, fields, values, labels, weights, order, lo, hi, loss_kind,
+                   config, B, T, k, num_fields, step, stride):
+        """Rows ``lo:hi`` of ``order`` (a permutation; empty: as stored), an optimizer step
+        each, fused as the FM's per-row loop: the forward pass leaves every factor vector's
+        partner sum ``S[a, f] = sum over b != a in field f of x_b v_{i_b, f_a}`` (a row's
+        features are distinct, so the sums are its gradient), then each feature's whole row of
+        field vectors steps from ``slope x_a S[a]``. The order's row q takes Adam step ``step +
+        stride * (q - lo + 1)``. Returns the summed loss before the updates."""
         cfg = _frozen(config)
         width = 1 + num_fields * k
         lines = (T.shape[1] * T.itemsize + 63) // 64
         flat = T.reshape(T.size)  # a view (numba types no reshape of a non-contiguous table)
-        longest = _longest_row(indptr, lo, hi)
+        longest = _longest_row(indptr, 0, indptr.size - 1)
         S, layout = np.empty(longest * width, T.dtype), np.empty(2 * longest, np.uintp)
         rows_S = S.reshape((longest, width))
         one = np.ones(1, T.dtype)
@@ -286,8 +291,11 @@ def _rows_trainer(opt: int):
         total_loss = 0.0
         b1_t, b2_t = np.float64(cfg[BETA1]) ** step, np.float64(cfg[BETA2]) ** step
         b1_stride, b2_stride = np.float64(cfg[BETA1]) ** stride, np.float64(cfg[BETA2]) ** stride
-        for r in range(lo, hi):
-            _prefetch_ahead(indptr, indices, values, NO_ORDER, r, hi, T, lines)
+        for q in range(lo, hi):
+            r = _row_at(order, q)
+            _prefetch_ahead(indptr, indices, values, order, q, hi, T, lines)
+            if order.size and q + 2 < hi:  # rows in shuffled order: their fields too
+                _prefetch_entries(indptr, fields, order[q + 2])
             z = np.float64(B[0, 0]) + _partner_sums(indptr, indices, fields, values, r, flat,
                                                     np.uintp(T.shape[1]), np.uintp(k),
                                                     np.uintp(width), S, layout)
@@ -316,8 +324,10 @@ _ROWS = _per_rule(_rows_trainer)
 
 def train_online(indptr, indices, fields, values, labels, loss_kind: int, opt: int, config, B,
                  T, k: int, num_fields: int, step: int, parts: int = 1,
-                 weights: np.ndarray | None = None) -> tuple[float, int]:
-    """Train on one chunk's rows one step per row (``mini_batch_size=1``), in place: on one
+                 weights: np.ndarray | None = None, order: np.ndarray = NO_ORDER
+                 ) -> tuple[float, int]:
+    """Train on one chunk's rows one step per row (``mini_batch_size=1``), in ``order`` (a
+    permutation; empty: as stored; shuffling by index saves copying rows), in place: on one
     part, on the calling thread, the same steps as :func:`train_minibatches` with batches of
     one row; on more, ``parts`` ranges of rows at once without locks (the FM's
     :func:`fmkit.kernels.fm.lock_free`). Returns ``(sum of losses, step count)``."""
@@ -325,21 +335,23 @@ def train_online(indptr, indices, fields, values, labels, loss_kind: int, opt: i
     n = indptr.size - 1
     weights = NO_WEIGHTS if weights is None else weights
     loss = lock_free(_ROWS[opt], n, parts, B, lambda part, lo, hi, bias, parts: (
-        indptr, indices, fields, values, labels, weights, lo, hi, loss_kind, config, bias, T, k,
-        num_fields, step + part, parts))
+        indptr, indices, fields, values, labels, weights, order, lo, hi, loss_kind, config,
+        bias, T, k, num_fields, step + part, parts))
     return loss, step + n
 
 
 def train_minibatches(indptr, indices, fields, values, labels, batch_size: int, loss_kind: int,
                       opt: int, config, B, T, k: int, num_fields: int, slot, touched, pos,
-                      G, step: int, weights: np.ndarray | None = None) -> tuple[float, int]:
+                      G, step: int, weights: np.ndarray | None = None,
+                      order: np.ndarray = NO_ORDER) -> tuple[float, int]:
     """Train on one chunk's rows in mini-batches of ``batch_size`` (1: a row per step), in
-    place, on the calling thread: the FM's semantics (one step per mini-batch on its mean
+    ``order`` (as :func:`train_online`), in place, on the calling thread: the FM's semantics
+    (one step per mini-batch on its mean
     loss, lazy updates). ``touched``/``G`` (float64, at least ``1 + num_fields * k`` columns)
     must hold the largest mini-batch's distinct features, ``pos`` (int32) its nonzeros.
     Returns ``(sum of losses, step count)``."""
     _check_fields(fields, num_fields, T, k)
     loss = _BATCHES[opt](indptr, indices, fields, values, labels,
-                         NO_WEIGHTS if weights is None else weights, batch_size, loss_kind,
-                         config, B, T, k, num_fields, slot, touched, pos, G, step)
+                         NO_WEIGHTS if weights is None else weights, order, batch_size,
+                         loss_kind, config, B, T, k, num_fields, slot, touched, pos, G, step)
     return loss, step + -(-(indptr.size - 1) // batch_size)

@@ -124,9 +124,6 @@ class KernelLearner:
 
     primary = True
     diverged_hint = FM_DIVERGED_HINT
-    # whether a chunk's rows are copied into their shuffled order (on the reading thread)
-    # before training: the FM's kernels take the order instead, which saves the copy
-    gathers = False
 
     def __init__(self, hp: dict[str, Any], params: FMParameters | None, dtype=np.float32,
                  pause_every: int = 0):
@@ -143,17 +140,17 @@ class KernelLearner:
     def batches(self, source: Source, rng: np.random.Generator
                 ) -> Iterator[tuple[SparseBatch, np.ndarray]]:
         """Chunks of whole mini-batches, each with its row order: one compiled call each.
-        Chunks are joined, ordered and (``gathers``) copied in that order on the reading
-        thread, so the training thread only trains. With ``pause_every``, a chunk is cut where
-        the step count reaches a multiple of it, so that callbacks (validation every N steps)
-        act there."""
+        Chunks are joined and ordered on the reading thread, so the training thread only
+        trains; the kernels take the order, which saves copying the rows into it. With
+        ``pause_every``, a chunk is cut where the step count reaches a multiple of it, so that
+        callbacks (validation every N steps) act there."""
         size, every = self.hp["mini_batch_size"], self.pause_every
         self.parts = reading_parts(self.ws.parts, source)
 
         def prepared() -> Iterator[tuple[SparseBatch, np.ndarray]]:
             for chunk in rebatch(source.blocks(), size):
                 order = rng.permutation(chunk.n_rows) if self.hp["shuffle"] else kernels.NO_ORDER
-                if order.size and (self.gathers or every):
+                if order.size and every:
                     chunk, order = take(chunk, order), kernels.NO_ORDER
                 yield chunk, order
 
@@ -240,22 +237,21 @@ class FFMLearner(KernelLearner):
         if not self.ws.slot.size:  # a row per step is a mini-batch of one here
             self.ws.slot = np.full(self.table.shape[0], -1, np.int32)
 
-    gathers = True  # (the FFM's kernels read rows as stored)
-
     def step(self, unit: tuple[SparseBatch, np.ndarray]) -> tuple[float, int]:
-        chunk, _ = unit  # ordered by batches(): gathers
+        chunk, order = unit
         size, ws = self.hp["mini_batch_size"], self.ws
         if size == 1:
             loss, self.steps = ffm.train_online(
                 chunk.indptr, chunk.indices, chunk.field_ids(), chunk.values, chunk.labels,
                 self.kind, self.opt, self.config, self.bias, self.table, self.factors,
-                self.fields, self.steps, self.parts, weights=chunk.weights)
+                self.fields, self.steps, self.parts, weights=chunk.weights, order=order)
             return loss, chunk.n_rows
-        ws.reserve(chunk, size, self.table.shape[0])
+        ws.reserve(chunk, size, self.table.shape[0], order)
         loss, self.steps = ffm.train_minibatches(
             chunk.indptr, chunk.indices, chunk.field_ids(), chunk.values, chunk.labels, size,
             self.kind, self.opt, self.config, self.bias, self.table, self.factors, self.fields,
-            ws.slot, ws.touched, ws.positions, ws.grads[0], self.steps, weights=chunk.weights)
+            ws.slot, ws.touched, ws.positions, ws.grads[0], self.steps, weights=chunk.weights,
+            order=order)
         return loss, chunk.n_rows
 
     def gradient(self, batch: SparseBatch | None) -> Gradient:
@@ -301,5 +297,5 @@ def compile_kernels(hp: dict[str, Any]) -> None:
     if hp["optimizer"] == MCMC:
         learner.step(Rows(two_rows(False), 4))
         return
-    order = np.arange(2) if hp["shuffle"] and not learner.gathers else kernels.NO_ORDER
+    order = np.arange(2) if hp["shuffle"] else kernels.NO_ORDER
     learner.step((two_rows(hp["model_type"] == "ffm"), order))
