@@ -248,6 +248,11 @@ ROWS = [
     ("ffm: fmkit FFM defaults (xLearn's settings), 1 thread", "fmkit", "train_file",
      {"threads": 1, "epochs": 2, "data": "ffm", "hp": {"model_type": "ffm"}},
      "ffm: xLearn FFM adagrad 1 thread, cold"),
+    ("ffm: xLearn FFM adagrad, one core", "peer", "xlearn_ffm_cold",
+     {"threads": 1, "epochs": 2, "data": "ffm", "one_core": True}, None),
+    ("ffm: fmkit FFM defaults, one core", "fmkit", "train_file",
+     {"threads": 1, "epochs": 2, "data": "ffm", "hp": {"model_type": "ffm"}, "one_core": True},
+     "ffm: xLearn FFM adagrad, one core"),
     ("ffm: fmkit FFM defaults but rowwise_adagrad, 1 thread", "fmkit", "train_file",
      {"threads": 1, "epochs": 2, "data": "ffm",
       "hp": {"model_type": "ffm", "optimizer": "rowwise_adagrad", "mini_batch_size": 1,
@@ -337,7 +342,12 @@ def run(runner: str, task: str, options: dict, train: Path, test: Path, features
     with tempfile.TemporaryDirectory(prefix="numba-cold-") as cold_cache:
         if options.get("cold"):  # a first run: nothing compiled yet
             env["NUMBA_CACHE_DIR"] = cold_cache
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        # one_core: the process and every thread it starts on one CPU (the reading thread
+        # too): a per-core comparison, where "1 thread" rows leave a reader the other core
+        pin = (lambda: os.sched_setaffinity(0, [min(os.sched_getaffinity(0))])
+               ) if options.get("one_core") else None
+        done = subprocess.run(command, capture_output=True, text=True, env=env,
+                              preexec_fn=pin)
     if done.returncode != 0:
         raise SystemExit(f"{task} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -47,7 +47,7 @@ def _is_nonfinite_word(buf, start, end):
     return False
 
 
-@kernel(allocates=False)
+@kernel()
 def parse_float(buf, start, end):
     """Parse ``buf[start:end]`` as a decimal float. Returns ``(value, code)``."""
     p = start
@@ -118,3 +118,9 @@ def parse_float(buf, start, end):
     if value > FLOAT32_MAX:  # would become infinity in the float32 arrays
         return 0.0, NOT_FINITE
     return -value if negative else value, OK
+
+
+# :func:`parse_float` as the parsers call it, compiled into each of them: called as a kernel
+# (a function of its own), the CSV reader's call per value cost a fifth of its time
+# (docs/performance.md, session 52)
+parse_float_inline = kernel_helper()(parse_float.py_func)
