@@ -122,10 +122,13 @@ def kernel(*, allocates: bool = True, **options: Any) -> Callable:
     and which every first run compiled for every kernel: docs/performance.md, session 48).
 
     ``allocates=False``: compiled without numba's runtime, for a function that creates no
-    array (numba refuses to compile one that does) and returns none. With the runtime, every
-    call of a helper that takes an array counts a reference up and down, two atomic operations
-    that the runtime's pruning leaves in loops: the text parsers, calling a helper per token,
-    ran at a third to a quarter of their speed (docs/performance.md, session 52)."""
+    array (numba refuses to compile one that does) and calls nothing that returns one (a
+    helper compiled without the runtime for it would hand later callers that have the runtime
+    views they count down, never up: docs/architecture.md; tests/test_compile_cache.py checks
+    both). With the runtime, every call of a helper that takes an array counts a reference up
+    and down, two atomic operations the runtime's pruning leaves in loops: the text parsers,
+    calling a helper per token, ran at a third to a quarter of their speed
+    (docs/performance.md, session 52)."""
     from numba import njit
 
     if not allocates:
