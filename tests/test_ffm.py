@@ -391,3 +391,30 @@ def test_ffm_estimators_on_a_matrix_equal_the_cli_on_its_libffm_file(tmp_path, c
         FFMClassifier().fit(X, y)
     with pytest.raises(ValueError, match="one integer >= 0 per column of X"):
         FFMClassifier(fields=fields[:-1]).fit(X, y)
+
+
+def test_a_small_channel_without_num_fields_is_parsed_once(tmp_path, monkeypatch):
+    """An FFM that counts its fields on a channel small enough to hold (several epochs, one
+    process) parses it once: the count, the bias's start (the label moments) and every epoch
+    read the held rows. The model equals that of a run given ``num_fields``, which parses the
+    file for its label moments and its first epoch."""
+    from fmkit.data import libsvm
+    from fmkit.jobs.fm import train_files
+    from fmkit.models.fm.hyperparameters import validate
+
+    train = shared_file(*XLEARN_TRAIN)
+    parsed = []
+    monkeypatch.setattr(libsvm, "parse_block", lambda *a, parse=libsvm.parse_block, **k:
+                        parsed.append(1) or parse(*a, **k))
+    models = {}
+    for num_fields in (0, 18):
+        parsed.clear()
+        hp = validate({"feature_dim": 10000, "num_factors": 4, "epochs": 3, "model_type": "ffm",
+                       "predictor_type": "binary_classifier", "num_fields": num_fields})
+        models[num_fields], _ = train_files(hp, train, tmp_path / f"m{num_fields}",
+                                            index_base=0, progress=False)
+        blocks = len(parsed)
+        assert blocks == (1 if num_fields == 0 else 2), blocks
+    assert models[0].hyperparameters["num_fields"] == 18
+    np.testing.assert_array_equal(models[0].params.V, models[18].params.V)
+    np.testing.assert_array_equal(models[0].params.w, models[18].params.w)

@@ -22,6 +22,7 @@ from fmkit.data.sources import (
     TEXT_SAMPLES,
     FileSource,
     detect_index_base,
+    held_if_small,
 )
 from fmkit.errors import DataError, HyperparameterError, require_option
 from fmkit.jobs.training import check_first_block, score_and_save, train
@@ -88,8 +89,9 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     if device == "cpu" and distributed.rank_and_size()[1] == 1:
         _compile_on_two_cores(hp, source.fmt)
     source.index_base = resolve_index_base(source, index_base)
+    training = source
     if hp["model_type"] == "ffm":
-        hp = _with_fields(hp, source)
+        hp, training = _with_fields(hp, source)
         source.num_fields = hp["num_fields"]
     channels = {}
     for name, path in (("test", test_path), ("validation", validation_path)):
@@ -108,7 +110,7 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     if hp["validation_every_steps"] and "validation" in channels:
         channels["validation"].require_rereadable("validation_every_steps reads it several "
                                                   "times an epoch; give a file")
-    return train_sources(hp, source, model_dir, channels, index_base=source.index_base,
+    return train_sources(hp, training, model_dir, channels, index_base=source.index_base,
                          progress=progress, host=host, checkpoints=checkpoints, resume=resume,
                          device=device, init_model=init_model, callbacks=callbacks)
 
@@ -121,15 +123,25 @@ def _compile_on_two_cores(hp: dict[str, Any], fmt: str) -> None:
     compile_kernels({**hp, "num_fields": max(1, hp["num_fields"])})
 
 
-def _with_fields(hp: dict[str, Any], source: FileSource) -> dict[str, Any]:
+def _with_fields(hp: dict[str, Any], source: FileSource) -> tuple[dict[str, Any], Any]:
     """An FFM's ``num_fields``: as given, or the training channel's largest field + 1 (one
-    pass over the whole channel, the same on every process); checked to fit in memory. With
-    ``cache`` the pass parses the channel into its binary cache, which the epochs then read;
-    without, it reads only the fields' digits (:func:`fmkit.data.libsvm.largest_field`)."""
+    pass over the whole channel, the same on every process); checked to fit in memory. Returns
+    it and what to train on: ``source``, or the channel's rows held in memory when a small
+    channel read on one process is read several times (:func:`held_if_small`): the pass then
+    parses and holds it, and neither the label moments nor the first epoch parse it again.
+    With ``cache`` the pass parses the channel into its binary cache, which the epochs then
+    read; otherwise it reads only the fields' digits (:func:`fmkit.data.libsvm.largest_field`)."""
+    training = source
     if not hp["num_fields"]:
         source.require_rereadable("give num_fields: counting the fields reads the rows")
         largest = -1
-        if source.cache:
+        held = held_if_small(source, hp["epochs"]) if source.shard[1] == 1 else source
+        if held is not source:
+            for batch in held.blocks():
+                if batch.fields is not None and batch.fields.size:
+                    largest = max(largest, int(batch.fields.max()))
+            training = held
+        elif source.cache:
             for batch in FileSource(source.path, source.fmt, hp["feature_dim"],
                                     cache=True).raw_blocks():
                 if batch.fields is not None and batch.fields.size:
@@ -139,7 +151,7 @@ def _with_fields(hp: dict[str, Any], source: FileSource) -> dict[str, Any]:
         hp = {**hp, "num_fields": largest + 1}
         log.info("%s: %d fields (num_fields, detected)", source.name, hp["num_fields"])
     check_memory(table_hyperparameters(hp))
-    return hp
+    return hp, training
 
 
 def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
