@@ -16,7 +16,7 @@ import numpy as np
 from fmkit.compile_cache import kernel
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES, iter_line_blocks
-from fmkit.data.numbers import BAD_NUMBER, NOT_FINITE, OK, parse_float_inline
+from fmkit.data.numbers import BAD_NUMBER, NOT_FINITE, OK, parse_float
 from fmkit.errors import DataError, excerpt
 from fmkit.logs import log_once
 
@@ -65,7 +65,7 @@ def parse_csv(buf, first_line, n_columns, label_columns, indptr, indices, values
                     a += 1
                 while b > a and (buf[b - 1] == _SPACE or buf[b - 1] == _TAB):
                     b -= 1
-                value, code = parse_float_inline(buf, a, b)
+                value, code = parse_float(buf, a, b)
                 if code != OK:
                     return row, nnz, code, a, b, line, n_columns, col
                 if col < label_columns:

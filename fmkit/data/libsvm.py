@@ -19,7 +19,7 @@ from fmkit.compile_cache import kernel, kernel_helper
 from fmkit.cpus import on_threads, thread_count
 from fmkit.data.batch import SparseBatch
 from fmkit.data.blocks import BLOCK_BYTES, count_newlines, iter_blocks
-from fmkit.data.numbers import BAD_INDEX, BAD_NUMBER, NOT_FINITE, OK, parse_float_inline
+from fmkit.data.numbers import BAD_INDEX, BAD_NUMBER, NOT_FINITE, OK, parse_float
 from fmkit.errors import DataError, excerpt
 
 MISSING_COLON = 10
@@ -107,7 +107,7 @@ def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, fields
         start = _next_token(buf, p, n)
         if start >= 0:
             te = _token_end(buf, start, n)
-            label, code = parse_float_inline(buf, start, te)
+            label, code = parse_float(buf, start, te)
             p = te
             if code != OK:
                 if _bad_pair(buf, start, te, False) == MISSING_COLON:
@@ -139,7 +139,7 @@ def parse_libsvm(buf, first_line, indptr, indices, values, labels, lines, fields
                     p += 1
                 else:
                     te = _token_end(buf, p, n)
-                    val, code = parse_float_inline(buf, p, te)
+                    val, code = parse_float(buf, p, te)
                     if code != OK:
                         return row, nnz, code, start, te, line
                     p = te

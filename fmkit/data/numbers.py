@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmkit.compile_cache import kernel, kernel_helper
+from fmkit.compile_cache import kernel_helper
 
 OK = 0
 BAD_NUMBER = 1  # not a number at all
@@ -47,9 +47,11 @@ def _is_nonfinite_word(buf, start, end):
     return False
 
 
-@kernel()
+@kernel_helper()
 def parse_float(buf, start, end):
-    """Parse ``buf[start:end]`` as a decimal float. Returns ``(value, code)``."""
+    """Parse ``buf[start:end]`` as a decimal float. Returns ``(value, code)``. Compiled into
+    each parser that calls it: called as a kernel (a function of its own), the CSV reader's
+    call per value cost a fifth of its time (docs/performance.md, session 52)."""
     p = start
     if p >= end:
         return 0.0, BAD_NUMBER
@@ -118,9 +120,3 @@ def parse_float(buf, start, end):
     if value > FLOAT32_MAX:  # would become infinity in the float32 arrays
         return 0.0, NOT_FINITE
     return -value if negative else value, OK
-
-
-# :func:`parse_float` as the parsers call it, compiled into each of them: called as a kernel
-# (a function of its own), the CSV reader's call per value cost a fifth of its time
-# (docs/performance.md, session 52)
-parse_float_inline = kernel_helper()(parse_float.py_func)
