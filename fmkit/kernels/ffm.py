@@ -120,11 +120,11 @@ def _pairs(flat, layout, values, first, n, k, S, width):
 
 
 @kernel_helper()
-def _longest_row(indptr, lo, hi):
-    """The most nonzeros of a row among rows ``lo:hi`` (at least 1): what a row's partner sums
-    and layout are sized by."""
+def _longest_row(indptr):
+    """The most nonzeros of a row of the chunk (at least 1): what a row's partner sums and
+    layout are sized by (over all its rows: a range of a shuffled order reaches any of them)."""
     longest = 1
-    for r in range(lo, hi):
+    for r in range(indptr.size - 1):
         longest = max(longest, indptr[r + 1] - indptr[r])
     return longest
 
@@ -157,7 +157,7 @@ def _gradient(indptr, indices, fields, values, labels, weights, order, lo_row, h
     order, are ``pos``: see :func:`fmkit.kernels.fm._distinct_features`); returns ``(sum of
     the rows' losses, gradient of w0)``; ``width``: 1 + num_fields * k."""
     flat = T.reshape(T.size)  # a view (numba types no reshape of a non-contiguous table)
-    longest = _longest_row(indptr, 0, indptr.size - 1)
+    longest = _longest_row(indptr)
     S, layout = np.empty(longest * width, T.dtype), np.empty(2 * longest, np.uintp)
     rows_S = S.reshape((longest, width))  # (on its rows the loop below vectorizes)
     total_loss = 0.0
@@ -283,7 +283,7 @@ def _rows_trainer(opt: int):
         width = 1 + num_fields * k
         lines = (T.shape[1] * T.itemsize + 63) // 64
         flat = T.reshape(T.size)  # a view (numba types no reshape of a non-contiguous table)
-        longest = _longest_row(indptr, 0, indptr.size - 1)
+        longest = _longest_row(indptr)
         S, layout = np.empty(longest * width, T.dtype), np.empty(2 * longest, np.uintp)
         rows_S = S.reshape((longest, width))
         one = np.ones(1, T.dtype)
