@@ -134,24 +134,24 @@ def _with_fields(hp: dict[str, Any], source: FileSource) -> tuple[dict[str, Any]
     training = source
     if not hp["num_fields"]:
         source.require_rereadable("give num_fields: counting the fields reads the rows")
-        largest = -1
         held = held_if_small(source, hp["epochs"]) if source.shard[1] == 1 else source
         if held is not source:
-            for batch in held.blocks():
-                if batch.fields is not None and batch.fields.size:
-                    largest = max(largest, int(batch.fields.max()))
-            training = held
+            largest, training = _largest_field_read(held.blocks()), held
         elif source.cache:
-            for batch in FileSource(source.path, source.fmt, hp["feature_dim"],
-                                    cache=True).raw_blocks():
-                if batch.fields is not None and batch.fields.size:
-                    largest = max(largest, int(batch.fields.max()))
+            largest = _largest_field_read(FileSource(source.path, source.fmt, hp["feature_dim"],
+                                                     cache=True).raw_blocks())
         else:
             largest = max((largest_field(file) for file in source.files), default=-1)
         hp = {**hp, "num_fields": largest + 1}
         log.info("%s: %d fields (num_fields, detected)", source.name, hp["num_fields"])
     check_memory(table_hyperparameters(hp))
     return hp, training
+
+
+def _largest_field_read(batches: Iterable[Any]) -> int:
+    """The largest field of parsed libffm ``batches`` (-1 if none)."""
+    return max((int(b.fields.max()) for b in batches if b.fields is not None and b.fields.size),
+               default=-1)
 
 
 def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
