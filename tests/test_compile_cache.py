@@ -191,24 +191,36 @@ def test_a_cached_kernel_is_recompiled_when_a_helper_in_another_module_changes(t
     assert run("stamped") == "True 2"
 
 
-def test_every_cached_kernel_of_fmkit_is_stamped_with_its_sources():
-    """Each package that defines cached kernels installs the stamped locators first."""
+def _fmkit_dispatchers() -> dict[str, object]:
+    """Every numba function of fmkit, by module and name: found as an attribute of any of its
+    modules, or a value of a module's dict (the per-rule trainers), imported from a module or
+    defined in it (each once)."""
     import importlib
     import pkgutil
 
-    from numba.core.dispatcher import Dispatcher
+    from numba.core.registry import CPUDispatcher
 
     import fmkit
 
-    kernels = []
+    found = {}
     for info in pkgutil.walk_packages(fmkit.__path__, "fmkit."):
         if info.name == "fmkit.__main__":  # (runs the CLI)
             continue
-        module = importlib.import_module(info.name)
-        for value in vars(module).values():
+        for value in vars(importlib.import_module(info.name)).values():
             for item in (value.values() if isinstance(value, dict) else [value]):
-                if isinstance(item, Dispatcher) and item._cache.__class__.__name__ != "NullCache":
-                    kernels.append(item)
+                if isinstance(item, CPUDispatcher):
+                    found[f"{item.py_func.__module__}.{item.py_func.__qualname__}"] = item
+    return found
+
+
+def _cached_kernels() -> dict[str, object]:
+    return {name: f for name, f in _fmkit_dispatchers().items()
+            if f._can_compile and type(f._cache).__name__ != "NullCache"}
+
+
+def test_every_cached_kernel_of_fmkit_is_stamped_with_its_sources():
+    """Each package that defines cached kernels installs the stamped locators first."""
+    kernels = list(_cached_kernels().values())
     assert len(kernels) > 20
     unstamped = [k.py_func.__qualname__ for k in kernels
                  if not getattr(type(k._cache._impl._locator), "stamped_by_fmkit", False)]
@@ -232,45 +244,16 @@ def test_every_cached_kernel_compiles_without_a_c_entry_point():
     """Each numba function fmkit caches is made by ``compile_cache.kernel``: no ``cfunc``
     wrapper, which nothing calls and which a first run compiled for every kernel. Found in
     every module of the package (a plain ``njit(cache=True)`` added anywhere fails here)."""
-    import importlib
-    import pkgutil
-
-    from numba.core.registry import CPUDispatcher
-
-    import fmkit
-
-    cached = {}
-    for info in pkgutil.walk_packages(fmkit.__path__, "fmkit."):
-        if info.name != "fmkit.__main__":
-            module = importlib.import_module(info.name)
-            cached.update({f"{info.name}.{name}": value for name, value in vars(module).items()
-                           if isinstance(value, CPUDispatcher) and value._can_compile
-                           and value.__module__ == info.name
-                           and type(value._cache).__name__ != "NullCache"})
+    cached = _cached_kernels()
     assert len(cached) >= 40 and "fmkit.data.libsvm.parse_libsvm" in cached
     assert [name for name, f in cached.items() if not f.targetoptions.get("no_cfunc_wrapper")
             ] == []
 
 
-
 def _kernels_without_the_runtime() -> dict[str, object]:
     """Every kernel of fmkit compiled with ``allocates=False`` (numba's ``_nrt=False``)."""
-    import importlib
-    import pkgutil
-
-    from numba.core.registry import CPUDispatcher
-
-    import fmkit
-
-    found = {}
-    for info in pkgutil.walk_packages(fmkit.__path__, "fmkit."):
-        if info.name != "fmkit.__main__":
-            for value in vars(importlib.import_module(info.name)).values():
-                for item in (value.values() if isinstance(value, dict) else [value]):
-                    if (isinstance(item, CPUDispatcher)
-                            and item.targetoptions.get("_nrt", True) is False):
-                        found[f"{item.py_func.__module__}.{item.py_func.__qualname__}"] = item
-    return found
+    return {name: f for name, f in _fmkit_dispatchers().items()
+            if f.targetoptions.get("_nrt", True) is False}
 
 
 def _holds_array(numba_type) -> bool:
