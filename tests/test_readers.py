@@ -718,3 +718,41 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path):
     table.write_text("label,user,,,item\n1,u1,,,i1\n")  # (unnamed columns are not read)
     assert list(next(columns.read_delimited(table, None, ",", True)).columns) == [
         "label", "user", "", "item"]
+
+
+def test_held_rows_are_scaled_and_joined_in_their_first_pass_only(tmp_path, monkeypatch):
+    """A small channel read for several epochs is parsed, scaled to unit length (an FFM's
+    ``instance_norm`` default), and joined into one batch in its first pass; later passes
+    replay that batch, and the training chunks cut from it are views of it: no epoch after the
+    first parses, scales or copies rows. Its rows and values equal the file's, scaled by a
+    plain loop. Rows an FFM's field count already holds are held scaled the same way."""
+    from fmkit.data import sources
+    from fmkit.data.sources import HeldRows, UnitRows, held_if_small
+
+    rng = np.random.default_rng(0)
+    lines = [f"{i % 2} " + " ".join(f"{f}:{f * 10 + rng.integers(10)}:{rng.uniform(0.5, 2):.3f}"
+                                    for f in range(5)) for i in range(3000)]
+    path = tmp_path / "rows.ffm"
+    path.write_text("\n".join(lines) + "\n")
+    scaled = []
+    monkeypatch.setattr(sources, "unit_rows",
+                        lambda batch, scale=sources.unit_rows: scaled.append(1) or scale(batch))
+    expected = [[float(t.split(":")[2]) for t in line.split()[1:]] for line in lines]
+    expected = np.concatenate([np.array(v) / np.sqrt(np.sum(np.square(v))) for v in expected])
+
+    def source():
+        return FileSource(path, "auto", 50, index_base=0, labels="binary", block_bytes=8192)
+
+    for held in (held_if_small(UnitRows(source()), 3),
+                 held_if_small(UnitRows(HeldRows(source())), 3)):
+        assert isinstance(held, HeldRows)
+        first = list(held.blocks())
+        assert len(first) > 3 and len(scaled) == len(first)  # several blocks, each scaled once
+        scaled.clear()
+        (replay,) = held.blocks()
+        assert list(held.blocks())[0] is replay and not scaled
+        np.testing.assert_allclose(replay.values, expected, rtol=1e-6)
+        np.testing.assert_array_equal(replay.indices, np.concatenate([b.indices for b in first]))
+        chunks = list(rebatch(held.blocks(), 7, chunk_rows=700))
+        assert sum(c.n_rows for c in chunks) == 3000
+        assert all(np.shares_memory(c.values, replay.values) for c in chunks)

@@ -19,7 +19,7 @@ import numpy as np
 
 from fmkit.compile_cache import kernel
 from fmkit.data import csv, libsvm, recordio
-from fmkit.data.batch import SparseBatch, unit_rows
+from fmkit.data.batch import SparseBatch, concat, unit_rows
 from fmkit.data.blocks import BLOCK_BYTES, compressed, open_input
 from fmkit.data.cache import cached_blocks
 from fmkit.errors import DataError
@@ -493,9 +493,12 @@ class HeldRows:
     """``source``'s rows, read (parsed and checked) in its first full pass and then replayed
     from memory: what a run of several epochs over a small channel trains and validates on, so
     that each epoch does not wait for the file's parse (a9a: the reader, not the trainer, set
-    the pace of every epoch). The rows are the same blocks a new pass would read, so the data
-    order and the model are too. Anything else is the wrapped source's, ``parses`` included:
-    a replay keeps the thread parts of a streamed run, so the lock-free steps are the same."""
+    the pace of every epoch). The rows are those a new pass would read, joined into one batch
+    after the first pass: the training chunks (:func:`~fmkit.data.batch.rebatch`, the same
+    whatever the blocks) are then views of it, where joining blocks into chunks again cost
+    each later epoch a copy of its rows (docs/performance.md, session 53). The data order and
+    the model are the same. Anything else is the wrapped source's, ``parses`` included: a
+    replay keeps the thread parts of a streamed run, so the lock-free steps are the same."""
 
     def __init__(self, source: Any) -> None:
         self.source = source
@@ -512,7 +515,7 @@ class HeldRows:
         for block in self.source.blocks():
             read.append(block)
             yield block
-        self._held = read  # (a pass left early holds nothing)
+        self._held = [concat(read)] if read else []  # (a pass left early holds nothing)
 
     def for_epoch(self, epoch: int) -> HeldRows:
         """Every epoch's rows are the same (see :func:`fmkit.train.engine.epoch_rows`)."""
@@ -522,8 +525,12 @@ class HeldRows:
 def held_if_small(source: Any, passes: int) -> Any:
     """``source`` as :class:`HeldRows` when it will be read ``passes`` > 1 times and its
     channel is plain text (or recordIO) files of at most :data:`HELD_BYTES` (``source`` a
-    :class:`FileSource`, or :class:`UnitRows` of one); else ``source`` itself."""
+    :class:`FileSource`, or :class:`UnitRows` of one); else ``source`` itself. Rows scaled
+    from rows already held (an FFM's field count holds them) are held scaled, so that no
+    epoch scales them again."""
     channel = source.source if isinstance(source, UnitRows) else source
+    if isinstance(channel, HeldRows):
+        return HeldRows(source) if channel is not source and passes > 1 else source
     if passes <= 1 or not isinstance(channel, FileSource) or not channel.rereadable:
         return source
     if sum(file.stat().st_size for file in channel.files) > HELD_BYTES:
