@@ -32,7 +32,7 @@ from numba.extending import overload
 
 from fmkit.compile_cache import kernel, kernel_helper
 from fmkit.cpus import on_threads
-from fmkit.kernels.lanes import LANES, lanes_sum, load_lanes, store_lanes
+from fmkit.kernels.lanes import LANES, inverse_root, lanes_sum, load_lanes, store_lanes
 from fmkit.kernels.prefetch import prefetch
 
 LOGISTIC = 0
@@ -143,7 +143,7 @@ def _rule(opt, p, first, second, raw, lr, wd, cfg, adam_lr, adam_eps, like):
         return p - lr * g, first, second
     if opt == ADAGRAD:
         acc = first + g * g
-        return p - lr * g / (np.sqrt(acc) + cfg[EPS]), acc, second
+        return p - lr * g * inverse_root(acc, cfg[EPS]), acc, second
     moment = cfg[BETA1] * first + (one - cfg[BETA1]) * g
     square = cfg[BETA2] * second + (one - cfg[BETA2]) * g * g
     step = p - lr * adam_lr * moment / (np.sqrt(square) + cfg[EPS] * adam_eps)

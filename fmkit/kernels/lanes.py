@@ -238,3 +238,87 @@ for _function, _emit in (
     _register_binary(_function, _emit)
 _register_unary(operator.neg, lambda b, x, _: b.fneg(x, flags=FLAGS))
 _register_unary(np.sqrt, _sqrt)
+
+
+def _has_avx(context) -> bool:
+    """Whether the code numba generates for ``context`` may use AVX instructions (numba
+    compiles for the host's features, or for NUMBA_CPU_FEATURES)."""
+    features = getattr(context.codegen(), "_tm_features", "") or ""
+    return "+avx" in features.split(",")
+
+
+def _constant(kind, value):
+    """``value`` as a constant of LLVM type ``kind``: a float, or a vector of them."""
+    if isinstance(kind, ir.VectorType):
+        return ir.Constant(kind, [ir.Constant(kind.element, value)] * kind.count)
+    return ir.Constant(kind, value)
+
+
+def _estimated_inverse_root(builder, acc):
+    """1 / sqrt(acc) of a positive float32, or of eight: the processor's estimate (12 bits,
+    ``rsqrtss``/``vrsqrtps``) refined by one Newton step, r + r/2 (1 - acc r^2): within a few
+    units in the last place."""
+    if isinstance(acc.type, ir.VectorType):
+        estimate = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(acc.type, [acc.type]), "llvm.x86.avx.rsqrt.ps.256")
+        r = builder.call(estimate, [acc])
+    else:  # the scalar instruction works on the first of four
+        four = ir.VectorType(acc.type, 4)
+        estimate = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(four, [four]), "llvm.x86.sse.rsqrt.ss")
+        first = ir.IntType(32)(0)
+        r = builder.extract_element(builder.call(estimate, [builder.insert_element(
+            ir.Constant(four, ir.Undefined), acc, first)]), first)
+    error = builder.fsub(_constant(acc.type, 1.0),
+                         builder.fmul(builder.fmul(acc, r, flags=FLAGS), r, flags=FLAGS),
+                         flags=FLAGS)
+    half_r = builder.fmul(r, _constant(acc.type, 0.5), flags=FLAGS)
+    return builder.fadd(r, builder.fmul(half_r, error, flags=FLAGS), flags=FLAGS)
+
+
+@intrinsic
+def inverse_root(typingctx, acc, eps):
+    """1 / (sqrt(acc) + eps), of a number or of Lanes: the scale of an AdaGrad step.
+
+    Where ``eps`` is 0 (the training configuration drops an eps that cannot change a step,
+    :func:`fmkit.train.optimizers.kernel_eps`) and the values are float32 on a processor with
+    AVX, ``acc`` > 0 is taken to 1 / sqrt by the processor's estimate and one Newton step (as
+    xLearn's AdaGrad does, without the Newton step): a square root and a division keep one
+    slow unit busy for about 25 cycles, on the path from a row's update to the next row's
+    forward pass (docs/performance.md, session 53). Otherwise the exact formula."""
+    if not isinstance(acc, (LanesType, types.Float)) or not isinstance(eps, types.Number):
+        return None
+
+    def codegen(context, builder, sig, args):
+        kind = sig.args[0]
+        element = kind.dtype if isinstance(kind, LanesType) else kind
+        value_type = context.get_value_type(kind)
+        eps = context.cast(builder, args[1], sig.args[1], element)
+        suffix = f"v{LANES}f{element.bitwidth}" if isinstance(kind, LanesType) \
+            else f"f{element.bitwidth}"
+        sqrt = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(value_type, [value_type]), f"llvm.sqrt.{suffix}")
+
+        def exact():
+            shift = _as_vector(context, builder, eps, element, kind) \
+                if isinstance(kind, LanesType) else eps
+            return builder.fdiv(_constant(value_type, 1.0),
+                                builder.fadd(builder.call(sqrt, [args[0]]), shift, flags=FLAGS),
+                                flags=FLAGS)
+
+        if element.bitwidth != 32 or not _has_avx(context):
+            return exact()
+        no_eps = builder.fcmp_ordered("==", eps, ir.Constant(eps.type, 0.0))
+        with builder.if_else(no_eps, likely=True) as (estimated, exactly):
+            with estimated:
+                fast = _estimated_inverse_root(builder, args[0])
+                block_estimated = builder.block
+            with exactly:
+                slow = exact()
+                block_exact = builder.block
+        result = builder.phi(value_type)
+        result.add_incoming(fast, block_estimated)
+        result.add_incoming(slow, block_exact)
+        return result
+
+    return acc(acc, eps), codegen

@@ -54,7 +54,7 @@ def kernel_config(hp: dict[str, Any], dtype=np.float64) -> np.ndarray:
     config[kernels.FACTORS_WD] = hp["factors_wd"]
     clip = hp["clip_gradient"] or 0.0
     config[kernels.CLIP] = clip if clip > 0 else np.inf
-    config[kernels.EPS] = hp["eps"]
+    config[kernels.EPS] = kernel_eps(hp, dtype)
     config[kernels.RESCALE] = hp["rescale_grad"]
     config[kernels.BETA1] = BETA1
     config[kernels.BETA2] = BETA2
@@ -72,6 +72,19 @@ def ftrl_z_factor(group: str, hp: dict[str, Any]) -> float:
 def ftrl_initial_z(param, group: str, hp: dict[str, Any]):
     """FTRL's z that maps back to ``param`` (n = 0)."""
     return param * ftrl_z_factor(group, hp)
+
+
+def kernel_eps(hp: dict[str, Any], dtype=np.float64) -> float:
+    """``eps`` as the training kernels take it: 0 where it cannot change a step of a table of
+    ``dtype``, i.e. AdaGrad's sums start at a value ``s0`` with ``eps / sqrt(s0)`` at most the
+    dtype's unit roundoff (sums only grow, and 1 / (sqrt(s) + eps) is 1 / sqrt(s) times
+    1 / (1 + eps / sqrt(s))). A zero eps lets the kernels take 1 / sqrt(s) from the processor's
+    estimate (:func:`fmkit.kernels.lanes.inverse_root`); an FFM's defaults (s0 0.1, eps 1e-8)
+    are such a case."""
+    floor = initial_accumulator(hp["optimizer"], hp)
+    if floor > 0 and hp["eps"] / np.sqrt(floor) <= np.finfo(dtype).eps / 2:
+        return 0.0
+    return float(hp["eps"])
 
 
 def initial_accumulator(optimizer: str, hp: dict[str, Any]) -> float:
