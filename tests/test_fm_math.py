@@ -433,3 +433,45 @@ def test_kernels_drop_an_eps_only_where_it_cannot_change_a_step():
     for name in ("w0", "w", "V"):
         np.testing.assert_allclose(getattr(fast, name), getattr(reference, name), rtol=0,
                                    atol=ATOL32, err_msg=name)
+
+
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64",
+                    reason="the flush-to-zero mode is x86-64's (elsewhere the calls do nothing)")
+def test_kernels_read_denormals_as_zero_and_give_the_thread_its_float_mode_back():
+    """Inside a kernel a denormal weight reads as 0 (1e-39 x 1e30 scores 0, not the 1e-9 of
+    IEEE arithmetic: the FM's and the FFM's scorers, and their training steps, which flush
+    denormal results to 0); after it, numpy on the same thread has IEEE semantics again."""
+    from fmkit.kernels import ffm
+
+    tiny = np.float32(1e-39)
+    assert 0 < tiny < np.finfo(np.float32).tiny  # a denormal
+    indptr, indices = np.array([0, 1], np.int64), np.array([0], np.int32)
+    values, w0 = np.array([1e30], np.float32), np.zeros(1, np.float32)
+    table = np.zeros((2, 3), np.float32)
+    table[0, 0] = tiny
+    out = np.full(1, np.nan)
+    kernels.predict_logits_serial(indptr, indices, values, w0, table, 2, out)
+    assert out[0] == 0.0
+    assert np.float32(1e-38) / np.float32(100) > 0  # IEEE again: the quotient is a denormal
+    fields = np.zeros(1, np.int32)
+    assert ffm.predict_logits(indptr, indices, fields, values, w0, table, 2, 1)[0] == 0.0
+    assert np.float32(1e-38) / np.float32(100) > 0
+    # a training step whose exact result is a denormal stores 0: SGD on a squared loss from
+    # w = 3e-38 (z = w x, x = 1) towards y = 1.75e-38: slope 2 (z - y) = 2.5e-38, and
+    # w - lr slope x = 5e-39, below the smallest normal float32
+    hp = validate(dict(feature_dim=2, num_factors=2, predictor_type="regressor",
+                       optimizer="sgd", mini_batch_size=1, lock_free=0, bias_lr=0.0,
+                       linear_lr=1.0, factors_lr=0.0, linear_wd=0.0, bias_wd=0.0))
+    params = FMParameters(np.zeros(1, np.float32), np.array([3e-38, 0.0], np.float32),
+                          np.zeros((2, 2), np.float32))
+    bias, table = training_tables(params, "sgd", hp)
+    assert table.dtype == np.float32
+    ws = Workspace.create(2, 2, 1, table.dtype, 1)
+    batch = SparseBatch(np.array([0, 1], np.int64), np.array([0], np.int32),
+                        np.array([1.0], np.float32), np.array([1.75e-38], np.float32))
+    w = np.float32(3e-38) - np.float32(2 * (np.float64(np.float32(3e-38))
+                                            - np.float64(np.float32(1.75e-38))))
+    assert 0 < w < np.finfo(np.float32).tiny  # what IEEE arithmetic would store
+    train_chunk(hp, batch, kernels.SQUARED, kernel_config(hp, table.dtype), bias, table, ws, 0)
+    assert table[0, 0] == 0.0
+    assert np.float32(1e-38) / np.float32(100) > 0

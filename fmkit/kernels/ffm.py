@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from fmkit.compile_cache import kernel, kernel_helper
+from fmkit.kernels.float_mode import flush_denormals, restore_float_mode
 from fmkit.kernels.fm import (
     BETA1,
     BETA2,
@@ -77,8 +78,10 @@ def _row_forward(indptr, indices, fields, values, r, T, k):
 @kernel(nogil=True, fastmath=FAST, error_model="numpy")
 def predict_rows(indptr, indices, fields, values, w0, T, k, out):
     """y_hat of every row into ``out`` (float64; :func:`predict_logits` checks the fields)."""
+    mode = flush_denormals()
     for r in range(indptr.size - 1):
         out[r] = np.float64(w0[0]) + _row_forward(indptr, indices, fields, values, r, T, k)
+    restore_float_mode(mode)
 
 
 @kernel_helper(fastmath=FAST, error_model="numpy")
@@ -156,6 +159,7 @@ def _gradient(indptr, indices, fields, values, labels, weights, order, lo_row, h
     into ``G`` (a row ``[g_w, g_v..]`` per slot; the slots of the rows' nonzeros, in that
     order, are ``pos``: see :func:`fmkit.kernels.fm._distinct_features`); returns ``(sum of
     the rows' losses, gradient of w0)``; ``width``: 1 + num_fields * k."""
+    mode = flush_denormals()
     flat = T.reshape(T.size)  # a view (numba types no reshape of a non-contiguous table)
     longest = _longest_row(indptr)
     S, layout = np.empty(longest * width, T.dtype), np.empty(2 * longest, np.uintp)
@@ -181,6 +185,7 @@ def _gradient(indptr, indices, fields, values, labels, weights, order, lo_row, h
             sums = rows_S[a - lo]
             for c in range(1, width):
                 G[sa, c] += scale * np.float64(sums[c])
+    restore_float_mode(mode)
     return total_loss, g0
 
 
@@ -234,6 +239,7 @@ def _batches_trainer(opt: int):
         features it touched; a feature's whole row of field vectors). ``slot`` must be all -1
         and is left so; ``touched``/``G`` hold the largest mini-batch's distinct features,
         ``pos`` its nonzeros' slots. Returns the summed loss before each update."""
+        mode = flush_denormals()
         cfg = _frozen(config)
         width = 1 + num_fields * k
         total_loss = 0.0
@@ -257,6 +263,7 @@ def _batches_trainer(opt: int):
             else:
                 step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, k, rule, cfg,
                                adam_lr, adam_eps)
+        restore_float_mode(mode)
         return total_loss
 
     return train_batches
@@ -279,6 +286,7 @@ def _rows_trainer(opt: int):
         features are distinct, so the sums are its gradient), then each feature's whole row of
         field vectors steps from ``slope x_a S[a]``. The order's row q takes Adam step ``step +
         stride * (q - lo + 1)``. Returns the summed loss before the updates."""
+        mode = flush_denormals()
         cfg = _frozen(config)
         width = 1 + num_fields * k
         lines = (T.shape[1] * T.itemsize + 63) // 64
@@ -314,6 +322,7 @@ def _rows_trainer(opt: int):
                 else:
                     _update_feature(T, indices[a], one, sums, 0, gx, zero, width, rule, cfg,
                                     adam_lr, adam_eps)
+        restore_float_mode(mode)
         return total_loss
 
     return train_rows

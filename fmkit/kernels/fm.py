@@ -32,6 +32,7 @@ from numba.extending import overload
 
 from fmkit.compile_cache import kernel, kernel_helper
 from fmkit.cpus import on_threads
+from fmkit.kernels.float_mode import flush_denormals, restore_float_mode
 from fmkit.kernels.lanes import LANES, inverse_root, lanes_sum, load_lanes, store_lanes
 from fmkit.kernels.prefetch import prefetch
 
@@ -380,6 +381,7 @@ def _rows_trainer(opt: int):
         A feature repeated within a row is not allowed (the sources reject it), so updating the
         row's features one after the other equals one update from the row's gradient.
         """
+        mode = flush_denormals()
         cfg = _frozen(config)
         width = k + 1
         lines = (T.shape[1] * T.itemsize + 63) // 64
@@ -407,6 +409,7 @@ def _rows_trainer(opt: int):
                 else:
                     _update_feature(T, indices[j], one, sums, -1, gx, gx * x, width, rule, cfg,
                                     adam_lr, adam_eps)
+        restore_float_mode(mode)
         return total_loss
 
     return train_rows
@@ -432,6 +435,7 @@ def _rows_updater(opt: int):
 
     @kernel(nogil=True, fastmath=FAST, error_model="numpy")
     def update_rows(T, rows, G, lo, hi, group, config, adam_lr, adam_eps):
+        mode = flush_denormals()
         cfg = _frozen(config)
         for t in range(lo, hi):
             if rowwise:
@@ -440,6 +444,7 @@ def _rows_updater(opt: int):
             else:
                 _update_feature(T, rows[t], G[t], G[t], 0, 1.0, _like(0.0, T), G.shape[1], rule,
                                 cfg, adam_lr, adam_eps)
+        restore_float_mode(mode)
 
     return update_rows
 
@@ -585,9 +590,12 @@ def _batch_gradient(indptr, indices, values, labels, weights, order, lo, hi, los
     """The gradient of rows ``lo:hi`` of the order (a mini-batch, or one thread's share of
     one) into ``G`` cleared first (its ``n_touched`` slots): :func:`_accumulate`'s ``(loss,
     gradient of w0)``."""
+    mode = flush_denormals()
     G[:n_touched] = 0.0
-    return _accumulate(indptr, indices, values, labels, weights, order, lo, hi, loss_kind,
-                       inv_rows, B, T, k, sums, pos, p, G)
+    loss, g0 = _accumulate(indptr, indices, values, labels, weights, order, lo, hi, loss_kind,
+                           inv_rows, B, T, k, sums, pos, p, G)
+    restore_float_mode(mode)
+    return loss, g0
 
 
 def _minibatch_stepper(rowwise: bool):
@@ -644,6 +652,7 @@ def _batches_trainer(opt: int):
         ``touched`` and ``G`` (float64, a gradient row per distinct feature) hold a mini-batch's
         distinct features, ``pos`` its nonzeros' slots. Returns the summed loss of the rows
         before their updates."""
+        mode = flush_denormals()
         cfg = _frozen(config)
         width = k + 1
         total_loss = 0.0
@@ -667,6 +676,7 @@ def _batches_trainer(opt: int):
             else:
                 step_minibatch(B, T, g_bias, touched, n_touched, slot, G, width, k, rule, cfg,
                                adam_lr, adam_eps)
+        restore_float_mode(mode)
         return total_loss
 
     return train_batches
@@ -753,12 +763,14 @@ def _bias_stepper(opt: int):
     @kernel(fastmath=FAST, error_model="numpy")
     def bias_step(g0, config, B, k, step):
         """Step ``step`` for the bias; returns Adam's scales of lr and eps at that step."""
+        mode = flush_denormals()
         cfg = _frozen(config)
         adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
                                          np.float64(cfg[BETA2]) ** step, B)
         bw, bm, bs = _row_blocks(B, 0, k + 1)
         _apply_first(bw, bm, bs, np.full(1, g0), 1.0, cfg[BIAS_LR], cfg[BIAS_WD], rule, cfg,
                      adam_lr, adam_eps)
+        restore_float_mode(mode)
         return adam_lr, adam_eps
 
     return bias_step
@@ -795,8 +807,10 @@ def predict_logits(indptr, indices, values, w0, T, k, out, n_chunks):
 def predict_logits_serial(indptr, indices, values, w0, T, k, out):
     """y_hat of every row into ``out`` on the calling thread (``indptr`` may be a slice of a
     batch's: positions in ``indices`` are absolute)."""
+    mode = flush_denormals()
     sums = np.empty(k, dtype=T.dtype)
     in_order = np.empty(0, np.int64)
     for r in range(indptr.size - 1):
         _prefetch_ahead(indptr, indices, values, in_order, r, indptr.size - 1, T, 1)
         out[r] = w0[0] + _row_forward(indptr, indices, values, r, T, k, sums)
+    restore_float_mode(mode)
