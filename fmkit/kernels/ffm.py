@@ -164,11 +164,15 @@ def _gradient(indptr, indices, fields, values, labels, weights, order, lo_row, h
     longest = _longest_row(indptr)
     S, layout = np.empty(longest * width, T.dtype), np.empty(2 * longest, np.uintp)
     rows_S = S.reshape((longest, width))  # (on its rows the loop below vectorizes)
+    weight_lines = (width * T.itemsize + 63) // 64  # the forward pass reads a row's weights
     total_loss = 0.0
     g0 = 0.0
     p = 0
     for q in range(lo_row, hi_row):
         r = _row_at(order, q)
+        _prefetch_ahead(indptr, indices, values, order, q, hi_row, T, weight_lines)
+        if order.size and q + 2 < hi_row:  # rows in shuffled order: their fields too
+            _prefetch_entries(indptr, fields, order[q + 2])
         z = np.float64(w0[0]) + _partner_sums(indptr, indices, fields, values, r, flat,
                                               np.uintp(T.shape[1]), np.uintp(k),
                                               np.uintp(width), S, layout)
