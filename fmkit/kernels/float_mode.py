@@ -1,10 +1,9 @@
 """Denormal floats flushed to zero inside the training and scoring kernels.
 
 A float32 below 1.2e-38 in magnitude (a denormal) makes every x86 instruction that reads or
-writes one take a slow microcoded path, tens of times slower. Training produces them: AdaGrad
-from SageMaker's small starting factors (sigma 0.001) decays an FFM's unused field vectors
-towards 0, and on the bench's FFM data 36,033 weights were denormal after two epochs, which
-then ran 2.4x slower (docs/performance.md, session 53). The kernels therefore run with the
+writes one take a slow microcoded path. Training produces them: AdaGrad from SageMaker's small
+starting factors (sigma 0.001) decays an FFM's unused field vectors towards 0, and the epochs
+after that ran much slower (docs/performance.md, session 53). The kernels therefore run with the
 processor's flush-to-zero and denormals-are-zero modes on (MXCSR bits FTZ and DAZ, as
 TensorFlow's CPU kernels do): a result below 1.2e-38 becomes 0, and such an input reads as 0 —
 a difference far below any rounding the models see. The mode is the calling thread's, set at a

@@ -283,8 +283,8 @@ def inverse_root(typingctx, acc, eps):
     Where ``eps`` is 0 (the training configuration drops an eps that cannot change a step,
     :func:`fmkit.train.optimizers.kernel_eps`) and the values are float32 on a processor with
     AVX, ``acc`` > 0 is taken to 1 / sqrt by the processor's estimate and one Newton step (as
-    xLearn's AdaGrad does, without the Newton step): a square root and a division keep one
-    slow unit busy for about 25 cycles, on the path from a row's update to the next row's
+    xLearn's AdaGrad does, without the Newton step): a square root and a division share one
+    slow unit of the processor and lie on the path from a row's update to the next row's
     forward pass (docs/performance.md, session 53). Otherwise the exact formula."""
     if not isinstance(acc, (LanesType, types.Float)) or not isinstance(eps, types.Number):
         return None
