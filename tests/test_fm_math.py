@@ -371,9 +371,11 @@ def test_lanes_arithmetic_equals_numpy():
 
 def test_inverse_root_is_within_a_few_units_in_the_last_place():
     """AdaGrad's 1 / (sqrt(s) + eps), eight lanes and one value at a time: with eps 0 (the
-    kernels' estimate path where the processor has one) within 4 float32 units in the last
-    place of the float64 value over sums from 1e-30 to 1e30; with eps > 0 the exact formula,
-    also at s = 0. An unrefined estimate (12 bits) is off by about 1e-4 and fails."""
+    kernels' estimate path where the processor has one) within 8 float32 units in the last
+    place of the float64 value over sums from 1e-30 to 1e30 (x86 documents the estimate's
+    relative error as at most 1.5 x 2^-12; one Newton step leaves (3/2) e^2 plus rounding,
+    under 5 units: docs/performance.md, session 53); with eps > 0 the exact formula, also at
+    s = 0. An unrefined estimate is off by thousands of units and fails."""
     from numba import njit
 
     from fmkit.kernels.lanes import inverse_root, load_lanes, store_lanes
@@ -394,8 +396,8 @@ def test_inverse_root_is_within_a_few_units_in_the_last_place():
         lanes = slice(0, acc.size - acc.size % 8 - 8 * (acc.size % 8 == 0))
         tail = slice(lanes.stop, acc.size)
         ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
-        assert np.max(np.abs(out[lanes] - exact[lanes]) / ulp[lanes]) <= 4
-        assert np.max(np.abs(one[tail] - exact[tail]) / ulp[tail]) <= 4
+        assert np.max(np.abs(out[lanes] - exact[lanes]) / ulp[lanes]) <= 8
+        assert np.max(np.abs(one[tail] - exact[tail]) / ulp[tail]) <= 8
     zero = np.zeros(17, np.float32)
     out, one = np.zeros_like(zero), np.zeros_like(zero)
     roots(zero, np.float32(1e-8), out, one)
