@@ -1,5 +1,5 @@
-"""Memory for large arrays: temporary blocks go back to the OS when freed; tables that are
-written whole at once get their pages in one call.
+"""Memory for large arrays: temporary blocks go back to the OS when freed; training tables get
+huge pages where the system gives them, and their pages in one call.
 
 glibc's malloc raises its mmap threshold each time a large mmapped block is freed, after which
 same-sized blocks (our per-block parse arrays) come from the heap, fragment it, and peak memory
@@ -38,19 +38,40 @@ def release_large_blocks_to_os() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
+HUGE_PAGE_BYTES = 2 << 20
+MADV_POPULATE_WRITE = 23  # Linux 5.14+; Python's mmap module names it from 3.13 only
+
+
 def prefaulted_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     """A zeroed C-ordered array in a mapping of its own (page-aligned, so rows of whole cache
-    lines start on cache lines) whose pages the kernel maps in one call (MAP_POPULATE).
+    lines start on cache lines), on 2 MiB pages where the kernel's transparent huge pages allow
+    them, with its pages mapped before it is returned.
 
-    For tables written whole right after they are made, as the training tables are: one fault
-    per 4 KiB page on first touch cost 0.13-0.29 s per 128 MiB on this project's VMs, populating
-    0.04 s. Where MAP_POPULATE is missing (not Linux) this is ``np.zeros``."""
+    For tables the kernels read and write at random rows, as the training tables are: on 4 KiB
+    pages nearly every row a step touches of a large table missed the processor's TLB, and
+    the FM's training steps ran about a fifth slower (docs/performance.md, session 54); numpy
+    asks for huge pages for its own large arrays, but a mapping of ours gets them only when
+    it asks. The pages are mapped at once (MADV_POPULATE_WRITE, else a write to each page;
+    MAP_POPULATE where huge pages cannot be asked for): one fault per 4 KiB page on first
+    touch cost 0.13-0.29 s per 128 MiB on this project's VMs. Where MAP_POPULATE is missing
+    (not Linux) this is ``np.zeros``."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     populate = getattr(mmap, "MAP_POPULATE", None)
     if nbytes == 0 or populate is None:
         return np.zeros(shape, dtype)
-    mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    huge = getattr(mmap, "MADV_HUGEPAGE", None)
+    if huge is None or nbytes < HUGE_PAGE_BYTES:
+        mapping = mmap.mmap(-1, nbytes, flags=flags | populate)
+    else:
+        mapping = mmap.mmap(-1, nbytes, flags=flags)
+        with contextlib.suppress(OSError):  # transparent huge pages off: 4 KiB pages
+            mapping.madvise(huge)
+        try:
+            mapping.madvise(MADV_POPULATE_WRITE)
+        except OSError:  # an older kernel: a write to each page maps it
+            np.frombuffer(mapping, np.uint8)[:: mmap.PAGESIZE] = 0
     return np.frombuffer(mapping, dtype).reshape(shape)  # the array keeps the mapping alive
 
 
