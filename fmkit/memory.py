@@ -48,13 +48,13 @@ def prefaulted_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     them, with its pages mapped before it is returned.
 
     For tables the kernels read and write at random rows, as the training tables are: on 4 KiB
-    pages nearly every row a step touches of a large table missed the processor's TLB, and
-    the FM's training steps ran about a fifth slower (docs/performance.md, session 54); numpy
-    asks for huge pages for its own large arrays, but a mapping of ours gets them only when
-    it asks. The pages are mapped at once (MADV_POPULATE_WRITE, else a write to each page;
-    MAP_POPULATE where huge pages cannot be asked for): one fault per 4 KiB page on first
-    touch cost 0.13-0.29 s per 128 MiB on this project's VMs. Where MAP_POPULATE is missing
-    (not Linux) this is ``np.zeros``."""
+    pages nearly every row a step touches of a large table misses the processor's TLB, which
+    slowed the FM's training steps markedly (docs/performance.md, session 54); numpy asks for
+    huge pages for its own large arrays, but a mapping of ours gets them only when it asks.
+    The pages are mapped at once (MADV_POPULATE_WRITE, else a write to each page;
+    MAP_POPULATE where huge pages cannot be asked for): a fault per page on first touch cost
+    more than mapping them in one call. Where MAP_POPULATE is missing (not Linux) this is
+    ``np.zeros``."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     populate = getattr(mmap, "MAP_POPULATE", None)
