@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fmkit.cpus import available_cpus
+
 PACKAGE = Path(__file__).resolve().parent
 
 
@@ -168,7 +170,11 @@ def compile_ahead(code: str) -> None:
     process compiles itself, as without it. It runs beside this package (``python -c`` puts
     its working directory first on the path), so it imports this fmkit, whatever the user's
     directory holds. A helper that cannot start (no ``sys.executable`` to run, no process
-    left) is no error: this process compiles everything, as without it."""
+    left) is no error: this process compiles everything, as without it. On one CPU (its
+    affinity, or a CPU quota below two: :func:`fmkit.cpus.available_cpus`) none starts: it
+    would only take turns with this process and compile what this one then compiles again."""
+    if available_cpus() < 2:
+        return
     _helpers[:] = [helper for helper in _helpers if helper.poll() is None]
     with contextlib.suppress(OSError):
         _helpers.append(subprocess.Popen(

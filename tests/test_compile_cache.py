@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from fmkit import compile_cache
 
 
@@ -88,6 +90,30 @@ def test_a_first_training_shares_its_compiling_with_a_helper_process(tmp_path):
     assert runs[1].stdout.split() == ["0", "[]", "False", "0", "False", "True", "True"]
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_on_one_cpu_a_first_training_starts_no_helper_and_compiles_everything_itself(tmp_path):
+    """Pinned to one CPU (as in a container with a quota of one), a helper would only take
+    turns with the run and compile what the run then compiles again: none starts, and the
+    run's own compiling leaves the trainer cached."""
+    script = textwrap.dedent("""
+        import os
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        from fmkit import compile_cache
+        from fmkit.jobs import fm as jobs
+        from fmkit.kernels import fm as kernels
+        from fmkit.models.fm.hyperparameters import validate
+        hp = validate({"feature_dim": 10, "num_factors": 4,
+                       "predictor_type": "binary_classifier"})
+        jobs._compile_on_two_cores(hp, "libsvm")
+        print(len(compile_cache._helpers), compile_cache.cached(kernels._batch_gradient))
+    """)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["0", "True"]
+
+
 def test_a_first_prediction_compiles_the_scorer_in_a_helper_process(tmp_path):
     """With nothing cached, predicting from a text file starts one helper process that
     compiles and caches the FM's scorer while this process compiles the reader; the rows are
@@ -150,6 +176,8 @@ def test_a_helper_that_cannot_start_is_no_error(monkeypatch):
 STALE_KERNEL = """
 import sys
 from pathlib import Path
+
+import pytest
 from fmkit import compile_cache
 package = Path(sys.argv[1])
 compile_cache.PACKAGE = package
