@@ -220,11 +220,16 @@ def _register_unary(function, emit) -> None:
         return emit(builder, args[0], sig.args[0])
 
 
-def _sqrt(builder, vector, lanes_type):
+def _sqrt(builder, value, _=None):
+    """LLVM's square root of a float or of a vector of them (``np.sqrt`` of Lanes)."""
+    kind = value.type
+    element = kind.element if isinstance(kind, ir.VectorType) else kind
+    suffix = f"f{32 if isinstance(element, ir.FloatType) else 64}"
+    if isinstance(kind, ir.VectorType):
+        suffix = f"v{kind.count}{suffix}"
     function = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vector.type, [vector.type]),
-        f"llvm.sqrt.v{LANES}f{lanes_type.dtype.bitwidth}")
-    return builder.call(function, [vector])
+        builder.module, ir.FunctionType(kind, [kind]), f"llvm.sqrt.{suffix}")
+    return builder.call(function, [value])
 
 
 for _function, _emit in (
@@ -294,16 +299,12 @@ def inverse_root(typingctx, acc, eps):
         element = kind.dtype if isinstance(kind, LanesType) else kind
         value_type = context.get_value_type(kind)
         eps = context.cast(builder, args[1], sig.args[1], element)
-        suffix = f"v{LANES}f{element.bitwidth}" if isinstance(kind, LanesType) \
-            else f"f{element.bitwidth}"
-        sqrt = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(value_type, [value_type]), f"llvm.sqrt.{suffix}")
 
         def exact():
             shift = _as_vector(context, builder, eps, element, kind) \
                 if isinstance(kind, LanesType) else eps
             return builder.fdiv(_constant(value_type, 1.0),
-                                builder.fadd(builder.call(sqrt, [args[0]]), shift, flags=FLAGS),
+                                builder.fadd(_sqrt(builder, args[0]), shift, flags=FLAGS),
                                 flags=FLAGS)
 
         if element.bitwidth != 32 or not _has_avx(context):
