@@ -3,6 +3,7 @@ user's cache directory can be written, numba is pointed at a per-user temporary 
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -321,7 +322,7 @@ def check_kernels_without_the_runtime(work: Path) -> None:
     import numpy as np
 
     from fmkit.data.batch import take, unit_rows
-    from fmkit.data.libsvm import largest_field
+    from fmkit.data.libsvm import largest_field, write_libsvm
     from fmkit.data.recordio import encode_batch
     from fmkit.data.sources import FileSource
     from fmkit.models.fm.hyperparameters import validate
@@ -335,6 +336,7 @@ def check_kernels_without_the_runtime(work: Path) -> None:
         for block in FileSource(work / f"t.{fmt}", fmt, 4, labels="binary").blocks():
             unit_rows(take(block, np.array([1, 0])))
     largest_field(work / "t.libffm")
+    write_libsvm(io.BytesIO(), block.matrix(4), block.labels)
     (work / "t.rec").write_bytes(encode_batch(block, 4))
     list(FileSource(work / "t.rec", "recordio", 4, labels="binary").blocks())
     hp = starting_point(validate({"feature_dim": 4, "num_factors": 2,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import json
 import lzma
 import os
@@ -312,6 +313,54 @@ def test_sklearn_written_file_round_trips(tmp_path):
     np.testing.assert_allclose(Xr.toarray(), X.toarray(), rtol=1e-6)
     np.testing.assert_allclose(yr, y, rtol=1e-6)
     assert libsvm  # the module under test
+
+
+def python_libsvm(X: sp.csr_matrix, y: np.ndarray, base: int) -> bytes:
+    """libsvm text from a plain-Python loop: each number as ``%.9g`` spells it."""
+    lines = []
+    for r in range(X.shape[0]):
+        pairs = "".join(f" {int(i) + base}:{float(v):.9g}" for i, v in zip(
+            X.indices[X.indptr[r]:X.indptr[r + 1]], X.data[X.indptr[r]:X.indptr[r + 1]]))
+        lines.append(f"{float(y[r]):.9g}{pairs}\n")
+    return "".join(lines).encode()
+
+
+SPELLED = st.one_of(st.floats(width=32), st.sampled_from(
+    [0.0, -0.0, 1.0, -1.0, 1e9, -1e9, 999_999_999.0, -999_999_999.0, 1e-45, 3.4e38, 0.5]),
+    st.integers(-(2**24), 2**24).map(float))
+
+
+@settings(max_examples=200, deadline=None, database=None, derandomize=True)
+@given(rows=st.lists(st.tuples(SPELLED, st.dictionaries(st.integers(0, 2**31 - 2), SPELLED,
+                                                        max_size=5)), max_size=8),
+       base=st.sampled_from([0, 1]), split=st.integers(1, 4))
+def test_written_libsvm_spells_every_number_as_python_does(rows, base, split):
+    """The compiled writer (small integers spelled by itself, other numbers by Python once per
+    distinct value, a block of rows per call) writes what a Python loop writes with ``%.9g``,
+    NaN, infinities, -0 and float32's extremes included; rows in several blocks alike."""
+    indptr = np.cumsum([0] + [len(pairs) for _, pairs in rows])
+    keys = [key for _, pairs in rows for key in sorted(pairs)]
+    data = [pairs[key] for _, pairs in rows for key in sorted(pairs)]
+    X = sp.csr_matrix((np.array(data, np.float32), np.array(keys, np.int64), indptr),
+                      shape=(len(rows), 2**31 - 1))
+    y = np.array([label for label, _ in rows], np.float32)
+    stream = io.BytesIO()
+    libsvm.write_libsvm(stream, X, y, index_base=base, block_rows=split)
+    assert stream.getvalue() == python_libsvm(X, y, base)
+
+
+def test_written_libsvm_reads_back_as_the_same_float32_rows(tmp_path):
+    rng = np.random.default_rng(4)
+    X = sp.random(2000, 300, density=0.05, random_state=4, format="csr", dtype=np.float32)
+    X.data = (rng.normal(size=X.data.size) * 10.0 ** rng.integers(-30, 30, X.data.size)
+              ).astype(np.float32)
+    X.data[::3] = rng.integers(-5, 5, X.data[::3].size)
+    y = rng.integers(0, 2, 2000).astype(np.float32)
+    with open(tmp_path / "w.libsvm", "wb") as f:
+        libsvm.write_libsvm(f, X, y, index_base=1)
+    Xr, yr = read_all(FileSource(tmp_path / "w.libsvm", "libsvm", 300, index_base=1,
+                                 labels="binary"))
+    assert np.array_equal(Xr.toarray(), X.toarray()) and np.array_equal(yr, y)
 
 
 @pytest.mark.parametrize("bad_line", [3, 39_000, 79_998])

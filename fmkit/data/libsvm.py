@@ -309,13 +309,95 @@ def read_libffm_blocks(path: Path, block_bytes: int = BLOCK_BYTES,
     return read_file_blocks(path, block_bytes, ffm=True, shard=shard, labelled=labelled)
 
 
-def write_libsvm(stream: BinaryIO, X, y, *, index_base: int = 0) -> None:
-    """Write a CSR matrix and labels as libsvm text (for tests, benchmarks and ``convert``)."""
+WRITE_ROWS = 1 << 16  # rows spelled per compiled call: the text of one call is held at once
+WHOLE_BELOW = 1e9  # integers the writer spells itself: those %.9g writes as their digits
+
+
+def write_libsvm(stream: BinaryIO, X, y, *, index_base: int = 0,
+                 block_rows: int = WRITE_ROWS) -> None:
+    """Write a CSR matrix and labels as libsvm text (``convert``, ``recommend pairs``, ``tune``'s
+    validation split), each number as Python's ``f"{float(v):.9g}"`` spells it (every float32
+    exactly). Compiled, a block of rows at a time; only numbers that are not small integers are
+    spelled by Python, once per distinct value (a Python loop per row was the slowest step of
+    those commands: docs/performance.md, session 55)."""
     X = X.tocsr()
-    lines = []
-    for r in range(X.shape[0]):
-        lo, hi = X.indptr[r], X.indptr[r + 1]
-        pairs = "".join(f" {int(i) + index_base}:{float(v):.9g}"
-                        for i, v in zip(X.indices[lo:hi], X.data[lo:hi]))
-        lines.append(f"{float(y[r]):.9g}{pairs}\n")
-    stream.write("".join(lines).encode())
+    labels = np.asarray(y, dtype=np.float64)
+    for start in range(0, X.shape[0], block_rows):
+        stop = min(start + block_rows, X.shape[0])
+        lo, hi = X.indptr[start], X.indptr[stop]
+        numbers = np.concatenate([labels[start:stop], X.data[lo:hi].astype(np.float64)])
+        text, starts, spelled = _spellings(numbers)
+        indptr = X.indptr[start:stop + 1] - lo
+        indices = X.indices[lo:hi]
+        args = (indptr, indices, index_base, numbers, spelled, text, starts)
+        out = np.empty(_spell_rows(*args, np.empty(0, np.uint8)), np.uint8)
+        _spell_rows(*args, out)
+        stream.write(out.data)
+
+
+def _spellings(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``%.9g`` spellings of the numbers the compiled writer does not spell itself (all but
+    integers below 10^9 in magnitude, -0 excepted), each distinct one once: their bytes end to
+    end, where each begins (and the end), and per number its spelling's position (-1: none)."""
+    whole = (numbers == np.floor(numbers)) & (np.abs(numbers) < WHOLE_BELOW)
+    whole &= ~((numbers == 0) & np.signbit(numbers))
+    spelled = np.full(numbers.size, -1, np.int64)
+    others = ~whole
+    distinct, spelled[others] = np.unique(numbers[others].view(np.uint64), return_inverse=True)
+    words = [f"{v:.9g}".encode() for v in distinct.view(np.float64).tolist()]
+    starts = np.zeros(len(words) + 1, np.int64)
+    np.cumsum([len(w) for w in words], out=starts[1:])
+    return np.frombuffer(b"".join(words), np.uint8), starts, spelled
+
+
+@kernel_helper()
+def _put_int(value, out, at, write):
+    """The decimal digits of ``value`` (with its sign) at ``out[at:]`` (only counted unless
+    ``write``); returns where they end."""
+    if value < 0:
+        if write:
+            out[at] = 45
+        at += 1
+        value = -value
+    digits, bound = 1, 10
+    while value >= bound and digits < 19:  # (10^19 overflows: int64 has 19 digits at most)
+        digits, bound = digits + 1, bound * 10
+    if write:
+        for d in range(digits):
+            out[at + digits - 1 - d] = 48 + value % 10
+            value //= 10
+    return at + digits
+
+
+@kernel_helper()
+def _put_number(numbers, spelled, text, starts, j, out, at, write):
+    """Number ``j`` at ``out[at:]``: its digits, or its spelling from ``text``."""
+    if spelled[j] < 0:
+        return _put_int(np.int64(numbers[j]), out, at, write)
+    lo, hi = starts[spelled[j]], starts[spelled[j] + 1]
+    if write:
+        for c in range(lo, hi):
+            out[at + c - lo] = text[c]
+    return at + hi - lo
+
+
+@kernel(nogil=True, allocates=False)
+def _spell_rows(indptr, indices, base, numbers, spelled, text, starts, out):
+    """The rows as libsvm lines into ``out`` (numbers: the rows' labels, then their values);
+    with an empty ``out``, only their length. Returns the length."""
+    write = out.size > 0
+    rows = indptr.size - 1
+    at = 0
+    for r in range(rows):
+        at = _put_number(numbers, spelled, text, starts, r, out, at, write)
+        for j in range(indptr[r], indptr[r + 1]):
+            if write:
+                out[at] = _SPACE
+            at = _put_int(np.int64(indices[j]) + base, out, at + 1, write)
+            if write:
+                out[at] = _COLON
+            at = _put_number(numbers, spelled, text, starts, rows + j, out, at + 1, write)
+        if write:
+            out[at] = _NL
+        at += 1
+    return at
