@@ -184,11 +184,11 @@ def _gradient(indptr, indices, fields, values, labels, weights, order, lo_row, h
         for a in range(lo, indptr[r + 1]):
             sa = pos[p]
             p += 1
-            scale = slope * np.float64(values[a])
+            scale = _like(slope, T) * _like(values[a], T)
             G[sa, 0] += scale
             sums = rows_S[a - lo]
             for c in range(1, width):
-                G[sa, c] += scale * np.float64(sums[c])
+                G[sa, c] += scale * sums[c]
     restore_float_mode(mode)
     return total_loss, g0
 
@@ -223,7 +223,7 @@ def minibatch_gradient(indptr, indices, fields, values, labels, inv_rows: float,
     pos = np.empty(max(1, indices.size), np.int32)
     n = _distinct_features(indptr, indices, NO_ORDER, 0, indptr.size - 1, slot, touched, pos)
     slot[touched[:n]] = -1
-    G = np.zeros((n, 1 + num_fields * k))
+    G = np.zeros((n, 1 + num_fields * k), T.dtype)
     loss, g0 = _gradient(indptr, indices, fields, values, labels,
                          NO_WEIGHTS if weights is None else weights, NO_ORDER, 0,
                          indptr.size - 1, inv_rows, loss_kind, w0, T, k, pos, G, G.shape[1])
@@ -247,7 +247,7 @@ def _batches_trainer(opt: int):
         cfg = _frozen(config)
         width = 1 + num_fields * k
         total_loss = 0.0
-        g_bias = np.zeros(1)
+        g_bias = np.zeros(1, T.dtype)
         n_rows = indptr.size - 1
         for start in range(0, n_rows, batch_size):
             stop = min(start + batch_size, n_rows)
@@ -359,9 +359,9 @@ def train_minibatches(indptr, indices, fields, values, labels, batch_size: int, 
                       order: np.ndarray = NO_ORDER) -> tuple[float, int]:
     """Train on one chunk's rows in mini-batches of ``batch_size`` (1: a row per step), in
     ``order`` (as :func:`train_online`), in place, on the calling thread: the FM's semantics
-    (one step per mini-batch on its mean
-    loss, lazy updates). ``touched``/``G`` (float64, at least ``1 + num_fields * k`` columns)
-    must hold the largest mini-batch's distinct features, ``pos`` (int32) its nonzeros.
+    (one step per mini-batch on its mean loss, lazy updates). ``touched``/``G`` (the table's
+    dtype, at least ``1 + num_fields * k`` columns) must hold the largest mini-batch's
+    distinct features, ``pos`` (int32) its nonzeros.
     Returns ``(sum of losses, step count)``."""
     _check_fields(fields, num_fields, T, k)
     loss = _BATCHES[opt](indptr, indices, fields, values, labels,

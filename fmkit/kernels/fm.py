@@ -517,9 +517,9 @@ def _prefetch_rows(indptr, indices, order, q, hi, T, k):
 def _accumulate(indptr, indices, values, labels, weights, order, lo, hi, loss_kind, inv_rows, B,
                 T, k, sums, pos, p, G):
     """Add the mean-loss gradients of rows ``lo:hi`` of the order into the per-slot buffer
-    ``G`` (float64, a row ``[g_w, g_v1..g_vk]`` per slot); the slots of their nonzeros, in
-    that order, are ``pos[p:]`` (:func:`_distinct_features`). Returns ``(sum of the rows'
-    losses, gradient of w0)``."""
+    ``G`` (a row ``[g_w, g_v1..g_vk]`` per slot, in the table's dtype); the slots of their
+    nonzeros, in that order, are ``pos[p:]`` (:func:`_distinct_features`). Returns ``(sum of
+    the rows' losses, gradient of w0)``."""
     total_loss = 0.0
     g0 = 0.0
     _prefetch_rows(indptr, indices, order, lo, hi, T, k)
@@ -537,13 +537,13 @@ def _accumulate(indptr, indices, values, labels, weights, order, lo, hi, loss_ki
         g0 += slope
         for j in range(indptr[r], indptr[r + 1]):
             i = indices[j]
-            x = np.float64(values[j])
+            x = _like(values[j], T)
             t = pos[p]
             p += 1
-            gx = slope * x
+            gx = _like(slope, T) * x
             G[t, 0] += gx
             for f in range(k):
-                G[t, 1 + f] += gx * (np.float64(sums[f]) - np.float64(T[i, 1 + f]) * x)
+                G[t, 1 + f] += gx * (sums[f] - T[i, 1 + f] * x)
     return total_loss, g0
 
 
@@ -649,14 +649,15 @@ def _batches_trainer(opt: int):
         optimizer step on the gradient of its mean loss (SageMaker's and MXNet's semantics),
         lazily: only the features it touched. The j-th mini-batch (from 1) is Adam step
         ``step + stride * j``. ``slot`` (an int per table row) must be all -1 and is left so;
-        ``touched`` and ``G`` (float64, a gradient row per distinct feature) hold a mini-batch's
-        distinct features, ``pos`` its nonzeros' slots. Returns the summed loss of the rows
-        before their updates."""
+        ``touched`` and ``G`` (the table's dtype, a gradient row per distinct feature) hold a
+        mini-batch's distinct features, ``pos`` its nonzeros' slots. Returns the summed loss of
+        the rows before their updates."""
         mode = flush_denormals()
         cfg = _frozen(config)
         width = k + 1
         total_loss = 0.0
-        g_bias = np.empty(1)  # (each mini-batch sets it; np.zeros would compile one more helper)
+        g_bias = np.empty(1, T.dtype)  # (each mini-batch sets it; np.zeros would compile one
+        # more helper; the table's dtype, as G's: one compiled update serves both)
         b1_t, b2_t = np.float64(cfg[BETA1]) ** step, np.float64(cfg[BETA2]) ** step
         b1_stride, b2_stride = np.float64(cfg[BETA1]) ** stride, np.float64(cfg[BETA2]) ** stride
         for start in range(lo, hi, batch_size):
@@ -768,8 +769,8 @@ def _bias_stepper(opt: int):
         adam_lr, adam_eps = _adam_scales(np.float64(cfg[BETA1]) ** step,
                                          np.float64(cfg[BETA2]) ** step, B)
         bw, bm, bs = _row_blocks(B, 0, k + 1)
-        _apply_first(bw, bm, bs, np.full(1, g0), 1.0, cfg[BIAS_LR], cfg[BIAS_WD], rule, cfg,
-                     adam_lr, adam_eps)
+        _apply_first(bw, bm, bs, np.full(1, _like(g0, B)), 1.0, cfg[BIAS_LR], cfg[BIAS_WD],
+                     rule, cfg, adam_lr, adam_eps)
         restore_float_mode(mode)
         return adam_lr, adam_eps
 

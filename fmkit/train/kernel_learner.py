@@ -34,7 +34,8 @@ from fmkit.train.torch_learner import TorchLearner
 class Workspace:
     """Scratch arrays the kernels reuse, per thread part: the row's factor sums, and for
     mini-batches a gradient row ``[g_w, g_v1..g_vk]`` per distinct feature of a mini-batch
-    (float64) with the feature -> slot map and each nonzero's slot (``positions``)."""
+    (in the table's dtype) with the feature -> slot map and each nonzero's slot
+    (``positions``)."""
 
     parts: int
     k: int
@@ -52,7 +53,7 @@ class Workspace:
         ws = cls(parts=parts, k=k, sums=np.zeros((parts, padded), dtype))
         if batch_size > 1:
             ws.slot = np.full(feature_dim, -1, dtype=np.int32)
-            ws.grads = np.zeros((parts, 0, k + 1))
+            ws.grads = np.zeros((parts, 0, k + 1), dtype)
         return ws
 
     def reserve(self, chunk: SparseBatch, batch_size: int, feature_dim: int,
@@ -70,7 +71,7 @@ class Workspace:
         if need > self.touched.size:
             need = min(feature_dim, max(need, 2 * self.touched.size))
             self.touched = np.zeros(need, np.int32)
-            self.grads = np.zeros((self.parts, need, self.k + 1))
+            self.grads = np.zeros((self.parts, need, self.k + 1), self.sums.dtype)
 
 
 def train_chunk(hp: dict[str, Any], chunk: SparseBatch, kind: int, config: np.ndarray,
@@ -190,7 +191,9 @@ class KernelLearner:
 
     def apply(self, gradient: Gradient) -> None:
         (ids, rows, _), n = gradient.sparse[0], gradient.rows
-        self.steps = kernels.apply_gradient(ids, rows / n, gradient.dense[0] / n,
+        # (in the table's dtype, as the kernels' own sums: one compiled update serves both)
+        self.steps = kernels.apply_gradient(ids, (rows / n).astype(self.table.dtype),
+                                            gradient.dense[0] / n,
                                             OPTIMIZER_IDS[self.hp["optimizer"]], self.config,
                                             self.bias, self.table, self.k, self.steps,
                                             self.ws.parts, self.group)
