@@ -656,8 +656,9 @@ def _batches_trainer(opt: int):
         cfg = _frozen(config)
         width = k + 1
         total_loss = 0.0
-        g_bias = np.empty(1, T.dtype)  # (each mini-batch sets it; np.zeros would compile one
-        # more helper; the table's dtype, as G's: one compiled update serves both)
+        # each mini-batch sets it (np.zeros would compile one more helper); in the table's
+        # dtype, as G is, so that one compiled update serves both
+        g_bias = np.empty(1, T.dtype)
         b1_t, b2_t = np.float64(cfg[BETA1]) ** step, np.float64(cfg[BETA2]) ** step
         b1_stride, b2_stride = np.float64(cfg[BETA1]) ** stride, np.float64(cfg[BETA2]) ** stride
         for start in range(lo, hi, batch_size):
