@@ -5,6 +5,7 @@ an FM ignores them, as xLearn's FM does).
 Parsing happens a block at a time inside one compiled function (no Python loop per row).
 Indices are stored as written; the caller shifts them to 0-based (see :mod:`fmkit.data.sources`).
 Blank lines and ``#`` comments are skipped, ``qid:N`` tokens (svmlight ranking) are ignored.
+Writing libsvm (:func:`write_libsvm`) is compiled too, a block of rows per call.
 """
 
 from __future__ import annotations
