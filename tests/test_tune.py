@@ -493,3 +493,31 @@ def test_pruning_decides_as_optunas_should_prune(direction):
         else:
             study.tell(trial, float(curve[-1]))
     assert decisions[True] and decisions[False], decisions  # both kinds were decided
+
+
+def test_a_recordio_channel_is_split_into_the_rows_it_holds(a9a_head, tmp_path):
+    """``--validation-fraction`` on a channel that is not one text file writes its rows as
+    libsvm (the compiled writer): read back by scikit-learn, the training part is the first
+    90% of the rows and the validation part the last 10%, values and labels exact."""
+    from sklearn.datasets import load_svmlight_file
+
+    from fmkit.data.recordio import write_rows
+    from fmkit.jobs.searches import FMSearch, TuneSettings
+
+    X, y = load_svmlight_file(str(a9a_head), n_features=123)  # (1-based ids -> columns 0..122)
+    channel = tmp_path / "a9a.rec"
+    with open(channel, "wb") as f:
+        write_rows(f, X, y.clip(0, 1))
+    search = FMSearch(TuneSettings(train=str(channel), validation=None, validation_fraction=0.1,
+                                   objective="validation:auc",
+                                   fixed={"feature_dim": 123,
+                                          "predictor_type": "binary_classifier"}))
+    search.split(tmp_path)
+    split = tmp_path / "split"
+    assert (split / "format").read_text() == "libsvm"
+    zero_based = (split / "index_base").read_text() == "0"
+    parts = [load_svmlight_file(str(split / name), n_features=123, zero_based=zero_based)
+             for name in ("train.data", "validation.data")]
+    cut = X.shape[0] - X.shape[0] // 10
+    for (Xp, yp), rows in zip(parts, (slice(0, cut), slice(cut, None))):
+        assert (Xp != X[rows]).nnz == 0 and np.array_equal(yp, y[rows].clip(0, 1))
