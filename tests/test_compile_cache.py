@@ -177,8 +177,6 @@ def test_a_helper_that_cannot_start_is_no_error(monkeypatch):
 STALE_KERNEL = """
 import sys
 from pathlib import Path
-
-import pytest
 from fmkit import compile_cache
 package = Path(sys.argv[1])
 compile_cache.PACKAGE = package
