@@ -326,7 +326,7 @@ def write_libsvm(stream: BinaryIO, X, y, *, index_base: int = 0,
     for start in range(0, X.shape[0], block_rows):
         stop = min(start + block_rows, X.shape[0])
         lo, hi = X.indptr[start], X.indptr[stop]
-        numbers = np.concatenate([labels[start:stop], X.data[lo:hi].astype(np.float64)])
+        numbers = np.concatenate([labels[start:stop], X.data[lo:hi]], dtype=np.float64)
         text, starts, spelled = _spellings(numbers)
         indptr = X.indptr[start:stop + 1] - lo
         indices = X.indices[lo:hi]
