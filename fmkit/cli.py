@@ -653,25 +653,28 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(rows=args.rows, seed=args.seed, progress=None if args.verbose else False)
     except FMKitError as e:
-        print(f"fmkit: error: {_naming_the_configuration(e, args)}", file=sys.stderr)
+        if distributed.first_to_report():
+            print(f"fmkit: error: {_naming_the_configuration(e, args)}", file=sys.stderr)
         return 1
     except OSError as e:  # a path the user gave: one line, no traceback
         if isinstance(e, BrokenPipeError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         where = f"{e.filename}: " if e.filename else ""
-        print(f"fmkit: error: {where}{e.strerror or e}", file=sys.stderr)
+        if distributed.first_to_report():
+            print(f"fmkit: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fmkit: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as e:  # a collective whose peer failed: that peer printed why
+    except RuntimeError as e:  # a collective whose peer failed: that peer says why
         if args.command != "train" or not distributed.active():
             raise
-        rank = distributed.rank_and_size()[0]
-        why = re.sub(r"^\[[^]]*\]\s*", "", str(e).splitlines()[0] if str(e) else "")
-        print(f"fmkit: error: process {rank}: another training process stopped (its message "
-              f"is above): {why.split('. ')[0][:160]}", file=sys.stderr)  # (its first sentence)
+        if distributed.first_to_report(peer_lost=True):
+            rank = distributed.rank_and_size()[0]
+            why = re.sub(r"^\[[^]]*\]\s*", "", str(e).splitlines()[0] if str(e) else "")
+            print(f"fmkit: error: process {rank}: another training process stopped: "
+                  f"{why.split('. ')[0][:160]}", file=sys.stderr)  # (its first sentence)
         return 1
     finally:
         interruption.restore(handlers)

@@ -5,6 +5,7 @@ FM, tests/test_checkpoints.py checks it on the 2-process run it also kills and r
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 
@@ -149,30 +150,99 @@ def test_deepfm_on_two_processes_matches_one(tmp_path):
     assert abs(one["test"]["auc"] - m2["auc"]) < 0.01
 
 
-def test_a_failing_process_ends_the_run_with_one_line_per_process(tmp_path):
-    """A malformed row on one process's shard: every process says one line, no traceback
-    (neither the peers' lost collectives nor torchrun's report), exit 1, no model."""
-    from .conftest import run_fmkit
+def _errors(stderr: str) -> list[str]:
+    """The lines of a 2-process run's stderr after its one-machine advice."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "WARNING" in lines[0] and "every process on this machine" in lines[0], lines[0]
+    return lines[1:]
 
+
+def test_a_failing_process_ends_the_run_with_one_line(tmp_path):
+    """A malformed row on one process's shard, or a training file no process finds: one line
+    says so, no traceback (neither the peer's lost collective nor torchrun's report), exit 1,
+    no model."""
     lines = shared_file("a9a_libsvm", "a9a").read_text().splitlines(keepends=True)[:3000]
     bad = tmp_path / "bad.libsvm"
     bad.write_text("".join(lines) + "1 3:x\n")
-    result = run_fmkit("train", "--nproc", "2", "--train", bad, "--quiet", "feature_dim=124",
-                       "num_factors=4", "predictor_type=binary_classifier",
+    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier"]
+    result = run_fmkit("train", "--nproc", "2", "--train", bad, "--quiet", *hp,
                        "mini_batch_size=100", "--model-dir", tmp_path / "m")
     assert result.returncode == 1
-    assert "Traceback" not in result.stderr, result.stderr
-    assert f"{bad}:3001: non-numeric value in '3:x'" in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
-    assert "WARNING" in errors[0] and "every process on this machine" in errors[0], errors[0]
-    assert all(line.startswith("fmkit: error: ") for line in errors[1:]), result.stderr
+    assert _errors(result.stderr) == [f"fmkit: error: {bad}:3001: non-numeric value in '3:x'"]
+    assert not (tmp_path / "m").exists()
+    missing = tmp_path / "missing.libsvm"  # (each process looks for it)
+    result = run_fmkit("train", "--nproc", "2", "--train", missing, "--quiet", *hp,
+                       "--model-dir", tmp_path / "m")
+    assert result.returncode == 1
+    assert _errors(result.stderr) == [f"fmkit: error: {missing}: no such file or directory"]
     assert not (tmp_path / "m").exists()
     for count in ("0", "-2"):  # (0 trained on one process before)
-        result = run_fmkit("train", "--nproc", count, "--train", bad, "feature_dim=124",
-                           "num_factors=4", "predictor_type=binary_classifier",
+        result = run_fmkit("train", "--nproc", count, "--train", bad, *hp,
                            "--model-dir", tmp_path / "m")
         assert result.returncode == 1 and result.stderr == (
             f"fmkit: error: --nproc must be >= 1, got {count}\n")
+
+
+def _worker_of_rank(launcher: int, rank: int, timeout: float = 60.0) -> int:
+    """The pid of the training process of ``rank`` that ``fmkit train --nproc`` (pid
+    ``launcher``) started through torchrun: a grandchild whose environment holds RANK."""
+    import time
+    from pathlib import Path
+
+    def children(pid: int) -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for torchrun in children(launcher):
+            for worker in children(torchrun):
+                try:
+                    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if f"RANK={rank}".encode() in environ:
+                    return worker
+        time.sleep(0.2)
+    raise AssertionError(f"no training process of rank {rank} within {timeout} s")
+
+
+def test_a_process_killed_by_a_signal_is_named_once(tmp_path):
+    """SIGKILL (as the out-of-memory killer sends) of one of two processes: it cannot say
+    anything, so the launch names it, once; its peer, ended by torchrun or losing its
+    collective first, adds at most a line saying the latter. Exit 1, no model."""
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import fmkit_executable
+
+    data = tmp_path / "a9a"
+    data.write_text(shared_file("a9a_libsvm", "a9a").read_text() * 4)
+    run = subprocess.Popen(
+        [fmkit_executable(), "train", "--nproc", "2", "--quiet", "--train", str(data),
+         "--model-dir", str(tmp_path / "m"), "feature_dim=124", "num_factors=4",
+         "predictor_type=binary_classifier", "mini_batch_size=10", "epochs=1000"],
+        stderr=subprocess.PIPE, text=True)
+    victim = _worker_of_rank(run.pid, 0)
+    time.sleep(2.0)  # (into training)
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1
+    errors = _errors(stderr)
+    killed = "fmkit: error: process 0 was killed by SIGKILL"
+    others = [line for line in errors if line != killed]
+    assert errors.count(killed) == 1 and len(others) <= 1, stderr
+    assert all(line.startswith("fmkit: error: process 1: another training process stopped: ")
+               for line in others), stderr
+    assert not (tmp_path / "m").exists()
 
 
 def test_deepfm_with_sample_weights_on_two_processes_equals_one(tmp_path):

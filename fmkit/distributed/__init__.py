@@ -17,6 +17,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 
@@ -59,6 +61,30 @@ def primary() -> bool:
 
 _cpu_group = None  # the group for collectives on CPU tensors (Gloo)
 PARENT_ENV = "FMKIT_PARENT_PID"  # the pid a process fmkit starts expects as its parent
+FAILURE_ENV = "FMKIT_FAILURE_MARK"  # the path the first process of a launch to fail creates
+PEER_WAIT = 2.0  # seconds a process that lost a peer waits for that peer's word
+
+
+def first_to_report(peer_lost: bool = False) -> bool:
+    """Whether this process prints its error. Of the processes ``fmkit train --nproc``
+    started, only the first to fail does, so that a missing file or a bad row is one line,
+    not one per process. A process whose collective failed because a peer left
+    (``peer_lost``) first waits up to ``PEER_WAIT`` seconds for that peer's word: a peer
+    killed without one (SIGKILL, out of memory) leaves this process's line the only one.
+    Processes torchrun started (no launch of fmkit's) or a single process: always."""
+    mark = os.environ.get(FAILURE_ENV)
+    if not mark:
+        return True
+    deadline = time.monotonic() + (PEER_WAIT if peer_lost else 0.0)
+    while not os.path.exists(mark) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    except OSError:  # (the launch's folder is gone: say it rather than nothing)
+        return True
+    return True
 
 
 def die_with_parent(parent: int | None = None) -> None:
@@ -199,7 +225,7 @@ def all_gather_rows(ids: np.ndarray, rows: np.ndarray, counts: list[int] | None 
 # torchrun's own entry point, minus its report of a failed process: that process has
 # printed its one-line error already, and torchrun would add a traceback of its own
 # (a SIGTERM: torchrun passes it to its processes, which write the model, then exits 143)
-_TORCHRUN = """import logging, os, sys
+_TORCHRUN = """import logging, os, signal, sys
 from fmkit.distributed import PARENT_ENV, die_with_parent
 die_with_parent(int(os.environ[PARENT_ENV]))
 os.environ[PARENT_ENV] = str(os.getpid())  # what the processes it starts check
@@ -209,7 +235,11 @@ from torch.distributed.run import main
 logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
 try:
     main()
-except ChildFailedError:
+except ChildFailedError as e:  # a process killed by a signal said nothing: say it (torchrun
+    for rank, failure in sorted(e.failures.items()):  # ends the others with SIGTERM)
+        if failure.exitcode < 0 and -failure.exitcode != signal.SIGTERM:
+            print(f"fmkit: error: process {rank} was killed by {failure.signal_name()}",
+                  file=sys.stderr)
     sys.exit(1)
 except SignalException as e:
     sys.exit(128 + int(e.sigval))
@@ -230,15 +260,17 @@ def launch(nproc: int, argv: list[str], advice: str | None = None) -> int:
     if nproc > available_cpus():
         log.warning("--nproc %d on %d usable cores: the processes share them", nproc,
                     available_cpus())
-    env = {**os.environ, **process_threads(nproc), PARENT_ENV: str(os.getpid())}
     command = [sys.executable, "-c", _TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
                "-m", "fmkit", *argv]
-    # torchrun in a session of its own, so that a signal to this process's group (a
-    # scheduler's, a terminal's) reaches it once, from here: a second SIGTERM would make it
-    # kill the processes it is waiting for to write the model
-    child = subprocess.Popen(command, env=env, start_new_session=True)
-    before = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
-    try:
-        return child.wait()
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    with tempfile.TemporaryDirectory(prefix="fmkit-launch-") as scratch:
+        env = {**os.environ, **process_threads(nproc), PARENT_ENV: str(os.getpid()),
+               FAILURE_ENV: os.path.join(scratch, "failed")}
+        # torchrun in a session of its own, so that a signal to this process's group (a
+        # scheduler's, a terminal's) reaches it once, from here: a second SIGTERM would make
+        # it kill the processes it is waiting for to write the model
+        child = subprocess.Popen(command, env=env, start_new_session=True)
+        before = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+        try:
+            return child.wait()
+        finally:
+            signal.signal(signal.SIGTERM, before)
