@@ -307,6 +307,39 @@ def test_tune_searches_a_deepfm_configuration(tmp_path, cli):
     assert roc_auc_score(y, scores) == pytest.approx(float(best["value"]), abs=0.02)
 
 
+def test_a_deepfm_tune_validates_on_the_configurations_eval_input_path(tmp_path, cli):
+    """Without --validation or --validation-fraction, a configuration's tune measures its
+    trials on the configuration's ``eval_input_path``, as ``fmkit train --config`` does (it
+    was refused): the best value is the eval rows' AUC as scikit-learn computes it from the
+    written model's predictions, not the training rows'."""
+    from fmkit.data.movielens import join_ratings
+
+    joined = tmp_path / "ua.base.csv"
+    join_ratings(shared_file("movielens_100k", "u.data").parent, "ua.base", joined)
+    lines = joined.read_text().splitlines(keepends=True)[:6001]
+    train, evaluation = tmp_path / "train.csv", tmp_path / "eval.csv"
+    train.write_text("".join(lines[:5001]))
+    evaluation.write_text(lines[0] + "".join(lines[5001:]))
+    model_dir = tmp_path / "model"
+    code, _, err = cli("tune", "--config", REPO / "examples" / "deepfm_movielens.yaml",
+                       "--set", f"train_input_path={train}", "--set",
+                       f"eval_input_path={evaluation}", "--trials", "1", "--jobs", "1",
+                       "--model-dir", model_dir, "--set", "train_config.num_epochs=2")
+    assert code == 0, err
+    best = json.loads((model_dir / "tune" / "best.json").read_text())["value"]
+    model = load_model(model_dir)
+
+    def auc(path, rows: list[str]) -> float:
+        y = np.array([line.split(",", 1)[0] == "1" for line in rows])
+        scores = np.concatenate([model.predictions(model.encode(batch, labelled=False))["score"]
+                                 for batch in model.read(path)])
+        return roc_auc_score(y, scores)
+
+    on_eval, on_train = auc(evaluation, lines[5001:]), auc(train, lines[1:5001])
+    assert best == pytest.approx(on_eval, abs=1e-6)
+    assert abs(on_train - on_eval) > 1e-3  # (the two files tell apart)
+
+
 def test_a_parquet_file_is_not_split_by_lines(tmp_path, cli):
     """A configuration that reads CSV, given a Parquet file (read as Parquet by its bytes):
     --validation-fraction cuts text files only, so it is refused before anything is written

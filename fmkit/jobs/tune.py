@@ -433,11 +433,26 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
     ``model_dir/tune/``. An FM: ``fixed`` holds the hyperparameters not searched
     (``feature_dim`` and ``predictor_type`` are required). A DeepFM: ``config`` is its
     configuration file, ``fixed`` its ``--set`` overrides (``path: YAML text``), ``train``
-    replaces its ``train_input_path``. ``jobs``: processes running trials at once (default:
+    replaces its ``train_input_path`` and ``validation`` its ``eval_input_path`` (each the
+    configuration's when not given). ``jobs``: processes running trials at once (default:
     the usable cores)."""
     optuna = _import_optuna()
-    if (validation is None) == (validation_fraction is None):
-        raise HyperparameterError("tune needs --validation FILE or --validation-fraction F")
+    if config is not None and (train is None or (validation is None
+                                                 and validation_fraction is None)):
+        from fmkit.models.deepfm.config_files import apply_overrides, load_document
+
+        # the configuration's paths, after the --set fields, where the command gave none
+        document = apply_overrides(load_document(config), [f"{k}={v}" for k, v in
+                                                           (fixed or {}).items()])
+        train = train or document.get("train_input_path")
+        if validation_fraction is None:
+            validation = validation or document.get("eval_input_path") or None
+    if validation is not None and validation_fraction is not None:
+        raise HyperparameterError("tune takes --validation FILE or --validation-fraction F, "
+                                  "not both")
+    if validation is None and validation_fraction is None:
+        raise HyperparameterError("tune needs --validation FILE or --validation-fraction F"
+                                  + (" (or a configuration's eval_input_path)" if config else ""))
     require_option(validation_fraction is None or 0 < validation_fraction < 1,
                    "--validation-fraction", "in (0, 1)", validation_fraction)
     require_option(trials >= 1, "--trials", ">= 1", trials)
@@ -445,12 +460,6 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
     require_option(timeout is None or timeout > 0, "--timeout", "> 0 seconds", timeout)
     # (each worker's sampler is seeded with seed + its index)
     require_option(0 <= seed < 2**32 - 1024, "--seed", f"in 0..{2**32 - 1025}", seed)
-    if config is not None and train is None:  # the configuration's, after the --set fields
-        from fmkit.models.deepfm.config_files import apply_overrides, load_document
-
-        train = apply_overrides(load_document(config), [f"{k}={v}" for k, v in
-                                                        (fixed or {}).items()]
-                                ).get("train_input_path")
     if not train:
         raise HyperparameterError("tune needs --train (or a configuration's train_input_path)")
     search = search_for(TuneSettings(_absolute(train), _absolute(validation),
