@@ -356,6 +356,13 @@ def test_deepfm_request_errors(deepfm_model):
         assert "label" not in str(raised.value)  # sent along, accepted, but not a feature
     with pytest.raises(codecs.RequestError, match="Infinity is not a JSON number"):
         decode(b'{"instances": [{"price": Infinity}]}', codecs.JSON)
+    # an unknown name is the first instance's that gives it a value (the request's, if none)
+    for body, where in [(b'[{"user": "u1"}, {"Item": null}, {"Item": 3}]', "instance 3: "),
+                        (b'[{"user": "u1"}, {"Item": null}]', "request: "),
+                        (b'{"user": "u1"}\n\n{"Item": 3}', "instance 2: ")]:
+        with pytest.raises(codecs.RequestError) as raised:
+            decode(body, codecs.JSON if body.startswith(b"[") else codecs.JSONLINES)
+        assert f"{where}unknown feature 'Item'" in str(raised.value)
     good = decode(b'{"instances": [{"user": "u1", "item": 3, "price": 2.5, "label": 1}]}',
                   codecs.JSON)
     assert np.isfinite(deepfm_model.predictions(good)["score"]).all()

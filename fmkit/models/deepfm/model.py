@@ -283,9 +283,13 @@ class DeepFMModel:
             others = {self.features.label, *self.config.data_config.sample_weight_fields}
             names = [name for name in known if name not in others]
             shown = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
-            raise DataError(batch.source, None, f"unknown feature "
-                            f"{', '.join(excerpt(n) for n in unknown[:5])}: this model's "
-                            f"features are {shown}")
+            problem = (f"unknown feature {', '.join(excerpt(n) for n in unknown[:5])}: this "
+                       f"model's features are {shown}")
+            given = (np.flatnonzero(batch.columns[unknown[0]].is_valid().to_numpy(
+                zero_copy_only=False)) if batch.absent_is_missing else ())
+            if len(given):  # (JSON instances: the first that names it, with a value)
+                raise batch.error(int(given[0]), problem)
+            raise DataError(batch.source, None, problem)
         return batch
 
     # -- scoring ---------------------------------------------------------------------------
