@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -73,6 +74,26 @@ def test_load_refuses_wrong_shapes_and_missing_files(fitted, tmp_path):
         FMModel.load(path)
     with pytest.raises(ArtifactError, match="no such model directory"):
         FMModel.load(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("name, at, value", [("V", (7, 2), np.nan), ("w", (29,), -np.inf),
+                                              ("w0", (0,), np.inf)])
+def test_load_refuses_weights_that_are_not_finite(fitted, name, at, value):
+    """A NaN or an infinity in a model's weights (a damaged or edited file) is refused where
+    it is, at load: it scored every row that used it as 'not a finite number', blaming the
+    row's feature values. float64 weights near the largest double (their sum is not finite)
+    still load."""
+    _, _, path = fitted
+    with np.load(path / "weights.npz") as npz:
+        arrays = dict(npz)
+    good = {key: array.copy() for key, array in arrays.items()}
+    arrays[name][at] = value
+    np.savez(path / "weights.npz", **arrays)
+    with pytest.raises(ArtifactError, match=re.escape(f"array '{name}' holds {value} at {at}")):
+        FMModel.load(path)
+    good["w"] = np.full(good["w"].shape, 1e308)
+    np.savez(path / "weights.npz", **good)
+    assert np.all(FMModel.load(path).params.w == 1e308)
 
 
 def test_loading_never_unpickles(fitted, tmp_path):

@@ -383,7 +383,8 @@ def training_history(metrics: dict) -> list[dict]:
 
 def check_shape(path: str | Path, weights: dict[str, np.ndarray], name: str,
                 shape: tuple[int, ...]) -> np.ndarray:
-    """The named array, or an :class:`ArtifactError` saying what is missing or mis-shaped."""
+    """The named array, or an :class:`ArtifactError` saying what is missing, mis-shaped or
+    not finite (a NaN in a damaged file would otherwise surface as rows scoring NaN)."""
     if name not in weights:
         raise ArtifactError(f"{path}: weights file has no array {name!r}")
     array = weights[name]
@@ -394,4 +395,15 @@ def check_shape(path: str | Path, weights: dict[str, np.ndarray], name: str,
         )
     if not np.issubdtype(array.dtype, np.floating):
         raise ArtifactError(f"{path}: array {name!r} has dtype {array.dtype}, expected floats")
+    # one pass without a temporary: a NaN or an infinity makes the float64 sum not finite
+    # (as can huge float64 weights, which the search below then clears)
+    with np.errstate(over="ignore"):
+        total = array.sum(dtype=np.float64)
+    if not np.isfinite(total):
+        bad = np.flatnonzero(~np.isfinite(array.reshape(-1)))
+        if bad.size:
+            where = tuple(map(int, np.unravel_index(int(bad[0]), array.shape)))
+            raise ArtifactError(f"{path}: array {name!r} holds {array.reshape(-1)[bad[0]]} "
+                                f"at {where}: a model's weights are finite numbers (the file "
+                                "is damaged)")
     return array
