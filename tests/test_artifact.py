@@ -96,6 +96,24 @@ def test_load_refuses_weights_that_are_not_finite(fitted, name, at, value):
     assert np.all(FMModel.load(path).params.w == 1e308)
 
 
+def test_a_deepfm_with_a_nan_in_its_layers_is_refused_at_load(small_deepfm_dir, tmp_path):
+    """The DeepFM's dense layers are checked as the FM's weights are; its embedding tables,
+    mapped from the file and most of its bytes, are left unread."""
+    import shutil
+
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    path = tmp_path / "deepfm"
+    shutil.copytree(small_deepfm_dir, path)
+    with np.load(path / "weights.npz") as npz:
+        arrays = dict(npz)
+    name = next(n for n in arrays if n.startswith("deep.") and n.endswith(".weight"))
+    arrays[name][1, 2] = np.nan
+    np.savez(path / "weights.npz", **arrays)
+    with pytest.raises(ArtifactError, match=re.escape(f"array '{name}' holds nan at (1, 2)")):
+        DeepFMModel.load(path)
+
+
 def test_loading_never_unpickles(fitted, tmp_path):
     """An .npz whose array holds Python objects (a pickle) is refused, not executed."""
     _, _, path = fitted

@@ -395,6 +395,13 @@ def check_shape(path: str | Path, weights: dict[str, np.ndarray], name: str,
         )
     if not np.issubdtype(array.dtype, np.floating):
         raise ArtifactError(f"{path}: array {name!r} has dtype {array.dtype}, expected floats")
+    check_finite(path, name, array)
+    return array
+
+
+def check_finite(path: str | Path, name: str, array: np.ndarray) -> None:
+    """An :class:`ArtifactError` naming the first NaN or infinity of a weights array (a
+    damaged file would otherwise surface as rows scoring NaN, blamed on their values)."""
     # one pass without a temporary: a NaN or an infinity makes the float64 sum not finite
     # (as can huge float64 weights, which the search below then clears)
     with np.errstate(over="ignore"):
@@ -406,4 +413,3 @@ def check_shape(path: str | Path, weights: dict[str, np.ndarray], name: str,
             raise ArtifactError(f"{path}: array {name!r} holds {array.reshape(-1)[bad[0]]} "
                                 f"at {where}: a model's weights are finite numbers (the file "
                                 "is damaged)")
-    return array

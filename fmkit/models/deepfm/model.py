@@ -482,6 +482,8 @@ class DeepFMModel:
                 raise ArtifactError(f"{path}: array {name!r} has shape "
                                     f"{tuple(weights[name].shape)}, expected "
                                     f"{tuple(tensor.shape)} from the configuration")
+            if not name.startswith(("tables.", "wide_tables.")):  # (the embedding tables,
+                artifact.check_finite(path, name, weights[name])  # most of it, stay unread)
         # assign: the parameters become the arrays mapped from the file, instead of copies
         model.net.load_state_dict({name: torch.from_numpy(np.asarray(array))
                                    for name, array in weights.items()}, assign=True)
