@@ -155,6 +155,25 @@ def test_resume_refuses_other_hyperparameters(channel, tmp_path, cli):
         assert code == 1 and "must be >= 0" in err and not (tmp_path / "d").exists(), err
 
 
+def test_resume_without_a_checkpoint_says_so_and_trains_from_the_start(channel, tmp_path,
+                                                                       cli):
+    """--resume where no checkpoint was taken (a first run of a command that always says
+    --resume, or a mistyped directory): a warning, even with --quiet, then the run an
+    uninterrupted one is (same weights)."""
+    common = ["train", "--train", channel, "--index-base", "1", "--quiet", *HP[:3], "epochs=1",
+              *HP[4:]]
+    code, _, err = cli(*common, "--model-dir", tmp_path / "plain")
+    assert code == 0 and err == "", err
+    missing = tmp_path / "no-such-checkpoints"
+    code, _, err = cli(*common, "--model-dir", tmp_path / "m", "--checkpoint-dir", missing,
+                       "--resume")
+    assert code == 0, err
+    assert f"--resume: {missing} holds no complete checkpoint; training from the start" in err
+    assert err.count("\n") == 1, err
+    for name, array in _weights(tmp_path / "plain").items():
+        np.testing.assert_array_equal(_weights(tmp_path / "m")[name], array)
+
+
 def test_a_half_written_checkpoint_is_ignored(tmp_path):
     saver = Checkpointer(tmp_path, every_steps=1)
     saver.save(TrainingState(3, 1, 1, 10, 1.0, [], {"x": 1}, {"t": np.ones(3)}))

@@ -196,6 +196,10 @@ class Checkpoint(Callback):
             run.restore(state)
             log.info("resuming from %s: epoch %d, step %d", self.checkpoints.directory,
                      state.epoch, state.step)
+        elif self.resume and run.learner.primary:  # (a first run of a command that always
+            # says --resume, or a mistyped directory: either way the user should know)
+            log.warning("--resume: %s holds no complete checkpoint; training from the start",
+                        self.checkpoints.directory)
 
     def after_step(self, run: Run) -> None:
         if run.learner.primary and (run.stopped or self.checkpoints.due(run.learner.steps)):
