@@ -223,8 +223,9 @@ def all_gather_rows(ids: np.ndarray, rows: np.ndarray, counts: list[int] | None 
 
 
 # torchrun's own entry point, minus its report of a failed process: that process has
-# printed its one-line error already, and torchrun would add a traceback of its own
-# (a SIGTERM: torchrun passes it to its processes, which write the model, then exits 143)
+# printed its one-line error already (first_to_report), and torchrun would add a traceback
+# of its own; a process a signal killed could not, so it is named here. (A SIGTERM: torchrun
+# passes it to its processes, which write the model, then exits 143.)
 _TORCHRUN = """import logging, os, signal, sys
 from fmkit.distributed import PARENT_ENV, die_with_parent
 die_with_parent(int(os.environ[PARENT_ENV]))
