@@ -320,7 +320,10 @@ class FMClassifier(ClassifierMixin, _FMEstimator):
             self.classes_ = np.unique(y if classes is None else classes)
             if self.classes_.size != 2:
                 raise ValueError(f"Only binary classification is supported: y has "
-                                 f"{self.classes_.size} class(es), FMClassifier needs 2")
+                                 f"{self.classes_.size} class(es), FMClassifier needs 2"
+                                 + (" (a first partial_fit on rows of one class names both "
+                                    "with classes=[...])" if classes is None
+                                    and self.classes_.size == 1 else ""))
         unknown = ~np.isin(y, self.classes_)
         if unknown.any():
             raise ValueError(f"y holds a class that is not in classes_: {y[unknown][0].tolist()!r}")

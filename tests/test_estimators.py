@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -186,6 +187,20 @@ def test_partial_fit_over_two_halves_is_one_epoch_over_both():
     restarted.classes_ = first.classes_
     restarted.fit(X[500:], y[500:], progress=False)
     assert not np.allclose(restarted.model_.params.V, whole.model_.params.V, rtol=1e-5)
+
+
+def test_a_first_partial_fit_on_one_class_asks_for_classes():
+    """A stream whose first part holds one class: without ``classes`` the error says how to
+    name both; with them the call trains, and a later part's other class is known."""
+    X, y = _sparse_problem()
+    ones = np.flatnonzero(y == 1)
+    with pytest.raises(ValueError, match=re.escape(
+            "y has 1 class(es), FMClassifier needs 2 (a first partial_fit on rows of one class "
+            "names both with classes=[...])")):
+        FMClassifier(num_factors=4).partial_fit(X[ones], y[ones])
+    model = FMClassifier(num_factors=4).partial_fit(X[ones], y[ones], classes=[0, 1])
+    model.partial_fit(X, y)
+    assert model.classes_.tolist() == [0, 1] and len(model.history_) == 2
 
 
 def test_warm_start_continues_fit_with_epochs_numbered_after_it():
