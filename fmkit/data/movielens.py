@@ -74,7 +74,6 @@ def join_ratings(directory: str | Path, ratings: str, output: str | Path) -> int
 
 
 AGES = (18, 25, 35, 45, 50, 56)  # u.user's age groups (MovieLens 1M's bands)
-OCCUPATIONS = 21
 FFM_FIELDS = ("user", "item", "age", "gender", "occupation", "genres")
 
 
