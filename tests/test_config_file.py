@@ -40,3 +40,19 @@ def test_fm_config_mistakes_name_the_field(tmp_path, cli):
     code, _, err = cli("train", "--config", FM_EXAMPLE, "num_factors=8")
     assert code == 1 and "with --config, set fields with --set" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_deepfm_configurations_missing_input_names_its_field(tmp_path, cli):
+    """A missing training, evaluation or validation file of a DeepFM run is one line that
+    says which setting named it (the example's eval_input_path is relative, so it is missing
+    when run elsewhere), before anything is trained or written."""
+    sample = shared_file("criteo_deepctr_sample", "criteo_sample.txt")
+    missing = tmp_path / "missing.txt"
+    for args, name in ((["--train", missing, "--test", sample], "train_input_path"),
+                       (["--train", sample, "--test", missing], "eval_input_path"),
+                       (["--train", sample, "--test", sample, "--validation", missing],
+                        "--validation")):
+        code, _, err = cli("train", "--quiet", "--config", REPO / "examples" / "deepfm_criteo.yaml",
+                           *args, "--model-dir", tmp_path / "m")
+        assert code == 1 and err == f"fmkit: error: {missing}: no such file or directory ({name})\n"
+        assert not (tmp_path / "m").exists()
