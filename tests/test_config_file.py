@@ -43,7 +43,7 @@ def test_fm_config_mistakes_name_the_field(tmp_path, cli):
 
 
 def test_a_deepfm_configurations_missing_input_names_its_field(tmp_path, cli):
-    """A missing training, evaluation or validation file of a DeepFM run is one line that
+    """A missing training, evaluation or validation file of a DeepFM (or FM) run is one line that
     says which setting named it (the example's eval_input_path is relative, so it is missing
     when run elsewhere), before anything is trained or written."""
     sample = shared_file("criteo_deepctr_sample", "criteo_sample.txt")
@@ -56,3 +56,9 @@ def test_a_deepfm_configurations_missing_input_names_its_field(tmp_path, cli):
                            *args, "--model-dir", tmp_path / "m")
         assert code == 1 and err == f"fmkit: error: {missing}: no such file or directory ({name})\n"
         assert not (tmp_path / "m").exists()
+    # an FM configuration, the same
+    code, _, err = cli("train", "--quiet", "--config", REPO / "examples" / "fm_a9a.yaml",
+                       "--set", f"eval_input_path={missing}", "--model-dir", tmp_path / "m")
+    assert code == 1 and err == (f"fmkit: error: {missing}: no such file or directory "
+                                 "(eval_input_path)\n")
+    assert not (tmp_path / "m").exists()

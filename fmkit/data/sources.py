@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,18 @@ def channel_files(path: str | Path) -> list[Path]:
         raise DataError(given, None, "no such file: standard input is /dev/stdin (with "
                         "--format: a pipe's format is not detected)")
     raise DataError(str(path), None, "no such file or directory")
+
+
+def require_channels(named: Iterable[tuple[str, str | Path | None]]) -> None:
+    """Every given channel of ``(setting, path)`` pairs exists (:func:`channel_files`), else
+    a :class:`DataError` that names the setting too (``... no such file or directory
+    (eval_input_path)``): a configuration file's relative path may not be one the user typed."""
+    for name, path in named:
+        try:
+            if path:
+                channel_files(path)
+        except DataError as e:
+            raise DataError(e.source, e.line, f"{e.problem} ({name})") from None
 
 
 def refuse_pipe(path: str | Path, problem: str) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from fmkit import distributed
-from fmkit.data.sources import channel_files, refuse_pipe
-from fmkit.errors import DataError, HyperparameterError
+from fmkit.data.sources import channel_files, refuse_pipe, require_channels
+from fmkit.errors import HyperparameterError
 from fmkit.jobs.training import check_first_block, run, score_and_save
 from fmkit.logs import DEFAULT_HOST
 from fmkit.models import artifact
@@ -77,14 +77,9 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
         if not getattr(config, name):
             raise ConfigError(f"{name}: required to train (in the file or by --set {name}=...)")
     artifact.check_destination(config.model_dir)  # never replace what is not a model
-    for name, path in (("train_input_path", config.train_input_path),  # a missing input
-                       ("eval_input_path", config.eval_input_path),  # fails before training,
-                       ("--validation", validation_path)):  # named as the user set it
-        try:
-            if path:
-                channel_files(path)
-        except DataError as e:
-            raise DataError(e.source, e.line, f"{e.problem} ({name})") from None
+    require_channels((("train_input_path", config.train_input_path),  # (a missing input
+                      ("eval_input_path", config.eval_input_path),  # fails before training)
+                      ("--validation", validation_path)))
     train = config.train_config
     if train.num_steps or train.num_epochs != 1:  # the channels are read once per epoch
         validation = validation_path or (train.early_stopping_patience

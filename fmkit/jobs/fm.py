@@ -23,6 +23,7 @@ from fmkit.data.sources import (
     FileSource,
     detect_index_base,
     held_if_small,
+    require_channels,
 )
 from fmkit.errors import DataError, HyperparameterError, require_option
 from fmkit.jobs.training import check_first_block, score_and_save, train
@@ -353,6 +354,9 @@ def train_config_file(path: str | Path, overrides: list[str] = (), *,
                                       f"{name}=...)")
     if not isinstance(model_config["fm"], dict):
         raise configs.ConfigError("model_config.fm: expected a mapping of hyperparameters")
+    require_channels((("train_input_path", document["train_input_path"]),
+                      ("eval_input_path", document.get("eval_input_path")),
+                      ("--validation", validation_path)))
     data = document.get("data_config") or {}
     return train_files(model_config["fm"], document["train_input_path"], document["model_dir"],
                        test_path=document.get("eval_input_path"),
