@@ -139,6 +139,14 @@ def test_an_artifact_mxnet_wrote_predicts_as_mxnet_does(mxnet_python, predictor_
     assert f"predictor_type={predictor_type}" in err
     np.testing.assert_allclose(_scores(cli, tmp_path / "model", rows),
                                np.load(tmp_path / "mxnet_scores.npy"), rtol=1e-5, atol=1e-5)
+    # unpacked where SageMaker's hosting unpacks it (/opt/ml/model), the artifact itself is
+    # the model directory of predict, evaluate and serve (fmkit sagemaker serve)
+    hosted = tmp_path / "opt_ml_model"
+    with tarfile.open(artifact) as archive:
+        archive.extractall(hosted, filter="data")
+    assert (hosted / "model_algo-1").is_file()
+    np.testing.assert_allclose(_scores(cli, hosted, rows),
+                               np.load(tmp_path / "mxnet_scores.npy"), rtol=1e-5, atol=1e-5)
     other = "regressor" if predictor_type == "binary_classifier" else "binary_classifier"
     code, _, err = cli("import", "sagemaker", artifact, "--model-dir", tmp_path / "other",
                        f"predictor_type={other}")  # (was taken: scores read the other way)
@@ -204,6 +212,13 @@ def test_a_hand_written_artifact_predicts_the_fm_formula(tmp_path, cli):
         code, _, err = cli("import", "sagemaker", source, "--model-dir", tmp_path / "m")
         assert code == 1 and err.count("\n") == 1
         assert "give predictor_type=binary_classifier|regressor" in err
+    hosted = tmp_path / "hosted"  # unpacked as SageMaker's hosting does: nothing to give it
+    with tarfile.open(artifact) as archive:
+        archive.extractall(hosted, filter="data")
+    (tmp_path / "one.svm").write_text("0 0:1\n")
+    code, _, err = cli("evaluate", "--model-dir", hosted, "--data", tmp_path / "one.svm")
+    assert code == 1 and err.count("\n") == 1 and "or convert it once with fmkit import " \
+        "sagemaker (which takes them) and serve that directory" in err, err
     (tmp_path / "hyperparameters.json").write_text(json.dumps(
         {"predictor_type": "regressor", "feature_dim": "6", "num_factors": "3"}))
     code, _, err = cli("import", "sagemaker", artifact, "--model-dir", tmp_path / "m",

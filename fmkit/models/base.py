@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from fmkit.errors import HyperparameterError
+from fmkit.errors import ArtifactError, HyperparameterError
 from fmkit.models import artifact
 from fmkit.models.fm.model import MODEL_TYPE, FMModel
 
@@ -52,11 +52,28 @@ LOADERS: dict[str, Callable[[str | Path], Model]] = {MODEL_TYPE: FMModel.load,
                                                      "deepfm": _load_deepfm}
 
 
+def _sagemaker_artifact(module: Path) -> Model:
+    """The FM of SageMaker's own artifact, where SageMaker's hosting unpacks a built-in FM
+    training job's ``model.tar.gz``: ``model_algo-1`` is then the zip of MXNet's files, not an
+    fmkit model directory. Read as ``fmkit import sagemaker`` reads it, without hyperparameters
+    to add: its graph says whether it is a classifier."""
+    from fmkit.models.fm.sagemaker_artifact import read_artifact
+
+    try:
+        return read_artifact(module, {})
+    except HyperparameterError as e:
+        raise ArtifactError(f"{e}; or convert it once with fmkit import sagemaker (which takes "
+                            "them) and serve that directory") from None
+
+
 def load_model(path: str | Path, device: str = "cpu", data_config: Sequence[str] = ()
                ) -> Model:
-    """The model in a model directory (by its ``model_type``, see :data:`LOADERS`), scoring
-    on ``device``; ``data_config``: ``--set data_config.PATH=VALUE`` overrides of how a
+    """The model in a model directory (by its ``model_type``, see :data:`LOADERS`; or the FM
+    of a SageMaker artifact unpacked there, :func:`_sagemaker_artifact`), scoring on
+    ``device``; ``data_config``: ``--set data_config.PATH=VALUE`` overrides of how a
     DeepFM reads files (``DeepFMModel.read_as``)."""
+    if (Path(path) / artifact.SAGEMAKER_SUBDIR).is_file():
+        return _sagemaker_artifact(Path(path) / artifact.SAGEMAKER_SUBDIR).to(device)
     kind = artifact.model_type(path) or MODEL_TYPE
     if data_config and kind != "deepfm":
         raise HyperparameterError("--set data_config.PATH=VALUE changes how a DeepFM reads its "
