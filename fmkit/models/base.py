@@ -72,13 +72,13 @@ def load_model(path: str | Path, device: str = "cpu", data_config: Sequence[str]
     of a SageMaker artifact unpacked there, :func:`_sagemaker_artifact`), scoring on
     ``device``; ``data_config``: ``--set data_config.PATH=VALUE`` overrides of how a
     DeepFM reads files (``DeepFMModel.read_as``)."""
-    if (Path(path) / artifact.SAGEMAKER_SUBDIR).is_file():
-        return _sagemaker_artifact(Path(path) / artifact.SAGEMAKER_SUBDIR).to(device)
-    kind = artifact.model_type(path) or MODEL_TYPE
+    module = Path(path) / artifact.SAGEMAKER_SUBDIR
+    kind = MODEL_TYPE if module.is_file() else artifact.model_type(path) or MODEL_TYPE
     if data_config and kind != "deepfm":
         raise HyperparameterError("--set data_config.PATH=VALUE changes how a DeepFM reads its "
                                   "files; an FM's are read by --format (and its index base)")
-    model = LOADERS.get(kind, FMModel.load)(path)
+    model = _sagemaker_artifact(module) if module.is_file() else LOADERS.get(
+        kind, FMModel.load)(path)
     if data_config:
         model.read_as(data_config)
     return model.to(device)
