@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from fmkit import distributed
 from fmkit._version import __version__
@@ -77,8 +78,22 @@ def _add_quiet(p: argparse.ArgumentParser) -> None:
                    help="print only warnings and errors (no progress bar, logs or metric lines)")
 
 
+def _usage_error(prog: str, message: str) -> NoReturn:
+    """A mistake in the command line: one line naming where the options are (argparse would
+    print the whole usage before it), exit 2 as argparse and POSIX tools exit on one."""
+    sys.stderr.write(f"{prog}: error: {message} (see {prog} --help)\n")
+    raise SystemExit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (its subcommands' too), its mistakes said by :func:`_usage_error`."""
+
+    def error(self, message: str) -> NoReturn:
+        _usage_error(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fmkit", description="Factorization machines for sparse data.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="run 'fmkit COMMAND --help' for a command's options and an example",
@@ -449,7 +464,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
                  if hasattr(args, name)), None)
     strays = [item for item in extra if dest is None or item.startswith("-") or "=" not in item]
     if strays:
-        parser.error(f"unrecognized arguments: {' '.join(strays)}")
+        _usage_error(f"{parser.prog} {args.command}",
+                     f"unrecognized arguments: {' '.join(strays)}")
     if dest:
         setattr(args, dest, [*getattr(args, dest), *extra])
     return args

@@ -267,7 +267,28 @@ def test_hyperparameters_may_come_between_options(cli, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         cli("train", "--train", data, "feature_dim=123", "--bogus", "num_factors=3")
     assert exited.value.code == 2
-    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("fmkit train: error: unrecognized arguments: --bogus "
+                                       "(see fmkit train --help)\n")
+
+
+def test_a_command_line_mistake_is_one_line_and_exit_2(capsys):
+    """argparse's mistakes (a bad value, an unknown choice, a missing command) are one line
+    naming the command's --help, not its whole usage first; exit 2 as argparse's."""
+    from fmkit.cli import main
+
+    for argv, line in (
+            (["train", "--nproc", "x"], "fmkit train: error: argument --nproc: invalid int "
+                                        "value: 'x' (see fmkit train --help)"),
+            (["convert", "--to", "csv", "a", "b"], "fmkit convert: error: argument --to: "
+                                                   "invalid choice: 'csv' (choose from "
+                                                   "'recordio', 'libsvm') (see fmkit convert "
+                                                   "--help)"),
+            ([], "fmkit: error: the following arguments are required: COMMAND (see fmkit "
+                 "--help)")):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        assert capsys.readouterr().err == line + "\n"
 
 
 def test_undefined_metric_is_null_in_strict_json(cli, tmp_path):
