@@ -243,6 +243,30 @@ def test_a_hand_written_artifact_predicts_the_fm_formula(tmp_path, cli):
     assert code == 1 and "num_factors=4 given, but the weights have num_factors 3" in err
 
 
+def test_an_unpacked_artifact_exports_and_indexes_items_as_a_model_directory(tmp_path, cli):
+    """SageMaker's artifact unpacked as its hosting unpacks it is a model directory for
+    fmkit export (the npz holds the arrays written by hand into its params) and fmkit
+    recommend index too, as for predict and serve."""
+    rng = np.random.default_rng(1)
+    arrays = _hand_written(rng)
+    meta = {"training_parameters": {"predictor_type": "regressor"}}
+    packed = _artifact(tmp_path / "model.tar.gz", {"params": _params_by_hand(arrays),
+                                                   "meta.json": json.dumps(meta).encode()})
+    hosted = tmp_path / "opt_ml_model"
+    with tarfile.open(packed) as archive:
+        archive.extractall(hosted, filter="data")
+    code, _, err = cli("export", "npz", "--model-dir", hosted, tmp_path / "w.npz", "--quiet")
+    assert code == 0, err
+    with np.load(tmp_path / "w.npz") as exported:
+        np.testing.assert_array_equal(exported["w0"].reshape(1), arrays["arg:w0_weight"])
+        np.testing.assert_array_equal(exported["w"].reshape(-1, 1), arrays["arg:w1_weight"])
+        np.testing.assert_array_equal(exported["V"], arrays["arg:v"])
+    (tmp_path / "items.jsonl").write_text('{"id": 7, "keys": [4]}\n{"id": 8, "keys": [5]}\n')
+    code, _, err = cli("recommend", "index", "--model-dir", hosted, "--items",
+                       tmp_path / "items.jsonl", "--quiet")
+    assert code == 0, err
+
+
 def test_damaged_artifacts_are_one_line_each(tmp_path, cli):
     arrays = _hand_written(np.random.default_rng(1))
     good = _params_by_hand(arrays)

@@ -18,6 +18,7 @@ import numpy as np
 from fmkit.errors import ArtifactError
 from fmkit.files import output_stream, require_new
 from fmkit.models import artifact
+from fmkit.models.base import load_fm
 from fmkit.models.fm.model import FMModel
 
 FORMATS = ("onnx", "npz", "parquet", "sagemaker")
@@ -37,7 +38,7 @@ def export_model(fmt: str, model_dir: str | Path, output: str | Path) -> None:
     from fmkit.models.fm import export
     from fmkit.models.fm.sagemaker_artifact import artifact_bytes
 
-    model = FMModel.load(model_dir)
+    model = load_fm(model_dir)  # (SageMaker's own artifact too: fmkit export onnx of it)
     if fmt in ("npz", "parquet"):
         export.write_weights(model, output, fmt)
         return

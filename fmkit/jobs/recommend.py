@@ -28,23 +28,24 @@ from fmkit.errors import ArtifactError, DataError, HyperparameterError, excerpt,
 from fmkit.logs import log
 from fmkit.memory import check_fits
 from fmkit.models import artifact
+from fmkit.models.base import load_fm
 from fmkit.models.fm.approximate import ApproximateIndex
 from fmkit.models.fm.model import FMModel
 from fmkit.models.fm.recommend import Catalogue, IdIndex, context_aucs, top_k
 from fmkit.models.metrics import ranking_metrics
 
 
-def load_fm(model_dir: str | Path) -> FMModel:
+def _recommender(model_dir: str | Path) -> FMModel:
     if artifact.model_type(model_dir) not in (None, "fm"):
         raise ArtifactError(f"{model_dir}: recommend takes an FM or field-aware FM model "
                             "(a DeepFM's score does not split into context and item parts)")
-    return FMModel.load(model_dir)
+    return load_fm(model_dir)
 
 
 def index_items(model_dir: str | Path, items: str | Path, approximate: bool = False) -> int:
     """``fmkit recommend index``: the catalogue of ``items`` written beside the model (and
     with ``approximate`` its HNSW graph); returns the item count."""
-    model = load_fm(model_dir)
+    model = _recommender(model_dir)
     ids, batch = read_id_rows(items, model.feature_dim, model.input_fields)
     catalogue = Catalogue.of(model, ids, batch)
     directory = artifact.resolve(model_dir) / artifact.ITEMS_DIR
@@ -132,7 +133,7 @@ def _top_k_of_files(model_dir: str | Path, contexts: str | Path, k: int,
     the queries' AUCs of given relevant positions (:func:`context_aucs`, ``exclude`` left
     out)."""
     require_option(k >= 1, "--k", ">= 1", k)
-    model = load_fm(model_dir)
+    model = _recommender(model_dir)
     catalogue = catalogue_of(model, model_dir, items)
     index = approximate_index(model_dir, catalogue, items is not None) if approximate else None
     ids, batch = read_id_rows(contexts, model.feature_dim, model.input_fields)

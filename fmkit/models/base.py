@@ -42,17 +42,7 @@ class Model(Protocol):
     def to(self, device: str) -> Model: ...
 
 
-def _load_deepfm(path: str | Path) -> Model:
-    from fmkit.models.deepfm.model import DeepFMModel  # PyTorch: imported only for DeepFM models
-
-    return DeepFMModel.load(path)
-
-
-LOADERS: dict[str, Callable[[str | Path], Model]] = {MODEL_TYPE: FMModel.load,
-                                                     "deepfm": _load_deepfm}
-
-
-def _sagemaker_artifact(module: Path) -> Model:
+def _sagemaker_artifact(module: Path) -> FMModel:
     """The FM of SageMaker's own artifact, where SageMaker's hosting unpacks a built-in FM
     training job's ``model.tar.gz``: ``model_algo-1`` is then the zip of MXNet's files, not an
     fmkit model directory. Read as ``fmkit import sagemaker`` reads it, without hyperparameters
@@ -66,19 +56,35 @@ def _sagemaker_artifact(module: Path) -> Model:
                             "them) and serve that directory") from None
 
 
+def load_fm(path: str | Path) -> FMModel:
+    """The FM in a model directory, or of SageMaker's artifact unpacked there
+    (:func:`_sagemaker_artifact`)."""
+    module = Path(path) / artifact.SAGEMAKER_SUBDIR
+    return _sagemaker_artifact(module) if module.is_file() else FMModel.load(path)
+
+
+def _load_deepfm(path: str | Path) -> Model:
+    from fmkit.models.deepfm.model import DeepFMModel  # PyTorch: imported only for DeepFM models
+
+    return DeepFMModel.load(path)
+
+
+LOADERS: dict[str, Callable[[str | Path], Model]] = {MODEL_TYPE: load_fm,
+                                                     "deepfm": _load_deepfm}
+
+
 def load_model(path: str | Path, device: str = "cpu", data_config: Sequence[str] = ()
                ) -> Model:
-    """The model in a model directory (by its ``model_type``, see :data:`LOADERS`; or the FM
-    of a SageMaker artifact unpacked there, :func:`_sagemaker_artifact`), scoring on
-    ``device``; ``data_config``: ``--set data_config.PATH=VALUE`` overrides of how a
-    DeepFM reads files (``DeepFMModel.read_as``)."""
+    """The model in a model directory (by its ``model_type``, see :data:`LOADERS`; an FM may
+    be SageMaker's artifact unpacked there, :func:`load_fm`), scoring on ``device``;
+    ``data_config``: ``--set data_config.PATH=VALUE`` overrides of how a DeepFM reads files
+    (``DeepFMModel.read_as``)."""
     module = Path(path) / artifact.SAGEMAKER_SUBDIR
     kind = MODEL_TYPE if module.is_file() else artifact.model_type(path) or MODEL_TYPE
     if data_config and kind != "deepfm":
         raise HyperparameterError("--set data_config.PATH=VALUE changes how a DeepFM reads its "
                                   "files; an FM's are read by --format (and its index base)")
-    model = _sagemaker_artifact(module) if module.is_file() else LOADERS.get(
-        kind, FMModel.load)(path)
+    model = LOADERS.get(kind, load_fm)(path)
     if data_config:
         model.read_as(data_config)
     return model.to(device)
