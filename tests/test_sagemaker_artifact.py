@@ -284,11 +284,21 @@ def test_damaged_artifacts_are_one_line_each(tmp_path, cli):
     with tarfile.open(tmp_path / "f.tar.gz", "w:gz") as archive:
         archive.addfile(tarfile.TarInfo("other"), io.BytesIO(b""))
     cases["no model_algo-1"] = tmp_path / "f.tar.gz"
+    with tarfile.open(tmp_path / "h.tar.gz", "w:gz") as archive:  # fmkit sagemaker train's
+        folder = tarfile.TarInfo("model_algo-1")
+        folder.type = tarfile.DIRTYPE
+        archive.addfile(folder)
+        meta = tarfile.TarInfo("model_algo-1/model.json")
+        meta.size = 2
+        archive.addfile(meta, io.BytesIO(b"{}"))
+    cases["fmkit's own"] = tmp_path / "h.tar.gz"
     expected = {"truncated": "more bytes,", "no v": "has no v", "not mxnet":
                 "not MXNet's list magic", "no params": "has no params file",
                 "not a tar": "not a SageMaker model.tar.gz",
                 "text": "not a SageMaker model.tar.gz", "no model_algo-1":
-                "holds no model_algo-1"}
+                "holds no model_algo-1", "fmkit's own": "its model_algo-1 is an fmkit model "
+                "directory (fmkit sagemaker train wrote it), not SageMaker's FM: nothing to "
+                "import; unpack it"}
     for name, artifact in cases.items():
         code, out, err = cli("import", "sagemaker", artifact, "--model-dir", tmp_path / name,
                              "predictor_type=regressor")

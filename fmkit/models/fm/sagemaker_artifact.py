@@ -68,6 +68,12 @@ def _module_zip(path: Path) -> tuple[bytes, str]:
                 raise ArtifactError(f"{path}: holds no {MEMBER} (it holds {names}); is it "
                                     "a SageMaker Factorization Machines model.tar.gz?")
             member = members[0]
+            if member.isdir() and any(m.name == f"{member.name}/model.json"
+                                      for m in archive.getmembers()):
+                raise ArtifactError(f"{path}: its {member.name} is an fmkit model directory "
+                                    "(fmkit sagemaker train wrote it), not SageMaker's FM: "
+                                    f"nothing to import; unpack it (tar -xzf {path}) and use "
+                                    "the directory it holds (or the folder above it)")
             if not member.isfile():
                 raise ArtifactError(f"{path}: {member.name} is not a regular file")
             _check_size(str(path), member.name, member.size)
