@@ -294,6 +294,34 @@ def test_bad_rows_are_one_line_naming_file_and_line(movielens_fm, cli, tmp_path)
         assert code == 1 and problem in err and err.count("\n") == 1, err
 
 
+def test_recommend_index_leaves_an_items_folder_that_is_not_its_own_alone(movielens_fm,
+                                                                           cli, tmp_path):
+    """MODEL_DIR/items holding a file fmkit did not write (or being a file) is refused, its
+    content intact; holding the catalogue recommend index wrote, it is replaced."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(movielens_fm[0] / "model", model)
+    items = movielens_fm[0] / "items.jsonl"
+    shutil.rmtree(model / "items", ignore_errors=True)
+    (model / "items").mkdir()
+    (model / "items" / "notes.txt").write_text("keep")
+    code, _, err = cli("recommend", "index", "--model-dir", model, "--items", items)
+    assert code == 1 and err.count("\n") == 1 and "does not hold an fmkit item catalogue " \
+        "(it holds notes.txt); nothing was changed" in err, err
+    assert sorted(p.name for p in (model / "items").iterdir()) == ["notes.txt"]
+    shutil.rmtree(model / "items")
+    (model / "items").write_text("keep")
+    code, _, err = cli("recommend", "index", "--model-dir", model, "--items", items)
+    assert code == 1 and "exists and is not a directory" in err, err
+    assert (model / "items").read_text() == "keep"
+    (model / "items").unlink()
+    for _ in range(2):  # (the second replaces the first's catalogue)
+        code, _, err = cli("recommend", "index", "--model-dir", model, "--items", items,
+                           "--quiet")
+        assert code == 0, err
+
+
 def test_approximate_top_k_scores_exactly_and_finds_the_best_items(movielens_fm, cli):
     """The HNSW graph proposes candidates, which are scored exactly: every score returned is
     the item's brute-force score, excluded items never appear, and recall@10 against the

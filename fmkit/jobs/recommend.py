@@ -11,6 +11,7 @@ rows of implicit feedback (:mod:`fmkit.data.pairs`).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,9 @@ from fmkit.logs import log
 from fmkit.memory import check_fits
 from fmkit.models import artifact
 from fmkit.models.base import load_fm
-from fmkit.models.fm.approximate import ApproximateIndex
+from fmkit.models.fm.approximate import CHECK_FILE, INDEX_FILE, ApproximateIndex
 from fmkit.models.fm.model import FMModel
-from fmkit.models.fm.recommend import Catalogue, IdIndex, context_aucs, top_k
+from fmkit.models.fm.recommend import CATALOGUE_FILE, Catalogue, IdIndex, context_aucs, top_k
 from fmkit.models.metrics import ranking_metrics
 
 
@@ -49,12 +50,20 @@ def index_items(model_dir: str | Path, items: str | Path, approximate: bool = Fa
     ids, batch = read_id_rows(items, model.feature_dim, model.input_fields)
     catalogue = Catalogue.of(model, ids, batch)
     directory = artifact.resolve(model_dir) / artifact.ITEMS_DIR
+    files.guard_directory(directory, _holds_a_catalogue, "item catalogue")
     graph = ApproximateIndex.build(catalogue.scoring[0]) if approximate else None
     ApproximateIndex.discard(directory)  # (a graph of the previous catalogue)
     catalogue.save(directory)
     if graph is not None:
         graph.save(directory)
     return len(ids)
+
+
+def _holds_a_catalogue(directory: Path) -> bool:
+    """Whether ``directory`` holds only what ``fmkit recommend index`` writes there (and its
+    hidden partial files)."""
+    ours = {CATALOGUE_FILE, INDEX_FILE, CHECK_FILE}
+    return all(name in ours or name.startswith(".") for name in os.listdir(directory))
 
 
 def approximate_index(model_dir: str | Path, catalogue: Catalogue, built_here: bool
