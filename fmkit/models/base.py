@@ -79,8 +79,7 @@ def load_model(path: str | Path, device: str = "cpu", data_config: Sequence[str]
     be SageMaker's artifact unpacked there, :func:`load_fm`), scoring on ``device``;
     ``data_config``: ``--set data_config.PATH=VALUE`` overrides of how a DeepFM reads files
     (``DeepFMModel.read_as``)."""
-    module = Path(path) / artifact.SAGEMAKER_SUBDIR
-    kind = MODEL_TYPE if module.is_file() else artifact.model_type(path) or MODEL_TYPE
+    kind = artifact.model_type(path) or MODEL_TYPE  # (None for SageMaker's artifact too)
     if data_config and kind != "deepfm":
         raise HyperparameterError("--set data_config.PATH=VALUE changes how a DeepFM reads its "
                                   "files; an FM's are read by --format (and its index base)")
