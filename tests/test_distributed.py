@@ -185,31 +185,19 @@ def test_a_failing_process_ends_the_run_with_one_line(tmp_path):
 
 def _worker_of_rank(launcher: int, rank: int, timeout: float = 60.0) -> int:
     """The pid of the training process of ``rank`` that ``fmkit train --nproc`` (pid
-    ``launcher``) started through torchrun: a grandchild whose environment holds RANK."""
+    ``launcher``) started through torchrun: a descendant whose environment holds RANK."""
     import time
-    from pathlib import Path
 
-    def children(pid: int) -> list[int]:
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(stat.parent.name))
-        return found
+    import psutil
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for torchrun in children(launcher):
-            for worker in children(torchrun):
-                try:
-                    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if f"RANK={rank}".encode() in environ:
-                    return worker
+        for process in psutil.Process(launcher).children(recursive=True):
+            try:
+                if process.environ().get("RANK") == str(rank):
+                    return process.pid
+            except psutil.Error:  # (gone, or not yet readable)
+                continue
         time.sleep(0.2)
     raise AssertionError(f"no training process of rank {rank} within {timeout} s")
 
