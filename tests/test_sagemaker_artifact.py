@@ -105,6 +105,12 @@ def _artifact(path: Path, files: dict[str, bytes]) -> Path:
     return path
 
 
+def _unpack(artifact: Path, where: Path) -> None:
+    """``model.tar.gz`` unpacked as SageMaker's hosting unpacks it into ``/opt/ml/model``."""
+    with tarfile.open(artifact) as archive:
+        archive.extractall(where, filter="data")
+
+
 def _a9a_rows(tmp_path: Path, n: int = 300) -> tuple[Path, np.ndarray]:
     """The first ``n`` a9a rows as a 0-based libsvm file, and as dense float32 rows."""
     X, y = load_svmlight_file(str(shared_file("a9a_libsvm", "a9a")), n_features=123,
@@ -142,8 +148,7 @@ def test_an_artifact_mxnet_wrote_predicts_as_mxnet_does(mxnet_python, predictor_
     # unpacked where SageMaker's hosting unpacks it (/opt/ml/model), the artifact itself is
     # the model directory of predict, evaluate and serve (fmkit sagemaker serve)
     hosted = tmp_path / "opt_ml_model"
-    with tarfile.open(artifact) as archive:
-        archive.extractall(hosted, filter="data")
+    _unpack(artifact, hosted)
     assert (hosted / "model_algo-1").is_file()
     np.testing.assert_allclose(_scores(cli, hosted, rows),
                                np.load(tmp_path / "mxnet_scores.npy"), rtol=1e-5, atol=1e-5)
@@ -213,8 +218,7 @@ def test_a_hand_written_artifact_predicts_the_fm_formula(tmp_path, cli):
         assert code == 1 and err.count("\n") == 1
         assert "give predictor_type=binary_classifier|regressor" in err
     hosted = tmp_path / "hosted"  # unpacked as SageMaker's hosting does: nothing to give it
-    with tarfile.open(artifact) as archive:
-        archive.extractall(hosted, filter="data")
+    _unpack(artifact, hosted)
     (tmp_path / "one.svm").write_text("0 0:1\n")
     code, _, err = cli("evaluate", "--model-dir", hosted, "--data", tmp_path / "one.svm")
     assert code == 1 and err.count("\n") == 1 and "or convert it once with fmkit import " \
@@ -253,8 +257,7 @@ def test_an_unpacked_artifact_exports_and_indexes_items_as_a_model_directory(tmp
     packed = _artifact(tmp_path / "model.tar.gz", {"params": _params_by_hand(arrays),
                                                    "meta.json": json.dumps(meta).encode()})
     hosted = tmp_path / "opt_ml_model"
-    with tarfile.open(packed) as archive:
-        archive.extractall(hosted, filter="data")
+    _unpack(packed, hosted)
     code, _, err = cli("export", "npz", "--model-dir", hosted, tmp_path / "w.npz", "--quiet")
     assert code == 0, err
     with np.load(tmp_path / "w.npz") as exported:
