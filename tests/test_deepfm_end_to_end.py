@@ -178,6 +178,52 @@ def test_serve_answers_raw_feature_requests_as_predict_does(trained, cli, tmp_pa
         stop(proc)
 
 
+def test_serve_reads_csv_bodies_as_a_file_to_score_is_read(trained, cli, tmp_path):
+    """SageMaker Batch Transform sends a CSV file's lines as ``text/csv``: with or without
+    the label column, with or without a header (the columns in any order), comma or tab.
+    Each answer equals the JSON request of the same rows, built by the csv module."""
+    rows, expected = first_rows_and_predictions(trained, cli, tmp_path, 25)
+    raw = shared_file("criteo_kaggle_head1000", "train.txt").read_text().split("\n")[:25]
+    names = ["label", *INTS, *CATS]
+    shuffled = [*reversed(CATS), *INTS]
+    bodies = {
+        "the training file's lines": "\n".join(raw) + "\n",
+        "without the label, comma-separated": "\n".join(
+            ",".join(line.split("\t")[1:]) for line in raw),
+        "a header, another order, no label": "\n".join(
+            [",".join(shuffled)] + [",".join(row.get(c, "") for c in shuffled)
+                                    for row in (dict(zip(names, line.split("\t")))
+                                                for line in raw)]) + "\n",
+    }
+    proc, url = start_server(trained)
+    try:
+        answer = httpx.post(f"{url}/invocations",
+                            json={"instances": [instance(r) for r in rows]})
+        assert answer.status_code == 200, answer.text
+        by_json = [p["score"] for p in answer.json()["predictions"]]
+        np.testing.assert_allclose(by_json, [e["score"] for e in expected], rtol=1e-5)
+        for what, body in bodies.items():
+            answer = httpx.post(f"{url}/invocations", content=body,
+                                headers={"Content-Type": "text/csv"})
+            assert answer.status_code == 200, (what, answer.text)
+            np.testing.assert_allclose([p["score"] for p in answer.json()["predictions"]],
+                                       by_json, rtol=1e-5, err_msg=what)
+        fields = raw[1].split("\t")
+        fields[2] = "many"  # I2 of the body's second line
+        bad = httpx.post(f"{url}/invocations", content=raw[0] + "\n" + "\t".join(fields),
+                         headers={"Content-Type": "text/csv"})
+        assert bad.status_code == 400
+        assert bad.json()["error"].endswith("request:2: column 'I2': 'many' is not a number")
+        empty = httpx.post(f"{url}/invocations", content=b"", headers={"Content-Type": "text/csv"})
+        assert empty.status_code == 200 and empty.json() == {"predictions": []}
+        recordio = httpx.post(f"{url}/invocations", content=b"\x00",
+                              headers={"Content-Type": "application/x-recordio-protobuf"})
+        assert recordio.status_code == 415 and recordio.json()["error"].endswith(
+            "this model reads application/json, application/jsonlines, text/csv")
+    finally:
+        stop(proc)
+
+
 @pytest.mark.parametrize("line, problem", [
     ("1\tabc" + "\t1" * 12 + "\tx" * 26, "column 'I1': 'abc' is not a number"),
     ("0" + "\t1" * 13 + "\tx" * 27, "41 fields, expected at most 40"),

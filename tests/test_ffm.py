@@ -252,7 +252,7 @@ def test_the_server_scores_an_ffm_from_json_with_fields(tmp_path, cli):
             assert fragment in answer.text, answer.text
         answer = client.post("/invocations", content=b"\x00",
                              headers={"Content-Type": "application/x-recordio-protobuf"})
-        assert answer.status_code == 400 and "recordIO carries no fields" in answer.text
+        assert answer.status_code == 415 and "recordIO carries no fields" in answer.text
 
 
 def test_num_fields_comes_from_the_largest_field_written(tmp_path, monkeypatch):

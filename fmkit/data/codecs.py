@@ -6,7 +6,8 @@ One place for the formats of ``sagemaker_fm.md`` §3, used by the HTTP server an
 * requests: ``application/json`` (``{"instances": [...]}`` with dense ``features`` lists,
   ``{"data": {"features": {"values"|"keys"|"shape"}}}`` instances, a bare list of dense rows, or
   ``{"instances": [[...], ...]}``), ``application/jsonlines`` (one instance per line) and
-  ``application/x-recordio-protobuf`` (Records, dense or sparse, Float32/Float64/Int32);
+  ``application/x-recordio-protobuf`` (Records, dense or sparse, Float32/Float64/Int32); a
+  DeepFM's raw columns also as ``text/csv`` (read by the model's own layout);
 * responses: ``application/json`` (``{"predictions": [...]}``), ``application/jsonlines``
   and ``application/x-recordio-protobuf`` (``label["score"]``, ``label["predicted_label"]``).
 """
@@ -30,7 +31,8 @@ from fmkit.errors import DataError, FMKitError, excerpt
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
 RECORDIO = "application/x-recordio-protobuf"
-CONTENT_TYPES = (JSON, JSONLINES, RECORDIO)
+CSV = "text/csv"
+CONTENT_TYPES = (JSON, JSONLINES, RECORDIO)  # an FM's requests, as SageMaker's FM reads them
 _ALIASES = {"application/x-recordio": RECORDIO, "application/jsonl": JSONLINES,
             "application/x-jsonlines": JSONLINES}
 
@@ -52,13 +54,14 @@ def media_type(header: str | None) -> str:
     return _ALIASES.get(bare, bare)
 
 
-def request_type(content_type: str | None) -> str:
-    """The request's content type, or 415 for one fmkit does not read (CSV included)."""
+def request_type(content_type: str | None, accepted: Sequence[str] = CONTENT_TYPES) -> str:
+    """The request's content type, or 415 for one the model does not read (``accepted``: its
+    model's ``request_types``; an FM, as SageMaker's, reads no CSV)."""
     kind = media_type(content_type)
-    if kind not in CONTENT_TYPES:
+    if kind not in accepted:
         shown = kind or "no Content-Type"
-        raise RequestError(f"unsupported Content-Type {shown!r}: send one of "
-                           f"{', '.join(CONTENT_TYPES)} (CSV is not supported for FM)", 415)
+        raise RequestError(f"unsupported Content-Type {shown!r}: this model reads "
+                           f"{', '.join(accepted)}", 415)
     return kind
 
 
@@ -546,7 +549,7 @@ class RequestDecoder:
         if kind == RECORDIO:
             if self.num_fields:
                 raise RequestError("recordIO carries no fields: a field-aware FM takes JSON or "
-                                   'JSON Lines with "fields" beside "keys" and "values"')
+                                   'JSON Lines with "fields" beside "keys" and "values"', 415)
             return parse_recordio(body, self.feature_dim, checker=self._checker)
         if kind == JSON:
             return parse_json(body, self.feature_dim, num_fields=self.num_fields)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -376,37 +377,66 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
     for its labels (``labelled``; see :func:`_without_absent`). ``shard=(part, parts)``: see
     :func:`shard_files` (blocks of lines are dealt out in turn)."""
     for file, (part, parts) in shard_files(path, shard):
-        columns, separator, header = list(names or []), delimiter, with_header
-        header_like = False
         if parts > 1:
             block_bytes = int(np.clip(file.stat().st_size // (8 * parts), 1 << 16, block_bytes))
-        for index, (buf, first_line) in enumerate(iter_line_blocks(file, block_bytes)):
-            start = 0
-            if index == 0 and buf[:len(PARQUET_MAGIC)].tobytes() == PARQUET_MAGIC:  # pipe, --format
-                raise DataError(str(file), None, "is Parquet, which is read from the end of a "
-                                "file: give the file, not a pipe" if file.is_fifo() else
-                                "is Parquet, not delimited text (--format auto reads it)")
-            if first_line == 1 and buf.size:
-                newline = np.flatnonzero(buf == 10)
-                end = int(newline[0]) if newline.size else buf.size
-                text = buf[:end].tobytes().decode("utf-8", "replace").rstrip("\r")
-                if detect:
-                    separator, header = sniff(text, names, delimiter, with_header, needed)
-                if header:
-                    columns = [c.strip() for c in line_fields(text, separator)]
-                    _check_header(columns, str(file))
-                    start, first_line = min(end + 1, buf.size), 2
-                else:
-                    header_like = _header_like(line_fields(text, separator), columns)
-                    columns = _without_absent(columns, optional, labelled, buf, start,
-                                              separator, str(file))
-            if not columns:
-                raise DataError(str(file), None, "no column names: set data_config.input_fields "
-                                "or with_header: true")
-            if start < buf.size and index % parts == part:
-                batch = split_block(buf, start, columns, separator, str(file), first_line)
-                batch.header_like = header_like
-                yield batch
+        blocks = iter_line_blocks(file, block_bytes)
+        first = next(blocks, None)
+        if first is None:
+            continue
+        if first[0][:len(PARQUET_MAGIC)].tobytes() == PARQUET_MAGIC:  # a pipe, or --format csv
+            raise DataError(str(file), None, "is Parquet, which is read from the end of a "
+                            "file: give the file, not a pipe" if file.is_fifo() else
+                            "is Parquet, not delimited text (--format auto reads it)")
+        yield from _delimited_blocks(itertools.chain([first], blocks), str(file), names,
+                                     delimiter, with_header, detect, needed, optional, labelled,
+                                     (part, parts))
+
+
+def read_delimited_text(body: bytes, source: str, names: Sequence[str], delimiter: str,
+                        needed: Sequence[str], optional: Sequence[str] = ()) -> ColumnBatch:
+    """Delimited text held in memory (a ``text/csv`` request) as one column batch, read as
+    :func:`read_delimited` reads a file to score with ``detect``: its first line is a header
+    if it names every ``needed`` column, else its columns are ``names``, less the
+    ``optional`` ones (a label) when no line has that many fields."""
+    buf = np.frombuffer(body, dtype=np.uint8)
+    for batch in _delimited_blocks(iter([(buf, 1)]), source, names, delimiter, False, True,
+                                   needed, optional, False, (0, 1)):
+        return batch
+    return ColumnBatch({name: pa.nulls(0, pa.large_string()) for name in needed}, 0, source)
+
+
+def _delimited_blocks(blocks: Iterator[tuple[np.ndarray, int]], source: str,
+                      names: Sequence[str] | None, delimiter: str, with_header: bool,
+                      detect: bool, needed: Sequence[str] | None, optional: Sequence[str],
+                      labelled: bool, shard: tuple[int, int]) -> Iterator[ColumnBatch]:
+    """The column batches of one file's blocks of whole lines (see :func:`read_delimited`):
+    the first line decides the columns, and every ``parts``-th block is split."""
+    part, parts = shard
+    columns, separator, header = list(names or []), delimiter, with_header
+    header_like = False
+    for index, (buf, first_line) in enumerate(blocks):
+        start = 0
+        if first_line == 1 and buf.size:
+            newline = np.flatnonzero(buf == 10)
+            end = int(newline[0]) if newline.size else buf.size
+            text = buf[:end].tobytes().decode("utf-8", "replace").rstrip("\r")
+            if detect:
+                separator, header = sniff(text, names, delimiter, with_header, needed)
+            if header:
+                columns = [c.strip() for c in line_fields(text, separator)]
+                _check_header(columns, source)
+                start, first_line = min(end + 1, buf.size), 2
+            else:
+                header_like = _header_like(line_fields(text, separator), columns)
+                columns = _without_absent(columns, optional, labelled, buf, start, separator,
+                                          source)
+        if not columns:
+            raise DataError(source, None, "no column names: set data_config.input_fields or "
+                            "with_header: true")
+        if start < buf.size and index % parts == part:
+            batch = split_block(buf, start, columns, separator, source, first_line)
+            batch.header_like = header_like
+            yield batch
 
 
 def is_parquet(path: str | Path) -> bool:

@@ -20,6 +20,7 @@ class Model(Protocol):
     report`` and the SageMaker entry point use of one."""
 
     predictor_type: str
+    request_types: tuple[str, ...]  # the Content-Types its request decoder reads
 
     def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True
              ) -> Iterator[Any]: ...

@@ -156,7 +156,7 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
         return await answer(request, lambda body: (recommend(body), codecs.JSON))
 
     def score_request(request: Request, body: bytes) -> tuple[bytes, str]:
-        kind = codecs.request_type(request.headers.get("content-type"))
+        kind = codecs.request_type(request.headers.get("content-type"), model.request_types)
         accept = codecs.response_type(request.headers.get("accept"))
         return score(body, kind, accept), accept
 
@@ -196,7 +196,7 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for body, content_type in model.warm_up_requests():  # before the first /ping answer
-            score(body, codecs.request_type(content_type), codecs.JSON)
+            score(body, codecs.request_type(content_type, model.request_types), codecs.JSON)
         if not await worker_pool.wait_for_workers():
             log.warning("the other workers were not ready after %g s: answering without them",
                         worker_pool.WAIT_SECONDS)

@@ -232,18 +232,20 @@ class DeepFMModel:
     def encode(self, batch: ColumnBatch, labelled: bool = False):
         return self.features.encode(batch, labelled, self.label_mode)
 
+    #: what a request may carry: raw feature values (recordIO carries no feature names)
+    request_types = (codecs.JSON, codecs.JSONLINES, codecs.CSV)
+
     def request_decoder(self) -> Callable[[bytes, str], Encoded | ColumnBatch]:
         """Decodes ``application/json`` and ``application/jsonlines`` bodies of raw feature
         values, straight into model inputs where it can (see
-        :mod:`fmkit.models.deepfm.instances`); recordIO carries no feature names, so it is
-        refused with 415."""
+        :mod:`fmkit.models.deepfm.instances`), and ``text/csv`` bodies as a file to score is
+        read (:meth:`csv_request`)."""
         fields = frozenset(self.request_columns())
 
         def decode(body: bytes, content_type: str) -> Encoded | ColumnBatch:
-            kind = codecs.request_type(content_type)
-            if kind == codecs.RECORDIO:
-                raise codecs.RequestError("a DeepFM model takes raw feature values: send "
-                                          "application/json or application/jsonlines", 415)
+            kind = codecs.request_type(content_type, self.request_types)
+            if kind == codecs.CSV:
+                return self.csv_request(body)
             instances = (codecs.json_instances(body) if kind == codecs.JSON
                          else codecs.jsonlines_instances(body)[0])
             encoded = encode_instances(self.features, instances, fields)
@@ -255,6 +257,18 @@ class DeepFMModel:
                 raise codecs.RequestError(str(e)) from None
 
         return decode
+
+    def csv_request(self, body: bytes) -> ColumnBatch:
+        """A ``text/csv`` body (SageMaker Batch Transform's lines of a CSV file) as columns:
+        a first line naming every column the model reads is a header; else the columns are
+        the configured ``input_fields`` (or :meth:`default_layout`), less the label and weight
+        when the lines have that many fewer fields. The delimiter is the configured one, or
+        the one the first line uses. Errors name the body's line."""
+        data = self.config.data_config
+        names = [f.input_name for f in data.input_fields] or self.default_layout()
+        return columns.read_delimited_text(
+            body, "request", names, data.delimiter, needed=self.features.input_columns(),
+            optional=[*data.label_fields, *data.sample_weight_fields])
 
     def warm_up_requests(self) -> list[tuple[bytes, str]]:
         """Request bodies a new server scores before it answers, so that no user's request

@@ -17,6 +17,7 @@ import numpy as np
 
 from fmkit import compile_cache
 from fmkit.cpus import thread_count
+from fmkit.data import codecs
 from fmkit.data.batch import SparseBatch, unit_rows
 from fmkit.errors import ArtifactError
 from fmkit.kernels import ffm
@@ -145,7 +146,6 @@ class FMModel:
         """Blocks of a channel (``fmt``: a training format, or ``json``/``jsonlines`` request
         bodies); ``labelled`` checks the labels for this predictor type, else text rows may
         leave them out (a file to score)."""
-        from fmkit.data import codecs
         from fmkit.data.sources import FileSource
 
         if fmt == "auto" and not labelled:  # (labelled: the reader refuses request bodies)
@@ -165,10 +165,11 @@ class FMModel:
 
         yield from codecs.read_request_files(path, fmt, decode)
 
+    #: what a request may carry, as SageMaker's FM reads it (no CSV)
+    request_types = codecs.CONTENT_TYPES
+
     def request_decoder(self):
         """Decodes request bodies into batches for this model (see :mod:`fmkit.data.codecs`)."""
-        from fmkit.data import codecs
-
         return codecs.RequestDecoder(self.feature_dim, self.input_fields)
 
     def warm_up_requests(self) -> list[tuple[bytes, str]]:
@@ -178,7 +179,7 @@ class FMModel:
         reader and the parallel kernel); for an FFM one JSON row with its fields."""
         import scipy.sparse as sp
 
-        from fmkit.data import codecs, recordio
+        from fmkit.data import recordio
 
         features = {"keys": [0], "values": [1.0], "shape": [self.feature_dim],
                     **({"fields": [0]} if self.input_fields else {})}
