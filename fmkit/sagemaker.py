@@ -175,8 +175,11 @@ def train(opt_ml: OptML | None = None) -> int:
             distributed.shutdown()  # finished: leave together with the other hosts
             return interruption.exit_code()
     except Exception as e:  # every failure must reach output/failure
-        reason = str(e) if isinstance(e, FMKitError) else f"{type(e).__name__}: {e}"
-        traceback.print_exc(file=sys.stderr)
+        if isinstance(e, FMKitError):  # the input's fault: its one line says it all
+            reason = str(e)
+        else:  # fmkit's: the traceback is for its developers (as AWS's sample prints it)
+            reason = f"{type(e).__name__}: {e}"
+            traceback.print_exc(file=sys.stderr)
         log.error("training failed: %s", reason)
         opt_ml.failure.parent.mkdir(parents=True, exist_ok=True)
         opt_ml.failure.write_text(reason[:1024] + "\n")

@@ -146,6 +146,21 @@ def test_unsupported_content_type_fails_clearly(tmp_path):
     assert "ContentType 'image/png' is not supported" in (tmp_path / "output/failure").read_text()
 
 
+def test_a_bad_record_fails_with_its_file_and_line_and_no_traceback(tmp_path):
+    make_opt_ml(tmp_path, {"feature_dim": "10", "num_factors": "2",
+                           "predictor_type": "binary_classifier"},
+                {"train": {**FILE_CHANNEL, "ContentType": "text/libsvm"}})
+    train = tmp_path / "input/data/train"
+    train.mkdir()
+    (train / "part-0.svm").write_text("1 1:1 2:1\n0 3:abc\n")
+    result = run_container(tmp_path)
+    assert result.returncode == 255
+    reason = f"{train / 'part-0.svm'}:2: non-numeric value in '3:abc'"
+    assert (tmp_path / "output/failure").read_text() == reason + "\n"
+    assert reason in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "model").exists()
+
+
 def test_pipe_mode_reads_one_fifo_per_epoch(tmp_path, a9a):
     X, y, Xt, yt = a9a
     hp = sdk_hyperparameters(num_factors=4, predictor_type="binary_classifier", epochs=2,
