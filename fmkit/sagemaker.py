@@ -10,6 +10,12 @@ directory) or Pipe mode (FIFOs ``<channel>_<epoch>``). It writes the model to
 StopTrainingJob's SIGTERM ends the training after the step in progress and writes the model
 trained so far, as SageMaker's own algorithms do (exit 143, no failure file).
 
+A job with a checkpoint configuration (managed spot training: ``checkpoint_s3_uri``) has
+``/opt/ml/checkpoints``, which SageMaker copies to S3 and back into a restarted job: fmkit takes
+its checkpoints there (every ``CHECKPOINT_SECONDS``, and at a SIGTERM) and a restarted job
+continues from the newest, as ``fmkit train --checkpoint-dir DIR --resume`` does (File mode;
+Pipe mode channels stream anew and are not checkpointed).
+
 With several hosts in ``resourceconfig.json`` every host runs ``fmkit sagemaker train`` and
 they join one ``torch.distributed`` process group with the first host as the rendezvous (see
 :func:`fmkit.distributed.init_hosts`); fully replicated channels are sharded across hosts, and
@@ -38,6 +44,7 @@ from fmkit.models.artifact import SAGEMAKER_SUBDIR
 from fmkit.models.fm.hyperparameters import validate
 from fmkit.models.fm.model import label_mode
 from fmkit.train import interruption
+from fmkit.train.checkpoint import Checkpointer
 
 OPT_ML_ENV = "FMKIT_OPT_ML"
 CHANNELS = ("train", "test", "validation")
@@ -53,6 +60,7 @@ CONTENT_TYPES = {
     "text/csv": "csv",
 }
 PIPE_WAIT_SECONDS = 120
+CHECKPOINT_SECONDS = 600.0  # as fmkit train --checkpoint-dir; a SIGTERM takes one too
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,10 @@ class OptML:
     @property
     def model(self) -> Path:
         return self.root / "model"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
 
     @property
     def failure(self) -> Path:
@@ -152,6 +164,22 @@ def _channels(opt_ml: OptML) -> dict[str, dict[str, Any]]:
     return config
 
 
+def _checkpoints(opt_ml: OptML, channels: dict[str, dict[str, Any]]
+                 ) -> tuple[Checkpointer | None, bool]:
+    """The job's checkpointer (None when SageMaker gave no checkpoint directory, or a channel
+    is in Pipe mode), and whether it holds a checkpoint to continue from."""
+    if not opt_ml.checkpoints.is_dir():
+        return None, False
+    piped = [name for name, config in channels.items()
+             if config.get("TrainingInputMode") == "Pipe"]
+    if piped:
+        log.warning("%s: no checkpoints are taken, channel %s is in Pipe mode", opt_ml.checkpoints,
+                    piped[0])
+        return None, False
+    checkpoints = Checkpointer(opt_ml.checkpoints, every_seconds=CHECKPOINT_SECONDS)
+    return checkpoints, bool(checkpoints.complete())
+
+
 def train(opt_ml: OptML | None = None) -> int:
     """Run a training job in the SageMaker container layout; returns the exit code."""
     from fmkit.jobs import fm as jobs
@@ -169,9 +197,10 @@ def train(opt_ml: OptML | None = None) -> int:
         source = channel_source(opt_ml, "train", channels["train"], hp, labels)
         scored = {name: channel_source(opt_ml, name, channels[name], hp, labels)
                   for name in ("test", "validation") if name in channels}
+        checkpoints, resume = _checkpoints(opt_ml, channels)
         with interruption.stop_on(signal.SIGTERM):  # StopTrainingJob: keep what was trained
             jobs.train_sources(hp, source, opt_ml.model / SAGEMAKER_SUBDIR, scored, host=host,
-                               progress=False)
+                               progress=False, checkpoints=checkpoints, resume=resume)
             distributed.shutdown()  # finished: leave together with the other hosts
             return interruption.exit_code()
     except Exception as e:  # every failure must reach output/failure

@@ -183,6 +183,25 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
     assert saver.latest().step == 3
 
 
+def test_an_unreadable_newest_checkpoint_is_passed_over_for_the_one_before(tmp_path, caplog):
+    """A copy cut short (SageMaker's S3 upload ends with the job): the checkpoint before it is
+    resumed, with a warning naming the broken one; none readable is an error."""
+    from fmkit.errors import ArtifactError
+
+    saver = Checkpointer(tmp_path, every_steps=1, keep=3)
+    for step in (3, 6):
+        saver.save(TrainingState(step, 1, 1, 10, 1.0, [], {"x": 1}, {"t": np.full(3, step)}))
+    newest = tmp_path / "step-000000000006" / "arrays.npz"
+    newest.write_bytes(newest.read_bytes()[:20])
+    with caplog.at_level("WARNING", logger="fmkit"):
+        state = Checkpointer(tmp_path).latest()
+    assert state.step == 3 and state.arrays["t"].tolist() == [3, 3, 3]
+    assert "step-000000000006: unreadable checkpoint" in caplog.text
+    (tmp_path / "step-000000000003" / "state.json").write_text("{")
+    with pytest.raises(ArtifactError, match="step-000000000006: unreadable checkpoint"):
+        Checkpointer(tmp_path).latest()
+
+
 def test_deepfm_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, cli):
     train = shared_file("criteo_kaggle_head1000", "train.txt")
     common = ["train", "--config", REPO / "examples" / "deepfm_criteo.yaml", "--quiet",

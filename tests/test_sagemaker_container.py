@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -224,3 +225,42 @@ def test_stop_training_job_keeps_the_model_trained_so_far(tmp_path, a9a):
     auc = roc_auc_score(yt, np.asarray(logits).ravel())
     print(f"stopped after epoch 3: test AUC {auc:.4f}")
     assert auc > 0.88
+
+
+def test_a_spot_job_restarted_continues_from_its_checkpoint(tmp_path, a9a):
+    """Managed spot training: with ``checkpoint_s3_uri`` SageMaker gives the job
+    ``/opt/ml/checkpoints`` and copies it back into the restarted job. Interrupted by SIGTERM
+    (a checkpoint taken there), then restarted in a fresh container (no model directory), the
+    job ends with the model an uninterrupted job ends with."""
+    X, y, Xt, yt = a9a
+    hp = sdk_hyperparameters(num_factors=4, predictor_type="binary_classifier", epochs=6,
+                             feature_dim=123, mini_batch_size=100)
+    roots = {"straight": tmp_path / "straight", "spot": tmp_path / "spot"}
+    for root in roots.values():
+        make_opt_ml(root, hp, {"train": FILE_CHANNEL})
+        (root / "input/data/train").mkdir()
+        (root / "input/data/train/part.pbr").write_bytes(sdk_records(X, y))
+    straight = run_container(roots["straight"])
+    assert straight.returncode == 0, straight.stderr
+    spot = roots["spot"]
+    (spot / "checkpoints").mkdir()
+    log = tmp_path / "spot.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([fmkit_executable(), "sagemaker", "train"], stderr=err,
+                                env={**os.environ, "FMKIT_OPT_ML": str(spot)})
+    deadline = time.monotonic() + 120
+    while "epoch 2/6: train loss" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()
+    assert [p.name for p in (spot / "checkpoints").iterdir()][0].startswith("step-")
+    shutil.rmtree(spot / "model")  # the restarted job's container is a new one
+    restarted = run_container(spot)
+    assert restarted.returncode == 0, restarted.stderr
+    assert f"resuming from {spot / 'checkpoints'}: epoch " in restarted.stderr
+    assert "no complete checkpoint" not in restarted.stderr
+    a = FMModel.load(roots["straight"] / "model" / "model_algo-1")
+    b = FMModel.load(spot / "model" / "model_algo-1")
+    for name in ("w0", "w", "V"):
+        np.testing.assert_allclose(getattr(b.params, name), getattr(a.params, name),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 
 from fmkit import files
 from fmkit.errors import ArtifactError
+from fmkit.logs import log
 
 STATE_FILE = "state.json"
 ARRAYS_FILE = "arrays.npz"
@@ -104,20 +106,27 @@ class Checkpointer:
         return sorted(p for p in self.directory.glob("step-*") if (p / STATE_FILE).is_file())
 
     def latest(self) -> TrainingState | None:
-        """The newest complete checkpoint, or None if there is none."""
-        found = self.complete()
-        if not found:
-            return None
-        path = found[-1]
-        try:
-            meta = json.loads((path / STATE_FILE).read_text())
-            with np.load(path / ARRAYS_FILE, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-            state = TrainingState(**meta, arrays=arrays)
-        except (OSError, ValueError, TypeError) as e:
-            raise ArtifactError(f"{path}: unreadable checkpoint: {e}") from None
-        self._last_step = state.step
-        return state
+        """The newest complete checkpoint that reads, or None if there is none. An unreadable
+        one (a copy cut short: SageMaker's upload of a checkpoint directory to S3 ends where
+        the job did) is passed over for the one before, with a warning; if none reads, the
+        newest's error is raised."""
+        errors = []
+        for path in reversed(self.complete()):
+            try:
+                meta = json.loads((path / STATE_FILE).read_text())
+                with np.load(path / ARRAYS_FILE, allow_pickle=False) as npz:
+                    arrays = {name: npz[name] for name in npz.files}
+                state = TrainingState(**meta, arrays=arrays)
+            except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
+                errors.append(f"{path}: unreadable checkpoint: {e}")
+                continue
+            for error in errors:
+                log.warning("%s; continuing from the one before", error)
+            self._last_step = state.step
+            return state
+        if errors:
+            raise ArtifactError(errors[0])
+        return None
 
 
 def channel_size(source: Any) -> dict[str, int] | None:
