@@ -239,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "are request bodies)")
     p.add_argument("--accept", default="application/jsonlines", choices=CONTENT_TYPES,
                    help="response format (default application/jsonlines)")
+    p.add_argument("--reserved-columns", "--reserved_columns", metavar="A,B",
+                   type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+                   default=[], help="a DeepFM's input columns to copy into each prediction "
+                   "(ids), as TorchEasyRec's predict --reserved_columns")
     _add_reading(p)
 
     p = sub.add_parser("serve", help="serve a model over HTTP (/ping, /invocations)",
@@ -574,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             rows = jobs.predict_files(args.model_dir, args.data, args.output, fmt=args.format,
                                       accept=args.accept, device=args.device,
-                                      data_config=args.data_config)
+                                      data_config=args.data_config,
+                                      reserved_columns=args.reserved_columns)
             log.info("wrote %d predictions to %s", rows, args.output or "stdout")
         elif args.command == "report":
             from fmkit.report import write_report

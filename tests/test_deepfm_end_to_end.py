@@ -224,6 +224,54 @@ def test_serve_reads_csv_bodies_as_a_file_to_score_is_read(trained, cli, tmp_pat
         stop(proc)
 
 
+def test_predict_reserved_columns_carry_each_rows_values(trained, cli, tmp_path, monkeypatch):
+    """``--reserved-columns`` (TorchEasyRec's ``--reserved_columns``) starts each prediction
+    with the row's values of those columns, as the csv module and pyarrow read them, over
+    many blocks scored several at once; the scores are unchanged."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fmkit.data import columns
+
+    rows, expected = first_rows_and_predictions(trained, cli, tmp_path, 1000)
+    small_blocks = columns.iter_line_blocks  # 4 KB blocks: ~60 of them, scored in parallel
+    monkeypatch.setattr(columns, "iter_line_blocks", lambda path, size: small_blocks(path, 4096))
+    subset = tmp_path / "subset.tsv"
+    code, out, err = cli("predict", "--model-dir", trained, "--data", subset,
+                         "--reserved-columns", "C1,label,I2")
+    assert code == 0, err
+    got = [json.loads(line) for line in out.splitlines()]
+    assert [list(g) for g in got[:1]] == [["C1", "label", "I2", "score", "predicted_label"]]
+    assert [(g["C1"], g["label"], g["I2"]) for g in got] == [
+        (r["C1"] or None, r["label"], r["I2"] or None) for r in rows]
+    np.testing.assert_allclose([g["score"] for g in got], [e["score"] for e in expected],
+                               rtol=1e-5)  # (other blocks: other float32 sums)
+
+    table = pa.table({"request_id": pa.array(range(7, 1007), pa.int64()),
+                      **{c: pa.array([int(r[c]) if r[c] else None for r in rows], pa.int64())
+                         for c in INTS},
+                      **{c: pa.array([r.get(c) or None for r in rows]) for c in CATS}})
+    pq.write_table(table, tmp_path / "rows.parquet", row_group_size=100)
+    code, out, err = cli("predict", "--model-dir", trained, "--data", tmp_path / "rows.parquet",
+                         "--reserved_columns", "request_id", "--accept", "application/json")
+    assert code == 0, err
+    got = json.loads(out)["predictions"]
+    assert [g["request_id"] for g in got] == list(range(7, 1007))
+    np.testing.assert_allclose([g["score"] for g in got], [e["score"] for e in expected],
+                               rtol=1e-5)
+
+    output = tmp_path / "out.jsonl"
+    for extra, problem in (
+            (["--reserved-columns", "C1,nope"], f"{subset}: no column 'nope' (columns: "),
+            (["--reserved-columns", "score"], "'score' is a field of the predictions"),
+            (["--reserved-columns", "C1", "--accept", "application/x-recordio-protobuf"],
+             "recordIO responses hold score and predicted_label only")):
+        code, out, err = cli("predict", "--model-dir", trained, "--data", subset,
+                             "--output", output, *extra)
+        assert code == 1 and err.count("\n") == 1 and problem in err, err
+        assert not output.exists()
+
+
 @pytest.mark.parametrize("line, problem", [
     ("1\tabc" + "\t1" * 12 + "\tx" * 26, "column 'I1': 'abc' is not a number"),
     ("0" + "\t1" * 13 + "\tx" * 27, "41 fields, expected at most 40"),

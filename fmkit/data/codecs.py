@@ -15,8 +15,9 @@ One place for the formats of ``sagemaker_fm.md`` §3, used by the HTTP server an
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -568,14 +569,35 @@ def check_finite(predictions: dict[str, np.ndarray], unit: str = "instance",
                            "feature values are too large for this model)")
 
 
-def _json_objects(predictions: dict[str, np.ndarray]) -> list[str]:
-    """One JSON object per row: ``{"score": s}`` plus ``"predicted_label"`` for classifiers."""
+def _json_objects(predictions: dict[str, np.ndarray],
+                  reserved: Mapping[str, list] | None = None) -> list[str]:
+    """One JSON object per row: ``{"score": s}`` plus ``"predicted_label"`` for classifiers,
+    after the ``reserved`` input columns' values of the row, if any."""
     scores = [repr(s) for s in predictions["score"].tolist()]  # finite: see check_finite
     if "predicted_label" in predictions:
         labels = predictions["predicted_label"]
         shown = map(json.dumps if labels.dtype == object else repr, labels.tolist())  # (names)
-        return [f'{{"score": {s}, "predicted_label": {p}}}' for s, p in zip(scores, shown)]
-    return [f'{{"score": {s}}}' for s in scores]
+        objects = [f'{{"score": {s}, "predicted_label": {p}}}' for s, p in zip(scores, shown)]
+    else:
+        objects = [f'{{"score": {s}}}' for s in scores]
+    if not reserved:
+        return objects
+    columns = [[f"{json.dumps(name)}: {_json_value(v)}" for v in values]
+               for name, values in reserved.items()]
+    return ["{" + ", ".join(row) + ", " + o[1:] for o, row in zip(objects, zip(*columns))]
+
+
+_JSON_STRING = json.encoder.encode_basestring_ascii  # json.dumps of a text, compiled: 4x
+
+
+def _json_value(value: Any) -> str:
+    """A reserved column's value in JSON: a missing or non-finite number is null; a date or
+    another value JSON has no type for is its text."""
+    if isinstance(value, str):
+        return _JSON_STRING(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "null"
+    return json.dumps(value, default=str)
 
 
 class ResponseWriter:
@@ -595,8 +617,11 @@ class ResponseWriter:
     def begin(self) -> bytes:
         return b'{"predictions": [' if self.accept == JSON else b""
 
-    def part(self, predictions: dict[str, np.ndarray], first: int = 1) -> bytes:
-        """The encoding of a block of rows; ``first`` numbers its first row in errors."""
+    def part(self, predictions: dict[str, np.ndarray], first: int = 1,
+             reserved: Mapping[str, list] | None = None) -> bytes:
+        """The encoding of a block of rows; ``first`` numbers its first row in errors;
+        ``reserved``: input columns (name -> the block's values) each JSON object starts
+        with (``fmkit predict --reserved-columns``; not in recordIO)."""
         check_finite(predictions, self.unit, first)
         if self.accept == RECORDIO and predictions.get("predicted_label", np.zeros(0)
                                                         ).dtype == object:
@@ -605,7 +630,7 @@ class ResponseWriter:
                                406)
         if self.accept == RECORDIO:
             return recordio.encode_predictions(predictions) if len(predictions["score"]) else b""
-        objects = _json_objects(predictions)
+        objects = _json_objects(predictions, reserved)
         if not objects:
             return b""
         if self.accept == JSONLINES:

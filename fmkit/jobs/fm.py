@@ -6,7 +6,8 @@ and the SageMaker entry point. Hyperparameters are validated before any data is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import collections
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -221,24 +222,62 @@ def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
 def predict_files(model_dir: str | Path, data_path: str | Path,
                   output: str | Path | None = None, *, fmt: str = "auto",
                   accept: str = codecs.JSONLINES, device: str = "cpu",
-                  data_config: Sequence[str] = ()) -> int:
+                  data_config: Sequence[str] = (), reserved_columns: Sequence[str] = ()) -> int:
     """Write the predictions of every input row in a response format; returns the row count.
 
     ``fmt`` is a training format or ``json``/``jsonlines`` (SageMaker request bodies);
     ``accept`` is a SageMaker response type. ``output`` is written under a temporary name and
     renamed when complete; None means stdout. ``data_config``: see
-    :func:`fmkit.models.base.load_model`.
+    :func:`fmkit.models.base.load_model`. ``reserved_columns`` (a DeepFM's input columns,
+    TorchEasyRec's ``--reserved_columns``) start each JSON object with the row's values, so
+    the predictions carry their ids.
     """
     model = load_model(model_dir, device, data_config)
     if isinstance(model, FMModel):
         _compile_scorer_ahead(model.field_aware, fmt)
     writer = codecs.ResponseWriter(accept, unit="row")
+    reserved = _Reserved(model, reserved_columns, writer.accept) if reserved_columns else None
     try:  # the reader parses a block ahead on a core of its own: scoring leaves it that core
         with files.output_stream(output, codecs.RESPONSES) as out, leaving_cores(1):
-            return _write_predictions(
-                model, background(model.read(data_path, fmt, labelled=False)), writer, out)
+            blocks = background(model.read(data_path, fmt, labelled=False))
+            return _write_predictions(model, reserved.tap(blocks) if reserved else blocks,
+                                      writer, out, reserved)
     except codecs.RequestError as e:
         raise DataError(str(data_path), None, str(e)) from None
+
+
+class _Reserved:
+    """The values of ``--reserved-columns`` of each block a DeepFM scores, taken as the
+    block goes in and handed out, in order, as its predictions come out."""
+
+    def __init__(self, model: Model, names: Sequence[str], accept: str):
+        if isinstance(model, FMModel):
+            raise HyperparameterError("--reserved-columns: an FM's rows have no named columns "
+                                      "(a DeepFM's have)")
+        if accept == codecs.RECORDIO:
+            raise HyperparameterError("--reserved-columns: recordIO responses hold score and "
+                                      "predicted_label only; accept application/jsonlines or "
+                                      "application/json")
+        clash = [name for name in names if name in ("score", "predicted_label")]
+        if clash:
+            raise HyperparameterError(f"--reserved-columns: {clash[0]!r} is a field of the "
+                                      "predictions")
+        self.names = list(dict.fromkeys(names))
+        self.request_columns = model.request_columns()
+        self.pending: collections.deque = collections.deque()
+
+    def tap(self, blocks: Iterable[Any]) -> Iterator[Any]:
+        for block in blocks:
+            if block.absent_is_missing:  # JSON instances: the columns their requests may name
+                unknown = [n for n in self.names if n not in self.request_columns]
+                if unknown:
+                    raise DataError(block.source, None, f"no column {unknown[0]!r}: JSON "
+                                    "instances name the model's columns only")
+            self.pending.append({name: block.column(name).to_pylist() for name in self.names})
+            yield block
+
+    def next(self) -> dict[str, list]:
+        return self.pending.popleft()
 
 
 def _compile_scorer_ahead(field_aware: bool, fmt: str, with_reader: bool = False) -> None:
@@ -255,12 +294,13 @@ def _compile_scorer_ahead(field_aware: bool, fmt: str, with_reader: bool = False
                                 f"compile_scorer({field_aware})")
 
 
-def _write_predictions(model: Model, blocks: Iterable[Any],
-                       writer: codecs.ResponseWriter, out: BinaryIO) -> int:
+def _write_predictions(model: Model, blocks: Iterable[Any], writer: codecs.ResponseWriter,
+                       out: BinaryIO, reserved: _Reserved | None = None) -> int:
     rows = 0
     out.write(writer.begin())
     for predictions in model.predictions_of(blocks):
-        out.write(writer.part(predictions, first=rows + 1))
+        out.write(writer.part(predictions, first=rows + 1,
+                              reserved=reserved.next() if reserved else None))
         rows += len(predictions["score"])
     out.write(writer.end())
     out.flush()
