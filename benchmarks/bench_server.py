@@ -132,12 +132,53 @@ def parse_wrk(output: str) -> tuple[float, str, str, int]:
     return rate, p50, p99, int(errors.group(1)) if errors else 0
 
 
+def first_answers(port: int, body: bytes, content_type: str, clients: int) -> list[float]:
+    """Seconds from connecting to the first answer, of ``clients`` connections opened at
+    once (each on a thread, raw HTTP/1.1)."""
+    import threading
+
+    request = (f"POST /invocations HTTP/1.1\r\nHost: b\r\nContent-Type: {content_type}\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    seconds: list[float] = []
+
+    def one() -> None:
+        started = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(request)
+            s.recv(65536)
+        seconds.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(seconds)
+
+
+def new_connections(wrk: str, port: int, script: Path, body: Path, content_type: str,
+                    label: str, busy: int = 64, clients: int = 50) -> None:
+    """The wait of new connections while ``busy`` keep-alive connections keep the server at
+    work (a client pool growing under load): first answers of ``clients`` opened at once."""
+    url = f"http://127.0.0.1:{port}/invocations"
+    load = subprocess.Popen([wrk, "-t1", f"-c{busy}", "-d8s", "-s", str(script), url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3)
+        waits = first_answers(port, body.read_bytes(), content_type, clients)
+    finally:
+        load.wait()
+    print(f"{label}: {clients} new connections beside {busy} busy ones, first answer p50 "
+          f"{waits[len(waits) // 2] * 1000:.0f} ms, max {waits[-1] * 1000:.0f} ms", flush=True)
+
+
 def load_test(wrk: str, model: Path, bodies, label: str, args) -> None:
-    """Serve ``model`` with 2 workers; one wrk run per request body."""
+    """Serve ``model`` with ``args.workers`` workers; one wrk run per request body, then the
+    wait of new connections beside busy ones (1-row JSON)."""
     port = free_port()
     fmkit = str(Path(sys.executable).parent / "fmkit")
     server = subprocess.Popen([fmkit, "serve", "--model-dir", str(model), "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "2"],
+                               "--port", str(port), "--workers", str(args.workers)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -168,6 +209,11 @@ def load_test(wrk: str, model: Path, bodies, label: str, args) -> None:
                                 f"{content_type.split('/')[1]}, {connections} conn.")
                         print(f"{name:<42}{rate:>12,.0f}{rate * rows:>12,.0f}{p50:>10}"
                               f"{p99:>10}{errors:>9}", flush=True)
+            json_body = bodies(1, workdir)["application/json"]
+            script = workdir / "post.lua"
+            script.write_text(LUA.format(body=json_body, content_type="application/json",
+                                         accept="application/json"))
+            new_connections(wrk, port, script, json_body, "application/json", label)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -180,10 +226,11 @@ def main() -> None:
                         type=lambda text: [int(n) for n in text.split(",")],
                         help="comma-separated connection counts, one run each")
     parser.add_argument("--only", choices=("fm", "deepfm"), help="serve only this model")
+    parser.add_argument("--workers", type=int, default=2, help="fmkit serve --workers")
     args = parser.parse_args()
     wrk = ensure_wrk()
     CACHE.mkdir(exist_ok=True)
-    print(f"fmkit serve, 2 workers; wrk -t2 -d{args.duration}s over "
+    print(f"fmkit serve, {args.workers} worker(s); wrk -t2 -d{args.duration}s over "
           f"loopback. FM: {FEATURES} features, k={K}, {FIELDS} active features per row. "
           "DeepFM: examples/deepfm_criteo.yaml, 39 raw columns per row\n")
     print(f"{'request':<42}{'requests/s':>12}{'rows/s':>12}{'p50':>10}{'p99':>10}"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import mmap
 import os
@@ -51,6 +52,7 @@ log = logging.getLogger("fmkit.serve")
 DIR_ENV = "FMKIT_SERVE_WORKERS_DIR"
 COUNT_ENV = "FMKIT_SERVE_WORKERS"
 DEFER = 0.002  # seconds a new connection is left to a less loaded worker
+ACCEPT_BATCH = 64  # connections one wake of a worker may accept
 CHECK_SECONDS = 0.1  # how often a worker compares its connections with its peers'
 POLL_SECONDS = 0.01
 WAIT_SECONDS = 600.0  # a worker still starting after this long is stuck: go on without it
@@ -158,8 +160,9 @@ class BalancedAcceptor:
     :class:`asyncio.Server`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 protocol_factory: Any, ssl: Any = None):
+                 protocol_factory: Any, ssl: Any = None, owns_socket: bool = False):
         self._loop, self._sock, self._factory, self._ssl = loop, sock, protocol_factory, ssl
+        self._owns_socket = owns_socket  # made by create_server (one worker): closed here
         self._open = 0  # connections accepted and not yet lost
         self._take_until = 0.0  # until then a waiting connection is taken whatever the load
         self._closed = False
@@ -173,24 +176,30 @@ class BalancedAcceptor:
             _board.publish(self._open)
 
     def _ready(self) -> None:
-        if (self._open and _board is not None and self._loop.time() > self._take_until
-                and min(_board.peers(), default=self._open) < self._open):
-            self._loop.remove_reader(self._sock.fileno())  # the peer may take it meanwhile
-            self._loop.call_later(DEFER, self._rearm)
-            return
-        try:
-            conn, _ = self._sock.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return  # another worker took it
-        except OSError as e:  # out of file descriptors: try again later rather than spin
-            log.warning("cannot accept a connection: %s", e)
-            self._loop.remove_reader(self._sock.fileno())
-            self._loop.call_later(0.1, self._rearm)
-            return
-        conn.setblocking(False)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._count(+1)
-        self._loop.create_task(self._connect(conn))
+        """Accept the waiting connections this worker should take: all of them, up to
+        ``ACCEPT_BATCH``, while it holds no more than its least loaded peer (a busy loop
+        wakes once per pass over its connections: one connection a pass left a burst of new
+        ones waiting for hundreds of milliseconds behind the keep-alive ones)."""
+        for _ in range(ACCEPT_BATCH):
+            if (self._open and _board is not None and self._loop.time() > self._take_until
+                    and min(_board.peers(), default=self._open) < self._open):
+                self._loop.remove_reader(self._sock.fileno())  # the peer may take it meanwhile
+                self._loop.call_later(DEFER, self._rearm)
+                return
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # none left, or another worker took it
+            except OSError as e:  # out of file descriptors: try again later rather than spin
+                log.warning("cannot accept a connection: %s", e)
+                self._loop.remove_reader(self._sock.fileno())
+                self._loop.call_later(0.1, self._rearm)
+                return
+            self._take_until = 0.0  # (a deferred connection is taken: the next are weighed)
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._count(+1)
+            self._loop.create_task(self._connect(conn))
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
@@ -223,19 +232,38 @@ class BalancedAcceptor:
         if not self._closed:
             self._closed = True
             self._loop.remove_reader(self._sock.fileno())
+            if self._owns_socket:
+                self._sock.close()
 
     async def wait_closed(self) -> None:
         return None
 
 
 class BalancedLoop(uvloop.Loop):
-    """uvloop's loop whose ``create_server(sock=...)`` (what uvicorn's workers call with the
-    shared socket) is a :class:`BalancedAcceptor`."""
+    """uvloop's loop whose ``create_server`` — with the shared socket (uvicorn's workers), or
+    a host and port (one worker, a socket of its own) — is a :class:`BalancedAcceptor`:
+    uvloop's own server accepted one connection per pass of a busy loop (64 keep-alive
+    connections at work: new ones waited 390 ms for their first answer; docs/performance.md)."""
 
     async def create_server(self, protocol_factory, host=None, port=None, *, sock=None,
                             ssl=None, backlog=100, **kwargs):
-        if sock is None or kwargs:
+        if kwargs or (sock is None and (port is None or _ip_version(host) is None)):
+            # (a host name may stand for several addresses: uvloop binds each)
             return await super().create_server(protocol_factory, host, port, sock=sock,
                                                ssl=ssl, backlog=backlog, **kwargs)
+        owns = sock is None
+        if owns:
+            v6 = _ip_version(host) == 6
+            sock = socket.create_server((host, port), backlog=backlog,
+                                        family=socket.AF_INET6 if v6 else socket.AF_INET,
+                                        dualstack_ipv6=host == "::" and socket.has_dualstack_ipv6())
         sock.listen(backlog)
-        return BalancedAcceptor(self, sock, protocol_factory, ssl)
+        return BalancedAcceptor(self, sock, protocol_factory, ssl, owns_socket=owns)
+
+
+def _ip_version(host: Any) -> int | None:
+    """4 or 6 for an IP address literal, None for anything else (a host name, None)."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
