@@ -224,6 +224,20 @@ def test_serve_reads_csv_bodies_as_a_file_to_score_is_read(trained, cli, tmp_pat
         stop(proc)
 
 
+def test_a_glob_pattern_channel_evaluates_as_its_files_joined(trained, cli, tmp_path):
+    """TorchEasyRec's ``data/*.csv`` input paths: the parts of the sample, matched by a
+    pattern, evaluate as the whole file does."""
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    lines = train.read_text().splitlines(keepends=True)
+    for i in range(3):
+        (tmp_path / f"part-{i}.tsv").write_text("".join(lines[i * 334:(i + 1) * 334]))
+    code, whole, err = cli("evaluate", "--model-dir", trained, "--data", train)
+    assert code == 0, err
+    code, parts, err = cli("evaluate", "--model-dir", trained, "--data", f"{tmp_path}/part-*.tsv")
+    assert code == 0, err
+    assert json.loads(parts) == pytest.approx(json.loads(whole), rel=1e-6)  # (other blocks)
+
+
 def test_predict_reserved_columns_carry_each_rows_values(trained, cli, tmp_path, monkeypatch):
     """``--reserved-columns`` (TorchEasyRec's ``--reserved_columns``) starts each prediction
     with the row's values of those columns, as the csv module and pyarrow read them, over

@@ -50,6 +50,30 @@ def test_a9a_equals_sklearn_reader(block_bytes):
     np.testing.assert_array_equal(y, (y_ref == 1).astype(np.float32))
 
 
+def test_a_channel_of_comma_separated_glob_patterns_reads_their_files_in_order(tmp_path, cli):
+    """TorchEasyRec's input paths: patterns' matches sorted, patterns in the order given (the
+    rows as scikit-learn reads the files one after the other); a pattern matching nothing, a
+    missing file or a URL among them is one line."""
+    lines = shared_file("a9a_libsvm", "a9a").read_text().splitlines(keepends=True)
+    for i, name in enumerate(["part-2", "part-0", "part-1", "other"]):
+        (tmp_path / name).write_text("".join(lines[i * 100:(i + 1) * 100]))
+    given = f"{tmp_path}/other,{tmp_path}/part-*"
+    X, y = read_all(FileSource(given, "libsvm", 123, index_base=1, labels="binary"))
+    order = [tmp_path / n for n in ("other", "part-0", "part-1", "part-2")]
+    parts = [load_svmlight_file(str(p), n_features=123, zero_based=False) for p in order]
+    assert (X != sp.vstack([p[0] for p in parts]).astype(np.float32)).nnz == 0
+    np.testing.assert_array_equal(y, np.concatenate([p[1] == 1 for p in parts]))
+    hp = ["feature_dim=123", "num_factors=2", "predictor_type=binary_classifier"]
+    for train, problem in ((f"{tmp_path}/nope-*", f"{tmp_path}/nope-*: no file matches this "
+                            "pattern"),
+                           (f"{tmp_path}/part-0,{tmp_path}/gone", f"{tmp_path}/gone: no such "
+                            "file or directory"),
+                           (f"s3://b/k,{tmp_path}/part-0", "s3://b/k: is a URL")):
+        code, _, err = cli("train", "--train", train, "--model-dir", tmp_path / "m", *hp)
+        assert code == 1 and err.startswith(f"fmkit: error: {problem}"), err
+        assert not (tmp_path / "m").exists()
+
+
 def test_a_parquet_file_given_to_an_fm_says_what_it_is(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -9,6 +9,7 @@ checked) labels the predictor type accepts, so models never see malformed rows.
 from __future__ import annotations
 
 import functools
+import glob
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,10 +37,13 @@ FORMATS = ("auto", *READERS)
 INDEXED_FORMATS = ("libsvm", "libffm")
 IGNORED_FILES = {".amazon.manifest"}
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")  # s3://, gs://, https://, hdfs://...
+GLOB = re.compile(r"[*?[]")  # a glob pattern's special characters
 
 
 def channel_files(path: str | Path) -> list[Path]:
-    """The files of a channel: the file itself, or every regular file under a directory."""
+    """The files of a channel: the file itself, every regular file under a directory, or
+    (a path that names neither) TorchEasyRec's input path: comma-separated glob patterns
+    (``data/train/*.parquet,extra.parquet``), each pattern's matches sorted."""
     given, path = str(path), Path(path)
     if path.is_file() or path.is_fifo():
         return [path]
@@ -51,6 +55,8 @@ def channel_files(path: str | Path) -> list[Path]:
         if not files:
             raise DataError(str(path), None, "directory holds no data files")
         return files
+    if "," in given or GLOB.search(given):
+        return _pattern_files(given)
     if URL.match(given):  # Path("s3://b/k") is "s3:/b/k": still a scheme and a slash
         raise DataError(given, None, "is a URL: fmkit reads local files, directories and pipes; "
                         "copy it first (aws s3 cp, gsutil cp, curl -O)")
@@ -58,6 +64,26 @@ def channel_files(path: str | Path) -> list[Path]:
         raise DataError(given, None, "no such file: standard input is /dev/stdin (with "
                         "--format: a pipe's format is not detected)")
     raise DataError(str(path), None, "no such file or directory")
+
+
+def _pattern_files(given: str) -> list[Path]:
+    """The files of comma-separated paths and glob patterns, in the order given (a pattern's
+    matches sorted, as TorchEasyRec's ``list_input_files`` reads them)."""
+    files: list[Path] = []
+    for part in (p.strip() for p in given.split(",")):
+        if not part:
+            continue
+        if not GLOB.search(part):
+            files.extend(channel_files(part))
+            continue
+        matches = sorted(glob.glob(part))
+        if not matches:
+            raise DataError(part, None, "no file matches this pattern")
+        for match in matches:
+            files.extend(channel_files(match))
+    if not files:
+        raise DataError(given, None, "names no file")
+    return files
 
 
 def require_channels(named: Iterable[tuple[str, str | Path | None]]) -> None:
