@@ -266,6 +266,7 @@ def test_tune_with_two_jobs_runs_two_trials_at_once(a9a_head, tmp_path):
     storage = optuna.storages.RDBStorage(f"sqlite:///{model_dir / 'tune' / 'study.sqlite3'}")
     trials = optuna.load_study(study_name="fmkit", storage=storage).get_trials()
     assert len({t.user_attrs["pid"] for t in trials}) == 2
+    assert len(trials) == 6, [t.state for t in trials]  # --trials is exact with two jobs
     spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
     overlap = any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
     assert overlap, [(a.isoformat(), b.isoformat()) for a, b in spans]

@@ -250,13 +250,24 @@ def _worker(work: str, trials: int, timeout: float | None, threads: int,
     study = optuna.load_study(study_name="fmkit", storage=_storage(work_dir),
                               sampler=_sampler(search.settings.seed + index),
                               pruner=_pruner())
-    done = optuna.study.MaxTrialsCallback(
-        trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    if _finished(study) >= trials:
-        return
+    deadline = None if timeout is None else time.monotonic() + timeout
     with _trial_environment(work_dir, threads):
-        study.optimize(lambda trial: _run_trial(trial, work_dir, search), timeout=timeout,
-                       callbacks=[done, _log_trial], gc_after_trial=False)
+        # a trial at a time, started only while finished and running ones fall short of
+        # ``trials``: with several jobs, Optuna's MaxTrialsCallback let each finish the trial
+        # it was running (--trials 4 --jobs 2 finished 5)
+        while _claimed(study) < trials and (deadline is None or time.monotonic() < deadline):
+            study.optimize(lambda trial: _run_trial(trial, work_dir, search), n_trials=1,
+                           callbacks=[_log_trial], gc_after_trial=False)
+
+
+def _claimed(study: Any) -> int:
+    """Trials finished (complete or pruned) or running: the ones ``--trials`` counts, and
+    those that will be."""
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+              optuna.trial.TrialState.RUNNING)
+    return len(study.get_trials(deepcopy=False, states=states))
 
 
 def _sampler(seed: int):
