@@ -60,6 +60,7 @@ CONTENT_TYPES = {
     "text/csv": "csv",
 }
 PIPE_WAIT_SECONDS = 120
+MAX_PAYLOAD_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"  # set for a Batch Transform job
 CHECKPOINT_SECONDS = 600.0  # as fmkit train --checkpoint-dir; a SIGTERM takes one too
 
 
@@ -224,4 +225,21 @@ def serve(opt_ml: OptML | None = None, workers: int | None = None) -> None:
 
     opt_ml = opt_ml or OptML.from_environment()
     count = workers or environment_int("SAGEMAKER_MODEL_SERVER_WORKERS", os.cpu_count() or 1)
-    run_server(str(opt_ml.model), workers=count)
+    run_server(str(opt_ml.model), workers=count, max_payload_mb=_max_payload_mb())
+
+
+def _max_payload_mb() -> int:
+    """A Batch Transform job's ``MaxPayloadInMB`` (``$SAGEMAKER_MAX_PAYLOAD_IN_MB``): the
+    largest body it sends, which the server must take (6 otherwise, SageMaker's default).
+    0, chunked payloads of any size, is taken as 100 MB, SageMaker's largest otherwise: fmkit
+    reads a request whole."""
+    from fmkit.serve.app import DEFAULT_MAX_PAYLOAD_MB, environment_int
+
+    mb = environment_int(MAX_PAYLOAD_ENV, int(DEFAULT_MAX_PAYLOAD_MB))
+    if mb < 0:
+        raise FMKitError(f"{MAX_PAYLOAD_ENV}={mb}: expected a size in MB >= 0")
+    if mb == 0:
+        log.warning("%s=0 (payloads of any size): fmkit reads a request whole, and takes "
+                    "requests of up to 100 MB", MAX_PAYLOAD_ENV)
+        return 100
+    return mb

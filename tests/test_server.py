@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import os
 import socket
 import subprocess
@@ -43,9 +44,11 @@ def free_port() -> int:
 
 
 def start_server(model_dir, *args: str, port: int | None = None, env=None):
+    """``fmkit serve`` of ``model_dir`` (None: ``fmkit sagemaker serve``, its port
+    ``SAGEMAKER_BIND_TO_PORT`` in ``env``)."""
     port = port or free_port()
-    command = [fmkit_executable(), "serve", "--model-dir", str(model_dir), "--host",
-               "127.0.0.1", *args]
+    command = ([fmkit_executable(), "serve", "--model-dir", str(model_dir), "--host",
+                "127.0.0.1", *args] if model_dir else [fmkit_executable(), "sagemaker", "serve"])
     if "--port" not in args and not (env and "SAGEMAKER_BIND_TO_PORT" in env):
         command += ["--port", str(port)]
     # a file, not a pipe: a pipe nobody reads would block the server once full; it lives as
@@ -282,6 +285,43 @@ class RuntimeShim:
         assert response.status_code == 200, response.text
         return {"Body": io.BytesIO(response.content),
                 "ContentType": response.headers["content-type"]}
+
+
+@pytest.mark.parametrize("payload, workers, sent_mb, status, expected", [
+    (None, "2", 6.5, 413, {"MaxConcurrentTransforms": 2, "MaxPayloadInMB": 6}),
+    ("20", "2", 6.5, 200, {"MaxConcurrentTransforms": 2, "MaxPayloadInMB": 20}),
+    ("60", "3", 1, 200, {"MaxConcurrentTransforms": 1, "MaxPayloadInMB": 60}),
+])
+def test_a_batch_transform_jobs_payload_and_concurrency(classifier, tmp_path, a9a, payload,
+                                                        workers, sent_mb, status, expected):
+    """A Batch Transform job's MaxPayloadInMB ($SAGEMAKER_MAX_PAYLOAD_IN_MB) is the largest
+    body it sends: fmkit sagemaker serve takes it (a 6.5 MB body was 413 whatever the job
+    said). GET /execution-parameters offers a request in flight per worker (it said 1, leaving
+    the other workers idle), within SageMaker's 100 MB for their product."""
+    _, _, X = a9a
+    shutil.copytree(classifier, tmp_path / "model")
+    port = free_port()
+    env = {"FMKIT_OPT_ML": str(tmp_path), "SAGEMAKER_BIND_TO_PORT": str(port),
+           "SAGEMAKER_MODEL_SERVER_WORKERS": workers,
+           **({"SAGEMAKER_MAX_PAYLOAD_IN_MB": payload} if payload else {})}
+    proc, url = start_server(None, port=port, env=env)
+    try:
+        parameters = httpx.get(f"{url}/execution-parameters").json()
+        assert parameters == {**expected, "BatchStrategy": "MULTI_RECORD"}
+        row = json.dumps({"data": {"features": {"keys": X[0].indices.tolist(), "shape": [123],
+                                                "values": X[0].data.tolist()}}})
+        rows = int(sent_mb * 2**20 / (len(row) + 2))
+        body = '{"instances": [' + ", ".join([row] * rows) + "]}"
+        answer = httpx.post(f"{url}/invocations", content=body, timeout=120,
+                            headers={"Content-Type": JSON, "Accept": "application/jsonlines"})
+        assert answer.status_code == status, answer.text[:200]
+        if status == 200:
+            scores = [json.loads(line)["score"] for line in answer.text.splitlines()]
+            assert len(scores) == rows
+            np.testing.assert_allclose(scores, expected_scores(classifier, X[:1]).repeat(rows),
+                                       rtol=1e-6)
+    finally:
+        stop(proc)
 
 
 def test_sagemaker_sdk_predictor_against_fmkit_serve(server, classifier, a9a):

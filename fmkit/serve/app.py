@@ -200,8 +200,13 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
             return JSONResponse({"error": "internal error"}, status_code=500)
 
     async def execution_parameters(request: Request) -> Response:
-        return JSONResponse({"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD",
-                             "MaxPayloadInMB": int(max_payload_mb)})
+        """What a Batch Transform job that sets none of them uses: a request in flight per
+        worker (one left the other workers idle), within SageMaker's rule that their product
+        with the payload is at most 100 MB."""
+        workers = int(os.environ.get(worker_pool.COUNT_ENV) or 1)
+        payload = max(1, int(max_payload_mb))
+        return JSONResponse({"MaxConcurrentTransforms": max(1, min(workers, 100 // payload)),
+                             "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": payload})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
