@@ -11,9 +11,10 @@ others idle (DeepFM, 1-row requests, 2 workers: about half the requests per seco
   anything, until all have announced they are ready (:func:`wait_for_workers`): ``/ping``
   first answers when the server runs at full capacity, as a health check means.
 * **bursts**: a worker that wakes accepts every connection waiting. :class:`BalancedLoop`
-  (uvloop's event loop, which uvicorn's workers run) accepts one connection at a time, and a
-  worker leaves a new connection for :data:`DEFER` seconds to a peer that holds fewer
-  connections than it does, then takes it if still waiting.
+  (uvloop's event loop, which uvicorn's workers run) accepts the waiting connections while
+  the worker holds no more than its least loaded peer, and leaves the next one for
+  :data:`DEFER` seconds to a peer that holds fewer, then takes it if still waiting. (One
+  worker runs it too: uvloop's own server took one connection per pass of a busy loop.)
 * **what is left**: a worker busy with a request when connections arrive cannot take them,
   and a worker the supervisor restarts starts empty. A worker holding two connections more
   than a peer closes one after its next response (:func:`should_close_connection`, checked
