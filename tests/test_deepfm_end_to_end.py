@@ -284,6 +284,10 @@ def test_predict_reserved_columns_carry_each_rows_values(trained, cli, tmp_path,
                              "--output", output, *extra)
         assert code == 1 and err.count("\n") == 1 and problem in err, err
         assert not output.exists()
+    table = tmp_path / "scores.parquet"  # (TorchEasyRec's predict writes tables; fmkit does not)
+    code, _, err = cli("predict", "--model-dir", trained, "--data", subset, "--output", table)
+    assert code == 1 and "writes SageMaker responses (application/jsonlines), not parquet" in err
+    assert not table.exists()
 
 
 @pytest.mark.parametrize("line, problem", [

@@ -219,6 +219,9 @@ def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
     return require_rows(model.evaluate(model.read(data_path, fmt, labelled=True)), data_path)
 
 
+TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")  # output names predict refuses to fill with JSON
+
+
 def predict_files(model_dir: str | Path, data_path: str | Path,
                   output: str | Path | None = None, *, fmt: str = "auto",
                   accept: str = codecs.JSONLINES, device: str = "cpu",
@@ -232,6 +235,10 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
     TorchEasyRec's ``--reserved_columns``) start each JSON object with the row's values, so
     the predictions carry their ids.
     """
+    suffix = Path(output).suffix.lower() if output else ""
+    if suffix in TABLE_SUFFIXES:  # (TorchEasyRec's predict writes tables: say what this is)
+        raise files.OutputError(output, f"fmkit predict writes SageMaker responses ({accept}), "
+                                f"not {suffix[1:]}: name the file .jsonl, .json or .pbr")
     model = load_model(model_dir, device, data_config)
     if isinstance(model, FMModel):
         _compile_scorer_ahead(model.field_aware, fmt)
