@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, log_loss, mean_squared_error, roc_auc_score
 
+from fmkit.models import metrics
 from fmkit.models.fm.parameters import sigmoid
-from fmkit.models.metrics import compute_metrics
+from fmkit.models.metrics import compute_metrics, metrics_of_parts
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -42,3 +43,27 @@ def test_rmse_equals_sklearn():
     m = compute_metrics("regressor", y, pred)
     assert m["rmse"] == pytest.approx(np.sqrt(mean_squared_error(y, pred)), rel=1e-12)
     assert m["rows"] == 500
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_binary_metrics_over_parts_in_chunks_equal_sklearn(weighted, monkeypatch):
+    """Parts of uneven sizes, summed a few rows at a time (as a 178M-row file is, a million
+    at a time), give scikit-learn's figures on the joined rows; ties included."""
+    monkeypatch.setattr(metrics, "CHUNK_ROWS", 7)
+    rng = np.random.default_rng(5)
+    y = (rng.random(1000) < 0.4).astype(np.float32)
+    logits = np.round(rng.normal(size=1000) * 2 + y, 1)  # (many ties)
+    w = rng.random(1000) * 3 if weighted else None
+    cuts = [0, 1, 130, 131, 600, 1000]
+    parts = [slice(a, b) for a, b in zip(cuts, cuts[1:])]
+    m = metrics_of_parts("binary_classifier", [y[p] for p in parts], [logits[p] for p in parts],
+                         [w[p] for p in parts] if weighted else None)
+    p = sigmoid(logits)
+    labels = (p >= 0.5).astype(int)
+    assert m["rows"] == 1000
+    assert m["binary_classification_cross_entropy"] == pytest.approx(
+        log_loss(y, p, sample_weight=w), rel=1e-10)
+    assert m["binary_classification_accuracy"] == pytest.approx(
+        accuracy_score(y, labels, sample_weight=w), rel=1e-12)
+    assert m["binary_f_beta"] == pytest.approx(f1_score(y, labels, sample_weight=w), rel=1e-12)
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p, sample_weight=w), rel=1e-12)
