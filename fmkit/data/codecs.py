@@ -587,7 +587,7 @@ def _json_objects(predictions: dict[str, np.ndarray],
     return ["{" + ", ".join(row) + ", " + o[1:] for o, row in zip(objects, zip(*columns))]
 
 
-_JSON_STRING = json.encoder.encode_basestring_ascii  # json.dumps of a text, compiled: 4x
+_JSON_STRING = json.encoder.encode_basestring_ascii  # json.dumps of a text, compiled
 
 
 def _json_value(value: Any) -> str:

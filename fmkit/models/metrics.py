@@ -94,8 +94,7 @@ def auc_of_classes(positive: np.ndarray, negative: np.ndarray) -> float:
     """The unweighted AUC of the positives' and the negatives' scores (arrays this function
     may sort in place), counted exactly in integers: for each positive, the negatives below
     it plus half those equal, by binary search in the sorted negatives, a chunk of positives
-    at a time. Memory: the two arrays (8 bytes a row), where sorting every row with its
-    label and tie groups took 80 (10M rows: 782 MB)."""
+    at a time. Memory: the two arrays, 8 bytes a row (docs/performance.md, session 57)."""
     if not positive.size or not negative.size:
         return float("nan")
     negative.sort()
@@ -221,8 +220,8 @@ def _binary_metrics(label_parts: list[np.ndarray], logit_parts: list[np.ndarray]
                     weight_parts: list[np.ndarray] | None) -> dict:
     """A binary classifier's metrics, their sums taken ``CHUNK_ROWS`` rows at a time: the
     memory beyond the parts is the scores split by class for the AUC (8 bytes a row;
-    weighted, the joined rows), where whole-array temporaries took 100 bytes a row (a
-    178M-row Criteo day would not have fit in 24 GB)."""
+    weighted, the joined rows), not whole-array temporaries (docs/performance.md, session
+    57)."""
     sums = np.zeros(6)  # weight, loss, correct, true positive, positive, predicted positive
     positive_scores, negative_scores = [], []
     weighted = weight_parts is not None

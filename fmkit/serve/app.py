@@ -117,9 +117,8 @@ def _collector_paused() -> Iterator[None]:
 def _freeze_what_is_loaded() -> None:
     """Everything loaded so far (the model; numba's, PyTorch's and the server's modules) out
     of the cycle collector's sight: requests make garbage, and each of the collector's full
-    passes walked all of it while the loop answered nothing (100
-    connections of 100-row JSON requests: p99 288 ms against p50 82 ms; with the pass over
-    the loaded objects gone, 87 ms; docs/performance.md)."""
+    passes walked all of it while the loop answered nothing (the tail latency of many
+    connections: docs/performance.md, session 57)."""
     gc.collect()
     gc.freeze()
 

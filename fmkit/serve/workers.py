@@ -243,8 +243,8 @@ class BalancedAcceptor:
 class BalancedLoop(uvloop.Loop):
     """uvloop's loop whose ``create_server`` — with the shared socket (uvicorn's workers), or
     a host and port (one worker, a socket of its own) — is a :class:`BalancedAcceptor`:
-    uvloop's own server accepted one connection per pass of a busy loop (64 keep-alive
-    connections at work: new ones waited 390 ms for their first answer; docs/performance.md)."""
+    uvloop's own server accepted one connection per pass of a busy loop, so new connections
+    waited behind busy keep-alive ones (docs/performance.md, session 57)."""
 
     async def create_server(self, protocol_factory, host=None, port=None, *, sock=None,
                             ssl=None, backlog=100, **kwargs):
