@@ -4,6 +4,7 @@ it: a clear message, exit code 1 or a 4xx status, and files left untouched."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -595,9 +596,20 @@ def _signal_a_prediction_from_a_silent_pipe(tmp_path, model_dir, sig: int, progr
     os.mkfifo(fifo)
     out.mkdir()
     proc = subprocess.Popen([*program, "predict", "--model-dir", model_dir, "--data", fifo,
-                             "--format", "libsvm", "--output", out / "p.csv"],
+                             "--format", "libsvm", "--output", out / "p.jsonl"],
                             stderr=subprocess.PIPE, text=True)
-    with open(fifo, "w") as writer:  # stays open, silent, until the end
+    deadline = time.monotonic() + 60
+    while True:  # the pipe's writing end, once predict opens its reading end (a plain open
+        try:     # would wait forever for a predict that stopped first)
+            descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as e:
+            if e.errno != errno.ENXIO or proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"predict never read the pipe: {proc.stderr.read()}") from e
+            time.sleep(0.01)
+    os.set_blocking(descriptor, True)
+    with open(descriptor, "w") as writer:  # stays open, silent, until the end
         writer.write("".join(shared_file("a9a_libsvm", "a9a.t").read_text()
                              .splitlines(keepends=True)[:5000]))
         writer.flush()
