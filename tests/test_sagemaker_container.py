@@ -69,6 +69,20 @@ def run_container(root, *, timeout=300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def stop_the_job_after(root, line: str, log) -> str:
+    """Run the job of ``root`` until its log says ``line``, then send SIGTERM, as
+    StopTrainingJob (or a spot interruption) does; it must end with 143. Returns its log."""
+    with open(log, "w") as err:
+        proc = subprocess.Popen([fmkit_executable(), "sagemaker", "train"], stderr=err,
+                                env={**os.environ, "FMKIT_OPT_ML": str(root)})
+    deadline = time.monotonic() + 120
+    while line not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()
+    return log.read_text()
+
+
 FILE_CHANNEL = {"ContentType": "application/x-recordio-protobuf", "TrainingInputMode": "File",
                 "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
 
@@ -205,16 +219,7 @@ def test_stop_training_job_keeps_the_model_trained_so_far(tmp_path, a9a):
     for channel, rows in (("train", (X, y)), ("test", (Xt, yt))):
         (tmp_path / "input/data" / channel).mkdir()
         (tmp_path / "input/data" / channel / "part.pbr").write_bytes(sdk_records(*rows))
-    log = tmp_path / "job.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([fmkit_executable(), "sagemaker", "train"], stderr=err,
-                                env={**os.environ, "FMKIT_OPT_ML": str(tmp_path)})
-    deadline = time.monotonic() + 120
-    while "epoch 3/1000: train loss" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    text = log.read_text()
+    text = stop_the_job_after(tmp_path, "epoch 3/1000: train loss", tmp_path / "job.log")
     assert "SIGTERM: the model trained so far" in text and "Traceback" not in text, text
     assert not (tmp_path / "output" / "failure").exists()
     params = FMModel.load(tmp_path / "model").params
@@ -244,15 +249,7 @@ def test_a_spot_job_restarted_continues_from_its_checkpoint(tmp_path, a9a):
     assert straight.returncode == 0, straight.stderr
     spot = roots["spot"]
     (spot / "checkpoints").mkdir()
-    log = tmp_path / "spot.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([fmkit_executable(), "sagemaker", "train"], stderr=err,
-                                env={**os.environ, "FMKIT_OPT_ML": str(spot)})
-    deadline = time.monotonic() + 120
-    while "epoch 2/6: train loss" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()
+    stop_the_job_after(spot, "epoch 2/6: train loss", tmp_path / "spot.log")
     assert [p.name for p in (spot / "checkpoints").iterdir()][0].startswith("step-")
     shutil.rmtree(spot / "model")  # the restarted job's container is a new one
     restarted = run_container(spot)
