@@ -582,8 +582,10 @@ def _json_objects(predictions: dict[str, np.ndarray],
         objects = [f'{{"score": {s}}}' for s in scores]
     if not reserved:
         return objects
-    columns = [[f"{json.dumps(name)}: {_json_value(v)}" for v in values]
-               for name, values in reserved.items()]
+    columns = []
+    for name, values in reserved.items():
+        key = json.dumps(name)  # (once a column, not once a row)
+        columns.append([f"{key}: {_json_value(v)}" for v in values])
     return ["{" + ", ".join(row) + ", " + o[1:] for o, row in zip(objects, zip(*columns))]
 
 

@@ -73,10 +73,7 @@ def _pattern_files(given: str) -> list[Path]:
     for part in (p.strip() for p in given.split(",")):
         if not part:
             continue
-        if not GLOB.search(part):
-            files.extend(channel_files(part))
-            continue
-        matches = sorted(glob.glob(part))
+        matches = sorted(glob.glob(part)) if GLOB.search(part) else [part]
         if not matches:
             raise DataError(part, None, "no file matches this pattern")
         for match in matches:

@@ -255,19 +255,10 @@ def _worker(work: str, trials: int, timeout: float | None, threads: int,
         # a trial at a time, started only while finished and running ones fall short of
         # ``trials``: with several jobs, Optuna's MaxTrialsCallback let each finish the trial
         # it was running (--trials 4 --jobs 2 finished 5)
-        while _claimed(study) < trials and (deadline is None or time.monotonic() < deadline):
+        while (_finished(study, running=True) < trials
+               and (deadline is None or time.monotonic() < deadline)):
             study.optimize(lambda trial: _run_trial(trial, work_dir, search), n_trials=1,
                            callbacks=[_log_trial], gc_after_trial=False)
-
-
-def _claimed(study: Any) -> int:
-    """Trials finished (complete or pruned) or running: the ones ``--trials`` counts, and
-    those that will be."""
-    import optuna
-
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-              optuna.trial.TrialState.RUNNING)
-    return len(study.get_trials(deepcopy=False, states=states))
 
 
 def _sampler(seed: int):
@@ -280,10 +271,13 @@ def _pruner():
     return optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=3)
 
 
-def _finished(study: Any) -> int:
+def _finished(study: Any, running: bool = False) -> int:
+    """Trials finished (complete or pruned): the ones ``--trials`` counts; with ``running``,
+    also those running, which will be."""
     import optuna
 
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+              *((optuna.trial.TrialState.RUNNING,) if running else ()))
     return len(study.get_trials(deepcopy=False, states=states))
 
 

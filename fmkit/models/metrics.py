@@ -32,9 +32,13 @@ def rmse(y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray | None = No
 def log_loss_from_logits(y_true: np.ndarray, logits: np.ndarray,
                          weights: np.ndarray | None = None) -> float:
     """Mean binary cross entropy of sigmoid(logits), computed stably from the logits."""
-    z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(y_true, dtype=np.float64)
-    return _mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))), weights)
+    return _mean(_log_losses(np.asarray(y_true, dtype=np.float64),
+                             np.asarray(logits, dtype=np.float64)), weights)
+
+
+def _log_losses(y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Each row's binary cross entropy of sigmoid(z) against labels y (0/1), from z."""
+    return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -232,10 +236,9 @@ def _binary_metrics(label_parts: list[np.ndarray], logit_parts: list[np.ndarray]
             w = (np.asarray(weight_parts[index][start:start + CHUNK_ROWS], np.float64)
                  if weighted else np.ones(y.size))
             scores = sigmoid(z)
-            p = scores >= THRESHOLD  # as predicted_labels: the label a prediction carries
-            loss = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
-            sums += (w.sum(), w @ loss, w[y == p].sum(), w[y & p].sum(), w[y].sum(),
-                     w[p].sum())
+            p = predicted_labels(scores) == 1  # the label a prediction carries
+            sums += (w.sum(), w @ _log_losses(y, z), w[y == p].sum(), w[y & p].sum(),
+                     w[y].sum(), w[p].sum())
             if not weighted:
                 positive_scores.append(scores[y])
                 negative_scores.append(scores[~y])
