@@ -238,6 +238,31 @@ def test_a_glob_pattern_channel_evaluates_as_its_files_joined(trained, cli, tmp_
     assert json.loads(parts) == pytest.approx(json.loads(whole), rel=1e-6)  # (other blocks)
 
 
+def test_a_first_epoch_logs_the_rows_it_will_train_guessed_from_the_bytes_read(
+        cli, tmp_path, monkeypatch):
+    """The progress lines of a DeepFM's first epoch over a channel of files (read in 4 KB
+    blocks) show its size guessed where the rows are read, not biased by the rows the shuffle
+    holds ahead of training: within 5% of the rows Python counts."""
+    from fmkit.data import columns
+    from fmkit.train.callbacks import Progress
+
+    monkeypatch.setattr(Progress, "LOG_EVERY", 0.0)
+    small_blocks = columns.iter_line_blocks
+    monkeypatch.setattr(columns, "iter_line_blocks", lambda path, size: small_blocks(path, 4096))
+    lines = shared_file("criteo_kaggle_head1000", "train.txt").read_text().splitlines(
+        keepends=True)
+    for i in range(3):
+        (tmp_path / f"part-{i}.tsv").write_text("".join(lines[i::3]))
+    code, _, err = cli("train", "--config", EXAMPLE, "--set", f"train_input_path={tmp_path}",
+                       "--set", "eval_input_path=", "--set", f"model_dir={tmp_path / 'm'}",
+                       "--set", "data_config.batch_size=32")
+    assert code == 0, err
+    totals = [int(line.split(" of about ")[1].split(" rows")[0]) for line in err.splitlines()
+              if "epoch 1/2: " in line and " of about " in line]
+    assert len(totals) > 10 and all(abs(t - len(lines)) <= 0.05 * len(lines) for t in totals), (
+        totals)
+
+
 def test_predict_reserved_columns_carry_each_rows_values(trained, cli, tmp_path, monkeypatch):
     """``--reserved-columns`` (TorchEasyRec's ``--reserved_columns``) starts each prediction
     with the row's values of those columns, as the csv module and pyarrow read them, over

@@ -215,12 +215,45 @@ def test_progress_logs_lines_without_a_terminal(caplog):
     finally:
         log.propagate = False
     lines = [r.getMessage() for r in caplog.records]
-    first, second = (next(line for line in lines if line.startswith(f"epoch {e}/2: 1 rows"))
-                     for e in (1, 2))
+    first, second = (next(line for line in lines if line.startswith(f"epoch {e}/2: 1 {of}rows"))
+                     for e, of in ((1, ""), (2, "of 2 ")))
     assert first.endswith("rows/s), running train loss 1.000000")  # size not known yet
     assert "rows/s, ETA " in second  # the first epoch told the size
     assert any(line.startswith("epoch 2/2: train loss") for line in lines)
     assert "#progress_metric: host=algo-1, completed 100 % of epochs" in lines
+
+
+@dataclass
+class GuessingRows(Rows):
+    """Rows whose reader guesses the pass's total (as a file's does from the bytes read)."""
+
+    guess: int | None = None
+
+    def estimated_rows(self):
+        return self.guess
+
+
+def test_progress_shows_a_first_epochs_guessed_total_and_later_the_counted_one(caplog):
+    """Default SageMaker jobs train one epoch: its lines show the source's guess of the rows
+    ("of about"), never fewer than the rows trained, and later epochs the first one's count."""
+    caplog.set_level(logging.INFO, logger=log.name)
+    log.propagate = True
+    try:
+        fit(MeanLearner(shuffle=False), GuessingRows("r", [1.0, 2.0, 3.0, 4.0], guess=10),
+            epochs=2, seed=0, callbacks=[Progress(show=False, interval=0.0)])
+        fit(MeanLearner(shuffle=False), GuessingRows("r", [1.0, 2.0, 3.0], guess=2),
+            epochs=1, seed=0, callbacks=[Progress(show=False, interval=0.0)])
+    finally:
+        log.propagate = False
+    lines = [r.getMessage() for r in caplog.records if "running train loss" in r.getMessage()]
+    assert [line.split(" (")[0] for line in dict.fromkeys(lines)] == [
+        "epoch 1/2: 1 of about 10 rows", "epoch 1/2: 2 of about 10 rows",
+        "epoch 1/2: 3 of about 10 rows", "epoch 1/2: 4 of about 10 rows",
+        "epoch 2/2: 1 of 4 rows", "epoch 2/2: 2 of 4 rows", "epoch 2/2: 3 of 4 rows",
+        "epoch 2/2: 4 of 4 rows",
+        "epoch 1/1: 1 of about 2 rows", "epoch 1/1: 2 of about 2 rows",
+        "epoch 1/1: 3 of about 3 rows"]
+    assert all(", ETA " in line for line in lines)
 
 
 def test_validation_every_n_steps_measures_between_epoch_ends_and_keeps_the_best_step():

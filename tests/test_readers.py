@@ -829,3 +829,30 @@ def test_held_rows_are_scaled_and_joined_in_their_first_pass_only(tmp_path, monk
         chunks = list(rebatch(held.blocks(), 7, chunk_rows=700))
         assert sum(c.n_rows for c in chunks) == 3000
         assert all(np.shares_memory(c.values, replay.values) for c in chunks)
+
+
+def test_a_pass_guesses_its_rows_from_the_share_of_bytes_read(tmp_path):
+    """A first epoch's progress shows a total guessed from the rows read so far over the share
+    of the channel's bytes read (a compressed file's compressed bytes): checked against the
+    rows counted line by line, block after block, over plain files and over gzip files (six
+    copies of the rows: the decompressor reads ahead by a few kilobytes)."""
+    lines = shared_file("a9a_libsvm", "a9a").read_text().splitlines(keepends=True)
+    for kind, copies, write in (
+            ("plain", 1, lambda path, text: path.write_text(text)),
+            ("gzip", 6, lambda path, text: path.write_bytes(gzip.compress(text.encode(), 1)))):
+        channel, rows = tmp_path / kind, lines * copies
+        channel.mkdir()
+        cuts = [0, len(rows) // 5, len(rows) * 3 // 5, len(rows)]
+        for i in range(3):
+            write(channel / f"part-{i}", "".join(rows[cuts[i]:cuts[i + 1]]))
+        source = FileSource(str(channel), "libsvm", 123, index_base=1, labels="binary",
+                            block_bytes=1 << 14)
+        assert source.estimated_rows() is None  # (no pass yet)
+        guesses = [source.estimated_rows() for _ in source.blocks()]
+        assert len(guesses) > 100 and guesses[-1] == len(rows)  # all of it read: exact
+        later = guesses[len(guesses) // 10:]  # after a tenth of the blocks
+        assert all(abs(g - len(rows)) < 0.05 * len(rows) for g in later), (
+            kind, min(later), max(later))
+        for _ in source.blocks():  # a new pass starts again: one block is too little to guess
+            assert source.estimated_rows() is None
+            break

@@ -2,7 +2,8 @@
 
 Every reader opens its input through :func:`open_input`, which decompresses gzip, bzip2 and xz
 files as they stream (told by their magic number, whatever their name): Criteo's and most
-public click logs are distributed as ``.gz``.
+public click logs are distributed as ``.gz``. It also notes the files it has open, so a
+:class:`PassMeter` can tell how far a pass has read.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import itertools
 import lzma
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -28,6 +30,10 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 BOM = b"\xef\xbb\xbf"
 # what a damaged compressed stream raises while it is read
 DECOMPRESSION_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+T = TypeVar("T")
+# each input file open for reading, by path (as given): its file on disk, whose offset says how
+# far reading has come (PassMeter)
+_OPEN: dict[str, BinaryIO] = {}
 
 
 @contextlib.contextmanager
@@ -36,7 +42,7 @@ def open_input(path: str | Path) -> Iterator[BinaryIO]:
     UTF-8 byte-order mark Windows tools put first (Excel's "CSV UTF-8"). Reading a damaged
     compressed file raises :class:`~fmkit.errors.DataError` naming it. Works on pipes (the
     first bytes are peeked, not read)."""
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, _noted(str(path), f):
         head = f.peek(6)[:6]
         if head.startswith(ZSTD_MAGIC):
             raise DataError(str(path), None, "is zstd-compressed: decompress it first (zstd -d); "
@@ -51,6 +57,50 @@ def open_input(path: str | Path) -> Iterator[BinaryIO]:
         except DECOMPRESSION_ERRORS as e:
             raise DataError(str(path), None, f"cannot decompress: {e or 'the file is truncated'}"
                             ) from None
+
+
+@contextlib.contextmanager
+def _noted(path: str, f: BinaryIO) -> Iterator[None]:
+    """``f`` noted as the open file of ``path`` while the block runs."""
+    _OPEN[path] = f
+    try:
+        yield
+    finally:
+        if _OPEN.get(path) is f:
+            del _OPEN[path]
+
+
+class PassMeter:
+    """Counts the rows a pass over ``files`` (read in this order, each through
+    :func:`open_input`) yields and, as each batch is yielded, the share of the files' bytes
+    read (a compressed file's compressed bytes): from the two, the pass's total rows, which a
+    first epoch's progress shows. Both are taken where the rows are read, so rows held ahead of
+    training (read ahead, a shuffle buffer) do not bias the guess."""
+
+    GUESS_AFTER = 0.01  # the share of the bytes to read before guessing
+
+    def __init__(self, files: Sequence[Path]):
+        self.files = list(files)
+        self.progress: tuple[int, float] = (0, 0.0)  # (rows, share of bytes), set together
+
+    def counted(self, batches: Iterator[T]) -> Iterator[T]:
+        """``batches`` (each with ``n_rows``), counted as a new pass."""
+        sizes = [file.stat().st_size if file.is_file() else 0 for file in self.files]
+        before = list(itertools.accumulate(sizes, initial=0))  # bytes of the files before each
+        rows, self.progress = 0, (0, 0.0)
+        for batch in batches:
+            rows += batch.n_rows
+            open_file = next(((i, _OPEN[str(file)]) for i, file in enumerate(self.files)
+                              if str(file) in _OPEN), None)
+            if open_file and before[-1]:  # (pipes have no size)
+                i, f = open_file
+                self.progress = rows, (before[i] + min(f.tell(), sizes[i])) / before[-1]
+            yield batch
+
+    def estimated_rows(self) -> int | None:
+        """The pass's rows, guessed; None before there is enough to guess from."""
+        rows, fraction = self.progress
+        return round(rows / fraction) if fraction >= self.GUESS_AFTER else None
 
 
 def compressed(path: str | Path) -> bool:

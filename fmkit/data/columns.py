@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 
 from fmkit.compile_cache import kernel
 from fmkit.data.blocks import iter_line_blocks
-from fmkit.data.sources import PARQUET_MAGIC, channel_files
+from fmkit.data.sources import PARQUET_MAGIC, channel_files, shard_files
 from fmkit.errors import DataError, excerpt
 from fmkit.logs import log_once
 
@@ -328,17 +328,6 @@ def _header_like(fields: list[str], names: Sequence[str]) -> bool:
     return any(text in names for text in stripped if text)
 
 
-def shard_files(path: str | Path, shard: tuple[int, int]) -> list[tuple[Path, tuple[int, int]]]:
-    """This process's share of a channel: whole files when there are at least as many files as
-    processes (each then read entirely), else every file with the shard applied to its
-    blocks."""
-    files = channel_files(path)
-    part, parts = shard
-    if parts > 1 and len(files) >= parts:
-        return [(file, (0, 1)) for file in files[part::parts]]
-    return [(file, shard) for file in files]
-
-
 def _most_fields(buf: np.ndarray, start: int, delimiter: str) -> int:
     """The largest field count of the lines of ``buf[start:]`` (a quoted delimiter is no
     field's end)."""
@@ -375,8 +364,9 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
     delimiter and header flag to each file (a header names the ``needed`` columns).
     ``optional``: columns of ``names`` a file without header may lack where it is not read
     for its labels (``labelled``; see :func:`_without_absent`). ``shard=(part, parts)``: see
-    :func:`shard_files` (blocks of lines are dealt out in turn)."""
-    for file, (part, parts) in shard_files(path, shard):
+    :func:`fmkit.data.sources.shard_files` (blocks of lines are dealt out in turn)."""
+    files, (part, parts) = shard_files(channel_files(path), shard)
+    for file in files:
         if parts > 1:
             block_bytes = int(np.clip(file.stat().st_size // (8 * parts), 1 << 16, block_bytes))
         blocks = iter_line_blocks(file, block_bytes)
@@ -455,10 +445,11 @@ def is_parquet(path: str | Path) -> bool:
 def read_parquet(path: str | Path, batch_rows: int = 65536,
                  shard: tuple[int, int] = (0, 1)) -> Iterator[ColumnBatch]:
     """Every Parquet file of a channel as column batches (``shard``: see
-    :func:`shard_files`; batches are dealt out in turn)."""
+    :func:`fmkit.data.sources.shard_files`; batches are dealt out in turn)."""
     import pyarrow.parquet as pq
 
-    for file, (part, parts) in shard_files(path, shard):
+    files, (part, parts) = shard_files(channel_files(path), shard)
+    for file in files:
         try:
             reader = pq.ParquetFile(file)
         except (pa.ArrowInvalid, OSError) as e:

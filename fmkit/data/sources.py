@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import glob
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import numpy as np
 from fmkit.compile_cache import kernel
 from fmkit.data import csv, libsvm, recordio
 from fmkit.data.batch import SparseBatch, concat, unit_rows
-from fmkit.data.blocks import BLOCK_BYTES, compressed, open_input
+from fmkit.data.blocks import BLOCK_BYTES, PassMeter, compressed, open_input
 from fmkit.data.cache import cached_blocks
 from fmkit.errors import DataError
 
@@ -81,6 +81,18 @@ def _pattern_files(given: str) -> list[Path]:
     if not files:
         raise DataError(given, None, "names no file")
     return files
+
+
+def shard_files(files: Sequence[Path], shard: tuple[int, int]
+                ) -> tuple[list[Path], tuple[int, int]]:
+    """A process's share of a channel's ``files`` (``shard=(part, parts)``), and the shard of
+    each file's blocks it reads: whole files when there are at least as many files as
+    processes (each then read entirely), else every file with the shard applied to its
+    blocks."""
+    part, parts = shard
+    if parts > 1 and len(files) >= parts:
+        return list(files[part::parts]), (0, 1)
+    return list(files), shard
 
 
 def require_channels(named: Iterable[tuple[str, str | Path | None]]) -> None:
@@ -330,6 +342,7 @@ class FileSource:
     num_fields: int = 0  # an FFM's fields: every nonzero must name one below it (libffm)
     scoring: bool = False  # a file to score: its text rows may leave out their labels
     _drained: bool = field(default=False, init=False, repr=False)  # a pipe, once read
+    _meter: PassMeter | None = field(default=None, init=False, repr=False)  # the last pass
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -373,10 +386,7 @@ class FileSource:
             read = functools.partial(read, labelled=not self.scoring,
                                      **({"feature_dim": self.feature_dim}
                                         if self.fmt == "csv" else {}))
-        files, shard = self.files, self.shard
-        part, parts = shard
-        if parts > 1 and len(files) >= parts:  # whole files per process
-            files, shard = files[part::parts], (0, 1)
+        files, shard = shard_files(self.files, self.shard)
         for file in files:
             self._check_text(file)
             if self.cache and shard[1] == 1 and self.fmt != "recordio" and file.is_file():
@@ -389,6 +399,11 @@ class FileSource:
                     block_bytes = int(np.clip(file.stat().st_size // (8 * shard[1]), 1 << 16,
                                               block_bytes))
                 yield from read(file, block_bytes, shard=shard)
+
+    def estimated_rows(self) -> int | None:
+        """The rows of the pass in progress over this process's files, guessed (see
+        :class:`fmkit.data.blocks.PassMeter`)."""
+        return self._meter.estimated_rows() if self._meter else None
 
     def _check_text(self, file: Path) -> None:
         """A recordIO file in a text channel, a CSV file in a libsvm or libffm one, or a
@@ -409,7 +424,8 @@ class FileSource:
     def blocks(self) -> Iterator[SparseBatch]:
         check = BatchChecker(self.feature_dim, self.index_base, self.labels,
                              merge_repeats=self.fmt == "libffm", num_fields=self.num_fields)
-        for batch in self.raw_blocks():
+        self._meter = PassMeter(shard_files(self.files, self.shard)[0])
+        for batch in self._meter.counted(self.raw_blocks()):
             yield check(batch)
 
 

@@ -44,6 +44,12 @@ class DataParallel:
         self.slots: dict[int, np.ndarray] = {}
         self.stopping: str | None = None
 
+    @property
+    def processes(self) -> int:
+        """How many processes train, each on its shard: a first epoch's progress guesses the
+        whole epoch's rows as this many times its own shard's."""
+        return self.size
+
     def stop_request(self) -> str | None:
         """Whether the run stops after the last step: one answer on every process (a signal
         reaches each at its own moment; the step's all-reduce carries who had one)."""

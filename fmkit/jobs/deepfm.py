@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from fmkit import distributed
-from fmkit.data.sources import channel_files, refuse_pipe, require_channels
+from fmkit.data.blocks import PassMeter
+from fmkit.data.sources import channel_files, refuse_pipe, require_channels, shard_files
 from fmkit.errors import HyperparameterError
 from fmkit.jobs.training import check_first_block, run, score_and_save
 from fmkit.logs import DEFAULT_HOST
@@ -31,12 +32,18 @@ from fmkit.train.schedules import schedules_of
 
 @dataclass
 class Channel:
-    """A DeepFM training channel: its name (for messages), its encoded blocks and the files
-    they come from (none for rows in memory)."""
+    """A DeepFM training channel: its name (for messages), its encoded blocks, the files they
+    come from and this process's share of them (none for rows in memory)."""
 
     name: str
     blocks: Callable[[], Iterator[Encoded]]
     files: Sequence[Path] = ()
+    meter: PassMeter | None = None  # counts what ``blocks`` reads of this process's files
+
+    def estimated_rows(self) -> int | None:
+        """The rows of the pass in progress, guessed (see
+        :class:`fmkit.data.blocks.PassMeter`)."""
+        return self.meter.estimated_rows() if self.meter else None
 
 
 @dataclass
@@ -98,10 +105,11 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     trained = _continue_from(init_model, before, model) if before else []
     model.net.to(target)
     shard = distributed.shard()
-    channel = Channel(str(config.train_input_path), lambda: (
+    files = channel_files(config.train_input_path)
+    meter = PassMeter(shard_files(files, shard)[0])
+    channel = Channel(str(config.train_input_path), lambda: meter.counted(
         model.encode(batch, labelled=True)
-        for batch in model.read(config.train_input_path, shard=shard)),
-        channel_files(config.train_input_path))
+        for batch in model.read(config.train_input_path, shard=shard)), files, meter)
     run_id = to_document(config)
     for name in ("train_input_path", "eval_input_path", "model_dir", "export_config"):
         run_id.pop(name, None)

@@ -25,20 +25,27 @@ from fmkit.train.engine import Callback, EpochStats, Run
 
 class Progress(Callback):
     """A bar on a terminal (rows, rows/s, running loss); elsewhere a log line every
-    ``interval`` seconds; from the second epoch on (the epoch's size is then known) both show
-    the total and an ETA. After each epoch its log line and SageMaker's ``#progress_metric``
+    ``interval`` seconds. Both show the epoch's total and an ETA: from the second epoch on
+    the first's row count; in a first epoch the source's guess, from how far reading has come
+    through its files (``estimated_rows()``; none for rows in memory, pipes and Parquet).
+    After each epoch its log line and SageMaker's ``#progress_metric``
     and ``#throughput_metric`` lines. Only the primary process reports. ``show``: True/False
     forces the bar on/off, None shows it when stderr is a terminal."""
 
     name = "progress"
+    LOG_EVERY = 30.0  # seconds between log lines (without a terminal), unless ``interval``
+    ESTIMATE_EVERY = 1.0  # seconds between the bar's guesses of a first epoch's size
 
     def __init__(self, show: bool | None = None, host: str = DEFAULT_HOST,
-                 interval: float = 30.0):
+                 interval: float | None = None):
         self.show = sys.stderr.isatty() if show is None else show
-        self.host, self.interval = host, interval
+        self.host = host
+        self.interval = self.LOG_EVERY if interval is None else interval
         self.bar: Any = None
         self.shown = 0
-        self.last = 0.0
+        self.last = self.estimated = 0.0
+        self.total: int | None = None
+        self.exact = False
 
     def _where(self, run: Run) -> str:
         return f"epoch {run.epoch}" + (f"/{run.epochs}" if run.epochs else "")
@@ -49,6 +56,7 @@ class Progress(Callback):
         self.shown, self.last = run.rows, time.monotonic()
         self.started, self.total = (self.last, self.shown), (run.history[-1].rows
                                                              if run.history else None)
+        self.exact = self.total is not None
         if self.show:
             from tqdm import tqdm
 
@@ -61,16 +69,30 @@ class Progress(Callback):
                         "model trained so far is written", self._where(run), run.stopped,
                         run.rows, run.learner.steps)
         if self.bar is not None:
+            if not self.exact and time.monotonic() - self.estimated >= self.ESTIMATE_EVERY:
+                self.estimated = time.monotonic()
+                self.bar.total = self._estimate(run)
             self.bar.update(run.rows - self.shown)
             self.shown = run.rows
             self.bar.set_postfix(loss=f"{run.loss_sum / run.rows:.5f}", refresh=False)
         elif run.learner.primary and time.monotonic() - self.last >= self.interval:
             self.last = time.monotonic()
             rate = (run.rows - self.started[1]) / max(self.last - self.started[0], 1e-9)
-            eta = (f", ETA {max(self.total - run.rows, 0) / max(rate, 1e-9):.0f} s"
-                   if self.total else "")
-            log.info("%s: %d rows (%.0f rows/s%s), running train loss %.6f", self._where(run),
-                     run.rows, rate, eta, run.loss_sum / run.rows)
+            total = self.total if self.exact else self._estimate(run)
+            of = f" of {'' if self.exact else 'about '}{total}" if total else ""
+            eta = (f", ETA {max(total - run.rows, 0) / max(rate, 1e-9):.0f} s" if total else "")
+            log.info("%s: %d%s rows (%.0f rows/s%s), running train loss %.6f",
+                     self._where(run), run.rows, of, rate, eta, run.loss_sum / run.rows)
+
+    def _estimate(self, run: Run) -> int | None:
+        """A first epoch's rows as the source guesses them (the last guess while it has
+        none: between files, or when reading is done; times the processes that read a shard
+        each), never fewer than the rows trained."""
+        estimated_rows = getattr(run.source, "estimated_rows", None)
+        guess = estimated_rows() if estimated_rows else None
+        if guess:
+            self.total = guess * getattr(run.learner, "processes", 1)
+        return max(self.total, run.rows) if self.total else None
 
     def after_epoch(self, run: Run, stats: EpochStats) -> bool:
         if self.bar is not None:

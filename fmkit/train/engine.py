@@ -65,7 +65,8 @@ class Gradient:
 class Source(Protocol):
     """Rows in blocks, read again every epoch. A source whose rows differ per epoch (negatives
     drawn anew: :class:`fmkit.data.pairs.SampledPairs`) also has ``for_epoch(epoch)``, the
-    source of that epoch's rows (:func:`epoch_rows`)."""
+    source of that epoch's rows (:func:`epoch_rows`); one read from files may have
+    ``estimated_rows()``, its guess of the pass in progress (a first epoch's progress)."""
 
     name: str
 
@@ -87,7 +88,8 @@ class Learner(Protocol):
     across processes also has ``mini_batches(source, size, rng)``, ``gradient(batch)`` and
     ``apply(gradient)``. A learner may define ``stop_request()``, what the loop asks after each
     step (a process group's answer, agreed by all); else it asks
-    :func:`fmkit.train.interruption.requested`."""
+    :func:`fmkit.train.interruption.requested`. One that trains on several processes' shards
+    says how many as ``processes``."""
 
     primary: bool  # this process logs and writes (replicas on other processes do not)
     steps: int  # optimizer steps so far

@@ -194,7 +194,7 @@ class DeepFMModel:
         files whose delimiter differs from the configured one, or that have a header line
         naming the columns the model reads (``labelled``: the label too; see
         :func:`fmkit.data.columns.sniff`). ``shard``: this process's share (see
-        :func:`fmkit.data.columns.shard_files`)."""
+        :func:`fmkit.data.sources.shard_files`)."""
         data = self.config.data_config
         if fmt not in ("auto", "csv", "parquet", "json", "jsonlines"):
             raise DataError(str(path), None, f"a DeepFM reads columns (CSV/TSV, Parquet, JSON); "
