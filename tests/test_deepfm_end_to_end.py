@@ -263,6 +263,26 @@ def test_a_first_epoch_logs_the_rows_it_will_train_guessed_from_the_bytes_read(
         totals)
 
 
+def test_a_training_file_sorted_by_label_is_said_once(cli, tmp_path, monkeypatch):
+    """A DeepFM shuffles within the blocks it reads: rows sorted by label are said, once,
+    naming the file (runs of 64 rows here, for the sample's 1000); as they come, not."""
+    from fmkit.data.sources import LabelOrder
+
+    monkeypatch.setattr(LabelOrder, "RUN_ROWS", 64)
+    lines = shared_file("criteo_kaggle_head1000", "train.txt").read_text().splitlines()
+    (tmp_path / "sorted.tsv").write_text("".join(
+        f"{line}\n" for line in sorted(lines, key=lambda r: r.split("\t")[0])))
+    for name, said in (("sorted.tsv", 1), ("train.txt", 0)):
+        train = tmp_path / name if said else shared_file("criteo_kaggle_head1000", name)
+        code, _, err = cli("train", "--config", EXAMPLE, "--set", f"train_input_path={train}",
+                           "--set", "eval_input_path=", "--set", f"model_dir={tmp_path / name}.m",
+                           "--set", "train_config.num_epochs=2")
+        assert code == 0, err
+        lines_said = [line for line in err.splitlines() if "ordered by label" in line]
+        assert len(lines_said) == said, err
+        assert not said or f"{train}: the training rows come ordered by label" in lines_said[0]
+
+
 def test_predict_reserved_columns_carry_each_rows_values(trained, cli, tmp_path, monkeypatch):
     """``--reserved-columns`` (TorchEasyRec's ``--reserved_columns``) starts each prediction
     with the row's values of those columns, as the csv module and pyarrow read them, over

@@ -8,10 +8,12 @@ import bz2
 import gzip
 import io
 import json
+import logging
 import lzma
 import os
 import subprocess
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -856,3 +858,48 @@ def test_a_pass_guesses_its_rows_from_the_share_of_bytes_read(tmp_path):
         for _ in source.blocks():  # a new pass starts again: one block is too little to guess
             assert source.estimated_rows() is None
             break
+
+
+def _first_warning_share(labels: list[float], run: int, runs: int, share: float) -> float | None:
+    """The rule by a plain loop: over the first k runs of ``run`` rows (k >= ``runs``), the
+    share of the labels' variance between the runs' means; the first that reaches ``share``
+    (None if none does)."""
+    for k in range(runs, -(-len(labels) // run) + 1):
+        seen = labels[:k * run]
+        mean = sum(seen) / len(seen)
+        total = sum((y - mean) ** 2 for y in seen)
+        between = sum(len(part) * (sum(part) / len(part) - mean) ** 2
+                      for part in (seen[i:i + run] for i in range(0, len(seen), run)))
+        if total > 0 and between / total >= share:
+            return between / total
+    return None
+
+
+@pytest.mark.parametrize("order", ["a9a as is", "a9a sorted", "ratings by user",
+                                   "ratings sorted"])
+def test_label_order_is_said_only_for_rows_ordered_by_label(caplog, order):
+    """a9a and MovieLens' ratings as they come (sorted by user) are not ordered by label;
+    sorted, they are: warned once, at the share the rule computed by a plain loop gives."""
+    from fmkit.data.sources import LabelOrder
+    from fmkit.logs import advice
+
+    if order.startswith("ratings"):
+        labels = [float(line.split()[2]) for line in shared_file(
+            "movielens_100k", "ua.base").read_text().splitlines()]
+    else:
+        labels = [float(line.split(None, 1)[0] == "+1") for line in shared_file(
+            "a9a_libsvm", "a9a").read_text().splitlines()]
+    if order.endswith("sorted"):
+        labels.sort()
+    run = LabelOrder.RUN_ROWS
+    blocks = [SimpleNamespace(labels=np.array(labels[i:i + run], dtype=np.float32))
+              for i in range(0, len(labels), run)]
+    caplog.set_level(logging.WARNING, logger=advice.name)  # (pytest's handler on it)
+    assert list(LabelOrder("chan").checked(iter(blocks))) == blocks
+    said = [r.getMessage() for r in caplog.records if "ordered by label" in r.getMessage()]
+    expected = _first_warning_share(labels, run, LabelOrder.RUNS, LabelOrder.SHARE)
+    assert (expected is not None) == order.endswith("sorted")
+    assert len(said) == (expected is not None), said
+    if said:
+        assert said[0].startswith("chan: the training rows come ordered by label")
+        assert f"hold {100 * expected:.0f}% of the labels' variance" in said[0]

@@ -24,6 +24,7 @@ from fmkit.data.batch import SparseBatch, concat, unit_rows
 from fmkit.data.blocks import BLOCK_BYTES, PassMeter, compressed, open_input
 from fmkit.data.cache import cached_blocks
 from fmkit.errors import DataError
+from fmkit.logs import advice
 
 # format name -> function streaming a file's parsed blocks
 READERS = {
@@ -607,3 +608,69 @@ class UnitRows:
         :func:`fmkit.train.engine.epoch_rows`)."""
         inner = getattr(self.source, "for_epoch", None)
         return self if inner is None else UnitRows(inner(epoch))
+
+
+class LabelOrder:
+    """Watches the rows of a training channel for rows that come ordered by label (a file
+    sorted by label, or positives then negatives). Training shuffles rows only within a chunk
+    (FM: :data:`~fmkit.data.batch.CHUNK_ROWS` rows; DeepFM: a block read), so such a channel
+    teaches one label after the other and leaves a poor model without an error. The rows are
+    cut into runs of :data:`RUN_ROWS` (each block's own); once a pass has read :data:`RUNS`
+    runs and the differences between the runs' means hold :data:`SHARE` or more of the
+    labels' variance (rows in random order: about runs / rows), it warns once, naming the
+    channel."""
+
+    RUN_ROWS = 4096
+    RUNS = 8
+    SHARE = 0.5
+
+    def __init__(self, name: str):
+        self.name, self.warned = str(name), False
+
+    def checked(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """``batches`` (each with ``labels``) unchanged, watched as one pass."""
+        rows = total = squares = between = 0.0
+        runs = 0
+        for batch in batches:
+            labels = np.asarray(batch.labels, dtype=np.float64)
+            if labels.size and not self.warned:
+                starts = np.arange(0, labels.size, self.RUN_ROWS)
+                sums = np.add.reduceat(labels, starts)
+                rows, total, runs = rows + labels.size, total + float(sums.sum()), runs + sums.size
+                squares += float(labels @ labels)
+                between += float((sums * sums / np.diff(starts, append=labels.size)).sum())
+                spread = squares - total * total / rows
+                if runs >= self.RUNS and spread > 0:
+                    self._say((between - total * total / rows) / spread)
+            yield batch
+
+    def _say(self, share: float) -> None:
+        if share >= self.SHARE:
+            self.warned = True
+            advice.warning(
+                "%s: the training rows come ordered by label (the means of runs of %d rows "
+                "hold %.0f%% of the labels' variance): training shuffles rows only within "
+                "chunks, so it learns one label after another, and the model can be poor. "
+                "Shuffle the rows first (shuf FILE -o SHUFFLED; terashuf for files larger "
+                "than memory)", self.name, self.RUN_ROWS, 100 * share)
+
+
+class LabelOrderWatched:
+    """``source`` with its blocks watched by a :class:`LabelOrder` (one for every epoch's
+    rows: it warns once per run). Anything else is the wrapped source's."""
+
+    def __init__(self, source: Any, watch: LabelOrder | None = None) -> None:
+        self.source = source
+        self.watch = watch or LabelOrder(source.name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.source, name)
+
+    def blocks(self) -> Iterator[Any]:
+        return self.watch.checked(self.source.blocks())
+
+    def for_epoch(self, epoch: int) -> Any:
+        """The wrapped source's rows of ``epoch``, watched (see
+        :func:`fmkit.train.engine.epoch_rows`)."""
+        inner = getattr(self.source, "for_epoch", None)
+        return self if inner is None else LabelOrderWatched(inner(epoch), self.watch)

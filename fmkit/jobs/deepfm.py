@@ -14,7 +14,13 @@ from typing import Any
 
 from fmkit import distributed
 from fmkit.data.blocks import PassMeter
-from fmkit.data.sources import channel_files, refuse_pipe, require_channels, shard_files
+from fmkit.data.sources import (
+    LabelOrder,
+    channel_files,
+    refuse_pipe,
+    require_channels,
+    shard_files,
+)
 from fmkit.errors import HyperparameterError
 from fmkit.jobs.training import check_first_block, run, score_and_save
 from fmkit.logs import DEFAULT_HOST
@@ -106,10 +112,10 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     model.net.to(target)
     shard = distributed.shard()
     files = channel_files(config.train_input_path)
-    meter = PassMeter(shard_files(files, shard)[0])
-    channel = Channel(str(config.train_input_path), lambda: meter.counted(
+    meter, order = PassMeter(shard_files(files, shard)[0]), LabelOrder(config.train_input_path)
+    channel = Channel(str(config.train_input_path), lambda: order.checked(meter.counted(
         model.encode(batch, labelled=True)
-        for batch in model.read(config.train_input_path, shard=shard)), files, meter)
+        for batch in model.read(config.train_input_path, shard=shard))), files, meter)
     run_id = to_document(config)
     for name in ("train_input_path", "eval_input_path", "model_dir", "export_config"):
         run_id.pop(name, None)

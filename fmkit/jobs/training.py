@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fmkit.data.sources import UnitRows, held_if_small
+from fmkit.data.sources import LabelOrderWatched, UnitRows, held_if_small
 from fmkit.distributed import all_sum
 from fmkit.distributed.data_parallel import parallel
 from fmkit.errors import DataError
@@ -53,8 +53,10 @@ def training_source(hp: dict[str, Any], source: Source) -> Source:
     """What an FM with ``hp`` trains on: ``source``, its rows scaled to unit length with
     ``instance_norm`` (scoring scales them in :meth:`FMModel.logits`, validation included),
     held in memory after the first epoch when the channel is small
-    (:func:`~fmkit.data.sources.held_if_small`)."""
-    return held_if_small(UnitRows(source) if hp["instance_norm"] else source, hp["epochs"])
+    (:func:`~fmkit.data.sources.held_if_small`), watched for rows ordered by label
+    (:class:`~fmkit.data.sources.LabelOrder`)."""
+    return LabelOrderWatched(held_if_small(UnitRows(source) if hp["instance_norm"] else source,
+                                           hp["epochs"]))
 
 
 def with_starting_point(hp: dict[str, Any], source: Source) -> dict[str, Any]:

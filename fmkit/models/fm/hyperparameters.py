@@ -197,8 +197,8 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
                        "stopping, patience counted in measurements) after every this many "
                        "mini-batches (0: at epoch ends only).", sagemaker=False),
         Hyperparameter("shuffle", int, 1, "choice01",
-                       "fmkit: 1 shuffles the rows of each streamed chunk (~4 MB of text, or "
-                       "all of an in-memory matrix) every epoch; 0 keeps file order.",
+                       "fmkit: 1 shuffles the rows of each chunk of about 16,384 rows every "
+                       "epoch; 0 keeps file order.",
                        sagemaker=False),
     ]
 )
