@@ -92,6 +92,20 @@ def _learning_curves(plt, history: list[dict]) -> str:
     return _png(figure)
 
 
+PLOT_ROWS = 1_000_000  # rows the quality plots are drawn from at most (chosen at random)
+
+
+def _plotted(parts: list[np.ndarray], chosen: np.ndarray | None) -> np.ndarray:
+    """The rows of the blocks ``parts`` (in order) at the sorted positions ``chosen`` (None:
+    all of them), joined: the plots' rows without a copy of every row."""
+    if chosen is None:
+        return np.concatenate(parts)
+    starts = np.cumsum([0] + [len(part) for part in parts])
+    cuts = np.searchsorted(chosen, starts)
+    return np.concatenate([part[chosen[cuts[i]:cuts[i + 1]] - starts[i]]
+                           for i, part in enumerate(parts)])
+
+
 def _quality_plots(plt, predictor_type: str, y: np.ndarray, z: np.ndarray,
                    class_names: list | None = None) -> dict[str, str]:
     """ROC, precision-recall and calibration (binary classifiers); each class's ROC against
@@ -267,12 +281,19 @@ def write_report(model_dir: str | Path, data: str | Path | None = None,
     channels = {name: values for name, values in metrics.items()
                 if name not in ("train", artifact.STOPPED) and isinstance(values, dict)}
     plots = {"Learning curves": _learning_curves(plt, history)} if history else {}
+    sampled = ""
     if data is not None:
         labels, logits = model.labelled_logits(model.read(data, fmt, labelled=True))
         channels[f"data ({data})"] = require_rows(
             metrics_of_parts(model.predictor_type, labels, logits), str(data))
-        plots.update(_quality_plots(plt, model.predictor_type, np.concatenate(labels),
-                                    np.concatenate(logits), getattr(model, "classes", None)))
+        rows = sum(len(part) for part in labels)
+        chosen = None if rows <= PLOT_ROWS else np.sort(
+            np.random.default_rng(0).choice(rows, PLOT_ROWS, replace=False))
+        plots.update(_quality_plots(plt, model.predictor_type, _plotted(labels, chosen),
+                                    _plotted(logits, chosen), getattr(model, "classes", None)))
+        if chosen is not None:
+            sampled = f"<p>The plots are drawn from {PLOT_ROWS:,} of the data's {rows:,} rows, " \
+                      "chosen at random; the metrics are of every row.</p>"
     names = sorted({n for values in channels.values() for n in values})
     parts = [f"<h1>fmkit model: {html.escape(str(model_dir))}</h1>",
              f"<p>{html.escape(model.predictor_type)}, {type(model).__name__}</p>",
@@ -280,7 +301,7 @@ def write_report(model_dir: str | Path, data: str | Path | None = None,
              "<h2>Metrics</h2>",
              _table([{"channel": c, **v} for c, v in channels.items()], ["channel", *names]),
              "<h2>Training history</h2>", _history_table(history)]
-    parts += ['<h2>Plots</h2><div class="plots">', *(
+    parts += ['<h2>Plots</h2>', sampled, '<div class="plots">', *(
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
         f'<figcaption>{html.escape(title)}</figcaption></figure>'
         for title, png in plots.items()), "</div>"]

@@ -105,6 +105,45 @@ def test_report_of_an_fm_with_validation_and_test_data(tmp_path, cli):
     assert data_auc == pytest.approx(roc_auc_score(y, scores), rel=1e-5)
 
 
+def test_the_plots_rows_are_chosen_from_the_blocks_as_from_the_rows_joined():
+    """The plots of a large channel draw from rows chosen at random, gathered from its blocks
+    (1-d labels, 2-d class logits, empty blocks) as numpy indexes the blocks joined."""
+    from fmkit.report import _plotted
+
+    rng = np.random.default_rng(3)
+    for shape in ((), (3,)):
+        parts = [rng.normal(size=(n, *shape)) for n in (5, 0, 17, 1, 0, 40)]
+        joined = np.concatenate(parts)
+        chosen = np.sort(rng.choice(len(joined), 20, replace=False))
+        np.testing.assert_array_equal(_plotted(parts, chosen), joined[chosen])
+        np.testing.assert_array_equal(_plotted(parts, None), joined)
+
+
+def test_a_large_channels_plots_are_drawn_from_a_sample_its_metrics_from_every_row(
+        tmp_path, cli, monkeypatch):
+    """Memory bounded by the model: a test channel of more than PLOT_ROWS rows is plotted from
+    that many rows chosen at random (the page says so); its metrics stay every row's
+    (scikit-learn's AUC of fmkit predict's scores)."""
+    from fmkit import report
+
+    monkeypatch.setattr(report, "PLOT_ROWS", 1000)
+    a9a, a9a_t = shared_file("a9a_libsvm", "a9a"), shared_file("a9a_libsvm", "a9a.t")
+    code, _, err = cli("train", "--train", a9a, "--model-dir", tmp_path / "m", "--quiet",
+                       "feature_dim=124", "num_factors=4", "predictor_type=binary_classifier")
+    assert code == 0, err
+    code, _, err = cli("report", "--model-dir", tmp_path / "m", "--data", a9a_t, "--quiet")
+    assert code == 0, err
+    _, channels = _check_page(tmp_path / "m", plots=4)  # curves, ROC, PR, calibration
+    assert ("The plots are drawn from 1,000 of the data's 16,281 rows, chosen at random"
+            in (tmp_path / "m" / "report.html").read_text())
+    y = np.array([1 if line.split()[0] == "+1" else 0 for line in a9a_t.open()])
+    code, out, _ = cli("predict", "--model-dir", tmp_path / "m", "--data", a9a_t)
+    scores = [json.loads(line)["score"] for line in out.splitlines()]
+    data_auc = float(next(row for name, row in channels.items() if name.startswith("data"))
+                     ["auc"])
+    assert data_auc == pytest.approx(roc_auc_score(y, scores), rel=1e-5)
+
+
 def test_report_of_the_criteo_deepfm_example(tmp_path, cli):
     train = shared_file("criteo_kaggle_head1000", "train.txt")
     code, _, err = cli("train", "--config", REPO / "examples" / "deepfm_criteo.yaml", "--quiet",
