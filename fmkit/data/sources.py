@@ -637,7 +637,7 @@ class LabelOrder:
                 starts = np.arange(0, labels.size, self.RUN_ROWS)
                 sums = np.add.reduceat(labels, starts)
                 rows, total, runs = rows + labels.size, total + float(sums.sum()), runs + sums.size
-                squares += float(labels @ labels)
+                squares += float(np.square(labels).sum())  # (not BLAS: its threads spin)
                 between += float((sums * sums / np.diff(starts, append=labels.size)).sum())
                 spread = squares - total * total / rows
                 if runs >= self.RUNS and spread > 0:
