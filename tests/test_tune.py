@@ -121,6 +121,22 @@ def test_tune_refuses_bad_arguments_in_one_line(a9a_head, tmp_path, cli):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
+def test_validation_rows_of_one_label_are_refused_before_any_trial(a9a_head, tmp_path, cli):
+    """A file sorted by label leaves its last 10% one class: AUC cannot judge a trial there
+    (the first trial failed naming the split's internal file); now one line before any trial
+    names the training file and the fraction, and nothing is left behind."""
+    lines = a9a_head.read_text().splitlines(keepends=True)
+    data = tmp_path / "sorted.svm"
+    data.write_text("".join(sorted(lines, key=lambda line: line.startswith("+1"))))
+    code, _, err = cli("tune", "--train", data, "--validation-fraction", "0.1", "--trials", "2",
+                       "--model-dir", tmp_path / "m", *FIXED)
+    last = err.splitlines()[-1]
+    assert code == 1 and err.count("fmkit: error") == 1, err
+    assert last.startswith(f"fmkit: error: tune: every validation row has the label 1 (the last "
+                           f"0.1 of {data}'s rows (--validation-fraction))"), err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.tuning").exists()
+
+
 def test_a_finished_tune_continues_with_more_trials_and_its_model_can_be_replaced(
         a9a_head, tmp_path, cli):
     model_dir = tmp_path / "model"

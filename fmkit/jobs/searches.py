@@ -203,19 +203,35 @@ class FMSearch:
             seen[batch.indices] = True
         rows = cold = 0
         example = None
+        labels: set[float] = set()
         for batch in FileSource(validation, fmt, d, base).blocks():
+            labels.update(np.unique(batch.labels).tolist()[:2])
             unseen = ~seen[batch.indices]
             row_of = np.repeat(np.arange(batch.n_rows), np.diff(batch.indptr))
             cold += np.unique(row_of[unseen]).size
             rows += batch.n_rows
             if example is None and unseen.any():
                 example = int(batch.indices[unseen][0]) + base
+        self._require_both_classes(labels)
         if rows and cold / rows >= UNSEEN_WARNING:
             log.warning("tune: %d of %d validation rows (%.0f%%) hold a feature no training row "
                         "has (e.g. feature %d): the search will favour settings that ignore "
                         "such features. If the validation rows should be like the training "
                         "rows (a file sorted by user, say), shuffle the file or give "
                         "--validation", cold, rows, 100 * cold / rows, example)
+
+    def _require_both_classes(self, labels: set[float]) -> None:
+        """A classifier's validation rows of one label (the last rows of a file sorted by
+        label) are refused before any trial: AUC, and so the search, cannot judge them."""
+        s = self.settings
+        if self.predictor_type == "binary_classifier" and len(labels) == 1:
+            where = (f"--validation {s.validation}" if s.validation_fraction is None else
+                     f"the last {s.validation_fraction:g} of {s.train}'s rows "
+                     "(--validation-fraction)")
+            raise HyperparameterError(
+                f"tune: every validation row has the label {labels.pop():g} ({where}): a "
+                "classifier's search needs both labels there; if the file is sorted by "
+                "label, shuffle it first (shuf), or give --validation")
 
     def split(self, work: Path) -> None:
         """``--validation-fraction F``: the training channel's last F of rows become the
