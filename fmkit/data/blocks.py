@@ -85,16 +85,17 @@ class PassMeter:
 
     def counted(self, batches: Iterator[T]) -> Iterator[T]:
         """``batches`` (each with ``n_rows``), counted as a new pass."""
+        names = [str(file) for file in self.files]
         sizes = [file.stat().st_size if file.is_file() else 0 for file in self.files]
         before = list(itertools.accumulate(sizes, initial=0))  # bytes of the files before each
-        rows, self.progress = 0, (0, 0.0)
+        rows, at, self.progress = 0, 0, (0, 0.0)
         for batch in batches:
             rows += batch.n_rows
-            open_file = next(((i, _OPEN[str(file)]) for i, file in enumerate(self.files)
-                              if str(file) in _OPEN), None)
-            if open_file and before[-1]:  # (pipes have no size)
-                i, f = open_file
-                self.progress = rows, (before[i] + min(f.tell(), sizes[i])) / before[-1]
+            # the open file: the one read last, or one after it (files are read in order)
+            at = next((i for i in range(at, len(names)) if names[i] in _OPEN), at)
+            f = _OPEN.get(names[at]) if names else None
+            if f is not None and before[-1]:  # (pipes have no size)
+                self.progress = rows, (before[at] + min(f.tell(), sizes[at])) / before[-1]
             yield batch
 
     def estimated_rows(self) -> int | None:

@@ -632,8 +632,8 @@ class LabelOrder:
         rows = total = squares = between = 0.0
         runs = 0
         for batch in batches:
-            labels = np.asarray(batch.labels, dtype=np.float64)
-            if labels.size and not self.warned:
+            labels = np.zeros(0) if self.warned else np.asarray(batch.labels, dtype=np.float64)
+            if labels.size:
                 starts = np.arange(0, labels.size, self.RUN_ROWS)
                 sums = np.add.reduceat(labels, starts)
                 rows, total, runs = rows + labels.size, total + float(sums.sum()), runs + sums.size

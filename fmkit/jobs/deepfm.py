@@ -39,7 +39,7 @@ from fmkit.train.schedules import schedules_of
 @dataclass
 class Channel:
     """A DeepFM training channel: its name (for messages), its encoded blocks, the files they
-    come from and this process's share of them (none for rows in memory)."""
+    come from (none for rows in memory) and the meter of what this process reads of them."""
 
     name: str
     blocks: Callable[[], Iterator[Encoded]]
