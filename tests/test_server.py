@@ -148,6 +148,10 @@ def request_bodies(X):
         ("json bare list", JSON, json.dumps(dense)),
         ("json instances of lists", JSON, json.dumps({"instances": dense})),
         ("jsonlines mixed", JSONLINES, "\n".join(mixed)),
+        # a byte-order mark first, as PowerShell and older Notepad save UTF-8 (RFC 8259 lets a
+        # parser ignore it; the body was 'malformed JSON ... line 1 column 1')
+        ("json sparse, byte-order mark", JSON, "\ufeff" + sparse_text),
+        ("jsonlines mixed, byte-order mark", JSONLINES, "\ufeff" + "\n".join(mixed)),
         ("recordio dense float32", RECORDIO, sdk_dense.getvalue()),
         ("recordio dense float64", RECORDIO, f64.getvalue()),
         ("recordio dense int32", RECORDIO, i32.getvalue()),

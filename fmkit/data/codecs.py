@@ -405,7 +405,7 @@ def _instances(instances: Iterable[Any], feature_dim: int, source: str,
 
 def json_instances(body: bytes | str) -> list[Any]:
     """The instances of a JSON body: ``{"instances": [...]}`` or a bare list."""
-    return _instance_list(strict_json(_text(body)))
+    return _instance_list(strict_json(body_text(body)))
 
 
 def _instance_list(document: Any) -> list[Any]:
@@ -425,20 +425,23 @@ def jsonlines_instances(body: bytes | str, first_line: int = 1
     """One instance per non-blank line of a JSON Lines body, and each one's line number (the
     body's first line is ``first_line``)."""
     instances, numbers = [], []
-    for n, line in enumerate(_text(body).split("\n"), start=first_line):
+    for n, line in enumerate(body_text(body).split("\n"), start=first_line):
         if line.strip():
             instances.append(strict_json(line, f"line {n}: "))
             numbers.append(n)
     return instances, numbers
 
 
-def _text(body: bytes | str) -> str:
-    if isinstance(body, str):
-        return body
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RequestError(f"the body is not UTF-8 text (byte {e.start})") from None
+def body_text(body: bytes | str) -> str:
+    """A request body as text: UTF-8 (else one line naming the byte), without the byte-order
+    mark Windows tools put first (PowerShell, older Notepad), which JSON's RFC lets a parser
+    ignore; it made a valid body 'malformed JSON: Expecting value: line 1 column 1'."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RequestError(f"the body is not UTF-8 text (byte {e.start})") from None
+    return body.removeprefix("\ufeff")
 
 
 def request_format(path) -> str | None:
@@ -490,7 +493,7 @@ def parse_json(body: bytes | str, feature_dim: int, source: str = "request",
     meets: when they are as many as the body's ':' (each written key is followed by one),
     no key was written twice. Otherwise the body is parsed again checking every object.
     ``num_fields`` > 0: a field-aware FM's rows, each key with its field."""
-    text = _text(body)
+    text = body_text(body)
     if num_fields:
         return _instances(json_instances(text), feature_dim, source, "instance",
                           num_fields=num_fields)

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fmkit.compile_cache import kernel
-from fmkit.data.blocks import iter_line_blocks
+from fmkit.data.blocks import BOM, iter_line_blocks
 from fmkit.data.sources import PARQUET_MAGIC, channel_files, shard_files
 from fmkit.errors import DataError, excerpt
 from fmkit.logs import log_once
@@ -388,7 +388,7 @@ def read_delimited_text(body: bytes, source: str, names: Sequence[str], delimite
     :func:`read_delimited` reads a file to score with ``detect``: its first line is a header
     if it names every ``needed`` column, else its columns are ``names``, less the
     ``optional`` ones (a label) when no line has that many fields."""
-    buf = np.frombuffer(body, dtype=np.uint8)
+    buf = np.frombuffer(body.removeprefix(BOM), dtype=np.uint8)  # (as a file's: open_input)
     for batch in _delimited_blocks(iter([(buf, 1)]), source, names, delimiter, False, True,
                                    needed, optional, False, (0, 1)):
         return batch

@@ -276,10 +276,7 @@ def recommend_request(model: FMModel, catalogue: Catalogue, body: bytes) -> byte
     from fmkit.data import codecs
     from fmkit.data.id_rows import rows_of
 
-    try:
-        document = codecs.strict_json(body.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise codecs.RequestError(f"the body is not UTF-8 text (byte {e.start})") from None
+    document = codecs.strict_json(codecs.body_text(body))
     if not isinstance(document, dict) or not isinstance(document.get("instances"), list):
         raise codecs.RequestError('expected {"instances": [{"keys": [...], "values": [...]}], '
                                   '"k": K}')
