@@ -137,6 +137,22 @@ def test_validation_rows_of_one_label_are_refused_before_any_trial(a9a_head, tmp
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.tuning").exists()
 
 
+def test_a_deepfm_tunes_validation_rows_of_one_label_are_refused_too(tmp_path, cli):
+    """The same for a configuration's tune (Criteo's sample sorted by label: its last 10%
+    are clicks only): one line before any trial, nothing left behind."""
+    lines = shared_file("criteo_kaggle_head1000", "train.txt").read_text().splitlines()
+    data = tmp_path / "sorted.tsv"
+    data.write_text("".join(f"{line}\n" for line in sorted(lines, key=lambda r: r.split("\t")[0])))
+    code, _, err = cli("tune", "--config", REPO / "examples" / "deepfm_criteo.yaml", "--train",
+                       data, "--validation-fraction", "0.1", "--trials", "2", "--model-dir",
+                       tmp_path / "m")
+    assert code == 1 and err.count("fmkit: error") == 1, err
+    assert err.splitlines()[-1].startswith(
+        f"fmkit: error: tune: every validation row has the label 1 (the last 0.1 of {data}'s "
+        "rows (--validation-fraction))"), err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.tuning").exists()
+
+
 def test_a_finished_tune_continues_with_more_trials_and_its_model_can_be_replaced(
         a9a_head, tmp_path, cli):
     model_dir = tmp_path / "model"

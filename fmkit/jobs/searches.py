@@ -82,6 +82,19 @@ def _refit_channel(work: Path, settings: TuneSettings) -> str:
     return str(both)
 
 
+def require_both_labels(settings: TuneSettings, predictor_type: str, labels: set) -> None:
+    """A classifier's validation rows of one label (the last rows of a file sorted by
+    label) are refused before any trial: AUC, and so the search, cannot judge them."""
+    if predictor_type == "binary_classifier" and len(labels) == 1:
+        where = (f"--validation {settings.validation}" if settings.validation_fraction is None
+                 else f"the last {settings.validation_fraction:g} of {settings.train}'s rows "
+                 "(--validation-fraction)")
+        raise HyperparameterError(
+            f"tune: every validation row has the label {labels.pop():g} ({where}): a "
+            "classifier's search needs both labels there; if the file is sorted by label, "
+            "shuffle it first (shuf), or give --validation")
+
+
 def _validation_rows(rows: int, fraction: float) -> int:
     tail = int(math.floor(rows * fraction))
     if tail <= 0 or tail >= rows:
@@ -212,26 +225,13 @@ class FMSearch:
             rows += batch.n_rows
             if example is None and unseen.any():
                 example = int(batch.indices[unseen][0]) + base
-        self._require_both_classes(labels)
+        require_both_labels(self.settings, self.predictor_type, labels)
         if rows and cold / rows >= UNSEEN_WARNING:
             log.warning("tune: %d of %d validation rows (%.0f%%) hold a feature no training row "
                         "has (e.g. feature %d): the search will favour settings that ignore "
                         "such features. If the validation rows should be like the training "
                         "rows (a file sorted by user, say), shuffle the file or give "
                         "--validation", cold, rows, 100 * cold / rows, example)
-
-    def _require_both_classes(self, labels: set[float]) -> None:
-        """A classifier's validation rows of one label (the last rows of a file sorted by
-        label) are refused before any trial: AUC, and so the search, cannot judge them."""
-        s = self.settings
-        if self.predictor_type == "binary_classifier" and len(labels) == 1:
-            where = (f"--validation {s.validation}" if s.validation_fraction is None else
-                     f"the last {s.validation_fraction:g} of {s.train}'s rows "
-                     "(--validation-fraction)")
-            raise HyperparameterError(
-                f"tune: every validation row has the label {labels.pop():g} ({where}): a "
-                "classifier's search needs both labels there; if the file is sorted by "
-                "label, shuffle it first (shuf), or give --validation")
 
     def split(self, work: Path) -> None:
         """``--validation-fraction F``: the training channel's last F of rows become the
@@ -430,7 +430,22 @@ class DeepFMSearch:
         return str(work / "split" / "train.csv"), str(work / "split" / "validation.csv")
 
     def check_split(self, work: Path) -> None:
-        """Nothing: a configuration's hashed values have no feature ids to compare."""
+        """A classifier's validation rows of one label are refused (see
+        :func:`require_both_labels`); they are read until a second label shows (a
+        configuration's hashed values have no feature ids to compare with training's)."""
+        import numpy as np
+
+        from fmkit.models.deepfm.model import DeepFMModel
+
+        if self.predictor_type != "binary_classifier":
+            return
+        model = DeepFMModel.create(self.config, initialise=False)  # (tables left unset)
+        labels: set[float] = set()
+        for batch in model.read(self._channels(work)[1]):
+            labels.update(np.unique(model.encode(batch, labelled=True).labels).tolist()[:2])
+            if len(labels) > 1:
+                return
+        require_both_labels(self.settings, self.predictor_type, labels)
 
     def split(self, work: Path) -> None:
         """``--validation-fraction F``: the last F of the CSV file's data lines (the header,
