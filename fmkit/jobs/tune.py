@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,14 +251,41 @@ def _worker(work: str, trials: int, timeout: float | None, threads: int,
                               sampler=_sampler(search.settings.seed + index),
                               pruner=_pruner())
     deadline = None if timeout is None else time.monotonic() + timeout
-    with _trial_environment(work_dir, threads):
+    with _trial_environment(work_dir, threads), open(work_dir / "claim", "a") as claim:
         # a trial at a time, started only while finished and running ones fall short of
         # ``trials``: with several jobs, Optuna's MaxTrialsCallback let each finish the trial
-        # it was running (--trials 4 --jobs 2 finished 5)
-        while (_finished(study, running=True) < trials
-               and (deadline is None or time.monotonic() < deadline)):
-            study.optimize(lambda trial: _run_trial(trial, work_dir, search), n_trials=1,
-                           callbacks=[_log_trial], gc_after_trial=False)
+        # it was running (--trials 4 --jobs 2 finished 5). Counting and starting are one step
+        # under a lock the jobs share, released once the new trial is in the study as
+        # running: two jobs that counted at once both started one (6 trials asked, 7 run).
+        while deadline is None or time.monotonic() < deadline:
+            with _claiming(claim) as release:
+                if _finished(study, running=True) >= trials:
+                    break
+
+                def objective(trial: Any) -> float:
+                    release()  # (the trial is running in the study: the others count it)
+                    return _run_trial(trial, work_dir, search)
+
+                study.optimize(objective, n_trials=1, callbacks=[_log_trial],
+                               gc_after_trial=False)
+
+
+@contextlib.contextmanager
+def _claiming(claim: Any) -> Iterator[Callable[[], None]]:
+    """``claim`` locked (between processes) until the block ends or it calls the release it
+    is given, whichever comes first."""
+    fcntl.flock(claim, fcntl.LOCK_EX)
+    held = [True]
+
+    def release() -> None:
+        if held[0]:
+            held[0] = False
+            fcntl.flock(claim, fcntl.LOCK_UN)
+
+    try:
+        yield release
+    finally:
+        release()
 
 
 def _sampler(seed: int):
