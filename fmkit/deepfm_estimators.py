@@ -30,7 +30,6 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d
 
 from fmkit.data.columns import ColumnBatch
-from fmkit.data.sources import LabelOrder
 from fmkit.errors import excerpt
 from fmkit.eval_set import one_pair
 from fmkit.models.metrics import predicted_labels, softmax
@@ -317,9 +316,8 @@ class _DeepFMEstimator(BaseEstimator):
                 model.net.load_state_dict(self.model_.net.state_dict())
         if incremental:
             learner = self._learner = learner or deepfm_learner(model)
-        order = LabelOrder("X")
-        channel = Channel("X", lambda: order.checked(model.encode(batch, labelled=True)
-                                                     for batch in _batches(table, extra)))
+        channel = Channel("X", lambda: (model.encode(batch, labelled=True)
+                                        for batch in _batches(table, extra)))
         watch = None if validation is None else early_stopping_of(config, model,
                                                                   validation=validation)
         before = self.history_ if continues else []

@@ -15,7 +15,7 @@ from typing import Any
 from fmkit import distributed
 from fmkit.data.blocks import PassMeter
 from fmkit.data.sources import (
-    LabelOrder,
+    LabelOrderWatched,
     channel_files,
     refuse_pipe,
     require_channels,
@@ -112,10 +112,10 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     model.net.to(target)
     shard = distributed.shard()
     files = channel_files(config.train_input_path)
-    meter, order = PassMeter(shard_files(files, shard)[0]), LabelOrder(config.train_input_path)
-    channel = Channel(str(config.train_input_path), lambda: order.checked(meter.counted(
+    meter = PassMeter(shard_files(files, shard)[0])
+    channel = Channel(str(config.train_input_path), lambda: meter.counted(
         model.encode(batch, labelled=True)
-        for batch in model.read(config.train_input_path, shard=shard))), files, meter)
+        for batch in model.read(config.train_input_path, shard=shard)), files, meter)
     run_id = to_document(config)
     for name in ("train_input_path", "eval_input_path", "model_dir", "export_config"):
         run_id.pop(name, None)
@@ -143,7 +143,8 @@ def fit_deepfm(model: DeepFMModel, channel: Channel, *, progress: bool | None = 
                resume: bool = False, callbacks: Sequence[Callback] = (),
                learner: DeepFMLearner | None = None) -> list:
     """Train ``model``'s network on ``channel`` as its configuration says (optimizers,
-    learning-rate schedules, epochs or steps): the one loop behind ``fmkit train --config``
+    learning-rate schedules, epochs or steps), its rows watched for an order by label
+    (:class:`~fmkit.data.sources.LabelOrder`): the one loop behind ``fmkit train --config``
     and the DeepFM estimators. ``learner`` (:func:`deepfm_learner` of ``model``) continues
     its optimizers' state (``partial_fit``). Returns the engine's per-epoch history."""
     config = model.config
@@ -153,7 +154,7 @@ def fit_deepfm(model: DeepFMModel, channel: Channel, *, progress: bool | None = 
     if schedule is not None:
         callbacks = [*callbacks, schedule]
     try:
-        return run(learner, channel, batch_size=config.data_config.batch_size,
+        return run(learner, LabelOrderWatched(channel), batch_size=config.data_config.batch_size,
                    epochs=config.train_config.num_epochs, seed=config.train_config.seed,
                    max_steps=config.train_config.num_steps, trained_epochs=trained_epochs,
                    progress=progress, host=host, early_stopping=early_stopping,
