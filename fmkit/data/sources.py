@@ -541,7 +541,27 @@ class ArraySource:
 HELD_BYTES = 32 << 20
 
 
-class HeldRows:
+class Wrapped:
+    """A source around another (``source``): anything it does not define is the wrapped
+    source's, and an epoch's rows (:func:`fmkit.train.engine.epoch_rows`) are the wrapped
+    source's rows of that epoch, wrapped alike (:meth:`_around`)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.source, name)
+
+    def for_epoch(self, epoch: int) -> Any:
+        inner = getattr(self.source, "for_epoch", None)
+        return self if inner is None else self._around(inner(epoch))
+
+    def _around(self, source: Any) -> Wrapped:
+        """This wrapper around another source."""
+        return type(self)(source)
+
+
+class HeldRows(Wrapped):
     """``source``'s rows, read (parsed and checked) in its first full pass and then replayed
     from memory: what a run of several epochs over a small channel trains and validates on, so
     that each epoch does not wait for the file's parse (a9a: the reader, not the trainer, set
@@ -553,11 +573,8 @@ class HeldRows:
     replay keeps the thread parts of a streamed run, so the lock-free steps are the same."""
 
     def __init__(self, source: Any) -> None:
-        self.source = source
+        super().__init__(source)
         self._held: list[SparseBatch] | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.source, name)
 
     def blocks(self) -> Iterator[SparseBatch]:
         return iter(self._held) if self._held is not None else self._first_pass()
@@ -590,24 +607,12 @@ def held_if_small(source: Any, passes: int) -> Any:
     return source if any(compressed(file) for file in channel.files) else HeldRows(source)
 
 
-class UnitRows:
+class UnitRows(Wrapped):
     """``source`` with every row scaled to unit length (:func:`~fmkit.data.batch.unit_rows`):
     what an FM with ``instance_norm=1`` trains on. Anything else is the wrapped source's."""
 
-    def __init__(self, source: Any) -> None:
-        self.source = source
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.source, name)
-
     def blocks(self) -> Iterator[SparseBatch]:
         return map(unit_rows, self.source.blocks())
-
-    def for_epoch(self, epoch: int) -> Any:
-        """The wrapped source's rows of ``epoch``, scaled (see
-        :func:`fmkit.train.engine.epoch_rows`)."""
-        inner = getattr(self.source, "for_epoch", None)
-        return self if inner is None else UnitRows(inner(epoch))
 
 
 class LabelOrder:
@@ -655,22 +660,16 @@ class LabelOrder:
                 "than memory)", self.name, self.RUN_ROWS, 100 * share)
 
 
-class LabelOrderWatched:
+class LabelOrderWatched(Wrapped):
     """``source`` with its blocks watched by a :class:`LabelOrder` (one for every epoch's
     rows: it warns once per run). Anything else is the wrapped source's."""
 
     def __init__(self, source: Any, watch: LabelOrder | None = None) -> None:
-        self.source = source
+        super().__init__(source)
         self.watch = watch or LabelOrder(source.name)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.source, name)
 
     def blocks(self) -> Iterator[Any]:
         return self.watch.checked(self.source.blocks())
 
-    def for_epoch(self, epoch: int) -> Any:
-        """The wrapped source's rows of ``epoch``, watched (see
-        :func:`fmkit.train.engine.epoch_rows`)."""
-        inner = getattr(self.source, "for_epoch", None)
-        return self if inner is None else LabelOrderWatched(inner(epoch), self.watch)
+    def _around(self, source: Any) -> LabelOrderWatched:
+        return LabelOrderWatched(source, self.watch)
