@@ -46,20 +46,55 @@ def test_rules_equal_pytorch(rule, reference):
     np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-6)
 
 
-def test_rowwise_adagrad_keeps_one_accumulator_per_row():
+@pytest.mark.parametrize("mode", ["NONE", "L2", "DECOUPLE"])
+def test_rowwise_adagrad_keeps_one_accumulator_per_row(mode):
+    """fbgemm's exact row-wise AdaGrad: one mean squared gradient a row; weight decay by
+    TorchEasyRec's weight_decay_mode (NONE: none; L2: in the gradient; DECOUPLE: the weight
+    shrunk by lr times the decay)."""
     torch.manual_seed(1)
     bag = nn.EmbeddingBag(20, 4, mode="sum", sparse=True)
     start = bag.weight.detach().numpy().copy()
-    optimizer = SparseRows(bag.parameters(), "rowwise_adagrad", lr=0.1, weight_decay=0.01)
+    optimizer = SparseRows(bag.parameters(), "rowwise_adagrad", lr=0.1, weight_decay=0.01,
+                           weight_decay_mode=mode)
     ids, offsets = torch.tensor([3, 3, 7, 1]), torch.tensor([0, 2])
     bag(ids, offsets).sum().backward()
     optimizer.step()
     expected = start.copy()
     for row, count in ((3, 2), (7, 1), (1, 1)):
-        g = count * np.ones(4) + 0.01 * start[row]  # d(sum)/d(row) = its number of lookups
+        g = count * np.ones(4)  # d(sum)/d(row) = its number of lookups
+        if mode == "L2":
+            g = g + 0.01 * start[row]
         accumulator = np.mean(g * g)
-        expected[row] = start[row] - 0.1 * g / (np.sqrt(accumulator) + 1e-8)
+        shrink = 1 - 0.1 * 0.01 if mode == "DECOUPLE" else 1.0
+        expected[row] = shrink * start[row] - 0.1 * g / (np.sqrt(accumulator) + 1e-8)
     np.testing.assert_allclose(bag.weight.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_adams_weight_decay_is_fbgemms_decoupled_step_of_the_touched_rows():
+    """Lazy Adam with weight decay against a numpy loop of fbgemm's fused Adam: each touched
+    row ``w - lr * (adam step + weight_decay * w)``; untouched rows keep their weights."""
+    lr, betas, decay, eps = 0.01, (0.8, 0.95), 0.5, 1e-8
+    ours = _steps(lambda p: SparseRows(p, "adam", lr=lr, betas=betas, weight_decay=decay))
+    torch.manual_seed(0)
+    weight = nn.EmbeddingBag(50, 6, mode="sum", sparse=True).weight.detach().numpy()
+    weight = weight.astype(np.float64)
+    first, second = np.zeros_like(weight), np.zeros_like(weight)
+    rng = np.random.default_rng(0)
+    for t in range(1, 5):
+        ids = rng.integers(0, 12, 40)
+        target = rng.normal(size=(10, 6))
+        pooled = weight[ids].reshape(10, 4, 6).sum(axis=1)
+        grad_out = 2 * (pooled - target)
+        grads = np.zeros_like(weight)
+        np.add.at(grads, ids, np.repeat(grad_out, 4, axis=0))
+        for r in np.unique(ids):
+            first[r] = betas[0] * first[r] + (1 - betas[0]) * grads[r]
+            second[r] = betas[1] * second[r] + (1 - betas[1]) * grads[r] ** 2
+            step = lr * np.sqrt(1 - betas[1] ** t) / (1 - betas[0] ** t)
+            adam = step / lr * first[r] / (np.sqrt(second[r]) + eps)
+            weight[r] = weight[r] - lr * (adam + decay * weight[r])
+    np.testing.assert_allclose(ours, weight, rtol=1e-4, atol=1e-5)
+    assert np.abs(ours - _steps(lambda p: SparseRows(p, "adam", lr=lr, betas=betas))).max() > 1e-3
 
 
 def _dense_steps(optimizer_of, steps: int = 25) -> list[np.ndarray]:
@@ -157,3 +192,28 @@ def test_compiled_steps_reach_cached_derived_weights(kind):
     expected = weight.detach().to(torch.bfloat16).float().numpy()
     assert not np.array_equal(before, expected)
     np.testing.assert_array_equal(rounded(), expected)
+
+
+def test_a_model_saved_with_a_setting_its_optimizer_never_read_still_loads(tmp_path):
+    """Before, a sparse AdaGrad's weight_decay was accepted (and never applied); a model
+    trained so must still load and score, though training with it is now refused."""
+    import json
+
+    from fmkit.models.deepfm import config as configs
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    from .deepfm_helpers import small
+
+    document = small()
+    document.setdefault("train_config", {})["sparse_optimizer"] = {
+        "adagrad_optimizer": {"lr": 0.1, "weight_decay": 0.001}}
+    with pytest.raises(configs.ConfigError, match="weight_decay: not a setting"):
+        configs.parse(document)
+    model = DeepFMModel.create(configs.parse(small()))
+    path = model.save(tmp_path / "m")
+    meta = json.loads((path / "model.json").read_text())
+    meta["config"]["train_config"]["sparse_optimizer"] = document["train_config"][
+        "sparse_optimizer"]
+    (path / "model.json").write_text(json.dumps(meta))
+    loaded = DeepFMModel.load(path)
+    assert loaded.config.train_config.sparse_optimizer.adagrad_optimizer.weight_decay == 0.001

@@ -475,10 +475,23 @@ def test_non_positive_counts_are_refused(cli, tmp_path, section, field, value):
      "manual_step_learning_rate.learning_rates: must be >= 0"),
     ("train_config.seed", -3, "train_config.seed: must be >= 0, got -3"),  # (numpy traceback)
     ("data_config.delimiter", "ab", "data_config.delimiter: expected one character, got 'ab'"),
+    ("train_config.sparse_optimizer", {"sgd_optimizer": {"weight_decay": 0.01}},
+     "train_config.sparse_optimizer.sgd_optimizer.weight_decay: not a setting of this "
+     "optimizer (it reads lr)"),
+    ("train_config.sparse_optimizer", {"adagrad_optimizer": {"lr": 0.1, "weight_decay": 0.1}},
+     "sparse_optimizer.adagrad_optimizer.weight_decay: not a setting of this optimizer"),
+    ("train_config.sparse_optimizer", {"adam_optimizer": {"momentum": 0.5}},
+     "sparse_optimizer.adam_optimizer.momentum: not a setting of this optimizer (it reads lr, "
+     "beta1, beta2, weight_decay)"),
+    ("train_config.dense_optimizer", {"adam_optimizer": {"initial_accumulator_value": 0.1}},
+     "dense_optimizer.adam_optimizer.initial_accumulator_value: not a setting"),
+    ("train_config.sparse_optimizer", {"rowwise_adagrad_optimizer": {
+        "weight_decay_mode": "L1"}}, "weight_decay_mode: expected one of NONE, L2, DECOUPLE"),
 ])
 def test_settings_out_of_range_are_refused_before_training(path, value, message):
     """Each trained silently before (a negative learning rate, a two-character delimiter
-    that the reader's delimiter detection replaced) or failed with a traceback."""
+    that the reader's delimiter detection replaced, a weight decay or momentum the optimizer
+    never read) or failed with a traceback."""
     from fmkit.models.deepfm import config as configs
 
     document = small()
@@ -870,3 +883,19 @@ def test_evaluating_no_rows_is_an_error(cli, tmp_path, model_dir):
     code, _, err = cli("train", "--train", shared_file("a9a_libsvm", "a9a.t"), "--test", empty,
                        "--model-dir", tmp_path / "m", *HP, "--quiet")
     assert code == 1 and "holds no data rows" in err and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("mode", ["NONE", "L2", "DECOUPLE"])
+def test_row_wise_adagrads_weight_decay_without_a_mode_is_said_to_do_nothing(mode, caplog):
+    """TorchEasyRec's weight_decay_mode defaults to NONE, which leaves weight_decay without
+    effect (fbgemm's rule; fmkit trains the same): said, not silent."""
+    from fmkit.models.deepfm import config as configs
+
+    document = small()
+    document.setdefault("train_config", {})["sparse_optimizer"] = {
+        "rowwise_adagrad_optimizer": {"lr": 0.05, "weight_decay": 1e-4, "weight_decay_mode": mode}}
+    with caplog.at_level("WARNING", logger="fmkit"):
+        parsed = configs.parse(document)
+    assert parsed.train_config.sparse_optimizer.rowwise_adagrad_optimizer.weight_decay_mode == mode
+    said = "weight_decay: without effect under weight_decay_mode NONE" in caplog.text
+    assert said == (mode == "NONE")

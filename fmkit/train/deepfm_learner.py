@@ -44,6 +44,9 @@ def sparse_optimizer(params: list[torch.Tensor], message: SparseOptimizer
                      ) -> Optimizer:
     name, s = _chosen(message)
     if params and params[0].device.type != "cpu":  # SparseRows is CPU code: PyTorch's own
+        if s.weight_decay:
+            raise ConfigError(f"train_config.sparse_optimizer.{name}_optimizer.weight_decay: "
+                              "the embeddings' weight decay runs on the CPU only")
         if name == "sgd":
             return torch.optim.SGD(params, lr=s.lr)
         if name == "adagrad":
@@ -53,7 +56,7 @@ def sparse_optimizer(params: list[torch.Tensor], message: SparseOptimizer
             return torch.optim.SparseAdam(params, lr=s.lr, betas=(s.beta1, s.beta2))
         raise ConfigError(f"train_config.sparse_optimizer: {name} runs on the CPU only")
     return SparseRows(params, name, lr=s.lr, betas=(s.beta1, s.beta2),
-                      weight_decay=s.weight_decay,
+                      weight_decay=s.weight_decay, weight_decay_mode=s.weight_decay_mode,
                       initial_accumulator_value=s.initial_accumulator_value)
 
 

@@ -37,7 +37,10 @@ RULES = {"sgd": SGD, "adagrad": ADAGRAD, "rowwise_adagrad": ROWWISE_ADAGRAD, "ad
 @kernel(nogil=True, fastmath={"nsz", "arcp", "contract"})
 def _update(rule: int, weight: np.ndarray, first: np.ndarray, second: np.ndarray,
             rows: np.ndarray, grads: np.ndarray, lr: float, eps: float, beta1: float,
-            beta2: float, weight_decay: float, step_size: float) -> None:
+            beta2: float, l2: float, shrink: float, step_size: float) -> None:
+    """Each row of ``rows`` stepped by its gradient row; ``l2`` is added to row-wise
+    AdaGrad's gradient times the weight, ``shrink`` multiplies the weight before row-wise
+    AdaGrad's and Adam's step (fbgemm's coupled and decoupled weight decay)."""
     dim = weight.shape[1]
     for j in range(rows.size):
         if j + AHEAD < rows.size:  # the rows are random: start loading a later one now
@@ -59,19 +62,20 @@ def _update(rule: int, weight: np.ndarray, first: np.ndarray, second: np.ndarray
         elif rule == ROWWISE_ADAGRAD:
             total = 0.0
             for d in range(dim):
-                g = grads[j, d] + weight_decay * weight[r, d]
+                g = grads[j, d] + l2 * weight[r, d]
                 grads[j, d] = g
                 total += g * g
             first[r, 0] += total / dim
             scale = lr / (math.sqrt(first[r, 0]) + eps)
             for d in range(dim):
-                weight[r, d] -= scale * grads[j, d]
+                weight[r, d] = shrink * weight[r, d] - scale * grads[j, d]
         else:  # lazy Adam, as torch.optim.SparseAdam
             for d in range(dim):
                 g = grads[j, d]
                 first[r, d] += (g - first[r, d]) * (1.0 - beta1)
                 second[r, d] += (g * g - second[r, d]) * (1.0 - beta2)
-                weight[r, d] -= step_size * first[r, d] / (math.sqrt(second[r, d]) + eps)
+                weight[r, d] = (shrink * weight[r, d]
+                                - step_size * first[r, d] / (math.sqrt(second[r, d]) + eps))
 
 
 def _filled(shape: tuple[int, int], value: float) -> np.ndarray:
@@ -95,18 +99,36 @@ class CompiledOptimizer:
 
 
 class SparseRows(CompiledOptimizer):
-    """SGD, AdaGrad, row-wise AdaGrad or lazy Adam over sparse embedding gradients."""
+    """SGD, AdaGrad, row-wise AdaGrad or lazy Adam over sparse embedding gradients.
+
+    Weight decay acts on the rows a step touches, as fbgemm's fused optimizers apply it:
+    Adam's is decoupled (the weight times ``1 - lr * weight_decay`` before the step),
+    row-wise AdaGrad's as ``weight_decay_mode`` says (``NONE``, TorchEasyRec's default;
+    ``L2``, added to the gradient; ``DECOUPLE``, as Adam's); SGD and AdaGrad have none."""
 
     def __init__(self, params: Iterable[torch.Tensor], rule: str, lr: float, *,
                  eps: float | None = None, betas: tuple[float, float] = (0.9, 0.999),
-                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0):
+                 weight_decay: float = 0.0, weight_decay_mode: str = "NONE",
+                 initial_accumulator_value: float = 0.0):
         if rule not in RULES:
             raise ValueError(f"unknown sparse rule {rule!r}")
+        if weight_decay and rule in ("sgd", "adagrad"):
+            raise ValueError(f"the sparse {rule} rule has no weight decay")
+        if weight_decay_mode not in ("NONE", "L2", "DECOUPLE"):
+            raise ValueError(f"unknown weight_decay_mode {weight_decay_mode!r}")
         default_eps = {"adagrad": 1e-10, "rowwise_adagrad": 1e-8, "adam": 1e-8}.get(rule, 0.0)
         super().__init__(params, {
             "lr": lr, "eps": default_eps if eps is None else eps, "betas": betas,
-            "weight_decay": weight_decay, "initial_accumulator_value": initial_accumulator_value})
+            "weight_decay": weight_decay, "weight_decay_mode": weight_decay_mode,
+            "initial_accumulator_value": initial_accumulator_value})
         self.rule = rule
+
+    def _decay(self, group: dict) -> tuple[float, float]:
+        """``(l2, shrink)`` of :func:`_update` for this rule and group."""
+        decay, mode = group["weight_decay"], group["weight_decay_mode"]
+        coupled = self.rule == "rowwise_adagrad" and mode == "L2"
+        decoupled = self.rule == "adam" or self.rule == "rowwise_adagrad" and mode == "DECOUPLE"
+        return (decay if coupled else 0.0), (1.0 - group["lr"] * decay if decoupled else 1.0)
 
     def _state(self, weight: torch.Tensor, group: dict) -> dict:
         state = self.state.setdefault(weight, {})
@@ -154,7 +176,7 @@ class SparseRows(CompiledOptimizer):
             bounds = [part * unique.size // threads for part in range(threads + 1)]
             updates += [(RULES[self.rule], weight.detach().numpy(), state["first"],
                          state["second"], unique[lo:hi], sums[lo:hi], group["lr"], group["eps"],
-                         beta1, beta2, group["weight_decay"], step_size)
+                         beta1, beta2, *self._decay(group), step_size)
                         for lo, hi in zip(bounds, bounds[1:])]
         on_threads(_update, updates, threads)
         for _, weight, _ in tables:

@@ -300,6 +300,9 @@ class OptimizerSettings:
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
+    # sparse row-wise AdaGrad: how weight_decay acts (fbgemm's modes); TorchEasyRec's default
+    # NONE leaves it without effect
+    weight_decay_mode: str = enum("WeightDecayMode", ("NONE", "L2", "DECOUPLE"), "NONE")
     initial_accumulator_value: float = 0.0
     momentum: float | None = None  # dense SGD: TorchEasyRec's default is 0.9
     rho: float = 0.9  # dense adadelta
@@ -640,11 +643,14 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def parse(document: dict[str, Any], *, report_ignored: bool = False) -> EasyRecConfig:
+def parse(document: dict[str, Any], *, report_ignored: bool = False,
+          saved: bool = False) -> EasyRecConfig:
     """The configuration in ``document`` (a loaded YAML/JSON/protobuf-text mapping), checked
     field by field; the model-level rules (groups, dimensions) are checked by
     :mod:`fmkit.models.deepfm.features`. ``report_ignored`` logs, once, the TorchEasyRec
-    fields that were set but do nothing in fmkit."""
+    fields that were set but do nothing in fmkit. ``saved``: a trained model's configuration,
+    whose optimizers are not checked for settings they do not read (an older fmkit accepted
+    them: the model must still load)."""
     ignored: list[str] = []
     config = _from_mapping(EasyRecConfig, document, "", ignored)
     if report_ignored and ignored:
@@ -687,7 +693,8 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False) -> EasyRecC
         optimizer = getattr(train, kind)
         name = next((n for n in optimizer.ONEOF if getattr(optimizer, n) is not None), None)
         if name:
-            _check_optimizer(getattr(optimizer, name), f"train_config.{kind}.{name}")
+            _check_optimizer(getattr(optimizer, name), f"train_config.{kind}.{name}",
+                             () if saved else OPTIMIZER_SETTINGS[kind][name])
         chosen = [n for n in SCHEDULES if getattr(optimizer, n) is not None]
         if len(chosen) > 1:
             raise ConfigError(f"train_config.{kind}: expected one learning rate schedule, got "
@@ -702,9 +709,41 @@ def schedule_of(optimizer: SparseOptimizer | DenseOptimizer) -> Any:
     return next((getattr(optimizer, n) for n in SCHEDULES[1:] if getattr(optimizer, n)), None)
 
 
-def _check_optimizer(settings: OptimizerSettings, where: str) -> None:
-    """An optimizer's settings within their ranges (PyTorch checks some of them only when a
-    step runs; the compiled sparse optimizers, none)."""
+# The settings each optimizer reads: its TorchEasyRec message's fields (the sparse ones are
+# fbgemm's fused optimizers: no weight decay for SGD and AdaGrad), and fmkit's
+# initial_accumulator_value for the AdaGrads. Another setting is refused, not ignored.
+_ADAGRAD = ("lr", "initial_accumulator_value")
+_ADAM = ("lr", "beta1", "beta2", "weight_decay")
+OPTIMIZER_SETTINGS = {
+    "sparse_optimizer": {"sgd_optimizer": ("lr",), "adagrad_optimizer": _ADAGRAD,
+                         "rowwise_adagrad_optimizer": (*_ADAGRAD, "weight_decay",
+                                                       "weight_decay_mode"),
+                         "adam_optimizer": _ADAM},
+    "dense_optimizer": {"sgd_optimizer": ("lr", "momentum", "weight_decay"),
+                        "adagrad_optimizer": (*_ADAGRAD, "weight_decay"),
+                        "adam_optimizer": _ADAM, "adamw_optimizer": _ADAM,
+                        "adadelta_optimizer": ("lr", "rho", "weight_decay"),
+                        "rmsprop_optimizer": ("lr", "alpha", "momentum", "centered",
+                                              "weight_decay")},
+}
+
+
+def _check_optimizer(settings: OptimizerSettings, where: str, reads: tuple[str, ...]) -> None:
+    """An optimizer's settings: only those it ``reads`` set (no check when empty), each
+    within its range (PyTorch checks some of them only when a step runs; the compiled sparse
+    optimizers, none)."""
+    for f in dataclasses.fields(settings) if reads else ():
+        if (f.name not in reads and not f.metadata.get("ignored")
+                and getattr(settings, f.name) != f.default):
+            raise ConfigError(f"{where}.{f.name}: not a setting of this optimizer (it reads "
+                              f"{', '.join(reads)}), so it would have no effect")
+    if settings.weight_decay and "weight_decay_mode" in reads and (
+            settings.weight_decay_mode == "NONE"):
+        from fmkit.logs import log
+
+        log.warning("%s.weight_decay: without effect under weight_decay_mode NONE "
+                    "(TorchEasyRec's default); set weight_decay_mode: L2 or DECOUPLE to decay "
+                    "the embeddings", where)
     for name in ("lr", "weight_decay", "initial_accumulator_value", "momentum"):
         value = getattr(settings, name)
         if value is not None and not value >= 0:

@@ -166,7 +166,7 @@ class DeepFMModel:
                                           "data_config fields change how files are read; the "
                                           "rest is the trained model's")
         document = config_files.apply_overrides(configs.to_document(self.config), overrides)
-        data = configs.parse(document).data_config
+        data = configs.parse(document, saved=True).data_config
         self.features.read_columns(data)
         self.config = dataclasses.replace(self.config, data_config=data)
 
@@ -481,7 +481,7 @@ class DeepFMModel:
             raise ArtifactError(f"{path}: model_type {meta.get('model_type')!r} is not "
                                 f"{MODEL_TYPE!r}")
         try:
-            config = configs.parse(meta["config"])
+            config = configs.parse(meta["config"], saved=True)
         except (KeyError, configs.ConfigError) as e:
             raise ArtifactError(f"{path}: model.json has no valid DeepFM configuration: {e}"
                                 ) from None
