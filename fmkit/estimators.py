@@ -26,7 +26,7 @@ from fmkit.data.batch import SparseBatch, concat
 from fmkit.data.sources import ArraySource
 from fmkit.eval_set import one_pair
 from fmkit.jobs.training import train, training_source, with_starting_point
-from fmkit.models.fm.hyperparameters import FFM_DEFAULTS, MCMC, TABLE, validate
+from fmkit.models.fm.hyperparameters import AUTO_HELP, FFM_DEFAULTS, MCMC, TABLE, validate
 from fmkit.models.fm.model import FMModel
 from fmkit.models.metrics import predicted_labels
 from fmkit.train.callbacks import Progress
@@ -39,6 +39,9 @@ _HYPERPARAMETERS = [h for h in TABLE if h.name not in _INFERRED]
 PARAMETERS = {h.name: (h.suggested if h.default is None and h.required else h.default)
               for h in _HYPERPARAMETERS}
 PARAMETERS["epochs"] = None  # validate's: SageMaker's 1, or MCMC_EPOCHS sweeps with mcmc
+for _group in AUTO_HELP:  # unset, not the table's values: a start the user names is then
+    # SageMaker's normal with that sigma (validate's rule), not fmkit's auto ignoring it
+    PARAMETERS[f"{_group}_init_method"] = PARAMETERS[f"{_group}_init_sigma"] = None
 PARAMETERS["warm_start"] = False  # scikit-learn's: fit continues from the fitted weights
 FFM_PARAMETERS = {"fields": None, **PARAMETERS, **FFM_DEFAULTS}
 _EXTRA_DOCS = {
@@ -66,7 +69,9 @@ def _parameters_doc(parameters: dict[str, Any]) -> str:
         if name in parameters and name != "warm_start":
             lines += [f"{name} : {kind}", f"    {text}"]
     for h in _HYPERPARAMETERS:
-        lines += [f"{h.name} : {h.kind.__name__}, default={parameters[h.name]!r}",
+        default = parameters[h.name]
+        unset = f" (unset: {h.default!r})" if default is None and h.default is not None else ""
+        lines += [f"{h.name} : {h.kind.__name__}, default={default!r}{unset}",
                   f"    {h.help} ({h.describe_range()})"]
     kind, text = _EXTRA_DOCS["warm_start"]
     return "\n".join(lines + [f"warm_start : {kind}, default=False", f"    {text}"])

@@ -189,6 +189,9 @@ def test_initial_weights_follow_the_init_hyperparameters_whatever_the_threads(me
     ("adam", {"ftrl_l1": 0.25, "factors_lr": 0.5}, ["ftrl_l1"]),
     ("ftrl", {"ftrl_l1": 0.5, "ftrl_beta": 2.0}, []),
     ("mcmc", {"num_factors": 4, "epochs": 3, "seed": 7}, []),
+    ("sgd", {"eps": 0.1, "factors_lr": 0.5}, ["eps"]),  # (only the adaptive rules divide)
+    ("ftrl", {"eps": 0.1}, ["eps"]),
+    ("adagrad", {"eps": 0.1}, []),
 ])
 def test_a_changed_setting_its_optimizer_does_not_read_is_named_once(caplog, optimizer, named,
                                                                     unused):
@@ -206,3 +209,24 @@ def test_a_changed_setting_its_optimizer_does_not_read_is_named_once(caplog, opt
     assert len(warnings) == 1
     assert warnings[0].startswith(f"optimizer={optimizer} does not use")
     assert warnings[0].split(": ")[1].split(", ") == unused
+
+
+@pytest.mark.parametrize(("named", "unread"), [
+    ({"bias_init_value": 0.7}, ["bias_init_value has no effect: only bias_init_method=constant "
+                                "reads it (the method is normal)"]),
+    ({"factors_init_method": "uniform", "factors_init_scale": 0.1, "factors_init_sigma": 0.2},
+     ["factors_init_sigma has no effect: only factors_init_method=normal reads it (the method "
+      "is uniform)"]),
+    ({"linear_init_method": "constant", "linear_init_value": 0.0, "linear_init_scale": 1.0},
+     ["linear_init_scale has no effect: only linear_init_method=uniform reads it (the method "
+      "is constant)"]),
+    ({"bias_init_method": "constant", "bias_init_value": 0.7, "factors_init_sigma": 0.2}, []),
+])
+def test_an_init_setting_its_method_does_not_read_is_named(caplog, named, unread):
+    """SageMaker ignores such a setting silently (bias_init_value without
+    bias_init_method=constant); fmkit trains the same and says so."""
+    hyperparameters._say_unread_starts.cache_clear()
+    raw = {"feature_dim": 7, "num_factors": 2, "predictor_type": "regressor", **named}
+    with caplog.at_level("WARNING", logger="fmkit"):
+        validate(raw)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == unread

@@ -144,3 +144,24 @@ def test_tunes_trials_keep_their_advice_to_themselves(tmp_path):
         assert len(records) == 1 and "100% of their variance 4 " in records[0].getMessage()
     finally:
         logging.getLogger("fmkit").removeHandler(handler)
+
+
+def test_an_estimators_named_start_is_the_one_it_trains_from():
+    """``FMClassifier(factors_init_sigma=0.1)`` (fastFM's ``init_stdev``, docs/coming-from.md)
+    starts its factors at that sigma, as a job naming it does: the estimator passed every
+    parameter, fmkit's auto start among them, and auto ignored the named sigma."""
+    from sklearn.datasets import load_svmlight_file
+
+    from fmkit import FMClassifier, FMRegressor
+
+    X, y = load_svmlight_file(str(shared_file("a9a_libsvm", "a9a")), n_features=124)
+    X, y = X[:2000], y[:2000]
+    frozen = {"bias_lr": 0.0, "linear_lr": 0.0, "factors_lr": 0.0, "num_factors": 8}
+    named = FMClassifier(factors_init_sigma=0.1, **frozen).fit(X, y).model_.params
+    assert named.V.std() == pytest.approx(0.1, rel=0.1)
+    auto = FMClassifier(**frozen).fit(X, y).model_.params
+    assert auto.V.std() < 0.02
+    positive = (y > 0).mean()  # auto's bias: the logit of the positive rate
+    assert auto.w0[0] == pytest.approx(np.log(positive / (1 - positive)), rel=1e-5)
+    constant = FMRegressor(bias_init_method="constant", bias_init_value=0.25, **frozen)
+    assert constant.fit(X, y).model_.params.w0[0] == np.float32(0.25)

@@ -353,14 +353,34 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
     _say_unused(tuple(sorted(name for name in _unused(values["optimizer"])
                              if name in raw and values[name] != BY_NAME[name].default)),
                 values["optimizer"])
+    _say_unread_starts(tuple(
+        (f"{group}_init_{part}", f"{group}_init_method={method}", values[f"{group}_init_method"])
+        for group in ("bias", "linear", "factors") for part, method in INIT_READS
+        if raw.get(f"{group}_init_{part}") is not None
+        and values[f"{group}_init_method"] != method))
     return values
 
 
+# which init method reads each init setting (the others leave it without effect, as SageMaker)
+INIT_READS = (("sigma", "normal"), ("scale", "uniform"), ("value", "constant"))
+
+
 def _unused(optimizer: str) -> tuple[str, ...]:
-    """The settings ``optimizer`` does not read."""
+    """The settings ``optimizer`` does not read (eps: only the adaptive rules divide)."""
     if optimizer == MCMC:
         return (*MCMC_UNUSED, *FTRL_ONLY)
-    return () if optimizer == "ftrl" else FTRL_ONLY
+    if optimizer == "ftrl":
+        return ("eps",)
+    return (*FTRL_ONLY, "eps") if optimizer == "sgd" else FTRL_ONLY
+
+
+@functools.cache
+def _say_unread_starts(unread: tuple[tuple[str, str, str], ...]) -> None:
+    """One warning per process for each init setting its group's method does not read
+    (SageMaker ignores it silently: bias_init_value without bias_init_method=constant)."""
+    for name, needs, method in unread:
+        log.warning("%s has no effect: only %s reads it (the method is %s)", name, needs,
+                    method)
 
 
 @functools.cache
