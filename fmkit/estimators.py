@@ -482,6 +482,9 @@ def load(path: str | Path) -> Any:
     else:
         cls = FMClassifier if classifier else FMRegressor
     params = {k: v for k, v in model.hyperparameters.items() if k in PARAMETERS}
+    for group in AUTO_HELP:  # fmkit's auto start: the estimator's unset parameters
+        if params[f"{group}_init_method"] == "auto":
+            params[f"{group}_init_method"] = params[f"{group}_init_sigma"] = None
     if model.field_aware and model.column_fields is not None:
         params["fields"] = model.column_fields.tolist()
     estimator = cls(**params)

@@ -290,13 +290,15 @@ def _sagemaker_init_methods(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**raw, **chosen} if chosen else raw
 
 
-def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
+def validate(raw: Mapping[str, Any], *, require: bool = True, saved: bool = False
+             ) -> dict[str, Any]:
     """Parse and check hyperparameters; return every table name with its effective value.
 
     Keys starting with ``_`` (SageMaker's ``_tuning_objective_metric``) are logged and ignored.
     Any other unknown key, a missing required key (when ``require``), a value of the wrong type
     or out of range, and an init method without its scale/value raise
-    :class:`~fmkit.errors.HyperparameterError`.
+    :class:`~fmkit.errors.HyperparameterError`. Settings a job changed that do nothing are
+    said once, unless ``saved`` (a trained model's hyperparameters, loaded).
     """
     unknown = sorted(k for k in raw if k not in BY_NAME and not str(k).startswith("_"))
     if unknown:
@@ -350,14 +352,15 @@ def validate(raw: Mapping[str, Any], *, require: bool = True) -> dict[str, Any]:
                 raise HyperparameterError(
                     f"hyperparameter {group}_lr must be > 0 with optimizer=ftrl (it is FTRL's "
                     f"alpha and divides its updates), got {values[f'{group}_lr']}")
-    _say_unused(tuple(sorted(name for name in _unused(values["optimizer"])
-                             if name in raw and values[name] != BY_NAME[name].default)),
+    if saved:
+        return values
+    changed = {name for name in raw if name in BY_NAME and values[name] != BY_NAME[name].default}
+    _say_unused(tuple(sorted(changed.intersection(_unused(values["optimizer"])))),
                 values["optimizer"])
     _say_unread_starts(tuple(
         (f"{group}_init_{part}", f"{group}_init_method={method}", values[f"{group}_init_method"])
         for group in ("bias", "linear", "factors") for part, method in INIT_READS
-        if raw.get(f"{group}_init_{part}") is not None
-        and values[f"{group}_init_method"] != method))
+        if f"{group}_init_{part}" in changed and values[f"{group}_init_method"] != method))
     return values
 
 

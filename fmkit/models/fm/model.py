@@ -229,7 +229,7 @@ class FMModel:
             raise ArtifactError(
                 f"{path}: model_type {meta.get('model_type')!r} is not {MODEL_TYPE!r}")
         try:
-            hp = validate(meta["hyperparameters"])
+            hp = validate(meta["hyperparameters"], saved=True)
             d, k = int(meta["feature_dim"]), int(meta["num_factors"])
             index_base = int(meta.get("index_base", 0))
             classes = tuple(artifact.checked_classes(meta.get("classes", [0, 1]), 2))

@@ -199,7 +199,7 @@ def read_artifact(path: str | Path, given: Mapping[str, Any], index_base: int | 
                 "--hyperparameters with the training job's hyperparameters.json)")
         log.info("predictor_type=%s, from the output operator of symbol.json", guessed)
         hp["predictor_type"] = guessed
-    hp = validate(hp)
+    hp = validate(hp, saved=True)
     if hp["model_type"] != "fm":
         raise HyperparameterError(f"{source}: SageMaker's models are FMs: model_type="
                                   f"{hp['model_type']} does not apply")
