@@ -7,7 +7,8 @@ numbers, ``"a|b"`` multi-values, sequences, map columns: whatever the features r
 of which the estimator uses the features, groups, network and training settings; the label
 is ``y``, the sample weights ``sample_weight``, and the loss follows from the class (binary
 or softmax cross entropy for a classifier by its number of classes, l2_loss for a
-regressor). Without a ``config`` one is made from ``X`` (:func:`default_config`).
+regressor; the configuration's loss of that kind keeps its options). Without a ``config``
+one is made from ``X`` (:func:`default_config`).
 
 ``save`` writes the same model directory ``fmkit train`` writes; :func:`fmkit.load` reads it
 back as an estimator, and ``fmkit serve``/``predict`` take it as it is.
@@ -148,6 +149,20 @@ def default_config(X: Any) -> dict[str, Any]:
             "dense_optimizer": {"adam_optimizer": {"lr": 0.001}}, "num_epochs": 5},
         "data_config": {"batch_size": 512, "shuffle": True},
     }
+
+
+def _configured_loss(given: Any, loss: dict[str, Any], estimator: Any) -> Any:
+    """The loss to train with: the configuration's own (its options, ``label_smoothing``
+    say, kept) when it is the estimator's kind, else ``loss``; one of another kind is refused
+    rather than replaced."""
+    if not given:
+        return loss
+    kinds = [next(iter(one), None) if isinstance(one, dict) else None for one in given]
+    if kinds != [next(iter(loss))]:
+        raise ValueError(f"config: model_config.losses is {', '.join(map(str, kinds))}; this "
+                         f"{type(estimator).__name__} trains with {next(iter(loss))} (set its "
+                         "options there, or leave losses out)")
+    return given[0]
 
 
 def _completed(document: dict[str, Any], made: dict[str, Any]) -> dict[str, Any]:
@@ -292,7 +307,9 @@ class _DeepFMEstimator(BaseEstimator):
             extra_val = {label: np.asarray(y_val, np.float64)}
             validation = Rows("eval_set", lambda: _batches(table_val, extra_val))
         document = self._document(table, self.model_ if continues else None, label)
-        document.setdefault("model_config", {}).update(losses=[loss], num_class=num_class)
+        network = document.setdefault("model_config", {})
+        network.update(losses=[_configured_loss(network.get("losses"), loss, self)],
+                       num_class=num_class)
         if incremental:
             document["train_config"]["num_epochs"] = 1
             document["train_config"].pop("num_steps", None)

@@ -519,3 +519,28 @@ def test_a_row_whose_score_overflows_is_an_error_naming_it_not_a_nan(kind):
     with pytest.raises(ValueError, match="X row 7: the score is not a finite number"):
         model.predict(X)
     assert np.isfinite(model.predict(X[:7])).all()
+
+
+def test_a_deepfm_estimator_trains_with_its_configurations_loss_options():
+    """The configuration's binary_cross_entropy keeps its label_smoothing (the estimator put
+    its own loss in place of the configuration's); a loss of another kind is refused.
+    Smoothing 0.5 trains on targets 0.25 and 0.75 (TorchEasyRec's y (1 - s) + s / 2): no
+    probability leaves [0.2, 0.8], where without it separable rows go past 0.95."""
+    import pandas as pd
+
+    from fmkit.deepfm_estimators import default_config
+
+    rng = np.random.default_rng(5)
+    user = rng.integers(0, 30, 3000)
+    X = pd.DataFrame({"user": user, "item": rng.integers(0, 5, 3000)})
+    y = (user % 2).astype(int)  # the user decides the label
+    config = default_config(X)
+    plain = DeepFMClassifier(config, num_epochs=20, batch_size=64).fit(X, y).predict_proba(X)
+    config["model_config"]["losses"] = [{"binary_cross_entropy": {"label_smoothing": 0.5}}]
+    smoothed = DeepFMClassifier(config, num_epochs=20, batch_size=64).fit(X, y)
+    assert plain[:, 1].max() > 0.95 and plain[:, 1].min() < 0.05
+    assert 0.2 < smoothed.predict_proba(X)[:, 1].min() < smoothed.predict_proba(X)[:, 1].max() < 0.8
+    config["model_config"]["losses"] = [{"l2_loss": {}}]
+    with pytest.raises(ValueError, match="losses is l2_loss; this DeepFMClassifier trains with "
+                                         "binary_cross_entropy"):
+        DeepFMClassifier(config, num_epochs=1).fit(X, y)
