@@ -899,3 +899,22 @@ def test_row_wise_adagrads_weight_decay_without_a_mode_is_said_to_do_nothing(mod
     assert parsed.train_config.sparse_optimizer.rowwise_adagrad_optimizer.weight_decay_mode == mode
     said = "weight_decay: without effect under weight_decay_mode NONE" in caplog.text
     assert said == (mode == "NONE")
+
+
+def test_embedding_settings_of_a_dense_numeric_feature_are_said_to_do_nothing(caplog):
+    """``price`` has no boundaries: one dense value, in TorchEasyRec as here, so its
+    embedding_dim and init_fn do nothing; said when training, not when a model loads."""
+    from fmkit.models.deepfm import config as configs
+
+    document = small()
+    document["feature_configs"][4]["raw_feature"].update(embedding_dim=8, init_fn="nn.init.zeros_")
+    with caplog.at_level("WARNING", logger="fmkit"):
+        configs.parse(document, saved=True)
+        assert caplog.text == ""
+        configs.parse(document)
+    assert caplog.text.count("feature_configs[4] (price): embedding_dim, init_fn without "
+                             "effect: without boundaries the feature is one dense value") == 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fmkit"):
+        configs.parse(small())
+    assert caplog.text == ""

@@ -687,6 +687,8 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False,
                           "(with INT8 the layers between the int8 products score in float32)")
     _check_model(config.model_config)
     _check_data(config)
+    if not saved:
+        _say_dense_embedding_settings(config.feature_configs)
     if train.seed < 0:
         raise ConfigError(f"train_config.seed: must be >= 0, got {train.seed}")
     for kind in ("sparse_optimizer", "dense_optimizer"):
@@ -702,6 +704,23 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False,
         if chosen:
             _check_schedule(getattr(optimizer, chosen[0]), f"train_config.{kind}.{chosen[0]}")
     return config
+
+
+def _say_dense_embedding_settings(features: list[FeatureConfig]) -> None:
+    """A numeric feature without ``boundaries`` is one dense value, as in TorchEasyRec: its
+    embedding settings do nothing, which is said once per feature rather than left silent."""
+    for i, feature_config in enumerate(features):
+        if feature_config.kind not in ("raw_feature", "sequence_raw_feature", "expr_feature"):
+            continue
+        feature = feature_config.feature
+        named = [name for name in ("embedding_dim", "embedding_name", "init_fn")
+                 if getattr(feature, name) and not feature.boundaries]
+        if named:
+            from fmkit.logs import log
+
+            log.warning("feature_configs[%d] (%s): %s without effect: without boundaries the "
+                        "feature is one dense value (set boundaries to bucketize it into an "
+                        "embedding)", i, feature.feature_name, ", ".join(named))
 
 
 def schedule_of(optimizer: SparseOptimizer | DenseOptimizer) -> Any:
