@@ -16,6 +16,7 @@ import torch
 from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, roc_auc_score
 
 from fmkit.data import codecs
+from fmkit.errors import DataError
 from fmkit.jobs.deepfm import train_deepfm
 from fmkit.logs import log
 from fmkit.models import metrics
@@ -194,6 +195,32 @@ def test_a_weighted_run_equals_the_run_on_rows_repeated_by_their_weights(tmp_pat
     batch = next(model_one.read(test))
     np.testing.assert_allclose(model_one.logits(batch), model_two.logits(batch), rtol=1e-4,
                                atol=1e-6)
+
+
+def test_drop_remainder_trains_as_if_the_last_smaller_batch_were_not_there(tmp_path):
+    """TorchEasyRec's data_config.drop_remainder (accepted and ignored before): 300 rows in
+    batches of 64 train as their first 256 rows do, over 3 epochs (unshuffled, so the same
+    batches); without it the last 44 rows count."""
+    rng = np.random.default_rng(6)
+    rows = [(rng.integers(20), rng.integers(20), rng.integers(2)) for _ in range(300)]
+    every = _write(tmp_path / "all.csv", "user,item,label", rows)
+    first = _write(tmp_path / "first.csv", "user,item,label", rows[:256])
+    test = _write(tmp_path / "e.csv", "user,item,label",
+                  [(u, i, 0) for u in range(20) for i in range(20)])
+    data = {"label_fields": ["label"], "with_header": True, "batch_size": 64}
+    epochs = {"num_epochs": 3}
+    dropped, _ = train_deepfm(_config(tmp_path / "a", every, train_config=epochs,
+                                      data_config={**data, "drop_remainder": True}),
+                              progress=False)
+    short, _ = train_deepfm(_config(tmp_path / "b", first, train_config=epochs), progress=False)
+    kept, _ = train_deepfm(_config(tmp_path / "c", every, train_config=epochs), progress=False)
+    batch = next(dropped.read(test))
+    np.testing.assert_array_equal(dropped.logits(batch), short.logits(batch))
+    assert not np.allclose(kept.logits(batch), short.logits(batch))
+    with pytest.raises(DataError, match=r"all.csv: fewer rows than data_config.batch_size "
+                                        r"\(512\): drop_remainder leaves no batch to train"):
+        train_deepfm(_config(tmp_path / "d", every, data_config={
+            **data, "batch_size": 512, "drop_remainder": True}), progress=False)
 
 
 def test_weighted_metrics_equal_scikit_learns():

@@ -19,6 +19,7 @@ from torch import nn
 
 from fmkit.cpus import computes_bfloat16
 from fmkit.data.background import background
+from fmkit.errors import DataError
 from fmkit.logs import log
 from fmkit.models.deepfm.batches import mini_batches
 from fmkit.models.deepfm.config import (
@@ -121,6 +122,17 @@ def _restore_optimizers(optimizers: list[Optimizer], arrays: dict,
     dense.load_state_dict({"param_groups": plain["param_groups"], "state": state})
 
 
+def _some(batches: Iterator[Encoded], name: str, size: int) -> Iterator[Encoded]:
+    """``batches``, or one line saying why ``drop_remainder`` left none to train."""
+    empty = True
+    for batch in batches:
+        empty = False
+        yield batch
+    if empty:
+        raise DataError(name, None, f"fewer rows than data_config.batch_size ({size}): "
+                                    "drop_remainder leaves no batch to train")
+
+
 class DeepFMLearner:
     """A DeepFM network and its two optimizers, for :func:`fmkit.train.engine.fit`: a step is
     one mini-batch; ``evaluate`` scores a validation channel with ``scorer`` (in eval mode)."""
@@ -131,10 +143,12 @@ class DeepFMLearner:
 
     def __init__(self, net: nn.Module, config: TrainConfig, batch_size: int, loss_kind: str,
                  label_smoothing: float = 0.0, shuffle: bool = False,
-                 scorer: Callable[[Any], dict[str, float]] | None = None):
+                 scorer: Callable[[Any], dict[str, float]] | None = None,
+                 drop_remainder: bool = False):
         torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: PyTorch warns if not
         torch.manual_seed(config.seed)
         self.net, self.batch_size, self.shuffle = net, batch_size, shuffle
+        self.drop_remainder = drop_remainder  # an epoch's last, smaller batch left out
         self.smoothing, self.scorer, self.steps = label_smoothing, scorer, 0
         self.tables = [p for name, p in net.named_parameters() if "tables." in name]
         self.others = [p for name, p in net.named_parameters() if "tables." not in name]
@@ -162,7 +176,9 @@ class DeepFMLearner:
 
     def mini_batches(self, source: Source, size: int, rng: np.random.Generator
                      ) -> Iterator[Encoded]:
-        return mini_batches(background(source.blocks()), size, self.shuffle, rng)
+        batches = mini_batches(background(source.blocks()), size, self.shuffle, rng,
+                               self.drop_remainder)
+        return _some(batches, source.name, size) if self.drop_remainder else batches
 
     def _loss(self, batch: Encoded | None) -> tuple[torch.Tensor | None, float]:
         """The summed (sample-weighted) loss of a batch (None without one) and what it is

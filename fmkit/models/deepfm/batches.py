@@ -57,9 +57,10 @@ def _rows(block: Encoded, order: np.ndarray | None, start: int, stop: int) -> En
 
 
 def mini_batches(blocks: Iterable[Encoded], batch_size: int, shuffle: bool,
-                 rng: np.random.Generator) -> Iterator[Encoded]:
-    """Batches of ``batch_size`` rows across block boundaries (the last may be smaller);
-    ``shuffle`` permutes the rows of each block first."""
+                 rng: np.random.Generator, drop_remainder: bool = False) -> Iterator[Encoded]:
+    """Batches of ``batch_size`` rows across block boundaries (the last may be smaller,
+    unless ``drop_remainder`` leaves it out); ``shuffle`` permutes the rows of each block
+    first."""
     pending: list[Encoded] = []
     count = 0
     for block in blocks:
@@ -78,7 +79,7 @@ def mini_batches(blocks: Iterable[Encoded], batch_size: int, shuffle: bool,
             start += batch_size
         if start < block.n_rows:
             pending, count = [_rows(block, order, start, block.n_rows)], block.n_rows - start
-    if pending:
+    if pending and not drop_remainder:
         yield concatenate(pending)
 
 

@@ -389,7 +389,7 @@ class TrainConfig:
         default_factory=lambda: DenseOptimizer(adam_optimizer=OptimizerSettings()))
     num_epochs: int | None = None
     num_steps: int | None = None
-    log_step_count_steps: int = 100
+    log_step_count_steps: int | None = ignored()  # fmkit logs progress every 30 s
     seed: int = 0  # fmkit's own: parameter init, dropout and shuffling
     # fmkit's own: > 0 scores eval_input_path after every epoch (and every
     # validation_every_steps mini-batches when set), keeps the best measurement's weights and
@@ -466,8 +466,8 @@ class DataConfig:
     delimiter: str = ","
     with_header: bool = False
     fg_mode: str = enum("FgMode", FG_MODES, "FG_NONE")
-    shuffle: bool = False
-    shuffle_buffer_size: int = 32
+    shuffle: bool = False  # within each block read (4 MB), not a buffer of batches
+    shuffle_buffer_size: int | None = ignored()
     drop_remainder: bool = False
     num_workers: int | None = ignored()
     pin_memory: bool | None = ignored()
