@@ -918,3 +918,24 @@ def test_embedding_settings_of_a_dense_numeric_feature_are_said_to_do_nothing(ca
     with caplog.at_level("WARNING", logger="fmkit"):
         configs.parse(small())
     assert caplog.text == ""
+
+
+def test_torcheasyrec_settings_fmkit_does_not_apply_are_reported_as_ignored(caplog):
+    """Each was accepted and silently unread: a shuffle buffer (fmkit shuffles within each
+    block read), step-count logging (fmkit logs every 30 s), approximate AUC buckets (fmkit's
+    AUC is exact) and an accuracy threshold or top k (fmkit's is at 0.5, or the top class)."""
+    from fmkit.models.deepfm import config as configs
+
+    document = small()
+    document["data_config"]["shuffle_buffer_size"] = 64
+    document["train_config"] = {"log_step_count_steps": 10}
+    document["model_config"]["metrics"] = [{"accuracy": {"threshold": 0.3, "top_k": 2}},
+                                           {"auc": {"thresholds": 1000}}]
+    with caplog.at_level("WARNING", logger="fmkit"):
+        configs.parse(document, report_ignored=True)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignored")]
+    assert len(said) == 1
+    assert sorted(said[0].split(": ", 1)[1].split(", ")) == [
+        "data_config.shuffle_buffer_size", "model_config.metrics[0].accuracy.threshold",
+        "model_config.metrics[0].accuracy.top_k", "model_config.metrics[1].auc.thresholds",
+        "train_config.log_step_count_steps"]

@@ -251,13 +251,13 @@ class Loss:
 
 @dataclass
 class AUC:
-    thresholds: int = 200
+    thresholds: int | None = ignored()  # fmkit's AUC is exact, not over threshold buckets
 
 
 @dataclass
 class Accuracy:
-    threshold: float = 0.5
-    top_k: int = 1
+    threshold: float | None = ignored()  # fmkit's accuracy: at 0.5 (binary), top 1 (classes)
+    top_k: int | None = ignored()
 
 
 @dataclass
