@@ -99,6 +99,35 @@ def test_list_columns_are_multi_value_features(tmp_path):
                            scores[0])
 
 
+def test_spark_written_types_read_as_the_plain_ones(tmp_path):
+    """What Spark writes (TorchEasyRec's issue #122 for the lists): dictionary-encoded
+    strings, lists of non-null strings, small nullable integers and decimals (a DECIMAL
+    price failed with 'expected a number, got decimal128(10, 2)') score as plain strings,
+    lists, int64 and float64 do."""
+    import decimal
+
+    config = configs.parse(config_files.load_document(REPO / "examples" / "deepfm_movielens.yaml"))
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    model = DeepFMModel.create(config)
+    plain = {"user_id": [1, 2, 3], "item_id": [3, 4, 5], "age": [20, None, 40],
+             "gender": ["M", "F", None], "occupation": ["writer", "other", "writer"],
+             "zip": ["857", "940", "857"], "year": [1995.5, 1980.25, None],
+             "genres": pa.array([["Action", "Comedy"], None, ["Drama"]], pa.list_(pa.string()))}
+    spark = {**plain, "age": pa.array(plain["age"], pa.int16()),
+             "occupation": pa.array(plain["occupation"]).dictionary_encode(),
+             "year": pa.array([None if v is None else decimal.Decimal(str(v))
+                               for v in plain["year"]], pa.decimal128(6, 2)),
+             "genres": pa.array(plain["genres"].to_pylist(),
+                                pa.list_(pa.field("element", pa.string(), nullable=False)))}
+    scores = []
+    for name, columns in (("plain", plain), ("spark", spark)):
+        pq.write_table(pa.table(columns), tmp_path / f"{name}.parquet")
+        batch = next(model.read(tmp_path / f"{name}.parquet", "parquet"))
+        scores.append(model.predictions(batch)["score"])
+    np.testing.assert_array_equal(scores[0], scores[1])
+
+
 def test_a_bad_parquet_value_names_file_and_row(tmp_path):
     path = tmp_path / "bad.parquet"
     sample_as_parquet(path)

@@ -196,7 +196,7 @@ def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray
                     raise error(position, f"{excerpt(text)} is not a number") from None
             raise error(0, "a value is not a number") from None
     elif not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)
-              or pa.types.is_boolean(values.type)):
+              or pa.types.is_boolean(values.type) or pa.types.is_decimal(values.type)):
         present = np.flatnonzero(values.is_valid().to_numpy(zero_copy_only=False))
         kind = values.type
         if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
