@@ -128,6 +128,71 @@ def test_spark_written_types_read_as_the_plain_ones(tmp_path):
     np.testing.assert_array_equal(scores[0], scores[1])
 
 
+def test_integers_beyond_2_to_the_53_are_numbers_too(tmp_path):
+    """An int64 that float64 cannot hold exactly (a nanosecond timestamp, say) in a numeric
+    column was pyarrow's 'Integer value ... not in range' traceback, from Parquet and from a
+    JSON request alike; it is rounded to the nearest float64, as a float column holds it."""
+    from fmkit.data.columns import from_instances
+
+    config = configs.parse(config_files.load_document(REPO / "examples" / "deepfm_movielens.yaml"))
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    model = DeepFMModel.create(config)
+    huge = [2**60 + 1, 2**53 + 1, 1990]
+    base = {"user_id": [1, 2, 3], "item_id": [3, 4, 5], "age": [20, 30, 40],
+            "gender": ["M", "F", "M"], "occupation": ["writer", "other", "writer"],
+            "zip": ["857", "940", "857"], "genres": ["Action", "Drama", None]}
+    scores = []
+    for name, year in (("int", pa.array(huge, pa.int64())),
+                       ("float", pa.array([float(v) for v in huge], pa.float64()))):
+        pq.write_table(pa.table({**base, "year": year}), tmp_path / f"{name}.parquet")
+        scores.append(model.predictions(next(model.read(tmp_path / f"{name}.parquet",
+                                                        "parquet")))["score"])
+    np.testing.assert_array_equal(scores[0], scores[1])
+    instances = [{**{k: v[i] for k, v in base.items()}, "year": year}
+                 for i, year in enumerate(huge)]
+    np.testing.assert_array_equal(model.predictions(from_instances(instances))["score"],
+                                  scores[1])
+
+
+def test_corrupt_parquet_bytes_are_one_line_naming_the_file(tmp_path):
+    """Bytes changed in a Parquet file (compressed pages, dictionary indices, text that is not
+    UTF-8, the footer's column names) were pyarrow's tracebacks (ArrowIndexError,
+    ArrowInvalid, UnicodeDecodeError) or a line without the file ('Corrupt snappy compressed
+    data.'); each is now a DataError naming the file, or the file still reads."""
+    config = configs.parse(config_files.load_document(REPO / "examples" / "deepfm_movielens.yaml"))
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    model = DeepFMModel.create(config)
+    rng = np.random.default_rng(0)
+    n = 300
+    columns = {"user_id": rng.integers(1, 900, n), "item_id": rng.integers(1, 1600, n),
+               "age": rng.integers(10, 70, n),
+               "gender": pa.array(rng.choice(["M", "F"], n)).dictionary_encode(),
+               "occupation": rng.choice(["writer", "other", "artist"], n),
+               "zip": [f"{z:05d}" for z in rng.integers(0, 99999, n)],
+               "year": rng.integers(1950, 1998, n),
+               "genres": [["Action", "Comedy"][: 1 + i % 2] for i in range(n)]}
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table(columns), good)
+    raw = good.read_bytes()
+    outcomes = {"read": 0, "refused": 0}
+    for case in range(150):
+        damaged = bytearray(raw)
+        for position in rng.integers(0, len(raw), rng.integers(1, 6)):
+            damaged[position] = rng.integers(0, 256)
+        path = tmp_path / f"damaged{case}.parquet"
+        path.write_bytes(bytes(damaged))
+        try:
+            scores = [model.predictions(batch)["score"] for batch in model.read(path, "parquet")]
+            assert np.isfinite(np.concatenate(scores)).all()
+            outcomes["read"] += 1
+        except DataError as e:
+            assert str(e).startswith(str(path)) and "\n" not in str(e), str(e)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 50 and outcomes["read"] > 0, outcomes
+
+
 def test_a_bad_parquet_value_names_file_and_row(tmp_path):
     path = tmp_path / "bad.parquet"
     sample_as_parquet(path)

@@ -452,10 +452,21 @@ def read_parquet(path: str | Path, batch_rows: int = 65536,
     for file in files:
         try:
             reader = pq.ParquetFile(file)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(str(file), None, f"not a Parquet file: {e}") from None
-        done = 0
-        for index, batch in enumerate(reader.iter_batches(batch_size=batch_rows)):
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as e:  # (the last: names)
+            raise DataError(str(file), None, f"not a Parquet file: "
+                            f"{excerpt(str(e), 80, quote=False)}") from None
+        done, batches = 0, reader.iter_batches(batch_size=batch_rows)
+        for index in itertools.count():
+            try:  # decompressed and checked whole (UTF-8 text, dictionary indices, offsets):
+                # corrupt bytes are one line naming the file, not an error deep in decoding
+                batch = next(batches, None)
+                if batch is not None and index % parts == part:
+                    batch.validate(full=True)
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(str(file), None, f"corrupt Parquet data after row {done}: "
+                                f"{excerpt(str(e), 80, quote=False)}") from None
+            if batch is None:
+                break
             if index % parts == part:
                 columns = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
                 yield ColumnBatch(columns, batch.num_rows, str(file), offset=done)

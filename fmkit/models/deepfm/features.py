@@ -206,7 +206,9 @@ def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray
             several = np.flatnonzero(lengths > 1)
             present = several if several.size else present
         raise error(int(present[0]) if present.size else 0, f"expected a number, got {kind}")
-    result = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    # (unsafe: an int64 beyond 2^53, a nanosecond timestamp say, is rounded, not refused)
+    result = pc.cast(values, pa.float64(), safe=False).to_numpy(zero_copy_only=False
+                                                                 ).astype(np.float64)
     beyond = np.flatnonzero(np.abs(result) > FLOAT32_MAX)
     if beyond.size:
         raise error(int(beyond[0]), f"{float(result[beyond[0]])!r} is not a finite float32 "
