@@ -939,3 +939,27 @@ def test_torcheasyrec_settings_fmkit_does_not_apply_are_reported_as_ignored(capl
         "data_config.shuffle_buffer_size", "model_config.metrics[0].accuracy.threshold",
         "model_config.metrics[0].accuracy.top_k", "model_config.metrics[1].auc.thresholds",
         "train_config.log_step_count_steps"]
+
+
+def test_column_names_with_control_characters_stay_on_the_errors_one_line(tmp_path):
+    """A header's names are the file's text: a vertical tab or a file separator in one was
+    quoted raw into the error ('... (l\\x0bbel, I1, ...)'), which terminals and
+    ``str.splitlines`` break in two (found by fuzzing: FMKIT_FUZZ_EXAMPLES=3000)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fmkit.models.base import load_model
+
+    from .deepfm_helpers import train_small_deepfm
+
+    model = load_model(train_small_deepfm(tmp_path))
+    too_many = tmp_path / "wide.csv"
+    too_many.write_bytes(b"us\x0ber,item,tags,age,price,label\n1,2,a,3,4.0,1,9\n")
+    parquet = tmp_path / "names.parquet"
+    pq.write_table(pa.table({"us\x1cer": ["u1"], "item": [2], "tags": ["a"], "age": [30],
+                             "price": [1.0]}), parquet)
+    for path, shown in ((too_many, "us\\x0ber, item, tags, ..."), (parquet, "us\\x1cer, item")):
+        with pytest.raises(DataError) as raised:
+            for batch in model.read(path):
+                model.predictions(batch)
+        assert len(str(raised.value).splitlines()) == 1 and shown in str(raised.value)

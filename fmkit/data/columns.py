@@ -79,8 +79,10 @@ class ColumnBatch:
         except KeyError:
             if self.absent_is_missing:
                 return pa.nulls(self.n_rows, pa.string())
-            raise DataError(self.source, None, f"no column {name!r} (columns: "
-                            f"{', '.join(self.columns)})") from None
+            shown = [excerpt(column, quote=False) for column in list(self.columns)[:20]]
+            more = f", ... ({len(self.columns)} in all)" if len(self.columns) > 20 else ""
+            raise DataError(self.source, None, f"no column {excerpt(name)} (columns: "
+                            f"{', '.join(shown)}{more})") from None
 
 
 QUOTE = 34  # '"'
@@ -242,7 +244,7 @@ def split_block(buf: np.ndarray, start: int, names: Sequence[str], delimiter: st
     bad = np.flatnonzero((counts > len(names)) | lone)
     if bad.size:
         row = int(bad[0])
-        named = f"{', '.join(names[:3])}, ..."
+        named = f"{', '.join(excerpt(name, quote=False) for name in names[:3])}, ..."
         if counts[row] > 1:
             problem = f"{counts[row]} fields, expected at most {len(names)} ({named})"
         else:

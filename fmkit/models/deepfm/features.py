@@ -390,8 +390,10 @@ class Feature:
             bad = np.flatnonzero((numbers != np.round(numbers)) | (numbers < 0)
                                  | (numbers >= config.num_buckets))
             if bad.size:
+                value = flat[int(bad[0])].as_py()
+                shown = excerpt(value) if isinstance(value, str) else repr(value)
                 raise batch.error(int(row_of[bad[0]]), f"column {self.column!r}: id "
-                                  f"{flat[int(bad[0])].as_py()!r} is not an integer in "
+                                  f"{shown} is not an integer in "
                                   f"[0, num_buckets={config.num_buckets}) (for text ids, "
                                   f"set hash_bucket_size instead)")
             return numbers.astype(np.int64), offsets
