@@ -462,14 +462,15 @@ def read_parquet(path: str | Path, batch_rows: int = 65536,
             try:  # decompressed and checked whole (UTF-8 text, dictionary indices, offsets):
                 # corrupt bytes are one line naming the file, not an error deep in decoding
                 batch = next(batches, None)
-                if batch is not None and index % parts == part:
+                mine = batch is not None and index % parts == part
+                if mine:
                     batch.validate(full=True)
             except (pa.ArrowException, OSError) as e:
                 raise DataError(str(file), None, f"corrupt Parquet data after row {done}: "
                                 f"{excerpt(str(e), 80, quote=False)}") from None
             if batch is None:
                 break
-            if index % parts == part:
+            if mine:
                 columns = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
                 yield ColumnBatch(columns, batch.num_rows, str(file), offset=done)
             done += batch.num_rows

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from fmkit.errors import FMKitError, did_you_mean, excerpt
+from fmkit.logs import log
 
 
 class ConfigError(FMKitError, ValueError):
@@ -654,8 +655,6 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False,
     ignored: list[str] = []
     config = _from_mapping(EasyRecConfig, document, "", ignored)
     if report_ignored and ignored:
-        from fmkit.logs import log
-
         log.warning("ignored (TorchEasyRec settings without effect in fmkit): %s",
                     ", ".join(ignored))
     train = config.train_config
@@ -716,8 +715,6 @@ def _say_dense_embedding_settings(features: list[FeatureConfig]) -> None:
         named = [name for name in ("embedding_dim", "embedding_name", "init_fn")
                  if getattr(feature, name) and not feature.boundaries]
         if named:
-            from fmkit.logs import log
-
             log.warning("feature_configs[%d] (%s): %s without effect: without boundaries the "
                         "feature is one dense value (set boundaries to bucketize it into an "
                         "embedding)", i, feature.feature_name, ", ".join(named))
@@ -758,8 +755,6 @@ def _check_optimizer(settings: OptimizerSettings, where: str, reads: tuple[str, 
                               f"{', '.join(reads)}), so it would have no effect")
     if settings.weight_decay and "weight_decay_mode" in reads and (
             settings.weight_decay_mode == "NONE"):
-        from fmkit.logs import log
-
         log.warning("%s.weight_decay: without effect under weight_decay_mode NONE "
                     "(TorchEasyRec's default); set weight_decay_mode: L2 or DECOUPLE to decay "
                     "the embeddings", where)
