@@ -21,6 +21,8 @@ from fmkit.models.metrics import watched_metric
 log = logging.getLogger(__name__)
 
 INIT_METHODS = ("normal", "uniform", "constant")
+# the setting each init method reads (the others leave it without effect, as on SageMaker)
+INIT_SETTING = {"normal": "sigma", "uniform": "scale", "constant": "value"}
 # fmkit's default for the bias and factors when a job names none of the group's init settings:
 # see fmkit.models.fm.parameters.starting_point
 AUTO = "auto"
@@ -330,8 +332,8 @@ def validate(raw: Mapping[str, Any], *, require: bool = True, saved: bool = Fals
         values[h.name] = converted
     for group in ("bias", "linear", "factors"):
         method = values[f"{group}_init_method"]
-        needed = {"uniform": f"{group}_init_scale", "constant": f"{group}_init_value"}.get(method)
-        if needed and values[needed] is None:
+        needed = f"{group}_init_{INIT_SETTING[method]}" if method in INIT_SETTING else None
+        if needed and values[needed] is None:  # (sigma has a default)
             raise HyperparameterError(
                 f"hyperparameter {group}_init_method={method} needs {needed} to be set"
             )
@@ -359,13 +361,9 @@ def validate(raw: Mapping[str, Any], *, require: bool = True, saved: bool = Fals
                 values["optimizer"])
     _say_unread_starts(tuple(
         (f"{group}_init_{part}", f"{group}_init_method={method}", values[f"{group}_init_method"])
-        for group in ("bias", "linear", "factors") for part, method in INIT_READS
+        for group in ("bias", "linear", "factors") for method, part in INIT_SETTING.items()
         if f"{group}_init_{part}" in changed and values[f"{group}_init_method"] != method))
     return values
-
-
-# which init method reads each init setting (the others leave it without effect, as SageMaker)
-INIT_READS = (("sigma", "normal"), ("scale", "uniform"), ("value", "constant"))
 
 
 def _unused(optimizer: str) -> tuple[str, ...]:
