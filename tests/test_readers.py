@@ -288,6 +288,9 @@ def test_bad_test_channel_and_missing_file(cli, tmp_path):
     assert code != 0 and f"{bad}:3: non-numeric value in '2:x'" in err
     code, _, err = cli("train", "--train", tmp_path / "nope", *args)
     assert code != 0 and f"{tmp_path / 'nope'}: no such file or directory" in err
+    code, _, err = cli("train", "--train", "/dev/null", *args)  # it exists: a device
+    assert code == 1 and err.endswith("fmkit: error: /dev/null: is not a file, a directory or "
+                                      "a pipe\n")
 
 
 def test_a_bad_test_channel_costs_no_training(cli, tmp_path):

@@ -64,6 +64,8 @@ def channel_files(path: str | Path) -> list[Path]:
     if given == "-":
         raise DataError(given, None, "no such file: standard input is /dev/stdin (with "
                         "--format: a pipe's format is not detected)")
+    if path.exists():  # /dev/null, a terminal, a socket: nothing a channel's rows come from
+        raise DataError(str(path), None, "is not a file, a directory or a pipe")
     raise DataError(str(path), None, "no such file or directory")
 
 
