@@ -127,6 +127,95 @@ def test_a_schedule_by_epoch_changes_once_per_epoch(tmp_path):
     assert dense.rates == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001])
 
 
+# ---- gradient clipping -----------------------------------------------------------------------
+class _FirstStep(Callback):
+    """The dense parameters before and after the first step, flattened into one vector."""
+
+    def before_fit(self, run) -> None:
+        self.before = self._dense(run)
+
+    def after_step(self, run) -> bool:
+        self.after = self._dense(run)
+        return True
+
+    @staticmethod
+    def _dense(run) -> np.ndarray:
+        return np.concatenate([p.detach().numpy().ravel().astype(np.float64)
+                               for p in run.learner.others])
+
+
+def _first_dense_step(tmp_path, clipping: dict | None) -> np.ndarray:
+    rng = np.random.default_rng(5)
+    train = _write(tmp_path / "t.csv", "user,item,label",
+                   [(rng.integers(20), rng.integers(20), rng.integers(2)) for _ in range(64)])
+    settings = {"dense_optimizer": {"sgd_optimizer": {"lr": 1.0, "momentum": 0.0}}}
+    if clipping is not None:
+        settings["grad_clipping"] = clipping
+    config = _config(tmp_path / str(len(list(tmp_path.iterdir()))), train,
+                     train_config=settings)
+    step = _FirstStep()
+    train_deepfm(config, progress=False, callbacks=[step])
+    return step.after - step.before  # = -gradient (plain SGD, rate 1)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
+def test_grad_clipping_by_norm_scales_the_dense_gradient_to_max_gradient(tmp_path, norm_type):
+    """TorchEasyRec's grad_clipping {clipping_type: norm}: the first plain-SGD step of the
+    dense parameters is the unclipped one scaled to norm max_gradient (numpy's norm)."""
+    free = _first_dense_step(tmp_path, None)
+    limit = 0.2 * np.linalg.norm(free, norm_type)  # (well below: the clipping acts)
+    clipped = _first_dense_step(tmp_path, {"clipping_type": "norm", "max_gradient": limit,
+                                           "norm_type": norm_type})
+    np.testing.assert_allclose(clipped, free * limit / np.linalg.norm(free, norm_type),
+                               rtol=1e-4, atol=1e-7)
+    # a limit above the norm leaves the step alone; so does clipping_type none (any case)
+    np.testing.assert_allclose(_first_dense_step(tmp_path, {"clipping_type": "NORM",
+                                                            "max_gradient": 1e6}), free,
+                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(_first_dense_step(tmp_path, {"clipping_type": "None"}), free,
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_grad_clipping_by_value_clips_each_dense_gradient_value(tmp_path):
+    free = _first_dense_step(tmp_path, None)
+    limit = float(np.quantile(np.abs(free), 0.8))
+    clipped = _first_dense_step(tmp_path, {"clipping_type": "value", "max_gradient": limit})
+    np.testing.assert_allclose(clipped, np.clip(free, -limit, limit), rtol=1e-5, atol=1e-7)
+    assert (np.abs(free) > limit * 1.01).sum() > 0.1 * free.size  # (the clipping acted)
+
+
+@pytest.mark.parametrize("clipping, problem", [
+    ({"clipping_type": "global_norm"}, "clipping_type: expected norm, value or none, got "
+                                       "'global_norm'"),
+    ({"clipping_type": "norm", "max_gradient": 0}, "max_gradient: must be a positive number"),
+    ({"clipping_type": "norm", "max_gradient": "nan"}, "max_gradient: must be a positive "
+                                                       "number"),
+    ({"clipping_type": "norm", "norm_type": -1}, "norm_type: must be a positive number or inf"),
+])
+def test_bad_grad_clipping_settings_are_one_line(tmp_path, clipping, problem):
+    with pytest.raises(configs.ConfigError, match="train_config.grad_clipping." + re.escape(
+            problem)):
+        _config(tmp_path, "t.csv", train_config={"grad_clipping": clipping})
+
+
+def test_an_infinite_norm_type_is_kept_by_the_model_directory_and_the_config_forms(tmp_path):
+    """norm_type: inf (the largest magnitude) survives the strict JSON of model.json and
+    protobuf text, each read back by parse (model.json once stored it as null, and the
+    trained model did not load)."""
+    from fmkit.models.artifact import strict_json
+    from fmkit.models.deepfm import prototext
+
+    config = _config(tmp_path, "t.csv", train_config={"grad_clipping": {
+        "clipping_type": "norm", "norm_type": "inf"}})
+    assert config.train_config.grad_clipping.norm_type == math.inf
+    stored = json.loads(strict_json(configs.to_document(config)))
+    assert configs.parse(stored, saved=True).train_config.grad_clipping.norm_type == math.inf
+    text = prototext.format_text(config)
+    assert re.search(r"norm_type: inf\b", text)
+    again = configs.parse(prototext.parse_text(text, "t.config"))
+    assert again.train_config.grad_clipping.norm_type == math.inf
+
+
 # ---- several classes -------------------------------------------------------------------------
 def test_three_classes_reach_the_planted_oracle_accuracy(tmp_path):
     """Labels drawn from softmax(U[user] + I[item]) over 3 classes; the oracle predicts the

@@ -25,6 +25,7 @@ from fmkit.models.deepfm.batches import mini_batches
 from fmkit.models.deepfm.config import (
     ConfigError,
     DenseOptimizer,
+    GradClipping,
     OptimizerSettings,
     SparseOptimizer,
     TrainConfig,
@@ -133,6 +134,17 @@ def _some(batches: Iterator[Encoded], name: str, size: int) -> Iterator[Encoded]
                                     "drop_remainder leaves no batch to train")
 
 
+def _clip(params: list[torch.Tensor], clipping: GradClipping) -> None:
+    """``grad_clipping`` on the dense parameters' gradients, as torchrec's
+    ``GradientClippingOptimizer`` does it: each value into [-max_gradient, max_gradient], or
+    all of them scaled by max_gradient / (their norm + 1e-6) where that is below 1."""
+    grads = [p for p in params if p.grad is not None]
+    if clipping.kind == "value":
+        nn.utils.clip_grad_value_(grads, clipping.max_gradient)
+    else:
+        nn.utils.clip_grad_norm_(grads, clipping.max_gradient, norm_type=clipping.norm_type)
+
+
 class DeepFMLearner:
     """A DeepFM network and its two optimizers, for :func:`fmkit.train.engine.fit`: a step is
     one mini-batch; ``evaluate`` scores a validation channel with ``scorer`` (in eval mode)."""
@@ -154,6 +166,8 @@ class DeepFMLearner:
         self.others = [p for name, p in net.named_parameters() if "tables." not in name]
         self.optimizers = [sparse_optimizer(self.tables, config.sparse_optimizer),
                            dense_optimizer(self.others, config.dense_optimizer)]
+        clipping = config.grad_clipping
+        self.clipping = clipping if clipping is not None and clipping.kind != "none" else None
         # per row; summed, then divided by the rows (or the sample weights) of the whole step,
         # which may span processes
         self.loss_kind = loss_kind
@@ -203,6 +217,8 @@ class DeepFMLearner:
         return (losses * weights).sum(), float(weights.sum())
 
     def _update(self) -> None:
+        if self.clipping is not None:  # (the combined gradient, when several processes train)
+            _clip(self.others, self.clipping)
         for optimizer in self.optimizers:
             optimizer.step()
         self.steps += 1

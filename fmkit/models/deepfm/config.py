@@ -20,6 +20,7 @@ of the ones users meet most.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -383,6 +384,23 @@ class DenseOptimizer:
 
 
 @dataclass
+class GradClipping:
+    """TorchEasyRec's ``grad_clipping``: the dense parameters' gradients clipped before each
+    step (torchrec's ``GradientClippingOptimizer``); the sparse tables', updated by their own
+    optimizer, are not (TorchEasyRec's fused optimizers update them inside backward)."""
+    clipping_type: str = "none"  # none | norm | value (any case, as TorchEasyRec reads it)
+    max_gradient: float = 1.0
+    norm_type: float = 2.0  # the p of the norm; inf for the largest magnitude
+    # fmkit's dense parameters are copies on every process, their gradients combined before
+    # the step: the global norm is the local one
+    enable_global_grad_clip: bool = False
+
+    @property
+    def kind(self) -> str:
+        return self.clipping_type.lower()
+
+
+@dataclass
 class TrainConfig:
     sparse_optimizer: SparseOptimizer = field(
         default_factory=lambda: SparseOptimizer(adagrad_optimizer=OptimizerSettings()))
@@ -401,6 +419,7 @@ class TrainConfig:
     # "" (float32) or "BF16": the network's forward pass under torch.autocast in bfloat16
     # (its weights, optimizers and the loss stay float32); TorchEasyRec's FP16 is refused
     mixed_precision: str = ""
+    grad_clipping: GradClipping | None = None
     save_checkpoints_steps: int | None = ignored()
     save_checkpoints_epochs: int | None = ignored()
     is_profiling: bool | None = ignored()
@@ -514,7 +533,6 @@ INSTEAD = {
     "grad_scaler": "fmkit trains in float32 or bfloat16 (mixed_precision: BF16), which needs no "
                    "loss scaling: remove it",
     "gradient_accumulation_steps": "raise data_config.batch_size instead",
-    "grad_clipping": "gradient clipping is not supported",
     "fine_tune_checkpoint": "continue from a model directory with fmkit train --init-model DIR",
     "part_optimizers": "one dense optimizer applies to all dense parameters",
     "ema": "weight averaging (EMA) is not supported",
@@ -674,6 +692,8 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False,
         raise ConfigError(f"train_config.mixed_precision: expected BF16 (or unset for float32), "
                           f"got {excerpt(train.mixed_precision)}; FP16 needs loss scaling, "
                           "which fmkit does not do")
+    if train.grad_clipping is not None:
+        _check_grad_clipping(train.grad_clipping)
     export = config.export_config
     if export.mixed_precision not in ("", "BF16"):
         raise ConfigError(f"export_config.mixed_precision: expected BF16 (or unset: as "
@@ -703,6 +723,19 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False,
         if chosen:
             _check_schedule(getattr(optimizer, chosen[0]), f"train_config.{kind}.{chosen[0]}")
     return config
+
+
+def _check_grad_clipping(clipping: GradClipping) -> None:
+    where = "train_config.grad_clipping"
+    if clipping.kind not in ("none", "norm", "value"):
+        raise ConfigError(f"{where}.clipping_type: expected norm, value or none, got "
+                          f"{excerpt(clipping.clipping_type)}")
+    if not (math.isfinite(clipping.max_gradient) and clipping.max_gradient > 0):
+        raise ConfigError(f"{where}.max_gradient: must be a positive number, got "
+                          f"{clipping.max_gradient}")
+    if not clipping.norm_type > 0:  # (inf: the largest magnitude)
+        raise ConfigError(f"{where}.norm_type: must be a positive number or inf, got "
+                          f"{clipping.norm_type}")
 
 
 def _say_dense_embedding_settings(features: list[FeatureConfig]) -> None:
@@ -893,7 +926,8 @@ def read_vocabulary_files(config: EasyRecConfig) -> EasyRecConfig:
 def to_document(config: EasyRecConfig, minimal: bool = False) -> dict[str, Any]:
     """The configuration as plain data (what the model directory stores), without unset
     optional fields; ``minimal`` also leaves out every field equal to its default (what
-    ``fmkit config convert`` writes)."""
+    ``fmkit config convert`` writes). A number that is not finite (``norm_type: inf``) is
+    written as its text, which strict JSON can hold and :func:`parse` reads back."""
 
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
@@ -913,6 +947,8 @@ def to_document(config: EasyRecConfig, minimal: bool = False) -> dict[str, Any]:
             return [plain(v) for v in value]
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)  # "inf", "-inf", "nan"
         return value
 
     return plain(config)

@@ -189,6 +189,8 @@ def _fill(message: Any, document: dict[str, Any]) -> None:
             continue
         if field.type == FieldDescriptor.TYPE_ENUM:
             values = [field.enum_type.values_by_name[v].number for v in values]
+        elif field.type in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
+            values = [float(v) for v in values]  # (to_document's "inf" for infinity)
         if repeated:
             getattr(message, name).extend(values)
         else:
