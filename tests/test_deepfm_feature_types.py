@@ -181,6 +181,44 @@ def test_sequence_raw_feature_pools_its_first_values(tmp_path, pooling):
                      or [bisect.bisect_right([1, 5], 0.0)] for t in _column("prices")]
 
 
+@pytest.mark.parametrize("normalizer, formula", [
+    ("log1p", lambda x: math.log1p(max(x, 0.0))),
+    ("method=log10,threshold=1,default=-3", lambda x: math.log10(x) if x > 1 else -3.0),
+    ("method=log10,threshold=0", lambda x: math.log10(x) if x > 0 else -10.0),
+    ("method=zscore,mean=2,standard_deviation=4", lambda x: (x - 2) / 4),
+    ("method=minmax,min=1,max=3", lambda x: (x - 1) / 2),
+])
+def test_raw_feature_normalizers_compute_torcheasyrecs_formulas(tmp_path, normalizer, formula):
+    """Column a (missing in one row: default_value 0) through each normalizer, against the
+    formula in plain Python; log10's threshold 0 meets a 0 without a numpy warning."""
+    with np.errstate(all="raise"):
+        found = _encode(tmp_path, {"raw_feature": {"feature_name": "a",
+                                                   "normalizer": normalizer}})
+    expected = [formula(0.0 if a is None else a) for a in _column("a")]
+    assert found == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("normalizer, problem", [
+    ("method=zscore,mean=2,std=4", "zscore reads mean and standard_deviation, not 'std'"),
+    ("method=log1p,threshold=1", "log1p reads no option, not 'threshold'"),
+    ("method=zscore,standard_deviation=0", "standard_deviation must be positive"),
+    ("method=zscore,mean=nan", "mean='nan' is not a finite number"),
+    ("method=minmax,min=0,max=inf", "max='inf' is not a finite number"),
+    ("method=minmax,min=x", "min='x' is not a finite number"),
+    ("method=log10,threshold=-1", "threshold must be >= 0 (the log of a value at or below 0 "
+                                  "is not a number)"),
+    ("method=expression,expr=x+1", "method=expression is not supported: compute the value "
+                                   "with an expr_feature"),
+    ("method=zscore,method=minmax", "method must be log1p, log10, zscore or minmax, got "
+                                    "'zscore, minmax'"),
+])
+def test_normalizer_settings_that_would_train_something_else_are_refused(tmp_path, normalizer,
+                                                                         problem):
+    with pytest.raises(configs.ConfigError) as e:
+        _encode(tmp_path, {"raw_feature": {"feature_name": "a", "normalizer": normalizer}})
+    assert str(e.value) == f"feature_configs[0].raw_feature.normalizer: {problem}"
+
+
 def test_vocab_dict_and_vocab_file_number_rows_as_torcheasyrec(tmp_path):
     vocab = {"paris": 2, "rome": 3, "oslo": 2}
     found = _encode(tmp_path, {"id_feature": {

@@ -319,9 +319,10 @@ class Feature:
         if method == "log1p":
             values = np.log1p(np.maximum(values, 0.0))
         elif method == "log10":
-            threshold = options.get("threshold", 1e-10)
-            values = np.where(values > threshold, np.log10(np.maximum(values, threshold)),
-                              options.get("default", -10.0))
+            above = values > options.get("threshold", 1e-10)  # (> 0: their log is finite)
+            logs = np.full_like(values, options.get("default", -10.0))
+            logs[above] = np.log10(values[above])
+            values = logs
         elif method == "zscore":
             values = (values - options.get("mean", 0.0)) / options.get("standard_deviation", 1.0)
         elif method == "minmax":
@@ -430,30 +431,47 @@ def _warn_unscaled(features: list[Feature], dense: dict[str, np.ndarray]) -> Non
                     "normalizer (log1p, zscore, minmax) or boundaries", ", ".join(found))
 
 
+NORMALIZER_OPTIONS = {"log1p": (), "log10": ("threshold", "default"),
+                      "zscore": ("mean", "standard_deviation"), "minmax": ("min", "max")}
+
+
 def _parse_normalizer(text: str | None, where: str) -> tuple:
-    """TorchEasyRec's ``method=NAME,key=value,...`` (or just ``NAME``)."""
+    """TorchEasyRec's ``method=NAME,key=value,...`` (or just ``NAME``): each of the method's
+    options a finite number, and no option the method does not read (a misspelt
+    ``std=`` would otherwise leave the default standing)."""
     if not text:
         return ()
-    parts = [p.strip() for p in text.split(",") if p.strip()]
+    where = f"{where}.normalizer"
+    pairs = [p.strip().partition("=") for p in text.split(",") if p.strip()]
+    methods = [value if key == "method" else key for key, sep, value in pairs
+               if key == "method" or not sep]
+    method = methods[0] if len(methods) == 1 else None
+    if method == "expression":
+        raise ConfigError(f"{where}: method=expression is not supported: compute the value "
+                          "with an expr_feature")
+    if method not in NORMALIZER_OPTIONS:
+        raise ConfigError(f"{where}: method must be log1p, log10, zscore or minmax, got "
+                          f"{excerpt(', '.join(methods) or text)}")
     options: dict[str, float] = {}
-    method = None
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if not sep:
-            method = key
+    for key, sep, value in pairs:
+        if key == "method" or not sep:
             continue
-        if key == "method":
-            method = value
-            continue
+        if key not in NORMALIZER_OPTIONS[method]:
+            reads = " and ".join(NORMALIZER_OPTIONS[method]) or "no option"
+            raise ConfigError(f"{where}: {method} reads {reads}, not {excerpt(key)}")
         try:
             options[key] = float(value)
         except ValueError:
-            raise ConfigError(f"{where}.normalizer: {key}={value!r} is not a number") from None
-    if method not in ("log1p", "log10", "zscore", "minmax"):
-        raise ConfigError(f"{where}.normalizer: method must be log1p, log10, zscore or minmax, "
-                          f"got {method!r}")
+            options[key] = math.nan
+        if not math.isfinite(options[key]):
+            raise ConfigError(f"{where}: {key}={excerpt(value)} is not a finite number")
     if method == "minmax" and options.get("max", 1.0) == options.get("min", 0.0):
-        raise ConfigError(f"{where}.normalizer: minmax needs min != max")
+        raise ConfigError(f"{where}: minmax needs min != max")
+    if method == "zscore" and options.get("standard_deviation", 1.0) <= 0:
+        raise ConfigError(f"{where}: standard_deviation must be positive")
+    if method == "log10" and options.get("threshold", 1e-10) < 0:
+        raise ConfigError(f"{where}: threshold must be >= 0 (the log of a value at or "
+                          "below 0 is not a number)")
     return method, options
 
 
