@@ -465,14 +465,23 @@ def test_non_positive_counts_are_refused(cli, tmp_path, section, field, value):
 
 @pytest.mark.parametrize("path,value,message", [
     ("train_config.sparse_optimizer", {"adagrad_optimizer": {"lr": -1}},
-     "train_config.sparse_optimizer.adagrad_optimizer.lr: must be >= 0, got -1"),
+     "train_config.sparse_optimizer.adagrad_optimizer.lr: must be a finite number >= 0, got "
+     "-1"),
+    ("train_config.sparse_optimizer", {"adagrad_optimizer": {"lr": float("inf")}},
+     "adagrad_optimizer.lr: must be a finite number >= 0, got inf"),  # (diverged at step 2)
     ("train_config.dense_optimizer", {"adam_optimizer": {"beta1": 1.0}},
      "train_config.dense_optimizer.adam_optimizer.beta1: must be in [0, 1), got 1.0"),
     ("train_config.dense_optimizer", {"adam_optimizer": {"weight_decay": float("nan")}},
-     "adam_optimizer.weight_decay: must be >= 0, got nan"),
+     "adam_optimizer.weight_decay: expected a number, got nan"),
     ("train_config.dense_optimizer", {"adam_optimizer": {}, "manual_step_learning_rate": {
         "schedule_sizes": [10], "learning_rates": [-0.1]}},
-     "manual_step_learning_rate.learning_rates: must be >= 0"),
+     "manual_step_learning_rate.learning_rates: must be finite numbers >= 0"),
+    ("train_config.dense_optimizer", {"adam_optimizer": {}, "exponential_decay_learning_rate": {
+        "decay_size": 10, "min_learning_rate": float("inf")}},
+     "exponential_decay_learning_rate.min_learning_rate: must be a finite number >= 0"),
+    ("feature_configs", [{"raw_feature": {"feature_name": "price", "boundaries": [
+        float("nan"), 1.0]}}], "feature_configs[0].raw_feature.boundaries[0]: expected a "
+                               "number, got nan"),  # (trained, bucketized against NaN)
     ("train_config.seed", -3, "train_config.seed: must be >= 0, got -3"),  # (numpy traceback)
     ("data_config.delimiter", "ab", "data_config.delimiter: expected one character, got 'ab'"),
     ("train_config.sparse_optimizer", {"sgd_optimizer": {"weight_decay": 0.01}},
@@ -495,8 +504,11 @@ def test_settings_out_of_range_are_refused_before_training(path, value, message)
     from fmkit.models.deepfm import config as configs
 
     document = small()
-    section, name = path.split(".")
-    document.setdefault(section, {})[name] = value
+    section, _, name = path.partition(".")
+    if name:
+        document.setdefault(section, {})[name] = value
+    else:
+        document[section] = value
     with pytest.raises(configs.ConfigError) as raised:
         configs.parse(document)
     assert message in str(raised.value)

@@ -611,13 +611,9 @@ def _convert(value: Any, kind: Any, path: str, ignored: list[str]) -> Any:
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
             return int(value)
     elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        number = _number(value)
+        if number is not None and not math.isnan(number):  # (inf is one: norm_type)
+            return number
     elif kind is str:
         if isinstance(value, str):
             return value
@@ -626,6 +622,16 @@ def _convert(value: Any, kind: Any, path: str, ignored: list[str]) -> Any:
     elif kind is dict and (isinstance(value, dict) or value is None):
         return value or {}
     raise ConfigError(f"{path}: expected {_type_name(kind)}, got {value!r}")
+
+
+def _number(value: Any) -> float | None:
+    """A number, or its text, as a float (None if it is neither)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _from_mapping(cls: type, data: Any, path: str, ignored: list[str]) -> Any:
@@ -793,8 +799,8 @@ def _check_optimizer(settings: OptimizerSettings, where: str, reads: tuple[str, 
                     "the embeddings", where)
     for name in ("lr", "weight_decay", "initial_accumulator_value", "momentum"):
         value = getattr(settings, name)
-        if value is not None and not value >= 0:
-            raise ConfigError(f"{where}.{name}: must be >= 0, got {value}")
+        if value is not None and not 0 <= value < math.inf:
+            raise ConfigError(f"{where}.{name}: must be a finite number >= 0, got {value}")
     for name in ("beta1", "beta2", "rho", "alpha"):
         value = getattr(settings, name)
         if not 0 <= value < 1:
@@ -817,8 +823,12 @@ def _check_schedule(schedule: Any, where: str) -> None:
                               f"{len(sizes)}")
         if sorted(sizes) != list(sizes) or sizes[0] <= 0:
             raise ConfigError(f"{where}.schedule_sizes: must be positive and ascending")
-        if not all(rate >= 0 for rate in schedule.learning_rates):
-            raise ConfigError(f"{where}.learning_rates: must be >= 0")
+        if not all(0 <= rate < math.inf for rate in schedule.learning_rates):
+            raise ConfigError(f"{where}.learning_rates: must be finite numbers >= 0")
+    for name in ("min_learning_rate", "warmup_learning_rate"):
+        value = getattr(schedule, name, 0.0)
+        if not 0 <= value < math.inf:
+            raise ConfigError(f"{where}.{name}: must be a finite number >= 0, got {value}")
 
 
 def check_mlp(mlp: MLP, where: str) -> list[float]:
