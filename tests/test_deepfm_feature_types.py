@@ -219,6 +219,20 @@ def test_normalizer_settings_that_would_train_something_else_are_refused(tmp_pat
     assert str(e.value) == f"feature_configs[0].raw_feature.normalizer: {problem}"
 
 
+def test_an_integer_id_features_default_value_is_an_id_checked_with_the_configuration(
+        tmp_path):
+    """num_buckets: a missing value takes default_value's id; a default that is no id in
+    range is the configuration's error (it was each missing row's, as bad data)."""
+    feature = {"feature_name": "b", "num_buckets": 10, "embedding_dim": 4}
+    found = _encode(tmp_path, {"id_feature": {**feature, "default_value": "3"}})
+    assert found == [[3] if b is None else [int(b)] for b in _column("b")]
+    for default in ("abc", "10", "-1", "2.5"):
+        with pytest.raises(configs.ConfigError) as e:
+            _encode(tmp_path, {"id_feature": {**feature, "default_value": default}})
+        assert str(e.value) == (f"feature_configs[0].id_feature.default_value: '{default}' "
+                                "is not an id in [0, num_buckets=10)")
+
+
 def test_vocab_dict_and_vocab_file_number_rows_as_torcheasyrec(tmp_path):
     vocab = {"paris": 2, "rome": 3, "oslo": 2}
     found = _encode(tmp_path, {"id_feature": {

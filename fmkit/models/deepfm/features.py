@@ -528,6 +528,15 @@ def _categorical(config: Any, where: str, kind: str, column: str,
         size = getattr(config, sizes[0])
     if size <= 0:
         raise ConfigError(f"{where}.{sizes[0]}: must be positive")
+    if sizes[0] == "num_buckets" and config.default_value:  # (else each missing value's row
+        for value in config.default_value.split(config.separator):  # is said to be bad data)
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not (0 <= number < size and number == round(number)):  # (as the data's ids)
+                raise ConfigError(f"{where}.default_value: {excerpt(value)} is not an id in "
+                                  f"[0, num_buckets={size})")
     return Feature(config.feature_name, column, config, True,
                    config.embedding_name or f"{config.feature_name}_emb", config.embedding_dim,
                    size, config.pooling, config.init_fn, vocabulary, rows, kind=kind,
