@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="larger request bodies get 413 (default 6, as SageMaker)")
     p.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
                    help="a request body not received within S seconds gets 408 (default 60)")
+    _add_quiet(p)
 
     p = sub.add_parser("convert", help="convert data between libsvm, CSV and recordIO-protobuf",
                        epilog="example:\n  fmkit convert --from libsvm --to recordio a9a "
@@ -591,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
             from fmkit.serve.app import serve
 
             serve(args.model_dir, host=args.host, port=args.port, workers=args.workers,
-                  max_payload_mb=args.max_payload_mb, body_timeout=args.body_timeout)
+                  max_payload_mb=args.max_payload_mb, body_timeout=args.body_timeout,
+                  quiet=args.quiet)
         elif args.command == "convert":
             rows = jobs.convert_file(args.input, args.output, source_format=args.source_format,
                                      target_format=args.target_format,

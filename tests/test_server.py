@@ -56,6 +56,7 @@ def start_server(model_dir, *args: str, port: int | None = None, env=None):
     log = tempfile.TemporaryFile()  # noqa: SIM115
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log,
                             env={**os.environ, **(env or {})})
+    proc.log = log  # (what it wrote: read after stop)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -100,6 +101,21 @@ def server(classifier):
     proc, url = start_server(classifier, "--workers", "2", "--max-payload-mb", "0.5")
     yield url
     stop(proc)
+
+
+def test_serve_quiet_logs_its_warnings_only(classifier):
+    """--quiet, as every command has it: no start-up or shutdown lines, a bad request's
+    warning still."""
+    proc, url = start_server(classifier, "--quiet")
+    try:
+        answer = httpx.post(f"{url}/invocations", content=b"{", headers={"Content-Type": JSON})
+        assert answer.status_code == 400
+    finally:
+        stop(proc)
+    proc.log.seek(0)
+    lines = proc.log.read().decode().splitlines()
+    assert len(lines) == 1 and " WARNING " in lines[0] and "400 for POST /invocations" in (
+        lines[0]), lines
 
 
 def expected_scores(model_dir, X) -> np.ndarray:

@@ -272,8 +272,10 @@ def check_port(host: str, port: int) -> None:
 
 def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, workers: int = 1,
           max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
-          body_timeout: float = DEFAULT_BODY_TIMEOUT, **uvicorn_options: Any) -> None:
-    """Load the model (failing fast if it is broken), check the port, serve with uvicorn.
+          body_timeout: float = DEFAULT_BODY_TIMEOUT, quiet: bool = False,
+          **uvicorn_options: Any) -> None:
+    """Load the model (failing fast if it is broken), check the port, serve with uvicorn
+    (``quiet``: its warnings and errors only, as every command's ``--quiet``).
     Several workers split the cores: each scores on ``cores // workers`` threads (numba's and
     PyTorch's), where each taking every core made them preempt one another (DeepFM, 2 workers
     on 2 cores: p99 634 ms)."""
@@ -297,7 +299,8 @@ def serve(model_dir: str, *, host: str = "0.0.0.0", port: int | None = None, wor
     try:
         with contextlib.suppress(KeyboardInterrupt), worker_pool.meeting_place(workers):
             uvicorn.run("fmkit.serve.app:app_from_environment", factory=True, host=host,
-                        port=port, workers=workers, log_level="info",
+                        port=port, workers=workers,
+                        log_level="warning" if quiet else "info",
                         access_log=False, http="httptools",
                         loop=worker_pool.LOOP, **uvicorn_options)
     except SystemExit as e:  # uvicorn's start-up failed, and it logged why
