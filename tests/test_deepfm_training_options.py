@@ -69,6 +69,15 @@ def _manual(base, t, sizes, rates, warmup):
     return base + (rates[0] - base) * t / sizes[0] if warmup else base
 
 
+def _warm_restarts(base, t, first, mult, low, warmup_lr, warmup):
+    if t < warmup:
+        return warmup_lr + (base - warmup_lr) * t / warmup
+    positions = [(step, length) for n in range(12) for length in [first * mult ** n]
+                 for step in range(length)]  # every step of the periods, in order
+    done, period = positions[t - warmup]
+    return low + (base - low) * 0.5 * (1 + math.cos(math.pi * done / period))
+
+
 class _RecordRates(Callback):
     """The rate each step ran with (read after the step, before the schedule moves on)."""
 
@@ -96,6 +105,11 @@ class _RecordRates(Callback):
      lambda t: _manual(0.05, t, [4, 9], [0.1, 0.01], True)),
     ({"cosine_annealing_learning_rate": {"T_max": 6, "min_learning_rate": 0.01}},
      lambda t: 0.01 + 0.04 * 0.5 * (1 + math.cos(math.pi * min(t, 6) / 6))),
+    ({"cosine_annealing_warm_restarts_learning_rate": {"T_0": 4, "min_learning_rate": 0.01}},
+     lambda t: _warm_restarts(0.05, t, 4, 1, 0.01, 0.0, 0)),
+    ({"cosine_annealing_warm_restarts_learning_rate": {
+        "T_0": 3, "T_mult": 2, "warmup_learning_rate": 0.001, "warmup_size": 2}},
+     lambda t: _warm_restarts(0.05, t, 3, 2, 0.0, 0.001, 2)),
 ])
 def test_learning_rate_schedules_follow_their_formulas_step_by_step(tmp_path, schedule,
                                                                     expected):
@@ -188,8 +202,10 @@ def test_grad_clipping_by_value_clips_each_dense_gradient_value(tmp_path):
     ({"clipping_type": "global_norm"}, "clipping_type: expected norm, value or none, got "
                                        "'global_norm'"),
     ({"clipping_type": "norm", "max_gradient": 0}, "max_gradient: must be a positive number"),
-    ({"clipping_type": "norm", "max_gradient": "nan"}, "max_gradient: must be a positive "
+    ({"clipping_type": "norm", "max_gradient": "inf"}, "max_gradient: must be a positive "
                                                        "number"),
+    ({"clipping_type": "norm", "max_gradient": "nan"}, "max_gradient: expected a number, "
+                                                       "got 'nan'"),
     ({"clipping_type": "norm", "norm_type": -1}, "norm_type: must be a positive number or inf"),
 ])
 def test_bad_grad_clipping_settings_are_one_line(tmp_path, clipping, problem):

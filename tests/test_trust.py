@@ -482,6 +482,10 @@ def test_non_positive_counts_are_refused(cli, tmp_path, section, field, value):
     ("feature_configs", [{"raw_feature": {"feature_name": "price", "boundaries": [
         float("nan"), 1.0]}}], "feature_configs[0].raw_feature.boundaries[0]: expected a "
                                "number, got nan"),  # (trained, bucketized against NaN)
+    ("train_config.dense_optimizer", {"adam_optimizer": {},
+                                      "cosine_annealing_warm_restarts_learning_rate": {
+                                          "T_0": 5, "T_mult": 0}},
+     "cosine_annealing_warm_restarts_learning_rate.T_mult: must be >= 1"),
     ("train_config.seed", -3, "train_config.seed: must be >= 0, got -3"),  # (numpy traceback)
     ("data_config.delimiter", "ab", "data_config.delimiter: expected one character, got 'ab'"),
     ("train_config.sparse_optimizer", {"sgd_optimizer": {"weight_decay": 0.01}},

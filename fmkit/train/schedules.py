@@ -16,7 +16,12 @@ completed), from 0:
   ``learning_rates[i]`` once ``t`` passes ``schedule_sizes[i]``; with ``warmup`` the first
   interval ramps linearly from ``base`` to ``learning_rates[0]``;
 * cosine annealing: a warm-up as above, then
-  ``min + (base - min) * (1 + cos(pi * min(t - warmup, T_max) / T_max)) / 2``.
+  ``min + (base - min) * (1 + cos(pi * min(t - warmup, T_max) / T_max)) / 2``;
+* cosine annealing with warm restarts: a warm-up as above, then the same curve over periods
+  of ``T_0``, ``T_0 * T_mult``, ``T_0 * T_mult**2``... steps, each starting again at ``base``
+  (``T_cur`` steps into a period of ``T_i``: ``cos(pi * T_cur / T_i)``). The period is found
+  in integers, so a restart falls exactly on its step (TorchEasyRec's and PyTorch's
+  logarithm may place it one step late).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from fmkit.models.deepfm.config import (
     CosineAnnealing,
+    CosineAnnealingWarmRestarts,
     ExponentialDecay,
     ManualStep,
     schedule_of,
@@ -36,7 +42,8 @@ from fmkit.train.engine import Callback, Run
 
 def learning_rate(schedule: Any, base: float, t: int) -> float:
     """The learning rate after ``t`` steps (or epochs) under ``schedule`` (None: constant)."""
-    if isinstance(schedule, (ExponentialDecay, CosineAnnealing)) and t < schedule.warmup_size:
+    warms = (ExponentialDecay, CosineAnnealing, CosineAnnealingWarmRestarts)
+    if isinstance(schedule, warms) and t < schedule.warmup_size:
         start = schedule.warmup_learning_rate
         return start + (base - start) * t / schedule.warmup_size
     if isinstance(schedule, ExponentialDecay):
@@ -48,6 +55,14 @@ def learning_rate(schedule: Any, base: float, t: int) -> float:
         done = min(t - schedule.warmup_size, schedule.T_max)
         low = schedule.min_learning_rate
         return low + (base - low) * 0.5 * (1 + math.cos(math.pi * done / schedule.T_max))
+    if isinstance(schedule, CosineAnnealingWarmRestarts):
+        done, period = t - schedule.warmup_size, schedule.T_0
+        if schedule.T_mult == 1:
+            done %= period
+        while done >= period:  # (periods grow by T_mult >= 2: a few turns)
+            done, period = done - period, period * schedule.T_mult
+        low = schedule.min_learning_rate
+        return low + (base - low) * 0.5 * (1 + math.cos(math.pi * done / period))
     if isinstance(schedule, ManualStep):
         index = bisect.bisect_left(schedule.schedule_sizes, t)
         if index > 0:

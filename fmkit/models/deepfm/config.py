@@ -347,8 +347,19 @@ class CosineAnnealing:
     by_epoch: bool = False
 
 
+@dataclass
+class CosineAnnealingWarmRestarts:
+    T_0: int
+    T_mult: int = 1
+    min_learning_rate: float = 0.0
+    warmup_learning_rate: float = 0.0
+    warmup_size: int = 0
+    by_epoch: bool = False
+
+
 SCHEDULES = ("constant_learning_rate", "exponential_decay_learning_rate",
-             "manual_step_learning_rate", "cosine_annealing_learning_rate")
+             "manual_step_learning_rate", "cosine_annealing_learning_rate",
+             "cosine_annealing_warm_restarts_learning_rate")
 
 
 @dataclass
@@ -361,6 +372,7 @@ class SparseOptimizer:
     exponential_decay_learning_rate: ExponentialDecay | None = None
     manual_step_learning_rate: ManualStep | None = None
     cosine_annealing_learning_rate: CosineAnnealing | None = None
+    cosine_annealing_warm_restarts_learning_rate: CosineAnnealingWarmRestarts | None = None
 
     ONEOF: typing.ClassVar = ("sgd_optimizer", "adagrad_optimizer", "rowwise_adagrad_optimizer",
                               "adam_optimizer")
@@ -378,6 +390,7 @@ class DenseOptimizer:
     exponential_decay_learning_rate: ExponentialDecay | None = None
     manual_step_learning_rate: ManualStep | None = None
     cosine_annealing_learning_rate: CosineAnnealing | None = None
+    cosine_annealing_warm_restarts_learning_rate: CosineAnnealingWarmRestarts | None = None
 
     ONEOF: typing.ClassVar = ("sgd_optimizer", "adagrad_optimizer", "adam_optimizer",
                               "adamw_optimizer", "adadelta_optimizer", "rmsprop_optimizer")
@@ -537,7 +550,6 @@ INSTEAD = {
     "part_optimizers": "one dense optimizer applies to all dense parameters",
     "ema": "weight averaging (EMA) is not supported",
     "negative_sampler": "samplers are for matching models, not DeepFM",
-    "cosine_annealing_warm_restarts_learning_rate": "use cosine_annealing_learning_rate",
     "binary_focal_loss": "use binary_cross_entropy",
     **{name: "PyTorch has no sparse-gradient version of it: use adagrad_optimizer, "
              "rowwise_adagrad_optimizer, adam_optimizer (lazy) or sgd_optimizer" for name in (
@@ -811,9 +823,14 @@ def _check_schedule(schedule: Any, where: str) -> None:
     """A schedule's own rules (sizes positive and ascending, one rate per boundary)."""
     if isinstance(schedule, ExponentialDecay) and schedule.decay_size <= 0:
         raise ConfigError(f"{where}.decay_size: must be positive")
+    if isinstance(schedule, CosineAnnealingWarmRestarts) and schedule.T_0 <= 0:
+        raise ConfigError(f"{where}.T_0: must be positive")
+    if isinstance(schedule, CosineAnnealingWarmRestarts) and schedule.T_mult < 1:
+        raise ConfigError(f"{where}.T_mult: must be >= 1")
     if isinstance(schedule, CosineAnnealing) and schedule.T_max <= 0:
         raise ConfigError(f"{where}.T_max: must be positive")
-    if isinstance(schedule, (ExponentialDecay, CosineAnnealing)) and schedule.warmup_size < 0:
+    if isinstance(schedule, (ExponentialDecay, CosineAnnealing, CosineAnnealingWarmRestarts)
+                  ) and schedule.warmup_size < 0:
         raise ConfigError(f"{where}.warmup_size: must be >= 0")
     if isinstance(schedule, ManualStep):
         sizes = schedule.schedule_sizes
