@@ -126,6 +126,7 @@ def default_config(X: Any) -> dict[str, Any]:
         init = "nn.init.normal_,std=0.01"
         if numeric:
             values = column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
+            values = values[np.isfinite(values)]  # (NaN is missing: the default value's bucket)
             edges = np.unique(np.quantile(values, np.linspace(0, 1, BUCKETS + 1)[1:-1])
                               ) if values.size else np.zeros(0)
             features.append({"raw_feature": {"feature_name": name, "embedding_dim": 8,
@@ -158,7 +159,9 @@ def _configured_loss(given: Any, loss: dict[str, Any], estimator: Any) -> Any:
     if not given:
         return loss
     kinds = [next(iter(one), None) if isinstance(one, dict) else None for one in given]
-    if kinds != [next(iter(loss))]:
+    wanted = next(iter(loss))
+    binary = ("binary_cross_entropy", "binary_focal_loss")  # (a classifier of two labels)
+    if kinds != [wanted] and not (wanted in binary and kinds in ([name] for name in binary)):
         raise ValueError(f"config: model_config.losses is {', '.join(map(str, kinds))}; this "
                          f"{type(estimator).__name__} trains with {next(iter(loss))} (set its "
                          "options there, or leave losses out)")

@@ -232,6 +232,51 @@ def test_an_infinite_norm_type_is_kept_by_the_model_directory_and_the_config_for
     assert again.train_config.grad_clipping.norm_type == math.inf
 
 
+# ---- binary focal loss -----------------------------------------------------------------------
+def test_binary_focal_loss_is_the_cross_entropy_weighted_as_torcheasyrec_weighs_it(tmp_path):
+    """TorchEasyRec's BinaryFocalLoss: each row's cross entropy times alpha (1-p)^gamma (a
+    positive) or (1-alpha) p^gamma (a negative), the weight held constant in the gradient:
+    the loss against numpy's, and its gradient against the cross entropy's weighted by
+    those numbers."""
+    from fmkit.jobs.deepfm import deepfm_learner as learner_of
+
+    rng = np.random.default_rng(6)
+    train = _write(tmp_path / "t.csv", "user,item,label",
+                   [(rng.integers(20), rng.integers(20), rng.integers(2)) for _ in range(300)])
+    config = _config(tmp_path, train, model_config={
+        "losses": [{"binary_focal_loss": {"gamma": 1.5, "alpha": 0.3}}]})
+    model, _ = train_deepfm(config, progress=False)
+    assert model.predictor_type == "binary_classifier"
+    batch = next(model.read(train))
+    encoded = model.features.encode(batch, labelled=True, label_mode="binary")
+    y = encoded.labels.astype(np.float64)
+    p = 1 / (1 + np.exp(-model.logits(batch)))
+    weights = np.where(y == 1, 0.3 * (1 - p) ** 1.5, 0.7 * p ** 1.5)
+    cross_entropy = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    learner = learner_of(model)
+    loss, rows = learner._loss(encoded)
+    assert rows == 300 and loss.item() == pytest.approx((weights * cross_entropy).sum(),
+                                                        rel=1e-5)
+    loss.backward()
+    focal = [p.grad.clone() for p in learner.others]
+    learner.focal = None  # the plain cross entropy, weighted by numpy's numbers
+    for optimizer in learner.optimizers:
+        optimizer.zero_grad()
+    outputs = learner.net(encoded).float()
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(
+        outputs, torch.from_numpy(encoded.labels), reduction="none")
+    (plain * torch.from_numpy(weights.astype(np.float32))).sum().backward()
+    for a, b in zip(focal, [p.grad for p in learner.others]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("focal", [{"gamma": -1}, {"alpha": 0}, {"alpha": 1.0}])
+def test_binary_focal_loss_settings_out_of_range_are_one_line(tmp_path, focal):
+    with pytest.raises(configs.ConfigError, match="binary_focal_loss: gamma must be >= 0 and "
+                                                  r"alpha in \(0, 1\)"):
+        _config(tmp_path, "t.csv", model_config={"losses": [{"binary_focal_loss": focal}]})
+
+
 # ---- several classes -------------------------------------------------------------------------
 def test_three_classes_reach_the_planted_oracle_accuracy(tmp_path):
     """Labels drawn from softmax(U[user] + I[item]) over 3 classes; the oracle predicts the

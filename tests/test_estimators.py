@@ -544,3 +544,26 @@ def test_a_deepfm_estimator_trains_with_its_configurations_loss_options():
     with pytest.raises(ValueError, match="losses is l2_loss; this DeepFMClassifier trains with "
                                          "binary_cross_entropy"):
         DeepFMClassifier(config, num_epochs=1).fit(X, y)
+    # a focal loss is a binary classifier's too: kept with its settings, probabilities out
+    config["model_config"]["losses"] = [{"binary_focal_loss": {"gamma": 2.0, "alpha": 0.5}}]
+    focal = DeepFMClassifier(config, num_epochs=3, batch_size=64).fit(X, y)
+    assert focal.model_.config.model_config.losses[0].binary_focal_loss.gamma == 2.0
+    assert roc_auc_score(y, focal.predict_proba(X)[:, 1]) > 0.9
+
+
+def test_a_numeric_column_with_missing_values_is_bucketized_at_the_deciles_of_the_others():
+    """default_config's boundaries come from the values that are there: one NaN in a numpy
+    column once made every boundary NaN, every row one bucket, and the column useless."""
+    from fmkit.deepfm_estimators import BUCKETS, default_config
+
+    rng = np.random.default_rng(8)
+    price = rng.random(2000) * 100
+    y = (price > 50).astype(int)  # the price decides the label
+    price[::100] = np.nan
+    X = np.column_stack([price, rng.integers(0, 5, 2000)])
+    feature = default_config(X)["feature_configs"][0]["raw_feature"]  # (column x0)
+    expected = np.unique(np.nanquantile(price, np.linspace(0, 1, BUCKETS + 1)[1:-1]))
+    np.testing.assert_allclose(feature["boundaries"], expected)
+    model = DeepFMClassifier(num_epochs=5, batch_size=64).fit(X, y)
+    known = ~np.isnan(price)
+    assert roc_auc_score(y[known], model.predict_proba(X[known])[:, 1]) > 0.95

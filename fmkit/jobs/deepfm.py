@@ -171,7 +171,7 @@ def deepfm_learner(model: DeepFMModel) -> DeepFMLearner:
                                                    loss.softmax_cross_entropy) if l), 0.0)
     return DeepFMLearner(model.net, config.train_config, config.data_config.batch_size,
                          model.label_mode, smoothing, config.data_config.shuffle,
-                         scorer=_scorer(model),
+                         scorer=_scorer(model), focal=loss.binary_focal_loss,
                          drop_remainder=config.data_config.drop_remainder)
 
 

@@ -25,6 +25,7 @@ from fmkit.models.deepfm.batches import mini_batches
 from fmkit.models.deepfm.config import (
     ConfigError,
     DenseOptimizer,
+    FocalLoss,
     GradClipping,
     OptimizerSettings,
     SparseOptimizer,
@@ -134,6 +135,15 @@ def _some(batches: Iterator[Encoded], name: str, size: int) -> Iterator[Encoded]
                                     "drop_remainder leaves no batch to train")
 
 
+def _focal_weights(logits: torch.Tensor, labels: torch.Tensor, focal: FocalLoss
+                   ) -> torch.Tensor:
+    """``binary_focal_loss``'s weight of each row's cross entropy (no gradient flows through
+    it, as in TorchEasyRec's ``BinaryFocalLoss``)."""
+    p = torch.sigmoid(logits)
+    return (focal.alpha * labels * (1 - p) ** focal.gamma
+            + (1 - focal.alpha) * (1 - labels) * p ** focal.gamma)
+
+
 def _clip(params: list[torch.Tensor], clipping: GradClipping) -> None:
     """``grad_clipping`` on the dense parameters' gradients, as torchrec's
     ``GradientClippingOptimizer`` does it: each value into [-max_gradient, max_gradient], or
@@ -156,12 +166,13 @@ class DeepFMLearner:
     def __init__(self, net: nn.Module, config: TrainConfig, batch_size: int, loss_kind: str,
                  label_smoothing: float = 0.0, shuffle: bool = False,
                  scorer: Callable[[Any], dict[str, float]] | None = None,
-                 drop_remainder: bool = False):
+                 drop_remainder: bool = False, focal: FocalLoss | None = None):
         torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: PyTorch warns if not
         torch.manual_seed(config.seed)
         self.net, self.batch_size, self.shuffle = net, batch_size, shuffle
         self.drop_remainder = drop_remainder  # an epoch's last, smaller batch left out
         self.smoothing, self.scorer, self.steps = label_smoothing, scorer, 0
+        self.focal = focal  # binary_focal_loss: the cross entropy weighted per row
         self.tables = [p for name, p in net.named_parameters() if "tables." in name]
         self.others = [p for name, p in net.named_parameters() if "tables." not in name]
         self.optimizers = [sparse_optimizer(self.tables, config.sparse_optimizer),
@@ -211,6 +222,8 @@ class DeepFMLearner:
         with torch.autocast(device.type, torch.bfloat16, enabled=self.autocast):
             outputs = self.net(batch)
         losses = self.criterion(outputs.float(), labels)
+        if self.focal is not None:
+            losses = losses * _focal_weights(outputs.float().detach(), labels, self.focal)
         if batch.weights is None:
             return losses.sum(), float(batch.n_rows)
         weights = torch.from_numpy(batch.weights).to(device)

@@ -243,12 +243,29 @@ class LabelSmoothing:
 
 
 @dataclass
+class FocalLoss:
+    """TorchEasyRec's ``binary_focal_loss``: each row's cross entropy weighted by
+    ``alpha (1 - p)^gamma`` (a positive) or ``(1 - alpha) p^gamma`` (a negative), the weight
+    held constant in the gradient, as its ``BinaryFocalLoss`` detaches it."""
+    gamma: float = 2.0
+    alpha: float = 0.5
+
+
+@dataclass
 class Loss:
     binary_cross_entropy: LabelSmoothing | None = None
     softmax_cross_entropy: LabelSmoothing | None = None
     l2_loss: Empty | None = None
+    binary_focal_loss: FocalLoss | None = None
 
-    ONEOF: typing.ClassVar = ("binary_cross_entropy", "softmax_cross_entropy", "l2_loss")
+    ONEOF: typing.ClassVar = ("binary_cross_entropy", "softmax_cross_entropy", "l2_loss",
+                              "binary_focal_loss")
+    BINARY: typing.ClassVar = ("binary_cross_entropy", "binary_focal_loss")
+
+    @property
+    def binary(self) -> bool:
+        """Whether the loss scores one probability (a binary classifier's)."""
+        return any(getattr(self, name) is not None for name in self.BINARY)
 
 
 @dataclass
@@ -550,7 +567,6 @@ INSTEAD = {
     "part_optimizers": "one dense optimizer applies to all dense parameters",
     "ema": "weight averaging (EMA) is not supported",
     "negative_sampler": "samplers are for matching models, not DeepFM",
-    "binary_focal_loss": "use binary_cross_entropy",
     **{name: "PyTorch has no sparse-gradient version of it: use adagrad_optimizer, "
              "rowwise_adagrad_optimizer, adam_optimizer (lazy) or sgd_optimizer" for name in (
         "lars_sgd_optimizer", "lamb_optimizer", "partial_rowwise_lamb_optimizer",
@@ -881,8 +897,12 @@ def _check_model(model: ModelConfig) -> None:
         raise ConfigError("model_config.losses: softmax_cross_entropy needs num_class >= 2")
     if loss.softmax_cross_entropy is None and model.num_class != 1:
         raise ConfigError(f"model_config.num_class: {model.num_class} classes need the loss "
-                          "softmax_cross_entropy (binary_cross_entropy and l2_loss score one "
-                          "value)")
+                          "softmax_cross_entropy (binary_cross_entropy, binary_focal_loss "
+                          "and l2_loss score one value)")
+    focal = loss.binary_focal_loss
+    if focal is not None and not (0 <= focal.gamma < math.inf and 0 < focal.alpha < 1):
+        raise ConfigError(f"model_config.losses.binary_focal_loss: gamma must be >= 0 and "
+                          f"alpha in (0, 1), got gamma {focal.gamma} and alpha {focal.alpha}")
 
 
 _LOCAL_FILES = ("export the table to CSV or Parquet files and point the configuration at them: "

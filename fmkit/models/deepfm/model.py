@@ -51,12 +51,12 @@ INT8_ROWS = 1024  # the numpy forward's slices when it scores every batch (int8)
 
 
 def predictor_type(config: configs.EasyRecConfig) -> str:
-    """``binary_classifier`` for binary cross entropy, ``multiclass_classifier`` for softmax
-    cross entropy, ``regressor`` for l2_loss."""
+    """``binary_classifier`` for binary cross entropy (or focal loss), ``multiclass_classifier``
+    for softmax cross entropy, ``regressor`` for l2_loss."""
     loss = config.model_config.losses[0]
     if loss.softmax_cross_entropy is not None:
         return "multiclass_classifier"
-    return "binary_classifier" if loss.binary_cross_entropy is not None else "regressor"
+    return "binary_classifier" if loss.binary else "regressor"
 
 
 LABEL_MODES = {"binary_classifier": "binary", "multiclass_classifier": "multiclass",
