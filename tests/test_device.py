@@ -54,6 +54,19 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, cli):
     assert code == 1 and "PyTorch sees no CUDA device" in err
 
 
+def test_a_device_pytorch_names_but_cannot_compute_on_is_one_line(tmp_path, cli):
+    """``meta`` (tensors without data) was a traceback; it and a backend this PyTorch was
+    not built with are one line, exit 1, nothing written."""
+    for device in ("meta", "mps"):
+        code, out, err = cli("train", "--train", shared_file("a9a_libsvm", "a9a.t"),
+                             "--model-dir", tmp_path / "m", "--device", device,
+                             "feature_dim=124", "num_factors=4",
+                             "predictor_type=binary_classifier")
+        assert code == 1 and err.startswith(f"fmkit: error: --device {device}: PyTorch cannot "
+                                            "compute there: ") and err.count("\n") == 1, err
+        assert not (tmp_path / "m").exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_training_equals_cpu():
     X, y = _problem(1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from fmkit.data.batch import SparseBatch
-from fmkit.errors import HyperparameterError, require_torch
+from fmkit.errors import HyperparameterError, excerpt, require_torch
 from fmkit.models.fm.parameters import FMParameters
 
 
@@ -21,9 +21,16 @@ def resolve_device(name: str):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HyperparameterError(f"--device {name}: PyTorch sees no CUDA device here")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as e:
         raise HyperparameterError(f"--device {name}: {e}") from None
+    try:  # a device PyTorch names but cannot compute on here (meta, a backend not built)
+        torch.zeros(1, device=device).cpu()
+    except Exception as e:  # (RuntimeError, NotImplementedError, AssertionError...)
+        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HyperparameterError(f"--device {name}: PyTorch cannot compute there: "
+                                  f"{excerpt(problem, 120, quote=False)}") from None
+    return device
 
 
 def batch_tensors(batch: SparseBatch, device, dtype):
