@@ -793,6 +793,14 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"t.csv:1: the header names column 'user' twice "
                                         r"\(columns 2 and 3\)"):
         next(columns.read_delimited(table, None, ",", True))
+    with pytest.raises(DataError, match=r"t.csv:1: the header names column 'user' twice "
+                                        r"\(columns 2 and 3\)$"):  # (no hint: names)
+        next(columns.read_delimited(table, None, ",", True))
+    table.write_text("1,5,1,20,24,M\n0,3,2,20,24,F\n")  # with_header, but line 1 is data
+    with pytest.raises(DataError, match=r"t.csv:1: the header names column '1' twice "
+                                        r"\(columns 1 and 3\); line 1 looks like data: set "
+                                        r"data_config.with_header: false or input_fields$"):
+        next(columns.read_delimited(table, None, ",", True))
     table.write_text("label,user,,,item\n1,u1,,,i1\n")  # (unnamed columns are not read)
     assert list(next(columns.read_delimited(table, None, ",", True)).columns) == [
         "label", "user", "", "item"]

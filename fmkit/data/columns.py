@@ -312,21 +312,28 @@ def _check_header(columns: list[str], source: str) -> None:
     seen: dict[str, int] = {}
     for number, name in enumerate(columns, start=1):
         if name and name in seen:
+            numbers = sum(_is_number(text) for text in columns)
+            hint = ("; line 1 looks like data: set data_config.with_header: false or "
+                    "input_fields" if 2 * numbers > len(columns) else "")
             raise DataError(source, 1, f"the header names column {excerpt(name)} twice "
-                            f"(columns {seen[name]} and {number})")
+                            f"(columns {seen[name]} and {number}){hint}")
         seen[name] = number
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _header_like(fields: list[str], names: Sequence[str]) -> bool:
     """Whether a first line read as data looks like a header all the same: no field is a
     number and one of them is a column name (for the error message of its line only)."""
     stripped = [f.strip() for f in fields]
-    for text in stripped:
-        try:
-            float(text)
-            return False
-        except ValueError:
-            pass
+    if any(_is_number(text) for text in stripped):
+        return False
     return any(text in names for text in stripped if text)
 
 
