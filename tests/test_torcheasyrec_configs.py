@@ -121,6 +121,21 @@ def test_the_criteo_config_trains_with_lowered_tables_and_refuses_the_original_o
     assert "data_config.num_workers" in err  # reported as ignored
 
 
+def test_dense_layers_beyond_memory_are_refused_before_any_is_made(tmp_path, cli):
+    """A hidden_units of 10^8 (a typo) asks for 16 * 10^8 * 161 bytes of MLP: one line
+    naming the dense layers and what to lower; it was PyTorch's allocator traceback."""
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    path = tmp_path / "deepfm_criteo.config"
+    path.write_text(criteo_config(str(train), str(tmp_path / "model"), "example"))
+    code, _, err = cli("train", "--config", path, "--quiet", *LOWERED,
+                       "--set", "model_config.deepfm.deep.hidden_units=[100000000, 64]")
+    errors = [line for line in err.splitlines() if line.startswith("fmkit: error")]
+    assert code == 1 and "Traceback" not in err and len(errors) == 1, err
+    assert "largest: the dense layers (" in errors[0] and (
+        "Lower model_config.deepfm's hidden_units (deep and final)") in errors[0], errors[0]
+    assert not (tmp_path / "model").exists()
+
+
 def test_odps_inputs_and_refused_fields_are_one_clear_line(tmp_path, cli):
     path = tmp_path / "c.config"
     odps = criteo_config("odps://{PROJECT}/tables/criteo_terabyte_train_hashed_v1", "m",

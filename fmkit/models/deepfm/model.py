@@ -534,37 +534,64 @@ _STATE_PER_WEIGHT = {"sgd_optimizer": 0, "adagrad_optimizer": 1, "rowwise_adagra
 
 
 def check_memory(config: configs.EasyRecConfig, features: FeatureSet) -> None:
-    """Refuse embedding tables that cannot fit in memory (TorchEasyRec's own Criteo example
-    asks for 204 million rows), naming the largest, before any is allocated."""
+    """Refuse a network that cannot fit in memory (TorchEasyRec's own Criteo example asks for
+    204 million embedding rows; a mistyped hidden_units for terabytes), naming the largest
+    part, before any is allocated."""
     sparse = config.train_config.sparse_optimizer
     kind = next((name for name in _STATE_PER_WEIGHT if getattr(sparse, name) is not None),
                 "adam_optimizer")
     factor = 4 * (1 + _STATE_PER_WEIGHT[kind])
     wide = set(features.groups["wide"])
-    parts = []
+    tables = []
     for name, feature in features.tables.items():
         columns = feature.embedding_dim
         if any(f.embedding_name == name and f.name in wide for f in features.features.values()):
             columns += features.wide_embedding_dim
-        parts.append((f"embedding {name!r} ({feature.num_embeddings} rows x {columns})",
-                      feature.num_embeddings * columns * factor, feature))
-    if not parts:
-        return
-    largest = max(parts, key=lambda part: part[1])[2]
-    # one copy of the weights besides the tables: the best epoch's (early stopping), or the
-    # arrays the model is written from
-    parts.append(("a copy of the weights", sum(size for _, size, _ in parts) // factor * 4,
-                  largest))
-    index, entry = next((i, e) for i, e in enumerate(config.feature_configs)
-                        if e.feature.feature_name == largest.name)
-    size = next((n for n in ("hash_bucket_size", "num_buckets") if getattr(entry.feature, n,
-                                                                            None)), None)
-    example = (f"--set 'feature_configs[{index}].{entry.kind}.{size}=1000000'" if size
-               else f"--set 'feature_configs[{index}].{entry.kind}.embedding_dim=8'")
-    check_fits("This DeepFM", [part[:2] for part in parts],
-               f"Lower hash_bucket_size / num_buckets of the largest tables, or their "
-               f"embedding_dim (e.g. {example}); more processes (--nproc) do not help, each "
-               f"holds every table.")
+        tables.append((f"embedding {name!r} ({feature.num_embeddings} rows x {columns})",
+                       feature.num_embeddings * columns * factor, feature))
+    dense = _dense_weights(config, features)
+    # the MLPs: weight, gradient and the dense optimizer's two moments (Adam's) per weight;
+    # one copy of every weight besides: the best epoch's (early stopping), or the arrays the
+    # model is written from
+    parts = [part[:2] for part in tables] + [
+        (f"the dense layers ({dense} weights)", dense * 16),
+        ("a copy of the weights", (sum(size for _, size, _ in tables) // factor + dense) * 4)]
+    largest = max(tables, key=lambda part: part[1], default=None)
+    if largest is None or dense * 16 >= largest[1]:
+        advice = ("Lower model_config.deepfm's hidden_units (deep and final), the largest "
+                  "part")
+    else:
+        feature = largest[2]
+        index, entry = next((i, e) for i, e in enumerate(config.feature_configs)
+                            if e.feature.feature_name == feature.name)
+        size = next((n for n in ("hash_bucket_size", "num_buckets")
+                     if getattr(entry.feature, n, None)), None)
+        example = (f"--set 'feature_configs[{index}].{entry.kind}.{size}=1000000'" if size
+                   else f"--set 'feature_configs[{index}].{entry.kind}.embedding_dim=8'")
+        advice = (f"Lower hash_bucket_size / num_buckets of the largest tables, or their "
+                  f"embedding_dim (e.g. {example})")
+    check_fits("This DeepFM", parts, f"{advice}; more processes (--nproc) do not help, each "
+                                     "holds every table.")
+
+
+def _dense_weights(config: configs.EasyRecConfig, features: FeatureSet) -> int:
+    """The weights of the network's linear layers (deep, final and output), counted from the
+    configuration before any is made (a mistyped hidden_units could ask for terabytes)."""
+    deepfm = config.model_config.deepfm
+
+    def layers(inputs: int, units: list[int]) -> tuple[int, int]:
+        count = 0
+        for out in units:
+            count, inputs = count + (inputs + 1) * out, out
+        return count, inputs
+
+    deep_dim = sum(features.features[n].output_dim for n in features.groups["deep"])
+    count, out = layers(deep_dim, deepfm.deep.hidden_units)
+    if deepfm.final is not None:
+        fm_dim = features.features[features.groups[features.fm_group][0]].output_dim
+        more, out = layers(1 + fm_dim + out, deepfm.final.hidden_units)
+        count += more
+    return count + (out + 1) * config.model_config.num_class
 
 
 def _request_files(path: str | Path, fmt: str,
