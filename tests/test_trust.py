@@ -487,6 +487,10 @@ def test_non_positive_counts_are_refused(cli, tmp_path, section, field, value):
                                           "T_0": 5, "T_mult": 0}},
      "cosine_annealing_warm_restarts_learning_rate.T_mult: must be >= 1"),
     ("train_config.seed", -3, "train_config.seed: must be >= 0, got -3"),  # (numpy traceback)
+    ("train_config.seed", 10 ** 20, "train_config.seed: 100000000000000000000 is out of range "
+     "(a 64-bit integer)"),  # (PyTorch's seeding raised an OverflowError)
+    ("train_config.num_epochs", list(range(40)), "train_config.num_epochs: expected an "
+     "integer, got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1... (150 characters)"),
     ("data_config.delimiter", "ab", "data_config.delimiter: expected one character, got 'ab'"),
     ("train_config.sparse_optimizer", {"sgd_optimizer": {"weight_decay": 0.01}},
      "train_config.sparse_optimizer.sgd_optimizer.weight_decay: not a setting of this "

@@ -620,7 +620,8 @@ def _convert(value: Any, kind: Any, path: str, ignored: list[str]) -> Any:
         return [_convert(v, item, f"{path}[{i}]", ignored) for i, v in enumerate(value)]
     if typing.get_origin(kind) is dict:  # a protobuf map: vocab_dict {key: "a" value: 2}
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{path}: expected a mapping, got "
+                              f"{excerpt(repr(value), quote=False)}")
         key_kind, value_kind = typing.get_args(kind)
         return {_convert(k, key_kind, f"{path}[{k!r}]", ignored):
                 _convert(v, value_kind, f"{path}[{k!r}]", ignored) for k, v in value.items()}
@@ -632,12 +633,12 @@ def _convert(value: Any, kind: Any, path: str, ignored: list[str]) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
     elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
-            return int(value)
+        number = _integer(value)
+        if number is not None and abs(number) >= 2 ** 63:
+            raise ConfigError(f"{path}: {excerpt(str(number), quote=False)} is out of range "
+                              "(a 64-bit integer)")
+        if number is not None:
+            return number
     elif kind is float:
         number = _number(value)
         if number is not None and not math.isnan(number):  # (inf is one: norm_type)
@@ -649,7 +650,17 @@ def _convert(value: Any, kind: Any, path: str, ignored: list[str]) -> Any:
             return str(value)
     elif kind is dict and (isinstance(value, dict) or value is None):
         return value or {}
-    raise ConfigError(f"{path}: expected {_type_name(kind)}, got {value!r}")
+    raise ConfigError(f"{path}: expected {_type_name(kind)}, got "
+                      f"{excerpt(repr(value), quote=False)}")
+
+
+def _integer(value: Any) -> int | None:
+    """An integer, a whole float or an integer's text as an int (None if it is neither)."""
+    if isinstance(value, bool):
+        return None
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    text = isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip())
+    return int(value) if whole or text else None
 
 
 def _number(value: Any) -> float | None:
@@ -664,7 +675,8 @@ def _number(value: Any) -> float | None:
 
 def _from_mapping(cls: type, data: Any, path: str, ignored: list[str]) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'the configuration'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{path or 'the configuration'}: expected a mapping, got "
+                          f"{excerpt(repr(data), quote=False)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))

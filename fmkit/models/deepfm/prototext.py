@@ -171,10 +171,11 @@ def _is_map(field: Any) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
-def _fill(message: Any, document: dict[str, Any]) -> None:
+def _fill(message: Any, document: dict[str, Any], path: str = "") -> None:
     from google.protobuf.descriptor import FieldDescriptor
 
     for name, value in document.items():
+        where = f"{path}.{name}" if path else name
         field = message.DESCRIPTOR.fields_by_name[name]
         if _is_map(field):
             getattr(message, name).update(value)
@@ -185,16 +186,20 @@ def _fill(message: Any, document: dict[str, Any]) -> None:
             for item in values:
                 target = getattr(message, name).add() if repeated else getattr(message, name)
                 target.SetInParent()
-                _fill(target, item)
+                _fill(target, item, where)
             continue
         if field.type == FieldDescriptor.TYPE_ENUM:
             values = [field.enum_type.values_by_name[v].number for v in values]
         elif field.type in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
             values = [float(v) for v in values]  # (to_document's "inf" for infinity)
-        if repeated:
-            getattr(message, name).extend(values)
-        else:
-            setattr(message, name, values[0])
+        try:
+            if repeated:
+                getattr(message, name).extend(values)
+            else:
+                setattr(message, name, values[0])
+        except (ValueError, TypeError) as e:  # beyond the field's range (a uint32's, say)
+            raise configs.ConfigError(f"{where}: cannot be written as protobuf text: {e}"
+                                      ) from None
 
 
 def format_text(config: configs.EasyRecConfig) -> str:
