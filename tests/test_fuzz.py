@@ -2,7 +2,7 @@
 
 Each case takes a real seed (a9a rows as libsvm, dense CSV, SDK-written recordIO and JSON /
 JSON Lines requests; xLearn's Criteo libffm; raw Criteo TSV and DeepCTR's CSV sample; DeepFM
-JSON instances), mutates its bytes (flips, deletions, duplications, truncation, and inserted
+JSON instances; the examples' DeepFM configurations as YAML and protobuf text), mutates its bytes (flips, deletions, duplications, truncation, and inserted
 tokens that broke fmkit before: values beyond float32, huge integers, NaN, stray delimiters,
 other scripts' digits, RecordIO magic, varint runs) and checks that the outcome is either a
 success with finite scores or a clean error: a ``DataError`` (any ``FMKitError``) in-process,
@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -305,3 +306,43 @@ def test_readers_alone(fm, ffm, work, data):
         event("read")
     except FMKitError:
         event("clean error")
+
+
+# -- DeepFM configuration files ------------------------------------------------------------------
+CONFIG_VALUES = [b"-1", b"0", b"1e400", b".nan", b"nan", b"-.inf", b"inf", b"1.5", b"true",
+                 b"null", b'""', b'"x"', b"[]", b"{}", b"[1, 2]", b"2147483648",
+                 b"99999999999999999999", b'"method=zscore,std=0"', b'"nn.init.normal_,std=nan"']
+NUMBER = re.compile(rb"(?<=[:\s\[,])-?\d+(\.\d+)?(?=[\s,\]}])")
+
+
+@pytest.fixture(scope="module")
+def configurations():
+    """The examples' DeepFM configurations as YAML and as TorchEasyRec's protobuf text."""
+    from fmkit.models.deepfm.config_files import convert_file
+
+    paths = [REPO / "examples" / name for name in ("deepfm_criteo.yaml",
+                                                   "deepfm_movielens.yaml")]
+    return ([("yaml", p.read_bytes()) for p in paths]
+            + [("config", convert_file(str(p), "config").encode()) for p in paths])
+
+
+@FUZZ
+@given(data=st.data())
+def test_configuration_files(configurations, work, data):
+    """A mutated configuration (a number replaced by another kind of value, bytes changed)
+    converts, or is one line naming what is wrong: never a traceback (a seed of 10^20, a
+    number protobuf text cannot hold and a NaN normalizer option each were one)."""
+    form, text = data.draw(st.sampled_from(configurations))
+    numbers = list(NUMBER.finditer(text))
+    if numbers and data.draw(st.booleans()):
+        found = data.draw(st.sampled_from(numbers))
+        text = text[:found.start()] + data.draw(st.sampled_from(CONFIG_VALUES)) + text[
+            found.end():]
+    if data.draw(st.booleans()):
+        text = data.draw(mutated([text]))
+    path = work / f"fuzzed.{form}"
+    path.write_bytes(text)
+    to = data.draw(st.sampled_from(["config", "yaml", "json"]))
+    out = work / f"out.{to}"
+    out.unlink(missing_ok=True)
+    cli_outcome(["config", "convert", str(path), "--to", to, "-o", str(out)])
