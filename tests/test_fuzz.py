@@ -2,9 +2,10 @@
 
 Each case takes a real seed (a9a rows as libsvm, dense CSV, SDK-written recordIO and JSON /
 JSON Lines requests; xLearn's Criteo libffm; raw Criteo TSV and DeepCTR's CSV sample; DeepFM
-JSON instances; the examples' DeepFM configurations as YAML and protobuf text), mutates its bytes (flips, deletions, duplications, truncation, and inserted
-tokens that broke fmkit before: values beyond float32, huge integers, NaN, stray delimiters,
-other scripts' digits, RecordIO magic, varint runs) and checks that the outcome is either a
+JSON instances; the examples' DeepFM configurations as YAML and protobuf text), mutates its
+bytes (flips, deletions, duplications, truncation, and inserted tokens that broke fmkit
+before: values beyond float32, huge integers, NaN, stray delimiters, other scripts' digits,
+RecordIO magic, varint runs) and checks that the outcome is either a
 success with finite scores or a clean error: a ``DataError`` (any ``FMKitError``) in-process,
 exit code 1 with one line and no traceback in the CLI, a 4xx from the server. A crash of
 compiled code kills the test process, which fails the run.

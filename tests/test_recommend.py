@@ -654,6 +654,17 @@ def test_training_on_interactions_draws_each_epochs_negatives_anew(tmp_path, cli
     assert code == 1 and "--negatives must be >= 1 to train" in err, err
     code, _, err = cli("train", *data, "--model-dir", tmp_path / "bad", "--train", "x.svm")
     assert code == 1 and "(and no --train)" in err, err
+    # interactions of a context the contexts' file does not hold, or of an unknown item, are
+    # left out and said (a misspelt id would otherwise drop its interactions silently)
+    (tmp_path / "y.jsonl").write_text((tmp_path / "x.jsonl").read_text() + json.dumps(
+        {"id": "u9", "items": [1]}) + "\n" + json.dumps({"id": "u4", "items": [99]}) + "\n")
+    code, _, err = cli("train", *[tmp_path / "y.jsonl" if a == tmp_path / "x.jsonl" else a
+                                  for a in data], "--model-dir", tmp_path / "y", "epochs=1")
+    assert code == 0, err
+    assert "y.jsonl: 1 of its 7 contexts are not among the contexts' rows: their " \
+           "interactions are left out" in err, err
+    assert "y.jsonl: 1 of the 11 interaction items of these contexts are not in the " \
+           "catalogue: left out" in err, err
 
 
 def test_an_fm_on_sampled_pairs_recommends_better_than_popularity(tmp_path, cli):

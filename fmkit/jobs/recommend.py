@@ -126,6 +126,11 @@ def item_lists(path: str | Path | None, query_ids: list[Any], catalogue: Catalog
             raise DataError(str(path), number, '"items" must be a list of item ids')
         seen.setdefault(key, []).extend(items)
     given = [seen.get(json.dumps(q), []) for q in query_ids]
+    if what == "interaction":  # (training data: a context's whole list would go unread)
+        strangers = len(seen.keys() - {json.dumps(q) for q in query_ids})
+        if strangers:
+            log.warning("%s: %d of its %d contexts are not among the contexts' rows: their "
+                        "interactions are left out", path, strangers, len(seen))
     lists = [catalogue.positions(items) for items in given]
     unknown = sum(map(len, given)) - sum(p.size for p in lists)
     if unknown:
