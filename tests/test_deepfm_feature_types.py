@@ -145,6 +145,27 @@ def test_expression_feature_evaluates_like_python(tmp_path):
     assert found == pytest.approx(expected, rel=1e-6)
 
 
+def test_an_expression_that_overflows_takes_the_default_value(tmp_path):
+    """exp(30 a) leaves float32 (the network's numbers) where a > 2.96: those rows take
+    default_value, as missing inputs do, never an infinity into the network."""
+    found = _encode(tmp_path, {"expr_feature": {
+        "feature_name": "e", "variables": ["a"], "expression": "exp(a * 30)",
+        "default_value": "-1"}})
+    limit = float(np.finfo(np.float32).max)
+    expected = [-1.0 if a is None or math.exp(a * 30) > limit else math.exp(a * 30)
+                for a in _column("a")]
+    assert found == pytest.approx(expected, rel=1e-6)
+    assert -1.0 in found[:2] + found[3:] and max(found) > 1e25  # (one overflow, one large)
+
+
+@pytest.mark.parametrize("default", ["inf", "-inf", "nan", "x"])
+def test_a_numeric_features_default_value_is_a_finite_number(tmp_path, default):
+    with pytest.raises(configs.ConfigError) as e:
+        _encode(tmp_path, {"raw_feature": {"feature_name": "a", "default_value": default}})
+    assert str(e.value) == (f"feature_configs[0].raw_feature.default_value: '{default}' is "
+                            "not a finite number")
+
+
 @pytest.mark.parametrize("text, problem", [
     ("__import__('os')", "cannot read"), ("__import__(a)", "unknown function"),
     ("a.b", "cannot read"), ("a b", "unexpected"), ("open(a)", "unknown function"),

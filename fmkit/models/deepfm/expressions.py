@@ -65,8 +65,13 @@ class Expression:
     variables: frozenset[str]
 
     def evaluate(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """The result of every row; NaN where it is not a float32 number (a missing input, a
+        division by zero, an overflow such as ``exp(100)``): the feature's default value,
+        never an infinity in the network, which computes in float32."""
         with np.errstate(all="ignore"):
-            return np.asarray(_evaluate(self.tree, columns), np.float64)
+            result = np.array(_evaluate(self.tree, columns), np.float64)
+            result[~(np.abs(result) <= np.finfo(np.float32).max)] = np.nan
+        return result
 
 
 def parse(text: str, variables: list[str], where: str) -> Expression:

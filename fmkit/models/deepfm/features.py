@@ -550,10 +550,12 @@ def _numeric(config: Any, where: str, kind: str, column: str, columns: tuple[str
     if (getattr(config, "value_dim", None) or 1) != 1:
         raise ConfigError(f"{where}.value_dim: fmkit supports value_dim 1")
     try:
-        float(config.default_value or 0)
+        default = float(config.default_value or 0)
     except ValueError:
-        raise ConfigError(f"{where}.default_value: {config.default_value!r} is not a number"
-                          ) from None
+        default = math.nan
+    if not math.isfinite(default):  # (an infinite default made every missing value's input
+        raise ConfigError(f"{where}.default_value: {excerpt(config.default_value)} is not a "
+                          "finite number")  # infinite, and training "diverged")
     if getattr(config, "pooling", "sum") not in ("sum", "mean"):
         raise ConfigError(f"{where}.pooling: expected sum or mean, got {config.pooling!r}")
     common = {"kind": kind, "columns": columns, "expression": expression,
