@@ -158,10 +158,12 @@ def _configured_loss(given: Any, loss: dict[str, Any], estimator: Any) -> Any:
     rather than replaced."""
     if not given:
         return loss
+    from fmkit.models.deepfm.config import Loss  # (PyTorch's package: imported on use)
+
     kinds = [next(iter(one), None) if isinstance(one, dict) else None for one in given]
     wanted = next(iter(loss))
-    binary = ("binary_cross_entropy", "binary_focal_loss")  # (a classifier of two labels)
-    if kinds != [wanted] and not (wanted in binary and kinds in ([name] for name in binary)):
+    if kinds != [wanted] and not (wanted in Loss.BINARY and len(kinds) == 1
+                                  and kinds[0] in Loss.BINARY):  # (two labels: either loss)
         raise ValueError(f"config: model_config.losses is {', '.join(map(str, kinds))}; this "
                          f"{type(estimator).__name__} trains with {next(iter(loss))} (set its "
                          "options there, or leave losses out)")

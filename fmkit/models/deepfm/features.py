@@ -431,6 +431,14 @@ def _warn_unscaled(features: list[Feature], dense: dict[str, np.ndarray]) -> Non
                     "normalizer (log1p, zscore, minmax) or boundaries", ", ".join(found))
 
 
+def _float_or_nan(text: str) -> float:
+    """A setting's number (NaN when the text is none: each caller's check then refuses it)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 NORMALIZER_OPTIONS = {"log1p": (), "log10": ("threshold", "default"),
                       "zscore": ("mean", "standard_deviation"), "minmax": ("min", "max")}
 
@@ -459,10 +467,7 @@ def _parse_normalizer(text: str | None, where: str) -> tuple:
         if key not in NORMALIZER_OPTIONS[method]:
             reads = " and ".join(NORMALIZER_OPTIONS[method]) or "no option"
             raise ConfigError(f"{where}: {method} reads {reads}, not {excerpt(key)}")
-        try:
-            options[key] = float(value)
-        except ValueError:
-            options[key] = math.nan
+        options[key] = _float_or_nan(value)
         if not math.isfinite(options[key]):
             raise ConfigError(f"{where}: {key}={excerpt(value)} is not a finite number")
     if method == "minmax" and options.get("max", 1.0) == options.get("min", 0.0):
@@ -530,10 +535,7 @@ def _categorical(config: Any, where: str, kind: str, column: str,
         raise ConfigError(f"{where}.{sizes[0]}: must be positive")
     if sizes[0] == "num_buckets" and config.default_value:  # (else each missing value's row
         for value in config.default_value.split(config.separator):  # is said to be bad data)
-            try:
-                number = float(value)
-            except ValueError:
-                number = math.nan
+            number = _float_or_nan(value)
             if not (0 <= number < size and number == round(number)):  # (as the data's ids)
                 raise ConfigError(f"{where}.default_value: {excerpt(value)} is not an id in "
                                   f"[0, num_buckets={size})")
@@ -549,13 +551,10 @@ def _numeric(config: Any, where: str, kind: str, column: str, columns: tuple[str
     normalize = _parse_normalizer(config.normalizer, where)
     if (getattr(config, "value_dim", None) or 1) != 1:
         raise ConfigError(f"{where}.value_dim: fmkit supports value_dim 1")
-    try:
-        default = float(config.default_value or 0)
-    except ValueError:
-        default = math.nan
-    if not math.isfinite(default):  # (an infinite default made every missing value's input
+    # (an infinite default made every missing value's input infinite: training "diverged")
+    if not math.isfinite(_float_or_nan(config.default_value or "0")):
         raise ConfigError(f"{where}.default_value: {excerpt(config.default_value)} is not a "
-                          "finite number")  # infinite, and training "diverged")
+                          "finite number")
     if getattr(config, "pooling", "sum") not in ("sum", "mean"):
         raise ConfigError(f"{where}.pooling: expected sum or mean, got {config.pooling!r}")
     common = {"kind": kind, "columns": columns, "expression": expression,
