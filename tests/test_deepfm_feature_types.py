@@ -158,12 +158,13 @@ def test_an_expression_that_overflows_takes_the_default_value(tmp_path):
     assert -1.0 in found[:2] + found[3:] and max(found) > 1e25  # (one overflow, one large)
 
 
-@pytest.mark.parametrize("default", ["inf", "-inf", "nan", "x"])
-def test_a_numeric_features_default_value_is_a_finite_number(tmp_path, default):
+@pytest.mark.parametrize("default, problem", [
+    ("inf", "is not a finite number"), ("-inf", "is not a finite number"),
+    ("nan", "is not a finite number"), ("x", "is not a number")])
+def test_a_numeric_features_default_value_is_a_finite_number(tmp_path, default, problem):
     with pytest.raises(configs.ConfigError) as e:
         _encode(tmp_path, {"raw_feature": {"feature_name": "a", "default_value": default}})
-    assert str(e.value) == (f"feature_configs[0].raw_feature.default_value: '{default}' is "
-                            "not a finite number")
+    assert str(e.value) == f"feature_configs[0].raw_feature.default_value: '{default}' {problem}"
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -217,6 +218,34 @@ def test_raw_feature_normalizers_compute_torcheasyrecs_formulas(tmp_path, normal
                                                    "normalizer": normalizer}})
     expected = [formula(0.0 if a is None else a) for a in _column("a")]
     assert found == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_model_saved_with_settings_now_refused_loads_and_scores_as_it_trained(tmp_path):
+    """Before, a misspelt normalizer option (std=4) trained with the default, and an integer
+    id feature's default_value out of range was said only at a row missing the value: such
+    models must still load, and score as they trained, though training with them is now
+    refused."""
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    from .deepfm_helpers import small
+
+    document = small()
+    price = document["feature_configs"][4]["raw_feature"]
+    price["normalizer"] = "method=zscore,mean=2"
+    trained = DeepFMModel.create(configs.parse(document))
+    path = trained.save(tmp_path / "m")
+    meta = json.loads((path / "model.json").read_text())
+    features = meta["config"]["feature_configs"]
+    features[4]["raw_feature"]["normalizer"] = "method=zscore,mean=2,std=4"
+    features[1]["id_feature"]["default_value"] = "99"  # (num_buckets 30)
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(configs.ConfigError, match="default_value: .99. is not an id"):
+        DeepFMModel.create(configs.parse(meta["config"]))
+    loaded = DeepFMModel.load(path)
+    rows = [{"user": "u1", "item": 3, "tags": "a|b", "age": 25, "price": price}
+            for price in (0.5, 2.0, 40.0)]
+    batch = columns.from_instances(rows)
+    np.testing.assert_array_equal(loaded.logits(batch), trained.logits(batch))
 
 
 @pytest.mark.parametrize("normalizer, problem", [

@@ -444,9 +444,8 @@ NORMALIZER_OPTIONS = {"log1p": (), "log10": ("threshold", "default"),
 
 
 def _parse_normalizer(text: str | None, where: str) -> tuple:
-    """TorchEasyRec's ``method=NAME,key=value,...`` (or just ``NAME``): each of the method's
-    options a finite number, and no option the method does not read (a misspelt
-    ``std=`` would otherwise leave the default standing)."""
+    """TorchEasyRec's ``method=NAME,key=value,...`` (or just ``NAME``) as ``(method,
+    options)``; the rules a new configuration also meets are :func:`_check_normalizer`'s."""
     if not text:
         return ()
     where = f"{where}.normalizer"
@@ -460,24 +459,50 @@ def _parse_normalizer(text: str | None, where: str) -> tuple:
     if method not in NORMALIZER_OPTIONS:
         raise ConfigError(f"{where}: method must be log1p, log10, zscore or minmax, got "
                           f"{excerpt(', '.join(methods) or text)}")
-    options: dict[str, float] = {}
-    for key, sep, value in pairs:
-        if key == "method" or not sep:
-            continue
-        if key not in NORMALIZER_OPTIONS[method]:
-            reads = " and ".join(NORMALIZER_OPTIONS[method]) or "no option"
-            raise ConfigError(f"{where}: {method} reads {reads}, not {excerpt(key)}")
-        options[key] = _float_or_nan(value)
-        if not math.isfinite(options[key]):
-            raise ConfigError(f"{where}: {key}={excerpt(value)} is not a finite number")
+    options = {key: _float_or_nan(value) for key, sep, value in pairs
+               if sep and key in NORMALIZER_OPTIONS[method]}
     if method == "minmax" and options.get("max", 1.0) == options.get("min", 0.0):
         raise ConfigError(f"{where}: minmax needs min != max")
+    return method, options
+
+
+def _check_normalizer(text: str, where: str) -> None:
+    """A new configuration's normalizer: each of the method's options a finite number, and no
+    option the method does not read (a misspelt ``std=`` would leave the default standing).
+    A model saved before these rules keeps loading as it trained."""
+    method, options = _parse_normalizer(text, where)
+    where = f"{where}.normalizer"
+    for key, sep, value in (p.strip().partition("=") for p in text.split(",") if p.strip()):
+        if sep and key != "method" and key not in NORMALIZER_OPTIONS[method]:
+            reads = " and ".join(NORMALIZER_OPTIONS[method]) or "no option"
+            raise ConfigError(f"{where}: {method} reads {reads}, not {excerpt(key)}")
+        if sep and key != "method" and not math.isfinite(options[key]):
+            raise ConfigError(f"{where}: {key}={excerpt(value)} is not a finite number")
     if method == "zscore" and options.get("standard_deviation", 1.0) <= 0:
         raise ConfigError(f"{where}: standard_deviation must be positive")
     if method == "log10" and options.get("threshold", 1e-10) < 0:
         raise ConfigError(f"{where}: threshold must be >= 0 (the log of a value at or "
                           "below 0 is not a number)")
-    return method, options
+
+
+def _check_defaults(feature: Feature, where: str) -> None:
+    """A new configuration's ``default_value``: an id in range for an integer id feature
+    (else each missing value's row is said to be bad data), a finite number for a numeric
+    one (an infinite default made every missing value's input infinite: training
+    "diverged")."""
+    config = feature.config
+    if not config.default_value:
+        return
+    if feature.sparse and getattr(config, "num_buckets", None):
+        for value in config.default_value.split(config.separator):
+            number = _float_or_nan(value)
+            if not (0 <= number < feature.num_embeddings and number == round(number)):
+                raise ConfigError(f"{where}.default_value: {excerpt(value)} is not an id in "
+                                  f"[0, num_buckets={feature.num_embeddings})")
+    elif feature.numeric and not math.isfinite(
+            _float_or_nan(config.default_value)):
+        raise ConfigError(f"{where}.default_value: {excerpt(config.default_value)} is not a "
+                          "finite number")
 
 
 def _vocabulary(config: Any, where: str) -> tuple[pa.Array, np.ndarray, int]:
@@ -533,12 +558,6 @@ def _categorical(config: Any, where: str, kind: str, column: str,
         size = getattr(config, sizes[0])
     if size <= 0:
         raise ConfigError(f"{where}.{sizes[0]}: must be positive")
-    if sizes[0] == "num_buckets" and config.default_value:  # (else each missing value's row
-        for value in config.default_value.split(config.separator):  # is said to be bad data)
-            number = _float_or_nan(value)
-            if not (0 <= number < size and number == round(number)):  # (as the data's ids)
-                raise ConfigError(f"{where}.default_value: {excerpt(value)} is not an id in "
-                                  f"[0, num_buckets={size})")
     return Feature(config.feature_name, column, config, True,
                    config.embedding_name or f"{config.feature_name}_emb", config.embedding_dim,
                    size, config.pooling, config.init_fn, vocabulary, rows, kind=kind,
@@ -551,10 +570,11 @@ def _numeric(config: Any, where: str, kind: str, column: str, columns: tuple[str
     normalize = _parse_normalizer(config.normalizer, where)
     if (getattr(config, "value_dim", None) or 1) != 1:
         raise ConfigError(f"{where}.value_dim: fmkit supports value_dim 1")
-    # (an infinite default made every missing value's input infinite: training "diverged")
-    if not math.isfinite(_float_or_nan(config.default_value or "0")):
-        raise ConfigError(f"{where}.default_value: {excerpt(config.default_value)} is not a "
-                          "finite number")
+    try:
+        float(config.default_value or 0)
+    except ValueError:
+        raise ConfigError(f"{where}.default_value: {config.default_value!r} is not a number"
+                          ) from None
     if getattr(config, "pooling", "sum") not in ("sum", "mean"):
         raise ConfigError(f"{where}.pooling: expected sum or mean, got {config.pooling!r}")
     common = {"kind": kind, "columns": columns, "expression": expression,
@@ -630,11 +650,18 @@ class FeatureSet:
     num_class: int = 1
 
     @classmethod
-    def from_config(cls, config: EasyRecConfig) -> FeatureSet:
+    def from_config(cls, config: EasyRecConfig, saved: bool = False) -> FeatureSet:
+        """The features of ``config``; ``saved``: a trained model's, which is not held to the
+        rules a new configuration meets (:func:`_check_normalizer`, :func:`_check_defaults`)
+        that an older fmkit did not have: the model loads and scores as it trained."""
         features: dict[str, Feature] = {}
         for i, entry in enumerate(config.feature_configs):
             where = f"feature_configs[{i}].{entry.kind}"
             feature = _feature(entry.feature, entry.kind, where)
+            if not saved:
+                if getattr(entry.feature, "normalizer", None):
+                    _check_normalizer(entry.feature.normalizer, where)
+                _check_defaults(feature, where)
             if feature.name in features:
                 raise ConfigError(f"{where}.feature_name: {feature.name!r} is configured twice")
             features[feature.name] = feature

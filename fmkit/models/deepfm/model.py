@@ -72,11 +72,13 @@ class DeepFMModel:
     estimator: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, config: configs.EasyRecConfig, initialise: bool = True) -> DeepFMModel:
+    def create(cls, config: configs.EasyRecConfig, initialise: bool = True,
+               saved: bool = False) -> DeepFMModel:
         """A new model with initial weights (seeded by ``train_config.seed``), or with its
-        embedding tables left unset (``initialise=False``: weights about to be loaded)."""
+        embedding tables left unset (``initialise=False``: weights about to be loaded;
+        ``saved``: a trained model's configuration, see :meth:`FeatureSet.from_config`)."""
         config = configs.read_vocabulary_files(config)
-        features = FeatureSet.from_config(config)
+        features = FeatureSet.from_config(config, saved)
         check_memory(config, features)
         torch.manual_seed(config.train_config.seed)
         return cls(config, features, DeepFMNet(features, config.model_config.deepfm,
@@ -485,7 +487,7 @@ class DeepFMModel:
         except (KeyError, configs.ConfigError) as e:
             raise ArtifactError(f"{path}: model.json has no valid DeepFM configuration: {e}"
                                 ) from None
-        model = cls.create(config, initialise=False)
+        model = cls.create(config, initialise=False, saved=True)
         expected = model.net.state_dict()
         if set(weights) != set(expected):
             missing = sorted(set(expected) - set(weights)) or sorted(set(weights) - set(expected))
