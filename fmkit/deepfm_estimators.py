@@ -165,7 +165,7 @@ def _configured_loss(given: Any, loss: dict[str, Any], estimator: Any) -> Any:
     if kinds != [wanted] and not (wanted in Loss.BINARY and len(kinds) == 1
                                   and kinds[0] in Loss.BINARY):  # (two labels: either loss)
         raise ValueError(f"config: model_config.losses is {', '.join(map(str, kinds))}; this "
-                         f"{type(estimator).__name__} trains with {next(iter(loss))} (set its "
+                         f"{type(estimator).__name__} trains with {wanted} (set its "
                          "options there, or leave losses out)")
     return given[0]
 

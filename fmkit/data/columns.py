@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,7 +313,7 @@ def _check_header(columns: list[str], source: str) -> None:
     seen: dict[str, int] = {}
     for number, name in enumerate(columns, start=1):
         if name and name in seen:
-            numbers = sum(_is_number(text) for text in columns)
+            numbers = sum(is_number(text) for text in columns)
             hint = ("; line 1 looks like data: set data_config.with_header: false or "
                     "input_fields" if 2 * numbers > len(columns) else "")
             raise DataError(source, 1, f"the header names column {excerpt(name)} twice "
@@ -320,19 +321,21 @@ def _check_header(columns: list[str], source: str) -> None:
         seen[name] = number
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+_NUMBER = re.compile(r"\s*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|nan|inf|infinity)\s*",
+                     re.IGNORECASE)
+
+
+def is_number(text: str) -> bool:
+    """A decimal number as Arrow reads a numeric column's text (not Python's ``float``: it
+    also takes other scripts' digits and ``1_000``)."""
+    return _NUMBER.fullmatch(text) is not None
 
 
 def _header_like(fields: list[str], names: Sequence[str]) -> bool:
     """Whether a first line read as data looks like a header all the same: no field is a
     number and one of them is a column name (for the error message of its line only)."""
     stripped = [f.strip() for f in fields]
-    if any(_is_number(text) for text in stripped):
+    if any(is_number(text) for text in stripped):
         return False
     return any(text in names for text in stripped if text)
 

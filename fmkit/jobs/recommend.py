@@ -125,9 +125,10 @@ def item_lists(path: str | Path | None, query_ids: list[Any], catalogue: Catalog
         if not isinstance(items, list):
             raise DataError(str(path), number, '"items" must be a list of item ids')
         seen.setdefault(key, []).extend(items)
-    given = [seen.get(json.dumps(q), []) for q in query_ids]
+    keys = [json.dumps(q) for q in query_ids]
+    given = [seen.get(key, []) for key in keys]
     if what == "interaction":  # (training data: a context's whole list would go unread)
-        strangers = len(seen.keys() - {json.dumps(q) for q in query_ids})
+        strangers = len(seen.keys() - set(keys))
         if strangers:
             log.warning("%s: %d of its %d contexts are not among the contexts' rows: their "
                         "interactions are left out", path, strangers, len(seen))

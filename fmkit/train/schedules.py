@@ -42,8 +42,7 @@ from fmkit.train.engine import Callback, Run
 
 def learning_rate(schedule: Any, base: float, t: int) -> float:
     """The learning rate after ``t`` steps (or epochs) under ``schedule`` (None: constant)."""
-    warms = (ExponentialDecay, CosineAnnealing, CosineAnnealingWarmRestarts)
-    if isinstance(schedule, warms) and t < schedule.warmup_size:
+    if t < getattr(schedule, "warmup_size", 0):  # (the schedules with a linear warm-up)
         start = schedule.warmup_learning_rate
         return start + (base - start) * t / schedule.warmup_size
     if isinstance(schedule, ExponentialDecay):

@@ -857,8 +857,7 @@ def _check_schedule(schedule: Any, where: str) -> None:
         raise ConfigError(f"{where}.T_mult: must be >= 1")
     if isinstance(schedule, CosineAnnealing) and schedule.T_max <= 0:
         raise ConfigError(f"{where}.T_max: must be positive")
-    if isinstance(schedule, (ExponentialDecay, CosineAnnealing, CosineAnnealingWarmRestarts)
-                  ) and schedule.warmup_size < 0:
+    if getattr(schedule, "warmup_size", 0) < 0:  # (the schedules with a linear warm-up)
         raise ConfigError(f"{where}.warmup_size: must be >= 0")
     if isinstance(schedule, ManualStep):
         sizes = schedule.schedule_sizes

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fmkit.data.numbers import FLOAT32_MAX
 from fmkit.models.deepfm.config import ConfigError
 
 _TOKEN = re.compile(r"\s*(?:(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"
@@ -70,7 +71,7 @@ class Expression:
         never an infinity in the network, which computes in float32."""
         with np.errstate(all="ignore"):
             result = np.array(_evaluate(self.tree, columns), np.float64)
-            result[~(np.abs(result) <= np.finfo(np.float32).max)] = np.nan
+            result[~(np.abs(result) <= FLOAT32_MAX)] = np.nan
         return result
 
 

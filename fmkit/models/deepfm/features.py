@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -31,7 +30,7 @@ import pyarrow.compute as pc
 
 from fmkit.compile_cache import kernel
 from fmkit.cpus import on_threads, thread_count
-from fmkit.data.columns import ColumnBatch
+from fmkit.data.columns import ColumnBatch, is_number
 from fmkit.data.numbers import FLOAT32_MAX
 from fmkit.errors import DataError, excerpt
 from fmkit.logs import log
@@ -192,7 +191,7 @@ def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray
             values = pc.cast(pc.utf8_trim_whitespace(values), pa.float64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             for position, text in enumerate(values.to_pylist()):
-                if text is not None and not _is_number(text):
+                if text is not None and not is_number(text):
                     raise error(position, f"{excerpt(text)} is not a number") from None
             raise error(0, "a value is not a number") from None
     elif not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)
@@ -214,16 +213,6 @@ def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray
         raise error(int(beyond[0]), f"{float(result[beyond[0]])!r} is not a finite float32 "
                     "(infinity, or beyond ±3.4e38)")
     return result
-
-
-_NUMBER = re.compile(r"\s*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|nan|inf|infinity)\s*",
-                     re.IGNORECASE)
-
-
-def _is_number(text: str) -> bool:
-    """A decimal number as Arrow reads it (not Python's ``float``: it also takes other
-    scripts' digits and ``1_000``)."""
-    return _NUMBER.fullmatch(text) is not None
 
 
 def _column_name(expression: str | None, default: str) -> str:
@@ -449,7 +438,7 @@ def _parse_normalizer(text: str | None, where: str) -> tuple:
     if not text:
         return ()
     where = f"{where}.normalizer"
-    pairs = [p.strip().partition("=") for p in text.split(",") if p.strip()]
+    pairs = _normalizer_pairs(text)
     methods = [value if key == "method" else key for key, sep, value in pairs
                if key == "method" or not sep]
     method = methods[0] if len(methods) == 1 else None
@@ -466,13 +455,19 @@ def _parse_normalizer(text: str | None, where: str) -> tuple:
     return method, options
 
 
-def _check_normalizer(text: str, where: str) -> None:
-    """A new configuration's normalizer: each of the method's options a finite number, and no
-    option the method does not read (a misspelt ``std=`` would leave the default standing).
-    A model saved before these rules keeps loading as it trained."""
-    method, options = _parse_normalizer(text, where)
+def _normalizer_pairs(text: str) -> list[tuple[str, str, str]]:
+    """``(key, "=", value)`` of each comma-separated part (``(name, "", "")`` for a bare one)."""
+    return [part.strip().partition("=") for part in text.split(",") if part.strip()]
+
+
+def _check_normalizer(feature: Feature, where: str) -> None:
+    """A new configuration's normalizer (``feature.normalize``, parsed from its text; a
+    discrete lookup, which does not use it, parses it here): each of the method's options a
+    finite number, and no option the method does not read (a misspelt ``std=`` would leave
+    the default standing). A model saved before these rules keeps loading as it trained."""
+    method, options = feature.normalize or _parse_normalizer(feature.config.normalizer, where)
     where = f"{where}.normalizer"
-    for key, sep, value in (p.strip().partition("=") for p in text.split(",") if p.strip()):
+    for key, sep, value in _normalizer_pairs(feature.config.normalizer):
         if sep and key != "method" and key not in NORMALIZER_OPTIONS[method]:
             reads = " and ".join(NORMALIZER_OPTIONS[method]) or "no option"
             raise ConfigError(f"{where}: {method} reads {reads}, not {excerpt(key)}")
@@ -660,7 +655,7 @@ class FeatureSet:
             feature = _feature(entry.feature, entry.kind, where)
             if not saved:
                 if getattr(entry.feature, "normalizer", None):
-                    _check_normalizer(entry.feature.normalizer, where)
+                    _check_normalizer(feature, where)
                 _check_defaults(feature, where)
             if feature.name in features:
                 raise ConfigError(f"{where}.feature_name: {feature.name!r} is configured twice")
