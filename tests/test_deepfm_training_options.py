@@ -277,6 +277,118 @@ def test_binary_focal_loss_settings_out_of_range_are_one_line(tmp_path, focal):
         _config(tmp_path, "t.csv", model_config={"losses": [{"binary_focal_loss": focal}]})
 
 
+# ---- dense EMA -----------------------------------------------------------------------------
+class _RecordParameters(Callback):
+    """Every parameter of the network after each step (float64 copies, by name)."""
+
+    def __init__(self):
+        self.steps = []
+
+    def after_step(self, run) -> bool:
+        self.steps.append({name: p.detach().numpy().astype(np.float64).copy()
+                           for name, p in run.learner.net.named_parameters()})
+        return False
+
+
+def _moving_average(steps: list[dict], decay: float) -> dict[str, np.ndarray]:
+    """TorchEasyRec's dense EMA in plain numpy: the first step's parameters, then each
+    later step's pulled in with weight 1 - decay."""
+    average = dict(steps[0])
+    for step in steps[1:]:
+        average = {name: decay * average[name] + (1 - decay) * step[name] for name in average}
+    return average
+
+
+def _ema_run(tmp_path, name: str, decay: float, epochs: int = 2, **sections):
+    rng = np.random.default_rng(8)
+    rows = [(u, i, int(rng.random() < (0.8 if (u + i) % 3 == 0 else 0.3)))
+            for u, i in rng.integers(20, size=(640, 2))]
+    train = _write(tmp_path / "t.csv", "user,item,label", rows[:512])
+    valid = _write(tmp_path / "v.csv", "user,item,label", rows[512:])
+    (tmp_path / name).mkdir()
+    train_config = {"num_epochs": epochs, "dense_optimizer": {
+        "adam_optimizer": {"lr": 0.05}, "ema": {"decay": decay}}}
+    config = _config(tmp_path / name, train, train_config=train_config, **sections)
+    record = _RecordParameters()
+    train_deepfm(config, progress=False, callbacks=[record], validation_path=valid)
+    written = DeepFMModel.load(config.model_dir)
+    return record.steps, written, valid
+
+
+def _is_dense(name: str) -> bool:
+    return "tables." not in name
+
+
+def test_dense_ema_writes_the_average_of_the_dense_parameters_and_the_last_tables(tmp_path):
+    """train_config.dense_optimizer.ema {decay}: the written model's dense parameters are
+    the moving average of their values after each step (numpy's, from a record of every
+    step), its embedding tables their last values; with export_config.use_dense_ema false
+    it is the last step's network."""
+    steps, written, _ = _ema_run(tmp_path, "ema", 0.8, epochs=1)
+    assert len(steps) == 8  # 512 rows in batches of 64
+    average, last = _moving_average(steps, 0.8), steps[-1]
+    weights = {name: p.detach().numpy() for name, p in written.net.named_parameters()}
+    for name, value in weights.items():
+        expected = average[name] if _is_dense(name) else last[name]
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7, err_msg=name)
+    dense = [name for name in weights if _is_dense(name)]
+    assert any(not np.allclose(average[name], last[name], atol=1e-4) for name in dense)
+    steps, written, _ = _ema_run(tmp_path, "raw", 0.8, epochs=1,
+                                 export_config={"use_dense_ema": False})
+    for name, p in written.net.named_parameters():
+        np.testing.assert_allclose(p.detach().numpy(), steps[-1][name], rtol=1e-6, atol=1e-8,
+                                   err_msg=name)
+
+
+def test_dense_ema_validation_scores_the_average_and_keeps_the_best_in_the_written_form(
+        tmp_path):
+    """Validation (eval_config.use_dense_ema, on by default with ema) scores the averaged
+    network — each epoch's AUC and log loss equal scikit-learn's on the scores of the
+    network with numpy's average put in — while the model written holds the raw weights of
+    the best epoch when export_config.use_dense_ema is false."""
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    steps, written, valid = _ema_run(tmp_path, "run", 0.5,
+                                     export_config={"use_dense_ema": False})
+    history = json.loads((tmp_path / "run" / "model" / "metrics.json").read_text())["train"]
+    probe = DeepFMModel.load(tmp_path / "run" / "model")
+    batch = next(probe.read(valid))
+    labels = probe.features.encode(batch, labelled=True, label_mode="binary").labels
+    measured = []
+    for epoch, stats in enumerate(history, 1):
+        at = steps[:8 * epoch]
+        average = _moving_average(at, 0.5)
+        state = {name: torch.from_numpy((average[name] if _is_dense(name) else at[-1][name])
+                                        .astype(np.float32)) for name in average}
+        probe.net.load_state_dict(state, strict=False)
+        p = 1 / (1 + np.exp(-probe.logits(batch).astype(np.float64)))
+        assert stats["validation"]["auc"] == pytest.approx(roc_auc_score(labels, p), abs=1e-6)
+        assert stats["validation"]["binary_classification_cross_entropy"] == pytest.approx(
+            sk_log_loss(labels, p), rel=1e-5)
+        measured.append(stats["validation"]["auc"])
+        raw = {name: torch.from_numpy(v.astype(np.float32)) for name, v in at[-1].items()}
+        probe.net.load_state_dict(raw, strict=False)
+        p_raw = 1 / (1 + np.exp(-probe.logits(batch).astype(np.float64)))
+        assert abs(roc_auc_score(labels, p_raw) - roc_auc_score(labels, p)) > 1e-4
+    best = steps[8 * int(np.argmax(measured)) + 7]
+    for name, p in written.net.named_parameters():
+        np.testing.assert_allclose(p.detach().numpy(), best[name], rtol=1e-6, atol=1e-8,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("sections, problem", [
+    ({"train_config": {"dense_optimizer": {"adam_optimizer": {}, "ema": {"decay": 1.5}}}},
+     "train_config.dense_optimizer.ema.decay: must be in [0, 1], got 1.5"),
+    ({"eval_config": {"use_dense_ema": True}},
+     "eval_config.use_dense_ema: training keeps no average of the dense parameters"),
+    ({"export_config": {"use_dense_ema": True}},
+     "export_config.use_dense_ema: training keeps no average of the dense parameters"),
+])
+def test_bad_dense_ema_settings_are_one_line(tmp_path, sections, problem):
+    with pytest.raises(configs.ConfigError, match=re.escape(problem)):
+        _config(tmp_path, "t.csv", **sections)
+
+
 # ---- several classes -------------------------------------------------------------------------
 def test_three_classes_reach_the_planted_oracle_accuracy(tmp_path):
     """Labels drawn from softmax(U[user] + I[item]) over 3 classes; the oracle predicts the

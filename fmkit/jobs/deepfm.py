@@ -120,6 +120,9 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     for name in ("train_input_path", "eval_input_path", "model_dir", "export_config"):
         run_id.pop(name, None)
     run_id["train_config"].pop("num_epochs", None)
+    if config.train_config.dense_optimizer.ema is not None:  # (the best weights a checkpoint
+        # keeps are in the written form)
+        run_id["export_dense_ema"] = config.uses_dense_ema("export_config")
     history = fit_deepfm(model, channel, progress=progress, host=host,
                          trained_epochs=trained[-1]["epoch"] if trained else 0,
                          early_stopping=early_stopping_of(config, model, host, validation_path),
@@ -172,7 +175,9 @@ def deepfm_learner(model: DeepFMModel) -> DeepFMLearner:
     return DeepFMLearner(model.net, config.train_config, config.data_config.batch_size,
                          model.label_mode, smoothing, config.data_config.shuffle,
                          scorer=_scorer(model), focal=loss.binary_focal_loss,
-                         drop_remainder=config.data_config.drop_remainder)
+                         drop_remainder=config.data_config.drop_remainder,
+                         eval_average=config.uses_dense_ema("eval_config"),
+                         export_average=config.uses_dense_ema("export_config"))
 
 
 def network_change(model: DeepFMModel, before: DeepFMModel) -> str | None:

@@ -10,6 +10,7 @@ trains.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ from fmkit.models.deepfm.config import (
     TrainConfig,
 )
 from fmkit.models.deepfm.features import Encoded
+from fmkit.train.averaging import DenseAverage
 from fmkit.train.embedding_optimizers import CompiledOptimizer, DenseAdam, SparseRows
 from fmkit.train.engine import Gradient, Source
 
@@ -157,7 +159,11 @@ def _clip(params: list[torch.Tensor], clipping: GradClipping) -> None:
 
 class DeepFMLearner:
     """A DeepFM network and its two optimizers, for :func:`fmkit.train.engine.fit`: a step is
-    one mini-batch; ``evaluate`` scores a validation channel with ``scorer`` (in eval mode)."""
+    one mini-batch; ``evaluate`` scores a validation channel with ``scorer`` (in eval mode).
+    With ``dense_optimizer.ema`` set it keeps the dense parameters' average
+    (:class:`~fmkit.train.averaging.DenseAverage`): ``evaluate`` scores with it when
+    ``eval_average``; ``weights`` (the best measurement's, kept by early stopping) and the
+    weights the network ends with (``finish``) hold it when ``export_average``."""
 
     primary = True
     diverged_hint = ("Lower the learning rates (train_config's sparse_optimizer and "
@@ -166,7 +172,8 @@ class DeepFMLearner:
     def __init__(self, net: nn.Module, config: TrainConfig, batch_size: int, loss_kind: str,
                  label_smoothing: float = 0.0, shuffle: bool = False,
                  scorer: Callable[[Any], dict[str, float]] | None = None,
-                 drop_remainder: bool = False, focal: FocalLoss | None = None):
+                 drop_remainder: bool = False, focal: FocalLoss | None = None,
+                 eval_average: bool = False, export_average: bool = False):
         torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: PyTorch warns if not
         torch.manual_seed(config.seed)
         self.net, self.batch_size, self.shuffle = net, batch_size, shuffle
@@ -177,6 +184,9 @@ class DeepFMLearner:
         self.others = [p for name, p in net.named_parameters() if "tables." not in name]
         self.optimizers = [sparse_optimizer(self.tables, config.sparse_optimizer),
                            dense_optimizer(self.others, config.dense_optimizer)]
+        ema = config.dense_optimizer.ema
+        self.average = DenseAverage(self.others, ema.decay) if ema is not None else None
+        self.eval_average, self.export_average = eval_average, export_average
         clipping = config.grad_clipping
         self.clipping = clipping if clipping is not None and clipping.kind != "none" else None
         # per row; summed, then divided by the rows (or the sample weights) of the whole step,
@@ -234,6 +244,8 @@ class DeepFMLearner:
             _clip(self.others, self.clipping)
         for optimizer in self.optimizers:
             optimizer.step()
+        if self.average is not None:
+            self.average.update()
         self.steps += 1
 
     def step(self, batch: Encoded) -> tuple[float, int]:
@@ -278,8 +290,11 @@ class DeepFMLearner:
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         arrays, extra = _optimizer_arrays(self.optimizers)
-        arrays.update({f"net/{name}": value for name, value in self.weights().items()})
+        arrays.update({f"net/{name}": value for name, value in self._net_weights().items()})
         arrays["torch_rng"] = torch.get_rng_state().numpy()
+        if self.average is not None:
+            averages, extra["dense_ema_updates"] = self.average.state()
+            arrays.update({f"dense_ema/{i}": value for i, value in averages.items()})
         return arrays, extra
 
     def restore(self, arrays: dict[str, np.ndarray], extra: dict) -> None:
@@ -287,8 +302,28 @@ class DeepFMLearner:
                           if name.startswith("net/")})
         _restore_optimizers(self.optimizers, arrays, extra)
         torch.set_rng_state(torch.from_numpy(np.array(arrays["torch_rng"])))
+        if self.average is not None:
+            self.average.restore({name.removeprefix("dense_ema/"): value
+                                  for name, value in arrays.items()
+                                  if name.startswith("dense_ema/")},
+                                 extra["dense_ema_updates"])
 
     def weights(self) -> dict[str, np.ndarray]:
+        """The weights as the model would be written (the dense average, when exported)."""
+        with self._averaged(self.export_average):
+            return self._net_weights()
+
+    def finish(self) -> None:
+        """The network ends with the weights the model is written with: the dense
+        parameters' average, when exported (called once the steps end)."""
+        if self.export_average and self.average is not None and self.average.count:
+            self.set_weights(self.weights())
+
+    def _averaged(self, active: bool) -> Any:
+        return (self.average.swapped(active) if self.average is not None
+                else contextlib.nullcontext())
+
+    def _net_weights(self) -> dict[str, np.ndarray]:
         return {name: value.detach().cpu().numpy().copy()
                 for name, value in self.net.state_dict().items()}
 
@@ -301,6 +336,7 @@ class DeepFMLearner:
     def evaluate(self, source: Any) -> dict[str, float]:
         self.net.eval()
         try:
-            return self.scorer(source)
+            with self._averaged(self.eval_average):
+                return self.scorer(source)
         finally:
             self.net.train()

@@ -89,7 +89,10 @@ class Learner(Protocol):
     ``apply(gradient)``. A learner may define ``stop_request()``, what the loop asks after each
     step (a process group's answer, agreed by all); else it asks
     :func:`fmkit.train.interruption.requested`. One that trains on several processes' shards
-    says how many as ``processes``."""
+    says how many as ``processes``. One whose model is written with other weights than the
+    ones it steps (a dense average) defines ``finish()``, which puts them in place when the
+    steps end, before the callbacks' ``after_fit`` (early stopping's best weights come from
+    ``weights``, already in that form)."""
 
     primary: bool  # this process logs and writes (replicas on other processes do not)
     steps: int  # optimizer steps so far
@@ -215,6 +218,9 @@ def fit(learner: Learner, source: Source, *, epochs: int | None, seed: int,
         stop = any([callback.after_epoch(run, stats) for callback in run.callbacks]) or stop
         if stop or (max_steps and learner.steps >= max_steps):
             break
+    finish = getattr(learner, "finish", None)
+    if finish is not None:
+        finish()
     for callback in run.callbacks:
         callback.after_fit(run)
     return run.history

@@ -396,6 +396,16 @@ class SparseOptimizer:
 
 
 @dataclass
+class DenseEMA:
+    """TorchEasyRec's ``dense_optimizer.ema``: an exponential moving average of the dense
+    parameters, taken after every optimizer step (the first takes them as they are, then
+    ``average += (1 - decay) * (parameter - average)``); the embedding tables are not
+    averaged. Validation and the written model use it as ``eval_config`` and
+    ``export_config``'s ``use_dense_ema`` say (both default to on)."""
+    decay: float = 0.999
+
+
+@dataclass
 class DenseOptimizer:
     sgd_optimizer: OptimizerSettings | None = None
     adagrad_optimizer: OptimizerSettings | None = None
@@ -408,6 +418,7 @@ class DenseOptimizer:
     manual_step_learning_rate: ManualStep | None = None
     cosine_annealing_learning_rate: CosineAnnealing | None = None
     cosine_annealing_warm_restarts_learning_rate: CosineAnnealingWarmRestarts | None = None
+    ema: DenseEMA | None = None
 
     ONEOF: typing.ClassVar = ("sgd_optimizer", "adagrad_optimizer", "adam_optimizer",
                               "adamw_optimizer", "adadelta_optimizer", "rmsprop_optimizer")
@@ -470,6 +481,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     num_steps: int | None = None
+    # validation (and early stopping) scores with the dense parameters' average; unset: on
+    # when train_config.dense_optimizer.ema is set (TorchEasyRec's rule)
+    use_dense_ema: bool | None = None
     log_step_count_steps: int | None = ignored()
 
 
@@ -481,6 +495,9 @@ class ExportConfig:
     # fmkit's: "" (float32) or "INT8": the MLPs' linear layers score with int8 products on
     # the CPU (evaluate, predict, serve; fmkit.models.deepfm.quantized)
     dense_quantization: str = ""
+    # the model written holds the dense parameters' average; unset: on when
+    # train_config.dense_optimizer.ema is set (TorchEasyRec's rule)
+    use_dense_ema: bool | None = None
     exporter_type: str | None = ignored()
     best_exporter_metric: str | None = ignored()
     metric_larger_is_better: bool | None = ignored()
@@ -541,6 +558,12 @@ class EasyRecConfig:
     data_config: DataConfig = field(default_factory=DataConfig)
     export_config: ExportConfig = field(default_factory=ExportConfig)
 
+    def uses_dense_ema(self, part: str) -> bool:
+        """Whether ``part`` (``eval_config`` or ``export_config``) uses the dense parameters'
+        average: its ``use_dense_ema`` when set, else whether training keeps one."""
+        chosen = getattr(self, part).use_dense_ema
+        return self.train_config.dense_optimizer.ema is not None if chosen is None else chosen
+
 
 # TorchEasyRec fields fmkit refuses, and what to do instead (the answer to "unknown field")
 _FEATURE_TYPES = "fmkit's feature types are " + ", ".join(FEATURE_KINDS)
@@ -565,7 +588,6 @@ INSTEAD = {
     "gradient_accumulation_steps": "raise data_config.batch_size instead",
     "fine_tune_checkpoint": "continue from a model directory with fmkit train --init-model DIR",
     "part_optimizers": "one dense optimizer applies to all dense parameters",
-    "ema": "weight averaging (EMA) is not supported",
     "negative_sampler": "samplers are for matching models, not DeepFM",
     **{name: "PyTorch has no sparse-gradient version of it: use adagrad_optimizer, "
              "rowwise_adagrad_optimizer, adam_optimizer (lazy) or sgd_optimizer" for name in (
@@ -740,6 +762,7 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False,
                           "which fmkit does not do")
     if train.grad_clipping is not None:
         _check_grad_clipping(train.grad_clipping)
+    _check_dense_ema(config)
     export = config.export_config
     if export.mixed_precision not in ("", "BF16"):
         raise ConfigError(f"export_config.mixed_precision: expected BF16 (or unset: as "
@@ -782,6 +805,17 @@ def _check_grad_clipping(clipping: GradClipping) -> None:
     if not clipping.norm_type > 0:  # (inf: the largest magnitude)
         raise ConfigError(f"{where}.norm_type: must be a positive number or inf, got "
                           f"{clipping.norm_type}")
+
+
+def _check_dense_ema(config: EasyRecConfig) -> None:
+    ema = config.train_config.dense_optimizer.ema
+    if ema is not None and not 0 <= ema.decay <= 1:
+        raise ConfigError(f"train_config.dense_optimizer.ema.decay: must be in [0, 1], got "
+                          f"{ema.decay}")
+    for part in ("eval_config", "export_config"):
+        if ema is None and getattr(config, part).use_dense_ema:
+            raise ConfigError(f"{part}.use_dense_ema: training keeps no average of the dense "
+                              "parameters: set train_config.dense_optimizer.ema {decay: ...}")
 
 
 def _say_dense_embedding_settings(features: list[FeatureConfig]) -> None:
