@@ -288,10 +288,12 @@ class _DeepFMEstimator(BaseEstimator):
         from fmkit.jobs.deepfm import (
             Channel,
             Rows,
+            continue_weights,
             deepfm_learner,
             early_stopping_of,
             fit_deepfm,
             network_change,
+            start_from,
         )
         from fmkit.models.deepfm import config as configs
         from fmkit.models.deepfm.model import DeepFMModel
@@ -325,24 +327,26 @@ class _DeepFMEstimator(BaseEstimator):
                                                  ensure_non_negative=True)
         config = configs.parse(document, report_ignored=True)
         learner = getattr(self, "_learner", None) if incremental else None
+        before = self.history_ if continues else []
         if learner is not None:
             model = self.model_  # the network the learner's optimizers hold
         else:
             model = DeepFMModel.create(config)
-            if continues:
+            if not continues:  # (train_config.fine_tune_checkpoint's weights, if it names any)
+                before = start_from(config, model)
+            else:
                 change = network_change(model, self.model_)
                 if change:
                     how = "fit starts over" if incremental else "warm_start=False starts over"
                     raise ValueError(f"{'partial_fit' if incremental else 'warm_start'}: "
                                      f"{change} ({how})")
-                model.net.load_state_dict(self.model_.net.state_dict())
+                continue_weights(model, self.model_)
         if incremental:
             learner = self._learner = learner or deepfm_learner(model)
         channel = Channel("X", lambda: (model.encode(batch, labelled=True)
                                         for batch in _batches(table, extra)))
         watch = None if validation is None else early_stopping_of(config, model,
                                                                   validation=validation)
-        before = self.history_ if continues else []
         history = fit_deepfm(model, channel, progress=None if self.verbose else False,
                              early_stopping=watch, trained_epochs=len(before), learner=learner)
         self.model_, self.history_ = model, before + [vars(h) for h in history]

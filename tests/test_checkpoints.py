@@ -370,7 +370,9 @@ def test_an_ffm_continues_as_an_ffm_with_its_fields_and_never_as_an_fm(tmp_path,
 
 def test_deepfm_init_model_then_one_epoch_equals_two_epochs_and_validation(tmp_path, cli):
     """DeepFM continues the same way (plain SGD, no momentum, no dropout: nothing but the
-    weights carries over); --validation is scored after every epoch."""
+    weights carries over), from --init-model or from the configuration's
+    train_config.fine_tune_checkpoint (TorchEasyRec's name); --validation is scored after
+    every epoch."""
     train = shared_file("criteo_kaggle_head1000", "train.txt")
     common = ["train", "--config", REPO / "examples" / "deepfm_criteo.yaml", "--quiet",
               *SMALL_CRITEO,
@@ -381,13 +383,18 @@ def test_deepfm_init_model_then_one_epoch_equals_two_epochs_and_validation(tmp_p
     for name, more in (("two", ["--set", "train_config.num_epochs=2"]),
                        ("one", ["--set", "train_config.num_epochs=1"]),
                        ("more", ["--set", "train_config.num_epochs=1",
-                                 "--init-model", tmp_path / "one", "--validation", train])):
+                                 "--init-model", tmp_path / "one", "--validation", train]),
+                       ("tuned", ["--set", "train_config.num_epochs=1", "--set",
+                                  f"train_config.fine_tune_checkpoint={tmp_path / 'one'}"])):
         code, _, err = cli(*common, "--set", f"model_dir={tmp_path / name}", *more)
         assert code == 0, err
-    two, more = _weights(tmp_path / "two"), _weights(tmp_path / "more")
+    two = _weights(tmp_path / "two")
     assert not all(np.allclose(_weights(tmp_path / "one")[n], two[n]) for n in two)
-    for name in two:
-        np.testing.assert_allclose(more[name], two[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    for run in ("more", "tuned"):
+        more = _weights(tmp_path / run)
+        for name in two:
+            np.testing.assert_allclose(more[name], two[name], rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{run}: {name}")
     history = json.loads((tmp_path / "more" / "metrics.json").read_text())["train"]
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[0]["validation"] is None and history[1]["validation"]["rows"] == 1000

@@ -16,7 +16,7 @@ import torch
 from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, roc_auc_score
 
 from fmkit.data import codecs
-from fmkit.errors import DataError
+from fmkit.errors import DataError, HyperparameterError
 from fmkit.jobs.deepfm import train_deepfm
 from fmkit.logs import log
 from fmkit.models import metrics
@@ -387,6 +387,48 @@ def test_dense_ema_validation_scores_the_average_and_keeps_the_best_in_the_writt
 def test_bad_dense_ema_settings_are_one_line(tmp_path, sections, problem):
     with pytest.raises(configs.ConfigError, match=re.escape(problem)):
         _config(tmp_path, "t.csv", **sections)
+
+
+# ---- starting from a model's weights ---------------------------------------------------------
+class _StartingWeights(Callback):
+    def before_fit(self, run) -> None:
+        self.weights = [p.detach().numpy().copy() for p in run.learner.net.state_dict().values()]
+
+
+def test_fine_tune_checkpoint_starts_from_the_models_weights_whatever_its_dropout(tmp_path):
+    """train_config.fine_tune_checkpoint: training starts from the named model's weights
+    (read back from its directory), layer by layer — also when this configuration drops the
+    dropout layer the model trained with, which shifts the layers' names; a network of
+    another shape is one line naming the layer."""
+    rng = np.random.default_rng(9)
+    train = _write(tmp_path / "t.csv", "user,item,label",
+                   [(rng.integers(20), rng.integers(20), rng.integers(2)) for _ in range(256)])
+    (tmp_path / "a").mkdir()
+    trained = _config(tmp_path / "a", train, model_config={"deepfm": {
+        "deep": {"hidden_units": [8, 4], "dropout_ratio": [0.3, 0.3]},
+        "wide_embedding_dim": 1}})
+    train_deepfm(trained, progress=False)
+    source = DeepFMModel.load(trained.model_dir)
+    (tmp_path / "b").mkdir()
+    tuned = _config(tmp_path / "b", train, train_config={
+        "num_epochs": 1, "fine_tune_checkpoint": str(tmp_path / "a" / "model")},
+        model_config={"deepfm": {"deep": {"hidden_units": [8, 4]}, "wide_embedding_dim": 1}})
+    start = _StartingWeights()
+    _, metrics = train_deepfm(tuned, progress=False, callbacks=[start])
+    expected = [v.numpy() for v in source.net.state_dict().values()]
+    assert len(start.weights) == len(expected)
+    for got, want in zip(start.weights, expected):
+        np.testing.assert_array_equal(got, want)
+    assert [h["epoch"] for h in metrics["train"]] == [1, 2]  # numbered after the model's
+    (tmp_path / "c").mkdir()
+    wider = _config(tmp_path / "c", train, train_config={
+        "fine_tune_checkpoint": str(tmp_path / "a" / "model")}, model_config={
+        "deepfm": {"deep": {"hidden_units": [16, 4]}, "wide_embedding_dim": 1}})
+    with pytest.raises(HyperparameterError, match=r"train_config.fine_tune_checkpoint .*: the "
+                       r"model's model_config differ from this configuration's in the "
+                       r"network's layers: deep.0.weight is 8x8 there, 16x8 here"):
+        train_deepfm(wider, progress=False)
+    assert not (tmp_path / "c" / "model").exists()
 
 
 # ---- several classes -------------------------------------------------------------------------

@@ -435,9 +435,10 @@ def test_deepfm_partial_fit_over_two_halves_is_one_epoch_over_both():
         parts.partial_fit(X, np.full(2000, 7))
 
 
-def test_deepfm_warm_start_and_partial_fit_after_fit_continue_the_fitted_weights():
+def test_deepfm_warm_start_and_partial_fit_after_fit_continue_the_fitted_weights(tmp_path):
     """With optimizers that keep no state (SGD without momentum), a warm-started second fit
-    of one epoch, or a partial_fit after a fit of one, equals one fit of two epochs; what
+    of one epoch, a partial_fit after a fit of one, or a fit of one starting from a saved
+    fit of one (train_config.fine_tune_checkpoint), equals one fit of two epochs; what
     would not continue the fitted network is refused and the fitted model kept."""
     X, y, config = _deepfm_problem()
     config["train_config"].update(
@@ -454,6 +455,13 @@ def test_deepfm_warm_start_and_partial_fit_after_fit_continue_the_fitted_weights
     continued = DeepFMRegressor(config, num_epochs=1, batch_size=50, random_state=1).fit(X, y)
     continued.partial_fit(X, y)
     np.testing.assert_allclose(continued.predict(X), two.predict(X), rtol=1e-5, atol=1e-6)
+    DeepFMRegressor(config, num_epochs=1, batch_size=50, random_state=1).fit(X, y).save(
+        tmp_path / "one")
+    tuned = {**config, "train_config": {**config["train_config"],
+                                        "fine_tune_checkpoint": str(tmp_path / "one")}}
+    fine = DeepFMRegressor(tuned, num_epochs=1, batch_size=50, random_state=1).fit(X, y)
+    np.testing.assert_allclose(fine.predict(X), two.predict(X), rtol=1e-5, atol=1e-6)
+    assert [h["epoch"] for h in fine.history_] == [1, 2]
     other = {**config, "model_config": {**config["model_config"],
                                         "deepfm": {"deep": {"hidden_units": [16]}}}}
     kept = warm.model_

@@ -487,6 +487,9 @@ def test_a_deepfm_field_fixed_with_set_is_not_searched():
     assert fields == {"train_config.dense_optimizer.adam_optimizer.lr": 0.001,
                       "model_config.deepfm.deep.dropout_ratio": [0.25, 0.25]}
     assert fixed._document(fields)["model_config"]["deepfm"]["deep"]["hidden_units"] == [16, 8]
+    # trials that start from a model's weights keep its shape: only rates and dropout searched
+    tuned = search(**{"train_config.fine_tune_checkpoint": "models/criteo"})
+    assert [d.name for d in tuned.dimensions()] == ["sparse_lr", "dense_lr", "dropout"]
 
 
 def test_a_tune_of_mcmc_searches_the_factors_and_samples_every_sweep(a9a_head, tmp_path, cli):

@@ -21,7 +21,7 @@ from fmkit.data.sources import (
     require_channels,
     shard_files,
 )
-from fmkit.errors import HyperparameterError
+from fmkit.errors import ArtifactError, HyperparameterError
 from fmkit.jobs.training import check_first_block, run, score_and_save
 from fmkit.logs import DEFAULT_HOST
 from fmkit.models import artifact
@@ -80,9 +80,10 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     and the metrics stored in ``metrics.json``. ``checkpoints``/``resume``: see
     :func:`fmkit.jobs.training.run`. ``validation_path`` is scored after every
     epoch for early stopping (else ``eval_input_path``, when ``early_stopping_patience`` > 0).
-    ``init_model`` (a DeepFM model directory of the same features and network) is continued:
-    its weights, for ``num_epochs`` more epochs numbered after its own. ``callbacks``: more
-    engine callbacks (``fmkit tune``'s pruning)."""
+    ``init_model`` (a DeepFM model directory of the same features and network; else
+    ``train_config.fine_tune_checkpoint``) is continued: its weights, for ``num_epochs`` more
+    epochs numbered after its own. ``callbacks``: more engine callbacks (``fmkit tune``'s
+    pruning)."""
     from fmkit.models.fm.device import resolve_device
 
     target = resolve_device(distributed.local_device(device))
@@ -101,14 +102,15 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
             if path:
                 refuse_pipe(path, "training reads it once per epoch; give a file, or "
                             "train_config.num_epochs=1")
-    before = _initial_model(init_model) if init_model else None  # (before any allocation)
+    start = starting_model(config, init_model)
+    before = _initial_model(*start) if start else None  # (before any allocation)
     model = DeepFMModel.create(config)
     if config.eval_input_path and distributed.primary():
         check_first_block(lambda: (model.encode(batch, labelled=True)
                                    for batch in model.read(config.eval_input_path)),
                           config.eval_input_path,
                           not channel_files(config.eval_input_path)[0].is_fifo())
-    trained = _continue_from(init_model, before, model) if before else []
+    trained = _continue_from(start, before, model) if start else []
     model.net.to(target)
     shard = distributed.shard()
     files = channel_files(config.train_input_path)
@@ -181,35 +183,83 @@ def deepfm_learner(model: DeepFMModel) -> DeepFMLearner:
 
 
 def network_change(model: DeepFMModel, before: DeepFMModel) -> str | None:
-    """What keeps ``model`` from continuing ``before``'s weights (other features or another
-    network), else None: the rule of ``--init-model`` and the estimators' ``warm_start``."""
+    """What keeps ``model`` from continuing ``before``'s weights, else None: the rule of
+    ``--init-model``, ``fine_tune_checkpoint`` and the estimators' ``warm_start``. The
+    features and their groups must be the same, and every layer of the same shape; what
+    only trains or scores differently (dropout, the loss, activations, metrics) may change."""
     mine, theirs = to_document(model.config), to_document(before.config)
-    for part in ("feature_configs", "model_config"):
-        if mine.get(part) != theirs.get(part):
-            return (f"the model's {part} differ from this configuration's: a model "
-                    "continues with the same features and network")
+    if mine.get("feature_configs") != theirs.get("feature_configs"):
+        return ("the model's feature_configs differ from this configuration's: a model "
+                "continues with the same features")
+    if (mine.get("model_config", {}).get("feature_groups")
+            != theirs.get("model_config", {}).get("feature_groups")):
+        return ("the model's model_config.feature_groups differ from this configuration's: a "
+                "model continues with the same groups")
+    # (in order, not by name: a dropout layer shifts the names of the layers after it)
+    shapes, theirs = ([(name, tuple(t.shape)) for name, t in m.net.state_dict().items()]
+                      for m in (model, before))
+    for (name, shape), (_, their_shape) in zip(shapes, theirs):
+        if shape != their_shape:
+            return (f"the model's model_config differ from this configuration's in the "
+                    f"network's layers: {name} is {_dims(their_shape)} there, "
+                    f"{_dims(shape)} here")
+    if len(shapes) != len(theirs):
+        return (f"the model's model_config differ from this configuration's in the network's "
+                f"layers: {len(theirs)} weight tensors there, {len(shapes)} here")
     return None
 
 
-def _initial_model(path: str) -> DeepFMModel:
-    """``--init-model``: the DeepFM a run continues (a missing directory, or an FM's, is a
-    clear error)."""
+def _dims(shape: tuple) -> str:
+    return "x".join(map(str, shape))
+
+
+def continue_weights(model: DeepFMModel, before: DeepFMModel) -> None:
+    """``before``'s weights into ``model``, whose network :func:`network_change` found the
+    same (layer by layer, in order)."""
+    model.net.load_state_dict(dict(zip(model.net.state_dict(),
+                                       before.net.state_dict().values())))
+
+
+def starting_model(config: EasyRecConfig, init_model: str | None = None
+                   ) -> tuple[str, str] | None:
+    """The model directory a run starts from, and what named it (for messages):
+    ``--init-model``, else ``train_config.fine_tune_checkpoint``; None for fresh weights."""
+    if init_model:
+        return init_model, "--init-model"
+    path = config.train_config.fine_tune_checkpoint
+    return (path, "train_config.fine_tune_checkpoint") if path else None
+
+
+def _initial_model(path: str, named_by: str) -> DeepFMModel:
+    """The DeepFM a run continues (a missing directory, or an FM's, is a clear error)."""
     if artifact.model_type(path) != "deepfm":
         if not (artifact.resolve(path) / artifact.META_FILE).exists():
-            artifact.load_directory(path)  # missing, or no model: it says which
-        raise HyperparameterError(f"--init-model {path}: not a DeepFM model directory (an FM "
+            try:
+                artifact.load_directory(path)  # missing, or no model: it says which
+            except ArtifactError as e:
+                raise ArtifactError(f"{named_by}: {e}") from None
+        raise HyperparameterError(f"{named_by} {path}: not a DeepFM model directory (an FM "
                                   "model)")
     return DeepFMModel.load(path)
 
 
-def _continue_from(path: str, before: DeepFMModel, model: DeepFMModel) -> list[dict]:
-    """``--init-model``: ``before``'s weights into ``model`` (same features and network, else
-    a clear error); returns its training history."""
+def _continue_from(start: tuple[str, str], before: DeepFMModel, model: DeepFMModel
+                   ) -> list[dict]:
+    """``before``'s weights into ``model`` (same features and network, else a clear error);
+    returns its training history."""
+    path, named_by = start
     change = network_change(model, before)
     if change:
-        raise HyperparameterError(f"--init-model {path}: {change}")
-    model.net.load_state_dict(before.net.state_dict())
+        raise HyperparameterError(f"{named_by} {path}: {change}")
+    continue_weights(model, before)
     return artifact.continued_history(path)
+
+
+def start_from(config: EasyRecConfig, model: DeepFMModel) -> list[dict]:
+    """``train_config.fine_tune_checkpoint``'s weights into ``model`` when it names one (the
+    estimators' fresh fits); returns that model's history (none without)."""
+    start = starting_model(config)
+    return _continue_from(start, _initial_model(*start), model) if start else []
 
 
 def early_stopping_of(config: EasyRecConfig, model: DeepFMModel, host: str = DEFAULT_HOST,

@@ -382,9 +382,13 @@ class DeepFMSearch:
                                       "Parquet channel's validation rows with --validation")
 
     def dimensions(self) -> list[Dimension]:
-        """The space less what the user fixed with ``--set`` (it was searched over them)."""
-        return [d for d in DEEPFM_SPACE
-                if not any(_sets(path, DEEPFM_FIELDS[d.name]) for path in self.settings.fixed)]
+        """The space less what the user fixed with ``--set`` (it was searched over them), and
+        less the network's shape when trials start from ``fine_tune_checkpoint``'s weights
+        (which have one)."""
+        shaped = (("embedding_dim", "hidden_units")
+                  if self.config.train_config.fine_tune_checkpoint else ())
+        return [d for d in DEEPFM_SPACE if d.name not in shaped
+                and not any(_sets(path, DEEPFM_FIELDS[d.name]) for path in self.settings.fixed)]
 
     def first_trial(self) -> dict[str, Any]:
         """Nothing in particular: the configuration's own values are not one of the space's

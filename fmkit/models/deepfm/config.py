@@ -461,6 +461,10 @@ class TrainConfig:
     # (its weights, optimizers and the loss stay float32); TorchEasyRec's FP16 is refused
     mixed_precision: str = ""
     grad_clipping: GradClipping | None = None
+    # a DeepFM model directory of the same features and network whose weights training starts
+    # from (as --init-model; fmkit train --init-model DIR overrides it). TorchEasyRec names a
+    # checkpoint of its own here: fmkit reads fmkit's models, parameter for parameter
+    fine_tune_checkpoint: str | None = None
     save_checkpoints_steps: int | None = ignored()
     save_checkpoints_epochs: int | None = ignored()
     is_profiling: bool | None = ignored()
@@ -586,7 +590,8 @@ INSTEAD = {
     "grad_scaler": "fmkit trains in float32 or bfloat16 (mixed_precision: BF16), which needs no "
                    "loss scaling: remove it",
     "gradient_accumulation_steps": "raise data_config.batch_size instead",
-    "fine_tune_checkpoint": "continue from a model directory with fmkit train --init-model DIR",
+    "fine_tune_ckpt_param_map": "fine_tune_checkpoint names a model of the same features and "
+                                "network, whose parameters are read by their own names",
     "part_optimizers": "one dense optimizer applies to all dense parameters",
     "negative_sampler": "samplers are for matching models, not DeepFM",
     **{name: "PyTorch has no sparse-gradient version of it: use adagrad_optimizer, "
