@@ -132,6 +132,25 @@ def test_fm_top_k_equals_scoring_every_item_with_predict(movielens_fm, cli):
         assert not set(answer["items"]) & set(seen.get(contexts[row]["id"], []))
         _check(answer, scores[row], 20, ids, seen.get(contexts[row]["id"], []))
 
+    # contexts as libsvm rows, whose ids (labels) are text: "7" is the seen file's query 7
+    (root / "contexts.svm").write_text("".join(
+        f"{c['id']} " + " ".join(f"{k}:1" for k in c["keys"]) + "\n" for c in contexts))
+    code, _, err = cli("recommend", "--model-dir", root / "model", "--context",
+                       root / "contexts.svm", "--k", 20, "--exclude", root / "seen.jsonl",
+                       "--output", root / "unseen_svm.jsonl", "--quiet")
+    assert code == 0, err
+    for row, line in enumerate(_lines(root / "unseen_svm.jsonl")):
+        answer = json.loads(line)
+        assert answer["id"] == str(contexts[row]["id"])
+        _check(answer, scores[row], 20, ids, seen.get(contexts[row]["id"], []))
+    # a file whose query ids match no context changes nothing, and says so
+    (root / "strangers.jsonl").write_text(json.dumps({"id": "nobody", "items": [1]}) + "\n")
+    code, _, err = cli("recommend", "--model-dir", root / "model", "--context",
+                       root / "contexts.jsonl", "--k", 3, "--exclude", root / "strangers.jsonl",
+                       "--output", root / "same.jsonl", "--quiet")
+    assert code == 0 and "none of its 1 query ids (e.g. 'nobody') is among the contexts' ids" \
+        in err, err
+
 
 def test_the_server_recommends_what_the_cli_does(movielens_fm, cli, monkeypatch):
     from starlette.testclient import TestClient

@@ -104,11 +104,20 @@ def _answers(ids: list[Any], catalogue: Catalogue,
              "scores": scores.tolist()} for query, (positions, scores) in zip(ids, found)]
 
 
+def _query_key(value: Any) -> str:
+    """How a query id is matched across files: numbers and text as text, so ``7`` in a JSON
+    file and ``"7"`` (a libsvm row's label, which is text) are one query."""
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return str(value)
+    return json.dumps(value)
+
+
 def item_lists(path: str | Path | None, query_ids: list[Any], catalogue: Catalogue | IdIndex,
                what: str = "excluded") -> list[np.ndarray] | None:
     """Per query, the catalogue positions of the items ``path`` (JSON Lines ``{"id": query,
     "items": [item ids]}``) lists for it: the ``--exclude`` and ``--relevant`` files. Item ids
-    the catalogue does not hold are left out, with a warning saying how many."""
+    the catalogue does not hold are left out, with a warning saying how many; a file none of
+    whose query ids is a context's is said too (it changes nothing)."""
     if path is None:
         return None
     seen: dict[str, list[Any]] = {}
@@ -118,20 +127,23 @@ def item_lists(path: str | Path | None, query_ids: list[Any], catalogue: Catalog
         try:
             record = json.loads(line)
             items = record["items"]
-            key = json.dumps(record["id"])
+            key = _query_key(record["id"])
         except (ValueError, KeyError, TypeError):
             raise DataError(str(path), number, 'expected {"id": query id, "items": [item '
                             'ids]}') from None
         if not isinstance(items, list):
             raise DataError(str(path), number, '"items" must be a list of item ids')
         seen.setdefault(key, []).extend(items)
-    keys = [json.dumps(q) for q in query_ids]
+    keys = [_query_key(q) for q in query_ids]
     given = [seen.get(key, []) for key in keys]
-    if what == "interaction":  # (training data: a context's whole list would go unread)
-        strangers = len(seen.keys() - set(keys))
-        if strangers:
-            log.warning("%s: %d of its %d contexts are not among the contexts' rows: their "
-                        "interactions are left out", path, strangers, len(seen))
+    strangers = len(seen.keys() - set(keys))
+    if what == "interaction" and strangers:  # (training data: a whole list would go unread)
+        log.warning("%s: %d of its %d contexts are not among the contexts' rows: their "
+                    "interactions are left out", path, strangers, len(seen))
+    elif seen and strangers == len(seen):
+        log.warning("%s: none of its %d query ids (e.g. %s) is among the contexts' ids (e.g. "
+                    "%s): no item is %s", path, len(seen), excerpt(next(iter(seen))),
+                    excerpt(keys[0]) if keys else "none", what)
     lists = [catalogue.positions(items) for items in given]
     unknown = sum(map(len, given)) - sum(p.size for p in lists)
     if unknown:
