@@ -133,10 +133,14 @@ def test_fm_top_k_equals_scoring_every_item_with_predict(movielens_fm, cli):
         _check(answer, scores[row], 20, ids, seen.get(contexts[row]["id"], []))
 
     # contexts as libsvm rows, whose ids (labels) are text: "7" is the seen file's query 7
+    # (and an item id written as text, the catalogue's item of that number)
     (root / "contexts.svm").write_text("".join(
         f"{c['id']} " + " ".join(f"{k}:1" for k in c["keys"]) + "\n" for c in contexts))
+    (root / "seen_text.jsonl").write_text("".join(
+        json.dumps({"id": c["id"], "items": [str(i) for i in seen.get(c["id"], [])]}) + "\n"
+        for c in contexts))
     code, _, err = cli("recommend", "--model-dir", root / "model", "--context",
-                       root / "contexts.svm", "--k", 20, "--exclude", root / "seen.jsonl",
+                       root / "contexts.svm", "--k", 20, "--exclude", root / "seen_text.jsonl",
                        "--output", root / "unseen_svm.jsonl", "--quiet")
     assert code == 0, err
     for row, line in enumerate(_lines(root / "unseen_svm.jsonl")):

@@ -32,7 +32,14 @@ from fmkit.models import artifact
 from fmkit.models.base import load_fm
 from fmkit.models.fm.approximate import CHECK_FILE, INDEX_FILE, ApproximateIndex
 from fmkit.models.fm.model import FMModel
-from fmkit.models.fm.recommend import CATALOGUE_FILE, Catalogue, IdIndex, context_aucs, top_k
+from fmkit.models.fm.recommend import (
+    CATALOGUE_FILE,
+    Catalogue,
+    IdIndex,
+    context_aucs,
+    id_key,
+    top_k,
+)
 from fmkit.models.metrics import ranking_metrics
 
 
@@ -104,14 +111,6 @@ def _answers(ids: list[Any], catalogue: Catalogue,
              "scores": scores.tolist()} for query, (positions, scores) in zip(ids, found)]
 
 
-def _query_key(value: Any) -> str:
-    """How a query id is matched across files: numbers and text as text, so ``7`` in a JSON
-    file and ``"7"`` (a libsvm row's label, which is text) are one query."""
-    if isinstance(value, (int, str)) and not isinstance(value, bool):
-        return str(value)
-    return json.dumps(value)
-
-
 def item_lists(path: str | Path | None, query_ids: list[Any], catalogue: Catalogue | IdIndex,
                what: str = "excluded") -> list[np.ndarray] | None:
     """Per query, the catalogue positions of the items ``path`` (JSON Lines ``{"id": query,
@@ -127,14 +126,14 @@ def item_lists(path: str | Path | None, query_ids: list[Any], catalogue: Catalog
         try:
             record = json.loads(line)
             items = record["items"]
-            key = _query_key(record["id"])
+            key = id_key(record["id"])
         except (ValueError, KeyError, TypeError):
             raise DataError(str(path), number, 'expected {"id": query id, "items": [item '
                             'ids]}') from None
         if not isinstance(items, list):
             raise DataError(str(path), number, '"items" must be a list of item ids')
         seen.setdefault(key, []).extend(items)
-    keys = [_query_key(q) for q in query_ids]
+    keys = [id_key(q) for q in query_ids]
     given = [seen.get(key, []) for key in keys]
     strangers = len(seen.keys() - set(keys))
     if what == "interaction" and strangers:  # (training data: a whole list would go unread)

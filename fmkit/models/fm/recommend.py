@@ -144,20 +144,25 @@ class Catalogue:
                                 "fmkit recommend index") from None
 
 
-def _key(item_id: Any) -> str:
-    return json.dumps(item_id, sort_keys=True)
+def id_key(value: Any) -> str:
+    """How an item or query id is matched across files and requests: a number or a text as
+    text, so ``7`` in a JSON file is ``"7"`` of a libsvm row (whose id, its label, is text);
+    other JSON values by their JSON text (``[1]`` is not ``1``)."""
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return str(value)
+    return json.dumps(value, sort_keys=True)
 
 
 class IdIndex(dict):
-    """Positions by id, the id's JSON text the key (``1``, ``"1"`` and ``[1]`` are three
-    ids): a catalogue's, or an items file's before there is a model."""
+    """Positions by id (:func:`id_key`: ``1`` and ``"1"`` are one id, ``[1]`` another): a
+    catalogue's, or an items file's before there is a model."""
 
     def __init__(self, ids: list[Any]):
-        super().__init__((_key(i), n) for n, i in enumerate(ids))
+        super().__init__((id_key(i), n) for n, i in enumerate(ids))
 
     def positions(self, ids: list[Any]) -> np.ndarray:
         """The positions of those of ``ids`` held here (others are ignored)."""
-        return np.array([self[key] for key in map(_key, ids) if key in self], np.int64)
+        return np.array([self[key] for key in map(id_key, ids) if key in self], np.int64)
 
     def check_unique(self, ids: list[Any], source: str, what: str = "item") -> None:
         """A :class:`DataError` naming the first id given twice in ``ids`` (what this index
@@ -165,9 +170,11 @@ class IdIndex(dict):
         if len(self) == len(ids):
             return
         first: dict[str, int] = {}
-        for number, key in enumerate(map(_key, ids), start=1):
+        for number, given in enumerate(ids, start=1):
+            key = id_key(given)
             if key in first:
-                raise DataError(source, None, f"{what} id {excerpt(key, quote=False)} is given "
+                shown = excerpt(json.dumps(given), quote=False)
+                raise DataError(source, None, f"{what} id {shown} is given "
                                 f"twice ({what}s {first[key]} and {number}): ids must be unique")
             first[key] = number
 
