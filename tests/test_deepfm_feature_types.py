@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from fmkit.cpus import on_threads
 from fmkit.data import codecs, columns
+from fmkit.errors import DataError
 from fmkit.jobs.deepfm import train_deepfm
 from fmkit.models.deepfm import config as configs
 from fmkit.models.deepfm import transforms
@@ -218,6 +219,39 @@ def test_raw_feature_normalizers_compute_torcheasyrecs_formulas(tmp_path, normal
                                                    "normalizer": normalizer}})
     expected = [formula(0.0 if a is None else a) for a in _column("a")]
     assert found == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("feature, problem", [
+    ({"raw_feature": {"feature_name": "a", "normalizer":
+                      "method=zscore,mean=0,standard_deviation=1e-38"}},
+     "rows.tsv:6: column 'a': 7 is 7e+38 after its normalizer (zscore), beyond float32"),
+    ({"sequence_raw_feature": {"feature_name": "prices", "sequence_length": 3, "normalizer":
+                               "method=minmax,min=0,max=1e-38"}},
+     "rows.tsv:2: column 'prices': the sequence's values pool (sum) to 1.35e+39 after the "
+     "normalizer, beyond float32"),
+])
+def test_a_value_the_normalizer_takes_beyond_float32_is_one_line(tmp_path, feature, problem):
+    """A setting that turns a row's value into an infinity for the network (training then
+    'diverged', with advice about learning rates) names the row and column instead: a = 3
+    (row 1) is 3e38, within float32's 3.4e38, a = 7 (row 5) beyond; row 1's prices sum to
+    (1.5 + 2 + 10) * 1e38."""
+    with pytest.raises(DataError) as e:
+        _encode(tmp_path, feature)
+    assert str(e.value).endswith(problem), str(e.value)
+
+
+def test_a_request_value_the_normalizer_takes_beyond_float32_names_its_instance():
+    """The server's JSON instances (their fast path too) say the same as a file's rows."""
+    config = configs.parse(_document([{"raw_feature": {
+        "feature_name": "a", "normalizer": "method=zscore,mean=0,standard_deviation=1e-38"}},
+        {"id_feature": {"feature_name": "uid", "hash_bucket_size": 10, "embedding_dim": 4}}],
+        ["a", "uid"]))
+    model = DeepFMModel.create(config)
+    decode = model.request_decoder()
+    body = json.dumps({"instances": [{"a": 3, "uid": "u"}, {"a": 7, "uid": "v"}]}).encode()
+    with pytest.raises(Exception, match="instance 2: column 'a': 7 is 7e.38 after its "
+                                        r"normalizer \(zscore\), beyond float32"):
+        model.logits(decode(body, "application/json"))
 
 
 def test_a_model_saved_with_settings_now_refused_loads_and_scores_as_it_trained(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -276,10 +277,11 @@ class Feature:
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, batch: ColumnBatch) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
         if self.kind == "raw_feature":
-            return self.raw_input(_numbers(batch.column(self.column), batch, self.column))
+            return self.raw_input(_numbers(batch.column(self.column), batch, self.column),
+                                  batch.error)
         if self.kind == "expr_feature":
             values = {name: _numbers(batch.column(name), batch, name) for name in self.columns}
-            return self.raw_input(self.expression.evaluate(values))
+            return self.raw_input(self.expression.evaluate(values), batch.error)
         if self.kind == "sequence_raw_feature":
             return self._sequence_numbers(batch)
         if self.kind == "lookup_feature":
@@ -319,14 +321,32 @@ class Feature:
             values = (values - low) / (high - low)
         return values
 
-    def raw_input(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+    def raw_input(self, values: np.ndarray, error: Callable[[int, str], Exception] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
         """The model input of a numeric feature's float64 values (NaN = missing): a dense
-        column, or with ``boundaries`` each row's bucket as an (ids, offsets) pair."""
-        values = self._normalized(values)
+        column, or with ``boundaries`` each row's bucket as an (ids, offsets) pair. A dense
+        value the normalizer takes beyond float32 is ``error(row, problem)`` (it would reach
+        the network as infinity); without ``error`` it is left infinite, for the caller to
+        see."""
+        normalized = self._normalized(values)
         if not self.sparse:
-            return values.astype(np.float32).reshape(-1, 1)
+            if error is not None:
+                self._check_range(values, normalized, error)
+            with np.errstate(over="ignore"):  # (infinity: for the caller without ``error``)
+                return normalized.astype(np.float32).reshape(-1, 1)
+        values = normalized
         ids = np.searchsorted(np.asarray(self.config.boundaries), values, side="right")
         return ids.astype(np.int64), np.arange(values.size + 1, dtype=np.int64)
+
+    def _check_range(self, values: np.ndarray, normalized: np.ndarray,
+                      error: Callable[[int, str], Exception]) -> None:
+        beyond = np.flatnonzero(np.abs(normalized) > FLOAT32_MAX)
+        if beyond.size:
+            row = int(beyond[0])
+            step = (f"its normalizer ({self.normalize[0]})" if self.normalize
+                    else "combining the values found")
+            raise error(row, f"column {self.column!r}: {float(values[row]):.6g} is "
+                             f"{float(normalized[row]):.3g} after {step}, beyond float32")
 
     def _sequence_numbers(self, batch: ColumnBatch) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
         """A number sequence per row: its values' buckets pooled by the embedding bag, or
@@ -348,6 +368,11 @@ class Feature:
             return ids.astype(np.int64), offsets.astype(np.int64)
         sums = np.add.reduceat(values, offsets[:-1]) if values.size else np.zeros(0)
         pooled = sums / counts if config.pooling == "mean" else sums
+        beyond = np.flatnonzero(~(np.abs(pooled) <= FLOAT32_MAX))  # (inf - inf: NaN too)
+        if beyond.size:
+            raise batch.error(int(beyond[0]), f"column {self.column!r}: the sequence's values "
+                              f"pool ({config.pooling}) to {float(pooled[beyond[0]]):.3g} "
+                              "after the normalizer, beyond float32")
         return pooled.astype(np.float32).reshape(-1, 1)
 
     def _lookup(self, batch: ColumnBatch) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
@@ -359,7 +384,7 @@ class Feature:
             return self._bucketize(pa.array(found, pa.string()), offsets, batch)
         row_of = np.repeat(np.arange(batch.n_rows), np.diff(offsets))
         values = _numbers(pa.array(found, pa.string()), batch, self.columns[0], row_of)
-        return self.raw_input(transforms.combine(values, offsets, config.combiner))
+        return self.raw_input(transforms.combine(values, offsets, config.combiner), batch.error)
 
     def _bucketize(self, flat: pa.Array, offsets: np.ndarray, batch: ColumnBatch
                    ) -> tuple[np.ndarray, np.ndarray]:

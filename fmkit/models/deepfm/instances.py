@@ -51,7 +51,10 @@ def encode_instances(features: FeatureSet, instances: list[Any], fields: frozens
             numbers = _numbers(values)
             if numbers is None:
                 return None
-            (sparse if feature.sparse else dense)[feature.name] = feature.raw_input(numbers)
+            encoded = feature.raw_input(numbers)
+            if not feature.sparse and not np.isfinite(encoded).all():
+                return None  # beyond float32 after the normalizer: the column path says where
+            (sparse if feature.sparse else dense)[feature.name] = encoded
             continue
         pieces = _pieces(feature, values)
         if pieces is None:
