@@ -210,8 +210,10 @@ def test_deepfm_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, cli):
               "--set", "train_config.num_epochs=6", "--set", "data_config.batch_size=32",
               "--set", "data_config.shuffle=true",
               "--set", "model_config.deepfm.deep.dropout_ratio=[0.2]",
-              # the dense parameters' average is part of the checkpoint
-              "--set", "train_config.dense_optimizer.ema.decay=0.99"]
+              # the dense parameters' average and the dense gradients summed so far (a
+              # checkpoint every 40 steps lands within a run of 3) are part of the checkpoint
+              "--set", "train_config.dense_optimizer.ema.decay=0.99",
+              "--set", "train_config.gradient_accumulation_steps=3"]
     # how the model will score (export_config) is not part of the run: it may change
     state, _ = kill_resume_and_compare(tmp_path, cli, common, 40, 1e-4, resume_extra=(
         "--set", "export_config.mixed_precision=BF16"))
@@ -260,7 +262,8 @@ def test_deepfm_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(t
               "--set", f"train_input_path={train}", "--set", "eval_input_path=",
               "--set", "train_config.num_epochs=6", "--set", "data_config.batch_size=64",
               "--set", "data_config.shuffle=true",
-              "--set", "train_config.dense_optimizer.ema.decay=0.99"]
+              "--set", "train_config.dense_optimizer.ema.decay=0.99",
+              "--set", "train_config.gradient_accumulation_steps=3"]
     state, _ = kill_resume_and_compare(tmp_path, cli, common, 20, 1e-4)
     print(f"DeepFM on 2 processes killed; resuming from epoch {state.epoch}, step {state.step}")
 

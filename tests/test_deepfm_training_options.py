@@ -389,6 +389,43 @@ def test_bad_dense_ema_settings_are_one_line(tmp_path, sections, problem):
         _config(tmp_path, "t.csv", **sections)
 
 
+# ---- gradient accumulation -------------------------------------------------------------------
+def _dense_after(tmp_path, name: str, batch: int, dense_lr: float, sparse_lr: float,
+                 accumulation: int, record: Callback | None = None) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(10)
+    train = _write(tmp_path / "t.csv", "user,item,label",
+                   [(rng.integers(20), rng.integers(20), rng.integers(2)) for _ in range(128)])
+    (tmp_path / name).mkdir()
+    config = _config(tmp_path / name, train, data_config={"batch_size": batch},
+                     train_config={
+        "num_epochs": 2, "gradient_accumulation_steps": accumulation,
+        "sparse_optimizer": {"sgd_optimizer": {"lr": sparse_lr}},
+        "dense_optimizer": {"sgd_optimizer": {"lr": dense_lr, "momentum": 0.0}}})
+    model, _ = train_deepfm(config, progress=False, callbacks=[record] if record else [])
+    return {name: p.detach().numpy() for name, p in model.net.named_parameters()}
+
+
+def test_gradient_accumulation_steps_the_dense_optimizer_on_summed_gradients(tmp_path):
+    """TorchEasyRec's gradient_accumulation_steps: 2 batches of 32 with the dense SGD at rate
+    r (tables held still, sparse rate 0) step as one batch of 64 at 2r: the sum of two means
+    is twice the mean of their rows. The embedding tables still step every batch, the dense
+    parameters only every second one."""
+    accumulated = _dense_after(tmp_path, "a", 32, 0.05, 0.0, 2)
+    whole = _dense_after(tmp_path, "b", 64, 0.1, 0.0, 0)
+    for name, value in whole.items():
+        np.testing.assert_allclose(accumulated[name], value, rtol=1e-5, atol=1e-7,
+                                   err_msg=name)
+    once = _dense_after(tmp_path, "c", 32, 0.05, 0.0, 0)  # (without: another model)
+    assert not all(np.allclose(once[n], whole[n], atol=1e-5) for n in whole)
+    record = _RecordParameters()
+    _dense_after(tmp_path, "d", 32, 0.05, 0.05, 2, record)
+    first, second, third = record.steps[:3]
+    for name in first:
+        moved = [not np.array_equal(a[name], b[name]) for a, b in ((first, second),
+                                                                  (second, third))]
+        assert moved == ([True, True] if "tables." in name else [True, False]), name
+
+
 # ---- starting from a model's weights ---------------------------------------------------------
 class _StartingWeights(Callback):
     def before_fit(self, run) -> None:

@@ -184,6 +184,11 @@ class DeepFMLearner:
         self.others = [p for name, p in net.named_parameters() if "tables." not in name]
         self.optimizers = [sparse_optimizer(self.tables, config.sparse_optimizer),
                            dense_optimizer(self.others, config.dense_optimizer)]
+        # the dense gradients summed over gradient_accumulation_steps mini-batches, until the
+        # dense optimizer steps on them (None: it steps every mini-batch)
+        self.accumulation = max(config.gradient_accumulation_steps, 1)
+        self.pending = ([torch.zeros_like(p) for p in self.others] if self.accumulation > 1
+                        else None)
         ema = config.dense_optimizer.ema
         self.average = DenseAverage(self.others, ema.decay) if ema is not None else None
         self.eval_average, self.export_average = eval_average, export_average
@@ -240,13 +245,33 @@ class DeepFMLearner:
         return (losses * weights).sum(), float(weights.sum())
 
     def _update(self) -> None:
-        if self.clipping is not None:  # (the combined gradient, when several processes train)
-            _clip(self.others, self.clipping)
-        for optimizer in self.optimizers:
-            optimizer.step()
-        if self.average is not None:
-            self.average.update()
+        sparse, dense = self.optimizers
+        sparse.step()
+        if self._dense_due():
+            if self.clipping is not None:  # (the combined gradient, with several processes)
+                _clip(self.others, self.clipping)
+            dense.step()
+            if self.average is not None:
+                self.average.update()
+            if self.pending is not None:
+                for summed in self.pending:
+                    summed.zero_()
         self.steps += 1
+
+    def _dense_due(self) -> bool:
+        """Whether the dense optimizer steps now: every mini-batch, or with
+        gradient_accumulation_steps at the last of each run of them, on their gradients
+        summed (put in the parameters' ``grad``)."""
+        if self.pending is None:
+            return True
+        for summed, p in zip(self.pending, self.others):
+            if p.grad is not None:
+                summed += p.grad
+        if (self.steps + 1) % self.accumulation:
+            return False
+        for summed, p in zip(self.pending, self.others):
+            p.grad = summed.clone()
+        return True
 
     def step(self, batch: Encoded) -> tuple[float, int]:
         loss, total = self._loss(batch)
@@ -295,6 +320,8 @@ class DeepFMLearner:
         if self.average is not None:
             averages, extra["dense_ema_updates"] = self.average.state()
             arrays.update({f"dense_ema/{i}": value for i, value in averages.items()})
+        for i, summed in enumerate(self.pending or []):
+            arrays[f"accumulated/{i}"] = summed.detach().cpu().numpy().copy()
         return arrays, extra
 
     def restore(self, arrays: dict[str, np.ndarray], extra: dict) -> None:
@@ -307,6 +334,9 @@ class DeepFMLearner:
                                   for name, value in arrays.items()
                                   if name.startswith("dense_ema/")},
                                  extra["dense_ema_updates"])
+        with torch.no_grad():
+            for i, summed in enumerate(self.pending or []):
+                summed.copy_(torch.from_numpy(np.array(arrays[f"accumulated/{i}"])))
 
     def weights(self) -> dict[str, np.ndarray]:
         """The weights as the model would be written (the dense average, when exported)."""

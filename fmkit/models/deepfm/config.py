@@ -461,6 +461,10 @@ class TrainConfig:
     # (its weights, optimizers and the loss stay float32); TorchEasyRec's FP16 is refused
     mixed_precision: str = ""
     grad_clipping: GradClipping | None = None
+    # > 1: the dense optimizer steps once every this many mini-batches, on their gradients
+    # summed (each a mini-batch's mean), as TorchEasyRec's TZRecOptimizer does; the embedding
+    # tables' optimizer, fused into backward there, steps every mini-batch
+    gradient_accumulation_steps: int = 0
     # a DeepFM model directory of the same features and network whose weights training starts
     # from (as --init-model; fmkit train --init-model DIR overrides it). TorchEasyRec names a
     # checkpoint of its own here: fmkit reads fmkit's models, parameter for parameter
@@ -589,7 +593,6 @@ INSTEAD = {
     "variational_dropout": "variational dropout is not supported: use the MLPs' dropout_ratio",
     "grad_scaler": "fmkit trains in float32 or bfloat16 (mixed_precision: BF16), which needs no "
                    "loss scaling: remove it",
-    "gradient_accumulation_steps": "raise data_config.batch_size instead",
     "fine_tune_ckpt_param_map": "fine_tune_checkpoint names a model of the same features and "
                                 "network, whose parameters are read by their own names",
     "part_optimizers": "one dense optimizer applies to all dense parameters",
@@ -767,6 +770,9 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False,
                           "which fmkit does not do")
     if train.grad_clipping is not None:
         _check_grad_clipping(train.grad_clipping)
+    if train.gradient_accumulation_steps < 0:
+        raise ConfigError(f"train_config.gradient_accumulation_steps: must be >= 0, got "
+                          f"{train.gradient_accumulation_steps}")
     _check_dense_ema(config)
     export = config.export_config
     if export.mixed_precision not in ("", "BF16"):
