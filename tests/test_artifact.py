@@ -114,6 +114,25 @@ def test_a_deepfm_with_a_nan_in_its_layers_is_refused_at_load(small_deepfm_dir, 
         DeepFMModel.load(path)
 
 
+def test_a_deepfm_loads_to_score_where_it_could_not_train(small_deepfm_dir, monkeypatch):
+    """Training needs the tables, their optimizer state and copies in memory; a loaded model
+    maps its tables from the file. A machine too small to train it (the memory check refuses
+    a new model of its configuration) still loads it, and it scores as on the machine that
+    trained it."""
+    from fmkit import memory
+    from fmkit.data import columns
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    scored = DeepFMModel.load(small_deepfm_dir)
+    rows = [{"user": "u1", "item": 3, "tags": "a|b", "age": 25, "price": 2.0}]
+    expected = scored.logits(columns.from_instances(rows))
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+    with pytest.raises(memory.TooLarge):
+        DeepFMModel.create(scored.config)
+    loaded = DeepFMModel.load(small_deepfm_dir)
+    np.testing.assert_array_equal(loaded.logits(columns.from_instances(rows)), expected)
+
+
 def test_loading_never_unpickles(fitted, tmp_path):
     """An .npz whose array holds Python objects (a pickle) is refused, not executed."""
     _, _, path = fitted

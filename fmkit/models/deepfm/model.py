@@ -79,7 +79,8 @@ class DeepFMModel:
         ``saved``: a trained model's configuration, see :meth:`FeatureSet.from_config`)."""
         config = configs.read_vocabulary_files(config)
         features = FeatureSet.from_config(config, saved)
-        check_memory(config, features)
+        if not saved:  # (a loaded model's tables are mapped from its file, and it trains only
+            check_memory(config, features)  # as a new model, checked then: --init-model)
         torch.manual_seed(config.train_config.seed)
         return cls(config, features, DeepFMNet(features, config.model_config.deepfm,
                                                initialise, config.model_config.num_class))
