@@ -435,8 +435,8 @@ class _StartingWeights(Callback):
 def test_fine_tune_checkpoint_starts_from_the_models_weights_whatever_its_dropout(tmp_path):
     """train_config.fine_tune_checkpoint: training starts from the named model's weights
     (read back from its directory), layer by layer — also when this configuration drops the
-    dropout layer the model trained with, which shifts the layers' names; a network of
-    another shape is one line naming the layer."""
+    dropout layer the model trained with, which shifts the layers' numbers; a network of
+    another shape, or with a layer moved from deep to final, is one line naming the layer."""
     rng = np.random.default_rng(9)
     train = _write(tmp_path / "t.csv", "user,item,label",
                    [(rng.integers(20), rng.integers(20), rng.integers(2)) for _ in range(256)])
@@ -466,6 +466,13 @@ def test_fine_tune_checkpoint_starts_from_the_models_weights_whatever_its_dropou
                        r"network's layers: deep.0.weight is 8x8 there, 16x8 here"):
         train_deepfm(wider, progress=False)
     assert not (tmp_path / "c" / "model").exists()
+    moved = _config(tmp_path / "c", train, train_config={
+        "fine_tune_checkpoint": str(tmp_path / "a" / "model")}, model_config={
+        "deepfm": {"deep": {"hidden_units": [8]}, "final": {"hidden_units": [4]},
+                   "wide_embedding_dim": 1}})  # (the same shapes in the same order)
+    with pytest.raises(HyperparameterError, match=r"in the network's layers: final.0.weight "
+                       r"here, where the model has a deep.weight layer"):
+        train_deepfm(moved, progress=False)
 
 
 # ---- several classes -------------------------------------------------------------------------

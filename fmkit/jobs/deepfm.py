@@ -7,6 +7,7 @@ configurations go to :func:`fmkit.jobs.fm.train_files`, see
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,10 +196,14 @@ def network_change(model: DeepFMModel, before: DeepFMModel) -> str | None:
             != theirs.get("model_config", {}).get("feature_groups")):
         return ("the model's model_config.feature_groups differ from this configuration's: a "
                 "model continues with the same groups")
-    # (in order, not by name: a dropout layer shifts the names of the layers after it)
-    shapes, theirs = ([(name, tuple(t.shape)) for name, t in m.net.state_dict().items()]
-                      for m in (model, before))
-    for (name, shape), (_, their_shape) in zip(shapes, theirs):
+    # (in order, by name less the layers' numbers: a dropout layer shifts the numbers of the
+    # layers after it; a layer moved from deep to final is another network)
+    shapes, theirs = ([(name, _unnumbered(name), tuple(t.shape))
+                       for name, t in m.net.state_dict().items()] for m in (model, before))
+    for (name, part, shape), (_, their_part, their_shape) in zip(shapes, theirs):
+        if part != their_part:
+            return (f"the model's model_config differ from this configuration's in the "
+                    f"network's layers: {name} here, where the model has a {their_part} layer")
         if shape != their_shape:
             return (f"the model's model_config differ from this configuration's in the "
                     f"network's layers: {name} is {_dims(their_shape)} there, "
@@ -207,6 +212,11 @@ def network_change(model: DeepFMModel, before: DeepFMModel) -> str | None:
         return (f"the model's model_config differ from this configuration's in the network's "
                 f"layers: {len(theirs)} weight tensors there, {len(shapes)} here")
     return None
+
+
+def _unnumbered(name: str) -> str:
+    """A parameter's name without its layers' numbers (``deep.2.weight``: ``deep.weight``)."""
+    return re.sub(r"\.\d+(?=\.|$)", "", name)
 
 
 def _dims(shape: tuple) -> str:
