@@ -2,7 +2,9 @@
 
 Each case takes a real seed (a9a rows as libsvm, dense CSV, SDK-written recordIO and JSON /
 JSON Lines requests; xLearn's Criteo libffm; raw Criteo TSV and DeepCTR's CSV sample; DeepFM
-JSON instances; the examples' DeepFM configurations as YAML and protobuf text), mutates its
+JSON instances; generated rows and instances of a DeepFM with a feature of every kind, whose
+fields also take values of other kinds; the examples' DeepFM configurations as YAML and
+protobuf text), mutates its
 bytes (flips, deletions, duplications, truncation, and inserted tokens that broke fmkit
 before: values beyond float32, huge integers, NaN, stray delimiters, other scripts' digits,
 RecordIO magic, varint runs) and checks that the outcome is either a
@@ -156,6 +158,81 @@ def deepfm(work):
             "json": [body], "jsonlines": ["\n".join(json.dumps(i) for i in instances).encode()]}
 
 
+EVERY_KIND_COLUMNS = ("uid", "item", "tags", "age", "price", "kv", "clicks", "prices", "other")
+JSON_VALUES = [None, -1, 0, 29, 30, 1.5, 1e38, -3.4e38, 2**63, -(2**63) - 1, True, "", "x", "nan",
+               "inf", "1e400", "7", "a|b|zz", "a:1\x1db:nan", "a:1e39", "1;2;x", ";;", "9;9;9;9",
+               "1e39;2", [], [1, 2], ["a", "b"], {}, {"a": 1}, "\u0663", "a" * 300]
+
+
+@pytest.fixture(scope="module")
+def every_kind(work):
+    """A DeepFM with a feature of every kind (hashed, numbered and vocabulary ids, bucketized
+    and normalized numbers, a cross, lookups, an expression, id and number sequences) trained
+    on generated rows, and seeds: its TSV rows and their JSON instances."""
+    from fmkit.jobs.deepfm import train_deepfm
+    from fmkit.models.deepfm import config as configs
+
+    rng = np.random.default_rng(4)
+    header = ["uid", "item", "tags", "age", "price", "kv", "clicks", "prices", "label"]
+    rows = []
+    for _ in range(40):
+        tags = "|".join(rng.choice(["a", "b", "c", "d"], rng.integers(0, 3)))
+        kv = "\x1d".join(f"{t}:{rng.integers(1, 9)}" for t in "abc" if rng.random() < 0.5)
+        rows.append([f"u{rng.integers(9)}", str(rng.integers(30)), tags,
+                     f"{rng.uniform(10, 80):.1f}", f"{rng.lognormal(2, 1):.3f}", kv,
+                     ";".join(str(c) for c in rng.integers(0, 10, rng.integers(0, 4))),
+                     ";".join(f"{p:.2f}" for p in rng.uniform(0, 20, rng.integers(0, 3))),
+                     str(rng.integers(2))])
+    tsv = ("\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows)).encode()
+    (work / "kinds.tsv").write_bytes(tsv)
+    dim = {"embedding_dim": 4}
+    features = [
+        {"id_feature": {"feature_name": "uid", "hash_bucket_size": 50, **dim}},
+        {"id_feature": {"feature_name": "item", "num_buckets": 30, **dim}},
+        {"id_feature": {"feature_name": "tags", "vocab_list": ["a", "b", "c"], "separator": "|",
+                        "pooling": "mean", **dim}},
+        {"raw_feature": {"feature_name": "age", "boundaries": [18, 30, 50], **dim}},
+        {"raw_feature": {"feature_name": "price", "normalizer": "log1p"}},
+        {"combo_feature": {"feature_name": "uid_x_tags", "expression": ["uid", "tags"],
+                           "hash_bucket_size": 100, "separator": "|", **dim}},
+        {"lookup_feature": {"feature_name": "tag_value", "map": "kv", "key": "tags",
+                            "separator": "|", "boundaries": [1, 3], **dim}},
+        {"lookup_feature": {"feature_name": "tag_sum", "map": "kv", "key": "tags",
+                            "separator": "|"}},
+        {"expr_feature": {"feature_name": "e", "variables": ["age", "price"],
+                          "expression": "sqrt(age * price) + price"}},
+        {"sequence_id_feature": {"feature_name": "clicks", "sequence_length": 3,
+                                 "num_buckets": 10, **dim}},
+        {"sequence_raw_feature": {"feature_name": "prices", "sequence_length": 2,
+                                  "pooling": "mean", "normalizer":
+                                  "method=zscore,mean=10,standard_deviation=5"}},
+    ]
+    names = [next(iter(f.values()))["feature_name"] for f in features]
+    embedded = [n for n, f in zip(names, features) if "embedding_dim" in next(iter(f.values()))]
+    document = {
+        "train_input_path": str(work / "kinds.tsv"), "model_dir": str(work / "kinds"),
+        "feature_configs": features,
+        "model_config": {"feature_groups": [
+            {"group_name": "wide", "group_type": "WIDE", "feature_names": embedded},
+            {"group_name": "fm", "feature_names": embedded},
+            {"group_name": "deep", "feature_names": names}],
+            "deepfm": {"deep": {"hidden_units": [8]}}},
+        "data_config": {"label_fields": ["label"], "with_header": True, "delimiter": "\t"},
+        "train_config": {"num_epochs": 1}}
+    train_deepfm(configs.parse(document), progress=False)
+    instances = [{n: v for n, v in zip(header[:-1], row) if v} for row in rows[:6]]
+    return {"model": work / "kinds", "tsv": [head(work / "kinds.tsv", 12)],
+            "json": [json.dumps({"instances": instances}).encode()]}
+
+
+@pytest.fixture(scope="module")
+def every_kind_client(every_kind):
+    model = load_model(every_kind["model"])
+    with TestClient(create_app(model)) as client:
+        client.app_state["model"] = model
+        yield client
+
+
 # -- outcomes -----------------------------------------------------------------------------------
 def predict_outcome(model, data: bytes, fmt: str, work: Path) -> None:
     """Predict a mutated file in-process (``model``: a model directory, or a loaded model):
@@ -285,6 +362,27 @@ def test_deepfm_request_bodies(deepfm, deepfm_client, work, data):
     request_outcome(deepfm_client, body, codecs.JSON if kind == "json" else codecs.JSONLINES)
     if data.draw(st.integers(0, 7)) == 0:
         cli_predict(deepfm["model"], body, work / f"request.{kind}", "--format", kind)
+
+
+@FUZZ
+@given(data=st.data())
+def test_every_feature_kind(every_kind, every_kind_client, work, data):
+    """Mutated rows (a TSV file) and instances (a JSON request) of a model with a feature of
+    every kind: finite scores, or a clean error (a 400 from the server)."""
+    branch = data.draw(st.integers(0, 2))
+    if branch == 0:
+        predict_outcome(every_kind_client.app_state["model"],
+                        data.draw(mutated(every_kind["tsv"])), "auto", work)
+    elif branch == 1:
+        request_outcome(every_kind_client, data.draw(mutated(every_kind["json"])), codecs.JSON)
+    else:  # well-formed JSON, some fields' values of another kind
+        instances = json.loads(every_kind["json"][0])["instances"]
+        for _ in range(data.draw(st.integers(1, 4))):
+            instance = data.draw(st.sampled_from(instances))
+            name = data.draw(st.sampled_from(sorted(EVERY_KIND_COLUMNS)))
+            instance[name] = data.draw(st.sampled_from(JSON_VALUES))
+        request_outcome(every_kind_client, json.dumps({"instances": instances}).encode(),
+                        codecs.JSON)
 
 
 @FUZZ
