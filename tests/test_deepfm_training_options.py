@@ -426,6 +426,31 @@ def test_gradient_accumulation_steps_the_dense_optimizer_on_summed_gradients(tmp
         assert moved == ([True, True] if "tables." in name else [True, False]), name
 
 
+def test_eval_config_num_steps_limits_validation_as_the_test(tmp_path):
+    """eval_config.num_steps batches of eval_batch_size rows: TorchEasyRec's evaluation
+    during training reads that many, so every epoch's validation does, as the test after
+    training did already; the figures are scikit-learn's on the written model's scores of
+    those first rows (the best epoch's weights: the last measurement's here, one epoch)."""
+    rng = np.random.default_rng(11)
+    rows = [(u, i, int(rng.random() < (0.8 if (u + i) % 3 == 0 else 0.3)))
+            for u, i in rng.integers(20, size=(700, 2))]
+    train = _write(tmp_path / "t.csv", "user,item,label", rows[:400])
+    valid = _write(tmp_path / "v.csv", "user,item,label", rows[400:])
+    config = _config(tmp_path, train, eval_input_path=valid,
+                     data_config={"eval_batch_size": 50},
+                     eval_config={"num_steps": 2},
+                     train_config={"num_epochs": 1, "early_stopping_patience": 2})
+    _, metrics = train_deepfm(config, progress=False)
+    written = DeepFMModel.load(config.model_dir)
+    batch = next(written.read(valid))
+    labels = written.features.encode(batch, labelled=True, label_mode="binary").labels[:100]
+    expected = roc_auc_score(labels, written.logits(batch)[:100])
+    validation, test = metrics["train"][0]["validation"], metrics["test"]
+    assert validation["rows"] == test["rows"] == 100
+    assert validation["auc"] == pytest.approx(expected, abs=1e-9)
+    assert test["auc"] == pytest.approx(expected, abs=1e-9)
+
+
 # ---- starting from a model's weights ---------------------------------------------------------
 class _StartingWeights(Callback):
     def before_fit(self, run) -> None:

@@ -62,12 +62,23 @@ class Rows:
     batches: Callable[[], Iterator[Any]]
 
 
+def evaluated_rows(config: EasyRecConfig) -> int | None:
+    """The rows an evaluation reads, as TorchEasyRec's ``eval_config.num_steps`` batches of
+    ``eval_batch_size`` (else ``batch_size``): validation after each epoch and the test after
+    training alike; None (unset) for all of them."""
+    data = config.data_config
+    steps = config.eval_config.num_steps
+    return steps * (data.eval_batch_size or data.batch_size) if steps else None
+
+
 def _scorer(model: DeepFMModel) -> Callable[[Any], dict[str, float]]:
     """Every metric of a validation channel: a file path, or :class:`Rows`."""
+    rows = evaluated_rows(model.config)
+
     def score(source: Any) -> dict[str, float]:
         if isinstance(source, Rows):
-            return require_rows(model.evaluate(source.batches()), source.name)
-        return require_rows(model.evaluate(model.read(source)), source)
+            return require_rows(model.evaluate(source.batches(), max_rows=rows), source.name)
+        return require_rows(model.evaluate(model.read(source), max_rows=rows), source)
     return score
 
 
@@ -134,10 +145,8 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     metrics: dict[str, Any] = {"train": trained + [vars(h) for h in history]}
     if not distributed.primary():
         return model, metrics  # the replicas are identical: rank 0 scores and writes
-    rows = (config.eval_config.num_steps or 0) * (config.data_config.eval_batch_size
-                                                  or config.data_config.batch_size)
     score_and_save(model, config.model_dir, metrics, {"test": lambda: require_rows(
-        model.evaluate(model.read(config.eval_input_path), max_rows=rows or None),
+        model.evaluate(model.read(config.eval_input_path), max_rows=evaluated_rows(config)),
         config.eval_input_path)} if config.eval_input_path else {}, host)
     return model, metrics
 
