@@ -17,7 +17,7 @@ from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, roc_au
 
 from fmkit.data import codecs
 from fmkit.errors import DataError, HyperparameterError
-from fmkit.jobs.deepfm import train_deepfm
+from fmkit.jobs.deepfm import early_stopping_of, train_deepfm
 from fmkit.logs import log
 from fmkit.models import metrics
 from fmkit.models.deepfm import config as configs
@@ -449,6 +449,53 @@ def test_eval_config_num_steps_limits_validation_as_the_test(tmp_path):
     assert validation["rows"] == test["rows"] == 100
     assert validation["auc"] == pytest.approx(expected, abs=1e-9)
     assert test["auc"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_best_exporter_writes_the_best_epochs_model(tmp_path):
+    """export_config {exporter_type: best, best_exporter_metric: auc}: eval_input_path is
+    scored after every epoch and the model written is the best epoch's — the weights of a run
+    stopped at that epoch — its AUC scikit-learn's of its scores (noisy labels, a large rate:
+    the AUC peaks before the last epoch)."""
+    rng = np.random.default_rng(12)
+    rows = [(u, i, int(rng.random() < (0.7 if (u + i) % 2 == 0 else 0.3)))
+            for u, i in rng.integers(20, size=(500, 2))]
+    train = _write(tmp_path / "t.csv", "user,item,label", rows[:300])
+    valid = _write(tmp_path / "v.csv", "user,item,label", rows[300:])
+    settings = {"sparse_optimizer": {"adagrad_optimizer": {"lr": 0.5}},
+                "dense_optimizer": {"adam_optimizer": {"lr": 0.05}}}
+    (tmp_path / "best").mkdir()
+    config = _config(tmp_path / "best", train, eval_input_path=valid,
+                     train_config={"num_epochs": 8, **settings},
+                     export_config={"exporter_type": "best", "best_exporter_metric": "auc"})
+    _, metrics = train_deepfm(config, progress=False)
+    aucs = [h["validation"]["auc"] for h in metrics["train"]]
+    best = int(np.argmax(aucs)) + 1
+    assert best < 8, aucs  # (else the test shows nothing)
+    written = DeepFMModel.load(config.model_dir)
+    batch = next(written.read(valid))
+    labels = written.features.encode(batch, labelled=True, label_mode="binary").labels
+    assert roc_auc_score(labels, written.logits(batch)) == pytest.approx(max(aucs), abs=1e-9)
+    (tmp_path / "short").mkdir()
+    short = _config(tmp_path / "short", train, train_config={"num_epochs": best, **settings})
+    stopped, _ = train_deepfm(short, progress=False)
+    for (name, a), b in zip(written.net.state_dict().items(),
+                            stopped.net.state_dict().values()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("export, train, problem", [
+    ({"best_exporter_metric": "xauc"}, {}, "export_config.best_exporter_metric: 'xauc' is not "
+                                           "one fmkit keeps the best model by"),
+    ({"metric_larger_is_better": False}, {}, "export_config.metric_larger_is_better: auc is "
+                                             "better larger"),
+    ({}, {"early_stopping_metric": "logloss"}, "train_config.early_stopping_metric: 'logloss' "
+                                               "differs from export_config.best_exporter_metric"),
+])
+def test_best_exporter_settings_that_contradict_are_one_line(tmp_path, export, train, problem):
+    config = _config(tmp_path, "t.csv", eval_input_path="v.csv", train_config=train,
+                     export_config={"exporter_type": "best", **export})
+    with pytest.raises(configs.ConfigError, match=re.escape(problem)):
+        early_stopping_of(config, DeepFMModel.create(config))
 
 
 # ---- starting from a model's weights ---------------------------------------------------------

@@ -22,14 +22,14 @@ from fmkit.data.sources import (
     require_channels,
     shard_files,
 )
-from fmkit.errors import ArtifactError, HyperparameterError
+from fmkit.errors import ArtifactError, HyperparameterError, excerpt
 from fmkit.jobs.training import check_first_block, run, score_and_save
 from fmkit.logs import DEFAULT_HOST
 from fmkit.models import artifact
 from fmkit.models.deepfm.config import ConfigError, EasyRecConfig, to_document
 from fmkit.models.deepfm.features import Encoded
 from fmkit.models.deepfm.model import DeepFMModel
-from fmkit.models.metrics import require_rows
+from fmkit.models.metrics import require_rows, watched_metric
 from fmkit.train.callbacks import EarlyStopping
 from fmkit.train.checkpoint import Checkpointer
 from fmkit.train.deepfm_learner import DeepFMLearner
@@ -133,6 +133,8 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     run_id = to_document(config)
     for name in ("train_input_path", "eval_input_path", "model_dir", "export_config"):
         run_id.pop(name, None)
+    if config.export_config.exporter_type == "best":  # (it validates and keeps the best)
+        run_id["exporter"] = [config.export_config.best_exporter_metric]
     run_id["train_config"].pop("num_epochs", None)
     if config.train_config.dense_optimizer.ema is not None:  # (the best weights a checkpoint
         # keeps are in the written form)
@@ -290,17 +292,55 @@ def early_stopping_of(config: EasyRecConfig, model: DeepFMModel, host: str = DEF
     for name in ("early_stopping_patience", "validation_every_steps"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"train_config.{name}: must be >= 0")
+    best = config.export_config.exporter_type == "best"
     if not validation:
-        if not settings.early_stopping_patience:
+        if not settings.early_stopping_patience and not best:
             return None
         if not config.eval_input_path:
-            raise ConfigError("train_config.early_stopping_patience: early stopping scores "
-                              "eval_input_path (or --validation) after every epoch; set it")
-    predictor = model.predictor_type
+            asked = ("export_config.exporter_type: best keeps the best measurement of"
+                     if best else "train_config.early_stopping_patience: early stopping scores")
+            raise ConfigError(f"{asked} eval_input_path (or --validation) after every epoch; "
+                              "set it")
+    metric, where = settings.early_stopping_metric, "train_config.early_stopping_metric"
+    if best:
+        metric, where = _exporter_metric(config, model.predictor_type)
     try:
-        return EarlyStopping(validation or config.eval_input_path,
-                             settings.early_stopping_metric, predictor,
-                             settings.early_stopping_patience, host,
+        return EarlyStopping(validation or config.eval_input_path, metric,
+                             model.predictor_type, settings.early_stopping_patience, host,
                              settings.validation_every_steps)
     except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+# TorchEasyRec's metric names a best exporter may watch, as early_stopping_metric names (the
+# mean squared error ranks models as its root does)
+EXPORTER_METRICS = {"auc": "auc", "accuracy": "accuracy", "mean_squared_error": "rmse"}
+
+
+def _exporter_metric(config: EasyRecConfig, predictor_type: str) -> tuple[str, str]:
+    """The early_stopping_metric name ``export_config.best_exporter_metric`` watches, and the
+    field to name in messages: one of :data:`EXPORTER_METRICS`, in its own direction, and not
+    another than an early_stopping_metric set too."""
+    export, where = config.export_config, "export_config.best_exporter_metric"
+    name = EXPORTER_METRICS.get(export.best_exporter_metric)
+    if name is None:
+        raise ConfigError(f"{where}: {excerpt(export.best_exporter_metric)} is not one fmkit "
+                          f"keeps the best model by; expected one of "
+                          f"{', '.join(EXPORTER_METRICS)}")
+    try:
+        key, higher = watched_metric(name, predictor_type)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if higher != export.metric_larger_is_better:
+        raise ConfigError(f"export_config.metric_larger_is_better: {name} is better "
+                          f"{'larger' if higher else 'smaller'}")
+    chosen = config.train_config.early_stopping_metric
+    try:
+        other = (watched_metric(chosen, predictor_type)[0]
+                 if chosen.strip().lower() not in ("", "auto") else key)
+    except ValueError as e:
         raise ConfigError(f"train_config.early_stopping_metric: {e}") from None
+    if other != key:
+        raise ConfigError(f"train_config.early_stopping_metric: {excerpt(chosen)} differs from "
+                          f"{where} {excerpt(export.best_exporter_metric)}: set one")
+    return name, where

@@ -506,9 +506,12 @@ class ExportConfig:
     # the model written holds the dense parameters' average; unset: on when
     # train_config.dense_optimizer.ema is set (TorchEasyRec's rule)
     use_dense_ema: bool | None = None
-    exporter_type: str | None = ignored()
-    best_exporter_metric: str | None = ignored()
-    metric_larger_is_better: bool | None = ignored()
+    # "latest" (the model as training ends) or "best": eval_input_path (or --validation) is
+    # scored after every epoch, and the model written is the best measurement's by
+    # best_exporter_metric (TorchEasyRec's exporters score at each checkpoint instead)
+    exporter_type: str = "latest"
+    best_exporter_metric: str = "auc"
+    metric_larger_is_better: bool = True
     cudnn_allow_tf32: bool | None = ignored()
     cuda_matmul_allow_tf32: bool | None = ignored()
 
@@ -781,6 +784,9 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False,
     if export.dense_quantization not in ("", "INT8"):
         raise ConfigError(f"export_config.dense_quantization: expected INT8 (or unset for "
                           f"float32), got {excerpt(export.dense_quantization)}")
+    if export.exporter_type not in ("latest", "best"):
+        raise ConfigError(f"export_config.exporter_type: expected latest or best, got "
+                          f"{excerpt(export.exporter_type)}")
     if export.dense_quantization and export.mixed_precision:
         raise ConfigError("export_config: set mixed_precision or dense_quantization, not both "
                           "(with INT8 the layers between the int8 products score in float32)")
