@@ -823,7 +823,7 @@ def test_bf16_mixed_precision_runs_the_linear_layers_in_bfloat16_and_learns_as_f
         _config(tmp_path, train, export_config={"mixed_precision": "FP16"})
     # a float32 model exported in BF16 keeps the setting in its directory (and scores so)
     config = _config(tmp_path / "exported", train, train_config={"num_epochs": 1},
-                     export_config={"mixed_precision": "BF16", "exporter_type": "best"})
+                     export_config={"mixed_precision": "BF16", "cudnn_allow_tf32": True})
     train_deepfm(config, progress=False)
     loaded = DeepFMModel.load(config.model_dir)
     assert loaded.config.export_config.mixed_precision == "BF16"
