@@ -227,10 +227,7 @@ def every_kind(work):
 
 @pytest.fixture(scope="module")
 def every_kind_client(every_kind):
-    model = load_model(every_kind["model"])
-    with TestClient(create_app(model)) as client:
-        client.app_state["model"] = model
-        yield client
+    yield from served(every_kind["model"])
 
 
 # -- outcomes -----------------------------------------------------------------------------------
@@ -322,12 +319,17 @@ def fm_client(fm):
         yield client
 
 
-@pytest.fixture(scope="module")
-def deepfm_client(deepfm):
-    model = load_model(deepfm["model"])
+def served(model_dir: Path):
+    """A test client of the server of ``model_dir``, its model as ``app_state["model"]``."""
+    model = load_model(model_dir)
     with TestClient(create_app(model)) as client:
         client.app_state["model"] = model
         yield client
+
+
+@pytest.fixture(scope="module")
+def deepfm_client(deepfm):
+    yield from served(deepfm["model"])
 
 
 @FUZZ

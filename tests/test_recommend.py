@@ -105,6 +105,17 @@ def _check(found: dict, scores: np.ndarray, k: int, ids: list, excluded=(),
         np.testing.assert_allclose(found["scores"], scores[got], rtol=1e-5, atol=1e-5)
 
 
+def _unseen(cli, root, contexts: str, seen: str) -> list[dict]:
+    """``fmkit recommend`` of the top 20 of each context in ``root / contexts`` from the
+    model's catalogue, without the items ``root / seen`` lists for it: its answers."""
+    out = root / f"unseen-{contexts}.jsonl"
+    code, _, err = cli("recommend", "--model-dir", root / "model", "--context",
+                       root / contexts, "--k", 20, "--exclude", root / seen, "--output", out,
+                       "--quiet")
+    assert code == 0, err
+    return [json.loads(line) for line in _lines(out)]
+
+
 def test_fm_top_k_equals_scoring_every_item_with_predict(movielens_fm, cli):
     root, catalogue, contexts, seen = movielens_fm
     scores = _brute_force(root, catalogue, contexts)
@@ -123,12 +134,7 @@ def test_fm_top_k_equals_scoring_every_item_with_predict(movielens_fm, cli):
     code, _, err = cli("recommend", "index", "--model-dir", root / "model", "--items",
                        root / "items.jsonl", "--quiet")
     assert code == 0, err
-    code, _, err = cli("recommend", "--model-dir", root / "model", "--context",
-                       root / "contexts.jsonl", "--k", 20, "--exclude", root / "seen.jsonl",
-                       "--output", root / "unseen.jsonl", "--quiet")
-    assert code == 0, err
-    for row, line in enumerate(_lines(root / "unseen.jsonl")):
-        answer = json.loads(line)
+    for row, answer in enumerate(_unseen(cli, root, "contexts.jsonl", "seen.jsonl")):
         assert not set(answer["items"]) & set(seen.get(contexts[row]["id"], []))
         _check(answer, scores[row], 20, ids, seen.get(contexts[row]["id"], []))
 
@@ -139,12 +145,7 @@ def test_fm_top_k_equals_scoring_every_item_with_predict(movielens_fm, cli):
     (root / "seen_text.jsonl").write_text("".join(
         json.dumps({"id": c["id"], "items": [str(i) for i in seen.get(c["id"], [])]}) + "\n"
         for c in contexts))
-    code, _, err = cli("recommend", "--model-dir", root / "model", "--context",
-                       root / "contexts.svm", "--k", 20, "--exclude", root / "seen_text.jsonl",
-                       "--output", root / "unseen_svm.jsonl", "--quiet")
-    assert code == 0, err
-    for row, line in enumerate(_lines(root / "unseen_svm.jsonl")):
-        answer = json.loads(line)
+    for row, answer in enumerate(_unseen(cli, root, "contexts.svm", "seen_text.jsonl")):
         assert answer["id"] == str(contexts[row]["id"])
         _check(answer, scores[row], 20, ids, seen.get(contexts[row]["id"], []))
     # a file whose query ids match no context changes nothing, and says so
