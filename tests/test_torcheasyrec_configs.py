@@ -171,6 +171,36 @@ def test_odps_inputs_and_refused_fields_are_one_clear_line(tmp_path, cli):
     assert code == 1 and "data_config.batch_sise" in err and "batch_size" in err
 
 
+def test_sharding_hints_are_accepted_and_ignored_and_feature_masks_refused(tmp_path, cli,
+                                                                          caplog):
+    """torchrec's embedding_constraints (a feature's and train_config's global ones) and
+    fg_value_type only tune TorchEasyRec's machinery: the configuration parses in protobuf
+    text and says they are ignored. use_mask and asset_dir would change what trains: one line
+    each, naming the field and what to do."""
+    hinted = criteo_config("t.csv", "m", "example").replace(
+        '        num_buckets: 40000000\n', '        num_buckets: 40000000\n'
+        '        fg_value_type: "int64"\n        embedding_constraints {\n'
+        '            sharding_types: "data_parallel"\n            compute_kernels: "fused"\n'
+        '        }\n', 1).replace("train_config {", "train_config {\n"
+                               "    global_embedding_constraints {\n"
+                               '        sharding_types: "row_wise"\n    }', 1)
+    path = tmp_path / "c.config"
+    path.write_text(hinted)
+    with caplog.at_level("WARNING", logger="fmkit"):
+        configs.parse(config_files.load_document(path), report_ignored=True)
+    for name in ("id_feature.fg_value_type", "id_feature.embedding_constraints",
+                 "train_config.global_embedding_constraints"):
+        assert name in caplog.text, caplog.text
+    for field, value, instead in (("use_mask", "true", "not supported"),
+                                  ("asset_dir", '"assets"', "vocab_file's own path")):
+        path.write_text(criteo_config("t.csv", "m", "example").replace(
+            '        num_buckets: 40000000\n',
+            f'        num_buckets: 40000000\n        {field}: {value}\n', 1))
+        code, _, err = cli("train", "--config", path)
+        assert code == 1 and "Traceback" not in err, err
+        assert f"id_feature.{field}: not supported by fmkit" in err and instead in err, err
+
+
 def test_yaml_has_the_same_refusals_with_the_full_path():
     document = yaml.safe_load("""
 feature_configs:

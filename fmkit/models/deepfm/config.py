@@ -49,6 +49,15 @@ def enum(name: str, values: tuple[str, ...], default: str | None) -> Any:
 
 # ---- feature configs (TorchEasyRec's feature.proto) ------------------------------------------
 @dataclass
+class ParameterConstraints:
+    """torchrec's sharding types and compute kernels for a table (fmkit replicates every table
+    on each process: accepted and ignored)."""
+
+    sharding_types: list[str] = field(default_factory=list)
+    compute_kernels: list[str] = field(default_factory=list)
+
+
+@dataclass
 class IdFeature:
     """A categorical column: ids mapped to embedding rows by hashing, by value, or a vocabulary."""
 
@@ -68,7 +77,9 @@ class IdFeature:
     init_fn: str | None = None
     value_dim: int | None = None  # 0 = multi-value (fmkit: any id feature may be)
     data_type: str | None = ignored()
+    embedding_constraints: ParameterConstraints | None = ignored()
     stub_type: bool | None = ignored()
+    fg_value_type: str | None = ignored()  # (a speed hint to TorchEasyRec's feature generation)
 
 
 @dataclass
@@ -96,6 +107,7 @@ class RawFeature:
     pooling: str = "sum"
     separator: str = "\x1d"
     data_type: str | None = ignored()
+    embedding_constraints: ParameterConstraints | None = ignored()
     stub_type: bool | None = ignored()
 
 
@@ -128,6 +140,7 @@ class ComboFeature:
     init_fn: str | None = None
     value_dim: int | None = None
     data_type: str | None = ignored()
+    embedding_constraints: ParameterConstraints | None = ignored()
 
 
 @dataclass
@@ -158,6 +171,7 @@ class LookupFeature:
     default_value: str = "0"
     init_fn: str | None = None
     data_type: str | None = ignored()
+    embedding_constraints: ParameterConstraints | None = ignored()
 
 
 @dataclass
@@ -176,6 +190,7 @@ class ExprFeature:
     init_fn: str | None = None
     value_dim: int | None = None
     data_type: str | None = ignored()
+    embedding_constraints: ParameterConstraints | None = ignored()
 
 
 FEATURE_KINDS = ("id_feature", "raw_feature", "combo_feature", "lookup_feature", "expr_feature",
@@ -476,6 +491,7 @@ class TrainConfig:
     tensorboard_summaries: list[str] = ignored()
     cudnn_allow_tf32: bool | None = ignored()
     cuda_matmul_allow_tf32: bool | None = ignored()
+    global_embedding_constraints: ParameterConstraints | None = ignored()
     keep_checkpoint_max: int | None = ignored()
 
     @property
@@ -588,6 +604,8 @@ INSTEAD = {
     "mlp": "MLP embeddings of raw features are not supported: use boundaries",
     "fg_encoded_default_value": "use default_value",
     "trainable": "frozen embedding tables are not supported: remove it",
+    "use_mask": "masking a feature's values in training is not supported: remove it",
+    "asset_dir": "give vocab_file's own path (relative to the working directory)",
     "sequence_groups": "attention over sequences is not supported: put sequence_id_feature / "
                        "sequence_raw_feature features (pooled) in the group's feature_names",
     "sequence_encoders": "attention over sequences is not supported: put sequence_id_feature "
