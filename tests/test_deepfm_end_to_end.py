@@ -560,15 +560,19 @@ def test_files_laid_out_otherwise_are_read_with_set_data_config(trained, cli, tm
     layout = ["--set", "data_config.delimiter=;", "--set", "data_config.label_fields=[click]",
               "--set", "data_config.input_fields=[" + ", ".join(
                   f"{{input_name: {n}}}" for n in reversed(["click", *names[1:]])) + "]"]
+    # the same names as TorchEasyRec's input_fields_str writes them, ODPS types included
+    typed = ";".join(f"{n}:{'BIGINT' if n.startswith('I') else 'STRING'}"
+                     for n in reversed(["click", *names[1:]])) + ";"
+    as_text = [*layout[:4], "--set", f"data_config.input_fields_str={typed}"]
     answers = []
-    for data, extra in ((original, []), (reversed_, layout)):
+    for data, extra in ((original, []), (reversed_, layout), (reversed_, as_text)):
         code, predicted, err = cli("predict", "--model-dir", trained, "--data", data, *extra)
         assert code == 0, err
         code, measured, err = cli("evaluate", "--model-dir", trained, "--data", data, *extra)
         assert code == 0, err
         answers.append((predicted, json.loads(measured)))
     assert answers[1][0] == answers[0][0] and answers[1][0].count("\n") == 300
-    assert answers[1][1] == answers[0][1]
+    assert answers[1][1] == answers[0][1] and answers[2] == answers[0]
     code, _, err = cli("predict", "--model-dir", trained, "--data", original, "--set",
                        "model_config.num_class=2")
     assert code == 1 and "only data_config fields change how files are read" in err

@@ -556,6 +556,9 @@ class DataConfig:
     dataset_type: str = enum("DatasetType", DATASET_TYPES, "CsvDataset")
     label_fields: list[str] = field(default_factory=lambda: ["label"])
     input_fields: list[InputField] = field(default_factory=list)
+    # TorchEasyRec's other way to write them, "name:TYPE;..." (types as ODPS writes them too:
+    # BIGINT, ARRAY<INT>, MAP<STRING,BIGINT>): read into input_fields, which it replaces
+    input_fields_str: str | None = None
     sample_weight_fields: list[str] = field(default_factory=list)
     delimiter: str = ","
     with_header: bool = False
@@ -605,6 +608,9 @@ INSTEAD = {
     "fg_encoded_default_value": "use default_value",
     "trainable": "frozen embedding tables are not supported: remove it",
     "use_mask": "masking a feature's values in training is not supported: remove it",
+    "fg_encoded_multival_sep": "fmkit reads the features' own inputs in every fg_mode and "
+                               "splits multi-value ones at each feature's separator: set "
+                               "separator on those features",
     "asset_dir": "give vocab_file's own path (relative to the working directory)",
     "sequence_groups": "attention over sequences is not supported: put sequence_id_feature / "
                        "sequence_raw_feature features (pooled) in the group's feature_names",
@@ -1013,6 +1019,31 @@ def _check_data(config: EasyRecConfig) -> None:
                           f"{excerpt(data.delimiter)}")
     if len(data.sample_weight_fields) > 1:
         raise ConfigError("data_config.sample_weight_fields: expected at most one column")
+    if data.input_fields_str:
+        data.input_fields = _input_fields_of(data.input_fields_str)
+    data.input_fields_str = None
+
+
+_TYPE_ALIASES = {"BIGINT": "INT64", "INT": "INT32"}
+
+
+def _input_fields_of(text: str) -> list[InputField]:
+    """``input_fields_str`` (``"user_id:BIGINT;tags:ARRAY<STRING>;"``) as input fields, each
+    type a FieldType once upper-cased, stripped of spaces and its ODPS aliases resolved
+    (``ARRAY<INT>``: ``ARRAY_INT32``), as TorchEasyRec reads it."""
+    where, fields = "data_config.input_fields_str", []
+    for entry in filter(None, (part.strip() for part in text.split(";"))):
+        name, colon, kind = entry.partition(":")
+        if not colon or not name.strip():
+            raise ConfigError(f"{where}: {excerpt(entry)} is not name:TYPE")
+        parts = re.split(r"[<>,]", re.sub(r"\s+", "", kind).upper())
+        normal = "_".join(_TYPE_ALIASES.get(part, part) for part in parts if part)
+        if normal not in FIELD_TYPES:
+            raise ConfigError(f"{where}: {excerpt(name.strip())} has type {excerpt(kind)}, "
+                              f"expected one of {', '.join(FIELD_TYPES)} (or BIGINT, INT, "
+                              "ARRAY<...>, MAP<...,...>)")
+        fields.append(InputField(name.strip(), normal))
+    return fields
 
 
 def read_vocabulary_files(config: EasyRecConfig) -> EasyRecConfig:
