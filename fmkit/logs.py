@@ -30,6 +30,7 @@ _QUALITY = {
     "binary_classification_cross_entropy": ("binary_classification_cross_entropy", "loss"),
     "binary_f_beta": ("binary_f_1.000", "score"),
     "auc": ("auc", "score"),
+    "normalized_entropy": ("normalized_entropy", "loss"),  # (when a DeepFM configures it)
 }
 
 

@@ -674,6 +674,32 @@ def test_sample_weights_and_labels_must_be_numbers(tmp_path, row, problem):
 
 
 # ---- grouped AUC -----------------------------------------------------------------------------
+def test_normalized_entropy_is_the_log_loss_over_the_base_rates(tmp_path):
+    """metrics { normalized_entropy {} } (torchrec's NE): the weighted log loss over the log
+    loss of always predicting the weighted positive rate, both scikit-learn's; a model that
+    is not a binary classifier refuses it."""
+    rng = np.random.default_rng(13)
+    rows = [(u, i, int(rng.random() < (0.7 if (u + i) % 3 == 0 else 0.2)), rng.integers(1, 4))
+            for u, i in rng.integers(20, size=(400, 2))]
+    train = _write(tmp_path / "t.csv", "user,item,label,w", rows)
+    config = _config(tmp_path, train, eval_input_path=train,
+                     model_config={"metrics": [{"normalized_entropy": {}}, {"auc": {}}]},
+                     data_config={"sample_weight_fields": ["w"]})
+    _, metrics = train_deepfm(config, progress=False)
+    written = DeepFMModel.load(config.model_dir)
+    batch = next(written.read(train))
+    encoded = written.features.encode(batch, labelled=True, label_mode="binary")
+    y, w = encoded.labels, encoded.weights
+    p = 1 / (1 + np.exp(-written.logits(batch).astype(np.float64)))
+    rate = np.average(y, weights=w)
+    expected = log_loss(y, p, sample_weight=w) / log_loss(y, np.full(y.size, rate),
+                                                          sample_weight=w)
+    assert metrics["test"]["normalized_entropy"] == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(configs.ConfigError, match="normalized_entropy: needs a binary"):
+        _config(tmp_path, train, model_config={"metrics": [{"normalized_entropy": {}}],
+                                               "losses": [{"l2_loss": {}}]})
+
+
 def _grouped_auc_by_loop(y, scores, groups) -> float:
     values = []
     for group in sorted(set(groups)):

@@ -184,6 +184,19 @@ def watched_metric(name: str, predictor_type: str) -> tuple[str, bool]:
     return keys[predictor_type], higher_is_better
 
 
+def normalized_entropy(log_loss: float, label_parts: list[np.ndarray],
+                       weight_parts: list[np.ndarray] | None = None) -> float | None:
+    """TorchEasyRec's (torchrec's) normalized entropy: a binary classifier's (weighted) log
+    loss over the entropy of its labels' (weighted) positive rate, the log loss of always
+    predicting that rate; None when the labels hold one class (the entropy is 0)."""
+    weights = (np.concatenate(weight_parts).astype(np.float64) if weight_parts
+               else np.ones(sum(part.size for part in label_parts)))
+    rate = float(weights @ (np.concatenate(label_parts) == 1) / weights.sum())
+    if not 0 < rate < 1:
+        return None
+    return log_loss / -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
+
+
 def require_rows(metrics: dict, source: str) -> dict:
     """``metrics`` of a channel that held rows; an empty channel is an error (its metrics
     would be undefined, and a missing or filtered file should not pass unnoticed)."""

@@ -300,6 +300,12 @@ class GroupedAUC:
 
 
 @dataclass
+class NormalizedEntropy:
+    eta: float | None = ignored()  # (torchrec's clamp of predictions; fmkit's log loss is
+    # computed from the logits, exactly)
+
+
+@dataclass
 class Metric:
     """The metrics TorchEasyRec users name; fmkit always reports its full metric set
     (:mod:`fmkit.models.metrics`), plus ``grouped_auc`` when one is configured."""
@@ -310,9 +316,10 @@ class Metric:
     mean_squared_error: Empty | None = None
     mean_absolute_error: Empty | None = None
     grouped_auc: GroupedAUC | None = None
+    normalized_entropy: NormalizedEntropy | None = None
 
     ONEOF: typing.ClassVar = ("auc", "multiclass_auc", "accuracy", "mean_squared_error",
-                              "mean_absolute_error", "grouped_auc")
+                              "mean_absolute_error", "grouped_auc", "normalized_entropy")
 
 
 @dataclass
@@ -608,6 +615,9 @@ INSTEAD = {
     "fg_encoded_default_value": "use default_value",
     "trainable": "frozen embedding tables are not supported: remove it",
     "use_mask": "masking a feature's values in training is not supported: remove it",
+    **{name: "fmkit does not compute this metric: remove it (it reports AUC, log loss, "
+             "accuracy, F1 or RMSE, grouped_auc and normalized_entropy when configured)"
+       for name in ("recall_at_k", "xauc", "grouped_xauc")},
     "fg_encoded_multival_sep": "fmkit reads the features' own inputs in every fg_mode and "
                                "splits multi-value ones at each feature's separator: set "
                                "separator on those features",
@@ -985,6 +995,9 @@ def _check_model(model: ModelConfig) -> None:
         raise ConfigError(f"model_config.num_class: {model.num_class} classes need the loss "
                           "softmax_cross_entropy (binary_cross_entropy, binary_focal_loss "
                           "and l2_loss score one value)")
+    if any(m.normalized_entropy is not None for m in model.metrics) and not loss.binary:
+        raise ConfigError("model_config.metrics.normalized_entropy: needs a binary classifier "
+                          "(the loss binary_cross_entropy or binary_focal_loss)")
     focal = loss.binary_focal_loss
     if focal is not None and not (0 <= focal.gamma < math.inf and 0 < focal.alpha < 1):
         raise ConfigError(f"model_config.losses.binary_focal_loss: gamma must be >= 0 and "

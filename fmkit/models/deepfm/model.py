@@ -43,7 +43,13 @@ from fmkit.models.deepfm.features import (
 from fmkit.models.deepfm.instances import encode_instances
 from fmkit.models.deepfm.network import DeepFMNet
 from fmkit.models.deepfm.small_batches import SMALL_ROWS, NumpyForward
-from fmkit.models.metrics import grouped_auc, metrics_of_parts, prediction_fields, softmax
+from fmkit.models.metrics import (
+    grouped_auc,
+    metrics_of_parts,
+    normalized_entropy,
+    prediction_fields,
+    softmax,
+)
 
 MODEL_TYPE = "deepfm"
 SCORING_ROWS = 4096
@@ -392,11 +398,17 @@ class DeepFMModel:
     def evaluate(self, batches: Iterator[ColumnBatch], max_rows: int | None = None
                  ) -> dict[str, float]:
         """The FM metrics (RMSE, or log loss/accuracy/F1/AUC), weighted by the sample weight
-        column if one is configured, plus each configured ``grouped_auc``, over labelled
-        batches (their first ``max_rows`` rows if given)."""
+        column if one is configured, plus each configured ``grouped_auc`` and
+        ``normalized_entropy``, over labelled batches (their first ``max_rows`` rows if
+        given)."""
         parts = self._scored(batches, max_rows)
         metrics = metrics_of_parts(self.predictor_type, parts.labels, parts.logits,
                                    parts.weights or None)
+        if metrics.get("rows") and any(m.normalized_entropy is not None
+                                       for m in self.config.model_config.metrics):
+            metrics["normalized_entropy"] = normalized_entropy(
+                metrics["binary_classification_cross_entropy"], parts.labels,
+                parts.weights or None)
         for key, groups in parts.groups.items():
             if metrics.get("rows"):
                 metrics[f"grouped_auc_{key}"] = grouped_auc(
