@@ -198,6 +198,55 @@ def test_grad_clipping_by_value_clips_each_dense_gradient_value(tmp_path):
     assert (np.abs(free) > limit * 1.01).sum() > 0.1 * free.size  # (the clipping acted)
 
 
+class _FirstTableStep(Callback):
+    """Every embedding table before and after the first step."""
+
+    def before_fit(self, run) -> None:
+        self.before = self._tables(run)
+
+    def after_step(self, run) -> bool:
+        self.after = self._tables(run)
+        return True
+
+    @staticmethod
+    def _tables(run) -> dict[str, np.ndarray]:
+        return {name: p.detach().numpy().astype(np.float64).copy()
+                for name, p in run.learner.net.named_parameters() if "tables." in name}
+
+
+def test_sparse_gradient_clipping_clips_each_bag_gradient_as_fbgemm(tmp_path):
+    """sparse_optimizer {sgd_optimizer {gradient_clipping: true max_gradient: m}}: fbgemm
+    clips each element of the gradient reaching an embedding bag's output (the mini-batch's
+    mean loss) into [-m, m]. With m below every such element and plain SGD at rate r, a table
+    row used by one row of the batch moves by exactly r * m in each coordinate (each user
+    here), one used by k rows by at most k * r * m; without clipping they move far more."""
+    rows = [(u, (u * 7) % 20, u % 2) for u in range(64)]
+    train = _write(tmp_path / "t.csv", "user,item,label", rows)
+
+    def first_step(name: str, clipping: dict) -> dict[str, np.ndarray]:
+        (tmp_path / name).mkdir()
+        config = _config(tmp_path / name, train, train_config={
+            "sparse_optimizer": {"sgd_optimizer": {"lr": 100.0, **clipping}},
+            "dense_optimizer": {"sgd_optimizer": {"lr": 0.0, "momentum": 0.0}}},
+            feature_configs=[
+                {"id_feature": {"feature_name": "user", "num_buckets": 64, "embedding_dim": 4}},
+                {"id_feature": {"feature_name": "item", "num_buckets": 20, "embedding_dim": 4}}])
+        step = _FirstTableStep()
+        train_deepfm(config, progress=False, callbacks=[step])
+        return {n: step.after[n] - step.before[n] for n in step.before}
+
+    limit = 1e-6
+    clipped = first_step("clipped", {"gradient_clipping": True, "max_gradient": limit})
+    free = first_step("free", {})
+    moves = np.concatenate([np.abs(d).ravel() for d in clipped.values()])
+    assert moves.max() <= 64 * 100 * limit * (1 + 1e-3)
+    user_rows = [d for d in clipped.values() if d.shape[0] >= 64]  # (the user bank's rows)
+    assert user_rows, list(clipped)
+    for delta in user_rows:
+        np.testing.assert_allclose(np.abs(delta[:64]), 100 * limit, rtol=2e-3)
+    assert max(np.abs(d).max() for d in free.values()) > 100 * 100 * limit
+
+
 @pytest.mark.parametrize("clipping, problem", [
     ({"clipping_type": "global_norm"}, "clipping_type: expected norm, value or none, got "
                                        "'global_norm'"),

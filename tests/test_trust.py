@@ -494,12 +494,16 @@ def test_non_positive_counts_are_refused(cli, tmp_path, section, field, value):
     ("data_config.delimiter", "ab", "data_config.delimiter: expected one character, got 'ab'"),
     ("train_config.sparse_optimizer", {"sgd_optimizer": {"weight_decay": 0.01}},
      "train_config.sparse_optimizer.sgd_optimizer.weight_decay: not a setting of this "
-     "optimizer (it reads lr)"),
+     "optimizer (it reads lr, gradient_clipping, max_gradient)"),
     ("train_config.sparse_optimizer", {"adagrad_optimizer": {"lr": 0.1, "weight_decay": 0.1}},
      "sparse_optimizer.adagrad_optimizer.weight_decay: not a setting of this optimizer"),
     ("train_config.sparse_optimizer", {"adam_optimizer": {"momentum": 0.5}},
      "sparse_optimizer.adam_optimizer.momentum: not a setting of this optimizer (it reads lr, "
-     "beta1, beta2, weight_decay)"),
+     "beta1, beta2, weight_decay, gradient_clipping, max_gradient)"),
+    ("train_config.dense_optimizer", {"adam_optimizer": {"gradient_clipping": True}},
+     "dense_optimizer.adam_optimizer.gradient_clipping: not a setting of this optimizer"),
+    ("train_config.sparse_optimizer", {"adagrad_optimizer": {"max_gradient": 0}},
+     "sparse_optimizer.adagrad_optimizer.max_gradient: must be a positive number, got 0"),
     ("train_config.dense_optimizer", {"adam_optimizer": {"initial_accumulator_value": 0.1}},
      "dense_optimizer.adam_optimizer.initial_accumulator_value: not a setting"),
     ("train_config.sparse_optimizer", {"rowwise_adagrad_optimizer": {

@@ -157,6 +157,32 @@ def _clip(params: list[torch.Tensor], clipping: GradClipping) -> None:
         nn.utils.clip_grad_norm_(grads, clipping.max_gradient, norm_type=clipping.norm_type)
 
 
+@contextlib.contextmanager
+def _bag_gradients_clipped(net: nn.Module, limit: float | None) -> Iterator[None]:
+    """Within the block, the embedding bags' outputs (the tables' and the wide tables') are
+    made to clip their gradients into [-limit, limit], element by element, as fbgemm's fused
+    optimizers clip the gradient reaching a table batch (their ``gradient_clipping``); no
+    effect when ``limit`` is None."""
+    if limit is None:
+        yield
+        return
+
+    def clip(grad: torch.Tensor) -> torch.Tensor:
+        return grad.clamp(-limit, limit)
+
+    def hook(module: nn.Module, args: Any, output: dict[str, torch.Tensor]) -> None:
+        for values in output.values():
+            if values.requires_grad:
+                values.register_hook(clip)
+
+    handles = [banks.register_forward_hook(hook) for banks in (net.tables, net.wide_tables)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class DeepFMLearner:
     """A DeepFM network and its two optimizers, for :func:`fmkit.train.engine.fit`: a step is
     one mini-batch; ``evaluate`` scores a validation channel with ``scorer`` (in eval mode).
@@ -194,6 +220,10 @@ class DeepFMLearner:
         self.eval_average, self.export_average = eval_average, export_average
         clipping = config.grad_clipping
         self.clipping = clipping if clipping is not None and clipping.kind != "none" else None
+        sparse = _chosen(config.sparse_optimizer)[1]
+        # the fused sparse optimizers' gradient_clipping (fbgemm clips the gradient reaching
+        # the embedding bags' outputs, each element; its loss is the mini-batch's mean)
+        self.bag_limit = sparse.max_gradient if sparse.gradient_clipping else None
         # per row; summed, then divided by the rows (or the sample weights) of the whole step,
         # which may span processes
         self.loss_kind = loss_kind
@@ -220,29 +250,32 @@ class DeepFMLearner:
                                self.drop_remainder)
         return _some(batches, source.name, size) if self.drop_remainder else batches
 
-    def _loss(self, batch: Encoded | None) -> tuple[torch.Tensor | None, float]:
+    def _loss(self, batch: Encoded | None, summed: bool = False
+              ) -> tuple[torch.Tensor | None, float]:
         """The summed (sample-weighted) loss of a batch (None without one) and what it is
         divided by for the mean: its rows, or the sum of its sample weights; after clearing
-        the gradients."""
+        the gradients. ``summed``: the caller's backward takes the sum, not the mean (the
+        bags' gradient limit scales with it)."""
         for optimizer in self.optimizers:
             optimizer.zero_grad()  # (torch.optim's too: set to None)
         if batch is None:
             return None, 0.0
         device = self.tables[0].device
         labels = torch.from_numpy(batch.labels).to(device)
+        weights = None if batch.weights is None else torch.from_numpy(batch.weights).to(device)
+        total = float(batch.n_rows) if weights is None else float(weights.sum())
         if self.loss_kind == "multiclass":
             labels = labels.long()  # (CrossEntropyLoss smooths class indices itself)
         elif self.smoothing:
             labels = labels * (1 - self.smoothing) + 0.5 * self.smoothing
-        with torch.autocast(device.type, torch.bfloat16, enabled=self.autocast):
+        limit = None if self.bag_limit is None else self.bag_limit * (total if summed else 1)
+        with torch.autocast(device.type, torch.bfloat16, enabled=self.autocast), \
+                _bag_gradients_clipped(self.net, limit):
             outputs = self.net(batch)
         losses = self.criterion(outputs.float(), labels)
         if self.focal is not None:
             losses = losses * _focal_weights(outputs.float().detach(), labels, self.focal)
-        if batch.weights is None:
-            return losses.sum(), float(batch.n_rows)
-        weights = torch.from_numpy(batch.weights).to(device)
-        return (losses * weights).sum(), float(weights.sum())
+        return (losses.sum() if weights is None else (losses * weights).sum()), total
 
     def _update(self) -> None:
         sparse, dense = self.optimizers
@@ -281,7 +314,7 @@ class DeepFMLearner:
         return mean.detach().item() * batch.n_rows, batch.n_rows  # (epoch loss: mean of means)
 
     def gradient(self, batch: Encoded | None) -> Gradient:
-        value, (loss, total) = 0.0, self._loss(batch)
+        value, (loss, total) = 0.0, self._loss(batch, summed=True)
         if loss is not None:
             loss.backward()
             value = loss.detach().item()

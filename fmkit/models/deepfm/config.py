@@ -349,8 +349,10 @@ class OptimizerSettings:
     rho: float = 0.9  # dense adadelta
     alpha: float = 0.99  # dense rmsprop
     centered: bool = False  # dense rmsprop
-    gradient_clipping: bool | None = ignored()
-    max_gradient: float | None = ignored()
+    # the sparse (fbgemm's fused) optimizers: each element of the gradient reaching the
+    # embedding bags' outputs clipped into [-max_gradient, max_gradient]
+    gradient_clipping: bool = False
+    max_gradient: float = 1.0
 
 
 @dataclass
@@ -894,11 +896,13 @@ def schedule_of(optimizer: SparseOptimizer | DenseOptimizer) -> Any:
 # initial_accumulator_value for the AdaGrads. Another setting is refused, not ignored.
 _ADAGRAD = ("lr", "initial_accumulator_value")
 _ADAM = ("lr", "beta1", "beta2", "weight_decay")
+_CLIPPED = ("gradient_clipping", "max_gradient")
 OPTIMIZER_SETTINGS = {
-    "sparse_optimizer": {"sgd_optimizer": ("lr",), "adagrad_optimizer": _ADAGRAD,
+    "sparse_optimizer": {"sgd_optimizer": ("lr", *_CLIPPED),
+                         "adagrad_optimizer": (*_ADAGRAD, *_CLIPPED),
                          "rowwise_adagrad_optimizer": (*_ADAGRAD, "weight_decay",
-                                                       "weight_decay_mode"),
-                         "adam_optimizer": _ADAM},
+                                                       "weight_decay_mode", *_CLIPPED),
+                         "adam_optimizer": (*_ADAM, *_CLIPPED)},
     "dense_optimizer": {"sgd_optimizer": ("lr", "momentum", "weight_decay"),
                         "adagrad_optimizer": (*_ADAGRAD, "weight_decay"),
                         "adam_optimizer": _ADAM, "adamw_optimizer": _ADAM,
@@ -930,6 +934,9 @@ def _check_optimizer(settings: OptimizerSettings, where: str, reads: tuple[str, 
         value = getattr(settings, name)
         if not 0 <= value < 1:
             raise ConfigError(f"{where}.{name}: must be in [0, 1), got {value}")
+    if not 0 < settings.max_gradient < math.inf:
+        raise ConfigError(f"{where}.max_gradient: must be a positive number, got "
+                          f"{settings.max_gradient}")
 
 
 def _check_schedule(schedule: Any, where: str) -> None:
