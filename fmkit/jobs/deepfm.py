@@ -134,7 +134,7 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     for name in ("train_input_path", "eval_input_path", "model_dir", "export_config"):
         run_id.pop(name, None)
     if config.export_config.exporter_type == "best":  # (it validates and keeps the best)
-        run_id["exporter"] = [config.export_config.best_exporter_metric]
+        run_id["exporter"] = [config.export_config.best_exporter_metric or "auc"]
     run_id["train_config"].pop("num_epochs", None)
     if config.train_config.dense_optimizer.ema is not None:  # (the best weights a checkpoint
         # keeps are in the written form)
@@ -322,16 +322,17 @@ def _exporter_metric(config: EasyRecConfig, predictor_type: str) -> tuple[str, s
     field to name in messages: one of :data:`EXPORTER_METRICS`, in its own direction, and not
     another than an early_stopping_metric set too."""
     export, where = config.export_config, "export_config.best_exporter_metric"
-    name = EXPORTER_METRICS.get(export.best_exporter_metric)
+    metric = export.best_exporter_metric or "auc"
+    name = EXPORTER_METRICS.get(metric)
     if name is None:
-        raise ConfigError(f"{where}: {excerpt(export.best_exporter_metric)} is not one fmkit "
+        raise ConfigError(f"{where}: {excerpt(metric)} is not one fmkit "
                           f"keeps the best model by; expected one of "
                           f"{', '.join(EXPORTER_METRICS)}")
     try:
         key, higher = watched_metric(name, predictor_type)
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
-    if higher != export.metric_larger_is_better:
+    if export.metric_larger_is_better is not None and higher != export.metric_larger_is_better:
         raise ConfigError(f"export_config.metric_larger_is_better: {name} is better "
                           f"{'larger' if higher else 'smaller'}")
     chosen = config.train_config.early_stopping_metric
@@ -342,5 +343,5 @@ def _exporter_metric(config: EasyRecConfig, predictor_type: str) -> tuple[str, s
         raise ConfigError(f"train_config.early_stopping_metric: {e}") from None
     if other != key:
         raise ConfigError(f"train_config.early_stopping_metric: {excerpt(chosen)} differs from "
-                          f"{where} {excerpt(export.best_exporter_metric)}: set one")
+                          f"{where} {excerpt(metric)}: set one")
     return name, where

@@ -212,7 +212,7 @@ class DeepFMLearner:
                            dense_optimizer(self.others, config.dense_optimizer)]
         # the dense gradients summed over gradient_accumulation_steps mini-batches, until the
         # dense optimizer steps on them (None: it steps every mini-batch)
-        self.accumulation = max(config.gradient_accumulation_steps, 1)
+        self.accumulation = max(config.gradient_accumulation_steps or 0, 1)
         self.pending = ([torch.zeros_like(p) for p in self.others] if self.accumulation > 1
                         else None)
         ema = config.dense_optimizer.ema
@@ -223,7 +223,8 @@ class DeepFMLearner:
         sparse = _chosen(config.sparse_optimizer)[1]
         # the fused sparse optimizers' gradient_clipping (fbgemm clips the gradient reaching
         # the embedding bags' outputs, each element; its loss is the mini-batch's mean)
-        self.bag_limit = sparse.max_gradient if sparse.gradient_clipping else None
+        self.bag_limit = (1.0 if sparse.max_gradient is None else sparse.max_gradient
+                          ) if sparse.gradient_clipping else None
         # per row; summed, then divided by the rows (or the sample weights) of the whole step,
         # which may span processes
         self.loss_kind = loss_kind

@@ -350,9 +350,11 @@ class OptimizerSettings:
     alpha: float = 0.99  # dense rmsprop
     centered: bool = False  # dense rmsprop
     # the sparse (fbgemm's fused) optimizers: each element of the gradient reaching the
-    # embedding bags' outputs clipped into [-max_gradient, max_gradient]
-    gradient_clipping: bool = False
-    max_gradient: float = 1.0
+    # embedding bags' outputs clipped into [-max_gradient, max_gradient] (unset: false and
+    # 1.0, TorchEasyRec's defaults; None keeps older models' stored configurations, and the
+    # checkpoints of runs without them, as they were)
+    gradient_clipping: bool | None = None
+    max_gradient: float | None = None
 
 
 @dataclass
@@ -487,8 +489,8 @@ class TrainConfig:
     grad_clipping: GradClipping | None = None
     # > 1: the dense optimizer steps once every this many mini-batches, on their gradients
     # summed (each a mini-batch's mean), as TorchEasyRec's TZRecOptimizer does; the embedding
-    # tables' optimizer, fused into backward there, steps every mini-batch
-    gradient_accumulation_steps: int = 0
+    # tables' optimizer, fused into backward there, steps every mini-batch (unset: 0)
+    gradient_accumulation_steps: int | None = None
     # a DeepFM model directory of the same features and network whose weights training starts
     # from (as --init-model; fmkit train --init-model DIR overrides it). TorchEasyRec names a
     # checkpoint of its own here: fmkit reads fmkit's models, parameter for parameter
@@ -533,10 +535,11 @@ class ExportConfig:
     use_dense_ema: bool | None = None
     # "latest" (the model as training ends) or "best": eval_input_path (or --validation) is
     # scored after every epoch, and the model written is the best measurement's by
-    # best_exporter_metric (TorchEasyRec's exporters score at each checkpoint instead)
-    exporter_type: str = "latest"
-    best_exporter_metric: str = "auc"
-    metric_larger_is_better: bool = True
+    # best_exporter_metric (TorchEasyRec's exporters score at each checkpoint instead); unset:
+    # latest, auc, true (TorchEasyRec's defaults)
+    exporter_type: str | None = None
+    best_exporter_metric: str | None = None
+    metric_larger_is_better: bool | None = None
     cudnn_allow_tf32: bool | None = ignored()
     cuda_matmul_allow_tf32: bool | None = ignored()
 
@@ -809,7 +812,7 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False,
                           "which fmkit does not do")
     if train.grad_clipping is not None:
         _check_grad_clipping(train.grad_clipping)
-    if train.gradient_accumulation_steps < 0:
+    if (train.gradient_accumulation_steps or 0) < 0:
         raise ConfigError(f"train_config.gradient_accumulation_steps: must be >= 0, got "
                           f"{train.gradient_accumulation_steps}")
     _check_dense_ema(config)
@@ -820,7 +823,7 @@ def parse(document: dict[str, Any], *, report_ignored: bool = False,
     if export.dense_quantization not in ("", "INT8"):
         raise ConfigError(f"export_config.dense_quantization: expected INT8 (or unset for "
                           f"float32), got {excerpt(export.dense_quantization)}")
-    if export.exporter_type not in ("latest", "best"):
+    if export.exporter_type not in (None, "latest", "best"):
         raise ConfigError(f"export_config.exporter_type: expected latest or best, got "
                           f"{excerpt(export.exporter_type)}")
     if export.dense_quantization and export.mixed_precision:
@@ -934,7 +937,7 @@ def _check_optimizer(settings: OptimizerSettings, where: str, reads: tuple[str, 
         value = getattr(settings, name)
         if not 0 <= value < 1:
             raise ConfigError(f"{where}.{name}: must be in [0, 1), got {value}")
-    if not 0 < settings.max_gradient < math.inf:
+    if settings.max_gradient is not None and not 0 < settings.max_gradient < math.inf:
         raise ConfigError(f"{where}.max_gradient: must be a positive number, got "
                           f"{settings.max_gradient}")
 
