@@ -142,20 +142,31 @@ def test_a_schedule_by_epoch_changes_once_per_epoch(tmp_path):
 
 
 # ---- gradient clipping -----------------------------------------------------------------------
+def _dense(run) -> np.ndarray:
+    """The dense parameters, flattened into one vector."""
+    return np.concatenate([p.detach().numpy().ravel().astype(np.float64)
+                           for p in run.learner.others])
+
+
+def _tables(run) -> dict[str, np.ndarray]:
+    """Every embedding table, by name."""
+    return {name: p.detach().numpy().astype(np.float64).copy()
+            for name, p in run.learner.net.named_parameters() if "tables." in name}
+
+
 class _FirstStep(Callback):
-    """The dense parameters before and after the first step, flattened into one vector."""
+    """What ``snapshot`` takes of the run (the dense parameters) before and after the first
+    step, which ends training."""
+
+    def __init__(self, snapshot=_dense):
+        self.snapshot = snapshot
 
     def before_fit(self, run) -> None:
-        self.before = self._dense(run)
+        self.before = self.snapshot(run)
 
     def after_step(self, run) -> bool:
-        self.after = self._dense(run)
+        self.after = self.snapshot(run)
         return True
-
-    @staticmethod
-    def _dense(run) -> np.ndarray:
-        return np.concatenate([p.detach().numpy().ravel().astype(np.float64)
-                               for p in run.learner.others])
 
 
 def _first_dense_step(tmp_path, clipping: dict | None) -> np.ndarray:
@@ -198,22 +209,6 @@ def test_grad_clipping_by_value_clips_each_dense_gradient_value(tmp_path):
     assert (np.abs(free) > limit * 1.01).sum() > 0.1 * free.size  # (the clipping acted)
 
 
-class _FirstTableStep(Callback):
-    """Every embedding table before and after the first step."""
-
-    def before_fit(self, run) -> None:
-        self.before = self._tables(run)
-
-    def after_step(self, run) -> bool:
-        self.after = self._tables(run)
-        return True
-
-    @staticmethod
-    def _tables(run) -> dict[str, np.ndarray]:
-        return {name: p.detach().numpy().astype(np.float64).copy()
-                for name, p in run.learner.net.named_parameters() if "tables." in name}
-
-
 def test_sparse_gradient_clipping_clips_each_bag_gradient_as_fbgemm(tmp_path):
     """sparse_optimizer {sgd_optimizer {gradient_clipping: true max_gradient: m}}: fbgemm
     clips each element of the gradient reaching an embedding bag's output (the mini-batch's
@@ -231,7 +226,7 @@ def test_sparse_gradient_clipping_clips_each_bag_gradient_as_fbgemm(tmp_path):
             feature_configs=[
                 {"id_feature": {"feature_name": "user", "num_buckets": 64, "embedding_dim": 4}},
                 {"id_feature": {"feature_name": "item", "num_buckets": 20, "embedding_dim": 4}}])
-        step = _FirstTableStep()
+        step = _FirstStep(_tables)
         train_deepfm(config, progress=False, callbacks=[step])
         return {n: step.after[n] - step.before[n] for n in step.before}
 
