@@ -309,7 +309,7 @@ def test_tune_searches_a_deepfm_configuration(tmp_path, cli):
     """A DeepFM configuration's fields are searched: the model written carries the best
     trial's embedding width and layers, and the objective is the validation rows' AUC as
     scikit-learn computes it from the model's predictions (the training file gzipped, named
-    by a --set field)."""
+    by a --set field; the configuration's best exporter left to the search)."""
     from fmkit.data.movielens import join_ratings
 
     joined = tmp_path / "ua.base.csv"
@@ -321,7 +321,12 @@ def test_tune_searches_a_deepfm_configuration(tmp_path, cli):
                        "--set", f"train_input_path={joined}",  # (or --train)
                        "--validation-fraction", "0.1", "--trials", "2",
                        "--jobs", "1", "--model-dir", model_dir,
-                       "--set", "train_config.num_epochs=2")
+                       "--set", "train_config.num_epochs=2",
+                       # (the search picks epochs by its objective: a best exporter's metric
+                       # is not a second, conflicting choice)
+                       "--objective", "validation:auc",
+                       "--set", "export_config={exporter_type: best, "
+                                "best_exporter_metric: accuracy}")
     assert code == 0, err
     trials = [t for t in _trials(model_dir) if t["state"] == "COMPLETE"]
     best = max(trials, key=lambda t: float(t["value"]))

@@ -502,6 +502,10 @@ class DeepFMSearch:
             settings["num_epochs"] = int(settings.get("num_epochs") or DEEPFM_MAX_EPOCHS)
             settings.setdefault("early_stopping_patience", DEEPFM_PATIENCE)
             settings["early_stopping_metric"] = s.objective
+        export = document.get("export_config") or {}
+        for name in ("exporter_type", "best_exporter_metric", "metric_larger_is_better"):
+            export.pop(name, None)  # (the search keeps each trial's best epoch itself, by its
+            # objective; the refit trains that many epochs)
         document.update(train_input_path=train, model_dir=str(model_dir))
         document["eval_input_path"] = test
         _, metrics = train_deepfm(configs.parse(document), progress=False,
