@@ -22,6 +22,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from fmkit.data import codecs
 from fmkit.data.batch import SparseBatch, concat
 from fmkit.data.sources import ArraySource
 from fmkit.eval_set import one_pair
@@ -217,8 +218,7 @@ class _FMEstimator(BaseEstimator):
         bad = np.flatnonzero(np.isnan(logits) if self._predictor_type == "binary_classifier"
                              else ~np.isfinite(logits))
         if bad.size:
-            raise ValueError(f"X row {int(bad[0])}: the score is not a finite number (its "
-                             "feature values are too large for this model)")
+            raise ValueError(f"X row {int(bad[0])}: {codecs.NOT_FINITE}")
         return logits
 
     def recommend(self, contexts, items, k: int = 10, *, exclude=None,

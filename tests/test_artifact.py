@@ -114,6 +114,32 @@ def test_a_deepfm_with_a_nan_in_its_layers_is_refused_at_load(small_deepfm_dir, 
         DeepFMModel.load(path)
 
 
+def test_a_deepfm_whose_table_holds_nan_names_the_weights_as_a_cause(small_deepfm_dir,
+                                                                      tmp_path, cli):
+    """Loading maps a DeepFM's embedding tables unread (they are most of its bytes), so NaN
+    written into one reaches prediction: the row is refused in one line that names the
+    model's weights as a possible cause (it blamed the row's values alone), exit 1."""
+    import shutil
+
+    path = tmp_path / "deepfm"
+    shutil.copytree(small_deepfm_dir, path)
+    with np.load(path / "weights.npz") as npz:
+        arrays = dict(npz)
+    for name in arrays:
+        if name.startswith("tables."):
+            arrays[name][:] = np.nan
+    np.savez(path / "weights.npz", **arrays)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"user": "u1", "item": 3, "tags": "a|b", "age": 25,
+                                "price": 2.0}) + "\n")
+    code, _, err = cli("predict", "--model-dir", path, "--data", rows, "--format", "jsonlines",
+                       "--output", tmp_path / "out.jsonl")
+    assert code == 1 and "Traceback" not in err, err
+    assert "the score is not a finite number" in err and (
+        "or the model holds weights that are not" in err), err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_a_deepfm_loads_to_score_where_it_could_not_train(small_deepfm_dir, monkeypatch):
     """Training needs the tables, their optimizer state and copies in memory; a loaded model
     maps its tables from the file. A machine too small to train it (the memory check refuses

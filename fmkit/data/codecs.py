@@ -561,15 +561,20 @@ class RequestDecoder:
 
 
 # -- responses ----------------------------------------------------------------------------------
+NOT_FINITE = ("the score is not a finite number (its values overflow the model's arithmetic, "
+              "or the model holds weights that are not)")
+
+
 def check_finite(predictions: dict[str, np.ndarray], unit: str = "instance",
                  first: int = 1) -> None:
     """A score that is not a finite number is never returned: the row's values overflowed
-    the model's arithmetic. ``first`` is the number of the first row."""
+    the model's arithmetic, or the model's weights are not finite (loading checks all but a
+    DeepFM's embedding tables, which it maps unread). ``first`` is the number of the first
+    row."""
     finite = np.isfinite(np.asarray(predictions["score"], dtype=np.float64))
     bad = np.flatnonzero(~(finite if finite.ndim == 1 else finite.all(axis=1)))  # (classes)
     if bad.size:
-        raise RequestError(f"{unit} {int(bad[0]) + first}: the score is not a finite number (its "
-                           "feature values are too large for this model)")
+        raise RequestError(f"{unit} {int(bad[0]) + first}: {NOT_FINITE}")
 
 
 def _json_objects(predictions: dict[str, np.ndarray],
