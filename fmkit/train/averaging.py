@@ -49,6 +49,12 @@ class DenseAverage:
             self._swap()
 
     @torch.no_grad()
+    def put_in_place(self) -> None:
+        """The parameters take the average for good (when training ends)."""
+        for average, param in zip(self.averages, self.params):
+            param.copy_(average)
+
+    @torch.no_grad()
     def _swap(self) -> None:
         for average, param in zip(self.averages, self.params):
             held = param.detach().clone()

@@ -304,7 +304,7 @@ class DeepFMLearner:
         if (self.steps + 1) % self.accumulation:
             return False
         for summed, p in zip(self.pending, self.others):
-            p.grad = summed.clone()
+            p.grad = summed  # (zeroed after the step; the next mini-batch's gradients are new)
         return True
 
     def step(self, batch: Encoded) -> tuple[float, int]:
@@ -381,7 +381,7 @@ class DeepFMLearner:
         """The network ends with the weights the model is written with: the dense
         parameters' average, when exported (called once the steps end)."""
         if self.export_average and self.average is not None and self.average.count:
-            self.set_weights(self.weights())
+            self.average.put_in_place()  # (the dense parameters only: no copy of the tables)
 
     def _averaged(self, active: bool) -> Any:
         return (self.average.swapped(active) if self.average is not None
