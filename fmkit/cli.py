@@ -73,6 +73,11 @@ def _add_reading(p: argparse.ArgumentParser) -> None:
                         "(repeatable)")
 
 
+def _names(text: str) -> list[str]:
+    """``A,B``: a comma-separated list of column names (TorchEasyRec's spelling)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="print only warnings and errors (no progress bar, logs or metric lines)")
@@ -224,10 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="batch prediction: SageMaker responses for a file",
                        description="Score every row of a file (a training format, or a "
                        "SageMaker request body: json, jsonlines, recordio) and write SageMaker "
-                       "responses: the same bytes /invocations answers.",
+                       "responses: the same bytes /invocations answers; or, to an output "
+                       "named .parquet, .csv or .tsv, a table (TorchEasyRec's predict).",
                        epilog="examples:\n  fmkit predict --model-dir model/ --data a9a.t "
                        "--output predictions.jsonl\n  fmkit predict --model-dir model/ --data "
-                       "requests.jsonl --format jsonlines --accept application/json",
+                       "requests.jsonl --format jsonlines --accept application/json\n  "
+                       "fmkit predict --model-dir deepfm/ --data test.parquet --output "
+                       "predictions.parquet --reserved_columns user_id,item_id",
                        formatter_class=raw)
     p.add_argument("--model-dir", required=True)
     p.add_argument("--data", required=True, help="file or directory (labels are ignored)")
@@ -237,12 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=(*FORMATS, "json", "jsonlines"), default="auto",
                    help="input format (default: detected, request bodies too; json/jsonlines "
                         "are request bodies)")
-    p.add_argument("--accept", default="application/jsonlines", choices=CONTENT_TYPES,
+    p.add_argument("--accept", choices=CONTENT_TYPES,
                    help="response format (default application/jsonlines)")
-    p.add_argument("--reserved-columns", "--reserved_columns", metavar="A,B",
-                   type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+    p.add_argument("--reserved-columns", "--reserved_columns", metavar="A,B", type=_names,
                    default=[], help="a DeepFM's input columns to copy into each prediction "
                    "(ids), as TorchEasyRec's predict --reserved_columns")
+    p.add_argument("--writer-type", "--writer_type", metavar="{ParquetWriter,CsvWriter}",
+                   help="write a table of that kind, as TorchEasyRec's predict (default: by "
+                   "the output's name: .parquet, .csv, .tsv; else SageMaker responses)")
+    p.add_argument("--output-columns", "--output_columns", metavar="A,B", type=_names,
+                   default=[], help="a table's prediction columns (default all: an FM's "
+                   "score, predicted_label; a DeepFM's logits, probs or y, as TorchEasyRec's)")
     _add_reading(p)
 
     p = sub.add_parser("serve", help="serve a model over HTTP (/ping, /invocations)",
@@ -580,7 +593,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = jobs.predict_files(args.model_dir, args.data, args.output, fmt=args.format,
                                       accept=args.accept, device=args.device,
                                       data_config=args.data_config,
-                                      reserved_columns=args.reserved_columns)
+                                      reserved_columns=args.reserved_columns,
+                                      writer_type=args.writer_type,
+                                      output_columns=args.output_columns)
             log.info("wrote %d predictions to %s", rows, args.output or "stdout")
         elif args.command == "report":
             from fmkit.report import write_report

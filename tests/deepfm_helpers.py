@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from fmkit.models.deepfm.model import DeepFMModel
 
 
 def fnv1a(text: str, buckets: int) -> int:
@@ -79,3 +85,56 @@ def train_small_deepfm(root: Path) -> Path:
     result = run_fmkit("train", "--config", small_deepfm_config(root), "--quiet")
     assert result.returncode == 0, result.stderr
     return root / "model"
+
+
+ROWS = [
+    {"user": "alice", "item": 3, "tags": "a|c", "age": 25, "price": 10.0},
+    {"user": "bob", "item": 29, "tags": "b|zzz|", "age": 60, "price": 0.0},
+    {"user": 7, "item": 0, "tags": None, "age": None, "price": None},
+    {"user": "alice", "item": 3, "tags": "c", "age": 18, "price": 3.5},
+]
+
+
+def tables_of(model: DeepFMModel) -> dict[str, np.ndarray]:
+    """Each embedding table's rows (tables share banks: this reads the layout, not the math)."""
+    net = model.net
+    out = {name: net.tables.table(name).detach().double().numpy() for name in net.tables.slots}
+    out.update({name: net.wide_tables.table(name).detach().double().numpy()
+                for name in net.wide_tables.slots})
+    return out
+
+
+def numpy_forward(state: dict[str, np.ndarray], tables: dict[str, np.ndarray],
+                   rows: list[dict]) -> np.ndarray:
+    """DeepFM of §1.3 (the SMALL configuration) written out in numpy from the weights, with
+    ids computed here."""
+    vocab = {"a": 2, "b": 3, "c": 4}
+    out = []
+    for row in rows:
+        user = [fnv1a(str(row["user"]), 50)]
+        item = [int(row["item"])]
+        tags = [vocab.get(t, 1) for t in (row["tags"] or "").split("|") if t]
+        age = 0.0 if row["age"] is None else float(row["age"])
+        bucket = [sum(age >= b for b in (18, 30, 50))]
+        price = math.log1p(0.0 if row["price"] is None else row["price"])
+
+        def bag(table: str, ids: list[int], mean: bool = False) -> np.ndarray:
+            w = tables[table]
+            if not ids:
+                return np.zeros(w.shape[1])
+            total = w[ids].sum(axis=0)
+            return total / len(ids) if mean else total
+
+        e = {"user": bag("user_emb", user), "item": bag("item_emb", item),
+             "tags": bag("tags_emb", tags, mean=True), "age": bag("age_emb", bucket)}
+        wide = bag("user_emb_wide", user).sum() + bag("item_emb_wide", item).sum()
+        fm_in = np.stack([e["user"], e["item"], e["tags"], e["age"]])
+        fm = np.array([sum(fm_in[i, d] * fm_in[j, d] for i in range(4) for j in range(i + 1, 4))
+                       for d in range(4)])
+        h = np.concatenate([e["user"], e["item"], e["tags"], e["age"], [price]])
+        for layer in (0, 2):
+            h = np.maximum(state[f"deep.{layer}.weight"] @ h + state[f"deep.{layer}.bias"], 0)
+        z = np.concatenate([[wide], fm, h])
+        z = np.maximum(state["final.0.weight"] @ z + state["final.0.bias"], 0)
+        out.append((state["output.weight"] @ z + state["output.bias"])[0])
+    return np.array(out)

@@ -326,17 +326,14 @@ def test_predict_reserved_columns_carry_each_rows_values(trained, cli, tmp_path,
     output = tmp_path / "out.jsonl"
     for extra, problem in (
             (["--reserved-columns", "C1,nope"], f"{subset}: no column 'nope' (columns: "),
-            (["--reserved-columns", "score"], "'score' is a field of the predictions"),
+            (["--reserved-columns", "score"], "'score' is a column of the predictions"),
             (["--reserved-columns", "C1", "--accept", "application/x-recordio-protobuf"],
              "recordIO responses hold score and predicted_label only")):
         code, out, err = cli("predict", "--model-dir", trained, "--data", subset,
                              "--output", output, *extra)
         assert code == 1 and err.count("\n") == 1 and problem in err, err
         assert not output.exists()
-    table = tmp_path / "scores.parquet"  # (TorchEasyRec's predict writes tables; fmkit does not)
-    code, _, err = cli("predict", "--model-dir", trained, "--data", subset, "--output", table)
-    assert code == 1 and "writes SageMaker responses (application/jsonlines), not parquet" in err
-    assert not table.exists()
+    # (tables, TorchEasyRec's predict's output: tests/test_predict_tables.py)
 
 
 @pytest.mark.parametrize("line, problem", [

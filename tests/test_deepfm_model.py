@@ -21,7 +21,7 @@ from fmkit.models.deepfm.batches import mini_batches
 from fmkit.models.deepfm.features import Encoded
 from fmkit.models.deepfm.model import DeepFMModel
 from fmkit.models.deepfm.network import factorization_machine
-from tests.deepfm_helpers import fnv1a, small
+from tests.deepfm_helpers import ROWS, fnv1a, numpy_forward, small, tables_of
 
 
 def test_fm_part_equals_the_pairwise_sum():
@@ -36,62 +36,10 @@ def test_fm_part_equals_the_pairwise_sum():
     np.testing.assert_allclose(got, expected, atol=1e-12)
 
 
-ROWS = [
-    {"user": "alice", "item": 3, "tags": "a|c", "age": 25, "price": 10.0},
-    {"user": "bob", "item": 29, "tags": "b|zzz|", "age": 60, "price": 0.0},
-    {"user": 7, "item": 0, "tags": None, "age": None, "price": None},
-    {"user": "alice", "item": 3, "tags": "c", "age": 18, "price": 3.5},
-]
-
-
-def _tables(model: DeepFMModel) -> dict[str, np.ndarray]:
-    """Each embedding table's rows (tables share banks: this reads the layout, not the math)."""
-    net = model.net
-    out = {name: net.tables.table(name).detach().double().numpy() for name in net.tables.slots}
-    out.update({name: net.wide_tables.table(name).detach().double().numpy()
-                for name in net.wide_tables.slots})
-    return out
-
-
-def _numpy_forward(state: dict[str, np.ndarray], tables: dict[str, np.ndarray],
-                   rows: list[dict]) -> np.ndarray:
-    """DeepFM of §1.3 written out in numpy from the weights, with ids computed here."""
-    vocab = {"a": 2, "b": 3, "c": 4}
-    out = []
-    for row in rows:
-        user = [fnv1a(str(row["user"]), 50)]
-        item = [int(row["item"])]
-        tags = [vocab.get(t, 1) for t in (row["tags"] or "").split("|") if t]
-        age = 0.0 if row["age"] is None else float(row["age"])
-        bucket = [sum(age >= b for b in (18, 30, 50))]
-        price = math.log1p(0.0 if row["price"] is None else row["price"])
-
-        def bag(table: str, ids: list[int], mean: bool = False) -> np.ndarray:
-            w = tables[table]
-            if not ids:
-                return np.zeros(w.shape[1])
-            total = w[ids].sum(axis=0)
-            return total / len(ids) if mean else total
-
-        e = {"user": bag("user_emb", user), "item": bag("item_emb", item),
-             "tags": bag("tags_emb", tags, mean=True), "age": bag("age_emb", bucket)}
-        wide = bag("user_emb_wide", user).sum() + bag("item_emb_wide", item).sum()
-        fm_in = np.stack([e["user"], e["item"], e["tags"], e["age"]])
-        fm = np.array([sum(fm_in[i, d] * fm_in[j, d] for i in range(4) for j in range(i + 1, 4))
-                       for d in range(4)])
-        h = np.concatenate([e["user"], e["item"], e["tags"], e["age"], [price]])
-        for layer in (0, 2):
-            h = np.maximum(state[f"deep.{layer}.weight"] @ h + state[f"deep.{layer}.bias"], 0)
-        z = np.concatenate([[wide], fm, h])
-        z = np.maximum(state["final.0.weight"] @ z + state["final.0.bias"], 0)
-        out.append((state["output.weight"] @ z + state["output.bias"])[0])
-    return np.array(out)
-
-
 def test_forward_pass_equals_an_independent_recomputation():
     model = DeepFMModel.create(configs.parse(small()))
     state = {k: v.double().numpy() for k, v in model.net.state_dict().items()}
-    expected = _numpy_forward(state, _tables(model), ROWS)
+    expected = numpy_forward(state, tables_of(model), ROWS)
     # a few rows: fmkit's numpy twin of the network; PyTorch itself, as training runs it
     np.testing.assert_allclose(model.logits(from_instances(ROWS)), expected, rtol=1e-5,
                                atol=1e-5)
@@ -107,7 +55,7 @@ def test_without_final_the_parts_are_added():
     state = {k: v.double().numpy() for k, v in model.net.state_dict().items()}
     batch = from_instances(ROWS[:1])
     row = ROWS[0]
-    tables = _tables(model)
+    tables = tables_of(model)
     e = {name: tables[f"{name}_emb"] for name in ("user", "item", "tags", "age")}
     user, item = fnv1a("alice", 50), 3
     vectors = np.stack([e["user"][user], e["item"][item], (e["tags"][2] + e["tags"][4]) / 2,

@@ -34,6 +34,7 @@ JSONLINES = "application/jsonlines"
 RECORDIO = "application/x-recordio-protobuf"
 CSV = "text/csv"
 CONTENT_TYPES = (JSON, JSONLINES, RECORDIO)  # an FM's requests, as SageMaker's FM reads them
+RESPONSE_FIELDS = ("score", "predicted_label")  # each row's fields in every response type
 _ALIASES = {"application/x-recordio": RECORDIO, "application/jsonl": JSONLINES,
             "application/x-jsonlines": JSONLINES}
 
@@ -569,12 +570,16 @@ def check_finite(predictions: dict[str, np.ndarray], unit: str = "instance",
                  first: int = 1) -> None:
     """A score that is not a finite number is never returned: the row's values overflowed
     the model's arithmetic, or the model's weights are not finite (loading checks all but a
-    DeepFM's embedding tables, which it maps unread). ``first`` is the number of the first
-    row."""
-    finite = np.isfinite(np.asarray(predictions["score"], dtype=np.float64))
-    bad = np.flatnonzero(~(finite if finite.ndim == 1 else finite.all(axis=1)))  # (classes)
-    if bad.size:
-        raise RequestError(f"{unit} {int(bad[0]) + first}: {NOT_FINITE}")
+    DeepFM's embedding tables, which it maps unread). Every numeric column is checked
+    (``score``; a table's ``logits``, ``probs``...); ``first`` is the number of the first row."""
+    bad: list[int] = []
+    for values in predictions.values():
+        if values.dtype.kind == "f":
+            finite = np.isfinite(values)
+            wrong = np.flatnonzero(~(finite if finite.ndim == 1 else finite.all(axis=1)))
+            bad += wrong[:1].tolist()  # (a row of classes: one value each)
+    if bad:
+        raise RequestError(f"{unit} {min(bad) + first}: {NOT_FINITE}")
 
 
 def _json_objects(predictions: dict[str, np.ndarray],

@@ -26,7 +26,7 @@ from fmkit.data.sources import (
     held_if_small,
     require_channels,
 )
-from fmkit.errors import DataError, HyperparameterError, require_option
+from fmkit.errors import DataError, HyperparameterError, excerpt, require_option
 from fmkit.jobs.training import check_first_block, score_and_save, train
 from fmkit.logs import DEFAULT_HOST, log
 from fmkit.models import artifact
@@ -219,45 +219,70 @@ def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
     return require_rows(model.evaluate(model.read(data_path, fmt, labelled=True)), data_path)
 
 
-TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")  # output names predict refuses to fill with JSON
-
-
 def predict_files(model_dir: str | Path, data_path: str | Path,
                   output: str | Path | None = None, *, fmt: str = "auto",
-                  accept: str = codecs.JSONLINES, device: str = "cpu",
-                  data_config: Sequence[str] = (), reserved_columns: Sequence[str] = ()) -> int:
-    """Write the predictions of every input row in a response format; returns the row count.
+                  accept: str | None = None, device: str = "cpu",
+                  data_config: Sequence[str] = (), reserved_columns: Sequence[str] = (),
+                  writer_type: str | None = None, output_columns: Sequence[str] = ()) -> int:
+    """Write the predictions of every input row; returns the row count.
 
-    ``fmt`` is a training format or ``json``/``jsonlines`` (SageMaker request bodies);
-    ``accept`` is a SageMaker response type. ``output`` is written under a temporary name and
-    renamed when complete; None means stdout. ``data_config``: see
+    By default as SageMaker responses: ``accept`` is a response type (JSON Lines when None).
+    An ``output`` named ``.parquet``, ``.csv`` or ``.tsv``, or a ``writer_type`` (TorchEasyRec's
+    ``ParquetWriter``, ``CsvWriter``), writes a table instead (:mod:`fmkit.data.tables`): the
+    model's ``output_columns`` (or those named), then the ``reserved_columns``. ``fmt`` is a
+    training format or ``json``/``jsonlines`` (SageMaker request bodies). ``output`` is written
+    under a temporary name and renamed when complete; None means stdout. ``data_config``: see
     :func:`fmkit.models.base.load_model`. ``reserved_columns`` (a DeepFM's input columns,
-    TorchEasyRec's ``--reserved_columns``) start each JSON object with the row's values, so
-    the predictions carry their ids.
+    TorchEasyRec's ``--reserved_columns``) carry each row's ids into its prediction.
     """
-    suffix = Path(output).suffix.lower() if output else ""
-    if suffix in TABLE_SUFFIXES:  # (TorchEasyRec's predict writes tables: say what this is)
-        raise files.OutputError(output, f"fmkit predict writes SageMaker responses ({accept}), "
-                                f"not {suffix[1:]}: name the file .jsonl, .json or .pbr")
+    from fmkit.data import tables  # (pyarrow: an FM's predictions to JSON never load it)
+
+    kind = tables.table_kind(output, writer_type)
+    if kind is not None and accept is not None:
+        raise HyperparameterError(f"--accept {accept}: a {kind} table is not a SageMaker "
+                                  "response (leave --accept out, or name the output .jsonl)")
+    if kind is None and output_columns:
+        raise HyperparameterError("--output-columns chooses a table's columns (an output "
+                                  "named .parquet, .csv or .tsv, or --writer-type); "
+                                  "SageMaker's responses hold score and predicted_label")
     model = load_model(model_dir, device, data_config)
     if isinstance(model, FMModel):
         _compile_scorer_ahead(model.field_aware, fmt)
-    writer = codecs.ResponseWriter(accept, unit="row")
-    reserved = _Reserved(model, reserved_columns, writer.accept) if reserved_columns else None
+    columns = _output_columns(model, output_columns) if kind else ()
+    writer = None if kind else codecs.ResponseWriter(accept or codecs.JSONLINES, unit="row")
+    reserved = (_Reserved(model, reserved_columns, columns or codecs.RESPONSE_FIELDS,
+                          writer.accept if writer else None) if reserved_columns else None)
     try:  # the reader parses a block ahead on a core of its own: scoring leaves it that core
-        with files.output_stream(output, codecs.RESPONSES) as out, leaving_cores(1):
+        with (files.output_stream(output, tables.TABLES if kind else codecs.RESPONSES) as out,
+              leaving_cores(1)):
             blocks = background(model.read(data_path, fmt, labelled=False))
-            return _write_predictions(model, reserved.tap(blocks) if reserved else blocks,
-                                      writer, out, reserved)
+            blocks = reserved.tap(blocks) if reserved else blocks
+            if writer is None:
+                table = tables.PredictionTable(out, kind, str(data_path), (
+                    list(columns), reserved.names if reserved else []))
+                return _write_table(model, blocks, table, columns, reserved)
+            return _write_predictions(model, blocks, writer, out, reserved)
     except codecs.RequestError as e:
         raise DataError(str(data_path), None, str(e)) from None
+
+
+def _output_columns(model: Model, chosen: Sequence[str]) -> tuple[str, ...]:
+    """The model's output columns a table holds: ``chosen`` (TorchEasyRec's
+    ``--output_columns``), else all of them."""
+    unknown = [name for name in chosen if name not in model.output_columns]
+    if unknown:
+        raise HyperparameterError(f"--output-columns: {excerpt(unknown[0])} is not an output "
+                                  f"of this model ({', '.join(model.output_columns)})")
+    return tuple(dict.fromkeys(chosen)) or model.output_columns
 
 
 class _Reserved:
     """The values of ``--reserved-columns`` of each block a DeepFM scores, taken as the
     block goes in and handed out, in order, as its predictions come out."""
 
-    def __init__(self, model: Model, names: Sequence[str], accept: str):
+    def __init__(self, model: Model, names: Sequence[str], outputs: Sequence[str],
+                 accept: str | None):
+        self.tabled = accept is None  # (a table: see _column)
         if isinstance(model, FMModel):
             raise HyperparameterError("--reserved-columns: an FM's rows have no named columns "
                                       "(a DeepFM's have)")
@@ -265,9 +290,9 @@ class _Reserved:
             raise HyperparameterError("--reserved-columns: recordIO responses hold score and "
                                       "predicted_label only; accept application/jsonlines or "
                                       "application/json")
-        clash = [name for name in names if name in ("score", "predicted_label")]
+        clash = [name for name in names if name in outputs]
         if clash:
-            raise HyperparameterError(f"--reserved-columns: {clash[0]!r} is a field of the "
+            raise HyperparameterError(f"--reserved-columns: {clash[0]!r} is a column of the "
                                       "predictions")
         self.names = list(dict.fromkeys(names))
         self.request_columns = model.request_columns()
@@ -280,10 +305,17 @@ class _Reserved:
                 if unknown:
                     raise DataError(block.source, None, f"no column {unknown[0]!r}: JSON "
                                     "instances name the model's columns only")
-            self.pending.append({name: block.column(name).to_pylist() for name in self.names})
+            self.pending.append({name: self._column(block, name) for name in self.names})
             yield block
 
-    def next(self) -> dict[str, list]:
+    def _column(self, block: Any, name: str) -> Any:
+        """A reserved column's values (a pyarrow array), for a table as text where they come
+        from JSON instances: their types may change from block to block, a table's column
+        keeps one (a Parquet file's keep theirs; CSV fields are text already)."""
+        values = block.column(name)
+        return values.cast("string") if self.tabled and block.absent_is_missing else values
+
+    def next(self) -> dict[str, Any]:
         return self.pending.popleft()
 
 
@@ -306,12 +338,23 @@ def _write_predictions(model: Model, blocks: Iterable[Any], writer: codecs.Respo
     rows = 0
     out.write(writer.begin())
     for predictions in model.predictions_of(blocks):
-        out.write(writer.part(predictions, first=rows + 1,
-                              reserved=reserved.next() if reserved else None))
+        values = ({name: column.to_pylist() for name, column in reserved.next().items()}
+                  if reserved else None)
+        out.write(writer.part(predictions, first=rows + 1, reserved=values))
         rows += len(predictions["score"])
     out.write(writer.end())
     out.flush()
     return rows
+
+
+def _write_table(model: Model, blocks: Iterable[Any], table: Any,
+                 columns: Sequence[str], reserved: _Reserved | None = None) -> int:
+    for outputs in model.outputs_of(blocks):
+        codecs.check_finite(outputs, "row", table.rows + 1)
+        table.write({**{name: outputs[name] for name in columns},
+                     **(reserved.next() if reserved else {})})
+    table.close()
+    return table.rows
 
 
 CONVERT_TARGETS = ("recordio", "libsvm")

@@ -33,6 +33,11 @@ class Model(Protocol):
 
     def predictions_of(self, blocks: Iterable[Any]) -> Iterator[dict[str, np.ndarray]]: ...
 
+    @property
+    def output_columns(self) -> tuple[str, ...]: ...  # the columns of its predictions' tables
+
+    def outputs_of(self, blocks: Iterable[Any]) -> Iterator[dict[str, np.ndarray]]: ...
+
     def labelled_logits(self, blocks: Iterator[Any]
                         ) -> tuple[list[np.ndarray], list[np.ndarray]]: ...
 

@@ -353,6 +353,20 @@ class DeepFMModel:
                                                     if probs.shape[1] == 2 else {})}
         return {"y": y}
 
+    @property
+    def output_columns(self) -> tuple[str, ...]:
+        """The keys of :meth:`outputs`: the columns of ``fmkit predict``'s tables."""
+        if self.predictor_type == "binary_classifier":
+            return ("logits", "probs")
+        if self.predictor_type == "multiclass_classifier":
+            return ("logits", "probs", *(("probs1",) if self.features.num_class == 2 else ()))
+        return ("y",)
+
+    def outputs_of(self, blocks: Iterable[ColumnBatch | Encoded]
+                   ) -> Iterator[dict[str, np.ndarray]]:
+        """Each block's :meth:`outputs`, in order, several blocks at once (:meth:`_at_once`)."""
+        return self._at_once(self.outputs, blocks)
+
     def predictions(self, batch: ColumnBatch | Encoded) -> dict[str, np.ndarray]:
         """``score`` (and ``predicted_label`` for classifiers: an estimator's class names, as
         its ``predict`` gives them) of every row."""

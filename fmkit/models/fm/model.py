@@ -141,6 +141,16 @@ class FMModel:
         """Each block's :meth:`predictions`, in order (the kernel uses fmkit's threads)."""
         return map(self.predictions, blocks)
 
+    @property
+    def output_columns(self) -> tuple[str, ...]:
+        """The columns of ``fmkit predict``'s tables: SageMaker's response fields."""
+        return ("score", "predicted_label")[:2 if self.predictor_type == "binary_classifier"
+                                            else 1]
+
+    def outputs_of(self, blocks: Iterable[SparseBatch]) -> Iterator[dict[str, np.ndarray]]:
+        """:meth:`predictions_of`: an FM's named outputs are SageMaker's response fields."""
+        return self.predictions_of(blocks)
+
     def read(self, path: str | Path, fmt: str = "auto", *, labelled: bool = True
              ) -> Iterator[SparseBatch]:
         """Blocks of a channel (``fmt``: a training format, or ``json``/``jsonlines`` request

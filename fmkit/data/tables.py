@@ -1,0 +1,151 @@
+"""Predictions written as a table: a Parquet or CSV file of named columns.
+
+TorchEasyRec's offline prediction (``tzrec.predict``) writes its prediction dict and the
+``--reserved_columns`` of each input row through a ``ParquetWriter`` or ``CsvWriter``; ``fmkit
+predict`` does the same when its output is named ``.parquet``, ``.csv`` or ``.tsv`` or
+``--writer-type`` says so. As TorchEasyRec's writers: model outputs first, then the reserved
+columns; numbers as float32; one-value-per-class outputs as lists (Parquet only: a CSV cell
+holds one value). A Parquet file carries the key ``fmkit: predictions`` in its metadata, so a
+later run may replace it and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+
+from fmkit import files
+from fmkit.errors import DataError, HyperparameterError, excerpt
+
+WRITER_TYPES = {"ParquetWriter": "parquet", "CsvWriter": "csv"}  # TorchEasyRec's names
+SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
+DELIMITERS = {"csv": ",", "tsv": "\t"}
+_MARK = {b"fmkit": b"predictions"}
+# every column a model's predictions may have: an FM's (SageMaker's response fields) and a
+# DeepFM's (TorchEasyRec's prediction dict); a CSV file whose header starts with one is ours
+OUTPUT_NAMES = ("score", "predicted_label", "logits", "probs", "probs1", "y")
+
+
+def table_kind(output: str | Path | None, writer_type: str | None) -> str | None:
+    """``parquet``, ``csv`` or ``tsv`` when predictions go to a table (by ``writer_type``, else
+    by the output's suffix), None for SageMaker responses. A suffix that names another kind
+    than ``writer_type`` is refused."""
+    suffix = Path(output).suffix.lower() if output else ""
+    by_name = SUFFIXES.get(suffix)
+    if writer_type is None:
+        return by_name
+    kind = WRITER_TYPES.get(writer_type)
+    if kind is None:
+        raise HyperparameterError(f"--writer-type {excerpt(writer_type)}: expected one of "
+                                  f"{', '.join(WRITER_TYPES)}")
+    if by_name == "tsv" and kind == "csv":
+        return "tsv"
+    if suffix in (*SUFFIXES, ".jsonl", ".json", ".pbr") and by_name != kind:
+        raise HyperparameterError(f"--writer-type {writer_type} writes {kind}, and the "
+                                  f"output is named {suffix}: name it .{kind}")
+    if kind == "parquet" and (output is None or str(output) == "-"):
+        raise HyperparameterError("--writer-type ParquetWriter: Parquet is written to a "
+                                  "file: give --output FILE")
+    return kind
+
+
+def _ours(path: Path) -> bool:
+    """Whether an existing file is a table of predictions this module wrote."""
+    import pyarrow.parquet as pq
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(files.HEAD_BYTES)
+        if head.startswith(b"PAR1"):
+            return (pq.read_schema(path).metadata or {}).get(b"fmkit") == _MARK[b"fmkit"]
+    except (OSError, pa.ArrowException):
+        return False
+    first = head.split(b"\n", 1)[0]
+    return any(first.startswith(b'"%s"' % name.encode()) for name in OUTPUT_NAMES)
+
+
+TABLES = files.Recognise("fmkit's table of predictions", lambda head: False, file_test=_ours)
+
+
+def _arrow(values: Any) -> pa.Array:
+    """A column for the table: numbers as float32 (TorchEasyRec's writers), a row of several
+    values (one per class) as a list; input columns as they were read."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    values = np.asarray(values)
+    if values.dtype == object:  # (an estimator's class names)
+        return pa.array(values.tolist())
+    if values.ndim == 2:
+        flat = pa.array(values.astype(np.float32).ravel())
+        offsets = pa.array(np.arange(0, len(flat) + 1, values.shape[1], dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, flat)
+    return pa.array(values.astype(np.float32))
+
+
+class PredictionTable:
+    """Writes blocks of named columns to one Parquet or CSV file (``kind``), streamed: the
+    first block fixes the columns' types; a later block's column of another type is cast to it
+    or refused (a reserved column that is text in one input file and numbers in another)."""
+
+    def __init__(self, stream: BinaryIO, kind: str, source: str,
+                 names: tuple[list[str], list[str]] = ([], [])):
+        self.stream, self.kind, self.source = stream, kind, source
+        self.names = names  # (output columns, reserved columns): the header of no rows
+        self._writer: Any = None
+        self._schema: pa.Schema | None = None
+        self.rows = 0
+
+    def write(self, columns: Mapping[str, Any]) -> None:
+        arrays = [_arrow(values) for values in columns.values()]
+        batch = pa.RecordBatch.from_arrays(arrays, names=list(columns))
+        if self._writer is None:
+            self._open(batch.schema)
+        elif batch.schema != self._schema:
+            batch = self._conform(batch)
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def _open(self, schema: pa.Schema) -> None:
+        if self.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            self._schema = schema.with_metadata(_MARK)
+            self._writer = pq.ParquetWriter(self.stream, self._schema)
+            return
+        import pyarrow.csv as pcsv
+
+        listed = [field.name for field in schema if pa.types.is_list(field.type)]
+        if listed:
+            raise HyperparameterError(f"column {listed[0]!r} holds one value per class, and a "
+                                      "CSV cell holds one value: write Parquet (.parquet), or "
+                                      "choose other columns with --output-columns")
+        self._schema = schema
+        self._writer = pcsv.CSVWriter(self.stream, schema, write_options=pcsv.WriteOptions(
+            delimiter=DELIMITERS[self.kind]))
+
+    def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        arrays = []
+        for field, values in zip(self._schema, batch.columns):
+            if values.type == field.type:
+                arrays.append(values)
+                continue
+            try:
+                arrays.append(values.cast(field.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise DataError(self.source, self.rows + 1, f"column {field.name!r} holds "
+                                f"{values.type} here and {field.type} in the rows before: a "
+                                "table's column has one type") from None
+        return pa.RecordBatch.from_arrays(arrays, schema=self._schema)
+
+    def close(self) -> None:
+        """Finish the file (Parquet's footer); a table of no rows still has its columns
+        (outputs as float32, reserved columns as text)."""
+        if self._writer is None:
+            outputs, reserved = self.names
+            self._open(pa.schema([*((name, pa.float32()) for name in outputs),
+                                  *((name, pa.string()) for name in reserved)]))
+        self._writer.close()

@@ -1,0 +1,218 @@
+"""``fmkit predict`` writing a table (Parquet, CSV, TSV), as TorchEasyRec's predict writes one:
+the model's outputs, then the ``--reserved_columns``. Scores are checked against computations
+written here (a DeepFM in numpy, the FM's formula in numpy on scikit-learn's reading of the
+file); the files are read back with pyarrow and the csv module."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.datasets import load_svmlight_file
+
+from fmkit.data import columns as columns_module
+from fmkit.jobs.fm import train_files
+from fmkit.models.deepfm import config as configs
+from fmkit.models.deepfm.model import DeepFMModel
+
+from .conftest import shared_file
+from .deepfm_helpers import ROWS, numpy_forward, small, tables_of
+
+COPIES = 120  # 480 rows: in 4 KB blocks, several blocks scored at once
+
+
+def _rows() -> list[dict]:
+    return [{**row, "request_id": 1000 + i}
+            for i, row in enumerate(ROWS * COPIES)]
+
+
+def _write_inputs(tmp_path) -> dict[str, object]:
+    rows = _rows()
+    names = ["request_id", "user", "item", "tags", "age", "price"]
+    text = ",".join(names) + "\n" + "".join(
+        ",".join("" if row[n] is None else str(row[n]) for n in names) + "\n" for row in rows)
+    (tmp_path / "rows.csv").write_text(text)
+    pq.write_table(pa.table({
+        "request_id": pa.array([r["request_id"] for r in rows], pa.int64()),
+        "user": pa.array([str(r["user"]) for r in rows]),
+        "item": pa.array([r["item"] for r in rows], pa.int64()),
+        "tags": pa.array([r["tags"] for r in rows]),
+        "age": pa.array([r["age"] for r in rows], pa.int64()),
+        "price": pa.array([r["price"] for r in rows], pa.float64())}),
+        tmp_path / "rows.parquet", row_group_size=50)
+    return {"csv": tmp_path / "rows.csv", "parquet": tmp_path / "rows.parquet"}
+
+
+def _read_table(path) -> dict[str, list]:
+    """A written table's columns: pyarrow for Parquet, the csv module for text."""
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        return {name: table.column(name).to_pylist() for name in table.column_names}
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+    return {name: [line[i] for line in lines[1:]] for i, name in enumerate(lines[0])}
+
+
+@pytest.mark.parametrize("source, output", [("parquet", "p.parquet"), ("csv", "p.csv"),
+                                            ("parquet", "p.tsv"), ("csv", "p.parquet")])
+def test_a_deepfm_table_holds_torcheasyrecs_outputs_then_the_reserved_columns(
+        small_deepfm_dir, cli, tmp_path, monkeypatch, source, output):
+    small_blocks, parquet_blocks = columns_module.iter_line_blocks, columns_module.read_parquet
+    monkeypatch.setattr(columns_module, "iter_line_blocks",
+                        lambda path, size: small_blocks(path, 4096))
+    monkeypatch.setattr(columns_module, "read_parquet",
+                        lambda path, shard: parquet_blocks(path, 40, shard))
+    data = _write_inputs(tmp_path)[source]
+    code, _, err = cli("predict", "--model-dir", small_deepfm_dir, "--data", data,
+                       "--output", tmp_path / output, "--reserved_columns", "request_id,user")
+    assert code == 0, err
+    got = _read_table(tmp_path / output)
+    assert list(got) == ["logits", "probs", "request_id", "user"]  # (TorchEasyRec's order)
+
+    model = DeepFMModel.load(small_deepfm_dir)
+    state = {k: v.double().numpy() for k, v in model.net.state_dict().items()}
+    expected = numpy_forward(state, tables_of(model), ROWS * COPIES)
+    logits = np.array(got["logits"], dtype=np.float64)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)  # (float32 written)
+    np.testing.assert_allclose(np.array(got["probs"], dtype=np.float64),
+                               1 / (1 + np.exp(-expected)), rtol=1e-5, atol=1e-6)
+    ids = [1000 + i for i in range(len(expected))]
+    users = [str(row["user"]) for row in ROWS * COPIES]
+    if output.endswith(".parquet"):
+        schema = pq.read_schema(tmp_path / output)
+        assert schema.field("logits").type == pa.float32()
+        # a Parquet input's column keeps its type; text fields are text
+        assert got["request_id"] == (ids if source == "parquet" else [str(i) for i in ids])
+    else:
+        assert got["request_id"] == [str(i) for i in ids]
+    assert got["user"] == users
+
+
+def test_output_columns_and_the_writer_type_choose_as_torcheasyrec(small_deepfm_dir, cli,
+                                                                  tmp_path):
+    data = _write_inputs(tmp_path)["parquet"]
+    code, out, err = cli("predict", "--model-dir", small_deepfm_dir, "--data", data,
+                         "--writer_type", "CsvWriter", "--output_columns", "probs",
+                         "--reserved-columns", "request_id", "--quiet")
+    assert code == 0, err
+    lines = list(csv.reader(out.splitlines()))
+    assert lines[0] == ["probs", "request_id"] and len(lines) == 1 + len(ROWS) * COPIES
+    assert [line[1] for line in lines[1:]] == [str(1000 + i) for i in range(len(lines) - 1)]
+    code, _, err = cli("predict", "--model-dir", small_deepfm_dir, "--data", data,
+                       "--writer-type", "ParquetWriter", "--output", tmp_path / "preds")
+    assert code == 0, err
+    assert pq.read_table(tmp_path / "preds").column_names == ["logits", "probs"]
+
+
+def test_an_fm_table_holds_score_and_predicted_label(cli, tmp_path):
+    rows = shared_file("a9a_libsvm", "a9a").read_text().splitlines()[:3000]
+    (tmp_path / "a.svm").write_text("\n".join(rows) + "\n")
+    train_files({"feature_dim": 123, "num_factors": 4, "predictor_type": "binary_classifier",
+                 "epochs": 1}, tmp_path / "a.svm", tmp_path / "fm", progress=False)
+    code, _, err = cli("predict", "--model-dir", tmp_path / "fm", "--data", tmp_path / "a.svm",
+                       "--output", tmp_path / "p.parquet")
+    assert code == 0, err
+    got = pq.read_table(tmp_path / "p.parquet")
+    assert got.column_names == ["score", "predicted_label"]
+
+    X, _ = load_svmlight_file(str(tmp_path / "a.svm"), n_features=123, zero_based=False)
+    with np.load(tmp_path / "fm" / "weights.npz", allow_pickle=False) as weights:
+        w0, w, V = (weights[k].astype(np.float64) for k in ("w0", "w", "V"))
+    X = X.toarray()
+    y = w0.reshape(()) + X @ w.ravel() + 0.5 * ((X @ V) ** 2 - (X ** 2) @ (V ** 2)).sum(axis=1)
+    expected = 1 / (1 + np.exp(-y))
+    scores = np.array(got.column("score").to_pylist())
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    assert got.column("predicted_label").to_pylist() == (expected >= 0.5).astype(float).tolist()
+
+
+def test_class_scores_are_lists_in_parquet_and_refused_in_csv(cli, tmp_path):
+    for classes in (3, 2):
+        document = small(model_config={**small()["model_config"], "num_class": classes,
+                                       "losses": [{"softmax_cross_entropy": {}}]})
+        DeepFMModel.create(configs.parse(document)).save(tmp_path / f"m{classes}")
+    data = _write_inputs(tmp_path)["parquet"]
+    code, _, err = cli("predict", "--model-dir", tmp_path / "m3", "--data", data,
+                       "--output", tmp_path / "p.parquet")
+    assert code == 0, err
+    table = pq.read_table(tmp_path / "p.parquet")
+    assert table.column_names == ["logits", "probs"]
+    logits = np.array(table.column("logits").to_pylist(), dtype=np.float64)
+    assert logits.shape == (len(ROWS) * COPIES, 3)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(np.array(table.column("probs").to_pylist()),
+                               e / e.sum(axis=1, keepdims=True), rtol=1e-5)
+    code, _, err = cli("predict", "--model-dir", tmp_path / "m2", "--data", data,
+                       "--output", tmp_path / "p2.parquet")
+    assert code == 0, err
+    table = pq.read_table(tmp_path / "p2.parquet")
+    assert table.column_names == ["logits", "probs", "probs1"]
+    assert table.column("probs1").to_pylist() == [p[1] for p in table.column("probs").to_pylist()]
+
+    code, _, err = cli("predict", "--model-dir", tmp_path / "m3", "--data", data,
+                       "--output", tmp_path / "p.csv")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "column 'logits' holds one value per class, and a CSV cell holds one value" in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_table_replaces_only_a_table_of_predictions(small_deepfm_dir, cli, tmp_path):
+    data = _write_inputs(tmp_path)["csv"]
+    pq.write_table(pa.table({"probs": [0.5]}), tmp_path / "theirs.parquet")  # not ours
+    (tmp_path / "theirs.csv").write_text("logits,probs\n1,2\n")  # (unquoted: not pyarrow's)
+    for name in ("theirs.parquet", "theirs.csv"):
+        before = (tmp_path / name).read_bytes()
+        code, _, err = cli("predict", "--model-dir", small_deepfm_dir, "--data", data,
+                           "--output", tmp_path / name)
+        assert code == 1 and err.count("\n") == 1, err
+        assert f"{tmp_path / name}: exists and is not fmkit's table of predictions" in err
+        assert (tmp_path / name).read_bytes() == before
+    assert "(it starts 'PAR1" in cli("predict", "--model-dir", small_deepfm_dir, "--data",
+                                       data, "--output", tmp_path / "theirs.parquet")[2]
+    for name in ("ours.parquet", "ours.csv"):  # a second run replaces the first's table
+        for run in range(2):
+            code, _, err = cli("predict", "--model-dir", small_deepfm_dir, "--data", data,
+                               "--output", tmp_path / name, "--output-columns", "probs")
+            assert code == 0, (run, err)
+
+
+@pytest.mark.parametrize("extra, problem", [
+    (["--output", "o.csv", "--accept", "application/json"],
+     "--accept application/json: a csv table is not a SageMaker response"),
+    (["--output", "o.jsonl", "--output-columns", "probs"],
+     "--output-columns chooses a table's columns"),
+    (["--output", "o.csv", "--output-columns", "score"],
+     "--output-columns: 'score' is not an output of this model (logits, probs)"),
+    (["--output", "o.csv", "--reserved-columns", "probs"],
+     "--reserved-columns: 'probs' is a column of the predictions"),
+    (["--output", "o.parquet", "--writer-type", "CsvWriter"],
+     "--writer-type CsvWriter writes csv, and the output is named .parquet: name it .csv"),
+    (["--writer-type", "ParquetWriter"], "Parquet is written to a file: give --output FILE"),
+    (["--output", "o", "--writer-type", "OdpsWriter"],
+     "--writer-type 'OdpsWriter': expected one of ParquetWriter, CsvWriter"),
+])
+def test_table_options_that_contradict_are_one_line(small_deepfm_dir, cli, tmp_path,
+                                                    monkeypatch, extra, problem):
+    monkeypatch.chdir(tmp_path)
+    data = _write_inputs(tmp_path)["csv"]
+    code, out, err = cli("predict", "--model-dir", small_deepfm_dir, "--data", data, *extra)
+    assert code == 1 and err.count("\n") == 1 and problem in err, err
+    assert not out and not list(tmp_path.glob("o*"))
+
+
+def test_reserved_ids_of_json_instances_are_text_in_a_table(small_deepfm_dir, cli, tmp_path):
+    """JSON values' types may change from line to line; a table's column keeps one, so ids
+    from JSON are written as text (a JSON response keeps them as they came)."""
+    lines = [json.dumps({**row, "user": 7 if i % 2 else "alice"}) for i, row in enumerate(ROWS)]
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    code, _, err = cli("predict", "--model-dir", small_deepfm_dir, "--data",
+                       tmp_path / "rows.jsonl", "--output", tmp_path / "p.parquet",
+                       "--reserved_columns", "user,item")
+    assert code == 0, err
+    table = pq.read_table(tmp_path / "p.parquet")
+    assert table.column("user").to_pylist() == ["alice", "7", "alice", "7"]
+    assert table.column("item").to_pylist() == [str(row["item"]) for row in ROWS]
