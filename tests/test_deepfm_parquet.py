@@ -206,3 +206,39 @@ def test_a_bad_parquet_value_names_file_and_row(tmp_path):
     with pytest.raises(DataError, match=r"bad.parquet: row 151: column 'I1': 'lots' is not a"):
         _train(tmp_path, "m", path, **{"data_config.dataset_type": "ParquetDataset"})
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("occupation, problem", [
+    (pa.array([{"x": 1}, None, {"x": 2}]), "row 1: column 'occupation': expected text or "
+     "numbers, got struct<x: int64>"),
+    (pa.array([b"writer", b"\xff\xfe", b"other"]),
+     "row 2: column 'occupation': bytes that are not UTF-8 text"),
+    (pa.array([None, [("k", 1)], None], pa.map_(pa.string(), pa.int64())),
+     "row 2: column 'occupation': expected text or numbers, got map<string, int64"),
+    (pa.array([["a"], None, [b"\xff"]], pa.list_(pa.binary())),
+     "row 3: column 'occupation': bytes that are not UTF-8 text"),
+])
+def test_an_id_column_of_values_that_are_not_ids_is_one_line(tmp_path, cli, occupation,
+                                                            problem):
+    """A Parquet id column of structs, maps or bytes that are not UTF-8 was a pyarrow
+    traceback ('Unsupported cast from struct<x: int64> to utf8'); bytes that are UTF-8 (how
+    some writers store text) read as the text they hold."""
+    config = configs.parse(config_files.load_document(REPO / "examples" / "deepfm_movielens.yaml"))
+    from fmkit.models.deepfm.model import DeepFMModel
+
+    model = DeepFMModel.create(config)
+    model.save(tmp_path / "m")
+    columns = {"user_id": [1, 2, 3], "item_id": [3, 4, 5], "age": [20, 30, 40],
+               "gender": ["M", "F", "M"], "zip": ["857", "940", "857"],
+               "year": [1995.0, 1980.0, 1990.0], "genres": ["Action", "Drama", "Comedy"]}
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({**columns, "occupation": occupation}), path)
+    code, out, err = cli("predict", "--model-dir", tmp_path / "m", "--data", path)
+    assert code == 1 and not out and err.count("\n") == 1 and f"{path}: {problem}" in err, err
+
+    scores = []
+    for name, values in (("text", ["writer", "other", "writer"]),
+                         ("bytes", [b"writer", b"other", b"writer"])):
+        pq.write_table(pa.table({**columns, "occupation": values}), tmp_path / f"{name}.pq")
+        scores.append(model.predictions(next(model.read(tmp_path / f"{name}.pq")))["score"])
+    np.testing.assert_array_equal(scores[0], scores[1])

@@ -387,6 +387,59 @@ def test_every_feature_kind(every_kind, every_kind_client, work, data):
                         codecs.JSON)
 
 
+def _arrow_values(rows: int) -> list:
+    """Arrow columns of every kind a Parquet file may hold, ``rows`` long (nulls mixed in):
+    what a feature's column may be replaced with."""
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+
+    def cycle(values: list, kind=None):
+        return pa.array([values[i % len(values)] for i in range(rows)], kind)
+
+    return [
+        cycle([{"x": 1}, None]), cycle([[("k", 1)], None], pa.map_(pa.string(), pa.int64())),
+        cycle([[("a", "3")], [("b", "x:y")]], pa.map_(pa.string(), pa.string())),
+        cycle([b"u1", b"\xff\xfe", None]), cycle([b"ab", b"\x00\x01"], pa.binary(2)),
+        cycle([b"a|b", b"c"], pa.large_binary()), cycle([[b"a"], [b"\xff"], None]),
+        cycle([[{"x": 1}], None]), cycle([[["a"]], [[]], None]), cycle([[1, 2], None, []],
+                                                                        pa.large_list(pa.int64())),
+        cycle([True, False, None]), cycle([-128, 127], pa.int8()),
+        cycle([2**64 - 1, 0], pa.uint64()), cycle([1.5, float("nan"), float("inf"), 1e300]),
+        cycle([1.0, -65504.0], pa.float16()), cycle([decimal.Decimal("1e30"), None]),
+        cycle([datetime.date(2020, 1, 1), None]),
+        cycle([datetime.datetime(2262, 4, 11), None], pa.timestamp("ns")),
+        cycle([datetime.timedelta(days=1)]), cycle([datetime.time(1, 2)]),
+        cycle(["a", "b", None]).dictionary_encode(), pa.nulls(rows),
+        cycle(["\u0663\u0660", "a\x1db:1", "", "1e39", " 7 "]), cycle(["x"], pa.large_string()),
+        cycle([[1.5, None], [float("inf")]]),
+    ]
+
+
+@FUZZ
+@given(data=st.data())
+def test_parquet_columns_of_every_type(every_kind, work, data):
+    """A Parquet file to score whose columns hold other Arrow types (structs, maps, bytes
+    that are not UTF-8, dates, float16, huge decimals, nested lists...): finite scores, or
+    a clean error naming the file."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    table = pcsv.read_csv(io.BytesIO(every_kind["tsv"][0]), parse_options=pcsv.ParseOptions(
+        delimiter="\t"), convert_options=pcsv.ConvertOptions(
+        column_types={n: pa.string() for n in EVERY_KIND_COLUMNS}))
+    choices = _arrow_values(table.num_rows)
+    for _ in range(data.draw(st.integers(1, 3))):
+        name = data.draw(st.sampled_from([n for n in table.column_names if n != "label"]))
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 data.draw(st.sampled_from(choices)))
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    predict_outcome(every_kind["model"], buffer.getvalue(), "auto", work)
+
+
 @FUZZ
 @given(data=st.data())
 def test_readers_alone(fm, ffm, work, data):

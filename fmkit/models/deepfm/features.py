@@ -288,9 +288,8 @@ class Feature:
             return self._lookup(batch)
         if self.kind == "combo_feature":
             flat, offsets = transforms.crossed(
-                [transforms.value_lists(batch.column(c), self.config.separator,
-                                        self.config.default_value) for c in self.columns],
-                batch.n_rows)
+                [self._lists(batch, c, self.config.separator, self.config.default_value)
+                 for c in self.columns], batch.n_rows)
         else:
             column = batch.column(self.column)
             separator = getattr(self.config, "sequence_delim", None) or self.config.separator
@@ -299,9 +298,18 @@ class Feature:
                     and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type))):
                 return hash_value_lists(column, separator, self.config.default_value or "",
                                         limit, self.num_embeddings)
-            flat, offsets = transforms.value_lists(column, separator, self.config.default_value,
-                                                   limit)
+            flat, offsets = self._lists(batch, self.column, separator,
+                                        self.config.default_value, limit)
         return self._bucketize(flat, offsets, batch)
+
+    def _lists(self, batch: ColumnBatch, name: str, separator: str, default: str = "",
+               limit: int | None = None) -> tuple[pa.Array, np.ndarray]:
+        """:func:`transforms.value_lists` of a column: a value that cannot be an id (a struct,
+        bytes that are not UTF-8) is a :class:`DataError` naming its row and column."""
+        try:
+            return transforms.value_lists(batch.column(name), separator, default, limit)
+        except transforms.NotText as e:
+            raise batch.error(e.row, f"column {name!r}: {e}") from None
 
     def _normalized(self, values: np.ndarray) -> np.ndarray:
         """float64 values (NaN = missing, given ``default_value``) after the normalizer."""
@@ -352,8 +360,8 @@ class Feature:
         """A number sequence per row: its values' buckets pooled by the embedding bag, or
         (dense) their sum or mean; an empty sequence is one ``default_value``."""
         config = self.config
-        flat, offsets = transforms.value_lists(batch.column(self.column), config.sequence_delim,
-                                               "", config.sequence_length)
+        flat, offsets = self._lists(batch, self.column, config.sequence_delim, "",
+                                    config.sequence_length)
         row_of = np.repeat(np.arange(batch.n_rows), np.diff(offsets))
         values = _numbers(flat, batch, self.column, row_of)
         counts = np.diff(offsets)
@@ -377,9 +385,13 @@ class Feature:
 
     def _lookup(self, batch: ColumnBatch) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
         config = self.config
-        found, offsets = transforms.looked_up(batch.column(self.columns[0]),
-                                              batch.column(self.columns[1]), config.separator,
-                                              config.need_key and config.need_discrete)
+        try:
+            found, offsets = transforms.looked_up(batch.column(self.columns[0]),
+                                                  batch.column(self.columns[1]),
+                                                  config.separator,
+                                                  config.need_key and config.need_discrete)
+        except transforms.NotText as e:  # (the keys: the map's cells are read as pairs)
+            raise batch.error(e.row, f"column {self.columns[1]!r}: {e}") from None
         if config.need_discrete:
             return self._bucketize(pa.array(found, pa.string()), offsets, batch)
         row_of = np.repeat(np.arange(batch.n_rows), np.diff(offsets))

@@ -25,24 +25,57 @@ COMBINERS = ("sum", "mean", "min", "max", "count")
 PAIRS = "\x1d"
 
 
+class NotText(ValueError):
+    """Values that cannot be ids: neither text nor numbers (a Parquet struct or map column),
+    or bytes that are not UTF-8. ``row``: the first such value's position."""
+
+    def __init__(self, problem: str, row: int = 0):
+        super().__init__(problem)
+        self.row = row
+
+
 def texts(values: pa.Array) -> pa.Array:
     """Values as text (numbers as :func:`fmkit.data.columns.number_texts` writes them: ``5.0``
-    is ``"5"``, so a number read from CSV or JSON is the same id)."""
+    is ``"5"``, so a number read from CSV or JSON is the same id; dates, decimals and bytes as
+    Arrow spells them); :class:`NotText` for values that have no text."""
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return values
     if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
         return number_texts(values)
     if pa.types.is_null(values.type):
         return pa.array([None] * len(values), pa.string())
-    return pc.cast(values, pa.string())
+    return _cast(values, pa.string())
+
+
+def _cast(values: pa.Array, to: pa.DataType) -> pa.Array:
+    try:
+        return pc.cast(values, to)
+    except pa.ArrowInvalid:  # (bytes to text: the first value that is not UTF-8)
+        row = next((i for i, v in enumerate(values.to_pylist()) if not _utf8(v)), 0)
+        raise NotText("bytes that are not UTF-8 text", row) from None
+    except pa.ArrowNotImplementedError:
+        present = np.flatnonzero(values.is_valid().to_numpy(zero_copy_only=False))
+        raise NotText(f"expected text or numbers, got {values.type}",
+                      int(present[0]) if present.size else 0) from None
+
+
+def _utf8(value: object) -> bool:
+    if not isinstance(value, bytes):
+        return not isinstance(value, list) or all(map(_utf8, value))
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def value_lists(column: pa.Array, separator: str, default: str = "",
                 limit: int | None = None) -> tuple[pa.Array, np.ndarray]:
     """The non-empty values of each row of ``column`` (text split by ``separator``, or a list
-    column), missing rows given ``default``, at most the first ``limit`` per row."""
+    column), missing rows given ``default``, at most the first ``limit`` per row;
+    :class:`NotText` (naming its row) for values that cannot be ids."""
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-        lists = pc.cast(column, pa.list_(pa.string()))
+        lists = _cast(column, pa.list_(pa.string()))
         if default:
             lists = pc.if_else(pc.is_null(lists), pa.scalar([default], pa.list_(pa.string())),
                                lists)
