@@ -216,3 +216,34 @@ def test_reserved_ids_of_json_instances_are_text_in_a_table(small_deepfm_dir, cl
     table = pq.read_table(tmp_path / "p.parquet")
     assert table.column("user").to_pylist() == ["alice", "7", "alice", "7"]
     assert table.column("item").to_pylist() == [str(row["item"]) for row in ROWS]
+
+
+def test_a_reserved_column_keeps_one_type_over_the_files(small_deepfm_dir, tmp_path):
+    """A directory of Parquet files: ids of int32 after int64 are cast to int64; text where
+    numbers were is one line naming the file, and no table (nor a message from pyarrow's
+    unfinished writer) is left."""
+    from .conftest import run_fmkit
+
+    rows = _rows()[:8]
+    features = {"user": [str(r["user"]) for r in rows], "item": [r["item"] for r in rows],
+                "tags": [r["tags"] for r in rows], "age": [r["age"] for r in rows],
+                "price": [r["price"] for r in rows]}
+    data = tmp_path / "data"
+    data.mkdir()
+    for file in range(6):  # (more blocks than are scored at once: the table is begun)
+        ids = pa.array(range(8 * file, 8 * file + 8), pa.int32() if file % 2 else pa.int64())
+        pq.write_table(pa.table({**features, "rid": ids}), data / f"{file}.parquet")
+    result = run_fmkit("predict", "--model-dir", small_deepfm_dir, "--data", data,
+                       "--output", tmp_path / "p.parquet", "--reserved_columns", "rid", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(tmp_path / "p.parquet").column("rid").to_pylist() == list(range(48))
+
+    pq.write_table(pa.table({**features, "rid": [f"r{i}" for i in range(8)]}),
+                   data / "7.parquet")
+    for output in ("q.parquet", "q.csv"):
+        result = run_fmkit("predict", "--model-dir", small_deepfm_dir, "--data", data,
+                           "--output", tmp_path / output, "--reserved_columns", "rid")
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert (f"{data / '7.parquet'}: row 1: column 'rid' holds string here and int64 in "
+                "the rows before: a table's column has one type") in result.stderr
+        assert not (tmp_path / output).exists()

@@ -11,6 +11,7 @@ later run may replace it and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from fmkit import files
-from fmkit.errors import DataError, HyperparameterError, excerpt
+from fmkit.errors import HyperparameterError, excerpt
 
 WRITER_TYPES = {"ParquetWriter": "parquet", "CsvWriter": "csv"}  # TorchEasyRec's names
 SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
@@ -86,14 +87,35 @@ def _arrow(values: Any) -> pa.Array:
     return pa.array(values.astype(np.float32))
 
 
-class PredictionTable:
-    """Writes blocks of named columns to one Parquet or CSV file (``kind``), streamed: the
-    first block fixes the columns' types; a later block's column of another type is cast to it
-    or refused (a reserved column that is text in one input file and numbers in another)."""
+class OneType:
+    """Keeps each reserved column of a table to one type: the first block's. A later block's
+    values are cast to it (a Parquet file of int32 ids after one of int64), or refused naming
+    the block's first row (text where numbers were). Values of JSON instances, whose types may
+    change from line to line, are text."""
 
-    def __init__(self, stream: BinaryIO, kind: str, source: str,
+    def __init__(self) -> None:
+        self.types: dict[str, pa.DataType] = {}
+
+    def __call__(self, block: Any, name: str, values: pa.Array) -> pa.Array:
+        if block.absent_is_missing:
+            values = values.cast(pa.string())
+        kind = self.types.setdefault(name, values.type)
+        if values.type == kind:
+            return values
+        try:
+            return values.cast(kind)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise block.error(0, f"column {name!r} holds {values.type} here and {kind} in the "
+                              "rows before: a table's column has one type") from None
+
+
+class PredictionTable:
+    """Writes blocks of named columns to one Parquet or CSV file (``kind``), streamed; the
+    first block fixes the columns and their types (reserved columns: :class:`OneType`)."""
+
+    def __init__(self, stream: BinaryIO, kind: str,
                  names: tuple[list[str], list[str]] = ([], [])):
-        self.stream, self.kind, self.source = stream, kind, source
+        self.stream, self.kind = stream, kind
         self.names = names  # (output columns, reserved columns): the header of no rows
         self._writer: Any = None
         self._schema: pa.Schema | None = None
@@ -101,13 +123,10 @@ class PredictionTable:
 
     def write(self, columns: Mapping[str, Any]) -> None:
         arrays = [_arrow(values) for values in columns.values()]
-        batch = pa.RecordBatch.from_arrays(arrays, names=list(columns))
         if self._writer is None:
-            self._open(batch.schema)
-        elif batch.schema != self._schema:
-            batch = self._conform(batch)
-        self._writer.write_batch(batch)
-        self.rows += batch.num_rows
+            self._open(pa.RecordBatch.from_arrays(arrays, names=list(columns)).schema)
+        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self._schema))
+        self.rows += len(arrays[0])
 
     def _open(self, schema: pa.Schema) -> None:
         if self.kind == "parquet":
@@ -127,20 +146,6 @@ class PredictionTable:
         self._writer = pcsv.CSVWriter(self.stream, schema, write_options=pcsv.WriteOptions(
             delimiter=DELIMITERS[self.kind]))
 
-    def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        arrays = []
-        for field, values in zip(self._schema, batch.columns):
-            if values.type == field.type:
-                arrays.append(values)
-                continue
-            try:
-                arrays.append(values.cast(field.type))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                raise DataError(self.source, self.rows + 1, f"column {field.name!r} holds "
-                                f"{values.type} here and {field.type} in the rows before: a "
-                                "table's column has one type") from None
-        return pa.RecordBatch.from_arrays(arrays, schema=self._schema)
-
     def close(self) -> None:
         """Finish the file (Parquet's footer); a table of no rows still has its columns
         (outputs as float32, reserved columns as text)."""
@@ -149,3 +154,10 @@ class PredictionTable:
             self._open(pa.schema([*((name, pa.float32()) for name in outputs),
                                   *((name, pa.string()) for name in reserved)]))
         self._writer.close()
+
+    def discard(self) -> None:
+        """Let go of a table left unfinished by an error (its file is removed)."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None

@@ -7,7 +7,7 @@ and the SageMaker entry point. Hyperparameters are validated before any data is 
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -251,15 +251,16 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
     columns = _output_columns(model, output_columns) if kind else ()
     writer = None if kind else codecs.ResponseWriter(accept or codecs.JSONLINES, unit="row")
     reserved = (_Reserved(model, reserved_columns, columns or codecs.RESPONSE_FIELDS,
-                          writer.accept if writer else None) if reserved_columns else None)
+                          writer.accept if writer else None, None if writer else tables.OneType())
+                if reserved_columns else None)
     try:  # the reader parses a block ahead on a core of its own: scoring leaves it that core
         with (files.output_stream(output, tables.TABLES if kind else codecs.RESPONSES) as out,
               leaving_cores(1)):
             blocks = background(model.read(data_path, fmt, labelled=False))
             blocks = reserved.tap(blocks) if reserved else blocks
             if writer is None:
-                table = tables.PredictionTable(out, kind, str(data_path), (
-                    list(columns), reserved.names if reserved else []))
+                table = tables.PredictionTable(out, kind, (list(columns),
+                                                           reserved.names if reserved else []))
                 return _write_table(model, blocks, table, columns, reserved)
             return _write_predictions(model, blocks, writer, out, reserved)
     except codecs.RequestError as e:
@@ -281,8 +282,8 @@ class _Reserved:
     block goes in and handed out, in order, as its predictions come out."""
 
     def __init__(self, model: Model, names: Sequence[str], outputs: Sequence[str],
-                 accept: str | None):
-        self.tabled = accept is None  # (a table: see _column)
+                 accept: str | None, conform: Callable[[Any, str, Any], Any] | None = None):
+        self.conform = conform  # a table's: each column keeps one type (tables.OneType)
         if isinstance(model, FMModel):
             raise HyperparameterError("--reserved-columns: an FM's rows have no named columns "
                                       "(a DeepFM's have)")
@@ -309,11 +310,10 @@ class _Reserved:
             yield block
 
     def _column(self, block: Any, name: str) -> Any:
-        """A reserved column's values (a pyarrow array), for a table as text where they come
-        from JSON instances: their types may change from block to block, a table's column
-        keeps one (a Parquet file's keep theirs; CSV fields are text already)."""
+        """A reserved column's values (a pyarrow array), as a table keeps them when it is
+        one."""
         values = block.column(name)
-        return values.cast("string") if self.tabled and block.absent_is_missing else values
+        return self.conform(block, name, values) if self.conform else values
 
     def next(self) -> dict[str, Any]:
         return self.pending.popleft()
@@ -349,11 +349,15 @@ def _write_predictions(model: Model, blocks: Iterable[Any], writer: codecs.Respo
 
 def _write_table(model: Model, blocks: Iterable[Any], table: Any,
                  columns: Sequence[str], reserved: _Reserved | None = None) -> int:
-    for outputs in model.outputs_of(blocks):
-        codecs.check_finite(outputs, "row", table.rows + 1)
-        table.write({**{name: outputs[name] for name in columns},
-                     **(reserved.next() if reserved else {})})
-    table.close()
+    try:
+        for outputs in model.outputs_of(blocks):
+            codecs.check_finite(outputs, "row", table.rows + 1)
+            table.write({**{name: outputs[name] for name in columns},
+                         **(reserved.next() if reserved else {})})
+        table.close()
+    except BaseException:
+        table.discard()
+        raise
     return table.rows
 
 
