@@ -247,3 +247,30 @@ def test_a_reserved_column_keeps_one_type_over_the_files(small_deepfm_dir, tmp_p
         assert (f"{data / '7.parquet'}: row 1: column 'rid' holds string here and int64 in "
                 "the rows before: a table's column has one type") in result.stderr
         assert not (tmp_path / output).exists()
+
+
+def test_a_declared_input_type_types_a_text_column(small_deepfm_dir, cli, tmp_path):
+    """As TorchEasyRec's CSV reader parses a column an ``input_fields`` entry types, a table
+    holds a CSV column declared INT64 as int64 (FLOAT: float32); a value that is not one
+    names its line."""
+    fields = ("[{input_name: rid, input_type: INT64}, {input_name: user}, {input_name: item},"
+              " {input_name: tags}, {input_name: age, input_type: FLOAT}, {input_name: price}]")
+    lines = ["rid,user,item,tags,age,price", "7,u1,3,a,20,1.5", "8,u2,4,b,,2.5"]
+    (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
+    code, _, err = cli("predict", "--model-dir", small_deepfm_dir, "--data", tmp_path / "r.csv",
+                       "--output", tmp_path / "p.parquet", "--reserved_columns", "rid,age,user",
+                       "--set", f"data_config.input_fields={fields}")
+    assert code == 0, err
+    table = pq.read_table(tmp_path / "p.parquet")
+    types = [table.schema.field(n).type for n in ("rid", "age", "user")]
+    assert types[:2] == [pa.int64(), pa.float32()] and pa.types.is_large_string(types[2])
+    assert table.column("rid").to_pylist() == [7, 8]
+    assert table.column("age").to_pylist() == [20.0, None]
+
+    (tmp_path / "r.csv").write_text("\n".join([*lines, "r9,u3,5,c,40,0.5"]) + "\n")
+    code, _, err = cli("predict", "--model-dir", small_deepfm_dir, "--data", tmp_path / "r.csv",
+                       "--output", tmp_path / "q.parquet", "--reserved_columns", "rid",
+                       "--set", f"data_config.input_fields={fields}")
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"{tmp_path / 'r.csv'}:4: column 'rid': 'r9' is not INT64 (its input_type)" in err
+    assert not (tmp_path / "q.parquet").exists()

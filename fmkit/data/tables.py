@@ -87,18 +87,31 @@ def _arrow(values: Any) -> pa.Array:
     return pa.array(values.astype(np.float32))
 
 
-class OneType:
-    """Keeps each reserved column of a table to one type: the first block's. A later block's
-    values are cast to it (a Parquet file of int32 ids after one of int64), or refused naming
-    the block's first row (text where numbers were). Values of JSON instances, whose types may
-    change from line to line, are text."""
+# TorchEasyRec's scalar FieldTypes as Arrow types: its CSV reader parses a column declared
+# with one (data_config.input_fields' input_type), and its writers keep that type
+DECLARED = {"INT32": pa.int32(), "INT64": pa.int64(), "STRING": pa.string(),
+            "FLOAT": pa.float32(), "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_()}
 
-    def __init__(self) -> None:
-        self.types: dict[str, pa.DataType] = {}
+
+class OneType:
+    """Keeps each reserved column of a table to one type: the ``input_type`` its input field
+    declares (TorchEasyRec's names; text is parsed, a value that is not one is refused naming
+    its row), else the first block's. A later block's values are cast to it (a Parquet file of
+    int32 ids after one of int64), or refused naming the block's first row (text where
+    numbers were). Undeclared values of JSON instances, whose types may change from line to
+    line, are text."""
+
+    def __init__(self, declared: Mapping[str, str] | None = None) -> None:
+        self.declared = {name: kind for name, kind in (declared or {}).items()
+                         if kind in DECLARED}
+        self.types = {name: DECLARED[kind] for name, kind in self.declared.items()}
 
     def __call__(self, block: Any, name: str, values: pa.Array) -> pa.Array:
         if block.absent_is_missing:
             values = values.cast(pa.string())
+        if name in self.declared and (pa.types.is_string(values.type)
+                                      or pa.types.is_large_string(values.type)):
+            return self._parsed(block, name, values, self.types[name])
         kind = self.types.setdefault(name, values.type)
         if values.type == kind:
             return values
@@ -107,6 +120,18 @@ class OneType:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise block.error(0, f"column {name!r} holds {values.type} here and {kind} in the "
                               "rows before: a table's column has one type") from None
+
+    def _parsed(self, block: Any, name: str, values: pa.Array, kind: pa.DataType) -> pa.Array:
+        try:
+            return values.cast(kind)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            for row, text in enumerate(values.to_pylist()):
+                try:
+                    pa.array([text], pa.string()).cast(kind)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    raise block.error(row, f"column {name!r}: {excerpt(text)} is not "
+                                      f"{self.declared[name]} (its input_type)") from None
+            raise
 
 
 class PredictionTable:

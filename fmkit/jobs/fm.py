@@ -251,8 +251,9 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
     columns = _output_columns(model, output_columns) if kind else ()
     writer = None if kind else codecs.ResponseWriter(accept or codecs.JSONLINES, unit="row")
     reserved = (_Reserved(model, reserved_columns, columns or codecs.RESPONSE_FIELDS,
-                          writer.accept if writer else None, None if writer else tables.OneType())
-                if reserved_columns else None)
+                          writer.accept if writer else None) if reserved_columns else None)
+    if reserved and not writer:  # (a DeepFM's: _Reserved refuses an FM)
+        reserved.conform = tables.OneType(model.input_types())
     try:  # the reader parses a block ahead on a core of its own: scoring leaves it that core
         with (files.output_stream(output, tables.TABLES if kind else codecs.RESPONSES) as out,
               leaving_cores(1)):
@@ -282,8 +283,9 @@ class _Reserved:
     block goes in and handed out, in order, as its predictions come out."""
 
     def __init__(self, model: Model, names: Sequence[str], outputs: Sequence[str],
-                 accept: str | None, conform: Callable[[Any, str, Any], Any] | None = None):
-        self.conform = conform  # a table's: each column keeps one type (tables.OneType)
+                 accept: str | None):
+        # a table's: each column keeps one type (tables.OneType)
+        self.conform: Callable[[Any, str, Any], Any] | None = None
         if isinstance(model, FMModel):
             raise HyperparameterError("--reserved-columns: an FM's rows have no named columns "
                                       "(a DeepFM's have)")

@@ -296,6 +296,12 @@ class DeepFMModel:
         return fields or list(dict.fromkeys(
             [*self.features.input_columns(), self.features.label]))
 
+    def input_types(self) -> dict[str, str]:
+        """The ``input_type`` each configured input field declares (TorchEasyRec's
+        ``FieldType`` names), for the fields that declare one."""
+        return {f.input_name: f.input_type for f in self.config.data_config.input_fields
+                if f.input_type}
+
     def check_request(self, batch: ColumnBatch) -> ColumnBatch:
         """``batch`` if every field it names is one the model knows: an unknown or mis-cased
         name would otherwise be scored as a missing value, silently."""
