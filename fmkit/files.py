@@ -10,8 +10,10 @@ Every file or directory fmkit writes goes through here:
   and process id, so the next write to the same place sweeps the leftovers of processes that
   died (``kill -9``) before they could clean up (:func:`sweep_stale`).
 * :func:`output_stream` writes an output file: a regular file (or a new one) through a
-  temporary name and a rename, with the mode the umask gives; ``-``, a FIFO or a device
-  (``/dev/null``, ``/dev/stdout``) directly, never replaced. A file the user names
+  temporary name and a rename, with the mode the umask gives; ``-`` and ``/dev/stdout`` to
+  standard output, a FIFO or a device (``/dev/null``) directly, never replaced; a symbolic
+  link's target, never the link (:func:`through_links`; model and checkpoint directories
+  too). A file the user names
   (``fmkit predict --output``, ``convert -o``, ``recommend --output``, ``report --output``)
   is replaced only when empty or when its first bytes are what that command writes
   (:class:`Recognise`): a mistyped ``--output data.libsvm`` must not delete the data.
@@ -180,8 +182,8 @@ def guard_directory(path: str | Path, is_ours: Callable[[Path], bool], what: str
     """``path`` as an absolute path if fmkit may write ``what`` there: it does not exist, is
     an empty directory, or ``is_ours`` recognises its content. Anything else is refused with
     an :class:`OutputError` and left untouched."""
-    path = Path(path).absolute()
-    if not path.exists() and not path.is_symlink():
+    path = through_links(path).absolute()
+    if not path.exists():
         return path
     if not path.is_dir():
         raise OutputError(path, f"exists and is not a directory: choose a new path for the "
@@ -195,6 +197,18 @@ def guard_directory(path: str | Path, is_ours: Callable[[Path], bool], what: str
         raise OutputError(path, f"is not empty and does not hold an fmkit {what} (it holds "
                           f"{shown}); nothing was changed: choose a new or empty directory")
     return path
+
+
+def through_links(path: str | Path) -> Path:
+    """Where a write to ``path`` lands: a symbolic link's target (its absolute path), as a
+    shell's redirection writes through a link; any other path as it is. Renaming a new file
+    or directory onto the link itself would replace the link (``/dev/stdout`` when output is
+    redirected to a file, a ``latest -> models/v3`` link) and leave its target as it was."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+STDOUT_NAMES = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")  # written as ``-`` is
 
 
 def _special(path: Path) -> bool:
@@ -241,11 +255,11 @@ def output_stream(path: str | Path | None, named: Recognise | None = None
     when ``named`` recognises it (None: a file in a directory fmkit guards). On any exception
     the temporary file is removed and a filesystem error becomes an :class:`OutputError`
     naming ``path``."""
-    if path is None or str(path) == "-":
+    if path is None or str(path) in ("-", *STDOUT_NAMES):
         yield sys.stdout.buffer
         sys.stdout.flush()
         return
-    path = Path(path)
+    path = through_links(path)
     if path.is_dir():
         raise OutputError(path, "is a directory: give a file name")
     if _special(path):

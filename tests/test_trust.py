@@ -66,6 +66,53 @@ def snapshot(directory) -> dict[str, bytes]:
 
 
 # -- 1. data loss --------------------------------------------------------------------------------
+def test_a_symbolic_link_is_written_through_not_replaced(cli, tmp_path, model_dir):
+    """An output file, model directory or checkpoint directory named by a symbolic link is
+    written where the link points, and the link stays: renaming onto the link replaced it
+    (``/dev/stdout`` itself, as root, when output was redirected to a file) and left its
+    target stale."""
+    data = shared_file("a9a_libsvm", "a9a.t")
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "p.jsonl").write_text("")
+    (tmp_path / "p.jsonl").symlink_to(real / "p.jsonl")
+    code, _, err = cli("predict", "--model-dir", model_dir, "--data", data,
+                       "--output", tmp_path / "p.jsonl")
+    assert code == 0, err
+    assert (tmp_path / "p.jsonl").is_symlink()
+    lines = (real / "p.jsonl").read_text().splitlines()
+    assert len(lines) == 16281 and json.loads(lines[0])["predicted_label"] in (0.0, 1.0)
+
+    (tmp_path / "m").symlink_to(real / "m")
+    (tmp_path / "ckpt").symlink_to(real / "ckpt")
+    for epochs in (1, 2):
+        code, _, err = cli("train", "--train", data, "--model-dir", tmp_path / "m",
+                           "--checkpoint-dir", tmp_path / "ckpt", *HP, f"epochs={epochs}")
+        assert code == 0, err
+        assert (tmp_path / "m").is_symlink() and (tmp_path / "ckpt").is_symlink()
+        metrics = json.loads((real / "m" / "metrics.json").read_text())
+        assert len(metrics["train"]) == epochs  # (the second run replaced the first model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m", "p.jsonl", "real"]
+    assert sorted(p.name for p in real.iterdir()) == ["m", "p.jsonl"]  # (checkpoints: done)
+
+
+def test_standard_output_by_name_is_standard_output(tmp_path, model_dir):
+    """``--output /proc/self/fd/1`` (or ``/dev/stdout``) with output redirected to a file
+    appends to it as ``>>`` asks (it was refused: a temporary file cannot be made in
+    /proc/self/fd)."""
+    out = tmp_path / "log"
+    out.write_text("before\n")
+    with open(out, "a") as f:
+        result = subprocess.run([sys.executable, "-m", "fmkit", "predict", "--model-dir",
+                                 str(model_dir), "--data", str(shared_file("a9a_libsvm", "a9a.t")),
+                                 "--output", "/proc/self/fd/1", "--quiet"],
+                                stdout=f, stderr=subprocess.PIPE, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == "before" and len(lines) == 1 + 16281
+    assert json.loads(lines[1])["score"] >= 0
+
+
 def test_model_dir_holding_user_files_is_refused_and_untouched(cli, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -133,8 +133,9 @@ def checked_classes(classes: Any, count: int) -> list:
 
 
 def check_destination(path: str | Path) -> Path:
-    """The absolute ``path`` if a model may be written there (see :func:`holds_model`); else
-    an error, before any work is done and with nothing touched."""
+    """The absolute ``path`` (symbolic links followed: :func:`fmkit.files.through_links`) if a
+    model may be written there (see :func:`holds_model`); else an error, before any work is
+    done and with nothing touched."""
     return files.guard_directory(path, holds_model, "model directory")
 
 
