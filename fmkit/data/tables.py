@@ -48,9 +48,6 @@ def table_kind(output: str | Path | None, writer_type: str | None) -> str | None
     if suffix in (*SUFFIXES, ".jsonl", ".json", ".pbr") and by_name != kind:
         raise HyperparameterError(f"--writer-type {writer_type} writes {kind}, and the "
                                   f"output is named {suffix}: name it .{kind}")
-    if kind == "parquet" and (output is None or str(output) == "-"):
-        raise HyperparameterError("--writer-type ParquetWriter: Parquet is written to a "
-                                  "file: give --output FILE")
     return kind
 
 
