@@ -75,8 +75,6 @@ def _arrow(values: Any) -> pa.Array:
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     values = np.asarray(values)
-    if values.dtype == object:  # (an estimator's class names)
-        return pa.array(values.tolist())
     if values.ndim == 2:
         flat = pa.array(values.astype(np.float32).ravel())
         offsets = pa.array(np.arange(0, len(flat) + 1, values.shape[1], dtype=np.int32))
