@@ -1,10 +1,13 @@
-"""Gibbs sampling (``optimizer=mcmc``) against fastFM's MCMC (C), one core each.
+"""Gibbs sampling (``optimizer=mcmc``) against fastFM's MCMC (C), and alternating least
+squares (``optimizer=als``) against fastFM's ALS, one core each.
 
-    python benchmarks/bench_mcmc.py [--sweeps 100] [--repeat 3]
+    python benchmarks/bench_mcmc.py [--sweeps 100] [--repeat 3] [--method mcmc|als|both]
 
 On a9a (classification, 32,561 rows) and MovieLens-100k ``ua`` (regression, 90,570 rows), k 8:
 each implementation samples ``--sweeps`` sweeps on the training file and scores the test file
-(fastFM's MCMC predicts while it samples; fmkit trains, then predicts with the samples' mean).
+(fastFM's MCMC predicts while it samples; fmkit trains, then predicts with the samples' mean;
+ALS: both with fmkit's defaults for it, libFM's '-regular 0,0,10', init_stdev 0.1; fastFM's
+linear weight 1e-9, not 0, on which it stops).
 Prints rows x sweeps per second of the sampling, the whole fit's seconds, peak RSS of the
 process, and the test metric computed here with scikit-learn, with fmkit's ratios to fastFM.
 Each run is a process of its own; the fastest of ``--repeat`` is kept (noise only slows).
@@ -29,7 +32,7 @@ from bench_fm import PEER_PYTHON, ensure_peers  # noqa: E402
 from bench_quality import SHARED, metric, splits  # noqa: E402
 
 # prints {"seconds", "peak_mib"} and writes the test predictions to argv[3], as
-# peer_tasks.fastfm_mcmc_timed does for fastFM
+# peer_tasks.fastfm_timed does for fastFM
 FMKIT = """
 import json, re, sys, time
 from pathlib import Path
@@ -37,12 +40,12 @@ import numpy as np
 from sklearn.datasets import load_svmlight_files
 from fmkit import FMClassifier, FMRegressor
 X, y, Xt, yt = load_svmlight_files([sys.argv[1], sys.argv[2]])
-binary, sweeps = sys.argv[4] == "binary", int(sys.argv[5])
+binary, sweeps, method = sys.argv[4] == "binary", int(sys.argv[5]), sys.argv[6]
 kind = FMClassifier if binary else FMRegressor
 y = (y > 0).astype(int) if binary else y
-kind(num_factors=8, optimizer="mcmc", epochs=2).fit(X[:100], y[:100])  # compiles the sweep
+kind(num_factors=8, optimizer=method, epochs=2).fit(X[:100], y[:100])  # compiles the sweep
 started = time.perf_counter()
-model = kind(num_factors=8, optimizer="mcmc", epochs=sweeps).fit(X, y)
+model = kind(num_factors=8, optimizer=method, epochs=sweeps, early_stopping_patience=0).fit(X, y)
 seconds = time.perf_counter() - started
 np.savetxt(sys.argv[3], model.predict_proba(Xt)[:, 1] if binary else model.predict(Xt))
 status = Path("/proc/self/status").read_text()
@@ -51,15 +54,16 @@ print(json.dumps({"seconds": seconds, "peak_mib": peak}))
 """
 
 
-def measure(command: list[str], split: dict, kind: str, sweeps: int, repeat: int) -> dict:
-    """The fastest of ``repeat`` runs of ``command TRAIN TEST OUT KIND SWEEPS``, with the test
-    metric of its scores."""
+def measure(command: list[str], split: dict, kind: str, sweeps: int, repeat: int,
+            *extra: str) -> dict:
+    """The fastest of ``repeat`` runs of ``command TRAIN TEST OUT KIND SWEEPS [METHOD]``, with
+    the test metric of its scores."""
     best = None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "scores"
         for _ in range(repeat):
             done = subprocess.run([*command, str(split["train"]), str(split["test"]), str(out),
-                                   kind, str(sweeps)], capture_output=True, text=True,
+                                   kind, str(sweeps), *extra], capture_output=True, text=True,
                                   env={**os.environ, "NUMBA_NUM_THREADS": "1",
                                        "OMP_NUM_THREADS": "1"})
             if done.returncode:
@@ -75,28 +79,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweeps", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--method", choices=("mcmc", "als", "both"), default="both")
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"bench_mcmc: {SHARED} is missing (the shared datasets)")
     ensure_peers()
     print(f"k 8, {args.sweeps} sweeps, 1 thread, fastest of {args.repeat}")
-    print(f"{'data':<18}{'run':<14}{'rows x sweeps/s':>16}{'fit s':>8}{'peak MiB':>10}"
+    print(f"{'data':<18}{'run':<18}{'rows x sweeps/s':>16}{'fit s':>8}{'peak MiB':>10}"
           f"{'test':>16}   ratio to fastFM (speed, memory)")
-    for name, kind in (("a9a", "binary"), ("ml_rmse", "regression")):
-        split = splits()[name]
-        rows = len(Path(split["train"]).read_bytes().splitlines())
-        runs = {"fastFM 0.2.10": measure([str(PEER_PYTHON), str(HERE / "peer_tasks.py"),
-                                          "fastfm_mcmc"], split, kind, args.sweeps, args.repeat),
-                "fmkit": measure([sys.executable, "-c", FMKIT], split, kind, args.sweeps,
-                                 args.repeat)}
-        anchor = runs["fastFM 0.2.10"]
-        for label, r in runs.items():
-            rate = rows * args.sweeps / r["seconds"]
-            ratio = (f"{anchor['seconds'] / r['seconds']:.2f}x, "
-                     f"{r['peak_mib'] / anchor['peak_mib']:.2f}x") if label == "fmkit" else ""
-            metric = f"{'AUC' if kind == 'binary' else 'RMSE'} {r['metric']:.4f}"
-            print(f"{name:<18}{label:<14}{rate:>16,.0f}{r['seconds']:>8.2f}"
-                  f"{r['peak_mib']:>10.0f}{metric:>16}   {ratio}", flush=True)
+    methods = ("mcmc", "als") if args.method == "both" else (args.method,)
+    for method in methods:
+        for name, kind in (("a9a", "binary"), ("ml_rmse", "regression")):
+            split = splits()[name]
+            rows = len(Path(split["train"]).read_bytes().splitlines())
+            peer = measure([str(PEER_PYTHON), str(HERE / "peer_tasks.py"), f"fastfm_{method}"],
+                           split, kind, args.sweeps, args.repeat)
+            mine = measure([sys.executable, "-c", FMKIT], split, kind, args.sweeps, args.repeat,
+                           method)
+            for label, r in ((f"fastFM {method}", peer), (f"fmkit {method}", mine)):
+                rate = rows * args.sweeps / r["seconds"]
+                ratio = (f"{peer['seconds'] / r['seconds']:.2f}x, "
+                         f"{r['peak_mib'] / peer['peak_mib']:.2f}x") if r is mine else ""
+                metric = f"{'AUC' if kind == 'binary' else 'RMSE'} {r['metric']:.4f}"
+                print(f"{name:<18}{label:<18}{rate:>16,.0f}{r['seconds']:>8.2f}"
+                      f"{r['peak_mib']:>10.0f}{metric:>16}   {ratio}", flush=True)
 
 
 if __name__ == "__main__":

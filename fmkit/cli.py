@@ -20,7 +20,7 @@ from fmkit.errors import FMKitError, HyperparameterError
 from fmkit.exits import exit_now
 from fmkit.logs import log, setup_logging
 from fmkit.models.artifact import ITEMS_DIR, strict_json
-from fmkit.models.fm.hyperparameters import BY_NAME, MCMC, MCMC_ONE_PROCESS, TABLE, validate
+from fmkit.models.fm.hyperparameters import BY_NAME, SWEEPS, TABLE, sweeps_in_one_process, validate
 from fmkit.train import interruption
 
 # commands that write one output from one process: SIGTERM and Ctrl-C remove what they were
@@ -561,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.config:  # the hyperparameters' errors once, before any process starts
                 hp = validate(parse_assignments(args.assignments, args.hyperparameters),
                               require=False)
-                if hp["optimizer"] == MCMC:
-                    raise HyperparameterError(MCMC_ONE_PROCESS)
+                if hp["optimizer"] in SWEEPS:
+                    raise HyperparameterError(sweeps_in_one_process(hp["optimizer"]))
             return distributed.launch(args.nproc, _without_nproc(argv), advice=ONE_MACHINE)
         if (args.command == "train" and distributed.init_from_environment(args.device)
                 and not distributed.primary()):

@@ -27,7 +27,7 @@ from fmkit.data.batch import SparseBatch, concat
 from fmkit.data.sources import ArraySource
 from fmkit.eval_set import one_pair
 from fmkit.jobs.training import train, training_source, with_starting_point
-from fmkit.models.fm.hyperparameters import AUTO_HELP, FFM_DEFAULTS, MCMC, TABLE, validate
+from fmkit.models.fm.hyperparameters import AUTO_HELP, FFM_DEFAULTS, SWEEPS, TABLE, validate
 from fmkit.models.fm.model import FMModel
 from fmkit.models.metrics import predicted_labels
 from fmkit.train.callbacks import Progress
@@ -39,7 +39,9 @@ _INFERRED = ("feature_dim", "predictor_type", "model_type", "num_fields")
 _HYPERPARAMETERS = [h for h in TABLE if h.name not in _INFERRED]
 PARAMETERS = {h.name: (h.suggested if h.default is None and h.required else h.default)
               for h in _HYPERPARAMETERS}
-PARAMETERS["epochs"] = None  # validate's: SageMaker's 1, or MCMC_EPOCHS sweeps with mcmc
+# validate's: SageMaker's (1 epoch; its decays), or the sweeps' defaults with mcmc and als
+for _name in ("epochs", "bias_wd", "linear_wd", "factors_wd"):
+    PARAMETERS[_name] = None
 for _group in AUTO_HELP:  # unset, not the table's values: a start the user names is then
     # SageMaker's normal with that sigma (validate's rule), not fmkit's auto ignoring it
     PARAMETERS[f"{_group}_init_method"] = PARAMETERS[f"{_group}_init_sigma"] = None
@@ -187,9 +189,10 @@ class _FMEstimator(BaseEstimator):
         if first:
             hp = with_starting_point(self._hyperparameters(source.feature_dim,
                                                            source.column_fields), source)
-            if hp["optimizer"] == MCMC:  # (a sweep on each part would sample its posterior)
-                raise ValueError("partial_fit: optimizer=mcmc draws every sweep from all the "
-                                 "training rows; call fit (with eval_set to watch each sweep)")
+            if hp["optimizer"] in SWEEPS:  # (a sweep over each part alone: another model)
+                raise ValueError(f"partial_fit: optimizer={hp['optimizer']} updates every "
+                                 "weight from all the training rows in each sweep; call fit "
+                                 "(with eval_set to watch each sweep)")
             learner, self.history_ = fm_learner(hp), []
         elif fitted:
             hp = self._hyperparameters(source.feature_dim, source.column_fields)

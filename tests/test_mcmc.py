@@ -133,7 +133,7 @@ def test_the_compiled_sweep_equals_a_brute_force_sweep_draw_for_draw(classifier)
     columns = X.tocsc()
     scratch = np.zeros((2, X.shape[0]))
     for seed in (11, 12, 13):
-        mcmc.gibbs_sweep(X.indptr.astype(np.int64), X.indices, X.data, columns.indptr.astype(
+        mcmc.sweep(X.indptr.astype(np.int64), X.indices, X.data, columns.indptr.astype(
             np.int64), columns.indices, columns.data, y, classifier, *mine, seed, *scratch)
         reference_sweep(X, y, classifier, w0, w, V, hyper, seed)
         for got, want in zip(mine, (w0, w, V, hyper)):
@@ -207,7 +207,7 @@ def test_mcmc_names_its_own_epochs_and_refuses_what_it_cannot_do():
     y = np.arange(60) % 2
     with pytest.raises(DataError, match="sample weights"):
         FMClassifier(num_factors=2, optimizer="mcmc").fit(X, y, sample_weight=np.ones(60))
-    with pytest.raises(ValueError, match="partial_fit: optimizer=mcmc draws every sweep from"):
+    with pytest.raises(ValueError, match="partial_fit: optimizer=mcmc updates every weight "):
         FMClassifier(num_factors=2, optimizer="mcmc").partial_fit(X, y, classes=[0, 1])
     model = FMClassifier(num_factors=2, optimizer="mcmc", epochs=3, warm_start=True).fit(X, y)
     with pytest.raises(HyperparameterError, match="its own chain"):
@@ -215,8 +215,8 @@ def test_mcmc_names_its_own_epochs_and_refuses_what_it_cannot_do():
 
 
 @pytest.mark.parametrize("option, message", [
-    (["--device", "cpu:0"], "optimizer=mcmc samples on the CPU only (--device cpu)"),
-    (["--nproc", "2"], "optimizer=mcmc trains in one process: each of its sweeps draws every "
+    (["--device", "cpu:0"], "optimizer=mcmc trains on the CPU only (--device cpu)"),
+    (["--nproc", "2"], "optimizer=mcmc trains in one process: each of its sweeps updates every "
                        "weight from all the training rows (use --nproc 1)"),
 ])
 def test_mcmc_on_a_device_or_several_processes_is_one_line(tmp_path, cli, option, message):

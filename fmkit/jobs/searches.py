@@ -24,7 +24,7 @@ from fmkit import files
 from fmkit.errors import HyperparameterError
 from fmkit.jobs.training import keeps_last
 from fmkit.logs import log
-from fmkit.models.fm.hyperparameters import FFM_DEFAULTS, MCMC, OPTIMIZERS, validate
+from fmkit.models.fm.hyperparameters import ALS, FFM_DEFAULTS, MCMC, OPTIMIZERS, validate
 from fmkit.train.engine import Callback
 
 FM_MAX_EPOCHS = 50  # a trial's epochs unless fixed: early stopping ends it sooner
@@ -132,6 +132,14 @@ MCMC_SPACE: tuple[Dimension, ...] = (
     Dimension("num_factors", choices=(4, 8, 16, 32, 64)),
     Dimension("factors_init_sigma", 0.01, 1.0),
 )
+# ALS (optimizer=als, fixed) has no rates or batches: its L2 weights on the sum of squared
+# errors (libFM's -regular, fastFM's l2_reg_w and l2_reg_V), the factor count and the start;
+# its sweeps are stopped early.
+ALS_SPACE: tuple[Dimension, ...] = (
+    *MCMC_SPACE,
+    Dimension("linear_wd", 1e-3, 100.0),
+    Dimension("factors_wd", 1e-3, 100.0),
+)
 
 
 class FMSearch:
@@ -152,8 +160,8 @@ class FMSearch:
         is)."""
         fixed = self.settings.fixed
         space = FFM_SPACE if fixed.get("model_type") == "ffm" else FM_SPACE
-        if fixed.get("optimizer") == MCMC:
-            space = MCMC_SPACE
+        if fixed.get("optimizer") in (MCMC, ALS):
+            space = MCMC_SPACE if fixed["optimizer"] == MCMC else ALS_SPACE
         return [d for d in space
                 if any(name not in fixed for name in COUPLED.get(d.name, (d.name,)))]
 

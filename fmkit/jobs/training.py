@@ -18,7 +18,7 @@ from fmkit.distributed.data_parallel import parallel
 from fmkit.errors import DataError
 from fmkit.logs import DEFAULT_HOST, advice, log, log_metrics
 from fmkit.models import artifact
-from fmkit.models.fm.hyperparameters import MCMC
+from fmkit.models.fm.hyperparameters import MCMC, SWEEPS
 from fmkit.models.fm.parameters import LABEL_ROWS, FMParameters, starting_point
 from fmkit.train import interruption
 from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
@@ -111,7 +111,7 @@ def _say_if_only_the_mean(history: Sequence[EpochStats], variance: float | None,
     far wider than the learning rates can reach in the steps taken (a price in the 100,000s
     with SageMaker's rate 0.001 trains only the bias's start) look like a model that works."""
     if (hp["predictor_type"] != "regressor" or not variance or not history
-            or hp.get("optimizer") == MCMC):  # (it has no learning rates to raise)
+            or hp.get("optimizer") in SWEEPS):  # (they have no learning rates to raise)
         return
     share = history[-1].loss / variance
     if share >= MEAN_ONLY_SHARE:

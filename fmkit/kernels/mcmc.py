@@ -1,5 +1,7 @@
 """A compiled sweep of Gibbs sampling for a Bayesian FM (libFM's MCMC; Freudenthaler, Schmidt-
-Thieme and Rendle, "Bayesian Factorization Machines", 2011).
+Thieme and Rendle, "Bayesian Factorization Machines", 2011), or, drawing nothing, of
+alternating least squares (libFM's and fastFM's ALS; Rendle et al., "Fast Context-aware
+Recommendations with Factorization Machines", 2011).
 
 The model: y = y_hat(x) + noise of precision ``alpha``; every linear weight is drawn from
 N(mu_w, 1/lambda_w) and every factor coordinate f from N(mu_v[f], 1/lambda_v[f]); those
@@ -21,6 +23,13 @@ the training rows in both CSR and CSC layout, in memory (as libFM and myFM do).
 
 Random numbers come from numba's generator, seeded at the start of each sweep: a sweep repeats
 for the same seed and state (a resumed run draws what one run draws).
+
+ALS (``sample`` false) takes each parameter's conditional mean instead of a draw, with
+``alpha`` = 1, prior means 0 and fixed precisions (the L2 weights of the objective
+sum_n (y_n - y_hat_n)^2 + lambda_0 w0^2 + lambda_w |w|^2 + lambda_v |V|^2): each update
+minimizes that objective in its coordinate. A classifier's target is then the latent z's
+expectation given its label (the EM step of libFM's ALS for probit), and no hyperparameter is
+drawn.
 """
 
 from __future__ import annotations
@@ -95,11 +104,25 @@ def predict_rows(indptr, indices, values, w0, w, V, out):
 
 
 @kernel(nogil=True)
-def _draw(sum_hh, sum_h_target, prior_mean, prior_precision, alpha):
-    """The conditional draw of one parameter from its sums (see the module's docstring)."""
+def _draw(sum_hh, sum_h_target, prior_mean, prior_precision, alpha, sample=True):
+    """The conditional draw of one parameter from its sums (see the module's docstring); its
+    mean when not ``sample`` (ALS). With no rows and no prior (a feature training never sees,
+    ALS without its L2 weight) nothing constrains it: the prior's mean."""
+    if alpha * sum_hh + prior_precision <= 0.0:
+        return prior_mean
     variance = 1.0 / (alpha * sum_hh + prior_precision)
     mean = variance * (alpha * sum_h_target + prior_mean * prior_precision)
-    return mean + math.sqrt(variance) * np.random.normal()
+    return mean + math.sqrt(variance) * np.random.normal() if sample else mean
+
+
+@kernel(nogil=True)
+def mills_ratio(a):
+    """phi(a) / (1 - Phi(a)): how far above ``a`` a standard normal truncated to values above
+    ``a`` lies on average, beyond a (its asymptotic series far in the tail, where both
+    underflow)."""
+    if a > 25.0:
+        return a + 1.0 / a - 2.0 / (a * a * a)
+    return math.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi) / (0.5 * math.erfc(a / math.sqrt(2.0)))
 
 
 @kernel(nogil=True)
@@ -121,13 +144,14 @@ def _draw_prior(values, mu_prior):
 
 
 @kernel(nogil=True)
-def gibbs_sweep(indptr, indices, values, colptr, rows, column_values, labels, classifier,
-                w0, w, V, hyper, seed, e, q):
+def sweep(indptr, indices, values, colptr, rows, column_values, labels, classifier,
+          w0, w, V, hyper, seed, e, q, sample=True, bias_precision=LAMBDA_BIAS):
     """One sweep (module docstring) over the rows (CSR: ``indptr``, ``indices``, ``values``;
     the same in CSC: ``colptr``, ``rows``, ``column_values``) with targets ``labels``; updates
     ``w0`` (shape 1), ``w``, ``V`` and ``hyper`` in place (all float64). ``e`` and ``q`` are
-    scratch of one float64 per row. Returns the sum of squared residuals of the targets
-    before the sweep (regressor), or of the rows' probit log loss (classifier)."""
+    scratch of one float64 per row. ``sample``: Gibbs sampling, else ALS with the precisions
+    ``hyper`` holds and the bias's ``bias_precision``. Returns the sum of squared residuals of
+    the targets before the sweep (regressor), or of the rows' probit log loss (classifier)."""
     np.random.seed(seed)
     n_rows, d, k = indptr.size - 1, w.size, V.shape[1]
     predict_rows(indptr, indices, values, w0[0], w, V, e)  # e holds y_hat here
@@ -138,7 +162,10 @@ def gibbs_sweep(indptr, indices, values, colptr, rows, column_values, labels, cl
             p = 0.5 * math.erfc(-y_hat / math.sqrt(2.0))  # Phi(y_hat)
             p = min(max(p, 1e-15), 1.0 - 1e-15)
             loss -= math.log(p) if labels[n] > 0.5 else math.log(1.0 - p)
-            if labels[n] > 0.5:
+            if not sample:  # E[z | label] for z ~ N(y_hat, 1)
+                target = (y_hat + mills_ratio(-y_hat) if labels[n] > 0.5
+                          else y_hat - mills_ratio(y_hat))
+            elif labels[n] > 0.5:
                 target = y_hat + standard_normal_above(-y_hat)
             else:
                 target = y_hat - standard_normal_above(y_hat)
@@ -147,7 +174,7 @@ def gibbs_sweep(indptr, indices, values, colptr, rows, column_values, labels, cl
             loss += (target - y_hat) * (target - y_hat)
         e[n] = target - y_hat
     alpha = 1.0
-    if not classifier:
+    if sample and not classifier:
         squares = 0.0
         for n in range(n_rows):
             squares += e[n] * e[n]
@@ -159,7 +186,7 @@ def gibbs_sweep(indptr, indices, values, colptr, rows, column_values, labels, cl
     for n in range(n_rows):
         total += e[n] + w0[0]
     old = w0[0]
-    w0[0] = _draw(float(n_rows), total, 0.0, LAMBDA_BIAS, alpha)
+    w0[0] = _draw(float(n_rows), total, 0.0, bias_precision, alpha, sample)
     for n in range(n_rows):
         e[n] -= w0[0] - old
 
@@ -171,7 +198,7 @@ def gibbs_sweep(indptr, indices, values, colptr, rows, column_values, labels, cl
             x = column_values[p]
             sum_hh += x * x
             sum_ht += x * (e[rows[p]] + old * x)
-        w[i] = _draw(sum_hh, sum_ht, hyper[MU_W], hyper[LAMBDA_W], alpha)
+        w[i] = _draw(sum_hh, sum_ht, hyper[MU_W], hyper[LAMBDA_W], alpha, sample)
         change = w[i] - old
         for p in range(colptr[i], colptr[i + 1]):
             e[rows[p]] -= change * column_values[p]
@@ -192,7 +219,7 @@ def gibbs_sweep(indptr, indices, values, colptr, rows, column_values, labels, cl
                 h = x * (q[n] - old * x)
                 sum_hh += h * h
                 sum_ht += h * (e[n] + old * h)
-            V[i, f] = _draw(sum_hh, sum_ht, mu, lam, alpha)
+            V[i, f] = _draw(sum_hh, sum_ht, mu, lam, alpha, sample)
             change = V[i, f] - old
             if change != 0.0:
                 for p in range(colptr[i], colptr[i + 1]):
@@ -200,6 +227,8 @@ def gibbs_sweep(indptr, indices, values, colptr, rows, column_values, labels, cl
                     e[n] -= change * x * (q[n] - old * x)
                     q[n] += change * x
 
+    if not sample:
+        return loss
     # the hyperparameters of the weights' priors
     hyper[LAMBDA_W], hyper[MU_W] = _draw_prior(w, hyper[MU_W])
     for f in range(k):

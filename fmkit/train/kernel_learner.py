@@ -21,11 +21,11 @@ from fmkit.errors import FM_DIVERGED_HINT, HyperparameterError, TrainingDiverged
 from fmkit.kernels import ffm
 from fmkit.kernels import fm as kernels
 from fmkit.memory import prefaulted_zeros, release_large_blocks_to_os
-from fmkit.models.fm.hyperparameters import MCMC, table_hyperparameters
+from fmkit.models.fm.hyperparameters import SWEEPS, table_hyperparameters
 from fmkit.models.fm.model import two_rows, validation_metrics
 from fmkit.models.fm.parameters import FMParameters, starting_point
 from fmkit.train.engine import Gradient, Source
-from fmkit.train.mcmc_learner import GibbsLearner, Rows
+from fmkit.train.mcmc_learner import Rows, SweepLearner
 from fmkit.train.optimizers import OPTIMIZER_IDS, factor_group, kernel_config, training_tables
 from fmkit.train.torch_learner import TorchLearner
 
@@ -269,8 +269,9 @@ class FFMLearner(KernelLearner):
 
 def check_device(hp: dict[str, Any]) -> None:
     """Refuse, before any data is read, what trains on the CPU's kernels only."""
-    if hp["optimizer"] == MCMC:
-        raise HyperparameterError("optimizer=mcmc samples on the CPU only (--device cpu)")
+    if hp["optimizer"] in SWEEPS:
+        raise HyperparameterError(f"optimizer={hp['optimizer']} trains on the CPU only "
+                                  "(--device cpu)")
     if hp["model_type"] == "ffm":
         raise HyperparameterError("model_type=ffm trains on the CPU only (--device cpu)")
 
@@ -284,8 +285,8 @@ def fm_learner(hp: dict[str, Any], params: FMParameters | None = None, dtype=np.
     kernels_here = isinstance(device, str) and device == "cpu"
     if not kernels_here:
         check_device(hp)
-    if hp["optimizer"] == MCMC:
-        return GibbsLearner(hp, params, dtype)
+    if hp["optimizer"] in SWEEPS:
+        return SweepLearner(hp, params, dtype)
     if hp["model_type"] == "ffm":
         return FFMLearner(hp, params, dtype, pause_every)
     if kernels_here:
@@ -297,7 +298,7 @@ def compile_kernels(hp: dict[str, Any]) -> None:
     """Compile (or load from numba's cache) the kernels a run with ``hp`` trains with on the
     CPU, by training a throwaway learner (``hp`` on four features) on two rows."""
     learner = fm_learner(starting_point({**hp, "feature_dim": 4}, None))
-    if hp["optimizer"] == MCMC:
+    if hp["optimizer"] in SWEEPS:
         learner.step(Rows(two_rows(False), 4))
         return
     order = np.arange(2) if hp["shuffle"] else kernels.NO_ORDER

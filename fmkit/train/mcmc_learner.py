@@ -1,5 +1,7 @@
-"""The FM learner of ``optimizer=mcmc``: a Bayesian FM sampled by Gibbs sweeps
-(:mod:`fmkit.kernels.mcmc`, libFM's MCMC), with no learning rate or regularization to tune.
+"""The FM learner of the whole-data sweeps (:mod:`fmkit.kernels.mcmc`): ``optimizer=mcmc``, a
+Bayesian FM sampled by Gibbs sweeps (libFM's MCMC), with no learning rate or regularization to
+tune; and ``optimizer=als``, the same sweeps without sampling (libFM's and fastFM's
+alternating least squares), with L2 weights and no learning rate.
 
 An epoch is one sweep over every training row; the rows are held in memory (read once, or
 again when the source draws new rows per epoch), as libFM's and myFM's MCMC hold them. The
@@ -7,7 +9,9 @@ model it returns is the mean of the sampled weights after the burn-in (the first
 epochs): an ordinary FM, scored, served and exported as any other, which predicts almost as
 well as averaging every sample's predictions would (docs/quality.md, "Session 46"). A
 classifier is sampled as a probit model and saved on the logit scale (``PROBIT_TO_LOGIT``:
-sigmoid(1.702 t) is within 0.01 of Phi(t)).
+sigmoid(1.702 t) is within 0.01 of Phi(t)). An ALS model is its last sweep's weights (or the
+best validated one's), its regressor on the labels' own scale: its L2 weights are the
+objective's, as libFM's and fastFM's are.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from fmkit.data.batch import SparseBatch, concat
 from fmkit.errors import DataError, HyperparameterError, TrainingDiverged
 from fmkit.kernels import mcmc
 from fmkit.memory import check_fits
-from fmkit.models.fm.hyperparameters import MCMC_ONE_PROCESS
+from fmkit.models.fm.hyperparameters import MCMC, sweeps_in_one_process
 from fmkit.models.fm.model import validation_metrics
 from fmkit.models.fm.parameters import FMParameters, init_parameters
 from fmkit.train.engine import Source
@@ -34,6 +38,8 @@ PROBIT_TO_LOGIT = 1.702
 BURN_IN_SHARE = 0.1  # the share of the epochs whose samples the model's mean leaves out
 DIVERGED_HINT = ("optimizer=mcmc has no learning rate: scale the labels (or the feature "
                  "values) to a spread near 1")
+ALS_DIVERGED_HINT = ("optimizer=als has no learning rate: raise its L2 weights (linear_wd, "
+                     "factors_wd), or scale the feature values to a spread near 1")
 
 
 class Rows:
@@ -59,33 +65,44 @@ class Rows:
         return self.labels.size
 
 
-class GibbsLearner:
-    """The engine's learner (:class:`fmkit.train.engine.Learner`) for ``optimizer=mcmc``."""
+class SweepLearner:
+    """The engine's learner (:class:`fmkit.train.engine.Learner`) for ``optimizer=mcmc`` and
+    ``optimizer=als``."""
 
     primary = True
-    diverged_hint = DIVERGED_HINT
-    one_process = MCMC_ONE_PROCESS  # (distributed.data_parallel.parallel refuses a group)
 
     def __init__(self, hp: dict[str, Any], params: FMParameters | None, dtype=np.float32):
-        if params is not None:
+        self.sampled = hp["optimizer"] == MCMC
+        if params is not None and self.sampled:
             raise HyperparameterError("optimizer=mcmc starts its own chain: it cannot continue "
                                       "a model (--init-model, warm_start)")
+        self.diverged_hint = DIVERGED_HINT if self.sampled else ALS_DIVERGED_HINT
+        self.one_process = sweeps_in_one_process(hp["optimizer"])  # (parallel() refuses)
         self.hp, self.dtype, k = hp, dtype, hp["num_factors"]
-        start = init_parameters(hp, np.float64)
-        self.w0, self.w, self.V = start.w0.copy(), start.w.copy(), start.V.copy()
         self.hyper = np.zeros(mcmc.FACTORS + 2 * k)
-        self.hyper[[mcmc.ALPHA, mcmc.LAMBDA_W]] = 1.0
-        self.hyper[mcmc.FACTORS: mcmc.FACTORS + k] = 1.0
-        self.mean = {"w0": np.zeros(1), "w": np.zeros_like(self.w), "V": np.zeros_like(self.V)}
+        if self.sampled:  # the priors' precisions: drawn from the first sweep on
+            self.hyper[[mcmc.ALPHA, mcmc.LAMBDA_W]] = 1.0
+            self.hyper[mcmc.FACTORS: mcmc.FACTORS + k] = 1.0
+        else:  # ALS: the L2 weights, fixed (alpha 1, prior means 0)
+            self.hyper[[mcmc.ALPHA, mcmc.LAMBDA_W]] = 1.0, hp["linear_wd"]
+            self.hyper[mcmc.FACTORS: mcmc.FACTORS + k] = hp["factors_wd"]
         self.kept = 0
         self.burn_in = int(BURN_IN_SHARE * hp["epochs"])
         self.classifier = hp["predictor_type"] == "binary_classifier"
-        # the model's weights from the chain's: a regressor samples its labels standardized
-        # (set from the first rows: the priors' scale is then the labels'), a classifier the
-        # probit scale
-        self.shift, self.scale = (0.0, PROBIT_TO_LOGIT) if self.classifier else (None, None)
-        if self.classifier:
-            self.w0[0] /= self.scale  # (its start on the logit scale)
+        # the model's weights from the chain's: a sampled regressor works on its labels
+        # standardized (set from the first rows: the priors' scale is then the labels'), a
+        # classifier on the probit scale
+        self.shift, self.scale = ((0.0, PROBIT_TO_LOGIT) if self.classifier
+                                  else (None, None) if self.sampled else (0.0, 1.0))
+        start = params if params is not None else init_parameters(hp, np.float64)
+        self.w0, self.w, self.V = (np.array(a, dtype=np.float64)
+                                   for a in (start.w0.reshape(1), start.w, start.V))
+        if self.classifier:  # (the start on the logit scale)
+            self.w0 /= self.scale
+            if params is not None:
+                self.w /= self.scale
+                self.V /= np.sqrt(self.scale)
+        self.mean = {"w0": np.zeros(1), "w": np.zeros_like(self.w), "V": np.zeros_like(self.V)}
         self.steps = 0
         self._rows: tuple[Source, Rows] | None = None
 
@@ -122,11 +139,12 @@ class GibbsLearner:
 
     def step(self, rows: Rows) -> tuple[float, int]:
         seed = int(np.random.default_rng([self.hp["seed"], self.steps]).integers(2**31))
-        loss = mcmc.gibbs_sweep(rows.indptr, rows.indices, rows.values, rows.colptr, rows.rows,
-                                rows.column_values, rows.labels, self.classifier, self.w0,
-                                self.w, self.V, self.hyper, seed, *rows.scratch)
+        loss = mcmc.sweep(rows.indptr, rows.indices, rows.values, rows.colptr, rows.rows,
+                          rows.column_values, rows.labels, self.classifier, self.w0, self.w,
+                          self.V, self.hyper, seed, *rows.scratch, self.sampled,
+                          mcmc.LAMBDA_BIAS if self.sampled else self.hp["bias_wd"])
         self.steps += 1
-        if self.steps > self.burn_in:
+        if self.sampled and self.steps > self.burn_in:
             self.kept += 1
             for name, sample in (("w0", self.w0), ("w", self.w), ("V", self.V)):
                 self.mean[name] += (sample - self.mean[name]) / self.kept
@@ -165,7 +183,7 @@ class GibbsLearner:
         scale: y_hat times ``scale`` plus ``shift``), in the run's dtype."""
         model = self._model()
         if not all(np.isfinite(value).all() for value in model.values()):
-            raise TrainingDiverged(epoch, "a weight", DIVERGED_HINT)
+            raise TrainingDiverged(epoch, "a weight", self.diverged_hint)
         shift, scale = self.shift or 0.0, self.scale or 1.0
         return FMParameters((shift + model["w0"] * scale).astype(self.dtype),
                             (model["w"] * scale).astype(self.dtype),

@@ -32,7 +32,7 @@ import numpy as np
 from fmkit.cpus import thread_count
 from fmkit.kernels import fm as kernels
 from fmkit.memory import check_fits, prefaulted_zeros
-from fmkit.models.fm.hyperparameters import MCMC
+from fmkit.models.fm.hyperparameters import SWEEPS
 from fmkit.models.fm.parameters import FMParameters, init_parameters
 
 BETA1, BETA2 = 0.9, 0.999
@@ -121,7 +121,7 @@ def check_memory(hp: dict[str, Any], dtype=np.float32) -> None:
     """Refuse hyperparameters whose training tables cannot fit in memory (see
     :func:`fmkit.memory.check_fits`): the table, the returned weights and a row index."""
     rows, itemsize = hp["feature_dim"], np.dtype(dtype).itemsize
-    if hp["optimizer"] == MCMC:  # a sample and the samples' mean, in float64
+    if hp["optimizer"] in SWEEPS:  # (mcmc: a sample and the samples' mean) in float64
         width, stored, itemsize = hp["num_factors"] + 1, 2 * (hp["num_factors"] + 1), 8
     else:
         width, _, stored = _table_layout(hp["num_factors"], factor_group(hp), hp["optimizer"],

@@ -64,7 +64,7 @@ class FMParameters:
 # wide as ADAM_STEPS of them undo, within ADAM_SIGMA: SageMaker's 0.001 at its default rate,
 # the a9a grid's best 0.01 at rates of 0.001 and more.
 AUTO_FACTORS_SIGMA = {"adagrad": 0.1, "rowwise_adagrad": 0.1, "sgd": 0.1, "ftrl": 0.1,
-                      "mcmc": 0.1}  # (mcmc: libFM's init_stdev)
+                      "mcmc": 0.1, "als": 0.1}  # (libFM's and fastFM's init_stdev)
 ADAM_STEPS, ADAM_SIGMA = 10, (0.001, 0.01)
 LABEL_ROWS = 1 << 16  # the training rows the auto bias start is measured on
 
