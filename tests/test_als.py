@@ -109,14 +109,18 @@ def test_als_takes_libfms_defaults_and_refuses_what_it_cannot_do(tmp_path, cli):
         assert code == 1 and err.count("\n") == 1 and message in err, err
 
 
-def test_warm_start_continues_the_sweeps():
-    """Unlike a chain, ALS continues a model: 2 sweeps, then 1 more from them, equal 3."""
-    X, y = tiny(False)
+@pytest.mark.parametrize("kind", [FMRegressor, FMClassifier])
+def test_warm_start_continues_the_sweeps(kind):
+    """Unlike a chain, ALS continues a model: 2 sweeps, then 1 more from them, equal 3 (a
+    classifier's weights back on the probit scale it sweeps on)."""
+    X, y = tiny(kind is FMClassifier)
     settings = {"num_factors": 3, "optimizer": "als", "early_stopping_patience": 0, "seed": 4}
-    three = FMRegressor(**settings, epochs=3).fit(X, y)
-    continued = FMRegressor(**settings, epochs=2, warm_start=True).fit(X, y)
+    three = kind(**settings, epochs=3).fit(X, y)
+    continued = kind(**settings, epochs=2, warm_start=True).fit(X, y)
     continued.set_params(epochs=1).fit(X, y)
-    np.testing.assert_allclose(continued.predict(X), three.predict(X), rtol=1e-5, atol=1e-6)
+    score = "predict" if kind is FMRegressor else "decision_function"
+    np.testing.assert_allclose(getattr(continued, score)(X), getattr(three, score)(X),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_als_untuned_beats_the_tuned_gradient_on_movielens(tmp_path, cli):
@@ -142,3 +146,21 @@ def test_als_untuned_beats_the_tuned_gradient_on_movielens(tmp_path, cli):
     assert code == 0, err
     scores = [json.loads(line)["score"] for line in out.splitlines()]
     assert roc_auc_score(y_test >= 4, scores) > 0.76
+
+
+def test_an_als_run_with_validation_killed_and_resumed_equals_an_uninterrupted_one(tmp_path,
+                                                                                   cli):
+    """SIGKILL, then --resume: the weights and the validation history of one uninterrupted
+    run (the checkpoint holds the weights; ALS draws nothing)."""
+    from .test_checkpoints import kill_resume_and_compare
+
+    hp = ["feature_dim=124", "num_factors=4", "predictor_type=binary_classifier",
+          "optimizer=als", "epochs=100", "early_stopping_patience=0"]
+    test_rows = shared_file("a9a_libsvm", "a9a.t")
+    common = ["train", "--train", test_rows, "--validation", test_rows, "--index-base", "1",
+              "--quiet", *hp]
+    state, _ = kill_resume_and_compare(tmp_path, cli, common, 10, 1e-9)
+    assert state.step < 100
+    straight, resumed = (json.loads((tmp_path / name / "metrics.json").read_text())["train"]
+                         for name in ("straight", "resumed"))
+    assert [h["validation"] for h in resumed] == [h["validation"] for h in straight]
