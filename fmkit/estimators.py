@@ -40,7 +40,8 @@ _HYPERPARAMETERS = [h for h in TABLE if h.name not in _INFERRED]
 PARAMETERS = {h.name: (h.suggested if h.default is None and h.required else h.default)
               for h in _HYPERPARAMETERS}
 # validate's: SageMaker's (1 epoch; its decays), or the sweeps' defaults with mcmc and als
-for _name in ("epochs", "bias_wd", "linear_wd", "factors_wd"):
+_BY_OPTIMIZER = ("epochs", "bias_wd", "linear_wd", "factors_wd")
+for _name in _BY_OPTIMIZER:
     PARAMETERS[_name] = None
 for _group in AUTO_HELP:  # unset, not the table's values: a start the user names is then
     # SageMaker's normal with that sigma (validate's rule), not fmkit's auto ignoring it
@@ -488,6 +489,12 @@ def load(path: str | Path) -> Any:
     for group in AUTO_HELP:  # fmkit's auto start: the estimator's unset parameters
         if params[f"{group}_init_method"] == "auto":
             params[f"{group}_init_method"] = params[f"{group}_init_sigma"] = None
+    defaults = FFM_PARAMETERS if model.field_aware else PARAMETERS
+    unset = validate({**model.hyperparameters, **{name: None for name in _BY_OPTIMIZER}},
+                     saved=True)
+    for name in _BY_OPTIMIZER:  # what validate gave an unset one (its optimizer's default)
+        if defaults[name] is None and params[name] == unset[name]:
+            params[name] = None
     if model.field_aware and model.column_fields is not None:
         params["fields"] = model.column_fields.tolist()
     estimator = cls(**params)

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from scipy.stats import truncnorm
 from sklearn.metrics import roc_auc_score
 
-from fmkit import FMClassifier, FMRegressor
+from fmkit import FMClassifier, FMRegressor, load
 from fmkit.errors import HyperparameterError
 from fmkit.kernels import mcmc
 from fmkit.models.fm.hyperparameters import validate
@@ -101,6 +101,9 @@ def test_als_takes_libfms_defaults_and_refuses_what_it_cannot_do(tmp_path, cli):
     y = np.arange(60) % 2
     with pytest.raises(ValueError, match="partial_fit: optimizer=als updates every weight"):
         FMClassifier(num_factors=2, optimizer="als").partial_fit(X, y, classes=[0, 1])
+    for settings in ({}, {"factors_wd": 3.0, "epochs": 4}):  # saved and loaded: the same
+        model = FMClassifier(num_factors=2, optimizer="als", **settings).fit(X, y)
+        assert load(model.save(tmp_path / "saved")).get_params() == model.get_params()
     for option, message in ((["--device", "cpu:0"], "optimizer=als trains on the CPU only"),
                             (["--nproc", "2"], "optimizer=als trains in one process")):
         code, _, err = cli("train", "--train", shared_file("a9a_libsvm", "a9a.t"), "--model-dir",

@@ -49,7 +49,8 @@ class Rows:
     def __init__(self, batch: SparseBatch, feature_dim: int, shift: float = 0.0,
                  scale: float = 1.0):
         if batch.weights is not None:
-            raise DataError(batch.source, None, "optimizer=mcmc does not take sample weights")
+            raise DataError(batch.source, None, "the sweeps of optimizer=mcmc and als take no "
+                            "sample weights")
         matrix = batch.matrix(feature_dim).astype(np.float64)
         matrix.sum_duplicates()
         columns = matrix.tocsc()
