@@ -211,6 +211,15 @@ def through_links(path: str | Path) -> Path:
 STDOUT_NAMES = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")  # written as ``-`` is
 
 
+def require_apart(first: Path, first_name: str, second: Path, second_name: str) -> None:
+    """Refuse two output directories of which one is, or lies within, the other."""
+    a, b = (Path(os.path.realpath(p)) for p in (first, second))
+    if a == b or a in b.parents or b in a.parents:
+        where = "is" if a == b else "lies within" if a in b.parents else "holds"
+        raise OutputError(second, f"{second_name} {where} {first_name}: they need directories "
+                          "of their own")
+
+
 def _special(path: Path) -> bool:
     """An existing path that is not a regular file (a FIFO, a character or block device)."""
     try:

@@ -96,6 +96,22 @@ def test_a_symbolic_link_is_written_through_not_replaced(cli, tmp_path, model_di
     assert sorted(p.name for p in real.iterdir()) == ["m", "p.jsonl"]  # (checkpoints: done)
 
 
+@pytest.mark.parametrize("checkpoints, where", [("m", "is"), ("m/ck", "lies within"),
+                                                 (".", "holds")])
+def test_checkpoints_and_the_model_need_directories_of_their_own(cli, tmp_path, monkeypatch,
+                                                                 checkpoints, where):
+    """The same directory for both trained to the end and then could not write the model
+    over its checkpoints (the training was lost); one inside the other could not be resumed.
+    Now refused before any work, nothing created."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("train", "--train", shared_file("a9a_libsvm", "a9a.t"), "--model-dir",
+                       "m", "--checkpoint-dir", checkpoints, *HP)
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"--checkpoint-dir {where} the model directory: they need directories of their own" \
+        in err
+    assert os.listdir(tmp_path) == []
+
+
 def test_standard_output_by_name_is_standard_output(tmp_path, model_dir):
     """``--output /proc/self/fd/1`` (or ``/dev/stdout``) with output redirected to a file
     appends to it as ``>>`` asks (it was refused: a temporary file cannot be made in

@@ -102,7 +102,8 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     for name in ("train_input_path", "model_dir"):
         if not getattr(config, name):
             raise ConfigError(f"{name}: required to train (in the file or by --set {name}=...)")
-    artifact.check_destination(config.model_dir)  # never replace what is not a model
+    artifact.check_destination(config.model_dir,  # never replace what is not a model
+                               checkpoints and checkpoints.directory)
     require_channels((("train_input_path", config.train_input_path),  # (a missing input
                       ("eval_input_path", config.eval_input_path),  # fails before training)
                       ("--validation", validation_path)))

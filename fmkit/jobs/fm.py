@@ -74,7 +74,7 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
     """
     hp = validate(hyperparameters)
     # before any data is read: never replace user files, never start what cannot fit
-    artifact.check_destination(model_dir)
+    artifact.check_destination(model_dir, checkpoints and checkpoints.directory)
     if device != "cpu":
         check_device(hp)
     if hp["model_type"] != "ffm" or hp["num_fields"]:
@@ -170,7 +170,7 @@ def train_sources(hp: dict[str, Any], source, model_dir: str | Path,
     ``metrics.json`` under the channel's name, with the training history under ``train``.
     """
     scored = scored or {}
-    artifact.check_destination(model_dir)
+    artifact.check_destination(model_dir, checkpoints and checkpoints.directory)
     if device != "cpu":
         from fmkit.models.fm.device import resolve_device
 

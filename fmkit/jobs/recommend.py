@@ -241,7 +241,8 @@ def train_pairs(hyperparameters: Mapping[str, Any], contexts: str | Path, items:
     from fmkit.models.fm.hyperparameters import validate
 
     hp = validate(hyperparameters)
-    artifact.check_destination(model_dir)
+    checkpoints = options.get("checkpoints")
+    artifact.check_destination(model_dir, checkpoints and checkpoints.directory)
     require_option(negatives >= 1, "--negatives", ">= 1 to train", negatives)
     if hp["predictor_type"] != "binary_classifier" or hp["model_type"] != "fm":
         raise HyperparameterError("--interactions trains an FM binary classifier "

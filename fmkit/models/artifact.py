@@ -132,11 +132,17 @@ def checked_classes(classes: Any, count: int) -> list:
     return classes
 
 
-def check_destination(path: str | Path) -> Path:
+def check_destination(path: str | Path, checkpoints: Path | None = None) -> Path:
     """The absolute ``path`` (symbolic links followed: :func:`fmkit.files.through_links`) if a
     model may be written there (see :func:`holds_model`); else an error, before any work is
-    done and with nothing touched."""
-    return files.guard_directory(path, holds_model, "model directory")
+    done and with nothing touched. ``checkpoints``: the run's checkpoint directory, which must
+    be neither the model directory nor inside it, nor hold it: the model could not be written
+    over checkpoints at the end, and a run resumed would find the model directory full of
+    them."""
+    path = files.guard_directory(path, holds_model, "model directory")
+    if checkpoints is not None:
+        files.require_apart(path, "the model directory", checkpoints, "--checkpoint-dir")
+    return path
 
 
 ALIGN = 64  # where each array's bytes start in weights.npz (a cache line)
