@@ -231,10 +231,11 @@ def every_kind_client(every_kind):
 
 
 # -- outcomes -----------------------------------------------------------------------------------
-def predict_outcome(model, data: bytes, fmt: str, work: Path) -> None:
+def predict_outcome(model, data: bytes, fmt: str, work: Path, table: str = "") -> None:
     """Predict a mutated file in-process (``model``: a model directory, or a loaded model):
-    finite scores for every row, or an FMKitError."""
-    path, out = work / f"case.{fmt}", work / "out.jsonl"
+    finite scores for every row, or an FMKitError. ``table``: ``parquet`` or ``csv`` writes a
+    table of predictions instead (a model directory's only)."""
+    path, out = work / f"case.{fmt}", work / f"out.{table or 'jsonl'}"
     path.write_bytes(data)
     try:
         if isinstance(model, Path):
@@ -248,6 +249,14 @@ def predict_outcome(model, data: bytes, fmt: str, work: Path) -> None:
         event("clean error")
         return
     event("scored")
+    if table:
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        read = pq.read_table(out) if table == "parquet" else pcsv.read_csv(out)
+        for name in read.column_names[:2]:  # (the outputs: logits, probs)
+            assert np.isfinite(read.column(name).to_numpy().astype(np.float64)).all()
+        return
     for line in out.read_text().splitlines():
         assert np.isfinite(json.loads(line)["score"])
 
@@ -371,10 +380,13 @@ def test_deepfm_request_bodies(deepfm, deepfm_client, work, data):
 def test_every_feature_kind(every_kind, every_kind_client, work, data):
     """Mutated rows (a TSV file) and instances (a JSON request) of a model with a feature of
     every kind: finite scores, or a clean error (a 400 from the server)."""
-    branch = data.draw(st.integers(0, 2))
+    branch = data.draw(st.integers(0, 3))
     if branch == 0:
         predict_outcome(every_kind_client.app_state["model"],
                         data.draw(mutated(every_kind["tsv"])), "auto", work)
+    elif branch == 3:  # to a table of predictions (TorchEasyRec's writers)
+        predict_outcome(every_kind["model"], data.draw(mutated(every_kind["tsv"])), "auto",
+                        work, data.draw(st.sampled_from(["parquet", "csv"])))
     elif branch == 1:
         request_outcome(every_kind_client, data.draw(mutated(every_kind["json"])), codecs.JSON)
     else:  # well-formed JSON, some fields' values of another kind
