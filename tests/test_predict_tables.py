@@ -107,6 +107,10 @@ def test_output_columns_and_the_writer_type_choose_as_torcheasyrec(small_deepfm_
                        "--writer-type", "ParquetWriter", "--output", tmp_path / "preds")
     assert code == 0, err
     assert pq.read_table(tmp_path / "preds").column_names == ["logits", "probs"]
+    code, _, err = cli("predict", "--model-dir", small_deepfm_dir, "--data", data,
+                       "--writer_type", "ParquetWriter", "--output", f"{tmp_path / 'dir'}/")
+    assert code == 0, err  # (TorchEasyRec's --predict_output_path: a directory, part-0 in it)
+    assert pq.read_table(tmp_path / "dir" / "part-0.parquet").num_rows == len(ROWS) * COPIES
     result = subprocess.run([fmkit_executable(), "predict", "--model-dir", small_deepfm_dir,
                              "--data", data, "--writer-type", "ParquetWriter", "--quiet"],
                             capture_output=True)  # (standard output: a pipe)

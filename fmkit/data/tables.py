@@ -51,6 +51,23 @@ def table_kind(output: str | Path | None, writer_type: str | None) -> str | None
     return kind
 
 
+def table_path(output: str | Path | None, kind: str) -> str | Path | None:
+    """Where a table goes: ``output``, or for a directory (an existing one, or a name ending
+    in ``/``: TorchEasyRec's ``--predict_output_path``) its ``part-0.parquet`` (``.csv``),
+    the file TorchEasyRec's writer of rank 0 writes there; the directory is made if missing."""
+    if output is None or str(output) == "-":
+        return output
+    if not (Path(output).is_dir() or str(output).endswith("/")):
+        return output
+    directory = Path(output)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise files.OutputError(directory, f"cannot create the directory: "
+                                f"{files.describe_os_error(e)}") from None
+    return directory / f"part-0.{'parquet' if kind == 'parquet' else 'csv'}"
+
+
 def _ours(path: Path) -> bool:
     """Whether an existing file is a table of predictions this module wrote."""
     import pyarrow.parquet as pq

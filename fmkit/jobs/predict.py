@@ -57,6 +57,7 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
                           writer.accept if writer else None) if reserved_columns else None)
     if reserved and not writer:  # (a DeepFM's: _Reserved refuses an FM)
         reserved.conform = tables.OneType(model.input_types())
+    output = tables.table_path(output, kind) if kind else output  # (a directory: part-0)
     try:  # the reader parses a block ahead on a core of its own: scoring leaves it that core
         with (files.output_stream(output, tables.TABLES if kind else codecs.RESPONSES) as out,
               leaving_cores(1)):
