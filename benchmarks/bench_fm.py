@@ -127,9 +127,10 @@ from fmkit.jobs import fm as jobs
 from fmkit.models.fm.parameters import init_parameters
 hp = hyperparameters()
 model_dir = FMModel(hp, init_parameters(hp)).save(Path(OUT).with_suffix(".model"))
-jobs.predict_files(model_dir, TEST, OUT + ".warm")            # compile
+suffix = OPTIONS.get("suffix", ".jsonl")  # (.parquet, .csv: a table of predictions)
+jobs.predict_files(model_dir, TEST, OUT + ".warm" + suffix)   # compile
 t = time.perf_counter()
-rows = jobs.predict_files(model_dir, TRAIN, OUT + ".jsonl")
+rows = jobs.predict_files(model_dir, TRAIN, OUT + suffix)
 result = dict(rows=rows, seconds=time.perf_counter() - t)
 """,
 }
@@ -218,6 +219,8 @@ ROWS = [
      "xLearn predict file, 2 threads"),
     ("fmkit predict file -> JSON Lines, 2 threads", "fmkit", "predict_file", {"threads": 2},
      "xLearn predict file, 2 threads"),
+    ("fmkit predict file -> Parquet, 2 threads", "fmkit", "predict_file",
+     {"threads": 2, "suffix": ".parquet"}, "xLearn predict file, 2 threads"),
     # quality on real data: a9a (32,561 training rows, 123 binary features), same epochs
     ("a9a: xLearn sgd 1 thread, 10 epochs", "peer", "xlearn_sgd_cold",
      {"threads": 1, "epochs": 10, "data": "a9a"}, None),
