@@ -157,6 +157,39 @@ def test_fm_top_k_equals_scoring_every_item_with_predict(movielens_fm, cli):
         in err, err
 
 
+@pytest.mark.parametrize("name", ["top.parquet", "top.csv"])
+def test_recommendations_as_a_table_are_a_row_per_item(movielens_fm, cli, name):
+    """``--output`` named .parquet or .csv: a row per recommended item (id, rank, item,
+    score), each context's top k against brute-force scores; a second run replaces it."""
+    import csv
+
+    import pyarrow.parquet as pq
+
+    root, catalogue, contexts, _ = movielens_fm
+    scores = _brute_force(root, catalogue, contexts)
+    for _ in range(2):
+        code, _, err = cli("recommend", "--model-dir", root / "model", "--items",
+                           root / "items.jsonl", "--context", root / "contexts.jsonl",
+                           "--k", 4, "--output", root / name, "--quiet")
+        assert code == 0, err
+    if name.endswith(".parquet"):
+        table = pq.read_table(root / name)
+        assert table.column_names == ["id", "rank", "item", "score"]
+        rows = table.to_pylist()
+    else:
+        with open(root / name, newline="") as f:
+            rows = [{"id": int(r["id"]), "rank": int(r["rank"]), "item": int(r["item"]),
+                     "score": float(r["score"])} for r in csv.DictReader(f)]
+    assert len(rows) == 4 * len(contexts)
+    ids = [c["id"] for c in catalogue]
+    for row, context in enumerate(contexts):
+        mine = rows[4 * row: 4 * row + 4]
+        assert [r["id"] for r in mine] == [context["id"]] * 4
+        assert [r["rank"] for r in mine] == [1, 2, 3, 4]
+        _check({"items": [r["item"] for r in mine], "scores": [r["score"] for r in mine]},
+               scores[row], 4, ids)
+
+
 def test_the_server_recommends_what_the_cli_does(movielens_fm, cli, monkeypatch):
     from starlette.testclient import TestClient
 

@@ -29,6 +29,7 @@ _MARK = {b"fmkit": b"predictions"}
 # every column a model's predictions may have: an FM's (SageMaker's response fields) and a
 # DeepFM's (TorchEasyRec's prediction dict); a CSV file whose header starts with one is ours
 OUTPUT_NAMES = ("score", "predicted_label", "logits", "probs", "probs1", "y")
+RECOMMENDATIONS = ("id", "rank", "item", "score")  # fmkit recommend's table, a row per item
 
 
 def table_kind(output: str | Path | None, writer_type: str | None) -> str | None:
@@ -80,10 +81,35 @@ def _ours(path: Path) -> bool:
     except (OSError, pa.ArrowException):
         return False
     first = head.split(b"\n", 1)[0]
-    return any(first.startswith(b'"%s"' % name.encode()) for name in OUTPUT_NAMES)
+    return (any(first.startswith(b'"%s"' % name.encode()) for name in OUTPUT_NAMES)
+            or any(first == sep.encode().join(b'"%s"' % name.encode() for name in RECOMMENDATIONS)
+                   for sep in DELIMITERS.values()))
 
 
 TABLES = files.Recognise("fmkit's table of predictions", lambda head: False, file_test=_ours)
+
+
+def ids(values: list[Any]) -> pa.Array:
+    """Ids as a column: of their own type when they share one (numbers, text), else as text
+    (the ids of JSON Lines files may mix them)."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+def recommendations(queries: list[Any], items: list[Any],
+                    found: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, pa.Array]:
+    """``fmkit recommend``'s answers as a table's columns, a row per recommended item:
+    the query's id, the item's rank (1 = best), its id and its score (float32)."""
+    counts = np.array([positions.size for positions, _ in found], dtype=np.int64)
+    positions = (np.concatenate([p for p, _ in found]) if found else np.zeros(0, np.int64))
+    scores = np.concatenate([s for _, s in found]) if found else np.zeros(0)
+    ranks = np.concatenate([np.arange(1, c + 1) for c in counts]) if found else np.zeros(0)
+    return {"id": ids([q for q, c in zip(queries, counts) for _ in range(c)]),
+            "rank": pa.array(ranks.astype(np.int32)),
+            "item": ids([items[p] for p in positions.tolist()]),
+            "score": pa.array(scores.astype(np.float32))}
 
 
 def _arrow(values: Any) -> pa.Array:

@@ -173,10 +173,21 @@ def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
                     items: str | Path | None = None, exclude: str | Path | None = None,
                     output: str | Path | None = None, approximate: bool = False) -> int:
     """``fmkit recommend``: JSON Lines ``{"id", "items", "scores"}`` per context (scores are
-    y_hat), to ``output`` or stdout; returns the number of contexts. ``approximate``: the
-    candidates come from the HNSW graph (exact scores; recall below 1 is possible)."""
+    y_hat), to ``output`` or stdout; to an ``output`` named ``.parquet``, ``.csv`` or ``.tsv``
+    a table of a row per recommended item (``id``, ``rank``, ``item``, ``score``). Returns the
+    number of contexts. ``approximate``: the candidates come from the HNSW graph (exact
+    scores; recall below 1 is possible)."""
+    from fmkit.data import tables  # (pyarrow: only for a table)
+
+    kind = tables.table_kind(output, None)
     ids, catalogue, found, _ = _top_k_of_files(model_dir, contexts, k, items, exclude,
                                                approximate)
+    if kind:  # a row per recommended item: id, rank, item, score
+        with files.output_stream(output, tables.TABLES) as out:
+            table = tables.PredictionTable(out, kind, (list(tables.RECOMMENDATIONS), []))
+            table.write(tables.recommendations(ids, catalogue.ids, found))
+            table.close()
+        return len(ids)
     with files.output_stream(output, ANSWERS) as out:
         for answer in _answers(ids, catalogue, found):
             out.write((json.dumps(answer) + "\n").encode())
