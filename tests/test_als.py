@@ -89,7 +89,7 @@ def test_a_feature_no_row_holds_stays_at_zero_without_l2():
     assert np.isfinite(model.predict(X)).all()
 
 
-def test_als_takes_libfms_defaults_and_refuses_what_it_cannot_do(tmp_path, cli):
+def test_als_takes_libfms_defaults_and_refuses_what_it_cannot_do(tmp_path):
     base = {"feature_dim": 10, "num_factors": 2, "predictor_type": "regressor"}
     hp = validate({**base, "optimizer": "als"})
     assert (hp["epochs"], hp["bias_wd"], hp["linear_wd"], hp["factors_wd"]) == (100, 0, 0, 10)
@@ -104,12 +104,17 @@ def test_als_takes_libfms_defaults_and_refuses_what_it_cannot_do(tmp_path, cli):
     for settings in ({}, {"factors_wd": 3.0, "epochs": 4}):  # saved and loaded: the same
         model = FMClassifier(num_factors=2, optimizer="als", **settings).fit(X, y)
         assert load(model.save(tmp_path / "saved")).get_params() == model.get_params()
-    for option, message in ((["--device", "cpu:0"], "optimizer=als trains on the CPU only"),
-                            (["--nproc", "2"], "optimizer=als trains in one process")):
-        code, _, err = cli("train", "--train", shared_file("a9a_libsvm", "a9a.t"), "--model-dir",
-                           tmp_path / "m", *option, "feature_dim=124", "num_factors=2",
-                           "predictor_type=binary_classifier", "optimizer=als")
-        assert code == 1 and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--device", "cpu:0"], "optimizer=als trains on the CPU only"),
+    (["--nproc", "2"], "optimizer=als trains in one process")])
+def test_als_on_a_device_or_several_processes_is_one_line(tmp_path, cli, option, message):
+    code, _, err = cli("train", "--train", shared_file("a9a_libsvm", "a9a.t"), "--model-dir",
+                       tmp_path / "m", *option, "feature_dim=124", "num_factors=2",
+                       "predictor_type=binary_classifier", "optimizer=als")
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("kind", [FMRegressor, FMClassifier])
