@@ -69,10 +69,11 @@ class TrainingDiverged(FMKitError):
     ``hint``: what to change, in the names of the settings the model was given."""
 
     def __init__(self, epoch: int, what: str = "the training loss",
-                 hint: str = FM_DIVERGED_HINT):
+                 hint: str = FM_DIVERGED_HINT,
+                 problem: str = "is not finite (NaN or infinity)"):
         self.epoch = epoch
-        super().__init__(f"training diverged in epoch {epoch}: {what} is not finite (NaN or "
-                         f"infinity); no model was written. {hint}")
+        super().__init__(f"training diverged in epoch {epoch}: {what} {problem}; no model was "
+                         f"written. {hint}")
 
 
 def require_option(ok: bool, option: str, expected: str, value: Any) -> None:

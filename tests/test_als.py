@@ -172,3 +172,18 @@ def test_an_als_run_with_validation_killed_and_resumed_equals_an_uninterrupted_o
     straight, resumed = (json.loads((tmp_path / name / "metrics.json").read_text())["train"]
                          for name in ("straight", "resumed"))
     assert [h["validation"] for h in resumed] == [h["validation"] for h in straight]
+
+
+@pytest.mark.parametrize("optimizer", ["als", "mcmc"])
+def test_sweeps_that_lose_their_precision_write_no_model(tmp_path, cli, optimizer):
+    """Two values of 1e30 among a9a's rows: the sweeps' residuals cancel, the weights stay
+    finite but absurd (ALS's w0 reached 1.3e9: every score 1) and the model was written.
+    The training loss rising to many times its first sweep's now stops the run."""
+    rows = shared_file("a9a_libsvm", "a9a").read_text().splitlines()[:50]
+    (tmp_path / "huge.svm").write_text("\n".join([*rows, "1 3:1e30 7:1", "0 3:-1e30 9:1"]))
+    code, _, err = cli("train", "--train", tmp_path / "huge.svm", "--model-dir", tmp_path / "m",
+                       "feature_dim=124", "num_factors=4", "predictor_type=binary_classifier",
+                       f"optimizer={optimizer}", "epochs=5", "--quiet")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "times its first sweep's: the sweeps lost their precision" in err
+    assert not (tmp_path / "m").exists()

@@ -36,6 +36,10 @@ STREAM_ADVICE = ("Train on fewer rows, or with a gradient optimizer (optimizer=a
                  "others stream the file: their memory is the model's)")
 PROBIT_TO_LOGIT = 1.702
 BURN_IN_SHARE = 0.1  # the share of the epochs whose samples the model's mean leaves out
+# A sweep's training loss this many times its first one: the sweeps lost their precision
+# (feature values like 1e30 cancel the residuals they keep), not a model a chain or least
+# squares can reach (ALS's loss never rises; a chain's stays near its optimum's).
+BREAKDOWN = 10.0
 DIVERGED_HINT = ("optimizer=mcmc has no learning rate: scale the labels (or the feature "
                  "values) to a spread near 1")
 ALS_DIVERGED_HINT = ("optimizer=als has no learning rate: raise its L2 weights (linear_wd, "
@@ -105,6 +109,7 @@ class SweepLearner:
                 self.V /= np.sqrt(self.scale)
         self.mean = {"w0": np.zeros(1), "w": np.zeros_like(self.w), "V": np.zeros_like(self.V)}
         self.steps = 0
+        self.first_loss: float | None = None  # (the first sweep's, for _check_precision)
         self._rows: tuple[Source, Rows] | None = None
 
     def batches(self, source: Source, rng: np.random.Generator) -> Iterator[Rows]:
@@ -144,12 +149,25 @@ class SweepLearner:
                           rows.column_values, rows.labels, self.classifier, self.w0, self.w,
                           self.V, self.hyper, seed, *rows.scratch, self.sampled,
                           mcmc.LAMBDA_BIAS if self.sampled else self.hp["bias_wd"])
+        self._check_precision(loss, rows.n_rows)
         self.steps += 1
         if self.sampled and self.steps > self.burn_in:
             self.kept += 1
             for name, sample in (("w0", self.w0), ("w", self.w), ("V", self.V)):
                 self.mean[name] += (sample - self.mean[name]) / self.kept
         return loss, rows.n_rows
+
+    def _check_precision(self, loss: float, rows: int) -> None:
+        """Refuse the weights of sweeps that lost their precision: the loss of the targets
+        before this sweep (after the last) :data:`BREAKDOWN` times the first sweep's, where
+        the weights stayed finite and the model would have been written (a9a with two values
+        of 1e30: ALS's w0 reached 1.3e9, every score 1)."""
+        if self.first_loss is None:
+            self.first_loss = loss
+        elif loss > BREAKDOWN * self.first_loss + 1e-9 * rows:
+            raise TrainingDiverged(self.steps, "the training loss", self.diverged_hint,
+                                   f"rose to {loss / max(self.first_loss, 1e-300):.3g} times "
+                                   "its first sweep's: the sweeps lost their precision")
 
     def _model(self) -> dict[str, np.ndarray]:
         """The weights the model is: the samples' mean after the burn-in (before it ends, the
@@ -159,7 +177,8 @@ class SweepLearner:
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         return ({"w0": self.w0, "w": self.w, "V": self.V, "hyper": self.hyper,
                  **{f"mean_{name}": value for name, value in self.mean.items()}},
-                {"kept": self.kept, "shift": self.shift, "scale": self.scale})
+                {"kept": self.kept, "shift": self.shift, "scale": self.scale,
+                 "first_loss": self.first_loss})
 
     def restore(self, arrays: dict[str, np.ndarray], extra: dict) -> None:
         for name in ("w0", "w", "V", "hyper"):
@@ -167,6 +186,7 @@ class SweepLearner:
         for name in self.mean:
             self.mean[name][...] = arrays[f"mean_{name}"]
         self.kept = int(extra["kept"])
+        self.first_loss = extra.get("first_loss")
         self.shift, self.scale = extra["shift"], extra["scale"]
 
     def weights(self) -> dict[str, np.ndarray]:
