@@ -5,8 +5,9 @@ TorchEasyRec's offline prediction (``tzrec.predict``) writes its prediction dict
 predict`` does the same when its output is named ``.parquet``, ``.csv`` or ``.tsv`` or
 ``--writer-type`` says so. As TorchEasyRec's writers: model outputs first, then the reserved
 columns; numbers as float32; one-value-per-class outputs as lists (Parquet only: a CSV cell
-holds one value). A Parquet file carries the key ``fmkit: predictions`` in its metadata, so a
-later run may replace it and nothing else.
+holds one value). ``fmkit recommend`` writes its top k the same way, a row per item. A
+Parquet file carries the key ``fmkit: predictions`` in its metadata, and a CSV file starts
+with its quoted header, so a later run may replace it and nothing else.
 """
 
 from __future__ import annotations
