@@ -281,3 +281,32 @@ def test_a_declared_input_type_types_a_text_column(small_deepfm_dir, cli, tmp_pa
     assert code == 1 and err.count("\n") == 1, err
     assert f"{tmp_path / 'r.csv'}:4: column 'rid': 'r9' is not INT64 (its input_type)" in err
     assert not (tmp_path / "q.parquet").exists()
+
+
+def test_nested_reserved_columns_go_to_parquet_and_are_refused_in_csv(small_deepfm_dir, cli,
+                                                                     tmp_path):
+    """A reserved list, map or struct column keeps its values in Parquet; a CSV cell holds
+    one value, so CSV is refused in one line (map and struct were pyarrow's traceback,
+    'Unsupported Type'), and no file is left."""
+    rows = _rows()[:3]
+    nested = {"tags_list": pa.array([["a", "b"], None, []]),
+              "kv": pa.array([[("k", 1)], None, []], pa.map_(pa.string(), pa.int64())),
+              "meta": pa.array([{"a": 1}, None, {"a": 2}])}
+    pq.write_table(pa.table({"user": [str(r["user"]) for r in rows],
+                             "item": [r["item"] for r in rows], "tags": [r["tags"] for r in rows],
+                             "age": [r["age"] for r in rows], "price": [r["price"] for r in rows],
+                             **nested}), tmp_path / "n.parquet")
+    for name, values in nested.items():
+        code, _, err = cli("predict", "--model-dir", small_deepfm_dir, "--data",
+                           tmp_path / "n.parquet", "--output", tmp_path / "p.parquet",
+                           "--reserved_columns", name)
+        assert code == 0, err
+        assert pq.read_table(tmp_path / "p.parquet").column(name).to_pylist() == \
+            values.to_pylist()
+        code, _, err = cli("predict", "--model-dir", small_deepfm_dir, "--data",
+                           tmp_path / "n.parquet", "--output", tmp_path / "p.csv",
+                           "--reserved_columns", name)
+        assert code == 1 and err.count("\n") == 1, err
+        kind = pq.read_schema(tmp_path / "n.parquet").field(name).type  # (as the file has it)
+        assert f"column {name!r} holds {kind} values, and a CSV cell holds one" in err
+        assert not (tmp_path / "p.csv").exists()

@@ -201,11 +201,16 @@ class PredictionTable:
             return
         import pyarrow.csv as pcsv
 
-        listed = [field.name for field in schema if pa.types.is_list(field.type)]
-        if listed:
-            raise HyperparameterError(f"column {listed[0]!r} holds one value per class, and a "
-                                      "CSV cell holds one value: write Parquet (.parquet), or "
-                                      "choose other columns with --output-columns")
+        nested = [field for field in schema if pa.types.is_nested(field.type)]
+        if nested and nested[0].name in self.names[0]:  # (a model's output)
+            raise HyperparameterError(f"column {nested[0].name!r} holds one value per class, "
+                                      "and a CSV cell holds one value: write Parquet "
+                                      "(.parquet), or choose other columns with "
+                                      "--output-columns")
+        if nested:  # (an input column: a list, a map, a struct)
+            raise HyperparameterError(f"column {nested[0].name!r} holds {nested[0].type} "
+                                      "values, and a CSV cell holds one value: write Parquet "
+                                      "(.parquet), or reserve other columns")
         self._schema = schema
         self._writer = pcsv.CSVWriter(self.stream, schema, write_options=pcsv.WriteOptions(
             delimiter=DELIMITERS[self.kind]))
