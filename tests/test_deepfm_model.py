@@ -5,6 +5,7 @@ message, and encoded blocks cut into mini-batches as plain Python cuts them."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -186,6 +187,11 @@ def test_outputs_are_named_as_torcheasyrec_names_them():
     out = classifier.outputs(from_instances(ROWS))
     assert set(out) == {"logits", "probs"} and out["logits"].shape == (len(ROWS),)
     np.testing.assert_allclose(out["probs"], 1 / (1 + np.exp(-out["logits"])))
+    with torch.no_grad():  # a logit far below 0: probs 0, without numpy's overflow warning
+        classifier.net.output.bias.fill_(-1000.0)  # (it printed to fmkit predict's stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (classifier.outputs(from_instances(ROWS))["probs"] == 0).all()
     regressor = DeepFMModel.create(configs.parse(small(model_config={
         **small()["model_config"], "losses": [{"l2_loss": {}}]})))
     assert set(regressor.outputs(from_instances(ROWS))) == {"y"}

@@ -231,15 +231,16 @@ def every_kind_client(every_kind):
 
 
 # -- outcomes -----------------------------------------------------------------------------------
-def predict_outcome(model, data: bytes, fmt: str, work: Path, table: str = "") -> None:
+def predict_outcome(model, data: bytes, fmt: str, work: Path, table: str = "",
+                    reserved: tuple[str, ...] = ()) -> None:
     """Predict a mutated file in-process (``model``: a model directory, or a loaded model):
     finite scores for every row, or an FMKitError. ``table``: ``parquet`` or ``csv`` writes a
-    table of predictions instead (a model directory's only)."""
+    table of predictions instead (a model directory's only), with the ``reserved`` columns."""
     path, out = work / f"case.{fmt}", work / f"out.{table or 'jsonl'}"
     path.write_bytes(data)
     try:
         if isinstance(model, Path):
-            predict_files(model, path, out, fmt=fmt)
+            predict_files(model, path, out, fmt=fmt, reserved_columns=reserved)
         else:
             with files.output_stream(out) as stream:
                 for batch in model.read(path, fmt, labelled=False):
@@ -449,7 +450,9 @@ def test_parquet_columns_of_every_type(every_kind, work, data):
                                  data.draw(st.sampled_from(choices)))
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    predict_outcome(every_kind["model"], buffer.getvalue(), "auto", work)
+    output = data.draw(st.sampled_from(["", "parquet", "csv"]))  # (responses, or a table)
+    reserved = tuple(data.draw(st.lists(st.sampled_from(table.column_names), max_size=2)))
+    predict_outcome(every_kind["model"], buffer.getvalue(), "auto", work, output, reserved)
 
 
 @FUZZ

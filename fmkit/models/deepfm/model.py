@@ -48,6 +48,7 @@ from fmkit.models.metrics import (
     metrics_of_parts,
     normalized_entropy,
     prediction_fields,
+    sigmoid,
     softmax,
 )
 
@@ -352,7 +353,7 @@ class DeepFMModel:
         ``probs1``), ``y`` for l2_loss."""
         y = self.logits(batch)
         if self.predictor_type == "binary_classifier":
-            return {"logits": y, "probs": 1.0 / (1.0 + np.exp(-y))}
+            return {"logits": y, "probs": sigmoid(y)}  # (no overflow warning for y << 0)
         if self.predictor_type == "multiclass_classifier":
             probs = softmax(y)
             return {"logits": y, "probs": probs, **({"probs1": probs[:, 1]}
