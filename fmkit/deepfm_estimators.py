@@ -33,7 +33,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, colu
 from fmkit.data.columns import ColumnBatch
 from fmkit.errors import excerpt
 from fmkit.eval_set import one_pair
-from fmkit.models.metrics import predicted_labels, softmax
+from fmkit.models.metrics import predicted_labels, sigmoid, softmax
 
 LABEL, WEIGHT = "__label__", "__weight__"  # the columns y and sample_weight become
 BLOCK_ROWS = 1 << 20  # rows encoded (and shuffled, with data_config.shuffle) at once
@@ -446,7 +446,7 @@ class DeepFMClassifier(ClassifierMixin, _DeepFMEstimator):
         logits = self._logits(X)
         if logits.ndim == 2:
             return softmax(logits)
-        p = 1.0 / (1.0 + np.exp(-logits))
+        p = sigmoid(logits)  # (no overflow warning far from 0)
         return np.column_stack([1.0 - p, p])
 
     def predict(self, X: Any) -> np.ndarray:
