@@ -120,7 +120,7 @@ class SweepLearner:
             for block in source.blocks():
                 blocks.append(block)
                 rows, nonzeros = rows + block.n_rows, nonzeros + int(block.indptr[-1])
-                check_fits(f"optimizer=mcmc on {source.name}", [
+                check_fits(f"optimizer={self.hp['optimizer']} on {source.name}", [
                     (f"{rows:,} rows, {nonzeros:,} values by row and by feature",
                      ROW_BYTES * rows + NONZERO_BYTES * nonzeros)], STREAM_ADVICE,
                     held="the training rows it holds in memory (read so far)")
