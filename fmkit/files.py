@@ -57,11 +57,12 @@ class Recognise:
     """What a command writes to a file the user names, and how to tell such a file from its
     first :data:`HEAD_BYTES`: a non-empty file the test does not recognise is refused."""
 
-    def __init__(self, holds: str, test: Callable[[bytes], bool],
-                 file_test: Callable[[Path], bool] | None = None):
+    def __init__(self, holds: str, test: Callable[[bytes], bool] | None = None,
+                 file_test: Callable[[Path, bytes], bool] | None = None):
         self.holds = holds  # "fmkit's predictions"...: the message says the file is not that
-        self.test = test
-        self.file_test = file_test  # for a file its head cannot tell (Parquet: its footer)
+        # the test of the file's head; or of the file and its head, for files the head alone
+        # cannot tell (a Parquet file: its footer)
+        self.test, self.file_test = test, file_test
 
     def refuse_foreign(self, path: Path) -> None:
         """Raise :class:`OutputError` when ``path`` holds something this writer does not
@@ -74,7 +75,7 @@ class Recognise:
         except OSError as e:
             raise OutputError(path, f"cannot read what is there: {describe_os_error(e)}"
                               ) from None
-        if head and not (self.file_test(path) if self.file_test else self.test(head)):
+        if head and not (self.file_test(path, head) if self.file_test else self.test(head)):
             shown = excerpt(head[:24], 24)
             raise OutputError(path, f"exists and is not {self.holds} (it starts {shown}); "
                               "nothing was changed: remove it or choose another name")

@@ -70,24 +70,22 @@ def table_path(output: str | Path | None, kind: str) -> str | Path | None:
     return directory / f"part-0.{'parquet' if kind == 'parquet' else 'csv'}"
 
 
-def _ours(path: Path) -> bool:
-    """Whether an existing file is a table of predictions this module wrote."""
+def _ours(path: Path, head: bytes) -> bool:
+    """Whether an existing file (its first bytes: ``head``) is a table this module wrote."""
     import pyarrow.parquet as pq
 
-    try:
-        with open(path, "rb") as f:
-            head = f.read(files.HEAD_BYTES)
-        if head.startswith(b"PAR1"):
+    if head.startswith(b"PAR1"):
+        try:
             return (pq.read_schema(path).metadata or {}).get(b"fmkit") == _MARK[b"fmkit"]
-    except (OSError, pa.ArrowException):
-        return False
+        except (OSError, pa.ArrowException):
+            return False
     first = head.split(b"\n", 1)[0]
     return (any(first.startswith(b'"%s"' % name.encode()) for name in OUTPUT_NAMES)
             or any(first == sep.encode().join(b'"%s"' % name.encode() for name in RECOMMENDATIONS)
                    for sep in DELIMITERS.values()))
 
 
-TABLES = files.Recognise("fmkit's table of predictions", lambda head: False, file_test=_ours)
+TABLES = files.Recognise("fmkit's table of predictions", file_test=_ours)
 
 
 def ids(values: list[Any]) -> pa.Array:
@@ -175,7 +173,9 @@ class OneType:
 
 class PredictionTable:
     """Writes blocks of named columns to one Parquet or CSV file (``kind``), streamed; the
-    first block fixes the columns and their types (reserved columns: :class:`OneType`)."""
+    first block fixes the columns and their types (reserved columns: :class:`OneType`). As a
+    context manager it finishes the file when the block ends, and lets it go unfinished when
+    the block raises (the caller's output stream then removes it)."""
 
     def __init__(self, stream: BinaryIO, kind: str,
                  names: tuple[list[str], list[str]] = ([], [])):
@@ -184,6 +184,15 @@ class PredictionTable:
         self._writer: Any = None
         self._schema: pa.Schema | None = None
         self.rows = 0
+
+    def __enter__(self) -> PredictionTable:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
 
     def write(self, columns: Mapping[str, Any]) -> None:
         arrays = [_arrow(values) for values in columns.values()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from fmkit import compile_cache, files
 from fmkit.cpus import leaving_cores
@@ -20,6 +20,9 @@ from fmkit.data.sources import TEXT_SAMPLES
 from fmkit.errors import DataError, HyperparameterError, excerpt
 from fmkit.models.base import Model, load_model
 from fmkit.models.fm.model import FMModel, scorer_cached
+
+if TYPE_CHECKING:
+    from fmkit.data.tables import PredictionTable  # (imported with pyarrow, for tables only)
 
 
 def predict_files(model_dir: str | Path, data_path: str | Path,
@@ -64,9 +67,10 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
             blocks = background(model.read(data_path, fmt, labelled=False))
             blocks = reserved.tap(blocks) if reserved else blocks
             if writer is None:
-                table = tables.PredictionTable(out, kind, (list(columns),
-                                                           reserved.names if reserved else []))
-                return _write_table(model, blocks, table, columns, reserved)
+                with tables.PredictionTable(out, kind, (list(columns), reserved.names
+                                                        if reserved else [])) as table:
+                    _write_table(model, blocks, table, columns, reserved)
+                return table.rows
             return _write_predictions(model, blocks, writer, out, reserved)
     except codecs.RequestError as e:
         raise DataError(str(data_path), None, str(e)) from None
@@ -153,15 +157,9 @@ def _write_predictions(model: Model, blocks: Iterable[Any], writer: codecs.Respo
     return rows
 
 
-def _write_table(model: Model, blocks: Iterable[Any], table: Any,
-                 columns: Sequence[str], reserved: _Reserved | None = None) -> int:
-    try:
-        for outputs in model.outputs_of(blocks):
-            codecs.check_finite(outputs, "row", table.rows + 1)
-            table.write({**{name: outputs[name] for name in columns},
-                         **(reserved.next() if reserved else {})})
-        table.close()
-    except BaseException:
-        table.discard()
-        raise
-    return table.rows
+def _write_table(model: Model, blocks: Iterable[Any], table: PredictionTable,
+                 columns: Sequence[str], reserved: _Reserved | None = None) -> None:
+    for outputs in model.outputs_of(blocks):
+        codecs.check_finite(outputs, "row", table.rows + 1)
+        table.write({**{name: outputs[name] for name in columns},
+                     **(reserved.next() if reserved else {})})

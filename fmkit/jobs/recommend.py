@@ -183,10 +183,9 @@ def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
     ids, catalogue, found, _ = _top_k_of_files(model_dir, contexts, k, items, exclude,
                                                approximate)
     if kind:  # a row per recommended item: id, rank, item, score
-        with files.output_stream(output, tables.TABLES) as out:
-            table = tables.PredictionTable(out, kind, (list(tables.RECOMMENDATIONS), []))
+        with (files.output_stream(output, tables.TABLES) as out,
+              tables.PredictionTable(out, kind, (list(tables.RECOMMENDATIONS), [])) as table):
             table.write(tables.recommendations(ids, catalogue.ids, found))
-            table.close()
         return len(ids)
     with files.output_stream(output, ANSWERS) as out:
         for answer in _answers(ids, catalogue, found):
