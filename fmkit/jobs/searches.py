@@ -140,6 +140,7 @@ ALS_SPACE: tuple[Dimension, ...] = (
     Dimension("linear_wd", 1e-3, 100.0),
     Dimension("factors_wd", 1e-3, 100.0),
 )
+SWEEP_SPACES = {MCMC: MCMC_SPACE, ALS: ALS_SPACE}  # a trial's space with that optimizer fixed
 
 
 class FMSearch:
@@ -160,8 +161,7 @@ class FMSearch:
         is)."""
         fixed = self.settings.fixed
         space = FFM_SPACE if fixed.get("model_type") == "ffm" else FM_SPACE
-        if fixed.get("optimizer") in (MCMC, ALS):
-            space = MCMC_SPACE if fixed["optimizer"] == MCMC else ALS_SPACE
+        space = SWEEP_SPACES.get(fixed.get("optimizer"), space)
         return [d for d in space
                 if any(name not in fixed for name in COUPLED.get(d.name, (d.name,)))]
 

@@ -108,9 +108,10 @@ def _draw(sum_hh, sum_h_target, prior_mean, prior_precision, alpha, sample=True)
     """The conditional draw of one parameter from its sums (see the module's docstring); its
     mean when not ``sample`` (ALS). With no rows and no prior (a feature training never sees,
     ALS without its L2 weight) nothing constrains it: the prior's mean."""
-    if alpha * sum_hh + prior_precision <= 0.0:
+    precision = alpha * sum_hh + prior_precision
+    if precision <= 0.0:
         return prior_mean
-    variance = 1.0 / (alpha * sum_hh + prior_precision)
+    variance = 1.0 / precision
     mean = variance * (alpha * sum_h_target + prior_mean * prior_precision)
     return mean + math.sqrt(variance) * np.random.normal() if sample else mean
 

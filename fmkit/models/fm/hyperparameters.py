@@ -52,7 +52,11 @@ ALS = "als"
 ALS_DEFAULTS = {"epochs": 100, "bias_wd": 0.0, "linear_wd": 0.0, "factors_wd": 10.0}
 ALS_UNUSED = ("mini_batch_size", "bias_lr", "linear_lr", "factors_lr", "clip_gradient", "eps",
               "rescale_grad", "lock_free", "shuffle")
-SWEEPS = (MCMC, ALS)  # whole-data sweeps: rows held in memory, one process, the CPU only
+# the whole-data sweeps (rows held in memory, one process, the CPU only): their defaults for
+# what a job does not name, and the settings they do not read
+SWEEP_DEFAULTS = {MCMC: MCMC_DEFAULTS, ALS: ALS_DEFAULTS}
+SWEEP_UNUSED = {MCMC: MCMC_UNUSED, ALS: ALS_UNUSED}
+SWEEPS = tuple(SWEEP_DEFAULTS)
 
 
 def sweeps_in_one_process(optimizer: str) -> str:
@@ -338,8 +342,7 @@ def validate(raw: Mapping[str, Any], *, require: bool = True, saved: bool = Fals
         raw = {**FFM_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
     named = str(raw.get("optimizer", "")).strip().lower()
     if named in SWEEPS:
-        raw = {**(MCMC_DEFAULTS if named == MCMC else ALS_DEFAULTS),
-               **{k: v for k, v in raw.items() if v is not None}}
+        raw = {**SWEEP_DEFAULTS[named], **{k: v for k, v in raw.items() if v is not None}}
     values: dict[str, Any] = {}
     for h in TABLE:
         value = raw.get(h.name)
@@ -393,7 +396,7 @@ def validate(raw: Mapping[str, Any], *, require: bool = True, saved: bool = Fals
 def _unused(optimizer: str) -> tuple[str, ...]:
     """The settings ``optimizer`` does not read (eps: only the adaptive rules divide)."""
     if optimizer in SWEEPS:
-        return (*(MCMC_UNUSED if optimizer == MCMC else ALS_UNUSED), *FTRL_ONLY)
+        return (*SWEEP_UNUSED[optimizer], *FTRL_ONLY)
     if optimizer == "ftrl":
         return ("eps",)
     return (*FTRL_ONLY, "eps") if optimizer == "sgd" else FTRL_ONLY
