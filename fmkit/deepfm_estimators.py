@@ -71,19 +71,24 @@ def _table(X: Any) -> pa.Table:
     return pa.table(columns) if columns else pa.table({})
 
 
+_NOT_ARROW = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
+
 def _from_pandas(X: Any) -> pa.Table:
     """A DataFrame as an Arrow table. A column of object dtype that mixes numbers and text
     (ids read from several sources: ``19`` and ``"19"``) is text, as a CSV file of it reads;
     other columns Arrow cannot convert are a ValueError naming the column."""
     try:
         table = pa.Table.from_pandas(X, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+    except _NOT_ARROW as e:
         columns = {}
         for name in X.columns:
             column = X[name]
+            if column.dtype.kind == "c":
+                raise ValueError("Complex data not supported") from None
             try:
                 columns[str(name)] = pa.array(column, from_pandas=True)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
+            except _NOT_ARROW:
                 kinds = {type(v).__name__ for v in column if not _missing(v)}
                 if column.dtype != object or not kinds <= {"str", "int", "float", "bool"}:
                     raise ValueError(f"X column {excerpt(str(name))}: {e}") from None
@@ -120,7 +125,12 @@ def default_config(X: Any) -> dict[str, Any]:
         multi = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
         if multi:
             column = pc.list_flatten(column)
-        distinct = len(pc.unique(column.drop_null()))
+        try:
+            distinct = len(pc.unique(column.drop_null()))
+        except pa.ArrowNotImplementedError:  # (a struct or map column, lists of lists)
+            raise ValueError(f"X column {excerpt(name)} holds {excerpt(str(column.type))} "
+                             f"values, which are not features: give numbers, text or "
+                             f"lists of them") from None
         numeric = not multi and (pa.types.is_floating(column.type) or (
             pa.types.is_integer(column.type) and distinct > 64))
         init = "nn.init.normal_,std=0.01"

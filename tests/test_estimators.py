@@ -407,6 +407,20 @@ def test_deepfm_ids_mixing_numbers_and_text_are_text():
         texts.predict(X.assign(user=[[1]] + [1] * (len(X) - 1)))
 
 
+@pytest.mark.parametrize("column, refusal", [
+    (lambda X: X["user"] + 1j, "Complex data not supported"),
+    (lambda X: [{"a": 1}] * len(X), "X column 'extra' holds 'struct<a: int64>' values, which "
+                                    "are not features"),
+    (lambda X: [[[1], [2]]] * len(X), "X column 'extra' holds 'list<item: int64>' values")])
+def test_deepfm_default_config_refuses_columns_that_are_not_features(column, refusal):
+    """A complex column (scikit-learn's refusal) and a column of dicts or of lists of lists
+    were pyarrow's ArrowNotImplementedError ("Unsupported numpy type 15", "Function 'unique'
+    has no kernel matching input types"): a ValueError naming the column."""
+    X, y, _ = _deepfm_problem()
+    with pytest.raises(ValueError, match=re.escape(refusal)):
+        DeepFMClassifier(num_epochs=1).fit(X.assign(extra=column(X)), y)
+
+
 def test_deepfm_estimator_errors_name_the_row_of_x(monkeypatch):
     """X is read in blocks: a bad value's row is counted from X's first row, not its block's."""
     import fmkit.deepfm_estimators as module
