@@ -371,13 +371,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
 
     p = sub.add_parser("config", help="convert a DeepFM configuration between TorchEasyRec's "
-                       ".config (protobuf text), YAML and JSON",
+                       ".config (protobuf text), YAML and JSON, or from a FuxiCTR experiment",
                        description="Check a DeepFM configuration and write it in another "
-                       "form: protobuf text (TorchEasyRec's .config), YAML or JSON.",
-                       epilog="example:\n  fmkit config convert deepfm_criteo.config --to yaml "
-                       "-o deepfm_criteo.yaml", formatter_class=raw)
-    p.add_argument("action", choices=("convert",))
-    p.add_argument("file", help="the configuration (.config, .yaml or .json; read by content)")
+                       "form: protobuf text (TorchEasyRec's .config), YAML or JSON. "
+                       "from-fuxictr: FuxiCTR's DeepFM experiment (the --config directory of "
+                       "its run_expid.py and --expid), its encoders fitted on its train_data "
+                       "as FuxiCTR fits them (docs/coming-from.md).",
+                       epilog="examples:\n  fmkit config convert deepfm_criteo.config --to yaml "
+                       "-o deepfm_criteo.yaml\n  fmkit config from-fuxictr ./config --expid "
+                       "DeepFM_test -o deepfm.yaml && fmkit train --config deepfm.yaml",
+                       formatter_class=raw)
+    p.add_argument("action", choices=("convert", "from-fuxictr"))
+    p.add_argument("file", help="the configuration (.config, .yaml or .json; read by content); "
+                   "from-fuxictr: FuxiCTR's configuration directory")
+    p.add_argument("--expid", help="from-fuxictr: the experiment (a model_config section)")
     p.add_argument("--to", choices=CONFIG_FORMATS,
                    help="the form to write (default: from the -o file's suffix)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
@@ -460,6 +467,26 @@ def _without_nproc(argv: list[str]) -> list[str]:
 CONFIG_FORMATS = ("yaml", "json", "config")
 
 
+def _converted_config(args: argparse.Namespace) -> str:
+    """``fmkit config``'s text: a configuration converted, or a FuxiCTR experiment's (its
+    notes on standard error)."""
+    form = _config_form(args.to, args.output)
+    if args.action == "convert":
+        if args.expid:
+            raise HyperparameterError("--expid goes with from-fuxictr")
+        from fmkit.models.deepfm.config_files import convert_file
+
+        return convert_file(args.file, form, args.overrides)
+    if not args.expid:
+        raise HyperparameterError("from-fuxictr needs --expid (the experiment to convert)")
+    from fmkit.models.deepfm import fuxictr
+
+    text, notes = fuxictr.convert(args.file, args.expid, form, args.overrides)
+    for note in notes:
+        print(f"fmkit: note: {note}", file=sys.stderr)
+    return text
+
+
 def _config_form(to: str | None, output: str | None) -> str:
     """``fmkit config convert``'s target form: ``--to``, else the ``-o`` file's suffix."""
     if to:
@@ -467,7 +494,7 @@ def _config_form(to: str | None, output: str | None) -> str:
     suffix = Path(output or "").suffix.lstrip(".").lower()
     form = {"yml": "yaml"}.get(suffix, suffix)
     if form not in CONFIG_FORMATS:
-        raise HyperparameterError("config convert needs --to yaml, json or config (or an -o "
+        raise HyperparameterError("fmkit config needs --to yaml, json or config (or an -o "
                                   "file ending .yaml, .json or .config)")
     return form
 
@@ -669,14 +696,11 @@ def main(argv: list[str] | None = None) -> int:
             log.info("wrote %s: a %s FM of %d features and %d factors", args.model_dir,
                      model.predictor_type, model.feature_dim, model.params.num_factors)
         elif args.command == "config":
-            from fmkit.models.deepfm.config_files import convert_file
-
-            text = convert_file(args.file, _config_form(args.to, args.output),
-                                args.overrides)
+            text = _converted_config(args)
             if args.output:
                 from fmkit.files import require_new, write_text
 
-                require_new(args.output, "fmkit config convert -o")
+                require_new(args.output, f"fmkit config {args.action} -o")
                 write_text(args.output, text)
             else:
                 sys.stdout.write(text)

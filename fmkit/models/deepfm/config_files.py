@@ -144,9 +144,15 @@ def convert_file(path: str, to: str, overrides: list[str] = ()) -> str:
     (fields, features, groups, layers; not the data) and written as ``to`` — ``config``
     (protobuf text), ``yaml`` or ``json`` — with the fields that differ from their defaults,
     so that reading the result gives the same configuration."""
+    return written(apply_overrides(load_document(path), list(overrides)), to)
+
+
+def written(document: dict[str, Any], to: str) -> str:
+    """A configuration document checked as training checks it and written as ``to`` (see
+    :func:`convert_file`)."""
     import yaml
 
-    config = parse(apply_overrides(load_document(path), list(overrides)), report_ignored=True)
+    config = parse(document, report_ignored=True)
     check_features(config)
     if to == "config":
         return prototext.format_text(config)

@@ -1,0 +1,475 @@
+"""FuxiCTR's experiments as fmkit DeepFM configurations (``fmkit config from-fuxictr``).
+
+A FuxiCTR user runs ``python run_expid.py --config DIR --expid EXPID``: ``DIR`` holds
+``model_config.yaml`` (a ``Base`` section and one section per experiment) and
+``dataset_config.yaml`` (one section per ``dataset_id``), or directories ``model_config/`` and
+``dataset_config/`` of such files. :func:`load_experiment` merges them as FuxiCTR's
+``load_config`` does; :func:`to_document` writes the DeepFM they describe in TorchEasyRec's
+fields, which fmkit trains.
+
+FuxiCTR fits its feature encoders on the training data before it trains, and so does this
+conversion, reading ``train_data`` once with the readers training uses:
+
+* a ``categorical`` column becomes an ``id_feature`` whose ``vocab_list`` is the values seen at
+  least ``min_categr_count`` times (FuxiCTR's tokenizer); others take the out-of-vocabulary
+  row, and a missing value a learned row of its own (FuxiCTR's: the out-of-vocabulary row);
+* a ``sequence`` column (ids joined by ``splitter``, ``^`` by default) becomes a
+  ``sequence_id_feature`` of the same vocabulary, its first ``max_len`` ids (FuxiCTR's default
+  ``padding: post`` keeps the first; unset: the longest sequence in the training data), pooled
+  by mean (``MaskedAveragePooling``, FuxiCTR's default encoder) or sum;
+* a ``numeric`` column becomes a ``raw_feature`` bucketized at the training values' deciles.
+  FuxiCTR scales one embedding vector by the (normalized) value; fmkit's FM and wide groups
+  take embeddings of one width, which a dense value is not, so the value is bucketized (its
+  normalizer, monotone, then changes nothing and is left out).
+
+Each other difference is said in one line of :class:`Converted`'s ``notes``; what fmkit has
+no counterpart for (another model than DeepFM, pretrained embeddings, ``preprocess``
+functions, a ``category_processor``, H5 data) is a :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fmkit.data.columns import is_parquet, read_delimited, read_parquet
+from fmkit.errors import excerpt
+from fmkit.models.deepfm.config import ConfigError
+from fmkit.models.deepfm.config_files import apply_overrides, load_document, written
+from fmkit.models.deepfm.transforms import texts
+
+BUCKETS = 10  # a numeric column's buckets (FuxiCTR's own num_buckets default)
+SAMPLE = 1_000_000  # numeric values kept (a uniform sample) for a column's deciles
+EMBEDDING_INIT = "nn.init.normal_,std=0.0001"  # FuxiCTR's embedding_initializer default
+ACTIVATIONS = {"relu": "nn.ReLU", "leakyrelu": "nn.LeakyReLU", "prelu": "nn.PReLU",
+               "elu": "nn.ELU", "gelu": "nn.GELU", "silu": "nn.SiLU", "sigmoid": "nn.Sigmoid",
+               "tanh": "nn.Tanh", "linear": ""}
+LOSSES = {"binary_crossentropy": "binary_cross_entropy", "bce": "binary_cross_entropy",
+          "binary_cross_entropy": "binary_cross_entropy", "mse_loss": "l2_loss",
+          "mse": "l2_loss"}
+OPTIMIZERS = {"adam": ("adam_optimizer", "adam_optimizer"),
+              "adagrad": ("adagrad_optimizer", "adagrad_optimizer"),
+              "sgd": ("sgd_optimizer", "sgd_optimizer"),
+              "adamw": ("adam_optimizer", "adamw_optimizer")}
+MONITORS = {"auc": ("auc", "max"), "logloss": ("logloss", "min"),
+            "binary_crossentropy": ("logloss", "min"), "accuracy": ("accuracy", "max"),
+            "acc": ("accuracy", "max"), "mse": ("rmse", "min"), "rmse": ("rmse", "min")}
+POOLINGS = {"layers.MaskedAveragePooling()": "mean", "MaskedAveragePooling": "mean",
+            "layers.MaskedSumPooling()": "sum", "MaskedSumPooling": "sum"}
+
+
+@dataclass
+class Converted:
+    """A FuxiCTR experiment in TorchEasyRec's fields: ``document`` (what ``fmkit train
+    --config`` reads), and a line per setting fmkit reads differently (``notes``)."""
+
+    document: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def _sections(config_dir: str, kind: str) -> list[str]:
+    files = glob.glob(os.path.join(config_dir, f"{kind}.yaml"))
+    return files or sorted(glob.glob(os.path.join(config_dir, kind, "*.yaml")))
+
+
+def load_experiment(config_dir: str, expid: str) -> dict[str, Any]:
+    """An experiment's settings as FuxiCTR's ``load_config`` merges them: ``Base``, then the
+    experiment's section, then its ``dataset_id``'s dataset section."""
+    if not os.path.isdir(config_dir):
+        raise ConfigError(f"{config_dir}: not a directory (FuxiCTR's --config: the directory "
+                          f"of model_config.yaml and dataset_config.yaml)")
+    models = _sections(config_dir, "model_config")
+    if not models:
+        raise ConfigError(f"{config_dir}: holds no model_config.yaml nor model_config/*.yaml")
+    found: dict[str, Any] = {}
+    for path in models:
+        document = load_document(path)
+        for key in ("Base", expid):
+            if key in document and key not in found:
+                found[key] = _mapping(document[key], f"{path}: {key}")
+    if expid not in found:
+        raise ConfigError(f"{config_dir}: no experiment {excerpt(expid)} in "
+                          f"{', '.join(os.path.basename(p) for p in models)}")
+    params = {**found.get("Base", {}), **found[expid], "model_id": expid}
+    dataset_id = params.get("dataset_id")
+    for path in _sections(config_dir, "dataset_config"):
+        document = load_document(path)
+        if dataset_id in document:
+            params.update(_mapping(document[dataset_id], f"{path}: {dataset_id}"))
+            return params
+    raise ConfigError(f"{config_dir}: dataset_id {excerpt(str(dataset_id))} of experiment "
+                      f"{excerpt(expid)} is in no dataset_config")
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings")
+    return value
+
+
+def feature_columns(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """``feature_cols`` with a list of names expanded into a column each (as FuxiCTR's
+    ``_complete_feature_cols``), inactive ones and those ``use_features`` leaves out dropped."""
+    columns = []
+    for i, col in enumerate(params.get("feature_cols") or []):
+        col = _mapping(col, f"feature_cols[{i}]")
+        names = col.get("name")
+        for name in names if isinstance(names, list) else [names]:
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"feature_cols[{i}]: name must be a column name or a list "
+                                  f"of them, got {excerpt(str(name))}")
+            if col.get("active", True) not in (False, "False", "false"):
+                columns.append({**col, "name": name})
+    wanted = params.get("use_features")
+    if wanted:
+        columns = [col for col in columns if col["name"] in set(wanted)]
+    if not columns:
+        raise ConfigError("feature_cols: no active feature")
+    return columns
+
+
+def _number(params: dict[str, Any], name: str, default: float) -> float:
+    """A number FuxiCTR's YAML may hold as text (PyYAML reads ``1e-3``, without a dot, as a
+    string, which FuxiCTR hands on as it is)."""
+    value = params.get(name, default)
+    try:
+        return float(value if value is not None else default)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a number, got {excerpt(str(value))}") from None
+
+
+def _l2(value: Any, name: str) -> float:
+    """FuxiCTR's regularizer: a number, ``l2(x)``, or nothing (an L1 term has no
+    counterpart)."""
+    if value in (None, 0, "0", ""):
+        return 0.0
+    text = str(value).replace(" ", "")
+    if text.lower().startswith("l2(") and text.endswith(")"):
+        text = text[3:-1]
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: {excerpt(str(value))}: only an L2 weight (a number or "
+                          f"l2(x)) has a counterpart in fmkit") from None
+
+
+class _Statistics:
+    """What FuxiCTR's encoders fit, gathered over the training data block by block: value
+    counts of categorical and sequence columns, the longest sequence, and a uniform sample of
+    each numeric column (bottom-k of random keys) for its deciles."""
+
+    def __init__(self, columns: list[dict[str, Any]], seed: int):
+        self.columns = columns
+        self.counts: dict[str, Counter] = {c["name"]: Counter() for c in columns
+                                           if c["type"] != "numeric"}
+        self.longest: dict[str, int] = {}
+        self.sample: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            c["name"]: (np.zeros(0), np.zeros(0)) for c in columns if c["type"] == "numeric"}
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, batch: Any) -> None:
+        for col in self.columns:
+            name = col["name"]
+            values = batch.column(name)
+            if col["type"] == "numeric":
+                self._add_numbers(batch, col, values)
+                continue
+            values = texts(values)
+            if col["type"] == "sequence":
+                lists = pc.split_pattern(values.fill_null(""), col.get("splitter", "^"))
+                lengths = pc.list_value_length(lists)
+                if len(lengths):
+                    self.longest[name] = max(self.longest.get(name, 0), pc.max(lengths).as_py())
+                values = pc.list_flatten(lists)
+            counted = pc.value_counts(values.drop_null())
+            self.counts[name].update(dict(zip(counted.field("values").to_pylist(),
+                                              counted.field("counts").to_pylist())))
+
+    def _add_numbers(self, batch: Any, col: dict[str, Any], values: pa.Array) -> None:
+        if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+            text = texts(values)
+            text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
+            try:
+                values = pc.cast(text, pa.float64())
+            except pa.ArrowInvalid:
+                row, value = next((i, v) for i, v in enumerate(text.to_pylist())
+                                  if v is not None and _float(v) is None)
+                raise batch.error(row, f"column {excerpt(col['name'])}: {excerpt(value)} is "
+                                  f"not a number") from None
+        numbers = values.to_numpy(zero_copy_only=False).astype(np.float64)
+        numbers = np.where(np.isnan(numbers), _number(col, "fill_na", 0.0), numbers)
+        kept, keys = self.sample[col["name"]]
+        keys = np.concatenate([keys, self.rng.random(numbers.size)])
+        kept = np.concatenate([kept, numbers])
+        if keys.size > SAMPLE:
+            chosen = np.argpartition(keys, SAMPLE)[:SAMPLE]
+            kept, keys = kept[chosen], keys[chosen]
+        self.sample[col["name"]] = kept, keys
+
+    def vocabulary(self, col: dict[str, Any], least: int) -> list[str]:
+        """The values seen at least ``least`` times, most frequent first (ties by value),
+        without FuxiCTR's missing value ``""``."""
+        counts = self.counts[col["name"]]
+        return [value for value, count in sorted(counts.items(), key=lambda p: (-p[1], p[0]))
+                if count >= least and value != ""]
+
+    def boundaries(self, col: dict[str, Any]) -> list[float]:
+        values = self.sample[col["name"]][0]
+        values = values[np.isfinite(values)]
+        if not values.size:
+            return [0.0]
+        edges = np.unique(np.quantile(values, np.linspace(0, 1, BUCKETS + 1)[1:-1]))
+        return [float(e) for e in edges]
+
+
+def _float(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read(path: str, names: list[str], sep: str) -> Any:
+    """The training data's blocks, as ``fmkit train`` reads them (texts as it sees them)."""
+    if is_parquet(path):
+        yield from read_parquet(path)
+    else:
+        yield from read_delimited(path, None, sep, True, needed=names)
+
+
+def _check_column(col: dict[str, Any]) -> None:
+    name, kind = col["name"], col.get("type")
+    where = f"feature_cols {excerpt(name)}"
+    if kind not in ("categorical", "numeric", "sequence", "meta"):
+        raise ConfigError(f"{where}: type {excerpt(str(kind))} has no counterpart in fmkit "
+                          f"(categorical, numeric, sequence)")
+    for key, why in (("pretrained_emb", "pretrained embeddings are not supported"),
+                     ("preprocess", "FuxiCTR's preprocess functions are Python code: write "
+                      "the column they make into the data"),
+                     ("category_processor", "not supported: give the column as categorical "
+                      "or numeric")):
+        if col.get(key):
+            raise ConfigError(f"{where}: {key} {excerpt(str(col[key]))}: {why}")
+    if kind == "sequence" and col.get("padding", "post") != "post":
+        raise ConfigError(f"{where}: padding {excerpt(str(col['padding']))} keeps a "
+                          f"sequence's last ids; fmkit keeps the first (padding: post)")
+    if kind == "sequence" and col.get("feature_encoder", "layers.MaskedAveragePooling()") \
+            not in POOLINGS:
+        raise ConfigError(f"{where}: feature_encoder {excerpt(str(col['feature_encoder']))}: "
+                          f"fmkit pools sequences by mean (MaskedAveragePooling) or sum "
+                          f"(MaskedSumPooling)")
+
+
+def _feature(col: dict[str, Any], stats: _Statistics, params: dict[str, Any],
+             dim: int) -> dict[str, Any]:
+    """A FuxiCTR feature column as a TorchEasyRec feature configuration."""
+    name, kind = col["name"], col["type"]
+    embedding = {"feature_name": name, "embedding_dim": int(col.get("embedding_dim", dim)),
+                 "init_fn": EMBEDDING_INIT}
+    if kind == "numeric":
+        return {"raw_feature": {**embedding, "boundaries": stats.boundaries(col),
+                                "default_value": str(_number(col, "fill_na", 0.0))}}
+    shared = col.get("share_embedding")
+    least = int(col.get("min_categr_count", params.get("min_categr_count", 1)))
+    vocabulary = stats.vocabulary(col, least)
+    ids = {**embedding, "vocab_list": vocabulary or [""], "embedding_name": shared or name}
+    if kind == "categorical":
+        # FuxiCTR fills a missing value with fill_na ("" by default) and looks it up: "" is
+        # never in its vocabulary, so it takes the (learned) out-of-vocabulary row; here it
+        # takes a learned row of its own, not fmkit's default of no id
+        ids["default_value"] = str(col.get("fill_na", "")) or "__OOV__"
+        return {"id_feature": ids}
+    return {"sequence_id_feature": {
+        **ids, "sequence_delim": col.get("splitter", "^"),
+        "sequence_length": int(col.get("max_len") or max(stats.longest.get(name, 1), 1)),
+        "pooling": POOLINGS[col.get("feature_encoder", "layers.MaskedAveragePooling()")]}}
+
+
+def _shared_vocabularies(features: list[dict[str, Any]]) -> None:
+    """Features that ``share_embedding`` one table read one vocabulary: the union of theirs
+    (FuxiCTR's ``merge_vocab``), in each feature."""
+    owners: dict[str, list[dict[str, Any]]] = {}
+    for feature in features:
+        settings = next(iter(feature.values()))
+        if "vocab_list" in settings:
+            owners.setdefault(settings["embedding_name"], []).append(settings)
+    for group in owners.values():
+        if len(group) > 1:
+            merged = list(dict.fromkeys(v for s in group for v in s["vocab_list"]))
+            for settings in group:
+                settings["vocab_list"] = merged
+
+
+def _monitor(params: dict[str, Any], notes: list[str], task_loss: str) -> str:
+    monitor = params.get("monitor", "AUC")
+    if isinstance(monitor, dict):
+        named = [str(k).lower() for k, weight in monitor.items() if weight]
+        metric = "auc" if "auc" in named else (named[0] if named else "auc")
+        notes.append(f"monitor {monitor}: fmkit stops early on one metric: {metric}")
+        monitor = metric
+    key = str(monitor).lower()
+    if key not in MONITORS:
+        raise ConfigError(f"monitor {excerpt(str(monitor))}: fmkit stops early on AUC, "
+                          f"logloss, accuracy or RMSE")
+    metric, mode = MONITORS[key]
+    if task_loss == "l2_loss" and metric in ("auc", "logloss", "accuracy"):
+        metric, mode = "rmse", "min"
+    given = params.get("monitor_mode")
+    if given and given != mode and not isinstance(params.get("monitor"), dict):
+        raise ConfigError(f"monitor_mode {excerpt(str(given))} contradicts monitor "
+                          f"{excerpt(str(monitor))}, which is better when {mode}imal")
+    return metric
+
+
+def _optimizers(params: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    name = str(params.get("optimizer", "adam")).lower()
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer {excerpt(name)}: fmkit has adam, adagrad, sgd and adamw")
+    sparse, dense = OPTIMIZERS[name]
+    lr = _number(params, "learning_rate", 1e-3)
+    sparse_settings: dict[str, Any] = {"lr": lr}
+    dense_settings: dict[str, Any] = {"lr": lr}
+    if name == "sgd":
+        dense_settings["momentum"] = 0.0  # (torch's SGD; TorchEasyRec's default is 0.9)
+    if name == "adamw":
+        notes.append("optimizer adamw: the embeddings train with Adam (fmkit's sparse "
+                     "optimizers have no AdamW)")
+    net = _l2(params.get("net_regularizer"), "net_regularizer")
+    if net:
+        dense_settings["weight_decay"] = net  # (torch's L2: the gradient of net/2 |w|^2)
+    embedding = _l2(params.get("embedding_regularizer"), "embedding_regularizer")
+    if embedding:
+        if sparse != "adam_optimizer":
+            raise ConfigError(f"embedding_regularizer with optimizer {name}: fmkit's sparse "
+                              f"{name} has no weight decay")
+        sparse_settings["weight_decay"] = embedding
+        notes.append(f"embedding_regularizer {embedding:g}: a decoupled weight decay on the "
+                     f"embedding rows each step touches (FuxiCTR adds an L2 term over whole "
+                     f"tables to the loss)")
+    return {"sparse_optimizer": {sparse: sparse_settings},
+            "dense_optimizer": {dense: dense_settings}}
+
+
+def _network(params: dict[str, Any]) -> dict[str, Any]:
+    activation = params.get("hidden_activations", "relu")
+    if isinstance(activation, list):
+        if len(set(map(str, activation))) > 1:
+            raise ConfigError(f"hidden_activations {excerpt(str(activation))}: fmkit's MLP "
+                              f"has one activation for every layer")
+        activation = activation[0] if activation else "relu"
+    key = str(activation).lower()
+    if key not in ACTIVATIONS:
+        raise ConfigError(f"hidden_activations {excerpt(str(activation))}: fmkit has "
+                          f"{', '.join(ACTIVATIONS)}")
+    deep: dict[str, Any] = {"hidden_units": [int(u) for u in params.get("hidden_units",
+                                                                         [64, 64, 64])],
+                            "activation": ACTIVATIONS[key],
+                            "use_bn": bool(params.get("batch_norm", False))}
+    dropout = params.get("net_dropout", 0)
+    if dropout:
+        deep["dropout_ratio"] = dropout if isinstance(dropout, list) else [float(dropout)]
+    return deep
+
+
+def to_document(params: dict[str, Any]) -> Converted:
+    """The DeepFM of a FuxiCTR experiment (:func:`load_experiment`) in TorchEasyRec's fields,
+    its encoders fitted on ``train_data`` as FuxiCTR fits them."""
+    notes: list[str] = []
+    model = params.get("model", "DeepFM")
+    if model != "DeepFM":
+        raise ConfigError(f"model {excerpt(str(model))}: fmkit trains FuxiCTR's DeepFM (FM "
+                          f"and FFM: fmkit train with model_type=fm or ffm)")
+    data_format = str(params.get("data_format", "csv")).lower()
+    if data_format not in ("csv", "parquet"):
+        raise ConfigError(f"data_format {excerpt(data_format)}: FuxiCTR's {data_format} files "
+                          f"are its own encoding; point train_data at the CSV or Parquet files")
+    train = params.get("train_data")
+    if not train:
+        raise ConfigError("train_data: not set")
+    labels = params.get("label_col")
+    labels = labels if isinstance(labels, list) else [labels]
+    if len(labels) != 1 or not isinstance(labels[0], dict) or "name" not in labels[0]:
+        raise ConfigError("label_col: expected one {name: ..., dtype: ...} (fmkit trains one "
+                          "label)")
+    columns = feature_columns(params)
+    for col in columns:
+        _check_column(col)
+    meta = [c["name"] for c in columns if c["type"] == "meta"]
+    if meta:
+        notes.append(f"meta columns {', '.join(meta)}: not features; left out")
+    columns = [c for c in columns if c["type"] != "meta"]
+    for key in ("test_data", "infer_data"):
+        if params.get(key):
+            notes.append(f"{key} {params[key]}: give it to fmkit train --test or fmkit "
+                         f"predict --data")
+    if params.get("reduce_lr_on_plateau", True):
+        notes.append("FuxiCTR divides the learning rate by 10 when the monitor stops "
+                     "improving; fmkit keeps it")
+    loss_name = str(params.get("loss", "binary_crossentropy")).lower()
+    if loss_name not in LOSSES:
+        raise ConfigError(f"loss {excerpt(loss_name)}: fmkit has binary_crossentropy and "
+                          f"mse_loss")
+    loss = LOSSES[loss_name]
+
+    stats = _Statistics(columns, int(params.get("seed") or 0))
+    sep = str(params.get("sep", ","))
+    for batch in _read(str(train), [c["name"] for c in columns], sep):
+        missing = [c["name"] for c in columns if c["name"] not in batch.columns]
+        if missing:
+            raise ConfigError(f"{train}: no column {excerpt(missing[0])} (feature_cols)")
+        stats.add(batch)
+    dim = int(params.get("embedding_dim", 10))
+    features = [_feature(col, stats, params, dim) for col in columns]
+    _shared_vocabularies(features)
+    names = [c["name"] for c in columns]
+    train_config: dict[str, Any] = {
+        **_optimizers(params, notes), "num_epochs": int(params.get("epochs", 10)),
+        "early_stopping_metric": _monitor(params, notes, loss)}
+    if params.get("valid_data"):
+        train_config["early_stopping_patience"] = int(params.get(
+            "early_stop_patience", params.get("patience", 2)))
+    else:
+        notes.append("no valid_data: every epoch trains, without early stopping (fmkit train "
+                     "--validation gives one)")
+    if params.get("seed") is not None:
+        train_config["seed"] = int(params["seed"])
+    if params.get("eval_steps"):
+        train_config["validation_every_steps"] = int(params["eval_steps"])
+    document: dict[str, Any] = {
+        "train_input_path": str(train),
+        "model_dir": os.path.join(str(params.get("model_root", "./checkpoints/")),
+                                  str(params.get("dataset_id")), str(params["model_id"])),
+        "data_config": {"dataset_type": "ParquetDataset" if data_format == "parquet"
+                        else "CsvDataset", "label_fields": [str(labels[0]["name"])],
+                        "with_header": True, "delimiter": sep,
+                        "batch_size": int(params.get("batch_size", 10000)),
+                        "shuffle": bool(params.get("shuffle", True))},
+        "feature_configs": features,
+        "model_config": {
+            "feature_groups": [{"group_name": "wide", "group_type": "WIDE", "feature_names": names},
+                               {"group_name": "fm", "group_type": "DEEP", "feature_names": names},
+                               {"group_name": "deep", "group_type": "DEEP",
+                                "feature_names": names}],
+            "deepfm": {"deep": _network(params), "wide_embedding_dim": 1,
+                       "wide_init_fn": EMBEDDING_INIT},
+            "losses": [{loss: {}}]},
+        "train_config": train_config}
+    if params.get("valid_data"):
+        document["eval_input_path"] = str(params["valid_data"])
+    return Converted(document, notes)
+
+
+def convert(config_dir: str, expid: str, to: str, overrides: list[str] = ()
+            ) -> tuple[str, list[str]]:
+    """``fmkit config from-fuxictr``: experiment ``expid`` of ``config_dir`` written as ``to``
+    (``yaml``, ``json`` or ``config``) after ``--set`` ``overrides``, checked as training checks
+    a configuration; and the notes on what fmkit reads differently."""
+    converted = to_document(load_experiment(config_dir, expid))
+    return written(apply_overrides(converted.document, list(overrides)), to), converted.notes

@@ -1,0 +1,180 @@
+"""``fmkit config from-fuxictr``: a FuxiCTR experiment (its ``--config`` directory and
+``--expid``) as a DeepFM configuration fmkit trains. The encoders it fits are checked against
+pandas' and numpy's reading of the same training file; the settings against the FuxiCTR files
+written here as FuxiCTR's own model zoo writes them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import shared_file
+
+CRITEO_NUMBERS = [f"I{i}" for i in range(1, 14)]
+CRITEO_IDS = [f"C{i}" for i in range(1, 27)]
+
+BASE = {"model_root": "./checkpoints/", "num_workers": 3, "verbose": 1, "early_stop_patience": 2,
+        "pickle_feature_encoder": True, "save_best_only": True, "eval_steps": None,
+        "debug_mode": False, "group_id": None, "use_features": None, "feature_specs": None,
+        "feature_config": None}
+DEEPFM = {"model": "DeepFM", "dataset_id": "criteo_sample", "loss": "binary_crossentropy",
+          "metrics": ["logloss", "AUC"], "task": "binary_classification", "optimizer": "adam",
+          "hidden_units": [64, 32], "hidden_activations": "relu", "net_regularizer": 0,
+          "embedding_regularizer": 1e-8, "learning_rate": 1e-3, "batch_norm": False,
+          "net_dropout": 0, "batch_size": 128, "embedding_dim": 4, "epochs": 1,
+          "shuffle": True, "seed": 2019, "monitor": {"AUC": 1, "logloss": -1},
+          "monitor_mode": "max"}
+
+
+def _criteo_dataset(**changes) -> dict:
+    path = str(shared_file("criteo_deepctr_sample", "criteo_sample.txt"))
+    return {"data_root": "../data/", "data_format": "csv", "train_data": path,
+            "valid_data": path, "test_data": path, "min_categr_count": 2,
+            "feature_cols": [
+                {"name": CRITEO_NUMBERS, "active": True, "dtype": "float", "type": "numeric",
+                 "normalizer": "StandardScaler"},
+                {"name": CRITEO_IDS, "active": True, "dtype": "str", "type": "categorical"}],
+            "label_col": {"name": "label", "dtype": "float"}, **changes}
+
+
+def _write(directory, dataset: dict, experiment: dict, dataset_id: str = "criteo_sample",
+           expid: str = "DeepFM_test"):
+    (directory / "config").mkdir(exist_ok=True)
+    (directory / "config" / "dataset_config.yaml").write_text(
+        yaml.safe_dump({dataset_id: dataset}))
+    (directory / "config" / "model_config.yaml").write_text(
+        yaml.safe_dump({"Base": BASE, expid: {**experiment, "dataset_id": dataset_id}}))
+    return directory / "config"
+
+
+def _features(document: dict) -> dict[str, tuple[str, dict]]:
+    return {settings["feature_name"]: (kind, settings)
+            for entry in document["feature_configs"] for kind, settings in entry.items()}
+
+
+def test_a_fuxictr_deepfm_experiment_converts_and_trains(tmp_path, cli):
+    """FuxiCTR's model-zoo DeepFM on the Criteo sample: the vocabularies are the values pandas
+    counts at least min_categr_count times, the numeric columns' boundaries numpy's deciles of
+    the column (missing values filled with 0, as FuxiCTR fills them), the network and training
+    settings FuxiCTR's; the result trains."""
+    config = _write(tmp_path, _criteo_dataset(), DEEPFM)
+    out = tmp_path / "deepfm.yaml"
+    code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "-o", out)
+    assert code == 0, err
+    document = yaml.safe_load(out.read_text())
+    frame = pd.read_csv(shared_file("criteo_deepctr_sample", "criteo_sample.txt"), dtype=str,
+                        keep_default_na=False)
+    features = _features(document)
+    assert list(features) == CRITEO_NUMBERS + CRITEO_IDS
+    for name in CRITEO_IDS:
+        kind, settings = features[name]
+        counts = frame[name].value_counts()
+        expected = set(counts[(counts >= 2) & (counts.index != "")].index)
+        assert kind == "id_feature" and set(settings["vocab_list"]) == (expected or {""}), name
+        assert settings["embedding_dim"] == 4
+    for name in CRITEO_NUMBERS:
+        kind, settings = features[name]
+        values = pd.to_numeric(frame[name].replace("", np.nan)).fillna(0.0).to_numpy()
+        deciles = np.unique(np.quantile(values, np.linspace(0, 1, 11)[1:-1]))
+        assert kind == "raw_feature"
+        np.testing.assert_allclose(settings["boundaries"], deciles, rtol=1e-12)
+    model, train = document["model_config"], document["train_config"]
+    assert model["deepfm"]["deep"]["hidden_units"] == [64, 32]
+    assert model["deepfm"]["wide_embedding_dim"] == 1
+    assert [g["feature_names"] for g in model["feature_groups"]] == [list(features)] * 3
+    assert train["sparse_optimizer"] == {"adam_optimizer": {"lr": 1e-3, "weight_decay": 1e-8}}
+    assert train["dense_optimizer"] == {"adam_optimizer": {"lr": 1e-3}}
+    assert (train["num_epochs"], train["seed"], train["early_stopping_patience"],
+            train["early_stopping_metric"]) == (1, 2019, 2, "auc")
+    assert document["data_config"]["batch_size"] == 128
+    assert document["model_dir"] == "./checkpoints/criteo_sample/DeepFM_test"
+    # every setting read differently is said, one line each
+    assert "fmkit stops early on one metric: auc" in err
+    assert "FuxiCTR divides the learning rate by 10" in err
+    assert "decoupled weight decay" in err
+    code, _, err = cli("train", "--config", out, "--model-dir", tmp_path / "model")
+    assert code == 0, err
+    assert (tmp_path / "model" / "model.json").is_file()
+
+
+def test_sequences_shared_tables_and_regression(tmp_path, cli):
+    """MovieLens' genres as a FuxiCTR sequence ("|"-joined): its vocabulary is every genre,
+    its length the longest list (FuxiCTR's max_len when unset), pooled by sum as
+    MaskedSumPooling; two columns sharing an embedding read the union of their values; mse_loss
+    is l2_loss and early stopping watches RMSE."""
+    path = str(shared_file("movielens_1m_deepctr_sample", "movielens_sample.txt"))
+    dataset = {"data_format": "csv", "train_data": path, "feature_cols": [
+        {"name": ["user_id", "gender"], "dtype": "str", "type": "categorical"},
+        {"name": "movie_id", "dtype": "str", "type": "categorical",
+         "share_embedding": "user_id"},
+        {"name": "genres", "dtype": "str", "type": "sequence", "splitter": "|",
+         "feature_encoder": "layers.MaskedSumPooling()"},
+        {"name": "title", "active": False, "dtype": "str", "type": "categorical"}],
+        "label_col": {"name": "rating", "dtype": "float"}}
+    experiment = {**DEEPFM, "loss": "mse_loss", "task": "regression", "monitor": "logloss",
+                  "monitor_mode": "min", "net_dropout": 0.1, "batch_norm": True,
+                  "embedding_regularizer": 0, "net_regularizer": "l2(1.e-5)"}
+    config = _write(tmp_path, dataset, experiment, "ml")
+    out = tmp_path / "ml.json"
+    code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "-o", out)
+    assert code == 0, err
+    document = json.loads(out.read_text())
+    frame = pd.read_csv(path, dtype=str)
+    features = _features(document)
+    assert list(features) == ["user_id", "gender", "movie_id", "genres"]
+    kind, genres = features["genres"]
+    split = frame["genres"].str.split("|")
+    assert kind == "sequence_id_feature" and genres["sequence_delim"] == "|"
+    assert set(genres["vocab_list"]) == set(split.explode())
+    assert genres["sequence_length"] == split.str.len().max()
+    assert genres.get("pooling", "sum") == "sum"
+    users, movies = features["user_id"][1], features["movie_id"][1]
+    assert users["embedding_name"] == movies["embedding_name"] == "user_id"
+    assert set(users["vocab_list"]) == set(movies["vocab_list"]) == (
+        set(frame["user_id"]) | set(frame["movie_id"]))
+    deep = document["model_config"]["deepfm"]["deep"]
+    assert (deep["dropout_ratio"], deep["use_bn"]) == ([0.1], True)
+    assert document["model_config"]["losses"] == [{"l2_loss": {}}]
+    assert document["train_config"]["early_stopping_metric"] == "rmse"
+    assert document["train_config"]["dense_optimizer"]["adam_optimizer"]["weight_decay"] == 1e-5
+    code, _, err = cli("train", "--config", out, "--model-dir", tmp_path / "model",
+                       "--set", "train_config.num_epochs=1")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("dataset, experiment, expid, refusal", [
+    ({}, {"model": "DCNv2"}, "DeepFM_test", "model 'DCNv2': fmkit trains FuxiCTR's DeepFM"),
+    ({}, {}, "DeepFM_other", "no experiment 'DeepFM_other' in model_config.yaml"),
+    ({"data_format": "h5"}, {}, "DeepFM_test", "data_format 'h5': FuxiCTR's h5 files"),
+    ({"feature_cols": [{"name": "C1", "type": "categorical",
+                        "preprocess": "convert_to_bucket"}]}, {}, "DeepFM_test",
+     "feature_cols 'C1': preprocess 'convert_to_bucket'"),
+    ({}, {"monitor": "AUC", "monitor_mode": "min"}, "DeepFM_test",
+     "monitor_mode 'min' contradicts monitor 'AUC'"),
+    ({}, {"embedding_regularizer": "l1(1.e-5)"}, "DeepFM_test",
+     "embedding_regularizer: 'l1(1.e-5)': only an L2 weight"),
+    ({"feature_cols": [{"name": "nope", "type": "categorical"}]}, {}, "DeepFM_test",
+     "no column 'nope' (feature_cols)"),
+    ({"feature_cols": [{"name": "C1", "type": "numeric"}]}, {}, "DeepFM_test",
+     "criteo_sample.txt:2: column 'C1': '05db9164' is not a number"),
+])
+def test_what_has_no_counterpart_is_one_line(tmp_path, cli, dataset, experiment, expid,
+                                             refusal):
+    config = _write(tmp_path, _criteo_dataset(**dataset), {**DEEPFM, **experiment})
+    out = tmp_path / "deepfm.yaml"
+    code, stdout, err = cli("config", "from-fuxictr", config, "--expid", expid, "-o", out)
+    assert code == 1 and refusal in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and stdout == ""
+
+
+def test_the_expid_goes_with_from_fuxictr_only(tmp_path, cli):
+    config = _write(tmp_path, _criteo_dataset(), DEEPFM)
+    code, _, err = cli("config", "from-fuxictr", config, "--to", "yaml")
+    assert code == 1 and "from-fuxictr needs --expid" in err
+    code, _, err = cli("config", "convert", config, "--expid", "x", "--to", "yaml")
+    assert code == 1 and "--expid goes with from-fuxictr" in err
