@@ -178,3 +178,50 @@ def test_the_expid_goes_with_from_fuxictr_only(tmp_path, cli):
     assert code == 1 and "from-fuxictr needs --expid" in err
     code, _, err = cli("config", "convert", config, "--expid", "x", "--to", "yaml")
     assert code == 1 and "--expid goes with from-fuxictr" in err
+    (config / "model_config.yaml").write_text("Base: [\n")
+    code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "--to", "yaml")
+    assert code == 1 and err.startswith(f"fmkit: error: {config}/model_config.yaml: not valid "
+                                        f"YAML"), err
+    code, _, err = cli("config", "from-fuxictr", tmp_path / "none", "--expid", "x", "--to", "yaml")
+    assert code == 1 and "none: not a directory (FuxiCTR's --config" in err
+
+
+def test_a_parquet_directory_with_list_sequences(tmp_path, cli):
+    """FuxiCTR's Parquet input: a directory of files, a sequence as a list column (FuxiCTR
+    joins it with "^" and splits it again), missing numbers filled with fill_na before the
+    deciles; the vocabulary and longest sequence as Python counts them over both files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    tags = [[f"t{j}" for j in rng.integers(0, 12, rng.integers(0, 5))] for _ in range(600)]
+    price = np.where(rng.random(600) < 0.2, np.nan, rng.gamma(2.0, 10.0, 600))
+    table = pa.table({"tags": tags, "price": price, "y": rng.integers(0, 2, 600)})
+    (tmp_path / "data").mkdir()
+    pq.write_table(table.slice(0, 300), tmp_path / "data" / "part-0.parquet")
+    pq.write_table(table.slice(300), tmp_path / "data" / "part-1.parquet")
+    dataset = {"data_format": "parquet", "train_data": str(tmp_path / "data"),
+               "valid_data": str(tmp_path / "data" / "part-1.parquet"), "min_categr_count": 40,
+               "feature_cols": [{"name": "tags", "dtype": "str", "type": "sequence"},
+                                {"name": "price", "dtype": "float", "type": "numeric",
+                                 "fill_na": -1}],
+               "label_col": {"name": "y", "dtype": "float"}}
+    config = _write(tmp_path, dataset, DEEPFM, "pq")
+    out = tmp_path / "pq.yaml"
+    code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "-o", out)
+    assert code == 0, err
+    features = _features(yaml.safe_load(out.read_text()))
+    counts: dict[str, int] = {}
+    for row in tags:
+        for tag in row:
+            counts[tag] = counts.get(tag, 0) + 1
+    kind, sequence = features["tags"]
+    assert kind == "sequence_id_feature" and sequence["pooling"] == "mean"
+    assert set(sequence["vocab_list"]) == {t for t, c in counts.items() if c >= 40}
+    assert sequence["sequence_length"] == max(len(row) for row in tags)
+    filled = np.where(np.isnan(price), -1.0, price)
+    np.testing.assert_allclose(features["price"][1]["boundaries"],
+                               np.quantile(filled, np.linspace(0, 1, 11)[1:-1]), rtol=1e-12)
+    assert features["price"][1]["default_value"] == "-1.0"
+    code, _, err = cli("train", "--config", out, "--model-dir", tmp_path / "model")
+    assert code == 0, err

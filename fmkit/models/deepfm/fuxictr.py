@@ -43,7 +43,7 @@ from fmkit.data.columns import is_parquet, read_delimited, read_parquet
 from fmkit.errors import excerpt
 from fmkit.models.deepfm.config import ConfigError
 from fmkit.models.deepfm.config_files import apply_overrides, load_document, written
-from fmkit.models.deepfm.transforms import texts
+from fmkit.models.deepfm.transforms import NotText, texts
 
 BUCKETS = 10  # a numeric column's buckets (FuxiCTR's own num_buckets default)
 SAMPLE = 1_000_000  # numeric values kept (a uniform sample) for a column's deciles
@@ -181,16 +181,25 @@ class _Statistics:
             if col["type"] == "numeric":
                 self._add_numbers(batch, col, values)
                 continue
-            values = texts(values)
-            if col["type"] == "sequence":
-                lists = pc.split_pattern(values.fill_null(""), col.get("splitter", "^"))
-                lengths = pc.list_value_length(lists)
-                if len(lengths):
-                    self.longest[name] = max(self.longest.get(name, 0), pc.max(lengths).as_py())
-                values = pc.list_flatten(lists)
+            try:
+                values = self._ids(name, col, values)
+            except NotText as e:
+                raise batch.error(e.row, f"column {excerpt(name)}: {e}") from None
             counted = pc.value_counts(values.drop_null())
             self.counts[name].update(dict(zip(counted.field("values").to_pylist(),
                                               counted.field("counts").to_pylist())))
+
+    def _ids(self, name: str, col: dict[str, Any], values: pa.Array) -> pa.Array:
+        """A block's ids as text; a sequence's split (a Parquet list column is one already,
+        which FuxiCTR joins with ``^`` and splits again), its longest length noted."""
+        if col["type"] != "sequence":
+            return texts(values)
+        if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
+            values = pc.split_pattern(texts(values).fill_null(""), col.get("splitter", "^"))
+        lengths = pc.list_value_length(values)
+        if len(lengths) and lengths.null_count < len(lengths):
+            self.longest[name] = max(self.longest.get(name, 0), pc.max(lengths).as_py())
+        return texts(pc.list_flatten(values))
 
     def _add_numbers(self, batch: Any, col: dict[str, Any], values: pa.Array) -> None:
         if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
