@@ -1,14 +1,14 @@
 """scikit-learn estimators for DeepFM: :class:`DeepFMClassifier` and :class:`DeepFMRegressor`.
 
-``X`` is a pandas DataFrame or a pyarrow Table of raw columns (ids as text or integers,
-numbers, ``"a|b"`` multi-values, sequences, map columns: whatever the features read), or a
-2-D array (columns ``x0``, ``x1``, ...). ``config`` is the feature and group configuration a
-``fmkit train --config`` file holds — a dict, a YAML/JSON file or TorchEasyRec's ``.config`` —
-of which the estimator uses the features, groups, network and training settings; the label
-is ``y``, the sample weights ``sample_weight``, and the loss follows from the class (binary
-or softmax cross entropy for a classifier by its number of classes, l2_loss for a
-regressor; the configuration's loss of that kind keeps its options). Without a ``config``
-one is made from ``X`` (:func:`default_config`).
+``X`` is a pandas DataFrame, a pyarrow Table or a dict of columns (DeepCTR's model input) of
+raw columns (ids as text or integers, numbers, ``"a|b"`` multi-values, sequences, map columns:
+whatever the features read), or a 2-D array (columns ``x0``, ``x1``, ...). ``config`` is the
+feature and group configuration a ``fmkit train --config`` file holds — a dict, a YAML/JSON
+file or TorchEasyRec's ``.config`` — of which the estimator uses the features, groups, network
+and training settings; the label is ``y``, the sample weights ``sample_weight``, and the loss
+follows from the class (binary or softmax cross entropy for a classifier by its number of
+classes, l2_loss for a regressor; the configuration's loss of that kind keeps its options).
+Without a ``config`` one is made from ``X`` (:func:`default_config`).
 
 ``save`` writes the same model directory ``fmkit train`` writes; :func:`fmkit.load` reads it
 back as an estimator, and ``fmkit serve``/``predict`` take it as it is.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,11 @@ def _table(X: Any) -> pa.Table:
         table = X
     elif hasattr(X, "columns") and hasattr(X, "dtypes"):  # a pandas DataFrame
         table = _from_pandas(X)
+    elif isinstance(X, Mapping):  # DeepCTR's input: {column name: values}
+        import pandas as pd
+
+        table = _from_pandas(pd.DataFrame({name: list(values) if np.ndim(values) > 1 else values
+                                           for name, values in X.items()}))
     else:
         array = np.asarray(X)
         if array.ndim != 2:

@@ -421,6 +421,25 @@ def test_deepfm_default_config_refuses_columns_that_are_not_features(column, ref
         DeepFMClassifier(num_epochs=1).fit(X.assign(extra=column(X)), y)
 
 
+def test_deepfm_takes_a_dict_of_columns_as_deepctr_does():
+    """DeepCTR's model input, {name: array} (a 2-D array: a list per row), trains and scores as
+    the DataFrame of the same columns; columns of different lengths are a ValueError."""
+    import pandas as pd
+
+    X, y, _ = _deepfm_problem()
+    rng = np.random.default_rng(1)
+    history = rng.integers(0, 9, (len(X), 3))
+    columns = {"user": X["user"].to_numpy(), "item": X["item"].astype(str).to_numpy(),
+               "history": history}
+    frame = pd.DataFrame({"user": columns["user"], "item": columns["item"],
+                          "history": list(history)})
+    by_dict = DeepFMClassifier(num_epochs=2, random_state=0).fit(columns, y)
+    by_frame = DeepFMClassifier(num_epochs=2, random_state=0).fit(frame, y)
+    np.testing.assert_array_equal(by_dict.predict_proba(columns), by_frame.predict_proba(frame))
+    with pytest.raises(ValueError, match="same length"):
+        DeepFMClassifier(num_epochs=1).fit({"a": [1, 2, 3], "b": [1, 2]}, [0, 1, 0])
+
+
 def test_deepfm_estimator_errors_name_the_row_of_x(monkeypatch):
     """X is read in blocks: a bad value's row is counted from X's first row, not its block's."""
     import fmkit.deepfm_estimators as module
