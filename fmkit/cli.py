@@ -351,17 +351,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="the file to write (a new file)")
     _add_quiet(p)
 
-    p = sub.add_parser("import", help="make an fmkit model of a SageMaker FM model.tar.gz",
+    p = sub.add_parser("import", help="make an fmkit model of a SageMaker FM model.tar.gz or "
+                       "an xLearn model",
                        description="Read a SageMaker Factorization Machines artifact "
-                       "(model.tar.gz, or the model_algo-1 zip inside it) without MXNet and "
-                       "write an fmkit model directory that predicts, evaluates, serves and "
-                       "recommends. Hyperparameters the artifact does not carry (it may not "
-                       "say predictor_type) come from --hyperparameters (the training job's "
-                       "hyperparameters.json) or NAME=VALUE.",
-                       epilog="example:\n  fmkit import sagemaker model.tar.gz --model-dir "
-                       "model predictor_type=binary_classifier", formatter_class=raw)
-    p.add_argument("format", choices=("sagemaker",))
-    p.add_argument("artifact", help="model.tar.gz (or model_algo-1)")
+                       "(model.tar.gz, or the model_algo-1 zip inside it) without MXNet, or an "
+                       "xLearn model (its binary checkpoint or setTXTModel's text; linear, FM "
+                       "or FFM), and write an fmkit model directory that predicts, evaluates, "
+                       "serves and recommends. Hyperparameters the artifact does not carry (it "
+                       "may not say predictor_type) come from --hyperparameters (the training "
+                       "job's hyperparameters.json) or NAME=VALUE; an xLearn FM imports only "
+                       "as trained with disableNorm() (instance_norm=0), its FFM with or "
+                       "without xLearn's norm (instance_norm=1, the default, or 0).",
+                       epilog="examples:\n  fmkit import sagemaker model.tar.gz --model-dir "
+                       "model predictor_type=binary_classifier\n  fmkit import xlearn "
+                       "ffm_model.out --model-dir model", formatter_class=raw)
+    p.add_argument("format", choices=("sagemaker", "xlearn"))
+    p.add_argument("artifact", help="model.tar.gz (or model_algo-1), or the xLearn model")
     p.add_argument("--model-dir", required=True, help="the fmkit model directory to write")
     p.add_argument("--hyperparameters", metavar="FILE", help="a JSON object of name: value")
     p.add_argument("--index-base", choices=("auto", "0", "1"), default="auto",
@@ -689,12 +694,19 @@ def main(argv: list[str] | None = None) -> int:
             export_model(args.format, args.model_dir, args.output)
             log.info("wrote %s", args.output)
         elif args.command == "import":
-            from fmkit.jobs.export import import_sagemaker
+            from fmkit.jobs.export import import_sagemaker, import_xlearn
 
-            model = import_sagemaker(args.artifact, args.model_dir, parse_assignments(
-                args.hyperparameters_list, args.hyperparameters), args.index_base)
-            log.info("wrote %s: a %s FM of %d features and %d factors", args.model_dir,
-                     model.predictor_type, model.feature_dim, model.params.num_factors)
+            given = parse_assignments(args.hyperparameters_list, args.hyperparameters)
+            if args.format == "xlearn":
+                if args.index_base != "auto":
+                    raise HyperparameterError("an xLearn model reads feature ids as they are: "
+                                              "--index-base does not apply")
+                model = import_xlearn(args.artifact, args.model_dir, given)
+            else:
+                model = import_sagemaker(args.artifact, args.model_dir, given, args.index_base)
+            log.info("wrote %s: a %s %s of %d features and %d factors", args.model_dir,
+                     model.predictor_type, "FFM" if model.field_aware else "FM",
+                     model.feature_dim, model.hyperparameters["num_factors"])
         elif args.command == "config":
             text = _converted_config(args)
             if args.output:

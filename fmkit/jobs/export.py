@@ -1,5 +1,5 @@
-"""``fmkit export onnx|npz|parquet|sagemaker`` and ``fmkit import sagemaker``: models moved
-to and from other runtimes.
+"""``fmkit export onnx|npz|parquet|sagemaker`` and ``fmkit import sagemaker|xlearn``: models
+moved to and from other runtimes.
 
 An FM goes to ONNX (scored by onnxruntime as ``fmkit predict`` scores it), to a numpy
 ``.npz`` of w0, w and V, to a Parquet table of one row per feature
@@ -57,6 +57,18 @@ def import_sagemaker(artifact: str | Path, model_dir: str | Path,
 
     model = read_artifact(artifact, hyperparameters,
                           None if index_base == "auto" else int(index_base))
+    model.save(model_dir)
+    return model
+
+
+def import_xlearn(path: str | Path, model_dir: str | Path,
+                  hyperparameters: dict[str, object]) -> FMModel:
+    """``fmkit import xlearn``: an xLearn model (binary checkpoint or text model) as an fmkit
+    model directory; ``hyperparameters``: what the file does not say (see
+    :func:`fmkit.models.fm.xlearn_format.to_fm_model`)."""
+    from fmkit.models.fm import xlearn_format
+
+    model = xlearn_format.to_fm_model(xlearn_format.read(path), hyperparameters, str(path))
     model.save(model_dir)
     return model
 
