@@ -25,7 +25,8 @@ Scoring (measured against xLearn 0.40's predictions): its normalization (on unle
 does; its FM divides the pairwise terms by the squared length once more, which fmkit does not,
 so an FM imports only as trained with ``disableNorm()`` (``instance_norm=0``); its linear model
 scores rows as they are, normalized or not in training. xLearn's linear model becomes an FM
-with one factor of zeros.
+with one factor of zeros. A libffm row repeating a feature id in several fields scores
+differently: fmkit reads one feature (:func:`fmkit.data.sources.merged_repeats`), xLearn two.
 """
 
 from __future__ import annotations
