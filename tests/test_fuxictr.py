@@ -159,6 +159,8 @@ def test_sequences_shared_tables_and_regression(tmp_path, cli):
      "embedding_regularizer: 'l1(1.e-5)': only an L2 weight"),
     ({"feature_cols": [{"name": "nope", "type": "categorical"}]}, {}, "DeepFM_test",
      "no column 'nope' (feature_cols)"),
+    ({"label_col": {"name": "clicked", "dtype": "float"}}, {}, "DeepFM_test",
+     "criteo_sample.txt: no column 'clicked' (label_col)"),
     ({"feature_cols": [{"name": "C1", "type": "numeric"}]}, {}, "DeepFM_test",
      "criteo_sample.txt:2: column 'C1': '05db9164' is not a number"),
 ])

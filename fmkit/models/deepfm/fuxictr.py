@@ -429,10 +429,13 @@ def to_document(params: dict[str, Any]) -> Converted:
 
     stats = _Statistics(columns, int(params.get("seed") or 0))
     sep = str(params.get("sep", ","))
+    label = str(labels[0]["name"])
     for batch in _read(str(train), [c["name"] for c in columns], sep):
         missing = [c["name"] for c in columns if c["name"] not in batch.columns]
-        if missing:
-            raise ConfigError(f"{train}: no column {excerpt(missing[0])} (feature_cols)")
+        if missing or label not in batch.columns:
+            raise ConfigError(f"{batch.source}: no column {excerpt(missing[0])} (feature_cols)"
+                              if missing else f"{batch.source}: no column {excerpt(label)} "
+                              f"(label_col)")
         stats.add(batch)
     dim = int(params.get("embedding_dim", 10))
     features = [_feature(col, stats, params, dim) for col in columns]
@@ -456,7 +459,7 @@ def to_document(params: dict[str, Any]) -> Converted:
         "model_dir": os.path.join(str(params.get("model_root", "./checkpoints/")),
                                   str(params.get("dataset_id")), str(params["model_id"])),
         "data_config": {"dataset_type": "ParquetDataset" if data_format == "parquet"
-                        else "CsvDataset", "label_fields": [str(labels[0]["name"])],
+                        else "CsvDataset", "label_fields": [label],
                         "with_header": True, "delimiter": sep,
                         "batch_size": int(params.get("batch_size", 10000)),
                         "shuffle": bool(params.get("shuffle", True))},
