@@ -151,8 +151,8 @@ def test_sequences_shared_tables_and_regression(tmp_path, cli):
     ({}, {}, "DeepFM_other", "no experiment 'DeepFM_other' in model_config.yaml"),
     ({"data_format": "h5"}, {}, "DeepFM_test", "data_format 'h5': FuxiCTR's h5 files"),
     ({"feature_cols": [{"name": "C1", "type": "categorical",
-                        "preprocess": "convert_to_bucket"}]}, {}, "DeepFM_test",
-     "feature_cols 'C1': preprocess 'convert_to_bucket'"),
+                        "preprocess": "convert_weekday"}]}, {}, "DeepFM_test",
+     "feature_cols 'C1': preprocess 'convert_weekday'"),
     ({}, {"monitor": "AUC", "monitor_mode": "min"}, "DeepFM_test",
      "monitor_mode 'min' contradicts monitor 'AUC'"),
     ({}, {"embedding_regularizer": "l1(1.e-5)"}, "DeepFM_test",
@@ -225,5 +225,43 @@ def test_a_parquet_directory_with_list_sequences(tmp_path, cli):
     np.testing.assert_allclose(features["price"][1]["boundaries"],
                                np.quantile(filled, np.linspace(0, 1, 11)[1:-1]), rtol=1e-12)
     assert features["price"][1]["default_value"] == "-1.0"
+    code, _, err = cli("train", "--config", out, "--model-dir", tmp_path / "model")
+    assert code == 0, err
+
+
+def test_criteo_counts_bucketed_as_fuxictr_buckets_them(tmp_path, cli):
+    """BARS' Criteo recipe: I1..I13 categorical through convert_to_bucket (floor(ln(x)^2) above
+    2, else int(x); missing filled with 0). Two rows share an embedding row exactly when
+    FuxiCTR's function, written here in Python, gives them the same bucket; the result trains."""
+    import math
+
+    from fmkit.data import columns
+    from fmkit.models.deepfm import config as configs
+    from fmkit.models.deepfm.features import FeatureSet
+
+    dataset = _criteo_dataset(min_categr_count=1, feature_cols=[
+        {"name": CRITEO_NUMBERS, "active": True, "dtype": "float", "type": "categorical",
+         "preprocess": "convert_to_bucket"},
+        {"name": CRITEO_IDS, "active": True, "dtype": "str", "type": "categorical"}])
+    config = _write(tmp_path, dataset, DEEPFM)
+    out = tmp_path / "x4.yaml"
+    code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "-o", out)
+    assert code == 0, err
+    features = FeatureSet.from_config(configs.parse(yaml.safe_load(out.read_text())))
+    path = shared_file("criteo_deepctr_sample", "criteo_sample.txt")
+    batch = next(columns.read_delimited(path, None, ",", True))
+    encoded = features.encode(batch, labelled=True, label_mode="binary")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+
+    def fuxictr_bucket(text: str) -> int:
+        value = float(text) if text else 0.0
+        return int(math.floor(math.log(value) ** 2)) if value > 2 else int(value)
+
+    for name in CRITEO_NUMBERS:
+        ids, offsets = encoded.sparse[name]
+        assert (np.diff(offsets) == 1).all()
+        theirs = [fuxictr_bucket(v) for v in frame[name]]
+        pairs = set(zip(ids.tolist(), theirs))
+        assert len(pairs) == len(set(ids.tolist())) == len(set(theirs)), name
     code, _, err = cli("train", "--config", out, "--model-dir", tmp_path / "model")
     assert code == 0, err

@@ -22,8 +22,14 @@ conversion, reading ``train_data`` once with the readers training uses:
   take embeddings of one width, which a dense value is not, so the value is bucketized (its
   normalizer, monotone, then changes nothing and is left out).
 
+* a ``categorical`` column with ``preprocess: convert_to_bucket`` (FuxiCTR's Criteo recipe,
+  ``floor(ln(x)^2)`` above 2, else ``int(x)``) becomes an ``expr_feature`` computing it, its
+  ``boundaries`` the buckets seen at least ``min_categr_count`` times: each such bucket has its
+  own row; a rarer one shares the row of the next smaller bucket kept (FuxiCTR's: the
+  out-of-vocabulary row).
+
 Each other difference is said in one line of :class:`Converted`'s ``notes``; what fmkit has
-no counterpart for (another model than DeepFM, pretrained embeddings, ``preprocess``
+no counterpart for (another model than DeepFM, pretrained embeddings, other ``preprocess``
 functions, a ``category_processor``, H5 data) is a :class:`ConfigError`.
 """
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +68,7 @@ OPTIMIZERS = {"adam": ("adam_optimizer", "adam_optimizer"),
 MONITORS = {"auc": ("auc", "max"), "logloss": ("logloss", "min"),
             "binary_crossentropy": ("logloss", "min"), "accuracy": ("accuracy", "max"),
             "acc": ("accuracy", "max"), "mse": ("rmse", "min"), "rmse": ("rmse", "min")}
+BUCKET_EXPRESSION = "{v} > 2 ? floor(log({v}) ^ 2) : trunc({v})"  # FuxiCTR's convert_to_bucket
 POOLINGS = {"layers.MaskedAveragePooling()": "mean", "MaskedAveragePooling": "mean",
             "layers.MaskedSumPooling()": "sum", "MaskedSumPooling": "sum"}
 
@@ -181,6 +189,10 @@ class _Statistics:
             if col["type"] == "numeric":
                 self._add_numbers(batch, col, values)
                 continue
+            if _bucketed(col):
+                buckets = convert_to_bucket(_numbers(batch, col, values))
+                self.counts[name].update(dict(zip(*np.unique(buckets, return_counts=True))))
+                continue
             try:
                 values = self._ids(name, col, values)
             except NotText as e:
@@ -202,18 +214,7 @@ class _Statistics:
         return texts(pc.list_flatten(values))
 
     def _add_numbers(self, batch: Any, col: dict[str, Any], values: pa.Array) -> None:
-        if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-            text = texts(values)
-            text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
-            try:
-                values = pc.cast(text, pa.float64())
-            except pa.ArrowInvalid:
-                row, value = next((i, v) for i, v in enumerate(text.to_pylist())
-                                  if v is not None and _float(v) is None)
-                raise batch.error(row, f"column {excerpt(col['name'])}: {excerpt(value)} is "
-                                  f"not a number") from None
-        numbers = values.to_numpy(zero_copy_only=False).astype(np.float64)
-        numbers = np.where(np.isnan(numbers), _number(col, "fill_na", 0.0), numbers)
+        numbers = _numbers(batch, col, values)
         kept, keys = self.sample[col["name"]]
         keys = np.concatenate([keys, self.rng.random(numbers.size)])
         kept = np.concatenate([kept, numbers])
@@ -221,6 +222,11 @@ class _Statistics:
             chosen = np.argpartition(keys, SAMPLE)[:SAMPLE]
             kept, keys = kept[chosen], keys[chosen]
         self.sample[col["name"]] = kept, keys
+
+    def bucket_vocabulary(self, col: dict[str, Any], least: int) -> list[float]:
+        """The buckets of a ``convert_to_bucket`` column seen at least ``least`` times."""
+        return sorted(float(v) for v, count in self.counts[col["name"]].items()
+                      if count >= least)
 
     def vocabulary(self, col: dict[str, Any], least: int) -> list[str]:
         """The values seen at least ``least`` times, most frequent first (ties by value),
@@ -236,6 +242,34 @@ class _Statistics:
             return [0.0]
         edges = np.unique(np.quantile(values, np.linspace(0, 1, BUCKETS + 1)[1:-1]))
         return [float(e) for e in edges]
+
+
+def _bucketed(col: dict[str, Any]) -> bool:
+    return col.get("preprocess") == "convert_to_bucket"
+
+
+def convert_to_bucket(values: np.ndarray) -> np.ndarray:
+    """FuxiCTR's ``convert_to_bucket`` (its Criteo recipe): ``floor(ln(x)^2)`` above 2, else
+    ``int(x)``."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(values > 2, np.floor(np.log(values) ** 2), np.trunc(values))
+
+
+def _numbers(batch: Any, col: dict[str, Any], values: pa.Array) -> np.ndarray:
+    """A block of a numeric column as float64, missing values filled as FuxiCTR fills them
+    (``fill_na``, 0 by default); text that is not a number is one line naming its row."""
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        text = texts(values)
+        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
+        try:
+            values = pc.cast(text, pa.float64())
+        except pa.ArrowInvalid:
+            row, value = next((i, v) for i, v in enumerate(text.to_pylist())
+                              if v is not None and _float(v) is None)
+            raise batch.error(row, f"column {excerpt(col['name'])}: {excerpt(value)} is not "
+                              f"a number") from None
+    numbers = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.where(np.isnan(numbers), _number(col, "fill_na", 0.0), numbers)
 
 
 def _float(text: Any) -> float | None:
@@ -259,9 +293,15 @@ def _check_column(col: dict[str, Any]) -> None:
     if kind not in ("categorical", "numeric", "sequence", "meta"):
         raise ConfigError(f"{where}: type {excerpt(str(kind))} has no counterpart in fmkit "
                           f"(categorical, numeric, sequence)")
+    if col.get("preprocess") == "convert_to_bucket" and kind == "categorical":
+        if not re.fullmatch(r"[A-Za-z_]\w*", name):
+            raise ConfigError(f"{where}: convert_to_bucket reads the column in an expression, "
+                              f"which needs a name of letters, digits and _")
+        col = {**col, "preprocess": None}
     for key, why in (("pretrained_emb", "pretrained embeddings are not supported"),
                      ("preprocess", "FuxiCTR's preprocess functions are Python code: write "
-                      "the column they make into the data"),
+                      "the column they make into the data (convert_to_bucket, its Criteo "
+                      "recipe, is read)"),
                      ("category_processor", "not supported: give the column as categorical "
                       "or numeric")):
         if col.get(key):
@@ -287,6 +327,12 @@ def _feature(col: dict[str, Any], stats: _Statistics, params: dict[str, Any],
                                 "default_value": str(_number(col, "fill_na", 0.0))}}
     shared = col.get("share_embedding")
     least = int(col.get("min_categr_count", params.get("min_categr_count", 1)))
+    if _bucketed(col):
+        filled = float(convert_to_bucket(np.array([_number(col, "fill_na", 0.0)]))[0])
+        return {"expr_feature": {**embedding, "variables": [name],
+                                 "expression": BUCKET_EXPRESSION.format(v=name),
+                                 "boundaries": stats.bucket_vocabulary(col, least) or [0.0],
+                                 "default_value": str(filled)}}
     vocabulary = stats.vocabulary(col, least)
     ids = {**embedding, "vocab_list": vocabulary or [""], "embedding_name": shared or name}
     if kind == "categorical":
