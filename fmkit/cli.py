@@ -113,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=TRAIN_EXAMPLE, formatter_class=raw)
     p.add_argument("--config", metavar="FILE",
                    help="a DeepFM (or FM) configuration file with TorchEasyRec's fields: its "
-                        ".config (protobuf text), YAML or JSON (see docs/deepfm.md)")
+                        ".config (protobuf text), YAML or JSON (see docs/deepfm.md); or, with "
+                        "--expid, FuxiCTR's configuration directory")
+    p.add_argument("--expid", help="with --config DIR: the FuxiCTR experiment to train, as "
+                   "its run_expid.py trains it (converted as fmkit config from-fuxictr "
+                   "converts it)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="PATH=VALUE",
                    help="override a configuration field, e.g. train_config.num_epochs=2 "
@@ -539,7 +543,7 @@ def _train(args: argparse.Namespace) -> int:
                                  ("model_dir", args.model_dir)):
                 if value:
                     overrides.append(f"{field}={json.dumps(value)}")  # a YAML string
-            jobs.train_config_file(args.config, overrides,
+            jobs.train_config_file(args.config, overrides, expid=args.expid,
                                    progress=False if args.quiet else None, device=args.device,
                                    checkpoints=_checkpointer(args), resume=args.resume,
                                    validation_path=args.validation, init_model=args.init_model)
@@ -559,8 +563,10 @@ def _train(args: argparse.Namespace) -> int:
                         checkpoints=_checkpointer(args), resume=args.resume,
                         device=args.device, init_model=args.init_model)
         else:
-            if not args.train or not args.model_dir:
-                raise HyperparameterError("train needs --train and --model-dir (or --config)")
+            if not args.train or not args.model_dir or args.expid:
+                raise HyperparameterError("train --expid needs --config (FuxiCTR's "
+                                          "configuration directory)" if args.expid else
+                                          "train needs --train and --model-dir (or --config)")
             if args.overrides:
                 raise HyperparameterError("--set needs --config")
             hp = parse_assignments(args.assignments, args.hyperparameters)

@@ -98,7 +98,18 @@ def test_a_fuxictr_deepfm_experiment_converts_and_trains(tmp_path, cli):
     assert "decoupled weight decay" in err
     code, _, err = cli("train", "--config", out, "--model-dir", tmp_path / "model")
     assert code == 0, err
-    assert (tmp_path / "model" / "model.json").is_file()
+    # run_expid.py's way: fmkit train --config DIR --expid trains the same model
+    code, _, err = cli("train", "--config", config, "--expid", "DeepFM_test", "--model-dir",
+                       tmp_path / "direct")
+    assert code == 0, err
+    for name in ("model", "direct"):
+        code, _, err = cli("predict", "--model-dir", tmp_path / name, "--data",
+                           shared_file("criteo_deepctr_sample", "criteo_sample.txt"),
+                           "--output", tmp_path / f"{name}.jsonl")
+        assert code == 0, err
+    assert (tmp_path / "model.jsonl").read_text() == (tmp_path / "direct.jsonl").read_text()
+    code, _, err = cli("train", "--config", config, "--model-dir", tmp_path / "none")
+    assert code == 1 and "name the experiment with --expid" in err
 
 
 def test_sequences_shared_tables_and_regression(tmp_path, cli):

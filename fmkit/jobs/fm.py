@@ -269,18 +269,36 @@ FM_CONFIG_FIELDS = {"train_input_path", "eval_input_path", "model_dir", "data_co
 FM_DATA_FIELDS = {"format", "index_base", "cache"}
 
 
+def _configuration(path: str | Path, expid: str | None) -> dict[str, Any]:
+    """The document ``fmkit train --config`` trains: the file's, or FuxiCTR's experiment."""
+    from fmkit.models.deepfm import config_files, fuxictr
+
+    if expid is None:
+        if Path(path).is_dir():
+            raise HyperparameterError(f"{path}: a directory: for FuxiCTR's configuration "
+                                      f"directory, name the experiment with --expid")
+        return config_files.load_document(path)
+    converted = fuxictr.to_document(fuxictr.load_experiment(str(path), expid))
+    for note in converted.notes:
+        log.warning("FuxiCTR %s: %s", expid, note)
+    return converted.document
+
+
 def train_config_file(path: str | Path, overrides: list[str] = (), *,
-                      progress: bool | None = None, device: str = "cpu",
-                      checkpoints: Checkpointer | None = None, resume: bool = False,
-                      validation_path: str | None = None, init_model: str | None = None
-                      ) -> tuple[Any, dict[str, Any]]:
+                      expid: str | None = None, progress: bool | None = None,
+                      device: str = "cpu", checkpoints: Checkpointer | None = None,
+                      resume: bool = False, validation_path: str | None = None,
+                      init_model: str | None = None) -> tuple[Any, dict[str, Any]]:
     """``fmkit train --config FILE [--set path=value ...]``: a DeepFM configuration
     (TorchEasyRec's fields, see :mod:`fmkit.models.deepfm.config`), or an FM one — the same file
-    layout with ``model_config: {fm: {SageMaker hyperparameters}}``."""
+    layout with ``model_config: {fm: {SageMaker hyperparameters}}``. With ``expid``, ``path``
+    is FuxiCTR's configuration directory and ``expid`` its experiment, converted first
+    (:mod:`fmkit.models.deepfm.fuxictr`; each different reading logged as a warning)."""
     from fmkit.models.deepfm import config as configs
     from fmkit.models.deepfm import config_files
 
-    document = config_files.apply_overrides(config_files.load_document(path), list(overrides))
+    document = _configuration(path, expid)
+    document = config_files.apply_overrides(document, list(overrides))
     model_config = document.get("model_config")
     if not (isinstance(model_config, dict) and "fm" in model_config):
         from fmkit.jobs.deepfm import train_deepfm
