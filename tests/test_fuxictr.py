@@ -6,11 +6,14 @@ written here as FuxiCTR's own model zoo writes them."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import shared_file
 
@@ -276,3 +279,43 @@ def test_criteo_counts_bucketed_as_fuxictr_buckets_them(tmp_path, cli):
         assert len(pairs) == len(set(ids.tolist())) == len(set(theirs)), name
     code, _, err = cli("train", "--config", out, "--model-dir", tmp_path / "model")
     assert code == 0, err
+
+
+SETTINGS = ["embedding_dim", "hidden_units", "hidden_activations", "net_dropout", "batch_norm",
+            "learning_rate", "optimizer", "loss", "embedding_regularizer", "net_regularizer",
+            "batch_size", "epochs", "shuffle", "seed", "monitor", "monitor_mode",
+            "early_stop_patience", "eval_steps", "model_root", "min_categr_count",
+            "data_format", "label_col", "feature_cols", "valid_data", "sep", "use_features"]
+COLUMN_SETTINGS = ["name", "active", "dtype", "type", "fill_na", "min_categr_count",
+                   "embedding_dim", "splitter", "max_len", "padding", "feature_encoder",
+                   "share_embedding", "preprocess"]
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10 ** 20, 10 ** 20),
+                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
+                    st.sampled_from(["relu", "AUC", "max", "adam", "l2(1e-5)", "1e-3", "^",
+                                     "sequence", "numeric", "meta", "C1", "I1",
+                                     "convert_to_bucket", "MaskedSumPooling", "pre"]))
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.sampled_from(["AUC", "name", "a"]), inner,
+                                        max_size=2), max_leaves=4)
+
+
+@settings(max_examples=int(os.environ.get("FMKIT_FUZZ_EXAMPLES", 60)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.dictionaries(st.sampled_from(SETTINGS), VALUES, max_size=3),
+       column=st.dictionaries(st.sampled_from(COLUMN_SETTINGS), VALUES, max_size=2))
+def test_any_settings_convert_or_are_one_config_error(changes, column):
+    """Settings of any type (FuxiCTR's YAML takes whatever is written) convert, or are a
+    ConfigError naming the setting: never a TypeError or ValueError from inside."""
+    from fmkit.errors import FMKitError
+    from fmkit.models.deepfm import fuxictr
+    from fmkit.models.deepfm.config_files import written
+
+    params = {"model": "DeepFM", "dataset_id": "d", "model_id": "e",
+              "train_data": str(shared_file("criteo_deepctr_sample", "criteo_sample.txt")),
+              "feature_cols": [{"name": ["C1", "C2"], "type": "categorical", **column},
+                               {"name": "I1", "type": "numeric"}],
+              "label_col": {"name": "label"}, **changes}
+    try:
+        written(fuxictr.to_document(params).document, "yaml")
+    except FMKitError as e:
+        assert "\n" not in str(e)

@@ -36,6 +36,7 @@ functions, a ``category_processor``, H5 data) is a :class:`ConfigError`.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 from collections import Counter
@@ -126,16 +127,19 @@ def feature_columns(params: dict[str, Any]) -> list[dict[str, Any]]:
     """``feature_cols`` with a list of names expanded into a column each (as FuxiCTR's
     ``_complete_feature_cols``), inactive ones and those ``use_features`` leaves out dropped."""
     columns = []
-    for i, col in enumerate(params.get("feature_cols") or []):
+    given = params.get("feature_cols") or []
+    if not isinstance(given, list):
+        raise ConfigError(f"feature_cols: expected a list of columns, got {excerpt(str(given))}")
+    for i, col in enumerate(given):
         col = _mapping(col, f"feature_cols[{i}]")
         names = col.get("name")
         for name in names if isinstance(names, list) else [names]:
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"feature_cols[{i}]: name must be a column name or a list "
                                   f"of them, got {excerpt(str(name))}")
-            if col.get("active", True) not in (False, "False", "false"):
+            if _get(col, "active", "flag", True, f"feature_cols[{i}]."):
                 columns.append({**col, "name": name})
-    wanted = params.get("use_features")
+    wanted = _get(params, "use_features", "texts")
     if wanted:
         columns = [col for col in columns if col["name"] in set(wanted)]
     if not columns:
@@ -143,14 +147,51 @@ def feature_columns(params: dict[str, Any]) -> list[dict[str, Any]]:
     return columns
 
 
-def _number(params: dict[str, Any], name: str, default: float) -> float:
-    """A number FuxiCTR's YAML may hold as text (PyYAML reads ``1e-3``, without a dot, as a
-    string, which FuxiCTR hands on as it is)."""
-    value = params.get(name, default)
+SETTING_KINDS = {"int": "an integer", "number": "a number", "flag": "true or false",
+                 "text": "text", "ints": "a list of integers",
+                 "numbers": "a number or a list of numbers", "texts": "text or a list of text"}
+
+
+def _get(settings: dict[str, Any], key: str, kind: str, default: Any = None,
+         where: str = "") -> Any:
+    """``settings[key]`` as ``kind`` (a key of :data:`SETTING_KINDS`), ``default`` when unset;
+    a value of another kind is one line naming the setting. Numbers may be text: PyYAML reads
+    ``1e-3``, without a dot, as a string, which FuxiCTR hands on as it is."""
+    value = settings.get(key)
+    if value is None:
+        return default
     try:
-        return float(value if value is not None else default)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected a number, got {excerpt(str(value))}") from None
+        return _typed(value, kind)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{where}{key}: expected {SETTING_KINDS[kind]}, got "
+                          f"{excerpt(str(value))}") from None
+
+
+def _typed(value: Any, kind: str) -> Any:
+    if kind in ("ints", "numbers", "texts"):
+        one = kind[:-1] if kind != "numbers" else "number"
+        if isinstance(value, list):
+            return [_typed(v, one) for v in value]
+        if kind == "ints":
+            raise TypeError(value)
+        return _typed(value, one)
+    if isinstance(value, (list, dict, bool)) and kind != "flag":
+        raise TypeError(value)
+    if kind == "text":
+        return str(value)
+    if kind == "flag":
+        flags = {"true": True, "1": True, "false": False, "0": False}
+        if isinstance(value, (list, dict)) or str(value).lower() not in flags:
+            raise ValueError(value)
+        return flags[str(value).lower()]
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    if kind == "number":
+        return number
+    if number != int(number):
+        raise ValueError(value)
+    return int(number)
 
 
 def _l2(value: Any, name: str) -> float:
@@ -158,6 +199,9 @@ def _l2(value: Any, name: str) -> float:
     counterpart)."""
     if value in (None, 0, "0", ""):
         return 0.0
+    if isinstance(value, (list, dict, bool)):
+        raise ConfigError(f"{name}: {excerpt(str(value))}: only an L2 weight (a number or "
+                          f"l2(x)) has a counterpart in fmkit")
     text = str(value).replace(" ", "")
     if text.lower().startswith("l2(") and text.endswith(")"):
         text = text[3:-1]
@@ -207,7 +251,7 @@ class _Statistics:
         if col["type"] != "sequence":
             return texts(values)
         if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
-            values = pc.split_pattern(texts(values).fill_null(""), col.get("splitter", "^"))
+            values = pc.split_pattern(texts(values).fill_null(""), _splitter(col))
         lengths = pc.list_value_length(values)
         if len(lengths) and lengths.null_count < len(lengths):
             self.longest[name] = max(self.longest.get(name, 0), pc.max(lengths).as_py())
@@ -269,7 +313,23 @@ def _numbers(batch: Any, col: dict[str, Any], values: pa.Array) -> np.ndarray:
             raise batch.error(row, f"column {excerpt(col['name'])}: {excerpt(value)} is not "
                               f"a number") from None
     numbers = values.to_numpy(zero_copy_only=False).astype(np.float64)
-    return np.where(np.isnan(numbers), _number(col, "fill_na", 0.0), numbers)
+    return np.where(np.isnan(numbers), _fill(col), numbers)
+
+
+def _where(col: dict[str, Any]) -> str:
+    return f"feature_cols {excerpt(col['name'])}: "
+
+
+def _fill(col: dict[str, Any]) -> float:
+    """A numeric column's missing value: ``fill_na``, FuxiCTR's 0 by default."""
+    return _get(col, "fill_na", "number", 0.0, _where(col))
+
+
+def _splitter(col: dict[str, Any]) -> str:
+    splitter = _get(col, "splitter", "text", "^", _where(col))
+    if not splitter:
+        raise ConfigError(f"{_where(col)}splitter: empty")
+    return splitter
 
 
 def _float(text: Any) -> float | None:
@@ -288,8 +348,10 @@ def _read(path: str, names: list[str], sep: str) -> Any:
 
 
 def _check_column(col: dict[str, Any]) -> None:
-    name, kind = col["name"], col.get("type")
-    where = f"feature_cols {excerpt(name)}"
+    name, where = col["name"], _where(col)[:-2]
+    kind = _get(col, "type", "text", None, _where(col))
+    for key in ("preprocess", "padding", "feature_encoder", "share_embedding", "dtype"):
+        _get(col, key, "text", None, _where(col))
     if kind not in ("categorical", "numeric", "sequence", "meta"):
         raise ConfigError(f"{where}: type {excerpt(str(kind))} has no counterpart in fmkit "
                           f"(categorical, numeric, sequence)")
@@ -320,15 +382,17 @@ def _feature(col: dict[str, Any], stats: _Statistics, params: dict[str, Any],
              dim: int) -> dict[str, Any]:
     """A FuxiCTR feature column as a TorchEasyRec feature configuration."""
     name, kind = col["name"], col["type"]
-    embedding = {"feature_name": name, "embedding_dim": int(col.get("embedding_dim", dim)),
+    embedding = {"feature_name": name,
+                 "embedding_dim": _get(col, "embedding_dim", "int", dim, _where(col)),
                  "init_fn": EMBEDDING_INIT}
     if kind == "numeric":
         return {"raw_feature": {**embedding, "boundaries": stats.boundaries(col),
-                                "default_value": str(_number(col, "fill_na", 0.0))}}
-    shared = col.get("share_embedding")
-    least = int(col.get("min_categr_count", params.get("min_categr_count", 1)))
+                                "default_value": str(_fill(col))}}
+    shared = _get(col, "share_embedding", "text", None, _where(col))
+    least = _get(col, "min_categr_count", "int",
+                 _get(params, "min_categr_count", "int", 1), _where(col))
     if _bucketed(col):
-        filled = float(convert_to_bucket(np.array([_number(col, "fill_na", 0.0)]))[0])
+        filled = float(convert_to_bucket(np.array([_fill(col)]))[0])
         return {"expr_feature": {**embedding, "variables": [name],
                                  "expression": BUCKET_EXPRESSION.format(v=name),
                                  "boundaries": stats.bucket_vocabulary(col, least) or [0.0],
@@ -339,11 +403,12 @@ def _feature(col: dict[str, Any], stats: _Statistics, params: dict[str, Any],
         # FuxiCTR fills a missing value with fill_na ("" by default) and looks it up: "" is
         # never in its vocabulary, so it takes the (learned) out-of-vocabulary row; here it
         # takes a learned row of its own, not fmkit's default of no id
-        ids["default_value"] = str(col.get("fill_na", "")) or "__OOV__"
+        ids["default_value"] = _get(col, "fill_na", "text", "", _where(col)) or "__OOV__"
         return {"id_feature": ids}
     return {"sequence_id_feature": {
-        **ids, "sequence_delim": col.get("splitter", "^"),
-        "sequence_length": int(col.get("max_len") or max(stats.longest.get(name, 1), 1)),
+        **ids, "sequence_delim": _splitter(col),
+        "sequence_length": _get(col, "max_len", "int", 0, _where(col))
+        or max(stats.longest.get(name, 1), 1),
         "pooling": POOLINGS[col.get("feature_encoder", "layers.MaskedAveragePooling()")]}}
 
 
@@ -365,18 +430,18 @@ def _shared_vocabularies(features: list[dict[str, Any]]) -> None:
 def _monitor(params: dict[str, Any], notes: list[str], task_loss: str) -> str:
     monitor = params.get("monitor", "AUC")
     if isinstance(monitor, dict):
-        named = [str(k).lower() for k, weight in monitor.items() if weight]
+        named = [str(k).lower() for k in monitor if _get(monitor, k, "number", 0, "monitor.")]
         metric = "auc" if "auc" in named else (named[0] if named else "auc")
         notes.append(f"monitor {monitor}: fmkit stops early on one metric: {metric}")
         monitor = metric
-    key = str(monitor).lower()
+    key = _get({"monitor": monitor}, "monitor", "text").lower()
     if key not in MONITORS:
         raise ConfigError(f"monitor {excerpt(str(monitor))}: fmkit stops early on AUC, "
                           f"logloss, accuracy or RMSE")
     metric, mode = MONITORS[key]
     if task_loss == "l2_loss" and metric in ("auc", "logloss", "accuracy"):
         metric, mode = "rmse", "min"
-    given = params.get("monitor_mode")
+    given = _get(params, "monitor_mode", "text")
     if given and given != mode and not isinstance(params.get("monitor"), dict):
         raise ConfigError(f"monitor_mode {excerpt(str(given))} contradicts monitor "
                           f"{excerpt(str(monitor))}, which is better when {mode}imal")
@@ -384,11 +449,11 @@ def _monitor(params: dict[str, Any], notes: list[str], task_loss: str) -> str:
 
 
 def _optimizers(params: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    name = str(params.get("optimizer", "adam")).lower()
+    name = _get(params, "optimizer", "text", "adam").lower()
     if name not in OPTIMIZERS:
         raise ConfigError(f"optimizer {excerpt(name)}: fmkit has adam, adagrad, sgd and adamw")
     sparse, dense = OPTIMIZERS[name]
-    lr = _number(params, "learning_rate", 1e-3)
+    lr = _get(params, "learning_rate", "number", 1e-3)
     sparse_settings: dict[str, Any] = {"lr": lr}
     dense_settings: dict[str, Any] = {"lr": lr}
     if name == "sgd":
@@ -413,7 +478,7 @@ def _optimizers(params: dict[str, Any], notes: list[str]) -> dict[str, Any]:
 
 
 def _network(params: dict[str, Any]) -> dict[str, Any]:
-    activation = params.get("hidden_activations", "relu")
+    activation = _get(params, "hidden_activations", "texts", "relu")
     if isinstance(activation, list):
         if len(set(map(str, activation))) > 1:
             raise ConfigError(f"hidden_activations {excerpt(str(activation))}: fmkit's MLP "
@@ -423,13 +488,12 @@ def _network(params: dict[str, Any]) -> dict[str, Any]:
     if key not in ACTIVATIONS:
         raise ConfigError(f"hidden_activations {excerpt(str(activation))}: fmkit has "
                           f"{', '.join(ACTIVATIONS)}")
-    deep: dict[str, Any] = {"hidden_units": [int(u) for u in params.get("hidden_units",
-                                                                         [64, 64, 64])],
+    deep: dict[str, Any] = {"hidden_units": _get(params, "hidden_units", "ints", [64, 64, 64]),
                             "activation": ACTIVATIONS[key],
-                            "use_bn": bool(params.get("batch_norm", False))}
-    dropout = params.get("net_dropout", 0)
+                            "use_bn": _get(params, "batch_norm", "flag", False)}
+    dropout = _get(params, "net_dropout", "numbers", 0.0)
     if dropout:
-        deep["dropout_ratio"] = dropout if isinstance(dropout, list) else [float(dropout)]
+        deep["dropout_ratio"] = dropout if isinstance(dropout, list) else [dropout]
     return deep
 
 
@@ -437,20 +501,22 @@ def to_document(params: dict[str, Any]) -> Converted:
     """The DeepFM of a FuxiCTR experiment (:func:`load_experiment`) in TorchEasyRec's fields,
     its encoders fitted on ``train_data`` as FuxiCTR fits them."""
     notes: list[str] = []
-    model = params.get("model", "DeepFM")
+    model = _get(params, "model", "text", "DeepFM")
     if model != "DeepFM":
         raise ConfigError(f"model {excerpt(str(model))}: fmkit trains FuxiCTR's DeepFM (FM "
                           f"and FFM: fmkit train with model_type=fm or ffm)")
-    data_format = str(params.get("data_format", "csv")).lower()
+    data_format = _get(params, "data_format", "text", "csv").lower()
     if data_format not in ("csv", "parquet"):
         raise ConfigError(f"data_format {excerpt(data_format)}: FuxiCTR's {data_format} files "
                           f"are its own encoding; point train_data at the CSV or Parquet files")
-    train = params.get("train_data")
+    train = _get(params, "train_data", "text")
+    valid = _get(params, "valid_data", "text")
     if not train:
         raise ConfigError("train_data: not set")
     labels = params.get("label_col")
     labels = labels if isinstance(labels, list) else [labels]
-    if len(labels) != 1 or not isinstance(labels[0], dict) or "name" not in labels[0]:
+    if len(labels) != 1 or not isinstance(labels[0], dict) or not isinstance(
+            labels[0].get("name"), str):
         raise ConfigError("label_col: expected one {name: ..., dtype: ...} (fmkit trains one "
                           "label)")
     columns = feature_columns(params)
@@ -461,54 +527,58 @@ def to_document(params: dict[str, Any]) -> Converted:
         notes.append(f"meta columns {', '.join(meta)}: not features; left out")
     columns = [c for c in columns if c["type"] != "meta"]
     for key in ("test_data", "infer_data"):
-        if params.get(key):
+        if _get(params, key, "text"):
             notes.append(f"{key} {params[key]}: give it to fmkit train --test or fmkit "
                          f"predict --data")
-    if params.get("reduce_lr_on_plateau", True):
+    if _get(params, "reduce_lr_on_plateau", "flag", True):
         notes.append("FuxiCTR divides the learning rate by 10 when the monitor stops "
                      "improving; fmkit keeps it")
-    loss_name = str(params.get("loss", "binary_crossentropy")).lower()
+    loss_name = _get(params, "loss", "text", "binary_crossentropy").lower()
     if loss_name not in LOSSES:
         raise ConfigError(f"loss {excerpt(loss_name)}: fmkit has binary_crossentropy and "
                           f"mse_loss")
     loss = LOSSES[loss_name]
 
-    stats = _Statistics(columns, int(params.get("seed") or 0))
-    sep = str(params.get("sep", ","))
-    label = str(labels[0]["name"])
-    for batch in _read(str(train), [c["name"] for c in columns], sep):
+    seed = _get(params, "seed", "int")
+    stats = _Statistics(columns, (seed or 0) % 2 ** 32)
+    sep = _get(params, "sep", "text", ",")
+    if len(sep) != 1:
+        raise ConfigError(f"sep: expected one character, got {excerpt(sep)}")
+    label = labels[0]["name"]
+    for batch in _read(train, [c["name"] for c in columns], sep):
         missing = [c["name"] for c in columns if c["name"] not in batch.columns]
         if missing or label not in batch.columns:
             raise ConfigError(f"{batch.source}: no column {excerpt(missing[0])} (feature_cols)"
                               if missing else f"{batch.source}: no column {excerpt(label)} "
                               f"(label_col)")
         stats.add(batch)
-    dim = int(params.get("embedding_dim", 10))
+    dim = _get(params, "embedding_dim", "int", 10)
     features = [_feature(col, stats, params, dim) for col in columns]
     _shared_vocabularies(features)
     names = [c["name"] for c in columns]
     train_config: dict[str, Any] = {
-        **_optimizers(params, notes), "num_epochs": int(params.get("epochs", 10)),
+        **_optimizers(params, notes), "num_epochs": _get(params, "epochs", "int", 10),
         "early_stopping_metric": _monitor(params, notes, loss)}
-    if params.get("valid_data"):
-        train_config["early_stopping_patience"] = int(params.get(
-            "early_stop_patience", params.get("patience", 2)))
+    if valid:
+        train_config["early_stopping_patience"] = _get(
+            params, "early_stop_patience", "int", _get(params, "patience", "int", 2))
     else:
         notes.append("no valid_data: every epoch trains, without early stopping (fmkit train "
                      "--validation gives one)")
-    if params.get("seed") is not None:
-        train_config["seed"] = int(params["seed"])
-    if params.get("eval_steps"):
-        train_config["validation_every_steps"] = int(params["eval_steps"])
+    if seed is not None:
+        train_config["seed"] = seed
+    if _get(params, "eval_steps", "int"):
+        train_config["validation_every_steps"] = _get(params, "eval_steps", "int")
     document: dict[str, Any] = {
-        "train_input_path": str(train),
-        "model_dir": os.path.join(str(params.get("model_root", "./checkpoints/")),
-                                  str(params.get("dataset_id")), str(params["model_id"])),
+        "train_input_path": train,
+        "model_dir": os.path.join(_get(params, "model_root", "text", "./checkpoints/"),
+                                  _get(params, "dataset_id", "text", ""),
+                                  str(params["model_id"])),
         "data_config": {"dataset_type": "ParquetDataset" if data_format == "parquet"
                         else "CsvDataset", "label_fields": [label],
                         "with_header": True, "delimiter": sep,
-                        "batch_size": int(params.get("batch_size", 10000)),
-                        "shuffle": bool(params.get("shuffle", True))},
+                        "batch_size": _get(params, "batch_size", "int", 10000),
+                        "shuffle": _get(params, "shuffle", "flag", True)},
         "feature_configs": features,
         "model_config": {
             "feature_groups": [{"group_name": "wide", "group_type": "WIDE", "feature_names": names},
@@ -519,8 +589,8 @@ def to_document(params: dict[str, Any]) -> Converted:
                        "wide_init_fn": EMBEDDING_INIT},
             "losses": [{loss: {}}]},
         "train_config": train_config}
-    if params.get("valid_data"):
-        document["eval_input_path"] = str(params["valid_data"])
+    if valid:
+        document["eval_input_path"] = valid
     return Converted(document, notes)
 
 
