@@ -299,7 +299,7 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
                                         max_size=2), max_leaves=4)
 
 
-@settings(max_examples=int(os.environ.get("FMKIT_FUZZ_EXAMPLES", 60)), deadline=None,
+@settings(max_examples=int(os.environ.get("FMKIT_FUZZ_EXAMPLES", 200)), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(changes=st.dictionaries(st.sampled_from(SETTINGS), VALUES, max_size=3),
        column=st.dictionaries(st.sampled_from(COLUMN_SETTINGS), VALUES, max_size=2))
