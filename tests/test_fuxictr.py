@@ -175,6 +175,12 @@ def test_sequences_shared_tables_and_regression(tmp_path, cli):
      "no column 'nope' (feature_cols)"),
     ({"label_col": {"name": "clicked", "dtype": "float"}}, {}, "DeepFM_test",
      "criteo_sample.txt: no column 'clicked' (label_col)"),
+    ({}, {"hidden_units": "max"}, "DeepFM_test",
+     "hidden_units: expected a list of integers, got 'max'"),
+    ({"sep": ""}, {}, "DeepFM_test", "sep: expected one character, got ''"),
+    ({"feature_cols": [{"name": "C1", "type": "categorical", "share_embedding": ["a"]}]}, {},
+     "DeepFM_test", "feature_cols 'C1': share_embedding: expected text, got \"['a']\""),
+    ({}, {"batch_size": 1.5}, "DeepFM_test", "batch_size: expected an integer, got '1.5'"),
     ({"feature_cols": [{"name": "C1", "type": "numeric"}]}, {}, "DeepFM_test",
      "criteo_sample.txt:2: column 'C1': '05db9164' is not a number"),
 ])
