@@ -5,6 +5,7 @@ files: raw scores, 6 significant digits)."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -93,3 +94,19 @@ def test_any_counts_and_bytes_are_a_model_or_one_error(tmp_path, header, body, k
     except ArtifactError:
         return
     assert model.w.size * 4 <= len(raw)
+
+
+@pytest.mark.parametrize("text, refusal", [
+    ("bias: 0.5\ni_0: 1\ni_999999999999: 2\n", "i_0 to i_999999999999 with 999999999998 "
+                                                   "missing"),
+    ("bias: 0.5\ni_0: 1\ni_1: 2\nv_0_0: 1 2\nv_1_7: 1 2\n", "2 factor lines where 2 "
+                                                               "features and 8 fields make 16"),
+    ("bias: 0.5\ni_0: 1\nv_0: 1 2\nv_0_1: 3 4\n", "factor lines of both v_j and v_j_f"),
+    ("bias: 0.5\ni_0: x\n", ":2: not an xLearn model"),
+])
+def test_a_text_model_is_counted_before_it_is_believed(tmp_path, text, refusal):
+    """A text model names its ids: a table is made only for ids the lines account for (a
+    line i_999999999999 made a table of 10^12 weights)."""
+    (tmp_path / "m.txt").write_text(text)
+    with pytest.raises(ArtifactError, match=re.escape(refusal)):
+        xlearn_format.read(tmp_path / "m.txt")

@@ -157,6 +157,10 @@ def _text(raw: bytes, source: str) -> XLearnModel:
     if bias is None or not linear:
         raise ArtifactError(f"{source}: not an xLearn text model: no bias or linear weights")
     features = max(linear) + 1
+    if len(linear) != features:  # (xLearn writes i_0 .. i_{d-1}: the ids are counted, not
+        # trusted, before a table of that size is made)
+        raise ArtifactError(f"{source}: not an xLearn text model: linear weights i_0 to "
+                            f"i_{features - 1} with {features - len(linear)} missing")
     w = np.zeros(features, np.float32)
     w[list(linear)] = list(linear.values())
     if not factors:
@@ -167,6 +171,10 @@ def _text(raw: bytes, source: str) -> XLearnModel:
                             f"and v_j_f, or of a feature without a linear weight")
     k = len(next(iter(factors.values())))
     fields = max(int(f) for _, f in factors) + 1 if ffm else 1
+    if len(factors) != features * fields:
+        raise ArtifactError(f"{source}: not an xLearn text model: {len(factors)} factor lines "
+                            f"where {features} features and {fields} fields make "
+                            f"{features * fields}")
     V = np.zeros((features, fields, k), np.float32)
     for (j, f), values in factors.items():
         if len(values) != k:
