@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.sparse import issparse
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
@@ -293,9 +294,18 @@ def _sample_weight(sample_weight, X) -> np.ndarray | None:
 
 
 def _item_rows(lists, contexts: int, items: int, name: str = "exclude") -> list[np.ndarray]:
-    """``recommend``'s ``exclude`` (or ``recommend_auc``'s ``relevant``): a list of item row
-    numbers per context row, checked (an item id or a list too few was ignored or an
-    IndexError)."""
+    """``recommend``'s ``exclude`` (or ``recommend_auc``'s ``relevant``, ``fit_interactions``'
+    ``chosen``): a list of item row numbers per context row, checked (an item id or a list too
+    few was ignored or an IndexError); or LightFM's interactions, a sparse matrix of a row per
+    context and a column per item, whose positive entries are the items."""
+    if issparse(lists):
+        if lists.shape != (contexts, items):
+            raise ValueError(f"{name} is a {lists.shape[0]} x {lists.shape[1]} matrix, "
+                             f"expected a row per context row ({contexts}) and a column per "
+                             f"item row ({items})")
+        matrix = lists.tocsr()
+        return [matrix.indices[lo:hi][matrix.data[lo:hi] > 0].astype(np.int64)
+                for lo, hi in zip(matrix.indptr[:-1], matrix.indptr[1:])]
     if len(lists) != contexts:
         raise ValueError(f"{name} has {len(lists)} lists, expected one per context row "
                          f"({contexts})")

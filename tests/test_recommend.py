@@ -833,6 +833,20 @@ def test_fit_interactions_trains_what_train_interactions_trains(tmp_path, cli):
     assert list(model.classes_) == [0, 1] and len(model.history_) == 3
     positions, _ = model.recommend(matrix(contexts), matrix(items), 3, exclude=chosen)
     assert positions.shape == (n_contexts, 3)
+    # LightFM's interactions: a context x item sparse matrix, its positive entries chosen
+    interactions = sp.coo_matrix(([1.0] * sum(map(len, chosen)),
+                                  ([c for c, row in enumerate(chosen) for _ in row],
+                                   [i for row in chosen for i in row])),
+                                 shape=(n_contexts, n_items))
+    again = FMClassifier(**hp).fit_interactions(matrix(contexts), matrix(items), interactions,
+                                                negatives=2)
+    np.testing.assert_array_equal(again.model_.params.table, model.model_.params.table)
+    np.testing.assert_array_equal(again.recommend(matrix(contexts), matrix(items), 3,
+                                                  exclude=interactions)[0], positions)
+    with pytest.raises(ValueError, match="chosen is a 30 x 24 matrix, expected a row per "
+                                         "context row \\(30\\) and a column per item row"):
+        FMClassifier(**hp).fit_interactions(matrix(contexts), matrix(items),
+                                            interactions.tocsr()[:, :24])
     overlapping = matrix(items).tolil()
     overlapping[4, 7] = 1.0  # item row 4 uses column 7, context 7's
     overlapping = overlapping.tocsr()
