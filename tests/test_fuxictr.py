@@ -93,6 +93,7 @@ def test_a_fuxictr_deepfm_experiment_converts_and_trains(tmp_path, cli):
     assert train["dense_optimizer"] == {"adam_optimizer": {"lr": 1e-3}}
     assert (train["num_epochs"], train["seed"], train["early_stopping_patience"],
             train["early_stopping_metric"]) == (1, 2019, 2, "auc")
+    assert train["grad_clipping"] == {"clipping_type": "norm", "max_gradient": 10.0}
     assert document["data_config"]["batch_size"] == 128
     assert document["model_dir"] == "./checkpoints/criteo_sample/DeepFM_test"
     # every setting read differently is said, one line each
@@ -287,8 +288,9 @@ def test_criteo_counts_bucketed_as_fuxictr_buckets_them(tmp_path, cli):
     assert code == 0, err
 
 
-SETTINGS = ["embedding_dim", "hidden_units", "hidden_activations", "net_dropout", "batch_norm",
-            "learning_rate", "optimizer", "loss", "embedding_regularizer", "net_regularizer",
+SETTINGS = ["max_gradient_norm", "embedding_dim", "hidden_units", "hidden_activations",
+            "net_dropout", "batch_norm", "learning_rate", "optimizer", "loss",
+            "embedding_regularizer", "net_regularizer",
             "batch_size", "epochs", "shuffle", "seed", "monitor", "monitor_mode",
             "early_stop_patience", "eval_steps", "model_root", "min_categr_count",
             "data_format", "label_col", "feature_cols", "valid_data", "sep", "use_features"]

@@ -565,6 +565,11 @@ def to_document(params: dict[str, Any]) -> Converted:
     else:
         notes.append("no valid_data: every epoch trains, without early stopping (fmkit train "
                      "--validation gives one)")
+    clip = _get(params, "max_gradient_norm", "number", 10.0)  # (FuxiCTR's fit() default)
+    if clip > 0:
+        train_config["grad_clipping"] = {"clipping_type": "norm", "max_gradient": clip}
+        notes.append(f"max_gradient_norm {clip:g}: the network's gradients are clipped to it; "
+                     f"the embeddings' are not (FuxiCTR clips all parameters' together)")
     if seed is not None:
         train_config["seed"] = seed
     if _get(params, "eval_steps", "int"):
