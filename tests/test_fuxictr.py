@@ -327,3 +327,25 @@ def test_any_settings_convert_or_are_one_config_error(changes, column):
         written(fuxictr.to_document(params).document, "yaml")
     except FMKitError as e:
         assert "\n" not in str(e)
+
+
+def test_yaml_anchors_and_merge_keys_are_read_and_bombs_refused(tmp_path, cli):
+    """FuxiCTR's loader reads YAML anchors, aliases and merge keys (an experiment written as
+    ``<<: *base`` plus changes): so does the conversion, the aliases counted as written out
+    (a billion-value alias bomb is one line, not a hang)."""
+    config = _write(tmp_path, _criteo_dataset(), DEEPFM)
+    text = (config / "model_config.yaml").read_text()
+    (config / "model_config.yaml").write_text(
+        text.replace("DeepFM_test:", "DeepFM_test: &base", 1)
+        + "DeepFM_small:\n  <<: *base\n  embedding_dim: 2\n")
+    out = tmp_path / "small.yaml"
+    code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_small", "-o", out)
+    assert code == 0, err
+    features = _features(yaml.safe_load(out.read_text()))
+    assert {settings["embedding_dim"] for _, settings in features.values()} == {2}
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n"
+        for i in range(8))
+    (config / "model_config.yaml").write_text(bomb + "DeepFM_test: {model: DeepFM}\n")
+    code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "--to", "yaml")
+    assert code == 1 and "its aliases expand to more than 1000000 values" in err, err

@@ -45,9 +45,14 @@ def _yaml_loader() -> type:
     return Loader
 
 
-def load_document(path: str | Path) -> dict[str, Any]:
+ALIASED_NODES = 1_000_000  # a document with aliases, counted as written out, at most
+
+
+def load_document(path: str | Path, aliases: bool = False) -> dict[str, Any]:
     """A configuration file as plain data: protobuf text (TorchEasyRec's ``.config``), JSON or
-    YAML, told apart by content."""
+    YAML, told apart by content. ``aliases``: YAML's ``&anchor``/``*alias`` are read (FuxiCTR's
+    files may share settings so: its loader reads them), the document then refused if written
+    out it would hold more than :data:`ALIASED_NODES` values (an "alias bomb")."""
     import yaml
 
     path = Path(path)
@@ -60,7 +65,8 @@ def load_document(path: str | Path) -> dict[str, Any]:
         return prototext.parse_text(text, str(path))
     kind = "JSON" if text.lstrip().startswith("{") else "YAML"
     try:
-        document = json.loads(text) if kind == "JSON" else yaml.load(text, _yaml_loader())
+        document = (json.loads(text) if kind == "JSON" else yaml.safe_load(text) if aliases
+                    else yaml.load(text, _yaml_loader()))
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply") from None
     except (ValueError, yaml.YAMLError) as e:
@@ -68,7 +74,23 @@ def load_document(path: str | Path) -> dict[str, Any]:
                           f".config form): {_syntax_error(e)}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    if aliases and _expanded_size(document, ALIASED_NODES) > ALIASED_NODES:
+        raise ConfigError(f"{path}: its aliases expand to more than {ALIASED_NODES} values")
     return document
+
+
+def _expanded_size(document: Any, limit: int) -> int:
+    """How many values ``document`` holds written out (a shared list counted each time it is
+    referred to), counting no further than just past ``limit``."""
+    count, stack = 0, [document]
+    while stack and count <= limit:
+        value = stack.pop()
+        count += 1
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return count
 
 
 def _syntax_error(error: Exception) -> str:

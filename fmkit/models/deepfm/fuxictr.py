@@ -99,7 +99,7 @@ def load_experiment(config_dir: str, expid: str) -> dict[str, Any]:
         raise ConfigError(f"{config_dir}: holds no model_config.yaml nor model_config/*.yaml")
     found: dict[str, Any] = {}
     for path in models:
-        document = load_document(path)
+        document = load_document(path, aliases=True)
         for key in ("Base", expid):
             if key in document and key not in found:
                 found[key] = _mapping(document[key], f"{path}: {key}")
@@ -109,7 +109,7 @@ def load_experiment(config_dir: str, expid: str) -> dict[str, Any]:
     params = {**found.get("Base", {}), **found[expid], "model_id": expid}
     dataset_id = params.get("dataset_id")
     for path in _sections(config_dir, "dataset_config"):
-        document = load_document(path)
+        document = load_document(path, aliases=True)
         if dataset_id in document:
             params.update(_mapping(document[dataset_id], f"{path}: {dataset_id}"))
             return params
