@@ -288,7 +288,8 @@ def test_criteo_counts_bucketed_as_fuxictr_buckets_them(tmp_path, cli):
     assert code == 0, err
 
 
-SETTINGS = ["max_gradient_norm", "embedding_dim", "hidden_units", "hidden_activations",
+SETTINGS = ["metrics", "group_id", "feature_specs", "max_gradient_norm", "embedding_dim",
+            "hidden_units", "hidden_activations",
             "net_dropout", "batch_norm", "learning_rate", "optimizer", "loss",
             "embedding_regularizer", "net_regularizer",
             "batch_size", "epochs", "shuffle", "seed", "monitor", "monitor_mode",
@@ -349,3 +350,29 @@ def test_yaml_anchors_and_merge_keys_are_read_and_bombs_refused(tmp_path, cli):
     (config / "model_config.yaml").write_text(bomb + "DeepFM_test: {model: DeepFM}\n")
     code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "--to", "yaml")
     assert code == 1 and "its aliases expand to more than 1000000 values" in err, err
+
+
+def test_feature_specs_and_group_metrics(tmp_path, cli):
+    """Base's feature_specs override a feature's embedding_dim as FuxiCTR's FeatureMap does;
+    metrics gAUC with group_id is TorchEasyRec's grouped_auc over that column (a note says it
+    is unweighted), and a group metric without group_id, or a feature_specs key fmkit does not
+    read, is one line."""
+    experiment = {**DEEPFM, "metrics": ["logloss", "AUC", "gAUC", "MRR"], "group_id": "C1",
+                  "feature_specs": [{"name": ["C2", "C3"], "embedding_dim": 4},
+                                    {"name": "C4", "feature_encoder": None}]}
+    config = _write(tmp_path, _criteo_dataset(), experiment)
+    out = tmp_path / "g.yaml"
+    code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "-o", out)
+    assert code == 0, err
+    document = yaml.safe_load(out.read_text())
+    assert document["model_config"]["metrics"] == [{"grouped_auc": {"grouping_key": "C1"}}]
+    assert "unweighted mean of the groups' AUCs" in err and "metrics MRR: not reported" in err
+    code, _, err = cli("train", "--config", out, "--model-dir", tmp_path / "model")
+    assert code == 0 and "grouped_auc_C1" in (tmp_path / "model" / "metrics.json").read_text()
+    for changes, refusal in (({"group_id": None}, "metrics gAUC/avgAUC need group_id"),
+                             ({"feature_specs": [{"name": "C2", "pretrained_emb": "x.h5"}]},
+                              "feature_specs[0]: 'pretrained_emb' has no counterpart")):
+        config = _write(tmp_path, _criteo_dataset(), {**experiment, **changes})
+        code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test",
+                           "--to", "yaml")
+        assert code == 1 and refusal in err, err

@@ -70,6 +70,8 @@ MONITORS = {"auc": ("auc", "max"), "logloss": ("logloss", "min"),
             "binary_crossentropy": ("logloss", "min"), "accuracy": ("accuracy", "max"),
             "acc": ("accuracy", "max"), "mse": ("rmse", "min"), "rmse": ("rmse", "min")}
 BUCKET_EXPRESSION = "{v} > 2 ? floor(log({v}) ^ 2) : trunc({v})"  # FuxiCTR's convert_to_bucket
+SPEC_KEYS = {"name", "embedding_dim", "feature_encoder"}  # feature_specs' settings read
+GROUPED = ("gauc", "avgauc")  # FuxiCTR's group metrics: fmkit's grouped_auc
 POOLINGS = {"layers.MaskedAveragePooling()": "mean", "MaskedAveragePooling": "mean",
             "layers.MaskedSumPooling()": "sum", "MaskedSumPooling": "sum"}
 
@@ -142,6 +144,19 @@ def feature_columns(params: dict[str, Any]) -> list[dict[str, Any]]:
     wanted = _get(params, "use_features", "texts")
     if wanted:
         columns = [col for col in columns if col["name"] in set(wanted)]
+    specs = params.get("feature_specs") or []
+    if not isinstance(specs, list):
+        raise ConfigError(f"feature_specs: expected a list, got {excerpt(str(specs))}")
+    for i, spec in enumerate(specs):  # (FuxiCTR's FeatureMap.update_feature_specs)
+        spec = _mapping(spec, f"feature_specs[{i}]")
+        names = _get(spec, "name", "texts", [], f"feature_specs[{i}].")
+        unknown = sorted(set(spec) - SPEC_KEYS)
+        if unknown:
+            raise ConfigError(f"feature_specs[{i}]: {excerpt(unknown[0])} has no counterpart "
+                              f"in fmkit (embedding_dim, feature_encoder)")
+        for col in columns:
+            if col["name"] in (names if isinstance(names, list) else [names]):
+                col.update({k: v for k, v in spec.items() if k != "name"})
     if not columns:
         raise ConfigError("feature_cols: no active feature")
     return columns
@@ -428,7 +443,8 @@ def _shared_vocabularies(features: list[dict[str, Any]]) -> None:
 
 
 def _monitor(params: dict[str, Any], notes: list[str], task_loss: str) -> str:
-    monitor = params.get("monitor", "AUC")
+    monitor = params.get("monitor")
+    monitor = "AUC" if monitor is None else monitor  # (FuxiCTR's default)
     if isinstance(monitor, dict):
         named = [str(k).lower() for k in monitor if _get(monitor, k, "number", 0, "monitor.")]
         metric = "auc" if "auc" in named else (named[0] if named else "auc")
@@ -596,7 +612,34 @@ def to_document(params: dict[str, Any]) -> Converted:
         "train_config": train_config}
     if valid:
         document["eval_input_path"] = valid
+    grouped = _grouped_auc(params, notes)
+    if grouped:
+        document["model_config"]["metrics"] = grouped
     return Converted(document, notes)
+
+
+def _grouped_auc(params: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
+    """FuxiCTR's ``gAUC``/``avgAUC`` over ``group_id``'s groups as TorchEasyRec's
+    ``grouped_auc`` (the unweighted mean: FuxiCTR's avgAUC; its gAUC weights each group by its
+    rows); its other metrics beyond fmkit's set (MRR, NDCG@k) are said to be left out."""
+    metrics = _get(params, "metrics", "texts", [])
+    metrics = metrics if isinstance(metrics, list) else [metrics]
+    known = {"logloss", "auc", "binary_crossentropy", "accuracy", "acc", "mse", "rmse",
+             *GROUPED}
+    left = [m for m in metrics if m.lower() not in known]
+    if left:
+        notes.append(f"metrics {', '.join(left)}: not reported (fmkit reports AUC, log loss, "
+                     f"accuracy, F1, and grouped AUC)")
+    if not any(m.lower() in GROUPED for m in metrics):
+        return []
+    group = _get(params, "group_id", "text")
+    if not group:
+        raise ConfigError("metrics gAUC/avgAUC need group_id (the column whose values group "
+                          "the rows)")
+    if "gauc" in {m.lower() for m in metrics}:
+        notes.append("gAUC: fmkit's grouped_auc is the unweighted mean of the groups' AUCs "
+                     "(FuxiCTR's avgAUC; its gAUC weights each group by its rows)")
+    return [{"grouped_auc": {"grouping_key": group}}]
 
 
 def convert(config_dir: str, expid: str, to: str, overrides: list[str] = ()
