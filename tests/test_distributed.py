@@ -183,6 +183,30 @@ def test_a_failing_process_ends_the_run_with_one_line(tmp_path):
             f"fmkit: error: --nproc must be >= 1, got {count}\n")
 
 
+def _wait_until_connected(a: int, b: int, timeout: float = 60.0) -> None:
+    """Until processes ``a`` and ``b`` hold a TCP connection to each other (their collectives'
+    mesh, which the processes join after their imports: a process killed before that leaves
+    its peer retrying in Gloo's own log lines, a start-up failure rather than the death in
+    training a test means; under load the imports took longer than a fixed sleep)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ours = psutil.Process(a).net_connections("tcp")
+            theirs = {c.laddr.port for c in psutil.Process(b).net_connections("tcp")
+                      if c.status == psutil.CONN_ESTABLISHED}
+        except psutil.Error:
+            ours, theirs = [], set()
+        if any(c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port in theirs
+               for c in ours):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"processes {a} and {b} not connected within {timeout} s")
+
+
 def _worker_of_rank(launcher: int, rank: int, timeout: float = 60.0) -> int:
     """The pid of the training process of ``rank`` that ``fmkit train --nproc`` (pid
     ``launcher``) started through torchrun: a descendant whose environment holds RANK."""
@@ -220,7 +244,8 @@ def test_a_process_killed_by_a_signal_is_named_once(tmp_path):
          "predictor_type=binary_classifier", "mini_batch_size=10", "epochs=1000"],
         stderr=subprocess.PIPE, text=True)
     victim = _worker_of_rank(run.pid, 0)
-    time.sleep(2.0)  # (into training)
+    _wait_until_connected(victim, _worker_of_rank(run.pid, 1))
+    time.sleep(1.0)  # (into training)
     os.kill(victim, signal.SIGKILL)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 1
