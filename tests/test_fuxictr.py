@@ -166,8 +166,8 @@ def test_sequences_shared_tables_and_regression(tmp_path, cli):
     ({}, {}, "DeepFM_other", "no experiment 'DeepFM_other' in model_config.yaml"),
     ({"data_format": "h5"}, {}, "DeepFM_test", "data_format 'h5': FuxiCTR's h5 files"),
     ({"feature_cols": [{"name": "C1", "type": "categorical",
-                        "preprocess": "convert_weekday"}]}, {}, "DeepFM_test",
-     "feature_cols 'C1': preprocess 'convert_weekday'"),
+                        "preprocess": "convert_month"}]}, {}, "DeepFM_test",
+     "feature_cols 'C1': preprocess 'convert_month'"),
     ({}, {"monitor": "AUC", "monitor_mode": "min"}, "DeepFM_test",
      "monitor_mode 'min' contradicts monitor 'AUC'"),
     ({}, {"embedding_regularizer": "l1(1.e-5)"}, "DeepFM_test",
@@ -376,3 +376,57 @@ def test_feature_specs_and_group_metrics(tmp_path, cli):
         code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test",
                            "--to", "yaml")
         assert code == 1 and refusal in err, err
+
+
+def test_avazu_hours_weekdays_and_weekends_as_fuxictr_computes_them(tmp_path, cli):
+    """BARS' Avazu recipe: hour (YYMMDDHH) read three ways - convert_hour, convert_weekday,
+    convert_weekend, the last two as new features of the ``hour`` column. Over dates of every
+    month of several years (leap days, January and February included), two rows share an
+    embedding row exactly when FuxiCTR's functions, written here with Python's datetime,
+    agree; the result trains."""
+    import datetime
+
+    from fmkit.data import columns
+    from fmkit.models.deepfm import config as configs
+    from fmkit.models.deepfm.features import FeatureSet
+
+    rng = np.random.default_rng(8)
+    start = datetime.datetime(2013, 12, 25)
+    stamps = [start + datetime.timedelta(hours=int(h)) for h in rng.integers(0, 24 * 900, 600)]
+    hours = [t.strftime("%y%m%d%H") for t in stamps]
+    frame = pd.DataFrame({"label": rng.integers(0, 2, 600), "hour": hours,
+                          "site": rng.integers(0, 9, 600)})
+    frame.to_csv(tmp_path / "avazu.csv", index=False)
+    path = str(tmp_path / "avazu.csv")
+    dataset = {"data_format": "csv", "train_data": path, "valid_data": path,
+               "min_categr_count": 1, "label_col": {"name": "label", "dtype": "float"},
+               "feature_cols": [
+                   {"name": "site", "dtype": "str", "type": "categorical"},
+                   {"name": "hour", "dtype": "str", "type": "categorical",
+                    "preprocess": "convert_hour"},
+                   {"name": "weekday", "dtype": "str", "type": "categorical",
+                    "preprocess": "convert_weekday"},
+                   {"name": "weekend", "dtype": "str", "type": "categorical",
+                    "preprocess": "convert_weekend"}]}
+    config = _write(tmp_path, dataset, DEEPFM, "avazu")
+    out = tmp_path / "avazu.yaml"
+    code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "-o", out)
+    assert code == 0, err
+    features = FeatureSet.from_config(configs.parse(yaml.safe_load(out.read_text())))
+    encoded = features.encode(next(columns.read_delimited(path, None, ",", True)),
+                              labelled=True, label_mode="binary")
+
+    def weekday(text: str) -> int:  # FuxiCTR's _convert_weekday
+        return int(datetime.date(int("20" + text[0:2]), int(text[2:4]),
+                                 int(text[4:6])).strftime("%w"))
+
+    theirs = {"hour": [int(h[6:8]) for h in hours], "weekday": [weekday(h) for h in hours],
+              "weekend": [int(weekday(h) in (0, 6)) for h in hours]}
+    for name, values in theirs.items():
+        ids, offsets = encoded.sparse[name]
+        assert (np.diff(offsets) == 1).all()
+        pairs = set(zip(ids.tolist(), values))
+        assert len(pairs) == len(set(ids.tolist())) == len(set(values)), name
+    assert len(set(theirs["weekday"])) == 7 and len(set(theirs["hour"])) == 24
+    code, _, err = cli("train", "--config", out, "--model-dir", tmp_path / "model")
+    assert code == 0, err

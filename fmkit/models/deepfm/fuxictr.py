@@ -23,10 +23,11 @@ conversion, reading ``train_data`` once with the readers training uses:
   normalizer, monotone, then changes nothing and is left out).
 
 * a ``categorical`` column with ``preprocess: convert_to_bucket`` (FuxiCTR's Criteo recipe,
-  ``floor(ln(x)^2)`` above 2, else ``int(x)``) becomes an ``expr_feature`` computing it, its
-  ``boundaries`` the buckets seen at least ``min_categr_count`` times: each such bucket has its
-  own row; a rarer one shares the row of the next smaller bucket kept (FuxiCTR's: the
-  out-of-vocabulary row).
+  ``floor(ln(x)^2)`` above 2, else ``int(x)``) or its Avazu recipes ``convert_hour``,
+  ``convert_weekday``, ``convert_weekend`` (of the ``hour`` column, ``YYMMDDHH``) becomes an
+  ``expr_feature`` computing it (:data:`RECIPES`), its ``boundaries`` the values seen at least
+  ``min_categr_count`` times: each such value has its own row; a rarer one shares the row of
+  the next smaller value kept (FuxiCTR's: the out-of-vocabulary row).
 
 Each other difference is said in one line of :class:`Converted`'s ``notes``; what fmkit has
 no counterpart for (another model than DeepFM, pretrained embeddings, other ``preprocess``
@@ -69,7 +70,6 @@ OPTIMIZERS = {"adam": ("adam_optimizer", "adam_optimizer"),
 MONITORS = {"auc": ("auc", "max"), "logloss": ("logloss", "min"),
             "binary_crossentropy": ("logloss", "min"), "accuracy": ("accuracy", "max"),
             "acc": ("accuracy", "max"), "mse": ("rmse", "min"), "rmse": ("rmse", "min")}
-BUCKET_EXPRESSION = "{v} > 2 ? floor(log({v}) ^ 2) : trunc({v})"  # FuxiCTR's convert_to_bucket
 SPEC_KEYS = {"name", "embedding_dim", "feature_encoder"}  # feature_specs' settings read
 GROUPED = ("gauc", "avgauc")  # FuxiCTR's group metrics: fmkit's grouped_auc
 POOLINGS = {"layers.MaskedAveragePooling()": "mean", "MaskedAveragePooling": "mean",
@@ -244,12 +244,13 @@ class _Statistics:
     def add(self, batch: Any) -> None:
         for col in self.columns:
             name = col["name"]
-            values = batch.column(name)
+            values = batch.column(source_column(col))
             if col["type"] == "numeric":
                 self._add_numbers(batch, col, values)
                 continue
-            if _bucketed(col):
-                buckets = convert_to_bucket(_numbers(batch, col, values))
+            recipe = _recipe(col)
+            if recipe:
+                buckets = recipe[2](_numbers(batch, col, values))
                 self.counts[name].update(dict(zip(*np.unique(buckets, return_counts=True))))
                 continue
             try:
@@ -283,7 +284,7 @@ class _Statistics:
         self.sample[col["name"]] = kept, keys
 
     def bucket_vocabulary(self, col: dict[str, Any], least: int) -> list[float]:
-        """The buckets of a ``convert_to_bucket`` column seen at least ``least`` times."""
+        """The values a recipe's column computed at least ``least`` times."""
         return sorted(float(v) for v, count in self.counts[col["name"]].items()
                       if count >= least)
 
@@ -303,15 +304,58 @@ class _Statistics:
         return [float(e) for e in edges]
 
 
-def _bucketed(col: dict[str, Any]) -> bool:
-    return col.get("preprocess") == "convert_to_bucket"
-
-
 def convert_to_bucket(values: np.ndarray) -> np.ndarray:
     """FuxiCTR's ``convert_to_bucket`` (its Criteo recipe): ``floor(ln(x)^2)`` above 2, else
     ``int(x)``."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(values > 2, np.floor(np.log(values) ** 2), np.trunc(values))
+
+
+def _weekday(values: np.ndarray) -> np.ndarray:
+    """The weekday (Sunday 0) of Avazu's ``hour``, ``YYMMDDHH`` of the 2000s."""
+    years = np.floor(values / 1e6).astype(np.int64) + 2000
+    months = np.floor(values / 1e4).astype(np.int64) % 100
+    days = np.floor(values / 1e2).astype(np.int64) % 100
+    dates = np.array([f"{y:04d}-{m:02d}-{d:02d}" for y, m, d in zip(years, months, days)],
+                     dtype="datetime64[D]")
+    return ((dates.astype(np.int64) + 4) % 7).astype(np.float64)  # (1970-01-01: Thursday)
+
+
+# Sakamoto's weekday of YYMMDDHH in the expression language (Sunday 0), for the Avazu recipe
+_Y, _M, _D = "(floor({v} / 1000000) + 2000)", "(floor({v} / 10000) % 100)", \
+    "(floor({v} / 100) % 100)"
+_YEAR = f"({_Y} - ({_M} < 3 ? 1 : 0))"
+_MONTH = "(" + " : ".join(f"{_M} == {m} ? {t}" for m, t in zip(
+    range(1, 12), (0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2))) + " : 4)"
+WEEKDAY = (f"(({_YEAR} + floor({_YEAR} / 4) - floor({_YEAR} / 100) + floor({_YEAR} / 400) "
+           f"+ {_MONTH} + {_D}) % 7)")
+# FuxiCTR's preprocess functions that fmkit computes (an expr_feature, bucketized at the
+# values the training data holds): name -> (the column read: None for the feature's own;
+# the expression of it, v; the same in numpy). The Avazu ones read ``hour`` as FuxiCTR's
+# Avazu encoder does, whatever the feature is named.
+RECIPES = {
+    "convert_to_bucket": (None, "{v} > 2 ? floor(log({v}) ^ 2) : trunc({v})",
+                          convert_to_bucket),
+    "convert_hour": ("hour", "{v} % 100", lambda v: np.mod(v, 100)),
+    "convert_weekday": ("hour", WEEKDAY, _weekday),
+    "convert_weekend": ("hour", f"({WEEKDAY} == 0 || {WEEKDAY} == 6) ? 1 : 0",
+                        lambda v: np.isin(_weekday(v), (0, 6)).astype(np.float64)),
+}
+
+
+def _recipe(col: dict[str, Any]) -> tuple[str, str, Any] | None:
+    """A column's FuxiCTR recipe: (the column it reads, its expression, its numpy form)."""
+    found = RECIPES.get(col.get("preprocess") or "")
+    if found is None or col.get("type") != "categorical":
+        return None
+    source, expression, compute = found
+    return source or col["name"], expression.format(v=source or col["name"]), compute
+
+
+def source_column(col: dict[str, Any]) -> str:
+    """The data column a feature reads (a recipe's input, else its own name)."""
+    recipe = _recipe(col)
+    return recipe[0] if recipe else col["name"]
 
 
 def _numbers(batch: Any, col: dict[str, Any], values: pa.Array) -> np.ndarray:
@@ -363,22 +407,23 @@ def _read(path: str, names: list[str], sep: str) -> Any:
 
 
 def _check_column(col: dict[str, Any]) -> None:
-    name, where = col["name"], _where(col)[:-2]
+    where = _where(col)[:-2]
     kind = _get(col, "type", "text", None, _where(col))
     for key in ("preprocess", "padding", "feature_encoder", "share_embedding", "dtype"):
         _get(col, key, "text", None, _where(col))
     if kind not in ("categorical", "numeric", "sequence", "meta"):
         raise ConfigError(f"{where}: type {excerpt(str(kind))} has no counterpart in fmkit "
                           f"(categorical, numeric, sequence)")
-    if col.get("preprocess") == "convert_to_bucket" and kind == "categorical":
-        if not re.fullmatch(r"[A-Za-z_]\w*", name):
-            raise ConfigError(f"{where}: convert_to_bucket reads the column in an expression, "
-                              f"which needs a name of letters, digits and _")
+    recipe = _recipe(col)
+    if recipe:
+        if not re.fullmatch(r"[A-Za-z_]\w*", recipe[0]):
+            raise ConfigError(f"{where}: {col['preprocess']} reads the column in an "
+                              f"expression, which needs a name of letters, digits and _")
         col = {**col, "preprocess": None}
     for key, why in (("pretrained_emb", "pretrained embeddings are not supported"),
                      ("preprocess", "FuxiCTR's preprocess functions are Python code: write "
-                      "the column they make into the data (convert_to_bucket, its Criteo "
-                      "recipe, is read)"),
+                      "the column they make into the data (its Criteo and Avazu recipes, "
+                      f"{', '.join(RECIPES)}, are read on categorical columns)"),
                      ("category_processor", "not supported: give the column as categorical "
                       "or numeric")):
         if col.get(key):
@@ -406,10 +451,11 @@ def _feature(col: dict[str, Any], stats: _Statistics, params: dict[str, Any],
     shared = _get(col, "share_embedding", "text", None, _where(col))
     least = _get(col, "min_categr_count", "int",
                  _get(params, "min_categr_count", "int", 1), _where(col))
-    if _bucketed(col):
-        filled = float(convert_to_bucket(np.array([_fill(col)]))[0])
-        return {"expr_feature": {**embedding, "variables": [name],
-                                 "expression": BUCKET_EXPRESSION.format(v=name),
+    recipe = _recipe(col)
+    if recipe:
+        source, expression, compute = recipe
+        filled = float(compute(np.array([_fill(col)]))[0]) if source == name else 0.0
+        return {"expr_feature": {**embedding, "variables": [source], "expression": expression,
                                  "boundaries": stats.bucket_vocabulary(col, least) or [0.0],
                                  "default_value": str(filled)}}
     vocabulary = stats.vocabulary(col, least)
@@ -561,8 +607,8 @@ def to_document(params: dict[str, Any]) -> Converted:
     if len(sep) != 1:
         raise ConfigError(f"sep: expected one character, got {excerpt(sep)}")
     label = labels[0]["name"]
-    for batch in _read(train, [c["name"] for c in columns], sep):
-        missing = [c["name"] for c in columns if c["name"] not in batch.columns]
+    for batch in _read(train, [source_column(c) for c in columns], sep):
+        missing = [source_column(c) for c in columns if source_column(c) not in batch.columns]
         if missing or label not in batch.columns:
             raise ConfigError(f"{batch.source}: no column {excerpt(missing[0])} (feature_cols)"
                               if missing else f"{batch.source}: no column {excerpt(label)} "
