@@ -20,8 +20,7 @@ conversion, reading ``train_data`` once with the readers training uses:
 * a ``numeric`` column becomes a ``raw_feature`` bucketized at the training values' deciles.
   FuxiCTR scales one embedding vector by the (normalized) value; fmkit's FM and wide groups
   take embeddings of one width, which a dense value is not, so the value is bucketized (its
-  normalizer, monotone, then changes nothing and is left out).
-
+  normalizer, monotone, then changes nothing and is left out);
 * a ``categorical`` column with ``preprocess: convert_to_bucket`` (FuxiCTR's Criteo recipe,
   ``floor(ln(x)^2)`` above 2, else ``int(x)``) or its Avazu recipes ``convert_hour``,
   ``convert_weekday``, ``convert_weekend`` (of the ``hour`` column, ``YYMMDDHH``) becomes an
