@@ -430,3 +430,30 @@ def test_avazu_hours_weekdays_and_weekends_as_fuxictr_computes_them(tmp_path, cl
     assert len(set(theirs["weekday"])) == 7 and len(set(theirs["hour"])) == 24
     code, _, err = cli("train", "--config", out, "--model-dir", tmp_path / "model")
     assert code == 0, err
+
+
+def test_relative_data_paths_are_found_where_run_expid_runs(tmp_path, cli, monkeypatch):
+    """FuxiCTR's run_expid.py changes to its own directory, beside config/: a relative
+    train_data that names nothing from the working directory is read from the configuration
+    directory's parent (the model zoo's layout); one that names a file here is read here."""
+    import shutil
+
+    zoo = tmp_path / "zoo"
+    (zoo / "data").mkdir(parents=True)
+    shutil.copy(shared_file("criteo_deepctr_sample", "criteo_sample.txt"), zoo / "data" / "c.csv")
+    config = _write(zoo, _criteo_dataset(train_data="./data/c.csv", valid_data="data/c.csv"),
+                    DEEPFM)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "-o", "x.yaml")
+    assert code == 0, err
+    document = yaml.safe_load((elsewhere / "x.yaml").read_text())
+    assert document["train_input_path"] == str(zoo / "data" / "c.csv")
+    assert document["eval_input_path"] == str(zoo / "data" / "c.csv")
+    (elsewhere / "data").mkdir()
+    shutil.copy(zoo / "data" / "c.csv", elsewhere / "data" / "c.csv")
+    code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "-o", "y.yaml")
+    assert code == 0, err
+    assert yaml.safe_load((elsewhere / "y.yaml").read_text())["train_input_path"] == \
+        "./data/c.csv"

@@ -113,9 +113,26 @@ def load_experiment(config_dir: str, expid: str) -> dict[str, Any]:
         document = load_document(path, aliases=True)
         if dataset_id in document:
             params.update(_mapping(document[dataset_id], f"{path}: {dataset_id}"))
-            return params
+            return _data_found(params, config_dir)
     raise ConfigError(f"{config_dir}: dataset_id {excerpt(str(dataset_id))} of experiment "
                       f"{excerpt(expid)} is in no dataset_config")
+
+
+DATA_PATHS = ("train_data", "valid_data", "test_data", "infer_data")
+
+
+def _data_found(params: dict[str, Any], config_dir: str) -> dict[str, Any]:
+    """``params`` with each relative data path that names nothing from the working directory
+    taken from the configuration directory's parent, where FuxiCTR's model-zoo ``run_expid.py``
+    runs (it changes to its own directory, beside ``config/``)."""
+    base = os.path.dirname(os.path.abspath(config_dir.rstrip("/")))
+    for key in DATA_PATHS:
+        path = params.get(key)
+        if isinstance(path, str) and path and not os.path.isabs(path) and not glob.glob(path):
+            moved = os.path.join(base, path)
+            if glob.glob(moved):
+                params = {**params, key: os.path.normpath(moved)}
+    return params
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
