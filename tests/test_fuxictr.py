@@ -457,3 +457,27 @@ def test_relative_data_paths_are_found_where_run_expid_runs(tmp_path, cli, monke
     assert code == 0, err
     assert yaml.safe_load((elsewhere / "y.yaml").read_text())["train_input_path"] == \
         "./data/c.csv"
+
+
+def test_train_watches_valid_data_and_scores_test_data_as_run_expid_does(tmp_path, cli):
+    """run_expid.py stops early on valid_data and scores test_data after training: so does
+    fmkit train --config DIR --expid (each epoch's validation counts valid_data's rows, the
+    test test_data's). A converted file keeps one evaluation channel, valid_data, and a note
+    says how to score test_data without making it the channel early stopping watches."""
+    lines = shared_file("criteo_deepctr_sample", "criteo_sample.txt").read_text().splitlines()
+    parts = {"train": lines[1:121], "valid": lines[121:151], "test": lines[151:]}
+    for name, rows in parts.items():
+        (tmp_path / f"{name}.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    dataset = _criteo_dataset(**{f"{name}_data": str(tmp_path / f"{name}.csv")
+                                 for name in parts})
+    config = _write(tmp_path, dataset, {**DEEPFM, "epochs": 2})
+    code, _, err = cli("train", "--config", config, "--expid", "DeepFM_test", "--model-dir",
+                       tmp_path / "model")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["test"]["rows"] == len(parts["test"]) == 50
+    assert {epoch["validation"]["rows"] for epoch in metrics["train"]} == {30}
+    code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "--to",
+                       "yaml")
+    assert code == 0 and (f"train with --validation {tmp_path / 'valid.csv'} --test "
+                          f"{tmp_path / 'test.csv'}") in err, err

@@ -269,19 +269,26 @@ FM_CONFIG_FIELDS = {"train_input_path", "eval_input_path", "model_dir", "data_co
 FM_DATA_FIELDS = {"format", "index_base", "cache"}
 
 
-def _configuration(path: str | Path, expid: str | None) -> dict[str, Any]:
-    """The document ``fmkit train --config`` trains: the file's, or FuxiCTR's experiment."""
+def _configuration(path: str | Path, expid: str | None) -> tuple[dict[str, Any], str | None]:
+    """The document ``fmkit train --config`` trains: the file's, or FuxiCTR's experiment; and
+    the validation channel it names beside its ``eval_input_path`` (FuxiCTR's ``valid_data``
+    watched for early stopping while its ``test_data`` is scored after training, as
+    ``run_expid.py`` does), else None."""
     from fmkit.models.deepfm import config_files, fuxictr
 
     if expid is None:
         if Path(path).is_dir():
             raise HyperparameterError(f"{path}: a directory: for FuxiCTR's configuration "
                                       f"directory, name the experiment with --expid")
-        return config_files.load_document(path)
+        return config_files.load_document(path), None
     converted = fuxictr.to_document(fuxictr.load_experiment(str(path), expid))
     for note in converted.notes:
         log.warning("FuxiCTR %s: %s", expid, note)
-    return converted.document
+    document, validation = converted.document, None
+    if converted.test:
+        validation = document.get("eval_input_path")
+        document["eval_input_path"] = converted.test
+    return document, validation
 
 
 def train_config_file(path: str | Path, overrides: list[str] = (), *,
@@ -297,7 +304,8 @@ def train_config_file(path: str | Path, overrides: list[str] = (), *,
     from fmkit.models.deepfm import config as configs
     from fmkit.models.deepfm import config_files
 
-    document = _configuration(path, expid)
+    document, validation = _configuration(path, expid)
+    validation_path = validation_path or validation
     document = config_files.apply_overrides(document, list(overrides))
     model_config = document.get("model_config")
     if not (isinstance(model_config, dict) and "fm" in model_config):

@@ -82,6 +82,7 @@ class Converted:
 
     document: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    test: str | None = None  # test_data, which run_expid.py scores after training
 
 
 def _sections(config_dir: str, kind: str) -> list[str]:
@@ -604,10 +605,9 @@ def to_document(params: dict[str, Any]) -> Converted:
     if meta:
         notes.append(f"meta columns {', '.join(meta)}: not features; left out")
     columns = [c for c in columns if c["type"] != "meta"]
-    for key in ("test_data", "infer_data"):
-        if _get(params, key, "text"):
-            notes.append(f"{key} {params[key]}: give it to fmkit train --test or fmkit "
-                         f"predict --data")
+    test = _get(params, "test_data", "text")
+    if _get(params, "infer_data", "text"):
+        notes.append(f"infer_data {params['infer_data']}: give it to fmkit predict --data")
     if _get(params, "reduce_lr_on_plateau", "flag", True):
         notes.append("FuxiCTR divides the learning rate by 10 when the monitor stops "
                      "improving; fmkit keeps it")
@@ -677,7 +677,7 @@ def to_document(params: dict[str, Any]) -> Converted:
     grouped = _grouped_auc(params, notes)
     if grouped:
         document["model_config"]["metrics"] = grouped
-    return Converted(document, notes)
+    return Converted(document, notes, test)
 
 
 def _grouped_auc(params: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
@@ -710,4 +710,11 @@ def convert(config_dir: str, expid: str, to: str, overrides: list[str] = ()
     (``yaml``, ``json`` or ``config``) after ``--set`` ``overrides``, checked as training checks
     a configuration; and the notes on what fmkit reads differently."""
     converted = to_document(load_experiment(config_dir, expid))
-    return written(apply_overrides(converted.document, list(overrides)), to), converted.notes
+    notes = list(converted.notes)
+    if converted.test:
+        valid = converted.document.get("eval_input_path")
+        notes.append(f"test_data {converted.test}: to score it as run_expid.py does, train with "
+                     + (f"--validation {valid} " if valid else "") + f"--test {converted.test}"
+                     + (" (--test alone would make it the channel early stopping watches)"
+                        if valid else "") + "; fmkit train --config DIR --expid does so")
+    return written(apply_overrides(converted.document, list(overrides)), to), notes
