@@ -39,6 +39,7 @@ TRAIN_EXAMPLE = """examples:
   fmkit train --train a9a --test a9a.t --model-dir model/ \\
       feature_dim=123 num_factors=8 predictor_type=binary_classifier epochs=10
   fmkit train --config examples/deepfm_criteo.yaml --set train_config.num_epochs=2
+  fmkit train --config ./config --expid DeepFM_test       # a FuxiCTR experiment
   fmkit train --nproc 2 --train data/ --model-dir model/ --checkpoint-dir ckpt/ ...
 
 hyperparameters (SageMaker's names; values may also come from --hyperparameters FILE.json):
