@@ -12,7 +12,8 @@ them as its ``run_expid.py`` does (``peer_fuxictr.py``), and fmkit as ``fmkit tr
 DIR --expid`` does. Both predict ``ua.test``; scikit-learn scores both.
 
 Prints per run: test AUC and log loss, epochs run, wall seconds from start to the trained
-model (FuxiCTR's preprocessing and fmkit's conversion included), peak RSS; and fmkit's ratios.
+model (FuxiCTR's preprocessing and fmkit's conversion included), training rows x epochs per
+second of those, peak RSS; and fmkit's differences and ratios.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def main() -> None:
         print(f"MovieLens 100k ua: {counts[0]} train, {counts[1]} validation, {labels.size} "
               f"test rows; {os.cpu_count()} CPUs\n")
         print(f"{'experiment':<16} {'run':<8} {'test AUC':>9} {'log loss':>9} {'epochs':>7} "
-              f"{'seconds':>8} {'peak MB':>8}")
+              f"{'seconds':>8} {'rows/s':>8} {'peak MB':>8}")
         for expid in ("DeepFM_ml", "DeepFM_ml_reg"):
             out = work / f"{expid}.npy"
             seconds, peak, stdout = timed([str(python), str(HERE / "peer_fuxictr.py"),
@@ -159,12 +160,13 @@ def main() -> None:
             scores = np.array([json.loads(line)["score"] for line in
                                (work / f"{expid}.jsonl").read_text().splitlines()])
             ours = (*scored(labels, scores), len(history), seconds, peak)
-            for name, row in (("FuxiCTR", fuxi), ("fmkit", ours)):
+            speeds = [counts[0] * row[2] / row[3] for row in (fuxi, ours)]
+            for name, row, speed in (("FuxiCTR", fuxi, speeds[0]), ("fmkit", ours, speeds[1])):
                 print(f"{expid:<16} {name:<8} {row[0]:>9.4f} {row[1]:>9.4f} {row[2]:>7} "
-                      f"{row[3]:>8.1f} {row[4]:>8.0f}")
+                      f"{row[3]:>8.1f} {speed:>8.0f} {row[4]:>8.0f}")
             print(f"{expid:<16} {'ratio':<8} {ours[0] - fuxi[0]:>+9.4f} "
                   f"{ours[1] - fuxi[1]:>+9.4f} {'':>7} {fuxi[3] / ours[3]:>7.2f}x "
-                  f"{ours[4] / fuxi[4]:>7.2f}x")
+                  f"{speeds[1] / speeds[0]:>7.2f}x {ours[4] / fuxi[4]:>7.2f}x")
 
 
 if __name__ == "__main__":
