@@ -24,9 +24,12 @@ conversion, reading ``train_data`` once with the readers training uses:
 * a ``categorical`` column with ``preprocess: convert_to_bucket`` (FuxiCTR's Criteo recipe,
   ``floor(ln(x)^2)`` above 2, else ``int(x)``) or its Avazu recipes ``convert_hour``,
   ``convert_weekday``, ``convert_weekend`` (of the ``hour`` column, ``YYMMDDHH``) becomes an
-  ``expr_feature`` computing it (:data:`RECIPES`), its ``boundaries`` the values seen at least
-  ``min_categr_count`` times: each such value has its own row; a rarer one shares the row of
-  the next smaller value kept (FuxiCTR's: the out-of-vocabulary row).
+  ``expr_feature`` computing it (``fuxictr_encoders.RECIPES``), its ``boundaries`` the values
+  seen at least ``min_categr_count`` times: each such value has its own row; a rarer one
+  shares the row of the next smaller value kept (FuxiCTR's: the out-of-vocabulary row).
+
+The encoders are fitted by :mod:`fmkit.models.deepfm.fuxictr_encoders`; every setting is read
+with its type by :mod:`fmkit.models.deepfm.fuxictr_settings`.
 
 Each other difference is said in one line of :class:`Converted`'s ``notes``; what fmkit has
 no counterpart for (another model than DeepFM, pretrained embeddings, other ``preprocess``
@@ -36,25 +39,25 @@ functions, a ``category_processor``, H5 data) is a :class:`ConfigError`.
 from __future__ import annotations
 
 import glob
-import math
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from fmkit.data.columns import is_parquet, read_delimited, read_parquet
 from fmkit.errors import excerpt
 from fmkit.models.deepfm.config import ConfigError
 from fmkit.models.deepfm.config_files import apply_overrides, load_document, written
-from fmkit.models.deepfm.transforms import NotText, texts
+from fmkit.models.deepfm.fuxictr_encoders import (
+    RECIPES,
+    Statistics,
+    recipe_of,
+    source_column,
+    training_blocks,
+)
+from fmkit.models.deepfm.fuxictr_settings import column_where, fill_value, setting, splitter
 
-BUCKETS = 10  # a numeric column's buckets (FuxiCTR's own num_buckets default)
-SAMPLE = 1_000_000  # numeric values kept (a uniform sample) for a column's deciles
 EMBEDDING_INIT = "nn.init.normal_,std=0.0001"  # FuxiCTR's embedding_initializer default
 ACTIVATIONS = {"relu": "nn.ReLU", "leakyrelu": "nn.LeakyReLU", "prelu": "nn.PReLU",
                "elu": "nn.ELU", "gelu": "nn.GELU", "silu": "nn.SiLU", "sigmoid": "nn.Sigmoid",
@@ -156,9 +159,9 @@ def feature_columns(params: dict[str, Any]) -> list[dict[str, Any]]:
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"feature_cols[{i}]: name must be a column name or a list "
                                   f"of them, got {excerpt(str(name))}")
-            if _get(col, "active", "flag", True, f"feature_cols[{i}]."):
+            if setting(col, "active", "flag", True, f"feature_cols[{i}]."):
                 columns.append({**col, "name": name})
-    wanted = _get(params, "use_features", "texts")
+    wanted = setting(params, "use_features", "texts")
     if wanted:
         columns = [col for col in columns if col["name"] in set(wanted)]
     specs = params.get("feature_specs") or []
@@ -166,7 +169,7 @@ def feature_columns(params: dict[str, Any]) -> list[dict[str, Any]]:
         raise ConfigError(f"feature_specs: expected a list, got {excerpt(str(specs))}")
     for i, spec in enumerate(specs):  # (FuxiCTR's FeatureMap.update_feature_specs)
         spec = _mapping(spec, f"feature_specs[{i}]")
-        names = _get(spec, "name", "texts", [], f"feature_specs[{i}].")
+        names = setting(spec, "name", "texts", [], f"feature_specs[{i}].")
         unknown = sorted(set(spec) - SPEC_KEYS)
         if unknown:
             raise ConfigError(f"feature_specs[{i}]: {excerpt(unknown[0])} has no counterpart "
@@ -177,53 +180,6 @@ def feature_columns(params: dict[str, Any]) -> list[dict[str, Any]]:
     if not columns:
         raise ConfigError("feature_cols: no active feature")
     return columns
-
-
-SETTING_KINDS = {"int": "an integer", "number": "a number", "flag": "true or false",
-                 "text": "text", "ints": "a list of integers",
-                 "numbers": "a number or a list of numbers", "texts": "text or a list of text"}
-
-
-def _get(settings: dict[str, Any], key: str, kind: str, default: Any = None,
-         where: str = "") -> Any:
-    """``settings[key]`` as ``kind`` (a key of :data:`SETTING_KINDS`), ``default`` when unset;
-    a value of another kind is one line naming the setting. Numbers may be text: PyYAML reads
-    ``1e-3``, without a dot, as a string, which FuxiCTR hands on as it is."""
-    value = settings.get(key)
-    if value is None:
-        return default
-    try:
-        return _typed(value, kind)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{where}{key}: expected {SETTING_KINDS[kind]}, got "
-                          f"{excerpt(str(value))}") from None
-
-
-def _typed(value: Any, kind: str) -> Any:
-    if kind in ("ints", "numbers", "texts"):
-        one = kind[:-1] if kind != "numbers" else "number"
-        if isinstance(value, list):
-            return [_typed(v, one) for v in value]
-        if kind == "ints":
-            raise TypeError(value)
-        return _typed(value, one)
-    if isinstance(value, (list, dict, bool)) and kind != "flag":
-        raise TypeError(value)
-    if kind == "text":
-        return str(value)
-    if kind == "flag":
-        flags = {"true": True, "1": True, "false": False, "0": False}
-        if isinstance(value, (list, dict)) or str(value).lower() not in flags:
-            raise ValueError(value)
-        return flags[str(value).lower()]
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(value)
-    if kind == "number":
-        return number
-    if number != int(number):
-        raise ValueError(value)
-    return int(number)
 
 
 def _l2(value: Any, name: str) -> float:
@@ -244,194 +200,15 @@ def _l2(value: Any, name: str) -> float:
                           f"l2(x)) has a counterpart in fmkit") from None
 
 
-class _Statistics:
-    """What FuxiCTR's encoders fit, gathered over the training data block by block: value
-    counts of categorical and sequence columns, the longest sequence, and a uniform sample of
-    each numeric column (bottom-k of random keys) for its deciles."""
-
-    def __init__(self, columns: list[dict[str, Any]], seed: int):
-        self.columns = columns
-        self.counts: dict[str, Counter] = {c["name"]: Counter() for c in columns
-                                           if c["type"] != "numeric"}
-        self.longest: dict[str, int] = {}
-        self.sample: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            c["name"]: (np.zeros(0), np.zeros(0)) for c in columns if c["type"] == "numeric"}
-        self.rng = np.random.default_rng(seed)
-
-    def add(self, batch: Any) -> None:
-        for col in self.columns:
-            name = col["name"]
-            values = batch.column(source_column(col))
-            if col["type"] == "numeric":
-                self._add_numbers(batch, col, values)
-                continue
-            recipe = _recipe(col)
-            if recipe:
-                buckets = recipe[2](_numbers(batch, col, values))
-                self.counts[name].update(dict(zip(*np.unique(buckets, return_counts=True))))
-                continue
-            try:
-                values = self._ids(name, col, values)
-            except NotText as e:
-                raise batch.error(e.row, f"column {excerpt(name)}: {e}") from None
-            counted = pc.value_counts(values.drop_null())
-            self.counts[name].update(dict(zip(counted.field("values").to_pylist(),
-                                              counted.field("counts").to_pylist())))
-
-    def _ids(self, name: str, col: dict[str, Any], values: pa.Array) -> pa.Array:
-        """A block's ids as text; a sequence's split (a Parquet list column is one already,
-        which FuxiCTR joins with ``^`` and splits again), its longest length noted."""
-        if col["type"] != "sequence":
-            return texts(values)
-        if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
-            values = pc.split_pattern(texts(values).fill_null(""), _splitter(col))
-        lengths = pc.list_value_length(values)
-        if len(lengths) and lengths.null_count < len(lengths):
-            self.longest[name] = max(self.longest.get(name, 0), pc.max(lengths).as_py())
-        return texts(pc.list_flatten(values))
-
-    def _add_numbers(self, batch: Any, col: dict[str, Any], values: pa.Array) -> None:
-        numbers = _numbers(batch, col, values)
-        kept, keys = self.sample[col["name"]]
-        keys = np.concatenate([keys, self.rng.random(numbers.size)])
-        kept = np.concatenate([kept, numbers])
-        if keys.size > SAMPLE:
-            chosen = np.argpartition(keys, SAMPLE)[:SAMPLE]
-            kept, keys = kept[chosen], keys[chosen]
-        self.sample[col["name"]] = kept, keys
-
-    def bucket_vocabulary(self, col: dict[str, Any], least: int) -> list[float]:
-        """The values a recipe's column computed at least ``least`` times."""
-        return sorted(float(v) for v, count in self.counts[col["name"]].items()
-                      if count >= least)
-
-    def vocabulary(self, col: dict[str, Any], least: int) -> list[str]:
-        """The values seen at least ``least`` times, most frequent first (ties by value),
-        without FuxiCTR's missing value ``""``."""
-        counts = self.counts[col["name"]]
-        return [value for value, count in sorted(counts.items(), key=lambda p: (-p[1], p[0]))
-                if count >= least and value != ""]
-
-    def boundaries(self, col: dict[str, Any]) -> list[float]:
-        values = self.sample[col["name"]][0]
-        values = values[np.isfinite(values)]
-        if not values.size:
-            return [0.0]
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, BUCKETS + 1)[1:-1]))
-        return [float(e) for e in edges]
-
-
-def convert_to_bucket(values: np.ndarray) -> np.ndarray:
-    """FuxiCTR's ``convert_to_bucket`` (its Criteo recipe): ``floor(ln(x)^2)`` above 2, else
-    ``int(x)``."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(values > 2, np.floor(np.log(values) ** 2), np.trunc(values))
-
-
-def _weekday(values: np.ndarray) -> np.ndarray:
-    """The weekday (Sunday 0) of Avazu's ``hour``, ``YYMMDDHH`` of the 2000s."""
-    years = np.floor(values / 1e6).astype(np.int64) + 2000
-    months = np.floor(values / 1e4).astype(np.int64) % 100
-    days = np.floor(values / 1e2).astype(np.int64) % 100
-    dates = np.array([f"{y:04d}-{m:02d}-{d:02d}" for y, m, d in zip(years, months, days)],
-                     dtype="datetime64[D]")
-    return ((dates.astype(np.int64) + 4) % 7).astype(np.float64)  # (1970-01-01: Thursday)
-
-
-# Sakamoto's weekday of YYMMDDHH in the expression language (Sunday 0), for the Avazu recipe
-_Y, _M, _D = "(floor({v} / 1000000) + 2000)", "(floor({v} / 10000) % 100)", \
-    "(floor({v} / 100) % 100)"
-_YEAR = f"({_Y} - ({_M} < 3 ? 1 : 0))"
-_MONTH = "(" + " : ".join(f"{_M} == {m} ? {t}" for m, t in zip(
-    range(1, 12), (0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2))) + " : 4)"
-WEEKDAY = (f"(({_YEAR} + floor({_YEAR} / 4) - floor({_YEAR} / 100) + floor({_YEAR} / 400) "
-           f"+ {_MONTH} + {_D}) % 7)")
-# FuxiCTR's preprocess functions that fmkit computes (an expr_feature, bucketized at the
-# values the training data holds): name -> (the column read: None for the feature's own;
-# the expression of it, v; the same in numpy). The Avazu ones read ``hour`` as FuxiCTR's
-# Avazu encoder does, whatever the feature is named.
-RECIPES = {
-    "convert_to_bucket": (None, "{v} > 2 ? floor(log({v}) ^ 2) : trunc({v})",
-                          convert_to_bucket),
-    "convert_hour": ("hour", "{v} % 100", lambda v: np.mod(v, 100)),
-    "convert_weekday": ("hour", WEEKDAY, _weekday),
-    "convert_weekend": ("hour", f"({WEEKDAY} == 0 || {WEEKDAY} == 6) ? 1 : 0",
-                        lambda v: np.isin(_weekday(v), (0, 6)).astype(np.float64)),
-}
-
-
-def _recipe(col: dict[str, Any]) -> tuple[str, str, Any] | None:
-    """A column's FuxiCTR recipe: (the column it reads, its expression, its numpy form)."""
-    found = RECIPES.get(col.get("preprocess") or "")
-    if found is None or col.get("type") != "categorical":
-        return None
-    source, expression, compute = found
-    return source or col["name"], expression.format(v=source or col["name"]), compute
-
-
-def source_column(col: dict[str, Any]) -> str:
-    """The data column a feature reads (a recipe's input, else its own name)."""
-    recipe = _recipe(col)
-    return recipe[0] if recipe else col["name"]
-
-
-def _numbers(batch: Any, col: dict[str, Any], values: pa.Array) -> np.ndarray:
-    """A block of a numeric column as float64, missing values filled as FuxiCTR fills them
-    (``fill_na``, 0 by default); text that is not a number is one line naming its row."""
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-        text = texts(values)
-        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
-        try:
-            values = pc.cast(text, pa.float64())
-        except pa.ArrowInvalid:
-            row, value = next((i, v) for i, v in enumerate(text.to_pylist())
-                              if v is not None and _float(v) is None)
-            raise batch.error(row, f"column {excerpt(col['name'])}: {excerpt(value)} is not "
-                              f"a number") from None
-    numbers = values.to_numpy(zero_copy_only=False).astype(np.float64)
-    return np.where(np.isnan(numbers), _fill(col), numbers)
-
-
-def _where(col: dict[str, Any]) -> str:
-    return f"feature_cols {excerpt(col['name'])}: "
-
-
-def _fill(col: dict[str, Any]) -> float:
-    """A numeric column's missing value: ``fill_na``, FuxiCTR's 0 by default."""
-    return _get(col, "fill_na", "number", 0.0, _where(col))
-
-
-def _splitter(col: dict[str, Any]) -> str:
-    splitter = _get(col, "splitter", "text", "^", _where(col))
-    if not splitter:
-        raise ConfigError(f"{_where(col)}splitter: empty")
-    return splitter
-
-
-def _float(text: Any) -> float | None:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None
-
-
-def _read(path: str, names: list[str], sep: str) -> Any:
-    """The training data's blocks, as ``fmkit train`` reads them (texts as it sees them)."""
-    if is_parquet(path):
-        yield from read_parquet(path)
-    else:
-        yield from read_delimited(path, None, sep, True, needed=names)
-
-
 def _check_column(col: dict[str, Any]) -> None:
-    where = _where(col)[:-2]
-    kind = _get(col, "type", "text", None, _where(col))
+    where = column_where(col)[:-2]
+    kind = setting(col, "type", "text", None, column_where(col))
     for key in ("preprocess", "padding", "feature_encoder", "share_embedding", "dtype"):
-        _get(col, key, "text", None, _where(col))
+        setting(col, key, "text", None, column_where(col))
     if kind not in ("categorical", "numeric", "sequence", "meta"):
         raise ConfigError(f"{where}: type {excerpt(str(kind))} has no counterpart in fmkit "
                           f"(categorical, numeric, sequence)")
-    recipe = _recipe(col)
+    recipe = recipe_of(col)
     if recipe:
         if not re.fullmatch(r"[A-Za-z_]\w*", recipe[0]):
             raise ConfigError(f"{where}: {col['preprocess']} reads the column in an "
@@ -455,23 +232,23 @@ def _check_column(col: dict[str, Any]) -> None:
                           f"(MaskedSumPooling)")
 
 
-def _feature(col: dict[str, Any], stats: _Statistics, params: dict[str, Any],
+def _feature(col: dict[str, Any], stats: Statistics, params: dict[str, Any],
              dim: int) -> dict[str, Any]:
     """A FuxiCTR feature column as a TorchEasyRec feature configuration."""
     name, kind = col["name"], col["type"]
     embedding = {"feature_name": name,
-                 "embedding_dim": _get(col, "embedding_dim", "int", dim, _where(col)),
+                 "embedding_dim": setting(col, "embedding_dim", "int", dim, column_where(col)),
                  "init_fn": EMBEDDING_INIT}
     if kind == "numeric":
         return {"raw_feature": {**embedding, "boundaries": stats.boundaries(col),
-                                "default_value": str(_fill(col))}}
-    shared = _get(col, "share_embedding", "text", None, _where(col))
-    least = _get(col, "min_categr_count", "int",
-                 _get(params, "min_categr_count", "int", 1), _where(col))
-    recipe = _recipe(col)
+                                "default_value": str(fill_value(col))}}
+    shared = setting(col, "share_embedding", "text", None, column_where(col))
+    least = setting(col, "min_categr_count", "int",
+                 setting(params, "min_categr_count", "int", 1), column_where(col))
+    recipe = recipe_of(col)
     if recipe:
         source, expression, compute = recipe
-        filled = float(compute(np.array([_fill(col)]))[0]) if source == name else 0.0
+        filled = float(compute(np.array([fill_value(col)]))[0]) if source == name else 0.0
         return {"expr_feature": {**embedding, "variables": [source], "expression": expression,
                                  "boundaries": stats.bucket_vocabulary(col, least) or [0.0],
                                  "default_value": str(filled)}}
@@ -481,11 +258,11 @@ def _feature(col: dict[str, Any], stats: _Statistics, params: dict[str, Any],
         # FuxiCTR fills a missing value with fill_na ("" by default) and looks it up: "" is
         # never in its vocabulary, so it takes the (learned) out-of-vocabulary row; here it
         # takes a learned row of its own, not fmkit's default of no id
-        ids["default_value"] = _get(col, "fill_na", "text", "", _where(col)) or "__OOV__"
+        ids["default_value"] = setting(col, "fill_na", "text", "", column_where(col)) or "__OOV__"
         return {"id_feature": ids}
     return {"sequence_id_feature": {
-        **ids, "sequence_delim": _splitter(col),
-        "sequence_length": _get(col, "max_len", "int", 0, _where(col))
+        **ids, "sequence_delim": splitter(col),
+        "sequence_length": setting(col, "max_len", "int", 0, column_where(col))
         or max(stats.longest.get(name, 1), 1),
         "pooling": POOLINGS[col.get("feature_encoder", "layers.MaskedAveragePooling()")]}}
 
@@ -509,18 +286,18 @@ def _monitor(params: dict[str, Any], notes: list[str], task_loss: str) -> str:
     monitor = params.get("monitor")
     monitor = "AUC" if monitor is None else monitor  # (FuxiCTR's default)
     if isinstance(monitor, dict):
-        named = [str(k).lower() for k in monitor if _get(monitor, k, "number", 0, "monitor.")]
+        named = [str(k).lower() for k in monitor if setting(monitor, k, "number", 0, "monitor.")]
         metric = "auc" if "auc" in named else (named[0] if named else "auc")
         notes.append(f"monitor {monitor}: fmkit stops early on one metric: {metric}")
         monitor = metric
-    key = _get({"monitor": monitor}, "monitor", "text").lower()
+    key = setting({"monitor": monitor}, "monitor", "text").lower()
     if key not in MONITORS:
         raise ConfigError(f"monitor {excerpt(str(monitor))}: fmkit stops early on AUC, "
                           f"logloss, accuracy or RMSE")
     metric, mode = MONITORS[key]
     if task_loss == "l2_loss" and metric in ("auc", "logloss", "accuracy"):
         metric, mode = "rmse", "min"
-    given = _get(params, "monitor_mode", "text")
+    given = setting(params, "monitor_mode", "text")
     if given and given != mode and not isinstance(params.get("monitor"), dict):
         raise ConfigError(f"monitor_mode {excerpt(str(given))} contradicts monitor "
                           f"{excerpt(str(monitor))}, which is better when {mode}imal")
@@ -528,11 +305,11 @@ def _monitor(params: dict[str, Any], notes: list[str], task_loss: str) -> str:
 
 
 def _optimizers(params: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    name = _get(params, "optimizer", "text", "adam").lower()
+    name = setting(params, "optimizer", "text", "adam").lower()
     if name not in OPTIMIZERS:
         raise ConfigError(f"optimizer {excerpt(name)}: fmkit has adam, adagrad, sgd and adamw")
     sparse, dense = OPTIMIZERS[name]
-    lr = _get(params, "learning_rate", "number", 1e-3)
+    lr = setting(params, "learning_rate", "number", 1e-3)
     sparse_settings: dict[str, Any] = {"lr": lr}
     dense_settings: dict[str, Any] = {"lr": lr}
     if name == "sgd":
@@ -557,7 +334,7 @@ def _optimizers(params: dict[str, Any], notes: list[str]) -> dict[str, Any]:
 
 
 def _network(params: dict[str, Any]) -> dict[str, Any]:
-    activation = _get(params, "hidden_activations", "texts", "relu")
+    activation = setting(params, "hidden_activations", "texts", "relu")
     if isinstance(activation, list):
         if len(set(map(str, activation))) > 1:
             raise ConfigError(f"hidden_activations {excerpt(str(activation))}: fmkit's MLP "
@@ -567,10 +344,10 @@ def _network(params: dict[str, Any]) -> dict[str, Any]:
     if key not in ACTIVATIONS:
         raise ConfigError(f"hidden_activations {excerpt(str(activation))}: fmkit has "
                           f"{', '.join(ACTIVATIONS)}")
-    deep: dict[str, Any] = {"hidden_units": _get(params, "hidden_units", "ints", [64, 64, 64]),
+    deep: dict[str, Any] = {"hidden_units": setting(params, "hidden_units", "ints", [64, 64, 64]),
                             "activation": ACTIVATIONS[key],
-                            "use_bn": _get(params, "batch_norm", "flag", False)}
-    dropout = _get(params, "net_dropout", "numbers", 0.0)
+                            "use_bn": setting(params, "batch_norm", "flag", False)}
+    dropout = setting(params, "net_dropout", "numbers", 0.0)
     if dropout:
         deep["dropout_ratio"] = dropout if isinstance(dropout, list) else [dropout]
     return deep
@@ -580,16 +357,16 @@ def to_document(params: dict[str, Any]) -> Converted:
     """The DeepFM of a FuxiCTR experiment (:func:`load_experiment`) in TorchEasyRec's fields,
     its encoders fitted on ``train_data`` as FuxiCTR fits them."""
     notes: list[str] = []
-    model = _get(params, "model", "text", "DeepFM")
+    model = setting(params, "model", "text", "DeepFM")
     if model != "DeepFM":
         raise ConfigError(f"model {excerpt(str(model))}: fmkit trains FuxiCTR's DeepFM (FM "
                           f"and FFM: fmkit train with model_type=fm or ffm)")
-    data_format = _get(params, "data_format", "text", "csv").lower()
+    data_format = setting(params, "data_format", "text", "csv").lower()
     if data_format not in ("csv", "parquet"):
         raise ConfigError(f"data_format {excerpt(data_format)}: FuxiCTR's {data_format} files "
                           f"are its own encoding; point train_data at the CSV or Parquet files")
-    train = _get(params, "train_data", "text")
-    valid = _get(params, "valid_data", "text")
+    train = setting(params, "train_data", "text")
+    valid = setting(params, "valid_data", "text")
     if not train:
         raise ConfigError("train_data: not set")
     labels = params.get("label_col")
@@ -605,63 +382,63 @@ def to_document(params: dict[str, Any]) -> Converted:
     if meta:
         notes.append(f"meta columns {', '.join(meta)}: not features; left out")
     columns = [c for c in columns if c["type"] != "meta"]
-    test = _get(params, "test_data", "text")
-    if _get(params, "infer_data", "text"):
+    test = setting(params, "test_data", "text")
+    if setting(params, "infer_data", "text"):
         notes.append(f"infer_data {params['infer_data']}: give it to fmkit predict --data")
-    if _get(params, "reduce_lr_on_plateau", "flag", True):
+    if setting(params, "reduce_lr_on_plateau", "flag", True):
         notes.append("FuxiCTR divides the learning rate by 10 when the monitor stops "
                      "improving; fmkit keeps it")
-    loss_name = _get(params, "loss", "text", "binary_crossentropy").lower()
+    loss_name = setting(params, "loss", "text", "binary_crossentropy").lower()
     if loss_name not in LOSSES:
         raise ConfigError(f"loss {excerpt(loss_name)}: fmkit has binary_crossentropy and "
                           f"mse_loss")
     loss = LOSSES[loss_name]
 
-    seed = _get(params, "seed", "int")
-    stats = _Statistics(columns, (seed or 0) % 2 ** 32)
-    sep = _get(params, "sep", "text", ",")
+    seed = setting(params, "seed", "int")
+    stats = Statistics(columns, (seed or 0) % 2 ** 32)
+    sep = setting(params, "sep", "text", ",")
     if len(sep) != 1:
         raise ConfigError(f"sep: expected one character, got {excerpt(sep)}")
     label = labels[0]["name"]
-    for batch in _read(train, [source_column(c) for c in columns], sep):
+    for batch in training_blocks(train, [source_column(c) for c in columns], sep):
         missing = [source_column(c) for c in columns if source_column(c) not in batch.columns]
         if missing or label not in batch.columns:
             raise ConfigError(f"{batch.source}: no column {excerpt(missing[0])} (feature_cols)"
                               if missing else f"{batch.source}: no column {excerpt(label)} "
                               f"(label_col)")
         stats.add(batch)
-    dim = _get(params, "embedding_dim", "int", 10)
+    dim = setting(params, "embedding_dim", "int", 10)
     features = [_feature(col, stats, params, dim) for col in columns]
     _shared_vocabularies(features)
     names = [c["name"] for c in columns]
     train_config: dict[str, Any] = {
-        **_optimizers(params, notes), "num_epochs": _get(params, "epochs", "int", 10),
+        **_optimizers(params, notes), "num_epochs": setting(params, "epochs", "int", 10),
         "early_stopping_metric": _monitor(params, notes, loss)}
     if valid:
-        train_config["early_stopping_patience"] = _get(
-            params, "early_stop_patience", "int", _get(params, "patience", "int", 2))
+        train_config["early_stopping_patience"] = setting(
+            params, "early_stop_patience", "int", setting(params, "patience", "int", 2))
     else:
         notes.append("no valid_data: every epoch trains, without early stopping (fmkit train "
                      "--validation gives one)")
-    clip = _get(params, "max_gradient_norm", "number", 10.0)  # (FuxiCTR's fit() default)
+    clip = setting(params, "max_gradient_norm", "number", 10.0)  # (FuxiCTR's fit() default)
     if clip > 0:
         train_config["grad_clipping"] = {"clipping_type": "norm", "max_gradient": clip}
         notes.append(f"max_gradient_norm {clip:g}: the network's gradients are clipped to it; "
                      f"the embeddings' are not (FuxiCTR clips all parameters' together)")
     if seed is not None:
         train_config["seed"] = seed
-    if _get(params, "eval_steps", "int"):
-        train_config["validation_every_steps"] = _get(params, "eval_steps", "int")
+    if setting(params, "eval_steps", "int"):
+        train_config["validation_every_steps"] = setting(params, "eval_steps", "int")
     document: dict[str, Any] = {
         "train_input_path": train,
-        "model_dir": os.path.join(_get(params, "model_root", "text", "./checkpoints/"),
-                                  _get(params, "dataset_id", "text", ""),
+        "model_dir": os.path.join(setting(params, "model_root", "text", "./checkpoints/"),
+                                  setting(params, "dataset_id", "text", ""),
                                   str(params["model_id"])),
         "data_config": {"dataset_type": "ParquetDataset" if data_format == "parquet"
                         else "CsvDataset", "label_fields": [label],
                         "with_header": True, "delimiter": sep,
-                        "batch_size": _get(params, "batch_size", "int", 10000),
-                        "shuffle": _get(params, "shuffle", "flag", True)},
+                        "batch_size": setting(params, "batch_size", "int", 10000),
+                        "shuffle": setting(params, "shuffle", "flag", True)},
         "feature_configs": features,
         "model_config": {
             "feature_groups": [{"group_name": "wide", "group_type": "WIDE", "feature_names": names},
@@ -684,7 +461,7 @@ def _grouped_auc(params: dict[str, Any], notes: list[str]) -> list[dict[str, Any
     """FuxiCTR's ``gAUC``/``avgAUC`` over ``group_id``'s groups as TorchEasyRec's
     ``grouped_auc`` (the unweighted mean: FuxiCTR's avgAUC; its gAUC weights each group by its
     rows); its other metrics beyond fmkit's set (MRR, NDCG@k) are said to be left out."""
-    metrics = _get(params, "metrics", "texts", [])
+    metrics = setting(params, "metrics", "texts", [])
     metrics = metrics if isinstance(metrics, list) else [metrics]
     known = {"logloss", "auc", "binary_crossentropy", "accuracy", "acc", "mse", "rmse",
              *GROUPED}
@@ -694,7 +471,7 @@ def _grouped_auc(params: dict[str, Any], notes: list[str]) -> list[dict[str, Any
                      f"accuracy, F1, and grouped AUC)")
     if not any(m.lower() in GROUPED for m in metrics):
         return []
-    group = _get(params, "group_id", "text")
+    group = setting(params, "group_id", "text")
     if not group:
         raise ConfigError("metrics gAUC/avgAUC need group_id (the column whose values group "
                           "the rows)")

@@ -1,0 +1,186 @@
+"""FuxiCTR's feature encoders fitted on the training data, as its ``FeatureProcessor.fit``
+does before it trains: :class:`Statistics` gathers, block by block, the value counts of
+categorical and sequence columns, the longest sequence, and a uniform sample of each numeric
+column; :data:`RECIPES` are the preprocess functions of FuxiCTR's Criteo and Avazu datasets
+that fmkit computes (an expression of TorchEasyRec's language, and the same in numpy).
+:mod:`fmkit.models.deepfm.fuxictr` turns what they find into features."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fmkit.data.columns import is_parquet, read_delimited, read_parquet
+from fmkit.errors import excerpt
+from fmkit.models.deepfm.fuxictr_settings import fill_value, splitter
+from fmkit.models.deepfm.transforms import NotText, texts
+
+BUCKETS = 10  # a numeric column's buckets (FuxiCTR's own num_buckets default)
+SAMPLE = 1_000_000  # numeric values kept (a uniform sample) for a column's deciles
+
+
+class Statistics:
+    """What FuxiCTR's encoders fit, gathered over the training data block by block: value
+    counts of categorical and sequence columns, the longest sequence, and a uniform sample of
+    each numeric column (bottom-k of random keys) for its deciles."""
+
+    def __init__(self, columns: list[dict[str, Any]], seed: int):
+        self.columns = columns
+        self.counts: dict[str, Counter] = {c["name"]: Counter() for c in columns
+                                           if c["type"] != "numeric"}
+        self.longest: dict[str, int] = {}
+        self.sample: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            c["name"]: (np.zeros(0), np.zeros(0)) for c in columns if c["type"] == "numeric"}
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, batch: Any) -> None:
+        for col in self.columns:
+            name = col["name"]
+            values = batch.column(source_column(col))
+            if col["type"] == "numeric":
+                self._add_numbers(batch, col, values)
+                continue
+            recipe = recipe_of(col)
+            if recipe:
+                buckets = recipe[2](column_numbers(batch, col, values))
+                self.counts[name].update(dict(zip(*np.unique(buckets, return_counts=True))))
+                continue
+            try:
+                values = self._ids(name, col, values)
+            except NotText as e:
+                raise batch.error(e.row, f"column {excerpt(name)}: {e}") from None
+            counted = pc.value_counts(values.drop_null())
+            self.counts[name].update(dict(zip(counted.field("values").to_pylist(),
+                                              counted.field("counts").to_pylist())))
+
+    def _ids(self, name: str, col: dict[str, Any], values: pa.Array) -> pa.Array:
+        """A block's ids as text; a sequence's split (a Parquet list column is one already,
+        which FuxiCTR joins with ``^`` and splits again), its longest length noted."""
+        if col["type"] != "sequence":
+            return texts(values)
+        if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
+            values = pc.split_pattern(texts(values).fill_null(""), splitter(col))
+        lengths = pc.list_value_length(values)
+        if len(lengths) and lengths.null_count < len(lengths):
+            self.longest[name] = max(self.longest.get(name, 0), pc.max(lengths).as_py())
+        return texts(pc.list_flatten(values))
+
+    def _add_numbers(self, batch: Any, col: dict[str, Any], values: pa.Array) -> None:
+        numbers = column_numbers(batch, col, values)
+        kept, keys = self.sample[col["name"]]
+        keys = np.concatenate([keys, self.rng.random(numbers.size)])
+        kept = np.concatenate([kept, numbers])
+        if keys.size > SAMPLE:
+            chosen = np.argpartition(keys, SAMPLE)[:SAMPLE]
+            kept, keys = kept[chosen], keys[chosen]
+        self.sample[col["name"]] = kept, keys
+
+    def bucket_vocabulary(self, col: dict[str, Any], least: int) -> list[float]:
+        """The values a recipe's column computed at least ``least`` times."""
+        return sorted(float(v) for v, count in self.counts[col["name"]].items()
+                      if count >= least)
+
+    def vocabulary(self, col: dict[str, Any], least: int) -> list[str]:
+        """The values seen at least ``least`` times, most frequent first (ties by value),
+        without FuxiCTR's missing value ``""``."""
+        counts = self.counts[col["name"]]
+        return [value for value, count in sorted(counts.items(), key=lambda p: (-p[1], p[0]))
+                if count >= least and value != ""]
+
+    def boundaries(self, col: dict[str, Any]) -> list[float]:
+        values = self.sample[col["name"]][0]
+        values = values[np.isfinite(values)]
+        if not values.size:
+            return [0.0]
+        edges = np.unique(np.quantile(values, np.linspace(0, 1, BUCKETS + 1)[1:-1]))
+        return [float(e) for e in edges]
+
+
+def convert_to_bucket(values: np.ndarray) -> np.ndarray:
+    """FuxiCTR's ``convert_to_bucket`` (its Criteo recipe): ``floor(ln(x)^2)`` above 2, else
+    ``int(x)``."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(values > 2, np.floor(np.log(values) ** 2), np.trunc(values))
+
+
+def _weekday(values: np.ndarray) -> np.ndarray:
+    """The weekday (Sunday 0) of Avazu's ``hour``, ``YYMMDDHH`` of the 2000s."""
+    years = np.floor(values / 1e6).astype(np.int64) + 2000
+    months = np.floor(values / 1e4).astype(np.int64) % 100
+    days = np.floor(values / 1e2).astype(np.int64) % 100
+    dates = np.array([f"{y:04d}-{m:02d}-{d:02d}" for y, m, d in zip(years, months, days)],
+                     dtype="datetime64[D]")
+    return ((dates.astype(np.int64) + 4) % 7).astype(np.float64)  # (1970-01-01: Thursday)
+
+
+# Sakamoto's weekday of YYMMDDHH in the expression language (Sunday 0), for the Avazu recipe
+_Y, _M, _D = "(floor({v} / 1000000) + 2000)", "(floor({v} / 10000) % 100)", \
+    "(floor({v} / 100) % 100)"
+_YEAR = f"({_Y} - ({_M} < 3 ? 1 : 0))"
+_MONTH = "(" + " : ".join(f"{_M} == {m} ? {t}" for m, t in zip(
+    range(1, 12), (0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2))) + " : 4)"
+WEEKDAY = (f"(({_YEAR} + floor({_YEAR} / 4) - floor({_YEAR} / 100) + floor({_YEAR} / 400) "
+           f"+ {_MONTH} + {_D}) % 7)")
+# FuxiCTR's preprocess functions that fmkit computes (an expr_feature, bucketized at the
+# values the training data holds): name -> (the column read: None for the feature's own;
+# the expression of it, v; the same in numpy). The Avazu ones read ``hour`` as FuxiCTR's
+# Avazu encoder does, whatever the feature is named.
+RECIPES = {
+    "convert_to_bucket": (None, "{v} > 2 ? floor(log({v}) ^ 2) : trunc({v})",
+                          convert_to_bucket),
+    "convert_hour": ("hour", "{v} % 100", lambda v: np.mod(v, 100)),
+    "convert_weekday": ("hour", WEEKDAY, _weekday),
+    "convert_weekend": ("hour", f"({WEEKDAY} == 0 || {WEEKDAY} == 6) ? 1 : 0",
+                        lambda v: np.isin(_weekday(v), (0, 6)).astype(np.float64)),
+}
+
+
+def recipe_of(col: dict[str, Any]) -> tuple[str, str, Any] | None:
+    """A column's FuxiCTR recipe: (the column it reads, its expression, its numpy form)."""
+    found = RECIPES.get(col.get("preprocess") or "")
+    if found is None or col.get("type") != "categorical":
+        return None
+    source, expression, compute = found
+    return source or col["name"], expression.format(v=source or col["name"]), compute
+
+
+def source_column(col: dict[str, Any]) -> str:
+    """The data column a feature reads (a recipe's input, else its own name)."""
+    recipe = recipe_of(col)
+    return recipe[0] if recipe else col["name"]
+
+
+def column_numbers(batch: Any, col: dict[str, Any], values: pa.Array) -> np.ndarray:
+    """A block of a numeric column as float64, missing values filled as FuxiCTR fills them
+    (``fill_na``, 0 by default); text that is not a number is one line naming its row."""
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        text = texts(values)
+        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
+        try:
+            values = pc.cast(text, pa.float64())
+        except pa.ArrowInvalid:
+            row, value = next((i, v) for i, v in enumerate(text.to_pylist())
+                              if v is not None and _float(v) is None)
+            raise batch.error(row, f"column {excerpt(col['name'])}: {excerpt(value)} is not "
+                              f"a number") from None
+    numbers = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.where(np.isnan(numbers), fill_value(col), numbers)
+
+
+def _float(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def training_blocks(path: str, names: list[str], sep: str) -> Any:
+    """The training data's blocks, as ``fmkit train`` reads them (texts as it sees them)."""
+    if is_parquet(path):
+        yield from read_parquet(path)
+    else:
+        yield from read_delimited(path, None, sep, True, needed=names)
