@@ -138,8 +138,8 @@ def _scale_to_unit(indptr, values, out):
 
 def unit_rows(batch: SparseBatch) -> SparseBatch:
     """The batch with every row's values divided by the row's L2 length: xLearn's instance
-    normalization of its FFM and linear model (FM hyperparameter ``instance_norm``; xLearn's
-    FM divides its pairwise terms by the squared length once more). A row of zeros, or without
+    normalization of its FFM (FM hyperparameter ``instance_norm``; xLearn's FM divides its
+    pairwise terms by the squared length once more). A row of zeros, or without
     values, is kept as it is. Scaling a row already of unit length leaves it so (up to
     rounding). One compiled pass and one new array: on the reading thread, numpy's five
     temporary arrays (each a fresh mapping, see :mod:`fmkit.memory`) took longer than the

@@ -195,9 +195,10 @@ TABLE: tuple[Hyperparameter, ...] = tuple(
                        sagemaker=False),
         Hyperparameter("instance_norm", int, 0, "choice01",
                        "fmkit: 1 scales every row's values to unit length (L2) before training "
-                       "and scoring, as xLearn's FFM and linear model do (xLearn's FM divides "
-                       "its pairs by the squared length once more); the model keeps the "
-                       "setting, so prediction and serving scale rows the same way.",
+                       "and scoring, as xLearn's FFM does (xLearn's FM divides its pairs by "
+                       "the squared length once more; its linear model scores rows as they "
+                       "are); the model keeps the setting, so prediction and serving scale "
+                       "rows the same way.",
                        sagemaker=False),
         Hyperparameter("ftrl_beta", float, 1.0, "ge0",
                        "fmkit: FTRL-proximal's beta (its alpha is each group's lr, its L2 the "
