@@ -33,6 +33,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, colu
 from fmkit.data.columns import ColumnBatch
 from fmkit.errors import excerpt
 from fmkit.eval_set import one_pair
+from fmkit.models.deepfm.features import quantile_boundaries
 from fmkit.models.metrics import predicted_labels, sigmoid, softmax
 
 LABEL, WEIGHT = "__label__", "__weight__"  # the columns y and sample_weight become
@@ -141,11 +142,9 @@ def default_config(X: Any) -> dict[str, Any]:
         init = "nn.init.normal_,std=0.01"
         if numeric:
             values = column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
-            values = values[np.isfinite(values)]  # (NaN is missing: the default value's bucket)
-            edges = np.unique(np.quantile(values, np.linspace(0, 1, BUCKETS + 1)[1:-1])
-                              ) if values.size else np.zeros(0)
+            # (NaN is missing: the default value's bucket, left out of the quantiles)
             features.append({"raw_feature": {"feature_name": name, "embedding_dim": 8,
-                                             "boundaries": edges.tolist() or [0.0],
+                                             "boundaries": quantile_boundaries(values, BUCKETS),
                                              "init_fn": init}})
         else:
             features.append({"id_feature": {

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from fmkit.data.columns import is_parquet, read_delimited, read_parquet
 from fmkit.errors import excerpt
+from fmkit.models.deepfm.features import quantile_boundaries
 from fmkit.models.deepfm.fuxictr_settings import fill_value, splitter
 from fmkit.models.deepfm.transforms import NotText, texts
 
@@ -92,12 +93,8 @@ class Statistics:
                 if count >= least and value != ""]
 
     def boundaries(self, col: dict[str, Any]) -> list[float]:
-        values = self.sample[col["name"]][0]
-        values = values[np.isfinite(values)]
-        if not values.size:
-            return [0.0]
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, BUCKETS + 1)[1:-1]))
-        return [float(e) for e in edges]
+        """A numeric column's deciles over its sample."""
+        return quantile_boundaries(self.sample[col["name"]][0], BUCKETS)
 
 
 def convert_to_bucket(values: np.ndarray) -> np.ndarray:
