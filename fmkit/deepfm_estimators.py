@@ -33,7 +33,6 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, colu
 from fmkit.data.columns import ColumnBatch
 from fmkit.errors import excerpt
 from fmkit.eval_set import one_pair
-from fmkit.models.deepfm.features import quantile_boundaries
 from fmkit.models.metrics import predicted_labels, sigmoid, softmax
 
 LABEL, WEIGHT = "__label__", "__weight__"  # the columns y and sample_weight become
@@ -125,6 +124,9 @@ def default_config(X: Any) -> dict[str, Any]:
     distinct value), numeric columns as raw features bucketized at their deciles; every
     feature in the wide, fm and deep groups (embedding_dim 8, deep layers 64 and 32), and
     examples/deepfm_movielens.yaml's training settings."""
+    from fmkit.models.deepfm.transforms import quantile_boundaries  # (PyTorch's package:
+    # imported on use)
+
     table = _table(X)
     features, names = [], []
     for name, column in zip(table.column_names, table.columns):

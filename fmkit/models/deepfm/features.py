@@ -216,16 +216,6 @@ def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray
     return result
 
 
-def quantile_boundaries(values: np.ndarray, buckets: int) -> list[float]:
-    """``boundaries`` that split the finite ``values`` into ``buckets`` of about equal counts
-    (repeated quantiles merged); ``[0.0]`` when there are none (a bucketized raw feature needs
-    one boundary)."""
-    values = values[np.isfinite(values)]
-    if not values.size:
-        return [0.0]
-    return [float(e) for e in np.unique(np.quantile(values, np.linspace(0, 1, buckets + 1)[1:-1]))]
-
-
 def _column_name(expression: str | None, default: str) -> str:
     """The column an input names: ``"user:uid"`` reads ``uid``."""
     return expression.split(":")[-1] if expression else default

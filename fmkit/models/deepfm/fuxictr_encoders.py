@@ -16,9 +16,8 @@ import pyarrow.compute as pc
 
 from fmkit.data.columns import is_parquet, read_delimited, read_parquet
 from fmkit.errors import excerpt
-from fmkit.models.deepfm.features import quantile_boundaries
 from fmkit.models.deepfm.fuxictr_settings import fill_value, splitter
-from fmkit.models.deepfm.transforms import NotText, texts
+from fmkit.models.deepfm.transforms import NotText, quantile_boundaries, texts
 
 BUCKETS = 10  # a numeric column's buckets (FuxiCTR's own num_buckets default)
 SAMPLE = 1_000_000  # numeric values kept (a uniform sample) for a column's deciles

@@ -164,3 +164,13 @@ def combine(values: np.ndarray, offsets: np.ndarray, combiner: str) -> np.ndarra
         reduced = reduce.reduceat(values, offsets[:-1][has])
         out[has] = reduced / counts[has] if combiner == "mean" else reduced
     return out
+
+
+def quantile_boundaries(values: np.ndarray, buckets: int) -> list[float]:
+    """``boundaries`` that split the finite ``values`` into ``buckets`` of about equal counts
+    (repeated quantiles merged); ``[0.0]`` when there are none (a bucketized raw feature needs
+    one boundary)."""
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return [0.0]
+    return [float(e) for e in np.unique(np.quantile(values, np.linspace(0, 1, buckets + 1)[1:-1]))]
