@@ -176,7 +176,7 @@ def hash_strings(strings: pa.Array, buckets: int | np.ndarray) -> np.ndarray:
 
 
 
-def _numbers(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray | None = None
+def float_values(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray | None = None
              ) -> np.ndarray:
     """float64 values (NaN where null, or written ``nan``); a value that is not a number
     (ASCII digits only: Python's ``float`` would take other scripts' digits) or beyond
@@ -277,10 +277,10 @@ class Feature:
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, batch: ColumnBatch) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
         if self.kind == "raw_feature":
-            return self.raw_input(_numbers(batch.column(self.column), batch, self.column),
+            return self.raw_input(float_values(batch.column(self.column), batch, self.column),
                                   batch.error)
         if self.kind == "expr_feature":
-            values = {name: _numbers(batch.column(name), batch, name) for name in self.columns}
+            values = {name: float_values(batch.column(name), batch, name) for name in self.columns}
             return self.raw_input(self.expression.evaluate(values), batch.error)
         if self.kind == "sequence_raw_feature":
             return self._sequence_numbers(batch)
@@ -363,7 +363,7 @@ class Feature:
         flat, offsets = self._lists(batch, self.column, config.sequence_delim, "",
                                     config.sequence_length)
         row_of = np.repeat(np.arange(batch.n_rows), np.diff(offsets))
-        values = _numbers(flat, batch, self.column, row_of)
+        values = float_values(flat, batch, self.column, row_of)
         counts = np.diff(offsets)
         empty = np.flatnonzero(counts == 0)
         if empty.size:  # an empty sequence counts as one default value
@@ -395,7 +395,7 @@ class Feature:
         if config.need_discrete:
             return self._bucketize(pa.array(found, pa.string()), offsets, batch)
         row_of = np.repeat(np.arange(batch.n_rows), np.diff(offsets))
-        values = _numbers(pa.array(found, pa.string()), batch, self.columns[0], row_of)
+        values = float_values(pa.array(found, pa.string()), batch, self.columns[0], row_of)
         return self.raw_input(transforms.combine(values, offsets, config.combiner), batch.error)
 
     def _bucketize(self, flat: pa.Array, offsets: np.ndarray, batch: ColumnBatch
@@ -410,7 +410,7 @@ class Feature:
         if getattr(config, "num_buckets", None):
             row_of = np.repeat(np.arange(batch.n_rows), np.diff(offsets))
             try:
-                numbers = _numbers(flat, batch, self.column, row_of)
+                numbers = float_values(flat, batch, self.column, row_of)
             except DataError as e:
                 raise DataError(e.source, e.line, f"{e.problem} (num_buckets takes integer "
                                 "ids; for text ids set hash_bucket_size instead)") from None
@@ -785,7 +785,7 @@ class FeatureSet:
 
     def labels(self, batch: ColumnBatch, label_mode: str) -> np.ndarray:
         column = batch.column(self.label)
-        values = _numbers(column, batch, self.label)
+        values = float_values(column, batch, self.label)
         for missing, problem in ((column.is_null().to_numpy(zero_copy_only=False), "is empty"),
                                  (np.isnan(values), "is nan")):  # (an empty field, or "nan")
             if missing.any():
@@ -810,7 +810,7 @@ class FeatureSet:
     def weights(self, batch: ColumnBatch) -> np.ndarray:
         """The sample weight of each row: a finite number >= 0 (missing: an error)."""
         column = batch.column(self.weight)
-        values = _numbers(column, batch, self.weight)
+        values = float_values(column, batch, self.weight)
         bad = np.flatnonzero(~(values >= 0) | ~np.isfinite(values))
         if bad.size:
             row = int(bad[0])
@@ -848,7 +848,7 @@ def class_indices(batch: ColumnBatch, label: str, classes: list) -> ColumnBatch:
     column = batch.column(label)
     values = class_values(classes)
     if values.dtype != object:
-        numbers = _numbers(column, batch, label)
+        numbers = float_values(column, batch, label)
         found = np.full(numbers.shape, -1, np.int64)
         for index, value in enumerate(values):
             found[numbers == value] = index

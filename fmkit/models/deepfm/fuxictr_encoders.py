@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from fmkit.data.columns import is_parquet, read_delimited, read_parquet
 from fmkit.errors import excerpt
+from fmkit.models.deepfm.features import float_values
 from fmkit.models.deepfm.fuxictr_settings import fill_value, splitter
 from fmkit.models.deepfm.transforms import NotText, quantile_boundaries, texts
 
@@ -151,27 +152,12 @@ def source_column(col: dict[str, Any]) -> str:
 
 
 def column_numbers(batch: Any, col: dict[str, Any], values: pa.Array) -> np.ndarray:
-    """A block of a numeric column as float64, missing values filled as FuxiCTR fills them
-    (``fill_na``, 0 by default); text that is not a number is one line naming its row."""
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-        text = texts(values)
-        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
-        try:
-            values = pc.cast(text, pa.float64())
-        except pa.ArrowInvalid:
-            row, value = next((i, v) for i, v in enumerate(text.to_pylist())
-                              if v is not None and _float(v) is None)
-            raise batch.error(row, f"column {excerpt(col['name'])}: {excerpt(value)} is not "
-                              f"a number") from None
-    numbers = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    """A block of a numeric column as float64, read as training reads it
+    (:func:`fmkit.models.deepfm.features.float_values`: text that is not a number is one line
+    naming its row), missing values filled as FuxiCTR fills them (``fill_na``, 0 by
+    default)."""
+    numbers = float_values(values, batch, source_column(col))
     return np.where(np.isnan(numbers), fill_value(col), numbers)
-
-
-def _float(text: Any) -> float | None:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None
 
 
 def training_blocks(path: str, names: list[str], sep: str) -> Any:
