@@ -481,3 +481,20 @@ def test_train_watches_valid_data_and_scores_test_data_as_run_expid_does(tmp_pat
                        "yaml")
     assert code == 0 and (f"train with --validation {tmp_path / 'valid.csv'} --test "
                           f"{tmp_path / 'test.csv'}") in err, err
+
+
+def test_an_hour_that_is_no_date_is_one_line(tmp_path, cli):
+    """Avazu's recipe on a 30 February: one line naming the file, the line and the column (it
+    was numpy's ValueError traceback), as FuxiCTR's own date() refuses it."""
+    (tmp_path / "a.csv").write_text("label,hour\n1,14102100\n0,14023012\n")
+    path = str(tmp_path / "a.csv")
+    dataset = {"data_format": "csv", "train_data": path,
+               "label_col": {"name": "label", "dtype": "float"},
+               "feature_cols": [{"name": "weekday", "dtype": "str", "type": "categorical",
+                                 "preprocess": "convert_weekday"}]}
+    config = _write(tmp_path, dataset, DEEPFM, "avazu")
+    code, out, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "--to",
+                         "yaml")
+    assert code == 1 and out == "", err
+    assert "a.csv:3: column 'hour': 14023012 is not a date and hour YYMMDDHH" in err, err
+    assert len(err.strip().splitlines()) == 1

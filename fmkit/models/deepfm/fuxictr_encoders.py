@@ -47,7 +47,10 @@ class Statistics:
                 continue
             recipe = recipe_of(col)
             if recipe:
-                buckets = recipe[2](column_numbers(batch, col, values))
+                try:
+                    buckets = recipe[2](column_numbers(batch, col, values))
+                except NotADate as e:
+                    raise batch.error(e.row, f"column {excerpt(recipe[0])}: {e}") from None
                 self.counts[name].update(dict(zip(*np.unique(buckets, return_counts=True))))
                 continue
             try:
@@ -104,13 +107,28 @@ def convert_to_bucket(values: np.ndarray) -> np.ndarray:
         return np.where(values > 2, np.floor(np.log(values) ** 2), np.trunc(values))
 
 
+class NotADate(ValueError):
+    """A value of Avazu's ``hour`` that is no date: ``row``, its position in the block."""
+
+    def __init__(self, row: int, value: float):
+        super().__init__(f"{value:.0f} is not a date and hour YYMMDDHH")
+        self.row = row
+
+
 def _weekday(values: np.ndarray) -> np.ndarray:
-    """The weekday (Sunday 0) of Avazu's ``hour``, ``YYMMDDHH`` of the 2000s."""
-    years = np.floor(values / 1e6).astype(np.int64) + 2000
-    months = np.floor(values / 1e4).astype(np.int64) % 100
-    days = np.floor(values / 1e2).astype(np.int64) % 100
-    dates = np.array([f"{y:04d}-{m:02d}-{d:02d}" for y, m, d in zip(years, months, days)],
-                     dtype="datetime64[D]")
+    """The weekday (Sunday 0) of Avazu's ``hour``, ``YYMMDDHH`` of the 2000s, by numpy's
+    calendar arithmetic (months from 1970, then days); :class:`NotADate` for the first value
+    that is none (a month 13, a 30 February), which FuxiCTR's ``date()`` would refuse too."""
+    inside = (values >= 0) & (values < 1e8)
+    whole = np.where(inside, values, 0).astype(np.int64)
+    years, months, days = whole // 1_000_000 + 2000, whole // 10_000 % 100, whole // 100 % 100
+    firsts = ((years - 1970) * 12 + np.clip(months, 1, 12) - 1).astype("datetime64[M]")
+    dates = firsts.astype("datetime64[D]") + (days - 1)
+    bad = ~inside | (months < 1) | (months > 12) | (days < 1) | (
+        dates.astype("datetime64[M]") != firsts)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise NotADate(row, float(values[row]))
     return ((dates.astype(np.int64) + 4) % 7).astype(np.float64)  # (1970-01-01: Thursday)
 
 
