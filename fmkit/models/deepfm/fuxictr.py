@@ -72,6 +72,10 @@ OPTIMIZERS = {"adam": ("adam_optimizer", "adam_optimizer"),
 MONITORS = {"auc": ("auc", "max"), "logloss": ("logloss", "min"),
             "binary_crossentropy": ("logloss", "min"), "accuracy": ("accuracy", "max"),
             "acc": ("accuracy", "max"), "mse": ("rmse", "min"), "rmse": ("rmse", "min")}
+COLUMN_KINDS = {"preprocess": "text", "padding": "text", "feature_encoder": "text",
+                "share_embedding": "text", "dtype": "text", "embedding_dim": "int",
+                "min_categr_count": "int", "max_len": "int"}  # a column's typed settings
+DEFAULT_ENCODER = "layers.MaskedAveragePooling()"  # FuxiCTR's sequence encoder by default
 SPEC_KEYS = {"name", "embedding_dim", "feature_encoder"}  # feature_specs' settings read
 GROUPED = ("gauc", "avgauc")  # FuxiCTR's group metrics: fmkit's grouped_auc
 POOLINGS = {"layers.MaskedAveragePooling()": "mean", "MaskedAveragePooling": "mean",
@@ -187,10 +191,7 @@ def _l2(value: Any, name: str) -> float:
     counterpart)."""
     if value in (None, 0, "0", ""):
         return 0.0
-    if isinstance(value, (list, dict, bool)):
-        raise ConfigError(f"{name}: {excerpt(str(value))}: only an L2 weight (a number or "
-                          f"l2(x)) has a counterpart in fmkit")
-    text = str(value).replace(" ", "")
+    text = "" if isinstance(value, (list, dict, bool)) else str(value).replace(" ", "")
     if text.lower().startswith("l2(") and text.endswith(")"):
         text = text[3:-1]
     try:
@@ -203,12 +204,18 @@ def _l2(value: Any, name: str) -> float:
 def _check_column(col: dict[str, Any]) -> None:
     where = column_where(col)[:-2]
     kind = setting(col, "type", "text", None, column_where(col))
-    for key in ("preprocess", "padding", "feature_encoder", "share_embedding", "dtype"):
-        setting(col, key, "text", None, column_where(col))
+    for key, typed in COLUMN_KINDS.items():
+        setting(col, key, typed, None, column_where(col))
+    if kind == "sequence":
+        splitter(col)
     if kind not in ("categorical", "numeric", "sequence", "meta"):
         raise ConfigError(f"{where}: type {excerpt(str(kind))} has no counterpart in fmkit "
                           f"(categorical, numeric, sequence)")
     recipe = recipe_of(col)
+    if kind == "numeric" or recipe:  # (a number; a categorical column's is its text)
+        fill_value(col)
+    else:
+        setting(col, "fill_na", "text", None, column_where(col))
     if recipe:
         if not re.fullmatch(r"[A-Za-z_]\w*", recipe[0]):
             raise ConfigError(f"{where}: {col['preprocess']} reads the column in an "
@@ -225,8 +232,7 @@ def _check_column(col: dict[str, Any]) -> None:
     if kind == "sequence" and col.get("padding", "post") != "post":
         raise ConfigError(f"{where}: padding {excerpt(str(col['padding']))} keeps a "
                           f"sequence's last ids; fmkit keeps the first (padding: post)")
-    if kind == "sequence" and col.get("feature_encoder", "layers.MaskedAveragePooling()") \
-            not in POOLINGS:
+    if kind == "sequence" and col.get("feature_encoder", DEFAULT_ENCODER) not in POOLINGS:
         raise ConfigError(f"{where}: feature_encoder {excerpt(str(col['feature_encoder']))}: "
                           f"fmkit pools sequences by mean (MaskedAveragePooling) or sum "
                           f"(MaskedSumPooling)")
@@ -264,7 +270,7 @@ def _feature(col: dict[str, Any], stats: Statistics, params: dict[str, Any],
         **ids, "sequence_delim": splitter(col),
         "sequence_length": setting(col, "max_len", "int", 0, column_where(col))
         or max(stats.longest.get(name, 1), 1),
-        "pooling": POOLINGS[col.get("feature_encoder", "layers.MaskedAveragePooling()")]}}
+        "pooling": POOLINGS[col.get("feature_encoder", DEFAULT_ENCODER)]}}
 
 
 def _shared_vocabularies(features: list[dict[str, Any]]) -> None:
@@ -395,22 +401,11 @@ def to_document(params: dict[str, Any]) -> Converted:
     loss = LOSSES[loss_name]
 
     seed = setting(params, "seed", "int")
-    stats = Statistics(columns, (seed or 0) % 2 ** 32)
     sep = setting(params, "sep", "text", ",")
     if len(sep) != 1:
         raise ConfigError(f"sep: expected one character, got {excerpt(sep)}")
-    label = labels[0]["name"]
-    for batch in training_blocks(train, [source_column(c) for c in columns], sep):
-        missing = [source_column(c) for c in columns if source_column(c) not in batch.columns]
-        if missing or label not in batch.columns:
-            raise ConfigError(f"{batch.source}: no column {excerpt(missing[0])} (feature_cols)"
-                              if missing else f"{batch.source}: no column {excerpt(label)} "
-                              f"(label_col)")
-        stats.add(batch)
     dim = setting(params, "embedding_dim", "int", 10)
-    features = [_feature(col, stats, params, dim) for col in columns]
-    _shared_vocabularies(features)
-    names = [c["name"] for c in columns]
+    setting(params, "min_categr_count", "int")  # (read per column after the scan)
     train_config: dict[str, Any] = {
         **_optimizers(params, notes), "num_epochs": setting(params, "epochs", "int", 10),
         "early_stopping_metric": _monitor(params, notes, loss)}
@@ -429,13 +424,16 @@ def to_document(params: dict[str, Any]) -> Converted:
         train_config["seed"] = seed
     if setting(params, "eval_steps", "int"):
         train_config["validation_every_steps"] = setting(params, "eval_steps", "int")
+    deep, grouped = _network(params), _grouped_auc(params, notes)
+    features = _fitted_features(params, columns, train, labels[0]["name"], sep, seed, dim)
+    names = [c["name"] for c in columns]
     document: dict[str, Any] = {
         "train_input_path": train,
         "model_dir": os.path.join(setting(params, "model_root", "text", "./checkpoints/"),
                                   setting(params, "dataset_id", "text", ""),
                                   str(params["model_id"])),
         "data_config": {"dataset_type": "ParquetDataset" if data_format == "parquet"
-                        else "CsvDataset", "label_fields": [label],
+                        else "CsvDataset", "label_fields": [labels[0]["name"]],
                         "with_header": True, "delimiter": sep,
                         "batch_size": setting(params, "batch_size", "int", 10000),
                         "shuffle": setting(params, "shuffle", "flag", True)},
@@ -445,16 +443,32 @@ def to_document(params: dict[str, Any]) -> Converted:
                                {"group_name": "fm", "group_type": "DEEP", "feature_names": names},
                                {"group_name": "deep", "group_type": "DEEP",
                                 "feature_names": names}],
-            "deepfm": {"deep": _network(params), "wide_embedding_dim": 1,
+            "deepfm": {"deep": deep, "wide_embedding_dim": 1,
                        "wide_init_fn": EMBEDDING_INIT},
             "losses": [{loss: {}}]},
         "train_config": train_config}
     if valid:
         document["eval_input_path"] = valid
-    grouped = _grouped_auc(params, notes)
     if grouped:
         document["model_config"]["metrics"] = grouped
     return Converted(document, notes, test)
+
+
+def _fitted_features(params: dict[str, Any], columns: list[dict[str, Any]], train: str,
+                     label: str, sep: str, seed: int | None, dim: int) -> list[dict[str, Any]]:
+    """The features, their encoders fitted on ``train`` (one pass; every setting was checked
+    before it, so that a mistyped one is said before a long read, not after)."""
+    stats = Statistics(columns, (seed or 0) % 2 ** 32)
+    for batch in training_blocks(train, [source_column(c) for c in columns], sep):
+        missing = [source_column(c) for c in columns if source_column(c) not in batch.columns]
+        if missing or label not in batch.columns:
+            raise ConfigError(f"{batch.source}: no column {excerpt(missing[0])} (feature_cols)"
+                              if missing else f"{batch.source}: no column {excerpt(label)} "
+                              f"(label_col)")
+        stats.add(batch)
+    features = [_feature(col, stats, params, dim) for col in columns]
+    _shared_vocabularies(features)
+    return features
 
 
 def _grouped_auc(params: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
