@@ -78,12 +78,13 @@ def read(path: str | Path) -> XLearnModel:
 
 class _Cursor:
     """Reads fixed-size values from the front of a file's bytes, each read checked against
-    what is left."""
+    what is left; tables are views of the bytes, not copies (a model's tables are most of its
+    file)."""
 
     def __init__(self, raw: bytes, source: str):
-        self.raw, self.source, self.at = raw, source, 0
+        self.raw, self.source, self.at = memoryview(raw), source, 0
 
-    def take(self, size: int, what: str) -> bytes:
+    def take(self, size: int, what: str) -> memoryview:
         if size < 0 or self.at + size > len(self.raw):
             raise ArtifactError(f"{self.source}: not an xLearn model: the file ends inside "
                                 f"{what} (byte {self.at} of {len(self.raw)})")
@@ -94,10 +95,10 @@ class _Cursor:
         (size,) = struct.unpack("<Q", self.take(8, what))
         if size > 64:
             raise ArtifactError(f"{self.source}: not an xLearn model: {what} of {size} bytes")
-        return self.take(size, what).decode("ascii", "replace")
+        return bytes(self.take(size, what)).decode("ascii", "replace")
 
     def floats(self, count: int, what: str) -> np.ndarray:
-        return np.frombuffer(self.take(4 * count, what), dtype="<f4").astype(np.float32)
+        return np.frombuffer(self.take(4 * count, what), dtype="<f4")
 
 
 def _binary(raw: bytes, source: str) -> XLearnModel:
@@ -120,7 +121,7 @@ def _binary(raw: bytes, source: str) -> XLearnModel:
     if len(raw) != cursor.at + 4 * (n_w + aux + sum(n_v)):
         raise ArtifactError(f"{source}: not an xLearn model: {len(raw)} bytes where its "
                             f"counts make {cursor.at + 4 * (n_w + aux + sum(n_v))}")
-    w = cursor.floats(n_w, "the linear weights")[::aux].copy()
+    w = cursor.floats(n_w, "the linear weights")[::aux]
     w0 = float(cursor.floats(aux, "the bias")[0])
     V = None
     if kind == "fm":
@@ -131,7 +132,7 @@ def _binary(raw: bytes, source: str) -> XLearnModel:
         V = blocks[:, :, :, 0, :].reshape(features, fields, padded)
     if V is not None and not V[..., k:].any():  # (FTRL trains the padding too, and xLearn
         V = V[..., :k]  # scores with it: it is kept where it is not zero)
-    return XLearnModel(kind, LOSSES[loss], w0, w, None if V is None else V.copy())
+    return XLearnModel(kind, LOSSES[loss], w0, w, V)
 
 
 def _text(raw: bytes, source: str) -> XLearnModel:
@@ -198,13 +199,6 @@ def to_fm_model(model: XLearnModel, given: Mapping[str, Any], source: str) -> FM
     if not wanted:
         raise HyperparameterError(f"{source}: an xLearn text model does not say its task: give "
                                   f"predictor_type=binary_classifier|regressor")
-    norm = given.get("instance_norm", {"fm": None, "ffm": 1, "linear": 0}[model.kind])
-    if model.kind == "fm" and str(norm).strip() not in ("0", "false", "False"):
-        raise HyperparameterError(
-            f"{source}: an xLearn FM trained with its normalization (xLearn's default) divides "
-            f"its pairwise terms by the row's squared length once more than fmkit's "
-            f"instance_norm does, so fmkit would score it differently; if it was trained with "
-            f"disableNorm(), give instance_norm=0")
     unknown = set(given) - {"predictor_type", "instance_norm"}
     if unknown:
         raise HyperparameterError(f"{source}: an imported model takes predictor_type and "
@@ -217,8 +211,15 @@ def to_fm_model(model: XLearnModel, given: Mapping[str, Any], source: str) -> FM
         fields, k = 0, 1 if model.V is None else model.V.shape[1]
         table = np.zeros((features, 1), np.float32) if model.V is None else model.V
     hp = {"feature_dim": features, "num_factors": k, "predictor_type": wanted,
-          "instance_norm": norm, "model_type": "ffm" if fields else "fm"}
+          "instance_norm": given.get("instance_norm", int(model.kind == "ffm")),
+          "model_type": "ffm" if fields else "fm"}
     if fields:
         hp["num_fields"] = fields
-    return FMModel(validate(hp, saved=True),
-                   FMParameters(np.array([model.w0], np.float32), model.w, table), 0)
+    hp = validate(hp, saved=True)  # (instance_norm read by the one rule of 0/1 settings)
+    if model.kind == "fm" and ("instance_norm" not in given or hp["instance_norm"]):
+        raise HyperparameterError(
+            f"{source}: an xLearn FM trained with its normalization (xLearn's default) divides "
+            f"its pairwise terms by the row's squared length once more than fmkit's "
+            f"instance_norm does, so fmkit would score it differently; if it was trained with "
+            f"disableNorm(), give instance_norm=0")
+    return FMModel(hp, FMParameters(np.array([model.w0], np.float32), model.w, table), 0)
