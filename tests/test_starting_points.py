@@ -121,6 +121,44 @@ def test_a_regressor_that_learned_only_the_mean_says_so(caplog, scale, shift, ra
         assert f"squared error {model.history_[-1].loss:.4g} " in warned[0], warned
 
 
+@pytest.mark.parametrize("settings, said", [
+    ({}, True),  # SageMaker's defaults: one epoch of 33 steps at its rates
+    ({"epochs": 5, "mini_batch_size": 100, "linear_lr": 0.003, "factors_lr": 0.003}, False),
+])  # (the second: the README tour's settings)
+def test_a_classifier_that_learned_only_the_positive_rate_says_so(tmp_path, caplog, settings,
+                                                                   said):
+    """On a9a, SageMaker's defaults give every test row the majority label (a brute-force FM
+    here scores the saved weights) and warn, quoting the log loss scikit-learn gives the
+    positive rate alone; the README tour's settings separate the classes and do not warn."""
+    import logging
+
+    from sklearn.datasets import load_svmlight_file
+    from sklearn.metrics import log_loss
+
+    from fmkit.models.fm.model import FMModel
+
+    hp = {"feature_dim": 123, "num_factors": 8, "predictor_type": "binary_classifier",
+          **settings}
+    with caplog.at_level(logging.WARNING, logger="fmkit"):
+        train_files(validate(hp), shared_file("a9a_libsvm/a9a"), tmp_path / "m",
+                    progress=False)
+    warned = [r.getMessage() for r in caplog.records if "beyond the positive rate" in
+              r.getMessage()]
+    y = _labels(shared_file("a9a_libsvm/a9a")) > 0
+    X, _ = load_svmlight_file(str(shared_file("a9a_libsvm/a9a.t")), n_features=123,
+                              zero_based=False)
+    params = FMModel.load(tmp_path / "m").params
+    XV = X @ params.V
+    pairs = 0.5 * ((XV ** 2).sum(1) - (X.power(2) @ params.V ** 2).sum(1))
+    logits = params.w0[0] + X @ params.w + pairs
+    positive = np.mean(logits >= 0)
+    minority = min(positive, 1 - positive)
+    assert bool(warned) == said and (minority == 0 if said else minority > 0.1), (warned,
+                                                                                 minority)
+    if said:
+        assert f"rate's own {log_loss(y, np.full(y.size, y.mean())):.4g}," in warned[0], warned
+
+
 def test_tunes_trials_keep_their_advice_to_themselves(tmp_path):
     """A search tries rates too small for the labels on purpose: its trials do not warn, and
     the user's own run afterwards does."""
@@ -138,9 +176,9 @@ def test_tunes_trials_keep_their_advice_to_themselves(tmp_path):
     logging.getLogger("fmkit").addHandler(handler)
     try:
         with _trial_environment(tmp_path, 1):
-            _say_if_only_the_mean(history, 4.0, hp)
+            _say_if_only_the_mean(history, (3.0, 4.0), hp)
         assert records == []
-        _say_if_only_the_mean(history, 4.0, hp)
+        _say_if_only_the_mean(history, (3.0, 4.0), hp)
         assert len(records) == 1 and "100% of their variance 4 " in records[0].getMessage()
     finally:
         logging.getLogger("fmkit").removeHandler(handler)

@@ -65,11 +65,11 @@ def with_starting_point(hp: dict[str, Any], source: Source) -> dict[str, Any]:
     return _with_start(hp, source)[0]
 
 
-def _with_start(hp: dict[str, Any], source: Source) -> tuple[dict[str, Any], float | None]:
-    """:func:`with_starting_point`, and the variance of the labels it measured (None: none)."""
+def _with_start(hp: dict[str, Any], source: Source
+                ) -> tuple[dict[str, Any], tuple[float, float] | None]:
+    """:func:`with_starting_point`, and the labels' mean and variance it measured (None: none)."""
     moments = _label_moments(source) if hp["bias_init_method"] == "auto" else None
-    return (starting_point(hp, None if moments is None else moments[0]),
-            None if moments is None else moments[1])
+    return starting_point(hp, None if moments is None else moments[0]), moments
 
 
 def _label_moments(source: Source) -> tuple[float, float] | None:
@@ -100,28 +100,50 @@ def _label_moments(source: Source) -> tuple[float, float] | None:
     return float(mean), float(max(squares / count - mean * mean, 0.0))
 
 
-# a regressor whose last epoch's mean squared error is this share of the labels' variance or
-# more has learned little beyond their mean: said, with what to try
-MEAN_ONLY_SHARE = 0.9
+# A model whose last epoch's training loss is this share or more of what the labels' mean
+# alone scores (a regressor: their variance; a classifier: the log loss of always predicting
+# the positive rate, CTR work's "normalized entropy") has learned little beyond it: said, with
+# what to try (the shares measured on models that did and did not learn: docs/quality.md,
+# "Session 64").
+LITTLE_LEARNED = {"regressor": 0.9, "binary_classifier": 0.95}
 
 
-def _say_if_only_the_mean(history: Sequence[EpochStats], variance: float | None,
+def _say_if_only_the_mean(history: Sequence[EpochStats], moments: tuple[float, float] | None,
                           hp: dict[str, Any]) -> None:
-    """Warn when a regressor's training loss stayed near the labels' variance: labels spread
-    far wider than the learning rates can reach in the steps taken (a price in the 100,000s
-    with SageMaker's rate 0.001 trains only the bias's start) look like a model that works."""
-    if (hp["predictor_type"] != "regressor" or not variance or not history
-            or hp.get("optimizer") in SWEEPS):  # (they have no learning rates to raise)
+    """Warn when the training loss stayed near what predicting the labels' mean scores:
+    labels spread far wider than the learning rates can reach in the steps taken (a price in
+    the 100,000s with SageMaker's rate 0.001 trains only the bias's start), or a classifier
+    given too few steps (SageMaker's defaults on a9a: one epoch of 33 steps, every score
+    below 0.5), look like a model that works."""
+    if not moments or not history or hp.get("optimizer") in SWEEPS:  # (no rates to raise)
         return
-    share = history[-1].loss / variance
-    if share >= MEAN_ONLY_SHARE:
-        advice.warning("the regressor learned little beyond the labels' mean: its training "
-                       "mean squared error %.4g is %.0f%% of their variance %.4g (standard "
-                       "deviation %.4g). Larger learning rates (bias_lr, linear_lr, "
-                       "factors_lr: %g, %g, %g) or more epochs may reach labels spread this "
-                       "wide (fmkit tune searches them), as may labels scaled to a spread "
-                       "near 1", history[-1].loss, 100 * share, variance, variance ** 0.5,
-                       hp["bias_lr"], hp["linear_lr"], hp["factors_lr"])
+    mean, variance = moments
+    loss, kind = history[-1].loss, hp["predictor_type"]
+    if kind == "regressor":
+        baseline = variance
+    elif 0 < mean < 1:
+        baseline = -(mean * np.log(mean) + (1 - mean) * np.log1p(-mean))
+    else:
+        return
+    share = loss / baseline if baseline else 0.0
+    if share < LITTLE_LEARNED.get(kind, np.inf):
+        return
+    if kind == "regressor":
+        what = (f"the regressor learned little beyond the labels' mean: its training mean "
+                f"squared error {loss:.4g} is {share:.0%} of their variance {variance:.4g} "
+                f"(standard deviation {variance ** 0.5:.4g})")
+        also = ", as may labels scaled to a spread near 1"
+    else:
+        what = (f"the classifier learned little beyond the positive rate {mean:.4g}: its "
+                f"training log loss {loss:.4g} is {share:.0%} of that rate's own "
+                f"{baseline:.4g}, so its scores stay near the rate and few rows, if any, get "
+                f"the minority label")
+        also = ""
+    steps = history[-1].steps
+    advice.warning("%s, after %d optimizer step%s. Larger learning rates (bias_lr, linear_lr, "
+                   "factors_lr: %g, %g, %g) or more epochs may help (fmkit tune searches "
+                   "them)%s", what, steps, "s"[steps == 1:], hp["bias_lr"], hp["linear_lr"],
+                   hp["factors_lr"], also)
 
 
 def keeps_last(hp: Mapping[str, Any]) -> bool:
@@ -147,9 +169,9 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
     ``early_stopping_metric`` are returned (the last ones where :func:`keeps_last`), and
     training stops after ``early_stopping_patience`` measurements without improvement.
     """
-    variance = None
+    moments = None
     if params is None:
-        hp, variance = _with_start(hp, source)
+        hp, moments = _with_start(hp, source)
     source = training_source(hp, source)
     every = hp["validation_every_steps"] if validation is not None else 0
     learner = fm_learner(hp, params, dtype, device, every)
@@ -162,7 +184,7 @@ def train(hp: dict[str, Any], source: Source, params: FMParameters | None = None
                   seed=hp["seed"], trained_epochs=trained_epochs, progress=progress, host=host,
                   early_stopping=stopping, checkpoints=checkpoints, run_id=hp, resume=resume,
                   callbacks=callbacks)
-    _say_if_only_the_mean(history, variance, hp)
+    _say_if_only_the_mean(history, moments, hp)
     return learner.parameters(history[-1].epoch), history
 
 
