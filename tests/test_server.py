@@ -269,6 +269,53 @@ def test_status_codes_and_resilience(server, a9a):
         assert no_accept.headers["content-type"].startswith(JSON)
 
 
+def test_compressed_bodies_score_as_the_plain_ones(server, a9a):
+    """gzip and deflate (zlib-wrapped or raw) bodies of each request type answer the bytes
+    their plain body answers; another coding is a 415, a damaged stream a 400, and a body
+    that inflates past --max-payload-mb (0.5 here) a 413, on a connection that stays open."""
+    import gzip
+    import zlib
+
+    _, _, X = a9a
+    dense = io.BytesIO()
+    write_numpy_to_dense_tensor(dense, X[:5].toarray())
+    bodies = [(JSON, json.dumps({"instances": sparse_instances(X[:5])}).encode()),
+              (RECORDIO, dense.getvalue())]
+
+    def raw_deflate(data: bytes) -> bytes:
+        packer = zlib.compressobj(wbits=-15)
+        return packer.compress(data) + packer.flush()
+
+    with httpx.Client(base_url=server) as client:
+        for content_type, body in bodies:
+            plain = client.post("/invocations", content=body,
+                                headers={"Content-Type": content_type})
+            assert plain.status_code == 200 and len(plain.json()["predictions"]) == 5
+            for coding, packed in (("gzip", gzip.compress(body)),
+                                   ("x-gzip", gzip.compress(body)),
+                                   ("deflate", zlib.compress(body)),
+                                   ("deflate", raw_deflate(body)),
+                                   ("identity", body)):
+                response = client.post("/invocations", content=packed, headers={
+                    "Content-Type": content_type, "Content-Encoding": coding})
+                assert response.content == plain.content, (content_type, coding)
+        body = bodies[0][1]
+        bomb = gzip.compress(b" " * 600_000 + body)  # 1.2 KB that inflates past 0.5 MB
+        for coding, packed, status, message in (
+                ("br", gzip.compress(body), 415, "unsupported Content-Encoding 'br'"),
+                ("gzip, gzip", gzip.compress(gzip.compress(body)), 415, "unsupported"),
+                ("gzip", body, 400, "the body is not gzip data"),
+                ("gzip", gzip.compress(body)[:-9], 400, "not one complete gzip stream"),
+                ("gzip", gzip.compress(body) * 2, 400, "bytes after its end"),
+                ("gzip", bomb, 413, "once decompressed")):
+            response = client.post("/invocations", content=packed, headers={
+                "Content-Type": JSON, "Content-Encoding": coding})
+            assert response.status_code == status and message in response.json()["error"], (
+                coding, response.text)
+        assert client.post("/invocations", content=body,
+                           headers={"Content-Type": JSON}).status_code == 200
+
+
 def test_regressor_responses_have_no_label_and_bind_to_port(tmp_path):
     rng = np.random.default_rng(0)
     X = sp.random(500, 20, density=0.3, random_state=0, format="csr")

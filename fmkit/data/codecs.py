@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -65,6 +66,42 @@ def request_type(content_type: str | None, accepted: Sequence[str] = CONTENT_TYP
         raise RequestError(f"unsupported Content-Type {shown!r}: this model reads "
                            f"{', '.join(accepted)}", 415)
     return kind
+
+
+# Content-Encoding -> zlib's wbits for it (gzip's header, zlib's, or raw deflate as some
+# clients send "deflate"); "identity" is no coding
+_CODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
+def decoded_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """The request body with its Content-Encoding undone: gzip or deflate (a client that
+    compresses a large batch), decompressed to at most ``limit`` bytes (413 beyond: a small
+    body may inflate a thousandfold); 415 for another coding, 400 for a damaged stream."""
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings:
+        return body
+    if len(codings) > 1 or codings[0] not in _CODINGS:
+        raise RequestError(f"unsupported Content-Encoding {excerpt(content_encoding)}: this "
+                           f"server reads gzip, deflate or an uncompressed body", 415)
+    coding = codings[0]
+    attempts = [_CODINGS[coding]] + ([-15] if coding == "deflate" else [])  # -15: raw deflate
+    for wbits in attempts:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            plain = inflater.decompress(body, limit + 1)
+            break
+        except zlib.error:
+            continue
+    else:
+        raise RequestError(f"the body is not {coding} data")
+    if len(plain) > limit:
+        raise RequestError(f"payload exceeds the limit of {limit} bytes once decompressed "
+                           f"({coding})", 413)
+    if not inflater.eof or inflater.unused_data:
+        raise RequestError(f"the body is not one complete {coding} stream "
+                           f"({'truncated' if not inflater.eof else 'bytes after its end'})")
+    return plain
 
 
 _QUALITY = re.compile(r"(0(\.[0-9]{0,3})?|1(\.0{0,3})?)")  # RFC 9110's qvalue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import gc
 import logging
 import os
@@ -100,6 +101,11 @@ async def _read_body(request: Request, limit: int, seconds: float) -> bytes:
     return b"".join(chunks)
 
 
+def _inflated(work, coding: str, limit: int, body: bytes):
+    """``work`` on ``body`` with its Content-Encoding ``coding`` undone."""
+    return work(codecs.decoded_body(body, coding, limit))
+
+
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
     """Python's cycle collector off while a request is decoded: a 6 MB body makes hundreds
@@ -175,7 +181,10 @@ def create_app(model, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
         try:
             # the body first: an answer never leaves it unread
             body = await _read_body(request, limit, body_timeout)
-            if len(body) <= INLINE_BYTES:  # a millisecond at most: no thread hand-off
+            coding = request.headers.get("content-encoding")
+            if coding:  # (on the scoring thread: its size says nothing of the work inside)
+                work = functools.partial(_inflated, work, coding, limit)
+            if len(body) <= INLINE_BYTES and not coding:  # a millisecond at most: no hand-off
                 payload, media_type = work(body)
             else:
                 payload, media_type = await asyncio.get_running_loop().run_in_executor(
