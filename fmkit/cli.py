@@ -74,6 +74,26 @@ def _add_reading(p: argparse.ArgumentParser) -> None:
                         "(repeatable)")
 
 
+def _add_torcheasyrec_edits(p: argparse.ArgumentParser) -> None:
+    """TorchEasyRec's train_eval options that edit the configuration, as ``--set``s."""
+    p.add_argument("--edit_config_json", dest="overrides", action="extend", metavar="JSON",
+                   type=_edits, help="TorchEasyRec's: a JSON object of field paths and values, "
+                   "each a --set")
+    p.add_argument("--fine_tune_checkpoint", dest="overrides", action="extend", metavar="DIR",
+                   type=lambda path: [f"train_config.fine_tune_checkpoint={json.dumps(path)}"],
+                   help="TorchEasyRec's: start from this model's weights (an fmkit model "
+                   "directory), as --set train_config.fine_tune_checkpoint=DIR")
+
+
+def _edits(text: str) -> list[str]:
+    from fmkit.models.deepfm.config_files import edit_config_json
+
+    try:
+        return edit_config_json(text)
+    except FMKitError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--edit_config_json: ")) from None
+
+
 def _names(text: str) -> list[str]:
     """``A,B``: a comma-separated list of column names (TorchEasyRec's spelling)."""
     return [name.strip() for name in text.split(",") if name.strip()]
@@ -112,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a factorization machine (or, with --config, a "
                        "DeepFM); score the test channel if given; write a model directory.",
                        epilog=TRAIN_EXAMPLE, formatter_class=raw)
-    p.add_argument("--config", metavar="FILE",
+    p.add_argument("--config", "--pipeline_config_path", metavar="FILE",
                    help="a DeepFM (or FM) configuration file with TorchEasyRec's fields: its "
                         ".config (protobuf text), YAML or JSON (see docs/deepfm.md); or, with "
                         "--expid, FuxiCTR's configuration directory")
@@ -121,8 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "converts it)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="PATH=VALUE",
-                   help="override a configuration field, e.g. train_config.num_epochs=2 "
-                        "(repeatable; with --config)")
+                   help="override a configuration field, e.g. train_config.num_epochs=2 or "
+                        "'feature_configs[:].id_feature.embedding_dim=8' (repeatable; with "
+                        "--config)")
+    _add_torcheasyrec_edits(p)
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N local processes through torchrun (torch.distributed, "
                         "Gloo); see docs/distributed.md")
@@ -141,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the newest checkpoint in --checkpoint-dir")
     p.add_argument("--device", default="cpu",
                    help="cpu (compiled kernels, default) or a PyTorch device such as cuda")
-    p.add_argument("--train", help="training file or directory of files")
+    p.add_argument("--train", "--train_input_path", help="training file or directory of files")
     implicit = p.add_argument_group(
         "implicit feedback (instead of --train)", "an FM classifier on what contexts chose "
         "(label 1) and --negatives items each did not choose per interaction (label 0), drawn "
@@ -154,10 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     implicit.add_argument("--items", metavar="FILE", help="the items' rows")
     implicit.add_argument("--negatives", type=int, default=4, metavar="N",
                           help="items drawn per interaction (default 4)")
-    p.add_argument("--test", help="test file or directory, scored with SageMaker's metrics")
+    p.add_argument("--test", "--eval_input_path",
+                   help="test file or directory, scored with SageMaker's metrics")
     p.add_argument("--validation", help="validation file or directory: scored every epoch for "
                    "early stopping (early_stopping_patience)")
-    p.add_argument("--model-dir", help="model directory to write")
+    p.add_argument("--model-dir", "--model_dir", help="model directory to write")
+    p.add_argument("--continue_train", action="store_true", help=argparse.SUPPRESS)
     _add_format(p)
     p.add_argument("--index-base", choices=("auto", "0", "1"), default="auto",
                    help="libsvm feature indices start at 0 or 1 (auto: 0 if index 0 occurs)")
@@ -213,8 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="print a model's metrics on a labelled file as JSON",
                        epilog="example:\n  fmkit evaluate --model-dir model/ --data a9a.t",
                        formatter_class=raw)
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--data", required=True, help="labelled file or directory")
+    p.add_argument("--model-dir", "--checkpoint_path",
+                   help="the model directory (or a DeepFM configuration's model_dir)")
+    p.add_argument("--data", "--eval_input_path",
+                   help="labelled file or directory (or a configuration's eval_input_path)")
+    p.add_argument("--config", "--pipeline_config_path", metavar="FILE",
+                   help="a DeepFM configuration: evaluate its model_dir on its eval_input_path "
+                        "(TorchEasyRec's tzrec.eval), unless --model-dir or --data say "
+                        "otherwise")
     _add_quiet(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or a PyTorch device (cuda)")
     _add_format(p)
@@ -242,9 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "fmkit predict --model-dir deepfm/ --data test.parquet --output "
                        "predictions.parquet --reserved_columns user_id,item_id",
                        formatter_class=raw)
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--data", required=True, help="file or directory (labels are ignored)")
-    p.add_argument("--output", help="output file (default: stdout)")
+    p.add_argument("--model-dir", "--scripted_model_path", required=True)
+    p.add_argument("--data", "--predict_input_path", required=True,
+                   help="file or directory (labels are ignored)")
+    p.add_argument("--output", "--predict_output_path", help="output file (default: stdout)")
     _add_quiet(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or a PyTorch device (cuda)")
     p.add_argument("--format", choices=(*FORMATS, "json", "jsonlines"), default="auto",
@@ -527,12 +558,35 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 
 
+def _evaluated(args: argparse.Namespace) -> tuple[str, str]:
+    """``fmkit evaluate``'s model directory and data: given, or (TorchEasyRec's ``tzrec.eval
+    --pipeline_config_path``) the configuration's ``model_dir`` and ``eval_input_path``."""
+    model_dir, data = args.model_dir, args.data
+    if args.config and not (model_dir and data):
+        from fmkit.models.deepfm.config_files import load_document
+
+        document = load_document(args.config)
+        model_dir = model_dir or document.get("model_dir")
+        data = data or document.get("eval_input_path")
+    for value, option, field in ((model_dir, "--model-dir", "model_dir"),
+                                 (data, "--data", "eval_input_path")):
+        if not value:
+            raise HyperparameterError(f"fmkit evaluate needs {option}"
+                                      + (f" (the configuration has no {field})"
+                                         if args.config else ""))
+    return str(model_dir), str(data)
+
+
 def _train(args: argparse.Namespace) -> int:
     """``fmkit train``: a DeepFM from ``--config``, else an FM from ``--train``. SIGTERM stops
     it after the step in progress and writes the model trained so far (exit 143; see
     :mod:`fmkit.train.interruption`)."""
     from fmkit.jobs import fm as jobs
 
+    if args.continue_train:
+        raise HyperparameterError("--continue_train: fmkit continues a run from the checkpoints "
+                                  "it wrote with --checkpoint-dir DIR --resume, or trains a "
+                                  "finished model further with --init-model DIR")
     with interruption.stop_on(signal.SIGTERM):
         if args.config:
             if args.assignments or args.hyperparameters:
@@ -617,7 +671,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise HyperparameterError("--set needs --config")
             if not args.config and not args.train:
                 raise HyperparameterError("tune needs --train (or --config)")
-            fixed = (dict(item.partition("=")[::2] for item in args.overrides) if args.config
+            from fmkit.models.deepfm.config_files import split_assignment
+
+            fixed = (dict(split_assignment(item)[::2] for item in args.overrides) if args.config
                      else parse_assignments(args.assignments, args.hyperparameters))
             tune(args.train, args.model_dir, objective=args.objective, trials=args.trials,
                  validation=args.validation, validation_fraction=args.validation_fraction,
@@ -625,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
                  timeout=args.timeout, jobs=args.jobs, refit=args.refit, test=args.test,
                  fmt=args.format, index_base=args.index_base, seed=args.seed)
         elif args.command == "evaluate":
+            args.model_dir, args.data = _evaluated(args)
             print(strict_json(jobs.evaluate_files(args.model_dir, args.data, fmt=args.format,
                                                   device=args.device,
                                                   data_config=args.data_config)))

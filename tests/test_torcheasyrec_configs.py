@@ -302,3 +302,85 @@ def test_prototext_is_told_from_yaml_and_json_by_content():
     assert prototext.looks_like_prototext('# c\ntrain_config { num_epochs: 1 }')
     assert not prototext.looks_like_prototext("model_config:\n  deepfm: {deep: {}}\n")
     assert not prototext.looks_like_prototext('{"model_config": {"deepfm": {}}}')
+
+
+def test_set_selects_as_torcheasyrecs_edit_config_json_does():
+    """Indices, ranges, every element, and conditions on an element's field (a plain loop
+    here says which elements each should reach); a range or condition passes over elements
+    without the path; a path that reaches nothing is an error."""
+    document = {"feature_configs": [{"raw_feature": {"feature_name": f"I{i}"}} for i in range(3)]
+                + [{"id_feature": {"feature_name": f"C{i}", "embedding_dim": 16,
+                                   "hash_bucket_size": 100 * (i + 1)}} for i in range(4)],
+                "train_config": {"sparse_optimizer": {"adam_optimizer": {"lr": 0.1}}}}
+    config_files.apply_overrides(document, [
+        "feature_configs[:].id_feature.embedding_dim=4",
+        "feature_configs[id_feature.hash_bucket_size>=300].id_feature.embedding_dim=8",
+        "feature_configs[id_feature.feature_name=C0].id_feature.hash_bucket_size=7",
+        "feature_configs[1:3].raw_feature.boundaries=[1, 2]",
+        "feature_configs[0].raw_feature.feature_name=I9",
+        "train_config.sparse_optimizer={adagrad_optimizer: {lr: 0.01}}",
+    ])
+    features = document["feature_configs"]
+    assert all("id_feature" not in f for f in features[:3])  # no id_feature made in their place
+    expected_dims = [4 if f["id_feature"]["hash_bucket_size"] < 300 else 8 for f in features[3:]]
+    assert [f["id_feature"]["embedding_dim"] for f in features[3:]] == [4, 4, 8, 8]
+    assert expected_dims == [4, 4, 8, 8] and features[3]["id_feature"]["hash_bucket_size"] == 7
+    assert [f["raw_feature"].get("boundaries") for f in features[:3]] == [None, [1, 2], [1, 2]]
+    assert features[0]["raw_feature"]["feature_name"] == "I9"
+    assert document["train_config"]["sparse_optimizer"] == {"adagrad_optimizer": {"lr": 0.01}}
+    for assignment, message in (
+            ("feature_configs[id_feature.feature_name=C99].id_feature.embedding_dim=3",
+             "selects no field"),
+            ("feature_configs[9].id_feature.embedding_dim=3", r"no element \[9\]"),
+            ("feature_configs[x~1].id_feature.embedding_dim=3", "cannot read"),
+            ("train_config[0].num_epochs=3", "selects in a list")):
+        with pytest.raises(configs.ConfigError, match=message):
+            config_files.apply_overrides(document, [assignment])
+    assert config_files.edit_config_json(
+        '{"data_config.batch_size;train_config.num_epochs": "256;2", "a.b": [4, 5], '
+        '"c": true}') == ["data_config.batch_size=256", "train_config.num_epochs=2",
+                          "a.b=[4, 5]", "c=True"]
+
+
+def test_torcheasyrecs_commands_run_with_their_own_options(tmp_path, cli):
+    """tzrec.train_eval's, tzrec.eval's and tzrec.predict's options, as a TorchEasyRec
+    script passes them: the edits reach the trained configuration, --continue_train says what
+    to use, and the evaluation of the configuration's model and data equals scikit-learn's
+    AUC of the predictions written through tzrec.predict's options."""
+    import pyarrow.parquet as pq
+    from sklearn.metrics import roc_auc_score
+
+    train = shared_file("criteo_kaggle_head1000", "train.txt")
+    path = tmp_path / "deepfm_criteo.config"
+    path.write_text(criteo_config(str(train), str(tmp_path / "unused"), "example"))
+    model = tmp_path / "model"
+    edits = {"train_config.num_epochs": 2, "feature_configs[:].id_feature.embedding_dim": 4,
+             "model_config.deepfm.deep.hidden_units": [32, 16],
+             "data_config.batch_size;train_config.sparse_optimizer.adagrad_optimizer.lr":
+                 "256;0.01"}
+    code, _, err = cli("train", "--pipeline_config_path", path, "--train_input_path", train,
+                       "--eval_input_path", train, "--model_dir", model, "--quiet",
+                       "--edit_config_json", json.dumps(edits), *LOWERED)
+    assert code == 0, err
+    trained = json.loads((model / "model.json").read_text())["config"]
+    features = trained["feature_configs"]
+    assert [f["id_feature"]["embedding_dim"] for f in features[13:]] == [4] * 26
+    assert all(set(f) == {"raw_feature"} for f in features[:13])
+    assert trained["model_config"]["deepfm"]["deep"]["hidden_units"] == [32, 16]
+    assert trained["data_config"]["batch_size"] == 256
+    assert trained["train_config"]["sparse_optimizer"]["adagrad_optimizer"]["lr"] == 0.01
+    assert len(json.loads((model / "metrics.json").read_text())["train"]) == 2
+
+    code, _, err = cli("train", "--pipeline_config_path", path, "--continue_train")
+    assert code == 1 and err.count("\n") == 1 and "--checkpoint-dir DIR --resume" in err, err
+
+    code, out, err = cli("evaluate", "--pipeline_config_path", path, "--checkpoint_path", model)
+    assert code == 0, err
+    metrics = json.loads(out)
+    code, _, err = cli("predict", "--scripted_model_path", model, "--predict_input_path", train,
+                       "--predict_output_path", tmp_path / "scores.parquet", "--quiet")
+    assert code == 0, err
+    labels = [int(line.split("\t", 1)[0]) for line in train.read_text().splitlines()]
+    probs = pq.read_table(tmp_path / "scores.parquet").column("probs").to_numpy()
+    assert metrics["rows"] == 1000
+    assert metrics["auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-6)

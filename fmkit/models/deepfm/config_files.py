@@ -109,45 +109,192 @@ def _syntax_error(error: Exception) -> str:
 
 def apply_overrides(document: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     """``--set path=value`` overrides: ``train_config.num_epochs=2``,
-    ``feature_configs[0].id_feature.embedding_dim=8``; values are YAML scalars or lists, or
-    else taken as text."""
+    ``feature_configs[0].id_feature.embedding_dim=8``; values are YAML scalars, lists or
+    flow mappings (``{lr: 0.01}``: a message replaced), or else taken as text. A list is
+    selected as TorchEasyRec's ``edit_config_json`` selects: ``[i]``, every element ``[:]``,
+    a range ``[1:3]``, or the elements whose field compares to a value,
+    ``feature_configs[id_feature.feature_name=C1]`` (``=``, ``<``, ``>``, ``<=``, ``>=``)."""
     import yaml
 
     for assignment in assignments:
-        path, sep, text = assignment.partition("=")
+        path, sep, text = split_assignment(assignment)
         if not sep or not path:
             raise ConfigError(f"--set: expected path=value, got {assignment!r}")
-        keys: list[str | int] = []
-        for part in path.strip().split("."):
-            match = re.fullmatch(r"([A-Za-z_]\w*)((?:\[\d+\])*)", part)
-            if not match:
-                raise ConfigError(f"--set {path}: cannot read {part!r} as a field name")
-            keys.append(match.group(1))
-            keys.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
-        target: Any = document
-        for key, next_key in zip(keys, keys[1:]):
-            if isinstance(key, int):
-                if not isinstance(target, list) or key >= len(target):
-                    raise ConfigError(f"--set {path}: no element [{key}]")
-                target = target[key]
-            else:
-                if not isinstance(target, dict):
-                    raise ConfigError(f"--set {path}: {key} is not inside a mapping")
-                target = target.setdefault(key, [] if isinstance(next_key, int) else {})
-        last = keys[-1]
         try:
             value = yaml.load(text, _yaml_loader()) if text.strip() else ""
         except yaml.YAMLError:
             value = text  # not YAML (e.g. "," or "\t"): the text itself
-        if isinstance(last, int):
-            if not isinstance(target, list) or last >= len(target):
-                raise ConfigError(f"--set {path}: no element [{last}]")
-            target[last] = value
-        elif isinstance(target, dict):
-            target[last] = value
-        else:
-            raise ConfigError(f"--set {path}: {last} is not inside a mapping")
+        steps = _path_steps(path.strip(), f"--set {path}")
+        targets = _select(document, steps[:-1], f"--set {path}")
+        last = steps[-1]
+        for target in targets:
+            if isinstance(last, str):
+                if not isinstance(target, dict):
+                    raise ConfigError(f"--set {path}: {last} is not inside a mapping")
+                target[last] = value
+                continue
+            for index in _indices(target, last, f"--set {path}"):
+                target[index] = value
     return document
+
+
+def split_assignment(assignment: str) -> tuple[str, str, str]:
+    """``path=value`` split at the first ``=`` outside brackets (which may hold a condition's)."""
+    depth = 0
+    for position, char in enumerate(assignment):
+        depth += (char == "[") - (char == "]")
+        if char == "=" and depth == 0:
+            return assignment[:position], "=", assignment[position + 1:]
+    return assignment, "", ""
+
+
+def edit_config_json(text: str) -> list[str]:
+    """TorchEasyRec's ``--edit_config_json`` (``{"train_config.num_epochs": 2,
+    "feature_configs[:].id_feature.embedding_dim": 8}``) as ``--set`` assignments. Each value
+    is read from its text as TorchEasyRec reads it (``str()`` of the JSON value, then the
+    field's type); a key holding ``;`` sets several fields, from the value's ``;``-separated
+    parts in turn."""
+    try:
+        edits = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--edit_config_json: not JSON: {e.msg} at character {e.pos}"
+                          ) from None
+    if not isinstance(edits, dict):
+        raise ConfigError("--edit_config_json: expected a JSON object of field paths and "
+                          f"values, got {type(edits).__name__}")
+    assignments = []
+    for key, value in edits.items():
+        keys = [k.strip() for k in key.split(";")]
+        values = [v.strip() for v in str(value).split(";")] if len(keys) > 1 else [str(value)]
+        if len(values) != len(keys):
+            raise ConfigError(f"--edit_config_json: {excerpt(key)} names {len(keys)} fields "
+                              f"and its value has {len(values)} ';'-separated parts")
+        assignments += [f"{k}={v}" for k, v in zip(keys, values)]
+    return assignments
+
+
+# a selector inside [...]: an index, a range, or a field's comparison with a value
+_RANGE = re.compile(r"\s*(-?\d*)\s*:\s*(-?\d*)\s*")
+_CONDITION = re.compile(r"\s*([A-Za-z_][\w.\[\]]*?)\s*(>=|<=|=|<|>)\s*(.*?)\s*")
+_COMPARE = {"=": lambda a, b: a == b, "<": lambda a, b: a < b, ">": lambda a, b: a > b,
+            "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}
+
+
+def _path_steps(path: str, where: str) -> list[Any]:
+    """``a.b[0].c[:]`` as steps: field names (str) and list selectors (int, slice, or a
+    ``(field path, operator, value)`` condition)."""
+    steps: list[Any] = []
+    position = 0
+    while position < len(path):
+        name = re.match(r"[A-Za-z_]\w*", path[position:])
+        if not name:
+            raise ConfigError(f"{where}: cannot read {excerpt(path[position:])} as a field name")
+        steps.append(name.group())
+        position += name.end()
+        while position < len(path) and path[position] == "[":
+            depth, end = 0, position
+            for end in range(position, len(path)):
+                depth += (path[end] == "[") - (path[end] == "]")
+                if depth == 0:
+                    break
+            if depth:
+                raise ConfigError(f"{where}: an unclosed [")
+            steps.append(_selector(path[position + 1:end], where))
+            position = end + 1
+        if position < len(path):
+            if path[position] != ".":
+                raise ConfigError(f"{where}: cannot read {excerpt(path[position:])} as a "
+                                  "field name")
+            position += 1
+    if not steps:
+        raise ConfigError(f"{where}: no field named")
+    return steps
+
+
+def _selector(text: str, where: str) -> Any:
+    if re.fullmatch(r"\s*\d+\s*", text):
+        return int(text)
+    if match := _RANGE.fullmatch(text):
+        start, stop = (int(bound) if bound else None for bound in match.groups())
+        return slice(start, stop)
+    if match := _CONDITION.fullmatch(text):
+        field, operator, value = match.groups()
+        return (_path_steps(field, where), operator, value)
+    raise ConfigError(f"{where}: cannot read [{excerpt(text)}] as an index, a range or a "
+                      "field=value condition")
+
+
+def _indices(target: Any, selector: Any, where: str) -> list[int]:
+    """The positions of list ``target`` a selector picks (an index beyond it is an error; a
+    range or condition may pick none)."""
+    if not isinstance(target, list):
+        raise ConfigError(f"{where}: [...] selects in a list, and this field is not one")
+    if isinstance(selector, int):
+        if selector >= len(target):
+            raise ConfigError(f"{where}: no element [{selector}]")
+        return [selector]
+    if isinstance(selector, slice):
+        return list(range(len(target)))[selector]
+    field, operator, text = selector
+    return [i for i, element in enumerate(target)
+            if _compares(_value_at(element, field), operator, text)]
+
+
+def _value_at(element: Any, steps: list[Any]) -> Any:
+    """The value at a condition's field path inside one element; None where it is absent."""
+    for step in steps:
+        inside = (isinstance(element, dict) and step in element if isinstance(step, str) else
+                  isinstance(element, list) and isinstance(step, int) and step < len(element))
+        if not inside:
+            return None
+        element = element[step]
+    return element
+
+
+def _compares(found: Any, operator: str, text: str) -> bool:
+    """A condition on a found value, the condition's text read as the value's type (as
+    TorchEasyRec converts it to its field's type)."""
+    if found is None or isinstance(found, (dict, list)):
+        return False
+    try:
+        wanted = (text.lower() == "true" if isinstance(found, bool)
+                  else type(found)(text) if isinstance(found, (int, float)) else text)
+    except ValueError:
+        return False
+    try:
+        return _COMPARE[operator](found, wanted)
+    except TypeError:
+        return False
+
+
+def _select(document: Any, steps: list[Any], where: str) -> list[Any]:
+    """The containers ``steps`` lead to. A missing field is made (a mapping or a list, as the
+    next step wants), except below a range or condition: there an element without it is
+    passed over (``feature_configs[:].id_feature.embedding_dim`` sets every id_feature's,
+    not an id_feature in every raw_feature's place); a path that reaches nothing is an
+    error, not a silent no-op."""
+    targets, fanned = [document], False
+    for step, next_step in zip(steps, [*steps[1:], None]):
+        following = []
+        for target in targets:
+            if not isinstance(step, str):
+                following.extend(target[i] for i in _indices(target, step, where))
+                continue
+            if not isinstance(target, dict):
+                if fanned:
+                    continue
+                raise ConfigError(f"{where}: {step} is not inside a mapping")
+            if step not in target:
+                if fanned:
+                    continue
+                target[step] = [] if next_step is not None and not isinstance(
+                    next_step, str) else {}
+            following.append(target[step])
+        fanned = fanned or isinstance(step, (slice, tuple))
+        targets = following
+    if not targets:
+        raise ConfigError(f"{where}: selects no field")
+    return targets
 
 
 def load(path: str | Path, assignments: list[str] = ()) -> EasyRecConfig:
