@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ from fmkit.data.codecs import CONTENT_TYPES
 from fmkit.data.sources import FORMATS
 from fmkit.errors import FMKitError, HyperparameterError
 from fmkit.exits import exit_now
-from fmkit.logs import log, setup_logging
+from fmkit.logs import advice, log, setup_logging
 from fmkit.models.artifact import ITEMS_DIR, strict_json
 from fmkit.models.fm.hyperparameters import BY_NAME, SWEEPS, TABLE, sweeps_in_one_process, validate
 from fmkit.train import interruption
@@ -660,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         if (args.command == "train" and distributed.init_from_environment(args.device)
                 and not distributed.primary()):
             setup_logging(quiet=True)  # one log: rank 0's
+            advice.setLevel(logging.ERROR)  # (every process would give the same advice)
         if args.command == "train":
             return _train(args)
         if args.command == "tune":
