@@ -7,7 +7,9 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,6 +78,10 @@ def kill_resume_and_compare(tmp_path, cli, common: list, period: int, rtol: floa
         time.sleep(0.005)
     assert proc.poll() is None, "training finished before it could be killed"
     first = Checkpointer(checkpoints).latest()
+    # a launch's scratch directory (--nproc), named by its process: the next launch removes
+    # it when this one is killed
+    scratch = list(Path(tempfile.gettempdir()).glob(f".fmkit-launch.*-{proc.pid}-*"))
+    assert bool(scratch) == ("--nproc" in args), scratch
     os.killpg(proc.pid, sig)
     proc.wait(timeout=120)
     err = log.read_text()
@@ -101,6 +107,7 @@ def kill_resume_and_compare(tmp_path, cli, common: list, period: int, rtol: floa
         assert "test" not in stopped  # no time is spent scoring
     code, _, err = cli(*args, *resume_extra, "--resume")
     assert code == 0, err
+    assert not any(path.exists() for path in scratch), scratch
     a, b = _weights(straight), _weights(tmp_path / "resumed")
     assert set(a) == set(b)
     for name in a:

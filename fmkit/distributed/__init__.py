@@ -14,14 +14,17 @@ writes the model, the checkpoints and the metrics.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
+from fmkit import files
 from fmkit.cpus import available_cpus, process_threads
 from fmkit.errors import require_option, require_torch
 from fmkit.logs import log
@@ -263,7 +266,9 @@ def launch(nproc: int, argv: list[str], advice: str | None = None) -> int:
                     available_cpus())
     command = [sys.executable, "-c", _TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
                "-m", "fmkit", *argv]
-    with tempfile.TemporaryDirectory(prefix="fmkit-launch-") as scratch:
+    # named by host and process id: one a killed launch leaves, the next launch removes
+    scratch = files.temporary_dir(Path(tempfile.gettempdir()) / "fmkit-launch")
+    try:
         env = {**os.environ, **process_threads(nproc), PARENT_ENV: str(os.getpid()),
                FAILURE_ENV: os.path.join(scratch, "failed")}
         # torchrun in a session of its own, so that a signal to this process's group (a
@@ -275,3 +280,5 @@ def launch(nproc: int, argv: list[str], advice: str | None = None) -> int:
             return child.wait()
         finally:
             signal.signal(signal.SIGTERM, before)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
