@@ -353,12 +353,17 @@ def test_ffm_on_two_processes_equals_one(tmp_path):
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_advice_on_the_run_is_given_once_not_per_process(tmp_path):
+def test_advice_is_given_once_and_the_launch_leaves_no_temporary_files(tmp_path):
     """SageMaker's defaults on a9a learn little beyond the positive rate (every process
-    measures the same run): one warning, from rank 0, with the run's figures."""
+    measures the same run): one warning, from rank 0. The temporary directory (TMPDIR) is as
+    empty afterwards as before: neither the launch's scratch nor torchrun's log tree stay."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     result = run_fmkit("train", "--nproc", "2", "--quiet", "--train",
                        shared_file("a9a_libsvm", "a9a"), "--model-dir", tmp_path / "m",
-                       "feature_dim=124", "num_factors=4", "predictor_type=binary_classifier")
+                       "feature_dim=124", "num_factors=4", "predictor_type=binary_classifier",
+                       env={**os.environ, "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stderr
     said = [line for line in result.stderr.splitlines() if "beyond the positive rate" in line]
     assert len(said) == 1, result.stderr
+    assert list(scratch.iterdir()) == []

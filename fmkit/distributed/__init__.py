@@ -264,11 +264,14 @@ def launch(nproc: int, argv: list[str], advice: str | None = None) -> int:
     if nproc > available_cpus():
         log.warning("--nproc %d on %d usable cores: the processes share them", nproc,
                     available_cpus())
-    command = [sys.executable, "-c", _TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "fmkit", *argv]
     # named by host and process id: one a killed launch leaves, the next launch removes
     scratch = files.temporary_dir(Path(tempfile.gettempdir()) / "fmkit-launch")
     try:
+        # torchrun's log directory in it (by default a torchelastic_* tree in /tmp, left
+        # behind by every run)
+        command = [sys.executable, "-c", _TORCHRUN, "--standalone",
+                   f"--nproc-per-node={nproc}", f"--log-dir={scratch / 'torchelastic'}",
+                   "-m", "fmkit", *argv]
         env = {**os.environ, **process_threads(nproc), PARENT_ENV: str(os.getpid()),
                FAILURE_ENV: os.path.join(scratch, "failed")}
         # torchrun in a session of its own, so that a signal to this process's group (a
