@@ -172,6 +172,20 @@ def new_connections(wrk: str, port: int, script: Path, body: Path, content_type:
           f"{waits[len(waits) // 2] * 1000:.0f} ms, max {waits[-1] * 1000:.0f} ms", flush=True)
 
 
+def burst(wrk: str, port: int, script: Path, label: str, clients: int = 300) -> None:
+    """``clients`` connections opened at once (wrk opens all of them at its start), then kept
+    busy for 10 s: the start's wait shows in p99 and max, and in wrk's timeouts (2 s)."""
+    out = subprocess.run([wrk, "-t2", f"-c{clients}", "-d10s", "--latency", "-s", str(script),
+                          f"http://127.0.0.1:{port}/invocations"],
+                         capture_output=True, text=True, check=True).stdout
+    rate, p50, p99, _ = parse_wrk(out)
+    longest = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out).group(1)
+    timeouts = re.search(r"timeout (\d+)", out)
+    print(f"{label}: {clients} connections at once, 1-row json: {rate:,.0f} requests/s, p50 "
+          f"{p50}, p99 {p99}, max {longest}, {timeouts.group(1) if timeouts else 0} timeouts",
+          flush=True)
+
+
 def load_test(wrk: str, model: Path, bodies, label: str, args) -> None:
     """Serve ``model`` with ``args.workers`` workers; one wrk run per request body, then the
     wait of new connections beside busy ones (1-row JSON)."""
@@ -214,6 +228,7 @@ def load_test(wrk: str, model: Path, bodies, label: str, args) -> None:
             script.write_text(LUA.format(body=json_body, content_type="application/json",
                                          accept="application/json"))
             new_connections(wrk, port, script, json_body, "application/json", label)
+            burst(wrk, port, script, label)
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -165,7 +165,7 @@ class BalancedAcceptor:
         self._loop, self._sock, self._factory, self._ssl = loop, sock, protocol_factory, ssl
         self._owns_socket = owns_socket  # made by create_server (one worker): closed here
         self._open = 0  # connections accepted and not yet lost
-        self._take_until = 0.0  # until then a waiting connection is taken whatever the load
+        self._deferred = False  # connections were left to the peers: the next wake takes them
         self._closed = False
         self.sockets = [sock]
         sock.setblocking(False)
@@ -178,11 +178,13 @@ class BalancedAcceptor:
 
     def _ready(self) -> None:
         """Accept the waiting connections this worker should take: all of them, up to
-        ``ACCEPT_BATCH``, while it holds no more than its least loaded peer (a busy loop
-        wakes once per pass over its connections: one connection a pass left a burst of new
-        ones waiting for hundreds of milliseconds behind the keep-alive ones)."""
+        ``ACCEPT_BATCH``, while it holds no more than its least loaded peer, and all of them
+        on the wake after it left some to its peers for ``DEFER`` (a busy loop wakes once per
+        pass over its connections: one connection a pass, or one per deferral, left a burst
+        of new ones waiting for a second behind the keep-alive ones)."""
+        waited, self._deferred = self._deferred, False
         for _ in range(ACCEPT_BATCH):
-            if (self._open and _board is not None and self._loop.time() > self._take_until
+            if (self._open and _board is not None and not waited
                     and min(_board.peers(), default=self._open) < self._open):
                 self._loop.remove_reader(self._sock.fileno())  # the peer may take it meanwhile
                 self._loop.call_later(DEFER, self._rearm)
@@ -196,7 +198,6 @@ class BalancedAcceptor:
                 self._loop.remove_reader(self._sock.fileno())
                 self._loop.call_later(0.1, self._rearm)
                 return
-            self._take_until = 0.0  # (a deferred connection is taken: the next are weighed)
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._count(+1)
@@ -226,7 +227,7 @@ class BalancedAcceptor:
 
     def _rearm(self) -> None:
         if not self._closed:
-            self._take_until = self._loop.time() + DEFER  # it has waited: take it now
+            self._deferred = True  # what still waits after DEFER, no peer took: take it all
             self._loop.add_reader(self._sock.fileno(), self._ready)
 
     def close(self) -> None:
