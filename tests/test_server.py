@@ -609,3 +609,58 @@ def test_a_worker_two_connections_ahead_of_a_peer_closes_one(tmp_path, monkeypat
     finally:
         peer.kill()
         peer.wait()
+
+
+def test_connections_left_to_a_busy_peer_are_all_taken_on_the_next_wake(monkeypatch):
+    """A worker ahead of its peer leaves waiting connections to it for DEFER seconds; when
+    they still wait, its next wake takes all of them however late it comes (a busy loop's pass
+    outlasts DEFER: it took one connection per deferral, and a burst of hundreds waited
+    seconds). A real listening socket; a stand-in event loop whose clock jumps a pass."""
+    from fmkit.serve import workers
+
+    class Board:  # a peer holding no connection
+        def peers(self):
+            return [0]
+
+        def publish(self, count):
+            pass
+
+    class Loop:
+        def __init__(self):
+            self.now, self.later, self.reading = 0.0, [], False
+
+        def time(self):
+            return self.now
+
+        def add_reader(self, fd, callback):
+            self.reading = True
+
+        def remove_reader(self, fd):
+            self.reading = False
+
+        def call_later(self, delay, callback):
+            self.later.append(callback)
+
+        def create_task(self, coroutine):
+            coroutine.close()  # (the connection's protocol is not needed here)
+
+    monkeypatch.setattr(workers, "_board", Board())
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(20)]
+    try:
+        loop = Loop()
+        acceptor = workers.BalancedAcceptor(loop, listener, lambda: None)
+        acceptor._open = 3  # ahead of the peer
+        acceptor._ready()
+        assert acceptor._open == 3 and not loop.reading and len(loop.later) == 1  # deferred
+        loop.now += workers.DEFER
+        loop.later.pop()()  # the deferral's end: reading again
+        loop.now += 0.5  # a busy pass before the wake
+        acceptor._ready()
+        assert acceptor._open == 3 + 20 and loop.reading
+        acceptor._ready()  # a further wake weighs again: still ahead, it defers
+        assert acceptor._open == 23 and not loop.reading and len(loop.later) == 1
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
