@@ -66,6 +66,14 @@ def small_deepfm_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _parsed_file_cache(tmp_path_factory):
+    """Parsed files cached by the tests (``--cache``) go to a directory of the session, not to
+    the machine's ``~/.cache/fmkit``, which would keep an entry of every temporary file."""
+    if "FMKIT_CACHE_DIR" not in os.environ:
+        os.environ["FMKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("fmkit-cache"))
+
+
+@pytest.fixture(scope="session", autouse=True)
 def mxnet_environment(request, tmp_path_factory):
     """The MXNet environment of the SageMaker artifact tests, made in the background from the
     session's start when any of them is to run (see tests/mxnet_environment.py)."""

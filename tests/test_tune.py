@@ -54,8 +54,10 @@ def _validation_auc(a9a_head, tmp_path, model) -> float:
     return roc_auc_score(y, scores)
 
 
-def test_tune_writes_the_best_trials_model_and_its_table(a9a_head, tmp_path, cli):
+def test_tune_writes_the_best_trials_model_and_its_table(a9a_head, tmp_path, cli, monkeypatch):
     model_dir = tmp_path / "model"
+    user_cache = tmp_path / "user-cache"  # the user's parsed-file cache: tune leaves none
+    monkeypatch.setenv("FMKIT_CACHE_DIR", str(user_cache))
     code, _, err = cli("tune", "--train", a9a_head, "--validation-fraction", "0.1",
                        "--objective", "validation:auc", "--trials", "6", "--jobs", "1",
                        "--model-dir", model_dir, *FIXED)
@@ -79,6 +81,7 @@ def test_tune_writes_the_best_trials_model_and_its_table(a9a_head, tmp_path, cli
     assert _validation_auc(a9a_head, tmp_path, model) == pytest.approx(float(best["value"]),
                                                                        abs=0.01)
     assert not (tmp_path / "model.tuning").exists()  # the work directory is gone
+    assert not user_cache.exists() or not list(user_cache.iterdir())  # with its cache
     assert (model_dir / "tune" / "optimization_history.png").stat().st_size > 1000
     code, _, err = cli("report", "--model-dir", model_dir)
     assert code == 0, err

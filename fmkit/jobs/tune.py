@@ -208,27 +208,37 @@ def _run_trial(trial: Any, work: Path, search: Any) -> float:
 
 
 @contextlib.contextmanager
+def _work_cache(work: Path) -> Iterator[None]:
+    """Parsed channels cached in the work directory, removed with it: the split's files are
+    gone after the search, and an entry of theirs in the user's cache would stay forever."""
+    saved = os.environ.get("FMKIT_CACHE_DIR")
+    os.environ["FMKIT_CACHE_DIR"] = str(work / "cache")
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("FMKIT_CACHE_DIR", None)
+        else:
+            os.environ["FMKIT_CACHE_DIR"] = saved
+
+
+@contextlib.contextmanager
 def _trial_environment(work: Path, threads: int) -> Iterator[None]:
     """Trials parse each channel once (a binary cache in the work directory), run on
     ``threads`` threads and log only their summary line; all restored afterwards."""
     import numba
 
-    saved = (os.environ.get("FMKIT_CACHE_DIR"), numba.get_num_threads(),
-             logging.getLogger("fmkit").level, advice.level)
-    os.environ["FMKIT_CACHE_DIR"] = str(work / "cache")
+    saved = (numba.get_num_threads(), logging.getLogger("fmkit").level, advice.level)
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     logging.getLogger("fmkit").setLevel(logging.WARNING)
     advice.setLevel(logging.ERROR)  # a poor trial's advice is the search's to act on
     try:
-        yield
+        with _work_cache(work):
+            yield
     finally:
-        if saved[0] is None:
-            os.environ.pop("FMKIT_CACHE_DIR", None)
-        else:
-            os.environ["FMKIT_CACHE_DIR"] = saved[0]
-        numba.set_num_threads(saved[1])
-        logging.getLogger("fmkit").setLevel(saved[2])
-        advice.setLevel(saved[3])
+        numba.set_num_threads(saved[0])
+        logging.getLogger("fmkit").setLevel(saved[1])
+        advice.setLevel(saved[2])
 
 
 def _worker(work: str, trials: int, timeout: float | None, threads: int,
@@ -527,7 +537,8 @@ def tune(train: str | Path | None, model_dir: str | Path, *, objective: str = "a
             raise FMKitError(f"tune: no trial completed: each diverged or was pruned (the "
                              f"study is in {work}); fix a setting the search should not vary "
                              "as NAME=VALUE (e.g. optimizer=adam), or check the data")
-        result = _finish(study, work, model_dir, search, higher, refit, test)
+        with _work_cache(work):
+            result = _finish(study, work, model_dir, search, higher, refit, test)
     except BaseException:
         if created and not (work / "study.sqlite3").exists():
             shutil.rmtree(work, ignore_errors=True)  # stopped before any trial: leave nothing
