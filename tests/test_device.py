@@ -184,7 +184,8 @@ def test_device_training_on_two_processes_matches_one(tmp_path):
     for nproc in (1, 2):
         out = tmp_path / f"model{nproc}.npz"
         done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               f"--nproc-per-node={nproc}", str(script), str(a9a), str(out)],
+                               f"--nproc-per-node={nproc}", f"--log-dir={tmp_path / 'logs'}",
+                               str(script), str(a9a), str(out)],
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         saved = np.load(out)
