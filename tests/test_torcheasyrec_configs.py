@@ -318,6 +318,7 @@ def test_set_selects_as_torcheasyrecs_edit_config_json_does():
         "feature_configs[id_feature.feature_name=C0].id_feature.hash_bucket_size=7",
         "feature_configs[1:3].raw_feature.boundaries=[1, 2]",
         "feature_configs[0].raw_feature.feature_name=I9",
+        "feature_configs[-1].id_feature.feature_name=C9",  # from the end, as Python's
         "train_config.sparse_optimizer={adagrad_optimizer: {lr: 0.01}}",
     ])
     features = document["feature_configs"]
@@ -327,6 +328,7 @@ def test_set_selects_as_torcheasyrecs_edit_config_json_does():
     assert expected_dims == [4, 4, 8, 8] and features[3]["id_feature"]["hash_bucket_size"] == 7
     assert [f["raw_feature"].get("boundaries") for f in features[:3]] == [None, [1, 2], [1, 2]]
     assert features[0]["raw_feature"]["feature_name"] == "I9"
+    assert features[6]["id_feature"]["feature_name"] == "C9"
     assert document["train_config"]["sparse_optimizer"] == {"adagrad_optimizer": {"lr": 0.01}}
     for assignment, message in (
             ("feature_configs[id_feature.feature_name=C99].id_feature.embedding_dim=3",

@@ -212,7 +212,7 @@ def _path_steps(path: str, where: str) -> list[Any]:
 
 
 def _selector(text: str, where: str) -> Any:
-    if re.fullmatch(r"\s*\d+\s*", text):
+    if re.fullmatch(r"\s*-?\d+\s*", text):
         return int(text)
     if match := _RANGE.fullmatch(text):
         start, stop = (int(bound) if bound else None for bound in match.groups())
@@ -229,10 +229,10 @@ def _indices(target: Any, selector: Any, where: str) -> list[int]:
     range or condition may pick none)."""
     if not isinstance(target, list):
         raise ConfigError(f"{where}: [...] selects in a list, and this field is not one")
-    if isinstance(selector, int):
-        if selector >= len(target):
+    if isinstance(selector, int):  # (from the end when negative, as Python's)
+        if not -len(target) <= selector < len(target):
             raise ConfigError(f"{where}: no element [{selector}]")
-        return [selector]
+        return [selector % len(target)]
     if isinstance(selector, slice):
         return list(range(len(target)))[selector]
     field, operator, text = selector
