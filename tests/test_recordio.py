@@ -268,3 +268,39 @@ def test_converting_libffm_says_its_fields_are_dropped(cli, tmp_path):
     batch = concat(list(FileSource(rec, "auto", X.shape[1]).blocks()))
     read = sp.csr_matrix((batch.values, batch.indices, batch.indptr), shape=X.shape)
     assert (read != X).nnz == 0 and (batch.labels == np.array(labels)).all()
+
+
+def test_a_channel_as_spark_writes_it_reads_as_its_parts(tmp_path):
+    """A directory of SDK-written recordIO parts beside Spark's empty ``_SUCCESS`` (which
+    sorts first) and a hidden checksum file: the format is the parts', the rows are theirs
+    (scikit-learn's parse of a9a), in order. A DeepFM's Parquet parts beside ``_SUCCESS``
+    too (pyarrow writes and reads them back)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fmkit.data import columns
+
+    X, y = load_svmlight_file(str(shared_file("a9a_libsvm", "a9a")), n_features=123)
+    X, y = X.astype(np.float32), (y == 1).astype(np.float32)
+    channel = tmp_path / "recordio"
+    channel.mkdir()
+    half = X.shape[0] // 2
+    (channel / "part-00000").write_bytes(sdk_sparse(X[:half], y[:half]))
+    (channel / "part-00001").write_bytes(sdk_sparse(X[half:], y[half:]))
+    (channel / "_SUCCESS").touch()
+    (channel / ".part-00000.crc").write_bytes(b"crc\x00\x01")
+    source = FileSource(channel, "auto", 123, labels="binary")
+    assert source.fmt == "recordio"
+    rows = concat(list(source.blocks()))
+    read = sp.csr_matrix((rows.values, rows.indices, rows.indptr), shape=X.shape)
+    assert (read != X).nnz == 0 and np.array_equal(rows.labels, y)
+
+    tables = tmp_path / "parquet"
+    tables.mkdir()
+    table = pa.table({"label": y[:300], "C1": [f"c{i % 7}" for i in range(300)]})
+    pq.write_table(table.slice(0, 100), tables / "part-00000.parquet")
+    pq.write_table(table.slice(100), tables / "part-00001.parquet")
+    (tables / "_SUCCESS").touch()
+    assert columns.is_parquet(tables)
+    batches = list(columns.read_parquet(tables))
+    assert sum(b.n_rows for b in batches) == 300

@@ -69,6 +69,20 @@ def channel_files(path: str | Path) -> list[Path]:
     raise DataError(str(path), None, "no such file or directory")
 
 
+def holds_bytes(file: Path) -> bool:
+    """Whether a channel's file may hold rows: a pipe, or a file of one byte or more (Spark
+    and Hive write an empty ``_SUCCESS`` beside their parts; it neither holds rows nor shows
+    the channel's format)."""
+    return file.is_fifo() or file.stat().st_size > 0
+
+
+def first_data_file(path: str | Path) -> Path:
+    """The channel's first file that holds bytes, whose format is the channel's (its first
+    file when none does)."""
+    files = channel_files(path)
+    return next((file for file in files if holds_bytes(file)), files[0])
+
+
 def _pattern_files(given: str) -> list[Path]:
     """The files of comma-separated paths and glob patterns, in the order given (a pattern's
     matches sorted, as TorchEasyRec's ``list_input_files`` reads them)."""
@@ -129,7 +143,7 @@ def opens_json(head: bytes) -> bool:
 def detect_format(path: str | Path) -> str:
     """``recordio`` from its magic number, else ``libsvm``, ``libffm`` or ``csv`` from the first
     data line."""
-    first = channel_files(path)[0]
+    first = first_data_file(path)
     if first.is_fifo():
         raise DataError(str(first), None, "cannot detect the format of a pipe: give --format")
     with open_input(first) as f:
