@@ -20,6 +20,7 @@ from fmkit.logs import DEFAULT_HOST, advice, log, log_metrics
 from fmkit.models import artifact
 from fmkit.models.fm.hyperparameters import MCMC, SWEEPS
 from fmkit.models.fm.parameters import LABEL_ROWS, FMParameters, starting_point
+from fmkit.models.metrics import binary_entropy
 from fmkit.train import interruption
 from fmkit.train.callbacks import Checkpoint, EarlyStopping, Progress
 from fmkit.train.checkpoint import Checkpointer
@@ -119,11 +120,8 @@ def _say_if_only_the_mean(history: Sequence[EpochStats], moments: tuple[float, f
         return
     mean, variance = moments
     loss, kind = history[-1].loss, hp["predictor_type"]
-    if kind == "regressor":
-        baseline = variance
-    elif 0 < mean < 1:
-        baseline = -(mean * np.log(mean) + (1 - mean) * np.log1p(-mean))
-    else:
+    baseline = variance if kind == "regressor" else binary_entropy(mean)
+    if baseline is None:
         return
     share = loss / baseline if baseline else 0.0
     if share < LITTLE_LEARNED.get(kind, np.inf):

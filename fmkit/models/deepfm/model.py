@@ -44,9 +44,8 @@ from fmkit.models.deepfm.instances import encode_instances
 from fmkit.models.deepfm.network import DeepFMNet
 from fmkit.models.deepfm.small_batches import SMALL_ROWS, NumpyForward
 from fmkit.models.metrics import (
+    StreamingMetrics,
     grouped_auc,
-    metrics_of_parts,
-    normalized_entropy,
     prediction_fields,
     sigmoid,
     softmax,
@@ -421,24 +420,33 @@ class DeepFMModel:
         """The FM metrics (RMSE, or log loss/accuracy/F1/AUC), weighted by the sample weight
         column if one is configured, plus each configured ``grouped_auc`` and
         ``normalized_entropy``, over labelled batches (their first ``max_rows`` rows if
-        given)."""
-        parts = self._scored(batches, max_rows)
-        metrics = metrics_of_parts(self.predictor_type, parts.labels, parts.logits,
-                                   parts.weights or None)
-        if metrics.get("rows") and any(m.normalized_entropy is not None
-                                       for m in self.config.model_config.metrics):
-            metrics["normalized_entropy"] = normalized_entropy(
-                metrics["binary_classification_cross_entropy"], parts.labels,
-                parts.weights or None)
-        for key, groups in parts.groups.items():
-            if metrics.get("rows"):
-                metrics[f"grouped_auc_{key}"] = grouped_auc(
-                    np.concatenate(parts.labels), self._positive_scores(parts.logits),
-                    np.concatenate(groups))
-        return metrics
+        given), a batch at a time: memory bounded whatever the rows
+        (:class:`~fmkit.models.metrics.StreamingMetrics`), except a ``grouped_auc``'s, which
+        keeps each row's label, score and group."""
+        keys = self.grouping_keys()
+        metrics = StreamingMetrics(self.predictor_type)
+        grouped: dict[str, tuple[list, list, list]] = {key: ([], [], []) for key in keys}
+        for encoded, logits in self._scored(batches, max_rows):
+            metrics.add(encoded.labels, logits, encoded.weights)
+            for key in keys:
+                ids, offsets = encoded.sparse[key]
+                first = np.full(encoded.n_rows, -1, np.int64)  # rows without an id: group -1
+                has = offsets[1:] > offsets[:-1]
+                first[has] = ids[offsets[:-1][has]]
+                for held, part in zip(grouped[key], (encoded.labels,
+                                                     self._positive_scores(logits), first)):
+                    held.append(part)
+        result = metrics.result()
+        if not result.get("rows"):
+            return result
+        if any(m.normalized_entropy is not None for m in self.config.model_config.metrics):
+            result["normalized_entropy"] = metrics.normalized_entropy()
+        for key, (labels, scores, groups) in grouped.items():
+            result[f"grouped_auc_{key}"] = grouped_auc(
+                np.concatenate(labels), np.concatenate(scores), np.concatenate(groups))
+        return result
 
-    def _positive_scores(self, logit_parts: list[np.ndarray]) -> np.ndarray:
-        logits = np.concatenate(logit_parts)
+    def _positive_scores(self, logits: np.ndarray) -> np.ndarray:
         if self.predictor_type == "multiclass_classifier":
             return softmax(logits)[:, 1]  # (grouped AUC needs two classes)
         return logits
@@ -463,14 +471,16 @@ class DeepFMModel:
     def labelled_logits(self, batches: Iterator[ColumnBatch], max_rows: int | None = None
                         ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The labels and y_hat of labelled batches (their first ``max_rows`` rows)."""
-        parts = self._scored(batches, max_rows)
-        return parts.labels, parts.logits
+        labels, logits = [], []
+        for encoded, scored in self._scored(batches, max_rows):
+            labels.append(encoded.labels)
+            logits.append(scored)
+        return labels, logits
 
-    @torch.no_grad()
-    def _scored(self, batches: Iterator[ColumnBatch], max_rows: int | None) -> _Scored:
+    def _scored(self, batches: Iterator[ColumnBatch], max_rows: int | None
+                ) -> Iterator[tuple[Encoded, np.ndarray]]:
+        """Each labelled batch (of the first ``max_rows`` rows) encoded, with its y_hat."""
         self.net.eval()
-        keys = self.grouping_keys()
-        parts = _Scored([], [], [], {key: [] for key in keys})
 
         def limited() -> Iterator[ColumnBatch]:
             seen = 0
@@ -487,18 +497,7 @@ class DeepFMModel:
             encoded = self.encode(batch, labelled=True)
             return encoded, self._forward(encoded)
 
-        for encoded, logits in self._at_once(score, limited()):
-            parts.labels.append(encoded.labels)
-            parts.logits.append(logits)
-            if encoded.weights is not None:
-                parts.weights.append(encoded.weights)
-            for key in keys:
-                ids, offsets = encoded.sparse[key]
-                first = np.full(encoded.n_rows, -1, np.int64)  # rows without an id: group -1
-                has = offsets[1:] > offsets[:-1]
-                first[has] = ids[offsets[:-1][has]]
-                parts.groups[key].append(first)
-        return parts
+        yield from self._at_once(score, limited())
 
     # -- the model directory ---------------------------------------------------------------
     def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
@@ -545,16 +544,6 @@ class DeepFMModel:
             except ValueError as e:
                 raise ArtifactError(f"{path}: model.json: {e}") from None
         return model
-
-
-@dataclass
-class _Scored:
-    """What evaluation gathers batch by batch."""
-
-    labels: list[np.ndarray]
-    logits: list[np.ndarray]
-    weights: list[np.ndarray]
-    groups: dict[str, list[np.ndarray]]  # grouping key -> each row's group
 
 
 def _log_layout_once(names: tuple[str, ...]) -> None:

@@ -25,7 +25,7 @@ from fmkit.kernels import fm as kernels
 from fmkit.models import artifact
 from fmkit.models.fm.hyperparameters import factor_width, table_hyperparameters, validate
 from fmkit.models.fm.parameters import FMParameters, init_parameters, sigmoid
-from fmkit.models.metrics import metrics_of_parts, prediction_fields, require_rows
+from fmkit.models.metrics import StreamingMetrics, prediction_fields, require_rows
 
 MODEL_TYPE = "fm"
 PARALLEL_ROWS = 2048  # below this, scoring on one thread beats starting the pool
@@ -213,8 +213,12 @@ class FMModel:
         return labels, logits
 
     def evaluate(self, blocks: Iterator[SparseBatch]) -> dict[str, float]:
-        """SageMaker's test metrics (plus AUC and ``rows``) over labelled blocks."""
-        return metrics_of_parts(self.predictor_type, *self.labelled_logits(blocks))
+        """SageMaker's test metrics (plus AUC and ``rows``) over labelled blocks, a block at a
+        time (memory bounded whatever the rows: :class:`~fmkit.models.metrics.StreamingMetrics`)."""
+        metrics = StreamingMetrics(self.predictor_type)
+        for batch in blocks:
+            metrics.add(batch.labels, self.logits(batch))
+        return metrics.result()
 
     # -- the model directory -------------------------------------------------------------
     def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
