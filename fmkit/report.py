@@ -18,7 +18,7 @@ from fmkit.errors import FMKitError
 from fmkit.models import artifact
 from fmkit.models.base import load_model
 from fmkit.models.fm.parameters import sigmoid
-from fmkit.models.metrics import metrics_of_parts, require_rows, softmax
+from fmkit.models.metrics import StreamingMetrics, require_rows, softmax
 
 SHORT = {"binary_classification_accuracy": "accuracy", "binary_f_beta": "F1",
          "binary_classification_cross_entropy": "log loss"}  # SageMaker's names, in headers
@@ -95,15 +95,38 @@ def _learning_curves(plt, history: list[dict]) -> str:
 PLOT_ROWS = 1_000_000  # rows the quality plots are drawn from at most (chosen at random)
 
 
-def _plotted(parts: list[np.ndarray], chosen: np.ndarray | None) -> np.ndarray:
-    """The rows of the blocks ``parts`` (in order) at the sorted positions ``chosen`` (None:
-    all of them), joined: the plots' rows without a copy of every row."""
-    if chosen is None:
-        return np.concatenate(parts)
-    starts = np.cumsum([0] + [len(part) for part in parts])
-    cuts = np.searchsorted(chosen, starts)
-    return np.concatenate([part[chosen[cuts[i]:cuts[i + 1]] - starts[i]]
-                           for i, part in enumerate(parts)])
+class _Sample:
+    """At most ``size`` rows of a stream of blocks, each row as likely as any other (the rows
+    with the smallest of a random key each), in their order: the plots' rows, in memory
+    bounded by twice ``size`` whatever the data's length."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size, self.rng, self.rows = size, np.random.default_rng(seed), 0
+        self.parts: list[tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]] = []
+        self.held = 0
+
+    def add(self, *columns: np.ndarray) -> None:
+        n = len(columns[0])
+        self.parts.append((self.rng.random(n), np.arange(self.rows, self.rows + n),
+                           tuple(np.asarray(c) for c in columns)))
+        self.rows, self.held = self.rows + n, self.held + n
+        if self.held > 2 * self.size:
+            self._keep_size()
+
+    def _keep_size(self) -> None:
+        keys, positions = (np.concatenate([part[i] for part in self.parts]) for i in (0, 1))
+        columns = tuple(np.concatenate(c) for c in zip(*(part[2] for part in self.parts)))
+        if keys.size > self.size:
+            kept = np.argpartition(keys, self.size)[: self.size]
+            keys, positions, columns = keys[kept], positions[kept], tuple(c[kept]
+                                                                          for c in columns)
+        self.parts, self.held = [(keys, positions, columns)], keys.size
+
+    def result(self) -> tuple[np.ndarray, ...]:
+        self._keep_size()
+        _, positions, columns = self.parts[0]
+        order = np.argsort(positions)
+        return tuple(column[order] for column in columns)
 
 
 def _quality_plots(plt, predictor_type: str, y: np.ndarray, z: np.ndarray,
@@ -283,15 +306,15 @@ def write_report(model_dir: str | Path, data: str | Path | None = None,
     plots = {"Learning curves": _learning_curves(plt, history)} if history else {}
     sampled = ""
     if data is not None:
-        labels, logits = model.labelled_logits(model.read(data, fmt, labelled=True))
-        channels[f"data ({data})"] = require_rows(
-            metrics_of_parts(model.predictor_type, labels, logits), str(data))
-        rows = sum(len(part) for part in labels)
-        chosen = None if rows <= PLOT_ROWS else np.sort(
-            np.random.default_rng(0).choice(rows, PLOT_ROWS, replace=False))
-        plots.update(_quality_plots(plt, model.predictor_type, _plotted(labels, chosen),
-                                    _plotted(logits, chosen), getattr(model, "classes", None)))
-        if chosen is not None:
+        measured, sample = StreamingMetrics(model.predictor_type), _Sample(PLOT_ROWS)
+        for labels, logits in model.labelled_logits(model.read(data, fmt, labelled=True)):
+            measured.add(labels, logits)
+            sample.add(labels, logits)
+        channels[f"data ({data})"] = require_rows(measured.result(), str(data))
+        rows = sample.rows
+        plots.update(_quality_plots(plt, model.predictor_type, *sample.result(),
+                                    getattr(model, "classes", None)))
+        if rows > PLOT_ROWS:
             sampled = f"<p>The plots are drawn from {PLOT_ROWS:,} of the data's {rows:,} rows, " \
                       "chosen at random; the metrics are of every row.</p>"
     names = sorted({n for values in channels.values() for n in values})

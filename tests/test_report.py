@@ -105,18 +105,31 @@ def test_report_of_an_fm_with_validation_and_test_data(tmp_path, cli):
     assert data_auc == pytest.approx(roc_auc_score(y, scores), rel=1e-5)
 
 
-def test_the_plots_rows_are_chosen_from_the_blocks_as_from_the_rows_joined():
-    """The plots of a large channel draw from rows chosen at random, gathered from its blocks
-    (1-d labels, 2-d class logits, empty blocks) as numpy indexes the blocks joined."""
-    from fmkit.report import _plotted
+def test_the_plots_rows_are_a_uniform_sample_of_the_stream_of_blocks():
+    """The plots of a large channel draw from rows chosen at random while the blocks stream
+    by (1-d labels with 2-d class logits, empty blocks): each sampled row is one row of the
+    blocks joined, its columns together, in order, none twice; over 2,000 seeds every row is
+    chosen as often as any other (a binomial count, within 5.6 standard deviations)."""
+    from fmkit.report import _Sample
 
-    rng = np.random.default_rng(3)
-    for shape in ((), (3,)):
-        parts = [rng.normal(size=(n, *shape)) for n in (5, 0, 17, 1, 0, 40)]
-        joined = np.concatenate(parts)
-        chosen = np.sort(rng.choice(len(joined), 20, replace=False))
-        np.testing.assert_array_equal(_plotted(parts, chosen), joined[chosen])
-        np.testing.assert_array_equal(_plotted(parts, None), joined)
+    sizes = (5, 0, 17, 1, 0, 40, 37)
+    labels = np.arange(sum(sizes), dtype=np.float64)
+    logits = np.stack([labels * 10, labels * 10 + 1, labels * 10 + 2], axis=1)
+    starts = np.cumsum((0, *sizes))
+    counts = np.zeros(labels.size)
+    for seed in range(2000):
+        sample = _Sample(20, seed=seed)
+        for a, b in zip(starts[:-1], starts[1:]):
+            sample.add(labels[a:b], logits[a:b])
+        chosen, their_logits = sample.result()
+        assert sample.rows == 100 and chosen.size == 20
+        assert np.all(np.diff(chosen) > 0)  # in order, none twice
+        np.testing.assert_array_equal(their_logits, logits[chosen.astype(int)])
+        counts[chosen.astype(int)] += 1
+    assert np.all(np.abs(counts - 400) < 100), counts
+    whole = _Sample(1000)
+    whole.add(labels, logits)
+    np.testing.assert_array_equal(whole.result()[0], labels)  # fewer rows than the size: all
 
 
 def test_a_large_channels_plots_are_drawn_from_a_sample_its_metrics_from_every_row(

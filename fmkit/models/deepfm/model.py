@@ -467,15 +467,11 @@ class DeepFMModel:
             raise configs.ConfigError("model_config.metrics.grouped_auc: needs num_class <= 2")
         return keys
 
-    @torch.no_grad()
     def labelled_logits(self, batches: Iterator[ColumnBatch], max_rows: int | None = None
-                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """The labels and y_hat of labelled batches (their first ``max_rows`` rows)."""
-        labels, logits = [], []
-        for encoded, scored in self._scored(batches, max_rows):
-            labels.append(encoded.labels)
-            logits.append(scored)
-        return labels, logits
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The labels and y_hat of each labelled batch (of the first ``max_rows`` rows)."""
+        for encoded, logits in self._scored(batches, max_rows):
+            yield encoded.labels, logits
 
     def _scored(self, batches: Iterator[ColumnBatch], max_rows: int | None
                 ) -> Iterator[tuple[Encoded, np.ndarray]]:

@@ -204,20 +204,17 @@ class FMModel:
         return [one_row, (body.getvalue(), codecs.RECORDIO)]
 
     def labelled_logits(self, blocks: Iterator[SparseBatch]
-                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """The labels and y_hat of labelled blocks, block by block."""
-        labels, logits = [], []
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The labels and y_hat of each labelled block."""
         for batch in blocks:
-            labels.append(batch.labels)
-            logits.append(self.logits(batch))
-        return labels, logits
+            yield batch.labels, self.logits(batch)
 
     def evaluate(self, blocks: Iterator[SparseBatch]) -> dict[str, float]:
         """SageMaker's test metrics (plus AUC and ``rows``) over labelled blocks, a block at a
         time (memory bounded whatever the rows: :class:`~fmkit.models.metrics.StreamingMetrics`)."""
         metrics = StreamingMetrics(self.predictor_type)
-        for batch in blocks:
-            metrics.add(batch.labels, self.logits(batch))
+        for labels, logits in self.labelled_logits(blocks):
+            metrics.add(labels, logits)
         return metrics.result()
 
     # -- the model directory -------------------------------------------------------------
