@@ -24,11 +24,6 @@ def _mean(values: np.ndarray, weights: np.ndarray | None) -> float:
     return float(np.average(values, weights=weights))
 
 
-def rmse(y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray | None = None) -> float:
-    diff = np.asarray(y_pred, dtype=np.float64) - np.asarray(y_true, dtype=np.float64)
-    return float(np.sqrt(_mean(diff * diff, weights)))
-
-
 def log_loss_from_logits(y_true: np.ndarray, logits: np.ndarray,
                          weights: np.ndarray | None = None) -> float:
     """Mean binary cross entropy of sigmoid(logits), computed stably from the logits."""
