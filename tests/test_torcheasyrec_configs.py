@@ -327,6 +327,8 @@ def test_set_selects_as_torcheasyrecs_edit_config_json_does():
     assert [f["id_feature"]["embedding_dim"] for f in features[3:]] == [4, 4, 8, 8]
     assert expected_dims == [4, 4, 8, 8] and features[3]["id_feature"]["hash_bucket_size"] == 7
     assert [f["raw_feature"].get("boundaries") for f in features[:3]] == [None, [1, 2], [1, 2]]
+    config_files.apply_overrides(document, ["feature_configs[1].raw_feature.boundaries[0]=0"])
+    assert features[2]["raw_feature"]["boundaries"] == [1, 2]  # each element its own list
     assert features[0]["raw_feature"]["feature_name"] == "I9"
     assert features[6]["id_feature"]["feature_name"] == "C9"
     assert document["train_config"]["sparse_optimizer"] == {"adagrad_optimizer": {"lr": 0.01}}

@@ -8,6 +8,7 @@ mean and which are allowed is :mod:`fmkit.models.deepfm.config`'s.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import re
@@ -131,10 +132,10 @@ def apply_overrides(document: dict[str, Any], assignments: list[str]) -> dict[st
             if isinstance(last, str):
                 if not isinstance(target, dict):
                     raise ConfigError(f"--set {path}: {last} is not inside a mapping")
-                target[last] = value
+                target[last] = copy.deepcopy(value)  # (one object per element it reaches)
                 continue
             for index in _indices(target, last, f"--set {path}"):
-                target[index] = value
+                target[index] = copy.deepcopy(value)
     return document
 
 
