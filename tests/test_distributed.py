@@ -229,7 +229,7 @@ def _worker_of_rank(launcher: int, rank: int, timeout: float = 60.0) -> int:
 def test_a_process_killed_by_a_signal_is_named_once(tmp_path):
     """SIGKILL (as the out-of-memory killer sends) of one of two processes: it cannot say
     anything, so the launch names it, once; its peer, ended by torchrun or losing its
-    collective first, adds at most a line saying the latter. Exit 1, no model."""
+    collective first, adds at most one line. Exit 1, no model."""
     import signal
     import subprocess
     import time
@@ -253,7 +253,10 @@ def test_a_process_killed_by_a_signal_is_named_once(tmp_path):
     killed = "fmkit: error: process 0 was killed by SIGKILL"
     others = [line for line in errors if line != killed]
     assert errors.count(killed) == 1 and len(others) <= 1, stderr
+    # (the peer loses its collective and says so; or, still compiling its kernels on a cold
+    # cache, outlasts torchrun's 30 s between SIGTERM and SIGKILL, and the launch names that)
     assert all(line.startswith("fmkit: error: process 1: another training process stopped: ")
+               or line == "fmkit: error: process 1 was killed by SIGKILL"
                for line in others), stderr
     assert not (tmp_path / "m").exists()
 
