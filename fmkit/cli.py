@@ -624,7 +624,8 @@ def _train(args: argparse.Namespace) -> int:
                                           "configuration directory)" if args.expid else
                                           "train needs --train and --model-dir (or --config)")
             if args.overrides:
-                raise HyperparameterError("--set needs --config")
+                raise HyperparameterError("--set, --edit_config_json and --fine_tune_checkpoint "
+                                          "edit a --config (an FM takes NAME=VALUE)")
             hp = parse_assignments(args.assignments, args.hyperparameters)
             jobs.train_files(hp, args.train, args.model_dir, test_path=args.test,
                              validation_path=args.validation,

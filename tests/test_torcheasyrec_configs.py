@@ -377,6 +377,9 @@ def test_torcheasyrecs_commands_run_with_their_own_options(tmp_path, cli):
 
     code, _, err = cli("train", "--pipeline_config_path", path, "--continue_train")
     assert code == 1 and err.count("\n") == 1 and "--checkpoint-dir DIR --resume" in err, err
+    code, _, err = cli("train", "--train", train, "--model-dir", tmp_path / "fm",
+                       "feature_dim=10", "num_factors=2", "--fine_tune_checkpoint", model)
+    assert code == 1 and "edit a --config (an FM takes NAME=VALUE)" in err, err
 
     code, out, err = cli("evaluate", "--pipeline_config_path", path, "--checkpoint_path", model)
     assert code == 0, err
