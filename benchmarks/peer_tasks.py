@@ -38,6 +38,17 @@ def load(path: str, features: int, rows: int = 0):
     return X.tocsr(), y
 
 
+# xLearn writes a log of every run, by default /tmp/xlearn_log.HOST.USER.TIME.PID_train.*
+# (three files a run, never removed): the benchmarks' cache holds it instead
+XLEARN_LOG = str(Path(__file__).resolve().parent / ".cache" / "xlearn_log")
+
+
+def _logged(param: dict) -> dict:
+    """An xLearn ``fit`` parameter dictionary with its log in the benchmarks' cache."""
+    Path(XLEARN_LOG).parent.mkdir(exist_ok=True)
+    return {**param, "log": XLEARN_LOG}
+
+
 def xlearn_fit(train: str, test: str, k: int, threads: int, epochs: int, out: str, *,
                cold: bool, opt: str = "sgd", ffm: bool = False):
     """xLearn's FM (or with ``ffm`` its FFM) on text files; cold: its binary cache is removed
@@ -54,7 +65,7 @@ def xlearn_fit(train: str, test: str, k: int, threads: int, epochs: int, out: st
     param = {"task": "binary", "lr": 0.2, "lambda": 0.00002, "k": k, "epoch": epochs,
              "opt": opt, "nthread": threads, "stop_window": epochs + 1}
     started = time.perf_counter()
-    fm.fit(param, model)
+    fm.fit(_logged(param), model)
     seconds = time.perf_counter() - started
     fm.setTest(test)
     fm.setSigmoid()
@@ -107,9 +118,10 @@ def xlearn_protocol(train: str, test: str, out: str) -> dict:
         fm.setValidate(str(tail))
         if not norm:
             fm.disableNorm()
-        log = _xlearn_quiet_fit(fm, {"task": "binary", "opt": opt, "lr": lr, "lambda": lam,
-                                     "k": k, "epoch": 50, "metric": "auc", "stop_window": 3,
-                                     "nthread": 1}, str(work / "cell.model"))
+        log = _xlearn_quiet_fit(fm, _logged({"task": "binary", "opt": opt, "lr": lr,
+                                             "lambda": lam, "k": k, "epoch": 50,
+                                             "metric": "auc", "stop_window": 3,
+                                             "nthread": 1}), str(work / "cell.model"))
         # each epoch's line: "[ pct ]  epoch  train-loss  valid-loss  valid-AUC  seconds"
         epochs = [(float(auc), int(epoch)) for epoch, auc in
                   re.findall(r"\]\s+(\d+)\s+\S+\s+\S+\s+(\S+)\s+\S+\s*\n", log)]
@@ -124,9 +136,10 @@ def xlearn_protocol(train: str, test: str, out: str) -> dict:
     fm.setTrain(train)
     if not settings["norm"]:
         fm.disableNorm()
-    _xlearn_quiet_fit(fm, {"task": "binary", "opt": settings["opt"], "lr": settings["lr"],
-                           "lambda": settings["lambda"], "k": settings["k"], "epoch": epoch,
-                           "nthread": 1, "stop_window": epoch + 1}, str(work / "refit.model"))
+    _xlearn_quiet_fit(fm, _logged({"task": "binary", "opt": settings["opt"],
+                                   "lr": settings["lr"], "lambda": settings["lambda"],
+                                   "k": settings["k"], "epoch": epoch, "nthread": 1,
+                                   "stop_window": epoch + 1}), str(work / "refit.model"))
     fm.setTest(test)
     fm.setSigmoid()
     fm.predict(str(work / "refit.model"), out)
@@ -141,7 +154,7 @@ def xlearn_predict(train: str, test: str, k: int, threads: int, out: str) -> tup
     fm = xl.create_fm()
     fm.setTrain(test)
     fm.setQuiet()
-    fm.fit({"task": "binary", "k": k, "epoch": 1, "nthread": threads}, model)
+    fm.fit(_logged({"task": "binary", "k": k, "epoch": 1, "nthread": threads}), model)
     fm = xl.create_fm()
     fm.setTest(train)
     fm.setSigmoid()
