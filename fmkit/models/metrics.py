@@ -73,17 +73,20 @@ def auc(y_true: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = Non
         s = np.asarray(scores, dtype=np.float64)
         return auc_of_classes(s[y], s[~y])
     w = np.asarray(weights, np.float64)
-    positive, negative = w * y, w * ~y
-    total_positive, total_negative = positive.sum(), negative.sum()
-    if total_positive == 0 or total_negative == 0:
+    unique, group = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
+    return _auc_of_counts(np.bincount(group, w * y, unique.size),
+                          np.bincount(group, w * ~y, unique.size))
+
+
+def _auc_of_counts(positive: np.ndarray, negative: np.ndarray) -> float:
+    """The AUC of (weighted) counts of positives and negatives per score level, the levels
+    ascending: each positive's negatives below it plus half those level with it; NaN for one
+    class."""
+    total = positive.sum() * negative.sum()
+    if not total:
         return float("nan")
-    s = np.asarray(scores, dtype=np.float64)
-    unique, group = np.unique(s, return_inverse=True)
-    positive_of = np.bincount(group, positive, unique.size)
-    negative_of = np.bincount(group, negative, unique.size)
-    negative_below = np.cumsum(negative_of) - negative_of
-    ordered = (positive_of * (negative_below + 0.5 * negative_of)).sum()
-    return float(ordered / (total_positive * total_negative))
+    below = np.cumsum(negative) - negative
+    return float((positive * (below + 0.5 * negative)).sum() / total)
 
 
 CHUNK_ROWS = 1 << 20  # rows a metric's temporaries hold at once
@@ -218,8 +221,9 @@ def compute_metrics(predictor_type: str, y_true: np.ndarray, logits: np.ndarray,
 
 
 # Rows whose scores a binary classifier's AUC keeps, to count it exactly (8 bytes a row,
-# 128 MiB); past them the AUC is counted in bins of the scores (AUC_BINS, 64 MiB of counts),
-# pairs within a bin as ties, and the most that can move it is said (auc_bin_error).
+# 128 MiB; weighted, 17: label, score and weight); past them the AUC is counted in bins of the
+# scores (AUC_BINS, 64 MiB of counts), pairs within a bin as ties, and the most that can move
+# it is said (auc_bin_error).
 EXACT_AUC_ROWS = 1 << 24
 _MANTISSA_BITS = 12  # a bin: a score's float64 exponent and the first 12 bits of its mantissa
 AUC_BINS = (1023 << _MANTISSA_BITS) + 1  # every score in [0, 1]
@@ -328,12 +332,7 @@ class StreamingMetrics:
 
     def _auc(self) -> float:
         if self.binned is not None:
-            negative, positive = self.binned
-            total = positive.sum() * negative.sum()
-            if not total:
-                return float("nan")
-            below = np.cumsum(negative) - negative
-            return float((positive * (below + 0.5 * negative)).sum() / total)
+            return _auc_of_counts(self.binned[1], self.binned[0])
         if self.held and self.held[0][2] is None:
             return auc_of_classes(np.concatenate([h[0] for h in self.held]),
                                   np.concatenate([h[1] for h in self.held]))
