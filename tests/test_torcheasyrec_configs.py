@@ -336,6 +336,7 @@ def test_set_selects_as_torcheasyrecs_edit_config_json_does():
             ("feature_configs[id_feature.feature_name=C99].id_feature.embedding_dim=3",
              "selects no field"),
             ("feature_configs[9].id_feature.embedding_dim=3", r"no element \[9\]"),
+            ("train_config.absent[0]=3", r"no element \[0\]"),  # (made as an empty list)
             ("feature_configs[x~1].id_feature.embedding_dim=3", "cannot read"),
             ("train_config[0].num_epochs=3", "selects in a list")):
         with pytest.raises(configs.ConfigError, match=message):

@@ -126,7 +126,7 @@ def apply_overrides(document: dict[str, Any], assignments: list[str]) -> dict[st
         except yaml.YAMLError:
             value = text  # not YAML (e.g. "," or "\t"): the text itself
         steps = _path_steps(path.strip(), f"--set {path}")
-        targets = _select(document, steps[:-1], f"--set {path}")
+        targets = _select(document, steps, f"--set {path}")
         last = steps[-1]
         for target in targets:
             if isinstance(last, str):
@@ -269,13 +269,13 @@ def _compares(found: Any, operator: str, text: str) -> bool:
 
 
 def _select(document: Any, steps: list[Any], where: str) -> list[Any]:
-    """The containers ``steps`` lead to. A missing field is made (a mapping or a list, as the
-    next step wants), except below a range or condition: there an element without it is
-    passed over (``feature_configs[:].id_feature.embedding_dim`` sets every id_feature's,
-    not an id_feature in every raw_feature's place); a path that reaches nothing is an
-    error, not a silent no-op."""
+    """The containers of the last of ``steps``, which all but it lead to. A missing field is
+    made (a mapping or a list, as the next step wants), except below a range or condition:
+    there an element without it is passed over (``feature_configs[:].id_feature.embedding_dim``
+    sets every id_feature's, not an id_feature in every raw_feature's place); a path that
+    reaches nothing is an error, not a silent no-op."""
     targets, fanned = [document], False
-    for step, next_step in zip(steps, [*steps[1:], None]):
+    for step, next_step in zip(steps, steps[1:]):
         following = []
         for target in targets:
             if not isinstance(step, str):
@@ -288,8 +288,7 @@ def _select(document: Any, steps: list[Any], where: str) -> list[Any]:
             if step not in target:
                 if fanned:
                     continue
-                target[step] = [] if next_step is not None and not isinstance(
-                    next_step, str) else {}
+                target[step] = {} if isinstance(next_step, str) else []
             following.append(target[step])
         fanned = fanned or isinstance(step, (slice, tuple))
         targets = following
