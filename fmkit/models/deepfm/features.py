@@ -176,8 +176,8 @@ def hash_strings(strings: pa.Array, buckets: int | np.ndarray) -> np.ndarray:
 
 
 
-def float_values(values: pa.Array, batch: ColumnBatch, column: str, rows: np.ndarray | None = None
-             ) -> np.ndarray:
+def float_values(values: pa.Array, batch: ColumnBatch, column: str,
+                 rows: np.ndarray | None = None) -> np.ndarray:
     """float64 values (NaN where null, or written ``nan``); a value that is not a number
     (ASCII digits only: Python's ``float`` would take other scripts' digits) or beyond
     float32's range is an error naming its row (``rows`` maps positions of ``values`` to

@@ -17,7 +17,7 @@ SETTING_KINDS = {"int": "an integer", "number": "a number", "flag": "true or fal
 
 
 def setting(settings: dict[str, Any], key: str, kind: str, default: Any = None,
-         where: str = "") -> Any:
+            where: str = "") -> Any:
     """``settings[key]`` as ``kind`` (a key of :data:`SETTING_KINDS`), ``default`` when unset;
     a value of another kind is one line naming the setting. Numbers may be text: PyYAML reads
     ``1e-3``, without a dot, as a string, which FuxiCTR hands on as it is."""
