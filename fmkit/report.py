@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fmkit import files
+from fmkit.data.sampling import UniformSample
 from fmkit.errors import FMKitError
 from fmkit.models import artifact
 from fmkit.models.base import load_model
@@ -93,40 +94,6 @@ def _learning_curves(plt, history: list[dict]) -> str:
 
 
 PLOT_ROWS = 1_000_000  # rows the quality plots are drawn from at most (chosen at random)
-
-
-class _Sample:
-    """At most ``size`` rows of a stream of blocks, each row as likely as any other (the rows
-    with the smallest of a random key each), in their order: the plots' rows, in memory
-    bounded by twice ``size`` whatever the data's length."""
-
-    def __init__(self, size: int, seed: int = 0):
-        self.size, self.rng, self.rows = size, np.random.default_rng(seed), 0
-        self.parts: list[tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]] = []
-        self.held = 0
-
-    def add(self, *columns: np.ndarray) -> None:
-        n = len(columns[0])
-        self.parts.append((self.rng.random(n), np.arange(self.rows, self.rows + n),
-                           tuple(np.asarray(c) for c in columns)))
-        self.rows, self.held = self.rows + n, self.held + n
-        if self.held > 2 * self.size:
-            self._keep_size()
-
-    def _keep_size(self) -> None:
-        keys, positions = (np.concatenate([part[i] for part in self.parts]) for i in (0, 1))
-        columns = tuple(np.concatenate(c) for c in zip(*(part[2] for part in self.parts)))
-        if keys.size > self.size:
-            kept = np.argpartition(keys, self.size)[: self.size]
-            keys, positions, columns = keys[kept], positions[kept], tuple(c[kept]
-                                                                          for c in columns)
-        self.parts, self.held = [(keys, positions, columns)], keys.size
-
-    def result(self) -> tuple[np.ndarray, ...]:
-        self._keep_size()
-        _, positions, columns = self.parts[0]
-        order = np.argsort(positions)
-        return tuple(column[order] for column in columns)
 
 
 def _quality_plots(plt, predictor_type: str, y: np.ndarray, z: np.ndarray,
@@ -306,7 +273,8 @@ def write_report(model_dir: str | Path, data: str | Path | None = None,
     plots = {"Learning curves": _learning_curves(plt, history)} if history else {}
     sampled = ""
     if data is not None:
-        measured, sample = StreamingMetrics(model.predictor_type), _Sample(PLOT_ROWS)
+        measured = StreamingMetrics(model.predictor_type)
+        sample = UniformSample(PLOT_ROWS, np.random.default_rng(0))
         for labels, logits in model.labelled_logits(model.read(data, fmt, labelled=True)):
             measured.add(labels, logits)
             sample.add(labels, logits)

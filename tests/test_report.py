@@ -110,7 +110,7 @@ def test_the_plots_rows_are_a_uniform_sample_of_the_stream_of_blocks():
     by (1-d labels with 2-d class logits, empty blocks): each sampled row is one row of the
     blocks joined, its columns together, in order, none twice; over 2,000 seeds every row is
     chosen as often as any other (a binomial count, within 5.6 standard deviations)."""
-    from fmkit.report import _Sample
+    from fmkit.data.sampling import UniformSample
 
     sizes = (5, 0, 17, 1, 0, 40, 37)
     labels = np.arange(sum(sizes), dtype=np.float64)
@@ -118,7 +118,7 @@ def test_the_plots_rows_are_a_uniform_sample_of_the_stream_of_blocks():
     starts = np.cumsum((0, *sizes))
     counts = np.zeros(labels.size)
     for seed in range(2000):
-        sample = _Sample(20, seed=seed)
+        sample = UniformSample(20, np.random.default_rng(seed))
         for a, b in zip(starts[:-1], starts[1:]):
             sample.add(labels[a:b], logits[a:b])
         chosen, their_logits = sample.result()
@@ -127,7 +127,7 @@ def test_the_plots_rows_are_a_uniform_sample_of_the_stream_of_blocks():
         np.testing.assert_array_equal(their_logits, logits[chosen.astype(int)])
         counts[chosen.astype(int)] += 1
     assert np.all(np.abs(counts - 400) < 100), counts
-    whole = _Sample(1000)
+    whole = UniformSample(1000, np.random.default_rng(0))
     whole.add(labels, logits)
     np.testing.assert_array_equal(whole.result()[0], labels)  # fewer rows than the size: all
 

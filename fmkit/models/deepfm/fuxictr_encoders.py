@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fmkit.data.columns import is_parquet, read_delimited, read_parquet
+from fmkit.data.sampling import UniformSample
 from fmkit.errors import excerpt
 from fmkit.models.deepfm.features import float_values
 from fmkit.models.deepfm.fuxictr_settings import fill_value, splitter
@@ -34,16 +35,16 @@ class Statistics:
         self.counts: dict[str, Counter] = {c["name"]: Counter() for c in columns
                                            if c["type"] != "numeric"}
         self.longest: dict[str, int] = {}
-        self.sample: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            c["name"]: (np.zeros(0), np.zeros(0)) for c in columns if c["type"] == "numeric"}
-        self.rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed)
+        self.sample = {c["name"]: UniformSample(SAMPLE, rng) for c in columns
+                       if c["type"] == "numeric"}
 
     def add(self, batch: Any) -> None:
         for col in self.columns:
             name = col["name"]
             values = batch.column(source_column(col))
             if col["type"] == "numeric":
-                self._add_numbers(batch, col, values)
+                self.sample[name].add(column_numbers(batch, col, values))
                 continue
             recipe = recipe_of(col)
             if recipe:
@@ -73,15 +74,6 @@ class Statistics:
             self.longest[name] = max(self.longest.get(name, 0), pc.max(lengths).as_py())
         return texts(pc.list_flatten(values))
 
-    def _add_numbers(self, batch: Any, col: dict[str, Any], values: pa.Array) -> None:
-        numbers = column_numbers(batch, col, values)
-        kept, keys = self.sample[col["name"]]
-        keys = np.concatenate([keys, self.rng.random(numbers.size)])
-        kept = np.concatenate([kept, numbers])
-        if keys.size > SAMPLE:
-            chosen = np.argpartition(keys, SAMPLE)[:SAMPLE]
-            kept, keys = kept[chosen], keys[chosen]
-        self.sample[col["name"]] = kept, keys
 
     def bucket_vocabulary(self, col: dict[str, Any], least: int) -> list[float]:
         """The values a recipe's column computed at least ``least`` times."""
@@ -97,7 +89,8 @@ class Statistics:
 
     def boundaries(self, col: dict[str, Any]) -> list[float]:
         """A numeric column's deciles over its sample."""
-        return quantile_boundaries(self.sample[col["name"]][0], BUCKETS)
+        sample = self.sample[col["name"]]
+        return quantile_boundaries(sample.result()[0] if sample.rows else np.zeros(0), BUCKETS)
 
 
 def convert_to_bucket(values: np.ndarray) -> np.ndarray:
