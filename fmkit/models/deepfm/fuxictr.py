@@ -250,7 +250,7 @@ def _feature(col: dict[str, Any], stats: Statistics, params: dict[str, Any],
                                 "default_value": str(fill_value(col))}}
     shared = setting(col, "share_embedding", "text", None, column_where(col))
     least = setting(col, "min_categr_count", "int",
-                 setting(params, "min_categr_count", "int", 1), column_where(col))
+                    setting(params, "min_categr_count", "int", 1), column_where(col))
     recipe = recipe_of(col)
     if recipe:
         source, expression, compute = recipe
@@ -422,8 +422,9 @@ def to_document(params: dict[str, Any]) -> Converted:
                      f"the embeddings' are not (FuxiCTR clips all parameters' together)")
     if seed is not None:
         train_config["seed"] = seed
-    if setting(params, "eval_steps", "int"):
-        train_config["validation_every_steps"] = setting(params, "eval_steps", "int")
+    every = setting(params, "eval_steps", "int")
+    if every:
+        train_config["validation_every_steps"] = every
     deep, grouped = _network(params), _grouped_auc(params, notes)
     features = _fitted_features(params, columns, train, labels[0]["name"], sep, seed, dim)
     names = [c["name"] for c in columns]
