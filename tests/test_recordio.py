@@ -291,6 +291,7 @@ def test_a_channel_as_spark_writes_it_reads_as_its_parts(tmp_path):
     (channel / ".part-00000.crc").write_bytes(b"crc\x00\x01")
     source = FileSource(channel, "auto", 123, labels="binary")
     assert source.fmt == "recordio"
+    assert FileSource(str(channel / "*"), "auto", 123).fmt == "recordio"  # (a pattern too)
     rows = concat(list(source.blocks()))
     read = sp.csr_matrix((rows.values, rows.indices, rows.indptr), shape=X.shape)
     assert (read != X).nnz == 0 and np.array_equal(rows.labels, y)

@@ -488,9 +488,9 @@ def request_format(path) -> str | None:
     ``{"instances": [...]}`` document, else JSON Lines; None otherwise, or for a pipe (its
     bytes are not read twice). What ``--format auto`` makes of a saved request file."""
     from fmkit.data.blocks import open_input
-    from fmkit.data.sources import first_data_file, opens_json
+    from fmkit.data.sources import channel_files, opens_json
 
-    first = first_data_file(path)
+    first = channel_files(path)[0]
     if first.is_fifo():
         return None
     with open_input(first) as f:

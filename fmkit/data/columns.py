@@ -37,13 +37,7 @@ import pyarrow.compute as pc
 
 from fmkit.compile_cache import kernel
 from fmkit.data.blocks import BOM, iter_line_blocks
-from fmkit.data.sources import (
-    PARQUET_MAGIC,
-    channel_files,
-    first_data_file,
-    holds_bytes,
-    shard_files,
-)
+from fmkit.data.sources import PARQUET_MAGIC, channel_files, shard_files
 from fmkit.errors import DataError, excerpt
 from fmkit.logs import log_once
 
@@ -448,10 +442,9 @@ def _delimited_blocks(blocks: Iterator[tuple[np.ndarray, int]], source: str,
 
 
 def is_parquet(path: str | Path) -> bool:
-    """Whether a channel's first file holding bytes is Parquet, by its first bytes (an empty
-    marker such as Spark's ``_SUCCESS`` says nothing); a pipe is never asked (reading would
-    take its bytes)."""
-    first = first_data_file(path)
+    """Whether a channel's first file is Parquet, by its first bytes; a pipe is
+    never asked (reading would take its bytes)."""
+    first = channel_files(path)[0]
     if first.is_fifo():
         return False
     try:
@@ -467,8 +460,7 @@ def read_parquet(path: str | Path, batch_rows: int = 65536,
     :func:`fmkit.data.sources.shard_files`; batches are dealt out in turn)."""
     import pyarrow.parquet as pq
 
-    files, (part, parts) = shard_files([file for file in channel_files(path)
-                                        if holds_bytes(file)], shard)
+    files, (part, parts) = shard_files(channel_files(path), shard)
     for file in files:
         try:
             reader = pq.ParquetFile(file)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,10 @@ GLOB = re.compile(r"[*?[]")  # a glob pattern's special characters
 def channel_files(path: str | Path) -> list[Path]:
     """The files of a channel: the file itself, every regular file under a directory, or
     (a path that names neither) TorchEasyRec's input path: comma-separated glob patterns
-    (``data/train/*.parquet,extra.parquet``), each pattern's matches sorted."""
+    (``data/train/*.parquet,extra.parquet``), each pattern's matches sorted. A directory's or
+    a pattern's empty files are left out: they hold no rows, and the first file shows the
+    channel's format (Spark and Hive write an empty ``_SUCCESS`` beside their parts, which
+    sorts first)."""
     given, path = str(path), Path(path)
     if path.is_file() or path.is_fifo():
         return [path]
@@ -52,6 +56,7 @@ def channel_files(path: str | Path) -> list[Path]:
         files = sorted(
             p for p in path.rglob("*")
             if p.is_file() and p.name not in IGNORED_FILES and not p.name.startswith(".")
+            and p.stat().st_size
         )
         if not files:
             raise DataError(str(path), None, "directory holds no data files")
@@ -69,20 +74,6 @@ def channel_files(path: str | Path) -> list[Path]:
     raise DataError(str(path), None, "no such file or directory")
 
 
-def holds_bytes(file: Path) -> bool:
-    """Whether a channel's file may hold rows: a pipe, or a file of one byte or more (Spark
-    and Hive write an empty ``_SUCCESS`` beside their parts; it neither holds rows nor shows
-    the channel's format)."""
-    return file.is_fifo() or file.stat().st_size > 0
-
-
-def first_data_file(path: str | Path) -> Path:
-    """The channel's first file that holds bytes, whose format is the channel's (its first
-    file when none does)."""
-    files = channel_files(path)
-    return next((file for file in files if holds_bytes(file)), files[0])
-
-
 def _pattern_files(given: str) -> list[Path]:
     """The files of comma-separated paths and glob patterns, in the order given (a pattern's
     matches sorted, as TorchEasyRec's ``list_input_files`` reads them)."""
@@ -90,9 +81,10 @@ def _pattern_files(given: str) -> list[Path]:
     for part in (p.strip() for p in given.split(",")):
         if not part:
             continue
-        matches = sorted(glob.glob(part)) if GLOB.search(part) else [part]
+        matches = ([m for m in sorted(glob.glob(part)) if not os.path.isfile(m)
+                    or os.path.getsize(m)] if GLOB.search(part) else [part])
         if not matches:
-            raise DataError(part, None, "no file matches this pattern")
+            raise DataError(part, None, "no file matches this pattern (or only empty ones)")
         for match in matches:
             files.extend(channel_files(match))
     if not files:
@@ -143,7 +135,7 @@ def opens_json(head: bytes) -> bool:
 def detect_format(path: str | Path) -> str:
     """``recordio`` from its magic number, else ``libsvm``, ``libffm`` or ``csv`` from the first
     data line."""
-    first = first_data_file(path)
+    first = channel_files(path)[0]
     if first.is_fifo():
         raise DataError(str(first), None, "cannot detect the format of a pipe: give --format")
     with open_input(first) as f:
