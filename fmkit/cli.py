@@ -20,7 +20,7 @@ from fmkit.data.sources import FORMATS
 from fmkit.errors import FMKitError, HyperparameterError
 from fmkit.exits import exit_now
 from fmkit.logs import advice, log, setup_logging
-from fmkit.models.artifact import ITEMS_DIR, strict_json
+from fmkit.models.artifact import EVAL_RESULT, ITEMS_DIR, strict_json
 from fmkit.models.fm.hyperparameters import BY_NAME, SWEEPS, TABLE, sweeps_in_one_process, validate
 from fmkit.train import interruption
 
@@ -245,7 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "--pipeline_config_path", metavar="FILE",
                    help="a DeepFM configuration: evaluate its model_dir on its eval_input_path "
                         "(TorchEasyRec's tzrec.eval), unless --model-dir or --data say "
-                        "otherwise")
+                        "otherwise, and append the result to the model directory's "
+                        "eval_result.txt, as tzrec.eval does")
+    p.add_argument("--eval-result-filename", "--eval_result_filename", metavar="NAME",
+                   help="a DeepFM's: the file of the model directory the result is appended "
+                        "to, as a JSON line named as TorchEasyRec names it (default with "
+                        "--config: eval_result.txt)")
     _add_quiet(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or a PyTorch device (cuda)")
     _add_format(p)
@@ -685,9 +690,10 @@ def main(argv: list[str] | None = None) -> int:
                  fmt=args.format, index_base=args.index_base, seed=args.seed)
         elif args.command == "evaluate":
             args.model_dir, args.data = _evaluated(args)
-            print(strict_json(jobs.evaluate_files(args.model_dir, args.data, fmt=args.format,
-                                                  device=args.device,
-                                                  data_config=args.data_config)))
+            print(strict_json(jobs.evaluate_files(
+                args.model_dir, args.data, fmt=args.format, device=args.device,
+                data_config=args.data_config, eval_result=args.eval_result_filename
+                or (args.config and EVAL_RESULT))))
         elif args.command == "predict":
             rows = jobs.predict_files(args.model_dir, args.data, args.output, fmt=args.format,
                                       accept=args.accept, device=args.device,

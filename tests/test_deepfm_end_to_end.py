@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 
 import httpx
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, f1_score, log_loss, mean_squared_error, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    log_loss,
+    mean_absolute_error,
+    mean_squared_error,
+    roc_auc_score,
+)
 
 from .conftest import REPO, shared_file
 from .deepfm_helpers import SMALL_CRITEO
@@ -471,8 +479,9 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, cli, metric, key, higher_
     keeps its weights: those of a run stopped at that epoch, with the metric sklearn computes
     from their predictions."""
     valid, labels, common = _overfitting_run(tmp_path)
-    if metric == "rmse":  # a regressor on the same 0/1 labels
-        common += ["--set", "model_config.losses=[{l2_loss: {}}]"]
+    if metric == "rmse":  # a regressor on the same 0/1 labels, with TorchEasyRec's metrics
+        common += ["--set", "model_config.losses=[{l2_loss: {}}]", "--set",
+                   "model_config.metrics=[{mean_squared_error: {}}, {mean_absolute_error: {}}]"]
 
     def predictions(model_dir) -> np.ndarray:
         code, out, err = cli("predict", "--model-dir", model_dir, "--data", valid)
@@ -491,6 +500,21 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, cli, metric, key, higher_
     assert len(history) < 40 and len(history) == best + 1 + 2
     kept = predictions(tmp_path / "stopped")
     assert sklearn_metric(labels, kept) == pytest.approx(values[best], rel=1e-4)
+    # TorchEasyRec's train_eval_result.txt: a line per epoch's evaluation, then the written
+    # weights' at the last step (700 rows in batches of 32 an epoch)
+    results = [json.loads(line) for line in
+               (tmp_path / "stopped" / "train_eval_result.txt").read_text().splitlines()]
+    steps = math.ceil(700 / 32)
+    assert [r["global_step"] for r in results] == [steps * (i + 1) for i in range(len(history))
+                                                   ] + [steps * len(history)]
+    if metric == "rmse":
+        assert set(results[-1]) == {"global_step", "l2_loss", "mean_absolute_error",
+                                    "mean_squared_error"}
+        assert results[-1]["mean_squared_error"] == pytest.approx(
+            mean_squared_error(labels, kept), rel=1e-4)
+        assert results[-1]["l2_loss"] == results[-1]["mean_squared_error"]
+        assert results[-1]["mean_absolute_error"] == pytest.approx(
+            mean_absolute_error(labels, kept), rel=1e-4)
     code, _, err = cli(*common, "--set", "eval_input_path=",
                        "--set", f"model_dir={tmp_path / 'short'}",
                        "--set", f"train_config.num_epochs={best + 1}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -392,3 +393,36 @@ def test_torcheasyrecs_commands_run_with_their_own_options(tmp_path, cli):
     probs = pq.read_table(tmp_path / "scores.parquet").column("probs").to_numpy()
     assert metrics["rows"] == 1000
     assert metrics["auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-6)
+
+    # the files TorchEasyRec's commands leave in the model directory: the configuration as
+    # trained (with the edits), the evaluation after training (2 epochs of 1,000 rows in
+    # batches of 256: at step 8), and tzrec.eval's, one line per evaluation, its data named by
+    # --eval_input_path or by the configuration the model directory now holds
+    written = (model / "pipeline.config").read_text()
+    assert written.count("embedding_dim: 4\n") == 26 and "hidden_units: 32\n" in written
+    logits = pq.read_table(tmp_path / "scores.parquet").column("logits").to_numpy()
+
+    def log_loss(y: list[int], z: np.ndarray) -> float:  # from the logits (probabilities of
+        z = z.astype(np.float64)  # 1.0 in float32 lose a row's loss): log(1 + e^-z) or e^z
+        return float(np.mean(np.logaddexp(0, np.where(np.array(y) == 1, -z, z))))
+
+    expected = {"global_step": 8, "auc": pytest.approx(roc_auc_score(labels, probs), abs=1e-6),
+                "binary_cross_entropy": pytest.approx(log_loss(labels, logits), rel=1e-5)}
+    assert [json.loads(line) for line in
+            (model / "train_eval_result.txt").read_text().splitlines()] == [expected]
+    head = tmp_path / "head.txt"
+    head.write_text("".join(train.read_text().splitlines(True)[:300]))
+    for options in (["--pipeline_config_path", model / "pipeline.config"],
+                    ["--pipeline_config_path", model / "pipeline.config", "--eval_input_path",
+                     head]):
+        code, _, err = cli("evaluate", *options)
+        assert code == 0, err
+    evaluations = [json.loads(line) for line in
+                   (model / "eval_result.txt").read_text().splitlines()]
+    assert evaluations == [expected, expected, {
+        "global_step": 8, "auc": pytest.approx(roc_auc_score(labels[:300], probs[:300]), abs=1e-6),
+        "binary_cross_entropy": pytest.approx(log_loss(labels[:300], logits[:300]), rel=1e-5)}]
+    code, _, err = cli("train", "--pipeline_config_path", path, "--train_input_path", train,
+                       "--model_dir", model, "--quiet", *LOWERED)  # (still a model directory)
+    assert code == 0, err
+    assert not (model / "eval_result.txt").exists()  # (it described the model replaced)

@@ -207,14 +207,24 @@ def _initial_model(path: str | Path, hp: dict[str, Any]) -> tuple[Any, list[dict
 
 
 def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
-                   fmt: str = "auto", device: str = "cpu", data_config: Sequence[str] = ()
-                   ) -> dict[str, float]:
+                   fmt: str = "auto", device: str = "cpu", data_config: Sequence[str] = (),
+                   eval_result: str | None = None) -> dict[str, float]:
     """SageMaker's metrics (plus AUC and ``rows``) of a model on a labelled channel
-    (``data_config``: see :func:`fmkit.models.base.load_model`)."""
+    (``data_config``: see :func:`fmkit.models.base.load_model`). ``eval_result``: also append
+    them, as TorchEasyRec's ``tzrec.eval`` does, to this file of a DeepFM's model directory
+    (:func:`fmkit.models.deepfm.eval_results.append_evaluation`)."""
     model = load_model(model_dir, device, data_config)
+    if eval_result and isinstance(model, FMModel):
+        raise HyperparameterError(f"{model_dir}: an FM has no TorchEasyRec metrics to write to "
+                                  f"{eval_result}; it is a DeepFM's (--eval_result_filename)")
     if isinstance(model, FMModel):
         compile_scorer_ahead(model.field_aware, fmt)
-    return require_rows(model.evaluate(model.read(data_path, fmt, labelled=True)), data_path)
+    metrics = require_rows(model.evaluate(model.read(data_path, fmt, labelled=True)), data_path)
+    if eval_result:
+        from fmkit.models.deepfm.eval_results import append_evaluation
+
+        append_evaluation(model_dir, model.config, metrics, eval_result)
+    return metrics
 
 
 CONVERT_TARGETS = ("recordio", "libsvm")

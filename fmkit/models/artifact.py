@@ -34,7 +34,12 @@ FORMAT = "fmkit-model"
 FORMAT_VERSION = 1
 META_FILE, WEIGHTS_FILE, METRICS_FILE = "model.json", "weights.npz", "metrics.json"
 REPORT_FILE = "report.html"  # fmkit report's page (see fmkit.report)
-MODEL_FILES = {META_FILE, WEIGHTS_FILE, METRICS_FILE, REPORT_FILE}
+# A DeepFM's TorchEasyRec files: its configuration as trained, and the evaluation results
+# tzrec.train_eval and tzrec.eval keep (fmkit.models.deepfm.eval_results)
+PIPELINE_CONFIG, TRAIN_EVAL_RESULT, EVAL_RESULT = ("pipeline.config", "train_eval_result.txt",
+                                                  "eval_result.txt")
+TORCHEASYREC_FILES = {PIPELINE_CONFIG, TRAIN_EVAL_RESULT, EVAL_RESULT}
+MODEL_FILES = {META_FILE, WEIGHTS_FILE, METRICS_FILE, REPORT_FILE, *TORCHEASYREC_FILES}
 # What other commands keep in a model directory, by subdirectory: fmkit tune's study, trials
 # and plots (fmkit.jobs.tune), fmkit recommend index's item catalogue and graph
 # (fmkit.jobs.recommend). A model directory holding them is still ours: a tune continues there,
@@ -83,9 +88,12 @@ def strict_json(data: Any, **options: Any) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
+    _write_text(path, strict_json(data, indent=2) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
     with open(path, "w") as f:
-        f.write(strict_json(data, indent=2))
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
 
@@ -195,10 +203,13 @@ def mapped_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def save_directory(path: str | Path, meta: dict[str, Any], weights: dict[str, np.ndarray],
-                   metrics: dict[str, Any]) -> Path:
+                   metrics: dict[str, Any], texts: dict[str, str] | None = None) -> Path:
     """Write a model directory atomically; replaces only an empty directory or an existing
-    model directory at ``path`` (see :func:`check_destination`)."""
+    model directory at ``path`` (see :func:`check_destination`). ``texts``: more files, by
+    name (of :data:`MODEL_FILES`), and their text."""
     path = check_destination(path)
+    texts = texts or {}
+    assert set(texts) <= MODEL_FILES - {META_FILE, WEIGHTS_FILE, METRICS_FILE}, set(texts)
     full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
                  "fmkit_version": __version__, **meta}
     tmp = files.temporary_dir(path)
@@ -208,6 +219,8 @@ def save_directory(path: str | Path, meta: dict[str, Any], weights: dict[str, np
             f.flush()
             os.fsync(f.fileno())
         _write_json(tmp / METRICS_FILE, metrics)
+        for name, text in texts.items():
+            _write_text(tmp / name, text)
         _write_json(tmp / META_FILE, full_meta)  # written last: its presence marks completeness
         _fsync_dir(tmp)
         check_destination(path)  # again: something may have appeared while training

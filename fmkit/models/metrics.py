@@ -243,7 +243,7 @@ class StreamingMetrics:
     def __init__(self, predictor_type: str, exact_rows: int = EXACT_AUC_ROWS):
         self.kind, self.exact_rows, self.rows = predictor_type, exact_rows, 0
         # binary: weight, loss, correct, true positive, positive, predicted positive;
-        # regressor: weight, squared error
+        # regressor: weight, squared error, absolute error
         self.sums = np.zeros(6)
         self.held: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         self.binned: np.ndarray | None = None  # (2, AUC_BINS): negatives', positives' weight
@@ -262,7 +262,7 @@ class StreamingMetrics:
             z = np.asarray(logits[start:stop], dtype=np.float64)
             if self.kind == "regressor":
                 d = z - np.asarray(labels[start:stop], dtype=np.float64)
-                self.sums[:2] += (w.sum(), w @ (d * d))
+                self.sums[:3] += (w.sum(), w @ (d * d), w @ np.abs(d))
                 continue
             y = np.asarray(labels[start:stop]) == 1
             scores = sigmoid(z)
@@ -329,6 +329,11 @@ class StreamingMetrics:
         total, loss, _, _, positive, _ = self.sums
         entropy = binary_entropy(positive / total) if total else None
         return None if entropy is None else float(loss / total / entropy)
+
+    def mean_absolute_error(self) -> float:
+        """A regressor's (weighted) mean absolute error (TorchEasyRec's
+        ``mean_absolute_error`` metric)."""
+        return float(self.sums[2] / self.sums[0])
 
     def _auc(self) -> float:
         if self.binned is not None:

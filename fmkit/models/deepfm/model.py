@@ -31,7 +31,7 @@ from fmkit.logs import log_once
 from fmkit.memory import check_fits
 from fmkit.models import artifact
 from fmkit.models.deepfm import config as configs
-from fmkit.models.deepfm import quantized
+from fmkit.models.deepfm import eval_results, prototext, quantized
 from fmkit.models.deepfm.batches import slices
 from fmkit.models.deepfm.features import (
     Encoded,
@@ -418,11 +418,11 @@ class DeepFMModel:
     def evaluate(self, batches: Iterator[ColumnBatch], max_rows: int | None = None
                  ) -> dict[str, float]:
         """The FM metrics (RMSE, or log loss/accuracy/F1/AUC), weighted by the sample weight
-        column if one is configured, plus each configured ``grouped_auc`` and
-        ``normalized_entropy``, over labelled batches (their first ``max_rows`` rows if
-        given), a batch at a time: memory bounded whatever the rows
-        (:class:`~fmkit.models.metrics.StreamingMetrics`), except a ``grouped_auc``'s, which
-        keeps each row's label, score and group."""
+        column if one is configured, plus each configured ``grouped_auc``,
+        ``normalized_entropy`` and (a regressor's) ``mean_absolute_error``, over labelled
+        batches (their first ``max_rows`` rows if given), a batch at a time: memory bounded
+        whatever the rows (:class:`~fmkit.models.metrics.StreamingMetrics`), except a
+        ``grouped_auc``'s, which keeps each row's label, score and group."""
         keys = self.grouping_keys()
         metrics = StreamingMetrics(self.predictor_type)
         grouped: dict[str, tuple[list, list, list]] = {key: ([], [], []) for key in keys}
@@ -439,8 +439,12 @@ class DeepFMModel:
         result = metrics.result()
         if not result.get("rows"):
             return result
-        if any(m.normalized_entropy is not None for m in self.config.model_config.metrics):
+        configured = self.config.model_config.metrics
+        if any(m.normalized_entropy is not None for m in configured):
             result["normalized_entropy"] = metrics.normalized_entropy()
+        if self.predictor_type == "regressor" and any(m.mean_absolute_error is not None
+                                                      for m in configured):
+            result["mean_absolute_error"] = metrics.mean_absolute_error()
         for key, (labels, scores, groups) in grouped.items():
             result[f"grouped_auc_{key}"] = grouped_auc(
                 np.concatenate(labels), np.concatenate(scores), np.concatenate(groups))
@@ -503,7 +507,14 @@ class DeepFMModel:
             meta["estimator"] = self.estimator
         weights = {name: t.detach().cpu().numpy() for name, t in self.net.state_dict().items()}
         # (written from any device; loading puts the model on the CPU)
-        return artifact.save_directory(path, meta, weights, metrics or {})
+        metrics = metrics or {}
+        # TorchEasyRec's: the configuration as trained (tzrec.train_eval writes it; its other
+        # commands take it as --pipeline_config_path) and the evaluations made while training
+        texts = {artifact.PIPELINE_CONFIG: prototext.format_text(self.config)}
+        evaluations = eval_results.train_eval_result(self.config, metrics)
+        if evaluations:
+            texts[artifact.TRAIN_EVAL_RESULT] = evaluations
+        return artifact.save_directory(path, meta, weights, metrics, texts)
 
     @classmethod
     def load(cls, path: str | Path) -> DeepFMModel:
