@@ -388,9 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "(FM: feature, w, v).",
                        epilog="example:\n  fmkit export onnx --model-dir model model.onnx",
                        formatter_class=raw)
-    p.add_argument("format", choices=("onnx", "npz", "parquet", "sagemaker"))
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("output", help="the file to write (a new file)")
+    p.add_argument("format", nargs="?", choices=("onnx", "npz", "parquet", "sagemaker"))
+    p.add_argument("--model-dir", "--checkpoint_path")
+    p.add_argument("output", nargs="?", help="the file to write (a new file)")
+    p.add_argument("--config", "--pipeline_config_path", metavar="FILE",
+                   help="TorchEasyRec's tzrec.export: write the model of this configuration's "
+                        "model_dir (or --model-dir) as a new model directory --export_dir, "
+                        "which fmkit predict --scripted_model_path and fmkit serve load")
+    p.add_argument("--export-dir", "--export_dir", metavar="DIR")
+    p.add_argument("--asset-files", "--asset_files", help=argparse.SUPPRESS)
     _add_quiet(p)
 
     p = sub.add_parser("import", help="make an fmkit model of a SageMaker FM model.tar.gz or "
@@ -583,6 +589,36 @@ def _evaluated(args: argparse.Namespace) -> tuple[str, str]:
     return str(model_dir), str(data)
 
 
+def _export(args: argparse.Namespace) -> None:
+    """``fmkit export FORMAT --model-dir DIR OUTPUT``, or (TorchEasyRec's ``tzrec.export
+    --pipeline_config_path --export_dir``) the configuration's model directory copied."""
+    from fmkit.jobs.export import copy_model, export_model
+
+    if not (args.config or args.export_dir):
+        if not (args.format and args.model_dir and args.output):
+            raise HyperparameterError("fmkit export needs FORMAT, --model-dir and OUTPUT (or "
+                                      "tzrec.export's --pipeline_config_path and --export_dir)")
+        export_model(args.format, args.model_dir, args.output)
+        log.info("wrote %s", args.output)
+        return
+    if args.format or args.output or not args.export_dir:
+        raise HyperparameterError("fmkit export --pipeline_config_path copies the model to "
+                                  "--export_dir; FORMAT and OUTPUT are the other form's")
+    model_dir = args.model_dir
+    if not model_dir:
+        from fmkit.models.deepfm.config_files import load_document
+
+        model_dir = load_document(args.config).get("model_dir")
+        if not model_dir:
+            raise HyperparameterError(f"{args.config}: has no model_dir to export (or give "
+                                      "--checkpoint_path)")
+    if args.asset_files:
+        log.warning("--asset_files are not copied: the model directory holds all it scores "
+                    "with, vocabularies included")
+    copy_model(model_dir, args.export_dir)
+    log.info("wrote %s", args.export_dir)
+
+
 def _train(args: argparse.Namespace) -> int:
     """``fmkit train``: a DeepFM from ``--config``, else an FM from ``--train``. SIGTERM stops
     it after the step in progress and writes the model trained so far (exit 143; see
@@ -762,10 +798,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   approximate=args.approximate)
                 log.info("recommended for %d contexts", count)
         elif args.command == "export":
-            from fmkit.jobs.export import export_model
-
-            export_model(args.format, args.model_dir, args.output)
-            log.info("wrote %s", args.output)
+            _export(args)
         elif args.command == "import":
             from fmkit.jobs.export import import_sagemaker, import_xlearn
 

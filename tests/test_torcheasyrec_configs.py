@@ -349,10 +349,11 @@ def test_set_selects_as_torcheasyrecs_edit_config_json_does():
 
 
 def test_torcheasyrecs_commands_run_with_their_own_options(tmp_path, cli):
-    """tzrec.train_eval's, tzrec.eval's and tzrec.predict's options, as a TorchEasyRec
-    script passes them: the edits reach the trained configuration, --continue_train says what
-    to use, and the evaluation of the configuration's model and data equals scikit-learn's
-    AUC of the predictions written through tzrec.predict's options."""
+    """tzrec.train_eval's, tzrec.eval's, tzrec.export's and tzrec.predict's options, as a
+    TorchEasyRec script passes them: the edits reach the trained configuration, --continue_train
+    says what to use, the evaluation of the configuration's model and data equals
+    scikit-learn's AUC of the predictions written through tzrec.predict's options, and the
+    result files TorchEasyRec leaves in the model directory hold those figures."""
     import pyarrow.parquet as pq
     from sklearn.metrics import roc_auc_score
 
@@ -422,6 +423,20 @@ def test_torcheasyrecs_commands_run_with_their_own_options(tmp_path, cli):
     assert evaluations == [expected, expected, {
         "global_step": 8, "auc": pytest.approx(roc_auc_score(labels[:300], probs[:300]), abs=1e-6),
         "binary_cross_entropy": pytest.approx(log_loss(labels[:300], logits[:300]), rel=1e-5)}]
+    # tzrec.export, then tzrec.predict of what it wrote: the same scores; an existing
+    # --export_dir is refused, as tzrec.export refuses it
+    exported = tmp_path / "exported"
+    for _ in range(2):
+        code, _, err = cli("export", "--pipeline_config_path", model / "pipeline.config",
+                           "--export_dir", exported)
+    assert code == 1 and err == f"fmkit: error: {exported}: exists; --export_dir is a new " \
+        "directory (as tzrec.export's)\n", err
+    code, _, err = cli("predict", "--scripted_model_path", exported, "--predict_input_path",
+                       train, "--predict_output_path", tmp_path / "again.parquet", "--quiet")
+    assert code == 0, err
+    np.testing.assert_array_equal(
+        pq.read_table(tmp_path / "again.parquet").column("probs").to_numpy(), probs)
+
     code, _, err = cli("train", "--pipeline_config_path", path, "--train_input_path", train,
                        "--model_dir", model, "--quiet", *LOWERED)  # (still a model directory)
     assert code == 0, err

@@ -6,7 +6,9 @@ An FM goes to ONNX (scored by onnxruntime as ``fmkit predict`` scores it), to a 
 (:mod:`fmkit.models.fm.export`), or to SageMaker's ``model.tar.gz``
 (:mod:`fmkit.models.fm.sagemaker_artifact`), which is also read back. A DeepFM goes to
 ``.npz``: each embedding table under its name (``embedding/<name>``, ``wide/<name>``) and the
-MLPs' weights under PyTorch's names. The output must be a new file.
+MLPs' weights under PyTorch's names. The output must be a new file. TorchEasyRec's
+``tzrec.export --pipeline_config_path --export_dir`` copies a model directory
+(:func:`copy_model`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from fmkit.errors import ArtifactError
-from fmkit.files import output_stream, require_new
+from fmkit.files import OutputError, output_stream, require_new
 from fmkit.models import artifact
-from fmkit.models.base import load_fm
+from fmkit.models.base import load_fm, load_model
 from fmkit.models.fm.model import FMModel
 
 FORMATS = ("onnx", "npz", "parquet", "sagemaker")
@@ -45,6 +47,17 @@ def export_model(fmt: str, model_dir: str | Path, output: str | Path) -> None:
     data = export.onnx_model(model).SerializeToString() if fmt == "onnx" else artifact_bytes(model)
     with output_stream(output) as out:
         out.write(data)
+
+
+def copy_model(model_dir: str | Path, export_dir: str | Path) -> None:
+    """TorchEasyRec's ``tzrec.export``: the model of ``model_dir`` (loaded, so checked) written
+    as a new model directory ``export_dir`` (which, as tzrec.export's, must not exist), for
+    ``fmkit predict --scripted_model_path`` and ``fmkit serve`` to load: fmkit's model
+    directory is what they read, vocabularies included."""
+    if Path(export_dir).exists() or Path(export_dir).is_symlink():
+        raise OutputError(export_dir, "exists; --export_dir is a new directory (as "
+                          "tzrec.export's)")
+    load_model(model_dir).save(export_dir, artifact.read_metrics(model_dir))
 
 
 def import_sagemaker(artifact: str | Path, model_dir: str | Path,
