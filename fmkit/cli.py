@@ -553,11 +553,19 @@ def _config_form(to: str | None, output: str | None) -> str:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """The parsed command line. ``train``, ``tune`` and ``import`` take NAME=VALUE among their
-    options: argparse gives a trailing ``nargs="*"`` positional only the words next to the
-    other positionals (``fmkit train --train f a=1 --model-dir m b=2`` left ``b=2`` over as
-    "unrecognized arguments"), so those after an option arrive as extras and are taken here."""
+    """The parsed command line (``export``'s OUTPUT after its options too). ``train``,
+    ``tune`` and ``import`` take NAME=VALUE among their options: argparse gives a trailing
+    ``nargs="*"`` positional only the words next to the other positionals (``fmkit train
+    --train f a=1 --model-dir m b=2`` left ``b=2`` over as "unrecognized arguments"), so those
+    after an option arrive as extras and are taken here."""
     args, extra = parser.parse_known_args(argv)
+    if args.command == "export" and args.format and args.output is None:
+        # (export's FORMAT and OUTPUT are optional, for tzrec.export's form: argparse fills
+        # both from the words before an option, and leaves OUTPUT after --model-dir over)
+        words = [item for item in extra if not item.startswith("-")]
+        if len(words) == 1:
+            args.output = words[0]
+            extra.remove(words[0])
     dest = next((name for name in ("assignments", "hyperparameters_list")
                  if hasattr(args, name)), None)
     strays = [item for item in extra if dest is None or item.startswith("-") or "=" not in item]
