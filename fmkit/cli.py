@@ -183,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "early stopping (early_stopping_patience)")
     p.add_argument("--model-dir", "--model_dir", help="model directory to write")
     p.add_argument("--continue_train", action="store_true", help=argparse.SUPPRESS)
+    for flag in ("--ignore_restore_optimizer", "--ignore_restore_lr_scheduler"):
+        # (TorchEasyRec's, for a run continued from a checkpoint: a model directory, which
+        # --fine_tune_checkpoint and --init-model start from, holds no optimizer or schedule
+        # state to restore)
+        p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     _add_format(p)
     p.add_argument("--index-base", choices=("auto", "0", "1"), default="auto",
                    help="libsvm feature indices start at 0 or 1 (auto: 0 if index 0 occurs)")

@@ -438,6 +438,8 @@ def test_torcheasyrecs_commands_run_with_their_own_options(tmp_path, cli):
         pq.read_table(tmp_path / "again.parquet").column("probs").to_numpy(), probs)
 
     code, _, err = cli("train", "--pipeline_config_path", path, "--train_input_path", train,
-                       "--model_dir", model, "--quiet", *LOWERED)  # (still a model directory)
+                       "--model_dir", model, "--quiet", *LOWERED,  # (still a model directory)
+                       "--edit_config_json", json.dumps(edits), "--fine_tune_checkpoint",
+                       exported, "--ignore_restore_optimizer", "--ignore_restore_lr_scheduler")
     assert code == 0, err
     assert not (model / "eval_result.txt").exists()  # (it described the model replaced)
