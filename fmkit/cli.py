@@ -304,6 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
                    default=[], help="a table's prediction columns (default all: an FM's "
                    "score, predicted_label; a DeepFM's logits, probs or y, as TorchEasyRec's)")
     _add_reading(p)
+    # tzrec.predict's other options: how the input is read, as --set data_config.PATH=VALUE;
+    # its tuning and debugging knobs, accepted and said to be ignored
+    for option, field in (("--batch_size", "batch_size"), ("--dataset_type", "dataset_type")):
+        p.add_argument(option, dest="data_config", action="append", help=argparse.SUPPRESS,
+                       type=lambda value, field=field: f"data_config.{field}={value}")
+    p.add_argument("--edit_config_json", dest="data_config", action="extend", type=_edits,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--is_profiling", dest="ignored", action="append_const",
+                   const="--is_profiling", help=argparse.SUPPRESS)
+    for option in ("--predict_threads", "--debug_level"):
+        p.add_argument(option, dest="ignored", action="append", help=argparse.SUPPRESS,
+                       type=lambda value, option=option: option)
 
     p = sub.add_parser("serve", help="serve a model over HTTP (/ping, /invocations)",
                        description="SageMaker-compatible inference server: POST /invocations "
@@ -744,6 +756,9 @@ def main(argv: list[str] | None = None) -> int:
                 data_config=args.data_config, eval_result=args.eval_result_filename
                 or (args.config and EVAL_RESULT))))
         elif args.command == "predict":
+            if args.ignored:
+                log.warning("%s: TorchEasyRec's tuning and debugging options, ignored (fmkit "
+                            "predicts on the usable cores)", ", ".join(sorted(set(args.ignored))))
             rows = jobs.predict_files(args.model_dir, args.data, args.output, fmt=args.format,
                                       accept=args.accept, device=args.device,
                                       data_config=args.data_config,

@@ -432,8 +432,13 @@ def test_torcheasyrecs_commands_run_with_their_own_options(tmp_path, cli):
     assert code == 1 and err == f"fmkit: error: {exported}: exists; --export_dir is a new " \
         "directory (as tzrec.export's)\n", err
     code, _, err = cli("predict", "--scripted_model_path", exported, "--predict_input_path",
-                       train, "--predict_output_path", tmp_path / "again.parquet", "--quiet")
-    assert code == 0, err
+                       train, "--predict_output_path", tmp_path / "again.parquet", "--quiet",
+                       "--batch_size", "64", "--dataset_type", "CsvDataset", "--edit_config_json",
+                       '{"data_config.batch_size": 32}', "--predict_threads", "2",
+                       "--is_profiling", "--debug_level", "1")
+    assert code == 0 and err.count("\n") == 1 and (
+        "--debug_level, --is_profiling, --predict_threads: TorchEasyRec's tuning and debugging "
+        "options, ignored") in err, err
     np.testing.assert_array_equal(
         pq.read_table(tmp_path / "again.parquet").column("probs").to_numpy(), probs)
 
