@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(TorchEasyRec's tzrec.eval), unless --model-dir or --data say "
                         "otherwise, and append the result to the model directory's "
                         "eval_result.txt, as tzrec.eval does")
+    p.add_argument("--eval_type", choices=("latest", "best"), help=argparse.SUPPRESS)
+    # (tzrec.eval's choice of checkpoint: a model directory holds one model, the best
+    # measurement's when trained with early stopping or exporter_type: best, else the last)
     p.add_argument("--eval-result-filename", "--eval_result_filename", metavar="NAME",
                    help="a DeepFM's: the file of the model directory the result is appended "
                         "to, as a JSON line named as TorchEasyRec names it (default with "

@@ -415,7 +415,7 @@ def test_torcheasyrecs_commands_run_with_their_own_options(tmp_path, cli):
     head.write_text("".join(train.read_text().splitlines(True)[:300]))
     for options in (["--pipeline_config_path", model / "pipeline.config"],
                     ["--pipeline_config_path", model / "pipeline.config", "--eval_input_path",
-                     head]):
+                     head, "--eval_type", "best"]):
         code, _, err = cli("evaluate", *options)
         assert code == 0, err
     evaluations = [json.loads(line) for line in
