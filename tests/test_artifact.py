@@ -217,7 +217,7 @@ def test_a_model_is_saved_over_only_what_fmkit_wrote(fitted, tmp_path):
 def test_kill_9_during_training_leaves_previous_model_or_none(tmp_path):
     """Kill ``fmkit train`` at many moments, including while it writes its (large) model."""
     rng = np.random.default_rng(0)
-    n, d = 20000, 2_000_000
+    n, d = 20000, 1_000_000
     X = sp.csr_matrix((np.ones(n * 5), rng.integers(0, d, n * 5), np.arange(0, n * 5 + 1, 5)),
                       shape=(n, d))
     data = tmp_path / "train.libsvm"
