@@ -20,7 +20,7 @@ from fmkit.data.sources import FORMATS
 from fmkit.errors import FMKitError, HyperparameterError
 from fmkit.exits import exit_now
 from fmkit.logs import advice, log, setup_logging
-from fmkit.models.artifact import EVAL_RESULT, ITEMS_DIR, strict_json
+from fmkit.models.artifact import EVAL_RESULT, ITEMS_DIR, model_type, strict_json
 from fmkit.models.fm.hyperparameters import BY_NAME, SWEEPS, TABLE, sweeps_in_one_process, validate
 from fmkit.train import interruption
 
@@ -754,10 +754,11 @@ def main(argv: list[str] | None = None) -> int:
                  fmt=args.format, index_base=args.index_base, seed=args.seed)
         elif args.command == "evaluate":
             args.model_dir, args.data = _evaluated(args)
+            implied = args.config and model_type(args.model_dir) == "deepfm"  # (tzrec.eval's)
             print(strict_json(jobs.evaluate_files(
                 args.model_dir, args.data, fmt=args.format, device=args.device,
-                data_config=args.data_config, eval_result=args.eval_result_filename
-                or (args.config and EVAL_RESULT))))
+                data_config=args.data_config,
+                eval_result=args.eval_result_filename or (EVAL_RESULT if implied else None))))
         elif args.command == "predict":
             if args.ignored:
                 log.warning("%s: TorchEasyRec's tuning and debugging options, ignored (fmkit "

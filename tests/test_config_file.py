@@ -27,6 +27,13 @@ def test_fm_config_file_equals_the_flags(tmp_path, cli):
                for name in ("from_file", "from_flags")]
     assert metrics[0] == metrics[1]
     assert metrics[0]["auc"] > 0.89
+    # evaluated through the configuration (tzrec.eval's form): the same figures, and no
+    # TorchEasyRec result file (an FM's configuration names no TorchEasyRec metrics)
+    code, out, err = cli("evaluate", "--pipeline_config_path", FM_EXAMPLE, "--checkpoint_path",
+                         tmp_path / "from_file", "--eval_input_path", test)
+    assert code == 0 and json.loads(out) == metrics[0], err
+    assert sorted(p.name for p in (tmp_path / "from_file").iterdir()) == [
+        "metrics.json", "model.json", "weights.npz"]
 
 
 def test_fm_config_mistakes_name_the_field(tmp_path, cli):

@@ -7,8 +7,8 @@ metric and loss, named by its type, keys after ``global_step`` sorted. Scripts t
 (to pick a model, to report it) read fmkit's the same way. The values are fmkit's measurements
 (:mod:`fmkit.models.metrics`: exact AUC, weighted by ``sample_weight_fields`` when configured);
 a loss fmkit does not measure on evaluation data (``binary_focal_loss``, a cross entropy with
-``label_smoothing``) is left out, as is a metric the model's kind has not (``rmse`` of a
-classifier).
+``label_smoothing``) is left out, as is a metric the model's kind has not
+(``mean_absolute_error`` of a classifier).
 """
 
 from __future__ import annotations
