@@ -109,11 +109,12 @@ def write_config(work: Path, epochs: int) -> Path:
     return config
 
 
-def timed(command: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MB, GNU time) and standard output of a command."""
+def timed(command: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MB, GNU time) and standard output of a command run in ``cwd``
+    (where run_expid.py, and fmkit train --expid, add their results file)."""
     started = time.perf_counter()
     run = subprocess.run(["/usr/bin/time", "-f", "%M", *command], capture_output=True,
-                         text=True, check=False)
+                         text=True, check=False, cwd=cwd)
     if run.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{run.stderr[-3000:]}")
     return (time.perf_counter() - started, int(run.stderr.strip().splitlines()[-1]) / 1024,
@@ -146,13 +147,13 @@ def main() -> None:
         for expid in ("DeepFM_ml", "DeepFM_ml_reg"):
             out = work / f"{expid}.npy"
             seconds, peak, stdout = timed([str(python), str(HERE / "peer_fuxictr.py"),
-                                           str(config), expid, str(out)])
+                                           str(config), expid, str(out)], work)
             theirs = json.loads(stdout.strip().splitlines()[-1])
             fuxi = (*scored(labels, np.load(out)), theirs["epochs"], theirs["seconds"], peak)
             model = work / f"fmkit-{expid}"
             seconds, peak, _ = timed([sys.executable, "-m", "fmkit", "train", "--quiet",
                                       "--config", str(config), "--expid", expid,
-                                      "--model-dir", str(model)])
+                                      "--model-dir", str(model)], work)
             history = json.loads((model / "metrics.json").read_text())["train"]
             subprocess.run([sys.executable, "-m", "fmkit", "predict", "--quiet", "--model-dir",
                             str(model), "--data", str(work / "test.csv"), "--output",

@@ -671,7 +671,8 @@ def _train(args: argparse.Namespace) -> int:
             jobs.train_config_file(args.config, overrides, expid=args.expid,
                                    progress=False if args.quiet else None, device=args.device,
                                    checkpoints=_checkpointer(args), resume=args.resume,
-                                   validation_path=args.validation, init_model=args.init_model)
+                                   validation_path=args.validation, init_model=args.init_model,
+                                   command=args.command_line)
         elif args.interactions:
             from fmkit.jobs.recommend import train_pairs
 
@@ -713,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     if mistake:
         parser.exit(2, f"fmkit: error: {mistake}\n")
     args = _parse(parser, argv)
+    args.command_line = " ".join(["fmkit", *argv])  # (as run_expid.py records its own)
     quiet = getattr(args, "quiet", False) or (args.command == "demo" and not args.verbose)
     setup_logging(quiet=quiet)
     limit_threads()  # a container's CPU quota, not the host's cores

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -59,7 +60,7 @@ def _features(document: dict) -> dict[str, tuple[str, dict]]:
             for entry in document["feature_configs"] for kind, settings in entry.items()}
 
 
-def test_a_fuxictr_deepfm_experiment_converts_and_trains(tmp_path, cli):
+def test_a_fuxictr_deepfm_experiment_converts_and_trains(tmp_path, cli, monkeypatch):
     """FuxiCTR's model-zoo DeepFM on the Criteo sample: the vocabularies are the values pandas
     counts at least min_categr_count times, the numeric columns' boundaries numpy's deciles of
     the column (missing values filled with 0, as FuxiCTR fills them), the network and training
@@ -102,7 +103,9 @@ def test_a_fuxictr_deepfm_experiment_converts_and_trains(tmp_path, cli):
     assert "decoupled weight decay" in err
     code, _, err = cli("train", "--config", out, "--model-dir", tmp_path / "model")
     assert code == 0, err
-    # run_expid.py's way: fmkit train --config DIR --expid trains the same model
+    # run_expid.py's way: fmkit train --config DIR --expid trains the same model (and adds
+    # its results to config.csv in the working directory)
+    monkeypatch.chdir(tmp_path)
     code, _, err = cli("train", "--config", config, "--expid", "DeepFM_test", "--model-dir",
                        tmp_path / "direct")
     assert code == 0, err
@@ -459,11 +462,18 @@ def test_relative_data_paths_are_found_where_run_expid_runs(tmp_path, cli, monke
         "./data/c.csv"
 
 
-def test_train_watches_valid_data_and_scores_test_data_as_run_expid_does(tmp_path, cli):
+def test_train_watches_valid_data_and_scores_test_data_as_run_expid_does(tmp_path, cli,
+                                                                          monkeypatch):
     """run_expid.py stops early on valid_data and scores test_data after training: so does
     fmkit train --config DIR --expid (each epoch's validation counts valid_data's rows, the
-    test test_data's). A converted file keeps one evaluation channel, valid_data, and a note
-    says how to score test_data without making it the channel early stopping watches."""
+    test test_data's), and it adds run_expid.py's line of results to the file named after the
+    configuration directory, its figures scikit-learn's of the model's predictions; a file of
+    that name that is not such a results file is left alone. A converted file keeps one
+    evaluation channel, valid_data, and a note says how to score test_data without making it
+    the channel early stopping watches."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    monkeypatch.chdir(tmp_path)
     lines = shared_file("criteo_deepctr_sample", "criteo_sample.txt").read_text().splitlines()
     parts = {"train": lines[1:121], "valid": lines[121:151], "test": lines[151:]}
     for name, rows in parts.items():
@@ -477,6 +487,27 @@ def test_train_watches_valid_data_and_scores_test_data_as_run_expid_does(tmp_pat
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["test"]["rows"] == len(parts["test"]) == 50
     assert {epoch["validation"]["rows"] for epoch in metrics["train"]} == {30}
+    figures = []
+    for name in ("valid", "test"):
+        code, out, err = cli("predict", "--model-dir", tmp_path / "model", "--data",
+                             tmp_path / f"{name}.csv")
+        assert code == 0, err
+        scores = [json.loads(line)["score"] for line in out.splitlines()]
+        labels = [int(float(row.split(",")[0])) for row in parts[name]]
+        figures.append(f"logloss: {log_loss(labels, scores):.6f} - AUC: "
+                       f"{roc_auc_score(labels, scores):.6f}")
+    results = (tmp_path / "config.csv").read_text().splitlines()
+    assert len(results) == 1
+    when, command, expid, dataset, train, valid, test = results[0].split(",")
+    assert re.fullmatch(r" \d{8}-\d{6}", when) and command.startswith("[command] fmkit train")
+    assert (expid, dataset, train) == ("[exp_id] DeepFM_test", "[dataset_id] criteo_sample",
+                                       "[train] N.A.")
+    assert (valid, test) == (f"[val] {figures[0]}", f"[test] {figures[1]}")
+    (tmp_path / "config.csv").write_text("label,a\n1,2\n")  # (someone's data, not results)
+    code, _, err = cli("train", "--config", config, "--expid", "DeepFM_test", "--model-dir",
+                       tmp_path / "model")
+    assert code == 0 and "config.csv: exists and is not a results file" in err, err
+    assert (tmp_path / "config.csv").read_text() == "label,a\n1,2\n"
     code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "--to",
                        "yaml")
     assert code == 0 and (f"train with --validation {tmp_path / 'valid.csv'} --test "

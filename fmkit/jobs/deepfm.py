@@ -24,7 +24,7 @@ from fmkit.data.sources import (
 )
 from fmkit.errors import ArtifactError, HyperparameterError, excerpt
 from fmkit.jobs.training import check_first_block, run, score_and_save
-from fmkit.logs import DEFAULT_HOST
+from fmkit.logs import DEFAULT_HOST, log
 from fmkit.models import artifact
 from fmkit.models.deepfm.config import ConfigError, EasyRecConfig, to_document
 from fmkit.models.deepfm.features import Encoded
@@ -152,6 +152,50 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
         model.evaluate(model.read(config.eval_input_path), max_rows=evaluated_rows(config)),
         config.eval_input_path)} if config.eval_input_path else {}, host)
     return model, metrics
+
+
+def record_fuxictr_results(config_dir: str, expid: str, converted: Any, model: DeepFMModel,
+                           metrics: dict[str, Any], validation_path: str | None,
+                           command: str) -> None:
+    """What ``run_expid.py`` does last: score ``valid_data`` with the kept weights and append a
+    line of its validation and test metrics to the results file named after the configuration
+    directory, in the working directory (:func:`fmkit.models.deepfm.fuxictr.results_line`).
+    A file of that name that is not such a results file is left as it is, and a warning says
+    so; a run stopped on request writes none, as run_expid.py's would not."""
+    import datetime
+
+    from fmkit.models.deepfm import fuxictr
+
+    if not distributed.primary() or artifact.STOPPED in metrics:
+        return
+    path = Path(fuxictr.results_file(config_dir))
+    first = ""  # (an empty file, or none, takes the line)
+    if path.exists() or path.is_symlink():
+        first = "(not a file)"
+        if path.is_file():
+            try:
+                with open(path, "rb") as f:
+                    first = f.readline(4096).decode("utf-8", "replace")
+            except OSError as e:
+                first = f"({e.strerror})"
+    if first and not fuxictr.RESULTS_LINE.match(first):
+        log.warning("%s: exists and is not a results file of run_expid.py's: this run's results "
+                    "were not added to it", path)
+        return
+    if validation_path:  # (the test is eval_input_path; else eval_input_path is valid_data)
+        valid = model.evaluate(model.read(validation_path))
+        test = metrics.get("test", {})
+    else:
+        valid, test = metrics.get("test", {}), {}
+    line = fuxictr.results_line(converted, expid, command, valid, test,
+                                datetime.datetime.now())
+    try:
+        with open(path, "a") as f:
+            f.write(line)
+    except OSError as e:
+        log.warning("%s: cannot add this run's results: %s", path, e.strerror)
+        return
+    log.info("results added to %s", path)
 
 
 def fit_deepfm(model: DeepFMModel, channel: Channel, *, progress: bool | None = None,

@@ -279,18 +279,19 @@ FM_CONFIG_FIELDS = {"train_input_path", "eval_input_path", "model_dir", "data_co
 FM_DATA_FIELDS = {"format", "index_base", "cache"}
 
 
-def _configuration(path: str | Path, expid: str | None) -> tuple[dict[str, Any], str | None]:
-    """The document ``fmkit train --config`` trains: the file's, or FuxiCTR's experiment; and
-    the validation channel it names beside its ``eval_input_path`` (FuxiCTR's ``valid_data``
+def _configuration(path: str | Path, expid: str | None
+                   ) -> tuple[dict[str, Any], str | None, Any]:
+    """The document ``fmkit train --config`` trains: the file's, or FuxiCTR's experiment; the
+    validation channel it names beside its ``eval_input_path`` (FuxiCTR's ``valid_data``
     watched for early stopping while its ``test_data`` is scored after training, as
-    ``run_expid.py`` does), else None."""
+    ``run_expid.py`` does), else None; and the FuxiCTR conversion (else None)."""
     from fmkit.models.deepfm import config_files, fuxictr
 
     if expid is None:
         if Path(path).is_dir():
             raise HyperparameterError(f"{path}: a directory: for FuxiCTR's configuration "
                                       f"directory, name the experiment with --expid")
-        return config_files.load_document(path), None
+        return config_files.load_document(path), None, None
     converted = fuxictr.to_document(fuxictr.load_experiment(str(path), expid))
     for note in converted.notes:
         log.warning("FuxiCTR %s: %s", expid, note)
@@ -298,32 +299,40 @@ def _configuration(path: str | Path, expid: str | None) -> tuple[dict[str, Any],
     if converted.test:
         validation = document.get("eval_input_path")
         document["eval_input_path"] = converted.test
-    return document, validation
+    return document, validation, converted
 
 
 def train_config_file(path: str | Path, overrides: list[str] = (), *,
                       expid: str | None = None, progress: bool | None = None,
                       device: str = "cpu", checkpoints: Checkpointer | None = None,
                       resume: bool = False, validation_path: str | None = None,
-                      init_model: str | None = None) -> tuple[Any, dict[str, Any]]:
+                      init_model: str | None = None, command: str = "fmkit train"
+                      ) -> tuple[Any, dict[str, Any]]:
     """``fmkit train --config FILE [--set path=value ...]``: a DeepFM configuration
     (TorchEasyRec's fields, see :mod:`fmkit.models.deepfm.config`), or an FM one — the same file
     layout with ``model_config: {fm: {SageMaker hyperparameters}}``. With ``expid``, ``path``
     is FuxiCTR's configuration directory and ``expid`` its experiment, converted first
-    (:mod:`fmkit.models.deepfm.fuxictr`; each different reading logged as a warning)."""
+    (:mod:`fmkit.models.deepfm.fuxictr`; each different reading logged as a warning), and its
+    results added to run_expid.py's results file, under ``command``
+    (:func:`fmkit.jobs.deepfm.record_fuxictr_results`)."""
     from fmkit.models.deepfm import config as configs
     from fmkit.models.deepfm import config_files
 
-    document, validation = _configuration(path, expid)
+    document, validation, converted = _configuration(path, expid)
     validation_path = validation_path or validation
     document = config_files.apply_overrides(document, list(overrides))
     model_config = document.get("model_config")
     if not (isinstance(model_config, dict) and "fm" in model_config):
-        from fmkit.jobs.deepfm import train_deepfm
+        from fmkit.jobs.deepfm import record_fuxictr_results, train_deepfm
 
-        return train_deepfm(configs.parse(document, report_ignored=True), progress=progress,
-                            device=device, checkpoints=checkpoints, resume=resume,
-                            validation_path=validation_path, init_model=init_model)
+        config = configs.parse(document, report_ignored=True)
+        model, metrics = train_deepfm(config, progress=progress, device=device,
+                                      checkpoints=checkpoints, resume=resume,
+                                      validation_path=validation_path, init_model=init_model)
+        if converted is not None:
+            record_fuxictr_results(str(path), expid, converted, model, metrics,
+                                   validation_path, command)
+        return model, metrics
     for fields, found, where in ((FM_CONFIG_FIELDS, document, ""),
                                  ({"fm"}, model_config, "model_config."),
                                  (FM_DATA_FIELDS, document.get("data_config") or {},

@@ -90,6 +90,10 @@ class Converted:
     document: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     test: str | None = None  # test_data, which run_expid.py scores after training
+    # what run_expid.py's results line names: the experiment's metrics, dataset and groups
+    metrics: list[str] = field(default_factory=list)
+    dataset_id: str | None = None
+    group_id: str | None = None
 
 
 def _sections(config_dir: str, kind: str) -> list[str]:
@@ -452,7 +456,9 @@ def to_document(params: dict[str, Any]) -> Converted:
         document["eval_input_path"] = valid
     if grouped:
         document["model_config"]["metrics"] = grouped
-    return Converted(document, notes, test)
+    metrics = setting(params, "metrics", "texts", [])
+    return Converted(document, notes, test, metrics if isinstance(metrics, list) else [metrics],
+                     str(params.get("dataset_id")), setting(params, "group_id", "text"))
 
 
 def _fitted_features(params: dict[str, Any], columns: list[dict[str, Any]], train: str,
@@ -494,6 +500,45 @@ def _grouped_auc(params: dict[str, Any], notes: list[str]) -> list[dict[str, Any
         notes.append("gAUC: fmkit's grouped_auc is the unweighted mean of the groups' AUCs "
                      "(FuxiCTR's avgAUC; its gAUC weights each group by its rows)")
     return [{"grouped_auc": {"grouping_key": group}}]
+
+
+# FuxiCTR's metric names (lowered) as fmkit's metrics name their values
+_METRIC_KEYS = {"logloss": "binary_classification_cross_entropy",
+                "binary_crossentropy": "binary_classification_cross_entropy", "auc": "auc",
+                "acc": "binary_classification_accuracy",
+                "accuracy": "binary_classification_accuracy", "rmse": "rmse"}
+RESULTS_LINE = re.compile(r" \d{8}-\d{6},\[command\] ")  # how run_expid.py's lines start
+
+
+def results_file(config_dir: str) -> str:
+    """The file ``run_expid.py`` appends its results to: named after its configuration
+    directory, in the working directory."""
+    return os.path.basename(os.path.normpath(config_dir)).replace(".yaml", "") + ".csv"
+
+
+def results_line(converted: Converted, expid: str, command: str, valid: dict[str, Any],
+                 test: dict[str, Any], when: Any) -> str:
+    """``run_expid.py``'s line of results: the time, the command, the experiment, its
+    dataset, then the validation and test metrics the experiment names, each ``name:
+    value`` (FuxiCTR's ``print_to_list``); those fmkit does not measure (MRR, NDCG) left out,
+    as the conversion's notes say."""
+    def listed(metrics: dict[str, Any]) -> str:
+        named = []
+        for name in converted.metrics:
+            key = name.lower()
+            if key in GROUPED:
+                value = metrics.get(f"grouped_auc_{converted.group_id}")
+            elif key == "mse":
+                value = None if metrics.get("rmse") is None else metrics["rmse"] ** 2
+            else:
+                value = metrics.get(_METRIC_KEYS.get(key, ""))
+            if value is not None:
+                named.append(f"{name}: {value:.6f}")
+        return " - ".join(named)
+
+    return (f" {when:%Y%m%d-%H%M%S},[command] {command},[exp_id] {expid},[dataset_id] "
+            f"{converted.dataset_id},[train] N.A.,[val] {listed(valid)},[test] "
+            f"{listed(test)}\n")
 
 
 def convert(config_dir: str, expid: str, to: str, overrides: list[str] = ()
