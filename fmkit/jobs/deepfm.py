@@ -7,6 +7,7 @@ configurations go to :func:`fmkit.jobs.fm.train_files`, see
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from fmkit.errors import ArtifactError, HyperparameterError, excerpt
 from fmkit.jobs.training import check_first_block, run, score_and_save
 from fmkit.logs import DEFAULT_HOST, log
 from fmkit.models import artifact
+from fmkit.models.deepfm import fuxictr
 from fmkit.models.deepfm.config import ConfigError, EasyRecConfig, to_document
 from fmkit.models.deepfm.features import Encoded
 from fmkit.models.deepfm.model import DeepFMModel
@@ -162,10 +164,6 @@ def record_fuxictr_results(config_dir: str, expid: str, converted: Any, model: D
     directory, in the working directory (:func:`fmkit.models.deepfm.fuxictr.results_line`).
     A file of that name that is not such a results file is left as it is, and a warning says
     so; a run stopped on request writes none, as run_expid.py's would not."""
-    import datetime
-
-    from fmkit.models.deepfm import fuxictr
-
     if not distributed.primary() or artifact.STOPPED in metrics:
         return
     path = Path(fuxictr.results_file(config_dir))
