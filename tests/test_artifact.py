@@ -185,6 +185,16 @@ def test_cli_reports_bad_model_dir(cli, tmp_path):
     data.write_text("1 0:1\n")
     code, _, err = cli("evaluate", "--model-dir", tmp_path / "none", "--data", data)
     assert code != 0 and "no such model directory" in err
+    # another tool's model where a model directory is expected: said what it is, one line
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "scripted_model.pt").write_bytes(b"")  # TorchEasyRec's export
+    (tmp_path / "model.tar.gz").write_bytes(b"")  # SageMaker's artifact
+    for given, said in (("export", "TorchEasyRec's export or checkpoints, which fmkit does not "
+                                   "load"),
+                        ("model.tar.gz", "a file, not a model directory (a SageMaker "
+                                         "model.tar.gz or an xLearn model: fmkit import")):
+        code, _, err = cli("predict", "--model-dir", tmp_path / given, "--data", data)
+        assert code == 1 and err.count("\n") == 1 and said in err, err
 
 
 def test_a_model_is_saved_over_only_what_fmkit_wrote(fitted, tmp_path):

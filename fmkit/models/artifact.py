@@ -323,6 +323,24 @@ def model_type(path: str | Path) -> str | None:
     return _meta_or_none(resolve(path)).get("model_type")
 
 
+def _instead(path: Path) -> str | None:
+    """What a path given as a model directory holds instead of one, where another tool's model
+    is recognisable: a file (SageMaker's ``model.tar.gz``, an xLearn model, an export), or
+    TorchEasyRec's export (``scripted_model.pt``) or checkpoints (``model.ckpt-N``)."""
+    if path.is_file():
+        return ("a file, not a model directory (a SageMaker model.tar.gz or an xLearn model: "
+                "fmkit import sagemaker|xlearn FILE --model-dir DIR makes one of it)")
+    try:
+        names = os.listdir(path) if path.is_dir() else []
+    except OSError:
+        return None
+    if "scripted_model.pt" in names or any(name.startswith("model.ckpt-") for name in names):
+        return ("TorchEasyRec's export or checkpoints, which fmkit does not load (its tables "
+                "hash ids as pyfg does); train the configuration with fmkit train "
+                "--pipeline_config_path")
+    return None
+
+
 def load_directory(path: str | Path, *, mapped: bool = False
                    ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict]:
     """Read ``(meta, weights, metrics)`` from a model directory, checking format and version;
@@ -330,9 +348,10 @@ def load_directory(path: str | Path, *, mapped: bool = False
     path = resolve(path)
     meta_path = path / META_FILE
     if not path.is_dir():
-        raise ArtifactError(f"{path}: no such model directory")
+        raise ArtifactError(f"{path}: {_instead(path) or 'no such model directory'}")
     if not meta_path.exists():
-        raise ArtifactError(f"{path}: not an fmkit model directory (no {META_FILE})")
+        raise ArtifactError(f"{path}: not an fmkit model directory (no {META_FILE})"
+                            + (f": {_instead(path)}" if _instead(path) else ""))
     try:
         meta = json.loads(_read_checked(meta_path, MAX_META_BYTES))
     except (ValueError, RecursionError) as e:
