@@ -499,6 +499,19 @@ def _check_rows(path, names, delimiter, block_bytes, lines, problem_prefix=str) 
     assert got == expected
 
 
+def test_a_quoted_value_across_lines_is_named_as_such(tmp_path):
+    """A quoted value holding a line break (which the reader does not read: a row is a line)
+    fails on the line it continues onto, and the message says what it may be; a lone field
+    without a quote gets no such guess."""
+    for text, hinted in (('1,a,"hello\nworld"\n', True), ("1,a,b\nword\n", False)):
+        path = tmp_path / "data.csv"
+        path.write_text(text)
+        with pytest.raises(DataError) as e:
+            list(columns.read_delimited(path, ["x", "y", "z"], ",", False))
+        assert str(e.value).startswith(f"{path}:2: ")
+        assert ("the rest of a quoted value begun on the line before" in str(e.value)) == hinted
+
+
 QUOTED_FIELD = st.text(alphabet='ab"\té,', max_size=4)
 
 

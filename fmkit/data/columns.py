@@ -249,10 +249,12 @@ def split_block(buf: np.ndarray, start: int, names: Sequence[str], delimiter: st
         if counts[row] > 1:
             problem = f"{counts[row]} fields, expected at most {len(names)} ({named})"
         else:
-            text = excerpt(data[offsets[0, row]:offsets[0, row + 1]].tobytes())
-            problem = (f"{text} is 1 field, expected up to {len(names)} separated by "
-                       f"{delimiter!r} ({named}): is it a file of this model's columns, and "
-                       "data_config.delimiter its delimiter?")
+            field = data[offsets[0, row]:offsets[0, row + 1]].tobytes()
+            problem = (f"{excerpt(field)} is 1 field, expected up to {len(names)} separated "
+                       f"by {delimiter!r} ({named}): is it a file of this model's columns, and "
+                       "data_config.delimiter its delimiter?"
+                       + (" Or the rest of a quoted value begun on the line before: a row's "
+                          "values must be on one line" if b'"' in field else ""))
         raise DataError(source, first_line + row, problem)
     columns = {}
     present = offsets[:, 1:] > offsets[:, :-1]
