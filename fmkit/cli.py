@@ -598,23 +598,23 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 
 
-def _evaluated(args: argparse.Namespace) -> tuple[str, str]:
-    """``fmkit evaluate``'s model directory and data: given, or (TorchEasyRec's ``tzrec.eval
-    --pipeline_config_path``) the configuration's ``model_dir`` and ``eval_input_path``."""
-    model_dir, data = args.model_dir, args.data
-    if args.config and not (model_dir and data):
+def _configured(args: argparse.Namespace, command: str,
+                *wanted: tuple[str | None, str, str]) -> list[str]:
+    """Each ``(value, option, field)``'s value as given, else (TorchEasyRec's form,
+    ``--pipeline_config_path``) the configuration's ``field``; one missing is an error naming
+    its option (and the field the configuration lacks)."""
+    values = [value for value, _, _ in wanted]
+    if args.config and not all(values):
         from fmkit.models.deepfm.config_files import load_document
 
         document = load_document(args.config)
-        model_dir = model_dir or document.get("model_dir")
-        data = data or document.get("eval_input_path")
-    for value, option, field in ((model_dir, "--model-dir", "model_dir"),
-                                 (data, "--data", "eval_input_path")):
+        values = [value or document.get(field) for value, (_, _, field) in zip(values, wanted)]
+    for value, (_, option, field) in zip(values, wanted):
         if not value:
-            raise HyperparameterError(f"fmkit evaluate needs {option}"
+            raise HyperparameterError(f"fmkit {command} needs {option}"
                                       + (f" (the configuration has no {field})"
                                          if args.config else ""))
-    return str(model_dir), str(data)
+    return [str(value) for value in values]
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -632,14 +632,7 @@ def _export(args: argparse.Namespace) -> None:
     if args.format or args.output or not args.export_dir:
         raise HyperparameterError("fmkit export --pipeline_config_path copies the model to "
                                   "--export_dir; FORMAT and OUTPUT are the other form's")
-    model_dir = args.model_dir
-    if not model_dir:
-        from fmkit.models.deepfm.config_files import load_document
-
-        model_dir = load_document(args.config).get("model_dir")
-        if not model_dir:
-            raise HyperparameterError(f"{args.config}: has no model_dir to export (or give "
-                                      "--checkpoint_path)")
+    model_dir, = _configured(args, "export", (args.model_dir, "--checkpoint_path", "model_dir"))
     if args.asset_files:
         log.warning("--asset_files are not copied: the model directory holds all it scores "
                     "with, vocabularies included")
@@ -755,7 +748,9 @@ def main(argv: list[str] | None = None) -> int:
                  timeout=args.timeout, jobs=args.jobs, refit=args.refit, test=args.test,
                  fmt=args.format, index_base=args.index_base, seed=args.seed)
         elif args.command == "evaluate":
-            args.model_dir, args.data = _evaluated(args)
+            args.model_dir, args.data = _configured(
+                args, "evaluate", (args.model_dir, "--model-dir", "model_dir"),
+                (args.data, "--data", "eval_input_path"))
             implied = args.config and model_type(args.model_dir) == "deepfm"  # (tzrec.eval's)
             print(strict_json(jobs.evaluate_files(
                 args.model_dir, args.data, fmt=args.format, device=args.device,

@@ -431,6 +431,8 @@ def test_torcheasyrecs_commands_run_with_their_own_options(tmp_path, cli):
                            "--export_dir", exported)
     assert code == 1 and err == f"fmkit: error: {exported}: exists; --export_dir is a new " \
         "directory (as tzrec.export's)\n", err
+    code, _, err = cli("export", "--export_dir", tmp_path / "nowhere")  # (no model named)
+    assert code == 1 and err == "fmkit: error: fmkit export needs --checkpoint_path\n", err
     code, _, err = cli("predict", "--scripted_model_path", exported, "--predict_input_path",
                        train, "--predict_output_path", tmp_path / "again.parquet", "--quiet",
                        "--batch_size", "64", "--dataset_type", "CsvDataset", "--edit_config_json",
