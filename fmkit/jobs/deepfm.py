@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fmkit import distributed
+from fmkit import distributed, files
 from fmkit.data.blocks import PassMeter
 from fmkit.data.sources import (
     LabelOrderWatched,
@@ -156,6 +156,11 @@ def train_deepfm(config: EasyRecConfig, *, progress: bool | None = None,
     return model, metrics
 
 
+# the file run_expid.py appends its results to, told from someone's file of the same name
+RESULTS = files.Recognise("a results file of run_expid.py's", lambda head: bool(
+    fuxictr.RESULTS_LINE.match(head.decode("utf-8", "replace"))))
+
+
 def record_fuxictr_results(config_dir: str, expid: str, converted: Any, model: DeepFMModel,
                            metrics: dict[str, Any], validation_path: str | None,
                            command: str) -> None:
@@ -167,18 +172,12 @@ def record_fuxictr_results(config_dir: str, expid: str, converted: Any, model: D
     if not distributed.primary() or artifact.STOPPED in metrics:
         return
     path = Path(fuxictr.results_file(config_dir))
-    first = ""  # (an empty file, or none, takes the line)
-    if path.exists() or path.is_symlink():
-        first = "(not a file)"
-        if path.is_file():
-            try:
-                with open(path, "rb") as f:
-                    first = f.readline(4096).decode("utf-8", "replace")
-            except OSError as e:
-                first = f"({e.strerror})"
-    if first and not fuxictr.RESULTS_LINE.match(first):
-        log.warning("%s: exists and is not a results file of run_expid.py's: this run's results "
-                    "were not added to it", path)
+    try:
+        if path.exists() and not path.is_file():  # (a FIFO's reading would wait for a writer)
+            raise files.OutputError(path, "exists and is not a file")
+        RESULTS.refuse_foreign(path)  # (an empty file, or none, takes the line)
+    except files.OutputError as e:
+        log.warning("%s; this run's results were not added to it", e)
         return
     if validation_path:  # (the test is eval_input_path; else eval_input_path is valid_data)
         valid = model.evaluate(model.read(validation_path))
