@@ -347,11 +347,12 @@ def load_directory(path: str | Path, *, mapped: bool = False
     ``mapped``: the weights mapped from the file where they can be (:func:`mapped_arrays`)."""
     path = resolve(path)
     meta_path = path / META_FILE
-    if not path.is_dir():
-        raise ArtifactError(f"{path}: {_instead(path) or 'no such model directory'}")
-    if not meta_path.exists():
+    if not path.is_dir() or not meta_path.exists():
+        instead = _instead(path)
+        if not path.is_dir():
+            raise ArtifactError(f"{path}: {instead or 'no such model directory'}")
         raise ArtifactError(f"{path}: not an fmkit model directory (no {META_FILE})"
-                            + (f": {_instead(path)}" if _instead(path) else ""))
+                            + (f": {instead}" if instead else ""))
     try:
         meta = json.loads(_read_checked(meta_path, MAX_META_BYTES))
     except (ValueError, RecursionError) as e:

@@ -45,8 +45,8 @@ def _loss_value(kind: str, settings: Any, metrics: dict[str, Any]) -> float | No
         return metrics.get("binary_classification_cross_entropy")
     if kind == "softmax_cross_entropy":
         return metrics.get("multiclass_cross_entropy")
-    if kind == "l2_loss":
-        return None if metrics.get("rmse") is None else metrics["rmse"] ** 2
+    if kind == "l2_loss":  # (the mean squared error)
+        return _metric_value("mean_squared_error", settings, metrics)
     return None  # binary_focal_loss
 
 

@@ -74,7 +74,6 @@ class Statistics:
             self.longest[name] = max(self.longest.get(name, 0), pc.max(lengths).as_py())
         return texts(pc.list_flatten(values))
 
-
     def bucket_vocabulary(self, col: dict[str, Any], least: int) -> list[float]:
         """The values a recipe's column computed at least ``least`` times."""
         return sorted(float(v) for v, count in self.counts[col["name"]].items()
