@@ -250,6 +250,28 @@ def require_new(path: str | Path, command: str) -> None:
         raise OutputError(path, f"exists; {command} writes a new file (remove it first)")
 
 
+def appendable(path: str | Path, named: Recognise) -> Path:
+    """``path`` (a link's target) if :func:`append_text` may add to it: missing, empty, or a
+    regular file ``named`` recognises; anything else is an :class:`OutputError`."""
+    path = through_links(path)
+    if path.exists() and not path.is_file():  # (a FIFO's reading would wait for a writer)
+        raise OutputError(path, "exists and is not a file")
+    named.refuse_foreign(path)
+    return path
+
+
+def append_text(path: str | Path, text: str, named: Recognise) -> None:
+    """Add ``text`` (UTF-8) to the end of ``path`` in one write, making the file when
+    missing: a results file that runs add a line to, as the tools whose files fmkit writes
+    add to theirs. A path :func:`appendable` refuses is left unchanged."""
+    path = appendable(path, named)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise OutputError(path, f"cannot write: {describe_os_error(e)}") from None
+
+
 def write_text(path: str | Path, text: str, named: Recognise | None = None) -> None:
     """Write ``text`` (UTF-8) to ``path`` as :func:`output_stream` writes: under a temporary
     name, renamed into place when complete."""

@@ -423,6 +423,25 @@ def test_torcheasyrecs_commands_run_with_their_own_options(tmp_path, cli):
     assert evaluations == [expected, expected, {
         "global_step": 8, "auc": pytest.approx(roc_auc_score(labels[:300], probs[:300]), abs=1e-6),
         "binary_cross_entropy": pytest.approx(log_loss(labels[:300], logits[:300]), rel=1e-5)}]
+    # --eval_result_filename: another name in the model directory, which stays one (retrained
+    # below); a file there that is not such a record (the model's own, someone's CSV) is
+    # refused before the evaluation, byte for byte unchanged
+    mine = tmp_path / "mine.csv"
+    mine.write_text("x,y\n")
+    meta = (model / "model.json").read_bytes()
+    for name in ("custom_eval.txt", "model.json", mine):
+        code, _, err = cli("evaluate", "--pipeline_config_path", model / "pipeline.config",
+                           "--eval_result_filename", name)
+        if name == "custom_eval.txt":
+            assert code == 0, err
+        else:
+            target = model / name
+            assert code == 1 and err.startswith(f"fmkit: error: {target}: exists and is not a "
+                                                "TorchEasyRec evaluation result file") \
+                and err.count("\n") == 1, err
+    assert [json.loads(line) for line in
+            (model / "custom_eval.txt").read_text().splitlines()] == [expected]
+    assert (model / "model.json").read_bytes() == meta and mine.read_text() == "x,y\n"
     # tzrec.export, then tzrec.predict of what it wrote: the same scores; an existing
     # --export_dir is refused, as tzrec.export refuses it
     exported = tmp_path / "exported"
@@ -450,3 +469,4 @@ def test_torcheasyrecs_commands_run_with_their_own_options(tmp_path, cli):
                        exported, "--ignore_restore_optimizer", "--ignore_restore_lr_scheduler")
     assert code == 0, err
     assert not (model / "eval_result.txt").exists()  # (it described the model replaced)
+    assert not (model / "custom_eval.txt").exists()

@@ -173,9 +173,7 @@ def record_fuxictr_results(config_dir: str, expid: str, converted: Any, model: D
         return
     path = Path(fuxictr.results_file(config_dir))
     try:
-        if path.exists() and not path.is_file():  # (a FIFO's reading would wait for a writer)
-            raise files.OutputError(path, "exists and is not a file")
-        RESULTS.refuse_foreign(path)  # (an empty file, or none, takes the line)
+        files.appendable(path, RESULTS)  # (an empty file, or none, takes the line)
     except files.OutputError as e:
         log.warning("%s; this run's results were not added to it", e)
         return
@@ -187,10 +185,9 @@ def record_fuxictr_results(config_dir: str, expid: str, converted: Any, model: D
     line = fuxictr.results_line(converted, expid, command, valid, test,
                                 datetime.datetime.now())
     try:
-        with open(path, "a") as f:
-            f.write(line)
-    except OSError as e:
-        log.warning("%s: cannot add this run's results: %s", path, e.strerror)
+        files.append_text(path, line, RESULTS)
+    except files.OutputError as e:
+        log.warning("%s; this run's results were not added to it", e)
         return
     log.info("results added to %s", path)
 

@@ -219,11 +219,13 @@ def evaluate_files(model_dir: str | Path, data_path: str | Path, *,
                                   f"{eval_result}; it is a DeepFM's (--eval_result_filename)")
     if isinstance(model, FMModel):
         compile_scorer_ahead(model.field_aware, fmt)
+    if eval_result:  # (checked before the evaluation's work)
+        from fmkit.models.deepfm import eval_results
+
+        record = eval_results.result_file(model_dir, eval_result)
     metrics = require_rows(model.evaluate(model.read(data_path, fmt, labelled=True)), data_path)
     if eval_result:
-        from fmkit.models.deepfm.eval_results import append_evaluation
-
-        append_evaluation(model_dir, model.config, metrics, eval_result)
+        eval_results.append_evaluation(record, model_dir, model.config, metrics)
     return metrics
 
 

@@ -39,6 +39,10 @@ REPORT_FILE = "report.html"  # fmkit report's page (see fmkit.report)
 PIPELINE_CONFIG, TRAIN_EVAL_RESULT, EVAL_RESULT = ("pipeline.config", "train_eval_result.txt",
                                                   "eval_result.txt")
 TORCHEASYREC_FILES = {PIPELINE_CONFIG, TRAIN_EVAL_RESULT, EVAL_RESULT}
+# An evaluation result file under any name (tzrec.eval's --eval_result_filename): JSON lines
+# that start with the step, as fmkit and TorchEasyRec write them
+RESULT_LINES = files.Recognise('a TorchEasyRec evaluation result file (lines {"global_step": '
+                               "...})", lambda head: head.startswith(b'{"global_step": '))
 MODEL_FILES = {META_FILE, WEIGHTS_FILE, METRICS_FILE, REPORT_FILE, *TORCHEASYREC_FILES}
 # What other commands keep in a model directory, by subdirectory: fmkit tune's study, trials
 # and plots (fmkit.jobs.tune), fmkit recommend index's item catalogue and graph
@@ -123,9 +127,20 @@ def holds_model(path: Path) -> bool:
                 return False
     except OSError:  # (a companion that is a file, or unreadable)
         return False
-    if not names <= MODEL_FILES | COMPANIONS.keys() or META_FILE not in names:
+    others = names - MODEL_FILES - COMPANIONS.keys()
+    if META_FILE not in names or not all(_is_result_file(path / name) for name in others):
         return False
     return _meta_or_none(path).get("format") == FORMAT
+
+
+def _is_result_file(path: Path) -> bool:
+    """A file of another name that :data:`RESULT_LINES` recognises (an evaluation's record,
+    which describes the model it is beside)."""
+    try:
+        RESULT_LINES.refuse_foreign(path)
+    except files.OutputError:
+        return False
+    return path.is_file() and not path.is_symlink() and path.stat().st_size > 0
 
 
 def checked_classes(classes: Any, count: int) -> list:

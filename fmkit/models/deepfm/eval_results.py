@@ -80,18 +80,17 @@ def train_eval_result(config: EasyRecConfig, metrics: dict[str, Any]) -> str:
     return "".join(lines)
 
 
-def append_evaluation(model_dir: str | Path, config: EasyRecConfig, metrics: dict[str, Any],
-                      filename: str = EVAL_RESULT) -> Path:
-    """``tzrec.eval``'s record of an evaluation of the model in ``model_dir``: a line appended
-    to ``model_dir/filename`` (an absolute ``filename``: that file), at the step the model's
-    training ended at. Returns the file's path."""
-    model_dir = artifact.resolve(model_dir)
-    epochs = artifact.read_metrics(model_dir).get("train") or [{}]
-    path = model_dir / filename
-    try:
-        with open(path, "a") as f:
-            f.write(result_line(config, metrics, epochs[-1].get("steps")))
-    except OSError as e:
-        raise files.OutputError(path, f"cannot write the evaluation result: "
-                                f"{files.describe_os_error(e)}") from None
-    return path
+def result_file(model_dir: str | Path, filename: str = EVAL_RESULT) -> Path:
+    """Where ``tzrec.eval`` records an evaluation of the model in ``model_dir``: its file
+    ``filename`` (an absolute ``filename``: that file). Checked before evaluating: a file
+    there that is not such a record (``model.json``, someone's data) is refused, unchanged."""
+    return files.appendable(artifact.resolve(model_dir) / filename, artifact.RESULT_LINES)
+
+
+def append_evaluation(path: Path, model_dir: str | Path, config: EasyRecConfig,
+                      metrics: dict[str, Any]) -> None:
+    """``tzrec.eval``'s record of an evaluation of the model in ``model_dir``: a line added
+    to ``path`` (:func:`result_file`), at the step the model's training ended at."""
+    epochs = artifact.read_metrics(artifact.resolve(model_dir)).get("train") or [{}]
+    files.append_text(path, result_line(config, metrics, epochs[-1].get("steps")),
+                      artifact.RESULT_LINES)
