@@ -707,7 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     if mistake:
         parser.exit(2, f"fmkit: error: {mistake}\n")
     args = _parse(parser, argv)
-    args.command_line = " ".join(["fmkit", *argv])  # (as run_expid.py records its own)
+    # (as run_expid.py records its own; a process --nproc started, the command that did)
+    args.command_line = (os.environ.get(distributed.COMMAND_ENV)
+                         or " ".join(["fmkit", *argv]))
     quiet = getattr(args, "quiet", False) or (args.command == "demo" and not args.verbose)
     setup_logging(quiet=quiet)
     limit_threads()  # a container's CPU quota, not the host's cores
@@ -722,7 +724,8 @@ def main(argv: list[str] | None = None) -> int:
                               require=False)
                 if hp["optimizer"] in SWEEPS:
                     raise HyperparameterError(sweeps_in_one_process(hp["optimizer"]))
-            return distributed.launch(args.nproc, _without_nproc(argv), advice=ONE_MACHINE)
+            return distributed.launch(args.nproc, _without_nproc(argv), advice=ONE_MACHINE,
+                                      command_line=args.command_line)
         if (args.command == "train" and distributed.init_from_environment(args.device)
                 and not distributed.primary()):
             setup_logging(quiet=True)  # one log: rank 0's

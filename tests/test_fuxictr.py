@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import shared_file
+from tests.conftest import run_fmkit, shared_file
 
 CRITEO_NUMBERS = [f"I{i}" for i in range(1, 14)]
 CRITEO_IDS = [f"C{i}" for i in range(1, 27)]
@@ -508,6 +508,15 @@ def test_train_watches_valid_data_and_scores_test_data_as_run_expid_does(tmp_pat
                        tmp_path / "model")
     assert code == 0 and "config.csv: exists and is not a results file" in err, err
     assert (tmp_path / "config.csv").read_text() == "label,a\n1,2\n"
+    # on two processes: one line (the first process's), naming the command the user ran
+    (tmp_path / "config.csv").unlink()
+    two = run_fmkit("train", "--nproc", "2", "--quiet", "--config", config, "--expid",
+                    "DeepFM_test", "--model-dir", tmp_path / "model", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    results = (tmp_path / "config.csv").read_text().splitlines()
+    assert len(results) == 1 and results[0].split(",")[1] == (
+        f"[command] fmkit train --nproc 2 --quiet --config {config} --expid DeepFM_test "
+        f"--model-dir {tmp_path / 'model'}"), results
     code, _, err = cli("config", "from-fuxictr", config, "--expid", "DeepFM_test", "--to",
                        "yaml")
     assert code == 0 and (f"train with --validation {tmp_path / 'valid.csv'} --test "

@@ -65,6 +65,7 @@ def primary() -> bool:
 _cpu_group = None  # the group for collectives on CPU tensors (Gloo)
 PARENT_ENV = "FMKIT_PARENT_PID"  # the pid a process fmkit starts expects as its parent
 FAILURE_ENV = "FMKIT_FAILURE_MARK"  # the path the first process of a launch to fail creates
+COMMAND_ENV = "FMKIT_COMMAND_LINE"  # the command the user ran, for the processes it starts
 PEER_WAIT = 2.0  # seconds a process that lost a peer waits for that peer's word
 
 
@@ -252,11 +253,13 @@ exit_now(0)  # (PyTorch's teardown would add half a second)
 """
 
 
-def launch(nproc: int, argv: list[str], advice: str | None = None) -> int:
+def launch(nproc: int, argv: list[str], advice: str | None = None,
+           command_line: str = "") -> int:
     """``fmkit ARGV`` on ``nproc`` local processes through torchrun; returns its exit code.
     More processes than usable cores is allowed (torchrun allows it) but said: they share the
     cores, each on one thread. ``advice`` (a format with one ``%d``, the count) is logged as
-    a warning when more than one process starts."""
+    a warning when more than one process starts. ``command_line``: what the user ran, which
+    the processes record as theirs (:data:`COMMAND_ENV`)."""
     require_option(nproc >= 1, "--nproc", ">= 1", nproc)
     require_torch("--nproc (torchrun)", extra="distributed", import_it=False)
     if advice and nproc > 1:
@@ -273,7 +276,7 @@ def launch(nproc: int, argv: list[str], advice: str | None = None) -> int:
                    f"--nproc-per-node={nproc}", f"--log-dir={scratch / 'torchelastic'}",
                    "-m", "fmkit", *argv]
         env = {**os.environ, **process_threads(nproc), PARENT_ENV: str(os.getpid()),
-               FAILURE_ENV: os.path.join(scratch, "failed")}
+               FAILURE_ENV: os.path.join(scratch, "failed"), COMMAND_ENV: command_line}
         # torchrun in a session of its own, so that a signal to this process's group (a
         # scheduler's, a terminal's) reaches it once, from here: a second SIGTERM would make
         # it kill the processes it is waiting for to write the model
