@@ -741,10 +741,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise HyperparameterError("--set needs --config")
             if not args.config and not args.train:
                 raise HyperparameterError("tune needs --train (or --config)")
-            from fmkit.models.deepfm.config_files import split_assignment
+            if args.config:  # (a DeepFM's: PyTorch is an extra, which an FM's tune needs not)
+                from fmkit.models.deepfm.config_files import split_assignment
 
-            fixed = (dict(split_assignment(item)[::2] for item in args.overrides) if args.config
-                     else parse_assignments(args.assignments, args.hyperparameters))
+                fixed = dict(split_assignment(item)[::2] for item in args.overrides)
+            else:
+                fixed = parse_assignments(args.assignments, args.hyperparameters)
             tune(args.train, args.model_dir, objective=args.objective, trials=args.trials,
                  validation=args.validation, validation_fraction=args.validation_fraction,
                  fixed=fixed, config=args.config,

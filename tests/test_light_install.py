@@ -36,7 +36,7 @@ def run_without_torch(body: str, cwd) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def test_fm_train_evaluate_predict_and_serve_never_import_torch(tmp_path):
+def test_fm_train_evaluate_predict_tune_and_serve_never_import_torch(tmp_path):
     train = tmp_path / "train.libsvm"
     train.write_text("".join(shared_file("a9a_libsvm", "a9a").open().readlines()[:3000]))
     test = shared_file("a9a_libsvm", "a9a.t")
@@ -49,6 +49,9 @@ def test_fm_train_evaluate_predict_and_serve_never_import_torch(tmp_path):
             main(["evaluate", "--model-dir", "model", "--data", {str(test)!r}]),
             main(["predict", "--model-dir", "model", "--data", {str(test)!r},
                   "--output", "p.jsonl"]),
+            main(["tune", "--train", {str(train)!r}, "--validation-fraction", "0.2",
+                  "--trials", "2", "--jobs", "1", "--model-dir", "tuned", "feature_dim=123",
+                  "predictor_type=binary_classifier", "epochs=1"]),
         ]
         from starlette.testclient import TestClient
         from fmkit.models.base import load_model
@@ -62,7 +65,8 @@ def test_fm_train_evaluate_predict_and_serve_never_import_torch(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["asked"] == [], "torch was imported from:\n" + "\n".join(outcome["asked"])
-    assert outcome["codes"] == [0, 0, 0]
+    assert outcome["codes"] == [0, 0, 0, 0]
+    assert len(json.loads((tmp_path / "tuned" / "tune" / "best.json").read_text())) > 0
     assert outcome["status"] == 200
     score = outcome["reply"]["predictions"][0]["score"]
     assert 0.0 < score < 1.0
