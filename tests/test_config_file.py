@@ -47,6 +47,10 @@ def test_fm_config_mistakes_name_the_field(tmp_path, cli):
     code, _, err = cli("train", "--config", FM_EXAMPLE, "num_factors=8")
     assert code == 1 and "with --config, set fields with --set" in err
     assert not (tmp_path / "m").exists()
+    code, out, err = cli("config", "convert", FM_EXAMPLE, "--to", "config")  # (DeepFM's only)
+    assert code == 1 and out == "" and err == (
+        f"fmkit: error: {FM_EXAMPLE}: model_config.fm: an FM's configuration, which fmkit "
+        "train reads as written (YAML or JSON); fmkit config converts DeepFM's\n"), err
 
 
 def test_a_deepfm_configurations_missing_input_names_its_field(tmp_path, cli):

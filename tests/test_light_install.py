@@ -36,7 +36,7 @@ def run_without_torch(body: str, cwd) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def test_fm_train_evaluate_predict_tune_and_serve_never_import_torch(tmp_path):
+def test_fm_commands_and_configuration_files_never_import_torch(tmp_path):
     train = tmp_path / "train.libsvm"
     train.write_text("".join(shared_file("a9a_libsvm", "a9a").open().readlines()[:3000]))
     test = shared_file("a9a_libsvm", "a9a.t")
@@ -52,6 +52,15 @@ def test_fm_train_evaluate_predict_tune_and_serve_never_import_torch(tmp_path):
             main(["tune", "--train", {str(train)!r}, "--validation-fraction", "0.2",
                   "--trials", "2", "--jobs", "1", "--model-dir", "tuned", "feature_dim=123",
                   "predictor_type=binary_classifier", "epochs=1"]),
+            # an FM's configuration file, and a DeepFM's converted (plain text, no network)
+            main(["train", "--config", {str(REPO / "examples" / "fm_a9a.yaml")!r},
+                  "--set", "train_input_path=" + {str(train)!r},
+                  "--set", "eval_input_path=" + {str(test)!r}, "--set", "model_dir=configured",
+                  "--set", "model_config.fm.epochs=1", "--quiet"]),
+            main(["evaluate", "--pipeline_config_path", {str(REPO / "examples" / "fm_a9a.yaml")!r},
+                  "--checkpoint_path", "configured", "--eval_input_path", {str(test)!r}]),
+            main(["config", "convert", {str(REPO / "examples" / "deepfm_criteo.yaml")!r},
+                  "-o", "criteo.config"]),
         ]
         from starlette.testclient import TestClient
         from fmkit.models.base import load_model
@@ -65,7 +74,8 @@ def test_fm_train_evaluate_predict_tune_and_serve_never_import_torch(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["asked"] == [], "torch was imported from:\n" + "\n".join(outcome["asked"])
-    assert outcome["codes"] == [0, 0, 0, 0]
+    assert outcome["codes"] == [0] * 7
+    assert (tmp_path / "criteo.config").read_text().count("feature_configs {") == 39
     assert len(json.loads((tmp_path / "tuned" / "tune" / "best.json").read_text())) > 0
     assert outcome["status"] == 200
     score = outcome["reply"]["predictions"][0]["score"]

@@ -159,7 +159,8 @@ def test_odps_inputs_and_refused_fields_are_one_clear_line(tmp_path, cli):
     code, _, err = cli("train", "--config", path)
     line_number = zch.splitlines().index("        zch {") + 1
     assert code == 1 and "Traceback" not in err, err
-    assert f"line {line_number}: feature_configs[].id_feature.zch" in err
+    assert err.startswith(f"fmkit: error: {path}:{line_number}: feature_configs[].id_feature."
+                          "zch: ") and err.count(str(path)) == 1, err  # (named once)
     assert "hash_bucket_size" in err  # what to use instead
 
     path.write_text(criteo_config("t.csv", "m", "example").replace("deepfm {", "dlrm {"))

@@ -15,6 +15,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+
+from fmkit.models.deepfm import torch_required  # noqa: F401  (before PyTorch, an extra)
+
+# isort: split
 import torch
 from torch import nn
 

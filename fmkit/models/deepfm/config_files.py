@@ -313,7 +313,12 @@ def convert_file(path: str, to: str, overrides: list[str] = ()) -> str:
     (fields, features, groups, layers; not the data) and written as ``to`` — ``config``
     (protobuf text), ``yaml`` or ``json`` — with the fields that differ from their defaults,
     so that reading the result gives the same configuration."""
-    return written(apply_overrides(load_document(path), list(overrides)), to)
+    document = apply_overrides(load_document(path), list(overrides))
+    model_config = document.get("model_config")
+    if isinstance(model_config, dict) and "fm" in model_config:
+        raise ConfigError(f"{path}: model_config.fm: an FM's configuration, which fmkit train "
+                          "reads as written (YAML or JSON); fmkit config converts DeepFM's")
+    return written(document, to)
 
 
 def written(document: dict[str, Any], to: str) -> str:

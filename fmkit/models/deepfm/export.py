@@ -27,6 +27,9 @@ import logging
 import warnings
 from typing import Any
 
+from fmkit.models.deepfm import torch_required  # noqa: F401  (before PyTorch, an extra)
+
+# isort: split
 import torch
 from torch import nn
 

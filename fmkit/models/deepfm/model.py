@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fmkit.models.deepfm import torch_required  # noqa: F401  (before PyTorch, an extra)
+
+# isort: split
 import torch
 
 from fmkit.cpus import computes_bfloat16, leaving_cores, multiplies_int8, ordered_map, thread_count

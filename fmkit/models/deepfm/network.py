@@ -20,6 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from fmkit.models.deepfm import torch_required  # noqa: F401  (before PyTorch, an extra)
+
+# isort: split
 import torch
 from torch import nn
 

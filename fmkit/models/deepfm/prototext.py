@@ -150,7 +150,7 @@ def parse_text(text: str, source: str) -> dict[str, Any]:
             where = ".".join(p for p in (paths.get(type_name, type_name), name) if p)
             message_type = message_class.DESCRIPTOR.file.message_types_by_name.get(type_name)
             valid = [f.name for f in message_type.fields] if message_type else ()
-            raise configs.ConfigError(f"{source} line {line}: {where}: "
+            raise configs.ConfigError(f"{source}:{line}: {where}: "
                                       f"{configs.unknown_field_help(name, type_name, valid)}"
                                       ) from None
         raise configs.ConfigError(f"{source}: not valid protobuf text (EasyRecConfig): {e}"

@@ -27,6 +27,10 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
+from fmkit.models.deepfm import torch_required  # noqa: F401  (before PyTorch, an extra)
+
+# isort: split
 import torch
 from torch import nn
 

@@ -16,6 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+from fmkit.models.deepfm import torch_required  # noqa: F401  (before PyTorch, an extra)
+
+# isort: split
 import torch
 from scipy.special import erf
 from torch import nn
