@@ -901,10 +901,10 @@ def _naming_the_configuration(error: FMKitError, args: argparse.Namespace) -> st
     """An error in a DeepFM (or FM) configuration names the file first; its field path
     follows (``x.yaml: model_config.deepfm.deep.hidden_units: ...``); an error naming a file
     in a FuxiCTR configuration directory names that file only."""
-    configs = sys.modules.get("fmkit.models.deepfm.config")  # (imported if one was raised;
-    # importing it here would need PyTorch, an extra)
+    from fmkit.models.deepfm.config import ConfigError
+
     path = getattr(args, "config", None) or (args.file if args.command == "config" else None)
-    if (configs is None or not isinstance(error, configs.ConfigError) or not path
+    if (not isinstance(error, ConfigError) or not path
             or str(error).startswith((f"{path}:", f"{path.rstrip('/')}/"))):
         return str(error)
     return f"{path}: {error}"
