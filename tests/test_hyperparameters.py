@@ -113,6 +113,31 @@ def test_missing_required(missing):
         validate(raw)
 
 
+def test_a_missing_feature_dim_says_what_the_training_file_needs(cli, tmp_path):
+    """SageMaker requires feature_dim; the tools users come from infer it. Its error says the
+    value the training file needs: its largest index (counted here in plain Python) + 1 for a
+    0-based file, the largest for a 1-based one (a9a), as the index base given or detected."""
+    from .conftest import shared_file
+
+    a9a = shared_file("a9a_libsvm", "a9a")
+    largest = max(int(token.split(":")[0]) for line in a9a.read_text().splitlines()
+                  for token in line.split()[1:])
+    zero_based = tmp_path / "zero.libffm"
+    zero_based.write_text("1 0:0:1 1:7:1\n0 2:41:0.5\n")
+    hp = ["num_factors=2", "predictor_type=binary_classifier"]
+    for path, options, advice in (
+            (a9a, [], f"largest feature index is {largest}, 1-based (no index 0): "
+                      f"feature_dim={largest}"),
+            (zero_based, [], "largest feature index is 41, 0-based: feature_dim=42"),
+            (zero_based, ["--index-base", "1"], "largest feature index is 41, 1-based: "
+                                                "feature_dim=41")):
+        code, _, err = cli("train", "--train", path, "--model-dir", tmp_path / "m", *options,
+                           *hp)
+        assert code == 1 and err == (f"fmkit: error: hyperparameter feature_dim is required; "
+                                     f"expected an integer > 0; {path}'s {advice}\n"), err
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.mark.parametrize("method,needed", [("uniform", "init_scale"), ("constant", "init_value")])
 @pytest.mark.parametrize("group", ["bias", "linear", "factors"])
 def test_init_method_needs_its_parameter(group, method, needed):

@@ -22,7 +22,7 @@ from fmkit.data.sources import (
     held_if_small,
     require_channels,
 )
-from fmkit.errors import DataError, HyperparameterError, require_option
+from fmkit.errors import DataError, FMKitError, HyperparameterError, require_option
 from fmkit.jobs.predict import compile_scorer_ahead
 from fmkit.jobs.predict import predict_files as predict_files  # (the documented API)
 from fmkit.jobs.training import check_first_block, score_and_save, train
@@ -52,6 +52,31 @@ def resolve_index_base(source: FileSource, index_base: str | int) -> int:
     return int(index_base)
 
 
+ADVISED_BYTES = 256 << 20  # the largest channel read for the feature_dim it needs
+
+
+def _needed_feature_dim(train_path: str | Path, fmt: str, index_base: str | int) -> str:
+    """Advice for a training without ``feature_dim`` (SageMaker requires it; the tools users
+    come from infer it): the value the training channel needs, where it is a libsvm or libffm
+    channel of at most :data:`ADVISED_BYTES` (read once for it); else nothing."""
+    try:
+        source = FileSource(train_path, fmt, None)
+        if (source.fmt not in INDEXED_FORMATS or not source.rereadable
+                or sum(f.stat().st_size for f in source.files) > ADVISED_BYTES):
+            return ""
+        indices = [(int(b.indices.min()), int(b.indices.max()))
+                   for b in source.raw_blocks() if b.indices.size]
+    except (FMKitError, OSError):  # (the channel's own error comes when it is read)
+        return ""
+    if not indices:
+        return ""
+    largest = max(high for _, high in indices)
+    detected = str(index_base) == "auto"
+    base = (0 if min(low for low, _ in indices) == 0 else 1) if detected else int(index_base)
+    return (f"; {source.name}'s largest feature index is {largest}, {base}-based"
+            f"{' (no index 0)' if detected and base else ''}: feature_dim={largest + 1 - base}")
+
+
 def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
                 model_dir: str | Path, *, test_path: str | Path | None = None,
                 validation_path: str | Path | None = None, fmt: str = "auto",
@@ -70,6 +95,14 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
 
     Returns the model and the metrics written to ``metrics.json``.
     """
+    if hyperparameters.get("feature_dim") in (None, ""):
+        try:
+            validate(hyperparameters)
+        except HyperparameterError as e:
+            if str(e).startswith("hyperparameter feature_dim is required"):
+                raise HyperparameterError(f"{e}{_needed_feature_dim(train_path, fmt, index_base)}"
+                                          ) from None
+            raise
     hp = validate(hyperparameters)
     # before any data is read: never replace user files, never start what cannot fit
     artifact.check_destination(model_dir, checkpoints and checkpoints.directory)
