@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from fmkit import compression
 from fmkit.errors import FMKitError, excerpt
 
 _PARTIAL = ".partial-"
@@ -68,8 +69,7 @@ class Recognise:
         """Raise :class:`OutputError` when ``path`` holds something this writer does not
         write; a missing or empty file passes."""
         try:
-            with open(path, "rb") as f:
-                head = f.read(HEAD_BYTES)
+            head = compression.head_of(path, HEAD_BYTES)  # (a compressed file's content)
         except FileNotFoundError:
             return
         except OSError as e:
@@ -280,13 +280,26 @@ def write_text(path: str | Path, text: str, named: Recognise | None = None) -> N
 
 
 @contextlib.contextmanager
-def output_stream(path: str | Path | None, named: Recognise | None = None
-                  ) -> Iterator[BinaryIO]:
+def _compressed(stream: BinaryIO, path: Path, compress: bool) -> Iterator[BinaryIO]:
+    """``stream``, or with ``compress`` a compressing stream into it when ``path`` is named
+    ``.gz``, ``.bz2`` or ``.xz`` (:mod:`fmkit.compression`), ended before ``stream`` is."""
+    codec = compression.by_name(path) if compress else None
+    if codec is None:
+        yield stream
+        return
+    with codec.writer(stream) as packed:
+        yield packed
+
+
+@contextlib.contextmanager
+def output_stream(path: str | Path | None, named: Recognise | None = None, *,
+                  compress: bool = False) -> Iterator[BinaryIO]:
     """A binary stream for an output file; see the module docstring. ``None`` or ``-`` is
     stdout. ``named``: the file is the user's choice, and an existing one is replaced only
-    when ``named`` recognises it (None: a file in a directory fmkit guards). On any exception
-    the temporary file is removed and a filesystem error becomes an :class:`OutputError`
-    naming ``path``."""
+    when ``named`` recognises it (None: a file in a directory fmkit guards). ``compress``: a
+    file named ``.gz``, ``.bz2`` or ``.xz`` is written compressed so (data files: predictions,
+    converted channels). On any exception the temporary file is removed and a filesystem
+    error becomes an :class:`OutputError` naming ``path``."""
     if path is None or str(path) in ("-", *STDOUT_NAMES):
         yield sys.stdout.buffer
         sys.stdout.flush()
@@ -300,8 +313,8 @@ def output_stream(path: str | Path | None, named: Recognise | None = None
         except OSError as e:
             raise OutputError(path, f"cannot write: {describe_os_error(e)}") from None
         try:
-            with stream:
-                yield stream
+            with stream, _compressed(stream, path, compress) as out:
+                yield out
         except OSError as e:
             if e.errno == errno.EPIPE or not _about_output(e, path):
                 raise
@@ -312,7 +325,8 @@ def output_stream(path: str | Path | None, named: Recognise | None = None
     fd, tmp = temporary_file(path, make_parent=False)
     try:
         with os.fdopen(fd, "wb") as stream:
-            yield stream
+            with _compressed(stream, path, compress) as out:
+                yield out
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)

@@ -139,6 +139,45 @@ def test_an_fm_table_holds_score_and_predicted_label(cli, tmp_path):
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
     assert got.column("predicted_label").to_pylist() == (expected >= 0.5).astype(float).tolist()
 
+    # outputs named .gz, .bz2, .xz are compressed so (read back with Python's own modules),
+    # the suffix beneath naming the form: the same bytes as the plain files; a converted
+    # channel too; Parquet (compressed inside) is refused; a compressed file that is not ours
+    # is not replaced, ours is
+    import bz2
+    import gzip
+    import lzma
+
+    plain = {}
+    for name in ("p.jsonl", "p.csv"):
+        code, _, err = cli("predict", "--model-dir", tmp_path / "fm", "--data",
+                           tmp_path / "a.svm", "--output", tmp_path / name)
+        assert code == 0, err
+        plain[name] = (tmp_path / name).read_bytes()
+    for name, opener in (("p.jsonl.gz", gzip.open), ("p.csv.gz", gzip.open),
+                         ("p.csv.bz2", bz2.open), ("p.jsonl.xz", lzma.open)):
+        for _ in range(2):  # (the second replaces the first)
+            code, _, err = cli("predict", "--model-dir", tmp_path / "fm", "--data",
+                               tmp_path / "a.svm", "--output", tmp_path / name)
+            assert code == 0, err
+        with opener(tmp_path / name) as f:
+            assert f.read() == plain[name.rsplit(".", 1)[0]], name
+    code, _, err = cli("convert", "--to", "recordio", tmp_path / "a.svm", tmp_path / "a.rec")
+    assert code == 0, err
+    for name in ("b.svm", "b.svm.gz"):
+        code, _, err = cli("convert", "--to", "libsvm", tmp_path / "a.rec", tmp_path / name)
+        assert code == 0, err
+    with gzip.open(tmp_path / "b.svm.gz") as f:
+        assert f.read() == (tmp_path / "b.svm").read_bytes()
+    code, _, err = cli("predict", "--model-dir", tmp_path / "fm", "--data", tmp_path / "a.svm",
+                       "--output", tmp_path / "p.parquet.gz")
+    assert code == 1 and err == (f"fmkit: error: {tmp_path / 'p.parquet.gz'}: Parquet "
+                                 "compresses its columns itself: name it .parquet\n"), err
+    (tmp_path / "theirs.csv.gz").write_bytes(gzip.compress(b"a,b\n1,2\n"))
+    code, _, err = cli("predict", "--model-dir", tmp_path / "fm", "--data", tmp_path / "a.svm",
+                       "--output", tmp_path / "theirs.csv.gz")
+    assert code == 1 and "theirs.csv.gz: exists and is not fmkit's table" in err, err
+    assert gzip.decompress((tmp_path / "theirs.csv.gz").read_bytes()) == b"a,b\n1,2\n"
+
 
 def test_class_scores_are_lists_in_parquet_and_refused_in_csv(cli, tmp_path):
     for classes in (3, 2):

@@ -8,12 +8,8 @@ public click logs are distributed as ``.gz``. It also notes the files it has ope
 
 from __future__ import annotations
 
-import bz2
 import contextlib
-import gzip
 import itertools
-import lzma
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -21,15 +17,11 @@ from typing import BinaryIO, TypeVar
 import numpy as np
 
 from fmkit.compile_cache import kernel
+from fmkit.compression import DECOMPRESSION_ERRORS, ZSTD_MAGIC, by_magic
 from fmkit.errors import DataError
 
 BLOCK_BYTES = 4 << 20
-COMPRESSED = {b"\x1f\x8b": lambda f: gzip.GzipFile(fileobj=f), b"BZh": bz2.BZ2File,
-              b"\xfd7zXZ\x00": lzma.LZMAFile}
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 BOM = b"\xef\xbb\xbf"
-# what a damaged compressed stream raises while it is read
-DECOMPRESSION_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 T = TypeVar("T")
 # each input file open for reading, by path (as given): its file on disk, whose offset says how
 # far reading has come (PassMeter)
@@ -47,12 +39,12 @@ def open_input(path: str | Path) -> Iterator[BinaryIO]:
         if head.startswith(ZSTD_MAGIC):
             raise DataError(str(path), None, "is zstd-compressed: decompress it first (zstd -d); "
                             "fmkit reads gzip, bzip2 and xz files as they are")
-        opener = next((o for magic, o in COMPRESSED.items() if head.startswith(magic)), None)
-        if opener is None:
+        codec = by_magic(head)
+        if codec is None:
             yield _past_bom(f)
             return
         try:
-            with opener(f) as stream:
+            with codec.reader(f) as stream:
                 yield _past_bom(stream)
         except DECOMPRESSION_ERRORS as e:
             raise DataError(str(path), None, f"cannot decompress: {e or 'the file is truncated'}"
@@ -109,7 +101,7 @@ def compressed(path: str | Path) -> bool:
     disk says little of its rows'."""
     with open(path, "rb") as f:
         head = f.read(6)
-    return head.startswith(ZSTD_MAGIC) or any(head.startswith(m) for m in COMPRESSED)
+    return head.startswith(ZSTD_MAGIC) or by_magic(head) is not None
 
 
 def _past_bom(stream):

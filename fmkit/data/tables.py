@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pyarrow as pa
 
-from fmkit import files
+from fmkit import compression, files
 from fmkit.errors import HyperparameterError, excerpt
 
 WRITER_TYPES = {"ParquetWriter": "parquet", "CsvWriter": "csv"}  # TorchEasyRec's names
@@ -37,8 +37,11 @@ def table_kind(output: str | Path | None, writer_type: str | None) -> str | None
     """``parquet``, ``csv`` or ``tsv`` when predictions go to a table (by ``writer_type``, else
     by the output's suffix), None for SageMaker responses. A suffix that names another kind
     than ``writer_type`` is refused."""
-    suffix = Path(output).suffix.lower() if output else ""
+    suffix = compression.content_suffix(output) if output else ""
     by_name = SUFFIXES.get(suffix)
+    if by_name == "parquet" and compression.by_name(output):
+        raise HyperparameterError(f"{output}: Parquet compresses its columns itself: name it "
+                                  ".parquet")
     if writer_type is None:
         return by_name
     kind = WRITER_TYPES.get(writer_type)

@@ -295,7 +295,7 @@ def convert_file(input_path: str | Path, output: str | Path, *, source_format: s
         log.warning("%s: its fields are dropped: %s holds features and values only (a "
                     "field-aware FM trains from libffm)", source.name, target_format)
     rows = 0
-    with files.output_stream(output, files.ONLY_EMPTY) as f:
+    with files.output_stream(output, files.ONLY_EMPTY, compress=True) as f:
         for batch in source.blocks():
             X = batch.matrix(feature_dim)
             if np.isnan(batch.labels).any():

@@ -62,7 +62,8 @@ def predict_files(model_dir: str | Path, data_path: str | Path,
         reserved.conform = tables.OneType(model.input_types())
     output = tables.table_path(output, kind) if kind else output  # (a directory: part-0)
     try:  # the reader parses a block ahead on a core of its own: scoring leaves it that core
-        with (files.output_stream(output, tables.TABLES if kind else codecs.RESPONSES) as out,
+        with (files.output_stream(output, tables.TABLES if kind else codecs.RESPONSES,
+                                 compress=True) as out,
               leaving_cores(1)):
             blocks = background(model.read(data_path, fmt, labelled=False))
             blocks = reserved.tap(blocks) if reserved else blocks

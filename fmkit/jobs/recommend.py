@@ -183,11 +183,11 @@ def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
     ids, catalogue, found, _ = _top_k_of_files(model_dir, contexts, k, items, exclude,
                                                approximate)
     if kind:  # a row per recommended item: id, rank, item, score
-        with (files.output_stream(output, tables.TABLES) as out,
+        with (files.output_stream(output, tables.TABLES, compress=True) as out,
               tables.PredictionTable(out, kind, (list(tables.RECOMMENDATIONS), [])) as table):
             table.write(tables.recommendations(ids, catalogue.ids, found))
         return len(ids)
-    with files.output_stream(output, ANSWERS) as out:
+    with files.output_stream(output, ANSWERS, compress=True) as out:
         for answer in _answers(ids, catalogue, found):
             out.write((json.dumps(answer) + "\n").encode())
     return len(ids)
@@ -233,7 +233,7 @@ def write_pairs(contexts: str | Path, items: str | Path, interactions: str | Pat
         initial=0)))
     joined, labels = draw_pairs(context_rows, item_rows, chosen, negatives,
                                 np.random.default_rng(seed), width)
-    with files.output_stream(output, files.ONLY_EMPTY) as out:
+    with files.output_stream(output, files.ONLY_EMPTY, compress=True) as out:
         write_libsvm(out, joined, labels)
     positive = int(labels.sum())
     return positive, labels.size - positive
