@@ -86,6 +86,23 @@ def test_a_parquet_file_given_to_an_fm_says_what_it_is(tmp_path):
         FileSource(path, "auto", 10)  # (it was parsed as libsvm: "non-numeric value in 'PAR1")
 
 
+def test_an_archive_given_as_data_says_what_it_is(tmp_path):
+    """An .npz (weights) or a model.tar.gz given where data goes was parsed as libsvm or CSV
+    ("non-numeric value in 'model_algo-1\\x00...'"): made here with Python's own zipfile,
+    tarfile and numpy."""
+    import tarfile
+
+    import numpy as np
+
+    np.savez(tmp_path / "weights.npz", w=np.zeros(3))
+    (tmp_path / "rows.svm").write_text("1 1:1\n")
+    with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "rows.svm", arcname="rows.svm")
+    for name, kind in (("weights.npz", "a zip archive"), ("model.tar.gz", "a tar archive")):
+        with pytest.raises(DataError, match=f"^{tmp_path / name}: is {kind}"):
+            FileSource(tmp_path / name, "auto", 10)
+
+
 def test_index_base_detection(tmp_path):
     assert detect_index_base(FileSource(shared_file("a9a_libsvm", "a9a"), "auto", 123)) == 1
     zero = tmp_path / "zero.libsvm"
