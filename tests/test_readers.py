@@ -98,9 +98,18 @@ def test_an_archive_given_as_data_says_what_it_is(tmp_path):
     (tmp_path / "rows.svm").write_text("1 1:1\n")
     with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "rows.svm", arcname="rows.svm")
+    from fmkit.data.columns import read_delimited
+    from fmkit.data.recordio import write_rows
+
+    with open(tmp_path / "rows.rec", "wb") as f:
+        write_rows(f, np.eye(2), np.ones(2))
     for name, kind in (("weights.npz", "a zip archive"), ("model.tar.gz", "a tar archive")):
         with pytest.raises(DataError, match=f"^{tmp_path / name}: is {kind}"):
             FileSource(tmp_path / name, "auto", 10)
+    for name, kind in (("weights.npz", "a zip archive"), ("model.tar.gz", "a tar archive"),
+                       ("rows.rec", "recordIO-protobuf")):  # (a DeepFM's reader)
+        with pytest.raises(DataError, match=f"^{tmp_path / name}: is {kind}.*, not delimited"):
+            next(read_delimited(tmp_path / name, ["label", "x"], ",", False))
 
 
 def test_index_base_detection(tmp_path):

@@ -36,8 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fmkit.compile_cache import kernel
+from fmkit.data import recordio
 from fmkit.data.blocks import BOM, iter_line_blocks
-from fmkit.data.sources import PARQUET_MAGIC, channel_files, shard_files
+from fmkit.data.sources import PARQUET_MAGIC, archive_kind, channel_files, shard_files
 from fmkit.errors import DataError, excerpt
 from fmkit.logs import log_once
 
@@ -391,6 +392,10 @@ def read_delimited(path: str | Path, names: Sequence[str] | None, delimiter: str
             raise DataError(str(file), None, "is Parquet, which is read from the end of a "
                             "file: give the file, not a pipe" if file.is_fifo() else
                             "is Parquet, not delimited text (--format auto reads it)")
+        head = first[0][:512].tobytes()
+        if archive_kind(head) or head.startswith(recordio.MAGIC_BYTES):
+            raise DataError(str(file), None, f"is {archive_kind(head) or 'recordIO-protobuf'},"
+                            " not delimited text or Parquet (a DeepFM's columns)")
         yield from _delimited_blocks(itertools.chain([first], blocks), str(file), names,
                                      delimiter, with_header, detect, needed, optional, labelled,
                                      (part, parts))

@@ -143,16 +143,22 @@ def detect_format(path: str | Path) -> str:
     if head.startswith(PARQUET_MAGIC):
         raise DataError(str(first), None, "is Parquet: an FM reads libsvm, libffm, CSV or "
                         "recordIO-protobuf (Parquet columns are a DeepFM's input)")
-    archive = ("a zip archive (.npz, .zip)" if head.startswith(b"PK\x03\x04") else
-               "a tar archive" if head[257:262] == b"ustar" else None)
-    if archive:
-        raise DataError(str(first), None, f"is {archive}, not data: unpack it, and give the "
-                        "libsvm, libffm, CSV or recordIO-protobuf file it holds")
+    if archive_kind(head):
+        raise DataError(str(first), None, f"is {archive_kind(head)}, not data: unpack it, and "
+                        "give the libsvm, libffm, CSV or recordIO-protobuf file it holds")
     if opens_json(head):
         raise DataError(str(first), None, "is JSON (SageMaker request bodies, which fmkit "
                         "predict scores): training and evaluation read libsvm, libffm, CSV or "
                         "recordIO-protobuf")
     return format_of(head)
+
+
+def archive_kind(head: bytes) -> str | None:
+    """What an archive given where data goes is, from its first 512 bytes (a zip: weights'
+    ``.npz``; a tar: a ``model.tar.gz``, decompressed), else None."""
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (.npz, .zip)"
+    return "a tar archive" if head[257:262] == b"ustar" else None
 
 
 def format_of(head: bytes) -> str:
