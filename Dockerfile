@@ -11,7 +11,10 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/fmkit
 COPY pyproject.toml constraints.txt README.md ./
 COPY fmkit ./fmkit
-RUN pip install --no-cache-dir -c constraints.txt . \
+# With PyTorch's CPU build (the extra index; PyPI's own wheel is the multi-GB CUDA one): a job
+# with several hosts trains as one torch.distributed process group, and DeepFM models serve.
+RUN pip install --no-cache-dir -c constraints.txt \
+        --extra-index-url https://download.pytorch.org/whl/cpu '.[distributed]' \
     && fmkit --version
 # Compile what a job with SageMaker's defaults runs (recordIO and libsvm readers, Adam at batch
 # 1000, scoring) into the image's numba cache, so the first job starts warm. numba keys its
