@@ -42,6 +42,14 @@ class HyperparameterError(FMKitError, ValueError):
     """A hyperparameter is unknown, missing, of the wrong type or out of range."""
 
 
+class MissingHyperparameter(HyperparameterError):
+    """A required hyperparameter is not set: ``name``, which advice may follow."""
+
+    def __init__(self, name: str, message: str):
+        self.name = name
+        super().__init__(message)
+
+
 class DataError(FMKitError, ValueError):
     """A data file or request has a malformed record.
 

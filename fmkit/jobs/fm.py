@@ -22,7 +22,13 @@ from fmkit.data.sources import (
     held_if_small,
     require_channels,
 )
-from fmkit.errors import DataError, FMKitError, HyperparameterError, require_option
+from fmkit.errors import (
+    DataError,
+    FMKitError,
+    HyperparameterError,
+    MissingHyperparameter,
+    require_option,
+)
 from fmkit.jobs.predict import compile_scorer_ahead
 from fmkit.jobs.predict import predict_files as predict_files  # (the documented API)
 from fmkit.jobs.training import check_first_block, score_and_save, train
@@ -95,15 +101,13 @@ def train_files(hyperparameters: Mapping[str, Any], train_path: str | Path,
 
     Returns the model and the metrics written to ``metrics.json``.
     """
-    if hyperparameters.get("feature_dim") in (None, ""):
-        try:
-            validate(hyperparameters)
-        except HyperparameterError as e:
-            if str(e).startswith("hyperparameter feature_dim is required"):
-                raise HyperparameterError(f"{e}{_needed_feature_dim(train_path, fmt, index_base)}"
-                                          ) from None
+    try:
+        hp = validate(hyperparameters)
+    except MissingHyperparameter as e:
+        if e.name != "feature_dim":
             raise
-    hp = validate(hyperparameters)
+        advice = _needed_feature_dim(train_path, fmt, index_base)
+        raise MissingHyperparameter(e.name, f"{e}{advice}") from None
     # before any data is read: never replace user files, never start what cannot fit
     artifact.check_destination(model_dir, checkpoints and checkpoints.directory)
     if device != "cpu":

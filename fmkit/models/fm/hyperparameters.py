@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fmkit.errors import HyperparameterError, did_you_mean, excerpt
+from fmkit.errors import HyperparameterError, MissingHyperparameter, did_you_mean, excerpt
 from fmkit.models.fm.parameters import ADAM_SIGMA, ADAM_STEPS, AUTO_FACTORS_SIGMA, LABEL_ROWS
 from fmkit.models.metrics import watched_metric
 
@@ -351,9 +351,8 @@ def validate(raw: Mapping[str, Any], *, require: bool = True, saved: bool = Fals
         value = raw.get(h.name)
         if value is None:
             if h.required and require:
-                raise HyperparameterError(
-                    f"hyperparameter {h.name} is required; expected {h.describe_range()}"
-                )
+                raise MissingHyperparameter(
+                    h.name, f"hyperparameter {h.name} is required; expected {h.describe_range()}")
             values[h.name] = h.default
             continue
         converted = _convert(h, value)
