@@ -222,6 +222,16 @@ def test_a_model_is_saved_over_only_what_fmkit_wrote(fitted, tmp_path):
     (path / "tune").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(OutputError, match="nothing was changed"):
         model.save(path)
+    (path / "tune").unlink()
+    # an evaluation's record under another name (tzrec.eval's --eval_result_filename) is
+    # replaced with the model it describes; a FIFO of another name is refused, never read
+    # (its reading would wait for a writer)
+    (path / "my_eval.txt").write_text('{"global_step": 3, "auc": 0.5}\n')
+    model.save(path)
+    assert not (path / "my_eval.txt").exists()
+    os.mkfifo(path / "pipe")
+    with pytest.raises(OutputError, match="nothing was changed"):
+        model.save(path)
 
 
 def test_kill_9_during_training_leaves_previous_model_or_none(tmp_path):

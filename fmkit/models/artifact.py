@@ -135,12 +135,15 @@ def holds_model(path: Path) -> bool:
 
 def _is_result_file(path: Path) -> bool:
     """A file of another name that :data:`RESULT_LINES` recognises (an evaluation's record,
-    which describes the model it is beside)."""
+    which describes the model it is beside). Read only when a regular file (a FIFO's
+    reading would wait for a writer)."""
+    if path.is_symlink() or not path.is_file() or path.stat().st_size == 0:
+        return False
     try:
         RESULT_LINES.refuse_foreign(path)
     except files.OutputError:
         return False
-    return path.is_file() and not path.is_symlink() and path.stat().st_size > 0
+    return True
 
 
 def checked_classes(classes: Any, count: int) -> list:
