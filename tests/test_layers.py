@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fmkit"
 # lowest first; a module belongs to the layer of its longest matching prefix
 LAYERS = [
     ("foundation", ["fmkit._version", "fmkit.errors", "fmkit.logs", "fmkit.cgroups",
-                    "fmkit.memory", "fmkit.cpus", "fmkit.files", "fmkit.compile_cache",
-                    "fmkit.exits"]),
+                    "fmkit.memory", "fmkit.cpus", "fmkit.files", "fmkit.compression",
+                    "fmkit.compile_cache", "fmkit.exits"]),
     ("data", ["fmkit.data"]),
     ("kernels", ["fmkit.kernels"]),
     ("models", ["fmkit.models"]),
