@@ -263,7 +263,12 @@ def test_hyperparameters_may_come_between_options(cli, tmp_path, capsys):
     assert (hp["num_factors"], hp["mini_batch_size"]) == (3, 500)
     code, _, err = cli("evaluate", "--model-dir", tmp_path / "m", "--data", data, "--set",
                        "data_config.delimiter=,")  # (a DeepFM's option)
-    assert code == 1 and "changes how a DeepFM reads its files" in err
+    assert code == 1 and err.startswith("fmkit: error: 'data_config.delimiter=,' (--set, ") \
+        and "changes how a DeepFM reads its files" in err, err
+    code, _, err = cli("predict", "--model-dir", tmp_path / "m", "--data", data, "--batch_size",
+                       "64")  # (tzrec.predict's option: named as given)
+    assert code == 1 and err.startswith("fmkit: error: 'data_config.batch_size=64' (--set, or "
+                                        "tzrec.predict's --batch_size"), err
     with pytest.raises(SystemExit) as exited:
         cli("train", "--train", data, "feature_dim=123", "--bogus", "num_factors=3")
     assert exited.value.code == 2

@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from fmkit.errors import ArtifactError, HyperparameterError
+from fmkit.errors import ArtifactError, HyperparameterError, excerpt
 from fmkit.models import artifact
 from fmkit.models.fm.model import MODEL_TYPE, FMModel
 
@@ -87,8 +87,10 @@ def load_model(path: str | Path, device: str = "cpu", data_config: Sequence[str]
     (``DeepFMModel.read_as``)."""
     kind = artifact.model_type(path) or MODEL_TYPE  # (None for SageMaker's artifact too)
     if data_config and kind != "deepfm":
-        raise HyperparameterError("--set data_config.PATH=VALUE changes how a DeepFM reads its "
-                                  "files; an FM's are read by --format (and its index base)")
+        raise HyperparameterError(f"{excerpt(data_config[0])} (--set, or tzrec.predict's "
+                                  "--batch_size, --dataset_type, --edit_config_json) changes how "
+                                  "a DeepFM reads its files; an FM's are read by --format (and "
+                                  "its index base)")
     model = LOADERS.get(kind, load_fm)(path)
     if data_config:
         model.read_as(data_config)
