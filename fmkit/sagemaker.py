@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fmkit import distributed
+from fmkit.cpus import available_cpus
 from fmkit.data.batch import SparseBatch
 from fmkit.data.sources import READERS, BatchChecker, FileSource
 from fmkit.errors import DataError, FMKitError
@@ -224,7 +225,8 @@ def serve(opt_ml: OptML | None = None, workers: int | None = None) -> None:
     from fmkit.serve.app import serve as run_server
 
     opt_ml = opt_ml or OptML.from_environment()
-    count = workers or environment_int("SAGEMAKER_MODEL_SERVER_WORKERS", os.cpu_count() or 1)
+    # (by default a worker per usable core: a container's CPU quota, not the host's cores)
+    count = workers or environment_int("SAGEMAKER_MODEL_SERVER_WORKERS", available_cpus())
     run_server(str(opt_ml.model), workers=count, max_payload_mb=_max_payload_mb())
 
 

@@ -261,3 +261,22 @@ def test_a_spot_job_restarted_continues_from_its_checkpoint(tmp_path, a9a):
     for name in ("w0", "w", "V"):
         np.testing.assert_allclose(getattr(b.params, name), getattr(a.params, name),
                                    rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_serve_starts_a_worker_per_usable_core_by_default(tmp_path, monkeypatch):
+    """SageMaker's serve without SAGEMAKER_MODEL_SERVER_WORKERS: a worker per core the process
+    may use (a container's CPU quota: fmkit.cpus.available_cpus, tested against cgroup files
+    in test_cpus), not os.cpu_count(), the host's, which started a worker per host core
+    inside a one-CPU container; the variable, when set, decides."""
+    import fmkit.sagemaker as entry
+    import fmkit.serve.app as app
+
+    started = []
+    monkeypatch.setattr(app, "serve", lambda model, workers, **_: started.append(workers))
+    monkeypatch.setattr(entry, "available_cpus", lambda: 1)
+    monkeypatch.delenv("SAGEMAKER_MODEL_SERVER_WORKERS", raising=False)
+    opt_ml = entry.OptML(tmp_path)
+    entry.serve(opt_ml)
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "3")
+    entry.serve(opt_ml)
+    assert started == [1, 3] and (os.cpu_count() or 1) > 1
