@@ -487,7 +487,8 @@ def test_estimator_recommend_equals_scoring_every_pair_with_predict():
             model.recommend(contexts, catalogue, 5, exclude=wrong)
 
 
-def test_recommend_evaluate_scores_the_top_k_against_held_out_items(movielens_fm, cli):
+def test_recommend_evaluate_scores_the_top_k_against_held_out_items(movielens_fm, cli,
+                                                                      monkeypatch):
     """``fmkit recommend evaluate`` (LightFM's precision_at_k and recall_at_k, NDCG, MRR and
     hit rate at k) equals those metrics computed here in plain Python from the lists ``fmkit
     recommend`` writes, which equal scoring every item with ``fmkit predict``; NDCG also
@@ -547,6 +548,17 @@ def test_recommend_evaluate_scores_the_top_k_against_held_out_items(movielens_fm
         assert got[f"{name}_at_{k}"] == pytest.approx(value, abs=1e-12), name
     assert len(aucs) > 10 and got["auc"] == pytest.approx(np.mean(aucs), abs=1e-9)
     print({name: round(value, 4) for name, value in got.items()})
+    # contexts read 7 at a time (a block's rows; memory bounded by a block, whatever the
+    # number of contexts): the lists checked above, and their metrics
+    import fmkit.data.id_rows
+
+    monkeypatch.setattr(fmkit.data.id_rows, "ID_BLOCK_ROWS", 7)
+    code, _, err = cli("recommend", *common, "--output", root / "in_blocks.jsonl")
+    assert code == 0, err
+    assert (root / "in_blocks.jsonl").read_bytes() == (root / "evaluated.jsonl").read_bytes()
+    code, out, err = cli("recommend", "evaluate", *common, "--relevant", relevant)
+    assert code == 0 and json.loads(out) == pytest.approx(got, abs=1e-12), err
+    monkeypatch.undo()
     # from Python: the estimator's recommend, then fmkit.ranking_metrics
     import scipy.sparse as sp
 

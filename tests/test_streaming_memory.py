@@ -105,3 +105,47 @@ def test_a_small_channel_is_parsed_once_a_run_and_trains_the_same_model(tmp_path
     parsed.clear()
     train_files(hp, packed, tmp_path / "packed", index_base=0, progress=False)
     assert parsed[str(packed)] == streamed_parses[str(tmp_path / "train.libsvm")], parsed
+
+
+def test_recommending_for_ten_times_the_contexts_same_peak_memory(tmp_path, capsys):
+    """fmkit recommend reads its contexts a block at a time and writes each block's answers:
+    ten times the contexts (here in blocks of 4,096) must not raise peak RSS by more than a
+    few MB (holding them all took 1.3 GB more for a million contexts)."""
+    import json
+
+    import scipy.sparse as sp
+
+    import fmkit
+
+    users, items = 100_000, 1_000
+    rng = np.random.default_rng(0)
+    rows = 2_000
+    X = sp.csr_matrix((np.ones(2 * rows), np.column_stack([
+        rng.integers(0, users, rows), users + rng.integers(0, items, rows)]).ravel(),
+        np.arange(0, 2 * rows + 1, 2)), shape=(rows, users + items))
+    fmkit.FMClassifier(num_factors=8, epochs=1).fit(X, rng.integers(0, 2, rows)).save(
+        tmp_path / "model")
+    (tmp_path / "items.jsonl").write_text("".join(
+        json.dumps({"id": i, "keys": [users + i]}) + "\n" for i in range(items)))
+    for name, count in (("small", 8_000), ("large", 80_000)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            f'{{"id": {u}, "keys": [{u}]}}\n' for u in range(count)))
+    script = PEAK_RSS_SCRIPT.replace(
+        "from fmkit.cli import main", "import fmkit.data.id_rows\n"
+        "fmkit.data.id_rows.ID_BLOCK_ROWS = 4096\nfrom fmkit.cli import main")
+
+    def peak(name: str) -> int:
+        result = subprocess.run(
+            [sys.executable, "-c", script, "recommend", "--model-dir", str(tmp_path / "model"),
+             "--items", str(tmp_path / "items.jsonl"), "--context",
+             str(tmp_path / f"{name}.jsonl"), "--k", "10", "--quiet", "--output",
+             str(tmp_path / f"{name}.top.jsonl")], capture_output=True, text=True, check=True)
+        return int(result.stdout.strip().splitlines()[-1])
+
+    small_peak, large_peak = peak("small"), peak("large")
+    assert len((tmp_path / "large.top.jsonl").read_text().splitlines()) == 80_000
+    grown_mib = (large_peak - small_peak) / 1024
+    with capsys.disabled():
+        print(f"\nrecommend peak RSS: {small_peak / 1024:.1f} MiB (8,000 contexts), "
+              f"{large_peak / 1024:.1f} MiB (80,000), growth {grown_mib:.1f} MiB")
+    assert grown_mib < 10.0

@@ -9,6 +9,7 @@ public click logs are distributed as ``.gz``. It also notes the files it has ope
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -118,11 +119,15 @@ def read_input(path: str | Path) -> bytes:
         return f.read()
 
 
-def read_input_text(path: str | Path) -> str:
-    """:func:`read_input` as UTF-8 text; a missing, unreadable or non-UTF-8 file is a
+def read_input_lines(path: str | Path) -> Iterator[str]:
+    """An input file's lines (decompressed, see :func:`open_input`), as UTF-8 text without
+    their line ends, one at a time: for inputs read record by record, which must not be held
+    whole (the contexts of ``fmkit recommend``). A missing, unreadable or non-UTF-8 file is a
     :class:`~fmkit.errors.DataError` naming it."""
     try:
-        return read_input(path).decode()
+        with open_input(path) as f:
+            for line in io.TextIOWrapper(f, encoding="utf-8"):
+                yield line.rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(str(path), None, f"cannot read: {getattr(e, 'strerror', None) or e}"
                         ) from None

@@ -17,36 +17,57 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fmkit.data.batch import SparseBatch
-from fmkit.data.blocks import read_input_text
+from fmkit.data.blocks import read_input_lines
 from fmkit.data.sources import merged_repeats
 from fmkit.errors import DataError, excerpt
+
+ID_BLOCK_ROWS = 1 << 16  # the rows of a block of contexts: what fmkit recommend holds at once
+
+
+def iter_id_rows(path: str | Path, feature_dim: int, num_fields: int = 0,
+                 rows: int | None = None) -> Iterator[tuple[list[Any], SparseBatch]]:
+    """The ids and rows of a file (see the module docstring), ``rows`` (default
+    :data:`ID_BLOCK_ROWS`) at a time, read line by line: memory is bounded by a block,
+    whatever the file's size (one block, maybe empty, for a file without rows). A JSON row
+    without an id takes its row number from 0."""
+    path, rows = Path(path), rows or ID_BLOCK_ROWS
+    block: list[tuple[int | None, dict]] = []
+    done, json_lines = 0, None
+    for number, line in enumerate(read_input_lines(path), start=1):
+        if not line.strip():
+            continue
+        if json_lines is None:
+            json_lines = line.lstrip().startswith("{")
+        block.append((number, _json_record(line, path, number) if json_lines
+                      else _libsvm_record(line, path, number, num_fields)))
+        if len(block) == rows:
+            yield rows_of(block, feature_dim, num_fields, str(path), not json_lines, done)
+            done, block = done + len(block), []
+    if block or not done:
+        yield rows_of(block, feature_dim, num_fields, str(path), not json_lines, done)
 
 
 def read_id_rows(path: str | Path, feature_dim: int, num_fields: int = 0
                  ) -> tuple[list[Any], SparseBatch]:
-    """The ids and rows of a file (see the module docstring)."""
-    path = Path(path)
-    text = read_input_text(path)
-    json_lines = text.lstrip().startswith("{")
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            records.append((number, _json_record(line, path, number) if json_lines
-                            else _libsvm_record(line, path, number, num_fields)))
-    return rows_of(records, feature_dim, num_fields, str(path), merge_repeats=not json_lines)
+    """The ids and rows of a whole file (the items of a catalogue, which are held)."""
+    return next(iter_id_rows(path, feature_dim, num_fields, rows=sys.maxsize))
 
 
 def rows_of(records: list[tuple[int | None, dict]], feature_dim: int, num_fields: int,
-            source: str, merge_repeats: bool = False) -> tuple[list[Any], SparseBatch]:
+            source: str, merge_repeats: bool = False, first_id: int = 0
+            ) -> tuple[list[Any], SparseBatch]:
     """``(line or None, {"id", "keys", "values", "fields"})`` records checked into a batch.
     With ``merge_repeats``, a row with fields may repeat a key: one feature, its values summed,
-    in its first field (a libffm line's rule); otherwise a repeated key is refused."""
+    in its first field (a libffm line's rule); otherwise a repeated key is refused. A record
+    without an id takes ``first_id`` + its position."""
     ids, indptr, keys, values, fields = [], [0], [], [], []
     for position, (line, record) in enumerate(records):
         def error(problem: str, line=line, position=position) -> DataError:
@@ -84,7 +105,7 @@ def rows_of(records: list[tuple[int | None, dict]], feature_dim: int, num_fields
                     raise error(f"field {excerpt(str(field))} is not an integer in [0, "
                                 f"num_fields={num_fields})")
             fields.extend(row_fields)
-        ids.append(record.get("id", position))
+        ids.append(record.get("id", first_id + position))
         keys.extend(row_keys)
         values.extend(float(v) for v in row_values)
         indptr.append(len(keys))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ import numpy as np
 
 from fmkit import distributed, files
 from fmkit.data.batch import SparseBatch
-from fmkit.data.blocks import read_input_text
-from fmkit.data.id_rows import read_id_rows
+from fmkit.data.blocks import read_input_lines
+from fmkit.data.id_rows import iter_id_rows, read_id_rows
 from fmkit.data.libsvm import write_libsvm
 from fmkit.data.pairs import SampledPairs, draw_pairs, drawn_bytes, shared_key
 from fmkit.data.sources import FileSource
@@ -40,7 +40,7 @@ from fmkit.models.fm.recommend import (
     id_key,
     top_k,
 )
-from fmkit.models.metrics import ranking_metrics
+from fmkit.models.metrics import RankingMeans
 
 
 def _recommender(model_dir: str | Path) -> FMModel:
@@ -111,62 +111,97 @@ def _answers(ids: list[Any], catalogue: Catalogue,
              "scores": scores.tolist()} for query, (positions, scores) in zip(ids, found)]
 
 
-def item_lists(path: str | Path | None, query_ids: list[Any], catalogue: Catalogue | IdIndex,
-               what: str = "excluded") -> list[np.ndarray] | None:
-    """Per query, the catalogue positions of the items ``path`` (JSON Lines ``{"id": query,
-    "items": [item ids]}``) lists for it: the ``--exclude`` and ``--relevant`` files. Item ids
-    the catalogue does not hold are left out, with a warning saying how many; a file none of
-    whose query ids is a context's is said too (it changes nothing)."""
-    if path is None:
-        return None
-    seen: dict[str, list[Any]] = {}
-    for number, line in enumerate(read_input_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            items = record["items"]
-            key = id_key(record["id"])
-        except (ValueError, KeyError, TypeError):
-            raise DataError(str(path), number, 'expected {"id": query id, "items": [item '
-                            'ids]}') from None
-        if not isinstance(items, list):
-            raise DataError(str(path), number, '"items" must be a list of item ids')
-        seen.setdefault(key, []).extend(items)
-    keys = [id_key(q) for q in query_ids]
-    given = [seen.get(key, []) for key in keys]
-    strangers = len(seen.keys() - set(keys))
-    if what == "interaction" and strangers:  # (training data: a whole list would go unread)
-        log.warning("%s: %d of its %d contexts are not among the contexts' rows: their "
-                    "interactions are left out", path, strangers, len(seen))
-    elif seen and strangers == len(seen):
-        log.warning("%s: none of its %d query ids (e.g. %s) is among the contexts' ids (e.g. "
-                    "%s): no item is %s", path, len(seen), excerpt(next(iter(seen))),
-                    excerpt(keys[0]) if keys else "none", what)
-    lists = [catalogue.positions(items) for items in given]
-    unknown = sum(map(len, given)) - sum(p.size for p in lists)
-    if unknown:
-        log.warning("%s: %d of the %d %s items of these contexts are not in the catalogue: "
-                    "left out", path, unknown, sum(map(len, given)), what)
-    return lists
+class ListedItems:
+    """An ``{"id": query id, "items": [item ids]}`` JSON Lines file (``--exclude``,
+    ``--relevant``, ``--interactions``), held as each query's catalogue positions (an array
+    per query, not the file's text): :meth:`lists` gives a block of queries theirs. Item ids
+    the catalogue does not hold are left out; :meth:`finish` says how many of the asked
+    queries' items that was, and when no query id of the file (for interactions, any) was
+    asked for."""
+
+    def __init__(self, path: str | Path, catalogue: Catalogue | IdIndex,
+                 what: str = "excluded"):
+        self.path, self.what = path, what
+        self.held: dict[str, tuple[np.ndarray, int]] = {}  # positions, items given
+        for number, line in enumerate(read_input_lines(path), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                items = record["items"]
+                key = id_key(record["id"])
+            except (ValueError, KeyError, TypeError):
+                raise DataError(str(path), number, 'expected {"id": query id, "items": [item '
+                                'ids]}') from None
+            if not isinstance(items, list):
+                raise DataError(str(path), number, '"items" must be a list of item ids')
+            positions, given = catalogue.positions(items), len(items)
+            if key in self.held:  # (a query's items over several lines)
+                before, counted = self.held[key]
+                positions, given = np.concatenate([before, positions]), counted + given
+            self.held[key] = positions, given
+        self.asked: set[str] = set()
+        self.example: str | None = None  # a query id asked for, for the warning
+        self.given = self.found = 0
+
+    def lists(self, query_ids: list[Any]) -> list[np.ndarray]:
+        """Each query's positions (none for a query the file does not list)."""
+        lists = []
+        for key in map(id_key, query_ids):
+            self.example = key if self.example is None else self.example
+            positions, given = self.held.get(key, (NO_ITEMS, 0))
+            if key in self.held:
+                self.asked.add(key)
+                self.given, self.found = self.given + given, self.found + positions.size
+            lists.append(positions)
+        return lists
+
+    def finish(self) -> None:
+        """The warnings, once every query was asked for."""
+        strangers = len(self.held) - len(self.asked)
+        if self.what == "interaction" and strangers:  # (training data: a list goes unread)
+            log.warning("%s: %d of its %d contexts are not among the contexts' rows: their "
+                        "interactions are left out", self.path, strangers, len(self.held))
+        elif self.held and strangers == len(self.held):
+            log.warning("%s: none of its %d query ids (e.g. %s) is among the contexts' ids "
+                        "(e.g. %s): no item is %s", self.path, len(self.held),
+                        excerpt(next(iter(self.held))), excerpt(self.example or "none"),
+                        self.what)
+        if self.given > self.found:
+            log.warning("%s: %d of the %d %s items of these contexts are not in the "
+                        "catalogue: left out", self.path, self.given - self.found, self.given,
+                        self.what)
 
 
-def _top_k_of_files(model_dir: str | Path, contexts: str | Path, k: int,
-                    items: str | Path | None, exclude: str | Path | None, approximate: bool
-                    ) -> tuple[list[Any], Catalogue, list[tuple[np.ndarray, np.ndarray]],
-                               Callable[[list[np.ndarray]], np.ndarray]]:
-    """The query ids, the catalogue, each query's ``(positions, scores)``, best first, and
-    the queries' AUCs of given relevant positions (:func:`context_aucs`, ``exclude`` left
-    out)."""
+NO_ITEMS = np.zeros(0, np.int64)
+
+
+def _top_k_blocks(model_dir: str | Path, contexts: str | Path, k: int,
+                  items: str | Path | None, exclude: str | Path | None, approximate: bool
+                  ) -> tuple[Catalogue, Iterator[tuple[list[Any], list[tuple[np.ndarray,
+                                                                                 np.ndarray]],
+                                                 Callable[[list[np.ndarray]], np.ndarray]]]]:
+    """The catalogue, and per block of contexts (:func:`fmkit.data.id_rows.iter_id_rows`:
+    memory bounded by a block, whatever the number of contexts) their ids, each one's
+    ``(positions, scores)``, best first, and their AUCs of given relevant positions
+    (:func:`context_aucs`, ``exclude`` left out)."""
     require_option(k >= 1, "--k", ">= 1", k)
     model = _recommender(model_dir)
     catalogue = catalogue_of(model, model_dir, items)
     index = approximate_index(model_dir, catalogue, items is not None) if approximate else None
-    ids, batch = read_id_rows(contexts, model.feature_dim, model.input_fields)
-    excluded = item_lists(exclude, ids, catalogue)
-    found = top_k(model, catalogue, batch, k, excluded, index)
-    return ids, catalogue, found, lambda relevant: context_aucs(model, catalogue, batch,
-                                                                relevant, excluded)
+    excluded = ListedItems(exclude, catalogue) if exclude is not None else None
+
+    def blocks() -> Iterator[tuple[list[Any], list[tuple[np.ndarray, np.ndarray]],
+                                   Callable[[list[np.ndarray]], np.ndarray]]]:
+        for ids, batch in iter_id_rows(contexts, model.feature_dim, model.input_fields):
+            left_out = excluded.lists(ids) if excluded else None
+            found = top_k(model, catalogue, batch, k, left_out, index)
+            yield ids, found, lambda relevant, batch=batch, left_out=left_out: context_aucs(
+                model, catalogue, batch, relevant, left_out)
+        if excluded:
+            excluded.finish()
+
+    return catalogue, blocks()
 
 
 def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
@@ -180,17 +215,21 @@ def recommend_files(model_dir: str | Path, contexts: str | Path, k: int, *,
     from fmkit.data import tables  # (pyarrow: only for a table)
 
     kind = tables.table_kind(output, None)
-    ids, catalogue, found, _ = _top_k_of_files(model_dir, contexts, k, items, exclude,
-                                               approximate)
+    catalogue, blocks = _top_k_blocks(model_dir, contexts, k, items, exclude, approximate)
+    count = 0
     if kind:  # a row per recommended item: id, rank, item, score
         with (files.output_stream(output, tables.TABLES, compress=True) as out,
               tables.PredictionTable(out, kind, (list(tables.RECOMMENDATIONS), [])) as table):
-            table.write(tables.recommendations(ids, catalogue.ids, found))
-        return len(ids)
+            for ids, found, _ in blocks:
+                table.write(tables.recommendations(ids, catalogue.ids, found))
+                count += len(ids)
+        return count
     with files.output_stream(output, ANSWERS, compress=True) as out:
-        for answer in _answers(ids, catalogue, found):
-            out.write((json.dumps(answer) + "\n").encode())
-    return len(ids)
+        for ids, found, _ in blocks:
+            out.write("".join(json.dumps(answer) + "\n"
+                              for answer in _answers(ids, catalogue, found)).encode())
+            count += len(ids)
+    return count
 
 
 def evaluate_files(model_dir: str | Path, contexts: str | Path, relevant: str | Path, k: int,
@@ -203,17 +242,22 @@ def evaluate_files(model_dir: str | Path, contexts: str | Path, relevant: str | 
     ``auc``, the mean over them of each context's AUC against the whole catalogue
     (:func:`context_aucs`). ``approximate`` (for catalogues too large to score every item
     per context) leaves ``auc`` out."""
-    ids, catalogue, found, aucs = _top_k_of_files(model_dir, contexts, k, items, exclude,
-                                                  approximate)
-    wanted = item_lists(relevant, ids, catalogue, "relevant")
-    metrics = ranking_metrics([positions for positions, _ in found], wanted, k)
+    catalogue, blocks = _top_k_blocks(model_dir, contexts, k, items, exclude, approximate)
+    wanted = ListedItems(relevant, catalogue, "relevant")
+    means, auc_sum, auc_count = RankingMeans(k), 0.0, 0
+    for ids, found, aucs in blocks:
+        lists = wanted.lists(ids)
+        means.add([positions for positions, _ in found], lists)
+        if not approximate:
+            each = aucs(lists)
+            auc_sum, auc_count = auc_sum + np.nansum(each), auc_count + np.isfinite(each).sum()
+    wanted.finish()
+    metrics = means.means()
     if not metrics["queries"]:
         raise DataError(str(relevant), None, "lists no catalogue item for any context of "
                         f"{contexts}: nothing to evaluate")
-    if not approximate:
-        each = aucs(wanted)
-        if np.isfinite(each).any():
-            metrics["auc"] = float(np.nanmean(each))
+    if auc_count:
+        metrics["auc"] = float(auc_sum / auc_count)
     return metrics
 
 
@@ -284,7 +328,9 @@ def _interactions(contexts: str | Path, items: str | Path, interactions: str | P
                          for ids, row in ((context_ids, context), (item_ids, item)))
         raise DataError(str(items), None, f"context {context} and item {item} share the key "
                         f"{key}: contexts and items must have features of their own")
-    chosen = item_lists(interactions, context_ids, item_index, "interaction")
+    listed = ListedItems(interactions, item_index, "interaction")
+    chosen = listed.lists(context_ids)
+    listed.finish()
     if not sum(taken.size for taken in chosen):
         raise DataError(str(interactions), None, f"names no item of {items} for a context of "
                         f"{contexts}: no pairs to draw")

@@ -120,6 +120,37 @@ def grouped_auc(y_true: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> f
     return float(np.mean(values)) if values else float("nan")
 
 
+class RankingMeans:
+    """:func:`ranking_metrics` taken over blocks of queries (:meth:`add` each), in memory that
+    does not grow with the queries: their sums, then :meth:`means`."""
+
+    NAMES = ("precision", "recall", "ndcg", "mrr", "hit_rate")
+
+    def __init__(self, k: int):
+        self.k = k
+        self.discounts = 1.0 / np.log2(np.arange(2, k + 2))
+        self.sums, self.queries = np.zeros(len(self.NAMES)), 0
+
+    def add(self, found: list[np.ndarray], relevant: list[np.ndarray]) -> None:
+        k, discounts = self.k, self.discounts
+        for top, wanted in zip(found, relevant):
+            wanted = np.unique(wanted)
+            if wanted.size == 0:
+                continue
+            hits = np.isin(np.asarray(top)[:k], wanted)
+            first = np.flatnonzero(hits)
+            ideal = discounts[: min(k, wanted.size)].sum()
+            self.sums += (hits.sum() / k, hits.sum() / wanted.size,
+                          (discounts[: hits.size] * hits).sum() / ideal,
+                          1.0 / (first[0] + 1) if first.size else 0.0, float(first.size > 0))
+            self.queries += 1
+
+    def means(self) -> dict[str, float]:
+        means = self.sums / self.queries if self.queries else [float("nan")] * len(self.NAMES)
+        return {"queries": self.queries, **{f"{name}_at_{self.k}": float(value)
+                                            for name, value in zip(self.NAMES, means)}}
+
+
 def ranking_metrics(found: list[np.ndarray], relevant: list[np.ndarray], k: int
                     ) -> dict[str, float]:
     """Top-k quality of recommendations, as LightFM's ``precision_at_k`` and ``recall_at_k``
@@ -128,22 +159,9 @@ def ranking_metrics(found: list[np.ndarray], relevant: list[np.ndarray], k: int
     positions recommended, best first, at most ``k``) holds. Relevance is binary: NDCG's gains
     are 1 at rank r discounted by log2(r + 1), over the ideal order of min(k, relevant) hits;
     MRR is 1 / the rank of the first hit (0 without one)."""
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    rows = []
-    for top, wanted in zip(found, relevant):
-        wanted = np.unique(wanted)
-        if wanted.size == 0:
-            continue
-        hits = np.isin(np.asarray(top)[:k], wanted)
-        first = np.flatnonzero(hits)
-        ideal = discounts[: min(k, wanted.size)].sum()
-        rows.append((hits.sum() / k, hits.sum() / wanted.size,
-                     (discounts[: hits.size] * hits).sum() / ideal,
-                     1.0 / (first[0] + 1) if first.size else 0.0, float(first.size > 0)))
-    names = ("precision", "recall", "ndcg", "mrr", "hit_rate")
-    means = np.mean(rows, axis=0) if rows else [float("nan")] * len(names)
-    return {"queries": len(rows), **{f"{name}_at_{k}": float(value)
-                                     for name, value in zip(names, means)}}
+    means = RankingMeans(k)
+    means.add(found, relevant)
+    return means.means()
 
 
 # early_stopping_metric: short name -> its key in compute_metrics per predictor type, and
