@@ -136,11 +136,18 @@ class _FMEstimator(BaseEstimator):
     def _input(self, X, y=None, *, reset: bool):
         """``X`` (and ``y``) checked and converted by scikit-learn (CSR or dense float)."""
         regressor = self._predictor_type == "regressor"
-        if y is None and not reset:
-            return validate_data(self, X, accept_sparse="csr", reset=False,
-                                 dtype=(np.float64, np.float32))
-        return validate_data(self, X, y, accept_sparse="csr", reset=reset, y_numeric=regressor,
-                             dtype=(np.float64, np.float32))
+        try:
+            if y is None and not reset:
+                return validate_data(self, X, accept_sparse="csr", reset=False,
+                                     dtype=(np.float64, np.float32))
+            return validate_data(self, X, y, accept_sparse="csr", reset=reset,
+                                 y_numeric=regressor, dtype=(np.float64, np.float32))
+        except ValueError as e:  # (numpy's words, then what to do)
+            if not str(e).startswith("could not convert string to float"):
+                raise
+            raise ValueError(f"{e}: an FM takes numbers; one-hot encode text columns (say "
+                             "with scikit-learn's OneHotEncoder), or use DeepFMClassifier / "
+                             "DeepFMRegressor, which take raw columns") from None
 
     def _fit(self, X, y, sample_weight, eval_set, progress: bool | None) -> _FMEstimator:
         """``epochs`` epochs; with ``warm_start`` and a fitted model, from its weights (a fresh

@@ -608,3 +608,17 @@ def test_a_numeric_column_with_missing_values_is_bucketized_at_the_deciles_of_th
     model = DeepFMClassifier(num_epochs=5, batch_size=64).fit(X, y)
     known = ~np.isnan(price)
     assert roc_auc_score(y[known], model.predict_proba(X[known])[:, 1]) > 0.95
+
+
+def test_text_columns_given_to_an_fm_say_what_to_do():
+    """A DataFrame with a text column: numpy's words (scikit-learn's checks expect them),
+    then what to do (one-hot encode, or the DeepFM estimators, which take raw columns)."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"city": ["x", "y", "x", "y"], "n": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(ValueError, match=r"^could not convert string to float: 'x': an FM "
+                       r"takes numbers; one-hot encode"):
+        FMClassifier(epochs=1).fit(frame, [0, 1, 0, 1])
+    fitted = FMRegressor(epochs=1).fit(frame[["n"]], [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match="DeepFMRegressor, which take raw columns"):
+        fitted.predict(frame[["city"]].rename(columns={"city": "n"}))
