@@ -111,6 +111,13 @@ def _answers(ids: list[Any], catalogue: Catalogue,
              "scores": scores.tolist()} for query, (positions, scores) in zip(ids, found)]
 
 
+NO_ITEMS = np.zeros(0, np.int64)  # the positions of a query a file does not list
+# a block of contexts searched: their ids, each one's (positions, scores) best first, and
+# the function of relevant positions to their AUCs
+ContextBlock = tuple[list[Any], list[tuple[np.ndarray, np.ndarray]],
+                     Callable[[list[np.ndarray]], np.ndarray]]
+
+
 class ListedItems:
     """An ``{"id": query id, "items": [item ids]}`` JSON Lines file (``--exclude``,
     ``--relevant``, ``--interactions``), held as each query's catalogue positions (an array
@@ -173,14 +180,10 @@ class ListedItems:
                         self.what)
 
 
-NO_ITEMS = np.zeros(0, np.int64)
-
 
 def _top_k_blocks(model_dir: str | Path, contexts: str | Path, k: int,
                   items: str | Path | None, exclude: str | Path | None, approximate: bool
-                  ) -> tuple[Catalogue, Iterator[tuple[list[Any], list[tuple[np.ndarray,
-                                                                                 np.ndarray]],
-                                                 Callable[[list[np.ndarray]], np.ndarray]]]]:
+                  ) -> tuple[Catalogue, Iterator[ContextBlock]]:
     """The catalogue, and per block of contexts (:func:`fmkit.data.id_rows.iter_id_rows`:
     memory bounded by a block, whatever the number of contexts) their ids, each one's
     ``(positions, scores)``, best first, and their AUCs of given relevant positions
@@ -191,8 +194,7 @@ def _top_k_blocks(model_dir: str | Path, contexts: str | Path, k: int,
     index = approximate_index(model_dir, catalogue, items is not None) if approximate else None
     excluded = ListedItems(exclude, catalogue) if exclude is not None else None
 
-    def blocks() -> Iterator[tuple[list[Any], list[tuple[np.ndarray, np.ndarray]],
-                                   Callable[[list[np.ndarray]], np.ndarray]]]:
+    def blocks() -> Iterator[ContextBlock]:
         for ids, batch in iter_id_rows(contexts, model.feature_dim, model.input_fields):
             left_out = excluded.lists(ids) if excluded else None
             found = top_k(model, catalogue, batch, k, left_out, index)
