@@ -341,6 +341,11 @@ def test_bad_rows_are_one_line_naming_file_and_line(movielens_fm, cli, tmp_path)
         code, _, err = cli("recommend", "--model-dir", root / "model", "--items",
                            root / "items.jsonl", "--context", tmp_path / "q.jsonl")
         assert code == 1 and problem in err and "Traceback" not in err, err
+    (tmp_path / "q.jsonl").write_bytes(b'{"id": 0, "keys": [1]}\n{"id": "\xff", "keys": []}\n')
+    code, out, err = cli("recommend", "--model-dir", root / "model", "--items",
+                         root / "items.jsonl", "--context", tmp_path / "q.jsonl")
+    assert code == 1 and out == "" and err == (f"fmkit: error: {tmp_path / 'q.jsonl'}:2: not "
+                                               "valid UTF-8 text\n"), err
     (tmp_path / "items.jsonl").write_text('{"id": "a", "keys": [1700]}\n{"id": 7, "keys": '
                                           '[1701]}\n{"id": "a", "keys": [1702]}\n')
     for args, problem in ((["--items", tmp_path / "items.jsonl"],

@@ -9,7 +9,6 @@ public click logs are distributed as ``.gz``. It also notes the files it has ope
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -122,15 +121,17 @@ def read_input(path: str | Path) -> bytes:
 def read_input_lines(path: str | Path) -> Iterator[str]:
     """An input file's lines (decompressed, see :func:`open_input`), as UTF-8 text without
     their line ends, one at a time: for inputs read record by record, which must not be held
-    whole (the contexts of ``fmkit recommend``). A missing, unreadable or non-UTF-8 file is a
-    :class:`~fmkit.errors.DataError` naming it."""
+    whole (the contexts of ``fmkit recommend``). A missing or unreadable file, or a line that
+    is not UTF-8, is a :class:`~fmkit.errors.DataError` naming it (and the line)."""
+    number = 0
     try:
         with open_input(path) as f:
-            for line in io.TextIOWrapper(f, encoding="utf-8"):
-                yield line.rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(str(path), None, f"cannot read: {getattr(e, 'strerror', None) or e}"
-                        ) from None
+            for number, raw in enumerate(f, start=1):  # noqa: B007 (the error names it)
+                yield raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise DataError(str(path), number, "not valid UTF-8 text") from None
+    except OSError as e:
+        raise DataError(str(path), None, f"cannot read: {e.strerror or e}") from None
 
 
 def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[np.ndarray]:
