@@ -16,7 +16,12 @@ Every file or directory fmkit writes goes through here:
   too). A file the user names
   (``fmkit predict --output``, ``convert -o``, ``recommend --output``, ``report --output``)
   is replaced only when empty or when its first bytes are what that command writes
-  (:class:`Recognise`): a mistyped ``--output data.libsvm`` must not delete the data.
+  (:class:`Recognise`; a compressed file's, decompressed): a mistyped ``--output
+  data.libsvm`` must not delete the data. A data output named ``.gz``, ``.bz2`` or ``.xz`` is
+  written compressed so (``compress=True``, :mod:`fmkit.compression`).
+* :func:`append_text` adds a line to a results file another run may have started (FuxiCTR's
+  ``run_expid.py`` results, TorchEasyRec's ``eval_result.txt``), when :class:`Recognise`
+  knows it as one.
 
 Filesystem failures (a missing or read-only directory, a full disk) become one
 :class:`OutputError` naming the path, and no partial file is left behind.
